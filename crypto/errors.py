@@ -1,0 +1,114 @@
+"""The one exception tree of callvault.
+
+It lives in ``crypto`` because that is the bottom layer: every other package (storage, ai,
+gateway) imports crypto, and crypto imports nothing of theirs, so the tree can be shared
+without an upward import. Each error carries a stable ``code`` (the API's ``error`` field)
+and the HTTP ``status`` the gateway's middleware answers with. Foreign exceptions
+(``InvalidTag``, botocore's ``ClientError``, SQLAlchemy's errors) are translated into these
+where they enter our code, never passed through.
+"""
+
+from __future__ import annotations
+
+
+class CallvaultError(Exception):
+    """Root of every error callvault raises on purpose."""
+
+    code: str = "internal_error"
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(CallvaultError):
+    """A setting is malformed; the process refuses to start and names the setting."""
+
+    code = "invalid_setting"
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+# --- crypto -------------------------------------------------------------------------------
+
+
+class CryptoError(CallvaultError):
+    """Base of errors of the object format and of key handling."""
+
+    code = "crypto_error"
+
+
+class DecryptionFailed(CryptoError):
+    """A sealed object did not verify: corrupt, truncated, reordered, spliced or foreign.
+
+    ``segment`` names the first segment that failed (``None`` when the header itself did).
+    No plaintext of a failing segment is ever released.
+    """
+
+    code = "decryption_failed"
+
+    def __init__(self, message: str, *, segment: int | None = None) -> None:
+        where = "header" if segment is None else f"segment {segment}"
+        super().__init__(f"{where}: {message}")
+        self.segment = segment
+
+
+class KeyUnavailable(CryptoError):
+    """A key needed to open or seal an object is unknown, destroyed or shredded."""
+
+    code = "key_unavailable"
+
+
+# --- storage ------------------------------------------------------------------------------
+
+
+class StorageError(CallvaultError):
+    """Base of errors of the object stores."""
+
+    code = "storage_error"
+
+
+class StorageUnavailable(StorageError):
+    """The object store failed or could not be reached; ``store_code`` is its own error code
+    (an S3 error code such as ``SlowDown`` or ``NoSuchBucket``, or an errno name)."""
+
+    code = "storage_unavailable"
+    status = 503
+
+    def __init__(self, message: str, *, store_code: str | None = None) -> None:
+        super().__init__(f"{message} ({store_code})" if store_code else message)
+        self.store_code = store_code
+
+
+class ObjectNotFound(StorageError):
+    """No object is stored under the key."""
+
+    code = "object_not_found"
+    status = 404
+
+
+class CatalogUnavailable(StorageError):
+    """The catalog database failed or could not be reached."""
+
+    code = "catalog_unavailable"
+    status = 503
+
+
+# --- API-level ----------------------------------------------------------------------------
+
+
+class NotFound(CallvaultError):
+    """Unknown resource, or a resource of another tenant (always 404, never 403)."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(CallvaultError):
+    """The request conflicts with the current state (duplicate id, legal hold, ...)."""
+
+    code = "conflict"
+    status = 409

@@ -1,0 +1,117 @@
+"""The ``callvault`` command line: builds the one ``Settings`` object and runs a command.
+
+Settings come from the environment (``CALLVAULT_*``) and from the flags below, flags
+winning. A setting that is wrong stops the process with one sentence naming it, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from crypto.errors import CallvaultError, ConfigError
+from gateway.settings import Settings
+
+log = logging.getLogger("callvault")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callvault", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="data directory (CALLVAULT_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway (API, ingest, workers)")
+    serve.add_argument("--host", help="listen address (CALLVAULT_HTTP__HOST)")
+    serve.add_argument("--port", type=int, help="listen port (CALLVAULT_HTTP__PORT)")
+
+    keys = commands.add_parser("keys", help="manage tenants' key-encryption keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = key_commands.add_parser(
+        "rotate", help="add a KEK version and re-wrap every DEK of the tenant"
+    )
+    rotate.add_argument("--tenant", required=True, help="tenant id")
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Environment first, flags on top."""
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    http: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        http["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        http["port"] = args.port
+    base = Settings()
+    if http:
+        overrides["http"] = base.http.model_copy(update=http)
+    return base.model_copy(update=overrides) if overrides else base
+
+
+def _serve(settings: Settings) -> None:
+    from gateway.app import build_app
+    from gateway.services import open_keyring
+
+    open_keyring(settings)  # refuse a wrong master key before binding any port
+    app = build_app(settings)
+    print(
+        f"callvault serving on http://{settings.http.host}:{settings.http.port} "
+        f"(data dir {settings.data_dir.resolve()})",
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=settings.http.host,
+        port=settings.http.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )
+
+
+async def _rotate(settings: Settings, tenant: str) -> None:
+    from gateway.services import open_services
+
+    async with open_services(settings) as services:
+        report = await services.vault.rotate_tenant_keys(tenant, actor="cli", now=datetime.now(UTC))
+    print(
+        f"tenant {tenant}: KEK {report.kek_id} is now at version {report.kek_version}; "
+        f"{report.rewrapped} DEK(s) re-wrapped, no object rewritten"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = build_settings(args)
+        if args.command == "serve":
+            _serve(settings)
+        elif args.command == "keys" and args.keys_command == "rotate":
+            asyncio.run(_rotate(settings, args.tenant))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = "CALLVAULT_" + "__".join(str(p).upper() for p in first["loc"])
+        print(f"callvault: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"callvault: {e.message}", file=sys.stderr)
+        return 2
+    except CallvaultError as e:
+        print(f"callvault: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The long-lived services of one callvault process, built once from the settings.
+
+``serve``, ``worker`` and the CLI's maintenance commands all open the same services the
+same way, so that a setting means one thing everywhere: the catalog (migrated to the
+current schema), the object store, the keyring (refusing a wrong master key) and the media
+vault that ties them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from crypto.errors import ConfigError
+from crypto.keys import KeyProvider, LocalKeyring, load_master_key
+from gateway.settings import Settings
+from storage.catalog import Catalog
+from storage.store import ObjectStore
+from storage.stores import open_store
+from storage.vault import MediaVault
+
+
+@dataclass(frozen=True)
+class Services:
+    catalog: Catalog
+    store: ObjectStore
+    keys: KeyProvider
+    vault: MediaVault
+
+
+def open_keyring(settings: Settings) -> LocalKeyring:
+    """The local keyring, or a ``ConfigError`` naming the setting that is wrong."""
+    secret = settings.master_key.get_secret_value() if settings.master_key else None
+    master_key = load_master_key(secret, settings.data_dir)
+    return LocalKeyring.open(settings.data_dir, master_key)
+
+
+def open_configured_store(settings: Settings) -> ObjectStore:
+    """The object store the settings name, or a ``ConfigError`` naming the bad setting."""
+    s3 = settings.store
+    try:
+        return open_store(
+            settings.store_url,
+            endpoint_url=s3.endpoint_url,
+            access_key=s3.access_key.get_secret_value() if s3.access_key else None,
+            secret_key=s3.secret_key.get_secret_value() if s3.secret_key else None,
+            region=s3.region,
+            part_size=s3.part_size,
+        )
+    except ValueError as e:
+        raise ConfigError("CALLVAULT_STORE__URL", str(e)) from None
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, *, registry: CollectorRegistry | None = None
+) -> AsyncIterator[Services]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = open_keyring(settings)
+    catalog = await Catalog.open(settings.catalog_url)
+    try:
+        await catalog.migrate()
+        store = open_configured_store(settings)
+        try:
+            vault = MediaVault(
+                catalog=catalog,
+                store=store,
+                keys=keys,
+                segment_size=settings.crypto.segment_size,
+                registry=registry,
+            )
+            yield Services(catalog=catalog, store=store, keys=keys, vault=vault)
+        finally:
+            await store.close()
+    finally:
+        await catalog.close()

@@ -1,0 +1,110 @@
+"""The one settings object of callvault.
+
+Built once by the CLI from the environment (``CALLVAULT_*``, nested sections joined with
+``__``) and CLI flags, then sliced and passed into constructors. Library modules never read
+the environment themselves. The variable names are part of the external contract
+(../shared/API.md); the README's settings table is generated from the docstrings below.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    """Address the API and WebSocket ingest listen on. Default `127.0.0.1`."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """TCP port of the API and WebSocket ingest. Default `8080`."""
+
+
+class AudioSocketSettings(BaseModel):
+    port: int = Field(default=9092, ge=0, le=65535)
+    """Asterisk AudioSocket TCP port; 0 turns it off. Default `9092`."""
+
+
+class RtpSettings(BaseModel):
+    port_min: int = Field(default=40000, ge=1024, le=65535)
+    """Lowest UDP port handed out for RTP/SRTP tracks. Default `40000`."""
+    port_max: int = Field(default=40999, ge=1024, le=65535)
+    """Highest UDP port handed out for RTP/SRTP tracks. Default `40999`."""
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> RtpSettings:
+        if self.port_min > self.port_max:
+            raise ValueError("port_min must not exceed port_max")
+        return self
+
+
+class StoreSettings(BaseModel):
+    url: str | None = None
+    """Object store, `file:///path` or `s3://bucket[/prefix]`. Default `<data dir>/objects`."""
+    endpoint_url: str | None = None
+    """S3 endpoint for non-AWS stores (SeaweedFS, MinIO, Ceph). Default: AWS."""
+    access_key: SecretStr | None = None
+    """S3 access key id. Default: boto3's credential chain."""
+    secret_key: SecretStr | None = None
+    """S3 secret access key. Default: boto3's credential chain."""
+    region: str = "us-east-1"
+    """S3 region used for SigV4 signing. Default `us-east-1`."""
+    part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    """S3 multipart part size in bytes (S3's minimum is 5 MiB). Default 8 MiB."""
+
+
+class CryptoSettings(BaseModel):
+    segment_size: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Plaintext bytes per sealed segment of new objects. Default `65536`."""
+
+
+class AiSettings(BaseModel):
+    model: Path | None = None
+    """A CTranslate2 Whisper model directory. Default: the packaged model."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where transcription runs: `cpu`, `cuda` or `auto`. Default `auto`."""
+
+
+class RetentionSettings(BaseModel):
+    sweep_interval: timedelta = timedelta(seconds=60)
+    """How often `serve` runs the retention sweep (ISO-8601 duration). Default `PT60S`."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALLVAULT_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("./var")
+    """Catalog, file store, keyring and spool live here. Default `./var`."""
+    operator_token: SecretStr | None = None
+    """Bootstrap operator token. Default: generated at first start and printed once."""
+    master_key: SecretStr | None = None
+    """Base64 of the 32-byte key that wraps the keyring. Default: a 0600 file in the data dir."""
+    database_url: str | None = None
+    """Catalog database, e.g. `postgresql://127.0.0.1:5432/db`. Default: SQLite in the data dir."""
+    http: HttpSettings = HttpSettings()
+    audiosocket: AudioSocketSettings = AudioSocketSettings()
+    rtp: RtpSettings = RtpSettings()
+    store: StoreSettings = StoreSettings()
+    crypto: CryptoSettings = CryptoSettings()
+    ai: AiSettings = AiSettings()
+    retention: RetentionSettings = RetentionSettings()
+
+    @property
+    def store_url(self) -> str:
+        """The object store URL with the data-dir default filled in."""
+        return self.store.url or (self.data_dir.resolve() / "objects").as_uri()
+
+    @property
+    def catalog_url(self) -> str:
+        """The SQLAlchemy async URL of the catalog with the SQLite default filled in."""
+        from storage.catalog import async_database_url
+
+        return async_database_url(self.database_url, self.data_dir)

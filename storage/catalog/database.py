@@ -1,0 +1,1228 @@
+"""``Catalog``: the engine of the catalog database and every query callvault makes of it.
+
+One class holds the connection pool and the repository methods, so that transactions, the
+translation of driver errors into ``crypto.errors`` and the backend differences (SQLite in the
+data dir by default, PostgreSQL when nodes share one catalog) are decided in one place.
+
+Each public method is its own short transaction and returns frozen records
+(``storage.catalog.records``), never rows or ORM objects. Time is always passed in (``now``),
+never read from the clock here. Writes that read-then-write (instruction versions, audit
+sequence numbers, job claims) are serialized: on PostgreSQL by row locks (the tenant row,
+``FOR UPDATE SKIP LOCKED`` for jobs), on SQLite by taking the write lock at ``BEGIN
+IMMEDIATE``, so that two writers can never both read the same "last" value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from crypto.errors import (
+    CallvaultError,
+    CatalogUnavailable,
+    ConfigError,
+    Conflict,
+    KeyUnavailable,
+    NotFound,
+)
+from storage.catalog.auditchain import GENESIS_HASH, event_hash, normalize_detail
+from storage.catalog.records import (
+    DATA_CLASSES,
+    RECORDING_STATUSES,
+    ROLES,
+    AuditCheck,
+    AuditEvent,
+    Call,
+    DataClass,
+    Instructions,
+    Job,
+    ObjectKeyRow,
+    ObjectState,
+    Recording,
+    RecordingStatus,
+    Role,
+    StoredObject,
+    Tenant,
+    Token,
+)
+from storage.catalog.schema import (
+    UTCDateTime,
+    audit_events,
+    calls,
+    instructions,
+    jobs,
+    object_keys,
+    objects,
+    recordings,
+    tenants,
+    tokens,
+)
+from storage.catalog.urls import SETTING, async_database_url, mask_database_url
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
+AnyRow = sa.Row[*tuple[Any, ...]]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_LOCK_KEY = 0x63616C6C7661756C  # "callvaul": one advisory lock for all migrators
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_MAX_ERROR_CHARS = 2000
+
+Rewrap = Callable[[ObjectKeyRow], Awaitable[tuple[str, int, bytes]]]
+"""Re-wraps one DEK: given the row, returns ``(kek_id, kek_version, wrapped_dek)``."""
+
+# Which statuses a recording may move to; a move to the status it already has is a no-op
+# that may still set fields (so that retried workers and sweeps are idempotent).
+RECORDING_TRANSITIONS: dict[RecordingStatus, frozenset[RecordingStatus]] = {
+    "recording": frozenset({"recorded", "processing", "failed", "deleted"}),
+    "processing": frozenset({"analyzed", "failed", "deleted"}),
+    "failed": frozenset({"processing", "deleted"}),
+    "recorded": frozenset({"deleted"}),
+    "analyzed": frozenset({"deleted"}),
+    "deleted": frozenset(),
+}
+
+
+def _record(cls: type[R], row: AnyRow) -> R:
+    mapping = row._mapping
+    return cls(**{field.name: mapping[field.name] for field in fields(cls)})
+
+
+def _key_values(row: ObjectKeyRow) -> dict[str, Any]:
+    return {field.name: getattr(row, field.name) for field in fields(row)}
+
+
+def _at(value: datetime) -> sa.BindParameter[datetime]:
+    """A timestamp bound with the catalog's UTC type where SQL cannot infer it (COALESCE)."""
+    return sa.bindparam(None, value, type_=UTCDateTime())
+
+
+def _rehash(row: AnyRow) -> str | None:
+    """The hash a stored audit event should have; ``None`` if its content cannot even be
+    hashed (tampered into something that is not JSON-able)."""
+    try:
+        return event_hash(
+            row.prev_hash,
+            seq=row.seq,
+            at=row.at,
+            actor=row.actor,
+            action=row.action,
+            object=row.object,
+            detail=row.detail,
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    """WAL (readers do not block the writer), enforced foreign keys, waiting instead of
+    failing on a busy database, zeroing deleted content (a shredded DEK does not linger in
+    free pages), and SQLAlchemy in charge of BEGIN so that writes can BEGIN IMMEDIATE."""
+    busy_ms = int(busy_timeout_s * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA secure_delete = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get("callvault_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Catalog:
+    """The catalog database: tenants, tokens, instructions, calls, recordings, objects,
+    the key table, jobs and the audit log."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self._engine = engine
+        # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see _configure_sqlite).
+        self._writer = engine.execution_options(callvault_write=True)
+        # For reads that must see one snapshot across statements (audit verification);
+        # SQLite read transactions are snapshots already.
+        self._snapshot = (
+            engine.execution_options(isolation_level="REPEATABLE READ")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
+        self._masked_url = mask_database_url(url)
+        self._head: str | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout_s: float = 10.0,
+        busy_timeout_s: float = 10.0,
+    ) -> Catalog:
+        """Create the engine for ``url`` (any form ``async_database_url`` accepts).
+
+        Nothing is connected yet: ``check()`` tells whether the database answers, and
+        ``migrate()`` brings its schema to the current version.
+        """
+        if not url.strip():
+            raise ConfigError(SETTING, "the catalog URL is empty.")
+        url = async_database_url(url, Path("."))
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if not database.startswith("file:"):
+                try:
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise CatalogUnavailable(
+                        f"The catalog's directory for {mask_database_url(url)} cannot be "
+                        f"created: {exc.strerror or exc}."
+                    ) from exc
+            engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
+            _configure_sqlite(engine, busy_timeout_s)
+        else:
+            engine = create_async_engine(
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=connect_timeout_s,
+                connect_args={"timeout": connect_timeout_s},
+            )
+        return cls(engine, url)
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _transaction(
+        self, *, write: bool = False, snapshot: bool = False, subject: str = "the row"
+    ) -> AsyncIterator[AsyncConnection]:
+        """One transaction; foreign errors are translated here and nowhere else."""
+        engine = self._writer if write else self._snapshot if snapshot else self._engine
+        try:
+            async with engine.begin() as connection:
+                yield connection
+        except IntegrityError as exc:
+            raise self._integrity_error(exc, subject) from exc
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+        except StatementError as exc:
+            # A value our column types refused (a naive datetime): the caller's bug.
+            if isinstance(exc.orig, ValueError):
+                raise ValueError(str(exc.orig)) from exc
+            raise
+        except (PoolTimeoutError, DisconnectionError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    @staticmethod
+    def _integrity_error(exc: IntegrityError, subject: str) -> CallvaultError:
+        text = str(exc.orig).lower()
+        if "foreign key" in text:
+            return NotFound(f"{subject} refers to something that does not exist.")
+        if "unique" in text or "duplicate" in text or "primary key" in text:
+            return Conflict(f"{subject} already exists.")
+        return Conflict(f"{subject} conflicts with a rule of the catalog.")
+
+    def _unavailable(self, exc: BaseException) -> CatalogUnavailable:
+        orig = getattr(exc, "orig", None) or exc
+        lines = str(orig).strip().splitlines()
+        detail = lines[0][:200] if lines else ""
+        name = type(orig).__name__
+        return CatalogUnavailable(
+            f"The catalog database at {self._masked_url} failed or could not be reached "
+            f"({name}{': ' + detail if detail else ''})."
+        )
+
+    def _head_revision(self) -> str | None:
+        if self._head is None:
+            self._head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+        return self._head
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration (Alembic ``upgrade head``).
+
+        Safe to run from several nodes at once: on PostgreSQL the migrators queue on an
+        advisory lock, on SQLite on the write lock, and the later ones find nothing to do.
+        """
+        try:
+            async with self._transaction(write=True, subject="the catalog schema") as conn:
+                if self.backend == "postgresql":
+                    await conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": _MIGRATION_LOCK_KEY},
+                    )
+                await conn.run_sync(self._upgrade)
+        except CommandError as exc:
+            raise CatalogUnavailable(
+                f"The catalog database at {self._masked_url} cannot be migrated: {exc}."
+            ) from exc
+
+    @staticmethod
+    def _upgrade(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    async def check(self) -> None:
+        """Raise ``CatalogUnavailable`` unless the database answers and its schema is at the
+        newest migration (for readiness probes)."""
+        async with self._transaction() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            migrated = await conn.run_sync(
+                lambda sync: sa.inspect(sync).has_table("alembic_version")
+            )
+            current = None
+            if migrated:
+                current = (
+                    await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+                ).scalar()
+        head = self._head_revision()
+        if current != head:
+            raise CatalogUnavailable(
+                f"The catalog database at {self._masked_url} is at schema version "
+                f"{current or 'none'}, not {head}; run the migrations."
+            )
+
+    # --- tenants --------------------------------------------------------------------------
+
+    async def create_tenant(self, id: str, name: str, region: str, now: datetime) -> Tenant:
+        """Add a tenant; ``Conflict`` if the id is taken (also by a deleted tenant)."""
+        async with self._transaction(write=True, subject=f"Tenant {id!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.insert(tenants)
+                    .values(
+                        id=id,
+                        name=name,
+                        region=region,
+                        created_at=now,
+                        deleted_at=None,
+                        audit_seq=0,
+                        audit_head=GENESIS_HASH,
+                    )
+                    .returning(*tenants.c)
+                )
+            ).one()
+        return _record(Tenant, row)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        """The tenant; ``NotFound`` if unknown or deleted."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tenants).where(
+                        tenants.c.id == tenant_id, tenants.c.deleted_at.is_(None)
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Tenant {tenant_id!r} not found.")
+        return _record(Tenant, row)
+
+    async def list_tenants(self, *, include_deleted: bool = False) -> list[Tenant]:
+        """All tenants, ordered by id; deleted ones only when asked."""
+        stmt = sa.select(tenants).order_by(tenants.c.id)
+        if not include_deleted:
+            stmt = stmt.where(tenants.c.deleted_at.is_(None))
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_record(Tenant, row) for row in rows]
+
+    async def mark_tenant_deleted(self, tenant_id: str, now: datetime) -> Tenant:
+        """Mark the tenant deleted (its audit log stays); repeating it keeps the first time."""
+        async with self._transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(tenants)
+                    .where(tenants.c.id == tenant_id)
+                    .values(deleted_at=sa.func.coalesce(tenants.c.deleted_at, _at(now)))
+                    .returning(*tenants.c)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Tenant {tenant_id!r} not found.")
+        return _record(Tenant, row)
+
+    async def _lock_tenant(self, conn: AsyncConnection, tenant_id: str, *, live: bool) -> AnyRow:
+        """Lock the tenant row for the rest of the transaction (PostgreSQL; SQLite already
+        holds the database's write lock). ``FOR NO KEY UPDATE`` serializes the writers that
+        take it without blocking inserts that merely reference the tenant."""
+        row = (
+            await conn.execute(
+                sa.select(tenants.c.deleted_at, tenants.c.audit_seq, tenants.c.audit_head)
+                .where(tenants.c.id == tenant_id)
+                .with_for_update(key_share=True)
+            )
+        ).one_or_none()
+        if row is None or (live and row.deleted_at is not None):
+            raise NotFound(f"Tenant {tenant_id!r} not found.")
+        return row
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        id: str,
+        tenant_id: str | None,
+        role: Role,
+        token_hash: str,
+        created_by: str,
+        now: datetime,
+    ) -> Token:
+        """Store a token by the SHA-256 hex of its secret (never the secret itself)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        if (role == "operator") != (tenant_id is None):
+            raise ValueError("operator tokens have no tenant; every other token has one")
+        if not _SHA256_HEX.match(token_hash):
+            raise ValueError("token_hash must be the lowercase hex SHA-256 of the token")
+        async with self._transaction(write=True, subject=f"Token {id!r}") as conn:
+            if tenant_id is not None:
+                await self._lock_tenant(conn, tenant_id, live=True)
+            row = (
+                await conn.execute(
+                    sa.insert(tokens)
+                    .values(
+                        id=id,
+                        tenant_id=tenant_id,
+                        role=role,
+                        token_hash=token_hash,
+                        created_at=now,
+                        created_by=created_by,
+                        revoked_at=None,
+                    )
+                    .returning(*tokens.c)
+                )
+            ).one()
+        return _record(Token, row)
+
+    async def find_token(self, token_hash: str) -> Token | None:
+        """The token with this hash if it is active: not revoked, tenant not deleted."""
+        stmt = (
+            sa.select(*tokens.c)
+            .select_from(tokens.outerjoin(tenants, tokens.c.tenant_id == tenants.c.id))
+            .where(
+                tokens.c.token_hash == token_hash,
+                tokens.c.revoked_at.is_(None),
+                sa.or_(tokens.c.tenant_id.is_(None), tenants.c.deleted_at.is_(None)),
+            )
+        )
+        async with self._transaction() as conn:
+            row = (await conn.execute(stmt)).one_or_none()
+        return None if row is None else _record(Token, row)
+
+    async def revoke_token(self, tenant_id: str | None, token_id: str, now: datetime) -> Token:
+        """Revoke a token of ``tenant_id`` (``None``: an operator token); ``NotFound`` if it
+        is unknown or another tenant's. Repeating it keeps the first time."""
+        owner = (
+            tokens.c.tenant_id.is_(None) if tenant_id is None else tokens.c.tenant_id == tenant_id
+        )
+        async with self._transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(tokens)
+                    .where(tokens.c.id == token_id, owner)
+                    .values(revoked_at=sa.func.coalesce(tokens.c.revoked_at, _at(now)))
+                    .returning(*tokens.c)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Token {token_id!r} not found.")
+        return _record(Token, row)
+
+    # --- instructions ---------------------------------------------------------------------
+
+    async def add_instructions(
+        self, tenant_id: str, document: dict[str, Any], created_by: str, now: datetime
+    ) -> Instructions:
+        """Store a new version of the tenant's instructions, numbered previous + 1.
+
+        Concurrent adds queue on the tenant row, so versions never collide or skip.
+        """
+        async with self._transaction(write=True, subject=f"Instructions of {tenant_id!r}") as conn:
+            await self._lock_tenant(conn, tenant_id, live=True)
+            latest = (
+                await conn.execute(
+                    sa.select(sa.func.max(instructions.c.version)).where(
+                        instructions.c.tenant_id == tenant_id
+                    )
+                )
+            ).scalar()
+            row = (
+                await conn.execute(
+                    sa.insert(instructions)
+                    .values(
+                        tenant_id=tenant_id,
+                        version=(latest or 0) + 1,
+                        document=document,
+                        created_at=now,
+                        created_by=created_by,
+                    )
+                    .returning(*instructions.c)
+                )
+            ).one()
+        return _record(Instructions, row)
+
+    async def current_instructions(self, tenant_id: str) -> Instructions | None:
+        """The newest version, or ``None`` when the tenant never set any (all defaults)."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(instructions)
+                    .where(instructions.c.tenant_id == tenant_id)
+                    .order_by(instructions.c.version.desc())
+                    .limit(1)
+                )
+            ).one_or_none()
+        return None if row is None else _record(Instructions, row)
+
+    async def instructions_history(self, tenant_id: str) -> list[Instructions]:
+        """Every version, oldest first."""
+        async with self._transaction() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(instructions)
+                    .where(instructions.c.tenant_id == tenant_id)
+                    .order_by(instructions.c.version)
+                )
+            ).all()
+        return [_record(Instructions, row) for row in rows]
+
+    async def get_instructions(self, tenant_id: str, version: int) -> Instructions:
+        """One version; ``NotFound`` if the tenant has no such version."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(instructions).where(
+                        instructions.c.tenant_id == tenant_id, instructions.c.version == version
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Instructions version {version} of {tenant_id!r} not found.")
+        return _record(Instructions, row)
+
+    # --- the key table --------------------------------------------------------------------
+
+    async def put_object_key(self, row: ObjectKeyRow) -> None:
+        """Store the wrapped DEK of a new object; ``Conflict`` if the object has one."""
+        async with self._transaction(write=True, subject=f"The key of {row.object_id!r}") as conn:
+            await conn.execute(sa.insert(object_keys).values(**_key_values(row)))
+
+    async def get_object_key(self, object_id: str, tenant_id: str) -> ObjectKeyRow:
+        """The key row of the tenant's object; ``KeyUnavailable`` if there is none (shredded,
+        never stored, or another tenant's object: the three are not told apart)."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(object_keys).where(
+                        object_keys.c.object_id == object_id, object_keys.c.tenant_id == tenant_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise KeyUnavailable(
+                f"The data key of object {object_id!r} was shredded or never existed."
+            )
+        return _record(ObjectKeyRow, row)
+
+    async def delete_object_key(self, object_id: str) -> bool:
+        """Shred: delete the object's key row (one row, nothing cascades). ``False`` if there
+        was none, so shredding twice is harmless."""
+        async with self._transaction(write=True) as conn:
+            result = await conn.execute(
+                sa.delete(object_keys).where(object_keys.c.object_id == object_id)
+            )
+        return result.rowcount == 1
+
+    async def delete_tenant_object_keys(self, tenant_id: str) -> int:
+        """Shred every object of the tenant; returns how many keys were deleted."""
+        async with self._transaction(write=True) as conn:
+            result = await conn.execute(
+                sa.delete(object_keys).where(object_keys.c.tenant_id == tenant_id)
+            )
+        return result.rowcount
+
+    async def list_object_keys(
+        self, tenant_id: str, *, page_size: int = 500
+    ) -> AsyncIterator[ObjectKeyRow]:
+        """Every key row of the tenant by object id, read a page per transaction (no
+        connection is held while the caller works on a page)."""
+        after: str | None = None
+        while True:
+            stmt = sa.select(object_keys).where(object_keys.c.tenant_id == tenant_id)
+            if after is not None:
+                stmt = stmt.where(object_keys.c.object_id > after)
+            async with self._transaction() as conn:
+                rows = (
+                    await conn.execute(stmt.order_by(object_keys.c.object_id).limit(page_size))
+                ).all()
+            for row in rows:
+                yield _record(ObjectKeyRow, row)
+            if len(rows) < page_size:
+                return
+            after = rows[-1].object_id
+
+    async def rewrap_object_keys(
+        self,
+        tenant_id: str,
+        rewrap: Rewrap,
+        now: datetime,
+        *,
+        target_version: int,
+        batch_size: int = 100,
+    ) -> int:
+        """Re-wrap every DEK of the tenant whose KEK version is older than ``target_version``.
+
+        Rows go in batches: a batch is read, ``rewrap`` is awaited for each row with no
+        transaction open (it may call a KMS), then the batch is written in one transaction.
+        A row is written only if it still has the KEK version it was read with, so a
+        concurrent rewrap or shred is never overwritten, and a crash leaves finished batches
+        done and the rest untouched: running this again completes the job. Returns how many
+        rows this call re-wrapped.
+        """
+        done = 0
+        after: str | None = None
+        while True:
+            stmt = sa.select(object_keys).where(
+                object_keys.c.tenant_id == tenant_id, object_keys.c.kek_version < target_version
+            )
+            if after is not None:
+                stmt = stmt.where(object_keys.c.object_id > after)
+            async with self._transaction() as conn:
+                rows = [
+                    _record(ObjectKeyRow, row)
+                    for row in (
+                        await conn.execute(stmt.order_by(object_keys.c.object_id).limit(batch_size))
+                    ).all()
+                ]
+            if not rows:
+                return done
+            rewrapped = []
+            for row in rows:
+                kek_id, kek_version, wrapped_dek = await rewrap(row)
+                if kek_version != target_version:
+                    raise ValueError(
+                        f"rewrap gave KEK version {kek_version} for {row.object_id!r}, "
+                        f"expected {target_version}"
+                    )
+                rewrapped.append((row, kek_id, wrapped_dek))
+            async with self._transaction(write=True) as conn:
+                for row, kek_id, wrapped_dek in rewrapped:
+                    result = await conn.execute(
+                        sa.update(object_keys)
+                        .where(
+                            object_keys.c.object_id == row.object_id,
+                            object_keys.c.tenant_id == tenant_id,
+                            object_keys.c.kek_version == row.kek_version,
+                        )
+                        .values(
+                            kek_id=kek_id,
+                            kek_version=target_version,
+                            wrapped_dek=wrapped_dek,
+                            rewrapped_at=now,
+                        )
+                    )
+                    done += result.rowcount
+            after = rows[-1].object_id
+
+    # --- objects --------------------------------------------------------------------------
+
+    async def add_object(
+        self,
+        *,
+        object_id: str,
+        tenant_id: str,
+        kind: str,
+        data_class: DataClass,
+        store_key: str,
+        now: datetime,
+        recording_id: str | None = None,
+        track: str | None = None,
+        key: ObjectKeyRow | None = None,
+    ) -> StoredObject:
+        """Register an object whose upload is starting (state ``writing``), together with
+        its key row when ``key`` is given, in one transaction: the store never holds bytes
+        that the catalog does not know, nor an object without its key."""
+        if data_class not in DATA_CLASSES:
+            raise ValueError(f"unknown data class {data_class!r}")
+        if key is not None and (key.object_id, key.tenant_id) != (object_id, tenant_id):
+            raise ValueError("the key row must belong to the object and its tenant")
+        async with self._transaction(write=True, subject=f"Object {object_id!r}") as conn:
+            if recording_id is not None:
+                await self._require_recording(conn, tenant_id, recording_id)
+            row = (
+                await conn.execute(
+                    sa.insert(objects)
+                    .values(
+                        id=object_id,
+                        tenant_id=tenant_id,
+                        recording_id=recording_id,
+                        kind=kind,
+                        track=track,
+                        data_class=data_class,
+                        store_key=store_key,
+                        size=None,
+                        state="writing",
+                        created_at=now,
+                        committed_at=None,
+                        deleted_at=None,
+                    )
+                    .returning(*objects.c)
+                )
+            ).one()
+            if key is not None:
+                await conn.execute(sa.insert(object_keys).values(**_key_values(key)))
+        return _record(StoredObject, row)
+
+    async def mark_object_committed(self, object_id: str, size: int, now: datetime) -> StoredObject:
+        """Record that the upload was committed; repeating it with the same size is a no-op,
+        committing a deleted object is a ``Conflict``."""
+        async with self._transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(objects)
+                    .where(objects.c.id == object_id, objects.c.state == "writing")
+                    .values(state="committed", size=size, committed_at=now)
+                    .returning(*objects.c)
+                )
+            ).one_or_none()
+            if row is None:
+                row = (
+                    await conn.execute(sa.select(objects).where(objects.c.id == object_id))
+                ).one_or_none()
+                if row is None:
+                    raise NotFound(f"Object {object_id!r} not found.")
+                if row.state != "committed" or row.size != size:
+                    raise Conflict(f"Object {object_id!r} is {row.state}; it cannot be committed.")
+        return _record(StoredObject, row)
+
+    async def get_object(self, object_id: str, tenant_id: str) -> StoredObject:
+        """The tenant's object; ``NotFound`` if unknown or another tenant's."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(objects).where(
+                        objects.c.id == object_id, objects.c.tenant_id == tenant_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Object {object_id!r} not found.")
+        return _record(StoredObject, row)
+
+    async def list_objects(
+        self,
+        tenant_id: str,
+        *,
+        recording_id: str | None = None,
+        state: ObjectState | None = None,
+    ) -> list[StoredObject]:
+        """The tenant's objects (of one recording, in one state), oldest first."""
+        stmt = sa.select(objects).where(objects.c.tenant_id == tenant_id)
+        if recording_id is not None:
+            stmt = stmt.where(objects.c.recording_id == recording_id)
+        if state is not None:
+            stmt = stmt.where(objects.c.state == state)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt.order_by(objects.c.created_at, objects.c.id))).all()
+        return [_record(StoredObject, row) for row in rows]
+
+    async def mark_object_deleted(self, object_id: str, now: datetime) -> StoredObject:
+        """Record that the object was deleted from the store; repeating it keeps the first
+        time."""
+        async with self._transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(objects)
+                    .where(objects.c.id == object_id)
+                    .values(
+                        state="deleted",
+                        deleted_at=sa.func.coalesce(objects.c.deleted_at, _at(now)),
+                    )
+                    .returning(*objects.c)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Object {object_id!r} not found.")
+        return _record(StoredObject, row)
+
+    # --- calls and recordings -------------------------------------------------------------
+
+    async def create_call(
+        self,
+        *,
+        id: str,
+        tenant_id: str,
+        from_number: str,
+        to_number: str,
+        direction: str,
+        consent: str,
+        transport: str,
+        codec: str,
+        sample_rate: int,
+        instructions_version: int | None,
+        decision: dict[str, Any],
+        refusal_code: str | None,
+        started_at: datetime,
+    ) -> Call:
+        """Store the call record of an announced call (accepted or refused)."""
+        async with self._transaction(write=True, subject=f"Call {id!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.insert(calls)
+                    .values(
+                        tenant_id=tenant_id,
+                        id=id,
+                        from_number=from_number,
+                        to_number=to_number,
+                        direction=direction,
+                        consent=consent,
+                        transport=transport,
+                        codec=codec,
+                        sample_rate=sample_rate,
+                        instructions_version=instructions_version,
+                        decision=decision,
+                        refusal_code=refusal_code,
+                        started_at=started_at,
+                        ended_at=None,
+                    )
+                    .returning(*calls.c)
+                )
+            ).one()
+        return _record(Call, row)
+
+    async def get_call(self, tenant_id: str, call_id: str) -> Call:
+        """The tenant's call; ``NotFound`` if unknown or another tenant's."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(calls).where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Call {call_id!r} not found.")
+        return _record(Call, row)
+
+    async def end_call(self, tenant_id: str, call_id: str, now: datetime) -> Call:
+        """Record the end of the call; ending it again keeps the first end time."""
+        async with self._transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(calls)
+                    .where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
+                    .values(ended_at=sa.func.coalesce(calls.c.ended_at, _at(now)))
+                    .returning(*calls.c)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Call {call_id!r} not found.")
+        return _record(Call, row)
+
+    async def create_recording(
+        self,
+        *,
+        id: str,
+        tenant_id: str,
+        call_id: str,
+        instructions_version: int,
+        now: datetime,
+    ) -> Recording:
+        """Start a recording of the tenant's call (status ``recording``)."""
+        async with self._transaction(write=True, subject=f"Recording {id!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.insert(recordings)
+                    .values(
+                        id=id,
+                        tenant_id=tenant_id,
+                        call_id=call_id,
+                        status="recording",
+                        instructions_version=instructions_version,
+                        created_at=now,
+                        ended_at=None,
+                        audio_purged=False,
+                        failure_reason=None,
+                        deleted_at=None,
+                        delete_reason=None,
+                    )
+                    .returning(*recordings.c)
+                )
+            ).one()
+        return _record(Recording, row)
+
+    async def get_recording(self, tenant_id: str, recording_id: str) -> Recording:
+        """The tenant's recording; ``NotFound`` if unknown or another tenant's."""
+        async with self._transaction() as conn:
+            row = await self._require_recording(conn, tenant_id, recording_id)
+        return _record(Recording, row)
+
+    async def _require_recording(
+        self, conn: AsyncConnection, tenant_id: str, recording_id: str
+    ) -> AnyRow:
+        row = (
+            await conn.execute(
+                sa.select(recordings).where(
+                    recordings.c.id == recording_id, recordings.c.tenant_id == tenant_id
+                )
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"Recording {recording_id!r} not found.")
+        return row
+
+    async def update_recording_status(
+        self,
+        tenant_id: str,
+        recording_id: str,
+        status: RecordingStatus,
+        now: datetime,
+        *,
+        ended_at: datetime | None = None,
+        audio_purged: bool | None = None,
+        failure_reason: str | None = None,
+        delete_reason: str | None = None,
+    ) -> Recording:
+        """Move a recording along its lifecycle (``RECORDING_TRANSITIONS``); a move that the
+        lifecycle forbids is a ``Conflict``. Leaving ``recording`` sets ``ended_at`` (to
+        ``ended_at`` or ``now``) unless already set; ``deleted`` sets ``deleted_at``."""
+        if status not in RECORDING_STATUSES:
+            raise ValueError(f"unknown recording status {status!r}")
+        sources = [s for s, targets in RECORDING_TRANSITIONS.items() if status in targets]
+        values: dict[str, Any] = {"status": status}
+        if status != "recording":
+            values["ended_at"] = sa.func.coalesce(recordings.c.ended_at, _at(ended_at or now))
+        if audio_purged is not None:
+            values["audio_purged"] = audio_purged
+        if failure_reason is not None:
+            values["failure_reason"] = failure_reason[:_MAX_ERROR_CHARS]
+        if status == "deleted":
+            values["deleted_at"] = sa.func.coalesce(recordings.c.deleted_at, _at(now))
+            if delete_reason is not None:
+                values["delete_reason"] = delete_reason
+        async with self._transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(recordings)
+                    .where(
+                        recordings.c.id == recording_id,
+                        recordings.c.tenant_id == tenant_id,
+                        recordings.c.status.in_([*sources, status]),
+                    )
+                    .values(**values)
+                    .returning(*recordings.c)
+                )
+            ).one_or_none()
+            if row is None:
+                current = await self._require_recording(conn, tenant_id, recording_id)
+                raise Conflict(
+                    f"Recording {recording_id!r} is {current.status}; it cannot become {status}."
+                )
+        return _record(Recording, row)
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def enqueue_job(
+        self,
+        *,
+        id: str,
+        tenant_id: str,
+        kind: str,
+        now: datetime,
+        recording_id: str | None = None,
+        run_after: datetime | None = None,
+        max_attempts: int = 3,
+    ) -> Job:
+        """Queue a job, due at ``run_after`` (default ``now``)."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        async with self._transaction(write=True, subject=f"Job {id!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.insert(jobs)
+                    .values(
+                        id=id,
+                        tenant_id=tenant_id,
+                        recording_id=recording_id,
+                        kind=kind,
+                        status="queued",
+                        attempts=0,
+                        max_attempts=max_attempts,
+                        run_after=run_after or now,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(*jobs.c)
+                )
+            ).one()
+        return _record(Job, row)
+
+    async def claim_job(
+        self,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        *,
+        kinds: Sequence[str] | None = None,
+    ) -> Job | None:
+        """Lease one due job to ``owner`` until ``now + lease``: a queued job whose
+        ``run_after`` has come, or a running one whose lease ran out (its worker died).
+
+        Two claimers never get the same job: on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets
+        them pass each other, on SQLite claims are serialized. A running job whose lease ran
+        out on its last attempt is marked failed instead of being handed out again.
+        """
+        kind_filter = [jobs.c.kind.in_(list(kinds))] if kinds is not None else []
+        expired = sa.and_(jobs.c.status == "running", jobs.c.lease_until <= now)
+        exhausted = (
+            sa.select(jobs.c.id)
+            .where(expired, jobs.c.attempts >= jobs.c.max_attempts, *kind_filter)
+            .with_for_update(skip_locked=True)
+        )
+        due = (
+            sa.select(jobs.c.id)
+            .where(
+                sa.or_(
+                    sa.and_(jobs.c.status == "queued", jobs.c.run_after <= now),
+                    sa.and_(expired, jobs.c.attempts < jobs.c.max_attempts),
+                ),
+                *kind_filter,
+            )
+            .order_by(jobs.c.run_after, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._transaction(write=True) as conn:
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id.in_(exhausted.scalar_subquery()))
+                .values(
+                    status="failed",
+                    lease_until=None,
+                    last_error="The lease ran out on the last attempt.",
+                    updated_at=now,
+                )
+            )
+            job_id = (await conn.execute(due)).scalar()
+            if job_id is None:
+                return None
+            row = (
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        status="running",
+                        attempts=jobs.c.attempts + 1,
+                        lease_owner=owner,
+                        lease_until=now + lease,
+                        updated_at=now,
+                    )
+                    .returning(*jobs.c)
+                )
+            ).one()
+        return _record(Job, row)
+
+    async def _leased_job(self, conn: AsyncConnection, job_id: str, owner: str) -> AnyRow:
+        row = (
+            await conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update())
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"Job {job_id!r} not found.")
+        if row.status != "running" or row.lease_owner != owner:
+            raise Conflict(f"Job {job_id!r} is not leased to {owner!r} (it is {row.status}).")
+        return row
+
+    async def complete_job(self, job_id: str, owner: str, now: datetime) -> Job:
+        """Mark the job done; ``Conflict`` if ``owner`` no longer holds its lease."""
+        async with self._transaction(write=True) as conn:
+            await self._leased_job(conn, job_id, owner)
+            row = (
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(status="done", lease_until=None, updated_at=now)
+                    .returning(*jobs.c)
+                )
+            ).one()
+        return _record(Job, row)
+
+    async def fail_job(
+        self,
+        job_id: str,
+        owner: str,
+        error: str,
+        now: datetime,
+        *,
+        retry_at: datetime | None = None,
+    ) -> Job:
+        """Record a failed attempt: queue the job again at ``retry_at`` if given and attempts
+        remain, else mark it failed. ``Conflict`` if ``owner`` no longer holds its lease."""
+        async with self._transaction(write=True) as conn:
+            current = await self._leased_job(conn, job_id, owner)
+            values: dict[str, Any] = {
+                "lease_until": None,
+                "last_error": error[:_MAX_ERROR_CHARS],
+                "updated_at": now,
+            }
+            if retry_at is not None and current.attempts < current.max_attempts:
+                values.update(status="queued", run_after=retry_at, lease_owner=None)
+            else:
+                values.update(status="failed")
+            row = (
+                await conn.execute(
+                    sa.update(jobs).where(jobs.c.id == job_id).values(**values).returning(*jobs.c)
+                )
+            ).one()
+        return _record(Job, row)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    async def append_audit(
+        self,
+        tenant_id: str,
+        actor: str,
+        action: str,
+        object: str | None,
+        detail: dict[str, Any],
+        now: datetime,
+    ) -> AuditEvent:
+        """Append an event to the tenant's hash chain (also after the tenant was deleted, so
+        that its erasure is logged). Appends queue on the tenant row, which holds the chain's
+        head, so concurrent appends never fork it; the (tenant, seq) key is the backstop."""
+        detail = normalize_detail(detail)
+        async with self._transaction(write=True, subject=f"Audit event of {tenant_id!r}") as conn:
+            head = await self._lock_tenant(conn, tenant_id, live=False)
+            seq = head.audit_seq + 1
+            digest = event_hash(
+                head.audit_head,
+                seq=seq,
+                at=now,
+                actor=actor,
+                action=action,
+                object=object,
+                detail=detail,
+            )
+            row = (
+                await conn.execute(
+                    sa.insert(audit_events)
+                    .values(
+                        tenant_id=tenant_id,
+                        seq=seq,
+                        at=now,
+                        actor=actor,
+                        action=action,
+                        object=object,
+                        detail=detail,
+                        prev_hash=head.audit_head,
+                        hash=digest,
+                    )
+                    .returning(*audit_events.c)
+                )
+            ).one()
+            await conn.execute(
+                sa.update(tenants)
+                .where(tenants.c.id == tenant_id)
+                .values(audit_seq=seq, audit_head=digest)
+            )
+        return _record(AuditEvent, row)
+
+    async def list_audit(
+        self, tenant_id: str, *, since_seq: int = 0, limit: int = 100
+    ) -> list[AuditEvent]:
+        """Events with ``seq > since_seq``, oldest first, at most ``limit``."""
+        async with self._transaction() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(audit_events)
+                    .where(audit_events.c.tenant_id == tenant_id, audit_events.c.seq > since_seq)
+                    .order_by(audit_events.c.seq)
+                    .limit(limit)
+                )
+            ).all()
+        return [_record(AuditEvent, row) for row in rows]
+
+    async def verify_audit(self, tenant_id: str) -> AuditCheck:
+        """Recompute the tenant's chain: every event must follow the previous one (seq + 1,
+        ``prev_hash``), its hash must match its content, and the last must be the head kept on
+        the tenant row (so that a removed tail is noticed too). Reads one consistent snapshot
+        on PostgreSQL (REPEATABLE READ); SQLite transactions are snapshots already."""
+        broken: int | None = None
+        count = 0
+        expected_seq, expected_prev = 1, GENESIS_HASH
+        async with self._transaction(snapshot=True) as conn:
+            head = (
+                await conn.execute(
+                    sa.select(tenants.c.audit_seq, tenants.c.audit_head).where(
+                        tenants.c.id == tenant_id
+                    )
+                )
+            ).one_or_none()
+            if head is None:
+                raise NotFound(f"Tenant {tenant_id!r} not found.")
+            result = await conn.stream(
+                sa.select(audit_events)
+                .where(audit_events.c.tenant_id == tenant_id)
+                .order_by(audit_events.c.seq)
+            )
+            async for row in result:
+                count += 1
+                if broken is not None:
+                    continue
+                if row.seq != expected_seq:
+                    broken = expected_seq
+                elif row.prev_hash != expected_prev or row.hash != _rehash(row):
+                    broken = row.seq
+                else:
+                    expected_seq, expected_prev = expected_seq + 1, row.hash
+        last_seq = expected_seq - 1
+        if broken is None and (last_seq, expected_prev) != (head.audit_seq, head.audit_head):
+            # The rows form a valid chain that is not the one the head describes: missing
+            # events at the end, events added past the head, or a re-hashed last event.
+            broken = min(last_seq, head.audit_seq) + 1
+            if last_seq == head.audit_seq:
+                broken = last_seq
+        return AuditCheck(ok=broken is None, broken_at=broken, count=count)

@@ -1,0 +1,178 @@
+"""The values the catalog hands out.
+
+Every repository method of ``Catalog`` returns these frozen dataclasses, never ORM objects
+or rows, so a caller never holds a session, a connection or a lazy attribute that would
+touch the database later. Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+Role = Literal["operator", "admin", "pbx", "processor"]
+RecordingStatus = Literal["recording", "recorded", "processing", "analyzed", "failed", "deleted"]
+DataClass = Literal["recordings", "transcripts"]
+ObjectState = Literal["writing", "committed", "deleted"]
+JobStatus = Literal["queued", "running", "done", "failed"]
+
+ROLES: tuple[Role, ...] = ("operator", "admin", "pbx", "processor")
+RECORDING_STATUSES: tuple[RecordingStatus, ...] = (
+    "recording",
+    "recorded",
+    "processing",
+    "analyzed",
+    "failed",
+    "deleted",
+)
+DATA_CLASSES: tuple[DataClass, ...] = ("recordings", "transcripts")
+OBJECT_STATES: tuple[ObjectState, ...] = ("writing", "committed", "deleted")
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    region: str
+    created_at: datetime
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API token; only the SHA-256 of the secret is ever stored."""
+
+    id: str
+    tenant_id: str | None
+    """``None`` for operator tokens, which belong to no tenant."""
+    role: Role
+    token_hash: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Instructions:
+    """One immutable version of a tenant's documented instructions."""
+
+    tenant_id: str
+    version: int
+    document: dict[str, Any]
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The call record (CDR) of an announced call, accepted or refused."""
+
+    tenant_id: str
+    id: str
+    from_number: str
+    to_number: str
+    direction: str
+    consent: str
+    transport: str
+    codec: str
+    sample_rate: int
+    instructions_version: int | None
+    decision: dict[str, Any]
+    refusal_code: str | None
+    started_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    id: str
+    tenant_id: str
+    call_id: str
+    status: RecordingStatus
+    instructions_version: int
+    created_at: datetime
+    ended_at: datetime | None
+    audio_purged: bool
+    failure_reason: str | None
+    deleted_at: datetime | None
+    delete_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """A sealed object in the object store (its bytes live there, its DEK in the key table)."""
+
+    id: str
+    tenant_id: str
+    recording_id: str | None
+    kind: str
+    track: str | None
+    data_class: DataClass
+    store_key: str
+    size: int | None
+    state: ObjectState
+    created_at: datetime
+    committed_at: datetime | None
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectKeyRow:
+    """One row of the key table: the wrapped DEK of one object, and nothing else."""
+
+    object_id: str
+    tenant_id: str
+    kek_id: str
+    kek_version: int
+    wrapped_dek: bytes
+    created_at: datetime
+    rewrapped_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    tenant_id: str
+    recording_id: str | None
+    kind: str
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    run_after: datetime
+    lease_owner: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One link of a tenant's hash-chained audit log (ids and small metadata only)."""
+
+    tenant_id: str
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    object: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheck:
+    """The outcome of ``Catalog.verify_audit``; unpacks as ``ok, broken_at, count``."""
+
+    ok: bool
+    broken_at: int | None
+    """The first sequence number that is altered, missing or out of place."""
+    count: int
+    """How many events the tenant's log holds."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.ok, self.broken_at, self.count))

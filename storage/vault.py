@@ -1,0 +1,305 @@
+"""The media vault: the one way audio, transcripts and analysis reach storage and return.
+
+It joins the object format (``crypto.objectformat``), the tenant's keys (a
+``KeyProvider``), the catalog's key table and an ``ObjectStore``, in the order that keeps
+the promises:
+
+* **Sealing**: a fresh DEK per object, wrapped under the tenant's current KEK; the catalog
+  rows (object and key) are written *before* the first byte reaches the store, so the store
+  never holds an object that the catalog (and so the retention sweeper) does not know.
+* **Opening**: the wrapped DEK comes from the key table, never from the object; a segment's
+  plaintext is handed out only after its tag verified.
+* **Shredding**: the DEK row is destroyed *first*, then the object's bytes, then the catalog
+  row is marked deleted. A crash between steps leaves an object nobody can open, and
+  running ``shred_object`` again finishes the job.
+* **Rotation**: a new KEK version, then every DEK row of the tenant re-wrapped in place;
+  objects are never rewritten.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from crypto.errors import DecryptionFailed, KeyUnavailable, NotFound
+from crypto.keys import KeyProvider, WrappedKey
+from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
+from storage.catalog import Catalog
+from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
+from storage.store import ObjectStore, ObjectUpload, check_key
+
+READ_CHUNK = 1 << 20
+
+
+class VaultMetrics:
+    """What the vault exports at ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry or CollectorRegistry()
+        self.bytes_sealed = Counter(
+            "callvault_bytes_sealed", "Plaintext bytes sealed into objects.", registry=registry
+        )
+        self.objects_committed = Counter(
+            "callvault_objects_committed",
+            "Sealed objects committed to the object store.",
+            registry=registry,
+        )
+        self.objects_shredded = Counter(
+            "callvault_objects_shredded",
+            "Objects whose DEK was destroyed and whose bytes were deleted.",
+            registry=registry,
+        )
+        self.flush_latency = Histogram(
+            "callvault_flush_latency_seconds",
+            "Time to seal buffered plaintext and push it to the object store.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.decryption_failures = Counter(
+            "callvault_decryption_failures",
+            "Objects that failed to verify when opened.",
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    tenant: str
+    kek_id: str
+    kek_version: int
+    rewrapped: int
+
+
+class SealingUpload:
+    """One object being sealed and streamed into the store.
+
+    ``write`` seals full segments as they fill, ``flush`` seals what is buffered and pushes
+    it towards durable storage (the gateway calls it every couple of seconds), ``commit``
+    seals the last segment and publishes the object, ``abort`` drops it and shreds its key.
+    """
+
+    def __init__(
+        self,
+        vault: MediaVault,
+        record: StoredObject,
+        writer: ObjectWriter,
+        upload: ObjectUpload,
+    ) -> None:
+        self._vault = vault
+        self.record = record
+        self._writer = writer
+        self._upload = upload
+
+    @property
+    def object_id(self) -> str:
+        return self.record.id
+
+    @property
+    def plaintext_bytes(self) -> int:
+        return self._writer.plaintext_bytes
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        sealed = self._writer.write(data)
+        self._vault.metrics.bytes_sealed.inc(len(data))
+        if sealed:
+            await self._upload.write(sealed)
+
+    async def flush(self) -> None:
+        started = time.perf_counter()
+        sealed = self._writer.flush()
+        if sealed:
+            await self._upload.write(sealed)
+        await self._upload.flush()
+        self._vault.metrics.flush_latency.observe(time.perf_counter() - started)
+
+    async def commit(self, *, now: datetime) -> StoredObject:
+        await self._upload.write(self._writer.close())
+        size = await self._upload.commit()
+        self.record = await self._vault.catalog.mark_object_committed(
+            self.record.id, size=size, now=now
+        )
+        self._vault.metrics.objects_committed.inc()
+        return self.record
+
+    async def abort(self, *, now: datetime) -> None:
+        await self._upload.abort()
+        await self._vault.shred_object(self.record.tenant_id, self.record.id, now=now)
+
+
+class MediaVault:
+    """Seals, stores, opens, shreds and re-keys the objects of every tenant."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        store: ObjectStore,
+        keys: KeyProvider,
+        segment_size: int = 64 * 1024,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.keys = keys
+        self.segment_size = segment_size
+        self.metrics = VaultMetrics(registry)
+
+    @staticmethod
+    def store_key(tenant: str, object_id: str) -> str:
+        """Where an object's bytes live; raises ``ValueError`` for an unsafe tenant id."""
+        return check_key(f"{tenant}/objects/{object_id}")
+
+    async def create_object(
+        self,
+        *,
+        tenant: str,
+        kind: str,
+        data_class: DataClass,
+        now: datetime,
+        recording_id: str | None = None,
+        track: str | None = None,
+    ) -> SealingUpload:
+        """Start sealing a new object: its catalog and key rows exist before any byte."""
+        object_id = secrets.token_hex(16)
+        store_key = self.store_key(tenant, object_id)
+        dek = generate_dek()
+        wrapped = await self.keys.wrap(tenant, object_id, dek)
+        record = await self.catalog.add_object(
+            object_id=object_id,
+            tenant_id=tenant,
+            recording_id=recording_id,
+            kind=kind,
+            track=track,
+            data_class=data_class,
+            store_key=store_key,
+            key=ObjectKeyRow(
+                object_id=object_id,
+                tenant_id=tenant,
+                kek_id=wrapped.kek_id,
+                kek_version=wrapped.kek_version,
+                wrapped_dek=wrapped.blob,
+                created_at=now,
+            ),
+            now=now,
+        )
+        writer = ObjectWriter(
+            dek=dek,
+            tenant=tenant,
+            object_id=object_id,
+            kek_id=wrapped.kek_id,
+            kek_version=wrapped.kek_version,
+            segment_size=self.segment_size,
+        )
+        upload = await self.store.open_upload(store_key)
+        return SealingUpload(self, record, writer, upload)
+
+    async def put_object(
+        self,
+        plaintext: bytes,
+        *,
+        tenant: str,
+        kind: str,
+        data_class: DataClass,
+        now: datetime,
+        recording_id: str | None = None,
+        track: str | None = None,
+    ) -> StoredObject:
+        """Seal and store a small object (a transcript, an analysis) in one call."""
+        upload = await self.create_object(
+            tenant=tenant,
+            kind=kind,
+            data_class=data_class,
+            now=now,
+            recording_id=recording_id,
+            track=track,
+        )
+        try:
+            await upload.write(plaintext)
+            return await upload.commit(now=now)
+        except Exception:
+            await upload.abort(now=now)
+            raise
+
+    async def open_object(
+        self, tenant: str, object_id: str, *, verify_all: bool = False
+    ) -> AsyncIterator[bytes]:
+        """An object's plaintext as a stream, each piece released only after its segment
+        verified; with ``verify_all`` nothing is released until the whole object verified
+        (exports).
+
+        The lookups happen here, before the stream starts, so that an HTTP handler learns of
+        ``NotFound`` (unknown, or another tenant's) and ``KeyUnavailable`` (shredded) before
+        it sends a status line.
+        """
+        record = await self.catalog.get_object(object_id, tenant_id=tenant)
+        if record.state != "committed":
+            raise NotFound(f"object {object_id} is {record.state}, not readable")
+        dek = await self._unwrap(tenant, object_id)
+        reader = ObjectReader(dek=dek, tenant=tenant, object_id=object_id, verify_all=verify_all)
+        return self._stream(record.store_key, reader)
+
+    async def _stream(self, store_key: str, reader: ObjectReader) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.store.read(store_key, chunk_size=READ_CHUNK):
+                for plaintext in reader.feed(chunk):
+                    yield plaintext
+            for plaintext in reader.finish():
+                yield plaintext
+        except DecryptionFailed:
+            self.metrics.decryption_failures.inc()
+            raise
+
+    async def read_object(self, tenant: str, object_id: str) -> bytes:
+        """The whole plaintext of a (small) object, verified end to end."""
+        stream = await self.open_object(tenant, object_id, verify_all=True)
+        return b"".join([chunk async for chunk in stream])
+
+    async def shred_object(self, tenant: str, object_id: str, *, now: datetime) -> None:
+        """Destroy the DEK, then the bytes, then mark the row deleted. Idempotent."""
+        record = await self.catalog.get_object(object_id, tenant_id=tenant)
+        await self.catalog.delete_object_key(object_id)
+        await self.store.delete_many([record.store_key])
+        if record.state != "deleted":
+            await self.catalog.mark_object_deleted(object_id, now=now)
+            self.metrics.objects_shredded.inc()
+
+    async def rotate_tenant_keys(self, tenant: str, *, actor: str, now: datetime) -> RotationReport:
+        """Add a KEK version and re-wrap every DEK of the tenant under it.
+
+        Resumable: a row already at the new version is skipped, so running it again after a
+        crash finishes the work without re-wrapping anything twice.
+        """
+        target = await self.keys.rotate(tenant)
+
+        async def rewrap(row: ObjectKeyRow) -> tuple[str, int, bytes]:
+            old = WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
+            dek = await self.keys.unwrap(tenant, row.object_id, old)
+            new = await self.keys.wrap(tenant, row.object_id, dek)
+            if new.kek_version != target.kek_version:
+                raise KeyUnavailable(
+                    f"tenant {tenant!r} was rotated again while re-wrapping; run it again"
+                )
+            return new.kek_id, new.kek_version, new.blob
+
+        rewrapped = await self.catalog.rewrap_object_keys(
+            tenant, rewrap, target_version=target.kek_version, now=now
+        )
+        await self.catalog.append_audit(
+            tenant,
+            actor=actor,
+            action="keys.rotated",
+            object=target.kek_id,
+            detail={"kek_version": target.kek_version, "rewrapped": rewrapped},
+            now=now,
+        )
+        return RotationReport(tenant, target.kek_id, target.kek_version, rewrapped)
+
+    async def _unwrap(self, tenant: str, object_id: str) -> bytes:
+        row = await self.catalog.get_object_key(object_id, tenant_id=tenant)
+        wrapped = WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
+        return await self.keys.unwrap(tenant, object_id, wrapped)

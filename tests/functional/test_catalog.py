@@ -1,0 +1,1091 @@
+"""The catalog against real databases: SQLite (a temporary file, always) and PostgreSQL at
+127.0.0.1:5432 (a fresh database for the session, skipped when unreachable, failed instead
+when ``CALLVAULT_TEST_REQUIRE_PARTS=1``).
+
+Every test that takes ``catalog`` runs once per backend. Each test starts from an empty schema
+(a new SQLite file; on PostgreSQL the ``public`` schema dropped and recreated) brought up by
+the real migrations. Raw SQL through a second engine (``raw``) plays the attacker or checks
+what is really stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from crypto.errors import CatalogUnavailable, Conflict, KeyUnavailable, NotFound
+from storage.catalog import AuditCheck, Catalog, ObjectKeyRow
+from storage.catalog.database import MIGRATIONS_DIR
+from storage.catalog.schema import metadata
+from tests.parts import require_part
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+TABLES = {
+    "tenants",
+    "tokens",
+    "instructions",
+    "calls",
+    "recordings",
+    "objects",
+    "object_keys",
+    "jobs",
+    "audit_events",
+}
+
+X = TypeVar("X")
+
+
+def run_in_thread(coro: Coroutine[Any, Any, X]) -> X:
+    """Run ``coro`` on an event loop of its own, away from the test's loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _pg_connect(database: str) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, database=database, timeout=5
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test session, dropped at the end."""
+    name = f"callvault_test_{os.getpid()}_{secrets.token_hex(4)}"
+
+    async def create() -> str | None:
+        try:
+            admin = await _pg_connect("postgres")
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            return f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {exc}"
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return None
+
+    async def drop() -> None:
+        admin = await _pg_connect("postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    problem = run_in_thread(create())
+    require_part(problem is None, problem or "")
+    yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    run_in_thread(drop())
+
+
+async def _reset_pg_schema(database: str) -> None:
+    conn = await _pg_connect(database)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.integration]),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty catalog database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}"
+    url: str = request.getfixturevalue("pg_database")
+    run_in_thread(_reset_pg_schema(url.rsplit("/", 1)[1]))
+    return url
+
+
+@pytest.fixture
+async def empty_catalog(database_url: str) -> AsyncIterator[Catalog]:
+    """A catalog on an empty database (not migrated)."""
+    catalog = await Catalog.open(database_url)
+    try:
+        yield catalog
+    finally:
+        await catalog.close()
+
+
+@pytest.fixture
+async def catalog(empty_catalog: Catalog) -> Catalog:
+    await empty_catalog.migrate()
+    return empty_catalog
+
+
+@pytest.fixture
+async def raw(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A second engine on the same database, for raw SQL."""
+    engine = create_async_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def scalar(raw: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with raw.connect() as conn:
+        return (await conn.execute(sa.text(sql), params)).scalar()
+
+
+async def execute(raw: AsyncEngine, sql: str, **params: Any) -> int:
+    async with raw.begin() as conn:
+        return (await conn.execute(sa.text(sql), params)).rowcount
+
+
+async def table_names(raw: AsyncEngine) -> set[str]:
+    async with raw.connect() as conn:
+        return set(await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()))
+
+
+async def add_tenant(catalog: Catalog, tenant_id: str = "acme") -> None:
+    await catalog.create_tenant(tenant_id, tenant_id.title(), "eu", T0)
+
+
+async def add_recording(
+    catalog: Catalog, tenant_id: str = "acme", call_id: str = "call-1", recording_id: str = "rec-1"
+) -> None:
+    """A tenant with instructions v1, a call and a recording of it."""
+    if await catalog.current_instructions(tenant_id) is None:
+        await catalog.add_instructions(tenant_id, {"recording": {"enabled": True}}, "adm", T0)
+    await catalog.create_call(
+        id=call_id,
+        tenant_id=tenant_id,
+        from_number="+40211111111",
+        to_number="+40722222222",
+        direction="inbound",
+        consent="granted",
+        transport="twilio",
+        codec="pcmu",
+        sample_rate=8000,
+        instructions_version=1,
+        decision={"store_recording": True, "ai": []},
+        refusal_code=None,
+        started_at=T0,
+    )
+    await catalog.create_recording(
+        id=recording_id, tenant_id=tenant_id, call_id=call_id, instructions_version=1, now=T0
+    )
+
+
+def key_row(object_id: str, tenant_id: str = "acme", version: int = 1) -> ObjectKeyRow:
+    return ObjectKeyRow(
+        object_id=object_id,
+        tenant_id=tenant_id,
+        kek_id=f"{tenant_id}-kek",
+        kek_version=version,
+        wrapped_dek=b"wrapped:" + object_id.encode(),
+        created_at=T0,
+    )
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
+    empty_catalog: Catalog, raw: AsyncEngine
+) -> None:
+    with pytest.raises(CatalogUnavailable, match="run the migrations"):
+        await empty_catalog.check()
+    assert await table_names(raw) == set()
+
+    await empty_catalog.migrate()
+    assert await table_names(raw) == TABLES | {"alembic_version"}
+    await empty_catalog.check()
+    await add_tenant(empty_catalog)
+
+    await empty_catalog.migrate()
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0001"
+    assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
+    assert (await empty_catalog.get_tenant("acme")).name == "Acme"
+
+
+async def test_nodes_migrating_at_once_do_not_collide(
+    empty_catalog: Catalog, database_url: str
+) -> None:
+    other = await Catalog.open(database_url)
+    try:
+        await asyncio.gather(empty_catalog.migrate(), other.migrate(), empty_catalog.migrate())
+        await other.check()
+    finally:
+        await other.close()
+
+
+async def test_models_match_the_migrated_schema(catalog: Catalog, raw: AsyncEngine) -> None:
+    async def diff(target: sa.MetaData) -> list[Any]:
+        async with raw.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"compare_type": True}), target
+                )
+            )
+
+    assert await diff(metadata) == []
+
+    # The comparison does see a difference when there is one.
+    changed = sa.MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["object_keys"].append_column(sa.Column("dek", sa.LargeBinary()))
+    assert [d[0] for d in await diff(changed)] == ["add_column"]
+
+
+async def test_downgrade_removes_everything_and_upgrade_restores_it(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    async def alembic(revision: str) -> None:
+        def step(sync: sa.Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = sync
+            if revision == "base":
+                command.downgrade(config, revision)
+            else:
+                command.upgrade(config, revision)
+
+        async with raw.begin() as conn:
+            await conn.run_sync(step)
+
+    await alembic("base")
+    assert await table_names(raw) == {"alembic_version"}
+    with pytest.raises(CatalogUnavailable):
+        await catalog.check()
+    await alembic("head")
+    assert await table_names(raw) == TABLES | {"alembic_version"}
+    await catalog.check()
+
+
+async def test_queries_on_an_unmigrated_database_are_catalog_unavailable(
+    empty_catalog: Catalog,
+) -> None:
+    with pytest.raises(CatalogUnavailable, match="failed or could not be reached"):
+        await empty_catalog.get_tenant("acme")
+
+
+# --- tenants ------------------------------------------------------------------------------
+
+
+async def test_tenants(catalog: Catalog) -> None:
+    created = await catalog.create_tenant("acme", "Acme SRL", "eu", T0)
+    assert (created.id, created.name, created.region, created.deleted_at) == (
+        "acme",
+        "Acme SRL",
+        "eu",
+        None,
+    )
+    assert await catalog.get_tenant("acme") == created
+    await catalog.create_tenant("beta", "Beta", "us", T0)
+    with pytest.raises(Conflict, match="already exists"):
+        await catalog.create_tenant("acme", "Other", "eu", T0)
+    assert [t.id for t in await catalog.list_tenants()] == ["acme", "beta"]
+
+    deleted = await catalog.mark_tenant_deleted("acme", T0 + timedelta(hours=1))
+    assert deleted.deleted_at == T0 + timedelta(hours=1)
+    again = await catalog.mark_tenant_deleted("acme", T0 + timedelta(hours=2))
+    assert again.deleted_at == T0 + timedelta(hours=1)
+    with pytest.raises(NotFound):
+        await catalog.get_tenant("acme")
+    assert [t.id for t in await catalog.list_tenants()] == ["beta"]
+    assert [t.id for t in await catalog.list_tenants(include_deleted=True)] == ["acme", "beta"]
+    with pytest.raises(Conflict):
+        await catalog.create_tenant("acme", "Acme again", "eu", T0)
+    with pytest.raises(NotFound):
+        await catalog.mark_tenant_deleted("nope", T0)
+    with pytest.raises(NotFound):
+        await catalog.get_tenant("nope")
+
+
+async def test_times_come_back_aware_utc_and_naive_times_are_refused(catalog: Catalog) -> None:
+    bucharest = timezone(timedelta(hours=2))
+    local = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=bucharest)
+    tenant = await catalog.create_tenant("acme", "Acme", "eu", local)
+    stored = (await catalog.get_tenant("acme")).created_at
+    assert stored == tenant.created_at == local
+    assert stored.tzinfo == UTC
+    assert (stored.hour, stored.microsecond) == (10, 123456)
+    with pytest.raises(ValueError, match="naive"):
+        await catalog.create_tenant("beta", "Beta", "eu", datetime(2026, 1, 1))
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def test_tokens(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    pbx = await catalog.create_token("t1", "acme", "pbx", token_hash("s1"), "op", T0)
+    assert (pbx.tenant_id, pbx.role, pbx.revoked_at) == ("acme", "pbx", None)
+    assert await catalog.find_token(token_hash("s1")) == pbx
+    assert await catalog.find_token(token_hash("unknown")) is None
+
+    with pytest.raises(Conflict):
+        await catalog.create_token("t2", "acme", "admin", token_hash("s1"), "op", T0)
+    with pytest.raises(Conflict):
+        await catalog.create_token("t1", "acme", "admin", token_hash("s2"), "op", T0)
+    with pytest.raises(NotFound):
+        await catalog.create_token("t3", "nope", "admin", token_hash("s3"), "op", T0)
+    with pytest.raises(ValueError, match="hex SHA-256"):
+        await catalog.create_token("t4", "acme", "admin", "s4-in-clear", "op", T0)
+    with pytest.raises(ValueError, match="operator"):
+        await catalog.create_token("t5", "acme", "operator", token_hash("s5"), "op", T0)
+    with pytest.raises(ValueError, match="operator"):
+        await catalog.create_token("t6", None, "admin", token_hash("s6"), "op", T0)
+
+    # Another tenant cannot revoke it, and cannot tell it exists.
+    with pytest.raises(NotFound):
+        await catalog.revoke_token("beta", "t1", T0)
+    assert await catalog.find_token(token_hash("s1")) == pbx
+    revoked = await catalog.revoke_token("acme", "t1", T0 + timedelta(minutes=1))
+    assert revoked.revoked_at == T0 + timedelta(minutes=1)
+    assert await catalog.find_token(token_hash("s1")) is None
+    again = await catalog.revoke_token("acme", "t1", T0 + timedelta(minutes=2))
+    assert again.revoked_at == T0 + timedelta(minutes=1)
+
+    operator = await catalog.create_token("op1", None, "operator", token_hash("o"), "boot", T0)
+    assert await catalog.find_token(token_hash("o")) == operator
+    with pytest.raises(NotFound):
+        await catalog.revoke_token("acme", "op1", T0)
+    await catalog.revoke_token(None, "op1", T0)
+    assert await catalog.find_token(token_hash("o")) is None
+
+    # A deleted tenant's tokens stop working, and it gets no new ones.
+    await catalog.create_token("b1", "beta", "processor", token_hash("b"), "op", T0)
+    await catalog.mark_tenant_deleted("beta", T0)
+    assert await catalog.find_token(token_hash("b")) is None
+    with pytest.raises(NotFound):
+        await catalog.create_token("b2", "beta", "processor", token_hash("b2"), "op", T0)
+
+
+# --- instructions -------------------------------------------------------------------------
+
+
+async def test_instructions_are_versioned_per_tenant(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    assert await catalog.current_instructions("acme") is None
+    assert await catalog.instructions_history("acme") == []
+
+    v1 = await catalog.add_instructions("acme", {"recording": {"enabled": True}}, "adm", T0)
+    v2 = await catalog.add_instructions(
+        "acme", {"recording": {"enabled": False}, "ai": {"transcript": True}}, "adm2", T0
+    )
+    assert (v1.version, v2.version) == (1, 2)
+    assert (await catalog.add_instructions("beta", {}, "adm", T0)).version == 1
+    assert await catalog.current_instructions("acme") == v2
+    assert await catalog.instructions_history("acme") == [v1, v2]
+    assert (await catalog.get_instructions("acme", 1)).document == {"recording": {"enabled": True}}
+    assert (await catalog.get_instructions("acme", 2)).created_by == "adm2"
+    with pytest.raises(NotFound):
+        await catalog.get_instructions("acme", 3)
+    with pytest.raises(NotFound):
+        await catalog.get_instructions("beta", 2)
+    with pytest.raises(NotFound):
+        await catalog.add_instructions("nope", {}, "adm", T0)
+    await catalog.mark_tenant_deleted("beta", T0)
+    with pytest.raises(NotFound):
+        await catalog.add_instructions("beta", {}, "adm", T0)
+
+
+async def test_concurrent_instruction_changes_get_consecutive_versions(
+    catalog: Catalog, database_url: str
+) -> None:
+    await add_tenant(catalog)
+    other = await Catalog.open(database_url)  # a second node
+    try:
+        results = await asyncio.gather(
+            *(
+                (catalog if n % 2 else other).add_instructions("acme", {"n": n}, f"a{n}", T0)
+                for n in range(20)
+            )
+        )
+    finally:
+        await other.close()
+    assert sorted(r.version for r in results) == list(range(1, 21))
+    history = await catalog.instructions_history("acme")
+    assert [h.version for h in history] == list(range(1, 21))
+    assert sorted(h.document["n"] for h in history) == list(range(20))
+
+
+# --- the key table ------------------------------------------------------------------------
+
+
+async def test_key_table_round_trip_and_tenant_scope(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    row = key_row("obj-1")
+    await catalog.put_object_key(row)
+    assert await catalog.get_object_key("obj-1", "acme") == row
+    with pytest.raises(KeyUnavailable):
+        await catalog.get_object_key("obj-1", "beta")
+    with pytest.raises(Conflict):
+        await catalog.put_object_key(replace(row, wrapped_dek=b"other"))
+    with pytest.raises(NotFound):
+        await catalog.put_object_key(key_row("obj-2", tenant_id="nope"))
+
+
+async def test_shredding_deletes_the_key_row(catalog: Catalog, raw: AsyncEngine) -> None:
+    await add_tenant(catalog)
+    await catalog.put_object_key(key_row("obj-1"))
+    await catalog.put_object_key(key_row("obj-2"))
+
+    assert await catalog.delete_object_key("obj-1") is True
+    assert (
+        await scalar(raw, "SELECT count(*) FROM object_keys WHERE object_id = :id", id="obj-1") == 0
+    )
+    with pytest.raises(KeyUnavailable, match="shredded or never existed"):
+        await catalog.get_object_key("obj-1", "acme")
+    assert await catalog.delete_object_key("obj-1") is False
+    assert (await catalog.get_object_key("obj-2", "acme")).object_id == "obj-2"
+
+
+async def test_a_shredded_key_leaves_no_bytes_in_the_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    catalog = await Catalog.open(f"sqlite:///{path}")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await catalog.migrate()
+        await add_tenant(catalog)
+        shredded, control = secrets.token_bytes(48), secrets.token_bytes(48)
+        await catalog.put_object_key(replace(key_row("obj-1"), wrapped_dek=shredded))
+        await catalog.put_object_key(replace(key_row("obj-2"), wrapped_dek=control))
+        await execute(engine, "PRAGMA wal_checkpoint(TRUNCATE)")
+        assert shredded in path.read_bytes() and control in path.read_bytes()
+
+        # The control: a plain DELETE leaves the bytes in the page's free space...
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA secure_delete = OFF")
+            await conn.execute(sa.text("DELETE FROM object_keys WHERE object_id = 'obj-2'"))
+            await conn.commit()
+        await execute(engine, "PRAGMA wal_checkpoint(TRUNCATE)")
+        assert control in path.read_bytes()
+
+        # ...the catalog's shred does not.
+        assert await catalog.delete_object_key("obj-1")
+        await execute(engine, "PRAGMA wal_checkpoint(TRUNCATE)")
+        assert shredded not in path.read_bytes()
+        wal = path.with_name(path.name + "-wal")
+        assert not wal.exists() or shredded not in wal.read_bytes()
+    finally:
+        await engine.dispose()
+        await catalog.close()
+
+
+async def test_list_object_keys_pages_through_one_tenant(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    for n in range(7):
+        await catalog.put_object_key(key_row(f"obj-{n}"))
+    await catalog.put_object_key(key_row("obj-b", tenant_id="beta"))
+    seen = [row.object_id async for row in catalog.list_object_keys("acme", page_size=3)]
+    assert seen == [f"obj-{n}" for n in range(7)]
+    exact = [row.object_id async for row in catalog.list_object_keys("beta", page_size=1)]
+    assert exact == ["obj-b"]
+    assert [row async for row in catalog.list_object_keys("nope")] == []
+
+
+async def test_rewrap_is_resumable_after_a_crash(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    originals = {f"obj-{n:02d}": key_row(f"obj-{n:02d}") for n in range(10)}
+    for row in originals.values():
+        await catalog.put_object_key(row)
+    await catalog.put_object_key(key_row("obj-beta", tenant_id="beta"))
+    calls: list[str] = []
+    crash_on_call = 5  # in the second batch of 3
+
+    async def rewrap(row: ObjectKeyRow) -> tuple[str, int, bytes]:
+        calls.append(row.object_id)
+        if len(calls) == crash_on_call:
+            raise RuntimeError("KMS went away")
+        return "acme-kek", 2, b"v2|" + row.wrapped_dek
+
+    later = T0 + timedelta(days=1)
+    with pytest.raises(RuntimeError, match="KMS went away"):
+        await catalog.rewrap_object_keys("acme", rewrap, later, target_version=2, batch_size=3)
+    rows = {row.object_id: row async for row in catalog.list_object_keys("acme")}
+    assert [k for k, r in sorted(rows.items()) if r.kek_version == 2] == list(originals)[:3]
+
+    calls.clear()
+    crash_on_call = 0
+    assert (
+        await catalog.rewrap_object_keys("acme", rewrap, later, target_version=2, batch_size=3) == 7
+    )
+    assert calls == list(originals)[3:]  # finished batches are not redone
+    rows = {row.object_id: row async for row in catalog.list_object_keys("acme")}
+    for object_id, original in originals.items():
+        assert rows[object_id].kek_version == 2
+        assert rows[object_id].wrapped_dek == b"v2|" + original.wrapped_dek  # exactly once
+        assert rows[object_id].rewrapped_at == later
+    assert (await catalog.get_object_key("obj-beta", "beta")).kek_version == 1
+
+    calls.clear()
+    assert await catalog.rewrap_object_keys("acme", rewrap, later, target_version=2) == 0
+    assert calls == []
+
+
+async def test_rewrap_refuses_a_key_wrapped_to_another_version(catalog: Catalog) -> None:
+    await add_tenant(catalog)
+    await catalog.put_object_key(key_row("obj-1"))
+
+    async def stale(row: ObjectKeyRow) -> tuple[str, int, bytes]:
+        return row.kek_id, 1, row.wrapped_dek
+
+    with pytest.raises(ValueError, match="expected 2"):
+        await catalog.rewrap_object_keys("acme", stale, T0, target_version=2)
+    assert (await catalog.get_object_key("obj-1", "acme")).kek_version == 1
+
+
+async def test_rewrap_does_not_resurrect_a_key_shredded_meanwhile(catalog: Catalog) -> None:
+    await add_tenant(catalog)
+    await catalog.put_object_key(key_row("obj-1"))
+    await catalog.put_object_key(key_row("obj-2"))
+
+    async def rewrap_and_shred_the_other(row: ObjectKeyRow) -> tuple[str, int, bytes]:
+        await catalog.delete_object_key("obj-2")
+        return row.kek_id, 2, b"new"
+
+    assert (
+        await catalog.rewrap_object_keys("acme", rewrap_and_shred_the_other, T0, target_version=2)
+        == 1
+    )
+    assert [r.object_id async for r in catalog.list_object_keys("acme")] == ["obj-1"]
+
+
+async def test_delete_tenant_object_keys(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    for n in range(3):
+        await catalog.put_object_key(key_row(f"a{n}"))
+    await catalog.put_object_key(key_row("b0", tenant_id="beta"))
+    assert await catalog.delete_tenant_object_keys("acme") == 3
+    assert [r async for r in catalog.list_object_keys("acme")] == []
+    assert (await catalog.get_object_key("b0", "beta")).object_id == "b0"
+    assert await catalog.delete_tenant_object_keys("acme") == 0
+
+
+# --- objects ------------------------------------------------------------------------------
+
+
+async def test_objects_lifecycle(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    await add_recording(catalog)
+    audio = await catalog.add_object(
+        object_id="o1",
+        tenant_id="acme",
+        kind="audio",
+        data_class="recordings",
+        store_key="acme/objects/o1",
+        now=T0,
+        recording_id="rec-1",
+        track="inbound",
+    )
+    assert (audio.state, audio.size, audio.committed_at) == ("writing", None, None)
+    transcript = await catalog.add_object(
+        object_id="o2",
+        tenant_id="acme",
+        kind="transcript",
+        data_class="transcripts",
+        store_key="acme/objects/o2",
+        now=T0 + timedelta(seconds=1),
+        recording_id="rec-1",
+    )
+    loose = await catalog.add_object(
+        object_id="o3",
+        tenant_id="acme",
+        kind="export",
+        data_class="recordings",
+        store_key="acme/objects/o3",
+        now=T0 + timedelta(seconds=2),
+    )
+
+    later = T0 + timedelta(minutes=5)
+    committed = await catalog.mark_object_committed("o1", 1234, later)
+    assert (committed.state, committed.size, committed.committed_at) == ("committed", 1234, later)
+    assert await catalog.mark_object_committed("o1", 1234, later + timedelta(1)) == committed
+    with pytest.raises(Conflict):
+        await catalog.mark_object_committed("o1", 999, later)
+    with pytest.raises(NotFound):
+        await catalog.mark_object_committed("nope", 1, later)
+    assert await catalog.get_object("o1", "acme") == committed
+    with pytest.raises(NotFound):
+        await catalog.get_object("o1", "beta")
+
+    assert await catalog.list_objects("acme", recording_id="rec-1") == [committed, transcript]
+    assert await catalog.list_objects("acme") == [committed, transcript, loose]
+    assert await catalog.list_objects("acme", state="writing") == [transcript, loose]
+    assert await catalog.list_objects("beta") == []
+
+    deleted = await catalog.mark_object_deleted("o1", later + timedelta(days=90))
+    assert (deleted.state, deleted.deleted_at) == ("deleted", later + timedelta(days=90))
+    again = await catalog.mark_object_deleted("o1", later + timedelta(days=91))
+    assert again.deleted_at == later + timedelta(days=90)
+    with pytest.raises(Conflict):
+        await catalog.mark_object_committed("o1", 1234, later)
+    with pytest.raises(NotFound):
+        await catalog.mark_object_deleted("nope", later)
+
+
+async def test_add_object_refuses_bad_input_and_foreign_recordings(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    await add_recording(catalog, "beta", recording_id="rec-b")
+    common: dict[str, Any] = {"tenant_id": "acme", "kind": "audio", "now": T0}
+    with pytest.raises(NotFound):
+        await catalog.add_object(
+            object_id="o1",
+            data_class="recordings",
+            store_key="acme/objects/o1",
+            recording_id="rec-b",
+            **common,
+        )
+    with pytest.raises(ValueError, match="data class"):
+        await catalog.add_object(
+            object_id="o1",
+            data_class="audio",  # type: ignore[arg-type]
+            store_key="acme/objects/o1",
+            **common,
+        )
+    await catalog.add_object(
+        object_id="o1", data_class="recordings", store_key="acme/objects/o1", **common
+    )
+    with pytest.raises(Conflict):
+        await catalog.add_object(
+            object_id="o2", data_class="recordings", store_key="acme/objects/o1", **common
+        )
+
+
+async def test_add_object_writes_the_key_row_in_the_same_transaction(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    await add_tenant(catalog)
+    common: dict[str, Any] = {"tenant_id": "acme", "kind": "audio", "data_class": "recordings"}
+    await catalog.add_object(
+        object_id="o1", store_key="acme/objects/o1", now=T0, key=key_row("o1"), **common
+    )
+    assert await catalog.get_object_key("o1", "acme") == key_row("o1")
+
+    # The object insert fails (duplicate id): its key row must not be left behind.
+    with pytest.raises(Conflict):
+        await catalog.add_object(
+            object_id="o1", store_key="acme/objects/o9", now=T0, key=key_row("o1"), **common
+        )
+    assert await scalar(raw, "SELECT count(*) FROM object_keys") == 1
+    # The key insert fails (a key row is already there): the object row must not stay.
+    await catalog.put_object_key(key_row("o2"))
+    with pytest.raises(Conflict):
+        await catalog.add_object(
+            object_id="o2", store_key="acme/objects/o2", now=T0, key=key_row("o2"), **common
+        )
+    assert await scalar(raw, "SELECT count(*) FROM objects") == 1
+    with pytest.raises(ValueError, match="key row must belong"):
+        await catalog.add_object(
+            object_id="o3", store_key="acme/objects/o3", now=T0, key=key_row("o1"), **common
+        )
+    assert await scalar(raw, "SELECT count(*) FROM object_keys") == 2
+
+
+# --- calls and recordings -----------------------------------------------------------------
+
+
+async def test_calls_are_scoped_to_their_tenant(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    refused = await catalog.create_call(
+        id="CA1",
+        tenant_id="acme",
+        from_number="+40211111111",
+        to_number="+40733333333",
+        direction="outbound",
+        consent="not_asked",
+        transport="rtp",
+        codec="pcma",
+        sample_rate=8000,
+        instructions_version=None,
+        decision={"store_recording": False, "ai": []},
+        refusal_code="recording_not_instructed",
+        started_at=T0,
+    )
+    assert refused.refusal_code == "recording_not_instructed"
+    assert refused.instructions_version is None
+    assert await catalog.get_call("acme", "CA1") == refused
+    with pytest.raises(NotFound):
+        await catalog.get_call("beta", "CA1")
+    with pytest.raises(Conflict):
+        await catalog.create_call(**{**_call_fields(refused), "refusal_code": None})
+    # The same PBX call id in another tenant is a different call.
+    await catalog.create_call(**{**_call_fields(refused), "tenant_id": "beta"})
+    with pytest.raises(NotFound):
+        await catalog.create_call(**{**_call_fields(refused), "tenant_id": "nope"})
+    with pytest.raises(NotFound):  # no such instructions version
+        await catalog.create_call(
+            **{**_call_fields(refused), "id": "CA2", "instructions_version": 7}
+        )
+
+    ended = await catalog.end_call("acme", "CA1", T0 + timedelta(minutes=3))
+    assert ended.ended_at == T0 + timedelta(minutes=3)
+    assert (await catalog.end_call("acme", "CA1", T0 + timedelta(hours=1))).ended_at == (
+        T0 + timedelta(minutes=3)
+    )
+    with pytest.raises(NotFound):
+        await catalog.end_call("nope", "CA1", T0)
+
+
+def _call_fields(call: Any) -> dict[str, Any]:
+    fields = {k: getattr(call, k) for k in call.__dataclass_fields__}
+    del fields["ended_at"]
+    return fields
+
+
+async def test_recording_lifecycle(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    await add_recording(catalog)
+    rec = await catalog.get_recording("acme", "rec-1")
+    assert (rec.status, rec.call_id, rec.instructions_version, rec.audio_purged) == (
+        "recording",
+        "call-1",
+        1,
+        False,
+    )
+    with pytest.raises(NotFound):
+        await catalog.get_recording("beta", "rec-1")
+    with pytest.raises(NotFound):
+        await catalog.update_recording_status("beta", "rec-1", "processing", T0)
+
+    t1 = T0 + timedelta(minutes=2)
+    processing = await catalog.update_recording_status("acme", "rec-1", "processing", t1)
+    assert (processing.status, processing.ended_at) == ("processing", t1)
+    analyzed = await catalog.update_recording_status(
+        "acme", "rec-1", "analyzed", t1 + timedelta(seconds=30), audio_purged=True
+    )
+    assert (analyzed.status, analyzed.audio_purged, analyzed.ended_at) == ("analyzed", True, t1)
+    with pytest.raises(Conflict, match="is analyzed"):
+        await catalog.update_recording_status("acme", "rec-1", "processing", t1)
+    t2 = T0 + timedelta(days=90)
+    deleted = await catalog.update_recording_status(
+        "acme", "rec-1", "deleted", t2, delete_reason="retention"
+    )
+    assert (deleted.status, deleted.deleted_at, deleted.delete_reason) == (
+        "deleted",
+        t2,
+        "retention",
+    )
+    again = await catalog.update_recording_status("acme", "rec-1", "deleted", t2 + timedelta(1))
+    assert again.deleted_at == t2
+    with pytest.raises(Conflict):
+        await catalog.update_recording_status("acme", "rec-1", "recorded", t2)
+
+    await add_recording(catalog, call_id="call-2", recording_id="rec-2")
+    failed = await catalog.update_recording_status(
+        "acme", "rec-2", "failed", t1, ended_at=T0 + timedelta(minutes=1), failure_reason="x" * 5000
+    )
+    assert failed.ended_at == T0 + timedelta(minutes=1)
+    assert failed.failure_reason is not None and len(failed.failure_reason) == 2000
+    with pytest.raises(NotFound):
+        await catalog.create_recording(
+            id="rec-3", tenant_id="acme", call_id="no-such-call", instructions_version=1, now=T0
+        )
+    with pytest.raises(Conflict):
+        await catalog.create_recording(
+            id="rec-2", tenant_id="acme", call_id="call-2", instructions_version=1, now=T0
+        )
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+async def test_jobs_are_leased_retried_and_finished(catalog: Catalog) -> None:
+    await add_tenant(catalog)
+    await add_recording(catalog)
+    lease = timedelta(minutes=5)
+    job = await catalog.enqueue_job(
+        id="j1", tenant_id="acme", kind="analyze", now=T0, recording_id="rec-1", max_attempts=2
+    )
+    assert (job.status, job.attempts, job.run_after) == ("queued", 0, T0)
+    await catalog.enqueue_job(
+        id="j2", tenant_id="acme", kind="purge", now=T0, run_after=T0 + timedelta(hours=1)
+    )
+    assert await catalog.claim_job("w1", T0 - timedelta(seconds=1), lease) is None
+
+    claimed = await catalog.claim_job("w1", T0, lease, kinds=["analyze"])
+    assert claimed is not None
+    assert (claimed.id, claimed.status, claimed.attempts) == ("j1", "running", 1)
+    assert (claimed.lease_owner, claimed.lease_until) == ("w1", T0 + lease)
+    assert await catalog.claim_job("w2", T0 + timedelta(minutes=1), lease) is None
+
+    # w1 dies; once its lease runs out, w2 takes the job over and w1 can no longer finish it.
+    taken = await catalog.claim_job("w2", T0 + lease, lease)
+    assert taken is not None
+    assert (taken.id, taken.lease_owner, taken.attempts) == ("j1", "w2", 2)
+    with pytest.raises(Conflict, match="not leased to 'w1'"):
+        await catalog.complete_job("j1", "w1", T0 + lease)
+    retry_at = T0 + timedelta(minutes=20)
+    last = await catalog.fail_job("j1", "w2", "boom", T0 + lease, retry_at=retry_at)
+    assert (last.status, last.last_error) == ("failed", "boom")  # no attempts left
+
+    purge = await catalog.claim_job("w1", T0 + timedelta(hours=1), lease)
+    assert purge is not None and purge.id == "j2"
+    requeued = await catalog.fail_job(
+        "j2", "w1", "e" * 5000, T0 + timedelta(hours=1), retry_at=retry_at
+    )
+    assert (requeued.status, requeued.run_after, requeued.lease_owner) == ("queued", retry_at, None)
+    assert requeued.last_error is not None and len(requeued.last_error) == 2000
+    again = await catalog.claim_job("w3", retry_at, lease)
+    assert again is not None and (again.id, again.attempts) == ("j2", 2)
+    done = await catalog.complete_job("j2", "w3", retry_at + timedelta(seconds=3))
+    assert (done.status, done.updated_at) == ("done", retry_at + timedelta(seconds=3))
+    with pytest.raises(Conflict):
+        await catalog.complete_job("j2", "w3", retry_at)
+    with pytest.raises(NotFound):
+        await catalog.complete_job("nope", "w3", retry_at)
+    assert await catalog.claim_job("w1", retry_at + timedelta(days=1), lease) is None
+
+
+async def test_a_lease_that_runs_out_on_the_last_attempt_fails_the_job(catalog: Catalog) -> None:
+    await add_tenant(catalog)
+    await catalog.enqueue_job(id="j1", tenant_id="acme", kind="analyze", now=T0, max_attempts=1)
+    lease = timedelta(minutes=1)
+    assert await catalog.claim_job("w1", T0, lease) is not None
+    assert await catalog.claim_job("w2", T0 + lease, lease) is None
+    with pytest.raises(Conflict, match="it is failed"):
+        await catalog.complete_job("j1", "w1", T0 + lease)
+
+
+async def test_concurrent_claimers_never_get_the_same_job(
+    catalog: Catalog, database_url: str
+) -> None:
+    await add_tenant(catalog)
+    for n in range(30):
+        await catalog.enqueue_job(id=f"j{n:02d}", tenant_id="acme", kind="analyze", now=T0)
+    other = await Catalog.open(database_url)  # a second worker node
+    claims: Counter[str] = Counter()
+
+    async def worker(node: Catalog, owner: str) -> list[str]:
+        mine = []
+        while (job := await node.claim_job(owner, T0, timedelta(minutes=5))) is not None:
+            claims[job.id] += 1
+            mine.append(job.id)
+        return mine
+
+    try:
+        results = await asyncio.gather(
+            worker(catalog, "w1"), worker(other, "w2"), worker(catalog, "w3"), worker(other, "w4")
+        )
+    finally:
+        await other.close()
+    assert sorted(claims) == [f"j{n:02d}" for n in range(30)]
+    assert set(claims.values()) == {1}
+    assert sum(len(r) for r in results) == 30
+
+
+# --- audit --------------------------------------------------------------------------------
+
+
+def expected_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """The chain's definition, written out independently of the product code."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical.encode("utf-8")).hexdigest()
+
+
+async def append_events(catalog: Catalog, n: int, tenant_id: str = "acme") -> None:
+    for i in range(n):
+        await catalog.append_audit(
+            tenant_id,
+            f"token-{i}",
+            "recording.read",
+            f"rec-{i}",
+            {"bytes": i, "range": [0, i], "note": "ünïcode"},
+            T0 + timedelta(seconds=i, microseconds=7),
+        )
+
+
+async def test_audit_chain(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    await append_events(catalog, 5)
+    await catalog.append_audit("beta", "op", "tenant.created", None, {}, T0)
+
+    events = await catalog.list_audit("acme")
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    prev = "0" * 64
+    for event in events:
+        body = {
+            "seq": event.seq,
+            "at": event.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "actor": event.actor,
+            "action": event.action,
+            "object": event.object,
+            "detail": event.detail,
+        }
+        assert event.prev_hash == prev
+        assert event.hash == expected_hash(prev, body)
+        prev = event.hash
+    assert events[1].at == T0 + timedelta(seconds=1, microseconds=7)
+    assert events[1].detail == {"bytes": 1, "range": [0, 1], "note": "ünïcode"}
+
+    assert [e.seq for e in await catalog.list_audit("acme", since_seq=2, limit=2)] == [3, 4]
+    assert [e.seq for e in await catalog.list_audit("beta")] == [1]
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=True, broken_at=None, count=5)
+    ok, broken_at, count = await catalog.verify_audit("beta")
+    assert (ok, broken_at, count) == (True, None, 1)
+
+    # A deleted tenant's erasure is still logged.
+    await catalog.mark_tenant_deleted("beta", T0)
+    await catalog.append_audit("beta", "op", "tenant.deleted", "beta", {"keys": 0}, T0)
+    assert await catalog.verify_audit("beta") == AuditCheck(True, None, 2)
+
+    with pytest.raises(NotFound):
+        await catalog.append_audit("nope", "op", "x", None, {}, T0)
+    with pytest.raises(NotFound):
+        await catalog.verify_audit("nope")
+    with pytest.raises(ValueError, match="never content"):
+        await catalog.append_audit("acme", "op", "x", None, {"text": "a" * 5000}, T0)
+
+
+async def test_audit_verify_detects_an_altered_row(catalog: Catalog, raw: AsyncEngine) -> None:
+    await add_tenant(catalog)
+    await append_events(catalog, 5)
+    changed = await execute(
+        raw,
+        "UPDATE audit_events SET detail = :d WHERE tenant_id = 'acme' AND seq = 3",
+        d=json.dumps({"bytes": 999, "range": [0, 2], "note": "ünïcode"}),
+    )
+    assert changed == 1
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=3, count=5)
+
+
+async def test_audit_verify_detects_a_removed_row(catalog: Catalog, raw: AsyncEngine) -> None:
+    await add_tenant(catalog)
+    await append_events(catalog, 5)
+    await execute(raw, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 2")
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=2, count=4)
+
+
+async def test_audit_verify_detects_a_removed_last_row(catalog: Catalog, raw: AsyncEngine) -> None:
+    await add_tenant(catalog)
+    await append_events(catalog, 5)
+    await execute(raw, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 5")
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=5, count=4)
+
+
+async def test_audit_verify_detects_swapped_rows(catalog: Catalog, raw: AsyncEngine) -> None:
+    await add_tenant(catalog)
+    await append_events(catalog, 5)
+    swap = "UPDATE audit_events SET seq = :new WHERE tenant_id = 'acme' AND seq = :old"
+    await execute(raw, swap, old=2, new=100)
+    await execute(raw, swap, old=3, new=2)
+    await execute(raw, swap, old=100, new=3)
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=2, count=5)
+
+
+async def test_audit_verify_detects_a_forged_event_past_the_head(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    await add_tenant(catalog)
+    await append_events(catalog, 2)
+    last = (await catalog.list_audit("acme"))[-1]
+    at = T0 + timedelta(hours=1)
+    body = {"seq": 3, "at": "2026-11-27T11:00:00.000000Z", "actor": "x", "action": "y"}
+    forged = expected_hash(last.hash, {**body, "object": None, "detail": {}})
+    inserted = await execute(
+        raw,
+        "INSERT INTO audit_events (tenant_id, seq, at, actor, action, object, detail,"
+        " prev_hash, hash) VALUES ('acme', 3, :at, 'x', 'y', NULL, '{}', :prev, :hash)",
+        at=at if catalog.backend == "postgresql" else at.replace(tzinfo=None),
+        prev=last.hash,
+        hash=forged,
+    )
+    assert inserted == 1
+    assert (await catalog.list_audit("acme"))[-1].hash == forged  # a well-formed link...
+    # ...that the tenant's chain head does not know of.
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=3, count=3)
+
+
+async def test_concurrent_audit_appends_keep_one_chain(catalog: Catalog, database_url: str) -> None:
+    await add_tenant(catalog)
+    other = await Catalog.open(database_url)
+    try:
+        events = await asyncio.gather(
+            *(
+                (catalog if n % 2 else other).append_audit(
+                    "acme", f"a{n}", "audio.read", f"rec-{n}", {"n": n}, T0
+                )
+                for n in range(30)
+            )
+        )
+    finally:
+        await other.close()
+    assert sorted(e.seq for e in events) == list(range(1, 31))
+    assert await catalog.verify_audit("acme") == AuditCheck(ok=True, broken_at=None, count=30)
+
+
+# --- failures -----------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_an_unreachable_postgresql_is_catalog_unavailable_without_the_password() -> None:
+    url = f"postgresql://callvault:hunter2secret@127.0.0.1:{closed_port()}/callvault"
+    catalog = await Catalog.open(url, connect_timeout_s=5)
+    try:
+        for attempt in (catalog.check(), catalog.get_tenant("acme"), catalog.migrate()):
+            with pytest.raises(CatalogUnavailable) as caught:
+                await attempt
+            assert "hunter2secret" not in str(caught.value)
+            assert "callvault:***@127.0.0.1" in str(caught.value)
+    finally:
+        await catalog.close()
+
+
+async def test_an_unopenable_sqlite_file_is_catalog_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "catalog.sqlite3").mkdir()  # a directory where the file should be
+    catalog = await Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    try:
+        with pytest.raises(CatalogUnavailable, match="catalog.sqlite3"):
+            await catalog.check()
+    finally:
+        await catalog.close()
+
+
+async def test_open_creates_the_data_dir_for_sqlite(tmp_path: Path) -> None:
+    catalog = await Catalog.open(f"sqlite:///{tmp_path / 'var' / 'deep' / 'catalog.sqlite3'}")
+    try:
+        await catalog.migrate()
+        await catalog.check()
+        assert catalog.backend == "sqlite"
+    finally:
+        await catalog.close()
+    assert (tmp_path / "var" / "deep" / "catalog.sqlite3").is_file()
