@@ -152,6 +152,8 @@ class MediaVault:
     @staticmethod
     def store_key(tenant: str, object_id: str) -> str:
         """Where an object's bytes live; raises ``ValueError`` for an unsafe tenant id."""
+        if "/" in tenant or "/" in object_id:
+            raise ValueError(f"invalid object key for tenant {tenant!r}, object {object_id!r}")
         return check_key(f"{tenant}/objects/{object_id}")
 
     async def create_object(
@@ -274,6 +276,7 @@ class MediaVault:
         Resumable: a row already at the new version is skipped, so running it again after a
         crash finishes the work without re-wrapping anything twice.
         """
+        await self.catalog.get_tenant(tenant)  # NotFound for an unknown or deleted tenant
         target = await self.keys.rotate(tenant)
 
         async def rewrap(row: ObjectKeyRow) -> tuple[str, int, bytes]:

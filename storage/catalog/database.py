@@ -574,6 +574,7 @@ class Catalog:
             result = await conn.execute(
                 sa.delete(object_keys).where(object_keys.c.object_id == object_id)
             )
+        await self._forget_deleted_rows()
         return result.rowcount == 1
 
     async def delete_tenant_object_keys(self, tenant_id: str) -> int:
@@ -582,7 +583,25 @@ class Catalog:
             result = await conn.execute(
                 sa.delete(object_keys).where(object_keys.c.tenant_id == tenant_id)
             )
+        await self._forget_deleted_rows()
         return result.rowcount
+
+    async def _forget_deleted_rows(self) -> None:
+        """On SQLite, move the write-ahead log into the database and truncate it, so that
+        the page images holding a shredded wrapped DEK leave the WAL file (secure_delete
+        already zeroes it in the database file). PostgreSQL keeps dead tuples until VACUUM;
+        there the KEK, not the row's absence, protects such leftovers and backups."""
+        if self.backend != "sqlite":
+            return
+        try:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                if driver is not None:
+                    async with driver.execute("PRAGMA wal_checkpoint(TRUNCATE)"):
+                        pass
+        except (DBAPIError, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     async def list_object_keys(
         self, tenant_id: str, *, page_size: int = 500

@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -37,10 +34,8 @@ from crypto.errors import CatalogUnavailable, Conflict, KeyUnavailable, NotFound
 from storage.catalog import AuditCheck, Catalog, ObjectKeyRow
 from storage.catalog.database import MIGRATIONS_DIR
 from storage.catalog.schema import metadata
-from tests.parts import require_part
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 TABLES = {
     "tenants",
     "tokens",
@@ -52,72 +47,6 @@ TABLES = {
     "jobs",
     "audit_events",
 }
-
-X = TypeVar("X")
-
-
-def run_in_thread(coro: Coroutine[Any, Any, X]) -> X:
-    """Run ``coro`` on an event loop of its own, away from the test's loop."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def _pg_connect(database: str) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, database=database, timeout=5
-    )
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this test session, dropped at the end."""
-    name = f"callvault_test_{os.getpid()}_{secrets.token_hex(4)}"
-
-    async def create() -> str | None:
-        try:
-            admin = await _pg_connect("postgres")
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            return f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {exc}"
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        return None
-
-    async def drop() -> None:
-        admin = await _pg_connect("postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    problem = run_in_thread(create())
-    require_part(problem is None, problem or "")
-    yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    run_in_thread(drop())
-
-
-async def _reset_pg_schema(database: str) -> None:
-    conn = await _pg_connect(database)
-    try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.integration]),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of an empty catalog database on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}"
-    url: str = request.getfixturevalue("pg_database")
-    run_in_thread(_reset_pg_schema(url.rsplit("/", 1)[1]))
-    return url
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from crypto.errors import ObjectNotFound, StorageUnavailable
 from storage.s3 import MAX_DELETE_BATCH, MIN_PART_SIZE, S3Store, S3Upload
-from tests.integration.conftest import S3Server
+from tests.conftest import S3Server
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

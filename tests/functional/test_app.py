@@ -1,0 +1,70 @@
+"""The operational endpoints of ``callvault serve``, in process (aiohttp test client)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import build_app
+from gateway.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "var")
+
+
+async def test_healthz_answers_ok(aiohttp_client, settings: Settings) -> None:
+    client: TestClient = await aiohttp_client(build_app(settings))
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+
+
+async def test_readyz_is_ready_with_embedded_defaults(aiohttp_client, settings: Settings) -> None:
+    client: TestClient = await aiohttp_client(build_app(settings))
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready"}
+    # Embedded defaults: catalog, file store, keyring and master key in the data dir.
+    names = {p.name for p in settings.data_dir.iterdir()}
+    assert {"catalog.sqlite3", "keyring.json", "master.key"} <= names
+    assert (settings.data_dir / "master.key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_readyz_is_503_naming_the_store_when_it_is_unusable(
+    aiohttp_client, tmp_path: Path
+) -> None:
+    not_a_directory = tmp_path / "objects-file"
+    not_a_directory.write_bytes(b"")
+    settings = Settings(data_dir=tmp_path / "var", store={"url": not_a_directory.as_uri()})
+    client: TestClient = await aiohttp_client(build_app(settings))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["error"] == "not_ready"
+    assert body["message"].startswith("store is not reachable")
+
+
+async def test_metrics_exports_the_vault_counters(aiohttp_client, settings: Settings) -> None:
+    client: TestClient = await aiohttp_client(build_app(settings))
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    for name in (
+        "callvault_bytes_sealed_total",
+        "callvault_objects_committed_total",
+        "callvault_flush_latency_seconds_bucket",
+        "callvault_decryption_failures_total",
+    ):
+        assert name in text
+
+
+async def test_unknown_path_is_a_json_404(aiohttp_client, settings: Settings) -> None:
+    client: TestClient = await aiohttp_client(build_app(settings))
+    response = await client.get("/v1/nothing-here")
+    assert response.status == 404
+    body = await response.json()
+    assert body["error"] == "not_found"

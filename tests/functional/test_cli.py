@@ -1,0 +1,158 @@
+"""The ``callvault`` command as a user runs it: real processes, real data dir."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.services import open_services
+from gateway.settings import Settings
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLVAULT_")}
+    return {**env, **extra}
+
+
+def callvault(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env or clean_env(),
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gateway.cli", "--data-dir", str(tmp_path), "serve"],
+        env=clean_env(CALLVAULT_HTTP__PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:  # noqa: S310
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read() if process.stdout else ""
+                    pytest.fail(f"callvault serve did not become ready:\n{output}")
+                time.sleep(0.1)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(
+    server: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, base = server
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:  # noqa: S310
+        assert response.status == 200
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:  # noqa: S310
+        assert b"callvault_bytes_sealed_total" in response.read()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize("value", ["not-base64!!", base64.b64encode(b"sixteen byte key").decode()])
+def test_malformed_master_key_refuses_to_start_naming_the_setting(
+    tmp_path: Path, value: str
+) -> None:
+    result = callvault(
+        "--data-dir", str(tmp_path), "serve", env=clean_env(CALLVAULT_MASTER_KEY=value)
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("callvault: CALLVAULT_MASTER_KEY: ")
+    assert value not in result.stderr + result.stdout
+    assert not (tmp_path / "catalog.sqlite3").exists()
+
+
+def test_wrong_master_key_for_an_existing_keyring_refuses_to_start(tmp_path: Path) -> None:
+    first = base64.b64encode(bytes(32)).decode()
+    second = base64.b64encode(bytes(range(32))).decode()
+    result = callvault(
+        "--data-dir", str(tmp_path), "keys", "rotate", "--tenant", "acme",
+        env=clean_env(CALLVAULT_MASTER_KEY=first),
+    )  # fmt: skip
+    assert (tmp_path / "keyring.json").exists()
+    result = callvault(
+        "--data-dir", str(tmp_path), "serve", env=clean_env(CALLVAULT_MASTER_KEY=second)
+    )
+    assert result.returncode == 2
+    assert "CALLVAULT_MASTER_KEY" in result.stderr
+    assert "not the master key" in result.stderr
+
+
+def test_malformed_setting_names_the_variable(tmp_path: Path) -> None:
+    result = callvault(
+        "--data-dir", str(tmp_path), "serve", env=clean_env(CALLVAULT_HTTP__PORT="eighty")
+    )
+    assert result.returncode == 2
+    assert "CALLVAULT_HTTP__PORT" in result.stderr
+
+
+async def test_keys_rotate_rewraps_a_tenants_deks_and_objects_still_open(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    async with open_services(settings) as services:
+        await services.catalog.create_tenant("acme", "Acme", "eu", T0)
+        record = await services.vault.put_object(
+            b"sealed before rotation", tenant="acme", kind="audio",
+            data_class="recordings", now=T0,
+        )  # fmt: skip
+    result = callvault("--data-dir", str(tmp_path), "keys", "rotate", "--tenant", "acme")
+    assert result.returncode == 0, result.stderr
+    assert "version 2; 1 DEK(s) re-wrapped" in result.stdout
+    async with open_services(settings) as services:
+        row = await services.catalog.get_object_key(record.id, tenant_id="acme")
+        assert row.kek_version == 2
+        assert await services.vault.read_object("acme", record.id) == b"sealed before rotation"
+        after = await services.vault.put_object(
+            b"sealed after", tenant="acme", kind="audio", data_class="recordings", now=T0
+        )
+        assert (await services.catalog.get_object_key(after.id, "acme")).kek_version == 2
+        actions = [e.action for e in await services.catalog.list_audit("acme")]
+        assert actions == ["keys.rotated"]
+
+
+def test_keys_rotate_of_an_unknown_tenant_fails_clearly(tmp_path: Path) -> None:
+    result = callvault("--data-dir", str(tmp_path), "keys", "rotate", "--tenant", "nobody")
+    assert result.returncode == 1
+    assert "not_found" in result.stderr
+    assert "nobody" in result.stderr
