@@ -349,6 +349,9 @@ class ObjectReader:
 
     ``tenant`` and ``object_id`` are what the caller expects to open; a header naming any
     other fails, so an object copied under another tenant's or object's name never opens.
+
+    Records are decrypted in place from the bytes fed; only an incomplete record at the end
+    of a chunk is copied and kept for the next one, so the reader holds at most one segment.
     """
 
     def __init__(
@@ -360,8 +363,7 @@ class ObjectReader:
         self._tenant = tenant
         self._object_id = object_id
         self._verify_all = verify_all
-        self._buffer = bytearray()
-        self._pos = 0
+        self._pending = bytearray()  # the incomplete tail of what was fed so far
         self._opened: tuple[AESGCM, ObjectHeader] | None = None
         self._index = 0
         self._done = False
@@ -384,35 +386,83 @@ class ObjectReader:
             if len(data):
                 raise DecryptionFailed("data after the last segment", segment=self._index)
             return []
-        self._buffer += data
+        view = memoryview(data).cast("B")
+        out: list[bytes] = []
         with self._failing():
-            opened = self._opened or self._open_header()
-            if opened is None:
-                return []
-            out: list[bytes] = []
-            while (record := self._next_record(opened[1], more_needed=True)) is not None:
-                out.append(self._open_segment(opened, record, last=False))
-        self._compact()
+            pos = self._complete_pending(view, out)
+            if not self._pending:
+                if self._opened is None:
+                    pos += self._open_header(view[pos:])
+                if self._opened is not None:
+                    aead, header = self._opened
+                    while (end := self._record_end(view, pos, header, final=False)) is not None:
+                        out.append(self._open_segment(aead, header, view[pos:end], last=False))
+                        pos = end
+                self._pending = bytearray(view[pos:])
         return self._release(out)
+
+    def _complete_pending(self, view: memoryview, out: list[bytes]) -> int:
+        """Finish the header or record left incomplete by the last chunk with just the
+        bytes of ``view`` it needs (not the whole chunk), and open it; return how much of
+        ``view`` was used. A complete record is opened only once a byte follows it."""
+        pos = 0
+        while self._pending and pos < len(view):
+            want = self._unit_size(self._pending)
+            if len(self._pending) < want:
+                take = min(want - len(self._pending), len(view) - pos)
+                self._pending += view[pos : pos + take]
+                pos += take
+                continue
+            pending = memoryview(self._pending)
+            if self._opened is None:
+                self._open_header(pending)
+            else:
+                aead, header = self._opened
+                out.append(self._open_segment(aead, header, pending, last=False))
+            del pending
+            self._pending = bytearray()
+        return pos
+
+    def _unit_size(self, buf: bytearray) -> int:
+        """The size of the header or record starting ``buf``, or of the prefix that tells
+        it (the preamble, a length field) while fewer bytes are there."""
+        if self._opened is None:
+            parsed = parse_header(buf)  # raises on a bad preamble
+            if parsed is not None:
+                return parsed[1]
+            if len(buf) < _PREAMBLE.size:
+                return _PREAMBLE.size
+            header_len: int = _PREAMBLE.unpack_from(buf)[2]
+            return header_len
+        if len(buf) < SEGMENT_PREFIX_SIZE:
+            return SEGMENT_PREFIX_SIZE
+        (length,) = _U32.unpack_from(buf)
+        if length > self._opened[1].segment_size:
+            raise DecryptionFailed(
+                f"segment length {length} exceeds the segment size", segment=self._index
+            )
+        return SEGMENT_PREFIX_SIZE + length + TAG_SIZE
 
     def finish(self) -> list[bytes]:
         """Signal the end of the object; return the last plaintext, or fail if truncated."""
         self._check_usable()
         if self._done:
             return []
+        view = memoryview(self._pending)
         with self._failing():
-            opened = self._opened or self._open_header()
-            if opened is None:
+            pos = self._open_header(view) if self._opened is None else 0
+            if self._opened is None:
                 raise DecryptionFailed("object ends inside the header")
-            record = self._next_record(opened[1], more_needed=False)
-            if record is None:
+            aead, header = self._opened
+            end = self._record_end(view, pos, header, final=True)
+            if end is None:
                 raise DecryptionFailed(
                     "object is truncated: its last segment is missing", segment=self._index
                 )
             # feed() opened every record that had bytes after it, so this one is the end.
-            out = [self._open_segment(opened, record, last=True)]
+            out = [self._open_segment(aead, header, view[pos:end], last=True)]
         self._done = True
-        self._buffer = bytearray()
+        self._pending = bytearray()
         released = self._held + out if self._verify_all else out
         self._held = []
         return released
@@ -428,14 +478,15 @@ class ObjectReader:
             yield
         except DecryptionFailed:
             self._failed = True
-            self._buffer = bytearray()
+            self._pending = bytearray()
             self._held = []
             raise
 
-    def _open_header(self) -> tuple[AESGCM, ObjectHeader] | None:
-        parsed = parse_header(self._buffer)
+    def _open_header(self, view: memoryview) -> int:
+        """Verify the header at the start of ``view``; return its length (0: incomplete)."""
+        parsed = parse_header(view)
         if parsed is None:
-            return None
+            return 0
         header, length = parsed
         if header.tenant != self._tenant:
             raise DecryptionFailed("object belongs to another tenant")
@@ -445,35 +496,36 @@ class ObjectReader:
         if not hmac.compare_digest(commitment, header.commitment):
             raise DecryptionFailed("key commitment mismatch: wrong key or altered header")
         self._opened = (aead, header)
-        self._pos = length
-        return self._opened
+        return length
 
-    def _next_record(self, header: ObjectHeader, *, more_needed: bool) -> memoryview | None:
-        """The next complete segment record. With ``more_needed`` the record is returned
-        only if at least one byte follows it (so it is known not to be the last)."""
-        available = len(self._buffer) - self._pos
+    def _record_end(
+        self, view: memoryview, pos: int, header: ObjectHeader, *, final: bool
+    ) -> int | None:
+        """Where the segment record at ``pos`` ends, if it is complete. Before the end of
+        the object (``final=False``) a record counts only if a byte follows it, since only
+        then is it known not to be the last."""
+        available = len(view) - pos
         if available < SEGMENT_PREFIX_SIZE:
-            if not more_needed and available:
+            if final and available:
                 raise DecryptionFailed("object ends inside a segment", segment=self._index)
             return None
-        (length,) = _U32.unpack_from(self._buffer, self._pos)
+        (length,) = _U32.unpack_from(view, pos)
         if length > header.segment_size:
             raise DecryptionFailed(
                 f"segment length {length} exceeds the segment size", segment=self._index
             )
         size = SEGMENT_PREFIX_SIZE + length + TAG_SIZE
-        if available < size or (more_needed and available == size):
-            if not more_needed:
+        if available < size:
+            if final:
                 raise DecryptionFailed("object ends inside a segment", segment=self._index)
             return None
-        record = memoryview(self._buffer)[self._pos : self._pos + size]
-        self._pos += size
-        return record
+        if available == size and not final:
+            return None
+        return pos + size
 
     def _open_segment(
-        self, opened: tuple[AESGCM, ObjectHeader], record: memoryview, *, last: bool
+        self, aead: AESGCM, header: ObjectHeader, record: memoryview, *, last: bool
     ) -> bytes:
-        aead, header = opened
         if self._index >= MAX_SEGMENTS:
             raise DecryptionFailed("too many segments", segment=self._index)
         nonce = _nonce(header.nonce_prefix, self._index, last)
@@ -484,15 +536,8 @@ class ObjectReader:
         except InvalidTag:
             reason = "authentication failed (corrupt, reordered, truncated or foreign segment)"
             raise DecryptionFailed(reason, segment=self._index) from None
-        finally:
-            record.release()
         self._index += 1
         return plaintext
-
-    def _compact(self) -> None:
-        if self._pos:
-            del self._buffer[: self._pos]
-            self._pos = 0
 
     def _release(self, plaintext: list[bytes]) -> list[bytes]:
         if self._verify_all:
