@@ -15,6 +15,8 @@ import hashlib
 import json
 import secrets
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -1007,6 +1009,24 @@ async def test_an_unopenable_sqlite_file_is_catalog_unavailable(tmp_path: Path) 
             await catalog.check()
     finally:
         await catalog.close()
+        await aiosqlite_workers_finished()
+
+
+async def aiosqlite_workers_finished(timeout_s: float = 5.0) -> None:
+    """Let aiosqlite's worker threads end while this test's loop still runs.
+
+    After a failed connect aiosqlite queues a stop that nobody awaits (aiosqlite 0.22,
+    ``Connection._connect``); its thread then reports to the loop that created it. If the
+    test has ended and its loop is closed by then, the thread raises "Event loop is closed"
+    and pytest blames whichever test runs next.
+    """
+    deadline = time.monotonic() + timeout_s
+    while any(
+        thread.name.endswith("(_connection_worker_thread)") and thread.is_alive()
+        for thread in threading.enumerate()
+    ):
+        assert time.monotonic() < deadline, "aiosqlite worker threads did not finish"
+        await asyncio.sleep(0.01)
 
 
 async def test_open_creates_the_data_dir_for_sqlite(tmp_path: Path) -> None:
