@@ -271,6 +271,30 @@ class Catalog:
             f"({name}{': ' + detail if detail else ''})."
         )
 
+    async def _one(
+        self,
+        stmt: sa.Executable,
+        record_type: type[R],
+        missing: str,
+        *,
+        write: bool = False,
+        error: type[CallvaultError] = NotFound,
+    ) -> R:
+        """Run one statement in its own transaction and return the one row it gives as a
+        ``record_type``; ``error(missing)`` (after the transaction) if it gives none."""
+        async with self._transaction(write=write) as conn:
+            row = (await conn.execute(stmt)).one_or_none()
+        if row is None:
+            raise error(missing)
+        return _record(record_type, row)
+
+    async def _insert(self, stmt: sa.Insert, record_type: type[R], *, subject: str) -> R:
+        """Insert one row in its own write transaction and return it, every column, as a
+        ``record_type``; integrity errors name ``subject``."""
+        async with self._transaction(write=True, subject=subject) as conn:
+            row = (await conn.execute(stmt.returning(*stmt.table.c))).one()
+        return _record(record_type, row)
+
     def _head_revision(self) -> str | None:
         if self._head is None:
             self._head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
@@ -328,37 +352,27 @@ class Catalog:
 
     async def create_tenant(self, id: str, name: str, region: str, now: datetime) -> Tenant:
         """Add a tenant; ``Conflict`` if the id is taken (also by a deleted tenant)."""
-        async with self._transaction(write=True, subject=f"Tenant {id!r}") as conn:
-            row = (
-                await conn.execute(
-                    sa.insert(tenants)
-                    .values(
-                        id=id,
-                        name=name,
-                        region=region,
-                        created_at=now,
-                        deleted_at=None,
-                        audit_seq=0,
-                        audit_head=GENESIS_HASH,
-                    )
-                    .returning(*tenants.c)
-                )
-            ).one()
-        return _record(Tenant, row)
+        return await self._insert(
+            sa.insert(tenants).values(
+                id=id,
+                name=name,
+                region=region,
+                created_at=now,
+                deleted_at=None,
+                audit_seq=0,
+                audit_head=GENESIS_HASH,
+            ),
+            Tenant,
+            subject=f"Tenant {id!r}",
+        )
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
         """The tenant; ``NotFound`` if unknown or deleted."""
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(tenants).where(
-                        tenants.c.id == tenant_id, tenants.c.deleted_at.is_(None)
-                    )
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Tenant {tenant_id!r} not found.")
-        return _record(Tenant, row)
+        return await self._one(
+            sa.select(tenants).where(tenants.c.id == tenant_id, tenants.c.deleted_at.is_(None)),
+            Tenant,
+            f"Tenant {tenant_id!r} not found.",
+        )
 
     async def list_tenants(self, *, include_deleted: bool = False) -> list[Tenant]:
         """All tenants, ordered by id; deleted ones only when asked."""
@@ -371,18 +385,15 @@ class Catalog:
 
     async def mark_tenant_deleted(self, tenant_id: str, now: datetime) -> Tenant:
         """Mark the tenant deleted (its audit log stays); repeating it keeps the first time."""
-        async with self._transaction(write=True) as conn:
-            row = (
-                await conn.execute(
-                    sa.update(tenants)
-                    .where(tenants.c.id == tenant_id)
-                    .values(deleted_at=sa.func.coalesce(tenants.c.deleted_at, _at(now)))
-                    .returning(*tenants.c)
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Tenant {tenant_id!r} not found.")
-        return _record(Tenant, row)
+        return await self._one(
+            sa.update(tenants)
+            .where(tenants.c.id == tenant_id)
+            .values(deleted_at=sa.func.coalesce(tenants.c.deleted_at, _at(now)))
+            .returning(*tenants.c),
+            Tenant,
+            f"Tenant {tenant_id!r} not found.",
+            write=True,
+        )
 
     async def _lock_tenant(self, conn: AsyncConnection, tenant_id: str, *, live: bool) -> AnyRow:
         """Lock the tenant row for the rest of the transaction (PostgreSQL; SQLite already
@@ -458,18 +469,15 @@ class Catalog:
         owner = (
             tokens.c.tenant_id.is_(None) if tenant_id is None else tokens.c.tenant_id == tenant_id
         )
-        async with self._transaction(write=True) as conn:
-            row = (
-                await conn.execute(
-                    sa.update(tokens)
-                    .where(tokens.c.id == token_id, owner)
-                    .values(revoked_at=sa.func.coalesce(tokens.c.revoked_at, _at(now)))
-                    .returning(*tokens.c)
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Token {token_id!r} not found.")
-        return _record(Token, row)
+        return await self._one(
+            sa.update(tokens)
+            .where(tokens.c.id == token_id, owner)
+            .values(revoked_at=sa.func.coalesce(tokens.c.revoked_at, _at(now)))
+            .returning(*tokens.c),
+            Token,
+            f"Token {token_id!r} not found.",
+            write=True,
+        )
 
     # --- instructions ---------------------------------------------------------------------
 
@@ -531,17 +539,13 @@ class Catalog:
 
     async def get_instructions(self, tenant_id: str, version: int) -> Instructions:
         """One version; ``NotFound`` if the tenant has no such version."""
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(instructions).where(
-                        instructions.c.tenant_id == tenant_id, instructions.c.version == version
-                    )
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Instructions version {version} of {tenant_id!r} not found.")
-        return _record(Instructions, row)
+        return await self._one(
+            sa.select(instructions).where(
+                instructions.c.tenant_id == tenant_id, instructions.c.version == version
+            ),
+            Instructions,
+            f"Instructions version {version} of {tenant_id!r} not found.",
+        )
 
     # --- the key table --------------------------------------------------------------------
 
@@ -553,19 +557,14 @@ class Catalog:
     async def get_object_key(self, object_id: str, tenant_id: str) -> ObjectKeyRow:
         """The key row of the tenant's object; ``KeyUnavailable`` if there is none (shredded,
         never stored, or another tenant's object: the three are not told apart)."""
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(object_keys).where(
-                        object_keys.c.object_id == object_id, object_keys.c.tenant_id == tenant_id
-                    )
-                )
-            ).one_or_none()
-        if row is None:
-            raise KeyUnavailable(
-                f"The data key of object {object_id!r} was shredded or never existed."
-            )
-        return _record(ObjectKeyRow, row)
+        return await self._one(
+            sa.select(object_keys).where(
+                object_keys.c.object_id == object_id, object_keys.c.tenant_id == tenant_id
+            ),
+            ObjectKeyRow,
+            f"The data key of object {object_id!r} was shredded or never existed.",
+            error=KeyUnavailable,
+        )
 
     async def delete_object_key(self, object_id: str) -> bool:
         """Shred: delete the object's key row (one row, nothing cascades). ``False`` if there
@@ -759,17 +758,11 @@ class Catalog:
 
     async def get_object(self, object_id: str, tenant_id: str) -> StoredObject:
         """The tenant's object; ``NotFound`` if unknown or another tenant's."""
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(objects).where(
-                        objects.c.id == object_id, objects.c.tenant_id == tenant_id
-                    )
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Object {object_id!r} not found.")
-        return _record(StoredObject, row)
+        return await self._one(
+            sa.select(objects).where(objects.c.id == object_id, objects.c.tenant_id == tenant_id),
+            StoredObject,
+            f"Object {object_id!r} not found.",
+        )
 
     async def list_objects(
         self,
@@ -791,21 +784,18 @@ class Catalog:
     async def mark_object_deleted(self, object_id: str, now: datetime) -> StoredObject:
         """Record that the object was deleted from the store; repeating it keeps the first
         time."""
-        async with self._transaction(write=True) as conn:
-            row = (
-                await conn.execute(
-                    sa.update(objects)
-                    .where(objects.c.id == object_id)
-                    .values(
-                        state="deleted",
-                        deleted_at=sa.func.coalesce(objects.c.deleted_at, _at(now)),
-                    )
-                    .returning(*objects.c)
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Object {object_id!r} not found.")
-        return _record(StoredObject, row)
+        return await self._one(
+            sa.update(objects)
+            .where(objects.c.id == object_id)
+            .values(
+                state="deleted",
+                deleted_at=sa.func.coalesce(objects.c.deleted_at, _at(now)),
+            )
+            .returning(*objects.c),
+            StoredObject,
+            f"Object {object_id!r} not found.",
+            write=True,
+        )
 
     # --- calls and recordings -------------------------------------------------------------
 
@@ -827,57 +817,46 @@ class Catalog:
         started_at: datetime,
     ) -> Call:
         """Store the call record of an announced call (accepted or refused)."""
-        async with self._transaction(write=True, subject=f"Call {id!r}") as conn:
-            row = (
-                await conn.execute(
-                    sa.insert(calls)
-                    .values(
-                        tenant_id=tenant_id,
-                        id=id,
-                        from_number=from_number,
-                        to_number=to_number,
-                        direction=direction,
-                        consent=consent,
-                        transport=transport,
-                        codec=codec,
-                        sample_rate=sample_rate,
-                        instructions_version=instructions_version,
-                        decision=decision,
-                        refusal_code=refusal_code,
-                        started_at=started_at,
-                        ended_at=None,
-                    )
-                    .returning(*calls.c)
-                )
-            ).one()
-        return _record(Call, row)
+        return await self._insert(
+            sa.insert(calls).values(
+                tenant_id=tenant_id,
+                id=id,
+                from_number=from_number,
+                to_number=to_number,
+                direction=direction,
+                consent=consent,
+                transport=transport,
+                codec=codec,
+                sample_rate=sample_rate,
+                instructions_version=instructions_version,
+                decision=decision,
+                refusal_code=refusal_code,
+                started_at=started_at,
+                ended_at=None,
+            ),
+            Call,
+            subject=f"Call {id!r}",
+        )
 
     async def get_call(self, tenant_id: str, call_id: str) -> Call:
         """The tenant's call; ``NotFound`` if unknown or another tenant's."""
-        async with self._transaction() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(calls).where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Call {call_id!r} not found.")
-        return _record(Call, row)
+        return await self._one(
+            sa.select(calls).where(calls.c.tenant_id == tenant_id, calls.c.id == call_id),
+            Call,
+            f"Call {call_id!r} not found.",
+        )
 
     async def end_call(self, tenant_id: str, call_id: str, now: datetime) -> Call:
         """Record the end of the call; ending it again keeps the first end time."""
-        async with self._transaction(write=True) as conn:
-            row = (
-                await conn.execute(
-                    sa.update(calls)
-                    .where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
-                    .values(ended_at=sa.func.coalesce(calls.c.ended_at, _at(now)))
-                    .returning(*calls.c)
-                )
-            ).one_or_none()
-        if row is None:
-            raise NotFound(f"Call {call_id!r} not found.")
-        return _record(Call, row)
+        return await self._one(
+            sa.update(calls)
+            .where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
+            .values(ended_at=sa.func.coalesce(calls.c.ended_at, _at(now)))
+            .returning(*calls.c),
+            Call,
+            f"Call {call_id!r} not found.",
+            write=True,
+        )
 
     async def create_recording(
         self,
@@ -889,27 +868,23 @@ class Catalog:
         now: datetime,
     ) -> Recording:
         """Start a recording of the tenant's call (status ``recording``)."""
-        async with self._transaction(write=True, subject=f"Recording {id!r}") as conn:
-            row = (
-                await conn.execute(
-                    sa.insert(recordings)
-                    .values(
-                        id=id,
-                        tenant_id=tenant_id,
-                        call_id=call_id,
-                        status="recording",
-                        instructions_version=instructions_version,
-                        created_at=now,
-                        ended_at=None,
-                        audio_purged=False,
-                        failure_reason=None,
-                        deleted_at=None,
-                        delete_reason=None,
-                    )
-                    .returning(*recordings.c)
-                )
-            ).one()
-        return _record(Recording, row)
+        return await self._insert(
+            sa.insert(recordings).values(
+                id=id,
+                tenant_id=tenant_id,
+                call_id=call_id,
+                status="recording",
+                instructions_version=instructions_version,
+                created_at=now,
+                ended_at=None,
+                audio_purged=False,
+                failure_reason=None,
+                deleted_at=None,
+                delete_reason=None,
+            ),
+            Recording,
+            subject=f"Recording {id!r}",
+        )
 
     async def get_recording(self, tenant_id: str, recording_id: str) -> Recording:
         """The tenant's recording; ``NotFound`` if unknown or another tenant's."""
@@ -996,29 +971,25 @@ class Catalog:
         """Queue a job, due at ``run_after`` (default ``now``)."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        async with self._transaction(write=True, subject=f"Job {id!r}") as conn:
-            row = (
-                await conn.execute(
-                    sa.insert(jobs)
-                    .values(
-                        id=id,
-                        tenant_id=tenant_id,
-                        recording_id=recording_id,
-                        kind=kind,
-                        status="queued",
-                        attempts=0,
-                        max_attempts=max_attempts,
-                        run_after=run_after or now,
-                        lease_owner=None,
-                        lease_until=None,
-                        last_error=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .returning(*jobs.c)
-                )
-            ).one()
-        return _record(Job, row)
+        return await self._insert(
+            sa.insert(jobs).values(
+                id=id,
+                tenant_id=tenant_id,
+                recording_id=recording_id,
+                kind=kind,
+                status="queued",
+                attempts=0,
+                max_attempts=max_attempts,
+                run_after=run_after or now,
+                lease_owner=None,
+                lease_until=None,
+                last_error=None,
+                created_at=now,
+                updated_at=now,
+            ),
+            Job,
+            subject=f"Job {id!r}",
+        )
 
     async def claim_job(
         self,
