@@ -264,6 +264,7 @@ class ObjectWriter:
         self._aead, commitment = _derive(dek, unsigned)
         self.header = ObjectHeader(**{**unsigned.__dict__, "commitment": commitment})
         self._pending_header: bytes | None = self.header.to_bytes()
+        self._nonce_prefix = self.header.nonce_prefix
         self._segment_size = segment_size
         self._buffer = bytearray()
         self._index = 0
@@ -278,7 +279,9 @@ class ObjectWriter:
     def write(self, data: bytes | bytearray | memoryview) -> bytearray:
         """Append plaintext; return the sealed bytes of every segment that filled up."""
         self._check_open()
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if view.format != "B":
+            view = view.cast("B")  # e.g. int16 samples: count and slice bytes
         self.plaintext_bytes += len(view)
         out: list[bytearray] = []
         size = self._segment_size
@@ -323,14 +326,20 @@ class ObjectWriter:
         length = len(plaintext)
         record = bytearray(SEGMENT_PREFIX_SIZE + length + TAG_SIZE)
         _U32.pack_into(record, 0, length)
-        nonce = _nonce(self.header.nonce_prefix, self._index, last)
+        view = memoryview(record)
         self._aead.encrypt_into(
-            nonce, plaintext, record[:SEGMENT_PREFIX_SIZE], memoryview(record)[4:]
+            _nonce(self._nonce_prefix, self._index, last),
+            plaintext,
+            view[:SEGMENT_PREFIX_SIZE],  # the length prefix is the segment's AAD
+            view[SEGMENT_PREFIX_SIZE:],
         )
         self._index += 1
         return record
 
     def _emit(self, records: list[bytearray]) -> bytearray:
+        if self._pending_header is None and len(records) == 1:  # the common case
+            self.sealed_bytes += len(records[0])
+            return records[0]
         if self._pending_header is not None:
             records.insert(0, bytearray(self._pending_header))
             self._pending_header = None
