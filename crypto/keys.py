@@ -102,7 +102,7 @@ def load_master_key(value: str | None, data_dir: Path) -> bytes:
     path = data_dir / MASTER_KEY_FILE
     source = f"master key file {path}"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         encoded = base64.b64encode(secrets.token_bytes(DEK_SIZE)) + b"\n"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -143,7 +143,7 @@ class LocalKeyring:
     def open(cls, data_dir: Path, master_key: bytes) -> LocalKeyring:
         """Open (or create) the keyring in ``data_dir``; refuse a master key that does not
         open it, naming the setting, so a wrong key stops the process at start."""
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         keyring = cls(data_dir / KEYRING_FILE, master_key)
         with keyring._locked():
             keyring._load(create=True)

@@ -14,6 +14,8 @@ IMMEDIATE``, so that two writers can never both read the same "last" value.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -137,6 +139,15 @@ def _rehash(row: AnyRow) -> str | None:
         return None
 
 
+def _create_owner_only(path: Path) -> None:
+    """Create a new SQLite file with mode 0600 before SQLite does (it would use the umask):
+    SQLite gives the -wal and -shm files the database file's mode, and the catalog holds
+    wrapped keys and phone numbers. A path that exists, or cannot be made, is left to
+    SQLite, which reports it on the first connection."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
     """WAL (readers do not block the writer), enforced foreign keys, waiting instead of
     failing on a busy database, zeroing deleted content (a shredded DEK does not linger in
@@ -201,12 +212,13 @@ class Catalog:
             database = parsed.database or ""
             if not database.startswith("file:"):
                 try:
-                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                    Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 except OSError as exc:
                     raise CatalogUnavailable(
                         f"The catalog's directory for {mask_database_url(url)} cannot be "
                         f"created: {exc.strerror or exc}."
                     ) from exc
+                _create_owner_only(Path(database))
             engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
             _configure_sqlite(engine, busy_timeout_s)
         else:

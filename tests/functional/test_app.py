@@ -32,6 +32,10 @@ async def test_readyz_is_ready_with_embedded_defaults(aiohttp_client, settings: 
     names = {p.name for p in settings.data_dir.iterdir()}
     assert {"catalog.sqlite3", "keyring.json", "master.key"} <= names
     assert (settings.data_dir / "master.key").stat().st_mode & 0o777 == 0o600
+    # Owner-only: the catalog holds wrapped keys and phone numbers.
+    assert settings.data_dir.stat().st_mode & 0o777 == 0o700
+    for path in settings.data_dir.glob("catalog.sqlite3*"):
+        assert path.stat().st_mode & 0o777 == 0o600, path.name
 
 
 async def test_readyz_is_503_naming_the_store_when_it_is_unusable(
