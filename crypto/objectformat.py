@@ -42,7 +42,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -236,8 +236,9 @@ class ObjectWriter:
 
     ``write()`` seals each full segment as soon as it fills; ``flush()`` seals what is
     buffered as a (short) segment so that it can be made durable; ``close()`` seals the
-    last segment. Each call returns the sealed bytes to append to the object, the header
-    included in the first non-empty output. The writer never buffers more than one segment.
+    last segment. Each call returns the sealed bytes to append to the object; the first
+    call's start with the header, so a store holds it as soon as the object exists. The
+    writer never buffers more than one segment.
     """
 
     def __init__(
@@ -262,7 +263,7 @@ class ObjectWriter:
             nonce_prefix=random(NONCE_PREFIX_SIZE),
         )
         self._aead, commitment = _derive(dek, unsigned)
-        self.header = ObjectHeader(**{**unsigned.__dict__, "commitment": commitment})
+        self.header = replace(unsigned, commitment=commitment)
         self._pending_header: bytes | None = self.header.to_bytes()
         self._nonce_prefix = self.header.nonce_prefix
         self._segment_size = segment_size

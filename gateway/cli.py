@@ -43,19 +43,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
-    """Environment first, flags on top."""
+    """The environment, with the flags given on top (merged and validated alike)."""
     overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    http: dict[str, Any] = {}
-    if getattr(args, "host", None):
-        http["host"] = args.host
-    if getattr(args, "port", None) is not None:
-        http["port"] = args.port
-    base = Settings()
+    http = {
+        name: value for name in ("host", "port") if (value := getattr(args, name, None)) is not None
+    }
     if http:
-        overrides["http"] = base.http.model_copy(update=http)
-    return base.model_copy(update=overrides) if overrides else base
+        overrides["http"] = http
+    return Settings(**overrides)
 
 
 def _serve(settings: Settings) -> None:
@@ -69,14 +66,20 @@ def _serve(settings: Settings) -> None:
         f"(data dir {settings.data_dir.resolve()})",
         flush=True,
     )
-    web.run_app(
-        app,
-        host=settings.http.host,
-        port=settings.http.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.http.host,
+            port=settings.http.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    except OSError as e:
+        raise ConfigError(
+            "CALLVAULT_HTTP__PORT",
+            f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror or e}",
+        ) from None
 
 
 async def _rotate(settings: Settings, tenant: str) -> None:

@@ -104,8 +104,9 @@ class SealingUpload:
         return self._writer.plaintext_bytes
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        before = self._writer.plaintext_bytes
         sealed = self._writer.write(data)
-        self._vault.metrics.bytes_sealed.inc(len(data))
+        self._vault.metrics.bytes_sealed.inc(self._writer.plaintext_bytes - before)
         if sealed:
             await self._upload.write(sealed)
 

@@ -126,6 +126,24 @@ def test_malformed_setting_names_the_variable(tmp_path: Path) -> None:
     assert "CALLVAULT_HTTP__PORT" in result.stderr
 
 
+def test_flags_are_validated_like_the_environment(tmp_path: Path) -> None:
+    result = callvault("--data-dir", str(tmp_path), "serve", "--port", "99999")
+    assert result.returncode == 2
+    assert "CALLVAULT_HTTP__PORT" in result.stderr
+    assert "65535" in result.stderr
+
+
+def test_a_busy_port_is_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = callvault("--data-dir", str(tmp_path), "serve", "--port", str(port))
+    assert result.returncode == 2
+    assert f"callvault: CALLVAULT_HTTP__PORT: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 async def test_keys_rotate_rewraps_a_tenants_deks_and_objects_still_open(
     tmp_path: Path,
 ) -> None:

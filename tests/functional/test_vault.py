@@ -8,6 +8,7 @@ rewriting objects, and another tenant's object is never found.
 
 from __future__ import annotations
 
+import array
 import base64
 import os
 from collections.abc import AsyncIterator
@@ -257,6 +258,17 @@ async def test_corrupted_object_fails_naming_the_segment_and_is_counted(parts: P
     with pytest.raises(DecryptionFailed):
         await parts.vault.read_object("acme", object_id)
     assert parts.vault.metrics.decryption_failures._value.get() == 2
+
+
+async def test_samples_are_sealed_as_bytes_and_counted_in_bytes(parts: Parts) -> None:
+    samples = array.array("h", range(-4000, 4000))  # int16 L16 audio, as ingest may pass it
+    upload = await parts.vault.create_object(
+        tenant="acme", kind="audio", data_class="recordings", now=T0
+    )
+    await upload.write(memoryview(samples))
+    await upload.commit(now=T0)
+    assert await parts.vault.read_object("acme", upload.object_id) == samples.tobytes()
+    assert parts.vault.metrics.bytes_sealed._value.get() == 16000
 
 
 async def test_small_objects_round_trip_with_put_object(parts: Parts) -> None:
