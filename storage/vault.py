@@ -290,9 +290,14 @@ class MediaVault:
                 )
             return new.kek_id, new.kek_version, new.blob
 
-        rewrapped = await self.catalog.rewrap_object_keys(
+        # Another process (serve) may have wrapped a DEK under the old version just before
+        # it saw the rotation; its row can land behind a pass's cursor. Passes repeat until
+        # one finds nothing left to re-wrap.
+        rewrapped = 0
+        while passed := await self.catalog.rewrap_object_keys(
             tenant, rewrap, target_version=target.kek_version, now=now
-        )
+        ):
+            rewrapped += passed
         await self.catalog.append_audit(
             tenant,
             actor=actor,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from crypto.errors import DecryptionFailed, KeyUnavailable, NotFound
 from crypto.keys import KekRef, LocalKeyring, WrappedKey, dek_context
 from crypto.objectformat import unwrap_key, wrap_key
-from storage.catalog import Catalog
+from storage.catalog import Catalog, ObjectKeyRow
 from storage.filestore import FileStore
 from storage.s3 import S3Store
 from storage.store import ObjectStore
@@ -348,6 +348,49 @@ async def test_the_vault_works_with_any_key_provider(tmp_path: Path) -> None:
             await vault.read_object("acme", object_id)
         # seal; rotate; re-wrap (unwrap + wrap); read; the refused read after destruction
         assert kms.calls == ["wrap", "rotate", "unwrap", "wrap", "unwrap", "unwrap"]
+    finally:
+        await store.close()
+        await catalog.close()
+
+
+async def test_rotation_catches_a_dek_wrapped_under_the_old_version_during_the_pass(
+    tmp_path: Path,
+) -> None:
+    """``keys rotate`` runs beside ``serve``: a DEK that serve wrapped under the old version
+    just before it saw the rotation may commit its row while the re-wrap pass runs, behind
+    the pass's cursor. It must still end up under the new version."""
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}")
+    await catalog.migrate()
+    await catalog.create_tenant("acme", "Acme", "eu", T0)
+    store = FileStore(tmp_path / "objects")
+    kms = KmsLikeProvider()
+    vault = MediaVault(catalog=catalog, store=store, keys=kms, segment_size=4096)
+    late_id = "0" * 32  # sorts before every random object id: behind the cursor
+    unwrap = kms.unwrap
+    serve_committed = False
+
+    async def unwrap_while_serve_commits(tenant: str, object_id: str, w: WrappedKey) -> bytes:
+        nonlocal serve_committed
+        if not serve_committed:  # serve's late row lands during the first pass
+            serve_committed = True
+            context = dek_context("acme", late_id, "kms-acme", 1)
+            blob = wrap_key(kms.keks["acme"][1], bytes(32), context=context)
+            await catalog.add_object(
+                object_id=late_id, tenant_id="acme", kind="audio", data_class="recordings",
+                store_key=MediaVault.store_key("acme", late_id), now=T0,
+                key=ObjectKeyRow(late_id, "acme", "kms-acme", 1, blob, T0),
+            )  # fmt: skip
+        return await unwrap(tenant, object_id, w)
+
+    try:
+        for _ in range(3):
+            await seal_audio(vault, audio=b"short call" * 100)
+        kms.unwrap = unwrap_while_serve_commits  # type: ignore[method-assign]
+        report = await vault.rotate_tenant_keys("acme", actor="test", now=T0)
+        assert report.rewrapped == 4
+        late = await catalog.get_object_key(late_id, tenant_id="acme")
+        assert late.kek_version == 2
+        assert await kms.unwrap("acme", late_id, WrappedKey(late.kek_id, 2, late.wrapped_dek))
     finally:
         await store.close()
         await catalog.close()
