@@ -331,40 +331,44 @@ class KmsLikeProvider:
         self.keks.pop(tenant, None)
 
 
-async def test_the_vault_works_with_any_key_provider(tmp_path: Path) -> None:
+@pytest.fixture
+async def kms_vault(tmp_path: Path) -> AsyncIterator[tuple[MediaVault, KmsLikeProvider]]:
+    """A vault on SQLite and the file store whose keys come from ``KmsLikeProvider``."""
     catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}")
     await catalog.migrate()
     await catalog.create_tenant("acme", "Acme", "eu", T0)
     store = FileStore(tmp_path / "objects")
     kms = KmsLikeProvider()
-    vault = MediaVault(catalog=catalog, store=store, keys=kms, segment_size=4096)
     try:
-        object_id = await seal_audio(vault)
-        report = await vault.rotate_tenant_keys("acme", actor="test", now=T0)
-        assert (report.kek_id, report.kek_version, report.rewrapped) == ("kms-acme", 2, 1)
-        assert await vault.read_object("acme", object_id) == AUDIO
-        await kms.destroy_tenant("acme")
-        with pytest.raises(KeyUnavailable, match="KMS"):
-            await vault.read_object("acme", object_id)
-        # seal; rotate; re-wrap (unwrap + wrap); read; the refused read after destruction
-        assert kms.calls == ["wrap", "rotate", "unwrap", "wrap", "unwrap", "unwrap"]
+        yield MediaVault(catalog=catalog, store=store, keys=kms, segment_size=4096), kms
     finally:
         await store.close()
         await catalog.close()
 
 
+async def test_the_vault_works_with_any_key_provider(
+    kms_vault: tuple[MediaVault, KmsLikeProvider],
+) -> None:
+    vault, kms = kms_vault
+    object_id = await seal_audio(vault)
+    report = await vault.rotate_tenant_keys("acme", actor="test", now=T0)
+    assert (report.kek_id, report.kek_version, report.rewrapped) == ("kms-acme", 2, 1)
+    assert await vault.read_object("acme", object_id) == AUDIO
+    await kms.destroy_tenant("acme")
+    with pytest.raises(KeyUnavailable, match="KMS"):
+        await vault.read_object("acme", object_id)
+    # seal; rotate; re-wrap (unwrap + wrap); read; the refused read after destruction
+    assert kms.calls == ["wrap", "rotate", "unwrap", "wrap", "unwrap", "unwrap"]
+
+
 async def test_rotation_catches_a_dek_wrapped_under_the_old_version_during_the_pass(
-    tmp_path: Path,
+    kms_vault: tuple[MediaVault, KmsLikeProvider],
 ) -> None:
     """``keys rotate`` runs beside ``serve``: a DEK that serve wrapped under the old version
     just before it saw the rotation may commit its row while the re-wrap pass runs, behind
     the pass's cursor. It must still end up under the new version."""
-    catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}")
-    await catalog.migrate()
-    await catalog.create_tenant("acme", "Acme", "eu", T0)
-    store = FileStore(tmp_path / "objects")
-    kms = KmsLikeProvider()
-    vault = MediaVault(catalog=catalog, store=store, keys=kms, segment_size=4096)
+    vault, kms = kms_vault
+    catalog = vault.catalog
     late_id = "0" * 32  # sorts before every random object id: behind the cursor
     unwrap = kms.unwrap
     serve_committed = False
@@ -382,15 +386,11 @@ async def test_rotation_catches_a_dek_wrapped_under_the_old_version_during_the_p
             )  # fmt: skip
         return await unwrap(tenant, object_id, w)
 
-    try:
-        for _ in range(3):
-            await seal_audio(vault, audio=b"short call" * 100)
-        kms.unwrap = unwrap_while_serve_commits  # type: ignore[method-assign]
-        report = await vault.rotate_tenant_keys("acme", actor="test", now=T0)
-        assert report.rewrapped == 4
-        late = await catalog.get_object_key(late_id, tenant_id="acme")
-        assert late.kek_version == 2
-        assert await kms.unwrap("acme", late_id, WrappedKey(late.kek_id, 2, late.wrapped_dek))
-    finally:
-        await store.close()
-        await catalog.close()
+    for _ in range(3):
+        await seal_audio(vault, audio=b"short call" * 100)
+    kms.unwrap = unwrap_while_serve_commits  # type: ignore[method-assign]
+    report = await vault.rotate_tenant_keys("acme", actor="test", now=T0)
+    assert report.rewrapped == 4
+    late = await catalog.get_object_key(late_id, tenant_id="acme")
+    assert late.kek_version == 2
+    assert await kms.unwrap("acme", late_id, WrappedKey(late.kek_id, 2, late.wrapped_dek))
