@@ -429,7 +429,6 @@ class ObjectReader:
             else:
                 aead, header = self._opened
                 out.append(self._open_segment(aead, header, pending, last=False))
-            del pending
             self._pending = bytearray()
         return pos
 
@@ -444,14 +443,8 @@ class ObjectReader:
                 return _PREAMBLE.size
             header_len: int = _PREAMBLE.unpack_from(buf)[2]
             return header_len
-        if len(buf) < SEGMENT_PREFIX_SIZE:
-            return SEGMENT_PREFIX_SIZE
-        (length,) = _U32.unpack_from(buf)
-        if length > self._opened[1].segment_size:
-            raise DecryptionFailed(
-                f"segment length {length} exceeds the segment size", segment=self._index
-            )
-        return SEGMENT_PREFIX_SIZE + length + TAG_SIZE
+        size = self._record_size(memoryview(buf), 0, self._opened[1])
+        return SEGMENT_PREFIX_SIZE if size is None else size
 
     def finish(self) -> list[bytes]:
         """Signal the end of the object; return the last plaintext, or fail if truncated."""
@@ -515,23 +508,26 @@ class ObjectReader:
         the object (``final=False``) a record counts only if a byte follows it, since only
         then is it known not to be the last."""
         available = len(view) - pos
-        if available < SEGMENT_PREFIX_SIZE:
+        size = self._record_size(view, pos, header)
+        if size is None or available < size:
             if final and available:
                 raise DecryptionFailed("object ends inside a segment", segment=self._index)
+            return None
+        if available == size and not final:
+            return None
+        return pos + size
+
+    def _record_size(self, view: memoryview, pos: int, header: ObjectHeader) -> int | None:
+        """The size of the record at ``pos`` from its length field (None: not all there);
+        a length beyond the segment size fails before anything is read or buffered."""
+        if len(view) - pos < SEGMENT_PREFIX_SIZE:
             return None
         (length,) = _U32.unpack_from(view, pos)
         if length > header.segment_size:
             raise DecryptionFailed(
                 f"segment length {length} exceeds the segment size", segment=self._index
             )
-        size = SEGMENT_PREFIX_SIZE + length + TAG_SIZE
-        if available < size:
-            if final:
-                raise DecryptionFailed("object ends inside a segment", segment=self._index)
-            return None
-        if available == size and not final:
-            return None
-        return pos + size
+        return SEGMENT_PREFIX_SIZE + length + TAG_SIZE
 
     def _open_segment(
         self, aead: AESGCM, header: ObjectHeader, record: memoryview, *, last: bool
