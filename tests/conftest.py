@@ -426,8 +426,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty catalog database on each backend."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}"
-    url: str = request.getfixturevalue("pg_database")
-    run_in_thread(reset_pg_schema(url.rsplit("/", 1)[1]))
+    url: str = request.getfixturevalue("database_url_postgresql")
     return url
 
 

@@ -49,7 +49,10 @@ class Parts:
 @pytest.fixture(
     params=[
         "file+sqlite",
-        pytest.param("s3+postgresql", marks=[pytest.mark.integration, pytest.mark.s3]),
+        pytest.param(
+            "s3+postgresql",
+            marks=[pytest.mark.integration, pytest.mark.s3, pytest.mark.postgres],
+        ),
     ]
 )
 async def parts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Parts]:
