@@ -112,3 +112,106 @@ class Conflict(CallvaultError):
 
     code = "conflict"
     status = 409
+
+
+class BadRequest(CallvaultError):
+    """The request is malformed: bad JSON, a missing or invalid field, a bad query value."""
+
+    code = "bad_request"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class Unauthorized(CallvaultError):
+    """No token, or a token that is unknown or revoked (the answer never says which)."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(CallvaultError):
+    """The token's role may not do this (its own tenant's resource, wrong role)."""
+
+    code = "forbidden"
+    status = 403
+
+
+class Gone(CallvaultError):
+    """The resource existed but its content was purged or deleted."""
+
+    code = "gone"
+    status = 410
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidInstructions(CallvaultError):
+    """An instructions document with an unknown field or an invalid value; ``field`` is its
+    dotted path (``retention.recordings``, ``exclude_numbers.2``)."""
+
+    code = "invalid_instructions"
+    status = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PolicyRefused(CallvaultError):
+    """The tenant's instructions do not allow this call; ``code`` is the refusal code
+    (``recording_not_instructed``, ``consent_missing``, ``number_excluded``)."""
+
+    code = "recording_not_instructed"
+    status = 403
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+
+class IngestError(CallvaultError):
+    """A message or frame an ingest transport cannot accept. ``close_code`` is the WebSocket
+    close code the connection ends with (AudioSocket answers with an 0xff frame instead);
+    ``code`` goes into the close reason, so it must stay short (< 123 bytes)."""
+
+    code = "bad_frame"
+    status = 400
+    close_code = 1007
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class MalformedMessage(IngestError):
+    """Bad JSON, an unknown event, bad base64, a frame of the wrong type or size (1007)."""
+
+    code = "malformed_message"
+
+
+class MessageTooBig(IngestError):
+    """A message or frame over the 64 KiB limit (1009)."""
+
+    code = "message_too_big"
+    status = 413
+    close_code = 1009
+
+
+class StreamRefused(IngestError):
+    """A stream that may not proceed: bad token, unknown or refused call, a policy refusal
+    (1008, the reason names the code)."""
+
+    code = "stream_refused"
+    status = 403
+    close_code = 1008

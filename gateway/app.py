@@ -1,29 +1,41 @@
 """The aiohttp application of ``callvault serve``.
 
-Shared services live in typed app keys and start and stop in ``cleanup_ctx``, so the app
-owns their lifecycle: the catalog is migrated and the keyring opened before the first
-request, and everything is closed on shutdown. This issue's app serves the operational
-endpoints; the control API and ingest transports mount here as they land.
+Shared services live in typed app keys (``gateway.state``) and start and stop in
+``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
+opened before the first request; the call registry's ticker flushes quiet streams and ends
+abandoned calls; the AudioSocket listener runs beside the HTTP server. On shutdown the ingest
+WebSockets are closed first (1001), then every live call is finalized with what arrived, then
+the services close.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from crypto.errors import CallvaultError
+from gateway.api import add_routes
+from gateway.calls import CallRegistry
 from gateway.errors import error_middleware, error_response
-from gateway.services import Services, open_services
+from gateway.ingest import endpoints
+from gateway.metrics import GatewayMetrics
+from gateway.services import open_services
+from gateway.session import SessionLimits
 from gateway.settings import Settings
+from gateway.state import CALLS, CLOCK, METRICS, REGISTRY, SERVICES, SETTINGS, Clock
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-SERVICES = web.AppKey("services", Services)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
+OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+AUDIOSOCKET = web.AppKey("audiosocket", endpoints.AudioSocketServer)
+TICK_S = 0.25
+"""How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -47,18 +59,75 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+async def openapi(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/json"})
+
+
+def build_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[REGISTRY] = registry or CollectorRegistry()
+    app[METRICS] = GatewayMetrics(app[REGISTRY])
+    app[CLOCK] = clock or Clock()
+    app[endpoints.WEBSOCKETS] = set()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_services(settings, registry=app[REGISTRY]) as services:
             app[SERVICES] = services
             yield
 
-    app.cleanup_ctx.append(services_ctx)
+    async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
+        ingest = settings.ingest
+        calls = CallRegistry(
+            catalog=app[SERVICES].catalog,
+            vault=app[SERVICES].vault,
+            limits=SessionLimits(
+                flush_interval=ingest.flush_interval,
+                flush_bytes=ingest.flush_bytes,
+                reconnect_grace=ingest.reconnect_grace,
+                start_timeout=ingest.start_timeout,
+            ),
+            metrics=app[METRICS],
+        )
+        app[CALLS] = calls
+        ticker = asyncio.create_task(_tick(calls, app[CLOCK]), name="callvault-ticker")
+        yield
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await calls.close(app[CLOCK].now())
+
+    async def audiosocket_ctx(app: web.Application) -> AsyncIterator[None]:
+        if not settings.audiosocket.port:
+            yield
+            return
+        server = endpoints.AudioSocketServer(app, settings.audiosocket)
+        await server.start()
+        app[AUDIOSOCKET] = server
+        yield
+        await server.close()
+
+    app.cleanup_ctx.extend([services_ctx, calls_ctx, audiosocket_ctx])
+    app.on_shutdown.append(endpoints.close_websockets)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/v1/ingest/twilio", endpoints.twilio)
+    app.router.add_get("/v1/ingest/fork", endpoints.fork)
+    add_routes(app)
     return app
+
+
+async def _tick(calls: CallRegistry, clock: Clock) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        try:
+            await calls.tick(clock.now())
+        except Exception:  # the ticker must outlive any one failure
+            log.exception("call ticker failed")

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from crypto.errors import CallvaultError, ConfigError
 from gateway.settings import Settings
+from storage.catalog import Role
 
 log = logging.getLogger("callvault")
 
@@ -39,6 +40,27 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", help="add a KEK version and re-wrap every DEK of the tenant"
     )
     rotate.add_argument("--tenant", required=True, help="tenant id")
+
+    token = commands.add_parser("token", help="mint API tokens from the command line")
+    token_commands = token.add_subparsers(dest="mint_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser(
+        "create", help="mint a token in the catalog (prints it once)"
+    )
+    create.add_argument(
+        "--role", required=True, choices=["operator", "admin", "pbx", "processor"], help="role"
+    )
+    create.add_argument("--tenant", help="tenant id (every role but operator)")
+
+    demo = commands.add_parser(
+        "demo", help="push a sample call through a running server and show what it stored"
+    )
+    demo.add_argument(
+        "--url", help="the server's base URL (default http://<CALLVAULT_HTTP__HOST>:<PORT>)"
+    )
+    demo.add_argument("--token", help="an operator token (default: CALLVAULT_OPERATOR_TOKEN)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-call.wav"), help="where to save the call's audio"
+    )
     return parser
 
 
@@ -60,6 +82,15 @@ def _serve(settings: Settings) -> None:
     from gateway.services import open_keyring
 
     open_keyring(settings)  # refuse a wrong master key before binding any port
+    secret = asyncio.run(_bootstrap(settings))
+    if secret is not None:
+        print(
+            "callvault: first start: this is the operator token. It is shown once and "
+            "stored only as a hash; keep it now.\n"
+            f"    {secret}\n"
+            f"Try it: CALLVAULT_OPERATOR_TOKEN={secret} callvault demo",
+            flush=True,
+        )
     app = build_app(settings)
     print(
         f"callvault serving on http://{settings.http.host}:{settings.http.port} "
@@ -80,6 +111,56 @@ def _serve(settings: Settings) -> None:
             "CALLVAULT_HTTP__PORT",
             f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror or e}",
         ) from None
+
+
+async def _bootstrap(settings: Settings) -> str | None:
+    from gateway.auth import ensure_operator_token
+    from gateway.services import open_services
+
+    configured = settings.operator_token.get_secret_value() if settings.operator_token else None
+    async with open_services(settings) as services:
+        return await ensure_operator_token(services.catalog, configured, now=datetime.now(UTC))
+
+
+async def _mint(settings: Settings, role: Role, tenant: str | None) -> None:
+    from gateway.auth import mint_token
+    from gateway.services import open_services
+
+    if (role == "operator") != (tenant is None):
+        raise ConfigError("--tenant", "operator tokens take no tenant; every other role needs one.")
+    async with open_services(settings) as services:
+        if tenant is not None:
+            await services.catalog.get_tenant(tenant)
+        minted = await mint_token(
+            services.catalog, tenant=tenant, role=role, created_by="cli", now=datetime.now(UTC)
+        )
+        if tenant is not None:
+            await services.catalog.append_audit(
+                tenant,
+                actor="cli",
+                action="token.created",
+                object=minted.record.id,
+                detail={"role": role},
+                now=datetime.now(UTC),
+            )
+    print(f"{minted.record.id} ({role}{' of ' + tenant if tenant else ''}): {minted.secret}")
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    token = args.token or (
+        settings.operator_token.get_secret_value() if settings.operator_token else None
+    )
+    if not token:
+        raise ConfigError(
+            "CALLVAULT_OPERATOR_TOKEN",
+            "the demo needs an operator token: pass --token, or set this variable to the "
+            "token `callvault serve` printed at its first start (or mint one with "
+            "`callvault token create --role operator`).",
+        )
+    url = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    return asyncio.run(run_demo(url, token, out=args.out))
 
 
 async def _rotate(settings: Settings, tenant: str) -> None:
@@ -104,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(settings)
         elif args.command == "keys" and args.keys_command == "rotate":
             asyncio.run(_rotate(settings, args.tenant))
+        elif args.command == "token" and args.mint_command == "create":
+            asyncio.run(_mint(settings, args.role, args.tenant))
+        elif args.command == "demo":
+            return _demo(settings, args)
     except ValidationError as e:
         first = e.errors()[0]
         where = "CALLVAULT_" + "__".join(str(p).upper() for p in first["loc"])

@@ -11,13 +11,13 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from crypto.errors import CallvaultError
+from crypto.errors import CallvaultError, InvalidInstructions
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+def error_response(status: int, code: str, message: str, **extra: str) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
 
 
 @web.middleware
@@ -27,7 +27,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except CallvaultError as e:
         if e.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, e.code)
-        return error_response(e.status, e.code, e.message)
+        extra = {"field": e.field} if isinstance(e, InvalidInstructions) else {}
+        return error_response(e.status, e.code, e.message, **extra)
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -9,10 +9,11 @@ the environment themselves. The variable names are part of the external contract
 from __future__ import annotations
 
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,8 +25,28 @@ class HttpSettings(BaseModel):
 
 
 class AudioSocketSettings(BaseModel):
+    host: str = "127.0.0.1"
+    """Address the AudioSocket listener binds. Default `127.0.0.1`."""
     port: int = Field(default=9092, ge=0, le=65535)
     """Asterisk AudioSocket TCP port; 0 turns it off. Default `9092`."""
+    allow_networks: tuple[IPvAnyNetwork, ...] = (
+        IPv4Network("127.0.0.0/8"),
+        IPv6Network("::1/128"),
+    )
+    """Peer networks AudioSocket accepts (it has no auth of its own). Default loopback only."""
+
+
+class IngestSettings(BaseModel):
+    flush_interval: timedelta = Field(default=timedelta(seconds=2), gt=timedelta(0))
+    """Longest time audio waits in memory before it is sealed and flushed. Default `PT2S`."""
+    flush_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Buffered bytes of a track that trigger a flush before the interval. Default `65536`."""
+    reconnect_grace: timedelta = Field(default=timedelta(seconds=30), ge=timedelta(0))
+    """How long a dropped stream's call waits for a reconnect before it is finalized.
+    Default `PT30S`."""
+    start_timeout: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
+    """How long an announced call waits for its first stream before it is closed empty.
+    Default `PT5M`."""
 
 
 class RtpSettings(BaseModel):
@@ -91,6 +112,7 @@ class Settings(BaseSettings):
     """Catalog database, e.g. `postgresql://127.0.0.1:5432/db`. Default: SQLite in the data dir."""
     http: HttpSettings = HttpSettings()
     audiosocket: AudioSocketSettings = AudioSocketSettings()
+    ingest: IngestSettings = IngestSettings()
     rtp: RtpSettings = RtpSettings()
     store: StoreSettings = StoreSettings()
     crypto: CryptoSettings = CryptoSettings()

@@ -113,6 +113,34 @@ def _record(cls: type[R], row: AnyRow) -> R:
     return cls(**{field.name: mapping[field.name] for field in fields(cls)})
 
 
+def _record_prefixed(cls: type[R], row: AnyRow, prefix: str) -> R:
+    """A record from a joined row whose columns of ``cls`` are labelled ``prefix + name``."""
+    mapping = row._mapping
+    return cls(**{field.name: mapping[prefix + field.name] for field in fields(cls)})
+
+
+_CALL_COLUMNS = [column.label("call__" + column.name) for column in calls.c]
+
+
+def _new_recording(
+    id: str, tenant_id: str, call_id: str, instructions_version: int, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": id,
+        "tenant_id": tenant_id,
+        "call_id": call_id,
+        "status": "recording",
+        "instructions_version": instructions_version,
+        "created_at": now,
+        "ended_at": None,
+        "audio_purged": False,
+        "failure_reason": None,
+        "deleted_at": None,
+        "delete_reason": None,
+        "samples": None,
+    }
+
+
 def _key_values(row: ObjectKeyRow) -> dict[str, Any]:
     return {field.name: getattr(row, field.name) for field in fields(row)}
 
@@ -475,6 +503,18 @@ class Catalog:
             row = (await conn.execute(stmt)).one_or_none()
         return None if row is None else _record(Token, row)
 
+    async def list_tokens(self, tenant_id: str | None) -> list[Token]:
+        """The tokens of ``tenant_id`` (``None``: operator tokens), revoked ones included,
+        oldest first."""
+        owner = (
+            tokens.c.tenant_id.is_(None) if tenant_id is None else tokens.c.tenant_id == tenant_id
+        )
+        async with self._transaction() as conn:
+            rows = (
+                await conn.execute(sa.select(tokens).where(owner).order_by(tokens.c.created_at))
+            ).all()
+        return [_record(Token, row) for row in rows]
+
     async def revoke_token(self, tenant_id: str | None, token_id: str, now: datetime) -> Token:
         """Revoke a token of ``tenant_id`` (``None``: an operator token); ``NotFound`` if it
         is unknown or another tenant's. Repeating it keeps the first time."""
@@ -793,6 +833,31 @@ class Catalog:
             rows = (await conn.execute(stmt.order_by(objects.c.created_at, objects.c.id))).all()
         return [_record(StoredObject, row) for row in rows]
 
+    async def recording_tracks(
+        self, tenant_id: str, recording_ids: Sequence[str], *, kind: str
+    ) -> dict[str, list[str]]:
+        """The track names of each recording's objects of ``kind`` (not deleted), sorted;
+        one query for a whole page of recordings."""
+        if not recording_ids:
+            return {}
+        stmt = (
+            sa.select(objects.c.recording_id, objects.c.track)
+            .where(
+                objects.c.tenant_id == tenant_id,
+                objects.c.recording_id.in_(list(recording_ids)),
+                objects.c.kind == kind,
+                objects.c.state != "deleted",
+                objects.c.track.is_not(None),
+            )
+            .distinct()
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        tracks: dict[str, list[str]] = {recording_id: [] for recording_id in recording_ids}
+        for recording_id, track in rows:
+            tracks[recording_id].append(track)
+        return {recording_id: sorted(names) for recording_id, names in tracks.items()}
+
     async def mark_object_deleted(self, object_id: str, now: datetime) -> StoredObject:
         """Record that the object was deleted from the store; repeating it keeps the first
         time."""
@@ -810,6 +875,89 @@ class Catalog:
         )
 
     # --- calls and recordings -------------------------------------------------------------
+
+    async def announce_call(
+        self,
+        *,
+        id: str,
+        tenant_id: str,
+        from_number: str,
+        to_number: str,
+        direction: str,
+        consent: str,
+        transport: str,
+        codec: str,
+        sample_rate: int,
+        instructions_version: int | None,
+        decision: dict[str, Any],
+        refusal_code: str | None,
+        started_at: datetime,
+        recording_id: str | None = None,
+    ) -> tuple[Call, Recording | None]:
+        """Store the call record and, for an accepted call (``recording_id`` given), its
+        recording (status ``recording``) in one transaction: a recording never exists
+        without its call record, nor an accepted call without its recording."""
+        if recording_id is not None and (refusal_code is not None or instructions_version is None):
+            raise ValueError("only an accepted call under stored instructions has a recording")
+        async with self._transaction(write=True, subject=f"Call {id!r}") as conn:
+            await self._lock_tenant(conn, tenant_id, live=True)
+            call_row = (
+                await conn.execute(
+                    sa.insert(calls)
+                    .values(
+                        tenant_id=tenant_id,
+                        id=id,
+                        from_number=from_number,
+                        to_number=to_number,
+                        direction=direction,
+                        consent=consent,
+                        transport=transport,
+                        codec=codec,
+                        sample_rate=sample_rate,
+                        instructions_version=instructions_version,
+                        decision=decision,
+                        refusal_code=refusal_code,
+                        started_at=started_at,
+                        ended_at=started_at if refusal_code is not None else None,
+                    )
+                    .returning(*calls.c)
+                )
+            ).one()
+            recording: Recording | None = None
+            if recording_id is not None:
+                assert instructions_version is not None  # noqa: S101 - checked above
+                recording_row = (
+                    await conn.execute(
+                        sa.insert(recordings)
+                        .values(
+                            **_new_recording(
+                                recording_id, tenant_id, id, instructions_version, started_at
+                            )
+                        )
+                        .returning(*recordings.c)
+                    )
+                ).one()
+                recording = _record(Recording, recording_row)
+        return _record(Call, call_row), recording
+
+    async def find_calls(self, call_id: str, *, transport: str) -> list[Call]:
+        """Every call record with this id and transport, of any live tenant (accepted,
+        refused or ended alike).
+
+        For transports that name a call by its id alone (AudioSocket): the caller must
+        refuse an id that more than one tenant uses rather than guess."""
+        stmt = (
+            sa.select(*calls.c)
+            .select_from(calls.join(tenants, calls.c.tenant_id == tenants.c.id))
+            .where(
+                calls.c.id == call_id,
+                calls.c.transport == transport,
+                tenants.c.deleted_at.is_(None),
+            )
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_record(Call, row) for row in rows]
 
     async def create_call(
         self,
@@ -882,17 +1030,7 @@ class Catalog:
         """Start a recording of the tenant's call (status ``recording``)."""
         return await self._insert(
             sa.insert(recordings).values(
-                id=id,
-                tenant_id=tenant_id,
-                call_id=call_id,
-                status="recording",
-                instructions_version=instructions_version,
-                created_at=now,
-                ended_at=None,
-                audio_purged=False,
-                failure_reason=None,
-                deleted_at=None,
-                delete_reason=None,
+                **_new_recording(id, tenant_id, call_id, instructions_version, now)
             ),
             Recording,
             subject=f"Recording {id!r}",
@@ -917,6 +1055,135 @@ class Catalog:
         if row is None:
             raise NotFound(f"Recording {recording_id!r} not found.")
         return row
+
+    async def recording_of_call(self, tenant_id: str, call_id: str) -> Recording | None:
+        """The recording of the tenant's call, ``None`` if it has none (refused call)."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(recordings)
+                    .where(recordings.c.tenant_id == tenant_id, recordings.c.call_id == call_id)
+                    .order_by(recordings.c.created_at)
+                    .limit(1)
+                )
+            ).one_or_none()
+        return None if row is None else _record(Recording, row)
+
+    async def get_recording_entry(
+        self, tenant_id: str, recording_id: str
+    ) -> tuple[Recording, Call]:
+        """The tenant's recording with its call record; ``NotFound`` if unknown or another
+        tenant's."""
+        entries = await self._recording_entries(
+            sa.and_(recordings.c.tenant_id == tenant_id, recordings.c.id == recording_id), limit=1
+        )
+        if not entries:
+            raise NotFound(f"Recording {recording_id!r} not found.")
+        return entries[0]
+
+    async def list_recordings(
+        self,
+        tenant_id: str,
+        *,
+        number: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[tuple[Recording, Call]]:
+        """The tenant's recordings with their call records, newest first: where ``number``
+        is either party, started in ``[since, until)``, and strictly after the keyset
+        cursor ``after`` = (created_at, id) of the last one of the previous page."""
+        where = [recordings.c.tenant_id == tenant_id]
+        if number is not None:
+            where.append(sa.or_(calls.c.from_number == number, calls.c.to_number == number))
+        if since is not None:
+            where.append(calls.c.started_at >= since)
+        if until is not None:
+            where.append(calls.c.started_at < until)
+        if after is not None:
+            created_at, recording_id = after
+            where.append(
+                sa.or_(
+                    recordings.c.created_at < created_at,
+                    sa.and_(recordings.c.created_at == created_at, recordings.c.id < recording_id),
+                )
+            )
+        return await self._recording_entries(sa.and_(*where), limit=limit)
+
+    async def _recording_entries(
+        self, where: sa.ColumnElement[bool], *, limit: int
+    ) -> list[tuple[Recording, Call]]:
+        stmt = (
+            sa.select(recordings, *_CALL_COLUMNS)
+            .select_from(
+                recordings.join(
+                    calls,
+                    sa.and_(
+                        calls.c.tenant_id == recordings.c.tenant_id,
+                        calls.c.id == recordings.c.call_id,
+                    ),
+                )
+            )
+            .where(where)
+            .order_by(recordings.c.created_at.desc(), recordings.c.id.desc())
+            .limit(limit)
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(_record(Recording, row), _record_prefixed(Call, row, "call__")) for row in rows]
+
+    async def finish_recording(
+        self,
+        tenant_id: str,
+        recording_id: str,
+        *,
+        samples: int,
+        now: datetime,
+        job_id: str | None = None,
+        job_kind: str = "analyze",
+    ) -> Recording:
+        """Finalize a live recording in one transaction: its timeline length, its end, the
+        end of its call, and, when ``job_id`` is given, its AI job (status ``processing``;
+        else ``recorded``). Finishing it again is a no-op that returns it unchanged, so a
+        shutdown racing a hangup cannot queue a second job."""
+        status: RecordingStatus = "processing" if job_id is not None else "recorded"
+        async with self._transaction(write=True, subject=f"Recording {recording_id!r}") as conn:
+            current = await self._require_recording(conn, tenant_id, recording_id)
+            if current.status != "recording":
+                return _record(Recording, current)
+            row = (
+                await conn.execute(
+                    sa.update(recordings)
+                    .where(recordings.c.id == recording_id)
+                    .values(status=status, samples=samples, ended_at=now)
+                    .returning(*recordings.c)
+                )
+            ).one()
+            await conn.execute(
+                sa.update(calls)
+                .where(calls.c.tenant_id == tenant_id, calls.c.id == current.call_id)
+                .values(ended_at=sa.func.coalesce(calls.c.ended_at, _at(now)))
+            )
+            if job_id is not None:
+                await conn.execute(
+                    sa.insert(jobs).values(
+                        id=job_id,
+                        tenant_id=tenant_id,
+                        recording_id=recording_id,
+                        kind=job_kind,
+                        status="queued",
+                        attempts=0,
+                        max_attempts=3,
+                        run_after=now,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        return _record(Recording, row)
 
     async def update_recording_status(
         self,

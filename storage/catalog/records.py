@@ -99,6 +99,8 @@ class Recording:
     failure_reason: str | None
     deleted_at: datetime | None
     delete_reason: str | None
+    samples: int | None = None
+    """The call's timeline length in samples, known once the recording is finalized."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,7 @@ calls = sa.Table(
         ["tenant_id", "instructions_version"],
         ["instructions.tenant_id", "instructions.version"],
     ),
+    sa.Index(None, "id"),  # AudioSocket names a call by its UUID alone
     sa.Index(None, "tenant_id", "from_number"),
     sa.Index(None, "tenant_id", "to_number"),
     sa.Index(None, "tenant_id", "started_at"),
@@ -159,6 +160,8 @@ recordings = sa.Table(
     sa.Column("failure_reason", sa.Text(), nullable=True),
     sa.Column("deleted_at", UTCDateTime(), nullable=True),
     sa.Column("delete_reason", sa.String(256), nullable=True),
+    # The call's timeline length in samples, set when the recording is finalized.
+    sa.Column("samples", sa.BigInteger(), nullable=True),
     sa.CheckConstraint(_one_of("status", RECORDING_STATUSES), name="status"),
     sa.ForeignKeyConstraint(["tenant_id", "call_id"], ["calls.tenant_id", "calls.id"]),
     sa.ForeignKeyConstraint(

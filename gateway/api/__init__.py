@@ -1,0 +1,30 @@
+"""The HTTP control API of ../shared/API.md: tenants, tokens, instructions, calls and
+recordings. Each module holds the handlers of one resource; ``add_routes`` mounts them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api import calls, recordings, tenants
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post("/v1/tenants", tenants.create_tenant)
+    router.add_get("/v1/tenants", tenants.list_tenants)
+    router.add_get("/v1/tenants/{tenant}", tenants.get_tenant)
+    router.add_delete("/v1/tenants/{tenant}", tenants.delete_tenant)
+    router.add_post("/v1/tenants/{tenant}/tokens", tenants.create_token)
+    router.add_get("/v1/tenants/{tenant}/tokens", tenants.list_tokens)
+    router.add_delete("/v1/tenants/{tenant}/tokens/{token_id}", tenants.revoke_token)
+    router.add_get("/v1/tenants/{tenant}/instructions", tenants.get_instructions)
+    router.add_put("/v1/tenants/{tenant}/instructions", tenants.put_instructions)
+    router.add_get("/v1/tenants/{tenant}/instructions/history", tenants.instructions_history)
+    router.add_post("/v1/tenants/{tenant}/calls", calls.announce)
+    router.add_get("/v1/tenants/{tenant}/calls/{call_id}", calls.get_call)
+    router.add_post("/v1/calls/{call_id}/pause", calls.pause)
+    router.add_post("/v1/calls/{call_id}/resume", calls.resume)
+    router.add_post("/v1/calls/{call_id}/end", calls.end)
+    router.add_get("/v1/tenants/{tenant}/recordings", recordings.list_recordings)
+    router.add_get("/v1/recordings/{recording_id}", recordings.get_recording)
+    router.add_get("/v1/recordings/{recording_id}/audio", recordings.get_audio)

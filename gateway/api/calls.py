@@ -1,0 +1,103 @@
+"""Announcing calls, and pausing, resuming and ending them.
+
+``POST .../calls`` runs the policy before anything else exists: a refusal answers 403 with
+the refusal code and leaves only the call record (CDR) and an audit event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from crypto.errors import Conflict, PolicyRefused, StreamRefused
+from gateway.api.common import iso, json_body, principal_of
+from gateway.auth import own_tenant, scope
+from gateway.calls import parse_announcement
+from gateway.session import CallSession
+from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS
+from storage.catalog import Call
+
+WEBSOCKET_PATHS = {"twilio": "/v1/ingest/twilio", "fork": "/v1/ingest/fork"}
+
+
+def call_view(call: Call) -> dict[str, Any]:
+    return {
+        "call_id": call.id,
+        "tenant": call.tenant_id,
+        "from": call.from_number,
+        "to": call.to_number,
+        "direction": call.direction,
+        "consent": call.consent,
+        "transport": call.transport,
+        "codec": call.codec,
+        "sample_rate": call.sample_rate,
+        "instructions_version": call.instructions_version,
+        "decision": call.decision,
+        "refusal": call.refusal_code,
+        "started_at": iso(call.started_at),
+        "ended_at": iso(call.ended_at),
+    }
+
+
+async def announce(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], {"pbx"})
+    announcement = parse_announcement(await json_body(request))
+    app = request.app
+    announced = await app[CALLS].announce(
+        tenant, announcement, actor=principal.actor, now=app[CLOCK].now()
+    )
+    settings = app[SETTINGS]
+    ingest: dict[str, Any] = {"websocket": WEBSOCKET_PATHS.get(announced.call.transport)}
+    if settings.audiosocket.port:
+        ingest["audiosocket"] = f"{settings.audiosocket.host}:{settings.audiosocket.port}"
+    return web.json_response(
+        {
+            "call_id": announced.call.id,
+            "recording_id": announced.recording.id,
+            "instructions_version": announced.decision.instructions_version,
+            "decision": announced.decision.document(),
+            "ingest": ingest,
+        },
+        status=201,
+    )
+
+
+async def get_call(request: web.Request) -> web.Response:
+    tenant = scope(await principal_of(request), request.match_info["tenant"], {"pbx", "admin"})
+    call = await request.app[SERVICES].catalog.get_call(tenant, request.match_info["call_id"])
+    return web.json_response(call_view(call))
+
+
+async def _live_session(request: web.Request) -> CallSession:
+    tenant = own_tenant(await principal_of(request), {"pbx"})
+    call_id = request.match_info["call_id"]
+    try:
+        return await request.app[CALLS].session(tenant, call_id)
+    except (PolicyRefused, StreamRefused):
+        raise Conflict(f"Call {call_id!r} is not live.") from None
+
+
+async def pause(request: web.Request) -> web.Response:
+    """From now until ``resume`` the call's audio is discarded, never stored; the gap is
+    kept as silence in exports."""
+    session = await _live_session(request)
+    await session.pause()
+    return web.json_response({"call_id": session.call_id, "paused": True})
+
+
+async def resume(request: web.Request) -> web.Response:
+    session = await _live_session(request)
+    await session.resume()
+    return web.json_response({"call_id": session.call_id, "paused": False})
+
+
+async def end(request: web.Request) -> web.Response:
+    """End the call (idempotent: also 200 when its transport already ended it)."""
+    tenant = own_tenant(await principal_of(request), {"pbx"})
+    app = request.app
+    call = await app[CALLS].end(
+        tenant, request.match_info["call_id"], now=app[CLOCK].now(), reason="api"
+    )
+    return web.json_response(call_view(call))

@@ -1,0 +1,69 @@
+"""Helpers every API handler uses: who is calling, the JSON body, timestamps."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from crypto.errors import BadRequest
+from gateway.auth import Principal, authenticate, bearer_secret
+from gateway.state import SERVICES
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+async def principal_of(request: web.Request) -> Principal:
+    """The caller, from ``Authorization: Bearer``; ``Unauthorized`` without a valid token.
+    The control API takes no ``?token=`` (query strings end up in proxies' logs)."""
+    if PRINCIPAL not in request:
+        secret = bearer_secret(request.headers.get("Authorization"))
+        request[PRINCIPAL] = await authenticate(request.app[SERVICES].catalog, secret)
+    return request[PRINCIPAL]
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body; ``BadRequest`` (``bad_json``) when it is not JSON."""
+    try:
+        return await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("The body is not valid JSON.", code="bad_json") from None
+
+
+def iso(value: datetime | None) -> str | None:
+    """API timestamps: UTC, seconds precision or better, with a ``Z``."""
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def query_time(request: web.Request, name: str) -> datetime | None:
+    """An ISO-8601 timestamp query parameter with a time zone; ``BadRequest`` naming it."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise BadRequest(
+            f"{name} must be an ISO-8601 time with a zone, e.g. 2026-11-27T10:00:00Z.",
+            code="bad_query",
+        )
+    return value
+
+
+def query_int(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}.", code="bad_query")
+    return value

@@ -1,0 +1,237 @@
+"""Tenants, their tokens and their documented instructions.
+
+Every instructions PUT stores a new immutable version (who and when) and is audited, so the
+version that allowed a call can always be shown later. Token secrets are in exactly one
+answer, the 201 that mints them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from crypto.errors import BadRequest
+from gateway.api.common import iso, json_body, principal_of
+from gateway.auth import mint_token, require_role, scope
+from gateway.instructions import default_instructions, parse_instructions
+from gateway.state import CALLS, CLOCK, SERVICES
+from storage.catalog import Instructions, Role, Tenant, Token
+
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+TENANT_ROLES: frozenset[Role] = frozenset({"admin", "pbx", "processor"})
+"""The roles a tenant token can have; operator tokens are minted with the CLI."""
+
+
+def tenant_view(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "region": tenant.region,
+        "created_at": iso(tenant.created_at),
+    }
+
+
+def token_view(token: Token) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "role": token.role,
+        "tenant": token.tenant_id,
+        "created_at": iso(token.created_at),
+        "created_by": token.created_by,
+        "revoked_at": iso(token.revoked_at),
+    }
+
+
+def instructions_view(row: Instructions | None) -> dict[str, Any]:
+    if row is None:
+        return {
+            "version": 0,
+            "created_at": None,
+            "created_by": None,
+            **default_instructions().document(),
+        }
+    return {
+        "version": row.version,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by,
+        **parse_instructions(row.document).document(),
+    }
+
+
+def _text(body: dict[str, Any], name: str, *, default: str | None = None, limit: int) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise BadRequest(f"{name} must be a non-empty string of at most {limit} characters.")
+    return value.strip()
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    require_role(await principal_of(request), {"operator"})
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.")
+    unknown = sorted(set(body) - {"id", "name", "region"})
+    if unknown:
+        raise BadRequest(f"{unknown[0]} is not a tenant field.")
+    tenant_id = body.get("id")
+    if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
+        raise BadRequest("id must be 2-63 lowercase letters, digits or dashes.")
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    tenant = await services.catalog.create_tenant(
+        tenant_id,
+        name=_text(body, "name", limit=200),
+        region=_text(body, "region", default="eu", limit=32),
+        now=now,
+    )
+    actor = (await principal_of(request)).actor
+    await services.catalog.append_audit(
+        tenant.id, actor=actor, action="tenant.created", object=tenant.id, detail={}, now=now
+    )
+    return web.json_response(tenant_view(tenant), status=201)
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    require_role(await principal_of(request), {"operator"})
+    tenants = await request.app[SERVICES].catalog.list_tenants()
+    return web.json_response({"items": [tenant_view(t) for t in tenants]})
+
+
+async def get_tenant(request: web.Request) -> web.Response:
+    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
+    return web.json_response(tenant_view(await request.app[SERVICES].catalog.get_tenant(tenant)))
+
+
+async def delete_tenant(request: web.Request) -> web.Response:
+    """Erase everything of the tenant: live calls end, every object is shredded (DEK row
+    first), the tenant's KEKs are destroyed, its tokens stop working. The audit log stays,
+    with a ``recording.deleted`` event per recording and a final ``tenant.deleted``."""
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], {"operator"})
+    app = request.app
+    services, now = app[SERVICES], app[CLOCK].now()
+    catalog = services.catalog
+    await catalog.get_tenant(tenant)
+    await app[CALLS].end_tenant(tenant, now=now)
+    shredded = 0
+    for stored in await catalog.list_objects(tenant):
+        if stored.state != "deleted":
+            await services.vault.shred_object(tenant, stored.id, now=now)
+            shredded += 1
+    deleted = 0
+    recordings = await catalog.list_recordings(tenant, limit=1_000_000)
+    for recording, _call in recordings:
+        if recording.status == "deleted":
+            continue
+        await catalog.update_recording_status(
+            tenant, recording.id, "deleted", now, delete_reason="tenant"
+        )
+        await catalog.append_audit(
+            tenant,
+            actor=principal.actor,
+            action="recording.deleted",
+            object=recording.id,
+            detail={"reason": "tenant"},
+            now=now,
+        )
+        deleted += 1
+    await services.keys.destroy_tenant(tenant)
+    marked = await catalog.mark_tenant_deleted(tenant, now)
+    await catalog.append_audit(
+        tenant,
+        actor=principal.actor,
+        action="tenant.deleted",
+        object=tenant,
+        detail={"recordings": deleted, "objects": shredded},
+        now=now,
+    )
+    return web.json_response(
+        {
+            "tenant": tenant,
+            "deleted_at": iso(marked.deleted_at),
+            "recordings_deleted": deleted,
+            "objects_shredded": shredded,
+            "keys_destroyed": True,
+        }
+    )
+
+
+async def create_token(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], {"operator", "admin"})
+    body = await json_body(request)
+    role = body.get("role") if isinstance(body, dict) else None
+    if role not in TENANT_ROLES:
+        raise BadRequest("role must be one of admin, pbx, processor.", code="bad_role")
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    await services.catalog.get_tenant(tenant)
+    minted = await mint_token(
+        services.catalog, tenant=tenant, role=role, created_by=principal.actor, now=now
+    )
+    await services.catalog.append_audit(
+        tenant,
+        actor=principal.actor,
+        action="token.created",
+        object=minted.record.id,
+        detail={"role": role},
+        now=now,
+    )
+    return web.json_response({**token_view(minted.record), "token": minted.secret}, status=201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
+    tokens = await request.app[SERVICES].catalog.list_tokens(tenant)
+    return web.json_response({"items": [token_view(t) for t in tokens]})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], {"operator", "admin"})
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    token = await services.catalog.revoke_token(tenant, request.match_info["token_id"], now)
+    await services.catalog.append_audit(
+        tenant,
+        actor=principal.actor,
+        action="token.revoked",
+        object=token.id,
+        detail={"role": token.role},
+        now=now,
+    )
+    return web.json_response(token_view(token))
+
+
+async def get_instructions(request: web.Request) -> web.Response:
+    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
+    catalog = request.app[SERVICES].catalog
+    await catalog.get_tenant(tenant)
+    return web.json_response(instructions_view(await catalog.current_instructions(tenant)))
+
+
+async def put_instructions(request: web.Request) -> web.Response:
+    """Store a new version: the whole document, omitted fields at their defaults."""
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], {"admin"})
+    document = parse_instructions(await json_body(request)).document()
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    row = await services.catalog.add_instructions(
+        tenant, document, created_by=principal.token_id, now=now
+    )
+    await services.catalog.append_audit(
+        tenant,
+        actor=principal.actor,
+        action="instructions.updated",
+        object=f"instructions:{row.version}",
+        detail={"version": row.version},
+        now=now,
+    )
+    return web.json_response(instructions_view(row))
+
+
+async def instructions_history(request: web.Request) -> web.Response:
+    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
+    catalog = request.app[SERVICES].catalog
+    await catalog.get_tenant(tenant)
+    rows = await catalog.instructions_history(tenant)
+    return web.json_response({"items": [instructions_view(row) for row in rows]})

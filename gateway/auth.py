@@ -1,0 +1,156 @@
+"""Bearer tokens: minting, hashing, checking, and the role rules of the API.
+
+A token is 256 random bits, shown once when minted; the catalog keeps only its SHA-256. A
+request's token is hashed, looked up by hash, and the stored hash compared again in constant
+time. Every role except ``operator`` belongs to one tenant, and a resource of another tenant
+is reported as unknown (404), never as forbidden, so that a token learns nothing about other
+tenants: ``scope`` answers 404 for a foreign tenant *before* it checks the role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+
+from crypto.errors import ConfigError, Forbidden, NotFound, Unauthorized
+from storage.catalog import Catalog, Role, Token
+
+TOKEN_PREFIX = "cv_"  # noqa: S105 - a prefix that makes leaked tokens easy to scan for
+TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's id, role and tenant (``None`` for the operator)."""
+
+    token_id: str
+    role: Role
+    tenant: str | None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller (a token id, never the token)."""
+        return f"token:{self.token_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """A new token: ``secret`` exists only in this value and in the one answer that shows it."""
+
+    record: Token
+    secret: str
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, ``None`` when absent."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+    return value.strip()
+
+
+async def authenticate(catalog: Catalog, secret: str | None) -> Principal:
+    """The principal of a token; ``Unauthorized`` for a missing, unknown or revoked one."""
+    if not secret:
+        raise Unauthorized("A bearer token is required.")
+    digest = hash_secret(secret)
+    token = await catalog.find_token(digest)
+    if token is None or not hmac.compare_digest(token.token_hash, digest):
+        raise Unauthorized("The token is unknown or revoked.")
+    return Principal(token_id=token.id, role=token.role, tenant=token.tenant_id)
+
+
+async def mint_token(
+    catalog: Catalog, *, tenant: str | None, role: Role, created_by: str, now: datetime
+) -> MintedToken:
+    secret = new_secret()
+    record = await catalog.create_token(
+        id="tok_" + secrets.token_hex(8),
+        tenant_id=tenant,
+        role=role,
+        token_hash=hash_secret(secret),
+        created_by=created_by,
+        now=now,
+    )
+    return MintedToken(record=record, secret=secret)
+
+
+def scope(principal: Principal, tenant: str, roles: Collection[Role]) -> str:
+    """Check that ``principal`` may act on ``tenant`` with one of ``roles``; returns the tenant.
+
+    A tenant token naming another tenant gets ``NotFound`` whatever its role; only then is
+    the role checked (``Forbidden``). The operator belongs to every tenant but may act only
+    where ``roles`` lists it.
+    """
+    if principal.role != "operator" and principal.tenant != tenant:
+        raise NotFound(f"Tenant {tenant!r} not found.")
+    require_role(principal, roles)
+    return tenant
+
+
+def require_role(principal: Principal, roles: Collection[Role]) -> None:
+    if principal.role not in roles:
+        allowed = ", ".join(sorted(roles))
+        raise Forbidden(f"A {principal.role} token may not do this (needs {allowed}).")
+
+
+def own_tenant(principal: Principal, roles: Collection[Role]) -> str:
+    """The tenant of a tenant token allowed ``roles``, for paths that name no tenant
+    (``/v1/recordings/{id}``, ``/v1/calls/{id}/...``): the resource is looked up in it."""
+    require_role(principal, roles)
+    if principal.tenant is None:  # an operator would need a tenant in the path
+        raise Forbidden("This endpoint needs a tenant token.")
+    return principal.tenant
+
+
+MIN_OPERATOR_TOKEN_CHARS = 32
+"""A configured operator token shorter than this cannot hold 128 random bits (base64)."""
+
+
+async def ensure_operator_token(
+    catalog: Catalog, configured: str | None, *, now: datetime
+) -> str | None:
+    """Make sure an operator can log in; return a newly minted secret to show once, if any.
+
+    ``CALLVAULT_OPERATOR_TOKEN`` given: its hash is registered (once) and nothing is shown.
+    Not given: on the first start (no active operator token exists) one is minted and
+    returned for the caller to print; later starts mint nothing.
+    """
+    if configured is not None:
+        if len(configured) < MIN_OPERATOR_TOKEN_CHARS:
+            raise ConfigError(
+                "CALLVAULT_OPERATOR_TOKEN",
+                f"must be at least {MIN_OPERATOR_TOKEN_CHARS} random characters "
+                "(e.g. the output of `openssl rand -base64 32`).",
+            )
+        digest = hash_secret(configured)
+        if await catalog.find_token(digest) is None:
+            await catalog.create_token(
+                id="tok_env_" + digest[:12],
+                tenant_id=None,
+                role="operator",
+                token_hash=digest,
+                created_by="CALLVAULT_OPERATOR_TOKEN",
+                now=now,
+            )
+        return None
+    if any(token.revoked_at is None for token in await catalog.list_tokens(None)):
+        return None
+    minted = await mint_token(
+        catalog, tenant=None, role="operator", created_by="bootstrap", now=now
+    )
+    return minted.secret

@@ -1,0 +1,306 @@
+"""Announcing calls and keeping the live ones: the gateway's switchboard.
+
+Every accepted call passes through ``CallRegistry.announce``, whether the PBX announced it
+over the API or described it in its stream's ``start`` (Twilio ``customParameters``): the
+tenant's current instructions are loaded, ``policy.decide`` rules, and the call record is
+stored either way. A refusal stores nothing but that record and an audit event, and raises
+``PolicyRefused``. An accepted call gets its recording row and a ``CallSession`` that lives
+here until the call ends.
+
+``tick`` is driven by the app's ticker task with the time passed in: it flushes sessions
+whose stream went quiet and ends calls whose stream dropped and did not come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crypto.errors import BadRequest, CallvaultError, NotFound, PolicyRefused, StreamRefused
+from gateway.instructions import default_instructions, parse_instructions
+from gateway.metrics import GatewayMetrics
+from gateway.policy import CallFacts, Decision, Refusal, decide
+from gateway.session import CallSession, EndReason, SessionLimits
+from storage.catalog import Call, Catalog, Recording
+from storage.vault import MediaVault
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["twilio", "fork", "audiosocket", "rtp"]
+
+# What each transport carries, the first entry being the default when none is announced.
+TRANSPORT_CODECS: dict[str, tuple[str, ...]] = {
+    "twilio": ("pcmu",),
+    "fork": ("l16",),
+    "audiosocket": ("l16",),
+    "rtp": ("pcmu", "pcma", "opus"),
+}
+TRANSPORT_RATES: dict[str, tuple[int, ...]] = {
+    "twilio": (8000,),
+    "fork": (8000, 16000, 24000, 48000),
+    "audiosocket": (8000,),
+    "rtp": (8000, 48000),
+}
+AVAILABLE_TRANSPORTS = ("twilio", "fork", "audiosocket")
+
+CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+NUMBER = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class CallAnnouncement(BaseModel):
+    """The body of ``POST /v1/tenants/{tenant}/calls`` (API.md); unknown fields are refused
+    so that a misspelt ``consent`` cannot silently become ``not_asked``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    call_id: str | None = Field(default=None, pattern=CALL_ID_PATTERN)
+    from_number: NUMBER = Field(alias="from")
+    to_number: NUMBER = Field(alias="to")
+    direction: Literal["inbound", "outbound"] = "inbound"
+    consent: Literal["granted", "denied", "not_asked"] = "not_asked"
+    transport: Transport
+    codec: Literal["pcmu", "pcma", "opus", "l16"] | None = None
+    sample_rate: int | None = None
+    srtp: bool = False
+
+
+def parse_announcement(data: object) -> CallAnnouncement:
+    """The announcement in ``data``; ``BadRequest`` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_call")
+    try:
+        announcement = CallAnnouncement.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(body)"
+        raise BadRequest(f"{field}: {first['msg']}.", code="invalid_call") from None
+    transport = announcement.transport
+    if transport not in AVAILABLE_TRANSPORTS:
+        raise BadRequest(
+            f"transport: {transport!r} ingest is not available in this version.",
+            code="unsupported_transport",
+        )
+    codec = announcement.codec or TRANSPORT_CODECS[transport][0]
+    if codec not in TRANSPORT_CODECS[transport]:
+        raise BadRequest(
+            f"codec: {transport} carries {', '.join(TRANSPORT_CODECS[transport])}, not {codec}.",
+            code="unsupported_codec",
+        )
+    rate = announcement.sample_rate or TRANSPORT_RATES[transport][0]
+    if rate not in TRANSPORT_RATES[transport]:
+        rates = ", ".join(str(r) for r in TRANSPORT_RATES[transport])
+        raise BadRequest(
+            f"sample_rate: {transport} carries {rates} Hz, not {rate}.",
+            code="unsupported_codec",
+        )
+    call_id = announcement.call_id
+    if transport == "audiosocket":
+        # AudioSocket names the call by a binary UUID, so the id must be one (canonical form).
+        try:
+            call_id = str(uuid.UUID(call_id)) if call_id else str(uuid.uuid4())
+        except ValueError:
+            raise BadRequest(
+                "call_id: an AudioSocket call id must be a UUID.", code="invalid_call"
+            ) from None
+    return announcement.model_copy(
+        update={"codec": codec, "sample_rate": rate, "call_id": call_id or str(uuid.uuid4())}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    call: Call
+    recording: Recording
+    decision: Decision
+
+
+class CallRegistry:
+    """Announces calls and holds the sessions of the live ones."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        vault: MediaVault,
+        limits: SessionLimits,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._catalog = catalog
+        self._vault = vault
+        self._limits = limits
+        self._metrics = metrics
+        self._sessions: dict[tuple[str, str], CallSession] = {}
+
+    def live(self) -> list[CallSession]:
+        return list(self._sessions.values())
+
+    async def announce(
+        self, tenant: str, announcement: CallAnnouncement, *, actor: str, now: datetime
+    ) -> Announced:
+        """Decide and record the call; ``PolicyRefused`` (after storing the CDR and an audit
+        event) when the tenant's instructions do not allow it."""
+        assert announcement.call_id and announcement.codec and announcement.sample_rate  # noqa: S101
+        await self._catalog.get_tenant(tenant)
+        current = await self._catalog.current_instructions(tenant)
+        if current is None:
+            instructions, version = default_instructions(), None
+        else:
+            instructions, version = parse_instructions(current.document), current.version
+        facts = CallFacts(
+            from_number=announcement.from_number,
+            to_number=announcement.to_number,
+            direction=announcement.direction,
+            consent=announcement.consent,
+        )
+        outcome = decide(facts, instructions, version, now)
+        refused = isinstance(outcome, Refusal)
+        recording_id = None if refused else "rec_" + secrets.token_hex(12)
+        call, recording = await self._catalog.announce_call(
+            id=announcement.call_id,
+            tenant_id=tenant,
+            from_number=announcement.from_number,
+            to_number=announcement.to_number,
+            direction=announcement.direction,
+            consent=announcement.consent,
+            transport=announcement.transport,
+            codec=announcement.codec,
+            sample_rate=announcement.sample_rate,
+            instructions_version=version,
+            decision={"store_recording": False, "ai": []}
+            if isinstance(outcome, Refusal)
+            else outcome.document(),
+            refusal_code=outcome.code if isinstance(outcome, Refusal) else None,
+            started_at=now,
+            recording_id=recording_id,
+        )
+        if isinstance(outcome, Refusal):
+            self._metrics.refusals.labels(outcome.code).inc()
+            await self._catalog.append_audit(
+                tenant,
+                actor=actor,
+                action="call.refused",
+                object=call.id,
+                detail={"code": outcome.code, "instructions_version": version},
+                now=now,
+            )
+            log.info("call %s of tenant %s refused: %s", call.id, tenant, outcome.code)
+            raise outcome.error()
+        assert recording is not None  # noqa: S101 - an accepted call always has one
+        await self._catalog.append_audit(
+            tenant,
+            actor=actor,
+            action="recording.created",
+            object=recording.id,
+            detail={
+                "call_id": call.id,
+                "instructions_version": version,
+                "decision": outcome.document(),
+            },
+            now=now,
+        )
+        self._register(self._new_session(call, recording))
+        log.info("call %s of tenant %s accepted (recording %s)", call.id, tenant, recording.id)
+        return Announced(call=call, recording=recording, decision=outcome)
+
+    def _new_session(self, call: Call, recording: Recording) -> CallSession:
+        return CallSession(
+            call=call,
+            recording=recording,
+            vault=self._vault,
+            limits=self._limits,
+            metrics=self._metrics,
+        )
+
+    def _register(self, session: CallSession) -> None:
+        self._sessions[(session.tenant, session.call_id)] = session
+        self._metrics.active_calls.set(len(self._sessions))
+
+    def _forget(self, session: CallSession) -> None:
+        self._sessions.pop((session.tenant, session.call_id), None)
+        self._metrics.active_calls.set(len(self._sessions))
+
+    async def session(self, tenant: str, call_id: str) -> CallSession:
+        """The live session of the tenant's call, restored from the catalog if this process
+        does not hold it (it restarted). ``NotFound`` for an unknown call;
+        ``PolicyRefused`` with the refusal code for a refused one; ``StreamRefused``
+        ``call_ended`` for one that has ended."""
+        held = self._sessions.get((tenant, call_id))
+        if held is not None:
+            return held
+        call = await self._catalog.get_call(tenant, call_id)
+        if call.refusal_code is not None:
+            raise PolicyRefused(call.refusal_code, f"Call {call_id!r} was refused.")
+        recording = await self._catalog.recording_of_call(tenant, call_id)
+        if call.ended_at is not None or recording is None or recording.status != "recording":
+            raise StreamRefused(f"Call {call_id!r} has ended.", code="call_ended")
+        session = self._new_session(call, recording)
+        session.first_attached_at = call.started_at
+        self._register(session)
+        return session
+
+    async def end(self, tenant: str, call_id: str, *, now: datetime, reason: EndReason) -> Call:
+        """End the tenant's call; ending an ended (or refused) call is a no-op."""
+        try:
+            session = await self.session(tenant, call_id)
+        except (PolicyRefused, StreamRefused):
+            return await self._catalog.get_call(tenant, call_id)
+        await self._finish(session, now, reason)
+        return await self._catalog.get_call(tenant, call_id)
+
+    async def end_tenant(self, tenant: str, *, now: datetime) -> None:
+        for session in [s for s in self.live() if s.tenant == tenant]:
+            await self._finish(session, now, "tenant_deleted")
+
+    async def _finish(self, session: CallSession, now: datetime, reason: EndReason) -> None:
+        try:
+            await session.finish(self._catalog, now, reason)
+        finally:
+            self._forget(session)
+
+    async def tick(self, now: datetime) -> None:
+        """Flush quiet streams and end calls that expired; one failing call never stops the
+        others."""
+        for session in self.live():
+            try:
+                reason = session.expiry(now)
+                if reason is not None:
+                    await self._finish(session, now, reason)
+                else:
+                    await session.flush_if_due(now)
+            except CallvaultError as e:
+                log.warning("call %s: background flush or end failed: %s", session.call_id, e.code)
+
+    async def close(self, now: datetime) -> None:
+        """Graceful shutdown: every live call is finalized with what arrived."""
+        for session in self.live():
+            try:
+                await self._finish(session, now, "shutdown")
+            except CallvaultError as e:
+                log.error("call %s could not be finalized at shutdown: %s", session.call_id, e.code)
+
+    async def find_audiosocket_call(self, call_id: str) -> tuple[str, str]:
+        """The (tenant, call id) an AudioSocket UUID names: it must have been announced for
+        AudioSocket by exactly one tenant. Refused calls answer with their refusal code."""
+        calls = await self._catalog.find_calls(call_id, transport="audiosocket")
+        if not calls:
+            raise StreamRefused(f"Call {call_id} was not announced.", code="unknown_call")
+        if len(calls) > 1:
+            raise StreamRefused(
+                f"Call {call_id} was announced by more than one tenant.", code="ambiguous_call"
+            )
+        return calls[0].tenant_id, calls[0].id
+
+
+def refusal_of(error: CallvaultError) -> StreamRefused:
+    """A control-plane error met while starting a stream, as the stream's refusal (1008)."""
+    if isinstance(error, StreamRefused):
+        return error
+    if isinstance(error, NotFound):
+        return StreamRefused(error.message, code="unknown_call")
+    return StreamRefused(error.message, code=error.code)

@@ -1,0 +1,204 @@
+"""The network side of ingest: two WebSocket routes and the AudioSocket TCP server.
+
+Thin on purpose: each moves bytes between its socket and a sans-I/O parser, hands the
+parser's events to a ``StreamBinding``, and turns an ``IngestError`` into the transport's
+way of saying no (a WebSocket close code with the error code as reason, or an AudioSocket
+0xff frame). Awaiting the binding before reading the next message is what gives a slow
+store back-pressure instead of a growing buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from ipaddress import ip_address
+
+from aiohttp import WSMsgType, web
+
+from crypto.errors import CallvaultError, IngestError, MessageTooBig, StreamRefused, Unauthorized
+from gateway.auth import Principal, authenticate, bearer_secret
+from gateway.ingest.audiosocket import AudioSocketParser, error_frame
+from gateway.ingest.events import MAX_MESSAGE
+from gateway.ingest.fork import ForkParser
+from gateway.ingest.stream import StreamBinding
+from gateway.ingest.twilio import TwilioParser
+from gateway.settings import AudioSocketSettings
+from gateway.state import CALLS, CLOCK, METRICS, SERVICES
+
+log = logging.getLogger(__name__)
+
+WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
+"""Open ingest WebSockets, closed with 1001 (going away) when the server shuts down."""
+
+CLOSE_ERROR = 1011
+
+
+async def twilio(request: web.Request) -> web.WebSocketResponse:
+    """Twilio Media Streams (``/v1/ingest/twilio``)."""
+    return await _websocket(request, "twilio", TwilioParser)
+
+
+async def fork(request: web.Request) -> web.WebSocketResponse:
+    """mod_audio_fork / jambonz listen (``/v1/ingest/fork``)."""
+    return await _websocket(request, "fork", ForkParser)
+
+
+async def _websocket(
+    request: web.Request, transport: str, new_parser: Callable[[], TwilioParser | ForkParser]
+) -> web.WebSocketResponse:
+    app = request.app
+    clock, metrics = app[CLOCK], app[METRICS]
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True, heartbeat=30.0)
+    await ws.prepare(request)
+    app[WEBSOCKETS].add(ws)
+    binding: StreamBinding | None = None
+    try:
+        principal = await _upgrade_principal(request)
+        binding = StreamBinding(
+            transport=transport,
+            registry=app[CALLS],
+            catalog=app[SERVICES].catalog,
+            metrics=metrics,
+            principal=principal,
+        )
+        parser = new_parser()
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                events = parser.receive_text(message.data)
+            elif message.type is WSMsgType.BINARY:
+                events = parser.receive_bytes(message.data)
+            elif message.type is WSMsgType.ERROR:
+                # aiohttp has already closed with the protocol's code (1009 too big, 1007
+                # invalid UTF-8); count it under our code.
+                too_big = ws.close_code == MessageTooBig.close_code
+                metrics.ingest_errors.labels("message_too_big" if too_big else "bad_frame").inc()
+                break
+            else:
+                continue
+            if await binding.handle(events, clock.now()):
+                await ws.close(code=1000, message=b"stop")
+                break
+    except IngestError as e:
+        metrics.ingest_errors.labels(e.code).inc()
+        log.info("%s stream closed: %s (%s)", transport, e.code, e.close_code)
+        await ws.close(code=e.close_code, message=e.code.encode())
+    except CallvaultError as e:
+        metrics.ingest_errors.labels(e.code).inc()
+        log.warning("%s stream failed: %s", transport, e.code)
+        await ws.close(code=CLOSE_ERROR, message=e.code.encode())
+    finally:
+        app[WEBSOCKETS].discard(ws)
+        if binding is not None:
+            binding.drop(clock.now())
+    return ws
+
+
+async def _upgrade_principal(request: web.Request) -> Principal | None:
+    """The token of the upgrade request (header, else ``?token=``); ``None`` when it has
+    none, so that Twilio can carry it in ``start``. A token that is given must be valid."""
+    try:
+        secret = bearer_secret(request.headers.get("Authorization")) or request.query.get("token")
+        if secret is None:
+            return None
+        return await authenticate(request.app[SERVICES].catalog, secret)
+    except Unauthorized as e:
+        raise StreamRefused(e.message, code="unauthorized") from None
+
+
+async def close_websockets(app: web.Application) -> None:
+    """on_shutdown: tell every PBX we are going away, so that it reconnects elsewhere."""
+    sockets = app[WEBSOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=1001, message=b"server_shutdown")
+
+
+class AudioSocketServer:
+    """Asterisk AudioSocket over TCP. It has no authentication of its own: a connection
+    must come from an allowed network and name a UUID that a tenant announced."""
+
+    def __init__(self, app: web.Application, settings: AudioSocketSettings) -> None:
+        self._app = app
+        self._settings = settings
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None  # noqa: S101
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, host=self._settings.host, port=self._settings.port
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        app = self._app
+        clock, metrics = app[CLOCK], app[METRICS]
+        binding = StreamBinding(
+            transport="audiosocket",
+            registry=app[CALLS],
+            catalog=app[SERVICES].catalog,
+            metrics=metrics,
+        )
+        try:
+            self._check_peer(writer)
+            parser = AudioSocketParser()
+            while data := await reader.read(MAX_MESSAGE):
+                if await binding.handle(parser.feed(data), clock.now()):
+                    return
+        except IngestError as e:
+            metrics.ingest_errors.labels(e.code).inc()
+            log.info("audiosocket stream closed: %s", e.code)
+            await _send_error(writer, e.code)
+        except CallvaultError as e:
+            metrics.ingest_errors.labels(e.code).inc()
+            log.warning("audiosocket stream failed: %s", e.code)
+            await _send_error(writer, e.code)
+        except ConnectionError:
+            pass
+        finally:
+            binding.drop(clock.now())
+
+    def _check_peer(self, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else None
+        try:
+            address = ip_address(host) if host else None
+        except ValueError:
+            address = None
+        if address is not None and address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address is None or not any(address in net for net in self._settings.allow_networks):
+            raise StreamRefused(
+                "AudioSocket connections are accepted only from allowed networks.",
+                code="forbidden_network",
+            )
+
+
+async def _send_error(writer: asyncio.StreamWriter, code: str) -> None:
+    with contextlib.suppress(ConnectionError):
+        writer.write(error_frame(code))
+        await writer.drain()

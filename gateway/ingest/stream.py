@@ -1,0 +1,148 @@
+"""What every ingest connection does with its parser's events, whatever the transport.
+
+The transports differ only in framing (their sans-I/O parsers) and in how a stream proves
+who it is: a pbx token on the WebSocket upgrade or inside Twilio's ``start``, or, for
+AudioSocket, a UUID that a tenant announced. From ``StreamStart`` on they are the same: the
+call must be known and accepted (or, for an unannounced call, the policy accepts it now),
+and only then does audio reach the call's session. Anything else ends the stream with an
+``IngestError`` whose code the transport sends back (close reason or 0xff frame).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from crypto.errors import CallvaultError, NotFound, PolicyRefused, StreamRefused, Unauthorized
+from gateway.auth import Principal, authenticate
+from gateway.calls import CallRegistry, parse_announcement, refusal_of
+from gateway.ingest.events import Audio, Dtmf, Event, Mark, StreamStart, StreamStop
+from gateway.metrics import GatewayMetrics
+from gateway.session import CallSession, EndReason
+from storage.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+UNANNOUNCED_FIELDS = ("from", "to", "direction", "consent")
+
+
+class StreamBinding:
+    """Links one ingest connection to the session of the call it carries."""
+
+    def __init__(
+        self,
+        *,
+        transport: str,
+        registry: CallRegistry,
+        catalog: Catalog,
+        metrics: GatewayMetrics,
+        principal: Principal | None = None,
+    ) -> None:
+        self.transport = transport
+        self._registry = registry
+        self._catalog = catalog
+        self._metrics = metrics
+        self._principal = principal
+        self._frames = metrics.frames_in.labels(transport)
+        self.session: CallSession | None = None
+        self.stopped = False
+
+    async def handle(self, events: Sequence[Event], now: datetime) -> bool:
+        """Apply the events; ``True`` once the stream has ended the call (stop, hangup)."""
+        for event in events:
+            if isinstance(event, Audio):
+                assert self.session is not None  # noqa: S101 - parsers refuse audio before start
+                self._frames.inc()
+                await self.session.receive(event, now)
+            elif isinstance(event, StreamStart):
+                self.session = await self._start(event, now)
+            elif isinstance(event, StreamStop):
+                if event.reason == "client_error":
+                    self.drop(now)  # the PBX's side failed: wait for it to come back
+                else:
+                    await self._stop(event, now)
+                return True
+            elif isinstance(event, Dtmf | Mark):
+                pass  # not stored: a DTMF digit may be a card number (PCI DSS)
+        return False
+
+    async def _start(self, event: StreamStart, now: datetime) -> CallSession:
+        call_id = event.call_id
+        if not call_id:
+            raise StreamRefused("The stream names no call.", code="unknown_call")
+        try:
+            if self.transport == "audiosocket":
+                tenant, call_id = await self._registry.find_audiosocket_call(call_id)
+                actor = "audiosocket"
+            else:
+                principal = await self._authenticate(event)
+                assert principal.tenant is not None  # noqa: S101 - pbx tokens have a tenant
+                tenant, actor = principal.tenant, principal.actor
+            session = await self._session(tenant, call_id, event, actor, now)
+        except StreamRefused:
+            raise
+        except (NotFound, PolicyRefused) as e:
+            raise refusal_of(e) from None
+        if (session.call.codec, session.call.sample_rate) != (event.codec, event.sample_rate):
+            raise StreamRefused(
+                f"Call {call_id!r} was announced as {session.call.codec} "
+                f"{session.call.sample_rate} Hz; this stream carries {event.codec} "
+                f"{event.sample_rate} Hz.",
+                code="codec_mismatch",
+            )
+        session.attach(now)
+        log.info("call %s: %s stream started", call_id, self.transport)
+        return session
+
+    async def _authenticate(self, event: StreamStart) -> Principal:
+        principal = self._principal
+        if principal is None:
+            try:
+                principal = await authenticate(self._catalog, event.token)
+            except Unauthorized as e:
+                raise StreamRefused(e.message, code="unauthorized") from None
+        if principal.role != "pbx":
+            raise StreamRefused("Only a pbx token may push audio.", code="forbidden")
+        return principal
+
+    async def _session(
+        self, tenant: str, call_id: str, event: StreamStart, actor: str, now: datetime
+    ) -> CallSession:
+        try:
+            return await self._registry.session(tenant, call_id)
+        except NotFound:
+            if not {"from", "to"} <= event.parameters.keys():
+                raise StreamRefused(
+                    f"Call {call_id!r} was not announced, and the stream does not describe "
+                    "it (from, to, consent).",
+                    code="unknown_call",
+                ) from None
+        body: dict[str, object] = {
+            key: event.parameters[key] for key in UNANNOUNCED_FIELDS if key in event.parameters
+        }
+        body.update(
+            call_id=call_id,
+            transport=self.transport,
+            codec=event.codec,
+            sample_rate=event.sample_rate,
+        )
+        try:
+            announcement = parse_announcement(body)
+            await self._registry.announce(tenant, announcement, actor=actor, now=now)
+        except CallvaultError as e:
+            raise refusal_of(e) from None
+        return await self._registry.session(tenant, call_id)
+
+    async def _stop(self, event: StreamStop, now: datetime) -> None:
+        self.stopped = True
+        if self.session is not None:
+            session = self.session
+            reason: EndReason = "stop" if event.reason == "stop" else "hangup"
+            await self._registry.end(session.tenant, session.call_id, now=now, reason=reason)
+
+    def drop(self, now: datetime) -> None:
+        """The connection is gone. Without a stop, the call waits for a reconnect."""
+        if self.session is not None and not self.stopped:
+            self.session.detach(now)
+            log.info("call %s: %s stream dropped", self.session.call_id, self.transport)

@@ -1,0 +1,357 @@
+"""The tenant's documented instructions: the document, its validation, and ISO-8601 durations.
+
+Under GDPR Art. 28 callvault may handle call audio only on the tenant's documented
+instructions, so this document is the single source of what is allowed: recording, each AI
+feature, the consent rule, retention windows and numbers never to record. It is validated
+strictly and completely when an admin PUTs it (an invalid document is refused with the
+offending field named, never half-applied), so everything downstream (the policy, the
+retention sweeper) can trust it without checking again.
+
+Everything is **off by default** (DESIGN.md promise 1): a tenant that never PUT instructions
+gets `default_instructions()`, which records and analyses nothing.
+
+Durations live here too because retention windows are their main user; the parser is a small
+regex over the subset of ISO 8601 we document, not a new dependency.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+
+from crypto.errors import InvalidInstructions
+
+__all__ = [
+    "AI_FEATURES",
+    "MAX_EXCLUDE_NUMBERS",
+    "AiRule",
+    "ConsentRule",
+    "Duration",
+    "InstructionsDoc",
+    "RecordingRule",
+    "RetentionRule",
+    "default_instructions",
+    "normalize_number",
+    "parse_duration",
+    "parse_instructions",
+]
+
+AI_FEATURES: tuple[str, ...] = ("transcript", "summary", "sentiment", "talk_listen", "topics")
+"""Every AI feature a tenant can instruct, in the order decisions and documents list them."""
+
+MAX_EXCLUDE_NUMBERS = 10_000
+"""Most entries `exclude_numbers` may hold (counted before duplicates are removed)."""
+
+# Keys a client may echo back from GET on PUT; the server sets them, so they are dropped.
+_SERVER_KEYS = frozenset({"version", "created_at", "created_by"})
+
+
+# --- durations ----------------------------------------------------------------------------
+
+# PnYnMnWnDTnHnMnS with integer components and an optional fraction on seconds only. Only
+# ASCII digits ([0-9], not \d, which also matches other scripts' digits) and only uppercase
+# designators: "p1d" is refused rather than guessed at. A fraction is written with a dot;
+# ISO 8601's comma alternative is not accepted (nobody sends it and JSON numbers use dots).
+_DURATION_RE = re.compile(
+    r"P(?:(?P<years>[0-9]+)Y)?(?:(?P<months>[0-9]+)M)?(?:(?P<weeks>[0-9]+)W)?"
+    r"(?:(?P<days>[0-9]+)D)?"
+    r"(?:T(?:(?P<hours>[0-9]+)H)?(?:(?P<minutes>[0-9]+)M)?"
+    r"(?:(?P<seconds>[0-9]+(?:\.[0-9]+)?)S)?)?"
+)
+# Longer than any sensible duration; keeps pathological inputs (a 5000-digit count) out of
+# int() and the error message short.
+_MAX_DURATION_TEXT = 40
+# "Absurd" is measured in Gregorian mean years (365.2425 days = 31 556 952 s exactly, a month
+# being a twelfth of that), so the bound is exact integer arithmetic: P100Y and P1200M pass,
+# P36525D (a little over 100 mean years) does not.
+_MEAN_YEAR_S = 31_556_952
+_MEAN_MONTH_S = _MEAN_YEAR_S // 12
+_MAX_YEARS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """A parsed ISO-8601 duration, kept in calendar units because a month or a year has no
+    fixed length: "P1M" after Jan 31 is the end of February, not 30 days later.
+
+    Weeks are folded into days, hours and minutes into seconds; days are not folded into
+    seconds, but since all arithmetic is in UTC a day is always 86 400 s anyway.
+    """
+
+    years: int
+    months: int
+    days: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        # Durations are never negative in this product (a retention window, an interval);
+        # refusing here also protects values built directly, not through parse_duration.
+        if min(self.years, self.months, self.days, self.seconds) < 0:
+            raise ValueError("a duration cannot be negative")
+
+    def after(self, start: datetime) -> datetime:
+        """The instant this duration after ``start`` (aware; converted to UTC first).
+
+        Years and months are added first, clamping the day to the target month's length
+        (Jan 31 + P1M = Feb 28, or Feb 29 in a leap year; Feb 29 + P1Y = Feb 28), then days
+        and seconds as an exact timedelta. This is the order ISO 8601 and most calendar
+        libraries use, and it makes P1M after a month end land on a month end, not spill over.
+        """
+        if start.tzinfo is None or start.utcoffset() is None:
+            raise ValueError("start must be an aware datetime (UTC)")
+        start = start.astimezone(UTC)
+        month_index = start.month - 1 + self.months
+        year = start.year + self.years + month_index // 12
+        month = month_index % 12 + 1
+        try:
+            day = min(start.day, calendar.monthrange(year, month)[1])
+            shifted = start.replace(year=year, month=month, day=day)
+            return shifted + timedelta(days=self.days, seconds=self.seconds)
+        except (ValueError, OverflowError) as exc:
+            # Only reachable near year 9999; translated so callers handle one error type.
+            raise ValueError(f"{start.isoformat()} plus this duration is out of range") from exc
+
+    def is_zero(self) -> bool:
+        """Whether the duration is empty (P0D, PT0S): nothing would ever be kept."""
+        return self.years == 0 and self.months == 0 and self.days == 0 and self.seconds == 0
+
+
+def parse_duration(text: str) -> Duration:
+    """Parse an ISO-8601 duration such as ``P90D``, ``PT30S``, ``P3Y`` or ``P1Y2M10DT2H30M``.
+
+    Raises ``ValueError`` with a sentence for: an empty string, a bare ``P`` or a ``T`` with
+    nothing after it, a sign, lowercase designators, fractions anywhere but the seconds, and
+    anything over 100 years. ``P0D`` is a valid (zero) duration; callers that need a positive
+    one check ``is_zero()``.
+    """
+    if len(text) > _MAX_DURATION_TEXT:
+        raise ValueError(f"is not an ISO-8601 duration (longer than {_MAX_DURATION_TEXT} chars)")
+    match = _DURATION_RE.fullmatch(text)
+    # The regex makes every part optional, so "P" and "P1DT" match it; a duration needs at
+    # least one component, and a "T" needs at least one time component after it.
+    if (
+        match is None
+        or all(value is None for value in match.groupdict().values())
+        or text.endswith("T")
+    ):
+        raise ValueError(
+            f"{text!r} is not an ISO-8601 duration such as 'P90D', 'PT30S' or 'P1Y2M10DT2H30M'"
+        )
+
+    def count(name: str) -> int:
+        value = match[name]
+        return int(value) if value is not None else 0
+
+    seconds_text = match["seconds"]
+    seconds = float(seconds_text) if seconds_text is not None else 0.0
+    duration = Duration(
+        years=count("years"),
+        months=count("months"),
+        days=count("weeks") * 7 + count("days"),
+        seconds=count("hours") * 3600 + count("minutes") * 60 + seconds,
+    )
+    approx_s = (
+        (duration.years * 12 + duration.months) * _MEAN_MONTH_S
+        + duration.days * 86_400
+        + duration.seconds
+    )
+    if approx_s > _MAX_YEARS * _MEAN_YEAR_S:
+        raise ValueError(f"{text!r} is longer than {_MAX_YEARS} years")
+    return duration
+
+
+# --- phone numbers ------------------------------------------------------------------------
+
+# Error messages quote the offending value so the admin can find it, but never a huge one.
+_QUOTE_LIMIT = 40
+
+
+def _quote(value: str) -> str:
+    return repr(value) if len(value) <= _QUOTE_LIMIT else repr(value[:_QUOTE_LIMIT] + "...")
+
+
+# Formatting people type into numbers; removed before checking and comparing.
+_NUMBER_PUNCTUATION = str.maketrans("", "", " -.()")
+# E.164 allows at most 15 digits; 6 is a floor that still admits short national numbers
+# written with a country code while refusing obvious garbage like "+1".
+_NUMBER_RE = re.compile(r"\+[0-9]{6,15}")
+
+
+def normalize_number(number: str) -> str:
+    """The canonical form of a phone number: ``+`` and 6 to 15 digits, formatting removed.
+
+    ``"+40 712-345-678"`` and ``"+40 (712) 345.678"`` both become ``"+40712345678"``; this is
+    how `exclude_numbers` is stored and how call parties are compared with it. Raises
+    ``ValueError`` for anything else (no leading ``+``, letters, too short or too long): a
+    national-format number cannot be compared safely without knowing the country.
+    """
+    normalized = number.translate(_NUMBER_PUNCTUATION)
+    if _NUMBER_RE.fullmatch(normalized) is None:
+        raise ValueError(
+            f"{_quote(number)} is not a phone number in international format ('+' then 6 to 15 "
+            "digits; spaces, dashes, dots and parentheses are allowed)"
+        )
+    return normalized
+
+
+# --- the document -------------------------------------------------------------------------
+
+# Strict: JSON true/false only (no "true", no 1), unknown keys refused, values immutable so a
+# document read once can be shared between concurrent calls without copying.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+_LANGUAGE_RE = re.compile(r"[a-z]{2}")
+
+
+def _check_language(language: str) -> str:
+    if language != "auto" and _LANGUAGE_RE.fullmatch(language) is None:
+        raise ValueError(
+            f"{_quote(language)} is not 'auto' or a two-letter ISO 639-1 code like 'en'"
+        )
+    return language
+
+
+def _check_retention(text: str) -> str:
+    if parse_duration(text).is_zero():
+        raise ValueError(f"{text!r} is zero; a retention window must be longer than zero")
+    # The text is kept as the tenant wrote it (GET shows it back unchanged).
+    return text
+
+
+_RetentionText = Annotated[str, AfterValidator(_check_retention)]
+# Items stay strict strings even though the tuple itself is lax (see exclude_numbers).
+_PhoneNumber = Annotated[str, Strict(), AfterValidator(normalize_number)]
+
+
+class RecordingRule(BaseModel):
+    """Whether call audio is stored as a recording."""
+
+    model_config = _STRICT
+
+    enabled: bool = False
+
+
+class ConsentRule(BaseModel):
+    """Whether a call needs the parties' consent (announced by the PBX) to be handled."""
+
+    model_config = _STRICT
+
+    required: bool = True
+
+
+class AiRule(BaseModel):
+    """Which AI features run on a call's audio, and the transcription language."""
+
+    model_config = _STRICT
+
+    transcript: bool = False
+    summary: bool = False
+    sentiment: bool = False
+    talk_listen: bool = False
+    topics: bool = False
+    language: Annotated[str, AfterValidator(_check_language)] = "auto"
+
+
+class RetentionRule(BaseModel):
+    """How long each kind of object is kept after the call ends (ISO-8601 durations > 0)."""
+
+    model_config = _STRICT
+
+    recordings: _RetentionText = "P90D"
+    transcripts: _RetentionText = "P365D"
+    call_records: _RetentionText = "P3Y"
+
+
+class InstructionsDoc(BaseModel):
+    """One version of a tenant's instructions, without the server-set version metadata."""
+
+    model_config = _STRICT
+
+    recording: RecordingRule = RecordingRule()
+    consent: ConsentRule = ConsentRule()
+    ai: AiRule = AiRule()
+    retention: RetentionRule = RetentionRule()
+    # strict=False only for the container: strict mode wants a Python tuple, but a decoded
+    # JSON body has lists. Items are still strict strings (_PhoneNumber).
+    exclude_numbers: tuple[_PhoneNumber, ...] = Field(
+        default=(), strict=False, max_length=MAX_EXCLUDE_NUMBERS
+    )
+
+    @field_validator("exclude_numbers")
+    @classmethod
+    def _dedupe_numbers(cls, numbers: tuple[str, ...]) -> tuple[str, ...]:
+        # dict.fromkeys keeps first occurrences in order; "+40 712..." and "+40712..." are
+        # already the same string here because items were normalised first.
+        return tuple(dict.fromkeys(numbers))
+
+    def ai_features(self) -> tuple[str, ...]:
+        """The instructed AI features, in `AI_FEATURES` order."""
+        return tuple(feature for feature in AI_FEATURES if getattr(self.ai, feature))
+
+    def document(self) -> dict[str, Any]:
+        """The JSON-ready document (lists, not tuples); the API adds version/created_*."""
+        return self.model_dump(mode="json")
+
+
+def default_instructions() -> InstructionsDoc:
+    """The instructions of a tenant that never PUT any: nothing recorded, no AI."""
+    return InstructionsDoc()
+
+
+def parse_instructions(data: object) -> InstructionsDoc:
+    """Validate the decoded JSON body of a PUT into a whole new document.
+
+    PUT replaces the document, so an omitted field takes its default (not the previous
+    version's value). ``version``, ``created_at`` and ``created_by`` are accepted and ignored
+    so that clients can send back what GET gave them; any other unknown key is refused.
+    Raises `InvalidInstructions` naming the first offending field as a dotted path
+    (``retention.recordings``, ``exclude_numbers.2``; ``(body)`` when the body is not an
+    object).
+    """
+    if not isinstance(data, dict):
+        raise InvalidInstructions("(body)", "the instructions must be a JSON object")
+    fields = {key: value for key, value in data.items() if key not in _SERVER_KEYS}
+    try:
+        return InstructionsDoc.model_validate(fields)
+    except ValidationError as exc:
+        # Only the first error is reported: one clear field and sentence is what an admin
+        # fixes first, and the API's error has room for one field.
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(body)"
+        raise InvalidInstructions(field, _describe(first)) from None
+
+
+def _describe(error: ErrorDetails) -> str:
+    """A sentence for one pydantic error, in the API's words rather than pydantic's."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "bool_type":
+        return "must be true or false (a JSON boolean, not a string or number)"
+    if kind == "string_type":
+        return "must be a string"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "must be a JSON object"
+    if kind in ("tuple_type", "list_type"):
+        return "must be a JSON array"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} entries"
+    if kind == "value_error" and "error" in ctx:
+        # Our own validators' sentences (durations, numbers, language).
+        return str(ctx["error"])
+    return error["msg"]

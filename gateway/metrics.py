@@ -1,0 +1,53 @@
+"""What the gateway exports at ``/metrics`` beyond the vault's own counters.
+
+Labels are bounded vocabularies only (transports, error codes): never a tenant, call id,
+number or token, so that the metrics endpoint reveals nothing about calls and cannot grow
+without limit.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        registry = registry or CollectorRegistry()
+        self.active_calls = Gauge(
+            "callvault_active_calls",
+            "Accepted calls that are live (streaming, paused or awaiting a reconnect).",
+            registry=registry,
+        )
+        self.frames_in = Counter(
+            "callvault_frames_in",
+            "Audio frames received, by transport.",
+            ["transport"],
+            registry=registry,
+        )
+        self.audio_discarded = Counter(
+            "callvault_audio_discarded_bytes",
+            "Audio bytes received while a call was paused, discarded unstored.",
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "callvault_refusals",
+            "Calls refused by the tenant's instructions, by refusal code.",
+            ["code"],
+            registry=registry,
+        )
+        self.ingest_errors = Counter(
+            "callvault_ingest_errors",
+            "Ingest connections ended by an error, by error code.",
+            ["code"],
+            registry=registry,
+        )
+        self.jobs_queued = Counter(
+            "callvault_jobs_queued",
+            "AI jobs queued at the end of a call.",
+            registry=registry,
+        )
+        self.flush_failures = Counter(
+            "callvault_flush_failures",
+            "Flushes of a call's audio to the object store that failed.",
+            registry=registry,
+        )

@@ -1,0 +1,345 @@
+"""Live call sessions: per-track buffers, pause/resume, timed flushes, reconnects, the end.
+
+One ``CallSession`` exists per accepted call from its announcement (or its stream's
+``start``) to its end, whichever connection carries its audio. Each track (inbound,
+outbound) is sealed as its own streaming object whose plaintext is a sequence of
+``storage.media`` records: raw codec bytes, untouched, with the sample offset where they
+start on the call's timeline. So gaps (pause/resume, loss, a reconnect) cost nothing to store
+and come back as silence in exports.
+
+Where a frame lands on the timeline:
+
+* frames with a stream timestamp (Twilio) land at ``base + timestamp``, except that a
+  frame within ``JITTER_MS`` of the track's end continues it exactly (timestamps jitter);
+* frames without one (fork, AudioSocket) continue the track;
+* while the call is paused, frames are *discarded* but still advance the track, so the
+  pause is kept as silence of the right length;
+* a reconnecting stream starts at ``base`` = the later of the timeline's end and the
+  wall-clock time since the first stream started, so the outage is kept as silence too.
+
+Memory is bounded: audio is appended under the session's lock and flushed (sealed and pushed
+to the store) inline when a track holds ``flush_bytes`` or ``flush_interval`` has passed;
+while a flush waits on a slow store, the connection's handler waits with it and stops
+reading its socket, so TCP pushes back on the PBX instead of memory growing here.
+
+Time is passed in (``now``); nothing here sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from crypto.errors import CallvaultError, Conflict, MalformedMessage, StreamRefused
+from gateway.ingest.events import Audio
+from gateway.metrics import GatewayMetrics
+from storage.catalog import Call, Catalog, Recording
+from storage.media import codec as media_codec
+from storage.media import encode_record
+from storage.vault import MediaVault, SealingUpload
+
+log = logging.getLogger(__name__)
+
+JITTER_MS = 10
+"""A timestamped frame this close to its track's end continues the track exactly."""
+
+AUDIO_KIND = "audio"
+"""Object kind of a sealed call track (``objects.kind``)."""
+
+EndReason = Literal[
+    "stop", "hangup", "api", "reconnect_timeout", "start_timeout", "shutdown", "tenant_deleted"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    flush_interval: timedelta = timedelta(seconds=2)
+    flush_bytes: int = 64 * 1024
+    reconnect_grace: timedelta = timedelta(seconds=30)
+    start_timeout: timedelta = timedelta(minutes=5)
+
+
+class TrackWriter:
+    """One track of one call: the run of audio not yet sealed, and its sealing upload."""
+
+    def __init__(self, upload: SealingUpload, *, bytes_per_sample: int, position: int) -> None:
+        self.upload = upload
+        self._bps = bytes_per_sample
+        self.position = position
+        """The sample just after the last one received (stored or discarded)."""
+        self._run_offset = position
+        self._run = bytearray()
+        self._records = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._run) + len(self._records)
+
+    def append(self, offset: int, payload: bytes) -> None:
+        """Add ``payload`` at ``offset`` (>= ``position``); contiguous audio extends the
+        current run, a gap starts a new record."""
+        if self._run and offset != self._run_offset + len(self._run) // self._bps:
+            self._close_run()
+        if not self._run:
+            self._run_offset = offset
+        self._run += payload
+        self.position = offset + len(payload) // self._bps
+
+    def skip(self, until: int) -> None:
+        """Advance the timeline to ``until`` without storing anything (paused audio)."""
+        if until > self.position:
+            self._close_run()
+            self.position = until
+
+    def _close_run(self) -> None:
+        if self._run:
+            self._records += encode_record(self._run_offset, self._run)
+            self._run = bytearray()
+
+    def _take(self) -> bytes:
+        self._close_run()
+        data = bytes(self._records)
+        self._records = bytearray()
+        return data
+
+    async def flush(self) -> None:
+        data = self._take()
+        if data:
+            await self.upload.write(data)
+        await self.upload.flush()
+
+    async def commit(self, now: datetime) -> None:
+        data = self._take()
+        if data:
+            await self.upload.write(data)
+        await self.upload.commit(now=now)
+
+
+class CallSession:
+    """One accepted call while it is live."""
+
+    def __init__(
+        self,
+        *,
+        call: Call,
+        recording: Recording,
+        vault: MediaVault,
+        limits: SessionLimits,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.call = call
+        self.recording = recording
+        self._vault = vault
+        self._limits = limits
+        self._metrics = metrics
+        self._codec = media_codec(call.codec)
+        self._rate = call.sample_rate
+        self._lock = asyncio.Lock()
+        self.tracks: dict[str, TrackWriter] = {}
+        self.paused = False
+        self.ended = False
+        self.attached = False
+        self.first_attached_at: datetime | None = None
+        self.detached_at: datetime | None = None
+        self._base = 0
+        self._last_flush: datetime | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.call.tenant_id
+
+    @property
+    def call_id(self) -> str:
+        return self.call.id
+
+    @property
+    def ai_features(self) -> list[str]:
+        return list(self.call.decision.get("ai", []))
+
+    def timeline_end(self) -> int:
+        return max((track.position for track in self.tracks.values()), default=0)
+
+    def buffered(self) -> int:
+        return sum(track.buffered for track in self.tracks.values())
+
+    # --- connections ----------------------------------------------------------------------
+
+    def attach(self, now: datetime) -> None:
+        """A stream starts carrying this call. One stream at a time: a second ``start`` for
+        a call that is streaming is refused; after a drop, the same call id continues."""
+        if self.ended:
+            raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
+        if self.attached:
+            raise StreamRefused(
+                f"Call {self.call_id!r} is already streaming on another connection.",
+                code="call_in_progress",
+            )
+        if self.first_attached_at is None:
+            self.first_attached_at = now
+            self._base = 0
+        else:
+            elapsed = int((now - self.first_attached_at).total_seconds() * self._rate)
+            self._base = max(self.timeline_end(), elapsed)
+            for track in self.tracks.values():
+                track.skip(self._base)
+        self.attached = True
+        self.detached_at = None
+        self._last_flush = self._last_flush or now
+
+    def detach(self, now: datetime) -> None:
+        """The stream dropped without a stop: the call waits ``reconnect_grace``."""
+        if self.attached:
+            self.attached = False
+            self.detached_at = now
+
+    def expiry(self, now: datetime) -> EndReason | None:
+        """Why the call should end now without its PBX saying so, if it should: its stream
+        dropped and did not come back in time, or it never started streaming."""
+        if self.ended or self.attached:
+            return None
+        if self.detached_at is not None:
+            if now - self.detached_at >= self._limits.reconnect_grace:
+                return "reconnect_timeout"
+        elif now - self.call.started_at >= self._limits.start_timeout:
+            return "start_timeout"
+        return None
+
+    # --- audio ----------------------------------------------------------------------------
+
+    async def receive(self, audio: Audio, now: datetime) -> None:
+        """Place one frame on its track's timeline (or discard it while paused), and flush
+        when the track holds enough or the interval has passed."""
+        payload = audio.payload
+        if len(payload) % self._codec.bytes_per_sample:
+            raise MalformedMessage(
+                f"An audio frame of {len(payload)} bytes is not whole {self.call.codec} samples.",
+                code="bad_frame_length",
+            )
+        samples = len(payload) // self._codec.bytes_per_sample
+        async with self._lock:
+            if self.ended:
+                raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
+            track = self.tracks.get(audio.track)
+            if track is None:
+                track = await self._open_track(audio.track, now)
+            offset = self._offset(track, audio)
+            if self.paused:
+                track.skip(offset + samples)
+                self._metrics.audio_discarded.inc(len(payload))
+                return
+            if payload:
+                track.append(offset, payload)
+            if track.buffered >= self._limits.flush_bytes or self._flush_due(now):
+                await self._flush(now)
+
+    def _offset(self, track: TrackWriter, audio: Audio) -> int:
+        if audio.timestamp_ms is None:
+            return track.position
+        stamped = self._base + audio.timestamp_ms * self._rate // 1000
+        if stamped - track.position > JITTER_MS * self._rate // 1000:
+            return stamped
+        return track.position
+
+    async def _open_track(self, name: str, now: datetime) -> TrackWriter:
+        upload = await self._vault.create_object(
+            tenant=self.tenant,
+            kind=AUDIO_KIND,
+            data_class="recordings",
+            now=now,
+            recording_id=self.recording.id,
+            track=name,
+        )
+        track = TrackWriter(
+            upload, bytes_per_sample=self._codec.bytes_per_sample, position=self._base
+        )
+        self.tracks[name] = track
+        return track
+
+    def _flush_due(self, now: datetime) -> bool:
+        return self._last_flush is None or now - self._last_flush >= self._limits.flush_interval
+
+    async def _flush(self, now: datetime) -> None:
+        self._last_flush = now
+        try:
+            for track in self.tracks.values():
+                await track.flush()
+        except CallvaultError:
+            self._metrics.flush_failures.inc()
+            raise
+
+    async def flush_if_due(self, now: datetime) -> None:
+        """The ticker's flush, for streams that went quiet between frames."""
+        async with self._lock:
+            if not self.ended and self.buffered() and self._flush_due(now):
+                await self._flush(now)
+
+    # --- control --------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        async with self._lock:
+            self._require_live()
+            self.paused = True
+
+    async def resume(self) -> None:
+        async with self._lock:
+            self._require_live()
+            self.paused = False
+
+    def _require_live(self) -> None:
+        if self.ended:
+            raise Conflict(f"Call {self.call_id!r} has ended.")
+
+    async def finish(self, catalog: Catalog, now: datetime, reason: EndReason) -> Recording:
+        """Seal and commit every track, then finalize the recording (and queue its AI job
+        when AI was instructed) in one catalog transaction. Idempotent."""
+        async with self._lock:
+            if self.ended:
+                return self.recording
+            self.ended = True
+            self.attached = False
+            for name, track in self.tracks.items():
+                try:
+                    await track.commit(now)
+                except CallvaultError as e:
+                    # The track's object stays 'writing' in the catalog, so it is found and
+                    # shredded later; the other tracks and the call record still finish.
+                    self._metrics.flush_failures.inc()
+                    log.error(
+                        "call %s track %s could not be committed: %s", self.call_id, name, e.code
+                    )
+            job_id = "job_" + secrets.token_hex(12) if self.ai_features else None
+            self.recording = await catalog.finish_recording(
+                self.tenant,
+                self.recording.id,
+                samples=self.timeline_end(),
+                now=now,
+                job_id=job_id,
+            )
+            if job_id is not None and self.recording.status == "processing":
+                self._metrics.jobs_queued.inc()
+            await catalog.append_audit(
+                self.tenant,
+                actor="gateway",
+                action="call.ended",
+                object=self.recording.id,
+                detail={
+                    "call_id": self.call_id,
+                    "reason": reason,
+                    "samples": self.timeline_end(),
+                    "tracks": sorted(self.tracks),
+                    "job": job_id,
+                },
+                now=now,
+            )
+            log.info(
+                "call %s ended (%s): %d samples on %d track(s)",
+                self.call_id,
+                reason,
+                self.timeline_end(),
+                len(self.tracks),
+            )
+            return self.recording

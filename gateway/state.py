@@ -1,0 +1,32 @@
+"""The typed keys of the aiohttp app's shared state, and the clock the gateway reads.
+
+Handlers and the ingest glue read shared objects through these keys; they are set up and torn
+down by ``gateway.app``'s ``cleanup_ctx``. The clock is app state so that tests can turn it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.calls import CallRegistry
+from gateway.metrics import GatewayMetrics
+from gateway.services import Services
+from gateway.settings import Settings
+
+
+class Clock:
+    """Wall-clock UTC time; the one place the gateway reads it."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+CALLS = web.AppKey("calls", CallRegistry)
+CLOCK = web.AppKey("clock", Clock)

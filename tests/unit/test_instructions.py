@@ -1,0 +1,457 @@
+"""Tests of the instructions document (defaults, PUT semantics, every refusal names its field),
+phone-number normalisation, and ISO-8601 durations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto.errors import InvalidInstructions
+from gateway.instructions import (
+    AI_FEATURES,
+    MAX_EXCLUDE_NUMBERS,
+    Duration,
+    InstructionsDoc,
+    default_instructions,
+    normalize_number,
+    parse_duration,
+    parse_instructions,
+)
+
+DEFAULT_DOCUMENT: dict[str, Any] = {
+    "recording": {"enabled": False},
+    "consent": {"required": True},
+    "ai": {
+        "transcript": False,
+        "summary": False,
+        "sentiment": False,
+        "talk_listen": False,
+        "topics": False,
+        "language": "auto",
+    },
+    "retention": {"recordings": "P90D", "transcripts": "P365D", "call_records": "P3Y"},
+    "exclude_numbers": [],
+}
+
+
+# --- defaults and PUT semantics -----------------------------------------------------------
+
+
+def test_defaults_are_all_off_and_match_the_api_document() -> None:
+    doc = default_instructions()
+    assert doc.document() == DEFAULT_DOCUMENT
+    assert doc.recording.enabled is False
+    assert doc.ai_features() == ()
+    assert doc.consent.required is True
+
+
+def test_empty_put_equals_defaults() -> None:
+    assert parse_instructions({}) == default_instructions()
+
+
+def test_put_replaces_the_whole_document_omitted_fields_take_defaults() -> None:
+    first = parse_instructions(
+        {"recording": {"enabled": True}, "ai": {"summary": True, "language": "ro"}}
+    )
+    assert first.recording.enabled is True
+    # A second PUT that only names ai: recording is back to its default, not carried over.
+    second = parse_instructions({"ai": {"transcript": True}})
+    assert second.recording.enabled is False
+    assert second.ai.summary is False
+    assert second.ai.language == "auto"
+    assert second.ai_features() == ("transcript",)
+
+
+def test_full_document_round_trips() -> None:
+    body = {
+        "recording": {"enabled": True},
+        "consent": {"required": False},
+        "ai": {
+            "transcript": True,
+            "summary": False,
+            "sentiment": True,
+            "talk_listen": False,
+            "topics": True,
+            "language": "en",
+        },
+        "retention": {"recordings": "P30D", "transcripts": "PT30S", "call_records": "P1Y2M"},
+        "exclude_numbers": ["+40712345678"],
+    }
+    doc = parse_instructions(body)
+    assert doc.document() == body
+    assert parse_instructions(doc.document()) == doc
+
+
+def test_server_keys_are_accepted_and_ignored() -> None:
+    doc = parse_instructions(
+        {
+            "version": 3,
+            "created_at": "2026-11-27T10:00:00Z",
+            "created_by": "tok_1",
+            "recording": {"enabled": True},
+        }
+    )
+    assert doc.recording.enabled is True
+    assert "version" not in doc.document()
+    assert "created_at" not in doc.document()
+
+
+def test_ai_features_are_listed_in_canonical_order() -> None:
+    doc = parse_instructions({"ai": {"topics": True, "transcript": True, "sentiment": True}})
+    assert doc.ai_features() == ("transcript", "sentiment", "topics")
+    every = parse_instructions({"ai": dict.fromkeys(AI_FEATURES, True)})
+    assert every.ai_features() == AI_FEATURES
+
+
+def test_document_is_frozen() -> None:
+    doc = default_instructions()
+    with pytest.raises(ValueError, match="frozen"):
+        doc.recording = doc.recording  # type: ignore[misc]
+
+
+# --- exclude_numbers ----------------------------------------------------------------------
+
+
+def test_numbers_are_normalised_and_deduplicated_in_order() -> None:
+    doc = parse_instructions(
+        {
+            "exclude_numbers": [
+                "+40 712-345-678",
+                "+1 (555) 123.4567",
+                "+40712345678",
+                "+15551234567",
+                "+44 20 7946 0958",
+            ]
+        }
+    )
+    assert doc.exclude_numbers == ("+40712345678", "+15551234567", "+442079460958")
+
+
+def test_exclude_numbers_limit() -> None:
+    many = [f"+40700{i:06d}" for i in range(MAX_EXCLUDE_NUMBERS)]
+    assert len(parse_instructions({"exclude_numbers": many}).exclude_numbers) == 10_000
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"exclude_numbers": [*many, "+40799999999"]})
+    assert info.value.field == "exclude_numbers"
+    assert "10000" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("+40712345678", "+40712345678"),
+        ("+40 712-345-678", "+40712345678"),
+        ("+40 (712) 345.678", "+40712345678"),
+        ("+123456", "+123456"),
+        ("+123456789012345", "+123456789012345"),
+    ],
+)
+def test_normalize_number(raw: str, expected: str) -> None:
+    assert normalize_number(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "+",
+        "40712345678",  # no country code marker
+        "0040712345678",
+        "+12345",  # 5 digits
+        "+1234567890123456",  # 16 digits
+        "+40 712 345 67a",
+        "+40/712345678",
+        "anonymous",
+        "++40712345678",
+        "+40712345678\n",
+        "+٤٠٧١٢٣٤٥٦٧٨",  # Arabic-Indic digits are digits to str.isdigit, not to us
+    ],
+)
+def test_normalize_number_refuses(raw: str) -> None:
+    with pytest.raises(ValueError, match="not a phone number"):
+        normalize_number(raw)
+
+
+# --- invalid documents: every refusal names its field -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # unknown keys
+        ({"recordings": {"enabled": True}}, "recordings"),
+        ({"recording": {"enable": True}}, "recording.enable"),
+        ({"ai": {"translate": True}}, "ai.translate"),
+        ({"retention": {"audio": "P1D"}}, "retention.audio"),
+        # wrong types
+        ({"recording": {"enabled": "true"}}, "recording.enabled"),
+        ({"recording": {"enabled": 1}}, "recording.enabled"),
+        ({"consent": {"required": None}}, "consent.required"),
+        ({"ai": {"transcript": "true"}}, "ai.transcript"),
+        ({"retention": {"recordings": 90}}, "retention.recordings"),
+        ({"retention": {"transcripts": 1.5}}, "retention.transcripts"),
+        ({"recording": [True]}, "recording"),
+        ({"ai": ["transcript"]}, "ai"),
+        ({"retention": "P90D"}, "retention"),
+        ({"consent": None}, "consent"),
+        ({"exclude_numbers": "+40712345678"}, "exclude_numbers"),
+        ({"exclude_numbers": {"+40712345678": True}}, "exclude_numbers"),
+        ({"exclude_numbers": ["+40712345678", 40712345678]}, "exclude_numbers.1"),
+        ({"ai": {"language": 7}}, "ai.language"),
+        # bad durations
+        ({"retention": {"recordings": "P"}}, "retention.recordings"),
+        ({"retention": {"recordings": "PT"}}, "retention.recordings"),
+        ({"retention": {"recordings": "1D"}}, "retention.recordings"),
+        ({"retention": {"recordings": "P-1D"}}, "retention.recordings"),
+        ({"retention": {"transcripts": "P0D"}}, "retention.transcripts"),
+        ({"retention": {"call_records": "PT0S"}}, "retention.call_records"),
+        ({"retention": {"call_records": "p1d"}}, "retention.call_records"),
+        ({"retention": {"call_records": "P101Y"}}, "retention.call_records"),
+        ({"retention": {"recordings": ""}}, "retention.recordings"),
+        # bad language
+        ({"ai": {"language": "EN"}}, "ai.language"),
+        ({"ai": {"language": "eng"}}, "ai.language"),
+        ({"ai": {"language": "en-US"}}, "ai.language"),
+        ({"ai": {"language": ""}}, "ai.language"),
+        # bad numbers, with their index
+        ({"exclude_numbers": ["+40712345678", "0712345678"]}, "exclude_numbers.1"),
+        ({"exclude_numbers": ["+40712345678", "+40 712", "junk"]}, "exclude_numbers.1"),
+        ({"exclude_numbers": ["x"]}, "exclude_numbers.0"),
+    ],
+)
+def test_invalid_document_names_its_field(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions(body)
+    error = info.value
+    assert error.field == field
+    assert error.code == "invalid_instructions"
+    assert error.status == 422
+    # A human sentence, not pydantic's boilerplate.
+    assert "pydantic" not in error.message
+    assert "http" not in error.message
+    assert error.message.startswith(f"{field}: ")
+    assert len(error.message) > len(field) + 5
+
+
+@pytest.mark.parametrize("body", [[], "recording", None, 3, [{"recording": {}}]])
+def test_body_not_an_object(body: object) -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions(body)
+    assert info.value.field == "(body)"
+
+
+def test_first_error_is_reported() -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"recording": {"enabled": "yes"}, "ai": {"topics": "no"}})
+    assert info.value.field == "recording.enabled"
+
+
+def test_messages_are_specific() -> None:
+    cases = {
+        "unknown field": {"recording": {"enable": True}},
+        "true or false": {"ai": {"transcript": "true"}},
+        "longer than zero": {"retention": {"recordings": "P0D"}},
+        "ISO-8601 duration": {"retention": {"recordings": "P"}},
+        "ISO 639-1": {"ai": {"language": "english"}},
+        "JSON object": {"retention": []},
+        "phone number": {"exclude_numbers": ["12"]},
+    }
+    for expected, body in cases.items():
+        with pytest.raises(InvalidInstructions, match=expected):
+            parse_instructions(body)
+
+
+def test_long_bad_values_are_not_echoed_whole() -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"exclude_numbers": ["x" * 5000]})
+    assert len(info.value.message) < 300
+
+
+def test_server_keys_are_ignored_only_at_top_level() -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"ai": {"version": 2}})
+    assert info.value.field == "ai.version"
+
+
+def test_model_validate_with_a_python_tuple_also_works() -> None:
+    # Internal callers (the catalog loading a stored document) may build from Python values.
+    doc = InstructionsDoc.model_validate({"exclude_numbers": ("+40712345678",)})
+    assert doc.exclude_numbers == ("+40712345678",)
+
+
+# --- durations ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("PT30S", Duration(0, 0, 0, 30.0)),
+        ("P3Y", Duration(3, 0, 0, 0.0)),
+        ("P90D", Duration(0, 0, 90, 0.0)),
+        ("P365D", Duration(0, 0, 365, 0.0)),
+        ("P1Y2M10DT2H30M", Duration(1, 2, 10, 2 * 3600 + 30 * 60)),
+        ("P2W", Duration(0, 0, 14, 0.0)),
+        ("P1W3D", Duration(0, 0, 10, 0.0)),
+        ("PT1H", Duration(0, 0, 0, 3600.0)),
+        ("PT1M", Duration(0, 0, 0, 60.0)),
+        ("P1M", Duration(0, 1, 0, 0.0)),
+        ("PT0.5S", Duration(0, 0, 0, 0.5)),
+        ("PT1H1M1.25S", Duration(0, 0, 0, 3661.25)),
+        ("P0D", Duration(0, 0, 0, 0.0)),
+        ("PT0S", Duration(0, 0, 0, 0.0)),
+        ("P100Y", Duration(100, 0, 0, 0.0)),
+        ("P1200M", Duration(0, 1200, 0, 0.0)),
+        ("P36524D", Duration(0, 0, 36524, 0.0)),
+        ("P0001D", Duration(0, 0, 1, 0.0)),
+    ],
+)
+def test_parse_duration(text: str, expected: Duration) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "P",
+        "PT",
+        "P1DT",
+        "1D",
+        "D",
+        "P-1D",
+        "-P1D",
+        "+P1D",
+        "p1d",
+        "P1d",
+        "pt30s",
+        "P1.5D",
+        "PT1.5H",
+        "PT.5S",
+        "PT1,5S",
+        "P1D2Y",  # designators out of order
+        "PT30M1H",
+        "P1H",  # time component without T
+        "PT1D",
+        "P 1D",
+        " P1D",
+        "P1D\n",
+        "P101Y",
+        "P1201M",
+        "P36525D",
+        "PT3155695201S",
+        "P99999999999999999999999D",
+        "P" + "9" * 5000 + "D",
+        "P١D",  # Arabic-Indic one
+        "P1Y1Y",
+    ],
+)
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="duration|years"):
+        parse_duration(text)
+
+
+def test_duration_rejects_negative_parts() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        Duration(0, 0, -1, 0.0)
+
+
+def test_is_zero() -> None:
+    assert parse_duration("P0D").is_zero()
+    assert parse_duration("P0Y0M0DT0H0M0S").is_zero()
+    assert not parse_duration("PT0.001S").is_zero()
+    assert not parse_duration("P1M").is_zero()
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("start", "text", "expected"),
+    [
+        (_utc(2026, 1, 31), "P1M", _utc(2026, 2, 28)),
+        (_utc(2028, 1, 31), "P1M", _utc(2028, 2, 29)),  # leap year
+        (_utc(2026, 3, 31), "P1M", _utc(2026, 4, 30)),
+        (_utc(2026, 12, 31), "P2M", _utc(2027, 2, 28)),
+        (_utc(2026, 11, 15), "P3M", _utc(2027, 2, 15)),
+        (_utc(2028, 2, 29), "P1Y", _utc(2029, 2, 28)),
+        (_utc(2028, 2, 29), "P4Y", _utc(2032, 2, 29)),
+        (_utc(2026, 1, 31), "P1M1D", _utc(2026, 3, 1)),  # months first, then days
+        (_utc(2026, 1, 1, 0, 0, 0), "PT30S", _utc(2026, 1, 1, 0, 0, 30)),
+        (_utc(2026, 12, 31, 23, 59, 45), "PT30S", _utc(2027, 1, 1, 0, 0, 15)),
+        (_utc(2026, 11, 27, 10), "P3Y", _utc(2029, 11, 27, 10)),
+        (_utc(2026, 11, 27, 10), "P90D", _utc(2027, 2, 25, 10)),
+        (_utc(2026, 2, 28), "P1D", _utc(2026, 3, 1)),
+        (_utc(2028, 2, 28), "P1D", _utc(2028, 2, 29)),
+        (_utc(2026, 1, 1), "P1Y2M10DT2H30M", _utc(2027, 3, 11, 2, 30)),
+        (_utc(2026, 1, 1), "P2W", _utc(2026, 1, 15)),
+    ],
+)
+def test_after(start: datetime, text: str, expected: datetime) -> None:
+    result = parse_duration(text).after(start)
+    assert result == expected
+    assert result.tzinfo is UTC
+
+
+def test_after_fractional_seconds() -> None:
+    start = _utc(2026, 1, 1)
+    assert parse_duration("PT0.25S").after(start) == start + timedelta(milliseconds=250)
+
+
+def test_after_converts_other_offsets_to_utc() -> None:
+    bucharest_winter = timezone(timedelta(hours=2))
+    start = datetime(2026, 2, 1, 1, 0, tzinfo=bucharest_winter)  # = Jan 31 23:00 UTC
+    result = parse_duration("P1M").after(start)
+    # Calendar arithmetic happens in UTC: Jan 31 -> Feb 28, not Feb 1 -> Mar 1.
+    assert result == _utc(2026, 2, 28, 23, 0)
+    assert result.tzinfo is UTC
+
+
+def test_after_refuses_naive() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        parse_duration("P1D").after(datetime(2026, 1, 1))
+
+
+def test_after_out_of_range_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_duration("P2Y").after(_utc(9998, 6, 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    years=st.integers(0, 40),
+    months=st.integers(0, 30),
+    weeks=st.integers(0, 60),
+    days=st.integers(0, 400),
+    hours=st.integers(0, 48),
+    minutes=st.integers(0, 120),
+    seconds=st.integers(0, 100_000),
+    start=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+)
+def test_duration_properties(
+    years: int,
+    months: int,
+    weeks: int,
+    days: int,
+    hours: int,
+    minutes: int,
+    seconds: int,
+    start: datetime,
+) -> None:
+    text = f"P{years}Y{months}M{weeks}W{days}DT{hours}H{minutes}M{seconds}S"
+    duration = parse_duration(text)
+    assert duration == Duration(
+        years, months, weeks * 7 + days, float(hours * 3600 + minutes * 60 + seconds)
+    )
+    end = duration.after(start)
+    # Never goes backwards; the calendar part never moves the day past the start's day.
+    assert end >= start
+    calendar_only = Duration(years, months, 0, 0.0).after(start)
+    assert calendar_only.day <= start.day
+    assert end - calendar_only == timedelta(days=weeks * 7 + days, seconds=duration.seconds)
