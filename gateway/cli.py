@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from crypto.errors import CallvaultError, ConfigError
+from gateway.logs import ACCESS, AccessLogger, configure_logging
 from gateway.settings import Settings
 from storage.catalog import Role
 
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--token", help="an operator token (default: CALLVAULT_OPERATOR_TOKEN)")
     demo.add_argument(
         "--out", type=Path, default=Path("demo-call.wav"), help="where to save the call's audio"
+    )
+    demo.add_argument(
+        "--realtime", action="store_true", help="pace the call like a live PBX (20 ms frames)"
     )
     return parser
 
@@ -103,7 +107,8 @@ def _serve(settings: Settings) -> None:
             host=settings.http.host,
             port=settings.http.port,
             print=None,
-            access_log=None,
+            access_log=ACCESS,
+            access_log_class=AccessLogger,
             shutdown_timeout=10,
         )
     except OSError as e:
@@ -160,7 +165,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             "`callvault token create --role operator`).",
         )
     url = args.url or f"http://{settings.http.host}:{settings.http.port}"
-    return asyncio.run(run_demo(url, token, out=args.out))
+    return asyncio.run(run_demo(url, token, out=args.out, realtime=args.realtime))
 
 
 async def _rotate(settings: Settings, tenant: str) -> None:
@@ -176,9 +181,7 @@ async def _rotate(settings: Settings, tenant: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("alembic", "botocore", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(json_lines=args.command == "serve")
     try:
         settings = build_settings(args)
         if args.command == "serve":

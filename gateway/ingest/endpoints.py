@@ -33,6 +33,8 @@ WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 """Open ingest WebSockets, closed with 1001 (going away) when the server shuts down."""
 
 CLOSE_ERROR = 1011
+ERROR_LINGER_S = 2.0
+"""How long a refused AudioSocket peer may keep sending before we close anyway."""
 
 
 async def twilio(request: web.Request) -> web.WebSocketResponse:
@@ -172,11 +174,11 @@ class AudioSocketServer:
         except IngestError as e:
             metrics.ingest_errors.labels(e.code).inc()
             log.info("audiosocket stream closed: %s", e.code)
-            await _send_error(writer, e.code)
+            await _send_error(reader, writer, e.code)
         except CallvaultError as e:
             metrics.ingest_errors.labels(e.code).inc()
             log.warning("audiosocket stream failed: %s", e.code)
-            await _send_error(writer, e.code)
+            await _send_error(reader, writer, e.code)
         except ConnectionError:
             pass
         finally:
@@ -198,7 +200,17 @@ class AudioSocketServer:
             )
 
 
-async def _send_error(writer: asyncio.StreamWriter, code: str) -> None:
-    with contextlib.suppress(ConnectionError):
+async def _send_error(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str
+) -> None:
+    """Send the 0xff frame and half-close; then discard what the peer still sends until it
+    closes (briefly), because closing a socket with unread input resets the connection and
+    the peer could lose the error frame."""
+    with contextlib.suppress(ConnectionError, TimeoutError):
         writer.write(error_frame(code))
         await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(ERROR_LINGER_S):
+            while await reader.read(MAX_MESSAGE):
+                pass

@@ -53,8 +53,8 @@ class StreamBinding:
         for event in events:
             if isinstance(event, Audio):
                 assert self.session is not None  # noqa: S101 - parsers refuse audio before start
-                self._frames.inc()
                 await self.session.receive(event, now)
+                self._frames.inc()
             elif isinstance(event, StreamStart):
                 self.session = await self._start(event, now)
             elif isinstance(event, StreamStop):

@@ -1,0 +1,74 @@
+"""Structured logs: one JSON object per line, and an access log without query strings.
+
+Secrets must never reach a log line. The gateway never logs tokens or keys itself; the one
+place a secret could slip in is a URL (``?token=`` on WebSocket ingest), so the access log
+records the path alone, never the query string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+ACCESS = logging.getLogger("callvault.access")
+
+# Attributes every LogRecord has; anything else was passed in ``extra=`` and is a field.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"at", "level", "logger", "message", ...extra fields, "error"?}`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path (no query string: it may hold a token), status, size and duration."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %d",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "bytes": response.body_length,
+                "duration_s": round(time, 4),
+                "remote": request.remote,
+            },
+        )
+
+
+def configure_logging(*, json_lines: bool) -> None:
+    """Root logging for the CLI: JSON lines for ``serve`` (machines read them), plain text
+    for one-shot commands (people read them)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("alembic", "botocore", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

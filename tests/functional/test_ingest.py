@@ -1,0 +1,629 @@
+"""Ingest over the real app in process: refusals, bad input beside a good call, pause and
+resume, reconnects, flushing, bounded memory and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import build_app
+from gateway.settings import Settings
+from gateway.state import CALLS, METRICS, SERVICES
+from tests.gateway import (
+    RECORD,
+    ULAW,
+    FakeClock,
+    Gateway,
+    TenantTokens,
+    audiosocket_frame,
+    audiosocket_uuid,
+    bearer,
+    read_wav,
+    start_gateway,
+    tone,
+    twilio_call,
+    twilio_connected,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
+)
+
+NO_CONSENT = {"recording": {"enabled": True}, "consent": {"required": False}}
+
+
+async def recording_wav(gateway: Gateway, tenant: TenantTokens, recording_id: str) -> np.ndarray:
+    response = await gateway.client.get(
+        f"/v1/recordings/{recording_id}/audio", headers=bearer(tenant.admin)
+    )
+    assert response.status == 200, await response.text()
+    channels, rate, pcm = read_wav(await response.read())
+    assert (channels, rate) == (2, 8000)
+    return pcm
+
+
+async def recording(gateway: Gateway, tenant: TenantTokens, recording_id: str) -> dict[str, Any]:
+    response = await gateway.client.get(
+        f"/v1/recordings/{recording_id}", headers=bearer(tenant.admin)
+    )
+    assert response.status == 200
+    return dict(await response.json())
+
+
+async def objects_of(gateway: Gateway, tenant: str) -> list[Any]:
+    return await gateway.app[SERVICES].catalog.list_objects(tenant)
+
+
+async def closed(ws: Any) -> tuple[int | None, str]:
+    """Read until the server closes; the close code and reason."""
+    while True:
+        message = await ws.receive(timeout=10)
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            return ws.close_code, message.extra or ""
+        if message.type is WSMsgType.ERROR:
+            return ws.close_code, ""
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait (polling, 10 s at most) until the gateway reached a state."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - the state lives in another task
+            await asyncio.sleep(0.01)
+
+
+async def frames_processed(gateway: Gateway, count: int, transport: str = "twilio") -> None:
+    """Wait until the gateway has taken ``count`` frames (sending is not processing)."""
+    frames_in = gateway.app[METRICS].frames_in.labels(transport)
+    await until(lambda: frames_in._value.get() >= count)
+
+
+async def dropped(gateway: Gateway) -> None:
+    """Wait until the gateway noticed that the only live call's stream is gone."""
+    await until(lambda: not gateway.app[CALLS].live()[0].attached)
+
+
+async def stream_twilio(
+    gateway: Gateway, tenant: TenantTokens, call_id: str, inbound: bytes, outbound: bytes | None
+) -> tuple[int | None, str]:
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_connected())
+    await ws.send_str(twilio_start(call_id))
+    for message in twilio_call(inbound, outbound):
+        await ws.send_str(message)
+    await ws.send_str(twilio_stop())
+    return await closed(ws)
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+async def test_unannounced_twilio_call_is_refused_by_default_instructions(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme")  # instructions never set: all off
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio")
+    await ws.send_str(twilio_connected())
+    await ws.send_str(
+        twilio_start(
+            "call-1",
+            token=tenant.pbx,
+            **{"from": "+40711111111", "to": "+40722222222", "consent": "granted"},
+        )
+    )
+    assert await closed(ws) == (1008, "recording_not_instructed")
+    call = await gateway.app[SERVICES].catalog.get_call("acme", "call-1")
+    assert call.refusal_code == "recording_not_instructed"  # the CDR, and nothing else
+    assert await objects_of(gateway, "acme") == []
+
+
+@pytest.mark.parametrize(
+    ("instructions", "parameters", "code"),
+    [
+        (RECORD, {"consent": "not_asked"}, "consent_missing"),
+        (RECORD, {"consent": "denied"}, "consent_missing"),
+        (
+            {**NO_CONSENT, "exclude_numbers": ["+40 722 222 222"]},
+            {"consent": "granted"},
+            "number_excluded",
+        ),
+    ],
+)
+async def test_unannounced_refusals_close_1008_with_their_code(
+    gateway: Gateway, instructions: dict[str, Any], parameters: dict[str, str], code: str
+) -> None:
+    tenant = await gateway.tenant("acme", instructions)
+    ws = await gateway.client.ws_connect(f"/v1/ingest/twilio?token={tenant.pbx}")
+    await ws.send_str(
+        twilio_start("call-1", **{"from": "+40711111111", "to": "+40722222222", **parameters})
+    )
+    await ws.send_str(twilio_media("inbound", 0, b"\xff" * 160))
+    assert await closed(ws) == (1008, code)
+    assert await objects_of(gateway, "acme") == []
+
+
+async def test_a_stream_for_a_call_refused_at_announcement_gets_its_refusal(
+    gateway: Gateway,
+) -> None:
+    tenant = await gateway.tenant("acme", RECORD)
+    response = await gateway.client.post(
+        "/v1/tenants/acme/calls",
+        json={"call_id": "c1", "from": "+40711111111", "to": "+40722222222", "transport": "twilio"},
+        headers=bearer(tenant.pbx),
+    )
+    assert response.status == 403
+    assert (await response.json())["error"] == "consent_missing"
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start("c1"))
+    assert await closed(ws) == (1008, "consent_missing")
+    assert await objects_of(gateway, "acme") == []
+
+
+async def test_audiosocket_refusals_answer_with_an_error_frame(
+    gateway: Gateway, gateway_settings: Settings
+) -> None:
+    tenant = await gateway.tenant("acme", RECORD)
+    refused = str(uuid.uuid4())
+    response = await gateway.client.post(
+        "/v1/tenants/acme/calls",
+        json={
+            "call_id": refused,
+            "from": "+4071",
+            "to": "+4072",
+            "transport": "audiosocket",
+            "consent": "denied",
+        },
+        headers=bearer(tenant.pbx),
+    )
+    assert (await response.json())["error"] == "consent_missing"
+    port = gateway_settings.audiosocket.port
+    for call_id, code in ((refused, b"consent_missing"), (str(uuid.uuid4()), b"unknown_call")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(audiosocket_uuid(call_id) + audiosocket_frame(0x10, b"\x00\x01" * 160))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        assert answer == audiosocket_frame(0xFF, code)
+    assert await objects_of(gateway, "acme") == []
+
+
+# --- bad input beside a good call --------------------------------------------------------
+
+
+BAD_STREAMS: list[tuple[str, Callable[[str, str], list[Any]], tuple[int, str]]] = [
+    ("not json", lambda call, token: [twilio_start(call), "{not json"], (1007, "bad_json")),
+    (
+        "unknown event",
+        lambda call, token: [twilio_start(call), json.dumps({"event": "nope"})],
+        (1007, "unknown_event"),
+    ),
+    (
+        "bad base64",
+        lambda call, token: [
+            twilio_start(call),
+            json.dumps(
+                {
+                    "event": "media",
+                    "media": {"track": "inbound", "timestamp": "0", "payload": "###"},
+                }
+            ),
+        ],
+        (1007, "bad_base64"),
+    ),
+    (
+        "second start",
+        lambda call, token: [twilio_start(call), twilio_start(call)],
+        (1007, "duplicate_start"),
+    ),
+    (
+        "media before start",
+        lambda call, token: [twilio_media("inbound", 0, b"\xff" * 160)],
+        (1008, "stream_not_started"),
+    ),
+    ("unknown call", lambda call, token: [twilio_start("no-such-call")], (1008, "unknown_call")),
+    (
+        "binary frame",
+        lambda call, token: [twilio_start(call), b"\x00" * 10],
+        (1007, "binary_not_expected"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "messages", "expected"), BAD_STREAMS, ids=[b[0] for b in BAD_STREAMS]
+)
+async def test_bad_input_closes_only_the_bad_stream(
+    gateway: Gateway,
+    name: str,
+    messages: Callable[[str, str], list[Any]],
+    expected: tuple[int, str],
+) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    good_call = (await gateway.announce(tenant))["call_id"]
+    bad_call = (await gateway.announce(tenant))["call_id"]
+    inbound = ULAW.encode(tone(1.0, 440, seed=1))
+
+    good = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await good.send_str(twilio_start(good_call))
+    half = list(twilio_call(inbound))
+    for message in half[: len(half) // 2]:
+        await good.send_str(message)
+
+    bad = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    for message in messages(bad_call, tenant.pbx):
+        await (bad.send_bytes(message) if isinstance(message, bytes) else bad.send_str(message))
+    assert await closed(bad) == expected
+
+    for message in half[len(half) // 2 :]:
+        await good.send_str(message)
+    await good.send_str(twilio_stop())
+    assert await closed(good) == (1000, "stop")
+
+    catalog = gateway.app[SERVICES].catalog
+    good_recording = await catalog.recording_of_call("acme", good_call)
+    assert good_recording is not None
+    pcm = await recording_wav(gateway, tenant, good_recording.id)
+    assert np.array_equal(pcm[:, 0], ULAW.decode(inbound))
+    bad_recording = await catalog.recording_of_call("acme", bad_call)
+    assert bad_recording is not None
+    assert await catalog.list_objects("acme", recording_id=bad_recording.id) == []
+
+
+async def test_a_message_over_64_kib_closes_1009(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant))["call_id"]
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    await ws.send_str(twilio_media("inbound", 0, b"\xff" * 50_000))  # ~67 KB of base64
+    code, _reason = await closed(ws)
+    assert code == 1009
+
+
+@pytest.mark.parametrize("where", ["header", "query", "start"])
+async def test_wrong_tokens_are_refused_1008(gateway: Gateway, where: str) -> None:
+    acme = await gateway.tenant("acme", NO_CONSENT)
+    other = await gateway.tenant("other", NO_CONSENT)
+    call_id = (await gateway.announce(acme))["call_id"]
+    for token, code in (
+        ("cv_not-a-token", "unauthorized"),
+        (other.pbx, "unknown_call"),
+        (acme.admin, "forbidden"),
+    ):
+        if where == "header":
+            ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(token))
+            await ws.send_str(twilio_start(call_id))
+        elif where == "query":
+            ws = await gateway.client.ws_connect(f"/v1/ingest/twilio?token={token}")
+            await ws.send_str(twilio_start(call_id))
+        else:
+            ws = await gateway.client.ws_connect("/v1/ingest/twilio")
+            await ws.send_str(twilio_start(call_id, token=token))
+        assert await closed(ws) == (1008, code), (where, token[:6])
+    assert await objects_of(gateway, "acme") == []
+
+
+# --- pause, resume, reconnect ---------------------------------------------------------------
+
+
+async def test_pause_discards_audio_and_keeps_the_gap_as_silence(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant))["call_id"]
+    inbound = ULAW.encode(tone(3.0, 440, seed=2))
+    outbound = ULAW.encode(tone(3.0, 660, seed=3))
+    messages = list(twilio_call(inbound, outbound))  # 150 frames per track, 2 messages each
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    for message in messages[:100]:  # frames 0-49: 0.0-1.0 s
+        await ws.send_str(message)
+    await frames_processed(gateway, 100)
+    assert (
+        await gateway.client.post(f"/v1/calls/{call_id}/pause", headers=bearer(tenant.pbx))
+    ).status == 200
+    for message in messages[100:200]:  # 1.0-2.0 s: a card number, say
+        await ws.send_str(message)
+    await frames_processed(gateway, 200)
+    assert (
+        await gateway.client.post(f"/v1/calls/{call_id}/resume", headers=bearer(tenant.pbx))
+    ).status == 200
+    for message in messages[200:]:
+        await ws.send_str(message)
+    await ws.send_str(twilio_stop())
+    assert await closed(ws) == (1000, "stop")
+
+    rec = await gateway.app[SERVICES].catalog.recording_of_call("acme", call_id)
+    assert rec is not None
+    pcm = await recording_wav(gateway, tenant, rec.id)
+    assert pcm.shape == (24000, 2)
+    for channel, sent in ((0, inbound), (1, outbound)):
+        decoded = ULAW.decode(sent)
+        assert np.array_equal(pcm[:8000, channel], decoded[:8000])
+        assert not pcm[8000:16000, channel].any()  # the paused second is silence
+        assert np.array_equal(pcm[16000:, channel], decoded[16000:])
+    # Not merely silent in the export: the paused audio was never stored at all.
+    stored = sum(o.size or 0 for o in await objects_of(gateway, "acme"))
+    assert stored < 2 * 16000 + 4096
+
+
+async def test_a_dropped_stream_reconnects_to_the_same_recording(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant)
+    call_id = announced["call_id"]
+    first = ULAW.encode(tone(1.0, 440, seed=4))
+    second = ULAW.encode(tone(1.0, 550, seed=5))
+
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    for message in twilio_call(first):
+        await ws.send_str(message)
+    await ws.close()  # dropped without stop
+    await dropped(gateway)
+
+    clock.advance(3.0)  # 1 s of audio arrived, 3 s went by: 2 s of outage
+    await gateway.app[CALLS].tick(clock.now())  # within the grace: still open
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    for message in twilio_call(second):
+        await ws.send_str(message)
+    await ws.send_str(twilio_stop())
+    assert await closed(ws) == (1000, "stop")
+
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert pcm.shape == (32000, 2)
+    assert np.array_equal(pcm[:8000, 0], ULAW.decode(first))
+    assert not pcm[8000:24000, 0].any()
+    assert np.array_equal(pcm[24000:, 0], ULAW.decode(second))
+    objects = await objects_of(gateway, "acme")
+    assert [o.track for o in objects] == ["inbound"]  # one object: the same recording
+
+
+async def test_a_dropped_stream_is_finalized_after_the_grace(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant)
+    inbound = ULAW.encode(tone(0.5, 440, seed=6))
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(announced["call_id"]))
+    for message in twilio_call(inbound):
+        await ws.send_str(message)
+    await ws.close()
+    await dropped(gateway)
+
+    calls = gateway.app[CALLS]
+    clock.advance(29.0)
+    await calls.tick(clock.now())
+    assert (await recording(gateway, tenant, announced["recording_id"]))["status"] == "recording"
+    clock.advance(1.0)
+    await calls.tick(clock.now())
+    meta = await recording(gateway, tenant, announced["recording_id"])
+    assert meta["status"] == "recorded"
+    assert meta["duration_s"] == 0.5
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert np.array_equal(pcm[:, 0], ULAW.decode(inbound))
+
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(announced["call_id"]))
+    assert await closed(ws) == (1008, "call_ended")
+
+
+async def test_a_second_stream_for_a_streaming_call_is_refused(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant))["call_id"]
+    first = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await first.send_str(twilio_start(call_id))
+    await first.send_str(twilio_media("inbound", 0, b"\xff" * 160))
+    await frames_processed(gateway, 1)
+    second = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await second.send_str(twilio_start(call_id))
+    assert await closed(second) == (1008, "call_in_progress")
+    await first.send_str(twilio_stop())
+    assert await closed(first) == (1000, "stop")
+
+
+# --- flushing and memory --------------------------------------------------------------------
+
+
+async def test_audio_is_flushed_every_interval(clocked_gateway: Gateway, clock: FakeClock) -> None:
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant))["call_id"]
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    await ws.send_str(twilio_media("inbound", 0, b"\x7e" * 160))
+    await frames_processed(gateway, 1)
+    session = (gateway.app[CALLS].live())[0]
+    assert session.buffered() == 160  # below 64 KiB and within 2 s: still in memory
+    clock.advance(2.0)
+    await gateway.app[CALLS].tick(clock.now())
+    assert session.buffered() == 0
+    metrics = await (await gateway.client.get("/metrics")).text()
+    assert "callvault_flush_latency_seconds_count 1.0" in metrics
+    [stored] = await objects_of(gateway, "acme")
+    assert stored.state == "writing"  # flushed towards the store, not yet committed
+    await ws.send_str(twilio_stop())
+    assert await closed(ws) == (1000, "stop")
+
+
+class SlowStore:
+    """Wraps the real store; every upload flush waits on an event the test controls."""
+
+    def __init__(self, inner: Any, gate: asyncio.Event) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_upload(self, key: str) -> Any:
+        upload = await self._inner.open_upload(key)
+        gate = self._gate
+
+        class Slow:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(upload, name)
+
+            async def flush(self) -> None:
+                await gate.wait()
+                await upload.flush()
+
+        return Slow()
+
+
+async def test_a_slow_store_pushes_back_instead_of_buffering(
+    aiohttp_client: Callable, gateway_settings: Settings
+) -> None:
+    settings = gateway_settings.model_copy(
+        update={"ingest": gateway_settings.ingest.model_copy(update={"flush_bytes": 4096})}
+    )
+    app = build_app(settings)
+    gate = asyncio.Event()
+
+    async def slow_store(app: web.Application) -> Any:
+        vault = app[SERVICES].vault
+        vault.store = SlowStore(vault.store, gate)
+        yield
+
+    app.cleanup_ctx.insert(1, slow_store)
+    client: TestClient = await aiohttp_client(app)
+    gateway = await start_gateway(client)
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant))["call_id"]
+    ws = await client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    inbound = ULAW.encode(tone(10.0, 440, seed=7))  # 80 KB, 20x the flush threshold
+    sender = asyncio.create_task(_send_all(ws, list(twilio_call(inbound))))
+    await asyncio.sleep(0.5)
+    session = app[CALLS].live()[0]
+    frames_in = app[METRICS].frames_in.labels("twilio")
+    stalled_at = frames_in._value.get()
+    await asyncio.sleep(0.3)
+    # The store is stuck: the session holds at most one flush's worth plus one frame, and
+    # the gateway stopped taking frames, so the rest waits in the socket, not in memory.
+    assert session.buffered() <= 4096 + 160
+    assert frames_in._value.get() == stalled_at < 500
+    gate.set()
+    await asyncio.wait_for(sender, timeout=20)
+    await ws.send_str(twilio_stop())
+    assert await closed(ws) == (1000, "stop")
+    rec = await app[SERVICES].catalog.recording_of_call("acme", call_id)
+    assert rec is not None
+    pcm = await recording_wav(gateway, tenant, rec.id)
+    assert np.array_equal(pcm[:, 0], ULAW.decode(inbound))
+
+
+async def _send_all(ws: Any, messages: list[str]) -> None:
+    for message in messages:
+        await ws.send_str(message)
+
+
+async def test_shutdown_finalizes_open_calls(
+    aiohttp_client: Callable, gateway_settings: Settings
+) -> None:
+    app = build_app(gateway_settings)
+    client: TestClient = await aiohttp_client(app)
+    gateway = await start_gateway(client)
+    tenant = await gateway.tenant("acme", {**NO_CONSENT, "ai": {"transcript": True}})
+    announced = await gateway.announce(tenant)
+    inbound = ULAW.encode(tone(0.4, 440, seed=8))
+    ws = await client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(announced["call_id"]))
+    for message in twilio_call(inbound):
+        await ws.send_str(message)
+    await frames_processed(gateway, len(inbound) // 160)
+    catalog = app[SERVICES].catalog
+    await client.server.close()  # on_shutdown closes the socket (1001), cleanup finalizes
+    assert ws.closed or (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    # The catalog is closed with the app; reopen it to look.
+    from storage.catalog import Catalog
+
+    reopened = await Catalog.open(gateway_settings.catalog_url)
+    try:
+        rec = await reopened.get_recording("acme", announced["recording_id"])
+        assert rec.status == "processing"  # AI was instructed: a job was queued
+        assert rec.samples == 3200
+        objects = await reopened.list_objects("acme", recording_id=rec.id)
+        assert [o.state for o in objects] == ["committed"]
+    finally:
+        await reopened.close()
+    del catalog
+
+
+# --- fork and AudioSocket --------------------------------------------------------------------
+
+
+async def test_fork_stereo_is_split_into_two_tracks(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="fork")
+    caller, callee = tone(1.0, 300, seed=9), tone(1.0, 500, seed=10)
+    interleaved = np.column_stack([caller, callee]).astype("<i2").tobytes()
+    ws = await gateway.client.ws_connect(f"/v1/ingest/fork?token={tenant.pbx}")
+    await ws.send_str(
+        json.dumps({"call_id": announced["call_id"], "sampleRate": 8000, "mixType": "stereo"})
+    )
+    for start in range(0, len(interleaved), 640):
+        await ws.send_bytes(interleaved[start : start + 640])
+    await ws.send_str(json.dumps({"event": "stop"}))
+    assert await closed(ws) == (1000, "stop")
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert np.array_equal(pcm[:, 0], caller)
+    assert np.array_equal(pcm[:, 1], callee)
+    # Tokens travel in URLs here; they must never reach the logs.
+    assert tenant.pbx not in caplog.text
+    assert tenant.pbx[3:] not in caplog.text
+
+
+async def test_audiosocket_call_is_recorded_on_the_inbound_track(
+    gateway: Gateway, gateway_settings: Settings
+) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = str(uuid.uuid4())
+    announced = await gateway.announce(tenant, transport="audiosocket", call_id=call_id.upper())
+    assert announced["call_id"] == call_id  # canonical UUID form
+    assert announced["ingest"]["audiosocket"] == f"127.0.0.1:{gateway_settings.audiosocket.port}"
+    audio = tone(0.6, 350, seed=11).astype("<i2").tobytes()
+    _reader, writer = await asyncio.open_connection("127.0.0.1", gateway_settings.audiosocket.port)
+    writer.write(audiosocket_uuid(call_id))
+    for start in range(0, len(audio), 320):
+        writer.write(audiosocket_frame(0x10, audio[start : start + 320]))
+    writer.write(audiosocket_frame(0x00))
+    await writer.drain()
+    await asyncio.wait_for(_reader.read(), timeout=10)  # the server closes after the hangup
+    writer.close()
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert np.array_equal(pcm[:, 0], np.frombuffer(audio, "<i2"))
+    assert not pcm[:, 1].any()
+
+
+async def test_audiosocket_refuses_peers_outside_the_allowed_networks(
+    aiohttp_client: Callable, gateway_settings: Settings
+) -> None:
+    settings = gateway_settings.model_copy(
+        update={
+            "audiosocket": gateway_settings.audiosocket.model_copy(
+                update={"allow_networks": ("10.0.0.0/8",)}
+            )
+        }
+    )
+    settings = Settings.model_validate(settings.model_dump())
+    gateway = await start_gateway(await aiohttp_client(build_app(settings)))
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = str(uuid.uuid4())
+    await gateway.announce(tenant, transport="audiosocket", call_id=call_id)
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.audiosocket.port)
+    writer.write(audiosocket_uuid(call_id))
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), timeout=10) == audiosocket_frame(
+        0xFF, b"forbidden_network"
+    )
+    writer.close()
