@@ -189,7 +189,12 @@ class CallRegistry:
                 detail={"code": outcome.code, "instructions_version": version},
                 now=now,
             )
-            log.info("call %s of tenant %s refused: %s", call.id, tenant, outcome.code)
+            log.info(
+                "call %s refused: %s",
+                call.id,
+                outcome.code,
+                extra={"tenant": tenant, "call_id": call.id, "code": outcome.code},
+            )
             raise outcome.error()
         assert recording is not None  # noqa: S101 - an accepted call always has one
         await self._catalog.append_audit(
@@ -205,7 +210,11 @@ class CallRegistry:
             now=now,
         )
         self._register(self._new_session(call, recording))
-        log.info("call %s of tenant %s accepted (recording %s)", call.id, tenant, recording.id)
+        log.info(
+            "call %s accepted",
+            call.id,
+            extra={"tenant": tenant, "call_id": call.id, "recording_id": recording.id},
+        )
         return Announced(call=call, recording=recording, decision=outcome)
 
     def _new_session(self, call: Call, recording: Recording) -> CallSession:
@@ -274,7 +283,12 @@ class CallRegistry:
                 else:
                     await session.flush_if_due(now)
             except CallvaultError as e:
-                log.warning("call %s: background flush or end failed: %s", session.call_id, e.code)
+                log.warning(
+                    "call %s: background flush or end failed: %s",
+                    session.call_id,
+                    e.code,
+                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
+                )
 
     async def close(self, now: datetime) -> None:
         """Graceful shutdown: every live call is finalized with what arrived."""
@@ -282,7 +296,12 @@ class CallRegistry:
             try:
                 await self._finish(session, now, "shutdown")
             except CallvaultError as e:
-                log.error("call %s could not be finalized at shutdown: %s", session.call_id, e.code)
+                log.error(
+                    "call %s could not be finalized at shutdown: %s",
+                    session.call_id,
+                    e.code,
+                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
+                )
 
     async def find_audiosocket_call(self, call_id: str) -> tuple[str, str]:
         """The (tenant, call id) an AudioSocket UUID names: it must have been announced for

@@ -64,10 +64,11 @@ class SessionLimits:
 
 
 class TrackWriter:
-    """One track of one call: the run of audio not yet sealed, and its sealing upload."""
+    """One track of one call: the run of audio not yet sealed, and its sealing upload (opened
+    with the first audio that is kept, so a track heard only while paused stores nothing)."""
 
-    def __init__(self, upload: SealingUpload, *, bytes_per_sample: int, position: int) -> None:
-        self.upload = upload
+    def __init__(self, *, bytes_per_sample: int, position: int) -> None:
+        self.upload: SealingUpload | None = None
         self._bps = bytes_per_sample
         self.position = position
         """The sample just after the last one received (stored or discarded)."""
@@ -107,12 +108,16 @@ class TrackWriter:
         return data
 
     async def flush(self) -> None:
+        if self.upload is None:
+            return
         data = self._take()
         if data:
             await self.upload.write(data)
         await self.upload.flush()
 
     async def commit(self, now: datetime) -> None:
+        if self.upload is None:
+            return
         data = self._take()
         if data:
             await self.upload.write(data)
@@ -225,13 +230,18 @@ class CallSession:
                 raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
             track = self.tracks.get(audio.track)
             if track is None:
-                track = await self._open_track(audio.track, now)
+                track = TrackWriter(
+                    bytes_per_sample=self._codec.bytes_per_sample, position=self._base
+                )
+                self.tracks[audio.track] = track
             offset = self._offset(track, audio)
             if self.paused:
                 track.skip(offset + samples)
                 self._metrics.audio_discarded.inc(len(payload))
                 return
             if payload:
+                if track.upload is None:
+                    track.upload = await self._open_upload(audio.track, now)
                 track.append(offset, payload)
             if track.buffered >= self._limits.flush_bytes or self._flush_due(now):
                 await self._flush(now)
@@ -244,20 +254,15 @@ class CallSession:
             return stamped
         return track.position
 
-    async def _open_track(self, name: str, now: datetime) -> TrackWriter:
-        upload = await self._vault.create_object(
+    async def _open_upload(self, track: str, now: datetime) -> SealingUpload:
+        return await self._vault.create_object(
             tenant=self.tenant,
             kind=AUDIO_KIND,
             data_class="recordings",
             now=now,
             recording_id=self.recording.id,
-            track=name,
+            track=track,
         )
-        track = TrackWriter(
-            upload, bytes_per_sample=self._codec.bytes_per_sample, position=self._base
-        )
-        self.tracks[name] = track
-        return track
 
     def _flush_due(self, now: datetime) -> bool:
         return self._last_flush is None or now - self._last_flush >= self._limits.flush_interval
@@ -305,11 +310,16 @@ class CallSession:
                 try:
                     await track.commit(now)
                 except CallvaultError as e:
-                    # The track's object stays 'writing' in the catalog, so it is found and
-                    # shredded later; the other tracks and the call record still finish.
+                    # The track's object stays 'writing' in the catalog with its key row, so
+                    # erasure still finds and shreds it, and exports skip it; the other tracks
+                    # and the call record still finish.
                     self._metrics.flush_failures.inc()
                     log.error(
-                        "call %s track %s could not be committed: %s", self.call_id, name, e.code
+                        "call %s track %s could not be committed: %s",
+                        self.call_id,
+                        name,
+                        e.code,
+                        extra={**self._log_fields(), "track": name, "code": e.code},
                     )
             job_id = "job_" + secrets.token_hex(12) if self.ai_features else None
             self.recording = await catalog.finish_recording(
@@ -330,7 +340,7 @@ class CallSession:
                     "call_id": self.call_id,
                     "reason": reason,
                     "samples": self.timeline_end(),
-                    "tracks": sorted(self.tracks),
+                    "tracks": sorted(n for n, t in self.tracks.items() if t.upload is not None),
                     "job": job_id,
                 },
                 now=now,
@@ -341,5 +351,9 @@ class CallSession:
                 reason,
                 self.timeline_end(),
                 len(self.tracks),
+                extra={**self._log_fields(), "reason": reason, "samples": self.timeline_end()},
             )
             return self.recording
+
+    def _log_fields(self) -> dict[str, str]:
+        return {"tenant": self.tenant, "call_id": self.call_id, "recording_id": self.recording.id}

@@ -17,7 +17,14 @@ from ipaddress import ip_address
 
 from aiohttp import WSMsgType, web
 
-from crypto.errors import CallvaultError, IngestError, MessageTooBig, StreamRefused, Unauthorized
+from crypto.errors import (
+    CallvaultError,
+    ConfigError,
+    IngestError,
+    MessageTooBig,
+    StreamRefused,
+    Unauthorized,
+)
 from gateway.auth import Principal, authenticate, bearer_secret
 from gateway.ingest.audiosocket import AudioSocketParser, error_frame
 from gateway.ingest.events import MAX_MESSAGE
@@ -84,7 +91,13 @@ async def _websocket(
                 break
     except IngestError as e:
         metrics.ingest_errors.labels(e.code).inc()
-        log.info("%s stream closed: %s (%s)", transport, e.code, e.close_code)
+        log.info(
+            "%s stream closed: %s (%s)",
+            transport,
+            e.code,
+            e.close_code,
+            extra={"transport": transport, "code": e.code, "close_code": e.close_code},
+        )
         await ws.close(code=e.close_code, message=e.code.encode())
     except CallvaultError as e:
         metrics.ingest_errors.labels(e.code).inc()
@@ -132,9 +145,15 @@ class AudioSocketServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, host=self._settings.host, port=self._settings.port
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, host=self._settings.host, port=self._settings.port
+            )
+        except OSError as e:
+            raise ConfigError(
+                "CALLVAULT_AUDIOSOCKET__PORT",
+                f"cannot listen on {self._settings.host}:{self._settings.port}: {e.strerror or e}.",
+            ) from None
 
     async def close(self) -> None:
         if self._server is not None:

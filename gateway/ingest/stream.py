@@ -92,7 +92,12 @@ class StreamBinding:
                 code="codec_mismatch",
             )
         session.attach(now)
-        log.info("call %s: %s stream started", call_id, self.transport)
+        log.info(
+            "call %s: %s stream started",
+            call_id,
+            self.transport,
+            extra={"tenant": session.tenant, "call_id": call_id, "transport": self.transport},
+        )
         return session
 
     async def _authenticate(self, event: StreamStart) -> Principal:
@@ -145,4 +150,13 @@ class StreamBinding:
         """The connection is gone. Without a stop, the call waits for a reconnect."""
         if self.session is not None and not self.stopped:
             self.session.detach(now)
-            log.info("call %s: %s stream dropped", self.session.call_id, self.transport)
+            log.info(
+                "call %s: %s stream dropped",
+                self.session.call_id,
+                self.transport,
+                extra={
+                    "tenant": self.session.tenant,
+                    "call_id": self.session.call_id,
+                    "transport": self.transport,
+                },
+            )

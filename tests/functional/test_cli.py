@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -50,7 +51,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     process = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "gateway.cli", "--data-dir", str(tmp_path), "serve"],
-        env=clean_env(CALLVAULT_HTTP__PORT=str(port)),
+        env=clean_env(CALLVAULT_HTTP__PORT=str(port), CALLVAULT_AUDIOSOCKET__PORT="0"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -174,3 +175,99 @@ def test_keys_rotate_of_an_unknown_tenant_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not_found" in result.stderr
     assert "nobody" in result.stderr
+
+
+def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """``callvault serve`` on free ports, ready; its stdout is a pipe the caller reads."""
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gateway.cli", "--data-dir", str(data_dir), "serve"],
+        env=clean_env(
+            CALLVAULT_HTTP__PORT=str(port), CALLVAULT_AUDIOSOCKET__PORT=str(free_port()), **env
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1):  # noqa: S310
+                return process, base
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("callvault serve did not become ready")
+            time.sleep(0.1)
+
+
+def stop_serve(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    assert process.stdout is not None
+    output = process.stdout.read()
+    process.stdout.close()
+    return output
+
+
+def list_tenants(base: str, token: str) -> int:
+    request = urllib.request.Request(  # noqa: S310
+        f"{base}/v1/tenants", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_first_start_prints_an_operator_token_once(tmp_path: Path) -> None:
+    process, base = start_serve(tmp_path)
+    output = stop_serve(process)
+    tokens = [word for word in output.split() if word.startswith("cv_")]
+    assert len(set(tokens)) == 1, output
+    (token,) = set(tokens)
+    assert len(token) >= 3 + 43  # 256 random bits, base64url
+    assert token.encode() not in (tmp_path / "catalog.sqlite3").read_bytes()
+
+    minted = callvault("--data-dir", str(tmp_path), "token", "create", "--role", "operator")
+    assert minted.returncode == 0, minted.stderr
+    second_token = minted.stdout.split()[-1]
+
+    process, base = start_serve(tmp_path)
+    assert list_tenants(base, token) == 200
+    assert list_tenants(base, second_token) == 200
+    assert list_tenants(base, "cv_" + "x" * 43) == 401
+    assert "cv_" not in stop_serve(process)  # not printed again
+
+
+def test_a_configured_operator_token_is_used_and_never_printed(tmp_path: Path) -> None:
+    secret = "an-operator-token-from-the-secret-store-0123456789"
+    process, base = start_serve(tmp_path, CALLVAULT_OPERATOR_TOKEN=secret)
+    assert list_tenants(base, secret) == 200
+    assert "cv_" not in stop_serve(process)
+
+
+def test_a_short_operator_token_or_a_busy_audiosocket_port_refuse_to_start(
+    tmp_path: Path,
+) -> None:
+    result = callvault(
+        "--data-dir", str(tmp_path), "serve",
+        env=clean_env(CALLVAULT_OPERATOR_TOKEN="short", CALLVAULT_HTTP__PORT=str(free_port())),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("callvault: CALLVAULT_OPERATOR_TOKEN: ")
+    assert "short" not in result.stderr.replace("CALLVAULT", "")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = callvault(
+            "--data-dir", str(tmp_path), "serve",
+            env=clean_env(
+                CALLVAULT_HTTP__PORT=str(free_port()),
+                CALLVAULT_AUDIOSOCKET__PORT=str(busy.getsockname()[1]),
+            ),
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "CALLVAULT_AUDIOSOCKET__PORT" in result.stderr

@@ -1,0 +1,96 @@
+"""TrackWriter: how frames become records on a track's timeline (no I/O: a fake upload)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.session import TrackWriter
+from storage.media import RecordParser, TrackRecord
+
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+class FakeUpload:
+    """Collects what a SealingUpload would seal; counts flushes and commits."""
+
+    def __init__(self) -> None:
+        self.plaintext = bytearray()
+        self.flushes = 0
+        self.committed = False
+
+    async def write(self, data: bytes) -> None:
+        self.plaintext += data
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    async def commit(self, *, now: datetime) -> Any:
+        self.committed = True
+
+
+def records(upload: FakeUpload) -> list[TrackRecord]:
+    parser = RecordParser()
+    found = parser.feed(bytes(upload.plaintext))
+    parser.finish()
+    return found
+
+
+def writer(bytes_per_sample: int = 1, position: int = 0) -> tuple[TrackWriter, FakeUpload]:
+    track = TrackWriter(bytes_per_sample=bytes_per_sample, position=position)
+    upload = FakeUpload()
+    track.upload = upload  # type: ignore[assignment]
+    return track, upload
+
+
+async def test_contiguous_frames_become_one_record() -> None:
+    track, upload = writer()
+    for index in range(5):
+        track.append(index * 160, bytes([index]) * 160)
+    assert track.buffered == 800
+    await track.flush()
+    assert track.buffered == 0
+    assert records(upload) == [TrackRecord(0, b"".join(bytes([i]) * 160 for i in range(5)))]
+    assert upload.flushes == 1
+
+
+async def test_a_gap_starts_a_new_record_at_its_offset() -> None:
+    track, upload = writer(bytes_per_sample=2)
+    track.append(0, b"\x01\x00" * 160)
+    track.append(800, b"\x02\x00" * 160)  # 640 samples of gap
+    assert track.position == 960
+    await track.commit(NOW)
+    assert records(upload) == [
+        TrackRecord(0, b"\x01\x00" * 160),
+        TrackRecord(800, b"\x02\x00" * 160),
+    ]
+    assert upload.committed
+
+
+async def test_skipped_audio_advances_the_timeline_and_is_never_written() -> None:
+    track, upload = writer()
+    track.append(0, b"a" * 160)
+    track.skip(480)  # two paused frames
+    track.skip(400)  # never backwards
+    assert track.position == 480
+    track.append(track.position, b"b" * 160)
+    await track.flush()
+    assert records(upload) == [TrackRecord(0, b"a" * 160), TrackRecord(480, b"b" * 160)]
+    assert b"" not in {r.payload for r in records(upload)}
+
+
+async def test_records_survive_several_flushes_in_order() -> None:
+    track, upload = writer(position=1000)
+    track.append(1000, b"x" * 160)
+    await track.flush()
+    track.append(1160, b"y" * 160)  # contiguous with the flushed run: a new record anyway
+    await track.flush()
+    assert records(upload) == [TrackRecord(1000, b"x" * 160), TrackRecord(1160, b"y" * 160)]
+
+
+async def test_a_track_without_an_upload_flushes_and_commits_nothing() -> None:
+    track = TrackWriter(bytes_per_sample=1, position=0)
+    track.skip(8000)
+    await track.flush()
+    await track.commit(NOW)
+    assert track.position == 8000
