@@ -273,6 +273,30 @@ class ObjectWriter:
         self.plaintext_bytes = 0
         self.sealed_bytes = 0
 
+    @classmethod
+    def resume(cls, *, dek: bytes, header: ObjectHeader, segments: int) -> ObjectWriter:
+        """Continue an object whose header and first ``segments`` segments are already
+        written (recovery after a crash, from the verified prefix ``ObjectReader.salvage``
+        found): same header, same keys, no header emitted again, the next segment numbered
+        ``segments``. The DEK must match the header's commitment."""
+        if not 0 <= segments < MAX_SEGMENTS:
+            raise ValueError("segments out of range")
+        stored = iter((header.salt, header.nonce_prefix))
+        writer = cls(
+            dek=dek,
+            tenant=header.tenant,
+            object_id=header.object_id,
+            kek_id=header.kek_id,
+            kek_version=header.kek_version,
+            segment_size=header.segment_size,
+            random=lambda size: next(stored),
+        )
+        if not hmac.compare_digest(writer.header.commitment, header.commitment):
+            raise DecryptionFailed("key commitment mismatch: wrong key or altered header")
+        writer._pending_header = None
+        writer._index = segments
+        return writer
+
     @property
     def segments_sealed(self) -> int:
         return self._index
@@ -379,6 +403,14 @@ class ObjectReader:
         self._done = False
         self._failed = False
         self._held: list[bytes] = []
+        self._verified_bytes = 0
+        self.complete = False
+        """Whether the object's last segment was seen (set by ``finish`` and ``salvage``)."""
+
+    @property
+    def verified_bytes(self) -> int:
+        """How many leading bytes of the object (header and segments) have verified."""
+        return self._verified_bytes
 
     @property
     def header(self) -> ObjectHeader | None:
@@ -465,10 +497,55 @@ class ObjectReader:
             # feed() opened every record that had bytes after it, so this one is the end.
             out = [self._open_segment(aead, header, view[pos:end], last=True)]
         self._done = True
+        self.complete = True
         self._pending = bytearray()
         released = self._held + out if self._verify_all else out
         self._held = []
         return released
+
+    def salvage(self) -> list[bytes]:
+        """End an object whose writer may never have closed it (the process died while
+        writing): open the complete records still held, and drop an incomplete record at
+        the end, which is what a crash in the middle of a write leaves. Returns their
+        plaintext; ``complete`` tells whether the last segment was among them, and
+        ``verified_bytes`` where the intact prefix ends (``ObjectWriter.resume`` continues
+        it there).
+
+        Only for recovering the gateway's own spool: a truncated object opens here, so a
+        stored object must be read with ``finish()``, which refuses truncation."""
+        self._check_usable()
+        if self._done:
+            return []
+        view = memoryview(self._pending)
+        out: list[bytes] = []
+        with self._failing():
+            pos = self._open_header(view) if self._opened is None else 0
+            if self._opened is not None:
+                aead, header = self._opened
+                while (size := self._record_size(view, pos, header)) is not None:
+                    if len(view) - pos < size:
+                        break  # torn write
+                    record = view[pos : pos + size]
+                    if pos + size < len(view):
+                        out.append(self._open_segment(aead, header, record, last=False))
+                    else:
+                        out.append(self._open_final(aead, header, record))
+                    pos += size
+        self._done = True
+        self._pending = bytearray()
+        released = self._held + out if self._verify_all else out
+        self._held = []
+        return released
+
+    def _open_final(self, aead: AESGCM, header: ObjectHeader, record: memoryview) -> bytes:
+        """The last complete record of a salvaged object: the closing segment if the writer
+        got to close it, else an ordinary one."""
+        try:
+            plaintext = self._open_segment(aead, header, record, last=True)
+        except DecryptionFailed:
+            return self._open_segment(aead, header, record, last=False)
+        self.complete = True
+        return plaintext
 
     def _check_usable(self) -> None:
         if self._failed:
@@ -499,6 +576,7 @@ class ObjectReader:
         if not hmac.compare_digest(commitment, header.commitment):
             raise DecryptionFailed("key commitment mismatch: wrong key or altered header")
         self._opened = (aead, header)
+        self._verified_bytes += length
         return length
 
     def _record_end(
@@ -543,6 +621,7 @@ class ObjectReader:
             reason = "authentication failed (corrupt, reordered, truncated or foreign segment)"
             raise DecryptionFailed(reason, segment=self._index) from None
         self._index += 1
+        self._verified_bytes += len(record)
         return plaintext
 
     def _release(self, plaintext: list[bytes]) -> list[bytes]:

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from crypto.errors import ConfigError, Forbidden, NotFound, Unauthorized
 from storage.catalog import Catalog, Role, Token
+from storage.catalog.records import ROLES
 
 TOKEN_PREFIX = "cv_"  # noqa: S105 - a prefix that makes leaked tokens easy to scan for
 TOKEN_BYTES = 32
@@ -102,17 +103,23 @@ def scope(principal: Principal, tenant: str, roles: Collection[Role]) -> str:
     return tenant
 
 
+ANY_ROLE: frozenset[Role] = frozenset(ROLES)
+"""For ``scope`` before a lookup: the role is checked once the resource was found."""
+
+
 def require_role(principal: Principal, roles: Collection[Role]) -> None:
     if principal.role not in roles:
-        allowed = ", ".join(sorted(roles))
-        raise Forbidden(f"A {principal.role} token may not do this (needs {allowed}).")
+        allowed = " or ".join(sorted(roles))
+        article = "An" if principal.role[0] in "aeiou" else "A"
+        raise Forbidden(f"{article} {principal.role} token may not do this (needs {allowed}).")
 
 
-def own_tenant(principal: Principal, roles: Collection[Role]) -> str:
-    """The tenant of a tenant token allowed ``roles``, for paths that name no tenant
-    (``/v1/recordings/{id}``, ``/v1/calls/{id}/...``): the resource is looked up in it."""
-    require_role(principal, roles)
-    if principal.tenant is None:  # an operator would need a tenant in the path
+def tenant_of(principal: Principal) -> str:
+    """The tenant of a tenant token, for paths that name no tenant (``/v1/recordings/{id}``,
+    ``/v1/calls/{id}/...``). Look the resource up in it first (404 when it is not there,
+    whoever asks) and only then ``require_role``, so that a token learns nothing about ids
+    of other tenants, not even from a 403."""
+    if principal.tenant is None:  # the operator names tenants in paths
         raise Forbidden("This endpoint needs a tenant token.")
     return principal.tenant
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from crypto.errors import Conflict, PolicyRefused, StreamRefused
 from gateway.api.common import iso, json_body, principal_of
-from gateway.auth import own_tenant, scope
+from gateway.auth import ANY_ROLE, require_role, scope, tenant_of
 from gateway.calls import parse_announcement
 from gateway.session import CallSession
 from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS
@@ -65,14 +65,25 @@ async def announce(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"pbx", "admin"})
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
     call = await request.app[SERVICES].catalog.get_call(tenant, request.match_info["call_id"])
+    require_role(principal, {"pbx", "admin"})
     return web.json_response(call_view(call))
 
 
+async def _pbx_call(request: web.Request) -> tuple[str, str]:
+    """The caller's tenant and the call id of the path, once the call is known to be the
+    tenant's (404 otherwise) and the caller a pbx (403)."""
+    principal = await principal_of(request)
+    tenant, call_id = tenant_of(principal), request.match_info["call_id"]
+    await request.app[SERVICES].catalog.get_call(tenant, call_id)
+    require_role(principal, {"pbx"})
+    return tenant, call_id
+
+
 async def _live_session(request: web.Request) -> CallSession:
-    tenant = own_tenant(await principal_of(request), {"pbx"})
-    call_id = request.match_info["call_id"]
+    tenant, call_id = await _pbx_call(request)
     try:
         return await request.app[CALLS].session(tenant, call_id)
     except (PolicyRefused, StreamRefused):
@@ -95,9 +106,7 @@ async def resume(request: web.Request) -> web.Response:
 
 async def end(request: web.Request) -> web.Response:
     """End the call (idempotent: also 200 when its transport already ended it)."""
-    tenant = own_tenant(await principal_of(request), {"pbx"})
+    tenant, call_id = await _pbx_call(request)
     app = request.app
-    call = await app[CALLS].end(
-        tenant, request.match_info["call_id"], now=app[CLOCK].now(), reason="api"
-    )
+    call = await app[CALLS].end(tenant, call_id, now=app[CLOCK].now(), reason="api")
     return web.json_response(call_view(call))

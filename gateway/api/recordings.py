@@ -20,7 +20,7 @@ from aiohttp import web
 
 from crypto.errors import BadRequest, CallvaultError, Conflict, Forbidden, Gone
 from gateway.api.common import iso, principal_of, query_int, query_time
-from gateway.auth import own_tenant, scope
+from gateway.auth import require_role, scope, tenant_of
 from gateway.instructions import normalize_number, parse_duration, parse_instructions
 from gateway.session import AUDIO_KIND
 from gateway.state import CLOCK, SERVICES
@@ -129,9 +129,11 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 
 async def get_recording(request: web.Request) -> web.Response:
-    tenant = own_tenant(await principal_of(request), {"admin", "processor"})
+    principal = await principal_of(request)
+    tenant = tenant_of(principal)
     catalog = request.app[SERVICES].catalog
     recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
+    require_role(principal, {"admin", "processor"})
     tracks = await catalog.recording_tracks(tenant, [recording.id], kind=AUDIO_KIND)
     expires_at = await _Expiry(catalog, tenant).of(recording)
     return web.json_response(recording_view(recording, call, tracks[recording.id], expires_at))
@@ -140,11 +142,12 @@ async def get_recording(request: web.Request) -> web.Response:
 async def get_audio(request: web.Request) -> web.StreamResponse:
     """The recording as a stereo 16-bit PCM WAV at the call's sample rate."""
     principal = await principal_of(request)
-    tenant = own_tenant(principal, {"admin"})
+    tenant = tenant_of(principal)
     app = request.app
     services = app[SERVICES]
     catalog = services.catalog
     recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
+    require_role(principal, {"admin"})
     if recording.status == "deleted":
         raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
     if recording.audio_purged:

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import BadRequest
+from crypto.errors import BadRequest, NotFound
 from gateway.api.common import iso, json_body, principal_of
-from gateway.auth import mint_token, require_role, scope
+from gateway.auth import ANY_ROLE, mint_token, require_role, scope
 from gateway.instructions import default_instructions, parse_instructions
 from gateway.state import CALLS, CLOCK, SERVICES
 from storage.catalog import Instructions, Role, Tenant, Token
@@ -182,15 +182,22 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def list_tokens(request: web.Request) -> web.Response:
     tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
-    tokens = await request.app[SERVICES].catalog.list_tokens(tenant)
+    catalog = request.app[SERVICES].catalog
+    await catalog.get_tenant(tenant)
+    tokens = await catalog.list_tokens(tenant)
     return web.json_response({"items": [token_view(t) for t in tokens]})
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"operator", "admin"})
+    tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
+    token_id = request.match_info["token_id"]
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    token = await services.catalog.revoke_token(tenant, request.match_info["token_id"], now)
+    await services.catalog.get_tenant(tenant)
+    if not any(token.id == token_id for token in await services.catalog.list_tokens(tenant)):
+        raise NotFound(f"Token {token_id!r} not found.")
+    require_role(principal, {"operator", "admin"})
+    token = await services.catalog.revoke_token(tenant, token_id, now)
     await services.catalog.append_audit(
         tenant,
         actor=principal.actor,
