@@ -36,6 +36,8 @@ OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 AUDIOSOCKET = web.AppKey("audiosocket", endpoints.AudioSocketServer)
 TICK_S = 0.25
 """How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
+RECOVER_EVERY_TICKS = 120
+"""How often (in ticks: 30 s) left-over spool files are published again."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -95,6 +97,7 @@ def build_app(
             metrics=app[METRICS],
         )
         app[CALLS] = calls
+        await calls.recover(app[CLOCK].now())  # what a crash left in the spool, before serving
         ticker = asyncio.create_task(_tick(calls, app[CLOCK]), name="callvault-ticker")
         yield
         ticker.cancel()
@@ -125,9 +128,15 @@ def build_app(
 
 
 async def _tick(calls: CallRegistry, clock: Clock) -> None:
+    ticks = 0
     while True:
         await asyncio.sleep(TICK_S)
+        ticks += 1
         try:
             await calls.tick(clock.now())
+            if ticks % RECOVER_EVERY_TICKS == 0:
+                # Uploads whose commit failed (the store was down) are published once the
+                # store is back.
+                await calls.recover(clock.now())
         except Exception:  # the ticker must outlive any one failure
             log.exception("call ticker failed")

@@ -28,6 +28,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import CallSession, EndReason, SessionLimits
 from storage.catalog import Call, Catalog, Recording
+from storage.media import RecordParser, track_frames
+from storage.media import codec as media_codec
 from storage.vault import MediaVault
 
 log = logging.getLogger(__name__)
@@ -302,6 +304,43 @@ class CallRegistry:
                     e.code,
                     extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
                 )
+
+    async def recover(self, now: datetime) -> int:
+        """Publish what crashed or failed uploads left in the spool, and give the calls they
+        belong to their sessions back, as if their stream had just dropped: a PBX that
+        reconnects within the grace continues the same recording after the gap, otherwise
+        the call is finalized with what was recovered. Returns how many objects were
+        recovered. Safe to repeat: calls already finalized are left as they are."""
+        recovered = await self._vault.recover_spooled(now=now)
+        ends: dict[tuple[str, str], dict[str, int]] = {}
+        for item in recovered:
+            record = item.record
+            if record.recording_id is None or record.track is None:
+                continue
+            recording = await self._catalog.get_recording(record.tenant_id, record.recording_id)
+            if recording.status != "recording":
+                continue  # finalized already (its commit failed at the end): nothing to restore
+            call = await self._catalog.get_call(record.tenant_id, recording.call_id)
+            parser = RecordParser()
+            records = parser.feed(item.plaintext)
+            parser.finish()
+            tracks = ends.setdefault((record.tenant_id, record.recording_id), {})
+            end = track_frames(records, media_codec(call.codec))
+            tracks[record.track] = max(tracks.get(record.track, 0), end)
+        for (tenant, recording_id), tracks in ends.items():
+            recording = await self._catalog.get_recording(tenant, recording_id)
+            if recording.status != "recording" or (tenant, recording.call_id) in self._sessions:
+                continue
+            call = await self._catalog.get_call(tenant, recording.call_id)
+            session = self._new_session(call, recording)
+            session.restore(tracks, now)
+            self._register(session)
+            log.info(
+                "call %s restored from the spool",
+                call.id,
+                extra={"tenant": tenant, "call_id": call.id, "recording_id": recording_id},
+            )
+        return len(recovered)
 
     async def find_audiosocket_call(self, call_id: str) -> tuple[str, str]:
         """The (tenant, call id) an AudioSocket UUID names: it must have been announced for

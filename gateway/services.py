@@ -18,6 +18,7 @@ from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
 from gateway.settings import Settings
 from storage.catalog import Catalog
+from storage.spool import Spool
 from storage.store import ObjectStore
 from storage.stores import open_store
 from storage.vault import MediaVault
@@ -71,6 +72,7 @@ async def open_services(
                 keys=keys,
                 segment_size=settings.crypto.segment_size,
                 registry=registry,
+                spool=Spool(settings.data_dir / "spool", store),
             )
             yield Services(catalog=catalog, store=store, keys=keys, vault=vault)
         finally:

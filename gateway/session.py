@@ -195,6 +195,16 @@ class CallSession:
         self.detached_at = None
         self._last_flush = self._last_flush or now
 
+    def restore(self, track_ends: dict[str, int], now: datetime) -> None:
+        """Take up a call after a restart: its tracks end where the recovered audio ended,
+        and it waits for a reconnect as if its stream had just dropped."""
+        for name, end in track_ends.items():
+            self.tracks[name] = TrackWriter(
+                bytes_per_sample=self._codec.bytes_per_sample, position=end
+            )
+        self.first_attached_at = self.call.started_at
+        self.detached_at = now
+
     def detach(self, now: datetime) -> None:
         """The stream dropped without a stop: the call waits ``reconnect_grace``."""
         if self.attached:
@@ -262,6 +272,7 @@ class CallSession:
             now=now,
             recording_id=self.recording.id,
             track=track,
+            spooled=True,
         )
 
     def _flush_due(self, now: datetime) -> bool:

@@ -18,6 +18,7 @@ the promises:
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -26,12 +27,15 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crypto.errors import DecryptionFailed, KeyUnavailable, NotFound
+from crypto.errors import DecryptionFailed, KeyUnavailable, NotFound, StorageError
 from crypto.keys import KeyProvider, WrappedKey
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
+from storage.spool import Spool
 from storage.store import ObjectStore, ObjectUpload, check_key
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 
@@ -65,6 +69,15 @@ class VaultMetrics:
             "Objects that failed to verify when opened.",
             registry=registry,
         )
+
+
+@dataclass(frozen=True)
+class RecoveredObject:
+    """An object published from the spool after a crash or an outage, with its plaintext
+    (held in memory by the caller, never written)."""
+
+    record: StoredObject
+    plaintext: bytes
 
 
 @dataclass(frozen=True)
@@ -143,12 +156,14 @@ class MediaVault:
         keys: KeyProvider,
         segment_size: int = 64 * 1024,
         registry: CollectorRegistry | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.keys = keys
         self.segment_size = segment_size
         self.metrics = VaultMetrics(registry)
+        self.spool = spool
 
     @staticmethod
     def store_key(tenant: str, object_id: str) -> str:
@@ -166,8 +181,12 @@ class MediaVault:
         now: datetime,
         recording_id: str | None = None,
         track: str | None = None,
+        spooled: bool = False,
     ) -> SealingUpload:
-        """Start sealing a new object: its catalog and key rows exist before any byte."""
+        """Start sealing a new object: its catalog and key rows exist before any byte.
+
+        ``spooled``: the sealed bytes go to the local spool, durable at every ``flush``, and
+        reach the store at ``commit`` (live audio; see ``storage.spool``)."""
         object_id = secrets.token_hex(16)
         store_key = self.store_key(tenant, object_id)
         dek = generate_dek()
@@ -198,7 +217,10 @@ class MediaVault:
             kek_version=wrapped.kek_version,
             segment_size=self.segment_size,
         )
-        upload = await self.store.open_upload(store_key)
+        if spooled and self.spool is not None:
+            upload: ObjectUpload = await self.spool.open_upload(store_key)
+        else:
+            upload = await self.store.open_upload(store_key)
         return SealingUpload(self, record, writer, upload)
 
     async def put_object(
@@ -307,6 +329,66 @@ class MediaVault:
             now=now,
         )
         return RotationReport(tenant, target.kek_id, target.kek_version, rewrapped)
+
+    async def recover_spooled(self, *, now: datetime) -> list[RecoveredObject]:
+        """Publish what crashed or failed uploads left in the spool (not the live ones).
+
+        For each left-over spool file of an object still ``writing``: open what verifies
+        (a torn last write is dropped), close the object with a final segment if its writer
+        never did, publish it to the store and mark it committed. Returns the recovered
+        objects with their plaintext (in memory only), so that the gateway can restore the
+        calls they belong to. A file whose object is unknown, shredded or already committed
+        is removed; one whose publication fails (the store is down) stays for the next try.
+        """
+        spool = self.spool
+        if spool is None:
+            return []
+        recovered: list[RecoveredObject] = []
+        for key in spool.keys():
+            if spool.is_open(key):
+                continue
+            try:
+                result = await self._recover(spool, key, now)
+            except StorageError as e:
+                log.warning("spooled object %s not recovered yet: %s", key, e.code)
+                continue
+            if result is not None:
+                recovered.append(result)
+        return recovered
+
+    async def _recover(self, spool: Spool, key: str, now: datetime) -> RecoveredObject | None:
+        tenant, _, object_id = key.partition("/objects/")
+        try:
+            record = await self.catalog.get_object(object_id, tenant_id=tenant)
+            dek = await self._unwrap(tenant, object_id) if record.state == "writing" else None
+        except (NotFound, KeyUnavailable):
+            dek = None
+        if dek is None:  # unknown, committed, deleted or shredded: nothing to publish
+            await spool.discard(key)
+            return None
+        data = await spool.read(key)
+        reader = ObjectReader(dek=dek, tenant=tenant, object_id=object_id)
+        try:
+            plaintext = reader.feed(data) + reader.salvage()
+        except DecryptionFailed:
+            self.metrics.decryption_failures.inc()
+            log.error("spooled object %s does not verify; left in the spool", key)
+            raise StorageError(f"spooled object {key} does not verify") from None
+        if reader.header is None:  # the process died before the header reached the disk
+            await spool.discard(key)
+            await self.shred_object(tenant, object_id, now=now)
+            return None
+        tail = b""
+        if not reader.complete:
+            writer = ObjectWriter.resume(
+                dek=dek, header=reader.header, segments=reader.segments_opened
+            )
+            tail = bytes(writer.close())
+        size = await spool.publish(key, length=reader.verified_bytes, tail=tail)
+        record = await self.catalog.mark_object_committed(object_id, size=size, now=now)
+        self.metrics.objects_committed.inc()
+        log.info("recovered spooled object %s (%d bytes)", key, size)
+        return RecoveredObject(record=record, plaintext=b"".join(plaintext))
 
     async def _unwrap(self, tenant: str, object_id: str) -> bytes:
         row = await self.catalog.get_object_key(object_id, tenant_id=tenant)

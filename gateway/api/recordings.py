@@ -18,7 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import BadRequest, CallvaultError, Conflict, Forbidden, Gone
+from crypto.errors import (
+    BadRequest,
+    CallvaultError,
+    Conflict,
+    Forbidden,
+    Gone,
+    StorageUnavailable,
+)
 from gateway.api.common import iso, principal_of, query_int, query_time
 from gateway.auth import require_role, scope, tenant_of
 from gateway.instructions import normalize_number, parse_duration, parse_instructions
@@ -159,9 +166,20 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     if recording.status == "recording" or recording.samples is None:
         raise Conflict(f"Recording {recording.id!r} is still in progress.")
     tracks: dict[str, list[AsyncIterator[bytes]]] = {}
-    objects = await catalog.list_objects(tenant, recording_id=recording.id, state="committed")
+    objects = await catalog.list_objects(tenant, recording_id=recording.id)
+    if any(o.kind == AUDIO_KIND and o.state == "writing" for o in objects):
+        # Its commit failed (the store was down): the audio waits in the spool and is
+        # published by the next recovery pass. A WAV now would have silence for it.
+        raise StorageUnavailable(
+            f"Part of the audio of {recording.id!r} is still being published to the object "
+            "store; try again shortly."
+        )
     for stored in objects:
-        if stored.kind == AUDIO_KIND and stored.track in (LEFT, RIGHT):
+        if (
+            stored.kind == AUDIO_KIND
+            and stored.state == "committed"
+            and stored.track in (LEFT, RIGHT)
+        ):
             stream = await services.vault.open_object(tenant, stored.id)
             tracks.setdefault(stored.track, []).append(stream)
     await catalog.append_audit(

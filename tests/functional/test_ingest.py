@@ -453,7 +453,8 @@ async def test_audio_is_flushed_every_interval(clocked_gateway: Gateway, clock: 
 
 
 class SlowStore:
-    """Wraps the real store; every upload flush waits on an event the test controls."""
+    """Wraps the real spool (or a store); every upload's flush waits on an event the test
+    controls, like a disk or store that stopped answering."""
 
     def __init__(self, inner: Any, gate: asyncio.Event) -> None:
         self._inner = inner
@@ -488,7 +489,7 @@ async def test_a_slow_store_pushes_back_instead_of_buffering(
 
     async def slow_store(app: web.Application) -> Any:
         vault = app[SERVICES].vault
-        vault.store = SlowStore(vault.store, gate)
+        vault.spool = SlowStore(vault.spool, gate)  # live audio is flushed to the spool
         yield
 
     app.cleanup_ctx.insert(1, slow_store)
@@ -627,3 +628,48 @@ async def test_audiosocket_refuses_peers_outside_the_allowed_networks(
         0xFF, b"forbidden_network"
     )
     writer.close()
+
+
+class DownStore:
+    """The object store during an outage: every upload fails."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def open_upload(self, key: str) -> Any:
+        from crypto.errors import StorageUnavailable
+
+        raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")
+
+
+async def test_a_store_outage_at_the_end_of_a_call_loses_nothing(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant)
+    spool = gateway.app[SERVICES].vault.spool
+    store = spool._store
+    spool._store = DownStore(store)  # the store goes down during the call
+    inbound = ULAW.encode(tone(1.0, 440, seed=12))
+    assert await stream_twilio(gateway, tenant, announced["call_id"], inbound, None) == (
+        1000,
+        "stop",
+    )
+
+    meta = await recording(gateway, tenant, announced["recording_id"])
+    assert meta["status"] == "recorded" and meta["duration_s"] == 1.0
+    response = await gateway.client.get(
+        f"/v1/recordings/{announced['recording_id']}/audio", headers=bearer(tenant.admin)
+    )
+    assert response.status == 503  # not a WAV with silence where the audio will be
+    assert (await response.json())["error"] == "storage_unavailable"
+
+    assert await gateway.app[CALLS].recover(clock.now()) == 0  # still down: kept in the spool
+    spool._store = store  # the store is back; the ticker's next recovery pass publishes
+    assert await gateway.app[CALLS].recover(clock.now()) == 1
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert np.array_equal(pcm[:, 0], ULAW.decode(inbound))

@@ -1,0 +1,185 @@
+"""The spool: local durability for objects that are still being written (live call tracks).
+
+Promise 7 says acknowledged audio survives a crash, a storage outage or a dropped
+connection, losing at most one flush interval. An object store cannot promise that on its
+own: S3 keeps nothing of a multipart upload below 5 MiB, and no store lets a new process
+continue an upload that a dead one started. So a live track's *sealed* bytes go to a file
+here (``<data dir>/spool/<object key>.sealed``, mode 0600) and every ``flush`` fsyncs it;
+the whole object is published to the store when it is committed, and the file removed.
+
+After a crash, or when the store was down at commit time, the file is still here: the vault
+opens what verifies (``ObjectReader.salvage``), closes it (``ObjectWriter.resume``) and
+publishes it (``MediaVault.recover_spooled``). Only ciphertext is ever written here.
+
+File I/O runs in threads (``asyncio.to_thread``): an fsync can take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from crypto.errors import StorageUnavailable
+from storage.store import ObjectStore, check_key
+
+SUFFIX = ".sealed"
+CHUNK = 1 << 20
+
+
+class Spool:
+    """Spooled uploads of one node, and what is left of them after a crash."""
+
+    def __init__(self, root: Path, store: ObjectStore) -> None:
+        self.root = root
+        self._store = store
+        self._open: set[str] = set()
+
+    def path(self, key: str) -> Path:
+        return self.root / (check_key(key) + SUFFIX)
+
+    async def open_upload(self, key: str) -> SpooledUpload:
+        """Start spooling a new object (its file must not exist yet)."""
+        path = self.path(key)
+        handle = await asyncio.to_thread(_create, path)
+        self._open.add(key)
+        return SpooledUpload(self, key, handle)
+
+    def is_open(self, key: str) -> bool:
+        """Whether a live upload of this process is writing the key (not left over)."""
+        return key in self._open
+
+    def keys(self) -> list[str]:
+        """The keys of every spooled object on disk, live or left over."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix()[: -len(SUFFIX)]
+            for path in _files(self.root)
+            if path.name.endswith(SUFFIX)
+        )
+
+    async def read(self, key: str) -> bytes:
+        return await asyncio.to_thread(self.path(key).read_bytes)
+
+    async def publish(self, key: str, *, length: int | None = None, tail: bytes = b"") -> int:
+        """Upload the spooled object (its first ``length`` bytes, then ``tail``) to the
+        store under ``key`` and remove the spool file; return the stored size. On a store
+        failure the file stays, so publishing can be tried again."""
+        source = await asyncio.to_thread(self.path(key).open, "rb")
+        try:
+            upload = await self._store.open_upload(key)
+            try:
+                remaining = length
+                while remaining is None or remaining > 0:
+                    size = CHUNK if remaining is None else min(CHUNK, remaining)
+                    chunk = await asyncio.to_thread(source.read, size)
+                    if not chunk:
+                        break
+                    await upload.write(chunk)
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                if tail:
+                    await upload.write(tail)
+                stored = await upload.commit()
+            except BaseException:
+                await upload.abort()
+                raise
+        finally:
+            await asyncio.to_thread(source.close)
+        await self.discard(key)
+        return stored
+
+    async def discard(self, key: str) -> None:
+        """Remove a spool file (idempotent)."""
+        self._open.discard(key)
+        await asyncio.to_thread(_unlink, self.path(key))
+
+    def _closed(self, key: str) -> None:
+        self._open.discard(key)
+
+
+class SpooledUpload:
+    """An ``ObjectUpload`` whose bytes are durable on local disk at every ``flush`` and
+    reach the store at ``commit``."""
+
+    def __init__(self, spool: Spool, key: str, handle: BinaryIO) -> None:
+        self._spool = spool
+        self._key = key
+        self._handle: BinaryIO | None = handle
+
+    async def write(self, data: bytes | bytearray) -> None:
+        await asyncio.to_thread(self._file().write, data)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(_sync, self._file())
+
+    async def commit(self) -> int:
+        handle = self._file()
+        await asyncio.to_thread(_sync_and_close, handle)
+        self._handle = None
+        self._spool._closed(self._key)
+        return await self._spool.publish(self._key)
+
+    async def abort(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            await asyncio.to_thread(handle.close)
+        await self._spool.discard(self._key)
+
+    def _file(self) -> BinaryIO:
+        if self._handle is None:
+            raise StorageUnavailable(f"the spooled upload of {self._key} is closed")
+        return self._handle
+
+
+def _create(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise StorageUnavailable(
+            f"cannot create the spool file for {path.name}: {e.strerror or e}",
+            store_code=type(e).__name__,
+        ) from e
+    _sync_directory(path.parent)  # the file's existence survives a crash too
+    return os.fdopen(fd, "wb")
+
+
+def _sync(handle: BinaryIO) -> None:
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())
+    except OSError as e:
+        raise StorageUnavailable(
+            f"the spool could not be synced: {e.strerror or e}", store_code=type(e).__name__
+        ) from e
+
+
+def _sync_and_close(handle: BinaryIO) -> None:
+    try:
+        _sync(handle)
+    finally:
+        handle.close()
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _files(root: Path) -> Iterator[Path]:
+    for path in root.rglob("*"):
+        if path.is_file():
+            yield path

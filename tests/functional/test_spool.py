@@ -1,0 +1,128 @@
+"""The spool (promise 7): a live object's flushed audio survives a crash of the process and
+an outage of the object store, and is published once the process or the store is back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crypto.errors import StorageUnavailable
+from storage.spool import Spool
+from storage.vault import MediaVault, SealingUpload
+from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
+
+__all__ = ["parts"]  # the fixture, shared with the vault's tests
+
+FLUSHED = AUDIO[:50_000]
+UNFLUSHED = AUDIO[50_000:51_000]
+
+
+def spooled_vault(parts: Parts, store: Any = None) -> MediaVault:
+    """A vault as ``serve`` builds it: live objects go through a spool in the data dir. A
+    new one over the same directory is what a restarted process sees."""
+    store = store or parts.store
+    return MediaVault(
+        catalog=parts.catalog,
+        store=store,
+        keys=parts.keyring,
+        segment_size=4096,
+        spool=Spool(parts.data_dir / "spool", store),
+    )
+
+
+async def live_upload(vault: MediaVault) -> SealingUpload:
+    upload = await vault.create_object(
+        tenant="acme", kind="audio", data_class="recordings", track="inbound", now=T0, spooled=True
+    )
+    for start in range(0, len(FLUSHED), 1000):
+        await upload.write(FLUSHED[start : start + 1000])
+        if start % 16_000 == 0:
+            await upload.flush()
+    await upload.flush()
+    await upload.write(UNFLUSHED)  # acknowledged but not yet flushed: may be lost
+    return upload
+
+
+async def crash(vault: MediaVault) -> SealingUpload:
+    """A live upload whose process dies: its spool file is left as the last flush left it
+    (the file handle is closed, as the kernel does for a dead process)."""
+    upload = await live_upload(vault)
+    upload._upload._handle.close()  # type: ignore[attr-defined]
+    return upload
+
+
+class DownStore:
+    """The object store during an outage: every upload fails."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def open_upload(self, key: str) -> Any:
+        raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")
+
+
+async def test_a_spooled_object_reaches_the_store_at_commit(parts: Parts) -> None:
+    vault = spooled_vault(parts)
+    upload = await live_upload(vault)
+    key = upload.record.store_key
+    assert vault.spool is not None
+    assert vault.spool.path(key).stat().st_size > len(FLUSHED)  # sealed, fsynced
+    assert vault.spool.path(key).stat().st_mode & 0o777 == 0o600
+    assert not await parts.store.exists(key)
+    await upload.commit(now=T0)
+    assert await parts.store.exists(key)
+    assert not vault.spool.path(key).exists()
+    assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+
+
+async def test_after_a_crash_the_flushed_audio_is_recovered(parts: Parts) -> None:
+    crashed = await crash(spooled_vault(parts))  # the process dies here: no commit
+    restarted = spooled_vault(parts)
+    [recovered] = await restarted.recover_spooled(now=T0)
+    assert recovered.record.id == crashed.object_id
+    assert recovered.record.state == "committed"
+    assert recovered.plaintext == FLUSHED
+    assert await restarted.read_object("acme", crashed.object_id) == FLUSHED
+    assert restarted.spool is not None and restarted.spool.keys() == []
+    assert await restarted.recover_spooled(now=T0) == []  # done once
+
+
+async def test_an_outage_at_commit_keeps_the_whole_object_for_later(parts: Parts) -> None:
+    vault = spooled_vault(parts, DownStore(parts.store))
+    upload = await live_upload(vault)
+    with pytest.raises(StorageUnavailable):
+        await upload.commit(now=T0)
+    assert (await parts.catalog.get_object(upload.object_id, "acme")).state == "writing"
+    assert await vault.recover_spooled(now=T0) == []  # still down: kept, not lost
+    back = spooled_vault(parts)
+    [recovered] = await back.recover_spooled(now=T0)
+    assert recovered.plaintext == FLUSHED + UNFLUSHED  # closed before the outage: all of it
+    assert await back.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+
+
+async def test_live_uploads_are_never_taken_for_left_overs(parts: Parts) -> None:
+    vault = spooled_vault(parts)
+    upload = await live_upload(vault)
+    assert await vault.recover_spooled(now=T0) == []
+    await upload.commit(now=T0)
+    assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+
+
+async def test_left_overs_of_shredded_objects_are_discarded(parts: Parts) -> None:
+    crashed = await crash(spooled_vault(parts))
+    restarted = spooled_vault(parts)
+    await restarted.shred_object("acme", crashed.object_id, now=T0)
+    assert await restarted.recover_spooled(now=T0) == []
+    assert restarted.spool is not None and restarted.spool.keys() == []
+
+
+async def test_the_spool_holds_no_plaintext(parts: Parts) -> None:
+    await crash(spooled_vault(parts))  # its spool file stays
+    at_rest = await everything_at_rest(parts)
+    assert (parts.data_dir / "spool").is_dir()
+    for start in range(0, len(FLUSHED) - 64, 64):
+        assert FLUSHED[start : start + 64] not in at_rest
