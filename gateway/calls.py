@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crypto.errors import BadRequest, CallvaultError, NotFound, PolicyRefused, StreamRefused
-from gateway.instructions import default_instructions, parse_instructions
+from gateway.instructions import default_instructions, normalize_number, parse_instructions
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import CallSession, EndReason, SessionLimits
@@ -111,8 +111,23 @@ def parse_announcement(data: object) -> CallAnnouncement:
                 "call_id: an AudioSocket call id must be a UUID.", code="invalid_call"
             ) from None
     return announcement.model_copy(
-        update={"codec": codec, "sample_rate": rate, "call_id": call_id or str(uuid.uuid4())}
+        update={
+            "codec": codec,
+            "sample_rate": rate,
+            "call_id": call_id or str(uuid.uuid4()),
+            "from_number": _canonical(announcement.from_number),
+            "to_number": _canonical(announcement.to_number),
+        }
     )
+
+
+def _canonical(party: str) -> str:
+    """A phone number in the one form the catalog stores and searches (``+40712345678``);
+    anything else a PBX may send for a party (``anonymous``, a SIP URI) is kept as given."""
+    try:
+        return normalize_number(party)
+    except ValueError:
+        return party
 
 
 @dataclass(frozen=True, slots=True)

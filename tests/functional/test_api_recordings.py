@@ -364,3 +364,17 @@ async def test_only_an_admin_reads_audio(gateway: Gateway, role: str) -> None:
     assert response.status == 403
     assert (await response.json())["error"] == "forbidden"
     assert await audio_reads(gateway, "acme") == []
+
+
+async def test_numbers_are_stored_in_one_form_so_any_formatting_finds_them(
+    gateway: Gateway,
+) -> None:
+    tenant = await gateway.tenant("acme", RECORDING_ON)
+    call = await record_call(gateway, tenant, **{"from": "+40 (711) 222-333", "to": "anonymous"})
+    for query in ("+40711222333", "+40 711 222 333", "+40-711-222-333"):
+        assert await ids(gateway, tenant, number=query) == [call.recording_id]
+    response = await gateway.client.get(
+        f"/v1/recordings/{call.recording_id}", headers=bearer(tenant.admin)
+    )
+    body = await response.json()
+    assert (body["from"], body["to"]) == ("+40711222333", "anonymous")

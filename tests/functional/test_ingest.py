@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -552,6 +553,10 @@ async def test_shutdown_finalizes_open_calls(
         assert rec.samples == 3200
         objects = await reopened.list_objects("acme", recording_id=rec.id)
         assert [o.state for o in objects] == ["committed"]
+        job = await reopened.claim_job("test", datetime.now(UTC), timedelta(minutes=1))
+        assert job is not None
+        assert (job.kind, job.recording_id, job.tenant_id) == ("analyze", rec.id, "acme")
+        assert await reopened.claim_job("test", datetime.now(UTC), timedelta(minutes=1)) is None
     finally:
         await reopened.close()
     del catalog
