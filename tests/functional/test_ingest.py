@@ -164,31 +164,44 @@ async def test_a_stream_for_a_call_refused_at_announcement_gets_its_refusal(
     assert await objects_of(gateway, "acme") == []
 
 
+@pytest.mark.parametrize(
+    ("instructions", "consent", "code"),
+    [
+        ({}, "granted", "recording_not_instructed"),
+        (RECORD, "denied", "consent_missing"),
+        ({**NO_CONSENT, "exclude_numbers": ["+40711111111"]}, "granted", "number_excluded"),
+    ],
+)
 async def test_audiosocket_refusals_answer_with_an_error_frame(
-    gateway: Gateway, gateway_settings: Settings
+    gateway: Gateway,
+    gateway_settings: Settings,
+    instructions: dict[str, Any],
+    consent: str,
+    code: str,
 ) -> None:
-    tenant = await gateway.tenant("acme", RECORD)
+    tenant = await gateway.tenant("acme", instructions)
     refused = str(uuid.uuid4())
     response = await gateway.client.post(
         "/v1/tenants/acme/calls",
         json={
             "call_id": refused,
-            "from": "+4071",
-            "to": "+4072",
+            "from": "+40711111111",
+            "to": "+40722222222",
             "transport": "audiosocket",
-            "consent": "denied",
+            "consent": consent,
         },
         headers=bearer(tenant.pbx),
     )
-    assert (await response.json())["error"] == "consent_missing"
+    assert response.status == 403
+    assert (await response.json())["error"] == code
     port = gateway_settings.audiosocket.port
-    for call_id, code in ((refused, b"consent_missing"), (str(uuid.uuid4()), b"unknown_call")):
+    for call_id, answer_code in ((refused, code), (str(uuid.uuid4()), "unknown_call")):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(audiosocket_uuid(call_id) + audiosocket_frame(0x10, b"\x00\x01" * 160))
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), timeout=10)
         writer.close()
-        assert answer == audiosocket_frame(0xFF, code)
+        assert answer == audiosocket_frame(0xFF, answer_code.encode())
     assert await objects_of(gateway, "acme") == []
 
 
