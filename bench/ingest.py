@@ -2,7 +2,7 @@
 the decryption floor, on the same input in the same run.
 
 DESIGN.md says the event loop, not the crypto, sets ingest capacity. This program measures
-how much of a core callvault spends per audio message and per call-second, next to what any
+how much of a core callvault spends per audio message and per call, next to what any
 receiver of the same stream must spend at least:
 
 * **Twilio ingest**: C concurrent calls, each streaming S seconds of two-track µ-law as
@@ -10,10 +10,16 @@ receiver of the same stream must spend at least:
   per 20 ms) as fast as the client can send, then ``stop`` and wait for the 1000 close.
   Baseline (``bare``): a WebSocket route on the same server, made like callvault's, that
   JSON-parses and base64-decodes every message, discards the audio and closes 1000 on
-  ``stop`` -- the least any Twilio receiver does.
+  ``stop``: the least any Twilio receiver does.
 * **fork ingest**: the same with mod_audio_fork's framing: one metadata text frame, binary
   640-byte frames of stereo L16 (20 ms at 8 kHz), a ``stop`` text frame. Baseline: a route
   that receives the frames, parses the text ones and discards the binary ones.
+* **Live pace**: as fast as possible, many messages arrive per socket read and per loop
+  wake-up, and a short call's start and end weigh on every message; a live call sends one
+  frame every 20 ms. So both transports also run P calls that each send on a 20 ms clock
+  (their ticks spread evenly), and the CPU is measured over the steady state only, without
+  the calls' first and last second: the share of a core the server needs for P live calls,
+  and from it the live calls one core carries.
 * **Export**: ``GET /v1/recordings/{id}/audio`` (the stereo WAV) of a recorded call, against
   reading the same committed objects' plaintext through ``MediaVault.read_object`` and
   concatenating it (the decryption floor of any export).
@@ -24,16 +30,18 @@ thread's event loop and an ``aiohttp.ClientSession`` on an event loop of its own
 second thread. The client has its own thread so that its CPU time can be taken apart from
 the server's: ``time.thread_time`` in the client thread is the client's share, and the
 process's CPU time (``time.process_time``) minus it is the server's (its loop plus the
-catalog's and the file store's worker threads). Both figures are reported, with the whole
-process's too.
+catalog's, the spool's and the file store's worker threads). Both are reported, and the
+whole process.
 
-Each contestant runs ROUNDS times, alternating with the other in every round (the order
-flips each round). Throughput (messages/s, x real time) is the best round's; CPU per
-message is the median round's; a ratio is the median over rounds of the two contestants'
-ratio in the same round, which cancels most of a shared machine's drift. Prints markdown
+Each contestant runs ``--rounds`` times (``--paced-rounds`` at live pace), alternating
+with the other in every round (the order flips each round). Throughput (messages/s, x real
+time) is the best round's; CPU per message is the median round's; a ratio is the median over
+rounds of the two contestants' ratio in the same round, which cancels most of a shared
+machine's drift. Every run checks that the server took every audio frame. Prints markdown
 tables and one JSON line.
 
-    python bench/ingest.py [--calls 1,10,50] [--seconds 20] [--rounds 3] [--export-seconds 300]
+    python bench/ingest.py [--calls 1,10,50] [--seconds 20] [--rounds 3] [--paced-calls 50]
+                           [--paced-seconds 8] [--paced-rounds 2] [--export-seconds 300]
 """
 
 from __future__ import annotations
@@ -42,13 +50,16 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 from aiohttp import WSMsgType, web  # noqa: E402
-from aiohttp.test_utils import TestServer  # noqa: E402
+from aiohttp.test_utils import BaseTestServer, TestServer  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from gateway.app import build_app  # noqa: E402
@@ -74,7 +85,7 @@ from gateway.settings import (  # noqa: E402
     Settings,
     StoreSettings,
 )
-from gateway.state import SERVICES  # noqa: E402
+from gateway.state import SERVICES, SETTINGS  # noqa: E402
 from storage.media import codec  # noqa: E402
 
 RATE = 8000
@@ -295,6 +306,7 @@ class Plan:
     tail: list[Message]
     per_period: int
     paced: bool
+    flush_interval_s: float
 
 
 async def _send(ws: aiohttp.ClientWebSocketResponse, message: Message) -> None:
@@ -351,9 +363,14 @@ async def _client(plan: Plan, seconds: int) -> Run:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         loop = asyncio.get_running_loop()
         calls = len(plan.heads)
-        # Live calls are not in step with each other: spread their 20 ms ticks evenly.
         first = loop.time() + 0.25
-        dues = [first + k * FRAME_MS / 1000 / calls for k in range(calls)]
+        # Live calls neither start together nor tick in step. Paced calls start spread over
+        # one flush interval (so their timed flushes do not all fall in the same instant,
+        # which only calls started in the same 20 ms would do) and their 20 ms ticks are
+        # spread evenly too.
+        spread = min(plan.flush_interval_s, seconds / 4) if plan.paced else 0.0
+        step = (spread + FRAME_MS / 1000) / calls
+        dues = [first + k * step for k in range(calls)]
         start = _mark(sending)
         running = asyncio.gather(
             *(
@@ -364,10 +381,11 @@ async def _client(plan: Plan, seconds: int) -> Run:
         if not plan.paced:
             await running
             return _between(start, _mark(sending))
-        # Paced: measure the steady state only, between the calls' first and last second
-        # (connecting, starting, sealing and committing happen outside this window).
+        # Paced: measure the steady state only, from a margin after the last call started
+        # to a margin before the first one ends (connecting, starting, sealing and
+        # committing happen outside this window).
         margin = min(1.0, seconds / 5)
-        await asyncio.sleep(first + margin - loop.time())
+        await asyncio.sleep(dues[-1] + margin - loop.time())
         opened = _mark(sending)
         sending.in_window = True
         await asyncio.sleep(first + seconds - margin - loop.time())
@@ -395,16 +413,30 @@ def run_client(plan: Plan, seconds: int) -> Run:
 class Bench:
     """The server under test, a tenant that records without consent, and its tokens."""
 
-    server: TestServer
+    app: web.Application
+    server: BaseTestServer
     http: aiohttp.ClientSession
     registry: CollectorRegistry
-    tenant: str
-    pbx: str
-    admin: str
+    tenant: str = "bench"
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer tokens by role: the operator's, and the tenant's pbx and admin tokens."""
     recordings: dict[str, str] = field(default_factory=dict)
     """call id -> recording id of every call announced."""
+    client_thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bench-client")
+    )
+    """The one thread the client runs in (its event loop is made anew for every run)."""
+
+    @property
+    def pbx(self) -> str:
+        return self.tokens["pbx"]
+
+    @property
+    def admin(self) -> str:
+        return self.tokens["admin"]
 
     async def call(self, method: str, path: str, token: str, body: object = None) -> Any:
+        """One control-API request; its JSON answer (any non-2xx answer is an error)."""
         async with self.http.request(
             method,
             self.server.make_url(path),
@@ -415,20 +447,35 @@ class Bench:
                 raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
             return await response.json()
 
+    async def set_up_tenant(self) -> None:
+        """Create the tenant, its pbx and admin tokens, and instruct it to record."""
+        operator = self.tokens["operator"]
+        await self.call("POST", "/v1/tenants", operator, {"id": self.tenant, "name": "Bench"})
+        for role in ("pbx", "admin"):
+            answer = await self.call(
+                "POST", f"/v1/tenants/{self.tenant}/tokens", operator, {"role": role}
+            )
+            self.tokens[role] = answer["token"]
+        await self.call("PUT", f"/v1/tenants/{self.tenant}/instructions", self.admin, INSTRUCTIONS)
+
     async def announce(self, transport: str) -> str:
         body = {"from": "+40711111111", "to": "+40722222222", "transport": transport}
         answer = await self.call("POST", f"/v1/tenants/{self.tenant}/calls", self.pbx, body)
         self.recordings[answer["call_id"]] = answer["recording_id"]
         return str(answer["call_id"])
 
-    def frames_in(self, transport: str) -> float:
+    def frames_in(self, transport: str) -> int:
+        """``callvault_frames_in`` of a transport: the audio frames the gateway took."""
         value = self.registry.get_sample_value(
             "callvault_frames_in_total", {"transport": transport}
         )
-        return value or 0.0
+        return int(value or 0)
 
 
-async def open_bench(data_dir: Path) -> tuple[Bench, Callable[[], Any]]:
+@asynccontextmanager
+async def open_bench(data_dir: Path) -> AsyncIterator[Bench]:
+    """The gateway on embedded defaults in ``data_dir``, with the bare routes beside its
+    own, serving on loopback; a tenant set up to record."""
     # Every setting is given explicitly (none left to CALLVAULT_* variables), so that the
     # environment cannot point the bench at another catalog or store.
     settings = Settings(
@@ -446,23 +493,16 @@ async def open_bench(data_dir: Path) -> tuple[Bench, Callable[[], Any]]:
     app[TALLY] = Tally()
     app.router.add_get("/bench/bare/twilio", bare_twilio)
     app.router.add_get("/bench/bare/fork", bare_fork)
-    server = BenchServer(app)
-    await server.start_server()
-    http = aiohttp.ClientSession()
-    operator = await ensure_operator_token(app[SERVICES].catalog, None, now=datetime.now(UTC))
-    assert operator is not None
-    bench = Bench(server, http, registry, tenant="bench", pbx="", admin="")
-    await bench.call("POST", "/v1/tenants", operator, {"id": "bench", "name": "Bench"})
-    for role in ("pbx", "admin"):
-        answer = await bench.call("POST", "/v1/tenants/bench/tokens", operator, {"role": role})
-        setattr(bench, role, answer["token"])
-    await bench.call("PUT", "/v1/tenants/bench/instructions", bench.admin, INSTRUCTIONS)
-
-    async def close() -> None:
-        await http.close()
-        await server.close()
-
-    return bench, close
+    async with BenchServer(app) as server, aiohttp.ClientSession() as http:
+        operator = await ensure_operator_token(app[SERVICES].catalog, None, now=datetime.now(UTC))
+        if operator is None:
+            raise RuntimeError("a fresh data dir already had an operator token")
+        bench = Bench(app, server, http, registry, tokens={"operator": operator})
+        try:
+            await bench.set_up_tenant()
+            yield bench
+        finally:
+            bench.client_thread.shutdown()
 
 
 async def stream_calls(
@@ -479,10 +519,10 @@ async def stream_calls(
     the client thread; checks that the server took every audio frame."""
     if bare:
         call_ids = [f"bare-{i}" for i in range(calls)]
-        path, before = f"/bench/bare/{transport}", bench.server.app[TALLY].messages
+        path, before = f"/bench/bare/{transport}", bench.app[TALLY].messages
     else:
         call_ids = [await bench.announce(transport) for _ in range(calls)]
-        path, before = f"/v1/ingest/{transport}", int(bench.frames_in(transport))
+        path, before = f"/v1/ingest/{transport}", bench.frames_in(transport)
     plan = Plan(
         url=str(bench.server.make_url(path)),
         # Twilio carries the token in start (it cannot set headers); fork on the upgrade.
@@ -492,12 +532,17 @@ async def stream_calls(
         tail=script.tail,
         per_period=script.per_period,
         paced=paced,
+        flush_interval_s=bench.app[SETTINGS].ingest.flush_interval.total_seconds(),
     )
-    run = await asyncio.to_thread(run_client, plan, seconds)
+    # A thread of the bench's own, not the loop's default executor: the gateway hands its
+    # spool's file I/O to that executor, and the client must not take one of its workers.
+    run = await asyncio.get_running_loop().run_in_executor(
+        bench.client_thread, run_client, plan, seconds
+    )
     if bare:
-        taken, expected = bench.server.app[TALLY].messages - before, script.audio_messages * calls
+        taken, expected = bench.app[TALLY].messages - before, script.audio_messages * calls
     else:
-        taken, expected = int(bench.frames_in(transport)) - before, script.audio_events * calls
+        taken, expected = bench.frames_in(transport) - before, script.audio_events * calls
     if taken != expected:
         raise RuntimeError(f"{transport}: the server took {taken} audio frames of {expected}")
     return run
@@ -530,17 +575,13 @@ async def run_rounds(
     return runs
 
 
-def _us(seconds: float, messages: int) -> float:
-    return round(seconds / messages * 1e6, 2)
-
-
 def cpu_figures(runs: dict[str, list[Run]]) -> dict[str, float | int]:
     """CPU per audio message (median round) of each contestant, and the per-round ratios."""
     row: dict[str, float | int] = {}
     for name, each in runs.items():
         for part in ("process", "client", "server"):
-            row[f"{name}_{part}_us_per_message"] = statistics.median(
-                _us(getattr(r, f"{part}_cpu_s"), r.messages) for r in each
+            row[f"{name}_{part}_us_per_message"] = round(
+                statistics.median(getattr(r, f"{part}_cpu_s") / r.messages for r in each) * 1e6, 2
             )
     cv, bare = runs["callvault"], runs["bare"]
     for part in ("server", "process"):
@@ -583,6 +624,8 @@ async def bench_paced(
     row: dict[str, float | int] = {"calls": calls}
     for name, each in runs.items():
         share = statistics.median(r.server_cpu_s / r.wall_s for r in each)
+        if share <= 0:
+            raise RuntimeError(f"{transport}: no server CPU time measured; lengthen the run")
         row[f"{name}_server_core_share"] = round(share, 3)
         row[f"{name}_calls_per_core"] = round(calls / share)
         row[f"{name}_max_lag_ms"] = round(max(r.max_lag_s for r in each) * 1000, 1)
@@ -595,7 +638,7 @@ async def bench_export(bench: Bench, seconds: int, rounds: int) -> dict[str, flo
     its objects' plaintext through the vault."""
     await stream_calls(bench, "twilio", twilio_script(seconds), 1, bare=False, seconds=seconds)
     recording = bench.recordings[next(reversed(bench.recordings))]
-    vault = bench.server.app[SERVICES].vault
+    vault = bench.app[SERVICES].vault
     stored = await vault.catalog.list_objects(bench.tenant, recording_id=recording)
     objects = [o.id for o in stored if o.kind == AUDIO_KIND and o.state == "committed"]
     url = bench.server.make_url(f"/v1/recordings/{recording}/audio")
@@ -732,7 +775,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    calls = [int(c) for c in args.calls.split(",")]
+    calls: list[int] = args.calls
     scripts = {"twilio": twilio_script(args.seconds), "fork": fork_script(args.seconds)}
     paced = {"twilio": twilio_script(args.paced_seconds), "fork": fork_script(args.paced_seconds)}
     report: dict[str, Any] = {
@@ -742,10 +785,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "paced_calls": args.paced_calls,
         "paced_seconds": args.paced_seconds,
+        "paced_rounds": args.paced_rounds,
     }
     with tempfile.TemporaryDirectory(prefix="callvault-bench-") as tmp:
-        bench, close = await open_bench(Path(tmp) / "var")
-        try:
+        async with open_bench(Path(tmp) / "var") as bench:
             for transport, script in scripts.items():
                 report[transport] = [
                     await bench_ingest(bench, transport, script, c, args.seconds, args.rounds)
@@ -753,31 +796,58 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ]
             report["paced"] = {
                 transport: await bench_paced(
-                    bench, transport, script, args.paced_calls, args.paced_seconds, args.rounds
+                    bench,
+                    transport,
+                    script,
+                    args.paced_calls,
+                    args.paced_seconds,
+                    args.paced_rounds,
                 )
                 for transport, script in paced.items()
             }
             report["export"] = await bench_export(bench, args.export_seconds, args.rounds)
-        finally:
-            await close()
     return report
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def positive_list(text: str) -> list[int]:
+    return [positive(part) for part in text.split(",")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", default="1,10,50", help="concurrent calls, comma-separated")
-    parser.add_argument("--seconds", type=int, default=20, help="audio seconds per call")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (median ratio, best rate)")
-    parser.add_argument("--paced-calls", type=int, default=100, help="calls in the live-pace run")
-    parser.add_argument("--paced-seconds", type=int, default=6, help="seconds of the live-pace run")
-    parser.add_argument("--export-seconds", type=int, default=300, help="length of exported call")
+    parser.add_argument(
+        "--calls", type=positive_list, default=[1, 10, 50], help="concurrent calls, e.g. 1,10,50"
+    )
+    parser.add_argument("--seconds", type=positive, default=20, help="audio seconds per call")
+    parser.add_argument("--rounds", type=positive, default=3, help="rounds of each contestant")
+    parser.add_argument(
+        "--paced-calls", type=positive, default=50, help="calls of the live-pace run"
+    )
+    parser.add_argument(
+        "--paced-seconds", type=positive, default=8, help="seconds of the live-pace run"
+    )
+    parser.add_argument(
+        "--paced-rounds", type=positive, default=2, help="rounds of the live-pace run"
+    )
+    parser.add_argument(
+        "--export-seconds", type=positive, default=300, help="length of the exported call"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     report = asyncio.run(run(args))
     print(
-        f"# {args.seconds} s per call, {args.rounds} rounds (rates: best round; CPU: median "
-        f"round; ratios: median of per-round ratios), {platform.processor() or platform.machine()}"
-        f", Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
+        f"# fast: {args.seconds} s per call, {args.rounds} rounds; live pace: "
+        f"{args.paced_calls} calls, {args.paced_seconds} s, {args.paced_rounds} rounds "
+        "(rates: best round; CPU: median round; ratios: median of per-round ratios); "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, aiohttp {aiohttp.__version__}; "
         f"{time.perf_counter() - started:.0f} s in all"
     )
     print_report(report)

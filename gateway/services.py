@@ -65,6 +65,7 @@ async def open_services(
     try:
         await catalog.migrate()
         store = open_configured_store(settings)
+        spool = Spool(settings.data_dir / "spool", store)
         try:
             vault = MediaVault(
                 catalog=catalog,
@@ -72,10 +73,11 @@ async def open_services(
                 keys=keys,
                 segment_size=settings.crypto.segment_size,
                 registry=registry,
-                spool=Spool(settings.data_dir / "spool", store),
+                spool=spool,
             )
             yield Services(catalog=catalog, store=store, keys=keys, vault=vault)
         finally:
+            await spool.close()
             await store.close()
     finally:
         await catalog.close()

@@ -11,7 +11,8 @@ After a crash, or when the store was down at commit time, the file is still here
 opens what verifies (``ObjectReader.salvage``), closes it (``ObjectWriter.resume``) and
 publishes it (``MediaVault.recover_spooled``). Only ciphertext is ever written here.
 
-File I/O runs in threads (``asyncio.to_thread``): an fsync can take milliseconds.
+File I/O runs in the spool's own small thread pool (an fsync can take milliseconds, and a
+slow disk must not starve the loop's default executor, which others share).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from crypto.errors import StorageUnavailable
 from storage.store import ObjectStore, check_key
@@ -29,14 +31,25 @@ from storage.store import ObjectStore, check_key
 SUFFIX = ".sealed"
 CHUNK = 1 << 20
 
+_T = TypeVar("_T")
+
 
 class Spool:
     """Spooled uploads of one node, and what is left of them after a crash."""
 
-    def __init__(self, root: Path, store: ObjectStore) -> None:
+    def __init__(self, root: Path, store: ObjectStore, *, max_workers: int = 4) -> None:
         self.root = root
         self._store = store
         self._open: set[str] = set()
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spool")
+
+    async def run(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run blocking file I/O ``fn(*args)`` in the spool's pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def close(self) -> None:
+        """Wait for pending file I/O and stop the pool."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def path(self, key: str) -> Path:
         return self.root / (check_key(key) + SUFFIX)
@@ -44,7 +57,7 @@ class Spool:
     async def open_upload(self, key: str) -> SpooledUpload:
         """Start spooling a new object (its file must not exist yet)."""
         path = self.path(key)
-        handle = await asyncio.to_thread(_create, path)
+        handle = await self.run(_create, path)
         self._open.add(key)
         return SpooledUpload(self, key, handle)
 
@@ -63,20 +76,20 @@ class Spool:
         )
 
     async def read(self, key: str) -> bytes:
-        return await asyncio.to_thread(self.path(key).read_bytes)
+        return await self.run(self.path(key).read_bytes)
 
     async def publish(self, key: str, *, length: int | None = None, tail: bytes = b"") -> int:
         """Upload the spooled object (its first ``length`` bytes, then ``tail``) to the
         store under ``key`` and remove the spool file; return the stored size. On a store
         failure the file stays, so publishing can be tried again."""
-        source = await asyncio.to_thread(self.path(key).open, "rb")
+        source = await self.run(_open_for_reading, self.path(key))
         try:
             upload = await self._store.open_upload(key)
             try:
                 remaining = length
                 while remaining is None or remaining > 0:
                     size = CHUNK if remaining is None else min(CHUNK, remaining)
-                    chunk = await asyncio.to_thread(source.read, size)
+                    chunk = await self.run(source.read, size)
                     if not chunk:
                         break
                     await upload.write(chunk)
@@ -89,14 +102,14 @@ class Spool:
                 await upload.abort()
                 raise
         finally:
-            await asyncio.to_thread(source.close)
+            await self.run(source.close)
         await self.discard(key)
         return stored
 
     async def discard(self, key: str) -> None:
         """Remove a spool file (idempotent)."""
         self._open.discard(key)
-        await asyncio.to_thread(_unlink, self.path(key))
+        await self.run(_unlink, self.path(key))
 
     def _closed(self, key: str) -> None:
         self._open.discard(key)
@@ -112,14 +125,14 @@ class SpooledUpload:
         self._handle: BinaryIO | None = handle
 
     async def write(self, data: bytes | bytearray) -> None:
-        await asyncio.to_thread(self._file().write, data)
+        await self._spool.run(self._file().write, data)
 
     async def flush(self) -> None:
-        await asyncio.to_thread(_sync, self._file())
+        await self._spool.run(_sync, self._file())
 
     async def commit(self) -> int:
         handle = self._file()
-        await asyncio.to_thread(_sync_and_close, handle)
+        await self._spool.run(_sync_and_close, handle)
         self._handle = None
         self._spool._closed(self._key)
         return await self._spool.publish(self._key)
@@ -127,7 +140,7 @@ class SpooledUpload:
     async def abort(self) -> None:
         if self._handle is not None:
             handle, self._handle = self._handle, None
-            await asyncio.to_thread(handle.close)
+            await self._spool.run(handle.close)
         await self._spool.discard(self._key)
 
     def _file(self) -> BinaryIO:
@@ -147,6 +160,10 @@ def _create(path: Path) -> BinaryIO:
         ) from e
     _sync_directory(path.parent)  # the file's existence survives a crash too
     return os.fdopen(fd, "wb")
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    return path.open("rb")
 
 
 def _sync(handle: BinaryIO) -> None:

@@ -24,3 +24,47 @@ def test_crypto_bench_runs_and_reports_every_column() -> None:
     for key in ("seal_vs_raw", "open_vs_raw", "seal_vs_esdk", "seal_vs_esdk_signed"):
         assert row[key] > 0
     assert "| 64 KiB |" in result.stdout
+
+
+def test_ingest_bench_runs_and_reports_every_figure() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "ingest.py"), "--calls", "1",
+         "--seconds", "1", "--rounds", "1", "--paced-calls", "1", "--paced-seconds", "1",
+         "--paced-rounds", "1", "--export-seconds", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "ingest"
+    assert (report["calls"], report["seconds"], report["rounds"]) == ([1], 1, 1)
+    per_message = [
+        f"{who}_{part}_us_per_message"
+        for who in ("bare", "callvault")
+        for part in ("process", "client", "server")
+    ]
+    for transport in ("twilio", "fork"):
+        (row,) = report[transport]
+        # One call of 1 s: 50 periods of 20 ms, two Twilio messages or one fork frame each.
+        assert row["messages_per_round"] == (100 if transport == "twilio" else 50)
+        for key in [
+            *per_message,
+            "bare_messages_per_s",
+            "callvault_messages_per_s",
+            "bare_x_realtime",
+            "callvault_x_realtime",
+            "server_cpu_ratio",
+            "process_cpu_ratio",
+            "throughput_ratio",
+        ]:
+            assert row[key] > 0, (transport, key)
+        paced = report["paced"][transport]
+        assert paced["calls"] == 1
+        for key in [*per_message, "bare_calls_per_core", "callvault_calls_per_core"]:
+            assert paced[key] > 0, (transport, key)
+        assert 0 < paced["callvault_server_core_share"] < 1
+    export = report["export"]
+    assert export["wav_bytes"] == 44 + 8000 * 4  # 1 s of 16-bit stereo at 8 kHz
+    assert export["objects"] == 2  # one sealed object per track
+    for key in ("export_wav_mbps", "floor_plaintext_mbps", "time_ratio"):
+        assert export[key] > 0, key
+    assert "| twilio |" in result.stdout and "| fork |" in result.stdout
+    assert result.stderr == ""
