@@ -473,19 +473,22 @@ class SlowStore:
     def __init__(self, inner: Any, gate: asyncio.Event) -> None:
         self._inner = inner
         self._gate = gate
+        self.stuck = asyncio.Event()
+        """Set once a flush is waiting at the gate."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     async def open_upload(self, key: str) -> Any:
         upload = await self._inner.open_upload(key)
-        gate = self._gate
+        gate, stuck = self._gate, self.stuck
 
         class Slow:
             def __getattr__(self, name: str) -> Any:
                 return getattr(upload, name)
 
             async def flush(self) -> None:
+                stuck.set()
                 await gate.wait()
                 await upload.flush()
 
@@ -500,10 +503,12 @@ async def test_a_slow_store_pushes_back_instead_of_buffering(
     )
     app = build_app(settings)
     gate = asyncio.Event()
+    slow: list[SlowStore] = []
 
     async def slow_store(app: web.Application) -> Any:
         vault = app[SERVICES].vault
-        vault.spool = SlowStore(vault.spool, gate)  # live audio is flushed to the spool
+        slow.append(SlowStore(vault.spool, gate))
+        vault.spool = slow[0]  # live audio is flushed to the spool
         yield
 
     app.cleanup_ctx.insert(1, slow_store)
@@ -515,11 +520,11 @@ async def test_a_slow_store_pushes_back_instead_of_buffering(
     await ws.send_str(twilio_start(call_id))
     inbound = ULAW.encode(tone(10.0, 440, seed=7))  # 80 KB, 20x the flush threshold
     sender = asyncio.create_task(_send_all(ws, list(twilio_call(inbound))))
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(slow[0].stuck.wait(), timeout=20)
     session = app[CALLS].live()[0]
     frames_in = app[METRICS].frames_in.labels("twilio")
     stalled_at = frames_in._value.get()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # time in which a gateway that kept reading would take frames
     # The store is stuck: the session holds at most one flush's worth plus one frame, and
     # the gateway stopped taking frames, so the rest waits in the socket, not in memory.
     assert session.buffered() <= 4096 + 160

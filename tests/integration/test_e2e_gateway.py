@@ -445,4 +445,10 @@ async def test_every_transport_round_trips_exactly_and_nothing_is_plaintext_at_r
     assert served.process.wait(timeout=STOP_TIMEOUT_S) == 0, served.log()
     log = served.log()
     assert "Traceback" not in log, log
+    # The log is structured (JSON lines) and holds no secret, although the fork stream
+    # carried its token in the URL and the refused Twilio stream in its start message.
+    assert '"logger": "callvault.access"' in log
+    secrets_used = [served.operator, acme.admin, acme.pbx, acme.processor, quiet.pbx]
+    for secret in secrets_used:
+        assert secret not in log and secret[3:] not in log
     assert_no_plaintext(data_dir_files(served.data_dir).items())
