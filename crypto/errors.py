@@ -152,6 +152,13 @@ class Gone(CallvaultError):
             self.code = code
 
 
+class TooLarge(CallvaultError):
+    """A request or an answer that would exceed a size limit."""
+
+    code = "too_large"
+    status = 413
+
+
 class InvalidInstructions(CallvaultError):
     """An instructions document with an unknown field or an invalid value; ``field`` is its
     dotted path (``retention.recordings``, ``exclude_numbers.2``)."""

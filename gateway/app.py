@@ -97,7 +97,11 @@ def build_app(
             metrics=app[METRICS],
         )
         app[CALLS] = calls
-        await calls.recover(app[CLOCK].now())  # what a crash left in the spool, before serving
+        # What a crash left in the spool, before serving; on a catalog no other node
+        # shares, also every other call still marked in progress.
+        await calls.recover(app[CLOCK].now())
+        if app[SERVICES].catalog.backend == "sqlite":
+            await calls.take_up_orphans(app[CLOCK].now())
         ticker = asyncio.create_task(_tick(calls, app[CLOCK]), name="callvault-ticker")
         yield
         ticker.cancel()

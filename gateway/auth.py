@@ -147,7 +147,7 @@ async def ensure_operator_token(
         digest = hash_secret(configured)
         if await catalog.find_token(digest) is None:
             await catalog.create_token(
-                id="tok_env_" + digest[:12],
+                id="tok_env_" + secrets.token_hex(6),  # not derived from the secret
                 tenant_id=None,
                 role="operator",
                 token_hash=digest,

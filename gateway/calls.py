@@ -22,11 +22,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crypto.errors import BadRequest, CallvaultError, NotFound, PolicyRefused, StreamRefused
+from crypto.errors import (
+    BadRequest,
+    CallvaultError,
+    Conflict,
+    NotFound,
+    PolicyRefused,
+    StreamRefused,
+)
 from gateway.instructions import default_instructions, normalize_number, parse_instructions
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
-from gateway.session import CallSession, EndReason, SessionLimits
+from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import Call, Catalog, Recording
 from storage.media import RecordParser, track_frames
 from storage.media import codec as media_codec
@@ -164,6 +171,12 @@ class CallRegistry:
         event) when the tenant's instructions do not allow it."""
         assert announcement.call_id and announcement.codec and announcement.sample_rate  # noqa: S101
         await self._catalog.get_tenant(tenant)
+        if announcement.transport == "audiosocket" and await self._catalog.find_calls(
+            announcement.call_id, transport="audiosocket"
+        ):
+            # AudioSocket names a call by its UUID alone: one UUID, one call, whichever
+            # tenant has it (the answer is the same as for this tenant's own duplicate).
+            raise Conflict(f"Call {announcement.call_id!r} already exists.")
         current = await self._catalog.current_instructions(tenant)
         if current is None:
             instructions, version = default_instructions(), None
@@ -251,7 +264,7 @@ class CallRegistry:
         self._sessions.pop((session.tenant, session.call_id), None)
         self._metrics.active_calls.set(len(self._sessions))
 
-    async def session(self, tenant: str, call_id: str) -> CallSession:
+    async def session(self, tenant: str, call_id: str, now: datetime) -> CallSession:
         """The live session of the tenant's call, restored from the catalog if this process
         does not hold it (it restarted). ``NotFound`` for an unknown call;
         ``PolicyRefused`` with the refusal code for a refused one; ``StreamRefused``
@@ -265,15 +278,54 @@ class CallRegistry:
         recording = await self._catalog.recording_of_call(tenant, call_id)
         if call.ended_at is not None or recording is None or recording.status != "recording":
             raise StreamRefused(f"Call {call_id!r} has ended.", code="call_ended")
+        return await self._restore(call, recording, now)
+
+    async def _restore(self, call: Call, recording: Recording, now: datetime) -> CallSession:
+        """A session for a live call this process does not hold, its tracks ending where
+        its committed audio ends (read back, a record at a time)."""
+        ends: dict[str, int] = {}
+        track_codec = media_codec(call.codec)
+        for stored in await self._catalog.list_objects(
+            call.tenant_id, recording_id=recording.id, state="committed"
+        ):
+            if stored.kind != AUDIO_KIND or stored.track is None:
+                continue
+            parser = RecordParser()
+            end = 0
+            async for chunk in await self._vault.open_object(call.tenant_id, stored.id):
+                end = max(end, track_frames(parser.feed(chunk), track_codec))
+            parser.finish()
+            ends[stored.track] = max(ends.get(stored.track, 0), end)
+        # Another task may have restored it while this one was reading.
+        held = self._sessions.get((call.tenant_id, call.id))
+        if held is not None:
+            return held
         session = self._new_session(call, recording)
-        session.first_attached_at = call.started_at
+        session.restore(ends, now)
         self._register(session)
+        log.info(
+            "call %s taken up again",
+            call.id,
+            extra={"tenant": call.tenant_id, "call_id": call.id, "recording_id": recording.id},
+        )
+        return session
+
+    async def set_paused(
+        self, tenant: str, call_id: str, paused: bool, now: datetime
+    ) -> CallSession:
+        """Pause or resume the call. The catalog learns it first, so that a crash right
+        after a pause cannot turn it into storing what the PBX asked to discard."""
+        session = await self.session(tenant, call_id, now)
+        if session.ended or session.closing:
+            raise StreamRefused(f"Call {call_id!r} has ended.", code="call_ended")
+        await self._catalog.set_call_paused(tenant, call_id, paused)
+        await (session.pause() if paused else session.resume())
         return session
 
     async def end(self, tenant: str, call_id: str, *, now: datetime, reason: EndReason) -> Call:
         """End the tenant's call; ending an ended (or refused) call is a no-op."""
         try:
-            session = await self.session(tenant, call_id)
+            session = await self.session(tenant, call_id, now)
         except (PolicyRefused, StreamRefused):
             return await self._catalog.get_call(tenant, call_id)
         await self._finish(session, now, reason)
@@ -284,10 +336,9 @@ class CallRegistry:
             await self._finish(session, now, "tenant_deleted")
 
     async def _finish(self, session: CallSession, now: datetime, reason: EndReason) -> None:
-        try:
-            await session.finish(self._catalog, now, reason)
-        finally:
-            self._forget(session)
+        # Forgotten only once finalized: a finish that failed is retried by the ticker.
+        await session.finish(self._catalog, now, reason)
+        self._forget(session)
 
     async def tick(self, now: datetime) -> None:
         """Flush quiet streams and end calls that expired; one failing call never stops the
@@ -299,16 +350,19 @@ class CallRegistry:
                     await self._finish(session, now, reason)
                 else:
                     await session.flush_if_due(now)
-            except CallvaultError as e:
+            except Exception as e:  # one call's failure must not stop the others
+                code = e.code if isinstance(e, CallvaultError) else type(e).__name__
                 log.warning(
                     "call %s: background flush or end failed: %s",
                     session.call_id,
-                    e.code,
-                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
+                    code,
+                    exc_info=not isinstance(e, CallvaultError),
+                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": code},
                 )
 
     async def close(self, now: datetime) -> None:
-        """Graceful shutdown: every live call is finalized with what arrived."""
+        """Graceful shutdown: every live call is finalized with what arrived (a PBX that
+        reconnects after the restart finds its call ended)."""
         for session in self.live():
             try:
                 await self._finish(session, now, "shutdown")
@@ -321,41 +375,44 @@ class CallRegistry:
                 )
 
     async def recover(self, now: datetime) -> int:
-        """Publish what crashed or failed uploads left in the spool, and give the calls they
-        belong to their sessions back, as if their stream had just dropped: a PBX that
-        reconnects within the grace continues the same recording after the gap, otherwise
-        the call is finalized with what was recovered. Returns how many objects were
-        recovered. Safe to repeat: calls already finalized are left as they are."""
+        """Publish what crashed or failed uploads left in the spool, and take up the calls
+        they belong to as if their stream had just dropped: a PBX that reconnects within
+        the grace continues the same recording after the gap, otherwise the call is
+        finalized with what was recovered. Returns how many objects were recovered. Safe to
+        repeat: calls already finalized are left as they are."""
         recovered = await self._vault.recover_spooled(now=now)
-        ends: dict[tuple[str, str], dict[str, int]] = {}
-        for item in recovered:
-            record = item.record
-            if record.recording_id is None or record.track is None:
-                continue
-            recording = await self._catalog.get_recording(record.tenant_id, record.recording_id)
-            if recording.status != "recording":
-                continue  # finalized already (its commit failed at the end): nothing to restore
-            call = await self._catalog.get_call(record.tenant_id, recording.call_id)
-            parser = RecordParser()
-            records = parser.feed(item.plaintext)
-            parser.finish()
-            tracks = ends.setdefault((record.tenant_id, record.recording_id), {})
-            end = track_frames(records, media_codec(call.codec))
-            tracks[record.track] = max(tracks.get(record.track, 0), end)
-        for (tenant, recording_id), tracks in ends.items():
+        recordings = {
+            (stored.tenant_id, stored.recording_id)
+            for stored in recovered
+            if stored.recording_id is not None
+        }
+        for tenant, recording_id in sorted(recordings):
+            await self._take_up(tenant, recording_id, now)
+        return len(recovered)
+
+    async def take_up_orphans(self, now: datetime) -> int:
+        """Take up every recording still in progress that no process holds: after a crash
+        on a single-node catalog, also the calls that had no audio in the spool (announced
+        and silent, or published by an earlier restart), so that each ends with its grace
+        instead of staying 'recording' forever. Only for a catalog no other node shares: on
+        a shared one, another node may be recording them."""
+        taken = 0
+        for recording in await self._catalog.live_recordings():
+            if await self._take_up(recording.tenant_id, recording.id, now):
+                taken += 1
+        return taken
+
+    async def _take_up(self, tenant: str, recording_id: str, now: datetime) -> bool:
+        try:
             recording = await self._catalog.get_recording(tenant, recording_id)
             if recording.status != "recording" or (tenant, recording.call_id) in self._sessions:
-                continue
+                return False
             call = await self._catalog.get_call(tenant, recording.call_id)
-            session = self._new_session(call, recording)
-            session.restore(tracks, now)
-            self._register(session)
-            log.info(
-                "call %s restored from the spool",
-                call.id,
-                extra={"tenant": tenant, "call_id": call.id, "recording_id": recording_id},
-            )
-        return len(recovered)
+            await self._restore(call, recording, now)
+        except CallvaultError as e:
+            log.error("recording %s could not be taken up: %s", recording_id, e.code)
+            return False
+        return True
 
     async def find_audiosocket_call(self, call_id: str) -> tuple[str, str]:
         """The (tenant, call id) an AudioSocket UUID names: it must have been announced for

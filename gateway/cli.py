@@ -92,7 +92,7 @@ def _serve(settings: Settings) -> None:
             "callvault: first start: this is the operator token. It is shown once and "
             "stored only as a hash; keep it now.\n"
             f"    {secret}\n"
-            f"Try it: CALLVAULT_OPERATOR_TOKEN={secret} callvault demo",
+            f"Try it: CALLVAULT_OPERATOR_TOKEN={secret} {_program()} demo",
             flush=True,
         )
     app = build_app(settings)
@@ -116,6 +116,12 @@ def _serve(settings: Settings) -> None:
             "CALLVAULT_HTTP__PORT",
             f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror or e}",
         ) from None
+
+
+def _program() -> str:
+    """How the user ran us (``.venv/bin/callvault`` from ``make run``), for hints to copy."""
+    invoked = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    return str(invoked) if invoked is not None and invoked.name == "callvault" else "callvault"
 
 
 async def _bootstrap(settings: Settings) -> str | None:

@@ -165,8 +165,13 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "The catalog database could not be reached.",
     ),
     "storage_unavailable": (
-        "The object store failed or could not be reached.",
+        "The object store failed or could not be reached, or (audio export) part of the "
+        "recording is still being published from the spool after a store outage.",
         "The object store could not be reached (SlowDown).",
+    ),
+    "too_large": (
+        "The recording is too long for one WAV file (RIFF sizes are 32-bit).",
+        "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is too long for one WAV file.",
     ),
     "not_ready": (
         "The catalog or the object store does not answer.",
@@ -1281,6 +1286,7 @@ def recording_paths() -> dict[str, Schema]:
                     _NOT_FOUND,
                     ("409", error_response(409, "conflict")),
                     ("410", error_response(410, "recording_deleted", "audio_purged")),
+                    ("413", error_response(413, "too_large")),
                 ),
             ),
         },

@@ -17,10 +17,11 @@ Where a frame lands on the timeline:
 * a reconnecting stream starts at ``base`` = the later of the timeline's end and the
   wall-clock time since the first stream started, so the outage is kept as silence too.
 
-Memory is bounded: audio is appended under the session's lock and flushed (sealed and pushed
-to the store) inline when a track holds ``flush_bytes`` or ``flush_interval`` has passed;
-while a flush waits on a slow store, the connection's handler waits with it and stops
-reading its socket, so TCP pushes back on the PBX instead of memory growing here.
+Memory is bounded: audio is appended under the session's lock and flushed (sealed, written
+to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_bytes`` or
+``flush_interval`` has passed; while a flush waits on a slow disk, the connection's handler
+waits with it and stops reading its socket, so TCP pushes back on the PBX instead of memory
+growing here. The object reaches the object store when the call ends.
 
 Time is passed in (``now``); nothing here sleeps or reads a clock.
 """
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 JITTER_MS = 10
 """A timestamped frame this close to its track's end continues the track exactly."""
+MAX_JUMP_S = 600
+"""The longest gap a stream timestamp may open in a track; a larger jump is refused (a
+hostile or broken PBX could otherwise stretch a call to years of exported silence)."""
 
 AUDIO_KIND = "audio"
 """Object kind of a sealed call track (``objects.kind``)."""
@@ -107,21 +111,44 @@ class TrackWriter:
         self._records = bytearray()
         return data
 
-    async def flush(self) -> None:
+    async def flush(self, now: datetime) -> None:
         if self.upload is None:
             return
         data = self._take()
-        if data:
-            await self.upload.write(data)
-        await self.upload.flush()
+        try:
+            if data:
+                await self.upload.write(data)
+            await self.upload.flush()
+        except CallvaultError:
+            await self.abandon(now)
+            raise
 
     async def commit(self, now: datetime) -> None:
+        """Seal the rest and publish the object; afterwards the track has no upload (more
+        audio would open a new object). On failure the object is left for recovery."""
         if self.upload is None:
             return
         data = self._take()
-        if data:
-            await self.upload.write(data)
-        await self.upload.commit(now=now)
+        try:
+            if data:
+                await self.upload.write(data)
+            await self.upload.commit(now=now)
+        except CallvaultError:
+            await self.abandon(now)
+            raise
+        self.upload = None
+
+    async def abandon(self, now: datetime) -> None:
+        """Drop a failed upload; what it made durable stays in the spool for recovery, and
+        the track's next audio starts a new object where the timeline stands."""
+        upload, self.upload = self.upload, None
+        self._run = bytearray()
+        self._records = bytearray()
+        if upload is not None:
+            try:
+                await upload.abandon(now=now)
+            except CallvaultError as e:
+                log.warning("a failed upload could not be closed cleanly: %s", e.code)
 
 
 class CallSession:
@@ -145,8 +172,11 @@ class CallSession:
         self._rate = call.sample_rate
         self._lock = asyncio.Lock()
         self.tracks: dict[str, TrackWriter] = {}
-        self.paused = False
+        self.paused = call.paused
         self.ended = False
+        self.closing: EndReason | None = None
+        """Set when the call started to end; cleared never. A finish that failed (the
+        catalog was down) is retried by the ticker with this reason."""
         self.attached = False
         self.first_attached_at: datetime | None = None
         self.detached_at: datetime | None = None
@@ -176,7 +206,7 @@ class CallSession:
     def attach(self, now: datetime) -> None:
         """A stream starts carrying this call. One stream at a time: a second ``start`` for
         a call that is streaming is refused; after a drop, the same call id continues."""
-        if self.ended:
+        if self.ended or self.closing:
             raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
         if self.attached:
             raise StreamRefused(
@@ -196,8 +226,9 @@ class CallSession:
         self._last_flush = self._last_flush or now
 
     def restore(self, track_ends: dict[str, int], now: datetime) -> None:
-        """Take up a call after a restart: its tracks end where the recovered audio ended,
-        and it waits for a reconnect as if its stream had just dropped."""
+        """Take up a call this process does not hold (after a restart): its tracks end where
+        its stored audio ends, its pause is the one the catalog kept, and it waits for a
+        reconnect as if its stream had just dropped."""
         for name, end in track_ends.items():
             self.tracks[name] = TrackWriter(
                 bytes_per_sample=self._codec.bytes_per_sample, position=end
@@ -214,7 +245,11 @@ class CallSession:
     def expiry(self, now: datetime) -> EndReason | None:
         """Why the call should end now without its PBX saying so, if it should: its stream
         dropped and did not come back in time, or it never started streaming."""
-        if self.ended or self.attached:
+        if self.ended:
+            return None
+        if self.closing:
+            return self.closing  # a finish that failed: try again
+        if self.attached:
             return None
         if self.detached_at is not None:
             if now - self.detached_at >= self._limits.reconnect_grace:
@@ -236,7 +271,7 @@ class CallSession:
             )
         samples = len(payload) // self._codec.bytes_per_sample
         async with self._lock:
-            if self.ended:
+            if self.ended or self.closing:
                 raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
             track = self.tracks.get(audio.track)
             if track is None:
@@ -260,7 +295,14 @@ class CallSession:
         if audio.timestamp_ms is None:
             return track.position
         stamped = self._base + audio.timestamp_ms * self._rate // 1000
-        if stamped - track.position > JITTER_MS * self._rate // 1000:
+        jump = stamped - track.position
+        if jump > MAX_JUMP_S * self._rate:
+            raise MalformedMessage(
+                f"media.timestamp jumps {jump // self._rate} s past the {audio.track} track's "
+                f"end (at most {MAX_JUMP_S} s).",
+                code="bad_timestamp",
+            )
+        if jump > JITTER_MS * self._rate // 1000:
             return stamped
         return track.position
 
@@ -279,18 +321,23 @@ class CallSession:
         return self._last_flush is None or now - self._last_flush >= self._limits.flush_interval
 
     async def _flush(self, now: datetime) -> None:
+        """Flush every track; a track whose flush fails is abandoned (what it made durable
+        stays in the spool) and continues in a new object, the others are flushed anyway."""
         self._last_flush = now
-        try:
-            for track in self.tracks.values():
-                await track.flush()
-        except CallvaultError:
+        failed: CallvaultError | None = None
+        for track in self.tracks.values():
+            try:
+                await track.flush(now)
+            except CallvaultError as e:
+                failed = failed or e
+        if failed is not None:
             self._metrics.flush_failures.inc()
-            raise
+            raise failed
 
     async def flush_if_due(self, now: datetime) -> None:
         """The ticker's flush, for streams that went quiet between frames."""
         async with self._lock:
-            if not self.ended and self.buffered() and self._flush_due(now):
+            if not self.ended and not self.closing and self.buffered() and self._flush_due(now):
                 await self._flush(now)
 
     # --- control --------------------------------------------------------------------------
@@ -315,15 +362,14 @@ class CallSession:
         async with self._lock:
             if self.ended:
                 return self.recording
-            self.ended = True
+            self.closing = self.closing or reason
             self.attached = False
             for name, track in self.tracks.items():
                 try:
                     await track.commit(now)
                 except CallvaultError as e:
-                    # The track's object stays 'writing' in the catalog with its key row, so
-                    # erasure still finds and shreds it, and exports skip it; the other tracks
-                    # and the call record still finish.
+                    # Left in the spool (its object stays 'writing'): the next recovery pass
+                    # publishes it, and the export answers 503 until then.
                     self._metrics.flush_failures.inc()
                     log.error(
                         "call %s track %s could not be committed: %s",
@@ -333,36 +379,32 @@ class CallSession:
                         extra={**self._log_fields(), "track": name, "code": e.code},
                     )
             job_id = "job_" + secrets.token_hex(12) if self.ai_features else None
+            samples = self.timeline_end()
             self.recording = await catalog.finish_recording(
-                self.tenant,
-                self.recording.id,
-                samples=self.timeline_end(),
-                now=now,
-                job_id=job_id,
+                self.tenant, self.recording.id, samples=samples, now=now, job_id=job_id
             )
+            self.ended = True
             if job_id is not None and self.recording.status == "processing":
                 self._metrics.jobs_queued.inc()
-            await catalog.append_audit(
-                self.tenant,
-                actor="gateway",
-                action="call.ended",
-                object=self.recording.id,
-                detail={
-                    "call_id": self.call_id,
-                    "reason": reason,
-                    "samples": self.timeline_end(),
-                    "tracks": sorted(n for n, t in self.tracks.items() if t.upload is not None),
-                    "job": job_id,
-                },
-                now=now,
-            )
+            detail = {"call_id": self.call_id, "reason": self.closing, "samples": samples}
+            try:
+                await catalog.append_audit(
+                    self.tenant,
+                    actor="gateway",
+                    action="call.ended",
+                    object=self.recording.id,
+                    detail={**detail, "tracks": sorted(self.tracks), "job": job_id},
+                    now=now,
+                )
+            except CallvaultError as e:
+                log.error("call %s: its end could not be audited: %s", self.call_id, e.code)
             log.info(
                 "call %s ended (%s): %d samples on %d track(s)",
                 self.call_id,
-                reason,
-                self.timeline_end(),
+                self.closing,
+                samples,
                 len(self.tracks),
-                extra={**self._log_fields(), "reason": reason, "samples": self.timeline_end()},
+                extra={**self._log_fields(), "reason": self.closing, "samples": samples},
             )
             return self.recording
 

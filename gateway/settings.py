@@ -39,7 +39,7 @@ class AudioSocketSettings(BaseModel):
 class IngestSettings(BaseModel):
     flush_interval: timedelta = Field(default=timedelta(seconds=2), gt=timedelta(0))
     """Longest time audio waits in memory before it is sealed and flushed. Default `PT2S`."""
-    flush_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    flush_bytes: int = Field(default=64 * 1024, ge=1024, le=8 * 1024 * 1024)
     """Buffered bytes of a track that trigger a flush before the interval. Default `65536`."""
     reconnect_grace: timedelta = Field(default=timedelta(seconds=30), ge=timedelta(0))
     """How long a dropped stream's call waits for a reconnect before it is finalized.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -44,8 +44,14 @@ class Spool:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spool")
 
     async def run(self, fn: Callable[..., _T], *args: object) -> _T:
-        """Run blocking file I/O ``fn(*args)`` in the spool's pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run blocking file I/O ``fn(*args)`` in the spool's pool; an ``OSError`` (a full
+        or failing disk) comes back as ``StorageUnavailable``."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except OSError as e:
+            raise StorageUnavailable(
+                f"the spool failed: {e.strerror or e}", store_code=type(e).__name__
+            ) from e
 
     async def close(self) -> None:
         """Wait for pending file I/O and stop the pool."""
@@ -75,8 +81,14 @@ class Spool:
             if path.name.endswith(SUFFIX)
         )
 
-    async def read(self, key: str) -> bytes:
-        return await self.run(self.path(key).read_bytes)
+    async def chunks(self, key: str) -> AsyncIterator[bytes]:
+        """The spooled bytes of ``key`` in chunks (a spool file can be large)."""
+        source = await self.run(_open_for_reading, self.path(key))
+        try:
+            while chunk := await self.run(source.read, CHUNK):
+                yield chunk
+        finally:
+            await self.run(source.close)
 
     async def publish(self, key: str, *, length: int | None = None, tail: bytes = b"") -> int:
         """Upload the spooled object (its first ``length`` bytes, then ``tail``) to the
@@ -131,11 +143,27 @@ class SpooledUpload:
         await self._spool.run(_sync, self._file())
 
     async def commit(self) -> int:
+        """Close the spool file and publish it. The key stays "open" until the store has it,
+        so a recovery pass never publishes it at the same time; if the store fails, the
+        complete file is left for recovery."""
         handle = self._file()
-        await self._spool.run(_sync_and_close, handle)
         self._handle = None
+        try:
+            await self._spool.run(_sync_and_close, handle)
+            return await self._spool.publish(self._key)
+        except BaseException:
+            self._spool._closed(self._key)
+            raise
+
+    async def abandon(self) -> None:
+        """Stop writing after a failed write: close the file and leave it for recovery,
+        which publishes the part that verifies (nothing may be appended after a failed
+        write, or the object would have a hole its reader refuses)."""
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            with contextlib.suppress(StorageUnavailable):
+                await self._spool.run(handle.close)
         self._spool._closed(self._key)
-        return await self._spool.publish(self._key)
 
     async def abort(self) -> None:
         if self._handle is not None:

@@ -27,7 +27,14 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crypto.errors import DecryptionFailed, KeyUnavailable, NotFound, StorageError
+from crypto.errors import (
+    CallvaultError,
+    DecryptionFailed,
+    KeyUnavailable,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from crypto.keys import KeyProvider, WrappedKey
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
@@ -72,15 +79,6 @@ class VaultMetrics:
 
 
 @dataclass(frozen=True)
-class RecoveredObject:
-    """An object published from the spool after a crash or an outage, with its plaintext
-    (held in memory by the caller, never written)."""
-
-    record: StoredObject
-    plaintext: bytes
-
-
-@dataclass(frozen=True)
 class RotationReport:
     tenant: str
     kek_id: str
@@ -107,6 +105,7 @@ class SealingUpload:
         self.record = record
         self._writer = writer
         self._upload = upload
+        self.broken = False
 
     @property
     def object_id(self) -> str:
@@ -121,18 +120,41 @@ class SealingUpload:
         sealed = self._writer.write(data)
         self._vault.metrics.bytes_sealed.inc(self._writer.plaintext_bytes - before)
         if sealed:
-            await self._upload.write(sealed)
+            await self._upload_write(sealed)
 
     async def flush(self) -> None:
         started = time.perf_counter()
         sealed = self._writer.flush()
         if sealed:
-            await self._upload.write(sealed)
+            await self._upload_write(sealed)
         await self._upload.flush()
         self._vault.metrics.flush_latency.observe(time.perf_counter() - started)
 
+    async def _upload_write(self, sealed: bytearray) -> None:
+        # The writer has numbered the segments in ``sealed``: if they do not all reach the
+        # upload, nothing may follow them (a reader refuses the hole). The upload is broken;
+        # the caller abandons it and continues in a new object.
+        try:
+            await self._upload.write(sealed)
+        except BaseException:
+            self.broken = True
+            raise
+
+    async def abandon(self, *, now: datetime) -> None:
+        """Give up a broken upload without losing what was already made durable: a spooled
+        one is left for recovery (which publishes its verified part); any other is aborted
+        and its object shredded (a store keeps nothing of an unfinished upload)."""
+        self.broken = True
+        leave_for_recovery = getattr(self._upload, "abandon", None)
+        if leave_for_recovery is not None:
+            await leave_for_recovery()
+        else:
+            await self.abort(now=now)
+
     async def commit(self, *, now: datetime) -> StoredObject:
-        await self._upload.write(self._writer.close())
+        if self.broken:
+            raise StorageUnavailable(f"the upload of object {self.record.id} failed earlier")
+        await self._upload_write(self._writer.close())
         size = await self._upload.commit()
         self.record = await self._vault.catalog.mark_object_committed(
             self.record.id, size=size, now=now
@@ -330,33 +352,33 @@ class MediaVault:
         )
         return RotationReport(tenant, target.kek_id, target.kek_version, rewrapped)
 
-    async def recover_spooled(self, *, now: datetime) -> list[RecoveredObject]:
+    async def recover_spooled(self, *, now: datetime) -> list[StoredObject]:
         """Publish what crashed or failed uploads left in the spool (not the live ones).
 
         For each left-over spool file of an object still ``writing``: open what verifies
         (a torn last write is dropped), close the object with a final segment if its writer
         never did, publish it to the store and mark it committed. Returns the recovered
-        objects with their plaintext (in memory only), so that the gateway can restore the
-        calls they belong to. A file whose object is unknown, shredded or already committed
-        is removed; one whose publication fails (the store is down) stays for the next try.
+        objects, so that the gateway can take up the calls they belong to. A file whose
+        object is unknown, shredded or already committed is removed; one whose publication
+        fails (the store is down) stays for the next try.
         """
         spool = self.spool
         if spool is None:
             return []
-        recovered: list[RecoveredObject] = []
+        recovered: list[StoredObject] = []
         for key in spool.keys():
             if spool.is_open(key):
                 continue
             try:
                 result = await self._recover(spool, key, now)
-            except StorageError as e:
+            except CallvaultError as e:  # one file never stops the others
                 log.warning("spooled object %s not recovered yet: %s", key, e.code)
                 continue
             if result is not None:
                 recovered.append(result)
         return recovered
 
-    async def _recover(self, spool: Spool, key: str, now: datetime) -> RecoveredObject | None:
+    async def _recover(self, spool: Spool, key: str, now: datetime) -> StoredObject | None:
         tenant, _, object_id = key.partition("/objects/")
         try:
             record = await self.catalog.get_object(object_id, tenant_id=tenant)
@@ -366,10 +388,13 @@ class MediaVault:
         if dek is None:  # unknown, committed, deleted or shredded: nothing to publish
             await spool.discard(key)
             return None
-        data = await spool.read(key)
         reader = ObjectReader(dek=dek, tenant=tenant, object_id=object_id)
         try:
-            plaintext = reader.feed(data) + reader.salvage()
+            # Only the verified length matters here; the plaintext is dropped as it comes
+            # (a spool file can be long), and callers read the published object instead.
+            async for chunk in spool.chunks(key):
+                reader.feed(chunk)
+            reader.salvage()
         except DecryptionFailed:
             self.metrics.decryption_failures.inc()
             log.error("spooled object %s does not verify; left in the spool", key)
@@ -388,7 +413,7 @@ class MediaVault:
         record = await self.catalog.mark_object_committed(object_id, size=size, now=now)
         self.metrics.objects_committed.inc()
         log.info("recovered spooled object %s (%d bytes)", key, size)
-        return RecoveredObject(record=record, plaintext=b"".join(plaintext))
+        return record
 
     async def _unwrap(self, tenant: str, object_id: str) -> bytes:
         row = await self.catalog.get_object_key(object_id, tenant_id=tenant)

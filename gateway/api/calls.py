@@ -14,7 +14,6 @@ from crypto.errors import Conflict, PolicyRefused, StreamRefused
 from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, require_role, scope, tenant_of
 from gateway.calls import parse_announcement
-from gateway.session import CallSession
 from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS
 from storage.catalog import Call
 
@@ -82,26 +81,24 @@ async def _pbx_call(request: web.Request) -> tuple[str, str]:
     return tenant, call_id
 
 
-async def _live_session(request: web.Request) -> CallSession:
+async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     tenant, call_id = await _pbx_call(request)
+    app = request.app
     try:
-        return await request.app[CALLS].session(tenant, call_id)
+        await app[CALLS].set_paused(tenant, call_id, paused, app[CLOCK].now())
     except (PolicyRefused, StreamRefused):
         raise Conflict(f"Call {call_id!r} is not live.") from None
+    return web.json_response({"call_id": call_id, "paused": paused})
 
 
 async def pause(request: web.Request) -> web.Response:
     """From now until ``resume`` the call's audio is discarded, never stored; the gap is
-    kept as silence in exports."""
-    session = await _live_session(request)
-    await session.pause()
-    return web.json_response({"call_id": session.call_id, "paused": True})
+    kept as silence in exports. The pause survives a restart of the gateway."""
+    return await _set_paused(request, True)
 
 
 async def resume(request: web.Request) -> web.Response:
-    session = await _live_session(request)
-    await session.resume()
-    return web.json_response({"call_id": session.call_id, "paused": False})
+    return await _set_paused(request, False)
 
 
 async def end(request: web.Request) -> web.Response:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from crypto.errors import (
@@ -25,6 +25,7 @@ from crypto.errors import (
     Forbidden,
     Gone,
     StorageUnavailable,
+    TooLarge,
 )
 from gateway.api.common import iso, principal_of, query_int, query_time
 from gateway.auth import require_role, scope, tenant_of
@@ -87,18 +88,18 @@ def recording_view(
 
 
 def _encode_cursor(recording: Recording) -> str:
-    raw = json.dumps([recording.created_at.isoformat(), recording.id]).encode()
+    raw = orjson.dumps([recording.created_at.isoformat(), recording.id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(text: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        created_at, recording_id = json.loads(raw)
+        created_at, recording_id = orjson.loads(raw)
         value = datetime.fromisoformat(created_at)
         if value.tzinfo is None or not isinstance(recording_id, str):
             raise ValueError
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError):  # orjson's errors are ValueErrors
         raise BadRequest("cursor is not one this API handed out.", code="bad_query") from None
     return value, recording_id
 
@@ -192,6 +193,13 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     )
     track_codec = codec(call.codec)
     frames = recording.samples
+    try:
+        header = wav_header(channels=2, sample_rate=call.sample_rate, frames=frames)
+    except ValueError:  # RIFF sizes are 32-bit; longer recordings would need RF64
+        raise TooLarge(
+            f"Recording {recording.id!r} is too long for one WAV file "
+            f"({frames / call.sample_rate / 3600:.1f} h of stereo at {call.sample_rate} Hz)."
+        ) from None
     response = web.StreamResponse(
         headers={
             "Content-Type": "audio/wav",
@@ -199,9 +207,9 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "no-store",
         }
     )
-    response.content_length = 44 + frames * 4
+    response.content_length = len(header) + frames * 4
     await response.prepare(request)
-    await response.write(wav_header(channels=2, sample_rate=call.sample_rate, frames=frames))
+    await response.write(header)
     try:
         left = _records(tracks.get(LEFT, []))
         right = _records(tracks.get(RIGHT, []))

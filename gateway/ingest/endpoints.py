@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
+from typing import TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -35,11 +36,14 @@ from gateway.settings import AudioSocketSettings
 from gateway.state import CALLS, CLOCK, METRICS, SERVICES
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 """Open ingest WebSockets, closed with 1001 (going away) when the server shuts down."""
 
 CLOSE_ERROR = 1011
+START_TIMEOUT_S = 10.0
+"""How long a new connection may take to authenticate and start its stream."""
 ERROR_LINGER_S = 2.0
 """How long a refused AudioSocket peer may keep sending before we close anyway."""
 
@@ -73,7 +77,11 @@ async def _websocket(
             principal=principal,
         )
         parser = new_parser()
-        async for message in ws:
+        started_by = _deadline()
+        while True:
+            message = await _before(started_by, binding, ws.receive())
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             if message.type is WSMsgType.TEXT:
                 events = parser.receive_text(message.data)
             elif message.type is WSMsgType.BINARY:
@@ -108,6 +116,24 @@ async def _websocket(
         if binding is not None:
             binding.drop(clock.now())
     return ws
+
+
+def _deadline() -> float:
+    return asyncio.get_running_loop().time() + START_TIMEOUT_S
+
+
+async def _before(deadline: float, binding: StreamBinding, receive: Awaitable[_T]) -> _T:
+    """Await the next message; until the stream has started (authenticated, its call
+    accepted), only until ``deadline``: a connection that never starts holds nothing."""
+    if binding.session is not None:
+        return await receive
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(receive, timeout=max(remaining, 0.001))
+    except TimeoutError:
+        raise StreamRefused(
+            f"The stream did not start within {START_TIMEOUT_S:.0f} s.", code="start_timeout"
+        ) from None
 
 
 async def _upgrade_principal(request: web.Request) -> Principal | None:
@@ -187,7 +213,8 @@ class AudioSocketServer:
         try:
             self._check_peer(writer)
             parser = AudioSocketParser()
-            while data := await reader.read(MAX_MESSAGE):
+            started_by = _deadline()
+            while data := await _before(started_by, binding, reader.read(MAX_MESSAGE)):
                 if await binding.handle(parser.feed(data), clock.now()):
                     return
         except IngestError as e:

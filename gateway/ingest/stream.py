@@ -115,7 +115,7 @@ class StreamBinding:
         self, tenant: str, call_id: str, event: StreamStart, actor: str, now: datetime
     ) -> CallSession:
         try:
-            return await self._registry.session(tenant, call_id)
+            return await self._registry.session(tenant, call_id, now)
         except NotFound:
             if not {"from", "to"} <= event.parameters.keys():
                 raise StreamRefused(
@@ -137,7 +137,7 @@ class StreamBinding:
             await self._registry.announce(tenant, announcement, actor=actor, now=now)
         except CallvaultError as e:
             raise refusal_of(e) from None
-        return await self._registry.session(tenant, call_id)
+        return await self._registry.session(tenant, call_id, now)
 
     async def _stop(self, event: StreamStop, now: datetime) -> None:
         self.stopped = True

@@ -919,6 +919,7 @@ class Catalog:
                         refusal_code=refusal_code,
                         started_at=started_at,
                         ended_at=started_at if refusal_code is not None else None,
+                        paused=False,
                     )
                     .returning(*calls.c)
                 )
@@ -993,6 +994,7 @@ class Catalog:
                 refusal_code=refusal_code,
                 started_at=started_at,
                 ended_at=None,
+                paused=False,
             ),
             Call,
             subject=f"Call {id!r}",
@@ -1017,6 +1019,30 @@ class Catalog:
             f"Call {call_id!r} not found.",
             write=True,
         )
+
+    async def set_call_paused(self, tenant_id: str, call_id: str, paused: bool) -> Call:
+        """Remember that the PBX paused (or resumed) the call."""
+        return await self._one(
+            sa.update(calls)
+            .where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
+            .values(paused=paused)
+            .returning(*calls.c),
+            Call,
+            f"Call {call_id!r} not found.",
+            write=True,
+        )
+
+    async def live_recordings(self) -> list[Recording]:
+        """Every recording still in progress (status ``recording``) of a live tenant."""
+        stmt = (
+            sa.select(*recordings.c)
+            .select_from(recordings.join(tenants, recordings.c.tenant_id == tenants.c.id))
+            .where(recordings.c.status == "recording", tenants.c.deleted_at.is_(None))
+            .order_by(recordings.c.created_at)
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_record(Recording, row) for row in rows]
 
     async def create_recording(
         self,

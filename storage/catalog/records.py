@@ -84,6 +84,8 @@ class Call:
     refusal_code: str | None
     started_at: datetime
     ended_at: datetime | None
+    paused: bool = False
+    """The PBX paused it; its audio is discarded until it resumes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,8 @@ calls = sa.Table(
     sa.Column("refusal_code", sa.String(64), nullable=True),
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("ended_at", UTCDateTime(), nullable=True),
+    # The PBX paused the call (audio discarded until it resumes); survives a restart.
+    sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.ForeignKeyConstraint(
         ["tenant_id", "instructions_version"],
         ["instructions.tenant_id", "instructions.version"],

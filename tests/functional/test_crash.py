@@ -148,3 +148,83 @@ async def test_after_a_restart_the_pbx_reconnects_to_the_same_recording(tmp_path
     gap = pcm[len(head) : -len(tail), 0]
     assert len(gap) > 0, f"{len(pcm)} frames: no gap between the two parts"
     assert not gap.any()
+
+
+async def test_a_pause_survives_a_crash(tmp_path: Path) -> None:
+    spoken = ULAW.encode(tone(1.0, 440, seed=24))
+    secret = ULAW.encode(tone(1.0, 880, seed=25))  # a card number, read out after the pause
+    process, base = start_serve(tmp_path, **server_env("PT30S"))
+    try:
+        async with aiohttp.ClientSession(base_url=base) as session:
+            gateway = Gateway(client=session, operator=OPERATOR)  # type: ignore[arg-type]
+            tenant = await gateway.tenant("acme", NO_CONSENT)
+            announced = await gateway.announce(tenant)
+            ws = await session.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+            await ws.send_str(twilio_start(announced["call_id"]))
+            for message in twilio_call(spoken):
+                await ws.send_str(message)
+            await frames_taken(session, len(spoken) // 160)
+            paused = await session.post(
+                f"/v1/calls/{announced['call_id']}/pause", headers=bearer(tenant.pbx)
+            )
+            assert paused.status == 200
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            await ws.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if process.stdout:
+            process.stdout.close()
+
+    process, base = start_serve(tmp_path, **server_env("PT30S"))
+    try:
+        async with aiohttp.ClientSession(base_url=base) as session:
+            ws = await session.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+            await ws.send_str(twilio_start(announced["call_id"]))
+            for message in twilio_call(secret):  # still paused: discarded, never stored
+                await ws.send_str(message)
+            await ws.send_str(twilio_stop())
+            await ws.receive(timeout=20)
+            pcm = await wav_when_finalized(session, tenant.admin, announced["recording_id"])
+    finally:
+        stop_serve(process)
+    assert not pcm[len(spoken) :, 0].any()
+    secret_pcm = ULAW.decode(secret)
+    for start in range(0, len(secret_pcm) - 64, 64):
+        assert secret_pcm[start : start + 64].tobytes() not in pcm.tobytes()
+
+
+async def test_after_a_crash_every_call_in_progress_is_ended_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    """Also calls with nothing in the spool (announced, never streamed): none stays
+    'recording' forever, so retention and AI start for all of them."""
+    process, base = start_serve(tmp_path, **server_env("PT1S"))
+    try:
+        async with aiohttp.ClientSession(base_url=base) as session:
+            gateway = Gateway(client=session, operator=OPERATOR)  # type: ignore[arg-type]
+            tenant = await gateway.tenant("acme", NO_CONSENT)
+            silent = await gateway.announce(tenant)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if process.stdout:
+            process.stdout.close()
+
+    process, base = start_serve(tmp_path, **server_env("PT1S"))
+    try:
+        async with aiohttp.ClientSession(base_url=base) as session:
+            pcm = await wav_when_finalized(session, tenant.admin, silent["recording_id"])
+            meta = await (
+                await session.get(
+                    f"/v1/recordings/{silent['recording_id']}", headers=bearer(tenant.admin)
+                )
+            ).json()
+    finally:
+        stop_serve(process)
+    assert meta["status"] == "recorded"
+    assert meta["ended_at"] is not None
+    assert len(pcm) == 0

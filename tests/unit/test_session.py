@@ -48,7 +48,7 @@ async def test_contiguous_frames_become_one_record() -> None:
     for index in range(5):
         track.append(index * 160, bytes([index]) * 160)
     assert track.buffered == 800
-    await track.flush()
+    await track.flush(NOW)
     assert track.buffered == 0
     assert records(upload) == [TrackRecord(0, b"".join(bytes([i]) * 160 for i in range(5)))]
     assert upload.flushes == 1
@@ -74,7 +74,7 @@ async def test_skipped_audio_advances_the_timeline_and_is_never_written() -> Non
     track.skip(400)  # never backwards
     assert track.position == 480
     track.append(track.position, b"b" * 160)
-    await track.flush()
+    await track.flush(NOW)
     assert records(upload) == [TrackRecord(0, b"a" * 160), TrackRecord(480, b"b" * 160)]
     assert b"" not in {r.payload for r in records(upload)}
 
@@ -82,15 +82,15 @@ async def test_skipped_audio_advances_the_timeline_and_is_never_written() -> Non
 async def test_records_survive_several_flushes_in_order() -> None:
     track, upload = writer(position=1000)
     track.append(1000, b"x" * 160)
-    await track.flush()
+    await track.flush(NOW)
     track.append(1160, b"y" * 160)  # contiguous with the flushed run: a new record anyway
-    await track.flush()
+    await track.flush(NOW)
     assert records(upload) == [TrackRecord(1000, b"x" * 160), TrackRecord(1160, b"y" * 160)]
 
 
 async def test_a_track_without_an_upload_flushes_and_commits_nothing() -> None:
     track = TrackWriter(bytes_per_sample=1, position=0)
     track.skip(8000)
-    await track.flush()
+    await track.flush(NOW)
     await track.commit(NOW)
     assert track.position == 8000
