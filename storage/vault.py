@@ -67,7 +67,7 @@ class VaultMetrics:
         )
         self.flush_latency = Histogram(
             "callvault_flush_latency_seconds",
-            "Time to seal buffered plaintext and push it to the object store.",
+            "Time to seal buffered plaintext and make it durable (spool fsync or store).",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )

@@ -149,7 +149,8 @@ async def _upgrade_principal(request: web.Request) -> Principal | None:
 
 
 async def close_websockets(app: web.Application) -> None:
-    """on_shutdown: tell every PBX we are going away, so that it reconnects elsewhere."""
+    """on_shutdown: tell every PBX the server is going away (1001) before its call is
+    finalized with what arrived (``CallRegistry.close``)."""
     sockets = app[WEBSOCKETS]
     for ws in list(sockets):
         await ws.close(code=1001, message=b"server_shutdown")
