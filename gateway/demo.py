@@ -34,6 +34,7 @@ import numpy.typing as npt
 from yarl import URL
 
 from crypto.errors import CallvaultError
+from gateway.instructions import AI_FEATURES
 from storage.media import codec
 
 CALLER_NUMBER = "+40215550100"
@@ -43,7 +44,6 @@ FRAME_SAMPLES = 160
 FRAME_S = 0.02
 TRACK_SIDES = {"inbound": "caller, left", "outbound": "agent, right"}
 TRACK_SPEAKERS = {"inbound": "caller", "outbound": "agent"}
-AI_FEATURES = ("transcript", "summary", "sentiment", "talk_listen", "topics")
 DEMO_INSTRUCTIONS: dict[str, Any] = {
     "recording": {"enabled": True},
     "consent": {"required": True},

@@ -334,3 +334,18 @@ def metric_value(text: str, sample: str, **labels: str) -> float:
             if found.name == sample and found.labels == labels:
                 return float(found.value)
     return 0.0
+
+
+class DownStore:
+    """An object store (or spool) during an outage: every upload fails to open."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def open_upload(self, key: str) -> Any:
+        from crypto.errors import StorageUnavailable
+
+        raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")

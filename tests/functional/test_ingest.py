@@ -21,6 +21,7 @@ from gateway.state import CALLS, METRICS, SERVICES
 from tests.gateway import (
     RECORD,
     ULAW,
+    DownStore,
     FakeClock,
     Gateway,
     TenantTokens,
@@ -651,21 +652,6 @@ async def test_audiosocket_refuses_peers_outside_the_allowed_networks(
         0xFF, b"forbidden_network"
     )
     writer.close()
-
-
-class DownStore:
-    """The object store during an outage: every upload fails."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def open_upload(self, key: str) -> Any:
-        from crypto.errors import StorageUnavailable
-
-        raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")
 
 
 async def test_a_store_outage_at_the_end_of_a_call_loses_nothing(

@@ -11,6 +11,7 @@ from crypto.errors import StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
+from tests.gateway import DownStore
 
 __all__ = ["parts"]  # the fixture, shared with the vault's tests
 
@@ -50,19 +51,6 @@ async def crash(vault: MediaVault) -> SealingUpload:
     upload = await live_upload(vault)
     upload._upload._handle.close()  # type: ignore[attr-defined]
     return upload
-
-
-class DownStore:
-    """The object store during an outage: every upload fails."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def open_upload(self, key: str) -> Any:
-        raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")
 
 
 async def test_a_spooled_object_reaches_the_store_at_commit(parts: Parts) -> None:
