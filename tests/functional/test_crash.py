@@ -5,8 +5,11 @@ continued by the PBX's reconnect or finalized with what was recovered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +54,31 @@ async def frames_taken(session: aiohttp.ClientSession, count: int) -> None:
             await asyncio.sleep(0.05)
 
 
+@contextlib.contextmanager
+def server_to_kill(data_dir: Path, grace: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``callvault serve`` that the test kills; cleaned up whatever happens."""
+    process, base = start_serve(data_dir, **server_env(grace))
+    try:
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=10) == -signal.SIGKILL
+
+
 async def stream_and_get_killed(
     data_dir: Path, grace: str, audio: bytes
 ) -> tuple[dict[str, Any], Any]:
     """Start serve, announce a call, stream ``audio`` (no stop), SIGKILL the server once it
     took every frame; returns the announcement and the tenant's tokens."""
-    process, base = start_serve(data_dir, **server_env(grace))
-    try:
+    with server_to_kill(data_dir, grace) as (process, base):
         async with aiohttp.ClientSession(base_url=base) as session:
             gateway = Gateway(client=session, operator=OPERATOR)  # type: ignore[arg-type]
             tenant = await gateway.tenant("acme", NO_CONSENT)
@@ -67,31 +88,27 @@ async def stream_and_get_killed(
             for message in twilio_call(audio):
                 await ws.send_str(message)
             await frames_taken(session, len(audio) // 160)
-            process.send_signal(signal.SIGKILL)
-            assert process.wait(timeout=10) == -signal.SIGKILL
+            kill(process)
             await ws.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        if process.stdout:
-            process.stdout.close()
     return announced, tenant
 
 
-async def wav_when_finalized(
+async def finalized(
     session: aiohttp.ClientSession, admin: str, recording_id: str
-) -> np.ndarray:
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The recording's WAV samples and metadata, once it is no longer 'recording'."""
     async with asyncio.timeout(20):
         while True:
             response = await session.get(f"/v1/recordings/{recording_id}", headers=bearer(admin))
-            if (await response.json())["status"] != "recording":
+            meta = await response.json()
+            if meta["status"] != "recording":
                 break
             await asyncio.sleep(0.1)
     response = await session.get(f"/v1/recordings/{recording_id}/audio", headers=bearer(admin))
     assert response.status == 200, await response.text()
     channels, rate, pcm = read_wav(await response.read())
     assert (channels, rate) == (2, 8000)
-    return pcm
+    return pcm, dict(meta)
 
 
 async def test_a_killed_server_loses_at_most_the_last_flush(tmp_path: Path) -> None:
@@ -101,12 +118,7 @@ async def test_a_killed_server_loses_at_most_the_last_flush(tmp_path: Path) -> N
     process, base = start_serve(tmp_path, **server_env("PT1S"))
     try:
         async with aiohttp.ClientSession(base_url=base) as session:
-            pcm = await wav_when_finalized(session, tenant.admin, announced["recording_id"])
-            meta = await (
-                await session.get(
-                    f"/v1/recordings/{announced['recording_id']}", headers=bearer(tenant.admin)
-                )
-            ).json()
+            pcm, meta = await finalized(session, tenant.admin, announced["recording_id"])
     finally:
         stop_serve(process)
     decoded = ULAW.decode(sent)
@@ -137,7 +149,7 @@ async def test_after_a_restart_the_pbx_reconnects_to_the_same_recording(tmp_path
             await ws.send_str(twilio_stop())
             closing = await ws.receive(timeout=20)
             assert (closing.type, ws.close_code) == (aiohttp.WSMsgType.CLOSE, 1000)
-            pcm = await wav_when_finalized(session, tenant.admin, announced["recording_id"])
+            pcm, _meta = await finalized(session, tenant.admin, announced["recording_id"])
     finally:
         stop_serve(process)
     head, tail = ULAW.decode(first), ULAW.decode(second)
@@ -153,8 +165,7 @@ async def test_after_a_restart_the_pbx_reconnects_to_the_same_recording(tmp_path
 async def test_a_pause_survives_a_crash(tmp_path: Path) -> None:
     spoken = ULAW.encode(tone(1.0, 440, seed=24))
     secret = ULAW.encode(tone(1.0, 880, seed=25))  # a card number, read out after the pause
-    process, base = start_serve(tmp_path, **server_env("PT30S"))
-    try:
+    with server_to_kill(tmp_path, "PT30S") as (process, base):
         async with aiohttp.ClientSession(base_url=base) as session:
             gateway = Gateway(client=session, operator=OPERATOR)  # type: ignore[arg-type]
             tenant = await gateway.tenant("acme", NO_CONSENT)
@@ -168,14 +179,8 @@ async def test_a_pause_survives_a_crash(tmp_path: Path) -> None:
                 f"/v1/calls/{announced['call_id']}/pause", headers=bearer(tenant.pbx)
             )
             assert paused.status == 200
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
+            kill(process)
             await ws.close()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        if process.stdout:
-            process.stdout.close()
 
     process, base = start_serve(tmp_path, **server_env("PT30S"))
     try:
@@ -186,7 +191,7 @@ async def test_a_pause_survives_a_crash(tmp_path: Path) -> None:
                 await ws.send_str(message)
             await ws.send_str(twilio_stop())
             await ws.receive(timeout=20)
-            pcm = await wav_when_finalized(session, tenant.admin, announced["recording_id"])
+            pcm, _meta = await finalized(session, tenant.admin, announced["recording_id"])
     finally:
         stop_serve(process)
     assert not pcm[len(spoken) :, 0].any()
@@ -200,29 +205,17 @@ async def test_after_a_crash_every_call_in_progress_is_ended_after_the_grace(
 ) -> None:
     """Also calls with nothing in the spool (announced, never streamed): none stays
     'recording' forever, so retention and AI start for all of them."""
-    process, base = start_serve(tmp_path, **server_env("PT1S"))
-    try:
+    with server_to_kill(tmp_path, "PT1S") as (process, base):
         async with aiohttp.ClientSession(base_url=base) as session:
             gateway = Gateway(client=session, operator=OPERATOR)  # type: ignore[arg-type]
             tenant = await gateway.tenant("acme", NO_CONSENT)
             silent = await gateway.announce(tenant)
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        if process.stdout:
-            process.stdout.close()
+            kill(process)
 
     process, base = start_serve(tmp_path, **server_env("PT1S"))
     try:
         async with aiohttp.ClientSession(base_url=base) as session:
-            pcm = await wav_when_finalized(session, tenant.admin, silent["recording_id"])
-            meta = await (
-                await session.get(
-                    f"/v1/recordings/{silent['recording_id']}", headers=bearer(tenant.admin)
-                )
-            ).json()
+            pcm, meta = await finalized(session, tenant.admin, silent["recording_id"])
     finally:
         stop_serve(process)
     assert meta["status"] == "recorded"
