@@ -17,9 +17,13 @@ class CallvaultError(Exception):
     code: str = "internal_error"
     status: int = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        """``code`` replaces the class's code for this instance (a refusal or frame error
+        that is more precise than its class)."""
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
 
 
 class ConfigError(CallvaultError):
@@ -120,11 +124,6 @@ class BadRequest(CallvaultError):
     code = "bad_request"
     status = 400
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-
 
 class Unauthorized(CallvaultError):
     """No token, or a token that is unknown or revoked (the answer never says which)."""
@@ -145,11 +144,6 @@ class Gone(CallvaultError):
 
     code = "gone"
     status = 410
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 class TooLarge(CallvaultError):
@@ -179,8 +173,7 @@ class PolicyRefused(CallvaultError):
     status = 403
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
 
 
 # --- ingest -------------------------------------------------------------------------------
@@ -194,11 +187,6 @@ class IngestError(CallvaultError):
     code = "bad_frame"
     status = 400
     close_code = 1007
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 class MalformedMessage(IngestError):
