@@ -152,6 +152,33 @@ def decode_json_object(text: str, frame: int) -> JsonObject:
     return value
 
 
+class WebSocketParser:
+    """What every WebSocket ingest parser does before it reads a message: number it (error
+    messages name the frame), refuse anything after the stop, check its size and, for text,
+    decode its JSON object."""
+
+    unit = "message"
+    """What the protocol calls one message, in error messages."""
+
+    def __init__(self) -> None:
+        self._state: Literal["new", "started", "stopped"] = "new"
+        self._frame = 0  # messages received, 1-based in error messages
+
+    def _next_frame(self) -> int:
+        self._frame += 1
+        if self._state == "stopped":
+            raise MalformedMessage(
+                f"a {self.unit} arrived after the stop event (frame {self._frame})",
+                code="stream_stopped",
+            )
+        return self._frame
+
+    def _next_json(self, text: str) -> tuple[JsonObject, int]:
+        frame = self._next_frame()
+        check_text_size(text, frame)
+        return decode_json_object(text, frame), frame
+
+
 def get_object(obj: JsonObject, key: str, name: str, frame: int) -> JsonObject | None:
     """``obj[key]`` if it is a JSON object, ``None`` if absent; ``name`` is its dotted path."""
     value = obj.get(key)

@@ -20,8 +20,6 @@ Decisions the protocol leaves open:
 
 from __future__ import annotations
 
-from typing import Literal
-
 from crypto.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import (
     DTMF_DIGITS,
@@ -32,9 +30,8 @@ from gateway.ingest.events import (
     StreamStart,
     StreamStop,
     Track,
+    WebSocketParser,
     check_bytes_size,
-    check_text_size,
-    decode_json_object,
     first_string,
     get_call_facts,
     get_string,
@@ -49,21 +46,18 @@ _MIX_TYPES = {"mono": 1, "stereo": 2, "mixed": 1}
 _TRACKS: dict[int, tuple[Track, ...]] = {1: ("inbound",), 2: ("inbound", "outbound")}
 
 
-class ForkParser:
+class ForkParser(WebSocketParser):
     """One mod_audio_fork / jambonz listen connection: fed its frames, returns events."""
 
+    unit = "frame"
+
     def __init__(self) -> None:
-        self._state: Literal["new", "started", "stopped"] = "new"
+        super().__init__()
         self._channels = 1
-        self._frame = 0  # frames received, 1-based in error messages
 
     def receive_text(self, text: str) -> list[Event]:
         """Parse a text frame: the metadata first, control messages after it."""
-        self._frame += 1
-        frame = self._frame
-        self._refuse_after_stop(frame)
-        check_text_size(text, frame)
-        msg = decode_json_object(text, frame)
+        msg, frame = self._next_json(text)
         if self._state == "new":
             return [self._metadata(msg, frame)]
         if any(key in msg for key in _CALL_ID_KEYS):
@@ -84,9 +78,7 @@ class ForkParser:
 
     def receive_bytes(self, data: bytes) -> list[Event]:
         """Parse a binary frame of L16 little-endian audio (interleaved when stereo)."""
-        self._frame += 1
-        frame = self._frame
-        self._refuse_after_stop(frame)
+        frame = self._next_frame()
         check_bytes_size(data, frame)
         if self._state == "new":
             raise StreamRefused(
@@ -109,12 +101,6 @@ class ForkParser:
             Audio(track="inbound", payload=inbound, timestamp_ms=None, sequence=None),
             Audio(track="outbound", payload=outbound, timestamp_ms=None, sequence=None),
         ]
-
-    def _refuse_after_stop(self, frame: int) -> None:
-        if self._state == "stopped":
-            raise MalformedMessage(
-                f"a frame arrived after the stop event (frame {frame})", code="stream_stopped"
-            )
 
     def _metadata(self, msg: JsonObject, frame: int) -> StreamStart:
         call_id = first_string(msg, _CALL_ID_KEYS, "", frame)

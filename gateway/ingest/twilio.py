@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal
 
 from crypto.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import (
@@ -36,8 +35,7 @@ from gateway.ingest.events import (
     StreamStart,
     StreamStop,
     Track,
-    check_text_size,
-    decode_json_object,
+    WebSocketParser,
     first_string,
     get_call_facts,
     get_object,
@@ -57,21 +55,16 @@ _DTMF_TRACK_NAMES: dict[str, Track] = {
 _EVENTS = "connected, start, media, dtmf, mark, stop"
 
 
-class TwilioParser:
+class TwilioParser(WebSocketParser):
     """One Twilio Media Streams connection: fed its messages, returns their events."""
 
     def __init__(self) -> None:
-        self._state: Literal["new", "started", "stopped"] = "new"
+        super().__init__()
         self._tracks: tuple[Track, ...] = ()
-        self._frame = 0  # messages received, 1-based in error messages
 
     def receive_text(self, text: str) -> list[Event]:
         """Parse one text message; raises an IngestError subclass if it is not acceptable."""
-        self._frame += 1
-        frame = self._frame
-        self._refuse_after_stop(frame)
-        check_text_size(text, frame)
-        msg = decode_json_object(text, frame)
+        msg, frame = self._next_json(text)
         event = get_string(msg, "event", "event", frame)
         if event is None:
             raise MalformedMessage(f"event is missing (frame {frame})", code="bad_field")
@@ -99,18 +92,11 @@ class TwilioParser:
 
     def receive_bytes(self, data: bytes) -> list[Event]:
         """Twilio never sends binary messages: one is refused (code ``binary_not_expected``)."""
-        self._frame += 1
-        self._refuse_after_stop(self._frame)
+        frame = self._next_frame()
         raise MalformedMessage(
-            f"a binary message arrived; Twilio Media Streams sends text only (frame {self._frame})",
+            f"a binary message arrived; Twilio Media Streams sends text only (frame {frame})",
             code="binary_not_expected",
         )
-
-    def _refuse_after_stop(self, frame: int) -> None:
-        if self._state == "stopped":
-            raise MalformedMessage(
-                f"a message arrived after the stop event (frame {frame})", code="stream_stopped"
-            )
 
     def _start(self, msg: JsonObject, frame: int) -> StreamStart:
         if self._state == "started":
