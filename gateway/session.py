@@ -112,31 +112,30 @@ class TrackWriter:
         return data
 
     async def flush(self, now: datetime) -> None:
-        if self.upload is None:
-            return
-        data = self._take()
-        try:
-            if data:
-                await self.upload.write(data)
-            await self.upload.flush()
-        except CallvaultError:
-            await self.abandon(now)
-            raise
+        """Seal what is buffered and make it durable (the spool's fsync)."""
+        await self._push(now, commit=False)
 
     async def commit(self, now: datetime) -> None:
         """Seal the rest and publish the object; afterwards the track has no upload (more
         audio would open a new object). On failure the object is left for recovery."""
+        await self._push(now, commit=True)
+
+    async def _push(self, now: datetime, *, commit: bool) -> None:
         if self.upload is None:
             return
         data = self._take()
         try:
             if data:
                 await self.upload.write(data)
-            await self.upload.commit(now=now)
+            if commit:
+                await self.upload.commit(now=now)
+            else:
+                await self.upload.flush()
         except CallvaultError:
             await self.abandon(now)
             raise
-        self.upload = None
+        if commit:
+            self.upload = None
 
     async def abandon(self, now: datetime) -> None:
         """Drop a failed upload; what it made durable stays in the spool for recovery, and

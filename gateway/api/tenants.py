@@ -8,6 +8,7 @@ answer, the 201 that mints them.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, mint_token, require_role, scope
 from gateway.instructions import default_instructions, parse_instructions
 from gateway.state import CALLS, CLOCK, SERVICES
-from storage.catalog import Instructions, Role, Tenant, Token
+from storage.catalog import Catalog, Instructions, Role, Tenant, Token
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TENANT_ROLES: frozenset[Role] = frozenset({"admin", "pbx", "processor"})
@@ -181,9 +182,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
-    catalog = request.app[SERVICES].catalog
-    await catalog.get_tenant(tenant)
+    tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
     tokens = await catalog.list_tokens(tenant)
     return web.json_response({"items": [token_view(t) for t in tokens]})
 
@@ -209,10 +208,17 @@ async def revoke_token(request: web.Request) -> web.Response:
     return web.json_response(token_view(token))
 
 
-async def get_instructions(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
+async def _existing_tenant(request: web.Request, roles: Collection[Role]) -> tuple[str, Catalog]:
+    """The path's tenant, once the caller may act on it with ``roles`` and it exists (a
+    deleted tenant is 404 too), with the catalog to read it from."""
+    tenant = scope(await principal_of(request), request.match_info["tenant"], roles)
     catalog = request.app[SERVICES].catalog
     await catalog.get_tenant(tenant)
+    return tenant, catalog
+
+
+async def get_instructions(request: web.Request) -> web.Response:
+    tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
     return web.json_response(instructions_view(await catalog.current_instructions(tenant)))
 
 
@@ -237,8 +243,6 @@ async def put_instructions(request: web.Request) -> web.Response:
 
 
 async def instructions_history(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
-    catalog = request.app[SERVICES].catalog
-    await catalog.get_tenant(tenant)
+    tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
     rows = await catalog.instructions_history(tenant)
     return web.json_response({"items": [instructions_view(row) for row in rows]})
