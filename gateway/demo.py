@@ -399,13 +399,23 @@ async def _download(api: _Api, recording_id: str, admin: str, out: Path) -> None
     print(f"  play it: aplay {out}   (or open it in any audio player)")
 
 
-async def _print_transcript(api: _Api, recording_id: str, token: str) -> None:
-    status, body = await api.optional(f"/v1/recordings/{recording_id}/transcript", token)
+async def _fetch_result(
+    api: _Api, recording_id: str, token: str, name: str
+) -> dict[str, Any] | None:
+    """The recording's ``name`` (transcript, analysis), or ``None`` after saying why not."""
+    status, body = await api.optional(f"/v1/recordings/{recording_id}/{name}", token)
     if status in NOT_YET:
-        print("transcript: not available in this version")
-        return
+        print(f"{name}: not available in this version")
+        return None
     if status != 200:
-        print(f"transcript: not ready ({body})")
+        print(f"{name}: not ready ({body})")
+        return None
+    return body
+
+
+async def _print_transcript(api: _Api, recording_id: str, token: str) -> None:
+    body = await _fetch_result(api, recording_id, token, "transcript")
+    if body is None:
         return
     print(f"transcript ({body.get('language', '?')}, {body.get('model', '?')})")
     for segment in body.get("segments", []):
@@ -417,12 +427,8 @@ async def _print_transcript(api: _Api, recording_id: str, token: str) -> None:
 
 
 async def _print_analysis(api: _Api, recording_id: str, token: str) -> None:
-    status, body = await api.optional(f"/v1/recordings/{recording_id}/analysis", token)
-    if status in NOT_YET:
-        print("analysis: not available in this version")
-        return
-    if status != 200:
-        print(f"analysis: not ready ({body})")
+    body = await _fetch_result(api, recording_id, token, "analysis")
+    if body is None:
         return
     print("analysis")
     for feature, value in body.items():
