@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from crypto.errors import CallvaultError, Conflict, MalformedMessage, StreamRefused
+from crypto.errors import CallvaultError, Conflict, MalformedMessage, StorageError, StreamRefused
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
 from storage.catalog import Call, Catalog, Recording
@@ -69,11 +69,13 @@ class SessionLimits:
 
 class TrackWriter:
     """One track of one call: the run of audio not yet sealed, and its sealing upload (opened
-    with the first audio that is kept, so a track heard only while paused stores nothing)."""
+    by the first flush that has audio to seal, so a track heard only while paused stores
+    nothing)."""
 
-    def __init__(self, *, bytes_per_sample: int, position: int) -> None:
+    def __init__(self, *, packets: bool, position: int) -> None:
         self.upload: SealingUpload | None = None
-        self._bps = bytes_per_sample
+        self._packets = packets
+        """Each payload is a packet (Opus) and gets a record of its own."""
         self.position = position
         """The sample just after the last one received (stored or discarded)."""
         self._run_offset = position
@@ -84,15 +86,15 @@ class TrackWriter:
     def buffered(self) -> int:
         return len(self._run) + len(self._records)
 
-    def append(self, offset: int, payload: bytes) -> None:
-        """Add ``payload`` at ``offset`` (>= ``position``); contiguous audio extends the
-        current run, a gap starts a new record."""
-        if self._run and offset != self._run_offset + len(self._run) // self._bps:
+    def append(self, offset: int, payload: bytes, samples: int) -> None:
+        """Add ``payload`` (``samples`` long) at ``offset`` (>= ``position``); contiguous
+        audio extends the current run, a gap (or a packet codec) starts a new record."""
+        if self._run and (self._packets or offset != self.position):
             self._close_run()
         if not self._run:
             self._run_offset = offset
         self._run += payload
-        self.position = offset + len(payload) // self._bps
+        self.position = offset + samples
 
     def skip(self, until: int) -> None:
         """Advance the timeline to ``until`` without storing anything (paused audio)."""
@@ -123,6 +125,8 @@ class TrackWriter:
     async def _push(self, now: datetime, *, commit: bool) -> None:
         if self.upload is None:
             return
+        # Taken before the first await: audio placed while the write is in flight (RTP
+        # places without waiting for flushes) stays buffered for the next one.
         data = self._take()
         try:
             if data:
@@ -139,10 +143,8 @@ class TrackWriter:
 
     async def abandon(self, now: datetime) -> None:
         """Drop a failed upload; what it made durable stays in the spool for recovery, and
-        the track's next audio starts a new object where the timeline stands."""
+        the track's audio still buffered goes to a new object, opened by the next flush."""
         upload, self.upload = self.upload, None
-        self._run = bytearray()
-        self._records = bytearray()
         if upload is not None:
             try:
                 await upload.abandon(now=now)
@@ -229,9 +231,7 @@ class CallSession:
         its stored audio ends, its pause is the one the catalog kept, and it waits for a
         reconnect as if its stream had just dropped."""
         for name, end in track_ends.items():
-            self.tracks[name] = TrackWriter(
-                bytes_per_sample=self._codec.bytes_per_sample, position=end
-            )
+            self.tracks[name] = TrackWriter(packets=self._codec.packetized, position=end)
         self.first_attached_at = self.call.started_at
         self.detached_at = now
 
@@ -261,39 +261,44 @@ class CallSession:
 
     async def receive(self, audio: Audio, now: datetime) -> None:
         """Place one frame on its track's timeline (or discard it while paused), and flush
-        when the track holds enough or the interval has passed."""
-        payload = audio.payload
-        if len(payload) % self._codec.bytes_per_sample:
-            raise MalformedMessage(
-                f"An audio frame of {len(payload)} bytes is not whole {self.call.codec} samples.",
-                code="bad_frame_length",
-            )
-        samples = len(payload) // self._codec.bytes_per_sample
+        when the track holds enough or the interval has passed; a connection's handler
+        waits for that flush (so a slow disk slows its reading, not memory)."""
         async with self._lock:
-            if self.ended or self.closing:
-                raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
-            track = self.tracks.get(audio.track)
-            if track is None:
-                track = TrackWriter(
-                    bytes_per_sample=self._codec.bytes_per_sample, position=self._base
-                )
-                self.tracks[audio.track] = track
-            offset = self._offset(track, audio)
-            if self.paused:
-                track.skip(offset + samples)
-                self._metrics.audio_discarded.inc(len(payload))
-                return
-            if payload:
-                if track.upload is None:
-                    track.upload = await self._open_upload(audio.track, now)
-                track.append(offset, payload)
-            if track.buffered >= self._limits.flush_bytes or self._flush_due(now):
+            if self.place(audio, now):
                 await self._flush(now)
 
+    def place(self, audio: Audio, now: datetime) -> bool:
+        """Place one frame without waiting: ``True`` when a flush is due. For transports
+        that cannot wait (RTP's datagrams arrive whether or not a flush is running); they
+        run ``flush`` themselves and bound what they let buffer."""
+        try:
+            samples = self._codec.frames(audio.payload)
+        except StorageError as e:
+            raise MalformedMessage(
+                f"An audio frame: {e.message}.", code="bad_frame_length"
+            ) from None
+        if self.ended or self.closing:
+            raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
+        track = self.tracks.get(audio.track)
+        if track is None:
+            track = TrackWriter(packets=self._codec.packetized, position=self._base)
+            self.tracks[audio.track] = track
+        offset = self._offset(track, audio)
+        if self.paused:
+            track.skip(offset + samples)
+            self._metrics.audio_discarded.inc(len(audio.payload))
+            return False
+        if audio.payload:
+            track.append(offset, audio.payload, samples)
+        return track.buffered >= self._limits.flush_bytes or self._flush_due(now)
+
     def _offset(self, track: TrackWriter, audio: Audio) -> int:
-        if audio.timestamp_ms is None:
+        if audio.offset is not None:
+            stamped = audio.offset
+        elif audio.timestamp_ms is not None:
+            stamped = self._base + audio.timestamp_ms * self._rate // 1000
+        else:
             return track.position
-        stamped = self._base + audio.timestamp_ms * self._rate // 1000
         jump = stamped - track.position
         if jump > MAX_JUMP_S * self._rate:
             raise MalformedMessage(
@@ -324,8 +329,9 @@ class CallSession:
         stays in the spool) and continues in a new object, the others are flushed anyway."""
         self._last_flush = now
         failed: CallvaultError | None = None
-        for track in self.tracks.values():
+        for name, track in self.tracks.items():
             try:
+                await self._open_if_needed(name, track, now)
                 await track.flush(now)
             except CallvaultError as e:
                 failed = failed or e
@@ -333,10 +339,16 @@ class CallSession:
             self._metrics.flush_failures.inc()
             raise failed
 
-    async def flush_if_due(self, now: datetime) -> None:
-        """The ticker's flush, for streams that went quiet between frames."""
+    async def _open_if_needed(self, name: str, track: TrackWriter, now: datetime) -> None:
+        if track.upload is None and track.buffered:
+            track.upload = await self._open_upload(name, now)
+
+    async def flush_if_due(self, now: datetime, *, force: bool = False) -> None:
+        """The ticker's flush, for streams that went quiet between frames; with ``force``,
+        the flush ``place`` asked for."""
         async with self._lock:
-            if not self.ended and not self.closing and self.buffered() and self._flush_due(now):
+            due = force or self._flush_due(now)
+            if not self.ended and not self.closing and self.buffered() and due:
                 await self._flush(now)
 
     # --- control --------------------------------------------------------------------------
@@ -365,6 +377,7 @@ class CallSession:
             self.attached = False
             for name, track in self.tracks.items():
                 try:
+                    await self._open_if_needed(name, track, now)
                     await track.commit(now)
                 except CallvaultError as e:
                     # Left in the spool (its object stays 'writing'): the next recovery pass

@@ -27,6 +27,7 @@ import by a vectorised form of ``linear2ulaw`` / ``linear2alaw``.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import types
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -37,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto.errors import BadRequest, StorageError
+from storage import opus
 
 __all__ = [
     "CODECS",
@@ -210,18 +212,39 @@ def _as_int16(samples: npt.NDArray[Any]) -> npt.NDArray[np.int16]:
 
 @dataclass(frozen=True, slots=True)
 class Codec:
-    """A raw audio encoding a track may hold; decodes to and encodes from int16 samples.
+    """A raw audio encoding a track may hold.
 
-    G.711 codecs carry their lookup tables; L16 (``bytes_per_sample`` 2, little-endian) has
-    none and is a byte-order-aware reinterpretation.
+    Sample codecs decode to and encode from int16 samples a slice at a time: G.711 codecs
+    carry their lookup tables; L16 (``bytes_per_sample`` 2, little-endian) has none and is a
+    byte-order-aware reinterpretation. A packet codec (Opus) keeps one packet per record,
+    knows each packet's length from its header, and is decoded a whole packet at a time by a
+    stateful decoder (``storage.opus``); ``decode`` and ``encode`` are not for it.
     """
 
     name: str
-    """``"pcmu"`` (G.711 µ-law), ``"pcma"`` (G.711 A-law) or ``"l16"`` (16-bit linear)."""
+    """``"pcmu"`` (G.711 µ-law), ``"pcma"`` (G.711 A-law), ``"l16"`` (16-bit linear) or
+    ``"opus"``."""
     bytes_per_sample: int
-    """Bytes per sample: 1 for G.711, 2 for L16."""
+    """Bytes per sample: 1 for G.711, 2 for L16; 0 for a packet codec."""
     _decode_table: npt.NDArray[np.int16] | None = field(default=None, repr=False, compare=False)
     _encode_table: npt.NDArray[np.uint8] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def packetized(self) -> bool:
+        """Whether payloads are whole packets (one per record) rather than runs of samples."""
+        return self.bytes_per_sample == 0
+
+    def frames(self, payload: bytes | bytearray | memoryview) -> int:
+        """How many samples ``payload`` covers; ``StorageError`` if it cannot be this codec's
+        (not whole samples; not an Opus packet)."""
+        if self.packetized:
+            return opus.packet_samples(payload)
+        if len(payload) % self.bytes_per_sample:
+            raise StorageError(
+                f"a {self.name} payload of {len(payload)} bytes is not a whole number of "
+                f"{self.bytes_per_sample}-byte samples"
+            )
+        return len(payload) // self.bytes_per_sample
 
     def decode(self, payload: bytes | bytearray | memoryview) -> npt.NDArray[np.int16]:
         """Decode raw codec bytes to int16 samples (a fresh, writable array).
@@ -252,6 +275,7 @@ CODECS: Mapping[str, Codec] = types.MappingProxyType(
         "pcmu": Codec("pcmu", 1, _ulaw_decode_table(), _ulaw_encode_table()),
         "pcma": Codec("pcma", 1, _alaw_decode_table(), _alaw_encode_table()),
         "l16": Codec("l16", 2),
+        "opus": Codec("opus", 0),
     }
 )
 """Every codec a track may hold, by name."""
@@ -318,6 +342,11 @@ class _HeldRecord:
     start: int
     end: int
     payload: bytes
+    """Codec bytes; for a packet codec, the packet until it is decoded to L16."""
+    decoded: bool = True
+
+
+_L16 = Codec("l16", 2)
 
 
 class _TrackCursor:
@@ -327,8 +356,9 @@ class _TrackCursor:
     record of look-ahead that proves nothing else touches the block, given the writer's
     increasing offsets), and forgets each record once the timeline has passed its end. So
     it holds the records overlapping the current block plus that one, never the track.
-    Payload slices are decoded per block, so only the current block's samples are ever
-    decoded at once.
+    Sample codecs are decoded per block, a payload slice at a time; packets (Opus) are
+    decoded whole as they are pulled, in pull order, by one stateful decoder in a worker
+    thread (FFmpeg blocks), and held as L16.
     """
 
     def __init__(self, records: AsyncIterator[TrackRecord] | None, codec: Codec) -> None:
@@ -337,6 +367,7 @@ class _TrackCursor:
         self._codec = codec
         self._held: list[_HeldRecord] = []
         self._last_offset = 0
+        self._decoder = opus.OpusDecoder() if codec.packetized else None
 
     async def _pull_until(self, stop: int) -> None:
         """Pull records until one starts at or after ``stop`` or the track ends."""
@@ -356,20 +387,21 @@ class _TrackCursor:
                     f"{self._last_offset}; records must come in increasing offset order"
                 )
             self._last_offset = record.offset
-            width = self._codec.bytes_per_sample
-            if len(record.payload) % width:
-                raise StorageError(
-                    f"track record at sample {record.offset} holds {len(record.payload)} bytes, "
-                    f"not a whole number of {width}-byte {self._codec.name} samples"
-                )
-            end = record.offset + len(record.payload) // width
-            self._held.append(_HeldRecord(record.offset, end, record.payload))
+            try:
+                end = record.offset + self._codec.frames(record.payload)
+            except StorageError as e:
+                raise StorageError(f"track record at sample {record.offset}: {e.message}") from e
+            packet = self._decoder is not None
+            self._held.append(_HeldRecord(record.offset, end, record.payload, not packet))
+        if self._decoder is not None and any(not held.decoded for held in self._held):
+            self._held = await asyncio.to_thread(_decode_packets, self._decoder, self._held)
 
     async def render(self, start: int, stop: int) -> npt.NDArray[np.int16]:
         """The track's samples for timeline ``[start, stop)``; silence where no record is."""
         await self._pull_until(stop)
         out = np.zeros(stop - start, dtype=np.int16)
-        width = self._codec.bytes_per_sample
+        codec = _L16 if self._decoder is not None else self._codec
+        width = codec.bytes_per_sample
         # Held records are in arrival order, so a later record overwrites an earlier one
         # wherever they overlap: "the later one wins".
         for held in self._held:
@@ -378,7 +410,7 @@ class _TrackCursor:
             if lo < hi:
                 with memoryview(held.payload) as view:
                     chunk = view[(lo - held.start) * width : (hi - held.start) * width]
-                    out[lo - start : hi - start] = self._codec.decode(chunk)
+                    out[lo - start : hi - start] = codec.decode(chunk)
         self._held = [held for held in self._held if held.end > stop]
         return out
 
@@ -388,6 +420,16 @@ class _TrackCursor:
         close = getattr(records, "aclose", None)
         if close is not None:
             await close()
+
+
+def _decode_packets(decoder: opus.OpusDecoder, held: list[_HeldRecord]) -> list[_HeldRecord]:
+    """``held`` with every packet not yet decoded replaced by its L16 samples."""
+    return [
+        item
+        if item.decoded
+        else _HeldRecord(item.start, item.end, decoder.decode(item.payload).astype("<i2").tobytes())
+        for item in held
+    ]
 
 
 async def stereo_pcm(
@@ -429,17 +471,14 @@ async def stereo_pcm(
 
 
 def track_frames(records: Iterable[TrackRecord], codec: Codec) -> int:
-    """End of the last record in samples (max offset + len/bytes_per_sample); 0 if none.
+    """End of the last record in samples (max offset + its samples); 0 if none.
 
-    Raises ``StorageError`` for a payload that is not a whole number of samples.
+    Raises ``StorageError`` for a payload that is not this codec's (see ``Codec.frames``).
     """
-    width = codec.bytes_per_sample
     end = 0
     for record in records:
-        if len(record.payload) % width:
-            raise StorageError(
-                f"track record at sample {record.offset} holds {len(record.payload)} bytes, "
-                f"not a whole number of {width}-byte {codec.name} samples"
-            )
-        end = max(end, record.offset + len(record.payload) // width)
+        try:
+            end = max(end, record.offset + codec.frames(record.payload))
+        except StorageError as e:
+            raise StorageError(f"track record at sample {record.offset}: {e.message}") from e
     return end

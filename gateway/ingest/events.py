@@ -71,11 +71,15 @@ class Audio:
 
     track: Track
     payload: bytes
-    """Raw codec bytes: µ-law for Twilio, L16 little-endian for fork and AudioSocket."""
+    """Raw codec bytes: µ-law for Twilio, L16 little-endian for fork and AudioSocket, the
+    RTP payload (G.711 bytes or one Opus packet) for RTP."""
     timestamp_ms: int | None
     """Twilio ``media.timestamp`` (ms since the stream started); ``None`` elsewhere."""
     sequence: int | None
-    """Twilio ``sequenceNumber``; ``None`` elsewhere."""
+    """Twilio ``sequenceNumber``, the RTP sequence number; ``None`` elsewhere."""
+    offset: int | None = None
+    """Where the audio starts on the call's timeline in samples, when the transport knows it
+    exactly (RTP: from the packet's timestamp); ``None`` elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)

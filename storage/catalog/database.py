@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
@@ -176,6 +178,21 @@ def _create_owner_only(path: Path) -> None:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def _enable_wal(cursor: Any, timeout_s: float) -> None:
+    """Switch the database to WAL. The switch takes an exclusive lock without calling the
+    busy handler, so two processes opening a new database at once can see "database is
+    locked" here however long busy_timeout is: retried until the timeout instead."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
     """WAL (readers do not block the writer), enforced foreign keys, waiting instead of
     failing on a busy database, zeroing deleted content (a shredded DEK does not linger in
@@ -188,7 +205,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor, busy_timeout_s)
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA secure_delete = ON")
         finally:

@@ -300,11 +300,12 @@ def test_codecs_by_name() -> None:
     assert (PCMU.name, PCMU.bytes_per_sample) == ("pcmu", 1)
     assert (PCMA.name, PCMA.bytes_per_sample) == ("pcma", 1)
     assert (L16.name, L16.bytes_per_sample) == ("l16", 2)
-    assert sorted(CODECS) == ["l16", "pcma", "pcmu"]
+    assert sorted(CODECS) == ["l16", "opus", "pcma", "pcmu"]
+    assert (codec("opus").bytes_per_sample, codec("opus").packetized) == (0, True)
     with pytest.raises(TypeError):
         CODECS["opus"] = L16  # type: ignore[index]
     with pytest.raises(BadRequest) as caught:
-        codec("opus")
+        codec("g729")
     assert caught.value.code == "unsupported_codec"
     assert caught.value.status == 400
 

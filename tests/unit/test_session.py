@@ -36,8 +36,8 @@ def records(upload: FakeUpload) -> list[TrackRecord]:
     return found
 
 
-def writer(bytes_per_sample: int = 1, position: int = 0) -> tuple[TrackWriter, FakeUpload]:
-    track = TrackWriter(bytes_per_sample=bytes_per_sample, position=position)
+def writer(packets: bool = False, position: int = 0) -> tuple[TrackWriter, FakeUpload]:
+    track = TrackWriter(packets=packets, position=position)
     upload = FakeUpload()
     track.upload = upload  # type: ignore[assignment]
     return track, upload
@@ -46,7 +46,7 @@ def writer(bytes_per_sample: int = 1, position: int = 0) -> tuple[TrackWriter, F
 async def test_contiguous_frames_become_one_record() -> None:
     track, upload = writer()
     for index in range(5):
-        track.append(index * 160, bytes([index]) * 160)
+        track.append(index * 160, bytes([index]) * 160, 160)
     assert track.buffered == 800
     await track.flush(NOW)
     assert track.buffered == 0
@@ -55,9 +55,9 @@ async def test_contiguous_frames_become_one_record() -> None:
 
 
 async def test_a_gap_starts_a_new_record_at_its_offset() -> None:
-    track, upload = writer(bytes_per_sample=2)
-    track.append(0, b"\x01\x00" * 160)
-    track.append(800, b"\x02\x00" * 160)  # 640 samples of gap
+    track, upload = writer()
+    track.append(0, b"\x01\x00" * 160, 160)
+    track.append(800, b"\x02\x00" * 160, 160)  # 640 samples of gap
     assert track.position == 960
     await track.commit(NOW)
     assert records(upload) == [
@@ -69,11 +69,11 @@ async def test_a_gap_starts_a_new_record_at_its_offset() -> None:
 
 async def test_skipped_audio_advances_the_timeline_and_is_never_written() -> None:
     track, upload = writer()
-    track.append(0, b"a" * 160)
+    track.append(0, b"a" * 160, 160)
     track.skip(480)  # two paused frames
     track.skip(400)  # never backwards
     assert track.position == 480
-    track.append(track.position, b"b" * 160)
+    track.append(track.position, b"b" * 160, 160)
     await track.flush(NOW)
     assert records(upload) == [TrackRecord(0, b"a" * 160), TrackRecord(480, b"b" * 160)]
     assert b"" not in {r.payload for r in records(upload)}
@@ -81,15 +81,15 @@ async def test_skipped_audio_advances_the_timeline_and_is_never_written() -> Non
 
 async def test_records_survive_several_flushes_in_order() -> None:
     track, upload = writer(position=1000)
-    track.append(1000, b"x" * 160)
+    track.append(1000, b"x" * 160, 160)
     await track.flush(NOW)
-    track.append(1160, b"y" * 160)  # contiguous with the flushed run: a new record anyway
+    track.append(1160, b"y" * 160, 160)  # contiguous with the flushed run: a new record anyway
     await track.flush(NOW)
     assert records(upload) == [TrackRecord(1000, b"x" * 160), TrackRecord(1160, b"y" * 160)]
 
 
 async def test_a_track_without_an_upload_flushes_and_commits_nothing() -> None:
-    track = TrackWriter(bytes_per_sample=1, position=0)
+    track = TrackWriter(packets=False, position=0)
     track.skip(8000)
     await track.flush(NOW)
     await track.commit(NOW)
