@@ -203,6 +203,15 @@ class MessageTooBig(IngestError):
     close_code = 1009
 
 
+class IngestUnavailable(IngestError):
+    """The gateway cannot take this stream now: no RTP port is free (503; the PBX may
+    retry or send the call elsewhere)."""
+
+    code = "ingest_unavailable"
+    status = 503
+    close_code = 1013
+
+
 class StreamRefused(IngestError):
     """A stream that may not proceed: bad token, unknown or refused call, a policy refusal
     (1008, the reason names the code)."""

@@ -3,7 +3,8 @@
 Shared services live in typed app keys (``gateway.state``) and start and stop in
 ``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
 opened before the first request; the call registry's ticker flushes quiet streams and ends
-abandoned calls; the AudioSocket listener runs beside the HTTP server. On shutdown the ingest
+abandoned calls (and RTP calls whose media stopped); the AudioSocket listener runs beside
+the HTTP server, the RTP ports are bound per call. On shutdown the ingest
 WebSockets are closed first (1001), then every live call is finalized with what arrived, then
 the services close.
 """
@@ -24,11 +25,12 @@ from gateway.api import add_routes
 from gateway.calls import CallRegistry
 from gateway.errors import error_middleware, error_response
 from gateway.ingest import endpoints
+from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.services import open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
-from gateway.state import CALLS, CLOCK, METRICS, REGISTRY, SERVICES, SETTINGS, Clock
+from gateway.state import CALLS, CLOCK, METRICS, REGISTRY, RTP, SERVICES, SETTINGS, Clock
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +99,25 @@ def build_app(
             metrics=app[METRICS],
         )
         app[CALLS] = calls
+        rtp = app[RTP] = RtpIngest(
+            settings.rtp,
+            registry=calls,
+            metrics=app[METRICS],
+            clock=app[CLOCK],
+            flush_bytes=ingest.flush_bytes,
+        )
         # What a crash left in the spool, before serving; on a catalog no other node
         # shares, also every other call still marked in progress.
         await calls.recover(app[CLOCK].now())
         if app[SERVICES].catalog.backend == "sqlite":
             await calls.take_up_orphans(app[CLOCK].now())
-        ticker = asyncio.create_task(_tick(calls, app[CLOCK]), name="callvault-ticker")
+        ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
         yield
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
         await calls.close(app[CLOCK].now())
+        await rtp.close()
 
     async def audiosocket_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.audiosocket.port:
@@ -131,13 +141,14 @@ def build_app(
     return app
 
 
-async def _tick(calls: CallRegistry, clock: Clock) -> None:
+async def _tick(calls: CallRegistry, rtp: RtpIngest, clock: Clock) -> None:
     ticks = 0
     while True:
         await asyncio.sleep(TICK_S)
         ticks += 1
         try:
             await calls.tick(clock.now())
+            await rtp.tick(clock.now())
             if ticks % RECOVER_EVERY_TICKS == 0:
                 # Uploads whose commit failed (the store was down) are published once the
                 # store is back.

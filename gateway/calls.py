@@ -18,7 +18,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,10 +56,24 @@ TRANSPORT_RATES: dict[str, tuple[int, ...]] = {
     "audiosocket": (8000,),
     "rtp": (8000, 48000),
 }
-AVAILABLE_TRANSPORTS = ("twilio", "fork", "audiosocket")
+RTP_CODEC_RATES = {"pcmu": 8000, "pcma": 8000, "opus": 48000}
+"""RTP's clock rate for each codec it carries (RFC 3551; RFC 7587: Opus is always 48 kHz)."""
+AVAILABLE_TRANSPORTS = ("twilio", "fork", "audiosocket", "rtp")
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 NUMBER = Annotated[str, Field(min_length=1, max_length=64)]
+DYNAMIC_PT = Annotated[int, Field(ge=96, le=127)]
+
+
+class RtpPayloadTypes(BaseModel):
+    """The dynamic RTP payload types the PBX negotiated (its SDP), when they matter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    opus: DYNAMIC_PT | None = None
+    """Opus's payload type; default: any dynamic type but the telephone events'."""
+    telephone_event: DYNAMIC_PT = 101
+    """RFC 4733 telephone events' payload type. Default 101."""
 
 
 class CallAnnouncement(BaseModel):
@@ -76,7 +90,8 @@ class CallAnnouncement(BaseModel):
     transport: Transport
     codec: Literal["pcmu", "pcma", "opus", "l16"] | None = None
     sample_rate: int | None = None
-    srtp: bool = False
+    srtp: bool | None = None
+    payload_types: RtpPayloadTypes | None = None
 
 
 def parse_announcement(data: object) -> CallAnnouncement:
@@ -101,7 +116,15 @@ def parse_announcement(data: object) -> CallAnnouncement:
             f"codec: {transport} carries {', '.join(TRANSPORT_CODECS[transport])}, not {codec}.",
             code="unsupported_codec",
         )
-    rate = announcement.sample_rate or TRANSPORT_RATES[transport][0]
+    rate = announcement.sample_rate or RTP_CODEC_RATES.get(codec, TRANSPORT_RATES[transport][0])
+    if transport == "rtp" and rate != RTP_CODEC_RATES[codec]:
+        raise BadRequest(
+            f"sample_rate: {codec} over RTP is {RTP_CODEC_RATES[codec]} Hz, not {rate}.",
+            code="unsupported_codec",
+        )
+    if transport != "rtp" and (announcement.srtp or announcement.payload_types):
+        field = "srtp" if announcement.srtp else "payload_types"
+        raise BadRequest(f"{field}: only an rtp call has it.", code="invalid_call")
     if rate not in TRANSPORT_RATES[transport]:
         rates = ", ".join(str(r) for r in TRANSPORT_RATES[transport])
         raise BadRequest(
@@ -121,6 +144,8 @@ def parse_announcement(data: object) -> CallAnnouncement:
         update={
             "codec": codec,
             "sample_rate": rate,
+            # SRTP unless the PBX says otherwise; plain RTP also needs the instructions.
+            "srtp": transport == "rtp" and announcement.srtp is not False,
             "call_id": call_id or str(uuid.uuid4()),
             "from_number": _canonical(announcement.from_number),
             "to_number": _canonical(announcement.to_number),
@@ -135,6 +160,16 @@ def _canonical(party: str) -> str:
         return normalize_number(party)
     except ValueError:
         return party
+
+
+class CallTransport(Protocol):
+    """A transport that holds resources per call outside any connection (RTP's ports)."""
+
+    def closing(self, session: CallSession, now: datetime) -> None:
+        """The call is about to be finalized: hand the session what is still held."""
+
+    def ended(self, session: CallSession) -> None:
+        """The call is finalized: release what it held."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +195,11 @@ class CallRegistry:
         self._limits = limits
         self._metrics = metrics
         self._sessions: dict[tuple[str, str], CallSession] = {}
+        self._transports: list[CallTransport] = []
+
+    def add_transport(self, transport: CallTransport) -> None:
+        """Tell ``transport`` when each call ends."""
+        self._transports.append(transport)
 
     def live(self) -> list[CallSession]:
         return list(self._sessions.values())
@@ -187,6 +227,7 @@ class CallRegistry:
             to_number=announcement.to_number,
             direction=announcement.direction,
             consent=announcement.consent,
+            unencrypted=announcement.transport == "rtp" and not announcement.srtp,
         )
         outcome = decide(facts, instructions, version, now)
         refused = isinstance(outcome, Refusal)
@@ -336,9 +377,13 @@ class CallRegistry:
             await self._finish(session, now, "tenant_deleted")
 
     async def _finish(self, session: CallSession, now: datetime, reason: EndReason) -> None:
+        for transport in self._transports:
+            transport.closing(session, now)
         # Forgotten only once finalized: a finish that failed is retried by the ticker.
         await session.finish(self._catalog, now, reason)
         self._forget(session)
+        for transport in self._transports:
+            transport.ended(session)
 
     async def tick(self, now: datetime) -> None:
         """Flush quiet streams and end calls that expired; one failing call never stops the

@@ -44,6 +44,7 @@ __all__ = [
     "InstructionsDoc",
     "RecordingRule",
     "RetentionRule",
+    "TransportRule",
     "default_instructions",
     "normalize_number",
     "parse_duration",
@@ -276,6 +277,14 @@ class RetentionRule(BaseModel):
     call_records: _RetentionText = "P3Y"
 
 
+class TransportRule(BaseModel):
+    """How call audio may travel to the gateway."""
+
+    model_config = _STRICT
+
+    allow_unencrypted_rtp: bool = False
+
+
 class InstructionsDoc(BaseModel):
     """One version of a tenant's instructions, without the server-set version metadata."""
 
@@ -285,6 +294,7 @@ class InstructionsDoc(BaseModel):
     consent: ConsentRule = ConsentRule()
     ai: AiRule = AiRule()
     retention: RetentionRule = RetentionRule()
+    transport: TransportRule = TransportRule()
     # strict=False only for the container: strict mode wants a Python tuple, but a decoded
     # JSON body has lists. Items are still strict strings (_PhoneNumber).
     exclude_numbers: tuple[_PhoneNumber, ...] = Field(

@@ -46,6 +46,24 @@ class GatewayMetrics:
             "AI jobs queued at the end of a call.",
             registry=registry,
         )
+        self.rtp_datagrams = Counter(
+            "callvault_rtp_datagrams",
+            "RTP/SRTP datagrams received, by outcome: audio, telephone_event and "
+            "comfort_noise were delivered; every other outcome is a reason for a drop.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.rtp_ports = Gauge(
+            "callvault_rtp_ports_in_use",
+            "UDP ports held by live RTP calls (RTP and RTCP).",
+            registry=registry,
+        )
+        self.dtmf_events = Counter(
+            "callvault_dtmf_events",
+            "DTMF digits received (the digits themselves are never stored), by transport.",
+            ["transport"],
+            registry=registry,
+        )
         self.flush_failures = Counter(
             "callvault_flush_failures",
             "Flushes of a call's audio to the object store that failed.",

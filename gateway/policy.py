@@ -22,7 +22,9 @@ from gateway.instructions import InstructionsDoc, normalize_number
 __all__ = ["CallFacts", "Consent", "Decision", "Refusal", "RefusalCode", "decide"]
 
 Consent = Literal["granted", "denied", "not_asked"]
-RefusalCode = Literal["recording_not_instructed", "consent_missing", "number_excluded"]
+RefusalCode = Literal[
+    "recording_not_instructed", "unencrypted_transport", "consent_missing", "number_excluded"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class CallFacts:
     to_number: str
     direction: str
     consent: Consent
+    unencrypted: bool = False
+    """The audio would arrive unencrypted (plain RTP rather than SRTP)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +89,13 @@ def decide(
     2. ``recording_not_instructed``: neither recording nor any AI feature is instructed.
        Before consent because it is a tenant-wide setting: asking the PBX to obtain consent
        would be pointless when nothing may be done with the audio anyway.
-    3. ``consent_missing``: consent is required and the call's consent is not ``granted``
-       (``denied`` and ``not_asked`` alike). Last because it is the only per-call fact the
-       PBX can change (by asking the parties), so it is reported only when it is the one
-       thing standing in the way.
+    3. ``unencrypted_transport``: the audio would arrive as plain RTP and the instructions
+       do not allow unencrypted transport (SRTP is required by default). Before consent:
+       asking the parties is pointless while the audio could not be taken anyway.
+    4. ``consent_missing``: consent is required and the call's consent is not ``granted``
+       (``denied`` and ``not_asked`` alike). Last because it is the per-call fact that
+       costs the PBX most to change (asking the parties), so it is reported only when it is
+       the one thing standing in the way.
 
     Otherwise the call is allowed; recording off with AI on is an AI-only decision. ``now``
     must be aware; it is taken now so that effective-dated rules can be added without
@@ -115,6 +122,17 @@ def decide(
             message=(
                 f"The tenant's {source} enable neither recording nor any AI feature; the "
                 "tenant admin must enable recording or an AI feature before calls are accepted."
+            ),
+            instructions_version=version,
+        )
+
+    if call.unencrypted and not instructions.transport.allow_unencrypted_rtp:
+        return Refusal(
+            code="unencrypted_transport",
+            message=(
+                "The call's audio would arrive as plain RTP and the tenant's instructions "
+                "require SRTP; announce it with srtp true, or the tenant admin must set "
+                "transport.allow_unencrypted_rtp."
             ),
             instructions_version=version,
         )

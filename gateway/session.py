@@ -55,7 +55,15 @@ AUDIO_KIND = "audio"
 """Object kind of a sealed call track (``objects.kind``)."""
 
 EndReason = Literal[
-    "stop", "hangup", "api", "reconnect_timeout", "start_timeout", "shutdown", "tenant_deleted"
+    "stop",
+    "hangup",
+    "api",
+    "reconnect_timeout",
+    "start_timeout",
+    "media_timeout",
+    "ingest_unavailable",
+    "shutdown",
+    "tenant_deleted",
 ]
 
 

@@ -50,15 +50,21 @@ class IngestSettings(BaseModel):
 
 
 class RtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    """Address the RTP/SRTP ports bind. Default `127.0.0.1`."""
+    advertise_host: str | None = None
+    """Address announcements hand the PBX, when `host` is a wildcard. Default: `host`."""
     port_min: int = Field(default=40000, ge=1024, le=65535)
-    """Lowest UDP port handed out for RTP/SRTP tracks. Default `40000`."""
+    """Lowest UDP port handed out for RTP/SRTP tracks (even: RTP, odd: RTCP). Default `40000`."""
     port_max: int = Field(default=40999, ge=1024, le=65535)
     """Highest UDP port handed out for RTP/SRTP tracks. Default `40999`."""
+    timeout: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+    """A call whose RTP stops arriving for this long is ended. Default `PT30S`."""
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> RtpSettings:
-        if self.port_min > self.port_max:
-            raise ValueError("port_min must not exceed port_max")
+        if self.port_min + (self.port_min % 2) + 1 > self.port_max:
+            raise ValueError("port_min..port_max must hold an even port and the next (RTCP)")
         return self
 
 

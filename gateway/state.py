@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.calls import CallRegistry
+from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.services import Services
 from gateway.settings import Settings
@@ -30,3 +31,4 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 CALLS = web.AppKey("calls", CallRegistry)
 CLOCK = web.AppKey("clock", Clock)
+RTP = web.AppKey("rtp", RtpIngest)

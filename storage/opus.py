@@ -16,6 +16,8 @@ Everything is at 48 kHz, Opus's RTP clock rate (RFC 7587), mono.
 
 from __future__ import annotations
 
+from typing import Any
+
 import av
 import numpy as np
 import numpy.typing as npt
@@ -80,8 +82,8 @@ class OpusDecoder:
 
     def __init__(self) -> None:
         self._context = av.CodecContext.create("opus", "r")
-        self._context.sample_rate = OPUS_RATE  # type: ignore[attr-defined]
-        self._context.layout = "mono"  # type: ignore[attr-defined]
+        self._context.sample_rate = OPUS_RATE
+        self._context.layout = "mono"
 
     def decode(self, packet: bytes) -> npt.NDArray[np.int16]:
         """Exactly ``packet_samples(packet)`` samples of the packet's audio."""
@@ -93,7 +95,7 @@ class OpusDecoder:
         parts = [frame.to_ndarray() for frame in frames]
         if not parts:
             return np.zeros(samples, dtype=np.int16)
-        pcm = np.concatenate(parts, axis=-1)
+        pcm: npt.NDArray[Any] = np.concatenate(parts, axis=-1)
         # Planar float (channels, samples) or packed int16 (1, samples x channels): either
         # way, mixed down to one channel.
         if pcm.dtype.kind == "f":

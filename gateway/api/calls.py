@@ -10,11 +10,13 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import Conflict, PolicyRefused, StreamRefused
+from crypto.errors import CallvaultError, Conflict, PolicyRefused, StreamRefused
 from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, require_role, scope, tenant_of
-from gateway.calls import parse_announcement
-from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS
+from gateway.calls import CallAnnouncement, RtpPayloadTypes, parse_announcement
+from gateway.ingest.rtp import PayloadTypes
+from gateway.ingest.rtp_server import RtpOffer
+from gateway.state import CALLS, CLOCK, RTP, SERVICES, SETTINGS
 from storage.catalog import Call
 
 WEBSOCKET_PATHS = {"twilio": "/v1/ingest/twilio", "fork": "/v1/ingest/fork"}
@@ -51,6 +53,8 @@ async def announce(request: web.Request) -> web.Response:
     ingest: dict[str, Any] = {"websocket": WEBSOCKET_PATHS.get(announced.call.transport)}
     if settings.audiosocket.port:
         ingest["audiosocket"] = f"{settings.audiosocket.host}:{settings.audiosocket.port}"
+    if announced.call.transport == "rtp":
+        ingest["rtp"] = (await _open_rtp(app, tenant, announced.call.id, announcement)).document()
     return web.json_response(
         {
             "call_id": announced.call.id,
@@ -61,6 +65,26 @@ async def announce(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+async def _open_rtp(
+    app: web.Application, tenant: str, call_id: str, announcement: CallAnnouncement
+) -> RtpOffer:
+    """Bind the call's ports; a call that cannot get them is ended at once (empty)."""
+    now = app[CLOCK].now()
+    session = await app[CALLS].session(tenant, call_id, now)
+    types = announcement.payload_types or RtpPayloadTypes()
+    try:
+        return await app[RTP].open_call(
+            session,
+            srtp=bool(announcement.srtp),
+            payload_types=PayloadTypes.for_codec(
+                session.call.codec, opus=types.opus, telephone_event=types.telephone_event
+            ),
+        )
+    except CallvaultError:
+        await app[CALLS].end(tenant, call_id, now=now, reason="ingest_unavailable")
+        raise
 
 
 async def get_call(request: web.Request) -> web.Response:

@@ -63,8 +63,11 @@ class StreamBinding:
                 else:
                     await self._stop(event, now)
                 return True
-            elif isinstance(event, Dtmf | Mark):
-                pass  # not stored: a DTMF digit may be a card number (PCI DSS)
+            elif isinstance(event, Dtmf):
+                self._metrics.dtmf_events.labels(self.transport).inc()  # never the digit:
+                # a DTMF digit may be a card number (PCI DSS), so none is stored or logged
+            elif isinstance(event, Mark):
+                pass
         return False
 
     async def _start(self, event: StreamStart, now: datetime) -> CallSession:

@@ -1,0 +1,524 @@
+"""RTP and SRTP for forked call media, without sockets: one receiver per track's UDP port.
+
+Why this module exists: a PBX that forks a call as RTP sends each direction (track) as a
+stream of UDP datagrams to a port the announcement handed out, usually SRTP-protected
+with the SDES key that came with it. Datagrams arrive lost, duplicated, reordered, replayed,
+from strangers, or garbled; the receiver turns them into the same ``Audio`` and ``Dtmf``
+events the other transports produce, each audio payload stamped with its exact place on
+the call's timeline, and counts everything it refuses. Only ``gateway.ingest.rtp_server``
+touches sockets; this module is fed ``(datagram, source address, now)`` (STYLE.md §1).
+
+What a datagram goes through, cheapest check first:
+
+1. version 2 and a full header, else ``malformed``; RTCP multiplexed onto the port is
+   ``rtcp`` (not stored);
+2. the source: the first packet that authenticates latches its address (symmetric RTP);
+   others are ``unexpected_source``. With SRTP, a new address may take over once the
+   latched one has been silent for ``RELATCH_AFTER_S`` (a PBX failing over), because only
+   the key holder can produce a packet that authenticates; plain RTP never re-latches;
+3. SRTP (libsrtp via pylibsrtp): ``auth_failed``, or ``replay`` for a packet libsrtp's
+   replay window has seen or has left behind;
+4. the payload type: the call's codec (0 PCMU, 8 PCMA, a dynamic one for Opus), comfort
+   noise (13, ignored: the gap in timestamps is the silence), RFC 4733 telephone events
+   (DTMF, never audio); anything else ``unexpected_payload_type``; an Opus payload that is
+   not an Opus packet is ``bad_payload``;
+5. the SSRC: a new one must send ``MIN_SEQUENTIAL`` packets in sequence before it replaces
+   the current source (RFC 3550 §A.1 probation), and a replaced one is ``stale_source``
+   while the current one keeps sending, so two senders on one port cannot make the track
+   flip between them;
+6. the sequence number (extended past 65535): a short reorder buffer puts packets back in
+   order; a packet already delivered is ``duplicate``, one whose gap was given up is
+   ``late``; a gap is given up when ``reorder_depth`` packets wait behind it or the oldest
+   has waited ``reorder_delay_s`` (``poll``).
+
+Where audio lands: each source is anchored on the call's shared ``Timeline`` when its first
+packet is delivered (wall-clock time since the call's first packet, never before what the
+track already holds), and from then on its RTP timestamps (extended past 2**32) place each
+payload exactly, so lost packets and silence suppression come back as silence. A timestamp
+that jumps back or more than ``MAX_JUMP_S`` ahead re-anchors the source instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pylibsrtp
+
+from crypto.errors import StorageError
+from gateway.ingest.events import Audio, Dtmf, Event, Track
+from storage.media import Codec
+
+__all__ = [
+    "DROP_REASONS",
+    "MIN_SEQUENTIAL",
+    "PayloadTypes",
+    "RtpError",
+    "RtpPacket",
+    "RtpTrackReceiver",
+    "SrtpKey",
+    "Timeline",
+    "parse_rtp",
+]
+
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"
+"""The one SDES crypto suite offered (RFC 4568): AES-128 counter mode, 80-bit HMAC-SHA1."""
+KEY_LENGTH = 30
+"""Master key (16 bytes) and master salt (14 bytes) of ``SRTP_SUITE``."""
+
+PT_PCMU = 0
+PT_PCMA = 8
+PT_CN = 13
+STATIC_PAYLOAD_TYPES = {"pcmu": PT_PCMU, "pcma": PT_PCMA}
+DYNAMIC_PAYLOAD_TYPES = range(96, 128)
+DEFAULT_TELEPHONE_EVENT = 101
+"""The payload type most PBXs give RFC 4733 telephone events when nobody says otherwise."""
+
+MIN_SEQUENTIAL = 2
+"""Packets in sequence a new SSRC must send before it replaces the current source."""
+MAX_DROPOUT = 3000
+"""A sequence number this far ahead is a restart of the sender's numbering, not a gap
+(RFC 3550 §A.1): what is held is delivered and counting starts again there."""
+RELATCH_AFTER_S = 1.0
+"""How long the latched source must be silent before an authenticated packet from another
+address may take over (SRTP only)."""
+MAX_JUMP_S = 600
+"""A timestamp more than this far ahead of the track re-anchors the source."""
+MAX_BACKSTEP_S = 0.1
+"""A timestamp more than this far behind the track's end re-anchors the source."""
+
+DROP_REASONS = (
+    "malformed",
+    "rtcp",
+    "unexpected_source",
+    "auth_failed",
+    "replay",
+    "unexpected_payload_type",
+    "bad_payload",
+    "stale_source",
+    "duplicate",
+    "late",
+)
+"""Why a datagram is not delivered; the ``reason`` label of the drop counter."""
+DELIVERED = ("audio", "telephone_event", "comfort_noise")
+"""What a delivered packet was; the same counter's other labels."""
+
+# RFC 4733 §3.2 event codes 0-15 are the DTMF symbols.
+_DTMF = "0123456789*#ABCD"
+_HEADER = struct.Struct("!BBHII")
+_SEQ_MOD = 1 << 16
+_TS_MOD = 1 << 32
+_WINDOW_BITS = 64
+
+
+class RtpError(ValueError):
+    """A datagram that is not a well-formed RTP packet."""
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpKey:
+    """An SDES master key and salt. Its ``repr`` hides the key: keys never reach logs."""
+
+    material: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.material) != KEY_LENGTH:
+            raise ValueError(f"an {SRTP_SUITE} key is {KEY_LENGTH} bytes of key and salt")
+
+    @classmethod
+    def generate(cls) -> SrtpKey:
+        return cls(secrets.token_bytes(KEY_LENGTH))
+
+    @classmethod
+    def from_sdes(cls, text: str) -> SrtpKey:
+        """The key of an SDES crypto attribute value, ``AES_CM_128_HMAC_SHA1_80
+        inline:<base64>`` (lifetime and MKI parameters are not offered, so not accepted)."""
+        suite, _, params = text.partition(" ")
+        if suite != SRTP_SUITE or not params.startswith("inline:") or "|" in params:
+            raise ValueError(f"not an {SRTP_SUITE} inline key")
+        try:
+            return cls(base64.b64decode(params[len("inline:") :], validate=True))
+        except binascii.Error:
+            raise ValueError("the inline key is not base64") from None
+
+    def sdes(self) -> str:
+        """The key as the announcement hands it out (RFC 4568 ``inline:`` key params)."""
+        return f"{SRTP_SUITE} inline:{base64.b64encode(self.material).decode()}"
+
+    def session(self, *, outbound: bool = False) -> pylibsrtp.Session:
+        """A libsrtp session that unprotects (or, for test senders, protects) any SSRC."""
+        policy = pylibsrtp.Policy(
+            key=self.material,
+            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+            if outbound
+            else pylibsrtp.Policy.SSRC_ANY_INBOUND,
+            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+        )
+        if outbound:
+            policy.allow_repeat_tx = True  # test senders duplicate packets on purpose
+        return pylibsrtp.Session(policy)
+
+
+@dataclass(frozen=True, slots=True)
+class RtpPacket:
+    """The parts of an RTP packet (RFC 3550 §5.1) the receiver uses."""
+
+    marker: bool
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> RtpPacket:
+    """Parse a (cleartext) RTP packet: version 2, CSRC list, header extension and padding
+    are stepped over; ``RtpError`` for anything that does not add up."""
+    if len(data) < _HEADER.size:
+        raise RtpError(f"{len(data)} bytes is shorter than an RTP header")
+    first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+    if first >> 6 != 2:
+        raise RtpError(f"RTP version {first >> 6}, not 2")
+    start = _HEADER.size + 4 * (first & 0x0F)
+    if first & 0x10:  # header extension: profile (16 bits), length in 32-bit words
+        if len(data) < start + 4:
+            raise RtpError("the header extension is cut off")
+        start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
+    end = len(data)
+    if first & 0x20:  # padding: the last byte counts the padding bytes, itself included
+        padding = data[-1]
+        if padding == 0:
+            raise RtpError("padding of zero bytes")
+        end -= padding
+    if start > end:
+        raise RtpError("the header, extension and padding are longer than the packet")
+    return RtpPacket(
+        marker=bool(second & 0x80),
+        payload_type=second & 0x7F,
+        sequence=sequence,
+        timestamp=timestamp,
+        ssrc=ssrc,
+        payload=bytes(data[start:end]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadTypes:
+    """Which payload types carry the call's audio and its telephone events."""
+
+    audio: int | None
+    """The audio's payload type; ``None`` (Opus not pinned): any dynamic type but the
+    telephone events'."""
+    telephone_event: int = DEFAULT_TELEPHONE_EVENT
+
+    @classmethod
+    def for_codec(
+        cls, codec: str, *, opus: int | None = None, telephone_event: int | None = None
+    ) -> PayloadTypes:
+        events = DEFAULT_TELEPHONE_EVENT if telephone_event is None else telephone_event
+        return cls(STATIC_PAYLOAD_TYPES.get(codec, opus), events)
+
+    def kind(self, payload_type: int) -> str | None:
+        """``"audio"``, ``"telephone_event"``, ``"comfort_noise"`` or ``None``."""
+        if payload_type == self.audio:
+            return "audio"
+        if payload_type == self.telephone_event:
+            return "telephone_event"
+        if payload_type == PT_CN:
+            return "comfort_noise"
+        if self.audio is None and payload_type in DYNAMIC_PAYLOAD_TYPES:
+            return "audio"
+        return None
+
+
+class Timeline:
+    """A call's clock, shared by its tracks: sample 0 is the arrival of the call's first
+    delivered packet, whichever track it was on."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.origin: float | None = None
+
+    def anchor(self, now: float, not_before: int) -> int:
+        """Where a source whose first packet is delivered at ``now`` starts: the time
+        since the call's first packet, but never before ``not_before`` (what its track
+        already holds)."""
+        if self.origin is None:
+            self.origin = now
+        return max(not_before, round((now - self.origin) * self.rate))
+
+
+@dataclass(slots=True)
+class _Held:
+    packet: RtpPacket
+    kind: str
+    arrived: float
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A new SSRC on probation."""
+
+    ssrc: int
+    packets: list[_Held]
+
+
+class RtpTrackReceiver:
+    """One track's UDP port: datagrams in, ``Audio``/``Dtmf`` events out, drops counted.
+
+    ``count`` is called once per datagram with its outcome (a ``DROP_REASONS`` or
+    ``DELIVERED`` label; a new SSRC's packets on probation are counted once it is accepted
+    or given up); nothing here raises for what a peer sends.
+    """
+
+    def __init__(
+        self,
+        *,
+        track: Track,
+        codec: Codec,
+        payload_types: PayloadTypes,
+        key: SrtpKey | None,
+        timeline: Timeline,
+        count: Callable[[str], None],
+        reorder_depth: int = 5,
+        reorder_delay_s: float = 0.06,
+    ) -> None:
+        self.track = track
+        self._codec = codec
+        self._types = payload_types
+        self._srtp = key.session() if key is not None else None
+        self._timeline = timeline
+        self._count = count
+        self._depth = reorder_depth
+        self._delay = reorder_delay_s
+        self.source: tuple[str, int] | None = None
+        """The latched source address (host, port)."""
+        self.last_packet_at: float | None = None
+        """When the last datagram that authenticated arrived."""
+        self._ssrc: int | None = None
+        self._source_at = 0.0
+        """When the current SSRC last sent a packet."""
+        self._retired: set[int] = set()
+        self._candidate: _Candidate | None = None
+        self._next = 0
+        """Extended sequence number of the next packet to deliver."""
+        self._window = 0
+        """Bit i: extended sequence ``_next - 1 - i`` was delivered (duplicate detection)."""
+        self._held: dict[int, _Held] = {}
+        self._end = 0
+        """End of the track's audio on the timeline (samples)."""
+        self._anchor = 0
+        self._ts_base = 0
+        self._ts_last = 0
+        self._ts_ext = 0
+        self._anchored = False
+        self._event_ts: int | None = None
+        self._max_jump = MAX_JUMP_S * timeline.rate
+        self._max_backstep = round(MAX_BACKSTEP_S * timeline.rate)
+
+    @property
+    def deadline(self) -> float | None:
+        """When ``poll`` should next run (a gap is being waited for), if ever."""
+        if not self._held:
+            return None
+        return min(held.arrived for held in self._held.values()) + self._delay
+
+    # --- datagrams ------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> list[Event]:
+        """Take one datagram from ``addr``; return the events it releases, in order."""
+        if len(data) < _HEADER.size or data[0] >> 6 != 2:
+            self._count("malformed")
+            return []
+        if 192 <= data[1] <= 223:  # RTCP payload types 64-95 with the marker bit (RFC 5761)
+            self._count("rtcp")
+            return []
+        if self.source is not None and addr != self.source and not self._may_relatch(now):
+            self._count("unexpected_source")
+            return []
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect(data)
+            except pylibsrtp.Error as e:
+                self._count("replay" if "replay" in str(e) or "old" in str(e) else "auth_failed")
+                return []
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            self._count("malformed")
+            return []
+        kind = self._types.kind(packet.payload_type)
+        if kind is None:
+            self._count("unexpected_payload_type")
+            return []
+        if kind == "audio" and self._codec.packetized:
+            try:
+                self._codec.frames(packet.payload)
+            except StorageError:
+                self._count("bad_payload")
+                return []
+        self.source = addr
+        self.last_packet_at = now
+        held = _Held(packet, kind, now)
+        if packet.ssrc != self._ssrc:
+            return self._other_source(held, now)
+        self._source_at = now
+        return self._sequence(held, now)
+
+    def _may_relatch(self, now: float) -> bool:
+        last = self.last_packet_at
+        return self._srtp is not None and (last is None or now - last >= RELATCH_AFTER_S)
+
+    def poll(self, now: float) -> list[Event]:
+        """Give up the gaps that have been waited for long enough; the released events."""
+        events: list[Event] = []
+        while self._held and min(h.arrived for h in self._held.values()) + self._delay <= now:
+            self._skip_to(min(self._held))
+            self._release(events, now)
+        return events
+
+    def drain(self, now: float) -> list[Event]:
+        """Everything still held, in order, gaps given up (the call is ending)."""
+        events: list[Event] = []
+        while self._held:
+            self._skip_to(min(self._held))
+            self._release(events, now)
+        return events
+
+    # --- sources --------------------------------------------------------------------------
+
+    def _other_source(self, held: _Held, now: float) -> list[Event]:
+        ssrc = held.packet.ssrc
+        if self._ssrc is None:
+            self._start_source(held.packet, now)
+            return self._sequence(held, now)
+        if ssrc in self._retired and now - self._source_at < RELATCH_AFTER_S:
+            self._count("stale_source")
+            return []
+        candidate = self._candidate
+        if (
+            candidate is None
+            or candidate.ssrc != ssrc
+            or held.packet.sequence != (candidate.packets[-1].packet.sequence + 1) % _SEQ_MOD
+        ):
+            for _ in candidate.packets if candidate is not None else ():
+                self._count("stale_source")  # a would-be source that did not keep going
+            candidate = self._candidate = _Candidate(ssrc, [])
+        candidate.packets.append(held)
+        if len(candidate.packets) < MIN_SEQUENTIAL:
+            return []  # counted once it is accepted or given up
+        # The new source is real: what the old one left is delivered, then the new one's.
+        events = self.drain(now)
+        assert self._ssrc is not None  # noqa: S101 - set before any candidate exists
+        self._retired.add(self._ssrc)
+        self._candidate = None
+        self._retired.discard(ssrc)
+        self._start_source(candidate.packets[0].packet, now)
+        for waiting in candidate.packets:
+            events += self._sequence(waiting, now)
+        return events
+
+    def _start_source(self, packet: RtpPacket, now: float) -> None:
+        self._ssrc = packet.ssrc
+        self._source_at = now
+        self._next = packet.sequence
+        self._window = 0
+        self._anchored = False
+        self._event_ts = None
+
+    # --- sequence -------------------------------------------------------------------------
+
+    def _sequence(self, held: _Held, now: float) -> list[Event]:
+        delta = (held.packet.sequence - self._next) % _SEQ_MOD
+        if delta >= _SEQ_MOD // 2:
+            delta -= _SEQ_MOD
+        ext = self._next + delta
+        events: list[Event] = []
+        if delta == 0 and not self._held:  # the common case: the next packet, nothing held
+            self._deliver(held, events, now)
+            self._advance()
+            return events
+        if delta < 0:
+            back = -delta - 1
+            seen = back < _WINDOW_BITS and self._window >> back & 1
+            self._count("duplicate" if seen else "late")
+            return events
+        if ext in self._held:
+            self._count("duplicate")
+            return events
+        if delta >= MAX_DROPOUT:
+            events += self.drain(now)
+            self._next = ext
+            self._window = 0
+        self._held[ext] = held
+        self._release(events, now)
+        if len(self._held) > self._depth:
+            self._skip_to(min(self._held))
+            self._release(events, now)
+        return events
+
+    def _release(self, events: list[Event], now: float) -> None:
+        while self._next in self._held:
+            self._deliver(self._held.pop(self._next), events, now)
+            self._advance()
+
+    def _advance(self) -> None:
+        self._next += 1
+        self._window = (self._window << 1 | 1) & ((1 << _WINDOW_BITS) - 1)
+
+    def _skip_to(self, ext: int) -> None:
+        gap = ext - self._next
+        self._window = (self._window << gap) & ((1 << _WINDOW_BITS) - 1) if gap < 64 else 0
+        self._next = ext
+
+    # --- delivery -------------------------------------------------------------------------
+
+    def _deliver(self, held: _Held, events: list[Event], now: float) -> None:
+        packet, kind = held.packet, held.kind
+        self._count(kind)
+        if kind == "comfort_noise":
+            return
+        if kind == "telephone_event":
+            # One event spans packets with the same timestamp (its start); its end is sent
+            # three times. Reported once, when first seen.
+            payload = packet.payload
+            if len(payload) >= 4 and payload[0] < len(_DTMF) and packet.timestamp != self._event_ts:
+                self._event_ts = packet.timestamp
+                events.append(Dtmf(digit=_DTMF[payload[0]], track=self.track))
+            return
+        samples = self._codec.frames(packet.payload)
+        if not samples:
+            return
+        position = self._position(packet.timestamp, now)
+        events.append(
+            Audio(
+                track=self.track,
+                payload=packet.payload,
+                timestamp_ms=None,
+                sequence=packet.sequence,
+                offset=position,
+            )
+        )
+        self._end = position + samples
+
+    def _position(self, timestamp: int, now: float) -> int:
+        """The timeline sample where a packet with RTP ``timestamp`` starts."""
+        if self._anchored:
+            step = (timestamp - self._ts_last) % _TS_MOD
+            if step >= _TS_MOD // 2:
+                step -= _TS_MOD
+            self._ts_ext += step
+            self._ts_last = timestamp
+            position = self._anchor + self._ts_ext - self._ts_base
+            if self._end - self._max_backstep <= position <= self._end + self._max_jump:
+                return position
+        # A new source, or its clock jumped: it starts where the call's clock says.
+        self._anchored = True
+        self._anchor = self._timeline.anchor(now, self._end)
+        self._ts_last = timestamp
+        self._ts_ext = self._ts_base = timestamp
+        return self._anchor

@@ -1,0 +1,396 @@
+"""The RTP/SRTP ingest's sockets: a UDP port pair per track, bound while its call lives.
+
+An announced ``rtp`` call gets, for each track (inbound, outbound), an even port for RTP and
+the odd one after it for RTCP (whose packets are counted and dropped: the gateway needs
+none of them), taken from ``rtp.port_min..port_max``, and for SRTP a fresh SDES key per
+track. The ports go back to the pool (least recently used first, so a late packet of an
+ended call is unlikely to meet a new call on the same port) when the call ends: on
+``POST .../end``, after ``rtp.timeout`` without a packet, at shutdown or when the tenant is
+deleted.
+
+The datagram protocol only moves bytes: each datagram goes to the track's sans-I/O
+``RtpTrackReceiver`` with the time, and the events it releases are placed on the call's
+session at once (``CallSession.place``, no task per packet); a flush that falls due runs as
+one task per call. UDP cannot push back on a slow disk, so a call whose buffered audio
+reaches ``MAX_BUFFERED_FLUSHES`` flushes' worth drops further audio, counted
+(``overload``), instead of growing without bound. Nothing a peer sends raises out of
+``datagram_received``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from crypto.errors import CallvaultError, IngestUnavailable
+from gateway.calls import CallRegistry, CallTransport
+from gateway.ingest.events import Audio, Dtmf, Event, Track
+from gateway.ingest.rtp import (
+    DELIVERED,
+    DROP_REASONS,
+    PayloadTypes,
+    RtpTrackReceiver,
+    SrtpKey,
+    Timeline,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.session import CallSession
+from gateway.settings import RtpSettings
+from storage.media import codec as media_codec
+
+if TYPE_CHECKING:
+    from gateway.state import Clock
+
+log = logging.getLogger(__name__)
+
+TRACKS: tuple[Track, ...] = ("inbound", "outbound")
+MAX_BUFFERED_FLUSHES = 4
+"""A call may hold this many flushes' worth of audio while its flush is slow."""
+OUTCOMES = (*DROP_REASONS, *DELIVERED, "closed", "overload")
+"""Every label of ``callvault_rtp_datagrams``: the receiver's, and the glue's own drops
+(``closed``: the call is ending; ``overload``: its flush cannot keep up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RtpOffer:
+    """What the announcement hands the PBX for an RTP call."""
+
+    host: str
+    ports: dict[Track, int]
+    keys: dict[Track, SrtpKey] | None = field(repr=False)
+
+    def document(self) -> dict[str, object]:
+        """The announcement's ``ingest.rtp`` object."""
+        return {
+            "host": self.host,
+            **{str(track): port for track, port in self.ports.items()},
+            "rtcp": {track: port + 1 for track, port in self.ports.items()},
+            "srtp": self.keys is not None,
+            "crypto": None
+            if self.keys is None
+            else {track: key.sdes() for track, key in self.keys.items()},
+        }
+
+
+class PortPool:
+    """The even ports of ``port_min..port_max`` whose odd neighbour is in range too; the
+    least recently released is handed out first."""
+
+    def __init__(self, port_min: int, port_max: int) -> None:
+        first = port_min + port_min % 2
+        self._free: deque[int] = deque(range(first, port_max, 2))
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def take(self) -> int | None:
+        return self._free.popleft() if self._free else None
+
+    def give_back(self, port: int) -> None:
+        self._free.append(port)
+
+
+class _Port(asyncio.DatagramProtocol):
+    """One UDP socket: hands every datagram to ``receive``."""
+
+    def __init__(self, receive: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self._receive = receive
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A BaseTransport: on 3.11 the selector loop's datagram transport is not declared
+        # a DatagramTransport, and only close() is needed.
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._receive(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for datagrams the gateway never sends: nothing to do.
+        log.debug("RTP socket error: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _RtpCall:
+    """The sockets, receivers and flush task of one live RTP call."""
+
+    def __init__(
+        self,
+        session: CallSession,
+        *,
+        clock: Clock,
+        metrics: GatewayMetrics,
+        outcomes: Mapping[str, Callable[..., object]],
+        max_buffered: int,
+    ) -> None:
+        self.session = session
+        self.ports: dict[Track, int] = {}
+        self.sockets: list[_Port] = []
+        self.receivers: dict[Track, RtpTrackReceiver] = {}
+        self._clock = clock
+        self._outcomes = outcomes
+        self._frames = metrics.frames_in.labels("rtp")
+        self._dtmf = metrics.dtmf_events.labels("rtp")
+        self._max_buffered = max_buffered
+        self._flush: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def count(self, outcome: str) -> None:
+        self._outcomes[outcome]()
+
+    # --- datagrams in ---------------------------------------------------------------------
+
+    def receive(self, track: Track, data: bytes, addr: tuple[str, int]) -> None:
+        if self.closed:
+            self.count("closed")
+            return
+        now = self._clock.now()
+        receiver = self.receivers[track]
+        try:
+            events = receiver.receive_datagram(data, addr, now.timestamp())
+            if events:
+                self.place(events, now)
+            if receiver.deadline is not None and self._timer is None:
+                self._arm_timer(receiver.deadline - now.timestamp())
+        except Exception:  # a bug must cost one datagram, never the port
+            log.exception(
+                "call %s: an RTP datagram could not be handled",
+                self.session.call_id,
+                extra={"tenant": self.session.tenant, "call_id": self.session.call_id},
+            )
+
+    def place(self, events: list[Event], now: datetime) -> None:
+        session = self.session
+        for event in events:
+            if isinstance(event, Dtmf):
+                self._dtmf.inc()  # never the digit (PCI DSS): counted, not stored
+                continue
+            assert isinstance(event, Audio)  # noqa: S101 - the receiver yields nothing else
+            if session.ended or session.closing:
+                self.count("closed")
+                continue
+            if session.buffered() >= self._max_buffered:
+                self.count("overload")
+                continue
+            try:
+                if not session.attached:
+                    session.attach(now)
+                due = session.place(event, now)
+            except CallvaultError as e:
+                self.count("closed" if e.code == "call_ended" else "bad_payload")
+                continue
+            self._frames.inc()
+            if due and self._flush is None:
+                self._flush = asyncio.get_running_loop().create_task(self._flush_now())
+
+    async def _flush_now(self) -> None:
+        try:
+            await self.session.flush_if_due(self._clock.now(), force=True)
+        except CallvaultError as e:
+            log.warning(
+                "call %s: an RTP flush failed: %s",
+                self.session.call_id,
+                e.code,
+                extra={"tenant": self.session.tenant, "call_id": self.session.call_id},
+            )
+        finally:
+            self._flush = None
+
+    # --- reorder deadlines ----------------------------------------------------------------
+
+    def _arm_timer(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(delay, 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self._clock.now()
+        deadlines = []
+        for receiver in self.receivers.values():
+            events = receiver.poll(now.timestamp())
+            if events:
+                self.place(events, now)
+            if receiver.deadline is not None:
+                deadlines.append(receiver.deadline)
+        if deadlines:
+            self._arm_timer(min(deadlines) - now.timestamp())
+
+    def drain(self, now: datetime) -> None:
+        """Hand the session what the reorder buffers still hold (the call is ending)."""
+        for receiver in self.receivers.values():
+            events = receiver.drain(now.timestamp())
+            if events:
+                self.place(events, now)
+
+    def last_packet_at(self) -> float | None:
+        times = [r.last_packet_at for r in self.receivers.values() if r.last_packet_at]
+        return max(times, default=None)
+
+    async def settle(self) -> None:
+        """Wait for the flush in flight, if one is."""
+        if self._flush is not None:
+            with contextlib.suppress(asyncio.CancelledError, CallvaultError):
+                await self._flush
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for socket in self.sockets:
+            socket.close()
+
+
+class RtpIngest(CallTransport):
+    """Hands out port pairs and keys to RTP calls and ends calls whose media stopped."""
+
+    def __init__(
+        self,
+        settings: RtpSettings,
+        *,
+        registry: CallRegistry,
+        metrics: GatewayMetrics,
+        clock: Clock,
+        flush_bytes: int,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._metrics = metrics
+        self._clock = clock
+        self._pool = PortPool(settings.port_min, settings.port_max)
+        self._calls: dict[tuple[str, str], _RtpCall] = {}
+        self._max_buffered = MAX_BUFFERED_FLUSHES * flush_bytes
+        # Resolved once: a labelled child per outcome, so a datagram costs one inc().
+        self._outcomes = {
+            outcome: metrics.rtp_datagrams.labels(outcome).inc for outcome in OUTCOMES
+        }
+        registry.add_transport(self)
+
+    @property
+    def free_ports(self) -> int:
+        """Port pairs left in the pool."""
+        return len(self._pool)
+
+    async def open_call(
+        self, session: CallSession, *, srtp: bool, payload_types: PayloadTypes
+    ) -> RtpOffer:
+        """Bind a port pair per track and make the keys; ``IngestUnavailable``
+        (``rtp_ports_exhausted``, 503) when no pair is free."""
+        call = _RtpCall(
+            session,
+            clock=self._clock,
+            metrics=self._metrics,
+            outcomes=self._outcomes,
+            max_buffered=self._max_buffered,
+        )
+        timeline = Timeline(session.call.sample_rate)
+        keys = {track: SrtpKey.generate() for track in TRACKS} if srtp else None
+        try:
+            for track in TRACKS:
+                port = await self._bind_pair(call, track)
+                call.ports[track] = port
+                call.receivers[track] = RtpTrackReceiver(
+                    track=track,
+                    codec=media_codec(session.call.codec),
+                    payload_types=payload_types,
+                    key=keys[track] if keys else None,
+                    timeline=timeline,
+                    count=call.count,
+                )
+        except BaseException:
+            self._release(call)
+            raise
+        self._calls[(session.tenant, session.call_id)] = call
+        self._metrics.rtp_ports.set(self._ports_in_use())
+        host = self._settings.advertise_host or self._settings.host
+        return RtpOffer(host=host, ports=dict(call.ports), keys=keys)
+
+    async def _bind_pair(self, call: _RtpCall, track: Track) -> int:
+        """Take the first pair from the pool that binds (another program may hold one)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(len(self._pool)):
+            port = self._pool.take()
+            if port is None:
+                break
+            bound: list[_Port] = []
+            try:
+                for number, receive in (
+                    (port, lambda data, addr: call.receive(track, data, addr)),
+                    (port + 1, lambda data, addr: call.count("rtcp")),
+                ):
+                    socket = _Port(receive)
+                    await loop.create_datagram_endpoint(
+                        lambda socket=socket: socket,  # type: ignore[misc]
+                        local_addr=(self._settings.host, number),
+                    )
+                    bound.append(socket)
+            except OSError:
+                for socket in bound:
+                    socket.close()
+                self._pool.give_back(port)
+                continue
+            call.sockets += bound
+            return port
+        raise IngestUnavailable(
+            "No RTP port pair is free; retry later, or the operator must widen "
+            "rtp.port_min..port_max.",
+            code="rtp_ports_exhausted",
+        )
+
+    def closing(self, session: CallSession, now: datetime) -> None:
+        call = self._calls.get((session.tenant, session.call_id))
+        if call is not None and not call.closed:
+            call.drain(now)
+
+    def ended(self, session: CallSession) -> None:
+        call = self._calls.pop((session.tenant, session.call_id), None)
+        if call is not None:
+            self._release(call)
+
+    def _release(self, call: _RtpCall) -> None:
+        call.close()
+        for port in call.ports.values():
+            self._pool.give_back(port)
+        call.ports.clear()
+        self._metrics.rtp_ports.set(self._ports_in_use())
+
+    def _ports_in_use(self) -> int:
+        return 4 * len(self._calls)
+
+    async def tick(self, now: datetime) -> None:
+        """End the calls whose media stopped ``rtp.timeout`` ago."""
+        limit = self._settings.timeout.total_seconds()
+        for call in list(self._calls.values()):
+            last = call.last_packet_at()
+            if last is None or now.timestamp() - last < limit:
+                continue
+            session = call.session
+            try:
+                await self._registry.end(
+                    session.tenant, session.call_id, now=now, reason="media_timeout"
+                )
+            except CallvaultError as e:
+                log.warning(
+                    "call %s: ending it after its media stopped failed: %s",
+                    session.call_id,
+                    e.code,
+                    extra={"tenant": session.tenant, "call_id": session.call_id},
+                )
+
+    async def close(self) -> None:
+        """Release every port (the registry has finalized the calls by now)."""
+        for call in list(self._calls.values()):
+            self._release(call)
+            await call.settle()
+        self._calls.clear()
