@@ -58,7 +58,6 @@ TRANSPORT_RATES: dict[str, tuple[int, ...]] = {
 }
 RTP_CODEC_RATES = {"pcmu": 8000, "pcma": 8000, "opus": 48000}
 """RTP's clock rate for each codec it carries (RFC 3551; RFC 7587: Opus is always 48 kHz)."""
-AVAILABLE_TRANSPORTS = ("twilio", "fork", "audiosocket", "rtp")
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 NUMBER = Annotated[str, Field(min_length=1, max_length=64)]
@@ -105,11 +104,6 @@ def parse_announcement(data: object) -> CallAnnouncement:
         field = ".".join(str(part) for part in first["loc"]) or "(body)"
         raise BadRequest(f"{field}: {first['msg']}.", code="invalid_call") from None
     transport = announcement.transport
-    if transport not in AVAILABLE_TRANSPORTS:
-        raise BadRequest(
-            f"transport: {transport!r} ingest is not available in this version.",
-            code="unsupported_transport",
-        )
     codec = announcement.codec or TRANSPORT_CODECS[transport][0]
     if codec not in TRANSPORT_CODECS[transport]:
         raise BadRequest(
@@ -277,6 +271,9 @@ class CallRegistry:
                 "call_id": call.id,
                 "instructions_version": version,
                 "decision": outcome.document(),
+                # For rtp calls: whether the audio travels encrypted (plain RTP is allowed
+                # only by the instructions, so the audit trail shows which calls used it).
+                **({"srtp": announcement.srtp} if announcement.transport == "rtp" else {}),
             },
             now=now,
         )

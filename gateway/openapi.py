@@ -29,11 +29,12 @@ from typing import Any
 from gateway.api.calls import WEBSOCKET_PATHS
 from gateway.api.tenants import TENANT_ID, TENANT_ROLES
 from gateway.calls import (
-    AVAILABLE_TRANSPORTS,
     CALL_ID_PATTERN,
+    RTP_CODEC_RATES,
     TRANSPORT_CODECS,
     TRANSPORT_RATES,
     CallAnnouncement,
+    RtpPayloadTypes,
 )
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE, Track
@@ -96,10 +97,6 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "The announcement has an unknown field, a missing field or an invalid value.",
         "from: Field required.",
     ),
-    "unsupported_transport": (
-        "The transport is not available in this version (rtp).",
-        "transport: 'rtp' ingest is not available in this version.",
-    ),
     "unsupported_codec": (
         "The codec or sample rate is not one the transport carries.",
         "codec: twilio carries pcmu, not opus.",
@@ -121,6 +118,13 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "The tenant's instructions enable neither recording nor any AI feature.",
         "The tenant's instructions version 3 enable neither recording nor any AI feature; the "
         "tenant admin must enable recording or an AI feature before calls are accepted.",
+    ),
+    "unencrypted_transport": (
+        "The call would send plain RTP (`srtp` false) and the instructions do not set "
+        "`transport.allow_unencrypted_rtp`.",
+        "The call's audio would arrive as plain RTP and the tenant's instructions require "
+        "SRTP; announce it with srtp true, or the tenant admin must set "
+        "transport.allow_unencrypted_rtp.",
     ),
     "consent_missing": (
         "Consent is required and the call's consent is `denied` or `not_asked`.",
@@ -172,6 +176,10 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
     "too_large": (
         "The recording is too long for one WAV file (RIFF sizes are 32-bit).",
         "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is too long for one WAV file.",
+    ),
+    "rtp_ports_exhausted": (
+        "No RTP port pair is free for the call's tracks; the call is ended empty.",
+        "No RTP port pair is free; retry later, or the operator must widen rtp.port_min..port_max.",
     ),
     "not_ready": (
         "The catalog or the object store does not answer.",
@@ -487,6 +495,16 @@ def instruction_section_schemas() -> dict[str, Schema]:
             closed=True,
         ),
         "AiRule": _obj(ai_properties, closed=True),
+        "TransportRule": _obj(
+            {
+                "allow_unencrypted_rtp": {
+                    "type": "boolean",
+                    "default": defaults["transport"]["allow_unencrypted_rtp"],
+                    "description": "Accept rtp calls announced with `srtp` false (plain RTP).",
+                }
+            },
+            closed=True,
+        ),
         "RetentionRule": _obj(
             {
                 name: {
@@ -508,6 +526,7 @@ def _document_properties() -> dict[str, Schema]:
         "consent": {**_ref("ConsentRule"), "default": defaults["consent"]},
         "ai": {**_ref("AiRule"), "default": defaults["ai"]},
         "retention": {**_ref("RetentionRule"), "default": defaults["retention"]},
+        "transport": {**_ref("TransportRule"), "default": defaults["transport"]},
         "exclude_numbers": {
             "type": "array",
             "items": {
@@ -604,13 +623,7 @@ def call_announcement_schema() -> Schema:
                 "default": fields["consent"].default,
                 "description": "`denied` and `not_asked` are refused when consent is required.",
             },
-            "transport": {
-                "type": "string",
-                "enum": _announcement_enum("transport"),
-                "description": "Available in this version: "
-                + ", ".join(AVAILABLE_TRANSPORTS)
-                + "; others answer 400 `unsupported_transport`.",
-            },
+            "transport": {"type": "string", "enum": _announcement_enum("transport")},
             "codec": _nullable(
                 {
                     "type": "string",
@@ -624,7 +637,39 @@ def call_announcement_schema() -> Schema:
                     "description": f"Hz. Default: the transport's first. Carried: {rates}.",
                 }
             ),
-            "srtp": {"type": "boolean", "default": fields["srtp"].default},
+            "srtp": _nullable(
+                {
+                    "type": "boolean",
+                    "description": "rtp only. Default true: the gateway hands out an SDES key "
+                    "per track. false (plain RTP) needs the instructions' "
+                    "`transport.allow_unencrypted_rtp`, else 403 `unencrypted_transport`.",
+                }
+            ),
+            "payload_types": _nullable(
+                _obj(
+                    {
+                        "opus": _nullable(
+                            {
+                                "type": "integer",
+                                "minimum": 96,
+                                "maximum": 127,
+                                "description": "Opus's dynamic payload type. Default: any "
+                                "dynamic type but the telephone events'.",
+                            }
+                        ),
+                        "telephone_event": {
+                            "type": "integer",
+                            "minimum": 96,
+                            "maximum": 127,
+                            "default": RtpPayloadTypes.model_fields["telephone_event"].default,
+                            "description": "RFC 4733 telephone events' payload type (DTMF: "
+                            "counted, never stored).",
+                        },
+                    },
+                    closed=True,
+                    description="rtp only: the dynamic payload types the PBX negotiated.",
+                )
+            ),
         },
         required=("from", "to", "transport"),
         closed=True,
@@ -657,6 +702,7 @@ def announced_schema() -> Schema:
                         "it is off.",
                         "examples": ["127.0.0.1:9092"],
                     },
+                    "rtp": _ref("RtpOffer"),
                 },
                 required=("websocket",),
                 description="Where to send the call's audio.",
@@ -664,6 +710,44 @@ def announced_schema() -> Schema:
         },
         required=("call_id", "recording_id", "instructions_version", "decision", "ingest"),
         description="An accepted call.",
+    )
+
+
+def rtp_offer_schema() -> Schema:
+    track_ports = {
+        track: {"type": "integer", "description": f"UDP port of the {track} track's RTP."}
+        for track in typing.get_args(Track)
+    }
+    sdes = {
+        "type": "string",
+        "pattern": "^AES_CM_128_HMAC_SHA1_80 inline:[A-Za-z0-9+/]{40}$",
+        "description": "The SDES crypto attribute value (RFC 4568): master key and salt.",
+    }
+    return _obj(
+        {
+            "host": {"type": "string", "examples": ["127.0.0.1"]},
+            **track_ports,
+            "rtcp": _obj(
+                {track: {"type": "integer"} for track in typing.get_args(Track)},
+                required=typing.get_args(Track),
+                description="RTCP ports (RTP port + 1): bound, counted, dropped.",
+            ),
+            "srtp": {"type": "boolean"},
+            "crypto": _nullable(
+                _obj(
+                    {track: sdes for track in typing.get_args(Track)},
+                    required=typing.get_args(Track),
+                    description="A fresh key per call and per track; null for plain RTP.",
+                )
+            ),
+        },
+        required=("host", *typing.get_args(Track), "rtcp", "srtp", "crypto"),
+        description="rtp calls only: where each track's RTP goes and its SRTP key. Payload "
+        "types: 0 PCMU, 8 PCMA, a dynamic one for Opus; 13 (comfort noise) is ignored. "
+        "Clock rates: "
+        + ", ".join(f"{codec} {rate} Hz" for codec, rate in RTP_CODEC_RATES.items())
+        + ". The call ends on `POST /v1/calls/{call_id}/end` or after `rtp.timeout` (30 s) "
+        "without packets; its ports then return to the pool.",
     )
 
 
@@ -762,6 +846,7 @@ def schemas() -> dict[str, Schema]:
         "Decision": decision_schema(),
         "CallAnnouncement": call_announcement_schema(),
         "Announced": announced_schema(),
+        "RtpOffer": rtp_offer_schema(),
         "Call": call_schema(),
         "CallPauseState": _obj(
             {"call_id": {"type": "string"}, "paused": {"type": "boolean"}},
@@ -916,6 +1001,7 @@ _CLOSE_CODES = {
     "(`duplicate_start`), anything after stop (`stream_stopped`).",
     "1008": "Policy refusal or bad token (reason = the error code): `unauthorized`, "
     "`forbidden` (not a pbx token), `unknown_call`, `call_ended`, `codec_mismatch`, "
+    "`transport_mismatch` (the call was announced for another transport), "
     "`stream_not_started` (audio before start), `invalid_call`, or a policy refusal: "
     + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
     + ". Nothing of a refused stream is stored.",
@@ -1175,13 +1261,13 @@ def call_paths() -> dict[str, Schema]:
                             400,
                             "bad_json",
                             "invalid_call",
-                            "unsupported_transport",
                             "unsupported_codec",
                         ),
                     ),
                     ("403", error_response(403, "forbidden", *REFUSAL_CODES)),
                     _NOT_FOUND,
                     ("409", error_response(409, "conflict")),
+                    ("503", error_response(503, "rtp_ports_exhausted")),
                 ),
             ),
         },

@@ -8,8 +8,15 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import numpy.typing as npt
 
 from gateway.ingest.rtp import SrtpKey
+
+OPUS_FRAME = 960
+"""Samples of a 20 ms Opus frame at 48 kHz."""
 
 
 @dataclass
@@ -63,6 +70,64 @@ class RtpSender:
     def stream(self, payload: bytes, size: int = 160) -> list[bytes]:
         """``payload`` (G.711) cut into packets of ``size`` samples."""
         return [self.packet(payload[i : i + size]) for i in range(0, len(payload), size)]
+
+    def dtmf(
+        self, event: int, *, updates: int = 3, step: int = 160, payload_type: int = 101
+    ) -> list[bytes]:
+        """One RFC 4733 telephone event (``event`` 0-15: ``0123456789*#ABCD``) as a PBX
+        sends it: ``updates`` packets of growing duration (the first with the marker),
+        then the end packet three times (§2.5.1.4), all stamped with the current timestamp
+        (the event's start), which they do not advance."""
+        start = self.timestamp
+        packets = [
+            self.packet(
+                telephone_event(event, duration=step * (index + 1)),
+                samples=0,
+                marker=index == 0,
+                payload_type=payload_type,
+                timestamp=start,
+            )
+            for index in range(updates)
+        ]
+        end = telephone_event(event, end=True, duration=step * (updates + 1))
+        packets += [
+            self.packet(end, samples=0, payload_type=payload_type, timestamp=start)
+            for _ in range(3)
+        ]
+        return packets
+
+
+def telephone_event(
+    event: int, *, end: bool = False, volume: int = 10, duration: int = 160
+) -> bytes:
+    """An RFC 4733 §2.3 telephone-event payload: event, E bit and volume, duration."""
+    return struct.pack("!BBH", event, (0x80 if end else 0) | (volume & 0x3F), duration)
+
+
+def opus_packets(pcm: npt.NDArray[np.int16], *, bit_rate: int = 64_000) -> list[bytes]:
+    """``pcm`` (48 kHz mono) as 20 ms Opus packets from PyAV's libopus encoder: as many
+    packets as cover ``pcm`` (the encoder's look-ahead tail is left out), so the packets
+    decode to exactly ``ceil(len(pcm) / 960) * 960`` samples, delayed by the encoder's
+    pre-skip."""
+    import av
+
+    context = av.CodecContext.create("libopus", "w")
+    context.sample_rate = 48_000
+    context.layout = "mono"
+    context.format = "s16"
+    context.bit_rate = bit_rate
+    context.time_base = Fraction(1, 48_000)
+    packets: list[bytes] = []
+    for start in range(0, len(pcm), OPUS_FRAME):
+        chunk = np.zeros(OPUS_FRAME, dtype=np.int16)
+        part = pcm[start : start + OPUS_FRAME]
+        chunk[: len(part)] = part
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48_000
+        frame.pts = start
+        packets += [bytes(packet) for packet in context.encode(frame)]
+    packets += [bytes(packet) for packet in context.encode(None)]
+    return packets[: -(-len(pcm) // OPUS_FRAME)]
 
 
 def offer_key(offer: dict, track: str) -> SrtpKey:

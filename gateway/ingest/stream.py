@@ -87,6 +87,12 @@ class StreamBinding:
             raise
         except (NotFound, PolicyRefused) as e:
             raise refusal_of(e) from None
+        if session.call.transport != self.transport:
+            raise StreamRefused(
+                f"Call {call_id!r} was announced for {session.call.transport}, not "
+                f"{self.transport}.",
+                code="transport_mismatch",
+            )
         if (session.call.codec, session.call.sample_rate) != (event.codec, event.sample_rate):
             raise StreamRefused(
                 f"Call {call_id!r} was announced as {session.call.codec} "

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "language": "auto",
     },
     "retention": {"recordings": "P90D", "transcripts": "P365D", "call_records": "P3Y"},
+    "transport": {"allow_unencrypted_rtp": False},
     "exclude_numbers": [],
 }
 

@@ -443,6 +443,18 @@ async def test_a_second_stream_for_a_streaming_call_is_refused(gateway: Gateway)
     assert await closed(first) == (1000, "stop")
 
 
+async def test_a_stream_for_a_call_announced_for_another_transport_is_refused(
+    gateway: Gateway,
+) -> None:
+    """An RTP call carries PCMU at 8 kHz like Twilio; a Twilio stream naming it must still
+    be refused, or it would write into the tracks the call's RTP ports feed."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant, transport="rtp"))["call_id"]
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_start(call_id))
+    assert await closed(ws) == (1008, "transport_mismatch")
+
+
 # --- flushing and memory --------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
         "language": "auto",
     },
     "retention": {"recordings": "P90D", "transcripts": "P365D", "call_records": "P3Y"},
+    "transport": {"allow_unencrypted_rtp": False},
     "exclude_numbers": [],
 }
 
@@ -79,6 +80,7 @@ def test_full_document_round_trips() -> None:
             "language": "en",
         },
         "retention": {"recordings": "P30D", "transcripts": "PT30S", "call_records": "P1Y2M"},
+        "transport": {"allow_unencrypted_rtp": True},
         "exclude_numbers": ["+40712345678"],
     }
     doc = parse_instructions(body)

@@ -136,6 +136,38 @@ def test_consent_is_checked_last() -> None:
     assert "'denied'" in result.message
 
 
+def plain_rtp(consent: Consent = "granted") -> CallFacts:
+    return CallFacts(
+        from_number=CALLER,
+        to_number=CALLEE,
+        direction="inbound",
+        consent=consent,
+        unencrypted=True,
+    )
+
+
+def test_plain_rtp_is_refused_unless_the_instructions_allow_it() -> None:
+    result = decide(plain_rtp(), instructions(recording=True), 1, NOW)
+    assert isinstance(result, Refusal)
+    assert result.code == "unencrypted_transport"
+    assert "srtp" in result.message
+    allowing = parse_instructions(
+        {"recording": {"enabled": True}, "transport": {"allow_unencrypted_rtp": True}}
+    )
+    assert isinstance(decide(plain_rtp(), allowing, 2, NOW), Decision)
+    # Encrypted calls never need the permission.
+    assert isinstance(decide(call(), instructions(recording=True), 1, NOW), Decision)
+
+
+def test_plain_rtp_is_checked_after_instructions_and_before_consent() -> None:
+    not_instructed = decide(plain_rtp("denied"), instructions(), 1, NOW)
+    assert isinstance(not_instructed, Refusal)
+    assert not_instructed.code == "recording_not_instructed"
+    unencrypted = decide(plain_rtp("denied"), instructions(recording=True), 1, NOW)
+    assert isinstance(unencrypted, Refusal)
+    assert unencrypted.code == "unencrypted_transport"
+
+
 # --- defaults, versions, AI-only ----------------------------------------------------------
 
 
