@@ -35,6 +35,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/rtp.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -28,8 +28,10 @@ What a datagram goes through, cheapest check first:
    flip between them;
 6. the sequence number (extended past 65535): a short reorder buffer puts packets back in
    order; a packet already delivered is ``duplicate``, one whose gap was given up is
-   ``late``; a gap is given up when ``reorder_depth`` packets wait behind it or the oldest
-   has waited ``reorder_delay_s`` (``poll``).
+   ``late``; a gap is given up when more than ``reorder_depth`` packets wait behind it or
+   the oldest has waited ``reorder_delay_s`` (``poll``). A packet ``MAX_DROPOUT`` ahead or
+   ``MAX_MISORDER`` behind is ``out_of_sequence``, unless it is the second in sequence of
+   such a jump: then the sender restarted its numbering, and counting starts again there.
 
 Where audio lands: each source is anchored on the call's shared ``Timeline`` when its first
 packet is delivered (wall-clock time since the call's first packet, never before what the
@@ -46,6 +48,7 @@ import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pylibsrtp
 
@@ -81,8 +84,11 @@ DEFAULT_TELEPHONE_EVENT = 101
 MIN_SEQUENTIAL = 2
 """Packets in sequence a new SSRC must send before it replaces the current source."""
 MAX_DROPOUT = 3000
-"""A sequence number this far ahead is a restart of the sender's numbering, not a gap
-(RFC 3550 §A.1): what is held is delivered and counting starts again there."""
+"""A packet this far ahead is not a gap but a stray, or a restart of the sender's numbering
+when the next packet follows it in sequence (RFC 3550 §A.1)."""
+MAX_MISORDER = 100
+"""The same, this far behind (only plain RTP shows it: SRTP's replay window refuses such
+packets first)."""
 RELATCH_AFTER_S = 1.0
 """How long the latched source must be silent before an authenticated packet from another
 address may take over (SRTP only)."""
@@ -102,6 +108,7 @@ DROP_REASONS = (
     "stale_source",
     "duplicate",
     "late",
+    "out_of_sequence",
 )
 """Why a datagram is not delivered; the ``reason`` label of the drop counter."""
 DELIVERED = ("audio", "telephone_event", "comfort_noise")
@@ -163,9 +170,9 @@ class SrtpKey:
         return pylibsrtp.Session(policy)
 
 
-@dataclass(frozen=True, slots=True)
-class RtpPacket:
-    """The parts of an RTP packet (RFC 3550 §5.1) the receiver uses."""
+class RtpPacket(NamedTuple):
+    """The parts of an RTP packet (RFC 3550 §5.1) the receiver uses. (A named tuple, not a
+    frozen dataclass: one is built per datagram, and tuples are several times cheaper.)"""
 
     marker: bool
     payload_type: int
@@ -252,8 +259,7 @@ class Timeline:
         return max(not_before, round((now - self.origin) * self.rate))
 
 
-@dataclass(slots=True)
-class _Held:
+class _Held(NamedTuple):
     packet: RtpPacket
     kind: str
     arrived: float
@@ -271,8 +277,10 @@ class RtpTrackReceiver:
     """One track's UDP port: datagrams in, ``Audio``/``Dtmf`` events out, drops counted.
 
     ``count`` is called once per datagram with its outcome (a ``DROP_REASONS`` or
-    ``DELIVERED`` label; a new SSRC's packets on probation are counted once it is accepted
-    or given up); nothing here raises for what a peer sends.
+    ``DELIVERED`` label), except for the datagrams that become ``Audio`` events: the caller
+    counts those once it knows what became of them (stored as ``audio``, or dropped after
+    all). A new SSRC's packets on probation are counted once it is accepted or given up.
+    Nothing here raises for what a peer sends.
     """
 
     def __init__(
@@ -308,6 +316,8 @@ class RtpTrackReceiver:
         """Extended sequence number of the next packet to deliver."""
         self._window = 0
         """Bit i: extended sequence ``_next - 1 - i`` was delivered (duplicate detection)."""
+        self._restart: int | None = None
+        """The sequence number that would confirm a restart of the sender's numbering."""
         self._held: dict[int, _Held] = {}
         self._end = 0
         """End of the track's audio on the timeline (samples)."""
@@ -355,9 +365,10 @@ class RtpTrackReceiver:
         if kind is None:
             self._count("unexpected_payload_type")
             return []
-        if kind == "audio" and self._codec.packetized:
+        if kind == "audio":
             try:
-                self._codec.frames(packet.payload)
+                if not self._codec.frames(packet.payload):
+                    raise StorageError("an empty payload")
             except StorageError:
                 self._count("bad_payload")
                 return []
@@ -382,12 +393,20 @@ class RtpTrackReceiver:
         return events
 
     def drain(self, now: float) -> list[Event]:
-        """Everything still held, in order, gaps given up (the call is ending)."""
+        """Everything still held, in order, gaps given up (the call is ending); a new SSRC
+        still on probation is given up."""
         events: list[Event] = []
+        self._flush_held(events, now)
+        if self._candidate is not None:
+            for _ in self._candidate.packets:
+                self._count("stale_source")
+            self._candidate = None
+        return events
+
+    def _flush_held(self, events: list[Event], now: float) -> None:
         while self._held:
             self._skip_to(min(self._held))
             self._release(events, now)
-        return events
 
     # --- sources --------------------------------------------------------------------------
 
@@ -412,7 +431,8 @@ class RtpTrackReceiver:
         if len(candidate.packets) < MIN_SEQUENTIAL:
             return []  # counted once it is accepted or given up
         # The new source is real: what the old one left is delivered, then the new one's.
-        events = self.drain(now)
+        events: list[Event] = []
+        self._flush_held(events, now)
         assert self._ssrc is not None  # noqa: S101 - set before any candidate exists
         self._retired.add(self._ssrc)
         self._candidate = None
@@ -427,6 +447,7 @@ class RtpTrackReceiver:
         self._source_at = now
         self._next = packet.sequence
         self._window = 0
+        self._restart = None
         self._anchored = False
         self._event_ts = None
 
@@ -442,6 +463,21 @@ class RtpTrackReceiver:
             self._deliver(held, events, now)
             self._advance()
             return events
+        if delta <= -MAX_MISORDER or delta >= MAX_DROPOUT:
+            if held.packet.sequence != self._restart:
+                # Far out of sequence: a stray, or the first packet of a sender that
+                # restarted its numbering; a second in sequence after it tells which.
+                self._restart = (held.packet.sequence + 1) % _SEQ_MOD
+                self._count("out_of_sequence")
+                return events
+            # The second in sequence (RFC 3550 §A.1): counting starts again here.
+            self._flush_held(events, now)
+            self._restart = None
+            self._next = ext
+            self._window = 0
+            self._deliver(held, events, now)
+            self._advance()
+            return events
         if delta < 0:
             back = -delta - 1
             seen = back < _WINDOW_BITS and self._window >> back & 1
@@ -450,10 +486,6 @@ class RtpTrackReceiver:
         if ext in self._held:
             self._count("duplicate")
             return events
-        if delta >= MAX_DROPOUT:
-            events += self.drain(now)
-            self._next = ext
-            self._window = 0
         self._held[ext] = held
         self._release(events, now)
         if len(self._held) > self._depth:
@@ -479,10 +511,11 @@ class RtpTrackReceiver:
 
     def _deliver(self, held: _Held, events: list[Event], now: float) -> None:
         packet, kind = held.packet, held.kind
-        self._count(kind)
         if kind == "comfort_noise":
+            self._count(kind)
             return
         if kind == "telephone_event":
+            self._count(kind)
             # One event spans packets with the same timestamp (its start); its end is sent
             # three times. Reported once, when first seen.
             payload = packet.payload
@@ -491,8 +524,6 @@ class RtpTrackReceiver:
                 events.append(Dtmf(digit=_DTMF[payload[0]], track=self.track))
             return
         samples = self._codec.frames(packet.payload)
-        if not samples:
-            return
         position = self._position(packet.timestamp, now)
         events.append(
             Audio(
@@ -514,7 +545,8 @@ class RtpTrackReceiver:
             self._ts_ext += step
             self._ts_last = timestamp
             position = self._anchor + self._ts_ext - self._ts_base
-            if self._end - self._max_backstep <= position <= self._end + self._max_jump:
+            lowest = max(0, self._end - self._max_backstep)
+            if lowest <= position <= self._end + self._max_jump:
                 return position
         # A new source, or its clock jumped: it starts where the call's clock says.
         self._anchored = True

@@ -189,6 +189,7 @@ class _RtpCall:
             except CallvaultError as e:
                 self.count("closed" if e.code == "call_ended" else "bad_payload")
                 continue
+            self.count("audio")
             self._frames.inc()
             if due and self._flush is None:
                 self._flush = asyncio.get_running_loop().create_task(self._flush_now())
@@ -196,11 +197,13 @@ class _RtpCall:
     async def _flush_now(self) -> None:
         try:
             await self.session.flush_if_due(self._clock.now(), force=True)
-        except CallvaultError as e:
+        except Exception as e:  # logged here: nobody awaits this task
+            code = e.code if isinstance(e, CallvaultError) else type(e).__name__
             log.warning(
                 "call %s: an RTP flush failed: %s",
                 self.session.call_id,
-                e.code,
+                code,
+                exc_info=not isinstance(e, CallvaultError),
                 extra={"tenant": self.session.tenant, "call_id": self.session.call_id},
             )
         finally:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import build_app
 from gateway.ingest.rtp import SrtpKey
 from gateway.ingest.rtp_server import OUTCOMES
-from gateway.settings import Settings
+from gateway.session import CallSession
+from gateway.settings import AudioSocketSettings, IngestSettings, RtpSettings, Settings
 from gateway.state import CALLS, RTP
 from tests.gateway import (
     ULAW,
@@ -52,6 +55,21 @@ FRAME = 160
 DATAGRAMS = "callvault_rtp_datagrams_total"
 PORTS_IN_USE = "callvault_rtp_ports_in_use"
 COUNTED_TIMEOUT_S = 5.0
+PRIVATE_PORTS = range(20_000, 32_000)
+"""Where each test's RTP port range is drawn from."""
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Path) -> Settings:
+    """The conftest's embedded defaults, but RTP ports from a free range of the test's own
+    (12 pairs: three calls with room for least-recently-used reuse) so that the port checks
+    never meet another gateway on this host; AudioSocket off (not used here)."""
+    base = free_udp_range(24)
+    return Settings(
+        data_dir=tmp_path / "var",
+        audiosocket=AudioSocketSettings(port=0),
+        rtp=RtpSettings(port_min=base, port_max=base + 23),
+    )
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -108,16 +126,21 @@ def outcomes(text: str) -> dict[str, float]:
     return counts
 
 
-async def counted(gateway: Gateway, total: int) -> dict[str, float]:
-    """Wait (bounded) until the app has counted ``total`` datagrams, whatever their outcome;
-    the counts by outcome."""
+async def settled(gateway: Gateway, done: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    """Poll /metrics until the counts by outcome are ``done``, or the timeout; the counts."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + COUNTED_TIMEOUT_S
     while True:
         counts = outcomes(await scrape(gateway))
-        if sum(counts.values()) >= total or loop.time() > deadline:
-            break
+        if done(counts) or loop.time() > deadline:
+            return counts
         await asyncio.sleep(0)
+
+
+async def counted(gateway: Gateway, total: int) -> dict[str, float]:
+    """Wait (bounded) until the app has counted ``total`` datagrams, whatever their outcome;
+    the counts by outcome."""
+    counts = await settled(gateway, lambda counts: sum(counts.values()) >= total)
     seen = {outcome: n for outcome, n in counts.items() if n}
     assert sum(counts.values()) == total, f"expected {total} datagrams counted, got {seen}"
     return counts
@@ -209,6 +232,11 @@ def assert_samples(actual: npt.NDArray[Any], expected: npt.NDArray[Any], what: s
     )
 
 
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Messages logged at ERROR or above (a datagram the glue could not handle is one)."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def schedule(
     count: int,
     *,
@@ -231,13 +259,12 @@ def schedule(
 
 
 def free_udp_range(count: int) -> int:
-    """An even port from which ``count`` consecutive UDP ports on loopback are free now."""
+    """An even port from which ``count`` consecutive UDP ports on loopback are free now,
+    below the kernel's usual ephemeral range (32768-60999: the test's own senders and
+    clients never get them) and away from the default RTP range that other gateways on
+    this host may be using."""
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] & ~1
-        if base < 1024 or base + count > 65535:
-            continue
+        base = PRIVATE_PORTS.start + 2 * secrets.randbelow(len(PRIVATE_PORTS) // 2)
         with contextlib.ExitStack() as stack:
             try:
                 for port in range(base, base + count):
@@ -263,7 +290,7 @@ def udp_port_taken(port: int) -> bool:
 
 @pytest.mark.parametrize("srtp", [True, False], ids=["srtp", "plain-rtp"])
 async def test_impaired_stream_lands_sample_exact_on_both_tracks(
-    clocked_gateway: Gateway, srtp: bool
+    clocked_gateway: Gateway, srtp: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Lost packets come back as silence of their exact length at their exact place, a late
     one (its gap given up) too; duplicates add nothing; reordered packets are put back;
@@ -320,6 +347,7 @@ async def test_impaired_stream_lands_sample_exact_on_both_tracks(
     recording = await get_recording(gateway, acme, call)
     assert recording["duration_s"] == 1.0
     assert sorted(recording["tracks"]) == ["inbound", "outbound"]
+    assert not errors(caplog), errors(caplog)
 
 
 async def test_a_gap_is_given_up_after_the_reorder_delay_on_the_wall_clock(
@@ -373,13 +401,9 @@ async def test_a_new_ssrc_takes_over_after_two_packets_in_sequence(
 
 
 async def test_a_lone_packet_of_another_ssrc_is_counted(clocked_gateway: Gateway) -> None:
-    """PRODUCT BUG: a single datagram of an unknown SSRC in the middle of a stream (a
-    stray, never followed by a second) is never counted under any outcome, although every
-    datagram should be counted once: ``RtpTrackReceiver._other_source`` keeps it as a
-    probation candidate that is counted only when a later, different candidate replaces
-    it; the current source continuing does not give it up, nor does the call's end
-    (``drain``). Expected: ``stale_source`` 1 by the time the call has ended. The audio
-    itself is unaffected (checked first)."""
+    """A single datagram of an unknown SSRC in the middle of a stream (a stray, never
+    followed by a second) is counted once, ``stale_source``, by the time the call has ended
+    (the receiver gives its probation up at the end), and the audio is unaffected."""
     gateway = clocked_gateway
     acme = await gateway.tenant("acme", ON)
     call = await announce_rtp(gateway, acme)
@@ -401,7 +425,7 @@ async def test_a_lone_packet_of_another_ssrc_is_counted(clocked_gateway: Gateway
 
 
 async def test_hostile_datagrams_are_dropped_and_counted_while_another_call_records(
-    clocked_gateway: Gateway,
+    clocked_gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Wrong keys (another key, or the other track's), replays, random bytes, short
     datagrams, RTP version 1, RTCP on either port and a foreign payload type are dropped and
@@ -479,6 +503,7 @@ async def test_hostile_datagrams_are_dropped_and_counted_while_another_call_reco
     pcm = await export(gateway, acme, other)
     assert_samples(pcm[:, 0], other_in_pcm, "other call, inbound")
     assert_samples(pcm[:, 1], other_out_pcm, "other call, outbound")
+    assert not errors(caplog), errors(caplog)
 
 
 # --- 3. the announcement ------------------------------------------------------------------
@@ -562,29 +587,28 @@ async def test_plain_rtp_needs_the_tenants_permission(clocked_gateway: Gateway) 
     assert_samples(pcm[:, 1], outbound_pcm, "outbound")
 
 
-@pytest.mark.parametrize(
-    ("fields", "code"),
-    [
-        ({"transport": "twilio", "srtp": True}, "invalid_call"),
-        ({"transport": "twilio", "payload_types": {"telephone_event": 101}}, "invalid_call"),
-        ({"transport": "rtp", "codec": "opus", "sample_rate": 8000}, "unsupported_codec"),
-        ({"transport": "rtp", "codec": "pcmu", "sample_rate": 48000}, "unsupported_codec"),
-        ({"transport": "rtp", "codec": "l16"}, "unsupported_codec"),
-        ({"transport": "rtp", "codec": "opus", "payload_types": {"opus": 95}}, "invalid_call"),
-    ],
-    ids=["srtp-on-twilio", "pts-on-twilio", "opus-8k", "pcmu-48k", "l16", "static-opus-pt"],
-)
-async def test_announcement_refuses_what_rtp_cannot_carry(
-    gateway: Gateway, fields: dict[str, Any], code: str
-) -> None:
-    """400 with the field's error code, and no port taken."""
+UNCARRIABLE: list[tuple[dict[str, Any], str]] = [
+    ({"transport": "twilio", "srtp": True}, "invalid_call"),
+    ({"transport": "twilio", "payload_types": {"telephone_event": 101}}, "invalid_call"),
+    ({"transport": "rtp", "codec": "opus", "sample_rate": 8000}, "unsupported_codec"),
+    ({"transport": "rtp", "codec": "pcmu", "sample_rate": 48000}, "unsupported_codec"),
+    ({"transport": "rtp", "codec": "l16"}, "unsupported_codec"),
+    ({"transport": "rtp", "codec": "opus", "payload_types": {"opus": 95}}, "invalid_call"),
+]
+
+
+async def test_announcement_refuses_what_rtp_cannot_carry(gateway: Gateway) -> None:
+    """SRTP or payload types on a Twilio call, Opus at 8 kHz, G.711 at 48 kHz, L16 over
+    RTP, a static PT for Opus: each 400 with its error code, and no port taken. (One app
+    for all the cases: each is one request.)"""
     acme = await gateway.tenant("acme", ON)
-    body = {"from": "+40711111111", "to": "+40722222222", "consent": "granted", **fields}
-    response = await gateway.client.post(
-        "/v1/tenants/acme/calls", json=body, headers=bearer(acme.pbx)
-    )
-    assert response.status == 400, await response.text()
-    assert (await response.json())["error"] == code
+    for fields, code in UNCARRIABLE:
+        body = {"from": "+40711111111", "to": "+40722222222", "consent": "granted", **fields}
+        response = await gateway.client.post(
+            "/v1/tenants/acme/calls", json=body, headers=bearer(acme.pbx)
+        )
+        assert response.status == 400, (fields, await response.text())
+        assert (await response.json())["error"] == code, fields
     assert metric_value(await scrape(gateway), PORTS_IN_USE) == 0
 
 
@@ -660,8 +684,8 @@ async def test_port_exhaustion_refuses_503_until_a_call_ends(
     base = free_udp_range(4)
     settings = Settings(
         data_dir=tmp_path / "var",
-        audiosocket={"port": 0},
-        rtp={"port_min": base, "port_max": base + 3},
+        audiosocket=AudioSocketSettings(port=0),
+        rtp=RtpSettings(port_min=base, port_max=base + 3),
     )
     gateway = await start_gateway(await aiohttp_client(GatewayServer(build_app(settings))))
     acme = await gateway.tenant("acme", ON)
@@ -687,6 +711,44 @@ async def test_port_exhaustion_refuses_503_until_a_call_ends(
     third = await announce_rtp(gateway, acme)
     assert {third.port("inbound"), third.port("outbound")} == {base, base + 2}
     await call_action(gateway, acme, third, "end")
+
+
+async def test_an_overloaded_datagram_is_counted_once(
+    aiohttp_client: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a call's flush hangs (a slow disk), the call buffers at most
+    ``MAX_BUFFERED_FLUSHES`` flushes' worth and drops further audio as ``overload``, each
+    dropped datagram counted once: 26 ``audio`` (4160 bytes reach the 4096-byte bound) and
+    14 ``overload`` of 40; the stored audio is the first 26 packets, exact."""
+    gate = asyncio.Event()
+    flush_if_due = CallSession.flush_if_due
+
+    async def slow_flush(self: CallSession, now: datetime, *, force: bool = False) -> None:
+        await gate.wait()
+        await flush_if_due(self, now, force=force)
+
+    monkeypatch.setattr(CallSession, "flush_if_due", slow_flush)
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        audiosocket=AudioSocketSettings(port=0),
+        ingest=IngestSettings(flush_bytes=1024),
+    )
+    clock: Any = FakeClock()  # duck-typed: the app only calls now()
+    app = build_app(settings, clock=clock)
+    gateway = await start_gateway(await aiohttp_client(GatewayServer(app)))
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    audio, audio_pcm = g711(0.8, 440)
+    udp = UdpSender()
+    try:
+        await send(udp, to(call.port("inbound"), call.sender("inbound").stream(audio)))
+        counts = await settled(gateway, lambda counts: counts["overload"] >= 14)
+    finally:
+        udp.close()
+        gate.set()
+    await call_action(gateway, acme, call, "end")
+    assert_samples((await export(gateway, acme, call))[:, 0], audio_pcm[: 26 * FRAME], "inbound")
+    assert counts == only(audio=26, overload=14)
 
 
 # --- 5. after the end; strangers ----------------------------------------------------------
@@ -751,15 +813,17 @@ async def test_a_second_source_after_latching_is_dropped_and_counted(
     assert_samples((await export(gateway, acme, call))[:, 0], audio_pcm, "inbound")
 
 
-async def test_srtp_source_may_move_after_a_second_of_silence(
-    clocked_gateway: Gateway, clock: FakeClock
+@pytest.mark.parametrize("srtp", [True, False], ids=["srtp", "plain-rtp"])
+async def test_only_srtp_may_move_its_source_after_a_second_of_silence(
+    clocked_gateway: Gateway, clock: FakeClock, srtp: bool
 ) -> None:
-    """A PBX failing over: once the latched address has been silent for 1 s, an
-    authenticated packet from a new address takes the track over; its audio continues at
-    its timestamps."""
+    """A PBX failing over: once the latched address has been silent for 1 s, an SRTP packet
+    that authenticates from a new address takes the track over (its audio continues at its
+    timestamps, and the old address becomes the stranger); plain RTP, which anyone can
+    forge, never moves."""
     gateway = clocked_gateway
-    acme = await gateway.tenant("acme", ON)
-    call = await announce_rtp(gateway, acme)
+    acme = await gateway.tenant("acme", PLAIN_ALLOWED)
+    call = await announce_rtp(gateway, acme, srtp=srtp)
     audio, audio_pcm = g711(0.4, 440)
     packets = call.sender("inbound", ssrc=5).stream(audio)
     port = call.port("inbound")
@@ -769,13 +833,32 @@ async def test_srtp_source_may_move_after_a_second_of_silence(
         await counted(gateway, sent)
         clock.advance(1.5)
         sent += await send(second, to(port, packets[10:]))
-        sent += await send(first, to(port, packets[:1]))  # the old address is now the stranger
-        assert await counted(gateway, sent) == only(audio=20, unexpected_source=1)
+        sent += await send(first, to(port, packets[:1]))
+        counts = await counted(gateway, sent)
     finally:
         first.close()
         second.close()
     await call_action(gateway, acme, call, "end")
-    assert_samples((await export(gateway, acme, call))[:, 0], audio_pcm, "inbound")
+    pcm = await export(gateway, acme, call)
+    if srtp:
+        assert counts == only(audio=20, unexpected_source=1)
+        assert_samples(pcm[:, 0], audio_pcm, "inbound")
+    else:
+        assert counts == only(audio=10, unexpected_source=10, duplicate=1)
+        assert_samples(pcm[:, 0], audio_pcm[: 10 * FRAME], "inbound")
+
+
+async def test_deleting_the_tenant_ends_its_rtp_calls_and_frees_their_ports(
+    gateway: Gateway,
+) -> None:
+    """Tenant deletion ends its live RTP calls; their sockets are closed."""
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    ports = [call.port("inbound"), call.port("outbound")]
+    response = await gateway.client.delete("/v1/tenants/acme", headers=bearer(gateway.operator))
+    assert response.status in (200, 204), await response.text()
+    assert metric_value(await scrape(gateway), PORTS_IN_USE) == 0
+    assert not any(udp_port_taken(port) for port in ports), ports
 
 
 # --- 6. pause and resume ------------------------------------------------------------------
@@ -902,7 +985,7 @@ async def test_telephone_events_are_counted_and_never_audio(
     pcm = await export(gateway, acme, call)
     assert_samples(pcm[:, 0], audio_pcm, "inbound")
     assert (await get_recording(gateway, acme, call))["duration_s"] == 0.6
-    digits = [b"9#7", b"9\x00#\x007", "9#7".encode("utf-16-le")]
+    digits = [b"9#7", "9#7".encode("utf-16-le")]
     leaked = [
         p.name
         for p in data_files(gateway_settings.data_dir)
@@ -969,14 +1052,14 @@ async def test_srtp_keys_never_reach_logs_metrics_or_the_data_dir(
     await export(gateway, acme, call)
     metrics = await scrape(gateway)
 
-    secrets: list[bytes] = []
+    key_texts: list[bytes] = []
     for track in ("inbound", "outbound"):
         sdes = call.offer["crypto"][track]
         key = call.key(track)
         assert key is not None
         encoded = sdes.split("inline:", 1)[1]
-        secrets += [sdes.encode(), encoded.encode(), key.material, key.material.hex().encode()]
+        key_texts += [sdes.encode(), encoded.encode(), key.material, key.material.hex().encode()]
     places = {"logs": caplog.text.encode(), "metrics": metrics.encode()}
     places.update({str(p): p.read_bytes() for p in data_files(gateway_settings.data_dir)})
-    leaked = sorted({where for where, text in places.items() for s in secrets if s in text})
+    leaked = sorted({where for where, text in places.items() for s in key_texts if s in text})
     assert not leaked, f"SRTP key material found in {leaked}"

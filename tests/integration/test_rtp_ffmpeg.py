@@ -1,6 +1,6 @@
 """The RTP/SRTP ingest against an independent sender: Debian's ffmpeg.
 
-Every other RTP test sends packets built by our own helper (``tests/rtp.py``, pylibsrtp), so
+The other RTP tests send packets built by our own helper (``tests/rtp.py``, pylibsrtp), where
 a misreading of the RFCs shared by sender and receiver would go unnoticed. Here ffmpeg's RTP
 muxer and its own SRTP implementation (libavformat ``srtp.c``, not libsrtp) send each call,
 in real time (``-re``), with the keys the announcement handed out, one ffmpeg output per
@@ -65,7 +65,6 @@ from tests.parts import require_part
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-FFMPEG = shutil.which("ffmpeg")
 ON = {"recording": {"enabled": True}}
 TRACKS = ("inbound", "outbound")
 SUITE = "AES_CM_128_HMAC_SHA1_80"
@@ -210,13 +209,12 @@ def redact(text: str, secrets: list[str]) -> str:
 
 
 async def send_with_ffmpeg(
-    codec: Codec, sources: dict[str, Path], offer: dict[str, Any]
+    ffmpeg: str, codec: Codec, sources: dict[str, Path], offer: dict[str, Any]
 ) -> tuple[int, str]:
     """Run one ffmpeg with an SRTP output per track, each reading its WAV in real time;
     its exit status and the tail of its stderr (keys redacted). ffmpeg's stdout carries the
     SDP, keys included, so it is discarded."""
-    assert FFMPEG is not None
-    args = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "warning"]
+    args = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "warning"]
     for track in TRACKS:
         args += ["-re", "-i", str(sources[track])]
     keys = []
@@ -247,6 +245,15 @@ async def send_with_ffmpeg(
 
 
 @pytest.fixture
+def ffmpeg() -> str:
+    """The ffmpeg program (skips, or fails in CI, without it)."""
+    found = shutil.which("ffmpeg")
+    require_part(found is not None, "ffmpeg is not installed (Debian: apt-get install ffmpeg)")
+    assert found is not None
+    return found
+
+
+@pytest.fixture
 async def gateway(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Gateway:
     """An in-process gateway on the wall clock, RTP ports from the default range."""
     settings = Settings(
@@ -259,12 +266,11 @@ async def gateway(aiohttp_client: Callable[..., Any], tmp_path: Path) -> Gateway
 @pytest.mark.parametrize("kind", ["synthetic", "speech"])
 @pytest.mark.parametrize("codec", [PCMU, OPUS], ids=lambda codec: codec.name)
 async def test_ffmpeg_srtp_call_is_recorded_faithfully(
-    gateway: Gateway, tmp_path: Path, codec: Codec, kind: str
+    ffmpeg: str, gateway: Gateway, tmp_path: Path, codec: Codec, kind: str
 ) -> None:
     """A call ffmpeg sends as SRTP (both tracks, different signals) comes back in the export
     as sent: each track correlates >= 0.95 with its source, the exported duration after the
     lead-in is the source's within 1 %, every packet counted as audio and none refused."""
-    require_part(FFMPEG is not None, "ffmpeg is not installed (Debian: apt-get install ffmpeg)")
     acme = await gateway.tenant("acme", ON)
     announced = await gateway.announce(acme, transport="rtp", codec=codec.name)
     offer = announced["ingest"]["rtp"]
@@ -277,7 +283,7 @@ async def test_ffmpeg_srtp_call_is_recorded_faithfully(
         track: write_wav(tmp_path / f"{track}.wav", samples, codec.rate)
         for track, samples in sources.items()
     }
-    status, stderr = await send_with_ffmpeg(codec, files, offer)
+    status, stderr = await send_with_ffmpeg(ffmpeg, codec, files, offer)
     assert status == 0, f"ffmpeg exited with {status}:\n{stderr}"
 
     response = await gateway.client.post(

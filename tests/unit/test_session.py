@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from crypto.errors import StorageUnavailable
 from gateway.session import TrackWriter
 from storage.media import RecordParser, TrackRecord
 
@@ -94,3 +98,51 @@ async def test_a_track_without_an_upload_flushes_and_commits_nothing() -> None:
     await track.flush(NOW)
     await track.commit(NOW)
     assert track.position == 8000
+
+
+async def test_a_packet_codec_gets_one_record_per_packet() -> None:
+    """Opus packets cannot be concatenated: each is its own record, even when contiguous."""
+    track, upload = writer(packets=True)
+    track.append(0, b"\x78\x01", 960)
+    track.append(960, b"\x78\x02\x03", 960)
+    assert track.position == 1920
+    await track.flush(NOW)
+    assert records(upload) == [TrackRecord(0, b"\x78\x01"), TrackRecord(960, b"\x78\x02\x03")]
+
+
+class SlowFailingUpload(FakeUpload):
+    """A write that waits for a gate, then fails (a disk error mid-flush)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event = asyncio.Event()
+        self.abandoned = False
+
+    async def write(self, data: bytes) -> None:
+        await self.gate.wait()
+        raise StorageUnavailable("disk error")
+
+    async def abandon(self, *, now: datetime) -> None:
+        self.abandoned = True
+
+
+async def test_audio_placed_during_a_failing_flush_stays_buffered() -> None:
+    """RTP places audio while a flush is in flight; if that flush fails, only what it took
+    is lost (and was made durable up to the previous flush); the newer audio waits for the
+    next object."""
+    track = TrackWriter(packets=False, position=0)
+    upload = SlowFailingUpload()
+    track.upload = upload  # type: ignore[assignment]
+    track.append(0, b"a" * 160, 160)
+    flushing = asyncio.create_task(track.flush(NOW))
+    await asyncio.sleep(0)  # the flush has taken the first run and waits in write()
+    track.append(160, b"b" * 160, 160)
+    upload.gate.set()
+    with pytest.raises(StorageUnavailable):
+        await flushing
+    assert upload.abandoned and track.upload is None
+    assert track.buffered == 160
+    replacement = FakeUpload()
+    track.upload = replacement  # type: ignore[assignment]
+    await track.flush(NOW)
+    assert records(replacement) == [TrackRecord(160, b"b" * 160)]
