@@ -1,6 +1,7 @@
-"""The RTP/SRTP ingest's capacity on one core: the packet rate it takes with zero loss, next to
-a bare asyncio SRTP receiver's on the same packets in the same run, and the paced stereo
-calls it holds.
+"""The RTP/SRTP ingest's zero-loss capacity on one core, against a bare SRTP receiver's.
+
+The packet rate it takes with zero loss, next to a bare asyncio SRTP receiver's on the same
+packets in the same run, and the paced stereo calls it holds.
 
 UDP cannot push back: a receiver that falls behind loses packets once its socket buffers
 are full. So the figure that matters is the highest rate a receiver *sustains with zero
@@ -10,7 +11,8 @@ loss*, and the number of live calls that rate is. This program measures both:
   PCMU packets, sent at a total rate of R packets/s, round robin over the streams (so each
   stream gets R/S packets/s, evenly spaced). For each S, R is searched (a flood probe for a
   first estimate, then up by 20 % until a step fails, down by 20 % until one passes, then
-  bisected) for the highest rate that passes. Contestants:
+  bisected to 3 %) for the highest rate that passes; the lowest rate that failed is
+  reported too, and the ratio of the two contestants' highest passing rates. Contestants:
 
   - **callvault**: the real app (``gateway.app.build_app`` on embedded defaults in a
     temporary data dir, an aiohttp runner on a free port), calls announced over HTTP with a
@@ -21,19 +23,22 @@ loss*, and the number of live calls that rate is. This program measures both:
     payload to a file of its own: the least any SRTP receiver written this way does.
 
 * **Paced calls**: N stereo calls at live pace (one packet per track every 20 ms, the
-  calls' ticks spread evenly over the 20 ms), N raised (a ladder, then bisected) until a
-  step loses a packet; the largest N with zero loss, and the receiver's share of its core
-  there (CPU seconds per wall second over the steady state, without the step's first second
-  and last half second). The bare receiver runs once at that N for comparison.
+  calls' ticks spread evenly over the 20 ms, their starts spread over callvault's 2 s flush
+  interval as live calls' are, so that their timed flushes do not all fall together), N
+  raised (a ladder, then bisected to 10 calls) until a step fails; the largest N that
+  passed, confirmed by a second step (or N - 10 where that fails), and the receiver's share
+  of its core there (CPU seconds per wall second while all N calls were sending). The bare
+  receiver runs once at that N for comparison.
 
 A step **passes** when every packet sent was accounted for as delivered (callvault:
 ``callvault_frames_in_total{transport="rtp"}`` rose by the packets sent, read from
 ``/metrics``; bare: its own count) *and* the receiver had caught up within
-``DRAIN_LIMIT_S`` of the last packet sent. The second condition keeps the socket buffers
-from passing a rate the receiver does not sustain: with many streams, their default buffers
-(``net.core.rmem_default``, left as it is for both receivers) hold seconds of backlog. A
-failing step reports where its packets went: the receiver's drop outcomes
-(``callvault_rtp_datagrams_total``) and the kernel's (sent minus handled).
+``DRAIN_LIMIT_S`` (100 ms) of the last packet sent. The second condition keeps the socket
+buffers from passing a rate the receiver does not sustain: with many streams, their default
+buffers (``net.core.rmem_default``, left as it is for both receivers: neither sets
+``SO_RCVBUF``) hold seconds of backlog. A failing step reports where its packets went: the
+receiver's drop outcomes (``callvault_rtp_datagrams_total``), the kernel's receive-buffer
+drops (``/proc/net/snmp``), and callvault's flush failures.
 
 Processes and cores (the machine has 2): the receiver under test runs in a process of its
 own pinned to the first core (callvault's worker threads, the catalog's, the spool's, are
@@ -46,7 +51,9 @@ the same for both receivers. Both receivers are alive all along, and the contest
 alternate step by step (the order flips each step); a stream keeps its SSRC, sequence
 numbers, timestamps and SRTP session across steps, so calls are announced once and live
 for the whole run (``rtp.timeout`` is raised for that). CPU is read from ``/proc/<pid>/stat``
-(all the receiver's threads).
+(all the receiver's threads), and the receiver core's busy time from ``/proc/stat``: what
+the receiver did not use of it ("other on core") tells how much the shared machine
+disturbed a step.
 
 At the end, one paced call is ended and its recording checked: its ``duration_s`` and its
 exported WAV match the packets sent on it, and the left channel is exactly the µ-law sent.
@@ -54,12 +61,17 @@ Prints markdown tables and one JSON line.
 
     python bench/rtp.py [--streams 2,20,200] [--seconds 3] [--steps 6] [--paced-seconds 6]
                         [--paced-start 100] [--quick] [--profile CALLS]
+
+The defaults take about 4-5 minutes, ``--quick`` about one. ``--profile CALLS`` adds a
+cProfile of callvault's event loop thread over a paced run of CALLS calls (cProfile's own
+cost per call inflates small functions: read it for the ranking, not the µs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import cProfile
 import http.client
 import io
@@ -118,8 +130,9 @@ PT_PCMU = 0
 TONES = (440, 660)
 """Even streams (a call's inbound track) carry the first tone, odd ones the second."""
 RTP_PORTS = (20000, 31999)
-"""callvault's ``rtp.port_min..port_max``: 6000 calls' worth, below Linux's ephemeral
-range (32768-60999), where the bare receiver, the sender and the HTTP server bind."""
+"""callvault's ``rtp.port_min..port_max``: 3000 calls' worth (4 ports a call), below
+Linux's ephemeral range (32768-60999), where the bare receiver, the sender and the HTTP
+server bind."""
 INSTRUCTIONS = {"recording": {"enabled": True}, "consent": {"required": False}}
 TENANT = "bench"
 
@@ -136,22 +149,31 @@ PROBE_PACKETS = 60_000
 MIN_SLEEP_S = 0.0005
 """The sender sleeps at least this long between batches."""
 WARM_S = 1.0
-"""CPU is measured from this long after a step's first packet ..."""
+"""CPU is measured from this long (at most a quarter of the step) after a step's first
+packet, or half a second after its last call started ..."""
 TAIL_S = 0.5
-"""... to this long before its last."""
+"""... to this long (at most a quarter of the step) before its first call's last packet."""
+FLUSH_INTERVAL_S = 2.0
+"""callvault's ``ingest.flush_interval`` (its default): paced calls' starts are spread over
+it, as live calls' starts are, so that their timed flushes do not all fall together."""
 SEARCH_UP = 1.2
 SEARCH_DOWN = 0.8
 SEARCH_PRECISION = 1.03
 """The search stops once the failing rate is within 3 % of the passing one."""
 PACED_GRAIN = 10
 """Paced calls are bisected to a multiple of this."""
+MAX_CALLS = (RTP_PORTS[1] - RTP_PORTS[0]) // 4 - 1
+"""The most paced calls the port range holds (a fresh call is added to confirm)."""
+CONFIRM_TRIES = 3
+"""Tries to confirm the most paced calls, one grain fewer each time."""
 
 
 # --- cores and CPU -------------------------------------------------------------------------
 
 
 def cores() -> tuple[int, int]:
-    """The receiver's core and the sender's (the same one on a 1-core machine)."""
+    """The receiver's core and the sender's (the same one on a 1-core machine), chosen once,
+    before this process pins itself to the sender's."""
     available = sorted(os.sched_getaffinity(0))
     return available[0], available[1] if len(available) > 1 else available[0]
 
@@ -163,6 +185,8 @@ def pin(core: int) -> None:
 def raise_fd_limit() -> None:
     """4 sockets per call: lift the soft descriptor limit to the hard one."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 16
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -174,6 +198,16 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+
+
+def core_busy_seconds(core: int) -> float:
+    """CPU time ``core`` has spent busy (not idle, not waiting for I/O), all processes."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name == f"cpu{core}":
+            values = [int(t) for t in ticks]
+            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
 def kernel_udp_drops() -> int:
@@ -202,7 +236,6 @@ class SendStream:
     srtp: pylibsrtp.Session
     ssrc: int
     payloads: list[bytes]
-    sequence: int = 0
     sent: int = 0
     """Packets built so far; the next one's index (its payload, timestamp, sequence)."""
 
@@ -235,38 +268,56 @@ class Sent:
         return self.packets / max(self.end - self.start, 1e-9)
 
 
+def schedule(
+    streams: int, per_stream: int, rate: float, spread: float
+) -> tuple[list[int], list[float]]:
+    """When each packet goes out: ``(index, due)`` lists in sending order, ``index =
+    k * streams + s`` for stream s's packet k, ``due`` in seconds after the start.
+
+    Stream s's packet k is due at ``offset(s) + (k * streams + s) / rate``: every stream at
+    ``rate / streams`` packets/s, the streams interleaved evenly (a call's two tracks one
+    after the other), and ``offset(s)`` the start of call s // 2, the calls' starts spread
+    evenly over ``spread`` seconds. All at once when ``rate`` is infinite (a flood)."""
+    total = streams * per_stream
+    if math.isinf(rate):
+        return list(range(total)), [0.0] * total
+    calls = math.ceil(streams / 2)
+    k = np.arange(per_stream)[:, None]
+    s = np.arange(streams)[None, :]
+    due = ((s // 2) * (spread / calls) + (k * streams + s) / rate).ravel()
+    order = np.argsort(due, kind="stable")
+    return order.tolist(), due[order].tolist()
+
+
 def send_schedule(
-    sends: list[Callable[[bytes], object]], packets: list[bytes], rate: float, start: float
+    sends: list[Callable[[bytes], object]], packets: list[bytes], due: list[float], start: float
 ) -> Sent:
-    """Send packet i at ``start + i / rate`` (all at once when ``rate`` is infinite), in
-    batches of what is due, sleeping at least ``MIN_SLEEP_S`` between batches."""
+    """Send packet i at ``start + due[i]``, in batches of what is due, sleeping at least
+    ``MIN_SLEEP_S`` between batches."""
     total, i, max_lag, errors, end = len(packets), 0, 0.0, 0, start
     while time.monotonic() < start:
         time.sleep(max(start - time.monotonic(), 0))
-    now = time.monotonic()
     while i < total:
-        due = total if math.isinf(rate) else min(total, int((now - start) * rate) + 1)
-        if due > i:
-            if not math.isinf(rate):
-                max_lag = max(max_lag, now - (start + i / rate))
-            for j in range(i, due):
+        now = time.monotonic()
+        ready = bisect.bisect_right(due, now - start, i)
+        if ready > i:
+            max_lag = max(max_lag, now - start - due[i])
+            for j in range(i, ready):
                 try:
                     sends[j](packets[j])
                 except OSError:  # a full buffer on a flood, or a port gone
                     errors += 1
-            i = due
-            now = time.monotonic()
-            end = now
-            continue
-        time.sleep(max(start + i / rate - now, MIN_SLEEP_S))
-        now = time.monotonic()
+            i = ready
+            end = time.monotonic()
+        else:
+            time.sleep(max(start + due[i] - now, MIN_SLEEP_S))
     return Sent(total, start, end, max_lag, errors)
 
 
 def sender_main(conn: Connection, core: int) -> None:
     """The sender process: ``("add", [(port, key), ...])`` opens streams and answers their
-    ids; ``("run", ids, rate, per_stream)`` builds ``per_stream`` packets for each, answers
-    ``("ready", start)``, sends them round robin at ``rate`` and answers a ``Sent``;
+    ids; ``("run", ids, rate, per_stream, spread)`` builds ``per_stream`` packets for each
+    (see ``schedule``), answers ``("ready", start)``, sends them and answers a ``Sent``;
     ``("sent", id)`` answers the packets sent on a stream so far; ``("stop",)``."""
     pin(core)
     raise_fd_limit()
@@ -276,27 +327,26 @@ def sender_main(conn: Connection, core: int) -> None:
         command = conn.recv()
         if command[0] == "add":
             ids = []
-            for port, material in command[1]:
+            # Streams come in pairs (a call's inbound and outbound tracks): one tone each.
+            for index, (port, material) in enumerate(command[1]):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.bind(("127.0.0.1", 0))
                 sock.connect(("127.0.0.1", port))
                 srtp = SrtpKey(material).session(outbound=True)
                 ids.append(len(streams))
-                streams.append(
-                    SendStream(sock, srtp, secrets.randbits(32), payloads[len(streams) % 2])
-                )
+                streams.append(SendStream(sock, srtp, secrets.randbits(32), payloads[index % 2]))
             conn.send(ids)
         elif command[0] == "run":
-            _, ids, rate, per_stream = command
+            _, ids, rate, per_stream, spread = command
             chosen = [streams[i] for i in ids]
-            built = [s.packets(per_stream) for s in chosen]
-            # Round robin: packet i goes to stream i % S, so each stream's packets are
-            # evenly spaced and a call's two tracks go out together.
-            packets = [built[s][k] for k in range(per_stream) for s in range(len(chosen))]
-            sends = [chosen[s].sock.send for _ in range(per_stream) for s in range(len(chosen))]
+            built = [stream.packets(per_stream) for stream in chosen]
+            count = len(chosen)
+            order, due = schedule(count, per_stream, rate, spread)
+            packets = [built[i % count][i // count] for i in order]
+            sends = [chosen[i % count].sock.send for i in order]
             start = time.monotonic() + 0.2
             conn.send(("ready", start))
-            conn.send(send_schedule(sends, packets, rate, start))
+            conn.send(send_schedule(sends, packets, due, start))
         elif command[0] == "sent":
             conn.send(streams[command[1]].sent)
         else:
@@ -340,6 +390,7 @@ async def _bare(conn: Connection, data_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     tracks: list[BareTrack] = []
     transports: list[asyncio.BaseTransport] = []
+    opening: set[asyncio.Task[None]] = set()
     stopped = asyncio.Event()
 
     async def open_tracks(keys: list[bytes]) -> None:
@@ -358,7 +409,9 @@ async def _bare(conn: Connection, data_dir: Path) -> None:
     def on_command() -> None:
         command = conn.recv()
         if command[0] == "open":
-            loop.create_task(open_tracks(command[1]))
+            task = loop.create_task(open_tracks(command[1]))
+            opening.add(task)
+            task.add_done_callback(opening.discard)
         elif command[0] == "count":
             delivered = sum(t.received for t in tracks)
             conn.send((delivered, delivered + sum(t.refused for t in tracks)))
@@ -435,17 +488,17 @@ async def _callvault(conn: Connection, data_dir: Path) -> None:
 
 def profile_rows(stats: pstats.Stats) -> list[dict[str, Any]]:
     """Every function's calls, own time and cumulative time (seconds)."""
-    rows = []
-    for (path, line, name), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append(
-            {
-                "function": f"{shorten(path)}:{line}({name})",
-                "calls": calls,
-                "own_s": own,
-                "cumulative_s": cumulative,
-            }
-        )
-    return rows
+    entries: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    entries = stats.stats  # type: ignore[attr-defined]
+    return [
+        {
+            "function": f"{shorten(path)}:{line}({name})",
+            "calls": calls,
+            "own_s": own,
+            "cumulative_s": cumulative,
+        }
+        for (path, line, name), (_, calls, own, cumulative, _) in entries.items()
+    ]
 
 
 def shorten(path: str) -> str:
@@ -466,6 +519,7 @@ class Counts:
     handled: int
     """Datagrams it handled in any way (delivered or dropped by its own checks)."""
     outcomes: dict[str, int] = field(default_factory=dict)
+    flush_failures: int = 0
 
 
 class Api:
@@ -492,13 +546,16 @@ class Api:
 
 
 class Contestant:
-    """A receiver under test: its process, the streams open on it (ids at the sender)."""
+    """A receiver under test: its process (``conn`` to it, its pid, its core) and the
+    streams open on it (their ids at the sender)."""
 
     name: str
-    pid: int
 
-    def __init__(self, sender: Connection) -> None:
+    def __init__(self, sender: Connection, conn: Connection, pid: int, core: int) -> None:
         self.sender = sender
+        self.conn = conn
+        self.pid = pid
+        self.core = core
         self.streams: list[int] = []
 
     def ensure_streams(self, count: int) -> list[int]:
@@ -520,11 +577,6 @@ class Contestant:
 class Bare(Contestant):
     name = "bare"
 
-    def __init__(self, sender: Connection, conn: Connection, pid: int) -> None:
-        super().__init__(sender)
-        self.conn = conn
-        self.pid = pid
-
     def _open(self, count: int) -> list[tuple[int, bytes]]:
         keys = [secrets.token_bytes(KEY_LENGTH) for _ in range(count)]
         self.conn.send(("open", keys))
@@ -534,16 +586,14 @@ class Bare(Contestant):
     def counts(self) -> Counts:
         self.conn.send(("count",))
         delivered, handled = self.conn.recv()
-        return Counts(delivered, handled)
+        return Counts(delivered, handled, {"refused": handled - delivered})
 
 
 class Callvault(Contestant):
     name = "callvault"
 
-    def __init__(self, sender: Connection, conn: Connection, pid: int) -> None:
-        super().__init__(sender)
-        self.conn = conn
-        self.pid = pid
+    def __init__(self, sender: Connection, conn: Connection, pid: int, core: int) -> None:
+        super().__init__(sender, conn, pid, core)
         port, self.operator = conn.recv()
         self.api = Api(port)
         self.tokens: dict[str, str] = {}
@@ -585,7 +635,7 @@ class Callvault(Contestant):
     def counts(self) -> Counts:
         text = self.api.request("GET", "/metrics", None).decode()
         outcomes: dict[str, int] = {}
-        delivered = 0
+        delivered = failures = 0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "callvault_rtp_datagrams_total":
@@ -593,7 +643,9 @@ class Callvault(Contestant):
                 elif sample.name == "callvault_frames_in_total":
                     if sample.labels.get("transport") == "rtp":
                         delivered = int(sample.value)
-        return Counts(delivered, sum(outcomes.values()), outcomes)
+                elif sample.name == "callvault_flush_failures_total":
+                    failures = int(sample.value)
+        return Counts(delivered, sum(outcomes.values()), outcomes, failures)
 
     def profile(self, on: bool) -> list[dict[str, Any]] | None:
         self.conn.send(("profile", on))
@@ -624,11 +676,17 @@ class Step:
     """Datagrams the receiver handled in any way (delivered or dropped by its checks)."""
     cpu_share: float
     """Receiver CPU seconds per wall second over the step's steady part."""
+    other_share: float
+    """The receiver's core's busy time, less the receiver's, per wall second over the same
+    part: other processes (the machine is shared) and interrupts; ideally near 0."""
     sender_lag_ms: float
     kernel_drops: int
     """UDP receive-buffer drops during the step (``/proc/net/snmp`` RcvbufErrors)."""
     receiver_drops: dict[str, int]
     """The receiver's own drop outcomes in this step (callvault's, by outcome)."""
+    flush_failures: int
+    """callvault's ``callvault_flush_failures`` during the step (its audio stays buffered
+    and is flushed again, or dropped as ``overload`` once too much is buffered)."""
 
     @property
     def passed(self) -> bool:
@@ -636,7 +694,10 @@ class Step:
 
     @property
     def us_per_packet(self) -> float:
-        return self.cpu_share / self.sent_pps * 1e6 if self.sent_pps else 0.0
+        """CPU per packet at the step's full rate (after its calls' starts)."""
+        if math.isinf(self.requested_pps) or not self.requested_pps:
+            return 0.0
+        return self.cpu_share / self.requested_pps * 1e6
 
     def row(self) -> dict[str, Any]:
         out = asdict(self)
@@ -646,24 +707,31 @@ class Step:
 
 
 def run_step(
-    sender: Connection, contestant: Contestant, ids: list[int], rate: float, seconds: float
+    sender: Connection,
+    contestant: Contestant,
+    ids: list[int],
+    rate: float,
+    seconds: float,
+    spread: float = 0.0,
 ) -> Step:
-    """Send ``rate`` packets/s for ``seconds`` (every stream's share of ``PROBE_PACKETS`` at
-    once when ``rate`` is infinite) round robin over the sender's streams ``ids`` of
-    ``contestant``, and account for every packet."""
+    """Send ``rate`` packets/s for ``seconds`` over the sender's streams ``ids`` of
+    ``contestant`` (every stream's share of ``PROBE_PACKETS`` at once when ``rate`` is
+    infinite), the calls' starts spread over ``spread`` s, and account for every packet."""
     streams = len(ids)
     flood = math.isinf(rate)
     per_stream = max(PROBE_PACKETS // streams if flood else round(rate * seconds / streams), 1)
     before, kernel_before = contestant.counts(), kernel_udp_drops()
-    sender.send(("run", ids, rate, per_stream))
+    sender.send(("run", ids, rate, per_stream, spread))
     _, start = sender.recv()
-    span = 0.0 if flood else per_stream * streams / rate
-    cpu_from, cpu_to = start + WARM_S, start + span - TAIL_S
-    cpu: list[tuple[float, float]] = []
-    if cpu_to - cpu_from >= 0.5:
-        for at in (cpu_from, cpu_to):
-            time.sleep(max(at - time.monotonic(), 0))
-            cpu.append((time.monotonic(), cpu_seconds(contestant.pid)))
+    cpu: list[tuple[float, float, float]] = []
+    if not flood:
+        cpu_from = start + (spread + 0.5 if spread else min(WARM_S, seconds / 4))
+        cpu_to = start + per_stream * streams / rate - min(TAIL_S, seconds / 4)
+        if cpu_to - cpu_from >= 0.25:
+            for at in (cpu_from, cpu_to):
+                time.sleep(max(at - time.monotonic(), 0))
+                core = core_busy_seconds(contestant.core)
+                cpu.append((time.monotonic(), cpu_seconds(contestant.pid), core))
     sent: Sent = sender.recv()
     after, drain_ms, changed = before, None, sent.end
     while time.monotonic() - sent.end < DRAIN_CAP_S:
@@ -684,10 +752,11 @@ def run_step(
         for outcome, n in after.outcomes.items()
         if outcome != "audio" and n - before.outcomes.get(outcome, 0)
     }
-    share = 0.0
+    share = other = 0.0
     if cpu:
-        (t0, c0), (t1, c1) = cpu
+        (t0, c0, b0), (t1, c1, b1) = cpu
         share = (c1 - c0) / (t1 - t0)
+        other = max((b1 - b0) / (t1 - t0) - share, 0.0)
     return Step(
         contestant=contestant.name,
         streams=streams,
@@ -700,9 +769,11 @@ def run_step(
         busy_s=round(changed - sent.start, 3),
         handled=after.handled - before.handled,
         cpu_share=round(share, 3),
+        other_share=round(other, 3),
         sender_lag_ms=round(sent.max_lag_s * 1e3, 1),
         kernel_drops=max(kernel_udp_drops() - kernel_before, 0),
         receiver_drops=drops,
+        flush_failures=after.flush_failures - before.flush_failures,
     )
 
 
@@ -777,22 +848,28 @@ def search_throughput(
 
 
 def search_paced(
-    sender: Connection, callvault: Callvault, bare: Bare, start: int, seconds: float
+    sender: Connection,
+    callvault: Callvault,
+    bare: Bare,
+    start: int,
+    seconds: float,
+    most: int = MAX_CALLS,
 ) -> dict[str, Any]:
     """The most stereo calls at live pace with zero loss: a ladder (+``start`` calls a
-    step) up to the first loss, bisected to ``PACED_GRAIN`` calls; the best confirmed once
-    with its last call replaced by a fresh one, whose recording is then checked; and the
-    bare receiver at that number."""
-    limit = (RTP_PORTS[1] - RTP_PORTS[0]) // 4 - 1
+    step) up to the first loss, bisected to ``PACED_GRAIN`` calls; the best confirmed by a
+    second step with its last call replaced by a fresh one (whose recording is then
+    checked), or one grain fewer where that fails; and the bare receiver at that number.
+    The ladder stops at ``most`` calls."""
+    spread = min(FLUSH_INTERVAL_S, seconds / 3)
     steps: list[Step] = []
 
     def run(contestant: Contestant, ids: list[int]) -> Step:
-        step = run_step(sender, contestant, ids, len(ids) * PACKETS_PER_S, seconds)
+        step = run_step(sender, contestant, ids, len(ids) * PACKETS_PER_S, seconds, spread)
         steps.append(step)
         return step
 
     passed, failed, calls = 0, None, start
-    while failed is None and calls <= limit:
+    while failed is None and calls <= most:
         if run(callvault, callvault.ensure_streams(2 * calls)).passed:
             passed, calls = calls, calls + start
         else:
@@ -805,18 +882,30 @@ def search_paced(
             passed = calls
         else:
             failed = calls
-    row: dict[str, Any] = {"max_calls": passed, "first_loss_calls": failed, "seconds": seconds}
+    row: dict[str, Any] = {
+        "max_calls": passed,
+        "first_loss_calls": failed,
+        "seconds": seconds,
+        "spread_s": round(spread, 2),
+    }
     if not passed:
         row["steps"] = [s.row() for s in steps]
         return row
     # The confirmation: the same number of calls, the last one fresh (never sent to before),
-    # so that its recording holds exactly this step's packets.
-    fresh = callvault.ensure_streams(len(callvault.streams) + 2)[-2:]
-    confirm = run(callvault, callvault.streams[: 2 * (passed - 1)] + fresh)
-    row["confirmed"] = confirm.passed
+    # so that its recording holds exactly this step's packets. Where it fails, one grain
+    # fewer is confirmed instead (at most CONFIRM_TRIES tries).
+    for _ in range(CONFIRM_TRIES):
+        fresh = callvault.ensure_streams(len(callvault.streams) + 2)[-2:]
+        confirm = run(callvault, callvault.streams[: 2 * (passed - 1)] + fresh)
+        if confirm.passed or passed <= PACED_GRAIN:
+            break
+        failed, passed = passed, passed - PACED_GRAIN
+    row.update(max_calls=passed, first_loss_calls=failed, confirmed=confirm.passed)
     sender.send(("sent", fresh[0]))
     row["recording"] = check_recording(callvault, len(callvault.calls) - 1, sender.recv())
-    at_best = [s for s in steps if s.contestant == "callvault" and s.streams == 2 * passed]
+    at_best = [
+        s for s in steps if s.contestant == "callvault" and s.streams == 2 * passed and s.passed
+    ] or [confirm]
     share = statistics.median(s.cpu_share for s in at_best)
     row["core_share"] = round(share, 3)
     row["us_per_packet"] = round(statistics.median(s.us_per_packet for s in at_best), 2)
@@ -856,7 +945,8 @@ def check_recording(callvault: Callvault, index: int, packets: int) -> dict[str,
         "duration_s": meta["duration_s"],
         "wav_frames": frames,
         "left_exact": exact,
-        "ok": exact and length_ok and abs(meta["duration_s"] * RATE - frames) <= 1,
+        # duration_s is rounded to the millisecond.
+        "ok": exact and length_ok and abs(meta["duration_s"] * RATE - frames) <= RATE / 2000 + 1,
     }
 
 
@@ -866,7 +956,8 @@ def run_profile(
     """cProfile of callvault's event loop thread over a paced run of ``calls`` calls."""
     ids = callvault.ensure_streams(2 * calls)
     callvault.profile(True)
-    step = run_step(sender, callvault, ids, len(ids) * PACKETS_PER_S, seconds)
+    spread = min(FLUSH_INTERVAL_S, seconds / 3)
+    step = run_step(sender, callvault, ids, len(ids) * PACKETS_PER_S, seconds, spread)
     rows = callvault.profile(False) or []
     rows.sort(key=lambda r: r["own_s"], reverse=True)
     return [{"packets": step.sent, "lost": step.lost}, *rows]
@@ -876,9 +967,10 @@ def run_profile(
 
 
 @contextmanager
-def processes(data_dir: Path) -> Iterator[tuple[Connection, Callvault, Bare]]:
+def processes(
+    data_dir: Path, receiver_core: int, sender_core: int
+) -> Iterator[tuple[Connection, Callvault, Bare]]:
     """The sender, callvault and the bare receiver, each in its own process."""
-    receiver_core, sender_core = cores()
     context = multiprocessing.get_context("spawn")
     pipes = {name: context.Pipe() for name in ("sender", "callvault", "bare")}
     (data_dir / "callvault").mkdir()
@@ -898,8 +990,8 @@ def processes(data_dir: Path) -> Iterator[tuple[Connection, Callvault, Bare]]:
     sender = pipes["sender"][0]
     callvault = None
     try:
-        callvault = Callvault(sender, pipes["callvault"][0], started[1].pid or 0)
-        bare = Bare(sender, pipes["bare"][0], started[2].pid or 0)
+        callvault = Callvault(sender, pipes["callvault"][0], started[1].pid or 0, receiver_core)
+        bare = Bare(sender, pipes["bare"][0], started[2].pid or 0, receiver_core)
         yield sender, callvault, bare
     finally:
         if callvault is not None:
@@ -921,8 +1013,8 @@ def processes(data_dir: Path) -> Iterator[tuple[Connection, Callvault, Bare]]:
             far.close()
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    pin(cores()[1])
+def run(args: argparse.Namespace, receiver_core: int, sender_core: int) -> dict[str, Any]:
+    pin(sender_core)
     report: dict[str, Any] = {
         "bench": "rtp",
         "streams": args.streams,
@@ -930,18 +1022,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "paced_seconds": args.paced_seconds,
         "paced_start": args.paced_start,
+        "paced_max": args.paced_max,
         "drain_limit_ms": DRAIN_LIMIT_S * 1e3,
         "rmem_default": int(Path("/proc/sys/net/core/rmem_default").read_text()),
     }
     with tempfile.TemporaryDirectory(prefix="callvault-bench-rtp-") as tmp:
-        with processes(Path(tmp)) as (sender, callvault, bare):
+        with processes(Path(tmp), receiver_core, sender_core) as (sender, callvault, bare):
             contestants: list[Contestant] = [bare, callvault]
             report["throughput"] = [
                 search_throughput(sender, contestants, s, args.seconds, args.steps)
                 for s in args.streams
             ]
             report["paced"] = search_paced(
-                sender, callvault, bare, args.paced_start, args.paced_seconds
+                sender, callvault, bare, args.paced_start, args.paced_seconds, args.paced_max
             )
             if args.profile:
                 rows = run_profile(sender, callvault, args.profile, args.paced_seconds)
@@ -966,26 +1059,31 @@ STEP_HEAD = [
     "lost",
     "kernel drops",
     "receiver drops",
+    "flush failures",
     "drain ms",
     "core share",
+    "other on core",
     "µs/packet",
     "sender lag ms",
     "",
 ]
 
 
-def step_cells(s: dict[str, Any]) -> list[object]:
+def step_cells(s: dict[str, Any], *, paced: bool = False) -> list[object]:
+    """A step's row; paced steps show the call count instead of the rate achieved (which
+    their ramp of call starts lowers)."""
     drops = ", ".join(f"{k} {v}" for k, v in s["receiver_drops"].items()) or None
-    asked = "flood" if math.isinf(s["requested_pps"]) else round(s["requested_pps"])
     return [
         s["contestant"],
-        asked,
-        s["sent_pps"],
+        s["streams"] // 2 if paced else round(s["requested_pps"]),
+        round(s["requested_pps"]) if paced else s["sent_pps"],
         s["lost"],
         s["kernel_drops"],
         drops,
+        s["flush_failures"] or None,
         s["drain_ms"],
         s["cpu_share"] or None,
+        s["other_share"] if s["cpu_share"] else None,
         s["us_per_packet"] or None,
         s["sender_lag_ms"],
         "pass" if s["passed"] else "FAIL",
@@ -1031,21 +1129,28 @@ def print_report(report: dict[str, Any]) -> None:
                 p["first_loss_calls"],
                 p.get("confirmed"),
                 p["max_calls"] * 2 * PACKETS_PER_S,
-                p.get("core_share"),
+                p.get("core_share") or None,
                 p.get("calls_per_core"),
-                p.get("us_per_packet"),
-                p.get("bare_core_share"),
-                p.get("bare_us_per_packet"),
+                p.get("us_per_packet") or None,
+                p.get("bare_core_share") or None,
+                p.get("bare_us_per_packet") or None,
                 None if p.get("cpu_ratio") is None else f"{p['cpu_ratio']}x",
             ]
         ],
     )
     for r in report["throughput"]:
-        print(f"\nSearch steps, {r['streams']} streams (the first of each receiver: a flood probe)")
+        print(
+            f"\nSearch steps, {r['streams']} streams (after flood probes: bare "
+            f"{r['bare_probe_pps']}, callvault {r['callvault_probe_pps']} packets/s handled)"
+        )
         steps = r["bare_steps"] + r["callvault_steps"]
         print_table(STEP_HEAD, [step_cells(s) for s in steps])
-    print("\nPaced steps")
-    print_table(["calls", *STEP_HEAD], [[s["streams"] // 2, *step_cells(s)] for s in p["steps"]])
+    print(
+        f"\nPaced steps (each call {p['seconds']} s, the calls' starts spread over "
+        f"{p['spread_s']} s; CPU over the part when all were sending)"
+    )
+    head = ["receiver", "calls", "pps", *STEP_HEAD[3:]]
+    print_table(head, [step_cells(s, paced=True) for s in p["steps"]])
     if "recording" in p:
         c = p["recording"]
         print(
@@ -1082,6 +1187,13 @@ def positive(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 600:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds in (0, 600)")
+    return value
+
+
 def positive_list(text: str) -> list[int]:
     return [positive(part) for part in text.split(",")]
 
@@ -1091,28 +1203,39 @@ def main() -> None:
     parser.add_argument(
         "--streams", type=positive_list, default=[2, 20, 200], help="concurrent streams"
     )
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per search step")
+    parser.add_argument(
+        "--seconds", type=positive_seconds, default=3.0, help="seconds per search step"
+    )
     parser.add_argument(
         "--steps", type=positive, default=6, help="search steps per receiver after the probe"
     )
-    parser.add_argument("--paced-seconds", type=float, default=6.0, help="seconds per paced step")
+    parser.add_argument(
+        "--paced-seconds", type=positive_seconds, default=6.0, help="seconds per paced step"
+    )
     parser.add_argument(
         "--paced-start", type=positive, default=100, help="calls of the first paced step and rung"
     )
     parser.add_argument(
+        "--paced-max",
+        type=positive,
+        default=MAX_CALLS,
+        help="the paced ladder stops here (default: what the port range holds)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="a ~1 minute run: --streams 2,200 --seconds 2 --steps 3 --paced-seconds 4",
+        help="a ~1 minute run: --streams 20 --seconds 2 --steps 3 --paced-seconds 2",
     )
     parser.add_argument(
         "--profile", type=int, default=0, metavar="CALLS", help="also cProfile CALLS paced calls"
     )
     args = parser.parse_args()
+    args.paced_max = min(args.paced_max, MAX_CALLS)
     if args.quick:
-        args.streams, args.seconds, args.steps, args.paced_seconds = [2, 200], 2.0, 3, 4.0
+        args.streams, args.seconds, args.steps, args.paced_seconds = [20], 2.0, 3, 2.0
     started = time.perf_counter()
-    report = run(args)
     receiver_core, sender_core = cores()
+    report = run(args, receiver_core, sender_core)
     print(
         f"# {args.seconds} s search steps, {args.steps} per receiver after a flood probe; paced: "
         f"{args.paced_seconds} s steps from {args.paced_start} calls; receiver pinned to core "

@@ -110,7 +110,8 @@ def parse_announcement(data: object) -> CallAnnouncement:
             f"codec: {transport} carries {', '.join(TRANSPORT_CODECS[transport])}, not {codec}.",
             code="unsupported_codec",
         )
-    rate = announcement.sample_rate or RTP_CODEC_RATES.get(codec, TRANSPORT_RATES[transport][0])
+    default_rate = RTP_CODEC_RATES[codec] if transport == "rtp" else TRANSPORT_RATES[transport][0]
+    rate = announcement.sample_rate or default_rate
     if transport == "rtp" and rate != RTP_CODEC_RATES[codec]:
         raise BadRequest(
             f"sample_rate: {codec} over RTP is {RTP_CODEC_RATES[codec]} Hz, not {rate}.",

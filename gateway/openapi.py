@@ -181,6 +181,11 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "No RTP port pair is free for the call's tracks; the call is ended empty.",
         "No RTP port pair is free; retry later, or the operator must widen rtp.port_min..port_max.",
     ),
+    "rtp_unavailable": (
+        "RTP ports cannot be opened (out of file descriptors, or `rtp.host` is not an "
+        "address of this host); the call is ended empty.",
+        "RTP ports cannot be opened: Too many open files.",
+    ),
     "not_ready": (
         "The catalog or the object store does not answer.",
         "store is not reachable: the object store could not be reached.",
@@ -1267,7 +1272,7 @@ def call_paths() -> dict[str, Schema]:
                     ("403", error_response(403, "forbidden", *REFUSAL_CODES)),
                     _NOT_FOUND,
                     ("409", error_response(409, "conflict")),
-                    ("503", error_response(503, "rtp_ports_exhausted")),
+                    ("503", error_response(503, "rtp_ports_exhausted", "rtp_unavailable")),
                 ),
             ),
         },

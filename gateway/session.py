@@ -51,6 +51,10 @@ MAX_JUMP_S = 600
 """The longest gap a stream timestamp may open in a track; a larger jump is refused (a
 hostile or broken PBX could otherwise stretch a call to years of exported silence)."""
 
+MAX_RUN_BYTES = 1024 * 1024
+"""A run of contiguous audio is closed into a record at this size, so that a record stays
+far below ``storage.media.MAX_RECORD_PAYLOAD`` however long a flush is held up."""
+
 AUDIO_KIND = "audio"
 """Object kind of a sealed call track (``objects.kind``)."""
 
@@ -97,7 +101,9 @@ class TrackWriter:
     def append(self, offset: int, payload: bytes, samples: int) -> None:
         """Add ``payload`` (``samples`` long) at ``offset`` (>= ``position``); contiguous
         audio extends the current run, a gap (or a packet codec) starts a new record."""
-        if self._run and (self._packets or offset != self.position):
+        if self._run and (
+            self._packets or offset != self.position or len(self._run) >= MAX_RUN_BYTES
+        ):
             self._close_run()
         if not self._run:
             self._run_offset = offset

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -138,8 +139,11 @@ class _RtpCall:
         self.receivers: dict[Track, RtpTrackReceiver] = {}
         self._clock = clock
         self._outcomes = outcomes
-        self._frames = metrics.frames_in.labels("rtp")
         self._dtmf = metrics.dtmf_events.labels("rtp")
+        self.delivered = 0
+        """Audio datagrams the session took; published to the metrics when they are read
+        (a plain int on the datagram path: a Prometheus counter takes a lock per inc)."""
+        self.published = 0
         self._max_buffered = max_buffered
         self._flush: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -179,7 +183,8 @@ class _RtpCall:
             if session.ended or session.closing:
                 self.count("closed")
                 continue
-            if session.buffered() >= self._max_buffered:
+            # Only a flush in flight lets the buffers grow past one flush's worth.
+            if self._flush is not None and session.buffered() >= self._max_buffered:
                 self.count("overload")
                 continue
             try:
@@ -189,8 +194,7 @@ class _RtpCall:
             except CallvaultError as e:
                 self.count("closed" if e.code == "call_ended" else "bad_payload")
                 continue
-            self.count("audio")
-            self._frames.inc()
+            self.delivered += 1
             if due and self._flush is None:
                 self._flush = asyncio.get_running_loop().create_task(self._flush_now())
 
@@ -278,7 +282,22 @@ class RtpIngest(CallTransport):
         self._outcomes = {
             outcome: metrics.rtp_datagrams.labels(outcome).inc for outcome in OUTCOMES
         }
+        self._delivered = metrics.rtp_datagrams.labels("audio")
+        self._frames = metrics.frames_in.labels("rtp")
         registry.add_transport(self)
+
+    def publish_counts(self) -> None:
+        """Add the audio datagrams taken since the last call to the metrics (``/metrics``
+        calls it before it answers)."""
+        for call in self._calls.values():
+            self._publish(call)
+
+    def _publish(self, call: _RtpCall) -> None:
+        fresh = call.delivered - call.published
+        if fresh:
+            call.published = call.delivered
+            self._delivered.inc(fresh)
+            self._frames.inc(fresh)
 
     @property
     def free_ports(self) -> int:
@@ -338,11 +357,17 @@ class RtpIngest(CallTransport):
                         local_addr=(self._settings.host, number),
                     )
                     bound.append(socket)
-            except OSError:
+            except OSError as e:
                 for socket in bound:
                     socket.close()
                 self._pool.give_back(port)
-                continue
+                if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue  # another program holds this one: try the next pair
+                # Out of file descriptors, or the host address is wrong: no port would do.
+                raise IngestUnavailable(
+                    f"RTP ports cannot be opened: {e.strerror or type(e).__name__}.",
+                    code="rtp_unavailable",
+                ) from None
             call.sockets += bound
             return port
         raise IngestUnavailable(
@@ -362,6 +387,7 @@ class RtpIngest(CallTransport):
             self._release(call)
 
     def _release(self, call: _RtpCall) -> None:
+        self._publish(call)
         call.close()
         for port in call.ports.values():
             self._pool.give_back(port)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from crypto.errors import StorageUnavailable
-from gateway.session import TrackWriter
+from gateway.session import MAX_RUN_BYTES, TrackWriter
 from storage.media import RecordParser, TrackRecord
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -146,3 +146,16 @@ async def test_audio_placed_during_a_failing_flush_stays_buffered() -> None:
     track.upload = replacement  # type: ignore[assignment]
     await track.flush(NOW)
     assert records(replacement) == [TrackRecord(160, b"b" * 160)]
+
+
+async def test_a_long_run_is_cut_into_records_far_below_the_record_limit() -> None:
+    """A flush held up for long (RTP keeps placing audio meanwhile) must not build one
+    record over the format's limit: runs are closed at MAX_RUN_BYTES."""
+    track, upload = writer()
+    chunk = b"z" * 65536
+    for index in range(3 * MAX_RUN_BYTES // len(chunk)):
+        track.append(index * len(chunk), chunk, len(chunk))
+    await track.flush(NOW)
+    found = records(upload)
+    assert [len(r.payload) for r in found] == [MAX_RUN_BYTES] * 3
+    assert [r.offset for r in found] == [0, MAX_RUN_BYTES, 2 * MAX_RUN_BYTES]
