@@ -1119,7 +1119,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"\nPaced stereo calls (50 packets/s per track, SRTP), {p['seconds']} s steps: the "
         "most calls with zero loss (core share: receiver CPU s per wall s, steady state)"
     )
-    head = ["max calls", "first loss at", "confirmed", "pps", "core share cv", "calls/core cv"]
+    head = ["max calls", "first fail at", "confirmed", "pps", "core share cv", "calls/core cv"]
     head += ["cv µs/pkt", "core share bare", "bare µs/pkt", "CPU cv/bare"]
     print_table(
         head,

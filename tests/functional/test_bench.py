@@ -68,3 +68,23 @@ def test_ingest_bench_runs_and_reports_every_figure() -> None:
         assert export[key] > 0, key
     assert "| twilio |" in result.stdout and "| fork |" in result.stdout
     assert result.stderr == ""
+
+
+def test_rtp_bench_runs_and_reports_every_figure() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "rtp.py"), "--streams", "2",
+         "--seconds", "0.5", "--steps", "1", "--paced-seconds", "1", "--paced-start", "1",
+         "--paced-max", "2"],
+        capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "rtp"
+    (row,) = report["throughput"]
+    assert row["streams"] == 2
+    for key in ("bare_pps", "callvault_pps", "ratio"):
+        assert row[key] > 0, key
+    paced = report["paced"]
+    assert paced["max_calls"] >= 1
+    assert paced["recording"]["ok"], paced["recording"]
+    assert "| 2 | 1 |" in result.stdout
+    assert result.stderr == ""
