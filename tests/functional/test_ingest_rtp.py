@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import socket
@@ -711,6 +712,42 @@ async def test_port_exhaustion_refuses_503_until_a_call_ends(
     third = await announce_rtp(gateway, acme)
     assert {third.port("inbound"), third.port("outbound")} == {base, base + 2}
     await call_action(gateway, acme, third, "end")
+
+
+async def test_a_descriptor_shortage_is_not_reported_as_a_full_pool(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors, no port of the pool would do: the call is answered 503
+    ``rtp_unavailable`` at once (not ``rtp_ports_exhausted`` after trying every port), it is
+    ended empty, and the pool is intact for the next call."""
+    acme = await gateway.tenant("acme", ON)
+    loop = asyncio.get_running_loop()
+    tries = 0
+
+    async def no_descriptors(*args: Any, **kwargs: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(loop, "create_datagram_endpoint", no_descriptors)
+    body = {"call_id": "starved", "from": "+40711111111", "to": "+40722222222"}
+    response = await gateway.client.post(
+        "/v1/tenants/acme/calls",
+        json={**body, "consent": "granted", "transport": "rtp"},
+        headers=bearer(acme.pbx),
+    )
+    assert response.status == 503, await response.text()
+    answer = await response.json()
+    assert answer["error"] == "rtp_unavailable"
+    assert "Too many open files" in answer["message"]
+    assert tries == 1
+    response = await gateway.client.get("/v1/tenants/acme/calls/starved", headers=bearer(acme.pbx))
+    assert (await response.json())["ended_at"] is not None
+    monkeypatch.undo()
+    call = await announce_rtp(gateway, acme)
+    assert call.port("inbound") % 2 == 0
+    await call_action(gateway, acme, call, "end")
+    assert metric_value(await scrape(gateway), PORTS_IN_USE) == 0
 
 
 async def test_an_overloaded_datagram_is_counted_once(
