@@ -368,7 +368,7 @@ class RtpTrackReceiver:
             if (
                 ssrc == self._ssrc
                 and sequence == self._next % _SEQ_MOD
-                and second & 0x7F == (self._audio_type)
+                and second & 0x7F == self._audio_type
             ):
                 payload = data[_HEADER.size :]
                 samples = self._samples(payload)
