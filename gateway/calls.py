@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crypto.errors import (
     BadRequest,
@@ -73,6 +73,12 @@ class RtpPayloadTypes(BaseModel):
     """Opus's payload type; default: any dynamic type but the telephone events'."""
     telephone_event: DYNAMIC_PT = 101
     """RFC 4733 telephone events' payload type. Default 101."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RtpPayloadTypes:
+        if self.opus is not None and self.opus == self.telephone_event:
+            raise ValueError("opus and telephone_event must be different payload types")
+        return self
 
 
 class CallAnnouncement(BaseModel):

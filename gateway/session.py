@@ -313,11 +313,12 @@ class CallSession:
 
     def _offset(self, track: TrackWriter, audio: Audio) -> int:
         if audio.offset is not None:
-            stamped = audio.offset
-        elif audio.timestamp_ms is not None:
-            stamped = self._base + audio.timestamp_ms * self._rate // 1000
-        else:
+            # Exact (RTP), and bounded by the call's clock where it was computed: no jitter
+            # to absorb, only never before what the track holds.
+            return max(audio.offset, track.position)
+        if audio.timestamp_ms is None:
             return track.position
+        stamped = self._base + audio.timestamp_ms * self._rate // 1000
         jump = stamped - track.position
         if jump > MAX_JUMP_S * self._rate:
             raise MalformedMessage(

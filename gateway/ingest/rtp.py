@@ -37,7 +37,9 @@ Where audio lands: each source is anchored on the call's shared ``Timeline`` whe
 packet is delivered (wall-clock time since the call's first packet, never before what the
 track already holds), and from then on its RTP timestamps (extended past 2**32) place each
 payload exactly, so lost packets and silence suppression come back as silence. A timestamp
-that jumps back or more than ``MAX_JUMP_S`` ahead re-anchors the source instead.
+that jumps back, or ahead of the call's clock by more than ``MAX_AHEAD_S``, re-anchors the
+source instead, so offsets never run ahead of wall-clock time (a track that starts or
+resumes late, however late, lands where the call's clock is).
 """
 
 from __future__ import annotations
@@ -92,8 +94,10 @@ packets first)."""
 RELATCH_AFTER_S = 1.0
 """How long the latched source must be silent before an authenticated packet from another
 address may take over (SRTP only)."""
-MAX_JUMP_S = 600
-"""A timestamp more than this far ahead of the track re-anchors the source."""
+MAX_AHEAD_S = 5.0
+"""A timestamp placing audio more than this far ahead of the call's clock (wall-clock time
+since its first packet, or the track's end if later) re-anchors the source: a sender cannot
+stretch the timeline faster than time passes."""
 MAX_BACKSTEP_S = 0.1
 """A timestamp more than this far behind the track's end re-anchors the source."""
 
@@ -250,13 +254,17 @@ class Timeline:
         self.rate = rate
         self.origin: float | None = None
 
+    def elapsed(self, now: float) -> int:
+        """Samples since the call's first packet (``now`` is the first if none came yet)."""
+        if self.origin is None:
+            self.origin = now
+        return round((now - self.origin) * self.rate)
+
     def anchor(self, now: float, not_before: int) -> int:
         """Where a source whose first packet is delivered at ``now`` starts: the time
         since the call's first packet, but never before ``not_before`` (what its track
         already holds)."""
-        if self.origin is None:
-            self.origin = now
-        return max(not_before, round((now - self.origin) * self.rate))
+        return max(not_before, self.elapsed(now))
 
 
 class _Held(NamedTuple):
@@ -330,7 +338,7 @@ class RtpTrackReceiver:
         self._ts_ext = 0
         self._anchored = False
         self._event_ts: int | None = None
-        self._max_jump = MAX_JUMP_S * timeline.rate
+        self._max_ahead = round(MAX_AHEAD_S * timeline.rate)
         self._max_backstep = round(MAX_BACKSTEP_S * timeline.rate)
 
     @property
@@ -533,7 +541,9 @@ class RtpTrackReceiver:
 
     def _skip_to(self, ext: int) -> None:
         gap = ext - self._next
-        self._window = (self._window << gap) & ((1 << _WINDOW_BITS) - 1) if gap < 64 else 0
+        self._window = (
+            (self._window << gap) & ((1 << _WINDOW_BITS) - 1) if gap < _WINDOW_BITS else 0
+        )
         self._next = ext
 
     # --- delivery -------------------------------------------------------------------------
@@ -576,7 +586,8 @@ class RtpTrackReceiver:
             self._ts_last = timestamp
             position = self._anchor + self._ts_ext - self._ts_base
             lowest = max(0, self._end - self._max_backstep)
-            if lowest <= position <= self._end + self._max_jump:
+            highest = max(self._end, self._timeline.elapsed(now)) + self._max_ahead
+            if lowest <= position <= highest:
                 return position
         # A new source, or its clock jumped: it starts where the call's clock says.
         self._anchored = True

@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 
 TRACKS: tuple[Track, ...] = ("inbound", "outbound")
 MAX_BUFFERED_FLUSHES = 4
-"""A call may hold this many flushes' worth of audio while its flush is slow."""
+"""A call may hold this many flushes' worth of audio while its flush is slow or failing."""
+FLUSH_RETRY_S = 1.0
+"""After a failed flush, the next one the datagrams ask for is started no sooner than this."""
 OUTCOMES = (*DROP_REASONS, *DELIVERED, "closed", "overload")
 """Every label of ``callvault_rtp_datagrams``: the receiver's, and the glue's own drops
 (``closed``: the call is ending; ``overload``: its flush cannot keep up)."""
@@ -146,6 +148,8 @@ class _RtpCall:
         self.published = 0
         self._max_buffered = max_buffered
         self._flush: asyncio.Task[None] | None = None
+        self._retry_at: float | None = None
+        """After a failed flush: the loop time before which no other is started."""
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -159,7 +163,7 @@ class _RtpCall:
             self.count("closed")
             return
         now = self._clock.now()
-        receiver = self.receivers[track]
+        receiver = self.receivers[track]  # made before the port was bound
         try:
             events = receiver.receive_datagram(data, addr, now.timestamp())
             if events:
@@ -183,25 +187,32 @@ class _RtpCall:
             if session.ended or session.closing:
                 self.count("closed")
                 continue
-            # Only a flush in flight lets the buffers grow past one flush's worth.
-            if self._flush is not None and session.buffered() >= self._max_buffered:
+            # Only a flush in flight, or one that failed, lets the buffers grow past one
+            # flush's worth.
+            held_up = self._flush is not None or self._retry_at is not None
+            if held_up and session.buffered() >= self._max_buffered:
                 self.count("overload")
                 continue
             try:
                 if not session.attached:
                     session.attach(now)
                 due = session.place(event, now)
-            except CallvaultError as e:
-                self.count("closed" if e.code == "call_ended" else "bad_payload")
+            except CallvaultError:
+                self.count("bad_payload")  # ended or closing was checked just above
                 continue
             self.delivered += 1
             if due and self._flush is None:
-                self._flush = asyncio.get_running_loop().create_task(self._flush_now())
+                loop = asyncio.get_running_loop()
+                if self._retry_at is None or loop.time() >= self._retry_at:
+                    self._flush = loop.create_task(self._flush_now())
 
     async def _flush_now(self) -> None:
         try:
             await self.session.flush_if_due(self._clock.now(), force=True)
+            self._retry_at = None
         except Exception as e:  # logged here: nobody awaits this task
+            # Not again for a while: a store that is down fails every attempt at once.
+            self._retry_at = asyncio.get_running_loop().time() + FLUSH_RETRY_S
             code = e.code if isinstance(e, CallvaultError) else type(e).__name__
             log.warning(
                 "call %s: an RTP flush failed: %s",
@@ -320,8 +331,7 @@ class RtpIngest(CallTransport):
         keys = {track: SrtpKey.generate() for track in TRACKS} if srtp else None
         try:
             for track in TRACKS:
-                port = await self._bind_pair(call, track)
-                call.ports[track] = port
+                # The receiver first: a datagram may arrive as soon as the port is bound.
                 call.receivers[track] = RtpTrackReceiver(
                     track=track,
                     codec=media_codec(session.call.codec),
@@ -330,6 +340,7 @@ class RtpIngest(CallTransport):
                     timeline=timeline,
                     count=call.count,
                 )
+                await self._bind_pair(call, track)
         except BaseException:
             self._release(call)
             raise
@@ -338,13 +349,16 @@ class RtpIngest(CallTransport):
         host = self._settings.advertise_host or self._settings.host
         return RtpOffer(host=host, ports=dict(call.ports), keys=keys)
 
-    async def _bind_pair(self, call: _RtpCall, track: Track) -> int:
-        """Take the first pair from the pool that binds (another program may hold one)."""
+    async def _bind_pair(self, call: _RtpCall, track: Track) -> None:
+        """Bind the first pair from the pool that binds (another program may hold one) as
+        ``track``'s. Each socket joins the call as soon as it is bound, so that whatever
+        interrupts this (a cancelled request) leaves nothing the call's release misses."""
         loop = asyncio.get_running_loop()
         for _ in range(len(self._pool)):
             port = self._pool.take()
             if port is None:
                 break
+            call.ports[track] = port
             bound: list[_Port] = []
             try:
                 for number, receive in (
@@ -352,14 +366,17 @@ class RtpIngest(CallTransport):
                     (port + 1, lambda data, addr: call.count("rtcp")),
                 ):
                     socket = _Port(receive)
+                    call.sockets.append(socket)
+                    bound.append(socket)
                     await loop.create_datagram_endpoint(
                         lambda socket=socket: socket,  # type: ignore[misc]
                         local_addr=(self._settings.host, number),
                     )
-                    bound.append(socket)
             except OSError as e:
                 for socket in bound:
                     socket.close()
+                    call.sockets.remove(socket)
+                del call.ports[track]
                 self._pool.give_back(port)
                 if e.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue  # another program holds this one: try the next pair
@@ -368,8 +385,7 @@ class RtpIngest(CallTransport):
                     f"RTP ports cannot be opened: {e.strerror or type(e).__name__}.",
                     code="rtp_unavailable",
                 ) from None
-            call.sockets += bound
-            return port
+            return
         raise IngestUnavailable(
             "No RTP port pair is free; retry later, or the operator must widen "
             "rtp.port_min..port_max.",

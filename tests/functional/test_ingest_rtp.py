@@ -28,9 +28,10 @@ import numpy.typing as npt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from crypto.errors import StorageUnavailable
 from gateway.app import build_app
-from gateway.ingest.rtp import SrtpKey
-from gateway.ingest.rtp_server import OUTCOMES
+from gateway.ingest.rtp import PayloadTypes, SrtpKey
+from gateway.ingest.rtp_server import MAX_BUFFERED_FLUSHES, OUTCOMES
 from gateway.session import CallSession
 from gateway.settings import AudioSocketSettings, IngestSettings, RtpSettings, Settings
 from gateway.state import CALLS, RTP
@@ -1100,3 +1101,207 @@ async def test_srtp_keys_never_reach_logs_metrics_or_the_data_dir(
     places.update({str(p): p.read_bytes() for p in data_files(gateway_settings.data_dir)})
     leaked = sorted({where for where, text in places.items() for s in key_texts if s in text})
     assert not leaked, f"SRTP key material found in {leaked}"
+
+
+# --- found in review: each of these failed before its fix ------------------------------------
+
+
+async def test_a_lost_10_ms_packet_keeps_the_rest_in_place(clocked_gateway: Gateway) -> None:
+    """ptime 10 ms (80 samples): losing one packet must not pull the rest 10 ms earlier (the
+    jitter snap meant for Twilio's millisecond timestamps must not touch RTP's exact ones)."""
+    gateway = clocked_gateway
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    audio, pcm = g711(0.2, 440)
+    packets = call.sender("inbound").stream(audio, size=80)
+    udp = UdpSender()
+    try:
+        sent = [packet for index, packet in enumerate(packets) if index != 5]
+        await counted(gateway, await send(udp, to(call.port("inbound"), sent)))
+    finally:
+        udp.close()
+    await call_action(gateway, acme, call, "end")
+    expected = pcm.copy()
+    expected[400:480] = 0
+    assert_samples((await export(gateway, acme, call))[:, 0], expected, "inbound")
+
+
+async def test_a_track_that_starts_11_minutes_in_lands_at_11_minutes(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    """An agent leg answering after 11 minutes in a queue starts where the call's clock is,
+    and every one of its packets is stored (none refused as a jump)."""
+    gateway = clocked_gateway
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    frame, _ = g711(0.02, 440)
+    inbound = call.sender("inbound")
+    outbound = call.sender("outbound", ssrc=0x2222)
+    udp = UdpSender()
+    total = 0
+    try:
+        for step in range(67):  # one inbound packet every 10 s for 660 s
+            inbound.timestamp = (50_000 + step * 10 * 8000) % (1 << 32)
+            total += await send(udp, to(call.port("inbound"), [inbound.packet(frame)]))
+            await counted(gateway, total)
+            clock.advance(10)
+        late, late_pcm = g711(0.2, 660)
+        total += await send(udp, to(call.port("outbound"), outbound.stream(late)))
+        assert await counted(gateway, total) == only(audio=total)
+    finally:
+        udp.close()
+    await call_action(gateway, acme, call, "end")
+    right = (await export(gateway, acme, call))[:, 1]
+    start = 670 * 8000  # the clock had advanced 67 x 10 s when the outbound leg began
+    assert_samples(right[start : start + len(late_pcm)], late_pcm, "outbound")
+    assert not right[:start].any()
+
+
+async def test_a_sender_cannot_stretch_the_timeline_past_the_clock(
+    clocked_gateway: Gateway,
+) -> None:
+    """Timestamps 599 s apart sent within a moment (a key holder playing games): the audio
+    stays within a few seconds of the call's clock instead of spanning an hour and a half."""
+    gateway = clocked_gateway
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    frame, _ = g711(0.02, 440)
+    sender = call.sender("inbound")
+    packets = []
+    for _ in range(10):
+        packets.append(sender.packet(frame))
+        sender.timestamp = (sender.timestamp + 599 * 8000) % (1 << 32)
+    udp = UdpSender()
+    try:
+        await counted(gateway, await send(udp, to(call.port("inbound"), packets)))
+    finally:
+        udp.close()
+    await call_action(gateway, acme, call, "end")
+    recording = await get_recording(gateway, acme, call)
+    assert recording["duration_s"] <= 10 * 0.02 + 5 * 2
+
+
+async def test_a_failing_store_does_not_make_a_call_buffer_without_bound(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When every flush fails at once (the spool cannot open an upload), the call still
+    holds at most MAX_BUFFERED_FLUSHES flushes' worth, drops the rest as overload, and
+    does not retry (and log) a flush per datagram."""
+
+    async def broken_open(self: CallSession, track: str, now: datetime) -> Any:
+        raise StorageUnavailable("spool down")
+
+    monkeypatch.setattr(CallSession, "_open_upload", broken_open)
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        audiosocket=AudioSocketSettings(port=0),
+        ingest=IngestSettings(flush_bytes=1024),
+        rtp=RtpSettings(port_min=(base := free_udp_range(4)), port_max=base + 3),
+    )
+    gateway = await start_gateway(
+        await aiohttp_client(GatewayServer(build_app(settings, clock=FakeClock())))
+    )
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    audio, _ = g711(4.0, 440)
+    udp = UdpSender()
+    try:
+        sent = await send(udp, to(call.port("inbound"), call.sender("inbound").stream(audio)))
+        counts = await counted(gateway, sent)
+    finally:
+        udp.close()
+    session = gateway.app[CALLS].live()[0]
+    assert session.buffered() <= MAX_BUFFERED_FLUSHES * 1024 + 160
+    assert counts["overload"] > 0 and counts["audio"] + counts["overload"] == sent
+    failures = sum("RTP flush failed" in record.getMessage() for record in caplog.records)
+    assert 1 <= failures <= 5
+
+
+async def test_a_request_cancelled_while_ports_bind_leaks_nothing(
+    clocked_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The announcement's handler cancelled between binding a track's RTP and RTCP ports:
+    the RTP socket is closed and the pair is back in the pool."""
+    gateway = clocked_gateway
+    acme = await gateway.tenant("acme", ON)
+    await announce_rtp(gateway, acme)
+    rtp = gateway.app[RTP]
+    free = rtp.free_ports
+    session = gateway.app[CALLS].live()[0]
+    loop = asyncio.get_running_loop()
+    real = loop.create_datagram_endpoint
+    seen: list[int] = []
+    rtcp_reached = asyncio.Event()
+
+    async def hang_on_rtcp(factory: Any, local_addr: tuple[str, int], **kwargs: Any) -> Any:
+        seen.append(local_addr[1])
+        if local_addr[1] % 2:
+            rtcp_reached.set()
+            await asyncio.Event().wait()
+        return await real(factory, local_addr=local_addr, **kwargs)
+
+    monkeypatch.setattr(loop, "create_datagram_endpoint", hang_on_rtcp)
+    task = asyncio.create_task(
+        rtp.open_call(session, srtp=True, payload_types=PayloadTypes.for_codec("pcmu"))
+    )
+    await rtcp_reached.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    monkeypatch.undo()
+    await asyncio.sleep(0)  # the closed transport lets go of its socket
+    assert rtp.free_ports == free
+    assert not udp_port_taken(seen[0])
+
+
+async def test_a_datagram_while_the_ports_bind_is_handled(
+    clocked_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stray datagram (say a late packet of the port's previous call) reaching a track's
+    RTP port before its RTCP port is bound is dropped and counted, not an exception in the
+    event loop."""
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", {**ON, "transport": {"allow_unencrypted_rtp": True}})
+    call = await announce_rtp(gateway, tenant, srtp=False)
+    rtp = gateway.app[RTP]
+    loop = asyncio.get_running_loop()
+    real = loop.create_datagram_endpoint
+    seen: list[int] = []
+    release = asyncio.Event()
+    rtcp_reached = asyncio.Event()
+    errors: list[Any] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+
+    async def slow_rtcp(factory: Any, local_addr: tuple[str, int], **kwargs: Any) -> Any:
+        seen.append(local_addr[1])
+        if local_addr[1] % 2 and len(seen) == 2:
+            rtcp_reached.set()
+            await release.wait()
+        return await real(factory, local_addr=local_addr, **kwargs)
+
+    monkeypatch.setattr(loop, "create_datagram_endpoint", slow_rtcp)
+    udp = UdpSender()
+    try:
+        await call_action(gateway, tenant, call, "end")  # its ports go back to the pool
+        second = asyncio.create_task(
+            gateway.client.post(
+                "/v1/tenants/acme/calls",
+                json={"from": "+40711111111", "to": "+40722222222", "consent": "granted",
+                      "transport": "rtp", "srtp": False},
+                headers=bearer(tenant.pbx),
+            )
+        )  # fmt: skip
+        await rtcp_reached.wait()
+        udp.send(b"\x80" + bytes(171), seen[0])
+        await asyncio.sleep(0.05)
+        release.set()
+        response = await second
+        assert response.status == 201, await response.text()
+    finally:
+        loop.set_exception_handler(None)
+        udp.close()
+    assert errors == []
+    assert rtp.free_ports >= 1

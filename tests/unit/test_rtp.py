@@ -1189,15 +1189,16 @@ def test_srtp_refuses_a_numbering_restart_far_behind() -> None:
         (-800, 0),  # back by exactly MAX_BACKSTEP_S: placed where it says (overlap)
         (-801, 16_000),  # further back: re-anchored by the clock
         (-50_000, 16_000),
-        (4_800_000, 4_800_800),  # exactly MAX_JUMP_S ahead: exact
-        (4_800_001, 16_000),  # further ahead: re-anchored
+        (55_200, 56_000),  # MAX_AHEAD_S (5 s) past the call's clock (2 s): exact
+        (55_201, 16_000),  # further ahead: re-anchored by the clock
+        (4_800_000, 16_000),  # ten minutes ahead within a moment: re-anchored
         (2**31 - 1, 16_000),
     ],
 )
 def test_timestamp_jumps(jump: int, expected: int, key: SrtpKey | None) -> None:
-    """A timestamp up to 0.1 s behind the track's end or up to 600 s ahead places the
-    packet exactly; beyond that the source is re-anchored by the call's clock (here 2 s in)
-    and the packets after it follow from there."""
+    """A timestamp up to 0.1 s behind the track's end, or up to MAX_AHEAD_S past the call's
+    clock (here 2 s in), places the packet exactly; beyond either the source is re-anchored
+    by the call's clock and the packets after it follow from there."""
     rx = Rx(key=key)
     sender = RtpSender(0, key=key, timestamp=100_000)
     for i, datagram in enumerate(packets(sender, range(5))):
