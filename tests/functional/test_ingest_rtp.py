@@ -164,6 +164,16 @@ async def send(udp: UdpSender, datagrams: Iterable[tuple[int, bytes]]) -> int:
     return sent
 
 
+async def deliver(gateway: Gateway, port: int, datagrams: Iterable[bytes]) -> dict[str, float]:
+    """Send ``datagrams`` to ``port`` from a loopback socket of their own and wait until the
+    app has counted every one; the outcomes counted so far."""
+    udp = UdpSender()
+    try:
+        return await counted(gateway, await send(udp, to(port, datagrams)))
+    finally:
+        udp.close()
+
+
 def to(port: int, datagrams: Iterable[bytes]) -> list[tuple[int, bytes]]:
     return [(port, datagram) for datagram in datagrams]
 
@@ -362,12 +372,7 @@ async def test_a_gap_is_given_up_after_the_reorder_delay_on_the_wall_clock(
     call = await announce_rtp(gateway, acme)
     audio, audio_pcm = g711(0.16, 440)
     packets = call.sender("inbound").stream(audio)
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), packets[:5] + packets[6:]))
-        assert await counted(gateway, sent) == only(audio=7)
-    finally:
-        udp.close()
+    assert await deliver(gateway, call.port("inbound"), packets[:5] + packets[6:]) == only(audio=7)
     await call_action(gateway, acme, call, "end")
     assert_samples(
         (await export(gateway, acme, call))[:, 0], with_silence(audio_pcm, {5}), "inbound"
@@ -388,12 +393,7 @@ async def test_a_new_ssrc_takes_over_after_two_packets_in_sequence(
     old = call.sender("inbound", ssrc=1)
     new = call.sender("inbound", ssrc=2, seq=30_000, timestamp=777)
     datagrams = [*old.stream(first), *new.stream(second), old.packet(first[:FRAME])]
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), datagrams))
-        assert await counted(gateway, sent) == only(audio=20, stale_source=1)
-    finally:
-        udp.close()
+    assert await deliver(gateway, call.port("inbound"), datagrams) == only(audio=20, stale_source=1)
     await call_action(gateway, acme, call, "end")
     assert_samples(
         (await export(gateway, acme, call))[:, 0],
@@ -642,12 +642,7 @@ async def test_media_timeout_finalizes_the_call_and_frees_its_ports(
     acme = await gateway.tenant("acme", ON)
     call = await announce_rtp(gateway, acme)
     audio, audio_pcm = g711(0.2, 440)
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), call.sender("inbound").stream(audio)))
-        await counted(gateway, sent)
-    finally:
-        udp.close()
+    await deliver(gateway, call.port("inbound"), call.sender("inbound").stream(audio))
     await gateway.app[RTP].tick(clock.advance(29))
     assert (await get_recording(gateway, acme, call))["status"] == "recording"
     assert metric_value(await scrape(gateway), PORTS_IN_USE) == 4
@@ -964,12 +959,7 @@ async def test_opus_over_srtp_exports_48k_audio(
     if pinned:
         datagrams.insert(20, stray.packet(packets[20], payload_type=112))
         expected = only(audio=len(packets), bad_payload=1, unexpected_payload_type=1)
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), datagrams))
-        assert await counted(gateway, sent) == expected
-    finally:
-        udp.close()
+    assert await deliver(gateway, call.port("inbound"), datagrams) == expected
     await call_action(gateway, acme, call, "end")
 
     pcm = await export(gateway, acme, call, rate=48_000)
@@ -1010,12 +1000,9 @@ async def test_telephone_events_are_counted_and_never_audio(
         if index == 22:
             datagrams += sender.dtmf(7)
         datagrams.append(sender.packet(chunk))
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), datagrams))
-        assert await counted(gateway, sent) == only(audio=30, telephone_event=3 * 6)
-    finally:
-        udp.close()
+    assert await deliver(gateway, call.port("inbound"), datagrams) == only(
+        audio=30, telephone_event=3 * 6
+    )
     await call_action(gateway, acme, call, "end")
     metrics = await scrape(gateway)
     assert metric_value(metrics, "callvault_dtmf_events_total", transport="rtp") == 3
@@ -1050,12 +1037,9 @@ async def test_comfort_noise_is_ignored_and_timestamps_keep_the_timeline(
     # Silence suppression for packets 10-19: two SID frames (RFC 3389) cover 200 ms.
     datagrams += [sender.packet(b"\x40", payload_type=13, samples=5 * FRAME) for _ in range(2)]
     datagrams += [sender.packet(chunk) for chunk in chunks[20:]]
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), datagrams))
-        assert await counted(gateway, sent) == only(audio=20, comfort_noise=2)
-    finally:
-        udp.close()
+    assert await deliver(gateway, call.port("inbound"), datagrams) == only(
+        audio=20, comfort_noise=2
+    )
     await call_action(gateway, acme, call, "end")
     pcm = await export(gateway, acme, call)
     assert_samples(pcm[:, 0], with_silence(audio_pcm, range(10, 20)), "inbound")
@@ -1114,12 +1098,7 @@ async def test_a_lost_10_ms_packet_keeps_the_rest_in_place(clocked_gateway: Gate
     call = await announce_rtp(gateway, acme)
     audio, pcm = g711(0.2, 440)
     packets = call.sender("inbound").stream(audio, size=80)
-    udp = UdpSender()
-    try:
-        sent = [packet for index, packet in enumerate(packets) if index != 5]
-        await counted(gateway, await send(udp, to(call.port("inbound"), sent)))
-    finally:
-        udp.close()
+    await deliver(gateway, call.port("inbound"), [p for i, p in enumerate(packets) if i != 5])
     await call_action(gateway, acme, call, "end")
     expected = pcm.copy()
     expected[400:480] = 0
@@ -1171,11 +1150,7 @@ async def test_a_sender_cannot_stretch_the_timeline_past_the_clock(
     for _ in range(10):
         packets.append(sender.packet(frame))
         sender.timestamp = (sender.timestamp + 599 * 8000) % (1 << 32)
-    udp = UdpSender()
-    try:
-        await counted(gateway, await send(udp, to(call.port("inbound"), packets)))
-    finally:
-        udp.close()
+    await deliver(gateway, call.port("inbound"), packets)
     await call_action(gateway, acme, call, "end")
     recording = await get_recording(gateway, acme, call)
     assert recording["duration_s"] <= 10 * 0.02 + 5 * 2
@@ -1207,15 +1182,11 @@ async def test_a_failing_store_does_not_make_a_call_buffer_without_bound(
     acme = await gateway.tenant("acme", ON)
     call = await announce_rtp(gateway, acme)
     audio, _ = g711(4.0, 440)
-    udp = UdpSender()
-    try:
-        sent = await send(udp, to(call.port("inbound"), call.sender("inbound").stream(audio)))
-        counts = await counted(gateway, sent)
-    finally:
-        udp.close()
+    datagrams = call.sender("inbound").stream(audio)
+    counts = await deliver(gateway, call.port("inbound"), datagrams)
     session = gateway.app[CALLS].live()[0]
     assert session.buffered() <= MAX_BUFFERED_FLUSHES * 1024 + 160
-    assert counts["overload"] > 0 and counts["audio"] + counts["overload"] == sent
+    assert counts["overload"] > 0 and counts["audio"] + counts["overload"] == len(datagrams)
     failures = sum("RTP flush failed" in record.getMessage() for record in caplog.records)
     assert 1 <= failures <= 5
 
