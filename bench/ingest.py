@@ -71,6 +71,7 @@ import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 from aiohttp import WSMsgType, web  # noqa: E402
 from aiohttp.test_utils import BaseTestServer, TestServer  # noqa: E402
+from arguments import positive, positive_list  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from gateway.app import build_app  # noqa: E402
@@ -807,17 +808,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             report["export"] = await bench_export(bench, args.export_seconds, args.rounds)
     return report
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def positive_list(text: str) -> list[int]:
-    return [positive(part) for part in text.split(",")]
 
 
 def main() -> None:

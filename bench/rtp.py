@@ -103,6 +103,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pylibsrtp  # noqa: E402
 from aiohttp import web  # noqa: E402
+from arguments import positive, positive_list  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from gateway.app import build_app  # noqa: E402
@@ -1180,22 +1181,11 @@ def print_report(report: dict[str, Any]) -> None:
         )
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def positive_seconds(text: str) -> float:
     value = float(text)
     if not 0 < value < 600:
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds in (0, 600)")
     return value
-
-
-def positive_list(text: str) -> list[int]:
-    return [positive(part) for part in text.split(",")]
 
 
 def main() -> None:
