@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import CallvaultError
 from gateway.api import add_routes
 from gateway.calls import CallRegistry
@@ -27,10 +28,21 @@ from gateway.errors import error_middleware, error_response
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
-from gateway.services import open_services
+from gateway.services import build_sender, build_worker, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
-from gateway.state import CALLS, CLOCK, METRICS, REGISTRY, RTP, SERVICES, SETTINGS, Clock
+from gateway.state import (
+    AI_METRICS,
+    AI_WORKERS,
+    CALLS,
+    CLOCK,
+    METRICS,
+    REGISTRY,
+    RTP,
+    SERVICES,
+    SETTINGS,
+    Clock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +142,28 @@ def build_app(
         yield
         await server.close()
 
-    app.cleanup_ctx.extend([services_ctx, calls_ctx, audiosocket_ctx])
+    async def ai_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Each worker has its own model and inference thread; jobs wait in the catalog, so
+        # transcription never holds up ingest (its event loop only awaits the thread).
+        workers = app[AI_WORKERS] = [
+            build_worker(settings, app[SERVICES], now=app[CLOCK].now, metrics=app[AI_METRICS])
+            for _ in range(settings.ai.workers)
+        ]
+        tasks = [asyncio.create_task(_work(worker), name="callvault-ai") for worker in workers]
+        sender = build_sender(settings, app[SERVICES], now=app[CLOCK].now, registry=app[REGISTRY])
+        tasks.append(asyncio.create_task(sender.run(), name="callvault-webhooks"))
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for worker in workers:
+            await worker.close()
+        await sender.close()
+
+    app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
+    app.cleanup_ctx.extend([services_ctx, calls_ctx, audiosocket_ctx, ai_ctx])
     app.on_shutdown.append(endpoints.close_websockets)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -140,6 +173,18 @@ def build_app(
     app.router.add_get("/v1/ingest/fork", endpoints.fork)
     add_routes(app)
     return app
+
+
+async def _work(worker: AnalysisWorker) -> None:
+    """Load the worker's model, then take jobs; a model that cannot load is logged (the
+    jobs stay queued for a worker that can)."""
+    try:
+        name = await worker.load()
+    except CallvaultError as e:
+        log.error("AI worker %s: the model did not load: %s", worker.owner, e.message)
+        return
+    log.info("AI worker %s ready with model %s", worker.owner, name)
+    await worker.run()
 
 
 async def _tick(calls: CallRegistry, rtp: RtpIngest, clock: Clock) -> None:

@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (CALLVAULT_HTTP__HOST)")
     serve.add_argument("--port", type=int, help="listen port (CALLVAULT_HTTP__PORT)")
 
+    commands.add_parser(
+        "worker",
+        help="run one AI worker process (transcription and analysis jobs from the catalog)",
+    )
+
     keys = commands.add_parser("keys", help="manage tenants' key-encryption keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     rotate = key_commands.add_parser(
@@ -86,6 +91,8 @@ def _serve(settings: Settings) -> None:
     from gateway.services import open_keyring
 
     open_keyring(settings)  # refuse a wrong master key before binding any port
+    if settings.ai.workers:
+        _check_model(settings)
     secret = asyncio.run(_bootstrap(settings))
     if secret is not None:
         print(
@@ -116,6 +123,37 @@ def _serve(settings: Settings) -> None:
             "CALLVAULT_HTTP__PORT",
             f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror or e}",
         ) from None
+
+
+def _check_model(settings: Settings) -> None:
+    """Refuse to start with a model that is missing or fails its pinned sha256 (assembling
+    a packaged model that ships in parts, once)."""
+    from ai.models import resolve_model
+
+    resolve_model(settings.ai.model, cache_dir=settings.model_cache_dir)
+
+
+async def _work(settings: Settings) -> None:
+    """One AI worker until SIGTERM/SIGINT: the job in hand is handed back (not counted as
+    an attempt) and the process exits; a killed worker's job returns when its lease ends."""
+    import signal
+
+    from gateway.services import build_sender, build_worker, open_services
+
+    loop = asyncio.get_running_loop()
+    async with open_services(settings) as services:
+        worker = build_worker(settings, services, now=lambda: datetime.now(UTC))
+        sender = build_sender(settings, services, now=lambda: datetime.now(UTC))
+        name = await worker.load()
+        print(f"callvault worker {worker.owner} ready with model {name}", flush=True)
+        tasks = [asyncio.create_task(worker.run()), asyncio.create_task(sender.run())]
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: [task.cancel() for task in tasks])
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await worker.close()
+            await sender.close()
 
 
 def _program() -> str:
@@ -187,11 +225,14 @@ async def _rotate(settings: Settings, tenant: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(json_lines=args.command == "serve")
+    configure_logging(json_lines=args.command in ("serve", "worker"))
     try:
         settings = build_settings(args)
         if args.command == "serve":
             _serve(settings)
+        elif args.command == "worker":
+            _check_model(settings)
+            asyncio.run(_work(settings))
         elif args.command == "keys" and args.keys_command == "rotate":
             asyncio.run(_rotate(settings, args.tenant))
         elif args.command == "token" and args.mint_command == "create":

@@ -6,7 +6,7 @@ gateway, over its public API only (the same requests a PBX and a tenant admin wo
 it creates a throw-away tenant, instructs it to record with every AI feature on, announces
 a call, streams the packaged sample call (``gateway/demo_data``) as Twilio Media Streams
 messages, and then fetches what the gateway stored: the recording's metadata, its decrypted
-audio as a WAV file, and the transcript and analysis where this version has them.
+audio as a WAV file, and the transcript and analysis once the AI worker has finished the call.
 
 Building the Twilio messages is kept apart from sending them (``twilio_messages``), so the
 message stream can be checked without a socket. Tokens are minted here and never printed:
@@ -53,6 +53,9 @@ DEMO_INSTRUCTIONS: dict[str, Any] = {
 CLOSE_WAIT_S = 60.0
 """How long to wait for the gateway's close after ``stop`` (it seals and commits first)."""
 TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=10)
+ANALYSIS_WAIT_S = 120.0
+"""How long the demo waits for the AI worker (the first job also loads the model)."""
+ANALYSIS_POLL_S = 0.25
 NOT_YET = frozenset({404, 405})
 """Answers of a gateway without the AI endpoints (the route does not exist yet)."""
 
@@ -196,10 +199,18 @@ async def _refusal(response: aiohttp.ClientResponse) -> str:
     return f"the server answered {response.status} {response.reason}"
 
 
-async def run_demo(base_url: str, operator_token: str, *, out: Path, realtime: bool = False) -> int:
+async def run_demo(
+    base_url: str,
+    operator_token: str,
+    *,
+    out: Path,
+    realtime: bool = False,
+    analysis_wait_s: float = ANALYSIS_WAIT_S,
+) -> int:
     """Run the demo against the gateway at ``base_url``; 0 on success, 1 with one sentence
     on stderr otherwise. ``realtime`` paces the stream at 20 ms per frame, as a PBX does;
-    otherwise it goes as fast as the gateway takes it."""
+    otherwise it goes as fast as the gateway takes it. The transcript and analysis are
+    awaited for ``analysis_wait_s``."""
     url = URL(base_url.rstrip("/") + "/")
     if url.scheme not in ("http", "https") or not url.host:
         return _fail(f"--url must be the server's http:// address, not {base_url!r}.")
@@ -207,7 +218,9 @@ async def run_demo(base_url: str, operator_token: str, *, out: Path, realtime: b
     try:
         sample = load_sample_call()
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-            await _demo(_Api(session, url), operator_token, sample, out, realtime, shown)
+            await _demo(
+                _Api(session, url), operator_token, sample, out, realtime, shown, analysis_wait_s
+            )
     except aiohttp.ClientConnectorError:
         return _fail(
             f"cannot reach a callvault server at {shown}: start one with `make run` "
@@ -226,7 +239,13 @@ def _fail(sentence: str) -> int:
 
 
 async def _demo(
-    api: _Api, operator: str, sample: SampleCall, out: Path, realtime: bool, shown: str
+    api: _Api,
+    operator: str,
+    sample: SampleCall,
+    out: Path,
+    realtime: bool,
+    shown: str,
+    analysis_wait_s: float,
 ) -> None:
     tenant = "demo-" + secrets.token_hex(3)
     print(f"callvault demo against {shown}")
@@ -298,8 +317,34 @@ async def _demo(
     _print_recording(recording)
 
     await _download(api, recording_id, admin, out)
-    await _print_transcript(api, recording_id, admin)
-    await _print_analysis(api, recording_id, admin)
+    if await _await_analysis(api, recording_id, admin, analysis_wait_s):
+        await _print_transcript(api, recording_id, admin)
+        await _print_analysis(api, recording_id, admin)
+
+
+async def _await_analysis(api: _Api, recording_id: str, admin: str, wait_s: float) -> bool:
+    """Wait for the AI worker to finish the call; False (after saying why) if it did not."""
+    print(f"analysis      waiting for the AI worker (up to {wait_s:.0f} s) ...", flush=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        recording = await api.call(
+            "fetching the recording", "GET", f"/v1/recordings/{recording_id}", admin
+        )
+        status = recording.get("status")
+        if status == "analyzed":
+            print("              done")
+            return True
+        if status != "processing":
+            print(f"              the recording is {status}: {recording.get('failure_reason')}")
+            return False
+        if loop.time() > deadline:
+            print(
+                "              no AI worker finished the call in time: is "
+                "CALLVAULT_AI__WORKERS 0 on the server and no `callvault worker` running?"
+            )
+            return False
+        await asyncio.sleep(ANALYSIS_POLL_S)  # polling the server's progress
 
 
 async def _create_tenant(api: _Api, operator: str, tenant: str, shown: str) -> None:
@@ -431,6 +476,28 @@ async def _print_analysis(api: _Api, recording_id: str, token: str) -> None:
     if body is None:
         return
     print("analysis")
-    for feature, value in body.items():
-        shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        print(f"  {feature:<13} {shown}")
+    if "summary" in body:
+        print(f"  summary       {body['summary']}")
+    if "sentiment" in body:
+        sentiment = body["sentiment"]
+        tracks = ", ".join(
+            f"{TRACK_SPEAKERS.get(track, track)} {value['label']} ({value['score']:+.2f})"
+            for track, value in sentiment.get("tracks", {}).items()
+        )
+        overall = sentiment["overall"]
+        print(f"  sentiment     {overall['label']} ({overall['score']:+.2f}); {tracks}")
+    if "talk_listen" in body:
+        talk = body["talk_listen"]
+        tracks = ", ".join(
+            f"{TRACK_SPEAKERS.get(track, track)} {value['talk_s']:.1f} s"
+            for track, value in talk["tracks"].items()
+        )
+        print(
+            f"  talk/listen   {tracks}; agent/caller {talk['talk_to_listen']}, silence "
+            f"{talk['silence_s']:.1f} s, overlap {talk['overlap_s']:.1f} s, "
+            f"interruptions {talk['interruptions']}"
+        )
+    if "topics" in body:
+        phrases = ", ".join(p["phrase"] for p in body["topics"]["key_phrases"][:6])
+        print(f"  key phrases   {phrases}")
+    print(f"  (all of it: GET /v1/recordings/{recording_id}/analysis)")

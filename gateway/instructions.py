@@ -10,6 +10,11 @@ retention sweeper) can trust it without checking again.
 Everything is **off by default** (DESIGN.md promise 1): a tenant that never PUT instructions
 gets `default_instructions()`, which records and analyses nothing.
 
+Two sections configure integrations rather than permissions: ``ai.categories`` (the
+tenant's own topic categories, matched by the AI worker) and ``webhook`` (where analysis and
+deletion events are POSTed). The webhook secret is part of the document because it belongs to
+the same tenant decision, but it is write-only: the API shows `REDACTED` in its place.
+
 Durations live here too because retention windows are their main user; the parser is a small
 regex over the subset of ISO 8601 we document, not a new dependency.
 """
@@ -18,9 +23,11 @@ from __future__ import annotations
 
 import calendar
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +36,7 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import ErrorDetails
@@ -37,7 +45,13 @@ from crypto.errors import InvalidInstructions
 
 __all__ = [
     "AI_FEATURES",
+    "MAX_CATEGORIES",
+    "MAX_CATEGORY_PHRASES",
     "MAX_EXCLUDE_NUMBERS",
+    "MAX_PHRASE_CHARS",
+    "MAX_WEBHOOK_URL_CHARS",
+    "REDACTED",
+    "WEBHOOK_SECRET_CHARS",
     "AiRule",
     "ConsentRule",
     "Duration",
@@ -45,6 +59,7 @@ __all__ = [
     "RecordingRule",
     "RetentionRule",
     "TransportRule",
+    "WebhookRule",
     "default_instructions",
     "normalize_number",
     "parse_duration",
@@ -56,6 +71,26 @@ AI_FEATURES: tuple[str, ...] = ("transcript", "summary", "sentiment", "talk_list
 
 MAX_EXCLUDE_NUMBERS = 10_000
 """Most entries `exclude_numbers` may hold (counted before duplicates are removed)."""
+
+MAX_CATEGORIES = 50
+"""Most topic categories `ai.categories` may hold."""
+
+MAX_CATEGORY_PHRASES = 50
+"""Most phrases one category may list (counted before duplicates are removed)."""
+
+MAX_PHRASE_CHARS = 100
+"""Longest phrase, in characters after stripping surrounding whitespace."""
+
+MAX_WEBHOOK_URL_CHARS = 2000
+"""Longest webhook URL (a common limit of proxies and browsers)."""
+
+WEBHOOK_SECRET_CHARS = (16, 200)
+"""Shortest and longest webhook secret. 16 characters is a floor against guessing; the
+secret is an HMAC key, so any longer value works as well as a random one of that length."""
+
+REDACTED = "<redacted>"
+"""What GET shows instead of a set webhook secret; a PUT that sends it back keeps the secret.
+Shorter than the shortest valid secret, so it can never be mistaken for a real one."""
 
 # Keys a client may echo back from GET on PUT; the server sets them, so they are dropped.
 _SERVER_KEYS = frozenset({"version", "created_at", "created_by"})
@@ -233,7 +268,82 @@ def _check_retention(text: str) -> str:
     return text
 
 
+# Category names become labels in analysis results and filters, so they are identifier-like.
+_CATEGORY_NAME_RE = re.compile(r"[a-z0-9_]{1,40}")
+
+
+def _has_control(text: str) -> bool:
+    # "Cc" is C0, DEL and C1: newlines and escapes that would corrupt logs or headers.
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def _check_category_name(name: str) -> str:
+    if _CATEGORY_NAME_RE.fullmatch(name) is None:
+        raise ValueError(
+            f"{_quote(name)} is not a category name: 1 to 40 of lowercase a-z, 0-9 and _"
+        )
+    return name
+
+
+def _check_phrase(phrase: str) -> str:
+    # Kept as written apart from the surrounding whitespace: the matcher (ai.text) decides
+    # case and diacritics, so normalising here would only hide what the tenant typed.
+    stripped = phrase.strip()
+    if not 1 <= len(stripped) <= MAX_PHRASE_CHARS:
+        raise ValueError(f"a phrase must be 1 to {MAX_PHRASE_CHARS} characters (not blank)")
+    if _has_control(stripped):
+        raise ValueError("a phrase cannot contain control characters")
+    return stripped
+
+
+def _dedupe_phrases(phrases: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(phrases))
+
+
+def _check_webhook_url(url: str) -> str:
+    # The URL is never quoted back: it may carry credentials or tokens the admin pasted in.
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        raise ValueError(f"must be at most {MAX_WEBHOOK_URL_CHARS} characters")
+    if _has_control(url) or any(char.isspace() for char in url):
+        raise ValueError("cannot contain spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in parts.netloc:
+        # user:password@ would be sent to every redirect target and logged by proxies; the
+        # signature header is how a receiver authenticates callvault.
+        raise ValueError("cannot contain a user name or password (user@host)")
+    if "#" in url:
+        raise ValueError("cannot contain a fragment (#...); it is never sent to a server")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("has an invalid port (1 to 65535)")
+    if not parts.hostname:
+        raise ValueError("must name a host (https://host/path)")
+    return url
+
+
+def _check_webhook_secret(secret: str) -> str:
+    # Messages never quote the value: this is a credential.
+    shortest, longest = WEBHOOK_SECRET_CHARS
+    if not shortest <= len(secret) <= longest:
+        raise ValueError(f"must be {shortest} to {longest} characters")
+    if _has_control(secret):
+        raise ValueError("cannot contain control characters")
+    return secret
+
+
 _RetentionText = Annotated[str, AfterValidator(_check_retention)]
+_CategoryName = Annotated[str, AfterValidator(_check_category_name)]
+# strict=False only for the container, as for exclude_numbers: JSON arrays arrive as lists.
+_Phrases = Annotated[
+    tuple[Annotated[str, Strict(), AfterValidator(_check_phrase)], ...],
+    Field(strict=False, min_length=1, max_length=MAX_CATEGORY_PHRASES),
+    AfterValidator(_dedupe_phrases),
+]
 # Items stay strict strings even though the tuple itself is lax (see exclude_numbers).
 _PhoneNumber = Annotated[str, Strict(), AfterValidator(normalize_number)]
 
@@ -265,6 +375,10 @@ class AiRule(BaseModel):
     talk_listen: bool = False
     topics: bool = False
     language: Annotated[str, AfterValidator(_check_language)] = "auto"
+    # A dict, not a tuple of pairs, so the document is the JSON object tenants write. It is
+    # the one mutable value in the document; nothing writes to it after validation.
+    categories: dict[_CategoryName, _Phrases] = Field(default={}, max_length=MAX_CATEGORIES)
+    """Topic categories: name -> phrases that put a call in it (used by the `topics` feature)."""
 
 
 class RetentionRule(BaseModel):
@@ -285,6 +399,27 @@ class TransportRule(BaseModel):
     allow_unencrypted_rtp: bool = False
 
 
+class WebhookRule(BaseModel):
+    """Where events about the tenant's recordings are POSTed, and the key that signs them."""
+
+    model_config = _STRICT
+
+    url: Annotated[str, AfterValidator(_check_webhook_url)] | None = None
+    # validate_default so that a url without a secret reaches _require_secret (and the error
+    # names webhook.secret, which a model validator could not).
+    secret: Annotated[str, AfterValidator(_check_webhook_secret)] | None = Field(
+        default=None, validate_default=True
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _require_secret(cls, secret: str | None, info: ValidationInfo) -> str | None:
+        # info.data has url only when it was valid; an invalid url is reported on its own.
+        if secret is None and info.data.get("url") is not None:
+            raise ValueError("is required when webhook.url is set (16 to 200 characters)")
+        return secret
+
+
 class InstructionsDoc(BaseModel):
     """One version of a tenant's instructions, without the server-set version metadata."""
 
@@ -295,6 +430,7 @@ class InstructionsDoc(BaseModel):
     ai: AiRule = AiRule()
     retention: RetentionRule = RetentionRule()
     transport: TransportRule = TransportRule()
+    webhook: WebhookRule = WebhookRule()
     # strict=False only for the container: strict mode wants a Python tuple, but a decoded
     # JSON body has lists. Items are still strict strings (_PhoneNumber).
     exclude_numbers: tuple[_PhoneNumber, ...] = Field(
@@ -313,7 +449,9 @@ class InstructionsDoc(BaseModel):
         return tuple(feature for feature in AI_FEATURES if getattr(self.ai, feature))
 
     def document(self) -> dict[str, Any]:
-        """The JSON-ready document (lists, not tuples); the API adds version/created_*."""
+        """The JSON-ready document (lists, not tuples); the API adds version/created_*.
+
+        It includes the webhook secret: this is what the catalog stores. Views redact it."""
         return self.model_dump(mode="json")
 
 
@@ -341,7 +479,11 @@ def parse_instructions(data: object) -> InstructionsDoc:
         # Only the first error is reported: one clear field and sentence is what an admin
         # fixes first, and the API's error has room for one field.
         first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(body)"
+        loc = first["loc"]
+        if loc and loc[-1] == "[key]":
+            # A bad category name: name the mapping; the message quotes the key (capped).
+            loc = loc[:-2]
+        field = ".".join(str(part) for part in loc) or "(body)"
         raise InvalidInstructions(field, _describe(first)) from None
 
 
@@ -361,6 +503,8 @@ def _describe(error: ErrorDetails) -> str:
         return "must be a JSON array"
     if kind == "too_long":
         return f"must have at most {ctx.get('max_length')} entries"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} entries"
     if kind == "value_error" and "error" in ctx:
         # Our own validators' sentences (durations, numbers, language).
         return str(ctx["error"])

@@ -38,7 +38,17 @@ from gateway.calls import (
 )
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE, Track
-from gateway.instructions import AI_FEATURES, MAX_EXCLUDE_NUMBERS, default_instructions
+from gateway.instructions import (
+    AI_FEATURES,
+    MAX_CATEGORIES,
+    MAX_CATEGORY_PHRASES,
+    MAX_EXCLUDE_NUMBERS,
+    MAX_PHRASE_CHARS,
+    MAX_WEBHOOK_URL_CHARS,
+    REDACTED,
+    WEBHOOK_SECRET_CHARS,
+    default_instructions,
+)
 from gateway.policy import RefusalCode
 from gateway.settings import AudioSocketSettings
 from storage.catalog.records import RECORDING_STATUSES, ROLES
@@ -157,6 +167,28 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
     "audio_purged": (
         "The audio was purged after analysis (an AI-only call).",
         "The audio of 'rec_4f1c2a9b8e7d6c5b4a392817' was purged after analysis.",
+    ),
+    "not_instructed": (
+        "The instructions that accepted the call did not ask for this (a transcript, or "
+        "any analysis feature).",
+        "The instructions that accepted recording 'rec_4f1c2a9b8e7d6c5b4a392817' did not "
+        "ask for a transcript.",
+    ),
+    "analysis_pending": (
+        "The call is live or its analysis has not finished.",
+        "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is processing; its transcript is not ready yet.",
+    ),
+    "analysis_failed": (
+        "Every attempt of the analysis failed; the message gives the reason.",
+        "The analysis of recording 'rec_4f1c2a9b8e7d6c5b4a392817' failed: ...",
+    ),
+    "transcript_deleted": (
+        "The transcript was deleted (its retention window ended).",
+        "The transcript of 'rec_4f1c2a9b8e7d6c5b4a392817' was deleted.",
+    ),
+    "analysis_deleted": (
+        "The analysis was deleted (its retention window ended).",
+        "The analysis of 'rec_4f1c2a9b8e7d6c5b4a392817' was deleted.",
     ),
     "invalid_instructions": (
         "The instructions have an unknown field or an invalid value; `field` names it as a "
@@ -473,6 +505,30 @@ def instruction_section_schemas() -> dict[str, Schema]:
         "default": defaults["ai"]["language"],
         "description": "`auto` or a two-letter ISO 639-1 code for transcription.",
     }
+    ai_properties["categories"] = {
+        "type": "object",
+        "maxProperties": MAX_CATEGORIES,
+        "propertyNames": {"pattern": "^[a-z0-9_]{1,40}$"},
+        "additionalProperties": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_CATEGORY_PHRASES,
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_PHRASE_CHARS,
+                "description": "Kept as written, surrounding whitespace removed; no control "
+                "characters.",
+            },
+        },
+        "default": defaults["ai"]["categories"],
+        "description": "The tenant's topic categories: a name (1 to 40 of `a-z`, `0-9`, `_`) "
+        f"mapped to 1 to {MAX_CATEGORY_PHRASES} phrases; a call whose transcript contains a "
+        "phrase is in the category (reported by `topics`). Duplicate phrases in a category "
+        "are removed.",
+        "examples": [{"cancellation": ["cancel", "terminate"], "billing": ["invoice"]}],
+    }
+    shortest, longest = WEBHOOK_SECRET_CHARS
     retention_words = {
         "recordings": "How long recordings' audio is kept.",
         "transcripts": "How long transcripts and analysis are kept.",
@@ -521,6 +577,39 @@ def instruction_section_schemas() -> dict[str, Schema]:
             },
             closed=True,
         ),
+        "WebhookRule": _obj(
+            {
+                "url": {
+                    "type": ["string", "null"],
+                    "format": "uri",
+                    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+                    "maxLength": MAX_WEBHOOK_URL_CHARS,
+                    "default": defaults["webhook"]["url"],
+                    "description": "Where events (`analysis.completed`, `analysis.failed`, "
+                    "`recording.deleted`) are POSTed as JSON: http or https, a host, no "
+                    "user name or password, no fragment. null: no webhook.",
+                },
+                "secret": {
+                    "oneOf": [
+                        {
+                            "type": "string",
+                            # Not a control character, and longer than REDACTED, so the
+                            # branches never overlap.
+                            "pattern": f"^[^\\x00-\\x1f\\x7f-\\x9f]{{{shortest},{longest}}}$",
+                        },
+                        {"const": REDACTED},
+                        {"type": "null"},
+                    ],
+                    "default": defaults["webhook"]["secret"],
+                    "description": f"The HMAC-SHA256 key of the `Callvault-Signature` header, "
+                    f"{shortest} to {longest} characters; required with `url`. Write-only: "
+                    f"GET shows `{REDACTED}` when one is set, and a PUT that sends "
+                    f"`{REDACTED}` keeps the current secret.",
+                },
+            },
+            closed=True,
+            description="Signed event notifications (ids and metadata, never content).",
+        ),
     }
 
 
@@ -532,6 +621,7 @@ def _document_properties() -> dict[str, Schema]:
         "ai": {**_ref("AiRule"), "default": defaults["ai"]},
         "retention": {**_ref("RetentionRule"), "default": defaults["retention"]},
         "transport": {**_ref("TransportRule"), "default": defaults["transport"]},
+        "webhook": {**_ref("WebhookRule"), "default": defaults["webhook"]},
         "exclude_numbers": {
             "type": "array",
             "items": {
@@ -818,6 +908,129 @@ def recording_schema() -> Schema:
     return _obj(properties, required=tuple(properties))
 
 
+def _track_map(schema: Schema, description: str) -> Schema:
+    return _obj({track: schema for track in typing.get_args(Track)}, description=description)
+
+
+def transcript_schema() -> Schema:
+    segment = _obj(
+        {
+            "track": {"type": "string", "enum": list(typing.get_args(Track))},
+            "start": {"type": "number", "minimum": 0, "description": "Seconds from call start."},
+            "end": {"type": "number", "minimum": 0},
+            "text": {"type": "string"},
+        },
+        required=("track", "start", "end", "text"),
+        description="One utterance of one track: `inbound` is the caller, `outbound` the "
+        "agent (no diarization involved).",
+    )
+    return _obj(
+        {
+            "language": {"type": "string", "description": "ISO 639-1 code of the call."},
+            "model": {"type": "string", "description": "The Whisper model that transcribed."},
+            "duration_s": {"type": "number"},
+            "segments": {"type": "array", "items": segment, "description": "In time order."},
+        },
+        required=("language", "model", "segments"),
+    )
+
+
+def analysis_schema() -> Schema:
+    score = _obj(
+        {
+            "score": {"type": "number", "minimum": -1, "maximum": 1},
+            "label": {"type": "string", "enum": ["negative", "neutral", "positive"]},
+        },
+        required=("score", "label"),
+    )
+    sentiment = _obj(
+        {
+            "method": {"type": "string", "examples": ["lexicon+cues"]},
+            "overall": score,
+            "tracks": _track_map(score, "Per track (only tracks that spoke)."),
+            "segments": {"type": "array", "items": {"type": "object"}},
+            "timeline": {"type": "array", "items": {"type": "object"}},
+            "cues": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Churn or complaint phrases that made a segment negative "
+                "however politely it was worded (`cancel`, `refund`, `reziliez`, ...).",
+            },
+        },
+        required=("overall", "tracks"),
+        description="Lexicon sentiment (English and Romanian) with negation, intensifiers "
+        "and but-clauses, plus intent cues, so a polite cancellation reads negative.",
+    )
+    talk_track = _obj(
+        {
+            "talk_s": {"type": "number"},
+            "talk_share": {"type": "number"},
+            "wpm": {"type": "integer"},
+            "longest_monologue_s": {"type": "number"},
+            "turns": {"type": "integer"},
+        },
+        required=("talk_s", "talk_share", "wpm", "longest_monologue_s"),
+    )
+    talk_listen = _obj(
+        {
+            "tracks": _track_map(talk_track, "From each track's voice activity (Silero VAD)."),
+            "talk_to_listen": _nullable(
+                {"type": "number", "description": "Outbound (agent) talk / inbound (caller)."}
+            ),
+            "silence_s": {"type": "number"},
+            "overlap_s": {"type": "number", "description": "Both talking at once."},
+            "interruptions": {"type": "integer"},
+            "interruptions_by_track": {"type": "object"},
+        },
+        required=("tracks", "talk_to_listen", "silence_s", "overlap_s", "interruptions"),
+    )
+    topics = _obj(
+        {
+            "key_phrases": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "phrase": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "score": {"type": "number"},
+                    },  # fmt: skip
+                ),
+            },
+            "categories": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "name": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "phrases": {"type": "array", "items": {"type": "string"}},
+                        "tracks": {"type": "object"},
+                        "first_at": {"type": "number"},
+                    }
+                ),
+                "description": "The tenant's categories (`ai.categories`) that matched.",
+            },
+        },
+        required=("key_phrases", "categories"),
+    )
+    return _obj(
+        {
+            "language": {"type": "string"},
+            "model": {"type": "string"},
+            "duration_s": {"type": "number"},
+            "summary": {
+                "type": "string",
+                "description": "3-5 sentences of the call, speaker-labelled (extractive).",
+            },
+            "sentiment": sentiment,
+            "talk_listen": talk_listen,
+            "topics": topics,
+        },
+        required=("language", "model"),
+        description="Only the features the call's instructions asked for; the keys of the "
+        "others are absent.",
+    )
+
+
 def _list_schema(item: str, *, paged: bool) -> Schema:
     properties: dict[str, Schema] = {"items": {"type": "array", "items": _ref(item)}}
     if paged:
@@ -859,6 +1072,8 @@ def schemas() -> dict[str, Schema]:
         ),
         "Recording": recording_schema(),
         "RecordingList": _list_schema("Recording", paged=True),
+        "Transcript": transcript_schema(),
+        "Analysis": analysis_schema(),
         "Status": _obj({"status": {"type": "string"}}, required=("status",)),
     }
 
@@ -1381,6 +1596,45 @@ def recording_paths() -> dict[str, Schema]:
                 ),
             ),
         },
+        "/v1/recordings/{recording_id}/transcript": _result_path(
+            "getTranscript",
+            "Get a recording's transcript",
+            "The transcript per track (inbound = caller, outbound = agent), decrypted from "
+            "its sealed object; every read is audited (`transcript.read`).",
+            "Transcript",
+            "transcript_deleted",
+        ),
+        "/v1/recordings/{recording_id}/analysis": _result_path(
+            "getAnalysis",
+            "Get a recording's analysis",
+            "Summary, sentiment, talk/listen metrics and topics: only the features the call's "
+            "instructions asked for. Decrypted from its sealed object; every read is audited "
+            "(`analysis.read`).",
+            "Analysis",
+            "analysis_deleted",
+        ),
+    }
+
+
+def _result_path(
+    operation_id: str, summary: str, description: str, schema: str, deleted: str
+) -> Schema:
+    return {
+        "parameters": [_p("recording_id")],
+        "get": _operation(
+            operation_id,
+            summary,
+            tag="recordings",
+            roles=("admin", "processor"),
+            description=description,
+            responses=_authed(
+                ("200", _ok(f"The {schema.lower()}.", _ref(schema))),
+                _FORBIDDEN,
+                ("404", error_response(404, "not_found", "not_instructed")),
+                ("409", error_response(409, "analysis_pending", "analysis_failed")),
+                ("410", error_response(410, "recording_deleted", deleted)),
+            ),
+        ),
     }
 
 

@@ -8,15 +8,25 @@ vault that ties them together.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry
 
+from ai.models import resolve_model
+from ai.pipeline import Analyzer
+from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
+from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
 from gateway.settings import Settings
+from gateway.webhooks import WebhookSender, queue_event
 from storage.catalog import Catalog
 from storage.spool import Spool
 from storage.store import ObjectStore
@@ -81,3 +91,58 @@ async def open_services(
             await store.close()
     finally:
         await catalog.close()
+
+
+def build_analyzer(settings: Settings) -> Analyzer:
+    """The AI pipeline of one worker; its model (verified against its pinned sha256) loads
+    in the analyzer's inference thread on first use, once."""
+    ai = settings.ai
+
+    def load() -> Transcriber:
+        model = resolve_model(ai.model, cache_dir=settings.model_cache_dir)
+        options = WhisperOptions(
+            device=ai.device,
+            compute_type=ai.compute_type,
+            cpu_threads=ai.cpu_threads,
+            beam_size=ai.beam_size,
+        )
+        return WhisperTranscriber(model, options)
+
+    return Analyzer(load)
+
+
+def build_worker(
+    settings: Settings,
+    services: Services,
+    *,
+    now: Callable[[], datetime],
+    metrics: WorkerMetrics | None = None,
+    analyzer: Analyzer | None = None,
+) -> AnalysisWorker:
+    """An AI worker on the settings' lease, poll interval and backoff."""
+    ai = settings.ai
+    return AnalysisWorker(
+        catalog=services.catalog,
+        vault=services.vault,
+        analyzer=analyzer or build_analyzer(settings),
+        now=now,
+        lease=ai.lease,
+        poll_interval=ai.poll_interval,
+        retry_backoff=ai.retry_backoff,
+        notify=functools.partial(
+            queue_event, services.catalog, max_attempts=settings.webhooks.max_attempts
+        ),
+        metrics=metrics,
+    )
+
+
+def build_sender(
+    settings: Settings,
+    services: Services,
+    *,
+    now: Callable[[], datetime],
+    registry: CollectorRegistry | None = None,
+) -> WebhookSender:
+    """The webhook sender of one process (deliveries are jobs: never on the ingest path)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:webhooks:{secrets.token_hex(3)}"
+    return WebhookSender(services.catalog, settings.webhooks, now, owner=owner, registry=registry)

@@ -39,8 +39,8 @@ from crypto.errors import CallvaultError, Conflict, MalformedMessage, StorageErr
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
 from storage.catalog import Call, Catalog, Recording
+from storage.media import AUDIO_KIND, encode_record
 from storage.media import codec as media_codec
-from storage.media import encode_record
 from storage.vault import MediaVault, SealingUpload
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,6 @@ hostile or broken PBX could otherwise stretch a call to years of exported silenc
 MAX_RUN_BYTES = 1024 * 1024
 """A run of contiguous audio is closed into a record at this size, so that a record stays
 far below ``storage.media.MAX_RECORD_PAYLOAD`` however long a flush is held up."""
-
-AUDIO_KIND = "audio"
-"""Object kind of a sealed call track (``objects.kind``)."""
 
 EndReason = Literal[
     "stop",

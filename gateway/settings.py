@@ -89,10 +89,37 @@ class CryptoSettings(BaseModel):
 
 
 class AiSettings(BaseModel):
-    model: Path | None = None
-    """A CTranslate2 Whisper model directory. Default: the packaged model."""
+    model: str | None = None
+    """A packaged model (`base`, `tiny.en`) or a CTranslate2 model directory. Default `base`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where transcription runs: `cpu`, `cuda` or `auto`. Default `auto`."""
+    """Where transcription runs: `cpu`, `cuda` or `auto` (CUDA when present). Default `auto`."""
+    compute_type: Literal["auto", "int8", "int8_float16", "float16", "float32"] = "auto"
+    """CTranslate2 compute type; `auto` is int8 on CPU and float16 on CUDA. Default `auto`."""
+    cpu_threads: int = Field(default=1, ge=1, le=64)
+    """CPU threads per worker (1 measured fastest; scale with processes). Default `1`."""
+    beam_size: int = Field(default=5, ge=1, le=16)
+    """Whisper's beam search width. Default `5`."""
+    workers: int = Field(default=1, ge=0, le=64)
+    """AI workers inside `serve` (0: only separate `callvault worker` processes). Default `1`."""
+    cache_dir: Path | None = None
+    """Where a packaged model that ships in parts is assembled. Default `<data dir>/models`."""
+    lease: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
+    """A worker's lease on a job, renewed while it runs (a dead worker's ends). Default `PT60S`."""
+    poll_interval: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
+    """How often an idle worker looks for due jobs. Default `PT1S`."""
+    retry_backoff: timedelta = Field(default=timedelta(seconds=30), ge=timedelta(0))
+    """Wait before the first retry of a failed analysis; doubles per attempt. Default `PT30S`."""
+
+
+class WebhookSettings(BaseModel):
+    timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    """How long one webhook delivery may take. Default `PT10S`."""
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    """Deliveries of one event before it is given up. Default `8`."""
+    retry_backoff: timedelta = Field(default=timedelta(seconds=10), ge=timedelta(0))
+    """Wait before the first redelivery; doubles per attempt (capped at 1 hour). Default `PT10S`."""
+    allow_private: bool = False
+    """Allow webhook URLs on loopback or private networks (tests, on-premise). Default `false`."""
 
 
 class RetentionSettings(BaseModel):
@@ -123,7 +150,13 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     crypto: CryptoSettings = CryptoSettings()
     ai: AiSettings = AiSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     retention: RetentionSettings = RetentionSettings()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where packaged models that ship in parts are assembled."""
+        return self.ai.cache_dir or self.data_dir / "models"
 
     @property
     def store_url(self) -> str:

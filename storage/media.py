@@ -41,6 +41,7 @@ from crypto.errors import BadRequest, StorageError
 from storage import opus
 
 __all__ = [
+    "AUDIO_KIND",
     "CODECS",
     "MAX_RECORD_PAYLOAD",
     "RECORD_HEADER",
@@ -49,10 +50,15 @@ __all__ = [
     "TrackRecord",
     "codec",
     "encode_record",
+    "mono_pcm",
     "stereo_pcm",
     "track_frames",
+    "track_records",
     "wav_header",
 ]
+
+AUDIO_KIND = "audio"
+"""The catalog's ``objects.kind`` of a sealed audio track."""
 
 RECORD_HEADER = struct.Struct("<QI")
 """A record's header: its offset in samples on the call timeline (u64) and its payload
@@ -468,6 +474,39 @@ async def stereo_pcm(
     finally:
         for track in tracks:
             await track.aclose()
+
+
+async def track_records(streams: Iterable[AsyncIterator[bytes]]) -> AsyncIterator[TrackRecord]:
+    """One track's records across its objects' plaintext streams, in order (a track gets a
+    new object after a restart or a failed spool write)."""
+    for stream in streams:
+        parser = RecordParser()
+        async for chunk in stream:
+            for record in parser.feed(chunk):
+                yield record
+        parser.finish()
+
+
+async def mono_pcm(
+    records: AsyncIterator[TrackRecord] | None,
+    *,
+    codec: Codec,
+    frames: int,
+    block_frames: int = 8000,
+) -> AsyncIterator[npt.NDArray[np.int16]]:
+    """One track's int16 samples for timeline [0, frames), in blocks of at most
+    ``block_frames``: ``stereo_pcm``'s rendering (offsets, silence in gaps, the later record
+    winning an overlap) for one track, as the AI worker reads it. It owns ``records``."""
+    if frames < 0:
+        raise ValueError(f"frames must not be negative, not {frames}")
+    if block_frames < 1:
+        raise ValueError(f"block_frames must be positive, not {block_frames}")
+    track = _TrackCursor(records, codec)
+    try:
+        for start in range(0, frames, block_frames):
+            yield await track.render(start, min(start + block_frames, frames))
+    finally:
+        await track.aclose()
 
 
 def track_frames(records: Iterable[TrackRecord], codec: Codec) -> int:

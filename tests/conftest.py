@@ -76,6 +76,11 @@ START_TIMEOUT_S = 30.0  # well inside the 120 s per-test timeout, which covers s
 STOP_TIMEOUT_S = 15.0
 REGION = "us-east-1"
 
+# The gateway's in-process AI workers load a model and take jobs on their own; tests that
+# are not about AI run without them (the AI tests drive workers explicitly), and the
+# subprocess gateways of the integration tier inherit this unless a test sets it.
+os.environ.setdefault("CALLVAULT_AI__WORKERS", "0")
+
 
 @dataclass(frozen=True)
 class S3Server:

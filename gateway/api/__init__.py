@@ -28,3 +28,5 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/tenants/{tenant}/recordings", recordings.list_recordings)
     router.add_get("/v1/recordings/{recording_id}", recordings.get_recording)
     router.add_get("/v1/recordings/{recording_id}/audio", recordings.get_audio)
+    router.add_get("/v1/recordings/{recording_id}/transcript", recordings.get_transcript)
+    router.add_get("/v1/recordings/{recording_id}/analysis", recordings.get_analysis)

@@ -1,9 +1,11 @@
-"""Recordings: listing, metadata, and the audio export.
+"""Recordings: listing, metadata, the audio export, the transcript and the analysis.
 
 ``GET .../audio`` decrypts each track's objects on the fly and mixes them into a stereo WAV
 (inbound left, outbound right) aligned by the records' sample offsets, gaps as silence. The
 ``audio.read`` audit event is written before the first byte is sent; nothing decrypted is
-ever written anywhere but the response.
+ever written anywhere but the response. The transcript and the analysis are sealed objects
+of their own (written by the AI worker), opened and verified whole, audited
+(``transcript.read``, ``analysis.read``) and returned as they were sealed.
 """
 
 from __future__ import annotations
@@ -18,22 +20,24 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ai.pipeline import ANALYSIS_FEATURES
+from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
 from crypto.errors import (
     BadRequest,
     CallvaultError,
     Conflict,
     Forbidden,
     Gone,
+    NotFound,
     StorageUnavailable,
     TooLarge,
 )
 from gateway.api.common import iso, principal_of, query_int, query_time
 from gateway.auth import require_role, scope, tenant_of
 from gateway.instructions import normalize_number, parse_duration, parse_instructions
-from gateway.session import AUDIO_KIND
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, Recording
-from storage.media import RecordParser, TrackRecord, codec, stereo_pcm, wav_header
+from storage.media import AUDIO_KIND, codec, stereo_pcm, track_records, wav_header
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +215,8 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     await response.write(header)
     try:
-        left = _records(tracks.get(LEFT, []))
-        right = _records(tracks.get(RIGHT, []))
+        left = track_records(tracks.get(LEFT, []))
+        right = track_records(tracks.get(RIGHT, []))
         async for block in stereo_pcm(left, right, codec=track_codec, frames=frames):
             await response.write(block)
     except CallvaultError as e:
@@ -226,11 +230,58 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _records(streams: list[AsyncIterator[bytes]]) -> AsyncIterator[TrackRecord]:
-    """One track's records across its objects (a track gets a new object after a restart)."""
-    for stream in streams:
-        parser = RecordParser()
-        async for chunk in stream:
-            for record in parser.feed(chunk):
-                yield record
-        parser.finish()
+async def _result(request: web.Request, kind: str, features: tuple[str, ...]) -> web.Response:
+    """A recording's sealed transcript or analysis, audited before it is sent."""
+    principal = await principal_of(request)
+    tenant = tenant_of(principal)
+    services = request.app[SERVICES]
+    catalog = services.catalog
+    recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
+    require_role(principal, {"admin", "processor"})
+    if recording.status == "deleted":
+        raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
+    if not any(feature in features for feature in call.decision.get("ai", ())):
+        raise NotFound(
+            f"The instructions that accepted recording {recording.id!r} did not ask for "
+            f"{'a transcript' if kind == TRANSCRIPT_KIND else 'any analysis'}.",
+            code="not_instructed",
+        )
+    if recording.status in ("recording", "processing"):
+        raise Conflict(
+            f"Recording {recording.id!r} is {recording.status}; its {kind} is not ready yet.",
+            code="analysis_pending",
+        )
+    if recording.status == "failed":
+        raise Conflict(
+            f"The analysis of recording {recording.id!r} failed: {recording.failure_reason}",
+            code="analysis_failed",
+        )
+    stored = [
+        o
+        for o in await catalog.list_objects(tenant, recording_id=recording.id, state="committed")
+        if o.kind == kind
+    ]
+    if not stored:
+        raise Gone(f"The {kind} of {recording.id!r} was deleted.", code=f"{kind}_deleted")
+    body = await services.vault.read_object(tenant, stored[-1].id)
+    await catalog.append_audit(
+        tenant,
+        actor=principal.actor,
+        action=f"{kind}.read",
+        object=recording.id,
+        detail={"object": stored[-1].id},
+        now=request.app[CLOCK].now(),
+    )
+    return web.Response(
+        body=body, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def get_transcript(request: web.Request) -> web.Response:
+    """``{"language", "model", "duration_s", "segments": [{"track", "start", "end", "text"}]}``"""
+    return await _result(request, TRANSCRIPT_KIND, ("transcript",))
+
+
+async def get_analysis(request: web.Request) -> web.Response:
+    """The instructed features only: ``summary``, ``sentiment``, ``talk_listen``, ``topics``."""
+    return await _result(request, ANALYSIS_KIND, ANALYSIS_FEATURES)

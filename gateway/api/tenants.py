@@ -2,7 +2,8 @@
 
 Every instructions PUT stores a new immutable version (who and when) and is audited, so the
 version that allowed a call can always be shown later. Token secrets are in exactly one
-answer, the 201 that mints them.
+answer, the 201 that mints them; the webhook secret of the instructions is in none (views
+show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import BadRequest, NotFound
+from crypto.errors import BadRequest, InvalidInstructions, NotFound
 from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, mint_token, require_role, scope
-from gateway.instructions import default_instructions, parse_instructions
+from gateway.instructions import REDACTED, default_instructions, parse_instructions
 from gateway.state import CALLS, CLOCK, SERVICES
 from storage.catalog import Catalog, Instructions, Role, Tenant, Token
 
@@ -46,6 +47,7 @@ def token_view(token: Token) -> dict[str, Any]:
 
 
 def instructions_view(row: Instructions | None) -> dict[str, Any]:
+    """One version as the API shows it: with its metadata, the webhook secret redacted."""
     if row is None:
         return {
             "version": 0,
@@ -53,12 +55,39 @@ def instructions_view(row: Instructions | None) -> dict[str, Any]:
             "created_by": None,
             **default_instructions().document(),
         }
+    document = parse_instructions(row.document).document()
+    webhook = document["webhook"]
+    if webhook["secret"] is not None:
+        # Write-only, like a password field: whoever can read the instructions (an operator
+        # too) must not be able to forge the tenant's webhook signatures.
+        document["webhook"] = {**webhook, "secret": REDACTED}
     return {
         "version": row.version,
         "created_at": iso(row.created_at),
         "created_by": row.created_by,
-        **parse_instructions(row.document).document(),
+        **document,
     }
+
+
+async def _keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> object:
+    """``body`` with a `REDACTED` webhook secret replaced by the current version's secret, so
+    that a client can PUT back what GET gave it without knowing (or re-sending) the secret.
+
+    `InvalidInstructions` on ``webhook.secret`` when there is no current secret to keep. Any
+    other body is returned as is, for `parse_instructions` to judge."""
+    if not isinstance(body, dict):
+        return body
+    webhook = body.get("webhook")
+    if not isinstance(webhook, dict) or webhook.get("secret") != REDACTED:
+        return body
+    current = await catalog.current_instructions(tenant)
+    secret = None if current is None else parse_instructions(current.document).webhook.secret
+    if secret is None:
+        raise InvalidInstructions(
+            "webhook.secret",
+            f"is {REDACTED!r}, which keeps the current secret, but none is set; send the secret",
+        )
+    return {**body, "webhook": {**webhook, "secret": secret}}
 
 
 def _text(body: dict[str, Any], name: str, *, default: str | None = None, limit: int) -> str:
@@ -226,8 +255,9 @@ async def put_instructions(request: web.Request) -> web.Response:
     """Store a new version: the whole document, omitted fields at their defaults."""
     principal = await principal_of(request)
     tenant = scope(principal, request.match_info["tenant"], {"admin"})
-    document = parse_instructions(await json_body(request)).document()
     services, now = request.app[SERVICES], request.app[CLOCK].now()
+    body = await _keep_webhook_secret(services.catalog, tenant, await json_body(request))
+    document = parse_instructions(body).document()
     row = await services.catalog.add_instructions(
         tenant, document, created_by=principal.token_id, now=now
     )
@@ -236,6 +266,8 @@ async def put_instructions(request: web.Request) -> web.Response:
         actor=principal.actor,
         action="instructions.updated",
         object=f"instructions:{row.version}",
+        # The version only: the document (and its webhook secret) stays out of the audit log,
+        # which operators and exports read; the version row says what changed.
         detail={"version": row.version},
         now=now,
     )

@@ -1289,6 +1289,7 @@ class Catalog:
         recording_id: str | None = None,
         run_after: datetime | None = None,
         max_attempts: int = 3,
+        payload: dict[str, Any] | None = None,
     ) -> Job:
         """Queue a job, due at ``run_after`` (default ``now``)."""
         if max_attempts < 1:
@@ -1308,6 +1309,7 @@ class Catalog:
                 last_error=None,
                 created_at=now,
                 updated_at=now,
+                payload=payload,
             ),
             Job,
             subject=f"Job {id!r}",
@@ -1387,6 +1389,61 @@ class Catalog:
         if row.status != "running" or row.lease_owner != owner:
             raise Conflict(f"Job {job_id!r} is not leased to {owner!r} (it is {row.status}).")
         return row
+
+    async def renew_lease(self, job_id: str, owner: str, now: datetime, lease: timedelta) -> Job:
+        """Extend ``owner``'s lease to ``now + lease`` (a long job's heartbeat); ``Conflict``
+        if the lease was lost (it ran out and another worker took the job)."""
+        async with self._transaction(write=True) as conn:
+            current = await self._leased_job(conn, job_id, owner)
+            if current.lease_until is not None and current.lease_until <= now:
+                raise Conflict(f"Job {job_id!r}: the lease of {owner!r} ran out.")
+            row = (
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(lease_until=now + lease, updated_at=now)
+                    .returning(*jobs.c)
+                )
+            ).one()
+        return _record(Job, row)
+
+    async def defer_job(
+        self, job_id: str, owner: str, reason: str, now: datetime, *, run_after: datetime
+    ) -> Job:
+        """Hand the job back, due again at ``run_after``, without counting the attempt: it
+        could not start yet (its audio is still being published), which is no failure."""
+        async with self._transaction(write=True) as conn:
+            await self._leased_job(conn, job_id, owner)
+            row = (
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        status="queued",
+                        attempts=jobs.c.attempts - 1,
+                        run_after=run_after,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=reason[:_MAX_ERROR_CHARS],
+                        updated_at=now,
+                    )
+                    .returning(*jobs.c)
+                )
+            ).one()
+        return _record(Job, row)
+
+    async def list_jobs(
+        self, tenant_id: str, *, recording_id: str | None = None, kind: str | None = None
+    ) -> list[Job]:
+        """The tenant's jobs (of one recording, of one kind), oldest first."""
+        stmt = sa.select(jobs).where(jobs.c.tenant_id == tenant_id)
+        if recording_id is not None:
+            stmt = stmt.where(jobs.c.recording_id == recording_id)
+        if kind is not None:
+            stmt = stmt.where(jobs.c.kind == kind)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt.order_by(jobs.c.created_at, jobs.c.id))).all()
+        return [_record(Job, row) for row in rows]
 
     async def complete_job(self, job_id: str, owner: str, now: datetime) -> Job:
         """Mark the job done; ``Conflict`` if ``owner`` no longer holds its lease."""

@@ -151,6 +151,8 @@ class Job:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    payload: dict[str, Any] | None = None
+    """What the job needs besides its recording (a webhook's event); never content."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,6 +225,8 @@ jobs = sa.Table(
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # What the job needs besides its recording (a webhook's event); ids and metadata only.
+    sa.Column("payload", sa.JSON(), nullable=True),
     sa.CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
     sa.Index(None, "status", "run_after"),
 )

@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from ai.pipeline import Analyzer
 from gateway.api import add_routes
 from gateway.auth import TOKEN_PREFIX
+from gateway.services import build_worker
 from gateway.settings import Settings
-from gateway.state import SERVICES
+from gateway.state import CLOCK, SERVICES, SETTINGS
+from tests.ai import ScriptedTranscriber
 from tests.gateway import (
     Gateway,
     TenantTokens,
@@ -35,6 +38,9 @@ from tests.gateway import (
 )
 
 RECORDING_ON = {"recording": {"enabled": True}, "consent": {"required": False}}
+# The resources' tenant also has a transcript and an analysis feature, so that its finished
+# recording has both to serve.
+WITH_AI = {**RECORDING_ON, "ai": {"transcript": True, "sentiment": True}}
 ROLES = ("operator", "admin", "pbx", "processor")
 TENANT_ROLES = ("admin", "pbx", "processor")
 CALL = {"from": "+40711111111", "to": "+40722222222", "consent": "granted", "transport": "twilio"}
@@ -292,6 +298,8 @@ ROLE_TABLE = [
     endpoint("GET", "/v1/tenants/{tenant}/recordings", "admin processor"),
     endpoint("GET", "/v1/recordings/{recording}", "admin processor"),
     endpoint("GET", "/v1/recordings/{recording}/audio", "admin"),
+    endpoint("GET", "/v1/recordings/{recording}/transcript", "admin processor"),
+    endpoint("GET", "/v1/recordings/{recording}/analysis", "admin processor"),
 ]
 
 
@@ -312,7 +320,7 @@ class Resources:
 
 
 async def resources(gateway: Gateway, tenant_id: str) -> Resources:
-    tenant = await gateway.tenant(tenant_id, RECORDING_ON)
+    tenant = await gateway.tenant(tenant_id, WITH_AI)
     live = await gateway.announce(tenant)
     # Announced and ended over the API: a finished (empty) recording, whose audio export is
     # a valid WAV; the audio's content is checked in test_api_recordings.py.
@@ -321,6 +329,16 @@ async def resources(gateway: Gateway, tenant_id: str) -> Resources:
         f"/v1/calls/{finished['call_id']}/end", headers=bearer(tenant.pbx)
     )
     assert response.status == 200
+    # Its (empty) analysis, by an AI worker with a scripted model.
+    app = gateway.app
+    worker = build_worker(
+        app[SETTINGS],
+        app[SERVICES],
+        now=app[CLOCK].now,
+        analyzer=Analyzer(lambda: ScriptedTranscriber()),
+    )
+    assert await worker.run_once()
+    await worker.close()
     spare = await mint(gateway, tenant_id, "pbx", by=gateway.operator)
     return Resources(tenant, str(live["call_id"]), str(finished["recording_id"]), spare["id"])
 
@@ -403,6 +421,8 @@ IDS_OF_B = [
     Foreign("POST", "/v1/calls/{call}/end", ("pbx",)),
     Foreign("GET", "/v1/recordings/{recording}", ("admin", "processor")),
     Foreign("GET", "/v1/recordings/{recording}/audio", ("admin",)),
+    Foreign("GET", "/v1/recordings/{recording}/transcript", ("admin", "processor")),
+    Foreign("GET", "/v1/recordings/{recording}/analysis", ("admin", "processor")),
 ]
 # The same ids with the roles that are forbidden there even on A's own resources.
 IDS_OF_B_FORBIDDEN_ROLES = [
@@ -442,7 +462,7 @@ async def b_is_untouched(gateway: Gateway, b: Resources) -> None:
     assert call["ended_at"] is None
     response = await client.get(f"/v1/recordings/{b.recording}", headers=bearer(b.tenant.processor))
     assert response.status == 200
-    assert (await response.json())["status"] == "recorded"
+    assert (await response.json())["status"] == "analyzed"
     response = await client.get(f"/v1/tenants/{b.tenant.id}/tokens", headers=bearer(b.tenant.admin))
     tokens = (await response.json())["items"]
     assert len(tokens) == 4

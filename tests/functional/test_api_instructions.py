@@ -1,5 +1,6 @@
 """The tenant's documented instructions over HTTP: versions, whole-document PUT, history,
-validation (422 naming the field, nothing stored) and the audit trail of every change.
+validation (422 naming the field, nothing stored), the audit trail of every change, and the
+write-only webhook secret (never in a response, an audit event or a log line).
 
 The instructions are what makes a call's handling lawful, so the API must never lose a
 version, never half-apply a bad document, and always say who set which version.
@@ -7,6 +8,9 @@ version, never half-apply a bad document, and always say who set which version.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -24,11 +28,15 @@ DEFAULTS: dict[str, Any] = {
         "talk_listen": False,
         "topics": False,
         "language": "auto",
+        "categories": {},
     },
     "retention": {"recordings": "P90D", "transcripts": "P365D", "call_records": "P3Y"},
     "transport": {"allow_unencrypted_rtp": False},
+    "webhook": {"url": None, "secret": None},
     "exclude_numbers": [],
 }
+SECRET = "whsec_s3cr3t-Value-0123456789"
+HOOK = "https://hooks.example.com/callvault"
 
 
 def document(**changes: Any) -> dict[str, Any]:
@@ -210,6 +218,14 @@ async def test_history_lists_every_version_oldest_first_with_its_author(
         ({"exclude_numbers": ["+40712345678", "0712 345 678"]}, "exclude_numbers.1"),
         ({"exclude_numbers": [40712345678]}, "exclude_numbers.0"),
         (["recording"], "(body)"),
+        ({"ai": {"categories": {"Billing": ["invoice"]}}}, "ai.categories"),
+        ({"ai": {"categories": {"billing": ["  "]}}}, "ai.categories.billing.0"),
+        ({"ai": {"categories": {"billing": []}}}, "ai.categories.billing"),
+        ({"webhook": {"url": HOOK}}, "webhook.secret"),
+        ({"webhook": {"url": "ftp://example.com", "secret": SECRET}}, "webhook.url"),
+        ({"webhook": {"url": HOOK, "secret": "short"}}, "webhook.secret"),
+        ({"webhook": {"url": HOOK, "secret": "<redacted>"}}, "webhook.secret"),
+        ({"webhook": {"url": HOOK, "secret": SECRET, "events": []}}, "webhook.events"),
     ],
     ids=[
         "unknown-top-field",
@@ -229,6 +245,14 @@ async def test_history_lists_every_version_oldest_first_with_its_author(
         "national-number",
         "number-not-string",
         "not-an-object",
+        "bad-category-name",
+        "blank-phrase",
+        "no-phrases",
+        "url-without-secret",
+        "ftp-url",
+        "short-secret",
+        "redacted-without-secret",
+        "unknown-webhook-field",
     ],
 )
 async def test_an_invalid_document_is_422_naming_the_field_and_stores_nothing(
@@ -290,3 +314,141 @@ async def test_only_an_admin_may_put_instructions(gateway: Gateway, role: str) -
     )
     assert response.status == 403
     assert await history(gateway, tenant) == []
+
+
+# --- ai.categories and the webhook --------------------------------------------------------
+
+
+async def test_categories_round_trip_as_written(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme")
+    categories = {"cancellation": ["cancel", " terminate ", "cancel"], "billing": ["Invoice"]}
+    status, body = await put(gateway, tenant, {"ai": {"topics": True, "categories": categories}})
+    assert status == 200, body
+    stored = {"cancellation": ["cancel", "terminate"], "billing": ["Invoice"]}
+    assert body["ai"]["categories"] == stored
+    response = await gateway.client.get(
+        "/v1/tenants/acme/instructions", headers=bearer(tenant.admin)
+    )
+    assert (await response.json())["ai"]["categories"] == stored
+    row = await gateway.app[SERVICES].catalog.current_instructions("acme")
+    assert row is not None
+    assert row.document["ai"]["categories"] == stored
+
+
+async def _responses_and_records(gateway: Gateway, tenant: TenantTokens) -> str:
+    """Every place the instructions can be read back, as one text: GET (admin, operator),
+    history, and the audit events."""
+    texts = []
+    for path in ("/v1/tenants/acme/instructions", "/v1/tenants/acme/instructions/history"):
+        for token in (tenant.admin, gateway.operator):
+            response = await gateway.client.get(path, headers=bearer(token))
+            assert response.status == 200
+            texts.append(await response.text())
+    events = await gateway.app[SERVICES].catalog.list_audit("acme", limit=1000)
+    texts += [json.dumps(dataclasses.asdict(e), default=str) for e in events]
+    return "\n".join(texts)
+
+
+async def test_the_webhook_secret_is_write_only(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The gateway's own loggers at DEBUG, the rest at the INFO that gateway.logs configures
+    # (aiosqlite's DEBUG lines carry every SQL parameter, stored documents included).
+    caplog.set_level(logging.INFO)
+    for name in ("gateway", "callvault", "storage"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    tenant = await gateway.tenant("acme")
+    status, body = await put(gateway, tenant, {"webhook": {"url": HOOK, "secret": SECRET}})
+    assert status == 200, body
+    assert body["webhook"] == {"url": HOOK, "secret": "<redacted>"}
+    response = await gateway.client.get(
+        "/v1/tenants/acme/instructions", headers=bearer(tenant.admin)
+    )
+    assert (await response.json())["webhook"] == {"url": HOOK, "secret": "<redacted>"}
+    assert [item["webhook"] for item in await history(gateway, tenant)] == [
+        {"url": HOOK, "secret": "<redacted>"}
+    ]
+    # Stored for the sender to sign with ...
+    row = await gateway.app[SERVICES].catalog.current_instructions("acme")
+    assert row is not None
+    assert row.document["webhook"] == {"url": HOOK, "secret": SECRET}
+    # ... and shown nowhere: no response, no audit event, no log line.
+    texts = await _responses_and_records(gateway, tenant)
+    assert "instructions.updated" in texts
+    assert SECRET not in texts
+    assert SECRET not in caplog.text
+    # A PUT with the secret refused for another field: the 422 does not echo it either.
+    status, answer = await put(
+        gateway, tenant, {"webhook": {"url": HOOK, "secret": SECRET}, "bogus": 1}
+    )
+    assert status == 422
+    assert SECRET not in json.dumps(answer)
+
+
+async def test_a_secret_of_a_later_version_is_redacted_but_null_stays_null(
+    gateway: Gateway,
+) -> None:
+    tenant = await gateway.tenant("acme")
+    await put(gateway, tenant, {"webhook": {"url": HOOK, "secret": SECRET}})
+    status, body = await put(gateway, tenant, {"recording": {"enabled": True}})
+    assert status == 200
+    # PUT replaces the whole document: no webhook section means no webhook any more.
+    assert body["webhook"] == {"url": None, "secret": None}
+    items = await history(gateway, tenant)
+    assert [item["webhook"]["secret"] for item in items] == ["<redacted>", None]
+
+
+async def test_put_back_of_get_keeps_the_secret(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme")
+    await put(gateway, tenant, {"webhook": {"url": HOOK, "secret": SECRET}})
+    response = await gateway.client.get(
+        "/v1/tenants/acme/instructions", headers=bearer(tenant.admin)
+    )
+    echoed = {**(await response.json()), "recording": {"enabled": True}}
+    assert echoed["webhook"]["secret"] == "<redacted>"
+    status, body = await put(gateway, tenant, echoed)
+    assert status == 200, body
+    assert body["version"] == 2
+    assert body["webhook"] == {"url": HOOK, "secret": "<redacted>"}
+    catalog = gateway.app[SERVICES].catalog
+    versions = await catalog.instructions_history("acme")
+    assert [v.document["webhook"]["secret"] for v in versions] == [SECRET, SECRET]
+    assert versions[1].document["recording"] == {"enabled": True}
+
+    # A new URL with the redacted secret keeps the secret too; a new secret replaces it.
+    other = "https://other.example.com/in"
+    status, _ = await put(gateway, tenant, {"webhook": {"url": other, "secret": "<redacted>"}})
+    assert status == 200
+    rotated = "whsec_rotated-0123456789"
+    status, _ = await put(gateway, tenant, {"webhook": {"url": other, "secret": rotated}})
+    assert status == 200
+    versions = await catalog.instructions_history("acme")
+    assert [v.document["webhook"] for v in versions[2:]] == [
+        {"url": other, "secret": SECRET},
+        {"url": other, "secret": rotated},
+    ]
+
+
+async def test_redacted_without_a_current_secret_is_422(gateway: Gateway) -> None:
+    tenant = await gateway.tenant("acme")
+    redacted = {"webhook": {"url": HOOK, "secret": "<redacted>"}}
+    status, answer = await put(gateway, tenant, redacted)  # never any instructions
+    assert (status, answer["error"], answer["field"]) == (
+        422,
+        "invalid_instructions",
+        "webhook.secret",
+    )
+    assert "<redacted>" in answer["message"]
+    await put(gateway, tenant, {"webhook": {"url": HOOK, "secret": SECRET}})
+    await put(gateway, tenant, {"webhook": {"url": None, "secret": None}})  # secret removed
+    status, answer = await put(gateway, tenant, redacted)
+    assert (status, answer["field"]) == (422, "webhook.secret")
+    assert len(await history(gateway, tenant)) == 2
+
+
+async def test_the_secret_of_another_tenant_is_never_carried_over(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme")
+    other = await gateway.tenant("other")
+    await put(gateway, acme, {"webhook": {"url": HOOK, "secret": SECRET}})
+    status, answer = await put(gateway, other, {"webhook": {"url": HOOK, "secret": "<redacted>"}})
+    assert (status, answer["field"]) == (422, "webhook.secret")

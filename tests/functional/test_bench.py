@@ -88,3 +88,30 @@ def test_rtp_bench_runs_and_reports_every_figure() -> None:
     assert paced["recording"]["ok"], paced["recording"]
     assert "| 2 | 1 |" in result.stdout
     assert result.stderr == ""
+
+
+def test_transcribe_bench_runs_and_reports_every_figure() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "transcribe.py"), "--models", "tiny.en",
+         "--calls", "support", "--repeats", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "transcribe"
+    assert (report["device"], report["compute_type"], report["repeats"]) == ("cpu", "int8", 1)
+    (model,) = report["models"]
+    assert (model["model"], model["calls"]) == ("tiny.en", ["support"])
+    assert model["audio_s"] == 2 * 263840 / 8000  # both tracks of the 32.98 s call
+    assert model["cpu_threads"] == {"pipeline": 1, "bare": 1}
+    for key in ("pipeline_s", "bare_s", "pipeline_audio_s_per_s", "bare_audio_s_per_s",
+                "ratio", "pipeline_rtf", "bare_rtf"):  # fmt: skip
+        assert model[key] > 0, key
+    assert model["ratio"] == round(model["bare_s"] / model["pipeline_s"], 3)
+    assert set(model["warmup"]) == {"pipeline_s", "bare_s"}
+    (run,) = model["runs"]
+    # Both transcribed the call (tiny.en on these calls: 15-47 % WER; no audio would be 100 %),
+    # and the same way: the pipeline runs faster-whisper's own steps.
+    assert 0 <= run["pipeline_wer"] < 0.6
+    assert abs(run["pipeline_wer"] - run["bare_wer"]) < 0.1
+    assert "| tiny.en | cpu (int8) | 1 / 1 | support |" in result.stdout
+    assert result.stderr == ""

@@ -7,7 +7,9 @@ the µ-law round trip of the packaged sample, sample for sample.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -23,11 +25,14 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
+from ai.pipeline import Analyzer
 from gateway.app import build_app
 from gateway.auth import ensure_operator_token
 from gateway.demo import FRAME_SAMPLES, SampleCall, load_sample_call, run_demo, twilio_messages
+from gateway.services import build_worker
 from gateway.settings import Settings
-from gateway.state import SERVICES
+from gateway.state import CLOCK, SERVICES, SETTINGS
+from tests.ai import ScriptedTranscriber
 from tests.gateway import ULAW, free_port, read_wav
 
 TOKEN_SHAPE = re.compile(r"cv_[A-Za-z0-9_-]{20,}")
@@ -127,8 +132,21 @@ async def test_demo_stores_and_returns_the_sample_call(
 ) -> None:
     test_server, operator = server
     out = tmp_path / "demo-call.wav"
-
-    assert await run_demo(base_url(test_server), operator, out=out) == 0
+    app = test_server.app
+    worker = build_worker(
+        app[SETTINGS],
+        app[SERVICES],
+        now=app[CLOCK].now,
+        analyzer=Analyzer(lambda: ScriptedTranscriber()),
+    )
+    working = asyncio.create_task(worker.run())
+    try:
+        assert await run_demo(base_url(test_server), operator, out=out) == 0
+    finally:
+        working.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await working
+        await worker.close()
 
     printed = capsys.readouterr()
     catalog = test_server.app[SERVICES].catalog
@@ -138,12 +156,14 @@ async def test_demo_stores_and_returns_the_sample_call(
     assert (call.from_number, call.to_number) == ("+40215550100", "+40215550199")
     assert re.search(rf"^\s+id\s+{re.escape(recording.id)}$", printed.out, re.M)
     status = re.search(r"^\s+status\s+(\S+)$", printed.out, re.M)
-    assert status is not None and status.group(1) in ("recorded", "processing")
-    assert status.group(1) == recording.status
+    assert status is not None and status.group(1) == "processing"  # when it was printed
+    assert recording.status == "analyzed"
     assert re.search(r"^\s+tracks\s+inbound .*outbound", printed.out, re.M)
     assert re.search(r"^\s+instructions\s+version 1$", printed.out, re.M)
     assert str(out) in printed.out
-    assert re.search(r"^transcript", printed.out, re.M)
+    assert re.search(r"^transcript \(en, scripted\)$", printed.out, re.M)
+    assert re.search(r"^  summary       Caller: ", printed.out, re.M)
+    assert re.search(r"^  talk/listen   caller \d", printed.out, re.M)
     assert printed.err == ""
     assert operator not in printed.out
     assert not TOKEN_SHAPE.search(printed.out)  # nor the admin and pbx tokens it minted
@@ -154,6 +174,19 @@ async def test_demo_stores_and_returns_the_sample_call(
     assert pcm.shape == (len(sample.inbound), 2)
     np.testing.assert_array_equal(pcm[:, 0], ULAW.decode(ULAW.encode(sample.inbound)))
     np.testing.assert_array_equal(pcm[:, 1], ULAW.decode(ULAW.encode(sample.outbound)))
+
+
+async def test_demo_says_when_no_ai_worker_analyses_the_call(
+    server: tuple[TestServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test_server, operator = server  # CALLVAULT_AI__WORKERS=0 in tests: nobody takes the job
+    out = tmp_path / "demo-call.wav"
+    assert await run_demo(base_url(test_server), operator, out=out, analysis_wait_s=0.3) == 0
+    printed = capsys.readouterr().out
+    assert "no AI worker finished the call in time" in printed
+    assert "CALLVAULT_AI__WORKERS" in printed
+    assert not re.search(r"^transcript", printed, re.M)
+    assert out.exists()
 
 
 async def test_demo_refuses_a_wrong_operator_token(

@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ from tests.gateway import (
     twilio_start,
     twilio_stop,
 )
+from tests.scan import RUN, PlaintextScan
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -94,40 +95,6 @@ SENT: dict[str, bytes] = {
 
 
 # --- the plaintext scan -------------------------------------------------------------------
-
-
-RUN = 64
-"""Length of a run of sent audio that must not appear in anything the server keeps."""
-_KEY = RUN // 2
-
-
-class PlaintextScan:
-    """Finds a ``RUN``-byte run of any sent stream inside some bytes, at any offset of
-    either (stronger than sliding the sent bytes at a stride, and fast).
-
-    Every ``_KEY``-byte substring of the sent streams is indexed. A run in ``data`` starting
-    at ``p`` covers the ``_KEY``-aligned block starting at the first multiple of ``_KEY`` at
-    or after ``p`` (it ends at most ``RUN - 1`` bytes after ``p``), so looking up the aligned
-    blocks of ``data`` finds every candidate; each hit is then confirmed on a whole run.
-    """
-
-    def __init__(self, sent: Mapping[str, bytes]) -> None:
-        self._sent = dict(sent)
-        self._keys = {
-            stream[i : i + _KEY] for stream in sent.values() for i in range(len(stream) - _KEY + 1)
-        }
-
-    def first_leak(self, data: bytes) -> tuple[int, str] | None:
-        """(offset in ``data``, name of the sent stream) of the first run found, or None."""
-        for block in range(0, len(data) - _KEY + 1, _KEY):
-            if data[block : block + _KEY] not in self._keys:
-                continue
-            for start in range(max(0, block - _KEY + 1), min(block, len(data) - RUN) + 1):
-                window = data[start : start + RUN]
-                for name, stream in self._sent.items():
-                    if window in stream:
-                        return start, name
-        return None
 
 
 SCAN = PlaintextScan(SENT)

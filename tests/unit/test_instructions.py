@@ -1,5 +1,5 @@
 """Tests of the instructions document (defaults, PUT semantics, every refusal names its field),
-phone-number normalisation, and ISO-8601 durations."""
+phone-number normalisation, topic categories, the webhook section, and ISO-8601 durations."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from crypto.errors import InvalidInstructions
 from gateway.instructions import (
     AI_FEATURES,
     MAX_EXCLUDE_NUMBERS,
+    REDACTED,
     Duration,
     InstructionsDoc,
     default_instructions,
@@ -32,11 +33,14 @@ DEFAULT_DOCUMENT: dict[str, Any] = {
         "talk_listen": False,
         "topics": False,
         "language": "auto",
+        "categories": {},
     },
     "retention": {"recordings": "P90D", "transcripts": "P365D", "call_records": "P3Y"},
     "transport": {"allow_unencrypted_rtp": False},
+    "webhook": {"url": None, "secret": None},
     "exclude_numbers": [],
 }
+SECRET = "whsec_0123456789abcdef"
 
 
 # --- defaults and PUT semantics -----------------------------------------------------------
@@ -78,9 +82,11 @@ def test_full_document_round_trips() -> None:
             "talk_listen": False,
             "topics": True,
             "language": "en",
+            "categories": {"cancellation": ["cancel", "terminate"], "billing": ["invoice"]},
         },
         "retention": {"recordings": "P30D", "transcripts": "PT30S", "call_records": "P1Y2M"},
         "transport": {"allow_unencrypted_rtp": True},
+        "webhook": {"url": "https://hooks.example.com/callvault", "secret": SECRET},
         "exclude_numbers": ["+40712345678"],
     }
     doc = parse_instructions(body)
@@ -283,6 +289,170 @@ def test_model_validate_with_a_python_tuple_also_works() -> None:
     # Internal callers (the catalog loading a stored document) may build from Python values.
     doc = InstructionsDoc.model_validate({"exclude_numbers": ("+40712345678",)})
     assert doc.exclude_numbers == ("+40712345678",)
+
+
+# --- ai.categories ------------------------------------------------------------------------
+
+
+def test_categories_keep_phrases_as_written_stripped_and_deduplicated_in_order() -> None:
+    doc = parse_instructions(
+        {
+            "ai": {
+                "topics": True,
+                "categories": {
+                    "billing": ["  Invoice ", "charged twice", "Invoice", "invoice", "Ă§ ü"],
+                    "cancellation_2": ["cancel"],
+                },
+            }
+        }
+    )
+    # Case and diacritics are the matcher's business; only exact duplicates go.
+    assert doc.ai.categories == {
+        "billing": ("Invoice", "charged twice", "invoice", "Ă§ ü"),
+        "cancellation_2": ("cancel",),
+    }
+    # document() is JSON: a dict of lists, in the order written, and it parses back equal.
+    assert doc.document()["ai"]["categories"] == {
+        "billing": ["Invoice", "charged twice", "invoice", "Ă§ ü"],
+        "cancellation_2": ["cancel"],
+    }
+    assert list(doc.document()["ai"]["categories"]) == ["billing", "cancellation_2"]
+    assert parse_instructions(doc.document()) == doc
+
+
+def test_categories_limits_are_inclusive() -> None:
+    fifty = {f"c{i}": ["x"] for i in range(50)}
+    assert len(parse_instructions({"ai": {"categories": fifty}}).ai.categories) == 50
+    name = "a" * 40
+    phrases = [" " + "p" * 99 + "y "] + [f"p{i}" for i in range(49)]
+    doc = parse_instructions({"ai": {"categories": {name: phrases}}})
+    assert doc.ai.categories[name][0] == "p" * 99 + "y"  # 100 characters once stripped
+    assert len(doc.ai.categories[name]) == 50
+    # The 50 is counted as written: duplicates removed afterwards do not make room.
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"ai": {"categories": {"a": ["x"] * 51}}})
+    assert info.value.field == "ai.categories.a"
+
+
+@pytest.mark.parametrize(
+    ("categories", "field", "words"),
+    [
+        ({"Billing": ["x"]}, "ai.categories", "'Billing' is not a category name"),
+        ({"bill-ing": ["x"]}, "ai.categories", "is not a category name"),
+        ({"": ["x"]}, "ai.categories", "is not a category name"),
+        ({"a" * 41: ["x"]}, "ai.categories", "is not a category name"),
+        ({"ü": ["x"]}, "ai.categories", "is not a category name"),
+        ({f"c{i}": ["x"] for i in range(51)}, "ai.categories", "at most 50 entries"),
+        ({"a": []}, "ai.categories.a", "at least 1 entries"),
+        ({"a": ["x", "   "]}, "ai.categories.a.1", "1 to 100 characters"),
+        ({"a": [""]}, "ai.categories.a.0", "1 to 100 characters"),
+        ({"a": ["p" * 101]}, "ai.categories.a.0", "1 to 100 characters"),
+        ({"a": ["x\x00y"]}, "ai.categories.a.0", "control characters"),
+        ({"a": ["line\nbreak"]}, "ai.categories.a.0", "control characters"),
+        ({"a": ["x\x85y"]}, "ai.categories.a.0", "control characters"),
+        ({"a": ["x", 7]}, "ai.categories.a.1", "must be a string"),
+        ({"a": "cancel"}, "ai.categories.a", "JSON array"),
+        ({"a": {"cancel": True}}, "ai.categories.a", "JSON array"),
+        (["cancel"], "ai.categories", "JSON object"),
+        ("cancel", "ai.categories", "JSON object"),
+    ],
+)
+def test_invalid_categories_name_their_field(categories: Any, field: str, words: str) -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"ai": {"categories": categories}})
+    assert info.value.field == field
+    assert words in info.value.message
+    assert len(info.value.message) < 300  # a 41-char name is quoted, shortened
+
+
+def test_a_huge_category_name_is_not_echoed_whole() -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"ai": {"categories": {"x" * 5000: ["a"]}}})
+    assert info.value.field == "ai.categories"
+    assert len(info.value.message) < 200
+
+
+# --- webhook ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/callvault?tenant=acme",
+        "http://10.0.0.5:8080/hook",  # private hosts are the sender's concern, not the doc's
+        "HTTPS://Example.COM",
+        "https://[2001:db8::1]:8443/h",
+        "https://example.com/" + "p" * (2000 - len("https://example.com/")),
+    ],
+)
+def test_webhook_urls_accepted_as_written(url: str) -> None:
+    doc = parse_instructions({"webhook": {"url": url, "secret": SECRET}})
+    assert doc.webhook.url == url
+    assert doc.document()["webhook"] == {"url": url, "secret": SECRET}
+
+
+@pytest.mark.parametrize(
+    ("webhook", "field", "words"),
+    [
+        ({"url": "ftp://example.com/x", "secret": SECRET}, "webhook.url", "http:// or https://"),
+        ({"url": "example.com/x", "secret": SECRET}, "webhook.url", "http:// or https://"),
+        ({"url": "https:///path", "secret": SECRET}, "webhook.url", "must name a host"),
+        ({"url": "https://", "secret": SECRET}, "webhook.url", "must name a host"),
+        ({"url": "https://u:hunter2@example.com/", "secret": SECRET}, "webhook.url", "password"),
+        ({"url": "https://example.com/#frag", "secret": SECRET}, "webhook.url", "fragment"),
+        ({"url": "https://example.com:0/", "secret": SECRET}, "webhook.url", "port"),
+        ({"url": "https://example.com:99999/", "secret": SECRET}, "webhook.url", "port"),
+        ({"url": "https://exa mple.com/", "secret": SECRET}, "webhook.url", "spaces"),
+        ({"url": "https://example.com/\r\nX: y", "secret": SECRET}, "webhook.url", "control"),
+        (
+            {"url": "https://example.com/" + "p" * 1981, "secret": SECRET},
+            "webhook.url",
+            "at most 2000",
+        ),
+        ({"url": 443, "secret": SECRET}, "webhook.url", "must be a string"),
+        ({"url": "https://example.com/"}, "webhook.secret", "required when webhook.url"),
+        ({"url": "https://example.com/", "secret": None}, "webhook.secret", "required"),
+        ({"url": "https://example.com/", "secret": "s" * 15}, "webhook.secret", "16 to 200"),
+        ({"url": "https://example.com/", "secret": "s" * 201}, "webhook.secret", "16 to 200"),
+        ({"secret": REDACTED}, "webhook.secret", "16 to 200"),  # only the API resolves it
+        ({"secret": "0123456789abcdef\n"}, "webhook.secret", "control characters"),
+        ({"secret": 1234567890123456789}, "webhook.secret", "must be a string"),
+        ({"url": None, "secret": SECRET, "events": ["x"]}, "webhook.events", "unknown field"),
+    ],
+)
+def test_invalid_webhook_names_its_field(webhook: Any, field: str, words: str) -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"webhook": webhook})
+    assert info.value.field == field
+    assert words in info.value.message
+
+
+def test_webhook_messages_never_quote_the_secret_or_the_url() -> None:
+    cases = [
+        {"url": "https://example.com/", "secret": "tooshort-hunter2"[:15]},
+        {"url": "https://example.com/", "secret": "hunter2-" * 30},
+        {"url": "https://example.com/", "secret": "hunter2-hunter2-\x07"},
+        {"url": "https://u:hunter2@example.com/", "secret": SECRET},
+        {"url": "gopher://hunter2.example/", "secret": SECRET},
+    ]
+    for webhook in cases:
+        with pytest.raises(InvalidInstructions) as info:
+            parse_instructions({"webhook": webhook})
+        assert "hunter2" not in str(info.value), webhook
+        assert "tooshort" not in str(info.value), webhook
+
+
+def test_a_secret_without_url_is_allowed_and_the_default_is_none() -> None:
+    assert parse_instructions({}).webhook.url is None
+    assert parse_instructions({}).webhook.secret is None
+    doc = parse_instructions({"webhook": {"secret": SECRET}})
+    assert doc.document()["webhook"] == {"url": None, "secret": SECRET}
+
+
+def test_an_invalid_url_is_reported_rather_than_the_missing_secret() -> None:
+    with pytest.raises(InvalidInstructions) as info:
+        parse_instructions({"webhook": {"url": "ftp://example.com/"}})
+    assert info.value.field == "webhook.url"
 
 
 # --- durations ----------------------------------------------------------------------------

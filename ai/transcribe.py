@@ -1,0 +1,252 @@
+"""Transcription of one track with faster-whisper, on CPU or GPU, with Silero VAD.
+
+``Transcriber`` is the small interface the worker needs (STYLE.md §7); ``WhisperTranscriber``
+is the real one. It runs faster-whisper's own steps in faster-whisper's own order, with one
+difference: the speech intervals that its built-in Silero VAD finds are kept, because the
+talk/listen metrics are computed from them. ``WhisperModel.transcribe(vad_filter=True)``
+finds them and throws them away; running the VAD a second time for the metrics would cost
+every call a second pass. So this module calls the same functions the library calls
+(``get_speech_timestamps``, ``collect_chunks``, ``restore_speech_timestamps``) around
+``transcribe(vad_filter=False)`` on the speech alone, which is what the library does inside.
+
+Blocking (CTranslate2, ONNX Runtime): the worker runs it in its one inference thread. The
+model loads once, when the transcriber is built, and lives as long as the worker.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ai.audio import MODEL_RATE
+from ai.models import ResolvedModel
+from ai.transcript import Interval
+from crypto.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+WHISPER_MIN_SILENCE_MS = 2000
+WHISPER_PAD_MS = 400
+"""faster-whisper's default VAD options (``VadOptions()``; a unit test keeps them equal):
+a pause of 2 s ends a chunk, and chunks are padded by 400 ms."""
+TIGHT_MIN_SILENCE_MS = 500
+"""For the talk/listen metrics a pause of 0.5 s ends a stretch of talk; shorter pauses
+(between words and sentences of one turn) count as talking."""
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A segment of one track, before it is labelled with the track."""
+
+    start: float
+    end: float
+    text: str
+
+
+class Transcriber(Protocol):
+    """Finds speech in one track's 16 kHz mono audio and turns it into text (blocking)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def multilingual(self) -> bool: ...
+
+    def detect_speech(self, audio: npt.NDArray[np.float32]) -> tuple[Interval, ...]:
+        """Where the track talks, tightly (no padding), in seconds."""
+        ...
+
+    def detect_language(
+        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...]
+    ) -> list[tuple[str, float]]:
+        """Language probabilities of the track's speech, most likely first."""
+        ...
+
+    def transcribe(
+        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...], language: str
+    ) -> tuple[Utterance, ...]:
+        """The track's utterances, on the track's timeline."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperOptions:
+    device: str = "auto"
+    """``cpu``, ``cuda`` or ``auto``."""
+    compute_type: str = "auto"
+    """``auto``: int8 on CPU, float16 on CUDA."""
+    cpu_threads: int = 1
+    beam_size: int = 5
+
+
+def cuda_available() -> bool:
+    import ctranslate2
+
+    try:
+        return ctranslate2.get_cuda_device_count() > 0
+    except RuntimeError:  # a CUDA runtime without a usable driver
+        return False
+
+
+class WhisperTranscriber:
+    """faster-whisper's ``WhisperModel``, loaded once, with its VAD's speech kept."""
+
+    def __init__(self, model: ResolvedModel, options: WhisperOptions) -> None:
+        from faster_whisper import WhisperModel
+
+        device = options.device
+        if device == "auto":
+            device = "cuda" if cuda_available() else "cpu"
+        compute_type = options.compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        try:
+            self._model = WhisperModel(
+                str(model.path),
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=options.cpu_threads,
+                num_workers=1,
+            )
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(
+                "CALLVAULT_AI__MODEL", f"model {model.name!r} did not load on {device}: {e}"
+            ) from None
+        self._name = model.name
+        self.device = device
+        self.compute_type = compute_type
+        self._beam_size = options.beam_size
+        log.info(
+            "transcription model %s loaded on %s (%s)",
+            model.name,
+            device,
+            compute_type,
+            extra={"model": model.name, "device": device, "compute_type": compute_type},
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model.model.is_multilingual)
+
+    def detect_speech(self, audio: npt.NDArray[np.float32]) -> tuple[Interval, ...]:
+        from faster_whisper.vad import get_speech_timestamps
+
+        if not len(audio):
+            return ()
+        chunks = get_speech_timestamps(
+            audio, min_silence_duration_ms=TIGHT_MIN_SILENCE_MS, speech_pad_ms=0
+        )
+        return tuple(
+            Interval(chunk["start"] / MODEL_RATE, chunk["end"] / MODEL_RATE) for chunk in chunks
+        )
+
+    def detect_language(
+        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...]
+    ) -> list[tuple[str, float]]:
+        if not self.multilingual:
+            return [("en", 1.0)]
+        if not speech:
+            return []
+        voiced = _voiced(audio, speech)
+        _, _, probabilities = self._model.detect_language(audio=voiced)
+        return [(language, float(p)) for language, p in probabilities]
+
+    def transcribe(
+        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...], language: str
+    ) -> tuple[Utterance, ...]:
+        from faster_whisper.transcribe import restore_speech_timestamps
+
+        if not speech:
+            return ()
+        chunks = whisper_chunks(speech, len(audio))
+        segments, _ = self._model.transcribe(
+            _voiced(audio, speech),
+            language=language if self.multilingual else "en",
+            beam_size=self._beam_size,
+            vad_filter=False,
+            word_timestamps=True,
+        )
+        starts = [chunk["start"] / MODEL_RATE for chunk in chunks]
+        utterances: list[Utterance] = []
+        for segment in restore_speech_timestamps(segments, chunks, MODEL_RATE):
+            utterances += _split_at_pauses(segment.words or [], starts)
+        return tuple(utterances)
+
+
+def _split_at_pauses(words: list[Any], chunk_starts: list[float]) -> list[Utterance]:
+    """A Whisper segment cut where its words cross from one speech chunk to the next.
+
+    Whisper hears the chunks back to back, so one of its segments may run across a pause
+    of seconds (in which the other party talked); on the call's timeline that segment
+    would claim the whole stretch. Cut at the chunk boundaries, each piece covers speech.
+    """
+    pieces: list[Utterance] = []
+    run: list[Any] = []
+    run_chunk = -1
+    for word in words:
+        chunk = bisect.bisect_right(chunk_starts, (word.start + word.end) / 2) - 1
+        if run and chunk != run_chunk:
+            pieces.append(_utterance(run))
+            run = []
+        run.append(word)
+        run_chunk = chunk
+    if run:
+        pieces.append(_utterance(run))
+    return [piece for piece in pieces if piece.text]
+
+
+def _utterance(words: list[Any]) -> Utterance:
+    text = "".join(w.word for w in words).strip()
+    return Utterance(round(float(words[0].start), 3), round(float(words[-1].end), 3), text)
+
+
+def whisper_chunks(speech: tuple[Interval, ...], length: int) -> list[dict[str, int]]:
+    """faster-whisper's default VAD chunks (in samples), from the tight speech intervals.
+
+    The default options differ from the tight ones only in when a pause ends a chunk (2 s
+    of silence instead of 0.5 s) and in the 400 ms of padding added afterwards, so
+    merging the tight intervals across pauses shorter than 2 s and then padding them the
+    way ``get_speech_timestamps`` pads reproduces what ``vad_filter=True`` would cut out of
+    the same VAD probabilities, without running the VAD model twice.
+    """
+    min_silence = MODEL_RATE * WHISPER_MIN_SILENCE_MS // 1000
+    pad = MODEL_RATE * WHISPER_PAD_MS // 1000
+    merged: list[dict[str, int]] = []
+    for interval in speech:
+        start, end = round(interval.start * MODEL_RATE), round(interval.end * MODEL_RATE)
+        if merged and start - merged[-1]["end"] < min_silence:
+            merged[-1]["end"] = end
+        else:
+            merged.append({"start": start, "end": end})
+    # Padding, as get_speech_timestamps does it: half of a short pause to each side.
+    for i, chunk in enumerate(merged):
+        if i == 0:
+            chunk["start"] = max(0, chunk["start"] - pad)
+        if i != len(merged) - 1:
+            silence = merged[i + 1]["start"] - chunk["end"]
+            if silence < 2 * pad:
+                chunk["end"] += silence // 2
+                merged[i + 1]["start"] = max(0, merged[i + 1]["start"] - silence // 2)
+            else:
+                chunk["end"] = min(length, chunk["end"] + pad)
+                merged[i + 1]["start"] = max(0, merged[i + 1]["start"] - pad)
+        else:
+            chunk["end"] = min(length, chunk["end"] + pad)
+    return merged
+
+
+def _voiced(
+    audio: npt.NDArray[np.float32], speech: tuple[Interval, ...]
+) -> npt.NDArray[np.float32]:
+    """The audio of the chunks Whisper is given, concatenated (``collect_chunks``)."""
+    chunks = whisper_chunks(speech, len(audio))
+    return np.concatenate([audio[chunk["start"] : chunk["end"]] for chunk in chunks])

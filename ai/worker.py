@@ -1,0 +1,468 @@
+"""The AI worker: takes ``analyze`` jobs from the catalog's queue and sees each one through.
+
+For one finished call that had an AI feature instructed: open each track's sealed audio in
+memory, decode and resample it (``ai.audio``), transcribe and analyse it (``ai.pipeline``),
+seal the transcript and the analysis with the tenant's keys as their own objects (data
+class ``transcripts``, so their own retention window), then purge: the in-memory copies of
+the audio are overwritten, and for a call whose instructions allowed AI but not recording
+the audio objects are crypto-shredded (DEK first, then the bytes) and the recording becomes
+transcript-only. ``ai.purged`` in the tenant's audit log records what was purged.
+
+Jobs are leased (``Catalog.claim_job``); the lease is renewed while a job runs, so a worker
+that dies loses it within one lease and another worker takes the job up. Every step is
+written so that an attempt killed anywhere is finished by the next one without duplicates:
+a complete set of results left by a killed attempt is kept and only the purge is finished;
+a partial set is shredded and the analysis redone. The recording becomes ``analyzed`` last,
+after the purge, so nobody sees an analyzed AI-only call whose audio still exists.
+
+A failing attempt is retried with exponential backoff; after the last one the recording is
+``failed`` with the reason (and the audio of an AI-only call is purged all the same:
+nothing was instructed to keep it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ai.audio import TrackAudio, decode_track
+from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
+from ai.transcript import TRACKS
+from crypto.errors import CallvaultError, Conflict, NotFound
+from gateway.instructions import parse_instructions
+from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
+from storage.media import AUDIO_KIND, codec, track_records
+from storage.vault import MediaVault
+
+log = logging.getLogger(__name__)
+
+ANALYZE_JOB = "analyze"
+TRANSCRIPT_KIND = "transcript"
+ANALYSIS_KIND = "analysis"
+RESULT_KINDS = (TRANSCRIPT_KIND, ANALYSIS_KIND)
+ACTOR = "ai-worker"
+PUBLISH_WAIT = timedelta(seconds=30)
+"""How long a job waits when part of its audio is still in a spool (its commit failed)."""
+PUBLISH_GIVE_UP = timedelta(hours=6)
+"""A job whose audio has not been published after this long fails."""
+
+
+class Notify(Protocol):
+    """Queues a webhook event (``gateway.webhooks.queue_event`` bound to the catalog)."""
+
+    def __call__(
+        self, *, tenant: str, event: str, data: dict[str, Any], now: datetime, recording_id: str
+    ) -> Awaitable[Any]: ...
+
+
+class AudioNotPublished(CallvaultError):
+    """Part of the call's audio is still in a node's spool: the job waits, it is no failure."""
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.jobs = Counter(
+            "callvault_ai_jobs",
+            "AI jobs by outcome (analyzed, retry, failed, deferred, skipped).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.audio_seconds = Counter(
+            "callvault_ai_audio_seconds",
+            "Seconds of call audio (per track) analysed.",
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "callvault_ai_job_seconds",
+            "Wall time of one analysis, decrypt to sealed results.",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
+        )
+
+
+def default_owner() -> str:
+    """A worker's lease name: host, process and a random suffix (unique per worker)."""
+    import os
+
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class AnalysisWorker:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        vault: MediaVault,
+        analyzer: Analyzer,
+        now: Callable[[], datetime],
+        owner: str | None = None,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: timedelta = timedelta(seconds=1),
+        retry_backoff: timedelta = timedelta(seconds=30),
+        notify: Notify | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._vault = vault
+        self._analyzer = analyzer
+        self._now = now
+        self.owner = owner or default_owner()
+        self._lease = lease
+        self._poll = poll_interval.total_seconds()
+        self._backoff = retry_backoff
+        self._notify = notify
+        self.metrics = metrics or WorkerMetrics(None)
+
+    async def load(self) -> str:
+        """Load the model now rather than at the first job; its name."""
+        return await self._analyzer.load()
+
+    async def close(self) -> None:
+        await self._analyzer.close()
+
+    async def run(self) -> None:
+        """Take jobs until cancelled; idle, look again every poll interval."""
+        while True:
+            try:
+                worked = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the worker must outlive any one failure (catalog down, ...)
+                log.exception("AI worker %s: taking a job failed", self.owner)
+                worked = False
+            if not worked:
+                await asyncio.sleep(self._poll)
+
+    async def run_once(self) -> bool:
+        """Claim one due job and see it through; False when none was due."""
+        job = await self._catalog.claim_job(
+            self.owner, self._now(), self._lease, kinds=[ANALYZE_JOB]
+        )
+        if job is None:
+            return False
+        heartbeat = asyncio.create_task(self._heartbeat(job), name=f"lease-{job.id}")
+        work = asyncio.create_task(self._attempt(job), name=f"analyze-{job.id}")
+        try:
+            done, _ = await asyncio.wait({heartbeat, work}, return_when=asyncio.FIRST_COMPLETED)
+            if heartbeat in done and work not in done:
+                # The lease was lost (another worker has the job): stop, write nothing more.
+                log.warning("AI job %s: lease lost, attempt abandoned", job.id)
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return True
+            await work
+        finally:
+            for task in (heartbeat, work):
+                task.cancel()
+            await asyncio.gather(heartbeat, work, return_exceptions=True)
+        return True
+
+    async def _heartbeat(self, job: Job) -> None:
+        interval = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._catalog.renew_lease(job.id, self.owner, self._now(), self._lease)
+            except (Conflict, NotFound):
+                return
+            except CallvaultError as e:  # the catalog is down: keep working, try again
+                log.warning("AI job %s: lease not renewed: %s", job.id, e.code)
+
+    async def _attempt(self, job: Job) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = await self._process(job)
+        except AudioNotPublished as e:
+            now = self._now()
+            if now - job.created_at > PUBLISH_GIVE_UP:
+                await self._give_up(job, e.message)
+                return
+            await self._catalog.defer_job(
+                job.id, self.owner, e.message, now, run_after=now + PUBLISH_WAIT
+            )
+            self.metrics.jobs.labels("deferred").inc()
+            return
+        except asyncio.CancelledError:
+            # Stopped (SIGTERM) or the lease was lost: hand the job back uncounted; with a
+            # lost lease the catalog refuses, which is right (another worker has it).
+            now = self._now()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._catalog.defer_job(
+                        job.id, self.owner, "worker stopped", now, run_after=now
+                    )
+                )
+            raise
+        except Exception as e:
+            reason = _reason(e)
+            log.warning(
+                "AI job %s (recording %s) attempt %d failed: %s",
+                job.id,
+                job.recording_id,
+                job.attempts,
+                reason,
+                extra={"tenant": job.tenant_id, "job": job.id},
+            )
+            if job.attempts < job.max_attempts:
+                delay = self._backoff * (2 ** (job.attempts - 1))
+                await self._catalog.fail_job(
+                    job.id, self.owner, reason, self._now(), retry_at=self._now() + delay
+                )
+                self.metrics.jobs.labels("retry").inc()
+            else:
+                await self._give_up(job, reason)
+            return
+        elapsed = time.perf_counter() - started
+        self.metrics.job_seconds.observe(elapsed)
+        self.metrics.jobs.labels(outcome).inc()
+        await self._catalog.complete_job(job.id, self.owner, self._now())
+        log.info(
+            "AI job %s (recording %s): %s in %.1f s, attempt %d",
+            job.id,
+            job.recording_id,
+            outcome,
+            elapsed,
+            job.attempts,
+            extra={"tenant": job.tenant_id, "job": job.id, "outcome": outcome},
+        )
+
+    async def _give_up(self, job: Job, reason: str) -> None:
+        """The last attempt failed: the recording is ``failed`` with the reason."""
+        now = self._now()
+        await self._catalog.fail_job(job.id, self.owner, reason, now)
+        self.metrics.jobs.labels("failed").inc()
+        if job.recording_id is None:
+            return
+        try:
+            recording, call = await self._catalog.get_recording_entry(
+                job.tenant_id, job.recording_id
+            )
+            if recording.status in ("processing", "failed"):
+                recording = await self._finish(
+                    recording, call, "failed", wiped=0, now=now, failure_reason=reason
+                )
+                await self._event(recording, call, "analysis.failed", now, reason=reason)
+        except CallvaultError as e:
+            log.error("AI job %s: the failure could not be recorded: %s", job.id, e.code)
+
+    async def _process(self, job: Job) -> str:
+        if job.recording_id is None:
+            return "skipped"
+        try:
+            recording, call = await self._catalog.get_recording_entry(
+                job.tenant_id, job.recording_id
+            )
+        except NotFound:  # erased meanwhile (or its tenant deleted)
+            return "skipped"
+        if recording.status != "processing":  # analyzed (done), deleted, or never for AI
+            return "skipped"
+        objects = await self._catalog.list_objects(job.tenant_id, recording_id=recording.id)
+        if any(o.kind == AUDIO_KIND and o.state == "writing" for o in objects):
+            raise AudioNotPublished(
+                f"the audio of recording {recording.id} is still being published from a spool"
+            )
+        features = tuple(call.decision.get("ai", ()))
+        results = [o for o in objects if o.kind in RESULT_KINDS and o.state != "deleted"]
+        wiped = 0
+        if sorted((o.kind, o.state) for o in results) != expected_results(features):
+            # Anything a killed attempt left half-done is shredded; the new results replace
+            # it, never duplicate it. (A complete set is kept: that attempt died after
+            # storing, maybe while purging the audio it needed, so it is not redone.)
+            for leftover in results:
+                await self._vault.shred_object(job.tenant_id, leftover.id, now=self._now())
+            wiped = await self._analyse(recording, call, features, objects)
+        now = self._now()
+        recording = await self._finish(recording, call, "analyzed", wiped=wiped, now=now)
+        await self._event(recording, call, "analysis.completed", now, features=list(features))
+        return "analyzed"
+
+    async def _analyse(
+        self,
+        recording: Recording,
+        call: Call,
+        features: tuple[str, ...],
+        objects: list[StoredObject],
+    ) -> int:
+        """Decode, transcribe, analyse and seal the results; the working copies' bytes,
+        overwritten before this returns (also when it fails)."""
+        document = (
+            await self._catalog.get_instructions(
+                recording.tenant_id, recording.instructions_version
+            )
+        ).document
+        instructions = parse_instructions(document)
+        tracks = await self._decode(recording, call, objects)
+        wiped = 0
+        try:
+            analysis = await self._analyzer.analyse(
+                tracks,
+                features=features,
+                language=instructions.ai.language,
+                categories=_categories(document),
+                duration_s=(recording.samples or 0) / call.sample_rate,
+            )
+            self.metrics.audio_seconds.inc(sum(t.duration_s for t in tracks))
+        finally:
+            for track in tracks:
+                wiped += track.wipe()
+        await self._store(recording, features, analysis)
+        return wiped
+
+    async def _decode(
+        self, recording: Recording, call: Call, objects: list[StoredObject]
+    ) -> list[TrackAudio]:
+        frames = recording.samples or 0
+        tracks: list[TrackAudio] = []
+        for name in TRACKS:
+            parts = [o for o in objects if o.kind == AUDIO_KIND and o.track == name]
+            if not parts or all(o.state != "committed" for o in parts):
+                continue
+            streams = [
+                await self._vault.open_object(recording.tenant_id, o.id)
+                for o in parts
+                if o.state == "committed"
+            ]
+            tracks.append(
+                await decode_track(
+                    name,
+                    track_records(streams),
+                    codec=codec(call.codec),
+                    rate=call.sample_rate,
+                    frames=frames,
+                )
+            )
+        return tracks
+
+    async def _store(
+        self, recording: Recording, features: tuple[str, ...], result: Analysis
+    ) -> None:
+        now = self._now()
+        if "transcript" in features:
+            await self._vault.put_object(
+                orjson.dumps(result.transcript.view()),
+                tenant=recording.tenant_id,
+                kind=TRANSCRIPT_KIND,
+                data_class="transcripts",
+                now=now,
+                recording_id=recording.id,
+            )
+        if any(feature in features for feature in ANALYSIS_FEATURES):
+            document = {
+                "language": result.transcript.language,
+                "model": result.transcript.model,
+                "duration_s": round(result.transcript.duration_s, 3),
+                **result.document,
+            }
+            await self._vault.put_object(
+                orjson.dumps(document),
+                tenant=recording.tenant_id,
+                kind=ANALYSIS_KIND,
+                data_class="transcripts",
+                now=now,
+                recording_id=recording.id,
+            )
+
+    async def _finish(
+        self,
+        recording: Recording,
+        call: Call,
+        status: RecordingStatus,
+        *,
+        wiped: int,
+        now: datetime,
+        failure_reason: str | None = None,
+    ) -> Recording:
+        """Purge, audit the purge, then move the recording to ``status``, in that order: a
+        reader never sees an analyzed AI-only recording whose audio still exists, and a
+        crash in between is finished by the retry (shredding is idempotent; at worst the
+        purge is audited twice, never not at all).
+
+        Always purged: the in-memory copies (already overwritten: ``wiped`` bytes). For an
+        AI-only call also its audio objects, crypto-shredded (DEK first, then the bytes)."""
+        keep = bool(call.decision.get("store_recording"))
+        shredded: list[StoredObject] = []
+        if not keep:
+            objects = await self._catalog.list_objects(
+                recording.tenant_id, recording_id=recording.id
+            )
+            for stored in objects:
+                if stored.kind == AUDIO_KIND and stored.state != "deleted":
+                    await self._vault.shred_object(recording.tenant_id, stored.id, now=now)
+                    shredded.append(stored)
+        if wiped or not keep:
+            await self._catalog.append_audit(
+                recording.tenant_id,
+                actor=ACTOR,
+                action="ai.purged",
+                object=recording.id,
+                detail={
+                    "working_copy_bytes": wiped,
+                    "audio_objects_shredded": [o.id for o in shredded],
+                    "audio_bytes_shredded": sum(o.size or 0 for o in shredded),
+                    "recording_kept": keep,
+                },
+                now=now,
+            )
+        return await self._catalog.update_recording_status(
+            recording.tenant_id,
+            recording.id,
+            status,
+            now,
+            audio_purged=True if not keep else None,
+            failure_reason=failure_reason,
+        )
+
+    async def _event(
+        self, recording: Recording, call: Call, event: str, now: datetime, **data: Any
+    ) -> None:
+        if self._notify is None:
+            return
+        try:
+            await self._notify(
+                tenant=recording.tenant_id,
+                event=event,
+                data={
+                    "recording_id": recording.id,
+                    "call_id": call.id,
+                    "status": recording.status,
+                    **data,
+                },
+                now=now,
+                recording_id=recording.id,
+            )
+        except CallvaultError as e:  # a webhook must never fail an analysis
+            log.error("recording %s: webhook %s not queued: %s", recording.id, event, e.code)
+
+
+def expected_results(features: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The committed result objects a finished analysis of ``features`` leaves, sorted."""
+    kinds = []
+    if any(feature in features for feature in ANALYSIS_FEATURES):
+        kinds.append((ANALYSIS_KIND, "committed"))
+    if "transcript" in features:
+        kinds.append((TRANSCRIPT_KIND, "committed"))
+    return kinds
+
+
+def _categories(document: dict[str, Any]) -> dict[str, list[str]]:
+    categories = document.get("ai", {}).get("categories", {})
+    return {str(name): [str(p) for p in phrases] for name, phrases in categories.items()}
+
+
+def _reason(error: BaseException) -> str:
+    """A failure reason for the catalog: the error's own message, which never holds audio,
+    text or keys (CallvaultError messages are written for users); else the type."""
+    if isinstance(error, CallvaultError):
+        return f"{error.code}: {error.message}"
+    return f"{type(error).__name__}: {error}"[:500]

@@ -1,0 +1,122 @@
+"""Helpers of the AI tests: the shipped sample calls, WER, and a shared analyzer.
+
+The sample calls (``tests/data/calls``, made by ``bench/make_test_calls.py`` with eSpeak NG)
+carry their script: each track's text and talk time, so transcription and the talk/listen
+metrics can be checked against what was said.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CALLS = Path(__file__).resolve().parent / "data" / "calls"
+
+
+@dataclass(frozen=True)
+class SampleCall:
+    name: str
+    inbound: bytes
+    """Raw µ-law, 8 kHz, the whole timeline."""
+    outbound: bytes
+    script: dict[str, Any]
+
+    @property
+    def text(self) -> dict[str, str]:
+        return dict(self.script["text"])
+
+    @property
+    def talk_s(self) -> dict[str, float]:
+        return dict(self.script["talk_s"])
+
+
+def sample_call(name: str) -> SampleCall:
+    return SampleCall(
+        name=name,
+        inbound=(CALLS / f"{name}.inbound.ulaw").read_bytes(),
+        outbound=(CALLS / f"{name}.outbound.ulaw").read_bytes(),
+        script=json.loads((CALLS / f"{name}.json").read_text()),
+    )
+
+
+_NUMBERS = {
+    "0": "zero", "1": "one", "2": "two", "3": "three", "4": "four",
+    "5": "five", "6": "six", "7": "seven", "8": "eight", "9": "nine",
+}  # fmt: skip
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation or diacritics; digits spelled out one by one
+    (the scripts read account numbers as words, Whisper may write digits)."""
+    folded = unicodedata.normalize("NFKD", text.lower())
+    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    folded = re.sub(r"\d", lambda m: f" {_NUMBERS[m.group()]} ", folded)
+    return re.findall(r"[a-z]+(?:'[a-z]+)?", folded)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level Levenshtein distance / reference words."""
+    ref, hyp = words(reference), words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(1, len(ref))
+
+
+class ScriptedTranscriber:
+    """A ``Transcriber`` test double: speech is where the track's samples are loud, and each
+    stretch of speech is "transcribed" as the words ``word0 word1 ...`` (one per 0.5 s), so
+    the worker's bookkeeping can be tested fast and exactly; ``fail`` makes the first
+    ``fail`` calls of ``transcribe`` raise."""
+
+    model_name = "scripted"
+    multilingual = False
+
+    def __init__(self, *, fail: int = 0) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    def detect_speech(self, audio: Any) -> tuple[Any, ...]:
+        import numpy as np
+
+        from ai.transcript import Interval
+
+        frame = 320  # 20 ms at 16 kHz
+        loud = [
+            float(np.abs(audio[i : i + frame]).max(initial=0.0)) > 0.05
+            for i in range(0, len(audio), frame)
+        ]
+        intervals, start = [], None
+        for index, is_loud in enumerate([*loud, False]):
+            if is_loud and start is None:
+                start = index
+            elif not is_loud and start is not None:
+                if intervals and start * 0.02 - intervals[-1].end < 0.3:  # within a word
+                    intervals[-1] = Interval(intervals[-1].start, index * 0.02)
+                else:
+                    intervals.append(Interval(start * 0.02, index * 0.02))
+                start = None
+        return tuple(intervals)
+
+    def detect_language(self, audio: Any, speech: Any) -> list[tuple[str, float]]:
+        return [("en", 1.0)]
+
+    def transcribe(self, audio: Any, speech: Any, language: str) -> tuple[Any, ...]:
+        from ai.transcribe import Utterance
+
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise RuntimeError("scripted failure")
+        return tuple(
+            Utterance(
+                i.start, i.end, " ".join(f"word{n}" for n in range(max(1, int(i.duration * 2))))
+            )
+            for i in speech
+        )

@@ -1,0 +1,498 @@
+"""The AI worker through the app: jobs, results sealed, purge, retries, the API.
+
+The model is a test double (``tests.ai.ScriptedTranscriber``) so that the bookkeeping is
+tested exactly and fast; the real model runs in ``tests/integration/test_ai_pipeline.py``.
+Calls are the shipped sample calls streamed over Twilio Media Streams; the worker runs on
+the test's ``FakeClock``, so retries and leases are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ai.pipeline import Analyzer
+from ai.worker import AnalysisWorker
+from crypto.errors import KeyUnavailable
+from gateway.app import build_app
+from gateway.services import build_worker
+from gateway.settings import Settings
+from gateway.state import AI_METRICS, SERVICES
+from storage.catalog import Job
+from tests.ai import SampleCall, ScriptedTranscriber, sample_call
+from tests.gateway import (
+    FakeClock,
+    Gateway,
+    GatewayServer,
+    TenantTokens,
+    bearer,
+    data_files,
+    free_port,
+    metric_value,
+    start_gateway,
+    stream_twilio,
+)
+from tests.scan import PlaintextScan
+
+ALL_AI = {"transcript": True, "summary": True, "sentiment": True, "talk_listen": True,
+          "topics": True}  # fmt: skip
+AI_ONLY = {"recording": {"enabled": False}, "ai": ALL_AI}
+RECORDED = {"recording": {"enabled": True}, "ai": ALL_AI}
+BACKOFF_S = 10
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        audiosocket={"port": free_port()},
+        ai={"workers": 0, "retry_backoff": f"PT{BACKOFF_S}S", "lease": "PT60S"},
+    )
+
+
+@pytest.fixture
+async def gw(aiohttp_client: Callable, gateway_settings: Settings, clock: FakeClock) -> Gateway:
+    client = await aiohttp_client(GatewayServer(build_app(gateway_settings, clock=clock)))
+    return await start_gateway(client)
+
+
+@pytest.fixture
+def transcriber() -> ScriptedTranscriber:
+    return ScriptedTranscriber()
+
+
+@pytest.fixture
+async def worker(
+    gw: Gateway, gateway_settings: Settings, clock: FakeClock, transcriber: ScriptedTranscriber
+) -> AsyncIterator[AnalysisWorker]:
+    worker = build_worker(
+        gateway_settings,
+        gw.app[SERVICES],
+        now=clock.now,
+        metrics=gw.app[AI_METRICS],
+        analyzer=Analyzer(lambda: transcriber),
+    )
+    yield worker
+    await worker.close()
+
+
+async def push(gw: Gateway, tenant: TenantTokens, call: SampleCall) -> dict[str, Any]:
+    """Announce and stream a sample call to its end; the announcement."""
+    announced = await gw.announce(tenant)
+    await stream_twilio(gw, tenant, announced["call_id"], call.inbound, call.outbound)
+    return announced
+
+
+async def get(gw: Gateway, path: str, token: str) -> tuple[int, Any]:
+    response = await gw.client.get(path, headers=bearer(token))
+    if response.content_type == "application/json":
+        return response.status, await response.json()
+    return response.status, await response.read()
+
+
+async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
+    (job,) = await gw.app[SERVICES].catalog.list_jobs(tenant, recording_id=recording_id)
+    return job
+
+
+async def audit_actions(gw: Gateway, tenant: str) -> list[tuple[str, dict[str, Any]]]:
+    events = await gw.app[SERVICES].catalog.list_audit(tenant, limit=1000)
+    return [(event.action, event.detail) for event in events]
+
+
+async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
+    gw: Gateway, worker: AnalysisWorker, gateway_settings: Settings
+) -> None:
+    tenant = await gw.tenant("acme", AI_ONLY)
+    call = sample_call("support")
+    announced = await push(gw, tenant, call)
+    recording_id = announced["recording_id"]
+    catalog = gw.app[SERVICES].catalog
+    store = gw.app[SERVICES].store
+    audio = [o for o in await catalog.list_objects("acme", recording_id=recording_id)]
+    assert {o.track for o in audio} == {"inbound", "outbound"}
+    assert all(o.kind == "audio" and o.state == "committed" for o in audio)
+    for stored in audio:  # before: the audio's DEKs and bytes exist
+        await catalog.get_object_key(stored.id, "acme")
+        assert await store.exists(stored.store_key)
+
+    assert await worker.run_once() is True
+
+    status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.processor)
+    assert (status, view["status"], view["audio_purged"]) == (200, "analyzed", True)
+    after = await catalog.list_objects("acme", recording_id=recording_id)
+    by_id = {o.id: o for o in after}
+    for stored in audio:  # after: no DEK, no bytes, the rows say deleted
+        assert by_id[stored.id].state == "deleted"
+        with pytest.raises(KeyUnavailable):
+            await catalog.get_object_key(stored.id, "acme")
+        assert not await store.exists(stored.store_key)
+    results = sorted((o.kind, o.data_class, o.state) for o in after if o.kind != "audio")
+    assert results == [
+        ("analysis", "transcripts", "committed"),
+        ("transcript", "transcripts", "committed"),
+    ]
+    keys = [key async for key in store.list_keys("acme/")]
+    assert sorted(keys) == sorted(o.store_key for o in after if o.kind != "audio")
+    status, _ = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
+    assert status == 410
+    # Nothing of the audio is left in the clear anywhere in the data dir (spool included).
+    scan = PlaintextScan({"inbound": call.inbound, "outbound": call.outbound})
+    for path in data_files(gateway_settings.data_dir):
+        assert scan.first_leak(path.read_bytes()) is None, path
+    assert not list((gateway_settings.data_dir / "spool").rglob("*.*"))
+    purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
+    assert len(purged) == 1
+    assert sorted(purged[0]["audio_objects_shredded"]) == sorted(o.id for o in audio)
+    assert purged[0]["recording_kept"] is False
+    assert purged[0]["working_copy_bytes"] > 0
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("done", 1)
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert metric_value(metrics, "callvault_ai_jobs_total", outcome="analyzed") == 1
+
+
+async def test_a_recorded_call_keeps_its_audio(gw: Gateway, worker: AnalysisWorker) -> None:
+    tenant = await gw.tenant("acme", RECORDED)
+    announced = await push(gw, tenant, sample_call("support"))
+    recording_id = announced["recording_id"]
+    status, before = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
+    assert status == 200
+    assert await worker.run_once() is True
+    status, after = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
+    assert (status, after) == (200, before)
+    status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
+    assert (view["status"], view["audio_purged"]) == ("analyzed", False)
+    purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
+    assert purged == [
+        {
+            "working_copy_bytes": purged[0]["working_copy_bytes"],
+            "audio_objects_shredded": [],
+            "audio_bytes_shredded": 0,
+            "recording_kept": True,
+        }
+    ]
+    # Two tracks of 32.98 s at 16 kHz as float32 were wiped.
+    assert purged[0]["working_copy_bytes"] == 2 * round(32.98 * 16000) * 4
+
+
+async def test_results_are_served_sealed_and_audited(
+    gw: Gateway, worker: AnalysisWorker, gateway_settings: Settings
+) -> None:
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    status, body = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.processor)
+    assert (status, body["error"]) == (409, "analysis_pending")
+    await worker.run_once()
+    status, transcript = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.admin)
+    assert status == 200
+    assert transcript["model"] == "scripted"
+    assert {s["track"] for s in transcript["segments"]} == {"inbound", "outbound"}
+    starts = [s["start"] for s in transcript["segments"]]
+    assert starts == sorted(starts)
+    status, analysis = await get(gw, f"/v1/recordings/{recording_id}/analysis", tenant.processor)
+    assert status == 200
+    assert {"summary", "sentiment", "talk_listen", "topics"} <= set(analysis)
+    # Sealed at rest: the transcript's words appear in no file of the data dir.
+    marker = max((s["text"] for s in transcript["segments"]), key=len).encode()
+    assert len(marker) > 10
+    for path in data_files(gateway_settings.data_dir):
+        assert marker not in path.read_bytes(), path
+    actions = [action for action, _ in await audit_actions(gw, "acme")]
+    assert actions.count("transcript.read") == 1
+    assert actions.count("analysis.read") == 1
+
+
+async def test_only_the_instructed_features_are_computed(
+    gw: Gateway, worker: AnalysisWorker
+) -> None:
+    tenant = await gw.tenant(
+        "acme", {"ai": {"talk_listen": True, "sentiment": True}, "recording": {"enabled": True}}
+    )
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    await worker.run_once()
+    status, analysis = await get(gw, f"/v1/recordings/{recording_id}/analysis", tenant.processor)
+    assert status == 200
+    assert set(analysis) == {"language", "model", "duration_s", "talk_listen", "sentiment"}
+    status, body = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.processor)
+    assert (status, body["error"]) == (404, "not_instructed")
+    kinds = {
+        o.kind
+        for o in await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+    }
+    assert kinds == {"audio", "analysis"}  # no transcript object was even written
+
+    other = await gw.tenant("beta", {"ai": {"transcript": True}, "recording": {"enabled": True}})
+    beta_recording = (await push(gw, other, sample_call("support")))["recording_id"]
+    await worker.run_once()
+    status, body = await get(gw, f"/v1/recordings/{beta_recording}/analysis", other.processor)
+    assert (status, body["error"]) == (404, "not_instructed")
+    status, _ = await get(gw, f"/v1/recordings/{beta_recording}/transcript", other.processor)
+    assert status == 200
+
+
+async def test_results_are_the_tenants_own(gw: Gateway, worker: AnalysisWorker) -> None:
+    tenant = await gw.tenant("acme", AI_ONLY)
+    other = await gw.tenant("beta", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    await worker.run_once()
+    for kind in ("transcript", "analysis"):
+        status, body = await get(gw, f"/v1/recordings/{recording_id}/{kind}", other.processor)
+        assert (status, body["error"]) == (404, "not_found")
+        status, _ = await get(gw, f"/v1/recordings/{recording_id}/{kind}", tenant.pbx)
+        assert status == 403
+
+
+async def test_a_failed_attempt_is_retried_after_its_backoff(
+    gw: Gateway, worker: AnalysisWorker, transcriber: ScriptedTranscriber, clock: FakeClock
+) -> None:
+    transcriber.fail = 1
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    assert await worker.run_once() is True
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("queued", 1)
+    assert job.last_error is not None and "scripted failure" in job.last_error
+    assert job.run_after == clock.now() + timedelta(seconds=BACKOFF_S)
+    assert await worker.run_once() is False  # not due yet
+    clock.advance(BACKOFF_S)
+    assert await worker.run_once() is True
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("done", 2)
+    status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.processor)
+    assert view["status"] == "analyzed"
+    results = [
+        o
+        for o in await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+        if o.kind == "transcript"
+    ]
+    assert [o.state for o in results] == ["committed"]
+
+
+async def test_after_the_last_attempt_the_recording_fails_with_the_reason(
+    gw: Gateway, worker: AnalysisWorker, transcriber: ScriptedTranscriber, clock: FakeClock
+) -> None:
+    transcriber.fail = 99
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    for attempt in range(3):
+        assert await worker.run_once() is True
+        clock.advance(BACKOFF_S * 2**attempt)
+    assert await worker.run_once() is False
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("failed", 3)
+    status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
+    assert (view["status"], view["audio_purged"]) == ("failed", True)
+    status, body = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.processor)
+    assert (status, body["error"]) == (409, "analysis_failed")
+    assert "scripted failure" in body["message"]
+    objects = await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+    assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}
+
+
+class Killed(BaseException):
+    """The worker process dies here (nothing after this line of the attempt runs)."""
+
+
+async def take_over(
+    gw: Gateway,
+    settings: Settings,
+    clock: FakeClock,
+    recording_id: str,
+    transcriber: ScriptedTranscriber,
+) -> None:
+    """The dead worker's job is taken over by another once its lease ran out."""
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("running", 1)
+    other = build_worker(
+        settings, gw.app[SERVICES], now=clock.now, analyzer=Analyzer(lambda: transcriber)
+    )
+    assert await other.run_once() is False  # the dead worker's lease still holds
+    clock.advance(61)
+    assert await other.run_once() is True
+    await other.close()
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts, job.lease_owner) == ("done", 2, other.owner)
+
+
+async def test_an_attempt_killed_after_storing_its_results_is_finished_not_redone(
+    gw: Gateway,
+    gateway_settings: Settings,
+    worker: AnalysisWorker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    catalog = gw.app[SERVICES].catalog
+    store_results = AnalysisWorker._store
+
+    async def store_then_die(self: AnalysisWorker, *args: Any) -> None:
+        await store_results(self, *args)
+        raise Killed
+
+    monkeypatch.setattr(AnalysisWorker, "_store", store_then_die)
+    with pytest.raises(Killed):
+        await worker.run_once()
+    monkeypatch.undo()
+    stored = await catalog.list_objects("acme", recording_id=recording_id)
+    first_results = sorted(o.id for o in stored if o.kind != "audio")
+    assert len(first_results) == 2
+    # The audio is still there (the purge never ran); the recording still processing.
+    assert {o.state for o in stored if o.kind == "audio"} == {"committed"}
+    # The new worker's model would fail: the stored results are kept, not redone.
+    await take_over(gw, gateway_settings, clock, recording_id, ScriptedTranscriber(fail=99))
+    objects = await catalog.list_objects("acme", recording_id=recording_id)
+    assert sorted(o.id for o in objects if o.kind != "audio" and o.state == "committed") == (
+        first_results
+    )
+    assert {o.state for o in objects if o.kind == "audio"} == {"deleted"}
+    status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.processor)
+    assert (view["status"], view["audio_purged"]) == ("analyzed", True)
+    purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
+    assert len(purged) == 1
+
+
+async def test_an_attempt_killed_while_storing_its_results_is_redone_once(
+    gw: Gateway,
+    gateway_settings: Settings,
+    worker: AnalysisWorker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = await gw.tenant("acme", RECORDED)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    catalog = gw.app[SERVICES].catalog
+    vault = gw.app[SERVICES].vault
+    put_object = type(vault).put_object
+    puts = 0
+
+    async def put_then_die(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal puts
+        puts += 1
+        if puts == 2:  # the transcript is stored, the analysis is not
+            raise Killed
+        return await put_object(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(vault), "put_object", put_then_die)
+    with pytest.raises(Killed):
+        await worker.run_once()
+    monkeypatch.undo()
+    first = [o for o in await catalog.list_objects("acme", recording_id=recording_id)]
+    partial = [o for o in first if o.kind != "audio"]
+    assert [o.kind for o in partial] == ["transcript"]
+
+    await take_over(gw, gateway_settings, clock, recording_id, ScriptedTranscriber())
+    objects = await catalog.list_objects("acme", recording_id=recording_id)
+    live = sorted(o.kind for o in objects if o.kind != "audio" and o.state == "committed")
+    assert live == ["analysis", "transcript"]  # exactly one of each
+    assert {o.state for o in objects if o.id == partial[0].id} == {"deleted"}
+    status, _ = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.processor)
+    assert status == 200
+    status, _ = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
+    assert status == 200  # a recorded call keeps its audio through all of it
+
+
+async def test_a_job_waits_for_audio_still_in_a_spool(
+    gw: Gateway, worker: AnalysisWorker, gateway_settings: Settings, clock: FakeClock
+) -> None:
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    engine = create_async_engine(gateway_settings.catalog_url)
+
+    async def set_audio_state(state: str) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE objects SET state = :state "
+                    "WHERE recording_id = :rid AND kind = 'audio' AND track = 'outbound'"
+                ),
+                {"state": state, "rid": recording_id},
+            )
+
+    try:
+        await set_audio_state("writing")  # as if its commit failed and it waits in the spool
+        assert await worker.run_once() is True
+        job = await job_of(gw, "acme", recording_id)
+        assert (job.status, job.attempts) == ("queued", 0)  # deferred, not counted
+        assert job.last_error is not None and "spool" in job.last_error
+        await set_audio_state("committed")  # the recovery pass published it
+        assert await worker.run_once() is False
+        clock.advance(30)
+        assert await worker.run_once() is True
+    finally:
+        await engine.dispose()
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("done", 1)
+
+
+async def test_calls_without_ai_queue_no_job(gw: Gateway, worker: AnalysisWorker) -> None:
+    tenant = await gw.tenant("acme", {"recording": {"enabled": True}})
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    assert await worker.run_once() is False
+    assert await gw.app[SERVICES].catalog.list_jobs("acme", recording_id=recording_id) == []
+    status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
+    assert view["status"] == "recorded"
+    status, body = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.admin)
+    assert (status, body["error"]) == (404, "not_instructed")
+
+
+@pytest.fixture
+async def shared_catalog_gw(
+    aiohttp_client: Callable, tmp_path: Path, clock: FakeClock, database_url: str
+) -> tuple[Gateway, Settings]:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        audiosocket={"port": 0},
+        ai={"workers": 0},
+    )
+    client = await aiohttp_client(GatewayServer(build_app(settings, clock=clock)))
+    return await start_gateway(client), settings
+
+
+async def test_several_workers_take_each_job_exactly_once(
+    shared_catalog_gw: tuple[Gateway, Settings], clock: FakeClock
+) -> None:
+    """On PostgreSQL workers pass each other with FOR UPDATE SKIP LOCKED; on SQLite claims
+    are serialized. Either way every job runs once, on one worker."""
+    gw, settings = shared_catalog_gw
+    tenant = await gw.tenant("acme", AI_ONLY)
+    call = sample_call("support")
+    recordings = [(await push(gw, tenant, call))["recording_id"] for _ in range(6)]
+    workers = [
+        build_worker(
+            settings, gw.app[SERVICES], now=clock.now, analyzer=Analyzer(ScriptedTranscriber)
+        )
+        for _ in range(3)
+    ]
+
+    async def drain(worker: AnalysisWorker) -> int:
+        taken = 0
+        while await worker.run_once():
+            taken += 1
+        return taken
+
+    taken = await asyncio.gather(*(drain(worker) for worker in workers))
+    for worker in workers:
+        await worker.close()
+    assert sum(taken) == len(recordings)
+    catalog = gw.app[SERVICES].catalog
+    owners = set()
+    for recording_id in recordings:
+        job = await job_of(gw, "acme", recording_id)
+        assert (job.status, job.attempts) == ("done", 1)
+        owners.add(job.lease_owner)
+        objects = await catalog.list_objects("acme", recording_id=recording_id)
+        assert sorted(o.kind for o in objects if o.state == "committed") == [
+            "analysis",
+            "transcript",
+        ]
+    assert owners <= {worker.owner for worker in workers}
