@@ -36,6 +36,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rtp.py
+	$(BIN)/python bench/transcribe.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -84,7 +84,8 @@ def _lexicon(text: str) -> dict[str, float]:
 # Valences on VADER's -4..+4 scale; many taken from or calibrated against VADER's lexicon,
 # with customer-service words added ("resolved", "outage", "overcharged", "waiting").
 # "please" and "help" are left out on purpose: in a service call they are requests, not
-# feelings ("can you please help me with my bill" is neutral).
+# feelings ("can you please help me with my bill" is neutral). So are "sorry" and
+# "apologize": an agent's "sorry about that" is courtesy, not a negative call.
 EN_LEXICON: dict[str, float] = _lexicon("""
 good 1.9 great 3.1 excellent 3.2 amazing 2.8 awesome 3.1 fantastic 2.6 wonderful 2.7
 perfect 2.7 brilliant 2.8 superb 3.1 outstanding 3.0 terrific 2.8 nice 1.8 fine 0.8
@@ -125,8 +126,7 @@ unstable -1.5 unreliable -1.9 unavailable -1.2 interrupted -1.1 interruption -1.
 inconvenience -1.5 inconvenient -1.4 complaint -1.7 complain -1.9 complained -1.7
 concern -0.8 concerned -1.0 worried -1.7 worry -1.9 afraid -2.0 scared -1.9 stress -1.8
 stressful -2.1 stressed -1.8 tired -1.9 fed -0.6 sick -2.1 unfair -2.1
-sorry -0.3 unfortunately -1.5 unfortunate -1.6 regret -1.6 apologize -0.3 apologise -0.3
-apologies -0.3 penalty -1.8 fee -0.5 fees -0.6
+unfortunately -1.5 unfortunate -1.6 regret -1.6 penalty -1.8 fee -0.5 fees -0.6
 charged -0.4 debt -1.5 threat -2.4 lawyer -0.8 sue -1.9
 """)
 

@@ -24,7 +24,9 @@ process's first job pays one-time costs a long-lived worker pays once (``--no-wa
 it, and the warm-up times are reported either way). Both run on one CPU thread
 (CTranslate2's and ONNX Runtime's). Each run's pipeline recording is sealed afresh outside
 the timed region (the purge shreds the audio). Languages: ``en`` for the English calls,
-``ro`` for the Romanian one, which ``tiny.en`` (English only) skips.
+``ro`` for the Romanian one, which ``tiny.en`` (English only) skips. ``--device cuda`` runs
+both on the GPU in float16 (Silero VAD stays on the CPU in both), and exits with a message
+when CTranslate2 sees no CUDA device.
 
 Per call, ``--repeats`` runs of each contestant alternate (the order flips every repeat);
 a model's time is the sum over calls of each call's median run. Audio seconds count both
@@ -543,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import faster_whisper
 
     print(
-        f"# {args.repeats} repeats per call, alternating (a model's time: the sum of each "
+        f"# {args.repeats} repeat(s) per call, alternating (a model's time: the sum of each "
         "call's median run); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, faster-whisper {faster_whisper.__version__}, "

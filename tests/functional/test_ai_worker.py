@@ -9,13 +9,19 @@ the test's ``FakeClock``, so retries and leases are tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ai.pipeline import Analyzer
@@ -23,9 +29,11 @@ from ai.worker import AnalysisWorker
 from crypto.errors import KeyUnavailable
 from gateway.app import build_app
 from gateway.services import build_worker
-from gateway.settings import Settings
+from gateway.settings import Settings, WebhookSettings
 from gateway.state import AI_METRICS, SERVICES
+from gateway.webhooks import WebhookSender, verify
 from storage.catalog import Job
+from storage.media import codec
 from tests.ai import SampleCall, ScriptedTranscriber, sample_call
 from tests.gateway import (
     FakeClock,
@@ -34,6 +42,7 @@ from tests.gateway import (
     TenantTokens,
     bearer,
     data_files,
+    frames,
     free_port,
     metric_value,
     start_gateway,
@@ -123,6 +132,7 @@ async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
         await catalog.get_object_key(stored.id, "acme")
         assert await store.exists(stored.store_key)
 
+    started = time.time()
     assert await worker.run_once() is True
 
     status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.processor)
@@ -148,6 +158,12 @@ async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
     for path in data_files(gateway_settings.data_dir):
         assert scan.first_leak(path.read_bytes()) is None, path
     assert not list((gateway_settings.data_dir / "spool").rglob("*.*"))
+    # Nor in any file the job could have written to the system's temporary directory.
+    for path in Path(tempfile.gettempdir()).rglob("*"):  # noqa: ASYNC240 - a test's scan
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime >= started - 1:
+                if path.stat().st_size < 64 << 20:
+                    assert scan.first_leak(path.read_bytes()) is None, path
     purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
     assert len(purged) == 1
     assert sorted(purged[0]["audio_objects_shredded"]) == sorted(o.id for o in audio)
@@ -496,3 +512,85 @@ async def test_several_workers_take_each_job_exactly_once(
             "transcript",
         ]
     assert owners <= {worker.owner for worker in workers}
+
+
+async def test_a_fork_call_in_l16_at_16_khz_reaches_the_model_on_its_timeline(
+    gw: Gateway, worker: AnalysisWorker
+) -> None:
+    """Not only µ-law: a mod_audio_fork call (L16, stereo, 16 kHz) decodes at its own rate,
+    each channel its own track: the model hears the same speech at the same times as from
+    the same call over Twilio (µ-law, 8 kHz)."""
+    tenant = await gw.tenant("acme", {"recording": {"enabled": False}, "ai": {"talk_listen": True}})
+    call = sample_call("support")
+    ulaw = codec("pcmu")
+    channels = [
+        np.repeat(ulaw.decode(track), 2)  # 8 kHz -> 16 kHz, sample and hold
+        for track in (call.inbound, call.outbound)
+    ]
+    stereo = np.stack(channels, axis=1).astype("<i2").tobytes()
+    announced = await gw.announce(tenant, transport="fork", codec="l16", sample_rate=16000)
+    ws = await gw.client.ws_connect("/v1/ingest/fork", headers=bearer(tenant.pbx))
+    await ws.send_str(
+        json.dumps({"call_id": announced["call_id"], "sampleRate": 16000, "mixType": "stereo"})
+    )
+    for chunk in frames(stereo, 640 * 4):
+        await ws.send_bytes(chunk)
+    await ws.send_str(json.dumps({"event": "stop"}))
+    closing = await ws.receive()
+    await ws.close()
+    assert closing.data == 1000
+    twilio = await push(gw, tenant, call)
+    assert await worker.run_once() is True
+    assert await worker.run_once() is True
+    analyses = []
+    for recording_id in (announced["recording_id"], twilio["recording_id"]):
+        status, analysis = await get(
+            gw, f"/v1/recordings/{recording_id}/analysis", tenant.processor
+        )
+        assert status == 200
+        assert analysis["duration_s"] == pytest.approx(len(call.inbound) / 8000, abs=0.01)
+        analyses.append(analysis["talk_listen"]["tracks"])
+    fork, over_twilio = analyses
+    for track in ("inbound", "outbound"):
+        assert fork[track]["talk_s"] > 5
+        assert fork[track]["talk_s"] == pytest.approx(over_twilio[track]["talk_s"], abs=0.1)
+
+
+async def test_a_finished_analysis_is_announced_to_the_tenants_webhook(
+    aiohttp_server: Callable, gw: Gateway, worker: AnalysisWorker, clock: FakeClock
+) -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = await aiohttp_server(app)
+    secret = "whsec_" + "x" * 24
+    tenant = await gw.tenant(
+        "acme",
+        {**AI_ONLY, "webhook": {"url": str(receiver.make_url("/hook")), "secret": secret}},
+    )
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    assert await worker.run_once() is True
+    sender = WebhookSender(
+        gw.app[SERVICES].catalog,
+        WebhookSettings(allow_private=True),
+        clock.now,
+        owner="test-sender",
+        registry=None,
+    )
+    try:
+        assert await sender.deliver_once() is True
+    finally:
+        await sender.close()
+    [(headers, body)] = received
+    assert verify(secret, headers["Callvault-Signature"], body, now=int(clock.now().timestamp()))
+    event = json.loads(body)
+    assert (event["event"], event["tenant"]) == ("analysis.completed", "acme")
+    assert event["data"]["recording_id"] == recording_id
+    assert event["data"]["status"] == "analyzed"
+    assert headers["Callvault-Event"] == "analysis.completed"
+    assert secret not in body.decode()

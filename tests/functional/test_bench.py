@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 
 
@@ -90,6 +92,7 @@ def test_rtp_bench_runs_and_reports_every_figure() -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.integration  # the real tiny.en model
 def test_transcribe_bench_runs_and_reports_every_figure() -> None:
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-W", "error", str(BENCH / "transcribe.py"), "--models", "tiny.en",

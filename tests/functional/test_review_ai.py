@@ -1,0 +1,285 @@
+"""Review of the AI pipeline change: failure paths the worker's promises do not survive.
+
+Each test marked ``# PRODUCT BUG:`` fails on the code under review and shows one bug; the
+model is the ``ScriptedTranscriber`` double and the worker runs on the test's ``FakeClock``,
+as in ``test_ai_worker.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ai.pipeline import Analysis, Analyzer
+from ai.worker import AnalysisWorker
+from crypto.errors import KeyUnavailable, NotFound
+from gateway.app import build_app
+from gateway.services import build_worker
+from gateway.settings import Settings
+from gateway.state import AI_METRICS, SERVICES
+from storage.catalog import Job
+from tests.ai import SampleCall, ScriptedTranscriber, sample_call
+from tests.gateway import (
+    FakeClock,
+    Gateway,
+    GatewayServer,
+    TenantTokens,
+    bearer,
+    free_port,
+    start_gateway,
+    stream_twilio,
+)
+
+ALL_AI = {"transcript": True, "summary": True, "sentiment": True, "talk_listen": True,
+          "topics": True}  # fmt: skip
+AI_ONLY = {"recording": {"enabled": False}, "ai": ALL_AI}
+LEASE_S = 60
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        audiosocket={"port": free_port()},
+        ai={"workers": 0, "retry_backoff": "PT10S", "lease": f"PT{LEASE_S}S"},
+    )
+
+
+@pytest.fixture
+async def gw(aiohttp_client: Callable, gateway_settings: Settings, clock: FakeClock) -> Gateway:
+    client = await aiohttp_client(GatewayServer(build_app(gateway_settings, clock=clock)))
+    return await start_gateway(client)
+
+
+def new_worker(
+    gw: Gateway, settings: Settings, clock: FakeClock, analyzer: Analyzer
+) -> AnalysisWorker:
+    return build_worker(
+        settings, gw.app[SERVICES], now=clock.now, metrics=gw.app[AI_METRICS], analyzer=analyzer
+    )
+
+
+@pytest.fixture
+async def worker(
+    gw: Gateway, gateway_settings: Settings, clock: FakeClock
+) -> AsyncIterator[AnalysisWorker]:
+    worker = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+    yield worker
+    await worker.close()
+
+
+async def push(gw: Gateway, tenant: TenantTokens, call: SampleCall) -> dict[str, Any]:
+    announced = await gw.announce(tenant)
+    await stream_twilio(gw, tenant, announced["call_id"], call.inbound, call.outbound)
+    return announced
+
+
+async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
+    (job,) = await gw.app[SERVICES].catalog.list_jobs(
+        tenant, recording_id=recording_id, kind="analyze"
+    )
+    return job
+
+
+async def purges(gw: Gateway, tenant: str) -> list[dict[str, Any]]:
+    events = await gw.app[SERVICES].catalog.list_audit(tenant, limit=1000)
+    return [event.detail for event in events if event.action == "ai.purged"]
+
+
+class Killed(BaseException):
+    """The worker process dies here (nothing after this point of the attempt runs)."""
+
+
+async def test_a_job_whose_last_attempt_was_killed_fails_the_recording_and_purges(
+    gw: Gateway,
+    gateway_settings: Settings,
+    worker: AnalysisWorker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PRODUCT BUG: a job whose lease runs out on its last attempt is marked failed by
+    # Catalog.claim_job (storage/catalog/database.py, the `exhausted` update) and nothing
+    # else: the recording stays `processing` forever and an AI-only call's audio is never
+    # purged (no `ai.purged`, DEKs and bytes remain).
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+
+    async def die(self: Analyzer, *args: Any, **kwargs: Any) -> Analysis:
+        raise Killed  # e.g. the OOM killer, on every attempt (a call too long for the box)
+
+    monkeypatch.setattr(Analyzer, "analyse", die)
+    for _ in range(3):  # max_attempts: each worker dies holding the job
+        dying = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+        with pytest.raises(Killed):
+            await dying.run_once()
+        clock.advance(LEASE_S + 1)
+    monkeypatch.undo()
+    assert await worker.run_once() is False  # the claim gives the exhausted job up
+    job = await job_of(gw, "acme", recording_id)
+    assert (job.status, job.attempts) == ("failed", 3)
+
+    response = await gw.client.get(f"/v1/recordings/{recording_id}", headers=bearer(tenant.admin))
+    view = await response.json()
+    assert (view["status"], view["audio_purged"]) == ("failed", True)
+    catalog = gw.app[SERVICES].catalog
+    objects = await catalog.list_objects("acme", recording_id=recording_id)
+    assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}
+    assert len(await purges(gw, "acme")) == 1
+
+
+async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
+    gw: Gateway,
+    gateway_settings: Settings,
+    worker: AnalysisWorker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PRODUCT BUG: nothing fences a worker whose lease ran out (renewals failed while the
+    # catalog was unreachable, or the process stalled for a lease): it goes on to
+    # `_store` and `_finish` after another worker finished the job (ai/worker.py
+    # `_analyse` -> `_store`, no lease check), so the recording gets a second transcript
+    # and analysis, a second `ai.purged` and a second `analysis.completed`.
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    analyse = Analyzer.analyse
+    taken_over = False
+
+    async def stall_then_analyse(self: Analyzer, *args: Any, **kwargs: Any) -> Analysis:
+        nonlocal taken_over
+        if not taken_over:
+            taken_over = True
+            # While this worker stalls, its lease runs out and another worker takes over.
+            clock.advance(LEASE_S + 1)
+            other = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+            assert await other.run_once() is True
+            await other.close()
+        return await analyse(self, *args, **kwargs)
+
+    monkeypatch.setattr(Analyzer, "analyse", stall_then_analyse)
+    try:
+        await worker.run_once()
+    except Exception:  # noqa: S110 - whatever the stale worker raises at the end is fine
+        pass
+    monkeypatch.undo()
+    objects = await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+    live = sorted(o.kind for o in objects if o.kind != "audio" and o.state == "committed")
+    assert live == ["analysis", "transcript"]  # one of each, not two
+    assert len(await purges(gw, "acme")) == 1
+
+
+async def test_a_tenant_deleted_while_its_call_is_analysed_leaves_no_results(
+    gw: Gateway,
+    worker: AnalysisWorker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PRODUCT BUG: DELETE /v1/tenants/{t} during an analysis: the worker then seals the
+    # transcript and analysis with `put_object`, and LocalKeyring.wrap (crypto/keys.py,
+    # "created on first use") makes a brand-new KEK for the deleted tenant, so committed,
+    # decryptable results of an erased tenant remain (and the receipt said keys_destroyed).
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    analyse = Analyzer.analyse
+
+    async def tenant_deleted_meanwhile(self: Analyzer, *args: Any, **kwargs: Any) -> Analysis:
+        response = await gw.client.delete("/v1/tenants/acme", headers=bearer(gw.operator))
+        assert response.status == 200, await response.text()
+        return await analyse(self, *args, **kwargs)
+
+    monkeypatch.setattr(Analyzer, "analyse", tenant_deleted_meanwhile)
+    try:
+        await worker.run_once()
+    except Exception:  # noqa: S110 - the worker may fail the attempt; what remains matters
+        pass
+    monkeypatch.undo()
+    clock.advance(3600)
+    while await worker.run_once():  # retries, if any, run to their end
+        clock.advance(3600)
+    services = gw.app[SERVICES]
+    objects = await services.catalog.list_objects("acme", recording_id=recording_id)
+    readable = []
+    for stored in objects:  # nothing of the erased tenant may be openable any more
+        try:
+            await services.vault.read_object("acme", stored.id)
+            readable.append(stored.kind)
+        except (KeyUnavailable, NotFound):
+            pass
+    assert readable == []
+    assert [(o.kind, o.state) for o in objects if o.state != "deleted"] == []
+
+
+async def test_working_copies_are_wiped_when_a_later_track_is_corrupt(
+    gw: Gateway,
+    gateway_settings: Settings,
+    worker: AnalysisWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PRODUCT BUG: AnalysisWorker._decode (ai/worker.py) decodes the tracks one by one
+    # before `_analyse`'s try/finally: when a later track fails (a corrupt object, a
+    # store error), the tracks already decoded are never wiped, although `_analyse`
+    # promises the working copies are "overwritten before this returns (also when it
+    # fails)".
+    tenant = await gw.tenant("acme", AI_ONLY)
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    catalog = gw.app[SERVICES].catalog
+    (outbound,) = [
+        o
+        for o in await catalog.list_objects("acme", recording_id=recording_id)
+        if o.kind == "audio" and o.track == "outbound"
+    ]
+    (path,) = [p for p in gateway_settings.data_dir.rglob(outbound.id) if p.is_file()]
+    sealed = bytearray(path.read_bytes())
+    sealed[-100] ^= 0x01  # one bit of the last segment: the object no longer verifies
+    path.write_bytes(bytes(sealed))
+
+    import ai.worker
+
+    decoded: list[Any] = []
+    decode_track = ai.worker.decode_track
+
+    async def keep(*args: Any, **kwargs: Any) -> Any:
+        track = await decode_track(*args, **kwargs)
+        decoded.append(track)
+        return track
+
+    monkeypatch.setattr(ai.worker, "decode_track", keep)
+    assert await worker.run_once() is True
+    job = await job_of(gw, "acme", recording_id)
+    assert job.last_error is not None and "decryption" in job.last_error.lower()
+    assert [t.track for t in decoded] == ["inbound"]
+    assert len(decoded[0].samples) > 0
+    assert not decoded[0].samples.any()  # the inbound working copy was overwritten
+
+
+async def test_a_worker_killed_before_queueing_its_webhook_event_loses_no_event(
+    gw: Gateway,
+    gateway_settings: Settings,
+    worker: AnalysisWorker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PRODUCT BUG: `_process` (ai/worker.py) marks the recording `analyzed` in `_finish`
+    # and only then queues `analysis.completed` in `_event`, in a separate step: a worker
+    # that dies in between (or a catalog error there, which `_event` only logs) loses the
+    # event for good, because the retry sees `analyzed` and skips the job.
+    webhook = {"url": "https://hooks.example.com/callvault", "secret": "s" * 32}
+    tenant = await gw.tenant("acme", {**AI_ONLY, "webhook": webhook})
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+
+    async def die(self: AnalysisWorker, *args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(AnalysisWorker, "_event", die)
+    with pytest.raises(Killed):
+        await worker.run_once()
+    monkeypatch.undo()
+    clock.advance(LEASE_S + 1)
+    other = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+    assert await other.run_once() is True
+    await other.close()
+    assert (await job_of(gw, "acme", recording_id)).status == "done"
+    events = await gw.app[SERVICES].catalog.list_jobs("acme", kind="webhook")
+    assert [job.payload["event"] for job in events if job.payload] == ["analysis.completed"]
