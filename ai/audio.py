@@ -4,8 +4,12 @@ The track's objects are opened in memory (``MediaVault.open_object`` verifies ev
 before releasing it), their records rendered onto the call's timeline exactly as the WAV
 export does (``storage.media.mono_pcm``: offsets kept, gaps silent, Opus decoded by PyAV),
 and the result resampled with PyAV's resampler (FFmpeg's swresample) from the call's rate
-to Whisper's 16 kHz. Nothing of it is ever written to a file: the plaintext lives in numpy
-arrays that ``TrackAudio.wipe`` overwrites when the analysis ends.
+to Whisper's 16 kHz. Nothing of it is ever written to a file. The numpy arrays this module
+makes are overwritten when they are done with (``TrackAudio.wipe`` at the end of the
+analysis, the intermediates here at once, also when decoding fails part-way). What it
+cannot overwrite: the decrypted ``bytes`` it reads (immutable in Python; freed, not
+cleared), FFmpeg's internal buffers, and the copies faster-whisper makes (its features):
+those are released to the allocator when the analysis ends.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ class TrackAudio:
 def resample(pcm: npt.NDArray[np.int16], rate: int) -> npt.NDArray[np.float32]:
     """16-bit mono at ``rate`` to float32 mono at ``MODEL_RATE`` (blocking: FFmpeg)."""
     if rate == MODEL_RATE:
-        return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+        out = pcm.astype(np.float32)
+        out /= 32768.0  # in place: no second copy of the audio to wipe
+        return out
     if len(pcm) == 0:
         return np.zeros(0, dtype=np.float32)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=MODEL_RATE)
@@ -52,13 +58,17 @@ def resample(pcm: npt.NDArray[np.int16], rate: int) -> npt.NDArray[np.float32]:
     frame.sample_rate = rate
     parts = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
     parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    out = np.concatenate(parts).astype(np.float32, copy=False)
     # swresample's delay can leave the tail a few samples short or long: the timeline is
-    # exact, so the output is exactly the input's duration.
+    # exact, so the output is exactly the input's duration (the missing tail silent).
     expected = len(pcm) * MODEL_RATE // rate
-    if len(out) < expected:
-        out = np.concatenate([out, np.zeros(expected - len(out), dtype=np.float32)])
-    return out[:expected]
+    out = np.zeros(expected, dtype=np.float32)
+    position = 0
+    for part in parts:
+        take = min(len(part), expected - position)
+        out[position : position + take] = part[:take]
+        position += take
+        part.fill(0)  # the resampler's copies are wiped as they are used
+    return out
 
 
 async def decode_track(
@@ -71,12 +81,25 @@ async def decode_track(
 ) -> TrackAudio:
     """Render a track's records over [0, frames) at ``rate`` and resample it for the model;
     the blocking part (PyAV) runs in a worker thread."""
-    blocks = [block async for block in mono_pcm(records, codec=codec, frames=frames)]
+    blocks: list[npt.NDArray[np.int16]] = []
+    try:
+        async for block in mono_pcm(records, codec=codec, frames=frames):
+            blocks.append(block)
+        samples = await asyncio.to_thread(_join_and_resample, blocks, rate)
+    finally:  # also when the track fails part-way (a corrupt segment, a store error)
+        await asyncio.to_thread(_wipe, blocks)
+    return TrackAudio(track=track, samples=samples)
+
+
+def _join_and_resample(blocks: list[npt.NDArray[np.int16]], rate: int) -> npt.NDArray[np.float32]:
+    """One track's blocks joined and resampled (blocking: copies of a whole track)."""
     pcm = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int16)
     try:
-        samples = await asyncio.to_thread(resample, pcm, rate)
+        return resample(pcm, rate)
     finally:
         pcm.fill(0)
-        for block in blocks:
-            block.fill(0)
-    return TrackAudio(track=track, samples=samples)
+
+
+def _wipe(arrays: list[npt.NDArray[np.int16]]) -> None:
+    for array in arrays:
+        array.fill(0)

@@ -157,7 +157,10 @@ class WhisperTranscriber:
         if not speech:
             return []
         voiced = _voiced(audio, speech)
-        _, _, probabilities = self._model.detect_language(audio=voiced)
+        try:
+            _, _, probabilities = self._model.detect_language(audio=voiced)
+        finally:
+            voiced.fill(0.0)
         return [(language, float(p)) for language, p in probabilities]
 
     def transcribe(
@@ -168,17 +171,22 @@ class WhisperTranscriber:
         if not speech:
             return ()
         chunks = whisper_chunks(speech, len(audio))
-        segments, _ = self._model.transcribe(
-            _voiced(audio, speech),
-            language=language if self.multilingual else "en",
-            beam_size=self._beam_size,
-            vad_filter=False,
-            word_timestamps=True,
-        )
-        starts = [chunk["start"] / MODEL_RATE for chunk in chunks]
-        utterances: list[Utterance] = []
-        for segment in restore_speech_timestamps(segments, chunks, MODEL_RATE):
-            utterances += _split_at_pauses(segment.words or [], starts)
+        voiced = _voiced(audio, speech)
+        try:
+            segments, _ = self._model.transcribe(
+                voiced,
+                language=language if self.multilingual else "en",
+                beam_size=self._beam_size,
+                vad_filter=False,
+                word_timestamps=True,
+            )
+            starts = [chunk["start"] / MODEL_RATE for chunk in chunks]
+            utterances: list[Utterance] = []
+            # Segments are decoded as they are iterated: all of them before the wipe.
+            for segment in restore_speech_timestamps(segments, chunks, MODEL_RATE):
+                utterances += _split_at_pauses(segment.words or [], starts)
+        finally:
+            voiced.fill(0.0)
         return tuple(utterances)
 
 

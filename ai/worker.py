@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import socket
@@ -61,12 +62,24 @@ class Notify(Protocol):
     """Queues a webhook event (``gateway.webhooks.queue_event`` bound to the catalog)."""
 
     def __call__(
-        self, *, tenant: str, event: str, data: dict[str, Any], now: datetime, recording_id: str
+        self,
+        *,
+        tenant: str,
+        event: str,
+        data: dict[str, Any],
+        now: datetime,
+        recording_id: str,
+        event_id: str,
     ) -> Awaitable[Any]: ...
 
 
 class AudioNotPublished(CallvaultError):
     """Part of the call's audio is still in a node's spool: the job waits, it is no failure."""
+
+
+class LeaseLost(Conflict):
+    """This worker no longer holds the job's lease: another worker may be running it, so
+    this attempt must write nothing more."""
 
 
 class WorkerMetrics:
@@ -146,7 +159,7 @@ class AnalysisWorker:
     async def run_once(self) -> bool:
         """Claim one due job and see it through; False when none was due."""
         job = await self._catalog.claim_job(
-            self.owner, self._now(), self._lease, kinds=[ANALYZE_JOB]
+            self.owner, self._now(), self._lease, kinds=[ANALYZE_JOB], hand_out_exhausted=True
         )
         if job is None:
             return False
@@ -180,9 +193,25 @@ class AnalysisWorker:
                 log.warning("AI job %s: lease not renewed: %s", job.id, e.code)
 
     async def _attempt(self, job: Job) -> None:
+        try:
+            await self._attempt_leased(job)
+        except LeaseLost:
+            log.warning("AI job %s: lease lost, attempt abandoned", job.id)
+            self.metrics.jobs.labels("lease_lost").inc()
+
+    async def _attempt_leased(self, job: Job) -> None:
         started = time.perf_counter()
+        if job.attempts > job.max_attempts:
+            # The worker of the last attempt died (its lease ran out): nobody recorded the
+            # failure or purged the audio, so that is this claim's whole work.
+            await self._give_up(
+                job, job.last_error or "the worker of the last attempt stopped mid-job"
+            )
+            return
         try:
             outcome = await self._process(job)
+        except LeaseLost:
+            raise
         except AudioNotPublished as e:
             now = self._now()
             if now - job.created_at > PUBLISH_GIVE_UP:
@@ -238,23 +267,23 @@ class AnalysisWorker:
         )
 
     async def _give_up(self, job: Job, reason: str) -> None:
-        """The last attempt failed: the recording is ``failed`` with the reason."""
-        now = self._now()
-        await self._catalog.fail_job(job.id, self.owner, reason, now)
-        self.metrics.jobs.labels("failed").inc()
-        if job.recording_id is None:
-            return
-        try:
-            recording, call = await self._catalog.get_recording_entry(
-                job.tenant_id, job.recording_id
-            )
-            if recording.status in ("processing", "failed"):
-                recording = await self._finish(
-                    recording, call, "failed", wiped=0, now=now, failure_reason=reason
+        """The last attempt failed: the recording is ``failed`` with the reason (and purged),
+        then the job. If recording it fails (the catalog is down), the job stays leased, its
+        lease runs out, and the next claim of it comes back here."""
+        if job.recording_id is not None:
+            try:
+                recording, call = await self._catalog.get_recording_entry(
+                    job.tenant_id, job.recording_id
                 )
-                await self._event(recording, call, "analysis.failed", now, reason=reason)
-        except CallvaultError as e:
-            log.error("AI job %s: the failure could not be recorded: %s", job.id, e.code)
+            except NotFound:  # erased meanwhile
+                pass
+            else:
+                if recording.status in ("processing", "failed"):
+                    await self._finish(
+                        job, recording, call, "failed", wiped=0, failure_reason=reason
+                    )
+        await self._catalog.fail_job(job.id, self.owner, reason, self._now())
+        self.metrics.jobs.labels("failed").inc()
 
     async def _process(self, job: Job) -> str:
         if job.recording_id is None:
@@ -281,14 +310,21 @@ class AnalysisWorker:
             # storing, maybe while purging the audio it needed, so it is not redone.)
             for leftover in results:
                 await self._vault.shred_object(job.tenant_id, leftover.id, now=self._now())
-            wiped = await self._analyse(recording, call, features, objects)
-        now = self._now()
-        recording = await self._finish(recording, call, "analyzed", wiped=wiped, now=now)
-        await self._event(recording, call, "analysis.completed", now, features=list(features))
+            wiped = await self._analyse(job, recording, call, features, objects)
+        await self._finish(job, recording, call, "analyzed", wiped=wiped)
         return "analyzed"
+
+    async def _fence(self, job: Job) -> None:
+        """Renew the lease before a step that writes, or stop with ``LeaseLost``: a worker
+        that stalled past its lease must not write beside the worker that took over."""
+        try:
+            await self._catalog.renew_lease(job.id, self.owner, self._now(), self._lease)
+        except (Conflict, NotFound):
+            raise LeaseLost(f"job {job.id} is no longer leased to {self.owner}") from None
 
     async def _analyse(
         self,
+        job: Job,
         recording: Recording,
         call: Call,
         features: tuple[str, ...],
@@ -302,9 +338,10 @@ class AnalysisWorker:
             )
         ).document
         instructions = parse_instructions(document)
-        tracks = await self._decode(recording, call, objects)
+        tracks: list[TrackAudio] = []
         wiped = 0
         try:
+            await self._decode(recording, call, objects, into=tracks)
             analysis = await self._analyzer.analyse(
                 tracks,
                 features=features,
@@ -314,16 +351,23 @@ class AnalysisWorker:
             )
             self.metrics.audio_seconds.inc(sum(t.duration_s for t in tracks))
         finally:
-            for track in tracks:
-                wiped += track.wipe()
+            for track in tracks:  # off the loop: an hour of audio takes ~25 ms to clear
+                wiped += await asyncio.to_thread(track.wipe)
+        await self._fence(job)
         await self._store(recording, features, analysis)
         return wiped
 
     async def _decode(
-        self, recording: Recording, call: Call, objects: list[StoredObject]
-    ) -> list[TrackAudio]:
+        self,
+        recording: Recording,
+        call: Call,
+        objects: list[StoredObject],
+        *,
+        into: list[TrackAudio],
+    ) -> None:
+        """Decode each track into ``into`` (so that the caller wipes what was decoded even
+        when a later track fails)."""
         frames = recording.samples or 0
-        tracks: list[TrackAudio] = []
         for name in TRACKS:
             parts = [o for o in objects if o.kind == AUDIO_KIND and o.track == name]
             if not parts or all(o.state != "committed" for o in parts):
@@ -333,7 +377,7 @@ class AnalysisWorker:
                 for o in parts
                 if o.state == "committed"
             ]
-            tracks.append(
+            into.append(
                 await decode_track(
                     name,
                     track_records(streams),
@@ -342,7 +386,6 @@ class AnalysisWorker:
                     frames=frames,
                 )
             )
-        return tracks
 
     async def _store(
         self, recording: Recording, features: tuple[str, ...], result: Analysis
@@ -375,21 +418,24 @@ class AnalysisWorker:
 
     async def _finish(
         self,
+        job: Job,
         recording: Recording,
         call: Call,
         status: RecordingStatus,
         *,
         wiped: int,
-        now: datetime,
         failure_reason: str | None = None,
-    ) -> Recording:
-        """Purge, audit the purge, then move the recording to ``status``, in that order: a
-        reader never sees an analyzed AI-only recording whose audio still exists, and a
-        crash in between is finished by the retry (shredding is idempotent; at worst the
-        purge is audited twice, never not at all).
+    ) -> None:
+        """Purge, audit the purge, queue the webhook event, then move the recording to
+        ``status``, in that order: a reader never sees an analyzed AI-only recording whose
+        audio still exists, and a crash anywhere in between is finished by the retry
+        (shredding is idempotent; the event's id comes from the job, so queueing it again
+        is a no-op; at worst the purge is audited twice, never not at all).
 
         Always purged: the in-memory copies (already overwritten: ``wiped`` bytes). For an
         AI-only call also its audio objects, crypto-shredded (DEK first, then the bytes)."""
+        await self._fence(job)
+        now = self._now()
         keep = bool(call.decision.get("store_recording"))
         shredded: list[StoredObject] = []
         if not keep:
@@ -414,7 +460,26 @@ class AnalysisWorker:
                 },
                 now=now,
             )
-        return await self._catalog.update_recording_status(
+        if self._notify is not None:
+            event = "analysis.completed" if status == "analyzed" else "analysis.failed"
+            data: dict[str, Any] = {
+                "recording_id": recording.id,
+                "call_id": call.id,
+                "status": status,
+                "features": list(call.decision.get("ai", ())),
+            }
+            if failure_reason is not None:
+                data["reason"] = failure_reason
+            digest = hashlib.sha256(f"{job.id}|{event}".encode()).hexdigest()[:32]
+            await self._notify(
+                tenant=recording.tenant_id,
+                event=event,
+                data=data,
+                now=now,
+                recording_id=recording.id,
+                event_id=f"evt_{digest}",
+            )
+        await self._catalog.update_recording_status(
             recording.tenant_id,
             recording.id,
             status,
@@ -422,27 +487,6 @@ class AnalysisWorker:
             audio_purged=True if not keep else None,
             failure_reason=failure_reason,
         )
-
-    async def _event(
-        self, recording: Recording, call: Call, event: str, now: datetime, **data: Any
-    ) -> None:
-        if self._notify is None:
-            return
-        try:
-            await self._notify(
-                tenant=recording.tenant_id,
-                event=event,
-                data={
-                    "recording_id": recording.id,
-                    "call_id": call.id,
-                    "status": recording.status,
-                    **data,
-                },
-                now=now,
-                recording_id=recording.id,
-            )
-        except CallvaultError as e:  # a webhook must never fail an analysis
-            log.error("recording %s: webhook %s not queued: %s", recording.id, event, e.code)
 
 
 def expected_results(features: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -461,8 +505,11 @@ def _categories(document: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _reason(error: BaseException) -> str:
-    """A failure reason for the catalog: the error's own message, which never holds audio,
-    text or keys (CallvaultError messages are written for users); else the type."""
+    """A failure reason for the catalog and the API's ``analysis_failed``: the error's own
+    message. CallvaultError messages are written for users; any other is a library's
+    (CTranslate2, FFmpeg, ONNX Runtime: an out-of-memory, a missing library), which
+    carries no call content, since nothing in the pipeline puts audio or text into an
+    exception."""
     if isinstance(error, CallvaultError):
         return f"{error.code}: {error.message}"
     return f"{type(error).__name__}: {error}"[:500]

@@ -136,6 +136,9 @@ class LocalKeyring:
         self._lock_path = path.with_name(path.name + ".lock")
         self._master = master_key
         self._tenants: dict[str, _TenantKeys] = {}
+        self._destroyed: set[str] = set()
+        """Tenants whose keys were destroyed: they never get a KEK again (a deleted tenant's
+        id stays taken, so nothing new can be sealed for it by a worker that was busy)."""
         self._kek_cache: dict[tuple[str, int], bytes] = {}
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) last loaded
 
@@ -195,6 +198,10 @@ class LocalKeyring:
     def _ensure_tenant(self, tenant: str) -> _TenantKeys:
         with self._locked():
             self._load()
+            if tenant in self._destroyed:
+                raise KeyUnavailable(
+                    f"the keys of tenant {tenant!r} were destroyed; nothing new can be sealed"
+                )
             if tenant not in self._tenants:
                 kek_id = f"kek-{secrets.token_hex(8)}"
                 self._tenants[tenant] = _TenantKeys(
@@ -219,6 +226,7 @@ class LocalKeyring:
         with self._locked():
             self._load()
             self._tenants.pop(tenant, None)
+            self._destroyed.add(tenant)
             self._save()
             self._load()
 
@@ -275,6 +283,7 @@ class LocalKeyring:
                 )
                 for name, entry in doc["tenants"].items()
             }
+            destroyed = {str(name) for name in doc.get("destroyed", [])}
             if doc.get("format") != _KEYRING_FORMAT:
                 raise ValueError(f"unknown keyring format {doc.get('format')!r}")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as e:
@@ -288,6 +297,7 @@ class LocalKeyring:
                 "made with",
             ) from None
         self._tenants = tenants
+        self._destroyed = destroyed
         self._seen = _identity(self._path)
         # Forget unwrapped KEKs whose versions are gone from the file (destroyed tenants).
         self._kek_cache = {
@@ -312,6 +322,7 @@ class LocalKeyring:
                 }
                 for name, keys in self._tenants.items()
             },
+            "destroyed": sorted(self._destroyed),
         }
         tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -177,9 +177,14 @@ async def queue_event(
     now: datetime,
     max_attempts: int,
     recording_id: str | None = None,
+    event_id: str | None = None,
 ) -> Job | None:
     """Queue ``event`` for the tenant's webhook, or return None when its current
     instructions have no webhook URL (nothing is stored then).
+
+    ``event_id`` makes queueing idempotent: a caller that may repeat itself after a crash
+    (the AI worker) derives the id from its own job, and an event already queued under it
+    is not queued again (None is returned).
 
     ``data`` holds ids and metadata only (recording_id, call_id, status, features): the body
     leaves callvault, so it never carries content. ``recording_id`` links the job to its
@@ -190,7 +195,7 @@ async def queue_event(
     row = await catalog.current_instructions(tenant)
     if row is None or parse_instructions(row.document).webhook.url is None:
         return None
-    event_id = f"evt_{secrets.token_hex(16)}"
+    event_id = event_id or f"evt_{secrets.token_hex(16)}"
     payload = {
         "id": event_id,
         "event": event,
@@ -199,15 +204,18 @@ async def queue_event(
         "data": data,
     }
     # The job is the event: its id is the event id, so Callvault-Delivery and the job match.
-    return await catalog.enqueue_job(
-        id=event_id,
-        tenant_id=tenant,
-        kind=JOB_KIND,
-        now=now,
-        recording_id=recording_id,
-        max_attempts=max_attempts,
-        payload=payload,
-    )
+    try:
+        return await catalog.enqueue_job(
+            id=event_id,
+            tenant_id=tenant,
+            kind=JOB_KIND,
+            now=now,
+            recording_id=recording_id,
+            max_attempts=max_attempts,
+            payload=payload,
+        )
+    except Conflict:  # queued already, by an attempt that did not live to finish
+        return None
 
 
 # --- delivery -------------------------------------------------------------------------------

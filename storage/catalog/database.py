@@ -47,6 +47,7 @@ from crypto.errors import (
     CatalogUnavailable,
     ConfigError,
     Conflict,
+    Gone,
     KeyUnavailable,
     NotFound,
 )
@@ -777,8 +778,13 @@ class Catalog:
         if key is not None and (key.object_id, key.tenant_id) != (object_id, tenant_id):
             raise ValueError("the key row must belong to the object and its tenant")
         async with self._transaction(write=True, subject=f"Object {object_id!r}") as conn:
+            # Nothing new for a deleted tenant or recording: an AI worker that was busy
+            # while either was erased must not leave results behind.
+            await self._lock_tenant(conn, tenant_id, live=True)
             if recording_id is not None:
-                await self._require_recording(conn, tenant_id, recording_id)
+                recording = await self._require_recording(conn, tenant_id, recording_id)
+                if recording.status == "deleted":
+                    raise Gone(f"Recording {recording_id!r} was deleted.", code="recording_deleted")
             row = (
                 await conn.execute(
                     sa.insert(objects)
@@ -1322,13 +1328,17 @@ class Catalog:
         lease: timedelta,
         *,
         kinds: Sequence[str] | None = None,
+        hand_out_exhausted: bool = False,
     ) -> Job | None:
         """Lease one due job to ``owner`` until ``now + lease``: a queued job whose
         ``run_after`` has come, or a running one whose lease ran out (its worker died).
 
         Two claimers never get the same job: on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets
         them pass each other, on SQLite claims are serialized. A running job whose lease ran
-        out on its last attempt is marked failed instead of being handed out again.
+        out on its last attempt is marked failed instead of being handed out again, unless
+        ``hand_out_exhausted``: then it is handed out with ``attempts > max_attempts``, for
+        a claimer that must record the failure itself (the AI worker fails the recording and
+        purges its audio).
         """
         kind_filter = [jobs.c.kind.in_(list(kinds))] if kinds is not None else []
         expired = sa.and_(jobs.c.status == "running", jobs.c.lease_until <= now)
@@ -1337,13 +1347,17 @@ class Catalog:
             .where(expired, jobs.c.attempts >= jobs.c.max_attempts, *kind_filter)
             .with_for_update(skip_locked=True)
         )
+        # An expired job with attempts left is retried; one without is failed here, or
+        # handed out (see the docstring).
+        retried = (
+            expired
+            if hand_out_exhausted
+            else sa.and_(expired, jobs.c.attempts < jobs.c.max_attempts)
+        )
         due = (
             sa.select(jobs.c.id)
             .where(
-                sa.or_(
-                    sa.and_(jobs.c.status == "queued", jobs.c.run_after <= now),
-                    sa.and_(expired, jobs.c.attempts < jobs.c.max_attempts),
-                ),
+                sa.or_(sa.and_(jobs.c.status == "queued", jobs.c.run_after <= now), retried),
                 *kind_filter,
             )
             .order_by(jobs.c.run_after, jobs.c.id)
@@ -1351,16 +1365,17 @@ class Catalog:
             .with_for_update(skip_locked=True)
         )
         async with self._transaction(write=True) as conn:
-            await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id.in_(exhausted.scalar_subquery()))
-                .values(
-                    status="failed",
-                    lease_until=None,
-                    last_error="The lease ran out on the last attempt.",
-                    updated_at=now,
+            if not hand_out_exhausted:
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id.in_(exhausted.scalar_subquery()))
+                    .values(
+                        status="failed",
+                        lease_until=None,
+                        last_error="The lease ran out on the last attempt.",
+                        updated_at=now,
+                    )
                 )
-            )
             job_id = (await conn.execute(due)).scalar()
             if job_id is None:
                 return None
@@ -1392,11 +1407,10 @@ class Catalog:
 
     async def renew_lease(self, job_id: str, owner: str, now: datetime, lease: timedelta) -> Job:
         """Extend ``owner``'s lease to ``now + lease`` (a long job's heartbeat); ``Conflict``
-        if the lease was lost (it ran out and another worker took the job)."""
+        if the lease was lost (it ran out and another worker took the job). A lease that
+        ran out but that nobody took yet is extended: the job is still this owner's."""
         async with self._transaction(write=True) as conn:
-            current = await self._leased_job(conn, job_id, owner)
-            if current.lease_until is not None and current.lease_until <= now:
-                raise Conflict(f"Job {job_id!r}: the lease of {owner!r} ran out.")
+            await self._leased_job(conn, job_id, owner)
             row = (
                 await conn.execute(
                     sa.update(jobs)

@@ -32,7 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from crypto.errors import CatalogUnavailable, Conflict, KeyUnavailable, NotFound
+from crypto.errors import CatalogUnavailable, Conflict, Gone, KeyUnavailable, NotFound
 from storage.catalog import AuditCheck, Catalog, ObjectKeyRow
 from storage.catalog.database import MIGRATIONS_DIR
 from storage.catalog.schema import metadata
@@ -613,6 +613,29 @@ async def test_add_object_refuses_bad_input_and_foreign_recordings(catalog: Cata
         )
 
 
+async def test_nothing_is_added_to_a_deleted_recording_or_tenant(catalog: Catalog) -> None:
+    """A worker that was busy while a recording or its tenant was erased cannot leave a new
+    object behind."""
+    await add_tenant(catalog, "acme")
+    await add_recording(catalog, "acme", recording_id="rec-a")
+    await catalog.update_recording_status("acme", "rec-a", "deleted", T0, delete_reason="erasure")
+    common: dict[str, Any] = {"tenant_id": "acme", "kind": "transcript", "now": T0}
+    with pytest.raises(Gone):
+        await catalog.add_object(
+            object_id="o1",
+            data_class="transcripts",
+            store_key="acme/objects/o1",
+            recording_id="rec-a",
+            **common,
+        )
+    await catalog.mark_tenant_deleted("acme", T0)
+    with pytest.raises(NotFound):
+        await catalog.add_object(
+            object_id="o2", data_class="transcripts", store_key="acme/objects/o2", **common
+        )
+    assert await catalog.list_objects("acme") == []
+
+
 async def test_add_object_writes_the_key_row_in_the_same_transaction(
     catalog: Catalog, raw: AsyncEngine
 ) -> None:
@@ -808,6 +831,54 @@ async def test_a_lease_that_runs_out_on_the_last_attempt_fails_the_job(catalog: 
     assert await catalog.claim_job("w2", T0 + lease, lease) is None
     with pytest.raises(Conflict, match="it is failed"):
         await catalog.complete_job("j1", "w1", T0 + lease)
+
+
+async def test_an_exhausted_job_can_be_handed_out_to_record_its_failure(
+    catalog: Catalog,
+) -> None:
+    await add_tenant(catalog)
+    await catalog.enqueue_job(id="j1", tenant_id="acme", kind="analyze", now=T0, max_attempts=1)
+    lease = timedelta(minutes=1)
+    assert await catalog.claim_job("w1", T0, lease) is not None
+    last = await catalog.claim_job("w2", T0 + lease, lease, hand_out_exhausted=True)
+    assert last is not None
+    assert (last.status, last.attempts, last.max_attempts, last.lease_owner) == (
+        "running",
+        2,
+        1,
+        "w2",
+    )
+    failed = await catalog.fail_job("j1", "w2", "the worker died", T0 + lease)
+    assert failed.status == "failed"
+
+
+async def test_leases_are_renewed_and_jobs_handed_back_uncounted(catalog: Catalog) -> None:
+    await add_tenant(catalog)
+    await catalog.enqueue_job(
+        id="j1", tenant_id="acme", kind="analyze", now=T0, payload={"event": "x"}
+    )
+    lease = timedelta(minutes=1)
+    claimed = await catalog.claim_job("w1", T0, lease)
+    assert claimed is not None and claimed.payload == {"event": "x"}
+    renewed = await catalog.renew_lease("j1", "w1", T0 + timedelta(seconds=40), lease)
+    assert renewed.lease_until == T0 + timedelta(seconds=100)
+    # Ran out but nobody took it: still w1's, renewed.
+    late = await catalog.renew_lease("j1", "w1", T0 + timedelta(minutes=5), lease)
+    assert late.lease_until == T0 + timedelta(minutes=6)
+    deferred = await catalog.defer_job(
+        "j1", "w1", "audio in a spool", T0 + timedelta(minutes=5), run_after=T0 + timedelta(hours=1)
+    )
+    assert (deferred.status, deferred.attempts, deferred.lease_owner) == ("queued", 0, None)
+    assert deferred.last_error == "audio in a spool"
+    assert await catalog.claim_job("w2", T0 + timedelta(minutes=59), lease) is None
+    taken = await catalog.claim_job("w2", T0 + timedelta(hours=1), lease)
+    assert taken is not None and (taken.attempts, taken.lease_owner) == (1, "w2")
+    with pytest.raises(Conflict):  # w1 lost it to w2
+        await catalog.renew_lease("j1", "w1", T0 + timedelta(hours=1), lease)
+    with pytest.raises(Conflict):
+        await catalog.defer_job("j1", "w1", "x", T0, run_after=T0)
+    assert [job.id for job in await catalog.list_jobs("acme", kind="analyze")] == ["j1"]
+    assert await catalog.list_jobs("acme", kind="webhook") == []
 
 
 async def test_concurrent_claimers_never_get_the_same_job(

@@ -136,3 +136,7 @@ async def test_destroyed_tenant_keys_make_its_deks_unwrappable_everywhere(
         with pytest.raises(KeyUnavailable, match="acme"):
             await keyring.unwrap("acme", "obj-1", wrapped)
         assert await keyring.unwrap("globex", "obj-1", kept) == dek
+        # A destroyed tenant never gets a KEK again, in any process, after any reopen: a
+        # worker still busy with its call cannot seal anything new for it.
+        with pytest.raises(KeyUnavailable, match="destroyed"):
+            await keyring.wrap("acme", "obj-2", dek)
