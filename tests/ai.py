@@ -14,7 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ai.pipeline import Analyzer
+from ai.worker import AnalysisWorker
+from gateway.services import build_worker
+from gateway.settings import Settings
+from gateway.state import AI_METRICS, SERVICES
+from storage.catalog import Job
+from tests.gateway import FakeClock, Gateway, TenantTokens, bearer, stream_twilio
+
 CALLS = Path(__file__).resolve().parent / "data" / "calls"
+ALL_AI = {"transcript": True, "summary": True, "sentiment": True, "talk_listen": True,
+          "topics": True}  # fmt: skip
+AI_ONLY = {"recording": {"enabled": False}, "ai": ALL_AI}
+"""Instructions of an AI-only call: analysed, then its audio purged."""
+RECORDED = {"recording": {"enabled": True}, "ai": ALL_AI}
+AI_BACKOFF_S = 10
+"""The functional tier's ``ai.retry_backoff``."""
+AI_LEASE_S = 60
+"""The functional tier's ``ai.lease``."""
 
 
 @dataclass(frozen=True)
@@ -120,3 +137,47 @@ class ScriptedTranscriber:
             )
             for i in speech
         )
+
+
+# --- the AI worker in the functional tier -------------------------------------------------
+
+
+def new_worker(gw: Gateway, settings: Settings, clock: FakeClock, model: Any) -> AnalysisWorker:
+    """An AI worker of the in-process gateway ``gw`` whose model is ``model`` (a
+    ``ScriptedTranscriber``), on the test's clock."""
+    return build_worker(
+        settings,
+        gw.app[SERVICES],
+        now=clock.now,
+        metrics=gw.app[AI_METRICS],
+        analyzer=Analyzer(lambda: model),
+    )
+
+
+async def push(gw: Gateway, tenant: TenantTokens, call: SampleCall) -> dict[str, Any]:
+    """Announce and stream a sample call to its end over Twilio; the announcement."""
+    announced = await gw.announce(tenant)
+    await stream_twilio(gw, tenant, announced["call_id"], call.inbound, call.outbound)
+    return announced
+
+
+async def get(gw: Gateway, path: str, token: str) -> tuple[int, Any]:
+    """(status, JSON body or bytes) of a GET."""
+    response = await gw.client.get(path, headers=bearer(token))
+    if response.content_type == "application/json":
+        return response.status, await response.json()
+    return response.status, await response.read()
+
+
+async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
+    """The recording's one ``analyze`` job."""
+    (job,) = await gw.app[SERVICES].catalog.list_jobs(
+        tenant, recording_id=recording_id, kind="analyze"
+    )
+    return job
+
+
+async def audit_details(gw: Gateway, tenant: str, action: str) -> list[dict[str, Any]]:
+    """The details of the tenant's audit events of ``action``, in order."""
+    events = await gw.app[SERVICES].catalog.list_audit(tenant, limit=1000)
+    return [event.detail for event in events if event.action == action]

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from ai.worker import AnalysisWorker
 from gateway.app import build_app
 from gateway.settings import Settings
+from tests.ai import AI_BACKOFF_S, AI_LEASE_S, ScriptedTranscriber, new_worker
 from tests.gateway import FakeClock, Gateway, GatewayServer, free_port, start_gateway
 
 
 @pytest.fixture
 def gateway_settings(tmp_path: Path) -> Settings:
-    """Embedded defaults in a temporary data dir; AudioSocket on a free loopback port."""
-    return Settings(data_dir=tmp_path / "var", audiosocket={"port": free_port()})
+    """Embedded defaults in a temporary data dir; AudioSocket on a free loopback port; no
+    in-process AI worker (the AI tests drive ``worker`` themselves), a 10 s retry backoff."""
+    return Settings(
+        data_dir=tmp_path / "var",
+        audiosocket={"port": free_port()},
+        ai={"workers": 0, "retry_backoff": f"PT{AI_BACKOFF_S}S", "lease": f"PT{AI_LEASE_S}S"},
+    )
 
 
 @pytest.fixture
@@ -37,3 +44,26 @@ async def clocked_gateway(
     """The app on a ``FakeClock`` the test turns (flush intervals, reconnect grace)."""
     client = await aiohttp_client(GatewayServer(build_app(gateway_settings, clock=clock)))
     return await start_gateway(client)
+
+
+@pytest.fixture
+async def gw(aiohttp_client: Callable, gateway_settings: Settings, clock: FakeClock) -> Gateway:
+    """The app on a ``FakeClock`` (the AI tests' gateway: its worker runs on that clock)."""
+    client = await aiohttp_client(GatewayServer(build_app(gateway_settings, clock=clock)))
+    return await start_gateway(client)
+
+
+@pytest.fixture
+def transcriber() -> ScriptedTranscriber:
+    """The model of ``worker``: a test double the test may tell to fail."""
+    return ScriptedTranscriber()
+
+
+@pytest.fixture
+async def worker(
+    gw: Gateway, gateway_settings: Settings, clock: FakeClock, transcriber: ScriptedTranscriber
+) -> AsyncIterator[AnalysisWorker]:
+    """An AI worker of ``gw`` (its catalog, store, keys and metrics) with ``transcriber``."""
+    worker = new_worker(gw, gateway_settings, clock, transcriber)
+    yield worker
+    await worker.close()

@@ -13,7 +13,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,96 +24,36 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ai.pipeline import Analyzer
 from ai.worker import AnalysisWorker
 from crypto.errors import KeyUnavailable
 from gateway.app import build_app
-from gateway.services import build_worker
 from gateway.settings import Settings, WebhookSettings
-from gateway.state import AI_METRICS, SERVICES
+from gateway.state import SERVICES
 from gateway.webhooks import WebhookSender, verify
-from storage.catalog import Job
 from storage.media import codec
-from tests.ai import SampleCall, ScriptedTranscriber, sample_call
+from tests.ai import (
+    AI_BACKOFF_S,
+    AI_ONLY,
+    RECORDED,
+    ScriptedTranscriber,
+    audit_details,
+    get,
+    job_of,
+    new_worker,
+    push,
+    sample_call,
+)
 from tests.gateway import (
     FakeClock,
     Gateway,
     GatewayServer,
-    TenantTokens,
     bearer,
     data_files,
     frames,
-    free_port,
     metric_value,
     start_gateway,
-    stream_twilio,
 )
 from tests.scan import PlaintextScan
-
-ALL_AI = {"transcript": True, "summary": True, "sentiment": True, "talk_listen": True,
-          "topics": True}  # fmt: skip
-AI_ONLY = {"recording": {"enabled": False}, "ai": ALL_AI}
-RECORDED = {"recording": {"enabled": True}, "ai": ALL_AI}
-BACKOFF_S = 10
-
-
-@pytest.fixture
-def gateway_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "var",
-        audiosocket={"port": free_port()},
-        ai={"workers": 0, "retry_backoff": f"PT{BACKOFF_S}S", "lease": "PT60S"},
-    )
-
-
-@pytest.fixture
-async def gw(aiohttp_client: Callable, gateway_settings: Settings, clock: FakeClock) -> Gateway:
-    client = await aiohttp_client(GatewayServer(build_app(gateway_settings, clock=clock)))
-    return await start_gateway(client)
-
-
-@pytest.fixture
-def transcriber() -> ScriptedTranscriber:
-    return ScriptedTranscriber()
-
-
-@pytest.fixture
-async def worker(
-    gw: Gateway, gateway_settings: Settings, clock: FakeClock, transcriber: ScriptedTranscriber
-) -> AsyncIterator[AnalysisWorker]:
-    worker = build_worker(
-        gateway_settings,
-        gw.app[SERVICES],
-        now=clock.now,
-        metrics=gw.app[AI_METRICS],
-        analyzer=Analyzer(lambda: transcriber),
-    )
-    yield worker
-    await worker.close()
-
-
-async def push(gw: Gateway, tenant: TenantTokens, call: SampleCall) -> dict[str, Any]:
-    """Announce and stream a sample call to its end; the announcement."""
-    announced = await gw.announce(tenant)
-    await stream_twilio(gw, tenant, announced["call_id"], call.inbound, call.outbound)
-    return announced
-
-
-async def get(gw: Gateway, path: str, token: str) -> tuple[int, Any]:
-    response = await gw.client.get(path, headers=bearer(token))
-    if response.content_type == "application/json":
-        return response.status, await response.json()
-    return response.status, await response.read()
-
-
-async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
-    (job,) = await gw.app[SERVICES].catalog.list_jobs(tenant, recording_id=recording_id)
-    return job
-
-
-async def audit_actions(gw: Gateway, tenant: str) -> list[tuple[str, dict[str, Any]]]:
-    events = await gw.app[SERVICES].catalog.list_audit(tenant, limit=1000)
-    return [(event.action, event.detail) for event in events]
 
 
 async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
@@ -164,7 +104,7 @@ async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
             if path.is_file() and path.stat().st_mtime >= started - 1:
                 if path.stat().st_size < 64 << 20:
                     assert scan.first_leak(path.read_bytes()) is None, path
-    purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
+    purged = await audit_details(gw, "acme", "ai.purged")
     assert len(purged) == 1
     assert sorted(purged[0]["audio_objects_shredded"]) == sorted(o.id for o in audio)
     assert purged[0]["recording_kept"] is False
@@ -186,7 +126,7 @@ async def test_a_recorded_call_keeps_its_audio(gw: Gateway, worker: AnalysisWork
     assert (status, after) == (200, before)
     status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
     assert (view["status"], view["audio_purged"]) == ("analyzed", False)
-    purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
+    purged = await audit_details(gw, "acme", "ai.purged")
     assert purged == [
         {
             "working_copy_bytes": purged[0]["working_copy_bytes"],
@@ -221,9 +161,8 @@ async def test_results_are_served_sealed_and_audited(
     assert len(marker) > 10
     for path in data_files(gateway_settings.data_dir):
         assert marker not in path.read_bytes(), path
-    actions = [action for action, _ in await audit_actions(gw, "acme")]
-    assert actions.count("transcript.read") == 1
-    assert actions.count("analysis.read") == 1
+    assert len(await audit_details(gw, "acme", "transcript.read")) == 1
+    assert len(await audit_details(gw, "acme", "analysis.read")) == 1
 
 
 async def test_only_the_instructed_features_are_computed(
@@ -276,9 +215,9 @@ async def test_a_failed_attempt_is_retried_after_its_backoff(
     job = await job_of(gw, "acme", recording_id)
     assert (job.status, job.attempts) == ("queued", 1)
     assert job.last_error is not None and "scripted failure" in job.last_error
-    assert job.run_after == clock.now() + timedelta(seconds=BACKOFF_S)
+    assert job.run_after == clock.now() + timedelta(seconds=AI_BACKOFF_S)
     assert await worker.run_once() is False  # not due yet
-    clock.advance(BACKOFF_S)
+    clock.advance(AI_BACKOFF_S)
     assert await worker.run_once() is True
     job = await job_of(gw, "acme", recording_id)
     assert (job.status, job.attempts) == ("done", 2)
@@ -300,7 +239,7 @@ async def test_after_the_last_attempt_the_recording_fails_with_the_reason(
     recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
     for attempt in range(3):
         assert await worker.run_once() is True
-        clock.advance(BACKOFF_S * 2**attempt)
+        clock.advance(AI_BACKOFF_S * 2**attempt)
     assert await worker.run_once() is False
     job = await job_of(gw, "acme", recording_id)
     assert (job.status, job.attempts) == ("failed", 3)
@@ -327,9 +266,7 @@ async def take_over(
     """The dead worker's job is taken over by another once its lease ran out."""
     job = await job_of(gw, "acme", recording_id)
     assert (job.status, job.attempts) == ("running", 1)
-    other = build_worker(
-        settings, gw.app[SERVICES], now=clock.now, analyzer=Analyzer(lambda: transcriber)
-    )
+    other = new_worker(gw, settings, clock, transcriber)
     assert await other.run_once() is False  # the dead worker's lease still holds
     clock.advance(61)
     assert await other.run_once() is True
@@ -372,7 +309,7 @@ async def test_an_attempt_killed_after_storing_its_results_is_finished_not_redon
     assert {o.state for o in objects if o.kind == "audio"} == {"deleted"}
     status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.processor)
     assert (view["status"], view["audio_purged"]) == ("analyzed", True)
-    purged = [detail for action, detail in await audit_actions(gw, "acme") if action == "ai.purged"]
+    purged = await audit_details(gw, "acme", "ai.purged")
     assert len(purged) == 1
 
 
@@ -483,12 +420,7 @@ async def test_several_workers_take_each_job_exactly_once(
     tenant = await gw.tenant("acme", AI_ONLY)
     call = sample_call("support")
     recordings = [(await push(gw, tenant, call))["recording_id"] for _ in range(6)]
-    workers = [
-        build_worker(
-            settings, gw.app[SERVICES], now=clock.now, analyzer=Analyzer(ScriptedTranscriber)
-        )
-        for _ in range(3)
-    ]
+    workers = [new_worker(gw, settings, clock, ScriptedTranscriber()) for _ in range(3)]
 
     async def drain(worker: AnalysisWorker) -> int:
         taken = 0

@@ -7,8 +7,6 @@ its fix.) The model is the ``ScriptedTranscriber`` double and the worker runs on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,77 +14,23 @@ import pytest
 from ai.pipeline import Analysis, Analyzer
 from ai.worker import AnalysisWorker
 from crypto.errors import KeyUnavailable, NotFound
-from gateway.app import build_app
-from gateway.services import build_worker
 from gateway.settings import Settings
-from gateway.state import AI_METRICS, SERVICES
-from storage.catalog import Job
-from tests.ai import SampleCall, ScriptedTranscriber, sample_call
+from gateway.state import SERVICES
+from tests.ai import (
+    AI_LEASE_S,
+    AI_ONLY,
+    ScriptedTranscriber,
+    audit_details,
+    job_of,
+    new_worker,
+    push,
+    sample_call,
+)
 from tests.gateway import (
     FakeClock,
     Gateway,
-    GatewayServer,
-    TenantTokens,
     bearer,
-    free_port,
-    start_gateway,
-    stream_twilio,
 )
-
-ALL_AI = {"transcript": True, "summary": True, "sentiment": True, "talk_listen": True,
-          "topics": True}  # fmt: skip
-AI_ONLY = {"recording": {"enabled": False}, "ai": ALL_AI}
-LEASE_S = 60
-
-
-@pytest.fixture
-def gateway_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "var",
-        audiosocket={"port": free_port()},
-        ai={"workers": 0, "retry_backoff": "PT10S", "lease": f"PT{LEASE_S}S"},
-    )
-
-
-@pytest.fixture
-async def gw(aiohttp_client: Callable, gateway_settings: Settings, clock: FakeClock) -> Gateway:
-    client = await aiohttp_client(GatewayServer(build_app(gateway_settings, clock=clock)))
-    return await start_gateway(client)
-
-
-def new_worker(
-    gw: Gateway, settings: Settings, clock: FakeClock, analyzer: Analyzer
-) -> AnalysisWorker:
-    return build_worker(
-        settings, gw.app[SERVICES], now=clock.now, metrics=gw.app[AI_METRICS], analyzer=analyzer
-    )
-
-
-@pytest.fixture
-async def worker(
-    gw: Gateway, gateway_settings: Settings, clock: FakeClock
-) -> AsyncIterator[AnalysisWorker]:
-    worker = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
-    yield worker
-    await worker.close()
-
-
-async def push(gw: Gateway, tenant: TenantTokens, call: SampleCall) -> dict[str, Any]:
-    announced = await gw.announce(tenant)
-    await stream_twilio(gw, tenant, announced["call_id"], call.inbound, call.outbound)
-    return announced
-
-
-async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
-    (job,) = await gw.app[SERVICES].catalog.list_jobs(
-        tenant, recording_id=recording_id, kind="analyze"
-    )
-    return job
-
-
-async def purges(gw: Gateway, tenant: str) -> list[dict[str, Any]]:
-    events = await gw.app[SERVICES].catalog.list_audit(tenant, limit=1000)
-    return [event.detail for event in events if event.action == "ai.purged"]
 
 
 class Killed(BaseException):
@@ -110,10 +54,10 @@ async def test_a_job_whose_last_attempt_was_killed_fails_the_recording_and_purge
 
     monkeypatch.setattr(Analyzer, "analyse", die)
     for _ in range(3):  # max_attempts: each worker dies holding the job
-        dying = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+        dying = new_worker(gw, gateway_settings, clock, ScriptedTranscriber())
         with pytest.raises(Killed):
             await dying.run_once()
-        clock.advance(LEASE_S + 1)
+        clock.advance(AI_LEASE_S + 1)
     monkeypatch.undo()
     assert await worker.run_once() is True  # the claim that records the failure
     assert await worker.run_once() is False
@@ -126,7 +70,7 @@ async def test_a_job_whose_last_attempt_was_killed_fails_the_recording_and_purge
     catalog = gw.app[SERVICES].catalog
     objects = await catalog.list_objects("acme", recording_id=recording_id)
     assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}
-    assert len(await purges(gw, "acme")) == 1
+    assert len(await audit_details(gw, "acme", "ai.purged")) == 1
 
 
 async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
@@ -148,8 +92,8 @@ async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
         if not taken_over:
             taken_over = True
             # While this worker stalls, its lease runs out and another worker takes over.
-            clock.advance(LEASE_S + 1)
-            other = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+            clock.advance(AI_LEASE_S + 1)
+            other = new_worker(gw, gateway_settings, clock, ScriptedTranscriber())
             assert await other.run_once() is True
             await other.close()
         return await analyse(self, *args, **kwargs)
@@ -160,7 +104,7 @@ async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
     objects = await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
     live = sorted(o.kind for o in objects if o.kind != "audio" and o.state == "committed")
     assert live == ["analysis", "transcript"]  # one of each, not two
-    assert len(await purges(gw, "acme")) == 1
+    assert len(await audit_details(gw, "acme", "ai.purged")) == 1
 
 
 async def test_a_tenant_deleted_while_its_call_is_analysed_leaves_no_results(
@@ -272,8 +216,8 @@ async def test_a_worker_killed_around_its_webhook_event_queues_it_exactly_once(
     monkeypatch.undo()
     status = (await job_of(gw, "acme", recording_id)).status
     assert status == "running"  # the first worker died holding it
-    clock.advance(LEASE_S + 1)
-    other = new_worker(gw, gateway_settings, clock, Analyzer(ScriptedTranscriber))
+    clock.advance(AI_LEASE_S + 1)
+    other = new_worker(gw, gateway_settings, clock, ScriptedTranscriber())
     assert await other.run_once() is True
     await other.close()
     assert (await job_of(gw, "acme", recording_id)).status == "done"
