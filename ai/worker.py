@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import socket
 import time
@@ -105,8 +106,6 @@ class WorkerMetrics:
 
 def default_owner() -> str:
     """A worker's lease name: host, process and a random suffix (unique per worker)."""
-    import os
-
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 

@@ -33,7 +33,6 @@ from gateway.session import SessionLimits
 from gateway.settings import Settings
 from gateway.state import (
     AI_METRICS,
-    AI_WORKERS,
     CALLS,
     CLOCK,
     METRICS,
@@ -145,7 +144,7 @@ def build_app(
     async def ai_ctx(app: web.Application) -> AsyncIterator[None]:
         # Each worker has its own model and inference thread; jobs wait in the catalog, so
         # transcription never holds up ingest (its event loop only awaits the thread).
-        workers = app[AI_WORKERS] = [
+        workers = [
             build_worker(settings, app[SERVICES], now=app[CLOCK].now, metrics=app[AI_METRICS])
             for _ in range(settings.ai.workers)
         ]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ai.worker import AnalysisWorker, WorkerMetrics
+from ai.worker import WorkerMetrics
 from gateway.calls import CallRegistry
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
@@ -33,6 +33,4 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 CALLS = web.AppKey("calls", CallRegistry)
 CLOCK = web.AppKey("clock", Clock)
 RTP = web.AppKey("rtp", RtpIngest)
-AI_WORKERS = web.AppKey("ai_workers", list[AnalysisWorker])
-"""The in-process AI workers of ``serve`` (``CALLVAULT_AI__WORKERS``; empty when 0)."""
 AI_METRICS = web.AppKey("ai_metrics", WorkerMetrics)

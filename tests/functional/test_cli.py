@@ -127,6 +127,25 @@ def test_malformed_setting_names_the_variable(tmp_path: Path) -> None:
     assert "CALLVAULT_HTTP__PORT" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_model_that_is_not_one_refuses_to_start_naming_the_setting(
+    tmp_path: Path, command: str
+) -> None:
+    not_a_model = tmp_path / "models" / "whisper"
+    not_a_model.mkdir(parents=True)
+    (not_a_model / "config.json").write_text("{}")
+    result = callvault(
+        "--data-dir",
+        str(tmp_path / "var"),
+        command,
+        env=clean_env(CALLVAULT_AI__MODEL=str(not_a_model), CALLVAULT_HTTP__PORT="0"),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "CALLVAULT_AI__MODEL" in result.stderr
+    assert "neither a packaged model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_flags_are_validated_like_the_environment(tmp_path: Path) -> None:
     result = callvault("--data-dir", str(tmp_path), "serve", "--port", "99999")
     assert result.returncode == 2
