@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--tenant", required=True, help="tenant id")
 
+    audit = commands.add_parser("audit", help="check a tenant's hash-chained audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser(
+        "verify", help="recompute the chain; exit 1 naming the first broken event"
+    )
+    verify.add_argument("--tenant", required=True, help="tenant id")
+
     token = commands.add_parser("token", help="mint API tokens from the command line")
     token_commands = token.add_subparsers(dest="mint_command", required=True, metavar="ACTION")
     create = token_commands.add_parser(
@@ -212,6 +219,22 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(url, token, out=args.out, realtime=args.realtime))
 
 
+async def _verify_audit(settings: Settings, tenant: str) -> int:
+    from gateway.services import open_services
+
+    async with open_services(settings) as services:
+        check = await services.catalog.verify_audit(tenant)
+    if check.ok:
+        print(f"tenant {tenant}: audit log intact, {check.count} event(s) verified")
+        return 0
+    print(
+        f"tenant {tenant}: audit log BROKEN at event {check.broken_at} "
+        f"({check.count} event(s) read): an event was altered, removed or moved",
+        file=sys.stderr,
+    )
+    return 1
+
+
 async def _rotate(settings: Settings, tenant: str) -> None:
     from gateway.services import open_services
 
@@ -233,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "worker":
             _check_model(settings)
             asyncio.run(_work(settings))
+        elif args.command == "audit" and args.audit_command == "verify":
+            return asyncio.run(_verify_audit(settings, args.tenant))
         elif args.command == "keys" and args.keys_command == "rotate":
             asyncio.run(_rotate(settings, args.tenant))
         elif args.command == "token" and args.mint_command == "create":

@@ -1074,6 +1074,7 @@ def schemas() -> dict[str, Schema]:
         "RecordingList": _list_schema("Recording", paged=True),
         "Transcript": transcript_schema(),
         "Analysis": analysis_schema(),
+        **audit_schemas(),
         "Status": _obj({"status": {"type": "string"}}, required=("status",)),
     }
 
@@ -1694,6 +1695,94 @@ Audio arrives over the WebSocket ingest routes below, or over Asterisk AudioSock
 described in the top-level `x-audiosocket` extension."""
 
 
+def audit_schemas() -> dict[str, Schema]:
+    event = _obj(
+        {
+            "seq": {"type": "integer", "minimum": 1, "description": "1, 2, 3, ... per tenant."},
+            "at": _time("When it happened."),
+            "actor": {"type": "string", "description": "Who: a token id, `gateway`, `cli`, ..."},
+            "action": {"type": "string", "examples": ["audio.read", "ai.purged"]},
+            "object": _nullable({"type": "string", "description": "What it concerned."}),
+            "detail": {"type": "object", "description": "Ids and small metadata, no content."},
+            "prev_hash": {"type": "string", "description": "The previous event's hash."},
+            "hash": {
+                "type": "string",
+                "description": "SHA-256 over the previous hash and this event's canonical JSON.",
+            },
+        },
+        required=("seq", "at", "actor", "action", "object", "detail", "prev_hash", "hash"),
+    )
+    page = _obj(
+        {
+            "items": {"type": "array", "items": _ref("AuditEvent")},
+            "next_since": _nullable(
+                {"type": "integer", "description": "Pass as `since` for the next page."}
+            ),
+        },
+        required=("items", "next_since"),
+    )
+    check = _obj(
+        {
+            "ok": {"type": "boolean"},
+            "events": {"type": "integer", "description": "How many events the log holds."},
+            "broken_at": {
+                "type": "integer",
+                "description": "When not ok: the first event altered, removed or moved.",
+            },
+        },
+        required=("ok", "events"),
+    )
+    return {"AuditEvent": event, "AuditPage": page, "AuditCheck": check}
+
+
+def audit_paths() -> dict[str, Schema]:
+    since = {
+        "name": "since",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "default": 0},
+        "description": "Events after this sequence number (0: from the first).",
+    }
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "description": "Page size.",
+    }
+    return {
+        "/v1/tenants/{tenant}/audit": {
+            "parameters": [_p("tenant")],
+            "get": _operation(
+                "listAudit",
+                "Read the audit log",
+                tag="audit",
+                roles=("admin",),
+                description="The tenant's hash-chained events, oldest first, a page at a time.",
+                parameters=[since, limit],
+                responses=_authed(
+                    ("200", _ok("A page.", _ref("AuditPage"))),
+                    ("400", error_response(400, "bad_query")),
+                    _FORBIDDEN,
+                    _NOT_FOUND,
+                ),
+            ),
+        },
+        "/v1/tenants/{tenant}/audit/verify": {
+            "parameters": [_p("tenant")],
+            "get": _operation(
+                "verifyAudit",
+                "Check the audit log's chain",
+                tag="audit",
+                roles=("admin",),
+                description="Recompute every link; name the first event that was altered, "
+                "removed or moved (also a removed tail, against the head kept on the tenant).",
+                responses=_authed(
+                    ("200", _ok("The result.", _ref("AuditCheck"))), _FORBIDDEN, _NOT_FOUND
+                ),
+            ),
+        },
+    }
+
+
 def build_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document as JSON-ready data."""
     paths = {
@@ -1702,6 +1791,7 @@ def build_document() -> dict[str, Any]:
         **tenant_paths(),
         **call_paths(),
         **recording_paths(),
+        **audit_paths(),
     }
     return {
         "openapi": OPENAPI_VERSION,
@@ -1719,6 +1809,7 @@ def build_document() -> dict[str, Any]:
             {"name": "instructions", "description": "The tenant's documented instructions."},
             {"name": "calls", "description": "Announcing and controlling calls."},
             {"name": "recordings", "description": "Recordings and their audio."},
+            {"name": "audit", "description": "The tenant's hash-chained audit log."},
         ],
         "paths": paths,
         "components": {

@@ -1,11 +1,12 @@
-"""The HTTP control API of ../shared/API.md: tenants, tokens, instructions, calls and
-recordings. Each module holds the handlers of one resource; ``add_routes`` mounts them."""
+"""The HTTP control API of ../shared/API.md: tenants, tokens, instructions, calls,
+recordings and the audit log. Each module holds the handlers of one resource;
+``add_routes`` mounts them."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api import calls, recordings, tenants
+from gateway.api import audit, calls, recordings, tenants
 
 
 def add_routes(app: web.Application) -> None:
@@ -30,3 +31,5 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/recordings/{recording_id}/audio", recordings.get_audio)
     router.add_get("/v1/recordings/{recording_id}/transcript", recordings.get_transcript)
     router.add_get("/v1/recordings/{recording_id}/analysis", recordings.get_analysis)
+    router.add_get("/v1/tenants/{tenant}/audit", audit.list_audit)
+    router.add_get("/v1/tenants/{tenant}/audit/verify", audit.verify_audit)

@@ -300,6 +300,8 @@ ROLE_TABLE = [
     endpoint("GET", "/v1/recordings/{recording}/audio", "admin"),
     endpoint("GET", "/v1/recordings/{recording}/transcript", "admin processor"),
     endpoint("GET", "/v1/recordings/{recording}/analysis", "admin processor"),
+    endpoint("GET", "/v1/tenants/{tenant}/audit", "admin"),
+    endpoint("GET", "/v1/tenants/{tenant}/audit/verify", "admin"),
 ]
 
 
@@ -411,6 +413,8 @@ PATHS_OF_B = [
     Foreign("POST", "/v1/tenants/{other}/calls", TENANT_ROLES, CALL),
     Foreign("GET", "/v1/tenants/{other}/calls/{call}", TENANT_ROLES),
     Foreign("GET", "/v1/tenants/{other}/recordings", TENANT_ROLES),
+    Foreign("GET", "/v1/tenants/{other}/audit", TENANT_ROLES),
+    Foreign("GET", "/v1/tenants/{other}/audit/verify", TENANT_ROLES),
 ]
 # B's ids on paths that name no tenant, or A's own tenant, with the roles allowed there.
 IDS_OF_B = [
