@@ -142,6 +142,11 @@ class ScriptedTranscriber:
 # --- the AI worker in the functional tier -------------------------------------------------
 
 
+class Killed(BaseException):
+    """Raised where a test's worker "dies": nothing after that point of the attempt runs
+    (a BaseException, so no ``except Exception`` of the worker catches it)."""
+
+
 def new_worker(gw: Gateway, settings: Settings, clock: FakeClock, model: Any) -> AnalysisWorker:
     """An AI worker of the in-process gateway ``gw`` whose model is ``model`` (a
     ``ScriptedTranscriber``), on the test's clock."""

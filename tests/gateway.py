@@ -10,14 +10,18 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import subprocess
+import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -36,6 +40,26 @@ ALL_AI = {
     "topics": True,
 }
 RECORD = {"recording": {"enabled": True}, "consent": {"required": True}}
+
+
+def wait_until_ready(
+    base: str, process: subprocess.Popen[Any], log: Callable[[], str], *, timeout_s: float
+) -> None:
+    """Poll ``callvault serve``'s ``/readyz`` at ``base`` until it answers 200. If the
+    process exits or ``timeout_s`` passes first, kill it and fail the test with ``log()``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:  # refused while starting, or a 503 (HTTPError) until ready
+            if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    process.kill()
+                process.wait(timeout=10)
+                pytest.fail(f"callvault serve did not become ready:\n{log()}")
+            time.sleep(0.1)  # polling another process's readiness, not waiting for time
 
 
 def free_port() -> int:

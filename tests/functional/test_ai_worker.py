@@ -35,6 +35,7 @@ from tests.ai import (
     AI_BACKOFF_S,
     AI_ONLY,
     RECORDED,
+    Killed,
     ScriptedTranscriber,
     audit_details,
     get,
@@ -250,10 +251,6 @@ async def test_after_the_last_attempt_the_recording_fails_with_the_reason(
     assert "scripted failure" in body["message"]
     objects = await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
     assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}
-
-
-class Killed(BaseException):
-    """The worker process dies here (nothing after this line of the attempt runs)."""
 
 
 async def take_over(

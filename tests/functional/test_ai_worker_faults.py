@@ -19,6 +19,7 @@ from gateway.state import SERVICES
 from tests.ai import (
     AI_LEASE_S,
     AI_ONLY,
+    Killed,
     ScriptedTranscriber,
     audit_details,
     job_of,
@@ -31,10 +32,6 @@ from tests.gateway import (
     Gateway,
     bearer,
 )
-
-
-class Killed(BaseException):
-    """The worker process dies here (nothing after this point of the attempt runs)."""
 
 
 async def test_a_job_whose_last_attempt_was_killed_fails_the_recording_and_purges(

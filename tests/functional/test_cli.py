@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from gateway.services import open_services
 from gateway.settings import Settings
+from tests.gateway import free_port, wait_until_ready
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -39,13 +39,6 @@ def callvault(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
@@ -58,17 +51,12 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read() if process.stdout else ""
-                    pytest.fail(f"callvault serve did not become ready:\n{output}")
-                time.sleep(0.1)
+        wait_until_ready(
+            base,
+            process,
+            lambda: process.stdout.read() if process.stdout else "",
+            timeout_s=30,
+        )
         yield process, base
     finally:
         if process.poll() is None:
@@ -209,16 +197,8 @@ def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1):  # noqa: S310
-                return process, base
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("callvault serve did not become ready")
-            time.sleep(0.1)
+    wait_until_ready(base, process, lambda: "(its output goes to the test)", timeout_s=30)
+    return process, base
 
 
 def stop_serve(process: subprocess.Popen[str]) -> str:

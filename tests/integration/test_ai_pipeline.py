@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from tests.gateway import (
     twilio_connected,
     twilio_start,
     twilio_stop,
+    wait_until_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -108,16 +108,7 @@ def serve(tmp_path: Path, name: str, **settings: str) -> Iterator[Server]:
     )
     with callvault("serve", tmp_path / f"{name}.log", env) as process:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"callvault serve did not become ready:\n{process.log()}")
-                time.sleep(0.1)  # polling another process's readiness
+        wait_until_ready(base, process.process, process.log, timeout_s=READY_TIMEOUT_S)
         yield Server(base, operator, data_dir, process)
 
 

@@ -22,8 +22,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
@@ -52,6 +50,7 @@ from tests.gateway import (
     twilio_connected,
     twilio_start,
     twilio_stop,
+    wait_until_ready,
 )
 from tests.scan import RUN, PlaintextScan
 
@@ -223,16 +222,7 @@ def served(tmp_path: Path, store: StoreUnderTest) -> Iterator[Served]:
     base = f"http://127.0.0.1:{http_port}"
     server = Served(process, base, audiosocket_port, data_dir, operator, log_path)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"callvault serve did not become ready:\n{server.log()}")
-                time.sleep(0.1)  # polling another process's readiness, not waiting for time
+        wait_until_ready(base, process, server.log, timeout_s=READY_TIMEOUT_S)
         yield server
     finally:
         if process.poll() is None:
