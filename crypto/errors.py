@@ -118,6 +118,17 @@ class Conflict(CallvaultError):
     status = 409
 
 
+class HeldByLegalHold(Conflict):
+    """Data a legal hold covers cannot be erased; ``hold`` is the hold's id (the API's
+    ``hold`` field), so that the admin knows which hold to release."""
+
+    code = "legal_hold"
+
+    def __init__(self, hold: str, message: str) -> None:
+        super().__init__(message)
+        self.hold = hold
+
+
 class BadRequest(CallvaultError):
     """The request is malformed: bad JSON, a missing or invalid field, a bad query value."""
 

@@ -28,7 +28,7 @@ from gateway.errors import error_middleware, error_response
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
-from gateway.services import build_sender, build_worker, open_services
+from gateway.services import build_sender, build_sweeper, build_worker, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
 from gateway.state import (
@@ -40,8 +40,10 @@ from gateway.state import (
     RTP,
     SERVICES,
     SETTINGS,
+    SWEEPER,
     Clock,
 )
+from storage.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +163,22 @@ def build_app(
             await worker.close()
         await sender.close()
 
+    async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+        sweeper = app[SWEEPER] = build_sweeper(settings, app[SERVICES], registry=app[REGISTRY])
+        interval = settings.retention.sweep_interval.total_seconds()
+        task = None
+        if interval > 0:
+            task = asyncio.create_task(
+                _sweep(sweeper, app[CLOCK], interval), name="callvault-retention"
+            )
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
-    app.cleanup_ctx.extend([services_ctx, calls_ctx, audiosocket_ctx, ai_ctx])
+    app.cleanup_ctx.extend([services_ctx, calls_ctx, audiosocket_ctx, ai_ctx, retention_ctx])
     app.on_shutdown.append(endpoints.close_websockets)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -184,6 +200,18 @@ async def _work(worker: AnalysisWorker) -> None:
         return
     log.info("AI worker %s ready with model %s", worker.owner, name)
     await worker.run()
+
+
+async def _sweep(sweeper: RetentionSweeper, clock: Clock, interval: float) -> None:
+    """Sweep every ``interval`` seconds, the first time right after start."""
+    while True:
+        try:
+            report = await sweeper.sweep(clock.now())
+            if report.objects_deleted or report.call_records_deleted:
+                log.info("retention sweep: %s", report.as_dict())
+        except Exception:  # the sweeper must outlive any one failure (the catalog was down)
+            log.exception("retention sweep failed")
+        await asyncio.sleep(interval)
 
 
 async def _tick(calls: CallRegistry, rtp: RtpIngest, clock: Clock) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--tenant", required=True, help="tenant id")
 
+    retention = commands.add_parser("retention", help="delete what retention windows ended")
+    retention_commands = retention.add_subparsers(
+        dest="retention_command", required=True, metavar="ACTION"
+    )
+    retention_commands.add_parser(
+        "sweep",
+        help="one retention sweep over every tenant now (what `serve` runs every "
+        "CALLVAULT_RETENTION__SWEEP_INTERVAL); prints its report as JSON",
+    )
     token = commands.add_parser("token", help="mint API tokens from the command line")
     token_commands = token.add_subparsers(dest="mint_command", required=True, metavar="ACTION")
     create = token_commands.add_parser(
@@ -235,6 +245,22 @@ async def _verify_audit(settings: Settings, tenant: str) -> int:
     return 1
 
 
+async def _retention_sweep(settings: Settings) -> int:
+    from gateway.services import build_sweeper, open_services
+
+    async with open_services(settings) as services:
+        report = await build_sweeper(settings, services).sweep(datetime.now(UTC))
+    print(json.dumps(report.as_dict()))
+    if report.failed_tenants:
+        print(
+            f"callvault: the sweep failed for tenant(s) {', '.join(report.failed_tenants)}; "
+            "the next sweep finishes what was started",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 async def _rotate(settings: Settings, tenant: str) -> None:
     from gateway.services import open_services
 
@@ -258,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_work(settings))
         elif args.command == "audit" and args.audit_command == "verify":
             return asyncio.run(_verify_audit(settings, args.tenant))
+        elif args.command == "retention" and args.retention_command == "sweep":
+            return asyncio.run(_retention_sweep(settings))
         elif args.command == "keys" and args.keys_command == "rotate":
             asyncio.run(_rotate(settings, args.tenant))
         elif args.command == "token" and args.mint_command == "create":

@@ -11,7 +11,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from crypto.errors import CallvaultError, InvalidInstructions
+from crypto.errors import CallvaultError, HeldByLegalHold, InvalidInstructions
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except CallvaultError as e:
         if e.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, e.code)
-        extra = {"field": e.field} if isinstance(e, InvalidInstructions) else {}
+        extra: dict[str, str] = {}
+        if isinstance(e, InvalidInstructions):
+            extra["field"] = e.field
+        elif isinstance(e, HeldByLegalHold):
+            extra["hold"] = e.hold
         return error_response(e.status, e.code, e.message, **extra)
     except web.HTTPException as e:
         if e.status < 400:

@@ -161,6 +161,11 @@ class Duration:
             # Only reachable near year 9999; translated so callers handle one error type.
             raise ValueError(f"{start.isoformat()} plus this duration is out of range") from exc
 
+    def shortest(self) -> timedelta:
+        """A lower bound of the duration's length from any start: a year is at least 365
+        days and a month at least 28 (the retention sweep pre-selects with it)."""
+        return timedelta(days=self.years * 365 + self.months * 28 + self.days, seconds=self.seconds)
+
     def is_zero(self) -> bool:
         """Whether the duration is empty (P0D, PT0S): nothing would ever be kept."""
         return self.years == 0 and self.months == 0 and self.days == 0 and self.seconds == 0

@@ -27,6 +27,7 @@ from importlib.metadata import version
 from typing import Any
 
 from gateway.api.calls import WEBSOCKET_PATHS
+from gateway.api.rights import MAX_HOLD_CALLS, MAX_REASON
 from gateway.api.tenants import TENANT_ID, TENANT_ROLES
 from gateway.calls import (
     CALL_ID_PATTERN,
@@ -52,6 +53,7 @@ from gateway.instructions import (
 from gateway.policy import RefusalCode
 from gateway.settings import AudioSocketSettings
 from storage.catalog.records import RECORDING_STATUSES, ROLES
+from storage.retention import DeleteReason
 
 __all__ = [
     "DURATION_PATTERN",
@@ -80,7 +82,8 @@ DURATION_PATTERN = (
 
 ROLE_WORDS: dict[str, str] = {
     "operator": "runs the gateway: tenants and tokens, never tenant audio or transcripts",
-    "admin": "a tenant's administrator: instructions, tokens, recordings including audio",
+    "admin": "a tenant's administrator: instructions, tokens, recordings including audio, "
+    "legal holds, erasure and export",
     "pbx": "a tenant's PBX: announces calls, pushes audio, pauses, resumes and ends calls",
     "processor": "a tenant's downstream system: lists recordings, reads transcripts (no audio)",
 }
@@ -205,6 +208,26 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "recording is still being published from the spool after a store outage.",
         "The object store could not be reached (SlowDown).",
     ),
+    "audio_deleted": (
+        "The audio was deleted (its retention window ended); the transcript and analysis may "
+        "still be there.",
+        "The audio of 'rec_4f1c2a9b8e7d6c5b4a392817' was deleted: its retention window ended.",
+    ),
+    "legal_hold": (
+        "A legal hold covers data the request would delete (a call, a number, or, for a tenant "
+        "deletion, any of the tenant's data); `hold` names the hold to release first. Nothing "
+        "was deleted.",
+        "Legal hold 'hold_9c2e4a1b7d3f5e6a8b0c1d2e' covers call 'call-1'; release it first.",
+    ),
+    "hold_released": (
+        "The legal hold was released already.",
+        "Legal hold 'hold_9c2e4a1b7d3f5e6a8b0c1d2e' was released already.",
+    ),
+    "recording_in_progress": (
+        "A recording to erase is still being recorded (its call has not finished ending); "
+        "nothing was deleted. Retry shortly.",
+        "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is still being recorded; end the call first.",
+    ),
     "too_large": (
         "The recording is too long for one WAV file (RIFF sizes are 32-bit).",
         "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is too long for one WAV file.",
@@ -223,6 +246,9 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "store is not reachable: the object store could not be reached.",
     ),
 }
+
+HOLD_EXAMPLE = "hold_9c2e4a1b7d3f5e6a8b0c1d2e"
+"""A legal hold id in examples (the `hold` field of a 409 `legal_hold`)."""
 
 # Codes whose wire value differs from their key above: a 403 and aiohttp's own 400 share
 # a code with others but are documented separately because the cause differs.
@@ -302,6 +328,8 @@ def error_response(status: int, *codes: str) -> Schema:
         value: dict[str, str] = {"error": _WIRE_CODE.get(code, code), "message": message}
         if code == "invalid_instructions":
             value["field"] = "retention.recordings"
+        elif code == "legal_hold":
+            value["hold"] = HOLD_EXAMPLE
         examples[code] = {"summary": when, "value": value}
     return {
         "description": f"{HTTPStatus(status).phrase}:\n\n{_code_list(codes)}",
@@ -376,6 +404,12 @@ def error_schema() -> Schema:
                 "description": "Only with 422 `invalid_instructions`: the offending field as a "
                 "dotted path (`retention.recordings`, `exclude_numbers.2`).",
             },
+            "hold": {
+                "type": "string",
+                "description": "Only with 409 `legal_hold`: the id of the legal hold that must "
+                "be released first.",
+                "examples": [HOLD_EXAMPLE],
+            },
         },
         required=("error", "message"),
         description="Every error answer of the HTTP API.",
@@ -416,19 +450,28 @@ def tenant_erasure_schema() -> Schema:
         {
             "tenant": {"type": "string"},
             "deleted_at": _time("When the tenant was erased."),
+            "keys_destroyed": {"type": "boolean", "const": True},
             "recordings_deleted": {"type": "integer", "minimum": 0},
             "objects_shredded": {"type": "integer", "minimum": 0},
-            "keys_destroyed": {"type": "boolean", "const": True},
+            "bytes_deleted": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Bytes of sealed objects removed from the object store.",
+            },
+            "call_records_deleted": {"type": "integer", "minimum": 0},
         },
         required=(
             "tenant",
             "deleted_at",
+            "keys_destroyed",
             "recordings_deleted",
             "objects_shredded",
-            "keys_destroyed",
+            "bytes_deleted",
+            "call_records_deleted",
         ),
         description="The receipt of a tenant's erasure: its KEKs are destroyed, so nothing "
-        "sealed under them can be opened again. The audit log is kept.",
+        "sealed under them can be opened again, then every object, recording and call record "
+        "is deleted. The audit log is kept.",
     )
 
 
@@ -898,10 +941,56 @@ def recording_schema() -> Schema:
             "type": "string",
             "enum": list(RECORDING_STATUSES),
             "description": "`recording` (live), then `recorded` (no AI instructed) or "
-            "`processing` then `analyzed` or `failed`; `deleted` after erasure or retention.",
+            "`processing` then `analyzed` or `failed`; `deleted` once retention has removed all "
+            "of its content, or from the moment an erasure or the tenant's deletion is "
+            "requested.",
         },
-        "expires_at": _nullable(_time("When retention deletes the audio; null while live.")),
-        "legal_hold": {"type": "boolean"},
+        "delete_reason": _nullable(
+            {
+                "type": "string",
+                "enum": [*typing.get_args(DeleteReason), None],
+                "description": "Why it was deleted; null while it is not.",
+            }
+        ),
+        "deleted_at": _nullable(
+            _time("When its last content was deleted; null before (also while an erasure runs).")
+        ),
+        "expires_at": _nullable(
+            _time(
+                "When retention deletes its last content (audio, transcript, analysis); null "
+                "while live, deleted or under a legal hold."
+            )
+        ),
+        "expires": _obj(
+            {
+                "recordings": _nullable(
+                    _time("When the audio's window ends; null while live or deleted.")
+                ),
+                "transcripts": _nullable(
+                    _time(
+                        "When the transcript's and analysis' window ends; null while live or "
+                        "deleted."
+                    )
+                ),
+                "call_records": _nullable(
+                    _time("When the call record's window ends; null while the call is live.")
+                ),
+            },
+            required=("recordings", "transcripts", "call_records"),
+            description="When each data class's window under the tenant's current "
+            "instructions ends (a changed window applies to stored recordings too). No data "
+            "class outlives the call record. A legal hold keeps data past these times.",
+        ),
+        "legal_hold": {
+            "type": "boolean",
+            "description": "An active legal hold covers the call: nothing of it is deleted by "
+            "retention, and erasing it is refused with 409 `legal_hold`.",
+        },
+        "legal_holds": {
+            "type": "array",
+            "items": {"type": "string", "examples": [HOLD_EXAMPLE]},
+            "description": "The ids of the active legal holds that cover it, oldest first.",
+        },
         "audio_purged": {"type": "boolean"},
     }
     # The recording view names the call ``call_id`` and the recording ``id``.
@@ -1074,6 +1163,7 @@ def schemas() -> dict[str, Schema]:
         "RecordingList": _list_schema("Recording", paged=True),
         "Transcript": transcript_schema(),
         "Analysis": analysis_schema(),
+        **rights_schemas(),
         **audit_schemas(),
         "Status": _obj({"status": {"type": "string"}}, required=("status",)),
     }
@@ -1102,6 +1192,9 @@ def parameters() -> dict[str, Schema]:
             "The tenant's id. A tenant token naming another tenant gets 404.",
         ),
         "token_id": path("token_id", {"type": "string"}, "The token's id (`tok_...`)."),
+        "hold_id": path(
+            "hold_id", {"type": "string"}, "The legal hold's id (`hold_...`) in the tenant."
+        ),
         "call_id": path(
             "call_id", {"type": "string", "pattern": CALL_ID_PATTERN}, "The call's id."
         ),
@@ -1347,11 +1440,18 @@ def tenant_paths() -> dict[str, Schema]:
                 "Erase a tenant",
                 tag="tenants",
                 roles=("operator",),
-                description="Erase everything of the tenant: live calls end, every object is "
-                "shredded, the tenant's keys (KEKs) are destroyed and its tokens stop working. "
-                "The audit log stays, with a `recording.deleted` event per recording.",
+                description="Erase everything of the tenant: live calls end, its tokens stop "
+                "working, its keys (KEKs) are destroyed first (so every object is unreadable "
+                "from that moment, backups included), then every object, recording and call "
+                "record is deleted. Refused with 409 `legal_hold` while any legal hold of the "
+                "tenant is active. The audit log stays, with `keys.destroyed`, a "
+                "`recording.deleted` (reason `tenant`) per recording, a `call_record.deleted` "
+                "per call record and a final `tenant.deleted`.",
                 responses=_authed(
-                    ("200", _ok("Erased.", _ref("TenantErasure"))), _FORBIDDEN, _NOT_FOUND
+                    ("200", _ok("Erased.", _ref("TenantErasure"))),
+                    _FORBIDDEN,
+                    _NOT_FOUND,
+                    ("409", error_response(409, "legal_hold")),
                 ),
             ),
         },
@@ -1564,6 +1664,7 @@ def recording_paths() -> dict[str, Schema]:
                     ("200", _ok("The recording.", _ref("Recording"))), _FORBIDDEN, _NOT_FOUND
                 ),
             ),
+            "delete": erase_recording_operation(),
         },
         "/v1/recordings/{recording_id}/audio": {
             "parameters": [_p("recording_id")],
@@ -1592,7 +1693,10 @@ def recording_paths() -> dict[str, Schema]:
                     ("403", error_response(403, "forbidden", "ai_only")),
                     _NOT_FOUND,
                     ("409", error_response(409, "conflict")),
-                    ("410", error_response(410, "recording_deleted", "audio_purged")),
+                    (
+                        "410",
+                        error_response(410, "recording_deleted", "audio_purged", "audio_deleted"),
+                    ),
                     ("413", error_response(413, "too_large")),
                 ),
             ),
@@ -1686,11 +1790,14 @@ stored. Everything is off by default, so a tenant that never stored instructions
 call refused; a refused call leaves only its call record. Audio, transcripts and analysis are
 **encrypted at rest**: each object is sealed in segments with AES-256-GCM under its own data
 key, which is wrapped by the tenant's key (KEK); deleting a tenant destroys its KEKs, so
-nothing of it can be opened again.
+nothing of it can be opened again. Retention windows delete data as the instructions say,
+unless a **legal hold** covers it; data subjects' erasure and export requests are served per
+number.
 
 Authenticate with `Authorization: Bearer <token>`; each token has one role (`x-roles` on
 every operation) and, except `operator`, one tenant. A resource of another tenant is always
-404, never 403. Errors are `{"error": <code>, "message": <sentence>}` (`field` too on 422).
+404, never 403. Errors are `{"error": <code>, "message": <sentence>}` (`field` too on 422,
+`hold` too on 409 `legal_hold`).
 Audio arrives over the WebSocket ingest routes below, or over Asterisk AudioSocket TCP,
 described in the top-level `x-audiosocket` extension."""
 
@@ -1783,6 +1890,349 @@ def audit_paths() -> dict[str, Schema]:
     }
 
 
+def rights_schemas() -> dict[str, Schema]:
+    hold = _obj(
+        {
+            "id": {"type": "string", "examples": [HOLD_EXAMPLE]},
+            "tenant": {"type": "string"},
+            "number": _nullable(
+                {
+                    "type": "string",
+                    "description": "The held number (normalised); null for a hold on call ids.",
+                }
+            ),
+            "call_ids": _nullable(
+                {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The held calls; null for a hold on a number.",
+                }
+            ),
+            "reason": {"type": "string"},
+            "active": {"type": "boolean", "description": "Not released."},
+            "created_at": _time("When the hold was placed."),
+            "created_by": {"type": "string", "description": "The token id that placed it."},
+            "released_at": _nullable(_time("When it was released; null while active.")),
+            "released_by": _nullable(
+                {"type": "string", "description": "The token id that released it."}
+            ),
+        },
+        required=(
+            "id",
+            "tenant",
+            "number",
+            "call_ids",
+            "reason",
+            "active",
+            "created_at",
+            "created_by",
+            "released_at",
+            "released_by",
+        ),
+        description="A legal hold: while active, nothing of the calls it covers (by call id, "
+        "or every call where the number is a party, including later ones) is deleted by "
+        "retention, and erasing it is refused.",
+    )
+    hold_create = {
+        **_obj(
+            {
+                "call_ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_HOLD_CALLS,
+                    "items": {"type": "string", "minLength": 1},
+                    "description": "Calls of the tenant, live or finished; duplicates are "
+                    "removed. An unknown id is refused with 404.",
+                },
+                "number": {
+                    "type": "string",
+                    "description": "International format, normalised as in "
+                    "`exclude_numbers`; the hold covers every call where it is a party.",
+                    "examples": ["+40712345678"],
+                },
+                "reason": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_REASON,
+                    "pattern": "\\S",
+                    "description": "Why the data is held (a case, a request); surrounding "
+                    "whitespace is removed.",
+                },
+            },
+            required=("reason",),
+            closed=True,
+            description="Either `call_ids` or `number`, never both, and a `reason`.",
+        ),
+        "oneOf": [{"required": ["call_ids"]}, {"required": ["number"]}],
+    }
+    erasure_request = _obj(
+        {
+            "number": {
+                "type": "string",
+                "description": "International format; every recording where it is a party "
+                "is erased.",
+                "examples": ["+40712345678"],
+            }
+        },
+        required=("number",),
+        closed=True,
+    )
+    recording_ids = {"type": "array", "items": {"type": "string"}}
+    receipt = _obj(
+        {
+            "id": {"type": "string", "examples": ["erasure_5b0e9d2c4a6f8e1d3c7b9a20"]},
+            "tenant": {"type": "string"},
+            "scope": {"type": "string", "enum": ["recording", "number"]},
+            "requested_at": _time("When the erasure was requested."),
+            "completed_at": _time("When it was carried out."),
+            "recordings": {**recording_ids, "description": "The recordings this request erased."},
+            "already_deleted": {
+                **recording_ids,
+                "description": "Recordings in scope that were deleted before.",
+            },
+            "recordings_erased": {"type": "integer", "minimum": 0},
+            "objects_shredded": {"type": "integer", "minimum": 0},
+            "bytes_deleted": {"type": "integer", "minimum": 0},
+            "call_records": {
+                "type": "string",
+                "description": "What happens to the call records: they are kept, without "
+                "content, until their `call_records` retention window ends.",
+            },
+        },
+        required=(
+            "id",
+            "tenant",
+            "scope",
+            "requested_at",
+            "completed_at",
+            "recordings",
+            "already_deleted",
+            "recordings_erased",
+            "objects_shredded",
+            "bytes_deleted",
+            "call_records",
+        ),
+        description="The receipt of an erasure: audio, transcripts and analysis are deleted "
+        "(their data keys shredded, their bytes removed), and audited as `erasure.requested` "
+        "and `recording.deleted` (reason `erasure`).",
+    )
+    exported_recording = _obj(
+        {
+            "recording_id": {"type": "string"},
+            "call_id": {"type": "string"},
+            "transcript": {"type": "boolean", "description": "`transcript.json` is included."},
+            "analysis": {"type": "boolean", "description": "`analysis.json` is included."},
+            "audio": {
+                "oneOf": [{"const": True}, {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}],
+                "description": "`true`: `audio.wav` is included. Otherwise the error code "
+                "that says why not, as `GET /v1/recordings/{recording_id}/audio` would answer "
+                "(`recording_deleted`, `audio_purged`, `audio_deleted`, `forbidden` for an "
+                "AI-only call, `conflict` while it is recorded, ...).",
+            },
+        },
+        required=("recording_id", "call_id", "transcript", "analysis", "audio"),
+    )
+    manifest = _obj(
+        {
+            "id": {"type": "string", "examples": ["export_7d1f3b5a9c2e4d6f8a0b1c2d"]},
+            "tenant": {"type": "string"},
+            "created_at": _time("When the export was made."),
+            "calls": {"type": "integer", "minimum": 0, "description": "Call records exported."},
+            "recordings": {"type": "array", "items": exported_recording},
+        },
+        required=("id", "tenant", "created_at", "calls", "recordings"),
+        description="An export's `manifest.json`: what is in it, and why something is not.",
+    )
+    return {
+        "LegalHold": hold,
+        "LegalHoldCreate": hold_create,
+        "LegalHoldList": _list_schema("LegalHold", paged=False),
+        "ErasureRequest": erasure_request,
+        "ErasureReceipt": receipt,
+        "ExportManifest": manifest,
+    }
+
+
+def erase_recording_operation() -> Schema:
+    """``DELETE /v1/recordings/{recording_id}``, which shares its path with the recording."""
+    return _operation(
+        "eraseRecording",
+        "Erase a recording",
+        tag="rights",
+        roles=("admin",),
+        description="Erase the recording's audio, transcript and analysis (a live call is "
+        "ended first) and return the receipt; the call record stays, without content, until "
+        "its `call_records` window ends. Erasing a deleted recording answers a receipt that "
+        "lists it in `already_deleted`. Refused whole with 409 `legal_hold` while a legal "
+        "hold covers the call.",
+        responses=_authed(
+            ("200", _ok("Erased.", _ref("ErasureReceipt"))),
+            _FORBIDDEN,
+            _NOT_FOUND,
+            ("409", error_response(409, "legal_hold", "recording_in_progress")),
+        ),
+    )
+
+
+def rights_paths() -> dict[str, Schema]:
+    active = {
+        "name": "active",
+        "in": "query",
+        "schema": {"type": "boolean", "default": False},
+        "description": "`true` (or `1`): only the holds not released.",
+    }
+    number = {
+        "name": "number",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The data subject's number, international format.",
+    }
+    entries = {
+        "manifest.json": {"schema": _ref("ExportManifest")},
+        "calls.json": {
+            "schema": {"type": "array", "items": _ref("Call")},
+            "description": "Every call record where the number is a party, refused calls included.",
+        },
+        "recordings/{recording_id}/recording.json": {"schema": _ref("Recording")},
+        "recordings/{recording_id}/transcript.json": {
+            "schema": _ref("Transcript"),
+            "description": "Where one is stored.",
+        },
+        "recordings/{recording_id}/analysis.json": {
+            "schema": _ref("Analysis"),
+            "description": "Where one is stored.",
+        },
+        "recordings/{recording_id}/audio.wav": {
+            "contentMediaType": "audio/wav",
+            "description": "Where the audio can be exported: the WAV of "
+            "`GET /v1/recordings/{recording_id}/audio`.",
+        },
+    }
+    return {
+        "/v1/tenants/{tenant}/legal-holds": {
+            "parameters": [_p("tenant")],
+            "post": _operation(
+                "placeLegalHold",
+                "Place a legal hold",
+                tag="holds",
+                roles=("admin",),
+                description="Hold calls (by id, live or finished) or every call where a number "
+                "is a party, so that retention deletes nothing of them and erasure is refused "
+                "until the hold is released. Audited as `hold.placed` (without the number).",
+                body=_ref("LegalHoldCreate"),
+                responses=_authed(
+                    ("201", _ok("Placed.", _ref("LegalHold"))),
+                    ("400", error_response(400, "bad_json", "bad_request")),
+                    _FORBIDDEN,
+                    _NOT_FOUND,
+                ),
+            ),
+            "get": _operation(
+                "listLegalHolds",
+                "List legal holds",
+                tag="holds",
+                roles=("admin",),
+                description="The tenant's legal holds, released ones included unless `active`, "
+                "oldest first.",
+                parameters=[active],
+                responses=_authed(
+                    ("200", _ok("The holds.", _ref("LegalHoldList"))), _FORBIDDEN, _NOT_FOUND
+                ),
+            ),
+        },
+        "/v1/tenants/{tenant}/legal-holds/{hold_id}": {
+            "parameters": [_p("tenant"), _p("hold_id")],
+            "get": _operation(
+                "getLegalHold",
+                "Get a legal hold",
+                tag="holds",
+                roles=("admin",),
+                description="The legal hold.",
+                responses=_authed(
+                    ("200", _ok("The hold.", _ref("LegalHold"))), _FORBIDDEN, _NOT_FOUND
+                ),
+            ),
+            "delete": _operation(
+                "releaseLegalHold",
+                "Release a legal hold",
+                tag="holds",
+                roles=("admin",),
+                description="Release the hold: what it kept follows its retention windows "
+                "again (from the next sweep on), and can be erased. Audited as "
+                "`hold.released`.",
+                responses=_authed(
+                    ("200", _ok("Released.", _ref("LegalHold"))),
+                    _FORBIDDEN,
+                    _NOT_FOUND,
+                    ("409", error_response(409, "hold_released")),
+                ),
+            ),
+        },
+        "/v1/tenants/{tenant}/erasure-requests": {
+            "parameters": [_p("tenant")],
+            "post": _operation(
+                "requestErasure",
+                "Erase a data subject's recordings",
+                tag="rights",
+                roles=("admin",),
+                description="Erase the audio, transcript and analysis of every recording "
+                "where the number is a party (live calls are ended first) and return the "
+                "receipt; the call records stay, without content, until their "
+                "`call_records` window ends. Refused whole with 409 `legal_hold` when a "
+                "legal hold covers the number or any of those calls.",
+                body=_ref("ErasureRequest"),
+                responses=_authed(
+                    ("200", _ok("Erased.", _ref("ErasureReceipt"))),
+                    ("400", error_response(400, "bad_json", "bad_request")),
+                    _FORBIDDEN,
+                    _NOT_FOUND,
+                    ("409", error_response(409, "legal_hold", "recording_in_progress")),
+                ),
+            ),
+        },
+        "/v1/tenants/{tenant}/export": {
+            "parameters": [_p("tenant")],
+            "get": _operation(
+                "exportNumber",
+                "Export a data subject's calls",
+                tag="rights",
+                roles=("admin",),
+                description="A ZIP (portability, GDPR Art. 20) of every call where the number "
+                "is a party: `manifest.json`, `calls.json`, and per recording a folder "
+                "`recordings/{recording_id}/` with `recording.json`, `transcript.json`, "
+                "`analysis.json` and `audio.wav` where they exist (`x-zip-entries`). It is "
+                "streamed as it is built; nothing decrypted is written anywhere else. Every "
+                "read is audited (`export.created`, `transcript.read`, `analysis.read`, "
+                "`audio.read`) before the first byte is sent. If a sealed object fails to "
+                "verify mid-stream the connection is closed early: the ZIP has no central "
+                "directory and nothing unverified was sent.",
+                parameters=[number],
+                responses=_authed(
+                    (
+                        "200",
+                        {
+                            "description": "The export.",
+                            "content": {
+                                "application/zip": {
+                                    "schema": {
+                                        "type": "string",
+                                        "contentMediaType": "application/zip",
+                                    },
+                                    "x-zip-entries": entries,
+                                }
+                            },
+                        },
+                    ),
+                    ("400", error_response(400, "bad_query")),
+                    _FORBIDDEN,
+                    _NOT_FOUND,
+                ),
+            ),
+        },
+    }
+
+
 def build_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document as JSON-ready data."""
     paths = {
@@ -1791,6 +2241,7 @@ def build_document() -> dict[str, Any]:
         **tenant_paths(),
         **call_paths(),
         **recording_paths(),
+        **rights_paths(),
         **audit_paths(),
     }
     return {
@@ -1809,6 +2260,8 @@ def build_document() -> dict[str, Any]:
             {"name": "instructions", "description": "The tenant's documented instructions."},
             {"name": "calls", "description": "Announcing and controlling calls."},
             {"name": "recordings", "description": "Recordings and their audio."},
+            {"name": "holds", "description": "Legal holds: data kept past retention and erasure."},
+            {"name": "rights", "description": "Data subjects' rights: erasure and export."},
             {"name": "audit", "description": "The tenant's hash-chained audit log."},
         ],
         "paths": paths,

@@ -25,9 +25,11 @@ from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
+from gateway.instructions import default_instructions, parse_duration, parse_instructions
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, queue_event
 from storage.catalog import Catalog
+from storage.retention import RetentionSweeper, Windows
 from storage.spool import Spool
 from storage.store import ObjectStore
 from storage.stores import open_store
@@ -146,3 +148,31 @@ def build_sender(
     """The webhook sender of one process (deliveries are jobs: never on the ingest path)."""
     owner = f"{socket.gethostname()}:{os.getpid()}:webhooks:{secrets.token_hex(3)}"
     return WebhookSender(services.catalog, settings.webhooks, now, owner=owner, registry=registry)
+
+
+async def retention_windows(catalog: Catalog, tenant: str) -> Windows:
+    """The retention windows of the tenant's current instructions (defaults if it has none)."""
+    row = await catalog.current_instructions(tenant)
+    doc = default_instructions() if row is None else parse_instructions(row.document)
+    rule = doc.retention
+    return Windows(
+        recordings=parse_duration(rule.recordings),
+        transcripts=parse_duration(rule.transcripts),
+        call_records=parse_duration(rule.call_records),
+    )
+
+
+def build_sweeper(
+    settings: Settings, services: Services, *, registry: CollectorRegistry | None = None
+) -> RetentionSweeper:
+    """The retention sweeper: windows from each tenant's current instructions, events to
+    its webhook."""
+    return RetentionSweeper(
+        catalog=services.catalog,
+        store=services.store,
+        policy=functools.partial(retention_windows, services.catalog),
+        notify=functools.partial(
+            queue_event, services.catalog, max_attempts=settings.webhooks.max_attempts
+        ),
+        registry=registry,
+    )

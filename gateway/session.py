@@ -65,6 +65,7 @@ EndReason = Literal[
     "ingest_unavailable",
     "shutdown",
     "tenant_deleted",
+    "erased",
 ]
 
 

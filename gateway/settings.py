@@ -123,8 +123,9 @@ class WebhookSettings(BaseModel):
 
 
 class RetentionSettings(BaseModel):
-    sweep_interval: timedelta = timedelta(seconds=60)
-    """How often `serve` runs the retention sweep (ISO-8601 duration). Default `PT60S`."""
+    sweep_interval: timedelta = Field(default=timedelta(seconds=60), ge=timedelta(0))
+    """How often `serve` runs the retention sweep (ISO-8601 duration; `PT0S`: never, for a
+    deployment where `callvault retention sweep` runs from cron). Default `PT60S`."""
 
 
 class Settings(BaseSettings):

@@ -17,6 +17,7 @@ from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.services import Services
 from gateway.settings import Settings
+from storage.retention import RetentionSweeper
 
 
 class Clock:
@@ -34,3 +35,4 @@ CALLS = web.AppKey("calls", CallRegistry)
 CLOCK = web.AppKey("clock", Clock)
 RTP = web.AppKey("rtp", RtpIngest)
 AI_METRICS = web.AppKey("ai_metrics", WorkerMetrics)
+SWEEPER = web.AppKey("sweeper", RetentionSweeper)

@@ -1,12 +1,12 @@
 """The HTTP control API of ../shared/API.md: tenants, tokens, instructions, calls,
-recordings and the audit log. Each module holds the handlers of one resource;
-``add_routes`` mounts them."""
+recordings, legal holds, data subjects' rights and the audit log. Each module holds the
+handlers of one resource; ``add_routes`` mounts them."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api import audit, calls, recordings, tenants
+from gateway.api import audit, calls, recordings, rights, tenants
 
 
 def add_routes(app: web.Application) -> None:
@@ -31,5 +31,12 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/recordings/{recording_id}/audio", recordings.get_audio)
     router.add_get("/v1/recordings/{recording_id}/transcript", recordings.get_transcript)
     router.add_get("/v1/recordings/{recording_id}/analysis", recordings.get_analysis)
+    router.add_delete("/v1/recordings/{recording_id}", rights.erase_recording)
+    router.add_post("/v1/tenants/{tenant}/legal-holds", rights.place_hold)
+    router.add_get("/v1/tenants/{tenant}/legal-holds", rights.list_holds)
+    router.add_get("/v1/tenants/{tenant}/legal-holds/{hold_id}", rights.get_hold)
+    router.add_delete("/v1/tenants/{tenant}/legal-holds/{hold_id}", rights.release_hold)
+    router.add_post("/v1/tenants/{tenant}/erasure-requests", rights.request_erasure)
+    router.add_get("/v1/tenants/{tenant}/export", rights.export_number)
     router.add_get("/v1/tenants/{tenant}/audit", audit.list_audit)
     router.add_get("/v1/tenants/{tenant}/audit/verify", audit.verify_audit)

@@ -14,6 +14,7 @@ import base64
 import binascii
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,37 +35,63 @@ from crypto.errors import (
 )
 from gateway.api.common import iso, principal_of, query_int, query_time
 from gateway.auth import require_role, scope, tenant_of
-from gateway.instructions import normalize_number, parse_duration, parse_instructions
+from gateway.instructions import normalize_number
+from gateway.services import Services, retention_windows
 from gateway.state import CLOCK, SERVICES
-from storage.catalog import Call, Catalog, Recording
+from storage.catalog import Call, Catalog, DataClass, Recording
 from storage.media import AUDIO_KIND, codec, stereo_pcm, track_records, wav_header
+from storage.retention import Holds, Windows
 
 log = logging.getLogger(__name__)
 
 LEFT, RIGHT = "inbound", "outbound"
 
 
-class _Expiry:
-    """When a recording's audio expires under the instructions version that allowed it
-    (cached per version for a page of recordings)."""
+class Lifecycle:
+    """What decides when a tenant's recordings go: the windows of its current instructions
+    (a changed window applies to stored recordings too) and its active legal holds; loaded
+    once for a page of recordings."""
 
-    def __init__(self, catalog: Catalog, tenant: str) -> None:
-        self._catalog = catalog
-        self._tenant = tenant
-        self._retention: dict[int, str] = {}
+    def __init__(self, windows: Windows, holds: Holds) -> None:
+        self.windows = windows
+        self.holds = holds
 
-    async def of(self, recording: Recording) -> datetime | None:
-        if recording.ended_at is None:
-            return None
-        version = recording.instructions_version
-        if version not in self._retention:
-            row = await self._catalog.get_instructions(self._tenant, version)
-            self._retention[version] = parse_instructions(row.document).retention.recordings
-        return parse_duration(self._retention[version]).after(recording.ended_at)
+    @classmethod
+    async def load(cls, catalog: Catalog, tenant: str) -> Lifecycle:
+        windows = await retention_windows(catalog, tenant)
+        return cls(windows, Holds(await catalog.list_holds(tenant, active_only=True)))
+
+    def fields(self, recording: Recording, call: Call) -> dict[str, Any]:
+        """``expires_at`` (when the recording goes: with its last kind of data; null while
+        held, deleted or live), ``expires`` per data class, ``legal_hold`` and the ids of
+        the holds on it."""
+        holds = self.holds.covering(call.id, call.from_number, call.to_number)
+        ended = call.ended_at if recording.status != "recording" else None
+        expires: dict[str, str | None] = {"recordings": None, "transcripts": None}
+        content = None
+        if ended is not None and recording.status != "deleted":
+            classes: list[DataClass] = []
+            if call.decision.get("store_recording") and not recording.audio_purged:
+                classes.append("recordings")
+            if call.decision.get("ai") and recording.status in ("processing", "analyzed"):
+                classes.append("transcripts")
+            when = {c: self.windows.expires(c, ended) for c in ("recordings", "transcripts")}
+            expires = {data_class: iso(at) for data_class, at in when.items()}
+            last = max((when[c] for c in classes), default=self.windows.first_expires(ended))
+            content = None if holds else last
+        call_record = (
+            None if call.ended_at is None else self.windows.call_records.after(call.ended_at)
+        )
+        return {
+            "expires_at": iso(content),
+            "expires": {**expires, "call_records": iso(call_record)},
+            "legal_hold": bool(holds),
+            "legal_holds": [hold.id for hold in holds],
+        }
 
 
 def recording_view(
-    recording: Recording, call: Call, tracks: list[str], expires_at: datetime | None
+    recording: Recording, call: Call, tracks: list[str], lifecycle: Lifecycle
 ) -> dict[str, Any]:
     duration = None
     if recording.samples is not None:
@@ -85,8 +112,9 @@ def recording_view(
         "instructions_version": recording.instructions_version,
         "decision": call.decision,
         "status": recording.status,
-        "expires_at": iso(expires_at),
-        "legal_hold": False,
+        "delete_reason": recording.delete_reason,
+        "deleted_at": iso(recording.deleted_at),
+        **lifecycle.fields(recording, call),
         "audio_purged": recording.audio_purged,
     }
 
@@ -131,10 +159,9 @@ async def list_recordings(request: web.Request) -> web.Response:
     )
     page, more = entries[:limit], len(entries) > limit
     tracks = await catalog.recording_tracks(tenant, [r.id for r, _ in page], kind=AUDIO_KIND)
-    expiry = _Expiry(catalog, tenant)
+    lifecycle = await Lifecycle.load(catalog, tenant)
     items = [
-        recording_view(recording, call, tracks[recording.id], await expiry.of(recording))
-        for recording, call in page
+        recording_view(recording, call, tracks[recording.id], lifecycle) for recording, call in page
     ]
     next_cursor = _encode_cursor(page[-1][0]) if more else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
@@ -147,8 +174,8 @@ async def get_recording(request: web.Request) -> web.Response:
     recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
     require_role(principal, {"admin", "processor"})
     tracks = await catalog.recording_tracks(tenant, [recording.id], kind=AUDIO_KIND)
-    expires_at = await _Expiry(catalog, tenant).of(recording)
-    return web.json_response(recording_view(recording, call, tracks[recording.id], expires_at))
+    lifecycle = await Lifecycle.load(catalog, tenant)
+    return web.json_response(recording_view(recording, call, tracks[recording.id], lifecycle))
 
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
@@ -157,53 +184,19 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     tenant = tenant_of(principal)
     app = request.app
     services = app[SERVICES]
-    catalog = services.catalog
-    recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
+    recording, call = await services.catalog.get_recording_entry(
+        tenant, request.match_info["recording_id"]
+    )
     require_role(principal, {"admin"})
-    if recording.status == "deleted":
-        raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
-    if recording.audio_purged:
-        raise Gone(f"The audio of {recording.id!r} was purged after analysis.", code="audio_purged")
-    if not call.decision.get("store_recording"):
-        raise Forbidden(
-            "The tenant's instructions allowed AI processing of this call, not a recording.",
-        )
-    if recording.status == "recording" or recording.samples is None:
-        raise Conflict(f"Recording {recording.id!r} is still in progress.")
-    tracks: dict[str, list[AsyncIterator[bytes]]] = {}
-    objects = await catalog.list_objects(tenant, recording_id=recording.id)
-    if any(o.kind == AUDIO_KIND and o.state == "writing" for o in objects):
-        # Its commit failed (the store was down): the audio waits in the spool and is
-        # published by the next recovery pass. A WAV now would have silence for it.
-        raise StorageUnavailable(
-            f"Part of the audio of {recording.id!r} is still being published to the object "
-            "store; try again shortly."
-        )
-    for stored in objects:
-        if (
-            stored.kind == AUDIO_KIND
-            and stored.state == "committed"
-            and stored.track in (LEFT, RIGHT)
-        ):
-            stream = await services.vault.open_object(tenant, stored.id)
-            tracks.setdefault(stored.track, []).append(stream)
-    await catalog.append_audit(
+    wav = await open_wav(services, recording, call)
+    await services.catalog.append_audit(
         tenant,
         actor=principal.actor,
         action="audio.read",
         object=recording.id,
-        detail={"tracks": sorted(tracks)},
+        detail={"tracks": wav.tracks},
         now=app[CLOCK].now(),
     )
-    track_codec = codec(call.codec)
-    frames = recording.samples
-    try:
-        header = wav_header(channels=2, sample_rate=call.sample_rate, frames=frames)
-    except ValueError:  # RIFF sizes are 32-bit; longer recordings would need RF64
-        raise TooLarge(
-            f"Recording {recording.id!r} is too long for one WAV file "
-            f"({frames / call.sample_rate / 3600:.1f} h of stereo at {call.sample_rate} Hz)."
-        ) from None
     response = web.StreamResponse(
         headers={
             "Content-Type": "audio/wav",
@@ -211,13 +204,10 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "no-store",
         }
     )
-    response.content_length = len(header) + frames * 4
+    response.content_length = wav.size
     await response.prepare(request)
-    await response.write(header)
     try:
-        left = track_records(tracks.get(LEFT, []))
-        right = track_records(tracks.get(RIGHT, []))
-        async for block in stereo_pcm(left, right, codec=track_codec, frames=frames):
+        async for block in wav.body:
             await response.write(block)
     except CallvaultError as e:
         # The status line is sent: the only honest signal left is a short body, which the
@@ -228,6 +218,69 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         return response
     await response.write_eof()
     return response
+
+
+@dataclass(frozen=True)
+class Wav:
+    """A recording's audio as a WAV stream, opened (keys unwrapped) but not yet read."""
+
+    tracks: list[str]
+    size: int
+    body: AsyncIterator[bytes]
+    """The header, then the PCM; raises ``CallvaultError`` if an object fails to verify."""
+
+
+async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
+    """Open the stored audio of a recording as a stereo WAV (inbound left, outbound right),
+    or raise the error that says why there is none (deleted 410, purged 410, AI only 403,
+    in progress 409, still in the spool 503, too long 413)."""
+    catalog, tenant = services.catalog, recording.tenant_id
+    if recording.status == "deleted":
+        raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
+    if recording.audio_purged:
+        raise Gone(f"The audio of {recording.id!r} was purged after analysis.", code="audio_purged")
+    if not call.decision.get("store_recording"):
+        raise Forbidden(
+            "The tenant's instructions allowed AI processing of this call, not a recording.",
+        )
+    if recording.status == "recording" or recording.samples is None:
+        raise Conflict(f"Recording {recording.id!r} is still in progress.")
+    objects = await catalog.list_objects(tenant, recording_id=recording.id)
+    audio = [o for o in objects if o.kind == AUDIO_KIND]
+    if any(o.state == "writing" for o in audio):
+        # Its commit failed (the store was down): the audio waits in the spool and is
+        # published by the next recovery pass. A WAV now would have silence for it.
+        raise StorageUnavailable(
+            f"Part of the audio of {recording.id!r} is still being published to the object "
+            "store; try again shortly."
+        )
+    if audio and all(o.state == "deleted" for o in audio):
+        raise Gone(
+            f"The audio of {recording.id!r} was deleted: its retention window ended.",
+            code="audio_deleted",
+        )
+    tracks: dict[str, list[AsyncIterator[bytes]]] = {}
+    for stored in audio:
+        if stored.state == "committed" and stored.track in (LEFT, RIGHT):
+            stream = await services.vault.open_object(tenant, stored.id)
+            tracks.setdefault(stored.track, []).append(stream)
+    frames = recording.samples
+    try:
+        header = wav_header(channels=2, sample_rate=call.sample_rate, frames=frames)
+    except ValueError:  # RIFF sizes are 32-bit; longer recordings would need RF64
+        raise TooLarge(
+            f"Recording {recording.id!r} is too long for one WAV file "
+            f"({frames / call.sample_rate / 3600:.1f} h of stereo at {call.sample_rate} Hz)."
+        ) from None
+
+    async def body() -> AsyncIterator[bytes]:
+        yield header
+        left = track_records(tracks.get(LEFT, []))
+        right = track_records(tracks.get(RIGHT, []))
+        async for block in stereo_pcm(left, right, codec=codec(call.codec), frames=frames):
+            yield block
+
+    return Wav(tracks=sorted(tracks), size=len(header) + frames * 4, body=body())
 
 
 async def _result(request: web.Request, kind: str, features: tuple[str, ...]) -> web.Response:

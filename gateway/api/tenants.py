@@ -14,11 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import BadRequest, InvalidInstructions, NotFound
+from crypto.errors import BadRequest, HeldByLegalHold, InvalidInstructions, NotFound
 from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, mint_token, require_role, scope
 from gateway.instructions import REDACTED, default_instructions, parse_instructions
-from gateway.state import CALLS, CLOCK, SERVICES
+from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import Catalog, Instructions, Role, Tenant, Token
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -134,55 +134,54 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
-    """Erase everything of the tenant: live calls end, every object is shredded (DEK row
-    first), the tenant's KEKs are destroyed, its tokens stop working. The audit log stays,
-    with a ``recording.deleted`` event per recording and a final ``tenant.deleted``."""
+    """Erase everything of the tenant. Refused (409 naming the hold) while a legal hold is
+    active. Otherwise its live calls end, it is marked deleted (its tokens stop working,
+    nothing new is stored), its KEKs are destroyed first (so every DEK, and with it every
+    object, is unreadable from that moment, backups included), then the sweeper's deletion
+    steps remove every object, recording and call record (``recording.deleted`` with reason
+    ``tenant``, ``call_record.deleted``). A crash part way is finished by the next sweep,
+    which treats a deleted tenant's leftovers as due. The audit log stays."""
     principal = await principal_of(request)
     tenant = scope(principal, request.match_info["tenant"], {"operator"})
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()
     catalog = services.catalog
     await catalog.get_tenant(tenant)
+    active = await catalog.list_holds(tenant, active_only=True)
+    if active:
+        raise HeldByLegalHold(
+            active[0].id,
+            f"Tenant {tenant!r} has {len(active)} active legal hold(s), the first "
+            f"{active[0].id!r}; its admin must release them before the tenant is deleted.",
+        )
     await app[CALLS].end_tenant(tenant, now=now)
-    shredded = 0
-    for stored in await catalog.list_objects(tenant):
-        if stored.state != "deleted":
-            await services.vault.shred_object(tenant, stored.id, now=now)
-            shredded += 1
-    deleted = 0
-    recordings = await catalog.list_recordings(tenant, limit=1_000_000)
-    for recording, _call in recordings:
-        if recording.status == "deleted":
-            continue
-        await catalog.update_recording_status(
-            tenant, recording.id, "deleted", now, delete_reason="tenant"
-        )
-        await catalog.append_audit(
-            tenant,
-            actor=principal.actor,
-            action="recording.deleted",
-            object=recording.id,
-            detail={"reason": "tenant"},
-            now=now,
-        )
-        deleted += 1
-    await services.keys.destroy_tenant(tenant)
     marked = await catalog.mark_tenant_deleted(tenant, now)
+    await services.keys.destroy_tenant(tenant)
+    await catalog.append_audit(
+        tenant, actor=principal.actor, action="keys.destroyed", object=tenant, detail={}, now=now
+    )
+    report = await app[SWEEPER].sweep_tenant(marked, now)
     await catalog.append_audit(
         tenant,
         actor=principal.actor,
         action="tenant.deleted",
         object=tenant,
-        detail={"recordings": deleted, "objects": shredded},
+        detail={
+            "recordings": report.recordings_deleted,
+            "objects": report.objects_deleted,
+            "call_records": report.call_records_deleted,
+        },
         now=now,
     )
     return web.json_response(
         {
             "tenant": tenant,
             "deleted_at": iso(marked.deleted_at),
-            "recordings_deleted": deleted,
-            "objects_shredded": shredded,
             "keys_destroyed": True,
+            "recordings_deleted": report.recordings_deleted,
+            "objects_shredded": report.objects_deleted,
+            "bytes_deleted": report.bytes_deleted,
+            "call_records_deleted": report.call_records_deleted,
         }
     )
 

@@ -57,11 +57,16 @@ from storage.catalog.records import (
     RECORDING_STATUSES,
     ROLES,
     AuditCheck,
+    AuditEntry,
     AuditEvent,
     Call,
     DataClass,
+    DueCall,
+    DueObject,
+    DueRecording,
     Instructions,
     Job,
+    LegalHold,
     ObjectKeyRow,
     ObjectState,
     Recording,
@@ -77,6 +82,7 @@ from storage.catalog.schema import (
     calls,
     instructions,
     jobs,
+    legal_holds,
     object_keys,
     objects,
     recordings,
@@ -95,6 +101,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x63616C6C7661756C  # "callvaul": one advisory lock for all migrators
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MAX_ERROR_CHARS = 2000
+_IN_BATCH = 500
+"""Ids per ``IN (...)`` list: far below SQLite's and asyncpg's parameter limits."""
 
 Rewrap = Callable[[ObjectKeyRow], Awaitable[tuple[str, int, bytes]]]
 """Re-wraps one DEK: given the row, returns ``(kek_id, kek_version, wrapped_dek)``."""
@@ -114,6 +122,13 @@ RECORDING_TRANSITIONS: dict[RecordingStatus, frozenset[RecordingStatus]] = {
 def _record(cls: type[R], row: AnyRow) -> R:
     mapping = row._mapping
     return cls(**{field.name: mapping[field.name] for field in fields(cls)})
+
+
+def _hold(row: AnyRow) -> LegalHold:
+    mapping = dict(row._mapping)
+    if mapping["call_ids"] is not None:
+        mapping["call_ids"] = tuple(mapping["call_ids"])
+    return LegalHold(**{field.name: mapping[field.name] for field in fields(LegalHold)})
 
 
 def _record_prefixed(cls: type[R], row: AnyRow, prefix: str) -> R:
@@ -144,7 +159,7 @@ def _new_recording(
     }
 
 
-def _key_values(row: ObjectKeyRow) -> dict[str, Any]:
+def _key_values(row: DataclassInstance) -> dict[str, Any]:
     return {field.name: getattr(row, field.name) for field in fields(row)}
 
 
@@ -1283,6 +1298,484 @@ class Catalog:
                 )
         return _record(Recording, row)
 
+    # --- legal holds ----------------------------------------------------------------------
+
+    async def create_hold(
+        self,
+        *,
+        id: str,
+        tenant_id: str,
+        reason: str,
+        created_by: str,
+        now: datetime,
+        number: str | None = None,
+        call_ids: Sequence[str] | None = None,
+        audit: AuditEntry | None = None,
+    ) -> LegalHold:
+        """Place a hold on a number or on calls of the tenant (``NotFound`` naming the first
+        call id it does not have), with its ``audit`` event in the same transaction."""
+        if (number is None) == (call_ids is None):
+            raise ValueError("a hold names either a number or call ids")
+        async with self._transaction(write=True, subject=f"Hold {id!r}") as conn:
+            await self._lock_tenant(conn, tenant_id, live=True)
+            if call_ids is not None:
+                known = set(
+                    (
+                        await conn.execute(
+                            sa.select(calls.c.id).where(
+                                calls.c.tenant_id == tenant_id, calls.c.id.in_(list(call_ids))
+                            )
+                        )
+                    ).scalars()
+                )
+                missing = [call_id for call_id in call_ids if call_id not in known]
+                if missing:
+                    raise NotFound(f"Call {missing[0]!r} not found.")
+            row = (
+                await conn.execute(
+                    sa.insert(legal_holds)
+                    .values(
+                        id=id,
+                        tenant_id=tenant_id,
+                        number=number,
+                        call_ids=None if call_ids is None else list(call_ids),
+                        reason=reason,
+                        created_at=now,
+                        created_by=created_by,
+                        released_at=None,
+                        released_by=None,
+                    )
+                    .returning(*legal_holds.c)
+                )
+            ).one()
+            if audit is not None:
+                await self._chain(conn, tenant_id, [audit], now)
+        return _hold(row)
+
+    async def list_holds(self, tenant_id: str, *, active_only: bool = False) -> list[LegalHold]:
+        """The tenant's holds, oldest first; only those not released when asked."""
+        stmt = sa.select(legal_holds).where(legal_holds.c.tenant_id == tenant_id)
+        if active_only:
+            stmt = stmt.where(legal_holds.c.released_at.is_(None))
+        async with self._transaction() as conn:
+            rows = (
+                await conn.execute(stmt.order_by(legal_holds.c.created_at, legal_holds.c.id))
+            ).all()
+        return [_hold(row) for row in rows]
+
+    async def get_hold(self, tenant_id: str, hold_id: str) -> LegalHold:
+        """The tenant's hold; ``NotFound`` if unknown or another tenant's."""
+        async with self._transaction() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(legal_holds).where(
+                        legal_holds.c.id == hold_id, legal_holds.c.tenant_id == tenant_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Legal hold {hold_id!r} not found.")
+        return _hold(row)
+
+    async def release_hold(
+        self,
+        tenant_id: str,
+        hold_id: str,
+        *,
+        released_by: str,
+        now: datetime,
+        audit: AuditEntry | None = None,
+    ) -> LegalHold:
+        """Release a hold (``Conflict`` if it was released already), with its ``audit``
+        event in the same transaction."""
+        async with self._transaction(write=True, subject=f"Hold {hold_id!r}") as conn:
+            row = (
+                await conn.execute(
+                    sa.update(legal_holds)
+                    .where(
+                        legal_holds.c.id == hold_id,
+                        legal_holds.c.tenant_id == tenant_id,
+                        legal_holds.c.released_at.is_(None),
+                    )
+                    .values(released_at=now, released_by=released_by)
+                    .returning(*legal_holds.c)
+                )
+            ).one_or_none()
+            if row is None:
+                exists = (
+                    await conn.execute(
+                        sa.select(legal_holds.c.id).where(
+                            legal_holds.c.id == hold_id, legal_holds.c.tenant_id == tenant_id
+                        )
+                    )
+                ).one_or_none()
+                if exists is None:
+                    raise NotFound(f"Legal hold {hold_id!r} not found.")
+                raise Conflict(
+                    f"Legal hold {hold_id!r} was released already.", code="hold_released"
+                )
+            if audit is not None:
+                await self._chain(conn, tenant_id, [audit], now)
+        return _hold(row)
+
+    # --- retention and erasure ------------------------------------------------------------
+    # Deleting an object takes four steps, each safe to repeat: shred its key row, delete its
+    # bytes, mark its row deleted together with the audit receipt, and, once a recording has
+    # nothing left, mark the recording deleted with its own receipt. A crash between any two
+    # leaves the object selectable by the same query, so the next sweep finishes the work.
+
+    async def due_objects(
+        self,
+        tenant_id: str,
+        *,
+        cutoffs: dict[DataClass, datetime] | None,
+        after: str | None = None,
+        limit: int = 1000,
+        recording_ids: Sequence[str] | None = None,
+    ) -> list[DueObject]:
+        """Objects of the tenant not yet deleted, by id after ``after``: those of recordings
+        whose erasure was requested, and committed ones of calls that ended at or before
+        their data class's cutoff. ``cutoffs=None``: every object (a deleted tenant).
+        ``recording_ids``: only those recordings' objects.
+
+        The cutoffs pre-select; the caller applies the exact window and the holds."""
+        stmt = (
+            sa.select(
+                objects.c.id,
+                objects.c.tenant_id,
+                objects.c.store_key,
+                objects.c.kind,
+                objects.c.data_class,
+                objects.c.size,
+                objects.c.state,
+                objects.c.recording_id,
+                recordings.c.status.label("recording_status"),
+                recordings.c.delete_reason,
+                recordings.c.call_id,
+                calls.c.from_number,
+                calls.c.to_number,
+                calls.c.ended_at,
+            )
+            .select_from(
+                objects.join(recordings, recordings.c.id == objects.c.recording_id).join(
+                    calls,
+                    sa.and_(
+                        calls.c.tenant_id == recordings.c.tenant_id,
+                        calls.c.id == recordings.c.call_id,
+                    ),
+                )
+            )
+            .where(objects.c.tenant_id == tenant_id, objects.c.state != "deleted")
+        )
+        if cutoffs is not None:
+            due = [recordings.c.status == "deleted"]
+            due.extend(
+                sa.and_(
+                    objects.c.state == "committed",
+                    objects.c.data_class == data_class,
+                    calls.c.ended_at <= cutoff,
+                )
+                for data_class, cutoff in cutoffs.items()
+            )
+            stmt = stmt.where(sa.or_(*due))
+        if recording_ids is not None:
+            stmt = stmt.where(objects.c.recording_id.in_(list(recording_ids)))
+        if after is not None:
+            stmt = stmt.where(objects.c.id > after)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt.order_by(objects.c.id).limit(limit))).all()
+        return [_record(DueObject, row) for row in rows]
+
+    async def shred_object_keys(self, object_ids: Sequence[str]) -> int:
+        """Shred many objects at once: delete their key rows; returns how many existed."""
+        deleted = 0
+        async with self._transaction(write=True) as conn:
+            for start in range(0, len(object_ids), _IN_BATCH):
+                chunk = list(object_ids[start : start + _IN_BATCH])
+                result = await conn.execute(
+                    sa.delete(object_keys).where(object_keys.c.object_id.in_(chunk))
+                )
+                deleted += result.rowcount
+        await self._forget_deleted_rows()
+        return deleted
+
+    async def mark_objects_deleted(
+        self,
+        tenant_id: str,
+        object_ids: Sequence[str],
+        now: datetime,
+        *,
+        receipts: Callable[[list[str]], Sequence[AuditEntry]],
+    ) -> list[str]:
+        """Mark the tenant's objects deleted and append ``receipts(marked)`` to its audit log
+        in one transaction; ``marked`` are the ids this call moved (not ones already deleted,
+        so two sweeps racing write one receipt). Returns ``marked``."""
+        async with self._transaction(write=True) as conn:
+            marked: list[str] = []
+            for start in range(0, len(object_ids), _IN_BATCH):
+                chunk = list(object_ids[start : start + _IN_BATCH])
+                result = await conn.execute(
+                    sa.update(objects)
+                    .where(
+                        objects.c.tenant_id == tenant_id,
+                        objects.c.id.in_(chunk),
+                        objects.c.state != "deleted",
+                    )
+                    .values(state="deleted", deleted_at=now)
+                    .returning(objects.c.id)
+                )
+                marked.extend(result.scalars())
+            await self._chain(conn, tenant_id, receipts(marked), now)
+        return marked
+
+    async def request_deletion(
+        self,
+        tenant_id: str,
+        recording_ids: Sequence[str],
+        reason: str,
+        now: datetime,
+        *,
+        audit: Sequence[AuditEntry] = (),
+    ) -> list[Recording]:
+        """Record that the recordings are to be erased (status ``deleted``, ``delete_reason``
+        set, ``deleted_at`` still empty until their last object is gone), with ``audit``, in
+        one transaction. Readers see them deleted at once; a sweep finishes an erasure that
+        a crash interrupted. ``Conflict`` if one is still being recorded."""
+        async with self._transaction(write=True) as conn:
+            rows = []
+            for recording_id in recording_ids:
+                current = await self._require_recording(conn, tenant_id, recording_id)
+                if current.status == "recording":
+                    raise Conflict(
+                        f"Recording {recording_id!r} is still being recorded; end the call first.",
+                        code="recording_in_progress",
+                    )
+                if current.status == "deleted":
+                    rows.append(current)
+                    continue
+                rows.append(
+                    (
+                        await conn.execute(
+                            sa.update(recordings)
+                            .where(recordings.c.id == recording_id)
+                            .values(status="deleted", delete_reason=reason)
+                            .returning(*recordings.c)
+                        )
+                    ).one()
+                )
+            await self._chain(conn, tenant_id, audit, now)
+        return [_record(Recording, row) for row in rows]
+
+    async def due_recordings(
+        self,
+        tenant_id: str,
+        *,
+        cutoff: datetime | None,
+        after: str | None = None,
+        limit: int = 1000,
+        recording_ids: Sequence[str] | None = None,
+    ) -> list[DueRecording]:
+        """Recordings with no object left to delete that are not finally deleted, by id
+        after ``after``: those whose erasure was requested, and those of calls that ended at
+        or before ``cutoff`` (``None``: all, for a deleted tenant); ``recording_ids``: only
+        those."""
+        live_objects = (
+            sa.select(objects.c.id)
+            .where(objects.c.recording_id == recordings.c.id, objects.c.state != "deleted")
+            .exists()
+        )
+        stmt = (
+            sa.select(
+                recordings.c.id,
+                recordings.c.tenant_id,
+                recordings.c.status,
+                recordings.c.delete_reason,
+                recordings.c.deleted_at,
+                recordings.c.call_id,
+                calls.c.from_number,
+                calls.c.to_number,
+                calls.c.ended_at,
+            )
+            .select_from(
+                recordings.join(
+                    calls,
+                    sa.and_(
+                        calls.c.tenant_id == recordings.c.tenant_id,
+                        calls.c.id == recordings.c.call_id,
+                    ),
+                )
+            )
+            .where(
+                recordings.c.tenant_id == tenant_id,
+                recordings.c.deleted_at.is_(None),
+                recordings.c.status != "recording",
+                ~live_objects,
+            )
+        )
+        if cutoff is not None:
+            stmt = stmt.where(sa.or_(recordings.c.status == "deleted", calls.c.ended_at <= cutoff))
+        if recording_ids is not None:
+            stmt = stmt.where(recordings.c.id.in_(list(recording_ids)))
+        if after is not None:
+            stmt = stmt.where(recordings.c.id > after)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt.order_by(recordings.c.id).limit(limit))).all()
+        return [_record(DueRecording, row) for row in rows]
+
+    async def complete_deletions(
+        self,
+        tenant_id: str,
+        reasons: dict[str, str],
+        now: datetime,
+        *,
+        receipts: Callable[[list[Recording]], Sequence[AuditEntry]],
+    ) -> list[Recording]:
+        """Mark recordings finally deleted (``reasons``: recording id -> reason, kept if an
+        erasure already named one) when they still have no object left, and append
+        ``receipts(completed)`` in the same transaction. Returns the completed ones."""
+        live_objects = (
+            sa.select(objects.c.id)
+            .where(objects.c.recording_id == recordings.c.id, objects.c.state != "deleted")
+            .exists()
+        )
+        completed: list[Recording] = []
+        async with self._transaction(write=True) as conn:
+            for recording_id, reason in reasons.items():
+                row = (
+                    await conn.execute(
+                        sa.update(recordings)
+                        .where(
+                            recordings.c.id == recording_id,
+                            recordings.c.tenant_id == tenant_id,
+                            recordings.c.deleted_at.is_(None),
+                            recordings.c.status != "recording",
+                            ~live_objects,
+                        )
+                        .values(
+                            status="deleted",
+                            deleted_at=now,
+                            delete_reason=sa.func.coalesce(recordings.c.delete_reason, reason),
+                        )
+                        .returning(*recordings.c)
+                    )
+                ).one_or_none()
+                if row is not None:
+                    completed.append(_record(Recording, row))
+            await self._chain(conn, tenant_id, receipts(completed), now)
+        return completed
+
+    async def due_calls(
+        self,
+        tenant_id: str,
+        *,
+        cutoff: datetime | None,
+        after: str | None = None,
+        limit: int = 1000,
+    ) -> list[DueCall]:
+        """Call records that ended at or before ``cutoff`` (``None``: every ended one, for a
+        deleted tenant) with no recording, or only a finally deleted one, by id after
+        ``after``."""
+        pending = (
+            sa.select(recordings.c.id)
+            .where(
+                recordings.c.tenant_id == calls.c.tenant_id,
+                recordings.c.call_id == calls.c.id,
+                recordings.c.deleted_at.is_(None),
+            )
+            .exists()
+        )
+        recording_id = (
+            sa.select(recordings.c.id)
+            .where(recordings.c.tenant_id == calls.c.tenant_id, recordings.c.call_id == calls.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        stmt = sa.select(
+            calls.c.tenant_id,
+            calls.c.id,
+            calls.c.from_number,
+            calls.c.to_number,
+            calls.c.ended_at,
+            recording_id.label("recording_id"),
+        ).where(calls.c.tenant_id == tenant_id, calls.c.ended_at.is_not(None), ~pending)
+        if cutoff is not None:
+            stmt = stmt.where(calls.c.ended_at <= cutoff)
+        if after is not None:
+            stmt = stmt.where(calls.c.id > after)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt.order_by(calls.c.id).limit(limit))).all()
+        return [_record(DueCall, row) for row in rows]
+
+    async def delete_call_records(
+        self,
+        tenant_id: str,
+        call_ids: Sequence[str],
+        now: datetime,
+        *,
+        receipts: Callable[[list[str]], Sequence[AuditEntry]],
+    ) -> list[str]:
+        """Delete call records and what remains of their recordings (the content-free
+        tombstones: recording and object rows, jobs), skipping any whose recording is not
+        finally deleted, and append ``receipts(deleted call ids)``, in one transaction."""
+        deleted: list[str] = []
+        async with self._transaction(write=True) as conn:
+            for start in range(0, len(call_ids), _IN_BATCH):
+                chunk = list(call_ids[start : start + _IN_BATCH])
+                blocked = set(
+                    (
+                        await conn.execute(
+                            sa.select(recordings.c.call_id).where(
+                                recordings.c.tenant_id == tenant_id,
+                                recordings.c.call_id.in_(chunk),
+                                recordings.c.deleted_at.is_(None),
+                            )
+                        )
+                    ).scalars()
+                )
+                chunk = [call_id for call_id in chunk if call_id not in blocked]
+                if not chunk:
+                    continue
+                gone = sa.select(recordings.c.id).where(
+                    recordings.c.tenant_id == tenant_id, recordings.c.call_id.in_(chunk)
+                )
+                await conn.execute(sa.delete(jobs).where(jobs.c.recording_id.in_(gone)))
+                await conn.execute(
+                    sa.delete(object_keys).where(
+                        object_keys.c.object_id.in_(
+                            sa.select(objects.c.id).where(objects.c.recording_id.in_(gone))
+                        )
+                    )
+                )
+                await conn.execute(sa.delete(objects).where(objects.c.recording_id.in_(gone)))
+                await conn.execute(
+                    sa.delete(recordings).where(
+                        recordings.c.tenant_id == tenant_id, recordings.c.call_id.in_(chunk)
+                    )
+                )
+                result = await conn.execute(
+                    sa.delete(calls)
+                    .where(calls.c.tenant_id == tenant_id, calls.c.id.in_(chunk))
+                    .returning(calls.c.id)
+                )
+                deleted.extend(result.scalars())
+            await self._chain(conn, tenant_id, receipts(deleted), now)
+        return deleted
+
+    async def calls_of_number(self, tenant_id: str, number: str) -> list[Call]:
+        """Every call record of the tenant where ``number`` is a party, oldest first."""
+        async with self._transaction() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(calls)
+                    .where(
+                        calls.c.tenant_id == tenant_id,
+                        sa.or_(calls.c.from_number == number, calls.c.to_number == number),
+                    )
+                    .order_by(calls.c.started_at, calls.c.id)
+                )
+            ).all()
+        return [_record(Call, row) for row in rows]
+
     # --- jobs -----------------------------------------------------------------------------
 
     async def enqueue_job(
@@ -1516,42 +2009,65 @@ class Catalog:
         """Append an event to the tenant's hash chain (also after the tenant was deleted, so
         that its erasure is logged). Appends queue on the tenant row, which holds the chain's
         head, so concurrent appends never fork it; the (tenant, seq) key is the backstop."""
-        detail = normalize_detail(detail)
+        entry = AuditEntry(actor=actor, action=action, object=object, detail=detail)
         async with self._transaction(write=True, subject=f"Audit event of {tenant_id!r}") as conn:
-            head = await self._lock_tenant(conn, tenant_id, live=False)
-            seq = head.audit_seq + 1
+            (event,) = await self._chain(conn, tenant_id, [entry], now)
+        return event
+
+    async def append_audits(
+        self, tenant_id: str, entries: Sequence[AuditEntry], now: datetime
+    ) -> list[AuditEvent]:
+        """Append several events to the tenant's chain in one transaction."""
+        async with self._transaction(write=True, subject=f"Audit events of {tenant_id!r}") as conn:
+            return await self._chain(conn, tenant_id, entries, now)
+
+    async def _chain(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        entries: Sequence[AuditEntry],
+        now: datetime,
+    ) -> list[AuditEvent]:
+        """Append ``entries`` to the tenant's chain inside the caller's transaction (so that
+        an action and its audit event commit together or not at all)."""
+        prepared = [(entry, normalize_detail(entry.detail)) for entry in entries]
+        if not prepared:
+            return []
+        head = await self._lock_tenant(conn, tenant_id, live=False)
+        seq, prev = head.audit_seq, head.audit_head
+        events: list[AuditEvent] = []
+        for entry, detail in prepared:
+            seq += 1
             digest = event_hash(
-                head.audit_head,
+                prev,
                 seq=seq,
                 at=now,
-                actor=actor,
-                action=action,
-                object=object,
+                actor=entry.actor,
+                action=entry.action,
+                object=entry.object,
                 detail=detail,
             )
-            row = (
-                await conn.execute(
-                    sa.insert(audit_events)
-                    .values(
-                        tenant_id=tenant_id,
-                        seq=seq,
-                        at=now,
-                        actor=actor,
-                        action=action,
-                        object=object,
-                        detail=detail,
-                        prev_hash=head.audit_head,
-                        hash=digest,
-                    )
-                    .returning(*audit_events.c)
+            events.append(
+                AuditEvent(
+                    tenant_id=tenant_id,
+                    seq=seq,
+                    at=now,
+                    actor=entry.actor,
+                    action=entry.action,
+                    object=entry.object,
+                    detail=detail,
+                    prev_hash=prev,
+                    hash=digest,
                 )
-            ).one()
-            await conn.execute(
-                sa.update(tenants)
-                .where(tenants.c.id == tenant_id)
-                .values(audit_seq=seq, audit_head=digest)
             )
-        return _record(AuditEvent, row)
+            prev = digest
+        await conn.execute(sa.insert(audit_events), [_key_values(event) for event in events])
+        await conn.execute(
+            sa.update(tenants)
+            .where(tenants.c.id == tenant_id)
+            .values(audit_seq=seq, audit_head=prev)
+        )
+        return events
 
     async def list_audit(
         self, tenant_id: str, *, since_seq: int = 0, limit: int = 100

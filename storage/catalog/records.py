@@ -156,6 +156,86 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class LegalHold:
+    """A hold on a tenant's data: by call ids or by a phone number (either party)."""
+
+    id: str
+    tenant_id: str
+    number: str | None
+    call_ids: tuple[str, ...] | None
+    reason: str
+    created_at: datetime
+    created_by: str
+    released_at: datetime | None
+    released_by: str | None
+
+    def covers(self, call_id: str, from_number: str, to_number: str) -> bool:
+        """Whether this hold (released or not) covers the call."""
+        if self.number is not None:
+            return self.number in (from_number, to_number)
+        return self.call_ids is not None and call_id in self.call_ids
+
+
+@dataclass(frozen=True, slots=True)
+class DueObject:
+    """An object the retention sweep or an erasure may delete, with what decides it: the
+    call it belongs to (its end, its parties, for windows and holds)."""
+
+    id: str
+    tenant_id: str
+    store_key: str
+    kind: str
+    data_class: DataClass
+    size: int | None
+    state: ObjectState
+    recording_id: str
+    recording_status: RecordingStatus
+    delete_reason: str | None
+    """Set when an erasure (or the tenant's deletion) was requested for its recording."""
+    call_id: str
+    from_number: str
+    to_number: str
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueRecording:
+    """A recording that has no object left to delete, and its call."""
+
+    id: str
+    tenant_id: str
+    status: RecordingStatus
+    delete_reason: str | None
+    deleted_at: datetime | None
+    call_id: str
+    from_number: str
+    to_number: str
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueCall:
+    """A call record (CDR) the sweep may delete, with its recording's id if it had one."""
+
+    tenant_id: str
+    id: str
+    from_number: str
+    to_number: str
+    ended_at: datetime
+    recording_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit event to append (the catalog numbers and chains it)."""
+
+    actor: str
+    action: str
+    object: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """One link of a tenant's hash-chained audit log (ids and small metadata only)."""
 

@@ -146,6 +146,7 @@ calls = sa.Table(
     sa.Index(None, "tenant_id", "from_number"),
     sa.Index(None, "tenant_id", "to_number"),
     sa.Index(None, "tenant_id", "started_at"),
+    sa.Index(None, "tenant_id", "ended_at"),  # the retention sweep counts from the call's end
 )
 
 recordings = sa.Table(
@@ -229,6 +230,23 @@ jobs = sa.Table(
     sa.Column("payload", sa.JSON(), nullable=True),
     sa.CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
     sa.Index(None, "status", "run_after"),
+)
+
+legal_holds = sa.Table(
+    "legal_holds",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    # Either every call where this number is a party (later calls too) or these call ids.
+    sa.Column("number", sa.String(64), nullable=True),
+    sa.Column("call_ids", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    # A released hold stays, so that the audit log's events name a hold that can be shown.
+    sa.Column("released_at", UTCDateTime(), nullable=True),
+    sa.Column("released_by", sa.String(128), nullable=True),
+    sa.CheckConstraint("(number IS NULL) <> (call_ids IS NULL)", name="one_scope"),
 )
 
 audit_events = sa.Table(

@@ -44,7 +44,11 @@ FIELDS = {
     "instructions_version",
     "status",
     "expires_at",
+    "expires",
     "legal_hold",
+    "legal_holds",
+    "delete_reason",
+    "deleted_at",
     "audio_purged",
 }
 
@@ -128,7 +132,7 @@ async def test_a_live_recording_is_listed_as_recording(clocked_gateway: Gateway)
     assert response.status == 200
     [item] = (await listing(gateway, tenant))[1]["items"]
     assert item["status"] == "recorded"
-    assert item["expires_at"] == iso(30)  # the retention of the version that allowed it
+    assert item["expires_at"] == iso(30)  # the recordings window of the current instructions
 
 
 async def test_the_number_filter_matches_either_party_however_formatted(

@@ -39,6 +39,7 @@ from storage.catalog.schema import metadata
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TABLES = {
+    "legal_holds",
     "tenants",
     "tokens",
     "instructions",
@@ -149,7 +150,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0003"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0004"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.get_tenant("acme")).name == "Acme"
 

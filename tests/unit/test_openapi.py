@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import typing
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 import gateway.app
 from gateway import openapi
 from gateway.api.calls import call_view
-from gateway.api.recordings import recording_view
+from gateway.api.recordings import Lifecycle, recording_view
+from gateway.api.rights import hold_view
 from gateway.api.tenants import instructions_view, tenant_view, token_view
 from gateway.app import build_app
 from gateway.calls import CallAnnouncement
@@ -38,7 +41,16 @@ from gateway.instructions import (
 )
 from gateway.policy import RefusalCode
 from gateway.settings import Settings
-from storage.catalog.records import ROLES, Call, Instructions, Recording, Tenant, Token
+from storage.catalog.records import (
+    ROLES,
+    Call,
+    Instructions,
+    LegalHold,
+    Recording,
+    Tenant,
+    Token,
+)
+from storage.retention import Holds, Windows
 
 CHECKED_IN = Path(openapi.__file__).with_name("openapi.json")
 REGENERATE = "run `python -m gateway.openapi > gateway/openapi.json` and commit the result"
@@ -337,7 +349,7 @@ def test_instructions_document_has_every_field_and_default(doc: dict[str, Any]) 
     defaults = default_instructions().document()
     for name in InstructionsDoc.model_fields:
         assert body["properties"][name]["default"] == defaults[name], name
-    sections = {
+    sections: dict[str, type[BaseModel]] = {
         "RecordingRule": RecordingRule,
         "ConsentRule": ConsentRule,
         "AiRule": AiRule,
@@ -462,6 +474,16 @@ def test_views_fit_their_schemas(doc: dict[str, Any]) -> None:
         delete_reason=None,
         samples=16000,
     )
+    erased = replace(recording, status="deleted", deleted_at=NOW, delete_reason="erasure")
+    ended = replace(_call(), ended_at=NOW)
+    held = _hold(number="+40211234567")
+    released = replace(_hold(call_ids=("call-1",)), released_at=NOW, released_by="tok_2")
+    windows = Windows(
+        recordings=parse_duration("P90D"),
+        transcripts=parse_duration("P1Y"),
+        call_records=parse_duration("P3Y"),
+    )
+    free, holding = Lifecycle(windows, Holds([])), Lifecycle(windows, Holds([held]))
     cases: list[tuple[str, dict[str, Any]]] = [
         ("Tenant", tenant_view(tenant)),
         ("Token", token_view(token)),
@@ -470,12 +492,140 @@ def test_views_fit_their_schemas(doc: dict[str, Any]) -> None:
         ("Instructions", instructions_view(row)),
         ("Call", call_view(_call())),
         ("Call", call_view(_call(refusal="consent_missing"))),
-        ("Recording", recording_view(recording, _call(), ["inbound", "outbound"], NOW)),
+        ("Recording", recording_view(recording, ended, ["inbound", "outbound"], free)),
+        ("Recording", recording_view(recording, ended, ["inbound"], holding)),
+        ("Recording", recording_view(erased, ended, [], free)),
+        ("LegalHold", hold_view(held)),
+        ("LegalHold", hold_view(released)),
+        ("Call", call_view(ended)),
+        ("Call", call_view(_call(refusal="consent_missing"))),
     ]
     for name, view in cases:
         assert _violations(view, _schema(doc, name), doc) == [], name
         # Every field the handler sends is documented, and every documented one is sent.
         assert set(view) == _all_properties(doc, name), name
+
+
+def _hold(*, number: str | None = None, call_ids: tuple[str, ...] | None = None) -> LegalHold:
+    return LegalHold(
+        id="hold_1",
+        tenant_id="acme",
+        number=number,
+        call_ids=call_ids,
+        reason="Case 2026/114",
+        created_at=NOW,
+        created_by="tok_1",
+        released_at=None,
+        released_by=None,
+    )
+
+
+def test_the_recording_view_documents_expiry_and_holds(doc: dict[str, Any]) -> None:
+    """The values the new recording fields take are the ones the schema describes: a held
+    call has no ``expires_at`` and names its hold; a deleted one has no window left."""
+    windows = Windows(
+        recordings=parse_duration("P90D"),
+        transcripts=parse_duration("P1Y"),
+        call_records=parse_duration("P3Y"),
+    )
+    recording = Recording(
+        id="rec_1",
+        tenant_id="acme",
+        call_id="call-1",
+        status="analyzed",
+        instructions_version=3,
+        created_at=NOW,
+        ended_at=NOW,
+        audio_purged=False,
+        failure_reason=None,
+        deleted_at=None,
+        delete_reason=None,
+        samples=16000,
+    )
+    call = replace(_call(), ended_at=NOW)
+    held = recording_view(
+        recording, call, [], Lifecycle(windows, Holds([_hold(number="+40721234567")]))
+    )
+    assert (held["expires_at"], held["legal_hold"], held["legal_holds"]) == (None, True, ["hold_1"])
+    assert held["expires"] == {
+        "recordings": "2027-02-25T10:00:00Z",
+        "transcripts": "2027-11-27T10:00:00Z",
+        "call_records": "2029-11-27T10:00:00Z",
+    }
+    free = recording_view(recording, call, [], Lifecycle(windows, Holds([])))
+    assert (free["expires_at"], free["legal_hold"]) == ("2027-11-27T10:00:00Z", False)
+    gone = recording_view(
+        replace(recording, status="deleted", deleted_at=NOW, delete_reason="retention"),
+        call,
+        [],
+        Lifecycle(windows, Holds([])),
+    )
+    assert gone["expires"]["recordings"] is None and gone["expires_at"] is None
+    assert gone["delete_reason"] in _schema(doc, "Recording")["properties"]["delete_reason"]["enum"]
+
+
+def test_a_legal_hold_body_names_call_ids_or_a_number(doc: dict[str, Any]) -> None:
+    schema = {"$ref": "#/components/schemas/LegalHoldCreate"}
+    assert _violations({"number": "+40712345678", "reason": "Case 1"}, schema, doc) == []
+    assert _violations({"call_ids": ["call-1"], "reason": "Case 1"}, schema, doc) == []
+    both = {"number": "+40712345678", "call_ids": ["call-1"], "reason": "Case 1"}
+    assert _violations(both, schema, doc) == ["$: matches 2 of oneOf"]
+    assert _violations({"reason": "Case 1"}, schema, doc) == ["$: matches 0 of oneOf"]
+    assert _violations({"number": "+40712345678"}, schema, doc) == ["$: reason is missing"]
+    assert _violations({"number": "+1", "reason": "x", "why": "y"}, schema, doc) == [
+        "$: why is not allowed"
+    ]
+
+
+def test_new_error_codes_are_documented_where_they_are_raised(doc: dict[str, Any]) -> None:
+    def codes(path: str, method: str, status: str) -> set[str]:
+        response = doc["paths"][path][method]["responses"][status]
+        examples = response["content"]["application/json"]["examples"].values()
+        return {example["value"]["error"] for example in examples}
+
+    assert codes("/v1/tenants/{tenant}", "delete", "409") == {"legal_hold"}
+    assert codes("/v1/recordings/{recording_id}", "delete", "409") == {
+        "legal_hold",
+        "recording_in_progress",
+    }
+    assert codes("/v1/tenants/{tenant}/erasure-requests", "post", "409") == {
+        "legal_hold",
+        "recording_in_progress",
+    }
+    assert codes("/v1/tenants/{tenant}/legal-holds/{hold_id}", "delete", "409") == {"hold_released"}
+    assert "audio_deleted" in codes("/v1/recordings/{recording_id}/audio", "get", "410")
+    example = doc["paths"]["/v1/tenants/{tenant}"]["delete"]["responses"]["409"]["content"][
+        "application/json"
+    ]["examples"]["legal_hold"]["value"]
+    assert example["hold"].startswith("hold_")
+    assert "hold" in _schema(doc, "Error")["properties"]
+
+
+def test_rights_operations_are_admin_only_and_the_export_is_a_zip(doc: dict[str, Any]) -> None:
+    rights = [
+        ("post", "/v1/tenants/{tenant}/legal-holds"),
+        ("get", "/v1/tenants/{tenant}/legal-holds"),
+        ("get", "/v1/tenants/{tenant}/legal-holds/{hold_id}"),
+        ("delete", "/v1/tenants/{tenant}/legal-holds/{hold_id}"),
+        ("post", "/v1/tenants/{tenant}/erasure-requests"),
+        ("get", "/v1/tenants/{tenant}/export"),
+        ("delete", "/v1/recordings/{recording_id}"),
+    ]
+    assert {(m, p): doc["paths"][p][m]["x-roles"] for m, p in rights} == {
+        key: ["admin"] for key in rights
+    }
+    export = doc["paths"]["/v1/tenants/{tenant}/export"]["get"]
+    assert [(p["name"], p["required"]) for p in export["parameters"]] == [("number", True)]
+    media = export["responses"]["200"]["content"]["application/zip"]
+    assert media["schema"]["contentMediaType"] == "application/zip"
+    assert set(media["x-zip-entries"]) == {
+        "manifest.json",
+        "calls.json",
+        *(
+            f"recordings/{{recording_id}}/{name}"
+            for name in ("recording.json", "transcript.json", "analysis.json", "audio.wav")
+        ),
+    }
 
 
 def test_the_schema_checker_catches_a_wrong_view(doc: dict[str, Any]) -> None:

@@ -1,0 +1,520 @@
+"""The retention sweeper: deletes what the tenant's windows, an erasure or the tenant's
+deletion say must go, in an order that a crash cannot break.
+
+Windows come from the tenant's *current* instructions, per data class (``recordings``:
+audio; ``transcripts``: transcripts and analyses; ``call_records``: the CDR and the
+content-free tombstone of its recording), counted from the end of the call, so a shortened
+window applies to data already stored at the next sweep. No class outlives the call
+record it belongs to. Data a legal hold covers is skipped until the hold is released.
+
+One deletion, for a batch of up to 1000 objects, is four steps, each safe to repeat:
+
+1. shred: delete the objects' key rows (their wrapped DEKs), so the bytes are unreadable
+   everywhere, backups included;
+2. delete the bytes from the store (every version on S3, in requests of up to 1000 keys);
+3. mark the object rows deleted and write the audit receipts (``data.deleted``, one per
+   recording) in one catalog transaction;
+4. once a finished recording has nothing left, mark it deleted with its receipt
+   (``recording.deleted``) and queue its ``recording.deleted`` webhook event (whose id comes
+   from the recording, so queueing it twice is harmless); the call record and the
+   recording's row stay, content-free, until ``call_records`` expires
+   (``call_record.deleted``).
+
+A crash between any two steps leaves the rows where the same queries select them again, so
+the next sweep finishes the work and writes each receipt exactly once. Nothing here holds a
+catalog transaction across store I/O, and every batch yields to the event loop, so a sweep
+never holds up ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from crypto.errors import CallvaultError
+from storage.catalog import (
+    AuditEntry,
+    Catalog,
+    DataClass,
+    DueCall,
+    DueObject,
+    DueRecording,
+    LegalHold,
+    Recording,
+    Tenant,
+)
+from storage.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+ACTOR = "retention"
+"""The audit actor of the sweeper's own deletions."""
+BATCH = 1000
+"""Objects per deletion batch: one S3 ``DeleteObjects`` request holds at most 1000 keys."""
+MAX_IDS_IN_RECEIPT = 40
+"""Object ids listed in one ``data.deleted`` receipt (the count is always complete)."""
+
+DeleteReason = Literal["retention", "erasure", "tenant"]
+
+
+class Window(Protocol):
+    """A retention window (``gateway.instructions.Duration``)."""
+
+    def after(self, start: datetime) -> datetime:
+        """The instant the window ends for data whose call ended at ``start``."""
+
+    def shortest(self) -> timedelta:
+        """A lower bound of the window's length (months and years vary)."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A tenant's retention windows, per data class."""
+
+    recordings: Window
+    transcripts: Window
+    call_records: Window
+
+    def _of(self, data_class: DataClass) -> Window:
+        return self.recordings if data_class == "recordings" else self.transcripts
+
+    def expires(self, data_class: DataClass, ended_at: datetime) -> datetime:
+        """When data of the class of a call that ended at ``ended_at`` must be gone: at the
+        end of its window, and never after its call record's."""
+        return min(self._of(data_class).after(ended_at), self.call_records.after(ended_at))
+
+    def first_expires(self, ended_at: datetime) -> datetime:
+        """When the first data class of a call that ended at ``ended_at`` expires: from then
+        on, a finished recording with nothing left in the store is deleted."""
+        return min(self.expires("recordings", ended_at), self.expires("transcripts", ended_at))
+
+    def cutoff(self, data_class: DataClass, now: datetime) -> datetime:
+        """A call end after which no data of the class can have expired at ``now`` (the
+        catalog pre-selects with it; ``expires`` decides exactly)."""
+        shortest = min(self._of(data_class).shortest(), self.call_records.shortest())
+        return now - shortest
+
+
+Policy = Callable[[str], Awaitable[Windows]]
+"""The windows of a tenant's current instructions."""
+
+
+class Notify(Protocol):
+    """Queues a webhook event (``gateway.webhooks.queue_event`` bound to its catalog)."""
+
+    def __call__(
+        self,
+        *,
+        tenant: str,
+        event: str,
+        data: dict[str, Any],
+        now: datetime,
+        recording_id: str | None = None,
+        event_id: str | None = None,
+    ) -> Awaitable[object]: ...
+
+
+class Holds:
+    """A tenant's active legal holds, for telling which cover a call."""
+
+    def __init__(self, holds: Iterable[LegalHold]) -> None:
+        self.holds = list(holds)
+        self._by_call: dict[str, list[LegalHold]] = defaultdict(list)
+        self._by_number: dict[str, list[LegalHold]] = defaultdict(list)
+        for hold in self.holds:
+            if hold.number is not None:
+                self._by_number[hold.number].append(hold)
+            for call_id in hold.call_ids or ():
+                self._by_call[call_id].append(hold)
+
+    def covering(self, call_id: str, from_number: str, to_number: str) -> list[LegalHold]:
+        """The holds that cover the call (empty: none), oldest first."""
+        found = [
+            *self._by_call.get(call_id, ()),
+            *self._by_number.get(from_number, ()),
+            *self._by_number.get(to_number, ()),
+        ]
+        unique = {hold.id: hold for hold in found}
+        return sorted(unique.values(), key=lambda hold: (hold.created_at, hold.id))
+
+
+@dataclass
+class SweepReport:
+    """What one sweep (or one erasure) did."""
+
+    objects_deleted: int = 0
+    bytes_deleted: int = 0
+    recordings_deleted: int = 0
+    call_records_deleted: int = 0
+    held: int = 0
+    """Objects, recordings and call records that were due but kept for a legal hold."""
+    failed_tenants: list[str] = field(default_factory=list)
+
+    def add(self, other: SweepReport) -> None:
+        self.objects_deleted += other.objects_deleted
+        self.bytes_deleted += other.bytes_deleted
+        self.recordings_deleted += other.recordings_deleted
+        self.call_records_deleted += other.call_records_deleted
+        self.held += other.held
+        self.failed_tenants.extend(other.failed_tenants)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "objects_deleted": self.objects_deleted,
+            "bytes_deleted": self.bytes_deleted,
+            "recordings_deleted": self.recordings_deleted,
+            "call_records_deleted": self.call_records_deleted,
+            "held": self.held,
+            "failed_tenants": list(self.failed_tenants),
+        }
+
+
+class RetentionMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.sweeps = Counter(
+            "callvault_retention_sweeps",
+            "Retention sweeps by outcome (ok, failed: a tenant's sweep failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.deleted = Counter(
+            "callvault_retention_deleted",
+            "What retention, erasures and tenant deletions deleted "
+            "(objects, recordings, call_records), by reason.",
+            ["what", "reason"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "callvault_retention_deleted_bytes",
+            "Bytes of sealed objects deleted, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "callvault_retention_sweep_seconds",
+            "Wall time of one sweep over every tenant.",
+            buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
+            registry=registry,
+        )
+
+
+def deleted_event_id(recording_id: str) -> str:
+    """The id of a recording's ``recording.deleted`` webhook event: derived, so that a
+    sweep finishing a crashed one queues it once."""
+    digest = hashlib.sha256(f"{recording_id}|recording.deleted".encode()).hexdigest()[:32]
+    return f"evt_{digest}"
+
+
+class RetentionSweeper:
+    """Deletes expired data of every tenant, and finishes erasures and tenant deletions."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        store: ObjectStore,
+        policy: Policy,
+        notify: Notify | None = None,
+        batch_size: int = BATCH,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not 1 <= batch_size <= BATCH:
+            raise ValueError(f"batch_size must be 1..{BATCH}")
+        self._catalog = catalog
+        self._store = store
+        self._policy = policy
+        self._notify = notify
+        self._batch = batch_size
+        self.metrics = RetentionMetrics(registry)
+
+    async def sweep(self, now: datetime) -> SweepReport:
+        """One pass over every tenant (deleted ones too, whose leftovers go). A tenant whose
+        sweep fails is logged and named in the report; the others are still swept."""
+        started = time.perf_counter()
+        report = SweepReport()
+        for tenant in await self._catalog.list_tenants(include_deleted=True):
+            try:
+                report.add(await self.sweep_tenant(tenant, now))
+            except CallvaultError as e:
+                log.warning(
+                    "retention sweep of tenant %s failed: %s: %s",
+                    tenant.id,
+                    e.code,
+                    e.message,
+                    extra={"tenant": tenant.id, "code": e.code},
+                )
+                report.failed_tenants.append(tenant.id)
+        self.metrics.sweeps.labels("failed" if report.failed_tenants else "ok").inc()
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        return report
+
+    async def sweep_tenant(self, tenant: Tenant, now: datetime) -> SweepReport:
+        """Delete the tenant's due objects, then complete its recordings that have nothing
+        left, then delete its expired call records."""
+        if tenant.deleted_at is not None:
+            return await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
+        windows = await self._policy(tenant.id)
+        holds = Holds(await self._catalog.list_holds(tenant.id, active_only=True))
+        return await self._sweep(tenant.id, windows, holds, now, reason="retention")
+
+    async def _sweep(
+        self,
+        tenant: str,
+        windows: Windows | None,
+        holds: Holds,
+        now: datetime,
+        *,
+        reason: DeleteReason,
+    ) -> SweepReport:
+        report = SweepReport()
+        cutoffs: dict[DataClass, datetime] | None = None
+        if windows is not None:
+            cutoffs = {
+                "recordings": windows.cutoff("recordings", now),
+                "transcripts": windows.cutoff("transcripts", now),
+            }
+        after: str | None = None
+        while page := await self._catalog.due_objects(
+            tenant, cutoffs=cutoffs, after=after, limit=self._batch
+        ):
+            after = page[-1].id
+            due: list[tuple[DueObject, str]] = []
+            for stored in page:
+                why = self._object_due(stored, windows, holds, now, reason)
+                if why == "held":
+                    report.held += 1
+                elif why is not None:
+                    due.append((stored, why))
+            report.add(await self._delete_objects(tenant, due, now))
+        report.add(await self._complete_recordings(tenant, windows, holds, now, reason=reason))
+        report.add(await self._delete_call_records(tenant, windows, holds, now, reason=reason))
+        return report
+
+    @staticmethod
+    def _object_due(
+        stored: DueObject,
+        windows: Windows | None,
+        holds: Holds,
+        now: datetime,
+        reason: DeleteReason,
+    ) -> str | None:
+        """Why the object goes now (its reason), ``"held"``, or ``None`` (not yet)."""
+        if windows is None:
+            return reason
+        if stored.recording_status == "deleted":  # an erasure that has not finished
+            return stored.delete_reason or "erasure"
+        if stored.state != "committed" or stored.ended_at is None:
+            return None
+        if windows.expires(stored.data_class, stored.ended_at) > now:
+            return None
+        if holds.covering(stored.call_id, stored.from_number, stored.to_number):
+            return "held"
+        return reason
+
+    async def _delete_objects(
+        self, tenant: str, due: Sequence[tuple[DueObject, str]], now: datetime
+    ) -> SweepReport:
+        """Steps 1 to 3 for one batch."""
+        report = SweepReport()
+        if not due:
+            return report
+        ids = [stored.id for stored, _ in due]
+        await self._catalog.shred_object_keys(ids)
+        await self._store.delete_many([stored.store_key for stored, _ in due])
+        by_id = {stored.id: (stored, why) for stored, why in due}
+
+        def receipts(marked: list[str]) -> list[AuditEntry]:
+            grouped: dict[str, list[DueObject]] = defaultdict(list)
+            for object_id in marked:
+                grouped[by_id[object_id][0].recording_id].append(by_id[object_id][0])
+            entries = []
+            for recording_id, gone in grouped.items():
+                why = by_id[gone[0].id][1]
+                entries.append(
+                    AuditEntry(
+                        actor=ACTOR,
+                        action="data.deleted",
+                        object=recording_id,
+                        detail={
+                            "reason": why,
+                            "data_classes": sorted({o.data_class for o in gone}),
+                            "kinds": sorted({o.kind for o in gone}),
+                            "objects": len(gone),
+                            "bytes": sum(o.size or 0 for o in gone),
+                            "object_ids": [o.id for o in gone[:MAX_IDS_IN_RECEIPT]],
+                        },
+                    )
+                )
+            return entries
+
+        marked = await self._catalog.mark_objects_deleted(tenant, ids, now, receipts=receipts)
+        for object_id in marked:
+            stored, why = by_id[object_id]
+            report.objects_deleted += 1
+            report.bytes_deleted += stored.size or 0
+            self.metrics.deleted.labels("objects", why).inc()
+            self.metrics.bytes.labels(why).inc(stored.size or 0)
+        return report
+
+    async def _complete_recordings(
+        self,
+        tenant: str,
+        windows: Windows | None,
+        holds: Holds,
+        now: datetime,
+        *,
+        reason: DeleteReason,
+    ) -> SweepReport:
+        """Step 4: recordings with nothing left that are due become ``deleted``."""
+        report = SweepReport()
+        cutoff = None
+        if windows is not None:
+            cutoff = max(windows.cutoff("recordings", now), windows.cutoff("transcripts", now))
+        after: str | None = None
+        while page := await self._catalog.due_recordings(
+            tenant, cutoff=cutoff, after=after, limit=self._batch
+        ):
+            after = page[-1].id
+            reasons: dict[str, str] = {}
+            for recording in page:
+                why = self._recording_due(recording, windows, holds, now, reason)
+                if why == "held":
+                    report.held += 1
+                elif why is not None:
+                    reasons[recording.id] = why
+            report.recordings_deleted += await self.complete(
+                tenant, reasons, now, notify=windows is not None
+            )
+        return report
+
+    @staticmethod
+    def _recording_due(
+        recording: DueRecording,
+        windows: Windows | None,
+        holds: Holds,
+        now: datetime,
+        reason: DeleteReason,
+    ) -> str | None:
+        if windows is None:
+            return reason
+        if recording.status == "deleted":
+            return recording.delete_reason or "erasure"
+        # A finished recording with nothing left gets no more data; one still processing
+        # may (its analysis), and is completed once that is done.
+        if recording.status == "processing" or recording.ended_at is None:
+            return None
+        if windows.first_expires(recording.ended_at) > now:
+            return None
+        if holds.covering(recording.call_id, recording.from_number, recording.to_number):
+            return "held"
+        return reason
+
+    async def complete(
+        self, tenant: str, reasons: dict[str, str], now: datetime, *, notify: bool = True
+    ) -> int:
+        """Mark recordings that have nothing left deleted (``reasons``: id -> reason), with
+        their receipts and, when ``notify``, their webhook events; returns how many were
+        completed now."""
+        if not reasons:
+            return 0
+        if self._notify is not None and notify:
+            for recording_id, why in reasons.items():
+                await self._notify(
+                    tenant=tenant,
+                    event="recording.deleted",
+                    data={"recording_id": recording_id, "reason": why},
+                    now=now,
+                    recording_id=recording_id,
+                    event_id=deleted_event_id(recording_id),
+                )
+
+        def receipts(completed: list[Recording]) -> list[AuditEntry]:
+            return [
+                AuditEntry(
+                    actor=ACTOR,
+                    action="recording.deleted",
+                    object=recording.id,
+                    detail={"reason": recording.delete_reason or reasons[recording.id]},
+                )
+                for recording in completed
+            ]
+
+        completed = await self._catalog.complete_deletions(tenant, reasons, now, receipts=receipts)
+        for recording in completed:
+            self.metrics.deleted.labels("recordings", recording.delete_reason or "").inc()
+        return len(completed)
+
+    async def _delete_call_records(
+        self,
+        tenant: str,
+        windows: Windows | None,
+        holds: Holds,
+        now: datetime,
+        *,
+        reason: DeleteReason,
+    ) -> SweepReport:
+        """Call records (and their recordings' tombstones) whose window ended."""
+        report = SweepReport()
+        cutoff = None if windows is None else now - windows.call_records.shortest()
+        after: str | None = None
+        while page := await self._catalog.due_calls(
+            tenant, cutoff=cutoff, after=after, limit=self._batch
+        ):
+            after = page[-1].id
+            due: dict[str, DueCall] = {}
+            for call in page:
+                if windows is not None:
+                    if windows.call_records.after(call.ended_at) > now:
+                        continue
+                    if holds.covering(call.id, call.from_number, call.to_number):
+                        report.held += 1
+                        continue
+                due[call.id] = call
+
+            def receipts(deleted: list[str], due: dict[str, DueCall] = due) -> list[AuditEntry]:
+                return [
+                    AuditEntry(
+                        actor=ACTOR,
+                        action="call_record.deleted",
+                        object=call_id,
+                        detail={"reason": reason, "recording": due[call_id].recording_id},
+                    )
+                    for call_id in deleted
+                ]
+
+            if due:
+                deleted = await self._catalog.delete_call_records(
+                    tenant, list(due), now, receipts=receipts
+                )
+                report.call_records_deleted += len(deleted)
+                self.metrics.deleted.labels("call_records", reason).inc(len(deleted))
+        return report
+
+    async def erase(self, tenant: str, recording_ids: Sequence[str], now: datetime) -> SweepReport:
+        """Finish the erasure of recordings already marked for it
+        (``Catalog.request_deletion``) now, rather than at the next sweep: delete their
+        objects, then complete them."""
+        report = SweepReport()
+        for start in range(0, len(recording_ids), self._batch):
+            chunk = recording_ids[start : start + self._batch]
+            after: str | None = None
+            while page := await self._catalog.due_objects(
+                tenant, cutoffs={}, after=after, limit=self._batch, recording_ids=chunk
+            ):
+                after = page[-1].id
+                due = [(stored, stored.delete_reason or "erasure") for stored in page]
+                report.add(await self._delete_objects(tenant, due, now))
+            recordings = await self._catalog.due_recordings(
+                tenant, cutoff=None, limit=len(chunk), recording_ids=chunk
+            )
+            reasons = {r.id: r.delete_reason or "erasure" for r in recordings}
+            report.recordings_deleted += await self.complete(tenant, reasons, now)
+        return report
