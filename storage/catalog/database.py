@@ -1715,8 +1715,9 @@ class Catalog:
         receipts: Callable[[list[str]], Sequence[AuditEntry]],
     ) -> list[str]:
         """Delete call records and what remains of their recordings (the content-free
-        tombstones: recording and object rows, jobs), skipping any whose recording is not
-        finally deleted, and append ``receipts(deleted call ids)``, in one transaction."""
+        tombstones: recording and object rows, finished jobs), skipping any whose recording
+        is not finally deleted, and append ``receipts(deleted call ids)``, in one
+        transaction. Webhook events not yet delivered are kept, unlinked."""
         deleted: list[str] = []
         async with self._transaction(write=True) as conn:
             for start in range(0, len(call_ids), _IN_BATCH):
@@ -1737,6 +1738,17 @@ class Catalog:
                     continue
                 gone = sa.select(recordings.c.id).where(
                     recordings.c.tenant_id == tenant_id, recordings.c.call_id.in_(chunk)
+                )
+                # A webhook event still to be delivered (a recording.deleted queued in this
+                # very sweep) outlives the row it names: it carries the ids in its payload.
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(
+                        jobs.c.recording_id.in_(gone),
+                        jobs.c.kind == "webhook",
+                        jobs.c.status.in_(("queued", "running")),
+                    )
+                    .values(recording_id=None)
                 )
                 await conn.execute(sa.delete(jobs).where(jobs.c.recording_id.in_(gone)))
                 await conn.execute(
