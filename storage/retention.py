@@ -260,6 +260,7 @@ class RetentionSweeper:
         """Delete the tenant's due objects, then complete its recordings that have nothing
         left, then delete its expired call records."""
         if tenant.deleted_at is not None:
+            await self._catalog.settle_deleted_tenant(tenant.id, now)
             return await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
         windows = await self._policy(tenant.id)
         holds = Holds(await self._catalog.list_holds(tenant.id, active_only=True))

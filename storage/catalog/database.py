@@ -1664,6 +1664,25 @@ class Catalog:
             await self._chain(conn, tenant_id, receipts(completed), now)
         return completed
 
+    async def settle_deleted_tenant(self, tenant_id: str, now: datetime) -> None:
+        """For a deleted tenant: mark recordings still ``recording`` (a crash ended its
+        calls' sessions before they were finalized) for deletion and end its calls, so that
+        the sweep removes them like the rest. ``Conflict`` for a live tenant."""
+        async with self._transaction(write=True) as conn:
+            row = await self._lock_tenant(conn, tenant_id, live=False)
+            if row.deleted_at is None:
+                raise Conflict(f"Tenant {tenant_id!r} is not deleted.")
+            await conn.execute(
+                sa.update(recordings)
+                .where(recordings.c.tenant_id == tenant_id, recordings.c.status == "recording")
+                .values(status="deleted", delete_reason="tenant")
+            )
+            await conn.execute(
+                sa.update(calls)
+                .where(calls.c.tenant_id == tenant_id, calls.c.ended_at.is_(None))
+                .values(ended_at=now)
+            )
+
     async def due_calls(
         self,
         tenant_id: str,

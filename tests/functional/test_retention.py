@@ -1021,6 +1021,42 @@ async def test_a_deleted_tenants_data_goes_at_the_next_sweep(local: Parts) -> No
     assert (await local.sweeper.sweep(now)).as_dict() == report()
 
 
+async def test_a_deleted_tenants_call_left_live_by_a_crash_goes_too(local: Parts) -> None:
+    await add_tenant(local, "acme", LONG)
+    current = await local.catalog.current_instructions("acme")
+    assert current is not None
+    # Announced and recording when the process died: never finalized, never ended.
+    await local.catalog.announce_call(
+        id="call-live", tenant_id="acme", from_number=CALLER, to_number=AGENT,
+        direction="inbound", consent="granted", transport="twilio", codec="pcmu",
+        sample_rate=8000, instructions_version=current.version,
+        decision={"store_recording": True, "ai": []}, refusal_code=None, started_at=END,
+        recording_id="rec-live",
+    )  # fmt: skip
+    audio = await local.vault.put_object(
+        AUDIO, tenant="acme", kind="audio", data_class="recordings", track="inbound",
+        recording_id="rec-live", now=END,
+    )  # fmt: skip
+    now = END + timedelta(minutes=1)
+    await local.catalog.mark_tenant_deleted("acme", now)
+
+    swept = await local.sweeper.sweep(now)
+    assert swept.as_dict() == report(
+        objects_deleted=1,
+        bytes_deleted=audio.size,
+        recordings_deleted=1,
+        call_records_deleted=1,
+    )
+    assert not await local.store.exists(audio.store_key)
+    with pytest.raises(NotFound):
+        await local.catalog.get_call("acme", "call-live")
+    assert [(a, o) for a, o, _ in await receipts(local, "acme")] == [
+        ("data.deleted", "rec-live"),
+        ("recording.deleted", "rec-live"),
+        ("call_record.deleted", "call-live"),
+    ]
+
+
 # --- 7. batches ---------------------------------------------------------------------------
 
 
