@@ -261,7 +261,9 @@ class RetentionSweeper:
         left, then delete its expired call records."""
         if tenant.deleted_at is not None:
             await self._catalog.settle_deleted_tenant(tenant.id, now)
-            return await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
+            report = await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
+            await self._catalog.forget_deleted_tenant(tenant.id)
+            return report
         windows = await self._policy(tenant.id)
         holds = Holds(await self._catalog.list_holds(tenant.id, active_only=True))
         return await self._sweep(tenant.id, windows, holds, now, reason="retention")
@@ -294,7 +296,9 @@ class RetentionSweeper:
                     report.held += 1
                 elif why is not None:
                     due.append((stored, why))
-            report.add(await self._delete_objects(tenant, due, now))
+            report.add(
+                await self._delete_objects(tenant, due, now, check_holds=windows is not None)
+            )
         report.add(await self._complete_recordings(tenant, windows, holds, now, reason=reason))
         report.add(await self._delete_call_records(tenant, windows, holds, now, reason=reason))
         return report
@@ -310,27 +314,40 @@ class RetentionSweeper:
         """Why the object goes now (its reason), ``"held"``, or ``None`` (not yet)."""
         if windows is None:
             return reason
+        if holds.covering(stored.call_id, stored.from_number, stored.to_number):
+            # Also an erasure that has not finished: a hold placed since wins.
+            return "held"
         if stored.recording_status == "deleted":  # an erasure that has not finished
             return stored.delete_reason or "erasure"
         if stored.state != "committed" or stored.ended_at is None:
             return None
         if windows.expires(stored.data_class, stored.ended_at) > now:
             return None
-        if holds.covering(stored.call_id, stored.from_number, stored.to_number):
-            return "held"
         return reason
 
     async def _delete_objects(
-        self, tenant: str, due: Sequence[tuple[DueObject, str]], now: datetime
+        self,
+        tenant: str,
+        due: Sequence[tuple[DueObject, str]],
+        now: datetime,
+        *,
+        check_holds: bool = True,
     ) -> SweepReport:
-        """Steps 1 to 3 for one batch."""
+        """Steps 1 to 3 for one batch; with ``check_holds`` what a hold placed meanwhile
+        covers is left alone (counted as held)."""
         report = SweepReport()
         if not due:
             return report
-        ids = [stored.id for stored, _ in due]
-        await self._catalog.shred_object_keys(ids)
-        await self._store.delete_many([stored.store_key for stored, _ in due])
-        by_id = {stored.id: (stored, why) for stored, why in due}
+        why_of = {stored.id: why for stored, why in due}
+        shredded = await self._catalog.shred_object_keys(
+            tenant, [stored for stored, _ in due], check_holds=check_holds
+        )
+        report.held += len(due) - len(shredded)
+        if not shredded:
+            return report
+        ids = [stored.id for stored in shredded]
+        await self._store.delete_many([stored.store_key for stored in shredded])
+        by_id = {stored.id: (stored, why_of[stored.id]) for stored in shredded}
 
         def receipts(marked: list[str]) -> list[AuditEntry]:
             grouped: dict[str, list[DueObject]] = defaultdict(list)
@@ -406,6 +423,8 @@ class RetentionSweeper:
     ) -> str | None:
         if windows is None:
             return reason
+        if holds.covering(recording.call_id, recording.from_number, recording.to_number):
+            return "held"
         if recording.status == "deleted":
             return recording.delete_reason or "erasure"
         # A finished recording with nothing left gets no more data; one still processing
@@ -414,8 +433,6 @@ class RetentionSweeper:
             return None
         if windows.first_expires(recording.ended_at) > now:
             return None
-        if holds.covering(recording.call_id, recording.from_number, recording.to_number):
-            return "held"
         return reason
 
     async def complete(

@@ -29,6 +29,7 @@ from crypto.errors import (
     Conflict,
     Forbidden,
     Gone,
+    KeyUnavailable,
     NotFound,
     StorageUnavailable,
     TooLarge,
@@ -262,7 +263,12 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
     tracks: dict[str, list[AsyncIterator[bytes]]] = {}
     for stored in audio:
         if stored.state == "committed" and stored.track in (LEFT, RIGHT):
-            stream = await services.vault.open_object(tenant, stored.id)
+            try:
+                stream = await services.vault.open_object(tenant, stored.id)
+            except KeyUnavailable:  # shredded by a deletion that a crash interrupted
+                raise Gone(
+                    f"The audio of {recording.id!r} is being deleted.", code="audio_deleted"
+                ) from None
             tracks.setdefault(stored.track, []).append(stream)
     frames = recording.samples
     try:

@@ -27,11 +27,11 @@ import orjson
 from aiohttp import web
 
 from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
-from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold
+from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold, KeyUnavailable
 from gateway.api.calls import call_view
 from gateway.api.common import iso, json_body, principal_of
 from gateway.api.recordings import Lifecycle, open_wav, recording_view
-from gateway.auth import Principal, require_role, scope, tenant_of
+from gateway.auth import ANY_ROLE, Principal, require_role, scope, tenant_of
 from gateway.instructions import normalize_number
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
@@ -138,17 +138,25 @@ async def list_holds(request: web.Request) -> web.Response:
     return web.json_response({"items": [hold_view(hold) for hold in holds]})
 
 
-async def get_hold(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"admin"})
+async def _own_hold(request: web.Request) -> tuple[Principal, LegalHold]:
+    """The path's hold once the caller may act on it: looked up before the role is checked,
+    so that another tenant's hold id is 404 for every role, as any other id is."""
+    principal = await principal_of(request)
+    tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
     hold = await request.app[SERVICES].catalog.get_hold(tenant, request.match_info["hold_id"])
+    require_role(principal, {"admin"})
+    return principal, hold
+
+
+async def get_hold(request: web.Request) -> web.Response:
+    _, hold = await _own_hold(request)
     return web.json_response(hold_view(hold))
 
 
 async def release_hold(request: web.Request) -> web.Response:
     """Release a hold: what it kept follows its retention windows again (at the next sweep)."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"admin"})
-    hold_id = request.match_info["hold_id"]
+    principal, hold = await _own_hold(request)
+    tenant, hold_id = hold.tenant_id, hold.id
     hold = await request.app[SERVICES].catalog.release_hold(
         tenant,
         hold_id,
@@ -324,12 +332,17 @@ async def export_number(request: web.Request) -> web.StreamResponse:
         item: dict[str, Any] = {"recording_id": recording.id, "call_id": call.id}
         committed = await catalog.list_objects(tenant, recording_id=recording.id, state="committed")
         for kind in (TRANSCRIPT_KIND, ANALYSIS_KIND):
+            item[kind] = False
             stored = [o for o in committed if o.kind == kind]
-            if stored:
+            if not stored or recording.status == "deleted":  # an erasure not finished yet
+                continue
+            try:
                 body = await services.vault.read_object(tenant, stored[-1].id)
-                files.append((f"{folder}/{kind}.json", orjson.loads(body)))
-                reads.append(_read(principal, f"{kind}.read", recording.id, export_id))
-            item[kind] = bool(stored)
+            except KeyUnavailable:  # shredded by a deletion a crash interrupted
+                continue
+            files.append((f"{folder}/{kind}.json", orjson.loads(body)))
+            reads.append(_read(principal, f"{kind}.read", recording.id, export_id))
+            item[kind] = True
         try:
             wav = await open_wav(services, recording, call)
         except CallvaultError as e:

@@ -135,12 +135,13 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 async def delete_tenant(request: web.Request) -> web.Response:
     """Erase everything of the tenant. Refused (409 naming the hold) while a legal hold is
-    active. Otherwise its live calls end, it is marked deleted (its tokens stop working,
-    nothing new is stored), its KEKs are destroyed first (so every DEK, and with it every
-    object, is unreadable from that moment, backups included), then the sweeper's deletion
-    steps remove every object, recording and call record (``recording.deleted`` with reason
-    ``tenant``, ``call_record.deleted``). A crash part way is finished by the next sweep,
-    which treats a deleted tenant's leftovers as due. The audit log stays."""
+    active. Otherwise its live calls end, its KEKs are destroyed first (so every DEK, and
+    with it every object, is unreadable from that moment, backups included), it is marked
+    deleted (its tokens stop working), then the sweeper's deletion steps remove every
+    object, recording, call record, hold and instructions version (``recording.deleted``
+    with reason ``tenant``, ``call_record.deleted``). A crash before the mark is finished
+    by repeating the request; one after it by the next sweep, which treats a deleted
+    tenant's leftovers as due. The audit log stays."""
     principal = await principal_of(request)
     tenant = scope(principal, request.match_info["tenant"], {"operator"})
     app = request.app
@@ -155,11 +156,11 @@ async def delete_tenant(request: web.Request) -> web.Response:
             f"{active[0].id!r}; its admin must release them before the tenant is deleted.",
         )
     await app[CALLS].end_tenant(tenant, now=now)
-    marked = await catalog.mark_tenant_deleted(tenant, now)
     await services.keys.destroy_tenant(tenant)
     await catalog.append_audit(
         tenant, actor=principal.actor, action="keys.destroyed", object=tenant, detail={}, now=now
     )
+    marked = await catalog.mark_tenant_deleted(tenant, now)
     report = await app[SWEEPER].sweep_tenant(marked, now)
     await catalog.append_audit(
         tenant,

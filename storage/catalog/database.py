@@ -48,6 +48,7 @@ from crypto.errors import (
     ConfigError,
     Conflict,
     Gone,
+    HeldByLegalHold,
     KeyUnavailable,
     NotFound,
 )
@@ -1486,18 +1487,43 @@ class Catalog:
             rows = (await conn.execute(stmt.order_by(objects.c.id).limit(limit))).all()
         return [_record(DueObject, row) for row in rows]
 
-    async def shred_object_keys(self, object_ids: Sequence[str]) -> int:
-        """Shred many objects at once: delete their key rows; returns how many existed."""
-        deleted = 0
+    async def shred_object_keys(
+        self, tenant_id: str, candidates: Sequence[DueObject], *, check_holds: bool = True
+    ) -> list[DueObject]:
+        """Shred many objects at once: delete their key rows. With ``check_holds`` the
+        tenant's active holds are read in the same transaction, under the lock that placing
+        a hold takes, and the objects they cover are left alone, so that a hold placed while
+        a sweep or an erasure runs is never overtaken. Returns the candidates not held (whose
+        keys are gone now, or were already)."""
         async with self._transaction(write=True) as conn:
-            for start in range(0, len(object_ids), _IN_BATCH):
-                chunk = list(object_ids[start : start + _IN_BATCH])
-                result = await conn.execute(
-                    sa.delete(object_keys).where(object_keys.c.object_id.in_(chunk))
+            kept = list(candidates)
+            if check_holds:
+                await self._lock_tenant(conn, tenant_id, live=False)
+                holds = await self._active_holds(conn, tenant_id)
+                kept = [
+                    o
+                    for o in kept
+                    if not any(h.covers(o.call_id, o.from_number, o.to_number) for h in holds)
+                ]
+            for start in range(0, len(kept), _IN_BATCH):
+                chunk = [o.id for o in kept[start : start + _IN_BATCH]]
+                await conn.execute(
+                    sa.delete(object_keys).where(
+                        object_keys.c.tenant_id == tenant_id, object_keys.c.object_id.in_(chunk)
+                    )
                 )
-                deleted += result.rowcount
         await self._forget_deleted_rows()
-        return deleted
+        return kept
+
+    async def _active_holds(self, conn: AsyncConnection, tenant_id: str) -> list[LegalHold]:
+        rows = (
+            await conn.execute(
+                sa.select(legal_holds)
+                .where(legal_holds.c.tenant_id == tenant_id, legal_holds.c.released_at.is_(None))
+                .order_by(legal_holds.c.created_at, legal_holds.c.id)
+            )
+        ).all()
+        return [_hold(row) for row in rows]
 
     async def mark_objects_deleted(
         self,
@@ -1540,11 +1566,28 @@ class Catalog:
         """Record that the recordings are to be erased (status ``deleted``, ``delete_reason``
         set, ``deleted_at`` still empty until their last object is gone), with ``audit``, in
         one transaction. Readers see them deleted at once; a sweep finishes an erasure that
-        a crash interrupted. ``Conflict`` if one is still being recorded."""
+        a crash interrupted. ``HeldByLegalHold`` if an active hold covers one (checked under
+        the lock that placing a hold takes); ``Conflict`` if one is still being recorded."""
         async with self._transaction(write=True) as conn:
+            await self._lock_tenant(conn, tenant_id, live=True)
+            holds = await self._active_holds(conn, tenant_id)
             rows = []
             for recording_id in recording_ids:
                 current = await self._require_recording(conn, tenant_id, recording_id)
+                call = (
+                    await conn.execute(
+                        sa.select(calls.c.from_number, calls.c.to_number).where(
+                            calls.c.tenant_id == tenant_id, calls.c.id == current.call_id
+                        )
+                    )
+                ).one()
+                for hold in holds:
+                    if hold.covers(current.call_id, call.from_number, call.to_number):
+                        raise HeldByLegalHold(
+                            hold.id,
+                            f"Legal hold {hold.id!r} covers call {current.call_id!r}; "
+                            "release it first.",
+                        )
                 if current.status == "recording":
                     raise Conflict(
                         f"Recording {recording_id!r} is still being recorded; end the call first.",
@@ -1682,6 +1725,35 @@ class Catalog:
                 .where(calls.c.tenant_id == tenant_id, calls.c.ended_at.is_(None))
                 .values(ended_at=now)
             )
+
+    async def forget_deleted_tenant(self, tenant_id: str) -> bool:
+        """For a deleted tenant whose calls are all gone: delete what is left that could
+        hold personal data (its holds, whose numbers are phone numbers; its instruction
+        versions, with their excluded numbers and webhook secret; its jobs; rows of deleted
+        objects). The tenant row, its token hashes and its audit log stay. Returns whether
+        it was done (``False`` while calls remain)."""
+        async with self._transaction(write=True) as conn:
+            row = await self._lock_tenant(conn, tenant_id, live=False)
+            if row.deleted_at is None:
+                raise Conflict(f"Tenant {tenant_id!r} is not deleted.")
+            remaining = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(calls)
+                    .where(calls.c.tenant_id == tenant_id)
+                )
+            ).scalar_one()
+            if remaining:
+                return False
+            await conn.execute(sa.delete(jobs).where(jobs.c.tenant_id == tenant_id))
+            await conn.execute(sa.delete(legal_holds).where(legal_holds.c.tenant_id == tenant_id))
+            await conn.execute(
+                sa.delete(objects).where(
+                    objects.c.tenant_id == tenant_id, objects.c.state == "deleted"
+                )
+            )
+            await conn.execute(sa.delete(instructions).where(instructions.c.tenant_id == tenant_id))
+        return True
 
     async def due_calls(
         self,

@@ -26,12 +26,12 @@ from typing import Any
 
 import pytest
 
-from crypto.errors import KeyUnavailable, NotFound, StorageUnavailable
+from crypto.errors import HeldByLegalHold, KeyUnavailable, NotFound, StorageUnavailable
 from crypto.keys import LocalKeyring
 from gateway.instructions import parse_instructions
 from gateway.services import retention_windows
 from gateway.webhooks import JOB_KIND, queue_event
-from storage.catalog import AuditEntry, Catalog, RecordingStatus, StoredObject
+from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
 from storage.filestore import FileStore
 from storage.retention import RetentionSweeper, SweepReport, deleted_event_id
 from storage.s3 import MIN_PART_SIZE
@@ -1154,3 +1154,58 @@ async def test_a_month_from_the_31st_ends_on_the_last_day_of_a_short_month(local
     )
     assert (await sweeper.sweep(datetime(2027, 9, 30, 23, 30, tzinfo=UTC))).objects_deleted == 2
     assert await content(local, september.audio) == [GONE, GONE]
+
+
+# --- holds placed while a deletion is under way ------------------------------------------
+
+
+async def test_a_hold_placed_while_a_sweep_runs_keeps_its_data(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_tenant(parts, "acme", SHORT)
+    call = await seed_call(parts, "acme", "call-1")
+    catalog = parts.catalog
+    real = catalog.due_objects
+    placed: list[LegalHold] = []
+
+    async def due_objects(*args: Any, **kwargs: Any) -> Any:
+        page = await real(*args, **kwargs)
+        if not placed:  # the admin's hold commits (201) after the sweep read its page
+            placed.append(
+                await catalog.create_hold(
+                    id="hold-1", tenant_id="acme", reason="lawsuit", created_by="admin",
+                    now=END + DAY, number=CALLER,
+                )
+            )  # fmt: skip
+        return page
+
+    monkeypatch.setattr(catalog, "due_objects", due_objects)
+    swept = await parts.sweeper.sweep(END + DAY)
+    assert placed
+    assert (swept.objects_deleted, swept.held) == (0, 2)  # the two audio tracks were due
+    assert await content(parts, call.audio) == [KEPT, KEPT]
+
+
+async def test_a_hold_placed_after_an_interrupted_erasure_keeps_its_data(parts: Parts) -> None:
+    await add_tenant(parts, "acme", SHORT)
+    call = await seed_call(parts, "acme", "call-1")
+    catalog = parts.catalog
+    # The erasure was recorded, then the process died before deleting anything.
+    await catalog.request_deletion(
+        "acme", [call.recording_id], "erasure", END,
+        audit=[AuditEntry(actor="admin", action="erasure.requested", object="e1", detail={})],
+    )  # fmt: skip
+    # A hold is placed on the number afterwards (it is accepted: nothing was destroyed yet).
+    await catalog.create_hold(
+        id="hold-1", tenant_id="acme", reason="lawsuit", created_by="admin", now=END,
+        number=CALLER,
+    )  # fmt: skip
+    swept = await parts.sweeper.sweep(END)
+    assert (swept.held, swept.objects_deleted) == (4, 0)
+    assert await content(parts, call.audio) == [KEPT, KEPT]
+    # And an erasure requested while the hold is active is refused in the catalog itself.
+    other = await seed_call(parts, "acme", "call-2")
+    with pytest.raises(HeldByLegalHold) as refused:
+        await catalog.request_deletion("acme", [other.recording_id], "erasure", END)
+    assert refused.value.hold == "hold-1"
+    assert (await catalog.get_recording("acme", other.recording_id)).status == "analyzed"
