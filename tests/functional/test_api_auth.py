@@ -43,7 +43,9 @@ RECORDING_ON = {"recording": {"enabled": True}, "consent": {"required": False}}
 WITH_AI = {**RECORDING_ON, "ai": {"transcript": True, "sentiment": True}}
 ROLES = ("operator", "admin", "pbx", "processor")
 TENANT_ROLES = ("admin", "pbx", "processor")
-CALL = {"from": "+40711111111", "to": "+40722222222", "consent": "granted", "transport": "twilio"}
+CALLER = "+40711111111"
+NOBODY = "+40799999999"
+CALL = {"from": CALLER, "to": "+40722222222", "consent": "granted", "transport": "twilio"}
 
 
 def token_of(gateway: Gateway, tenant: TenantTokens, role: str) -> str:
@@ -265,16 +267,26 @@ class Endpoint:
 
     method: str
     path: str
-    """Formatted with ``tenant``, ``call`` (live), ``recording`` (finished), ``token``."""
+    """Formatted with ``tenant``, ``call`` (live), ``recording`` (finished), ``token`` and
+    ``hold`` (an active legal hold on the live call)."""
     allowed: frozenset[str]
     body: dict[str, Any] | None = None
+    unheld: bool = False
+    """The tenant's hold is released before the allowed roles call it (a hold blocks it)."""
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
 
 
-def endpoint(method: str, path: str, allowed: str, body: dict[str, Any] | None = None) -> Any:
-    row = Endpoint(method, path, frozenset(allowed.split()), body)
+def endpoint(
+    method: str,
+    path: str,
+    allowed: str,
+    body: dict[str, Any] | None = None,
+    *,
+    unheld: bool = False,
+) -> Any:
+    row = Endpoint(method, path, frozenset(allowed.split()), body, unheld)
     return pytest.param(row, id=str(row))
 
 
@@ -283,7 +295,7 @@ ROLE_TABLE = [
     endpoint("POST", "/v1/tenants", "operator", {"id": "newco", "name": "Newco"}),
     endpoint("GET", "/v1/tenants", "operator"),
     endpoint("GET", "/v1/tenants/{tenant}", "operator admin"),
-    endpoint("DELETE", "/v1/tenants/{tenant}", "operator"),
+    endpoint("DELETE", "/v1/tenants/{tenant}", "operator", unheld=True),
     endpoint("POST", "/v1/tenants/{tenant}/tokens", "operator admin", {"role": "pbx"}),
     endpoint("GET", "/v1/tenants/{tenant}/tokens", "operator admin"),
     endpoint("DELETE", "/v1/tenants/{tenant}/tokens/{token}", "operator admin"),
@@ -300,6 +312,16 @@ ROLE_TABLE = [
     endpoint("GET", "/v1/recordings/{recording}/audio", "admin"),
     endpoint("GET", "/v1/recordings/{recording}/transcript", "admin processor"),
     endpoint("GET", "/v1/recordings/{recording}/analysis", "admin processor"),
+    endpoint("DELETE", "/v1/recordings/{recording}", "admin"),
+    endpoint(
+        "POST", "/v1/tenants/{tenant}/legal-holds", "admin", {"number": CALLER, "reason": "r"}
+    ),
+    endpoint("GET", "/v1/tenants/{tenant}/legal-holds", "admin"),
+    endpoint("GET", "/v1/tenants/{tenant}/legal-holds/{hold}", "admin"),
+    endpoint("DELETE", "/v1/tenants/{tenant}/legal-holds/{hold}", "admin"),
+    # A number no call has: nothing is erased, the receipt is empty.
+    endpoint("POST", "/v1/tenants/{tenant}/erasure-requests", "admin", {"number": NOBODY}),
+    endpoint("GET", "/v1/tenants/{tenant}/export?number=%2B40711111111", "admin"),
     endpoint("GET", "/v1/tenants/{tenant}/audit", "admin"),
     endpoint("GET", "/v1/tenants/{tenant}/audit/verify", "admin"),
 ]
@@ -307,17 +329,22 @@ ROLE_TABLE = [
 
 @dataclass(frozen=True)
 class Resources:
-    """A tenant with something behind every path: a live call, a finished recording and a
-    spare token."""
+    """A tenant with something behind every path: a live call (under a legal hold), a
+    finished recording and a spare token."""
 
     tenant: TenantTokens
     call: str
     recording: str
     token: str
+    hold: str
 
     def path(self, template: str) -> str:
         return template.format(
-            tenant=self.tenant.id, call=self.call, recording=self.recording, token=self.token
+            tenant=self.tenant.id,
+            call=self.call,
+            recording=self.recording,
+            token=self.token,
+            hold=self.hold,
         )
 
 
@@ -342,7 +369,15 @@ async def resources(gateway: Gateway, tenant_id: str) -> Resources:
     assert await worker.run_once()
     await worker.close()
     spare = await mint(gateway, tenant_id, "pbx", by=gateway.operator)
-    return Resources(tenant, str(live["call_id"]), str(finished["recording_id"]), spare["id"])
+    # The hold names the live call only, so the finished recording can still be erased.
+    response = await gateway.client.post(
+        f"/v1/tenants/{tenant_id}/legal-holds",
+        json={"call_ids": [live["call_id"]], "reason": "litigation"},
+        headers=bearer(tenant.admin),
+    )
+    assert response.status == 201, await response.text()
+    hold = (await response.json())["id"]
+    return Resources(tenant, str(live["call_id"]), str(finished["recording_id"]), spare["id"], hold)
 
 
 def test_the_role_table_covers_every_route() -> None:
@@ -356,8 +391,12 @@ def test_the_role_table_covers_every_route() -> None:
     table = set()
     for param in ROLE_TABLE:
         row = param.values[0]
-        canonical = row.path.format(
-            tenant="{tenant}", call="{call_id}", recording="{recording_id}", token="{token_id}"
+        canonical = row.path.split("?")[0].format(
+            tenant="{tenant}",
+            call="{call_id}",
+            recording="{recording_id}",
+            token="{token_id}",
+            hold="{hold_id}",
         )
         table.add((row.method, canonical))
     assert table == routes
@@ -368,14 +407,22 @@ async def test_each_role_may_call_exactly_its_endpoints(gateway: Gateway, row: E
     own = await resources(gateway, "acme")
     # The forbidden roles first: a 403 must not depend on what an allowed call changed
     # (an ended call, a deleted tenant), and it changes nothing itself.
+    held = True
     for role in sorted(ROLES, key=lambda r: r in row.allowed):
+        if row.unheld and held and role in row.allowed:
+            response = await gateway.client.delete(
+                own.path("/v1/tenants/{tenant}/legal-holds/{hold}"),
+                headers=bearer(own.tenant.admin),
+            )
+            assert response.status == 200
+            held = False
         response = await gateway.client.request(
             row.method,
             own.path(row.path),
             json=row.body,
             headers=bearer(token_of(gateway, own.tenant, role)),
         )
-        text = await response.text()
+        text = (await response.read()).decode(errors="replace")  # the export is a ZIP
         if role in row.allowed:
             assert 200 <= response.status < 300, (role, text)
         else:
@@ -392,7 +439,8 @@ class Foreign:
 
     method: str
     path: str
-    """Formatted with ``own`` (A), ``other`` (B) and B's ``call``, ``recording``, ``token``."""
+    """Formatted with ``own`` (A), ``other`` (B) and B's ``call``, ``recording``, ``token``,
+    ``hold``."""
     roles: tuple[str, ...]
     """A's roles to send it with."""
     body: dict[str, Any] | None = None
@@ -415,6 +463,15 @@ PATHS_OF_B = [
     Foreign("GET", "/v1/tenants/{other}/recordings", TENANT_ROLES),
     Foreign("GET", "/v1/tenants/{other}/audit", TENANT_ROLES),
     Foreign("GET", "/v1/tenants/{other}/audit/verify", TENANT_ROLES),
+    Foreign(
+        "POST", "/v1/tenants/{other}/legal-holds", TENANT_ROLES, {"number": CALLER, "reason": "r"}
+    ),
+    Foreign("GET", "/v1/tenants/{other}/legal-holds", TENANT_ROLES),
+    Foreign("GET", "/v1/tenants/{other}/legal-holds/{hold}", TENANT_ROLES),
+    Foreign("DELETE", "/v1/tenants/{other}/legal-holds/{hold}", TENANT_ROLES),
+    # A number B has calls with: were it not refused, B's recording would be erased.
+    Foreign("POST", "/v1/tenants/{other}/erasure-requests", TENANT_ROLES, {"number": CALLER}),
+    Foreign("GET", "/v1/tenants/{other}/export?number=%2B40711111111", TENANT_ROLES),
 ]
 # B's ids on paths that name no tenant, or A's own tenant, with the roles allowed there.
 IDS_OF_B = [
@@ -427,6 +484,9 @@ IDS_OF_B = [
     Foreign("GET", "/v1/recordings/{recording}/audio", ("admin",)),
     Foreign("GET", "/v1/recordings/{recording}/transcript", ("admin", "processor")),
     Foreign("GET", "/v1/recordings/{recording}/analysis", ("admin", "processor")),
+    Foreign("DELETE", "/v1/recordings/{recording}", ("admin",)),
+    Foreign("GET", "/v1/tenants/{own}/legal-holds/{hold}", ("admin",)),
+    Foreign("DELETE", "/v1/tenants/{own}/legal-holds/{hold}", ("admin",)),
 ]
 # The same ids with the roles that are forbidden there even on A's own resources.
 IDS_OF_B_FORBIDDEN_ROLES = [
@@ -471,16 +531,28 @@ async def b_is_untouched(gateway: Gateway, b: Resources) -> None:
     tokens = (await response.json())["items"]
     assert len(tokens) == 4
     assert all(token["revoked_at"] is None for token in tokens)
+    response = await client.get(
+        f"/v1/tenants/{b.tenant.id}/legal-holds", headers=bearer(b.tenant.admin)
+    )
+    assert [(h["id"], h["active"]) for h in (await response.json())["items"]] == [(b.hold, True)]
+    events = await gateway.app[SERVICES].catalog.list_audit(b.tenant.id, limit=1000)
+    actions = {e.action for e in events}
+    assert actions.isdisjoint({"erasure.requested", "export.created", "hold.released"})
 
 
 async def assert_foreign_is_404(gateway: Gateway, two: TwoTenants, request: Foreign) -> None:
     a, b = two.a, two.b
     path = request.path.format(
-        own=a.id, other=b.tenant.id, call=b.call, recording=b.recording, token=b.token
+        own=a.id, other=b.tenant.id, call=b.call, recording=b.recording, token=b.token, hold=b.hold
     )
     # What the same request answers for a tenant or id that does not exist at all.
     ghost = request.path.format(
-        own=a.id, other="ghost", call="no-call", recording="rec_none", token="tok_none"
+        own=a.id,
+        other="ghost",
+        call="no-call",
+        recording="rec_none",
+        token="tok_none",
+        hold="hold_none",
     )
     for role in request.roles:
         headers = bearer(getattr(a, role))
@@ -665,23 +737,26 @@ async def test_deleting_a_tenant_erases_it_and_keeps_its_audit_log(
         "/v1/tenants", json={"id": "doomed", "name": "x"}, headers=operator
     )
     assert response.status == 409
-    # Recordings deleted (the live call was ended first), objects gone from disk, KEK gone.
-    entries = await catalog.list_recordings("doomed", limit=100)
-    assert {r.id for r, _ in entries} == {finished.recording_id, live["recording_id"]}
-    assert {(r.status, r.delete_reason) for r, _ in entries} == {("deleted", "tenant")}
-    assert all(call.ended_at is not None for _, call in entries)
-    assert {o.state for o in await catalog.list_objects("doomed")} == {"deleted"}
+    assert receipt["call_records_deleted"] == 2
+    # Everything of the tenant is gone: objects, recordings, call records (the live call was
+    # ended first), the bytes on disk and the KEK.
+    assert await catalog.list_recordings("doomed", limit=100) == []
+    assert await catalog.list_objects("doomed") == []
     on_disk = {p.relative_to(objects_dir).as_posix() for p in data_files(objects_dir)}
     assert on_disk.isdisjoint(doomed_keys)
     assert kept_keys <= on_disk
     assert keyring_tenants(gateway_settings.data_dir) == {"kept"}
-    # The audit log stays and ends with the deletion.
+    # The audit log stays: the KEKs were destroyed before anything else was deleted, every
+    # recording has its receipt, and the log ends with the deletion.
     events = await catalog.list_audit("doomed", limit=1000)
+    actions = [e.action for e in events]
     assert events[-1].action == "tenant.deleted"
     assert events[-1].actor.startswith("token:")
+    assert actions.index("keys.destroyed") < actions.index("data.deleted")
     deleted = [e for e in events if e.action == "recording.deleted"]
     assert {e.object for e in deleted} == {finished.recording_id, live["recording_id"]}
     assert all(e.detail["reason"] == "tenant" for e in deleted)
+    assert len([e for e in events if e.action == "call_record.deleted"]) == 2
     assert (await catalog.verify_audit("doomed")).ok
     # The other tenant is untouched, its audio still readable.
     response = await client.get(
