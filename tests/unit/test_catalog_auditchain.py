@@ -7,10 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage.catalog.auditchain import (
     GENESIS_HASH,
     canonical_json,
+    chain_hash,
+    encode_detail,
     event_hash,
     format_at,
     normalize_detail,
@@ -94,3 +98,38 @@ def test_details_are_normalized_and_kept_small() -> None:
         normalize_detail({"transcript": "word " * 1000})
     with pytest.raises(ValueError):
         canonical_json({"x": float("nan")})
+
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.text()
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(min_value=1, max_value=2**53),
+    actor=st.text(),
+    action=st.text(),
+    object=st.none() | st.text(),
+    detail=st.dictionaries(st.text(), json_values, max_size=4),
+)
+def test_chain_hash_is_event_hash_of_the_whole_body(
+    seq: int, actor: str, action: str, object: str | None, detail: dict[str, Any]
+) -> None:
+    # The fast path writes the body key by key; it must be the canonical JSON of the body.
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "at": AT,
+        "actor": actor,
+        "action": action,
+        "object": object,
+    }
+    body = {**fields, "at": "2026-11-27T10:00:00.000000Z", "detail": detail}
+    expected = hashlib.sha256(bytes(32) + canonical_json(body)).hexdigest()
+    assert event_hash(GENESIS_HASH, **fields, detail=detail) == expected
+    normal, encoded = encode_detail(detail)
+    assert chain_hash(GENESIS_HASH, **fields, detail_json=encoded) == expected
+    assert normal == detail

