@@ -14,6 +14,7 @@ IMMEDIATE``, so that two writers can never both read the same "last" value.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -106,6 +107,10 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MAX_ERROR_CHARS = 2000
 _IN_BATCH = 500
 _AUDIT_CHUNK = 200
+_WRITE_CHUNK = 250
+"""Rows one bulk write transaction moves (with their audit receipts): on SQLite a write
+transaction holds the database's only write lock, so the retention sweep keeps them short
+and ingest's own writes wait for one chunk at most."""
 """Ids per ``IN (...)`` list: far below SQLite's and asyncpg's parameter limits."""
 
 Rewrap = Callable[[ObjectKeyRow], Awaitable[tuple[str, int, bytes]]]
@@ -131,6 +136,15 @@ def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
 def _record(cls: type[R], row: AnyRow) -> R:
     mapping = row._mapping
     return cls(**{name: mapping[name] for name in _field_names(cls)})
+
+
+def _has_live_objects() -> sa.Exists:
+    """Whether the recording of the enclosing query still has an object not deleted."""
+    return (
+        sa.select(objects.c.id)
+        .where(objects.c.recording_id == recordings.c.id, objects.c.state != "deleted")
+        .exists()
+    )
 
 
 def _hold(row: AnyRow) -> LegalHold:
@@ -259,6 +273,10 @@ class Catalog:
         )
         self._masked_url = mask_database_url(url)
         self._head: str | None = None
+        # SQLite has one write lock, and its busy handler is not fair: a writer polling for
+        # it can starve behind a stream of others (a retention sweep's batches). The writers
+        # of this process take turns in order here instead.
+        self._write_turn = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     async def open(
@@ -319,8 +337,9 @@ class Catalog:
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction; foreign errors are translated here and nowhere else."""
         engine = self._writer if write else self._snapshot if snapshot else self._engine
+        turn = self._write_turn if write else None
         try:
-            async with engine.begin() as connection:
+            async with turn or contextlib.nullcontext(), engine.begin() as connection:
                 yield connection
         except IntegrityError as exc:
             raise self._integrity_error(exc, subject) from exc
@@ -1433,6 +1452,22 @@ class Catalog:
     # nothing left, mark the recording deleted with its own receipt. A crash between any two
     # leaves the object selectable by the same query, so the next sweep finishes the work.
 
+    async def _page(
+        self,
+        stmt: sa.Select[Any],
+        key: sa.Column[str],
+        record_type: type[R],
+        *,
+        after: str | None,
+        limit: int,
+    ) -> list[R]:
+        """One page of ``stmt`` in ``key`` order, strictly after ``after`` (a keyset)."""
+        if after is not None:
+            stmt = stmt.where(key > after)
+        async with self._transaction() as conn:
+            rows = (await conn.execute(stmt.order_by(key).limit(limit))).all()
+        return [_record(record_type, row) for row in rows]
+
     async def due_objects(
         self,
         tenant_id: str,
@@ -1489,11 +1524,7 @@ class Catalog:
             stmt = stmt.where(sa.or_(*due))
         if recording_ids is not None:
             stmt = stmt.where(objects.c.recording_id.in_(list(recording_ids)))
-        if after is not None:
-            stmt = stmt.where(objects.c.id > after)
-        async with self._transaction() as conn:
-            rows = (await conn.execute(stmt.order_by(objects.c.id).limit(limit))).all()
-        return [_record(DueObject, row) for row in rows]
+        return await self._page(stmt, objects.c.id, DueObject, after=after, limit=limit)
 
     async def shred_object_keys(
         self, tenant_id: str, candidates: Sequence[DueObject], *, check_holds: bool = True
@@ -1542,12 +1573,14 @@ class Catalog:
         receipts: Callable[[list[str]], Sequence[AuditEntry]],
     ) -> list[str]:
         """Mark the tenant's objects deleted and append ``receipts(marked)`` to its audit log
-        in one transaction; ``marked`` are the ids this call moved (not ones already deleted,
-        so two sweeps racing write one receipt). Returns ``marked``."""
-        async with self._transaction(write=True) as conn:
-            marked: list[str] = []
-            for start in range(0, len(object_ids), _IN_BATCH):
-                chunk = list(object_ids[start : start + _IN_BATCH])
+        in the same transaction, one transaction per ``_WRITE_CHUNK`` objects (short, so
+        that ingest's writes are not held up); ``marked`` are the ids a transaction moved
+        (not ones already deleted, so two sweeps racing write one receipt). Returns all the
+        ids moved."""
+        marked: list[str] = []
+        for start in range(0, len(object_ids), _WRITE_CHUNK):
+            chunk = list(object_ids[start : start + _WRITE_CHUNK])
+            async with self._transaction(write=True) as conn:
                 result = await conn.execute(
                     sa.update(objects)
                     .where(
@@ -1558,8 +1591,9 @@ class Catalog:
                     .values(state="deleted", deleted_at=now)
                     .returning(objects.c.id)
                 )
-                marked.extend(result.scalars())
-            await self._chain(conn, tenant_id, receipts(marked), now)
+                moved = list(result.scalars())
+                await self._chain(conn, tenant_id, receipts(moved), now)
+            marked.extend(moved)
         return marked
 
     async def request_deletion(
@@ -1630,11 +1664,7 @@ class Catalog:
         after ``after``: those whose erasure was requested, and those of calls that ended at
         or before ``cutoff`` (``None``: all, for a deleted tenant); ``recording_ids``: only
         those."""
-        live_objects = (
-            sa.select(objects.c.id)
-            .where(objects.c.recording_id == recordings.c.id, objects.c.state != "deleted")
-            .exists()
-        )
+        live_objects = _has_live_objects()
         stmt = (
             sa.select(
                 recordings.c.id,
@@ -1667,11 +1697,7 @@ class Catalog:
             stmt = stmt.where(sa.or_(recordings.c.status == "deleted", calls.c.ended_at <= cutoff))
         if recording_ids is not None:
             stmt = stmt.where(recordings.c.id.in_(list(recording_ids)))
-        if after is not None:
-            stmt = stmt.where(recordings.c.id > after)
-        async with self._transaction() as conn:
-            rows = (await conn.execute(stmt.order_by(recordings.c.id).limit(limit))).all()
-        return [_record(DueRecording, row) for row in rows]
+        return await self._page(stmt, recordings.c.id, DueRecording, after=after, limit=limit)
 
     async def complete_deletions(
         self,
@@ -1683,23 +1709,20 @@ class Catalog:
     ) -> list[Recording]:
         """Mark recordings finally deleted (``reasons``: recording id -> reason, kept if an
         erasure already named one) when they still have no object left, and append
-        ``receipts(completed)`` in the same transaction. Returns the completed ones."""
-        live_objects = (
-            sa.select(objects.c.id)
-            .where(objects.c.recording_id == recordings.c.id, objects.c.state != "deleted")
-            .exists()
-        )
+        ``receipts(completed)`` in the same transaction (one per ``_WRITE_CHUNK``
+        recordings). Returns the completed ones."""
+        live_objects = _has_live_objects()
         by_reason: dict[str, list[str]] = {}
         for recording_id, reason in reasons.items():
             by_reason.setdefault(reason, []).append(recording_id)
         completed: list[Recording] = []
-        async with self._transaction(write=True) as conn:
-            for reason, ids in by_reason.items():
-                for start in range(0, len(ids), _IN_BATCH):
+        for reason, ids in by_reason.items():
+            for start in range(0, len(ids), _WRITE_CHUNK):
+                async with self._transaction(write=True) as conn:
                     result = await conn.execute(
                         sa.update(recordings)
                         .where(
-                            recordings.c.id.in_(ids[start : start + _IN_BATCH]),
+                            recordings.c.id.in_(ids[start : start + _WRITE_CHUNK]),
                             recordings.c.tenant_id == tenant_id,
                             recordings.c.deleted_at.is_(None),
                             recordings.c.status != "recording",
@@ -1712,9 +1735,9 @@ class Catalog:
                         )
                         .returning(*recordings.c)
                     )
-                    completed.extend(_record(Recording, row) for row in result)
-            completed.sort(key=lambda recording: recording.id)
-            await self._chain(conn, tenant_id, receipts(completed), now)
+                    moved = sorted((_record(Recording, row) for row in result), key=lambda r: r.id)
+                    await self._chain(conn, tenant_id, receipts(moved), now)
+                completed.extend(moved)
         return completed
 
     async def settle_deleted_tenant(self, tenant_id: str, now: datetime) -> None:
@@ -1804,11 +1827,7 @@ class Catalog:
             stmt = stmt.where(calls.c.ended_at <= cutoff)
         if call_ids is not None:
             stmt = stmt.where(calls.c.id.in_(list(call_ids)))
-        if after is not None:
-            stmt = stmt.where(calls.c.id > after)
-        async with self._transaction() as conn:
-            rows = (await conn.execute(stmt.order_by(calls.c.id).limit(limit))).all()
-        return [_record(DueCall, row) for row in rows]
+        return await self._page(stmt, calls.c.id, DueCall, after=after, limit=limit)
 
     async def delete_call_records(
         self,
@@ -1821,11 +1840,12 @@ class Catalog:
         """Delete call records and what remains of their recordings (the content-free
         tombstones: recording and object rows, finished jobs), skipping any whose recording
         is not finally deleted, and append ``receipts(deleted call ids)``, in one
-        transaction. Webhook events not yet delivered are kept, unlinked."""
+        transaction per ``_WRITE_CHUNK`` calls. Webhook events not yet delivered are kept,
+        unlinked."""
         deleted: list[str] = []
-        async with self._transaction(write=True) as conn:
-            for start in range(0, len(call_ids), _IN_BATCH):
-                chunk = list(call_ids[start : start + _IN_BATCH])
+        for start in range(0, len(call_ids), _WRITE_CHUNK):
+            async with self._transaction(write=True) as conn:
+                chunk = list(call_ids[start : start + _WRITE_CHUNK])
                 blocked = set(
                     (
                         await conn.execute(
@@ -1873,8 +1893,9 @@ class Catalog:
                     .where(calls.c.tenant_id == tenant_id, calls.c.id.in_(chunk))
                     .returning(calls.c.id)
                 )
-                deleted.extend(result.scalars())
-            await self._chain(conn, tenant_id, receipts(deleted), now)
+                moved = list(result.scalars())
+                await self._chain(conn, tenant_id, receipts(moved), now)
+            deleted.extend(moved)
         return deleted
 
     async def calls_of_number(self, tenant_id: str, number: str) -> list[Call]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from crypto.errors import ObjectNotFound, StorageUnavailable
-from storage.s3 import MAX_DELETE_BATCH, MIN_PART_SIZE, S3Store, S3Upload
+from storage.s3 import DELETE_CONCURRENCY, MAX_DELETE_BATCH, MIN_PART_SIZE, S3Store, S3Upload
 from tests.conftest import S3Server
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ async def _put_all(store: S3Store, keys: list[str]) -> None:
     await asyncio.gather(*(store.put(key, key.encode()) for key in keys))
 
 
-async def test_listing_pages_and_delete_many_batches_a_thousand_keys_per_request(
+async def test_listing_pages_and_delete_many_sends_at_most_a_thousand_keys_per_request(
     s3_store: S3Store, s3_admin: S3Client, s3_bucket: str
 ) -> None:
     keys = [f"bulk/{index:04d}" for index in range(1500)]
@@ -209,7 +209,15 @@ async def test_listing_pages_and_delete_many_batches_a_thousand_keys_per_request
 
     await s3_store.delete_many(keys)
 
-    assert batches == [MAX_DELETE_BATCH, 500]
+    # Split evenly over DELETE_CONCURRENCY requests in flight, none over 1000 keys.
+    assert batches == [375] * DELETE_CONCURRENCY
+    assert s3_admin.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+    # A longer list: full requests of 1000, still DELETE_CONCURRENCY at a time.
+    many = [f"bulk/{index:05d}" for index in range(4500)]
+    await _put_all(s3_store, many)
+    batches.clear()
+    await s3_store.delete_many(many)
+    assert batches == [MAX_DELETE_BATCH] * 4 + [500]
     assert s3_admin.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
 
 
