@@ -21,9 +21,14 @@ One deletion, for a batch of up to 1000 objects, is four steps, each safe to rep
    (``call_record.deleted``).
 
 A crash between any two steps leaves the rows where the same queries select them again, so
-the next sweep finishes the work and writes each receipt exactly once. Nothing here holds a
-catalog transaction across store I/O, and every batch yields to the event loop, so a sweep
-never holds up ingest.
+the next sweep finishes the work and writes each receipt exactly once.
+
+Beside ingest: no catalog transaction is held across store I/O; bulk writes commit 250 rows
+at a time, and on SQLite wait their turn behind ingest's writes rather than starving them;
+two batches overlap (one's S3 deletion, another's catalog steps). What remains is CPU work
+on a batch between awaits, which delays the event loop by tens of milliseconds at times
+(``bench/retention.py`` measures it; ``callvault retention sweep`` runs it in a process of
+its own).
 """
 
 from __future__ import annotations
