@@ -218,6 +218,24 @@ def deleted_event_id(recording_id: str) -> str:
     return f"evt_{digest}"
 
 
+def _held_or_erased(
+    holds: Holds,
+    call_id: str,
+    from_number: str,
+    to_number: str,
+    status: str,
+    delete_reason: str | None,
+) -> str | None:
+    """What decides before any window: ``"held"`` when a hold covers the call (also for an
+    erasure that has not finished: a hold placed since wins), the erasure's reason when one
+    was requested; ``None`` when the windows decide."""
+    if holds.covering(call_id, from_number, to_number):
+        return "held"
+    if status == "deleted":
+        return delete_reason or "erasure"
+    return None
+
+
 class RetentionSweeper:
     """Deletes expired data of every tenant, and finishes erasures and tenant deletions."""
 
@@ -337,11 +355,12 @@ class RetentionSweeper:
         """Why the object goes now (its reason), ``"held"``, or ``None`` (not yet)."""
         if windows is None:
             return reason
-        if holds.covering(stored.call_id, stored.from_number, stored.to_number):
-            # Also an erasure that has not finished: a hold placed since wins.
-            return "held"
-        if stored.recording_status == "deleted":  # an erasure that has not finished
-            return stored.delete_reason or "erasure"
+        verdict = _held_or_erased(
+            holds, stored.call_id, stored.from_number, stored.to_number,
+            stored.recording_status, stored.delete_reason,
+        )  # fmt: skip
+        if verdict is not None:
+            return verdict
         if stored.state != "committed" or stored.ended_at is None:
             return None
         if windows.expires(stored.data_class, stored.ended_at) > now:
@@ -498,10 +517,12 @@ class RetentionSweeper:
     ) -> str | None:
         if windows is None:
             return reason
-        if holds.covering(recording.call_id, recording.from_number, recording.to_number):
-            return "held"
-        if recording.status == "deleted":
-            return recording.delete_reason or "erasure"
+        verdict = _held_or_erased(
+            holds, recording.call_id, recording.from_number, recording.to_number,
+            recording.status, recording.delete_reason,
+        )  # fmt: skip
+        if verdict is not None:
+            return verdict
         # A finished recording with nothing left gets no more data; one still processing
         # may (its analysis), and is completed once that is done.
         if recording.status == "processing" or recording.ended_at is None:
