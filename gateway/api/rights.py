@@ -41,6 +41,8 @@ from storage.retention import Holds
 log = logging.getLogger(__name__)
 
 MAX_HOLD_CALLS = 1000
+_PAGE = 500
+"""Recordings read per catalog query when a number's recordings are gathered."""
 MAX_REASON = 500
 
 
@@ -263,11 +265,14 @@ async def request_erasure(request: web.Request) -> web.Response:
 async def _entries_of_number(
     catalog: Catalog, tenant: str, number: str
 ) -> list[tuple[Recording, Call]]:
-    entries = []
-    for call in await catalog.calls_of_number(tenant, number):
-        recording = await catalog.recording_of_call(tenant, call.id)
-        if recording is not None:
-            entries.append((recording, call))
+    """Every recording of a call where ``number`` is a party, with its call, oldest call
+    first (the recordings listing, read to its end)."""
+    entries: list[tuple[Recording, Call]] = []
+    after: tuple[datetime, str] | None = None
+    while page := await catalog.list_recordings(tenant, number=number, after=after, limit=_PAGE):
+        entries.extend(page)
+        after = (page[-1][0].created_at, page[-1][0].id)
+    entries.sort(key=lambda entry: (entry[1].started_at, entry[1].id))
     return entries
 
 
@@ -317,12 +322,10 @@ async def export_number(request: web.Request) -> web.StreamResponse:
     manifest: dict[str, Any] = {"id": export_id, "tenant": tenant, "created_at": iso(now)}
     contents: list[dict[str, Any]] = []
     reads: list[AuditEntry] = []
-    for call in calls:
-        recording = await catalog.recording_of_call(tenant, call.id)
-        if recording is None:
-            continue
+    entries = await _entries_of_number(catalog, tenant, number)
+    tracks = await catalog.recording_tracks(tenant, [r.id for r, _ in entries], kind=AUDIO_KIND)
+    for recording, call in entries:
         folder = f"recordings/{recording.id}"
-        tracks = await catalog.recording_tracks(tenant, [recording.id], kind=AUDIO_KIND)
         files.append(
             (
                 f"{folder}/recording.json",
