@@ -236,6 +236,26 @@ async def add_tenant(parts: Parts, tenant: str, retention: dict[str, str], **ext
     await parts.catalog.add_instructions(tenant, instructions(retention, **extra), "admin", T0)
 
 
+async def announce(parts: Parts, tenant: str, call_id: str, **fields: Any) -> None:
+    """Announce a call: by default an inbound Twilio call from CALLER to AGENT at END, with
+    no instructions version and nothing decided; ``fields`` override any of it (with
+    ``recording_id``, its recording is created too)."""
+    call: dict[str, Any] = {
+        "from_number": CALLER,
+        "to_number": AGENT,
+        "direction": "inbound",
+        "consent": "granted",
+        "transport": "twilio",
+        "codec": "pcmu",
+        "sample_rate": 8000,
+        "instructions_version": None,
+        "decision": {"store_recording": False, "ai": []},
+        "refusal_code": None,
+        "started_at": END,
+    }
+    await parts.catalog.announce_call(id=call_id, tenant_id=tenant, **{**call, **fields})
+
+
 async def seed_call(
     parts: Parts,
     tenant: str,
@@ -256,19 +276,14 @@ async def seed_call(
     assert current is not None
     started_at = ended_at - timedelta(minutes=5)
     recording_id = f"rec-{tenant}-{call_id}"
-    await catalog.announce_call(
-        id=call_id,
-        tenant_id=tenant,
+    await announce(
+        parts,
+        tenant,
+        call_id,
         from_number=from_number,
         to_number=to_number,
-        direction="inbound",
-        consent="granted",
-        transport="twilio",
-        codec="pcmu",
-        sample_rate=8000,
         instructions_version=current.version,
         decision={"store_recording": True, "ai": ["transcript", "summary"] if analyzed else []},
-        refusal_code=None,
         started_at=started_at,
         recording_id=recording_id,
     )
@@ -302,20 +317,13 @@ async def seed_call(
 
 async def seed_refused_call(parts: Parts, tenant: str, call_id: str) -> None:
     """A refused call: a call record (ended when it started) and nothing else."""
-    await parts.catalog.announce_call(
-        id=call_id,
-        tenant_id=tenant,
+    await announce(
+        parts,
+        tenant,
+        call_id,
         from_number=STRANGER,
-        to_number=AGENT,
-        direction="inbound",
         consent="refused",
-        transport="twilio",
-        codec="pcmu",
-        sample_rate=8000,
-        instructions_version=None,
-        decision={"store_recording": False, "ai": []},
         refusal_code="consent_refused",
-        started_at=END,
     )
 
 
@@ -1029,12 +1037,9 @@ async def test_a_deleted_tenants_call_left_live_by_a_crash_goes_too(local: Parts
     current = await local.catalog.current_instructions("acme")
     assert current is not None
     # Announced and recording when the process died: never finalized, never ended.
-    await local.catalog.announce_call(
-        id="call-live", tenant_id="acme", from_number=CALLER, to_number=AGENT,
-        direction="inbound", consent="granted", transport="twilio", codec="pcmu",
-        sample_rate=8000, instructions_version=current.version,
-        decision={"store_recording": True, "ai": []}, refusal_code=None, started_at=END,
-        recording_id="rec-live",
+    await announce(
+        local, "acme", "call-live", instructions_version=current.version,
+        decision={"store_recording": True, "ai": []}, recording_id="rec-live",
     )  # fmt: skip
     audio = await local.vault.put_object(
         AUDIO, tenant="acme", kind="audio", data_class="recordings", track="inbound",
