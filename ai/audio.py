@@ -22,7 +22,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from storage.media import Codec, TrackRecord, mono_pcm
+from storage.media.tracks import Codec, TrackRecord, mono_pcm
 
 MODEL_RATE = 16000
 """The sample rate Whisper (and Silero VAD) expects."""

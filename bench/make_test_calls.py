@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from make_sample_call import SPEED_WPM, resample, synthesize, trim  # noqa: E402
 
-from storage.media import codec  # noqa: E402
+from storage.media.tracks import codec  # noqa: E402
 
 RATE = 8000
 """The telephone sample rate the calls are stored at."""

@@ -80,7 +80,7 @@ from gateway.instructions import parse_duration  # noqa: E402
 from gateway.webhooks import deletion_notifier  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 from storage.catalog.schema import calls, object_keys, objects, recordings  # noqa: E402
-from storage.media import AUDIO_KIND  # noqa: E402
+from storage.media.tracks import AUDIO_KIND  # noqa: E402
 from storage.retention import RetentionSweeper, Windows  # noqa: E402
 from storage.s3 import S3Store  # noqa: E402
 from storage.vault import MediaVault  # noqa: E402

@@ -39,8 +39,8 @@ from crypto.errors import CallvaultError, Conflict, MalformedMessage, StorageErr
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
 from storage.catalog import Call, Catalog, Recording
-from storage.media import AUDIO_KIND, encode_record
-from storage.media import codec as media_codec
+from storage.media.tracks import AUDIO_KIND, encode_record
+from storage.media.tracks import codec as media_codec
 from storage.vault import MediaVault, SealingUpload
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from gateway.auth import ANY_ROLE, Principal, require_role, scope, tenant_of
 from gateway.instructions import normalize_number
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
-from storage.media import AUDIO_KIND
+from storage.media.tracks import AUDIO_KIND
 from storage.retention import Holds
 
 log = logging.getLogger(__name__)

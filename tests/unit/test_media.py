@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import BadRequest, StorageError
-from storage.media import (
+from storage.media.tracks import (
     CODECS,
     MAX_RECORD_PAYLOAD,
     RECORD_HEADER,

@@ -13,8 +13,8 @@ import numpy.typing as npt
 import pytest
 
 from crypto.errors import StorageError
-from storage.media import Codec, TrackRecord, codec, stereo_pcm, track_frames
-from storage.opus import OPUS_RATE, OpusDecoder, packet_samples
+from storage.media.opus import OPUS_RATE, OpusDecoder, packet_samples
+from storage.media.tracks import Codec, TrackRecord, codec, stereo_pcm, track_frames
 
 TONE_HZ = 440
 FRAME_MS_20 = 960

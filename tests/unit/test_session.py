@@ -10,7 +10,7 @@ import pytest
 
 from crypto.errors import StorageUnavailable
 from gateway.session import MAX_RUN_BYTES, TrackWriter
-from storage.media import RecordParser, TrackRecord
+from storage.media.tracks import RecordParser, TrackRecord
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 

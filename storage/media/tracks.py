@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from crypto.errors import BadRequest, StorageError
-from storage import opus
+from storage.media import opus
 
 __all__ = [
     "AUDIO_KIND",
