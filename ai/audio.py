@@ -2,7 +2,7 @@
 
 The track's objects are opened in memory (``MediaVault.open_object`` verifies every segment
 before releasing it), their records rendered onto the call's timeline exactly as the WAV
-export does (``storage.media.mono_pcm``: offsets kept, gaps silent, Opus decoded by PyAV),
+export does (``storage.media.timeline.mono_pcm``: offsets kept, gaps silent, Opus decoded by PyAV),
 and the result resampled with PyAV's resampler (FFmpeg's swresample) from the call's rate
 to Whisper's 16 kHz. Nothing of it is ever written to a file. The numpy arrays this module
 makes are overwritten when they are done with (``TrackAudio.wipe`` at the end of the
@@ -22,7 +22,9 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from storage.media.tracks import Codec, TrackRecord, mono_pcm
+from storage.media.codecs import Codec
+from storage.media.timeline import mono_pcm
+from storage.media.tracks import TrackRecord
 
 MODEL_RATE = 16000
 """The sample rate Whisper (and Silero VAD) expects."""

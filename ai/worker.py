@@ -43,7 +43,8 @@ from ai.transcript import TRACKS
 from crypto.errors import CallvaultError, Conflict, NotFound
 from gateway.instructions import parse_instructions
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
-from storage.media.tracks import AUDIO_KIND, codec, track_records
+from storage.media.codecs import codec
+from storage.media.tracks import AUDIO_KIND, track_records
 from storage.vault import MediaVault
 
 log = logging.getLogger(__name__)

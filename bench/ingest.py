@@ -87,7 +87,7 @@ from gateway.settings import (  # noqa: E402
     StoreSettings,
 )
 from gateway.state import SERVICES, SETTINGS  # noqa: E402
-from storage.media.tracks import codec  # noqa: E402
+from storage.media.codecs import codec  # noqa: E402
 
 RATE = 8000
 FRAME_MS = 20

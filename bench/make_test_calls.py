@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from make_sample_call import SPEED_WPM, resample, synthesize, trim  # noqa: E402
 
-from storage.media.tracks import codec  # noqa: E402
+from storage.media.codecs import codec  # noqa: E402
 
 RATE = 8000
 """The telephone sample rate the calls are stored at."""
@@ -323,7 +323,7 @@ def readme(version: str, truths: Sequence[dict[str, Any]]) -> str:
         f"resampled to {RATE} Hz with a polyphase Kaiser-windowed sinc (192 taps, beta 8.6,",
         "cut-off 3.6 kHz; `resample()` in `bench/make_sample_call.py`), cut to a whole",
         "millisecond, scaled to 60 % of full scale and encoded with callvault's own G.711",
-        "encoder (`storage.media.codec('pcmu')`, checked against an independent decoder).",
+        "encoder (`storage.media.codecs.codec('pcmu')`, checked against an independent decoder).",
         f"The first turn starts {LEAD_S} s in; each later turn starts {GAP_S} s after",
         "everyone has stopped, rounded up to 10 ms, except the interruption, which starts",
         "0.8 s before the turn it interrupts ends.",

@@ -120,7 +120,7 @@ from gateway.settings import (  # noqa: E402
     StoreSettings,
 )
 from gateway.state import SERVICES  # noqa: E402
-from storage.media.tracks import codec  # noqa: E402
+from storage.media.codecs import codec  # noqa: E402
 
 RATE = 8000
 FRAME_SAMPLES = 160

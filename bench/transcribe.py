@@ -71,7 +71,8 @@ from ai.worker import TRANSCRIPT_KIND, AnalysisWorker  # noqa: E402
 from gateway.instructions import AI_FEATURES  # noqa: E402
 from gateway.services import Services, build_worker, open_services  # noqa: E402
 from gateway.settings import AiSettings, Settings  # noqa: E402
-from storage.media.tracks import AUDIO_KIND, codec, encode_record  # noqa: E402
+from storage.media.codecs import codec  # noqa: E402
+from storage.media.tracks import AUDIO_KIND, encode_record  # noqa: E402
 from tests.ai import SampleCall, sample_call, wer, words  # noqa: E402
 
 RATE = 8000

@@ -35,8 +35,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import Call, Catalog, Recording
+from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, track_frames
-from storage.media.tracks import codec as media_codec
 from storage.vault import MediaVault
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from yarl import URL
 
 from crypto.errors import CallvaultError
 from gateway.instructions import AI_FEATURES
-from storage.media.tracks import codec
+from storage.media.codecs import codec
 
 CALLER_NUMBER = "+40215550100"
 AGENT_NUMBER = "+40215550199"

@@ -3,7 +3,7 @@
 One ``CallSession`` exists per accepted call from its announcement (or its stream's
 ``start``) to its end, whichever connection carries its audio. Each track (inbound,
 outbound) is sealed as its own streaming object whose plaintext is a sequence of
-``storage.media`` records: raw codec bytes, untouched, with the sample offset where they
+``storage.media.tracks`` records: raw codec bytes, untouched, with the sample offset where they
 start on the call's timeline. So gaps (pause/resume, loss, a reconnect) cost nothing to store
 and come back as silence in exports.
 
@@ -39,8 +39,8 @@ from crypto.errors import CallvaultError, Conflict, MalformedMessage, StorageErr
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
 from storage.catalog import Call, Catalog, Recording
+from storage.media.codecs import codec as media_codec
 from storage.media.tracks import AUDIO_KIND, encode_record
-from storage.media.tracks import codec as media_codec
 from storage.vault import MediaVault, SealingUpload
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ hostile or broken PBX could otherwise stretch a call to years of exported silenc
 
 MAX_RUN_BYTES = 1024 * 1024
 """A run of contiguous audio is closed into a record at this size, so that a record stays
-far below ``storage.media.MAX_RECORD_PAYLOAD`` however long a flush is held up."""
+far below ``storage.media.tracks.MAX_RECORD_PAYLOAD`` however long a flush is held up."""
 
 EndReason = Literal[
     "stop",

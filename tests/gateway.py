@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.auth import ensure_operator_token
 from gateway.logs import ACCESS, AccessLogger
 from gateway.state import SERVICES
-from storage.media.tracks import codec
+from storage.media.codecs import codec
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 ULAW = codec("pcmu")

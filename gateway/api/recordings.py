@@ -40,7 +40,10 @@ from gateway.instructions import normalize_number
 from gateway.services import Services, retention_windows
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, DataClass, Recording
-from storage.media.tracks import AUDIO_KIND, codec, stereo_pcm, track_records, wav_header
+from storage.media.codecs import codec
+from storage.media.timeline import stereo_pcm
+from storage.media.tracks import AUDIO_KIND, track_records
+from storage.media.wav import wav_header
 from storage.retention import Holds, Windows
 
 log = logging.getLogger(__name__)

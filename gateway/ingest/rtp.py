@@ -56,7 +56,7 @@ import pylibsrtp
 
 from crypto.errors import StorageError
 from gateway.ingest.events import Audio, Dtmf, Event, Track
-from storage.media.tracks import Codec
+from storage.media.codecs import Codec
 
 __all__ = [
     "DROP_REASONS",

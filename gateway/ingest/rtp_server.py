@@ -43,7 +43,7 @@ from gateway.ingest.rtp import (
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession
 from gateway.settings import RtpSettings
-from storage.media.tracks import codec as media_codec
+from storage.media.codecs import codec as media_codec
 
 if TYPE_CHECKING:
     from gateway.state import Clock

@@ -30,7 +30,7 @@ from gateway.app import build_app
 from gateway.settings import Settings, WebhookSettings
 from gateway.state import SERVICES
 from gateway.webhooks import WebhookSender, verify
-from storage.media.tracks import codec
+from storage.media.codecs import codec
 from tests.ai import (
     AI_BACKOFF_S,
     AI_ONLY,

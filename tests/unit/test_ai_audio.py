@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ai.audio import MODEL_RATE, decode_track, resample
-from storage.media.tracks import TrackRecord, codec
+from storage.media.codecs import codec
+from storage.media.tracks import TrackRecord
 
 
 def tone(seconds: float, hz: float, rate: int) -> np.ndarray:

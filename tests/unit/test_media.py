@@ -14,19 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import BadRequest, StorageError
+from storage.media.codecs import CODECS, Codec, codec
+from storage.media.timeline import stereo_pcm
 from storage.media.tracks import (
-    CODECS,
     MAX_RECORD_PAYLOAD,
     RECORD_HEADER,
-    Codec,
     RecordParser,
     TrackRecord,
-    codec,
     encode_record,
-    stereo_pcm,
     track_frames,
-    wav_header,
 )
+from storage.media.wav import wav_header
 
 PCMU = CODECS["pcmu"]
 PCMA = CODECS["pcma"]

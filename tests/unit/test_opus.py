@@ -1,6 +1,6 @@
 """Opus as a track stores it: packet lengths from the TOC byte (RFC 6716 §3.1) against an
 independent table, the decoder against packets from libopus itself, and the export path
-(``storage.media``) that places decoded packets on the call's timeline."""
+(``storage.media.timeline``) that places decoded packets on the call's timeline."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy.typing as npt
 import pytest
 
 from crypto.errors import StorageError
+from storage.media.codecs import Codec, codec
 from storage.media.opus import OPUS_RATE, OpusDecoder, packet_samples
-from storage.media.tracks import Codec, TrackRecord, codec, stereo_pcm, track_frames
+from storage.media.timeline import stereo_pcm
+from storage.media.tracks import TrackRecord, track_frames
 
 TONE_HZ = 440
 FRAME_MS_20 = 960
@@ -267,7 +269,7 @@ def test_decoder_refuses_what_is_not_opus_framing() -> None:
         OpusDecoder().decode(b"")
 
 
-# --- storage.media with opus records ----------------------------------------------------
+# --- storage.media.timeline with opus records -------------------------------------------
 
 OPUS = codec("opus")
 

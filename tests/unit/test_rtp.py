@@ -30,7 +30,7 @@ from gateway.ingest.rtp import (
     Timeline,
     parse_rtp,
 )
-from storage.media.tracks import CODECS
+from storage.media.codecs import CODECS
 from tests.rtp import RtpSender
 
 PEER = ("192.0.2.10", 40_000)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage.media.tracks import codec
+from storage.media.codecs import codec
 
 CALLS_DIR = Path(__file__).resolve().parent.parent / "data" / "calls"
 CALLS = ("support", "cancellation", "romanian")

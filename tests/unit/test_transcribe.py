@@ -20,7 +20,7 @@ from ai.transcribe import (
     whisper_chunks,
 )
 from ai.transcript import Interval
-from storage.media.tracks import codec
+from storage.media.codecs import codec
 from tests.ai import CALLS, sample_call
 
 
