@@ -24,6 +24,7 @@ from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import CallvaultError
 from gateway.api import add_routes
 from gateway.calls import CallRegistry
+from gateway.clock import Clock
 from gateway.errors import error_middleware, error_response
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
@@ -41,7 +42,6 @@ from gateway.state import (
     SERVICES,
     SETTINGS,
     SWEEPER,
-    Clock,
 )
 from storage.retention import RetentionSweeper
 

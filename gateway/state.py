@@ -1,31 +1,23 @@
-"""The typed keys of the aiohttp app's shared state, and the clock the gateway reads.
+"""The typed keys of the aiohttp app's shared state.
 
 Handlers and the ingest glue read shared objects through these keys; they are set up and torn
-down by ``gateway.app``'s ``cleanup_ctx``. The clock is app state so that tests can turn it.
+down by ``gateway.app``'s ``cleanup_ctx``. The clock (``gateway.clock``) is app state so that
+tests can turn it.
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ai.worker import WorkerMetrics
 from gateway.calls import CallRegistry
+from gateway.clock import Clock
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.services import Services
 from gateway.settings import Settings
 from storage.retention import RetentionSweeper
-
-
-class Clock:
-    """Wall-clock UTC time; the one place the gateway reads it."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)

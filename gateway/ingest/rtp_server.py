@@ -27,10 +27,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from crypto.errors import CallvaultError, IngestUnavailable
 from gateway.calls import CallRegistry, CallTransport
+from gateway.clock import Clock
 from gateway.ingest.events import Audio, Dtmf, Event, Track
 from gateway.ingest.rtp import (
     DELIVERED,
@@ -44,9 +44,6 @@ from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession
 from gateway.settings import RtpSettings
 from storage.media.codecs import codec as media_codec
-
-if TYPE_CHECKING:
-    from gateway.state import Clock
 
 log = logging.getLogger(__name__)
 
