@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from report import print_table  # noqa: E402
 
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek  # noqa: E402
 
@@ -224,16 +225,16 @@ def main() -> None:
         if with_esdk:
             head += ["cv/esdk", "cv/esdk signed", "ceiling raw/esdk"]
         print(f"\n{op} (MB/s and ratios of throughput)")
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
+        table: list[list[object]] = []
         for r in rows:
-            cells = [f"{int(r['segment_size']) // 1024} KiB"]
-            cells += [str(r[f"{op}_{n}_mbps"]) for n in names]
+            cells: list[object] = [f"{int(r['segment_size']) // 1024} KiB"]
+            cells += [r[f"{op}_{n}_mbps"] for n in names]
             cells.append(f"{r[f'{op}_vs_raw']}x")
             if with_esdk:
                 cells += [f"{r[f'{op}_vs_esdk']}x", f"{r[f'{op}_vs_esdk_signed']}x"]
                 cells.append(f"{r[f'{op}_raw_vs_esdk']}x")
-            print("| " + " | ".join(cells) + " |")
+            table.append(cells)
+        print_table(head, table)
     print(json.dumps({"bench": "crypto", "mib": args.mib, "rounds": args.rounds, "rows": rows}))
 
 

@@ -73,6 +73,7 @@ from aiohttp import WSMsgType, web  # noqa: E402
 from aiohttp.test_utils import BaseTestServer, TestServer  # noqa: E402
 from arguments import positive, positive_list  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
+from report import print_table  # noqa: E402
 
 from gateway.app import build_app  # noqa: E402
 from gateway.auth import ensure_operator_token  # noqa: E402
@@ -681,13 +682,6 @@ async def bench_export(bench: Bench, seconds: int, rounds: int) -> dict[str, flo
         "floor_x_realtime": round(seconds / best["floor"]),
         "time_ratio": round(per_round_ratio(times["export"], times["floor"]), 2),
     }
-
-
-def print_table(head: list[str], rows: list[list[object]]) -> None:
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for cells in rows:
-        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 def cpu_cells(r: dict[str, float | int]) -> list[object]:

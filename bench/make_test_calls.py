@@ -45,6 +45,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from make_sample_call import SPEED_WPM, resample, synthesize, trim  # noqa: E402
+from report import print_table  # noqa: E402
 
 from storage.media.codecs import codec  # noqa: E402
 
@@ -350,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = []
     truths = []
-    print("| call | duration s | turns | inbound talk s | outbound talk s | overlap s | bytes |")
-    print("|---|---|---|---|---|---|---|")
+    table: list[list[object]] = []
     for call in CALLS:
         turns = lay_out(espeak, call)
         tracks = render(turns)
@@ -364,10 +364,16 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         size = sum((out / f"{call.name}.{n}.ulaw").stat().st_size for n in tracks)
-        print(
-            f"| {call.name} | {truth['duration_s']:.2f} | {len(turns)} "
-            f"| {truth['talk_s']['inbound']:.3f} | {truth['talk_s']['outbound']:.3f} "
-            f"| {truth['overlap_s']:.3f} | {size} |"
+        table.append(
+            [
+                call.name,
+                f"{truth['duration_s']:.2f}",
+                len(turns),
+                f"{truth['talk_s']['inbound']:.3f}",
+                f"{truth['talk_s']['outbound']:.3f}",
+                f"{truth['overlap_s']:.3f}",
+                size,
+            ]
         )
         summary.append(
             {
@@ -380,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     (out / "README.md").write_text(readme(version, truths), encoding="utf-8")
+    head = ["call", "duration s", "turns", "inbound talk s", "outbound talk s", "overlap s"]
+    print_table([*head, "bytes"], table)
     print(json.dumps({"bench": "make_test_calls", "espeak_ng": version, "calls": summary}))
     return 0
 

@@ -71,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa  # noqa: E402
 from arguments import positive  # noqa: E402
+from report import print_table  # noqa: E402
 from seaweedfs import Weed, running_weed, weed_binary  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
@@ -505,13 +506,6 @@ async def run(args: argparse.Namespace, weed: Weed, workdir: Path) -> dict[str, 
         report["spans"] = spans
         report["writer_objects"] = observer.objects_written
     return report
-
-
-def print_table(head: list[str], rows: list[list[object]]) -> None:
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for cells in rows:
-        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 def left(figures: dict[str, Any]) -> int:

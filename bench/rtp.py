@@ -105,6 +105,7 @@ import pylibsrtp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from arguments import positive, positive_list  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from report import print_table  # noqa: E402
 
 from gateway.app import build_app  # noqa: E402
 from gateway.auth import ensure_operator_token  # noqa: E402
@@ -1044,13 +1045,6 @@ def run(args: argparse.Namespace, receiver_core: int, sender_core: int) -> dict[
 
 
 # --- output --------------------------------------------------------------------------------
-
-
-def print_table(head: list[str], rows: list[list[object]]) -> None:
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for cells in rows:
-        print("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
 
 
 STEP_HEAD = [

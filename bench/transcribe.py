@@ -63,6 +63,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import orjson  # noqa: E402
 from arguments import positive  # noqa: E402
+from report import print_table  # noqa: E402
 
 from ai.audio import resample  # noqa: E402
 from ai.models import PACKAGED, resolve_model  # noqa: E402
@@ -431,29 +432,30 @@ def contestant_for(device: str) -> Contestant:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(
-        "\n| model | device | CPU threads (pipeline / bare) | calls | audio s | pipeline audio-s/s "
-        "| bare audio-s/s | ratio pipeline/bare | RTF pipeline | RTF bare | WER pipeline "
-        "| WER bare |"
-    )
-    print("|" + "---|" * 12)
+    head = ["model", "device", "CPU threads (pipeline / bare)", "calls", "audio s"]
+    head += ["pipeline audio-s/s", "bare audio-s/s", "ratio pipeline/bare", "RTF pipeline"]
+    head += ["RTF bare", "WER pipeline", "WER bare"]
+    rows: list[list[object]] = []
     for m in report["models"]:
         threads = m["cpu_threads"]
-        cells = [
-            m["model"],
-            f"{report['device']} ({report['compute_type']})",
-            f"{threads['pipeline']} / {threads['bare']}",
-            ", ".join(m["calls"]),
-            m["audio_s"],
-            m["pipeline_audio_s_per_s"],
-            m["bare_audio_s_per_s"],
-            f"**{m['ratio']}x**",
-            m["pipeline_rtf"],
-            m["bare_rtf"],
-            m["pipeline_wer"],
-            m["bare_wer"],
-        ]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+        rows.append(
+            [
+                m["model"],
+                f"{report['device']} ({report['compute_type']})",
+                f"{threads['pipeline']} / {threads['bare']}",
+                ", ".join(m["calls"]),
+                m["audio_s"],
+                m["pipeline_audio_s_per_s"],
+                m["bare_audio_s_per_s"],
+                f"**{m['ratio']}x**",
+                m["pipeline_rtf"],
+                m["bare_rtf"],
+                m["pipeline_wer"],
+                m["bare_wer"],
+            ]
+        )
+    print()
+    print_table(head, rows)
     for m in report["models"]:
         if m["warmup"]:
             w = m["warmup"]
@@ -465,24 +467,26 @@ def print_report(report: dict[str, Any]) -> None:
         "\nEvery run (s: wall time of the job / of both tracks' transcription; WER over both "
         "tracks against the script):\n"
     )
-    print("| model | call | repeat | audio s | pipeline s | bare s | time pipeline/bare "
-          "| WER pipeline | WER bare |")  # fmt: skip
-    print("|" + "---|" * 9)
+    head = ["model", "call", "repeat", "audio s", "pipeline s", "bare s", "time pipeline/bare"]
+    head += ["WER pipeline", "WER bare"]
+    rows = []
     for m in report["models"]:
         audio = {c["call"]: c["audio_s"] for c in m["per_call"]}
         for r in m["runs"]:
-            cells = [
-                r["model"],
-                r["call"],
-                r["repeat"],
-                audio[r["call"]],
-                r["pipeline_s"],
-                r["bare_s"],
-                f"{r['pipeline_s'] / r['bare_s']:.3f}",
-                r["pipeline_wer"],
-                r["bare_wer"],
-            ]
-            print("| " + " | ".join(str(c) for c in cells) + " |")
+            rows.append(
+                [
+                    r["model"],
+                    r["call"],
+                    r["repeat"],
+                    audio[r["call"]],
+                    r["pipeline_s"],
+                    r["bare_s"],
+                    f"{r['pipeline_s'] / r['bare_s']:.3f}",
+                    r["pipeline_wer"],
+                    r["bare_wer"],
+                ]
+            )
+    print_table(head, rows)
 
 
 def names(text: str, known: tuple[str, ...] | list[str]) -> list[str]:
