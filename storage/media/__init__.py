@@ -1,5 +1,5 @@
-"""Call audio as callvault stores it: the track record format and the codecs, shared by ingest
-(``gateway``), the AI worker (``ai``) and export and retention (``storage``).
+"""Call audio as callvault stores it: the track record format and the codecs, one package that
+ingest and export (``gateway``), the AI worker (``ai``), the benches and the tests all use.
 
 Each module holds one thing, imported from where it lives:
 
