@@ -10,8 +10,9 @@ import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import ValidationError
 
-from crypto.errors import CallvaultError, HeldByLegalHold, InvalidInstructions
+from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold, InvalidInstructions
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +42,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.path)
         return error_response(500, "internal_error", "The server failed; see its log.")
+
+
+def invalid_body(error: ValidationError, code: str) -> BadRequest:
+    """The 400 of a request body that fails its model: ``code`` with the first offending
+    field as a dotted path (``(body)`` for the body as a whole) and pydantic's sentence.
+    Request handlers and ``gateway.calls.parse_announcement`` both answer through it."""
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(body)"
+    return BadRequest(f"{field}: {first['msg']}.", code=code)
