@@ -27,16 +27,23 @@ from importlib.metadata import version
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
-from gateway.api import models
+from gateway.api import DESCRIPTION, models
 from gateway.api.calls import WEBSOCKET_PATHS
 from gateway.api.codes import ERROR_CODES, EXTRA_FIELDS, WIRE_CODE
 from gateway.api.rights import EXPORT_ENTRIES
 from gateway.api.routes import PATH_PARAMETERS, ROUTES, Route
+from gateway.auth import ROLE_WORDS
 from gateway.ingest.docs import CLOSE_CODES, FORK, TWILIO, WS_COMMON, audiosocket_extension
 from gateway.ingest.events import MAX_MESSAGE
-from gateway.instructions import RetentionRule
+from gateway.instructions import (
+    MAX_PHRASE_CHARS,
+    MAX_WEBHOOK_URL_CHARS,
+    REDACTED,
+    WEBHOOK_SECRET_CHARS,
+    RetentionRule,
+)
 from gateway.policy import RefusalCode
 from storage.catalog.records import ROLES
 
@@ -67,14 +74,6 @@ DURATION: Schema = {
     "examples": ["P90D", "PT30S", "P3Y"],
 }
 
-ROLE_WORDS: dict[str, str] = {
-    "operator": "runs the gateway: tenants and tokens, never tenant audio or transcripts",
-    "admin": "a tenant's administrator: instructions, tokens, recordings including audio, "
-    "legal holds, erasure and export",
-    "pbx": "a tenant's PBX: announces calls, pushes audio, pauses, resumes and ends calls",
-    "processor": "a tenant's downstream system: lists recordings, reads transcripts (no audio)",
-}
-
 SHARED_RESPONSES: dict[str, tuple[int, tuple[str, ...]]] = {
     "Unauthorized": (401, ("unauthorized",)),
     "Forbidden": (403, ("forbidden",)),
@@ -93,21 +92,39 @@ class _Schemas(GenerateJsonSchema):
         return False
 
 
-def _models() -> list[type[BaseModel]]:
-    """Every model a route or the export names, plus the error body."""
-    found: list[type[BaseModel]] = [models.Error, models.Status, models.ExportManifest]
-    found += [models.Call, models.Recording, models.Transcript, models.Analysis]
-    for route in ROUTES:
-        if route.body is not None:
-            found.append(route.body.model)
-        if isinstance(route.answer, type):
-            found.append(route.answer)
-    return list(dict.fromkeys(found))
+def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    """Every model a route or the export names, plus the error body: request bodies as
+    they are validated, answers as they are serialised (every field with a default sent)."""
+    answers: list[type[BaseModel]] = [models.Error, models.Status, models.ExportManifest]
+    answers += [models.Call, models.Recording, models.Transcript, models.Analysis]
+    answers += [r.answer for r in ROUTES if isinstance(r.answer, type)]
+    found = [(r.body.model, "validation") for r in ROUTES if r.body is not None]
+    found += [(model, "serialization") for model in answers]
+    return list(dict.fromkeys(typing.cast(list[tuple[type[BaseModel], JsonSchemaMode]], found)))
+
+
+# What the instruction validators check in code, as JSON Schema (introspection sees only
+# `str`): the ECMA-262 twins of their rules.
+_SHORTEST, _LONGEST = WEBHOOK_SECRET_CHARS
+_SECRET = f"^[^\\x00-\\x1f\\x7f-\\x9f]{{{_SHORTEST},{_LONGEST}}}$"
+CODE_CHECKED: dict[tuple[str, str], Schema] = {
+    **{("RetentionRule", n): {"allOf": [{"$ref": "#/components/schemas/Duration"}]}
+       for n in RetentionRule.model_fields},
+    ("AiRule", "language"): {"type": "string", "pattern": "^(auto|[a-z]{2})$"},
+    ("WebhookRule", "url"): {
+        "type": ["string", "null"], "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+        "maxLength": MAX_WEBHOOK_URL_CHARS,
+    },
+    # Longer than REDACTED and without control characters, so the branches never overlap.
+    ("WebhookRule", "secret"): {
+        "oneOf": [{"type": "string", "pattern": _SECRET}, {"const": REDACTED}, {"type": "null"}]
+    },
+}  # fmt: skip
 
 
 def component_schemas() -> dict[str, Schema]:
     _, top = models_json_schema(
-        [(model, "validation") for model in _models()],
+        _models(),
         ref_template="#/components/schemas/{model}",
         schema_generator=_Schemas,
     )
@@ -116,12 +133,14 @@ def component_schemas() -> dict[str, Schema]:
         schema.pop("title", None)
     # The retention windows are strings checked by a parser; say its grammar as a pattern.
     schemas["Duration"] = DURATION
-    retention = schemas[RetentionRule.__name__]["properties"]
-    for name, field in RetentionRule.model_fields.items():
-        retention[name] = {
-            "allOf": [{"$ref": "#/components/schemas/Duration"}],
-            "default": field.default,
-        }
+    for (component, name), schema in CODE_CHECKED.items():
+        field = schemas[component]["properties"][name]
+        kept = {k: field[k] for k in ("default", "description") if k in field}
+        schemas[component]["properties"][name] = {**schema, **kept}
+    categories = schemas["AiRule"]["properties"]["categories"]
+    categories["propertyNames"] = {"pattern": "^[a-z0-9_]{1,40}$"}
+    phrases = categories["additionalProperties"]["items"]
+    phrases.update(minLength=1, maxLength=MAX_PHRASE_CHARS)
     _drop_null_defaults(schemas)
     return dict(sorted(schemas.items()))
 
@@ -312,25 +331,6 @@ def ingest_paths() -> dict[str, Schema]:
 
 
 # --- the document -------------------------------------------------------------------------
-
-DESCRIPTION = """callvault records and analyses PBX call audio on each tenant's **documented
-instructions** (GDPR Art. 28): a tenant admin PUTs an instructions document (recording, each
-AI feature, the consent rule, retention windows, numbers never to record), every version is
-kept, and every call is checked against the current version before a byte of its audio is
-stored. Everything is off by default, so a tenant that never stored instructions has every
-call refused; a refused call leaves only its call record. Audio, transcripts and analysis are
-**encrypted at rest**: each object is sealed in segments with AES-256-GCM under its own data
-key, which is wrapped by the tenant's key (KEK); deleting a tenant destroys its KEKs, so
-nothing of it can be opened again. Retention windows delete data as the instructions say,
-unless a **legal hold** covers it; data subjects' erasure and export requests are served per
-number.
-
-Authenticate with `Authorization: Bearer <token>`; each token has one role (`x-roles` on
-every operation) and, except `operator`, one tenant. A resource of another tenant is always
-404, never 403. Errors are `{"error": <code>, "message": <sentence>}` (`field` too on 422,
-`hold` too on 409 `legal_hold`).
-Audio arrives over the WebSocket ingest routes below, or over Asterisk AudioSocket TCP,
-described in the top-level `x-audiosocket` extension."""
 
 
 def build_document() -> dict[str, Any]:

@@ -195,7 +195,12 @@ class Instructions(InstructionsDoc):
     """One immutable version of a tenant's documented instructions (the webhook secret
     shows as `<redacted>` when one is set)."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+    # Answers are open (the contract lets fields be added), and send every field.
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        extra="ignore",
+        json_schema_serialization_defaults_required=True,
+    )
 
     version: int = Field(ge=0)
     """Increases by one per PUT; 0 means the tenant never PUT instructions and the defaults
