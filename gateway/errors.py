@@ -50,4 +50,7 @@ def invalid_body(error: ValidationError, code: str) -> BadRequest:
     Request handlers and ``gateway.calls.parse_announcement`` both answer through it."""
     first = error.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or "(body)"
-    return BadRequest(f"{field}: {first['msg']}.", code=code)
+    message = first["msg"]
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be a JSON object"  # not pydantic's words, which name the class
+    return BadRequest(f"{field}: {message}.", code=code)

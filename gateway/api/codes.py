@@ -17,6 +17,10 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "A field is missing, of the wrong type, or out of range.",
         "name must be a non-empty string of at most 200 characters.",
     ),
+    "request_entity_too_large": (
+        "The body is larger than the server accepts (aiohttp's `client_max_size`, 1 MiB).",
+        "Request Entity Too Large",
+    ),
     "bad_role": (
         "The role is not one a tenant token can have.",
         "role must be one of admin, pbx, processor.",

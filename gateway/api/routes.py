@@ -92,7 +92,8 @@ class Route:
     query: tuple[Query, ...] = ()
     errors: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     """The error codes this route answers besides those every route of its kind can
-    (401, 503, 403 and, with a path parameter, 404; 400 ``bad_json`` and the body's code)."""
+    (401, 503, 403 and, with a path parameter, 404; with a body, 400 ``bad_json`` and the
+    body's code, and 413 for a body over aiohttp's ``client_max_size``)."""
     description: str | None = None
     """For the document, when the handler's docstring is not the right words."""
 
@@ -108,6 +109,7 @@ class Route:
                 codes[422] = ["invalid_instructions"]
             else:
                 codes[400] = ["bad_json", self.body.code]
+            codes[413] = ["request_entity_too_large"]
         for status, extra in self.errors.items():
             codes.setdefault(status, [])
             codes[status] += [c for c in extra if c not in codes[status]]
