@@ -223,7 +223,9 @@ def _operation(
 
 def route_operation(route: Route) -> Schema:
     roles = [role for role in ROLES if role in route.roles]
-    words = route.description or inspect.cleandoc(route.handler.__doc__ or route.summary)
+    # Docstrings are reST; the document's descriptions are Markdown (CommonMark).
+    text = route.description or route.handler.__doc__ or route.summary
+    words = inspect.cleandoc(text).replace("``", "`")
     operation = _operation(route.operation_id, route.summary, route.tag, roles, words)
     responses = {str(route.status): _answer(route)}
     for status, codes in route.error_codes().items():

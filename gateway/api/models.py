@@ -405,9 +405,87 @@ class Transcript(BaseModel):
     """In time order."""
 
 
+class Score(BaseModel):
+    score: float = Field(ge=-1, le=1)
+    label: Literal["negative", "neutral", "positive"]
+
+
+class TrackScores(BaseModel):
+    """Per track (only tracks that spoke)."""
+
+    inbound: Score | Absent = None
+    outbound: Score | Absent = None
+
+
+class Sentiment(BaseModel):
+    """Lexicon sentiment (English and Romanian) with negation, intensifiers and but-clauses,
+    plus intent cues, so a polite cancellation reads negative."""
+
+    model_config = _DOCS
+
+    method: str | Absent = Field(default=None, examples=["lexicon+cues"])
+    overall: Score
+    tracks: TrackScores
+    segments: list[dict[str, Any]] | Absent = None
+    timeline: list[dict[str, Any]] | Absent = None
+    cues: list[dict[str, Any]] | Absent = None
+    """Churn or complaint phrases that made a segment negative however politely it was
+    worded (`cancel`, `refund`, `reziliez`, ...)."""
+
+
+class TalkTrack(BaseModel):
+    talk_s: float
+    talk_share: float
+    wpm: int
+    longest_monologue_s: float
+    turns: int | Absent = None
+
+
+class TalkTracks(BaseModel):
+    """From each track's voice activity (Silero VAD)."""
+
+    inbound: TalkTrack | Absent = None
+    outbound: TalkTrack | Absent = None
+
+
+class TalkListen(BaseModel):
+    model_config = _DOCS
+
+    tracks: TalkTracks
+    talk_to_listen: float | None
+    """Outbound (agent) talk / inbound (caller)."""
+    silence_s: float
+    overlap_s: float
+    """Both talking at once."""
+    interruptions: int
+    interruptions_by_track: dict[str, Any] | Absent = None
+
+
+class KeyPhrase(BaseModel):
+    phrase: str | Absent = None
+    count: int | Absent = None
+    score: float | Absent = None
+
+
+class CategoryMatch(BaseModel):
+    name: str | Absent = None
+    count: int | Absent = None
+    phrases: list[str] | Absent = None
+    tracks: dict[str, Any] | Absent = None
+    first_at: float | Absent = None
+
+
+class Topics(BaseModel):
+    model_config = _DOCS
+
+    key_phrases: list[KeyPhrase]
+    categories: list[CategoryMatch]
+    """The tenant's categories (`ai.categories`) that matched."""
+
+
 class Analysis(BaseModel):
     """Only the features the call's instructions asked for; the keys of the others are
-    absent. The sealed analysis is returned as the AI worker wrote it."""
+    absent. Returned as the AI worker sealed it."""
 
     model_config = _DOCS
 
@@ -416,12 +494,9 @@ class Analysis(BaseModel):
     duration_s: float | Absent = None
     summary: str | Absent = None
     """3-5 sentences of the call, speaker-labelled (extractive)."""
-    sentiment: dict[str, Any] | Absent = None
-    """Lexicon sentiment (`overall`, per `tracks`, `segments`, `timeline`, `cues`)."""
-    talk_listen: dict[str, Any] | Absent = None
-    """Talk/listen ratio, talk time, monologues, overlaps, interruptions per track."""
-    topics: dict[str, Any] | Absent = None
-    """`key_phrases`, and the tenant's `categories` (`ai.categories`) that matched."""
+    sentiment: Sentiment | Absent = None
+    talk_listen: TalkListen | Absent = None
+    topics: Topics | Absent = None
 
 
 # --- holds, erasure, export ----------------------------------------------------------------

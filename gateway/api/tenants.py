@@ -122,14 +122,17 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
-    """Erase everything of the tenant. Refused (409 naming the hold) while a legal hold is
-    active. Otherwise its live calls end, its KEKs are destroyed first (so every DEK, and
-    with it every object, is unreadable from that moment, backups included), it is marked
-    deleted (its tokens stop working), then the sweeper's deletion steps remove every
-    object, recording, call record, hold and instructions version (``recording.deleted``
-    with reason ``tenant``, ``call_record.deleted``). A crash before the mark is finished
-    by repeating the request; one after it by the next sweep, which treats a deleted
-    tenant's leftovers as due. The audit log stays."""
+    """Erase everything of the tenant: live calls end, its tokens stop working, its keys
+    (KEKs) are destroyed first (so every object is unreadable from that moment, backups
+    included), then every object, recording and call record is deleted. Refused with 409
+    `legal_hold` while any legal hold of the tenant is active. The audit log stays, with
+    `keys.destroyed`, a `recording.deleted` (reason `tenant`) per recording, a
+    `call_record.deleted` per call record and a final `tenant.deleted`."""
+    # The order: live calls end, the KEKs go (every DEK, and with it every object, is
+    # unreadable from then on), the tenant is marked deleted, then the sweeper's deletion
+    # steps remove every object, recording, call record, hold and instructions version. A
+    # crash before the mark is finished by repeating the request; one after it by the next
+    # sweep, which treats a deleted tenant's leftovers as due.
     principal, tenant = await principal_of(request), request[TENANT]
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()
