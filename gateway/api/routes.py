@@ -104,7 +104,7 @@ class Route:
         if "{" in self.path:
             codes[404] = ["not_found"]
         if self.body is not None:
-            if self.body.code == "invalid_instructions":
+            if self.body.code == "invalid_instructions":  # a document, refused with 422
                 codes[400] = ["bad_json"]
                 codes[422] = ["invalid_instructions"]
             else:
@@ -120,8 +120,10 @@ def _caller_tenant(route: Route, request: web.Request, principal: Principal) -> 
     if "{tenant}" in route.path:
         # 404 for another tenant's path before anything else; the role comes after find.
         return scope(principal, request.match_info["tenant"], ANY_ROLE)
-    if route.roles == {"operator"}:
+    if route.roles == {"operator"}:  # /v1/tenants itself: no tenant to act in
         return None
+    # /v1/calls/{id}, /v1/recordings/{id}: the token's tenant (the operator gets 403 here;
+    # it names tenants in paths).
     return tenant_of(principal)
 
 
