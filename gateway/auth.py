@@ -103,6 +103,15 @@ def scope(principal: Principal, tenant: str, roles: Collection[Role]) -> str:
     return tenant
 
 
+ROLE_WORDS: dict[str, str] = {
+    "operator": "runs the gateway: tenants and tokens, never tenant audio or transcripts",
+    "admin": "a tenant's administrator: instructions, tokens, recordings including audio, "
+    "legal holds, erasure and export",
+    "pbx": "a tenant's PBX: announces calls, pushes audio, pauses, resumes and ends calls",
+    "processor": "a tenant's downstream system: lists recordings, reads transcripts (no audio)",
+}
+"""What each role is for, in the words of the OpenAPI document."""
+
 ANY_ROLE: frozenset[Role] = frozenset(ROLES)
 """For ``scope`` before a lookup: the role is checked once the resource was found."""
 

@@ -30,6 +30,7 @@ from crypto.errors import (
     PolicyRefused,
     StreamRefused,
 )
+from gateway.errors import invalid_body
 from gateway.instructions import default_instructions, normalize_number, parse_instructions
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
@@ -106,9 +107,7 @@ def parse_announcement(data: object) -> CallAnnouncement:
     try:
         announcement = CallAnnouncement.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(body)"
-        raise BadRequest(f"{field}: {first['msg']}.", code="invalid_call") from None
+        raise invalid_body(e, "invalid_call") from None
     transport = announcement.transport
     codec = announcement.codec or TRANSPORT_CODECS[transport][0]
     if codec not in TRANSPORT_CODECS[transport]:

@@ -10,8 +10,9 @@ import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import ValidationError
 
-from crypto.errors import CallvaultError, HeldByLegalHold, InvalidInstructions
+from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold, InvalidInstructions
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +42,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.path)
         return error_response(500, "internal_error", "The server failed; see its log.")
+
+
+def invalid_body(error: ValidationError, code: str) -> BadRequest:
+    """The 400 of a request body that fails its model: ``code`` with the first offending
+    field as a dotted path (``(body)`` for the body as a whole) and pydantic's sentence.
+    Request handlers and ``gateway.calls.parse_announcement`` both answer through it."""
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(body)"
+    message = first["msg"]
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be a JSON object"  # not pydantic's words, which name the class
+    return BadRequest(f"{field}: {message}.", code=code)

@@ -1,42 +1,30 @@
 """The HTTP control API of ../shared/API.md: tenants, tokens, instructions, calls,
 recordings, legal holds, data subjects' rights and the audit log. Each module holds the
-handlers of one resource; ``add_routes`` mounts them."""
+handlers of one resource; ``routes`` declares every route once, and ``add_routes`` mounts
+them behind the checks it derives from that table."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from gateway.api.routes import ROUTES, add_routes
 
-from gateway.api import audit, calls, recordings, rights, tenants
+__all__ = ["DESCRIPTION", "ROUTES", "add_routes"]
 
+DESCRIPTION = """callvault records and analyses PBX call audio on each tenant's **documented
+instructions** (GDPR Art. 28): a tenant admin PUTs an instructions document (recording, each
+AI feature, the consent rule, retention windows, numbers never to record), every version is
+kept, and every call is checked against the current version before a byte of its audio is
+stored. Everything is off by default, so a tenant that never stored instructions has every
+call refused; a refused call leaves only its call record. Audio, transcripts and analysis are
+**encrypted at rest**: each object is sealed in segments with AES-256-GCM under its own data
+key, which is wrapped by the tenant's key (KEK); deleting a tenant destroys its KEKs, so
+nothing of it can be opened again. Retention windows delete data as the instructions say,
+unless a **legal hold** covers it; data subjects' erasure and export requests are served per
+number.
 
-def add_routes(app: web.Application) -> None:
-    router = app.router
-    router.add_post("/v1/tenants", tenants.create_tenant)
-    router.add_get("/v1/tenants", tenants.list_tenants)
-    router.add_get("/v1/tenants/{tenant}", tenants.get_tenant)
-    router.add_delete("/v1/tenants/{tenant}", tenants.delete_tenant)
-    router.add_post("/v1/tenants/{tenant}/tokens", tenants.create_token)
-    router.add_get("/v1/tenants/{tenant}/tokens", tenants.list_tokens)
-    router.add_delete("/v1/tenants/{tenant}/tokens/{token_id}", tenants.revoke_token)
-    router.add_get("/v1/tenants/{tenant}/instructions", tenants.get_instructions)
-    router.add_put("/v1/tenants/{tenant}/instructions", tenants.put_instructions)
-    router.add_get("/v1/tenants/{tenant}/instructions/history", tenants.instructions_history)
-    router.add_post("/v1/tenants/{tenant}/calls", calls.announce)
-    router.add_get("/v1/tenants/{tenant}/calls/{call_id}", calls.get_call)
-    router.add_post("/v1/calls/{call_id}/pause", calls.pause)
-    router.add_post("/v1/calls/{call_id}/resume", calls.resume)
-    router.add_post("/v1/calls/{call_id}/end", calls.end)
-    router.add_get("/v1/tenants/{tenant}/recordings", recordings.list_recordings)
-    router.add_get("/v1/recordings/{recording_id}", recordings.get_recording)
-    router.add_get("/v1/recordings/{recording_id}/audio", recordings.get_audio)
-    router.add_get("/v1/recordings/{recording_id}/transcript", recordings.get_transcript)
-    router.add_get("/v1/recordings/{recording_id}/analysis", recordings.get_analysis)
-    router.add_delete("/v1/recordings/{recording_id}", rights.erase_recording)
-    router.add_post("/v1/tenants/{tenant}/legal-holds", rights.place_hold)
-    router.add_get("/v1/tenants/{tenant}/legal-holds", rights.list_holds)
-    router.add_get("/v1/tenants/{tenant}/legal-holds/{hold_id}", rights.get_hold)
-    router.add_delete("/v1/tenants/{tenant}/legal-holds/{hold_id}", rights.release_hold)
-    router.add_post("/v1/tenants/{tenant}/erasure-requests", rights.request_erasure)
-    router.add_get("/v1/tenants/{tenant}/export", rights.export_number)
-    router.add_get("/v1/tenants/{tenant}/audit", audit.list_audit)
-    router.add_get("/v1/tenants/{tenant}/audit/verify", audit.verify_audit)
+Authenticate with `Authorization: Bearer <token>`; each token has one role (`x-roles` on
+every operation) and, except `operator`, one tenant. A resource of another tenant is always
+404, never 403. Errors are `{"error": <code>, "message": <sentence>}` (`field` too on 422,
+`hold` too on 409 `legal_hold`).
+Audio arrives over the WebSocket ingest routes below, or over Asterisk AudioSocket TCP,
+described in the top-level `x-audiosocket` extension."""
+"""The API in a page: the OpenAPI document's ``info.description``."""

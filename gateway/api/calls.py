@@ -6,18 +6,18 @@ the refusal code and leaves only the call record (CDR) and an audit event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from crypto.errors import CallvaultError, Conflict, PolicyRefused, StreamRefused
-from gateway.api.common import iso, json_body, principal_of
-from gateway.auth import ANY_ROLE, require_role, scope, tenant_of
-from gateway.calls import CallAnnouncement, RtpPayloadTypes, parse_announcement
+from gateway.api.common import TENANT, body_of, found, iso, principal_of
+from gateway.calls import CallAnnouncement, RtpPayloadTypes
 from gateway.ingest.rtp import PayloadTypes
 from gateway.ingest.rtp_server import RtpOffer
-from gateway.state import CALLS, CLOCK, RTP, SERVICES, SETTINGS
-from storage.catalog import Call
+from gateway.state import CALLS, CLOCK, RTP, SETTINGS
+from storage.catalog import Call, Catalog
 
 WEBSOCKET_PATHS = {"twilio": "/v1/ingest/twilio", "fork": "/v1/ingest/fork"}
 
@@ -42,9 +42,11 @@ def call_view(call: Call) -> dict[str, Any]:
 
 
 async def announce(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"pbx"})
-    announcement = parse_announcement(await json_body(request))
+    """Run the tenant's instructions on the call before any audio exists. Accepted: 201 with
+    the decision and where to send audio. Refused: 403 with the refusal code, and nothing is
+    stored but the call record (CDR) of the refusal and an audit event."""
+    principal, tenant = await principal_of(request), request[TENANT]
+    announcement = body_of(request, CallAnnouncement)
     app = request.app
     announced = await app[CALLS].announce(
         tenant, announcement, actor=principal.actor, now=app[CLOCK].now()
@@ -87,22 +89,21 @@ async def _open_rtp(
         raise
 
 
+async def find_call(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> Call:
+    """The path's call in the caller's tenant (404 otherwise)."""
+    return await catalog.get_call(tenant, path["call_id"])
+
+
 async def get_call(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
-    call = await request.app[SERVICES].catalog.get_call(tenant, request.match_info["call_id"])
-    require_role(principal, {"pbx", "admin"})
+    """The call record, refused calls included."""
+    call: Call = found(request)
     return web.json_response(call_view(call))
 
 
 async def _pbx_call(request: web.Request) -> tuple[str, str]:
-    """The caller's tenant and the call id of the path, once the call is known to be the
-    tenant's (404 otherwise) and the caller a pbx (403)."""
-    principal = await principal_of(request)
-    tenant, call_id = tenant_of(principal), request.match_info["call_id"]
-    await request.app[SERVICES].catalog.get_call(tenant, call_id)
-    require_role(principal, {"pbx"})
-    return tenant, call_id
+    """The caller's tenant and the path's call id (found by the route table)."""
+    call: Call = found(request)
+    return request[TENANT], call.id
 
 
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
@@ -122,11 +123,13 @@ async def pause(request: web.Request) -> web.Response:
 
 
 async def resume(request: web.Request) -> web.Response:
+    """Store audio again."""
     return await _set_paused(request, False)
 
 
 async def end(request: web.Request) -> web.Response:
-    """End the call (idempotent: also 200 when its transport already ended it)."""
+    """End the call and finalize its recording. Idempotent: 200 also when the transport
+    already ended it, or the call was refused."""
     tenant, call_id = await _pbx_call(request)
     app = request.app
     call = await app[CALLS].end(tenant, call_id, now=app[CLOCK].now(), reason="api")

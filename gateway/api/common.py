@@ -1,18 +1,44 @@
-"""Helpers every API handler uses: who is calling, the JSON body, timestamps."""
+"""Helpers every API handler uses: who is calling, the checked body, timestamps.
+
+``gateway.api.routes`` authenticates the caller, checks its tenant and role, looks up the
+path's resource where the role check must wait for it, and validates the body, all before
+the handler runs; it leaves what it found in the request under the keys below."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel
 
 from crypto.errors import BadRequest
 from gateway.auth import Principal, authenticate, bearer_secret
 from gateway.state import SERVICES
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+TENANT = web.RequestKey("tenant", str)
+"""The caller's tenant: the path's ``{tenant}``, else the token's (not set for routes only
+the operator may call, which name no tenant)."""
+FOUND = web.RequestKey("found", object)
+"""The path's resource, for routes whose role is checked only once it was found."""
+BODY = web.RequestKey("body", BaseModel)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def body_of(request: web.Request, model: type[M]) -> M:
+    """The request's body, validated against ``model`` by the route table."""
+    body = request[BODY]
+    if not isinstance(body, model):  # pragma: no cover - a route table mistake
+        raise TypeError(f"{request.path}: the route's body is not a {model.__name__}")
+    return body
+
+
+def found(request: web.Request) -> Any:
+    """What the route's ``find`` looked up (its type is the finder's)."""
+    return cast(Any, request[FOUND])
 
 
 async def principal_of(request: web.Request) -> Principal:

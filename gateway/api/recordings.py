@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,8 +34,7 @@ from crypto.errors import (
     StorageUnavailable,
     TooLarge,
 )
-from gateway.api.common import iso, principal_of, query_int, query_time
-from gateway.auth import require_role, scope, tenant_of
+from gateway.api.common import TENANT, found, iso, principal_of, query_int, query_time
 from gateway.instructions import normalize_number
 from gateway.services import Services, retention_windows
 from gateway.state import CLOCK, SERVICES
@@ -141,9 +140,8 @@ def _decode_cursor(text: str) -> tuple[datetime, str]:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    tenant = scope(
-        await principal_of(request), request.match_info["tenant"], {"admin", "processor"}
-    )
+    """The tenant's recordings, newest first, a page at a time."""
+    tenant = request[TENANT]
     catalog = request.app[SERVICES].catalog
     number = request.query.get("number")
     if number is not None:
@@ -171,27 +169,32 @@ async def list_recordings(request: web.Request) -> web.Response:
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
 
+async def find_recording(
+    catalog: Catalog, tenant: str, path: Mapping[str, str]
+) -> tuple[Recording, Call]:
+    """The path's recording in the caller's tenant, with its call (404 otherwise)."""
+    return await catalog.get_recording_entry(tenant, path["recording_id"])
+
+
 async def get_recording(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    tenant = tenant_of(principal)
-    catalog = request.app[SERVICES].catalog
-    recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
-    require_role(principal, {"admin", "processor"})
+    """The recording's metadata (no audio)."""
+    tenant, catalog = request[TENANT], request.app[SERVICES].catalog
+    recording, call = found(request)
     tracks = await catalog.recording_tracks(tenant, [recording.id], kind=AUDIO_KIND)
     lifecycle = await Lifecycle.load(catalog, tenant)
     return web.json_response(recording_view(recording, call, tracks[recording.id], lifecycle))
 
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
-    """The recording as a stereo 16-bit PCM WAV at the call's sample rate."""
-    principal = await principal_of(request)
-    tenant = tenant_of(principal)
+    """A WAV of 16-bit PCM, stereo (inbound left, outbound right) at the call's sample rate,
+    decrypted on the fly; paused stretches are silence. Every read is audited (`audio.read`)
+    before the first byte is sent. If a sealed object fails to verify mid-stream the
+    connection is closed early: the body is shorter than Content-Length and nothing
+    unverified was sent."""
+    principal, tenant = await principal_of(request), request[TENANT]
     app = request.app
     services = app[SERVICES]
-    recording, call = await services.catalog.get_recording_entry(
-        tenant, request.match_info["recording_id"]
-    )
-    require_role(principal, {"admin"})
+    recording, call = found(request)
     wav = await open_wav(services, recording, call)
     await services.catalog.append_audit(
         tenant,
@@ -294,12 +297,10 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
 
 async def _result(request: web.Request, kind: str, features: tuple[str, ...]) -> web.Response:
     """A recording's sealed transcript or analysis, audited before it is sent."""
-    principal = await principal_of(request)
-    tenant = tenant_of(principal)
+    principal, tenant = await principal_of(request), request[TENANT]
     services = request.app[SERVICES]
     catalog = services.catalog
-    recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
-    require_role(principal, {"admin", "processor"})
+    recording, call = found(request)
     if recording.status == "deleted":
         raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
     if not any(feature in features for feature in call.decision.get("ai", ())):
@@ -340,10 +341,13 @@ async def _result(request: web.Request, kind: str, features: tuple[str, ...]) ->
 
 
 async def get_transcript(request: web.Request) -> web.Response:
-    """``{"language", "model", "duration_s", "segments": [{"track", "start", "end", "text"}]}``"""
+    """The transcript per track (inbound = caller, outbound = agent), decrypted from its
+    sealed object; every read is audited (`transcript.read`)."""
     return await _result(request, TRANSCRIPT_KIND, ("transcript",))
 
 
 async def get_analysis(request: web.Request) -> web.Response:
-    """The instructed features only: ``summary``, ``sentiment``, ``talk_listen``, ``topics``."""
+    """Summary, sentiment, talk/listen metrics and topics: only the features the call's
+    instructions asked for. Decrypted from its sealed object; every read is audited
+    (`analysis.read`)."""
     return await _result(request, ANALYSIS_KIND, ANALYSIS_FEATURES)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from io import RawIOBase
 from typing import Any
@@ -29,9 +29,10 @@ from aiohttp import web
 from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
 from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold, KeyUnavailable
 from gateway.api.calls import call_view
-from gateway.api.common import iso, json_body, principal_of
+from gateway.api.common import TENANT, body_of, found, iso, principal_of
+from gateway.api.models import ErasureRequest, LegalHoldCreate
 from gateway.api.recordings import Lifecycle, open_wav, recording_view
-from gateway.auth import ANY_ROLE, Principal, require_role, scope, tenant_of
+from gateway.auth import Principal
 from gateway.instructions import normalize_number
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
@@ -40,10 +41,34 @@ from storage.retention import Holds
 
 log = logging.getLogger(__name__)
 
-MAX_HOLD_CALLS = 1000
 _PAGE = 500
 """Recordings read per catalog query when a number's recordings are gathered."""
-MAX_REASON = 500
+
+EXPORT_ENTRIES: dict[str, Any] = {
+    "manifest.json": {"schema": {"$ref": "#/components/schemas/ExportManifest"}},
+    "calls.json": {
+        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
+        "description": "Every call record where the number is a party, refused calls included.",
+    },
+    "recordings/{recording_id}/recording.json": {
+        "schema": {"$ref": "#/components/schemas/Recording"}
+    },
+    "recordings/{recording_id}/transcript.json": {
+        "schema": {"$ref": "#/components/schemas/Transcript"},
+        "description": "Where one is stored.",
+    },
+    "recordings/{recording_id}/analysis.json": {
+        "schema": {"$ref": "#/components/schemas/Analysis"},
+        "description": "Where one is stored.",
+    },
+    "recordings/{recording_id}/audio.wav": {
+        "contentMediaType": "audio/wav",
+        "description": "Where the audio can be exported: the WAV of "
+        "`GET /v1/recordings/{recording_id}/audio`.",
+    },
+}
+"""What ``export_number``'s ZIP holds, for the OpenAPI document (``x-zip-entries``: a
+schema cannot say what a ZIP's entries are)."""
 
 
 def hold_view(hold: LegalHold) -> dict[str, Any]:
@@ -61,15 +86,6 @@ def hold_view(hold: LegalHold) -> dict[str, Any]:
     }
 
 
-def _number(value: object, name: str = "number") -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a phone number string.", code="bad_request")
-    try:
-        return normalize_number(value)
-    except ValueError:
-        raise BadRequest(f"{name} is not a phone number.", code="bad_request") from None
-
-
 def _query_number(request: web.Request) -> str:
     if "number" not in request.query:
         raise BadRequest("number is required (?number=+40...).", code="bad_query")
@@ -80,38 +96,19 @@ def _query_number(request: web.Request) -> str:
 
 
 async def place_hold(request: web.Request) -> web.Response:
-    """``{"call_ids": [...]} | {"number": "..."}`` with a ``reason``."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"admin"})
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise BadRequest("The body must be a JSON object.")
-    unknown = sorted(set(body) - {"call_ids", "number", "reason"})
-    if unknown:
-        raise BadRequest(f"{unknown[0]} is not a legal hold field.")
-    if ("call_ids" in body) == ("number" in body):
-        raise BadRequest("A legal hold names either call_ids or a number.")
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
-        raise BadRequest(f"reason must be a non-empty string of at most {MAX_REASON} characters.")
-    number = call_ids = None
-    if "number" in body:
-        number = _number(body["number"])
-    else:
-        raw = body["call_ids"]
-        if (
-            not isinstance(raw, list)
-            or not 1 <= len(raw) <= MAX_HOLD_CALLS
-            or not all(isinstance(c, str) and c for c in raw)
-        ):
-            raise BadRequest(f"call_ids must be a list of 1 to {MAX_HOLD_CALLS} call id strings.")
-        call_ids = list(dict.fromkeys(raw))
+    """Hold calls (by id, live or finished) or every call where a number is a party, so
+    that retention deletes nothing of them and erasure is refused until the hold is
+    released. Audited as `hold.placed` (without the number)."""
+    principal, tenant = await principal_of(request), request[TENANT]
+    body = body_of(request, LegalHoldCreate)
+    number = body.number
+    call_ids = None if body.call_ids is None else list(dict.fromkeys(body.call_ids))
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     hold_id = f"hold_{secrets.token_hex(12)}"
     hold = await services.catalog.create_hold(
         id=hold_id,
         tenant_id=tenant,
-        reason=reason.strip(),
+        reason=body.reason,
         created_by=principal.actor,
         now=now,
         number=number,
@@ -132,7 +129,8 @@ async def place_hold(request: web.Request) -> web.Response:
 
 
 async def list_holds(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"admin"})
+    """The tenant's legal holds, released ones included unless `active`, oldest first."""
+    tenant = request[TENANT]
     catalog = request.app[SERVICES].catalog
     await catalog.get_tenant(tenant)
     active = request.query.get("active") in ("1", "true")
@@ -140,24 +138,22 @@ async def list_holds(request: web.Request) -> web.Response:
     return web.json_response({"items": [hold_view(hold) for hold in holds]})
 
 
-async def _own_hold(request: web.Request) -> tuple[Principal, LegalHold]:
-    """The path's hold once the caller may act on it: looked up before the role is checked,
-    so that another tenant's hold id is 404 for every role, as any other id is."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
-    hold = await request.app[SERVICES].catalog.get_hold(tenant, request.match_info["hold_id"])
-    require_role(principal, {"admin"})
-    return principal, hold
+async def find_hold(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> LegalHold:
+    """The path's hold, looked up before the role is checked, so that another tenant's hold
+    id is 404 for every role, as any other id is."""
+    return await catalog.get_hold(tenant, path["hold_id"])
 
 
 async def get_hold(request: web.Request) -> web.Response:
-    _, hold = await _own_hold(request)
+    """The legal hold."""
+    hold: LegalHold = found(request)
     return web.json_response(hold_view(hold))
 
 
 async def release_hold(request: web.Request) -> web.Response:
-    """Release a hold: what it kept follows its retention windows again (at the next sweep)."""
-    principal, hold = await _own_hold(request)
+    """Release the hold: what it kept follows its retention windows again (from the next
+    sweep on), and can be erased. Audited as `hold.released`."""
+    principal, hold = await principal_of(request), found(request)
     tenant, hold_id = hold.tenant_id, hold.id
     hold = await request.app[SERVICES].catalog.release_hold(
         tenant,
@@ -237,24 +233,23 @@ async def _erase(
 
 
 async def erase_recording(request: web.Request) -> web.Response:
-    """``DELETE /v1/recordings/{id}``: erase one recording (audio, transcript, analysis)."""
-    principal = await principal_of(request)
-    tenant = tenant_of(principal)
-    catalog = request.app[SERVICES].catalog
-    entry = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
-    require_role(principal, {"admin"})
+    """Erase the recording's audio, transcript and analysis (a live call is ended first)
+    and return the receipt; the call record stays, without content, until its
+    `call_records` window ends. Erasing a deleted recording answers a receipt that lists it
+    in `already_deleted`. Refused whole with 409 `legal_hold` while a legal hold covers the
+    call."""
+    principal, tenant, entry = await principal_of(request), request[TENANT], found(request)
     receipt = await _erase(request, principal, tenant, [entry], scope_name="recording")
     return web.json_response(receipt)
 
 
 async def request_erasure(request: web.Request) -> web.Response:
-    """``{"number": "+40..."}``: erase every recording where the number is a party."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"admin"})
-    body = await json_body(request)
-    if not isinstance(body, dict) or set(body) != {"number"}:
-        raise BadRequest('The body must be {"number": "+40..."}.')
-    number = _number(body["number"])
+    """Erase the audio, transcript and analysis of every recording where the number is a
+    party (live calls are ended first) and return the receipt; the call records stay,
+    without content, until their `call_records` window ends. Refused whole with 409
+    `legal_hold` when a legal hold covers the number or any of those calls."""
+    principal, tenant = await principal_of(request), request[TENANT]
+    number = body_of(request, ErasureRequest).number
     catalog = request.app[SERVICES].catalog
     await catalog.get_tenant(tenant)
     entries = await _entries_of_number(catalog, tenant, number)
@@ -307,8 +302,7 @@ async def export_number(request: web.Request) -> web.StreamResponse:
     party: ``calls.json`` (the call records), and per recording ``recording.json``,
     ``transcript.json``, ``analysis.json`` and ``audio.wav`` where they exist, plus
     ``manifest.json`` saying what is in it and why something is not."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"admin"})
+    principal, tenant = await principal_of(request), request[TENANT]
     number = _query_number(request)
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()

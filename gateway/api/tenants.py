@@ -8,21 +8,26 @@ show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Collection
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import BadRequest, HeldByLegalHold, InvalidInstructions, NotFound
-from gateway.api.common import iso, json_body, principal_of
-from gateway.auth import ANY_ROLE, mint_token, require_role, scope
-from gateway.instructions import REDACTED, default_instructions, parse_instructions
+from crypto.errors import HeldByLegalHold, InvalidInstructions, NotFound
+from gateway.api.common import TENANT, body_of, found, iso, principal_of
+from gateway.api.models import TenantCreate, TenantRole, TokenCreate
+from gateway.auth import mint_token
+from gateway.instructions import (
+    REDACTED,
+    InstructionsDoc,
+    default_instructions,
+    parse_instructions,
+)
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import Catalog, Instructions, Role, Tenant, Token
 
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
-TENANT_ROLES: frozenset[Role] = frozenset({"admin", "pbx", "processor"})
+TENANT_ROLES: frozenset[Role] = frozenset(typing.get_args(TenantRole))
 """The roles a tenant token can have; operator tokens are minted with the CLI."""
 
 
@@ -69,7 +74,7 @@ def instructions_view(row: Instructions | None) -> dict[str, Any]:
     }
 
 
-async def _keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> object:
+async def keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> object:
     """``body`` with a `REDACTED` webhook secret replaced by the current version's secret, so
     that a client can PUT back what GET gave it without knowing (or re-sending) the secret.
 
@@ -90,30 +95,12 @@ async def _keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> o
     return {**body, "webhook": {**webhook, "secret": secret}}
 
 
-def _text(body: dict[str, Any], name: str, *, default: str | None = None, limit: int) -> str:
-    value = body.get(name, default)
-    if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise BadRequest(f"{name} must be a non-empty string of at most {limit} characters.")
-    return value.strip()
-
-
 async def create_tenant(request: web.Request) -> web.Response:
-    require_role(await principal_of(request), {"operator"})
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise BadRequest("The body must be a JSON object.")
-    unknown = sorted(set(body) - {"id", "name", "region"})
-    if unknown:
-        raise BadRequest(f"{unknown[0]} is not a tenant field.")
-    tenant_id = body.get("id")
-    if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
-        raise BadRequest("id must be 2-63 lowercase letters, digits or dashes.")
+    """Create a tenant. Its id can never be used again, even after the tenant is deleted."""
+    body = body_of(request, TenantCreate)
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     tenant = await services.catalog.create_tenant(
-        tenant_id,
-        name=_text(body, "name", limit=200),
-        region=_text(body, "region", default="eu", limit=32),
-        now=now,
+        body.id, name=body.name, region=body.region, now=now
     )
     actor = (await principal_of(request)).actor
     await services.catalog.append_audit(
@@ -123,27 +110,30 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    require_role(await principal_of(request), {"operator"})
+    """Every tenant that is not deleted."""
     tenants = await request.app[SERVICES].catalog.list_tenants()
     return web.json_response({"items": [tenant_view(t) for t in tenants]})
 
 
 async def get_tenant(request: web.Request) -> web.Response:
-    tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
-    return web.json_response(tenant_view(await request.app[SERVICES].catalog.get_tenant(tenant)))
+    """The tenant."""
+    tenant = await request.app[SERVICES].catalog.get_tenant(request[TENANT])
+    return web.json_response(tenant_view(tenant))
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
-    """Erase everything of the tenant. Refused (409 naming the hold) while a legal hold is
-    active. Otherwise its live calls end, its KEKs are destroyed first (so every DEK, and
-    with it every object, is unreadable from that moment, backups included), it is marked
-    deleted (its tokens stop working), then the sweeper's deletion steps remove every
-    object, recording, call record, hold and instructions version (``recording.deleted``
-    with reason ``tenant``, ``call_record.deleted``). A crash before the mark is finished
-    by repeating the request; one after it by the next sweep, which treats a deleted
-    tenant's leftovers as due. The audit log stays."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"operator"})
+    """Erase everything of the tenant: live calls end, its tokens stop working, its keys
+    (KEKs) are destroyed first (so every object is unreadable from that moment, backups
+    included), then every object, recording and call record is deleted. Refused with 409
+    `legal_hold` while any legal hold of the tenant is active. The audit log stays, with
+    `keys.destroyed`, a `recording.deleted` (reason `tenant`) per recording, a
+    `call_record.deleted` per call record and a final `tenant.deleted`."""
+    # The order: live calls end, the KEKs go (every DEK, and with it every object, is
+    # unreadable from then on), the tenant is marked deleted, then the sweeper's deletion
+    # steps remove every object, recording, call record, hold and instructions version. A
+    # crash before the mark is finished by repeating the request; one after it by the next
+    # sweep, which treats a deleted tenant's leftovers as due.
+    principal, tenant = await principal_of(request), request[TENANT]
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()
     catalog = services.catalog
@@ -188,12 +178,9 @@ async def delete_tenant(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"operator", "admin"})
-    body = await json_body(request)
-    role = body.get("role") if isinstance(body, dict) else None
-    if role not in TENANT_ROLES:
-        raise BadRequest("role must be one of admin, pbx, processor.", code="bad_role")
+    """Mint a token of the tenant; its secret is in this answer only."""
+    principal, tenant = await principal_of(request), request[TENANT]
+    role = body_of(request, TokenCreate).role
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     await services.catalog.get_tenant(tenant)
     minted = await mint_token(
@@ -211,20 +198,25 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
+    """The tenant's tokens, revoked ones included (never secrets)."""
+    tenant, catalog = await _existing_tenant(request)
     tokens = await catalog.list_tokens(tenant)
     return web.json_response({"items": [token_view(t) for t in tokens]})
 
 
-async def revoke_token(request: web.Request) -> web.Response:
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
-    token_id = request.match_info["token_id"]
-    services, now = request.app[SERVICES], request.app[CLOCK].now()
-    await services.catalog.get_tenant(tenant)
-    if not any(token.id == token_id for token in await services.catalog.list_tokens(tenant)):
+async def find_token(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> str:
+    """The path's token id, once the tenant exists and has that token."""
+    token_id = path["token_id"]
+    await catalog.get_tenant(tenant)
+    if not any(token.id == token_id for token in await catalog.list_tokens(tenant)):
         raise NotFound(f"Token {token_id!r} not found.")
-    require_role(principal, {"operator", "admin"})
+    return token_id
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke the token; repeating it keeps the first revocation time."""
+    principal, tenant, token_id = await principal_of(request), request[TENANT], found(request)
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
     token = await services.catalog.revoke_token(tenant, token_id, now)
     await services.catalog.append_audit(
         tenant,
@@ -237,27 +229,28 @@ async def revoke_token(request: web.Request) -> web.Response:
     return web.json_response(token_view(token))
 
 
-async def _existing_tenant(request: web.Request, roles: Collection[Role]) -> tuple[str, Catalog]:
-    """The path's tenant, once the caller may act on it with ``roles`` and it exists (a
-    deleted tenant is 404 too), with the catalog to read it from."""
-    tenant = scope(await principal_of(request), request.match_info["tenant"], roles)
+async def _existing_tenant(request: web.Request) -> tuple[str, Catalog]:
+    """The path's tenant once it exists (a deleted tenant is 404 too), with the catalog to
+    read it from."""
+    tenant = request[TENANT]
     catalog = request.app[SERVICES].catalog
     await catalog.get_tenant(tenant)
     return tenant, catalog
 
 
 async def get_instructions(request: web.Request) -> web.Response:
-    tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
+    """The current version; version 0 (the defaults, which refuse every call) when none was
+    ever stored."""
+    tenant, catalog = await _existing_tenant(request)
     return web.json_response(instructions_view(await catalog.current_instructions(tenant)))
 
 
 async def put_instructions(request: web.Request) -> web.Response:
-    """Store a new version: the whole document, omitted fields at their defaults."""
-    principal = await principal_of(request)
-    tenant = scope(principal, request.match_info["tenant"], {"admin"})
+    """Store a new immutable version of the whole document (an omitted field takes its
+    default) and return it. Audited as `instructions.updated`."""
+    principal, tenant = await principal_of(request), request[TENANT]
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    body = await _keep_webhook_secret(services.catalog, tenant, await json_body(request))
-    document = parse_instructions(body).document()
+    document = body_of(request, InstructionsDoc).document()
     row = await services.catalog.add_instructions(
         tenant, document, created_by=principal.token_id, now=now
     )
@@ -275,6 +268,7 @@ async def put_instructions(request: web.Request) -> web.Response:
 
 
 async def instructions_history(request: web.Request) -> web.Response:
-    tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
+    """Every stored version, so the one that allowed a call can be shown."""
+    tenant, catalog = await _existing_tenant(request)
     rows = await catalog.instructions_history(tenant)
     return web.json_response({"items": [instructions_view(row) for row in rows]})

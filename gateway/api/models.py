@@ -1,0 +1,658 @@
+"""The bodies of the control API as pydantic models: what a request may send and what an
+answer holds.
+
+They are the one statement of each body: request models validate what handlers receive
+(``gateway.api.routes`` reads the body with them before the handler runs), and every model
+here is a component schema of the OpenAPI document (``model_json_schema``, with the
+attribute docstrings below as the fields' descriptions). The views that build answers
+(``tenant_view``, ``recording_view``, ...) are checked against these schemas by
+``tests/unit/test_openapi.py``. Request models reuse the domain's own models where one
+exists (``CallAnnouncement``, ``InstructionsDoc``) rather than restate them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from gateway.ingest.events import Track
+from gateway.instructions import InstructionsDoc, normalize_number
+from gateway.policy import RefusalCode as Refusal
+from storage.catalog.records import RecordingStatus, Role
+from storage.retention import DeleteReason
+
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+MAX_HOLD_CALLS = 1000
+MAX_REASON = 500
+HOLD_EXAMPLE = "hold_9c2e4a1b7d3f5e6a8b0c1d2e"
+"""A legal hold id in examples (the `hold` field of a 409 `legal_hold`)."""
+
+_DOCS = ConfigDict(use_attribute_docstrings=True)
+_CLOSED = ConfigDict(use_attribute_docstrings=True, extra="forbid", strict=True)
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+"""API timestamps: UTC ISO-8601 with a ``Z`` (``gateway.api.common.iso``)."""
+Count = Annotated[int, Field(ge=0)]
+Absent = SkipJsonSchema[None]
+"""For a field an answer leaves out rather than sets to null."""
+
+
+def _text(limit: int) -> Any:
+    """A non-blank string of at most ``limit`` characters (as sent), stripped."""
+    return Annotated[
+        str,
+        StringConstraints(max_length=limit, pattern=r"\S"),
+        AfterValidator(str.strip),
+    ]
+
+
+def _number(value: str) -> str:
+    try:
+        return normalize_number(value)
+    except ValueError:
+        raise ValueError("is not a phone number") from None
+
+
+PhoneNumber = Annotated[str, AfterValidator(_number), Field(examples=["+40712345678"])]
+"""International format, normalised as in `exclude_numbers`."""
+
+
+class Error(BaseModel):
+    """Every error answer of the HTTP API."""
+
+    model_config = _DOCS
+
+    error: str = Field(pattern="^[a-z][a-z0-9_]*$")
+    """Stable snake_case code; program against this."""
+    message: str
+    """A human sentence; may change."""
+    field: str | Absent = None
+    """Only with 422 `invalid_instructions`: the offending field as a dotted path
+    (`retention.recordings`, `exclude_numbers.2`)."""
+    hold: str | Absent = Field(default=None, examples=[HOLD_EXAMPLE])
+    """Only with 409 `legal_hold`: the id of the legal hold that must be released first."""
+
+
+class RefusalCode(RootModel[Refusal]):
+    """Why the tenant's instructions refused a call."""
+
+
+class Status(BaseModel):
+    status: str
+
+
+# --- tenants and tokens --------------------------------------------------------------------
+
+
+class TenantCreate(BaseModel):
+    """The body of a tenant creation; unknown fields are refused."""
+
+    model_config = _CLOSED
+
+    id: str = Field(pattern=TENANT_ID.pattern, examples=["acme"])
+    """2-63 lowercase letters, digits or dashes; never reusable."""
+    name: _text(200)  # type: ignore[valid-type]
+    region: _text(32) = "eu"  # type: ignore[valid-type]
+
+
+class Tenant(BaseModel):
+    model_config = _DOCS
+
+    id: str = Field(pattern=TENANT_ID.pattern)
+    name: str
+    region: str
+    created_at: Timestamp
+    """When the tenant was created."""
+
+
+class TenantList(BaseModel):
+    items: list[Tenant]
+
+
+class TenantErasure(BaseModel):
+    """The receipt of a tenant's erasure: its KEKs are destroyed, so nothing sealed under them
+    can be opened again, then every object, recording and call record is deleted. The audit
+    log is kept."""
+
+    model_config = _DOCS
+
+    tenant: str
+    deleted_at: Timestamp
+    """When the tenant was erased."""
+    keys_destroyed: Literal[True]
+    recordings_deleted: Count
+    objects_shredded: Count
+    bytes_deleted: Count
+    """Bytes of sealed objects removed from the object store."""
+    call_records_deleted: Count
+
+
+TenantRole = Literal["admin", "pbx", "processor"]
+"""The roles a tenant token can have; operator tokens are minted with the CLI."""
+
+
+class TokenCreate(BaseModel):
+    """Operator tokens are minted with the CLI, not here."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, strict=True)
+
+    role: TenantRole
+
+
+class Token(BaseModel):
+    """A token's record; the secret itself is never shown again."""
+
+    model_config = _DOCS
+
+    id: str = Field(examples=["tok_3f9a1c2b4d5e6f70"])
+    role: Role
+    tenant: str | None
+    """null for operator tokens"""
+    created_at: Timestamp
+    """When the token was minted."""
+    created_by: str
+    """The minting actor."""
+    revoked_at: Timestamp | None
+    """When the token was revoked; null while active."""
+
+
+class MintedToken(Token):
+    token: str = Field(examples=["cv_5Jq0..."])
+    """The secret, shown only in this answer: store it now."""
+
+
+class TokenList(BaseModel):
+    items: list[Token]
+
+
+# --- instructions --------------------------------------------------------------------------
+
+
+class InstructionsDocument(InstructionsDoc):
+    """The body of an instructions PUT. PUT replaces the whole document: an omitted field
+    takes its default (everything off), not the previous version's value. Unknown fields or
+    invalid values are refused with 422 naming the field. ``version``, ``created_at`` and
+    ``created_by`` are set by the server: accepted and ignored, so a GET answer can be sent
+    back."""
+
+    version: Any = None
+    created_at: Any = None
+    created_by: Any = None
+
+
+class Instructions(InstructionsDoc):
+    """One immutable version of a tenant's documented instructions (the webhook secret
+    shows as `<redacted>` when one is set)."""
+
+    # Answers are open (the contract lets fields be added), and send every field.
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        extra="ignore",
+        json_schema_serialization_defaults_required=True,
+    )
+
+    version: int = Field(ge=0)
+    """Increases by one per PUT; 0 means the tenant never PUT instructions and the defaults
+    (refuse every call) apply."""
+    created_at: Timestamp | None
+    """When this version was stored; null for version 0."""
+    created_by: str | None
+    """The token id that stored it; null for version 0."""
+
+
+class InstructionsHistory(BaseModel):
+    items: list[Instructions]
+
+
+# --- calls ---------------------------------------------------------------------------------
+
+AiFeature = Literal["transcript", "summary", "sentiment", "talk_listen", "topics"]
+Direction = Literal["inbound", "outbound"]
+Codec = Literal["pcmu", "pcma", "opus", "l16"]
+
+
+class Decision(BaseModel):
+    """What the instructions allowed for a call. Recording off with AI on is an AI-only call:
+    its audio is purged after analysis."""
+
+    model_config = _DOCS
+
+    store_recording: bool
+    ai: list[AiFeature]
+    """The AI features that run on the call."""
+
+
+class RtpCrypto(BaseModel):
+    """A fresh SDES key per call and per track (RFC 4568 crypto attribute values)."""
+
+    inbound: str = Field(pattern="^AES_CM_128_HMAC_SHA1_80 inline:[A-Za-z0-9+/]{40}$")
+    outbound: str = Field(pattern="^AES_CM_128_HMAC_SHA1_80 inline:[A-Za-z0-9+/]{40}$")
+
+
+class RtcpPorts(BaseModel):
+    """RTCP ports (RTP port + 1): bound, counted, dropped."""
+
+    inbound: int
+    outbound: int
+
+
+class RtpOffer(BaseModel):
+    """rtp calls only: where each track's RTP goes and its SRTP key (null for plain RTP).
+    The call ends on `POST /v1/calls/{call_id}/end` or after `rtp.timeout` without packets."""
+
+    model_config = _DOCS
+
+    host: str = Field(examples=["127.0.0.1"])
+    inbound: int
+    """UDP port of the inbound track's RTP."""
+    outbound: int
+    """UDP port of the outbound track's RTP."""
+    rtcp: RtcpPorts
+    srtp: bool
+    crypto: RtpCrypto | None
+
+
+class Ingest(BaseModel):
+    """Where to send the call's audio."""
+
+    model_config = _DOCS
+
+    websocket: Literal["/v1/ingest/twilio", "/v1/ingest/fork"] | None
+    """The WebSocket path for twilio and fork calls."""
+    audiosocket: str | Absent = Field(default=None, examples=["127.0.0.1:9092"])
+    """`host:port` of the AudioSocket listener; absent when it is off."""
+    rtp: RtpOffer | Absent = None
+
+
+class Announced(BaseModel):
+    """An accepted call."""
+
+    model_config = _DOCS
+
+    call_id: str
+    recording_id: str = Field(examples=["rec_4f1c2a9b8e7d6c5b4a392817"])
+    instructions_version: int | None
+    """The version that allowed the call."""
+    decision: Decision
+    ingest: Ingest
+
+
+class Call(BaseModel):
+    """A call record (CDR); refused calls have one too."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, populate_by_name=True)
+
+    call_id: str
+    tenant: str
+    from_: str = Field(alias="from")
+    to: str
+    direction: Direction
+    consent: Literal["granted", "denied", "not_asked"]
+    transport: Literal["twilio", "fork", "audiosocket", "rtp"]
+    codec: Codec
+    sample_rate: int
+    instructions_version: int | None
+    decision: Decision
+    refusal: RefusalCode | None
+    """Why the call was refused; null if not."""
+    started_at: Timestamp
+    """When the call was announced."""
+    ended_at: Timestamp | None
+    """When the call ended; null while live."""
+
+
+class CallPauseState(BaseModel):
+    call_id: str
+    paused: bool
+
+
+# --- recordings ----------------------------------------------------------------------------
+
+
+class Expiry(BaseModel):
+    """When each data class's window under the tenant's current instructions ends (a changed
+    window applies to stored recordings too). A legal hold keeps data past these times."""
+
+    model_config = _DOCS
+
+    recordings: Timestamp | None
+    """When the audio's window ends; null while live or deleted."""
+    transcripts: Timestamp | None
+    """When the transcript's and analysis' window ends; null while live or deleted."""
+    call_records: Timestamp | None
+    """When the call record's window ends; null while the call is live."""
+
+
+class Recording(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, populate_by_name=True)
+
+    id: str = Field(examples=["rec_4f1c2a9b8e7d6c5b4a392817"])
+    call_id: str
+    tenant: str
+    from_: str = Field(alias="from")
+    to: str
+    direction: Direction
+    started_at: Timestamp
+    """When the call started."""
+    ended_at: Timestamp | None
+    """When the recording ended; null while live."""
+    duration_s: float | None = Field(ge=0)
+    codec: Codec
+    sample_rate: int
+    tracks: list[Track]
+    """The tracks that have stored audio."""
+    instructions_version: int | None
+    decision: Decision
+    status: RecordingStatus
+    """`recording` (live), then `recorded` (no AI instructed) or `processing` then `analyzed`
+    or `failed`; `deleted` once retention has removed all of its content, or from the moment
+    an erasure or the tenant's deletion is requested."""
+    delete_reason: DeleteReason | None
+    """Why it was deleted; null while it is not."""
+    deleted_at: Timestamp | None
+    """When its last content was deleted; null before (also while an erasure runs)."""
+    expires_at: Timestamp | None
+    """When retention deletes its last content; null while live, deleted or held."""
+    expires: Expiry
+    legal_hold: bool
+    """An active legal hold covers the call: retention deletes nothing of it, and erasing it
+    is refused with 409 `legal_hold`."""
+    legal_holds: list[str]
+    """The ids of the active legal holds that cover it, oldest first."""
+    audio_purged: bool
+
+
+class RecordingList(BaseModel):
+    model_config = _DOCS
+
+    items: list[Recording]
+    next_cursor: str | None
+    """Pass as `cursor` for the next page; null at the end."""
+
+
+class Segment(BaseModel):
+    """One utterance of one track: `inbound` is the caller, `outbound` the agent."""
+
+    model_config = _DOCS
+
+    track: Track
+    start: float = Field(ge=0)
+    """Seconds from call start."""
+    end: float = Field(ge=0)
+    text: str
+
+
+class Transcript(BaseModel):
+    model_config = _DOCS
+
+    language: str
+    """ISO 639-1 code of the call."""
+    model: str
+    """The Whisper model that transcribed."""
+    duration_s: float | Absent = None
+    segments: list[Segment]
+    """In time order."""
+
+
+class Score(BaseModel):
+    score: float = Field(ge=-1, le=1)
+    label: Literal["negative", "neutral", "positive"]
+
+
+class TrackScores(BaseModel):
+    """Per track (only tracks that spoke)."""
+
+    inbound: Score | Absent = None
+    outbound: Score | Absent = None
+
+
+class Sentiment(BaseModel):
+    """Lexicon sentiment (English and Romanian) with negation, intensifiers and but-clauses,
+    plus intent cues, so a polite cancellation reads negative."""
+
+    model_config = _DOCS
+
+    method: str | Absent = Field(default=None, examples=["lexicon+cues"])
+    overall: Score
+    tracks: TrackScores
+    segments: list[dict[str, Any]] | Absent = None
+    timeline: list[dict[str, Any]] | Absent = None
+    cues: list[dict[str, Any]] | Absent = None
+    """Churn or complaint phrases that made a segment negative however politely it was
+    worded (`cancel`, `refund`, `reziliez`, ...)."""
+
+
+class TalkTrack(BaseModel):
+    talk_s: float
+    talk_share: float
+    wpm: int
+    longest_monologue_s: float
+    turns: int | Absent = None
+
+
+class TalkTracks(BaseModel):
+    """From each track's voice activity (Silero VAD)."""
+
+    inbound: TalkTrack | Absent = None
+    outbound: TalkTrack | Absent = None
+
+
+class TalkListen(BaseModel):
+    model_config = _DOCS
+
+    tracks: TalkTracks
+    talk_to_listen: float | None
+    """Outbound (agent) talk / inbound (caller)."""
+    silence_s: float
+    overlap_s: float
+    """Both talking at once."""
+    interruptions: int
+    interruptions_by_track: dict[str, Any] | Absent = None
+
+
+class KeyPhrase(BaseModel):
+    phrase: str | Absent = None
+    count: int | Absent = None
+    score: float | Absent = None
+
+
+class CategoryMatch(BaseModel):
+    name: str | Absent = None
+    count: int | Absent = None
+    phrases: list[str] | Absent = None
+    tracks: dict[str, Any] | Absent = None
+    first_at: float | Absent = None
+
+
+class Topics(BaseModel):
+    model_config = _DOCS
+
+    key_phrases: list[KeyPhrase]
+    categories: list[CategoryMatch]
+    """The tenant's categories (`ai.categories`) that matched."""
+
+
+class Analysis(BaseModel):
+    """Only the features the call's instructions asked for; the keys of the others are
+    absent. Returned as the AI worker sealed it."""
+
+    model_config = _DOCS
+
+    language: str
+    model: str
+    duration_s: float | Absent = None
+    summary: str | Absent = None
+    """3-5 sentences of the call, speaker-labelled (extractive)."""
+    sentiment: Sentiment | Absent = None
+    talk_listen: TalkListen | Absent = None
+    topics: Topics | Absent = None
+
+
+# --- holds, erasure, export ----------------------------------------------------------------
+
+
+class LegalHoldCreate(BaseModel):
+    """Either `call_ids` or `number`, never both, and a `reason`."""
+
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"oneOf": [{"required": ["call_ids"]}, {"required": ["number"]}]},
+    )
+
+    call_ids: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1)]],
+            Field(min_length=1, max_length=MAX_HOLD_CALLS),
+        ]
+        | Absent
+    ) = None
+    """Calls of the tenant, live or finished; duplicates are removed. An unknown id is
+    refused with 404."""
+    number: PhoneNumber | Absent = None
+    """The hold covers every call where the number is a party."""
+    reason: _text(MAX_REASON)  # type: ignore[valid-type]
+    """Why the data is held (a case, a request); surrounding whitespace is removed."""
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> LegalHoldCreate:
+        if (self.call_ids is None) == (self.number is None):
+            raise ValueError("a legal hold names either call_ids or a number")
+        return self
+
+
+class LegalHold(BaseModel):
+    """A legal hold: while active, nothing of the calls it covers (by call id, or every call
+    where the number is a party, including later ones) is deleted by retention, and erasing
+    it is refused."""
+
+    model_config = _DOCS
+
+    id: str = Field(examples=[HOLD_EXAMPLE])
+    tenant: str
+    number: str | None
+    """The held number (normalised); null for a hold on call ids."""
+    call_ids: list[str] | None
+    """The held calls; null for a hold on a number."""
+    reason: str
+    active: bool
+    """Not released."""
+    created_at: Timestamp
+    created_by: str
+    """The token id that placed it."""
+    released_at: Timestamp | None
+    released_by: str | None
+    """The token id that released it."""
+
+
+class LegalHoldList(BaseModel):
+    items: list[LegalHold]
+
+
+class ErasureRequest(BaseModel):
+    model_config = _CLOSED
+
+    number: PhoneNumber
+    """Every recording where the number is a party is erased."""
+
+
+class ErasureReceipt(BaseModel):
+    """The receipt of an erasure: audio, transcripts and analysis are deleted (their data
+    keys shredded, their bytes removed), audited as `erasure.requested` and
+    `recording.deleted` (reason `erasure`)."""
+
+    model_config = _DOCS
+
+    id: str = Field(examples=["erasure_5b0e9d2c4a6f8e1d3c7b9a20"])
+    tenant: str
+    scope: Literal["recording", "number"]
+    requested_at: Timestamp
+    completed_at: Timestamp
+    recordings: list[str]
+    """The recordings this request erased."""
+    already_deleted: list[str]
+    """Recordings in scope that were deleted before."""
+    recordings_erased: Count
+    objects_shredded: Count
+    bytes_deleted: Count
+    call_records: str
+    """They are kept, without content, until their `call_records` window ends."""
+
+
+class ExportedRecording(BaseModel):
+    model_config = _DOCS
+
+    recording_id: str
+    call_id: str
+    transcript: bool
+    """`transcript.json` is included."""
+    analysis: bool
+    """`analysis.json` is included."""
+    audio: Literal[True] | Annotated[str, Field(pattern="^[a-z][a-z0-9_]*$")]
+    """`true`: `audio.wav` is included; otherwise the error code that says why not, as
+    `GET /v1/recordings/{recording_id}/audio` would answer."""
+
+
+class ExportManifest(BaseModel):
+    """An export's `manifest.json`: what is in it, and why something is not."""
+
+    model_config = _DOCS
+
+    id: str = Field(examples=["export_7d1f3b5a9c2e4d6f8a0b1c2d"])
+    tenant: str
+    created_at: Timestamp
+    calls: Count
+    """Call records exported."""
+    recordings: list[ExportedRecording]
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+class AuditEvent(BaseModel):
+    model_config = _DOCS
+
+    seq: int = Field(ge=1)
+    """1, 2, 3, ... per tenant."""
+    at: Timestamp
+    actor: str
+    """Who: a token id, `gateway`, `cli`, ..."""
+    action: str = Field(examples=["audio.read", "ai.purged"])
+    object: str | None
+    """What it concerned."""
+    detail: dict[str, Any]
+    """Ids and small metadata, no content."""
+    prev_hash: str
+    """The previous event's hash."""
+    hash: str
+    """SHA-256 over the previous hash and this event's canonical JSON."""
+
+
+class AuditPage(BaseModel):
+    model_config = _DOCS
+
+    items: list[AuditEvent]
+    next_since: int | None
+    """Pass as `since` for the next page; null at the end."""
+
+
+class AuditCheck(BaseModel):
+    model_config = _DOCS
+
+    ok: bool
+    events: int
+    """How many events the log holds."""
+    broken_at: int | Absent = None
+    """When not ok: the first event altered, removed or moved."""

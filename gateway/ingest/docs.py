@@ -1,0 +1,108 @@
+"""The ingest protocols in words, for the OpenAPI document: the WebSocket messages and close
+codes, and the AudioSocket frames. OpenAPI has no way to describe a WebSocket's messages or a
+TCP protocol, and nothing here can be introspected from a model, so this is prose, kept next
+to the protocols it describes and built from their constants.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from gateway.ingest import audiosocket
+from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
+from gateway.policy import RefusalCode
+from gateway.settings import AudioSocketSettings
+
+REFUSAL_CODES: tuple[str, ...] = typing.get_args(RefusalCode)
+
+CLOSE_CODES = {
+    "1000": "Normal closure after the stream's `stop` (reason `stop`); the call is ended.",
+    "1001": "The server is shutting down (reason `server_shutdown`). Reconnect: the call "
+    "waits for its stream to come back for the reconnect grace period.",
+    "1007": "Malformed message (reason = the error code): bad JSON (`bad_json`), an unknown "
+    "event (`unknown_event`), bad base64 (`bad_base64`), a missing or mistyped field "
+    "(`bad_field`), a frame of the wrong size (`bad_frame_length`), a second start "
+    "(`duplicate_start`), anything after stop (`stream_stopped`).",
+    "1008": "Policy refusal or bad token (reason = the error code): `unauthorized`, "
+    "`forbidden` (not a pbx token), `unknown_call`, `call_ended`, `codec_mismatch`, "
+    "`transport_mismatch` (the call was announced for another transport), "
+    "`stream_not_started` (audio before start), `invalid_call`, or a policy refusal: "
+    + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
+    + ". Nothing of a refused stream is stored.",
+    "1009": f"A message over {MAX_MESSAGE // 1024} KiB (reason `message_too_big`).",
+    "1011": "A server-side failure (reason = the error code, e.g. `storage_unavailable`).",
+}
+
+WS_COMMON = f"""
+**Authentication** (a `pbx` token of the call's tenant), one of:
+`Authorization: Bearer <token>` on the upgrade request; `?token=<token>` in the URL; or, for
+PBXs that cannot set either, inside the first message (`token` above). Nothing is
+accepted before authentication; a token that is given and invalid closes with 1008.
+
+**Messages** are at most {MAX_MESSAGE} bytes ({MAX_MESSAGE // 1024} KiB).
+
+**Unannounced calls**: a stream may describe a call that was never announced with `from`,
+`to`, `direction` and `consent` in its first message; the tenant's instructions are checked
+then, exactly as for an announcement.
+
+**Close codes**:
+""" + "\n".join(f"- {code}: {words}" for code, words in CLOSE_CODES.items())
+
+TWILIO = """Twilio Media Streams (`<Connect><Stream>`): text messages only.
+
+- `connected`: ignored.
+- `start`: the call id is `start.customParameters.call_id`, else `start.callSid`;
+  `start.tracks` (default both), `start.mediaFormat` must be 8 kHz mono `audio/x-mulaw`;
+  `start.customParameters` may carry `token`, `from`, `to`, `direction`, `consent`.
+- `media`: `media.track` (`inbound`/`outbound`, one announced in start), `media.payload`
+  base64 µ-law, `media.timestamp` (ms).
+- `dtmf`: checked (`0-9*#A-D`), never stored (a digit may be a card number).
+- `mark`: ignored. `stop`: ends the call (close 1000).
+"""
+
+FORK = """mod_audio_fork (FreeSWITCH) or jambonz `listen`.
+
+- First a text frame of JSON metadata: the call id as `call_id` (else `callSid`, else
+  `uuid`); `sample_rate`/`sampleRate` (8000, 16000, 24000, 48000; default 8000);
+  `channels` (1 or 2) or `mixType` (`mono`, `stereo`, `mixed`); optionally `token`, `from`,
+  `to`, `direction`, `consent`.
+- Then binary frames of L16 (signed 16-bit little-endian) audio: mono is the `inbound`
+  track; stereo interleaves caller (`inbound`) and callee (`outbound`) sample by sample.
+- Later text frames: `{"event": "dtmf", "digit": "5"}` (never stored) or
+  `{"event": "stop"}` (ends the call, close 1000).
+"""
+
+
+def audiosocket_extension() -> dict[str, Any]:
+    """The AudioSocket TCP protocol, which OpenAPI cannot describe as an operation."""
+    settings = AudioSocketSettings()
+    frames = {
+        f"0x{audiosocket.KIND_HANGUP:02x}": "hangup, empty payload: ends the call.",
+        f"0x{audiosocket.KIND_UUID:02x}": "the call's UUID, 16 bytes; must be the first frame, "
+        "and name a call announced with transport `audiosocket`.",
+        f"0x{audiosocket.KIND_DTMF:02x}": "one DTMF digit, 1 ASCII byte ("
+        + "".join(sorted(DTMF_DIGITS))
+        + "); never stored.",
+        f"0x{audiosocket.KIND_AUDIO:02x}": "audio: signed linear 16-bit little-endian 8 kHz "
+        "mono (an even number of bytes), stored as the `inbound` track.",
+        f"0x{audiosocket.KIND_ERROR:02x}": "error. Sent by callvault before it closes the "
+        "connection, with the ASCII error code as payload (e.g. `unknown_call`, "
+        + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
+        + ", `unknown_frame_type`, `bad_frame_length`, `forbidden_network`); from Asterisk it "
+        "ends the stream.",
+    }
+    return {
+        "description": "Asterisk AudioSocket over TCP (the `AudioSocket()` dialplan "
+        "application), on its own port beside the HTTP server. Each frame is "
+        "`kind u8 | payload length u16 big-endian | payload`. AudioSocket has no "
+        "authentication of its own: callvault accepts only UUIDs a tenant announced, and only "
+        "from the allowed networks (loopback by default). Frames out of order (anything "
+        "before the UUID, a second UUID, anything after hangup), unknown kinds and wrong "
+        "lengths are answered with an error frame and the connection is closed; nothing of a "
+        "refused call is stored.",
+        "frame": "kind u8 | payload length u16 big-endian | payload",
+        "default_port": settings.port,
+        "port_setting": "CALLVAULT_AUDIOSOCKET__PORT (0 turns it off)",
+        "frame_kinds": frames,
+    }
