@@ -41,8 +41,8 @@ from ai.audio import TrackAudio, decode_track
 from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
 from ai.transcript import TRACKS
 from crypto.errors import CallvaultError, Conflict, NotFound
-from gateway.instructions import parse_instructions
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
+from storage.instructions import parse_instructions
 from storage.media import AUDIO_KIND, codec, track_records
 from storage.vault import MediaVault
 

@@ -76,10 +76,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E40
 
 from crypto.keys import LocalKeyring  # noqa: E402
 from crypto.objectformat import ObjectWriter, generate_dek  # noqa: E402
-from gateway.instructions import parse_duration  # noqa: E402
 from gateway.webhooks import deletion_notifier  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 from storage.catalog.schema import calls, object_keys, objects, recordings  # noqa: E402
+from storage.instructions import parse_duration  # noqa: E402
 from storage.media import AUDIO_KIND  # noqa: E402
 from storage.retention import RetentionSweeper, Windows  # noqa: E402
 from storage.s3 import S3Store  # noqa: E402

@@ -68,9 +68,9 @@ from ai.audio import resample  # noqa: E402
 from ai.models import PACKAGED, resolve_model  # noqa: E402
 from ai.transcript import TRACKS  # noqa: E402
 from ai.worker import TRANSCRIPT_KIND, AnalysisWorker  # noqa: E402
-from gateway.instructions import AI_FEATURES  # noqa: E402
 from gateway.services import Services, build_worker, open_services  # noqa: E402
 from gateway.settings import AiSettings, Settings  # noqa: E402
+from storage.instructions import AI_FEATURES  # noqa: E402
 from storage.media import AUDIO_KIND, codec, encode_record  # noqa: E402
 from tests.ai import SampleCall, sample_call, wer, words  # noqa: E402
 

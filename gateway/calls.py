@@ -30,11 +30,11 @@ from crypto.errors import (
     PolicyRefused,
     StreamRefused,
 )
-from gateway.instructions import default_instructions, normalize_number, parse_instructions
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import Call, Catalog, Recording
+from storage.instructions import default_instructions, normalize_number, parse_instructions
 from storage.media import RecordParser, track_frames
 from storage.media import codec as media_codec
 from storage.vault import MediaVault

@@ -39,7 +39,10 @@ from gateway.calls import (
 )
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE, Track
-from gateway.instructions import (
+from gateway.policy import RefusalCode
+from gateway.settings import AudioSocketSettings
+from storage.catalog.records import RECORDING_STATUSES, ROLES
+from storage.instructions import (
     AI_FEATURES,
     MAX_CATEGORIES,
     MAX_CATEGORY_PHRASES,
@@ -50,9 +53,6 @@ from gateway.instructions import (
     WEBHOOK_SECRET_CHARS,
     default_instructions,
 )
-from gateway.policy import RefusalCode
-from gateway.settings import AudioSocketSettings
-from storage.catalog.records import RECORDING_STATUSES, ROLES
 from storage.retention import DeleteReason
 
 __all__ = [
@@ -71,7 +71,7 @@ OPENAPI_VERSION = "3.1.0"
 REFUSAL_CODES: tuple[str, ...] = typing.get_args(RefusalCode)
 """The policy's refusal codes (403 on announcement, close reason 1008 on ingest)."""
 
-# The ECMA-262 twin of gateway.instructions' duration regex: the same designators and digits,
+# The ECMA-262 twin of storage.instructions' duration regex: the same designators and digits,
 # plus the two rules that function checks in code (at least one component; a "T" needs a
 # time component after it), written as lookaheads. The 100-year cap and "not zero" cannot be
 # said in a pattern; the Duration schema's description says them.

@@ -25,10 +25,10 @@ from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
-from gateway.instructions import default_instructions, parse_duration, parse_instructions
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
+from storage.instructions import default_instructions, parse_duration, parse_instructions
 from storage.retention import RetentionSweeper, Windows
 from storage.spool import Spool
 from storage.store import ObjectStore

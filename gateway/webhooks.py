@@ -59,9 +59,9 @@ from aiohttp.abc import ResolveResult
 from prometheus_client import CollectorRegistry, Counter
 
 from crypto.errors import Conflict
-from gateway.instructions import default_instructions, parse_instructions
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
+from storage.instructions import default_instructions, parse_instructions
 from storage.retention import deleted_event_id
 
 __all__ = [

@@ -76,7 +76,7 @@ DeleteReason = Literal["retention", "erasure", "tenant"]
 
 
 class Window(Protocol):
-    """A retention window (``gateway.instructions.Duration``)."""
+    """A retention window (``storage.instructions.Duration``)."""
 
     def after(self, start: datetime) -> datetime:
         """The instant the window ends for data whose call ended at ``start``."""

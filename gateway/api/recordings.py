@@ -36,10 +36,10 @@ from crypto.errors import (
 )
 from gateway.api.common import iso, principal_of, query_int, query_time
 from gateway.auth import require_role, scope, tenant_of
-from gateway.instructions import normalize_number
 from gateway.services import Services, retention_windows
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, DataClass, Recording
+from storage.instructions import normalize_number
 from storage.media import AUDIO_KIND, codec, stereo_pcm, track_records, wav_header
 from storage.retention import Holds, Windows
 

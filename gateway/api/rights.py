@@ -32,9 +32,9 @@ from gateway.api.calls import call_view
 from gateway.api.common import iso, json_body, principal_of
 from gateway.api.recordings import Lifecycle, open_wav, recording_view
 from gateway.auth import ANY_ROLE, Principal, require_role, scope, tenant_of
-from gateway.instructions import normalize_number
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
+from storage.instructions import normalize_number
 from storage.media import AUDIO_KIND
 from storage.retention import Holds
 

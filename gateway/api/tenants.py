@@ -17,9 +17,9 @@ from aiohttp import web
 from crypto.errors import BadRequest, HeldByLegalHold, InvalidInstructions, NotFound
 from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, mint_token, require_role, scope
-from gateway.instructions import REDACTED, default_instructions, parse_instructions
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import Catalog, Instructions, Role, Tenant, Token
+from storage.instructions import REDACTED, default_instructions, parse_instructions
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TENANT_ROLES: frozenset[Role] = frozenset({"admin", "pbx", "processor"})

@@ -28,11 +28,11 @@ import pytest
 
 from crypto.errors import HeldByLegalHold, KeyUnavailable, NotFound, StorageUnavailable
 from crypto.keys import LocalKeyring
-from gateway.instructions import parse_instructions
 from gateway.services import retention_windows
 from gateway.webhooks import JOB_KIND, deletion_notifier
 from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
 from storage.filestore import FileStore
+from storage.instructions import parse_instructions
 from storage.retention import RetentionSweeper, SweepReport, deleted_event_id
 from storage.s3 import MIN_PART_SIZE
 from storage.store import ObjectStore
