@@ -26,9 +26,9 @@ a ``LocalKeyring`` and a ``MediaVault``, all in a temporary directory.
 * **naive** (baseline): a second set (``--naive-recordings``, by default the smaller of
   2000 and ``--recordings``: its cost per object does not depend on the count, and 20,000
   would take minutes), then, object by object, what a naive deleter does: shred the key
-  (``catalog.delete_object_key``), delete the bytes with one S3 request
+  (``catalog.keys.delete``), delete the bytes with one S3 request
   (``store.delete_many([key])`` on a store told the bucket is unversioned, so exactly one
-  ``DeleteObjects`` per object) and mark the row (``catalog.mark_object_deleted``). The
+  ``DeleteObjects`` per object) and mark the row (``catalog.objects.mark_deleted``). The
   ratio is sweep deletions/s / naive deletions/s.
 * **Ingest while deleting**: during the sweep, the naive run and an idle span after the
   sweep (as long as the sweep, at most ``IDLE_MAX_S``), a probe coroutine sleeps 5 ms in a
@@ -153,8 +153,8 @@ async def open_bench(weed: Weed, workdir: Path) -> AsyncIterator[Bench]:
         vault = MediaVault(catalog=catalog, store=store, keys=keys)
         now = datetime.now(UTC)
         for tenant in (TENANT, WRITER_TENANT):
-            await catalog.create_tenant(tenant, tenant, "eu", now - timedelta(days=2))
-        instructions = await catalog.add_instructions(
+            await catalog.tenants.create(tenant, tenant, "eu", now - timedelta(days=2))
+        instructions = await catalog.instructions.add(
             TENANT, INSTRUCTIONS, "bench", now - timedelta(days=2)
         )
         yield Bench(
@@ -179,7 +179,7 @@ async def seed_through_api(bench: Bench) -> Template:
     them; returns the rows the catalog holds for them."""
     call_id = "CA" + secrets.token_hex(16)
     recording_id = "rec_" + secrets.token_hex(12)
-    await bench.catalog.announce_call(
+    await bench.catalog.calls.announce(
         id=call_id,
         tenant_id=TENANT,
         from_number="+15550100",
@@ -204,7 +204,7 @@ async def seed_through_api(bench: Bench) -> Template:
         recording_id=recording_id,
         track="inbound",
     )
-    await bench.catalog.finish_recording(
+    await bench.catalog.recordings.finish(
         TENANT, recording_id, samples=60 * 8000, now=bench.ended_at
     )
 
@@ -316,18 +316,18 @@ async def naive_delete(bench: Bench, objects: Sequence[Seeded], now: datetime) -
     """The baseline: one object at a time, one S3 request each (shred, delete, mark)."""
     deleted = 0
     for stored in objects:
-        await bench.catalog.delete_object_key(stored.id)
+        await bench.catalog.keys.delete(stored.id)
         await bench.naive_store.delete_many([stored.store_key])
-        marked = await bench.catalog.mark_object_deleted(stored.id, now)
+        marked = await bench.catalog.objects.mark_deleted(stored.id, now)
         deleted += marked.state == "deleted"
     return deleted
 
 
 async def leftovers(bench: Bench) -> dict[str, int]:
     """What is left of the tenant's data: key rows, S3 objects, objects not marked deleted."""
-    keys = [row async for row in bench.catalog.list_object_keys(TENANT)]
+    keys = [row async for row in bench.catalog.keys.list(TENANT)]
     in_store = [key async for key in bench.store.list_keys(f"{TENANT}/")]
-    live = [o for o in await bench.catalog.list_objects(TENANT) if o.state != "deleted"]
+    live = [o for o in await bench.catalog.objects.list(TENANT) if o.state != "deleted"]
     return {
         "key_rows_left": len(keys),
         "store_objects_left": len(in_store),

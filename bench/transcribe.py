@@ -190,7 +190,7 @@ class Pipeline:
         if tenant not in self.versions:
             catalog = self.services.catalog
             now = datetime.now(UTC)
-            await catalog.create_tenant(tenant, tenant, "eu", now)
+            await catalog.tenants.create(tenant, tenant, "eu", now)
             document = {
                 "recording": {"enabled": False},
                 "ai": {
@@ -199,7 +199,7 @@ class Pipeline:
                     "categories": CATEGORIES,
                 },
             }
-            instructions = await catalog.add_instructions(tenant, document, "bench", now)
+            instructions = await catalog.instructions.add(tenant, document, "bench", now)
             self.versions[tenant] = instructions.version
         return tenant
 
@@ -212,7 +212,7 @@ class Pipeline:
         call_id = f"{call.name}-{self.runs}"
         recording_id = "rec_" + secrets.token_hex(12)
         now = datetime.now(UTC)
-        await catalog.create_call(
+        await catalog.calls.create(
             id=call_id,
             tenant_id=tenant,
             from_number="+40211111111",
@@ -227,7 +227,7 @@ class Pipeline:
             refusal_code=None,
             started_at=now,
         )
-        await catalog.create_recording(
+        await catalog.recordings.create(
             id=recording_id,
             tenant_id=tenant,
             call_id=call_id,
@@ -249,7 +249,7 @@ class Pipeline:
                 await upload.write(encode_record(offset, data[offset : offset + RECORD_BYTES]))
                 await upload.flush()
             await upload.commit(now=now)
-        await catalog.finish_recording(
+        await catalog.recordings.finish(
             tenant,
             recording_id,
             samples=call.frames,
@@ -262,12 +262,12 @@ class Pipeline:
         """Each track's text from the sealed transcript; raises unless the job analyzed the
         recording and purged its audio (a failed attempt also returns from ``run_once``)."""
         catalog = self.services.catalog
-        recording = await catalog.get_recording(tenant, recording_id)
+        recording = await catalog.recordings.get(tenant, recording_id)
         if recording.status != "analyzed" or not recording.audio_purged:
-            jobs = await catalog.list_jobs(tenant, recording_id=recording_id)
+            jobs = await catalog.jobs.list(tenant, recording_id=recording_id)
             errors = [job.last_error for job in jobs]
             raise RuntimeError(f"recording {recording_id} is {recording.status}: {errors}")
-        objects = await catalog.list_objects(tenant, recording_id=recording_id)
+        objects = await catalog.objects.list(tenant, recording_id=recording_id)
         if any(o.kind == AUDIO_KIND and o.state != "deleted" for o in objects):
             raise RuntimeError(f"recording {recording_id}: its audio was not purged")
         (stored,) = [o for o in objects if o.kind == TRANSCRIPT_KIND and o.state == "committed"]

@@ -152,7 +152,7 @@ def build_sender(
 
 async def retention_windows(catalog: Catalog, tenant: str) -> Windows:
     """The retention windows of the tenant's current instructions (defaults if it has none)."""
-    row = await catalog.current_instructions(tenant)
+    row = await catalog.instructions.latest(tenant)
     doc = default_instructions() if row is None else parse_instructions(row.document)
     rule = doc.retention
     return Windows(

@@ -410,7 +410,7 @@ class CallSession:
                     )
             job_id = "job_" + secrets.token_hex(12) if self.ai_features else None
             samples = self.timeline_end()
-            self.recording = await catalog.finish_recording(
+            self.recording = await catalog.recordings.finish(
                 self.tenant, self.recording.id, samples=samples, now=now, job_id=job_id
             )
             self.ended = True
@@ -418,7 +418,7 @@ class CallSession:
                 self._metrics.jobs_queued.inc()
             detail = {"call_id": self.call_id, "reason": self.closing, "samples": samples}
             try:
-                await catalog.append_audit(
+                await catalog.audit.append(
                     self.tenant,
                     actor="gateway",
                     action="call.ended",

@@ -90,7 +90,7 @@ async def _open_rtp(
 async def get_call(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
-    call = await request.app[SERVICES].catalog.get_call(tenant, request.match_info["call_id"])
+    call = await request.app[SERVICES].catalog.calls.get(tenant, request.match_info["call_id"])
     require_role(principal, {"pbx", "admin"})
     return web.json_response(call_view(call))
 
@@ -100,7 +100,7 @@ async def _pbx_call(request: web.Request) -> tuple[str, str]:
     tenant's (404 otherwise) and the caller a pbx (403)."""
     principal = await principal_of(request)
     tenant, call_id = tenant_of(principal), request.match_info["call_id"]
-    await request.app[SERVICES].catalog.get_call(tenant, call_id)
+    await request.app[SERVICES].catalog.calls.get(tenant, call_id)
     require_role(principal, {"pbx"})
     return tenant, call_id
 

@@ -60,7 +60,7 @@ class Lifecycle:
     @classmethod
     async def load(cls, catalog: Catalog, tenant: str) -> Lifecycle:
         windows = await retention_windows(catalog, tenant)
-        return cls(windows, Holds(await catalog.list_holds(tenant, active_only=True)))
+        return cls(windows, Holds(await catalog.holds.list(tenant, active_only=True)))
 
     def fields(self, recording: Recording, call: Call) -> dict[str, Any]:
         """``expires_at`` (when the recording goes: with its last kind of data; null while
@@ -150,7 +150,7 @@ async def list_recordings(request: web.Request) -> web.Response:
             raise BadRequest("number is not a phone number.", code="bad_query") from None
     limit = query_int(request, "limit", default=50, low=1, high=200)
     cursor = request.query.get("cursor")
-    entries = await catalog.list_recordings(
+    entries = await catalog.recordings.list_entries(
         tenant,
         number=number,
         since=query_time(request, "since"),
@@ -159,7 +159,7 @@ async def list_recordings(request: web.Request) -> web.Response:
         limit=limit + 1,
     )
     page, more = entries[:limit], len(entries) > limit
-    tracks = await catalog.recording_tracks(tenant, [r.id for r, _ in page], kind=AUDIO_KIND)
+    tracks = await catalog.objects.tracks(tenant, [r.id for r, _ in page], kind=AUDIO_KIND)
     lifecycle = await Lifecycle.load(catalog, tenant)
     items = [
         recording_view(recording, call, tracks[recording.id], lifecycle) for recording, call in page
@@ -172,9 +172,9 @@ async def get_recording(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     tenant = tenant_of(principal)
     catalog = request.app[SERVICES].catalog
-    recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
+    recording, call = await catalog.recordings.get_entry(tenant, request.match_info["recording_id"])
     require_role(principal, {"admin", "processor"})
-    tracks = await catalog.recording_tracks(tenant, [recording.id], kind=AUDIO_KIND)
+    tracks = await catalog.objects.tracks(tenant, [recording.id], kind=AUDIO_KIND)
     lifecycle = await Lifecycle.load(catalog, tenant)
     return web.json_response(recording_view(recording, call, tracks[recording.id], lifecycle))
 
@@ -185,12 +185,12 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     tenant = tenant_of(principal)
     app = request.app
     services = app[SERVICES]
-    recording, call = await services.catalog.get_recording_entry(
+    recording, call = await services.catalog.recordings.get_entry(
         tenant, request.match_info["recording_id"]
     )
     require_role(principal, {"admin"})
     wav = await open_wav(services, recording, call)
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="audio.read",
@@ -246,7 +246,7 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
         )
     if recording.status == "recording" or recording.samples is None:
         raise Conflict(f"Recording {recording.id!r} is still in progress.")
-    objects = await catalog.list_objects(tenant, recording_id=recording.id)
+    objects = await catalog.objects.list(tenant, recording_id=recording.id)
     audio = [o for o in objects if o.kind == AUDIO_KIND]
     if any(o.state == "writing" for o in audio):
         # Its commit failed (the store was down): the audio waits in the spool and is
@@ -295,7 +295,7 @@ async def _result(request: web.Request, kind: str, features: tuple[str, ...]) ->
     tenant = tenant_of(principal)
     services = request.app[SERVICES]
     catalog = services.catalog
-    recording, call = await catalog.get_recording_entry(tenant, request.match_info["recording_id"])
+    recording, call = await catalog.recordings.get_entry(tenant, request.match_info["recording_id"])
     require_role(principal, {"admin", "processor"})
     if recording.status == "deleted":
         raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
@@ -317,13 +317,13 @@ async def _result(request: web.Request, kind: str, features: tuple[str, ...]) ->
         )
     stored = [
         o
-        for o in await catalog.list_objects(tenant, recording_id=recording.id, state="committed")
+        for o in await catalog.objects.list(tenant, recording_id=recording.id, state="committed")
         if o.kind == kind
     ]
     if not stored:
         raise Gone(f"The {kind} of {recording.id!r} was deleted.", code=f"{kind}_deleted")
     body = await services.vault.read_object(tenant, stored[-1].id)
-    await catalog.append_audit(
+    await catalog.audit.append(
         tenant,
         actor=principal.actor,
         action=f"{kind}.read",

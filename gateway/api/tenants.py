@@ -80,7 +80,7 @@ async def _keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> o
     webhook = body.get("webhook")
     if not isinstance(webhook, dict) or webhook.get("secret") != REDACTED:
         return body
-    current = await catalog.current_instructions(tenant)
+    current = await catalog.instructions.latest(tenant)
     secret = None if current is None else parse_instructions(current.document).webhook.secret
     if secret is None:
         raise InvalidInstructions(
@@ -109,14 +109,14 @@ async def create_tenant(request: web.Request) -> web.Response:
     if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
         raise BadRequest("id must be 2-63 lowercase letters, digits or dashes.")
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    tenant = await services.catalog.create_tenant(
+    tenant = await services.catalog.tenants.create(
         tenant_id,
         name=_text(body, "name", limit=200),
         region=_text(body, "region", default="eu", limit=32),
         now=now,
     )
     actor = (await principal_of(request)).actor
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant.id, actor=actor, action="tenant.created", object=tenant.id, detail={}, now=now
     )
     return web.json_response(tenant_view(tenant), status=201)
@@ -124,13 +124,13 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 async def list_tenants(request: web.Request) -> web.Response:
     require_role(await principal_of(request), {"operator"})
-    tenants = await request.app[SERVICES].catalog.list_tenants()
+    tenants = await request.app[SERVICES].catalog.tenants.list()
     return web.json_response({"items": [tenant_view(t) for t in tenants]})
 
 
 async def get_tenant(request: web.Request) -> web.Response:
     tenant = scope(await principal_of(request), request.match_info["tenant"], {"operator", "admin"})
-    return web.json_response(tenant_view(await request.app[SERVICES].catalog.get_tenant(tenant)))
+    return web.json_response(tenant_view(await request.app[SERVICES].catalog.tenants.get(tenant)))
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
@@ -147,8 +147,8 @@ async def delete_tenant(request: web.Request) -> web.Response:
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()
     catalog = services.catalog
-    await catalog.get_tenant(tenant)
-    active = await catalog.list_holds(tenant, active_only=True)
+    await catalog.tenants.get(tenant)
+    active = await catalog.holds.list(tenant, active_only=True)
     if active:
         raise HeldByLegalHold(
             active[0].id,
@@ -157,12 +157,12 @@ async def delete_tenant(request: web.Request) -> web.Response:
         )
     await app[CALLS].end_tenant(tenant, now=now)
     await services.keys.destroy_tenant(tenant)
-    await catalog.append_audit(
+    await catalog.audit.append(
         tenant, actor=principal.actor, action="keys.destroyed", object=tenant, detail={}, now=now
     )
-    marked = await catalog.mark_tenant_deleted(tenant, now)
+    marked = await catalog.tenants.mark_deleted(tenant, now)
     report = await app[SWEEPER].sweep_tenant(marked, now)
-    await catalog.append_audit(
+    await catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="tenant.deleted",
@@ -195,11 +195,11 @@ async def create_token(request: web.Request) -> web.Response:
     if role not in TENANT_ROLES:
         raise BadRequest("role must be one of admin, pbx, processor.", code="bad_role")
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    await services.catalog.get_tenant(tenant)
+    await services.catalog.tenants.get(tenant)
     minted = await mint_token(
         services.catalog, tenant=tenant, role=role, created_by=principal.actor, now=now
     )
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="token.created",
@@ -212,7 +212,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def list_tokens(request: web.Request) -> web.Response:
     tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
-    tokens = await catalog.list_tokens(tenant)
+    tokens = await catalog.tokens.list(tenant)
     return web.json_response({"items": [token_view(t) for t in tokens]})
 
 
@@ -221,12 +221,12 @@ async def revoke_token(request: web.Request) -> web.Response:
     tenant = scope(principal, request.match_info["tenant"], ANY_ROLE)
     token_id = request.match_info["token_id"]
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    await services.catalog.get_tenant(tenant)
-    if not any(token.id == token_id for token in await services.catalog.list_tokens(tenant)):
+    await services.catalog.tenants.get(tenant)
+    if not any(token.id == token_id for token in await services.catalog.tokens.list(tenant)):
         raise NotFound(f"Token {token_id!r} not found.")
     require_role(principal, {"operator", "admin"})
-    token = await services.catalog.revoke_token(tenant, token_id, now)
-    await services.catalog.append_audit(
+    token = await services.catalog.tokens.revoke(tenant, token_id, now)
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="token.revoked",
@@ -242,13 +242,13 @@ async def _existing_tenant(request: web.Request, roles: Collection[Role]) -> tup
     deleted tenant is 404 too), with the catalog to read it from."""
     tenant = scope(await principal_of(request), request.match_info["tenant"], roles)
     catalog = request.app[SERVICES].catalog
-    await catalog.get_tenant(tenant)
+    await catalog.tenants.get(tenant)
     return tenant, catalog
 
 
 async def get_instructions(request: web.Request) -> web.Response:
     tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
-    return web.json_response(instructions_view(await catalog.current_instructions(tenant)))
+    return web.json_response(instructions_view(await catalog.instructions.latest(tenant)))
 
 
 async def put_instructions(request: web.Request) -> web.Response:
@@ -258,10 +258,10 @@ async def put_instructions(request: web.Request) -> web.Response:
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     body = await _keep_webhook_secret(services.catalog, tenant, await json_body(request))
     document = parse_instructions(body).document()
-    row = await services.catalog.add_instructions(
+    row = await services.catalog.instructions.add(
         tenant, document, created_by=principal.token_id, now=now
     )
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="instructions.updated",
@@ -276,5 +276,5 @@ async def put_instructions(request: web.Request) -> web.Response:
 
 async def instructions_history(request: web.Request) -> web.Response:
     tenant, catalog = await _existing_tenant(request, {"operator", "admin"})
-    rows = await catalog.instructions_history(tenant)
+    rows = await catalog.instructions.history(tenant)
     return web.json_response({"items": [instructions_view(row) for row in rows]})
