@@ -79,9 +79,8 @@ from crypto.objectformat import ObjectWriter, generate_dek  # noqa: E402
 from gateway.webhooks import deletion_notifier  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 from storage.catalog.schema import calls, object_keys, objects, recordings  # noqa: E402
-from storage.instructions import parse_duration  # noqa: E402
 from storage.media import AUDIO_KIND  # noqa: E402
-from storage.retention import RetentionSweeper, Windows  # noqa: E402
+from storage.retention import RetentionSweeper  # noqa: E402
 from storage.s3 import S3Store  # noqa: E402
 from storage.vault import MediaVault  # noqa: E402
 
@@ -101,7 +100,12 @@ WRITER_SEGMENT = 320
 FLUSHES_PER_OBJECT = 50
 WARMUP_S = 0.5
 INSERT_CHUNK = 500
-INSTRUCTIONS = {"recording": {"enabled": True}, "consent": {"required": False}}
+INSTRUCTIONS = {
+    "recording": {"enabled": True},
+    "consent": {"required": False},
+    # The sweeper reads its windows from the tenant's instructions: all long over.
+    "retention": {"recordings": WINDOW, "transcripts": WINDOW, "call_records": WINDOW},
+}
 
 
 @dataclass
@@ -306,12 +310,6 @@ async def seed(
     return seeded, {"seconds": round(seconds, 2), "per_s": round(count / seconds, 1)}
 
 
-async def expired_windows(tenant: str) -> Windows:
-    """The sweep's policy: every window long over for the seeded calls."""
-    window = parse_duration(WINDOW)
-    return Windows(recordings=window, transcripts=window, call_records=window)
-
-
 async def naive_delete(bench: Bench, objects: Sequence[Seeded], now: datetime) -> int:
     """The baseline: one object at a time, one S3 request each (shred, delete, mark)."""
     deleted = 0
@@ -460,7 +458,6 @@ async def run(args: argparse.Namespace, weed: Weed, workdir: Path) -> dict[str, 
         sweeper = RetentionSweeper(
             catalog=bench.catalog,
             store=bench.store,
-            policy=expired_windows,
             notify=deletion_notifier(bench.catalog, max_attempts=5),
         )
         observer = Observer(bench, writer=args.writer)

@@ -34,7 +34,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import Call, Catalog, Recording
-from storage.instructions import default_instructions, normalize_number, parse_instructions
+from storage.instructions import normalize_number
 from storage.media import RecordParser, track_frames
 from storage.media import codec as media_codec
 from storage.vault import MediaVault
@@ -218,11 +218,8 @@ class CallRegistry:
             # AudioSocket names a call by its UUID alone: one UUID, one call, whichever
             # tenant has it (the answer is the same as for this tenant's own duplicate).
             raise Conflict(f"Call {announcement.call_id!r} already exists.")
-        current = await self._catalog.instructions.latest(tenant)
-        if current is None:
-            instructions, version = default_instructions(), None
-        else:
-            instructions, version = parse_instructions(current.document), current.version
+        current = await self._catalog.instructions.current(tenant)
+        instructions, version = current.document, current.version
         facts = CallFacts(
             from_number=announcement.from_number,
             to_number=announcement.to_number,

@@ -61,7 +61,6 @@ from prometheus_client import CollectorRegistry, Counter
 from crypto.errors import Conflict
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
-from storage.instructions import default_instructions, parse_instructions
 from storage.retention import deleted_event_id
 
 __all__ = [
@@ -226,8 +225,7 @@ async def queue_events(
             raise ValueError(f"unknown webhook event {item.event!r}; one of {', '.join(EVENTS)}")
     if not events:
         return []
-    row = await catalog.instructions.latest(tenant)
-    if row is None or parse_instructions(row.document).webhook.url is None:
+    if (await catalog.instructions.current(tenant)).document.webhook.url is None:
         return []
     created_at = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
     jobs = []
@@ -392,8 +390,7 @@ class WebhookSender:
         if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
             await self._finish(job, "failed", error="malformed event payload")
             return
-        row = await self._catalog.instructions.latest(job.tenant_id)
-        rule = (default_instructions() if row is None else parse_instructions(row.document)).webhook
+        rule = (await self._catalog.instructions.current(job.tenant_id)).document.webhook
         if rule.url is None or rule.secret is None:
             log.info(
                 "webhook %s (%s): dropped, the tenant has no webhook URL now",

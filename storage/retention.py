@@ -40,9 +40,9 @@ import logging
 import time
 from collections import Counter as Counter_
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -59,6 +59,7 @@ from storage.catalog import (
     Recording,
     Tenant,
 )
+from storage.instructions import Duration, RetentionRule, parse_duration
 from storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -75,25 +76,24 @@ MAX_IDS_IN_RECEIPT = 40
 DeleteReason = Literal["retention", "erasure", "tenant"]
 
 
-class Window(Protocol):
-    """A retention window (``storage.instructions.Duration``)."""
-
-    def after(self, start: datetime) -> datetime:
-        """The instant the window ends for data whose call ended at ``start``."""
-
-    def shortest(self) -> timedelta:
-        """A lower bound of the window's length (months and years vary)."""
-
-
 @dataclass(frozen=True)
 class Windows:
     """A tenant's retention windows, per data class."""
 
-    recordings: Window
-    transcripts: Window
-    call_records: Window
+    recordings: Duration
+    transcripts: Duration
+    call_records: Duration
 
-    def _of(self, data_class: DataClass) -> Window:
+    @classmethod
+    def of(cls, rule: RetentionRule) -> Windows:
+        """The windows an instructions document's retention rule sets."""
+        return cls(
+            recordings=parse_duration(rule.recordings),
+            transcripts=parse_duration(rule.transcripts),
+            call_records=parse_duration(rule.call_records),
+        )
+
+    def _of(self, data_class: DataClass) -> Duration:
         return self.recordings if data_class == "recordings" else self.transcripts
 
     def expires(self, data_class: DataClass, ended_at: datetime) -> datetime:
@@ -113,8 +113,10 @@ class Windows:
         return now - shortest
 
 
-Policy = Callable[[str], Awaitable[Windows]]
-"""The windows of a tenant's current instructions."""
+async def current_windows(catalog: Catalog, tenant: str) -> Windows:
+    """The retention windows of the tenant's current instructions (defaults if it has
+    none): a changed window applies to data already stored."""
+    return Windows.of((await catalog.instructions.current(tenant)).document.retention)
 
 
 class Notify(Protocol):
@@ -244,7 +246,6 @@ class RetentionSweeper:
         *,
         catalog: Catalog,
         store: ObjectStore,
-        policy: Policy,
         notify: Notify | None = None,
         batch_size: int = BATCH,
         registry: CollectorRegistry | None = None,
@@ -253,7 +254,6 @@ class RetentionSweeper:
             raise ValueError(f"batch_size must be 1..{BATCH}")
         self._catalog = catalog
         self._store = store
-        self._policy = policy
         self._notify = notify
         self._batch = batch_size
         self.metrics = RetentionMetrics(registry)
@@ -287,7 +287,7 @@ class RetentionSweeper:
             report = await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
             await self._catalog.retention.forget_deleted_tenant(tenant.id)
             return report
-        windows = await self._policy(tenant.id)
+        windows = await current_windows(self._catalog, tenant.id)
         holds = Holds(await self._catalog.holds.list(tenant.id, active_only=True))
         return await self._sweep(tenant.id, windows, holds, now, reason="retention")
 

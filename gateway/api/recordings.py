@@ -36,12 +36,12 @@ from crypto.errors import (
 )
 from gateway.api.common import iso, principal_of, query_int, query_time
 from gateway.auth import require_role, scope, tenant_of
-from gateway.services import Services, retention_windows
+from gateway.services import Services
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, DataClass, Recording
 from storage.instructions import normalize_number
 from storage.media import AUDIO_KIND, codec, stereo_pcm, track_records, wav_header
-from storage.retention import Holds, Windows
+from storage.retention import Holds, Windows, current_windows
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Lifecycle:
 
     @classmethod
     async def load(cls, catalog: Catalog, tenant: str) -> Lifecycle:
-        windows = await retention_windows(catalog, tenant)
+        windows = await current_windows(catalog, tenant)
         return cls(windows, Holds(await catalog.holds.list(tenant, active_only=True)))
 
     def fields(self, recording: Recording, call: Call) -> dict[str, Any]:

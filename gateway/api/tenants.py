@@ -80,8 +80,7 @@ async def _keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> o
     webhook = body.get("webhook")
     if not isinstance(webhook, dict) or webhook.get("secret") != REDACTED:
         return body
-    current = await catalog.instructions.latest(tenant)
-    secret = None if current is None else parse_instructions(current.document).webhook.secret
+    secret = (await catalog.instructions.current(tenant)).document.webhook.secret
     if secret is None:
         raise InvalidInstructions(
             "webhook.secret",

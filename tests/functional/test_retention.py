@@ -16,7 +16,6 @@ ends, with every receipt written once.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ import pytest
 
 from crypto.errors import HeldByLegalHold, KeyUnavailable, NotFound, StorageUnavailable
 from crypto.keys import LocalKeyring
-from gateway.services import retention_windows
 from gateway.webhooks import JOB_KIND, deletion_notifier
 from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
 from storage.filestore import FileStore
@@ -132,7 +130,6 @@ class Parts:
         return RetentionSweeper(
             catalog=self.catalog,
             store=self.store,
-            policy=functools.partial(retention_windows, self.catalog),
             **options,
         )
 
@@ -148,7 +145,6 @@ async def open_parts(database_url: str, store: ObjectStore, keys: Path) -> Async
         sweeper = RetentionSweeper(
             catalog=catalog,
             store=store,
-            policy=functools.partial(retention_windows, catalog),
             notify=notify,
         )
         yield Parts(catalog, store, vault, keyring, notify, sweeper)
