@@ -33,7 +33,7 @@ from crypto.errors import (
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
-from storage.catalog import Call, Catalog, Recording
+from storage.catalog import AuditEntry, Call, Catalog, Recording
 from storage.instructions import normalize_number
 from storage.media import RecordParser, track_frames
 from storage.media import codec as media_codec
@@ -228,8 +228,31 @@ class CallRegistry:
             unencrypted=announcement.transport == "rtp" and not announcement.srtp,
         )
         outcome = decide(facts, instructions, version, now)
-        refused = isinstance(outcome, Refusal)
-        recording_id = None if refused else "rec_" + secrets.token_hex(12)
+        if isinstance(outcome, Refusal):
+            recording_id = None
+            event = AuditEntry(
+                actor=actor,
+                action="call.refused",
+                object=announcement.call_id,
+                detail={"code": outcome.code, "instructions_version": version},
+            )
+        else:
+            recording_id = "rec_" + secrets.token_hex(12)
+            event = AuditEntry(
+                actor=actor,
+                action="recording.created",
+                object=recording_id,
+                detail={
+                    "call_id": announcement.call_id,
+                    "instructions_version": version,
+                    "decision": outcome.document(),
+                    # For rtp calls: whether the audio travels encrypted (plain RTP is
+                    # allowed only by the instructions, so the audit trail shows which calls
+                    # used it).
+                    **({"srtp": announcement.srtp} if announcement.transport == "rtp" else {}),
+                },
+            )
+        # The call record, its recording and the decision's audit event commit together.
         call, recording = await self._catalog.calls.announce(
             id=announcement.call_id,
             tenant_id=tenant,
@@ -247,17 +270,10 @@ class CallRegistry:
             refusal_code=outcome.code if isinstance(outcome, Refusal) else None,
             started_at=now,
             recording_id=recording_id,
+            audit=event,
         )
         if isinstance(outcome, Refusal):
             self._metrics.refusals.labels(outcome.code).inc()
-            await self._catalog.audit.append(
-                tenant,
-                actor=actor,
-                action="call.refused",
-                object=call.id,
-                detail={"code": outcome.code, "instructions_version": version},
-                now=now,
-            )
             log.info(
                 "call %s refused: %s",
                 call.id,
@@ -266,21 +282,6 @@ class CallRegistry:
             )
             raise outcome.error()
         assert recording is not None  # noqa: S101 - an accepted call always has one
-        await self._catalog.audit.append(
-            tenant,
-            actor=actor,
-            action="recording.created",
-            object=recording.id,
-            detail={
-                "call_id": call.id,
-                "instructions_version": version,
-                "decision": outcome.document(),
-                # For rtp calls: whether the audio travels encrypted (plain RTP is allowed
-                # only by the instructions, so the audit trail shows which calls used it).
-                **({"srtp": announcement.srtp} if announcement.transport == "rtp" else {}),
-            },
-            now=now,
-        )
         self._register(self._new_session(call, recording))
         log.info(
             "call %s accepted",

@@ -18,7 +18,7 @@ from crypto.errors import BadRequest, HeldByLegalHold, InvalidInstructions, NotF
 from gateway.api.common import iso, json_body, principal_of
 from gateway.auth import ANY_ROLE, mint_token, require_role, scope
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
-from storage.catalog import Catalog, Instructions, Role, Tenant, Token
+from storage.catalog import AuditEntry, Catalog, Instructions, Role, Tenant, Token
 from storage.instructions import REDACTED, default_instructions, parse_instructions
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -108,15 +108,13 @@ async def create_tenant(request: web.Request) -> web.Response:
     if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
         raise BadRequest("id must be 2-63 lowercase letters, digits or dashes.")
     services, now = request.app[SERVICES], request.app[CLOCK].now()
+    actor = (await principal_of(request)).actor
     tenant = await services.catalog.tenants.create(
         tenant_id,
         name=_text(body, "name", limit=200),
         region=_text(body, "region", default="eu", limit=32),
         now=now,
-    )
-    actor = (await principal_of(request)).actor
-    await services.catalog.audit.append(
-        tenant.id, actor=actor, action="tenant.created", object=tenant.id, detail={}, now=now
+        audit=AuditEntry(actor=actor, action="tenant.created", object=tenant_id, detail={}),
     )
     return web.json_response(tenant_view(tenant), status=201)
 

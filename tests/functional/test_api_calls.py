@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from crypto.errors import CatalogUnavailable
 from gateway.settings import Settings
 from gateway.state import SERVICES
 from tests.gateway import (
@@ -403,3 +404,30 @@ async def test_an_unknown_or_another_tenants_call_is_404(gateway: Gateway, actio
     response = await control(gateway, other, "theirs", "pause")
     assert response.status == 200
     assert (await call_record(gateway, other, "theirs"))["ended_at"] is None
+
+
+# --- the decision and its audit event commit together ----------------------------------------
+
+
+@pytest.mark.parametrize("instructions", [None, RECORD], ids=["refused", "accepted"])
+async def test_a_call_whose_audit_event_fails_leaves_no_call_record(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, instructions: dict[str, Any] | None
+) -> None:
+    tenant = await gateway.tenant("acme", instructions)
+    catalog = gateway.app[SERVICES].catalog
+
+    async def audit_down(*args: Any) -> None:
+        raise CatalogUnavailable("the audit insert failed")
+
+    monkeypatch.setattr("storage.catalog.calls.append_entries", audit_down)
+    status, body = await announce(gateway, tenant, call_id="c-1")
+    assert status == 503, body
+    response = await gateway.client.get("/v1/tenants/acme/calls/c-1", headers=bearer(tenant.admin))
+    assert response.status == 404
+    assert await catalog.recordings.of_call("acme", "c-1") is None
+    events = await catalog.audit.list("acme", limit=1000)
+    assert {"call.refused", "recording.created"} & {e.action for e in events} == set()
+    monkeypatch.undo()
+    # Nothing half-done is in the way: the same announcement goes through now.
+    status, body = await announce(gateway, tenant, call_id="c-1")
+    assert status == (403 if instructions is None else 201), body
