@@ -9,13 +9,14 @@ a ``LocalKeyring`` and a ``MediaVault``, all in a temporary directory.
 * **Seeding** (not timed against anything): expired recordings of one tenant, each a call
   record, its recording and one small sealed audio object (``OBJECT_BYTES`` of plaintext);
   the calls ended a day ago. The first is made through the API, as ingest leaves one
-  (``announce_call`` with a recording, ``vault.put_object``, ``finish_recording``). The API
-  takes 20-40 ms a recording here (four catalog transactions and a ``PutObject``, mostly
-  CPU; concurrency does not help), far too slow for tens of thousands, so the others are
-  clones of it: the same rows with fresh ids, inserted in bulk into the same SQLite file,
-  each object sealed with a DEK of its own (wrapped by the keyring as ``put_object`` does)
-  and uploaded with one ``PutObject``, ``--concurrency`` at a time. A clone is read back
-  through the vault before any run, so the clones are what the API makes.
+  (``catalog.calls.announce`` with a recording, ``vault.put_object``,
+  ``catalog.recordings.finish``). The API takes 20-40 ms a recording here (four catalog
+  transactions and a ``PutObject``, mostly CPU; concurrency does not help), far too slow for
+  tens of thousands, so the others are clones of it: the same rows with fresh ids, inserted
+  in bulk into the same SQLite file, each object sealed with a DEK of its own (wrapped by
+  the keyring as ``put_object`` does) and uploaded with one ``PutObject``, ``--concurrency``
+  at a time. A clone is read back through the vault before any run, so the clones are what
+  the API makes.
 * **sweep** (callvault): one ``RetentionSweeper.sweep(now)`` over ``--recordings``
   recordings with every window (recordings, transcripts, call records) ``PT1S``, the
   sweeper wired as ``gateway.services`` wires it (webhook events through ``deletion_notifier``;

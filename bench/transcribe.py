@@ -10,8 +10,8 @@ deployment spends on the same audio:
   sample call's two tracks are sealed as ingest seals them (records of µ-law with their
   offsets, 2 s per record, as the 2 s flushes make them) as audio objects of a finished
   recording of an AI-only call (every AI feature on, recording off), whose ``analyze`` job
-  ``finish_recording`` queues. Timed: ``worker.run_once()`` for that one job: claim, decrypt,
-  decode, resample, VAD, transcribe, features, seal the results, purge the audio.
+  ``catalog.recordings.finish`` queues. Timed: ``worker.run_once()`` for that one job: claim,
+  decrypt, decode, resample, VAD, transcribe, features, seal the results, purge the audio.
 * **bare**: ``WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1,
   num_workers=1).transcribe(audio, language=..., beam_size=5, vad_filter=True,
   word_timestamps=True)`` with its segments consumed, on the same 16 kHz float32 audio of
