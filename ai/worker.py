@@ -8,7 +8,7 @@ the audio are overwritten, and for a call whose instructions allowed AI but not 
 the audio objects are crypto-shredded (DEK first, then the bytes) and the recording becomes
 transcript-only. ``ai.purged`` in the tenant's audit log records what was purged.
 
-Jobs are leased (``Catalog.claim_job``); the lease is renewed while a job runs, so a worker
+Jobs are leased (``catalog.jobs.claim``); the lease is renewed while a job runs, so a worker
 that dies loses it within one lease and another worker takes the job up. Every step is
 written so that an attempt killed anywhere is finished by the next one without duplicates:
 a complete set of results left by a killed attempt is kept and only the purge is finished;
@@ -41,8 +41,8 @@ from ai.audio import TrackAudio, decode_track
 from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
 from ai.transcript import TRACKS
 from crypto.errors import CallvaultError, Conflict, NotFound
-from gateway.instructions import parse_instructions
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
+from storage.instructions import parse_instructions
 from storage.media.codecs import codec
 from storage.media.tracks import AUDIO_KIND, track_records
 from storage.vault import MediaVault
@@ -158,7 +158,7 @@ class AnalysisWorker:
 
     async def run_once(self) -> bool:
         """Claim one due job and see it through; False when none was due."""
-        job = await self._catalog.claim_job(
+        job = await self._catalog.jobs.claim(
             self.owner, self._now(), self._lease, kinds=[ANALYZE_JOB], hand_out_exhausted=True
         )
         if job is None:
@@ -186,7 +186,7 @@ class AnalysisWorker:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._catalog.renew_lease(job.id, self.owner, self._now(), self._lease)
+                await self._catalog.jobs.renew_lease(job.id, self.owner, self._now(), self._lease)
             except (Conflict, NotFound):
                 return
             except CallvaultError as e:  # the catalog is down: keep working, try again
@@ -217,7 +217,7 @@ class AnalysisWorker:
             if now - job.created_at > PUBLISH_GIVE_UP:
                 await self._give_up(job, e.message)
                 return
-            await self._catalog.defer_job(
+            await self._catalog.jobs.defer(
                 job.id, self.owner, e.message, now, run_after=now + PUBLISH_WAIT
             )
             self.metrics.jobs.labels("deferred").inc()
@@ -228,7 +228,7 @@ class AnalysisWorker:
             now = self._now()
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._catalog.defer_job(
+                    self._catalog.jobs.defer(
                         job.id, self.owner, "worker stopped", now, run_after=now
                     )
                 )
@@ -245,7 +245,7 @@ class AnalysisWorker:
             )
             if job.attempts < job.max_attempts:
                 delay = self._backoff * (2 ** (job.attempts - 1))
-                await self._catalog.fail_job(
+                await self._catalog.jobs.fail(
                     job.id, self.owner, reason, self._now(), retry_at=self._now() + delay
                 )
                 self.metrics.jobs.labels("retry").inc()
@@ -255,7 +255,7 @@ class AnalysisWorker:
         elapsed = time.perf_counter() - started
         self.metrics.job_seconds.observe(elapsed)
         self.metrics.jobs.labels(outcome).inc()
-        await self._catalog.complete_job(job.id, self.owner, self._now())
+        await self._catalog.jobs.complete(job.id, self.owner, self._now())
         log.info(
             "AI job %s (recording %s): %s in %.1f s, attempt %d",
             job.id,
@@ -272,7 +272,7 @@ class AnalysisWorker:
         lease runs out, and the next claim of it comes back here."""
         if job.recording_id is not None:
             try:
-                recording, call = await self._catalog.get_recording_entry(
+                recording, call = await self._catalog.recordings.get_entry(
                     job.tenant_id, job.recording_id
                 )
             except NotFound:  # erased meanwhile
@@ -282,21 +282,21 @@ class AnalysisWorker:
                     await self._finish(
                         job, recording, call, "failed", wiped=0, failure_reason=reason
                     )
-        await self._catalog.fail_job(job.id, self.owner, reason, self._now())
+        await self._catalog.jobs.fail(job.id, self.owner, reason, self._now())
         self.metrics.jobs.labels("failed").inc()
 
     async def _process(self, job: Job) -> str:
         if job.recording_id is None:
             return "skipped"
         try:
-            recording, call = await self._catalog.get_recording_entry(
+            recording, call = await self._catalog.recordings.get_entry(
                 job.tenant_id, job.recording_id
             )
         except NotFound:  # erased meanwhile (or its tenant deleted)
             return "skipped"
         if recording.status != "processing":  # analyzed (done), deleted, or never for AI
             return "skipped"
-        objects = await self._catalog.list_objects(job.tenant_id, recording_id=recording.id)
+        objects = await self._catalog.objects.list(job.tenant_id, recording_id=recording.id)
         if any(o.kind == AUDIO_KIND and o.state == "writing" for o in objects):
             raise AudioNotPublished(
                 f"the audio of recording {recording.id} is still being published from a spool"
@@ -318,7 +318,7 @@ class AnalysisWorker:
         """Renew the lease before a step that writes, or stop with ``LeaseLost``: a worker
         that stalled past its lease must not write beside the worker that took over."""
         try:
-            await self._catalog.renew_lease(job.id, self.owner, self._now(), self._lease)
+            await self._catalog.jobs.renew_lease(job.id, self.owner, self._now(), self._lease)
         except (Conflict, NotFound):
             raise LeaseLost(f"job {job.id} is no longer leased to {self.owner}") from None
 
@@ -333,7 +333,7 @@ class AnalysisWorker:
         """Decode, transcribe, analyse and seal the results; the working copies' bytes,
         overwritten before this returns (also when it fails)."""
         document = (
-            await self._catalog.get_instructions(
+            await self._catalog.instructions.get(
                 recording.tenant_id, recording.instructions_version
             )
         ).document
@@ -439,7 +439,7 @@ class AnalysisWorker:
         keep = bool(call.decision.get("store_recording"))
         shredded: list[StoredObject] = []
         if not keep:
-            objects = await self._catalog.list_objects(
+            objects = await self._catalog.objects.list(
                 recording.tenant_id, recording_id=recording.id
             )
             for stored in objects:
@@ -447,7 +447,7 @@ class AnalysisWorker:
                     await self._vault.shred_object(recording.tenant_id, stored.id, now=now)
                     shredded.append(stored)
         if wiped or not keep:
-            await self._catalog.append_audit(
+            await self._catalog.audit.append(
                 recording.tenant_id,
                 actor=ACTOR,
                 action="ai.purged",
@@ -479,7 +479,7 @@ class AnalysisWorker:
                 recording_id=recording.id,
                 event_id=f"evt_{digest}",
             )
-        await self._catalog.update_recording_status(
+        await self._catalog.recordings.update_status(
             recording.tenant_id,
             recording.id,
             status,

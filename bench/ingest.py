@@ -641,7 +641,7 @@ async def bench_export(bench: Bench, seconds: int, rounds: int) -> dict[str, flo
     await stream_calls(bench, "twilio", twilio_script(seconds), 1, bare=False, seconds=seconds)
     recording = bench.recordings[next(reversed(bench.recordings))]
     vault = bench.app[SERVICES].vault
-    stored = await vault.catalog.list_objects(bench.tenant, recording_id=recording)
+    stored = await vault.catalog.objects.list(bench.tenant, recording_id=recording)
     objects = [o.id for o in stored if o.kind == AUDIO_KIND and o.state == "committed"]
     url = bench.server.make_url(f"/v1/recordings/{recording}/audio")
     headers = {"Authorization": f"Bearer {bench.admin}"}

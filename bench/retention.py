@@ -9,13 +9,14 @@ a ``LocalKeyring`` and a ``MediaVault``, all in a temporary directory.
 * **Seeding** (not timed against anything): expired recordings of one tenant, each a call
   record, its recording and one small sealed audio object (``OBJECT_BYTES`` of plaintext);
   the calls ended a day ago. The first is made through the API, as ingest leaves one
-  (``announce_call`` with a recording, ``vault.put_object``, ``finish_recording``). The API
-  takes 20-40 ms a recording here (four catalog transactions and a ``PutObject``, mostly
-  CPU; concurrency does not help), far too slow for tens of thousands, so the others are
-  clones of it: the same rows with fresh ids, inserted in bulk into the same SQLite file,
-  each object sealed with a DEK of its own (wrapped by the keyring as ``put_object`` does)
-  and uploaded with one ``PutObject``, ``--concurrency`` at a time. A clone is read back
-  through the vault before any run, so the clones are what the API makes.
+  (``catalog.calls.announce`` with a recording, ``vault.put_object``,
+  ``catalog.recordings.finish``). The API takes 20-40 ms a recording here (four catalog
+  transactions and a ``PutObject``, mostly CPU; concurrency does not help), far too slow for
+  tens of thousands, so the others are clones of it: the same rows with fresh ids, inserted
+  in bulk into the same SQLite file, each object sealed with a DEK of its own (wrapped by
+  the keyring as ``put_object`` does) and uploaded with one ``PutObject``, ``--concurrency``
+  at a time. A clone is read back through the vault before any run, so the clones are what
+  the API makes.
 * **sweep** (callvault): one ``RetentionSweeper.sweep(now)`` over ``--recordings``
   recordings with every window (recordings, transcripts, call records) ``PT1S``, the
   sweeper wired as ``gateway.services`` wires it (webhook events through ``deletion_notifier``;
@@ -26,9 +27,9 @@ a ``LocalKeyring`` and a ``MediaVault``, all in a temporary directory.
 * **naive** (baseline): a second set (``--naive-recordings``, by default the smaller of
   2000 and ``--recordings``: its cost per object does not depend on the count, and 20,000
   would take minutes), then, object by object, what a naive deleter does: shred the key
-  (``catalog.delete_object_key``), delete the bytes with one S3 request
+  (``catalog.keys.delete``), delete the bytes with one S3 request
   (``store.delete_many([key])`` on a store told the bucket is unversioned, so exactly one
-  ``DeleteObjects`` per object) and mark the row (``catalog.mark_object_deleted``). The
+  ``DeleteObjects`` per object) and mark the row (``catalog.objects.mark_deleted``). The
   ratio is sweep deletions/s / naive deletions/s.
 * **Ingest while deleting**: during the sweep, the naive run and an idle span after the
   sweep (as long as the sweep, at most ``IDLE_MAX_S``), a probe coroutine sleeps 5 ms in a
@@ -77,12 +78,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E40
 
 from crypto.keys import LocalKeyring  # noqa: E402
 from crypto.objectformat import ObjectWriter, generate_dek  # noqa: E402
-from gateway.instructions import parse_duration  # noqa: E402
 from gateway.webhooks import deletion_notifier  # noqa: E402
 from storage.catalog import Catalog  # noqa: E402
 from storage.catalog.schema import calls, object_keys, objects, recordings  # noqa: E402
 from storage.media.tracks import AUDIO_KIND  # noqa: E402
-from storage.retention import RetentionSweeper, Windows  # noqa: E402
+from storage.retention import RetentionSweeper  # noqa: E402
 from storage.s3 import S3Store  # noqa: E402
 from storage.vault import MediaVault  # noqa: E402
 
@@ -102,7 +102,12 @@ WRITER_SEGMENT = 320
 FLUSHES_PER_OBJECT = 50
 WARMUP_S = 0.5
 INSERT_CHUNK = 500
-INSTRUCTIONS = {"recording": {"enabled": True}, "consent": {"required": False}}
+INSTRUCTIONS = {
+    "recording": {"enabled": True},
+    "consent": {"required": False},
+    # The sweeper reads its windows from the tenant's instructions: all long over.
+    "retention": {"recordings": WINDOW, "transcripts": WINDOW, "call_records": WINDOW},
+}
 
 
 @dataclass
@@ -154,8 +159,8 @@ async def open_bench(weed: Weed, workdir: Path) -> AsyncIterator[Bench]:
         vault = MediaVault(catalog=catalog, store=store, keys=keys)
         now = datetime.now(UTC)
         for tenant in (TENANT, WRITER_TENANT):
-            await catalog.create_tenant(tenant, tenant, "eu", now - timedelta(days=2))
-        instructions = await catalog.add_instructions(
+            await catalog.tenants.create(tenant, tenant, "eu", now - timedelta(days=2))
+        instructions = await catalog.instructions.add(
             TENANT, INSTRUCTIONS, "bench", now - timedelta(days=2)
         )
         yield Bench(
@@ -180,7 +185,7 @@ async def seed_through_api(bench: Bench) -> Template:
     them; returns the rows the catalog holds for them."""
     call_id = "CA" + secrets.token_hex(16)
     recording_id = "rec_" + secrets.token_hex(12)
-    await bench.catalog.announce_call(
+    await bench.catalog.calls.announce(
         id=call_id,
         tenant_id=TENANT,
         from_number="+15550100",
@@ -205,7 +210,7 @@ async def seed_through_api(bench: Bench) -> Template:
         recording_id=recording_id,
         track="inbound",
     )
-    await bench.catalog.finish_recording(
+    await bench.catalog.recordings.finish(
         TENANT, recording_id, samples=60 * 8000, now=bench.ended_at
     )
 
@@ -307,28 +312,22 @@ async def seed(
     return seeded, {"seconds": round(seconds, 2), "per_s": round(count / seconds, 1)}
 
 
-async def expired_windows(tenant: str) -> Windows:
-    """The sweep's policy: every window long over for the seeded calls."""
-    window = parse_duration(WINDOW)
-    return Windows(recordings=window, transcripts=window, call_records=window)
-
-
 async def naive_delete(bench: Bench, objects: Sequence[Seeded], now: datetime) -> int:
     """The baseline: one object at a time, one S3 request each (shred, delete, mark)."""
     deleted = 0
     for stored in objects:
-        await bench.catalog.delete_object_key(stored.id)
+        await bench.catalog.keys.delete(stored.id)
         await bench.naive_store.delete_many([stored.store_key])
-        marked = await bench.catalog.mark_object_deleted(stored.id, now)
+        marked = await bench.catalog.objects.mark_deleted(stored.id, now)
         deleted += marked.state == "deleted"
     return deleted
 
 
 async def leftovers(bench: Bench) -> dict[str, int]:
     """What is left of the tenant's data: key rows, S3 objects, objects not marked deleted."""
-    keys = [row async for row in bench.catalog.list_object_keys(TENANT)]
+    keys = [row async for row in bench.catalog.keys.list(TENANT)]
     in_store = [key async for key in bench.store.list_keys(f"{TENANT}/")]
-    live = [o for o in await bench.catalog.list_objects(TENANT) if o.state != "deleted"]
+    live = [o for o in await bench.catalog.objects.list(TENANT) if o.state != "deleted"]
     return {
         "key_rows_left": len(keys),
         "store_objects_left": len(in_store),
@@ -461,7 +460,6 @@ async def run(args: argparse.Namespace, weed: Weed, workdir: Path) -> dict[str, 
         sweeper = RetentionSweeper(
             catalog=bench.catalog,
             store=bench.store,
-            policy=expired_windows,
             notify=deletion_notifier(bench.catalog, max_attempts=5),
         )
         observer = Observer(bench, writer=args.writer)

@@ -10,8 +10,8 @@ deployment spends on the same audio:
   sample call's two tracks are sealed as ingest seals them (records of µ-law with their
   offsets, 2 s per record, as the 2 s flushes make them) as audio objects of a finished
   recording of an AI-only call (every AI feature on, recording off), whose ``analyze`` job
-  ``finish_recording`` queues. Timed: ``worker.run_once()`` for that one job: claim, decrypt,
-  decode, resample, VAD, transcribe, features, seal the results, purge the audio.
+  ``catalog.recordings.finish`` queues. Timed: ``worker.run_once()`` for that one job: claim,
+  decrypt, decode, resample, VAD, transcribe, features, seal the results, purge the audio.
 * **bare**: ``WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=1,
   num_workers=1).transcribe(audio, language=..., beam_size=5, vad_filter=True,
   word_timestamps=True)`` with its segments consumed, on the same 16 kHz float32 audio of
@@ -69,9 +69,9 @@ from ai.audio import resample  # noqa: E402
 from ai.models import PACKAGED, resolve_model  # noqa: E402
 from ai.transcript import TRACKS  # noqa: E402
 from ai.worker import TRANSCRIPT_KIND, AnalysisWorker  # noqa: E402
-from gateway.instructions import AI_FEATURES  # noqa: E402
 from gateway.services import Services, build_worker, open_services  # noqa: E402
 from gateway.settings import AiSettings, Settings  # noqa: E402
+from storage.instructions import AI_FEATURES  # noqa: E402
 from storage.media.codecs import codec  # noqa: E402
 from storage.media.tracks import AUDIO_KIND, encode_record  # noqa: E402
 from tests.ai import SampleCall, sample_call, wer, words  # noqa: E402
@@ -192,7 +192,7 @@ class Pipeline:
         if tenant not in self.versions:
             catalog = self.services.catalog
             now = datetime.now(UTC)
-            await catalog.create_tenant(tenant, tenant, "eu", now)
+            await catalog.tenants.create(tenant, tenant, "eu", now)
             document = {
                 "recording": {"enabled": False},
                 "ai": {
@@ -201,7 +201,7 @@ class Pipeline:
                     "categories": CATEGORIES,
                 },
             }
-            instructions = await catalog.add_instructions(tenant, document, "bench", now)
+            instructions = await catalog.instructions.add(tenant, document, "bench", now)
             self.versions[tenant] = instructions.version
         return tenant
 
@@ -214,7 +214,7 @@ class Pipeline:
         call_id = f"{call.name}-{self.runs}"
         recording_id = "rec_" + secrets.token_hex(12)
         now = datetime.now(UTC)
-        await catalog.create_call(
+        await catalog.calls.create(
             id=call_id,
             tenant_id=tenant,
             from_number="+40211111111",
@@ -229,7 +229,7 @@ class Pipeline:
             refusal_code=None,
             started_at=now,
         )
-        await catalog.create_recording(
+        await catalog.recordings.create(
             id=recording_id,
             tenant_id=tenant,
             call_id=call_id,
@@ -251,7 +251,7 @@ class Pipeline:
                 await upload.write(encode_record(offset, data[offset : offset + RECORD_BYTES]))
                 await upload.flush()
             await upload.commit(now=now)
-        await catalog.finish_recording(
+        await catalog.recordings.finish(
             tenant,
             recording_id,
             samples=call.frames,
@@ -264,12 +264,12 @@ class Pipeline:
         """Each track's text from the sealed transcript; raises unless the job analyzed the
         recording and purged its audio (a failed attempt also returns from ``run_once``)."""
         catalog = self.services.catalog
-        recording = await catalog.get_recording(tenant, recording_id)
+        recording = await catalog.recordings.get(tenant, recording_id)
         if recording.status != "analyzed" or not recording.audio_purged:
-            jobs = await catalog.list_jobs(tenant, recording_id=recording_id)
+            jobs = await catalog.jobs.list(tenant, recording_id=recording_id)
             errors = [job.last_error for job in jobs]
             raise RuntimeError(f"recording {recording_id} is {recording.status}: {errors}")
-        objects = await catalog.list_objects(tenant, recording_id=recording_id)
+        objects = await catalog.objects.list(tenant, recording_id=recording_id)
         if any(o.kind == AUDIO_KIND and o.state != "deleted" for o in objects):
             raise RuntimeError(f"recording {recording_id}: its audio was not purged")
         (stored,) = [o for o in objects if o.kind == TRANSCRIPT_KIND and o.state == "committed"]

@@ -69,7 +69,7 @@ async def authenticate(catalog: Catalog, secret: str | None) -> Principal:
     if not secret:
         raise Unauthorized("A bearer token is required.")
     digest = hash_secret(secret)
-    token = await catalog.find_token(digest)
+    token = await catalog.tokens.find(digest)
     if token is None or not hmac.compare_digest(token.token_hash, digest):
         raise Unauthorized("The token is unknown or revoked.")
     return Principal(token_id=token.id, role=token.role, tenant=token.tenant_id)
@@ -79,7 +79,7 @@ async def mint_token(
     catalog: Catalog, *, tenant: str | None, role: Role, created_by: str, now: datetime
 ) -> MintedToken:
     secret = new_secret()
-    record = await catalog.create_token(
+    record = await catalog.tokens.create(
         id="tok_" + secrets.token_hex(8),
         tenant_id=tenant,
         role=role,
@@ -154,8 +154,8 @@ async def ensure_operator_token(
                 "(e.g. the output of `openssl rand -base64 32`).",
             )
         digest = hash_secret(configured)
-        if await catalog.find_token(digest) is None:
-            await catalog.create_token(
+        if await catalog.tokens.find(digest) is None:
+            await catalog.tokens.create(
                 id="tok_env_" + secrets.token_hex(6),  # not derived from the secret
                 tenant_id=None,
                 role="operator",
@@ -164,7 +164,7 @@ async def ensure_operator_token(
                 now=now,
             )
         return None
-    if any(token.revoked_at is None for token in await catalog.list_tokens(None)):
+    if any(token.revoked_at is None for token in await catalog.tokens.list(None)):
         return None
     minted = await mint_token(
         catalog, tenant=None, role="operator", created_by="bootstrap", now=now

@@ -31,11 +31,11 @@ from crypto.errors import (
     StreamRefused,
 )
 from gateway.errors import invalid_body
-from gateway.instructions import default_instructions, normalize_number, parse_instructions
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
-from storage.catalog import Call, Catalog, Recording
+from storage.catalog import AuditEntry, Call, Catalog, Recording
+from storage.instructions import normalize_number
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, track_frames
 from storage.vault import MediaVault
@@ -210,18 +210,15 @@ class CallRegistry:
         """Decide and record the call; ``PolicyRefused`` (after storing the CDR and an audit
         event) when the tenant's instructions do not allow it."""
         assert announcement.call_id and announcement.codec and announcement.sample_rate  # noqa: S101
-        await self._catalog.get_tenant(tenant)
-        if announcement.transport == "audiosocket" and await self._catalog.find_calls(
+        await self._catalog.tenants.get(tenant)
+        if announcement.transport == "audiosocket" and await self._catalog.calls.find(
             announcement.call_id, transport="audiosocket"
         ):
             # AudioSocket names a call by its UUID alone: one UUID, one call, whichever
             # tenant has it (the answer is the same as for this tenant's own duplicate).
             raise Conflict(f"Call {announcement.call_id!r} already exists.")
-        current = await self._catalog.current_instructions(tenant)
-        if current is None:
-            instructions, version = default_instructions(), None
-        else:
-            instructions, version = parse_instructions(current.document), current.version
+        current = await self._catalog.instructions.current(tenant)
+        instructions, version = current.document, current.version
         facts = CallFacts(
             from_number=announcement.from_number,
             to_number=announcement.to_number,
@@ -230,9 +227,32 @@ class CallRegistry:
             unencrypted=announcement.transport == "rtp" and not announcement.srtp,
         )
         outcome = decide(facts, instructions, version, now)
-        refused = isinstance(outcome, Refusal)
-        recording_id = None if refused else "rec_" + secrets.token_hex(12)
-        call, recording = await self._catalog.announce_call(
+        if isinstance(outcome, Refusal):
+            recording_id = None
+            event = AuditEntry(
+                actor=actor,
+                action="call.refused",
+                object=announcement.call_id,
+                detail={"code": outcome.code, "instructions_version": version},
+            )
+        else:
+            recording_id = "rec_" + secrets.token_hex(12)
+            event = AuditEntry(
+                actor=actor,
+                action="recording.created",
+                object=recording_id,
+                detail={
+                    "call_id": announcement.call_id,
+                    "instructions_version": version,
+                    "decision": outcome.document(),
+                    # For rtp calls: whether the audio travels encrypted (plain RTP is
+                    # allowed only by the instructions, so the audit trail shows which calls
+                    # used it).
+                    **({"srtp": announcement.srtp} if announcement.transport == "rtp" else {}),
+                },
+            )
+        # The call record, its recording and the decision's audit event commit together.
+        call, recording = await self._catalog.calls.announce(
             id=announcement.call_id,
             tenant_id=tenant,
             from_number=announcement.from_number,
@@ -249,17 +269,10 @@ class CallRegistry:
             refusal_code=outcome.code if isinstance(outcome, Refusal) else None,
             started_at=now,
             recording_id=recording_id,
+            audit=event,
         )
         if isinstance(outcome, Refusal):
             self._metrics.refusals.labels(outcome.code).inc()
-            await self._catalog.append_audit(
-                tenant,
-                actor=actor,
-                action="call.refused",
-                object=call.id,
-                detail={"code": outcome.code, "instructions_version": version},
-                now=now,
-            )
             log.info(
                 "call %s refused: %s",
                 call.id,
@@ -268,21 +281,6 @@ class CallRegistry:
             )
             raise outcome.error()
         assert recording is not None  # noqa: S101 - an accepted call always has one
-        await self._catalog.append_audit(
-            tenant,
-            actor=actor,
-            action="recording.created",
-            object=recording.id,
-            detail={
-                "call_id": call.id,
-                "instructions_version": version,
-                "decision": outcome.document(),
-                # For rtp calls: whether the audio travels encrypted (plain RTP is allowed
-                # only by the instructions, so the audit trail shows which calls used it).
-                **({"srtp": announcement.srtp} if announcement.transport == "rtp" else {}),
-            },
-            now=now,
-        )
         self._register(self._new_session(call, recording))
         log.info(
             "call %s accepted",
@@ -316,10 +314,10 @@ class CallRegistry:
         held = self._sessions.get((tenant, call_id))
         if held is not None:
             return held
-        call = await self._catalog.get_call(tenant, call_id)
+        call = await self._catalog.calls.get(tenant, call_id)
         if call.refusal_code is not None:
             raise PolicyRefused(call.refusal_code, f"Call {call_id!r} was refused.")
-        recording = await self._catalog.recording_of_call(tenant, call_id)
+        recording = await self._catalog.recordings.of_call(tenant, call_id)
         if call.ended_at is not None or recording is None or recording.status != "recording":
             raise StreamRefused(f"Call {call_id!r} has ended.", code="call_ended")
         return await self._restore(call, recording, now)
@@ -329,7 +327,7 @@ class CallRegistry:
         its committed audio ends (read back, a record at a time)."""
         ends: dict[str, int] = {}
         track_codec = media_codec(call.codec)
-        for stored in await self._catalog.list_objects(
+        for stored in await self._catalog.objects.list(
             call.tenant_id, recording_id=recording.id, state="committed"
         ):
             if stored.kind != AUDIO_KIND or stored.track is None:
@@ -362,7 +360,7 @@ class CallRegistry:
         session = await self.session(tenant, call_id, now)
         if session.ended or session.closing:
             raise StreamRefused(f"Call {call_id!r} has ended.", code="call_ended")
-        await self._catalog.set_call_paused(tenant, call_id, paused)
+        await self._catalog.calls.set_paused(tenant, call_id, paused)
         await (session.pause() if paused else session.resume())
         return session
 
@@ -371,9 +369,9 @@ class CallRegistry:
         try:
             session = await self.session(tenant, call_id, now)
         except (PolicyRefused, StreamRefused):
-            return await self._catalog.get_call(tenant, call_id)
+            return await self._catalog.calls.get(tenant, call_id)
         await self._finish(session, now, reason)
-        return await self._catalog.get_call(tenant, call_id)
+        return await self._catalog.calls.get(tenant, call_id)
 
     async def end_tenant(self, tenant: str, *, now: datetime) -> None:
         for session in [s for s in self.live() if s.tenant == tenant]:
@@ -445,17 +443,17 @@ class CallRegistry:
         instead of staying 'recording' forever. Only for a catalog no other node shares: on
         a shared one, another node may be recording them."""
         taken = 0
-        for recording in await self._catalog.live_recordings():
+        for recording in await self._catalog.recordings.live():
             if await self._take_up(recording.tenant_id, recording.id, now):
                 taken += 1
         return taken
 
     async def _take_up(self, tenant: str, recording_id: str, now: datetime) -> bool:
         try:
-            recording = await self._catalog.get_recording(tenant, recording_id)
+            recording = await self._catalog.recordings.get(tenant, recording_id)
             if recording.status != "recording" or (tenant, recording.call_id) in self._sessions:
                 return False
-            call = await self._catalog.get_call(tenant, recording.call_id)
+            call = await self._catalog.calls.get(tenant, recording.call_id)
             await self._restore(call, recording, now)
         except CallvaultError as e:
             log.error("recording %s could not be taken up: %s", recording_id, e.code)
@@ -465,7 +463,7 @@ class CallRegistry:
     async def find_audiosocket_call(self, call_id: str) -> tuple[str, str]:
         """The (tenant, call id) an AudioSocket UUID names: it must have been announced for
         AudioSocket by exactly one tenant. Refused calls answer with their refusal code."""
-        calls = await self._catalog.find_calls(call_id, transport="audiosocket")
+        calls = await self._catalog.calls.find(call_id, transport="audiosocket")
         if not calls:
             raise StreamRefused(f"Call {call_id} was not announced.", code="unknown_call")
         if len(calls) > 1:

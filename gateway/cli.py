@@ -196,12 +196,12 @@ async def _mint(settings: Settings, role: Role, tenant: str | None) -> None:
         raise ConfigError("--tenant", "operator tokens take no tenant; every other role needs one.")
     async with open_services(settings) as services:
         if tenant is not None:
-            await services.catalog.get_tenant(tenant)
+            await services.catalog.tenants.get(tenant)
         minted = await mint_token(
             services.catalog, tenant=tenant, role=role, created_by="cli", now=datetime.now(UTC)
         )
         if tenant is not None:
-            await services.catalog.append_audit(
+            await services.catalog.audit.append(
                 tenant,
                 actor="cli",
                 action="token.created",
@@ -233,7 +233,7 @@ async def _verify_audit(settings: Settings, tenant: str) -> int:
     from gateway.services import open_services
 
     async with open_services(settings) as services:
-        check = await services.catalog.verify_audit(tenant)
+        check = await services.catalog.audit.verify(tenant)
     if check.ok:
         print(f"tenant {tenant}: audit log intact, {check.count} event(s) verified")
         return 0

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from yarl import URL
 
 from crypto.errors import CallvaultError
-from gateway.instructions import AI_FEATURES
+from storage.instructions import AI_FEATURES
 from storage.media.codecs import codec
 
 CALLER_NUMBER = "+40215550100"

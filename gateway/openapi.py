@@ -37,15 +37,15 @@ from gateway.api.routes import PATH_PARAMETERS, ROUTES, Route
 from gateway.auth import ROLE_WORDS
 from gateway.ingest.docs import CLOSE_CODES, FORK, TWILIO, WS_COMMON, audiosocket_extension
 from gateway.ingest.events import MAX_MESSAGE
-from gateway.instructions import (
+from gateway.policy import RefusalCode
+from storage.catalog.records import ROLES
+from storage.instructions import (
     MAX_PHRASE_CHARS,
     MAX_WEBHOOK_URL_CHARS,
     REDACTED,
     WEBHOOK_SECRET_CHARS,
     RetentionRule,
 )
-from gateway.policy import RefusalCode
-from storage.catalog.records import ROLES
 
 __all__ = ["DURATION_PATTERN", "ERROR_CODES", "REFUSAL_CODES", "build_document", "main", "render"]
 
@@ -56,7 +56,7 @@ OPENAPI_VERSION = "3.1.0"
 REFUSAL_CODES: tuple[str, ...] = typing.get_args(RefusalCode)
 """The policy's refusal codes (403 on announcement, close reason 1008 on ingest)."""
 
-# The ECMA-262 twin of gateway.instructions' duration regex: the same designators and digits,
+# The ECMA-262 twin of storage.instructions' duration regex: the same designators and digits,
 # plus the two rules that function checks in code (at least one component; a "T" needs a
 # time component after it), written as lookaheads. The 100-year cap and "not zero" cannot be
 # said in a pattern; the Duration schema's description says them.

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from crypto.errors import PolicyRefused
-from gateway.instructions import InstructionsDoc, normalize_number
+from storage.instructions import InstructionsDoc, normalize_number
 
 __all__ = ["CallFacts", "Consent", "Decision", "Refusal", "RefusalCode", "decide"]
 

@@ -25,11 +25,10 @@ from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
-from gateway.instructions import default_instructions, parse_duration, parse_instructions
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
-from storage.retention import RetentionSweeper, Windows
+from storage.retention import RetentionSweeper
 from storage.spool import Spool
 from storage.store import ObjectStore
 from storage.stores import open_store
@@ -150,27 +149,14 @@ def build_sender(
     return WebhookSender(services.catalog, settings.webhooks, now, owner=owner, registry=registry)
 
 
-async def retention_windows(catalog: Catalog, tenant: str) -> Windows:
-    """The retention windows of the tenant's current instructions (defaults if it has none)."""
-    row = await catalog.current_instructions(tenant)
-    doc = default_instructions() if row is None else parse_instructions(row.document)
-    rule = doc.retention
-    return Windows(
-        recordings=parse_duration(rule.recordings),
-        transcripts=parse_duration(rule.transcripts),
-        call_records=parse_duration(rule.call_records),
-    )
-
-
 def build_sweeper(
     settings: Settings, services: Services, *, registry: CollectorRegistry | None = None
 ) -> RetentionSweeper:
-    """The retention sweeper: windows from each tenant's current instructions, events to
-    its webhook."""
+    """The retention sweeper (it reads each tenant's windows from its current
+    instructions), events to the tenant's webhook."""
     return RetentionSweeper(
         catalog=services.catalog,
         store=services.store,
-        policy=functools.partial(retention_windows, services.catalog),
         notify=deletion_notifier(services.catalog, max_attempts=settings.webhooks.max_attempts),
         registry=registry,
     )

@@ -38,7 +38,7 @@ from typing import Literal
 from crypto.errors import CallvaultError, Conflict, MalformedMessage, StorageError, StreamRefused
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
-from storage.catalog import Call, Catalog, Recording
+from storage.catalog import AuditEntry, Call, Catalog, Recording
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import AUDIO_KIND, encode_record
 from storage.vault import MediaVault, SealingUpload
@@ -410,24 +410,25 @@ class CallSession:
                     )
             job_id = "job_" + secrets.token_hex(12) if self.ai_features else None
             samples = self.timeline_end()
-            self.recording = await catalog.finish_recording(
-                self.tenant, self.recording.id, samples=samples, now=now, job_id=job_id
+            ended = AuditEntry(
+                actor="gateway",
+                action="call.ended",
+                object=self.recording.id,
+                detail={
+                    "call_id": self.call_id,
+                    "reason": self.closing,
+                    "samples": samples,
+                    "tracks": sorted(self.tracks),
+                    "job": job_id,
+                },
+            )
+            # The recording's end, its AI job and the call.ended event commit together.
+            self.recording = await catalog.recordings.finish(
+                self.tenant, self.recording.id, samples=samples, now=now, job_id=job_id, audit=ended
             )
             self.ended = True
             if job_id is not None and self.recording.status == "processing":
                 self._metrics.jobs_queued.inc()
-            detail = {"call_id": self.call_id, "reason": self.closing, "samples": samples}
-            try:
-                await catalog.append_audit(
-                    self.tenant,
-                    actor="gateway",
-                    action="call.ended",
-                    object=self.recording.id,
-                    detail={**detail, "tracks": sorted(self.tracks), "job": job_id},
-                    now=now,
-                )
-            except CallvaultError as e:
-                log.error("call %s: its end could not be audited: %s", self.call_id, e.code)
             log.info(
                 "call %s ended (%s): %d samples on %d track(s)",
                 self.call_id,

@@ -59,7 +59,6 @@ from aiohttp.abc import ResolveResult
 from prometheus_client import CollectorRegistry, Counter
 
 from crypto.errors import Conflict
-from gateway.instructions import default_instructions, parse_instructions
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
 from storage.retention import deleted_event_id
@@ -226,8 +225,7 @@ async def queue_events(
             raise ValueError(f"unknown webhook event {item.event!r}; one of {', '.join(EVENTS)}")
     if not events:
         return []
-    row = await catalog.current_instructions(tenant)
-    if row is None or parse_instructions(row.document).webhook.url is None:
+    if (await catalog.instructions.current(tenant)).document.webhook.url is None:
         return []
     created_at = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
     jobs = []
@@ -250,7 +248,7 @@ async def queue_events(
                 },
             )
         )
-    return await catalog.enqueue_jobs(tenant, jobs, now=now)
+    return await catalog.jobs.enqueue_many(tenant, jobs, now=now)
 
 
 def deletion_notifier(
@@ -376,7 +374,7 @@ class WebhookSender:
     async def deliver_once(self) -> bool:
         """Claim one due event and attempt it; False when none was due."""
         lease = self._settings.timeout + _LEASE_MARGIN
-        job = await self._catalog.claim_job(self._owner, self._now(), lease, kinds=[JOB_KIND])
+        job = await self._catalog.jobs.claim(self._owner, self._now(), lease, kinds=[JOB_KIND])
         if job is None:
             return False
         try:
@@ -392,8 +390,7 @@ class WebhookSender:
         if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
             await self._finish(job, "failed", error="malformed event payload")
             return
-        row = await self._catalog.current_instructions(job.tenant_id)
-        rule = (default_instructions() if row is None else parse_instructions(row.document)).webhook
+        rule = (await self._catalog.instructions.current(job.tenant_id)).document.webhook
         if rule.url is None or rule.secret is None:
             log.info(
                 "webhook %s (%s): dropped, the tenant has no webhook URL now",
@@ -448,7 +445,7 @@ class WebhookSender:
 
     async def _retry(self, job: Job, error: str) -> None:
         now = self._now()
-        failed = await self._catalog.fail_job(
+        failed = await self._catalog.jobs.fail(
             job.id,
             self._owner,
             error,
@@ -469,9 +466,9 @@ class WebhookSender:
     async def _finish(self, job: Job, outcome: str, *, error: str | None = None) -> None:
         """Complete (delivered, dropped) or fail for good (refused, failed) without retry."""
         if error is None:
-            await self._catalog.complete_job(job.id, self._owner, self._now())
+            await self._catalog.jobs.complete(job.id, self._owner, self._now())
         else:
-            await self._catalog.fail_job(job.id, self._owner, error, self._now())
+            await self._catalog.jobs.fail(job.id, self._owner, error, self._now())
         self.deliveries.labels(outcome).inc()
 
 

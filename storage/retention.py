@@ -40,9 +40,9 @@ import logging
 import time
 from collections import Counter as Counter_
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -59,6 +59,7 @@ from storage.catalog import (
     Recording,
     Tenant,
 )
+from storage.instructions import Duration, RetentionRule, parse_duration
 from storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -75,25 +76,24 @@ MAX_IDS_IN_RECEIPT = 40
 DeleteReason = Literal["retention", "erasure", "tenant"]
 
 
-class Window(Protocol):
-    """A retention window (``gateway.instructions.Duration``)."""
-
-    def after(self, start: datetime) -> datetime:
-        """The instant the window ends for data whose call ended at ``start``."""
-
-    def shortest(self) -> timedelta:
-        """A lower bound of the window's length (months and years vary)."""
-
-
 @dataclass(frozen=True)
 class Windows:
     """A tenant's retention windows, per data class."""
 
-    recordings: Window
-    transcripts: Window
-    call_records: Window
+    recordings: Duration
+    transcripts: Duration
+    call_records: Duration
 
-    def _of(self, data_class: DataClass) -> Window:
+    @classmethod
+    def of(cls, rule: RetentionRule) -> Windows:
+        """The windows an instructions document's retention rule sets."""
+        return cls(
+            recordings=parse_duration(rule.recordings),
+            transcripts=parse_duration(rule.transcripts),
+            call_records=parse_duration(rule.call_records),
+        )
+
+    def _of(self, data_class: DataClass) -> Duration:
         return self.recordings if data_class == "recordings" else self.transcripts
 
     def expires(self, data_class: DataClass, ended_at: datetime) -> datetime:
@@ -113,8 +113,10 @@ class Windows:
         return now - shortest
 
 
-Policy = Callable[[str], Awaitable[Windows]]
-"""The windows of a tenant's current instructions."""
+async def current_windows(catalog: Catalog, tenant: str) -> Windows:
+    """The retention windows of the tenant's current instructions (defaults if it has
+    none): a changed window applies to data already stored."""
+    return Windows.of((await catalog.instructions.current(tenant)).document.retention)
 
 
 class Notify(Protocol):
@@ -244,7 +246,6 @@ class RetentionSweeper:
         *,
         catalog: Catalog,
         store: ObjectStore,
-        policy: Policy,
         notify: Notify | None = None,
         batch_size: int = BATCH,
         registry: CollectorRegistry | None = None,
@@ -253,7 +254,6 @@ class RetentionSweeper:
             raise ValueError(f"batch_size must be 1..{BATCH}")
         self._catalog = catalog
         self._store = store
-        self._policy = policy
         self._notify = notify
         self._batch = batch_size
         self.metrics = RetentionMetrics(registry)
@@ -263,7 +263,7 @@ class RetentionSweeper:
         sweep fails is logged and named in the report; the others are still swept."""
         started = time.perf_counter()
         report = SweepReport()
-        for tenant in await self._catalog.list_tenants(include_deleted=True):
+        for tenant in await self._catalog.tenants.list(include_deleted=True):
             try:
                 report.add(await self.sweep_tenant(tenant, now))
             except CallvaultError as e:
@@ -283,12 +283,12 @@ class RetentionSweeper:
         """Delete the tenant's due objects, then complete its recordings that have nothing
         left, then delete its expired call records."""
         if tenant.deleted_at is not None:
-            await self._catalog.settle_deleted_tenant(tenant.id, now)
+            await self._catalog.retention.settle_deleted_tenant(tenant.id, now)
             report = await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
-            await self._catalog.forget_deleted_tenant(tenant.id)
+            await self._catalog.retention.forget_deleted_tenant(tenant.id)
             return report
-        windows = await self._policy(tenant.id)
-        holds = Holds(await self._catalog.list_holds(tenant.id, active_only=True))
+        windows = await current_windows(self._catalog, tenant.id)
+        holds = Holds(await self._catalog.holds.list(tenant.id, active_only=True))
         return await self._sweep(tenant.id, windows, holds, now, reason="retention")
 
     async def _sweep(
@@ -313,7 +313,7 @@ class RetentionSweeper:
         # batch still goes through the steps in order. At most IN_FLIGHT batches at once.
         in_flight: deque[asyncio.Task[SweepReport]] = deque()
         try:
-            while page := await self._catalog.due_objects(
+            while page := await self._catalog.retention.due_objects(
                 tenant, cutoffs=cutoffs, after=after, limit=self._batch
             ):
                 after = page[-1].id
@@ -389,7 +389,7 @@ class RetentionSweeper:
         if not due:
             return [], 0
         why_of = {stored.id: why for stored, why in due}
-        shredded = await self._catalog.shred_object_keys(
+        shredded = await self._catalog.retention.shred_keys(
             tenant, [stored for stored, _ in due], check_holds=check_holds
         )
         return [(stored, why_of[stored.id]) for stored in shredded], len(due) - len(shredded)
@@ -461,7 +461,9 @@ class RetentionSweeper:
                 )
             return entries
 
-        marked = await self._catalog.mark_objects_deleted(tenant, ids, now, receipts=receipts)
+        marked = await self._catalog.retention.mark_objects_deleted(
+            tenant, ids, now, receipts=receipts
+        )
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for object_id in marked:
             stored, why = by_id[object_id]
@@ -491,7 +493,7 @@ class RetentionSweeper:
         if windows is not None:
             cutoff = max(windows.cutoff("recordings", now), windows.cutoff("transcripts", now))
         after: str | None = None
-        while page := await self._catalog.due_recordings(
+        while page := await self._catalog.retention.due_recordings(
             tenant, cutoff=cutoff, after=after, limit=self._batch, recording_ids=recording_ids
         ):
             after = page[-1].id
@@ -555,7 +557,9 @@ class RetentionSweeper:
                 for recording in completed
             ]
 
-        completed = await self._catalog.complete_deletions(tenant, reasons, now, receipts=receipts)
+        completed = await self._catalog.retention.complete_deletions(
+            tenant, reasons, now, receipts=receipts
+        )
         for reason, count in Counter_(r.delete_reason or "" for r in completed).items():
             self.metrics.deleted.labels("recordings", reason).inc(count)
         return len(completed)
@@ -575,7 +579,7 @@ class RetentionSweeper:
         report = SweepReport()
         cutoff = None if windows is None else now - windows.call_records.shortest()
         after: str | None = None
-        while page := await self._catalog.due_calls(
+        while page := await self._catalog.retention.due_calls(
             tenant, cutoff=cutoff, after=after, limit=self._batch, call_ids=call_ids
         ):
             after = page[-1].id
@@ -601,7 +605,7 @@ class RetentionSweeper:
                 ]
 
             if due:
-                deleted = await self._catalog.delete_call_records(
+                deleted = await self._catalog.retention.delete_call_records(
                     tenant, list(due), now, receipts=receipts
                 )
                 report.call_records_deleted += len(deleted)
@@ -610,19 +614,19 @@ class RetentionSweeper:
 
     async def erase(self, tenant: str, recording_ids: Sequence[str], now: datetime) -> SweepReport:
         """Finish the erasure of recordings already marked for it
-        (``Catalog.request_deletion``) now, rather than at the next sweep: delete their
+        (``catalog.retention.request_deletion``) now, rather than at the next sweep: delete their
         objects, then complete them."""
         report = SweepReport()
         for start in range(0, len(recording_ids), self._batch):
             chunk = recording_ids[start : start + self._batch]
             after: str | None = None
-            while page := await self._catalog.due_objects(
+            while page := await self._catalog.retention.due_objects(
                 tenant, cutoffs={}, after=after, limit=self._batch, recording_ids=chunk
             ):
                 after = page[-1].id
                 due = [(stored, stored.delete_reason or "erasure") for stored in page]
                 report.add(await self._delete_objects(tenant, due, now))
-            recordings = await self._catalog.due_recordings(
+            recordings = await self._catalog.retention.due_recordings(
                 tenant, cutoff=None, limit=len(chunk), recording_ids=chunk
             )
             reasons = {r.id: r.delete_reason or "erasure" for r in recordings}

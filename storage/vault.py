@@ -156,7 +156,7 @@ class SealingUpload:
             raise StorageUnavailable(f"the upload of object {self.record.id} failed earlier")
         await self._upload_write(self._writer.close())
         size = await self._upload.commit()
-        self.record = await self._vault.catalog.mark_object_committed(
+        self.record = await self._vault.catalog.objects.mark_committed(
             self.record.id, size=size, now=now
         )
         self._vault.metrics.objects_committed.inc()
@@ -213,7 +213,7 @@ class MediaVault:
         store_key = self.store_key(tenant, object_id)
         dek = generate_dek()
         wrapped = await self.keys.wrap(tenant, object_id, dek)
-        record = await self.catalog.add_object(
+        record = await self.catalog.objects.add(
             object_id=object_id,
             tenant_id=tenant,
             recording_id=recording_id,
@@ -283,7 +283,7 @@ class MediaVault:
         ``NotFound`` (unknown, or another tenant's) and ``KeyUnavailable`` (shredded) before
         it sends a status line.
         """
-        record = await self.catalog.get_object(object_id, tenant_id=tenant)
+        record = await self.catalog.objects.get(object_id, tenant_id=tenant)
         if record.state != "committed":
             raise NotFound(f"object {object_id} is {record.state}, not readable")
         dek = await self._unwrap(tenant, object_id)
@@ -308,11 +308,11 @@ class MediaVault:
 
     async def shred_object(self, tenant: str, object_id: str, *, now: datetime) -> None:
         """Destroy the DEK, then the bytes, then mark the row deleted. Idempotent."""
-        record = await self.catalog.get_object(object_id, tenant_id=tenant)
-        await self.catalog.delete_object_key(object_id)
+        record = await self.catalog.objects.get(object_id, tenant_id=tenant)
+        await self.catalog.keys.delete(object_id)
         await self.store.delete_many([record.store_key])
         if record.state != "deleted":
-            await self.catalog.mark_object_deleted(object_id, now=now)
+            await self.catalog.objects.mark_deleted(object_id, now=now)
             self.metrics.objects_shredded.inc()
 
     async def rotate_tenant_keys(self, tenant: str, *, actor: str, now: datetime) -> RotationReport:
@@ -321,7 +321,7 @@ class MediaVault:
         Resumable: a row already at the new version is skipped, so running it again after a
         crash finishes the work without re-wrapping anything twice.
         """
-        await self.catalog.get_tenant(tenant)  # NotFound for an unknown or deleted tenant
+        await self.catalog.tenants.get(tenant)  # NotFound for an unknown or deleted tenant
         target = await self.keys.rotate(tenant)
 
         async def rewrap(row: ObjectKeyRow) -> tuple[str, int, bytes]:
@@ -338,11 +338,11 @@ class MediaVault:
         # it saw the rotation; its row can land behind a pass's cursor. Passes repeat until
         # one finds nothing left to re-wrap.
         rewrapped = 0
-        while passed := await self.catalog.rewrap_object_keys(
+        while passed := await self.catalog.keys.rewrap(
             tenant, rewrap, target_version=target.kek_version, now=now
         ):
             rewrapped += passed
-        await self.catalog.append_audit(
+        await self.catalog.audit.append(
             tenant,
             actor=actor,
             action="keys.rotated",
@@ -381,7 +381,7 @@ class MediaVault:
     async def _recover(self, spool: Spool, key: str, now: datetime) -> StoredObject | None:
         tenant, _, object_id = key.partition("/objects/")
         try:
-            record = await self.catalog.get_object(object_id, tenant_id=tenant)
+            record = await self.catalog.objects.get(object_id, tenant_id=tenant)
             dek = await self._unwrap(tenant, object_id) if record.state == "writing" else None
         except (NotFound, KeyUnavailable):
             dek = None
@@ -410,12 +410,12 @@ class MediaVault:
             )
             tail = bytes(writer.close())
         size = await spool.publish(key, length=reader.verified_bytes, tail=tail)
-        record = await self.catalog.mark_object_committed(object_id, size=size, now=now)
+        record = await self.catalog.objects.mark_committed(object_id, size=size, now=now)
         self.metrics.objects_committed.inc()
         log.info("recovered spooled object %s (%d bytes)", key, size)
         return record
 
     async def _unwrap(self, tenant: str, object_id: str) -> bytes:
-        row = await self.catalog.get_object_key(object_id, tenant_id=tenant)
+        row = await self.catalog.keys.get(object_id, tenant_id=tenant)
         wrapped = WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
         return await self.keys.unwrap(tenant, object_id, wrapped)

@@ -176,7 +176,7 @@ async def get(gw: Gateway, path: str, token: str) -> tuple[int, Any]:
 
 async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
     """The recording's one ``analyze`` job."""
-    (job,) = await gw.app[SERVICES].catalog.list_jobs(
+    (job,) = await gw.app[SERVICES].catalog.jobs.list(
         tenant, recording_id=recording_id, kind="analyze"
     )
     return job
@@ -184,5 +184,5 @@ async def job_of(gw: Gateway, tenant: str, recording_id: str) -> Job:
 
 async def audit_details(gw: Gateway, tenant: str, action: str) -> list[dict[str, Any]]:
     """The details of the tenant's audit events of ``action``, in order."""
-    events = await gw.app[SERVICES].catalog.list_audit(tenant, limit=1000)
+    events = await gw.app[SERVICES].catalog.audit.list(tenant, limit=1000)
     return [event.detail for event in events if event.action == action]

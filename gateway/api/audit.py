@@ -38,8 +38,8 @@ async def list_audit(request: web.Request) -> web.Response:
     catalog = request.app[SERVICES].catalog
     since = query_int(request, "since", default=0, low=0, high=2**62)
     limit = query_int(request, "limit", default=100, low=1, high=PAGE_MAX)
-    await catalog.get_tenant(tenant)
-    events = await catalog.list_audit(tenant, since_seq=since, limit=limit + 1)
+    await catalog.tenants.get(tenant)
+    events = await catalog.audit.list(tenant, since_seq=since, limit=limit + 1)
     page = events[:limit]
     more = len(events) > limit
     return web.json_response(
@@ -55,7 +55,7 @@ async def verify_audit(request: web.Request) -> web.Response:
     sequence number that was altered, removed or moved (``broken_at``), also a removed tail
     (against the head kept on the tenant)."""
     tenant = request[TENANT]
-    check = await request.app[SERVICES].catalog.verify_audit(tenant)
+    check = await request.app[SERVICES].catalog.audit.verify(tenant)
     body: dict[str, Any] = {"ok": check.ok, "events": check.count}
     if not check.ok:
         body["broken_at"] = check.broken_at

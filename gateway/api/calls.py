@@ -91,7 +91,7 @@ async def _open_rtp(
 
 async def find_call(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> Call:
     """The path's call in the caller's tenant (404 otherwise)."""
-    return await catalog.get_call(tenant, path["call_id"])
+    return await catalog.calls.get(tenant, path["call_id"])
 
 
 async def get_call(request: web.Request) -> web.Response:

@@ -27,9 +27,9 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.ingest.events import Track
-from gateway.instructions import InstructionsDoc, normalize_number
 from gateway.policy import RefusalCode as Refusal
 from storage.catalog.records import RecordingStatus, Role
+from storage.instructions import InstructionsDoc, normalize_number
 from storage.retention import DeleteReason
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")

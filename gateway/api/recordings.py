@@ -35,15 +35,15 @@ from crypto.errors import (
     TooLarge,
 )
 from gateway.api.common import TENANT, found, iso, principal_of, query_int, query_time
-from gateway.instructions import normalize_number
-from gateway.services import Services, retention_windows
+from gateway.services import Services
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, DataClass, Recording
+from storage.instructions import normalize_number
 from storage.media.codecs import codec
 from storage.media.timeline import stereo_pcm
 from storage.media.tracks import AUDIO_KIND, track_records
 from storage.media.wav import wav_header
-from storage.retention import Holds, Windows
+from storage.retention import Holds, Windows, current_windows
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class Lifecycle:
 
     @classmethod
     async def load(cls, catalog: Catalog, tenant: str) -> Lifecycle:
-        windows = await retention_windows(catalog, tenant)
-        return cls(windows, Holds(await catalog.list_holds(tenant, active_only=True)))
+        windows = await current_windows(catalog, tenant)
+        return cls(windows, Holds(await catalog.holds.list(tenant, active_only=True)))
 
     def fields(self, recording: Recording, call: Call) -> dict[str, Any]:
         """``expires_at`` (when the recording goes: with its last kind of data; null while
@@ -151,7 +151,7 @@ async def list_recordings(request: web.Request) -> web.Response:
             raise BadRequest("number is not a phone number.", code="bad_query") from None
     limit = query_int(request, "limit", default=50, low=1, high=200)
     cursor = request.query.get("cursor")
-    entries = await catalog.list_recordings(
+    entries = await catalog.recordings.list_entries(
         tenant,
         number=number,
         since=query_time(request, "since"),
@@ -160,7 +160,7 @@ async def list_recordings(request: web.Request) -> web.Response:
         limit=limit + 1,
     )
     page, more = entries[:limit], len(entries) > limit
-    tracks = await catalog.recording_tracks(tenant, [r.id for r, _ in page], kind=AUDIO_KIND)
+    tracks = await catalog.objects.tracks(tenant, [r.id for r, _ in page], kind=AUDIO_KIND)
     lifecycle = await Lifecycle.load(catalog, tenant)
     items = [
         recording_view(recording, call, tracks[recording.id], lifecycle) for recording, call in page
@@ -173,14 +173,14 @@ async def find_recording(
     catalog: Catalog, tenant: str, path: Mapping[str, str]
 ) -> tuple[Recording, Call]:
     """The path's recording in the caller's tenant, with its call (404 otherwise)."""
-    return await catalog.get_recording_entry(tenant, path["recording_id"])
+    return await catalog.recordings.get_entry(tenant, path["recording_id"])
 
 
 async def get_recording(request: web.Request) -> web.Response:
     """The recording's metadata (no audio)."""
     tenant, catalog = request[TENANT], request.app[SERVICES].catalog
     recording, call = found(request)
-    tracks = await catalog.recording_tracks(tenant, [recording.id], kind=AUDIO_KIND)
+    tracks = await catalog.objects.tracks(tenant, [recording.id], kind=AUDIO_KIND)
     lifecycle = await Lifecycle.load(catalog, tenant)
     return web.json_response(recording_view(recording, call, tracks[recording.id], lifecycle))
 
@@ -196,7 +196,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     services = app[SERVICES]
     recording, call = found(request)
     wav = await open_wav(services, recording, call)
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="audio.read",
@@ -252,7 +252,7 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
         )
     if recording.status == "recording" or recording.samples is None:
         raise Conflict(f"Recording {recording.id!r} is still in progress.")
-    objects = await catalog.list_objects(tenant, recording_id=recording.id)
+    objects = await catalog.objects.list(tenant, recording_id=recording.id)
     audio = [o for o in objects if o.kind == AUDIO_KIND]
     if any(o.state == "writing" for o in audio):
         # Its commit failed (the store was down): the audio waits in the spool and is
@@ -321,13 +321,13 @@ async def _result(request: web.Request, kind: str, features: tuple[str, ...]) ->
         )
     stored = [
         o
-        for o in await catalog.list_objects(tenant, recording_id=recording.id, state="committed")
+        for o in await catalog.objects.list(tenant, recording_id=recording.id, state="committed")
         if o.kind == kind
     ]
     if not stored:
         raise Gone(f"The {kind} of {recording.id!r} was deleted.", code=f"{kind}_deleted")
     body = await services.vault.read_object(tenant, stored[-1].id)
-    await catalog.append_audit(
+    await catalog.audit.append(
         tenant,
         actor=principal.actor,
         action=f"{kind}.read",

@@ -33,9 +33,9 @@ from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.api.models import ErasureRequest, LegalHoldCreate
 from gateway.api.recordings import Lifecycle, open_wav, recording_view
 from gateway.auth import Principal
-from gateway.instructions import normalize_number
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
+from storage.instructions import normalize_number
 from storage.media.tracks import AUDIO_KIND
 from storage.retention import Holds
 
@@ -105,7 +105,7 @@ async def place_hold(request: web.Request) -> web.Response:
     call_ids = None if body.call_ids is None else list(dict.fromkeys(body.call_ids))
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     hold_id = f"hold_{secrets.token_hex(12)}"
-    hold = await services.catalog.create_hold(
+    hold = await services.catalog.holds.create(
         id=hold_id,
         tenant_id=tenant,
         reason=body.reason,
@@ -132,16 +132,16 @@ async def list_holds(request: web.Request) -> web.Response:
     """The tenant's legal holds, released ones included unless `active`, oldest first."""
     tenant = request[TENANT]
     catalog = request.app[SERVICES].catalog
-    await catalog.get_tenant(tenant)
+    await catalog.tenants.get(tenant)
     active = request.query.get("active") in ("1", "true")
-    holds = await catalog.list_holds(tenant, active_only=active)
+    holds = await catalog.holds.list(tenant, active_only=active)
     return web.json_response({"items": [hold_view(hold) for hold in holds]})
 
 
 async def find_hold(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> LegalHold:
     """The path's hold, looked up before the role is checked, so that another tenant's hold
     id is 404 for every role, as any other id is."""
-    return await catalog.get_hold(tenant, path["hold_id"])
+    return await catalog.holds.get(tenant, path["hold_id"])
 
 
 async def get_hold(request: web.Request) -> web.Response:
@@ -155,7 +155,7 @@ async def release_hold(request: web.Request) -> web.Response:
     sweep on), and can be erased. Audited as `hold.released`."""
     principal, hold = await principal_of(request), found(request)
     tenant, hold_id = hold.tenant_id, hold.id
-    hold = await request.app[SERVICES].catalog.release_hold(
+    hold = await request.app[SERVICES].catalog.holds.release(
         tenant,
         hold_id,
         released_by=principal.actor,
@@ -194,14 +194,14 @@ async def _erase(
     the receipt."""
     app = request.app
     catalog, now = app[SERVICES].catalog, app[CLOCK].now()
-    holds = Holds(await catalog.list_holds(tenant, active_only=True))
+    holds = Holds(await catalog.holds.list(tenant, active_only=True))
     _refuse_held(holds, [call for _, call in entries], number)
     for recording, call in entries:
         if recording.status == "recording":  # a live call: it ends here, then is erased
             await app[CALLS].end(tenant, call.id, now=now, reason="erased")
     pending = [recording.id for recording, _ in entries if recording.deleted_at is None]
     receipt_id = f"erasure_{secrets.token_hex(12)}"
-    await catalog.request_deletion(
+    await catalog.retention.request_deletion(
         tenant,
         pending,
         "erasure",
@@ -251,7 +251,7 @@ async def request_erasure(request: web.Request) -> web.Response:
     principal, tenant = await principal_of(request), request[TENANT]
     number = body_of(request, ErasureRequest).number
     catalog = request.app[SERVICES].catalog
-    await catalog.get_tenant(tenant)
+    await catalog.tenants.get(tenant)
     entries = await _entries_of_number(catalog, tenant, number)
     receipt = await _erase(request, principal, tenant, entries, scope_name="number", number=number)
     return web.json_response(receipt)
@@ -264,7 +264,9 @@ async def _entries_of_number(
     first (the recordings listing, read to its end)."""
     entries: list[tuple[Recording, Call]] = []
     after: tuple[datetime, str] | None = None
-    while page := await catalog.list_recordings(tenant, number=number, after=after, limit=_PAGE):
+    while page := await catalog.recordings.list_entries(
+        tenant, number=number, after=after, limit=_PAGE
+    ):
         entries.extend(page)
         after = (page[-1][0].created_at, page[-1][0].id)
     entries.sort(key=lambda entry: (entry[1].started_at, entry[1].id))
@@ -307,8 +309,8 @@ async def export_number(request: web.Request) -> web.StreamResponse:
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()
     catalog = services.catalog
-    await catalog.get_tenant(tenant)
-    calls = await catalog.calls_of_number(tenant, number)
+    await catalog.tenants.get(tenant)
+    calls = await catalog.calls.of_number(tenant, number)
     lifecycle = await Lifecycle.load(catalog, tenant)
     export_id = f"export_{secrets.token_hex(12)}"
     # Everything is opened (keys unwrapped, errors known) before the first byte is sent.
@@ -317,7 +319,7 @@ async def export_number(request: web.Request) -> web.StreamResponse:
     contents: list[dict[str, Any]] = []
     reads: list[AuditEntry] = []
     entries = await _entries_of_number(catalog, tenant, number)
-    tracks = await catalog.recording_tracks(tenant, [r.id for r, _ in entries], kind=AUDIO_KIND)
+    tracks = await catalog.objects.tracks(tenant, [r.id for r, _ in entries], kind=AUDIO_KIND)
     for recording, call in entries:
         folder = f"recordings/{recording.id}"
         files.append(
@@ -327,7 +329,7 @@ async def export_number(request: web.Request) -> web.StreamResponse:
             )
         )
         item: dict[str, Any] = {"recording_id": recording.id, "call_id": call.id}
-        committed = await catalog.list_objects(tenant, recording_id=recording.id, state="committed")
+        committed = await catalog.objects.list(tenant, recording_id=recording.id, state="committed")
         for kind in (TRANSCRIPT_KIND, ANALYSIS_KIND):
             item[kind] = False
             stored = [o for o in committed if o.kind == kind]
@@ -356,7 +358,7 @@ async def export_number(request: web.Request) -> web.StreamResponse:
         object=export_id,
         detail={"calls": len(calls), "recordings": len(contents)},
     )
-    await catalog.append_audits(tenant, [export, *reads], now)
+    await catalog.audit.append_many(tenant, [export, *reads], now)
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/zip",

@@ -30,10 +30,10 @@ from gateway.api.common import BODY, FOUND, TENANT, json_body, principal_of
 from gateway.auth import ANY_ROLE, Principal, require_role, scope, tenant_of
 from gateway.calls import CALL_ID_PATTERN, CallAnnouncement, parse_announcement
 from gateway.errors import invalid_body
-from gateway.instructions import parse_instructions
 from gateway.policy import RefusalCode
 from gateway.state import SERVICES
 from storage.catalog import Catalog, Role
+from storage.instructions import parse_instructions
 
 Finder = Callable[[Catalog, str, Mapping[str, str]], Awaitable[object]]
 """Looks the path's resource up in the caller's tenant; raises ``NotFound``."""

@@ -18,14 +18,14 @@ from crypto.errors import HeldByLegalHold, InvalidInstructions, NotFound
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.api.models import TenantCreate, TenantRole, TokenCreate
 from gateway.auth import mint_token
-from gateway.instructions import (
+from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
+from storage.catalog import AuditEntry, Catalog, Instructions, Role, Tenant, Token
+from storage.instructions import (
     REDACTED,
     InstructionsDoc,
     default_instructions,
     parse_instructions,
 )
-from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
-from storage.catalog import Catalog, Instructions, Role, Tenant, Token
 
 TENANT_ROLES: frozenset[Role] = frozenset(typing.get_args(TenantRole))
 """The roles a tenant token can have; operator tokens are minted with the CLI."""
@@ -85,8 +85,7 @@ async def keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> ob
     webhook = body.get("webhook")
     if not isinstance(webhook, dict) or webhook.get("secret") != REDACTED:
         return body
-    current = await catalog.current_instructions(tenant)
-    secret = None if current is None else parse_instructions(current.document).webhook.secret
+    secret = (await catalog.instructions.current(tenant)).document.webhook.secret
     if secret is None:
         raise InvalidInstructions(
             "webhook.secret",
@@ -99,25 +98,26 @@ async def create_tenant(request: web.Request) -> web.Response:
     """Create a tenant. Its id can never be used again, even after the tenant is deleted."""
     body = body_of(request, TenantCreate)
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    tenant = await services.catalog.create_tenant(
-        body.id, name=body.name, region=body.region, now=now
-    )
     actor = (await principal_of(request)).actor
-    await services.catalog.append_audit(
-        tenant.id, actor=actor, action="tenant.created", object=tenant.id, detail={}, now=now
+    tenant = await services.catalog.tenants.create(
+        body.id,
+        name=body.name,
+        region=body.region,
+        now=now,
+        audit=AuditEntry(actor=actor, action="tenant.created", object=body.id, detail={}),
     )
     return web.json_response(tenant_view(tenant), status=201)
 
 
 async def list_tenants(request: web.Request) -> web.Response:
     """Every tenant that is not deleted."""
-    tenants = await request.app[SERVICES].catalog.list_tenants()
+    tenants = await request.app[SERVICES].catalog.tenants.list()
     return web.json_response({"items": [tenant_view(t) for t in tenants]})
 
 
 async def get_tenant(request: web.Request) -> web.Response:
     """The tenant."""
-    tenant = await request.app[SERVICES].catalog.get_tenant(request[TENANT])
+    tenant = await request.app[SERVICES].catalog.tenants.get(request[TENANT])
     return web.json_response(tenant_view(tenant))
 
 
@@ -137,8 +137,8 @@ async def delete_tenant(request: web.Request) -> web.Response:
     app = request.app
     services, now = app[SERVICES], app[CLOCK].now()
     catalog = services.catalog
-    await catalog.get_tenant(tenant)
-    active = await catalog.list_holds(tenant, active_only=True)
+    await catalog.tenants.get(tenant)
+    active = await catalog.holds.list(tenant, active_only=True)
     if active:
         raise HeldByLegalHold(
             active[0].id,
@@ -147,12 +147,12 @@ async def delete_tenant(request: web.Request) -> web.Response:
         )
     await app[CALLS].end_tenant(tenant, now=now)
     await services.keys.destroy_tenant(tenant)
-    await catalog.append_audit(
+    await catalog.audit.append(
         tenant, actor=principal.actor, action="keys.destroyed", object=tenant, detail={}, now=now
     )
-    marked = await catalog.mark_tenant_deleted(tenant, now)
+    marked = await catalog.tenants.mark_deleted(tenant, now)
     report = await app[SWEEPER].sweep_tenant(marked, now)
-    await catalog.append_audit(
+    await catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="tenant.deleted",
@@ -182,11 +182,11 @@ async def create_token(request: web.Request) -> web.Response:
     principal, tenant = await principal_of(request), request[TENANT]
     role = body_of(request, TokenCreate).role
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    await services.catalog.get_tenant(tenant)
+    await services.catalog.tenants.get(tenant)
     minted = await mint_token(
         services.catalog, tenant=tenant, role=role, created_by=principal.actor, now=now
     )
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="token.created",
@@ -200,15 +200,15 @@ async def create_token(request: web.Request) -> web.Response:
 async def list_tokens(request: web.Request) -> web.Response:
     """The tenant's tokens, revoked ones included (never secrets)."""
     tenant, catalog = await _existing_tenant(request)
-    tokens = await catalog.list_tokens(tenant)
+    tokens = await catalog.tokens.list(tenant)
     return web.json_response({"items": [token_view(t) for t in tokens]})
 
 
 async def find_token(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> str:
     """The path's token id, once the tenant exists and has that token."""
     token_id = path["token_id"]
-    await catalog.get_tenant(tenant)
-    if not any(token.id == token_id for token in await catalog.list_tokens(tenant)):
+    await catalog.tenants.get(tenant)
+    if not any(token.id == token_id for token in await catalog.tokens.list(tenant)):
         raise NotFound(f"Token {token_id!r} not found.")
     return token_id
 
@@ -217,8 +217,8 @@ async def revoke_token(request: web.Request) -> web.Response:
     """Revoke the token; repeating it keeps the first revocation time."""
     principal, tenant, token_id = await principal_of(request), request[TENANT], found(request)
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    token = await services.catalog.revoke_token(tenant, token_id, now)
-    await services.catalog.append_audit(
+    token = await services.catalog.tokens.revoke(tenant, token_id, now)
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="token.revoked",
@@ -234,7 +234,7 @@ async def _existing_tenant(request: web.Request) -> tuple[str, Catalog]:
     read it from."""
     tenant = request[TENANT]
     catalog = request.app[SERVICES].catalog
-    await catalog.get_tenant(tenant)
+    await catalog.tenants.get(tenant)
     return tenant, catalog
 
 
@@ -242,7 +242,7 @@ async def get_instructions(request: web.Request) -> web.Response:
     """The current version; version 0 (the defaults, which refuse every call) when none was
     ever stored."""
     tenant, catalog = await _existing_tenant(request)
-    return web.json_response(instructions_view(await catalog.current_instructions(tenant)))
+    return web.json_response(instructions_view(await catalog.instructions.latest(tenant)))
 
 
 async def put_instructions(request: web.Request) -> web.Response:
@@ -251,10 +251,10 @@ async def put_instructions(request: web.Request) -> web.Response:
     principal, tenant = await principal_of(request), request[TENANT]
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     document = body_of(request, InstructionsDoc).document()
-    row = await services.catalog.add_instructions(
+    row = await services.catalog.instructions.add(
         tenant, document, created_by=principal.token_id, now=now
     )
-    await services.catalog.append_audit(
+    await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
         action="instructions.updated",
@@ -270,5 +270,5 @@ async def put_instructions(request: web.Request) -> web.Response:
 async def instructions_history(request: web.Request) -> web.Response:
     """Every stored version, so the one that allowed a call can be shown."""
     tenant, catalog = await _existing_tenant(request)
-    rows = await catalog.instructions_history(tenant)
+    rows = await catalog.instructions.history(tenant)
     return web.json_response({"items": [instructions_view(row) for row in rows]})

@@ -1,16 +1,20 @@
 """The catalog: callvault's relational store.
 
 Tenants, tokens (hashes only), instruction versions, call records, recordings, object
-metadata, THE key table (each object's wrapped DEK, so one row delete shreds one object), the
-job queue and the hash-chained audit log. SQLite in the data dir by default, PostgreSQL when
-several nodes share it; the schema comes only from the Alembic migrations in
-``storage/migrations``.
+metadata, THE key table (each object's wrapped DEK, so one row delete shreds one object),
+legal holds, the job queue and the hash-chained audit log, one module per aggregate
+(``Catalog`` hands them out as attributes: ``catalog.jobs.claim(...)``). SQLite in the
+data dir by default, PostgreSQL when several nodes share it; the schema comes only from the
+Alembic migrations in ``storage/migrations``.
 """
 
 from __future__ import annotations
 
 from storage.catalog.auditchain import GENESIS_HASH, canonical_json, event_hash
-from storage.catalog.database import RECORDING_TRANSITIONS, Catalog, Rewrap
+from storage.catalog.database import Catalog
+from storage.catalog.instructions import CurrentInstructions
+from storage.catalog.objects import Rewrap
+from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
     AuditCheck,
     AuditEntry,
@@ -44,6 +48,7 @@ __all__ = [
     "AuditEvent",
     "Call",
     "Catalog",
+    "CurrentInstructions",
     "DataClass",
     "DueCall",
     "DueObject",

@@ -237,7 +237,7 @@ class AuditEntry:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A job to queue with ``Catalog.enqueue_jobs`` (due now, no attempt made yet)."""
+    """A job to queue with ``catalog.jobs.enqueue_many`` (due now, no attempt made yet)."""
 
     id: str
     kind: str
@@ -263,7 +263,7 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class AuditCheck:
-    """The outcome of ``Catalog.verify_audit``; unpacks as ``ok, broken_at, count``."""
+    """The outcome of ``catalog.audit.verify``; unpacks as ``ok, broken_at, count``."""
 
     ok: bool
     broken_at: int | None

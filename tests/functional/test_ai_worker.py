@@ -66,11 +66,11 @@ async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
     recording_id = announced["recording_id"]
     catalog = gw.app[SERVICES].catalog
     store = gw.app[SERVICES].store
-    audio = [o for o in await catalog.list_objects("acme", recording_id=recording_id)]
+    audio = [o for o in await catalog.objects.list("acme", recording_id=recording_id)]
     assert {o.track for o in audio} == {"inbound", "outbound"}
     assert all(o.kind == "audio" and o.state == "committed" for o in audio)
     for stored in audio:  # before: the audio's DEKs and bytes exist
-        await catalog.get_object_key(stored.id, "acme")
+        await catalog.keys.get(stored.id, "acme")
         assert await store.exists(stored.store_key)
 
     started = time.time()
@@ -78,12 +78,12 @@ async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
 
     status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.processor)
     assert (status, view["status"], view["audio_purged"]) == (200, "analyzed", True)
-    after = await catalog.list_objects("acme", recording_id=recording_id)
+    after = await catalog.objects.list("acme", recording_id=recording_id)
     by_id = {o.id: o for o in after}
     for stored in audio:  # after: no DEK, no bytes, the rows say deleted
         assert by_id[stored.id].state == "deleted"
         with pytest.raises(KeyUnavailable):
-            await catalog.get_object_key(stored.id, "acme")
+            await catalog.keys.get(stored.id, "acme")
         assert not await store.exists(stored.store_key)
     results = sorted((o.kind, o.data_class, o.state) for o in after if o.kind != "audio")
     assert results == [
@@ -181,7 +181,7 @@ async def test_only_the_instructed_features_are_computed(
     assert (status, body["error"]) == (404, "not_instructed")
     kinds = {
         o.kind
-        for o in await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+        for o in await gw.app[SERVICES].catalog.objects.list("acme", recording_id=recording_id)
     }
     assert kinds == {"audio", "analysis"}  # no transcript object was even written
 
@@ -226,7 +226,7 @@ async def test_a_failed_attempt_is_retried_after_its_backoff(
     assert view["status"] == "analyzed"
     results = [
         o
-        for o in await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+        for o in await gw.app[SERVICES].catalog.objects.list("acme", recording_id=recording_id)
         if o.kind == "transcript"
     ]
     assert [o.state for o in results] == ["committed"]
@@ -249,7 +249,7 @@ async def test_after_the_last_attempt_the_recording_fails_with_the_reason(
     status, body = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.processor)
     assert (status, body["error"]) == (409, "analysis_failed")
     assert "scripted failure" in body["message"]
-    objects = await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+    objects = await gw.app[SERVICES].catalog.objects.list("acme", recording_id=recording_id)
     assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}
 
 
@@ -292,14 +292,14 @@ async def test_an_attempt_killed_after_storing_its_results_is_finished_not_redon
     with pytest.raises(Killed):
         await worker.run_once()
     monkeypatch.undo()
-    stored = await catalog.list_objects("acme", recording_id=recording_id)
+    stored = await catalog.objects.list("acme", recording_id=recording_id)
     first_results = sorted(o.id for o in stored if o.kind != "audio")
     assert len(first_results) == 2
     # The audio is still there (the purge never ran); the recording still processing.
     assert {o.state for o in stored if o.kind == "audio"} == {"committed"}
     # The new worker's model would fail: the stored results are kept, not redone.
     await take_over(gw, gateway_settings, clock, recording_id, ScriptedTranscriber(fail=99))
-    objects = await catalog.list_objects("acme", recording_id=recording_id)
+    objects = await catalog.objects.list("acme", recording_id=recording_id)
     assert sorted(o.id for o in objects if o.kind != "audio" and o.state == "committed") == (
         first_results
     )
@@ -335,12 +335,12 @@ async def test_an_attempt_killed_while_storing_its_results_is_redone_once(
     with pytest.raises(Killed):
         await worker.run_once()
     monkeypatch.undo()
-    first = [o for o in await catalog.list_objects("acme", recording_id=recording_id)]
+    first = [o for o in await catalog.objects.list("acme", recording_id=recording_id)]
     partial = [o for o in first if o.kind != "audio"]
     assert [o.kind for o in partial] == ["transcript"]
 
     await take_over(gw, gateway_settings, clock, recording_id, ScriptedTranscriber())
-    objects = await catalog.list_objects("acme", recording_id=recording_id)
+    objects = await catalog.objects.list("acme", recording_id=recording_id)
     live = sorted(o.kind for o in objects if o.kind != "audio" and o.state == "committed")
     assert live == ["analysis", "transcript"]  # exactly one of each
     assert {o.state for o in objects if o.id == partial[0].id} == {"deleted"}
@@ -387,7 +387,7 @@ async def test_calls_without_ai_queue_no_job(gw: Gateway, worker: AnalysisWorker
     tenant = await gw.tenant("acme", {"recording": {"enabled": True}})
     recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
     assert await worker.run_once() is False
-    assert await gw.app[SERVICES].catalog.list_jobs("acme", recording_id=recording_id) == []
+    assert await gw.app[SERVICES].catalog.jobs.list("acme", recording_id=recording_id) == []
     status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
     assert view["status"] == "recorded"
     status, body = await get(gw, f"/v1/recordings/{recording_id}/transcript", tenant.admin)
@@ -435,7 +435,7 @@ async def test_several_workers_take_each_job_exactly_once(
         job = await job_of(gw, "acme", recording_id)
         assert (job.status, job.attempts) == ("done", 1)
         owners.add(job.lease_owner)
-        objects = await catalog.list_objects("acme", recording_id=recording_id)
+        objects = await catalog.objects.list("acme", recording_id=recording_id)
         assert sorted(o.kind for o in objects if o.state == "committed") == [
             "analysis",
             "transcript",

@@ -65,7 +65,7 @@ async def test_a_job_whose_last_attempt_was_killed_fails_the_recording_and_purge
     view = await response.json()
     assert (view["status"], view["audio_purged"]) == ("failed", True)
     catalog = gw.app[SERVICES].catalog
-    objects = await catalog.list_objects("acme", recording_id=recording_id)
+    objects = await catalog.objects.list("acme", recording_id=recording_id)
     assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}
     assert len(await audit_details(gw, "acme", "ai.purged")) == 1
 
@@ -98,7 +98,7 @@ async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
     monkeypatch.setattr(Analyzer, "analyse", stall_then_analyse)
     assert await worker.run_once() is True
     monkeypatch.undo()
-    objects = await gw.app[SERVICES].catalog.list_objects("acme", recording_id=recording_id)
+    objects = await gw.app[SERVICES].catalog.objects.list("acme", recording_id=recording_id)
     live = sorted(o.kind for o in objects if o.kind != "audio" and o.state == "committed")
     assert live == ["analysis", "transcript"]  # one of each, not two
     assert len(await audit_details(gw, "acme", "ai.purged")) == 1
@@ -132,7 +132,7 @@ async def test_a_tenant_deleted_while_its_call_is_analysed_leaves_no_results(
     while await worker.run_once():  # retries, if any, run to their end
         clock.advance(3600)
     services = gw.app[SERVICES]
-    objects = await services.catalog.list_objects("acme", recording_id=recording_id)
+    objects = await services.catalog.objects.list("acme", recording_id=recording_id)
     readable = []
     for stored in objects:  # nothing of the erased tenant may be openable any more
         try:
@@ -157,7 +157,7 @@ async def test_working_copies_are_wiped_when_a_later_track_is_corrupt(
     catalog = gw.app[SERVICES].catalog
     (outbound,) = [
         o
-        for o in await catalog.list_objects("acme", recording_id=recording_id)
+        for o in await catalog.objects.list("acme", recording_id=recording_id)
         if o.kind == "audio" and o.track == "outbound"
     ]
     (path,) = [p for p in gateway_settings.data_dir.rglob(outbound.id) if p.is_file()]
@@ -218,7 +218,7 @@ async def test_a_worker_killed_around_its_webhook_event_queues_it_exactly_once(
     assert await other.run_once() is True
     await other.close()
     assert (await job_of(gw, "acme", recording_id)).status == "done"
-    events = await gw.app[SERVICES].catalog.list_jobs("acme", kind="webhook")
+    events = await gw.app[SERVICES].catalog.jobs.list("acme", kind="webhook")
     assert [job.payload["event"] for job in events if job.payload] == ["analysis.completed"]
     response = await gw.client.get(f"/v1/recordings/{recording_id}", headers=bearer(tenant.admin))
     assert (await response.json())["status"] == "analyzed"

@@ -199,7 +199,7 @@ async def test_a_token_secret_is_shown_only_in_the_answer_that_minted_it(
     )
     text = await response.text()
     assert secret not in text and digest not in text
-    events = await gateway.app[SERVICES].catalog.list_audit("acme", limit=1000)
+    events = await gateway.app[SERVICES].catalog.audit.list("acme", limit=1000)
     created = [e for e in events if e.action == "token.created" and e.object == minted["id"]]
     assert len(created) == 1
     logged = repr(events)
@@ -539,7 +539,7 @@ async def b_is_untouched(gateway: Gateway, b: Resources) -> None:
         f"/v1/tenants/{b.tenant.id}/legal-holds", headers=bearer(b.tenant.admin)
     )
     assert [(h["id"], h["active"]) for h in (await response.json())["items"]] == [(b.hold, True)]
-    events = await gateway.app[SERVICES].catalog.list_audit(b.tenant.id, limit=1000)
+    events = await gateway.app[SERVICES].catalog.audit.list(b.tenant.id, limit=1000)
     actions = {e.action for e in events}
     assert actions.isdisjoint({"erasure.requested", "export.created", "hold.released"})
 
@@ -729,8 +729,8 @@ async def test_deleting_a_tenant_erases_it_and_keeps_its_audit_log(
     finished = await record_call(gateway, doomed)
     live = await gateway.announce(doomed)
     survivor = await record_call(gateway, kept, seed=5)
-    doomed_keys = {o.store_key for o in await catalog.list_objects("doomed")}
-    kept_keys = {o.store_key for o in await catalog.list_objects("kept")}
+    doomed_keys = {o.store_key for o in await catalog.objects.list("doomed")}
+    kept_keys = {o.store_key for o in await catalog.objects.list("kept")}
     assert len(doomed_keys) == 2 and len(kept_keys) == 2  # inbound + outbound each
     on_disk = {p.relative_to(objects_dir).as_posix() for p in data_files(objects_dir)}
     assert doomed_keys | kept_keys <= on_disk
@@ -760,15 +760,15 @@ async def test_deleting_a_tenant_erases_it_and_keeps_its_audit_log(
     assert receipt["call_records_deleted"] == 2
     # Everything of the tenant is gone: objects, recordings, call records (the live call was
     # ended first), the bytes on disk and the KEK.
-    assert await catalog.list_recordings("doomed", limit=100) == []
-    assert await catalog.list_objects("doomed") == []
+    assert await catalog.recordings.list_entries("doomed", limit=100) == []
+    assert await catalog.objects.list("doomed") == []
     on_disk = {p.relative_to(objects_dir).as_posix() for p in data_files(objects_dir)}
     assert on_disk.isdisjoint(doomed_keys)
     assert kept_keys <= on_disk
     assert keyring_tenants(gateway_settings.data_dir) == {"kept"}
     # The audit log stays: the KEKs were destroyed before anything else was deleted, every
     # recording has its receipt, and the log ends with the deletion.
-    events = await catalog.list_audit("doomed", limit=1000)
+    events = await catalog.audit.list("doomed", limit=1000)
     actions = [e.action for e in events]
     assert events[-1].action == "tenant.deleted"
     assert events[-1].actor.startswith("token:")
@@ -777,7 +777,7 @@ async def test_deleting_a_tenant_erases_it_and_keeps_its_audit_log(
     assert {e.object for e in deleted} == {finished.recording_id, live["recording_id"]}
     assert all(e.detail["reason"] == "tenant" for e in deleted)
     assert len([e for e in events if e.action == "call_record.deleted"]) == 2
-    assert (await catalog.verify_audit("doomed")).ok
+    assert (await catalog.audit.verify("doomed")).ok
     # The other tenant is untouched, its audio still readable.
     response = await client.get(
         f"/v1/recordings/{survivor.recording_id}/audio", headers=bearer(kept.admin)

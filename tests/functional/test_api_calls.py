@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from crypto.errors import CatalogUnavailable
 from gateway.settings import Settings
 from gateway.state import SERVICES
 from tests.gateway import (
@@ -117,12 +118,12 @@ async def test_a_refused_call_is_403_and_leaves_only_its_call_record(
     assert record["instructions_version"] == (None if instructions is None else 1)
     assert record["from"] == call.get("from", CALL["from"])
     # Nothing else: no recording, no object, no file.
-    assert await catalog.recording_of_call("acme", call_id) is None
-    assert await catalog.list_objects("acme") == []
+    assert await catalog.recordings.of_call("acme", call_id) is None
+    assert await catalog.objects.list("acme") == []
     assert stored_files(gateway_settings) == []
     response = await gateway.client.get("/v1/tenants/acme/recordings", headers=bearer(tenant.admin))
     assert (await response.json())["items"] == []
-    events = await catalog.list_audit("acme", limit=1000)
+    events = await catalog.audit.list("acme", limit=1000)
     refused = [e for e in events if e.action == "call.refused"]
     assert len(refused) == 1
     assert refused[0].object == call_id
@@ -191,7 +192,7 @@ async def test_an_accepted_call_answers_its_decision_and_where_to_stream(
         f"/v1/recordings/{body['recording_id']}", headers=bearer(tenant.admin)
     )
     assert (await response.json())["status"] == "recording"
-    events = await gateway.app[SERVICES].catalog.list_audit("acme")
+    events = await gateway.app[SERVICES].catalog.audit.list("acme")
     created = [e for e in events if e.action == "recording.created"]
     assert [e.object for e in created] == [body["recording_id"]]
 
@@ -301,7 +302,7 @@ async def test_a_bad_announcement_is_400_naming_the_field_and_stores_nothing(
     answer = await response.json()
     assert answer["error"] == code
     assert answer["message"].startswith(f"{field}"), answer["message"]
-    actions = {e.action for e in await gateway.app[SERVICES].catalog.list_audit("acme")}
+    actions = {e.action for e in await gateway.app[SERVICES].catalog.audit.list("acme")}
     assert not actions & {"call.refused", "recording.created"}
 
 
@@ -330,7 +331,7 @@ async def test_a_call_id_is_announced_once(gateway: Gateway) -> None:
     record = await call_record(gateway, tenant, "call-1")
     assert record["to"] == CALL["to"]
     catalog = gateway.app[SERVICES].catalog
-    recording = await catalog.recording_of_call("acme", "call-1")
+    recording = await catalog.recordings.of_call("acme", "call-1")
     assert recording is not None and recording.id == first["recording_id"]
     # Another tenant may use the same call id: ids are per tenant.
     other = await gateway.tenant("other", RECORD)
@@ -403,3 +404,30 @@ async def test_an_unknown_or_another_tenants_call_is_404(gateway: Gateway, actio
     response = await control(gateway, other, "theirs", "pause")
     assert response.status == 200
     assert (await call_record(gateway, other, "theirs"))["ended_at"] is None
+
+
+# --- the decision and its audit event commit together ----------------------------------------
+
+
+@pytest.mark.parametrize("instructions", [None, RECORD], ids=["refused", "accepted"])
+async def test_a_call_whose_audit_event_fails_leaves_no_call_record(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, instructions: dict[str, Any] | None
+) -> None:
+    tenant = await gateway.tenant("acme", instructions)
+    catalog = gateway.app[SERVICES].catalog
+
+    async def audit_down(*args: Any) -> None:
+        raise CatalogUnavailable("the audit insert failed")
+
+    monkeypatch.setattr("storage.catalog.calls.append_entries", audit_down)
+    status, body = await announce(gateway, tenant, call_id="c-1")
+    assert status == 503, body
+    response = await gateway.client.get("/v1/tenants/acme/calls/c-1", headers=bearer(tenant.admin))
+    assert response.status == 404
+    assert await catalog.recordings.of_call("acme", "c-1") is None
+    events = await catalog.audit.list("acme", limit=1000)
+    assert {"call.refused", "recording.created"} & {e.action for e in events} == set()
+    monkeypatch.undo()
+    # Nothing half-done is in the way: the same announcement goes through now.
+    status, body = await announce(gateway, tenant, call_id="c-1")
+    assert status == (403 if instructions is None else 201), body

@@ -271,7 +271,7 @@ async def test_an_invalid_document_is_422_naming_the_field_and_stores_nothing(
         "/v1/tenants/acme/instructions", headers=bearer(tenant.admin)
     )
     assert await response.json() == good
-    actions = [e.action for e in await gateway.app[SERVICES].catalog.list_audit("acme")]
+    actions = [e.action for e in await gateway.app[SERVICES].catalog.audit.list("acme")]
     assert actions.count("instructions.updated") == 1
 
 
@@ -294,13 +294,13 @@ async def test_every_put_leaves_an_audit_event(gateway: Gateway) -> None:
     await put(gateway, tenant, {"bogus": True})  # refused: no event
     events = [
         e
-        for e in await gateway.app[SERVICES].catalog.list_audit("acme")
+        for e in await gateway.app[SERVICES].catalog.audit.list("acme")
         if e.action == "instructions.updated"
     ]
     assert [e.object for e in events] == ["instructions:1", "instructions:2", "instructions:3"]
     assert [e.detail["version"] for e in events] == [1, 2, 3]
     assert {e.actor for e in events} == {f"token:{admin_id}"}
-    assert (await gateway.app[SERVICES].catalog.verify_audit("acme")).ok
+    assert (await gateway.app[SERVICES].catalog.audit.verify("acme")).ok
 
 
 @pytest.mark.parametrize("role", ["operator", "pbx", "processor"])
@@ -330,7 +330,7 @@ async def test_categories_round_trip_as_written(gateway: Gateway) -> None:
         "/v1/tenants/acme/instructions", headers=bearer(tenant.admin)
     )
     assert (await response.json())["ai"]["categories"] == stored
-    row = await gateway.app[SERVICES].catalog.current_instructions("acme")
+    row = await gateway.app[SERVICES].catalog.instructions.latest("acme")
     assert row is not None
     assert row.document["ai"]["categories"] == stored
 
@@ -344,7 +344,7 @@ async def _responses_and_records(gateway: Gateway, tenant: TenantTokens) -> str:
             response = await gateway.client.get(path, headers=bearer(token))
             assert response.status == 200
             texts.append(await response.text())
-    events = await gateway.app[SERVICES].catalog.list_audit("acme", limit=1000)
+    events = await gateway.app[SERVICES].catalog.audit.list("acme", limit=1000)
     texts += [json.dumps(dataclasses.asdict(e), default=str) for e in events]
     return "\n".join(texts)
 
@@ -369,7 +369,7 @@ async def test_the_webhook_secret_is_write_only(
         {"url": HOOK, "secret": "<redacted>"}
     ]
     # Stored for the sender to sign with ...
-    row = await gateway.app[SERVICES].catalog.current_instructions("acme")
+    row = await gateway.app[SERVICES].catalog.instructions.latest("acme")
     assert row is not None
     assert row.document["webhook"] == {"url": HOOK, "secret": SECRET}
     # ... and shown nowhere: no response, no audit event, no log line.
@@ -411,7 +411,7 @@ async def test_put_back_of_get_keeps_the_secret(gateway: Gateway) -> None:
     assert body["version"] == 2
     assert body["webhook"] == {"url": HOOK, "secret": "<redacted>"}
     catalog = gateway.app[SERVICES].catalog
-    versions = await catalog.instructions_history("acme")
+    versions = await catalog.instructions.history("acme")
     assert [v.document["webhook"]["secret"] for v in versions] == [SECRET, SECRET]
     assert versions[1].document["recording"] == {"enabled": True}
 
@@ -422,7 +422,7 @@ async def test_put_back_of_get_keeps_the_secret(gateway: Gateway) -> None:
     rotated = "whsec_rotated-0123456789"
     status, _ = await put(gateway, tenant, {"webhook": {"url": other, "secret": rotated}})
     assert status == 200
-    versions = await catalog.instructions_history("acme")
+    versions = await catalog.instructions.history("acme")
     assert [v.document["webhook"] for v in versions[2:]] == [
         {"url": other, "secret": SECRET},
         {"url": other, "secret": rotated},

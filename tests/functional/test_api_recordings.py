@@ -75,7 +75,7 @@ async def ids(gateway: Gateway, tenant: TenantTokens, **query: Any) -> list[str]
 
 
 async def audio_reads(gateway: Gateway, tenant_id: str) -> list[str | None]:
-    events = await gateway.app[SERVICES].catalog.list_audit(tenant_id, limit=1000)
+    events = await gateway.app[SERVICES].catalog.audit.list(tenant_id, limit=1000)
     return [e.object for e in events if e.action == "audio.read"]
 
 
@@ -318,7 +318,7 @@ async def test_every_audio_read_is_audited(gateway: Gateway) -> None:
     assert len(digests) == 1  # the same bytes each time
     events = [
         e
-        for e in await gateway.app[SERVICES].catalog.list_audit("acme", limit=1000)
+        for e in await gateway.app[SERVICES].catalog.audit.list("acme", limit=1000)
         if e.action == "audio.read"
     ]
     assert [e.object for e in events] == [call.recording_id] * 2

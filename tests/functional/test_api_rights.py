@@ -153,7 +153,7 @@ async def sweep(gw: Gateway, clock: FakeClock, seconds: float = 0) -> SweepRepor
 
 
 async def events(gw: Gateway, tenant_id: str) -> list[AuditEvent]:
-    return list(await gw.app[SERVICES].catalog.list_audit(tenant_id, limit=1000))
+    return list(await gw.app[SERVICES].catalog.audit.list(tenant_id, limit=1000))
 
 
 async def audit_ok(gw: Gateway, tenant: TenantTokens) -> None:
@@ -163,7 +163,7 @@ async def audit_ok(gw: Gateway, tenant: TenantTokens) -> None:
 
 
 async def objects_of(gw: Gateway, tenant_id: str, recording_id: str) -> list[StoredObject]:
-    return list(await gw.app[SERVICES].catalog.list_objects(tenant_id, recording_id=recording_id))
+    return list(await gw.app[SERVICES].catalog.objects.list(tenant_id, recording_id=recording_id))
 
 
 async def assert_erased(gw: Gateway, stored: list[StoredObject], *, rows: bool = True) -> None:
@@ -173,22 +173,22 @@ async def assert_erased(gw: Gateway, stored: list[StoredObject], *, rows: bool =
     assert stored
     for item in stored:
         with pytest.raises(KeyUnavailable):
-            await services.catalog.get_object_key(item.id, item.tenant_id)
+            await services.catalog.keys.get(item.id, item.tenant_id)
         assert not await services.store.exists(item.store_key), item.store_key
         if rows:
-            assert (await services.catalog.get_object(item.id, item.tenant_id)).state == "deleted"
+            assert (await services.catalog.objects.get(item.id, item.tenant_id)).state == "deleted"
         else:
             with pytest.raises(NotFound):
-                await services.catalog.get_object(item.id, item.tenant_id)
+                await services.catalog.objects.get(item.id, item.tenant_id)
 
 
 async def assert_kept(gw: Gateway, stored: list[StoredObject]) -> None:
     services = gw.app[SERVICES]
     assert stored
     for item in stored:
-        await services.catalog.get_object_key(item.id, item.tenant_id)
+        await services.catalog.keys.get(item.id, item.tenant_id)
         assert await services.store.exists(item.store_key), item.store_key
-        assert (await services.catalog.get_object(item.id, item.tenant_id)).state == "committed"
+        assert (await services.catalog.objects.get(item.id, item.tenant_id)).state == "committed"
 
 
 async def frames_taken(gw: Gateway, count: int) -> None:
@@ -694,7 +694,7 @@ class TestRetentionAndErasure:
         call = await record_call(gw, tenant)
         status, _ = await api(gw, "DELETE", f"/v1/recordings/{call.recording_id}", tenant.admin)
         assert status == 200
-        jobs = await gw.app[SERVICES].catalog.list_jobs("acme", kind="webhook")
+        jobs = await gw.app[SERVICES].catalog.jobs.list("acme", kind="webhook")
         payloads = [job.payload for job in jobs if job.payload]
         assert [(p["event"], p["data"]) for p in payloads] == [
             ("recording.deleted", {"recording_id": call.recording_id, "reason": "erasure"})
@@ -808,7 +808,7 @@ async def test_an_export_holds_exactly_what_the_api_serves_for_the_number(
     assert {item["recording_id"]: item for item in manifest["recordings"]} == expected_items
     assert len(manifest["recordings"]) == 2
 
-    catalog_calls = await gw.app[SERVICES].catalog.calls_of_number("acme", CALLER)
+    catalog_calls = await gw.app[SERVICES].catalog.calls.of_number("acme", CALLER)
     exported = read("calls.json")
     assert [(c["call_id"], c["from"], c["to"]) for c in exported] == [
         (c.id, c.from_number, c.to_number) for c in catalog_calls
@@ -918,14 +918,14 @@ async def test_a_tenant_under_a_hold_is_not_deleted_until_it_is_released(gw: Gat
     assert receipt["call_records_deleted"] == 2
     assert receipt["bytes_deleted"] == sum(o.size or 0 for o in stored)
     catalog = gw.app[SERVICES].catalog
-    assert await catalog.list_objects("acme") == []
-    assert await catalog.list_recordings("acme", limit=10) == []
+    assert await catalog.objects.list("acme") == []
+    assert await catalog.recordings.list_entries("acme", limit=10) == []
     for item in stored:
         assert not await gw.app[SERVICES].store.exists(item.store_key)
     trail = await events(gw, "acme")
     assert trail[-1].action == "tenant.deleted"
     assert [e.action for e in trail].count("hold.released") == 1
-    assert (await catalog.verify_audit("acme")).ok
+    assert (await catalog.audit.verify("acme")).ok
 
 
 # --- 6. the `callvault retention sweep` command ------------------------------------------

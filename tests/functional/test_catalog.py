@@ -94,16 +94,16 @@ async def table_names(raw: AsyncEngine) -> set[str]:
 
 
 async def add_tenant(catalog: Catalog, tenant_id: str = "acme") -> None:
-    await catalog.create_tenant(tenant_id, tenant_id.title(), "eu", T0)
+    await catalog.tenants.create(tenant_id, tenant_id.title(), "eu", T0)
 
 
 async def add_recording(
     catalog: Catalog, tenant_id: str = "acme", call_id: str = "call-1", recording_id: str = "rec-1"
 ) -> None:
     """A tenant with instructions v1, a call and a recording of it."""
-    if await catalog.current_instructions(tenant_id) is None:
-        await catalog.add_instructions(tenant_id, {"recording": {"enabled": True}}, "adm", T0)
-    await catalog.create_call(
+    if await catalog.instructions.latest(tenant_id) is None:
+        await catalog.instructions.add(tenant_id, {"recording": {"enabled": True}}, "adm", T0)
+    await catalog.calls.create(
         id=call_id,
         tenant_id=tenant_id,
         from_number="+40211111111",
@@ -118,7 +118,7 @@ async def add_recording(
         refusal_code=None,
         started_at=T0,
     )
-    await catalog.create_recording(
+    await catalog.recordings.create(
         id=recording_id, tenant_id=tenant_id, call_id=call_id, instructions_version=1, now=T0
     )
 
@@ -152,7 +152,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await empty_catalog.migrate()
     assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0004"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
-    assert (await empty_catalog.get_tenant("acme")).name == "Acme"
+    assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 
 
 async def test_nodes_migrating_at_once_do_not_collide(
@@ -214,52 +214,52 @@ async def test_queries_on_an_unmigrated_database_are_catalog_unavailable(
     empty_catalog: Catalog,
 ) -> None:
     with pytest.raises(CatalogUnavailable, match="failed or could not be reached"):
-        await empty_catalog.get_tenant("acme")
+        await empty_catalog.tenants.get("acme")
 
 
 # --- tenants ------------------------------------------------------------------------------
 
 
 async def test_tenants(catalog: Catalog) -> None:
-    created = await catalog.create_tenant("acme", "Acme SRL", "eu", T0)
+    created = await catalog.tenants.create("acme", "Acme SRL", "eu", T0)
     assert (created.id, created.name, created.region, created.deleted_at) == (
         "acme",
         "Acme SRL",
         "eu",
         None,
     )
-    assert await catalog.get_tenant("acme") == created
-    await catalog.create_tenant("beta", "Beta", "us", T0)
+    assert await catalog.tenants.get("acme") == created
+    await catalog.tenants.create("beta", "Beta", "us", T0)
     with pytest.raises(Conflict, match="already exists"):
-        await catalog.create_tenant("acme", "Other", "eu", T0)
-    assert [t.id for t in await catalog.list_tenants()] == ["acme", "beta"]
+        await catalog.tenants.create("acme", "Other", "eu", T0)
+    assert [t.id for t in await catalog.tenants.list()] == ["acme", "beta"]
 
-    deleted = await catalog.mark_tenant_deleted("acme", T0 + timedelta(hours=1))
+    deleted = await catalog.tenants.mark_deleted("acme", T0 + timedelta(hours=1))
     assert deleted.deleted_at == T0 + timedelta(hours=1)
-    again = await catalog.mark_tenant_deleted("acme", T0 + timedelta(hours=2))
+    again = await catalog.tenants.mark_deleted("acme", T0 + timedelta(hours=2))
     assert again.deleted_at == T0 + timedelta(hours=1)
     with pytest.raises(NotFound):
-        await catalog.get_tenant("acme")
-    assert [t.id for t in await catalog.list_tenants()] == ["beta"]
-    assert [t.id for t in await catalog.list_tenants(include_deleted=True)] == ["acme", "beta"]
+        await catalog.tenants.get("acme")
+    assert [t.id for t in await catalog.tenants.list()] == ["beta"]
+    assert [t.id for t in await catalog.tenants.list(include_deleted=True)] == ["acme", "beta"]
     with pytest.raises(Conflict):
-        await catalog.create_tenant("acme", "Acme again", "eu", T0)
+        await catalog.tenants.create("acme", "Acme again", "eu", T0)
     with pytest.raises(NotFound):
-        await catalog.mark_tenant_deleted("nope", T0)
+        await catalog.tenants.mark_deleted("nope", T0)
     with pytest.raises(NotFound):
-        await catalog.get_tenant("nope")
+        await catalog.tenants.get("nope")
 
 
 async def test_times_come_back_aware_utc_and_naive_times_are_refused(catalog: Catalog) -> None:
     bucharest = timezone(timedelta(hours=2))
     local = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=bucharest)
-    tenant = await catalog.create_tenant("acme", "Acme", "eu", local)
-    stored = (await catalog.get_tenant("acme")).created_at
+    tenant = await catalog.tenants.create("acme", "Acme", "eu", local)
+    stored = (await catalog.tenants.get("acme")).created_at
     assert stored == tenant.created_at == local
     assert stored.tzinfo == UTC
     assert (stored.hour, stored.microsecond) == (10, 123456)
     with pytest.raises(ValueError, match="naive"):
-        await catalog.create_tenant("beta", "Beta", "eu", datetime(2026, 1, 1))
+        await catalog.tenants.create("beta", "Beta", "eu", datetime(2026, 1, 1))
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -272,47 +272,47 @@ def token_hash(secret: str) -> str:
 async def test_tokens(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
-    pbx = await catalog.create_token("t1", "acme", "pbx", token_hash("s1"), "op", T0)
+    pbx = await catalog.tokens.create("t1", "acme", "pbx", token_hash("s1"), "op", T0)
     assert (pbx.tenant_id, pbx.role, pbx.revoked_at) == ("acme", "pbx", None)
-    assert await catalog.find_token(token_hash("s1")) == pbx
-    assert await catalog.find_token(token_hash("unknown")) is None
+    assert await catalog.tokens.find(token_hash("s1")) == pbx
+    assert await catalog.tokens.find(token_hash("unknown")) is None
 
     with pytest.raises(Conflict):
-        await catalog.create_token("t2", "acme", "admin", token_hash("s1"), "op", T0)
+        await catalog.tokens.create("t2", "acme", "admin", token_hash("s1"), "op", T0)
     with pytest.raises(Conflict):
-        await catalog.create_token("t1", "acme", "admin", token_hash("s2"), "op", T0)
+        await catalog.tokens.create("t1", "acme", "admin", token_hash("s2"), "op", T0)
     with pytest.raises(NotFound):
-        await catalog.create_token("t3", "nope", "admin", token_hash("s3"), "op", T0)
+        await catalog.tokens.create("t3", "nope", "admin", token_hash("s3"), "op", T0)
     with pytest.raises(ValueError, match="hex SHA-256"):
-        await catalog.create_token("t4", "acme", "admin", "s4-in-clear", "op", T0)
+        await catalog.tokens.create("t4", "acme", "admin", "s4-in-clear", "op", T0)
     with pytest.raises(ValueError, match="operator"):
-        await catalog.create_token("t5", "acme", "operator", token_hash("s5"), "op", T0)
+        await catalog.tokens.create("t5", "acme", "operator", token_hash("s5"), "op", T0)
     with pytest.raises(ValueError, match="operator"):
-        await catalog.create_token("t6", None, "admin", token_hash("s6"), "op", T0)
+        await catalog.tokens.create("t6", None, "admin", token_hash("s6"), "op", T0)
 
     # Another tenant cannot revoke it, and cannot tell it exists.
     with pytest.raises(NotFound):
-        await catalog.revoke_token("beta", "t1", T0)
-    assert await catalog.find_token(token_hash("s1")) == pbx
-    revoked = await catalog.revoke_token("acme", "t1", T0 + timedelta(minutes=1))
+        await catalog.tokens.revoke("beta", "t1", T0)
+    assert await catalog.tokens.find(token_hash("s1")) == pbx
+    revoked = await catalog.tokens.revoke("acme", "t1", T0 + timedelta(minutes=1))
     assert revoked.revoked_at == T0 + timedelta(minutes=1)
-    assert await catalog.find_token(token_hash("s1")) is None
-    again = await catalog.revoke_token("acme", "t1", T0 + timedelta(minutes=2))
+    assert await catalog.tokens.find(token_hash("s1")) is None
+    again = await catalog.tokens.revoke("acme", "t1", T0 + timedelta(minutes=2))
     assert again.revoked_at == T0 + timedelta(minutes=1)
 
-    operator = await catalog.create_token("op1", None, "operator", token_hash("o"), "boot", T0)
-    assert await catalog.find_token(token_hash("o")) == operator
+    operator = await catalog.tokens.create("op1", None, "operator", token_hash("o"), "boot", T0)
+    assert await catalog.tokens.find(token_hash("o")) == operator
     with pytest.raises(NotFound):
-        await catalog.revoke_token("acme", "op1", T0)
-    await catalog.revoke_token(None, "op1", T0)
-    assert await catalog.find_token(token_hash("o")) is None
+        await catalog.tokens.revoke("acme", "op1", T0)
+    await catalog.tokens.revoke(None, "op1", T0)
+    assert await catalog.tokens.find(token_hash("o")) is None
 
     # A deleted tenant's tokens stop working, and it gets no new ones.
-    await catalog.create_token("b1", "beta", "processor", token_hash("b"), "op", T0)
-    await catalog.mark_tenant_deleted("beta", T0)
-    assert await catalog.find_token(token_hash("b")) is None
+    await catalog.tokens.create("b1", "beta", "processor", token_hash("b"), "op", T0)
+    await catalog.tenants.mark_deleted("beta", T0)
+    assert await catalog.tokens.find(token_hash("b")) is None
     with pytest.raises(NotFound):
-        await catalog.create_token("b2", "beta", "processor", token_hash("b2"), "op", T0)
+        await catalog.tokens.create("b2", "beta", "processor", token_hash("b2"), "op", T0)
 
 
 # --- instructions -------------------------------------------------------------------------
@@ -321,28 +321,28 @@ async def test_tokens(catalog: Catalog) -> None:
 async def test_instructions_are_versioned_per_tenant(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
-    assert await catalog.current_instructions("acme") is None
-    assert await catalog.instructions_history("acme") == []
+    assert await catalog.instructions.latest("acme") is None
+    assert await catalog.instructions.history("acme") == []
 
-    v1 = await catalog.add_instructions("acme", {"recording": {"enabled": True}}, "adm", T0)
-    v2 = await catalog.add_instructions(
+    v1 = await catalog.instructions.add("acme", {"recording": {"enabled": True}}, "adm", T0)
+    v2 = await catalog.instructions.add(
         "acme", {"recording": {"enabled": False}, "ai": {"transcript": True}}, "adm2", T0
     )
     assert (v1.version, v2.version) == (1, 2)
-    assert (await catalog.add_instructions("beta", {}, "adm", T0)).version == 1
-    assert await catalog.current_instructions("acme") == v2
-    assert await catalog.instructions_history("acme") == [v1, v2]
-    assert (await catalog.get_instructions("acme", 1)).document == {"recording": {"enabled": True}}
-    assert (await catalog.get_instructions("acme", 2)).created_by == "adm2"
+    assert (await catalog.instructions.add("beta", {}, "adm", T0)).version == 1
+    assert await catalog.instructions.latest("acme") == v2
+    assert await catalog.instructions.history("acme") == [v1, v2]
+    assert (await catalog.instructions.get("acme", 1)).document == {"recording": {"enabled": True}}
+    assert (await catalog.instructions.get("acme", 2)).created_by == "adm2"
     with pytest.raises(NotFound):
-        await catalog.get_instructions("acme", 3)
+        await catalog.instructions.get("acme", 3)
     with pytest.raises(NotFound):
-        await catalog.get_instructions("beta", 2)
+        await catalog.instructions.get("beta", 2)
     with pytest.raises(NotFound):
-        await catalog.add_instructions("nope", {}, "adm", T0)
-    await catalog.mark_tenant_deleted("beta", T0)
+        await catalog.instructions.add("nope", {}, "adm", T0)
+    await catalog.tenants.mark_deleted("beta", T0)
     with pytest.raises(NotFound):
-        await catalog.add_instructions("beta", {}, "adm", T0)
+        await catalog.instructions.add("beta", {}, "adm", T0)
 
 
 async def test_concurrent_instruction_changes_get_consecutive_versions(
@@ -353,14 +353,14 @@ async def test_concurrent_instruction_changes_get_consecutive_versions(
     try:
         results = await asyncio.gather(
             *(
-                (catalog if n % 2 else other).add_instructions("acme", {"n": n}, f"a{n}", T0)
+                (catalog if n % 2 else other).instructions.add("acme", {"n": n}, f"a{n}", T0)
                 for n in range(20)
             )
         )
     finally:
         await other.close()
     assert sorted(r.version for r in results) == list(range(1, 21))
-    history = await catalog.instructions_history("acme")
+    history = await catalog.instructions.history("acme")
     assert [h.version for h in history] == list(range(1, 21))
     assert sorted(h.document["n"] for h in history) == list(range(20))
 
@@ -372,29 +372,29 @@ async def test_key_table_round_trip_and_tenant_scope(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
     row = key_row("obj-1")
-    await catalog.put_object_key(row)
-    assert await catalog.get_object_key("obj-1", "acme") == row
+    await catalog.keys.put(row)
+    assert await catalog.keys.get("obj-1", "acme") == row
     with pytest.raises(KeyUnavailable):
-        await catalog.get_object_key("obj-1", "beta")
+        await catalog.keys.get("obj-1", "beta")
     with pytest.raises(Conflict):
-        await catalog.put_object_key(replace(row, wrapped_dek=b"other"))
+        await catalog.keys.put(replace(row, wrapped_dek=b"other"))
     with pytest.raises(NotFound):
-        await catalog.put_object_key(key_row("obj-2", tenant_id="nope"))
+        await catalog.keys.put(key_row("obj-2", tenant_id="nope"))
 
 
 async def test_shredding_deletes_the_key_row(catalog: Catalog, raw: AsyncEngine) -> None:
     await add_tenant(catalog)
-    await catalog.put_object_key(key_row("obj-1"))
-    await catalog.put_object_key(key_row("obj-2"))
+    await catalog.keys.put(key_row("obj-1"))
+    await catalog.keys.put(key_row("obj-2"))
 
-    assert await catalog.delete_object_key("obj-1") is True
+    assert await catalog.keys.delete("obj-1") is True
     assert (
         await scalar(raw, "SELECT count(*) FROM object_keys WHERE object_id = :id", id="obj-1") == 0
     )
     with pytest.raises(KeyUnavailable, match="shredded or never existed"):
-        await catalog.get_object_key("obj-1", "acme")
-    assert await catalog.delete_object_key("obj-1") is False
-    assert (await catalog.get_object_key("obj-2", "acme")).object_id == "obj-2"
+        await catalog.keys.get("obj-1", "acme")
+    assert await catalog.keys.delete("obj-1") is False
+    assert (await catalog.keys.get("obj-2", "acme")).object_id == "obj-2"
 
 
 async def test_a_shredded_key_leaves_no_bytes_in_the_sqlite_file(tmp_path: Path) -> None:
@@ -405,8 +405,8 @@ async def test_a_shredded_key_leaves_no_bytes_in_the_sqlite_file(tmp_path: Path)
         await catalog.migrate()
         await add_tenant(catalog)
         shredded, control = secrets.token_bytes(48), secrets.token_bytes(48)
-        await catalog.put_object_key(replace(key_row("obj-1"), wrapped_dek=shredded))
-        await catalog.put_object_key(replace(key_row("obj-2"), wrapped_dek=control))
+        await catalog.keys.put(replace(key_row("obj-1"), wrapped_dek=shredded))
+        await catalog.keys.put(replace(key_row("obj-2"), wrapped_dek=control))
         await execute(engine, "PRAGMA wal_checkpoint(TRUNCATE)")
         assert shredded in path.read_bytes() and control in path.read_bytes()
 
@@ -419,7 +419,7 @@ async def test_a_shredded_key_leaves_no_bytes_in_the_sqlite_file(tmp_path: Path)
         assert control in path.read_bytes()
 
         # ...the catalog's shred does not.
-        assert await catalog.delete_object_key("obj-1")
+        assert await catalog.keys.delete("obj-1")
         await execute(engine, "PRAGMA wal_checkpoint(TRUNCATE)")
         assert shredded not in path.read_bytes()
         wal = path.with_name(path.name + "-wal")
@@ -433,13 +433,13 @@ async def test_list_object_keys_pages_through_one_tenant(catalog: Catalog) -> No
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
     for n in range(7):
-        await catalog.put_object_key(key_row(f"obj-{n}"))
-    await catalog.put_object_key(key_row("obj-b", tenant_id="beta"))
-    seen = [row.object_id async for row in catalog.list_object_keys("acme", page_size=3)]
+        await catalog.keys.put(key_row(f"obj-{n}"))
+    await catalog.keys.put(key_row("obj-b", tenant_id="beta"))
+    seen = [row.object_id async for row in catalog.keys.list("acme", page_size=3)]
     assert seen == [f"obj-{n}" for n in range(7)]
-    exact = [row.object_id async for row in catalog.list_object_keys("beta", page_size=1)]
+    exact = [row.object_id async for row in catalog.keys.list("beta", page_size=1)]
     assert exact == ["obj-b"]
-    assert [row async for row in catalog.list_object_keys("nope")] == []
+    assert [row async for row in catalog.keys.list("nope")] == []
 
 
 async def test_rewrap_is_resumable_after_a_crash(catalog: Catalog) -> None:
@@ -447,8 +447,8 @@ async def test_rewrap_is_resumable_after_a_crash(catalog: Catalog) -> None:
     await add_tenant(catalog, "beta")
     originals = {f"obj-{n:02d}": key_row(f"obj-{n:02d}") for n in range(10)}
     for row in originals.values():
-        await catalog.put_object_key(row)
-    await catalog.put_object_key(key_row("obj-beta", tenant_id="beta"))
+        await catalog.keys.put(row)
+    await catalog.keys.put(key_row("obj-beta", tenant_id="beta"))
     calls: list[str] = []
     crash_on_call = 5  # in the second batch of 3
 
@@ -460,66 +460,61 @@ async def test_rewrap_is_resumable_after_a_crash(catalog: Catalog) -> None:
 
     later = T0 + timedelta(days=1)
     with pytest.raises(RuntimeError, match="KMS went away"):
-        await catalog.rewrap_object_keys("acme", rewrap, later, target_version=2, batch_size=3)
-    rows = {row.object_id: row async for row in catalog.list_object_keys("acme")}
+        await catalog.keys.rewrap("acme", rewrap, later, target_version=2, batch_size=3)
+    rows = {row.object_id: row async for row in catalog.keys.list("acme")}
     assert [k for k, r in sorted(rows.items()) if r.kek_version == 2] == list(originals)[:3]
 
     calls.clear()
     crash_on_call = 0
-    assert (
-        await catalog.rewrap_object_keys("acme", rewrap, later, target_version=2, batch_size=3) == 7
-    )
+    assert await catalog.keys.rewrap("acme", rewrap, later, target_version=2, batch_size=3) == 7
     assert calls == list(originals)[3:]  # finished batches are not redone
-    rows = {row.object_id: row async for row in catalog.list_object_keys("acme")}
+    rows = {row.object_id: row async for row in catalog.keys.list("acme")}
     for object_id, original in originals.items():
         assert rows[object_id].kek_version == 2
         assert rows[object_id].wrapped_dek == b"v2|" + original.wrapped_dek  # exactly once
         assert rows[object_id].rewrapped_at == later
-    assert (await catalog.get_object_key("obj-beta", "beta")).kek_version == 1
+    assert (await catalog.keys.get("obj-beta", "beta")).kek_version == 1
 
     calls.clear()
-    assert await catalog.rewrap_object_keys("acme", rewrap, later, target_version=2) == 0
+    assert await catalog.keys.rewrap("acme", rewrap, later, target_version=2) == 0
     assert calls == []
 
 
 async def test_rewrap_refuses_a_key_wrapped_to_another_version(catalog: Catalog) -> None:
     await add_tenant(catalog)
-    await catalog.put_object_key(key_row("obj-1"))
+    await catalog.keys.put(key_row("obj-1"))
 
     async def stale(row: ObjectKeyRow) -> tuple[str, int, bytes]:
         return row.kek_id, 1, row.wrapped_dek
 
     with pytest.raises(ValueError, match="expected 2"):
-        await catalog.rewrap_object_keys("acme", stale, T0, target_version=2)
-    assert (await catalog.get_object_key("obj-1", "acme")).kek_version == 1
+        await catalog.keys.rewrap("acme", stale, T0, target_version=2)
+    assert (await catalog.keys.get("obj-1", "acme")).kek_version == 1
 
 
 async def test_rewrap_does_not_resurrect_a_key_shredded_meanwhile(catalog: Catalog) -> None:
     await add_tenant(catalog)
-    await catalog.put_object_key(key_row("obj-1"))
-    await catalog.put_object_key(key_row("obj-2"))
+    await catalog.keys.put(key_row("obj-1"))
+    await catalog.keys.put(key_row("obj-2"))
 
     async def rewrap_and_shred_the_other(row: ObjectKeyRow) -> tuple[str, int, bytes]:
-        await catalog.delete_object_key("obj-2")
+        await catalog.keys.delete("obj-2")
         return row.kek_id, 2, b"new"
 
-    assert (
-        await catalog.rewrap_object_keys("acme", rewrap_and_shred_the_other, T0, target_version=2)
-        == 1
-    )
-    assert [r.object_id async for r in catalog.list_object_keys("acme")] == ["obj-1"]
+    assert await catalog.keys.rewrap("acme", rewrap_and_shred_the_other, T0, target_version=2) == 1
+    assert [r.object_id async for r in catalog.keys.list("acme")] == ["obj-1"]
 
 
 async def test_delete_tenant_object_keys(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
     for n in range(3):
-        await catalog.put_object_key(key_row(f"a{n}"))
-    await catalog.put_object_key(key_row("b0", tenant_id="beta"))
-    assert await catalog.delete_tenant_object_keys("acme") == 3
-    assert [r async for r in catalog.list_object_keys("acme")] == []
-    assert (await catalog.get_object_key("b0", "beta")).object_id == "b0"
-    assert await catalog.delete_tenant_object_keys("acme") == 0
+        await catalog.keys.put(key_row(f"a{n}"))
+    await catalog.keys.put(key_row("b0", tenant_id="beta"))
+    assert await catalog.keys.delete_all("acme") == 3
+    assert [r async for r in catalog.keys.list("acme")] == []
+    assert (await catalog.keys.get("b0", "beta")).object_id == "b0"
+    assert await catalog.keys.delete_all("acme") == 0
 
 
 # --- objects ------------------------------------------------------------------------------
@@ -529,7 +524,7 @@ async def test_objects_lifecycle(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
     await add_recording(catalog)
-    audio = await catalog.add_object(
+    audio = await catalog.objects.add(
         object_id="o1",
         tenant_id="acme",
         kind="audio",
@@ -540,7 +535,7 @@ async def test_objects_lifecycle(catalog: Catalog) -> None:
         track="inbound",
     )
     assert (audio.state, audio.size, audio.committed_at) == ("writing", None, None)
-    transcript = await catalog.add_object(
+    transcript = await catalog.objects.add(
         object_id="o2",
         tenant_id="acme",
         kind="transcript",
@@ -549,7 +544,7 @@ async def test_objects_lifecycle(catalog: Catalog) -> None:
         now=T0 + timedelta(seconds=1),
         recording_id="rec-1",
     )
-    loose = await catalog.add_object(
+    loose = await catalog.objects.add(
         object_id="o3",
         tenant_id="acme",
         kind="export",
@@ -559,30 +554,30 @@ async def test_objects_lifecycle(catalog: Catalog) -> None:
     )
 
     later = T0 + timedelta(minutes=5)
-    committed = await catalog.mark_object_committed("o1", 1234, later)
+    committed = await catalog.objects.mark_committed("o1", 1234, later)
     assert (committed.state, committed.size, committed.committed_at) == ("committed", 1234, later)
-    assert await catalog.mark_object_committed("o1", 1234, later + timedelta(1)) == committed
+    assert await catalog.objects.mark_committed("o1", 1234, later + timedelta(1)) == committed
     with pytest.raises(Conflict):
-        await catalog.mark_object_committed("o1", 999, later)
+        await catalog.objects.mark_committed("o1", 999, later)
     with pytest.raises(NotFound):
-        await catalog.mark_object_committed("nope", 1, later)
-    assert await catalog.get_object("o1", "acme") == committed
+        await catalog.objects.mark_committed("nope", 1, later)
+    assert await catalog.objects.get("o1", "acme") == committed
     with pytest.raises(NotFound):
-        await catalog.get_object("o1", "beta")
+        await catalog.objects.get("o1", "beta")
 
-    assert await catalog.list_objects("acme", recording_id="rec-1") == [committed, transcript]
-    assert await catalog.list_objects("acme") == [committed, transcript, loose]
-    assert await catalog.list_objects("acme", state="writing") == [transcript, loose]
-    assert await catalog.list_objects("beta") == []
+    assert await catalog.objects.list("acme", recording_id="rec-1") == [committed, transcript]
+    assert await catalog.objects.list("acme") == [committed, transcript, loose]
+    assert await catalog.objects.list("acme", state="writing") == [transcript, loose]
+    assert await catalog.objects.list("beta") == []
 
-    deleted = await catalog.mark_object_deleted("o1", later + timedelta(days=90))
+    deleted = await catalog.objects.mark_deleted("o1", later + timedelta(days=90))
     assert (deleted.state, deleted.deleted_at) == ("deleted", later + timedelta(days=90))
-    again = await catalog.mark_object_deleted("o1", later + timedelta(days=91))
+    again = await catalog.objects.mark_deleted("o1", later + timedelta(days=91))
     assert again.deleted_at == later + timedelta(days=90)
     with pytest.raises(Conflict):
-        await catalog.mark_object_committed("o1", 1234, later)
+        await catalog.objects.mark_committed("o1", 1234, later)
     with pytest.raises(NotFound):
-        await catalog.mark_object_deleted("nope", later)
+        await catalog.objects.mark_deleted("nope", later)
 
 
 async def test_add_object_refuses_bad_input_and_foreign_recordings(catalog: Catalog) -> None:
@@ -591,7 +586,7 @@ async def test_add_object_refuses_bad_input_and_foreign_recordings(catalog: Cata
     await add_recording(catalog, "beta", recording_id="rec-b")
     common: dict[str, Any] = {"tenant_id": "acme", "kind": "audio", "now": T0}
     with pytest.raises(NotFound):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o1",
             data_class="recordings",
             store_key="acme/objects/o1",
@@ -599,17 +594,17 @@ async def test_add_object_refuses_bad_input_and_foreign_recordings(catalog: Cata
             **common,
         )
     with pytest.raises(ValueError, match="data class"):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o1",
             data_class="audio",  # type: ignore[arg-type]
             store_key="acme/objects/o1",
             **common,
         )
-    await catalog.add_object(
+    await catalog.objects.add(
         object_id="o1", data_class="recordings", store_key="acme/objects/o1", **common
     )
     with pytest.raises(Conflict):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o2", data_class="recordings", store_key="acme/objects/o1", **common
         )
 
@@ -619,22 +614,22 @@ async def test_nothing_is_added_to_a_deleted_recording_or_tenant(catalog: Catalo
     object behind."""
     await add_tenant(catalog, "acme")
     await add_recording(catalog, "acme", recording_id="rec-a")
-    await catalog.update_recording_status("acme", "rec-a", "deleted", T0, delete_reason="erasure")
+    await catalog.recordings.update_status("acme", "rec-a", "deleted", T0, delete_reason="erasure")
     common: dict[str, Any] = {"tenant_id": "acme", "kind": "transcript", "now": T0}
     with pytest.raises(Gone):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o1",
             data_class="transcripts",
             store_key="acme/objects/o1",
             recording_id="rec-a",
             **common,
         )
-    await catalog.mark_tenant_deleted("acme", T0)
+    await catalog.tenants.mark_deleted("acme", T0)
     with pytest.raises(NotFound):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o2", data_class="transcripts", store_key="acme/objects/o2", **common
         )
-    assert await catalog.list_objects("acme") == []
+    assert await catalog.objects.list("acme") == []
 
 
 async def test_add_object_writes_the_key_row_in_the_same_transaction(
@@ -642,26 +637,26 @@ async def test_add_object_writes_the_key_row_in_the_same_transaction(
 ) -> None:
     await add_tenant(catalog)
     common: dict[str, Any] = {"tenant_id": "acme", "kind": "audio", "data_class": "recordings"}
-    await catalog.add_object(
+    await catalog.objects.add(
         object_id="o1", store_key="acme/objects/o1", now=T0, key=key_row("o1"), **common
     )
-    assert await catalog.get_object_key("o1", "acme") == key_row("o1")
+    assert await catalog.keys.get("o1", "acme") == key_row("o1")
 
     # The object insert fails (duplicate id): its key row must not be left behind.
     with pytest.raises(Conflict):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o1", store_key="acme/objects/o9", now=T0, key=key_row("o1"), **common
         )
     assert await scalar(raw, "SELECT count(*) FROM object_keys") == 1
     # The key insert fails (a key row is already there): the object row must not stay.
-    await catalog.put_object_key(key_row("o2"))
+    await catalog.keys.put(key_row("o2"))
     with pytest.raises(Conflict):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o2", store_key="acme/objects/o2", now=T0, key=key_row("o2"), **common
         )
     assert await scalar(raw, "SELECT count(*) FROM objects") == 1
     with pytest.raises(ValueError, match="key row must belong"):
-        await catalog.add_object(
+        await catalog.objects.add(
             object_id="o3", store_key="acme/objects/o3", now=T0, key=key_row("o1"), **common
         )
     assert await scalar(raw, "SELECT count(*) FROM object_keys") == 2
@@ -673,7 +668,7 @@ async def test_add_object_writes_the_key_row_in_the_same_transaction(
 async def test_calls_are_scoped_to_their_tenant(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
-    refused = await catalog.create_call(
+    refused = await catalog.calls.create(
         id="CA1",
         tenant_id="acme",
         from_number="+40211111111",
@@ -690,27 +685,27 @@ async def test_calls_are_scoped_to_their_tenant(catalog: Catalog) -> None:
     )
     assert refused.refusal_code == "recording_not_instructed"
     assert refused.instructions_version is None
-    assert await catalog.get_call("acme", "CA1") == refused
+    assert await catalog.calls.get("acme", "CA1") == refused
     with pytest.raises(NotFound):
-        await catalog.get_call("beta", "CA1")
+        await catalog.calls.get("beta", "CA1")
     with pytest.raises(Conflict):
-        await catalog.create_call(**{**_call_fields(refused), "refusal_code": None})
+        await catalog.calls.create(**{**_call_fields(refused), "refusal_code": None})
     # The same PBX call id in another tenant is a different call.
-    await catalog.create_call(**{**_call_fields(refused), "tenant_id": "beta"})
+    await catalog.calls.create(**{**_call_fields(refused), "tenant_id": "beta"})
     with pytest.raises(NotFound):
-        await catalog.create_call(**{**_call_fields(refused), "tenant_id": "nope"})
+        await catalog.calls.create(**{**_call_fields(refused), "tenant_id": "nope"})
     with pytest.raises(NotFound):  # no such instructions version
-        await catalog.create_call(
+        await catalog.calls.create(
             **{**_call_fields(refused), "id": "CA2", "instructions_version": 7}
         )
 
-    ended = await catalog.end_call("acme", "CA1", T0 + timedelta(minutes=3))
+    ended = await catalog.calls.end("acme", "CA1", T0 + timedelta(minutes=3))
     assert ended.ended_at == T0 + timedelta(minutes=3)
-    assert (await catalog.end_call("acme", "CA1", T0 + timedelta(hours=1))).ended_at == (
+    assert (await catalog.calls.end("acme", "CA1", T0 + timedelta(hours=1))).ended_at == (
         T0 + timedelta(minutes=3)
     )
     with pytest.raises(NotFound):
-        await catalog.end_call("nope", "CA1", T0)
+        await catalog.calls.end("nope", "CA1", T0)
 
 
 def _call_fields(call: Any) -> dict[str, Any]:
@@ -723,7 +718,7 @@ async def test_recording_lifecycle(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
     await add_recording(catalog)
-    rec = await catalog.get_recording("acme", "rec-1")
+    rec = await catalog.recordings.get("acme", "rec-1")
     assert (rec.status, rec.call_id, rec.instructions_version, rec.audio_purged) == (
         "recording",
         "call-1",
@@ -731,21 +726,21 @@ async def test_recording_lifecycle(catalog: Catalog) -> None:
         False,
     )
     with pytest.raises(NotFound):
-        await catalog.get_recording("beta", "rec-1")
+        await catalog.recordings.get("beta", "rec-1")
     with pytest.raises(NotFound):
-        await catalog.update_recording_status("beta", "rec-1", "processing", T0)
+        await catalog.recordings.update_status("beta", "rec-1", "processing", T0)
 
     t1 = T0 + timedelta(minutes=2)
-    processing = await catalog.update_recording_status("acme", "rec-1", "processing", t1)
+    processing = await catalog.recordings.update_status("acme", "rec-1", "processing", t1)
     assert (processing.status, processing.ended_at) == ("processing", t1)
-    analyzed = await catalog.update_recording_status(
+    analyzed = await catalog.recordings.update_status(
         "acme", "rec-1", "analyzed", t1 + timedelta(seconds=30), audio_purged=True
     )
     assert (analyzed.status, analyzed.audio_purged, analyzed.ended_at) == ("analyzed", True, t1)
     with pytest.raises(Conflict, match="is analyzed"):
-        await catalog.update_recording_status("acme", "rec-1", "processing", t1)
+        await catalog.recordings.update_status("acme", "rec-1", "processing", t1)
     t2 = T0 + timedelta(days=90)
-    deleted = await catalog.update_recording_status(
+    deleted = await catalog.recordings.update_status(
         "acme", "rec-1", "deleted", t2, delete_reason="retention"
     )
     assert (deleted.status, deleted.deleted_at, deleted.delete_reason) == (
@@ -753,23 +748,23 @@ async def test_recording_lifecycle(catalog: Catalog) -> None:
         t2,
         "retention",
     )
-    again = await catalog.update_recording_status("acme", "rec-1", "deleted", t2 + timedelta(1))
+    again = await catalog.recordings.update_status("acme", "rec-1", "deleted", t2 + timedelta(1))
     assert again.deleted_at == t2
     with pytest.raises(Conflict):
-        await catalog.update_recording_status("acme", "rec-1", "recorded", t2)
+        await catalog.recordings.update_status("acme", "rec-1", "recorded", t2)
 
     await add_recording(catalog, call_id="call-2", recording_id="rec-2")
-    failed = await catalog.update_recording_status(
+    failed = await catalog.recordings.update_status(
         "acme", "rec-2", "failed", t1, ended_at=T0 + timedelta(minutes=1), failure_reason="x" * 5000
     )
     assert failed.ended_at == T0 + timedelta(minutes=1)
     assert failed.failure_reason is not None and len(failed.failure_reason) == 2000
     with pytest.raises(NotFound):
-        await catalog.create_recording(
+        await catalog.recordings.create(
             id="rec-3", tenant_id="acme", call_id="no-such-call", instructions_version=1, now=T0
         )
     with pytest.raises(Conflict):
-        await catalog.create_recording(
+        await catalog.recordings.create(
             id="rec-2", tenant_id="acme", call_id="call-2", instructions_version=1, now=T0
         )
 
@@ -781,67 +776,67 @@ async def test_jobs_are_leased_retried_and_finished(catalog: Catalog) -> None:
     await add_tenant(catalog)
     await add_recording(catalog)
     lease = timedelta(minutes=5)
-    job = await catalog.enqueue_job(
+    job = await catalog.jobs.enqueue(
         id="j1", tenant_id="acme", kind="analyze", now=T0, recording_id="rec-1", max_attempts=2
     )
     assert (job.status, job.attempts, job.run_after) == ("queued", 0, T0)
-    await catalog.enqueue_job(
+    await catalog.jobs.enqueue(
         id="j2", tenant_id="acme", kind="purge", now=T0, run_after=T0 + timedelta(hours=1)
     )
-    assert await catalog.claim_job("w1", T0 - timedelta(seconds=1), lease) is None
+    assert await catalog.jobs.claim("w1", T0 - timedelta(seconds=1), lease) is None
 
-    claimed = await catalog.claim_job("w1", T0, lease, kinds=["analyze"])
+    claimed = await catalog.jobs.claim("w1", T0, lease, kinds=["analyze"])
     assert claimed is not None
     assert (claimed.id, claimed.status, claimed.attempts) == ("j1", "running", 1)
     assert (claimed.lease_owner, claimed.lease_until) == ("w1", T0 + lease)
-    assert await catalog.claim_job("w2", T0 + timedelta(minutes=1), lease) is None
+    assert await catalog.jobs.claim("w2", T0 + timedelta(minutes=1), lease) is None
 
     # w1 dies; once its lease runs out, w2 takes the job over and w1 can no longer finish it.
-    taken = await catalog.claim_job("w2", T0 + lease, lease)
+    taken = await catalog.jobs.claim("w2", T0 + lease, lease)
     assert taken is not None
     assert (taken.id, taken.lease_owner, taken.attempts) == ("j1", "w2", 2)
     with pytest.raises(Conflict, match="not leased to 'w1'"):
-        await catalog.complete_job("j1", "w1", T0 + lease)
+        await catalog.jobs.complete("j1", "w1", T0 + lease)
     retry_at = T0 + timedelta(minutes=20)
-    last = await catalog.fail_job("j1", "w2", "boom", T0 + lease, retry_at=retry_at)
+    last = await catalog.jobs.fail("j1", "w2", "boom", T0 + lease, retry_at=retry_at)
     assert (last.status, last.last_error) == ("failed", "boom")  # no attempts left
 
-    purge = await catalog.claim_job("w1", T0 + timedelta(hours=1), lease)
+    purge = await catalog.jobs.claim("w1", T0 + timedelta(hours=1), lease)
     assert purge is not None and purge.id == "j2"
-    requeued = await catalog.fail_job(
+    requeued = await catalog.jobs.fail(
         "j2", "w1", "e" * 5000, T0 + timedelta(hours=1), retry_at=retry_at
     )
     assert (requeued.status, requeued.run_after, requeued.lease_owner) == ("queued", retry_at, None)
     assert requeued.last_error is not None and len(requeued.last_error) == 2000
-    again = await catalog.claim_job("w3", retry_at, lease)
+    again = await catalog.jobs.claim("w3", retry_at, lease)
     assert again is not None and (again.id, again.attempts) == ("j2", 2)
-    done = await catalog.complete_job("j2", "w3", retry_at + timedelta(seconds=3))
+    done = await catalog.jobs.complete("j2", "w3", retry_at + timedelta(seconds=3))
     assert (done.status, done.updated_at) == ("done", retry_at + timedelta(seconds=3))
     with pytest.raises(Conflict):
-        await catalog.complete_job("j2", "w3", retry_at)
+        await catalog.jobs.complete("j2", "w3", retry_at)
     with pytest.raises(NotFound):
-        await catalog.complete_job("nope", "w3", retry_at)
-    assert await catalog.claim_job("w1", retry_at + timedelta(days=1), lease) is None
+        await catalog.jobs.complete("nope", "w3", retry_at)
+    assert await catalog.jobs.claim("w1", retry_at + timedelta(days=1), lease) is None
 
 
 async def test_a_lease_that_runs_out_on_the_last_attempt_fails_the_job(catalog: Catalog) -> None:
     await add_tenant(catalog)
-    await catalog.enqueue_job(id="j1", tenant_id="acme", kind="analyze", now=T0, max_attempts=1)
+    await catalog.jobs.enqueue(id="j1", tenant_id="acme", kind="analyze", now=T0, max_attempts=1)
     lease = timedelta(minutes=1)
-    assert await catalog.claim_job("w1", T0, lease) is not None
-    assert await catalog.claim_job("w2", T0 + lease, lease) is None
+    assert await catalog.jobs.claim("w1", T0, lease) is not None
+    assert await catalog.jobs.claim("w2", T0 + lease, lease) is None
     with pytest.raises(Conflict, match="it is failed"):
-        await catalog.complete_job("j1", "w1", T0 + lease)
+        await catalog.jobs.complete("j1", "w1", T0 + lease)
 
 
 async def test_an_exhausted_job_can_be_handed_out_to_record_its_failure(
     catalog: Catalog,
 ) -> None:
     await add_tenant(catalog)
-    await catalog.enqueue_job(id="j1", tenant_id="acme", kind="analyze", now=T0, max_attempts=1)
+    await catalog.jobs.enqueue(id="j1", tenant_id="acme", kind="analyze", now=T0, max_attempts=1)
     lease = timedelta(minutes=1)
-    assert await catalog.claim_job("w1", T0, lease) is not None
-    last = await catalog.claim_job("w2", T0 + lease, lease, hand_out_exhausted=True)
+    assert await catalog.jobs.claim("w1", T0, lease) is not None
+    last = await catalog.jobs.claim("w2", T0 + lease, lease, hand_out_exhausted=True)
     assert last is not None
     assert (last.status, last.attempts, last.max_attempts, last.lease_owner) == (
         "running",
@@ -849,37 +844,37 @@ async def test_an_exhausted_job_can_be_handed_out_to_record_its_failure(
         1,
         "w2",
     )
-    failed = await catalog.fail_job("j1", "w2", "the worker died", T0 + lease)
+    failed = await catalog.jobs.fail("j1", "w2", "the worker died", T0 + lease)
     assert failed.status == "failed"
 
 
 async def test_leases_are_renewed_and_jobs_handed_back_uncounted(catalog: Catalog) -> None:
     await add_tenant(catalog)
-    await catalog.enqueue_job(
+    await catalog.jobs.enqueue(
         id="j1", tenant_id="acme", kind="analyze", now=T0, payload={"event": "x"}
     )
     lease = timedelta(minutes=1)
-    claimed = await catalog.claim_job("w1", T0, lease)
+    claimed = await catalog.jobs.claim("w1", T0, lease)
     assert claimed is not None and claimed.payload == {"event": "x"}
-    renewed = await catalog.renew_lease("j1", "w1", T0 + timedelta(seconds=40), lease)
+    renewed = await catalog.jobs.renew_lease("j1", "w1", T0 + timedelta(seconds=40), lease)
     assert renewed.lease_until == T0 + timedelta(seconds=100)
     # Ran out but nobody took it: still w1's, renewed.
-    late = await catalog.renew_lease("j1", "w1", T0 + timedelta(minutes=5), lease)
+    late = await catalog.jobs.renew_lease("j1", "w1", T0 + timedelta(minutes=5), lease)
     assert late.lease_until == T0 + timedelta(minutes=6)
-    deferred = await catalog.defer_job(
+    deferred = await catalog.jobs.defer(
         "j1", "w1", "audio in a spool", T0 + timedelta(minutes=5), run_after=T0 + timedelta(hours=1)
     )
     assert (deferred.status, deferred.attempts, deferred.lease_owner) == ("queued", 0, None)
     assert deferred.last_error == "audio in a spool"
-    assert await catalog.claim_job("w2", T0 + timedelta(minutes=59), lease) is None
-    taken = await catalog.claim_job("w2", T0 + timedelta(hours=1), lease)
+    assert await catalog.jobs.claim("w2", T0 + timedelta(minutes=59), lease) is None
+    taken = await catalog.jobs.claim("w2", T0 + timedelta(hours=1), lease)
     assert taken is not None and (taken.attempts, taken.lease_owner) == (1, "w2")
     with pytest.raises(Conflict):  # w1 lost it to w2
-        await catalog.renew_lease("j1", "w1", T0 + timedelta(hours=1), lease)
+        await catalog.jobs.renew_lease("j1", "w1", T0 + timedelta(hours=1), lease)
     with pytest.raises(Conflict):
-        await catalog.defer_job("j1", "w1", "x", T0, run_after=T0)
-    assert [job.id for job in await catalog.list_jobs("acme", kind="analyze")] == ["j1"]
-    assert await catalog.list_jobs("acme", kind="webhook") == []
+        await catalog.jobs.defer("j1", "w1", "x", T0, run_after=T0)
+    assert [job.id for job in await catalog.jobs.list("acme", kind="analyze")] == ["j1"]
+    assert await catalog.jobs.list("acme", kind="webhook") == []
 
 
 async def test_concurrent_claimers_never_get_the_same_job(
@@ -887,13 +882,13 @@ async def test_concurrent_claimers_never_get_the_same_job(
 ) -> None:
     await add_tenant(catalog)
     for n in range(30):
-        await catalog.enqueue_job(id=f"j{n:02d}", tenant_id="acme", kind="analyze", now=T0)
+        await catalog.jobs.enqueue(id=f"j{n:02d}", tenant_id="acme", kind="analyze", now=T0)
     other = await Catalog.open(database_url)  # a second worker node
     claims: Counter[str] = Counter()
 
     async def worker(node: Catalog, owner: str) -> list[str]:
         mine = []
-        while (job := await node.claim_job(owner, T0, timedelta(minutes=5))) is not None:
+        while (job := await node.jobs.claim(owner, T0, timedelta(minutes=5))) is not None:
             claims[job.id] += 1
             mine.append(job.id)
         return mine
@@ -920,7 +915,7 @@ def expected_hash(prev_hash: str, body: dict[str, Any]) -> str:
 
 async def append_events(catalog: Catalog, n: int, tenant_id: str = "acme") -> None:
     for i in range(n):
-        await catalog.append_audit(
+        await catalog.audit.append(
             tenant_id,
             f"token-{i}",
             "recording.read",
@@ -934,9 +929,9 @@ async def test_audit_chain(catalog: Catalog) -> None:
     await add_tenant(catalog, "acme")
     await add_tenant(catalog, "beta")
     await append_events(catalog, 5)
-    await catalog.append_audit("beta", "op", "tenant.created", None, {}, T0)
+    await catalog.audit.append("beta", "op", "tenant.created", None, {}, T0)
 
-    events = await catalog.list_audit("acme")
+    events = await catalog.audit.list("acme")
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     prev = "0" * 64
     for event in events:
@@ -954,23 +949,23 @@ async def test_audit_chain(catalog: Catalog) -> None:
     assert events[1].at == T0 + timedelta(seconds=1, microseconds=7)
     assert events[1].detail == {"bytes": 1, "range": [0, 1], "note": "ünïcode"}
 
-    assert [e.seq for e in await catalog.list_audit("acme", since_seq=2, limit=2)] == [3, 4]
-    assert [e.seq for e in await catalog.list_audit("beta")] == [1]
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=True, broken_at=None, count=5)
-    ok, broken_at, count = await catalog.verify_audit("beta")
+    assert [e.seq for e in await catalog.audit.list("acme", since_seq=2, limit=2)] == [3, 4]
+    assert [e.seq for e in await catalog.audit.list("beta")] == [1]
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=True, broken_at=None, count=5)
+    ok, broken_at, count = await catalog.audit.verify("beta")
     assert (ok, broken_at, count) == (True, None, 1)
 
     # A deleted tenant's erasure is still logged.
-    await catalog.mark_tenant_deleted("beta", T0)
-    await catalog.append_audit("beta", "op", "tenant.deleted", "beta", {"keys": 0}, T0)
-    assert await catalog.verify_audit("beta") == AuditCheck(True, None, 2)
+    await catalog.tenants.mark_deleted("beta", T0)
+    await catalog.audit.append("beta", "op", "tenant.deleted", "beta", {"keys": 0}, T0)
+    assert await catalog.audit.verify("beta") == AuditCheck(True, None, 2)
 
     with pytest.raises(NotFound):
-        await catalog.append_audit("nope", "op", "x", None, {}, T0)
+        await catalog.audit.append("nope", "op", "x", None, {}, T0)
     with pytest.raises(NotFound):
-        await catalog.verify_audit("nope")
+        await catalog.audit.verify("nope")
     with pytest.raises(ValueError, match="never content"):
-        await catalog.append_audit("acme", "op", "x", None, {"text": "a" * 5000}, T0)
+        await catalog.audit.append("acme", "op", "x", None, {"text": "a" * 5000}, T0)
 
 
 async def test_audit_verify_detects_an_altered_row(catalog: Catalog, raw: AsyncEngine) -> None:
@@ -982,21 +977,21 @@ async def test_audit_verify_detects_an_altered_row(catalog: Catalog, raw: AsyncE
         d=json.dumps({"bytes": 999, "range": [0, 2], "note": "ünïcode"}),
     )
     assert changed == 1
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=3, count=5)
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=3, count=5)
 
 
 async def test_audit_verify_detects_a_removed_row(catalog: Catalog, raw: AsyncEngine) -> None:
     await add_tenant(catalog)
     await append_events(catalog, 5)
     await execute(raw, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 2")
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=2, count=4)
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=2, count=4)
 
 
 async def test_audit_verify_detects_a_removed_last_row(catalog: Catalog, raw: AsyncEngine) -> None:
     await add_tenant(catalog)
     await append_events(catalog, 5)
     await execute(raw, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 5")
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=5, count=4)
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=5, count=4)
 
 
 async def test_audit_verify_detects_swapped_rows(catalog: Catalog, raw: AsyncEngine) -> None:
@@ -1006,7 +1001,7 @@ async def test_audit_verify_detects_swapped_rows(catalog: Catalog, raw: AsyncEng
     await execute(raw, swap, old=2, new=100)
     await execute(raw, swap, old=3, new=2)
     await execute(raw, swap, old=100, new=3)
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=2, count=5)
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=2, count=5)
 
 
 async def test_audit_verify_detects_a_forged_event_past_the_head(
@@ -1014,7 +1009,7 @@ async def test_audit_verify_detects_a_forged_event_past_the_head(
 ) -> None:
     await add_tenant(catalog)
     await append_events(catalog, 2)
-    last = (await catalog.list_audit("acme"))[-1]
+    last = (await catalog.audit.list("acme"))[-1]
     at = T0 + timedelta(hours=1)
     body = {"seq": 3, "at": "2026-11-27T11:00:00.000000Z", "actor": "x", "action": "y"}
     forged = expected_hash(last.hash, {**body, "object": None, "detail": {}})
@@ -1027,9 +1022,9 @@ async def test_audit_verify_detects_a_forged_event_past_the_head(
         hash=forged,
     )
     assert inserted == 1
-    assert (await catalog.list_audit("acme"))[-1].hash == forged  # a well-formed link...
+    assert (await catalog.audit.list("acme"))[-1].hash == forged  # a well-formed link...
     # ...that the tenant's chain head does not know of.
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=False, broken_at=3, count=3)
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=3, count=3)
 
 
 async def test_concurrent_audit_appends_keep_one_chain(catalog: Catalog, database_url: str) -> None:
@@ -1038,7 +1033,7 @@ async def test_concurrent_audit_appends_keep_one_chain(catalog: Catalog, databas
     try:
         events = await asyncio.gather(
             *(
-                (catalog if n % 2 else other).append_audit(
+                (catalog if n % 2 else other).audit.append(
                     "acme", f"a{n}", "audio.read", f"rec-{n}", {"n": n}, T0
                 )
                 for n in range(30)
@@ -1047,7 +1042,7 @@ async def test_concurrent_audit_appends_keep_one_chain(catalog: Catalog, databas
     finally:
         await other.close()
     assert sorted(e.seq for e in events) == list(range(1, 31))
-    assert await catalog.verify_audit("acme") == AuditCheck(ok=True, broken_at=None, count=30)
+    assert await catalog.audit.verify("acme") == AuditCheck(ok=True, broken_at=None, count=30)
 
 
 # --- failures -----------------------------------------------------------------------------
@@ -1064,7 +1059,7 @@ async def test_an_unreachable_postgresql_is_catalog_unavailable_without_the_pass
     url = f"postgresql://callvault:hunter2secret@127.0.0.1:{closed_port()}/callvault"
     catalog = await Catalog.open(url, connect_timeout_s=5)
     try:
-        for attempt in (catalog.check(), catalog.get_tenant("acme"), catalog.migrate()):
+        for attempt in (catalog.check(), catalog.tenants.get("acme"), catalog.migrate()):
             with pytest.raises(CatalogUnavailable) as caught:
                 await attempt
             assert "hunter2secret" not in str(caught.value)

@@ -157,7 +157,7 @@ async def test_keys_rotate_rewraps_a_tenants_deks_and_objects_still_open(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     async with open_services(settings) as services:
-        await services.catalog.create_tenant("acme", "Acme", "eu", T0)
+        await services.catalog.tenants.create("acme", "Acme", "eu", T0)
         record = await services.vault.put_object(
             b"sealed before rotation", tenant="acme", kind="audio",
             data_class="recordings", now=T0,
@@ -166,14 +166,14 @@ async def test_keys_rotate_rewraps_a_tenants_deks_and_objects_still_open(
     assert result.returncode == 0, result.stderr
     assert "version 2; 1 DEK(s) re-wrapped" in result.stdout
     async with open_services(settings) as services:
-        row = await services.catalog.get_object_key(record.id, tenant_id="acme")
+        row = await services.catalog.keys.get(record.id, tenant_id="acme")
         assert row.kek_version == 2
         assert await services.vault.read_object("acme", record.id) == b"sealed before rotation"
         after = await services.vault.put_object(
             b"sealed after", tenant="acme", kind="audio", data_class="recordings", now=T0
         )
-        assert (await services.catalog.get_object_key(after.id, "acme")).kek_version == 2
-        actions = [e.action for e in await services.catalog.list_audit("acme")]
+        assert (await services.catalog.keys.get(after.id, "acme")).kek_version == 2
+        actions = [e.action for e in await services.catalog.audit.list("acme")]
         assert actions == ["keys.rotated"]
 
 

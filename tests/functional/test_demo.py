@@ -150,9 +150,9 @@ async def test_demo_stores_and_returns_the_sample_call(
 
     printed = capsys.readouterr()
     catalog = test_server.app[SERVICES].catalog
-    [tenant] = await catalog.list_tenants()
+    [tenant] = await catalog.tenants.list()
     assert re.fullmatch(r"demo-[0-9a-f]{6}", tenant.id) and tenant.name == "Demo tenant"
-    [(recording, call)] = await catalog.list_recordings(tenant.id)
+    [(recording, call)] = await catalog.recordings.list_entries(tenant.id)
     assert (call.from_number, call.to_number) == ("+40215550100", "+40215550199")
     assert re.search(rf"^\s+id\s+{re.escape(recording.id)}$", printed.out, re.M)
     status = re.search(r"^\s+status\s+(\S+)$", printed.out, re.M)
@@ -203,7 +203,7 @@ async def test_demo_refuses_a_wrong_operator_token(
     assert len(printed.err.strip().splitlines()) == 1
     assert "cv_not-a-token" not in printed.err + printed.out
     assert not out.exists()
-    assert await test_server.app[SERVICES].catalog.list_tenants() == []
+    assert await test_server.app[SERVICES].catalog.tenants.list() == []
 
 
 async def test_demo_names_an_unreachable_server(

@@ -60,7 +60,7 @@ async def recording(gateway: Gateway, tenant: TenantTokens, recording_id: str) -
 
 
 async def objects_of(gateway: Gateway, tenant: str) -> list[Any]:
-    return await gateway.app[SERVICES].catalog.list_objects(tenant)
+    return await gateway.app[SERVICES].catalog.objects.list(tenant)
 
 
 async def closed(ws: Any) -> tuple[int | None, str]:
@@ -118,7 +118,7 @@ async def test_unannounced_twilio_call_is_refused_by_default_instructions(gatewa
         )
     )
     assert await closed(ws) == (1008, "recording_not_instructed")
-    call = await gateway.app[SERVICES].catalog.get_call("acme", "call-1")
+    call = await gateway.app[SERVICES].catalog.calls.get("acme", "call-1")
     assert call.refusal_code == "recording_not_instructed"  # the CDR, and nothing else
     assert await objects_of(gateway, "acme") == []
 
@@ -279,13 +279,13 @@ async def test_bad_input_closes_only_the_bad_stream(
     assert await closed(good) == (1000, "stop")
 
     catalog = gateway.app[SERVICES].catalog
-    good_recording = await catalog.recording_of_call("acme", good_call)
+    good_recording = await catalog.recordings.of_call("acme", good_call)
     assert good_recording is not None
     pcm = await recording_wav(gateway, tenant, good_recording.id)
     assert np.array_equal(pcm[:, 0], ULAW.decode(inbound))
-    bad_recording = await catalog.recording_of_call("acme", bad_call)
+    bad_recording = await catalog.recordings.of_call("acme", bad_call)
     assert bad_recording is not None
-    assert await catalog.list_objects("acme", recording_id=bad_recording.id) == []
+    assert await catalog.objects.list("acme", recording_id=bad_recording.id) == []
 
 
 async def test_a_message_over_64_kib_closes_1009(gateway: Gateway) -> None:
@@ -349,7 +349,7 @@ async def test_pause_discards_audio_and_keeps_the_gap_as_silence(gateway: Gatewa
     await ws.send_str(twilio_stop())
     assert await closed(ws) == (1000, "stop")
 
-    rec = await gateway.app[SERVICES].catalog.recording_of_call("acme", call_id)
+    rec = await gateway.app[SERVICES].catalog.recordings.of_call("acme", call_id)
     assert rec is not None
     pcm = await recording_wav(gateway, tenant, rec.id)
     assert pcm.shape == (24000, 2)
@@ -546,7 +546,7 @@ async def test_a_slow_store_pushes_back_instead_of_buffering(
     await asyncio.wait_for(sender, timeout=20)
     await ws.send_str(twilio_stop())
     assert await closed(ws) == (1000, "stop")
-    rec = await app[SERVICES].catalog.recording_of_call("acme", call_id)
+    rec = await app[SERVICES].catalog.recordings.of_call("acme", call_id)
     assert rec is not None
     pcm = await recording_wav(gateway, tenant, rec.id)
     assert np.array_equal(pcm[:, 0], ULAW.decode(inbound))
@@ -579,15 +579,15 @@ async def test_shutdown_finalizes_open_calls(
 
     reopened = await Catalog.open(gateway_settings.catalog_url)
     try:
-        rec = await reopened.get_recording("acme", announced["recording_id"])
+        rec = await reopened.recordings.get("acme", announced["recording_id"])
         assert rec.status == "processing"  # AI was instructed: a job was queued
         assert rec.samples == 3200
-        objects = await reopened.list_objects("acme", recording_id=rec.id)
+        objects = await reopened.objects.list("acme", recording_id=rec.id)
         assert [o.state for o in objects] == ["committed"]
-        job = await reopened.claim_job("test", datetime.now(UTC), timedelta(minutes=1))
+        job = await reopened.jobs.claim("test", datetime.now(UTC), timedelta(minutes=1))
         assert job is not None
         assert (job.kind, job.recording_id, job.tenant_id) == ("analyze", rec.id, "acme")
-        assert await reopened.claim_job("test", datetime.now(UTC), timedelta(minutes=1)) is None
+        assert await reopened.jobs.claim("test", datetime.now(UTC), timedelta(minutes=1)) is None
     finally:
         await reopened.close()
     del catalog
@@ -763,7 +763,7 @@ async def test_a_failed_spool_write_loses_one_flush_and_the_track_goes_on(
     # everything before and after it decodes exactly.
     assert kept[:8000].all() and kept[16000:].all()
     assert not pcm[8000:16000, 0].any()
-    objects = await gateway.app[SERVICES].catalog.list_objects("acme")
+    objects = await gateway.app[SERVICES].catalog.objects.list("acme")
     assert [o.state for o in objects] == ["committed", "committed"]
 
 
@@ -781,19 +781,19 @@ async def test_a_finish_that_fails_is_retried_and_keeps_the_audio(
     await frames_processed(gateway, 50)
 
     catalog = gateway.app[SERVICES].catalog
-    finish = catalog.finish_recording
+    finish = catalog.recordings.finish
 
     async def down(*args: Any, **kwargs: Any) -> Any:
         from crypto.errors import CatalogUnavailable
 
         raise CatalogUnavailable("The catalog database could not be reached.")
 
-    catalog.finish_recording = down  # type: ignore[method-assign]
+    catalog.recordings.finish = down  # type: ignore[method-assign]
     response = await gateway.client.post(
         f"/v1/calls/{announced['call_id']}/end", headers=bearer(tenant.pbx)
     )
     assert response.status == 503
-    catalog.finish_recording = finish  # type: ignore[method-assign]
+    catalog.recordings.finish = finish  # type: ignore[method-assign]
     await gateway.app[CALLS].tick(clock.now())  # the ticker finishes what failed
     meta = await recording(gateway, tenant, announced["recording_id"])
     assert (meta["status"], meta["duration_s"]) == ("recorded", 1.0)

@@ -16,7 +16,6 @@ ends, with every receipt written once.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ import pytest
 
 from crypto.errors import HeldByLegalHold, KeyUnavailable, NotFound, StorageUnavailable
 from crypto.keys import LocalKeyring
-from gateway.instructions import parse_instructions
-from gateway.services import retention_windows
 from gateway.webhooks import JOB_KIND, deletion_notifier
 from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
 from storage.filestore import FileStore
+from storage.instructions import parse_instructions
 from storage.retention import RetentionSweeper, SweepReport, deleted_event_id
 from storage.s3 import MIN_PART_SIZE
 from storage.store import ObjectStore
@@ -132,7 +130,6 @@ class Parts:
         return RetentionSweeper(
             catalog=self.catalog,
             store=self.store,
-            policy=functools.partial(retention_windows, self.catalog),
             **options,
         )
 
@@ -148,7 +145,6 @@ async def open_parts(database_url: str, store: ObjectStore, keys: Path) -> Async
         sweeper = RetentionSweeper(
             catalog=catalog,
             store=store,
-            policy=functools.partial(retention_windows, catalog),
             notify=notify,
         )
         yield Parts(catalog, store, vault, keyring, notify, sweeper)
@@ -232,8 +228,8 @@ def instructions(retention: dict[str, str], **extra: Any) -> dict[str, Any]:
 
 
 async def add_tenant(parts: Parts, tenant: str, retention: dict[str, str], **extra: Any) -> None:
-    await parts.catalog.create_tenant(tenant, tenant.title(), "eu", T0)
-    await parts.catalog.add_instructions(tenant, instructions(retention, **extra), "admin", T0)
+    await parts.catalog.tenants.create(tenant, tenant.title(), "eu", T0)
+    await parts.catalog.instructions.add(tenant, instructions(retention, **extra), "admin", T0)
 
 
 async def announce(parts: Parts, tenant: str, call_id: str, **fields: Any) -> None:
@@ -253,7 +249,7 @@ async def announce(parts: Parts, tenant: str, call_id: str, **fields: Any) -> No
         "refusal_code": None,
         "started_at": END,
     }
-    await parts.catalog.announce_call(id=call_id, tenant_id=tenant, **{**call, **fields})
+    await parts.catalog.calls.announce(id=call_id, tenant_id=tenant, **{**call, **fields})
 
 
 async def seed_call(
@@ -272,7 +268,7 @@ async def seed_call(
     ``processing``, its AI job still queued; ``recorded``, no AI at all."""
     analyzed = status != "recorded"
     catalog, vault = parts.catalog, parts.vault
-    current = await catalog.current_instructions(tenant)
+    current = await catalog.instructions.latest(tenant)
     assert current is not None
     started_at = ended_at - timedelta(minutes=5)
     recording_id = f"rec-{tenant}-{call_id}"
@@ -299,7 +295,7 @@ async def seed_call(
             now=started_at,
         )
     job_id = f"job-{recording_id}" if analyzed else None
-    await catalog.finish_recording(tenant, recording_id, samples=8000 * 300, now=ended_at,
+    await catalog.recordings.finish(tenant, recording_id, samples=8000 * 300, now=ended_at,
                                    job_id=job_id)  # fmt: skip
     if status == "analyzed":
         for kind, body in (("transcript", TRANSCRIPT), ("analysis", ANALYSIS)):
@@ -311,7 +307,7 @@ async def seed_call(
                 recording_id=recording_id,
                 now=ended_at,
             )
-        await catalog.update_recording_status(tenant, recording_id, "analyzed", ended_at)
+        await catalog.recordings.update_status(tenant, recording_id, "analyzed", ended_at)
     return Seeded(tenant, call_id, recording_id, objects)
 
 
@@ -333,7 +329,7 @@ async def seed_refused_call(parts: Parts, tenant: str, call_id: str) -> None:
 async def has_key(parts: Parts, stored: StoredObject) -> bool:
     """Whether the object's key row (its wrapped DEK) is still in the key table."""
     try:
-        row = await parts.catalog.get_object_key(stored.id, stored.tenant_id)
+        row = await parts.catalog.keys.get(stored.id, stored.tenant_id)
     except KeyUnavailable:
         return False
     assert row.object_id == stored.id
@@ -341,7 +337,7 @@ async def has_key(parts: Parts, stored: StoredObject) -> bool:
 
 
 async def state_of(parts: Parts, stored: StoredObject) -> str:
-    return (await parts.catalog.get_object(stored.id, stored.tenant_id)).state
+    return (await parts.catalog.objects.get(stored.id, stored.tenant_id)).state
 
 
 async def content(parts: Parts, objects: list[StoredObject]) -> list[tuple[str, bool, bool]]:
@@ -364,7 +360,7 @@ GONE = ("deleted", False, False)
 async def receipts(parts: Parts, tenant: str) -> list[tuple[str, str | None, dict[str, Any]]]:
     """The tenant's audit events as (action, object, detail), the object ids of a
     ``data.deleted`` receipt sorted (their order within one receipt is not specified)."""
-    events = await parts.catalog.list_audit(tenant, limit=10_000)
+    events = await parts.catalog.audit.list(tenant, limit=10_000)
     found = []
     for event in events:
         detail = dict(event.detail)
@@ -393,7 +389,7 @@ def report(**counts: Any) -> dict[str, Any]:
 
 async def audit_ok(parts: Parts, tenant: str) -> int:
     """Assert the tenant's audit chain verifies; return its length."""
-    check = await parts.catalog.verify_audit(tenant)
+    check = await parts.catalog.audit.verify(tenant)
     assert (check.ok, check.broken_at) == (True, None)
     return check.count
 
@@ -437,11 +433,11 @@ async def test_each_data_class_goes_at_the_end_of_its_window(parts: Parts) -> No
     assert await content(parts, call.audio) == [GONE, GONE]
     assert await content(parts, call.text) == [KEPT, KEPT]
     for stored in call.audio:
-        assert (await parts.catalog.get_object(stored.id, "acme")).deleted_at == END + DAY
+        assert (await parts.catalog.objects.get(stored.id, "acme")).deleted_at == END + DAY
         with pytest.raises(NotFound):
             await parts.vault.read_object("acme", stored.id)
     assert await parts.vault.read_object("acme", call.objects["transcript"].id) == TRANSCRIPT
-    recording = await parts.catalog.get_recording("acme", call.recording_id)
+    recording = await parts.catalog.recordings.get("acme", call.recording_id)
     assert (recording.status, recording.deleted_at, recording.delete_reason) == (
         "analyzed",
         None,
@@ -458,7 +454,7 @@ async def test_each_data_class_goes_at_the_end_of_its_window(parts: Parts) -> No
     text = sum(o.size or 0 for o in call.text)
     assert swept.as_dict() == report(objects_deleted=2, bytes_deleted=text, recordings_deleted=1)
     assert await content(parts, list(call.objects.values())) == [GONE] * 4
-    recording = await parts.catalog.get_recording("acme", call.recording_id)
+    recording = await parts.catalog.recordings.get("acme", call.recording_id)
     assert (recording.status, recording.deleted_at, recording.delete_reason) == (
         "deleted",
         END + 7 * DAY,
@@ -482,7 +478,7 @@ async def test_each_data_class_goes_at_the_end_of_its_window(parts: Parts) -> No
         )
     ]
     # The call record and the recording's content-free tombstone stay.
-    assert (await parts.catalog.get_call("acme", "call-1")).ended_at == END
+    assert (await parts.catalog.calls.get("acme", "call-1")).ended_at == END
 
     # At the end of the call records window: both call records, with what was left of
     # the recording (its row, its object rows, its job).
@@ -490,11 +486,11 @@ async def test_each_data_class_goes_at_the_end_of_its_window(parts: Parts) -> No
     assert (await sweeper.sweep(END + 30 * DAY)).as_dict() == report(call_records_deleted=2)
     for call_id in ("call-1", "call-refused"):
         with pytest.raises(NotFound):
-            await parts.catalog.get_call("acme", call_id)
+            await parts.catalog.calls.get("acme", call_id)
     with pytest.raises(NotFound):
-        await parts.catalog.get_recording("acme", call.recording_id)
-    assert await parts.catalog.list_objects("acme") == []
-    assert await parts.catalog.list_jobs("acme") == []
+        await parts.catalog.recordings.get("acme", call.recording_id)
+    assert await parts.catalog.objects.list("acme") == []
+    assert await parts.catalog.jobs.list("acme") == []
     assert sorted((await receipts(parts, "acme"))[3:], key=lambda r: str(r[1])) == [
         ("call_record.deleted", "call-1", {"reason": "retention", "recording": call.recording_id}),
         ("call_record.deleted", "call-refused", {"reason": "retention", "recording": None}),
@@ -504,8 +500,8 @@ async def test_each_data_class_goes_at_the_end_of_its_window(parts: Parts) -> No
 
     # The other tenant's identical call, under longer windows, kept everything.
     assert await content(parts, list(kept.objects.values())) == untouched
-    assert (await parts.catalog.get_recording("globex", kept.recording_id)).status == "analyzed"
-    assert (await parts.catalog.get_call("globex", "call-1")).ended_at == END
+    assert (await parts.catalog.recordings.get("globex", kept.recording_id)).status == "analyzed"
+    assert (await parts.catalog.calls.get("globex", "call-1")).ended_at == END
     assert await receipts(parts, "globex") == []
     assert await parts.vault.read_object("globex", kept.objects["inbound"].id) == AUDIO
 
@@ -518,9 +514,9 @@ async def test_no_data_class_outlives_its_call_record(local: Parts) -> None:
     assert swept.as_dict() == report(
         objects_deleted=4, bytes_deleted=call.size, recordings_deleted=1, call_records_deleted=1
     )
-    assert await local.catalog.list_objects("acme") == []
+    assert await local.catalog.objects.list("acme") == []
     with pytest.raises(NotFound):
-        await local.catalog.get_call("acme", "call-1")
+        await local.catalog.calls.get("acme", "call-1")
     assert [action for action, _, _ in await receipts(local, "acme")] == [
         "data.deleted",
         "recording.deleted",
@@ -535,7 +531,7 @@ async def test_a_recording_still_processing_is_completed_once_finished(local: Pa
     call = await seed_call(local, "acme", "call-1", status="processing")
     swept = await local.sweeper.sweep(END + DAY)
     assert swept.as_dict() == report(objects_deleted=2, bytes_deleted=call.size)
-    recording = await local.catalog.get_recording("acme", call.recording_id)
+    recording = await local.catalog.recordings.get("acme", call.recording_id)
     assert (recording.status, recording.deleted_at) == ("processing", None)
     assert local.notify.calls == []
 
@@ -544,13 +540,13 @@ async def test_a_recording_still_processing_is_completed_once_finished(local: Pa
         ANALYSIS, tenant="acme", kind="analysis", data_class="transcripts",
         recording_id=call.recording_id, now=later,
     )  # fmt: skip
-    await local.catalog.update_recording_status("acme", call.recording_id, "analyzed", later)
+    await local.catalog.recordings.update_status("acme", call.recording_id, "analyzed", later)
     swept = await local.sweeper.sweep(later)
     assert swept.as_dict() == report(
         objects_deleted=1, bytes_deleted=analysis.size, recordings_deleted=1
     )
     assert await content(local, [analysis]) == [GONE]
-    recording = await local.catalog.get_recording("acme", call.recording_id)
+    recording = await local.catalog.recordings.get("acme", call.recording_id)
     assert (recording.status, recording.deleted_at) == ("deleted", later)
     assert [action for action, _, _ in await receipts(local, "acme")] == [
         "data.deleted",
@@ -569,13 +565,13 @@ async def test_a_shortened_window_applies_to_stored_data_at_the_next_sweep(local
     assert await content(local, list(call.objects.values())) == [KEPT] * 4
 
     shorter = instructions({**LONG, "recordings": "P1D", "transcripts": "P2D"})
-    await local.catalog.add_instructions("acme", shorter, "admin", END + 2 * DAY)
+    await local.catalog.instructions.add("acme", shorter, "admin", END + 2 * DAY)
     swept = await local.sweeper.sweep(END + 2 * DAY)
     assert swept.as_dict() == report(
         objects_deleted=4, bytes_deleted=call.size, recordings_deleted=1
     )
     assert await content(local, list(call.objects.values())) == [GONE] * 4
-    assert (await local.catalog.get_recording("acme", call.recording_id)).status == "deleted"
+    assert (await local.catalog.recordings.get("acme", call.recording_id)).status == "deleted"
     assert await receipts(local, "acme") == [
         ("data.deleted", call.recording_id, data_deleted(list(call.objects.values()))),
         ("recording.deleted", call.recording_id, {"reason": "retention"}),
@@ -587,7 +583,7 @@ async def test_a_lengthened_window_keeps_data_that_the_old_one_would_delete(
 ) -> None:
     await add_tenant(local, "acme", ALL_AT_ONCE)
     call = await seed_call(local, "acme", "call-1")
-    await local.catalog.add_instructions("acme", instructions(LONG), "admin", END)
+    await local.catalog.instructions.add("acme", instructions(LONG), "admin", END)
     assert (await local.sweeper.sweep(END + 29 * DAY)).as_dict() == report()
     assert await content(local, list(call.objects.values())) == [KEPT] * 4
 
@@ -600,7 +596,7 @@ async def test_a_hold_on_a_call_keeps_it_until_released(local: Parts) -> None:
     await add_tenant(local, "acme", ALL_AT_ONCE)
     held = await seed_call(local, "acme", "call-held")
     free = await seed_call(local, "acme", "call-free")
-    hold = await catalog.create_hold(
+    hold = await catalog.holds.create(
         id="hold-1",
         tenant_id="acme",
         reason="litigation 2027-17",
@@ -617,25 +613,25 @@ async def test_a_hold_on_a_call_keeps_it_until_released(local: Parts) -> None:
     )
     assert await content(local, list(free.objects.values())) == [GONE] * 4
     assert await content(local, list(held.objects.values())) == [KEPT] * 4
-    assert (await catalog.get_recording("acme", held.recording_id)).status == "analyzed"
+    assert (await catalog.recordings.get("acme", held.recording_id)).status == "analyzed"
     assert [n.recording_id for n in local.notify.calls] == [free.recording_id]
 
     # Past the call records window: the free call's record goes, the held one stays whole.
     swept = await sweeper.sweep(END + 30 * DAY)
     assert swept.as_dict() == report(call_records_deleted=1, held=4)
     with pytest.raises(NotFound):
-        await catalog.get_call("acme", "call-free")
-    assert (await catalog.get_call("acme", "call-held")).ended_at == END
+        await catalog.calls.get("acme", "call-free")
+    assert (await catalog.calls.get("acme", "call-held")).ended_at == END
     assert await content(local, list(held.objects.values())) == [KEPT] * 4
 
-    await catalog.release_hold("acme", "hold-1", released_by="admin", now=END + 31 * DAY)
+    await catalog.holds.release("acme", "hold-1", released_by="admin", now=END + 31 * DAY)
     swept = await sweeper.sweep(END + 31 * DAY)
     assert swept.as_dict() == report(
         objects_deleted=4, bytes_deleted=held.size, recordings_deleted=1, call_records_deleted=1
     )
     with pytest.raises(NotFound):
-        await catalog.get_call("acme", "call-held")
-    assert await catalog.list_objects("acme") == []
+        await catalog.calls.get("acme", "call-held")
+    assert await catalog.objects.list("acme") == []
     assert [(action, obj) for action, obj, _ in await receipts(local, "acme")] == [
         ("hold.placed", "hold-1"),
         ("data.deleted", free.recording_id),
@@ -655,12 +651,12 @@ async def test_a_hold_on_a_number_covers_it_as_either_party(local: Parts) -> Non
     calling = await seed_call(local, "acme", "call-from", from_number=CALLER, to_number=AGENT)
     called = await seed_call(local, "acme", "call-to", from_number=OTHER, to_number=CALLER)
     other = await seed_call(local, "acme", "call-other", from_number=OTHER, to_number=STRANGER)
-    await catalog.create_hold(
+    await catalog.holds.create(
         id="hold-caller", tenant_id="acme", reason="dispute", created_by="admin", now=END,
         number=CALLER,
     )  # fmt: skip
     # Another tenant's hold on the other call's number does not cover acme's call.
-    await catalog.create_hold(
+    await catalog.holds.create(
         id="hold-globex", tenant_id="globex", reason="dispute", created_by="admin", now=END,
         number=STRANGER,
     )  # fmt: skip
@@ -672,16 +668,16 @@ async def test_a_hold_on_a_number_covers_it_as_either_party(local: Parts) -> Non
     assert await content(local, list(other.objects.values())) == [GONE] * 4
     for kept in (calling, called):
         assert await content(local, list(kept.objects.values())) == [KEPT] * 4
-        assert (await catalog.get_recording("acme", kept.recording_id)).status == "analyzed"
+        assert (await catalog.recordings.get("acme", kept.recording_id)).status == "analyzed"
 
-    await catalog.release_hold("acme", "hold-caller", released_by="admin", now=END + 3 * DAY)
+    await catalog.holds.release("acme", "hold-caller", released_by="admin", now=END + 3 * DAY)
     swept = await sweeper.sweep(END + 3 * DAY)
     assert swept.as_dict() == report(
         objects_deleted=8, bytes_deleted=calling.size + called.size, recordings_deleted=2
     )
     for gone in (calling, called):
         assert await content(local, list(gone.objects.values())) == [GONE] * 4
-        assert (await catalog.get_recording("acme", gone.recording_id)).status == "deleted"
+        assert (await catalog.recordings.get("acme", gone.recording_id)).status == "deleted"
     assert sorted(n.recording_id or "" for n in local.notify.calls) == sorted(
         [other.recording_id, calling.recording_id, called.recording_id]
     )
@@ -695,7 +691,7 @@ async def test_a_hold_keeps_an_empty_recording_and_a_call_record(local: Parts) -
     await add_tenant(local, "acme", SHORT)
     empty = await seed_call(local, "acme", "call-1", status="recorded", tracks=())
     finished = await seed_call(local, "acme", "call-2")
-    await catalog.create_hold(
+    await catalog.holds.create(
         id="hold-1", tenant_id="acme", reason="audit", created_by="admin", now=END,
         call_ids=["call-1"],
     )  # fmt: skip
@@ -708,24 +704,24 @@ async def test_a_hold_keeps_an_empty_recording_and_a_call_record(local: Parts) -
     assert swept.as_dict() == report(
         objects_deleted=2, bytes_deleted=text, recordings_deleted=1, held=1
     )
-    assert (await catalog.get_recording("acme", empty.recording_id)).status == "recorded"
-    assert (await catalog.get_recording("acme", finished.recording_id)).status == "deleted"
+    assert (await catalog.recordings.get("acme", empty.recording_id)).status == "recorded"
+    assert (await catalog.recordings.get("acme", finished.recording_id)).status == "deleted"
 
-    await catalog.create_hold(
+    await catalog.holds.create(
         id="hold-2", tenant_id="acme", reason="audit", created_by="admin", now=END + 8 * DAY,
         call_ids=["call-2"],
     )  # fmt: skip
     assert (await sweeper.sweep(END + 30 * DAY)).as_dict() == report(held=2)
-    assert (await catalog.get_call("acme", "call-2")).ended_at == END
-    assert (await catalog.get_recording("acme", empty.recording_id)).deleted_at is None
+    assert (await catalog.calls.get("acme", "call-2")).ended_at == END
+    assert (await catalog.recordings.get("acme", empty.recording_id)).deleted_at is None
 
     for hold_id in ("hold-1", "hold-2"):
-        await catalog.release_hold("acme", hold_id, released_by="admin", now=END + 31 * DAY)
+        await catalog.holds.release("acme", hold_id, released_by="admin", now=END + 31 * DAY)
     swept = await sweeper.sweep(END + 31 * DAY)
     assert swept.as_dict() == report(recordings_deleted=1, call_records_deleted=2)
     for call_id in ("call-1", "call-2"):
         with pytest.raises(NotFound):
-            await catalog.get_call("acme", call_id)
+            await catalog.calls.get("acme", call_id)
     assert [n.recording_id for n in local.notify.calls] == [
         finished.recording_id,
         empty.recording_id,
@@ -757,15 +753,15 @@ async def test_the_next_sweep_recovers_from_a_crash_at_any_step(
     objects = [o for call in calls for o in call.objects.values()]
     first, second = END + 2 * DAY, END + 2 * DAY + timedelta(hours=1)
     if crash == "shred":
-        crash_once(monkeypatch, catalog, "shred_object_keys")
+        crash_once(monkeypatch, catalog.retention, "shred_keys")
     elif crash == "store_delete":
         crash_once(monkeypatch, parts.store, "delete_many")
     elif crash == "mark":
-        crash_once(monkeypatch, catalog, "mark_objects_deleted")
+        crash_once(monkeypatch, catalog.retention, "mark_objects_deleted")
     elif crash == "notify":
         notify.fail_next = True
     elif crash == "complete":
-        crash_once(monkeypatch, catalog, "complete_deletions")
+        crash_once(monkeypatch, catalog.retention, "complete_deletions")
     left, data_receipts, notified, recovered = CRASHES[crash]
 
     if crash == "none":
@@ -780,7 +776,7 @@ async def test_the_next_sweep_recovers_from_a_crash_at_any_step(
     if crash != "none":
         assert "recording.deleted" not in actions
         for call in calls:
-            recording = await catalog.get_recording("acme", call.recording_id)
+            recording = await catalog.recordings.get("acme", call.recording_id)
             assert (recording.status, recording.deleted_at) == ("analyzed", None)
 
     # The next sweep ends where a clean run ends.
@@ -793,7 +789,7 @@ async def test_the_next_sweep_recovers_from_a_crash_at_any_step(
     assert await content(parts, objects) == [GONE] * 8
     assert [key async for key in parts.store.list_keys("acme/")] == []
     for call in calls:
-        recording = await catalog.get_recording("acme", call.recording_id)
+        recording = await catalog.recordings.get("acme", call.recording_id)
         assert (recording.status, recording.delete_reason) == ("deleted", "retention")
         assert recording.deleted_at in (first, second)
     final = await receipts(parts, "acme")
@@ -857,11 +853,11 @@ async def test_a_crash_before_completion_queues_the_real_webhook_event_once(
     await add_tenant(local, "acme", ALL_AT_ONCE, webhook=webhook)
     call = await seed_call(local, "acme", "call-1")
     sweeper = local.new_sweeper(notify=deletion_notifier(local.catalog, max_attempts=3))
-    crash_once(monkeypatch, local.catalog, "complete_deletions")
+    crash_once(monkeypatch, local.catalog.retention, "complete_deletions")
     with pytest.raises(Crash):
         await sweeper.sweep(END + 2 * DAY)
     assert (await sweeper.sweep(END + 2 * DAY)).recordings_deleted == 1
-    jobs = await local.catalog.list_jobs("acme", kind=JOB_KIND)
+    jobs = await local.catalog.jobs.list("acme", kind=JOB_KIND)
     assert [(job.id, job.recording_id, job.status) for job in jobs] == [
         (deleted_event_id(call.recording_id), call.recording_id, "queued")
     ]
@@ -881,7 +877,7 @@ async def test_the_deletion_event_survives_its_call_record_expiring_in_the_same_
     assert swept.as_dict() == report(
         objects_deleted=4, bytes_deleted=call.size, recordings_deleted=1, call_records_deleted=1
     )
-    jobs = await local.catalog.list_jobs("acme", kind=JOB_KIND)
+    jobs = await local.catalog.jobs.list("acme", kind=JOB_KIND)
     assert [job.id for job in jobs] == [deleted_event_id(call.recording_id)]
 
 
@@ -889,7 +885,7 @@ async def test_the_deletion_event_survives_its_call_record_expiring_in_the_same_
 
 
 async def request_erasure(parts: Parts, recording_id: str, now: datetime) -> None:
-    (recording,) = await parts.catalog.request_deletion(
+    (recording,) = await parts.catalog.retention.request_deletion(
         "acme",
         [recording_id],
         "erasure",
@@ -917,7 +913,7 @@ async def test_erase_deletes_a_requested_recording_now(local: Parts) -> None:
     )
     assert await content(local, list(erased.objects.values())) == [GONE] * 4
     assert await content(local, list(kept.objects.values())) == [KEPT] * 4
-    recording = await local.catalog.get_recording("acme", erased.recording_id)
+    recording = await local.catalog.recordings.get("acme", erased.recording_id)
     assert (recording.status, recording.delete_reason, recording.deleted_at) == (
         "deleted",
         "erasure",
@@ -937,7 +933,7 @@ async def test_erase_deletes_a_requested_recording_now(local: Parts) -> None:
         )
     ]
     # The call record stays until its own window; a sweep finds nothing more to do.
-    assert (await local.catalog.get_call("acme", "call-1")).ended_at == END
+    assert (await local.catalog.calls.get("acme", "call-1")).ended_at == END
     assert (await local.sweeper.sweep(now)).as_dict() == report()
     assert (await local.sweeper.erase("acme", [erased.recording_id], now)).as_dict() == report()
     assert len(await receipts(local, "acme")) == 3
@@ -965,7 +961,7 @@ async def test_the_next_sweep_finishes_an_interrupted_erasure(
     )
     assert await content(local, list(erased.objects.values())) == [GONE] * 4
     assert await content(local, list(kept.objects.values())) == [KEPT] * 4
-    recording = await local.catalog.get_recording("acme", erased.recording_id)
+    recording = await local.catalog.recordings.get("acme", erased.recording_id)
     assert (recording.status, recording.delete_reason, recording.deleted_at) == (
         "deleted",
         "erasure",
@@ -989,12 +985,12 @@ async def test_a_deleted_tenants_data_goes_at_the_next_sweep(local: Parts) -> No
     ]
     await seed_refused_call(local, "acme", "call-refused")
     kept = await seed_call(local, "globex", "call-1")
-    await local.catalog.create_hold(
+    await local.catalog.holds.create(
         id="hold-1", tenant_id="globex", reason="dispute", created_by="admin", now=END,
         number=CALLER,
     )  # fmt: skip
     now = END + timedelta(hours=1)
-    await local.catalog.mark_tenant_deleted("acme", now)
+    await local.catalog.tenants.mark_deleted("acme", now)
 
     swept = await local.sweeper.sweep(now)
     assert swept.as_dict() == report(
@@ -1003,16 +999,16 @@ async def test_a_deleted_tenants_data_goes_at_the_next_sweep(local: Parts) -> No
         recordings_deleted=2,
         call_records_deleted=3,
     )
-    assert await local.catalog.list_objects("acme") == []
+    assert await local.catalog.objects.list("acme") == []
     objects = [o for call in calls for o in call.objects.values()]
     assert [await has_key(local, o) for o in objects] == [False] * 6
     assert [await local.store.exists(o.store_key) for o in objects] == [False] * 6
     for call in calls:
         with pytest.raises(NotFound):
-            await local.catalog.get_recording("acme", call.recording_id)
+            await local.catalog.recordings.get("acme", call.recording_id)
     for call_id in ("call-1", "call-2", "call-refused"):
         with pytest.raises(NotFound):
-            await local.catalog.get_call("acme", call_id)
+            await local.catalog.calls.get("acme", call_id)
     found = await receipts(local, "acme")
     for call in calls:
         assert [(a, d) for a, o, d in found if o == call.recording_id] == [
@@ -1034,7 +1030,7 @@ async def test_a_deleted_tenants_data_goes_at_the_next_sweep(local: Parts) -> No
 
 async def test_a_deleted_tenants_call_left_live_by_a_crash_goes_too(local: Parts) -> None:
     await add_tenant(local, "acme", LONG)
-    current = await local.catalog.current_instructions("acme")
+    current = await local.catalog.instructions.latest("acme")
     assert current is not None
     # Announced and recording when the process died: never finalized, never ended.
     await announce(
@@ -1046,7 +1042,7 @@ async def test_a_deleted_tenants_call_left_live_by_a_crash_goes_too(local: Parts
         recording_id="rec-live", now=END,
     )  # fmt: skip
     now = END + timedelta(minutes=1)
-    await local.catalog.mark_tenant_deleted("acme", now)
+    await local.catalog.tenants.mark_deleted("acme", now)
 
     swept = await local.sweeper.sweep(now)
     assert swept.as_dict() == report(
@@ -1057,7 +1053,7 @@ async def test_a_deleted_tenants_call_left_live_by_a_crash_goes_too(local: Parts
     )
     assert not await local.store.exists(audio.store_key)
     with pytest.raises(NotFound):
-        await local.catalog.get_call("acme", "call-live")
+        await local.catalog.calls.get("acme", "call-live")
     assert [(a, o) for a, o, _ in await receipts(local, "acme")] == [
         ("data.deleted", "rec-live"),
         ("recording.deleted", "rec-live"),
@@ -1072,7 +1068,7 @@ async def test_small_batches_delete_everything_in_one_sweep(local: Parts) -> Non
     await add_tenant(local, "acme", ALL_AT_ONCE)
     calls = [await seed_call(local, "acme", f"call-{i:02}") for i in range(10)]
     held = await seed_call(local, "acme", "call-05-held")  # sorts inside the pages
-    await local.catalog.create_hold(
+    await local.catalog.holds.create(
         id="hold-1", tenant_id="acme", reason="dispute", created_by="admin", now=END,
         call_ids=["call-05-held"],
     )  # fmt: skip
@@ -1104,7 +1100,7 @@ async def test_small_batches_delete_everything_in_one_sweep(local: Parts) -> Non
 
     swept = await sweeper.sweep(END + 30 * DAY)
     assert swept.as_dict() == report(call_records_deleted=10, held=4)
-    assert [c.id for c in await local.catalog.calls_of_number("acme", CALLER)] == ["call-05-held"]
+    assert [c.id for c in await local.catalog.calls.of_number("acme", CALLER)] == ["call-05-held"]
     await audit_ok(local, "acme")
 
 
@@ -1132,7 +1128,7 @@ async def test_a_batch_that_fails_while_the_next_is_shredded_is_finished_by_the_
         await sweeper.sweep(END + 2 * DAY)
     # The failed batch (the first three by id): keys gone, rows not marked, so selectable
     # again. No row anywhere is marked deleted while its bytes are still stored.
-    rows = sorted(await local.catalog.list_objects("acme"), key=lambda o: o.id)
+    rows = sorted(await local.catalog.objects.list("acme"), key=lambda o: o.id)
     assert [o.state for o in rows[:3]] == ["committed"] * 3
     assert [await has_key(local, o) for o in rows[:3]] == [False] * 3
     for row in rows:
@@ -1142,7 +1138,7 @@ async def test_a_batch_that_fails_while_the_next_is_shredded_is_finished_by_the_
 
     swept = await sweeper.sweep(END + 2 * DAY)
     assert swept.objects_deleted >= 3
-    assert {o.state for o in await local.catalog.list_objects("acme")} == {"deleted"}
+    assert {o.state for o in await local.catalog.objects.list("acme")} == {"deleted"}
     found = await receipts(local, "acme")
     assert [a for a, _, _ in found].count("recording.deleted") == 4
     for call in calls:
@@ -1183,7 +1179,7 @@ async def test_month_and_year_windows_are_checked_exactly(local: Parts) -> None:
 
     # P2Y after Jan 31, 2028 is Jan 31, 2030: 731 days.
     assert (await sweeper.sweep(datetime(2030, 1, 30, 10, 0, tzinfo=UTC))).as_dict() == report()
-    assert (await local.catalog.get_call("acme", "call-jan31")).ended_at == jan31
+    assert (await local.catalog.calls.get("acme", "call-jan31")).ended_at == jan31
     swept = await sweeper.sweep(datetime(2030, 1, 31, 10, 0, tzinfo=UTC))
     assert swept.as_dict() == report(call_records_deleted=1)
 
@@ -1218,21 +1214,21 @@ async def test_a_hold_placed_while_a_sweep_runs_keeps_its_data(
     await add_tenant(parts, "acme", SHORT)
     call = await seed_call(parts, "acme", "call-1")
     catalog = parts.catalog
-    real = catalog.due_objects
+    real = catalog.retention.due_objects
     placed: list[LegalHold] = []
 
     async def due_objects(*args: Any, **kwargs: Any) -> Any:
         page = await real(*args, **kwargs)
         if not placed:  # the admin's hold commits (201) after the sweep read its page
             placed.append(
-                await catalog.create_hold(
+                await catalog.holds.create(
                     id="hold-1", tenant_id="acme", reason="lawsuit", created_by="admin",
                     now=END + DAY, number=CALLER,
                 )
             )  # fmt: skip
         return page
 
-    monkeypatch.setattr(catalog, "due_objects", due_objects)
+    monkeypatch.setattr(catalog.retention, "due_objects", due_objects)
     swept = await parts.sweeper.sweep(END + DAY)
     assert placed
     assert (swept.objects_deleted, swept.held) == (0, 2)  # the two audio tracks were due
@@ -1244,12 +1240,12 @@ async def test_a_hold_placed_after_an_interrupted_erasure_keeps_its_data(parts: 
     call = await seed_call(parts, "acme", "call-1")
     catalog = parts.catalog
     # The erasure was recorded, then the process died before deleting anything.
-    await catalog.request_deletion(
+    await catalog.retention.request_deletion(
         "acme", [call.recording_id], "erasure", END,
         audit=[AuditEntry(actor="admin", action="erasure.requested", object="e1", detail={})],
     )  # fmt: skip
     # A hold is placed on the number afterwards (it is accepted: nothing was destroyed yet).
-    await catalog.create_hold(
+    await catalog.holds.create(
         id="hold-1", tenant_id="acme", reason="lawsuit", created_by="admin", now=END,
         number=CALLER,
     )  # fmt: skip
@@ -1259,6 +1255,6 @@ async def test_a_hold_placed_after_an_interrupted_erasure_keeps_its_data(parts: 
     # And an erasure requested while the hold is active is refused in the catalog itself.
     other = await seed_call(parts, "acme", "call-2")
     with pytest.raises(HeldByLegalHold) as refused:
-        await catalog.request_deletion("acme", [other.recording_id], "erasure", END)
+        await catalog.retention.request_deletion("acme", [other.recording_id], "erasure", END)
     assert refused.value.hold == "hold-1"
-    assert (await catalog.get_recording("acme", other.recording_id)).status == "analyzed"
+    assert (await catalog.recordings.get("acme", other.recording_id)).status == "analyzed"

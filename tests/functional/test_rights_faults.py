@@ -77,7 +77,7 @@ async def test_a_tenant_deletion_that_failed_at_its_keys_is_finished_by_a_retry(
     response = await gw.client.delete("/v1/tenants/acme", headers=bearer(gw.operator))
     assert response.status == 200, await response.text()
     assert keys.current("acme") is None
-    events = await gw.app[SERVICES].catalog.list_audit("acme", limit=1000)
+    events = await gw.app[SERVICES].catalog.audit.list("acme", limit=1000)
     assert events[-1].action == "tenant.deleted"
     assert events[-1].detail["recordings"] == 1
 
@@ -93,7 +93,7 @@ async def test_an_erasure_interrupted_before_its_keys_went_is_not_exported(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise StorageUnavailable("catalog write failed")
 
-    monkeypatch.setattr(catalog, "shred_object_keys", down)
+    monkeypatch.setattr(catalog.retention, "shred_keys", down)
     status, body = await api(gw, "DELETE", f"/v1/recordings/{call.recording_id}", tenant.admin)
     assert status == 503, body
     monkeypatch.undo()
@@ -108,7 +108,7 @@ async def test_an_erasure_interrupted_before_its_keys_went_is_not_exported(
     # The next sweep finishes it.
     swept = await gw.app[SWEEPER].sweep(clock.now())
     assert swept.recordings_deleted == 1
-    assert {o.state for o in await catalog.list_objects("acme")} == {"deleted"}
+    assert {o.state for o in await catalog.objects.list("acme")} == {"deleted"}
 
 
 async def test_an_erasure_interrupted_after_its_keys_went_leaves_the_export_working(
@@ -150,7 +150,7 @@ async def test_a_deleted_tenant_leaves_no_phone_number_in_the_catalog(
     assert response.status == 200
     catalog = gw.app[SERVICES].catalog
     found = {}
-    async with catalog._engine.connect() as conn:
+    async with catalog.core.engine.connect() as conn:
         for table in metadata.sorted_tables:
             rows = (await conn.execute(sa.select(table))).all()
             hits = [r for r in rows if any(n in repr(r) for n in (CALLER, AGENT, EXCLUDED))]
@@ -158,4 +158,4 @@ async def test_a_deleted_tenant_leaves_no_phone_number_in_the_catalog(
                 found[table.name] = len(hits)
     assert found == {}
     # What stays: the tenant row and its audit log, which still verifies.
-    assert (await catalog.verify_audit("acme")).ok
+    assert (await catalog.audit.verify("acme")).ok

@@ -83,7 +83,7 @@ async def test_an_outage_at_commit_keeps_the_whole_object_for_later(parts: Parts
     upload = await live_upload(vault)
     with pytest.raises(StorageUnavailable):
         await upload.commit(now=T0)
-    assert (await parts.catalog.get_object(upload.object_id, "acme")).state == "writing"
+    assert (await parts.catalog.objects.get(upload.object_id, "acme")).state == "writing"
     assert await vault.recover_spooled(now=T0) == []  # still down: kept, not lost
     back = spooled_vault(parts)
     [recovered] = await back.recover_spooled(now=T0)

@@ -73,7 +73,7 @@ async def parts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     catalog = await Catalog.open(database_url)
     await catalog.migrate()
     for tenant in ("acme", "globex"):
-        await catalog.create_tenant(tenant, tenant.title(), "eu", T0)
+        await catalog.tenants.create(tenant, tenant.title(), "eu", T0)
     keyring = LocalKeyring.open(tmp_path / "keys", MASTER)
     vault = MediaVault(catalog=catalog, store=store, keys=keyring, segment_size=4096)
     try:
@@ -133,8 +133,8 @@ async def test_streamed_audio_round_trips_and_no_plaintext_is_at_rest(parts: Par
 
 async def test_wrapped_dek_lives_only_in_the_key_table(parts: Parts) -> None:
     object_id = await seal_audio(parts.vault)
-    row = await parts.catalog.get_object_key(object_id, tenant_id="acme")
-    record = await parts.catalog.get_object(object_id, tenant_id="acme")
+    row = await parts.catalog.keys.get(object_id, tenant_id="acme")
+    record = await parts.catalog.objects.get(object_id, tenant_id="acme")
     sealed = b"".join([chunk async for chunk in parts.store.read(record.store_key)])
     assert row.wrapped_dek not in sealed
     assert base64.b64encode(row.wrapped_dek) not in sealed
@@ -144,15 +144,15 @@ async def test_wrapped_dek_lives_only_in_the_key_table(parts: Parts) -> None:
 async def test_shredding_one_row_makes_exactly_that_object_unreadable(parts: Parts) -> None:
     doomed = await seal_audio(parts.vault)
     kept = await seal_audio(parts.vault)
-    record = await parts.catalog.get_object(doomed, tenant_id="acme")
-    wrapped = (await parts.catalog.get_object_key(doomed, tenant_id="acme")).wrapped_dek
+    record = await parts.catalog.objects.get(doomed, tenant_id="acme")
+    wrapped = (await parts.catalog.keys.get(doomed, tenant_id="acme")).wrapped_dek
 
     await parts.vault.shred_object("acme", doomed, now=T0)
 
     with pytest.raises(KeyUnavailable, match="shredded"):
-        await parts.catalog.get_object_key(doomed, tenant_id="acme")
+        await parts.catalog.keys.get(doomed, tenant_id="acme")
     assert not await parts.store.exists(record.store_key)
-    assert (await parts.catalog.get_object(doomed, tenant_id="acme")).state == "deleted"
+    assert (await parts.catalog.objects.get(doomed, tenant_id="acme")).state == "deleted"
     with pytest.raises(NotFound):
         await parts.vault.open_object("acme", doomed)
     assert await parts.vault.read_object("acme", kept) == AUDIO
@@ -165,13 +165,13 @@ async def test_shredding_one_row_makes_exactly_that_object_unreadable(parts: Par
 
 async def test_shredding_is_idempotent_and_finishes_after_a_crash(parts: Parts) -> None:
     object_id = await seal_audio(parts.vault)
-    record = await parts.catalog.get_object(object_id, tenant_id="acme")
+    record = await parts.catalog.objects.get(object_id, tenant_id="acme")
     # Crash after step 1 (DEK destroyed) and before the bytes were deleted.
-    await parts.catalog.delete_object_key(object_id)
+    await parts.catalog.keys.delete(object_id)
     assert await parts.store.exists(record.store_key)
     await parts.vault.shred_object("acme", object_id, now=T0)
     assert not await parts.store.exists(record.store_key)
-    assert (await parts.catalog.get_object(object_id, tenant_id="acme")).state == "deleted"
+    assert (await parts.catalog.objects.get(object_id, tenant_id="acme")).state == "deleted"
     await parts.vault.shred_object("acme", object_id, now=T0)  # again: harmless
 
 
@@ -189,8 +189,8 @@ async def test_object_copied_under_another_tenants_key_does_not_open(parts: Part
     tenant and object id, bound into the keys, refuse to open."""
     acme_id = await seal_audio(parts.vault, tenant="acme")
     globex_id = await seal_audio(parts.vault, tenant="globex", audio=b"globex" * 1000)
-    acme = await parts.catalog.get_object(acme_id, tenant_id="acme")
-    globex = await parts.catalog.get_object(globex_id, tenant_id="globex")
+    acme = await parts.catalog.objects.get(acme_id, tenant_id="acme")
+    globex = await parts.catalog.objects.get(globex_id, tenant_id="globex")
     stolen = b"".join([chunk async for chunk in parts.store.read(acme.store_key)])
     await parts.store.put(globex.store_key, stolen)
     with pytest.raises(DecryptionFailed, match="another tenant"):
@@ -199,7 +199,7 @@ async def test_object_copied_under_another_tenants_key_does_not_open(parts: Part
 
 async def test_rotation_rewraps_every_dek_without_rewriting_objects(parts: Parts) -> None:
     before = await seal_audio(parts.vault)
-    record = await parts.catalog.get_object(before, tenant_id="acme")
+    record = await parts.catalog.objects.get(before, tenant_id="acme")
     sealed_before = b"".join([chunk async for chunk in parts.store.read(record.store_key)])
     other_tenant = await seal_audio(parts.vault, tenant="globex")
 
@@ -208,13 +208,13 @@ async def test_rotation_rewraps_every_dek_without_rewriting_objects(parts: Parts
     after = await seal_audio(parts.vault)
 
     for object_id in (before, after):
-        row = await parts.catalog.get_object_key(object_id, tenant_id="acme")
+        row = await parts.catalog.keys.get(object_id, tenant_id="acme")
         assert row.kek_version == 2
         assert await parts.vault.read_object("acme", object_id) == AUDIO
     assert b"".join([c async for c in parts.store.read(record.store_key)]) == sealed_before
-    globex_row = await parts.catalog.get_object_key(other_tenant, tenant_id="globex")
+    globex_row = await parts.catalog.keys.get(other_tenant, tenant_id="globex")
     assert globex_row.kek_version == 1
-    events = await parts.catalog.list_audit("acme")
+    events = await parts.catalog.audit.list("acme")
     assert [(e.action, e.detail) for e in events] == [
         ("keys.rotated", {"kek_version": 2, "rewrapped": 1})
     ]
@@ -240,14 +240,14 @@ async def test_aborted_upload_leaves_nothing_readable(parts: Parts) -> None:
     await upload.flush()
     await upload.abort(now=T0)
     assert [key async for key in parts.store.list_keys("acme/")] == []
-    assert (await parts.catalog.get_object(upload.object_id, tenant_id="acme")).state == "deleted"
+    assert (await parts.catalog.objects.get(upload.object_id, tenant_id="acme")).state == "deleted"
     with pytest.raises(KeyUnavailable):
-        await parts.catalog.get_object_key(upload.object_id, tenant_id="acme")
+        await parts.catalog.keys.get(upload.object_id, tenant_id="acme")
 
 
 async def test_corrupted_object_fails_naming_the_segment_and_is_counted(parts: Parts) -> None:
     object_id = await seal_audio(parts.vault)
-    record = await parts.catalog.get_object(object_id, tenant_id="acme")
+    record = await parts.catalog.objects.get(object_id, tenant_id="acme")
     sealed = bytearray(b"".join([c async for c in parts.store.read(record.store_key)]))
     sealed[len(sealed) // 2] ^= 0x01
     await parts.store.put(record.store_key, bytes(sealed))
@@ -339,7 +339,7 @@ async def kms_vault(tmp_path: Path) -> AsyncIterator[tuple[MediaVault, KmsLikePr
     """A vault on SQLite and the file store whose keys come from ``KmsLikeProvider``."""
     catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}")
     await catalog.migrate()
-    await catalog.create_tenant("acme", "Acme", "eu", T0)
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
     store = FileStore(tmp_path / "objects")
     kms = KmsLikeProvider()
     try:
@@ -382,7 +382,7 @@ async def test_rotation_catches_a_dek_wrapped_under_the_old_version_during_the_p
             serve_committed = True
             context = dek_context("acme", late_id, "kms-acme", 1)
             blob = wrap_key(kms.keks["acme"][1], bytes(32), context=context)
-            await catalog.add_object(
+            await catalog.objects.add(
                 object_id=late_id, tenant_id="acme", kind="audio", data_class="recordings",
                 store_key=MediaVault.store_key("acme", late_id), now=T0,
                 key=ObjectKeyRow(late_id, "acme", "kms-acme", 1, blob, T0),
@@ -394,6 +394,6 @@ async def test_rotation_catches_a_dek_wrapped_under_the_old_version_during_the_p
     kms.unwrap = unwrap_while_serve_commits  # type: ignore[method-assign]
     report = await vault.rotate_tenant_keys("acme", actor="test", now=T0)
     assert report.rewrapped == 4
-    late = await catalog.get_object_key(late_id, tenant_id="acme")
+    late = await catalog.keys.get(late_id, tenant_id="acme")
     assert late.kek_version == 2
     assert await kms.unwrap("acme", late_id, WrappedKey(late.kek_id, 2, late.wrapped_dek))

@@ -81,7 +81,7 @@ async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
     catalog = await Catalog.open(async_database_url(None, tmp_path))
     try:
         await catalog.migrate()
-        await catalog.create_tenant("acme", name="Acme SRL", region="eu", now=T0)
+        await catalog.tenants.create("acme", name="Acme SRL", region="eu", now=T0)
         yield catalog
     finally:
         await catalog.close()
@@ -120,7 +120,7 @@ async def sender(
 
 async def instruct(catalog: Catalog, url: str | None, secret: str | None = SECRET) -> None:
     webhook = {"url": url, "secret": secret if url is not None else None}
-    await catalog.add_instructions("acme", {"webhook": webhook}, created_by="tok_1", now=T0)
+    await catalog.instructions.add("acme", {"webhook": webhook}, created_by="tok_1", now=T0)
 
 
 async def queue(
@@ -139,7 +139,7 @@ async def queue(
 
 
 async def job_of(catalog: Catalog, job_id: str) -> Job:
-    (job,) = [j for j in await catalog.list_jobs("acme", kind="webhook") if j.id == job_id]
+    (job,) = [j for j in await catalog.jobs.list("acme", kind="webhook") if j.id == job_id]
     return job
 
 
@@ -158,12 +158,12 @@ async def test_queue_event_without_a_webhook_is_none_and_stores_nothing(
     # No instructions at all, then instructions without a webhook (a secret alone is no URL).
     for document in (None, {"recording": {"enabled": True}}, {"webhook": {"secret": SECRET}}):
         if document is not None:
-            await catalog.add_instructions("acme", document, created_by="tok_1", now=T0)
+            await catalog.instructions.add("acme", document, created_by="tok_1", now=T0)
         job = await queue_event(
             catalog, tenant="acme", event="analysis.completed", data=DATA, now=T0, max_attempts=3
         )
         assert job is None
-    assert await catalog.list_jobs("acme") == []
+    assert await catalog.jobs.list("acme") == []
 
 
 async def test_queue_event_stores_the_event_as_a_webhook_job(

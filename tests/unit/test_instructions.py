@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import InvalidInstructions
-from gateway.instructions import (
+from storage.instructions import (
     AI_FEATURES,
     MAX_EXCLUDE_NUMBERS,
     REDACTED,

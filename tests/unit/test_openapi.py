@@ -30,16 +30,6 @@ from gateway.api.rights import hold_view
 from gateway.api.tenants import instructions_view, tenant_view, token_view
 from gateway.app import build_app
 from gateway.calls import CallAnnouncement
-from gateway.instructions import (
-    AiRule,
-    ConsentRule,
-    InstructionsDoc,
-    RecordingRule,
-    RetentionRule,
-    default_instructions,
-    parse_duration,
-    parse_instructions,
-)
 from gateway.policy import RefusalCode
 from gateway.settings import Settings
 from storage.catalog.records import (
@@ -50,6 +40,16 @@ from storage.catalog.records import (
     Recording,
     Tenant,
     Token,
+)
+from storage.instructions import (
+    AiRule,
+    ConsentRule,
+    InstructionsDoc,
+    RecordingRule,
+    RetentionRule,
+    default_instructions,
+    parse_duration,
+    parse_instructions,
 )
 from storage.retention import Holds, Windows
 

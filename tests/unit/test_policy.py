@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import PolicyRefused
-from gateway.instructions import (
+from gateway.policy import CallFacts, Consent, Decision, Refusal, decide
+from storage.instructions import (
     AI_FEATURES,
     InstructionsDoc,
     default_instructions,
     parse_instructions,
 )
-from gateway.policy import CallFacts, Consent, Decision, Refusal, decide
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 CALLER = "+40712345678"
