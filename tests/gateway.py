@@ -1,6 +1,7 @@
 """Helpers for tests of the gateway: a turnable clock, an in-process gateway with a tenant
-and its tokens, and PBX-side senders for each ingest protocol (built from the protocols'
-documented message shapes, not from our parsers, so they check the parsers too).
+and its tokens, ``callvault serve`` as a ready subprocess, and PBX-side senders for each
+ingest protocol (built from the protocols' documented message shapes, not from our parsers,
+so they check the parsers too).
 
 In the spirit of aiortc's ``tests/utils.py``: small pair helpers that every tier reuses.
 """
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import secrets
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,6 +71,79 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# --- ``callvault`` as a process (the integration tier) ----------------------------------
+
+SERVE_READY_TIMEOUT_S = 60.0
+"""How long ``serve`` waits for ``/readyz``: a loaded CI machine imports the app slowly."""
+
+
+@dataclass
+class Process:
+    """A ``callvault`` subprocess and the file its output goes to (never a pipe, so that a
+    full pipe cannot stall it)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def callvault_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """This environment without its ``CALLVAULT_`` settings, plus the data dir and
+    ``settings`` (so a developer's own settings never leak into a test's server)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLVAULT_")}
+    env.update(CALLVAULT_DATA_DIR=str(data_dir), **settings)
+    return env
+
+
+@contextmanager
+def callvault(command: str, log_path: Path, env: dict[str, str]) -> Iterator[Process]:
+    """``python -m gateway.cli <command>`` for the ``with`` block; killed at its end."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "gateway.cli", command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    running = Process(process, log_path)
+    try:
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=15)
+
+
+@dataclass
+class Server:
+    base: str
+    operator: str
+    data_dir: Path
+    process: Process
+
+
+@contextmanager
+def serve(tmp_path: Path, name: str, **settings: str) -> Iterator[Server]:
+    """``callvault serve`` on free ports, ready (``/readyz`` 200), with a bootstrap operator
+    token; its data dir is ``tmp_path / name`` and its log ``tmp_path / f"{name}.log"``."""
+    port = free_port()
+    operator = secrets.token_urlsafe(36)
+    data_dir = tmp_path / name
+    env = callvault_env(
+        data_dir,
+        CALLVAULT_HTTP__PORT=str(port),
+        CALLVAULT_AUDIOSOCKET__PORT="0",
+        CALLVAULT_OPERATOR_TOKEN=operator,
+        **settings,
+    )
+    with callvault("serve", tmp_path / f"{name}.log", env) as process:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base, process.process, process.log, timeout_s=SERVE_READY_TIMEOUT_S)
+        yield Server(base, operator, data_dir, process)
 
 
 class FakeClock:

@@ -11,16 +11,9 @@ words on the right track, talk time per track within 10 %, only instructed featu
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +22,16 @@ import pytest
 
 from tests.ai import SampleCall, sample_call, wer, words
 from tests.gateway import (
+    Process,
+    Server,
     bearer,
-    free_port,
+    callvault,
+    callvault_env,
+    serve,
     twilio_call,
     twilio_connected,
     twilio_start,
     twilio_stop,
-    wait_until_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -50,66 +46,6 @@ TINY_WER_BOUND = 0.6
 """tiny.en on eSpeak NG telephone speech: 15-47 % measured (DESIGN.md); a bound that a
 broken pipeline (wrong track, wrong rate, no audio) cannot meet: those give 90-100 %."""
 BASE_RO_RECALL_BOUND = 0.2
-
-
-@dataclass
-class Process:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _env(data_dir: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLVAULT_")}
-    env.update(CALLVAULT_DATA_DIR=str(data_dir), **settings)
-    return env
-
-
-@contextmanager
-def callvault(command: str, log_path: Path, env: dict[str, str]) -> Iterator[Process]:
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "gateway.cli", command],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    running = Process(process, log_path)
-    try:
-        yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=15)
-
-
-@dataclass
-class Server:
-    base: str
-    operator: str
-    data_dir: Path
-    process: Process
-
-
-@contextmanager
-def serve(tmp_path: Path, name: str, **settings: str) -> Iterator[Server]:
-    """``callvault serve`` on free ports, ready (``/readyz`` 200)."""
-    port = free_port()
-    operator = secrets.token_urlsafe(36)
-    data_dir = tmp_path / name
-    env = _env(
-        data_dir,
-        CALLVAULT_HTTP__PORT=str(port),
-        CALLVAULT_AUDIOSOCKET__PORT="0",
-        CALLVAULT_OPERATOR_TOKEN=operator,
-        **settings,
-    )
-    with callvault("serve", tmp_path / f"{name}.log", env) as process:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(base, process.process, process.log, timeout_s=READY_TIMEOUT_S)
-        yield Server(base, operator, data_dir, process)
 
 
 async def tenant(
@@ -355,7 +291,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
                 session, "acme", tokens["pbx"], call.inbound * 4, call.outbound * 4
             )
             assert job_row(server.data_dir, recording_id)[0] == "queued"
-            env = _env(
+            env = callvault_env(
                 server.data_dir,
                 CALLVAULT_AI__MODEL="tiny.en",
                 CALLVAULT_AI__LEASE="PT3S",
