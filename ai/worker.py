@@ -40,8 +40,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ai.audio import TrackAudio, decode_track
 from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
 from ai.transcript import TRACKS
-from crypto.errors import CallvaultError, Conflict, NotFound
+from crypto.errors import CallvaultError
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
+from storage.errors import Conflict, NotFound
 from storage.instructions import parse_instructions
 from storage.media.codecs import codec
 from storage.media.tracks import AUDIO_KIND, track_records

@@ -25,10 +25,10 @@ from crypto.errors import CallvaultError
 from gateway.api import add_routes
 from gateway.calls import CallRegistry
 from gateway.clock import Clock
-from gateway.errors import error_middleware, error_response
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
+from gateway.middleware import error_middleware, error_response
 from gateway.services import build_sender, build_sweeper, build_worker, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings

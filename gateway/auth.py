@@ -16,9 +16,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from crypto.errors import ConfigError, Forbidden, NotFound, Unauthorized
+from crypto.errors import ConfigError
+from gateway.errors import Forbidden, Unauthorized
 from storage.catalog import Catalog, Role, Token
 from storage.catalog.records import ROLES
+from storage.errors import NotFound
 
 TOKEN_PREFIX = "cv_"  # noqa: S105 - a prefix that makes leaked tokens easy to scan for
 TOKEN_BYTES = 32

@@ -22,19 +22,13 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from crypto.errors import (
-    BadRequest,
-    CallvaultError,
-    Conflict,
-    NotFound,
-    PolicyRefused,
-    StreamRefused,
-)
-from gateway.errors import invalid_body
+from crypto.errors import CallvaultError
+from gateway.errors import BadRequest, PolicyRefused, StreamRefused, invalid_body
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import AuditEntry, Call, Catalog, Recording
+from storage.errors import Conflict, NotFound
 from storage.instructions import normalize_number
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, track_frames

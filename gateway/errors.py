@@ -1,56 +1,151 @@
-"""Translation of callvault's exception tree into HTTP answers (one place, one shape).
+"""The gateway's own errors, and what every error of the tree means on the wire.
 
-Every error body is ``{"error": <code>, "message": <sentence>}`` as ../shared/API.md
-specifies; unexpected exceptions become a 500 whose body says nothing about internals.
+The gateway is the only layer that speaks HTTP and WebSocket, so the statuses and close codes
+are said here: the API's errors (bad input, no or bad token, a forbidden role, a policy
+refusal) and the ingest transports' frame errors are classes of this module, each with its
+status and, for ingest, its WebSocket close code; the errors of the layers below (storage,
+crypto) get their status from ``HTTP_STATUS``. ``http_status`` is what the error middleware
+and every other translation at the boundary ask.
 """
 
 from __future__ import annotations
 
-import logging
-
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold, InvalidInstructions
+from crypto.errors import CallvaultError
+from storage.errors import (
+    CatalogUnavailable,
+    Conflict,
+    Gone,
+    InvalidInstructions,
+    NotFound,
+    ObjectNotFound,
+    StorageUnavailable,
+    UnsupportedMedia,
+)
+from storage.validation import first_problem
 
-log = logging.getLogger(__name__)
+
+class GatewayError(CallvaultError):
+    """Base of the errors only the gateway raises; ``status`` is its HTTP status."""
+
+    status: int = 500
 
 
-def error_response(status: int, code: str, message: str, **extra: str) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
+class BadRequest(GatewayError):
+    """The request is malformed: bad JSON, a missing or invalid field, a bad query value."""
+
+    code = "bad_request"
+    status = 400
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except CallvaultError as e:
-        if e.status >= 500:
-            log.warning("%s %s failed: %s", request.method, request.path, e.code)
-        extra: dict[str, str] = {}
-        if isinstance(e, InvalidInstructions):
-            extra["field"] = e.field
-        elif isinstance(e, HeldByLegalHold):
-            extra["hold"] = e.hold
-        return error_response(e.status, e.code, e.message, **extra)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        code = "not_found" if e.status == 404 else e.reason.lower().replace(" ", "_")
-        return error_response(e.status, code, e.reason)
-    except Exception:
-        log.exception("%s %s failed unexpectedly", request.method, request.path)
-        return error_response(500, "internal_error", "The server failed; see its log.")
+class Unauthorized(GatewayError):
+    """No token, or a token that is unknown or revoked (the answer never says which)."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(GatewayError):
+    """The token's role may not do this (its own tenant's resource, wrong role)."""
+
+    code = "forbidden"
+    status = 403
+
+
+class TooLarge(GatewayError):
+    """A request or an answer that would exceed a size limit."""
+
+    code = "too_large"
+    status = 413
+
+
+class PolicyRefused(GatewayError):
+    """The tenant's instructions do not allow this call; ``code`` is the refusal code
+    (``recording_not_instructed``, ``consent_missing``, ``number_excluded``)."""
+
+    code = "recording_not_instructed"
+    status = 403
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+
+class IngestError(GatewayError):
+    """A message or frame an ingest transport cannot accept. ``close_code`` is the WebSocket
+    close code the connection ends with (AudioSocket answers with an 0xff frame instead);
+    ``code`` goes into the close reason, so it must stay short (< 123 bytes)."""
+
+    code = "bad_frame"
+    status = 400
+    close_code = 1007
+
+
+class MalformedMessage(IngestError):
+    """Bad JSON, an unknown event, bad base64, a frame of the wrong type or size (1007)."""
+
+    code = "malformed_message"
+
+
+class MessageTooBig(IngestError):
+    """A message or frame over the 64 KiB limit (1009)."""
+
+    code = "message_too_big"
+    status = 413
+    close_code = 1009
+
+
+class IngestUnavailable(IngestError):
+    """The gateway cannot take this stream now: no RTP port is free (503; the PBX may
+    retry or send the call elsewhere)."""
+
+    code = "ingest_unavailable"
+    status = 503
+    close_code = 1013
+
+
+class StreamRefused(IngestError):
+    """A stream that may not proceed: bad token, unknown or refused call, a policy refusal
+    (1008, the reason names the code)."""
+
+    code = "stream_refused"
+    status = 403
+    close_code = 1008
+
+
+# --- the statuses of the layers below -----------------------------------------------------
+
+HTTP_STATUS: dict[type[CallvaultError], int] = {
+    StorageUnavailable: 503,
+    CatalogUnavailable: 503,
+    ObjectNotFound: 404,
+    NotFound: 404,
+    Conflict: 409,
+    Gone: 410,
+    InvalidInstructions: 422,
+    UnsupportedMedia: 400,
+}
+"""The HTTP status of each error class below the gateway; a subclass inherits its base's
+(``HeldByLegalHold`` is a ``Conflict``: 409). Anything else is a 500."""
+
+
+def http_status(error: CallvaultError) -> int:
+    """The HTTP status that answers ``error``."""
+    if isinstance(error, GatewayError):
+        return error.status
+    for cls in type(error).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def invalid_body(error: ValidationError, code: str) -> BadRequest:
     """The 400 of a request body that fails its model: ``code`` with the first offending
-    field as a dotted path (``(body)`` for the body as a whole) and pydantic's sentence.
+    field and its sentence (``storage.validation``, as the instructions' 422 says them).
     Request handlers and ``gateway.calls.parse_announcement`` both answer through it."""
-    first = error.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(body)"
-    message = first["msg"]
-    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
-        message = "must be a JSON object"  # not pydantic's words, which name the class
-    return BadRequest(f"{field}: {message}.", code=code)
+    field, sentence = first_problem(error)
+    return BadRequest(f"{field}: {sentence}.", code=code)

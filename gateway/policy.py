@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from crypto.errors import PolicyRefused
+from gateway.errors import PolicyRefused
 from storage.instructions import InstructionsDoc, normalize_number
 
 __all__ = ["CallFacts", "Consent", "Decision", "Refusal", "RefusalCode", "decide"]

@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from crypto.errors import CallvaultError, Conflict, MalformedMessage, StorageError, StreamRefused
+from crypto.errors import CallvaultError
+from gateway.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
 from storage.catalog import AuditEntry, Call, Catalog, Recording
+from storage.errors import Conflict, StorageError
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import AUDIO_KIND, encode_record
 from storage.vault import MediaVault, SealingUpload

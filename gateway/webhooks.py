@@ -58,9 +58,9 @@ import orjson
 from aiohttp.abc import ResolveResult
 from prometheus_client import CollectorRegistry, Counter
 
-from crypto.errors import Conflict
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
+from storage.errors import Conflict
 from storage.retention import deleted_event_id
 
 __all__ = [

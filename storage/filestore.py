@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from crypto.errors import ObjectNotFound, StorageError, StorageUnavailable
+from storage.errors import ObjectNotFound, StorageError, StorageUnavailable
 from storage.store import check_key
 
 __all__ = ["FileStore", "FileUpload", "STAGING_DIR"]

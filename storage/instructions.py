@@ -39,9 +39,9 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_core import ErrorDetails
 
-from crypto.errors import InvalidInstructions
+from storage.errors import InvalidInstructions
+from storage.validation import first_problem
 
 __all__ = [
     "AI_FEATURES",
@@ -481,36 +481,4 @@ def parse_instructions(data: object) -> InstructionsDoc:
     try:
         return InstructionsDoc.model_validate(fields)
     except ValidationError as exc:
-        # Only the first error is reported: one clear field and sentence is what an admin
-        # fixes first, and the API's error has room for one field.
-        first = exc.errors(include_url=False)[0]
-        loc = first["loc"]
-        if loc and loc[-1] == "[key]":
-            # A bad category name: name the mapping; the message quotes the key (capped).
-            loc = loc[:-2]
-        field = ".".join(str(part) for part in loc) or "(body)"
-        raise InvalidInstructions(field, _describe(first)) from None
-
-
-def _describe(error: ErrorDetails) -> str:
-    """A sentence for one pydantic error, in the API's words rather than pydantic's."""
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "bool_type":
-        return "must be true or false (a JSON boolean, not a string or number)"
-    if kind == "string_type":
-        return "must be a string"
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return "must be a JSON object"
-    if kind in ("tuple_type", "list_type"):
-        return "must be a JSON array"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} entries"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} entries"
-    if kind == "value_error" and "error" in ctx:
-        # Our own validators' sentences (durations, numbers, language).
-        return str(ctx["error"])
-    return error["msg"]
+        raise InvalidInstructions(*first_problem(exc)) from None

@@ -50,7 +50,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crypto.errors import CallvaultError, ObjectNotFound, StorageError, StorageUnavailable
+from crypto.errors import CallvaultError
+from storage.errors import ObjectNotFound, StorageError, StorageUnavailable
 from storage.store import check_key
 
 if TYPE_CHECKING:

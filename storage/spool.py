@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from crypto.errors import StorageUnavailable
+from storage.errors import StorageUnavailable
 from storage.store import ObjectStore, check_key
 
 SUFFIX = ".sealed"

@@ -27,18 +27,12 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crypto.errors import (
-    CallvaultError,
-    DecryptionFailed,
-    KeyUnavailable,
-    NotFound,
-    StorageError,
-    StorageUnavailable,
-)
+from crypto.errors import CallvaultError, DecryptionFailed, KeyUnavailable
 from crypto.keys import KeyProvider, WrappedKey
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
+from storage.errors import NotFound, StorageError, StorageUnavailable
 from storage.spool import Spool
 from storage.store import ObjectStore, ObjectUpload, check_key
 

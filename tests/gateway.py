@@ -448,6 +448,6 @@ class DownStore:
         return getattr(self.inner, name)
 
     async def open_upload(self, key: str) -> Any:
-        from crypto.errors import StorageUnavailable
+        from storage.errors import StorageUnavailable
 
         raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")

@@ -11,13 +11,15 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import CallvaultError, Conflict, PolicyRefused, StreamRefused
+from crypto.errors import CallvaultError
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.calls import CallAnnouncement, RtpPayloadTypes
+from gateway.errors import PolicyRefused, StreamRefused
 from gateway.ingest.rtp import PayloadTypes
 from gateway.ingest.rtp_server import RtpOffer
 from gateway.state import CALLS, CLOCK, RTP, SETTINGS
 from storage.catalog import Call, Catalog
+from storage.errors import Conflict
 
 WEBSOCKET_PATHS = {"twilio": "/v1/ingest/twilio", "fork": "/v1/ingest/fork"}
 

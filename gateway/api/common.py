@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from crypto.errors import BadRequest
 from gateway.auth import Principal, authenticate, bearer_secret
+from gateway.errors import BadRequest
 from gateway.state import SERVICES
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -23,21 +23,13 @@ from aiohttp import web
 
 from ai.pipeline import ANALYSIS_FEATURES
 from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
-from crypto.errors import (
-    BadRequest,
-    CallvaultError,
-    Conflict,
-    Forbidden,
-    Gone,
-    KeyUnavailable,
-    NotFound,
-    StorageUnavailable,
-    TooLarge,
-)
+from crypto.errors import CallvaultError, KeyUnavailable
 from gateway.api.common import TENANT, found, iso, principal_of, query_int, query_time
+from gateway.errors import BadRequest, Forbidden, TooLarge
 from gateway.services import Services
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, DataClass, Recording
+from storage.errors import Conflict, Gone, NotFound, StorageUnavailable
 from storage.instructions import normalize_number
 from storage.media.codecs import codec
 from storage.media.timeline import stereo_pcm

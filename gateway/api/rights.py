@@ -27,14 +27,16 @@ import orjson
 from aiohttp import web
 
 from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
-from crypto.errors import BadRequest, CallvaultError, HeldByLegalHold, KeyUnavailable
+from crypto.errors import CallvaultError, KeyUnavailable
 from gateway.api.calls import call_view
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.api.models import ErasureRequest, LegalHoldCreate
 from gateway.api.recordings import Lifecycle, open_wav, recording_view
 from gateway.auth import Principal
+from gateway.errors import BadRequest
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
+from storage.errors import HeldByLegalHold
 from storage.instructions import normalize_number
 from storage.media.tracks import AUDIO_KIND
 from storage.retention import Holds

@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from crypto.errors import HeldByLegalHold, InvalidInstructions, NotFound
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.api.models import TenantCreate, TenantRole, TokenCreate
 from gateway.auth import mint_token
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
 from storage.catalog import AuditEntry, Catalog, Instructions, Role, Tenant, Token
+from storage.errors import HeldByLegalHold, InvalidInstructions, NotFound
 from storage.instructions import (
     REDACTED,
     InstructionsDoc,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from crypto.errors import IngestError, MalformedMessage, StreamRefused
+from gateway.errors import IngestError, MalformedMessage, StreamRefused
 from gateway.ingest.events import DTMF_DIGITS, Audio, Dtmf, Event, StreamStart, StreamStop
 
 KIND_HANGUP = 0x00

@@ -18,15 +18,9 @@ from typing import TypeVar
 
 from aiohttp import WSMsgType, web
 
-from crypto.errors import (
-    CallvaultError,
-    ConfigError,
-    IngestError,
-    MessageTooBig,
-    StreamRefused,
-    Unauthorized,
-)
+from crypto.errors import CallvaultError, ConfigError
 from gateway.auth import Principal, authenticate, bearer_secret
+from gateway.errors import IngestError, MessageTooBig, StreamRefused, Unauthorized
 from gateway.ingest.audiosocket import AudioSocketParser, error_frame
 from gateway.ingest.events import MAX_MESSAGE
 from gateway.ingest.fork import ForkParser

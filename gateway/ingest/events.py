@@ -21,7 +21,7 @@ from typing import Literal
 
 import orjson
 
-from crypto.errors import MalformedMessage, MessageTooBig
+from gateway.errors import MalformedMessage, MessageTooBig
 
 MAX_MESSAGE = 64 * 1024
 """Bytes; larger WebSocket messages and AudioSocket payloads are refused."""

@@ -20,7 +20,7 @@ Decisions the protocol leaves open:
 
 from __future__ import annotations
 
-from crypto.errors import MalformedMessage, StreamRefused
+from gateway.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import (
     DTMF_DIGITS,
     Audio,

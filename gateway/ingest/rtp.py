@@ -54,8 +54,8 @@ from typing import NamedTuple
 
 import pylibsrtp
 
-from crypto.errors import StorageError
 from gateway.ingest.events import Audio, Dtmf, Event, Track
+from storage.errors import StorageError
 from storage.media.codecs import Codec
 
 __all__ = [

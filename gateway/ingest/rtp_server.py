@@ -28,9 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from crypto.errors import CallvaultError, IngestUnavailable
+from crypto.errors import CallvaultError
 from gateway.calls import CallRegistry, CallTransport
 from gateway.clock import Clock
+from gateway.errors import IngestUnavailable
 from gateway.ingest.events import Audio, Dtmf, Event, Track
 from gateway.ingest.rtp import (
     DELIVERED,

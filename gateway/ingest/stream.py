@@ -14,13 +14,15 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from crypto.errors import CallvaultError, NotFound, PolicyRefused, StreamRefused, Unauthorized
+from crypto.errors import CallvaultError
 from gateway.auth import Principal, authenticate
 from gateway.calls import CallRegistry, parse_announcement, refusal_of
+from gateway.errors import PolicyRefused, StreamRefused, Unauthorized
 from gateway.ingest.events import Audio, Dtmf, Event, Mark, StreamStart, StreamStop
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, EndReason
 from storage.catalog import Catalog
+from storage.errors import NotFound
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from crypto.errors import MalformedMessage, StreamRefused
+from gateway.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import (
     DTMF_DIGITS,
     Audio,

@@ -16,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.errors import NotFound
 from storage.catalog.auditchain import GENESIS_HASH, chain_hash, encode_detail, event_hash
 from storage.catalog.core import AnyRow, CatalogCore, lock_tenant, row_values
 from storage.catalog.records import AuditCheck, AuditEntry, AuditEvent
 from storage.catalog.schema import audit_events, tenants
+from storage.errors import NotFound
 
 _AUDIT_CHUNK = 200
 """Events hashed and inserted at a time: thousands at once would hold the event loop (and

@@ -37,9 +37,10 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, State
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from crypto.errors import CallvaultError, CatalogUnavailable, ConfigError, Conflict, NotFound
+from crypto.errors import CallvaultError, ConfigError
 from storage.catalog.schema import UTCDateTime, tenants
 from storage.catalog.urls import SETTING, async_database_url, mask_database_url
+from storage.errors import CatalogUnavailable, Conflict, NotFound
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

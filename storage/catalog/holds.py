@@ -14,11 +14,11 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.errors import Conflict, NotFound
 from storage.catalog.audit import append_entries
 from storage.catalog.core import AnyRow, CatalogCore, lock_tenant
 from storage.catalog.records import AuditEntry, LegalHold
 from storage.catalog.schema import calls, legal_holds
+from storage.errors import Conflict, NotFound
 
 
 def _hold(row: AnyRow) -> LegalHold:

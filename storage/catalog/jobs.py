@@ -15,7 +15,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.errors import Conflict, NotFound
 from storage.catalog.core import (
     IN_BATCH,
     MAX_ERROR_CHARS,
@@ -26,6 +25,7 @@ from storage.catalog.core import (
 )
 from storage.catalog.records import Job, NewJob
 from storage.catalog.schema import jobs
+from storage.errors import Conflict, NotFound
 
 
 def new_job(

@@ -13,11 +13,12 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from crypto.errors import Conflict, Gone, KeyUnavailable, NotFound
+from crypto.errors import KeyUnavailable
 from storage.catalog.core import CatalogCore, at, lock_tenant, record, row_values
 from storage.catalog.recordings import require_recording
 from storage.catalog.records import DATA_CLASSES, DataClass, ObjectKeyRow, ObjectState, StoredObject
 from storage.catalog.schema import object_keys, objects
+from storage.errors import Conflict, Gone, NotFound
 
 Rewrap = Callable[[ObjectKeyRow], Awaitable[tuple[str, int, bytes]]]
 """Re-wraps one DEK: given the row, returns ``(kek_id, kek_version, wrapped_dek)``."""

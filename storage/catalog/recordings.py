@@ -14,7 +14,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.errors import Conflict, NotFound
 from storage.catalog.audit import append_entries
 from storage.catalog.core import (
     MAX_ERROR_CHARS,
@@ -33,6 +32,7 @@ from storage.catalog.records import (
     RecordingStatus,
 )
 from storage.catalog.schema import calls, recordings, tenants
+from storage.errors import Conflict, NotFound
 
 # Which statuses a recording may move to; a move to the status it already has is a no-op
 # that may still set fields (so that retried workers and sweeps are idempotent).

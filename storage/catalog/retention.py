@@ -15,7 +15,6 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from crypto.errors import Conflict, HeldByLegalHold
 from storage.catalog.audit import append_entries
 from storage.catalog.core import IN_BATCH, WRITE_CHUNK, CatalogCore, lock_tenant, record
 from storage.catalog.holds import active_holds
@@ -37,6 +36,7 @@ from storage.catalog.schema import (
     objects,
     recordings,
 )
+from storage.errors import Conflict, HeldByLegalHold
 
 
 def _has_live_objects() -> sa.Exists:

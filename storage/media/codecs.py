@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from crypto.errors import BadRequest, StorageError
+from storage.errors import StorageError, UnsupportedMedia
 from storage.media import g711, opus
 
 __all__ = ["CODECS", "Codec", "codec"]
@@ -103,11 +103,11 @@ CODECS: Mapping[str, Codec] = types.MappingProxyType(
 
 
 def codec(name: str) -> Codec:
-    """The codec called ``name``; ``BadRequest`` (code ``unsupported_codec``) if none is."""
+    """The codec called ``name``; ``UnsupportedMedia`` (code ``unsupported_codec``) if none is."""
     try:
         return CODECS[name]
     except KeyError:
-        raise BadRequest(
+        raise UnsupportedMedia(
             f"unsupported codec {name!r}; supported: {', '.join(sorted(CODECS))}",
             code="unsupported_codec",
         ) from None

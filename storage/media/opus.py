@@ -22,7 +22,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from crypto.errors import StorageError
+from storage.errors import StorageError
 
 __all__ = ["OPUS_RATE", "OpusDecoder", "packet_samples"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from crypto.errors import StorageError
+from storage.errors import StorageError
 from storage.media import opus
 from storage.media.codecs import Codec
 from storage.media.tracks import TrackRecord

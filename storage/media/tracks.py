@@ -27,7 +27,7 @@ import struct
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from crypto.errors import StorageError
+from storage.errors import StorageError
 from storage.media.codecs import Codec
 
 __all__ = [

@@ -13,9 +13,10 @@ import pytest
 
 from ai.pipeline import Analysis, Analyzer
 from ai.worker import AnalysisWorker
-from crypto.errors import KeyUnavailable, NotFound
+from crypto.errors import KeyUnavailable
 from gateway.settings import Settings
 from gateway.state import SERVICES
+from storage.errors import NotFound
 from tests.ai import (
     AI_LEASE_S,
     AI_ONLY,

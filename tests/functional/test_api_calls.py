@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from crypto.errors import CatalogUnavailable
 from gateway.settings import Settings
 from gateway.state import SERVICES
+from storage.errors import CatalogUnavailable
 from tests.gateway import (
     ALL_AI,
     RECORD,

@@ -29,13 +29,14 @@ import pytest
 from aiohttp import WSMsgType
 
 from ai.worker import AnalysisWorker
-from crypto.errors import KeyUnavailable, NotFound
+from crypto.errors import KeyUnavailable
 from gateway.app import build_app
 from gateway.cli import main
 from gateway.clock import Clock
 from gateway.settings import RetentionSettings, Settings
 from gateway.state import METRICS, SERVICES, SWEEPER
 from storage.catalog import AuditEvent, StoredObject
+from storage.errors import NotFound
 from storage.retention import SweepReport
 from tests.ai import AI_BACKOFF_S, AI_LEASE_S
 from tests.conftest import S3Server

@@ -32,10 +32,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from crypto.errors import CatalogUnavailable, Conflict, Gone, KeyUnavailable, NotFound
+from crypto.errors import KeyUnavailable
 from storage.catalog import AuditCheck, Catalog, ObjectKeyRow
 from storage.catalog.database import MIGRATIONS_DIR
 from storage.catalog.schema import metadata
+from storage.errors import CatalogUnavailable, Conflict, Gone, NotFound
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TABLES = {

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.errors import CatalogUnavailable, NotFound
 from storage.catalog import AuditEntry, AuditEvent, Catalog
 from storage.catalog import audit as audit_module
+from storage.errors import CatalogUnavailable, NotFound
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 EVENT = AuditEntry(actor="op", action="tenant.created", object="acme", detail={})

@@ -721,7 +721,7 @@ class FailingOnce:
             async def write(self, data: bytes) -> None:
                 spool.writes += 1
                 if spool.writes == spool.fail_at:
-                    from crypto.errors import StorageUnavailable
+                    from storage.errors import StorageUnavailable
 
                     await upload.write(data[: len(data) // 2])  # torn, then the error
                     raise StorageUnavailable("the spool failed: No space left on device")
@@ -784,7 +784,7 @@ async def test_a_finish_that_fails_is_retried_and_keeps_the_audio(
     finish = catalog.recordings.finish
 
     async def down(*args: Any, **kwargs: Any) -> Any:
-        from crypto.errors import CatalogUnavailable
+        from storage.errors import CatalogUnavailable
 
         raise CatalogUnavailable("The catalog database could not be reached.")
 

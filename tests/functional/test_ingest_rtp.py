@@ -28,13 +28,13 @@ import numpy.typing as npt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crypto.errors import StorageUnavailable
 from gateway.app import build_app
 from gateway.ingest.rtp import PayloadTypes, SrtpKey
 from gateway.ingest.rtp_server import MAX_BUFFERED_FLUSHES, OUTCOMES
 from gateway.session import CallSession
 from gateway.settings import AudioSocketSettings, IngestSettings, RtpSettings, Settings
 from gateway.state import CALLS, RTP
+from storage.errors import StorageUnavailable
 from tests.gateway import (
     ULAW,
     FakeClock,

@@ -25,10 +25,11 @@ from typing import Any
 
 import pytest
 
-from crypto.errors import HeldByLegalHold, KeyUnavailable, NotFound, StorageUnavailable
+from crypto.errors import KeyUnavailable
 from crypto.keys import LocalKeyring
 from gateway.webhooks import JOB_KIND, deletion_notifier
 from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
+from storage.errors import HeldByLegalHold, NotFound, StorageUnavailable
 from storage.filestore import FileStore
 from storage.instructions import parse_instructions
 from storage.retention import RetentionSweeper, SweepReport, deleted_event_id

@@ -14,10 +14,10 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from crypto.errors import StorageUnavailable
 from gateway.settings import Settings
 from gateway.state import SERVICES, SWEEPER
 from storage.catalog.schema import metadata
+from storage.errors import StorageUnavailable
 from tests.functional.test_api_rights import AGENT, CALLER, RECORDING_ON, api, place_hold
 from tests.gateway import FakeClock, Gateway, bearer, free_port, record_call
 

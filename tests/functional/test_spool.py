@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from crypto.errors import StorageUnavailable
+from storage.errors import StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts

@@ -20,10 +20,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from crypto.errors import DecryptionFailed, KeyUnavailable, NotFound
+from crypto.errors import DecryptionFailed, KeyUnavailable
 from crypto.keys import KekRef, LocalKeyring, WrappedKey, dek_context
 from crypto.objectformat import unwrap_key, wrap_key
 from storage.catalog import Catalog, ObjectKeyRow
+from storage.errors import NotFound
 from storage.filestore import FileStore
 from storage.s3 import S3Store
 from storage.store import ObjectStore

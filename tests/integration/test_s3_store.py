@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from crypto.errors import ObjectNotFound, StorageUnavailable
+from gateway.errors import http_status
+from storage.errors import ObjectNotFound, StorageUnavailable
 from storage.s3 import DELETE_CONCURRENCY, MAX_DELETE_BATCH, MIN_PART_SIZE, S3Store, S3Upload
 from tests.conftest import S3Server
 
@@ -365,7 +366,7 @@ async def test_unreachable_endpoint_is_storage_unavailable(seaweedfs: S3Server) 
         with pytest.raises(StorageUnavailable) as caught:
             await store.check()
         assert caught.value.store_code == "EndpointConnectionError"
-        assert caught.value.status == 503
+        assert http_status(caught.value) == 503
         assert seaweedfs.secret_key not in error_text(caught.value)
         assert seaweedfs.access_key not in error_text(caught.value)
     finally:

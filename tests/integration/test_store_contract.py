@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crypto.errors import ObjectNotFound, StorageError
+from storage.errors import ObjectNotFound, StorageError
 from storage.filestore import FileStore
 from storage.s3 import MIN_PART_SIZE
 from storage.store import ObjectStore, ObjectUpload

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from crypto.errors import ObjectNotFound, StorageError, StorageUnavailable
+from gateway.errors import http_status
+from storage.errors import ObjectNotFound, StorageError, StorageUnavailable
 from storage.filestore import STAGING_DIR, FileStore
 
 KEY = "acme/objects/2f1c9a"
@@ -246,7 +247,7 @@ async def test_a_full_disk_is_storage_unavailable_enospc(
     with pytest.raises(StorageUnavailable) as caught:
         await upload.flush()
     assert caught.value.store_code == "ENOSPC"
-    assert caught.value.status == 503
+    assert http_status(caught.value) == 503
     monkeypatch.undo()
 
     # The upload is dead even though the disk has room again.

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import IngestError, MalformedMessage, StreamRefused
+from gateway.errors import IngestError, MalformedMessage, StreamRefused
 from gateway.ingest.audiosocket import (
     KIND_AUDIO,
     KIND_DTMF,

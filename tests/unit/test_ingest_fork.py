@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import IngestError, MalformedMessage, MessageTooBig, StreamRefused
+from gateway.errors import IngestError, MalformedMessage, MessageTooBig, StreamRefused
 from gateway.ingest.events import MAX_MESSAGE, Audio, Dtmf, StreamStart, StreamStop
 from gateway.ingest.fork import ForkParser
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import InvalidInstructions
+from gateway.errors import http_status
+from storage.errors import InvalidInstructions
 from storage.instructions import (
     AI_FEATURES,
     MAX_EXCLUDE_NUMBERS,
@@ -237,7 +238,7 @@ def test_invalid_document_names_its_field(body: dict[str, Any], field: str) -> N
     error = info.value
     assert error.field == field
     assert error.code == "invalid_instructions"
-    assert error.status == 422
+    assert http_status(error) == 422
     # A human sentence, not pydantic's boilerplate.
     assert "pydantic" not in error.message
     assert "http" not in error.message

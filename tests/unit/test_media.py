@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import BadRequest, StorageError
+from gateway.errors import http_status
+from storage.errors import StorageError, UnsupportedMedia
 from storage.media.codecs import CODECS, Codec, codec
 from storage.media.timeline import stereo_pcm
 from storage.media.tracks import (
@@ -192,7 +193,7 @@ def test_parser_refuses_an_oversize_length_as_soon_as_the_header_is_in() -> None
     with pytest.raises(StorageError, match="limit") as caught:
         parser.feed(RECORD_HEADER.pack(7, MAX_RECORD_PAYLOAD + 1))
     assert caught.value.code == "storage_error"
-    assert caught.value.status == 500
+    assert http_status(caught.value) == 500
     with pytest.raises(StorageError):  # the parser stays broken
         parser.feed(b"more")
 
@@ -302,10 +303,10 @@ def test_codecs_by_name() -> None:
     assert (codec("opus").bytes_per_sample, codec("opus").packetized) == (0, True)
     with pytest.raises(TypeError):
         CODECS["opus"] = L16  # type: ignore[index]
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(UnsupportedMedia) as caught:
         codec("g729")
     assert caught.value.code == "unsupported_codec"
-    assert caught.value.status == 400
+    assert http_status(caught.value) == 400
 
 
 # --- WAV ---------------------------------------------------------------------------------

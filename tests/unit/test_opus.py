@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from crypto.errors import StorageError
+from storage.errors import StorageError
 from storage.media.codecs import Codec, codec
 from storage.media.opus import OPUS_RATE, OpusDecoder, packet_samples
 from storage.media.timeline import stereo_pcm

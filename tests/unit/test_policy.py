@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import PolicyRefused
+from gateway.errors import PolicyRefused, http_status
 from gateway.policy import CallFacts, Consent, Decision, Refusal, decide
 from storage.instructions import (
     AI_FEATURES,
@@ -279,7 +279,7 @@ def test_refusal_error_is_policy_refused() -> None:
     error = result.error()
     assert isinstance(error, PolicyRefused)
     assert error.code == "consent_missing"
-    assert error.status == 403
+    assert http_status(error) == 403
     assert error.message == result.message
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from crypto.errors import StorageUnavailable
 from gateway.session import MAX_RUN_BYTES, TrackWriter
+from storage.errors import StorageUnavailable
 from storage.media.tracks import RecordParser, TrackRecord
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
-from crypto.errors import ObjectNotFound, StorageUnavailable
+from gateway.errors import http_status
+from storage.errors import ObjectNotFound, StorageUnavailable
 from storage.filestore import FileStore
 from storage.s3 import MIN_PART_SIZE, S3Store
 from storage.stores import open_store
@@ -176,4 +177,4 @@ async def test_slow_down_keeps_its_code(stubbed: tuple[S3Store, Stubber]) -> Non
     with pytest.raises(StorageUnavailable) as caught:
         await store.put("acme/x", b"x")
     assert caught.value.store_code == "SlowDown"
-    assert caught.value.status == 503
+    assert http_status(caught.value) == 503
