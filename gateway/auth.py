@@ -19,7 +19,6 @@ from datetime import datetime
 from crypto.errors import ConfigError
 from gateway.errors import Forbidden, Unauthorized
 from storage.catalog import Catalog, Role, Token
-from storage.catalog.records import ROLES
 from storage.errors import NotFound
 
 TOKEN_PREFIX = "cv_"  # noqa: S105 - a prefix that makes leaked tokens easy to scan for
@@ -92,16 +91,15 @@ async def mint_token(
     return MintedToken(record=record, secret=secret)
 
 
-def scope(principal: Principal, tenant: str, roles: Collection[Role]) -> str:
-    """Check that ``principal`` may act on ``tenant`` with one of ``roles``; returns the tenant.
+def scope(principal: Principal, tenant: str) -> str:
+    """Check that ``principal`` may act on ``tenant``; returns the tenant.
 
-    A tenant token naming another tenant gets ``NotFound`` whatever its role; only then is
-    the role checked (``Forbidden``). The operator belongs to every tenant but may act only
-    where ``roles`` lists it.
+    A tenant token naming another tenant gets ``NotFound`` whatever its role, before any
+    role is checked (``require_role``, once the path's resource was found). The operator
+    belongs to every tenant; the route's roles say where it may act.
     """
     if principal.role != "operator" and principal.tenant != tenant:
         raise NotFound(f"Tenant {tenant!r} not found.")
-    require_role(principal, roles)
     return tenant
 
 
@@ -113,9 +111,6 @@ ROLE_WORDS: dict[str, str] = {
     "processor": "a tenant's downstream system: lists recordings, reads transcripts (no audio)",
 }
 """What each role is for, in the words of the OpenAPI document."""
-
-ANY_ROLE: frozenset[Role] = frozenset(ROLES)
-"""For ``scope`` before a lookup: the role is checked once the resource was found."""
 
 
 def require_role(principal: Principal, roles: Collection[Role]) -> None:

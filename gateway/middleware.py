@@ -40,7 +40,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         code = "not_found" if e.status == 404 else e.reason.lower().replace(" ", "_")
-        return error_response(e.status, code, e.reason)
+        response = error_response(e.status, code, e.reason)
+        if "Allow" in e.headers:  # a 405 says which methods the path takes (RFC 9110)
+            response.headers["Allow"] = e.headers["Allow"]
+        return response
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.path)
         return error_response(500, "internal_error", "The server failed; see its log.")

@@ -37,7 +37,7 @@ from gateway.api.routes import PATH_PARAMETERS, ROUTES, Route
 from gateway.auth import ROLE_WORDS
 from gateway.ingest.docs import CLOSE_CODES, FORK, TWILIO, WS_COMMON, audiosocket_extension
 from gateway.ingest.events import MAX_MESSAGE
-from gateway.policy import RefusalCode
+from gateway.policy import REFUSAL_CODES
 from storage.catalog.records import ROLES
 from storage.instructions import (
     MAX_PHRASE_CHARS,
@@ -53,8 +53,6 @@ Schema = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
 
-REFUSAL_CODES: tuple[str, ...] = typing.get_args(RefusalCode)
-"""The policy's refusal codes (403 on announcement, close reason 1008 on ingest)."""
 
 # The ECMA-262 twin of storage.instructions' duration regex: the same designators and digits,
 # plus the two rules that function checks in code (at least one component; a "T" needs a
@@ -149,13 +147,22 @@ def _drop_null_defaults(node: Any) -> None:
     """pydantic writes ``"default": null`` for fields an answer leaves out (``Absent``);
     null is not their type, so the document says nothing instead."""
     if isinstance(node, dict):
-        if node.get("default", 0) is None and "null" not in str(node.get("type", "null")):
+        if node.get("default", 0) is None and not _allows_null(node):
             del node["default"]
         for value in node.values():
             _drop_null_defaults(value)
     elif isinstance(node, list):
         for value in node:
             _drop_null_defaults(value)
+
+
+def _allows_null(node: dict[str, Any]) -> bool:
+    """Whether a schema node's own type, or one of its branches, is null."""
+    kind = node.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    branches = node.get("anyOf", []) + node.get("oneOf", [])
+    return any(isinstance(branch, dict) and _allows_null(branch) for branch in branches)
 
 
 # --- responses and operations -------------------------------------------------------------

@@ -12,6 +12,7 @@ and one call's decision can never depend on anything but its facts and the instr
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -25,6 +26,8 @@ Consent = Literal["granted", "denied", "not_asked"]
 RefusalCode = Literal[
     "recording_not_instructed", "unencrypted_transport", "consent_missing", "number_excluded"
 ]
+REFUSAL_CODES: tuple[RefusalCode, ...] = typing.get_args(RefusalCode)
+"""The refusal codes (403 on announcement, close reason 1008 on ingest)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,10 +40,14 @@ def describe(error: ErrorDetails) -> str:
     if kind in ("tuple_type", "list_type"):
         return "must be a JSON array"
     if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} entries"
+        return f"must have at most {_entries(ctx.get('max_length'))}"
     if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} entries"
+        return f"must have at least {_entries(ctx.get('min_length'))}"
     if kind == "value_error" and "error" in ctx:
         # Our own validators' sentences (durations, numbers, language).
         return str(ctx["error"])
     return error["msg"]
+
+
+def _entries(count: object) -> str:
+    return f"{count} entry" if count == 1 else f"{count} entries"

@@ -15,7 +15,7 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
     "bad_json": ("The body is not valid JSON.", "The body is not valid JSON."),
     "bad_request": (
         "A field is missing, of the wrong type, or out of range.",
-        "name must be a non-empty string of at most 200 characters.",
+        "name: must not be blank.",
     ),
     "request_entity_too_large": (
         "The body is larger than the server accepts (aiohttp's `client_max_size`, 1 MiB).",
@@ -23,7 +23,7 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
     ),
     "bad_role": (
         "The role is not one a tenant token can have.",
-        "role must be one of admin, pbx, processor.",
+        "role: Input should be 'admin', 'pbx' or 'processor'.",
     ),
     "bad_query": (
         "A query parameter is malformed (a time without a zone, a limit out of range, a cursor "

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     RootModel,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -48,12 +49,22 @@ Absent = SkipJsonSchema[None]
 """For a field an answer leaves out rather than sets to null."""
 
 
+def _not_blank(value: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("must not be blank")
+    return stripped
+
+
 def _text(limit: int) -> Any:
-    """A non-blank string of at most ``limit`` characters (as sent), stripped."""
+    """A non-blank string of at most ``limit`` characters (as sent), stripped. Blank is what
+    ``str.strip`` removes (which includes the separators U+001C-U+001F); the document's
+    ``\\S`` pattern says the same to a reader."""
     return Annotated[
         str,
-        StringConstraints(max_length=limit, pattern=r"\S"),
-        AfterValidator(str.strip),
+        StringConstraints(max_length=limit),
+        AfterValidator(_not_blank),
+        Field(json_schema_extra={"pattern": r"\S"}),
     ]
 
 
@@ -62,6 +73,15 @@ def _number(value: str) -> str:
         return normalize_number(value)
     except ValueError:
         raise ValueError("is not a phone number") from None
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """Document an optional request field as its type alone: it may be left out, but a null
+    is refused (the field's before-validator), so the document must not offer one."""
+    branches = [branch for branch in schema.pop("anyOf") if branch != {"type": "null"}]
+    (only,) = branches
+    schema.update(only)
+    schema.pop("default", None)
 
 
 PhoneNumber = Annotated[str, AfterValidator(_number), Field(examples=["+40712345678"])]
@@ -517,14 +537,22 @@ class LegalHoldCreate(BaseModel):
             list[Annotated[str, Field(min_length=1)]],
             Field(min_length=1, max_length=MAX_HOLD_CALLS),
         ]
-        | Absent
-    ) = None
+        | None
+    ) = Field(default=None, json_schema_extra=_absent_not_null)
     """Calls of the tenant, live or finished; duplicates are removed. An unknown id is
     refused with 404."""
-    number: PhoneNumber | Absent = None
-    """The hold covers every call where the number is a party."""
+    number: PhoneNumber | None = Field(default=None, json_schema_extra=_absent_not_null)
+    """International format, normalised as in `exclude_numbers`; the hold covers every call
+    where it is a party."""
     reason: _text(MAX_REASON)  # type: ignore[valid-type]
     """Why the data is held (a case, a request); surrounding whitespace is removed."""
+
+    @field_validator("call_ids", "number", mode="before")
+    @classmethod
+    def _sent_not_null(cls, value: object) -> object:
+        if value is None:  # left out is fine (the default is not validated); null is not
+            raise ValueError("must not be null; leave the field out instead")
+        return value
 
     @model_validator(mode="after")
     def _one_scope(self) -> LegalHoldCreate:
@@ -565,7 +593,7 @@ class ErasureRequest(BaseModel):
     model_config = _CLOSED
 
     number: PhoneNumber
-    """Every recording where the number is a party is erased."""
+    """International format; every recording where it is a party is erased."""
 
 
 class ErasureReceipt(BaseModel):

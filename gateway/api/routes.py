@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.api import audit, calls, models, recordings, rights, tenants
 from gateway.api.common import BODY, FOUND, TENANT, json_body, principal_of
-from gateway.auth import ANY_ROLE, Principal, require_role, scope, tenant_of
+from gateway.auth import Principal, require_role, scope, tenant_of
 from gateway.calls import CALL_ID_PATTERN, CallAnnouncement, parse_announcement
 from gateway.errors import invalid_body
 from gateway.policy import RefusalCode
@@ -119,8 +119,8 @@ class Route:
 def _caller_tenant(route: Route, request: web.Request, principal: Principal) -> str | None:
     if "{tenant}" in route.path:
         # 404 for another tenant's path before anything else; the role comes after find.
-        return scope(principal, request.match_info["tenant"], ANY_ROLE)
-    if route.roles == {"operator"}:  # /v1/tenants itself: no tenant to act in
+        return scope(principal, request.match_info["tenant"])
+    if "{" not in route.path:  # /v1/tenants itself names no resource: no tenant to act in
         return None
     # /v1/calls/{id}, /v1/recordings/{id}: the token's tenant (the operator gets 403 here;
     # it names tenants in paths).
@@ -148,7 +148,10 @@ def guard(route: Route) -> Handler:
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, guard(route))
+        if route.method == "GET":  # answers HEAD too, as aiohttp's GET routes do
+            app.router.add_get(route.path, guard(route))
+        else:
+            app.router.add_route(route.method, route.path, guard(route))
 
 
 PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {

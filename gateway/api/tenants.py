@@ -8,17 +8,16 @@ show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret).
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
-from gateway.api.models import TenantCreate, TenantRole, TokenCreate
+from gateway.api.models import TenantCreate, TokenCreate
 from gateway.auth import mint_token
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
-from storage.catalog import AuditEntry, Catalog, Instructions, Role, Tenant, Token
+from storage.catalog import AuditEntry, Catalog, Instructions, Tenant, Token
 from storage.errors import HeldByLegalHold, InvalidInstructions, NotFound
 from storage.instructions import (
     REDACTED,
@@ -26,9 +25,6 @@ from storage.instructions import (
     default_instructions,
     parse_instructions,
 )
-
-TENANT_ROLES: frozenset[Role] = frozenset(typing.get_args(TenantRole))
-"""The roles a tenant token can have; operator tokens are minted with the CLI."""
 
 
 def tenant_view(tenant: Tenant) -> dict[str, Any]:

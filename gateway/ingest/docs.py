@@ -6,15 +6,12 @@ to the protocols it describes and built from their constants.
 
 from __future__ import annotations
 
-import typing
 from typing import Any
 
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
-from gateway.policy import RefusalCode
+from gateway.policy import REFUSAL_CODES
 from gateway.settings import AudioSocketSettings
-
-REFUSAL_CODES: tuple[str, ...] = typing.get_args(RefusalCode)
 
 CLOSE_CODES = {
     "1000": "Normal closure after the stream's `stop` (reason `stop`); the call is ended.",

@@ -714,6 +714,46 @@ async def test_a_body_that_is_not_an_object_names_the_body_not_a_class(gateway: 
     assert (await response.json())["message"] == "(body): must be a JSON object."
 
 
+@pytest.mark.parametrize("name", ["", "   ", "\u001f", " \u001c\u001d\u001e "])
+async def test_a_blank_tenant_name_is_400_and_no_tenant_is_made(
+    gateway: Gateway, name: str
+) -> None:
+    response = await gateway.client.post(
+        "/v1/tenants", json={"id": "blank", "name": name}, headers=bearer(gateway.operator)
+    )
+    assert response.status == 400
+    assert await response.json() == {"error": "bad_request", "message": "name: must not be blank."}
+    listed = await gateway.client.get("/v1/tenants/blank", headers=bearer(gateway.operator))
+    assert listed.status == 404
+
+
+async def test_head_answers_as_get_does_on_every_get_route(gateway: Gateway) -> None:
+    # aiohttp's GET routes answer HEAD; the route table mounts them so, as before it.
+    tenant = await gateway.tenant("acme")
+    for path, token, status in [
+        ("/v1/tenants", gateway.operator, 200),
+        ("/v1/tenants", None, 401),
+        ("/v1/tenants/acme", tenant.admin, 200),
+        ("/v1/tenants/acme/recordings", tenant.processor, 200),
+        ("/v1/tenants/beta/recordings", tenant.admin, 404),
+        ("/v1/tenants/acme/instructions/history", tenant.pbx, 403),
+    ]:
+        headers = {} if token is None else bearer(token)
+        got = await gateway.client.get(path, headers=headers)
+        head = await gateway.client.head(path, headers=headers)
+        assert (got.status, head.status) == (status, status), path
+        assert await head.read() == b""
+
+
+async def test_a_method_the_path_does_not_take_is_405_naming_those_it_does(
+    gateway: Gateway,
+) -> None:
+    response = await gateway.client.patch("/v1/tenants", headers=bearer(gateway.operator))
+    assert response.status == 405
+    assert (await response.json())["error"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}
+
+
 def keyring_tenants(data_dir: Path) -> set[str]:
     return set(json.loads((data_dir / "keyring.json").read_text())["tenants"])
 

@@ -308,6 +308,9 @@ async def test_holds_are_placed_listed_read_and_released(gw: Gateway, clock: Fak
         {"call_ids": [""], "reason": "r"},
         {"call_ids": [7], "reason": "r"},
         ["not", "an", "object"],
+        {"call_ids": None, "number": CALLER, "reason": "r"},
+        {"number": None, "call_ids": ["call-1"], "reason": "r"},
+        {"number": CALLER, "reason": "\u001f \u001c"},
     ],
     ids=[
         "both",
@@ -324,6 +327,9 @@ async def test_holds_are_placed_listed_read_and_released(gw: Gateway, clock: Fak
         "empty-call-id",
         "call-id-not-a-string",
         "not-an-object",
+        "null-call-ids-beside-a-number",
+        "null-number-beside-call-ids",
+        "reason-of-separators-only",
     ],
 )
 async def test_a_bad_hold_is_400_and_not_placed(gw: Gateway, body: Any) -> None:
@@ -333,6 +339,23 @@ async def test_a_bad_hold_is_400_and_not_placed(gw: Gateway, body: Any) -> None:
     status, listed = await api(gw, "GET", "/v1/tenants/acme/legal-holds", tenant.admin)
     assert listed == {"items": []}
     assert [e for e in await events(gw, "acme") if e.action == "hold.placed"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"number": "abc", "reason": "r"}, "number: is not a phone number."),
+        ({"call_ids": [], "reason": "r"}, "call_ids: must have at least 1 entry."),
+        ({"call_ids": [""], "reason": "r"}, "call_ids.0: String should have at least 1 character."),
+        ({"number": None, "reason": "r"}, "number: must not be null; leave the field out instead."),
+    ],
+)
+async def test_a_bad_hold_names_the_field_as_the_client_wrote_it(
+    gw: Gateway, body: Any, message: str
+) -> None:
+    tenant = await gw.tenant("acme", RECORDING_ON)
+    status, answer = await api(gw, "POST", "/v1/tenants/acme/legal-holds", tenant.admin, body)
+    assert (status, answer["message"]) == (400, message)
 
 
 async def test_a_hold_on_an_unknown_or_foreign_call_is_404(gw: Gateway) -> None:

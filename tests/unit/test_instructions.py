@@ -344,7 +344,7 @@ def test_categories_limits_are_inclusive() -> None:
         ({"a" * 41: ["x"]}, "ai.categories", "is not a category name"),
         ({"ü": ["x"]}, "ai.categories", "is not a category name"),
         ({f"c{i}": ["x"] for i in range(51)}, "ai.categories", "at most 50 entries"),
-        ({"a": []}, "ai.categories.a", "at least 1 entries"),
+        ({"a": []}, "ai.categories.a", "at least 1 entry"),
         ({"a": ["x", "   "]}, "ai.categories.a.1", "1 to 100 characters"),
         ({"a": [""]}, "ai.categories.a.0", "1 to 100 characters"),
         ({"a": ["p" * 101]}, "ai.categories.a.0", "1 to 100 characters"),
