@@ -253,7 +253,7 @@ def normalize_number(number: str) -> str:
 
 # Strict: JSON true/false only (no "true", no 1), unknown keys refused, values immutable so a
 # document read once can be shared between concurrent calls without copying.
-_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 _LANGUAGE_RE = re.compile(r"[a-z]{2}")
 
@@ -359,6 +359,7 @@ class RecordingRule(BaseModel):
     model_config = _STRICT
 
     enabled: bool = False
+    """Store call audio as a recording."""
 
 
 class ConsentRule(BaseModel):
@@ -367,6 +368,7 @@ class ConsentRule(BaseModel):
     model_config = _STRICT
 
     required: bool = True
+    """Accept a call only with consent `granted`."""
 
 
 class AiRule(BaseModel):
@@ -375,15 +377,23 @@ class AiRule(BaseModel):
     model_config = _STRICT
 
     transcript: bool = False
+    """Transcribe the call."""
     summary: bool = False
+    """Summarize the transcript."""
     sentiment: bool = False
+    """Sentiment overall, per track and over time."""
     talk_listen: bool = False
+    """Talk/listen ratio, talk time, monologues, overlaps, interruptions."""
     topics: bool = False
+    """Key phrases and matched categories."""
     language: Annotated[str, AfterValidator(_check_language)] = "auto"
+    """`auto` or a two-letter ISO 639-1 code for transcription."""
     # A dict, not a tuple of pairs, so the document is the JSON object tenants write. It is
     # the one mutable value in the document; nothing writes to it after validation.
     categories: dict[_CategoryName, _Phrases] = Field(default={}, max_length=MAX_CATEGORIES)
-    """Topic categories: name -> phrases that put a call in it (used by the `topics` feature)."""
+    """The tenant's topic categories: a name (1 to 40 of `a-z`, `0-9`, `_`) mapped to 1 to 50
+    phrases; a call whose transcript contains a phrase is in the category (reported by
+    `topics`). Duplicate phrases in a category are removed."""
 
 
 class RetentionRule(BaseModel):
@@ -392,8 +402,11 @@ class RetentionRule(BaseModel):
     model_config = _STRICT
 
     recordings: _RetentionText = "P90D"
+    """How long recordings' audio is kept."""
     transcripts: _RetentionText = "P365D"
+    """How long transcripts and analysis are kept."""
     call_records: _RetentionText = "P3Y"
+    """How long call records (CDRs) are kept."""
 
 
 class TransportRule(BaseModel):
@@ -402,6 +415,7 @@ class TransportRule(BaseModel):
     model_config = _STRICT
 
     allow_unencrypted_rtp: bool = False
+    """Accept rtp calls announced with `srtp` false (plain RTP)."""
 
 
 class WebhookRule(BaseModel):
@@ -410,11 +424,17 @@ class WebhookRule(BaseModel):
     model_config = _STRICT
 
     url: Annotated[str, AfterValidator(_check_webhook_url)] | None = None
+    """Where events (`analysis.completed`, `analysis.failed`, `recording.deleted`) are POSTed
+    as JSON: http or https, a host, no user name or password, no fragment. null: no
+    webhook."""
     # validate_default so that a url without a secret reaches _require_secret (and the error
     # names webhook.secret, which a model validator could not).
     secret: Annotated[str, AfterValidator(_check_webhook_secret)] | None = Field(
         default=None, validate_default=True
     )
+    """The HMAC-SHA256 key of the `Callvault-Signature` header, 16 to 200 characters;
+    required with `url`. Write-only: GET shows `<redacted>` when one is set, and a PUT that
+    sends `<redacted>` keeps the current secret."""
 
     @field_validator("secret")
     @classmethod
@@ -441,6 +461,8 @@ class InstructionsDoc(BaseModel):
     exclude_numbers: tuple[_PhoneNumber, ...] = Field(
         default=(), strict=False, max_length=MAX_EXCLUDE_NUMBERS
     )
+    """Numbers never recorded nor analysed; either party matches. Stored normalised and
+    without duplicates."""
 
     @field_validator("exclude_numbers")
     @classmethod

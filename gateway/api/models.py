@@ -207,8 +207,11 @@ class InstructionsDocument(InstructionsDoc):
     back."""
 
     version: Any = None
+    """Set by the server; accepted and ignored so a GET answer can be sent back."""
     created_at: Any = None
+    """Set by the server; accepted and ignored so a GET answer can be sent back."""
     created_by: Any = None
+    """Set by the server; accepted and ignored so a GET answer can be sent back."""
 
 
 class Instructions(InstructionsDoc):
