@@ -95,7 +95,8 @@ def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]
 
 def _violations(value: Any, schema: dict[str, Any], document: dict[str, Any]) -> list[str]:
     """Where ``value`` breaks ``schema`` (JSON Schema 2020-12, the dialect of OpenAPI 3.1),
-    as ``<path>: <keyword>``; ``$ref``s resolve against ``document``."""
+    as ``<path>: <keyword>`` (``<path>: required <property>`` for a missing property);
+    ``$ref``s resolve against ``document``."""
     # The document's components ride along in the root, where its local $refs point.
     root = {**schema, "components": document["components"]}
     validator = Draft202012Validator(root, format_checker=Draft202012Validator.FORMAT_CHECKER)
@@ -103,6 +104,7 @@ def _violations(value: Any, schema: dict[str, Any], document: dict[str, Any]) ->
         "$"
         + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in e.absolute_path)
         + f": {e.validator}"
+        + (f" {e.message.split(chr(39))[1]}" if e.validator == "required" else "")
         for e in validator.iter_errors(value)
     )
 
@@ -535,7 +537,7 @@ def test_a_legal_hold_body_names_call_ids_or_a_number(doc: dict[str, Any]) -> No
     both = {"number": "+40712345678", "call_ids": ["call-1"], "reason": "Case 1"}
     assert _violations(both, schema, doc) == ["$: oneOf"]  # matches both branches
     assert _violations({"reason": "Case 1"}, schema, doc) == ["$: oneOf"]  # matches neither
-    assert _violations({"number": "+40712345678"}, schema, doc) == ["$: required"]  # reason
+    assert _violations({"number": "+40712345678"}, schema, doc) == ["$: required reason"]
     assert _violations({"number": "+1", "reason": "x", "why": "y"}, schema, doc) == [
         "$: additionalProperties"
     ]
@@ -597,7 +599,7 @@ def test_the_schema_checker_catches_a_wrong_view(doc: dict[str, Any]) -> None:
     assert _violations({**view, "refusal": "maybe"}, _schema(doc, "Call"), doc) != []
     assert _violations({**view, "sample_rate": "8000"}, _schema(doc, "Call"), doc) != []
     del view["decision"]
-    assert _violations(view, _schema(doc, "Call"), doc) == ["$: required"]  # decision
+    assert _violations(view, _schema(doc, "Call"), doc) == ["$: required decision"]
 
 
 # --- durations ----------------------------------------------------------------------------
