@@ -6,6 +6,12 @@ nothing left, mark the recording deleted with its own receipt. A crash between a
 leaves the object selectable by the same query, so the next sweep finishes the work. The
 sweeper that drives these steps, and decides on the exact windows and holds, is
 ``storage.retention``.
+
+Every write here locks the tenant row (``lock_tenant``) before the rows it changes, as
+every other writer of the catalog does (the audit receipt needs that lock anyway): a writer
+that took rows first and the tenant last would deadlock on PostgreSQL with one that takes
+the tenant and then those rows (``settle_deleted_tenant``, ``request_deletion``, a
+recording's finish).
 """
 
 from __future__ import annotations
@@ -158,6 +164,7 @@ class Retention:
         for start in range(0, len(object_ids), WRITE_CHUNK):
             chunk = list(object_ids[start : start + WRITE_CHUNK])
             async with self._core.transaction(write=True) as conn:
+                await lock_tenant(conn, tenant_id, live=False)  # the tenant first
                 result = await conn.execute(
                     sa.update(objects)
                     .where(
@@ -296,6 +303,7 @@ class Retention:
         for reason, ids in by_reason.items():
             for start in range(0, len(ids), WRITE_CHUNK):
                 async with self._core.transaction(write=True) as conn:
+                    await lock_tenant(conn, tenant_id, live=False)  # the tenant first
                     result = await conn.execute(
                         sa.update(recordings)
                         .where(
@@ -422,6 +430,7 @@ class Retention:
         deleted: list[str] = []
         for start in range(0, len(call_ids), WRITE_CHUNK):
             async with self._core.transaction(write=True) as conn:
+                await lock_tenant(conn, tenant_id, live=False)  # the tenant first
                 chunk = list(call_ids[start : start + WRITE_CHUNK])
                 blocked = set(
                     (
