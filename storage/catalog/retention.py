@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from storage.catalog.audit import append_entries
 from storage.catalog.core import IN_BATCH, WRITE_CHUNK, CatalogCore, lock_tenant, record
 from storage.catalog.holds import active_holds
+from storage.catalog.jobs import enqueue_new_jobs
 from storage.catalog.recordings import require_recording
 from storage.catalog.records import (
     AuditEntry,
@@ -31,6 +32,7 @@ from storage.catalog.records import (
     DueCall,
     DueObject,
     DueRecording,
+    NewJob,
     Recording,
 )
 from storage.catalog.schema import (
@@ -290,11 +292,16 @@ class Retention:
         now: datetime,
         *,
         receipts: Callable[[list[Recording]], Sequence[AuditEntry]],
+        events: Callable[[list[Recording]], Sequence[NewJob]] | None = None,
     ) -> list[Recording]:
         """Mark recordings finally deleted (``reasons``: recording id -> reason, kept if an
         erasure already named one) when they still have no object left, and append
-        ``receipts(completed)`` in the same transaction (one per ``WRITE_CHUNK``
-        recordings). Returns the completed ones."""
+        ``receipts(completed)`` and queue the jobs ``events(completed)`` (their webhook
+        events; an id already queued is skipped) in the same transaction (one per
+        ``WRITE_CHUNK`` recordings). ``completed`` are the recordings a transaction moved,
+        so two sweeps (or two batches of one) racing to complete a recording write its
+        receipt and queue its events once, and a crash never leaves one without the
+        other. Returns the completed ones."""
         live_objects = _has_live_objects()
         by_reason: dict[str, list[str]] = {}
         for recording_id, reason in reasons.items():
@@ -322,6 +329,8 @@ class Retention:
                     )
                     moved = sorted((record(Recording, row) for row in result), key=lambda r: r.id)
                     await append_entries(conn, tenant_id, receipts(moved), now)
+                    if events is not None and moved:
+                        await enqueue_new_jobs(conn, tenant_id, events(moved), now)
                 completed.extend(moved)
         return completed
 
