@@ -1,8 +1,9 @@
 """Webhooks: signed notifications to the tenant's URL when something happens to a recording.
 
 Why a queue: an event (an analysis completed, a recording deleted) is recorded as a ``webhook``
-job in the catalog's job table by `queue_event`, and `WebhookSender` delivers it later. The
-code that raises an event (the AI worker, the retention sweeper) never waits on a tenant's
+job in the catalog's job table by `queue_event` (or, built by `event_jobs`, in the
+transaction of the write that raises it), and `WebhookSender` delivers it later. The code
+that raises an event (the AI worker, the retention sweeper) never waits on a tenant's
 server, a slow or dead receiver never blocks ingest, and a delivery survives a restart.
 
 Events: ``analysis.completed``, ``analysis.failed`` and ``recording.deleted``. The body is a
@@ -47,7 +48,7 @@ import ipaddress
 import logging
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -61,7 +62,7 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
 from storage.errors import Conflict
-from storage.retention import deleted_event_id
+from storage.retention import DeletedEvents, Notify, deleted_event_id
 
 __all__ = [
     "EVENTS",
@@ -71,7 +72,10 @@ __all__ = [
     "SIGNATURE_HEADER",
     "USER_AGENT",
     "WebhookSender",
+    "deletion_notifier",
+    "event_jobs",
     "queue_event",
+    "queue_events",
     "refused_address",
     "retry_delay",
     "sign",
@@ -216,17 +220,32 @@ async def queue_events(
     instructions once; nothing is stored when they have no webhook URL.
 
     An ``event_id`` makes queueing idempotent: a caller that may repeat itself after a
-    crash (the AI worker, the retention sweeper) derives the id from its own work, and an
+    crash (the AI worker) derives the id from its own work, and an
     event already queued under it is not queued again. Returns the jobs queued now. A
     ``recording_id`` links the job to its recording in the catalog (and must name an
     existing recording)."""
-    for item in events:
-        if item.event not in EVENTS:
-            raise ValueError(f"unknown webhook event {item.event!r}; one of {', '.join(EVENTS)}")
+    _check_events(events)
     if not events:
         return []
     if (await catalog.instructions.current(tenant)).document.webhook.url is None:
         return []
+    jobs = event_jobs(tenant, events, now=now, max_attempts=max_attempts)
+    return await catalog.jobs.enqueue_many(tenant, jobs, now=now)
+
+
+def _check_events(events: Sequence[Event]) -> None:
+    for item in events:
+        if item.event not in EVENTS:
+            raise ValueError(f"unknown webhook event {item.event!r}; one of {', '.join(EVENTS)}")
+
+
+def event_jobs(
+    tenant: str, events: Sequence[Event], *, now: datetime, max_attempts: int
+) -> list[NewJob]:
+    """The ``webhook`` jobs of events raised at ``now`` (no I/O): for a caller that has
+    checked the tenant's webhook URL and queues them itself (``queue_events``, or the
+    retention sweeper inside the transaction that marks the recordings deleted)."""
+    _check_events(events)
     created_at = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
     jobs = []
     for item in events:
@@ -248,30 +267,31 @@ async def queue_events(
                 },
             )
         )
-    return await catalog.jobs.enqueue_many(tenant, jobs, now=now)
+    return jobs
 
 
-def deletion_notifier(
-    catalog: Catalog, *, max_attempts: int
-) -> Callable[..., Awaitable[list[Job]]]:
-    """The retention sweeper's ``Notify``: the ``recording.deleted`` events of a batch of
-    recordings, queued in one transaction under ids derived from the recordings."""
+def deletion_notifier(catalog: Catalog, *, max_attempts: int) -> Notify:
+    """The retention sweeper's ``Notify``: reads the tenant's webhook URL once, and builds
+    the ``recording.deleted`` events of the recordings a completion moves, under ids
+    derived from the recordings (the sweeper queues them in that transaction)."""
 
-    async def notify(
-        *, tenant: str, deleted: Sequence[tuple[str, str]], now: datetime
-    ) -> list[Job]:
-        events = [
-            Event(
-                "recording.deleted",
-                {"recording_id": recording_id, "reason": reason},
-                recording_id=recording_id,
-                event_id=deleted_event_id(recording_id),
-            )
-            for recording_id, reason in deleted
-        ]
-        return await queue_events(
-            catalog, tenant=tenant, events=events, now=now, max_attempts=max_attempts
-        )
+    async def notify(*, tenant: str, now: datetime) -> DeletedEvents | None:
+        if (await catalog.instructions.current(tenant)).document.webhook.url is None:
+            return None
+
+        def build(deleted: Sequence[tuple[str, str]]) -> list[NewJob]:
+            events = [
+                Event(
+                    "recording.deleted",
+                    {"recording_id": recording_id, "reason": reason},
+                    recording_id=recording_id,
+                    event_id=deleted_event_id(recording_id),
+                )
+                for recording_id, reason in deleted
+            ]
+            return event_jobs(tenant, events, now=now, max_attempts=max_attempts)
+
+        return build
 
     return notify
 

@@ -15,13 +15,15 @@ One deletion, for a batch of up to 1000 objects, is four steps, each safe to rep
 3. mark the object rows deleted and write the audit receipts (``data.deleted``, one per
    recording) in one catalog transaction;
 4. once a finished recording has nothing left, mark it deleted with its receipt
-   (``recording.deleted``) and queue its ``recording.deleted`` webhook event (whose id comes
-   from the recording, so queueing it twice is harmless); the call record and the
-   recording's row stay, content-free, until ``call_records`` expires
-   (``call_record.deleted``).
+   (``recording.deleted``) and its ``recording.deleted`` webhook event in one transaction,
+   only if that transaction moved it (two batches in flight may both find it due); the
+   event's id comes from the recording, so one queued by an older version is not queued
+   again; the call record and the recording's row stay, content-free, until
+   ``call_records`` expires (``call_record.deleted``).
 
 A crash between any two steps leaves the rows where the same queries select them again, so
-the next sweep finishes the work and writes each receipt exactly once.
+the next sweep finishes the work and writes each receipt, and queues each event, exactly
+once.
 
 Beside ingest: no catalog transaction is held across store I/O; bulk writes commit 250 rows
 at a time, and on SQLite wait their turn behind ingest's writes rather than starving them;
@@ -40,7 +42,7 @@ import logging
 import time
 from collections import Counter as Counter_
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -56,6 +58,7 @@ from storage.catalog import (
     DueObject,
     DueRecording,
     LegalHold,
+    NewJob,
     Recording,
     Tenant,
 )
@@ -119,14 +122,19 @@ async def current_windows(catalog: Catalog, tenant: str) -> Windows:
     return Windows.of((await catalog.instructions.current(tenant)).document.retention)
 
 
-class Notify(Protocol):
-    """Queues the ``recording.deleted`` webhook events of recordings about to be marked
-    deleted (``gateway.webhooks.deletion_notifier``); ``deleted`` holds (recording id,
-    reason) pairs, and each event's id is ``deleted_event_id`` of its recording."""
+DeletedEvents = Callable[[Sequence[tuple[str, str]]], list[NewJob]]
+"""The jobs of the ``recording.deleted`` webhook events of recordings marked deleted now,
+given (recording id, reason) pairs; each job's id is ``deleted_event_id`` of its
+recording."""
 
-    def __call__(
-        self, *, tenant: str, deleted: Sequence[tuple[str, str]], now: datetime
-    ) -> Awaitable[object]: ...
+
+class Notify(Protocol):
+    """Reads what a tenant's ``recording.deleted`` webhook events need (its webhook URL)
+    once, and returns the builder of their jobs, or ``None`` when the tenant has no webhook
+    URL (``gateway.webhooks.deletion_notifier``). The jobs are queued in the transaction
+    that marks the recordings deleted, for the recordings it moved only."""
+
+    def __call__(self, *, tenant: str, now: datetime) -> Awaitable[DeletedEvents | None]: ...
 
 
 class Holds:
@@ -541,10 +549,9 @@ class RetentionSweeper:
         completed now."""
         if not reasons:
             return 0
+        build = None
         if self._notify is not None and notify:
-            # Before the recordings are marked: a crash in between is finished by the next
-            # sweep, which queues them again under the same ids (a no-op).
-            await self._notify(tenant=tenant, deleted=list(reasons.items()), now=now)
+            build = await self._notify(tenant=tenant, now=now)
 
         def receipts(completed: list[Recording]) -> list[AuditEntry]:
             return [
@@ -557,8 +564,15 @@ class RetentionSweeper:
                 for recording in completed
             ]
 
+        def events(completed: list[Recording]) -> list[NewJob]:
+            # Built inside the transaction that marks them, from the recordings it moved:
+            # another batch or sweep that found the same recording due queues nothing.
+            if build is None:
+                return []
+            return build([(recording.id, reasons[recording.id]) for recording in completed])
+
         completed = await self._catalog.retention.complete_deletions(
-            tenant, reasons, now, receipts=receipts
+            tenant, reasons, now, receipts=receipts, events=events
         )
         for reason, count in Counter_(r.delete_reason or "" for r in completed).items():
             self.metrics.deleted.labels("recordings", reason).inc(count)

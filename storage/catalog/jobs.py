@@ -3,7 +3,8 @@
 A job is claimed with a lease; a worker that dies leaves it to be claimed again once the
 lease runs out, and a job that ran out of attempts is failed rather than handed out again.
 Every new job row is built by ``new_job``, whichever write queues it (``Jobs.enqueue``,
-``Jobs.enqueue_many``, or a recording's finish in ``storage.catalog.recordings``).
+``Jobs.enqueue_many``, a recording's finish in ``storage.catalog.recordings``, or the
+completion of a deletion with its webhook events in ``storage.catalog.retention``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,40 @@ async def insert_jobs(conn: AsyncConnection, new: Sequence[Job]) -> None:
         await conn.execute(sa.insert(jobs), [row_values(job) for job in new])
 
 
+async def enqueue_new_jobs(
+    conn: AsyncConnection, tenant_id: str, new: Sequence[NewJob], now: datetime
+) -> list[Job]:
+    """Queue jobs of the tenant, due ``now``, inside the caller's transaction; a job whose
+    id is taken already is skipped, so a caller that repeats itself after a crash (or an
+    older version that queued the job in a transaction of its own) queues each once.
+    Returns the jobs queued now."""
+    taken: set[str] = set()
+    ids = [job.id for job in new]
+    for start in range(0, len(ids), IN_BATCH):
+        chunk = ids[start : start + IN_BATCH]
+        taken.update(
+            (await conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk)))).scalars()
+        )
+    queued: list[Job] = []
+    for job in new:
+        if job.id in taken:
+            continue
+        taken.add(job.id)
+        queued.append(
+            new_job(
+                id=job.id,
+                tenant_id=tenant_id,
+                kind=job.kind,
+                now=now,
+                recording_id=job.recording_id,
+                max_attempts=job.max_attempts,
+                payload=job.payload,
+            )
+        )
+    await insert_jobs(conn, queued)
+    return queued
+
+
 async def _leased_job(conn: AsyncConnection, job_id: str, owner: str) -> AnyRow:
     row = (
         await conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update())
@@ -115,36 +150,12 @@ class Jobs:
         self, tenant_id: str, new: Sequence[NewJob], *, now: datetime
     ) -> list[Job]:
         """Queue several jobs of the tenant in one transaction, due ``now``; a job whose id
-        is taken already is skipped (so a caller that repeats itself after a crash queues
-        each once). Returns the jobs queued now."""
+        is taken already is skipped (see ``enqueue_new_jobs``). Returns the jobs queued
+        now."""
         if not new:
             return []
         async with self._core.transaction(write=True, subject="A job") as conn:
-            taken: set[str] = set()
-            ids = [job.id for job in new]
-            for start in range(0, len(ids), IN_BATCH):
-                chunk = ids[start : start + IN_BATCH]
-                taken.update(
-                    (await conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(chunk)))).scalars()
-                )
-            queued: list[Job] = []
-            for job in new:
-                if job.id in taken:
-                    continue
-                taken.add(job.id)
-                queued.append(
-                    new_job(
-                        id=job.id,
-                        tenant_id=tenant_id,
-                        kind=job.kind,
-                        now=now,
-                        recording_id=job.recording_id,
-                        max_attempts=job.max_attempts,
-                        payload=job.payload,
-                    )
-                )
-            await insert_jobs(conn, queued)
-        return queued
+            return await enqueue_new_jobs(conn, tenant_id, new, now)
 
     async def claim(
         self,

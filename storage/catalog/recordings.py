@@ -20,6 +20,7 @@ from storage.catalog.core import (
     AnyRow,
     CatalogCore,
     at,
+    lock_tenant,
     record,
     record_prefixed,
 )
@@ -215,6 +216,11 @@ class Recordings:
         status: RecordingStatus = "processing" if job_id is not None else "recorded"
         subject = f"Recording {recording_id!r}"
         async with self._core.transaction(write=True, subject=subject) as conn:
+            # The tenant row first, as every writer takes it (its audit event needs it
+            # anyway): rows first would deadlock with the settling of a deleted tenant,
+            # which locks the tenant and then ends its live recordings. Finishing stays
+            # allowed after the tenant's deletion.
+            await lock_tenant(conn, tenant_id, live=False)
             current = await require_recording(conn, tenant_id, recording_id)
             if current.status != "recording":
                 return record(Recording, current)

@@ -6,6 +6,12 @@ nothing left, mark the recording deleted with its own receipt. A crash between a
 leaves the object selectable by the same query, so the next sweep finishes the work. The
 sweeper that drives these steps, and decides on the exact windows and holds, is
 ``storage.retention``.
+
+Every write here locks the tenant row (``lock_tenant``) before the rows it changes, as
+every other writer of the catalog does (the audit receipt needs that lock anyway): a writer
+that took rows first and the tenant last would deadlock on PostgreSQL with one that takes
+the tenant and then those rows (``settle_deleted_tenant``, ``request_deletion``, a
+recording's finish).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sqlalchemy as sa
 from storage.catalog.audit import append_entries
 from storage.catalog.core import IN_BATCH, WRITE_CHUNK, CatalogCore, lock_tenant, record
 from storage.catalog.holds import active_holds
+from storage.catalog.jobs import enqueue_new_jobs
 from storage.catalog.recordings import require_recording
 from storage.catalog.records import (
     AuditEntry,
@@ -25,6 +32,7 @@ from storage.catalog.records import (
     DueCall,
     DueObject,
     DueRecording,
+    NewJob,
     Recording,
 )
 from storage.catalog.schema import (
@@ -158,6 +166,7 @@ class Retention:
         for start in range(0, len(object_ids), WRITE_CHUNK):
             chunk = list(object_ids[start : start + WRITE_CHUNK])
             async with self._core.transaction(write=True) as conn:
+                await lock_tenant(conn, tenant_id, live=False)  # the tenant first
                 result = await conn.execute(
                     sa.update(objects)
                     .where(
@@ -283,11 +292,16 @@ class Retention:
         now: datetime,
         *,
         receipts: Callable[[list[Recording]], Sequence[AuditEntry]],
+        events: Callable[[list[Recording]], Sequence[NewJob]] | None = None,
     ) -> list[Recording]:
         """Mark recordings finally deleted (``reasons``: recording id -> reason, kept if an
         erasure already named one) when they still have no object left, and append
-        ``receipts(completed)`` in the same transaction (one per ``WRITE_CHUNK``
-        recordings). Returns the completed ones."""
+        ``receipts(completed)`` and queue the jobs ``events(completed)`` (their webhook
+        events; an id already queued is skipped) in the same transaction (one per
+        ``WRITE_CHUNK`` recordings). ``completed`` are the recordings a transaction moved,
+        so two sweeps (or two batches of one) racing to complete a recording write its
+        receipt and queue its events once, and a crash never leaves one without the
+        other. Returns the completed ones."""
         live_objects = _has_live_objects()
         by_reason: dict[str, list[str]] = {}
         for recording_id, reason in reasons.items():
@@ -296,6 +310,7 @@ class Retention:
         for reason, ids in by_reason.items():
             for start in range(0, len(ids), WRITE_CHUNK):
                 async with self._core.transaction(write=True) as conn:
+                    await lock_tenant(conn, tenant_id, live=False)  # the tenant first
                     result = await conn.execute(
                         sa.update(recordings)
                         .where(
@@ -314,6 +329,8 @@ class Retention:
                     )
                     moved = sorted((record(Recording, row) for row in result), key=lambda r: r.id)
                     await append_entries(conn, tenant_id, receipts(moved), now)
+                    if events is not None and moved:
+                        await enqueue_new_jobs(conn, tenant_id, events(moved), now)
                 completed.extend(moved)
         return completed
 
@@ -422,6 +439,7 @@ class Retention:
         deleted: list[str] = []
         for start in range(0, len(call_ids), WRITE_CHUNK):
             async with self._core.transaction(write=True) as conn:
+                await lock_tenant(conn, tenant_id, live=False)  # the tenant first
                 chunk = list(call_ids[start : start + WRITE_CHUNK])
                 blocked = set(
                     (

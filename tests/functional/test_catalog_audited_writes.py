@@ -9,6 +9,7 @@ and then fails, as a database failing mid-transaction would; nothing of the writ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -183,3 +184,49 @@ async def test_a_finish_whose_event_fails_leaves_the_recording_live(
     assert await catalog.jobs.list("acme") == []
     assert await catalog.audit.list("acme") == []
     assert [r.id for r in await catalog.recordings.live()] == ["rec-1"]
+
+
+# --- finishing while the deleted tenant is settled ------------------------------------------
+
+
+async def test_a_finish_racing_the_settling_of_its_deleted_tenant_deadlocks_neither(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One node finishes a call while another settles the tenant deleted meanwhile: every
+    writer locks the tenant row before the rows it changes, so neither waits on the other's
+    rows while holding what the other waits for (PostgreSQL would kill one as a deadlock)."""
+    await live_recording(catalog)
+    await catalog.tenants.mark_deleted("acme", T0 + timedelta(minutes=1))
+    in_finish = asyncio.Event()
+
+    async def slow_append(
+        conn: AsyncConnection, tenant_id: str, entries: Sequence[AuditEntry], now: datetime
+    ) -> list[AuditEvent]:
+        # The finish has written what it writes before its event: hold its transaction
+        # open while the settling runs.
+        in_finish.set()
+        await asyncio.sleep(0.3)
+        return await audit_module.append_entries(conn, tenant_id, entries, now)
+
+    monkeypatch.setattr("storage.catalog.recordings.append_entries", slow_append)
+    end = T0 + timedelta(minutes=2)
+
+    async def settle() -> None:
+        await in_finish.wait()
+        await catalog.retention.settle_deleted_tenant("acme", end + timedelta(seconds=1))
+
+    finished, _ = await asyncio.gather(
+        catalog.recordings.finish(
+            "acme", "rec-1", samples=8, now=end, job_id="job-1", audit=ended("job-1")
+        ),
+        settle(),
+    )
+    # The finish came first: the recording is finished, its call ended then; the settling
+    # found nothing left to settle.
+    assert finished.status == "processing"
+    recording = await catalog.recordings.get("acme", "rec-1")
+    assert (recording.status, recording.samples, recording.ended_at) == ("processing", 8, end)
+    assert (await catalog.calls.get("acme", "call-1")).ended_at == end
+    assert [job.id for job in await catalog.jobs.list("acme")] == ["job-1"]
+    assert [e.action for e in await catalog.audit.list("acme")] == ["call.ended"]
+    assert (await catalog.audit.verify("acme")).ok

@@ -16,6 +16,7 @@ ends, with every receipt written once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,11 +29,18 @@ import pytest
 from crypto.errors import KeyUnavailable
 from crypto.keys import LocalKeyring
 from gateway.webhooks import JOB_KIND, deletion_notifier
-from storage.catalog import AuditEntry, Catalog, LegalHold, RecordingStatus, StoredObject
+from storage.catalog import (
+    AuditEntry,
+    Catalog,
+    LegalHold,
+    NewJob,
+    RecordingStatus,
+    StoredObject,
+)
 from storage.errors import HeldByLegalHold, NotFound, StorageUnavailable
 from storage.filestore import FileStore
 from storage.instructions import parse_instructions
-from storage.retention import RetentionSweeper, SweepReport, deleted_event_id
+from storage.retention import DeletedEvents, RetentionSweeper, SweepReport, deleted_event_id
 from storage.s3 import MIN_PART_SIZE
 from storage.store import ObjectStore
 from storage.vault import MediaVault
@@ -80,32 +88,34 @@ class Queued:
 
 
 class RecordingNotify:
-    """Stands in for ``gateway.webhooks.deletion_notifier``: remembers every event it is
-    given, as the webhook job it would queue; ``fail_next`` makes the next call raise
-    ``Crash`` without queueing anything."""
+    """Stands in for ``gateway.webhooks.deletion_notifier``: remembers every event whose
+    job it is asked to build (in the transaction that marks its recording deleted), and
+    queues none; ``fail_next`` makes the next build raise ``Crash`` in that transaction."""
 
     def __init__(self) -> None:
         self.calls: list[Queued] = []
         self.fail_next = False
 
-    async def __call__(
-        self, *, tenant: str, deleted: Sequence[tuple[str, str]], now: datetime
-    ) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise Crash("crash while queueing a webhook event")
-        for recording_id, reason in deleted:
-            data = {"recording_id": recording_id, "reason": reason}
-            self.calls.append(
-                Queued(
-                    tenant,
-                    "recording.deleted",
-                    data,
-                    now,
-                    recording_id,
-                    deleted_event_id(recording_id),
+    async def __call__(self, *, tenant: str, now: datetime) -> DeletedEvents:
+        def build(deleted: Sequence[tuple[str, str]]) -> list[NewJob]:
+            if self.fail_next:
+                self.fail_next = False
+                raise Crash("crash while queueing a webhook event")
+            for recording_id, reason in deleted:
+                data = {"recording_id": recording_id, "reason": reason}
+                self.calls.append(
+                    Queued(
+                        tenant,
+                        "recording.deleted",
+                        data,
+                        now,
+                        recording_id,
+                        deleted_event_id(recording_id),
+                    )
                 )
-            )
+            return []
+
+        return build
 
     @property
     def queued(self) -> dict[str | None, Queued]:
@@ -732,7 +742,7 @@ async def test_a_hold_keeps_an_empty_recording_and_a_call_record(local: Parts) -
 # --- 4. crashes ---------------------------------------------------------------------------
 
 # What a crash at each step leaves before the next sweep: (row state, key row, bytes) of
-# every object, data.deleted receipts, notify calls; then what the recovering sweep reports.
+# every object, data.deleted receipts, events built; then what the recovering sweep reports.
 CRASHES: dict[str, tuple[tuple[str, bool, bool], int, int, dict[str, int]]] = {
     "none": (GONE, 2, 2, {}),
     "shred": (KEPT, 0, 0, {"objects_deleted": 8, "recordings_deleted": 2}),
@@ -740,7 +750,7 @@ CRASHES: dict[str, tuple[tuple[str, bool, bool], int, int, dict[str, int]]] = {
                                                        "recordings_deleted": 2}),
     "mark": (("committed", False, False), 0, 0, {"objects_deleted": 8, "recordings_deleted": 2}),
     "notify": (GONE, 2, 0, {"recordings_deleted": 2}),
-    "complete": (GONE, 2, 2, {"recordings_deleted": 2}),
+    "complete": (GONE, 2, 0, {"recordings_deleted": 2}),
 }  # fmt: skip
 
 
@@ -803,7 +813,7 @@ async def test_the_next_sweep_recovers_from_a_crash_at_any_step(
     assert await audit_ok(parts, "acme") == 4
     ids = {deleted_event_id(call.recording_id) for call in calls}
     assert set(notify.queued) == ids
-    assert len(notify.calls) == (4 if crash == "complete" else 2)
+    assert len(notify.calls) == 2
     for queued in notify.calls:
         assert queued.recording_id is not None
         assert queued.event_id == deleted_event_id(queued.recording_id)
@@ -812,7 +822,7 @@ async def test_the_next_sweep_recovers_from_a_crash_at_any_step(
     # A third sweep changes nothing.
     assert (await sweeper.sweep(second)).as_dict() == report()
     assert await receipts(parts, "acme") == final
-    assert len(notify.calls) == (4 if crash == "complete" else 2)
+    assert len(notify.calls) == 2
 
 
 async def test_a_failing_tenant_is_reported_and_the_others_are_still_swept(
@@ -1259,3 +1269,81 @@ async def test_a_hold_placed_after_an_interrupted_erasure_keeps_its_data(parts: 
         await catalog.retention.request_deletion("acme", [other.recording_id], "erasure", END)
     assert refused.value.hold == "hold-1"
     assert (await catalog.recordings.get("acme", other.recording_id)).status == "analyzed"
+
+
+class Rendezvous:
+    """Holds its first ``count`` callers until all of them arrived (or ``timeout_s``
+    passed, where fewer come); later ones pass at once."""
+
+    def __init__(self, count: int, timeout_s: float = 1.0) -> None:
+        self._count = count
+        self._timeout_s = timeout_s
+        self._arrived = 0
+        self._all = asyncio.Event()
+
+    async def wait(self) -> None:
+        self._arrived += 1
+        if self._arrived >= self._count:
+            self._all.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all.wait(), self._timeout_s)
+
+
+def meet_after(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, at: Rendezvous) -> None:
+    """Make ``owner.name`` wait at the rendezvous once it has done its work."""
+    real: Callable[..., Any] = getattr(owner, name)
+
+    async def meeting(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        await at.wait()
+        return result
+
+    monkeypatch.setattr(owner, name, meeting)
+
+
+@pytest.mark.parametrize("notifier", ["recorded", "webhooks"])
+async def test_two_batches_sharing_a_recording_queue_its_event_once(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notifier: str
+) -> None:
+    """Two batches in flight hold objects of the same recording; both mark theirs, then
+    both find the recording with nothing left: only the one whose completion moves it
+    queues its ``recording.deleted`` event (on PostgreSQL the second insert of the same
+    event id would fail the tenant's sweep)."""
+    store = FileStore(tmp_path / "objects")
+    try:
+        async with open_parts(database_url, store, tmp_path / "keys") as parts:
+            webhook = {
+                "url": "https://hooks.example.com/callvault",
+                "secret": "s3cret-s3cret-s3cret",
+            }
+            await add_tenant(parts, "acme", ALL_AT_ONCE, webhook=webhook)
+            call = await seed_call(parts, "acme", "call-1")  # 4 objects: batches of 3 and 1
+            sweeper = parts.new_sweeper(batch_size=3)
+            if notifier == "webhooks":
+                sweeper = parts.new_sweeper(
+                    batch_size=3, notify=deletion_notifier(parts.catalog, max_attempts=3)
+                )
+            # Both batches' objects are marked before either batch looks for recordings
+            # with nothing left, and both look before either completes one.
+            marked, looked = Rendezvous(2), Rendezvous(2)
+            meet_after(monkeypatch, parts.catalog.retention, "mark_objects_deleted", marked)
+            meet_after(monkeypatch, parts.catalog.retention, "due_recordings", looked)
+
+            swept = await sweeper.sweep(END + 2 * DAY)
+            assert swept.as_dict() == report(
+                objects_deleted=4, bytes_deleted=call.size, recordings_deleted=1
+            )
+            actions = [(a, o) for a, o, _ in await receipts(parts, "acme")]
+            assert actions.count(("recording.deleted", call.recording_id)) == 1
+            event_id = deleted_event_id(call.recording_id)
+            if notifier == "recorded":
+                assert [(n.event_id, n.data) for n in parts.notify.calls] == [
+                    (event_id, {"recording_id": call.recording_id, "reason": "retention"})
+                ]
+            else:
+                jobs = await parts.catalog.jobs.list("acme", kind=JOB_KIND)
+                assert [(job.id, job.recording_id) for job in jobs] == [
+                    (event_id, call.recording_id)
+                ]
+    finally:
+        await store.close()
