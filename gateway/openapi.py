@@ -4,9 +4,10 @@ PBX vendors, tenant admins and processors program against this document, so it i
 from what the server runs: the paths, roles, bodies and error codes from the route table
 (``gateway.api.routes``), the component schemas from the pydantic models
 (``model_json_schema``, attribute docstrings as descriptions), the descriptions from the
-handlers' docstrings. Only what introspection cannot say is written here: the WebSocket and
-AudioSocket protocols and their close codes, the health endpoints, the ECMA-262 twin of the
-duration parser. ``tests/unit/test_openapi.py`` fails until the checked-in copy is
+handlers' docstrings. Only what introspection cannot say is written by hand: the WebSocket
+and AudioSocket protocols and their close codes (``gateway.ingest.docs``), the health
+endpoints (here), and the JSON Schema twins of the checks the instruction validators make in
+code (beside them, in ``storage.instructions``). ``tests/unit/test_openapi.py`` fails until the checked-in copy is
 regenerated, and checks that every route the app registers is documented and vice versa.
 
 The checked-in ``gateway/openapi.json`` is what ``GET /v1/openapi.json`` serves; it is
@@ -40,11 +41,11 @@ from gateway.ingest.events import MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
 from storage.catalog.records import ROLES
 from storage.instructions import (
-    MAX_PHRASE_CHARS,
-    MAX_WEBHOOK_URL_CHARS,
-    REDACTED,
-    WEBHOOK_SECRET_CHARS,
-    RetentionRule,
+    CATEGORY_NAME,
+    CODE_CHECKED,
+    DURATION,
+    DURATION_PATTERN,
+    PHRASE,
 )
 
 __all__ = ["DURATION_PATTERN", "ERROR_CODES", "REFUSAL_CODES", "build_document", "main", "render"]
@@ -53,24 +54,6 @@ Schema = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
 
-
-# The ECMA-262 twin of storage.instructions' duration regex: the same designators and digits,
-# plus the two rules that function checks in code (at least one component; a "T" needs a
-# time component after it), written as lookaheads. The 100-year cap and "not zero" cannot be
-# said in a pattern; the Duration schema's description says them.
-DURATION_PATTERN = (
-    r"^P(?!$)(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+W)?(?:[0-9]+D)?"
-    r"(?:T(?=[0-9])(?:[0-9]+H)?(?:[0-9]+M)?(?:[0-9]+(?:\.[0-9]+)?S)?)?$"
-)
-DURATION: Schema = {
-    "type": "string",
-    "pattern": DURATION_PATTERN,
-    "maxLength": 40,
-    "description": "ISO-8601 duration counted from the call's end: `PnYnMnWnDTnHnMnS`, "
-    "integer components, a fraction only on seconds, uppercase designators, no sign. Must be "
-    "longer than zero and at most 100 years.",
-    "examples": ["P90D", "PT30S", "P3Y"],
-}
 
 SHARED_RESPONSES: dict[str, tuple[int, tuple[str, ...]]] = {
     "Unauthorized": (401, ("unauthorized",)),
@@ -101,25 +84,6 @@ def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     return list(dict.fromkeys(typing.cast(list[tuple[type[BaseModel], JsonSchemaMode]], found)))
 
 
-# What the instruction validators check in code, as JSON Schema (introspection sees only
-# `str`): the ECMA-262 twins of their rules.
-_SHORTEST, _LONGEST = WEBHOOK_SECRET_CHARS
-_SECRET = f"^[^\\x00-\\x1f\\x7f-\\x9f]{{{_SHORTEST},{_LONGEST}}}$"
-CODE_CHECKED: dict[tuple[str, str], Schema] = {
-    **{("RetentionRule", n): {"allOf": [{"$ref": "#/components/schemas/Duration"}]}
-       for n in RetentionRule.model_fields},
-    ("AiRule", "language"): {"type": "string", "pattern": "^(auto|[a-z]{2})$"},
-    ("WebhookRule", "url"): {
-        "type": ["string", "null"], "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
-        "maxLength": MAX_WEBHOOK_URL_CHARS,
-    },
-    # Longer than REDACTED and without control characters, so the branches never overlap.
-    ("WebhookRule", "secret"): {
-        "oneOf": [{"type": "string", "pattern": _SECRET}, {"const": REDACTED}, {"type": "null"}]
-    },
-}  # fmt: skip
-
-
 def component_schemas() -> dict[str, Schema]:
     _, top = models_json_schema(
         _models(),
@@ -136,9 +100,8 @@ def component_schemas() -> dict[str, Schema]:
         kept = {k: field[k] for k in ("default", "description") if k in field}
         schemas[component]["properties"][name] = {**schema, **kept}
     categories = schemas["AiRule"]["properties"]["categories"]
-    categories["propertyNames"] = {"pattern": "^[a-z0-9_]{1,40}$"}
-    phrases = categories["additionalProperties"]["items"]
-    phrases.update(minLength=1, maxLength=MAX_PHRASE_CHARS)
+    categories["propertyNames"] = CATEGORY_NAME
+    categories["additionalProperties"]["items"].update(PHRASE)
     _drop_null_defaults(schemas)
     return dict(sorted(schemas.items()))
 
@@ -146,23 +109,22 @@ def component_schemas() -> dict[str, Schema]:
 def _drop_null_defaults(node: Any) -> None:
     """pydantic writes ``"default": null`` for fields an answer leaves out (``Absent``);
     null is not their type, so the document says nothing instead."""
-    if isinstance(node, dict):
-        if node.get("default", 0) is None and not _allows_null(node):
-            del node["default"]
-        for value in node.values():
-            _drop_null_defaults(value)
-    elif isinstance(node, list):
+    if isinstance(node, list):
         for value in node:
             _drop_null_defaults(value)
+    elif isinstance(node, dict):
+        if node.get("default", 0) is None and not _allows_null(node):
+            del node["default"]
+        _drop_null_defaults(list(node.values()))
 
 
 def _allows_null(node: dict[str, Any]) -> bool:
-    """Whether a schema node's own type, or one of its branches, is null."""
-    kind = node.get("type")
-    if kind == "null" or (isinstance(kind, list) and "null" in kind):
-        return True
+    """Whether a schema node's type, or one of its ``anyOf``/``oneOf`` branches, is null."""
+    kinds = node.get("type", [])
     branches = node.get("anyOf", []) + node.get("oneOf", [])
-    return any(isinstance(branch, dict) and _allows_null(branch) for branch in branches)
+    return "null" in (kinds if isinstance(kinds, list) else [kinds]) or any(
+        map(_allows_null, branches)
+    )
 
 
 # --- responses and operations -------------------------------------------------------------

@@ -504,3 +504,45 @@ def parse_instructions(data: object) -> InstructionsDoc:
         return InstructionsDoc.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInstructions(*first_problem(exc)) from None
+
+
+# --- the rules above, as JSON Schema (for the API document) --------------------------------
+# Introspection sees only `str` where a validator above checks in code; these are the
+# ECMA-262 twins of those checks, kept beside them so that a changed rule is seen to change
+# its pattern. gateway.openapi puts them into the document; tests/unit/test_openapi.py checks
+# the duration pattern against parse_duration.
+
+DURATION_PATTERN = (
+    # parse_duration's designators and digits, plus the two rules it checks in code (at least
+    # one component; a "T" needs a time component after it) as lookaheads. The 100-year cap
+    # and "not zero" cannot be said in a pattern; DURATION's description says them.
+    r"^P(?!$)(?:[0-9]+Y)?(?:[0-9]+M)?(?:[0-9]+W)?(?:[0-9]+D)?"
+    r"(?:T(?=[0-9])(?:[0-9]+H)?(?:[0-9]+M)?(?:[0-9]+(?:\.[0-9]+)?S)?)?$"
+)
+DURATION: dict[str, Any] = {
+    "type": "string",
+    "pattern": DURATION_PATTERN,
+    "maxLength": _MAX_DURATION_TEXT,
+    "description": "ISO-8601 duration counted from the call's end: `PnYnMnWnDTnHnMnS`, "
+    "integer components, a fraction only on seconds, uppercase designators, no sign. Must be "
+    f"longer than zero and at most {_MAX_YEARS} years.",
+    "examples": ["P90D", "PT30S", "P3Y"],
+}
+CATEGORY_NAME: dict[str, Any] = {"pattern": f"^{_CATEGORY_NAME_RE.pattern}$"}
+PHRASE: dict[str, Any] = {"minLength": 1, "maxLength": MAX_PHRASE_CHARS}
+_SHORTEST, _LONGEST = WEBHOOK_SECRET_CHARS
+_SECRET = f"^[^\\x00-\\x1f\\x7f-\\x9f]{{{_SHORTEST},{_LONGEST}}}$"
+CODE_CHECKED: dict[tuple[str, str], dict[str, Any]] = {
+    **{("RetentionRule", n): {"allOf": [{"$ref": "#/components/schemas/Duration"}]}
+       for n in RetentionRule.model_fields},
+    ("AiRule", "language"): {"type": "string", "pattern": "^(auto|[a-z]{2})$"},
+    ("WebhookRule", "url"): {
+        "type": ["string", "null"], "format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+        "maxLength": MAX_WEBHOOK_URL_CHARS,
+    },
+    # Longer than REDACTED and without control characters, so the branches never overlap.
+    ("WebhookRule", "secret"): {
+        "oneOf": [{"type": "string", "pattern": _SECRET}, {"const": REDACTED}, {"type": "null"}]
+    },
+}  # fmt: skip
+"""(model, field) -> the JSON Schema of what its validator checks in code."""
