@@ -7,8 +7,9 @@ from what the server runs: the paths, roles, bodies and error codes from the rou
 handlers' docstrings. Only what introspection cannot say is written by hand: the WebSocket
 and AudioSocket protocols and their close codes (``gateway.ingest.docs``), the health
 endpoints (here), and the JSON Schema twins of the checks the instruction validators make in
-code (beside them, in ``storage.instructions``). ``tests/unit/test_openapi.py`` fails until the checked-in copy is
-regenerated, and checks that every route the app registers is documented and vice versa.
+code (beside them, in ``storage.instructions``). ``tests/unit/test_openapi.py`` fails until
+the checked-in copy is regenerated, and checks that every route the app registers is
+documented and vice versa.
 
 The checked-in ``gateway/openapi.json`` is what ``GET /v1/openapi.json`` serves; it is
 written by ``python -m gateway.openapi > gateway/openapi.json``. Serving a file rather than
