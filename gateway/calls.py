@@ -13,10 +13,11 @@ whose stream went quiet and ends calls whose stream dropped and did not come bac
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
@@ -28,7 +29,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import AuditEntry, Call, Catalog, Recording
-from storage.errors import Conflict, NotFound
+from storage.errors import NotFound
 from storage.instructions import normalize_number
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, track_frames
@@ -125,22 +126,13 @@ def parse_announcement(data: object) -> CallAnnouncement:
             f"sample_rate: {transport} carries {rates} Hz, not {rate}.",
             code="unsupported_codec",
         )
-    call_id = announcement.call_id
-    if transport == "audiosocket":
-        # AudioSocket names the call by a binary UUID, so the id must be one (canonical form).
-        try:
-            call_id = str(uuid.UUID(call_id)) if call_id else str(uuid.uuid4())
-        except ValueError:
-            raise BadRequest(
-                "call_id: an AudioSocket call id must be a UUID.", code="invalid_call"
-            ) from None
     return announcement.model_copy(
         update={
             "codec": codec,
             "sample_rate": rate,
             # SRTP unless the PBX says otherwise; plain RTP also needs the instructions.
             "srtp": transport == "rtp" and announcement.srtp is not False,
-            "call_id": call_id or str(uuid.uuid4()),
+            "call_id": announcement.call_id or str(uuid.uuid4()),
             "from_number": _canonical(announcement.from_number),
             "to_number": _canonical(announcement.to_number),
         }
@@ -171,6 +163,21 @@ class Announced:
     call: Call
     recording: Recording
     decision: Decision
+    # repr=False: a value may reach a log line or a test's failure output; the id must not.
+    audiosocket_id: str | None = field(default=None, repr=False)
+    """audiosocket calls: the secret id their PBX names them by. It exists only here and in
+    the announcement's answer; the catalog keeps its hash."""
+
+
+def audiosocket_id_hash(audiosocket_id: str) -> str | None:
+    """The hash the catalog finds an AudioSocket id by; ``None`` for a string that is not
+    a UUID (no call has it). SHA-256 suffices, unkeyed: the id is 122 random bits, so the
+    hash cannot be reversed by guessing, and a stolen catalog row opens no stream."""
+    try:
+        raw = uuid.UUID(audiosocket_id).bytes
+    except ValueError:
+        return None
+    return hashlib.sha256(raw).hexdigest()
 
 
 class CallRegistry:
@@ -205,12 +212,6 @@ class CallRegistry:
         event) when the tenant's instructions do not allow it."""
         assert announcement.call_id and announcement.codec and announcement.sample_rate  # noqa: S101
         await self._catalog.tenants.get(tenant)
-        if announcement.transport == "audiosocket" and await self._catalog.calls.find(
-            announcement.call_id, transport="audiosocket"
-        ):
-            # AudioSocket names a call by its UUID alone: one UUID, one call, whichever
-            # tenant has it (the answer is the same as for this tenant's own duplicate).
-            raise Conflict(f"Call {announcement.call_id!r} already exists.")
         current = await self._catalog.instructions.current(tenant)
         instructions, version = current.document, current.version
         facts = CallFacts(
@@ -221,6 +222,7 @@ class CallRegistry:
             unencrypted=announcement.transport == "rtp" and not announcement.srtp,
         )
         outcome = decide(facts, instructions, version, now)
+        audiosocket_id: str | None = None
         if isinstance(outcome, Refusal):
             recording_id = None
             event = AuditEntry(
@@ -245,6 +247,10 @@ class CallRegistry:
                     **({"srtp": announcement.srtp} if announcement.transport == "rtp" else {}),
                 },
             )
+            if announcement.transport == "audiosocket":
+                # AudioSocket has no authentication of its own: this id, shown once, is the
+                # stream's only credential. uuid4 draws from os.urandom.
+                audiosocket_id = str(uuid.uuid4())
         # The call record, its recording and the decision's audit event commit together.
         call, recording = await self._catalog.calls.announce(
             id=announcement.call_id,
@@ -264,6 +270,7 @@ class CallRegistry:
             started_at=now,
             recording_id=recording_id,
             audit=event,
+            audiosocket_id_hash=audiosocket_id_hash(audiosocket_id) if audiosocket_id else None,
         )
         if isinstance(outcome, Refusal):
             self._metrics.refusals.labels(outcome.code).inc()
@@ -281,7 +288,9 @@ class CallRegistry:
             call.id,
             extra={"tenant": tenant, "call_id": call.id, "recording_id": recording.id},
         )
-        return Announced(call=call, recording=recording, decision=outcome)
+        return Announced(
+            call=call, recording=recording, decision=outcome, audiosocket_id=audiosocket_id
+        )
 
     def _new_session(self, call: Call, recording: Recording) -> CallSession:
         return CallSession(
@@ -454,17 +463,15 @@ class CallRegistry:
             return False
         return True
 
-    async def find_audiosocket_call(self, call_id: str) -> tuple[str, str]:
-        """The (tenant, call id) an AudioSocket UUID names: it must have been announced for
-        AudioSocket by exactly one tenant. Refused calls answer with their refusal code."""
-        calls = await self._catalog.calls.find(call_id, transport="audiosocket")
-        if not calls:
-            raise StreamRefused(f"Call {call_id} was not announced.", code="unknown_call")
-        if len(calls) > 1:
-            raise StreamRefused(
-                f"Call {call_id} was announced by more than one tenant.", code="ambiguous_call"
-            )
-        return calls[0].tenant_id, calls[0].id
+    async def find_audiosocket_call(self, audiosocket_id: str | None) -> tuple[str, str]:
+        """The (tenant, call id) of the call an AudioSocket id was minted for. Anything else
+        (an id never minted, a call id, another tenant's call id, a refused call's) is the
+        same ``unknown_call``, whose message never repeats what the peer sent."""
+        id_hash = audiosocket_id_hash(audiosocket_id) if audiosocket_id else None
+        call = await self._catalog.calls.find_audiosocket(id_hash) if id_hash else None
+        if call is None:
+            raise StreamRefused("The AudioSocket id names no announced call.", code="unknown_call")
+        return call.tenant_id, call.id
 
 
 def refusal_of(error: CallvaultError) -> StreamRefused:

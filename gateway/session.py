@@ -195,6 +195,10 @@ class CallSession:
         self.attached = False
         self.first_attached_at: datetime | None = None
         self.detached_at: datetime | None = None
+        self.peer: str | None = None
+        """AudioSocket: the address of the call's first connection, the only one a
+        reconnect is accepted from. Kept in this process only: a call taken up after a
+        restart (``restore``) learns it again from its next connection."""
         self._base = 0
         self._last_flush: datetime | None = None
 
@@ -218,16 +222,29 @@ class CallSession:
 
     # --- connections ----------------------------------------------------------------------
 
-    def attach(self, now: datetime) -> None:
+    def attach(self, now: datetime, *, peer: str | None = None) -> None:
         """A stream starts carrying this call. One stream at a time: a second ``start`` for
-        a call that is streaming is refused; after a drop, the same call id continues."""
+        a call that is streaming is refused; after a drop, the same call id continues.
+
+        ``peer`` is given by a transport whose stream proves nothing but a secret id
+        (AudioSocket): the first connection's address is kept, and a reconnect from any
+        other is refused, so that someone who learnt the id cannot take over the call
+        after a drop. Its refusals have AudioSocket's codes (API.md)."""
         if self.ended or self.closing:
             raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
         if self.attached:
             raise StreamRefused(
                 f"Call {self.call_id!r} is already streaming on another connection.",
-                code="call_in_progress",
+                code="call_in_progress" if peer is None else "already_attached",
             )
+        if peer is not None and self.peer is not None and peer != self.peer:
+            raise StreamRefused(
+                f"Call {self.call_id!r} streamed from another address; a reconnect must come "
+                "from it.",
+                code="peer_mismatch",
+            )
+        if peer is not None:
+            self.peer = peer
         if self.first_attached_at is None:
             self.first_attached_at = now
             self._base = 0

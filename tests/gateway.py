@@ -341,8 +341,14 @@ def audiosocket_frame(kind: int, payload: bytes = b"") -> bytes:
     return bytes([kind]) + len(payload).to_bytes(2, "big") + payload
 
 
-def audiosocket_uuid(call_id: str) -> bytes:
-    return audiosocket_frame(0x01, uuid.UUID(call_id).bytes)
+def audiosocket_uuid(audiosocket_id: str) -> bytes:
+    """The opening frame: the id the call's announcement answered (never its call id)."""
+    return audiosocket_frame(0x01, uuid.UUID(audiosocket_id).bytes)
+
+
+def audiosocket_id(announced: dict[str, Any]) -> str:
+    """The secret id an audiosocket call's announcement answered with."""
+    return str(announced["ingest"]["audiosocket"]["id"])
 
 
 def read_wav(data: bytes) -> tuple[int, int, np.ndarray]:

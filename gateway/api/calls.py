@@ -55,8 +55,12 @@ async def announce(request: web.Request) -> web.Response:
     )
     settings = app[SETTINGS]
     ingest: dict[str, Any] = {"websocket": WEBSOCKET_PATHS.get(announced.call.transport)}
-    if settings.audiosocket.port:
-        ingest["audiosocket"] = f"{settings.audiosocket.host}:{settings.audiosocket.port}"
+    if announced.audiosocket_id is not None and settings.audiosocket.port:
+        # The one answer that shows the id: the catalog keeps only its hash.
+        ingest["audiosocket"] = {
+            "address": f"{settings.audiosocket.host}:{settings.audiosocket.port}",
+            "id": announced.audiosocket_id,
+        }
     if announced.call.transport == "rtp":
         ingest["rtp"] = (await _open_rtp(app, tenant, announced.call.id, announcement)).document()
     return web.json_response(

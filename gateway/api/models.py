@@ -286,6 +286,24 @@ class RtpOffer(BaseModel):
     crypto: RtpCrypto | None
 
 
+class AudioSocketOffer(BaseModel):
+    """audiosocket calls only: where to connect, and the id to send in the 0x01 frame
+    (Asterisk: `AudioSocket(<id>,<address>)`). The id is the stream's only credential: a
+    secret, shown in this answer only and never again (the call id is refused in its place).
+    While one connection carries the call another is refused (`already_attached`); a
+    reconnect after a drop must come from the first connection's address."""
+
+    model_config = _DOCS
+
+    address: str = Field(examples=["127.0.0.1:9092"])
+    """`host:port` of the AudioSocket listener."""
+    id: str = Field(
+        examples=["5f0c6f7e-3b1a-4d2c-9e8f-7a6b5c4d3e2f"],
+        json_schema_extra={"format": "uuid"},
+    )
+    """A random UUID minted for this call."""
+
+
 class Ingest(BaseModel):
     """Where to send the call's audio."""
 
@@ -293,8 +311,8 @@ class Ingest(BaseModel):
 
     websocket: Literal["/v1/ingest/twilio", "/v1/ingest/fork"] | None
     """The WebSocket path for twilio and fork calls."""
-    audiosocket: str | Absent = Field(default=None, examples=["127.0.0.1:9092"])
-    """`host:port` of the AudioSocket listener; absent when it is off."""
+    audiosocket: AudioSocketOffer | Absent = None
+    """audiosocket calls; absent for other calls and when the AudioSocket listener is off."""
     rtp: RtpOffer | Absent = None
 
 

@@ -2,14 +2,17 @@
 
 Each frame is ``kind u8 | payload length u16 big-endian | payload`` (see
 https://docs.asterisk.org/Configuration/Channel-Drivers/AudioSocket/). Asterisk sends the
-call's UUID first, then 20 ms frames of signed linear 16-bit little-endian 8 kHz mono audio,
-DTMF digits, and a hangup (or an error) at the end. TCP delivers a byte stream, not frames,
-so :class:`AudioSocketParser` buffers partial frames across :meth:`~AudioSocketParser.feed`
-calls; the asyncio server only moves bytes into it and answers an IngestError with
-:func:`error_frame`.
+UUID its dialplan gave ``AudioSocket()`` first, then 20 ms frames of signed linear 16-bit
+little-endian 8 kHz mono audio, DTMF digits, and a hangup (or an error) at the end. TCP
+delivers a byte stream, not frames, so :class:`AudioSocketParser` buffers partial frames
+across :meth:`~AudioSocketParser.feed` calls; the asyncio server only moves bytes into it
+and answers an IngestError with :func:`error_frame`.
 
 Decisions the protocol leaves open:
 
+* The UUID is the id the gateway minted when the call was announced, a secret: it is the
+  stream's only credential. So it travels as ``StreamStart.token`` (kept out of reprs and
+  logs), never as a call id; the server finds the call by it.
 * A frame is judged as soon as its 3-byte header is in: an unknown kind, a frame out of
   order or a wrong length is refused without waiting for (up to 64 KiB of) payload. The
   outcome is the same wherever the TCP stream was split.
@@ -125,9 +128,9 @@ class AudioSocketParser:
         if kind == KIND_UUID:
             self._state = "started"
             return StreamStart(
-                call_id=str(uuid.UUID(bytes=payload)),
+                call_id=None,
                 stream_id=None,
-                token=None,
+                token=str(uuid.UUID(bytes=payload)),
                 parameters={},
                 codec="l16",
                 sample_rate=8000,
@@ -157,9 +160,10 @@ def encode_frame(kind: int, payload: bytes = b"") -> bytes:
     return bytes((kind,)) + len(payload).to_bytes(2, "big") + payload
 
 
-def uuid_frame(call_id: str) -> bytes:
-    """The opening frame: the call's UUID (any form ``uuid.UUID`` reads) as 16 bytes."""
-    return encode_frame(KIND_UUID, uuid.UUID(call_id).bytes)
+def uuid_frame(audiosocket_id: str) -> bytes:
+    """The opening frame: the call's AudioSocket id (any form ``uuid.UUID`` reads) as 16
+    bytes."""
+    return encode_frame(KIND_UUID, uuid.UUID(audiosocket_id).bytes)
 
 
 def audio_frame(pcm: bytes) -> bytes:

@@ -13,6 +13,14 @@ from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
 from gateway.settings import AudioSocketSettings
 
+ATTACHMENT_CODES = {
+    "already_attached": "While a connection carries a call, another connection with its id "
+    "is refused (`already_attached`); nothing it sends is stored.",
+    "peer_mismatch": "A reconnect after a drop is accepted only from the first connection's "
+    "IP address (`peer_mismatch` otherwise).",
+}
+"""AudioSocket's refusals of a second connection for a call, and why each happens."""
+
 CLOSE_CODES = {
     "1000": "Normal closure after the stream's `stop` (reason `stop`); the call is ended.",
     "1001": "The server is shutting down (reason `server_shutdown`). Reconnect: the call "
@@ -76,25 +84,32 @@ def audiosocket_extension() -> dict[str, Any]:
     settings = AudioSocketSettings()
     frames = {
         f"0x{audiosocket.KIND_HANGUP:02x}": "hangup, empty payload: ends the call.",
-        f"0x{audiosocket.KIND_UUID:02x}": "the call's UUID, 16 bytes; must be the first frame, "
-        "and name a call announced with transport `audiosocket`.",
+        f"0x{audiosocket.KIND_UUID:02x}": "the call's AudioSocket id, 16 bytes: the UUID the "
+        "announcement answered as `ingest.audiosocket.id` (never the call id). Must be the "
+        "first frame.",
         f"0x{audiosocket.KIND_DTMF:02x}": "one DTMF digit, 1 ASCII byte ("
         + "".join(sorted(DTMF_DIGITS))
         + "); never stored.",
         f"0x{audiosocket.KIND_AUDIO:02x}": "audio: signed linear 16-bit little-endian 8 kHz "
         "mono (an even number of bytes), stored as the `inbound` track.",
         f"0x{audiosocket.KIND_ERROR:02x}": "error. Sent by callvault before it closes the "
-        "connection, with the ASCII error code as payload (e.g. `unknown_call`, "
-        + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
-        + ", `unknown_frame_type`, `bad_frame_length`, `forbidden_network`); from Asterisk it "
-        "ends the stream.",
+        "connection, with the ASCII error code as payload (e.g. `unknown_call`, `call_ended`, "
+        "`start_timeout`, `unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
+        + ", ".join(f"`{code}`" for code in ATTACHMENT_CODES)
+        + "); from Asterisk it ends the stream.",
     }
     return {
         "description": "Asterisk AudioSocket over TCP (the `AudioSocket()` dialplan "
         "application), on its own port beside the HTTP server. Each frame is "
         "`kind u8 | payload length u16 big-endian | payload`. AudioSocket has no "
-        "authentication of its own: callvault accepts only UUIDs a tenant announced, and only "
-        "from the allowed networks (loopback by default). Frames out of order (anything "
+        "authentication of its own, so callvault mints a random id per `audiosocket` call and "
+        "answers it once, in the announcement (`ingest.audiosocket.id`; Asterisk: "
+        "`AudioSocket(<id>,<address>)`). That id is a secret: it is never logged nor shown "
+        "again, and a connection must send it in its first frame; any other UUID (the call "
+        "id, another tenant's id, an id never minted) is the same `unknown_call`. Connections "
+        "come only from the allowed networks (loopback by default). "
+        + " ".join(ATTACHMENT_CODES.values())
+        + " Frames out of order (anything "
         "before the UUID, a second UUID, anything after hangup), unknown kinds and wrong "
         "lengths are answered with an error frame and the connection is closed; nothing of a "
         "refused call is stored.",

@@ -152,7 +152,9 @@ async def close_websockets(app: web.Application) -> None:
 
 class AudioSocketServer:
     """Asterisk AudioSocket over TCP. It has no authentication of its own: a connection
-    must come from an allowed network and name a UUID that a tenant announced."""
+    must come from an allowed network and carry the secret id the gateway minted for an
+    announced call; while one connection carries a call no other may, and a reconnect must
+    come from the first one's address."""
 
     def __init__(self, app: web.Application, settings: AudioSocketSettings) -> None:
         self._app = app
@@ -199,20 +201,22 @@ class AudioSocketServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         app = self._app
         clock, metrics = app[CLOCK], app[METRICS]
-        binding = StreamBinding(
-            transport="audiosocket",
-            registry=app[CALLS],
-            catalog=app[SERVICES].catalog,
-            metrics=metrics,
-        )
+        binding: StreamBinding | None = None
         try:
-            self._check_peer(writer)
+            binding = StreamBinding(
+                transport="audiosocket",
+                registry=app[CALLS],
+                catalog=app[SERVICES].catalog,
+                metrics=metrics,
+                peer=self._allowed_peer(writer),
+            )
             parser = AudioSocketParser()
             started_by = _deadline()
             while data := await _before(started_by, binding, reader.read(MAX_MESSAGE)):
                 if await binding.handle(parser.feed(data), clock.now()):
                     return
         except IngestError as e:
+            # Codes only: the peer's first frame is a secret id, which no line may carry.
             metrics.ingest_errors.labels(e.code).inc()
             log.info("audiosocket stream closed: %s", e.code)
             await _send_error(reader, writer, e.code)
@@ -223,9 +227,12 @@ class AudioSocketServer:
         except ConnectionError:
             pass
         finally:
-            binding.drop(clock.now())
+            if binding is not None:
+                binding.drop(clock.now())
 
-    def _check_peer(self, writer: asyncio.StreamWriter) -> None:
+    def _allowed_peer(self, writer: asyncio.StreamWriter) -> str:
+        """The peer's IP address (an IPv4-mapped IPv6 one as IPv4), if an allowed network
+        holds it; ``StreamRefused`` otherwise. A call is held to its first peer's address."""
         peer = writer.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else None
         try:
@@ -239,6 +246,7 @@ class AudioSocketServer:
                 "AudioSocket connections are accepted only from allowed networks.",
                 code="forbidden_network",
             )
+        return str(address)
 
 
 async def _send_error(

@@ -45,7 +45,8 @@ class StreamStart:
     """Twilio's ``streamSid``; ``None`` for the other transports."""
     # repr=False: events end up in logs and test failure output; a token must not.
     token: str | None = field(repr=False)
-    """A pbx token carried inside the stream (Twilio ``customParameters.token``, fork ``token``)."""
+    """The stream's credential: a pbx token carried inside it (Twilio
+    ``customParameters.token``, fork ``token``), or AudioSocket's id (its UUID frame)."""
     # hash=False: a mapping is not hashable; leaving it out keeps the event hashable.
     parameters: Mapping[str, str] = field(hash=False)
     """Call facts carried in the stream (``from``, ``to``, ``direction``, ``consent`` when

@@ -2,7 +2,8 @@
 
 The transports differ only in framing (their sans-I/O parsers) and in how a stream proves
 who it is: a pbx token on the WebSocket upgrade or inside Twilio's ``start``, or, for
-AudioSocket, a UUID that a tenant announced. From ``StreamStart`` on they are the same: the
+AudioSocket, the secret id the gateway minted when the call was announced (its stream is
+also held to the address it first came from). From ``StreamStart`` on they are the same: the
 call must be known and accepted (or, for an unannounced call, the policy accepts it now),
 and only then does audio reach the call's session. Anything else ends the stream with an
 ``IngestError`` whose code the transport sends back (close reason or 0xff frame).
@@ -40,12 +41,15 @@ class StreamBinding:
         catalog: Catalog,
         metrics: GatewayMetrics,
         principal: Principal | None = None,
+        peer: str | None = None,
     ) -> None:
+        """``peer``: AudioSocket's peer address (see ``CallSession.attach``)."""
         self.transport = transport
         self._registry = registry
         self._catalog = catalog
         self._metrics = metrics
         self._principal = principal
+        self._peer = peer
         self._frames = metrics.frames_in.labels(transport)
         self.session: CallSession | None = None
         self.stopped = False
@@ -73,14 +77,15 @@ class StreamBinding:
         return False
 
     async def _start(self, event: StreamStart, now: datetime) -> CallSession:
-        call_id = event.call_id
-        if not call_id:
-            raise StreamRefused("The stream names no call.", code="unknown_call")
         try:
             if self.transport == "audiosocket":
-                tenant, call_id = await self._registry.find_audiosocket_call(call_id)
+                # Its UUID frame carries the id as the token: a secret, never a call id.
+                tenant, call_id = await self._registry.find_audiosocket_call(event.token)
                 actor = "audiosocket"
             else:
+                if not event.call_id:
+                    raise StreamRefused("The stream names no call.", code="unknown_call")
+                call_id = event.call_id
                 principal = await self._authenticate(event)
                 assert principal.tenant is not None  # noqa: S101 - pbx tokens have a tenant
                 tenant, actor = principal.tenant, principal.actor
@@ -102,7 +107,7 @@ class StreamBinding:
                 f"{event.sample_rate} Hz.",
                 code="codec_mismatch",
             )
-        session.attach(now)
+        session.attach(now, peer=self._peer)
         log.info(
             "call %s: %s stream started",
             call_id,

@@ -44,13 +44,17 @@ class Calls:
         started_at: datetime,
         recording_id: str | None = None,
         audit: AuditEntry | None = None,
+        audiosocket_id_hash: str | None = None,
     ) -> tuple[Call, Recording | None]:
         """Store the call record and, for an accepted call (``recording_id`` given), its
         recording (status ``recording``), with the decision's ``audit`` event, in one
         transaction: a recording never exists without its call record, nor an accepted or
-        refused call without its event."""
+        refused call without its event. ``audiosocket_id_hash``: the hash of the secret id an
+        accepted audiosocket call is found by (``find_audiosocket``)."""
         if recording_id is not None and (refusal_code is not None or instructions_version is None):
             raise ValueError("only an accepted call under stored instructions has a recording")
+        if audiosocket_id_hash is not None and recording_id is None:
+            raise ValueError("only an accepted call has an AudioSocket id")
         async with self._core.transaction(write=True, subject=f"Call {id!r}") as conn:
             await lock_tenant(conn, tenant_id, live=True)
             call_row = (
@@ -73,6 +77,7 @@ class Calls:
                             started_at=started_at,
                         ),
                         ended_at=started_at if refusal_code is not None else None,
+                        audiosocket_id_hash=audiosocket_id_hash,
                     )
                     .returning(*calls.c)
                 )
@@ -145,22 +150,17 @@ class Calls:
             f"Call {call_id!r} not found.",
         )
 
-    async def find(self, call_id: str, *, transport: str) -> list[Call]:
-        """Every call record with this id and transport, of any live tenant (accepted,
-        refused or ended alike).
-
-        For transports that name a call by its id alone (AudioSocket): the caller must
-        refuse an id that more than one tenant uses rather than guess."""
-        return await self._core.all(
+    async def find_audiosocket(self, id_hash: str) -> Call | None:
+        """The call whose AudioSocket id hashes to ``id_hash``, if its tenant is live
+        (accepted, live or ended alike); ``None`` otherwise. The hash is unique across
+        tenants: the id is a random UUID the gateway minted, not one a PBX chose."""
+        found = await self._core.all(
             sa.select(*calls.c)
             .select_from(calls.join(tenants, calls.c.tenant_id == tenants.c.id))
-            .where(
-                calls.c.id == call_id,
-                calls.c.transport == transport,
-                tenants.c.deleted_at.is_(None),
-            ),
+            .where(calls.c.audiosocket_id_hash == id_hash, tenants.c.deleted_at.is_(None)),
             Call,
         )
+        return found[0] if found else None
 
     async def of_number(self, tenant_id: str, number: str) -> list[Call]:
         """Every call record of the tenant where ``number`` is a party, oldest first."""

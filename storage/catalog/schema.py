@@ -138,11 +138,14 @@ calls = sa.Table(
     sa.Column("ended_at", UTCDateTime(), nullable=True),
     # The PBX paused the call (audio discarded until it resumes); survives a restart.
     sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # SHA-256 (hex) of the secret id an audiosocket call's announcement answered with, which
+    # its PBX names it by; the id itself is never stored. NULL for other and refused calls.
+    sa.Column("audiosocket_id_hash", sa.String(64), nullable=True),
     sa.ForeignKeyConstraint(
         ["tenant_id", "instructions_version"],
         ["instructions.tenant_id", "instructions.version"],
     ),
-    sa.Index(None, "id"),  # AudioSocket names a call by its UUID alone
+    sa.Index(None, "audiosocket_id_hash", unique=True),
     sa.Index(None, "tenant_id", "from_number"),
     sa.Index(None, "tenant_id", "to_number"),
     sa.Index(None, "tenant_id", "started_at"),

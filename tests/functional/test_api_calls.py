@@ -165,7 +165,7 @@ async def test_a_refused_call_cannot_be_paused_and_ending_it_changes_nothing(
 
 
 async def test_an_accepted_call_answers_its_decision_and_where_to_stream(
-    gateway: Gateway, gateway_settings: Settings
+    gateway: Gateway,
 ) -> None:
     tenant = await gateway.tenant("acme", RECORD)
     status, body = await announce(gateway, tenant, call_id="call-1", direction="outbound")
@@ -174,10 +174,8 @@ async def test_an_accepted_call_answers_its_decision_and_where_to_stream(
     assert body["recording_id"]
     assert body["instructions_version"] == 1
     assert body["decision"] == {"store_recording": True, "ai": []}
-    assert body["ingest"] == {
-        "websocket": "/v1/ingest/twilio",
-        "audiosocket": f"127.0.0.1:{gateway_settings.audiosocket.port}",
-    }
+    # Only an audiosocket call is answered where AudioSocket listens (with its id).
+    assert body["ingest"] == {"websocket": "/v1/ingest/twilio"}
     record = await call_record(gateway, tenant, "call-1")
     assert record["refusal"] is None
     assert record["decision"] == body["decision"]
@@ -226,14 +224,26 @@ async def test_recording_off_with_ai_on_is_accepted_for_ai_only(gateway: Gateway
     }
 
 
-async def test_an_audiosocket_call_id_is_kept_in_canonical_uuid_form(gateway: Gateway) -> None:
+async def test_an_audiosocket_call_keeps_the_pbxs_id_and_is_answered_a_fresh_secret_id(
+    gateway: Gateway, gateway_settings: Settings
+) -> None:
+    """Any call id the pattern allows (no longer a UUID), kept as given; the answer mints a
+    random UUID per call, the only thing a stream may name the call by."""
     tenant = await gateway.tenant("acme", RECORD)
-    given = uuid.uuid4()
-    status, body = await announce(
-        gateway, tenant, transport="audiosocket", call_id=str(given).upper()
-    )
-    assert status == 201, body
-    assert body["call_id"] == str(given)
+    given = str(uuid.uuid4()).upper()
+    ids = []
+    for call_id in ("1732788000.42", given):
+        status, body = await announce(gateway, tenant, transport="audiosocket", call_id=call_id)
+        assert status == 201, body
+        assert body["call_id"] == call_id
+        offer = body["ingest"]["audiosocket"]
+        assert body["ingest"] == {"websocket": None, "audiosocket": offer}
+        assert offer["address"] == f"127.0.0.1:{gateway_settings.audiosocket.port}"
+        assert uuid.UUID(offer["id"]).version == 4
+        assert str(uuid.UUID(offer["id"])) == offer["id"]
+        assert offer["id"] != call_id.lower()  # minted, not the PBX's UUID
+        ids.append(offer["id"])
+    assert len(set(ids)) == 2
 
 
 @pytest.mark.parametrize(
@@ -265,7 +275,6 @@ async def test_an_audiosocket_call_id_is_kept_in_canonical_uuid_form(gateway: Ga
         ({"codec": "mp3"}, "invalid_call", "codec"),
         ({"transport": "fork", "codec": "pcmu"}, "unsupported_codec", "codec"),
         ({"sample_rate": 16000}, "unsupported_codec", "sample_rate"),
-        ({"transport": "audiosocket", "call_id": "not-a-uuid"}, "invalid_call", "call_id"),
     ],
     ids=[
         "unknown-field",
@@ -286,7 +295,6 @@ async def test_an_audiosocket_call_id_is_kept_in_canonical_uuid_form(gateway: Ga
         "unknown-codec",
         "fork-pcmu",
         "twilio-16k",
-        "audiosocket-non-uuid",
     ],
 )
 async def test_a_bad_announcement_is_400_naming_the_field_and_stores_nothing(

@@ -151,7 +151,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0004"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0006"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 
@@ -707,6 +707,47 @@ async def test_calls_are_scoped_to_their_tenant(catalog: Catalog) -> None:
     )
     with pytest.raises(NotFound):
         await catalog.calls.end("nope", "CA1", T0)
+
+
+async def test_an_audiosocket_id_hash_names_one_call_of_a_live_tenant(catalog: Catalog) -> None:
+    await add_tenant(catalog, "acme")
+    await add_tenant(catalog, "beta")
+    for tenant in ("acme", "beta"):
+        await catalog.instructions.add(tenant, {"recording": {"enabled": True}}, "adm", T0)
+
+    async def announce(tenant: str, recording_id: str | None, id_hash: str | None) -> None:
+        await catalog.calls.announce(
+            id="same-call-id",
+            tenant_id=tenant,
+            from_number="+40211111111",
+            to_number="+40722222222",
+            direction="inbound",
+            consent="granted",
+            transport="audiosocket",
+            codec="l16",
+            sample_rate=8000,
+            instructions_version=1 if recording_id else None,
+            decision={"store_recording": bool(recording_id), "ai": []},
+            refusal_code=None if recording_id else "recording_not_instructed",
+            started_at=T0,
+            recording_id=recording_id,
+            audiosocket_id_hash=id_hash,
+        )
+
+    mine, theirs = hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()
+    await announce("acme", "rec-a", mine)
+    await announce("beta", "rec-b", theirs)  # the same call id in another tenant
+    found = await catalog.calls.find_audiosocket(mine)
+    assert found is not None and (found.tenant_id, found.id) == ("acme", "same-call-id")
+    assert await catalog.calls.find_audiosocket(hashlib.sha256(b"c").hexdigest()) is None
+    with pytest.raises(ValueError, match="accepted"):  # a refused call gets no id
+        await announce("acme", None, hashlib.sha256(b"d").hexdigest())
+    await add_tenant(catalog, "gamma")
+    await catalog.instructions.add("gamma", {"recording": {"enabled": True}}, "adm", T0)
+    with pytest.raises(Conflict):  # unique across tenants, so a lookup names one call
+        await announce("gamma", "rec-g", mine)
+    await catalog.tenants.mark_deleted("beta", T0)
+    assert await catalog.calls.find_audiosocket(theirs) is None
 
 
 def _call_fields(call: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tests.gateway import (
     Gateway,
     TenantTokens,
     audiosocket_frame,
+    audiosocket_id,
     audiosocket_uuid,
     bearer,
     read_wav,
@@ -173,13 +174,16 @@ async def test_a_stream_for_a_call_refused_at_announcement_gets_its_refusal(
         ({**NO_CONSENT, "exclude_numbers": ["+40711111111"]}, "granted", "number_excluded"),
     ],
 )
-async def test_audiosocket_refusals_answer_with_an_error_frame(
+async def test_a_refused_audiosocket_call_gets_no_id_and_its_call_id_opens_nothing(
     gateway: Gateway,
     gateway_settings: Settings,
     instructions: dict[str, Any],
     consent: str,
     code: str,
 ) -> None:
+    """A refusal answers no AudioSocket id, so a stream naming the refused call by its call id
+    meets the same ``unknown_call`` as any UUID nobody announced (formerly it met the
+    refusal code: API.md's AudioSocket ids changed that)."""
     tenant = await gateway.tenant("acme", instructions)
     refused = str(uuid.uuid4())
     response = await gateway.client.post(
@@ -194,15 +198,17 @@ async def test_audiosocket_refusals_answer_with_an_error_frame(
         headers=bearer(tenant.pbx),
     )
     assert response.status == 403
-    assert (await response.json())["error"] == code
+    body = await response.json()
+    assert body["error"] == code
+    assert "ingest" not in body
     port = gateway_settings.audiosocket.port
-    for call_id, answer_code in ((refused, code), (str(uuid.uuid4()), "unknown_call")):
+    for named in (refused, str(uuid.uuid4())):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(audiosocket_uuid(call_id) + audiosocket_frame(0x10, b"\x00\x01" * 160))
+        writer.write(audiosocket_uuid(named) + audiosocket_frame(0x10, b"\x00\x01" * 160))
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), timeout=10)
         writer.close()
-        assert answer == audiosocket_frame(0xFF, answer_code.encode())
+        assert answer == audiosocket_frame(0xFF, b"unknown_call")
     assert await objects_of(gateway, "acme") == []
 
 
@@ -624,13 +630,15 @@ async def test_audiosocket_call_is_recorded_on_the_inbound_track(
     gateway: Gateway, gateway_settings: Settings
 ) -> None:
     tenant = await gateway.tenant("acme", NO_CONSENT)
-    call_id = str(uuid.uuid4())
-    announced = await gateway.announce(tenant, transport="audiosocket", call_id=call_id.upper())
-    assert announced["call_id"] == call_id  # canonical UUID form
-    assert announced["ingest"]["audiosocket"] == f"127.0.0.1:{gateway_settings.audiosocket.port}"
+    # Asterisk's ${UNIQUEID}: an AudioSocket call's id is the PBX's own, like any call's.
+    announced = await gateway.announce(tenant, transport="audiosocket", call_id="1732788000.42")
+    assert announced["call_id"] == "1732788000.42"
+    assert announced["ingest"]["audiosocket"]["address"] == (
+        f"127.0.0.1:{gateway_settings.audiosocket.port}"
+    )
     audio = tone(0.6, 350, seed=11).astype("<i2").tobytes()
     _reader, writer = await asyncio.open_connection("127.0.0.1", gateway_settings.audiosocket.port)
-    writer.write(audiosocket_uuid(call_id))
+    writer.write(audiosocket_uuid(audiosocket_id(announced)))
     for start in range(0, len(audio), 320):
         writer.write(audiosocket_frame(0x10, audio[start : start + 320]))
     writer.write(audiosocket_frame(0x00))
@@ -655,10 +663,9 @@ async def test_audiosocket_refuses_peers_outside_the_allowed_networks(
     settings = Settings.model_validate(settings.model_dump())
     gateway = await start_gateway(await aiohttp_client(build_app(settings)))
     tenant = await gateway.tenant("acme", NO_CONSENT)
-    call_id = str(uuid.uuid4())
-    await gateway.announce(tenant, transport="audiosocket", call_id=call_id)
+    announced = await gateway.announce(tenant, transport="audiosocket")
     reader, writer = await asyncio.open_connection("127.0.0.1", settings.audiosocket.port)
-    writer.write(audiosocket_uuid(call_id))
+    writer.write(audiosocket_uuid(audiosocket_id(announced)))
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), timeout=10) == audiosocket_frame(
         0xFF, b"forbidden_network"
@@ -825,21 +832,6 @@ async def test_a_stream_that_never_starts_is_closed(
     answer = await asyncio.wait_for(reader.read(), timeout=10)
     writer.close()
     assert answer == audiosocket_frame(0xFF, b"start_timeout")
-
-
-async def test_an_audiosocket_uuid_belongs_to_one_call_across_tenants(gateway: Gateway) -> None:
-    acme = await gateway.tenant("acme", NO_CONSENT)
-    other = await gateway.tenant("other", NO_CONSENT)
-    call_id = str(uuid.uuid4())
-    await gateway.announce(acme, transport="audiosocket", call_id=call_id)
-    response = await gateway.client.post(
-        "/v1/tenants/other/calls",
-        json={"call_id": call_id, "from": "+40711111111", "to": "+40722222222",
-              "transport": "audiosocket", "consent": "granted"},
-        headers=bearer(other.pbx),
-    )  # fmt: skip
-    assert response.status == 409
-    assert (await response.json())["error"] == "conflict"
 
 
 async def test_concurrent_lookups_of_a_call_take_it_up_once(gateway: Gateway) -> None:

@@ -40,6 +40,7 @@ from tests.gateway import (
     Gateway,
     TenantTokens,
     audiosocket_frame,
+    audiosocket_id,
     audiosocket_uuid,
     bearer,
     frames,
@@ -267,9 +268,9 @@ async def audiosocket_exchange(port: int, data: bytes) -> bytes:
             await writer.wait_closed()
 
 
-def audiosocket_stream(call_id: str, pcm: bytes, *, hangup: bool = True) -> bytes:
+def audiosocket_stream(audiosocket_id: str, pcm: bytes, *, hangup: bool = True) -> bytes:
     audio = b"".join(audiosocket_frame(0x10, chunk) for chunk in frames(pcm, AUDIOSOCKET_FRAME))
-    return audiosocket_uuid(call_id) + audio + (audiosocket_frame(0x00) if hangup else b"")
+    return audiosocket_uuid(audiosocket_id) + audio + (audiosocket_frame(0x00) if hangup else b"")
 
 
 async def fetch_wav(session: aiohttp.ClientSession, admin: str, recording_id: str) -> bytes:
@@ -312,13 +313,13 @@ async def refuse_streams(
         msg = await ws.receive()
         assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1008, REFUSED)
 
-    # AudioSocket: the announcement is refused, but its CDR names the UUID; a connection
-    # for that UUID gets an 0xff frame with the refusal code, then EOF.
-    audiosocket_id = str(uuid.uuid4())
+    # AudioSocket: the announcement is refused and answers no AudioSocket id, so a
+    # connection naming the call by its (UUID) call id gets an 0xff `unknown_call`, then EOF.
+    audiosocket_call = str(uuid.uuid4())
     async with session.post(
         f"/v1/tenants/{quiet.id}/calls",
         json={
-            "call_id": audiosocket_id,
+            "call_id": audiosocket_call,
             "from": "+40755555555",
             "to": "+40766666666",
             "consent": "granted",
@@ -327,15 +328,17 @@ async def refuse_streams(
         headers=bearer(quiet.pbx),
     ) as response:
         assert response.status == 403
-        assert (await response.json())["error"] == REFUSED
+        refusal = await response.json()
+        assert refusal["error"] == REFUSED
+        assert "ingest" not in refusal
     # A quarter second of audio after the UUID, in one write: the server reads it all
     # before it answers (so its close is a FIN, not a reset over unread data).
     answer = await audiosocket_exchange(
-        audiosocket_port, audiosocket_stream(audiosocket_id, REFUSED_L16[:4000], hangup=False)
+        audiosocket_port, audiosocket_stream(audiosocket_call, REFUSED_L16[:4000], hangup=False)
     )
-    assert answer == audiosocket_frame(0xFF, REFUSED.encode())
+    assert answer == audiosocket_frame(0xFF, b"unknown_call")
 
-    for call_id in (twilio_id, audiosocket_id):
+    for call_id in (twilio_id, audiosocket_call):
         async with session.get(
             f"/v1/tenants/{quiet.id}/calls/{call_id}", headers=bearer(quiet.admin)
         ) as response:
@@ -361,17 +364,18 @@ async def test_every_transport_round_trips_exactly_and_nothing_is_plaintext_at_r
 
         twilio = await gateway.announce(acme, transport="twilio")
         fork = await gateway.announce(acme, transport="fork", codec="l16", sample_rate=RATE)
-        audiosocket = await gateway.announce(
-            acme, transport="audiosocket", call_id=str(uuid.uuid4())
-        )
+        audiosocket = await gateway.announce(acme, transport="audiosocket")
         for announced in (twilio, fork, audiosocket):
             assert announced["decision"]["store_recording"] is True
-        assert audiosocket["ingest"]["audiosocket"] == f"127.0.0.1:{served.audiosocket_port}"
+        assert audiosocket["ingest"]["audiosocket"]["address"] == (
+            f"127.0.0.1:{served.audiosocket_port}"
+        )
+        secret_id = audiosocket_id(audiosocket)
 
         await push_twilio(session, acme.pbx, twilio["call_id"])
         await push_fork(session, acme.pbx, fork["call_id"])
         answer = await audiosocket_exchange(
-            served.audiosocket_port, audiosocket_stream(audiosocket["call_id"], CALLER_L16)
+            served.audiosocket_port, audiosocket_stream(secret_id, CALLER_L16)
         )
         assert answer == b""  # hangup: the server closes without an error frame
 
@@ -408,4 +412,5 @@ async def test_every_transport_round_trips_exactly_and_nothing_is_plaintext_at_r
     secrets_used = [served.operator, acme.admin, acme.pbx, acme.processor, quiet.pbx]
     for secret in secrets_used:
         assert secret not in log and secret[3:] not in log
+    assert secret_id not in log and uuid.UUID(secret_id).hex not in log  # the AudioSocket id
     assert_no_plaintext(data_dir_files(served.data_dir).items())

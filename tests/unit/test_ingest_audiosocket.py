@@ -27,13 +27,15 @@ from gateway.ingest.audiosocket import (
 from gateway.ingest.events import Audio, Dtmf, Event, StreamStart, StreamStop
 
 CALL = "7b6f8a4e-2c1d-4e5f-9a8b-0c1d2e3f4a5b"
+"""The AudioSocket id of the call (minted by the gateway at its announcement)."""
 
 
-def start_event(call_id: str = CALL) -> StreamStart:
+def start_event(audiosocket_id: str = CALL) -> StreamStart:
+    """The id is the stream's credential: it travels as the token, never as the call id."""
     return StreamStart(
-        call_id=call_id,
+        call_id=None,
         stream_id=None,
-        token=None,
+        token=audiosocket_id,
         parameters={},
         codec="l16",
         sample_rate=8000,
@@ -90,6 +92,13 @@ def test_session_in_one_feed() -> None:
     parser = AudioSocketParser()
     assert parser.feed(SESSION) == SESSION_EVENTS
     assert parser.pending() == 0
+
+
+def test_the_id_is_the_start_events_token_and_stays_out_of_its_repr() -> None:
+    (start,) = AudioSocketParser().feed(uuid_frame(CALL))
+    assert isinstance(start, StreamStart)
+    assert (start.call_id, start.token) == (None, CALL)
+    assert CALL not in repr(start)
 
 
 def test_session_split_at_every_byte_boundary_parses_the_same() -> None:

@@ -293,8 +293,10 @@ def test_every_refusal_code_is_documented(doc: dict[str, Any]) -> None:
     for path in ("/v1/ingest/twilio", "/v1/ingest/fork"):
         close_1008 = doc["paths"][path]["get"]["x-websocket"]["close_codes"]["1008"]
         assert all(f"`{code}`" in close_1008 for code in REFUSALS)
+    # An AudioSocket stream cannot meet a refusal: a refused call gets no AudioSocket id, so
+    # a stream for it is `unknown_call` like any id never minted.
     error_frame = doc["x-audiosocket"]["frame_kinds"]["0xff"]
-    assert all(code in error_frame for code in REFUSALS)
+    assert "`unknown_call`" in error_frame
 
 
 # --- request bodies: every field, defaults, enums -----------------------------------------
@@ -675,3 +677,7 @@ def test_audiosocket_protocol_is_documented(doc: dict[str, Any]) -> None:
     assert "ASCII error code" in extension["frame_kinds"]["0xff"]
     assert extension["default_port"] == 9092
     assert "u16 big-endian" in extension["frame"]
+    assert "ingest.audiosocket.id" in extension["frame_kinds"]["0x01"]
+    for code in ("unknown_call", "already_attached", "peer_mismatch"):
+        assert f"`{code}`" in extension["frame_kinds"]["0xff"]
+        assert f"`{code}`" in extension["description"]

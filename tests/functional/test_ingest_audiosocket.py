@@ -1,0 +1,410 @@
+"""AudioSocket's secret ids (API.md, "Exposure, limits and trust"), played as an attacker on
+the PBX network would: the id is minted by the gateway and shown once; a stream naming the
+call id, another tenant's call id or an id never minted meets the same refusal; while a
+connection carries a call no other may, and a reconnect must come from the first peer's
+address; and the id is in no later API view, no catalog row, no file and no log line.
+
+The gateway runs in process on both catalog backends and a FakeClock (so a reconnect
+continues the timeline where the audio stopped). A second local address is 127.0.0.2: Linux
+routes all of 127.0.0.0/8 to loopback, and the AudioSocket default allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.app import build_app
+from gateway.settings import Settings
+from gateway.state import CALLS, METRICS, SERVICES
+from storage.catalog.schema import metadata
+from tests.gateway import (
+    FakeClock,
+    Gateway,
+    GatewayServer,
+    TenantTokens,
+    audiosocket_frame,
+    audiosocket_id,
+    audiosocket_uuid,
+    bearer,
+    data_files,
+    free_port,
+    read_wav,
+    start_gateway,
+    tone,
+)
+
+NO_CONSENT = {"recording": {"enabled": True}, "consent": {"required": False}}
+FRAME = 320  # 20 ms of 8 kHz 16-bit mono
+OTHER_PEER = "127.0.0.2"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        audiosocket={"port": free_port()},
+        ai={"workers": 0},
+        retention={"sweep_interval": "PT0S"},
+    )
+
+
+@pytest.fixture
+async def gateway(
+    aiohttp_client: Callable, settings: Settings, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> Gateway:
+    caplog.set_level(logging.DEBUG)
+    client = await aiohttp_client(GatewayServer(build_app(settings, clock=clock)))
+    return await start_gateway(client)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def pcm(seconds: float, hz: float, seed: int) -> bytes:
+    return tone(seconds, hz, seed=seed).astype("<i2").tobytes()
+
+
+def audio_frames(audio: bytes) -> bytes:
+    return b"".join(
+        audiosocket_frame(0x10, audio[start : start + FRAME])
+        for start in range(0, len(audio), FRAME)
+    )
+
+
+def frame_count(audio: bytes) -> int:
+    return -(-len(audio) // FRAME)
+
+
+class Peer:
+    """One AudioSocket connection from ``source`` (a loopback address)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self) -> bytes:
+        """Everything the gateway sends until it closes."""
+        try:
+            return await asyncio.wait_for(self.reader.read(), timeout=10)
+        finally:
+            self.writer.close()
+
+    async def drop(self) -> None:
+        """Close without a hangup, as a PBX whose network failed."""
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+Connect = Callable[..., Awaitable[Peer]]
+
+
+@pytest.fixture
+async def connect(settings: Settings) -> AsyncIterator[Connect]:
+    """Opens AudioSocket connections from a loopback ``source``; closes them all at the end
+    (also those of a test that failed half-way)."""
+    opened: list[Peer] = []
+
+    async def open_peer(source: str = "127.0.0.1") -> Peer:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", settings.audiosocket.port, local_addr=(source, 0)
+        )
+        opened.append(Peer(reader, writer))
+        return opened[-1]
+
+    yield open_peer
+    for peer in opened:
+        peer.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await peer.writer.wait_closed()
+
+
+async def refusal(connect: Connect, first: bytes, source: str = "127.0.0.1") -> bytes:
+    """The gateway's answer to a connection that opens with ``first`` and sends audio."""
+    peer = await connect(source)
+    await peer.send(first + audio_frames(pcm(0.1, 900, seed=99)))
+    return await peer.answer()
+
+
+def refused(code: str) -> bytes:
+    return audiosocket_frame(0xFF, code.encode())
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait (polling, 10 s at most) until the gateway reached a state."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - the state lives in another task
+            await asyncio.sleep(0.01)
+
+
+def frames_in(gateway: Gateway) -> float:
+    return float(gateway.app[METRICS].frames_in.labels("audiosocket")._value.get())
+
+
+async def detached(gateway: Gateway) -> None:
+    await until(lambda: not gateway.app[CALLS].live()[0].attached)
+
+
+async def inbound(gateway: Gateway, tenant: TenantTokens, recording_id: str) -> bytes:
+    response = await gateway.client.get(
+        f"/v1/recordings/{recording_id}/audio", headers=bearer(tenant.admin)
+    )
+    assert response.status == 200, await response.text()
+    _channels, _rate, samples = read_wav(await response.read())
+    assert not samples[:, 1].any()
+    return bytes(np.ascontiguousarray(samples[:, 0]).astype("<i2").tobytes())
+
+
+def spellings(secret: str) -> list[str]:
+    """The forms an id could leak in: canonical, upper case, bare hex."""
+    value = uuid.UUID(secret)
+    return [str(value), str(value).upper(), value.hex, value.hex.upper()]
+
+
+def assert_not_logged(caplog: pytest.LogCaptureFixture, *secrets: str) -> None:
+    """No captured record carries the id: not its message, arguments or extra fields."""
+    logged = caplog.text + "\n".join(repr(vars(record)) for record in caplog.records)
+    for secret in secrets:
+        for spelling in spellings(secret):
+            assert spelling not in logged
+
+
+# --- the id -------------------------------------------------------------------------------
+
+
+async def test_the_id_is_minted_once_and_shown_in_no_later_view_row_file_or_log(
+    gateway: Gateway, settings: Settings, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket", call_id="1732788000.7")
+    secret = audiosocket_id(announced)
+    assert announced["ingest"]["audiosocket"] == {
+        "address": f"127.0.0.1:{settings.audiosocket.port}",
+        "id": secret,
+    }
+    assert uuid.UUID(secret).version == 4
+    audio = pcm(0.4, 440, seed=1)
+    peer = await connect()
+    await peer.send(audiosocket_uuid(secret) + audio_frames(audio) + audiosocket_frame(0x00))
+    assert await peer.answer() == b""  # the hangup ends the call; no error frame
+    assert await inbound(gateway, tenant, announced["recording_id"]) == audio
+
+    # Every view of the call an API caller has afterwards: none shows the id.
+    admin = bearer(tenant.admin)
+    views = []
+    for path, params in (
+        ("/v1/tenants/acme/calls/1732788000.7", {}),
+        (f"/v1/recordings/{announced['recording_id']}", {}),
+        ("/v1/tenants/acme/recordings", {}),
+        ("/v1/tenants/acme/audit", {}),
+        ("/v1/tenants/acme/audit/verify", {}),
+        ("/v1/tenants/acme/export", {"number": "+40711111111"}),
+        ("/metrics", {}),
+    ):
+        response = await gateway.client.get(path, params=params, headers=admin)
+        assert response.status == 200, (path, await response.text())
+        body = await response.read()
+        if path.endswith("/export"):
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                assert "calls.json" in archive.namelist()
+                body = b"".join(archive.read(name) for name in archive.namelist())
+        views.append(body.decode(errors="replace"))
+    assert "1732788000.7" in views[0]  # the views do name the call, by its call id
+    for spelling in spellings(secret):
+        assert all(spelling not in view for view in views)
+
+    # The catalog keeps the id's hash, never the id: no row of any table has it (queued
+    # webhook jobs and audit details included), nor does any file of the data dir.
+    engine = create_async_engine(settings.catalog_url)
+    try:
+        async with engine.connect() as conn:
+            rows = {
+                table.name: (await conn.execute(sa.select(table))).all()
+                for table in metadata.sorted_tables
+            }
+    finally:
+        await engine.dispose()
+    dumped = repr(rows)
+    for spelling in spellings(secret):
+        assert spelling not in dumped
+    digest = hashlib.sha256(uuid.UUID(secret).bytes).hexdigest()
+    assert [row.audiosocket_id_hash for row in rows["calls"]] == [digest]
+    raw = uuid.UUID(secret).bytes
+    for file in data_files(settings.data_dir):
+        content = file.read_bytes()
+        assert raw not in content, file
+        assert all(spelling.encode() not in content for spelling in spellings(secret)), file
+    assert_not_logged(caplog, secret)
+
+
+async def test_the_call_id_in_the_first_frame_is_refused_like_an_id_never_minted(
+    gateway: Gateway, settings: Settings, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The PBX chose a UUID call id, as every AudioSocket call had to before: a host that
+    learns it (it is in CDRs, webhooks, the processor's views) forges the first frame."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = str(uuid.uuid4())
+    announced = await gateway.announce(tenant, transport="audiosocket", call_id=call_id)
+    forged = await refusal(connect, audiosocket_uuid(call_id))
+    never_minted = await refusal(connect, audiosocket_uuid(str(uuid.uuid4())))
+    assert forged == never_minted == refused("unknown_call")
+    assert frames_in(gateway) == 0
+    assert await gateway.app[SERVICES].catalog.objects.list("acme") == []
+    # The forgeries attached nothing: the real id still opens the call, from another peer.
+    audio = pcm(0.2, 500, seed=2)
+    peer = await connect(OTHER_PEER)
+    secret = audiosocket_id(announced)
+    await peer.send(audiosocket_uuid(secret) + audio_frames(audio) + audiosocket_frame(0x00))
+    assert await peer.answer() == b""
+    assert await inbound(gateway, tenant, announced["recording_id"]) == audio
+    assert_not_logged(caplog, secret)
+
+
+async def test_another_tenants_call_id_is_no_conflict_and_opens_nothing(
+    gateway: Gateway, settings: Settings, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Call ids are unique per tenant, for AudioSocket too: announcing one that another
+    tenant used is no 409 (which told that it existed), and naming it on the socket is the
+    same refusal as naming nothing."""
+    acme = await gateway.tenant("acme", NO_CONSENT)
+    other = await gateway.tenant("other", NO_CONSENT)
+    call_id = str(uuid.uuid4())
+    mine = await gateway.announce(acme, transport="audiosocket", call_id=call_id)
+    theirs = await gateway.announce(other, transport="audiosocket", call_id=call_id)
+    assert mine["call_id"] == theirs["call_id"] == call_id
+    assert audiosocket_id(mine) != audiosocket_id(theirs)
+    # The same tenant's duplicate is still a conflict, as on every transport.
+    response = await gateway.client.post(
+        "/v1/tenants/other/calls",
+        json={"call_id": call_id, "from": "+40711111111", "to": "+40722222222",
+              "transport": "audiosocket", "consent": "granted"},
+        headers=bearer(other.pbx),
+    )  # fmt: skip
+    assert (response.status, (await response.json())["error"]) == (409, "conflict")
+
+    assert await refusal(connect, audiosocket_uuid(call_id)) == await refusal(
+        connect, audiosocket_uuid(str(uuid.uuid4()))
+    )
+    assert frames_in(gateway) == 0
+    # Each id opens its own tenant's call, and only it.
+    sent = {}
+    for announced, seed in ((mine, 3), (theirs, 4)):
+        sent[announced["recording_id"]] = audio = pcm(0.2, 300 + 100 * seed, seed=seed)
+        peer = await connect()
+        await peer.send(
+            audiosocket_uuid(audiosocket_id(announced))
+            + audio_frames(audio)
+            + audiosocket_frame(0x00)
+        )
+        assert await peer.answer() == b""
+    assert await inbound(gateway, acme, mine["recording_id"]) == sent[mine["recording_id"]]
+    assert await inbound(gateway, other, theirs["recording_id"]) == sent[theirs["recording_id"]]
+    assert_not_logged(caplog, audiosocket_id(mine), audiosocket_id(theirs))
+
+
+# --- attachment ---------------------------------------------------------------------------
+
+
+async def test_a_second_connection_while_attached_is_refused_and_stores_nothing(
+    gateway: Gateway, settings: Settings, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone who learnt the id races the real stream: refused, from the first peer's
+    address or any other, and the recording holds the first connection's audio only."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before, after = pcm(0.3, 440, seed=5), pcm(0.3, 660, seed=6)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+    for source in ("127.0.0.1", OTHER_PEER):
+        assert await refusal(connect, audiosocket_uuid(secret), source) == refused(
+            "already_attached"
+        )
+    assert frames_in(gateway) == frame_count(before)
+    # The refusals detached nothing: the first connection goes on and ends the call.
+    await first.send(audio_frames(after) + audiosocket_frame(0x00))
+    assert await first.answer() == b""
+    assert await inbound(gateway, tenant, announced["recording_id"]) == before + after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_reconnect_after_a_drop_from_the_first_peer_continues_the_call(
+    gateway: Gateway, settings: Settings, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before, after = pcm(0.3, 440, seed=7), pcm(0.3, 660, seed=8)
+    first = await connect(OTHER_PEER)
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+    await first.drop()
+    await detached(gateway)
+    again = await connect(OTHER_PEER)  # the same address, another port
+    await again.send(audiosocket_uuid(secret) + audio_frames(after) + audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    assert await inbound(gateway, tenant, announced["recording_id"]) == before + after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_reconnect_from_another_address_is_refused(
+    gateway: Gateway, settings: Settings, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a drop, someone who learnt the id connects first: refused, and the call still
+    waits for its own PBX."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before, after = pcm(0.3, 440, seed=9), pcm(0.3, 660, seed=10)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+    await first.drop()
+    await detached(gateway)
+    assert await refusal(connect, audiosocket_uuid(secret), OTHER_PEER) == refused("peer_mismatch")
+    assert frames_in(gateway) == frame_count(before)
+    again = await connect()
+    await again.send(audiosocket_uuid(secret) + audio_frames(after) + audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    assert await inbound(gateway, tenant, announced["recording_id"]) == before + after
+    assert_not_logged(caplog, secret)
+
+
+async def test_an_unknown_id_answers_the_same_bytes_whatever_it_names(
+    gateway: Gateway, connect: Connect
+) -> None:
+    """Unknown, the call id, another tenant's call id, a refused call's id: one answer."""
+    acme = await gateway.tenant("acme", NO_CONSENT)
+    quiet = await gateway.tenant("quiet", {})  # refuses every call
+    call_id = str(uuid.uuid4())
+    await gateway.announce(acme, transport="audiosocket", call_id=call_id)
+    refused_id = str(uuid.uuid4())
+    response = await gateway.client.post(
+        "/v1/tenants/quiet/calls",
+        json={"call_id": refused_id, "from": "+40711111111", "to": "+40722222222",
+              "transport": "audiosocket", "consent": "granted"},
+        headers=bearer(quiet.pbx),
+    )  # fmt: skip
+    assert response.status == 403
+    answers = {
+        await refusal(connect, audiosocket_uuid(named))
+        for named in (str(uuid.uuid4()), call_id, refused_id, str(uuid.UUID(int=0)))
+    }
+    assert answers == {refused("unknown_call")}
