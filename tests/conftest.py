@@ -61,6 +61,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     secrets_made, records, files = WATCH.counts
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(
             f"secret watch: {secrets_made} secrets made, {records} log records and "
             f"{files} subprocess outputs searched, {len(leaks)} leaks"

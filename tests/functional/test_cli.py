@@ -38,7 +38,10 @@ def callvault(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         env=env or clean_env(),
         check=False,
     )
-    WATCH.watch_output(result.stdout + result.stderr, " ".join(args))
+    command = " ".join(args)
+    WATCH.watch_output(result.stderr, command)
+    if " token create " not in f" {command} ":  # whose stdout is the minted token, by design
+        WATCH.watch_output(result.stdout, command)
     return result
 
 
