@@ -6,6 +6,9 @@
 * ``seaweedfs`` / ``s3_bucket`` / ``s3_store``: a real S3 server, SeaweedFS ``weed mini``,
   one per session, a fresh bucket per test.
 
+The whole run is watched for secrets in log output (``tests/leaks.py``): a token, SRTP key,
+AudioSocket id or webhook secret in any log record or subprocess output fails the session.
+
 A part that is absent skips its tests with the reason, or fails them when
 ``CALLVAULT_TEST_REQUIRE_PARTS=1`` (CI). SeaweedFS is started by ``bench/seaweedfs.py``
 (the benchmarks use it too), whose docstring says what about ``weed mini`` it relies on.
@@ -30,6 +33,7 @@ from botocore.exceptions import ClientError
 
 from bench.seaweedfs import WeedDidNotStart, running_weed, weed_binary
 from storage.s3 import MIN_PART_SIZE, S3Store
+from tests.leaks import WATCH, install
 from tests.parts import require_part
 from tests.postgres import PG_HOST, PG_PORT, PG_USER, pg_connect, reset_pg_schema, run_in_thread
 
@@ -41,6 +45,35 @@ if TYPE_CHECKING:
 # are not about AI run without them (the AI tests drive workers explicitly), and the
 # subprocess gateways of the integration tier inherit this unless a test sets it.
 os.environ.setdefault("CALLVAULT_AI__WORKERS", "0")
+
+
+_UNWATCH = pytest.StashKey[Any]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_UNWATCH] = install(WATCH)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a secret reached a log line (where, and what kind, are printed;
+    the secret never is)."""
+    leaks = WATCH.leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    secrets_made, records, files = WATCH.counts
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(
+            f"secret watch: {secrets_made} secrets made, {records} log records and "
+            f"{files} subprocess outputs searched, {len(leaks)} leaks"
+        )
+        for leak in leaks:
+            reporter.write_line(f"LEAK: {leak}", red=True)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    config.stash[_UNWATCH]()
 
 
 @dataclass(frozen=True)

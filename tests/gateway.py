@@ -34,6 +34,7 @@ from gateway.auth import ensure_operator_token
 from gateway.logs import ACCESS, AccessLogger
 from gateway.state import SERVICES
 from storage.media.codecs import codec
+from tests.leaks import WATCH
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 ULAW = codec("pcmu")
@@ -102,6 +103,7 @@ def callvault_env(data_dir: Path, **settings: str) -> dict[str, str]:
 @contextmanager
 def callvault(command: str, log_path: Path, env: dict[str, str]) -> Iterator[Process]:
     """``python -m gateway.cli <command>`` for the ``with`` block; killed at its end."""
+    WATCH.watch_file(log_path)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "gateway.cli", command],
@@ -132,6 +134,7 @@ def serve(tmp_path: Path, name: str, **settings: str) -> Iterator[Server]:
     token; its data dir is ``tmp_path / name`` and its log ``tmp_path / f"{name}.log"``."""
     port = free_port()
     operator = secrets.token_urlsafe(36)
+    WATCH.remember("token", operator)
     data_dir = tmp_path / name
     env = callvault_env(
         data_dir,

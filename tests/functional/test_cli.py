@@ -19,6 +19,7 @@ import pytest
 from gateway.services import open_services
 from gateway.settings import Settings
 from tests.gateway import free_port, wait_until_ready
+from tests.leaks import WATCH
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -29,7 +30,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def callvault(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    result = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
@@ -37,6 +38,11 @@ def callvault(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         env=env or clean_env(),
         check=False,
     )
+    command = " ".join(args)
+    WATCH.watch_output(result.stderr, command)
+    if " token create " not in f" {command} ":  # whose stdout is the minted token, by design
+        WATCH.watch_output(result.stdout, command)
+    return result
 
 
 @pytest.fixture
@@ -63,6 +69,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
             process.kill()
         process.wait(timeout=10)
         if process.stdout:
+            WATCH.watch_output(process.stdout.read(), "serve")
             process.stdout.close()
 
 
@@ -207,6 +214,7 @@ def stop_serve(process: subprocess.Popen[str]) -> str:
     assert process.stdout is not None
     output = process.stdout.read()
     process.stdout.close()
+    WATCH.watch_output(output, "serve")
     return output
 
 

@@ -27,6 +27,7 @@ from tests.gateway import (
     twilio_start,
     twilio_stop,
 )
+from tests.leaks import WATCH
 
 OPERATOR = "a-long-operator-token-for-the-crash-tests-0123456789"
 FLUSH_BYTES = 1024
@@ -35,7 +36,7 @@ NO_CONSENT = {"recording": {"enabled": True}, "consent": {"required": False}}
 
 def server_env(grace: str) -> dict[str, str]:
     return {
-        "CALLVAULT_OPERATOR_TOKEN": OPERATOR,
+        "CALLVAULT_OPERATOR_TOKEN": WATCH.remember_value("token", OPERATOR),
         "CALLVAULT_INGEST__FLUSH_BYTES": str(FLUSH_BYTES),
         "CALLVAULT_INGEST__RECONNECT_GRACE": grace,
     }
@@ -65,6 +66,7 @@ def server_to_kill(data_dir: Path, grace: str) -> Iterator[tuple[subprocess.Pope
             process.kill()
         process.wait(timeout=10)
         if process.stdout:
+            WATCH.watch_output(process.stdout.read(), "serve")
             process.stdout.close()
 
 

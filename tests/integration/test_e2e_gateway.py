@@ -53,6 +53,7 @@ from tests.gateway import (
     twilio_stop,
     wait_until_ready,
 )
+from tests.leaks import WATCH
 from tests.scan import RUN, PlaintextScan
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def served(tmp_path: Path, store: StoreUnderTest) -> Iterator[Served]:
     Its output goes to a file (outside the data dir), so a full pipe can never stall it."""
     http_port, audiosocket_port = free_port(), free_port()
     data_dir = tmp_path / "var"
-    operator = secrets.token_urlsafe(36)  # 48 characters
+    operator = WATCH.remember_value("token", secrets.token_urlsafe(36))  # 48 characters
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLVAULT_")}
     env.update(
         CALLVAULT_DATA_DIR=str(data_dir),
@@ -213,6 +214,7 @@ def served(tmp_path: Path, store: StoreUnderTest) -> Iterator[Served]:
         **store.env,
     )
     log_path = tmp_path / "serve.log"
+    WATCH.watch_file(log_path)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "gateway.cli", "serve"],
