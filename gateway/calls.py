@@ -169,6 +169,12 @@ class Announced:
     the announcement's answer; the catalog keeps its hash."""
 
 
+def new_audiosocket_id() -> str:
+    """A fresh AudioSocket id. AudioSocket has no authentication of its own: this id, shown
+    once, is the stream's only credential. uuid4 draws from os.urandom."""
+    return str(uuid.uuid4())
+
+
 def audiosocket_id_hash(audiosocket_id: str) -> str | None:
     """The hash the catalog finds an AudioSocket id by; ``None`` for a string that is not
     a UUID (no call has it). SHA-256 suffices, unkeyed: the id is 122 random bits, so the
@@ -248,9 +254,7 @@ class CallRegistry:
                 },
             )
             if announcement.transport == "audiosocket":
-                # AudioSocket has no authentication of its own: this id, shown once, is the
-                # stream's only credential. uuid4 draws from os.urandom.
-                audiosocket_id = str(uuid.uuid4())
+                audiosocket_id = new_audiosocket_id()
         # The call record, its recording and the decision's audit event commit together.
         call, recording = await self._catalog.calls.announce(
             id=announcement.call_id,

@@ -187,7 +187,7 @@ WATCH = SecretWatch()
 def install(watch: SecretWatch, *, logger: str = "") -> Callable[[], None]:
     """Wrap the gateway's secret minters and watch the root logger (or, for the watch's own
     tests, the named ``logger``, cut off from the root's); returns the undo."""
-    from gateway import auth
+    from gateway import auth, calls
     from gateway.ingest.rtp import SrtpKey
 
     undo: list[Callable[[], None]] = []
@@ -203,6 +203,7 @@ def install(watch: SecretWatch, *, logger: str = "") -> Callable[[], None]:
 
     wrap(auth, "new_secret", "token", lambda secret: secret)
     wrap(SrtpKey, "generate", "SRTP key", lambda key: key.material)
+    wrap(calls, "new_audiosocket_id", "AudioSocket id", lambda id: id)
 
     watched = logging.getLogger(logger)
     handler = watch.handler()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import auth
+from gateway import auth, calls
 from gateway.ingest.rtp import SrtpKey
 from tests.leaks import WATCH, SecretWatch, install
 
@@ -62,6 +62,13 @@ def test_an_srtp_key_in_any_written_form_is_a_leak(watch: SecretWatch) -> None:
     finally:
         undo()
     assert [leak.kind for leak in quiet.leaks()] == ["SRTP key"]
+
+
+def test_a_minted_audiosocket_id_is_a_leak_where_a_call_id_is_not(watch: SecretWatch) -> None:
+    LOG.info("call %s attached", "3f2a8c1e-5b7d-4e09-8a6f-2c1d0e9b7a54")
+    assert watch.leaks() == []
+    LOG.info("call attached with %s", calls.new_audiosocket_id())
+    assert [leak.kind for leak in watch.leaks()] == ["AudioSocket id"]
 
 
 def test_a_secret_chosen_by_a_test_is_found_even_with_spaces(watch: SecretWatch) -> None:
