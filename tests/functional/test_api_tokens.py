@@ -22,8 +22,9 @@ from gateway.settings import WebhookSettings
 from gateway.state import SERVICES
 from gateway.webhooks import WebhookSender, verify
 from storage.catalog import Catalog
+from tests.functional.test_ingest import NO_CONSENT, closed, objects_of
 from tests.functional.test_webhooks import Receiver, receiver
-from tests.gateway import T0, FakeClock, Gateway, TenantTokens, bearer
+from tests.gateway import T0, FakeClock, Gateway, TenantTokens, bearer, twilio_start
 
 __all__ = ["receiver"]  # the fixture, shared with test_webhooks
 
@@ -514,3 +515,34 @@ async def test_the_operators_revocation_of_a_tenant_token_is_audited_once(
         (f"token:{own.id}", minted["id"], {"role": "pbx", "expires_at": minted["expires_at"]})
     ]
     assert minted["expires_at"] == iso(T0 + timedelta(days=7))
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["header", "query", "start"])
+async def test_a_revoked_or_expired_pbx_token_is_refused_at_ingest(
+    clocked_gateway: Gateway, clock: FakeClock, where: str
+) -> None:
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call_id = (await gateway.announce(tenant))["call_id"]
+    revoked = await mint(gateway, "acme", tenant.admin, role="pbx")
+    response = await gateway.client.delete(
+        f"/v1/tenants/acme/tokens/{revoked['id']}", headers=bearer(tenant.admin)
+    )
+    assert response.status == 200
+    expiring = await mint(gateway, "acme", tenant.admin, role="pbx", expires_in="PT1M")
+    clock.current += timedelta(minutes=1)
+    for token in (revoked["token"], expiring["token"]):
+        if where == "header":
+            ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(token))
+            await ws.send_str(twilio_start(call_id))
+        elif where == "query":
+            ws = await gateway.client.ws_connect(f"/v1/ingest/twilio?token={token}")
+            await ws.send_str(twilio_start(call_id))
+        else:
+            ws = await gateway.client.ws_connect("/v1/ingest/twilio")
+            await ws.send_str(twilio_start(call_id, token=token))
+        assert await closed(ws) == (1008, "unauthorized"), where
+    assert await objects_of(gateway, "acme") == []
