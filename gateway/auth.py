@@ -28,6 +28,7 @@ from crypto.errors import ConfigError
 from gateway.errors import BadRequest, BreakGlassRequired, Forbidden, Unauthorized
 from gateway.webhooks import Event, event_jobs
 from storage.catalog import AuditEntry, Catalog, NewJob, Role, Token
+from storage.catalog.tokens import iso
 from storage.errors import AdminExists, NotFound
 from storage.instructions import parse_duration
 
@@ -77,11 +78,6 @@ def new_token_id() -> str:
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def iso(value: datetime | None) -> str | None:
-    """A time as the API and the audit log show it: UTC ISO-8601 with a ``Z``."""
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 def bearer_secret(authorization: str | None) -> str | None:
