@@ -5,21 +5,34 @@ request's token is hashed, looked up by hash, and the stored hash compared again
 time. Every role except ``operator`` belongs to one tenant, and a resource of another tenant
 is reported as unknown (404), never as forbidden, so that a token learns nothing about other
 tenants: ``scope`` answers 404 for a foreign tenant *before* it checks the role.
+
+Every token can be revoked and may expire; the catalog is asked on every request (no node
+keeps a copy), so either takes effect at the next request on every node. The operator may
+mint a tenant's first admin token; once the tenant has an active admin, an operator-minted
+admin or processor token is break-glass access (``mint_tenant_token``): it needs a reason,
+lives at most ``BREAK_GLASS_LIFETIME``, and the tenant learns of it from its audit log and
+its webhook.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from crypto.errors import ConfigError
-from gateway.errors import Forbidden, Unauthorized
-from storage.catalog import Catalog, Role, Token
-from storage.errors import NotFound
+from gateway.errors import BadRequest, BreakGlassRequired, Forbidden, Unauthorized
+from gateway.webhooks import Event, event_jobs
+from storage.catalog import AuditEntry, Catalog, NewJob, Role, Token
+from storage.catalog.tokens import iso
+from storage.errors import AdminExists, NotFound
+from storage.instructions import parse_duration
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "cv_"  # noqa: S105 - a prefix that makes leaked tokens easy to scan for
 TOKEN_BYTES = 32
@@ -47,8 +60,20 @@ class MintedToken:
     secret: str
 
 
+MAX_LIFETIME = "P1Y"
+"""The longest ``expires_in`` a token may be minted with."""
+BREAK_GLASS_LIFETIME = "PT1H"
+"""How long a break-glass token lives at most, and when it is given no ``expires_in``."""
+ENV_OPERATOR = "CALLVAULT_OPERATOR_TOKEN"
+"""The ``created_by`` of the operator token registered from that setting."""
+
+
 def new_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def new_token_id() -> str:
+    return "tok_" + secrets.token_hex(8)
 
 
 def hash_secret(secret: str) -> str:
@@ -65,30 +90,137 @@ def bearer_secret(authorization: str | None) -> str | None:
     return value.strip()
 
 
-async def authenticate(catalog: Catalog, secret: str | None) -> Principal:
-    """The principal of a token; ``Unauthorized`` for a missing, unknown or revoked one."""
+async def authenticate(catalog: Catalog, secret: str | None, *, now: datetime) -> Principal:
+    """The principal of a token; ``Unauthorized`` for a missing, unknown, revoked or
+    expired one (at ``now``), without saying which."""
     if not secret:
         raise Unauthorized("A bearer token is required.")
     digest = hash_secret(secret)
-    token = await catalog.tokens.find(digest)
+    token = await catalog.tokens.find(digest, now=now)
     if token is None or not hmac.compare_digest(token.token_hash, digest):
-        raise Unauthorized("The token is unknown or revoked.")
+        raise Unauthorized("The token is unknown, revoked or expired.")
     return Principal(token_id=token.id, role=token.role, tenant=token.tenant_id)
 
 
+def token_expiry(
+    expires_in: str | None, now: datetime, *, longest: str, default: str | None = None
+) -> datetime | None:
+    """When a token minted at ``now`` with ``expires_in`` (an ISO-8601 duration; absent:
+    ``default``, ``None`` for never) expires; ``BadRequest`` naming ``expires_in`` when it
+    is not a duration, is zero, or ends later than ``longest`` after ``now``."""
+    text = expires_in if expires_in is not None else default
+    if text is None:
+        return None
+    try:
+        duration = parse_duration(text)
+        if duration.is_zero():
+            raise ValueError("must be longer than zero")
+        expires_at = duration.after(now)
+    except ValueError as e:
+        raise BadRequest(f"expires_in: {e}.") from None
+    if expires_at > parse_duration(longest).after(now):
+        raise BadRequest(f"expires_in: {text!r} is longer than {longest}, the most allowed here.")
+    return expires_at
+
+
 async def mint_token(
-    catalog: Catalog, *, tenant: str | None, role: Role, created_by: str, now: datetime
+    catalog: Catalog,
+    *,
+    tenant: str | None,
+    role: Role,
+    created_by: str,
+    now: datetime,
+    expires_at: datetime | None = None,
+    token_id: str | None = None,
+    audit: Sequence[AuditEntry] = (),
+    jobs: Sequence[NewJob] = (),
+    unless_admin: bool = False,
 ) -> MintedToken:
+    """Store a new token (``audit`` and ``jobs`` in the same transaction, see
+    ``catalog.tokens.create``) and return it with its secret."""
     secret = new_secret()
     record = await catalog.tokens.create(
-        id="tok_" + secrets.token_hex(8),
+        id=token_id or new_token_id(),
         tenant_id=tenant,
         role=role,
         token_hash=hash_secret(secret),
         created_by=created_by,
         now=now,
+        expires_at=expires_at,
+        audit=audit,
+        jobs=jobs,
+        unless_admin=unless_admin,
     )
     return MintedToken(record=record, secret=secret)
+
+
+async def mint_tenant_token(
+    catalog: Catalog,
+    *,
+    actor: str,
+    by_operator: bool,
+    tenant: str,
+    role: Role,
+    now: datetime,
+    expires_in: str | None = None,
+    break_glass: str | None = None,
+    webhook_attempts: int = 8,
+) -> MintedToken:
+    """Mint a token of ``tenant`` under the rules of API.md, audited in the tenant's chain
+    with the token row (``token.created``: role and expiry).
+
+    The operator (``by_operator``: the API's operator, or the CLI) may mint the tenant's
+    first admin token, and pbx tokens, freely. Once the tenant has an active admin, an
+    admin or processor token of the operator needs ``break_glass`` (a reason), else
+    ``BreakGlassRequired``. A break-glass token expires within ``BREAK_GLASS_LIFETIME``
+    (that long when ``expires_in`` is absent; longer is a ``BadRequest``), is audited as
+    ``token.break_glass`` (reason, role, expiry, never the secret) and is sent to the
+    tenant's webhook as ``token.break_glass``. Tenant admins need no break-glass."""
+    if break_glass is not None and not by_operator:
+        raise BadRequest(
+            "break_glass: only the operator mints break-glass tokens; a tenant admin mints "
+            "its tenant's tokens without one."
+        )
+    if break_glass is None:
+        expires_at = token_expiry(expires_in, now, longest=MAX_LIFETIME)
+    else:
+        expires_at = token_expiry(
+            expires_in, now, longest=BREAK_GLASS_LIFETIME, default=BREAK_GLASS_LIFETIME
+        )
+    token_id = new_token_id()
+    detail: dict[str, object] = {"role": role, "expires_at": iso(expires_at)}
+    if break_glass is None:
+        audit = [AuditEntry(actor, "token.created", token_id, detail)]
+    else:
+        glass = {**detail, "reason": break_glass}
+        audit = [
+            AuditEntry(actor, "token.created", token_id, {**detail, "break_glass": True}),
+            AuditEntry(actor, "token.break_glass", token_id, glass),
+        ]
+    jobs: list[NewJob] = []
+    if break_glass is not None:
+        if (await catalog.instructions.current(tenant)).document.webhook.url is not None:
+            event = Event("token.break_glass", {"token_id": token_id, "actor": actor, **glass})
+            jobs = event_jobs(tenant, [event], now=now, max_attempts=webhook_attempts)
+    try:
+        return await mint_token(
+            catalog,
+            tenant=tenant,
+            role=role,
+            created_by=actor,
+            now=now,
+            expires_at=expires_at,
+            token_id=token_id,
+            audit=audit,
+            jobs=jobs,
+            unless_admin=by_operator and break_glass is None and role in ("admin", "processor"),
+        )
+    except AdminExists:
+        raise BreakGlassRequired(
+            f"Tenant {tenant!r} has an admin already: an operator-minted {role} token needs "
+            '"break_glass": {"reason": "..."}; it is audited, sent to the tenant\'s webhook '
+            f"and expires within {BREAK_GLASS_LIFETIME}."
+        ) from None
 
 
 def scope(principal: Principal, tenant: str) -> str:
@@ -139,29 +271,52 @@ async def ensure_operator_token(
 ) -> str | None:
     """Make sure an operator can log in; return a newly minted secret to show once, if any.
 
-    ``CALLVAULT_OPERATOR_TOKEN`` given: its hash is registered (once) and nothing is shown.
-    Not given: on the first start (no active operator token exists) one is minted and
-    returned for the caller to print; later starts mint nothing.
+    ``CALLVAULT_OPERATOR_TOKEN`` given: its hash is registered (once), and every operator
+    token registered from an earlier value of the setting is revoked (a rotation); nothing
+    is shown. A value whose token was revoked (through the API or the CLI) is refused with
+    a ``ConfigError``: it is never silently registered again, and the operator sets a new
+    one. Not given: when no operator token is active (the first start, or after the operator
+    revoked or let expire the last one) one is minted and returned for the caller to print;
+    otherwise nothing is minted.
     """
     if configured is not None:
         if len(configured) < MIN_OPERATOR_TOKEN_CHARS:
             raise ConfigError(
-                "CALLVAULT_OPERATOR_TOKEN",
+                ENV_OPERATOR,
                 f"must be at least {MIN_OPERATOR_TOKEN_CHARS} random characters "
                 "(e.g. the output of `openssl rand -base64 32`).",
             )
         digest = hash_secret(configured)
-        if await catalog.tokens.find(digest) is None:
+        known = await catalog.tokens.by_hash(digest)
+        if known is not None and known.role != "operator":
+            raise ConfigError(
+                ENV_OPERATOR, f"is the secret of {known.role} token {known.id}; set a new value."
+            )
+        if known is not None and known.revoked_at is not None:
+            raise ConfigError(
+                ENV_OPERATOR,
+                f"this value's token ({known.id}) was revoked; it is not registered again. "
+                "Set a new value (e.g. `openssl rand -base64 32`).",
+            )
+        if known is None:
             await catalog.tokens.create(
                 id="tok_env_" + secrets.token_hex(6),  # not derived from the secret
                 tenant_id=None,
                 role="operator",
                 token_hash=digest,
-                created_by="CALLVAULT_OPERATOR_TOKEN",
+                created_by=ENV_OPERATOR,
                 now=now,
             )
+        for old in await catalog.tokens.revoke_operator_tokens(
+            ENV_OPERATOR, keep_hash=digest, now=now
+        ):
+            log.warning(
+                "%s changed: the operator token %s registered from its previous value is revoked",
+                ENV_OPERATOR,
+                old.id,
+            )
         return None
-    if any(token.revoked_at is None for token in await catalog.tokens.list(None)):
+    if any(token.active(now) for token in await catalog.tokens.list(None)):
         return None
     minted = await mint_token(
         catalog, tenant=None, role="operator", created_by="bootstrap", now=now

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="one retention sweep over every tenant now (what `serve` runs every "
         "CALLVAULT_RETENTION__SWEEP_INTERVAL); prints its report as JSON",
     )
-    token = commands.add_parser("token", help="mint API tokens from the command line")
+    token = commands.add_parser("token", help="mint and revoke API tokens")
     token_commands = token.add_subparsers(dest="mint_command", required=True, metavar="ACTION")
     create = token_commands.add_parser(
         "create", help="mint a token in the catalog (prints it once)"
@@ -73,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
         "--role", required=True, choices=["operator", "admin", "pbx", "processor"], help="role"
     )
     create.add_argument("--tenant", help="tenant id (every role but operator)")
+    create.add_argument(
+        "--expires-in", help="ISO-8601 duration the token lives (e.g. P90D; at most P1Y)"
+    )
+    create.add_argument(
+        "--break-glass",
+        metavar="REASON",
+        help="why an admin or processor token is minted for a tenant that has an admin "
+        "already (audited, sent to the tenant's webhook, expires within PT1H)",
+    )
+    revoke = token_commands.add_parser(
+        "revoke", help="revoke a token of any role by its id (refused at once on every node)"
+    )
+    revoke.add_argument("token_id", metavar="ID", help="the token's id (tok_...)")
 
     demo = commands.add_parser(
         "demo", help="push a sample call through a running server and show what it stored"
@@ -188,28 +201,59 @@ async def _bootstrap(settings: Settings) -> str | None:
         return await ensure_operator_token(services.catalog, configured, now=datetime.now(UTC))
 
 
-async def _mint(settings: Settings, role: Role, tenant: str | None) -> None:
-    from gateway.auth import mint_token
+async def _mint(settings: Settings, args: argparse.Namespace) -> None:
+    from gateway.auth import MAX_LIFETIME, mint_tenant_token, mint_token, token_expiry
     from gateway.services import open_services
 
+    role: Role = args.role
+    tenant: str | None = args.tenant
     if (role == "operator") != (tenant is None):
         raise ConfigError("--tenant", "operator tokens take no tenant; every other role needs one.")
+    if role == "operator" and args.break_glass is not None:
+        raise ConfigError("--break-glass", "is for admin and processor tokens of a tenant.")
+    now = datetime.now(UTC)
     async with open_services(settings) as services:
-        if tenant is not None:
-            await services.catalog.tenants.get(tenant)
-        minted = await mint_token(
-            services.catalog, tenant=tenant, role=role, created_by="cli", now=datetime.now(UTC)
-        )
-        if tenant is not None:
-            await services.catalog.audit.append(
-                tenant,
-                actor="cli",
-                action="token.created",
-                object=minted.record.id,
-                detail={"role": role},
-                now=datetime.now(UTC),
+        if tenant is None:
+            expires_at = token_expiry(args.expires_in, now, longest=MAX_LIFETIME)
+            minted = await mint_token(
+                services.catalog,
+                tenant=None,
+                role=role,
+                created_by="cli",
+                now=now,
+                expires_at=expires_at,
             )
-    print(f"{minted.record.id} ({role}{' of ' + tenant if tenant else ''}): {minted.secret}")
+        else:
+            await services.catalog.tenants.get(tenant)
+            # Whoever runs the CLI is the operator: the same rules as the API's.
+            minted = await mint_tenant_token(
+                services.catalog,
+                actor="cli",
+                by_operator=True,
+                tenant=tenant,
+                role=role,
+                now=now,
+                expires_in=args.expires_in,
+                break_glass=args.break_glass,
+                webhook_attempts=settings.webhooks.max_attempts,
+            )
+    expires = minted.record.expires_at
+    until = f", expires {expires.isoformat().replace('+00:00', 'Z')}" if expires else ""
+    print(f"{minted.record.id} ({role}{' of ' + tenant if tenant else ''}{until}): {minted.secret}")
+
+
+async def _revoke(settings: Settings, token_id: str) -> None:
+    from gateway.services import open_services
+
+    async with open_services(settings) as services:
+        known = await services.catalog.tokens.get(token_id)
+        token = await services.catalog.tokens.revoke(
+            known.tenant_id, token_id, datetime.now(UTC), actor="cli"
+        )
+    whose = f" of tenant {token.tenant_id}" if token.tenant_id else ""
+    when = token.revoked_at.isoformat().replace("+00:00", "Z") if token.revoked_at else "?"
+    already = " already" if known.revoked_at is not None else ""
+    print(f"{token.id}: {token.role} token{whose}, revoked{already} at {when}")
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -289,7 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "keys" and args.keys_command == "rotate":
             asyncio.run(_rotate(settings, args.tenant))
         elif args.command == "token" and args.mint_command == "create":
-            asyncio.run(_mint(settings, args.role, args.tenant))
+            asyncio.run(_mint(settings, args))
+        elif args.command == "token" and args.mint_command == "revoke":
+            asyncio.run(_revoke(settings, args.token_id))
         elif args.command == "demo":
             return _demo(settings, args)
     except ValidationError as e:

@@ -40,7 +40,8 @@ class BadRequest(GatewayError):
 
 
 class Unauthorized(GatewayError):
-    """No token, or a token that is unknown or revoked (the answer never says which)."""
+    """No token, or a token that is unknown, revoked or expired (the answer never says
+    which)."""
 
     code = "unauthorized"
     status = 401
@@ -51,6 +52,13 @@ class Forbidden(GatewayError):
 
     code = "forbidden"
     status = 403
+
+
+class BreakGlassRequired(Forbidden):
+    """The operator minted an admin or processor token for a tenant that has an admin
+    already, without ``break_glass`` (a reason, audited and sent to the tenant)."""
+
+    code = "break_glass_required"
 
 
 class TooLarge(GatewayError):

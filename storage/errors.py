@@ -62,6 +62,14 @@ class HeldByLegalHold(Conflict):
         self.hold = hold
 
 
+class AdminExists(Conflict):
+    """The tenant has an active admin token, and the write was asked to happen only while
+    it has none (the operator's minting of a tenant's first admin; ``gateway.auth`` turns it
+    into the API's ``break_glass_required``)."""
+
+    code = "admin_exists"
+
+
 class Gone(CallvaultError):
     """The resource existed but its content was purged or deleted."""
 

@@ -43,13 +43,20 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "Bad Request",
     ),
     "unauthorized": (
-        "No token, a malformed Authorization header, or an unknown or revoked token (the "
-        "answer never says which).",
+        "No token, a malformed Authorization header, or an unknown, revoked or expired token "
+        "(the answer never says which).",
         "A bearer token is required.",
     ),
     "forbidden": (
         "The token's role may not do this, or the endpoint needs a tenant token.",
         "A processor token may not do this (needs admin).",
+    ),
+    "break_glass_required": (
+        "The operator minted an admin or processor token for a tenant that has an active "
+        "admin token already, without `break_glass`; nothing was minted.",
+        "Tenant 'acme' has an admin already: an operator-minted admin token needs "
+        '"break_glass": {"reason": "..."}; it is audited, sent to the tenant\'s webhook and '
+        "expires within PT1H.",
     ),
     "recording_not_instructed": (
         "The tenant's instructions enable neither recording nor any AI feature.",

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from gateway.auth import Principal, authenticate, bearer_secret
 from gateway.errors import BadRequest
-from gateway.state import SERVICES
+from gateway.state import CLOCK, SERVICES
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 TENANT = web.RequestKey("tenant", str)
@@ -46,7 +46,9 @@ async def principal_of(request: web.Request) -> Principal:
     The control API takes no ``?token=`` (query strings end up in proxies' logs)."""
     if PRINCIPAL not in request:
         secret = bearer_secret(request.headers.get("Authorization"))
-        request[PRINCIPAL] = await authenticate(request.app[SERVICES].catalog, secret)
+        request[PRINCIPAL] = await authenticate(
+            request.app[SERVICES].catalog, secret, now=request.app[CLOCK].now()
+        )
     return request[PRINCIPAL]
 
 

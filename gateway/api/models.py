@@ -30,7 +30,12 @@ from pydantic.json_schema import SkipJsonSchema
 from gateway.ingest.events import Track
 from gateway.policy import RefusalCode as Refusal
 from storage.catalog.records import RecordingStatus, Role
-from storage.instructions import InstructionsDoc, normalize_number
+from storage.instructions import (
+    DURATION_PATTERN,
+    InstructionsDoc,
+    normalize_number,
+    parse_duration,
+)
 from storage.retention import DeleteReason
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -82,6 +87,12 @@ def _absent_not_null(schema: dict[str, Any]) -> None:
     (only,) = branches
     schema.update(only)
     schema.pop("default", None)
+
+
+def _lifetime(value: str) -> str:
+    if parse_duration(value).is_zero():
+        raise ValueError("must be longer than zero")
+    return value
 
 
 PhoneNumber = Annotated[str, AfterValidator(_number), Field(examples=["+40712345678"])]
@@ -159,15 +170,51 @@ class TenantErasure(BaseModel):
 
 
 TenantRole = Literal["admin", "pbx", "processor"]
-"""The roles a tenant token can have; operator tokens are minted with the CLI."""
+"""The roles a tenant token can have; operator tokens are minted at `/v1/operator/tokens`."""
+
+Lifetime = Annotated[
+    str,
+    AfterValidator(_lifetime),
+    Field(
+        json_schema_extra={"pattern": DURATION_PATTERN, "maxLength": 40},
+        examples=["P90D", "PT1H"],
+    ),
+]
+"""An ISO-8601 duration from the minting (`PnYnMnWnDTnHnMnS`), longer than zero and at most
+`P1Y`."""
+
+
+class BreakGlass(BaseModel):
+    """Why the operator mints itself access to a tenant that has an admin already."""
+
+    model_config = _CLOSED
+
+    reason: _text(MAX_REASON)  # type: ignore[valid-type]
+    """Shown to the tenant: in its audit log (`token.break_glass`) and sent to its webhook."""
 
 
 class TokenCreate(BaseModel):
-    """Operator tokens are minted with the CLI, not here."""
+    """A tenant token. Operator tokens are minted at `/v1/operator/tokens`."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, strict=True)
 
     role: TenantRole
+    break_glass: BreakGlass | None = None
+    """Operator only. Needed for an admin or processor token once the tenant has an active
+    admin token (else 403 `break_glass_required`); the token is audited as
+    `token.break_glass`, sent to the tenant's webhook, and expires within `PT1H`."""
+    expires_in: Lifetime | None = None
+    """How long the token lives; absent or null: until revoked (a break-glass token: `PT1H`,
+    and no longer is accepted)."""
+
+
+class OperatorTokenCreate(BaseModel):
+    """An operator token; unknown fields are refused."""
+
+    model_config = _CLOSED
+
+    expires_in: Lifetime | None = None
+    """How long the token lives; absent or null: until revoked."""
 
 
 class Token(BaseModel):
@@ -184,7 +231,9 @@ class Token(BaseModel):
     created_by: str
     """The minting actor."""
     revoked_at: Timestamp | None
-    """When the token was revoked; null while active."""
+    """When the token was revoked; null if it was not."""
+    expires_at: Timestamp | None
+    """When the token stops working (refused from that instant on); null: never."""
 
 
 class MintedToken(Token):

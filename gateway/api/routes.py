@@ -34,6 +34,7 @@ from gateway.policy import RefusalCode
 from gateway.state import SERVICES
 from storage.catalog import Catalog, Role
 from storage.instructions import parse_instructions
+from storage.validation import first_problem
 
 Finder = Callable[[Catalog, str, Mapping[str, str]], Awaitable[object]]
 """Looks the path's resource up in the caller's tenant; raises ``NotFound``."""
@@ -47,6 +48,9 @@ class Body:
 
     model: type[BaseModel]
     code: str = "bad_request"
+    field_codes: Mapping[str, str] = field(default_factory=dict)
+    """The code of a body whose first offending field is one of these (the token's
+    ``role``: ``bad_role``), instead of ``code``."""
     parse: Callable[[object], BaseModel] | None = None
     """Validation beyond the model (the announcement's codec rules; the instructions'
     own 422), used instead of ``model``; it raises the API's errors itself."""
@@ -62,7 +66,8 @@ class Body:
         try:
             return self.model.model_validate(raw)
         except ValidationError as e:
-            raise invalid_body(e, self.code) from None
+            top = first_problem(e)[0].split(".")[0]
+            raise invalid_body(e, self.field_codes.get(top, self.code)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,7 @@ class Route:
                 codes[400] = ["bad_json"]
                 codes[422] = ["invalid_instructions"]
             else:
-                codes[400] = ["bad_json", self.body.code]
+                codes[400] = ["bad_json", self.body.code, *self.body.field_codes.values()]
             codes[413] = ["request_entity_too_large"]
         for status, extra in self.errors.items():
             codes.setdefault(status, [])
@@ -120,7 +125,9 @@ def _caller_tenant(route: Route, request: web.Request, principal: Principal) -> 
     if "{tenant}" in route.path:
         # 404 for another tenant's path before anything else; the role comes after find.
         return scope(principal, request.match_info["tenant"])
-    if "{" not in route.path:  # /v1/tenants itself names no resource: no tenant to act in
+    if "{" not in route.path or route.roles == OPERATOR:
+        # /v1/tenants itself names no resource, and /v1/operator/... the operator's own:
+        # no tenant to act in (a tenant token gets the role's 403, before any lookup).
         return None
     # /v1/calls/{id}, /v1/recordings/{id}: the token's tenant (the operator gets 403 here;
     # it names tenants in paths).
@@ -227,11 +234,19 @@ ROUTES: tuple[Route, ...] = (
           "Erase a tenant", "tenants", models.TenantErasure, errors={409: ("legal_hold",)}),
     Route("POST", f"{_TENANT}/tokens", tenants.create_token, OPERATOR_ADMIN, "createToken",
           "Mint a token", "tokens", models.MintedToken, status=201,
-          body=Body(models.TokenCreate, code="bad_role")),
+          body=Body(models.TokenCreate, field_codes={"role": "bad_role"}),
+          errors={403: ("break_glass_required",)}),
     Route("GET", f"{_TENANT}/tokens", tenants.list_tokens, OPERATOR_ADMIN, "listTokens",
           "List tokens", "tokens", models.TokenList),
     Route("DELETE", f"{_TENANT}/tokens/{{token_id}}", tenants.revoke_token, OPERATOR_ADMIN,
           "revokeToken", "Revoke a token", "tokens", models.Token, find=tenants.find_token),
+    Route("GET", "/v1/operator/tokens", tenants.list_operator_tokens, OPERATOR,
+          "listOperatorTokens", "List operator tokens", "tokens", models.TokenList),
+    Route("POST", "/v1/operator/tokens", tenants.create_operator_token, OPERATOR,
+          "createOperatorToken", "Mint an operator token", "tokens", models.MintedToken,
+          status=201, body=Body(models.OperatorTokenCreate)),
+    Route("DELETE", "/v1/operator/tokens/{token_id}", tenants.revoke_operator_token, OPERATOR,
+          "revokeOperatorToken", "Revoke an operator token", "tokens", models.Token),
     # --- instructions
     Route("GET", f"{_TENANT}/instructions", tenants.get_instructions, OPERATOR_ADMIN,
           "getInstructions", "Current instructions", "instructions", models.Instructions),

@@ -1,22 +1,25 @@
-"""Tenants, their tokens and their documented instructions.
+"""Tenants, their tokens, the operator's tokens and the tenants' documented instructions.
 
 Every instructions PUT stores a new immutable version (who and when) and is audited, so the
 version that allowed a call can always be shown later. Token secrets are in exactly one
 answer, the 201 that mints them; the webhook secret of the instructions is in none (views
-show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret).
+show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret). The rules
+of minting (expiry, break-glass) are ``gateway.auth``'s; a tenant token's minting and
+revocation are audited in the tenant's chain in the transaction that writes the token.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
-from gateway.api.models import TenantCreate, TokenCreate
-from gateway.auth import mint_token
-from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
+from gateway.api.models import OperatorTokenCreate, TenantCreate, TokenCreate
+from gateway.auth import MAX_LIFETIME, mint_tenant_token, mint_token, token_expiry
+from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS, SWEEPER
 from storage.catalog import AuditEntry, Catalog, Instructions, Tenant, Token
 from storage.errors import HeldByLegalHold, InvalidInstructions, NotFound
 from storage.instructions import (
@@ -25,6 +28,8 @@ from storage.instructions import (
     default_instructions,
     parse_instructions,
 )
+
+log = logging.getLogger(__name__)
 
 
 def tenant_view(tenant: Tenant) -> dict[str, Any]:
@@ -44,6 +49,7 @@ def token_view(token: Token) -> dict[str, Any]:
         "created_at": iso(token.created_at),
         "created_by": token.created_by,
         "revoked_at": iso(token.revoked_at),
+        "expires_at": iso(token.expires_at),
     }
 
 
@@ -174,27 +180,33 @@ async def delete_tenant(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    """Mint a token of the tenant; its secret is in this answer only."""
+    """Mint a token of the tenant; its secret is in this answer only. Audited as
+    `token.created` (role, expiry). The operator may mint the tenant's first admin token and
+    any pbx token; once the tenant has an active admin, an operator's admin or processor
+    token needs `break_glass` (403 `break_glass_required` without it): such a token is
+    audited as `token.break_glass`, sent to the tenant's webhook (event `token.break_glass`)
+    and expires within `PT1H` (its default; a longer `expires_in` is 400)."""
     principal, tenant = await principal_of(request), request[TENANT]
-    role = body_of(request, TokenCreate).role
-    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    body = body_of(request, TokenCreate)
+    app = request.app
+    services, now = app[SERVICES], app[CLOCK].now()
     await services.catalog.tenants.get(tenant)
-    minted = await mint_token(
-        services.catalog, tenant=tenant, role=role, created_by=principal.actor, now=now
-    )
-    await services.catalog.audit.append(
-        tenant,
+    minted = await mint_tenant_token(
+        services.catalog,
         actor=principal.actor,
-        action="token.created",
-        object=minted.record.id,
-        detail={"role": role},
+        by_operator=principal.role == "operator",
+        tenant=tenant,
+        role=body.role,
         now=now,
+        expires_in=body.expires_in,
+        break_glass=None if body.break_glass is None else body.break_glass.reason,
+        webhook_attempts=app[SETTINGS].webhooks.max_attempts,
     )
     return web.json_response({**token_view(minted.record), "token": minted.secret}, status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    """The tenant's tokens, revoked ones included (never secrets)."""
+    """The tenant's tokens, revoked and expired ones included (never secrets)."""
     tenant, catalog = await _existing_tenant(request)
     tokens = await catalog.tokens.list(tenant)
     return web.json_response({"items": [token_view(t) for t in tokens]})
@@ -210,18 +222,46 @@ async def find_token(catalog: Catalog, tenant: str, path: Mapping[str, str]) -> 
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    """Revoke the token; repeating it keeps the first revocation time."""
+    """Revoke the token: it is refused from the next request on, on every node. Audited as
+    `token.revoked`; repeating it keeps the first revocation time (and audits nothing)."""
     principal, tenant, token_id = await principal_of(request), request[TENANT], found(request)
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    token = await services.catalog.tokens.revoke(tenant, token_id, now)
-    await services.catalog.audit.append(
-        tenant,
-        actor=principal.actor,
-        action="token.revoked",
-        object=token.id,
-        detail={"role": token.role},
+    token = await services.catalog.tokens.revoke(tenant, token_id, now, actor=principal.actor)
+    return web.json_response(token_view(token))
+
+
+async def list_operator_tokens(request: web.Request) -> web.Response:
+    """The operator tokens, revoked and expired ones included (never secrets)."""
+    tokens = await request.app[SERVICES].catalog.tokens.list(None)
+    return web.json_response({"items": [token_view(t) for t in tokens]})
+
+
+async def create_operator_token(request: web.Request) -> web.Response:
+    """Mint an operator token; its secret is in this answer only."""
+    principal = await principal_of(request)
+    body = body_of(request, OperatorTokenCreate)
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    minted = await mint_token(
+        services.catalog,
+        tenant=None,
+        role="operator",
+        created_by=principal.actor,
         now=now,
+        expires_at=token_expiry(body.expires_in, now, longest=MAX_LIFETIME),
     )
+    return web.json_response({**token_view(minted.record), "token": minted.secret}, status=201)
+
+
+async def revoke_operator_token(request: web.Request) -> web.Response:
+    """Revoke an operator token (the caller's own too): it is refused from the next request
+    on, on every node; repeating it keeps the first revocation time. A tenant's token id is
+    404 here. Revoking the last operator token is allowed: `callvault serve`, started
+    again without `CALLVAULT_OPERATOR_TOKEN`, then mints and prints a new one as on its
+    first start."""
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    token_id = request.match_info["token_id"]
+    token = await services.catalog.tokens.revoke(None, token_id, now)
+    log.info("operator token %s revoked by %s", token.id, (await principal_of(request)).actor)
     return web.json_response(token_view(token))
 
 

@@ -137,7 +137,9 @@ async def _upgrade_principal(request: web.Request) -> Principal | None:
         secret = bearer_secret(request.headers.get("Authorization")) or request.query.get("token")
         if secret is None:
             return None
-        return await authenticate(request.app[SERVICES].catalog, secret)
+        return await authenticate(
+            request.app[SERVICES].catalog, secret, now=request.app[CLOCK].now()
+        )
     except Unauthorized as e:
         raise StreamRefused(e.message, code="unauthorized") from None
 

@@ -86,7 +86,7 @@ class StreamBinding:
                 if not event.call_id:
                     raise StreamRefused("The stream names no call.", code="unknown_call")
                 call_id = event.call_id
-                principal = await self._authenticate(event)
+                principal = await self._authenticate(event, now)
                 assert principal.tenant is not None  # noqa: S101 - pbx tokens have a tenant
                 tenant, actor = principal.tenant, principal.actor
             session = await self._session(tenant, call_id, event, actor, now)
@@ -116,11 +116,11 @@ class StreamBinding:
         )
         return session
 
-    async def _authenticate(self, event: StreamStart) -> Principal:
+    async def _authenticate(self, event: StreamStart, now: datetime) -> Principal:
         principal = self._principal
         if principal is None:
             try:
-                principal = await authenticate(self._catalog, event.token)
+                principal = await authenticate(self._catalog, event.token, now=now)
             except Unauthorized as e:
                 raise StreamRefused(e.message, code="unauthorized") from None
         if principal.role != "pbx":

@@ -26,7 +26,8 @@ from storage.catalog.jobs import Jobs
 from storage.catalog.objects import Keys, Objects
 from storage.catalog.recordings import Recordings
 from storage.catalog.retention import Retention
-from storage.catalog.tenants import Tenants, Tokens
+from storage.catalog.tenants import Tenants
+from storage.catalog.tokens import Tokens
 
 __all__ = ["MIGRATIONS_DIR", "Catalog"]
 

@@ -53,6 +53,12 @@ class Token:
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    """When the token stops working; ``None``: never (until revoked)."""
+
+    def active(self, now: datetime) -> bool:
+        """Neither revoked nor expired at ``now`` (a token is refused from its expiry on)."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
 @dataclass(frozen=True, slots=True)

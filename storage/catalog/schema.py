@@ -99,6 +99,7 @@ tokens = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("created_by", sa.String(128), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint(_one_of("role", ROLES), name="role"),
     sa.CheckConstraint(
         "(role = 'operator' AND tenant_id IS NULL) "

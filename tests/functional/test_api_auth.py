@@ -271,8 +271,8 @@ class Endpoint:
 
     method: str
     path: str
-    """Formatted with ``tenant``, ``call`` (live), ``recording`` (finished), ``token`` and
-    ``hold`` (an active legal hold on the live call)."""
+    """Formatted with ``tenant``, ``call`` (live), ``recording`` (finished), ``token``,
+    ``operator_token`` (a spare one) and ``hold`` (an active legal hold on the live call)."""
     allowed: frozenset[str]
     body: dict[str, Any] | None = None
     unheld: bool = False
@@ -303,6 +303,9 @@ ROLE_TABLE = [
     endpoint("POST", "/v1/tenants/{tenant}/tokens", "operator admin", {"role": "pbx"}),
     endpoint("GET", "/v1/tenants/{tenant}/tokens", "operator admin"),
     endpoint("DELETE", "/v1/tenants/{tenant}/tokens/{token}", "operator admin"),
+    endpoint("GET", "/v1/operator/tokens", "operator"),
+    endpoint("POST", "/v1/operator/tokens", "operator", {}),
+    endpoint("DELETE", "/v1/operator/tokens/{operator_token}", "operator"),
     endpoint("GET", "/v1/tenants/{tenant}/instructions", "operator admin"),
     endpoint("PUT", "/v1/tenants/{tenant}/instructions", "admin", RECORDING_ON),
     endpoint("GET", "/v1/tenants/{tenant}/instructions/history", "operator admin"),
@@ -334,13 +337,14 @@ ROLE_TABLE = [
 @dataclass(frozen=True)
 class Resources:
     """A tenant with something behind every path: a live call (under a legal hold), a
-    finished recording and a spare token."""
+    finished recording, a spare token, and a spare operator token."""
 
     tenant: TenantTokens
     call: str
     recording: str
     token: str
     hold: str
+    operator_token: str
 
     def path(self, template: str) -> str:
         return template.format(
@@ -349,6 +353,7 @@ class Resources:
             recording=self.recording,
             token=self.token,
             hold=self.hold,
+            operator_token=self.operator_token,
         )
 
 
@@ -381,7 +386,19 @@ async def resources(gateway: Gateway, tenant_id: str) -> Resources:
     )
     assert response.status == 201, await response.text()
     hold = (await response.json())["id"]
-    return Resources(tenant, str(live["call_id"]), str(finished["recording_id"]), spare["id"], hold)
+    response = await gateway.client.post(
+        "/v1/operator/tokens", json={}, headers=bearer(gateway.operator)
+    )
+    assert response.status == 201, await response.text()
+    operator_token = (await response.json())["id"]
+    return Resources(
+        tenant,
+        str(live["call_id"]),
+        str(finished["recording_id"]),
+        spare["id"],
+        hold,
+        operator_token,
+    )
 
 
 def test_the_role_table_covers_every_route() -> None:
@@ -401,6 +418,7 @@ def test_the_role_table_covers_every_route() -> None:
             recording="{recording_id}",
             token="{token_id}",
             hold="{hold_id}",
+            operator_token="{token_id}",
         )
         table.add((row.method, canonical))
     assert table == routes

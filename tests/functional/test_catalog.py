@@ -275,8 +275,8 @@ async def test_tokens(catalog: Catalog) -> None:
     await add_tenant(catalog, "beta")
     pbx = await catalog.tokens.create("t1", "acme", "pbx", token_hash("s1"), "op", T0)
     assert (pbx.tenant_id, pbx.role, pbx.revoked_at) == ("acme", "pbx", None)
-    assert await catalog.tokens.find(token_hash("s1")) == pbx
-    assert await catalog.tokens.find(token_hash("unknown")) is None
+    assert await catalog.tokens.find(token_hash("s1"), now=T0) == pbx
+    assert await catalog.tokens.find(token_hash("unknown"), now=T0) is None
 
     with pytest.raises(Conflict):
         await catalog.tokens.create("t2", "acme", "admin", token_hash("s1"), "op", T0)
@@ -294,24 +294,24 @@ async def test_tokens(catalog: Catalog) -> None:
     # Another tenant cannot revoke it, and cannot tell it exists.
     with pytest.raises(NotFound):
         await catalog.tokens.revoke("beta", "t1", T0)
-    assert await catalog.tokens.find(token_hash("s1")) == pbx
+    assert await catalog.tokens.find(token_hash("s1"), now=T0) == pbx
     revoked = await catalog.tokens.revoke("acme", "t1", T0 + timedelta(minutes=1))
     assert revoked.revoked_at == T0 + timedelta(minutes=1)
-    assert await catalog.tokens.find(token_hash("s1")) is None
+    assert await catalog.tokens.find(token_hash("s1"), now=T0) is None
     again = await catalog.tokens.revoke("acme", "t1", T0 + timedelta(minutes=2))
     assert again.revoked_at == T0 + timedelta(minutes=1)
 
     operator = await catalog.tokens.create("op1", None, "operator", token_hash("o"), "boot", T0)
-    assert await catalog.tokens.find(token_hash("o")) == operator
+    assert await catalog.tokens.find(token_hash("o"), now=T0) == operator
     with pytest.raises(NotFound):
         await catalog.tokens.revoke("acme", "op1", T0)
     await catalog.tokens.revoke(None, "op1", T0)
-    assert await catalog.tokens.find(token_hash("o")) is None
+    assert await catalog.tokens.find(token_hash("o"), now=T0) is None
 
     # A deleted tenant's tokens stop working, and it gets no new ones.
     await catalog.tokens.create("b1", "beta", "processor", token_hash("b"), "op", T0)
     await catalog.tenants.mark_deleted("beta", T0)
-    assert await catalog.tokens.find(token_hash("b")) is None
+    assert await catalog.tokens.find(token_hash("b"), now=T0) is None
     with pytest.raises(NotFound):
         await catalog.tokens.create("b2", "beta", "processor", token_hash("b2"), "op", T0)
 

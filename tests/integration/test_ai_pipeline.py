@@ -54,11 +54,12 @@ async def tenant(
     operator = bearer(server.operator)
     async with session.post("/v1/tenants", json={"id": name, "name": name}, headers=operator) as r:
         assert r.status == 201, await r.text()
-    tokens = {}
+    tokens: dict[str, str] = {}
     for role in ("admin", "pbx", "processor"):
-        async with session.post(
-            f"/v1/tenants/{name}/tokens", json={"role": role}, headers=operator
-        ) as r:
+        # The operator mints the first admin; the admin the others (break-glass otherwise).
+        by = bearer(tokens["admin"]) if tokens else operator
+        async with session.post(f"/v1/tenants/{name}/tokens", json={"role": role}, headers=by) as r:
+            assert r.status == 201, await r.text()
             tokens[role] = (await r.json())["token"]
     async with session.put(
         f"/v1/tenants/{name}/instructions", json=instructions, headers=bearer(tokens["admin"])

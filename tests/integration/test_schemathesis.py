@@ -16,11 +16,11 @@ schemathesis is told those ids (a dictionary drawn for 80 % of the path paramete
 requests reach the handlers' logic and not only the 404 of an unknown id. It also reuses the
 ids it reads in answers (``tok_...`` from the token list, for one). Two operations would
 let a run saw off the branch it sits on, so their id is pinned: ``DELETE .../tokens/{id}``
-always revokes a spare token (never the run's own) and ``DELETE /v1/tenants/{tenant}``
-always deletes a tenant kept for it. Each run then checks that its token still works, so a
-run that locked itself out cannot pass by seeing only 401s. Only the operator reaches other
-tenants, and there it can only read and mint tokens; so the runs do not depend on their
-order.
+and ``DELETE /v1/operator/tokens/{id}`` always revoke a spare token (never the run's own)
+and ``DELETE /v1/tenants/{tenant}`` always deletes a tenant kept for it. Each run then
+checks that its token still works, so a run that locked itself out cannot pass by seeing
+only 401s. Only the operator reaches other tenants, and there it can only read and mint
+tokens; so the runs do not depend on their order.
 
 Bounded and reproducible: a fixed seed, one worker, at most ``MAX_EXAMPLES`` generated cases
 per operation in the fuzzing phase (the coverage phase's cases are a fixed set), no stateful
@@ -77,6 +77,8 @@ class Fuzzed:
     spare_token_id: str
     """A token of the tenant that ``DELETE .../tokens/{token_id}`` revokes instead of any
     other (the run's own token among them)."""
+    spare_operator_token_id: str
+    """The operator token that ``DELETE /v1/operator/tokens/{token_id}`` revokes."""
     known: dict[str, list[str]]
     """Path parameter -> ids of the tenant that exist."""
 
@@ -93,12 +95,16 @@ async def fill_tenant(gateway: Gateway, role: str) -> Fuzzed:
     tenant = await gateway.tenant(f"fuzz-{role}", RECORD)
     recorded = await record_call(gateway, tenant)
     live = await gateway.announce(tenant)
-    operator = bearer(gateway.operator)
     async with gateway.client.post(
-        f"/v1/tenants/{tenant.id}/tokens", json={"role": "processor"}, headers=operator
+        f"/v1/tenants/{tenant.id}/tokens", json={"role": "processor"}, headers=bearer(tenant.admin)
     ) as response:
         assert response.status == 201, await response.text()
         spare = await response.json()
+    async with gateway.client.post(
+        "/v1/operator/tokens", json={}, headers=bearer(gateway.operator)
+    ) as response:
+        assert response.status == 201, await response.text()
+        spare_operator = await response.json()
     async with gateway.client.post(
         f"/v1/tenants/{tenant.id}/legal-holds",
         json={"call_ids": [recorded.call_id], "reason": "a case"},
@@ -112,6 +118,7 @@ async def fill_tenant(gateway: Gateway, role: str) -> Fuzzed:
         token=token,
         tenant=tenant.id,
         spare_token_id=spare["id"],
+        spare_operator_token_id=spare_operator["id"],
         known={
             "tenant": [tenant.id],
             "recording_id": [recorded.recording_id],
@@ -169,6 +176,7 @@ def config(run: Fuzzed) -> str:
     # operation (``include-path`` with ``include-method`` would select every DELETE).
     pinned = {
         "DELETE /v1/tenants/{tenant}/tokens/{token_id}": {"path.token_id": run.spare_token_id},
+        "DELETE /v1/operator/tokens/{token_id}": {"path.token_id": run.spare_operator_token_id},
         "DELETE /v1/tenants/{tenant}": {"path.tenant": DOOMED_TENANT},
     }
     for name, parameters in pinned.items():
