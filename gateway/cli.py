@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway (API, ingest, workers)")
-    serve.add_argument("--host", help="listen address (CALLVAULT_HTTP__HOST)")
+    serve.add_argument(
+        "--host",
+        help="listen address (CALLVAULT_HTTP__HOST); beyond loopback it needs TLS "
+        "(CALLVAULT_HTTP__TLS_CERT/KEY) or CALLVAULT_HTTP__TLS_OFFLOADED=true",
+    )
     serve.add_argument("--port", type=int, help="listen port (CALLVAULT_HTTP__PORT)")
 
     commands.add_parser(
