@@ -214,7 +214,7 @@ def wait_for_log(server: Server, text: str, count: int = 1) -> None:
         time.sleep(0.05)  # polling the server's log, not waiting for time
 
 
-async def test_sighup_renews_the_certificate_under_a_live_stream(tmp_path: Path, pki: Pki) -> None:
+async def test_sighup_renews_the_certificate_under_a_live_stream(tmp_path: Path) -> None:
     pki = make_pki(tmp_path / "pki")  # this test changes the files: a set of its own
     first = the_served(pki)
     with serve(tmp_path, "var", trust=pki.client(), **NO_AI, **pki.settings()) as server:
