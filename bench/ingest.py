@@ -23,6 +23,12 @@ receiver of the same stream must spend at least:
 * **Export**: ``GET /v1/recordings/{id}/audio`` (the stereo WAV) of a recorded call, against
   reading the same committed objects' plaintext through ``MediaVault.read_object`` and
   concatenating it (the decryption floor of any export).
+* **TLS**: callvault's Twilio ingest over WSS against the same over WS, both served by the
+  same app at once (a second listening socket with the ``SSLContext`` ``callvault serve``
+  builds from ``CALLVAULT_HTTP__TLS_CERT``/``__TLS_KEY``; an ECDSA P-256 certificate made
+  for the run), the same calls, alternating: as fast as the client sends (``--tls-calls``)
+  and at live pace (``--paced-calls``); the ratio is TLS's cost on the media path, the
+  handshake of each call included.
 
 Everything runs in one process on embedded defaults (SQLite catalog, file store, local
 keyring) in a temporary data dir, over loopback: an aiohttp ``TestServer`` on the main
@@ -42,6 +48,7 @@ tables and one JSON line.
 
     python bench/ingest.py [--calls 1,10,50] [--seconds 20] [--rounds 3] [--paced-calls 50]
                            [--paced-seconds 8] [--paced-rounds 2] [--export-seconds 300]
+                           [--tls-calls 10] [--only twilio,fork,paced,export,tls]
 """
 
 from __future__ import annotations
@@ -52,12 +59,14 @@ import base64
 import json
 import os
 import platform
+import socket
+import ssl
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -72,6 +81,7 @@ import numpy as np  # noqa: E402
 from aiohttp import WSMsgType, web  # noqa: E402
 from aiohttp.test_utils import BaseTestServer, TestServer  # noqa: E402
 from arguments import positive, positive_list  # noqa: E402
+from certificate import make_certificate  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from report import print_table  # noqa: E402
 
@@ -83,11 +93,13 @@ from gateway.session import AUDIO_KIND  # noqa: E402
 from gateway.settings import (  # noqa: E402
     AudioSocketSettings,
     CryptoSettings,
+    HttpSettings,
     IngestSettings,
     Settings,
     StoreSettings,
 )
 from gateway.state import SERVICES, SETTINGS  # noqa: E402
+from gateway.tls import ServerTls  # noqa: E402
 from storage.media.codecs import codec  # noqa: E402
 
 RATE = 8000
@@ -309,6 +321,8 @@ class Plan:
     per_period: int
     paced: bool
     flush_interval_s: float
+    tls: ssl.SSLContext | None = None
+    """The client's context for a ``wss://`` url (it trusts the bench's certificate)."""
 
 
 async def _send(ws: aiohttp.ClientWebSocketResponse, message: Message) -> None:
@@ -361,46 +375,68 @@ def _between(a: tuple[float, float, float, int], b: tuple[float, float, float, i
 
 
 async def _client(plan: Plan, seconds: int) -> Run:
+    closing: list[asyncio.Future[None]] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_request_end(
+        session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        # Each WebSocket's connection, to wait for its close: a TLS connection's shutdown
+        # outlives the session's close, and must end before this thread's loop does.
+        connection = params.response.connection
+        if connection is not None and connection.protocol is not None:
+            if (closed := connection.protocol.closed) is not None:
+                closing.append(closed)
+
+    trace.on_request_end.append(on_request_end)
+    connector = aiohttp.TCPConnector(limit=0, ssl=plan.tls or True)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        run = await _calls(session, plan, seconds)
+    if closing:
+        await asyncio.wait(closing, timeout=CLOSE_WAIT_S)
+    return run
+
+
+async def _calls(session: aiohttp.ClientSession, plan: Plan, seconds: int) -> Run:
     sending = Sending()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        loop = asyncio.get_running_loop()
-        calls = len(plan.heads)
-        first = loop.time() + 0.25
-        # Live calls neither start together nor tick in step. Paced calls start spread over
-        # one flush interval (so their timed flushes do not all fall in the same instant,
-        # which only calls started in the same 20 ms would do) and their 20 ms ticks are
-        # spread evenly too.
-        spread = min(plan.flush_interval_s, seconds / 4) if plan.paced else 0.0
-        step = (spread + FRAME_MS / 1000) / calls
-        dues = [first + k * step for k in range(calls)]
-        start = _mark(sending)
-        running = asyncio.gather(
-            *(
-                _call(session, plan, head, due, sending)
-                for head, due in zip(plan.heads, dues, strict=True)
-            )
+    loop = asyncio.get_running_loop()
+    calls = len(plan.heads)
+    first = loop.time() + 0.25
+    # Live calls neither start together nor tick in step. Paced calls start spread over
+    # one flush interval (so their timed flushes do not all fall in the same instant,
+    # which only calls started in the same 20 ms would do) and their 20 ms ticks are
+    # spread evenly too.
+    spread = min(plan.flush_interval_s, seconds / 4) if plan.paced else 0.0
+    step = (spread + FRAME_MS / 1000) / calls
+    dues = [first + k * step for k in range(calls)]
+    start = _mark(sending)
+    running = asyncio.gather(
+        *(
+            _call(session, plan, head, due, sending)
+            for head, due in zip(plan.heads, dues, strict=True)
         )
-        if not plan.paced:
-            await running
-            return _between(start, _mark(sending))
-        # Paced: measure the steady state only, from a margin after the last call started
-        # to a margin before the first one ends (connecting, starting, sealing and
-        # committing happen outside this window).
-        margin = min(1.0, seconds / 5)
-        await asyncio.sleep(dues[-1] + margin - loop.time())
-        opened = _mark(sending)
-        sending.in_window = True
-        await asyncio.sleep(first + seconds - margin - loop.time())
-        window = _between(opened, _mark(sending))
-        sending.in_window = False
+    )
+    if not plan.paced:
         await running
-        return Run(
-            wall_s=window.wall_s,
-            process_cpu_s=window.process_cpu_s,
-            client_cpu_s=window.client_cpu_s,
-            messages=window.messages,
-            max_lag_s=sending.max_lag_s,
-        )
+        return _between(start, _mark(sending))
+    # Paced: measure the steady state only, from a margin after the last call started
+    # to a margin before the first one ends (connecting, starting, sealing and
+    # committing happen outside this window).
+    margin = min(1.0, seconds / 5)
+    await asyncio.sleep(dues[-1] + margin - loop.time())
+    opened = _mark(sending)
+    sending.in_window = True
+    await asyncio.sleep(first + seconds - margin - loop.time())
+    window = _between(opened, _mark(sending))
+    sending.in_window = False
+    await running
+    return Run(
+        wall_s=window.wall_s,
+        process_cpu_s=window.process_cpu_s,
+        client_cpu_s=window.client_cpu_s,
+        messages=window.messages,
+        max_lag_s=sending.max_lag_s,
+    )
 
 
 def run_client(plan: Plan, seconds: int) -> Run:
@@ -424,6 +460,10 @@ class Bench:
     """Bearer tokens by role: the operator's, and the tenant's pbx and admin tokens."""
     recordings: dict[str, str] = field(default_factory=dict)
     """call id -> recording id of every call announced."""
+    tls_port: int = 0
+    """The port where the same app serves TLS (WSS), 0 when the run has none."""
+    tls_client: ssl.SSLContext | None = None
+    """A client context that trusts the certificate served on ``tls_port``."""
     client_thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="bench-client")
     )
@@ -475,9 +515,10 @@ class Bench:
 
 
 @asynccontextmanager
-async def open_bench(data_dir: Path) -> AsyncIterator[Bench]:
+async def open_bench(data_dir: Path, *, tls: bool = False) -> AsyncIterator[Bench]:
     """The gateway on embedded defaults in ``data_dir``, with the bare routes beside its
-    own, serving on loopback; a tenant set up to record."""
+    own, serving on loopback; a tenant set up to record. With ``tls`` the same app also
+    serves TLS on a second loopback port, with the context ``callvault serve`` builds."""
     # Every setting is given explicitly (none left to CALLVAULT_* variables), so that the
     # environment cannot point the bench at another catalog or store.
     settings = Settings(
@@ -500,11 +541,26 @@ async def open_bench(data_dir: Path) -> AsyncIterator[Bench]:
         if operator is None:
             raise RuntimeError("a fresh data dir already had an operator token")
         bench = Bench(app, server, http, registry, tokens={"operator": operator})
+        if tls:
+            await serve_tls(bench, data_dir.parent)
         try:
             await bench.set_up_tenant()
             yield bench
         finally:
             bench.client_thread.shutdown()
+
+
+async def serve_tls(bench: Bench, directory: Path) -> None:
+    """A second listening socket of the bench's app (its runner), over TLS."""
+    chain, key, client = make_certificate(directory)
+    context = ServerTls(HttpSettings(tls_cert=chain, tls_key=key)).context
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    runner = bench.server.runner
+    assert runner is not None
+    site = web.SockSite(runner, sock, ssl_context=context)
+    await site.start()
+    bench.tls_port, bench.tls_client = sock.getsockname()[1], client
 
 
 async def stream_calls(
@@ -516,6 +572,7 @@ async def stream_calls(
     bare: bool,
     seconds: int,
     paced: bool = False,
+    tls: bool = False,
 ) -> Run:
     """Announce ``calls`` calls (callvault; not timed), then stream them all at once from
     the client thread; checks that the server took every audio frame."""
@@ -525,8 +582,11 @@ async def stream_calls(
     else:
         call_ids = [await bench.announce(transport) for _ in range(calls)]
         path, before = f"/v1/ingest/{transport}", bench.frames_in(transport)
+    url = bench.server.make_url(path)
+    if tls:
+        url = url.with_scheme("https").with_port(bench.tls_port)
     plan = Plan(
-        url=str(bench.server.make_url(path)),
+        url=str(url),
         # Twilio carries the token in start (it cannot set headers); fork on the upgrade.
         headers={} if transport == "twilio" else {"Authorization": f"Bearer {bench.pbx}"},
         heads=[script.head(call_id, bench.pbx) for call_id in call_ids],
@@ -535,6 +595,7 @@ async def stream_calls(
         per_period=script.per_period,
         paced=paced,
         flush_interval_s=bench.app[SETTINGS].ingest.flush_interval.total_seconds(),
+        tls=bench.tls_client if tls else None,
     )
     # A thread of the bench's own, not the loop's default executor: the gateway hands its
     # spool's file I/O to that executor, and the client must not take one of its workers.
@@ -555,6 +616,13 @@ def per_round_ratio(numerators: Sequence[float], denominators: Sequence[float]) 
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
+Contestants = Mapping[str, Mapping[str, bool]]
+"""Two contestants by name, the baseline first: ``stream_calls``'s ``bare`` and ``tls``."""
+VERSUS_BARE: Contestants = {"bare": {"bare": True}, "callvault": {"bare": False}}
+VERSUS_WS: Contestants = {"ws": {"bare": False}, "wss": {"bare": False, "tls": True}}
+"""callvault's ingest over WSS against the same over WS (the same app, calls and script)."""
+
+
 async def run_rounds(
     bench: Bench,
     transport: str,
@@ -564,29 +632,38 @@ async def run_rounds(
     rounds: int,
     *,
     paced: bool,
+    contestants: Contestants = VERSUS_BARE,
 ) -> dict[str, list[Run]]:
     """Both contestants ``rounds`` times, the order flipping every round."""
-    runs: dict[str, list[Run]] = {"bare": [], "callvault": []}
+    runs: dict[str, list[Run]] = {name: [] for name in contestants}
+    names = list(contestants)
     for round_ in range(rounds):
-        order = ("bare", "callvault") if round_ % 2 == 0 else ("callvault", "bare")
-        for name in order:
+        for name in names if round_ % 2 == 0 else reversed(names):
             run = await stream_calls(
-                bench, transport, script, calls, bare=name == "bare", seconds=seconds, paced=paced
+                bench,
+                transport,
+                script,
+                calls,
+                seconds=seconds,
+                paced=paced,
+                bare=contestants[name].get("bare", False),
+                tls=contestants[name].get("tls", False),
             )
             runs[name].append(run)
     return runs
 
 
 def cpu_figures(runs: dict[str, list[Run]]) -> dict[str, float | int]:
-    """CPU per audio message (median round) of each contestant, and the per-round ratios."""
+    """CPU per audio message (median round) of each contestant, and the per-round ratios
+    (the second contestant's over the first's, the baseline)."""
     row: dict[str, float | int] = {}
     for name, each in runs.items():
         for part in ("process", "client", "server"):
             row[f"{name}_{part}_us_per_message"] = round(
                 statistics.median(getattr(r, f"{part}_cpu_s") / r.messages for r in each) * 1e6, 2
             )
-    cv, bare = runs["callvault"], runs["bare"]
-    for part in ("server", "process"):
+    bare, cv = runs.values()
+    for part in ("client", "server", "process"):
         row[f"{part}_cpu_ratio"] = round(
             per_round_ratio(
                 [getattr(r, f"{part}_cpu_s") / r.messages for r in cv],
@@ -598,10 +675,18 @@ def cpu_figures(runs: dict[str, list[Run]]) -> dict[str, float | int]:
 
 
 async def bench_ingest(
-    bench: Bench, transport: str, script: CallScript, calls: int, seconds: int, rounds: int
+    bench: Bench,
+    transport: str,
+    script: CallScript,
+    calls: int,
+    seconds: int,
+    rounds: int,
+    contestants: Contestants = VERSUS_BARE,
 ) -> dict[str, float | int]:
     """As fast as the client can send: throughput and CPU per message."""
-    runs = await run_rounds(bench, transport, script, calls, seconds, rounds, paced=False)
+    runs = await run_rounds(
+        bench, transport, script, calls, seconds, rounds, paced=False, contestants=contestants
+    )
     messages = script.audio_messages * calls
     row: dict[str, float | int] = {"calls": calls, "messages_per_round": messages}
     for name, each in runs.items():
@@ -610,19 +695,27 @@ async def bench_ingest(
         # Audio-seconds of call taken per wall second: how many live calls this pace is.
         row[f"{name}_x_realtime"] = round(seconds * calls / best, 1)
     row.update(cpu_figures(runs))
+    baseline, subject = runs.values()
     row["throughput_ratio"] = round(
-        per_round_ratio([r.wall_s for r in runs["bare"]], [r.wall_s for r in runs["callvault"]]),
-        3,
+        per_round_ratio([r.wall_s for r in baseline], [r.wall_s for r in subject]), 3
     )
     return row
 
 
 async def bench_paced(
-    bench: Bench, transport: str, script: CallScript, calls: int, seconds: int, rounds: int
+    bench: Bench,
+    transport: str,
+    script: CallScript,
+    calls: int,
+    seconds: int,
+    rounds: int,
+    contestants: Contestants = VERSUS_BARE,
 ) -> dict[str, float | int]:
     """Live calls (one period every 20 ms each): the share of a core the server spends in
     the steady state, and so the live calls one core could carry."""
-    runs = await run_rounds(bench, transport, script, calls, seconds, rounds, paced=True)
+    runs = await run_rounds(
+        bench, transport, script, calls, seconds, rounds, paced=True, contestants=contestants
+    )
     row: dict[str, float | int] = {"calls": calls}
     for name, each in runs.items():
         share = statistics.median(r.server_cpu_s / r.wall_s for r in each)
@@ -709,6 +802,8 @@ CPU_HEAD = [
 
 def print_report(report: dict[str, Any]) -> None:
     for transport in ("twilio", "fork"):
+        if transport not in report:
+            continue
         unit = "2 messages" if transport == "twilio" else "1 message"
         print(
             f"\n{transport} ingest, as fast as the client sends ({unit} per 20 ms of call; "
@@ -730,7 +825,15 @@ def print_report(report: dict[str, Any]) -> None:
                 ]
             )
         print_table(head, rows)
-    paced = report["paced"]
+    if "paced" in report:
+        print_paced(report["paced"])
+    if "export" in report:
+        print_export(report["export"])
+    if "tls" in report:
+        print_tls(report["tls"])
+
+
+def print_paced(paced: dict[str, Any]) -> None:
     print(
         f"\nlive pace: {paced['twilio']['calls']} calls sending every 20 ms, steady state "
         "(CPU in µs per audio message; core share = server CPU s per wall s)"
@@ -752,7 +855,9 @@ def print_report(report: dict[str, Any]) -> None:
             ]
         )
     print_table(head, rows)
-    e = report["export"]
+
+
+def print_export(e: dict[str, Any]) -> None:
     print(f"\nexport of one {e['seconds']} s call ({e['objects']} objects)")
     head = ["WAV MB/s", "x real time", "floor MB/s", "floor x real time", "time export/floor"]
     print_table(
@@ -769,8 +874,70 @@ def print_report(report: dict[str, Any]) -> None:
     )
 
 
+def print_tls(tls: dict[str, Any]) -> None:
+    print(
+        f"\nTwilio ingest over WSS vs WS (callvault both; {tls['protocol']}, {tls['cipher']}, "
+        "ECDSA P-256 certificate; the same calls alternating; CPU in µs per audio message)"
+    )
+    head = ["run", "calls", "ws", "wss", "client µs ws", "client µs wss", "server µs ws"]
+    head += ["server µs wss", "client wss/ws", "server wss/ws", "process wss/ws"]
+    rows: list[list[object]] = []
+    for r in tls["fast"]:
+        rows.append(
+            [
+                "fast (msgs/s)",
+                r["calls"],
+                r["ws_messages_per_s"],
+                r["wss_messages_per_s"],
+                *tls_cells(r),
+            ]
+        )
+    r = tls["paced"]
+    rows.append(
+        [
+            "live pace (calls/core)",
+            r["calls"],
+            r["ws_calls_per_core"],
+            r["wss_calls_per_core"],
+            *tls_cells(r),
+        ]
+    )
+    print_table(head, rows)
+    throughput = ", ".join(f"{r['calls']} calls {r['throughput_ratio']}x" for r in tls["fast"])
+    print(f"throughput wss/ws (fast): {throughput}")
+
+
+def tls_cells(r: dict[str, float | int]) -> list[object]:
+    return [
+        r["ws_client_us_per_message"],
+        r["wss_client_us_per_message"],
+        r["ws_server_us_per_message"],
+        r["wss_server_us_per_message"],
+        f"{r['client_cpu_ratio']}x",
+        f"**{r['server_cpu_ratio']}x**",
+        f"{r['process_cpu_ratio']}x",
+    ]
+
+
+async def negotiated(bench: Bench) -> tuple[str, str]:
+    """The TLS version and cipher a client of the bench's TLS port gets."""
+    assert bench.tls_client is not None
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", bench.tls_port, ssl=bench.tls_client
+    )
+    tls = writer.get_extra_info("ssl_object")
+    version, cipher = tls.version(), tls.cipher()[0]
+    writer.close()
+    await writer.wait_closed()
+    return str(version), str(cipher)
+
+
+SECTIONS = ("twilio", "fork", "paced", "export", "tls")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     calls: list[int] = args.calls
+    only: set[str] = args.only
     scripts = {"twilio": twilio_script(args.seconds), "fork": fork_script(args.seconds)}
     paced = {"twilio": twilio_script(args.paced_seconds), "fork": fork_script(args.paced_seconds)}
     report: dict[str, Any] = {
@@ -781,27 +948,63 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "paced_calls": args.paced_calls,
         "paced_seconds": args.paced_seconds,
         "paced_rounds": args.paced_rounds,
+        "tls_calls": args.tls_calls,
+        "sections": [name for name in SECTIONS if name in only],
     }
     with tempfile.TemporaryDirectory(prefix="callvault-bench-") as tmp:
-        async with open_bench(Path(tmp) / "var") as bench:
+        async with open_bench(Path(tmp) / "var", tls="tls" in only) as bench:
             for transport, script in scripts.items():
+                if transport not in only:
+                    continue
                 report[transport] = [
                     await bench_ingest(bench, transport, script, c, args.seconds, args.rounds)
                     for c in calls
                 ]
-            report["paced"] = {
-                transport: await bench_paced(
-                    bench,
-                    transport,
-                    script,
-                    args.paced_calls,
-                    args.paced_seconds,
-                    args.paced_rounds,
-                )
-                for transport, script in paced.items()
-            }
-            report["export"] = await bench_export(bench, args.export_seconds, args.rounds)
+            if "tls" in only:
+                report["tls"] = await bench_tls(bench, args, scripts["twilio"], paced["twilio"])
+            if "paced" in only:
+                report["paced"] = {
+                    transport: await bench_paced(
+                        bench,
+                        transport,
+                        script,
+                        args.paced_calls,
+                        args.paced_seconds,
+                        args.paced_rounds,
+                    )
+                    for transport, script in paced.items()
+                }
+            if "export" in only:
+                report["export"] = await bench_export(bench, args.export_seconds, args.rounds)
     return report
+
+
+async def bench_tls(
+    bench: Bench, args: argparse.Namespace, fast: CallScript, paced: CallScript
+) -> dict[str, Any]:
+    """Twilio over WSS against WS: as fast as the client sends, then at live pace."""
+    protocol, cipher = await negotiated(bench)
+    rows = [
+        await bench_ingest(bench, "twilio", fast, c, args.seconds, args.rounds, VERSUS_WS)
+        for c in args.tls_calls
+    ]
+    live = await bench_paced(
+        bench,
+        "twilio",
+        paced,
+        args.paced_calls,
+        args.paced_seconds,
+        args.paced_rounds,
+        VERSUS_WS,
+    )
+    return {"protocol": protocol, "cipher": cipher, "fast": rows, "paced": live}
+
+
+def sections(text: str) -> set[str]:
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    if not chosen or chosen - set(SECTIONS):
+        raise argparse.ArgumentTypeError(f"choose among {','.join(SECTIONS)}")
+    return chosen
 
 
 def main() -> None:
@@ -823,11 +1026,24 @@ def main() -> None:
     parser.add_argument(
         "--export-seconds", type=positive, default=300, help="length of the exported call"
     )
+    parser.add_argument(
+        "--tls-calls",
+        type=positive_list,
+        default=[10],
+        help="concurrent calls of the WSS vs WS run as fast as the client sends, e.g. 1,10",
+    )
+    parser.add_argument(
+        "--only",
+        type=sections,
+        default=set(SECTIONS),
+        help=f"the sections to run, comma-separated (default all: {','.join(SECTIONS)})",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     report = asyncio.run(run(args))
     print(
-        f"# fast: {args.seconds} s per call, {args.rounds} rounds; live pace: "
+        f"# sections: {','.join(report['sections'])}; "
+        f"fast: {args.seconds} s per call, {args.rounds} rounds; live pace: "
         f"{args.paced_calls} calls, {args.paced_seconds} s, {args.paced_rounds} rounds "
         "(rates: best round; CPU: median round; ratios: median of per-round ratios); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "

@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway (API, ingest, workers)")
-    serve.add_argument("--host", help="listen address (CALLVAULT_HTTP__HOST)")
+    serve.add_argument(
+        "--host",
+        help="listen address (CALLVAULT_HTTP__HOST); beyond loopback it needs TLS "
+        "(CALLVAULT_HTTP__TLS_CERT/KEY) or CALLVAULT_HTTP__TLS_OFFLOADED=true",
+    )
     serve.add_argument("--port", type=int, help="listen port (CALLVAULT_HTTP__PORT)")
 
     commands.add_parser(
@@ -91,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="push a sample call through a running server and show what it stored"
     )
     demo.add_argument(
-        "--url", help="the server's base URL (default http://<CALLVAULT_HTTP__HOST>:<PORT>)"
+        "--url",
+        help="the server's base URL (default http[s]://<CALLVAULT_HTTP__HOST>:<PORT>, https "
+        "when CALLVAULT_HTTP__TLS_CERT is set)",
     )
     demo.add_argument("--token", help="an operator token (default: CALLVAULT_OPERATOR_TOKEN)")
     demo.add_argument(
@@ -99,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--realtime", action="store_true", help="pace the call like a live PBX (20 ms frames)"
+    )
+    demo.add_argument(
+        "--cafile",
+        type=Path,
+        help="PEM CA certificate(s) to trust for an https:// URL, e.g. your own CA (default: "
+        "the system's trust store, or the file SSL_CERT_FILE names)",
     )
     return parser
 
@@ -119,7 +131,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
 def _serve(settings: Settings) -> None:
     from gateway.app import build_app
     from gateway.services import open_keyring
+    from gateway.tls import ServerTls, check_exposure
 
+    check_exposure(settings.http)  # no plaintext beyond loopback unless TLS is offloaded
+    tls = ServerTls(settings.http) if settings.http.tls else None
     open_keyring(settings)  # refuse a wrong master key before binding any port
     if settings.ai.workers:
         _check_model(settings)
@@ -133,9 +148,13 @@ def _serve(settings: Settings) -> None:
             flush=True,
         )
     app = build_app(settings)
+    if tls is not None:
+        tls.reload_on_sighup(app)
+    scheme = "https" if tls is not None else "http"
     print(
-        f"callvault serving on http://{settings.http.host}:{settings.http.port} "
-        f"(data dir {settings.data_dir.resolve()})",
+        f"callvault serving on {scheme}://{_url_host(settings.http.host)}:{settings.http.port} "
+        f"(data dir {settings.data_dir.resolve()}"
+        + (f"; TLS certificate sha256 {tls.fingerprint}, SIGHUP reloads it)" if tls else ")"),
         flush=True,
     )
     try:
@@ -143,6 +162,7 @@ def _serve(settings: Settings) -> None:
             app,
             host=settings.http.host,
             port=settings.http.port,
+            ssl_context=tls.context if tls is not None else None,
             print=None,
             access_log=ACCESS,
             access_log_class=AccessLogger,
@@ -153,6 +173,11 @@ def _serve(settings: Settings) -> None:
             "CALLVAULT_HTTP__PORT",
             f"cannot listen on {settings.http.host}:{settings.http.port}: {e.strerror or e}",
         ) from None
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _check_model(settings: Settings) -> None:
@@ -269,8 +294,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             "token `callvault serve` printed at its first start (or mint one with "
             "`callvault token create --role operator`).",
         )
-    url = args.url or f"http://{settings.http.host}:{settings.http.port}"
-    return asyncio.run(run_demo(url, token, out=args.out, realtime=args.realtime))
+    scheme = "https" if settings.http.tls else "http"
+    url = args.url or f"{scheme}://{_url_host(settings.http.host)}:{settings.http.port}"
+    return asyncio.run(
+        run_demo(url, token, out=args.out, realtime=args.realtime, cafile=args.cafile)
+    )
 
 
 async def _verify_audit(settings: Settings, tenant: str) -> int:

@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import secrets
+import ssl
 import sys
 import wave
 from collections.abc import Iterator
@@ -206,21 +207,36 @@ async def run_demo(
     out: Path,
     realtime: bool = False,
     analysis_wait_s: float = ANALYSIS_WAIT_S,
+    cafile: Path | None = None,
 ) -> int:
     """Run the demo against the gateway at ``base_url``; 0 on success, 1 with one sentence
     on stderr otherwise. ``realtime`` paces the stream at 20 ms per frame, as a PBX does;
     otherwise it goes as fast as the gateway takes it. The transcript and analysis are
-    awaited for ``analysis_wait_s``."""
+    awaited for ``analysis_wait_s``. An ``https://`` server's certificate is verified
+    against ``cafile`` when given, else against the default trust store (which OpenSSL
+    takes from ``SSL_CERT_FILE`` when that is set)."""
     url = URL(base_url.rstrip("/") + "/")
     if url.scheme not in ("http", "https") or not url.host:
-        return _fail(f"--url must be the server's http:// address, not {base_url!r}.")
+        return _fail(f"--url must be the server's http:// or https:// address, not {base_url!r}.")
     shown = str(url).rstrip("/")
     try:
+        trust: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=cafile) if cafile is not None else True
+        )
+    except (OSError, ssl.SSLError) as e:
+        return _fail(f"--cafile {cafile} is not a readable PEM CA file ({e}).")
+    try:
         sample = load_sample_call()
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        connector = aiohttp.TCPConnector(ssl=trust)
+        async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
             await _demo(
                 _Api(session, url), operator_token, sample, out, realtime, shown, analysis_wait_s
             )
+    except aiohttp.ClientConnectorCertificateError as e:
+        return _fail(
+            f"the certificate of {shown} is not trusted ({e.certificate_error}): pass the CA "
+            "that signed it with --cafile (or SSL_CERT_FILE), or check --url's host name."
+        )
     except aiohttp.ClientConnectorError:
         return _fail(
             f"cannot reach a callvault server at {shown}: start one with `make run` "

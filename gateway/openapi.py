@@ -338,7 +338,9 @@ def build_document() -> dict[str, Any]:
                     "in": "query",
                     "name": "token",
                     "description": "WebSocket ingest only: a pbx token in the URL, for PBXs "
-                    "that cannot set headers. The control API refuses it.",
+                    "that cannot set headers; only over TLS (`wss://`, or a proxy that "
+                    "terminates TLS) or from loopback (else close 1008 "
+                    "`token_in_url_needs_tls`). The control API refuses it.",
                 },
             },
             "schemas": component_schemas(),

@@ -9,7 +9,7 @@ the environment themselves. The variable names are part of the external contract
 from __future__ import annotations
 
 from datetime import timedelta
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +19,53 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
-    """Address the API and WebSocket ingest listen on. Default `127.0.0.1`."""
+    """Address the API and WebSocket ingest listen on (not loopback: needs TLS or
+    `tls_offloaded`). Default `127.0.0.1`."""
     port: int = Field(default=8080, ge=0, le=65535)
     """TCP port of the API and WebSocket ingest. Default `8080`."""
+    tls_cert: Path | None = None
+    """PEM certificate chain (server certificate first) that makes the API HTTPS and ingest
+    WSS; reloaded on SIGHUP. Default: none (plain HTTP)."""
+    tls_key: Path | None = None
+    """PEM private key (unencrypted) of `tls_cert`; reloaded on SIGHUP. Default: none."""
+    tls_offloaded: bool = False
+    """A proxy in front terminates TLS: allows a plaintext non-loopback `host` and `?token=`
+    behind it. Default `false`."""
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> HttpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "CALLVAULT_HTTP__TLS_CERT and CALLVAULT_HTTP__TLS_KEY go together: set both "
+                "(TLS on) or neither (TLS off)"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether ``serve`` itself speaks TLS (HTTPS and WSS)."""
+        return self.tls_cert is not None
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``; a
+        wildcard (``0.0.0.0``, ``::``) and any other name or address are not."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine: ``localhost`` or a loopback address (an
+    IPv4-mapped one too). Any other name counts as non-loopback, because what it resolves
+    to can change."""
+    if host.strip().rstrip(".").lower() == "localhost":
+        return True
+    try:
+        address = ip_address(host.strip().strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class AudioSocketSettings(BaseModel):

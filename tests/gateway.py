@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,14 +50,22 @@ RECORD = {"recording": {"enabled": True}, "consent": {"required": True}}
 
 
 def wait_until_ready(
-    base: str, process: subprocess.Popen[Any], log: Callable[[], str], *, timeout_s: float
+    base: str,
+    process: subprocess.Popen[Any],
+    log: Callable[[], str],
+    *,
+    timeout_s: float,
+    context: ssl.SSLContext | None = None,
 ) -> None:
-    """Poll ``callvault serve``'s ``/readyz`` at ``base`` until it answers 200. If the
-    process exits or ``timeout_s`` passes first, kill it and fail the test with ``log()``."""
+    """Poll ``callvault serve``'s ``/readyz`` at ``base`` until it answers 200 (over TLS
+    verified by ``context`` for an ``https`` base). If the process exits or ``timeout_s``
+    passes first, kill it and fail the test with ``log()``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                f"{base}/readyz", timeout=1, context=context
+            ) as response:
                 if response.status == 200:
                     return
         except OSError:  # refused while starting, or a 503 (HTTPError) until ready
@@ -126,12 +135,24 @@ class Server:
     operator: str
     data_dir: Path
     process: Process
+    port: int = 0
+    trust: ssl.SSLContext | None = None
+    """The client context that verifies the server's certificate (TLS only)."""
 
 
 @contextmanager
-def serve(tmp_path: Path, name: str, **settings: str) -> Iterator[Server]:
+def serve(
+    tmp_path: Path,
+    name: str,
+    *,
+    reach: str = "127.0.0.1",
+    trust: ssl.SSLContext | None = None,
+    **settings: str,
+) -> Iterator[Server]:
     """``callvault serve`` on free ports, ready (``/readyz`` 200), with a bootstrap operator
-    token; its data dir is ``tmp_path / name`` and its log ``tmp_path / f"{name}.log"``."""
+    token; its data dir is ``tmp_path / name`` and its log ``tmp_path / f"{name}.log"``.
+    The tests reach it at ``reach``; with ``CALLVAULT_HTTP__TLS_CERT`` among ``settings``
+    over ``https``, verified by ``trust``."""
     port = free_port()
     operator = secrets.token_urlsafe(36)
     WATCH.remember("token", operator)
@@ -143,10 +164,13 @@ def serve(tmp_path: Path, name: str, **settings: str) -> Iterator[Server]:
         CALLVAULT_OPERATOR_TOKEN=operator,
         **settings,
     )
+    scheme = "https" if "CALLVAULT_HTTP__TLS_CERT" in settings else "http"
     with callvault("serve", tmp_path / f"{name}.log", env) as process:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(base, process.process, process.log, timeout_s=SERVE_READY_TIMEOUT_S)
-        yield Server(base, operator, data_dir, process)
+        base = f"{scheme}://{reach}:{port}"
+        wait_until_ready(
+            base, process.process, process.log, timeout_s=SERVE_READY_TIMEOUT_S, context=trust
+        )
+        yield Server(base, operator, data_dir, process, port=port, trust=trust)
 
 
 class FakeClock:

@@ -172,6 +172,13 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "address of this host); the call is ended empty.",
         "RTP ports cannot be opened: Too many open files.",
     ),
+    "token_in_url_needs_tls": (
+        "WebSocket ingest only (close 1008 with this reason, after the upgrade): the token "
+        "came as `?token=` on a plaintext connection from another machine, and TLS is not "
+        "offloaded to a proxy (`CALLVAULT_HTTP__TLS_OFFLOADED`). The token is not checked; "
+        "connect with `wss://`, or send it in the `Authorization` header or the first message.",
+        "A token in the URL (?token=) is accepted only over TLS (wss://) or from this machine.",
+    ),
     "not_ready": (
         "The catalog or the object store does not answer.",
         "store is not reachable: the object store could not be reached.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.codes import ERROR_CODES
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
@@ -21,6 +22,13 @@ ATTACHMENT_CODES = {
 }
 """AudioSocket's refusals of a second connection for a call, and why each happens."""
 
+
+def _when(code: str) -> str:
+    """When ``code`` happens, from the one catalogue of error codes (without the sentence's
+    full stop, to sit in parentheses)."""
+    return ERROR_CODES[code][0].rstrip(".")
+
+
 CLOSE_CODES = {
     "1000": "Normal closure after the stream's `stop` (reason `stop`); the call is ended.",
     "1001": "The server is shutting down (reason `server_shutdown`). Reconnect: the call "
@@ -30,7 +38,9 @@ CLOSE_CODES = {
     "(`bad_field`), a frame of the wrong size (`bad_frame_length`), a second start "
     "(`duplicate_start`), anything after stop (`stream_stopped`).",
     "1008": "Policy refusal or bad token (reason = the error code): `unauthorized`, "
-    "`forbidden` (not a pbx token), `unknown_call`, `call_ended`, `codec_mismatch`, "
+    "`forbidden` (not a pbx token), `token_in_url_needs_tls` ("
+    + _when("token_in_url_needs_tls")
+    + "), `unknown_call`, `call_ended`, `codec_mismatch`, "
     "`transport_mismatch` (the call was announced for another transport), "
     "`stream_not_started` (audio before start), `invalid_call`, or a policy refusal: "
     + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
@@ -41,9 +51,11 @@ CLOSE_CODES = {
 
 WS_COMMON = f"""
 **Authentication** (a `pbx` token of the call's tenant), one of:
-`Authorization: Bearer <token>` on the upgrade request; `?token=<token>` in the URL; or, for
-PBXs that cannot set either, inside the first message (`token` above). Nothing is
-accepted before authentication; a token that is given and invalid closes with 1008.
+`Authorization: Bearer <token>` on the upgrade request; `?token=<token>` in the URL, over TLS
+only (`wss://`, or a proxy that terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this
+machine, else close 1008 `token_in_url_needs_tls`; or, for PBXs that cannot set either,
+inside the first message (`token` above). Nothing is accepted before authentication; a token
+that is given and invalid closes with 1008.
 
 **Messages** are at most {MAX_MESSAGE} bytes ({MAX_MESSAGE // 1024} KiB).
 

@@ -27,7 +27,8 @@ from gateway.ingest.fork import ForkParser
 from gateway.ingest.stream import StreamBinding
 from gateway.ingest.twilio import TwilioParser
 from gateway.settings import AudioSocketSettings
-from gateway.state import CALLS, CLOCK, METRICS, SERVICES
+from gateway.state import CALLS, CLOCK, METRICS, SERVICES, SETTINGS
+from gateway.tls import peer_is_loopback, token_in_url_allowed
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -132,7 +133,23 @@ async def _before(deadline: float, binding: StreamBinding, receive: Awaitable[_T
 
 async def _upgrade_principal(request: web.Request) -> Principal | None:
     """The token of the upgrade request (header, else ``?token=``); ``None`` when it has
-    none, so that Twilio can carry it in ``start``. A token that is given must be valid."""
+    none, so that Twilio can carry it in ``start``. A token that is given must be valid;
+    one in the URL is refused unread on a plaintext socket from another machine (the URL
+    crossed the network in clear, and proxies log URLs)."""
+    in_url = "token" in request.query
+    if in_url and not token_in_url_allowed(
+        secure=request.secure,
+        offloaded=request.app[SETTINGS].http.tls_offloaded,
+        peer_loopback=peer_is_loopback(
+            request.transport and request.transport.get_extra_info("peername")
+        ),
+    ):
+        raise StreamRefused(
+            "A token in the URL (?token=) is accepted only over TLS (wss://) or from this "
+            "machine; connect with wss://, or send it in the Authorization header or the "
+            "first message.",
+            code="token_in_url_needs_tls",
+        )
     try:
         secret = bearer_secret(request.headers.get("Authorization")) or request.query.get("token")
         if secret is None:

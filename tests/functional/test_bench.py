@@ -35,11 +35,12 @@ def test_ingest_bench_runs_and_reports_every_figure() -> None:
     result = subprocess.run(  # noqa: S603
         [sys.executable, "-W", "error", str(BENCH / "ingest.py"), "--calls", "1",
          "--seconds", "1", "--rounds", "1", "--paced-calls", "1", "--paced-seconds", "1",
-         "--paced-rounds", "1", "--export-seconds", "1"],
+         "--paced-rounds", "1", "--export-seconds", "1", "--tls-calls", "1"],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["bench"] == "ingest"
+    assert report["sections"] == ["twilio", "fork", "paced", "export", "tls"]
     assert (report["calls"], report["seconds"], report["rounds"]) == ([1], 1, 1)
     per_message = [
         f"{who}_{part}_us_per_message"
@@ -72,6 +73,42 @@ def test_ingest_bench_runs_and_reports_every_figure() -> None:
     for key in ("export_wav_mbps", "floor_plaintext_mbps", "time_ratio"):
         assert export[key] > 0, key
     assert "| twilio |" in result.stdout and "| fork |" in result.stdout
+    # Twilio over WSS against WS: both ran every call through callvault, over TLS 1.2+.
+    tls = report["tls"]
+    assert tls["protocol"] in ("TLSv1.2", "TLSv1.3")
+    (fast,) = tls["fast"]
+    assert (fast["calls"], fast["messages_per_round"]) == (1, 100)
+    tls_per_message = [
+        f"{who}_{part}_us_per_message"
+        for who in ("ws", "wss")
+        for part in ("process", "client", "server")
+    ]
+    for key in [
+        *tls_per_message,
+        "ws_messages_per_s",
+        "wss_messages_per_s",
+        "client_cpu_ratio",
+        "server_cpu_ratio",
+        "throughput_ratio",
+    ]:
+        assert fast[key] > 0, key
+    for key in [*tls_per_message, "ws_calls_per_core", "wss_calls_per_core"]:
+        assert tls["paced"][key] > 0, key
+    assert "| fast (msgs/s) | 1 |" in result.stdout
+    assert result.stderr == ""
+
+
+def test_ingest_bench_runs_one_section_alone() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "ingest.py"), "--only", "tls",
+         "--seconds", "1", "--rounds", "1", "--paced-calls", "1", "--paced-seconds", "1",
+         "--paced-rounds", "1", "--tls-calls", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["sections"] == ["tls"]
+    assert "tls" in report and not {"twilio", "fork", "paced", "export"} & set(report)
+    assert "WSS vs WS" in result.stdout
     assert result.stderr == ""
 
 
