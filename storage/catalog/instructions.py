@@ -77,10 +77,14 @@ class CatalogInstructions:
             held = _sealed(latest.document) if latest is not None else None
             if secret == REDACTED:
                 if held is None:
+                    # A clear one only where an older callvault wrote it since this one
+                    # started (each start seals them): kept it would stay in clear.
+                    clear = latest is not None and isinstance(_secret_of(latest.document), str)
                     raise InvalidInstructions(
                         "webhook.secret",
-                        f"is {REDACTED!r}, which keeps the current secret, but none is set; "
-                        "send the secret",
+                        f"is {REDACTED!r}, which keeps the current secret, but "
+                        + ("it is not sealed yet" if clear else "none is set")
+                        + "; send the secret",
                     )
                 secret = held.model_dump()
                 document = {**document, "webhook": {**document["webhook"], "secret": secret}}

@@ -426,3 +426,39 @@ async def test_a_start_seals_a_clear_secret_that_the_sender_then_signs_with(
     assert verify(CURRENT_ACME, headers["Callvault-Signature"], body, now=now)
     assert leaks(await catalog_rows(settings.catalog_url), CURRENT_ACME) == []
     assert file_leaks(tmp_path, CURRENT_ACME) == {}
+
+
+async def test_redacted_does_not_keep_a_secret_an_older_version_wrote_in_clear(
+    gateway: Gateway, gateway_settings: Settings
+) -> None:
+    # Each start seals clear secrets; one written since by an older callvault sharing the
+    # catalog is not carried into a new version by <redacted> (it would stay in clear).
+    tenant = await gateway.tenant("acme")
+    engine = create_async_engine(gateway_settings.catalog_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.insert(instructions).values(
+                    tenant_id="acme",
+                    version=1,
+                    document={"webhook": {"url": HOOK, "secret": CURRENT_ACME}},
+                    created_at=FakeClock().now(),
+                    created_by="tok_old",
+                )
+            )
+    finally:
+        await engine.dispose()
+    response = await gateway.client.put(
+        "/v1/tenants/acme/instructions",
+        json={"webhook": {"url": HOOK, "secret": "<redacted>"}},
+        headers=bearer(tenant.admin),
+    )
+    answer = await response.json()
+    assert (response.status, answer["field"]) == (422, "webhook.secret")
+    assert "not sealed yet" in answer["message"]
+    assert len(await gateway.app[SERVICES].catalog.instructions.history("acme")) == 1
+    # Sending the secret again stores it sealed.
+    await put(gateway, "acme", tenant.admin, {"webhook": {"url": HOOK, "secret": SECOND}})
+    latest = await gateway.app[SERVICES].catalog.instructions.latest("acme")
+    assert latest is not None and latest.version == 2
+    assert leaks(json.dumps(latest.document).encode(), SECOND) == []
