@@ -43,7 +43,7 @@ from ai.transcript import TRACKS
 from crypto.errors import CallvaultError
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
 from storage.errors import Conflict, NotFound
-from storage.instructions import parse_instructions
+from storage.instructions import parse_stored_instructions
 from storage.media.codecs import codec
 from storage.media.tracks import AUDIO_KIND, track_records
 from storage.vault import MediaVault
@@ -338,7 +338,7 @@ class AnalysisWorker:
                 recording.tenant_id, recording.instructions_version
             )
         ).document
-        instructions = parse_instructions(document)
+        instructions = parse_stored_instructions(document)
         tracks: list[TrackAudio] = []
         wiped = 0
         try:

@@ -95,7 +95,7 @@ def build_app(
     app[endpoints.WEBSOCKETS] = set()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, registry=app[REGISTRY]) as services:
+        async with open_services(settings, registry=app[REGISTRY], now=app[CLOCK].now) as services:
             app[SERVICES] = services
             yield
 

@@ -2,8 +2,8 @@
 
 ``serve``, ``worker`` and the CLI's maintenance commands all open the same services the
 same way, so that a setting means one thing everywhere: the catalog (migrated to the
-current schema), the object store, the keyring (refusing a wrong master key) and the media
-vault that ties them together.
+current schema, its webhook secrets sealed), the object store, the keyring (refusing a wrong
+master key) and the media vault that ties them together.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +33,7 @@ from storage.spool import Spool
 from storage.store import ObjectStore
 from storage.stores import open_store
 from storage.vault import MediaVault
+from storage.webhooksecret import seal_clear_secrets
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,19 @@ def open_configured_store(settings: Settings) -> ObjectStore:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> AsyncIterator[Services]:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = open_keyring(settings)
     catalog = await Catalog.open(settings.catalog_url)
     try:
         await catalog.migrate()
+        # A catalog from before webhook secrets were sealed holds them in clear; the
+        # migrations cannot reach the keys, so this is done here (a no-op once done).
+        await seal_clear_secrets(catalog, keys, now=now())
         store = open_configured_store(settings)
         spool = Spool(settings.data_dir / "spool", store)
         try:
@@ -146,7 +153,9 @@ def build_sender(
 ) -> WebhookSender:
     """The webhook sender of one process (deliveries are jobs: never on the ingest path)."""
     owner = f"{socket.gethostname()}:{os.getpid()}:webhooks:{secrets.token_hex(3)}"
-    return WebhookSender(services.catalog, settings.webhooks, now, owner=owner, registry=registry)
+    return WebhookSender(
+        services.catalog, services.keys, settings.webhooks, now, owner=owner, registry=registry
+    )
 
 
 def build_sweeper(

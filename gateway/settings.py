@@ -164,6 +164,8 @@ class WebhookSettings(BaseModel):
     """Wait before the first redelivery; doubles per attempt (capped at 1 hour). Default `PT10S`."""
     allow_private: bool = False
     """Allow webhook URLs on loopback or private networks (tests, on-premise). Default `false`."""
+    allow_http: bool = False
+    """Allow `http://` webhook URLs, not only `https://` (tests, on-premise). Default `false`."""
 
 
 class RetentionSettings(BaseModel):

@@ -31,12 +31,12 @@ in a future version (during a secret rotation); `verify` accepts the header if a
 
 Delivery: the URL and secret are read from the tenant's *current* instructions at each
 attempt, so a rotated secret applies to events already queued and a removed URL drops them.
-A 2xx answer completes the event; anything else (another status, a timeout, a connection or
-DNS error) is retried after ``retry_backoff`` doubled per attempt (capped at an hour) until
-``max_attempts``. Redirects are not followed. Unless ``allow_private`` is set, a URL whose
-host resolves to any loopback, private, link-local, multicast, reserved or unspecified
-address is refused for good, checked both before the request and on the addresses the
-connection actually uses (so DNS rebinding between the two cannot reach the inside).
+The secret is stored sealed under the tenant's keys (``storage.webhooksecret``) and opened
+here, for the attempt only. A 2xx answer completes the event; anything else (another
+status, a timeout, a connection or DNS error) is retried after ``retry_backoff`` doubled per
+attempt (capped at an hour) until ``max_attempts``. Redirects are not followed.
+
+Where a webhook may go (https only, public addresses only) is ``gateway.egress``'s rule.
 
 `sign` and `verify` do no I/O; they are for receivers and tests as much as for the sender.
 """
@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import socket
@@ -58,17 +57,20 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from aiohttp.abc import ResolveResult
 from prometheus_client import CollectorRegistry, Counter
 
+from crypto.errors import DecryptionFailed, KeyUnavailable
+from crypto.keys import KeyProvider
+from gateway.egress import AddressRefused, CheckingResolver, check_host, url_refusal
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
 from storage.errors import Conflict
+from storage.instructions import SealedSecret
 from storage.retention import DeletedEvents, Notify, deleted_event_id
+from storage.webhooksecret import open_secret
 
 __all__ = [
     "EVENTS",
-    "AddressRefused",
     "JOB_KIND",
     "MAX_RETRY_DELAY",
     "SIGNATURE_HEADER",
@@ -78,7 +80,6 @@ __all__ = [
     "event_jobs",
     "queue_event",
     "queue_events",
-    "refused_address",
     "retry_delay",
     "sign",
     "verify",
@@ -156,20 +157,6 @@ def retry_delay(backoff: timedelta, attempts: int) -> timedelta:
     # The exponent is capped before multiplying: 2**49 times 10 s overflows timedelta.
     exponent = min(max(attempts - 1, 0), 32)
     return min(backoff * (2**exponent), MAX_RETRY_DELAY)
-
-
-def refused_address(address: str) -> str | None:
-    """Why a webhook may not connect to ``address`` (an IP literal), or None when it may."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        # ::ffff:127.0.0.1 is 127.0.0.1 on the wire; Python 3.11 does not look inside.
-        ip = ip.ipv4_mapped
-    for kind in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
-        if getattr(ip, f"is_{kind}"):
-            return kind.replace("_", "-")
-    if not ip.is_global:  # shared address space (100.64/10) and the like
-        return "not public"
-    return None
 
 
 # --- queueing -------------------------------------------------------------------------------
@@ -301,30 +288,6 @@ def deletion_notifier(catalog: Catalog, *, max_attempts: int) -> Notify:
 # --- delivery -------------------------------------------------------------------------------
 
 
-class AddressRefused(Exception):
-    """The webhook host resolves to an address callvault may not connect to. Deliberately
-    not an ``OSError``: aiohttp would wrap that into a retryable connection error."""
-
-
-class _CheckingResolver(aiohttp.ThreadedResolver):
-    """aiohttp's resolver (``loop.getaddrinfo``) refusing private addresses: the addresses a
-    connection is about to use are checked, not an earlier lookup's."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await super().resolve(host, port, family)
-        _check_addresses(host, [result["host"] for result in results])
-        return results
-
-
-def _check_addresses(host: str, addresses: list[str]) -> None:
-    for address in addresses:
-        reason = refused_address(address.split("%", 1)[0])
-        if reason is not None:
-            raise AddressRefused(f"refused: {host} resolves to a {reason} address")
-
-
 class WebhookSender:
     """Takes due ``webhook`` jobs from the catalog and POSTs them, one at a time.
 
@@ -336,6 +299,7 @@ class WebhookSender:
     def __init__(
         self,
         catalog: Catalog,
+        keys: KeyProvider,
         settings: WebhookSettings,
         now: Callable[[], datetime],
         owner: str,
@@ -344,6 +308,7 @@ class WebhookSender:
         idle_s: float = _IDLE_S,
     ) -> None:
         self._catalog = catalog
+        self._keys = keys
         self._settings = settings
         self._now = now
         self._owner = owner
@@ -352,7 +317,8 @@ class WebhookSender:
         self.deliveries = Counter(
             "callvault_webhook_deliveries",
             "Webhook delivery attempts by outcome: delivered (2xx), retry (failed, will be "
-            "retried), failed (given up), refused (private address), dropped (no URL now).",
+            "retried), failed (given up), refused (a private address or a plain http URL), "
+            "dropped (no URL now).",
             ["outcome"],
             registry=registry or CollectorRegistry(),
         )
@@ -363,7 +329,7 @@ class WebhookSender:
         # Created on first use: a session belongs to the running event loop.
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                resolver=None if self._settings.allow_private else _CheckingResolver()
+                resolver=None if self._settings.allow_private else CheckingResolver()
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -422,12 +388,25 @@ class WebhookSender:
             await self._finish(job, "dropped")
             return
         host = urlsplit(rule.url).hostname or ""
+        refusal = url_refusal(rule.url, self._settings)
+        if refusal is not None:
+            # Stored before the settings changed, or by an older version: refused for good.
+            log.warning("webhook %s: refused: the URL %s", job.id, refusal)
+            await self._finish(job, "refused", error=f"refused: the URL {refusal}")
+            return
+        try:
+            secret = await self._open(job.tenant_id, rule.secret)
+        except (KeyUnavailable, DecryptionFailed) as exc:
+            # Replaced since the instructions were read (the next attempt reads the new one),
+            # or the tenant's keys are gone: never signed with anything else.
+            await self._retry(job, f"the webhook secret cannot be opened ({exc.code})")
+            return
         body = orjson.dumps(payload)
         try:
             async with asyncio.timeout(self._settings.timeout.total_seconds()):
                 if not self._settings.allow_private:
-                    await self._check_host(rule.url)
-                status = await self._post(rule.url, rule.secret, payload["event"], job.id, body)
+                    await check_host(rule.url)
+                status = await self._post(rule.url, secret, payload["event"], job.id, body)
         except AddressRefused as exc:
             log.warning("webhook %s: %s", job.id, exc)
             await self._finish(job, "refused", error=str(exc))
@@ -443,14 +422,11 @@ class WebhookSender:
         else:
             await self._retry(job, f"HTTP {status}")
 
-    async def _check_host(self, url: str) -> None:
-        """Resolve the URL's host now and refuse it when any address is not public. IP
-        literals are checked here too: aiohttp connects to those without its resolver."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        _check_addresses(host, [str(info[4][0]) for info in infos])
+    async def _open(self, tenant: str, secret: str | SealedSecret) -> str:
+        if isinstance(secret, SealedSecret):
+            return await open_secret(self._catalog, self._keys, tenant, secret)
+        # Still in clear: a catalog written before sealing, until a start seals it.
+        return secret
 
     async def _post(self, url: str, secret: str, event: str, event_id: str, body: bytes) -> int:
         headers = {

@@ -13,7 +13,10 @@ gets `default_instructions()`, which records and analyses nothing.
 Two sections configure integrations rather than permissions: ``ai.categories`` (the
 tenant's own topic categories, matched by the AI worker) and ``webhook`` (where analysis and
 deletion events are POSTed). The webhook secret is part of the document because it belongs to
-the same tenant decision, but it is write-only: the API shows `REDACTED` in its place.
+the same tenant decision, but it is write-only: the API shows `REDACTED` in its place, and the
+catalog holds it only sealed (a `SealedSecret`, see ``storage.webhooksecret``), so a document
+comes in two forms: as PUT (``parse_instructions``: the secret in clear, or `REDACTED` to keep
+the current one) and as stored (``parse_stored_instructions``: the secret sealed).
 
 Durations live here too because retention windows are their main user; the parser is a small
 regex over the subset of ISO 8601 we document, not a new dependency.
@@ -34,11 +37,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from storage.errors import InvalidInstructions
 from storage.validation import first_problem
@@ -51,6 +58,7 @@ __all__ = [
     "MAX_PHRASE_CHARS",
     "MAX_WEBHOOK_URL_CHARS",
     "REDACTED",
+    "SEALED_SECRET_PREFIX",
     "WEBHOOK_SECRET_CHARS",
     "AiRule",
     "ConsentRule",
@@ -58,12 +66,14 @@ __all__ = [
     "InstructionsDoc",
     "RecordingRule",
     "RetentionRule",
+    "SealedSecret",
     "TransportRule",
     "WebhookRule",
     "default_instructions",
     "normalize_number",
     "parse_duration",
     "parse_instructions",
+    "parse_stored_instructions",
 ]
 
 AI_FEATURES: tuple[str, ...] = ("transcript", "summary", "sentiment", "talk_listen", "topics")
@@ -91,6 +101,13 @@ secret is an HMAC key, so any longer value works as well as a random one of that
 REDACTED = "<redacted>"
 """What GET shows instead of a set webhook secret; a PUT that sends it back keeps the secret.
 Shorter than the shortest valid secret, so it can never be mistaken for a real one."""
+
+SEALED_SECRET_PREFIX = "whsec_"  # noqa: S105 - an id prefix, not a secret
+"""How the key-table id of a sealed webhook secret begins (``whsec_`` and 32 hex digits), so
+that its row is never taken for an object's."""
+
+# The validation context of a stored document: only there may a secret be sealed.
+_STORED = "stored"
 
 # Keys a client may echo back from GET on PUT; the server sets them, so they are dropped.
 _SERVER_KEYS = frozenset({"version", "created_at", "created_by"})
@@ -333,6 +350,8 @@ def _check_webhook_url(url: str) -> str:
 
 def _check_webhook_secret(secret: str) -> str:
     # Messages never quote the value: this is a credential.
+    if secret == REDACTED:
+        return secret  # "keep the current secret", resolved when the version is stored
     shortest, longest = WEBHOOK_SECRET_CHARS
     if not shortest <= len(secret) <= longest:
         raise ValueError(f"must be {shortest} to {longest} characters")
@@ -418,6 +437,35 @@ class TransportRule(BaseModel):
     """Accept rtp calls announced with `srtp` false (plain RTP)."""
 
 
+class SealedSecret(BaseModel):
+    """A webhook secret as the catalog stores it: sealed (``crypto.objectformat``) under a DEK
+    of its own, whose wrapped form is the key table's row ``key_id`` and nowhere else. Deleting
+    that row, or the tenant's KEKs, makes ``ciphertext`` unreadable for good."""
+
+    model_config = _STRICT
+
+    key_id: Annotated[str, Field(pattern=f"^{SEALED_SECRET_PREFIX}[0-9a-f]{{32}}$")]
+    """The key-table row (object id) of the secret's DEK."""
+    ciphertext: Annotated[str, Field(min_length=1, max_length=4096)]
+    """The sealed secret, base64."""
+
+
+def _check_secret_field(value: object, info: ValidationInfo) -> str | SealedSecret | None:
+    # The sealed form only in a stored document: a client cannot hand in a sealed secret (one
+    # it copied, or made up); the catalog writes those.
+    if value is None:
+        return None
+    if isinstance(value, dict) and (info.context or {}).get(_STORED):
+        return SealedSecret.model_validate(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return _check_webhook_secret(value)
+
+
+def _dump_secret_field(value: str | SealedSecret | None) -> str | dict[str, str] | None:
+    return value.model_dump() if isinstance(value, SealedSecret) else value
+
+
 class WebhookRule(BaseModel):
     """Where events about the tenant's recordings are POSTed, and the key that signs them."""
 
@@ -425,20 +473,25 @@ class WebhookRule(BaseModel):
 
     url: Annotated[str, AfterValidator(_check_webhook_url)] | None = None
     """Where events (`analysis.completed`, `analysis.failed`, `recording.deleted`) are POSTed
-    as JSON: http or https, a host, no user name or password, no fragment. null: no
-    webhook."""
+    as JSON: https (http only where the operator allows it), a host that is not a private
+    address, no user name or password, no fragment. null: no webhook."""
     # validate_default so that a url without a secret reaches _require_secret (and the error
-    # names webhook.secret, which a model validator could not).
-    secret: Annotated[str, AfterValidator(_check_webhook_secret)] | None = Field(
-        default=None, validate_default=True
-    )
+    # names webhook.secret, which a model validator could not). One validator, not a union:
+    # a union's errors would name its branches, not the field.
+    secret: Annotated[
+        str | SkipJsonSchema[SealedSecret] | None,
+        PlainValidator(_check_secret_field),
+        PlainSerializer(_dump_secret_field, return_type=Any),
+    ] = Field(default=None, validate_default=True)
     """The HMAC-SHA256 key of the `Callvault-Signature` header, 16 to 200 characters;
     required with `url`. Write-only: GET shows `<redacted>` when one is set, and a PUT that
     sends `<redacted>` keeps the current secret."""
 
     @field_validator("secret")
     @classmethod
-    def _require_secret(cls, secret: str | None, info: ValidationInfo) -> str | None:
+    def _require_secret(
+        cls, secret: str | SealedSecret | None, info: ValidationInfo
+    ) -> str | SealedSecret | None:
         # info.data has url only when it was valid; an invalid url is reported on its own.
         if secret is None and info.data.get("url") is not None:
             raise ValueError("is required when webhook.url is set (16 to 200 characters)")
@@ -478,7 +531,9 @@ class InstructionsDoc(BaseModel):
     def document(self) -> dict[str, Any]:
         """The JSON-ready document (lists, not tuples); the API adds version/created_*.
 
-        It includes the webhook secret: this is what the catalog stores. Views redact it."""
+        It includes the webhook secret as it is held: in clear in a document as PUT (which
+        ``storage.webhooksecret.store_instructions`` seals before the catalog sees it),
+        sealed in a stored one. Views redact it."""
         return self.model_dump(mode="json")
 
 
@@ -502,6 +557,16 @@ def parse_instructions(data: object) -> InstructionsDoc:
     fields = {key: value for key, value in data.items() if key not in _SERVER_KEYS}
     try:
         return InstructionsDoc.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInstructions(*first_problem(exc)) from None
+
+
+def parse_stored_instructions(document: dict[str, Any]) -> InstructionsDoc:
+    """A document as the catalog stores it: like a PUT's, except that its webhook secret is a
+    `SealedSecret` (or, in a catalog from before secrets were sealed, still the secret in
+    clear, until ``storage.webhooksecret.seal_clear_secrets`` seals it at start)."""
+    try:
+        return InstructionsDoc.model_validate(document, context={_STORED: True})
     except ValidationError as exc:
         raise InvalidInstructions(*first_problem(exc)) from None
 

@@ -38,7 +38,6 @@ from storage.validation import first_problem
 
 Finder = Callable[[Catalog, str, Mapping[str, str]], Awaitable[object]]
 """Looks the path's resource up in the caller's tenant; raises ``NotFound``."""
-Prepare = Callable[[Catalog, str, object], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +53,9 @@ class Body:
     parse: Callable[[object], BaseModel] | None = None
     """Validation beyond the model (the announcement's codec rules; the instructions'
     own 422), used instead of ``model``; it raises the API's errors itself."""
-    prepare: Prepare | None = None
-    """Rewrites the decoded JSON first (the instructions' kept webhook secret)."""
 
-    async def read(self, request: web.Request, tenant: str | None) -> BaseModel:
+    async def read(self, request: web.Request) -> BaseModel:
         raw = await json_body(request)
-        if self.prepare is not None and tenant is not None:
-            raw = await self.prepare(request.app[SERVICES].catalog, tenant, raw)
         if self.parse is not None:
             return self.parse(raw)
         try:
@@ -147,7 +142,7 @@ def guard(route: Route) -> Handler:
                 request[FOUND] = await route.find(catalog, tenant, request.match_info)
         require_role(principal, route.roles)
         if route.body is not None:
-            request[BODY] = await route.body.read(request, tenant)
+            request[BODY] = await route.body.read(request)
         return await route.handler(request)
 
     return checked
@@ -253,7 +248,7 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", f"{_TENANT}/instructions", tenants.put_instructions, ADMIN,
           "putInstructions", "Store new instructions", "instructions", models.Instructions,
           body=Body(models.InstructionsDocument, code="invalid_instructions",
-                    parse=parse_instructions, prepare=tenants.keep_webhook_secret)),
+                    parse=parse_instructions)),
     Route("GET", f"{_TENANT}/instructions/history", tenants.instructions_history,
           OPERATOR_ADMIN, "listInstructionsHistory", "Every instructions version",
           "instructions", models.InstructionsHistory),

@@ -3,8 +3,9 @@
 Every instructions PUT stores a new immutable version (who and when) and is audited, so the
 version that allowed a call can always be shown later. Token secrets are in exactly one
 answer, the 201 that mints them; the webhook secret of the instructions is in none (views
-show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret). The rules
-of minting (expiry, break-glass) are ``gateway.auth``'s; a tenant token's minting and
+show `REDACTED`, and a PUT that sends `REDACTED` back keeps the current secret), and the
+catalog holds it sealed under the tenant's keys (``storage.webhooksecret``). The rules of
+minting (expiry, break-glass) are ``gateway.auth``'s; a tenant token's minting and
 revocation are audited in the tenant's chain in the transaction that writes the token.
 """
 
@@ -19,15 +20,17 @@ from aiohttp import web
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.api.models import OperatorTokenCreate, TenantCreate, TokenCreate
 from gateway.auth import MAX_LIFETIME, mint_tenant_token, mint_token, token_expiry
+from gateway.egress import check_webhook_url
 from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS, SWEEPER
 from storage.catalog import AuditEntry, Catalog, Instructions, Tenant, Token
-from storage.errors import HeldByLegalHold, InvalidInstructions, NotFound
+from storage.errors import HeldByLegalHold, NotFound
 from storage.instructions import (
     REDACTED,
     InstructionsDoc,
     default_instructions,
-    parse_instructions,
+    parse_stored_instructions,
 )
+from storage.webhooksecret import store_instructions
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def instructions_view(row: Instructions | None) -> dict[str, Any]:
             "created_by": None,
             **default_instructions().document(),
         }
-    document = parse_instructions(row.document).document()
+    document = parse_stored_instructions(row.document).document()
     webhook = document["webhook"]
     if webhook["secret"] is not None:
         # Write-only, like a password field: whoever can read the instructions (an operator
@@ -74,26 +77,6 @@ def instructions_view(row: Instructions | None) -> dict[str, Any]:
         "created_by": row.created_by,
         **document,
     }
-
-
-async def keep_webhook_secret(catalog: Catalog, tenant: str, body: object) -> object:
-    """``body`` with a `REDACTED` webhook secret replaced by the current version's secret, so
-    that a client can PUT back what GET gave it without knowing (or re-sending) the secret.
-
-    `InvalidInstructions` on ``webhook.secret`` when there is no current secret to keep. Any
-    other body is returned as is, for `parse_instructions` to judge."""
-    if not isinstance(body, dict):
-        return body
-    webhook = body.get("webhook")
-    if not isinstance(webhook, dict) or webhook.get("secret") != REDACTED:
-        return body
-    secret = (await catalog.instructions.current(tenant)).document.webhook.secret
-    if secret is None:
-        raise InvalidInstructions(
-            "webhook.secret",
-            f"is {REDACTED!r}, which keeps the current secret, but none is set; send the secret",
-        )
-    return {**body, "webhook": {**webhook, "secret": secret}}
 
 
 async def create_tenant(request: web.Request) -> web.Response:
@@ -286,9 +269,18 @@ async def put_instructions(request: web.Request) -> web.Response:
     default) and return it. Audited as `instructions.updated`."""
     principal, tenant = await principal_of(request), request[TENANT]
     services, now = request.app[SERVICES], request.app[CLOCK].now()
-    document = body_of(request, InstructionsDoc).document()
-    row = await services.catalog.instructions.add(
-        tenant, document, created_by=principal.token_id, now=now
+    document = body_of(request, InstructionsDoc)
+    if document.webhook.url is not None:
+        # What this gateway may send to (https only, no private address literal) is the
+        # operator's setting, which the document's own validation cannot see.
+        check_webhook_url(document.webhook.url, request.app[SETTINGS].webhooks)
+    row = await store_instructions(
+        services.catalog,
+        services.keys,
+        tenant,
+        document,
+        created_by=principal.token_id,
+        now=now,
     )
     await services.catalog.audit.append(
         tenant,

@@ -45,6 +45,7 @@ from storage.catalog.schema import (
     recordings,
 )
 from storage.errors import Conflict, HeldByLegalHold
+from storage.instructions import SEALED_SECRET_PREFIX
 
 
 def _has_live_objects() -> sa.Exists:
@@ -356,9 +357,9 @@ class Retention:
     async def forget_deleted_tenant(self, tenant_id: str) -> bool:
         """For a deleted tenant whose calls are all gone: delete what is left that could
         hold personal data (its holds, whose numbers are phone numbers; its instruction
-        versions, with their excluded numbers and webhook secret; its jobs; rows of deleted
-        objects). The tenant row, its token hashes and its audit log stay. Returns whether
-        it was done (``False`` while calls remain)."""
+        versions, with their excluded numbers and sealed webhook secret, and that secret's
+        key row; its jobs; rows of deleted objects). The tenant row, its token hashes and its
+        audit log stay. Returns whether it was done (``False`` while calls remain)."""
         async with self._core.transaction(write=True) as conn:
             row = await lock_tenant(conn, tenant_id, live=False)
             if row.deleted_at is None:
@@ -380,6 +381,13 @@ class Retention:
                 )
             )
             await conn.execute(sa.delete(instructions).where(instructions.c.tenant_id == tenant_id))
+            await conn.execute(
+                sa.delete(object_keys).where(
+                    object_keys.c.tenant_id == tenant_id,
+                    object_keys.c.object_id.startswith(SEALED_SECRET_PREFIX, autoescape=True),
+                )
+            )
+        await self._core.forget_deleted_rows()
         return True
 
     async def due_calls(

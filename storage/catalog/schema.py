@@ -201,7 +201,8 @@ objects = sa.Table(
 
 # THE key table. The wrapped DEK of an object lives here and nowhere else (not in the object,
 # not in the objects table), and nothing references this table, so that shredding an object
-# is one single-row DELETE with no cascade.
+# is one single-row DELETE with no cascade. A tenant's sealed webhook secret has its DEK here
+# too, under a ``whsec_`` id with no objects row (storage.webhooksecret).
 object_keys = sa.Table(
     "object_keys",
     metadata,

@@ -57,6 +57,14 @@ from tests.gateway import (
 from tests.scan import PlaintextScan
 
 
+@pytest.fixture
+def gateway_settings(gateway_settings: Settings) -> Settings:
+    """The tier's settings, letting webhooks reach this file's plain-http receiver on
+    loopback (a PUT refuses http:// and loopback addresses otherwise)."""
+    webhooks = WebhookSettings(allow_private=True, allow_http=True)
+    return gateway_settings.model_copy(update={"webhooks": webhooks})
+
+
 async def test_an_ai_only_call_is_analysed_and_its_audio_purged(
     gw: Gateway, worker: AnalysisWorker, gateway_settings: Settings
 ) -> None:
@@ -506,7 +514,8 @@ async def test_a_finished_analysis_is_announced_to_the_tenants_webhook(
     assert await worker.run_once() is True
     sender = WebhookSender(
         gw.app[SERVICES].catalog,
-        WebhookSettings(allow_private=True),
+        gw.app[SERVICES].keys,
+        WebhookSettings(allow_private=True, allow_http=True),
         clock.now,
         owner="test-sender",
         registry=None,

@@ -11,12 +11,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from crypto.errors import KeyUnavailable
+from gateway.app import build_app
+from gateway.settings import AudioSocketSettings, Settings, WebhookSettings
 from gateway.state import SERVICES
-from tests.gateway import Gateway, TenantTokens, bearer
+from storage.instructions import SealedSecret
+from storage.webhooksecret import open_secret
+from tests.gateway import Gateway, GatewayServer, TenantTokens, bearer, start_gateway
 
 DEFAULTS: dict[str, Any] = {
     "recording": {"enabled": False},
@@ -349,6 +355,13 @@ async def _responses_and_records(gateway: Gateway, tenant: TenantTokens) -> str:
     return "\n".join(texts)
 
 
+async def stored_secret(gateway: Gateway, document: dict[str, Any]) -> str:
+    """The secret a stored document holds, opened with the tenant's keys."""
+    services = gateway.app[SERVICES]
+    sealed = SealedSecret.model_validate(document["webhook"]["secret"])
+    return await open_secret(services.catalog, services.keys, "acme", sealed)
+
+
 async def test_the_webhook_secret_is_write_only(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -368,10 +381,12 @@ async def test_the_webhook_secret_is_write_only(
     assert [item["webhook"] for item in await history(gateway, tenant)] == [
         {"url": HOOK, "secret": "<redacted>"}
     ]
-    # Stored for the sender to sign with ...
-    row = await gateway.app[SERVICES].catalog.instructions.latest("acme")
+    # Stored sealed, for the sender to open and sign with ...
+    services = gateway.app[SERVICES]
+    row = await services.catalog.instructions.latest("acme")
     assert row is not None
-    assert row.document["webhook"] == {"url": HOOK, "secret": SECRET}
+    assert await stored_secret(gateway, row.document) == SECRET
+    assert SECRET not in json.dumps(row.document)
     # ... and shown nowhere: no response, no audit event, no log line.
     texts = await _responses_and_records(gateway, tenant)
     assert "instructions.updated" in texts
@@ -412,7 +427,9 @@ async def test_put_back_of_get_keeps_the_secret(gateway: Gateway) -> None:
     assert body["webhook"] == {"url": HOOK, "secret": "<redacted>"}
     catalog = gateway.app[SERVICES].catalog
     versions = await catalog.instructions.history("acme")
-    assert [v.document["webhook"]["secret"] for v in versions] == [SECRET, SECRET]
+    # The very same sealed secret, not a copy: one key row for the one secret.
+    assert versions[0].document["webhook"] == versions[1].document["webhook"]
+    assert await stored_secret(gateway, versions[1].document) == SECRET
     assert versions[1].document["recording"] == {"enabled": True}
 
     # A new URL with the redacted secret keeps the secret too; a new secret replaces it.
@@ -423,10 +440,12 @@ async def test_put_back_of_get_keeps_the_secret(gateway: Gateway) -> None:
     status, _ = await put(gateway, tenant, {"webhook": {"url": other, "secret": rotated}})
     assert status == 200
     versions = await catalog.instructions.history("acme")
-    assert [v.document["webhook"] for v in versions[2:]] == [
-        {"url": other, "secret": SECRET},
-        {"url": other, "secret": rotated},
-    ]
+    assert [v.document["webhook"]["url"] for v in versions[2:]] == [other, other]
+    assert versions[2].document["webhook"]["secret"] == versions[0].document["webhook"]["secret"]
+    assert await stored_secret(gateway, versions[3].document) == rotated
+    # The replaced secret is shredded: no version's copy of it can be opened any more.
+    with pytest.raises(KeyUnavailable):
+        await stored_secret(gateway, versions[0].document)
 
 
 async def test_redacted_without_a_current_secret_is_422(gateway: Gateway) -> None:
@@ -452,3 +471,90 @@ async def test_the_secret_of_another_tenant_is_never_carried_over(gateway: Gatew
     await put(gateway, acme, {"webhook": {"url": HOOK, "secret": SECRET}})
     status, answer = await put(gateway, other, {"webhook": {"url": HOOK, "secret": "<redacted>"}})
     assert (status, answer["field"]) == (422, "webhook.secret")
+
+
+# --- where a webhook may go -----------------------------------------------------------------
+
+
+async def gateway_with(
+    aiohttp_client: Callable[..., Any], settings: Settings, **webhooks: bool
+) -> Gateway:
+    """A second gateway, in a data dir of its own, with these webhook settings."""
+    changed = settings.model_copy(
+        update={
+            "data_dir": settings.data_dir.with_name("allowing"),
+            "webhooks": WebhookSettings(**webhooks),
+            "audiosocket": AudioSocketSettings(port=0),  # ``gateway`` may hold the port
+        }
+    )
+    return await start_gateway(await aiohttp_client(GatewayServer(build_app(changed))))
+
+
+async def test_an_http_webhook_is_422_unless_the_operator_allows_http(
+    gateway: Gateway, aiohttp_client: Callable[..., Any], gateway_settings: Settings
+) -> None:
+    tenant = await gateway.tenant("acme")
+    plain = {"webhook": {"url": "http://hooks.example.com/callvault", "secret": SECRET}}
+    status, answer = await put(gateway, tenant, plain)
+    assert (status, answer["error"], answer["field"]) == (
+        422,
+        "invalid_instructions",
+        "webhook.url",
+    )
+    assert "https://" in answer["message"]
+    assert "hooks.example.com" not in answer["message"]  # the URL is never quoted
+    assert await history(gateway, tenant) == []
+    # Nothing was sealed either: no key row for a secret that was never stored.
+    catalog = gateway.app[SERVICES].catalog
+    assert [row async for row in catalog.keys.list("acme")] == []
+
+    allowing = await gateway_with(aiohttp_client, gateway_settings, allow_http=True)
+    other = await allowing.tenant("other")
+    status, answer = await put(allowing, other, plain)
+    assert status == 200, answer
+    assert answer["webhook"] == {"url": plain["webhook"]["url"], "secret": "<redacted>"}
+
+
+PRIVATE_URLS = [
+    pytest.param("https://[2002:7f00:1::1]/hook", "6to4", id="6to4"),
+    pytest.param("https://[64:ff9b::a9fe:a9fe]/hook", "NAT64", id="nat64"),
+    pytest.param("https://[64:ff9b:1::a00:1]/hook", "NAT64 local-use", id="nat64-local"),
+    pytest.param("https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", "Teredo", id="teredo"),
+    pytest.param("https://[::a00:1]/hook", "IPv4-compatible", id="ipv4-compatible"),
+    pytest.param("https://[fe80::1%25eth0]/hook", "zone-scoped", id="zone-id"),
+    pytest.param("https://[::ffff:7f00:1]/hook", "loopback", id="ipv4-mapped"),
+    pytest.param("https://169.254.169.254/latest", "private", id="metadata"),
+    pytest.param("https://0x7f.1/hook", "loopback", id="hex-ipv4"),
+    pytest.param("https://100.64.0.1/hook", "not public", id="shared"),
+]
+
+
+@pytest.mark.parametrize(("url", "reason"), PRIVATE_URLS)
+async def test_a_webhook_to_a_non_public_address_is_422(
+    gateway: Gateway, url: str, reason: str
+) -> None:
+    tenant = await gateway.tenant("acme")
+    status, answer = await put(gateway, tenant, {"webhook": {"url": url, "secret": SECRET}})
+    assert (status, answer["error"], answer["field"]) == (
+        422,
+        "invalid_instructions",
+        "webhook.url",
+    )
+    assert (
+        answer["message"] == f"webhook.url: names a {reason} address, which webhooks may not reach"
+    )
+    assert await history(gateway, tenant) == []
+
+
+async def test_allow_private_lets_a_put_name_a_private_address(
+    aiohttp_client: Callable[..., Any], gateway_settings: Settings
+) -> None:
+    allowing = await gateway_with(aiohttp_client, gateway_settings, allow_private=True)
+    tenant = await allowing.tenant("acme")
+    for url in ("https://[2002:7f00:1::1]/hook", "https://10.0.0.5/hook"):
+        status, answer = await put(allowing, tenant, {"webhook": {"url": url, "secret": SECRET}})
+        assert status == 200, answer
+    # allow_private is not allow_http.
+    plain = {"webhook": {"url": "http://10.0.0.5/hook", "secret": SECRET}}
+    status, answer = await put(allowing, tenant, plain)
+    assert (status, answer["field"]) == (422, "webhook.url")

@@ -44,6 +44,7 @@ from storage.retention import DeletedEvents, RetentionSweeper, SweepReport, dele
 from storage.s3 import MIN_PART_SIZE
 from storage.store import ObjectStore
 from storage.vault import MediaVault
+from storage.webhooksecret import store_instructions
 
 T0 = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
 """When the tenants and their first instructions were created."""
@@ -239,8 +240,12 @@ def instructions(retention: dict[str, str], **extra: Any) -> dict[str, Any]:
 
 
 async def add_tenant(parts: Parts, tenant: str, retention: dict[str, str], **extra: Any) -> None:
+    """Create the tenant and store its instructions as a PUT does (a webhook secret sealed)."""
     await parts.catalog.tenants.create(tenant, tenant.title(), "eu", T0)
-    await parts.catalog.instructions.add(tenant, instructions(retention, **extra), "admin", T0)
+    document = parse_instructions(instructions(retention, **extra))
+    await store_instructions(
+        parts.catalog, parts.keyring, tenant, document, created_by="admin", now=T0
+    )
 
 
 async def announce(parts: Parts, tenant: str, call_id: str, **fields: Any) -> None:

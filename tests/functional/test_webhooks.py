@@ -1,6 +1,8 @@
-"""Webhook delivery against a real receiver (an aiohttp server on 127.0.0.1) and a real
-catalog (SQLite in a temporary directory): signatures, retries with backoff on a fake clock,
-giving up, timeouts, dropped and rotated configurations, and the private-address refusal.
+"""Webhook delivery against a real receiver (an aiohttp server on 127.0.0.1), a real
+catalog (SQLite in a temporary directory) and a real keyring (the secret is sealed under the
+tenant's keys): signatures, retries with backoff on a fake clock, giving up, timeouts,
+dropped and rotated configurations, the private-address and plain-http refusals, and a
+secret that can no longer be opened.
 
 Time never passes by sleeping: the sender's clock is a `FakeClock` the tests turn, and a job
 due later is simply not claimed until the clock is moved past its ``run_after``. The one real
@@ -22,10 +24,13 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from crypto.keys import LocalKeyring
 from gateway.settings import WebhookSettings
 from gateway.webhooks import WebhookSender, queue_event, verify
 from storage.catalog import Catalog, Job
 from storage.catalog.urls import async_database_url
+from storage.instructions import parse_instructions
+from storage.webhooksecret import store_instructions
 from tests.gateway import FakeClock
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -88,6 +93,11 @@ async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
 
 
 @pytest.fixture
+def keys(tmp_path: Path) -> LocalKeyring:
+    return LocalKeyring.open(tmp_path / "keys", bytes(range(32)))
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
 
@@ -104,23 +114,32 @@ def settings() -> WebhookSettings:
         max_attempts=3,
         retry_backoff=timedelta(seconds=10),
         allow_private=True,
+        allow_http=True,  # the receiver is plain http on loopback
     )
 
 
 @pytest.fixture
 async def sender(
-    catalog: Catalog, settings: WebhookSettings, clock: FakeClock, registry: CollectorRegistry
+    catalog: Catalog,
+    keys: LocalKeyring,
+    settings: WebhookSettings,
+    clock: FakeClock,
+    registry: CollectorRegistry,
 ) -> AsyncIterator[WebhookSender]:
-    sender = WebhookSender(catalog, settings, clock.now, "test-sender", registry)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
     try:
         yield sender
     finally:
         await sender.close()
 
 
-async def instruct(catalog: Catalog, url: str | None, secret: str | None = SECRET) -> None:
+async def instruct(
+    catalog: Catalog, keys: LocalKeyring, url: str | None, secret: str | None = SECRET
+) -> None:
+    """Store the webhook as a PUT does (the secret sealed), without the PUT's URL checks."""
     webhook = {"url": url, "secret": secret if url is not None else None}
-    await catalog.instructions.add("acme", {"webhook": webhook}, created_by="tok_1", now=T0)
+    document = parse_instructions({"webhook": webhook})
+    await store_instructions(catalog, keys, "acme", document, created_by="tok_1", now=T0)
 
 
 async def queue(
@@ -153,12 +172,13 @@ def count(registry: CollectorRegistry, outcome: str) -> float:
 
 
 async def test_queue_event_without_a_webhook_is_none_and_stores_nothing(
-    catalog: Catalog, clock: FakeClock
+    catalog: Catalog, keys: LocalKeyring, clock: FakeClock
 ) -> None:
     # No instructions at all, then instructions without a webhook (a secret alone is no URL).
     for document in (None, {"recording": {"enabled": True}}, {"webhook": {"secret": SECRET}}):
         if document is not None:
-            await catalog.instructions.add("acme", document, created_by="tok_1", now=T0)
+            parsed = parse_instructions(document)
+            await store_instructions(catalog, keys, "acme", parsed, created_by="tok_1", now=T0)
         job = await queue_event(
             catalog, tenant="acme", event="analysis.completed", data=DATA, now=T0, max_attempts=3
         )
@@ -167,9 +187,13 @@ async def test_queue_event_without_a_webhook_is_none_and_stores_nothing(
 
 
 async def test_queue_event_stores_the_event_as_a_webhook_job(
-    catalog: Catalog, clock: FakeClock, settings: WebhookSettings, receiver: Receiver
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    settings: WebhookSettings,
+    receiver: Receiver,
 ) -> None:
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     job = await queue(catalog, clock, settings, "recording.deleted")
     assert job.kind == "webhook"
     assert job.status == "queued"
@@ -199,13 +223,14 @@ async def test_queue_event_stores_the_event_as_a_webhook_job(
 
 async def test_an_event_is_delivered_once_with_a_valid_signature(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     sender: WebhookSender,
     receiver: Receiver,
     registry: CollectorRegistry,
 ) -> None:
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     job = await queue(catalog, clock, settings)
     clock.advance(2)
     assert await sender.deliver_once() is True
@@ -233,13 +258,14 @@ async def test_an_event_is_delivered_once_with_a_valid_signature(
 
 async def test_a_500_is_retried_after_the_backoff_then_delivered(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     sender: WebhookSender,
     receiver: Receiver,
     registry: CollectorRegistry,
 ) -> None:
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     receiver.script = [500]
     job = await queue(catalog, clock, settings)
     assert await sender.deliver_once() is True
@@ -272,6 +298,7 @@ async def test_a_500_is_retried_after_the_backoff_then_delivered(
 @pytest.mark.parametrize("status", [410, 404, 302])
 async def test_a_refusing_receiver_fails_the_event_after_max_attempts(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     sender: WebhookSender,
@@ -279,7 +306,7 @@ async def test_a_refusing_receiver_fails_the_event_after_max_attempts(
     registry: CollectorRegistry,
     status: int,
 ) -> None:
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     receiver.script = [status] * 10
     job = await queue(catalog, clock, settings)
     run_afters = []
@@ -303,16 +330,20 @@ async def test_a_refusing_receiver_fails_the_event_after_max_attempts(
 
 async def test_a_timeout_is_retried(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     receiver: Receiver,
     registry: CollectorRegistry,
 ) -> None:
     settings = WebhookSettings(
-        timeout=timedelta(seconds=0.2), retry_backoff=timedelta(seconds=10), allow_private=True
+        timeout=timedelta(seconds=0.2),
+        retry_backoff=timedelta(seconds=10),
+        allow_private=True,
+        allow_http=True,
     )
-    sender = WebhookSender(catalog, settings, clock.now, "test-sender", registry)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
     try:
-        await instruct(catalog, receiver.url)
+        await instruct(catalog, keys, receiver.url)
         receiver.script = ["hang"]
         job = await queue(catalog, clock, settings)
         assert await sender.deliver_once() is True
@@ -330,6 +361,7 @@ async def test_a_timeout_is_retried(
 
 async def test_a_connection_error_is_retried(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     sender: WebhookSender,
@@ -337,7 +369,7 @@ async def test_a_connection_error_is_retried(
     with socket.socket() as s:  # a port nobody listens on once the socket is closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    await instruct(catalog, f"http://127.0.0.1:{port}/hook?token=t0ps3cret")
+    await instruct(catalog, keys, f"http://127.0.0.1:{port}/hook?token=t0ps3cret")
     job = await queue(catalog, clock, settings)
     assert await sender.deliver_once() is True
     waiting = await job_of(catalog, job.id)
@@ -349,15 +381,16 @@ async def test_a_connection_error_is_retried(
 
 async def test_an_event_whose_url_was_removed_is_dropped(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     sender: WebhookSender,
     receiver: Receiver,
     registry: CollectorRegistry,
 ) -> None:
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     job = await queue(catalog, clock, settings)
-    await instruct(catalog, None)
+    await instruct(catalog, keys, None)
     assert await sender.deliver_once() is True
     assert receiver.received == []
     dropped = await job_of(catalog, job.id)
@@ -368,16 +401,17 @@ async def test_an_event_whose_url_was_removed_is_dropped(
 
 async def test_a_rotated_secret_and_url_apply_to_queued_events(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     sender: WebhookSender,
     receiver: Receiver,
     aiohttp_server: Callable[..., Any],
 ) -> None:
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     job = await queue(catalog, clock, settings)
     rotated = "whsec_rotated-secret-0001"
-    await instruct(catalog, receiver.url, rotated)
+    await instruct(catalog, keys, receiver.url, rotated)
     assert await sender.deliver_once() is True
     (delivery,) = receiver.received
     now = int(clock.now().timestamp())
@@ -388,16 +422,17 @@ async def test_a_rotated_secret_and_url_apply_to_queued_events(
 
 async def test_loopback_is_refused_without_a_request_when_private_is_not_allowed(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     receiver: Receiver,
     registry: CollectorRegistry,
 ) -> None:
-    settings = WebhookSettings(allow_private=False, max_attempts=5)
-    sender = WebhookSender(catalog, settings, clock.now, "test-sender", registry)
+    settings = WebhookSettings(allow_private=False, allow_http=True, max_attempts=5)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
     port = receiver.url.split(":")[2].split("/")[0]
     try:
         for url in (receiver.url, f"http://localhost:{port}/hook"):
-            await instruct(catalog, url)
+            await instruct(catalog, keys, url)
             job = await queue(catalog, clock, settings)
             assert await sender.deliver_once() is True
             refused = await job_of(catalog, job.id)
@@ -415,6 +450,7 @@ async def test_loopback_is_refused_without_a_request_when_private_is_not_allowed
 
 async def test_the_connection_itself_refuses_loopback_after_a_passing_first_lookup(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     receiver: Receiver,
     registry: CollectorRegistry,
@@ -422,16 +458,16 @@ async def test_the_connection_itself_refuses_loopback_after_a_passing_first_look
 ) -> None:
     # DNS rebinding: the first lookup answered a public address, the connection's own
     # lookup answers loopback. Simulated by skipping the first check.
-    settings = WebhookSettings(allow_private=False)
-    sender = WebhookSender(catalog, settings, clock.now, "test-sender", registry)
+    settings = WebhookSettings(allow_private=False, allow_http=True)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
 
     async def passes(url: str) -> None:
         return None
 
-    monkeypatch.setattr(sender, "_check_host", passes)
+    monkeypatch.setattr("gateway.webhooks.check_host", passes)
     port = receiver.url.split(":")[2].split("/")[0]
     try:
-        await instruct(catalog, f"http://localhost:{port}/hook")
+        await instruct(catalog, keys, f"http://localhost:{port}/hook")
         job = await queue(catalog, clock, settings)
         assert await sender.deliver_once() is True
         refused = await job_of(catalog, job.id)
@@ -443,11 +479,96 @@ async def test_the_connection_itself_refuses_loopback_after_a_passing_first_look
         await sender.close()
 
 
+async def test_plain_http_is_refused_at_delivery_unless_allowed(
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    receiver: Receiver,
+    registry: CollectorRegistry,
+) -> None:
+    # Stored while the gateway allowed http (or by an older version): the sender refuses it
+    # for good, before any request, and counts it with the private addresses.
+    settings = WebhookSettings(allow_private=True, allow_http=False, max_attempts=5)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
+    try:
+        await instruct(catalog, keys, receiver.url)
+        job = await queue(catalog, clock, settings)
+        assert await sender.deliver_once() is True
+        refused = await job_of(catalog, job.id)
+        assert (refused.status, refused.attempts) == ("failed", 1)
+        assert refused.last_error == (
+            "refused: the URL must be an https:// URL (this gateway sends webhooks over TLS only)"
+        )
+        assert receiver.received == []
+        assert (count(registry, "refused"), count(registry, "retry")) == (1, 0)
+    finally:
+        await sender.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("[2002:7f00:1::1]", "6to4"),
+        ("[64:ff9b::7f00:1]", "NAT64"),
+        ("[64:ff9b:1::7f00:1]", "NAT64 local-use"),
+        ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "Teredo"),
+        ("[::7f00:1]", "IPv4-compatible"),
+        ("[fe80::1%25lo]", "zone-scoped"),
+        ("2130706433", "loopback"),  # 127.0.0.1 written as one number
+    ],
+)
+async def test_an_address_in_a_stored_url_is_refused_at_delivery(
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    registry: CollectorRegistry,
+    host: str,
+    reason: str,
+) -> None:
+    # A PUT refuses these URLs (tests/functional/test_api_instructions.py); one stored while
+    # allow_private was on is refused for good when it is delivered without it.
+    settings = WebhookSettings(allow_private=False, allow_http=True)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
+    try:
+        await instruct(catalog, keys, f"https://{host}:9/hook")
+        job = await queue(catalog, clock, settings)
+        assert await sender.deliver_once() is True
+        refused = await job_of(catalog, job.id)
+        assert (refused.status, refused.attempts) == ("failed", 1)
+        assert refused.last_error == (
+            f"refused: the URL names a {reason} address, which webhooks may not reach"
+        )
+        assert count(registry, "refused") == 1
+    finally:
+        await sender.close()
+
+
+async def test_a_secret_that_cannot_be_opened_is_never_replaced_by_another(
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    settings: WebhookSettings,
+    sender: WebhookSender,
+    receiver: Receiver,
+) -> None:
+    # The tenant's keys destroyed (as deleting it does) while an event waits: the secret
+    # cannot be opened, and nothing is sent unsigned or signed with anything else.
+    await instruct(catalog, keys, receiver.url)
+    job = await queue(catalog, clock, settings)
+    await keys.destroy_tenant("acme")
+    assert await sender.deliver_once() is True
+    waiting = await job_of(catalog, job.id)
+    assert (waiting.status, waiting.attempts) == ("queued", 1)
+    assert waiting.last_error == "the webhook secret cannot be opened (key_unavailable)"
+    assert receiver.received == []
+
+
 # --- the loop -------------------------------------------------------------------------------
 
 
 async def test_run_delivers_and_survives_unexpected_errors(
     catalog: Catalog,
+    keys: LocalKeyring,
     clock: FakeClock,
     settings: WebhookSettings,
     receiver: Receiver,
@@ -455,7 +576,7 @@ async def test_run_delivers_and_survives_unexpected_errors(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sender = WebhookSender(catalog, settings, clock.now, "test-sender", registry, idle_s=0.01)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry, idle_s=0.01)
     real = sender.deliver_once
     calls = 0
     delivered = asyncio.Event()
@@ -471,7 +592,7 @@ async def test_run_delivers_and_survives_unexpected_errors(
         return result
 
     monkeypatch.setattr(sender, "deliver_once", flaky)
-    await instruct(catalog, receiver.url)
+    await instruct(catalog, keys, receiver.url)
     job = await queue(catalog, clock, settings)
     task = asyncio.create_task(sender.run())
     try:

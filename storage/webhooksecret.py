@@ -1,0 +1,183 @@
+"""The tenant's webhook secret at rest: sealed under the tenant's keys, like an object.
+
+Whoever holds a tenant's webhook secret can forge its events, so the catalog (and with it every
+database dump and backup) never holds one in clear. A new secret is sealed by the object format
+(``crypto.objectformat.seal``) under a fresh DEK; the DEK, wrapped by the tenant's KEK, is a
+row of the key table under a ``whsec_…`` id, and the stored document keeps only that id and
+the ciphertext (a `SealedSecret`). To the key machinery the secret is one more object: KEK
+rotation re-wraps its DEK with the others, and deleting the tenant (its KEKs destroyed)
+crypto-shreds it with everything else.
+
+One sealed secret per secret, not per version: a version that keeps the secret (a PUT of
+`REDACTED`) refers to the same sealed secret, and a version that changes or removes it
+shreds the previous one (``catalog.instructions.add`` deletes its key row in the version's
+transaction). Older versions keep a ciphertext nobody can open, so at any time only the
+current secret is readable, and only by the webhook sender (`open_secret`, at each attempt).
+
+Catalogs written before secrets were sealed hold them in clear in every version:
+`seal_clear_secrets` seals them when the services open, once (a sealed catalog has nothing
+left to do), the current version's secret under a stored key, a superseded one under a key
+that is dropped at once, exactly as if it had been changed after sealing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from collections import defaultdict
+from datetime import datetime
+
+from crypto.errors import DecryptionFailed
+from crypto.keys import KeyProvider, WrappedKey
+from crypto.objectformat import generate_dek, open_sealed, seal
+from storage.catalog import Catalog, Instructions, ObjectKeyRow
+from storage.errors import NotFound
+from storage.instructions import (
+    REDACTED,
+    SEALED_SECRET_PREFIX,
+    InstructionsDoc,
+    SealedSecret,
+)
+
+__all__ = ["open_secret", "seal_clear_secrets", "seal_secret", "store_instructions"]
+
+log = logging.getLogger(__name__)
+
+# The KEK named in the header of a secret sealed under a DEK that is never stored (a
+# superseded secret of a catalog being sealed): nothing can open it, nothing needs to.
+_DROPPED_KEK = "dropped"
+
+
+async def seal_secret(
+    keys: KeyProvider, tenant: str, secret: str, *, now: datetime
+) -> tuple[SealedSecret, ObjectKeyRow]:
+    """``secret`` sealed under a fresh DEK, and the key row (the DEK wrapped by the tenant's
+    current KEK) that must be stored for it to open; ``KeyUnavailable`` when the tenant's
+    keys were destroyed."""
+    key_id = f"{SEALED_SECRET_PREFIX}{secrets.token_hex(16)}"
+    dek = generate_dek()
+    wrapped = await keys.wrap(tenant, key_id, dek)
+    sealed = _seal(secret, dek, tenant, key_id, wrapped.kek_id, wrapped.kek_version)
+    row = ObjectKeyRow(
+        object_id=key_id,
+        tenant_id=tenant,
+        kek_id=wrapped.kek_id,
+        kek_version=wrapped.kek_version,
+        wrapped_dek=wrapped.blob,
+        created_at=now,
+    )
+    return sealed, row
+
+
+def _seal(
+    secret: str, dek: bytes, tenant: str, key_id: str, kek_id: str, kek_version: int
+) -> SealedSecret:
+    ciphertext = seal(
+        secret.encode(),
+        dek=dek,
+        tenant=tenant,
+        object_id=key_id,
+        kek_id=kek_id,
+        kek_version=kek_version,
+    )
+    return SealedSecret(key_id=key_id, ciphertext=base64.b64encode(ciphertext).decode())
+
+
+def _sealed_and_dropped(tenant: str, secret: str) -> SealedSecret:
+    """``secret`` sealed under a DEK that is forgotten at once: the stored form of a secret
+    that is already superseded (or whose tenant's keys are gone)."""
+    key_id = f"{SEALED_SECRET_PREFIX}{secrets.token_hex(16)}"
+    return _seal(secret, generate_dek(), tenant, key_id, _DROPPED_KEK, 0)
+
+
+async def open_secret(
+    catalog: Catalog, keys: KeyProvider, tenant: str, sealed: SealedSecret
+) -> str:
+    """The secret in clear. ``KeyUnavailable`` when its key row is gone (the secret was
+    replaced since) or the tenant's KEKs were destroyed; ``DecryptionFailed`` when the
+    ciphertext was altered or belongs to another tenant or key."""
+    row = await catalog.keys.get(sealed.key_id, tenant_id=tenant)
+    wrapped = WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
+    dek = await keys.unwrap(tenant, sealed.key_id, wrapped)
+    try:
+        ciphertext = base64.b64decode(sealed.ciphertext, validate=True)
+    except binascii.Error:
+        raise DecryptionFailed("the sealed webhook secret is not base64") from None
+    plaintext = open_sealed(ciphertext, dek=dek, tenant=tenant, object_id=sealed.key_id)
+    return plaintext.decode()
+
+
+async def store_instructions(
+    catalog: Catalog,
+    keys: KeyProvider,
+    tenant: str,
+    document: InstructionsDoc,
+    *,
+    created_by: str,
+    now: datetime,
+) -> Instructions:
+    """Store ``document`` (as PUT) as the tenant's new version, its webhook secret sealed:
+    a new secret under a new key, `REDACTED` keeping the current sealed secret (see
+    ``catalog.instructions.add``, which also shreds the secret the new version drops)."""
+    stored = document.document()
+    secret = document.webhook.secret
+    key = None
+    if isinstance(secret, str) and secret != REDACTED:
+        await catalog.tenants.get(tenant)  # NotFound before a KEK is made for no tenant
+        sealed, key = await seal_secret(keys, tenant, secret, now=now)
+        stored["webhook"] = {**stored["webhook"], "secret": sealed.model_dump()}
+    return await catalog.instructions.add(tenant, stored, created_by, now, secret_key=key)
+
+
+async def seal_clear_secrets(catalog: Catalog, keys: KeyProvider, *, now: datetime) -> int:
+    """Seal every webhook secret a catalog from before sealing holds in clear; returns how
+    many versions were rewritten (0 once done, so running it at every start is cheap).
+
+    Per tenant, the newest version's secret is sealed under a stored key (versions holding
+    the same secret share it); every other secret is superseded and sealed under a key that
+    is never stored, as is every secret of a deleted tenant. Safe against a concurrent PUT
+    or a concurrent run: a version changed since it was read is left alone, and the key is
+    stored only while its version is still the newest."""
+    by_tenant: defaultdict[str, list[Instructions]] = defaultdict(list)
+    for row in await catalog.instructions.clear_secrets():
+        by_tenant[row.tenant_id].append(row)
+    rewritten = 0
+    for tenant, rows in by_tenant.items():
+        latest = await catalog.instructions.latest(tenant)
+        current = latest.version if latest is not None else 0
+        current_secret = next((_clear_secret(row) for row in rows if row.version == current), None)
+        key: ObjectKeyRow | None = None
+        kept: SealedSecret | None = None
+        if current_secret is not None and await _is_live(catalog, tenant):
+            kept, key = await seal_secret(keys, tenant, current_secret, now=now)
+        sealed = {}
+        for row in rows:
+            secret = _clear_secret(row)
+            form = kept if kept is not None and secret == current_secret else None
+            form = form or _sealed_and_dropped(tenant, secret)
+            webhook = {**row.document["webhook"], "secret": form.model_dump()}
+            sealed[row.version] = (row.document, {**row.document, "webhook": webhook})
+        count = await catalog.instructions.seal_clear_secrets(
+            tenant, sealed, current=current, secret_key=key
+        )
+        rewritten += count
+        if count:
+            log.info("sealed the webhook secrets of %d instructions versions of %s", count, tenant)
+    return rewritten
+
+
+def _clear_secret(row: Instructions) -> str:
+    secret = row.document["webhook"]["secret"]
+    if not isinstance(secret, str):  # pragma: no cover - clear_secrets selects strings
+        raise TypeError(f"version {row.version} of {row.tenant_id!r} holds no clear secret")
+    return secret
+
+
+async def _is_live(catalog: Catalog, tenant: str) -> bool:
+    try:
+        await catalog.tenants.get(tenant)
+    except NotFound:
+        return False
+    return True
