@@ -6,7 +6,8 @@ watched: every log record of the test process (at the levels ``serve`` logs at) 
 file a ``callvault`` subprocess wrote its output to are kept, and at the end of the session
 they are searched
 
-* for every secret the run made: the functions that mint them are wrapped for the session
+* for every secret the run made or sealed: the functions that mint tokens, SRTP keys and
+  AudioSocket ids, and the one that seals webhook secrets, are wrapped for the session
   (``remember`` is how a test adds one it chose itself, such as a configured operator
   token), in the forms a secret could be written in (as made, base64, hex);
 * for anything shaped like a token (``cv_`` and 43 URL-safe characters) or an SDES key
@@ -92,6 +93,17 @@ class SecretWatch:
         """``remember`` that returns the secret, for use in an expression."""
         self.remember(kind, secret)
         return secret
+
+    def taking(self, kind: str, use: Callable[..., Any], position: int) -> Any:
+        """``use`` wrapped so that its argument at ``position`` (a secret it is handed, such
+        as a webhook secret it seals) is remembered."""
+
+        @functools.wraps(use)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.remember(kind, args[position])
+            return use(*args, **kwargs)
+
+        return wrapper
 
     def minting(self, kind: str, mint: Callable[..., Any], secret_of: Callable[[Any], Any]) -> Any:
         """``mint`` wrapped so that what it returns is remembered (``secret_of`` picks the
@@ -189,6 +201,7 @@ def install(watch: SecretWatch, *, logger: str = "") -> Callable[[], None]:
     tests, the named ``logger``, cut off from the root's); returns the undo."""
     from gateway import auth, calls
     from gateway.ingest.rtp import SrtpKey
+    from storage import webhooksecret
 
     undo: list[Callable[[], None]] = []
 
@@ -204,6 +217,10 @@ def install(watch: SecretWatch, *, logger: str = "") -> Callable[[], None]:
     wrap(auth, "new_secret", "token", lambda secret: secret)
     wrap(SrtpKey, "generate", "SRTP key", lambda key: key.material)
     wrap(calls, "new_audiosocket_id", "AudioSocket id", lambda id: id)
+    # Every webhook secret the catalog is handed passes through ``_seal`` (positionally).
+    original_seal = webhooksecret._seal
+    webhooksecret._seal = watch.taking("webhook secret", original_seal, 0)
+    undo.append(lambda: setattr(webhooksecret, "_seal", original_seal))
 
     watched = logging.getLogger(logger)
     handler = watch.handler()

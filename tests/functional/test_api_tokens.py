@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.settings import WebhookSettings
+from gateway.settings import Settings, WebhookSettings
 from gateway.state import SERVICES
 from gateway.webhooks import WebhookSender, verify
 from storage.catalog import Catalog
@@ -306,6 +306,14 @@ async def test_the_operators_token_for_a_tenant_with_an_admin_needs_break_glass(
     await mint(gateway, "acme", gateway.operator, role="pbx")
 
 
+@pytest.fixture
+def gateway_settings(gateway_settings: Settings) -> Settings:
+    """The tier's settings, letting webhooks reach this file's plain-http receiver on
+    loopback (a PUT refuses http:// and loopback addresses otherwise)."""
+    webhooks = WebhookSettings(allow_private=True, allow_http=True)
+    return gateway_settings.model_copy(update={"webhooks": webhooks})
+
+
 async def webhooked_tenant(gateway: Gateway, url: str) -> TenantTokens:
     tenant = await gateway.tenant("acme")
     await gateway.instruct(tenant, {"webhook": {"url": url, "secret": SECRET}})
@@ -315,9 +323,10 @@ async def webhooked_tenant(gateway: Gateway, url: str) -> TenantTokens:
 @pytest.fixture
 async def sender(clocked_gateway: Gateway, clock: FakeClock) -> AsyncIterator[WebhookSender]:
     """The webhook sender of the gateway's catalog, allowed to reach the loopback receiver."""
-    settings = WebhookSettings(allow_private=True, timeout=timedelta(seconds=5))
+    settings = WebhookSettings(allow_private=True, allow_http=True, timeout=timedelta(seconds=5))
+    services = clocked_gateway.app[SERVICES]
     sender = WebhookSender(
-        catalog_of(clocked_gateway), settings, clock.now, "test-sender", CollectorRegistry()
+        services.catalog, services.keys, settings, clock.now, "test-sender", CollectorRegistry()
     )
     yield sender
     await sender.close()

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from crypto.keys import LocalKeyring
 from gateway import auth, calls
 from gateway.ingest.rtp import SrtpKey
+from storage import webhooksecret
 from tests.leaks import WATCH, SecretWatch, install
 
+T0 = datetime(2026, 12, 6, tzinfo=UTC)
 LOG = logging.getLogger("callvault.leak-test")
 """The logger these tests leak into on purpose: cut off from the root's, which the session's
 watch searches."""
@@ -69,6 +73,13 @@ def test_a_minted_audiosocket_id_is_a_leak_where_a_call_id_is_not(watch: SecretW
     assert watch.leaks() == []
     LOG.info("call attached with %s", calls.new_audiosocket_id())
     assert [leak.kind for leak in watch.leaks()] == ["AudioSocket id"]
+
+
+async def test_a_sealed_webhook_secret_is_watched_for(watch: SecretWatch, tmp_path: Path) -> None:
+    keys = LocalKeyring.open(tmp_path, b"k" * 32)
+    await webhooksecret.seal_secret(keys, "acme", "a webhook secret of acme", now=T0)
+    LOG.info("delivering with a webhook secret of acme")
+    assert [leak.kind for leak in watch.leaks()] == ["webhook secret"]
 
 
 def test_a_secret_chosen_by_a_test_is_found_even_with_spaces(watch: SecretWatch) -> None:
