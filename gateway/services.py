@@ -24,7 +24,8 @@ from ai.pipeline import Analyzer
 from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import ConfigError
-from crypto.keys import KeyProvider, LocalKeyring, load_master_key
+from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring
+from crypto.masterkey import load_master_key, master_key_source, read_key_file
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
@@ -44,10 +45,22 @@ class Services:
 
 
 def open_keyring(settings: Settings) -> LocalKeyring:
-    """The local keyring, or a ``ConfigError`` naming the setting that is wrong."""
+    """The local keyring, or a ``ConfigError`` naming the setting that is wrong.
+
+    A master key kept in the data dir's file is read again from it when the keyring stops
+    opening with the one in hand (``callvault keys rotate-master`` replaced both), so that
+    running processes go on; one from ``CALLVAULT_MASTER_KEY`` takes a restart."""
     secret = settings.master_key.get_secret_value() if settings.master_key else None
     master_key = load_master_key(secret, settings.data_dir)
-    return LocalKeyring.open(settings.data_dir, master_key)
+    if secret is not None:
+        return LocalKeyring.open(settings.data_dir, master_key)
+    path = settings.data_dir / MASTER_KEY_FILE
+    return LocalKeyring.open(
+        settings.data_dir,
+        master_key,
+        source=master_key_source(path),
+        reload_master=lambda: read_key_file(path),
+    )
 
 
 def open_configured_store(settings: Settings) -> ObjectStore:
