@@ -545,10 +545,11 @@ class LocalKeyring:
         self._seen = _identity(self._path)
 
 
-def admin_lock(data_dir: Path) -> _FileLock:
+def admin_lock(data_dir: Path, *, wait: bool = True) -> _FileLock:
     """Serializes the ``callvault keys`` commands on this host (a rotation and a
-    retirement of the same tenant must not interleave)."""
-    return _FileLock(data_dir / (KEYRING_FILE + ".admin.lock"))
+    retirement of the same tenant must not interleave). ``wait=False``: the ``with``
+    target says whether the lock was free and is now held (else it is not waited for)."""
+    return _FileLock(data_dir / (KEYRING_FILE + ".admin.lock"), wait=wait)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -563,15 +564,24 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 class _FileLock:
     """An exclusive advisory lock across processes on one host (fcntl.flock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wait: bool = True) -> None:
         self._path = path
+        self._wait = wait
         self._fd = -1
+        self._held = False
 
-    def __enter__(self) -> _FileLock:
+    def __enter__(self) -> bool:
+        """Whether the lock is held (always, when waiting for it)."""
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        self._held = True
+        return True
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._held = False
         os.close(self._fd)
