@@ -171,15 +171,20 @@ def add_side(
     keys = {OLD: old_key, NEW: new_key}
     for path, context in contexts(out, sections, plain):
         slot = _get(out, path)
-        sides: dict[str, str] = dict(slot) if isinstance(slot, dict) else {OLD: slot}
-        value = None
+        sides: dict[Side, str] = (
+            {side: slot[side] for side in (OLD, NEW) if side in slot}
+            if isinstance(slot, dict)
+            else {OLD: slot}
+        )
+        if not sides:
+            raise KeyUnavailable(f"keyring value {'/'.join(path)} has no wrap; nothing changed")
         for side, wrap in sides.items():
-            value = _open_slot(keys[side], wrap, context, path, side)  # type: ignore[index]
-        assert value is not None  # noqa: S101 - a slot has at least one side
-        for side in (OLD, NEW):
-            if side not in sides:
-                sides[side] = _wrap(keys[side], value, context)
-        _set(out, path, {OLD: sides[OLD], NEW: sides[NEW]})
+            value = _open_slot(keys[side], wrap, context, path, side)
+        _set(
+            out,
+            path,
+            {side: sides.get(side) or _wrap(keys[side], value, context) for side in (OLD, NEW)},
+        )
     return out
 
 

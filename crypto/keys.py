@@ -265,8 +265,9 @@ class LocalKeyring:
             if self._side is not None:
                 raise ConfigError(
                     self._source,
-                    "a master-key rotation is in progress; finish it "
-                    "(`callvault keys rotate-master --commit`) before retiring KEK versions",
+                    "a master-key rotation is in progress; finish it before retiring KEK "
+                    "versions (`callvault keys rotate-master`, with --commit when the key "
+                    "comes from CALLVAULT_MASTER_KEY)",
                 )
             keys = self._tenants.get(tenant)
             if keys is None:

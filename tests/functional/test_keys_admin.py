@@ -342,16 +342,19 @@ def key_file(path: Path, key: bytes) -> Path:
     return path
 
 
-async def seal_with(data_dir: Path, key: bytes, text: bytes) -> str:
+async def seal_with(data_dir: Path, key: bytes, text: bytes, tenant: str = "acme") -> str:
     async with open_services(Settings(data_dir=data_dir, master_key=b64(key))) as services:
-        if not await services.catalog.tenants.list():
-            await services.catalog.tenants.create("acme", "Acme", "eu", T0)
-        return await put(services.vault, text)
+        if tenant not in [t.id for t in await services.catalog.tenants.list()]:
+            await services.catalog.tenants.create(tenant, tenant.title(), "eu", T0)
+        record = await services.vault.put_object(
+            text, tenant=tenant, kind="transcript", data_class="transcripts", now=T0
+        )
+        return record.id
 
 
-async def read_with(data_dir: Path, key: bytes, object_id: str) -> bytes:
+async def read_with(data_dir: Path, key: bytes, object_id: str, tenant: str = "acme") -> bytes:
     async with open_services(Settings(data_dir=data_dir, master_key=b64(key))) as services:
-        return await services.vault.read_object("acme", object_id)
+        return await services.vault.read_object(tenant, object_id)
 
 
 async def test_rotate_master_with_the_key_from_the_environment(tmp_path: Path) -> None:
@@ -368,17 +371,28 @@ async def test_rotate_master_with_the_key_from_the_environment(tmp_path: Path) -
     assert "phase one done" in phase_one.stdout and "--commit" in phase_one.stdout
     for key in (old, new):  # either key opens it until the commit
         assert await read_with(data_dir, key, object_id) == b"sealed under the old master key"
-    # A process restarted with the new key seals under it before the commit.
+    # A process restarted with the new key seals under it before the commit; one still on
+    # the old key makes a new tenant's KEK, under the old key only.
     later = await seal_with(data_dir, new, b"sealed between the phases")
+    globex = await seal_with(data_dir, old, b"a tenant made by the old key", tenant="globex")
 
     commit = callvault(
         "--data-dir", str(data_dir), "keys", "rotate-master", "--commit",
         env=clean_env(CALLVAULT_MASTER_KEY=b64(new)),
     )  # fmt: skip
+    assert commit.returncode == 2
+    assert commit.stderr.startswith("callvault: --old-key-file: 1 value(s) of the keyring")
+    assert await read_with(data_dir, old, globex, "globex") == b"a tenant made by the old key"
+    old_file = key_file(tmp_path / "old.key", old)
+    commit = callvault(
+        "--data-dir", str(data_dir), "keys", "rotate-master", "--commit",
+        "--old-key-file", str(old_file), env=clean_env(CALLVAULT_MASTER_KEY=b64(new)),
+    )  # fmt: skip
     assert commit.returncode == 0, commit.stderr
     assert "committed" in commit.stdout
     assert await read_with(data_dir, new, object_id) == b"sealed under the old master key"
     assert await read_with(data_dir, new, later) == b"sealed between the phases"
+    assert await read_with(data_dir, new, globex, "globex") == b"a tenant made by the old key"
     refused = callvault(
         "--data-dir", str(data_dir), "keys", "retire",
         env=clean_env(CALLVAULT_MASTER_KEY=b64(old)),
@@ -422,6 +436,25 @@ async def test_rotate_master_in_one_go_with_a_generated_key_or_one_on_stdin(
     )  # fmt: skip
     assert piped.returncode == 0, piped.stderr
     assert await read_with(data_dir, newest, object_id) == b"kept"
+
+
+async def test_abort_drops_the_new_key_and_keeps_the_old(tmp_path: Path) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    data_dir = tmp_path / "var"
+    object_id = await seal_with(data_dir, old, b"kept")
+    new_file = key_file(tmp_path / "new.key", new)
+    env = clean_env(CALLVAULT_MASTER_KEY=b64(old))
+    args = ("--data-dir", str(data_dir), "keys", "rotate-master")
+    assert callvault(*args, "--new-key-file", str(new_file), env=env).returncode == 0
+    aborted = callvault(*args, "--abort", env=env)
+    assert aborted.returncode == 0, aborted.stderr
+    assert "abandoned" in aborted.stdout
+    assert await read_with(data_dir, old, object_id) == b"kept"
+    with pytest.raises(ConfigError, match="not the master key"):
+        await read_with(data_dir, new, object_id)
+    again = callvault(*args, "--commit", env=env)
+    assert again.returncode == 2
+    assert "no master-key rotation is in progress" in again.stderr
 
 
 def test_the_key_file_rotation_takes_no_key_from_outside(tmp_path: Path) -> None:
