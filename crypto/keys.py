@@ -458,6 +458,9 @@ class LocalKeyring:
             doc = orjson.loads(self._path.read_bytes())
             if doc.get("format") != _KEYRING_FORMAT:
                 raise ValueError(f"unknown keyring format {doc.get('format')!r}")
+            missing = {"check", "tenants"} - set(doc)
+            if missing:
+                raise ValueError(f"no {' or '.join(sorted(missing))}")
             keyfile.slots(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
