@@ -4,8 +4,13 @@ Callers see only the ``KeyProvider`` protocol, so a KMS or Vault-transit provide
 replace the local keyring without touching them. The local keyring keeps each tenant's KEK
 versions in one JSON file in the data dir, every KEK wrapped by the master key, and is
 shared safely by several processes on one host (``serve``, ``worker``, ``keys rotate``):
-writes take an exclusive file lock and replace the file atomically, and a reader that meets
-a KEK version it does not know reloads the file once before giving up.
+writes take an exclusive file lock and replace the file atomically, and a process reloads
+the file whenever another one replaced it.
+
+The master key itself can be rotated while processes run (``begin_master_rotation``,
+``finish_master_rotation``; ``crypto.keyfile`` explains the two phases that keep it
+crash-safe), and KEK versions that no stored wrap references any more can be retired
+(``retire_unused``).
 
 Destroying a tenant's KEKs makes every DEK of that tenant unwrappable, and so every object
 of the tenant unreadable, wherever copies of the objects or of the catalog remain.
@@ -17,23 +22,27 @@ import asyncio
 import base64
 import binascii
 import fcntl
+import logging
 import os
 import secrets
-import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from crypto import keyfile
 from crypto.errors import ConfigError, DecryptionFailed, KeyUnavailable
+from crypto.keyfile import NEW, OLD, Side, SlotPath, SlotWalker
 from crypto.objectformat import DEK_SIZE, unwrap_key, wrap_key
+
+log = logging.getLogger(__name__)
 
 MASTER_KEY_SETTING = "CALLVAULT_MASTER_KEY"
 MASTER_KEY_FILE = "master.key"
 KEYRING_FILE = "keyring.json"
 _KEYRING_FORMAT = 1
-_CHECK_PLAINTEXT = b"callvault keyring check value v1"[:DEK_SIZE].ljust(DEK_SIZE, b"\0")
 
 
 @dataclass(frozen=True)
@@ -78,45 +87,29 @@ def _kek_context(tenant: str, kek_id: str, version: int) -> bytes:
     return f"callvault/kek/v1|{tenant}|{kek_id}|{version}".encode()
 
 
-def decode_master_key(value: str, *, source: str = MASTER_KEY_SETTING) -> bytes:
-    """Decode a base64 master key, or refuse with a sentence naming ``source``."""
-    try:
-        key = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(source, "is not valid base64; it must encode exactly 32 bytes") from None
-    if len(key) != DEK_SIZE:
-        raise ConfigError(
-            source, f"must be the base64 encoding of exactly 32 bytes, not {len(key)} bytes"
-        )
-    return key
+def _tenant_keks(section: dict[str, Any]) -> list[tuple[SlotPath, bytes]]:
+    """``tenants``: ``{tenant: {"kek_id", "current", "versions": {version: wrap}}}``."""
+    return [
+        ((tenant, "versions", version), _kek_context(tenant, entry["kek_id"], int(version)))
+        for tenant, entry in section.items()
+        for version in entry["versions"]
+    ]
 
 
-def load_master_key(value: str | None, data_dir: Path) -> bytes:
-    """The master key from the setting, else from (or into) a 0600 file in the data dir.
+WRAPPED_SECTIONS: dict[str, SlotWalker] = {
+    "check": keyfile.one(keyfile.CHECK_CONTEXT),
+    "tenants": _tenant_keks,
+    # Each further top-level section of keyring.json holding values wrapped by the master
+    # key is one line here, naming where its values sit and their AAD context, e.g.
+    #   "audit_keys": keyfile.per_name(audit_key_context),   # {tenant: wrap}
+    #   "signing_key": keyfile.one(SIGNING_KEY_CONTEXT),     # one wrap
+    # so that a master-key rotation re-wraps them and writers keep both sides of them.
+}
+"""Where keyring.json keeps values wrapped by the master key, section by section."""
 
-    The file is created on first start with a fresh random key. An existing file that
-    others can read is refused: the master key unlocks every tenant's keys.
-    """
-    if value is not None:
-        return decode_master_key(value)
-    path = data_dir / MASTER_KEY_FILE
-    source = f"master key file {path}"
-    if not path.exists():
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        encoded = base64.b64encode(secrets.token_bytes(DEK_SIZE)) + b"\n"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first; read theirs below
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encoded)
-                f.flush()
-                os.fsync(f.fileno())
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(source, f"has mode {mode:o}; it must be readable by its owner only (600)")
-    return decode_master_key(path.read_text(), source=source)
+PLAIN_SECTIONS = frozenset({"format", "destroyed"})
+"""The top-level sections of keyring.json that hold no secret. Any other section must be
+in ``WRAPPED_SECTIONS``, or the keyring refuses to open."""
 
 
 @dataclass
@@ -126,28 +119,76 @@ class _TenantKeys:
     versions: dict[int, bytes]  # version -> KEK wrapped by the master key
 
 
+@dataclass(frozen=True)
+class RetiredVersions:
+    """What ``retire_unused`` did to one tenant's KEK."""
+
+    kek_id: str
+    retired: tuple[int, ...]
+    kept: tuple[int, ...]
+
+
+InUse = Callable[[], Awaitable[set[tuple[str, int]]]]
+"""The ``(kek_id, kek_version)`` pairs that stored wraps reference now (the key table)."""
+
+
+@runtime_checkable
+class RetiresKekVersions(Protocol):
+    """A key provider that can retire the KEK versions nothing uses any more."""
+
+    async def retire_unused(self, tenant: str, in_use: InUse) -> RetiredVersions | None:
+        """Remove every non-current KEK version of the tenant that ``in_use`` does not
+        name; ``None`` when the tenant has no keys."""
+
+
 class LocalKeyring:
     """A ``KeyProvider`` backed by a JSON keyring file wrapped by the master key."""
 
-    def __init__(self, path: Path, master_key: bytes) -> None:
+    def __init__(
+        self,
+        path: Path,
+        master_key: bytes,
+        *,
+        source: str = MASTER_KEY_SETTING,
+        reload_master: Callable[[], bytes] | None = None,
+    ) -> None:
+        """``source`` names the master key in errors (the setting, or its file);
+        ``reload_master`` reads it again (from its file) when the keyring no longer opens
+        with the one in hand because it was rotated meanwhile."""
         if len(master_key) != DEK_SIZE:
             raise ValueError("the master key is 32 bytes")
         self._path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._master = master_key
+        self._source = source
+        self._reload_master = reload_master
         self._tenants: dict[str, _TenantKeys] = {}
         self._destroyed: set[str] = set()
         """Tenants whose keys were destroyed: they never get a KEK again (a deleted tenant's
         id stays taken, so nothing new can be sealed for it by a worker that was busy)."""
+        self._check = ""
+        self._doc: dict[str, Any] = {}
+        """The file as last read, with both sides of a master-key rotation in progress."""
+        self._side: Side | None = None
+        """The side of a rotation in progress that this process's master key opens."""
         self._kek_cache: dict[tuple[str, int], bytes] = {}
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) last loaded
 
     @classmethod
-    def open(cls, data_dir: Path, master_key: bytes) -> LocalKeyring:
+    def open(
+        cls,
+        data_dir: Path,
+        master_key: bytes,
+        *,
+        source: str = MASTER_KEY_SETTING,
+        reload_master: Callable[[], bytes] | None = None,
+    ) -> LocalKeyring:
         """Open (or create) the keyring in ``data_dir``; refuse a master key that does not
         open it, naming the setting, so a wrong key stops the process at start."""
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keyring = cls(data_dir / KEYRING_FILE, master_key)
+        keyring = cls(
+            data_dir / KEYRING_FILE, master_key, source=source, reload_master=reload_master
+        )
         with keyring._locked():
             keyring._load(create=True)
         return keyring
@@ -171,7 +212,7 @@ class LocalKeyring:
         if keys.kek_id != wrapped.kek_id or wrapped.kek_version not in keys.versions:
             raise KeyUnavailable(
                 f"KEK {wrapped.kek_id} version {wrapped.kek_version} of tenant {tenant!r} "
-                "is unknown or destroyed"
+                "is unknown, retired or destroyed"
             )
         kek = self._kek(tenant, keys, wrapped.kek_version)
         context = dek_context(tenant, object_id, wrapped.kek_id, wrapped.kek_version)
@@ -188,6 +229,146 @@ class LocalKeyring:
 
     async def destroy_tenant(self, tenant: str) -> None:
         await asyncio.to_thread(self._destroy, tenant)
+
+    # -- KEK retirement ---------------------------------------------------------------------
+
+    async def retire_unused(self, tenant: str, in_use: InUse) -> RetiredVersions | None:
+        """Remove the tenant's non-current KEK versions that no stored wrap references.
+
+        A process with a stale view of the keyring may have wrapped a DEK under a version
+        that was current a moment ago, and its key row may land after ``in_use`` was read.
+        So the references are read again after the removal, and a version that gained one
+        is put back; a row that lands later still is caught by the writer, which checks
+        that its wrap opens after storing it (``MediaVault.create_object``). The versions
+        are chosen under the keyring lock from the file as it is then: the current version
+        is never removed."""
+        referenced = await in_use()
+        removed = await asyncio.to_thread(self._remove_versions, tenant, referenced)
+        if removed is None:
+            return None
+        kek_id, gone = removed
+        back: dict[int, bytes] = {}
+        if gone:
+            again = await in_use()
+            back = {v: wrap for v, wrap in gone.items() if (kek_id, v) in again}
+            if back:
+                await asyncio.to_thread(self._reinstate, tenant, kek_id, back)
+        keys = self._tenants.get(tenant)
+        kept = tuple(sorted(keys.versions)) if keys is not None else ()
+        return RetiredVersions(kek_id, tuple(sorted(set(gone) - set(back))), kept)
+
+    def _remove_versions(
+        self, tenant: str, referenced: set[tuple[str, int]]
+    ) -> tuple[str, dict[int, bytes]] | None:
+        with self._locked():
+            self._load()
+            if self._side is not None:
+                raise ConfigError(
+                    self._source,
+                    "a master-key rotation is in progress; finish it before retiring KEK "
+                    "versions (`callvault keys rotate-master`, with --commit when the key "
+                    "comes from CALLVAULT_MASTER_KEY)",
+                )
+            keys = self._tenants.get(tenant)
+            if keys is None:
+                return None
+            gone = {
+                version: wrap
+                for version, wrap in keys.versions.items()
+                if version != keys.current and (keys.kek_id, version) not in referenced
+            }
+            if gone:
+                for version in gone:
+                    del keys.versions[version]
+                    self._kek_cache.pop((tenant, version), None)
+                self._save()
+            return keys.kek_id, gone
+
+    def _reinstate(self, tenant: str, kek_id: str, versions: dict[int, bytes]) -> None:
+        with self._locked():
+            self._load()
+            keys = self._tenants.get(tenant)
+            if keys is None or keys.kek_id != kek_id:
+                return  # destroyed meanwhile: nothing to put back
+            keys.versions.update(versions)
+            self._save()
+
+    # -- master-key rotation (blocking; the CLI runs these) ----------------------------------
+
+    @property
+    def rotation_side(self) -> Side | None:
+        """The side of a master-key rotation in progress that this keyring's key opens
+        (``"old"`` or ``"new"``), or ``None`` when none is in progress."""
+        return self._side
+
+    def begin_master_rotation(self, new_key: bytes, *, new_source: str = "new master key") -> int:
+        """Phase one: every value of the file wrapped under both the current and the new
+        master key, so that either opens it (processes running with the old key go on).
+        Run again, it completes a rotation in progress to the same key. Returns how many
+        values the file holds."""
+        if len(new_key) != DEK_SIZE:
+            raise ValueError("the master key is 32 bytes")
+        with self._locked():
+            self._load()
+            if self._side == NEW:
+                raise ConfigError(
+                    self._source,
+                    "is already the new key of the master-key rotation in progress; "
+                    "finish it (--commit) instead",
+                )
+            if new_key == self._master:
+                raise ConfigError(new_source, "is the current master key, not a new one")
+            try:
+                doc = keyfile.add_side(
+                    self._doc, self._master, new_key, WRAPPED_SECTIONS, PLAIN_SECTIONS
+                )
+            except DecryptionFailed:
+                raise ConfigError(
+                    new_source,
+                    "is not the key of the master-key rotation already in progress; "
+                    "finish that one (--commit) or abandon it (--abort) first",
+                ) from None
+            self._write(doc)
+            self._load()
+            return len(keyfile.slots(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS))
+
+    def finish_master_rotation(
+        self,
+        keep: Side,
+        other_key: bytes | None = None,
+        *,
+        other_source: str = "the other master key",
+    ) -> int:
+        """Phase two: only the ``keep`` side stays (``"new"``: commit; ``"old"``: abort).
+
+        This keyring's key opens one side; ``other_key`` opens the other (needed when this
+        key is not the kept one, and to re-wrap values that gained one side only since
+        phase one). Every kept wrap is checked to open first, so a wrong key leaves the
+        file as it was. Afterwards this keyring holds the kept key. Returns how many values
+        the file holds."""
+        with self._locked():
+            self._load()
+            if self._side is None:
+                raise ConfigError(self._source, "opens a keyring with no rotation in progress")
+            keys: dict[Side, bytes] = {self._side: self._master}
+            other: Side = NEW if self._side == OLD else OLD
+            if other_key is not None and other_key != self._master:
+                try:
+                    opens = keyfile.side_of(self._doc, other_key) == other
+                except DecryptionFailed:
+                    opens = False
+                if not opens:
+                    raise ConfigError(
+                        other_source, f"does not open the {other} side of the rotation"
+                    )
+                keys[other] = other_key
+            if keep not in keys:
+                raise ConfigError(other_source, f"is needed: it is the {keep} key, the one kept")
+            doc, count = keyfile.keep_side(self._doc, keep, keys, WRAPPED_SECTIONS, PLAIN_SECTIONS)
+            self._master = keys[keep]
+            self._write(doc)
+            self._load()
+            return count
 
     # -- file handling (blocking; called in threads) ---------------------------------------
 
@@ -270,48 +451,82 @@ class LocalKeyring:
         if not self._path.exists():
             if not create:
                 raise ConfigError(f"keyring {self._path}", "has disappeared")
-            self._tenants = {}
+            self._tenants, self._destroyed, self._doc, self._side = {}, set(), {}, None
+            self._check = keyfile.new_check(self._master)
             self._save()
         try:
             doc = orjson.loads(self._path.read_bytes())
-            check = base64.b64decode(doc["check"])
+            if doc.get("format") != _KEYRING_FORMAT:
+                raise ValueError(f"unknown keyring format {doc.get('format')!r}")
+            missing = {"check", "tenants"} - set(doc)
+            if missing:
+                raise ValueError(f"no {' or '.join(sorted(missing))}")
+            keyfile.slots(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
+        side = self._open_side(doc)
+        view = keyfile.select(doc, side, WRAPPED_SECTIONS, PLAIN_SECTIONS)
+        try:
             tenants = {
                 name: _TenantKeys(
                     kek_id=entry["kek_id"],
                     current=int(entry["current"]),
                     versions={int(v): base64.b64decode(w) for v, w in entry["versions"].items()},
                 )
-                for name, entry in doc["tenants"].items()
+                for name, entry in view["tenants"].items()
             }
-            destroyed = {str(name) for name in doc.get("destroyed", [])}
-            if doc.get("format") != _KEYRING_FORMAT:
-                raise ValueError(f"unknown keyring format {doc.get('format')!r}")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as e:
+            destroyed = {str(name) for name in view.get("destroyed", [])}
+        except (KeyError, TypeError, ValueError, binascii.Error) as e:
             raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
-        try:
-            unwrap_key(self._master, check, context=b"callvault/keyring/check")
-        except DecryptionFailed:
-            raise ConfigError(
-                MASTER_KEY_SETTING,
-                f"does not open the keyring {self._path}: this is not the master key it was "
-                "made with",
-            ) from None
+        self._doc = doc
+        self._side = side
+        self._check = view["check"]
         self._tenants = tenants
         self._destroyed = destroyed
         self._seen = _identity(self._path)
-        # Forget unwrapped KEKs whose versions are gone from the file (destroyed tenants).
+        # Forget unwrapped KEKs whose versions are gone from the file (destroyed tenants,
+        # retired versions).
         self._kek_cache = {
             (name, version): kek
             for (name, version), kek in self._kek_cache.items()
             if name in tenants and version in tenants[name].versions
         }
 
+    def _open_side(self, doc: dict[str, Any]) -> Side | None:
+        """The side of the file this keyring's master key opens. When it opens none and the
+        key came from a file, the file is read again: ``keys rotate-master`` may have
+        replaced it, and this process then goes on with the new key without a restart."""
+        try:
+            return keyfile.side_of(doc, self._master)
+        except (DecryptionFailed, binascii.Error):
+            pass
+        if self._reload_master is not None:
+            key = self._reload_master()
+            if key != self._master:
+                try:
+                    side = keyfile.side_of(doc, key)
+                except (DecryptionFailed, binascii.Error):
+                    pass
+                else:
+                    self._master = key
+                    log.warning(
+                        "keyring %s: the master key was rotated; this process now holds the "
+                        "new one (read again from %s)",
+                        self._path,
+                        self._source,
+                    )
+                    return side
+        raise ConfigError(
+            self._source,
+            f"does not open the keyring {self._path}: this is not the master key that wraps "
+            "it (a wrong key, or the old key of a rotation by `callvault keys rotate-master` "
+            "since committed); give the current one, and restart processes that hold the old",
+        )
+
     def _save(self) -> None:
         doc = {
             "format": _KEYRING_FORMAT,
-            "check": base64.b64encode(
-                wrap_key(self._master, _CHECK_PLAINTEXT, context=b"callvault/keyring/check")
-            ).decode(),
+            "check": self._check,
             "tenants": {
                 name: {
                     "kek_id": keys.kek_id,
@@ -324,19 +539,21 @@ class LocalKeyring:
             },
             "destroyed": sorted(self._destroyed),
         }
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        # During a master-key rotation, values this process did not change keep the wrap
+        # of the other key too (``crypto.keyfile.merge``).
+        self._write(keyfile.merge(doc, self._doc, self._side, WRAPPED_SECTIONS, PLAIN_SECTIONS))
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        keyfile.write_file(self._path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        self._doc = doc
         self._seen = _identity(self._path)
-        dir_fd = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+
+
+def admin_lock(data_dir: Path, *, wait: bool = True) -> _FileLock:
+    """Serializes the ``callvault keys`` commands on this host (a rotation and a
+    retirement of the same tenant must not interleave). ``wait=False``: the ``with``
+    target says whether the lock was free and is now held (else it is not waited for)."""
+    return _FileLock(data_dir / (KEYRING_FILE + ".admin.lock"), wait=wait)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -351,15 +568,24 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 class _FileLock:
     """An exclusive advisory lock across processes on one host (fcntl.flock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wait: bool = True) -> None:
         self._path = path
+        self._wait = wait
         self._fd = -1
+        self._held = False
 
-    def __enter__(self) -> _FileLock:
+    def __enter__(self) -> bool:
+        """Whether the lock is held (always, when waiting for it)."""
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        self._held = True
+        return True
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._held = False
         os.close(self._fd)

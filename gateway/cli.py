@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from crypto.errors import CallvaultError, ConfigError
+from gateway.keyadmin import add_key_commands, run_key_command, warn_about_master_key
 from gateway.logs import ACCESS, AccessLogger, configure_logging
 from gateway.settings import Settings
 from storage.catalog import Role
@@ -45,12 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run one AI worker process (transcription and analysis jobs from the catalog)",
     )
 
-    keys = commands.add_parser("keys", help="manage tenants' key-encryption keys")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    rotate = key_commands.add_parser(
-        "rotate", help="add a KEK version and re-wrap every DEK of the tenant"
-    )
-    rotate.add_argument("--tenant", required=True, help="tenant id")
+    add_key_commands(commands)
 
     audit = commands.add_parser("audit", help="check a tenant's hash-chained audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -333,22 +329,13 @@ async def _retention_sweep(settings: Settings) -> int:
     return 0
 
 
-async def _rotate(settings: Settings, tenant: str) -> None:
-    from gateway.services import open_services
-
-    async with open_services(settings) as services:
-        report = await services.vault.rotate_tenant_keys(tenant, actor="cli", now=datetime.now(UTC))
-    print(
-        f"tenant {tenant}: KEK {report.kek_id} is now at version {report.kek_version}; "
-        f"{report.rewrapped} DEK(s) re-wrapped, no object rewritten"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(json_lines=args.command in ("serve", "worker"))
     try:
         settings = build_settings(args)
+        if args.command in ("serve", "worker"):
+            warn_about_master_key(settings)
         if args.command == "serve":
             _serve(settings)
         elif args.command == "worker":
@@ -358,8 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_verify_audit(settings, args.tenant))
         elif args.command == "retention" and args.retention_command == "sweep":
             return asyncio.run(_retention_sweep(settings))
-        elif args.command == "keys" and args.keys_command == "rotate":
-            asyncio.run(_rotate(settings, args.tenant))
+        elif args.command == "keys":
+            return run_key_command(settings, args)
         elif args.command == "token" and args.mint_command == "create":
             asyncio.run(_mint(settings, args))
         elif args.command == "token" and args.mint_command == "revoke":

@@ -9,6 +9,7 @@ master key) and the media vault that ties them together.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
 import socket
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +26,9 @@ from ai.pipeline import Analyzer
 from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import ConfigError
-from crypto.keys import KeyProvider, LocalKeyring, load_master_key
+from crypto.keyfile import NEW
+from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
+from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
@@ -34,6 +38,8 @@ from storage.store import ObjectStore
 from storage.stores import open_store
 from storage.vault import MediaVault
 from storage.webhooksecret import seal_clear_secrets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,36 @@ class Services:
 
 
 def open_keyring(settings: Settings) -> LocalKeyring:
-    """The local keyring, or a ``ConfigError`` naming the setting that is wrong."""
+    """The local keyring, or a ``ConfigError`` naming the setting that is wrong.
+
+    A master key kept in the data dir's file is read again from it when the keyring stops
+    opening with the one in hand (``callvault keys rotate-master`` replaced both), so that
+    running processes go on; one from ``CALLVAULT_MASTER_KEY`` takes a restart. A rotation
+    of the file's key that stopped after the new key reached the file is finished here."""
     secret = settings.master_key.get_secret_value() if settings.master_key else None
     master_key = load_master_key(secret, settings.data_dir)
-    return LocalKeyring.open(settings.data_dir, master_key)
+    if secret is not None:
+        return LocalKeyring.open(settings.data_dir, master_key)
+    path = settings.data_dir / MASTER_KEY_FILE
+    keyring = LocalKeyring.open(
+        settings.data_dir,
+        master_key,
+        source=master_key_source(path),
+        reload_master=lambda: read_key_file(path),
+    )
+    if keyring.rotation_side == NEW:
+        _finish_file_rotation(settings.data_dir)
+    return keyring
+
+
+def _finish_file_rotation(data_dir: Path) -> None:
+    """The file holds the new key, the keyring both: drop the old wraps now (values that
+    processes with the old key added are re-wrapped from ``master.key.old``), unless a key
+    command is running: the rotation is its business then."""
+    with admin_lock(data_dir, wait=False) as free:
+        if free:
+            KeyFileRotation(data_dir).run()
+            log.warning("finished the master-key rotation of %s that had stopped", data_dir)
 
 
 def open_configured_store(settings: Settings) -> ObjectStore:

@@ -13,7 +13,8 @@ the promises:
   row is marked deleted. A crash between steps leaves an object nobody can open, and
   running ``shred_object`` again finishes the job.
 * **Rotation**: a new KEK version, then every DEK row of the tenant re-wrapped in place;
-  objects are never rewritten.
+  objects are never rewritten. **Retirement** then removes the KEK versions that no DEK row
+  references any more (``retire_unused_keks``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crypto.errors import CallvaultError, DecryptionFailed, KeyUnavailable
-from crypto.keys import KeyProvider, WrappedKey
+from crypto.keys import KeyProvider, RetiredVersions, RetiresKekVersions, WrappedKey
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
@@ -39,6 +40,7 @@ from storage.store import ObjectStore, ObjectUpload, check_key
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
+_REGISTER_TRIES = 3
 
 
 class VaultMetrics:
@@ -203,28 +205,35 @@ class MediaVault:
 
         ``spooled``: the sealed bytes go to the local spool, durable at every ``flush``, and
         reach the store at ``commit`` (live audio; see ``storage.spool``)."""
-        object_id = secrets.token_hex(16)
-        store_key = self.store_key(tenant, object_id)
-        dek = generate_dek()
-        wrapped = await self.keys.wrap(tenant, object_id, dek)
-        record = await self.catalog.objects.add(
-            object_id=object_id,
-            tenant_id=tenant,
-            recording_id=recording_id,
-            kind=kind,
-            track=track,
-            data_class=data_class,
-            store_key=store_key,
-            key=ObjectKeyRow(
+        for _ in range(_REGISTER_TRIES):
+            object_id = secrets.token_hex(16)
+            dek = generate_dek()
+            store_key = self.store_key(tenant, object_id)
+            wrapped = await self.keys.wrap(tenant, object_id, dek)
+            record = await self.catalog.objects.add(
                 object_id=object_id,
                 tenant_id=tenant,
-                kek_id=wrapped.kek_id,
-                kek_version=wrapped.kek_version,
-                wrapped_dek=wrapped.blob,
-                created_at=now,
-            ),
-            now=now,
-        )
+                recording_id=recording_id,
+                kind=kind,
+                track=track,
+                data_class=data_class,
+                store_key=store_key,
+                key=ObjectKeyRow(
+                    object_id=object_id,
+                    tenant_id=tenant,
+                    kek_id=wrapped.kek_id,
+                    kek_version=wrapped.kek_version,
+                    wrapped_dek=wrapped.blob,
+                    created_at=now,
+                ),
+                now=now,
+            )
+            if await self._wrap_still_opens(tenant, object_id, wrapped, now=now):
+                break
+        else:
+            raise KeyUnavailable(
+                f"the KEK of tenant {tenant!r} kept changing while an object was created"
+            )
         writer = ObjectWriter(
             dek=dek,
             tenant=tenant,
@@ -346,6 +355,35 @@ class MediaVault:
         )
         return RotationReport(tenant, target.kek_id, target.kek_version, rewrapped)
 
+    async def retire_unused_keks(
+        self, tenant: str, *, actor: str, now: datetime
+    ) -> RetiredVersions | None:
+        """Remove the tenant's KEK versions that are not current and that no DEK row
+        references (after ``rotate_tenant_keys``, the versions it re-wrapped away from), and
+        audit what went (``keys.retired``). ``None`` when the tenant has no keys yet.
+
+        A retired version is gone from the keyring: a copy of the catalog or of a backup
+        holding a DEK wrapped under it no longer opens with the current keyring."""
+        await self.catalog.tenants.get(tenant)  # NotFound for an unknown or deleted tenant
+        keys = self.keys
+        if not isinstance(keys, RetiresKekVersions):
+            raise KeyUnavailable("this key provider cannot retire KEK versions")
+
+        async def in_use() -> set[tuple[str, int]]:
+            return set(await self.catalog.keys.versions_in_use(tenant))
+
+        retired = await keys.retire_unused(tenant, in_use)
+        if retired is not None and retired.retired:
+            await self.catalog.audit.append(
+                tenant,
+                actor=actor,
+                action="keys.retired",
+                object=retired.kek_id,
+                detail={"kek_versions": list(retired.retired)},
+                now=now,
+            )
+        return retired
+
     async def recover_spooled(self, *, now: datetime) -> list[StoredObject]:
         """Publish what crashed or failed uploads left in the spool (not the live ones).
 
@@ -411,5 +449,39 @@ class MediaVault:
 
     async def _unwrap(self, tenant: str, object_id: str) -> bytes:
         row = await self.catalog.keys.get(object_id, tenant_id=tenant)
-        wrapped = WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
-        return await self.keys.unwrap(tenant, object_id, wrapped)
+        try:
+            return await self.keys.unwrap(tenant, object_id, _wrapped(row))
+        except KeyUnavailable:
+            # ``keys rotate`` may have re-wrapped the row, and ``keys retire`` removed the
+            # version it was read under, between the read and the unwrap: read it again.
+            again = await self.catalog.keys.get(object_id, tenant_id=tenant)
+            if _wrapped(again) == _wrapped(row):
+                raise
+            return await self.keys.unwrap(tenant, object_id, _wrapped(again))
+
+    async def _wrap_still_opens(
+        self, tenant: str, object_id: str, wrapped: WrappedKey, *, now: datetime
+    ) -> bool:
+        """Whether a wrap whose key row was just stored still opens; if not, the object is
+        shredded and the caller makes another.
+
+        ``keys retire`` removes the versions no key row references, then counts again and
+        puts back a version that gained a row meanwhile. A process with a stale view of the
+        keyring may wrap under a version that was current a moment ago, and its row may
+        land after that second count; checking here, after the row is stored, catches it.
+        Only providers that retire versions need it."""
+        if not isinstance(self.keys, RetiresKekVersions):
+            return True
+        try:
+            await self.keys.unwrap(tenant, object_id, wrapped)
+        except KeyUnavailable:
+            log.warning(
+                "object %s of tenant %s: its KEK version was retired; re-made", object_id, tenant
+            )
+            await self.shred_object(tenant, object_id, now=now)
+            return False
+        return True
+
+
+def _wrapped(row: ObjectKeyRow) -> WrappedKey:
+    return WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)

@@ -266,6 +266,19 @@ class Keys:
                     done += result.rowcount
             after = rows[-1].object_id
 
+    async def versions_in_use(self, tenant_id: str) -> dict[tuple[str, int], int]:
+        """How many key rows of the tenant each ``(kek_id, kek_version)`` wraps, counted in
+        one statement (what ``keys retire`` must keep). Rows of objects still being
+        written count: their DEK is wrapped already."""
+        stmt = (
+            sa.select(object_keys.c.kek_id, object_keys.c.kek_version, sa.func.count())
+            .where(object_keys.c.tenant_id == tenant_id)
+            .group_by(object_keys.c.kek_id, object_keys.c.kek_version)
+        )
+        async with self._core.transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {(kek_id, int(version)): int(count) for kek_id, version, count in rows}
+
     async def list(self, tenant_id: str, *, page_size: int = 500) -> AsyncIterator[ObjectKeyRow]:
         """Every key row of the tenant by object id, read a page per transaction (no
         connection is held while the caller works on a page)."""

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from crypto.errors import ConfigError, KeyUnavailable
-from crypto.keys import (
-    KEYRING_FILE,
-    MASTER_KEY_FILE,
-    LocalKeyring,
-    WrappedKey,
-    decode_master_key,
-    load_master_key,
-)
+from crypto.keys import KEYRING_FILE, MASTER_KEY_FILE, LocalKeyring, WrappedKey
+from crypto.masterkey import decode_master_key, load_master_key
 from crypto.objectformat import generate_dek
 
 MASTER = bytes(range(32))
