@@ -131,6 +131,7 @@ def _serve(settings: Settings) -> None:
 
     check_exposure(settings.http)  # no plaintext beyond loopback unless TLS is offloaded
     tls = ServerTls(settings.http) if settings.http.tls else None
+    warn_about_master_key(settings)  # only for a gateway that will start
     open_keyring(settings)  # refuse a wrong master key before binding any port
     if settings.ai.workers:
         _check_model(settings)
@@ -334,11 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(json_lines=args.command in ("serve", "worker"))
     try:
         settings = build_settings(args)
-        if args.command in ("serve", "worker"):
-            warn_about_master_key(settings)
         if args.command == "serve":
             _serve(settings)
         elif args.command == "worker":
+            warn_about_master_key(settings)
             _check_model(settings)
             asyncio.run(_work(settings))
         elif args.command == "audit" and args.audit_command == "verify":
