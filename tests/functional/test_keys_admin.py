@@ -19,6 +19,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from crypto.errors import ConfigError
 from crypto.keyfile import in_rotation
@@ -33,9 +35,12 @@ from crypto.masterkey import (
 from gateway.keyadmin import warn_about_master_key
 from gateway.services import open_services
 from gateway.settings import Settings
-from storage.catalog import Catalog
+from storage.catalog import Catalog, async_database_url
+from storage.catalog.schema import instructions
 from storage.filestore import FileStore
+from storage.instructions import SealedSecret, parse_instructions, parse_stored_instructions
 from storage.vault import MediaVault
+from storage.webhooksecret import open_secret, seal_clear_secrets, store_instructions
 from tests.gateway import ULAW, Gateway, bearer, read_wav, record_call
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -245,6 +250,68 @@ async def test_a_read_racing_rotation_and_retirement_reads_the_key_row_again(
     reader.operator = operator(parts)
     assert await vault.read_object("acme", object_id) == b"read during maintenance"
     assert await kek_version(parts, object_id) == 2
+
+
+# --- the same races for a webhook secret (its DEK is a row of the key table too) -----------
+
+SECRET = "whsec-" + "s" * 32
+
+
+async def test_a_secret_sealed_while_its_version_is_retired_still_opens(parts: Parts) -> None:
+    """The PUT wraps the secret's DEK under version 1; ``keys rotate`` and ``keys retire``
+    remove version 1 before the version's row lands: the writer re-wraps what it stored."""
+    serve = StaleWriter.open(parts.keys_dir, bytes(range(32)))
+    await put(parts.vault, b"before")  # version 1 exists
+    serve.operator = operator(parts)
+    doc = parse_instructions({"webhook": {"url": "https://example.com/h", "secret": SECRET}})
+    row = await store_instructions(parts.catalog, serve, "acme", doc, created_by="t", now=T0)
+    sealed = parse_stored_instructions(row.document).webhook.secret
+    assert isinstance(sealed, SealedSecret)
+    assert (await parts.catalog.keys.get(sealed.key_id, tenant_id="acme")).kek_version == 2
+    assert await open_secret(parts.catalog, operator(parts).keys, "acme", sealed) == SECRET
+
+
+async def test_opening_a_secret_racing_rotation_and_retirement(parts: Parts) -> None:
+    doc = parse_instructions({"webhook": {"url": "https://example.com/h", "secret": SECRET}})
+    row = await store_instructions(
+        parts.catalog, parts.keyring, "acme", doc, created_by="t", now=T0
+    )
+    sealed = parse_stored_instructions(row.document).webhook.secret
+    assert isinstance(sealed, SealedSecret)
+    reader = RacedReader.open(parts.keys_dir, bytes(range(32)))
+    reader.operator = operator(parts)
+    assert await open_secret(parts.catalog, reader, "acme", sealed) == SECRET
+    assert (await parts.catalog.keys.get(sealed.key_id, tenant_id="acme")).kek_version == 2
+
+
+async def test_a_clear_secret_sealed_at_start_while_its_version_is_retired_still_opens(
+    parts: Parts, database_url: str
+) -> None:
+    """The same race for a secret an older callvault wrote in clear, sealed at start."""
+    await put(parts.vault, b"before")  # version 1 exists
+    engine = create_async_engine(async_database_url(database_url, Path(".")))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.insert(instructions).values(
+                    tenant_id="acme",
+                    version=1,
+                    document={"webhook": {"url": "https://example.com/h", "secret": SECRET}},
+                    created_at=T0,
+                    created_by="tok_old",
+                )
+            )
+    finally:
+        await engine.dispose()
+    serve = StaleWriter.open(parts.keys_dir, bytes(range(32)))
+    serve.operator = operator(parts)
+    assert await seal_clear_secrets(parts.catalog, serve, now=T0) == 1
+    latest = await parts.catalog.instructions.latest("acme")
+    assert latest is not None
+    sealed = parse_stored_instructions(latest.document).webhook.secret
+    assert isinstance(sealed, SealedSecret)
+    assert (await parts.catalog.keys.get(sealed.key_id, tenant_id="acme")).kek_version == 2
+    assert await open_secret(parts.catalog, operator(parts).keys, "acme", sealed) == SECRET
 
 
 async def test_retiring_during_a_master_key_rotation_is_refused(parts: Parts) -> None:
