@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from crypto.errors import DecryptionFailed
+from crypto.errors import DecryptionFailed, KeyUnavailable
 from crypto.keys import KeyProvider
 from crypto.objectformat import generate_dek, open_sealed, seal
 from storage.catalog import Catalog, Instructions, ObjectKeyRow
@@ -165,9 +165,10 @@ async def seal_clear_secrets(catalog: Catalog, keys: KeyProvider, *, now: dateti
 
     Per tenant, the newest version's secret is sealed under a stored key (versions holding
     the same secret share it); every other secret is superseded and sealed under a key that
-    is never stored, as is every secret of a deleted tenant. Safe against a concurrent PUT
-    or a concurrent run: a version changed since it was read is left alone, and the key is
-    stored only while its version is still the newest (then checked to open, as a PUT's)."""
+    is never stored, as is every secret of a deleted tenant (or of one whose keys are
+    destroyed). Safe against a concurrent PUT or a concurrent run: a version changed since
+    it was read is left alone, and the key is stored only while its version is still the
+    newest (then checked to open, as a PUT's)."""
     by_tenant: defaultdict[str, list[Instructions]] = defaultdict(list)
     for row in await catalog.instructions.clear_secrets():
         by_tenant[row.tenant_id].append(row)
@@ -208,9 +209,18 @@ async def _seal_if_live(
     catalog: Catalog, keys: KeyProvider, tenant: str, secret: str, *, now: datetime
 ) -> _NewSecret | None:
     """The tenant's current secret sealed under a new key; ``None`` (to be sealed under a
-    dropped key) when the tenant is deleted."""
+    dropped key) when the tenant is deleted, or its keys are destroyed: a DELETE that
+    stopped between destroying them and marking the tenant deleted (the secret is
+    crypto-shredded, as the DELETE meant)."""
     try:
         await catalog.tenants.get(tenant)
+        return await _seal_under_new_key(keys, tenant, secret, now=now)
     except NotFound:
         return None
-    return await _seal_under_new_key(keys, tenant, secret, now=now)
+    except KeyUnavailable:
+        log.warning(
+            "tenant %s has no keys (a deletion that did not finish destroyed them): its "
+            "webhook secret is sealed under a key that is not kept",
+            tenant,
+        )
+        return None
