@@ -173,6 +173,7 @@ async def seal_clear_secrets(catalog: Catalog, keys: KeyProvider, *, now: dateti
     for row in await catalog.instructions.clear_secrets():
         by_tenant[row.tenant_id].append(row)
     rewritten = 0
+    renew: list[str] = []
     for tenant, rows in by_tenant.items():
         latest = await catalog.instructions.latest(tenant)
         current = latest.version if latest is not None else 0
@@ -195,7 +196,34 @@ async def seal_clear_secrets(catalog: Catalog, keys: KeyProvider, *, now: dateti
         rewritten += count
         if count:
             log.info("sealed the webhook secrets of %d instructions versions of %s", count, tenant)
+        if count and new is not None:
+            renew.append(tenant)
+    if rewritten:
+        _warn_about_clear_copies(catalog.backend, renew)
     return rewritten
+
+
+def _warn_about_clear_copies(backend: str, renew: list[str]) -> None:
+    """Sealing rewrites the rows, not the copies made before: backups and dumps of the
+    catalog, and on PostgreSQL the rows' old versions (until VACUUM) and the write-ahead
+    log (its archive, base backups). Only a new secret makes a copied one harmless;
+    ``renew``: the live tenants whose current secret was among those sealed."""
+    postgres = backend == "postgresql"
+    todo = []
+    if renew:
+        todo.append(
+            "have these tenants set a new webhook secret (a PUT of their instructions): "
+            + ", ".join(renew)
+        )
+    if postgres:
+        todo.append("run `VACUUM FULL instructions` on the catalog database")
+    log.warning(
+        "webhook secrets that an earlier callvault stored in clear were sealed; copies made "
+        "before (catalog backups and dumps%s) still hold them in clear%s",
+        ", PostgreSQL's write-ahead log and the rows' old versions" if postgres else "",
+        ": " + "; ".join(todo) if todo else " (none is a live tenant's current secret)",
+        extra={"event": "webhooks.clear_secrets_sealed"},
+    )
 
 
 def _clear_secret(row: Instructions) -> str:

@@ -320,7 +320,7 @@ GONE = "whsec-gone-tenant-secret-33333"
 
 
 async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = settings_for(tmp_path, sqlite_or(database_url))
     clock = FakeClock()
@@ -346,7 +346,20 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
     assert leaks(await catalog_rows(settings.catalog_url), *secrets)  # the test can fail
 
     clock.advance(60)
+    caplog.set_level(logging.WARNING, logger="storage.webhooksecret")
     async with open_services(settings, now=clock.now) as services:  # seals at start
+        # Copies made before (backups; on PostgreSQL old row versions and the WAL) still
+        # hold the secrets in clear: the operator is told what to do, with no secret.
+        (warning,) = [
+            r.getMessage() for r in caplog.records if "copies made before" in r.getMessage()
+        ]
+        # acme's current secret was in clear; beta's current version has none, gone is gone.
+        assert "set a new webhook secret (a PUT of their instructions): acme" in warning
+        assert "beta" not in warning and "gone" not in warning
+        on_postgresql = not database_url.startswith("sqlite")
+        assert ("VACUUM FULL instructions" in warning) == on_postgresql
+        assert leaks(caplog.text.encode(), *secrets) == []
+        caplog.clear()
         catalog = services.catalog
         acme = await catalog.instructions.history("acme")
         first, second, third = (sealed_of(v.document) for v in acme)
@@ -382,6 +395,7 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
         before = await catalog_rows(settings.catalog_url)
         assert await seal_clear_secrets(catalog, services.keys, now=clock.now()) == 0
         assert await catalog_rows(settings.catalog_url) == before
+        assert "copies made before" not in caplog.text
     rows = await catalog_rows(settings.catalog_url)
     assert leaks(rows, *secrets) == []
     assert file_leaks(tmp_path, *secrets) == {}
