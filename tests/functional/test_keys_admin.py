@@ -586,6 +586,31 @@ def test_a_key_file_beside_a_gateway_on_the_network_is_warned_about(
     assert b64(key) not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("left", "host", "warned"),
+    [(MASTER_KEY_FILE, WILDCARD, True), (OLD_KEY_FILE, WILDCARD, True),
+     (MASTER_KEY_FILE, "127.0.0.1", False), (None, WILDCARD, False)],
+)  # fmt: skip
+def test_a_key_file_left_beside_a_key_from_the_environment_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, left: str | None, host: str, warned: bool
+) -> None:
+    """The key moved to ``CALLVAULT_MASTER_KEY``, but a copy of it (or an old key) stayed in
+    the data dir: a stolen copy of the data dir still holds a key beside the keyring."""
+    leftover = os.urandom(32)
+    if left is not None:
+        key_file(tmp_path / left, leftover)
+    settings = Settings(data_dir=tmp_path, http={"host": host}, master_key=b64(os.urandom(32)))
+    with caplog.at_level(logging.WARNING):
+        warn_about_master_key(settings)
+    said = [r.getMessage() for r in caplog.records if "left in the data dir" in r.getMessage()]
+    assert bool(said) == warned
+    if warned:
+        assert left is not None and str(tmp_path / left) in said[0]
+        assert "CALLVAULT_MASTER_KEY" in said[0]
+    assert b64(leftover) not in caplog.text
+    assert not [r for r in caplog.records if "master key is the file" in r.getMessage()]
+
+
 def test_an_unfinished_master_rotation_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
