@@ -13,9 +13,11 @@ so a URL must not be a way into that network.
 
 `check_webhook_url` refuses such a URL when it is PUT (422 on ``webhook.url``: the scheme,
 and an address written in the URL, IPv4's legacy forms included; a name is not resolved
-then). Each delivery refuses it for good (``gateway.webhooks``): on the URL (`url_refusal`),
-on the host's resolved addresses before the request (`check_host`), and on the addresses
-the connection actually uses (`CheckingResolver`), so DNS rebinding between the two cannot
+then, and a host that is no DNS name at all is refused by the document's own rules,
+``storage.instructions.webhook_host_problem``). Each delivery refuses it for good
+(``gateway.webhooks``): on the URL (`url_refusal`, a host that is no DNS name included), on
+the host's resolved addresses before the request (`check_host`), and on the addresses the
+connection actually uses (`CheckingResolver`), so DNS rebinding between the two cannot
 reach the inside.
 """
 
@@ -32,6 +34,7 @@ from aiohttp.abc import ResolveResult
 
 from gateway.settings import WebhookSettings
 from storage.errors import InvalidInstructions
+from storage.instructions import webhook_host_problem
 
 __all__ = [
     "AddressRefused",
@@ -39,6 +42,7 @@ __all__ = [
     "check_addresses",
     "check_host",
     "check_webhook_url",
+    "not_a_name",
     "refused_address",
     "url_refusal",
 ]
@@ -107,6 +111,8 @@ def url_refusal(url: str, settings: WebhookSettings) -> str | None:
     parts = urlsplit(url)
     if parts.scheme.lower() != "https" and not settings.allow_http:
         return "must be an https:// URL (this gateway sends webhooks over TLS only)"
+    if problem := webhook_host_problem(parts.hostname or ""):
+        return problem  # stored by a version that did not check it: it never resolves
     if settings.allow_private:
         return None
     address = _address_in(parts.hostname or "")
@@ -125,8 +131,15 @@ def check_webhook_url(url: str, settings: WebhookSettings) -> None:
 
 
 class AddressRefused(Exception):
-    """The webhook host resolves to an address callvault may not connect to. Deliberately
-    not an ``OSError``: aiohttp would wrap that into a retryable connection error."""
+    """The webhook host resolves to an address callvault may not connect to, or is no name
+    a resolver can look up. Deliberately not an ``OSError``: aiohttp would wrap that into a
+    retryable connection error."""
+
+
+def not_a_name(host: str) -> AddressRefused:
+    """The refusal of a host that getaddrinfo raised ``UnicodeError`` for: it encodes the
+    host to IDNA first, and no retry will ever resolve one that has no such form."""
+    return AddressRefused(f"refused: {host} is not a valid DNS name")
 
 
 class CheckingResolver(aiohttp.ThreadedResolver):
@@ -136,7 +149,10 @@ class CheckingResolver(aiohttp.ThreadedResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await super().resolve(host, port, family)
+        try:
+            results = await super().resolve(host, port, family)
+        except UnicodeError:
+            raise not_a_name(host) from None
         check_addresses(host, [result["host"] for result in results])
         return results
 
@@ -151,10 +167,13 @@ def check_addresses(host: str, addresses: list[str]) -> None:
 
 async def check_host(url: str) -> None:
     """Resolve the URL's host now and refuse it (``AddressRefused``) when any address is
-    refused. IP literals are checked here too: aiohttp connects to those without its
-    resolver."""
+    refused, or when it is no name a resolver can look up. IP literals are checked here
+    too: aiohttp connects to those without its resolver."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError:
+        raise not_a_name(host) from None
     check_addresses(host, [str(info[4][0]) for info in infos])

@@ -295,10 +295,26 @@ def _record_rotation(settings: Settings, outcome: str, values: int) -> None:
 
 def warn_about_master_key(settings: Settings) -> None:
     """What ``serve`` and ``worker`` say at start about the master key: that it sits next
-    to what it protects when it is the data dir's file and the gateway faces a network,
-    and that a master-key rotation was left unfinished. No secret is in either."""
+    to what it protects when it is the data dir's file (or a key file was left there after
+    the key moved to ``CALLVAULT_MASTER_KEY``) and the gateway faces a network, and that a
+    master-key rotation was left unfinished. No secret is in any."""
     path = settings.data_dir / MASTER_KEY_FILE
     host = settings.http.host
+    if settings.master_key is not None and not settings.http.loopback:
+        for left in (path, settings.data_dir / OLD_KEY_FILE):
+            if left.exists():
+                log.warning(
+                    "the master key file %s was left in the data dir, though the key comes "
+                    "from CALLVAULT_MASTER_KEY, and CALLVAULT_HTTP__HOST (%s) is not a "
+                    "loopback address: a stolen copy of the data dir or of its backups holds "
+                    "that key (the current one, or an old one that opens old copies of the "
+                    "keyring) beside what it protects. Delete it (and keep it out of "
+                    "backups); if it held the key in use, rotate the key (README, section "
+                    "Keys).",
+                    left,
+                    host,
+                    extra={"event": "keys.master_key_file_left"},
+                )
     if settings.master_key is None and not settings.http.loopback:
         log.warning(
             "the master key is the file %s, inside the data dir, and CALLVAULT_HTTP__HOST "

@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from crypto.errors import DecryptionFailed, KeyUnavailable
 from crypto.keys import KeyProvider
-from gateway.egress import AddressRefused, CheckingResolver, check_host, url_refusal
+from gateway.egress import AddressRefused, CheckingResolver, check_host, not_a_name, url_refusal
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob
 from storage.errors import Conflict
@@ -408,8 +408,10 @@ class WebhookSender:
                     await check_host(rule.url)
                 status = await self._post(rule.url, secret, payload["event"], job.id, body)
         except AddressRefused as exc:
-            log.warning("webhook %s: %s", job.id, exc)
-            await self._finish(job, "refused", error=str(exc))
+            await self._refuse(job, exc)
+            return
+        except UnicodeError:  # a resolver's IDNA encoding of the host failed: never resolves
+            await self._refuse(job, not_a_name(host))
             return
         except TimeoutError:
             await self._retry(job, f"timeout after {self._settings.timeout.total_seconds():g} s")
@@ -460,6 +462,10 @@ class WebhookSender:
             "will retry" if outcome == "retry" else "given up",
         )
         self.deliveries.labels(outcome).inc()
+
+    async def _refuse(self, job: Job, refusal: AddressRefused) -> None:
+        log.warning("webhook %s: %s", job.id, refusal)
+        await self._finish(job, "refused", error=str(refusal))
 
     async def _finish(self, job: Job, outcome: str, *, error: str | None = None) -> None:
         """Complete (delivered, dropped) or fail for good (refused, failed) without retry."""

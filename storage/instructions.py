@@ -74,6 +74,7 @@ __all__ = [
     "parse_duration",
     "parse_instructions",
     "parse_stored_instructions",
+    "webhook_host_problem",
 ]
 
 AI_FEATURES: tuple[str, ...] = ("transcript", "summary", "sentiment", "talk_listen", "topics")
@@ -322,7 +323,28 @@ def _dedupe_phrases(phrases: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(phrases))
 
 
-def _check_webhook_url(url: str) -> str:
+def webhook_host_problem(host: str) -> str | None:
+    """Why a webhook URL's host (as ``urlsplit`` gives it) can never be looked up, or None:
+    it must encode to IDNA (the form resolvers send), in dot-separated labels of 1 to 63
+    characters, at most 253 in all; one trailing dot (the DNS root) is allowed."""
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        encoded = name.encode("idna")
+    except UnicodeError:
+        encoded = b""
+    if (
+        not encoded
+        or len(encoded) > 253
+        or not all(1 <= len(label) <= 63 for label in encoded.split(b"."))
+    ):
+        return (
+            "has a host that is not a valid DNS name (labels of 1 to 63 characters "
+            "between the dots, at most 253 in all)"
+        )
+    return None
+
+
+def _check_webhook_url(url: str, info: ValidationInfo) -> str:
     # The URL is never quoted back: it may carry credentials or tokens the admin pasted in.
     if len(url) > MAX_WEBHOOK_URL_CHARS:
         raise ValueError(f"must be at most {MAX_WEBHOOK_URL_CHARS} characters")
@@ -345,6 +367,10 @@ def _check_webhook_url(url: str) -> str:
         raise ValueError("has an invalid port (1 to 65535)")
     if not parts.hostname:
         raise ValueError("must name a host (https://host/path)")
+    # A stored version is read as it was written: an older callvault did not check the host,
+    # and the sender refuses such a URL for good (gateway.egress) instead.
+    if not (info.context or {}).get(_STORED) and (problem := webhook_host_problem(parts.hostname)):
+        raise ValueError(problem)
     return url
 
 
@@ -473,8 +499,9 @@ class WebhookRule(BaseModel):
 
     url: Annotated[str, AfterValidator(_check_webhook_url)] | None = None
     """Where events (`analysis.completed`, `analysis.failed`, `recording.deleted`) are POSTed
-    as JSON: https (http only where the operator allows it), a host that is not a private
-    address, no user name or password, no fragment. null: no webhook."""
+    as JSON: https (http only where the operator allows it), a host that is a DNS name
+    (labels of 1 to 63 characters) and not a private address, no user name or password, no
+    fragment. null: no webhook."""
     # validate_default so that a url without a secret reaches _require_secret (and the error
     # names webhook.secret, which a model validator could not). One validator, not a union:
     # a union's errors would name its branches, not the field.

@@ -34,6 +34,7 @@ from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
 from storage.errors import NotFound, StorageError, StorageUnavailable
+from storage.keyrows import unwrap_stored, wrap_opens
 from storage.spool import Spool
 from storage.store import ObjectStore, ObjectUpload, check_key
 
@@ -289,7 +290,7 @@ class MediaVault:
         record = await self.catalog.objects.get(object_id, tenant_id=tenant)
         if record.state != "committed":
             raise NotFound(f"object {object_id} is {record.state}, not readable")
-        dek = await self._unwrap(tenant, object_id)
+        dek = await unwrap_stored(self.catalog, self.keys, tenant, object_id)
         reader = ObjectReader(dek=dek, tenant=tenant, object_id=object_id, verify_all=verify_all)
         return self._stream(record.store_key, reader)
 
@@ -414,7 +415,11 @@ class MediaVault:
         tenant, _, object_id = key.partition("/objects/")
         try:
             record = await self.catalog.objects.get(object_id, tenant_id=tenant)
-            dek = await self._unwrap(tenant, object_id) if record.state == "writing" else None
+            dek = (
+                await unwrap_stored(self.catalog, self.keys, tenant, object_id)
+                if record.state == "writing"
+                else None
+            )
         except (NotFound, KeyUnavailable):
             dek = None
         if dek is None:  # unknown, committed, deleted or shredded: nothing to publish
@@ -447,41 +452,16 @@ class MediaVault:
         log.info("recovered spooled object %s (%d bytes)", key, size)
         return record
 
-    async def _unwrap(self, tenant: str, object_id: str) -> bytes:
-        row = await self.catalog.keys.get(object_id, tenant_id=tenant)
-        try:
-            return await self.keys.unwrap(tenant, object_id, _wrapped(row))
-        except KeyUnavailable:
-            # ``keys rotate`` may have re-wrapped the row, and ``keys retire`` removed the
-            # version it was read under, between the read and the unwrap: read it again.
-            again = await self.catalog.keys.get(object_id, tenant_id=tenant)
-            if _wrapped(again) == _wrapped(row):
-                raise
-            return await self.keys.unwrap(tenant, object_id, _wrapped(again))
-
     async def _wrap_still_opens(
         self, tenant: str, object_id: str, wrapped: WrappedKey, *, now: datetime
     ) -> bool:
-        """Whether a wrap whose key row was just stored still opens; if not, the object is
-        shredded and the caller makes another.
-
-        ``keys retire`` removes the versions no key row references, then counts again and
-        puts back a version that gained a row meanwhile. A process with a stale view of the
-        keyring may wrap under a version that was current a moment ago, and its row may
-        land after that second count; checking here, after the row is stored, catches it.
-        Only providers that retire versions need it."""
-        if not isinstance(self.keys, RetiresKekVersions):
+        """Whether a wrap whose key row was just stored still opens (``keys retire`` may
+        have removed its version: ``storage.keyrows``); if not, the object is shredded and
+        the caller makes another."""
+        if await wrap_opens(self.keys, tenant, object_id, wrapped):
             return True
-        try:
-            await self.keys.unwrap(tenant, object_id, wrapped)
-        except KeyUnavailable:
-            log.warning(
-                "object %s of tenant %s: its KEK version was retired; re-made", object_id, tenant
-            )
-            await self.shred_object(tenant, object_id, now=now)
-            return False
-        return True
-
-
-def _wrapped(row: ObjectKeyRow) -> WrappedKey:
-    return WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
+        log.warning(
+            "object %s of tenant %s: its KEK version was retired; re-made", object_id, tenant
+        )
+        await self.shred_object(tenant, object_id, now=now)
+        return False

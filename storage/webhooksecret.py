@@ -5,8 +5,9 @@ database dump and backup) never holds one in clear. A new secret is sealed by th
 (``crypto.objectformat.seal``) under a fresh DEK; the DEK, wrapped by the tenant's KEK, is a
 row of the key table under a ``whsec_…`` id, and the stored document keeps only that id and
 the ciphertext (a `SealedSecret`). To the key machinery the secret is one more object: KEK
-rotation re-wraps its DEK with the others, and deleting the tenant (its KEKs destroyed)
-crypto-shreds it with everything else.
+rotation re-wraps its DEK with the others, retirement races its writer and its readers as it
+races an object's (``storage.keyrows`` handles both), and deleting the tenant (its KEKs
+destroyed) crypto-shreds it with everything else.
 
 One sealed secret per secret, not per version: a version that keeps the secret (a PUT of
 `REDACTED`) refers to the same sealed secret, and a version that changes or removes it
@@ -27,10 +28,11 @@ import binascii
 import logging
 import secrets
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from crypto.errors import DecryptionFailed
-from crypto.keys import KeyProvider, WrappedKey
+from crypto.errors import DecryptionFailed, KeyUnavailable
+from crypto.keys import KeyProvider
 from crypto.objectformat import generate_dek, open_sealed, seal
 from storage.catalog import Catalog, Instructions, ObjectKeyRow
 from storage.errors import NotFound
@@ -40,6 +42,7 @@ from storage.instructions import (
     InstructionsDoc,
     SealedSecret,
 )
+from storage.keyrows import keep_wrap_open, unwrap_stored
 
 __all__ = ["open_secret", "seal_clear_secrets", "seal_secret", "store_instructions"]
 
@@ -56,6 +59,27 @@ async def seal_secret(
     """``secret`` sealed under a fresh DEK, and the key row (the DEK wrapped by the tenant's
     current KEK) that must be stored for it to open; ``KeyUnavailable`` when the tenant's
     keys were destroyed."""
+    new = await _seal_under_new_key(keys, tenant, secret, now=now)
+    return new.sealed, new.key
+
+
+@dataclass(frozen=True)
+class _NewSecret:
+    sealed: SealedSecret
+    key: ObjectKeyRow
+    dek: bytes = field(repr=False)
+    """Kept until the key row is stored: whoever stores it re-wraps the DEK if the wrap
+    stopped opening meanwhile (``storage.keyrows.keep_wrap_open``)."""
+
+    async def keep_open(self, catalog: Catalog, keys: KeyProvider, *, now: datetime) -> None:
+        await keep_wrap_open(
+            catalog, keys, self.key.tenant_id, self.key.object_id, self.dek, now=now
+        )
+
+
+async def _seal_under_new_key(
+    keys: KeyProvider, tenant: str, secret: str, *, now: datetime
+) -> _NewSecret:
     key_id = f"{SEALED_SECRET_PREFIX}{secrets.token_hex(16)}"
     dek = generate_dek()
     wrapped = await keys.wrap(tenant, key_id, dek)
@@ -68,7 +92,7 @@ async def seal_secret(
         wrapped_dek=wrapped.blob,
         created_at=now,
     )
-    return sealed, row
+    return _NewSecret(sealed, row, dek)
 
 
 def _seal(
@@ -97,10 +121,9 @@ async def open_secret(
 ) -> str:
     """The secret in clear. ``KeyUnavailable`` when its key row is gone (the secret was
     replaced since) or the tenant's KEKs were destroyed; ``DecryptionFailed`` when the
-    ciphertext was altered or belongs to another tenant or key."""
-    row = await catalog.keys.get(sealed.key_id, tenant_id=tenant)
-    wrapped = WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
-    dek = await keys.unwrap(tenant, sealed.key_id, wrapped)
+    ciphertext was altered or belongs to another tenant or key. A key row re-wrapped by
+    ``keys rotate`` while it was read is read again (``storage.keyrows``)."""
+    dek = await unwrap_stored(catalog, keys, tenant, sealed.key_id)
     try:
         ciphertext = base64.b64decode(sealed.ciphertext, validate=True)
     except binascii.Error:
@@ -120,15 +143,20 @@ async def store_instructions(
 ) -> Instructions:
     """Store ``document`` (as PUT) as the tenant's new version, its webhook secret sealed:
     a new secret under a new key, `REDACTED` keeping the current sealed secret (see
-    ``catalog.instructions.add``, which also shreds the secret the new version drops)."""
+    ``catalog.instructions.add``, which also shreds the secret the new version drops).
+
+    A new secret's key row is checked once stored, and re-wrapped if ``keys retire``
+    removed the KEK version it was wrapped under meanwhile (``storage.keyrows``)."""
     stored = document.document()
     secret = document.webhook.secret
-    key = None
-    if isinstance(secret, str) and secret != REDACTED:
-        await catalog.tenants.get(tenant)  # NotFound before a KEK is made for no tenant
-        sealed, key = await seal_secret(keys, tenant, secret, now=now)
-        stored["webhook"] = {**stored["webhook"], "secret": sealed.model_dump()}
-    return await catalog.instructions.add(tenant, stored, created_by, now, secret_key=key)
+    if not isinstance(secret, str) or secret == REDACTED:
+        return await catalog.instructions.add(tenant, stored, created_by, now)
+    await catalog.tenants.get(tenant)  # NotFound before a KEK is made for no tenant
+    new = await _seal_under_new_key(keys, tenant, secret, now=now)
+    stored["webhook"] = {**stored["webhook"], "secret": new.sealed.model_dump()}
+    row = await catalog.instructions.add(tenant, stored, created_by, now, secret_key=new.key)
+    await new.keep_open(catalog, keys, now=now)
+    return row
 
 
 async def seal_clear_secrets(catalog: Catalog, keys: KeyProvider, *, now: datetime) -> int:
@@ -137,35 +165,65 @@ async def seal_clear_secrets(catalog: Catalog, keys: KeyProvider, *, now: dateti
 
     Per tenant, the newest version's secret is sealed under a stored key (versions holding
     the same secret share it); every other secret is superseded and sealed under a key that
-    is never stored, as is every secret of a deleted tenant. Safe against a concurrent PUT
-    or a concurrent run: a version changed since it was read is left alone, and the key is
-    stored only while its version is still the newest."""
+    is never stored, as is every secret of a deleted tenant (or of one whose keys are
+    destroyed). Safe against a concurrent PUT or a concurrent run: a version changed since
+    it was read is left alone, and the key is stored only while its version is still the
+    newest (then checked to open, as a PUT's)."""
     by_tenant: defaultdict[str, list[Instructions]] = defaultdict(list)
     for row in await catalog.instructions.clear_secrets():
         by_tenant[row.tenant_id].append(row)
     rewritten = 0
+    renew: list[str] = []
     for tenant, rows in by_tenant.items():
         latest = await catalog.instructions.latest(tenant)
         current = latest.version if latest is not None else 0
         current_secret = next((_clear_secret(row) for row in rows if row.version == current), None)
-        key: ObjectKeyRow | None = None
-        kept: SealedSecret | None = None
-        if current_secret is not None and await _is_live(catalog, tenant):
-            kept, key = await seal_secret(keys, tenant, current_secret, now=now)
+        new = None
+        if current_secret is not None:
+            new = await _seal_if_live(catalog, keys, tenant, current_secret, now=now)
         sealed = {}
         for row in rows:
             secret = _clear_secret(row)
-            form = kept if kept is not None and secret == current_secret else None
+            form = new.sealed if new is not None and secret == current_secret else None
             form = form or _sealed_and_dropped(tenant, secret)
             webhook = {**row.document["webhook"], "secret": form.model_dump()}
             sealed[row.version] = (row.document, {**row.document, "webhook": webhook})
         count = await catalog.instructions.seal_clear_secrets(
-            tenant, sealed, current=current, secret_key=key
+            tenant, sealed, current=current, secret_key=new.key if new is not None else None
         )
+        if new is not None:
+            await new.keep_open(catalog, keys, now=now)
         rewritten += count
         if count:
             log.info("sealed the webhook secrets of %d instructions versions of %s", count, tenant)
+        if count and new is not None:
+            renew.append(tenant)
+    if rewritten:
+        _warn_about_clear_copies(catalog.backend, renew)
     return rewritten
+
+
+def _warn_about_clear_copies(backend: str, renew: list[str]) -> None:
+    """Sealing rewrites the rows, not the copies made before: backups and dumps of the
+    catalog, and on PostgreSQL the rows' old versions (until VACUUM) and the write-ahead
+    log (its archive, base backups). Only a new secret makes a copied one harmless;
+    ``renew``: the live tenants whose current secret was among those sealed."""
+    postgres = backend == "postgresql"
+    todo = []
+    if renew:
+        todo.append(
+            "have these tenants set a new webhook secret (a PUT of their instructions): "
+            + ", ".join(renew)
+        )
+    if postgres:
+        todo.append("run `VACUUM FULL instructions` on the catalog database")
+    log.warning(
+        "webhook secrets that an earlier callvault stored in clear were sealed; copies made "
+        "before (catalog backups and dumps%s) still hold them in clear%s",
+        ", PostgreSQL's write-ahead log and the rows' old versions" if postgres else "",
+        ": " + "; ".join(todo) if todo else " (none is a live tenant's current secret)",
+        extra={"event": "webhooks.clear_secrets_sealed"},
+    )
 
 
 def _clear_secret(row: Instructions) -> str:
@@ -175,9 +233,22 @@ def _clear_secret(row: Instructions) -> str:
     return secret
 
 
-async def _is_live(catalog: Catalog, tenant: str) -> bool:
+async def _seal_if_live(
+    catalog: Catalog, keys: KeyProvider, tenant: str, secret: str, *, now: datetime
+) -> _NewSecret | None:
+    """The tenant's current secret sealed under a new key; ``None`` (to be sealed under a
+    dropped key) when the tenant is deleted, or its keys are destroyed: a DELETE that
+    stopped between destroying them and marking the tenant deleted (the secret is
+    crypto-shredded, as the DELETE meant)."""
     try:
         await catalog.tenants.get(tenant)
+        return await _seal_under_new_key(keys, tenant, secret, now=now)
     except NotFound:
-        return False
-    return True
+        return None
+    except KeyUnavailable:
+        log.warning(
+            "tenant %s has no keys (a deletion that did not finish destroyed them): its "
+            "webhook secret is sealed under a key that is not kept",
+            tenant,
+        )
+        return None

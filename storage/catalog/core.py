@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import time
@@ -48,12 +49,18 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound="DataclassInstance")
 AnyRow = sa.Row[*tuple[Any, ...]]
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x63616C6C7661756C  # "callvaul": one advisory lock for all migrators
 MAX_ERROR_CHARS = 2000
 """Characters of an error message kept on a row (a job's or a recording's failure)."""
 IN_BATCH = 500
 """Ids per ``IN (...)`` list: far below SQLite's and asyncpg's parameter limits."""
+CHECKPOINT_TRIES = 3
+CHECKPOINT_WAIT_MS = 100
+"""How often, and how long each time, truncating SQLite's WAL waits for its readers (the
+checkpoint holds writers back while it waits)."""
 WRITE_CHUNK = 250
 """Rows one bulk write transaction moves (with their audit receipts): on SQLite a write
 transaction holds the database's only write lock, so the retention sweep keeps them short
@@ -323,18 +330,33 @@ class CatalogCore:
         """On SQLite, move the write-ahead log into the database and truncate it, so that
         the page images holding a shredded wrapped DEK leave the WAL file (secure_delete
         already zeroes it in the database file). PostgreSQL keeps dead tuples until VACUUM;
-        there the KEK, not the row's absence, protects such leftovers and backups."""
+        there the KEK, not the row's absence, protects such leftovers and backups.
+
+        A reader (of this or another process) in a transaction keeps the WAL from being
+        truncated, and the checkpoint would hold every writer back while it waits: it waits
+        briefly, a few times, then logs what stays in the WAL (the next call truncates it)."""
         if self.backend != "sqlite":
             return
         try:
             async with self.engine.connect() as conn:
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
-                if driver is not None:
-                    async with driver.execute("PRAGMA wal_checkpoint(TRUNCATE)"):
-                        pass
+                if driver is None:  # pragma: no cover - aiosqlite always has one
+                    return
+                busy, frames, copied = await _truncate_wal(driver)
         except (DBAPIError, OSError) as exc:
             raise self.unavailable(exc) from exc
+        if busy:
+            log.warning(
+                "the SQLite write-ahead log %s-wal was not truncated: a reader held it "
+                "(%d of its %d frames copied into the database). Page images of rows deleted "
+                "since the last truncation (shredded keys, replaced webhook secrets) stay in "
+                "it until a later deletion truncates it.",
+                self.engine.url.database,
+                copied,
+                frames,
+                extra={"event": "catalog.wal_not_truncated"},
+            )
 
     # --- schema -----------------------------------------------------------------------------
 
@@ -377,6 +399,27 @@ class CatalogCore:
                 f"The catalog database at {self.masked_url} is at schema version "
                 f"{current or 'none'}, not {self._head}; run the migrations."
             )
+
+
+async def _truncate_wal(driver: Any) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` on an aiosqlite connection, tried
+    ``CHECKPOINT_TRIES`` times, each waiting at most ``CHECKPOINT_WAIT_MS`` for readers (the
+    connection's busy timeout is put back after); its (busy, log, checkpointed) row."""
+
+    async def pragma(sql: str) -> tuple[int, ...]:
+        async with driver.execute(sql) as cursor:
+            return tuple(await cursor.fetchone())
+
+    (busy_ms,) = await pragma("PRAGMA busy_timeout")
+    await pragma(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    try:
+        for _ in range(CHECKPOINT_TRIES):
+            busy, frames, copied = await pragma("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not busy:
+                break
+    finally:
+        await pragma(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    return busy, frames, copied
 
 
 def _integrity_error(exc: IntegrityError, subject: str) -> CallvaultError:

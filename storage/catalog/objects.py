@@ -250,21 +250,20 @@ class Keys:
             async with self._core.transaction(write=True) as conn:
                 for row, kek_id, wrapped_dek in rewrapped:
                     result = await conn.execute(
-                        sa.update(object_keys)
-                        .where(
-                            object_keys.c.object_id == row.object_id,
-                            object_keys.c.tenant_id == tenant_id,
-                            object_keys.c.kek_version == row.kek_version,
-                        )
-                        .values(
-                            kek_id=kek_id,
-                            kek_version=target_version,
-                            wrapped_dek=wrapped_dek,
-                            rewrapped_at=now,
-                        )
+                        _replace_wrap(row, kek_id, target_version, wrapped_dek, now)
                     )
                     done += result.rowcount
             after = rows[-1].object_id
+
+    async def replace_wrap(
+        self, row: ObjectKeyRow, kek_id: str, kek_version: int, wrapped_dek: bytes, now: datetime
+    ) -> bool:
+        """Store a new wrap of ``row``'s DEK, only if the row still has the KEK version it
+        was read with (a concurrent rewrap or shred is never overwritten); ``False`` if
+        it had not."""
+        async with self._core.transaction(write=True) as conn:
+            result = await conn.execute(_replace_wrap(row, kek_id, kek_version, wrapped_dek, now))
+        return result.rowcount == 1
 
     async def versions_in_use(self, tenant_id: str) -> dict[tuple[str, int], int]:
         """How many key rows of the tenant each ``(kek_id, kek_version)`` wraps, counted in
@@ -293,3 +292,24 @@ class Keys:
             if len(page) < page_size:
                 return
             after = page[-1].object_id
+
+
+def _replace_wrap(
+    row: ObjectKeyRow, kek_id: str, kek_version: int, wrapped_dek: bytes, now: datetime
+) -> sa.Update:
+    """The UPDATE that re-wraps ``row`` if it is still at the KEK it was read with."""
+    return (
+        sa.update(object_keys)
+        .where(
+            object_keys.c.object_id == row.object_id,
+            object_keys.c.tenant_id == row.tenant_id,
+            object_keys.c.kek_id == row.kek_id,
+            object_keys.c.kek_version == row.kek_version,
+        )
+        .values(
+            kek_id=kek_id,
+            kek_version=kek_version,
+            wrapped_dek=wrapped_dek,
+            rewrapped_at=now,
+        )
+    )

@@ -546,6 +546,28 @@ async def test_a_webhook_to_a_non_public_address_is_422(
     assert await history(gateway, tenant) == []
 
 
+@pytest.mark.parametrize("host", ["a..b", f"{'a' * 64}.example"])
+async def test_a_webhook_host_that_is_no_dns_name_is_422(
+    aiohttp_client: Callable[..., Any], gateway_settings: Settings, host: str
+) -> None:
+    # It could never be looked up: refused whatever the operator allows, nothing stored.
+    allowing = await gateway_with(
+        aiohttp_client, gateway_settings, allow_private=True, allow_http=True
+    )
+    tenant = await allowing.tenant("acme")
+    hook = {"webhook": {"url": f"https://{host}/hook", "secret": SECRET}}
+    status, answer = await put(allowing, tenant, hook)
+    assert (status, answer["error"], answer["field"]) == (
+        422,
+        "invalid_instructions",
+        "webhook.url",
+    )
+    assert "not a valid DNS name" in answer["message"] and host not in answer["message"]
+    assert await history(allowing, tenant) == []
+    catalog = allowing.app[SERVICES].catalog
+    assert [row async for row in catalog.keys.list("acme")] == []
+
+
 async def test_allow_private_lets_a_put_name_a_private_address(
     aiohttp_client: Callable[..., Any], gateway_settings: Settings
 ) -> None:

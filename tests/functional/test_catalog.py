@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -427,6 +429,42 @@ async def test_a_shredded_key_leaves_no_bytes_in_the_sqlite_file(tmp_path: Path)
         assert not wal.exists() or shredded not in wal.read_bytes()
     finally:
         await engine.dispose()
+        await catalog.close()
+
+
+async def test_a_wal_a_reader_holds_is_warned_about_and_truncated_once_it_lets_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process reading the catalog keeps the WAL from being truncated after a
+    shred: what stays in it is logged (no key), and the next shred truncates it."""
+    path = tmp_path / "catalog.sqlite3"
+    wal = path.with_name(path.name + "-wal")
+    catalog = await Catalog.open(f"sqlite:///{path}")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await catalog.migrate()
+        await add_tenant(catalog)
+        shredded = secrets.token_bytes(48)
+        await catalog.keys.put(replace(key_row("obj-1"), wrapped_dek=shredded))
+        await catalog.keys.put(key_row("obj-2"))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM object_keys").fetchall()
+        with caplog.at_level(logging.WARNING, logger="storage.catalog.core"):
+            assert await catalog.keys.delete("obj-1")
+        (warning,) = [r.getMessage() for r in caplog.records if "not truncated" in r.getMessage()]
+        assert str(wal) in warning and "a reader" in warning
+        assert shredded in wal.read_bytes()  # what the warning is about
+        assert shredded.hex() not in caplog.text and repr(shredded) not in caplog.text
+
+        reader.execute("COMMIT")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="storage.catalog.core"):
+            assert await catalog.keys.delete("obj-2")
+        assert "not truncated" not in caplog.text
+        assert wal.stat().st_size == 0
+        assert shredded not in path.read_bytes()
+    finally:
+        reader.close()
         await catalog.close()
 
 

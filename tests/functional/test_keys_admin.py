@@ -19,6 +19,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from crypto.errors import ConfigError
 from crypto.keyfile import in_rotation
@@ -33,9 +35,12 @@ from crypto.masterkey import (
 from gateway.keyadmin import warn_about_master_key
 from gateway.services import open_services
 from gateway.settings import Settings
-from storage.catalog import Catalog
+from storage.catalog import Catalog, async_database_url
+from storage.catalog.schema import instructions
 from storage.filestore import FileStore
+from storage.instructions import SealedSecret, parse_instructions, parse_stored_instructions
 from storage.vault import MediaVault
+from storage.webhooksecret import open_secret, seal_clear_secrets, store_instructions
 from tests.gateway import ULAW, Gateway, bearer, read_wav, record_call
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -245,6 +250,68 @@ async def test_a_read_racing_rotation_and_retirement_reads_the_key_row_again(
     reader.operator = operator(parts)
     assert await vault.read_object("acme", object_id) == b"read during maintenance"
     assert await kek_version(parts, object_id) == 2
+
+
+# --- the same races for a webhook secret (its DEK is a row of the key table too) -----------
+
+SECRET = "whsec-" + "s" * 32
+
+
+async def test_a_secret_sealed_while_its_version_is_retired_still_opens(parts: Parts) -> None:
+    """The PUT wraps the secret's DEK under version 1; ``keys rotate`` and ``keys retire``
+    remove version 1 before the version's row lands: the writer re-wraps what it stored."""
+    serve = StaleWriter.open(parts.keys_dir, bytes(range(32)))
+    await put(parts.vault, b"before")  # version 1 exists
+    serve.operator = operator(parts)
+    doc = parse_instructions({"webhook": {"url": "https://example.com/h", "secret": SECRET}})
+    row = await store_instructions(parts.catalog, serve, "acme", doc, created_by="t", now=T0)
+    sealed = parse_stored_instructions(row.document).webhook.secret
+    assert isinstance(sealed, SealedSecret)
+    assert (await parts.catalog.keys.get(sealed.key_id, tenant_id="acme")).kek_version == 2
+    assert await open_secret(parts.catalog, operator(parts).keys, "acme", sealed) == SECRET
+
+
+async def test_opening_a_secret_racing_rotation_and_retirement(parts: Parts) -> None:
+    doc = parse_instructions({"webhook": {"url": "https://example.com/h", "secret": SECRET}})
+    row = await store_instructions(
+        parts.catalog, parts.keyring, "acme", doc, created_by="t", now=T0
+    )
+    sealed = parse_stored_instructions(row.document).webhook.secret
+    assert isinstance(sealed, SealedSecret)
+    reader = RacedReader.open(parts.keys_dir, bytes(range(32)))
+    reader.operator = operator(parts)
+    assert await open_secret(parts.catalog, reader, "acme", sealed) == SECRET
+    assert (await parts.catalog.keys.get(sealed.key_id, tenant_id="acme")).kek_version == 2
+
+
+async def test_a_clear_secret_sealed_at_start_while_its_version_is_retired_still_opens(
+    parts: Parts, database_url: str
+) -> None:
+    """The same race for a secret an older callvault wrote in clear, sealed at start."""
+    await put(parts.vault, b"before")  # version 1 exists
+    engine = create_async_engine(async_database_url(database_url, Path(".")))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.insert(instructions).values(
+                    tenant_id="acme",
+                    version=1,
+                    document={"webhook": {"url": "https://example.com/h", "secret": SECRET}},
+                    created_at=T0,
+                    created_by="tok_old",
+                )
+            )
+    finally:
+        await engine.dispose()
+    serve = StaleWriter.open(parts.keys_dir, bytes(range(32)))
+    serve.operator = operator(parts)
+    assert await seal_clear_secrets(parts.catalog, serve, now=T0) == 1
+    latest = await parts.catalog.instructions.latest("acme")
+    assert latest is not None
+    sealed = parse_stored_instructions(latest.document).webhook.secret
+    assert isinstance(sealed, SealedSecret)
+    assert (await parts.catalog.keys.get(sealed.key_id, tenant_id="acme")).kek_version == 2
+    assert await open_secret(parts.catalog, operator(parts).keys, "acme", sealed) == SECRET
 
 
 async def test_retiring_during_a_master_key_rotation_is_refused(parts: Parts) -> None:
@@ -517,6 +584,31 @@ def test_a_key_file_beside_a_gateway_on_the_network_is_warned_about(
         message = said[0].getMessage()
         assert str(tmp_path / MASTER_KEY_FILE) in message and "CALLVAULT_MASTER_KEY" in message
     assert b64(key) not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("left", "host", "warned"),
+    [(MASTER_KEY_FILE, WILDCARD, True), (OLD_KEY_FILE, WILDCARD, True),
+     (MASTER_KEY_FILE, "127.0.0.1", False), (None, WILDCARD, False)],
+)  # fmt: skip
+def test_a_key_file_left_beside_a_key_from_the_environment_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, left: str | None, host: str, warned: bool
+) -> None:
+    """The key moved to ``CALLVAULT_MASTER_KEY``, but a copy of it (or an old key) stayed in
+    the data dir: a stolen copy of the data dir still holds a key beside the keyring."""
+    leftover = os.urandom(32)
+    if left is not None:
+        key_file(tmp_path / left, leftover)
+    settings = Settings(data_dir=tmp_path, http={"host": host}, master_key=b64(os.urandom(32)))
+    with caplog.at_level(logging.WARNING):
+        warn_about_master_key(settings)
+    said = [r.getMessage() for r in caplog.records if "left in the data dir" in r.getMessage()]
+    assert bool(said) == warned
+    if warned:
+        assert left is not None and str(tmp_path / left) in said[0]
+        assert "CALLVAULT_MASTER_KEY" in said[0]
+    assert b64(leftover) not in caplog.text
+    assert not [r for r in caplog.records if "master key is the file" in r.getMessage()]
 
 
 def test_an_unfinished_master_rotation_is_warned_about(

@@ -292,6 +292,27 @@ async def test_rotating_the_tenants_kek_rewraps_the_secret(gateway: Gateway) -> 
 
 # --- a catalog from before sealing -----------------------------------------------------------
 
+
+async def write_clear_versions(url: str, *versions: tuple[str, int, dict[str, Any]]) -> None:
+    """What a callvault from before sealing wrote: ``(tenant, version, webhook)`` rows
+    whose secret is in clear."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for tenant, version, webhook in versions:
+                await conn.execute(
+                    sa.insert(instructions).values(
+                        tenant_id=tenant,
+                        version=version,
+                        document={"recording": {"enabled": True}, "webhook": webhook},
+                        created_at=FakeClock().now(),
+                        created_by="tok_old",
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+
 OLD_ACME = "whsec-acme-old-Ünïcødé-000000"
 CURRENT_ACME = "whsec-acme-current-Ωmega-1111"
 OLD_BETA = "whsec-beta-removed-secret-2222"
@@ -299,7 +320,7 @@ GONE = "whsec-gone-tenant-secret-33333"
 
 
 async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = settings_for(tmp_path, sqlite_or(database_url))
     clock = FakeClock()
@@ -320,26 +341,25 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
         ("beta", 2, {"url": None, "secret": None}),
         ("gone", 1, {**webhook, "secret": GONE}),
     ]
-    engine = create_async_engine(settings.catalog_url)
-    try:
-        async with engine.begin() as conn:
-            for tenant, version, rule in old:
-                await conn.execute(
-                    sa.insert(instructions).values(
-                        tenant_id=tenant,
-                        version=version,
-                        document={"recording": {"enabled": True}, "webhook": rule},
-                        created_at=clock.now(),
-                        created_by="tok_old",
-                    )
-                )
-    finally:
-        await engine.dispose()
+    await write_clear_versions(settings.catalog_url, *old)
     secrets = (OLD_ACME, CURRENT_ACME, OLD_BETA, GONE)
     assert leaks(await catalog_rows(settings.catalog_url), *secrets)  # the test can fail
 
     clock.advance(60)
+    caplog.set_level(logging.WARNING, logger="storage.webhooksecret")
     async with open_services(settings, now=clock.now) as services:  # seals at start
+        # Copies made before (backups; on PostgreSQL old row versions and the WAL) still
+        # hold the secrets in clear: the operator is told what to do, with no secret.
+        (warning,) = [
+            r.getMessage() for r in caplog.records if "copies made before" in r.getMessage()
+        ]
+        # acme's current secret was in clear; beta's current version has none, gone is gone.
+        assert "set a new webhook secret (a PUT of their instructions): acme" in warning
+        assert "beta" not in warning and "gone" not in warning
+        on_postgresql = not database_url.startswith("sqlite")
+        assert ("VACUUM FULL instructions" in warning) == on_postgresql
+        assert leaks(caplog.text.encode(), *secrets) == []
+        caplog.clear()
         catalog = services.catalog
         acme = await catalog.instructions.history("acme")
         first, second, third = (sealed_of(v.document) for v in acme)
@@ -375,9 +395,31 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
         before = await catalog_rows(settings.catalog_url)
         assert await seal_clear_secrets(catalog, services.keys, now=clock.now()) == 0
         assert await catalog_rows(settings.catalog_url) == before
+        assert "copies made before" not in caplog.text
     rows = await catalog_rows(settings.catalog_url)
     assert leaks(rows, *secrets) == []
     assert file_leaks(tmp_path, *secrets) == {}
+
+
+async def test_a_tenant_whose_deletion_stopped_after_its_keys_went_does_not_stop_a_start(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A DELETE destroyed the tenant's keys and stopped before marking it deleted: its
+    clear secret is sealed under a key that is not kept, as a deleted tenant's is."""
+    settings = settings_for(tmp_path, sqlite_or(database_url))
+    clock = FakeClock()
+    async with open_services(settings, now=clock.now) as services:
+        await services.catalog.tenants.create("acme", "Acme", "eu", clock.now())
+        await services.keys.wrap("acme", "obj-1", bytes(32))  # the tenant had keys
+        await services.keys.destroy_tenant("acme")  # -- the DELETE stopped here --
+    await write_clear_versions(settings.catalog_url, ("acme", 1, {"url": HOOK, "secret": GONE}))
+
+    async with open_services(settings, now=clock.now) as services:  # seals at start
+        (version,) = await services.catalog.instructions.history("acme")
+        with pytest.raises(KeyUnavailable):
+            await open_secret(services.catalog, services.keys, "acme", sealed_of(version.document))
+        assert [r async for r in services.catalog.keys.list("acme")] == []
+    assert leaks(await catalog_rows(settings.catalog_url), GONE) == []
 
 
 async def test_a_start_seals_a_clear_secret_that_the_sender_then_signs_with(

@@ -30,7 +30,7 @@ from gateway.webhooks import WebhookSender, queue_event, verify
 from storage.catalog import Catalog, Job
 from storage.catalog.urls import async_database_url
 from storage.instructions import parse_instructions
-from storage.webhooksecret import store_instructions
+from storage.webhooksecret import seal_secret, store_instructions
 from tests.gateway import FakeClock
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -539,6 +539,67 @@ async def test_an_address_in_a_stored_url_is_refused_at_delivery(
             f"refused: the URL names a {reason} address, which webhooks may not reach"
         )
         assert count(registry, "refused") == 1
+    finally:
+        await sender.close()
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+@pytest.mark.parametrize("host", ["a..b", f"{'a' * 64}.example"])
+async def test_a_stored_host_that_is_no_dns_name_is_refused_for_good(
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    registry: CollectorRegistry,
+    host: str,
+    allow_private: bool,
+) -> None:
+    # A PUT refuses such a host; one an older version stored is refused at its first
+    # attempt (a lookup would raise UnicodeError, not a retryable DNS error), counted.
+    settings = WebhookSettings(allow_private=allow_private, max_attempts=5)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
+    sealed, key = await seal_secret(keys, "acme", SECRET, now=T0)
+    webhook = {"url": f"https://{host}/hook", "secret": sealed.model_dump()}
+    await catalog.instructions.add("acme", {"webhook": webhook}, "tok_old", T0, secret_key=key)
+    try:
+        job = await queue(catalog, clock, settings)
+        assert await sender.deliver_once() is True
+        refused = await job_of(catalog, job.id)
+        assert (refused.status, refused.attempts) == ("failed", 1)
+        assert refused.last_error is not None and "not a valid DNS name" in refused.last_error
+        assert (count(registry, "refused"), count(registry, "retry")) == (1, 0)
+    finally:
+        await sender.close()
+
+
+async def test_a_lookup_that_cannot_encode_the_host_is_a_refusal_not_a_traceback(
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    registry: CollectorRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Should a host pass the URL check and still fail the resolver's IDNA encoding, the
+    # attempt is refused for good too. Simulated by skipping the URL check; with
+    # allow_private, aiohttp's own resolver meets the host.
+    settings = WebhookSettings(allow_private=True, max_attempts=5)
+    sender = WebhookSender(catalog, keys, settings, clock.now, "test-sender", registry)
+
+    def passes(url: str, settings: WebhookSettings) -> None:
+        return None
+
+    monkeypatch.setattr("gateway.webhooks.url_refusal", passes)
+    sealed, key = await seal_secret(keys, "acme", SECRET, now=T0)
+    webhook = {"url": "https://a..b/hook", "secret": sealed.model_dump()}
+    await catalog.instructions.add("acme", {"webhook": webhook}, "tok_old", T0, secret_key=key)
+    try:
+        job = await queue(catalog, clock, settings)
+        assert await sender.deliver_once() is True
+        refused = await job_of(catalog, job.id)
+        assert (refused.status, refused.last_error) == (
+            "failed",
+            "refused: a..b is not a valid DNS name",
+        )
+        assert (count(registry, "refused"), count(registry, "retry")) == (1, 0)
     finally:
         await sender.close()
 

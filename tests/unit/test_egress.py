@@ -9,7 +9,9 @@ import pytest
 
 from gateway.egress import (
     AddressRefused,
+    CheckingResolver,
     check_addresses,
+    check_host,
     check_webhook_url,
     refused_address,
     url_refusal,
@@ -182,3 +184,30 @@ def test_a_resolved_address_of_a_new_class_refuses_the_host(address: str, reason
         check_addresses("hooks.example.com", ["93.184.216.34", address])
     assert str(refused.value) == f"refused: hooks.example.com resolves to a {reason} address"
     check_addresses("hooks.example.com", ["93.184.216.34", "2606:4700:4700::1111"])
+
+
+NOT_NAMES = ["a..b", f"{'a' * 64}.example", ".example.com"]
+
+
+@pytest.mark.parametrize("host", NOT_NAMES)
+def test_a_stored_host_that_is_no_dns_name_is_refused_at_every_setting(host: str) -> None:
+    # A PUT refuses it (storage.instructions); one stored by an older version is refused
+    # for good at delivery, before any lookup, whatever the settings allow.
+    for settings in (STRICT, OPEN):
+        reason = url_refusal(f"https://{host}/hook", settings)
+        assert reason is not None and "not a valid DNS name" in reason
+
+
+@pytest.mark.parametrize("host", NOT_NAMES)
+async def test_a_lookup_of_a_host_that_is_no_dns_name_is_a_refusal(host: str) -> None:
+    # getaddrinfo raises UnicodeError (IDNA) for these, not a gaierror: a refusal, never a
+    # traceback nor a retry. No name is sent anywhere: the encoding fails first.
+    with pytest.raises(AddressRefused) as refused:
+        await check_host(f"https://{host}/hook")
+    assert str(refused.value) == f"refused: {host} is not a valid DNS name"
+    resolver = CheckingResolver()
+    try:
+        with pytest.raises(AddressRefused):
+            await resolver.resolve(host, 443)
+    finally:
+        await resolver.close()

@@ -386,6 +386,10 @@ def test_a_huge_category_name_is_not_echoed_whole() -> None:
         "HTTPS://Example.COM",
         "https://[2001:db8::1]:8443/h",
         "https://example.com/" + "p" * (2000 - len("https://example.com/")),
+        "https://example.com./hook",  # the DNS root
+        f"https://{'a' * 63}.example/hook",
+        f"https://{'a.' * 126}b/hook",  # 253 characters
+        "https://bücher.example/hook",  # xn--bcher-kva.example
     ],
 )
 def test_webhook_urls_accepted_as_written(url: str) -> None:
@@ -406,6 +410,19 @@ def test_webhook_urls_accepted_as_written(url: str) -> None:
         ({"url": "https://example.com:0/", "secret": SECRET}, "webhook.url", "port"),
         ({"url": "https://example.com:99999/", "secret": SECRET}, "webhook.url", "port"),
         ({"url": "https://exa mple.com/", "secret": SECRET}, "webhook.url", "spaces"),
+        ({"url": "https://a..b/hook", "secret": SECRET}, "webhook.url", "not a valid DNS name"),
+        ({"url": "https://.a.b/hook", "secret": SECRET}, "webhook.url", "not a valid DNS name"),
+        ({"url": "https://a.b../hook", "secret": SECRET}, "webhook.url", "not a valid DNS name"),
+        (
+            {"url": f"https://{'a' * 64}.example/hook", "secret": SECRET},
+            "webhook.url",
+            "not a valid DNS name",
+        ),
+        (
+            {"url": f"https://{'a.' * 127}b/hook", "secret": SECRET},  # 255 characters
+            "webhook.url",
+            "not a valid DNS name",
+        ),
         ({"url": "https://example.com/\r\nX: y", "secret": SECRET}, "webhook.url", "control"),
         (
             {"url": "https://example.com/" + "p" * 1981, "secret": SECRET},
@@ -427,6 +444,14 @@ def test_invalid_webhook_names_its_field(webhook: Any, field: str, words: str) -
         parse_instructions({"webhook": webhook})
     assert info.value.field == field
     assert words in info.value.message
+
+
+def test_a_stored_url_whose_host_is_no_dns_name_still_reads() -> None:
+    # Written by a version that did not check the host: the tenant's instructions still
+    # read (the sender refuses the URL for good), rather than failing every call.
+    sealed = {"key_id": "whsec_" + "0" * 32, "ciphertext": "AAAA"}
+    stored = {"webhook": {"url": "https://a..b/hook", "secret": sealed}}
+    assert parse_stored_instructions(stored).webhook.url == "https://a..b/hook"
 
 
 def test_webhook_messages_never_quote_the_secret_or_the_url() -> None:
