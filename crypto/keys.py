@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import fcntl
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -34,6 +36,10 @@ MASTER_KEY_FILE = "master.key"
 KEYRING_FILE = "keyring.json"
 _KEYRING_FORMAT = 1
 _CHECK_PLAINTEXT = b"callvault keyring check value v1"[:DEK_SIZE].ljust(DEK_SIZE, b"\0")
+_OWN_FIELDS = frozenset({"format", "check", "tenants", "destroyed"})
+"""The top-level fields of the keyring file this class reads; every other top-level field is
+a *section* another crypto module keeps here (``crypto.auditkeys``), kept as it is."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ class LocalKeyring:
         """Tenants whose keys were destroyed: they never get a KEK again (a deleted tenant's
         id stays taken, so nothing new can be sealed for it by a worker that was busy)."""
         self._kek_cache: dict[tuple[str, int], bytes] = {}
+        self._sections: dict[str, Any] = {}
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) last loaded
 
     @classmethod
@@ -188,6 +195,41 @@ class LocalKeyring:
 
     async def destroy_tenant(self, tenant: str) -> None:
         await asyncio.to_thread(self._destroy, tenant)
+
+    # -- sections of other crypto modules (blocking; call them in threads) ----------------
+
+    def seal(self, key: bytes, *, context: bytes) -> bytes:
+        """``key`` (32 bytes) wrapped by the master key, bound to ``context``: how every
+        value of every section is stored."""
+        return wrap_key(self._master, key, context=context)
+
+    def unseal(self, wrapped: bytes, *, context: bytes) -> bytes:
+        """Reverse ``seal``; ``DecryptionFailed`` if the value or its context is wrong."""
+        return unwrap_key(self._master, wrapped, context=context)
+
+    def section(self, name: str) -> Any:
+        """The top-level field ``name`` of the keyring file as last written (reloaded if
+        another process changed the file), or None."""
+        if name in _OWN_FIELDS:
+            raise ValueError(f"{name!r} is the keyring's own field")
+        if _identity(self._path) != self._seen:
+            self._reload()
+        return copy.deepcopy(self._sections.get(name))
+
+    def update_sections(self, change: Callable[[dict[str, Any]], T]) -> T:
+        """Change sections under the file lock, on the file as it is now: ``change`` gets a
+        copy of every section (``{name: value}``), changes it in place and returns a result,
+        which is returned; the file is written if anything changed."""
+        with self._locked():
+            self._load()
+            sections = copy.deepcopy(self._sections)
+            result = change(sections)
+            if any(name in _OWN_FIELDS for name in sections):
+                raise ValueError("a section may not replace the keyring's own fields")
+            if sections != self._sections:
+                self._sections = sections
+                self._save()
+            return result
 
     # -- file handling (blocking; called in threads) ---------------------------------------
 
@@ -284,6 +326,7 @@ class LocalKeyring:
                 for name, entry in doc["tenants"].items()
             }
             destroyed = {str(name) for name in doc.get("destroyed", [])}
+            sections = {name: value for name, value in doc.items() if name not in _OWN_FIELDS}
             if doc.get("format") != _KEYRING_FORMAT:
                 raise ValueError(f"unknown keyring format {doc.get('format')!r}")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as e:
@@ -298,6 +341,7 @@ class LocalKeyring:
             ) from None
         self._tenants = tenants
         self._destroyed = destroyed
+        self._sections = sections
         self._seen = _identity(self._path)
         # Forget unwrapped KEKs whose versions are gone from the file (destroyed tenants).
         self._kek_cache = {
@@ -308,6 +352,7 @@ class LocalKeyring:
 
     def _save(self) -> None:
         doc = {
+            **self._sections,
             "format": _KEYRING_FORMAT,
             "check": base64.b64encode(
                 wrap_key(self._master, _CHECK_PLAINTEXT, context=b"callvault/keyring/check")

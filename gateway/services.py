@@ -2,8 +2,9 @@
 
 ``serve``, ``worker`` and the CLI's maintenance commands all open the same services the
 same way, so that a setting means one thing everywhere: the catalog (migrated to the
-current schema), the object store, the keyring (refusing a wrong master key) and the media
-vault that ties them together.
+current schema, its audit log keyed by the keyring's audit keys and any legacy chain
+re-keyed), the object store, the keyring (refusing a wrong master key) and the media vault
+that ties them together.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from ai.models import resolve_model
 from ai.pipeline import Analyzer
 from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
+from crypto.auditkeys import AuditKeyring
 from crypto.errors import ConfigError
 from crypto.keys import KeyProvider, LocalKeyring, load_master_key
+from gateway.clock import Clock
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
@@ -41,6 +44,7 @@ class Services:
     store: ObjectStore
     keys: KeyProvider
     vault: MediaVault
+    audit_keys: AuditKeyring
 
 
 def open_keyring(settings: Settings) -> LocalKeyring:
@@ -68,13 +72,18 @@ def open_configured_store(settings: Settings) -> ObjectStore:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, registry: CollectorRegistry | None = None
+    settings: Settings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
 ) -> AsyncIterator[Services]:
+    """The services of one process. The catalog's audit log always takes its keys from the
+    keyring; a chain written before audit keys existed is re-keyed here, once, before
+    anything else can append to it (``clock`` dates its ``audit.rekeyed`` event)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = open_keyring(settings)
-    catalog = await Catalog.open(settings.catalog_url)
+    audit_keys = AuditKeyring(keys)
+    catalog = await Catalog.open(settings.catalog_url, audit_keys=audit_keys)
     try:
         await catalog.migrate()
+        await catalog.audit.rekey_legacy((clock or Clock()).now())
         store = open_configured_store(settings)
         spool = Spool(settings.data_dir / "spool", store)
         try:
@@ -86,7 +95,9 @@ async def open_services(
                 registry=registry,
                 spool=spool,
             )
-            yield Services(catalog=catalog, store=store, keys=keys, vault=vault)
+            yield Services(
+                catalog=catalog, store=store, keys=keys, vault=vault, audit_keys=audit_keys
+            )
         finally:
             await spool.close()
             await store.close()

@@ -6,7 +6,8 @@ transaction of the write that raises it), and `WebhookSender` delivers it later.
 that raises an event (the AI worker, the retention sweeper) never waits on a tenant's
 server, a slow or dead receiver never blocks ingest, and a delivery survives a restart.
 
-Events: ``analysis.completed``, ``analysis.failed`` and ``recording.deleted``. The body is a
+Events: ``analysis.completed``, ``analysis.failed``, ``recording.deleted`` and
+``audit.checkpoint`` (``gateway.checkpoints``). The body is a
 JSON object with ids and metadata only, never audio, transcripts or analysis text::
 
     {"id": "evt_…", "event": "analysis.completed", "created_at": "2026-11-27T10:00:00Z",
@@ -84,7 +85,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENTS: Final = ("analysis.completed", "analysis.failed", "recording.deleted")
+EVENTS: Final = ("analysis.completed", "analysis.failed", "recording.deleted", "audit.checkpoint")
 """Every event callvault sends."""
 JOB_KIND: Final = "webhook"
 """The catalog job kind of a queued event."""

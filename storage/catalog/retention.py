@@ -178,7 +178,9 @@ class Retention:
                     .returning(objects.c.id)
                 )
                 moved = list(result.scalars())
-                await append_entries(conn, tenant_id, receipts(moved), now)
+                await append_entries(
+                    conn, tenant_id, receipts(moved), now, keys=self._core.audit_keys
+                )
             marked.extend(moved)
         return marked
 
@@ -234,7 +236,7 @@ class Retention:
                         )
                     ).one()
                 )
-            await append_entries(conn, tenant_id, audit, now)
+            await append_entries(conn, tenant_id, audit, now, keys=self._core.audit_keys)
         return [record(Recording, row) for row in rows]
 
     async def due_recordings(
@@ -328,7 +330,9 @@ class Retention:
                         .returning(*recordings.c)
                     )
                     moved = sorted((record(Recording, row) for row in result), key=lambda r: r.id)
-                    await append_entries(conn, tenant_id, receipts(moved), now)
+                    await append_entries(
+                        conn, tenant_id, receipts(moved), now, keys=self._core.audit_keys
+                    )
                     if events is not None and moved:
                         await enqueue_new_jobs(conn, tenant_id, events(moved), now)
                 completed.extend(moved)
@@ -489,6 +493,8 @@ class Retention:
                     .returning(calls.c.id)
                 )
                 moved = list(result.scalars())
-                await append_entries(conn, tenant_id, receipts(moved), now)
+                await append_entries(
+                    conn, tenant_id, receipts(moved), now, keys=self._core.audit_keys
+                )
             deleted.extend(moved)
         return deleted

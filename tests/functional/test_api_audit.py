@@ -96,7 +96,12 @@ async def test_an_altered_removed_or_moved_event_is_found(
         "UPDATE audit_events SET detail = :detail WHERE tenant_id = 'acme' AND seq = 3",
         detail='{"role": "operator"}',
     )
-    assert await verify(gateway, tenant.admin) == {"ok": False, "events": count, "broken_at": 3}
+    assert await verify(gateway, tenant.admin) == {
+        "ok": False,
+        "events": count,
+        "broken_at": 3,
+        "reason": "chain",
+    }
     broken = cli_verify(gateway_settings)
     assert broken.returncode == 1
     assert "BROKEN at event 3" in broken.stderr
@@ -118,7 +123,12 @@ async def test_a_removed_event_and_a_swap_are_found(
     await sql(
         gateway_settings, "UPDATE audit_events SET seq = 3 WHERE tenant_id = 'acme' AND seq = -2"
     )
-    assert await verify(gateway, tenant.admin) == {"ok": False, "events": count, "broken_at": 2}
+    assert await verify(gateway, tenant.admin) == {
+        "ok": False,
+        "events": count,
+        "broken_at": 2,
+        "reason": "chain",
+    }
     # Put back, then one removed.
     await sql(
         gateway_settings, "UPDATE audit_events SET seq = -2 WHERE tenant_id = 'acme' AND seq = 2"
@@ -131,7 +141,12 @@ async def test_a_removed_event_and_a_swap_are_found(
     )
     assert (await verify(gateway, tenant.admin))["ok"] is True
     await sql(gateway_settings, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 4")
-    assert await verify(gateway, tenant.admin) == {"ok": False, "events": count - 1, "broken_at": 4}
+    assert await verify(gateway, tenant.admin) == {
+        "ok": False,
+        "events": count - 1,
+        "broken_at": 4,
+        "reason": "chain",
+    }
 
 
 def test_the_cli_names_an_unknown_tenant(tmp_path: Path) -> None:

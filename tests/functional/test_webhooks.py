@@ -27,6 +27,7 @@ from gateway.webhooks import WebhookSender, queue_event, verify
 from storage.catalog import Catalog, Job
 from storage.catalog.urls import async_database_url
 from tests.gateway import FakeClock
+from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 SECRET = "whsec_functional-0123456789"
@@ -78,7 +79,9 @@ async def receiver(aiohttp_server: Callable[..., Any]) -> AsyncIterator[Receiver
 
 @pytest.fixture
 async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(async_database_url(None, tmp_path))
+    catalog = await Catalog.open(
+        async_database_url(None, tmp_path), audit_keys=audit_keyring(tmp_path / "keys")
+    )
     try:
         await catalog.migrate()
         await catalog.tenants.create("acme", name="Acme SRL", region="eu", now=T0)
