@@ -11,7 +11,12 @@ own (``LocalKeyring.section``):
   ``callvault/audit-key/v1|<tenant>``;
 * ``audit_keys_pending``: the same shape, context ``callvault/audit-key-pending/v1|<tenant>``;
 * ``audit_signing_key``: ``{"key_id": <id>, "seed": base64(wrap(master, ed25519 seed))}``,
-  context ``callvault/audit-signing-key/v1|<key_id>``.
+  context ``callvault/audit-signing-key/v1|<key_id>``;
+* ``audit_legacy``: ``{"closed_at": <ISO time>}``, no secret: when the chains written before
+  audit keys existed were re-keyed (the first start of this version). After it, a chain
+  with events and no key (a tenant an old node made during the upgrade, or one a database
+  writer made up) is not re-keyed on its own, which would vouch for it: the operator re-keys
+  it on purpose (``callvault audit rekey``).
 
 An audit key is never destroyed, not even with its tenant: the log of what was done to a
 deleted tenant's data outlives it. A key is *pending* while a legacy (plain SHA-256) chain
@@ -28,6 +33,7 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from crypto.errors import DecryptionFailed, KeyUnavailable
@@ -39,6 +45,7 @@ AUDIT_KEY_SIZE = 32
 ACTIVE_SECTION = "audit_keys"
 PENDING_SECTION = "audit_keys_pending"
 SIGNING_SECTION = "audit_signing_key"
+LEGACY_SECTION = "audit_legacy"
 
 
 def audit_key_context(tenant: str, *, pending: bool = False) -> bytes:
@@ -111,6 +118,21 @@ class AuditKeyring:
         if self._signer is None:
             self._signer = await asyncio.to_thread(self._load_signer)
         return self._signer
+
+    async def legacy_closed(self) -> bool:
+        """Whether the legacy chains were re-keyed already (at this keyring's first start
+        with audit keys): from then on a chain without a key is not re-keyed on its own."""
+        section = await asyncio.to_thread(self._keyring.section, LEGACY_SECTION)
+        return isinstance(section, dict) and "closed_at" in section
+
+    async def close_legacy(self, now: datetime) -> None:
+        """Record that every legacy chain was re-keyed (``now``: when), once."""
+
+        def change(sections: dict[str, Any]) -> None:
+            if not isinstance(sections.get(LEGACY_SECTION), dict):
+                sections[LEGACY_SECTION] = {"closed_at": now.isoformat()}
+
+        await asyncio.to_thread(self._keyring.update_sections, change)
 
     # -- blocking parts (threads) ----------------------------------------------------------
 

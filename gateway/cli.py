@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         "`serve` runs every CALLVAULT_AUDIT__CHECKPOINT_INTERVAL); exit 1 if one is broken",
     )
     checkpoint.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    rekey = audit_commands.add_parser(
+        "rekey",
+        help="re-key a tenant's unkeyed (SHA-256) chain from its first event now: for a chain "
+        "an older version wrote after this one first started (the older ones were re-keyed "
+        "then); it vouches for the chain as it is, so check it first",
+    )
+    rekey.add_argument("--tenant", required=True, help="tenant id")
 
     retention = commands.add_parser("retention", help="delete what retention windows ended")
     retention_commands = retention.add_subparsers(
@@ -283,6 +290,19 @@ async def _checkpoint_audit(settings: Settings, tenant: str | None) -> int:
     return 1 if broken else 0
 
 
+async def _rekey_audit(settings: Settings, tenant: str) -> None:
+    from gateway.services import open_services
+
+    async with open_services(settings) as services:
+        rekeyed = await services.catalog.audit.rekey(tenant, datetime.now(UTC))
+    print(
+        f"tenant {tenant}: audit log re-keyed from its first event (audit.rekeyed records the "
+        "old head)"
+        if rekeyed
+        else f"tenant {tenant}: audit log already keyed; nothing done"
+    )
+
+
 async def _retention_sweep(settings: Settings) -> int:
     from gateway.services import build_sweeper, open_services
 
@@ -324,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_verify_audit(settings, args.tenant))
         elif args.command == "audit" and args.audit_command == "checkpoint":
             return asyncio.run(_checkpoint_audit(settings, args.tenant))
+        elif args.command == "audit" and args.audit_command == "rekey":
+            asyncio.run(_rekey_audit(settings, args.tenant))
         elif args.command == "retention" and args.retention_command == "sweep":
             return asyncio.run(_retention_sweep(settings))
         elif args.command == "keys" and args.keys_command == "rotate":

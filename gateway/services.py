@@ -75,15 +75,22 @@ async def open_services(
     settings: Settings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
 ) -> AsyncIterator[Services]:
     """The services of one process. The catalog's audit log always takes its keys from the
-    keyring; a chain written before audit keys existed is re-keyed here, once, before
-    anything else can append to it (``clock`` dates its ``audit.rekeyed`` event)."""
+    keyring; at the keyring's first start with audit keys, every chain written before they
+    existed is re-keyed here, once, before anything else can append to it (``clock`` dates
+    its ``audit.rekeyed`` event)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = open_keyring(settings)
     audit_keys = AuditKeyring(keys)
     catalog = await Catalog.open(settings.catalog_url, audit_keys=audit_keys)
     try:
         await catalog.migrate()
-        await catalog.audit.rekey_legacy((clock or Clock()).now())
+        now = (clock or Clock()).now()
+        # The first start with audit keys re-keys every legacy chain and closes the door:
+        # later, only a re-keying that was started and not finished is completed.
+        closed = await audit_keys.legacy_closed()
+        await catalog.audit.rekey_legacy(now, only_pending=closed)
+        if not closed:
+            await audit_keys.close_legacy(now)
         store = open_configured_store(settings)
         spool = Spool(settings.data_dir / "spool", store)
         try:

@@ -279,9 +279,11 @@ class Audit:
             )
         return AuditCheck(ok=True, broken_at=None, count=count, checkpoint=checked)
 
-    async def rekey_legacy(self, now: datetime) -> list[str]:
+    async def rekey_legacy(self, now: datetime, *, only_pending: bool = False) -> list[str]:
         """Re-key every chain written before audit keys existed (every tenant, deleted ones
-        too, with events and no active audit key); the tenants re-keyed now."""
+        too, with events and no active audit key); the tenants re-keyed now. With
+        ``only_pending``, only those whose re-keying was started (a pending key) and not
+        finished."""
         async with self._core.transaction() as conn:
             candidates = (
                 await conn.scalars(
@@ -291,6 +293,8 @@ class Audit:
         done = []
         for tenant_id in candidates:
             found = await self._core.audit_keys.audit_key(tenant_id)
+            if found is None and only_pending:
+                continue
             if (found is None or not found.active) and await self.rekey(tenant_id, now):
                 done.append(tenant_id)
         return done
@@ -308,6 +312,12 @@ class Audit:
         head's HMAC matches, which nobody without the key can arrange) and only activates
         it. False when there was nothing to do."""
         keys = self._core.audit_keys
+        async with self._core.transaction() as conn:
+            seq = await conn.scalar(sa.select(tenants.c.audit_seq).where(tenants.c.id == tenant_id))
+        if seq is None:
+            raise NotFound(f"Tenant {tenant_id!r} not found.")
+        if seq == 0:
+            return False  # an empty chain is keyed by its first event
         found = await keys.create_audit_key(tenant_id, pending=True)
         if found.active:
             return False

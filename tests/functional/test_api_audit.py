@@ -26,11 +26,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from crypto.auditkeys import AuditKeyring
+from crypto.errors import KeyUnavailable
 from gateway.app import build_app
 from gateway.clock import Clock
 from gateway.services import open_keyring, open_services
 from gateway.settings import AuditSettings, Settings, WebhookSettings
 from gateway.state import SERVICES
+from storage.catalog import Catalog
 from storage.catalog.auditchain import legacy_event_hash
 from tests.gateway import FakeClock, Gateway, GatewayServer, bearer, start_gateway
 
@@ -368,10 +370,11 @@ async def test_serve_checkpoints_moved_heads_on_its_interval_and_tells_the_webho
     assert sent[-1]["data"] == second[-1]
 
 
-def cli_checkpoint(settings: Settings) -> subprocess.CompletedProcess[str]:
+def cli_audit(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``callvault audit ARGS`` on the settings' data dir."""
     return subprocess.run(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "gateway.cli", "--data-dir", str(settings.data_dir), "audit",
-         "checkpoint"],
+         *args],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -379,10 +382,10 @@ def cli_checkpoint(settings: Settings) -> subprocess.CompletedProcess[str]:
 async def test_the_cli_signs_the_moved_heads(gateway: Gateway, gateway_settings: Settings) -> None:
     tenant = await gateway.tenant("acme", {"recording": {"enabled": True}})
     count = len(await all_events(gateway, tenant.admin))
-    made = cli_checkpoint(gateway_settings)
+    made = cli_audit(gateway_settings, "checkpoint")
     assert made.returncode == 0, made.stderr
     assert f"tenant acme: checkpoint at event {count} signed" in made.stdout
-    again = cli_checkpoint(gateway_settings)
+    again = cli_audit(gateway_settings, "checkpoint")
     assert (again.returncode, again.stdout.strip()) == (
         0,
         "no audit log moved since its latest checkpoint",
@@ -390,34 +393,63 @@ async def test_the_cli_signs_the_moved_heads(gateway: Gateway, gateway_settings:
     assert (await verify(gateway, tenant.admin))["checkpoint"] == count
 
 
-async def test_a_legacy_chain_is_rekeyed_when_the_services_open(tmp_path: Path) -> None:
+async def write_legacy_chain(settings: Settings, tenant: str) -> str:
+    """What the old code left in the catalog: a tenant whose chain is SHA-256, and no audit
+    key for it in the keyring. Returns the head."""
+    catalog = await Catalog.open(
+        settings.catalog_url, audit_keys=AuditKeyring(open_keyring(settings))
+    )
+    try:
+        await catalog.migrate()
+        await catalog.tenants.create(tenant, tenant, "eu", T0)  # no event: no key
+    finally:
+        await catalog.close()
+    prev = "0" * 64
+    for seq in (1, 2, 3):
+        digest = legacy_event_hash(
+            prev, seq=seq, at=T0, actor="cli", action="token.created", object=None,
+            detail={"role": "admin"},
+        )  # fmt: skip
+        await sql(settings, "INSERT INTO audit_events (tenant_id, seq, at, actor, action,"
+                  " object, detail, prev_hash, hash) VALUES (:t, :s, :at, 'cli',"
+                  " 'token.created', NULL, :d, :p, :h)",
+                  t=tenant, s=seq, at=T0.replace(tzinfo=None), d='{"role": "admin"}', p=prev,
+                  h=digest)  # fmt: skip
+        prev = digest
+    await sql(settings, "UPDATE tenants SET audit_seq = 3, audit_head = :h WHERE id = :t",
+              h=prev, t=tenant)  # fmt: skip
+    return prev
+
+
+async def test_legacy_chains_are_rekeyed_at_the_first_start_and_only_then(
+    tmp_path: Path,
+) -> None:
     settings = Settings(data_dir=tmp_path / "var")
-    async with open_services(settings) as services:
-        # The old code's chain: SHA-256, and no audit key in the keyring.
-        await services.catalog.tenants.create("acme", "Acme", "eu", T0)
-        prev = "0" * 64
-        for seq in (1, 2, 3):
-            digest = legacy_event_hash(
-                prev, seq=seq, at=T0, actor="cli", action="token.created", object=None,
-                detail={"role": "admin"},
-            )  # fmt: skip
-            await sql(settings, "INSERT INTO audit_events (tenant_id, seq, at, actor, action,"
-                      " object, detail, prev_hash, hash) VALUES ('acme', :s, :at, 'cli',"
-                      " 'token.created', NULL, :d, :p, :h)",
-                      s=seq, at=T0.replace(tzinfo=None), d='{"role": "admin"}', p=prev,
-                      h=digest)  # fmt: skip
-            prev = digest
-        await sql(settings, "UPDATE tenants SET audit_seq = 3, audit_head = :h WHERE id = 'acme'",
-                  h=prev)  # fmt: skip
+    old_head = await write_legacy_chain(settings, "acme")
     clock = FakeClock(T0 + timedelta(days=1))
     async with open_services(settings, clock=cast(Clock, clock)) as services:
         check = await services.catalog.audit.verify("acme")
         assert (check.ok, check.count) == (True, 4)
         rekeyed = (await services.catalog.audit.list("acme"))[-1]
         assert (rekeyed.action, rekeyed.at) == ("audit.rekeyed", clock.now())
-        assert rekeyed.detail["old_head"] == prev
-    async with open_services(settings) as services:  # once
-        assert (await services.catalog.audit.verify("acme")).count == 4
+        assert rekeyed.detail["old_head"] == old_head
+
+    # After the first start, an unkeyed chain is not vouched for on its own: one a database
+    # writer made up (or an old node wrote during the upgrade) stays unkeyed...
+    await write_legacy_chain(settings, "madeup")
+    async with open_services(settings) as services:
+        assert (await services.catalog.audit.verify("acme")).count == 4  # once
+        check = await services.catalog.audit.verify("madeup")
+        assert (check.ok, check.reason) == (False, "not_keyed")
+        with pytest.raises(KeyUnavailable):  # nothing is appended to it either
+            await services.catalog.audit.append("madeup", "x", "y", None, {}, T0)
+    # ...until the operator re-keys it on purpose.
+    result = cli_audit(settings, "rekey", "--tenant", "madeup")
+    assert result.returncode == 0, result.stderr
+    assert "re-keyed from its first event" in result.stdout
+    async with open_services(settings) as services:
+        check = await services.catalog.audit.verify("madeup")
+        assert (check.ok, check.count) == (True, 4)
 
 
 async def test_a_deleted_tenants_log_stays_keyed_after_its_keys_are_destroyed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from crypto.auditkeys import (
     ACTIVE_SECTION,
+    LEGACY_SECTION,
     PENDING_SECTION,
     SIGNING_SECTION,
     AuditKeyring,
@@ -152,3 +154,13 @@ async def test_rewrapping_the_sections_under_a_new_master_key(tmp_path: Path) ->
     assert (await moved.checkpoint_signer()).public_key == signer.public_key
     with pytest.raises(DecryptionFailed):
         rewrap_audit_sections(sections, OTHER_MASTER, MASTER)
+
+
+async def test_the_legacy_door_closes_once(tmp_path: Path) -> None:
+    keys = ring(tmp_path)
+    assert not await keys.legacy_closed()
+    first = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    await keys.close_legacy(first)
+    await keys.close_legacy(first + timedelta(days=1))
+    assert await ring(tmp_path).legacy_closed()  # another process sees it
+    assert document(tmp_path)[LEGACY_SECTION] == {"closed_at": first.isoformat()}
