@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from crypto.errors import KeyUnavailable
 from crypto.keys import WrappedKey
 from gateway.app import build_app
+from gateway.clock import Clock
 from gateway.services import Services, build_sender, open_services
 from gateway.settings import Settings
 from gateway.state import SERVICES
@@ -304,7 +305,7 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
     settings = settings_for(tmp_path, sqlite_or(database_url))
     clock = FakeClock()
     webhook = {"url": HOOK}
-    async with open_services(settings, now=clock.now) as services:
+    async with open_services(settings, clock=cast(Clock, clock)) as services:
         catalog = services.catalog
         for tenant in ("acme", "beta", "gone"):
             await catalog.tenants.create(tenant, tenant.title(), "eu", clock.now())
@@ -339,7 +340,7 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
     assert leaks(await catalog_rows(settings.catalog_url), *secrets)  # the test can fail
 
     clock.advance(60)
-    async with open_services(settings, now=clock.now) as services:  # seals at start
+    async with open_services(settings, clock=cast(Clock, clock)) as services:  # seals at start
         catalog = services.catalog
         acme = await catalog.instructions.history("acme")
         first, second, third = (sealed_of(v.document) for v in acme)
@@ -389,7 +390,7 @@ async def test_a_start_seals_a_clear_secret_that_the_sender_then_signs_with(
     url, received = receiver
     clock = FakeClock()
     settings = settings_for(tmp_path, None)
-    async with open_services(settings, now=clock.now) as services:
+    async with open_services(settings, clock=cast(Clock, clock)) as services:
         await services.catalog.tenants.create("acme", "Acme", "eu", clock.now())
     engine = create_async_engine(settings.catalog_url)
     try:
