@@ -76,6 +76,7 @@ from report import print_table  # noqa: E402
 from seaweedfs import Weed, running_weed, weed_binary  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
+from crypto.auditkeys import AuditKeyring  # noqa: E402
 from crypto.keys import LocalKeyring  # noqa: E402
 from crypto.objectformat import ObjectWriter, generate_dek  # noqa: E402
 from gateway.webhooks import deletion_notifier  # noqa: E402
@@ -149,13 +150,13 @@ async def open_bench(weed: Weed, workdir: Path) -> AsyncIterator[Bench]:
     store = s3_store()  # as the gateway builds it: asks the bucket about versioning
     naive_store = s3_store(versioned=False)
     database = workdir / "catalog.sqlite3"
-    catalog = await Catalog.open(f"sqlite+aiosqlite:///{database}")
+    keys = LocalKeyring.open(workdir / "keys", os.urandom(32))
+    catalog = await Catalog.open(f"sqlite+aiosqlite:///{database}", audit_keys=AuditKeyring(keys))
     rows = create_async_engine(f"sqlite+aiosqlite:///{database}")
     try:
         await store.ensure_bucket()
         await naive_store.check()  # its boto3 client is built now, not in the timed run
         await catalog.migrate()
-        keys = LocalKeyring.open(workdir / "keys", os.urandom(32))
         vault = MediaVault(catalog=catalog, store=store, keys=keys)
         now = datetime.now(UTC)
         for tenant in (TENANT, WRITER_TENANT):

@@ -12,6 +12,11 @@ The master key itself can be rotated while processes run (``begin_master_rotatio
 crash-safe), and KEK versions that no stored wrap references any more can be retired
 (``retire_unused``).
 
+Other crypto modules keep sections of their own in the same file (``crypto.auditkeys``: the
+audit keys and the checkpoint signing key), read and changed through ``section`` and
+``update_sections``; each is registered below (``WRAPPED_SECTIONS``, ``PLAIN_SECTIONS``) so
+that a master-key rotation re-wraps its values with the rest.
+
 Destroying a tenant's KEKs makes every DEK of that tenant unwrappable, and so every object
 of the tenant unreadable, wherever copies of the objects or of the catalog remain.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import fcntl
 import logging
 import os
@@ -28,7 +34,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
@@ -43,6 +49,11 @@ MASTER_KEY_SETTING = "CALLVAULT_MASTER_KEY"
 MASTER_KEY_FILE = "master.key"
 KEYRING_FILE = "keyring.json"
 _KEYRING_FORMAT = 1
+_OWN_FIELDS = frozenset({"format", "check", "tenants", "destroyed"})
+"""The top-level fields of the keyring file this class reads; every other top-level field is
+a *section* another crypto module keeps here (``crypto.auditkeys``): registered in
+``WRAPPED_SECTIONS`` or ``PLAIN_SECTIONS``, and kept as it is."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,18 +107,36 @@ def _tenant_keks(section: dict[str, Any]) -> list[tuple[SlotPath, bytes]]:
     ]
 
 
+def audit_key_context(tenant: str, *, pending: bool = False) -> bytes:
+    """The context a tenant's audit key is wrapped under (active, or pending:
+    ``crypto.auditkeys``)."""
+    kind = "audit-key-pending" if pending else "audit-key"
+    return f"callvault/{kind}/v1|{tenant}".encode()
+
+
+def signing_key_context(key_id: str) -> bytes:
+    """The context the audit checkpoint signing key's seed is wrapped under."""
+    return f"callvault/audit-signing-key/v1|{key_id}".encode()
+
+
+def _signing_key(section: dict[str, Any]) -> list[tuple[SlotPath, bytes]]:
+    """``audit_signing_key``: ``{"key_id": id, "seed": wrap}``."""
+    return [(("seed",), signing_key_context(str(section["key_id"])))]
+
+
 WRAPPED_SECTIONS: dict[str, SlotWalker] = {
     "check": keyfile.one(keyfile.CHECK_CONTEXT),
     "tenants": _tenant_keks,
+    "audit_keys": keyfile.per_name(audit_key_context),
+    "audit_keys_pending": keyfile.per_name(lambda t: audit_key_context(t, pending=True)),
+    "audit_signing_key": _signing_key,
     # Each further top-level section of keyring.json holding values wrapped by the master
-    # key is one line here, naming where its values sit and their AAD context, e.g.
-    #   "audit_keys": keyfile.per_name(audit_key_context),   # {tenant: wrap}
-    #   "signing_key": keyfile.one(SIGNING_KEY_CONTEXT),     # one wrap
-    # so that a master-key rotation re-wraps them and writers keep both sides of them.
+    # key is one line here, naming where its values sit and their AAD context, so that a
+    # master-key rotation re-wraps them and writers keep both sides of them.
 }
 """Where keyring.json keeps values wrapped by the master key, section by section."""
 
-PLAIN_SECTIONS = frozenset({"format", "destroyed"})
+PLAIN_SECTIONS = frozenset({"format", "destroyed", "audit_legacy"})
 """The top-level sections of keyring.json that hold no secret. Any other section must be
 in ``WRAPPED_SECTIONS``, or the keyring refuses to open."""
 
@@ -172,6 +201,7 @@ class LocalKeyring:
         self._side: Side | None = None
         """The side of a rotation in progress that this process's master key opens."""
         self._kek_cache: dict[tuple[str, int], bytes] = {}
+        self._sections: dict[str, Any] = {}
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) last loaded
 
     @classmethod
@@ -370,6 +400,44 @@ class LocalKeyring:
             self._load()
             return count
 
+    # -- sections of other crypto modules (blocking; call them in threads) ----------------
+
+    def seal(self, key: bytes, *, context: bytes) -> bytes:
+        """``key`` (32 bytes) wrapped by the master key, bound to ``context``: how every
+        value of every section is stored."""
+        return wrap_key(self._master, key, context=context)
+
+    def unseal(self, wrapped: bytes, *, context: bytes) -> bytes:
+        """Reverse ``seal``; ``DecryptionFailed`` if the value or its context is wrong."""
+        return unwrap_key(self._master, wrapped, context=context)
+
+    def section(self, name: str) -> Any:
+        """The top-level field ``name`` of the keyring file as last written (reloaded if
+        another process changed the file), or None. During a master-key rotation, the side
+        this keyring's key opens."""
+        if name in _OWN_FIELDS:
+            raise ValueError(f"{name!r} is the keyring's own field")
+        if _identity(self._path) != self._seen:
+            self._reload()
+        return copy.deepcopy(self._sections.get(name))
+
+    def update_sections(self, change: Callable[[dict[str, Any]], T]) -> T:
+        """Change sections under the file lock, on the file as it is now: ``change`` gets a
+        copy of every section (``{name: value}``), changes it in place and returns a result,
+        which is returned; the file is written if anything changed. A section must be
+        registered (``WRAPPED_SECTIONS``, ``PLAIN_SECTIONS``), else ``ValueError``."""
+        with self._locked():
+            self._load()
+            sections = copy.deepcopy(self._sections)
+            result = change(sections)
+            if any(name in _OWN_FIELDS for name in sections):
+                raise ValueError("a section may not replace the keyring's own fields")
+            keyfile.slots(sections, WRAPPED_SECTIONS, PLAIN_SECTIONS)
+            if sections != self._sections:
+                self._sections = sections
+                self._save()
+            return result
+
     # -- file handling (blocking; called in threads) ---------------------------------------
 
     def current(self, tenant: str) -> KekRef | None:
@@ -452,6 +520,7 @@ class LocalKeyring:
             if not create:
                 raise ConfigError(f"keyring {self._path}", "has disappeared")
             self._tenants, self._destroyed, self._doc, self._side = {}, set(), {}, None
+            self._sections = {}
             self._check = keyfile.new_check(self._master)
             self._save()
         try:
@@ -465,8 +534,8 @@ class LocalKeyring:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
         side = self._open_side(doc)
-        view = keyfile.select(doc, side, WRAPPED_SECTIONS, PLAIN_SECTIONS)
         try:
+            view = keyfile.select(doc, side, WRAPPED_SECTIONS, PLAIN_SECTIONS)
             tenants = {
                 name: _TenantKeys(
                     kek_id=entry["kek_id"],
@@ -476,13 +545,16 @@ class LocalKeyring:
                 for name, entry in view["tenants"].items()
             }
             destroyed = {str(name) for name in view.get("destroyed", [])}
-        except (KeyError, TypeError, ValueError, binascii.Error) as e:
+            # The other modules' sections as this key's side sees them: one wrap a value.
+            sections = {name: value for name, value in view.items() if name not in _OWN_FIELDS}
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
             raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
         self._doc = doc
         self._side = side
         self._check = view["check"]
         self._tenants = tenants
         self._destroyed = destroyed
+        self._sections = sections
         self._seen = _identity(self._path)
         # Forget unwrapped KEKs whose versions are gone from the file (destroyed tenants,
         # retired versions).
@@ -525,6 +597,7 @@ class LocalKeyring:
 
     def _save(self) -> None:
         doc = {
+            **self._sections,
             "format": _KEYRING_FORMAT,
             "check": self._check,
             "tenants": {

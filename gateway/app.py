@@ -3,7 +3,8 @@
 Shared services live in typed app keys (``gateway.state``) and start and stop in
 ``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
 opened before the first request; the call registry's ticker flushes quiet streams and ends
-abandoned calls (and RTP calls whose media stopped); the AudioSocket listener runs beside
+abandoned calls (and RTP calls whose media stopped); the retention sweep and the audit
+checkpoints run on their intervals; the AudioSocket listener runs beside
 the HTTP server, the RTP ports are bound per call. On shutdown the ingest
 WebSockets are closed first (1001), then every live call is finalized with what arrived, then
 the services close.
@@ -24,6 +25,7 @@ from ai.worker import AnalysisWorker, WorkerMetrics
 from crypto.errors import CallvaultError
 from gateway.api import add_routes
 from gateway.calls import CallRegistry
+from gateway.checkpoints import Checkpointer, run_checkpoints
 from gateway.clock import Clock
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
@@ -35,6 +37,7 @@ from gateway.settings import Settings
 from gateway.state import (
     AI_METRICS,
     CALLS,
+    CHECKPOINTER,
     CLOCK,
     METRICS,
     REGISTRY,
@@ -95,7 +98,7 @@ def build_app(
     app[endpoints.WEBSOCKETS] = set()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, registry=app[REGISTRY], now=app[CLOCK].now) as services:
+        async with open_services(settings, registry=app[REGISTRY], clock=app[CLOCK]) as services:
             app[SERVICES] = services
             yield
 
@@ -177,8 +180,27 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def checkpoints_ctx(app: web.Application) -> AsyncIterator[None]:
+        checkpointer = app[CHECKPOINTER] = Checkpointer(
+            app[SERVICES].catalog, max_attempts=settings.webhooks.max_attempts
+        )
+        interval = settings.audit.checkpoint_interval.total_seconds()
+        task = None
+        if interval > 0:
+            task = asyncio.create_task(
+                run_checkpoints(checkpointer, app[CLOCK].now, interval),
+                name="callvault-checkpoints",
+            )
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
-    app.cleanup_ctx.extend([services_ctx, calls_ctx, audiosocket_ctx, ai_ctx, retention_ctx])
+    app.cleanup_ctx.extend(
+        [services_ctx, calls_ctx, audiosocket_ctx, ai_ctx, retention_ctx, checkpoints_ctx]
+    )
     app.on_shutdown.append(endpoints.close_websockets)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

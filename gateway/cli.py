@@ -23,7 +23,7 @@ from crypto.errors import CallvaultError, ConfigError
 from gateway.keyadmin import add_key_commands, run_key_command, warn_about_master_key
 from gateway.logs import ACCESS, AccessLogger, configure_logging
 from gateway.settings import Settings
-from storage.catalog import Role
+from storage.catalog import AUDIT_REASONS, Role
 
 log = logging.getLogger("callvault")
 
@@ -48,12 +48,27 @@ def _parser() -> argparse.ArgumentParser:
 
     add_key_commands(commands)
 
-    audit = commands.add_parser("audit", help="check a tenant's hash-chained audit log")
+    audit = commands.add_parser("audit", help="check and anchor a tenant's keyed audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_commands.add_parser(
-        "verify", help="recompute the chain; exit 1 naming the first broken event"
+        "verify",
+        help="recompute the chain and check it against the latest checkpoint; exit 1 naming "
+        "the first broken event",
     )
     verify.add_argument("--tenant", required=True, help="tenant id")
+    checkpoint = audit_commands.add_parser(
+        "checkpoint",
+        help="sign the head of every chain that moved since its latest checkpoint now (what "
+        "`serve` runs every CALLVAULT_AUDIT__CHECKPOINT_INTERVAL); exit 1 if one is broken",
+    )
+    checkpoint.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    rekey = audit_commands.add_parser(
+        "rekey",
+        help="re-key a tenant's unkeyed (SHA-256) chain from its first event now: for a chain "
+        "an older version wrote after this one first started (the older ones were re-keyed "
+        "then); it vouches for the chain as it is, so check it first",
+    )
+    rekey.add_argument("--tenant", required=True, help="tenant id")
 
     retention = commands.add_parser("retention", help="delete what retention windows ended")
     retention_commands = retention.add_subparsers(
@@ -303,15 +318,58 @@ async def _verify_audit(settings: Settings, tenant: str) -> int:
 
     async with open_services(settings) as services:
         check = await services.catalog.audit.verify(tenant)
+    anchored = "" if check.checkpoint is None else f", checkpoint at event {check.checkpoint}"
     if check.ok:
-        print(f"tenant {tenant}: audit log intact, {check.count} event(s) verified")
+        print(f"tenant {tenant}: audit log intact, {check.count} event(s) verified{anchored}")
         return 0
+    where = "" if check.broken_at is None else f" at event {check.broken_at}"
+    reason = AUDIT_REASONS[check.reason] if check.reason is not None else "broken"
     print(
-        f"tenant {tenant}: audit log BROKEN at event {check.broken_at} "
-        f"({check.count} event(s) read): an event was altered, removed or moved",
+        f"tenant {tenant}: audit log BROKEN{where} ({check.count} event(s) read{anchored}): "
+        f"{reason}",
         file=sys.stderr,
     )
     return 1
+
+
+async def _checkpoint_audit(settings: Settings, tenant: str | None) -> int:
+    from gateway.checkpoints import Checkpointer
+    from gateway.services import open_services
+
+    async with open_services(settings) as services:
+        checkpointer = Checkpointer(services.catalog, max_attempts=settings.webhooks.max_attempts)
+        now = datetime.now(UTC)
+        if tenant is None:
+            report = await checkpointer.make_due(now)
+            made, broken = report.made, report.broken
+        else:
+            await services.catalog.tenants.get(tenant)
+            one = await checkpointer.make(tenant, now)
+            made, broken = ([] if one is None else [one]), []
+    for checkpoint in made:
+        print(f"tenant {checkpoint.tenant_id}: checkpoint at event {checkpoint.seq} signed")
+    if not made and not broken:
+        print("no audit log moved since its latest checkpoint")
+    for name in broken:
+        print(
+            f"tenant {name}: audit log does not extend its latest checkpoint; not signed "
+            f"(run `callvault audit verify --tenant {name}`)",
+            file=sys.stderr,
+        )
+    return 1 if broken else 0
+
+
+async def _rekey_audit(settings: Settings, tenant: str) -> None:
+    from gateway.services import open_services
+
+    async with open_services(settings) as services:
+        rekeyed = await services.catalog.audit.rekey(tenant, datetime.now(UTC))
+    print(
+        f"tenant {tenant}: audit log re-keyed from its first event (audit.rekeyed records the "
+        "old head)"
+        if rekeyed
+        else f"tenant {tenant}: audit log already keyed; nothing done"
+    )
 
 
 async def _retention_sweep(settings: Settings) -> int:
@@ -343,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_work(settings))
         elif args.command == "audit" and args.audit_command == "verify":
             return asyncio.run(_verify_audit(settings, args.tenant))
+        elif args.command == "audit" and args.audit_command == "checkpoint":
+            return asyncio.run(_checkpoint_audit(settings, args.tenant))
+        elif args.command == "audit" and args.audit_command == "rekey":
+            asyncio.run(_rekey_audit(settings, args.tenant))
         elif args.command == "retention" and args.retention_command == "sweep":
             return asyncio.run(_retention_sweep(settings))
         elif args.command == "keys":

@@ -201,6 +201,8 @@ def route_operation(route: Route) -> Schema:
     for status, codes in route.error_codes().items():
         responses[str(status)] = _errors(status, codes)
     operation["responses"] = responses
+    if not route.roles:
+        operation["security"] = []  # public
     if route.query:
         operation["parameters"] = [
             {"name": q.name, "in": "query", "required": q.required, "schema": q.schema,

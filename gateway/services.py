@@ -2,8 +2,9 @@
 
 ``serve``, ``worker`` and the CLI's maintenance commands all open the same services the
 same way, so that a setting means one thing everywhere: the catalog (migrated to the
-current schema, its webhook secrets sealed), the object store, the keyring (refusing a wrong
-master key) and the media vault that ties them together.
+current schema, its webhook secrets sealed, its audit log keyed by the keyring's audit keys
+and any legacy chain re-keyed), the object store, the keyring (refusing a wrong master key)
+and the media vault that ties them together.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -25,10 +26,12 @@ from ai.models import resolve_model
 from ai.pipeline import Analyzer
 from ai.transcribe import Transcriber, WhisperOptions, WhisperTranscriber
 from ai.worker import AnalysisWorker, WorkerMetrics
+from crypto.auditkeys import AuditKeyring
 from crypto.errors import ConfigError
 from crypto.keyfile import NEW
 from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
 from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
+from gateway.clock import Clock
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
@@ -48,6 +51,7 @@ class Services:
     store: ObjectStore
     keys: KeyProvider
     vault: MediaVault
+    audit_keys: AuditKeyring
 
 
 def open_keyring(settings: Settings) -> LocalKeyring:
@@ -101,19 +105,28 @@ def open_configured_store(settings: Settings) -> ObjectStore:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings,
-    *,
-    registry: CollectorRegistry | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    settings: Settings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
 ) -> AsyncIterator[Services]:
+    """The services of one process. The catalog's audit log always takes its keys from the
+    keyring; at the keyring's first start with audit keys, every chain written before they
+    existed is re-keyed here, once, before anything else can append to it (``clock`` dates
+    its ``audit.rekeyed`` event)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = open_keyring(settings)
-    catalog = await Catalog.open(settings.catalog_url)
+    audit_keys = AuditKeyring(keys)
+    catalog = await Catalog.open(settings.catalog_url, audit_keys=audit_keys)
     try:
         await catalog.migrate()
+        now = (clock or Clock()).now()
+        # The first start with audit keys re-keys every legacy chain and closes the door:
+        # later, only a re-keying that was started and not finished is completed.
+        closed = await audit_keys.legacy_closed()
+        await catalog.audit.rekey_legacy(now, only_pending=closed)
+        if not closed:
+            await audit_keys.close_legacy(now)
         # A catalog from before webhook secrets were sealed holds them in clear; the
         # migrations cannot reach the keys, so this is done here (a no-op once done).
-        await seal_clear_secrets(catalog, keys, now=now())
+        await seal_clear_secrets(catalog, keys, now=now)
         store = open_configured_store(settings)
         spool = Spool(settings.data_dir / "spool", store)
         try:
@@ -125,7 +138,9 @@ async def open_services(
                 registry=registry,
                 spool=spool,
             )
-            yield Services(catalog=catalog, store=store, keys=keys, vault=vault)
+            yield Services(
+                catalog=catalog, store=store, keys=keys, vault=vault, audit_keys=audit_keys
+            )
         finally:
             await spool.close()
             await store.close()

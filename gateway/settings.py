@@ -174,6 +174,12 @@ class RetentionSettings(BaseModel):
     deployment where `callvault retention sweep` runs from cron). Default `PT60S`."""
 
 
+class AuditSettings(BaseModel):
+    checkpoint_interval: timedelta = Field(default=timedelta(minutes=5), ge=timedelta(0))
+    """How often `serve` signs the head of each tenant's audit chain that moved (ISO-8601
+    duration; `PT0S`: never, for `callvault audit checkpoint` from cron). Default `PT5M`."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLVAULT_",
@@ -200,6 +206,7 @@ class Settings(BaseSettings):
     ai: AiSettings = AiSettings()
     webhooks: WebhookSettings = WebhookSettings()
     retention: RetentionSettings = RetentionSettings()
+    audit: AuditSettings = AuditSettings()
 
     @property
     def model_cache_dir(self) -> Path:

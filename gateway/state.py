@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from ai.worker import WorkerMetrics
 from gateway.calls import CallRegistry
+from gateway.checkpoints import Checkpointer
 from gateway.clock import Clock
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
@@ -28,3 +29,4 @@ CLOCK = web.AppKey("clock", Clock)
 RTP = web.AppKey("rtp", RtpIngest)
 AI_METRICS = web.AppKey("ai_metrics", WorkerMetrics)
 SWEEPER = web.AppKey("sweeper", RetentionSweeper)
+CHECKPOINTER = web.AppKey("checkpointer", Checkpointer)

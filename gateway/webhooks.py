@@ -8,7 +8,8 @@ server, a slow or dead receiver never blocks ingest, and a delivery survives a r
 
 Events: ``analysis.completed``, ``analysis.failed``, ``recording.deleted`` and
 ``token.break_glass`` (the operator minted itself access to the tenant's data: the token's
-id, role, expiry, the operator's reason and its actor, never the secret). The body is a
+id, role, expiry, the operator's reason and its actor, never the secret) and
+``audit.checkpoint`` (``gateway.checkpoints``). The body is a
 JSON object with ids and metadata only, never audio, transcripts or analysis text::
 
     {"id": "evt_…", "event": "analysis.completed", "created_at": "2026-11-27T10:00:00Z",
@@ -87,7 +88,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENTS: Final = ("analysis.completed", "analysis.failed", "recording.deleted", "token.break_glass")
+EVENTS: Final = (
+    "analysis.completed",
+    "analysis.failed",
+    "recording.deleted",
+    "token.break_glass",
+    "audit.checkpoint",
+)
 """Every event callvault sends."""
 JOB_KIND: Final = "webhook"
 """The catalog job kind of a queued event."""

@@ -70,6 +70,17 @@ class AdminExists(Conflict):
     code = "admin_exists"
 
 
+class AuditBroken(Conflict):
+    """A tenant's audit chain does not extend its latest checkpoint, so the gateway refuses
+    to sign its head; ``seq`` is the first event that is altered, missing or out of place."""
+
+    code = "audit_broken"
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 class Gone(CallvaultError):
     """The resource existed but its content was purged or deleted."""
 

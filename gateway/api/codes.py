@@ -94,6 +94,12 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "not live, a recording still in progress).",
         "Tenant 'acme' already exists.",
     ),
+    "audit_broken": (
+        "The audit log's events since its latest checkpoint do not extend it (altered, removed "
+        "or cut off): the gateway signs no new checkpoint; `audit/verify` names the event.",
+        "The audit log of 'acme' does not extend its latest checkpoint at event 42; nothing "
+        "was signed. Run `callvault audit verify --tenant acme`.",
+    ),
     "recording_deleted": (
         "The recording was deleted (retention, erasure or tenant deletion).",
         "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' was deleted.",

@@ -29,7 +29,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from gateway.ingest.events import Track
 from gateway.policy import RefusalCode as Refusal
-from storage.catalog.records import RecordingStatus, Role
+from storage.catalog.records import AuditReason, RecordingStatus, Role
 from storage.instructions import (
     DURATION_PATTERN,
     InstructionsDoc,
@@ -735,7 +735,8 @@ class AuditEvent(BaseModel):
     prev_hash: str
     """The previous event's hash."""
     hash: str
-    """SHA-256 over the previous hash and this event's canonical JSON."""
+    """HMAC-SHA256, under the tenant's audit key, of the previous hash and this event's
+    canonical JSON."""
 
 
 class AuditPage(BaseModel):
@@ -753,4 +754,45 @@ class AuditCheck(BaseModel):
     events: int
     """How many events the log holds."""
     broken_at: int | Absent = None
-    """When not ok: the first event altered, removed or moved."""
+    """When not ok: the first event altered, removed, moved, or cut off behind the latest
+    checkpoint (absent when no event is to blame: a forged checkpoint)."""
+    reason: AuditReason | Absent = None
+    """When not ok: which check failed."""
+    checkpoint: int | Absent = None
+    """The sequence number of the latest checkpoint the log was checked against."""
+
+
+class AuditCheckpoint(BaseModel):
+    model_config = _DOCS
+
+    seq: int = Field(ge=1)
+    """The chain's head when the checkpoint was made."""
+    hash: str
+    """The head event's hash then."""
+    at: str = Field(examples=["2026-11-27T10:05:00.000000Z"])
+    """When it was made, exactly as signed (UTC, microseconds, `Z`)."""
+    key_id: str = Field(examples=["ed25519-3f1c2a9b8e7d6c5b"])
+    """The signing key (`GET /v1/audit/public-key`)."""
+    signature: str
+    """Base64 Ed25519 signature of `callvault-audit-checkpoint/v1` and a newline, then the
+    canonical JSON of `{at, hash, key_id, seq, tenant}`."""
+
+
+class AuditCheckpointList(BaseModel):
+    model_config = _DOCS
+
+    items: list[AuditCheckpoint]
+    next_since: int | None
+    """Pass as `since` for the next page; null at the end."""
+
+
+class AuditPublicKey(BaseModel):
+    model_config = _DOCS
+
+    algorithm: Literal["Ed25519"]
+    key_id: str = Field(examples=["ed25519-3f1c2a9b8e7d6c5b"])
+    """`ed25519-` and the first 16 hex digits of SHA-256 of the raw public key."""
+    public_key: str
+    """The raw 32-byte public key, base64."""
+    public_key_pem: str
+    """The same key as a PEM `PUBLIC KEY` (for OpenSSL)."""

@@ -12,6 +12,8 @@ run in the order the API promises (DESIGN.md, ``gateway.auth``):
    not even from a 403;
 4. the role (403);
 5. the body, validated by its model (400 naming the field; 422 for instructions).
+
+A route with no roles (``PUBLIC``) is served to anyone, with none of these checks.
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ class Route:
 
     def error_codes(self) -> dict[int, tuple[str, ...]]:
         """Every status this route can answer with an error, and the codes of each."""
-        codes: dict[int, list[str]] = {401: ["unauthorized"], 403: ["forbidden"]}
+        codes: dict[int, list[str]] = {}
+        if self.roles:  # a public route checks no token
+            codes = {401: ["unauthorized"], 403: ["forbidden"]}
         codes[503] = ["catalog_unavailable", "storage_unavailable"]
         if "{" in self.path:
             codes[404] = ["not_found"]
@@ -131,6 +135,9 @@ def _caller_tenant(route: Route, request: web.Request, principal: Principal) -> 
 
 def guard(route: Route) -> Handler:
     """The handler of ``route`` behind the checks of this module's docstring."""
+
+    if not route.roles:
+        return route.handler  # public: no token, no tenant, no body
 
     async def checked(request: web.Request) -> web.StreamResponse:
         principal = await principal_of(request)
@@ -177,6 +184,8 @@ def _roles(*roles: Role) -> frozenset[Role]:
 
 
 OPERATOR, OPERATOR_ADMIN, ADMIN = _roles("operator"), _roles("operator", "admin"), _roles("admin")
+PUBLIC = _roles()
+"""No token: the route serves what is public (the audit checkpoints' public key)."""
 ADMIN_PROCESSOR, PBX = _roles("admin", "processor"), _roles("pbx")
 _TENANT = "/v1/tenants/{tenant}"
 _RECORDING = "/v1/recordings/{recording_id}"
@@ -335,4 +344,12 @@ ROUTES: tuple[Route, ...] = (
           errors={400: ("bad_query",)}),
     Route("GET", f"{_TENANT}/audit/verify", audit.verify_audit, ADMIN, "verifyAudit",
           "Check the audit log's chain", "audit", models.AuditCheck),
+    Route("GET", f"{_TENANT}/audit/checkpoints", audit.list_checkpoints, ADMIN,
+          "listAuditCheckpoints", "List the audit log's signed checkpoints", "audit",
+          models.AuditCheckpointList, query=_AUDIT_QUERY, errors={400: ("bad_query",)}),
+    Route("POST", f"{_TENANT}/audit/checkpoints", audit.make_checkpoint, ADMIN,
+          "makeAuditCheckpoint", "Sign the audit log's head now", "audit",
+          models.AuditCheckpoint, errors={409: ("audit_broken", "conflict")}),
+    Route("GET", "/v1/audit/public-key", audit.public_key, PUBLIC, "getAuditPublicKey",
+          "The checkpoints' public key", "audit", models.AuditPublicKey),
 )  # fmt: skip

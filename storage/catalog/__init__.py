@@ -2,8 +2,8 @@
 
 Tenants, tokens (hashes only), instruction versions, call records, recordings, object
 metadata, THE key table (each object's wrapped DEK, so one row delete shreds one object),
-legal holds, the job queue and the hash-chained audit log, one module per aggregate
-(``Catalog`` hands them out as attributes: ``catalog.jobs.claim(...)``). SQLite in the
+legal holds, the job queue and the keyed audit log with its signed checkpoints, one module
+per aggregate (``Catalog`` hands them out as attributes: ``catalog.jobs.claim(...)``). SQLite in the
 data dir by default, PostgreSQL when several nodes share it; the schema comes only from the
 Alembic migrations in ``storage/migrations``.
 """
@@ -16,10 +16,12 @@ from storage.catalog.instructions import CurrentInstructions
 from storage.catalog.objects import Rewrap
 from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
+    AUDIT_REASONS,
     AuditCheck,
     AuditEntry,
     AuditEvent,
     Call,
+    Checkpoint,
     DataClass,
     DueCall,
     DueObject,
@@ -41,6 +43,7 @@ from storage.catalog.records import (
 from storage.catalog.urls import async_database_url, mask_database_url
 
 __all__ = [
+    "AUDIT_REASONS",
     "GENESIS_HASH",
     "RECORDING_TRANSITIONS",
     "AuditCheck",
@@ -48,6 +51,7 @@ __all__ = [
     "AuditEvent",
     "Call",
     "Catalog",
+    "Checkpoint",
     "CurrentInstructions",
     "DataClass",
     "DueCall",

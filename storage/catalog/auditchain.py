@@ -1,22 +1,39 @@
-"""The hash chain of the audit log, as pure functions.
+"""The keyed hash chain of the audit log, and its signed checkpoints, as pure functions.
 
-Each event's hash is ``SHA-256(prev_hash_bytes || canonical_json(body))`` where the body is
-``{seq, at, actor, action, object, detail}``, ``at`` is ISO-8601 UTC with microseconds and a
-``Z``, and canonical JSON is sorted keys, no whitespace, UTF-8 (no ASCII escaping, no NaN).
-The first event of a tenant chains to 64 zeros. Kept apart from the database code so that an
-auditor's tool (``callvault audit verify``, or any other language) can recompute it from an
-export without a catalog.
+An auditor's tool (``callvault audit verify``, or a program in any language) recomputes
+the chain from an export with the tenant's audit key and without a catalog:
+
+* the *body* of an event is the canonical JSON of ``{action, actor, at, detail, object,
+  seq}``: sorted keys, no whitespace, UTF-8 (no ASCII escaping, no NaN), ``at`` ISO-8601
+  UTC with microseconds and a ``Z`` (``2026-11-27T10:00:00.000000Z``), ``object`` null when
+  absent;
+* ``hash = hex(HMAC-SHA256(audit_key, bytes.fromhex(prev_hash) || body))``, where the
+  first event's ``prev_hash`` is 64 zeros (``GENESIS_HASH``) and every later one is the
+  hash of the event before it.
+
+The key is the tenant's 32-byte audit key from the keyring (``crypto.auditkeys``): without
+it nobody can produce a hash that verifies, so a database writer who edits an event cannot
+recompute the chain after it. Chains written before the key existed used the same body
+with plain ``SHA-256(prev || body)`` (``legacy_event_hash``); they are re-keyed once
+(``storage.catalog.auditrekey``).
+
+A *checkpoint* is the gateway's Ed25519 signature (``crypto.signing``) of
+``checkpoint_message``: the bytes ``callvault-audit-checkpoint/v1\n`` followed by the
+canonical JSON of ``{at, hash, key_id, seq, tenant}`` (the head's sequence number and hash
+when it was made, its time as above, and the signing key's id).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
 
 GENESIS_HASH = "0" * 64
+CHECKPOINT_PREFIX = b"callvault-audit-checkpoint/v1\n"
 MAX_DETAIL_BYTES = 4096
 """Events carry ids and small metadata, never audio or transcript text; this bounds them."""
 
@@ -56,6 +73,7 @@ def normalize_detail(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_hash(
+    key: bytes,
     prev_hash: str,
     *,
     seq: int,
@@ -65,9 +83,9 @@ def event_hash(
     object: str | None,
     detail: dict[str, Any],
 ) -> str:
-    """The hex SHA-256 that links one event to the previous one."""
-    return chain_hash(
-        prev_hash,
+    """The hex HMAC-SHA256 under the tenant's audit ``key`` that links one event to the
+    previous one."""
+    body = event_body(
         seq=seq,
         at=at,
         actor=actor,
@@ -75,9 +93,11 @@ def event_hash(
         object=object,
         detail_json=canonical_json(detail),
     )
+    return keyed_hash(key, prev_hash, body)
 
 
 def chain_hash(
+    key: bytes,
     prev_hash: str,
     *,
     seq: int,
@@ -87,13 +107,60 @@ def chain_hash(
     object: str | None,
     detail_json: bytes,
 ) -> str:
-    """``event_hash`` with the detail already in canonical JSON: the body's canonical JSON
-    is written out key by key in sorted order (action, actor, at, detail, object, seq),
-    byte for byte what ``canonical_json`` of the whole body gives, without encoding the
-    detail a second time (appending thousands of receipts is a retention sweep's cost)."""
+    """``event_hash`` with the detail already in canonical JSON (appending thousands of
+    receipts is a retention sweep's cost: the detail is encoded once)."""
+    body = event_body(
+        seq=seq, at=at, actor=actor, action=action, object=object, detail_json=detail_json
+    )
+    return keyed_hash(key, prev_hash, body)
+
+
+def keyed_hash(key: bytes, prev_hash: str, body: bytes) -> str:
+    """``hex(HMAC-SHA256(key, bytes.fromhex(prev_hash) || body))``."""
+    if not key:
+        raise ValueError("the audit chain's key is empty")
+    return hmac.new(key, bytes.fromhex(prev_hash) + body, hashlib.sha256).hexdigest()
+
+
+def legacy_event_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    object: str | None,
+    detail: dict[str, Any],
+) -> str:
+    """The chain's first formula, unkeyed: ``hex(SHA-256(bytes.fromhex(prev_hash) ||
+    body))``. Anyone can compute it, a database writer too: only for verifying a chain
+    before it is re-keyed."""
+    body = event_body(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        object=object,
+        detail_json=canonical_json(detail),
+    )
+    return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+def event_body(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    object: str | None,
+    detail_json: bytes,
+) -> bytes:
+    """The canonical JSON of an event's body, written out key by key in sorted order
+    (action, actor, at, detail, object, seq): byte for byte what ``canonical_json`` of the
+    whole body gives, without encoding the detail a second time."""
     if type(seq) is not int:
         raise TypeError("seq must be an int")
-    body = b"".join(
+    return b"".join(
         (
             b'{"action":',
             _string(action),
@@ -110,7 +177,12 @@ def chain_hash(
             b"}",
         )
     )
-    return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
+
+
+def checkpoint_message(*, tenant: str, seq: int, hash: str, at: datetime, key_id: str) -> bytes:
+    """The bytes a checkpoint's signature covers (see the module's docstring)."""
+    body = {"at": format_at(at), "hash": hash, "key_id": key_id, "seq": seq, "tenant": tenant}
+    return CHECKPOINT_PREFIX + canonical_json(body)
 
 
 def _string(value: str) -> bytes:

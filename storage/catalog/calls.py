@@ -98,7 +98,9 @@ class Calls:
                 ).one()
                 recording = record(Recording, recording_row)
             if audit is not None:
-                await append_entries(conn, tenant_id, [audit], started_at)
+                await append_entries(
+                    conn, tenant_id, [audit], started_at, keys=self._core.audit_keys
+                )
         return record(Call, call_row), recording
 
     async def create(

@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, State
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from crypto.auditkeys import AuditKeyProvider
 from crypto.errors import CallvaultError, ConfigError
 from storage.catalog.schema import UTCDateTime, tenants
 from storage.catalog.urls import SETTING, async_database_url, mask_database_url
@@ -197,10 +198,15 @@ def _create_engine(
 
 
 class CatalogCore:
-    """The engine of the catalog database and its transactions; the aggregates share one."""
+    """The engine of the catalog database and its transactions; the aggregates share one.
 
-    def __init__(self, engine: AsyncEngine, url: str) -> None:
+    ``audit_keys`` gives the audit log its keys (the tenants' HMAC keys, the checkpoint
+    signing key): the keyring, never anything in this database. There is no default, so
+    that no catalog can chain its audit log with a key that is not the keyring's."""
+
+    def __init__(self, engine: AsyncEngine, url: str, *, audit_keys: AuditKeyProvider) -> None:
         self.engine = engine
+        self.audit_keys = audit_keys
         # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see _configure_sqlite).
         self._writer = engine.execution_options(callvault_write=True)
         # For reads that must see one snapshot across statements (audit verification);
@@ -222,6 +228,7 @@ class CatalogCore:
         cls,
         url: str,
         *,
+        audit_keys: AuditKeyProvider,
         pool_size: int = 10,
         connect_timeout_s: float = 10.0,
         busy_timeout_s: float = 10.0,
@@ -237,7 +244,7 @@ class CatalogCore:
             connect_timeout_s=connect_timeout_s,
             busy_timeout_s=busy_timeout_s,
         )
-        return cls(engine, url)
+        return cls(engine, url, audit_keys=audit_keys)
 
     @property
     def backend(self) -> str:

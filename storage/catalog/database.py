@@ -2,10 +2,10 @@
 
 The queries live in one module per aggregate (``tenants``, ``tokens``, ``instructions``,
 ``calls``, ``recordings``, ``objects``, ``keys``, ``holds``, ``retention``, ``jobs``,
-``audit``), each a class over the shared ``CatalogCore`` (the pool, its transactions and the
-translation of driver errors). This facade opens and closes the core, migrates and checks
-the schema, and hands out the aggregates: ``catalog.tenants.create(...)``,
-``catalog.jobs.claim(...)``, ``catalog.audit.append(...)``.
+``audit``, ``checkpoints``), each a class over the shared ``CatalogCore`` (the pool, its
+transactions, the translation of driver errors and the audit log's keys). This facade opens
+and closes the core, migrates and checks the schema, and hands out the aggregates:
+``catalog.tenants.create(...)``, ``catalog.jobs.claim(...)``, ``catalog.audit.append(...)``.
 
 Each public method is its own short transaction and returns frozen records
 (``storage.catalog.records``), never rows or ORM objects. Time is always passed in (``now``),
@@ -17,8 +17,10 @@ together or not at all.
 
 from __future__ import annotations
 
+from crypto.auditkeys import AuditKeyProvider
 from storage.catalog.audit import Audit
 from storage.catalog.calls import Calls
+from storage.catalog.checkpoints import Checkpoints
 from storage.catalog.core import MIGRATIONS_DIR, CatalogCore
 from storage.catalog.holds import Holds
 from storage.catalog.instructions import CatalogInstructions
@@ -34,7 +36,7 @@ __all__ = ["MIGRATIONS_DIR", "Catalog"]
 
 class Catalog:
     """The catalog database: tenants, tokens, instructions, calls, recordings, objects,
-    the key table, legal holds, retention, jobs and the audit log."""
+    the key table, legal holds, retention, jobs, the audit log and its checkpoints."""
 
     def __init__(self, core: CatalogCore) -> None:
         self.core = core
@@ -49,17 +51,20 @@ class Catalog:
         self.retention = Retention(core)
         self.jobs = Jobs(core)
         self.audit = Audit(core)
+        self.checkpoints = Checkpoints(core)
 
     @classmethod
     async def open(
         cls,
         url: str,
         *,
+        audit_keys: AuditKeyProvider,
         pool_size: int = 10,
         connect_timeout_s: float = 10.0,
         busy_timeout_s: float = 10.0,
     ) -> Catalog:
-        """Create the engine for ``url`` (any form ``async_database_url`` accepts).
+        """Create the engine for ``url`` (any form ``async_database_url`` accepts), whose
+        audit log takes its keys from ``audit_keys`` (the keyring's ``AuditKeyring``).
 
         Nothing is connected yet: ``check()`` tells whether the database answers, and
         ``migrate()`` brings its schema to the current version.
@@ -67,6 +72,7 @@ class Catalog:
         return cls(
             CatalogCore.open(
                 url,
+                audit_keys=audit_keys,
                 pool_size=pool_size,
                 connect_timeout_s=connect_timeout_s,
                 busy_timeout_s=busy_timeout_s,

@@ -96,7 +96,7 @@ class Holds:
                 )
             ).one()
             if audit is not None:
-                await append_entries(conn, tenant_id, [audit], now)
+                await append_entries(conn, tenant_id, [audit], now, keys=self._core.audit_keys)
         return _hold(row)
 
     async def get(self, tenant_id: str, hold_id: str) -> LegalHold:
@@ -151,7 +151,7 @@ class Holds:
                     f"Legal hold {hold_id!r} was released already.", code="hold_released"
                 )
             if audit is not None:
-                await append_entries(conn, tenant_id, [audit], now)
+                await append_entries(conn, tenant_id, [audit], now, keys=self._core.audit_keys)
         return _hold(row)
 
     async def list(self, tenant_id: str, *, active_only: bool = False) -> list[LegalHold]:

@@ -247,7 +247,7 @@ class Recordings:
                 )
                 await insert_jobs(conn, [job])
             if audit is not None:
-                await append_entries(conn, tenant_id, [audit], now)
+                await append_entries(conn, tenant_id, [audit], now, keys=self._core.audit_keys)
         return record(Recording, row)
 
     async def update_status(

@@ -267,6 +267,16 @@ class AuditEvent:
     hash: str
 
 
+AuditReason = Literal[
+    "chain",
+    "head",
+    "behind_checkpoint",
+    "checkpoint_mismatch",
+    "checkpoint_signature",
+    "not_keyed",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditCheck:
     """The outcome of ``catalog.audit.verify``; unpacks as ``ok, broken_at, count``."""
@@ -276,6 +286,39 @@ class AuditCheck:
     """The first sequence number that is altered, missing or out of place."""
     count: int
     """How many events the tenant's log holds."""
+    reason: AuditReason | None = None
+    """When not ok, what is wrong (``AUDIT_REASONS`` says each in words)."""
+    checkpoint: int | None = None
+    """The sequence number of the latest checkpoint the chain was checked against."""
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.ok, self.broken_at, self.count))
+
+
+AUDIT_REASONS: dict[AuditReason, str] = {
+    "chain": "an event does not follow the one before it or its hash does not match its "
+    "content under the tenant's audit key: altered, removed, moved or forged",
+    "head": "the events form a chain that is not the one the tenant's head names: events "
+    "removed from the end, or added past the head",
+    "behind_checkpoint": "the chain ends before the latest checkpoint: events it signed are "
+    "gone (the log was cut back)",
+    "checkpoint_mismatch": "the event at the latest checkpoint's sequence number is not the "
+    "one it signed (the log was rewritten)",
+    "checkpoint_signature": "the latest checkpoint's signature does not verify under the "
+    "gateway's public key (the checkpoint row was altered or forged)",
+    "not_keyed": "the tenant's chain has not been re-keyed under its audit key yet",
+}
+"""Why ``verify`` can fail, in words for the CLI and the API's documentation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The gateway's signature of a tenant's audit chain head (``seq``, ``hash``) at ``at``."""
+
+    tenant_id: str
+    seq: int
+    hash: str
+    at: datetime
+    key_id: str
+    signature: str
+    """Base64 of the Ed25519 signature of ``auditchain.checkpoint_message``."""

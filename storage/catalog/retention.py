@@ -179,7 +179,9 @@ class Retention:
                     .returning(objects.c.id)
                 )
                 moved = list(result.scalars())
-                await append_entries(conn, tenant_id, receipts(moved), now)
+                await append_entries(
+                    conn, tenant_id, receipts(moved), now, keys=self._core.audit_keys
+                )
             marked.extend(moved)
         return marked
 
@@ -235,7 +237,7 @@ class Retention:
                         )
                     ).one()
                 )
-            await append_entries(conn, tenant_id, audit, now)
+            await append_entries(conn, tenant_id, audit, now, keys=self._core.audit_keys)
         return [record(Recording, row) for row in rows]
 
     async def due_recordings(
@@ -329,7 +331,9 @@ class Retention:
                         .returning(*recordings.c)
                     )
                     moved = sorted((record(Recording, row) for row in result), key=lambda r: r.id)
-                    await append_entries(conn, tenant_id, receipts(moved), now)
+                    await append_entries(
+                        conn, tenant_id, receipts(moved), now, keys=self._core.audit_keys
+                    )
                     if events is not None and moved:
                         await enqueue_new_jobs(conn, tenant_id, events(moved), now)
                 completed.extend(moved)
@@ -497,6 +501,8 @@ class Retention:
                     .returning(calls.c.id)
                 )
                 moved = list(result.scalars())
-                await append_entries(conn, tenant_id, receipts(moved), now)
+                await append_entries(
+                    conn, tenant_id, receipts(moved), now, keys=self._core.audit_keys
+                )
             deleted.extend(moved)
         return deleted

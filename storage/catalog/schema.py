@@ -267,3 +267,16 @@ audit_events = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    # The gateway's signatures of the chain's head, kept forever like the events: a
+    # checkpoint is made only when the head moved, so (tenant, seq) is unique.
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
+)

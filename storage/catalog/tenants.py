@@ -51,7 +51,7 @@ class Tenants:
                 )
             ).one()
             if audit is not None:
-                await append_entries(conn, id, [audit], now)
+                await append_entries(conn, id, [audit], now, keys=self._core.audit_keys)
         return record(Tenant, row)
 
     async def get(self, tenant_id: str) -> Tenant:

@@ -116,7 +116,7 @@ class Tokens:
                 )
             ).one()
             if tenant_id is not None:
-                await append_entries(conn, tenant_id, audit, now)
+                await append_entries(conn, tenant_id, audit, now, keys=self._core.audit_keys)
                 await enqueue_new_jobs(conn, tenant_id, jobs, now)
         return record(Token, row)
 
@@ -187,7 +187,7 @@ class Tokens:
                     object=token_id,
                     detail={"role": row.role, "expires_at": iso(row.expires_at)},
                 )
-                await append_entries(conn, tenant_id, [entry], now)
+                await append_entries(conn, tenant_id, [entry], now, keys=self._core.audit_keys)
         return record(Token, row)
 
     async def revoke_operator_tokens(

@@ -19,12 +19,13 @@ def gateway_settings(tmp_path: Path) -> Settings:
     """Embedded defaults in a temporary data dir; AudioSocket on a free loopback port; no
     in-process AI worker (the AI tests drive ``worker`` themselves), a 10 s retry backoff;
     no background retention sweep (the tests run ``app[SWEEPER].sweep`` at a time of their
-    choosing)."""
+    choosing) and no background audit checkpoints (the tests make them)."""
     return Settings(
         data_dir=tmp_path / "var",
         audiosocket={"port": free_port()},
         ai={"workers": 0, "retry_backoff": f"PT{AI_BACKOFF_S}S", "lease": f"PT{AI_LEASE_S}S"},
         retention={"sweep_interval": "PT0S"},
+        audit={"checkpoint_interval": "PT0S"},
     )
 
 

@@ -331,6 +331,9 @@ ROLE_TABLE = [
     endpoint("GET", "/v1/tenants/{tenant}/export?number=%2B40711111111", "admin"),
     endpoint("GET", "/v1/tenants/{tenant}/audit", "admin"),
     endpoint("GET", "/v1/tenants/{tenant}/audit/verify", "admin"),
+    endpoint("GET", "/v1/tenants/{tenant}/audit/checkpoints", "admin"),
+    endpoint("POST", "/v1/tenants/{tenant}/audit/checkpoints", "admin"),
+    endpoint("GET", "/v1/audit/public-key", "operator admin pbx processor"),  # no token, too
 ]
 
 
@@ -485,6 +488,8 @@ PATHS_OF_B = [
     Foreign("GET", "/v1/tenants/{other}/recordings", TENANT_ROLES),
     Foreign("GET", "/v1/tenants/{other}/audit", TENANT_ROLES),
     Foreign("GET", "/v1/tenants/{other}/audit/verify", TENANT_ROLES),
+    Foreign("GET", "/v1/tenants/{other}/audit/checkpoints", TENANT_ROLES),
+    Foreign("POST", "/v1/tenants/{other}/audit/checkpoints", TENANT_ROLES),
     Foreign(
         "POST", "/v1/tenants/{other}/legal-holds", TENANT_ROLES, {"number": CALLER, "reason": "r"}
     ),

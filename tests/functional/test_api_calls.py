@@ -424,7 +424,7 @@ async def test_a_call_whose_audit_event_fails_leaves_no_call_record(
     tenant = await gateway.tenant("acme", instructions)
     catalog = gateway.app[SERVICES].catalog
 
-    async def audit_down(*args: Any) -> None:
+    async def audit_down(*args: Any, **kwargs: Any) -> None:
         raise CatalogUnavailable("the audit insert failed")
 
     monkeypatch.setattr("storage.catalog.calls.append_entries", audit_down)

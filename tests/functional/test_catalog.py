@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -39,6 +40,7 @@ from storage.catalog import AuditCheck, Catalog, ObjectKeyRow
 from storage.catalog.database import MIGRATIONS_DIR
 from storage.catalog.schema import metadata
 from storage.errors import CatalogUnavailable, Conflict, Gone, NotFound
+from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TABLES = {
@@ -52,13 +54,15 @@ TABLES = {
     "object_keys",
     "jobs",
     "audit_events",
+    "audit_checkpoints",
 }
 
 
 @pytest.fixture
-async def empty_catalog(database_url: str) -> AsyncIterator[Catalog]:
-    """A catalog on an empty database (not migrated)."""
-    catalog = await Catalog.open(database_url)
+async def empty_catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
+    """A catalog on an empty database (not migrated), its audit log keyed by a keyring in
+    ``tmp_path``."""
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         yield catalog
     finally:
@@ -153,7 +157,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0006"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0007"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 
@@ -161,7 +165,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
 async def test_nodes_migrating_at_once_do_not_collide(
     empty_catalog: Catalog, database_url: str
 ) -> None:
-    other = await Catalog.open(database_url)
+    other = await Catalog.open(database_url, audit_keys=empty_catalog.core.audit_keys)
     try:
         await asyncio.gather(empty_catalog.migrate(), other.migrate(), empty_catalog.migrate())
         await other.check()
@@ -352,7 +356,7 @@ async def test_concurrent_instruction_changes_get_consecutive_versions(
     catalog: Catalog, database_url: str
 ) -> None:
     await add_tenant(catalog)
-    other = await Catalog.open(database_url)  # a second node
+    other = await Catalog.open(database_url, audit_keys=catalog.core.audit_keys)  # a second node
     try:
         results = await asyncio.gather(
             *(
@@ -402,7 +406,7 @@ async def test_shredding_deletes_the_key_row(catalog: Catalog, raw: AsyncEngine)
 
 async def test_a_shredded_key_leaves_no_bytes_in_the_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "catalog.sqlite3"
-    catalog = await Catalog.open(f"sqlite:///{path}")
+    catalog = await Catalog.open(f"sqlite:///{path}", audit_keys=audit_keyring(tmp_path / "k"))
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
     try:
         await catalog.migrate()
@@ -439,7 +443,7 @@ async def test_a_wal_a_reader_holds_is_warned_about_and_truncated_once_it_lets_g
     shred: what stays in it is logged (no key), and the next shred truncates it."""
     path = tmp_path / "catalog.sqlite3"
     wal = path.with_name(path.name + "-wal")
-    catalog = await Catalog.open(f"sqlite:///{path}")
+    catalog = await Catalog.open(f"sqlite:///{path}", audit_keys=audit_keyring(tmp_path / "keys"))
     reader = sqlite3.connect(path, isolation_level=None)
     try:
         await catalog.migrate()
@@ -963,7 +967,7 @@ async def test_concurrent_claimers_never_get_the_same_job(
     await add_tenant(catalog)
     for n in range(30):
         await catalog.jobs.enqueue(id=f"j{n:02d}", tenant_id="acme", kind="analyze", now=T0)
-    other = await Catalog.open(database_url)  # a second worker node
+    other = await Catalog.open(database_url, audit_keys=catalog.core.audit_keys)  # 2nd node
     claims: Counter[str] = Counter()
 
     async def worker(node: Catalog, owner: str) -> list[str]:
@@ -987,10 +991,18 @@ async def test_concurrent_claimers_never_get_the_same_job(
 # --- audit --------------------------------------------------------------------------------
 
 
-def expected_hash(prev_hash: str, body: dict[str, Any]) -> str:
+def expected_hash(key: bytes, prev_hash: str, body: dict[str, Any]) -> str:
     """The chain's definition, written out independently of the product code."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical.encode("utf-8")).hexdigest()
+    message = bytes.fromhex(prev_hash) + canonical.encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+async def audit_key(catalog: Catalog, tenant_id: str = "acme") -> bytes:
+    """The tenant's audit key, from the keyring the catalog was opened with."""
+    found = await catalog.core.audit_keys.audit_key(tenant_id)
+    assert found is not None and found.active
+    return found.key
 
 
 async def append_events(catalog: Catalog, n: int, tenant_id: str = "acme") -> None:
@@ -1013,6 +1025,8 @@ async def test_audit_chain(catalog: Catalog) -> None:
 
     events = await catalog.audit.list("acme")
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    key = await audit_key(catalog)
+    assert key != await audit_key(catalog, "beta")  # one key per tenant
     prev = "0" * 64
     for event in events:
         body = {
@@ -1024,7 +1038,7 @@ async def test_audit_chain(catalog: Catalog) -> None:
             "detail": event.detail,
         }
         assert event.prev_hash == prev
-        assert event.hash == expected_hash(prev, body)
+        assert event.hash == expected_hash(key, prev, body)
         prev = event.hash
     assert events[1].at == T0 + timedelta(seconds=1, microseconds=7)
     assert events[1].detail == {"bytes": 1, "range": [0, 1], "note": "ünïcode"}
@@ -1057,21 +1071,21 @@ async def test_audit_verify_detects_an_altered_row(catalog: Catalog, raw: AsyncE
         d=json.dumps({"bytes": 999, "range": [0, 2], "note": "ünïcode"}),
     )
     assert changed == 1
-    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=3, count=5)
+    assert await catalog.audit.verify("acme") == AuditCheck(False, 3, 5, reason="chain")
 
 
 async def test_audit_verify_detects_a_removed_row(catalog: Catalog, raw: AsyncEngine) -> None:
     await add_tenant(catalog)
     await append_events(catalog, 5)
     await execute(raw, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 2")
-    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=2, count=4)
+    assert await catalog.audit.verify("acme") == AuditCheck(False, 2, 4, reason="chain")
 
 
 async def test_audit_verify_detects_a_removed_last_row(catalog: Catalog, raw: AsyncEngine) -> None:
     await add_tenant(catalog)
     await append_events(catalog, 5)
     await execute(raw, "DELETE FROM audit_events WHERE tenant_id = 'acme' AND seq = 5")
-    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=5, count=4)
+    assert await catalog.audit.verify("acme") == AuditCheck(False, 5, 4, reason="head")
 
 
 async def test_audit_verify_detects_swapped_rows(catalog: Catalog, raw: AsyncEngine) -> None:
@@ -1081,7 +1095,7 @@ async def test_audit_verify_detects_swapped_rows(catalog: Catalog, raw: AsyncEng
     await execute(raw, swap, old=2, new=100)
     await execute(raw, swap, old=3, new=2)
     await execute(raw, swap, old=100, new=3)
-    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=2, count=5)
+    assert await catalog.audit.verify("acme") == AuditCheck(False, 2, 5, reason="chain")
 
 
 async def test_audit_verify_detects_a_forged_event_past_the_head(
@@ -1092,7 +1106,11 @@ async def test_audit_verify_detects_a_forged_event_past_the_head(
     last = (await catalog.audit.list("acme"))[-1]
     at = T0 + timedelta(hours=1)
     body = {"seq": 3, "at": "2026-11-27T11:00:00.000000Z", "actor": "x", "action": "y"}
-    forged = expected_hash(last.hash, {**body, "object": None, "detail": {}})
+    # Even with the tenant's key (which a database writer does not have), an event past the
+    # head is found.
+    forged = expected_hash(
+        await audit_key(catalog), last.hash, {**body, "object": None, "detail": {}}
+    )
     inserted = await execute(
         raw,
         "INSERT INTO audit_events (tenant_id, seq, at, actor, action, object, detail,"
@@ -1104,12 +1122,12 @@ async def test_audit_verify_detects_a_forged_event_past_the_head(
     assert inserted == 1
     assert (await catalog.audit.list("acme"))[-1].hash == forged  # a well-formed link...
     # ...that the tenant's chain head does not know of.
-    assert await catalog.audit.verify("acme") == AuditCheck(ok=False, broken_at=3, count=3)
+    assert await catalog.audit.verify("acme") == AuditCheck(False, 3, 3, reason="head")
 
 
 async def test_concurrent_audit_appends_keep_one_chain(catalog: Catalog, database_url: str) -> None:
     await add_tenant(catalog)
-    other = await Catalog.open(database_url)
+    other = await Catalog.open(database_url, audit_keys=catalog.core.audit_keys)
     try:
         events = await asyncio.gather(
             *(
@@ -1135,9 +1153,13 @@ def closed_port() -> int:
     return port
 
 
-async def test_an_unreachable_postgresql_is_catalog_unavailable_without_the_password() -> None:
+async def test_an_unreachable_postgresql_is_catalog_unavailable_without_the_password(
+    tmp_path: Path,
+) -> None:
     url = f"postgresql://callvault:hunter2secret@127.0.0.1:{closed_port()}/callvault"
-    catalog = await Catalog.open(url, connect_timeout_s=5)
+    catalog = await Catalog.open(
+        url, audit_keys=audit_keyring(tmp_path / "keys"), connect_timeout_s=5
+    )
     try:
         for attempt in (catalog.check(), catalog.tenants.get("acme"), catalog.migrate()):
             with pytest.raises(CatalogUnavailable) as caught:
@@ -1150,7 +1172,9 @@ async def test_an_unreachable_postgresql_is_catalog_unavailable_without_the_pass
 
 async def test_an_unopenable_sqlite_file_is_catalog_unavailable(tmp_path: Path) -> None:
     (tmp_path / "catalog.sqlite3").mkdir()  # a directory where the file should be
-    catalog = await Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    catalog = await Catalog.open(
+        f"sqlite:///{tmp_path / 'catalog.sqlite3'}", audit_keys=audit_keyring(tmp_path / "keys")
+    )
     try:
         with pytest.raises(CatalogUnavailable, match="catalog.sqlite3"):
             await catalog.check()
@@ -1177,7 +1201,10 @@ async def aiosqlite_workers_finished(timeout_s: float = 5.0) -> None:
 
 
 async def test_open_creates_the_data_dir_for_sqlite(tmp_path: Path) -> None:
-    catalog = await Catalog.open(f"sqlite:///{tmp_path / 'var' / 'deep' / 'catalog.sqlite3'}")
+    catalog = await Catalog.open(
+        f"sqlite:///{tmp_path / 'var' / 'deep' / 'catalog.sqlite3'}",
+        audit_keys=audit_keyring(tmp_path / "keys"),
+    )
     try:
         await catalog.migrate()
         await catalog.check()

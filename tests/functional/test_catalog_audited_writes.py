@@ -12,22 +12,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crypto.auditkeys import AuditKeyProvider
 from storage.catalog import AuditEntry, AuditEvent, Catalog
 from storage.catalog import audit as audit_module
 from storage.errors import CatalogUnavailable, NotFound
+from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 EVENT = AuditEntry(actor="op", action="tenant.created", object="acme", detail={})
 
 
 @pytest.fixture
-async def catalog(database_url: str) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(database_url)
+async def catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         await catalog.migrate()
         yield catalog
@@ -41,9 +44,14 @@ def failing_audit(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def install(module: str) -> None:
         async def append_then_fail(
-            conn: AsyncConnection, tenant_id: str, entries: Sequence[AuditEntry], now: datetime
+            conn: AsyncConnection,
+            tenant_id: str,
+            entries: Sequence[AuditEntry],
+            now: datetime,
+            *,
+            keys: AuditKeyProvider,
         ) -> list[AuditEvent]:
-            await audit_module.append_entries(conn, tenant_id, entries, now)
+            await audit_module.append_entries(conn, tenant_id, entries, now, keys=keys)
             raise CatalogUnavailable("the audit insert failed")
 
         monkeypatch.setattr(f"storage.catalog.{module}.append_entries", append_then_fail)
@@ -200,13 +208,18 @@ async def test_a_finish_racing_the_settling_of_its_deleted_tenant_deadlocks_neit
     in_finish = asyncio.Event()
 
     async def slow_append(
-        conn: AsyncConnection, tenant_id: str, entries: Sequence[AuditEntry], now: datetime
+        conn: AsyncConnection,
+        tenant_id: str,
+        entries: Sequence[AuditEntry],
+        now: datetime,
+        *,
+        keys: AuditKeyProvider,
     ) -> list[AuditEvent]:
         # The finish has written what it writes before its event: hold its transaction
         # open while the settling runs.
         in_finish.set()
         await asyncio.sleep(0.3)
-        return await audit_module.append_entries(conn, tenant_id, entries, now)
+        return await audit_module.append_entries(conn, tenant_id, entries, now, keys=keys)
 
     monkeypatch.setattr("storage.catalog.recordings.append_entries", slow_append)
     end = T0 + timedelta(minutes=2)

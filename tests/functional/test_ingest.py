@@ -581,9 +581,13 @@ async def test_shutdown_finalizes_open_calls(
     await client.server.close()  # on_shutdown closes the socket (1001), cleanup finalizes
     assert ws.closed or (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     # The catalog is closed with the app; reopen it to look.
+    from crypto.auditkeys import AuditKeyring
+    from gateway.services import open_keyring
     from storage.catalog import Catalog
 
-    reopened = await Catalog.open(gateway_settings.catalog_url)
+    reopened = await Catalog.open(
+        gateway_settings.catalog_url, audit_keys=AuditKeyring(open_keyring(gateway_settings))
+    )
     try:
         rec = await reopened.recordings.get("acme", announced["recording_id"])
         assert rec.status == "processing"  # AI was instructed: a job was queued

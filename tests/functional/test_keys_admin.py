@@ -22,9 +22,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from crypto.errors import ConfigError
+from crypto import keyfile
+from crypto.auditkeys import AuditKeyring
+from crypto.errors import ConfigError, DecryptionFailed
 from crypto.keyfile import in_rotation
-from crypto.keys import KEYRING_FILE, MASTER_KEY_FILE, LocalKeyring, WrappedKey
+from crypto.keys import (
+    KEYRING_FILE,
+    MASTER_KEY_FILE,
+    PLAIN_SECTIONS,
+    WRAPPED_SECTIONS,
+    LocalKeyring,
+    WrappedKey,
+)
 from crypto.masterkey import (
     OLD_KEY_FILE,
     KeyFileRotation,
@@ -32,10 +41,11 @@ from crypto.masterkey import (
     master_key_source,
     read_key_file,
 )
+from crypto.objectformat import unwrap_key
 from gateway.keyadmin import warn_about_master_key
 from gateway.services import open_services
 from gateway.settings import Settings
-from storage.catalog import Catalog, async_database_url
+from storage.catalog import AuditCheck, Catalog, async_database_url
 from storage.catalog.schema import instructions
 from storage.filestore import FileStore
 from storage.instructions import SealedSecret, parse_instructions, parse_stored_instructions
@@ -79,11 +89,12 @@ class Parts:
 
 @pytest.fixture
 async def parts(database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
-    catalog = await Catalog.open(database_url)
+    keyring = LocalKeyring.open(tmp_path / "keys", bytes(range(32)))
+    # The audit log keyed from the same keyring, as ``open_services`` does.
+    catalog = await Catalog.open(database_url, audit_keys=AuditKeyring(keyring))
     await catalog.migrate()
     await catalog.tenants.create("acme", "Acme", "eu", T0)
     store = FileStore(tmp_path / "objects")
-    keyring = LocalKeyring.open(tmp_path / "keys", bytes(range(32)))
     vault = MediaVault(catalog=catalog, store=store, keys=keyring, segment_size=4096)
     try:
         yield Parts(catalog, keyring, vault, tmp_path / "keys")
@@ -364,6 +375,8 @@ async def test_rotate_master_under_a_running_gateway(
     assert refused.value.setting == f"master key file {data_dir / MASTER_KEY_FILE}"
     fresh = LocalKeyring.open(data_dir, new)
     assert fresh.current("globex") is not None
+    # The running gateway made globex's audit key after the rotation: under the new key.
+    assert await AuditKeyring(fresh).audit_key("globex") is not None
 
 
 async def test_a_restart_finishes_a_file_rotation_that_stopped_after_the_key_moved(
@@ -470,6 +483,72 @@ async def test_rotate_master_with_the_key_from_the_environment(tmp_path: Path) -
     for result in (phase_one, commit, refused):
         for key in (old, new):
             assert b64(key) not in result.stdout + result.stderr
+
+
+async def test_rotate_master_rewraps_the_audit_keys_and_the_logs_and_checkpoints_verify(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The audit keys and the checkpoint signing key live in the keyring: ``keys
+    rotate-master`` re-wraps them with the KEKs. After the commit the same keys open under
+    the new master key, the tenants' keyed chains and their signed checkpoints verify, new
+    events are keyed and new checkpoints signed by the same key, and no value of the keyring
+    is wrapped under the old master key any more."""
+    old, new = os.urandom(32), os.urandom(32)
+    data_dir = tmp_path / "var"
+
+    def settings(key: bytes) -> Settings:
+        return Settings(data_dir=data_dir, database_url=database_url, master_key=b64(key))
+
+    checkpoints = {}
+    async with open_services(settings(old)) as services:
+        catalog = services.catalog
+        for tenant in ("acme", "beta"):
+            await catalog.tenants.create(tenant, tenant.title(), "eu", T0)
+            for i in range(3):
+                await catalog.audit.append(tenant, "tok_1", "audio.read", f"rec-{i}", {"i": i}, T0)
+            checkpoints[tenant] = await catalog.checkpoints.make(tenant, T0)
+        signer = await services.audit_keys.checkpoint_signer()
+        audit_key = await services.audit_keys.audit_key("acme")
+    assert audit_key is not None and audit_key.active
+
+    rotated = callvault(
+        "--data-dir", str(data_dir), "keys", "rotate-master", "--commit",
+        "--new-key-file", str(key_file(tmp_path / "new.key", new)),
+        env=clean_env(CALLVAULT_MASTER_KEY=b64(old)),
+    )  # fmt: skip
+    assert rotated.returncode == 0, rotated.stderr
+
+    doc = orjson.loads((data_dir / KEYRING_FILE).read_bytes())
+    assert {"audit_keys", "audit_signing_key"} <= set(doc)
+    wrapped = keyfile.contexts(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS)
+    assert {place[0] for place, _ in wrapped} >= {"audit_keys", "audit_signing_key"}
+    for place, context in wrapped:
+        value = doc
+        for part in place:
+            value = value[part]
+        assert isinstance(value, str), place  # one side only: the rotation is over
+        unwrap_key(new, base64.b64decode(value), context=context)  # opens under the new key
+        with pytest.raises(DecryptionFailed):
+            unwrap_key(old, base64.b64decode(value), context=context)
+
+    async with open_services(settings(new)) as services:
+        catalog = services.catalog
+        assert await services.audit_keys.audit_key("acme") == audit_key
+        assert (await services.audit_keys.checkpoint_signer()).public_key == signer.public_key
+        for tenant, checkpoint in checkpoints.items():
+            assert checkpoint is not None
+            check = await catalog.audit.verify(tenant)
+            assert check == AuditCheck(True, None, checkpoint.seq, checkpoint=checkpoint.seq)
+        await catalog.audit.append("acme", "tok_1", "audio.read", "rec-9", {}, T0)
+        later = await catalog.checkpoints.make("acme", T0)
+        assert later is not None and later.key_id == signer.key_id
+        assert later.seq == checkpoints["acme"].seq + 1  # type: ignore[union-attr]
+        assert await catalog.audit.verify("acme") == AuditCheck(
+            True, None, later.seq, checkpoint=later.seq
+        )
+    with pytest.raises(ConfigError, match="not the master key"):
+        async with open_services(settings(old)):
+            pass
 
 
 async def test_rotate_master_in_one_go_with_a_generated_key_or_one_on_stdin(

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from crypto.auditkeys import AuditKeyring
 from crypto.errors import KeyUnavailable
 from crypto.keys import LocalKeyring
 from gateway.webhooks import JOB_KIND, deletion_notifier
@@ -148,10 +149,10 @@ class Parts:
 
 @asynccontextmanager
 async def open_parts(database_url: str, store: ObjectStore, keys: Path) -> AsyncIterator[Parts]:
-    catalog = await Catalog.open(database_url)
+    keyring = LocalKeyring.open(keys, MASTER)
+    catalog = await Catalog.open(database_url, audit_keys=AuditKeyring(keyring))
     try:
         await catalog.migrate()
-        keyring = LocalKeyring.open(keys, MASTER)
         vault = MediaVault(catalog=catalog, store=store, keys=keyring, segment_size=4096)
         notify = RecordingNotify()
         sweeper = RetentionSweeper(

@@ -30,6 +30,7 @@ from storage.errors import AdminExists, CatalogUnavailable, NotFound
 from tests.functional.test_catalog_audited_writes import failing_audit
 from tests.functional.test_cli import callvault, clean_env, list_tenants, start_serve, stop_serve
 from tests.gateway import FakeClock, Gateway, GatewayServer, bearer, start_gateway
+from tests.keyring import audit_keyring
 
 __all__ = ["failing_audit"]  # the fixture, shared with test_catalog_audited_writes
 
@@ -185,9 +186,9 @@ async def test_an_env_token_revoked_through_the_api_is_not_registered_again(
 
 
 async def test_once_every_operator_token_is_revoked_or_expired_the_next_start_mints_one(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
-    catalog = await Catalog.open(database_url)
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         await catalog.migrate()
         first = await ensure_operator_token(catalog, None, now=T0)
@@ -221,8 +222,8 @@ async def test_once_every_operator_token_is_revoked_or_expired_the_next_start_mi
 
 
 @pytest.fixture
-async def catalog(database_url: str) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(database_url)
+async def catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         await catalog.migrate()
         await catalog.tenants.create("acme", "Acme", "eu", T0)
@@ -232,9 +233,10 @@ async def catalog(database_url: str) -> AsyncIterator[Catalog]:
 
 
 async def test_two_nodes_minting_a_first_admin_at_once_mint_one(
-    catalog: Catalog, database_url: str
+    catalog: Catalog, database_url: str, tmp_path: Path
 ) -> None:
-    other = await Catalog.open(database_url)
+    # Another node: its own catalog pool and its own view of the same keyring.
+    other = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
 
         async def first_admin(on: Catalog, n: int) -> str:

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from crypto.auditkeys import AuditKeyring
 from crypto.errors import DecryptionFailed, KeyUnavailable
 from crypto.keys import KekRef, LocalKeyring, WrappedKey, dek_context
 from crypto.objectformat import unwrap_key, wrap_key
@@ -30,6 +31,7 @@ from storage.s3 import S3Store
 from storage.store import ObjectStore
 from storage.vault import MediaVault
 from tests.conftest import S3Server
+from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 MASTER = bytes(range(32))
@@ -71,11 +73,11 @@ async def parts(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             secret_key=server.secret_key,
             region=server.region,
         )
-    catalog = await Catalog.open(database_url)
+    keyring = LocalKeyring.open(tmp_path / "keys", MASTER)
+    catalog = await Catalog.open(database_url, audit_keys=AuditKeyring(keyring))
     await catalog.migrate()
     for tenant in ("acme", "globex"):
         await catalog.tenants.create(tenant, tenant.title(), "eu", T0)
-    keyring = LocalKeyring.open(tmp_path / "keys", MASTER)
     vault = MediaVault(catalog=catalog, store=store, keys=keyring, segment_size=4096)
     try:
         yield Parts(vault, catalog, store, keyring, tmp_path, database_url)
@@ -338,7 +340,10 @@ class KmsLikeProvider:
 @pytest.fixture
 async def kms_vault(tmp_path: Path) -> AsyncIterator[tuple[MediaVault, KmsLikeProvider]]:
     """A vault on SQLite and the file store whose keys come from ``KmsLikeProvider``."""
-    catalog = await Catalog.open(f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}")
+    catalog = await Catalog.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}",
+        audit_keys=audit_keyring(tmp_path / "audit-keys"),
+    )
     await catalog.migrate()
     await catalog.tenants.create("acme", "Acme", "eu", T0)
     store = FileStore(tmp_path / "objects")

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from crypto.errors import KeyUnavailable
 from crypto.keys import WrappedKey
 from gateway.app import build_app
+from gateway.clock import Clock
 from gateway.services import Services, build_sender, open_services
 from gateway.settings import Settings
 from gateway.state import SERVICES
@@ -325,7 +326,7 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
     settings = settings_for(tmp_path, sqlite_or(database_url))
     clock = FakeClock()
     webhook = {"url": HOOK}
-    async with open_services(settings, now=clock.now) as services:
+    async with open_services(settings, clock=cast(Clock, clock)) as services:
         catalog = services.catalog
         for tenant in ("acme", "beta", "gone"):
             await catalog.tenants.create(tenant, tenant.title(), "eu", clock.now())
@@ -347,7 +348,7 @@ async def test_a_catalog_with_clear_secrets_is_sealed_at_start_once(
 
     clock.advance(60)
     caplog.set_level(logging.WARNING, logger="storage.webhooksecret")
-    async with open_services(settings, now=clock.now) as services:  # seals at start
+    async with open_services(settings, clock=cast(Clock, clock)) as services:  # seals at start
         # Copies made before (backups; on PostgreSQL old row versions and the WAL) still
         # hold the secrets in clear: the operator is told what to do, with no secret.
         (warning,) = [
@@ -408,13 +409,13 @@ async def test_a_tenant_whose_deletion_stopped_after_its_keys_went_does_not_stop
     clear secret is sealed under a key that is not kept, as a deleted tenant's is."""
     settings = settings_for(tmp_path, sqlite_or(database_url))
     clock = FakeClock()
-    async with open_services(settings, now=clock.now) as services:
+    async with open_services(settings, clock=cast(Clock, clock)) as services:
         await services.catalog.tenants.create("acme", "Acme", "eu", clock.now())
         await services.keys.wrap("acme", "obj-1", bytes(32))  # the tenant had keys
         await services.keys.destroy_tenant("acme")  # -- the DELETE stopped here --
     await write_clear_versions(settings.catalog_url, ("acme", 1, {"url": HOOK, "secret": GONE}))
 
-    async with open_services(settings, now=clock.now) as services:  # seals at start
+    async with open_services(settings, clock=cast(Clock, clock)) as services:  # seals at start
         (version,) = await services.catalog.instructions.history("acme")
         with pytest.raises(KeyUnavailable):
             await open_secret(services.catalog, services.keys, "acme", sealed_of(version.document))
@@ -431,7 +432,7 @@ async def test_a_start_seals_a_clear_secret_that_the_sender_then_signs_with(
     url, received = receiver
     clock = FakeClock()
     settings = settings_for(tmp_path, None)
-    async with open_services(settings, now=clock.now) as services:
+    async with open_services(settings, clock=cast(Clock, clock)) as services:
         await services.catalog.tenants.create("acme", "Acme", "eu", clock.now())
     engine = create_async_engine(settings.catalog_url)
     try:

@@ -12,6 +12,7 @@ wait is the timeout test's, a fraction of a second of aiohttp's own timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -22,9 +23,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry
 
 from crypto.keys import LocalKeyring
+from gateway.checkpoints import Checkpointer, CheckpointReport
 from gateway.settings import WebhookSettings
 from gateway.webhooks import WebhookSender, queue_event, verify
 from storage.catalog import Catalog, Job
@@ -32,6 +35,7 @@ from storage.catalog.urls import async_database_url
 from storage.instructions import parse_instructions
 from storage.webhooksecret import seal_secret, store_instructions
 from tests.gateway import FakeClock
+from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 SECRET = "whsec_functional-0123456789"
@@ -83,7 +87,9 @@ async def receiver(aiohttp_server: Callable[..., Any]) -> AsyncIterator[Receiver
 
 @pytest.fixture
 async def catalog(tmp_path: Path) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(async_database_url(None, tmp_path))
+    catalog = await Catalog.open(
+        async_database_url(None, tmp_path), audit_keys=audit_keyring(tmp_path / "keys")
+    )
     try:
         await catalog.migrate()
         await catalog.tenants.create("acme", name="Acme SRL", region="eu", now=T0)
@@ -254,6 +260,51 @@ async def test_an_event_is_delivered_once_with_a_valid_signature(
     assert (done.status, done.attempts, done.last_error) == ("done", 1, None)
     assert count(registry, "delivered") == 1
     assert count(registry, "retry") == 0
+
+
+async def test_an_audit_checkpoint_is_delivered_with_what_checks_it(
+    catalog: Catalog,
+    keys: LocalKeyring,
+    clock: FakeClock,
+    settings: WebhookSettings,
+    sender: WebhookSender,
+    receiver: Receiver,
+) -> None:
+    await instruct(catalog, keys, receiver.url)
+    await catalog.audit.append("acme", "tok_1", "instructions.updated", None, {}, T0)
+    checkpointer = Checkpointer(catalog, max_attempts=settings.max_attempts)
+    report = await checkpointer.make_due(clock.now())
+    (checkpoint,) = report.made
+    assert await checkpointer.make_due(clock.now()) == CheckpointReport()  # queued once
+    assert await sender.deliver_once() is True
+    assert await sender.deliver_once() is False
+
+    (delivery,) = receiver.received
+    assert delivery.headers["Callvault-Event"] == "audit.checkpoint"
+    sent_at = int(clock.now().timestamp())
+    assert verify(SECRET, delivery.headers["Callvault-Signature"], delivery.body, now=sent_at)
+    body = json.loads(delivery.body)
+    assert (body["event"], body["tenant"]) == ("audit.checkpoint", "acme")
+    data = body["data"]
+    assert data == {
+        "seq": checkpoint.seq,
+        "hash": checkpoint.hash,
+        "at": "2026-11-27T10:00:00.000000Z",
+        "key_id": checkpoint.key_id,
+        "signature": checkpoint.signature,
+    }
+    # What the receiver keeps is enough to check the checkpoint later, with the public key.
+    signer = await catalog.core.audit_keys.checkpoint_signer()
+    message = (
+        b"callvault-audit-checkpoint/v1\n"
+        + json.dumps(
+            {**{k: data[k] for k in ("at", "hash", "key_id", "seq")}, "tenant": "acme"},
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+    )
+    public = Ed25519PublicKey.from_public_bytes(signer.public_key)
+    public.verify(base64.b64decode(data["signature"]), message)
 
 
 async def test_a_500_is_retried_after_the_backoff_then_delivered(

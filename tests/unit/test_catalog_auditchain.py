@@ -1,8 +1,10 @@
-"""The audit hash chain's definition, pinned by a known answer."""
+"""The audit chain's definition (keyed, and the legacy formula) and the checkpoint message,
+pinned by known answers."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -14,24 +16,33 @@ from storage.catalog.auditchain import (
     GENESIS_HASH,
     canonical_json,
     chain_hash,
+    checkpoint_message,
     encode_detail,
     event_hash,
     format_at,
+    legacy_event_hash,
     normalize_detail,
 )
 
 AT = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
+KEY = bytes(range(32))
+FIRST_BODY = (
+    '{"action":"recording.read","actor":"tok_1","at":"2026-11-27T10:00:00.000000Z",'
+    '"detail":{"bytes":42,"é":"ü"},"object":"rec_1","seq":1}'
+).encode()
+
+
 def test_known_answer() -> None:
     # Written out by hand: sorted keys, no spaces, UTF-8 (not \u escapes), microseconds + Z.
-    body = (
-        '{"action":"recording.read","actor":"tok_1","at":"2026-11-27T10:00:00.000000Z",'
-        '"detail":{"bytes":42,"é":"ü"},"object":"rec_1","seq":1}'
-    ).encode()
-    first = hashlib.sha256(bytes(32) + body).hexdigest()
+    # The digests were checked with `openssl dgst -sha256 -mac HMAC -macopt hexkey:0001…1f`
+    # over 32 zero bytes followed by the body: an auditor's tool in any language agrees.
+    first = "0a7d58e6f9b3ffaabc3e090960864dfb5feee7883838b22aa4c7beb8d584c5cb"
+    assert hmac.new(KEY, bytes(32) + FIRST_BODY, hashlib.sha256).hexdigest() == first
     assert (
         event_hash(
+            KEY,
             GENESIS_HASH,
             seq=1,
             at=AT,
@@ -42,12 +53,9 @@ def test_known_answer() -> None:
         )
         == first
     )
-    second_body = (
-        b'{"action":"x","actor":"a","at":"2026-11-27T10:00:01.500000Z",'
-        b'"detail":{},"object":null,"seq":2}'
-    )
     assert (
         event_hash(
+            KEY,
             first,
             seq=2,
             at=AT + timedelta(seconds=1.5),
@@ -56,11 +64,26 @@ def test_known_answer() -> None:
             object=None,
             detail={},
         )
-        == hashlib.sha256(bytes.fromhex(first) + second_body).hexdigest()
+        == "23d34f20401de6b1161258dfc97383a59556024536f3aba6f7cdc3e6e1c0c3d5"
     )
 
 
-def test_every_field_is_covered() -> None:
+def test_the_legacy_formula_is_plain_sha256_of_the_same_body() -> None:
+    # Kept for verifying and re-keying chains written before audit keys existed.
+    legacy = legacy_event_hash(
+        GENESIS_HASH,
+        seq=1,
+        at=AT,
+        actor="tok_1",
+        action="recording.read",
+        object="rec_1",
+        detail={"é": "ü", "bytes": 42},
+    )
+    assert legacy == hashlib.sha256(bytes(32) + FIRST_BODY).hexdigest()
+    assert legacy == "283d5cb868d540aa01d76ef9b0f523a8e5be76528aae01861ab374faad27e957"
+
+
+def test_every_field_and_the_key_are_covered() -> None:
     base: dict[str, Any] = {
         "seq": 1,
         "at": AT,
@@ -69,7 +92,7 @@ def test_every_field_is_covered() -> None:
         "object": "o",
         "detail": {"k": 1},
     }
-    reference = event_hash(GENESIS_HASH, **base)
+    reference = event_hash(KEY, GENESIS_HASH, **base)
     variants: list[dict[str, Any]] = [
         {"seq": 2},
         {"at": AT + timedelta(microseconds=1)},
@@ -79,8 +102,23 @@ def test_every_field_is_covered() -> None:
         {"detail": {"k": 2}},
     ]
     for change in variants:
-        assert event_hash(GENESIS_HASH, **{**base, **change}) != reference
-    assert event_hash("11" * 32, **base) != reference
+        assert event_hash(KEY, GENESIS_HASH, **{**base, **change}) != reference
+    assert event_hash(KEY, "11" * 32, **base) != reference
+    assert event_hash(bytes(32), GENESIS_HASH, **base) != reference
+    assert legacy_event_hash(GENESIS_HASH, **base) != reference
+    with pytest.raises(ValueError, match="empty"):
+        event_hash(b"", GENESIS_HASH, **base)
+
+
+def test_the_checkpoint_message_is_written_out() -> None:
+    message = checkpoint_message(
+        tenant="acme", seq=7, hash="ab" * 32, at=AT, key_id="ed25519-0011223344556677"
+    )
+    assert message == (
+        b"callvault-audit-checkpoint/v1\n"
+        b'{"at":"2026-11-27T10:00:00.000000Z","hash":"' + b"ab" * 32 + b'",'
+        b'"key_id":"ed25519-0011223344556677","seq":7,"tenant":"acme"}'
+    )
 
 
 def test_times_are_written_in_utc_and_must_be_aware() -> None:
@@ -128,8 +166,8 @@ def test_chain_hash_is_event_hash_of_the_whole_body(
         "object": object,
     }
     body = {**fields, "at": "2026-11-27T10:00:00.000000Z", "detail": detail}
-    expected = hashlib.sha256(bytes(32) + canonical_json(body)).hexdigest()
-    assert event_hash(GENESIS_HASH, **fields, detail=detail) == expected
+    expected = hmac.new(KEY, bytes(32) + canonical_json(body), hashlib.sha256).hexdigest()
+    assert event_hash(KEY, GENESIS_HASH, **fields, detail=detail) == expected
     normal, encoded = encode_detail(detail)
-    assert chain_hash(GENESIS_HASH, **fields, detail_json=encoded) == expected
+    assert chain_hash(KEY, GENESIS_HASH, **fields, detail_json=encoded) == expected
     assert normal == detail

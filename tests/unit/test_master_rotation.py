@@ -185,31 +185,33 @@ async def test_a_new_side_that_does_not_open_is_never_committed(tmp_path: Path) 
 # --- every wrapped section, registered once ------------------------------------------------
 
 
-def _audit_key_context(tenant: str) -> bytes:
-    return f"callvault/test-audit-key/v1|{tenant}".encode()
+def _feature_key_context(tenant: str) -> bytes:
+    return f"callvault/test-feature-key/v1|{tenant}".encode()
 
 
 async def test_a_registered_section_is_rewrapped_and_an_unregistered_one_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A section another part of callvault keeps in keyring.json (per-tenant audit keys,
-    say) is rotated with the rest once it has its line in ``WRAPPED_SECTIONS``; without it
-    the keyring refuses to open, rather than leave the section under the old key."""
+    """A section another part of callvault keeps in keyring.json (per-tenant keys of some
+    new feature, say) is rotated with the rest once it has its line in
+    ``WRAPPED_SECTIONS``; without it the keyring refuses to open, rather than leave the
+    section under the old key. (The audit keys' sections are registered:
+    ``tests/unit/test_auditkeys.py``.)"""
     await two_tenants(tmp_path, OLD_KEY)
     secret = bytes(range(50, 82))
     doc = keyring_doc(tmp_path)
-    wrap = wrap_key(OLD_KEY, secret, context=_audit_key_context("acme"))
-    doc["audit_keys"] = {"acme": base64.b64encode(wrap).decode()}
+    wrap = wrap_key(OLD_KEY, secret, context=_feature_key_context("acme"))
+    doc["feature_keys"] = {"acme": base64.b64encode(wrap).decode()}
     (tmp_path / KEYRING_FILE).write_bytes(orjson.dumps(doc))
-    with pytest.raises(ConfigError, match="audit_keys.*neither registered"):
+    with pytest.raises(ConfigError, match="feature_keys.*neither registered"):
         LocalKeyring.open(tmp_path, OLD_KEY)
 
-    monkeypatch.setitem(WRAPPED_SECTIONS, "audit_keys", keyfile.per_name(_audit_key_context))
+    monkeypatch.setitem(WRAPPED_SECTIONS, "feature_keys", keyfile.per_name(_feature_key_context))
     keyring = LocalKeyring.open(tmp_path, OLD_KEY)
     assert keyring.begin_master_rotation(NEW_KEY) == 5
     keyring.finish_master_rotation(NEW, NEW_KEY)
-    rewrapped = base64.b64decode(keyring_doc(tmp_path)["audit_keys"]["acme"])
-    assert unwrap_key(NEW_KEY, rewrapped, context=_audit_key_context("acme")) == secret
+    rewrapped = base64.b64decode(keyring_doc(tmp_path)["feature_keys"]["acme"])
+    assert unwrap_key(NEW_KEY, rewrapped, context=_feature_key_context("acme")) == secret
 
 
 # --- the master key file in the data dir ---------------------------------------------------

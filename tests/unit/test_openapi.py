@@ -23,18 +23,22 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
 import gateway.app
+from crypto.signing import CheckpointSigner
 from gateway import openapi
+from gateway.api.audit import public_key_view
 from gateway.api.calls import call_view
 from gateway.api.recordings import Lifecycle, recording_view
 from gateway.api.rights import hold_view
 from gateway.api.tenants import instructions_view, tenant_view, token_view
 from gateway.app import build_app
 from gateway.calls import CallAnnouncement
+from gateway.checkpoints import checkpoint_view
 from gateway.policy import RefusalCode
 from gateway.settings import Settings
 from storage.catalog.records import (
     ROLES,
     Call,
+    Checkpoint,
     Instructions,
     LegalHold,
     Recording,
@@ -451,6 +455,9 @@ def test_views_fit_their_schemas(doc: dict[str, Any]) -> None:
         call_records=parse_duration("P3Y"),
     )
     free, holding = Lifecycle(windows, Holds([])), Lifecycle(windows, Holds([held]))
+    checkpoint = Checkpoint(
+        tenant_id="acme", seq=7, hash="ab" * 32, at=NOW, key_id="ed25519-0", signature="c2ln"
+    )
     cases: list[tuple[str, dict[str, Any]]] = [
         ("Tenant", tenant_view(tenant)),
         ("Token", token_view(token)),
@@ -466,6 +473,8 @@ def test_views_fit_their_schemas(doc: dict[str, Any]) -> None:
         ("LegalHold", hold_view(released)),
         ("Call", call_view(ended)),
         ("Call", call_view(_call(refusal="consent_missing"))),
+        ("AuditCheckpoint", checkpoint_view(checkpoint)),
+        ("AuditPublicKey", public_key_view(CheckpointSigner(bytes(32)))),
     ]
     for name, view in cases:
         assert _violations(view, _schema(doc, name), doc) == [], name
