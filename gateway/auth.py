@@ -27,8 +27,7 @@ from datetime import datetime
 from crypto.errors import ConfigError
 from gateway.errors import BadRequest, BreakGlassRequired, Forbidden, Unauthorized
 from gateway.webhooks import Event, event_jobs
-from storage.catalog import AuditEntry, Catalog, NewJob, Role, Token
-from storage.catalog.tokens import iso
+from storage.catalog import AuditEntry, Catalog, NewJob, Role, Token, iso
 from storage.errors import AdminExists, NotFound
 from storage.instructions import parse_duration
 

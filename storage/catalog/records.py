@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, overload
 
 Role = Literal["operator", "admin", "pbx", "processor"]
 RecordingStatus = Literal["recording", "recorded", "processing", "analyzed", "failed", "deleted"]
@@ -30,6 +30,20 @@ RECORDING_STATUSES: tuple[RecordingStatus, ...] = (
 DATA_CLASSES: tuple[DataClass, ...] = ("recordings", "transcripts")
 OBJECT_STATES: tuple[ObjectState, ...] = ("writing", "committed", "deleted")
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
+
+
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
+def iso(value: datetime | None) -> str | None:
+    """A time as callvault writes it everywhere (API answers, audit details, webhooks, logs,
+    the CLI): UTC ISO-8601 with a ``Z``, microseconds when it has any."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

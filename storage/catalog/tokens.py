@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.catalog.audit import append_entries
 from storage.catalog.core import CatalogCore, lock_tenant, record
 from storage.catalog.jobs import enqueue_new_jobs
-from storage.catalog.records import ROLES, AuditEntry, NewJob, Role, Token
+from storage.catalog.records import ROLES, AuditEntry, NewJob, Role, Token, iso
 from storage.catalog.schema import tenants, tokens
 from storage.errors import AdminExists, NotFound
 
@@ -41,13 +41,6 @@ def _active(now: datetime) -> sa.ColumnElement[bool]:
         tokens.c.revoked_at.is_(None),
         sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
     )
-
-
-def iso(value: datetime | None) -> str | None:
-    """A time as audit details carry it: UTC ISO-8601 with a ``Z`` (as the API shows it)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def _has_active_admin(conn: AsyncConnection, tenant_id: str, now: datetime) -> bool:
