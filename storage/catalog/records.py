@@ -69,6 +69,10 @@ class Token:
     revoked_at: datetime | None
     expires_at: datetime | None = None
     """When the token stops working; ``None``: never (until revoked)."""
+    break_glass: bool = False
+    """Minted by the operator for a tenant that has had an admin: it mints no token."""
+    from_env: bool = False
+    """An operator token that is, or was, the value of ``CALLVAULT_OPERATOR_TOKEN``."""
 
     def active(self, now: datetime) -> bool:
         """Neither revoked nor expired at ``now`` (a token is refused from its expiry on)."""
