@@ -111,7 +111,8 @@ def token_expiry(
 ) -> datetime | None:
     """When a token minted at ``now`` with ``expires_in`` (an ISO-8601 duration; absent:
     ``default``, ``None`` for never) expires; ``BadRequest`` naming ``expires_in`` when it
-    is not a duration, is zero, or ends later than ``longest`` after ``now``."""
+    is not a duration, is zero or shorter than the catalog's microsecond, or ends later than
+    ``longest`` after ``now``."""
     text = expires_in if expires_in is not None else default
     if text is None:
         return None
@@ -122,6 +123,8 @@ def token_expiry(
         expires_at = duration.after(now)
     except ValueError as e:
         raise BadRequest(f"expires_in: {e}.") from None
+    if expires_at <= now:  # "PT0.0000001S": not zero, yet it ends before it begins
+        raise BadRequest(f"expires_in: {text!r} is shorter than a microsecond.")
     if expires_at > parse_duration(longest).after(now):
         raise BadRequest(f"expires_in: {text!r} is longer than {longest}, the most allowed here.")
     return expires_at

@@ -194,9 +194,10 @@ class BreakGlass(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    """A tenant token. Operator tokens are minted at `/v1/operator/tokens`."""
+    """A tenant token; unknown fields are refused. Operator tokens are minted at
+    `/v1/operator/tokens`."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, strict=True)
+    model_config = _CLOSED
 
     role: TenantRole
     break_glass: BreakGlass | None = None

@@ -132,6 +132,7 @@ async def test_an_expired_operator_token_is_401_at_its_expiry(
         ("P1Y1D", "longer than P1Y"),
         ("P366D", "longer than P1Y"),  # T0 + P1Y is 365 days later
         ("P13M", "longer than P1Y"),
+        ("PT0.0000001S", "shorter than a microsecond"),  # not zero, yet no time at all
         (3600, "must be a string"),
     ],
 )
@@ -543,6 +544,29 @@ async def test_a_break_glass_token_mints_no_token(
     assert (await mint(gateway, "acme", tenant.admin, role="admin"))["break_glass"] is False
     clock.current = clock.now() + HOUR
     assert await status_with(gateway, glass["token"], "/v1/tenants/acme/tokens") == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"role": "pbx", "expiresIn": "PT1H"}, "expiresIn"),
+        ({"role": "pbx", "expires": "PT1H"}, "expires"),
+        ({"role": "admin", "breakGlass": {"reason": "x"}}, "breakGlass"),
+        ({"role": "pbx", "id": "tok_chosen"}, "id"),
+    ],
+)
+async def test_a_token_body_with_an_unknown_field_is_400_naming_it(
+    clocked_gateway: Gateway, body: dict[str, Any], field: str
+) -> None:
+    # A misspelt expires_in would otherwise mint a token that never expires.
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme")
+    before = await token_ids(gateway, "acme")
+    for by in (tenant.admin, gateway.operator):
+        answer = await mint(gateway, "acme", by, status=400, **body)
+        assert answer["error"] == "bad_request"
+        assert answer["message"].startswith(f"{field}: "), answer
+    assert await token_ids(gateway, "acme") == before
 
 
 # --- revocation, audited -----------------------------------------------------------------

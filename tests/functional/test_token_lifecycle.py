@@ -552,6 +552,24 @@ async def test_callvault_token_create_keeps_the_break_glass_rule(tmp_path: Path)
     assert processor.expires_at - processor.created_at == timedelta(hours=1)
 
 
+async def test_callvault_token_create_refuses_an_expiry_shorter_than_a_microsecond(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    async with open_services(settings) as services:
+        await services.catalog.tenants.create("acme", "Acme", "eu", T0)
+    for role in (["--role", "operator"], ["--role", "pbx", "--tenant", "acme"]):
+        refused = cli(tmp_path, "token", "create", *role, "--expires-in", "PT0.0000001S")
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr == (
+            "callvault: bad_request: expires_in: 'PT0.0000001S' is shorter than a microsecond.\n"
+        )
+        assert refused.stdout == ""
+    async with open_services(settings) as services:
+        assert await services.catalog.tokens.list("acme") == []
+        assert await services.catalog.tokens.list(None) == []
+
+
 def test_serve_with_a_changed_operator_token_revokes_the_old_one(tmp_path: Path) -> None:
     process, base = start_serve(tmp_path, CALLVAULT_OPERATOR_TOKEN=OLD)
     assert list_tenants(base, OLD) == 200
