@@ -8,10 +8,11 @@ tenants: ``scope`` answers 404 for a foreign tenant *before* it checks the role.
 
 Every token can be revoked and may expire; the catalog is asked on every request (no node
 keeps a copy), so either takes effect at the next request on every node. The operator may
-mint a tenant's first admin token; once the tenant has an active admin, an operator-minted
-admin or processor token is break-glass access (``mint_tenant_token``): it needs a reason,
-lives at most ``BREAK_GLASS_LIFETIME``, and the tenant learns of it from its audit log and
-its webhook.
+mint a tenant's first admin token; once the tenant has had an admin (revoking them all does
+not make the next one "first"), an operator-minted admin or processor token is break-glass
+access (``mint_tenant_token``): it needs a reason, lives at most ``BREAK_GLASS_LIFETIME``,
+the tenant learns of it from its audit log and its webhook, and it mints no token (else its
+hour would buy a permanent one the tenant never hears of).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from datetime import datetime
 from crypto.errors import ConfigError
 from gateway.errors import BadRequest, BreakGlassRequired, Forbidden, Unauthorized
 from gateway.webhooks import Event, event_jobs
-from storage.catalog import AuditEntry, Catalog, NewJob, Role, Token
-from storage.catalog.tokens import iso
+from storage.catalog import AuditEntry, Catalog, NewJob, Role, Token, iso
 from storage.errors import AdminExists, NotFound
 from storage.instructions import parse_duration
 
@@ -40,11 +40,13 @@ TOKEN_BYTES = 32
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token's id, role and tenant (``None`` for the operator)."""
+    """Who is calling: the token's id, role and tenant (``None`` for the operator), and
+    whether the token is the operator's break-glass access to that tenant."""
 
     token_id: str
     role: Role
     tenant: str | None
+    break_glass: bool = False
 
     @property
     def actor(self) -> str:
@@ -99,7 +101,9 @@ async def authenticate(catalog: Catalog, secret: str | None, *, now: datetime) -
     token = await catalog.tokens.find(digest, now=now)
     if token is None or not hmac.compare_digest(token.token_hash, digest):
         raise Unauthorized("The token is unknown, revoked or expired.")
-    return Principal(token_id=token.id, role=token.role, tenant=token.tenant_id)
+    return Principal(
+        token_id=token.id, role=token.role, tenant=token.tenant_id, break_glass=token.break_glass
+    )
 
 
 def token_expiry(
@@ -107,7 +111,8 @@ def token_expiry(
 ) -> datetime | None:
     """When a token minted at ``now`` with ``expires_in`` (an ISO-8601 duration; absent:
     ``default``, ``None`` for never) expires; ``BadRequest`` naming ``expires_in`` when it
-    is not a duration, is zero, or ends later than ``longest`` after ``now``."""
+    is not a duration, is zero or shorter than the catalog's microsecond, or ends later than
+    ``longest`` after ``now``."""
     text = expires_in if expires_in is not None else default
     if text is None:
         return None
@@ -118,6 +123,8 @@ def token_expiry(
         expires_at = duration.after(now)
     except ValueError as e:
         raise BadRequest(f"expires_in: {e}.") from None
+    if expires_at <= now:  # "PT0.0000001S": not zero, yet it ends before it begins
+        raise BadRequest(f"expires_in: {text!r} is shorter than a microsecond.")
     if expires_at > parse_duration(longest).after(now):
         raise BadRequest(f"expires_in: {text!r} is longer than {longest}, the most allowed here.")
     return expires_at
@@ -135,6 +142,7 @@ async def mint_token(
     audit: Sequence[AuditEntry] = (),
     jobs: Sequence[NewJob] = (),
     unless_admin: bool = False,
+    break_glass: bool = False,
 ) -> MintedToken:
     """Store a new token (``audit`` and ``jobs`` in the same transaction, see
     ``catalog.tokens.create``) and return it with its secret."""
@@ -150,6 +158,7 @@ async def mint_token(
         audit=audit,
         jobs=jobs,
         unless_admin=unless_admin,
+        break_glass=break_glass,
     )
     return MintedToken(record=record, secret=secret)
 
@@ -159,6 +168,7 @@ async def mint_tenant_token(
     *,
     actor: str,
     by_operator: bool,
+    by_break_glass: bool = False,
     tenant: str,
     role: Role,
     now: datetime,
@@ -170,12 +180,20 @@ async def mint_tenant_token(
     with the token row (``token.created``: role and expiry).
 
     The operator (``by_operator``: the API's operator, or the CLI) may mint the tenant's
-    first admin token, and pbx tokens, freely. Once the tenant has an active admin, an
-    admin or processor token of the operator needs ``break_glass`` (a reason), else
-    ``BreakGlassRequired``. A break-glass token expires within ``BREAK_GLASS_LIFETIME``
-    (that long when ``expires_in`` is absent; longer is a ``BadRequest``), is audited as
-    ``token.break_glass`` (reason, role, expiry, never the secret) and is sent to the
-    tenant's webhook as ``token.break_glass``. Tenant admins need no break-glass."""
+    first admin token, and pbx tokens, freely. Once the tenant has had an admin token
+    (revoked and expired ones count), an admin or processor token of the operator needs
+    ``break_glass`` (a reason), else ``BreakGlassRequired``. A break-glass token expires
+    within ``BREAK_GLASS_LIFETIME`` (that long when ``expires_in`` is absent; longer is a
+    ``BadRequest``), is audited as ``token.break_glass`` (reason, role, expiry, never the
+    secret), is sent to the tenant's webhook as ``token.break_glass``, and is marked in the
+    catalog: a break-glass token (``by_break_glass``) mints nothing (``Forbidden``). Tenant
+    admins need no break-glass."""
+    if by_break_glass:
+        raise Forbidden(
+            "A break-glass token may not mint tokens: it is the operator's access to this "
+            f"tenant for at most {BREAK_GLASS_LIFETIME}. The tenant's own admin mints its "
+            "tokens; the operator mints another break-glass token if it needs one."
+        )
     if break_glass is not None and not by_operator:
         raise BadRequest(
             "break_glass: only the operator mints break-glass tokens; a tenant admin mints "
@@ -214,10 +232,11 @@ async def mint_tenant_token(
             audit=audit,
             jobs=jobs,
             unless_admin=by_operator and break_glass is None and role in ("admin", "processor"),
+            break_glass=break_glass is not None,
         )
     except AdminExists:
         raise BreakGlassRequired(
-            f"Tenant {tenant!r} has an admin already: an operator-minted {role} token needs "
+            f"Tenant {tenant!r} has (or had) an admin: an operator-minted {role} token needs "
             '"break_glass": {"reason": "..."}; it is audited, sent to the tenant\'s webhook '
             f"and expires within {BREAK_GLASS_LIFETIME}."
         ) from None
@@ -271,11 +290,14 @@ async def ensure_operator_token(
 ) -> str | None:
     """Make sure an operator can log in; return a newly minted secret to show once, if any.
 
-    ``CALLVAULT_OPERATOR_TOKEN`` given: its hash is registered (once), and every operator
-    token registered from an earlier value of the setting is revoked (a rotation); nothing
-    is shown. A value whose token was revoked (through the API or the CLI) is refused with
-    a ``ConfigError``: it is never silently registered again, and the operator sets a new
-    one. Not given: when no operator token is active (the first start, or after the operator
+    ``CALLVAULT_OPERATOR_TOKEN`` given: its hash is registered (once), or, when the value is
+    an operator token already (the one the first start printed, one the CLI or the API
+    minted), that token is taken over as the setting's; either way it is marked
+    (``from_env``) and every earlier value's token is revoked (a rotation); nothing is
+    shown. A value whose token was revoked (through the API or the CLI) or has expired is
+    refused with a ``ConfigError``: it is never silently registered again, nor does the
+    gateway start with a value that cannot log in, and the operator sets a new one. Not
+    given: when no operator token is active (the first start, or after the operator
     revoked or let expire the last one) one is minted and returned for the caller to print;
     otherwise nothing is minted.
     """
@@ -298,6 +320,19 @@ async def ensure_operator_token(
                 f"this value's token ({known.id}) was revoked; it is not registered again. "
                 "Set a new value (e.g. `openssl rand -base64 32`).",
             )
+        if known is not None and not known.active(now):
+            raise ConfigError(
+                ENV_OPERATOR,
+                f"this value's token ({known.id}) expired at {iso(known.expires_at)}; it "
+                "cannot log in. Set a new value (e.g. `openssl rand -base64 32`).",
+            )
+        if known is not None and not known.from_env:
+            log.info(
+                "%s holds operator token %s (created by %s); a later value revokes it",
+                ENV_OPERATOR,
+                known.id,
+                known.created_by,
+            )
         if known is None:
             await catalog.tokens.create(
                 id="tok_env_" + secrets.token_hex(6),  # not derived from the secret
@@ -307,9 +342,7 @@ async def ensure_operator_token(
                 created_by=ENV_OPERATOR,
                 now=now,
             )
-        for old in await catalog.tokens.revoke_operator_tokens(
-            ENV_OPERATOR, keep_hash=digest, now=now
-        ):
+        for old in await catalog.tokens.rotate_env_operator(digest, now=now):
             log.warning(
                 "%s changed: the operator token %s registered from its previous value is revoked",
                 ENV_OPERATOR,

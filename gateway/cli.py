@@ -23,7 +23,7 @@ from crypto.errors import CallvaultError, ConfigError
 from gateway.keyadmin import add_key_commands, run_key_command, warn_about_master_key
 from gateway.logs import ACCESS, AccessLogger, configure_logging
 from gateway.settings import Settings
-from storage.catalog import AUDIT_REASONS, Role
+from storage.catalog import AUDIT_REASONS, Role, iso
 
 log = logging.getLogger("callvault")
 
@@ -275,7 +275,7 @@ async def _mint(settings: Settings, args: argparse.Namespace) -> None:
                 webhook_attempts=settings.webhooks.max_attempts,
             )
     expires = minted.record.expires_at
-    until = f", expires {expires.isoformat().replace('+00:00', 'Z')}" if expires else ""
+    until = f", expires {iso(expires)}" if expires else ""
     print(f"{minted.record.id} ({role}{' of ' + tenant if tenant else ''}{until}): {minted.secret}")
 
 
@@ -288,7 +288,7 @@ async def _revoke(settings: Settings, token_id: str) -> None:
             known.tenant_id, token_id, datetime.now(UTC), actor="cli"
         )
     whose = f" of tenant {token.tenant_id}" if token.tenant_id else ""
-    when = token.revoked_at.isoformat().replace("+00:00", "Z") if token.revoked_at else "?"
+    when = iso(token.revoked_at) or "?"
     already = " already" if known.revoked_at is not None else ""
     print(f"{token.id}: {token.role} token{whose}, revoked{already} at {when}")
 

@@ -191,8 +191,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     """Catalog, file store, keyring and spool live here. Default `./var`."""
     operator_token: SecretStr | None = None
-    """Bootstrap operator token; a new value revokes the previous value's token at start, and a
-    revoked value refuses to start. Default: generated at first start and printed once."""
+    """Bootstrap operator token (may be one the first start printed); a new value revokes the
+    previous value's token at start, and a revoked or expired value refuses to start.
+    Default: generated at first start and printed once."""
     master_key: SecretStr | None = None
     """Base64 of the 32-byte key that wraps the keyring. Default: a 0600 file in the data dir."""
     database_url: str | None = None

@@ -52,7 +52,7 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -64,7 +64,7 @@ from crypto.errors import DecryptionFailed, KeyUnavailable
 from crypto.keys import KeyProvider
 from gateway.egress import AddressRefused, CheckingResolver, check_host, not_a_name, url_refusal
 from gateway.settings import WebhookSettings
-from storage.catalog import Catalog, Job, NewJob
+from storage.catalog import Catalog, Job, NewJob, iso
 from storage.errors import Conflict
 from storage.instructions import SealedSecret
 from storage.retention import DeletedEvents, Notify, deleted_event_id
@@ -242,7 +242,7 @@ def event_jobs(
     checked the tenant's webhook URL and queues them itself (``queue_events``, or the
     retention sweeper inside the transaction that marks the recordings deleted)."""
     _check_events(events)
-    created_at = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    created_at = iso(now)
     jobs = []
     for item in events:
         event_id = item.event_id or f"evt_{secrets.token_hex(16)}"

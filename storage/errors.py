@@ -63,9 +63,9 @@ class HeldByLegalHold(Conflict):
 
 
 class AdminExists(Conflict):
-    """The tenant has an active admin token, and the write was asked to happen only while
-    it has none (the operator's minting of a tenant's first admin; ``gateway.auth`` turns it
-    into the API's ``break_glass_required``)."""
+    """The tenant has, or had, an admin token, and the write was asked to happen only while
+    it never had one (the operator's minting of a tenant's first admin; ``gateway.auth``
+    turns it into the API's ``break_glass_required``)."""
 
     code = "admin_exists"
 

@@ -48,13 +48,15 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "A bearer token is required.",
     ),
     "forbidden": (
-        "The token's role may not do this, or the endpoint needs a tenant token.",
+        "The token's role may not do this, the endpoint needs a tenant token, or a "
+        "break-glass token tried to mint a token.",
         "A processor token may not do this (needs admin).",
     ),
     "break_glass_required": (
-        "The operator minted an admin or processor token for a tenant that has an active "
-        "admin token already, without `break_glass`; nothing was minted.",
-        "Tenant 'acme' has an admin already: an operator-minted admin token needs "
+        "The operator minted an admin or processor token for a tenant that has, or had, an "
+        "admin token (revoked and expired ones count), without `break_glass`; nothing was "
+        "minted.",
+        "Tenant 'acme' has (or had) an admin: an operator-minted admin token needs "
         '"break_glass": {"reason": "..."}; it is audited, sent to the tenant\'s webhook and '
         "expires within PT1H.",
     ),

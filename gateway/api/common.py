@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from gateway.auth import Principal, authenticate, bearer_secret
 from gateway.errors import BadRequest
 from gateway.state import CLOCK, SERVICES
+from storage.catalog import iso as iso  # API timestamps: the one format, UTC with a Z
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 TENANT = web.RequestKey("tenant", str)
@@ -59,13 +60,6 @@ async def json_body(request: web.Request) -> Any:
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         raise BadRequest("The body is not valid JSON.", code="bad_json") from None
-
-
-def iso(value: datetime | None) -> str | None:
-    """API timestamps: UTC, seconds precision or better, with a ``Z``."""
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def query_time(request: web.Request, name: str) -> datetime | None:

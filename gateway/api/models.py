@@ -185,7 +185,7 @@ Lifetime = Annotated[
 
 
 class BreakGlass(BaseModel):
-    """Why the operator mints itself access to a tenant that has an admin already."""
+    """Why the operator mints itself access to a tenant that has (or had) an admin."""
 
     model_config = _CLOSED
 
@@ -194,15 +194,17 @@ class BreakGlass(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    """A tenant token. Operator tokens are minted at `/v1/operator/tokens`."""
+    """A tenant token; unknown fields are refused. Operator tokens are minted at
+    `/v1/operator/tokens`."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, strict=True)
+    model_config = _CLOSED
 
     role: TenantRole
     break_glass: BreakGlass | None = None
-    """Operator only. Needed for an admin or processor token once the tenant has an active
-    admin token (else 403 `break_glass_required`); the token is audited as
-    `token.break_glass`, sent to the tenant's webhook, and expires within `PT1H`."""
+    """Operator only. Needed for an admin or processor token once the tenant has had an
+    admin token, revoked and expired ones included (else 403 `break_glass_required`); the
+    token is audited as `token.break_glass`, sent to the tenant's webhook, expires within
+    `PT1H`, and mints no token."""
     expires_in: Lifetime | None = None
     """How long the token lives; absent or null: until revoked (a break-glass token: `PT1H`,
     and no longer is accepted)."""
@@ -234,6 +236,9 @@ class Token(BaseModel):
     """When the token was revoked; null if it was not."""
     expires_at: Timestamp | None
     """When the token stops working (refused from that instant on); null: never."""
+    break_glass: bool
+    """The operator's break-glass access to the tenant: it expires within `PT1H` and mints
+    no token."""
 
 
 class MintedToken(Token):

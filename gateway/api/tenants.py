@@ -53,6 +53,7 @@ def token_view(token: Token) -> dict[str, Any]:
         "created_by": token.created_by,
         "revoked_at": iso(token.revoked_at),
         "expires_at": iso(token.expires_at),
+        "break_glass": token.break_glass,
     }
 
 
@@ -165,10 +166,11 @@ async def delete_tenant(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     """Mint a token of the tenant; its secret is in this answer only. Audited as
     `token.created` (role, expiry). The operator may mint the tenant's first admin token and
-    any pbx token; once the tenant has an active admin, an operator's admin or processor
-    token needs `break_glass` (403 `break_glass_required` without it): such a token is
-    audited as `token.break_glass`, sent to the tenant's webhook (event `token.break_glass`)
-    and expires within `PT1H` (its default; a longer `expires_in` is 400)."""
+    any pbx token; once the tenant has had an admin token (revoked and expired ones count),
+    an operator's admin or processor token needs `break_glass` (403 `break_glass_required`
+    without it): such a token is audited as `token.break_glass`, sent to the tenant's
+    webhook (event `token.break_glass`), expires within `PT1H` (its default; a longer
+    `expires_in` is 400) and mints no token (403 `forbidden`)."""
     principal, tenant = await principal_of(request), request[TENANT]
     body = body_of(request, TokenCreate)
     app = request.app
@@ -178,6 +180,7 @@ async def create_token(request: web.Request) -> web.Response:
         services.catalog,
         actor=principal.actor,
         by_operator=principal.role == "operator",
+        by_break_glass=principal.break_glass,
         tenant=tenant,
         role=body.role,
         now=now,

@@ -39,6 +39,7 @@ from storage.catalog.records import (
     StoredObject,
     Tenant,
     Token,
+    iso,
 )
 from storage.catalog.urls import async_database_url, mask_database_url
 
@@ -74,5 +75,6 @@ __all__ = [
     "async_database_url",
     "canonical_json",
     "event_hash",
+    "iso",
     "mask_database_url",
 ]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, overload
 
 Role = Literal["operator", "admin", "pbx", "processor"]
 RecordingStatus = Literal["recording", "recorded", "processing", "analyzed", "failed", "deleted"]
@@ -30,6 +30,20 @@ RECORDING_STATUSES: tuple[RecordingStatus, ...] = (
 DATA_CLASSES: tuple[DataClass, ...] = ("recordings", "transcripts")
 OBJECT_STATES: tuple[ObjectState, ...] = ("writing", "committed", "deleted")
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
+
+
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
+def iso(value: datetime | None) -> str | None:
+    """A time as callvault writes it everywhere (API answers, audit details, webhooks, logs,
+    the CLI): UTC ISO-8601 with a ``Z``, microseconds when it has any."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,10 @@ class Token:
     revoked_at: datetime | None
     expires_at: datetime | None = None
     """When the token stops working; ``None``: never (until revoked)."""
+    break_glass: bool = False
+    """Minted by the operator for a tenant that has had an admin: it mints no token."""
+    from_env: bool = False
+    """An operator token that is, or was, the value of ``CALLVAULT_OPERATOR_TOKEN``."""
 
     def active(self, now: datetime) -> bool:
         """Neither revoked nor expired at ``now`` (a token is refused from its expiry on)."""

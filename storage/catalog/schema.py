@@ -100,6 +100,11 @@ tokens = sa.Table(
     sa.Column("created_by", sa.String(128), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
+    # Minted by the operator for a tenant that had an admin: it may mint no token.
+    sa.Column("break_glass", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # An operator token that is (or was) the value of CALLVAULT_OPERATOR_TOKEN: a new value
+    # revokes it.
+    sa.Column("from_env", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.CheckConstraint(_one_of("role", ROLES), name="role"),
     sa.CheckConstraint(
         "(role = 'operator' AND tenant_id IS NULL) "

@@ -8,14 +8,14 @@ node at its next request. A token is active while it is neither revoked nor expi
 A tenant token's minting and revocation are audited in the tenant's chain in the same
 transaction as the token row (``token.created``, ``token.revoked``, and ``token.break_glass``
 with its webhook job), behind the tenant's lock: a second writer cannot slip an admin token
-in between the question "has the tenant an active admin?" and the insert that depends on it.
+in between the question "has the tenant ever had an admin?" and the insert that depends on it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.catalog.audit import append_entries
 from storage.catalog.core import CatalogCore, lock_tenant, record
 from storage.catalog.jobs import enqueue_new_jobs
-from storage.catalog.records import ROLES, AuditEntry, NewJob, Role, Token
+from storage.catalog.records import ROLES, AuditEntry, NewJob, Role, Token, iso
 from storage.catalog.schema import tenants, tokens
 from storage.errors import AdminExists, NotFound
 
@@ -43,17 +43,12 @@ def _active(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def iso(value: datetime | None) -> str | None:
-    """A time as audit details carry it: UTC ISO-8601 with a ``Z`` (as the API shows it)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-async def _has_active_admin(conn: AsyncConnection, tenant_id: str, now: datetime) -> bool:
+async def _has_had_admin(conn: AsyncConnection, tenant_id: str) -> bool:
+    """Whether the tenant has, or ever had, an admin token: revoked and expired ones count,
+    so revoking a tenant's admins does not make the next operator-minted admin its "first"."""
     found = await conn.execute(
         sa.select(tokens.c.id)
-        .where(tokens.c.tenant_id == tenant_id, tokens.c.role == "admin", _active(now))
+        .where(tokens.c.tenant_id == tenant_id, tokens.c.role == "admin")
         .limit(1)
     )
     return found.first() is not None
@@ -78,12 +73,15 @@ class Tokens:
         audit: Sequence[AuditEntry] = (),
         jobs: Sequence[NewJob] = (),
         unless_admin: bool = False,
+        break_glass: bool = False,
     ) -> Token:
         """Store a token by the SHA-256 hex of its secret (never the secret itself), with
         the tenant's ``audit`` events and ``jobs`` (webhook events) in the same transaction.
 
-        ``unless_admin``: refuse with ``AdminExists`` (nothing stored) when the tenant has
-        an active admin token at ``now``, decided under the tenant's lock."""
+        ``unless_admin``: refuse with ``AdminExists`` (nothing stored) when the tenant has,
+        or ever had, an admin token (revoked and expired ones count), decided under the
+        tenant's lock. ``break_glass``: the token is marked as break-glass access (a tenant
+        token that expires)."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         if (role == "operator") != (tenant_id is None):
@@ -92,13 +90,15 @@ class Tokens:
             raise ValueError("token_hash must be the lowercase hex SHA-256 of the token")
         if expires_at is not None and expires_at <= now:
             raise ValueError("a token must expire after it is minted")
-        if tenant_id is None and (audit or jobs or unless_admin):
+        if tenant_id is None and (audit or jobs or unless_admin or break_glass):
             raise ValueError("operator tokens belong to no tenant's audit log or webhook")
+        if break_glass and expires_at is None:
+            raise ValueError("a break-glass token must expire")
         async with self._core.transaction(write=True, subject=f"Token {id!r}") as conn:
             if tenant_id is not None:
                 await lock_tenant(conn, tenant_id, live=True)
-                if unless_admin and await _has_active_admin(conn, tenant_id, now):
-                    raise AdminExists(f"Tenant {tenant_id!r} has an active admin token.")
+                if unless_admin and await _has_had_admin(conn, tenant_id):
+                    raise AdminExists(f"Tenant {tenant_id!r} has had an admin token.")
             row = (
                 await conn.execute(
                     sa.insert(tokens)
@@ -111,6 +111,8 @@ class Tokens:
                         created_by=created_by,
                         revoked_at=None,
                         expires_at=expires_at,
+                        break_glass=break_glass,
+                        from_env=False,
                     )
                     .returning(*tokens.c)
                 )
@@ -190,19 +192,31 @@ class Tokens:
                 await append_entries(conn, tenant_id, [entry], now, keys=self._core.audit_keys)
         return record(Token, row)
 
-    async def revoke_operator_tokens(
-        self, created_by: str, *, keep_hash: str, now: datetime
-    ) -> list[Token]:
-        """Revoke every operator token ``created_by`` made but the one with ``keep_hash``
-        (the env token's rotation); returns those revoked now."""
+    async def rotate_env_operator(self, token_hash: str, *, now: datetime) -> list[Token]:
+        """Make the operator token with ``token_hash`` the env token (``from_env``, however
+        it was minted: the setting may hold a token the bootstrap or the CLI printed) and
+        revoke every other env token, in one transaction (the setting's rotation); returns
+        those revoked now. ``NotFound`` when no active operator token has that hash."""
         async with self._core.transaction(write=True, subject="Operator tokens") as conn:
+            kept = await conn.execute(
+                sa.update(tokens)
+                .where(
+                    tokens.c.token_hash == token_hash,
+                    tokens.c.tenant_id.is_(None),
+                    _active(now),
+                )
+                .values(from_env=True)
+                .returning(tokens.c.id)
+            )
+            if kept.first() is None:
+                raise NotFound("No active operator token has this hash.")
             rows = (
                 await conn.execute(
                     sa.update(tokens)
                     .where(
                         tokens.c.tenant_id.is_(None),
-                        tokens.c.created_by == created_by,
-                        tokens.c.token_hash != keep_hash,
+                        tokens.c.from_env.is_(True),
+                        tokens.c.token_hash != token_hash,
                         tokens.c.revoked_at.is_(None),
                     )
                     .values(revoked_at=now)

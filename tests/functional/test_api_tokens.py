@@ -132,6 +132,7 @@ async def test_an_expired_operator_token_is_401_at_its_expiry(
         ("P1Y1D", "longer than P1Y"),
         ("P366D", "longer than P1Y"),  # T0 + P1Y is 365 days later
         ("P13M", "longer than P1Y"),
+        ("PT0.0000001S", "shorter than a microsecond"),  # not zero, yet no time at all
         (3600, "must be a string"),
     ],
 )
@@ -482,25 +483,90 @@ async def test_without_a_webhook_break_glass_is_audited_and_nothing_is_queued(
     assert await catalog_of(gateway).jobs.list("acme", kind="webhook") == []
 
 
-async def test_once_no_admin_is_active_the_operator_mints_an_admin_freely_again(
+async def test_once_the_tenant_had_an_admin_the_operator_needs_break_glass_for_good(
     clocked_gateway: Gateway, clock: FakeClock
 ) -> None:
+    # "The operator may mint a tenant's *first* admin token": not the first *active* one,
+    # else the operator revokes the tenant's admins and mints itself one nobody hears of.
     gateway = clocked_gateway
     await new_tenant(gateway)
-    first = await mint(gateway, "acme", gateway.operator, role="admin")
+    first = await mint(gateway, "acme", gateway.operator, role="admin", expires_in="PT10M")
+    second = await mint(gateway, "acme", first["token"], role="admin")
     await mint(gateway, "acme", gateway.operator, status=403, role="admin")
-    # Revoked by its own tenant: no active admin is left.
-    response = await gateway.client.delete(
-        f"/v1/tenants/acme/tokens/{first['id']}", headers=bearer(first["token"])
-    )
-    assert response.status == 200
-    temporary = await mint(gateway, "acme", gateway.operator, role="admin", expires_in="PT10M")
-    await mint(gateway, "acme", gateway.operator, status=403, role="processor")
-    # Expired: none active again.
+    # One revoked by its tenant, the other by the operator, the first one expired as well.
+    for token, by in ((second, first["token"]), (first, gateway.operator)):
+        response = await gateway.client.delete(
+            f"/v1/tenants/acme/tokens/{token['id']}", headers=bearer(by)
+        )
+        assert response.status == 200
     clock.current = clock.now() + timedelta(minutes=10)
-    assert await status_with(gateway, temporary["token"]) == 401
-    await mint(gateway, "acme", gateway.operator, role="processor")
-    await mint(gateway, "acme", gateway.operator, role="admin")
+    assert not [t for t in await catalog_of(gateway).tokens.list("acme") if t.active(clock.now())]
+    before_tokens = await token_ids(gateway, "acme")
+    before_events = await audit_of(gateway, "acme")
+    for role in ("admin", "processor"):
+        answer = await mint(gateway, "acme", gateway.operator, status=403, role=role)
+        assert answer["error"] == "break_glass_required"
+    assert await token_ids(gateway, "acme") == before_tokens
+    assert await audit_of(gateway, "acme") == before_events
+    # The way in is break-glass: audited as such, an hour at most.
+    glass = await mint(
+        gateway, "acme", gateway.operator, role="admin", break_glass={"reason": "lost admin"}
+    )
+    assert glass["expires_at"] == iso(clock.now() + HOUR)
+    assert (await audit_of(gateway, "acme"))[-1].action == "token.break_glass"
+
+
+async def test_a_break_glass_token_mints_no_token(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    # Else its hour buys a permanent admin that the tenant's webhook never hears of.
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme")
+    glass = await mint(
+        gateway, "acme", gateway.operator, role="admin", break_glass={"reason": "support"}
+    )
+    before_tokens = await token_ids(gateway, "acme")
+    before_events = await audit_of(gateway, "acme")
+    for body in ({"role": "admin"}, {"role": "pbx"}, {"role": "processor", "expires_in": "PT1M"}):
+        answer = await mint(gateway, "acme", glass["token"], status=403, **body)
+        assert answer["error"] == "forbidden", answer
+        assert answer["message"].startswith("A break-glass token may not mint tokens"), answer
+    assert await token_ids(gateway, "acme") == before_tokens
+    assert await audit_of(gateway, "acme") == before_events
+    # Its other admin powers stay for its hour; the catalog and the list say what it is.
+    assert await status_with(gateway, glass["token"], "/v1/tenants/acme/tokens") == 200
+    response = await gateway.client.get("/v1/tenants/acme/tokens", headers=bearer(tenant.admin))
+    listed = {t["id"]: t["break_glass"] for t in (await response.json())["items"]}
+    assert listed.pop(glass["id"]) is True
+    assert set(listed.values()) == {False}
+    assert glass["break_glass"] is True
+    # The tenant's own admin still mints; its tokens are not break-glass.
+    assert (await mint(gateway, "acme", tenant.admin, role="admin"))["break_glass"] is False
+    clock.current = clock.now() + HOUR
+    assert await status_with(gateway, glass["token"], "/v1/tenants/acme/tokens") == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"role": "pbx", "expiresIn": "PT1H"}, "expiresIn"),
+        ({"role": "pbx", "expires": "PT1H"}, "expires"),
+        ({"role": "admin", "breakGlass": {"reason": "x"}}, "breakGlass"),
+        ({"role": "pbx", "id": "tok_chosen"}, "id"),
+    ],
+)
+async def test_a_token_body_with_an_unknown_field_is_400_naming_it(
+    clocked_gateway: Gateway, body: dict[str, Any], field: str
+) -> None:
+    # A misspelt expires_in would otherwise mint a token that never expires.
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme")
+    before = await token_ids(gateway, "acme")
+    for by in (tenant.admin, gateway.operator):
+        answer = await mint(gateway, "acme", by, status=400, **body)
+        assert answer["error"] == "bad_request"
+        assert answer["message"].startswith(f"{field}: "), answer
+    assert await token_ids(gateway, "acme") == before
 
 
 # --- revocation, audited -----------------------------------------------------------------

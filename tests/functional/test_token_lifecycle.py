@@ -2,7 +2,10 @@
 PostgreSQL: the catalog is the truth, so a token revoked through one node is refused by
 every other node at its next request; ``CALLVAULT_OPERATOR_TOKEN`` changed between starts
 revokes the token of its previous value; a value revoked through the API is never
-registered again; ``callvault token revoke`` revokes any token.
+registered again, nor is one that expired; a value that is an existing operator token (the one
+the first start printed) is taken over, so the next change revokes it too; a break-glass
+token mints nothing, and a tenant that ever had an admin needs break-glass however its
+admins were revoked; ``callvault token revoke`` revokes any token.
 
 "Two nodes" are two ``build_app`` on one catalog (one SQLite file, or one PostgreSQL
 database), each with its own connection pool, as two gateway processes would have.
@@ -17,15 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from crypto.errors import ConfigError
 from gateway.app import build_app
-from gateway.auth import ENV_OPERATOR, authenticate, ensure_operator_token, hash_secret
+from gateway.auth import (
+    ENV_OPERATOR,
+    authenticate,
+    ensure_operator_token,
+    hash_secret,
+    mint_token,
+)
 from gateway.errors import Unauthorized
 from gateway.services import open_services
 from gateway.settings import Settings
 from gateway.state import SERVICES
 from storage.catalog import AuditEntry, Catalog
+from storage.catalog.database import MIGRATIONS_DIR
+from storage.catalog.schema import audit_events, tenants, tokens
 from storage.errors import AdminExists, CatalogUnavailable, NotFound
 from tests.functional.test_catalog_audited_writes import failing_audit
 from tests.functional.test_cli import callvault, clean_env, list_tenants, start_serve, stop_serve
@@ -122,6 +137,42 @@ async def test_an_operator_break_glass_is_decided_on_the_shared_catalog(
     assert (await response.json())["error"] == "break_glass_required"
 
 
+async def test_a_break_glass_token_mints_nothing_and_revoked_admins_still_count_on_every_node(
+    nodes: tuple[Gateway, Gateway],
+) -> None:
+    a, b = nodes
+    tenant = await a.tenant("acme")
+    glass = await (
+        await a.client.post(
+            "/v1/tenants/acme/tokens",
+            json={"role": "admin", "break_glass": {"reason": "case 7"}},
+            headers=bearer(a.operator),
+        )
+    ).json()
+    response = await b.client.post(
+        "/v1/tenants/acme/tokens", json={"role": "pbx"}, headers=bearer(glass["token"])
+    )
+    assert response.status == 403
+    assert (await response.json())["error"] == "forbidden"
+    # The operator revokes every admin token through B, break-glass one included ...
+    response = await b.client.get("/v1/tenants/acme/tokens", headers=bearer(b.operator))
+    listed = await response.json()
+    for token in listed["items"]:
+        if token["role"] == "admin":
+            response = await b.client.delete(
+                f"/v1/tenants/acme/tokens/{token['id']}", headers=bearer(b.operator)
+            )
+            assert response.status == 200
+    assert await status(a, tenant.admin, "/v1/tenants/acme/tokens") == 401
+    # ... and still needs break-glass for an admin, on either node.
+    for node in (a, b):
+        response = await node.client.post(
+            "/v1/tenants/acme/tokens", json={"role": "admin"}, headers=bearer(node.operator)
+        )
+        assert response.status == 403
+        assert (await response.json())["error"] == "break_glass_required"
+
+
 # --- the operator token from the environment ------------------------------------------------
 
 
@@ -183,6 +234,61 @@ async def test_an_env_token_revoked_through_the_api_is_not_registered_again(
     # A new value is the way out.
     await ensure_operator_token(catalog, NEW, now=clock.now())
     assert await status(a, NEW, "/v1/tenants") == 200
+
+
+async def test_a_printed_token_put_in_the_setting_is_revoked_when_the_setting_changes(
+    database_url: str,
+) -> None:
+    # The README's quick start: the first start prints a token, the operator copies it into
+    # CALLVAULT_OPERATOR_TOKEN; a later value must revoke it like any earlier value.
+    catalog = await Catalog.open(database_url)
+    try:
+        await catalog.migrate()
+        printed = await ensure_operator_token(catalog, None, now=T0)
+        assert printed is not None
+        minted = await mint_token(catalog, tenant=None, role="operator", created_by="cli", now=T0)
+        assert await ensure_operator_token(catalog, printed, now=T0) is None
+        (taken,) = [t for t in await catalog.tokens.list(None) if t.from_env]
+        # Taken over, not registered again; who minted it stays on record.
+        assert (taken.token_hash, taken.created_by) == (hash_secret(printed), "bootstrap")
+        assert len(await catalog.tokens.list(None)) == 2
+
+        later = T0 + timedelta(days=1)
+        assert await ensure_operator_token(catalog, minted.secret, now=later) is None
+        with pytest.raises(Unauthorized):
+            await authenticate(catalog, printed, now=later)
+        assert (await catalog.tokens.get(taken.id)).revoked_at == later
+        assert (await authenticate(catalog, minted.secret, now=later)).role == "operator"
+
+        latest = later + timedelta(days=1)
+        assert await ensure_operator_token(catalog, NEW, now=latest) is None
+        with pytest.raises(Unauthorized):
+            await authenticate(catalog, minted.secret, now=latest)
+        active = [t for t in await catalog.tokens.list(None) if t.active(latest)]
+        assert [(t.token_hash, t.created_by) for t in active] == [(hash_secret(NEW), ENV_OPERATOR)]
+    finally:
+        await catalog.close()
+
+
+async def test_a_setting_whose_token_expired_refuses_to_start(database_url: str) -> None:
+    catalog = await Catalog.open(database_url)
+    try:
+        await catalog.migrate()
+        expires_at = T0 + timedelta(hours=1)
+        await catalog.tokens.create(
+            "tok_short", None, "operator", hash_secret(OLD), "token:tok_x", T0,
+            expires_at=expires_at,
+        )  # fmt: skip
+        assert await ensure_operator_token(catalog, OLD, now=T0) is None  # still good
+        before = await catalog.tokens.list(None)
+        with pytest.raises(ConfigError) as refused:
+            await ensure_operator_token(catalog, OLD, now=expires_at)
+        assert refused.value.message.startswith(f"{ENV_OPERATOR}: ")
+        assert "tok_short" in refused.value.message and "expired" in refused.value.message
+        assert OLD not in refused.value.message
+        assert await catalog.tokens.list(None) == before
+    finally:
+        await catalog.close()
 
 
 async def test_once_every_operator_token_is_revoked_or_expired_the_next_start_mints_one(
@@ -258,6 +364,23 @@ async def test_two_nodes_minting_a_first_admin_at_once_mint_one(
     assert admin.id in results
 
 
+async def test_a_revoked_or_expired_admin_still_makes_the_next_one_no_first(
+    catalog: Catalog,
+) -> None:
+    await catalog.tokens.create("tok_pbx", "acme", "pbx", hash_secret("s0"), "op", T0)
+    first = await catalog.tokens.create(
+        "tok_1", "acme", "admin", hash_secret("s1"), "op", T0, unless_admin=True,
+        expires_at=T0 + timedelta(minutes=1),
+    )  # fmt: skip
+    await catalog.tokens.revoke("acme", first.id, T0)
+    for now in (T0, T0 + timedelta(days=1)):  # revoked; revoked and expired
+        with pytest.raises(AdminExists):
+            await catalog.tokens.create(
+                "tok_2", "acme", "admin", hash_secret("s2"), "op", now, unless_admin=True
+            )
+    assert {t.id for t in await catalog.tokens.list("acme")} == {"tok_pbx", "tok_1"}
+
+
 async def test_a_token_whose_audit_fails_is_not_minted(
     catalog: Catalog, failing_audit: Any
 ) -> None:
@@ -297,6 +420,68 @@ async def test_expiry_is_checked_against_the_callers_clock(catalog: Catalog) -> 
         )
     with pytest.raises(NotFound):
         await catalog.tokens.get("tok_2")
+
+
+# --- the migration -------------------------------------------------------------------------
+
+
+async def test_the_migration_marks_earlier_env_and_break_glass_tokens(database_url: str) -> None:
+    def upgrade(revision: str) -> Callable[[sa.Connection], None]:
+        def step(sync: sa.Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = sync
+            command.upgrade(config, revision)
+
+        return step
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade("0006"))
+            await conn.execute(
+                sa.insert(tenants).values(
+                    id="acme", name="Acme", region="eu", created_at=T0, audit_seq=1,
+                    audit_head="1" * 64,
+                )
+            )  # fmt: skip
+            for id, tenant, role, by in (
+                ("tok_env", None, "operator", ENV_OPERATOR),
+                ("tok_boot", None, "operator", "bootstrap"),
+                ("tok_glass", "acme", "admin", "token:tok_boot"),
+                ("tok_admin", "acme", "admin", "token:tok_boot"),
+            ):
+                await conn.execute(
+                    sa.insert(tokens).values(
+                        id=id, tenant_id=tenant, role=role, token_hash=hash_secret(id),
+                        created_at=T0, created_by=by, revoked_at=None,
+                        expires_at=T0 + timedelta(hours=1) if id == "tok_glass" else None,
+                    )
+                )  # fmt: skip
+            await conn.execute(
+                sa.insert(audit_events).values(
+                    tenant_id="acme", seq=1, at=T0, actor="token:tok_boot",
+                    action="token.break_glass", object="tok_glass", detail={"reason": "r"},
+                    prev_hash="0" * 64, hash="1" * 64,
+                )
+            )  # fmt: skip
+            await conn.run_sync(upgrade("head"))
+    finally:
+        await engine.dispose()
+    catalog = await Catalog.open(database_url)
+    try:
+        marked = {
+            t.id: (t.from_env, t.break_glass)
+            for t in await catalog.tokens.list(None) + await catalog.tokens.list("acme")
+        }
+    finally:
+        await catalog.close()
+    assert marked == {
+        "tok_env": (True, False),
+        "tok_boot": (False, False),
+        "tok_glass": (False, True),
+        "tok_admin": (False, False),
+    }
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -367,6 +552,24 @@ async def test_callvault_token_create_keeps_the_break_glass_rule(tmp_path: Path)
     (processor,) = [t for t in tokens if t.role == "processor"]
     assert processor.expires_at is not None
     assert processor.expires_at - processor.created_at == timedelta(hours=1)
+
+
+async def test_callvault_token_create_refuses_an_expiry_shorter_than_a_microsecond(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    async with open_services(settings) as services:
+        await services.catalog.tenants.create("acme", "Acme", "eu", T0)
+    for role in (["--role", "operator"], ["--role", "pbx", "--tenant", "acme"]):
+        refused = cli(tmp_path, "token", "create", *role, "--expires-in", "PT0.0000001S")
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr == (
+            "callvault: bad_request: expires_in: 'PT0.0000001S' is shorter than a microsecond.\n"
+        )
+        assert refused.stdout == ""
+    async with open_services(settings) as services:
+        assert await services.catalog.tokens.list("acme") == []
+        assert await services.catalog.tokens.list(None) == []
 
 
 def test_serve_with_a_changed_operator_token_revokes_the_old_one(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """AudioSocket calls are found by a secret id the gateway mints, not by their call id.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-28
 
 ``calls.audiosocket_id_hash`` is the SHA-256 (hex) of the id an ``audiosocket`` call's

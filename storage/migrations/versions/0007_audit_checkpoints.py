@@ -1,7 +1,7 @@
 """Signed checkpoints of each tenant's audit chain.
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-11-29
 
 The gateway signs the head of every tenant's keyed audit chain (Ed25519, a key from the
