@@ -238,10 +238,11 @@ async def test_an_env_token_revoked_through_the_api_is_not_registered_again(
 
 async def test_a_printed_token_put_in_the_setting_is_revoked_when_the_setting_changes(
     database_url: str,
+    tmp_path: Path,
 ) -> None:
     # The README's quick start: the first start prints a token, the operator copies it into
     # CALLVAULT_OPERATOR_TOKEN; a later value must revoke it like any earlier value.
-    catalog = await Catalog.open(database_url)
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         await catalog.migrate()
         printed = await ensure_operator_token(catalog, None, now=T0)
@@ -270,8 +271,10 @@ async def test_a_printed_token_put_in_the_setting_is_revoked_when_the_setting_ch
         await catalog.close()
 
 
-async def test_a_setting_whose_token_expired_refuses_to_start(database_url: str) -> None:
-    catalog = await Catalog.open(database_url)
+async def test_a_setting_whose_token_expired_refuses_to_start(
+    database_url: str, tmp_path: Path
+) -> None:
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         await catalog.migrate()
         expires_at = T0 + timedelta(hours=1)
@@ -425,7 +428,9 @@ async def test_expiry_is_checked_against_the_callers_clock(catalog: Catalog) -> 
 # --- the migration -------------------------------------------------------------------------
 
 
-async def test_the_migration_marks_earlier_env_and_break_glass_tokens(database_url: str) -> None:
+async def test_the_migration_marks_earlier_env_and_break_glass_tokens(
+    database_url: str, tmp_path: Path
+) -> None:
     def upgrade(revision: str) -> Callable[[sa.Connection], None]:
         def step(sync: sa.Connection) -> None:
             config = Config()
@@ -468,7 +473,7 @@ async def test_the_migration_marks_earlier_env_and_break_glass_tokens(database_u
             await conn.run_sync(upgrade("head"))
     finally:
         await engine.dispose()
-    catalog = await Catalog.open(database_url)
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
     try:
         marked = {
             t.id: (t.from_env, t.break_glass)
