@@ -16,6 +16,7 @@ from storage.catalog.instructions import CurrentInstructions
 from storage.catalog.objects import Rewrap
 from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
+    AudioSocketLease,
     AuditCheck,
     AuditEntry,
     AuditEvent,
@@ -43,6 +44,7 @@ from storage.catalog.urls import async_database_url, mask_database_url
 __all__ = [
     "GENESIS_HASH",
     "RECORDING_TRANSITIONS",
+    "AudioSocketLease",
     "AuditCheck",
     "AuditEntry",
     "AuditEvent",
