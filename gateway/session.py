@@ -414,11 +414,15 @@ class CallSession:
     async def publish(self, now: datetime) -> None:
         """Publish what this process recorded of the call without ending it (another
         connection, on another node, carries it now): each track's object is committed, and
-        audio that arrives later here would go to new ones."""
+        audio that arrives later here would go to new ones. An object opened here for audio
+        still buffered is dated from the last flush, when that audio began to arrive: a
+        recording's objects are read in the order they were created, and this audio comes
+        before anything the other node recorded since."""
         async with self._lock:
+            opened = self._last_flush or now
             for name, track in self.tracks.items():
                 try:
-                    await self._open_if_needed(name, track, now)
+                    await self._open_if_needed(name, track, opened)
                     await track.commit(now)
                 except CallvaultError as e:
                     # Left in the spool, as when a finish fails: recovery publishes it.
