@@ -2,7 +2,8 @@
 the PBX network would: the id is minted by the gateway and shown once; a stream naming the
 call id, another tenant's call id or an id never minted meets the same refusal; while a
 connection carries a call no other may, and a reconnect must come from the first peer's
-address; and the id is in no later API view, no catalog row, no file and no log line.
+address, on every node sharing the catalog and after a restart or a crash; and the id is in
+no later API view, no catalog row, no file and no log line.
 
 The gateway runs in process on both catalog backends and a FakeClock (so a reconnect
 continues the timeline where the audio stopped). A second local address is 127.0.0.2: Linux
