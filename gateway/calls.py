@@ -8,7 +8,9 @@ stored either way. A refusal stores nothing but that record and an audit event, 
 here until the call ends.
 
 ``tick`` is driven by the app's ticker task with the time passed in: it flushes sessions
-whose stream went quiet and ends calls whose stream dropped and did not come back.
+whose stream went quiet, renews the AudioSocket leases of the connections this node carries
+(``gateway.attachments``), and ends calls whose stream dropped and did not come back (an
+AudioSocket call only once no connection anywhere carries it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crypto.errors import CallvaultError
+from gateway.attachments import Attachments
 from gateway.errors import BadRequest, PolicyRefused, StreamRefused, invalid_body
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
@@ -203,6 +206,7 @@ class CallRegistry:
         self._metrics = metrics
         self._sessions: dict[tuple[str, str], CallSession] = {}
         self._transports: list[CallTransport] = []
+        self.attachments = Attachments(catalog)
 
     def add_transport(self, transport: CallTransport) -> None:
         """Tell ``transport`` when each call ends."""
@@ -393,12 +397,28 @@ class CallRegistry:
         for transport in self._transports:
             transport.ended(session)
 
+    async def claim_audiosocket(
+        self, tenant: str, call_id: str, *, peer: str, holder: str, now: datetime
+    ) -> None:
+        """Attach AudioSocket connection ``holder`` from ``peer`` to the call in the catalog
+        (``Attachments.claim``), or raise the ``StreamRefused`` that says why not; what this
+        process already knows refuses without asking the catalog."""
+        held = self._sessions.get((tenant, call_id))
+        refused = held.refusal(peer=peer) if held is not None else None
+        if refused is not None:
+            raise refused
+        await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
+
     async def tick(self, now: datetime) -> None:
-        """Flush quiet streams and end calls that expired; one failing call never stops the
-        others."""
+        """Flush quiet streams, renew AudioSocket leases and end calls that expired; one
+        failing call never stops the others."""
+        try:
+            await self.attachments.renew(self.live(), now)
+        except CallvaultError as e:
+            log.warning("AudioSocket leases could not be renewed: %s", e.code)
         for session in self.live():
             try:
-                reason = session.expiry(now)
+                reason = await self.attachments.expiry(session, now)
                 if reason is not None:
                     await self._finish(session, now, reason)
                 else:
@@ -415,9 +435,16 @@ class CallRegistry:
 
     async def close(self, now: datetime) -> None:
         """Graceful shutdown: every live call is finalized with what arrived (a PBX that
-        reconnects after the restart finds its call ended)."""
+        reconnects after the restart finds its call ended), but for an AudioSocket call
+        that a connection on another node carries now: that node records it on, and what
+        this one recorded of it is published."""
         for session in self.live():
             try:
+                if session.call.transport == "audiosocket" and not session.attached:
+                    lease = await self.attachments.elsewhere(session, now)
+                    if not lease.ended and lease.held_by_other(None, now):
+                        self._forget(session)
+                        continue
                 await self._finish(session, now, "shutdown")
             except CallvaultError as e:
                 log.error(

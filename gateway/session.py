@@ -196,9 +196,11 @@ class CallSession:
         self.first_attached_at: datetime | None = None
         self.detached_at: datetime | None = None
         self.peer: str | None = None
-        """AudioSocket: the address of the call's first connection, the only one a
-        reconnect is accepted from. Kept in this process only: a call taken up after a
-        restart (``restore``) learns it again from its next connection."""
+        """AudioSocket: the address of the call's first connection, as this process learnt
+        it from the catalog, which keeps it (``gateway.attachments``); a fast path only."""
+        self.holder: str | None = None
+        """AudioSocket: the name of the connection attached now, the holder of the call's
+        lease in the catalog; ``None`` while none is (or its lease was lost)."""
         self._base = 0
         self._last_flush: datetime | None = None
 
@@ -222,29 +224,41 @@ class CallSession:
 
     # --- connections ----------------------------------------------------------------------
 
-    def attach(self, now: datetime, *, peer: str | None = None) -> None:
-        """A stream starts carrying this call. One stream at a time: a second ``start`` for
-        a call that is streaming is refused; after a drop, the same call id continues.
-
-        ``peer`` is given by a transport whose stream proves nothing but a secret id
-        (AudioSocket): the first connection's address is kept, and a reconnect from any
-        other is refused, so that someone who learnt the id cannot take over the call
-        after a drop. Its refusals have AudioSocket's codes (API.md)."""
+    def refusal(self, *, peer: str | None = None) -> StreamRefused | None:
+        """Why a stream may not start carrying this call now, as far as this process knows:
+        it ended, or another stream carries it (one at a time: a second ``start`` is
+        refused; after a drop, the same call id continues), or (``peer`` given, AudioSocket)
+        it comes from another address than the call's first connection. Its refusals have
+        AudioSocket's codes there (API.md)."""
         if self.ended or self.closing:
-            raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
+            return StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
         if self.attached:
-            raise StreamRefused(
+            return StreamRefused(
                 f"Call {self.call_id!r} is already streaming on another connection.",
                 code="call_in_progress" if peer is None else "already_attached",
             )
         if peer is not None and self.peer is not None and peer != self.peer:
-            raise StreamRefused(
+            return StreamRefused(
                 f"Call {self.call_id!r} streamed from another address; a reconnect must come "
                 "from it.",
                 code="peer_mismatch",
             )
+        return None
+
+    def attach(self, now: datetime, *, peer: str | None = None, holder: str | None = None) -> None:
+        """A stream starts carrying this call, unless ``refusal`` says why not.
+
+        ``peer`` and ``holder`` are given by a transport whose stream proves nothing but a
+        secret id (AudioSocket), once the catalog granted ``holder`` the call's lease
+        (``gateway.attachments``): the catalog keeps the first connection's address and
+        which connection carries the call for every node and across restarts; this
+        process keeps a copy."""
+        refused = self.refusal(peer=peer)
+        if refused is not None:
+            raise refused
         if peer is not None:
             self.peer = peer
+        self.holder = holder
         if self.first_attached_at is None:
             self.first_attached_at = now
             self._base = 0
@@ -266,11 +280,20 @@ class CallSession:
         self.first_attached_at = self.call.started_at
         self.detached_at = now
 
-    def detach(self, now: datetime) -> None:
-        """The stream dropped without a stop: the call waits ``reconnect_grace``."""
-        if self.attached:
+    def detach(self, now: datetime, *, holder: str | None = None) -> None:
+        """The stream dropped without a stop: the call waits ``reconnect_grace``. With
+        ``holder`` (AudioSocket), only if that connection is the one attached: one that lost
+        its lease detaches nobody."""
+        if self.attached and (holder is None or holder == self.holder):
             self.attached = False
+            self.holder = None
             self.detached_at = now
+
+    def seen_attached(self, when: datetime) -> None:
+        """A connection elsewhere (another node) carried the call until ``when``: the
+        reconnect grace counts from then, if that is later than what this process saw."""
+        if self.detached_at is None or when > self.detached_at:
+            self.detached_at = when
 
     def expiry(self, now: datetime) -> EndReason | None:
         """Why the call should end now without its PBX saying so, if it should: its stream
@@ -388,6 +411,30 @@ class CallSession:
             if not self.ended and not self.closing and self.buffered() and due:
                 await self._flush(now)
 
+    async def publish(self, now: datetime) -> None:
+        """Publish what this process recorded of the call without ending it (another
+        connection, on another node, carries it now): each track's object is committed, and
+        audio that arrives later here would go to new ones. An object opened here for audio
+        still buffered is dated from the last flush, when that audio began to arrive: a
+        recording's objects are read in the order they were created, and this audio comes
+        before anything the other node recorded since."""
+        async with self._lock:
+            opened = self._last_flush or now
+            for name, track in self.tracks.items():
+                try:
+                    await self._open_if_needed(name, track, opened)
+                    await track.commit(now)
+                except CallvaultError as e:
+                    # Left in the spool, as when a finish fails: recovery publishes it.
+                    self._metrics.flush_failures.inc()
+                    log.warning(
+                        "call %s track %s could not be published: %s",
+                        self.call_id,
+                        name,
+                        e.code,
+                        extra={**self._log_fields(), "track": name, "code": e.code},
+                    )
+
     # --- control --------------------------------------------------------------------------
 
     async def pause(self) -> None:
@@ -412,6 +459,7 @@ class CallSession:
                 return self.recording
             self.closing = self.closing or reason
             self.attached = False
+            self.holder = None
             for name, track in self.tracks.items():
                 try:
                     await self._open_if_needed(name, track, now)

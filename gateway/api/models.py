@@ -345,7 +345,8 @@ class AudioSocketOffer(BaseModel):
     (Asterisk: `AudioSocket(<id>,<address>)`). The id is the stream's only credential: a
     secret, shown in this answer only and never again (the call id is refused in its place).
     While one connection carries the call another is refused (`already_attached`); a
-    reconnect after a drop must come from the first connection's address."""
+    reconnect after a drop must come from the first connection's address. Both hold on
+    every node sharing the catalog and across restarts."""
 
     model_config = _DOCS
 

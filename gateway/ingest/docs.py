@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.api.codes import ERROR_CODES
+from gateway.attachments import LEASE_TTL
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
@@ -16,9 +17,11 @@ from gateway.settings import AudioSocketSettings
 
 ATTACHMENT_CODES = {
     "already_attached": "While a connection carries a call, another connection with its id "
-    "is refused (`already_attached`); nothing it sends is stored.",
-    "peer_mismatch": "A reconnect after a drop is accepted only from the first connection's "
-    "IP address (`peer_mismatch` otherwise).",
+    "is refused (`already_attached`), on every node sharing the catalog; nothing it sends is "
+    "stored. A connection whose node crashed keeps the call until its lease runs out "
+    f"({int(LEASE_TTL.total_seconds())} s).",
+    "peer_mismatch": "A reconnect after a drop, on any node and after a restart, is accepted "
+    "only from the first connection's IP address (`peer_mismatch` otherwise).",
 }
 """AudioSocket's refusals of a second connection for a call, and why each happens."""
 

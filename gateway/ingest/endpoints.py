@@ -248,6 +248,7 @@ class AudioSocketServer:
         finally:
             if binding is not None:
                 binding.drop(clock.now())
+                await binding.release(clock.now())
 
     def _allowed_peer(self, writer: asyncio.StreamWriter) -> str:
         """The peer's IP address (an IPv4-mapped IPv6 one as IPv4), if an allowed network

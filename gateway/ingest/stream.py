@@ -3,7 +3,8 @@
 The transports differ only in framing (their sans-I/O parsers) and in how a stream proves
 who it is: a pbx token on the WebSocket upgrade or inside Twilio's ``start``, or, for
 AudioSocket, the secret id the gateway minted when the call was announced (its stream is
-also held to the address it first came from). From ``StreamStart`` on they are the same: the
+also held to the address it first came from, and claims the call in the catalog before it
+touches the session: ``gateway.attachments``). From ``StreamStart`` on they are the same: the
 call must be known and accepted (or, for an unannounced call, the policy accepts it now),
 and only then does audio reach the call's session. Anything else ends the stream with an
 ``IngestError`` whose code the transport sends back (close reason or 0xff frame).
@@ -43,13 +44,17 @@ class StreamBinding:
         principal: Principal | None = None,
         peer: str | None = None,
     ) -> None:
-        """``peer``: AudioSocket's peer address (see ``CallSession.attach``)."""
+        """``peer``: AudioSocket's peer address (see ``gateway.attachments``)."""
         self.transport = transport
         self._registry = registry
         self._catalog = catalog
         self._metrics = metrics
         self._principal = principal
         self._peer = peer
+        self._holder = registry.attachments.new_holder() if peer is not None else None
+        """AudioSocket: this connection's name in the catalog's lease of its call."""
+        self._claimed: tuple[str, str] | None = None
+        """AudioSocket: the (tenant, call id) this connection claimed, to release at the end."""
         self._frames = metrics.frames_in.labels(transport)
         self.session: CallSession | None = None
         self.stopped = False
@@ -59,6 +64,12 @@ class StreamBinding:
         for event in events:
             if isinstance(event, Audio):
                 assert self.session is not None  # noqa: S101 - parsers refuse audio before start
+                if self._holder is not None and self.session.holder != self._holder:
+                    # Its lease was lost: another connection carries the call now.
+                    raise StreamRefused(
+                        f"Call {self.session.call_id!r} is carried by another connection.",
+                        code="already_attached",
+                    )
                 await self.session.receive(event, now)
                 self._frames.inc()
             elif isinstance(event, StreamStart):
@@ -89,6 +100,13 @@ class StreamBinding:
                 principal = await self._authenticate(event, now)
                 assert principal.tenant is not None  # noqa: S101 - pbx tokens have a tenant
                 tenant, actor = principal.tenant, principal.actor
+            if self._peer is not None and self._holder is not None:
+                # The catalog first: it refuses what another node or an earlier process
+                # attached, before this process takes the call up.
+                await self._registry.claim_audiosocket(
+                    tenant, call_id, peer=self._peer, holder=self._holder, now=now
+                )
+                self._claimed = (tenant, call_id)
             session = await self._session(tenant, call_id, event, actor, now)
         except StreamRefused:
             raise
@@ -107,7 +125,7 @@ class StreamBinding:
                 f"{event.sample_rate} Hz.",
                 code="codec_mismatch",
             )
-        session.attach(now, peer=self._peer)
+        session.attach(now, peer=self._peer, holder=self._holder)
         log.info(
             "call %s: %s stream started",
             call_id,
@@ -162,10 +180,18 @@ class StreamBinding:
             reason: EndReason = "stop" if event.reason == "stop" else "hangup"
             await self._registry.end(session.tenant, session.call_id, now=now, reason=reason)
 
+    async def release(self, now: datetime) -> None:
+        """AudioSocket: the connection is gone; its claim on the call (if it still holds it)
+        is released in the catalog, so that the PBX may reconnect, on any node, at once."""
+        if self._claimed is not None and self._holder is not None:
+            tenant, call_id = self._claimed
+            self._claimed = None
+            await self._registry.attachments.release(tenant, call_id, self._holder, now)
+
     def drop(self, now: datetime) -> None:
         """The connection is gone. Without a stop, the call waits for a reconnect."""
         if self.session is not None and not self.stopped:
-            self.session.detach(now)
+            self.session.detach(now, holder=self._holder)
             log.info(
                 "call %s: %s stream dropped",
                 self.session.call_id,

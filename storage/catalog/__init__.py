@@ -17,6 +17,7 @@ from storage.catalog.objects import Rewrap
 from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
     AUDIT_REASONS,
+    AudioSocketLease,
     AuditCheck,
     AuditEntry,
     AuditEvent,
@@ -47,6 +48,7 @@ __all__ = [
     "AUDIT_REASONS",
     "GENESIS_HASH",
     "RECORDING_TRANSITIONS",
+    "AudioSocketLease",
     "AuditCheck",
     "AuditEntry",
     "AuditEvent",

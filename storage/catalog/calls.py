@@ -8,16 +8,22 @@ without its trace in the audit log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.catalog.audit import append_entries
-from storage.catalog.core import CatalogCore, at, lock_tenant, record
+from storage.catalog.core import IN_BATCH, CatalogCore, at, lock_tenant, record
 from storage.catalog.recordings import new_recording
-from storage.catalog.records import AuditEntry, Call, Recording
+from storage.catalog.records import AudioSocketLease, AuditEntry, Call, Recording
 from storage.catalog.schema import calls, recordings, tenants
+from storage.errors import NotFound
+
+Claim = Literal["attached", "already_attached", "peer_mismatch", "call_ended"]
+"""What ``Calls.claim_audiosocket`` did: attached, or why not (AudioSocket's error codes)."""
 
 
 class Calls:
@@ -164,6 +170,117 @@ class Calls:
         )
         return found[0] if found else None
 
+    # --- AudioSocket attachment -------------------------------------------------------------
+    # AudioSocket proves nothing but the call's secret id, so a call is held to its first
+    # connection's address and carried by one connection at a time (API.md). The truth is
+    # the calls row, shared by every node and kept across restarts: a claim, the holder's
+    # renewals and its release are each one conditional UPDATE, never a read-then-write.
+
+    async def claim_audiosocket(
+        self,
+        tenant_id: str,
+        call_id: str,
+        *,
+        peer: str,
+        holder: str,
+        now: datetime,
+        until: datetime,
+    ) -> Claim:
+        """Attach connection ``holder`` from address ``peer`` to the live call, its lease
+        running to ``until``, in one conditional UPDATE: the call's first claim keeps
+        ``peer`` for good; a claim from another address is ``peer_mismatch``; one made while
+        another holder's lease runs at ``now`` is ``already_attached`` (which wins: it says
+        nothing about the address). A lease that ran out (its node crashed or stalled) is
+        taken over. ``NotFound`` for an unknown call or a deleted tenant."""
+        free = sa.or_(
+            calls.c.audiosocket_attached_by.is_(None),
+            calls.c.audiosocket_attached_by == holder,
+            calls.c.audiosocket_attached_until <= now,
+        )
+        async with self._core.transaction(write=True, subject=f"Call {call_id!r}") as conn:
+            await lock_tenant(conn, tenant_id, live=True)
+            claimed = (
+                await conn.execute(
+                    sa.update(calls)
+                    .where(
+                        calls.c.tenant_id == tenant_id,
+                        calls.c.id == call_id,
+                        calls.c.ended_at.is_(None),
+                        sa.or_(
+                            calls.c.audiosocket_peer.is_(None), calls.c.audiosocket_peer == peer
+                        ),
+                        free,
+                    )
+                    .values(
+                        audiosocket_peer=sa.func.coalesce(calls.c.audiosocket_peer, peer),
+                        audiosocket_attached_by=holder,
+                        audiosocket_attached_until=until,
+                    )
+                    .returning(calls.c.id)
+                )
+            ).one_or_none()
+            if claimed is not None:
+                return "attached"
+            # Only to say why: the UPDATE above decided.
+            lease = await _lease(conn, tenant_id, call_id)
+        if lease.ended:
+            return "call_ended"
+        if lease.peer is not None and lease.peer != peer and not lease.held_by_other(holder, now):
+            return "peer_mismatch"
+        return "already_attached"
+
+    async def renew_audiosocket(
+        self, held: Sequence[tuple[str, str, str]], *, until: datetime
+    ) -> set[tuple[str, str]]:
+        """Extend to ``until`` the leases of the ``(tenant, call id, holder)`` given, where
+        that holder still holds its live call; returns the ``(tenant, call id)`` renewed.
+        One that is missing was lost: another connection took it over after it ran out,
+        or the call ended elsewhere. A lease that ran out but that nobody took is renewed
+        (no other connection carried the call meanwhile)."""
+        renewed: set[tuple[str, str]] = set()
+        for start in range(0, len(held), IN_BATCH):
+            chunk = list(held[start : start + IN_BATCH])
+            async with self._core.transaction(write=True) as conn:
+                rows = await conn.execute(
+                    sa.update(calls)
+                    .where(
+                        sa.tuple_(
+                            calls.c.tenant_id, calls.c.id, calls.c.audiosocket_attached_by
+                        ).in_(chunk),
+                        calls.c.ended_at.is_(None),
+                    )
+                    .values(audiosocket_attached_until=until)
+                    .returning(calls.c.tenant_id, calls.c.id)
+                )
+                renewed.update((row.tenant_id, row.id) for row in rows)
+        return renewed
+
+    async def release_audiosocket(
+        self, tenant_id: str, call_id: str, holder: str, now: datetime
+    ) -> bool:
+        """Detach ``holder`` from the call if it still holds it (a holder that lost its
+        lease releases nothing), noting ``now`` as when the call was last carried; ``True``
+        if it held it. The first peer's address stays."""
+        async with self._core.transaction(write=True) as conn:
+            released = (
+                await conn.execute(
+                    sa.update(calls)
+                    .where(
+                        calls.c.tenant_id == tenant_id,
+                        calls.c.id == call_id,
+                        calls.c.audiosocket_attached_by == holder,
+                    )
+                    .values(audiosocket_attached_by=None, audiosocket_attached_until=now)
+                    .returning(calls.c.id)
+                )
+            ).one_or_none()
+        return released is not None
+
+    async def audiosocket_lease(self, tenant_id: str, call_id: str) -> AudioSocketLease:
+        """Who carries the call now; ``NotFound`` for an unknown call."""
+        async with self._core.transaction() as conn:
+            return await _lease(conn, tenant_id, call_id)
+
     async def of_number(self, tenant_id: str, number: str) -> list[Call]:
         """Every call record of the tenant where ``number`` is a party, oldest first."""
         return await self._core.all(
@@ -196,6 +313,27 @@ class Calls:
             f"Call {call_id!r} not found.",
             write=True,
         )
+
+
+async def _lease(conn: AsyncConnection, tenant_id: str, call_id: str) -> AudioSocketLease:
+    row = (
+        await conn.execute(
+            sa.select(
+                calls.c.audiosocket_peer,
+                calls.c.audiosocket_attached_by,
+                calls.c.audiosocket_attached_until,
+                calls.c.ended_at,
+            ).where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"Call {call_id!r} not found.")
+    return AudioSocketLease(
+        peer=row.audiosocket_peer,
+        attached_by=row.audiosocket_attached_by,
+        attached_until=row.audiosocket_attached_until,
+        ended=row.ended_at is not None,
+    )
 
 
 def _call_values(

@@ -113,6 +113,31 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioSocketLease:
+    """Who carries an audiosocket call, as the catalog knows it (``catalog.calls``)."""
+
+    peer: str | None
+    """The IP address of the call's first connection; a connection from any other is
+    refused. ``None`` until the first connection."""
+    attached_by: str | None
+    """The connection that carries the call, or ``None``."""
+    attached_until: datetime | None
+    """With ``attached_by``: when its lease ends unless renewed; without: when the last
+    connection detached (``None`` if none ever attached)."""
+    ended: bool
+    """The call has ended."""
+
+    def held_by_other(self, holder: str | None, now: datetime) -> bool:
+        """Another connection than ``holder`` carries the call and its lease runs at ``now``."""
+        return (
+            self.attached_by is not None
+            and self.attached_by != holder
+            and self.attached_until is not None
+            and now < self.attached_until
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Recording:
     id: str
     tenant_id: str

@@ -157,7 +157,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0008"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0009"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 
@@ -790,6 +790,71 @@ async def test_an_audiosocket_id_hash_names_one_call_of_a_live_tenant(catalog: C
         await announce("gamma", "rec-g", mine)
     await catalog.tenants.mark_deleted("beta", T0)
     assert await catalog.calls.find_audiosocket(theirs) is None
+
+
+async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
+    catalog: Catalog,
+) -> None:
+    """The attachment rules as the catalog keeps them for every node: one conditional
+    UPDATE per claim, renewal and release, decided on the row whatever process asks."""
+    await add_tenant(catalog, "acme")
+    await catalog.instructions.add("acme", {"recording": {"enabled": True}}, "adm", T0)
+    await catalog.calls.announce(
+        id="CA1", tenant_id="acme", from_number="+40211111111", to_number="+40722222222",
+        direction="inbound", consent="granted", transport="audiosocket", codec="l16",
+        sample_rate=8000, instructions_version=1, decision={"store_recording": True, "ai": []},
+        refusal_code=None, started_at=T0, recording_id="rec-1",
+        audiosocket_id_hash=hashlib.sha256(b"id").hexdigest(),
+    )  # fmt: skip
+    calls = catalog.calls
+    lease = timedelta(seconds=15)
+
+    async def claim(peer: str, holder: str, now: datetime) -> str:
+        return await calls.claim_audiosocket(
+            "acme", "CA1", peer=peer, holder=holder, now=now, until=now + lease
+        )
+
+    assert (await calls.audiosocket_lease("acme", "CA1")).peer is None
+    assert await claim("10.0.0.1", "node-a:1", T0) == "attached"
+    held = await calls.audiosocket_lease("acme", "CA1")
+    assert (held.peer, held.attached_by, held.attached_until) == (
+        "10.0.0.1",
+        "node-a:1",
+        T0 + lease,
+    )
+    # While the lease runs, any other connection is refused, from either address.
+    assert await claim("10.0.0.1", "node-b:1", T0 + timedelta(seconds=14)) == "already_attached"
+    assert await claim("10.0.0.2", "node-b:2", T0 + timedelta(seconds=14)) == "already_attached"
+    # Renewed by its holder only; a holder that names another call renews nothing.
+    renewed = await calls.renew_audiosocket(
+        [("acme", "CA1", "node-a:1"), ("acme", "CA1", "node-b:1"), ("acme", "CA2", "x")],
+        until=T0 + timedelta(seconds=29),
+    )
+    assert renewed == {("acme", "CA1")}
+    assert await claim("10.0.0.1", "node-b:1", T0 + timedelta(seconds=20)) == "already_attached"
+    # The holder stops renewing (it crashed): once its lease ran out, another address is
+    # still refused, and the first one takes the call over.
+    after = T0 + timedelta(seconds=29)
+    assert await claim("10.0.0.2", "node-b:2", after) == "peer_mismatch"
+    assert await claim("10.0.0.1", "node-b:1", after) == "attached"
+    # The old holder wakes up: it renews and releases nothing.
+    assert await calls.renew_audiosocket([("acme", "CA1", "node-a:1")], until=after) == set()
+    assert not await calls.release_audiosocket("acme", "CA1", "node-a:1", after)
+    assert (await calls.audiosocket_lease("acme", "CA1")).attached_by == "node-b:1"
+    # Released by its holder: free again, for the first address only.
+    assert await calls.release_audiosocket("acme", "CA1", "node-b:1", after)
+    released = await calls.audiosocket_lease("acme", "CA1")
+    assert (released.attached_by, released.attached_until) == (None, after)
+    assert await claim("10.0.0.2", "node-c:1", after) == "peer_mismatch"
+    assert await claim("10.0.0.1", "node-c:1", after) == "attached"
+    # An ended call is no one's: no claim, no renewal.
+    await calls.end("acme", "CA1", after)
+    assert await calls.renew_audiosocket([("acme", "CA1", "node-c:1")], until=after) == set()
+    assert await claim("10.0.0.1", "node-c:2", after + lease) == "call_ended"
+    with pytest.raises(NotFound):
+        await calls.claim_audiosocket(
+            "acme", "nope", peer="10.0.0.1", holder="h", now=after, until=after + lease
+        )
 
 
 def _call_fields(call: Any) -> dict[str, Any]:

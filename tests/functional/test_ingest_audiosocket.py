@@ -2,7 +2,8 @@
 the PBX network would: the id is minted by the gateway and shown once; a stream naming the
 call id, another tenant's call id or an id never minted meets the same refusal; while a
 connection carries a call no other may, and a reconnect must come from the first peer's
-address; and the id is in no later API view, no catalog row, no file and no log line.
+address, on every node sharing the catalog and after a restart or a crash; and the id is in
+no later API view, no catalog row, no file and no log line.
 
 The gateway runs in process on both catalog backends and a FakeClock (so a reconnect
 continues the timeline where the audio stopped). A second local address is 127.0.0.2: Linux
@@ -16,20 +17,30 @@ import contextlib
 import hashlib
 import io
 import logging
+import re
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import build_app
+from gateway.attachments import LEASE_TTL
 from gateway.settings import Settings
-from gateway.state import CALLS, METRICS, SERVICES
-from storage.catalog.schema import metadata
+from gateway.state import CALLS, METRICS, SERVICES, SETTINGS
+from storage.catalog import AudioSocketLease
+from storage.catalog.schema import UTCDateTime, calls, metadata
+from tests.functional.test_cli import start_serve
+from tests.functional.test_crash import FLUSH_BYTES as CRASH_FLUSH_BYTES
+from tests.functional.test_crash import OPERATOR as CRASH_OPERATOR
+from tests.functional.test_crash import kill
+from tests.functional.test_crash import server_env as crash_env
 from tests.gateway import (
     FakeClock,
     Gateway,
@@ -45,6 +56,7 @@ from tests.gateway import (
     start_gateway,
     tone,
 )
+from tests.leaks import WATCH
 
 NO_CONSENT = {"recording": {"enabled": True}, "consent": {"required": False}}
 FRAME = 320  # 20 ms of 8 kHz 16-bit mono
@@ -408,3 +420,300 @@ async def test_an_unknown_id_answers_the_same_bytes_whatever_it_names(
         for named in (str(uuid.uuid4()), call_id, refused_id, str(uuid.UUID(int=0)))
     }
     assert answers == {refused("unknown_call")}
+
+
+# --- across nodes and restarts -------------------------------------------------------------
+# The attachment rules are kept on the call's row (gateway.attachments), so they hold for a
+# second node sharing the catalog and for a node restarted after a crash. The nodes here
+# share one data dir as well as the catalog: key custody across nodes is issue 16's.
+
+
+def node_settings(tmp_path: Path, database_url: str, **ingest: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        audiosocket={"port": free_port()},
+        ai={"workers": 0},
+        retention={"sweep_interval": "PT0S"},
+        ingest=ingest,
+    )
+
+
+@pytest.fixture
+async def dial() -> AsyncIterator[Callable[[int, str], Awaitable[Peer]]]:
+    """Opens AudioSocket connections to any port from a loopback ``source``; closes them
+    all at the end."""
+    opened: list[Peer] = []
+
+    async def open_peer(port: int, source: str = "127.0.0.1") -> Peer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        opened.append(Peer(reader, writer))
+        return opened[-1]
+
+    yield open_peer
+    for peer in opened:
+        peer.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await peer.writer.wait_closed()
+
+
+Dial = Callable[[int, str], Awaitable[Peer]]
+
+
+async def refused_at(dial: Dial, port: int, source: str, secret: str) -> bytes:
+    """The answer of the node on ``port`` to a connection from ``source`` that names
+    ``secret`` and sends audio."""
+    peer = await dial(port, source)
+    await peer.send(audiosocket_uuid(secret) + audio_frames(pcm(0.1, 900, seed=99)))
+    return await peer.answer()
+
+
+async def lease(node: Gateway, tenant: str, call_id: str) -> AudioSocketLease:
+    return await node.app[SERVICES].catalog.calls.audiosocket_lease(tenant, call_id)
+
+
+async def renewed(node: Gateway, tenant: str, call_id: str, clock: FakeClock) -> None:
+    """Wait until ``node``'s ticker renewed the call's lease at the clock's time."""
+    end = clock.now() + LEASE_TTL
+    async with asyncio.timeout(10):
+        while (await lease(node, tenant, call_id)).attached_until != end:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def port_of(node: Gateway) -> int:
+    return int(node.app[SETTINGS].audiosocket.port)
+
+
+async def test_a_second_node_refuses_a_connection_while_the_first_carries_the_call(
+    aiohttp_client: Callable,
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    dial: Dial,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node B announced the call; its PBX streams to node A. Someone who learnt the id
+    connects to B, from the PBX's address and from another: refused while A carries the
+    call, nothing stored. B's call outlives B's start timeout while A carries it (a node
+    never ends a call another node records), and the recording is A's audio only."""
+    caplog.set_level(logging.DEBUG)
+    a = await start_gateway(
+        await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock))
+        )
+    )
+    b_settings = node_settings(tmp_path, database_url, start_timeout="PT10S")
+    b = Gateway(
+        client=await aiohttp_client(GatewayServer(build_app(b_settings, clock=clock))),
+        operator=a.operator,
+    )
+    tenant = await b.tenant("acme", NO_CONSENT)
+    announced = await b.announce(tenant, transport="audiosocket")
+    secret, call_id = audiosocket_id(announced), announced["call_id"]
+    before, after = pcm(0.3, 440, seed=11), pcm(0.3, 660, seed=12)
+    first = await dial(port_of(a), "127.0.0.1")
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(a) == frame_count(before))
+
+    for source in ("127.0.0.1", OTHER_PEER):
+        assert await refused_at(dial, port_of(b), source, secret) == refused("already_attached")
+    assert frames_in(b) == 0
+    # Past B's start timeout, 5 s at a time while A renews its lease: B ends nothing.
+    for _ in range(3):
+        clock.advance(5)
+        await renewed(a, "acme", call_id, clock)
+    await b.app[CALLS].tick(clock.now())
+    catalog = b.app[SERVICES].catalog
+    assert (await catalog.recordings.get("acme", announced["recording_id"])).status == "recording"
+    assert [session.call_id for session in b.app[CALLS].live()] == [call_id]
+
+    await first.send(audio_frames(after) + audiosocket_frame(0x00))
+    assert await first.answer() == b""
+    assert frames_in(b) == 0
+    assert await inbound(b, tenant, announced["recording_id"]) == before + after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_node_that_stalled_past_its_lease_loses_the_call_to_the_first_peer_only(
+    aiohttp_client: Callable,
+    tmp_path: Path,
+    database_url: str,
+    dial: Dial,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node A stops renewing (its clock stands still: a stalled or partitioned node, as a
+    crashed one looks to the catalog). Once its lease ran out, node B refuses another
+    address and lets the PBX's own address take the call over; when A wakes, it finds its
+    lease lost and refuses its old connection's audio, so the call never has two writers."""
+    caplog.set_level(logging.DEBUG)
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a = await start_gateway(
+        await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock_a))
+        )
+    )
+    b = Gateway(
+        client=await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock_b))
+        ),
+        operator=a.operator,
+    )
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before, after, late = pcm(0.3, 440, seed=13), pcm(0.3, 660, seed=14), pcm(0.2, 880, seed=15)
+    first = await dial(port_of(a), "127.0.0.1")
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(a) == frame_count(before))
+
+    assert await refused_at(dial, port_of(b), "127.0.0.1", secret) == refused("already_attached")
+    clock_b.advance(LEASE_TTL.total_seconds() + 1)  # A's lease ran out, as B sees it
+    assert await refused_at(dial, port_of(b), OTHER_PEER, secret) == refused("peer_mismatch")
+    again = await dial(port_of(b), "127.0.0.1")
+    await again.send(audiosocket_uuid(secret) + audio_frames(after))
+    await until(lambda: frames_in(b) == frame_count(after))
+
+    clock_a.advance(LEASE_TTL.total_seconds() + 5)
+    await a.app[CALLS].tick(clock_a.now())  # A renews (or its ticker does): lost
+    (held,) = a.app[CALLS].live()
+    await until(lambda: not held.attached and all(t.upload is None for t in held.tracks.values()))
+    await first.send(audio_frames(late))
+    assert await first.answer() == refused("already_attached")
+    assert frames_in(a) == frame_count(before)
+
+    await again.send(audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    # A published what it recorded when it lost the lease; B placed its audio after the
+    # outage (16 s of the call's clock), and nothing of the late frames is anywhere.
+    audio = await inbound(a, tenant, announced["recording_id"])
+    gap_end = int(LEASE_TTL.total_seconds() + 1) * 8000 * 2
+    assert audio[: len(before)] == before
+    assert not any(audio[len(before) : gap_end])
+    assert audio[gap_end:] == after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_restarted_node_still_holds_the_call_to_its_first_peer(
+    aiohttp_client: Callable,
+    settings: Settings,
+    clock: FakeClock,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The process forgot the call (a restart: the call is live in the catalog only): a
+    connection from another address is still refused, the PBX's own continues the call."""
+    caplog.set_level(logging.DEBUG)
+    node = await start_gateway(
+        await aiohttp_client(GatewayServer(build_app(settings, clock=clock)))
+    )
+    tenant = await node.tenant("acme", NO_CONSENT)
+    announced = await node.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before, after = pcm(0.3, 440, seed=16), pcm(0.3, 660, seed=17)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(node) == frame_count(before))
+    await first.drop()
+    await detached(node)
+    calls = node.app[CALLS]
+    for session in calls.live():
+        await session.publish(clock.now())  # what a crash leaves, recovery publishes
+    calls._sessions.clear()  # the memory of the first peer is gone with the process
+    clock.advance(5)  # the restart
+
+    assert await refusal(connect, audiosocket_uuid(secret), OTHER_PEER) == refused("peer_mismatch")
+    assert calls.live() == []  # the refusal took nothing up
+    again = await connect()
+    await again.send(audiosocket_uuid(secret) + audio_frames(after) + audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    audio = await inbound(node, tenant, announced["recording_id"])
+    restart = 5 * 8000 * 2  # the reconnect continues the call's clock: 5 s of silence
+    assert (audio[: len(before)], audio[restart:]) == (before, after)
+    assert not any(audio[len(before) : restart])
+    assert_not_logged(caplog, secret)
+
+
+async def audiosocket_frames_taken(session: aiohttp.ClientSession, count: int) -> None:
+    """Wait until a ``serve`` process has taken ``count`` AudioSocket frames."""
+    async with asyncio.timeout(20):
+        while True:
+            metrics = await (await session.get("/metrics")).text()
+            found = re.search(
+                r'^callvault_frames_in_total\{transport="audiosocket"\} (\S+)$', metrics, re.M
+            )
+            if found and float(found.group(1)) >= count:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_after_a_crash_the_first_peer_reconnects_once_the_lease_ran_out(
+    aiohttp_client: Callable,
+    tmp_path: Path,
+    database_url: str,
+    dial: Dial,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``callvault serve`` is killed (SIGKILL) while its connection carries the call: it
+    neither detaches nor renews. The node restarted on its data dir and catalog refuses
+    every connection while the dead connection's lease runs, then still refuses another
+    address (the first peer's is in the catalog, not in the dead process), and lets the
+    PBX's own address continue the recording after the outage."""
+    caplog.set_level(logging.DEBUG)
+    data_dir = tmp_path / "var"
+    before, after = pcm(1.0, 440, seed=18), pcm(0.3, 660, seed=19)
+    env = {**crash_env("PT30S"), "CALLVAULT_DATABASE_URL": database_url}
+    process, base = start_serve(data_dir, **env)
+    try:
+        async with aiohttp.ClientSession(base_url=base) as session:
+            served = Gateway(client=session, operator=CRASH_OPERATOR)  # type: ignore[arg-type]
+            tenant = await served.tenant("acme", NO_CONSENT)
+            announced = await served.announce(tenant, transport="audiosocket")
+            secret = audiosocket_id(announced)
+            port = int(announced["ingest"]["audiosocket"]["address"].rsplit(":", 1)[1])
+            first = await dial(port, "127.0.0.1")
+            await first.send(audiosocket_uuid(secret) + audio_frames(before))
+            await audiosocket_frames_taken(session, frame_count(before))
+            kill(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        if process.stdout:
+            WATCH.watch_output(process.stdout.read(), "serve")
+            process.stdout.close()
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(calls.c.audiosocket_attached_until).where(
+                        calls.c.id == announced["call_id"]
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    lease_end = UTCDateTime().process_result_value(row[0], engine.dialect)
+    assert lease_end is not None
+    clock = FakeClock(lease_end - timedelta(seconds=1))  # restarted before it ran out
+    settings = node_settings(tmp_path, database_url)
+    node = Gateway(
+        client=await aiohttp_client(GatewayServer(build_app(settings, clock=clock))),
+        operator=CRASH_OPERATOR,
+    )
+    for source in ("127.0.0.1", OTHER_PEER):
+        assert await refused_at(dial, port_of(node), source, secret) == refused("already_attached")
+    clock.advance(2)
+    assert await refused_at(dial, port_of(node), OTHER_PEER, secret) == refused("peer_mismatch")
+    again = await dial(port_of(node), "127.0.0.1")
+    await again.send(audiosocket_uuid(secret) + audio_frames(after) + audiosocket_frame(0x00))
+    assert await again.answer() == b""
+
+    audio = await inbound(node, tenant, announced["recording_id"])
+    kept = len(before) - (CRASH_FLUSH_BYTES + FRAME)  # at most the last flush is lost
+    assert audio[:kept] == before[:kept]
+    assert audio[-len(after) :] == after
+    assert not any(audio[len(before) : -len(after)])
+    assert len(audio) > len(before) + len(after)  # the outage is silence
+    assert_not_logged(caplog, secret)
