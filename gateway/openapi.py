@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
-from gateway.api import DESCRIPTION, models
+from gateway.api import DESCRIPTION, models, rightsmodels
 from gateway.api.calls import WEBSOCKET_PATHS
 from gateway.api.codes import ERROR_CODES, EXTRA_FIELDS, WIRE_CODE
 from gateway.api.rights import EXPORT_ENTRIES
@@ -77,7 +77,7 @@ class _Schemas(GenerateJsonSchema):
 def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     """Every model a route or the export names, plus the error body: request bodies as
     they are validated, answers as they are serialised (every field with a default sent)."""
-    answers: list[type[BaseModel]] = [models.Error, models.Status, models.ExportManifest]
+    answers: list[type[BaseModel]] = [models.Error, models.Status, rightsmodels.ExportManifest]
     answers += [models.Call, models.Recording, models.Transcript, models.Analysis]
     answers += [r.answer for r in ROUTES if isinstance(r.answer, type)]
     found = [(r.body.model, "validation") for r in ROUTES if r.body is not None]

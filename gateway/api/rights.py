@@ -30,8 +30,8 @@ from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
 from crypto.errors import CallvaultError, KeyUnavailable
 from gateway.api.calls import call_view
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
-from gateway.api.models import ErasureRequest, LegalHoldCreate
 from gateway.api.recordings import Lifecycle, open_wav, recording_view
+from gateway.api.rightsmodels import ErasureRequest, LegalHoldCreate
 from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER

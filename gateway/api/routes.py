@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
-from gateway.api import audit, calls, models, recordings, rights, tenants
+from gateway.api import audit, calls, models, recordings, rights, rightsmodels, tenants
 from gateway.api.common import BODY, FOUND, TENANT, json_body, principal_of
 from gateway.auth import Principal, require_role, scope, tenant_of
 from gateway.calls import CALL_ID_PATTERN, CallAnnouncement, parse_announcement
@@ -288,7 +288,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", _RECORDING, recordings.get_recording, ADMIN_PROCESSOR, "getRecording",
           "Get a recording", "recordings", models.Recording, find=recordings.find_recording),
     Route("DELETE", _RECORDING, rights.erase_recording, ADMIN, "eraseRecording",
-          "Erase a recording", "rights", models.ErasureReceipt,
+          "Erase a recording", "rights", rightsmodels.ErasureReceipt,
           find=recordings.find_recording,
           errors={409: ("legal_hold", "recording_in_progress")}),
     Route("GET", f"{_RECORDING}/audio", recordings.get_audio, ADMIN,
@@ -310,20 +310,21 @@ ROUTES: tuple[Route, ...] = (
           errors={**_RESULT_ERRORS, 410: ("recording_deleted", "analysis_deleted")}),
     # --- legal holds and data subjects' rights
     Route("POST", f"{_TENANT}/legal-holds", rights.place_hold, ADMIN, "placeLegalHold",
-          "Place a legal hold", "holds", models.LegalHold, status=201,
-          body=Body(models.LegalHoldCreate)),
+          "Place a legal hold", "holds", rightsmodels.LegalHold, status=201,
+          body=Body(rightsmodels.LegalHoldCreate)),
     Route("GET", f"{_TENANT}/legal-holds", rights.list_holds, ADMIN, "listLegalHolds",
-          "List legal holds", "holds", models.LegalHoldList,
+          "List legal holds", "holds", rightsmodels.LegalHoldList,
           query=(Query("active", {"type": "boolean", "default": False},
                        "`true` (or `1`): only the holds not released."),)),
     Route("GET", f"{_TENANT}/legal-holds/{{hold_id}}", rights.get_hold, ADMIN,
-          "getLegalHold", "Get a legal hold", "holds", models.LegalHold, find=rights.find_hold),
+          "getLegalHold", "Get a legal hold", "holds", rightsmodels.LegalHold,
+          find=rights.find_hold),
     Route("DELETE", f"{_TENANT}/legal-holds/{{hold_id}}", rights.release_hold, ADMIN,
-          "releaseLegalHold", "Release a legal hold", "holds", models.LegalHold,
+          "releaseLegalHold", "Release a legal hold", "holds", rightsmodels.LegalHold,
           find=rights.find_hold, errors={409: ("hold_released",)}),
     Route("POST", f"{_TENANT}/erasure-requests", rights.request_erasure, ADMIN,
           "requestErasure", "Erase a data subject's recordings", "rights",
-          models.ErasureReceipt, body=Body(models.ErasureRequest),
+          rightsmodels.ErasureReceipt, body=Body(rightsmodels.ErasureRequest),
           errors={409: ("legal_hold", "recording_in_progress")}),
     Route("GET", f"{_TENANT}/export", rights.export_number, ADMIN, "exportNumber",
           "Export a data subject's calls", "rights", "application/zip",
