@@ -10,6 +10,11 @@ own (``LocalKeyring.section``):
 * ``audit_keys``: ``{tenant: base64(wrap(master, key))}``, each under the context
   ``callvault/audit-key/v1|<tenant>``;
 * ``audit_keys_pending``: the same shape, context ``callvault/audit-key-pending/v1|<tenant>``;
+* ``audit_legacy_heads``: beside each pending key, ``{tenant: base64(wrap(master,
+  legacy_head_digest(seq, hash)))}``, context ``callvault/audit-legacy-head/v1|<tenant>``:
+  the legacy chain's head the pending key was made to re-key, which nobody without the
+  master key can change, so that a chain rewritten after a crash is not re-keyed as if it
+  were that one (``AuditKey.made_for``);
 * ``audit_signing_key``: ``{"key_id": <id>, "seed": base64(wrap(master, ed25519 seed))}``,
   context ``callvault/audit-signing-key/v1|<key_id>``;
 * ``audit_legacy``: ``{"closed_at": <ISO time>}``, no secret: when the chains written before
@@ -36,18 +41,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from crypto.errors import DecryptionFailed, KeyUnavailable
-from crypto.keys import LocalKeyring, audit_key_context, signing_key_context
+from crypto.keys import (
+    LocalKeyring,
+    audit_key_context,
+    legacy_head_context,
+    signing_key_context,
+)
 from crypto.signing import CheckpointSigner, new_seed
 
 AUDIT_KEY_SIZE = 32
 ACTIVE_SECTION = "audit_keys"
 PENDING_SECTION = "audit_keys_pending"
+HEADS_SECTION = "audit_legacy_heads"
 SIGNING_SECTION = "audit_signing_key"
 LEGACY_SECTION = "audit_legacy"
 
@@ -58,9 +72,24 @@ class AuditKey:
 
     key: bytes
     active: bool
+    legacy_head: bytes | None = None
+    """For a pending key: ``legacy_head_digest`` of the legacy head it was made to re-key."""
+
+    def made_for(self, seq: int, head: str) -> bool:
+        """Whether this pending key was made to re-key the legacy chain whose head is
+        (``seq``, ``head``)."""
+        return self.legacy_head is not None and hmac.compare_digest(
+            self.legacy_head, legacy_head_digest(seq, head)
+        )
 
     def __repr__(self) -> str:  # never the key itself, in a log or a traceback
         return f"AuditKey(active={self.active})"
+
+
+def legacy_head_digest(seq: int, head: str) -> bytes:
+    """SHA-256 of ``callvault-legacy-head/v1\n`` and the canonical JSON of ``{hash, seq}``."""
+    body = json.dumps({"hash": head, "seq": seq}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"callvault-legacy-head/v1\n" + body.encode()).digest()
 
 
 class AuditKeyProvider(Protocol):
@@ -69,10 +98,13 @@ class AuditKeyProvider(Protocol):
     async def audit_key(self, tenant: str) -> AuditKey | None:
         """The tenant's audit key (active or pending); None if it has none yet."""
 
-    async def create_audit_key(self, tenant: str, *, pending: bool) -> AuditKey:
+    async def create_audit_key(
+        self, tenant: str, *, pending: bool, legacy_head: tuple[int, str] | None = None
+    ) -> AuditKey:
         """The tenant's audit key, made now if it has none: active for an empty chain,
-        pending for a legacy chain about to be re-keyed. An existing key is returned as
-        it is (two processes racing get the same key)."""
+        pending for a legacy chain about to be re-keyed (``legacy_head``: that chain's
+        (seq, hash), kept beside the key). An existing key is returned as it is (two
+        processes racing get the same key)."""
 
     async def activate_audit_key(self, tenant: str) -> None:
         """Make the tenant's pending key active (its re-keyed chain is committed)."""
@@ -98,11 +130,13 @@ class AuditKeyring:
             return AuditKey(cached, active=True)
         return await asyncio.to_thread(self._lookup, tenant)
 
-    async def create_audit_key(self, tenant: str, *, pending: bool) -> AuditKey:
+    async def create_audit_key(
+        self, tenant: str, *, pending: bool, legacy_head: tuple[int, str] | None = None
+    ) -> AuditKey:
         found = await self.audit_key(tenant)
         if found is not None:
             return found
-        return await asyncio.to_thread(self._create, tenant, pending)
+        return await asyncio.to_thread(self._create, tenant, pending, legacy_head)
 
     async def activate_audit_key(self, tenant: str) -> None:
         await asyncio.to_thread(self._activate, tenant)
@@ -135,6 +169,7 @@ class AuditKeyring:
             {
                 ACTIVE_SECTION: self._keyring.section(ACTIVE_SECTION),
                 PENDING_SECTION: self._keyring.section(PENDING_SECTION),
+                HEADS_SECTION: self._keyring.section(HEADS_SECTION),
             },
         )
 
@@ -147,8 +182,21 @@ class AuditKeyring:
             return AuditKey(key, active=True)
         pending = _entries(sections.get(PENDING_SECTION)).get(tenant)
         if pending is not None:
-            return AuditKey(self._open(tenant, pending, pending=True), active=False)
+            key = self._open(tenant, pending, pending=True)
+            head = _entries(sections.get(HEADS_SECTION)).get(tenant)
+            digest = None if head is None else self._open_head(tenant, head)
+            return AuditKey(key, active=False, legacy_head=digest)
         return None
+
+    def _open_head(self, tenant: str, wrapped: str) -> bytes:
+        try:
+            return self._keyring.unseal(
+                base64.b64decode(wrapped), context=legacy_head_context(tenant)
+            )
+        except (DecryptionFailed, binascii.Error, ValueError):
+            raise KeyUnavailable(
+                f"the legacy head of tenant {tenant!r} does not open under the master key"
+            ) from None
 
     def _open(self, tenant: str, wrapped: str, *, pending: bool) -> bytes:
         try:
@@ -164,7 +212,7 @@ class AuditKeyring:
         wrapped = self._keyring.seal(key, context=audit_key_context(tenant, pending=pending))
         return base64.b64encode(wrapped).decode()
 
-    def _create(self, tenant: str, pending: bool) -> AuditKey:
+    def _create(self, tenant: str, pending: bool, legacy_head: tuple[int, str] | None) -> AuditKey:
         def change(sections: dict[str, Any]) -> AuditKey:
             # Under the file lock: another process may have made (or activated) it meanwhile.
             found = self._find(tenant, sections)
@@ -175,7 +223,14 @@ class AuditKeyring:
             entries = _entries(sections.get(section))
             entries[tenant] = self._seal(tenant, key, pending=pending)
             sections[section] = entries
-            return AuditKey(key, active=not pending)
+            digest = None
+            if pending and legacy_head is not None:
+                digest = legacy_head_digest(*legacy_head)
+                wrapped = self._keyring.seal(digest, context=legacy_head_context(tenant))
+                heads = _entries(sections.get(HEADS_SECTION))
+                heads[tenant] = base64.b64encode(wrapped).decode()
+                sections[HEADS_SECTION] = heads
+            return AuditKey(key, active=not pending, legacy_head=digest)
 
         made = self._keyring.update_sections(change)
         if made.active:
@@ -196,6 +251,9 @@ class AuditKeyring:
                 active[tenant] = self._seal(tenant, found.key, pending=False)
             pending.pop(tenant, None)
             sections[ACTIVE_SECTION], sections[PENDING_SECTION] = active, pending
+            heads = _entries(sections.get(HEADS_SECTION))
+            if heads.pop(tenant, None) is not None:
+                sections[HEADS_SECTION] = heads
             return found.key
 
         self._active[tenant] = self._keyring.update_sections(change)

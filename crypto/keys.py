@@ -114,6 +114,12 @@ def audit_key_context(tenant: str, *, pending: bool = False) -> bytes:
     return f"callvault/{kind}/v1|{tenant}".encode()
 
 
+def legacy_head_context(tenant: str) -> bytes:
+    """The context the digest of the legacy head a pending audit key was made for is wrapped
+    under (``crypto.auditkeys``)."""
+    return f"callvault/audit-legacy-head/v1|{tenant}".encode()
+
+
 def signing_key_context(key_id: str) -> bytes:
     """The context the audit checkpoint signing key's seed is wrapped under."""
     return f"callvault/audit-signing-key/v1|{key_id}".encode()
@@ -129,6 +135,7 @@ WRAPPED_SECTIONS: dict[str, SlotWalker] = {
     "tenants": _tenant_keks,
     "audit_keys": keyfile.per_name(audit_key_context),
     "audit_keys_pending": keyfile.per_name(lambda t: audit_key_context(t, pending=True)),
+    "audit_legacy_heads": keyfile.per_name(legacy_head_context),
     "audit_signing_key": _signing_key,
     # Each further top-level section of keyring.json holding values wrapped by the master
     # key is one line here, naming where its values sit and their AAD context, so that a

@@ -52,10 +52,12 @@ def checkpoint_event_id(checkpoint: Checkpoint) -> str:
 
 @dataclass
 class CheckpointReport:
-    """What one round made: the checkpoints, and the tenants whose chain was refused."""
+    """What one round made: the checkpoints, the tenants whose chain was refused, and those
+    that failed for another reason (logged; the round went on)."""
 
     made: list[Checkpoint] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 class Checkpointer:
@@ -65,15 +67,17 @@ class Checkpointer:
         self._catalog = catalog
         self._max_attempts = max_attempts
 
-    async def make(self, tenant: str, now: datetime) -> Checkpoint | None:
-        """A checkpoint of the tenant's head if it moved since the latest (None if not);
-        ``AuditBroken`` if the chain does not extend the latest checkpoint."""
+    async def make(self, tenant: str, now: datetime, *, current: bool = False) -> Checkpoint | None:
+        """A checkpoint of the tenant's head if it moved since the latest (None if not, or
+        with ``current`` the latest, checked); ``AuditBroken`` if the latest checkpoint is
+        not the gateway's or the chain does not extend it."""
         jobs = await self._jobs(tenant, now)
-        return await self._catalog.checkpoints.make(tenant, now, jobs=jobs)
+        return await self._catalog.checkpoints.make(tenant, now, jobs=jobs, current=current)
 
     async def make_due(self, now: datetime) -> CheckpointReport:
         """A checkpoint for every tenant whose head moved since its latest one. A tenant
-        whose chain is broken is reported and logged, and the others go on."""
+        whose chain is broken, or whose checkpoint fails for any other reason (a row that
+        does not decode, the database), is reported and logged, and the others go on."""
         report = CheckpointReport()
         for tenant in await self._catalog.checkpoints.due():
             try:
@@ -82,6 +86,11 @@ class Checkpointer:
                 log.error("audit checkpoint of %s refused: %s", tenant, e.message)
                 report.broken.append(tenant)
                 continue
+            except Exception as e:  # one tenant must not stop the others' checkpoints
+                # The type only: a message could quote stored content.
+                log.error("audit checkpoint of %s failed: %s", tenant, type(e).__name__)
+                report.failed.append(tenant)
+                continue
             if made is not None:
                 report.made.append(made)
         return report
@@ -89,7 +98,17 @@ class Checkpointer:
     async def _jobs(
         self, tenant: str, now: datetime
     ) -> Callable[[Checkpoint], list[NewJob]] | None:
-        if (await self._catalog.instructions.current(tenant)).document.webhook.url is None:
+        try:
+            instructions = await self._catalog.instructions.current(tenant)
+        except Exception as e:  # the head is still signed; only its webhook event is lost
+            log.error(
+                "audit checkpoint of %s: webhook settings unreadable (%s); signed without "
+                "queueing audit.checkpoint",
+                tenant,
+                type(e).__name__,
+            )
+            return None
+        if instructions.document.webhook.url is None:
             return None
 
         def build(checkpoint: Checkpoint) -> list[NewJob]:

@@ -341,7 +341,7 @@ async def _checkpoint_audit(settings: Settings, tenant: str | None) -> int:
         now = datetime.now(UTC)
         if tenant is None:
             report = await checkpointer.make_due(now)
-            made, broken = report.made, report.broken
+            made, broken = report.made, report.broken + report.failed
         else:
             await services.catalog.tenants.get(tenant)
             one = await checkpointer.make(tenant, now)
@@ -352,7 +352,7 @@ async def _checkpoint_audit(settings: Settings, tenant: str | None) -> int:
         print("no audit log moved since its latest checkpoint")
     for name in broken:
         print(
-            f"tenant {name}: audit log does not extend its latest checkpoint; not signed "
+            f"tenant {name}: audit log not checkpointed (refused or failed, see the log) "
             f"(run `callvault audit verify --tenant {name}`)",
             file=sys.stderr,
         )
@@ -363,7 +363,7 @@ async def _rekey_audit(settings: Settings, tenant: str) -> None:
     from gateway.services import open_services
 
     async with open_services(settings) as services:
-        rekeyed = await services.catalog.audit.rekey(tenant, datetime.now(UTC))
+        rekeyed = await services.catalog.audit.rekey(tenant, datetime.now(UTC), operator=True)
     print(
         f"tenant {tenant}: audit log re-keyed from its first event (audit.rekeyed records the "
         "old head)"

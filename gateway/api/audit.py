@@ -99,14 +99,15 @@ async def list_checkpoints(request: web.Request) -> web.Response:
 
 async def make_checkpoint(request: web.Request) -> web.Response:
     """Sign the chain's head now: the new checkpoint, or the latest when the head has not
-    moved since (it is sent to the webhook when new). 409 `audit_broken` when the events
-    since the latest checkpoint do not extend it: the gateway signs nothing it cannot
-    vouch for."""
+    moved since (it is sent to the webhook when new). 409 `audit_broken` when the latest
+    checkpoint does not carry the gateway's signature or the events since it do not extend
+    it: the gateway signs nothing it cannot vouch for, and hands out no row it did not
+    sign."""
     tenant = request[TENANT]
     catalog = request.app[SERVICES].catalog
     await catalog.tenants.get(tenant)
-    made = await request.app[CHECKPOINTER].make(tenant, request.app[CLOCK].now())
-    checkpoint = made or await catalog.checkpoints.latest(tenant)
+    now = request.app[CLOCK].now()
+    checkpoint = await request.app[CHECKPOINTER].make(tenant, now, current=True)
     if checkpoint is None:
         raise Conflict(f"The audit log of {tenant!r} is empty or not keyed yet; nothing to sign.")
     return web.json_response(checkpoint_view(checkpoint))

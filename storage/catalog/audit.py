@@ -16,8 +16,10 @@ database writer cannot make either, so a chain cut back to an earlier head is no
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +40,8 @@ from storage.catalog.core import AnyRow, CatalogCore, lock_tenant, row_values
 from storage.catalog.records import AuditCheck, AuditEntry, AuditEvent
 from storage.catalog.schema import audit_checkpoints, audit_events, tenants
 from storage.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 _AUDIT_CHUNK = 200
 """Events hashed and inserted at a time: thousands at once would hold the event loop (and
@@ -133,37 +137,77 @@ async def append_keyed(
     return events
 
 
+def raw_events() -> sa.Select[Any]:
+    """``SELECT`` of audit events with ``at`` and ``detail`` as the database holds them,
+    undecoded: a row tampered into something that does not decode (SQLite holds both as
+    text: ``detail = '{bad'``, ``at = 'yesterday'``) must be a break in the chain at that
+    event, not an exception that stops the whole read. ``rehash`` decodes them per row."""
+    raw = {"at": sa.type_coerce(audit_events.c.at, sa.Text), "detail": _raw_detail()}
+    return sa.select(*(raw[c.name].label(c.name) if c.name in raw else c for c in audit_events.c))
+
+
+def _raw_detail() -> sa.ColumnElement[Any]:
+    return sa.type_coerce(audit_events.c.detail, sa.Text)
+
+
+def stored_at(value: Any) -> datetime:
+    """An event time as ``raw_events`` reads it, aware UTC; ``ValueError`` if it is not one."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise ValueError("not a time")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def stored_detail(value: Any) -> Any:
+    """An event's detail as ``raw_events`` reads it, decoded; ``ValueError`` if it is not
+    JSON."""
+    if isinstance(value, bytes | str):
+        return json.loads(value)
+    return value
+
+
 def rehash(key: bytes, row: AnyRow, prev_hash: str | None = None) -> str | None:
-    """The hash a stored audit event should have under ``key`` (after ``prev_hash``, by
-    default its own); ``None`` if its content cannot even be hashed (tampered into
-    something that is not JSON-able)."""
+    """The hash a stored audit event (read with ``raw_events``) should have under ``key``
+    (after ``prev_hash``, by default its own); ``None`` if its content cannot even be
+    decoded or hashed (tampered into something that is not JSON, not a time)."""
     try:
         return event_hash(
             key,
             row.prev_hash if prev_hash is None else prev_hash,
             seq=row.seq,
-            at=row.at,
+            at=stored_at(row.at),
             actor=row.actor,
             action=row.action,
             object=row.object,
-            detail=row.detail,
+            detail=stored_detail(row.detail),
         )
     except (ValueError, TypeError):
         return None
 
 
 def checkpoint_signed(signer: CheckpointSigner, tenant_id: str, checkpoint: AnyRow) -> bool:
-    """Whether a checkpoint row carries the gateway's valid signature of its own fields."""
+    """Whether a checkpoint row (``at`` decoded or raw, see ``raw_checkpoints``) carries the
+    gateway's valid signature of its own fields; a row that does not even decode does not."""
     if checkpoint.key_id != signer.key_id:
         return False
-    message = checkpoint_message(
-        tenant=tenant_id,
-        seq=checkpoint.seq,
-        hash=checkpoint.hash,
-        at=checkpoint.at,
-        key_id=checkpoint.key_id,
-    )
-    return signer.verify(message, decode_signature(checkpoint.signature))
+    try:
+        message = checkpoint_message(
+            tenant=tenant_id,
+            seq=checkpoint.seq,
+            hash=checkpoint.hash,
+            at=stored_at(checkpoint.at),
+            key_id=checkpoint.key_id,
+        )
+        return signer.verify(message, decode_signature(checkpoint.signature))
+    except (ValueError, TypeError):
+        return False
+
+
+def raw_checkpoints() -> sa.Select[Any]:
+    """``SELECT`` of checkpoint rows with ``at`` undecoded (see ``raw_events``)."""
+    at = sa.type_coerce(audit_checkpoints.c.at, sa.Text).label("at")
+    return sa.select(*(at if c.name == "at" else c for c in audit_checkpoints.c))
 
 
 class Audit:
@@ -227,7 +271,7 @@ class Audit:
                 raise NotFound(f"Tenant {tenant_id!r} not found.")
             checkpoint = (
                 await conn.execute(
-                    sa.select(audit_checkpoints)
+                    raw_checkpoints()
                     .where(audit_checkpoints.c.tenant_id == tenant_id)
                     .order_by(audit_checkpoints.c.seq.desc())
                     .limit(1)
@@ -239,7 +283,7 @@ class Audit:
                     return AuditCheck(ok=True, broken_at=None, count=0)
                 return AuditCheck(ok=False, broken_at=None, count=count, reason="not_keyed")
             result = await conn.stream(
-                sa.select(audit_events)
+                raw_events()
                 .where(audit_events.c.tenant_id == tenant_id)
                 .order_by(audit_events.c.seq)
             )
@@ -283,7 +327,9 @@ class Audit:
         """Re-key every chain written before audit keys existed (every tenant, deleted ones
         too, with events and no active audit key); the tenants re-keyed now. With
         ``only_pending``, only those whose re-keying was started (a pending key) and not
-        finished."""
+        finished. A tenant that cannot be re-keyed (a row that does not decode, a head that
+        moved since its re-keying started) is logged and left ``not_keyed``: it never stops
+        the others, nor the process that runs this at its start."""
         async with self._core.transaction() as conn:
             candidates = (
                 await conn.scalars(
@@ -295,40 +341,73 @@ class Audit:
             found = await self._core.audit_keys.audit_key(tenant_id)
             if found is None and only_pending:
                 continue
-            if (found is None or not found.active) and await self.rekey(tenant_id, now):
-                done.append(tenant_id)
+            if found is not None and found.active:
+                continue
+            try:
+                if await self.rekey(tenant_id, now):
+                    done.append(tenant_id)
+            except Exception as e:  # one tenant must not stop the start of the gateway
+                log.error(  # the type only: a message could quote stored content
+                    "audit log of %s not re-keyed (%s); it stays not_keyed until "
+                    "`callvault audit rekey --tenant %s`",
+                    tenant_id,
+                    type(e).__name__,
+                    tenant_id,
+                )
         return done
 
-    async def rekey(self, tenant_id: str, now: datetime) -> bool:
+    async def rekey(self, tenant_id: str, now: datetime, *, operator: bool = False) -> bool:
         """Re-key the tenant's legacy (plain SHA-256) chain under a new audit key, from the
         first event, once: every event's ``prev_hash`` and ``hash`` are recomputed with
         HMAC-SHA256, and ``audit.rekeyed`` is appended with the old head and what checking
         the old chain found (``legacy_ok``, ``legacy_broken_at``), so that what the legacy
         chain proved is not lost and a chain broken before re-keying stays on record.
 
-        The key is made *pending* in the keyring first, the chain is rewritten in one
-        transaction, and the key is made *active* after it commits. A crash in between
-        leaves a pending key; the next start finds the chain already keyed under it (its
-        head's HMAC matches, which nobody without the key can arrange) and only activates
-        it. False when there was nothing to do."""
+        The key is made *pending* in the keyring first, with the legacy head (seq, hash) it
+        is meant for bound to it; the chain is rewritten in one transaction, and the key is
+        made *active* after it commits. A crash in between leaves a pending key; the next
+        start finds the chain already keyed under it (its head's HMAC matches, which nobody
+        without the key can arrange) and only activates it, or finds the legacy head the
+        key was made for and re-keys it. Any other head (a database writer rewrote the
+        chain in between) is not re-keyed on its own, which would vouch for it: it is
+        logged and stays ``not_keyed``, until the operator re-keys it on purpose
+        (``operator``: ``callvault audit rekey``). False when nothing was re-keyed."""
         keys = self._core.audit_keys
         async with self._core.transaction() as conn:
-            seq = await conn.scalar(sa.select(tenants.c.audit_seq).where(tenants.c.id == tenant_id))
-        if seq is None:
+            before = (
+                await conn.execute(
+                    sa.select(tenants.c.audit_seq, tenants.c.audit_head).where(
+                        tenants.c.id == tenant_id
+                    )
+                )
+            ).one_or_none()
+        if before is None:
             raise NotFound(f"Tenant {tenant_id!r} not found.")
-        if seq == 0:
+        if before.audit_seq == 0:
             return False  # an empty chain is keyed by its first event
-        found = await keys.create_audit_key(tenant_id, pending=True)
+        found = await keys.create_audit_key(
+            tenant_id, pending=True, legacy_head=(before.audit_seq, before.audit_head)
+        )
         if found.active:
             return False
         subject = f"Audit log of {tenant_id!r}"
         async with self._core.transaction(write=True, subject=subject) as conn:
             head = await lock_tenant(conn, tenant_id, live=False)
-            rekeyed = head.audit_seq > 0 and not await _keyed_head(conn, tenant_id, head, found.key)
-            if rekeyed:
+            keyed = head.audit_seq > 0 and await _keyed_head(conn, tenant_id, head, found.key)
+            made_for = found.made_for(head.audit_seq, head.audit_head)
+            if not keyed and not operator and not made_for:
+                log.error(
+                    "audit log of %s: its head is not the legacy head its pending key was "
+                    "made for (rewritten since?); not re-keyed, it stays not_keyed until "
+                    "`callvault audit rekey --tenant %s`",
+                    tenant_id,
+                    tenant_id,
+                )
+                return False
+            if not keyed:
                 await _rekey_chain(conn, tenant_id, head, found.key, now)
         await keys.activate_audit_key(tenant_id)
-        return rekeyed
+        return not keyed
 
     async def list(
         self, tenant_id: str, *, since_seq: int = 0, limit: int = 100
@@ -355,7 +434,7 @@ async def _keyed_head(conn: AsyncConnection, tenant_id: str, head: AnyRow, key: 
     crash kept the key pending)."""
     row = (
         await conn.execute(
-            sa.select(audit_events).where(
+            raw_events().where(
                 audit_events.c.tenant_id == tenant_id, audit_events.c.seq == head.audit_seq
             )
         )
@@ -382,7 +461,7 @@ async def _rekey_chain(
     while True:
         rows = (
             await conn.execute(
-                sa.select(audit_events)
+                raw_events()
                 .where(audit_events.c.tenant_id == tenant_id, audit_events.c.seq > last_seq)
                 .order_by(audit_events.c.seq)
                 .limit(_REKEY_PAGE)
@@ -427,11 +506,11 @@ def _legacy_rehash(row: AnyRow) -> str | None:
         return legacy_event_hash(
             row.prev_hash,
             seq=row.seq,
-            at=row.at,
+            at=stored_at(row.at),
             actor=row.actor,
             action=row.action,
             object=row.object,
-            detail=row.detail,
+            detail=stored_detail(row.detail),
         )
     except (ValueError, TypeError):
         return None

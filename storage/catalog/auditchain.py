@@ -54,9 +54,11 @@ def format_at(at: datetime) -> str:
 
 
 def encode_detail(detail: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """``detail`` as it will read back from the database (a JSON round trip, so that the
-    hash computed now matches the one recomputed at verification) and its canonical JSON;
-    big details are refused."""
+    """``detail`` as it will read back from the database (a JSON round trip) and the
+    canonical JSON *of that round-tripped value*, so that the hash computed now is the one
+    recomputed at verification even when the round trip changes the value (keys that are
+    not strings become strings and sort differently, tuples become lists); big details are
+    refused."""
     encoded = canonical_json(detail)
     if len(encoded) > MAX_DETAIL_BYTES:
         raise ValueError(
@@ -64,7 +66,7 @@ def encode_detail(detail: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
             "events carry ids and small metadata, never content"
         )
     decoded: dict[str, Any] = json.loads(encoded)
-    return decoded, encoded
+    return decoded, canonical_json(decoded)
 
 
 def normalize_detail(detail: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ received.
 
 A checkpoint is made only when the head moved since the tenant's latest one, and only over
 a chain that extends that checkpoint correctly under the tenant's key (the events since
-then are checked first: the gateway never signs a head it cannot vouch for). Checkpoints
-are kept forever, like the events they sign.
+then are checked first: the gateway never signs a head it cannot vouch for). The latest
+checkpoint row itself is checked too (the gateway's signature, not past the head): a row a
+database writer made up is refused loudly (``AuditBroken``), never taken as the gateway's
+word nor handed out. Checkpoints are kept forever, like the events they sign.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.signing import encode_signature
-from storage.catalog.audit import rehash
+from storage.catalog.audit import (
+    checkpoint_signed,
+    raw_checkpoints,
+    raw_events,
+    rehash,
+    stored_at,
+)
 from storage.catalog.auditchain import GENESIS_HASH, checkpoint_message
 from storage.catalog.core import AnyRow, CatalogCore, lock_tenant, row_values
 from storage.catalog.jobs import enqueue_new_jobs
@@ -42,12 +50,20 @@ class Checkpoints:
         self._core = core
 
     async def make(
-        self, tenant_id: str, now: datetime, *, jobs: CheckpointJobs | None = None
+        self,
+        tenant_id: str,
+        now: datetime,
+        *,
+        jobs: CheckpointJobs | None = None,
+        current: bool = False,
     ) -> Checkpoint | None:
         """Sign the tenant's head at ``now`` if it moved since the latest checkpoint, and
-        queue ``jobs(checkpoint)`` in the same transaction; None if it did not move (or the
-        chain is empty, or not keyed yet). ``AuditBroken`` if the events since the latest
-        checkpoint do not extend it under the tenant's key: nothing is signed then."""
+        queue ``jobs(checkpoint)`` in the same transaction. When the head did not move:
+        None, or with ``current`` the latest checkpoint (checked as below). None too if the
+        chain is empty or not keyed yet. ``AuditBroken``, and nothing signed, if the latest
+        checkpoint row does not carry the gateway's signature, is past the head, or the
+        chain does not hold it and extend it to the head under the tenant's key: a row a
+        database writer made up neither stops checkpointing silently nor is handed out."""
         keys = self._core.audit_keys
         found = await keys.audit_key(tenant_id)
         if found is None or not found.active:
@@ -56,10 +72,22 @@ class Checkpoints:
         subject = f"Audit checkpoint of {tenant_id!r}"
         async with self._core.transaction(write=True, subject=subject) as conn:
             head = await lock_tenant(conn, tenant_id, live=False)
-            latest = await _latest(conn, tenant_id)
-            if head.audit_seq == 0 or (latest is not None and head.audit_seq <= latest.seq):
+            latest = await _latest(conn, tenant_id, raw=True)
+            if latest is not None:
+                if not checkpoint_signed(signer, tenant_id, latest):
+                    raise AuditBroken(
+                        f"The latest audit checkpoint of {tenant_id!r} (event {latest.seq}) "
+                        "does not carry the gateway's signature; nothing was signed. Run "
+                        f"`callvault audit verify --tenant {tenant_id}`.",
+                        seq=min(latest.seq, head.audit_seq + 1),
+                    )
+                if latest.seq > head.audit_seq:
+                    raise _broken(tenant_id, head.audit_seq + 1)
+            elif head.audit_seq == 0:
                 return None
             await _check_extension(conn, tenant_id, head, latest, found.key)
+            if latest is not None and latest.seq == head.audit_seq:
+                return _checkpoint(latest) if current else None
             message = checkpoint_message(
                 tenant=tenant_id,
                 seq=head.audit_seq,
@@ -81,8 +109,9 @@ class Checkpoints:
         return checkpoint
 
     async def due(self) -> list[str]:
-        """Tenants (deleted ones too: their logs go on) whose head moved since their latest
-        checkpoint, or that have events and no checkpoint yet."""
+        """Tenants (deleted ones too: their logs go on) whose latest checkpoint is not
+        exactly their head (it moved since, or a checkpoint row past the head was made up:
+        ``make`` then refuses it loudly), or that have events and no checkpoint yet."""
         latest = (
             sa.select(
                 audit_checkpoints.c.tenant_id, sa.func.max(audit_checkpoints.c.seq).label("seq")
@@ -93,7 +122,7 @@ class Checkpoints:
         stmt = (
             sa.select(tenants.c.id)
             .select_from(tenants.outerjoin(latest, latest.c.tenant_id == tenants.c.id))
-            .where(tenants.c.audit_seq > sa.func.coalesce(latest.c.seq, 0))
+            .where(tenants.c.audit_seq != sa.func.coalesce(latest.c.seq, 0))
             .order_by(tenants.c.id)
         )
         async with self._core.transaction() as conn:
@@ -118,10 +147,12 @@ class Checkpoints:
         )
 
 
-async def _latest(conn: AsyncConnection, tenant_id: str) -> AnyRow | None:
+async def _latest(conn: AsyncConnection, tenant_id: str, *, raw: bool = False) -> AnyRow | None:
+    """The tenant's checkpoint row with the highest ``seq``; with ``raw``, its ``at``
+    undecoded (a row tampered into a non-time must be refused, not raise)."""
     return (
         await conn.execute(
-            sa.select(audit_checkpoints)
+            (raw_checkpoints() if raw else sa.select(audit_checkpoints))
             .where(audit_checkpoints.c.tenant_id == tenant_id)
             .order_by(audit_checkpoints.c.seq.desc())
             .limit(1)
@@ -134,7 +165,7 @@ def _checkpoint(row: AnyRow) -> Checkpoint:
         tenant_id=row.tenant_id,
         seq=row.seq,
         hash=row.hash,
-        at=row.at,
+        at=stored_at(row.at),
         key_id=row.key_id,
         signature=row.signature,
     )
@@ -158,7 +189,7 @@ async def _check_extension(
             raise _broken(tenant_id, latest.seq)
         expected_seq += 1
     result = await conn.stream(
-        sa.select(audit_events)
+        raw_events()
         .where(audit_events.c.tenant_id == tenant_id, audit_events.c.seq >= expected_seq)
         .order_by(audit_events.c.seq)
     )

@@ -317,6 +317,22 @@ async def test_a_log_cut_back_behind_its_checkpoint_is_found_and_not_signed_agai
     }
 
 
+async def test_a_checkpoint_row_the_gateway_did_not_sign_is_never_handed_out(
+    gateway: Gateway, gateway_settings: Settings
+) -> None:
+    tenant = await gateway.tenant("acme", {"recording": {"enabled": True}})
+    url = "/v1/tenants/acme/audit/checkpoints"
+    signed = await (await gateway.client.post(url, headers=bearer(tenant.admin))).json()
+    # The database writer replaces the latest checkpoint's signature; the head did not move.
+    forged = base64.b64encode(bytes(64)).decode()
+    await sql(gateway_settings, "UPDATE audit_checkpoints SET signature = :s", s=forged)
+    response = await gateway.client.post(url, headers=bearer(tenant.admin))
+    assert response.status == 409
+    assert (await response.json())["error"] == "audit_broken"
+    assert forged not in await response.text()
+    assert signed["signature"] != forged
+
+
 async def test_serve_checkpoints_moved_heads_on_its_interval_and_tells_the_webhook(
     aiohttp_client: Callable[..., Any], gateway_settings: Settings
 ) -> None:

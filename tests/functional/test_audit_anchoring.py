@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from crypto.auditkeys import AuditKeyring
 from crypto.errors import KeyUnavailable
 from crypto.keys import LocalKeyring
+from gateway.checkpoints import Checkpointer
 from storage.catalog import AuditCheck, Catalog
 from storage.catalog.auditchain import GENESIS_HASH, event_hash, legacy_event_hash
 from storage.errors import AuditBroken
@@ -416,7 +417,7 @@ async def test_a_crash_between_rekeying_and_activating_the_key_is_finished_at_ne
     with monkeypatch.context() as patch:
         patch.setattr(keys, "activate_audit_key", crash)
         with pytest.raises(OSError, match="killed"):
-            await catalog.audit.rekey_legacy(T0)
+            await catalog.audit.rekey("acme", T0)
     pending = await AuditKeyring(keyring).audit_key("acme")
     assert pending is not None and not pending.active  # the chain is keyed, the key pending
     # The next start: the head already carries the pending key's HMAC; only activated.
@@ -434,3 +435,158 @@ async def test_a_deleted_tenants_legacy_chain_is_rekeyed_and_its_key_kept(
     assert await catalog.audit.rekey_legacy(T0) == ["acme"]
     await catalog.audit.append("acme", "op", "tenant.deleted", "acme", {}, T0)
     assert await catalog.audit.verify("acme") == AuditCheck(True, None, 4)  # ...not its log
+
+
+async def crash_after_rekeying(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-key the legacy chain of acme and crash before its key is activated."""
+
+    async def crash(tenant: str) -> None:
+        raise OSError("killed before the keyring was written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(catalog.core.audit_keys, "activate_audit_key", crash)
+        with pytest.raises(OSError, match="killed"):
+            await catalog.audit.rekey("acme", T0)
+
+
+async def test_a_chain_rewritten_while_its_rekeying_was_unfinished_is_not_rekeyed_at_start(
+    catalog: Catalog, raw: AsyncEngine, keyring: LocalKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await legacy_chain(catalog, raw, 3)
+    await crash_after_rekeying(catalog, monkeypatch)
+    # Before the next start, a database writer edits event 2 and recomputes the whole chain
+    # and the head with plain SHA-256 (which the pending key's HMAC no longer matches).
+    await rewrite_from(catalog, raw, 1, legacy)
+    await rewrite_from(catalog, raw, 2, legacy, edit={"n": 999})
+    assert await catalog.audit.rekey_legacy(T0, only_pending=True) == []
+    assert await catalog.audit.verify("acme") == AuditCheck(False, None, 4, reason="not_keyed")
+    pending = await AuditKeyring(keyring).audit_key("acme")
+    assert pending is not None and not pending.active
+    # The operator's explicit word re-keys it, and the record says what the old chain was.
+    assert await catalog.audit.rekey("acme", T0, operator=True)
+    assert (await catalog.audit.verify("acme")).ok
+
+
+async def test_a_crash_before_the_chain_was_rewritten_is_finished_at_next_start(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    old_head = await legacy_chain(catalog, raw, 3)
+    keys = catalog.core.audit_keys
+    await keys.create_audit_key("acme", pending=True, legacy_head=(3, old_head))
+    # The process died here: the key is pending, the chain still the legacy one it was for.
+    assert await catalog.audit.rekey_legacy(T0, only_pending=True) == ["acme"]
+    assert await catalog.audit.verify("acme") == AuditCheck(True, None, 4)
+
+
+async def test_a_pending_key_without_its_legacy_head_rekeys_nothing_on_its_own(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    await legacy_chain(catalog, raw, 3)
+    await catalog.core.audit_keys.create_audit_key("acme", pending=True)
+    assert await catalog.audit.rekey_legacy(T0, only_pending=True) == []
+    assert (await catalog.audit.verify("acme")).reason == "not_keyed"
+
+
+# --- what a database writer can make up --------------------------------------------------
+
+
+async def test_a_made_up_checkpoint_row_is_refused_loudly_not_obeyed(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
+    await add_events(catalog, 3)
+    assert await catalog.checkpoints.make("acme", T0) is not None
+    # An unsigned row far past the head: before, the tenant was never due nor signed again.
+    await execute(
+        raw,
+        "INSERT INTO audit_checkpoints (tenant_id, seq, hash, at, key_id, signature)"
+        " SELECT tenant_id, 2147483647, hash, at, key_id, 'AAAA' FROM audit_checkpoints"
+        " WHERE tenant_id = 'acme'",
+    )
+    await add_events(catalog, 2)
+    assert await catalog.checkpoints.due() == ["acme"]
+    with pytest.raises(AuditBroken, match="signature"):
+        await catalog.checkpoints.make("acme", T0 + timedelta(hours=1))
+    with pytest.raises(AuditBroken):
+        await catalog.checkpoints.make("acme", T0 + timedelta(hours=1), current=True)
+    assert [c.seq for c in await catalog.checkpoints.list("acme")] == [3, 2147483647]
+
+
+async def test_a_checkpoint_row_resigned_at_the_head_is_not_handed_out(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
+    await add_events(catalog, 3)
+    made = await catalog.checkpoints.make("acme", T0)
+    assert await catalog.checkpoints.make("acme", T0, current=True) == made
+    forged = base64.b64encode(bytes(64)).decode()
+    await execute(raw, "UPDATE audit_checkpoints SET signature = :s", s=forged)
+    with pytest.raises(AuditBroken):
+        await catalog.checkpoints.make("acme", T0, current=True)
+
+
+async def test_one_tenants_unreadable_instructions_stop_no_checkpoint(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    for tenant in ("aaa", "bbb"):
+        await catalog.tenants.create(tenant, tenant, "eu", T0)
+        await add_events(catalog, 2, tenant)
+    await catalog.instructions.add("aaa", {"recording": {"enabled": True}}, "adm", T0)
+    await execute(
+        raw,
+        "UPDATE instructions SET document = :d WHERE tenant_id = 'aaa'",
+        d=json.dumps({"webhook": 5}),
+    )
+    report = await Checkpointer(catalog, max_attempts=3).make_due(T0)
+    # aaa's head is signed all the same (only its webhook event is lost, logged); bbb too.
+    assert sorted(c.tenant_id for c in report.made) == ["aaa", "bbb"]
+    assert (report.broken, report.failed) == ([], [])
+
+
+async def test_one_tenants_broken_chain_stops_no_other_checkpoint(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    for tenant in ("aaa", "bbb"):
+        await catalog.tenants.create(tenant, tenant, "eu", T0)
+        await add_events(catalog, 2, tenant)
+    # SQLite takes any text (the row does not even decode); PostgreSQL only JSON.
+    bad = "not json" if catalog.backend == "sqlite" else '"not the detail"'
+    await execute(
+        raw, "UPDATE audit_events SET detail = :d WHERE tenant_id = 'aaa' AND seq = 2", d=bad
+    )
+    report = await Checkpointer(catalog, max_attempts=3).make_due(T0)
+    assert [c.tenant_id for c in report.made] == ["bbb"]
+    assert report.broken + report.failed == ["aaa"]
+
+
+async def test_rows_that_do_not_decode_are_breaks_not_crashes(
+    catalog: Catalog, raw: AsyncEngine
+) -> None:
+    # SQLite keeps times and details as text a database writer can make anything.
+    if catalog.backend != "sqlite":
+        pytest.skip("PostgreSQL's column types refuse these values")
+    await legacy_chain(catalog, raw, 3, "leg")
+    await execute(raw, "UPDATE audit_events SET detail = '{bad' WHERE tenant_id='leg' AND seq=2")
+    assert await catalog.audit.rekey_legacy(T0) == ["leg"]  # the start goes on
+    rekeyed = (await catalog.audit.list("leg", since_seq=3))[-1]
+    assert (rekeyed.detail["legacy_ok"], rekeyed.detail["legacy_broken_at"]) == (False, 2)
+    assert await catalog.audit.verify("leg") == AuditCheck(False, 2, 4, reason="chain")
+
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
+    await add_events(catalog, 2)
+    await catalog.checkpoints.make("acme", T0)
+    await execute(raw, "UPDATE audit_events SET at = 'yesterday' WHERE tenant_id='acme' AND seq=1")
+    await execute(raw, "UPDATE audit_checkpoints SET at = 'yesterday' WHERE tenant_id='acme'")
+    assert await catalog.audit.verify("acme") == AuditCheck(
+        False, 1, 2, reason="chain", checkpoint=2
+    )
+    with pytest.raises(AuditBroken):
+        await catalog.checkpoints.make("acme", T0, current=True)
+
+
+async def test_a_detail_whose_json_round_trip_changes_it_still_verifies(catalog: Catalog) -> None:
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
+    event = await catalog.audit.append("acme", "x", "y", None, {"m": {2: "a", 10: "b"}}, T0)
+    assert event.detail == {"m": {"2": "a", "10": "b"}}
+    await catalog.audit.append("acme", "x", "y", None, {"t": (1, 2)}, T0)
+    assert await catalog.audit.verify("acme") == AuditCheck(True, None, 2)
