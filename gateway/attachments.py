@@ -11,12 +11,17 @@ after a crash, would know nothing of the first connection. So the call's row kee
   connection's lease runs is refused (``already_attached``);
 * its node **renews** the leases of the connections it carries every ``LEASE_RENEWAL``,
   all of them in one statement (no catalog write per frame);
-* the connection **releases** the call when it closes, if it still holds it.
+* the connection **releases** the call when it closes, if it still holds it. Until that
+  release reached the catalog (it is in flight, or it failed and is retried at each
+  renewal), a claim by the same node names the gone connection (``replaces``) and takes
+  its lease over: the PBX's own reconnect is never refused because of its old connection.
 
 A node that crashes or stalls stops renewing: its leases run out after ``LEASE_TTL`` and the
-call may be claimed again, from the first peer's address only. The node learns it lost a
-lease at its next renewal and stops taking that connection's audio, so two connections never
-write one recording at once.
+call may be claimed again, from the first peer's address only. Each connection keeps the end
+of its lease as of its last successful claim or renewal, and takes no frame at or past it
+(nor after a renewal showed the lease lost): a node cut off from the catalog stops, and
+publishes what it recorded, when its lease ends, so two connections never write one
+recording at once (as long as the nodes' clocks agree to well within ``LEASE_TTL``).
 
 Why these durations: renewing every 5 s costs one small write per node per 5 s; a 15 s lease
 survives two missed renewals (a slow catalog, a pause of the process), and runs out well

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import build_app
-from gateway.attachments import LEASE_TTL
+from gateway.attachments import LEASE_RENEWAL, LEASE_TTL
 from gateway.settings import Settings
 from gateway.state import CALLS, METRICS, SERVICES, SETTINGS
 from storage.catalog import AudioSocketLease
@@ -764,6 +764,72 @@ async def test_a_node_cut_off_from_the_catalog_takes_no_frame_past_its_lease(
     assert audio[: len(before)] == before
     assert not any(audio[len(before) : gap_end])
     assert audio[gap_end:] == after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_failed_release_is_retried_at_the_next_renewal_so_another_node_takes_the_pbx(
+    aiohttp_client: Callable,
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    dial: Dial,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node A's release of a dropped connection fails once. Node B refuses the PBX while
+    that lease stands, but A retries the release at its next renewal (5 s), well before
+    the lease would run out (15 s): the PBX's reconnect to B continues the recording."""
+    caplog.set_level(logging.DEBUG)
+    a = await start_gateway(
+        await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock))
+        )
+    )
+    b = Gateway(
+        client=await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock))
+        ),
+        operator=a.operator,
+    )
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport="audiosocket")
+    secret, call_id = audiosocket_id(announced), announced["call_id"]
+    calls = a.app[SERVICES].catalog.calls
+    release, failed = calls.release_audiosocket, asyncio.Event()
+
+    async def first_release_fails(*args: Any, **kwargs: Any) -> bool:
+        if not failed.is_set():
+            failed.set()
+            raise CatalogUnavailable("The catalog database could not be reached.")
+        return await release(*args, **kwargs)
+
+    monkeypatch.setattr(calls, "release_audiosocket", first_release_fails)
+    before, after = pcm(0.3, 440, seed=31), pcm(0.3, 660, seed=32)
+    first = await dial(port_of(a), "127.0.0.1")
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(a) == frame_count(before))
+    await first.drop()
+    await failed.wait()
+    await detached(a)
+    assert await refused_at(dial, port_of(b), "127.0.0.1", secret) == refused("already_attached")
+
+    clock.advance(LEASE_RENEWAL.total_seconds())
+    await a.app[CALLS].tick(clock.now())
+    async with asyncio.timeout(10):  # the explicit tick or the ticker's retried it
+        while (await lease(a, "acme", call_id)).attached_by is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert clock.now() < (await lease(a, "acme", call_id)).attached_until + LEASE_TTL
+    again = await dial(port_of(b), "127.0.0.1")
+    await again.send(audiosocket_uuid(secret) + audio_frames(after) + audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    assert frames_in(b) == frame_count(after)
+    clock.advance(30)  # A's grace for its own connection ran out: it publishes its part
+    await a.app[CALLS].tick(clock.now())
+    audio = await inbound(b, tenant, announced["recording_id"])
+    gap_end = int(LEASE_RENEWAL.total_seconds()) * 8000 * 2
+    assert (audio[: len(before)], audio[gap_end:]) == (before, after)
+    assert not any(audio[len(before) : gap_end])
+    assert "could not be released (retried)" in caplog.text
     assert_not_logged(caplog, secret)
 
 
