@@ -11,12 +11,17 @@ after a crash, would know nothing of the first connection. So the call's row kee
   connection's lease runs is refused (``already_attached``);
 * its node **renews** the leases of the connections it carries every ``LEASE_RENEWAL``,
   all of them in one statement (no catalog write per frame);
-* the connection **releases** the call when it closes, if it still holds it.
+* the connection **releases** the call when it closes, if it still holds it. Until that
+  release reached the catalog (it is in flight, or it failed and is retried at each
+  renewal), a claim by the same node names the gone connection (``replaces``) and takes
+  its lease over: the PBX's own reconnect is never refused because of its old connection.
 
 A node that crashes or stalls stops renewing: its leases run out after ``LEASE_TTL`` and the
-call may be claimed again, from the first peer's address only. The node learns it lost a
-lease at its next renewal and stops taking that connection's audio, so two connections never
-write one recording at once.
+call may be claimed again, from the first peer's address only. Each connection keeps the end
+of its lease as of its last successful claim or renewal, and takes no frame at or past it
+(nor after a renewal showed the lease lost): a node cut off from the catalog stops, and
+publishes what it recorded, when its lease ends, so two connections never write one
+recording at once (as long as the nodes' clocks agree to well within ``LEASE_TTL``).
 
 Why these durations: renewing every 5 s costs one small write per node per 5 s; a 15 s lease
 survives two missed renewals (a slow catalog, a pause of the process), and runs out well
@@ -60,6 +65,10 @@ class Attachments:
         self._catalog = catalog
         self._node = f"{socket.gethostname()[:64]}:{os.getpid()}"
         self._renewed_at: datetime | None = None
+        self._releasing: dict[tuple[str, str], tuple[str, datetime]] = {}
+        """The holders of this node's connections that are gone but whose release has not
+        reached the catalog yet (in flight, or failed: retried every ``LEASE_RENEWAL``), by
+        (tenant, call id), with when they went."""
 
     def new_holder(self) -> str:
         """A name for one connection, unique across nodes and restarts; the catalog shows
@@ -68,53 +77,104 @@ class Attachments:
 
     async def claim(
         self, tenant: str, call_id: str, *, peer: str, holder: str, now: datetime
-    ) -> None:
-        """Attach connection ``holder`` from ``peer`` to the call in the catalog, or raise
-        the ``StreamRefused`` that says why not."""
+    ) -> datetime:
+        """Attach connection ``holder`` from ``peer`` to the call in the catalog and return
+        when its lease ends, or raise the ``StreamRefused`` that says why not. The lease of
+        a connection of this node that is gone and not yet released (the PBX reconnects
+        while the release is in flight, or after it failed) is taken over: the PBX is not
+        kept waiting on its own old connection."""
+        key = (tenant, call_id)
+        gone = self._releasing.get(key)
+        until = now + LEASE_TTL
         outcome = await self._catalog.calls.claim_audiosocket(
-            tenant, call_id, peer=peer, holder=holder, now=now, until=now + LEASE_TTL
+            tenant,
+            call_id,
+            peer=peer,
+            holder=holder,
+            now=now,
+            until=until,
+            replaces=gone[0] if gone else None,
         )
         if outcome != "attached":
             raise StreamRefused(f"Call {call_id!r} {_REFUSALS[outcome]}.", code=outcome)
+        if gone is not None and self._releasing.get(key) == gone:
+            del self._releasing[key]  # taken over: nothing left to release
+        return until
 
     async def release(self, tenant: str, call_id: str, holder: str, now: datetime) -> None:
         """Detach ``holder`` in the catalog if it still holds the call. Never raises: a
-        release that fails leaves a lease that runs out."""
+        release that fails is retried at each renewal (until it succeeds, the lease is
+        taken over by this node's next claim of the call, or runs out)."""
+        self._releasing[(tenant, call_id)] = (holder, now)
+        await self._release(tenant, call_id, holder, now)
+
+    async def _release(self, tenant: str, call_id: str, holder: str, now: datetime) -> None:
         try:
             await self._catalog.calls.release_audiosocket(tenant, call_id, holder, now)
         except CallvaultError as e:
             log.warning(
-                "call %s: its AudioSocket lease could not be released: %s",
+                "call %s: its AudioSocket lease could not be released (retried): %s",
                 call_id,
                 e.code,
                 extra={"tenant": tenant, "call_id": call_id, "code": e.code},
             )
+            return
+        if self._releasing.get((tenant, call_id)) == (holder, now):
+            del self._releasing[(tenant, call_id)]
 
     async def renew(self, sessions: Iterable[CallSession], now: datetime) -> None:
-        """Every ``LEASE_RENEWAL`` (else nothing): renew the lease of every connection
-        attached here. A connection whose lease was lost (this node stalled past it and
-        another connection took the call) is detached: its audio is no longer taken (its
+        """Every ``LEASE_RENEWAL`` (else nothing): retry the releases that failed, and renew
+        the lease of every connection attached here. Then, every time, a connection whose
+        lease was lost (this node stalled past it and another connection took the call) or
+        ran out (its renewals failed: this node may be cut off from the catalog while
+        another carries the call) is detached: its audio is no longer taken (its
         ``StreamBinding`` refuses it) and what it recorded is published."""
-        if self._renewed_at is not None and now - self._renewed_at < LEASE_RENEWAL:
-            return
-        held = [(session, session.holder) for session in sessions if session.holder]
-        self._renewed_at = now
-        if not held:
-            return
-        renewed = await self._catalog.calls.renew_audiosocket(
-            [(session.tenant, session.call_id, holder) for session, holder in held],
-            until=now + LEASE_TTL,
-        )
-        for session, holder in held:
-            if (session.tenant, session.call_id) in renewed or session.holder != holder:
-                continue  # renewed, or it detached meanwhile
+        sessions = list(sessions)
+        lost: list[tuple[CallSession, str]] = []
+        if self._renewed_at is None or now - self._renewed_at >= LEASE_RENEWAL:
+            self._renewed_at = now
+            for (tenant, call_id), (holder, went) in list(self._releasing.items()):
+                await self._release(tenant, call_id, holder, went)
+            lost = await self._renew(sessions, now)
+        for session in sessions:
+            if session.holder is not None and session.lease_lapsed(now):
+                lost.append((session, session.holder))
+        for session, holder in lost:
+            if session.holder != holder:
+                continue  # it detached meanwhile
             log.warning(
-                "call %s: its AudioSocket lease was lost; its connection is refused",
+                "call %s: its AudioSocket lease was lost or ran out; its connection is refused",
                 session.call_id,
                 extra={"tenant": session.tenant, "call_id": session.call_id},
             )
             session.detach(now, holder=holder)
             await session.publish(now)
+
+    async def _renew(
+        self, sessions: list[CallSession], now: datetime
+    ) -> list[tuple[CallSession, str]]:
+        """Renew the leases of the connections attached here; those that were lost."""
+        held = [(session, session.holder) for session in sessions if session.holder]
+        if not held:
+            return []
+        until = now + LEASE_TTL
+        try:
+            renewed = await self._catalog.calls.renew_audiosocket(
+                [(session.tenant, session.call_id, holder) for session, holder in held],
+                until=until,
+            )
+        except CallvaultError as e:
+            log.warning("AudioSocket leases could not be renewed: %s", e.code)
+            return []  # they run out where they are
+        lost = []
+        for session, holder in held:
+            if session.holder != holder:
+                continue  # it detached meanwhile
+            if (session.tenant, session.call_id) in renewed:
+                session.lease_until = until
+            else:
+                lost.append((session, holder))
+        return lost
 
     async def expiry(self, session: CallSession, now: datetime) -> EndReason | None:
         """``session.expiry``, but an AudioSocket call that a connection on another node

@@ -399,22 +399,23 @@ class CallRegistry:
 
     async def claim_audiosocket(
         self, tenant: str, call_id: str, *, peer: str, holder: str, now: datetime
-    ) -> None:
+    ) -> datetime:
         """Attach AudioSocket connection ``holder`` from ``peer`` to the call in the catalog
-        (``Attachments.claim``), or raise the ``StreamRefused`` that says why not; what this
-        process already knows refuses without asking the catalog."""
+        (``Attachments.claim``) and return when its lease ends, or raise the
+        ``StreamRefused`` that says why not; what this process already knows refuses
+        without asking the catalog."""
         held = self._sessions.get((tenant, call_id))
         refused = held.refusal(peer=peer) if held is not None else None
         if refused is not None:
             raise refused
-        await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
+        return await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
 
     async def tick(self, now: datetime) -> None:
         """Flush quiet streams, renew AudioSocket leases and end calls that expired; one
         failing call never stops the others."""
         try:
             await self.attachments.renew(self.live(), now)
-        except CallvaultError as e:
+        except CallvaultError as e:  # renew logs its own catalog failures; this is a guard
             log.warning("AudioSocket leases could not be renewed: %s", e.code)
         for session in self.live():
             try:

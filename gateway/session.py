@@ -201,6 +201,9 @@ class CallSession:
         self.holder: str | None = None
         """AudioSocket: the name of the connection attached now, the holder of the call's
         lease in the catalog; ``None`` while none is (or its lease was lost)."""
+        self.lease_until: datetime | None = None
+        """AudioSocket: when the lease of ``holder`` ends unless renewed, as of its last
+        successful claim or renewal; past it, its audio is refused (``lease_lapsed``)."""
         self._base = 0
         self._last_flush: datetime | None = None
 
@@ -245,20 +248,28 @@ class CallSession:
             )
         return None
 
-    def attach(self, now: datetime, *, peer: str | None = None, holder: str | None = None) -> None:
+    def attach(
+        self,
+        now: datetime,
+        *,
+        peer: str | None = None,
+        holder: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> None:
         """A stream starts carrying this call, unless ``refusal`` says why not.
 
-        ``peer`` and ``holder`` are given by a transport whose stream proves nothing but a
-        secret id (AudioSocket), once the catalog granted ``holder`` the call's lease
-        (``gateway.attachments``): the catalog keeps the first connection's address and
-        which connection carries the call for every node and across restarts; this
-        process keeps a copy."""
+        ``peer``, ``holder`` and ``lease_until`` are given by a transport whose stream
+        proves nothing but a secret id (AudioSocket), once the catalog granted ``holder``
+        the call's lease until ``lease_until`` (``gateway.attachments``): the catalog keeps
+        the first connection's address and which connection carries the call for every
+        node and across restarts; this process keeps a copy."""
         refused = self.refusal(peer=peer)
         if refused is not None:
             raise refused
         if peer is not None:
             self.peer = peer
         self.holder = holder
+        self.lease_until = lease_until
         if self.first_attached_at is None:
             self.first_attached_at = now
             self._base = 0
@@ -287,7 +298,13 @@ class CallSession:
         if self.attached and (holder is None or holder == self.holder):
             self.attached = False
             self.holder = None
+            self.lease_until = None
             self.detached_at = now
+
+    def lease_lapsed(self, now: datetime) -> bool:
+        """AudioSocket: the attached connection's lease ran out at ``now`` (its renewals
+        failed): another connection may carry the call now, so this one may not."""
+        return self.lease_until is not None and now >= self.lease_until
 
     def seen_attached(self, when: datetime) -> None:
         """A connection elsewhere (another node) carried the call until ``when``: the
@@ -460,6 +477,7 @@ class CallSession:
             self.closing = self.closing or reason
             self.attached = False
             self.holder = None
+            self.lease_until = None
             for name, track in self.tracks.items():
                 try:
                     await self._open_if_needed(name, track, now)

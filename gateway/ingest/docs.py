@@ -19,7 +19,9 @@ ATTACHMENT_CODES = {
     "already_attached": "While a connection carries a call, another connection with its id "
     "is refused (`already_attached`), on every node sharing the catalog; nothing it sends is "
     "stored. A connection whose node crashed keeps the call until its lease runs out "
-    f"({int(LEASE_TTL.total_seconds())} s).",
+    f"({int(LEASE_TTL.total_seconds())} s); the PBX's own reconnect to the node that carried "
+    "the call is accepted at once. A connection whose lease ran out (its node could not "
+    "renew it) or was lost meets it too: none of its later frames is stored.",
     "peer_mismatch": "A reconnect after a drop, on any node and after a restart, is accepted "
     "only from the first connection's IP address (`peer_mismatch` otherwise).",
 }

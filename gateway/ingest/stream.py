@@ -55,6 +55,8 @@ class StreamBinding:
         """AudioSocket: this connection's name in the catalog's lease of its call."""
         self._claimed: tuple[str, str] | None = None
         """AudioSocket: the (tenant, call id) this connection claimed, to release at the end."""
+        self._lease_until: datetime | None = None
+        """AudioSocket: when the lease of its claim ends unless renewed."""
         self._frames = metrics.frames_in.labels(transport)
         self.session: CallSession | None = None
         self.stopped = False
@@ -64,13 +66,20 @@ class StreamBinding:
         for event in events:
             if isinstance(event, Audio):
                 assert self.session is not None  # noqa: S101 - parsers refuse audio before start
-                if self._holder is not None and self.session.holder != self._holder:
-                    # Its lease was lost: another connection carries the call now.
+                session = self.session
+                if session.ended or session.closing:
+                    # First: an ended call says so, whoever held it.
+                    raise StreamRefused(f"Call {session.call_id!r} has ended.", code="call_ended")
+                if self._holder is not None and (
+                    session.holder != self._holder or session.lease_lapsed(now)
+                ):
+                    # Its lease was lost, or ran out (its renewals failed): another
+                    # connection may carry the call now, so not a frame more from this one.
                     raise StreamRefused(
-                        f"Call {self.session.call_id!r} is carried by another connection.",
+                        f"Call {session.call_id!r} is carried by another connection.",
                         code="already_attached",
                     )
-                await self.session.receive(event, now)
+                await session.receive(event, now)
                 self._frames.inc()
             elif isinstance(event, StreamStart):
                 self.session = await self._start(event, now)
@@ -103,7 +112,7 @@ class StreamBinding:
             if self._peer is not None and self._holder is not None:
                 # The catalog first: it refuses what another node or an earlier process
                 # attached, before this process takes the call up.
-                await self._registry.claim_audiosocket(
+                self._lease_until = await self._registry.claim_audiosocket(
                     tenant, call_id, peer=self._peer, holder=self._holder, now=now
                 )
                 self._claimed = (tenant, call_id)
@@ -125,7 +134,7 @@ class StreamBinding:
                 f"{event.sample_rate} Hz.",
                 code="codec_mismatch",
             )
-        session.attach(now, peer=self._peer, holder=self._holder)
+        session.attach(now, peer=self._peer, holder=self._holder, lease_until=self._lease_until)
         log.info(
             "call %s: %s stream started",
             call_id,

@@ -185,17 +185,21 @@ class Calls:
         holder: str,
         now: datetime,
         until: datetime,
+        replaces: str | None = None,
     ) -> Claim:
         """Attach connection ``holder`` from address ``peer`` to the live call, its lease
         running to ``until``, in one conditional UPDATE: the call's first claim keeps
         ``peer`` for good; a claim from another address is ``peer_mismatch``; one made while
         another holder's lease runs at ``now`` is ``already_attached`` (which wins: it says
         nothing about the address). A lease that ran out (its node crashed or stalled) is
-        taken over. ``NotFound`` for an unknown call or a deleted tenant."""
+        taken over, and so is one still held by ``replaces``: a connection of the claiming
+        node that is gone but whose release has not reached the catalog yet (only while it
+        still holds the call). ``NotFound`` for an unknown call or a deleted tenant."""
         free = sa.or_(
             calls.c.audiosocket_attached_by.is_(None),
             calls.c.audiosocket_attached_by == holder,
             calls.c.audiosocket_attached_until <= now,
+            *([calls.c.audiosocket_attached_by == replaces] if replaces is not None else []),
         )
         async with self._core.transaction(write=True, subject=f"Call {call_id!r}") as conn:
             await lock_tenant(conn, tenant_id, live=True)
@@ -225,7 +229,8 @@ class Calls:
             lease = await _lease(conn, tenant_id, call_id)
         if lease.ended:
             return "call_ended"
-        if lease.peer is not None and lease.peer != peer and not lease.held_by_other(holder, now):
+        held = lease.held_by_other(holder, now) and lease.attached_by != replaces
+        if lease.peer is not None and lease.peer != peer and not held:
             return "peer_mismatch"
         return "already_attached"
 

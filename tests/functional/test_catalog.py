@@ -857,6 +857,44 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
         )
 
 
+async def test_a_claim_takes_over_only_the_gone_holder_it_names_and_only_from_the_first_peer(
+    catalog: Catalog,
+) -> None:
+    """A node whose connection is gone but not yet released (its release is in flight, or
+    failed) names that holder as ``replaces``: its own PBX's reconnect takes the running
+    lease over at once, on the row's condition; a holder it does not name, another
+    address, or a holder that no longer holds the call gives it nothing."""
+    await add_tenant(catalog, "acme")
+    await catalog.instructions.add("acme", {"recording": {"enabled": True}}, "adm", T0)
+    await catalog.calls.announce(
+        id="CA1", tenant_id="acme", from_number="+40211111111", to_number="+40722222222",
+        direction="inbound", consent="granted", transport="audiosocket", codec="l16",
+        sample_rate=8000, instructions_version=1, decision={"store_recording": True, "ai": []},
+        refusal_code=None, started_at=T0, recording_id="rec-1",
+        audiosocket_id_hash=hashlib.sha256(b"id").hexdigest(),
+    )  # fmt: skip
+    calls = catalog.calls
+    lease = timedelta(seconds=15)
+    now = T0 + timedelta(seconds=1)
+
+    async def claim(peer: str, holder: str, replaces: str | None) -> str:
+        return await calls.claim_audiosocket(
+            "acme", "CA1", peer=peer, holder=holder, now=now, until=now + lease,
+            replaces=replaces,
+        )  # fmt: skip
+
+    assert await claim("10.0.0.1", "node-a:1", None) == "attached"
+    assert await claim("10.0.0.1", "node-a:2", "node-a:9") == "already_attached"
+    assert await claim("10.0.0.2", "node-a:2", "node-a:1") == "peer_mismatch"
+    assert await claim("10.0.0.1", "node-a:2", "node-a:1") == "attached"
+    taken = await calls.audiosocket_lease("acme", "CA1")
+    assert (taken.attached_by, taken.attached_until) == ("node-a:2", now + lease)
+    # The old holder's late release and a second claim naming it change nothing.
+    assert not await calls.release_audiosocket("acme", "CA1", "node-a:1", now)
+    assert await claim("10.0.0.1", "node-a:3", "node-a:1") == "already_attached"
+    assert (await calls.audiosocket_lease("acme", "CA1")).attached_by == "node-a:2"
+
+
 def _call_fields(call: Any) -> dict[str, Any]:
     fields = {k: getattr(call, k) for k in call.__dataclass_fields__}
     del fields["ended_at"], fields["paused"]

@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -31,11 +32,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.app import build_app
-from gateway.attachments import LEASE_TTL
+from gateway.attachments import LEASE_RENEWAL, LEASE_TTL
 from gateway.settings import Settings
 from gateway.state import CALLS, METRICS, SERVICES, SETTINGS
 from storage.catalog import AudioSocketLease
 from storage.catalog.schema import UTCDateTime, calls, metadata
+from storage.errors import CatalogUnavailable
 from tests.functional.test_cli import start_serve
 from tests.functional.test_crash import FLUSH_BYTES as CRASH_FLUSH_BYTES
 from tests.functional.test_crash import OPERATOR as CRASH_OPERATOR
@@ -399,6 +401,117 @@ async def test_a_reconnect_from_another_address_is_refused(
     assert_not_logged(caplog, secret)
 
 
+async def test_the_pbx_reconnects_at_once_while_its_old_connections_release_is_in_flight(
+    gateway: Gateway,
+    settings: Settings,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection drops; its release waits for a busy catalog (held here until the
+    reconnect carries audio). The PBX's own reconnect to the same node takes the old
+    connection's lease over at once instead of meeting ``already_attached``, and the late
+    release frees nothing it no longer holds."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret, call_id = audiosocket_id(announced), announced["call_id"]
+    calls = gateway.app[SERVICES].catalog.calls
+    release, busy, released = calls.release_audiosocket, asyncio.Event(), asyncio.Event()
+
+    async def first_release_waits(*args: Any, **kwargs: Any) -> bool:
+        if released.is_set():
+            return await release(*args, **kwargs)
+        await busy.wait()
+        try:
+            return await release(*args, **kwargs)
+        finally:
+            released.set()
+
+    monkeypatch.setattr(calls, "release_audiosocket", first_release_waits)
+    before, after = pcm(0.3, 440, seed=20), pcm(0.3, 660, seed=21)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+    await first.drop()
+    await detached(gateway)
+    old = (await lease(gateway, "acme", call_id)).attached_by
+    assert old is not None and not released.is_set()  # the release is still in flight
+    again = await connect()
+    await again.send(audiosocket_uuid(secret) + audio_frames(after))
+    await until(lambda: frames_in(gateway) == frame_count(before) + frame_count(after))
+    busy.set()
+    await released.wait()
+    held = await lease(gateway, "acme", call_id)
+    assert held.attached_by not in (None, old)  # the reconnect holds it still
+    await again.send(audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    assert await inbound(gateway, tenant, announced["recording_id"]) == before + after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_failed_release_does_not_lock_out_the_pbxs_reconnect(
+    gateway: Gateway,
+    settings: Settings,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The release of a dropped connection fails (the catalog blinked): the lease is left
+    running, yet the PBX's own reconnect to this node takes it over at once; another
+    address is still refused."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    calls = gateway.app[SERVICES].catalog.calls
+    failed = asyncio.Event()
+
+    async def release_fails(*_args: Any, **_kwargs: Any) -> bool:
+        failed.set()
+        raise CatalogUnavailable("The catalog database could not be reached.")
+
+    monkeypatch.setattr(calls, "release_audiosocket", release_fails)
+    before, after = pcm(0.3, 440, seed=22), pcm(0.3, 660, seed=23)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+    await first.drop()
+    await failed.wait()
+    await detached(gateway)
+    assert (await lease(gateway, "acme", announced["call_id"])).attached_by is not None
+    assert await refusal(connect, audiosocket_uuid(secret), OTHER_PEER) == refused("peer_mismatch")
+    again = await connect()
+    await again.send(audiosocket_uuid(secret) + audio_frames(after))
+    await until(lambda: frames_in(gateway) == frame_count(before) + frame_count(after))
+    monkeypatch.undo()
+    await again.send(audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    assert await inbound(gateway, tenant, announced["recording_id"]) == before + after
+    assert "could not be released (retried)" in caplog.text
+    assert_not_logged(caplog, secret)
+
+
+async def test_audio_after_the_call_ended_is_refused_as_call_ended(
+    gateway: Gateway, settings: Settings, connect: Connect
+) -> None:
+    """The call is ended by ``POST /end`` while its connection still streams: its next
+    frame meets ``call_ended`` (not ``already_attached``), and nothing more is stored."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before = pcm(0.3, 440, seed=24)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+    response = await gateway.client.post(
+        f"/v1/calls/{announced['call_id']}/end", headers=bearer(tenant.pbx)
+    )
+    assert response.status == 200, await response.text()
+    await first.send(audio_frames(pcm(0.1, 660, seed=25)))
+    assert await first.answer() == refused("call_ended")
+    assert frames_in(gateway) == frame_count(before)
+    assert await inbound(gateway, tenant, announced["recording_id"]) == before
+
+
 async def test_an_unknown_id_answers_the_same_bytes_whatever_it_names(
     gateway: Gateway, connect: Connect
 ) -> None:
@@ -591,6 +704,159 @@ async def test_a_node_that_stalled_past_its_lease_loses_the_call_to_the_first_pe
     assert not any(audio[len(before) : gap_end])
     assert audio[gap_end:] == after
     assert_not_logged(caplog, secret)
+
+
+async def test_a_node_cut_off_from_the_catalog_takes_no_frame_past_its_lease(
+    aiohttp_client: Callable,
+    tmp_path: Path,
+    database_url: str,
+    dial: Dial,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node A cannot reach the catalog: its renewals fail, so its lease runs out while it
+    runs on. Past the lease's end A takes no frame more from its connection
+    (``already_attached``) and publishes what it recorded, while the PBX's reconnect to
+    node B carries the call: one writer at a time, even without a successful renewal
+    telling A that it lost the call."""
+    caplog.set_level(logging.DEBUG)
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a = await start_gateway(
+        await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock_a))
+        )
+    )
+    b = Gateway(
+        client=await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock_b))
+        ),
+        operator=a.operator,
+    )
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before, after, late = pcm(0.3, 440, seed=26), pcm(0.3, 660, seed=27), pcm(0.2, 880, seed=28)
+    first = await dial(port_of(a), "127.0.0.1")
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(a) == frame_count(before))
+
+    async def unreachable(*_args: Any, **_kwargs: Any) -> set[tuple[str, str]]:
+        raise CatalogUnavailable("The catalog database could not be reached.")
+
+    monkeypatch.setattr(a.app[SERVICES].catalog.calls, "renew_audiosocket", unreachable)
+    clock_a.advance(LEASE_TTL.total_seconds() + 5)
+    await a.app[CALLS].tick(clock_a.now())  # the renewal fails; the lease ran out
+    (held,) = a.app[CALLS].live()
+    await until(lambda: not held.attached and all(t.upload is None for t in held.tracks.values()))
+    clock_b.advance(LEASE_TTL.total_seconds() + 1)
+    again = await dial(port_of(b), "127.0.0.1")
+    await again.send(audiosocket_uuid(secret) + audio_frames(after))
+    await until(lambda: frames_in(b) == frame_count(after))
+    await first.send(audio_frames(late))
+    assert await first.answer() == refused("already_attached")
+    assert frames_in(a) == frame_count(before)
+
+    monkeypatch.undo()
+    await again.send(audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    audio = await inbound(a, tenant, announced["recording_id"])
+    gap_end = int(LEASE_TTL.total_seconds() + 1) * 8000 * 2
+    assert audio[: len(before)] == before
+    assert not any(audio[len(before) : gap_end])
+    assert audio[gap_end:] == after
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_failed_release_is_retried_at_the_next_renewal_so_another_node_takes_the_pbx(
+    aiohttp_client: Callable,
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    dial: Dial,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node A's release of a dropped connection fails once. Node B refuses the PBX while
+    that lease stands, but A retries the release at its next renewal (5 s), well before
+    the lease would run out (15 s): the PBX's reconnect to B is accepted and carries the
+    call from then on."""
+    caplog.set_level(logging.DEBUG)
+    a = await start_gateway(
+        await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock))
+        )
+    )
+    b = Gateway(
+        client=await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url), clock=clock))
+        ),
+        operator=a.operator,
+    )
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport="audiosocket")
+    secret, call_id = audiosocket_id(announced), announced["call_id"]
+    calls = a.app[SERVICES].catalog.calls
+    release, failed = calls.release_audiosocket, asyncio.Event()
+
+    async def first_release_fails(*args: Any, **kwargs: Any) -> bool:
+        if not failed.is_set():
+            failed.set()
+            raise CatalogUnavailable("The catalog database could not be reached.")
+        return await release(*args, **kwargs)
+
+    monkeypatch.setattr(calls, "release_audiosocket", first_release_fails)
+    before, after = pcm(0.3, 440, seed=31), pcm(0.3, 660, seed=32)
+    first = await dial(port_of(a), "127.0.0.1")
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(a) == frame_count(before))
+    await first.drop()
+    await failed.wait()
+    await detached(a)
+    assert await refused_at(dial, port_of(b), "127.0.0.1", secret) == refused("already_attached")
+
+    clock.advance(LEASE_RENEWAL.total_seconds())
+    await a.app[CALLS].tick(clock.now())
+    async with asyncio.timeout(10):  # the explicit tick or the ticker's retried it
+        while (await lease(a, "acme", call_id)).attached_by is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert clock.now() < (await lease(a, "acme", call_id)).attached_until + LEASE_TTL
+    again = await dial(port_of(b), "127.0.0.1")
+    await again.send(audiosocket_uuid(secret) + audio_frames(after))
+    await until(lambda: frames_in(b) == frame_count(after))
+    (on_b,) = b.app[CALLS].live()
+    carried = await lease(b, "acme", call_id)
+    assert on_b.holder is not None and carried.attached_by == on_b.holder
+    await again.send(audiosocket_frame(0x00))
+    assert await again.answer() == b""
+    assert "could not be released (retried)" in caplog.text
+    assert_not_logged(caplog, secret)
+
+
+async def test_a_frame_past_the_lease_is_refused_before_the_ticker_notices(
+    gateway: Gateway, clock: FakeClock, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's own frames check the lease's end: a frame that arrives after it ran
+    out (the renewals failed) is refused even before a tick detaches the connection."""
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant, transport="audiosocket")
+    secret = audiosocket_id(announced)
+    before = pcm(0.3, 440, seed=29)
+    first = await connect()
+    await first.send(audiosocket_uuid(secret) + audio_frames(before))
+    await until(lambda: frames_in(gateway) == frame_count(before))
+
+    async def unreachable(*_args: Any, **_kwargs: Any) -> set[tuple[str, str]]:
+        raise CatalogUnavailable("The catalog database could not be reached.")
+
+    calls = gateway.app[SERVICES].catalog.calls
+    monkeypatch.setattr(calls, "renew_audiosocket", unreachable)
+    (held,) = gateway.app[CALLS].live()
+    assert held.lease_until is not None
+    # The ticker may run meanwhile: with its renewals failing, it can only detach too.
+    clock.current = held.lease_until
+    await first.send(audio_frames(pcm(0.1, 660, seed=30)))
+    assert await first.answer() == refused("already_attached")
+    assert frames_in(gateway) == frame_count(before)
 
 
 async def test_a_restarted_node_still_holds_the_call_to_its_first_peer(
