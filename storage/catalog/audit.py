@@ -30,11 +30,13 @@ from crypto.errors import KeyUnavailable
 from crypto.signing import CheckpointSigner, decode_signature
 from storage.catalog.auditchain import (
     GENESIS_HASH,
+    canonical_json,
     chain_hash,
     checkpoint_message,
     encode_detail,
-    event_hash,
-    legacy_event_hash,
+    event_body,
+    keyed_hash,
+    legacy_hash,
 )
 from storage.catalog.core import AnyRow, CatalogCore, lock_tenant, row_values
 from storage.catalog.records import AuditCheck, AuditEntry, AuditEvent
@@ -172,18 +174,22 @@ def rehash(key: bytes, row: AnyRow, prev_hash: str | None = None) -> str | None:
     (after ``prev_hash``, by default its own); ``None`` if its content cannot even be
     decoded or hashed (tampered into something that is not JSON, not a time)."""
     try:
-        return event_hash(
-            key,
-            row.prev_hash if prev_hash is None else prev_hash,
-            seq=row.seq,
-            at=stored_at(row.at),
-            actor=row.actor,
-            action=row.action,
-            object=row.object,
-            detail=stored_detail(row.detail),
-        )
+        return keyed_hash(key, row.prev_hash if prev_hash is None else prev_hash, _body(row))
     except (ValueError, TypeError):
         return None
+
+
+def _body(row: AnyRow) -> bytes:
+    """The body a stored audit event's hash covers (``auditchain.event_body``); ValueError
+    or TypeError if the row does not decode into one."""
+    return event_body(
+        seq=row.seq,
+        at=stored_at(row.at),
+        actor=row.actor,
+        action=row.action,
+        object=row.object,
+        detail_json=canonical_json(stored_detail(row.detail)),
+    )
 
 
 def checkpoint_signed(signer: CheckpointSigner, tenant_id: str, checkpoint: AnyRow) -> bool:
@@ -503,14 +509,6 @@ async def _rekey_chain(
 
 def _legacy_rehash(row: AnyRow) -> str | None:
     try:
-        return legacy_event_hash(
-            row.prev_hash,
-            seq=row.seq,
-            at=stored_at(row.at),
-            actor=row.actor,
-            action=row.action,
-            object=row.object,
-            detail=stored_detail(row.detail),
-        )
+        return legacy_hash(row.prev_hash, _body(row))
     except (ValueError, TypeError):
         return None

@@ -15,7 +15,7 @@ The key is the tenant's 32-byte audit key from the keyring (``crypto.auditkeys``
 it nobody can produce a hash that verifies, so a database writer who edits an event cannot
 recompute the chain after it. Chains written before the key existed used the same body
 with plain ``SHA-256(prev || body)`` (``legacy_event_hash``); they are re-keyed once
-(``storage.catalog.auditrekey``).
+(``storage.catalog.audit``).
 
 A *checkpoint* is the gateway's Ed25519 signature (``crypto.signing``) of
 ``checkpoint_message``: the bytes ``callvault-audit-checkpoint/v1\n`` followed by the
@@ -87,7 +87,9 @@ def event_hash(
 ) -> str:
     """The hex HMAC-SHA256 under the tenant's audit ``key`` that links one event to the
     previous one."""
-    body = event_body(
+    return chain_hash(
+        key,
+        prev_hash,
         seq=seq,
         at=at,
         actor=actor,
@@ -95,7 +97,6 @@ def event_hash(
         object=object,
         detail_json=canonical_json(detail),
     )
-    return keyed_hash(key, prev_hash, body)
 
 
 def chain_hash(
@@ -134,9 +135,8 @@ def legacy_event_hash(
     object: str | None,
     detail: dict[str, Any],
 ) -> str:
-    """The chain's first formula, unkeyed: ``hex(SHA-256(bytes.fromhex(prev_hash) ||
-    body))``. Anyone can compute it, a database writer too: only for verifying a chain
-    before it is re-keyed."""
+    """The chain's first formula, unkeyed (``legacy_hash`` of the event's body). Anyone can
+    compute it, a database writer too: only for verifying a chain before it is re-keyed."""
     body = event_body(
         seq=seq,
         at=at,
@@ -145,6 +145,12 @@ def legacy_event_hash(
         object=object,
         detail_json=canonical_json(detail),
     )
+    return legacy_hash(prev_hash, body)
+
+
+def legacy_hash(prev_hash: str, body: bytes) -> str:
+    """``hex(SHA-256(bytes.fromhex(prev_hash) || body))``: the unkeyed twin of
+    ``keyed_hash``."""
     return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
 
 
