@@ -25,7 +25,7 @@ from crypto.errors import KeyUnavailable
 from crypto.keys import KeyProvider, RetiresKekVersions, WrappedKey
 from storage.catalog import Catalog, ObjectKeyRow
 
-__all__ = ["keep_wrap_open", "unwrap_stored", "wrap_opens", "wrapped"]
+__all__ = ["keep_wrap_open", "key_row", "unwrap_stored", "wrap_opens", "wrapped"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,18 @@ before it gives up (each retirement needs a rotation first: one is already rare)
 def wrapped(row: ObjectKeyRow) -> WrappedKey:
     """The wrap a key row stores."""
     return WrappedKey(row.kek_id, row.kek_version, row.wrapped_dek)
+
+
+def key_row(object_id: str, tenant: str, wrap: WrappedKey, now: datetime) -> ObjectKeyRow:
+    """The key row that stores ``wrap`` for a new object (``wrapped``'s inverse)."""
+    return ObjectKeyRow(
+        object_id=object_id,
+        tenant_id=tenant,
+        kek_id=wrap.kek_id,
+        kek_version=wrap.kek_version,
+        wrapped_dek=wrap.blob,
+        created_at=now,
+    )
 
 
 async def unwrap_stored(catalog: Catalog, keys: KeyProvider, tenant: str, object_id: str) -> bytes:

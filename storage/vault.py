@@ -34,7 +34,7 @@ from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
 from storage.errors import NotFound, StorageError, StorageUnavailable
-from storage.keyrows import unwrap_stored, wrap_opens
+from storage.keyrows import key_row, unwrap_stored, wrap_opens
 from storage.spool import Spool
 from storage.store import ObjectStore, ObjectUpload, check_key
 
@@ -219,14 +219,7 @@ class MediaVault:
                 track=track,
                 data_class=data_class,
                 store_key=store_key,
-                key=ObjectKeyRow(
-                    object_id=object_id,
-                    tenant_id=tenant,
-                    kek_id=wrapped.kek_id,
-                    kek_version=wrapped.kek_version,
-                    wrapped_dek=wrapped.blob,
-                    created_at=now,
-                ),
+                key=key_row(object_id, tenant, wrapped, now),
                 now=now,
             )
             if await self._wrap_still_opens(tenant, object_id, wrapped, now=now):

@@ -42,7 +42,7 @@ from storage.instructions import (
     InstructionsDoc,
     SealedSecret,
 )
-from storage.keyrows import keep_wrap_open, unwrap_stored
+from storage.keyrows import keep_wrap_open, key_row, unwrap_stored
 
 __all__ = ["open_secret", "seal_clear_secrets", "seal_secret", "store_instructions"]
 
@@ -84,15 +84,7 @@ async def _seal_under_new_key(
     dek = generate_dek()
     wrapped = await keys.wrap(tenant, key_id, dek)
     sealed = _seal(secret, dek, tenant, key_id, wrapped.kek_id, wrapped.kek_version)
-    row = ObjectKeyRow(
-        object_id=key_id,
-        tenant_id=tenant,
-        kek_id=wrapped.kek_id,
-        kek_version=wrapped.kek_version,
-        wrapped_dek=wrapped.blob,
-        created_at=now,
-    )
-    return _NewSecret(sealed, row, dek)
+    return _NewSecret(sealed, key_row(key_id, tenant, wrapped, now), dek)
 
 
 def _seal(
