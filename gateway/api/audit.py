@@ -11,6 +11,7 @@ it signs).
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -41,20 +42,8 @@ def event_view(event: AuditEvent) -> dict[str, Any]:
 async def list_audit(request: web.Request) -> web.Response:
     """Events after sequence number ``since`` (default 0: from the first), oldest first, at
     most ``limit``; ``next_since`` continues the listing (null at the end)."""
-    tenant = request[TENANT]
-    catalog = request.app[SERVICES].catalog
-    since = query_int(request, "since", default=0, low=0, high=2**62)
-    limit = query_int(request, "limit", default=100, low=1, high=PAGE_MAX)
-    await catalog.tenants.get(tenant)
-    events = await catalog.audit.list(tenant, since_seq=since, limit=limit + 1)
-    page = events[:limit]
-    more = len(events) > limit
-    return web.json_response(
-        {
-            "items": [event_view(event) for event in page],
-            "next_since": page[-1].seq if more else None,
-        }
-    )
+    audit = request.app[SERVICES].catalog.audit
+    return await _page_since(request, audit.list, event_view)
 
 
 async def verify_audit(request: web.Request) -> web.Response:
@@ -82,16 +71,27 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     made every `CALLVAULT_AUDIT__CHECKPOINT_INTERVAL` when the head moved, and each is also
     sent to the tenant's webhook (`audit.checkpoint`): keep them, and a log cut back behind
     one is caught even if the checkpoint rows were deleted too."""
+    checkpoints = request.app[SERVICES].catalog.checkpoints
+    return await _page_since(request, checkpoints.list, checkpoint_view)
+
+
+async def _page_since(
+    request: web.Request,
+    fetch: Callable[..., Awaitable[Sequence[Any]]],
+    view: Callable[[Any], dict[str, Any]],
+) -> web.Response:
+    """One page of the tenant's rows after sequence number ``since``, read with ``fetch``
+    (one more than ``limit``, to know whether another page follows) and shown with ``view``;
+    ``next_since`` is the last row's ``seq``, or null at the end."""
     tenant = request[TENANT]
-    catalog = request.app[SERVICES].catalog
     since = query_int(request, "since", default=0, low=0, high=2**62)
     limit = query_int(request, "limit", default=100, low=1, high=PAGE_MAX)
-    await catalog.tenants.get(tenant)
-    found = await catalog.checkpoints.list(tenant, since_seq=since, limit=limit + 1)
+    await request.app[SERVICES].catalog.tenants.get(tenant)
+    found = await fetch(tenant, since_seq=since, limit=limit + 1)
     page = found[:limit]
     return web.json_response(
         {
-            "items": [checkpoint_view(checkpoint) for checkpoint in page],
+            "items": [view(row) for row in page],
             "next_since": page[-1].seq if len(found) > limit else None,
         }
     )
