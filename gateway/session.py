@@ -436,21 +436,28 @@ class CallSession:
         recording's objects are read in the order they were created, and this audio comes
         before anything the other node recorded since."""
         async with self._lock:
-            opened = self._last_flush or now
-            for name, track in self.tracks.items():
-                try:
-                    await self._open_if_needed(name, track, opened)
-                    await track.commit(now)
-                except CallvaultError as e:
-                    # Left in the spool, as when a finish fails: recovery publishes it.
-                    self._metrics.flush_failures.inc()
-                    log.warning(
-                        "call %s track %s could not be published: %s",
-                        self.call_id,
-                        name,
-                        e.code,
-                        extra={**self._log_fields(), "track": name, "code": e.code},
-                    )
+            await self._commit_tracks(self._last_flush or now, now, logging.WARNING, "published")
+
+    async def _commit_tracks(self, opened: datetime, now: datetime, level: int, done: str) -> None:
+        """Seal and commit every track (an object opened now for buffered audio is dated
+        ``opened``). A track that fails is left in the spool (its object stays 'writing'):
+        the next recovery pass publishes it, and the export answers 503 until then. It is
+        logged at ``level`` as not ``done``."""
+        for name, track in self.tracks.items():
+            try:
+                await self._open_if_needed(name, track, opened)
+                await track.commit(now)
+            except CallvaultError as e:
+                self._metrics.flush_failures.inc()
+                log.log(
+                    level,
+                    "call %s track %s could not be %s: %s",
+                    self.call_id,
+                    name,
+                    done,
+                    e.code,
+                    extra={**self._log_fields(), "track": name, "code": e.code},
+                )
 
     # --- control --------------------------------------------------------------------------
 
@@ -478,21 +485,7 @@ class CallSession:
             self.attached = False
             self.holder = None
             self.lease_until = None
-            for name, track in self.tracks.items():
-                try:
-                    await self._open_if_needed(name, track, now)
-                    await track.commit(now)
-                except CallvaultError as e:
-                    # Left in the spool (its object stays 'writing'): the next recovery pass
-                    # publishes it, and the export answers 503 until then.
-                    self._metrics.flush_failures.inc()
-                    log.error(
-                        "call %s track %s could not be committed: %s",
-                        self.call_id,
-                        name,
-                        e.code,
-                        extra={**self._log_fields(), "track": name, "code": e.code},
-                    )
+            await self._commit_tracks(now, now, logging.ERROR, "committed")
             job_id = "job_" + secrets.token_hex(12) if self.ai_features else None
             samples = self.timeline_end()
             ended = AuditEntry(
