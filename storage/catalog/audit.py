@@ -266,15 +266,7 @@ class Audit:
         expected_seq, expected_prev = 1, GENESIS_HASH
         at_checkpoint: str | None = None
         async with self._core.transaction(snapshot=True) as conn:
-            head = (
-                await conn.execute(
-                    sa.select(tenants.c.audit_seq, tenants.c.audit_head).where(
-                        tenants.c.id == tenant_id
-                    )
-                )
-            ).one_or_none()
-            if head is None:
-                raise NotFound(f"Tenant {tenant_id!r} not found.")
+            head = await _head(conn, tenant_id)
             checkpoint = (
                 await conn.execute(
                     raw_checkpoints()
@@ -380,15 +372,7 @@ class Audit:
         (``operator``: ``callvault audit rekey``). False when nothing was re-keyed."""
         keys = self._core.audit_keys
         async with self._core.transaction() as conn:
-            before = (
-                await conn.execute(
-                    sa.select(tenants.c.audit_seq, tenants.c.audit_head).where(
-                        tenants.c.id == tenant_id
-                    )
-                )
-            ).one_or_none()
-        if before is None:
-            raise NotFound(f"Tenant {tenant_id!r} not found.")
+            before = await _head(conn, tenant_id)
         if before.audit_seq == 0:
             return False  # an empty chain is keyed by its first event
         found = await keys.create_audit_key(
@@ -426,6 +410,19 @@ class Audit:
             .limit(limit),
             AuditEvent,
         )
+
+
+async def _head(conn: AsyncConnection, tenant_id: str) -> AnyRow:
+    """The chain's head kept on the tenant row (``audit_seq``, ``audit_head``), unlocked,
+    deleted tenants too; ``NotFound`` if there is no such tenant."""
+    head = (
+        await conn.execute(
+            sa.select(tenants.c.audit_seq, tenants.c.audit_head).where(tenants.c.id == tenant_id)
+        )
+    ).one_or_none()
+    if head is None:
+        raise NotFound(f"Tenant {tenant_id!r} not found.")
+    return head
 
 
 async def _count(conn: AsyncConnection, tenant_id: str) -> int:
