@@ -102,6 +102,36 @@ async def test_the_log_pages_through_one_unbroken_chain(gateway: Gateway) -> Non
         assert (status, body["error"]) == (400, "bad_query"), bad
 
 
+async def test_the_checkpoints_page_with_bounded_queries(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    gateway = clocked_gateway
+    tenant = await gateway.tenant("acme", {"recording": {"enabled": True}})
+    url = "/v1/tenants/acme/audit/checkpoints"
+    made = []
+    for version in range(3):  # the head moves, then a checkpoint of it
+        await gateway.instruct(tenant, {"recording": {"enabled": version % 2 == 0}})
+        clock.advance(60)
+        response = await gateway.client.post(url, headers=bearer(tenant.admin))
+        assert response.status == 200
+        made.append(await response.json())
+    seen: list[dict[str, Any]] = []
+    since = 0
+    while since is not None:
+        response = await gateway.client.get(
+            url, params={"since": str(since), "limit": "2"}, headers=bearer(tenant.admin)
+        )
+        assert response.status == 200
+        body = await response.json()
+        assert len(body["items"]) <= 2
+        seen += body["items"]
+        since = body["next_since"]
+    assert seen == made
+    for bad in ({"since": "-1"}, {"limit": "0"}, {"limit": "1001"}, {"since": "x"}):
+        response = await gateway.client.get(url, params=bad, headers=bearer(tenant.admin))
+        assert (response.status, (await response.json())["error"]) == (400, "bad_query"), bad
+
+
 async def test_an_altered_removed_or_moved_event_is_found(
     gateway: Gateway, gateway_settings: Settings
 ) -> None:
