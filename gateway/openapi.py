@@ -276,6 +276,7 @@ def operational_paths() -> dict[str, Schema]:
             "getMetrics", "Prometheus metrics",
             "Prometheus text exposition: active calls, frames in, audio discarded while "
             "paused, refusals by code, ingest errors by code, jobs queued, flush failures, "
+            "spool bytes (held and waiting for the store), calls refused by a full spool, "
             "and the stores' and catalog's own metrics.",
             {"200": _ok("The metrics.", "text/plain", {"type": "string"})},
         ),
