@@ -18,6 +18,7 @@ from gateway.app import build_app
 from gateway.publisher import RetrySchedule
 from gateway.settings import Settings
 from gateway.state import SERVICES
+from storage.errors import StorageUnavailable
 from tests.functional.test_ingest import NO_CONSENT, closed, recording_wav, until
 from tests.gateway import (
     ULAW,
@@ -33,6 +34,14 @@ from tests.gateway import (
     twilio_start,
     twilio_stop,
 )
+
+
+class DeadStore(DownStore):
+    """A store during an outage: uploads fail, and so does its check."""
+
+    async def check(self) -> None:
+        raise StorageUnavailable("the store is down", store_code="ServiceUnavailable")
+
 
 BOUND = 6000
 """Bytes: under one second of one µ-law track once sealed, so one call fills it."""
@@ -123,7 +132,7 @@ async def test_readyz_is_degraded_while_spooled_audio_waits_for_the_store(
     spool = gateway.app[SERVICES].vault.spool
     assert spool is not None
     store = spool._store
-    spool._store = DownStore(store)  # uploads fail; its check still answers (see below)
+    spool._store = DeadStore(store)  # the store goes down during the call
     announced = await gateway.announce(tenant)
     sent = ULAW.encode(tone(1.0, 440, seed=32))
     ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
