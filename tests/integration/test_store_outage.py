@@ -235,6 +235,7 @@ async def test_a_store_outage_in_the_middle_of_ten_calls_loses_nothing(
                 assert pcm.shape == (len(sent.inbound), 2), sent.call_id
                 np.testing.assert_array_equal(pcm[:, 0], ULAW.decode(sent.inbound))
                 np.testing.assert_array_equal(pcm[:, 1], ULAW.decode(sent.outbound))
+            complete_after = time.monotonic() - seen.ended
             async with asyncio.timeout(10):
                 while await readyz(session) != (200, {"status": "ready"}):  # noqa: ASYNC110
                     await asyncio.sleep(0.2)  # the last publication's catalog write
@@ -252,5 +253,6 @@ async def test_a_store_outage_in_the_middle_of_ten_calls_loses_nothing(
     print(  # noqa: T201 - the figures for docs/reliability.md (pytest -s shows them)
         f"\noutage {seen.seconds:.1f} s; spool peak {peak} bytes "
         f"(pending {max(body['spool_pending_bytes'] for body in degraded)}); "
-        f"{waited} track commits waited in the spool; {CALLS}/{CALLS} calls complete"
+        f"{waited} track commits waited in the spool; {CALLS}/{CALLS} calls complete, "
+        f"every export {complete_after:.1f} s after SeaweedFS was back"
     )
