@@ -3,8 +3,9 @@
 Shared services live in typed app keys (``gateway.state``) and start and stop in
 ``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
 opened before the first request; the call registry's ticker flushes quiet streams and ends
-abandoned calls (and RTP calls whose media stopped); the retention sweep and the audit
-checkpoints run on their intervals; the AudioSocket listener runs beside
+abandoned calls (and RTP calls whose media stopped); the publisher publishes the spooled
+audio that the object store refused once it is back (``gateway.publisher``); the retention
+sweep and the audit checkpoints run on their intervals; the AudioSocket listener runs beside
 the HTTP server, the RTP ports are bound per call. On shutdown the ingest
 WebSockets are closed first (1001), then every live call is finalized with what arrived, then
 the services close.
@@ -30,7 +31,8 @@ from gateway.clock import Clock
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import error_middleware, error_response
+from gateway.middleware import error_middleware
+from gateway.publisher import readiness, run_publisher
 from gateway.services import build_sender, build_sweeper, build_worker, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
@@ -54,8 +56,6 @@ OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 AUDIOSOCKET = web.AppKey("audiosocket", endpoints.AudioSocketServer)
 TICK_S = 0.25
 """How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
-RECOVER_EVERY_TICKS = 120
-"""How often (in ticks: 30 s) left-over spool files are published again."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -64,14 +64,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The catalog and the object store answer; 503 naming the failing part otherwise."""
+    """Whether the node can take calls (``gateway.publisher.readiness``): 200 ``ready`` or
+    ``degraded`` (the store is down or spooled audio waits for it), 503 when the catalog is
+    down or the spool is full."""
     services = request.app[SERVICES]
-    for part, check in (("catalog", services.catalog.check), ("store", services.store.check)):
-        try:
-            await check()
-        except CallvaultError as e:
-            return error_response(503, "not_ready", f"{part} is not reachable: {e.message}")
-    return web.json_response({"status": "ready"})
+    ready = await readiness(services.catalog, services.store, services.vault.spool)
+    return web.json_response(ready.document(), status=ready.http_status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -129,10 +127,20 @@ def build_app(
         if app[SERVICES].catalog.backend == "sqlite":
             await calls.take_up_orphans(app[CLOCK].now())
         ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
+        tasks = [ticker]
+        spool = app[SERVICES].vault.spool
+        if spool is not None:
+            app[METRICS].spool_bytes.set_function(lambda: spool.held_bytes)
+            app[METRICS].spool_pending_bytes.set_function(lambda: spool.pending_bytes)
+            # Uploads whose commit failed (the store was down) are published once it is back.
+            publisher = run_publisher(calls, spool, app[CLOCK].now, ingest.publish_retry)
+            tasks.append(asyncio.create_task(publisher, name="callvault-publisher"))
         yield
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await calls.close(app[CLOCK].now())
         await rtp.close()
 
@@ -237,16 +245,10 @@ async def _sweep(sweeper: RetentionSweeper, clock: Clock, interval: float) -> No
 
 
 async def _tick(calls: CallRegistry, rtp: RtpIngest, clock: Clock) -> None:
-    ticks = 0
     while True:
         await asyncio.sleep(TICK_S)
-        ticks += 1
         try:
             await calls.tick(clock.now())
             await rtp.tick(clock.now())
-            if ticks % RECOVER_EVERY_TICKS == 0:
-                # Uploads whose commit failed (the store was down) are published once the
-                # store is back.
-                await calls.recover(clock.now())
         except Exception:  # the ticker must outlive any one failure
             log.exception("call ticker failed")

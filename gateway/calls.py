@@ -27,7 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from crypto.errors import CallvaultError
 from gateway.attachments import Attachments
-from gateway.errors import BadRequest, PolicyRefused, StreamRefused, invalid_body
+from gateway.errors import (
+    BadRequest,
+    IngestError,
+    PolicyRefused,
+    SpoolFull,
+    StreamRefused,
+    invalid_body,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
@@ -219,8 +226,10 @@ class CallRegistry:
         self, tenant: str, announcement: CallAnnouncement, *, actor: str, now: datetime
     ) -> Announced:
         """Decide and record the call; ``PolicyRefused`` (after storing the CDR and an audit
-        event) when the tenant's instructions do not allow it."""
+        event) when the tenant's instructions do not allow it; ``SpoolFull`` (storing
+        nothing: the PBX may take the same call elsewhere) while the spool is full."""
         assert announcement.call_id and announcement.codec and announcement.sample_rate  # noqa: S101
+        self._refuse_if_spool_full()
         await self._catalog.tenants.get(tenant)
         current = await self._catalog.instructions.current(tenant)
         instructions, version = current.document, current.version
@@ -299,6 +308,18 @@ class CallRegistry:
         return Announced(
             call=call, recording=recording, decision=outcome, audiosocket_id=audiosocket_id
         )
+
+    def _refuse_if_spool_full(self) -> None:
+        """A new call may not start while the spool is at its bound; calls already
+        recording go on (``storage.spool``)."""
+        spool = self._vault.spool
+        if spool is not None and spool.full:
+            self._metrics.spool_full_refusals.inc()
+            raise SpoolFull(
+                f"The spool holds {spool.held_bytes} bytes, at its bound of {spool.max_bytes} "
+                "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new "
+                "calls are refused, calls in progress go on. Retry later or on another node."
+            )
 
     def _new_session(self, call: Call, recording: Recording) -> CallSession:
         return CallSession(
@@ -506,9 +527,10 @@ class CallRegistry:
         return call.tenant_id, call.id
 
 
-def refusal_of(error: CallvaultError) -> StreamRefused:
-    """A control-plane error met while starting a stream, as the stream's refusal (1008)."""
-    if isinstance(error, StreamRefused):
+def refusal_of(error: CallvaultError) -> IngestError:
+    """A control-plane error met while starting a stream, as the stream's refusal (1008);
+    an ingest error keeps its own close code (``spool_full``: 1013, try again later)."""
+    if isinstance(error, IngestError):
         return error
     if isinstance(error, NotFound):
         return StreamRefused(error.message, code="unknown_call")

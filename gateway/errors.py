@@ -115,6 +115,13 @@ class IngestUnavailable(IngestError):
     close_code = 1013
 
 
+class SpoolFull(IngestUnavailable):
+    """The spool holds ``CALLVAULT_INGEST__SPOOL_MAX_BYTES`` (the object store has been
+    down a while): new calls are refused (503, WebSocket 1013) while current ones go on."""
+
+    code = "spool_full"
+
+
 class StreamRefused(IngestError):
     """A stream that may not proceed: bad token, unknown or refused call, a policy refusal
     (1008, the reason names the code)."""

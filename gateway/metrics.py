@@ -64,6 +64,21 @@ class GatewayMetrics:
             ["transport"],
             registry=registry,
         )
+        self.spool_bytes = Gauge(
+            "callvault_spool_bytes",
+            "Bytes in the spool: live calls' sealed audio and audio waiting for the store.",
+            registry=registry,
+        )
+        self.spool_pending_bytes = Gauge(
+            "callvault_spool_pending_bytes",
+            "Bytes in the spool waiting to be published (the store was down at their commit).",
+            registry=registry,
+        )
+        self.spool_full_refusals = Counter(
+            "callvault_spool_full_refusals",
+            "New calls refused because the spool was at its bound (503 spool_full).",
+            registry=registry,
+        )
         self.flush_failures = Counter(
             "callvault_flush_failures",
             "Flushes of a call's audio to the object store that failed.",

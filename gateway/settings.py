@@ -91,6 +91,13 @@ class IngestSettings(BaseModel):
     start_timeout: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
     """How long an announced call waits for its first stream before it is closed empty.
     Default `PT5M`."""
+    spool_max_bytes: int | None = Field(default=None, ge=0)
+    """Bytes the spool (live calls' audio, and audio waiting for the object store) may hold
+    before new calls are refused (503 `spool_full`); calls already recording go on. Default:
+    half the space free on the data dir's disk when `serve` starts."""
+    publish_retry: timedelta = Field(default=timedelta(seconds=2), gt=timedelta(0))
+    """Wait before the first retry of publishing spooled audio the object store refused;
+    doubles per failed try, up to `PT30S`. Default `PT2S`."""
 
 
 class RtpSettings(BaseModel):

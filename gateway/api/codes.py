@@ -188,8 +188,17 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "A token in the URL (?token=) is accepted only over TLS (wss://) or from this machine.",
     ),
     "not_ready": (
-        "The catalog or the object store does not answer.",
-        "store is not reachable: the object store could not be reached.",
+        "The catalog does not answer.",
+        "catalog is not reachable: the catalog database could not be reached.",
+    ),
+    "spool_full": (
+        "The spool holds `CALLVAULT_INGEST__SPOOL_MAX_BYTES` (the object store has been down "
+        "a while): new calls are refused; calls in progress go on recording. Retry later or "
+        "on another node. (An unannounced WebSocket stream's `start` is closed with 1013 "
+        "and this reason.)",
+        "The spool holds 1073741824 bytes, at its bound of 1073741824 "
+        "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new calls "
+        "are refused, calls in progress go on. Retry later or on another node.",
     ),
 }
 

@@ -121,6 +121,19 @@ class Status(BaseModel):
     status: str
 
 
+class Readiness(BaseModel):
+    """``/readyz``'s 200: ``ready``, or ``degraded`` while the object store does not answer
+    or spooled audio waits to be published to it (the node still takes calls)."""
+
+    status: Literal["ready", "degraded"]
+    store: str | Absent = None
+    """Only when degraded: `ok`, or why the object store is not usable."""
+    spool_bytes: int | Absent = None
+    """Only when degraded: bytes in the spool (live calls' audio included)."""
+    spool_pending_bytes: int | Absent = None
+    """Only when degraded: bytes in the spool waiting to be published to the store."""
+
+
 # --- tenants and tokens --------------------------------------------------------------------
 
 

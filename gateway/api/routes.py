@@ -269,7 +269,7 @@ ROUTES: tuple[Route, ...] = (
               400: ("unsupported_codec",),
               403: typing.get_args(RefusalCode),
               409: ("conflict",),
-              503: ("rtp_ports_exhausted", "rtp_unavailable"),
+              503: ("rtp_ports_exhausted", "rtp_unavailable", "spool_full"),
           }),
     Route("GET", f"{_TENANT}/calls/{{call_id}}", calls.get_call, _roles("pbx", "admin"),
           "getCall", "Get a call record", "calls", models.Call, find=calls.find_call),

@@ -52,6 +52,9 @@ CLOSE_CODES = {
     + ". Nothing of a refused stream is stored.",
     "1009": f"A message over {MAX_MESSAGE // 1024} KiB (reason `message_too_big`).",
     "1011": "A server-side failure (reason = the error code, e.g. `storage_unavailable`).",
+    "1013": "Try again later (reason `spool_full`): the stream's `start` describes a new call "
+    "while the spool is full (the object store has been down a while); nothing is stored. "
+    "Calls already recording are not affected.",
 }
 
 WS_COMMON = f"""
