@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ import numpy.typing as npt
 import pytest
 from aiohttp import ClientWebSocketResponse
 
+from gateway.app import build_app
 from gateway.settings import RtpSettings, Settings
-from gateway.state import CALLS, RTP
+from gateway.state import CALLS, RTP, SERVICES, SETTINGS
 from tests.functional.test_ingest import closed, frames_processed, recording, recording_wav
 from tests.functional.test_ingest_rtp import (
     announce_rtp,
@@ -44,6 +46,7 @@ from tests.gateway import (
     ULAW,
     FakeClock,
     Gateway,
+    GatewayServer,
     TenantTokens,
     audiosocket_frame,
     audiosocket_id,
@@ -51,6 +54,7 @@ from tests.gateway import (
     bearer,
     free_port,
     metric_value,
+    start_gateway,
     tone,
     twilio_call,
     twilio_media,
@@ -362,3 +366,72 @@ async def test_an_rtp_call_ends_when_its_wall_clock_time_reaches_the_limit(
     pcm = await kept_at_limit(gateway, acme, call.recording_id, duration_s=0.2)
     assert np.array_equal(pcm[:, 0], audio_pcm)
     assert gateway.app[RTP].free_ports == 6
+
+
+async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carrying_the_call(
+    aiohttp_client: Callable[..., Any], tmp_path: Path, clock: FakeClock
+) -> None:
+    """Two nodes share a catalog. The AudioSocket stream of a call moved from node A to node
+    B after a drop; when the limit passes on A's clock (counted from the call's start), A,
+    waiting for a reconnect, does not end the call B records (a node never ends a call
+    another node records); B ends it at its own limit, and B's stream hears why."""
+
+    def node() -> Settings:
+        return Settings(
+            data_dir=tmp_path / "var",
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'catalog.sqlite3'}",
+            audiosocket={"port": free_port()},
+            calls={"max_duration": f"PT{MAX_S}S"},
+            ai={"workers": 0},
+            retention={"sweep_interval": "PT0S"},
+            audit={"checkpoint_interval": "PT0S"},
+        )
+
+    a = await start_gateway(await aiohttp_client(GatewayServer(build_app(node(), clock=clock))))
+    b = Gateway(
+        client=await aiohttp_client(GatewayServer(build_app(node(), clock=clock))),
+        operator=a.operator,
+    )
+    acme = await b.tenant("acme", KEPT)
+    call = await b.announce(acme, transport="audiosocket")
+    hello = audiosocket_uuid(audiosocket_id(call))
+    audio = tone(0.3, 440, seed=13).astype("<i2").tobytes()
+    frames = b"".join(
+        audiosocket_frame(0x10, audio[start : start + 320]) for start in range(0, len(audio), 320)
+    )
+    catalog = b.app[SERVICES].catalog
+
+    async def carried_by_nobody() -> None:
+        """Wait until A's release of the dropped connection reached the catalog."""
+        lease = catalog.calls.audiosocket_lease
+        async with asyncio.timeout(10):
+            while (await lease("acme", call["call_id"])).attached_by:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    _reader, writer = await asyncio.open_connection("127.0.0.1", a.app[SETTINGS].audiosocket.port)
+    writer.write(hello + frames)
+    await writer.drain()
+    await frames_processed(a, len(audio) // 320, "audiosocket")
+    writer.close()  # dropped without a hangup: A waits for a reconnect
+    await carried_by_nobody()
+
+    clock.advance(1)
+    b_port = b.app[SETTINGS].audiosocket.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", b_port)
+    writer.write(hello + frames)
+    await writer.drain()
+    await frames_processed(b, len(audio) // 320, "audiosocket")
+
+    await a.app[CALLS].tick(clock.advance(1))  # the limit since the call's start
+    assert (await recording(b, acme, call["recording_id"]))["status"] == "recording"
+    await b.app[CALLS].tick(clock.advance(1))  # the limit since B's stream started
+    assert (await recording(b, acme, call["recording_id"]))["status"] == "processing"
+    assert await end_reasons(b, acme, call["recording_id"]) == ["max_duration"]
+    writer.write(frames)
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    assert answer == audiosocket_frame(0xFF, b"max_duration")
+    await carried_by_nobody()  # B's connection has let go, before the nodes shut down
