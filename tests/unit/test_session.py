@@ -243,6 +243,20 @@ def test_timestamp_jumps_cannot_stretch_a_track_past_the_limit() -> None:
     assert live.closing == "max_duration"
 
 
+def test_the_issues_thousand_jumping_frames_stop_at_the_default_four_hours() -> None:
+    """The attack as filed: 160-byte frames whose timestamps jump 600 s each (a thousand of
+    them once made a 166-hour track). With the default limit (PT4H) the 25th frame, which
+    would end past 4 h, is refused; the track never reaches the limit, let alone 166 h."""
+    live = session(max_duration_s=SessionLimits().max_duration.total_seconds())
+    placed = 0
+    with pytest.raises(MaxDurationReached):
+        for frame in range(1000):
+            live.place(stamped(frame * MAX_JUMP_S * 1000), NOW)
+            placed += 1
+    assert placed == 4 * 3600 // MAX_JUMP_S  # 24 frames: 0 s ... 13800 s
+    assert live.timeline_end() == (placed - 1) * MAX_JUMP_S * RATE + 160 <= 4 * 3600 * RATE
+
+
 def test_the_frame_ending_exactly_at_the_limit_is_kept_and_the_next_refused() -> None:
     live = session()
     frames = LIMIT_S * RATE // 160
