@@ -110,6 +110,7 @@ def build_app(
                 flush_bytes=ingest.flush_bytes,
                 reconnect_grace=ingest.reconnect_grace,
                 start_timeout=ingest.start_timeout,
+                max_duration=settings.calls.max_duration,
             ),
             metrics=app[METRICS],
         )

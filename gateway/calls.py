@@ -10,7 +10,9 @@ here until the call ends.
 ``tick`` is driven by the app's ticker task with the time passed in: it flushes sessions
 whose stream went quiet, renews the AudioSocket leases of the connections this node carries
 (``gateway.attachments``), and ends calls whose stream dropped and did not come back (an
-AudioSocket call only once no connection anywhere carries it).
+AudioSocket call only once no connection anywhere carries it) or that reached their maximum
+duration (``calls.max_duration``: on the wall clock since their first stream, or an RTP
+frame past it on their timeline).
 """
 
 from __future__ import annotations

@@ -106,6 +106,17 @@ class MessageTooBig(IngestError):
     close_code = 1009
 
 
+class MaxDurationReached(IngestError):
+    """A frame that would end past the call's maximum duration on its media timeline
+    (``CALLVAULT_CALLS__MAX_DURATION``), however its timestamps run, or any frame of a call
+    that reached it on the wall clock: refused (1007), and the call is ended with what it
+    has, its recording kept."""
+
+    code = "max_duration"
+    status = 413
+    close_code = 1007
+
+
 class IngestUnavailable(IngestError):
     """The gateway cannot take this stream now: no RTP port is free (503; the PBX may
     retry or send the call elsewhere)."""

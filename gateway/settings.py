@@ -100,6 +100,13 @@ class IngestSettings(BaseModel):
     doubles per failed try, up to `PT30S`. Default `PT2S`."""
 
 
+class CallsSettings(BaseModel):
+    max_duration: timedelta = Field(default=timedelta(hours=4), gt=timedelta(0))
+    """Longest media timeline of a call on every transport, whatever its timestamps say (a
+    frame past it is refused and the call ended, its recording kept), and longest wall-clock
+    time since its first stream. Default `PT4H`."""
+
+
 class RtpSettings(BaseModel):
     host: str = "127.0.0.1"
     """Address the RTP/SRTP ports bind. Default `127.0.0.1`."""
@@ -110,7 +117,8 @@ class RtpSettings(BaseModel):
     port_max: int = Field(default=40999, ge=1024, le=65535)
     """Highest UDP port handed out for RTP/SRTP tracks. Default `40999`."""
     timeout: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
-    """A call whose RTP stops arriving for this long is ended. Default `PT30S`."""
+    """A call whose RTP stops arriving for this long is ended, and one that never sends a
+    packet this long after its announcement (its ports go back to the pool). Default `PT30S`."""
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> RtpSettings:
@@ -208,6 +216,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     audiosocket: AudioSocketSettings = AudioSocketSettings()
     ingest: IngestSettings = IngestSettings()
+    calls: CallsSettings = CallsSettings()
     rtp: RtpSettings = RtpSettings()
     store: StoreSettings = StoreSettings()
     crypto: CryptoSettings = CryptoSettings()

@@ -337,7 +337,9 @@ class RtcpPorts(BaseModel):
 
 class RtpOffer(BaseModel):
     """rtp calls only: where each track's RTP goes and its SRTP key (null for plain RTP).
-    The call ends on `POST /v1/calls/{call_id}/end` or after `rtp.timeout` without packets."""
+    The call ends on `POST /v1/calls/{call_id}/end`, after `rtp.timeout` without packets
+    (also when none ever came: its ports go back), or at `calls.max_duration` (audio past it
+    is dropped and counted as `max_duration` in `callvault_rtp_datagrams_total`)."""
 
     model_config = _DOCS
 

@@ -13,7 +13,7 @@ from gateway.attachments import LEASE_TTL
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
-from gateway.settings import AudioSocketSettings
+from gateway.settings import AudioSocketSettings, CallsSettings
 
 ATTACHMENT_CODES = {
     "already_attached": "While a connection carries a call, another connection with its id "
@@ -26,6 +26,18 @@ ATTACHMENT_CODES = {
     "only from the first connection's IP address (`peer_mismatch` otherwise).",
 }
 """AudioSocket's refusals of a second connection for a call, and why each happens."""
+
+
+MAX_DURATION = (
+    "a frame that would lie past the call's maximum duration on its media timeline "
+    "(`CALLVAULT_CALLS__MAX_DURATION`, default "
+    f"`{CallsSettings().model_dump(mode='json')['max_duration']}`), "
+    "however its timestamps run, or any frame of a call whose wall-clock time since its first "
+    "stream reached it. Nothing past the limit is stored; the call is ended with what it has "
+    "(its recording kept, its AI job queued) and a reconnect meets `call_ended`. Sending "
+    "faster than real time is allowed up to the limit"
+)
+"""When ``max_duration`` ends a stream, the same words for both protocols."""
 
 
 def _when(code: str) -> str:
@@ -41,7 +53,9 @@ CLOSE_CODES = {
     "1007": "Malformed message (reason = the error code): bad JSON (`bad_json`), an unknown "
     "event (`unknown_event`), bad base64 (`bad_base64`), a missing or mistyped field "
     "(`bad_field`), a frame of the wrong size (`bad_frame_length`), a second start "
-    "(`duplicate_start`), anything after stop (`stream_stopped`).",
+    "(`duplicate_start`), anything after stop (`stream_stopped`). Also `max_duration`: "
+    + MAX_DURATION
+    + ".",
     "1008": "Policy refusal or bad token (reason = the error code): `unauthorized`, "
     "`forbidden` (not a pbx token), `token_in_url_needs_tls` ("
     + _when("token_in_url_needs_tls")
@@ -116,6 +130,8 @@ def audiosocket_extension() -> dict[str, Any]:
         "connection, with the ASCII error code as payload (e.g. `unknown_call`, `call_ended`, "
         "`start_timeout`, `unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
         + ", ".join(f"`{code}`" for code in ATTACHMENT_CODES)
+        + ", or `max_duration`: "
+        + MAX_DURATION
         + "); from Asterisk it ends the stream.",
     }
     return {
