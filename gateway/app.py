@@ -5,9 +5,10 @@ Shared services live in typed app keys (``gateway.state``) and start and stop in
 opened before the first request; the call registry's ticker flushes quiet streams and ends
 abandoned calls (and RTP calls whose media stopped); the retention sweep and the audit
 checkpoints run on their intervals; the AudioSocket listener runs beside
-the HTTP server, the RTP ports are bound per call. On shutdown the ingest
-WebSockets are closed first (1001), then every live call is finalized with what arrived, then
-the services close.
+the HTTP server, the RTP ports are bound per call; the AI workers run as child processes
+(``gateway.workers``), so that one that runs out of memory cannot take ingest down. On
+shutdown the ingest WebSockets are closed first (1001), then every live call is finalized
+with what arrived, then the services close.
 """
 
 from __future__ import annotations
