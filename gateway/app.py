@@ -6,9 +6,10 @@ opened before the first request; the call registry's ticker flushes quiet stream
 abandoned calls (and RTP calls whose media stopped); the publisher publishes the spooled
 audio that the object store refused once it is back (``gateway.publisher``); the retention
 sweep and the audit checkpoints run on their intervals; the AudioSocket listener runs beside
-the HTTP server, the RTP ports are bound per call. On shutdown the ingest
-WebSockets are closed first (1001), then every live call is finalized with what arrived, then
-the services close.
+the HTTP server, the RTP ports are bound per call; the AI workers run as child processes
+(``gateway.workers``), so that one that runs out of memory cannot take ingest down. On
+shutdown the ingest WebSockets are closed first (1001), then every live call is finalized
+with what arrived, then the services close.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ai.worker import AnalysisWorker, WorkerMetrics
-from crypto.errors import CallvaultError
+from ai.worker import WorkerMetrics
 from gateway.api import add_routes
 from gateway.calls import CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
@@ -33,7 +33,7 @@ from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import error_middleware
 from gateway.publisher import readiness, run_publisher
-from gateway.services import build_sender, build_sweeper, build_worker, open_services
+from gateway.services import build_sender, build_sweeper, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
 from gateway.state import (
@@ -47,7 +47,9 @@ from gateway.state import (
     SERVICES,
     SETTINGS,
     SWEEPER,
+    WORKERS,
 )
+from gateway.workers import WorkerSupervisor
 from storage.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
@@ -156,23 +158,20 @@ def build_app(
         await server.close()
 
     async def ai_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Each worker has its own model and inference thread; jobs wait in the catalog, so
-        # transcription never holds up ingest (its event loop only awaits the thread).
-        workers = [
-            build_worker(settings, app[SERVICES], now=app[CLOCK].now, metrics=app[AI_METRICS])
-            for _ in range(settings.ai.workers)
-        ]
-        tasks = [asyncio.create_task(_work(worker), name="callvault-ai") for worker in workers]
+        # The AI workers are child processes (gateway.workers): one that runs out of memory
+        # takes down itself, not ingest. Jobs wait in the catalog, so transcription never
+        # holds up ingest. The webhook sender stays here.
+        workers = app.get(WORKERS)
+        if workers is not None:
+            await workers.start()
         sender = build_sender(settings, app[SERVICES], now=app[CLOCK].now, registry=app[REGISTRY])
-        tasks.append(asyncio.create_task(sender.run(), name="callvault-webhooks"))
+        task = asyncio.create_task(sender.run(), name="callvault-webhooks")
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for worker in workers:
-            await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if workers is not None:
+            await workers.stop()
         await sender.close()
 
     async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -206,7 +205,13 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
+    if settings.ai.workers:
+        # /metrics shows the children's AI metrics, summed (gateway.workers.ChildMetrics).
+        app[WORKERS] = WorkerSupervisor(settings, registry=app[REGISTRY])
+    else:
+        # No children: the workers are `callvault worker` processes (their metrics are
+        # theirs), or ones a test runs in this process on its clock (tests/ai.py).
+        app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
     app.cleanup_ctx.extend(
         [services_ctx, calls_ctx, audiosocket_ctx, ai_ctx, retention_ctx, checkpoints_ctx]
     )
@@ -219,18 +224,6 @@ def build_app(
     app.router.add_get("/v1/ingest/fork", endpoints.fork)
     add_routes(app)
     return app
-
-
-async def _work(worker: AnalysisWorker) -> None:
-    """Load the worker's model, then take jobs; a model that cannot load is logged (the
-    jobs stay queued for a worker that can)."""
-    try:
-        name = await worker.load()
-    except CallvaultError as e:
-        log.error("AI worker %s: the model did not load: %s", worker.owner, e.message)
-        return
-    log.info("AI worker %s ready with model %s", worker.owner, name)
-    await worker.run()
 
 
 async def _sweep(sweeper: RetentionSweeper, clock: Clock, interval: float) -> None:

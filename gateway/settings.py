@@ -159,7 +159,8 @@ class AiSettings(BaseModel):
     beam_size: int = Field(default=5, ge=1, le=16)
     """Whisper's beam search width. Default `5`."""
     workers: int = Field(default=1, ge=0, le=64)
-    """AI workers inside `serve` (0: only separate `callvault worker` processes). Default `1`."""
+    """AI worker child processes `serve` runs and restarts, so a worker that runs out of memory
+    cannot take ingest down (0: only separate `callvault worker` processes). Default `1`."""
     cache_dir: Path | None = None
     """Where a packaged model that ships in parts is assembled. Default `<data dir>/models`."""
     lease: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-# The gateway's in-process AI workers load a model and take jobs on their own; tests that
+# The gateway's AI worker children load a model and take jobs on their own; tests that
 # are not about AI run without them (the AI tests drive workers explicitly), and the
 # subprocess gateways of the integration tier inherit this unless a test sets it.
 os.environ.setdefault("CALLVAULT_AI__WORKERS", "0")
