@@ -114,6 +114,7 @@ def build_app(
                 start_timeout=ingest.start_timeout,
             ),
             metrics=app[METRICS],
+            tenant_limits=settings.limits.defaults(),
         )
         app[CALLS] = calls
         rtp = app[RTP] = RtpIngest(

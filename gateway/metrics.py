@@ -31,7 +31,8 @@ class GatewayMetrics:
         )
         self.refusals = Counter(
             "callvault_refusals",
-            "Calls refused by the tenant's instructions, by refusal code.",
+            "Calls refused by the tenant's instructions or limits, by refusal code "
+            "(limit_exceeded for a limit).",
             ["code"],
             registry=registry,
         )
