@@ -70,3 +70,16 @@ class GatewayMetrics:
             "Flushes of a call's audio to the object store that failed.",
             registry=registry,
         )
+        self.connections = Gauge(
+            "callvault_connections",
+            "Open connections, by listener (http, audiosocket).",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections_dropped = Counter(
+            "callvault_connections_dropped",
+            "Connections refused or closed to protect the node, by listener and reason "
+            "(max_connections, max_connections_per_peer, header_timeout).",
+            ["listener", "reason"],
+            registry=registry,
+        )

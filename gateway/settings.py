@@ -94,11 +94,11 @@ class AudioSocketSettings(BaseModel):
     )
     """Peer networks AudioSocket accepts (it has no auth of its own). Default loopback only."""
     max_connections: int = Field(default=10000, ge=1)
-    """Open AudioSocket connections taken at once; more are closed unanswered.
-    Default `10000`."""
+    """Open AudioSocket connections taken at once; more get an 0xff `too_many_connections`
+    frame and are closed. Default `10000`."""
     max_connections_per_peer: int = Field(default=1000, ge=1)
-    """Open AudioSocket connections one IP address may hold at once; more are closed
-    unanswered. Default `1000`."""
+    """Open AudioSocket connections one IP address may hold at once; more get an 0xff
+    `too_many_connections` frame and are closed. Default `1000`."""
 
 
 class IngestSettings(BaseModel):

@@ -121,7 +121,8 @@ def audiosocket_extension() -> dict[str, Any]:
         "`start_timeout` (no 0x01 frame within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT`), "
         "`unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
         + ", ".join(f"`{code}`" for code in ATTACHMENT_CODES)
-        + "); from Asterisk it ends the stream.",
+        + ", `too_many_connections` (over `CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS` or "
+        "`__MAX_CONNECTIONS_PER_PEER`)); from Asterisk it ends the stream.",
     }
     return {
         "description": "Asterisk AudioSocket over TCP (the `AudioSocket()` dialplan "

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from crypto.errors import CallvaultError, ConfigError
 from gateway.auth import Principal, authenticate, bearer_secret
+from gateway.connections import ConnectionCount, peer_address
 from gateway.errors import Forbidden, IngestError, MessageTooBig, StreamRefused, Unauthorized
 from gateway.ingest.audiosocket import AudioSocketParser, error_frame
 from gateway.ingest.events import MAX_MESSAGE
@@ -202,6 +203,7 @@ class AudioSocketServer:
         self._settings = settings
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._count = ConnectionCount(settings.max_connections, settings.max_connections_per_peer)
 
     @property
     def port(self) -> int:
@@ -228,6 +230,17 @@ class AudioSocketServer:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        metrics = self._app[METRICS]
+        peer = peer_address(writer.get_extra_info("peername"))
+        refused = self._count.admit(peer)
+        if refused is not None:
+            # Over a cap: refused at once, nothing read (the node's protection, whoever
+            # the peer is; an unanswered flood must not queue here).
+            metrics.connections_dropped.labels("audiosocket", refused).inc()
+            writer.write(error_frame("too_many_connections"))
+            writer.close()
+            return
+        metrics.connections.labels("audiosocket").inc()
         task = asyncio.current_task()
         assert task is not None  # noqa: S101
         self._connections.add(task)
@@ -235,6 +248,8 @@ class AudioSocketServer:
             await self._serve(reader, writer)
         finally:
             self._connections.discard(task)
+            self._count.release(peer)
+            metrics.connections.labels("audiosocket").dec()
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
