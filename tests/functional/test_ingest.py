@@ -354,6 +354,40 @@ async def test_a_wrong_token_in_the_header_is_refused_before_the_upgrade(
     assert await objects_of(gateway, "acme") == []
 
 
+async def test_audiosocket_connections_are_capped_per_peer(
+    aiohttp_client: Callable, gateway_settings: Settings
+) -> None:
+    """Over CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS_PER_PEER a connection gets an 0xff
+    `too_many_connections` frame and is closed; the admitted ones are unaffected, and a place
+    frees when one closes."""
+    settings = gateway_settings.model_copy(
+        update={
+            "audiosocket": gateway_settings.audiosocket.model_copy(
+                update={"max_connections_per_peer": 2}
+            )
+        }
+    )
+    gateway = await start_gateway(await aiohttp_client(GatewayServer(build_app(settings))))
+    port = settings.audiosocket.port
+    admitted = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await asyncio.wait_for(reader.read(), timeout=10) == audiosocket_frame(
+        0xFF, b"too_many_connections"
+    )
+    writer.close()
+    for _, open_writer in admitted:
+        assert not open_writer.is_closing()
+    admitted[0][1].close()
+    await until(lambda: gateway.app[METRICS].connections.labels("audiosocket")._value.get() == 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(audiosocket_frame(0x01, uuid.uuid4().bytes))  # admitted: answered in turn
+    assert await asyncio.wait_for(reader.read(), timeout=10) == audiosocket_frame(
+        0xFF, b"unknown_call"
+    )
+    writer.close()
+    admitted[1][1].close()
+
+
 # --- pause, resume, reconnect ---------------------------------------------------------------
 
 
