@@ -89,14 +89,11 @@ class Tenants:
             if limits is not None:
                 merged = {**(current or {}), **limits}
                 values["limits"] = {k: v for k, v in merged.items() if v is not None} or None
-            stmt = sa.update(tenants).where(tenants.c.id == tenant_id)
-            row = (
+            if values:
                 await conn.execute(
-                    (stmt.values(**values) if values else stmt.values(id=tenants.c.id)).returning(
-                        *tenants.c
-                    )
+                    sa.update(tenants).where(tenants.c.id == tenant_id).values(**values)
                 )
-            ).one()
+            row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).one()
             if audit is not None:
                 await append_entries(conn, tenant_id, [audit], now, keys=self._core.audit_keys)
         return record(Tenant, row)
