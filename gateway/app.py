@@ -115,6 +115,7 @@ def build_app(
                 max_duration=settings.calls.max_duration,
             ),
             metrics=app[METRICS],
+            tenant_limits=settings.limits.defaults(),
         )
         app[CALLS] = calls
         rtp = app[RTP] = RtpIngest(

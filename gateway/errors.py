@@ -18,6 +18,7 @@ from storage.errors import (
     Conflict,
     Gone,
     InvalidInstructions,
+    LimitReached,
     NotFound,
     ObjectNotFound,
     StorageUnavailable,
@@ -133,6 +134,28 @@ class SpoolFull(IngestUnavailable):
     code = "spool_full"
 
 
+class LimitExceeded(IngestError):
+    """One more call would exceed a limit of its tenant (``limit``: ``live_calls``,
+    ``rtp_calls``, ``announces_per_minute``): 429 with the limit's name (and
+    ``Retry-After`` when a retry can succeed at a known time); on a stream that describes an
+    unannounced call, close 1013 (try again later) with reason ``limit_exceeded``. Nothing
+    is stored but the refusal's call record and audit event."""
+
+    code = "limit_exceeded"
+    status = 429
+    close_code = 1013
+
+    def __init__(self, limit: str, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def of(cls, reached: LimitReached) -> LimitExceeded:
+        """The gateway's answer to the catalog's ``LimitReached``."""
+        return cls(reached.limit, reached.message, retry_after_s=reached.retry_after_s)
+
+
 class StreamRefused(IngestError):
     """A stream that may not proceed: bad token, unknown or refused call, a policy refusal
     (1008, the reason names the code)."""
@@ -153,6 +176,7 @@ HTTP_STATUS: dict[type[CallvaultError], int] = {
     Gone: 410,
     InvalidInstructions: 422,
     UnsupportedMedia: 400,
+    LimitReached: 429,
 }
 """The HTTP status of each error class below the gateway; a subclass inherits its base's
 (``HeldByLegalHold`` is a ``Conflict``: 409). Anything else is a 500."""

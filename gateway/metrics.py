@@ -31,7 +31,8 @@ class GatewayMetrics:
         )
         self.refusals = Counter(
             "callvault_refusals",
-            "Calls refused by the tenant's instructions, by refusal code.",
+            "Calls refused by the tenant's instructions or limits, by refusal code "
+            "(limit_exceeded for a limit).",
             ["code"],
             registry=registry,
         )
@@ -82,5 +83,18 @@ class GatewayMetrics:
         self.flush_failures = Counter(
             "callvault_flush_failures",
             "Flushes of a call's audio to the object store that failed.",
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "callvault_connections",
+            "Open connections, by listener (http, audiosocket).",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections_dropped = Counter(
+            "callvault_connections_dropped",
+            "Connections refused or closed to protect the node, by listener and reason "
+            "(max_connections, max_connections_per_peer, header_timeout).",
+            ["listener", "reason"],
             registry=registry,
         )

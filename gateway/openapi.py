@@ -297,6 +297,8 @@ def ingest_paths() -> dict[str, Schema]:
         operation["responses"] = {
             "101": {"description": "Switching Protocols: the WebSocket is open."},
             "400": error_response(400, ("not_websocket",)),
+            "401": error_response(401, ("unauthorized",)),
+            "403": error_response(403, ("forbidden",)),
         }
         # Any of the three ways authenticates; `{}` says the upgrade itself may carry none
         # (the token then comes in the first message).

@@ -66,18 +66,24 @@ CLOSE_CODES = {
     + ". Nothing of a refused stream is stored.",
     "1009": f"A message over {MAX_MESSAGE // 1024} KiB (reason `message_too_big`).",
     "1011": "A server-side failure (reason = the error code, e.g. `storage_unavailable`).",
-    "1013": "Try again later (reason `spool_full`): the stream's `start` describes a new call "
-    "while the spool is full (the object store has been down a while); nothing is stored. "
-    "Calls already recording are not affected.",
+    "1013": "Try again later (reason = the error code): `spool_full`, the stream's `start` "
+    "describes a new call while the spool is full (the object store has been down a while; "
+    "nothing is stored; calls already recording are not affected); `limit_exceeded`, a "
+    "stream that describes an unannounced call while its tenant is at a limit (`live_calls`, "
+    "`announces_per_minute`; the announcement's 429 says which); only the refusal's call "
+    "record is stored. Retry the stream later.",
 }
 
 WS_COMMON = f"""
 **Authentication** (a `pbx` token of the call's tenant), one of:
-`Authorization: Bearer <token>` on the upgrade request; `?token=<token>` in the URL, over TLS
-only (`wss://`, or a proxy that terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this
-machine, else close 1008 `token_in_url_needs_tls`; or, for PBXs that cannot set either,
-inside the first message (`token` above). Nothing is accepted before authentication; a token
-that is given and invalid closes with 1008.
+`Authorization: Bearer <token>` on the upgrade request, checked before the upgrade (a bad,
+revoked or expired token is answered HTTP 401 `unauthorized`, another role's 403 `forbidden`,
+and no WebSocket opens); `?token=<token>` in the URL, over TLS only (`wss://`, or a proxy that
+terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this machine, else close 1008
+`token_in_url_needs_tls`; or, for PBXs that cannot set either, inside the first message
+(`token` above). Nothing is accepted before authentication; a token in the URL or the first
+message that is invalid closes with 1008. A connection that has not started its stream
+within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT` (10 s) closes with 1008 `start_timeout`.
 
 **Messages** are at most {MAX_MESSAGE} bytes ({MAX_MESSAGE // 1024} KiB).
 
@@ -128,9 +134,11 @@ def audiosocket_extension() -> dict[str, Any]:
         "mono (an even number of bytes), stored as the `inbound` track.",
         f"0x{audiosocket.KIND_ERROR:02x}": "error. Sent by callvault before it closes the "
         "connection, with the ASCII error code as payload (e.g. `unknown_call`, `call_ended`, "
-        "`start_timeout`, `unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
+        "`start_timeout` (no 0x01 frame within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT`), "
+        "`unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
         + ", ".join(f"`{code}`" for code in ATTACHMENT_CODES)
-        + ", or `max_duration`: "
+        + ", `too_many_connections` (over `CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS` or "
+        "`__MAX_CONNECTIONS_PER_PEER`), or `max_duration`: "
         + MAX_DURATION
         + "); from Asterisk it ends the stream.",
     }

@@ -39,6 +39,7 @@ from storage.catalog.records import (
     Role,
     StoredObject,
     Tenant,
+    TenantLimits,
     Token,
     iso,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "Role",
     "StoredObject",
     "Tenant",
+    "TenantLimits",
     "Token",
     "async_database_url",
     "canonical_json",

@@ -100,12 +100,14 @@ def at(value: datetime) -> sa.BindParameter[datetime]:
 
 async def lock_tenant(conn: AsyncConnection, tenant_id: str, *, live: bool) -> AnyRow:
     """Lock the tenant row for the rest of the transaction (PostgreSQL; SQLite already
-    holds the database's write lock) and return its deletion time and audit head.
+    holds the database's write lock) and return its deletion time, audit head and limits.
     ``FOR NO KEY UPDATE`` serializes the writers that take it without blocking inserts that
     merely reference the tenant. ``NotFound`` if unknown, or deleted when ``live``."""
     row = (
         await conn.execute(
-            sa.select(tenants.c.deleted_at, tenants.c.audit_seq, tenants.c.audit_head)
+            sa.select(
+                tenants.c.deleted_at, tenants.c.audit_seq, tenants.c.audit_head, tenants.c.limits
+            )
             .where(tenants.c.id == tenant_id)
             .with_for_update(key_share=True)
         )

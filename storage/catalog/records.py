@@ -46,6 +46,32 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+LimitName = Literal["live_calls", "rtp_calls", "announces_per_minute"]
+LIMIT_NAMES: tuple[LimitName, ...] = ("live_calls", "rtp_calls", "announces_per_minute")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's limits on calls, counted across every node that shares the catalog:
+    calls live at once, RTP calls live at once, and calls announced in any 60 s."""
+
+    live_calls: int
+    rtp_calls: int
+    announces_per_minute: int
+
+    def merged(self, overrides: dict[str, int] | None) -> TenantLimits:
+        """These limits (the defaults) with the operator's ``overrides`` of the tenant on
+        top; a key it does not set keeps its default."""
+        merged: dict[str, int] = self.document()
+        for name, value in (overrides or {}).items():
+            if name in LIMIT_NAMES:
+                merged[name] = value
+        return TenantLimits(**merged)
+
+    def document(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in LIMIT_NAMES}
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     id: str
@@ -53,6 +79,9 @@ class Tenant:
     region: str
     created_at: datetime
     deleted_at: datetime | None
+    limits: dict[str, int] | None
+    """The operator's overrides of the default limits (``TenantLimits``); a limit it does
+    not name follows the setting's default."""
 
 
 @dataclass(frozen=True, slots=True)
