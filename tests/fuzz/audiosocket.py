@@ -4,7 +4,7 @@ Input: one byte that seeds where the stream is cut (``tests.fuzz.harness.chunks`
 stream. Contract: only ``MalformedMessage`` and ``StreamRefused`` escape, with a stable code
 and a short message, and a failed parser keeps raising that error; the outcome is the same
 wherever the stream was cut (the module's promise), so the cut stream is checked against the
-same stream fed one byte at a time: its events are a prefix of those, and it fails with the
+same stream fed one frame at a time: its events are a prefix of those, and it fails with the
 same error or not at all; events in order and in bounds (a UUID start, audio of whole
 16-bit samples up to 65535 bytes); what stays buffered is at most one frame.
 """
@@ -43,6 +43,17 @@ def feed(pieces: list[bytes]) -> tuple[list[Event], IngestError | None, int]:
     return events, None, parser.pending()
 
 
+def frames(stream: bytes) -> list[bytes]:
+    """``stream`` cut after each frame (``kind u8 | length u16 | payload``): fed so, every
+    frame before a bad one comes out before the error."""
+    out, pos = [], 0
+    while pos < len(stream):
+        end = pos + 3 + int.from_bytes(stream[pos + 1 : pos + 3].ljust(2, b"\0"), "big")
+        out.append(stream[pos:end])
+        pos = end
+    return out
+
+
 def check(events: list[Event]) -> None:
     started = stopped = False
     for event in events:
@@ -73,10 +84,10 @@ def fuzz_one(data: bytes) -> None:
     reader = Reader(data)
     seed = reader.u8()
     stream = reader.rest()
-    by_byte, error, pending = feed([stream[i : i + 1] for i in range(len(stream))])
-    check(by_byte)
+    by_frame, error, pending = feed(frames(stream))
+    check(by_frame)
     cut, cut_error, cut_pending = feed(chunks(stream, seed))
     assert same_error(error, cut_error), f"cut differently, {error!r} became {cut_error!r}"
-    assert by_byte[: len(cut)] == cut, "cut differently, the events differ"
+    assert by_frame[: len(cut)] == cut, "cut differently, the events differ"
     if error is None:
-        assert cut == by_byte and cut_pending == pending
+        assert cut == by_frame and cut_pending == pending
