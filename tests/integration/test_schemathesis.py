@@ -46,6 +46,7 @@ import asyncio
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -285,6 +286,30 @@ def test_the_served_document_holds_for_every_request_schemathesis_makes(
     )
     # A run that revoked its own token would have seen only 401s from then on.
     assert still_authenticates(target.server.base, run) != 401, report
+
+
+def test_a_malformed_header_is_refused_without_an_error_or_the_token_in_the_log(
+    target: Target,
+) -> None:
+    """A request aiohttp cannot parse (a control character after the token in its
+    ``Authorization`` header) gets a 400, and serve logs a warning naming the peer, not an
+    error whose traceback quotes the header, token and all (``gateway.logs``)."""
+    log_path = target.server.process.log_path
+    log_start = log_path.stat().st_size
+    with socket.create_connection(("127.0.0.1", target.server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /v1/tenants HTTP/1.1\r\nHost: callvault\r\n"
+            + f"Authorization: Bearer {target.server.operator}".encode()
+            + b"\x01\r\n\r\n"
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400") or answer.startswith(b"HTTP/1.0 400"), answer
+    with log_path.open("rb") as log:
+        log.seek(log_start)
+        logged = log.read().decode(errors="replace")
+    assert "malformed HTTP request" in logged
+    assert target.server.operator not in logged
+    assert log_problems(logged) == []
 
 
 def test_log_problems_are_errors_tracebacks_and_bare_tracebacks() -> None:
