@@ -28,6 +28,8 @@ from tests.fuzz.targets import TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "tests" / "fuzz" / "corpus"
+DICTS = ROOT / "tests" / "fuzz" / "dicts"
+"""libFuzzer dictionaries (tokens for its mutations) of the targets that read text."""
 INPUT_TIMEOUT_S = 10
 """libFuzzer's per-input limit: an input that runs longer is a hang, saved as ``timeout-``."""
 RSS_LIMIT_MB = 2048
@@ -77,6 +79,7 @@ def command(target: str, seconds: int, out: Path) -> list[str]:
         f"-rss_limit_mb={RSS_LIMIT_MB}",
         f"-artifact_prefix={crashes}/",
         "-print_final_stats=1",
+        *([f"-dict={words}"] if (words := DICTS / f"{target}.dict").exists() else []),
     ]
 
 
