@@ -96,6 +96,7 @@ def twilio() -> dict[str, bytes]:
             ]
         ),
         "binary": frame_messages([start(), b"\x00\x01\x02"]),
+        "no-tracks": frame_messages([start(tracks=[]), start(tracks="inbound")]),
     }
 
 
@@ -126,6 +127,12 @@ def fork() -> dict[str, bytes]:
         ),
         "channels": frame_messages(
             [json.dumps({"call_id": "c-1", "channels": 2, "sample_rate": 8000}), b"\x01\x02\x03"]
+        ),
+        "disagreeing": frame_messages(
+            [
+                json.dumps({"call_id": "c-1", "channels": 1, "mixType": "stereo"}),
+                json.dumps({"call_id": "c-1", "sample_rate": 8000, "sampleRate": 16000}),
+            ]
         ),
     }
 
