@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -225,7 +225,7 @@ class Wav:
 
     tracks: list[str]
     size: int
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes, None]
     """The header, then the PCM; raises ``CallvaultError`` if an object fails to verify."""
 
 
@@ -277,7 +277,7 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
             f"({frames / call.sample_rate / 3600:.1f} h of stereo at {call.sample_rate} Hz)."
         ) from None
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         yield header
         left = track_records(tracks.get(LEFT, []))
         right = track_records(tracks.get(RIGHT, []))

@@ -1,0 +1,352 @@
+"""The data subject's export (GDPR Art. 20): a ZIP of every call where a number is a party,
+produced recording by recording while it is sent.
+
+Why recording by recording: one number (a company's main line) can be a party to every call
+a tenant has, and an export must cost the node what one recording costs, not what all of
+them do. The handler pages through the catalog (``_PAGE`` rows a query, keyset cursors) and,
+for each recording, reads its transcript and analysis (small objects, verified whole),
+audits those reads, and copies its audio into the ZIP as the WAV is rendered, segment by
+segment (the WAV of ``GET /v1/recordings/{id}/audio``). Every write awaits the client
+(aiohttp drains its buffer past 64 KiB), so a client that stops reading stalls its own
+export, not the event loop nor the node's memory.
+
+What the handler holds at a time: one page of rows, one recording's transcript and analysis,
+one block of audio, and what can only be written at the end: the manifest's line per
+recording and the ZIP's central directory (a record per entry, which the format puts after
+the entries). So ``manifest.json`` is the ZIP's last entry: what it says of a recording is
+known once the recording is written.
+
+Nothing decrypted is written anywhere but the response. ``export.created`` and the first
+recording's reads are audited before the first byte, every later recording's reads before
+its own first byte. The first recording is opened before the status line, so that a store
+or a key that fails from the start is still an error status; a failure later ends the
+response early (a ZIP without its central directory: nothing unverified was sent).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import zipfile
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import datetime
+from io import RawIOBase
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
+from crypto.errors import CallvaultError, KeyUnavailable
+from gateway.api.calls import call_view
+from gateway.api.common import TENANT, iso, principal_of
+from gateway.api.recordings import Lifecycle, Wav, open_wav, recording_view
+from gateway.auth import Principal
+from gateway.errors import BadRequest
+from gateway.services import Services
+from gateway.state import CLOCK, SERVICES
+from storage.catalog import AuditEntry, Call, NumberCalls, Recording, RecordingKey
+from storage.instructions import normalize_number
+from storage.media.tracks import AUDIO_KIND
+
+log = logging.getLogger(__name__)
+
+_PAGE = 50
+"""Call records, or recordings, read per catalog query: what the export holds of its rows
+at a time."""
+
+EXPORT_ENTRIES: dict[str, Any] = {
+    "calls.json": {
+        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
+        "description": "Every call record where the number is a party, refused calls included; "
+        "the first entry.",
+    },
+    "recordings/{recording_id}/recording.json": {
+        "schema": {"$ref": "#/components/schemas/Recording"}
+    },
+    "recordings/{recording_id}/transcript.json": {
+        "schema": {"$ref": "#/components/schemas/Transcript"},
+        "description": "Where one is stored.",
+    },
+    "recordings/{recording_id}/analysis.json": {
+        "schema": {"$ref": "#/components/schemas/Analysis"},
+        "description": "Where one is stored.",
+    },
+    "recordings/{recording_id}/audio.wav": {
+        "contentMediaType": "audio/wav",
+        "description": "Where the audio can be exported: the WAV of "
+        "`GET /v1/recordings/{recording_id}/audio`.",
+    },
+    "manifest.json": {
+        "schema": {"$ref": "#/components/schemas/ExportManifest"},
+        "description": "The last entry: what it says of each recording is known once the "
+        "recording is written.",
+    },
+}
+"""What ``export_number``'s ZIP holds, in the order it holds it, for the OpenAPI document
+(``x-zip-entries``: a schema cannot say what a ZIP's entries are)."""
+
+
+def query_number(request: web.Request) -> str:
+    """The ``?number=`` of the request, normalized; 400 ``bad_query`` without one."""
+    if "number" not in request.query:
+        raise BadRequest("number is required (?number=+40...).", code="bad_query")
+    try:
+        return normalize_number(request.query["number"])
+    except ValueError:
+        raise BadRequest("number is not a phone number.", code="bad_query") from None
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """One recording ready to be written: its JSON entries read, its audio opened (keys
+    unwrapped) but not read, and the reads to audit before its first byte is sent."""
+
+    entries: list[tuple[str, Any]]
+    wav: Wav | None
+    item: dict[str, Any]
+    """Its line in the manifest."""
+    reads: list[AuditEntry]
+
+
+class _Export:
+    """One export's reads: the number's call records and recordings, a page at a time, up
+    to the last call the export's count saw (calls announced meanwhile are not in it)."""
+
+    def __init__(
+        self,
+        services: Services,
+        principal: Principal,
+        tenant: str,
+        number: str,
+        scope: NumberCalls,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self.id = f"export_{secrets.token_hex(12)}"
+        self._services = services
+        self._principal = principal
+        self._tenant = tenant
+        self._number = number
+        self._scope = scope
+        self._lifecycle = lifecycle
+
+    async def calls(self) -> AsyncIterator[dict[str, Any]]:
+        """The views of the number's call records, oldest first."""
+        catalog, last = self._services.catalog, self._scope.last
+        after = None
+        while last is not None:
+            page = await catalog.calls.of_number(
+                self._tenant, self._number, after=after, through=last, limit=_PAGE
+            )
+            for call in page:
+                yield call_view(call)
+            if len(page) < _PAGE:
+                return
+            after = (page[-1].started_at, page[-1].id)
+
+    async def recordings(self) -> AsyncGenerator[_Opened, None]:
+        """The number's recordings, oldest call first, each opened when it is asked for."""
+        catalog, last = self._services.catalog, self._scope.last
+        after: RecordingKey | None = None
+        while last is not None:
+            page = await catalog.recordings.of_number(
+                self._tenant, self._number, after=after, through=last, limit=_PAGE
+            )
+            ids = [recording.id for recording, _ in page]
+            tracks = await catalog.objects.tracks(self._tenant, ids, kind=AUDIO_KIND)
+            for recording, call in page:
+                yield await self._open(recording, call, tracks[recording.id])
+            if len(page) < _PAGE:
+                return
+            recording, call = page[-1]
+            after = (call.started_at, call.id, recording.id)
+
+    async def _open(self, recording: Recording, call: Call, tracks: list[str]) -> _Opened:
+        services, tenant = self._services, self._tenant
+        folder = f"recordings/{recording.id}"
+        view = recording_view(recording, call, tracks, self._lifecycle)
+        entries: list[tuple[str, Any]] = [(f"{folder}/recording.json", view)]
+        item: dict[str, Any] = {"recording_id": recording.id, "call_id": call.id}
+        reads: list[AuditEntry] = []
+        committed = await services.catalog.objects.list(
+            tenant, recording_id=recording.id, state="committed"
+        )
+        for kind in (TRANSCRIPT_KIND, ANALYSIS_KIND):
+            item[kind] = False
+            stored = [o for o in committed if o.kind == kind]
+            if not stored or recording.status == "deleted":  # an erasure not finished yet
+                continue
+            try:
+                body = await services.vault.read_object(tenant, stored[-1].id)
+            except KeyUnavailable:  # shredded by a deletion a crash interrupted
+                continue
+            entries.append((f"{folder}/{kind}.json", orjson.loads(body)))
+            reads.append(self._read(f"{kind}.read", recording.id))
+            item[kind] = True
+        wav: Wav | None = None
+        try:
+            wav = await open_wav(services, recording, call)
+        except CallvaultError as e:
+            item["audio"] = e.code  # recording_deleted, audio_purged, audio_deleted, ...
+        else:
+            reads.append(self._read("audio.read", recording.id))
+            item["audio"] = True
+        return _Opened(entries, wav, item, reads)
+
+    def created(self) -> AuditEntry:
+        return AuditEntry(
+            actor=self._principal.actor,
+            action="export.created",
+            object=self.id,
+            detail={"calls": self._scope.calls, "recordings": self._scope.recordings},
+        )
+
+    def _read(self, action: str, recording_id: str) -> AuditEntry:
+        return AuditEntry(
+            actor=self._principal.actor,
+            action=action,
+            object=recording_id,
+            detail={"export": self.id},
+        )
+
+
+async def export_number(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/tenants/{t}/export?number=``: a ZIP of every call where the number is a
+    party: ``calls.json`` (the call records), per recording ``recording.json``,
+    ``transcript.json``, ``analysis.json`` and ``audio.wav`` where they exist, and last
+    ``manifest.json`` saying what is in it and why something is not."""
+    principal, tenant = await principal_of(request), request[TENANT]
+    number = query_number(request)
+    app = request.app
+    services, now = app[SERVICES], app[CLOCK].now()
+    catalog = services.catalog
+    await catalog.tenants.get(tenant)
+    scope = await catalog.calls.count_of_number(tenant, number)
+    lifecycle = await Lifecycle.load(catalog, tenant)
+    export = _Export(services, principal, tenant, number, scope, lifecycle)
+    async with aclosing(export.recordings()) as recordings:
+        first = await anext(recordings, None)
+        reads = [] if first is None else first.reads
+        await catalog.audit.append_many(tenant, [export.created(), *reads], now)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/zip",
+                "Content-Disposition": f'attachment; filename="{export.id}.zip"',
+                "Cache-Control": "no-store",
+            }
+        )
+        await response.prepare(request)
+        sink = _ZipSink()
+        try:
+            with zipfile.ZipFile(sink, "w") as archive:
+                writer = _ZipWriter(archive, sink, response, now)
+                calls = await writer.json_array("calls.json", export.calls())
+                items: list[dict[str, Any]] = []
+                opened = first
+                while opened is not None:
+                    await writer.recording(opened)
+                    items.append(opened.item)
+                    opened = await anext(recordings, None)
+                    if opened is not None and opened.reads:
+                        await catalog.audit.append_many(tenant, opened.reads, now)
+                manifest = {"id": export.id, "tenant": tenant, "created_at": iso(now)}
+                await writer.json(
+                    "manifest.json", {**manifest, "calls": calls, "recordings": items}
+                )
+            await response.write(sink.take())
+        except CallvaultError as e:
+            # The status line is sent; a truncated ZIP (no central directory) is the signal.
+            log.error("export %s stopped: %s", export.id, e.code)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+    await response.write_eof()
+    return response
+
+
+class _ZipSink(RawIOBase):
+    """Where ``zipfile`` writes: a buffer the writer drains into the response after each
+    write (unseekable, so entries carry data descriptors and nothing is rewritten)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._offset = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._buffer += view
+        self._offset += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._offset
+
+    def take(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+class _ZipWriter:
+    """Writes entries into the archive and what they produce to the response as it comes,
+    awaiting the client each time (so the sink never holds more than one write's worth)."""
+
+    def __init__(
+        self,
+        archive: zipfile.ZipFile,
+        sink: _ZipSink,
+        response: web.StreamResponse,
+        now: datetime,
+    ) -> None:
+        self._archive = archive
+        self._sink = sink
+        self._response = response
+        self._time = (now.year, now.month, now.day, now.hour, now.minute, now.second)
+
+    def _info(self, name: str, compress_type: int) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(name, date_time=self._time)
+        info.compress_type = compress_type
+        return info
+
+    async def _send(self) -> None:
+        data = self._sink.take()
+        if data:
+            await self._response.write(data)
+
+    async def json(self, name: str, content: Any) -> None:
+        data = orjson.dumps(content, option=orjson.OPT_INDENT_2)
+        self._archive.writestr(self._info(name, zipfile.ZIP_DEFLATED), data)
+        await self._send()
+
+    async def json_array(self, name: str, items: AsyncIterator[Any]) -> int:
+        """Write the items as one JSON array, an item at a time (the bytes
+        ``orjson.OPT_INDENT_2`` gives the whole list); returns how many there were."""
+        count = 0
+        with self._archive.open(self._info(name, zipfile.ZIP_DEFLATED), "w") as entry:
+            async for item in items:
+                entry.write(b",\n  " if count else b"[\n  ")
+                entry.write(orjson.dumps(item, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n  "))
+                count += 1
+                await self._send()
+            entry.write(b"\n]" if count else b"[]")
+        await self._send()
+        return count
+
+    async def recording(self, opened: _Opened) -> None:
+        for name, content in opened.entries:
+            await self.json(name, content)
+        if opened.wav is None:
+            return
+        folder = opened.entries[0][0].rpartition("/")[0]
+        info = self._info(f"{folder}/audio.wav", zipfile.ZIP_STORED)
+        with self._archive.open(info, "w", force_zip64=True) as entry:
+            async with aclosing(opened.wav.body) as blocks:
+                async for block in blocks:
+                    entry.write(block)
+                    await self._send()
+        await self._send()
