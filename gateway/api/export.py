@@ -47,7 +47,14 @@ from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.services import Services
 from gateway.state import CLOCK, SERVICES
-from storage.catalog import AuditEntry, Call, NumberCalls, Recording, RecordingKey
+from storage.catalog import (
+    AuditEntry,
+    Call,
+    NumberCalls,
+    Recording,
+    RecordingKey,
+    StoredObject,
+)
 from storage.instructions import normalize_number
 from storage.media.tracks import AUDIO_KIND
 
@@ -101,10 +108,14 @@ def query_number(request: web.Request) -> str:
 
 @dataclass(frozen=True)
 class _Opened:
-    """One recording ready to be written: its JSON entries read, its audio opened (keys
-    unwrapped) but not read, and the reads to audit before its first byte is sent."""
+    """One recording ready to be written: its objects opened (keys unwrapped, so that a
+    shredded one is known) but not read, and the reads to audit before its bytes are sent."""
 
-    entries: list[tuple[str, Any]]
+    folder: str
+    view: dict[str, Any]
+    """``recording.json``."""
+    results: list[tuple[str, AsyncIterator[bytes]]]
+    """``transcript.json`` and ``analysis.json`` where they are stored: (name, plaintext)."""
     wav: Wav | None
     item: dict[str, Any]
     """Its line in the manifest."""
@@ -146,54 +157,64 @@ class _Export:
                 return
             after = (page[-1].started_at, page[-1].id)
 
-    async def recordings(self) -> AsyncGenerator[_Opened, None]:
-        """The number's recordings, oldest call first, each opened when it is asked for."""
+    async def batches(self) -> AsyncGenerator[list[_Opened], None]:
+        """The number's recordings, oldest call first, opened a batch at a time so that a
+        batch's reads are audited in one transaction: the first recording alone (the first
+        byte goes out before a second one is opened), then the rest of each page."""
         catalog, last = self._services.catalog, self._scope.last
         after: RecordingKey | None = None
+        first = True
         while last is not None:
             page = await catalog.recordings.of_number(
                 self._tenant, self._number, after=after, through=last, limit=_PAGE
             )
             ids = [recording.id for recording, _ in page]
             tracks = await catalog.objects.tracks(self._tenant, ids, kind=AUDIO_KIND)
+            objects = await catalog.objects.of_recordings(self._tenant, ids)
+            batch = []
             for recording, call in page:
-                yield await self._open(recording, call, tracks[recording.id])
+                batch.append(
+                    await self._open(recording, call, tracks[recording.id], objects[recording.id])
+                )
+                if first:
+                    yield batch
+                    batch, first = [], False
+            if batch:
+                yield batch
             if len(page) < _PAGE:
                 return
             recording, call = page[-1]
             after = (call.started_at, call.id, recording.id)
 
-    async def _open(self, recording: Recording, call: Call, tracks: list[str]) -> _Opened:
-        services, tenant = self._services, self._tenant
-        folder = f"recordings/{recording.id}"
+    async def _open(
+        self, recording: Recording, call: Call, tracks: list[str], objects: list[StoredObject]
+    ) -> _Opened:
+        services = self._services
         view = recording_view(recording, call, tracks, self._lifecycle)
-        entries: list[tuple[str, Any]] = [(f"{folder}/recording.json", view)]
         item: dict[str, Any] = {"recording_id": recording.id, "call_id": call.id}
+        results: list[tuple[str, AsyncIterator[bytes]]] = []
         reads: list[AuditEntry] = []
-        committed = await services.catalog.objects.list(
-            tenant, recording_id=recording.id, state="committed"
-        )
         for kind in (TRANSCRIPT_KIND, ANALYSIS_KIND):
             item[kind] = False
-            stored = [o for o in committed if o.kind == kind]
+            stored = [o for o in objects if o.kind == kind and o.state == "committed"]
             if not stored or recording.status == "deleted":  # an erasure not finished yet
                 continue
-            try:
-                body = await services.vault.read_object(tenant, stored[-1].id)
+            try:  # verified whole before any of it is released
+                stream = await services.vault.open_stored(stored[-1], verify_all=True)
             except KeyUnavailable:  # shredded by a deletion a crash interrupted
                 continue
-            entries.append((f"{folder}/{kind}.json", orjson.loads(body)))
+            results.append((f"{kind}.json", stream))
             reads.append(self._read(f"{kind}.read", recording.id))
             item[kind] = True
         wav: Wav | None = None
         try:
-            wav = await open_wav(services, recording, call)
+            wav = await open_wav(services, recording, call, objects)
         except CallvaultError as e:
             item["audio"] = e.code  # recording_deleted, audio_purged, audio_deleted, ...
         else:
             reads.append(self._read("audio.read", recording.id))
             item["audio"] = True
-        return _Opened(entries, wav, item, reads)
+        return _Opened(f"recordings/{recording.id}", view, results, wav, item, reads)
 
     def created(self) -> AuditEntry:
         return AuditEntry(
@@ -226,9 +247,9 @@ async def export_number(request: web.Request) -> web.StreamResponse:
     scope = await catalog.calls.count_of_number(tenant, number)
     lifecycle = await Lifecycle.load(catalog, tenant)
     export = _Export(services, principal, tenant, number, scope, lifecycle)
-    async with aclosing(export.recordings()) as recordings:
-        first = await anext(recordings, None)
-        reads = [] if first is None else first.reads
+    async with aclosing(export.batches()) as batches:
+        batch: list[_Opened] = await anext(batches, [])
+        reads = [read for opened in batch for read in opened.reads]
         await catalog.audit.append_many(tenant, [export.created(), *reads], now)
         response = web.StreamResponse(
             headers={
@@ -244,17 +265,17 @@ async def export_number(request: web.Request) -> web.StreamResponse:
                 writer = _ZipWriter(archive, sink, response, now)
                 calls = await writer.json_array("calls.json", export.calls())
                 items: list[dict[str, Any]] = []
-                opened = first
-                while opened is not None:
-                    await writer.recording(opened)
-                    items.append(opened.item)
-                    opened = await anext(recordings, None)
-                    if opened is not None and opened.reads:
-                        await catalog.audit.append_many(tenant, opened.reads, now)
-                manifest = {"id": export.id, "tenant": tenant, "created_at": iso(now)}
-                await writer.json(
-                    "manifest.json", {**manifest, "calls": calls, "recordings": items}
-                )
+                while batch:
+                    for opened in batch:
+                        await writer.recording(opened)
+                        items.append(opened.item)
+                    batch = await anext(batches, [])
+                    reads = [read for opened in batch for read in opened.reads]
+                    if reads:
+                        await catalog.audit.append_many(tenant, reads, now)
+                manifest: dict[str, Any] = {"id": export.id, "tenant": tenant}
+                manifest.update(created_at=iso(now), calls=calls, recordings=items)
+                await writer.json("manifest.json", manifest)
             await response.write(sink.take())
         except CallvaultError as e:
             # The status line is sent; a truncated ZIP (no central directory) is the signal.
@@ -338,11 +359,13 @@ class _ZipWriter:
         return count
 
     async def recording(self, opened: _Opened) -> None:
-        for name, content in opened.entries:
-            await self.json(name, content)
+        folder = opened.folder
+        await self.json(f"{folder}/recording.json", opened.view)
+        for name, stream in opened.results:
+            body = b"".join([chunk async for chunk in stream])
+            await self.json(f"{folder}/{name}", orjson.loads(body))
         if opened.wav is None:
             return
-        folder = opened.entries[0][0].rpartition("/")[0]
         info = self._info(f"{folder}/audio.wav", zipfile.ZIP_STORED)
         with self._archive.open(info, "w", force_zip64=True) as entry:
             async with aclosing(opened.wav.body) as blocks:
