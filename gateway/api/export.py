@@ -10,17 +10,21 @@ segment (the WAV of ``GET /v1/recordings/{id}/audio``). Every write awaits the c
 (aiohttp drains its buffer past 64 KiB), so a client that stops reading stalls its own
 export, not the event loop nor the node's memory.
 
-What the handler holds at a time: one page of rows, one recording's transcript and analysis,
-one block of audio, and what can only be written at the end: the manifest's line per
-recording and the ZIP's central directory (a record per entry, which the format puts after
-the entries). So ``manifest.json`` is the ZIP's last entry: what it says of a recording is
-known once the recording is written.
+What the handler holds at a time: one page of rows and of opened (not read) objects, one
+recording's transcript and analysis, one block of audio, and what can only be written at
+the end: the manifest's line per recording and the ZIP's central directory (a record per
+entry, which the format puts after the entries), about 2 KB a recording in all, measured.
+So ``manifest.json`` is the ZIP's last entry: what it says of a recording is known once the
+recording is written.
 
 Nothing decrypted is written anywhere but the response. ``export.created`` and the first
-recording's reads are audited before the first byte, every later recording's reads before
-its own first byte. The first recording is opened before the status line, so that a store
-or a key that fails from the start is still an error status; a failure later ends the
-response early (a ZIP without its central directory: nothing unverified was sent).
+recording's reads are audited before the first byte; the reads of each later batch (the
+rest of a page) in one transaction before the batch's first byte, its objects opened (keys
+unwrapped, so a shredded one is known and not audited) but not yet read. An export that
+stops early may so have audited reads of up to a page it did not send, never the reverse.
+The first recording is opened before the status line, so that a store or a key that fails
+from the start is still an error status; a failure later ends the response early (a ZIP
+without its central directory: nothing unverified was sent).
 """
 
 from __future__ import annotations

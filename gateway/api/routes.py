@@ -347,10 +347,10 @@ ROUTES: tuple[Route, ...] = (
           "recording while it is sent, so its memory does not grow with the number of calls, "
           "and nothing decrypted is written anywhere else. Every read is audited: "
           "`export.created` and the first recording's reads before the first byte is sent, "
-          "each later recording's reads (`transcript.read`, `analysis.read`, `audio.read`) "
-          "before its own first byte. If a sealed object fails to verify or the store fails "
-          "mid-stream the connection is closed early: the ZIP has no central directory and "
-          "nothing unverified was sent."),
+          "the reads of each later page of recordings (`transcript.read`, `analysis.read`, "
+          "`audio.read`) before that page's first byte. If a sealed object fails to verify "
+          "or the store fails mid-stream the connection is closed early: the ZIP has no "
+          "central directory and nothing unverified was sent."),
     # --- audit
     Route("GET", f"{_TENANT}/audit", audit.list_audit, ADMIN, "listAudit",
           "Read the audit log", "audit", models.AuditPage, query=_AUDIT_QUERY,
