@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-import zipfile
+import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import datetime
-from io import RawIOBase
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from aiohttp import web
@@ -47,6 +45,7 @@ from crypto.errors import CallvaultError, KeyUnavailable
 from gateway.api.calls import call_view
 from gateway.api.common import TENANT, iso, principal_of
 from gateway.api.recordings import Lifecycle, Wav, open_wav, recording_view
+from gateway.api.zipstream import ZipStream
 from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.services import Services
@@ -67,6 +66,12 @@ log = logging.getLogger(__name__)
 _PAGE = 50
 """Call records, or recordings, read per catalog query: what the export holds of its rows
 at a time."""
+
+_SPOOL_IN_MEMORY = 64 * 1024
+"""Bytes of the ZIP's central directory, and of the manifest's lines, kept in memory before
+they go to a temporary file (ids, sizes and checksums, never content): about 140 recordings'
+worth. Past that, what the export holds does not grow with the number of calls."""
+
 
 EXPORT_ENTRIES: dict[str, Any] = {
     "calls.json": {
@@ -263,103 +268,79 @@ async def export_number(request: web.Request) -> web.StreamResponse:
             }
         )
         await response.prepare(request)
-        sink = _ZipSink()
-        try:
-            with zipfile.ZipFile(sink, "w") as archive:
-                writer = _ZipWriter(archive, sink, response, now)
+        with (
+            tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as directory,
+            tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as lines,
+        ):
+            writer = _ZipWriter(ZipStream(directory, now), response)
+            try:
                 calls = await writer.json_array("calls.json", export.calls())
-                items: list[dict[str, Any]] = []
                 while batch:
                     for opened in batch:
                         await writer.recording(opened)
-                        items.append(opened.item)
+                        lines.write(orjson.dumps(opened.item) + b"\n")
                     batch = await anext(batches, [])
                     reads = [read for opened in batch for read in opened.reads]
                     if reads:
                         await catalog.audit.append_many(tenant, reads, now)
-                manifest: dict[str, Any] = {"id": export.id, "tenant": tenant}
-                manifest.update(created_at=iso(now), calls=calls, recordings=items)
-                await writer.json("manifest.json", manifest)
-            await response.write(sink.take())
-        except CallvaultError as e:
-            # The status line is sent; a truncated ZIP (no central directory) is the signal.
-            log.error("export %s stopped: %s", export.id, e.code)
-            if request.transport is not None:
-                request.transport.close()
-            return response
+                head: dict[str, Any] = {"id": export.id, "tenant": tenant}
+                head.update(created_at=iso(now), calls=calls, recordings=[])
+                manifest = orjson.dumps(head, option=orjson.OPT_INDENT_2)
+                await writer.json_array("manifest.json", _read_lines(lines), member=manifest)
+                await writer.finish()
+            except CallvaultError as e:
+                # The status line is sent; a truncated ZIP (no central directory) is the
+                # signal.
+                log.error("export %s stopped: %s", export.id, e.code)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
     await response.write_eof()
     return response
 
 
-class _ZipSink(RawIOBase):
-    """Where ``zipfile`` writes: a buffer the writer drains into the response after each
-    write (unseekable, so entries carry data descriptors and nothing is rewritten)."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._offset = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self._buffer += view
-        self._offset += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self._offset
-
-    def take(self) -> bytes:
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
+async def _read_lines(spool: IO[bytes]) -> AsyncIterator[Any]:
+    """The manifest's lines, as the export spooled them (one JSON object a line)."""
+    spool.seek(0)
+    for line in spool:
+        yield orjson.loads(line)
 
 
 class _ZipWriter:
-    """Writes entries into the archive and what they produce to the response as it comes,
-    awaiting the client each time (so the sink never holds more than one write's worth)."""
+    """Writes entries and sends what they produce to the response as it comes, awaiting the
+    client each time (aiohttp drains its buffer past 64 KiB)."""
 
-    def __init__(
-        self,
-        archive: zipfile.ZipFile,
-        sink: _ZipSink,
-        response: web.StreamResponse,
-        now: datetime,
-    ) -> None:
-        self._archive = archive
-        self._sink = sink
+    def __init__(self, stream: ZipStream, response: web.StreamResponse) -> None:
+        self._zip = stream
         self._response = response
-        self._time = (now.year, now.month, now.day, now.hour, now.minute, now.second)
 
-    def _info(self, name: str, compress_type: int) -> zipfile.ZipInfo:
-        info = zipfile.ZipInfo(name, date_time=self._time)
-        info.compress_type = compress_type
-        return info
-
-    async def _send(self) -> None:
-        data = self._sink.take()
+    async def _send(self, data: bytes) -> None:
         if data:
             await self._response.write(data)
 
     async def json(self, name: str, content: Any) -> None:
-        data = orjson.dumps(content, option=orjson.OPT_INDENT_2)
-        self._archive.writestr(self._info(name, zipfile.ZIP_DEFLATED), data)
-        await self._send()
+        await self._send(self._zip.begin(name, deflate=True))
+        await self._send(self._zip.write(orjson.dumps(content, option=orjson.OPT_INDENT_2)))
+        await self._send(self._zip.end())
 
-    async def json_array(self, name: str, items: AsyncIterator[Any]) -> int:
-        """Write the items as one JSON array, an item at a time (the bytes
-        ``orjson.OPT_INDENT_2`` gives the whole list); returns how many there were."""
+    async def json_array(
+        self, name: str, items: AsyncIterator[Any], *, member: bytes | None = None
+    ) -> int:
+        """Write the items as one JSON array, an item at a time, in the bytes that
+        ``orjson.OPT_INDENT_2`` would give the whole document: alone, or as the last member
+        of the JSON object ``member`` (``OPT_INDENT_2`` bytes ending in ``"key": []\n}``);
+        returns how many items there were."""
+        zip_, indent = self._zip, b"\n  " if member is None else b"\n    "
+        head, tail = (b"", b"") if member is None else (member[: -len(b"[]\n}")], b"\n}")
+        await self._send(zip_.begin(name, deflate=True) + zip_.write(head))
         count = 0
-        with self._archive.open(self._info(name, zipfile.ZIP_DEFLATED), "w") as entry:
-            async for item in items:
-                entry.write(b",\n  " if count else b"[\n  ")
-                entry.write(orjson.dumps(item, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n  "))
-                count += 1
-                await self._send()
-            entry.write(b"\n]" if count else b"[]")
-        await self._send()
+        async for item in items:
+            dumped = orjson.dumps(item, option=orjson.OPT_INDENT_2)
+            opening = b"," if count else b"["
+            await self._send(zip_.write(opening + indent + dumped.replace(b"\n", indent)))
+            count += 1
+        closing = indent[:-2] + b"]" if count else b"[]"
+        await self._send(zip_.write(closing + tail) + zip_.end())
         return count
 
     async def recording(self, opened: _Opened) -> None:
@@ -370,10 +351,13 @@ class _ZipWriter:
             await self.json(f"{folder}/{name}", orjson.loads(body))
         if opened.wav is None:
             return
-        info = self._info(f"{folder}/audio.wav", zipfile.ZIP_STORED)
-        with self._archive.open(info, "w", force_zip64=True) as entry:
-            async with aclosing(opened.wav.body) as blocks:
-                async for block in blocks:
-                    entry.write(block)
-                    await self._send()
-        await self._send()
+        await self._send(self._zip.begin(f"{folder}/audio.wav", deflate=False))
+        async with aclosing(opened.wav.body) as blocks:
+            async for block in blocks:
+                await self._send(self._zip.write(block))
+        await self._send(self._zip.end())
+
+    async def finish(self) -> None:
+        """The central directory and the end records."""
+        for block in self._zip.finish():
+            await self._send(block)

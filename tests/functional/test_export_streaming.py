@@ -198,6 +198,9 @@ async def test_an_export_of_500_calls_streams_with_memory_that_does_not_grow_wit
         return await open_stored(record, verify_all=verify_all)
 
     monkeypatch.setattr(vault, "open_stored", counting)
+    # Once untraced, so that what any first request allocates for good (statement caches,
+    # the keyring's tenant) is not counted in the small export's peak.
+    await export_to_file(gw, tenant, FEW_NUMBER, tmp_path / "warm.zip", opened)
     before = len(await gw.app[SERVICES].catalog.audit.list("acme", limit=10_000))
     tracemalloc.start()
     try:
@@ -213,23 +216,27 @@ async def test_an_export_of_500_calls_streams_with_memory_that_does_not_grow_wit
     # (a) Every recording is there and verifies; every read was audited.
     check_archive(small.path, few)
     check_archive(large.path, many)
-    assert opened[0] == 2 * MANY
+    assert opened[0] == 2 * MANY  # each transcript and track opened once
     trail = (await gw.app[SERVICES].catalog.audit.list("acme", limit=10_000))[before:]
     created = [e for e in trail if e.action == "export.created"]
-    assert [e.detail for e in created] == [
+    assert [e.detail for e in created][-2:] == [
         {"calls": FEW, "recordings": FEW},
         {"calls": MANY, "recordings": MANY},
     ]
-    reads = [(e.action, e.object) for e in trail if e.detail.get("export") == created[1].object]
+    reads = [(e.action, e.object) for e in trail if e.detail.get("export") == created[-1].object]
     assert sorted(reads) == sorted(
         (action, s.recording_id) for s in many for action in ("audio.read", "transcript.read")
     )
 
     # (b) Memory: what a recording costs, not what all of them do. A handler that read every
     # transcript (~8 KB of JSON each) or audio (16 KB of WAV each) before sending would hold
-    # 4 MB or more for the 495 calls more; what grows is the ZIP's central directory and the
-    # manifest's line: under 3 KB per recording.
-    assert large.peak - small.peak < (MANY - FEW) * 3 * 1024, (small.peak, large.peak)
+    # 4 MB or more for the 495 calls more (the handler before issue 15: +63 MB); one that
+    # kept even 2 KB per recording (zipfile's central directory, the manifest in memory)
+    # would add 1 MB. What may grow is the spool of the central directory and the
+    # manifest's lines until they go to disk (64 KiB each) and the page of 50 recordings
+    # opened at a time (a few hundred KB with the sockets' buffers): less than the small
+    # export's own peak (about 1.2 MB), so within a factor of two of it.
+    assert large.peak - small.peak < 1024 * 1024, (small.peak, large.peak)
 
     # (c) The first bytes were out before the handler had opened more than the first
     # recording's objects (it opens them before the status line).
