@@ -11,11 +11,12 @@ segment (the WAV of ``GET /v1/recordings/{id}/audio``). Every write awaits the c
 export, not the event loop nor the node's memory.
 
 What the handler holds at a time: one page of rows and of opened (not read) objects, one
-recording's transcript and analysis, one block of audio, and what can only be written at
-the end: the manifest's line per recording and the ZIP's central directory (a record per
-entry, which the format puts after the entries), about 2 KB a recording in all, measured.
-So ``manifest.json`` is the ZIP's last entry: what it says of a recording is known once the
-recording is written.
+recording's transcript and analysis, one block of audio. What can only be written at the
+end, the ZIP's central directory (a record per entry, which the format puts after the
+entries) and the manifest's line per recording, goes to spool files (``_SPOOL_IN_MEMORY``,
+then an unlinked temporary file: ids, sizes and checksums, never content), so nothing grows
+with the number of calls. ``manifest.json`` is thus the ZIP's last entry: what it says of a
+recording is known once the recording is written.
 
 Nothing decrypted is written anywhere but the response. ``export.created`` and the first
 recording's reads are audited before the first byte; the reads of each later batch (the
