@@ -34,7 +34,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from gateway.api import DESCRIPTION, models, rightsmodels
 from gateway.api.calls import WEBSOCKET_PATHS
 from gateway.api.codes import ERROR_CODES, EXTRA_FIELDS, WIRE_CODE
-from gateway.api.rights import EXPORT_ENTRIES
+from gateway.api.export import EXPORT_ENTRIES
 from gateway.api.routes import PATH_PARAMETERS, ROUTES, Route
 from gateway.auth import ROLE_WORDS
 from gateway.ingest.docs import CLOSE_CODES, FORK, TWILIO, WS_COMMON, audiosocket_extension

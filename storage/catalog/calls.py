@@ -18,8 +18,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.catalog.audit import append_entries
 from storage.catalog.core import IN_BATCH, CatalogCore, at, lock_tenant, record
 from storage.catalog.limits import LIMIT_REFUSAL, reached_limit
-from storage.catalog.recordings import new_recording
-from storage.catalog.records import AudioSocketLease, AuditEntry, Call, Recording, TenantLimits
+from storage.catalog.recordings import calls_of_number, new_recording
+from storage.catalog.records import (
+    AudioSocketLease,
+    AuditEntry,
+    Call,
+    CallKey,
+    NumberCalls,
+    Recording,
+    TenantLimits,
+)
 from storage.catalog.schema import calls, recordings, tenants
 from storage.errors import LimitReached, NotFound
 
@@ -327,17 +335,52 @@ class Calls:
         async with self._core.transaction() as conn:
             return await _lease(conn, tenant_id, call_id)
 
-    async def of_number(self, tenant_id: str, number: str) -> list[Call]:
-        """Every call record of the tenant where ``number`` is a party, oldest first."""
-        return await self._core.all(
-            sa.select(calls)
-            .where(
-                calls.c.tenant_id == tenant_id,
-                sa.or_(calls.c.from_number == number, calls.c.to_number == number),
-            )
-            .order_by(calls.c.started_at, calls.c.id),
-            Call,
-        )
+    async def of_number(
+        self,
+        tenant_id: str,
+        number: str,
+        *,
+        after: CallKey | None = None,
+        through: CallKey | None = None,
+        limit: int | None = None,
+    ) -> list[Call]:
+        """The tenant's call records where ``number`` is a party, oldest first: every one,
+        or a page of ``limit`` strictly after the keyset cursor ``after`` (the previous
+        page's last) and up to ``through`` (``NumberCalls.last`` when the read began, so that
+        calls announced meanwhile do not join it half way)."""
+        stmt = sa.select(calls).where(*calls_of_number(tenant_id, number, after, through))
+        stmt = stmt.order_by(calls.c.started_at, calls.c.id)
+        return await self._core.all(stmt if limit is None else stmt.limit(limit), Call)
+
+    async def count_of_number(self, tenant_id: str, number: str) -> NumberCalls:
+        """How many call records of the tenant have ``number`` as a party, how many of those
+        have a recording, and the last one's keyset cursor, in one snapshot."""
+        key = (calls.c.started_at, calls.c.id)
+        where = calls_of_number(tenant_id, number, None, None)
+        async with self._core.transaction(snapshot=True) as conn:
+            last = (
+                await conn.execute(
+                    sa.select(*key).where(*where).order_by(*(c.desc() for c in key)).limit(1)
+                )
+            ).one_or_none()
+            if last is None:
+                return NumberCalls(calls=0, recordings=0, last=None)
+            counted = (
+                await conn.execute(
+                    sa.select(sa.func.count(calls.c.id.distinct()), sa.func.count(recordings.c.id))
+                    .select_from(
+                        calls.outerjoin(
+                            recordings,
+                            sa.and_(
+                                recordings.c.tenant_id == calls.c.tenant_id,
+                                recordings.c.call_id == calls.c.id,
+                            ),
+                        )
+                    )
+                    .where(*calls_of_number(tenant_id, number, None, (last[0], last[1])))
+                )
+            ).one()
+        return NumberCalls(calls=counted[0], recordings=counted[1], last=(last[0], last[1]))
 
     async def end(self, tenant_id: str, call_id: str, now: datetime) -> Call:
         """Record the end of the call; ending it again keeps the first end time."""

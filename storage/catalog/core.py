@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from datetime import datetime
@@ -96,6 +96,18 @@ def row_values(row: DataclassInstance) -> dict[str, Any]:
 def at(value: datetime) -> sa.BindParameter[datetime]:
     """A timestamp bound with the catalog's UTC type where SQL cannot infer it (COALESCE)."""
     return sa.bindparam(None, value, type_=UTCDateTime())
+
+
+def after_key(
+    columns: Sequence[sa.ColumnElement[Any]], key: Sequence[Any]
+) -> sa.ColumnElement[bool]:
+    """Rows strictly after ``key`` in the ascending order of ``columns``: a keyset cursor
+    over several columns, spelled out (``a > x OR a = x AND (b > y ...)``) so that each
+    value is bound with its column's type on every backend."""
+    (column, *columns_left), (value, *key_left) = columns, key
+    if not columns_left:
+        return column > value
+    return sa.or_(column > value, sa.and_(column == value, after_key(columns_left, key_left)))
 
 
 async def lock_tenant(conn: AsyncConnection, tenant_id: str, *, live: bool) -> AnyRow:

@@ -141,6 +141,26 @@ class Call:
     """The PBX paused it; its audio is discarded until it resumes."""
 
 
+CallKey = tuple[datetime, str]
+"""A call record's place in the oldest-first order of call records, ``(started_at, id)``:
+a keyset cursor."""
+
+RecordingKey = tuple[datetime, str, str]
+"""A recording's place in the oldest-call-first order, ``(started_at, call id, recording
+id)`` of its call and itself: a keyset cursor."""
+
+
+@dataclass(frozen=True, slots=True)
+class NumberCalls:
+    """The call records where a number is a party, as one moment saw them: how many, how
+    many have a recording, and the place of the last one (``None`` when there are none),
+    which bounds a read that pages through them from then on."""
+
+    calls: int
+    recordings: int
+    last: CallKey | None
+
+
 @dataclass(frozen=True, slots=True)
 class AudioSocketLease:
     """Who carries an audiosocket call, as the catalog knows it (``catalog.calls``)."""
