@@ -114,9 +114,16 @@ class Spool:
     async def open_upload(self, key: str) -> SpooledUpload:
         """Start spooling a new object (its file must not exist yet)."""
         path = self.path(key)
-        handle = await self.run(_create, path)
+        # Open before the file exists: a recovery pass that lists the new, still empty
+        # file meanwhile must not take it for a crash's left-over and discard it.
         self._open.add(key)
         self._sizes[key] = 0
+        try:
+            handle = await self.run(_create, path)
+        except BaseException:
+            self._open.discard(key)
+            self._sizes.pop(key, None)
+            raise
         return SpooledUpload(self, key, handle)
 
     def is_open(self, key: str) -> bool:
@@ -187,7 +194,8 @@ class Spool:
         self._open.discard(key)
 
     def _wrote(self, key: str, size: int) -> None:
-        self._sizes[key] = self._sizes.get(key, 0) + size
+        if key in self._sizes:  # not a file discarded meanwhile (no phantom bytes)
+            self._sizes[key] += size
 
 
 class SpooledUpload:

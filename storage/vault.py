@@ -415,6 +415,10 @@ class MediaVault:
             )
         except (NotFound, KeyUnavailable):
             dek = None
+        # A live upload of this process may have opened the key meanwhile: every await
+        # below re-checks, and never discards, shreds or publishes what it writes.
+        if spool.is_open(key):
+            return None
         if dek is None:  # unknown, committed, deleted or shredded: nothing to publish
             await spool.discard(key)
             return None
@@ -429,6 +433,8 @@ class MediaVault:
             self.metrics.decryption_failures.inc()
             log.error("spooled object %s does not verify; left in the spool", key)
             raise StorageError(f"spooled object {key} does not verify") from None
+        if spool.is_open(key):
+            return None
         if reader.header is None:  # the process died before the header reached the disk
             await spool.discard(key)
             await self.shred_object(tenant, object_id, now=now)

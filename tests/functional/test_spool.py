@@ -3,10 +3,14 @@ an outage of the object store, and is published once the process or the store is
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
+import storage.spool as spool_module
 from storage.errors import StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
@@ -14,6 +18,8 @@ from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, pa
 from tests.gateway import DownStore
 
 __all__ = ["parts"]  # the fixture, shared with the vault's tests
+
+create = spool_module._create
 
 FLUSHED = AUDIO[:50_000]
 UNFLUSHED = AUDIO[50_000:51_000]
@@ -135,3 +141,30 @@ async def test_the_spool_holds_no_plaintext(parts: Parts) -> None:
     assert (parts.data_dir / "spool").is_dir()
     for start in range(0, len(FLUSHED) - 64, 64):
         assert FLUSHED[start : start + 64] not in at_rest
+
+
+async def test_a_track_being_opened_is_not_taken_for_a_left_over(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publisher's recovery pass may list a live track's file in the moment between its
+    creation and ``open_upload`` returning (the file is empty then, like a crash's that died
+    before its header): it must leave it alone, and the track record and commit."""
+    created = threading.Event()
+    go_on = threading.Event()
+
+    def slow_create(path: Path) -> BinaryIO:
+        handle = create(path)
+        created.set()
+        go_on.wait(10)
+        return handle
+
+    monkeypatch.setattr(spool_module, "_create", slow_create)
+    vault = spooled_vault(parts)
+    opening = asyncio.ensure_future(live_upload(vault))
+    await asyncio.to_thread(created.wait, 10)
+    assert await vault.recover_spooled(now=T0) == []  # the empty file is there now
+    go_on.set()
+    upload = await opening
+    await upload.commit(now=T0)
+    assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+    assert vault.spool is not None and vault.spool.held_bytes == 0
