@@ -136,6 +136,7 @@ def build_app(
         if spool is not None:
             app[METRICS].spool_bytes.set_function(lambda: spool.held_bytes)
             app[METRICS].spool_pending_bytes.set_function(lambda: spool.pending_bytes)
+            app[METRICS].spool_quarantined.set_function(lambda: spool.quarantined)
             # Uploads whose commit failed (the store was down) are published once it is back.
             publisher = run_publisher(calls, spool, app[CLOCK].now, ingest.publish_retry)
             tasks.append(asyncio.create_task(publisher, name="callvault-publisher"))

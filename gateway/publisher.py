@@ -73,6 +73,7 @@ async def publish_spooled(calls: CallRegistry, spool: Spool, now: datetime) -> b
     try:
         await spool.check_store()
     except CallvaultError as e:
+        await spool.scan()  # files an operator removed meanwhile no longer count
         log.info(
             "the object store is still down (%s): %d spooled object(s) wait",
             e.code,

@@ -9,7 +9,9 @@ the whole object is published to the store when it is committed, and the file re
 
 After a crash, or when the store was down at commit time, the file is still here: the vault
 opens what verifies (``ObjectReader.salvage``), closes it (``ObjectWriter.resume``) and
-publishes it (``MediaVault.recover_spooled``). Only ciphertext is ever written here.
+publishes it (``MediaVault.recover_spooled``); a file that does not verify is moved to
+``<spool>/.quarantine`` (``Spool.quarantine``) for an operator, and no longer counted. Only
+ciphertext is ever written here.
 
 File I/O runs in the spool's own small thread pool (an fsync can take milliseconds, and a
 slow disk must not starve the loop's default executor, which others share).
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +44,11 @@ from storage.store import ObjectStore, check_key
 
 SUFFIX = ".sealed"
 CHUNK = 1 << 20
+QUARANTINE = ".quarantine"
+"""The folder in the spool where files that do not verify are moved (no tenant id, so no
+object key, starts with a dot)."""
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -64,6 +72,8 @@ class Spool:
         # What each spool file holds, counted as it is written: the files a crash left are
         # measured once, here, before the process serves.
         self._sizes: dict[str, int] = dict(_measure(root))
+        self.quarantined = sum(1 for _ in _files(root / QUARANTINE))
+        """Spool files that did not verify, moved to ``<spool>/.quarantine`` for an operator."""
         self.store_down = False
         """A publication failed in the store, and none (nor a store check) succeeded since."""
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spool")
@@ -131,14 +141,30 @@ class Spool:
         return key in self._open
 
     def keys(self) -> list[str]:
-        """The keys of every spooled object on disk, live or left over."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            path.relative_to(self.root).as_posix()[: -len(SUFFIX)]
-            for path in _files(self.root)
-            if path.name.endswith(SUFFIX)
-        )
+        """The keys of every spooled object on disk, live or left over (blocking)."""
+        return sorted(key for key, _ in _measure(self.root))
+
+    async def scan(self) -> list[str]:
+        """``keys``, walked in the spool's pool; and the count of bytes held is set right
+        with what the walk found: a file gone from the disk (an operator removed it) is
+        no longer counted, so it neither holds the bound nor keeps the publisher busy."""
+        before = {key for key in self._sizes if key not in self._open}
+        keys = await self.run(self.keys)
+        on_disk = set(keys)
+        for key in before - on_disk:
+            if key not in self._open:
+                log.warning("spool file of %s is gone from the disk; no longer counted", key)
+                self._sizes.pop(key, None)
+        return keys
+
+    async def quarantine(self, key: str) -> None:
+        """Move a spool file that does not verify out of the way, to
+        ``<spool>/.quarantine/<key>.sealed``: it is no longer counted or retried, and
+        stays for an operator to look at."""
+        self._open.discard(key)
+        await self.run(_move, self.path(key), self.root / QUARANTINE / (key + SUFFIX))
+        self._sizes.pop(key, None)
+        self.quarantined += 1
 
     async def chunks(self, key: str) -> AsyncIterator[bytes]:
         """The spooled bytes of ``key`` in chunks (a spool file can be large)."""
@@ -296,21 +322,36 @@ def _sync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _move(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    source.replace(target)
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
 
 def _measure(root: Path) -> Iterator[tuple[str, int]]:
-    """(key, size) of every spool file under ``root``."""
-    if root.is_dir():
-        for path in _files(root):
-            if path.name.endswith(SUFFIX):
-                key = path.relative_to(root).as_posix()[: -len(SUFFIX)]
-                yield key, path.stat().st_size
+    """(key, size) of every spool file under ``root`` (not the quarantined ones). A file
+    removed while it is walked (another process publishes it) is skipped."""
+    for path in _files(root, skip=QUARANTINE):
+        if path.name.endswith(SUFFIX):
+            key = path.relative_to(root).as_posix()[: -len(SUFFIX)]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            yield key, size
 
 
-def _files(root: Path) -> Iterator[Path]:
-    for path in root.rglob("*"):
-        if path.is_file():
-            yield path
+def _files(root: Path, *, skip: str | None = None) -> Iterator[Path]:
+    """The regular files under ``root`` (none if it does not exist), not those under its
+    top-level folder ``skip``."""
+    for folder, dirs, files in os.walk(root):
+        if skip is not None and folder == str(root) and skip in dirs:
+            dirs.remove(skip)
+        for name in files:
+            path = Path(folder, name)
+            if path.is_file():
+                yield path

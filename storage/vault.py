@@ -33,9 +33,9 @@ from crypto.keys import KeyProvider, RetiredVersions, RetiresKekVersions, Wrappe
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
-from storage.errors import NotFound, StorageError, StorageUnavailable
+from storage.errors import NotFound, StorageUnavailable
 from storage.keyrows import key_row, unwrap_stored, wrap_opens
-from storage.spool import Spool
+from storage.spool import QUARANTINE, Spool
 from storage.store import ObjectStore, ObjectUpload, check_key
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ class MediaVault:
         if spool is None:
             return []
         recovered: list[StoredObject] = []
-        for key in spool.keys():
+        for key in await spool.scan():
             if spool.is_open(key):
                 continue
             try:
@@ -430,9 +430,14 @@ class MediaVault:
                 reader.feed(chunk)
             reader.salvage()
         except DecryptionFailed:
+            if spool.is_open(key):
+                return None
             self.metrics.decryption_failures.inc()
-            log.error("spooled object %s does not verify; left in the spool", key)
-            raise StorageError(f"spooled object {key} does not verify") from None
+            await spool.quarantine(key)
+            log.error(
+                "spooled object %s does not verify; moved to %s", key, spool.root / QUARANTINE
+            )
+            return None
         if spool.is_open(key):
             return None
         if reader.header is None:  # the process died before the header reached the disk

@@ -168,3 +168,34 @@ async def test_a_track_being_opened_is_not_taken_for_a_left_over(
     await upload.commit(now=T0)
     assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
     assert vault.spool is not None and vault.spool.held_bytes == 0
+
+
+async def test_a_spool_file_removed_from_the_disk_is_no_longer_counted(parts: Parts) -> None:
+    vault = spooled_vault(parts, DownStore(parts.store))
+    upload = await live_upload(vault)
+    with pytest.raises(StorageUnavailable):
+        await upload.commit(now=T0)  # waits in the spool
+    spool = vault.spool
+    assert spool is not None and spool.pending() == [upload.record.store_key]
+    spool.path(upload.record.store_key).unlink()  # an operator removes it
+    assert await vault.recover_spooled(now=T0) == []
+    assert spool.pending() == [] and spool.held_bytes == 0 and not spool.full
+
+
+async def test_a_spool_file_that_does_not_verify_is_quarantined(parts: Parts) -> None:
+    crashed = await crash(spooled_vault(parts))
+    key = crashed.record.store_key
+    restarted = spooled_vault(parts)
+    spool = restarted.spool
+    assert spool is not None
+    damaged = bytearray(spool.path(key).read_bytes())
+    damaged[200] ^= 0xFF  # inside the first segment: nothing after the header verifies
+    spool.path(key).write_bytes(bytes(damaged))
+    assert await restarted.recover_spooled(now=T0) == []
+    assert spool.pending() == [] and spool.held_bytes == 0 and spool.quarantined == 1
+    assert spool.keys() == []
+    assert (spool.root / ".quarantine" / f"{key}.sealed").read_bytes() == damaged
+    assert await restarted.recover_spooled(now=T0) == []  # not retried
+    again = Spool(spool.root, parts.store)  # a restart counts it, and holds nothing
+    assert again.quarantined == 1 and again.held_bytes == 0 and again.pending() == []
+    await again.close()
