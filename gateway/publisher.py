@@ -35,6 +35,10 @@ MAX_RETRY_S = 30.0
 """The longest wait between two tries to publish spooled objects (the old fixed cadence)."""
 POLL_S = 0.25
 """How often the publisher looks whether the spool holds objects to publish."""
+READY_CHECK_S = 1.0
+"""How long ``/readyz`` waits for the store's answer: a store that does not answer (its
+client's connect and read timeouts and retries can add up to a minute) is "not reachable",
+so the probe still answers in time."""
 
 
 class RetrySchedule:
@@ -174,7 +178,9 @@ async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -
         store_state = "down: the last publication failed"
     else:
         try:
-            await store.check()
+            await asyncio.wait_for(store.check(), READY_CHECK_S)
+        except TimeoutError:
+            store_state = f"not reachable: no answer within {READY_CHECK_S:g} s"
         except CallvaultError as e:
             store_state = f"not reachable: {e.message}"
     if store_state != "ok" or (spool is not None and spool.pending()):
