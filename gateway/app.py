@@ -76,7 +76,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     request.app[RTP].publish_counts()
-    body = generate_latest(request.app[REGISTRY])
+    # Off the loop: the AI children's metric files are parsed here (gateway.workers).
+    body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

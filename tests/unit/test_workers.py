@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from gateway.settings import Settings
-from gateway.workers import settings_from_payload, settings_payload
+from gateway.workers import ChildMetrics, settings_from_payload, settings_payload
 
 
 def test_a_child_gets_serves_settings_whatever_its_own_environment_says(
@@ -34,3 +35,36 @@ def test_a_child_gets_serves_settings_whatever_its_own_environment_says(
     assert child.store.secret_key.get_secret_value() == "s3-secret"
     assert child.master_key is not None
     assert child.master_key.get_secret_value() == "bWFzdGVyLWtleS1vZi10aGUtdGVzdC0zMi1ieXRlcyE="
+
+
+def test_dead_childrens_metrics_are_archived_into_a_bounded_number_of_files(
+    tmp_path: Path,
+) -> None:
+    """A restart storm: each dead child's metric files are folded into the archive and
+    removed, and the counters still add up every child's counts."""
+    children = ChildMetrics(tmp_path)
+    jobs = mmap_key("callvault_ai_jobs", "callvault_ai_jobs_total", ["outcome"], ["done"], "Jobs")
+    other = mmap_key("callvault_store_ops", "callvault_store_ops_total", [], [], "Not ours")
+    busy = mmap_key("callvault_ai_busy", "callvault_ai_busy", [], [], "A gauge")
+
+    def child(pid: int) -> None:  # what a worker child leaves behind
+        for name, key in (("counter", jobs), ("counter", other), ("gauge_all", busy)):
+            values = MmapedDict(str(tmp_path / f"{name}_{pid}.db"))
+            values.write_value(key, 2.0 if name == "counter" else 1.0, 0.0)
+            values.close()
+
+    def jobs_done() -> float:
+        [metric] = [m for m in children.collect() if m.name == "callvault_ai_jobs"]
+        return sum(s.value for s in metric.samples if s.name.endswith("_total"))
+
+    for pid in range(1000, 1030):
+        child(pid)
+        children.archive(pid)
+    child(2000)  # a living child
+    assert jobs_done() == 2.0 * 31
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_2000.db",
+        "counter_archive.db",
+        "gauge_all_2000.db",
+    ]
+    assert {m.name for m in children.collect()} == {"callvault_ai_jobs", "callvault_ai_busy"}
