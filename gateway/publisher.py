@@ -87,7 +87,7 @@ async def publish_spooled(calls: CallRegistry, spool: Spool, now: datetime) -> b
     recovered = await calls.recover(now)
     if recovered:
         log.info("published %d spooled object(s) to the object store", recovered)
-    return not spool.pending()
+    return not spool.has_pending
 
 
 async def run_publisher(
@@ -101,7 +101,7 @@ async def run_publisher(
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(POLL_S)
-        if not spool.pending():
+        if not spool.has_pending:
             schedule.reset()
             continue
         if not schedule.due(loop.time()):
@@ -174,7 +174,7 @@ async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -
             spool_pending_bytes=pending,
         )
     store_state = "ok"
-    if spool is not None and spool.store_down and spool.pending():
+    if spool is not None and spool.store_down and spool.has_pending:
         store_state = "down: the last publication failed"
     else:
         try:
@@ -183,7 +183,7 @@ async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -
             store_state = f"not reachable: no answer within {READY_CHECK_S:g} s"
         except CallvaultError as e:
             store_state = f"not reachable: {e.message}"
-    if store_state != "ok" or (spool is not None and spool.pending()):
+    if store_state != "ok" or (spool is not None and spool.has_pending):
         return Readiness(
             "degraded", store=store_state, spool_bytes=held, spool_pending_bytes=pending
         )

@@ -70,8 +70,13 @@ class Spool:
         self.max_bytes = max_bytes
         self._open: set[str] = set()
         # What each spool file holds, counted as it is written: the files a crash left are
-        # measured once, here, before the process serves.
+        # measured once, here, before the process serves. The totals and the pending keys
+        # are kept in step with it (``_track``/``_untrack``), so that the publisher's
+        # polls, /readyz and /metrics never walk every entry.
         self._sizes: dict[str, int] = dict(_measure(root))
+        self._pending: set[str] = set(self._sizes)
+        self._held = sum(self._sizes.values())
+        self._pending_bytes = self._held
         self.quarantined = sum(1 for _ in _files(root / QUARANTINE))
         """Spool files that did not verify, moved to ``<spool>/.quarantine`` for an operator."""
         self.store_down = False
@@ -81,17 +86,22 @@ class Spool:
     @property
     def held_bytes(self) -> int:
         """The bytes every spool file holds, live or waiting for the store."""
-        return sum(self._sizes.values())
+        return self._held
 
     @property
     def pending_bytes(self) -> int:
         """The bytes of spool files no live upload writes: closed objects that wait to be
         published (the store was down at their commit) or that a crash left."""
-        return sum(size for key, size in self._sizes.items() if key not in self._open)
+        return self._pending_bytes
 
     def pending(self) -> list[str]:
         """The keys of those files (``pending_bytes``): what the publisher has to do."""
-        return sorted(key for key in self._sizes if key not in self._open)
+        return sorted(self._pending)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether any file waits to be published (``pending`` is not empty), in O(1)."""
+        return bool(self._pending)
 
     @property
     def full(self) -> bool:
@@ -126,13 +136,13 @@ class Spool:
         path = self.path(key)
         # Open before the file exists: a recovery pass that lists the new, still empty
         # file meanwhile must not take it for a crash's left-over and discard it.
+        self._untrack(key)  # (a left-over of the key is not the new file)
         self._open.add(key)
         self._sizes[key] = 0
         try:
             handle = await self.run(_create, path)
         except BaseException:
-            self._open.discard(key)
-            self._sizes.pop(key, None)
+            self._untrack(key)
             raise
         return SpooledUpload(self, key, handle)
 
@@ -148,22 +158,20 @@ class Spool:
         """``keys``, walked in the spool's pool; and the count of bytes held is set right
         with what the walk found: a file gone from the disk (an operator removed it) is
         no longer counted, so it neither holds the bound nor keeps the publisher busy."""
-        before = {key for key in self._sizes if key not in self._open}
+        before = set(self._pending)
         keys = await self.run(self.keys)
-        on_disk = set(keys)
-        for key in before - on_disk:
-            if key not in self._open:
+        for key in before - set(keys):
+            if key in self._pending:
                 log.warning("spool file of %s is gone from the disk; no longer counted", key)
-                self._sizes.pop(key, None)
+                self._untrack(key)
         return keys
 
     async def quarantine(self, key: str) -> None:
         """Move a spool file that does not verify out of the way, to
         ``<spool>/.quarantine/<key>.sealed``: it is no longer counted or retried, and
         stays for an operator to look at."""
-        self._open.discard(key)
         await self.run(_move, self.path(key), self.root / QUARANTINE / (key + SUFFIX))
-        self._sizes.pop(key, None)
+        self._untrack(key)
         self.quarantined += 1
 
     async def chunks(self, key: str) -> AsyncIterator[bytes]:
@@ -212,16 +220,37 @@ class Spool:
 
     async def discard(self, key: str) -> None:
         """Remove a spool file (idempotent)."""
-        self._open.discard(key)
-        await self.run(_unlink, self.path(key))
-        self._sizes.pop(key, None)
+        try:
+            await self.run(_unlink, self.path(key))
+        except BaseException:
+            self._closed(key)  # the file stays: recovery tries again
+            raise
+        self._untrack(key)
 
     def _closed(self, key: str) -> None:
+        """No live upload writes ``key`` any more: its file (if counted) now waits."""
+        if key in self._open:
+            self._open.discard(key)
+            if key in self._sizes:
+                self._pending.add(key)
+                self._pending_bytes += self._sizes[key]
+
+    def _untrack(self, key: str) -> None:
+        """``key``'s file is gone (or not counted): forget it and its bytes."""
         self._open.discard(key)
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            self._held -= size
+            if key in self._pending:
+                self._pending.discard(key)
+                self._pending_bytes -= size
 
     def _wrote(self, key: str, size: int) -> None:
         if key in self._sizes:  # not a file discarded meanwhile (no phantom bytes)
             self._sizes[key] += size
+            self._held += size
+            if key in self._pending:
+                self._pending_bytes += size
 
 
 class SpooledUpload:
