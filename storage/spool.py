@@ -24,7 +24,8 @@ acknowledged audio is lost to the bound (what stops them is only the disk itself
 default leaves half the free space for them). **The store's state.** A publication that the
 store refused marks it ``store_down``: until a publication or a store check succeeds again,
 committing a live object does not try the store (each try can take seconds of retries) but
-leaves the closed file for the publisher, which retries on its own schedule.
+leaves the closed file for the publisher, which retries on its own schedule. Only the store's
+``StorageUnavailable`` counts: an error about one object, or reading the spool file, does not.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from crypto.errors import CallvaultError
 from storage.errors import StorageUnavailable
 from storage.store import ObjectStore, check_key
 
@@ -189,27 +189,21 @@ class Spool:
         failure the file stays, so publishing can be tried again."""
         source = await self.run(_open_for_reading, self.path(key))
         try:
-            try:
-                upload = await self._store.open_upload(key)
-            except CallvaultError:
-                self.store_down = True
-                raise
+            upload = await self._from_store(self._store.open_upload(key))
             try:
                 remaining = length
                 while remaining is None or remaining > 0:
                     size = CHUNK if remaining is None else min(CHUNK, remaining)
-                    chunk = await self.run(source.read, size)
+                    chunk = await self.run(source.read, size)  # a local error: not the store's
                     if not chunk:
                         break
-                    await upload.write(chunk)
+                    await self._from_store(upload.write(chunk))
                     if remaining is not None:
                         remaining -= len(chunk)
                 if tail:
-                    await upload.write(tail)
-                stored = await upload.commit()
-            except BaseException as e:
-                if isinstance(e, CallvaultError):
-                    self.store_down = True
+                    await self._from_store(upload.write(tail))
+                stored = await self._from_store(upload.commit())
+            except BaseException:
                 await upload.abort()
                 raise
         finally:
@@ -217,6 +211,16 @@ class Spool:
         self.store_down = False
         await self.discard(key)
         return stored
+
+    async def _from_store(self, step: Awaitable[_T]) -> _T:
+        """Await a call to the store: its ``StorageUnavailable`` (it could not be reached
+        or failed as a whole) marks it ``store_down``; an error about one object (or a
+        local read error, outside this) does not hold up every other commit."""
+        try:
+            return await step
+        except StorageUnavailable:
+            self.store_down = True
+            raise
 
     async def discard(self, key: str) -> None:
         """Remove a spool file (idempotent)."""

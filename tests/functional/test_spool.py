@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 import pytest
 
 import storage.spool as spool_module
-from storage.errors import StorageUnavailable
+from storage.errors import StorageError, StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
@@ -199,3 +199,43 @@ async def test_a_spool_file_that_does_not_verify_is_quarantined(parts: Parts) ->
     again = Spool(spool.root, parts.store)  # a restart counts it, and holds nothing
     assert again.quarantined == 1 and again.held_bytes == 0 and again.pending() == []
     await again.close()
+
+
+class PoisonStore(DownStore):
+    """A store that answers but refuses one object (e.g. a policy on its key)."""
+
+    async def open_upload(self, key: str) -> Any:
+        raise StorageError(f"the store refuses {key}")
+
+
+async def test_only_the_store_being_unreachable_marks_it_down(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One poison object, or a local read error, must not make every live commit skip the
+    store; the store not answering does."""
+    vault = spooled_vault(parts, PoisonStore(parts.store))
+    spool = vault.spool
+    assert spool is not None
+    with pytest.raises(StorageError):
+        await (await live_upload(vault)).commit(now=T0)
+    assert not spool.store_down
+
+    class Unreadable:
+        def read(self, size: int) -> bytes:
+            raise OSError(5, "Input/output error")
+
+        def close(self) -> None:
+            pass
+
+    spool._store = parts.store
+    upload = await live_upload(vault)
+    with monkeypatch.context() as patched:
+        patched.setattr(spool_module, "_open_for_reading", lambda path: Unreadable())
+        with pytest.raises(StorageUnavailable):
+            await upload.commit(now=T0)
+    assert not spool.store_down
+
+    spool._store = DownStore(parts.store)
+    with pytest.raises(StorageUnavailable):
+        await (await live_upload(vault)).commit(now=T0)
+    assert spool.store_down
