@@ -99,7 +99,9 @@ def build_app(
     app[endpoints.WEBSOCKETS] = set()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, registry=app[REGISTRY], clock=app[CLOCK]) as services:
+        async with open_services(
+            settings, registry=app[REGISTRY], clock=app[CLOCK], spooled=True
+        ) as services:
             app[SERVICES] = services
             yield
 

@@ -239,3 +239,15 @@ async def test_only_the_store_being_unreachable_marks_it_down(
     with pytest.raises(StorageUnavailable):
         await (await live_upload(vault)).commit(now=T0)
     assert spool.store_down
+
+
+def test_measuring_skips_a_file_removed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (serve's publisher) may remove a spool file while it is measured."""
+    kept = tmp_path / "acme" / "objects" / "kept.sealed"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"x" * 10)
+    gone = tmp_path / "acme" / "objects" / "gone.sealed"
+    monkeypatch.setattr(spool_module, "_files", lambda root, skip=None: iter([gone, kept]))
+    assert list(spool_module._measure(tmp_path)) == [("acme/objects/kept", 10)]
