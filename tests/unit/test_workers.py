@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from pydantic import ValidationError
 
 from gateway.settings import Settings
 from gateway.workers import ChildMetrics, settings_from_payload, settings_payload
@@ -68,3 +70,27 @@ def test_dead_childrens_metrics_are_archived_into_a_bounded_number_of_files(
         "gauge_all_2000.db",
     ]
     assert {m.name for m in children.collect()} == {"callvault_ai_jobs", "callvault_ai_busy"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"http": {"tls_cert": "/etc/cert.pem"}},  # a section's own check (no key with it)
+        {"store": {"url": "s3://bucket", "secret_key": "s3-secret", "part_size": "big"}},
+        {"master_key": ["s3-secret"]},
+    ],
+)
+def test_a_settings_error_names_the_field_never_its_secrets(bad: dict[str, object]) -> None:
+    """A child that cannot read its settings logs the error: it must not carry them."""
+    payload = {
+        "store": {"url": "s3://bucket", "access_key": "AKIA-TEST", "secret_key": "s3-secret"},
+        "master_key": "bWFzdGVyLWtleS1vZi10aGUtdGVzdC0zMi1ieXRlcyE=",
+        "operator_token": "an-operator-token-for-the-payload-test-0123",
+        **bad,
+    }
+    with pytest.raises(ValidationError) as caught:
+        settings_from_payload(orjson.dumps(payload))
+    text = str(caught.value)
+    for secret in ("s3-secret", "AKIA-TEST", "bWFzdGVyLWtleS", "an-operator-token"):
+        assert secret not in text
+    assert next(iter(bad)) in text
