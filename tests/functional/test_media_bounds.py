@@ -371,10 +371,12 @@ async def test_an_rtp_call_ends_when_its_wall_clock_time_reaches_the_limit(
 async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carrying_the_call(
     aiohttp_client: Callable[..., Any], tmp_path: Path, clock: FakeClock
 ) -> None:
-    """Two nodes share a catalog. The AudioSocket stream of a call moved from node A to node
-    B after a drop; when the limit passes on A's clock (counted from the call's start), A,
-    waiting for a reconnect, does not end the call B records (a node never ends a call
-    another node records); B ends it at its own limit, and B's stream hears why."""
+    """Two nodes share a catalog. The AudioSocket stream of a call that B announced moved
+    from node A to node B after a drop; when the limit passes (counted from the call's
+    start), A, waiting for a reconnect, does not end the call B records (a node never ends a
+    call another node records); B ends it, counting from the call's start too (not from its
+    own stream's, which would give the call up to twice the limit), B's stream hears why,
+    and B's audio continues the timeline after A's (not over it)."""
 
     def node() -> Settings:
         return Settings(
@@ -424,7 +426,7 @@ async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carry
 
     await a.app[CALLS].tick(clock.advance(1))  # the limit since the call's start
     assert (await recording(b, acme, call["recording_id"]))["status"] == "recording"
-    await b.app[CALLS].tick(clock.advance(1))  # the limit since B's stream started
+    await b.app[CALLS].tick(clock.now())
     assert (await recording(b, acme, call["recording_id"]))["status"] == "processing"
     assert await end_reasons(b, acme, call["recording_id"]) == ["max_duration"]
     writer.write(frames)
@@ -435,3 +437,7 @@ async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carry
         writer.close()
     assert answer == audiosocket_frame(0xFF, b"max_duration")
     await carried_by_nobody()  # B's connection has let go, before the nodes shut down
+    pcm = (await recording_wav(b, acme, call["recording_id"]))[:, 0]
+    sent = np.frombuffer(audio, "<i2")
+    assert np.array_equal(pcm[: len(sent)], sent)  # A's
+    assert np.array_equal(pcm[RATE : RATE + len(sent)], sent)  # B's, 1 s of the call later
