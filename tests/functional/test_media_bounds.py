@@ -302,7 +302,8 @@ async def test_rtp_audio_past_the_limit_is_dropped_and_counted(
 ) -> None:
     """RTP timestamps jumping ahead (within RTP's own bound of a few seconds ahead of the
     call's clock) place a packet ending exactly at the limit, which is stored, and one past
-    it, which is dropped and counted ``max_duration``; the ticker ends the call, kept with
+    it, which is dropped and counted ``max_duration`` (as is every one after it); the ticker
+    ends the call, kept with
     exactly 2 s, and frees its ports. Another RTP call meanwhile records every packet."""
     gateway = clocked_gateway
     acme = await gateway.tenant("acme", KEPT)
@@ -320,12 +321,13 @@ async def test_rtp_audio_past_the_limit_is_dropped_and_counted(
     packets.append(sender.packet(last))  # 1.98-2.00 s: ends exactly at the limit
     sender.timestamp = start + 3 * RATE
     packets.append(sender.packet(last))  # 3.00 s: past it
+    packets.append(sender.packet(last))  # and the next: counted the same (not "closed")
 
     udp = UdpSender()
     try:
         total = await send(udp, to(good.port("inbound"), good_packets[:25]))
         total += await send(udp, to(bad.port("inbound"), packets))
-        assert await counted(gateway, total) == only(audio=25 + 51, max_duration=1)
+        assert await counted(gateway, total) == only(audio=25 + 51, max_duration=2)
         total += await send(udp, to(good.port("inbound"), good_packets[25:]))
         await counted(gateway, total)
     finally:
