@@ -337,9 +337,10 @@ class CallRegistry:
         if spool is not None and spool.full:
             self._metrics.spool_full_refusals.inc()
             raise SpoolFull(
-                f"The spool holds {spool.held_bytes} bytes, at its bound of {spool.max_bytes} "
-                "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new "
-                "calls are refused, calls in progress go on. Retry later or on another node."
+                f"The spool holds {spool.held_bytes} bytes (calls in progress and audio "
+                f"waiting for the object store), at its bound of {spool.max_bytes} "
+                "(CALLVAULT_INGEST__SPOOL_MAX_BYTES): new calls are refused, calls in progress "
+                "go on. Retry later or on another node."
             )
 
     def _new_session(self, call: Call, recording: Recording) -> CallSession:

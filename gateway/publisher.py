@@ -168,8 +168,8 @@ async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -
         return Readiness(
             "spool_full",
             f"the spool holds {held} bytes, at its bound of {spool.max_bytes} "
-            "(CALLVAULT_INGEST__SPOOL_MAX_BYTES): new calls are refused until the object "
-            "store takes them",
+            "(CALLVAULT_INGEST__SPOOL_MAX_BYTES), with the audio of calls in progress and "
+            "audio waiting for the object store: new calls are refused until it holds less",
             spool_bytes=held,
             spool_pending_bytes=pending,
         )
