@@ -63,6 +63,8 @@ HEALTHY_S = 60.0
 """A child that lived this long died of something new: its successor waits the least."""
 STOP_GRACE_S = 10.0
 """How long a child may take to hand its job back after SIGTERM before it is killed."""
+KILL_WAIT_S = 5.0
+"""How long serve waits for a SIGKILLed child to be reaped before it stops without it."""
 OOM_SCORE_ADJ = 1000
 """The kernel's OOM killer picks the process with the highest score: a worker, not serve."""
 METRICS_PREFIX = "callvault_ai_"
@@ -142,7 +144,16 @@ class WorkerSupervisor:
                     )
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
-            await asyncio.gather(*(p.wait() for p in live))
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.wait() for p in live)), timeout=KILL_WAIT_S
+                )
+            except TimeoutError:  # stuck in the kernel (D state): serve stops anyway
+                log.error(
+                    "AI worker(s) %s not gone %.0f s after SIGKILL",
+                    [p.pid for p in live if p.returncode is None],
+                    KILL_WAIT_S,
+                )
         for process in self._children.values():
             _close_stdin(process)
 

@@ -7,7 +7,7 @@ paced Twilio call is recording and while the worker holds a job. The call is exp
 whole, a new child (another pid) takes the job up when its lease ends and analyses it.
 Then ``serve`` itself is SIGKILLed and its child must exit within seconds. ``serve`` is
 started with ``--data-dir`` (a flag, not the environment): its child finds the job in that
-data dir. (That ``serve`` stops its children on SIGTERM is checked by every ``stop_serve``
+data dir. (That ``serve`` stops its children on SIGTERM is checked by ``stop_serve``
 of tests/functional/test_cli.py.)
 """
 
