@@ -76,7 +76,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     request.app[RTP].publish_counts()
-    body = generate_latest(request.app[REGISTRY])
+    # Off the loop: the AI children's metric files are parsed here (gateway.workers).
+    body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -98,7 +99,9 @@ def build_app(
     app[endpoints.WEBSOCKETS] = set()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, registry=app[REGISTRY], clock=app[CLOCK]) as services:
+        async with open_services(
+            settings, registry=app[REGISTRY], clock=app[CLOCK], spooled=True
+        ) as services:
             app[SERVICES] = services
             yield
 
@@ -136,6 +139,7 @@ def build_app(
         if spool is not None:
             app[METRICS].spool_bytes.set_function(lambda: spool.held_bytes)
             app[METRICS].spool_pending_bytes.set_function(lambda: spool.pending_bytes)
+            app[METRICS].spool_quarantined.set_function(lambda: spool.quarantined)
             # Uploads whose commit failed (the store was down) are published once it is back.
             publisher = run_publisher(calls, spool, app[CLOCK].now, ingest.publish_retry)
             tasks.append(asyncio.create_task(publisher, name="callvault-publisher"))

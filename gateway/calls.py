@@ -337,9 +337,10 @@ class CallRegistry:
         if spool is not None and spool.full:
             self._metrics.spool_full_refusals.inc()
             raise SpoolFull(
-                f"The spool holds {spool.held_bytes} bytes, at its bound of {spool.max_bytes} "
-                "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new "
-                "calls are refused, calls in progress go on. Retry later or on another node."
+                f"The spool holds {spool.held_bytes} bytes (calls in progress and audio "
+                f"waiting for the object store), at its bound of {spool.max_bytes} "
+                "(CALLVAULT_INGEST__SPOOL_MAX_BYTES): new calls are refused, calls in progress "
+                "go on. Retry later or on another node."
             )
 
     def _new_session(self, call: Call, recording: Recording) -> CallSession:
@@ -378,19 +379,7 @@ class CallRegistry:
     async def _restore(self, call: Call, recording: Recording, now: datetime) -> CallSession:
         """A session for a live call this process does not hold, its tracks ending where
         its committed audio ends (read back, a record at a time)."""
-        ends: dict[str, int] = {}
-        track_codec = media_codec(call.codec)
-        for stored in await self._catalog.objects.list(
-            call.tenant_id, recording_id=recording.id, state="committed"
-        ):
-            if stored.kind != AUDIO_KIND or stored.track is None:
-                continue
-            parser = RecordParser()
-            end = 0
-            async for chunk in await self._vault.open_object(call.tenant_id, stored.id):
-                end = max(end, track_frames(parser.feed(chunk), track_codec))
-            parser.finish()
-            ends[stored.track] = max(ends.get(stored.track, 0), end)
+        ends = await self._track_ends(call, recording)
         # Another task may have restored it while this one was reading.
         held = self._sessions.get((call.tenant_id, call.id))
         if held is not None:
@@ -404,6 +393,24 @@ class CallRegistry:
             extra={"tenant": call.tenant_id, "call_id": call.id, "recording_id": recording.id},
         )
         return session
+
+    async def _track_ends(self, call: Call, recording: Recording) -> dict[str, int]:
+        """Where each track of the call's committed audio ends (read back, a record at a
+        time)."""
+        ends: dict[str, int] = {}
+        track_codec = media_codec(call.codec)
+        for stored in await self._catalog.objects.list(
+            call.tenant_id, recording_id=recording.id, state="committed"
+        ):
+            if stored.kind != AUDIO_KIND or stored.track is None:
+                continue
+            parser = RecordParser()
+            end = 0
+            async for chunk in await self._vault.open_object(call.tenant_id, stored.id):
+                end = max(end, track_frames(parser.feed(chunk), track_codec))
+            parser.finish()
+            ends[stored.track] = max(ends.get(stored.track, 0), end)
+        return ends
 
     async def set_paused(
         self, tenant: str, call_id: str, paused: bool, now: datetime
@@ -450,7 +457,18 @@ class CallRegistry:
         refused = held.refusal(peer=peer) if held is not None else None
         if refused is not None:
             raise refused
-        return await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
+        # A call this process announced but never carried may have been carried by
+        # another node first: then its clock and its timeline start where that node's did,
+        # as when a call is taken up (``_restore``), not afresh here.
+        ends: dict[str, int] | None = None
+        if held is not None and held.first_attached_at is None:
+            before = await self._catalog.calls.audiosocket_lease(tenant, call_id)
+            if before.peer is not None:  # a connection elsewhere carried it
+                ends = await self._track_ends(held.call, held.recording)
+        until = await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
+        if held is not None and ends is not None and held.first_attached_at is None:
+            held.restore(ends, now)
+        return until
 
     async def tick(self, now: datetime) -> None:
         """Flush quiet streams, renew AudioSocket leases and end calls that expired; one

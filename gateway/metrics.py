@@ -75,6 +75,11 @@ class GatewayMetrics:
             "Bytes in the spool waiting to be published (the store was down at their commit).",
             registry=registry,
         )
+        self.spool_quarantined = Gauge(
+            "callvault_spool_quarantined_files",
+            "Spool files that did not verify, moved to <spool>/.quarantine for an operator.",
+            registry=registry,
+        )
         self.spool_full_refusals = Counter(
             "callvault_spool_full_refusals",
             "New calls refused because the spool was at its bound (503 spool_full).",

@@ -35,6 +35,10 @@ MAX_RETRY_S = 30.0
 """The longest wait between two tries to publish spooled objects (the old fixed cadence)."""
 POLL_S = 0.25
 """How often the publisher looks whether the spool holds objects to publish."""
+READY_CHECK_S = 1.0
+"""How long ``/readyz`` waits for the store's answer: a store that does not answer (its
+client's connect and read timeouts and retries can add up to a minute) is "not reachable",
+so the probe still answers in time."""
 
 
 class RetrySchedule:
@@ -73,6 +77,7 @@ async def publish_spooled(calls: CallRegistry, spool: Spool, now: datetime) -> b
     try:
         await spool.check_store()
     except CallvaultError as e:
+        await spool.scan()  # files an operator removed meanwhile no longer count
         log.info(
             "the object store is still down (%s): %d spooled object(s) wait",
             e.code,
@@ -82,7 +87,7 @@ async def publish_spooled(calls: CallRegistry, spool: Spool, now: datetime) -> b
     recovered = await calls.recover(now)
     if recovered:
         log.info("published %d spooled object(s) to the object store", recovered)
-    return not spool.pending()
+    return not spool.has_pending
 
 
 async def run_publisher(
@@ -96,7 +101,7 @@ async def run_publisher(
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(POLL_S)
-        if not spool.pending():
+        if not spool.has_pending:
             schedule.reset()
             continue
         if not schedule.due(loop.time()):
@@ -163,20 +168,22 @@ async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -
         return Readiness(
             "spool_full",
             f"the spool holds {held} bytes, at its bound of {spool.max_bytes} "
-            "(CALLVAULT_INGEST__SPOOL_MAX_BYTES): new calls are refused until the object "
-            "store takes them",
+            "(CALLVAULT_INGEST__SPOOL_MAX_BYTES), with the audio of calls in progress and "
+            "audio waiting for the object store: new calls are refused until it holds less",
             spool_bytes=held,
             spool_pending_bytes=pending,
         )
     store_state = "ok"
-    if spool is not None and spool.store_down and spool.pending():
+    if spool is not None and spool.store_down and spool.has_pending:
         store_state = "down: the last publication failed"
     else:
         try:
-            await store.check()
+            await asyncio.wait_for(store.check(), READY_CHECK_S)
+        except TimeoutError:
+            store_state = f"not reachable: no answer within {READY_CHECK_S:g} s"
         except CallvaultError as e:
             store_state = f"not reachable: {e.message}"
-    if store_state != "ok" or (spool is not None and spool.pending()):
+    if store_state != "ok" or (spool is not None and spool.has_pending):
         return Readiness(
             "degraded", store=store_state, spool_bytes=held, spool_pending_bytes=pending
         )

@@ -116,12 +116,18 @@ def spool_bound(settings: Settings) -> int:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+    spooled: bool = False,
 ) -> AsyncIterator[Services]:
     """The services of one process. The catalog's audit log always takes its keys from the
     keyring; at the keyring's first start with audit keys, every chain written before they
     existed is re-keyed here, once, before anything else can append to it (``clock`` dates
-    its ``audit.rekeyed`` event)."""
+    its ``audit.rekeyed`` event). ``spooled``: the vault gets the node's spool (``serve``,
+    which records and publishes it); other processes (AI worker children, CLI commands)
+    neither measure nor touch it while ``serve`` runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = open_keyring(settings)
     audit_keys = AuditKeyring(keys)
@@ -139,7 +145,11 @@ async def open_services(
         # migrations cannot reach the keys, so this is done here (a no-op once done).
         await seal_clear_secrets(catalog, keys, now=now)
         store = open_configured_store(settings)
-        spool = Spool(settings.data_dir / "spool", store, max_bytes=spool_bound(settings))
+        spool = (
+            Spool(settings.data_dir / "spool", store, max_bytes=spool_bound(settings))
+            if spooled
+            else None
+        )
         try:
             vault = MediaVault(
                 catalog=catalog,
@@ -153,7 +163,8 @@ async def open_services(
                 catalog=catalog, store=store, keys=keys, vault=vault, audit_keys=audit_keys
             )
         finally:
-            await spool.close()
+            if spool is not None:
+                await spool.close()
             await store.close()
     finally:
         await catalog.close()

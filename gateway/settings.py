@@ -247,6 +247,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="ignore",
         frozen=True,
+        # A validation error never repeats what it was given: the input holds the secrets
+        # (store keys, the master key), and the error reaches logs (a worker child's too).
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Path("./var")

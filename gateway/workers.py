@@ -23,7 +23,9 @@ worker that dies takes only itself down:
 Metrics: each child writes its ``callvault_ai_*`` metrics to files in a directory of the
 data dir (prometheus_client's multiprocess mode, enabled in the child alone), and ``serve``'s
 ``/metrics`` adds up every child's files, those of children that died included, so the
-counters never go back (``ChildMetrics``). The webhook sender stays in ``serve``.
+counters never go back (``ChildMetrics``). A dead child's files are folded into one archive
+file per metric type and removed, so that a restart storm leaves a bounded number of files
+for each scrape to read. The webhook sender stays in ``serve``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -45,6 +48,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, SecretStr
 
@@ -59,6 +63,8 @@ HEALTHY_S = 60.0
 """A child that lived this long died of something new: its successor waits the least."""
 STOP_GRACE_S = 10.0
 """How long a child may take to hand its job back after SIGTERM before it is killed."""
+KILL_WAIT_S = 5.0
+"""How long serve waits for a SIGKILLed child to be reaped before it stops without it."""
 OOM_SCORE_ADJ = 1000
 """The kernel's OOM killer picks the process with the highest score: a worker, not serve."""
 METRICS_PREFIX = "callvault_ai_"
@@ -94,8 +100,9 @@ class WorkerSupervisor:
             registry=registry,
         )
         self.running.set_function(lambda: len(self.pids()))
+        self.child_metrics = ChildMetrics(self.metrics_dir)
         if registry is not None:
-            registry.register(ChildMetrics(self.metrics_dir))
+            registry.register(self.child_metrics)
 
     def pids(self) -> list[int]:
         """The process ids of the children running now."""
@@ -137,7 +144,16 @@ class WorkerSupervisor:
                     )
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
-            await asyncio.gather(*(p.wait() for p in live))
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.wait() for p in live)), timeout=KILL_WAIT_S
+                )
+            except TimeoutError:  # stuck in the kernel (D state): serve stops anyway
+                log.error(
+                    "AI worker(s) %s not gone %.0f s after SIGKILL",
+                    [p.pid for p in live if p.returncode is None],
+                    KILL_WAIT_S,
+                )
         for process in self._children.values():
             _close_stdin(process)
 
@@ -149,6 +165,10 @@ class WorkerSupervisor:
             if process is not None:
                 code = await process.wait()
                 _close_stdin(process)
+                try:
+                    await asyncio.to_thread(self.child_metrics.archive, process.pid)
+                except OSError as e:
+                    log.error("AI worker %d's metrics not archived: %s", slot, e)
                 how = _how(code)
                 self.restarts.labels(how).inc()
                 if time.monotonic() - started >= HEALTHY_S:
@@ -207,17 +227,44 @@ class ChildMetrics:
     files in ``path`` (counters and histograms summed over every child, living or dead).
     Other metrics a child made (its store's, unexposed) are left out: ``serve`` has its own."""
 
+    ARCHIVED = ("counter", "histogram", "summary")
+    """The metric types whose values outlive a child (its gauges die with it)."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
+        # A scrape never reads a dead child's values both in its files and in the archive.
+        self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
         return []  # names unknown until the children have written them
 
     def collect(self) -> Iterable[Metric]:
-        files = [str(p) for p in self._path.glob("*.db")]
-        for metric in MultiProcessCollector.merge(files, accumulate=True):
+        with self._lock:
+            files = [str(p) for p in self._path.glob("*.db")]
+            metrics = MultiProcessCollector.merge(files, accumulate=True)
+        for metric in metrics:
             if metric.name.startswith(METRICS_PREFIX):
                 yield metric
+
+    def archive(self, pid: int) -> None:
+        """Fold the files of dead child ``pid`` into ``<type>_archive.db`` (its
+        ``callvault_ai_*`` counters, histograms and summaries, added up) and remove them
+        (blocking file I/O)."""
+        with self._lock:
+            for path in self._path.glob(f"*_{pid}.db"):
+                kind = path.name.split("_", 1)[0]
+                if kind in self.ARCHIVED:
+                    archive = MmapedDict(str(self._path / f"{kind}_archive.db"))
+                    try:
+                        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(
+                            str(path)
+                        ):
+                            if orjson.loads(key)[0].startswith(METRICS_PREFIX):
+                                total = archive.read_value(key)[0] + value
+                                archive.write_value(key, total, timestamp)
+                    finally:
+                        archive.close()
+                path.unlink()
 
 
 def settings_payload(settings: Settings) -> bytes:

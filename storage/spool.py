@@ -9,7 +9,9 @@ the whole object is published to the store when it is committed, and the file re
 
 After a crash, or when the store was down at commit time, the file is still here: the vault
 opens what verifies (``ObjectReader.salvage``), closes it (``ObjectWriter.resume``) and
-publishes it (``MediaVault.recover_spooled``). Only ciphertext is ever written here.
+publishes it (``MediaVault.recover_spooled``); a file that does not verify is moved to
+``<spool>/.quarantine`` (``Spool.quarantine``) for an operator, and no longer counted. Only
+ciphertext is ever written here.
 
 File I/O runs in the spool's own small thread pool (an fsync can take milliseconds, and a
 slow disk must not starve the loop's default executor, which others share).
@@ -22,25 +24,31 @@ acknowledged audio is lost to the bound (what stops them is only the disk itself
 default leaves half the free space for them). **The store's state.** A publication that the
 store refused marks it ``store_down``: until a publication or a store check succeeds again,
 committing a live object does not try the store (each try can take seconds of retries) but
-leaves the closed file for the publisher, which retries on its own schedule.
+leaves the closed file for the publisher, which retries on its own schedule. Only the store's
+``StorageUnavailable`` counts: an error about one object, or reading the spool file, does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from crypto.errors import CallvaultError
 from storage.errors import StorageUnavailable
 from storage.store import ObjectStore, check_key
 
 SUFFIX = ".sealed"
 CHUNK = 1 << 20
+QUARANTINE = ".quarantine"
+"""The folder in the spool where files that do not verify are moved (no tenant id, so no
+object key, starts with a dot)."""
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -62,8 +70,15 @@ class Spool:
         self.max_bytes = max_bytes
         self._open: set[str] = set()
         # What each spool file holds, counted as it is written: the files a crash left are
-        # measured once, here, before the process serves.
+        # measured once, here, before the process serves. The totals and the pending keys
+        # are kept in step with it (``_track``/``_untrack``), so that the publisher's
+        # polls, /readyz and /metrics never walk every entry.
         self._sizes: dict[str, int] = dict(_measure(root))
+        self._pending: set[str] = set(self._sizes)
+        self._held = sum(self._sizes.values())
+        self._pending_bytes = self._held
+        self.quarantined = sum(1 for _ in _files(root / QUARANTINE))
+        """Spool files that did not verify, moved to ``<spool>/.quarantine`` for an operator."""
         self.store_down = False
         """A publication failed in the store, and none (nor a store check) succeeded since."""
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spool")
@@ -71,17 +86,22 @@ class Spool:
     @property
     def held_bytes(self) -> int:
         """The bytes every spool file holds, live or waiting for the store."""
-        return sum(self._sizes.values())
+        return self._held
 
     @property
     def pending_bytes(self) -> int:
         """The bytes of spool files no live upload writes: closed objects that wait to be
         published (the store was down at their commit) or that a crash left."""
-        return sum(size for key, size in self._sizes.items() if key not in self._open)
+        return self._pending_bytes
 
     def pending(self) -> list[str]:
         """The keys of those files (``pending_bytes``): what the publisher has to do."""
-        return sorted(key for key in self._sizes if key not in self._open)
+        return sorted(self._pending)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether any file waits to be published (``pending`` is not empty), in O(1)."""
+        return bool(self._pending)
 
     @property
     def full(self) -> bool:
@@ -114,9 +134,16 @@ class Spool:
     async def open_upload(self, key: str) -> SpooledUpload:
         """Start spooling a new object (its file must not exist yet)."""
         path = self.path(key)
-        handle = await self.run(_create, path)
+        # Open before the file exists: a recovery pass that lists the new, still empty
+        # file meanwhile must not take it for a crash's left-over and discard it.
+        self._untrack(key)  # (a left-over of the key is not the new file)
         self._open.add(key)
         self._sizes[key] = 0
+        try:
+            handle = await self.run(_create, path)
+        except BaseException:
+            self._untrack(key)
+            raise
         return SpooledUpload(self, key, handle)
 
     def is_open(self, key: str) -> bool:
@@ -124,14 +151,28 @@ class Spool:
         return key in self._open
 
     def keys(self) -> list[str]:
-        """The keys of every spooled object on disk, live or left over."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            path.relative_to(self.root).as_posix()[: -len(SUFFIX)]
-            for path in _files(self.root)
-            if path.name.endswith(SUFFIX)
-        )
+        """The keys of every spooled object on disk, live or left over (blocking)."""
+        return sorted(key for key, _ in _measure(self.root))
+
+    async def scan(self) -> list[str]:
+        """``keys``, walked in the spool's pool; and the count of bytes held is set right
+        with what the walk found: a file gone from the disk (an operator removed it) is
+        no longer counted, so it neither holds the bound nor keeps the publisher busy."""
+        before = set(self._pending)
+        keys = await self.run(self.keys)
+        for key in before - set(keys):
+            if key in self._pending:
+                log.warning("spool file of %s is gone from the disk; no longer counted", key)
+                self._untrack(key)
+        return keys
+
+    async def quarantine(self, key: str) -> None:
+        """Move a spool file that does not verify out of the way, to
+        ``<spool>/.quarantine/<key>.sealed``: it is no longer counted or retried, and
+        stays for an operator to look at."""
+        await self.run(_move, self.path(key), self.root / QUARANTINE / (key + SUFFIX))
+        self._untrack(key)
+        self.quarantined += 1
 
     async def chunks(self, key: str) -> AsyncIterator[bytes]:
         """The spooled bytes of ``key`` in chunks (a spool file can be large)."""
@@ -148,27 +189,21 @@ class Spool:
         failure the file stays, so publishing can be tried again."""
         source = await self.run(_open_for_reading, self.path(key))
         try:
-            try:
-                upload = await self._store.open_upload(key)
-            except CallvaultError:
-                self.store_down = True
-                raise
+            upload = await self._from_store(self._store.open_upload(key))
             try:
                 remaining = length
                 while remaining is None or remaining > 0:
                     size = CHUNK if remaining is None else min(CHUNK, remaining)
-                    chunk = await self.run(source.read, size)
+                    chunk = await self.run(source.read, size)  # a local error: not the store's
                     if not chunk:
                         break
-                    await upload.write(chunk)
+                    await self._from_store(upload.write(chunk))
                     if remaining is not None:
                         remaining -= len(chunk)
                 if tail:
-                    await upload.write(tail)
-                stored = await upload.commit()
-            except BaseException as e:
-                if isinstance(e, CallvaultError):
-                    self.store_down = True
+                    await self._from_store(upload.write(tail))
+                stored = await self._from_store(upload.commit())
+            except BaseException:
                 await upload.abort()
                 raise
         finally:
@@ -177,17 +212,49 @@ class Spool:
         await self.discard(key)
         return stored
 
+    async def _from_store(self, step: Awaitable[_T]) -> _T:
+        """Await a call to the store: its ``StorageUnavailable`` (it could not be reached
+        or failed as a whole) marks it ``store_down``; an error about one object (or a
+        local read error, outside this) does not hold up every other commit."""
+        try:
+            return await step
+        except StorageUnavailable:
+            self.store_down = True
+            raise
+
     async def discard(self, key: str) -> None:
         """Remove a spool file (idempotent)."""
-        self._open.discard(key)
-        await self.run(_unlink, self.path(key))
-        self._sizes.pop(key, None)
+        try:
+            await self.run(_unlink, self.path(key))
+        except BaseException:
+            self._closed(key)  # the file stays: recovery tries again
+            raise
+        self._untrack(key)
 
     def _closed(self, key: str) -> None:
+        """No live upload writes ``key`` any more: its file (if counted) now waits."""
+        if key in self._open:
+            self._open.discard(key)
+            if key in self._sizes:
+                self._pending.add(key)
+                self._pending_bytes += self._sizes[key]
+
+    def _untrack(self, key: str) -> None:
+        """``key``'s file is gone (or not counted): forget it and its bytes."""
         self._open.discard(key)
+        size = self._sizes.pop(key, None)
+        if size is not None:
+            self._held -= size
+            if key in self._pending:
+                self._pending.discard(key)
+                self._pending_bytes -= size
 
     def _wrote(self, key: str, size: int) -> None:
-        self._sizes[key] = self._sizes.get(key, 0) + size
+        if key in self._sizes:  # not a file discarded meanwhile (no phantom bytes)
+            self._sizes[key] += size
+            self._held += size
+            if key in self._pending:
+                self._pending_bytes += size
 
 
 class SpooledUpload:
@@ -288,21 +355,36 @@ def _sync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _move(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    source.replace(target)
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
 
 def _measure(root: Path) -> Iterator[tuple[str, int]]:
-    """(key, size) of every spool file under ``root``."""
-    if root.is_dir():
-        for path in _files(root):
-            if path.name.endswith(SUFFIX):
-                key = path.relative_to(root).as_posix()[: -len(SUFFIX)]
-                yield key, path.stat().st_size
+    """(key, size) of every spool file under ``root`` (not the quarantined ones). A file
+    removed while it is walked (another process publishes it) is skipped."""
+    for path in _files(root, skip=QUARANTINE):
+        if path.name.endswith(SUFFIX):
+            key = path.relative_to(root).as_posix()[: -len(SUFFIX)]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            yield key, size
 
 
-def _files(root: Path) -> Iterator[Path]:
-    for path in root.rglob("*"):
-        if path.is_file():
-            yield path
+def _files(root: Path, *, skip: str | None = None) -> Iterator[Path]:
+    """The regular files under ``root`` (none if it does not exist), not those under its
+    top-level folder ``skip``."""
+    for folder, dirs, files in os.walk(root):
+        if skip is not None and folder == str(root) and skip in dirs:
+            dirs.remove(skip)
+        for name in files:
+            path = Path(folder, name)
+            if path.is_file():
+                yield path

@@ -33,9 +33,9 @@ from crypto.keys import KeyProvider, RetiredVersions, RetiresKekVersions, Wrappe
 from crypto.objectformat import ObjectReader, ObjectWriter, generate_dek
 from storage.catalog import Catalog
 from storage.catalog.records import DataClass, ObjectKeyRow, StoredObject
-from storage.errors import NotFound, StorageError, StorageUnavailable
+from storage.errors import NotFound, StorageUnavailable
 from storage.keyrows import key_row, unwrap_stored, wrap_opens
-from storage.spool import Spool
+from storage.spool import QUARANTINE, Spool
 from storage.store import ObjectStore, ObjectUpload, check_key
 
 log = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ class MediaVault:
         if spool is None:
             return []
         recovered: list[StoredObject] = []
-        for key in spool.keys():
+        for key in await spool.scan():
             if spool.is_open(key):
                 continue
             try:
@@ -423,6 +423,10 @@ class MediaVault:
             )
         except (NotFound, KeyUnavailable):
             dek = None
+        # A live upload of this process may have opened the key meanwhile: every await
+        # below re-checks, and never discards, shreds or publishes what it writes.
+        if spool.is_open(key):
+            return None
         if dek is None:  # unknown, committed, deleted or shredded: nothing to publish
             await spool.discard(key)
             return None
@@ -434,9 +438,16 @@ class MediaVault:
                 reader.feed(chunk)
             reader.salvage()
         except DecryptionFailed:
+            if spool.is_open(key):
+                return None
             self.metrics.decryption_failures.inc()
-            log.error("spooled object %s does not verify; left in the spool", key)
-            raise StorageError(f"spooled object {key} does not verify") from None
+            await spool.quarantine(key)
+            log.error(
+                "spooled object %s does not verify; moved to %s", key, spool.root / QUARANTINE
+            )
+            return None
+        if spool.is_open(key):
+            return None
         if reader.header is None:  # the process died before the header reached the disk
             await spool.discard(key)
             await self.shred_object(tenant, object_id, now=now)

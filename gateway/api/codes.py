@@ -201,13 +201,14 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "catalog is not reachable: the catalog database could not be reached.",
     ),
     "spool_full": (
-        "The spool holds `CALLVAULT_INGEST__SPOOL_MAX_BYTES` (the object store has been down "
-        "a while): new calls are refused; calls in progress go on recording. Retry later or "
-        "on another node. (An unannounced WebSocket stream's `start` is closed with 1013 "
-        "and this reason.)",
-        "The spool holds 1073741824 bytes, at its bound of 1073741824 "
-        "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new calls "
-        "are refused, calls in progress go on. Retry later or on another node.",
+        "The spool holds `CALLVAULT_INGEST__SPOOL_MAX_BYTES` or more: the sealed audio of "
+        "the calls in progress and the audio waiting for the object store (which grows "
+        "while the store is down): new calls are refused; calls in progress go on "
+        "recording. Retry later or on another node. (An unannounced WebSocket stream's "
+        "`start` is closed with 1013 and this reason.)",
+        "The spool holds 1073741824 bytes (calls in progress and audio waiting for the "
+        "object store), at its bound of 1073741824 (CALLVAULT_INGEST__SPOOL_MAX_BYTES): new "
+        "calls are refused, calls in progress go on. Retry later or on another node.",
     ),
 }
 

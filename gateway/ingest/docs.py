@@ -67,8 +67,9 @@ CLOSE_CODES = {
     "1009": f"A message over {MAX_MESSAGE // 1024} KiB (reason `message_too_big`).",
     "1011": "A server-side failure (reason = the error code, e.g. `storage_unavailable`).",
     "1013": "Try again later (reason = the error code): `spool_full`, the stream's `start` "
-    "describes a new call while the spool is full (the object store has been down a while; "
-    "nothing is stored; calls already recording are not affected); `limit_exceeded`, a "
+    "describes a new call while the spool is full (at its bound with the audio of calls in "
+    "progress and audio waiting for the object store; nothing is stored; calls already "
+    "recording are not affected); `limit_exceeded`, a "
     "stream that describes an unannounced call while its tenant is at a limit (`live_calls`, "
     "`announces_per_minute`; the announcement's 429 says which); only the refusal's call "
     "record is stored. Retry the stream later.",

@@ -190,7 +190,8 @@ class _RtpCall:
                 continue
             assert isinstance(event, Audio)  # noqa: S101 - the receiver yields nothing else
             if session.ended or session.closing:
-                self.count("closed")
+                # Every packet past the limit is counted as such, not only the first.
+                self.count("max_duration" if session.closing == "max_duration" else "closed")
                 continue
             # Only a flush in flight, or one that failed, lets the buffers grow past one
             # flush's worth.

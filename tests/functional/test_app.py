@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway import publisher
 from gateway.app import build_app
 from gateway.settings import Settings
+from gateway.state import SERVICES
 
 
 @pytest.fixture
@@ -75,3 +78,21 @@ async def test_unknown_path_is_a_json_404(aiohttp_client, settings: Settings) ->
     assert response.status == 404
     body = await response.json()
     assert body["error"] == "not_found"
+
+
+async def test_readyz_answers_in_time_when_the_store_hangs(
+    aiohttp_client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A blackholed store: its client would wait out connect and read timeouts and retries.
+    async def hang() -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(publisher, "READY_CHECK_S", 0.2)
+    app = build_app(settings)
+    client: TestClient = await aiohttp_client(app)
+    monkeypatch.setattr(app[SERVICES].store, "check", hang)
+    response = await asyncio.wait_for(client.get("/readyz"), 10)
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "degraded"
+    assert body["store"] == "not reachable: no answer within 0.2 s"

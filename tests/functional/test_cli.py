@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -192,8 +193,11 @@ def test_keys_rotate_of_an_unknown_tenant_fails_clearly(tmp_path: Path) -> None:
 
 
 def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
-    """``callvault serve`` on free ports, ready; its stdout is a pipe the caller reads."""
+    """``callvault serve`` on free ports, ready; its stdout is a pipe the caller reads.
+    Without AI worker children unless ``env`` asks for them (each loads a model: CPU time
+    that a test of something else should not spend)."""
     port = free_port()
+    env = {"CALLVAULT_AI__WORKERS": "0", **env}
     process = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "gateway.cli", "--data-dir", str(data_dir), "serve"],
         env=clean_env(
@@ -208,10 +212,13 @@ def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]
     return process, base
 
 
-def stop_serve(process: subprocess.Popen[str], *, workers: int = 1) -> str:
-    """SIGTERM ``serve``: it exits 0 and its ``workers`` AI worker children with it."""
-    children = worker_children(process.pid)
-    assert len(children) == workers
+def stop_serve(process: subprocess.Popen[str], *, workers: int = 0) -> str:
+    """SIGTERM ``serve``: it exits 0 and its ``workers`` AI worker children with it (one in
+    its restart backoff is waited for)."""
+    deadline = time.monotonic() + 15
+    while len(children := worker_children(process.pid)) != workers:
+        assert time.monotonic() < deadline, (children, workers)
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
     assert not [pid for pid in children if alive(pid)]
@@ -254,10 +261,16 @@ def test_first_start_prints_an_operator_token_once(tmp_path: Path) -> None:
 
 
 def test_a_configured_operator_token_is_used_and_never_printed(tmp_path: Path) -> None:
+    """With an AI worker child (the small model), which a SIGTERM to serve stops too."""
     secret = "an-operator-token-from-the-secret-store-0123456789"
-    process, base = start_serve(tmp_path, CALLVAULT_OPERATOR_TOKEN=secret)
+    process, base = start_serve(
+        tmp_path,
+        CALLVAULT_OPERATOR_TOKEN=secret,
+        CALLVAULT_AI__WORKERS="1",
+        CALLVAULT_AI__MODEL="tiny.en",
+    )
     assert list_tenants(base, secret) == 200
-    assert "cv_" not in stop_serve(process)
+    assert "cv_" not in stop_serve(process, workers=1)
 
 
 def test_a_short_operator_token_or_a_busy_audiosocket_port_refuse_to_start(

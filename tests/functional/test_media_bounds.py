@@ -302,7 +302,8 @@ async def test_rtp_audio_past_the_limit_is_dropped_and_counted(
 ) -> None:
     """RTP timestamps jumping ahead (within RTP's own bound of a few seconds ahead of the
     call's clock) place a packet ending exactly at the limit, which is stored, and one past
-    it, which is dropped and counted ``max_duration``; the ticker ends the call, kept with
+    it, which is dropped and counted ``max_duration`` (as is every one after it); the ticker
+    ends the call, kept with
     exactly 2 s, and frees its ports. Another RTP call meanwhile records every packet."""
     gateway = clocked_gateway
     acme = await gateway.tenant("acme", KEPT)
@@ -320,12 +321,13 @@ async def test_rtp_audio_past_the_limit_is_dropped_and_counted(
     packets.append(sender.packet(last))  # 1.98-2.00 s: ends exactly at the limit
     sender.timestamp = start + 3 * RATE
     packets.append(sender.packet(last))  # 3.00 s: past it
+    packets.append(sender.packet(last))  # and the next: counted the same (not "closed")
 
     udp = UdpSender()
     try:
         total = await send(udp, to(good.port("inbound"), good_packets[:25]))
         total += await send(udp, to(bad.port("inbound"), packets))
-        assert await counted(gateway, total) == only(audio=25 + 51, max_duration=1)
+        assert await counted(gateway, total) == only(audio=25 + 51, max_duration=2)
         total += await send(udp, to(good.port("inbound"), good_packets[25:]))
         await counted(gateway, total)
     finally:
@@ -371,10 +373,12 @@ async def test_an_rtp_call_ends_when_its_wall_clock_time_reaches_the_limit(
 async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carrying_the_call(
     aiohttp_client: Callable[..., Any], tmp_path: Path, clock: FakeClock
 ) -> None:
-    """Two nodes share a catalog. The AudioSocket stream of a call moved from node A to node
-    B after a drop; when the limit passes on A's clock (counted from the call's start), A,
-    waiting for a reconnect, does not end the call B records (a node never ends a call
-    another node records); B ends it at its own limit, and B's stream hears why."""
+    """Two nodes share a catalog. The AudioSocket stream of a call that B announced moved
+    from node A to node B after a drop; when the limit passes (counted from the call's
+    start), A, waiting for a reconnect, does not end the call B records (a node never ends a
+    call another node records); B ends it, counting from the call's start too (not from its
+    own stream's, which would give the call up to twice the limit), B's stream hears why,
+    and B's audio continues the timeline after A's (not over it)."""
 
     def node() -> Settings:
         return Settings(
@@ -424,7 +428,7 @@ async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carry
 
     await a.app[CALLS].tick(clock.advance(1))  # the limit since the call's start
     assert (await recording(b, acme, call["recording_id"]))["status"] == "recording"
-    await b.app[CALLS].tick(clock.advance(1))  # the limit since B's stream started
+    await b.app[CALLS].tick(clock.now())
     assert (await recording(b, acme, call["recording_id"]))["status"] == "processing"
     assert await end_reasons(b, acme, call["recording_id"]) == ["max_duration"]
     writer.write(frames)
@@ -435,3 +439,7 @@ async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carry
         writer.close()
     assert answer == audiosocket_frame(0xFF, b"max_duration")
     await carried_by_nobody()  # B's connection has let go, before the nodes shut down
+    pcm = (await recording_wav(b, acme, call["recording_id"]))[:, 0]
+    sent = np.frombuffer(audio, "<i2")
+    assert np.array_equal(pcm[: len(sent)], sent)  # A's
+    assert np.array_equal(pcm[RATE : RATE + len(sent)], sent)  # B's, 1 s of the call later

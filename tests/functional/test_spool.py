@@ -3,17 +3,23 @@ an outage of the object store, and is published once the process or the store is
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
-from storage.errors import StorageUnavailable
+import storage.spool as spool_module
+from storage.errors import StorageError, StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
 from tests.gateway import DownStore
 
 __all__ = ["parts"]  # the fixture, shared with the vault's tests
+
+create = spool_module._create
 
 FLUSHED = AUDIO[:50_000]
 UNFLUSHED = AUDIO[50_000:51_000]
@@ -135,3 +141,113 @@ async def test_the_spool_holds_no_plaintext(parts: Parts) -> None:
     assert (parts.data_dir / "spool").is_dir()
     for start in range(0, len(FLUSHED) - 64, 64):
         assert FLUSHED[start : start + 64] not in at_rest
+
+
+async def test_a_track_being_opened_is_not_taken_for_a_left_over(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publisher's recovery pass may list a live track's file in the moment between its
+    creation and ``open_upload`` returning (the file is empty then, like a crash's that died
+    before its header): it must leave it alone, and the track record and commit."""
+    created = threading.Event()
+    go_on = threading.Event()
+
+    def slow_create(path: Path) -> BinaryIO:
+        handle = create(path)
+        created.set()
+        go_on.wait(10)
+        return handle
+
+    monkeypatch.setattr(spool_module, "_create", slow_create)
+    vault = spooled_vault(parts)
+    opening = asyncio.ensure_future(live_upload(vault))
+    await asyncio.to_thread(created.wait, 10)
+    assert await vault.recover_spooled(now=T0) == []  # the empty file is there now
+    go_on.set()
+    upload = await opening
+    await upload.commit(now=T0)
+    assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+    assert vault.spool is not None and vault.spool.held_bytes == 0
+
+
+async def test_a_spool_file_removed_from_the_disk_is_no_longer_counted(parts: Parts) -> None:
+    vault = spooled_vault(parts, DownStore(parts.store))
+    upload = await live_upload(vault)
+    with pytest.raises(StorageUnavailable):
+        await upload.commit(now=T0)  # waits in the spool
+    spool = vault.spool
+    assert spool is not None and spool.pending() == [upload.record.store_key]
+    spool.path(upload.record.store_key).unlink()  # an operator removes it
+    assert await vault.recover_spooled(now=T0) == []
+    assert spool.pending() == [] and spool.held_bytes == 0 and not spool.full
+
+
+async def test_a_spool_file_that_does_not_verify_is_quarantined(parts: Parts) -> None:
+    crashed = await crash(spooled_vault(parts))
+    key = crashed.record.store_key
+    restarted = spooled_vault(parts)
+    spool = restarted.spool
+    assert spool is not None
+    damaged = bytearray(spool.path(key).read_bytes())
+    damaged[200] ^= 0xFF  # inside the first segment: nothing after the header verifies
+    spool.path(key).write_bytes(bytes(damaged))
+    assert await restarted.recover_spooled(now=T0) == []
+    assert spool.pending() == [] and spool.held_bytes == 0 and spool.quarantined == 1
+    assert spool.keys() == []
+    assert (spool.root / ".quarantine" / f"{key}.sealed").read_bytes() == damaged
+    assert await restarted.recover_spooled(now=T0) == []  # not retried
+    again = Spool(spool.root, parts.store)  # a restart counts it, and holds nothing
+    assert again.quarantined == 1 and again.held_bytes == 0 and again.pending() == []
+    await again.close()
+
+
+class PoisonStore(DownStore):
+    """A store that answers but refuses one object (e.g. a policy on its key)."""
+
+    async def open_upload(self, key: str) -> Any:
+        raise StorageError(f"the store refuses {key}")
+
+
+async def test_only_the_store_being_unreachable_marks_it_down(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One poison object, or a local read error, must not make every live commit skip the
+    store; the store not answering does."""
+    vault = spooled_vault(parts, PoisonStore(parts.store))
+    spool = vault.spool
+    assert spool is not None
+    with pytest.raises(StorageError):
+        await (await live_upload(vault)).commit(now=T0)
+    assert not spool.store_down
+
+    class Unreadable:
+        def read(self, size: int) -> bytes:
+            raise OSError(5, "Input/output error")
+
+        def close(self) -> None:
+            pass
+
+    spool._store = parts.store
+    upload = await live_upload(vault)
+    with monkeypatch.context() as patched:
+        patched.setattr(spool_module, "_open_for_reading", lambda path: Unreadable())
+        with pytest.raises(StorageUnavailable):
+            await upload.commit(now=T0)
+    assert not spool.store_down
+
+    spool._store = DownStore(parts.store)
+    with pytest.raises(StorageUnavailable):
+        await (await live_upload(vault)).commit(now=T0)
+    assert spool.store_down
+
+
+def test_measuring_skips_a_file_removed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (serve's publisher) may remove a spool file while it is measured."""
+    kept = tmp_path / "acme" / "objects" / "kept.sealed"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"x" * 10)
+    gone = tmp_path / "acme" / "objects" / "gone.sealed"
+    monkeypatch.setattr(spool_module, "_files", lambda root, skip=None: iter([gone, kept]))
+    assert list(spool_module._measure(tmp_path)) == [("acme/objects/kept", 10)]

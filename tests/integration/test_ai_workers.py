@@ -7,7 +7,7 @@ paced Twilio call is recording and while the worker holds a job. The call is exp
 whole, a new child (another pid) takes the job up when its lease ends and analyses it.
 Then ``serve`` itself is SIGKILLed and its child must exit within seconds. ``serve`` is
 started with ``--data-dir`` (a flag, not the environment): its child finds the job in that
-data dir. (That ``serve`` stops its children on SIGTERM is checked by every ``stop_serve``
+data dir. (That ``serve`` stops its children on SIGTERM is checked by ``stop_serve``
 of tests/functional/test_cli.py.)
 """
 
@@ -60,8 +60,11 @@ WORKER = {
     "CALLVAULT_AI__POLL_INTERVAL": "PT0.1S",
 }
 TIMEOUT_S = 60.0
-PACED_S = 4.0
-"""The paced call's length: it spans the worker's kill."""
+PACED_S = 1.0
+"""The paced call's audio, sent over and over until the test stops it (after the kill)."""
+PACED_MAX_S = 90.0
+"""A paced call that nobody stops ends after this (the test then fails: it did not span
+the kill)."""
 SPEECH_S = 10
 """Seconds of the sample call the analysed call keeps."""
 ORPHAN_S = 5.0
@@ -93,9 +96,16 @@ def job_row(data_dir: Path, recording_id: str) -> tuple[str, int, str | None]:
 
 
 async def paced_call(
-    session: aiohttp.ClientSession, pbx: str, tenant_id: str, sent: bytes, started: asyncio.Event
-) -> str:
-    """A Twilio call at real time (20 ms a frame, both tracks); its recording id."""
+    session: aiohttp.ClientSession,
+    pbx: str,
+    tenant_id: str,
+    audio: bytes,
+    started: asyncio.Event,
+    stop: asyncio.Event,
+) -> tuple[str, bytes]:
+    """A Twilio call at real time (20 ms a frame, both tracks) that sends ``audio`` over and
+    over until ``stop`` is set (a loaded machine cannot make it end before the test is
+    done with it); its recording id and what it sent."""
     body = {"from": "+40711111111", "to": "+40722222222", "consent": "granted",
             "transport": "twilio"}  # fmt: skip
     async with session.post(f"/v1/tenants/{tenant_id}/calls", json=body, headers=bearer(pbx)) as r:
@@ -105,17 +115,22 @@ async def paced_call(
         await ws.send_str(twilio_connected())
         await ws.send_str(twilio_start(announced["call_id"]))
         begun = time.monotonic()
-        for index in range(len(sent) // 160):
-            frame = sent[index * 160 : (index + 1) * 160]
+        frames = len(audio) // 160
+        sent = bytearray()
+        index = 0
+        while not stop.is_set() and index < PACED_MAX_S * 50:
+            frame = audio[(index % frames) * 160 : (index % frames + 1) * 160]
             await ws.send_str(twilio_media("inbound", index * 20, frame, sequence=2 * index + 2))
             await ws.send_str(twilio_media("outbound", index * 20, frame, sequence=2 * index + 3))
+            sent += frame
             if index == 25:
                 started.set()  # half a second of the call is in
-            await asyncio.sleep(max(0.0, begun + (index + 1) * 0.02 - time.monotonic()))
+            index += 1
+            await asyncio.sleep(max(0.0, begun + index * 0.02 - time.monotonic()))
         await ws.send_str(twilio_stop())
         msg = await ws.receive()
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1000)
-    return str(announced["recording_id"])
+    return str(announced["recording_id"]), bytes(sent)
 
 
 async def exported(session: aiohttp.ClientSession, admin: str, recording_id: str) -> np.ndarray:
@@ -190,9 +205,11 @@ async def test_a_worker_killed_like_the_oom_killer_leaves_ingest_recording(
                 {"recording": {"enabled": True}, "ai": {"transcript": True}},
             )  # fmt: skip
             rec = await tenant(session, server, "beta", {"recording": {"enabled": True}})
-            sent = ULAW.encode(tone(PACED_S, 440, seed=7))
-            started = asyncio.Event()
-            recording = asyncio.create_task(paced_call(session, rec["pbx"], "beta", sent, started))
+            audio = ULAW.encode(tone(PACED_S, 440, seed=7))
+            started, stop = asyncio.Event(), asyncio.Event()
+            recording = asyncio.create_task(
+                paced_call(session, rec["pbx"], "beta", audio, started, stop)
+            )
             await started.wait()
 
             call = sample_call("support")
@@ -210,10 +227,11 @@ async def test_a_worker_killed_like_the_oom_killer_leaves_ingest_recording(
             os.kill(first, signal.SIGKILL)  # mid-job, mid-call
             await until(lambda: not alive(first), "killed worker gone", log)
             assert not recording.done()  # the call spans the kill
+            stop.set()
 
             (second,) = await until(lambda: worker_children(pid), "new worker child", log)
             assert second != first
-            recorded = await recording
+            recorded, sent = await recording
             pcm = await exported(session, rec["admin"], recorded)
             decoded = ULAW.decode(sent)
             assert len(pcm) == len(decoded)  # every frame, none lost to the kill

@@ -211,6 +211,7 @@ def served(tmp_path: Path, store: StoreUnderTest) -> Iterator[Served]:
         CALLVAULT_HTTP__PORT=str(http_port),
         CALLVAULT_AUDIOSOCKET__PORT=str(audiosocket_port),
         CALLVAULT_OPERATOR_TOKEN=operator,
+        CALLVAULT_AI__WORKERS="0",  # no AI here: no model to load
         **store.env,
     )
     log_path = tmp_path / "serve.log"

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from pydantic import ValidationError
 
 from gateway.settings import Settings
-from gateway.workers import settings_from_payload, settings_payload
+from gateway.workers import ChildMetrics, settings_from_payload, settings_payload
 
 
 def test_a_child_gets_serves_settings_whatever_its_own_environment_says(
@@ -34,3 +37,60 @@ def test_a_child_gets_serves_settings_whatever_its_own_environment_says(
     assert child.store.secret_key.get_secret_value() == "s3-secret"
     assert child.master_key is not None
     assert child.master_key.get_secret_value() == "bWFzdGVyLWtleS1vZi10aGUtdGVzdC0zMi1ieXRlcyE="
+
+
+def test_dead_childrens_metrics_are_archived_into_a_bounded_number_of_files(
+    tmp_path: Path,
+) -> None:
+    """A restart storm: each dead child's metric files are folded into the archive and
+    removed, and the counters still add up every child's counts."""
+    children = ChildMetrics(tmp_path)
+    jobs = mmap_key("callvault_ai_jobs", "callvault_ai_jobs_total", ["outcome"], ["done"], "Jobs")
+    other = mmap_key("callvault_store_ops", "callvault_store_ops_total", [], [], "Not ours")
+    busy = mmap_key("callvault_ai_busy", "callvault_ai_busy", [], [], "A gauge")
+
+    def child(pid: int) -> None:  # what a worker child leaves behind
+        for name, key in (("counter", jobs), ("counter", other), ("gauge_all", busy)):
+            values = MmapedDict(str(tmp_path / f"{name}_{pid}.db"))
+            values.write_value(key, 2.0 if name == "counter" else 1.0, 0.0)
+            values.close()
+
+    def jobs_done() -> float:
+        [metric] = [m for m in children.collect() if m.name == "callvault_ai_jobs"]
+        return sum(s.value for s in metric.samples if s.name.endswith("_total"))
+
+    for pid in range(1000, 1030):
+        child(pid)
+        children.archive(pid)
+    child(2000)  # a living child
+    assert jobs_done() == 2.0 * 31
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_2000.db",
+        "counter_archive.db",
+        "gauge_all_2000.db",
+    ]
+    assert {m.name for m in children.collect()} == {"callvault_ai_jobs", "callvault_ai_busy"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"http": {"tls_cert": "/etc/cert.pem"}},  # a section's own check (no key with it)
+        {"store": {"url": "s3://bucket", "secret_key": "s3-secret", "part_size": "big"}},
+        {"master_key": ["s3-secret"]},
+    ],
+)
+def test_a_settings_error_names_the_field_never_its_secrets(bad: dict[str, object]) -> None:
+    """A child that cannot read its settings logs the error: it must not carry them."""
+    payload = {
+        "store": {"url": "s3://bucket", "access_key": "AKIA-TEST", "secret_key": "s3-secret"},
+        "master_key": "bWFzdGVyLWtleS1vZi10aGUtdGVzdC0zMi1ieXRlcyE=",
+        "operator_token": "an-operator-token-for-the-payload-test-0123",
+        **bad,
+    }
+    with pytest.raises(ValidationError) as caught:
+        settings_from_payload(orjson.dumps(payload))
+    text = str(caught.value)
+    for secret in ("s3-secret", "AKIA-TEST", "bWFzdGVyLWtleS", "an-operator-token"):
+        assert secret not in text
+    assert next(iter(bad)) in text
