@@ -204,6 +204,9 @@ class CallSession:
         self.lease_until: datetime | None = None
         """AudioSocket: when the lease of ``holder`` ends unless renewed, as of its last
         successful claim or renewal; past it, its audio is refused (``lease_lapsed``)."""
+        self.left_in_spool = False
+        """A track's commit failed (the store or the catalog was down): its object waits in
+        the spool for a recovery pass (``CallRegistry.recovery_due``)."""
         self._base = 0
         self._last_flush: datetime | None = None
 
@@ -449,6 +452,7 @@ class CallSession:
                 await track.commit(now)
             except CallvaultError as e:
                 self._metrics.flush_failures.inc()
+                self.left_in_spool = True
                 log.log(
                     level,
                     "call %s track %s could not be %s: %s",

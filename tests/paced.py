@@ -25,24 +25,35 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import numpy as np
 import numpy.typing as npt
 
+from gateway.services import open_services
+from gateway.settings import Settings
 from tests.gateway import (
+    SERVE_READY_TIMEOUT_S,
     ULAW,
+    Process,
     audiosocket_frame,
     audiosocket_id,
     audiosocket_uuid,
     bearer,
+    callvault,
+    callvault_env,
+    free_port,
+    metric_value,
     read_wav,
     tone,
     twilio_media,
     twilio_start,
     twilio_stop,
+    wait_until_ready,
 )
 from tests.rtp import RtpSender, UdpSender, offer_key
 
@@ -339,26 +350,88 @@ class PacedCall:
                 await reader
 
 
+# --- the gateway ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gateway_process(
+    tmp_path: Path, name: str, data_dir: Path, **settings: str
+) -> Iterator[tuple[Process, Endpoint]]:
+    """``callvault serve`` on ``data_dir`` with fresh ports, ready; killed at the end."""
+    port, audiosocket = free_port(), free_port()
+    env = callvault_env(
+        data_dir,
+        CALLVAULT_HTTP__PORT=str(port),
+        CALLVAULT_AUDIOSOCKET__PORT=str(audiosocket),
+        **settings,
+    )
+    with callvault("serve", tmp_path / f"{name}.log", env) as process:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base, process.process, process.log, timeout_s=SERVE_READY_TIMEOUT_S)
+        yield process, Endpoint(base, audiosocket)
+
+
+async def check_objects(
+    data_dir: Path, tenants: list[str], database_url: str | None = None
+) -> dict[str, int]:
+    """Open every object of ``tenants`` through the vault, verifying each whole (a torn or
+    forged segment raises); the objects by state."""
+    states: dict[str, int] = {}
+    settings = Settings(data_dir=data_dir, database_url=database_url)
+    async with open_services(settings) as services:
+        for tenant in tenants:
+            for stored in await services.catalog.objects.list(tenant):
+                states[stored.state] = states.get(stored.state, 0) + 1
+                if stored.state == "committed":
+                    stream = await services.vault.open_object(tenant, stored.id, verify_all=True)
+                    async for _chunk in stream:
+                        pass
+        await services.catalog.close()
+    return states
+
+
+async def taken(http: aiohttp.ClientSession, base: str, calls: list[PacedCall]) -> None:
+    """Wait until the gateway has taken every frame the calls sent (``frames_in`` counts one
+    per track and frame on every transport)."""
+    sent = sum(sum(part.count for part in call.parts) * len(call.pcm) for call in calls)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        async with http.get(f"{base}/metrics") as response:
+            text = await response.text()
+        took = sum(
+            metric_value(text, "callvault_frames_in_total", transport=transport)
+            for transport in ("twilio", "fork", "audiosocket", "rtp")
+        )
+        if took >= sent:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"took {took} of {sent} frames"
+        await asyncio.sleep(0.01)
+
+
 # --- what came back ----------------------------------------------------------------------
 
 
 async def export(
     session: aiohttp.ClientSession, base: str, admin: str, recording_id: str, *, wait_s: float
 ) -> tuple[Pcm, dict[str, Any]]:
-    """The recording's WAV samples (frames, 2 channels) and metadata, once it has ended."""
+    """The recording's WAV samples (frames, 2 channels) and metadata, once it has ended and
+    all its audio is published (until then its export answers 503 ``storage_unavailable``,
+    "try again shortly"), within ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while True:
         async with session.get(f"{base}/v1/recordings/{recording_id}", headers=bearer(admin)) as r:
             meta = await r.json()
         if meta["status"] != "recording":
-            break
+            async with session.get(
+                f"{base}/v1/recordings/{recording_id}/audio", headers=bearer(admin)
+            ) as response:
+                body = await response.read()
+            if response.status == 200:
+                break
+            assert response.status == 503 and time.monotonic() < deadline, body
         assert time.monotonic() < deadline, f"{recording_id} still recording: {meta}"
         await asyncio.sleep(0.1)  # polling another process's progress
-    async with session.get(
-        f"{base}/v1/recordings/{recording_id}/audio", headers=bearer(admin)
-    ) as response:
-        assert response.status == 200, await response.text()
-        channels, rate, pcm = read_wav(await response.read())
+    channels, rate, pcm = read_wav(body)
     assert (channels, rate) == (2, RATE)
     return pcm, dict(meta)
 

@@ -16,37 +16,30 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from gateway.services import open_services
-from gateway.settings import Settings
 from tests.ai import sample_call
 from tests.functional.test_cli import start_serve, stop_serve
 from tests.functional.test_ingest_rtp import free_udp_range
 from tests.gateway import (
-    SERVE_READY_TIMEOUT_S,
     ULAW,
     Gateway,
-    Process,
     bearer,
-    callvault,
-    callvault_env,
-    free_port,
-    metric_value,
     read_wav,
     tone,
     twilio_call,
     twilio_start,
     twilio_stop,
-    wait_until_ready,
 )
 from tests.leaks import WATCH
 from tests.paced import (
     RECONNECTS,
-    Endpoint,
     PacedCall,
     Tenant,
     Transport,
     channel,
+    check_objects,
     export,
+    gateway_process,
+    taken,
     track_loss,
 )
 
@@ -265,41 +258,6 @@ RECORD_ANY_RTP = {**NO_CONSENT, "transport": {"allow_unencrypted_rtp": True}}
 TRANSCRIBE = {**NO_CONSENT, "ai": {"transcript": True}}
 
 
-@contextlib.contextmanager
-def gateway_process(
-    tmp_path: Path, name: str, data_dir: Path, **settings: str
-) -> Iterator[tuple[Process, Endpoint]]:
-    """``callvault serve`` on ``data_dir`` with fresh ports, ready; killed at the end."""
-    port, audiosocket = free_port(), free_port()
-    env = callvault_env(
-        data_dir,
-        CALLVAULT_HTTP__PORT=str(port),
-        CALLVAULT_AUDIOSOCKET__PORT=str(audiosocket),
-        **settings,
-    )
-    with callvault("serve", tmp_path / f"{name}.log", env) as process:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_ready(base, process.process, process.log, timeout_s=SERVE_READY_TIMEOUT_S)
-        yield process, Endpoint(base, audiosocket)
-
-
-async def check_objects(data_dir: Path, tenants: list[str]) -> dict[str, int]:
-    """Open every object of ``tenants`` through the vault, verifying each whole (a torn or
-    forged segment raises); the objects by state."""
-    states: dict[str, int] = {}
-    settings = Settings(data_dir=data_dir, database_url=None)
-    async with open_services(settings) as services:
-        for tenant in tenants:
-            for stored in await services.catalog.objects.list(tenant):
-                states[stored.state] = states.get(stored.state, 0) + 1
-                if stored.state == "committed":
-                    stream = await services.vault.open_object(tenant, stored.id, verify_all=True)
-                    async for _chunk in stream:
-                        pass
-        await services.catalog.close()
-    return states
-
-
 async def test_kill_9_in_the_middle_of_paced_calls_of_every_transport(tmp_path: Path) -> None:
     """Ten calls (Twilio, fork, AudioSocket, SRTP and plain RTP) stream in real time; the
     gateway is SIGKILLed 1.5 s in and restarted on its data dir. Every track keeps what was
@@ -412,21 +370,3 @@ async def analyzed(
         if asyncio.get_running_loop().time() > deadline:
             return view
         await asyncio.sleep(0.2)  # polling another process's progress
-
-
-async def taken(http: aiohttp.ClientSession, base: str, calls: list[PacedCall]) -> None:
-    """Wait until the gateway has taken every frame the calls sent (``frames_in`` counts one
-    per track and frame on every transport)."""
-    sent = sum(sum(part.count for part in call.parts) * len(call.pcm) for call in calls)
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        async with http.get(f"{base}/metrics") as response:
-            text = await response.text()
-        took = sum(
-            metric_value(text, "callvault_frames_in_total", transport=transport)
-            for transport in ("twilio", "fork", "audiosocket", "rtp")
-        )
-        if took >= sent:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"took {took} of {sent} frames"
-        await asyncio.sleep(0.01)

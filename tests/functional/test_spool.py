@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from storage.errors import StorageUnavailable
+from storage.errors import CatalogUnavailable, StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
@@ -114,3 +114,31 @@ async def test_the_spool_holds_no_plaintext(parts: Parts) -> None:
     assert (parts.data_dir / "spool").is_dir()
     for start in range(0, len(FLUSHED) - 64, 64):
         assert FLUSHED[start : start + 64] not in at_rest
+
+
+async def test_a_catalog_outage_at_commit_leaves_the_object_to_recovery(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store took the object but the catalog could not mark it committed: the spool
+    file stays (were it removed, the object would stay 'writing' with nothing left to
+    recover it from, and its recording's export would answer 503 for good)."""
+    vault = spooled_vault(parts)
+    upload = await live_upload(vault)
+    key = upload.record.store_key
+    assert vault.spool is not None
+    mark_committed = parts.catalog.objects.mark_committed
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise CatalogUnavailable("the catalog is down")
+
+    monkeypatch.setattr(parts.catalog.objects, "mark_committed", down)
+    with pytest.raises(CatalogUnavailable):
+        await upload.commit(now=T0)
+    await upload.abandon(now=T0)  # what a call's track does with a failed commit
+    assert vault.spool.path(key).exists()
+    assert vault.spool.keys() == [key]
+    monkeypatch.setattr(parts.catalog.objects, "mark_committed", mark_committed)
+    [recovered] = await vault.recover_spooled(now=T0)
+    assert (recovered.id, recovered.state) == (upload.object_id, "committed")
+    assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+    assert vault.spool.keys() == []
