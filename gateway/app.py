@@ -56,9 +56,6 @@ TICK_S = 0.25
 """How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
 RECOVER_EVERY_TICKS = 120
 """How often (in ticks: 30 s) left-over spool files are published again."""
-RECOVER_DUE_TICKS = 4
-"""How often (in ticks: 1 s) they are while a call that ended left some
-(``CallRegistry.recovery_due``: its store or catalog was down)."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -247,9 +244,7 @@ async def _tick(calls: CallRegistry, rtp: RtpIngest, clock: Clock) -> None:
         try:
             await calls.tick(clock.now())
             await rtp.tick(clock.now())
-            if ticks % RECOVER_EVERY_TICKS == 0 or (
-                calls.recovery_due and ticks % RECOVER_DUE_TICKS == 0
-            ):
+            if ticks % RECOVER_EVERY_TICKS == 0:
                 # Uploads whose commit failed (the store was down) are published once the
                 # store is back.
                 await calls.recover(clock.now())

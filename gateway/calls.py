@@ -207,10 +207,6 @@ class CallRegistry:
         self._sessions: dict[tuple[str, str], CallSession] = {}
         self._transports: list[CallTransport] = []
         self.attachments = Attachments(catalog)
-        self.recovery_due = False
-        """A call ended with a track left in the spool: the ticker runs ``recover`` soon,
-        not only on its slow round, so that the export is complete once the store or
-        catalog is back."""
 
     def add_transport(self, transport: CallTransport) -> None:
         """Tell ``transport`` when each call ends."""
@@ -396,10 +392,7 @@ class CallRegistry:
         for transport in self._transports:
             transport.closing(session, now)
         # Forgotten only once finalized: a finish that failed is retried by the ticker.
-        try:
-            await session.finish(self._catalog, now, reason)
-        finally:
-            self.recovery_due = self.recovery_due or session.left_in_spool
+        await session.finish(self._catalog, now, reason)
         self._forget(session)
         for transport in self._transports:
             transport.ended(session)
@@ -469,10 +462,6 @@ class CallRegistry:
         finalized with what was recovered. Returns how many objects were recovered. Safe to
         repeat: calls already finalized are left as they are."""
         recovered = await self._vault.recover_spooled(now=now)
-        spool = self._vault.spool
-        self.recovery_due = spool is not None and any(
-            not spool.is_open(key) for key in spool.keys()
-        )
         recordings = {
             (stored.tenant_id, stored.recording_id)
             for stored in recovered

@@ -289,6 +289,10 @@ class PacedCall:
             self._conn = offer
 
     async def _send(self, index: int) -> None:
+        if self._reader is not None and self._reader.done():
+            # The gateway closed the connection (a close code, AudioSocket's 0xff frame): a
+            # PBX stops sending on it; what it sent after that was never taken.
+            raise ConnectionResetError("the gateway closed the connection")
         chunk = {track: self._frame(track, index) for track in self.pcm}
         if self.transport == "twilio":
             # A new stream's timestamps start at 0 (Twilio: ms since the stream started).
