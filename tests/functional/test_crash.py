@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
 from tests.ai import sample_call
 from tests.functional.test_cli import start_serve, stop_serve
@@ -258,10 +259,12 @@ RECORD_ANY_RTP = {**NO_CONSENT, "transport": {"allow_unencrypted_rtp": True}}
 TRANSCRIBE = {**NO_CONSENT, "ai": {"transcript": True}}
 
 
+@pytest.mark.integration  # a real serve killed and restarted; the packaged tiny.en model
 async def test_kill_9_in_the_middle_of_paced_calls_of_every_transport(tmp_path: Path) -> None:
     """Ten calls (Twilio, fork, AudioSocket, SRTP and plain RTP) stream in real time; the
-    gateway is SIGKILLed 1.5 s in and restarted on its data dir. Every track keeps what was
-    sent before the kill but at most the flush interval (+ ``IN_FLIGHT_S``), the WebSocket
+    gateway is SIGKILLed 1.5 s in (once it has taken every frame sent so far: what it
+    acknowledged) and restarted on its data dir. Every track keeps what was sent before
+    the kill but at most the flush interval (+ ``IN_FLIGHT_S``), the WebSocket
     calls carry on after their reconnect, every object opens and verifies, nothing is left
     'writing', and an AI job queued before the kill is done after it."""
     rtp = free_udp_range(16)
