@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench soak clean
+.PHONY: run test lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,14 @@ soak: $(VENV)/.installed-dev
 		$(if $(filter-out 0,$(SOAK_CATALOG_EVERY)),--postgres --catalog-restart-every $(SOAK_CATALOG_EVERY)) \
 		$(SOAK_ARGS)
 
+# Every fuzz target for FUZZ_SECONDS each (CI runs them 4 s each in tests/fuzz/test_fuzz.py).
+# The corpus grows in FUZZ_DIR/corpus and is reused by the next run; crashing inputs land in
+# FUZZ_DIR/crashes/<target>/ (reproduce: python -m tests.fuzz <target> <file>).
+FUZZ_SECONDS ?= 300
+FUZZ_JOBS    ?= 1
+FUZZ_DIR     ?= .fuzz
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --out $(FUZZ_DIR)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .fuzz

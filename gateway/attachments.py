@@ -179,13 +179,18 @@ class Attachments:
     async def expiry(self, session: CallSession, now: datetime) -> EndReason | None:
         """``session.expiry``, but an AudioSocket call that a connection on another node
         carried more recently than this process saw (or carries now) waits for its grace
-        from then: a node never ends a call that another node records."""
+        from then: a node never ends a call that another node records. Nor at its maximum
+        duration on the wall clock: the node that carries it ends it then."""
         reason = session.expiry(now)
-        if reason in ("reconnect_timeout", "start_timeout") and (
-            session.call.transport == "audiosocket"
-        ):
+        if session.call.transport != "audiosocket" or session.attached:
+            return reason
+        if reason in ("reconnect_timeout", "start_timeout"):
             await self.elsewhere(session, now)
             reason = session.expiry(now)
+        elif reason == "max_duration" and session.closing is None:
+            lease = await self.elsewhere(session, now)
+            if not lease.ended and lease.held_by_other(None, now):
+                return None
         return reason
 
     async def elsewhere(self, session: CallSession, now: datetime) -> AudioSocketLease:

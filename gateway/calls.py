@@ -10,7 +10,9 @@ here until the call ends.
 ``tick`` is driven by the app's ticker task with the time passed in: it flushes sessions
 whose stream went quiet, renews the AudioSocket leases of the connections this node carries
 (``gateway.attachments``), and ends calls whose stream dropped and did not come back (an
-AudioSocket call only once no connection anywhere carries it).
+AudioSocket call only once no connection anywhere carries it) or that reached their maximum
+duration (``calls.max_duration``: on the wall clock since their first stream, or an RTP
+frame past it on their timeline).
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from crypto.errors import CallvaultError
 from gateway.attachments import Attachments
-from gateway.errors import BadRequest, PolicyRefused, StreamRefused, invalid_body
+from gateway.errors import (
+    BadRequest,
+    IngestError,
+    LimitExceeded,
+    PolicyRefused,
+    SpoolFull,
+    StreamRefused,
+    invalid_body,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
-from storage.catalog import AuditEntry, Call, Catalog, Recording
-from storage.errors import NotFound
+from storage.catalog import AuditEntry, Call, Catalog, Recording, TenantLimits
+from storage.errors import LimitReached, NotFound
 from storage.instructions import normalize_number
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, track_frames
@@ -199,11 +209,15 @@ class CallRegistry:
         vault: MediaVault,
         limits: SessionLimits,
         metrics: GatewayMetrics,
+        tenant_limits: TenantLimits | None = None,
     ) -> None:
+        """``tenant_limits``: every tenant's default limits (the operator may override them
+        per tenant); ``None`` checks none."""
         self._catalog = catalog
         self._vault = vault
         self._limits = limits
         self._metrics = metrics
+        self._tenant_limits = tenant_limits
         self._sessions: dict[tuple[str, str], CallSession] = {}
         self._transports: list[CallTransport] = []
         self.attachments = Attachments(catalog)
@@ -219,8 +233,11 @@ class CallRegistry:
         self, tenant: str, announcement: CallAnnouncement, *, actor: str, now: datetime
     ) -> Announced:
         """Decide and record the call; ``PolicyRefused`` (after storing the CDR and an audit
-        event) when the tenant's instructions do not allow it."""
+        event) when the tenant's instructions do not allow it, ``LimitExceeded`` (likewise)
+        when one more call would exceed a limit of the tenant; ``SpoolFull`` (storing
+        nothing: the PBX may take the same call elsewhere) while the spool is full."""
         assert announcement.call_id and announcement.codec and announcement.sample_rate  # noqa: S101
+        self._refuse_if_spool_full()
         await self._catalog.tenants.get(tenant)
         current = await self._catalog.instructions.current(tenant)
         instructions, version = current.document, current.version
@@ -259,27 +276,40 @@ class CallRegistry:
             )
             if announcement.transport == "audiosocket":
                 audiosocket_id = new_audiosocket_id()
-        # The call record, its recording and the decision's audit event commit together.
-        call, recording = await self._catalog.calls.announce(
-            id=announcement.call_id,
-            tenant_id=tenant,
-            from_number=announcement.from_number,
-            to_number=announcement.to_number,
-            direction=announcement.direction,
-            consent=announcement.consent,
-            transport=announcement.transport,
-            codec=announcement.codec,
-            sample_rate=announcement.sample_rate,
-            instructions_version=version,
-            decision={"store_recording": False, "ai": []}
-            if isinstance(outcome, Refusal)
-            else outcome.document(),
-            refusal_code=outcome.code if isinstance(outcome, Refusal) else None,
-            started_at=now,
-            recording_id=recording_id,
-            audit=event,
-            audiosocket_id_hash=audiosocket_id_hash(audiosocket_id) if audiosocket_id else None,
-        )
+        # The call record, its recording and the decision's audit event commit together,
+        # after the tenant's limits are counted in the same transaction.
+        try:
+            call, recording = await self._catalog.calls.announce(
+                id=announcement.call_id,
+                tenant_id=tenant,
+                from_number=announcement.from_number,
+                to_number=announcement.to_number,
+                direction=announcement.direction,
+                consent=announcement.consent,
+                transport=announcement.transport,
+                codec=announcement.codec,
+                sample_rate=announcement.sample_rate,
+                instructions_version=version,
+                decision={"store_recording": False, "ai": []}
+                if isinstance(outcome, Refusal)
+                else outcome.document(),
+                refusal_code=outcome.code if isinstance(outcome, Refusal) else None,
+                started_at=now,
+                recording_id=recording_id,
+                audit=event,
+                audiosocket_id_hash=audiosocket_id_hash(audiosocket_id) if audiosocket_id else None,
+                limits=self._tenant_limits,
+            )
+        except LimitReached as e:
+            self._metrics.refusals.labels(e.code).inc()
+            log.info(
+                "call %s refused: %s %s",
+                announcement.call_id,
+                e.code,
+                e.limit,
+                extra={"tenant": tenant, "call_id": announcement.call_id, "code": e.code},
+            )
+            raise LimitExceeded.of(e) from None
         if isinstance(outcome, Refusal):
             self._metrics.refusals.labels(outcome.code).inc()
             log.info(
@@ -299,6 +329,18 @@ class CallRegistry:
         return Announced(
             call=call, recording=recording, decision=outcome, audiosocket_id=audiosocket_id
         )
+
+    def _refuse_if_spool_full(self) -> None:
+        """A new call may not start while the spool is at its bound; calls already
+        recording go on (``storage.spool``)."""
+        spool = self._vault.spool
+        if spool is not None and spool.full:
+            self._metrics.spool_full_refusals.inc()
+            raise SpoolFull(
+                f"The spool holds {spool.held_bytes} bytes, at its bound of {spool.max_bytes} "
+                "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new "
+                "calls are refused, calls in progress go on. Retry later or on another node."
+            )
 
     def _new_session(self, call: Call, recording: Recording) -> CallSession:
         return CallSession(
@@ -506,9 +548,11 @@ class CallRegistry:
         return call.tenant_id, call.id
 
 
-def refusal_of(error: CallvaultError) -> StreamRefused:
-    """A control-plane error met while starting a stream, as the stream's refusal (1008)."""
-    if isinstance(error, StreamRefused):
+def refusal_of(error: CallvaultError) -> IngestError:
+    """A control-plane error met while starting a stream, as the stream's refusal (1008);
+    an ingest error keeps its own close code (``spool_full`` and a tenant's
+    ``limit_exceeded``: 1013, try again later)."""
+    if isinstance(error, IngestError):
         return error
     if isinstance(error, NotFound):
         return StreamRefused(error.message, code="unknown_call")

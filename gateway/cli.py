@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from crypto.errors import CallvaultError, ConfigError
@@ -141,7 +140,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def _serve(settings: Settings) -> None:
     from gateway.app import build_app
+    from gateway.connections import run_app
     from gateway.services import open_keyring
+    from gateway.state import METRICS
     from gateway.tls import ServerTls, check_exposure
 
     check_exposure(settings.http)  # no plaintext beyond loopback unless TLS is offloaded
@@ -170,12 +171,12 @@ def _serve(settings: Settings) -> None:
         flush=True,
     )
     try:
-        web.run_app(
+        # aiohttp's run_app, but through the connection caps and header timeout.
+        run_app(
             app,
-            host=settings.http.host,
-            port=settings.http.port,
+            settings.http,
+            app[METRICS],
             ssl_context=tls.context if tls is not None else None,
-            print=None,
             access_log=ACCESS,
             access_log_class=AccessLogger,
             shutdown_timeout=10,

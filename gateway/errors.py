@@ -18,6 +18,7 @@ from storage.errors import (
     Conflict,
     Gone,
     InvalidInstructions,
+    LimitReached,
     NotFound,
     ObjectNotFound,
     StorageUnavailable,
@@ -106,6 +107,17 @@ class MessageTooBig(IngestError):
     close_code = 1009
 
 
+class MaxDurationReached(IngestError):
+    """A frame that would end past the call's maximum duration on its media timeline
+    (``CALLVAULT_CALLS__MAX_DURATION``), however its timestamps run, or any frame of a call
+    that reached it on the wall clock: refused (1007), and the call is ended with what it
+    has, its recording kept."""
+
+    code = "max_duration"
+    status = 413
+    close_code = 1007
+
+
 class IngestUnavailable(IngestError):
     """The gateway cannot take this stream now: no RTP port is free (503; the PBX may
     retry or send the call elsewhere)."""
@@ -113,6 +125,35 @@ class IngestUnavailable(IngestError):
     code = "ingest_unavailable"
     status = 503
     close_code = 1013
+
+
+class SpoolFull(IngestUnavailable):
+    """The spool holds ``CALLVAULT_INGEST__SPOOL_MAX_BYTES`` (the object store has been
+    down a while): new calls are refused (503, WebSocket 1013) while current ones go on."""
+
+    code = "spool_full"
+
+
+class LimitExceeded(IngestError):
+    """One more call would exceed a limit of its tenant (``limit``: ``live_calls``,
+    ``rtp_calls``, ``announces_per_minute``): 429 with the limit's name (and
+    ``Retry-After`` when a retry can succeed at a known time); on a stream that describes an
+    unannounced call, close 1013 (try again later) with reason ``limit_exceeded``. Nothing
+    is stored but the refusal's call record and audit event."""
+
+    code = "limit_exceeded"
+    status = 429
+    close_code = 1013
+
+    def __init__(self, limit: str, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def of(cls, reached: LimitReached) -> LimitExceeded:
+        """The gateway's answer to the catalog's ``LimitReached``."""
+        return cls(reached.limit, reached.message, retry_after_s=reached.retry_after_s)
 
 
 class StreamRefused(IngestError):
@@ -135,6 +176,7 @@ HTTP_STATUS: dict[type[CallvaultError], int] = {
     Gone: 410,
     InvalidInstructions: 422,
     UnsupportedMedia: 400,
+    LimitReached: 429,
 }
 """The HTTP status of each error class below the gateway; a subclass inherits its base's
 (``HeldByLegalHold`` is a ``Conflict``: 409). Anything else is a 500."""

@@ -31,7 +31,8 @@ class GatewayMetrics:
         )
         self.refusals = Counter(
             "callvault_refusals",
-            "Calls refused by the tenant's instructions, by refusal code.",
+            "Calls refused by the tenant's instructions or limits, by refusal code "
+            "(limit_exceeded for a limit).",
             ["code"],
             registry=registry,
         )
@@ -64,8 +65,36 @@ class GatewayMetrics:
             ["transport"],
             registry=registry,
         )
+        self.spool_bytes = Gauge(
+            "callvault_spool_bytes",
+            "Bytes in the spool: live calls' sealed audio and audio waiting for the store.",
+            registry=registry,
+        )
+        self.spool_pending_bytes = Gauge(
+            "callvault_spool_pending_bytes",
+            "Bytes in the spool waiting to be published (the store was down at their commit).",
+            registry=registry,
+        )
+        self.spool_full_refusals = Counter(
+            "callvault_spool_full_refusals",
+            "New calls refused because the spool was at its bound (503 spool_full).",
+            registry=registry,
+        )
         self.flush_failures = Counter(
             "callvault_flush_failures",
             "Flushes of a call's audio to the object store that failed.",
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "callvault_connections",
+            "Open connections, by listener (http, audiosocket).",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections_dropped = Counter(
+            "callvault_connections_dropped",
+            "Connections refused or closed to protect the node, by listener and reason "
+            "(max_connections, max_connections_per_peer, header_timeout).",
+            ["listener", "reason"],
             registry=registry,
         )

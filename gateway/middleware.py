@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from crypto.errors import CallvaultError
-from gateway.errors import http_status
-from storage.errors import HeldByLegalHold, InvalidInstructions
+from gateway.errors import LimitExceeded, http_status
+from storage.errors import HeldByLegalHold, InvalidInstructions, LimitReached
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             extra["field"] = e.field
         elif isinstance(e, HeldByLegalHold):
             extra["hold"] = e.hold
-        return error_response(status, e.code, e.message, **extra)
+        elif isinstance(e, LimitExceeded | LimitReached):
+            extra["limit"] = e.limit
+        response = error_response(status, e.code, e.message, **extra)
+        if isinstance(e, LimitExceeded | LimitReached) and e.retry_after_s is not None:
+            response.headers["Retry-After"] = str(e.retry_after_s)
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -34,7 +34,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from gateway.api import DESCRIPTION, models, rightsmodels
 from gateway.api.calls import WEBSOCKET_PATHS
 from gateway.api.codes import ERROR_CODES, EXTRA_FIELDS, WIRE_CODE
-from gateway.api.rights import EXPORT_ENTRIES
+from gateway.api.export import EXPORT_ENTRIES
 from gateway.api.routes import PATH_PARAMETERS, ROUTES, Route
 from gateway.auth import ROLE_WORDS
 from gateway.ingest.docs import CLOSE_CODES, FORK, TWILIO, WS_COMMON, audiosocket_extension
@@ -77,7 +77,8 @@ class _Schemas(GenerateJsonSchema):
 def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
     """Every model a route or the export names, plus the error body: request bodies as
     they are validated, answers as they are serialised (every field with a default sent)."""
-    answers: list[type[BaseModel]] = [models.Error, models.Status, rightsmodels.ExportManifest]
+    answers: list[type[BaseModel]] = [models.Error, models.Status, models.Readiness]
+    answers += [rightsmodels.ExportManifest]
     answers += [models.Call, models.Recording, models.Transcript, models.Analysis]
     answers += [r.answer for r in ROUTES if isinstance(r.answer, type)]
     found = [(r.body.model, "validation") for r in ROUTES if r.body is not None]
@@ -253,17 +254,29 @@ def operational_paths() -> dict[str, Schema]:
             {"200": _ok("Up.", "application/json", {**status, "examples": [{"status": "ok"}]})},
         ),
         "/readyz": _public(
-            "getReadyz", "Readiness", "The catalog and the object store answer.",
+            "getReadyz", "Readiness",
+            "Whether the node can take calls. 200 `ready`; 200 `degraded` while the object "
+            "store does not answer or spooled audio waits to be published to it (calls are "
+            "still taken: the spool holds them); 503 when the catalog does not answer or "
+            "the spool is full (`CALLVAULT_INGEST__SPOOL_MAX_BYTES`), so that a load "
+            "balancer sends calls elsewhere.",
             {
-                "200": _ok("Ready.", "application/json",
-                           {**status, "examples": [{"status": "ready"}]}),
-                "503": error_response(503, ("not_ready",)),
+                "200": _ok("Ready, or degraded but taking calls.", "application/json",
+                           {"$ref": "#/components/schemas/Readiness", "examples": [
+                               {"status": "ready"},
+                               {"status": "degraded",
+                                "store": "not reachable: the object store could not be "
+                                         "reached.",
+                                "spool_bytes": 1048576, "spool_pending_bytes": 524288},
+                           ]}),
+                "503": error_response(503, ("not_ready", "spool_full")),
             },
         ),
         "/metrics": _public(
             "getMetrics", "Prometheus metrics",
             "Prometheus text exposition: active calls, frames in, audio discarded while "
             "paused, refusals by code, ingest errors by code, jobs queued, flush failures, "
+            "spool bytes (held and waiting for the store), calls refused by a full spool, "
             "and the stores' and catalog's own metrics.",
             {"200": _ok("The metrics.", "text/plain", {"type": "string"})},
         ),
@@ -284,6 +297,8 @@ def ingest_paths() -> dict[str, Schema]:
         operation["responses"] = {
             "101": {"description": "Switching Protocols: the WebSocket is open."},
             "400": error_response(400, ("not_websocket",)),
+            "401": error_response(401, ("unauthorized",)),
+            "403": error_response(403, ("forbidden",)),
         }
         # Any of the three ways authenticates; `{}` says the upgrade itself may carry none
         # (the token then comes in the first message).

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -103,6 +104,16 @@ def open_configured_store(settings: Settings) -> ObjectStore:
         raise ConfigError("CALLVAULT_STORE__URL", str(e)) from None
 
 
+def spool_bound(settings: Settings) -> int:
+    """The spool's bound: ``CALLVAULT_INGEST__SPOOL_MAX_BYTES``, or half the space free on
+    the data dir's disk now. Half, because the bound only stops *new* calls: the other half
+    is what the calls already recording (and the catalog, on SQLite) write on into while
+    the store stays down, so that a full disk does not cut them off."""
+    if settings.ingest.spool_max_bytes is not None:
+        return settings.ingest.spool_max_bytes
+    return shutil.disk_usage(settings.data_dir).free // 2
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
@@ -128,7 +139,7 @@ async def open_services(
         # migrations cannot reach the keys, so this is done here (a no-op once done).
         await seal_clear_secrets(catalog, keys, now=now)
         store = open_configured_store(settings)
-        spool = Spool(settings.data_dir / "spool", store)
+        spool = Spool(settings.data_dir / "spool", store, max_bytes=spool_bound(settings))
         try:
             vault = MediaVault(
                 catalog=catalog,

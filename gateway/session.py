@@ -15,7 +15,12 @@ Where a frame lands on the timeline:
 * while the call is paused, frames are *discarded* but still advance the track, so the
   pause is kept as silence of the right length;
 * a reconnecting stream starts at ``base`` = the later of the timeline's end and the
-  wall-clock time since the first stream started, so the outage is kept as silence too.
+  wall-clock time since the first stream started, so the outage is kept as silence too;
+* nothing lands past ``max_duration`` (``CALLVAULT_CALLS__MAX_DURATION``): a frame that
+  would end past it is refused (``MaxDurationReached``), whatever its timestamps say, and
+  the call is ended with what it has, its recording kept; a call whose wall-clock time since
+  its first stream reaches it is ended too (``expiry``). The bound is on the timeline, not
+  on the pace: a stream may send faster than real time (a replay) up to it.
 
 Memory is bounded: audio is appended under the session's lock and flushed (sealed, written
 to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_bytes`` or
@@ -36,7 +41,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from crypto.errors import CallvaultError
-from gateway.errors import MalformedMessage, StreamRefused
+from gateway.errors import IngestError, MalformedMessage, MaxDurationReached, StreamRefused
 from gateway.ingest.events import Audio
 from gateway.metrics import GatewayMetrics
 from storage.catalog import AuditEntry, Call, Catalog, Recording
@@ -69,6 +74,7 @@ EndReason = Literal[
     "reconnect_timeout",
     "start_timeout",
     "media_timeout",
+    "max_duration",
     "ingest_unavailable",
     "shutdown",
     "tenant_deleted",
@@ -82,6 +88,7 @@ class SessionLimits:
     flush_bytes: int = 64 * 1024
     reconnect_grace: timedelta = timedelta(seconds=30)
     start_timeout: timedelta = timedelta(minutes=5)
+    max_duration: timedelta = timedelta(hours=4)
 
 
 class TrackWriter:
@@ -190,13 +197,16 @@ class CallSession:
         self._metrics = metrics
         self._codec = media_codec(call.codec)
         self._rate = call.sample_rate
+        self._max_samples = limits.max_duration * self._rate // timedelta(seconds=1)
+        """``max_duration`` in samples: no frame may end past it on the timeline."""
         self._lock = asyncio.Lock()
         self.tracks: dict[str, TrackWriter] = {}
         self.paused = call.paused
         self.ended = False
         self.closing: EndReason | None = None
-        """Set when the call started to end; cleared never. A finish that failed (the
-        catalog was down) is retried by the ticker with this reason."""
+        """Set when the call started to end (or a frame reached ``max_duration``); cleared
+        never. The ticker finishes a call with this reason if nothing else did (a finish
+        that failed because the catalog was down, an RTP call past its limit)."""
         self.attached = False
         self.first_attached_at: datetime | None = None
         self.detached_at: datetime | None = None
@@ -318,12 +328,16 @@ class CallSession:
             self.detached_at = when
 
     def expiry(self, now: datetime) -> EndReason | None:
-        """Why the call should end now without its PBX saying so, if it should: its stream
-        dropped and did not come back in time, or it never started streaming."""
+        """Why the call should end now without its PBX saying so, if it should: a frame
+        reached ``max_duration``, or the wall-clock time since its first stream did, or its
+        stream dropped and did not come back in time, or it never started streaming."""
         if self.ended:
             return None
         if self.closing:
-            return self.closing  # a finish that failed: try again
+            return self.closing  # a finish that failed, or a frame past the limit
+        started = self.first_attached_at
+        if started is not None and now - started >= self._limits.max_duration:
+            return "max_duration"
         if self.attached:
             return None
         if self.detached_at is not None:
@@ -368,12 +382,17 @@ class CallSession:
                     f"An audio frame: {e.message}.", code="bad_frame_length"
                 ) from None
         if self.ended or self.closing:
-            raise StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
+            raise self.ended_refusal()
         track = self.tracks.get(audio.track)
         if track is None:
             track = TrackWriter(packets=self._codec.packetized, position=self._base)
             self.tracks[audio.track] = track
         offset = self._offset(track, audio)
+        if offset + samples > self._max_samples:
+            # Paused or not: the timeline itself is bounded. The call ends here; the
+            # ticker finishes it if the transport does not first.
+            self.closing = "max_duration"
+            raise self._past_limit(audio, offset, samples)
         if self.paused:
             track.skip(offset + samples)
             self._metrics.audio_discarded.inc(len(payload))
@@ -381,6 +400,29 @@ class CallSession:
         if payload:
             track.append(offset, payload, samples)
         return track.buffered >= self._limits.flush_bytes or self._flush_due(now)
+
+    def ended_refusal(self) -> IngestError:
+        """What a frame of this ended (or ending) call meets: ``max_duration`` when that is
+        why it ended, so that its PBX learns why, ``call_ended`` otherwise."""
+        if self.closing == "max_duration":
+            return MaxDurationReached(
+                f"Call {self.call_id!r} reached its maximum duration of "
+                f"{self._limits.max_duration.total_seconds():g} s "
+                "(CALLVAULT_CALLS__MAX_DURATION) and has ended; its recording is kept."
+            )
+        return StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
+
+    def _past_limit(self, audio: Audio, offset: int, samples: int) -> MaxDurationReached:
+        span = f"{offset / self._rate:.3f}-{(offset + samples) / self._rate:.3f} s"
+        if audio.timestamp_ms is not None:
+            frame = f"media.timestamp {audio.timestamp_ms} places the {audio.track} frame at {span}"
+        else:
+            frame = f"The {audio.track} frame would lie at {span}"
+        return MaxDurationReached(
+            f"{frame}, past the call's maximum duration of "
+            f"{self._limits.max_duration.total_seconds():g} s (CALLVAULT_CALLS__MAX_DURATION): "
+            "it is refused, and the call has ended with what it has; its recording is kept."
+        )
 
     def _offset(self, track: TrackWriter, audio: Audio) -> int:
         if audio.offset is not None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from storage.catalog import TenantLimits
 
 
 class HttpSettings(BaseModel):
@@ -31,6 +34,18 @@ class HttpSettings(BaseModel):
     tls_offloaded: bool = False
     """A proxy in front terminates TLS: allows a plaintext non-loopback `host` and `?token=`
     behind it. Default `false`."""
+    max_connections: int = Field(default=10000, ge=1)
+    """Open connections the API and WebSocket ingest take at once; more are answered 503
+    `too_many_connections` and closed. Default `10000`."""
+    max_connections_per_peer: int = Field(default=1000, ge=1)
+    """Open connections one IP address may hold at once (behind a proxy: the proxy's);
+    more are answered 503 `too_many_connections` and closed. Default `1000`."""
+    header_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    """A new connection whose first request line and headers have not all arrived within
+    this is closed (slowloris). Default `PT10S`."""
+    keepalive_timeout: timedelta = Field(default=timedelta(seconds=75), gt=timedelta(0))
+    """An idle kept-alive connection, or one whose next request is not all there, is closed
+    after this. Default `PT75S`."""
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> HttpSettings:
@@ -78,6 +93,12 @@ class AudioSocketSettings(BaseModel):
         IPv6Network("::1/128"),
     )
     """Peer networks AudioSocket accepts (it has no auth of its own). Default loopback only."""
+    max_connections: int = Field(default=10000, ge=1)
+    """Open AudioSocket connections taken at once; more get an 0xff `too_many_connections`
+    frame and are closed. Default `10000`."""
+    max_connections_per_peer: int = Field(default=1000, ge=1)
+    """Open AudioSocket connections one IP address may hold at once; more get an 0xff
+    `too_many_connections` frame and are closed. Default `1000`."""
 
 
 class IngestSettings(BaseModel):
@@ -91,6 +112,24 @@ class IngestSettings(BaseModel):
     start_timeout: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
     """How long an announced call waits for its first stream before it is closed empty.
     Default `PT5M`."""
+    spool_max_bytes: int | None = Field(default=None, ge=0)
+    """Bytes the spool (live calls' audio, and audio waiting for the object store) may hold
+    before new calls are refused (503 `spool_full`); calls already recording go on. Default:
+    half the space free on the data dir's disk when `serve` starts."""
+    publish_retry: timedelta = Field(default=timedelta(seconds=2), gt=timedelta(0))
+    """Wait before the first retry of publishing spooled audio the object store refused;
+    doubles per failed try, up to `PT30S`. Default `PT2S`."""
+    handshake_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    """How long a new ingest connection may take to authenticate and start its stream
+    (Twilio `start`, fork metadata, AudioSocket 0x01 frame) before it is closed
+    (`start_timeout`). Default `PT10S`."""
+
+
+class CallsSettings(BaseModel):
+    max_duration: timedelta = Field(default=timedelta(hours=4), gt=timedelta(0))
+    """Longest media timeline of a call on every transport, whatever its timestamps say (a
+    frame past it is refused and the call ended, its recording kept), and longest wall-clock
+    time since its first stream. Default `PT4H`."""
 
 
 class RtpSettings(BaseModel):
@@ -103,7 +142,8 @@ class RtpSettings(BaseModel):
     port_max: int = Field(default=40999, ge=1024, le=65535)
     """Highest UDP port handed out for RTP/SRTP tracks. Default `40999`."""
     timeout: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
-    """A call whose RTP stops arriving for this long is ended. Default `PT30S`."""
+    """A call whose RTP stops arriving for this long is ended, and one that never sends a
+    packet this long after its announcement (its ports go back to the pool). Default `PT30S`."""
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> RtpSettings:
@@ -144,7 +184,8 @@ class AiSettings(BaseModel):
     beam_size: int = Field(default=5, ge=1, le=16)
     """Whisper's beam search width. Default `5`."""
     workers: int = Field(default=1, ge=0, le=64)
-    """AI workers inside `serve` (0: only separate `callvault worker` processes). Default `1`."""
+    """AI worker child processes `serve` runs and restarts, so a worker that runs out of memory
+    cannot take ingest down (0: only separate `callvault worker` processes). Default `1`."""
     cache_dir: Path | None = None
     """Where a packaged model that ships in parts is assembled. Default `<data dir>/models`."""
     lease: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
@@ -180,6 +221,26 @@ class AuditSettings(BaseModel):
     duration; `PT0S`: never, for `callvault audit checkpoint` from cron). Default `PT5M`."""
 
 
+class LimitsSettings(BaseModel):
+    """The default limits of every tenant; the operator overrides them per tenant
+    (`limits` on `POST /v1/tenants` and `PATCH /v1/tenants/{tenant}`)."""
+
+    live_calls: int = Field(default=100, ge=0)
+    """Calls of a tenant live at once, on every node together (beyond: 429 `limit_exceeded`).
+    Default `100`."""
+    rtp_calls: int = Field(default=50, ge=0)
+    """RTP/SRTP calls of a tenant live at once, on every node together. Default `50`."""
+    announces_per_minute: int = Field(default=600, ge=0)
+    """Calls a tenant may announce (or start unannounced) in any 60 s, on every node
+    together. Default `600`."""
+
+    def defaults(self) -> TenantLimits:
+        """Every tenant's limits before the operator's overrides."""
+        from storage.catalog import TenantLimits
+
+        return TenantLimits(**self.model_dump())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLVAULT_",
@@ -201,6 +262,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     audiosocket: AudioSocketSettings = AudioSocketSettings()
     ingest: IngestSettings = IngestSettings()
+    calls: CallsSettings = CallsSettings()
     rtp: RtpSettings = RtpSettings()
     store: StoreSettings = StoreSettings()
     crypto: CryptoSettings = CryptoSettings()
@@ -208,6 +270,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     retention: RetentionSettings = RetentionSettings()
     audit: AuditSettings = AuditSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @property
     def model_cache_dir(self) -> Path:

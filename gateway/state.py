@@ -18,6 +18,7 @@ from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.workers import WorkerSupervisor
 from storage.retention import RetentionSweeper
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,5 +29,7 @@ CALLS = web.AppKey("calls", CallRegistry)
 CLOCK = web.AppKey("clock", Clock)
 RTP = web.AppKey("rtp", RtpIngest)
 AI_METRICS = web.AppKey("ai_metrics", WorkerMetrics)
+"""The metrics of AI workers run in this process: only a test's (serve's are children)."""
+WORKERS = web.AppKey("workers", WorkerSupervisor)
 SWEEPER = web.AppKey("sweeper", RetentionSweeper)
 CHECKPOINTER = web.AppKey("checkpointer", Checkpointer)

@@ -103,3 +103,20 @@ class UnsupportedMedia(CallvaultError):
     which (``unsupported_codec``, ...)."""
 
     code = "unsupported_media"
+
+
+class LimitReached(CallvaultError):
+    """A tenant's limit would be exceeded by one more call; ``limit`` names it
+    (``live_calls``, ``rtp_calls``, ``announces_per_minute``), ``value`` is its value, and
+    ``retry_after_s`` says when a retry can succeed where that is known (the rate limit's
+    window), else ``None``."""
+
+    code = "limit_exceeded"
+
+    def __init__(
+        self, limit: str, value: int, message: str, *, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.retry_after_s = retry_after_s

@@ -13,6 +13,16 @@ publishes it (``MediaVault.recover_spooled``). Only ciphertext is ever written h
 
 File I/O runs in the spool's own small thread pool (an fsync can take milliseconds, and a
 slow disk must not starve the loop's default executor, which others share).
+
+**The bound.** During a store outage the spool grows with every call. It counts the bytes it
+holds (kept in step with each write and removal, not by walking the directory) and is
+``full`` once they reach ``max_bytes``: the gateway then refuses *new* calls (503
+``spool_full``), while the calls already recording write on without a limit, so that no
+acknowledged audio is lost to the bound (what stops them is only the disk itself; the bound's
+default leaves half the free space for them). **The store's state.** A publication that the
+store refused marks it ``store_down``: until a publication or a store check succeeds again,
+committing a live object does not try the store (each try can take seconds of retries) but
+leaves the closed file for the publisher, which retries on its own schedule.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from crypto.errors import CallvaultError
 from storage.errors import StorageUnavailable
 from storage.store import ObjectStore, check_key
 
@@ -37,11 +48,51 @@ _T = TypeVar("_T")
 class Spool:
     """Spooled uploads of one node, and what is left of them after a crash."""
 
-    def __init__(self, root: Path, store: ObjectStore, *, max_workers: int = 4) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: ObjectStore,
+        *,
+        max_bytes: int | None = None,
+        max_workers: int = 4,
+    ) -> None:
+        """``max_bytes``: the bound at which ``full`` turns true (``None``: never)."""
         self.root = root
         self._store = store
+        self.max_bytes = max_bytes
         self._open: set[str] = set()
+        # What each spool file holds, counted as it is written: the files a crash left are
+        # measured once, here, before the process serves.
+        self._sizes: dict[str, int] = dict(_measure(root))
+        self.store_down = False
+        """A publication failed in the store, and none (nor a store check) succeeded since."""
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spool")
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes every spool file holds, live or waiting for the store."""
+        return sum(self._sizes.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        """The bytes of spool files no live upload writes: closed objects that wait to be
+        published (the store was down at their commit) or that a crash left."""
+        return sum(size for key, size in self._sizes.items() if key not in self._open)
+
+    def pending(self) -> list[str]:
+        """The keys of those files (``pending_bytes``): what the publisher has to do."""
+        return sorted(key for key in self._sizes if key not in self._open)
+
+    @property
+    def full(self) -> bool:
+        """Whether the spool holds ``max_bytes`` or more: new calls are refused."""
+        return self.max_bytes is not None and self.held_bytes >= self.max_bytes
+
+    async def check_store(self) -> None:
+        """Ask the store whether it answers (``StorageUnavailable`` if not); if it does,
+        commits try it again."""
+        await self._store.check()
+        self.store_down = False
 
     async def run(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run blocking file I/O ``fn(*args)`` in the spool's pool; an ``OSError`` (a full
@@ -65,6 +116,7 @@ class Spool:
         path = self.path(key)
         handle = await self.run(_create, path)
         self._open.add(key)
+        self._sizes[key] = 0
         return SpooledUpload(self, key, handle)
 
     def is_open(self, key: str) -> bool:
@@ -98,7 +150,11 @@ class Spool:
         stored but never committed, with nothing left to recover it from."""
         source = await self.run(_open_for_reading, self.path(key))
         try:
-            upload = await self._store.open_upload(key)
+            try:
+                upload = await self._store.open_upload(key)
+            except CallvaultError:
+                self.store_down = True
+                raise
             try:
                 remaining = length
                 while remaining is None or remaining > 0:
@@ -112,20 +168,27 @@ class Spool:
                 if tail:
                     await upload.write(tail)
                 stored = await upload.commit()
-            except BaseException:
+            except BaseException as e:
+                if isinstance(e, CallvaultError):
+                    self.store_down = True
                 await upload.abort()
                 raise
         finally:
             await self.run(source.close)
+        self.store_down = False
         return stored
 
     async def discard(self, key: str) -> None:
         """Remove a spool file (idempotent)."""
         self._open.discard(key)
         await self.run(_unlink, self.path(key))
+        self._sizes.pop(key, None)
 
     def _closed(self, key: str) -> None:
         self._open.discard(key)
+
+    def _wrote(self, key: str, size: int) -> None:
+        self._sizes[key] = self._sizes.get(key, 0) + size
 
 
 class SpooledUpload:
@@ -139,6 +202,7 @@ class SpooledUpload:
 
     async def write(self, data: bytes | bytearray) -> None:
         await self._spool.run(self._file().write, data)
+        self._spool._wrote(self._key, len(data))
 
     async def flush(self) -> None:
         await self._spool.run(_sync, self._file())
@@ -146,11 +210,16 @@ class SpooledUpload:
     async def commit(self) -> int:
         """Close the spool file and publish it. The key stays "open" until ``done`` (or
         ``abandon``), so a recovery pass never publishes it at the same time; if the store
-        fails, the complete file is left for recovery."""
+        fails, or is known to be down (``Spool.store_down``: then it is not tried), the
+        complete file is left for recovery."""
         handle = self._file()
         self._handle = None
         try:
             await self._spool.run(_sync_and_close, handle)
+            if self._spool.store_down:
+                raise StorageUnavailable(
+                    f"the object store is down; {self._key} waits in the spool to be published"
+                )
             return await self._spool.publish(self._key)
         except BaseException:
             self._spool._closed(self._key)
@@ -231,6 +300,15 @@ def _sync_directory(path: Path) -> None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _measure(root: Path) -> Iterator[tuple[str, int]]:
+    """(key, size) of every spool file under ``root``."""
+    if root.is_dir():
+        for path in _files(root):
+            if path.name.endswith(SUFFIX):
+                key = path.relative_to(root).as_posix()[: -len(SUFFIX)]
+                yield key, path.stat().st_size
 
 
 def _files(root: Path) -> Iterator[Path]:

@@ -284,6 +284,14 @@ class MediaVault:
         it sends a status line.
         """
         record = await self.catalog.objects.get(object_id, tenant_id=tenant)
+        return await self.open_stored(record, verify_all=verify_all)
+
+    async def open_stored(
+        self, record: StoredObject, *, verify_all: bool = False
+    ) -> AsyncIterator[bytes]:
+        """``open_object`` for an object whose catalog row the caller has just read (an
+        export reads a page of them at once), without reading the row again."""
+        tenant, object_id = record.tenant_id, record.id
         if record.state != "committed":
             raise NotFound(f"object {object_id} is {record.state}, not readable")
         dek = await unwrap_stored(self.catalog, self.keys, tenant, object_id)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-# The gateway's in-process AI workers load a model and take jobs on their own; tests that
+# The gateway's AI worker children load a model and take jobs on their own; tests that
 # are not about AI run without them (the AI tests drive workers explicitly), and the
 # subprocess gateways of the integration tier inherit this unless a test sets it.
 os.environ.setdefault("CALLVAULT_AI__WORKERS", "0")
@@ -54,12 +54,36 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_UNWATCH] = install(WATCH)
 
 
+_WORKER_WATCHES = pytest.StashKey[list[dict[str, Any]]]()
+"""Under pytest-xdist, what each worker's secret watch found (the controller runs no tests)."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist (controller): keep a finished worker's secret-watch result."""
+    found = getattr(node, "workeroutput", {}).get("secret_watch")
+    if found is not None:
+        node.config.stash.setdefault(_WORKER_WATCHES, []).append(found)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when a secret reached a log line (where, and what kind, are printed;
-    the secret never is)."""
-    leaks = WATCH.leaks()
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    the secret never is). Under pytest-xdist each worker searches what it saw and hands the
+    result to the controller, which adds them up and fails the run the same way."""
+    config = session.config
     secrets_made, records, files = WATCH.counts
+    leaks = [str(leak) for leak in WATCH.leaks()]
+    if hasattr(config, "workeroutput"):  # an xdist worker: the controller reports
+        config.workeroutput["secret_watch"] = {
+            "counts": [secrets_made, records, files],
+            "leaks": leaks,
+        }
+        return
+    for found in config.stash.get(_WORKER_WATCHES, []):
+        made, seen, outputs = found["counts"]
+        secrets_made, records, files = secrets_made + made, records + seen, files + outputs
+        leaks += found["leaks"]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.ensure_newline()
         reporter.write_line(

@@ -129,6 +129,29 @@ def callvault(command: str, log_path: Path, env: dict[str, str]) -> Iterator[Pro
         process.wait(timeout=15)
 
 
+def worker_children(pid: int) -> set[int]:
+    """The AI worker children (``gateway.workers``) of process ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # it ended meanwhile
+            continue
+        if ppid == pid and b"gateway.workers" in cmdline:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Process ``pid`` runs (not ended, nor a zombie waiting for its parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @dataclass
 class Server:
     base: str

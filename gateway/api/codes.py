@@ -187,9 +187,27 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "connect with `wss://`, or send it in the `Authorization` header or the first message.",
         "A token in the URL (?token=) is accepted only over TLS (wss://) or from this machine.",
     ),
+    "limit_exceeded": (
+        "One more call would exceed a limit of the tenant, counted on every node together; "
+        "`limit` names it (`live_calls`, `rtp_calls`, `announces_per_minute`; the operator "
+        "sets them per tenant, the defaults are `CALLVAULT_LIMITS__*`). Nothing is stored but "
+        "the refusal's call record (a later announcement of the same call id replaces it) and "
+        "a `call.refused` audit event. For `announces_per_minute` a `Retry-After` header says "
+        "in how many seconds the window has room again.",
+        "The tenant has 100 live calls, its limit (live_calls = 100); retry when one has ended.",
+    ),
     "not_ready": (
-        "The catalog or the object store does not answer.",
-        "store is not reachable: the object store could not be reached.",
+        "The catalog does not answer.",
+        "catalog is not reachable: the catalog database could not be reached.",
+    ),
+    "spool_full": (
+        "The spool holds `CALLVAULT_INGEST__SPOOL_MAX_BYTES` (the object store has been down "
+        "a while): new calls are refused; calls in progress go on recording. Retry later or "
+        "on another node. (An unannounced WebSocket stream's `start` is closed with 1013 "
+        "and this reason.)",
+        "The spool holds 1073741824 bytes, at its bound of 1073741824 "
+        "(CALLVAULT_INGEST__SPOOL_MAX_BYTES) while the object store catches up: new calls "
+        "are refused, calls in progress go on. Retry later or on another node.",
     ),
 }
 
@@ -200,5 +218,6 @@ WIRE_CODE = {"ai_only": "forbidden", "not_websocket": "bad_request"}
 EXTRA_FIELDS: dict[str, dict[str, str]] = {
     "invalid_instructions": {"field": "retention.recordings"},
     "legal_hold": {"hold": HOLD_EXAMPLE},
+    "limit_exceeded": {"limit": "live_calls"},
 }
 """The fields an error body has besides ``error`` and ``message``, by code."""

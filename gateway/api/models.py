@@ -27,7 +27,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from gateway.ingest.events import Track
 from gateway.policy import RefusalCode as Refusal
-from storage.catalog.records import AuditReason, RecordingStatus, Role
+from storage.catalog.records import LIMIT_NAMES, AuditReason, LimitName, RecordingStatus, Role
 from storage.instructions import (
     DURATION_PATTERN,
     InstructionsDoc,
@@ -37,6 +37,7 @@ from storage.instructions import (
 from storage.retention import DeleteReason
 
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+MAX_LIMIT = 1_000_000
 MAX_HOLD_CALLS = 1000
 MAX_REASON = 500
 HOLD_EXAMPLE = "hold_9c2e4a1b7d3f5e6a8b0c1d2e"
@@ -111,6 +112,8 @@ class Error(BaseModel):
     (`retention.recordings`, `exclude_numbers.2`)."""
     hold: str | Absent = Field(default=None, examples=[HOLD_EXAMPLE])
     """Only with 409 `legal_hold`: the id of the legal hold that must be released first."""
+    limit: LimitName | Absent = None
+    """Only with 429 `limit_exceeded`: the tenant's limit one more call would exceed."""
 
 
 class RefusalCode(RootModel[Refusal]):
@@ -121,7 +124,44 @@ class Status(BaseModel):
     status: str
 
 
+class Readiness(BaseModel):
+    """``/readyz``'s 200: ``ready``, or ``degraded`` while the object store does not answer
+    or spooled audio waits to be published to it (the node still takes calls)."""
+
+    status: Literal["ready", "degraded"]
+    store: str | Absent = None
+    """Only when degraded: `ok`, or why the object store is not usable."""
+    spool_bytes: int | Absent = None
+    """Only when degraded: bytes in the spool (live calls' audio included)."""
+    spool_pending_bytes: int | Absent = None
+    """Only when degraded: bytes in the spool waiting to be published to the store."""
+
+
 # --- tenants and tokens --------------------------------------------------------------------
+
+
+LimitValue = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
+
+
+class LimitsChange(BaseModel):
+    """The operator's limits of a tenant, counted on every node together; a limit left out
+    of a creation, or set to null, follows its default (`CALLVAULT_LIMITS__*`); one left out
+    of a PATCH stays as it is. One more call over a limit is refused with 429
+    `limit_exceeded` naming it."""
+
+    model_config = _CLOSED
+
+    live_calls: LimitValue | None = Field(default=None, examples=[100])
+    """Calls live at once (announced or started, not ended)."""
+    rtp_calls: LimitValue | None = Field(default=None, examples=[50])
+    """RTP/SRTP calls live at once."""
+    announces_per_minute: LimitValue | None = Field(default=None, examples=[600])
+    """Calls announced (or started unannounced) in any 60 s; those a limit refused do not
+    count."""
+
+    def overrides(self) -> dict[str, int | None]:
+        """The limits this body names (null: back to the default)."""
+        return {name: getattr(self, name) for name in LIMIT_NAMES if name in self.model_fields_set}
 
 
 class TenantCreate(BaseModel):
@@ -133,6 +173,32 @@ class TenantCreate(BaseModel):
     """2-63 lowercase letters, digits or dashes; never reusable."""
     name: _text(200)  # type: ignore[valid-type]
     region: _text(32) = "eu"  # type: ignore[valid-type]
+    limits: LimitsChange | None = None
+    """Limits that differ from the defaults (`CALLVAULT_LIMITS__*`)."""
+
+
+class TenantUpdate(BaseModel):
+    """The body of a tenant's PATCH (operator): what it names changes, the rest stays.
+    Unknown fields (the id, the region) are refused."""
+
+    model_config = _CLOSED
+
+    name: _text(200) | None = None  # type: ignore[valid-type]
+    limits: LimitsChange | None = None
+    """The limits to change; a limit set to null goes back to its default."""
+
+
+class Limits(BaseModel):
+    """A tenant's limits in force: the operator's values, else the defaults."""
+
+    model_config = _DOCS
+
+    live_calls: Count
+    """Calls live at once."""
+    rtp_calls: Count
+    """RTP/SRTP calls live at once."""
+    announces_per_minute: Count
+    """Calls announced in any 60 s."""
 
 
 class Tenant(BaseModel):
@@ -143,6 +209,7 @@ class Tenant(BaseModel):
     region: str
     created_at: Timestamp
     """When the tenant was created."""
+    limits: Limits
 
 
 class TenantList(BaseModel):
@@ -324,7 +391,9 @@ class RtcpPorts(BaseModel):
 
 class RtpOffer(BaseModel):
     """rtp calls only: where each track's RTP goes and its SRTP key (null for plain RTP).
-    The call ends on `POST /v1/calls/{call_id}/end` or after `rtp.timeout` without packets."""
+    The call ends on `POST /v1/calls/{call_id}/end`, after `rtp.timeout` without packets
+    (also when none ever came: its ports go back), or at `calls.max_duration` (audio past it
+    is dropped and counted as `max_duration` in `callvault_rtp_datagrams_total`)."""
 
     model_config = _DOCS
 

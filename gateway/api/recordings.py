@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,7 @@ from gateway.api.common import TENANT, found, iso, principal_of, query_int, quer
 from gateway.errors import BadRequest, Forbidden, TooLarge
 from gateway.services import Services
 from gateway.state import CLOCK, SERVICES
-from storage.catalog import Call, Catalog, DataClass, Recording
+from storage.catalog import Call, Catalog, DataClass, Recording, StoredObject
 from storage.errors import Conflict, Gone, NotFound, StorageUnavailable
 from storage.instructions import normalize_number
 from storage.media.codecs import codec
@@ -225,14 +225,20 @@ class Wav:
 
     tracks: list[str]
     size: int
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes, None]
     """The header, then the PCM; raises ``CallvaultError`` if an object fails to verify."""
 
 
-async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
+async def open_wav(
+    services: Services,
+    recording: Recording,
+    call: Call,
+    objects: Sequence[StoredObject] | None = None,
+) -> Wav:
     """Open the stored audio of a recording as a stereo WAV (inbound left, outbound right),
     or raise the error that says why there is none (deleted 410, purged 410, AI only 403,
-    in progress 409, still in the spool 503, too long 413)."""
+    in progress 409, still in the spool 503, too long 413). ``objects``: the recording's
+    objects when the caller has them already (the export reads them a page at a time)."""
     catalog, tenant = services.catalog, recording.tenant_id
     if recording.status == "deleted":
         raise Gone(f"Recording {recording.id!r} was deleted.", code="recording_deleted")
@@ -244,7 +250,8 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
         )
     if recording.status == "recording" or recording.samples is None:
         raise Conflict(f"Recording {recording.id!r} is still in progress.")
-    objects = await catalog.objects.list(tenant, recording_id=recording.id)
+    if objects is None:
+        objects = await catalog.objects.list(tenant, recording_id=recording.id)
     audio = [o for o in objects if o.kind == AUDIO_KIND]
     if any(o.state == "writing" for o in audio):
         # Its commit failed (the store was down): the audio waits in the spool and is
@@ -262,7 +269,7 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
     for stored in audio:
         if stored.state == "committed" and stored.track in (LEFT, RIGHT):
             try:
-                stream = await services.vault.open_object(tenant, stored.id)
+                stream = await services.vault.open_stored(stored)
             except KeyUnavailable:  # shredded by a deletion that a crash interrupted
                 raise Gone(
                     f"The audio of {recording.id!r} is being deleted.", code="audio_deleted"
@@ -277,7 +284,7 @@ async def open_wav(services: Services, recording: Recording, call: Call) -> Wav:
             f"({frames / call.sample_rate / 3600:.1f} h of stereo at {call.sample_rate} Hz)."
         ) from None
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         yield header
         left = track_records(tracks.get(LEFT, []))
         right = track_records(tracks.get(RIGHT, []))

@@ -1,5 +1,5 @@
-"""Legal holds and data subjects' rights: erasure (of one recording, or of every call where
-a number is a party) and export by number (Art. 20 portability).
+"""Legal holds and data subjects' right to erasure (of one recording, or of every call where
+a number is a party); the export by number (Art. 20 portability) is ``gateway.api.export``.
 
 An erasure is refused whole (409 naming the hold) when a legal hold covers any of its calls.
 Otherwise it is recorded first (the recordings read as deleted at once, and a sweep finishes
@@ -7,70 +7,27 @@ an erasure a crash interrupted), then carried out by the retention sweeper's own
 steps (shred the DEKs, delete the bytes, mark the rows, write the receipts), and answered
 with a receipt. The call records stay until their ``call_records`` window ends (they are
 the operator's billing data), content-free.
-
-The export is a ZIP streamed as it is built: nothing decrypted is written anywhere but the
-response, each audio object is verified segment by segment as it is sent, and every read is
-audited before the first byte.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
-import zipfile
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from io import RawIOBase
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
-from crypto.errors import CallvaultError, KeyUnavailable
-from gateway.api.calls import call_view
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
-from gateway.api.recordings import Lifecycle, open_wav, recording_view
 from gateway.api.rightsmodels import ErasureRequest, LegalHoldCreate
 from gateway.auth import Principal
-from gateway.errors import BadRequest
 from gateway.state import CALLS, CLOCK, SERVICES, SWEEPER
-from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording
+from storage.catalog import AuditEntry, Call, Catalog, LegalHold, Recording, RecordingKey
 from storage.errors import HeldByLegalHold
-from storage.instructions import normalize_number
-from storage.media.tracks import AUDIO_KIND
 from storage.retention import Holds
 
-log = logging.getLogger(__name__)
-
 _PAGE = 500
-"""Recordings read per catalog query when a number's recordings are gathered."""
-
-EXPORT_ENTRIES: dict[str, Any] = {
-    "manifest.json": {"schema": {"$ref": "#/components/schemas/ExportManifest"}},
-    "calls.json": {
-        "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
-        "description": "Every call record where the number is a party, refused calls included.",
-    },
-    "recordings/{recording_id}/recording.json": {
-        "schema": {"$ref": "#/components/schemas/Recording"}
-    },
-    "recordings/{recording_id}/transcript.json": {
-        "schema": {"$ref": "#/components/schemas/Transcript"},
-        "description": "Where one is stored.",
-    },
-    "recordings/{recording_id}/analysis.json": {
-        "schema": {"$ref": "#/components/schemas/Analysis"},
-        "description": "Where one is stored.",
-    },
-    "recordings/{recording_id}/audio.wav": {
-        "contentMediaType": "audio/wav",
-        "description": "Where the audio can be exported: the WAV of "
-        "`GET /v1/recordings/{recording_id}/audio`.",
-    },
-}
-"""What ``export_number``'s ZIP holds, for the OpenAPI document (``x-zip-entries``: a
-schema cannot say what a ZIP's entries are)."""
+"""Recordings read per catalog query when a number's recordings are gathered for an
+erasure."""
 
 
 def hold_view(hold: LegalHold) -> dict[str, Any]:
@@ -86,15 +43,6 @@ def hold_view(hold: LegalHold) -> dict[str, Any]:
         "released_at": iso(hold.released_at),
         "released_by": hold.released_by,
     }
-
-
-def _query_number(request: web.Request) -> str:
-    if "number" not in request.query:
-        raise BadRequest("number is required (?number=+40...).", code="bad_query")
-    try:
-        return normalize_number(request.query["number"])
-    except ValueError:
-        raise BadRequest("number is not a phone number.", code="bad_query") from None
 
 
 async def place_hold(request: web.Request) -> web.Response:
@@ -263,156 +211,11 @@ async def _entries_of_number(
     catalog: Catalog, tenant: str, number: str
 ) -> list[tuple[Recording, Call]]:
     """Every recording of a call where ``number`` is a party, with its call, oldest call
-    first (the recordings listing, read to its end)."""
+    first (a page at a time; the receipt names every one)."""
     entries: list[tuple[Recording, Call]] = []
-    after: tuple[datetime, str] | None = None
-    while page := await catalog.recordings.list_entries(
-        tenant, number=number, after=after, limit=_PAGE
-    ):
+    after: RecordingKey | None = None
+    while page := await catalog.recordings.of_number(tenant, number, after=after, limit=_PAGE):
         entries.extend(page)
-        after = (page[-1][0].created_at, page[-1][0].id)
-    entries.sort(key=lambda entry: (entry[1].started_at, entry[1].id))
+        recording, call = page[-1]
+        after = (call.started_at, call.id, recording.id)
     return entries
-
-
-class _ZipSink(RawIOBase):
-    """Where ``zipfile`` writes: a buffer the handler drains into the response after each
-    write (unseekable, so entries carry data descriptors and nothing is rewritten)."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._offset = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self._buffer += view
-        self._offset += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self._offset
-
-    def take(self) -> bytes:
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
-
-
-async def export_number(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/tenants/{t}/export?number=``: a ZIP of every call where the number is a
-    party: ``calls.json`` (the call records), and per recording ``recording.json``,
-    ``transcript.json``, ``analysis.json`` and ``audio.wav`` where they exist, plus
-    ``manifest.json`` saying what is in it and why something is not."""
-    principal, tenant = await principal_of(request), request[TENANT]
-    number = _query_number(request)
-    app = request.app
-    services, now = app[SERVICES], app[CLOCK].now()
-    catalog = services.catalog
-    await catalog.tenants.get(tenant)
-    calls = await catalog.calls.of_number(tenant, number)
-    lifecycle = await Lifecycle.load(catalog, tenant)
-    export_id = f"export_{secrets.token_hex(12)}"
-    # Everything is opened (keys unwrapped, errors known) before the first byte is sent.
-    files: list[tuple[str, Any]] = [("calls.json", [call_view(c) for c in calls])]
-    manifest: dict[str, Any] = {"id": export_id, "tenant": tenant, "created_at": iso(now)}
-    contents: list[dict[str, Any]] = []
-    reads: list[AuditEntry] = []
-    entries = await _entries_of_number(catalog, tenant, number)
-    tracks = await catalog.objects.tracks(tenant, [r.id for r, _ in entries], kind=AUDIO_KIND)
-    for recording, call in entries:
-        folder = f"recordings/{recording.id}"
-        files.append(
-            (
-                f"{folder}/recording.json",
-                recording_view(recording, call, tracks[recording.id], lifecycle),
-            )
-        )
-        item: dict[str, Any] = {"recording_id": recording.id, "call_id": call.id}
-        committed = await catalog.objects.list(tenant, recording_id=recording.id, state="committed")
-        for kind in (TRANSCRIPT_KIND, ANALYSIS_KIND):
-            item[kind] = False
-            stored = [o for o in committed if o.kind == kind]
-            if not stored or recording.status == "deleted":  # an erasure not finished yet
-                continue
-            try:
-                body = await services.vault.read_object(tenant, stored[-1].id)
-            except KeyUnavailable:  # shredded by a deletion a crash interrupted
-                continue
-            files.append((f"{folder}/{kind}.json", orjson.loads(body)))
-            reads.append(_read(principal, f"{kind}.read", recording.id, export_id))
-            item[kind] = True
-        try:
-            wav = await open_wav(services, recording, call)
-        except CallvaultError as e:
-            item["audio"] = e.code  # recording_deleted, audio_purged, audio_deleted, ...
-        else:
-            files.append((f"{folder}/audio.wav", wav))
-            reads.append(_read(principal, "audio.read", recording.id, export_id))
-            item["audio"] = True
-        contents.append(item)
-    manifest.update(calls=len(calls), recordings=contents)
-    export = AuditEntry(
-        actor=principal.actor,
-        action="export.created",
-        object=export_id,
-        detail={"calls": len(calls), "recordings": len(contents)},
-    )
-    await catalog.audit.append_many(tenant, [export, *reads], now)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/zip",
-            "Content-Disposition": f'attachment; filename="{export_id}.zip"',
-            "Cache-Control": "no-store",
-        }
-    )
-    await response.prepare(request)
-    sink = _ZipSink()
-    try:
-        with zipfile.ZipFile(sink, "w") as archive:
-            await _write_json(response, sink, archive, "manifest.json", manifest, now)
-            for name, content in files:
-                if isinstance(content, (dict, list)):
-                    await _write_json(response, sink, archive, name, content, now)
-                    continue
-                info = zipfile.ZipInfo(name, date_time=_zip_time(now))
-                info.compress_type = zipfile.ZIP_STORED
-                with archive.open(info, "w", force_zip64=True) as entry:
-                    async for block in content.body:
-                        entry.write(block)
-                        await response.write(sink.take())
-        await response.write(sink.take())
-    except CallvaultError as e:
-        # The status line is sent; a truncated ZIP (no central directory) is the signal.
-        log.error("export %s stopped: %s", export_id, e.code)
-        if request.transport is not None:
-            request.transport.close()
-        return response
-    await response.write_eof()
-    return response
-
-
-def _read(principal: Principal, action: str, recording_id: str, export_id: str) -> AuditEntry:
-    return AuditEntry(
-        actor=principal.actor, action=action, object=recording_id, detail={"export": export_id}
-    )
-
-
-def _zip_time(now: datetime) -> tuple[int, int, int, int, int, int]:
-    return (now.year, now.month, now.day, now.hour, now.minute, now.second)
-
-
-async def _write_json(
-    response: web.StreamResponse,
-    sink: _ZipSink,
-    archive: zipfile.ZipFile,
-    name: str,
-    content: Any,
-    now: datetime,
-) -> None:
-    info = zipfile.ZipInfo(name, date_time=_zip_time(now))
-    info.compress_type = zipfile.ZIP_DEFLATED
-    archive.writestr(info, orjson.dumps(content, option=orjson.OPT_INDENT_2))
-    await response.write(sink.take())

@@ -27,7 +27,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
-from gateway.api import audit, calls, models, recordings, rights, rightsmodels, tenants
+from gateway.api import (
+    audit,
+    calls,
+    export,
+    models,
+    recordings,
+    rights,
+    rightsmodels,
+    tenants,
+)
 from gateway.api.common import BODY, FOUND, TENANT, json_body, principal_of
 from gateway.auth import Principal, require_role, scope, tenant_of
 from gateway.calls import CALL_ID_PATTERN, CallAnnouncement, parse_announcement
@@ -234,6 +243,9 @@ ROUTES: tuple[Route, ...] = (
           "List tenants", "tenants", models.TenantList),
     Route("GET", _TENANT, tenants.get_tenant, OPERATOR_ADMIN, "getTenant",
           "Get a tenant", "tenants", models.Tenant),
+    Route("PATCH", _TENANT, tenants.update_tenant, OPERATOR, "updateTenant",
+          "Rename a tenant or change its limits", "tenants", models.Tenant,
+          body=Body(models.TenantUpdate)),
     Route("DELETE", _TENANT, tenants.delete_tenant, OPERATOR, "deleteTenant",
           "Erase a tenant", "tenants", models.TenantErasure, errors={409: ("legal_hold",)}),
     Route("POST", f"{_TENANT}/tokens", tenants.create_token, OPERATOR_ADMIN, "createToken",
@@ -269,7 +281,8 @@ ROUTES: tuple[Route, ...] = (
               400: ("unsupported_codec",),
               403: typing.get_args(RefusalCode),
               409: ("conflict",),
-              503: ("rtp_ports_exhausted", "rtp_unavailable"),
+              429: ("limit_exceeded",),
+              503: ("rtp_ports_exhausted", "rtp_unavailable", "spool_full"),
           }),
     Route("GET", f"{_TENANT}/calls/{{call_id}}", calls.get_call, _roles("pbx", "admin"),
           "getCall", "Get a call record", "calls", models.Call, find=calls.find_call),
@@ -326,19 +339,22 @@ ROUTES: tuple[Route, ...] = (
           "requestErasure", "Erase a data subject's recordings", "rights",
           rightsmodels.ErasureReceipt, body=Body(rightsmodels.ErasureRequest),
           errors={409: ("legal_hold", "recording_in_progress")}),
-    Route("GET", f"{_TENANT}/export", rights.export_number, ADMIN, "exportNumber",
+    Route("GET", f"{_TENANT}/export", export.export_number, ADMIN, "exportNumber",
           "Export a data subject's calls", "rights", "application/zip",
           query=(Query("number", {"type": "string"},
                        "The data subject's number, international format.", required=True),),
           errors={400: ("bad_query",)},
           description="A ZIP (portability, GDPR Art. 20) of every call where the number is a "
-          "party: `manifest.json`, `calls.json`, and per recording a folder "
-          "`recordings/{recording_id}/` with `recording.json`, `transcript.json`, "
-          "`analysis.json` and `audio.wav` where they exist (`x-zip-entries`). It is streamed "
-          "as it is built; nothing decrypted is written anywhere else. Every read is audited "
-          "(`export.created`, `transcript.read`, `analysis.read`, `audio.read`) before the "
-          "first byte is sent. If a sealed object fails to verify mid-stream the connection "
-          "is closed early: the ZIP has no central directory and nothing unverified was sent."),
+          "party: `calls.json` first, then per recording a folder `recordings/{recording_id}/` "
+          "with `recording.json`, `transcript.json`, `analysis.json` and `audio.wav` where they "
+          "exist, and last `manifest.json` (`x-zip-entries`). It is produced recording by "
+          "recording while it is sent, so its memory does not grow with the number of calls, "
+          "and nothing decrypted is written anywhere else. Every read is audited: "
+          "`export.created` and the first recording's reads before the first byte is sent, "
+          "the reads of each later page of recordings (`transcript.read`, `analysis.read`, "
+          "`audio.read`) before that page's first byte. If a sealed object fails to verify "
+          "or the store fails mid-stream the connection is closed early: the ZIP has no "
+          "central directory and nothing unverified was sent."),
     # --- audit
     Route("GET", f"{_TENANT}/audit", audit.list_audit, ADMIN, "listAudit",
           "Read the audit log", "audit", models.AuditPage, query=_AUDIT_QUERY,

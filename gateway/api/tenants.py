@@ -18,11 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import TENANT, body_of, found, iso, principal_of
-from gateway.api.models import OperatorTokenCreate, TenantCreate, TokenCreate
+from gateway.api.models import OperatorTokenCreate, TenantCreate, TenantUpdate, TokenCreate
 from gateway.auth import MAX_LIFETIME, mint_tenant_token, mint_token, token_expiry
 from gateway.egress import check_webhook_url
 from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS, SWEEPER
-from storage.catalog import AuditEntry, Catalog, Instructions, Tenant, Token
+from storage.catalog import AuditEntry, Catalog, Instructions, Tenant, TenantLimits, Token
 from storage.errors import HeldByLegalHold, NotFound
 from storage.instructions import (
     REDACTED,
@@ -35,13 +35,20 @@ from storage.webhooksecret import store_instructions
 log = logging.getLogger(__name__)
 
 
-def tenant_view(tenant: Tenant) -> dict[str, Any]:
+def tenant_view(tenant: Tenant, defaults: TenantLimits) -> dict[str, Any]:
+    """The tenant as the API shows it, with the limits in force (its overrides of
+    ``defaults``)."""
     return {
         "id": tenant.id,
         "name": tenant.name,
         "region": tenant.region,
         "created_at": iso(tenant.created_at),
+        "limits": defaults.merged(tenant.limits).document(),
     }
+
+
+def _defaults(request: web.Request) -> TenantLimits:
+    return request.app[SETTINGS].limits.defaults()
 
 
 def token_view(token: Token) -> dict[str, Any]:
@@ -85,26 +92,63 @@ async def create_tenant(request: web.Request) -> web.Response:
     body = body_of(request, TenantCreate)
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     actor = (await principal_of(request)).actor
+    limits = {
+        name: value
+        for name, value in (body.limits.overrides() if body.limits else {}).items()
+        if value is not None
+    }
     tenant = await services.catalog.tenants.create(
         body.id,
         name=body.name,
         region=body.region,
         now=now,
-        audit=AuditEntry(actor=actor, action="tenant.created", object=body.id, detail={}),
+        limits=limits,
+        audit=AuditEntry(
+            actor=actor,
+            action="tenant.created",
+            object=body.id,
+            detail={"limits": limits} if limits else {},
+        ),
     )
-    return web.json_response(tenant_view(tenant), status=201)
+    return web.json_response(tenant_view(tenant, _defaults(request)), status=201)
+
+
+async def update_tenant(request: web.Request) -> web.Response:
+    """Rename the tenant or change its limits (operator): what the body names changes, the
+    rest stays; a limit set to null goes back to its default. The new limits hold from the
+    next call on, on every node (live calls over a lowered limit go on). Audited as
+    `tenant.updated` with what changed."""
+    body = body_of(request, TenantUpdate)
+    services, now = request.app[SERVICES], request.app[CLOCK].now()
+    actor = (await principal_of(request)).actor
+    tenant = request[TENANT]
+    limits = body.limits.overrides() if body.limits is not None else None
+    detail: dict[str, Any] = {}
+    if body.name is not None:
+        detail["name"] = body.name
+    if limits is not None:
+        detail["limits"] = limits
+    updated = await services.catalog.tenants.update(
+        tenant,
+        name=body.name,
+        limits=limits,
+        now=now,
+        audit=AuditEntry(actor=actor, action="tenant.updated", object=tenant, detail=detail),
+    )
+    return web.json_response(tenant_view(updated, _defaults(request)))
 
 
 async def list_tenants(request: web.Request) -> web.Response:
     """Every tenant that is not deleted."""
     tenants = await request.app[SERVICES].catalog.tenants.list()
-    return web.json_response({"items": [tenant_view(t) for t in tenants]})
+    defaults = _defaults(request)
+    return web.json_response({"items": [tenant_view(t, defaults) for t in tenants]})
 
 
 async def get_tenant(request: web.Request) -> web.Response:
-    """The tenant."""
+    """The tenant, with its limits in force."""
     tenant = await request.app[SERVICES].catalog.tenants.get(request[TENANT])
-    return web.json_response(tenant_view(tenant))
+    return web.json_response(tenant_view(tenant, _defaults(request)))
 
 
 async def delete_tenant(request: web.Request) -> web.Response:

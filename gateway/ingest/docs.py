@@ -13,7 +13,7 @@ from gateway.attachments import LEASE_TTL
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
-from gateway.settings import AudioSocketSettings
+from gateway.settings import AudioSocketSettings, CallsSettings
 
 ATTACHMENT_CODES = {
     "already_attached": "While a connection carries a call, another connection with its id "
@@ -26,6 +26,18 @@ ATTACHMENT_CODES = {
     "only from the first connection's IP address (`peer_mismatch` otherwise).",
 }
 """AudioSocket's refusals of a second connection for a call, and why each happens."""
+
+
+MAX_DURATION = (
+    "a frame that would lie past the call's maximum duration on its media timeline "
+    "(`CALLVAULT_CALLS__MAX_DURATION`, default "
+    f"`{CallsSettings().model_dump(mode='json')['max_duration']}`), "
+    "however its timestamps run, or any frame of a call whose wall-clock time since its first "
+    "stream reached it. Nothing past the limit is stored; the call is ended with what it has "
+    "(its recording kept, its AI job queued) and a reconnect meets `call_ended`. Sending "
+    "faster than real time is allowed up to the limit"
+)
+"""When ``max_duration`` ends a stream, the same words for both protocols."""
 
 
 def _when(code: str) -> str:
@@ -41,7 +53,9 @@ CLOSE_CODES = {
     "1007": "Malformed message (reason = the error code): bad JSON (`bad_json`), an unknown "
     "event (`unknown_event`), bad base64 (`bad_base64`), a missing or mistyped field "
     "(`bad_field`), a frame of the wrong size (`bad_frame_length`), a second start "
-    "(`duplicate_start`), anything after stop (`stream_stopped`).",
+    "(`duplicate_start`), anything after stop (`stream_stopped`). Also `max_duration`: "
+    + MAX_DURATION
+    + ".",
     "1008": "Policy refusal or bad token (reason = the error code): `unauthorized`, "
     "`forbidden` (not a pbx token), `token_in_url_needs_tls` ("
     + _when("token_in_url_needs_tls")
@@ -52,15 +66,24 @@ CLOSE_CODES = {
     + ". Nothing of a refused stream is stored.",
     "1009": f"A message over {MAX_MESSAGE // 1024} KiB (reason `message_too_big`).",
     "1011": "A server-side failure (reason = the error code, e.g. `storage_unavailable`).",
+    "1013": "Try again later (reason = the error code): `spool_full`, the stream's `start` "
+    "describes a new call while the spool is full (the object store has been down a while; "
+    "nothing is stored; calls already recording are not affected); `limit_exceeded`, a "
+    "stream that describes an unannounced call while its tenant is at a limit (`live_calls`, "
+    "`announces_per_minute`; the announcement's 429 says which); only the refusal's call "
+    "record is stored. Retry the stream later.",
 }
 
 WS_COMMON = f"""
 **Authentication** (a `pbx` token of the call's tenant), one of:
-`Authorization: Bearer <token>` on the upgrade request; `?token=<token>` in the URL, over TLS
-only (`wss://`, or a proxy that terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this
-machine, else close 1008 `token_in_url_needs_tls`; or, for PBXs that cannot set either,
-inside the first message (`token` above). Nothing is accepted before authentication; a token
-that is given and invalid closes with 1008.
+`Authorization: Bearer <token>` on the upgrade request, checked before the upgrade (a bad,
+revoked or expired token is answered HTTP 401 `unauthorized`, another role's 403 `forbidden`,
+and no WebSocket opens); `?token=<token>` in the URL, over TLS only (`wss://`, or a proxy that
+terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this machine, else close 1008
+`token_in_url_needs_tls`; or, for PBXs that cannot set either, inside the first message
+(`token` above). Nothing is accepted before authentication; a token in the URL or the first
+message that is invalid closes with 1008. A connection that has not started its stream
+within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT` (10 s) closes with 1008 `start_timeout`.
 
 **Messages** are at most {MAX_MESSAGE} bytes ({MAX_MESSAGE // 1024} KiB).
 
@@ -111,8 +134,12 @@ def audiosocket_extension() -> dict[str, Any]:
         "mono (an even number of bytes), stored as the `inbound` track.",
         f"0x{audiosocket.KIND_ERROR:02x}": "error. Sent by callvault before it closes the "
         "connection, with the ASCII error code as payload (e.g. `unknown_call`, `call_ended`, "
-        "`start_timeout`, `unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
+        "`start_timeout` (no 0x01 frame within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT`), "
+        "`unknown_frame_type`, `bad_frame_length`, `forbidden_network`, "
         + ", ".join(f"`{code}`" for code in ATTACHMENT_CODES)
+        + ", `too_many_connections` (over `CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS` or "
+        "`__MAX_CONNECTIONS_PER_PEER`), or `max_duration`: "
+        + MAX_DURATION
         + "); from Asterisk it ends the stream.",
     }
     return {

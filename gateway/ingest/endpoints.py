@@ -20,7 +20,8 @@ from aiohttp import WSMsgType, web
 
 from crypto.errors import CallvaultError, ConfigError
 from gateway.auth import Principal, authenticate, bearer_secret
-from gateway.errors import IngestError, MessageTooBig, StreamRefused, Unauthorized
+from gateway.connections import ConnectionCount, peer_address
+from gateway.errors import Forbidden, IngestError, MessageTooBig, StreamRefused, Unauthorized
 from gateway.ingest.audiosocket import AudioSocketParser, error_frame
 from gateway.ingest.events import MAX_MESSAGE
 from gateway.ingest.fork import ForkParser
@@ -37,8 +38,6 @@ WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 """Open ingest WebSockets, closed with 1001 (going away) when the server shuts down."""
 
 CLOSE_ERROR = 1011
-START_TIMEOUT_S = 10.0
-"""How long a new connection may take to authenticate and start its stream."""
 ERROR_LINGER_S = 2.0
 """How long a refused AudioSocket peer may keep sending before we close anyway."""
 
@@ -58,12 +57,16 @@ async def _websocket(
 ) -> web.WebSocketResponse:
     app = request.app
     clock, metrics = app[CLOCK], app[METRICS]
+    # A token in a header is checked before the upgrade: a bad one gets an HTTP 401 (a
+    # token of another role 403) and never a WebSocket.
+    principal = await _header_principal(request)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True, heartbeat=30.0)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     binding: StreamBinding | None = None
     try:
-        principal = await _upgrade_principal(request)
+        if principal is None:
+            principal = await _url_principal(request)
         binding = StreamBinding(
             transport=transport,
             registry=app[CALLS],
@@ -72,7 +75,7 @@ async def _websocket(
             principal=principal,
         )
         parser = new_parser()
-        started_by = _deadline()
+        started_by = _deadline(app)
         while True:
             message = await _before(started_by, binding, ws.receive())
             if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
@@ -113,26 +116,46 @@ async def _websocket(
     return ws
 
 
-def _deadline() -> float:
-    return asyncio.get_running_loop().time() + START_TIMEOUT_S
+def _deadline(app: web.Application) -> tuple[float, float]:
+    """When a new connection must have started its stream (loop time), and the timeout."""
+    timeout = app[SETTINGS].ingest.handshake_timeout.total_seconds()
+    return asyncio.get_running_loop().time() + timeout, timeout
 
 
-async def _before(deadline: float, binding: StreamBinding, receive: Awaitable[_T]) -> _T:
+async def _before(
+    deadline: tuple[float, float], binding: StreamBinding, receive: Awaitable[_T]
+) -> _T:
     """Await the next message; until the stream has started (authenticated, its call
     accepted), only until ``deadline``: a connection that never starts holds nothing."""
     if binding.session is not None:
         return await receive
-    remaining = deadline - asyncio.get_running_loop().time()
+    remaining = deadline[0] - asyncio.get_running_loop().time()
     try:
         return await asyncio.wait_for(receive, timeout=max(remaining, 0.001))
     except TimeoutError:
         raise StreamRefused(
-            f"The stream did not start within {START_TIMEOUT_S:.0f} s.", code="start_timeout"
+            f"The stream did not start within {deadline[1]:g} s.", code="start_timeout"
         ) from None
 
 
-async def _upgrade_principal(request: web.Request) -> Principal | None:
-    """The token of the upgrade request (header, else ``?token=``); ``None`` when it has
+async def _header_principal(request: web.Request) -> Principal | None:
+    """The pbx token of the upgrade request's ``Authorization`` header, checked before the
+    upgrade: ``Unauthorized`` (401) for a bad, revoked or expired one, ``Forbidden`` (403)
+    for another role's; ``None`` without the header (the token then comes as ``?token=``
+    or in the first message)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    principal = await authenticate(
+        request.app[SERVICES].catalog, bearer_secret(header), now=request.app[CLOCK].now()
+    )
+    if principal.role != "pbx":
+        raise Forbidden("Only a pbx token may push audio.")
+    return principal
+
+
+async def _url_principal(request: web.Request) -> Principal | None:
+    """The token of the upgrade URL (``?token=``), after the upgrade; ``None`` when it has
     none, so that Twilio can carry it in ``start``. A token that is given must be valid;
     one in the URL is refused unread on a plaintext socket from another machine (the URL
     crossed the network in clear, and proxies log URLs)."""
@@ -151,7 +174,7 @@ async def _upgrade_principal(request: web.Request) -> Principal | None:
             code="token_in_url_needs_tls",
         )
     try:
-        secret = bearer_secret(request.headers.get("Authorization")) or request.query.get("token")
+        secret = request.query.get("token")
         if secret is None:
             return None
         return await authenticate(
@@ -180,6 +203,7 @@ class AudioSocketServer:
         self._settings = settings
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._count = ConnectionCount(settings.max_connections, settings.max_connections_per_peer)
 
     @property
     def port(self) -> int:
@@ -206,6 +230,17 @@ class AudioSocketServer:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        metrics = self._app[METRICS]
+        peer = peer_address(writer.get_extra_info("peername"))
+        refused = self._count.admit(peer)
+        if refused is not None:
+            # Over a cap: refused at once, nothing read (the node's protection, whoever
+            # the peer is; an unanswered flood must not queue here).
+            metrics.connections_dropped.labels("audiosocket", refused).inc()
+            writer.write(error_frame("too_many_connections"))
+            writer.close()
+            return
+        metrics.connections.labels("audiosocket").inc()
         task = asyncio.current_task()
         assert task is not None  # noqa: S101
         self._connections.add(task)
@@ -213,6 +248,8 @@ class AudioSocketServer:
             await self._serve(reader, writer)
         finally:
             self._connections.discard(task)
+            self._count.release(peer)
+            metrics.connections.labels("audiosocket").dec()
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
@@ -230,7 +267,7 @@ class AudioSocketServer:
                 peer=self._allowed_peer(writer),
             )
             parser = AudioSocketParser()
-            started_by = _deadline()
+            started_by = _deadline(app)
             while data := await _before(started_by, binding, reader.read(MAX_MESSAGE)):
                 if await binding.handle(parser.feed(data), clock.now()):
                     return

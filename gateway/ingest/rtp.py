@@ -16,8 +16,9 @@ What a datagram goes through, cheapest check first:
    others are ``unexpected_source``. With SRTP, a new address may take over once the
    latched one has been silent for ``RELATCH_AFTER_S`` (a PBX failing over), because only
    the key holder can produce a packet that authenticates; plain RTP never re-latches;
-3. SRTP (libsrtp via pylibsrtp): ``auth_failed``, or ``replay`` for a packet libsrtp's
-   replay window has seen or has left behind;
+3. SRTP (libsrtp via pylibsrtp): ``malformed`` if longer than ``MAX_SRTP_PACKET``,
+   ``auth_failed``, or ``replay`` for a packet libsrtp's replay window has seen or has
+   left behind;
 4. the payload type: the call's codec (0 PCMU, 8 PCMA, a dynamic one for Opus), comfort
    noise (13, ignored: the gap in timestamps is the silence), RFC 4733 telephone events
    (DTMF, never audio); anything else ``unexpected_payload_type``; an Opus payload that is
@@ -83,6 +84,11 @@ DYNAMIC_PAYLOAD_TYPES = range(96, 128)
 DEFAULT_TELEPHONE_EVENT = 101
 """The payload type most PBXs give RFC 4733 telephone events when nobody says otherwise."""
 
+MAX_SRTP_PACKET = 1500
+"""Bytes; pylibsrtp unprotects in a buffer of this size and raises ``ValueError`` for a
+longer datagram, so one is refused (``malformed``) before it gets there. (Found by fuzzing:
+a peer's 1501-byte datagram made the receiver raise, one logged traceback per datagram.)"""
+
 MIN_SEQUENTIAL = 2
 """Packets in sequence a new SSRC must send before it replaces the current source."""
 MAX_DROPOUT = 3000
@@ -96,8 +102,9 @@ RELATCH_AFTER_S = 1.0
 address may take over (SRTP only)."""
 MAX_AHEAD_S = 5.0
 """A timestamp placing audio more than this far ahead of the call's clock (wall-clock time
-since its first packet, or the track's end if later) re-anchors the source: a sender cannot
-stretch the timeline faster than time passes."""
+since its first packet) re-anchors the source, at the track's end: a sender cannot stretch
+the timeline faster than time passes. (Measured from the clock alone, not from the track's
+end if later: that let each packet jump this far past the one before, 5 s a packet.)"""
 MAX_BACKSTEP_S = 0.1
 """A timestamp more than this far behind the track's end re-anchors the source."""
 
@@ -362,6 +369,9 @@ class RtpTrackReceiver:
             self._count("unexpected_source")
             return []
         if self._srtp is not None:
+            if len(data) > MAX_SRTP_PACKET:
+                self._count("malformed")
+                return []
             try:
                 data = self._srtp.unprotect(data)
             except pylibsrtp.Error as e:
@@ -586,7 +596,9 @@ class RtpTrackReceiver:
             self._ts_last = timestamp
             position = self._anchor + self._ts_ext - self._ts_base
             lowest = max(0, self._end - self._max_backstep)
-            highest = max(self._end, self._timeline.elapsed(now)) + self._max_ahead
+            # The clock alone bounds it: were the track's end a bound too, each packet
+            # could land MAX_AHEAD_S past the last one's end, and ratchet the track ahead.
+            highest = self._timeline.elapsed(now) + self._max_ahead
             if lowest <= position <= highest:
                 return position
         # A new source, or its clock jumped: it starts where the call's clock says.

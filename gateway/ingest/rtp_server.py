@@ -5,16 +5,19 @@ the odd one after it for RTCP (whose packets are counted and dropped: the gatewa
 none of them), taken from ``rtp.port_min..port_max``, and for SRTP a fresh SDES key per
 track. The ports go back to the pool (least recently used first, so a late packet of an
 ended call is unlikely to meet a new call on the same port) when the call ends: on
-``POST .../end``, after ``rtp.timeout`` without a packet, at shutdown or when the tenant is
-deleted.
+``POST .../end``, after ``rtp.timeout`` without a packet (``media_timeout``; for a call that
+never sent one, ``rtp.timeout`` after its announcement: ``start_timeout``, so an idle
+announcement cannot hold ports for the longer ``ingest.start_timeout``), when it reaches
+``calls.max_duration``, at shutdown or when the tenant is deleted.
 
 The datagram protocol only moves bytes: each datagram goes to the track's sans-I/O
 ``RtpTrackReceiver`` with the time, and the events it releases are placed on the call's
 session at once (``CallSession.place``, no task per packet); a flush that falls due runs as
 one task per call. UDP cannot push back on a slow disk, so a call whose buffered audio
 reaches ``MAX_BUFFERED_FLUSHES`` flushes' worth drops further audio, counted
-(``overload``), instead of growing without bound. Nothing a peer sends raises out of
-``datagram_received``.
+(``overload``), instead of growing without bound. Audio that would lie past the call's
+maximum duration is dropped, counted (``max_duration``), and the registry's ticker ends the
+call (the session is closing). Nothing a peer sends raises out of ``datagram_received``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from datetime import datetime
 from crypto.errors import CallvaultError
 from gateway.calls import CallRegistry, CallTransport
 from gateway.clock import Clock
-from gateway.errors import IngestUnavailable
+from gateway.errors import IngestUnavailable, MaxDurationReached
 from gateway.ingest.events import Audio, Dtmf, Event, Track
 from gateway.ingest.rtp import (
     DELIVERED,
@@ -42,7 +45,7 @@ from gateway.ingest.rtp import (
     Timeline,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.session import CallSession
+from gateway.session import CallSession, EndReason
 from gateway.settings import RtpSettings
 from storage.media.codecs import codec as media_codec
 
@@ -53,9 +56,10 @@ MAX_BUFFERED_FLUSHES = 4
 """A call may hold this many flushes' worth of audio while its flush is slow or failing."""
 FLUSH_RETRY_S = 1.0
 """After a failed flush, the next one the datagrams ask for is started no sooner than this."""
-OUTCOMES = (*DROP_REASONS, *DELIVERED, "closed", "overload")
+OUTCOMES = (*DROP_REASONS, *DELIVERED, "closed", "overload", "max_duration")
 """Every label of ``callvault_rtp_datagrams``: the receiver's, and the glue's own drops
-(``closed``: the call is ending; ``overload``: its flush cannot keep up)."""
+(``closed``: the call is ending; ``overload``: its flush cannot keep up; ``max_duration``:
+the audio would lie past the call's maximum duration, which ends the call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,9 @@ class _RtpCall:
         max_buffered: int,
     ) -> None:
         self.session = session
+        self.opened_at = clock.now().timestamp()
+        """When its ports were bound: a call that never sends is ended ``rtp.timeout``
+        after it."""
         self.ports: dict[Track, int] = {}
         self.sockets: list[_Port] = []
         self.receivers: dict[Track, RtpTrackReceiver] = {}
@@ -195,6 +202,11 @@ class _RtpCall:
                 if not session.attached:
                     session.attach(now)
                 due = session.place(event, now)
+            except MaxDurationReached:
+                # Nothing past the limit is stored; the session is closing now, and the
+                # registry's ticker ends the call (a datagram cannot wait for that).
+                self.count("max_duration")
+                continue
             except CallvaultError:
                 self.count("bad_payload")  # ended or closing was checked just above
                 continue
@@ -412,17 +424,18 @@ class RtpIngest(CallTransport):
         return 4 * len(self._calls)
 
     async def tick(self, now: datetime) -> None:
-        """End the calls whose media stopped ``rtp.timeout`` ago."""
+        """End the calls whose media stopped ``rtp.timeout`` ago (``media_timeout``), and
+        those that never sent a packet in ``rtp.timeout`` since their ports were bound
+        (``start_timeout``: their stream never started), so that their ports go back."""
         limit = self._settings.timeout.total_seconds()
         for call in list(self._calls.values()):
             last = call.last_packet_at()
-            if last is None or now.timestamp() - last < limit:
+            reason: EndReason = "start_timeout" if last is None else "media_timeout"
+            if now.timestamp() - (call.opened_at if last is None else last) < limit:
                 continue
             session = call.session
             try:
-                await self._registry.end(
-                    session.tenant, session.call_id, now=now, reason="media_timeout"
-                )
+                await self._registry.end(session.tenant, session.call_id, now=now, reason=reason)
             except CallvaultError as e:
                 log.warning(
                     "call %s: ending it after its media stopped failed: %s",

@@ -7,7 +7,8 @@ also held to the address it first came from, and claims the call in the catalog 
 touches the session: ``gateway.attachments``). From ``StreamStart`` on they are the same: the
 call must be known and accepted (or, for an unannounced call, the policy accepts it now),
 and only then does audio reach the call's session. Anything else ends the stream with an
-``IngestError`` whose code the transport sends back (close reason or 0xff frame).
+``IngestError`` whose code the transport sends back (close reason or 0xff frame); a frame
+past the call's maximum duration (``max_duration``) also ends the call, which is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import datetime
 from crypto.errors import CallvaultError
 from gateway.auth import Principal, authenticate
 from gateway.calls import CallRegistry, parse_announcement, refusal_of
-from gateway.errors import PolicyRefused, StreamRefused, Unauthorized
+from gateway.errors import MaxDurationReached, PolicyRefused, StreamRefused, Unauthorized
 from gateway.ingest.events import Audio, Dtmf, Event, Mark, StreamStart, StreamStop
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, EndReason
@@ -68,8 +69,9 @@ class StreamBinding:
                 assert self.session is not None  # noqa: S101 - parsers refuse audio before start
                 session = self.session
                 if session.ended or session.closing:
-                    # First: an ended call says so, whoever held it.
-                    raise StreamRefused(f"Call {session.call_id!r} has ended.", code="call_ended")
+                    # First: an ended call says so (and why, if it reached its limit),
+                    # whoever held it.
+                    raise session.ended_refusal()
                 if self._holder is not None and (
                     session.holder != self._holder or session.lease_lapsed(now)
                 ):
@@ -79,7 +81,11 @@ class StreamBinding:
                         f"Call {session.call_id!r} is carried by another connection.",
                         code="already_attached",
                     )
-                await session.receive(event, now)
+                try:
+                    await session.receive(event, now)
+                except MaxDurationReached:
+                    await self._end_at_limit(session, now)
+                    raise
                 self._frames.inc()
             elif isinstance(event, StreamStart):
                 self.session = await self._start(event, now)
@@ -188,6 +194,24 @@ class StreamBinding:
             session = self.session
             reason: EndReason = "stop" if event.reason == "stop" else "hangup"
             await self._registry.end(session.tenant, session.call_id, now=now, reason=reason)
+
+    async def _end_at_limit(self, session: CallSession, now: datetime) -> None:
+        """A frame passed the call's maximum duration: the call ends now, with what it has
+        (its recording kept, its AI job queued), before the stream hears why. A finish
+        that fails is left to the ticker (the session is closing), and the refusal is sent
+        all the same."""
+        self.stopped = True
+        try:
+            await self._registry.end(
+                session.tenant, session.call_id, now=now, reason="max_duration"
+            )
+        except CallvaultError as e:
+            log.warning(
+                "call %s reached its maximum duration; ending it failed: %s",
+                session.call_id,
+                e.code,
+                extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
+            )
 
     async def release(self, now: datetime) -> None:
         """AudioSocket: the connection is gone; its claim on the call (if it still holds it)

@@ -17,10 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.catalog.audit import append_entries
 from storage.catalog.core import IN_BATCH, CatalogCore, at, lock_tenant, record
-from storage.catalog.recordings import new_recording
-from storage.catalog.records import AudioSocketLease, AuditEntry, Call, Recording
+from storage.catalog.limits import LIMIT_REFUSAL, reached_limit
+from storage.catalog.recordings import calls_of_number, new_recording
+from storage.catalog.records import (
+    AudioSocketLease,
+    AuditEntry,
+    Call,
+    CallKey,
+    NumberCalls,
+    Recording,
+    TenantLimits,
+)
 from storage.catalog.schema import calls, recordings, tenants
-from storage.errors import NotFound
+from storage.errors import LimitReached, NotFound
 
 Claim = Literal["attached", "already_attached", "peer_mismatch", "call_ended"]
 """What ``Calls.claim_audiosocket`` did: attached, or why not (AudioSocket's error codes)."""
@@ -51,18 +60,56 @@ class Calls:
         recording_id: str | None = None,
         audit: AuditEntry | None = None,
         audiosocket_id_hash: str | None = None,
+        limits: TenantLimits | None = None,
     ) -> tuple[Call, Recording | None]:
         """Store the call record and, for an accepted call (``recording_id`` given), its
         recording (status ``recording``), with the decision's ``audit`` event, in one
         transaction: a recording never exists without its call record, nor an accepted or
         refused call without its event. ``audiosocket_id_hash``: the hash of the secret id an
-        accepted audiosocket call is found by (``find_audiosocket``)."""
+        accepted audiosocket call is found by (``find_audiosocket``).
+
+        ``limits``: the default limits, which the tenant's overrides amend. When one more
+        call would exceed one (``storage.catalog.limits``), the call is stored as refused
+        (``limit_exceeded``, with a ``call.refused`` event naming the limit) instead, and
+        ``LimitReached`` is raised once that is committed. A call record that a limit refused
+        is replaced by a later announcement of the same call id (a PBX's retry); the audit
+        log keeps the refusal."""
         if recording_id is not None and (refusal_code is not None or instructions_version is None):
             raise ValueError("only an accepted call under stored instructions has a recording")
         if audiosocket_id_hash is not None and recording_id is None:
             raise ValueError("only an accepted call has an AudioSocket id")
+        reached: LimitReached | None = None
         async with self._core.transaction(write=True, subject=f"Call {id!r}") as conn:
-            await lock_tenant(conn, tenant_id, live=True)
+            tenant = await lock_tenant(conn, tenant_id, live=True)
+            if limits is not None:
+                reached = await reached_limit(
+                    conn,
+                    tenant_id,
+                    transport=transport,
+                    accepted=recording_id is not None,
+                    limits=limits.merged(tenant.limits),
+                    now=started_at,
+                )
+            if reached is not None:
+                refusal_code, recording_id, audiosocket_id_hash = LIMIT_REFUSAL, None, None
+                decision = {"store_recording": False, "ai": []}
+                audit = AuditEntry(
+                    actor=audit.actor if audit is not None else "gateway",
+                    action="call.refused",
+                    object=id,
+                    detail={
+                        "code": LIMIT_REFUSAL,
+                        "limit": reached.limit,
+                        "instructions_version": instructions_version,
+                    },
+                )
+            await conn.execute(
+                sa.delete(calls).where(
+                    calls.c.tenant_id == tenant_id,
+                    calls.c.id == id,
+                    calls.c.refusal_code == LIMIT_REFUSAL,
+                )
+            )
             call_row = (
                 await conn.execute(
                     sa.insert(calls)
@@ -107,6 +154,8 @@ class Calls:
                 await append_entries(
                     conn, tenant_id, [audit], started_at, keys=self._core.audit_keys
                 )
+        if reached is not None:
+            raise reached
         return record(Call, call_row), recording
 
     async def create(
@@ -286,17 +335,52 @@ class Calls:
         async with self._core.transaction() as conn:
             return await _lease(conn, tenant_id, call_id)
 
-    async def of_number(self, tenant_id: str, number: str) -> list[Call]:
-        """Every call record of the tenant where ``number`` is a party, oldest first."""
-        return await self._core.all(
-            sa.select(calls)
-            .where(
-                calls.c.tenant_id == tenant_id,
-                sa.or_(calls.c.from_number == number, calls.c.to_number == number),
-            )
-            .order_by(calls.c.started_at, calls.c.id),
-            Call,
-        )
+    async def of_number(
+        self,
+        tenant_id: str,
+        number: str,
+        *,
+        after: CallKey | None = None,
+        through: CallKey | None = None,
+        limit: int | None = None,
+    ) -> list[Call]:
+        """The tenant's call records where ``number`` is a party, oldest first: every one,
+        or a page of ``limit`` strictly after the keyset cursor ``after`` (the previous
+        page's last) and up to ``through`` (``NumberCalls.last`` when the read began, so that
+        calls announced meanwhile do not join it half way)."""
+        stmt = sa.select(calls).where(*calls_of_number(tenant_id, number, after, through))
+        stmt = stmt.order_by(calls.c.started_at, calls.c.id)
+        return await self._core.all(stmt if limit is None else stmt.limit(limit), Call)
+
+    async def count_of_number(self, tenant_id: str, number: str) -> NumberCalls:
+        """How many call records of the tenant have ``number`` as a party, how many of those
+        have a recording, and the last one's keyset cursor, in one snapshot."""
+        key = (calls.c.started_at, calls.c.id)
+        where = calls_of_number(tenant_id, number, None, None)
+        async with self._core.transaction(snapshot=True) as conn:
+            last = (
+                await conn.execute(
+                    sa.select(*key).where(*where).order_by(*(c.desc() for c in key)).limit(1)
+                )
+            ).one_or_none()
+            if last is None:
+                return NumberCalls(calls=0, recordings=0, last=None)
+            counted = (
+                await conn.execute(
+                    sa.select(sa.func.count(calls.c.id.distinct()), sa.func.count(recordings.c.id))
+                    .select_from(
+                        calls.outerjoin(
+                            recordings,
+                            sa.and_(
+                                recordings.c.tenant_id == calls.c.tenant_id,
+                                recordings.c.call_id == calls.c.id,
+                            ),
+                        )
+                    )
+                    .where(*calls_of_number(tenant_id, number, None, (last[0], last[1])))
+                )
+            ).one()
+        return NumberCalls(calls=counted[0], recordings=counted[1], last=(last[0], last[1]))
 
     async def end(self, tenant_id: str, call_id: str, now: datetime) -> Call:
         """Record the end of the call; ending it again keeps the first end time."""

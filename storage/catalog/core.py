@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from datetime import datetime
@@ -98,14 +98,28 @@ def at(value: datetime) -> sa.BindParameter[datetime]:
     return sa.bindparam(None, value, type_=UTCDateTime())
 
 
+def after_key(
+    columns: Sequence[sa.ColumnElement[Any]], key: Sequence[Any]
+) -> sa.ColumnElement[bool]:
+    """Rows strictly after ``key`` in the ascending order of ``columns``: a keyset cursor
+    over several columns, spelled out (``a > x OR a = x AND (b > y ...)``) so that each
+    value is bound with its column's type on every backend."""
+    (column, *columns_left), (value, *key_left) = columns, key
+    if not columns_left:
+        return column > value
+    return sa.or_(column > value, sa.and_(column == value, after_key(columns_left, key_left)))
+
+
 async def lock_tenant(conn: AsyncConnection, tenant_id: str, *, live: bool) -> AnyRow:
     """Lock the tenant row for the rest of the transaction (PostgreSQL; SQLite already
-    holds the database's write lock) and return its deletion time and audit head.
+    holds the database's write lock) and return its deletion time, audit head and limits.
     ``FOR NO KEY UPDATE`` serializes the writers that take it without blocking inserts that
     merely reference the tenant. ``NotFound`` if unknown, or deleted when ``live``."""
     row = (
         await conn.execute(
-            sa.select(tenants.c.deleted_at, tenants.c.audit_seq, tenants.c.audit_head)
+            sa.select(
+                tenants.c.deleted_at, tenants.c.audit_seq, tenants.c.audit_head, tenants.c.limits
+            )
             .where(tenants.c.id == tenant_id)
             .with_for_update(key_share=True)
         )

@@ -150,6 +150,24 @@ class Objects:
             tracks[recording_id].append(track)
         return {recording_id: sorted(names) for recording_id, names in tracks.items()}
 
+    async def of_recordings(
+        self, tenant_id: str, recording_ids: Sequence[str]
+    ) -> dict[str, list[StoredObject]]:
+        """The objects of each recording (every state), oldest first; one query for a whole
+        page of recordings."""
+        found: dict[str, list[StoredObject]] = {recording_id: [] for recording_id in recording_ids}
+        if not recording_ids:
+            return found
+        stmt = sa.select(objects).where(
+            objects.c.tenant_id == tenant_id, objects.c.recording_id.in_(list(recording_ids))
+        )
+        for stored in await self._core.all(
+            stmt.order_by(objects.c.created_at, objects.c.id), StoredObject
+        ):
+            assert stored.recording_id is not None  # noqa: S101 - selected by it
+            found[stored.recording_id].append(stored)
+        return found
+
     async def list(
         self,
         tenant_id: str,

@@ -8,6 +8,7 @@ along ``RECORDING_TRANSITIONS`` after that; its erasure is a retention query
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from storage.catalog.core import (
     MAX_ERROR_CHARS,
     AnyRow,
     CatalogCore,
+    after_key,
     at,
     lock_tenant,
     record,
@@ -29,7 +31,9 @@ from storage.catalog.records import (
     RECORDING_STATUSES,
     AuditEntry,
     Call,
+    CallKey,
     Recording,
+    RecordingKey,
     RecordingStatus,
 )
 from storage.catalog.schema import calls, recordings, tenants
@@ -67,6 +71,24 @@ def new_recording(
         "delete_reason": None,
         "samples": None,
     }
+
+
+def calls_of_number(
+    tenant_id: str, number: str, after: CallKey | None, through: CallKey | None
+) -> list[sa.ColumnElement[bool]]:
+    """The calls of the tenant where ``number`` is a party, after the keyset cursor ``after``
+    and up to ``through`` ((started_at, id) both): ``Calls.of_number``'s conditions, and
+    ``Recordings.of_number``'s on their calls."""
+    key = (calls.c.started_at, calls.c.id)
+    where = [
+        calls.c.tenant_id == tenant_id,
+        sa.or_(calls.c.from_number == number, calls.c.to_number == number),
+    ]
+    if after is not None:
+        where.append(after_key(key, after))
+    if through is not None:
+        where.append(sa.not_(after_key(key, through)))
+    return where
 
 
 async def require_recording(conn: AsyncConnection, tenant_id: str, recording_id: str) -> AnyRow:
@@ -175,8 +197,33 @@ class Recordings:
             )
         return await self._entries(sa.and_(*where), limit=limit)
 
+    async def of_number(
+        self,
+        tenant_id: str,
+        number: str,
+        *,
+        after: RecordingKey | None = None,
+        through: CallKey | None = None,
+        limit: int,
+    ) -> list[tuple[Recording, Call]]:
+        """A page of the recordings of the tenant's calls where ``number`` is a party, with
+        their calls, oldest call first: strictly after the keyset cursor ``after`` (the
+        previous page's last) and of calls up to ``through`` (see ``Calls.of_number``)."""
+        where = calls_of_number(tenant_id, number, None, through)
+        key = (calls.c.started_at, calls.c.id, recordings.c.id)
+        if after is not None:
+            where.append(after_key(key, after))
+        return await self._entries(sa.and_(*where), limit=limit, order=key)
+
     async def _entries(
-        self, where: sa.ColumnElement[bool], *, limit: int
+        self,
+        where: sa.ColumnElement[bool],
+        *,
+        limit: int,
+        order: Sequence[sa.ColumnElement[Any]] = (
+            recordings.c.created_at.desc(),
+            recordings.c.id.desc(),
+        ),
     ) -> list[tuple[Recording, Call]]:
         stmt = (
             sa.select(recordings, *_CALL_COLUMNS)
@@ -190,7 +237,7 @@ class Recordings:
                 )
             )
             .where(where)
-            .order_by(recordings.c.created_at.desc(), recordings.c.id.desc())
+            .order_by(*order)
             .limit(limit)
         )
         async with self._core.transaction() as conn:

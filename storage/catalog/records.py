@@ -46,6 +46,32 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+LimitName = Literal["live_calls", "rtp_calls", "announces_per_minute"]
+LIMIT_NAMES: tuple[LimitName, ...] = ("live_calls", "rtp_calls", "announces_per_minute")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's limits on calls, counted across every node that shares the catalog:
+    calls live at once, RTP calls live at once, and calls announced in any 60 s."""
+
+    live_calls: int
+    rtp_calls: int
+    announces_per_minute: int
+
+    def merged(self, overrides: dict[str, int] | None) -> TenantLimits:
+        """These limits (the defaults) with the operator's ``overrides`` of the tenant on
+        top; a key it does not set keeps its default."""
+        merged: dict[str, int] = self.document()
+        for name, value in (overrides or {}).items():
+            if name in LIMIT_NAMES:
+                merged[name] = value
+        return TenantLimits(**merged)
+
+    def document(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in LIMIT_NAMES}
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     id: str
@@ -53,6 +79,9 @@ class Tenant:
     region: str
     created_at: datetime
     deleted_at: datetime | None
+    limits: dict[str, int] | None
+    """The operator's overrides of the default limits (``TenantLimits``); a limit it does
+    not name follows the setting's default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +139,26 @@ class Call:
     ended_at: datetime | None
     paused: bool = False
     """The PBX paused it; its audio is discarded until it resumes."""
+
+
+CallKey = tuple[datetime, str]
+"""A call record's place in the oldest-first order of call records, ``(started_at, id)``:
+a keyset cursor."""
+
+RecordingKey = tuple[datetime, str, str]
+"""A recording's place in the oldest-call-first order, ``(started_at, call id, recording
+id)`` of its call and itself: a keyset cursor."""
+
+
+@dataclass(frozen=True, slots=True)
+class NumberCalls:
+    """The call records where a number is a party, as one moment saw them: how many, how
+    many have a recording, and the place of the last one (``None`` when there are none),
+    which bounds a read that pages through them from then on."""
+
+    calls: int
+    recordings: int
+    last: CallKey | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,8 @@ tenants = sa.Table(
     # and verification compares the last event with it, so that a removed tail is noticed.
     sa.Column("audit_seq", sa.Integer(), nullable=False),
     sa.Column("audit_head", sa.String(64), nullable=False),
+    # The operator's overrides of the default limits ({"live_calls": 5}); NULL: none.
+    sa.Column("limits", sa.JSON(none_as_null=True), nullable=True),
 )
 
 tokens = sa.Table(

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from storage.catalog.audit import append_entries
 from storage.catalog.auditchain import GENESIS_HASH
-from storage.catalog.core import CatalogCore, at, record
+from storage.catalog.core import CatalogCore, at, lock_tenant, record
 from storage.catalog.records import AuditEntry, Tenant
 from storage.catalog.schema import tenants
 
@@ -30,10 +30,12 @@ class Tenants:
         region: str,
         now: datetime,
         *,
+        limits: dict[str, int] | None = None,
         audit: AuditEntry | None = None,
     ) -> Tenant:
-        """Add a tenant, with its ``audit`` event in the same transaction; ``Conflict`` if
-        the id is taken (also by a deleted tenant)."""
+        """Add a tenant, with the operator's ``limits`` (overrides of the defaults) and its
+        ``audit`` event in the same transaction; ``Conflict`` if the id is taken (also by a
+        deleted tenant)."""
         async with self._core.transaction(write=True, subject=f"Tenant {id!r}") as conn:
             row = (
                 await conn.execute(
@@ -46,6 +48,7 @@ class Tenants:
                         deleted_at=None,
                         audit_seq=0,
                         audit_head=GENESIS_HASH,
+                        limits=limits or None,
                     )
                     .returning(*tenants.c)
                 )
@@ -61,6 +64,39 @@ class Tenants:
             Tenant,
             f"Tenant {tenant_id!r} not found.",
         )
+
+    async def update(
+        self,
+        tenant_id: str,
+        *,
+        name: str | None = None,
+        limits: dict[str, int | None] | None = None,
+        now: datetime,
+        audit: AuditEntry | None = None,
+    ) -> Tenant:
+        """Rename the live tenant and/or change the operator's overrides of its limits
+        (a limit set to ``None`` goes back to the default; one not named stays as it is),
+        with its ``audit`` event in the same transaction; ``NotFound`` if unknown or
+        deleted."""
+        async with self._core.transaction(write=True, subject=f"Tenant {tenant_id!r}") as conn:
+            await lock_tenant(conn, tenant_id, live=True)
+            current = (
+                await conn.execute(sa.select(tenants.c.limits).where(tenants.c.id == tenant_id))
+            ).scalar_one()
+            values: dict[str, object] = {}
+            if name is not None:
+                values["name"] = name
+            if limits is not None:
+                merged = {**(current or {}), **limits}
+                values["limits"] = {k: v for k, v in merged.items() if v is not None} or None
+            if values:
+                await conn.execute(
+                    sa.update(tenants).where(tenants.c.id == tenant_id).values(**values)
+                )
+            row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).one()
+            if audit is not None:
+                await append_entries(conn, tenant_id, [audit], now, keys=self._core.audit_keys)
+        return record(Tenant, row)
 
     async def mark_deleted(self, tenant_id: str, now: datetime) -> Tenant:
         """Mark the tenant deleted (its audit log stays); repeating it keeps the first time."""

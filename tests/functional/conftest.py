@@ -17,7 +17,7 @@ from tests.gateway import FakeClock, Gateway, GatewayServer, free_port, start_ga
 @pytest.fixture
 def gateway_settings(tmp_path: Path) -> Settings:
     """Embedded defaults in a temporary data dir; AudioSocket on a free loopback port; no
-    in-process AI worker (the AI tests drive ``worker`` themselves), a 10 s retry backoff;
+    AI worker children (the AI tests drive ``worker`` themselves), a 10 s retry backoff;
     no background retention sweep (the tests run ``app[SWEEPER].sweep`` at a time of their
     choosing) and no background audit checkpoints (the tests make them)."""
     return Settings(

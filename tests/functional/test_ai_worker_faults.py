@@ -65,6 +65,14 @@ async def test_a_job_whose_last_attempt_was_killed_fails_the_recording_and_purge
     response = await gw.client.get(f"/v1/recordings/{recording_id}", headers=bearer(tenant.admin))
     view = await response.json()
     assert (view["status"], view["audio_purged"]) == ("failed", True)
+    # The processor is told why (a killer of every worker: no retry kills a fourth).
+    response = await gw.client.get(
+        f"/v1/recordings/{recording_id}/transcript", headers=bearer(tenant.processor)
+    )
+    assert response.status == 409
+    failed = await response.json()
+    assert failed["error"] == "analysis_failed"
+    assert "the worker of the last attempt stopped mid-job" in failed["message"]
     catalog = gw.app[SERVICES].catalog
     objects = await catalog.objects.list("acme", recording_id=recording_id)
     assert {(o.kind, o.state) for o in objects} == {("audio", "deleted")}

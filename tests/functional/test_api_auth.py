@@ -299,6 +299,7 @@ ROLE_TABLE = [
     endpoint("POST", "/v1/tenants", "operator", {"id": "newco", "name": "Newco"}),
     endpoint("GET", "/v1/tenants", "operator"),
     endpoint("GET", "/v1/tenants/{tenant}", "operator admin"),
+    endpoint("PATCH", "/v1/tenants/{tenant}", "operator", {"limits": {"live_calls": 100}}),
     endpoint("DELETE", "/v1/tenants/{tenant}", "operator", unheld=True),
     endpoint("POST", "/v1/tenants/{tenant}/tokens", "operator admin", {"role": "pbx"}),
     endpoint("GET", "/v1/tenants/{tenant}/tokens", "operator admin"),

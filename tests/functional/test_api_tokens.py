@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from aiohttp import WSServerHandshakeError
 from prometheus_client import CollectorRegistry
 
 from gateway.settings import Settings, WebhookSettings
@@ -611,9 +612,12 @@ async def test_a_revoked_or_expired_pbx_token_is_refused_at_ingest(
     clock.current += timedelta(minutes=1)
     for token in (revoked["token"], expiring["token"]):
         if where == "header":
-            ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(token))
-            await ws.send_str(twilio_start(call_id))
-        elif where == "query":
+            # Checked before the upgrade: an HTTP 401, and no WebSocket.
+            with pytest.raises(WSServerHandshakeError) as refused:
+                await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(token))
+            assert refused.value.status == 401, where
+            continue
+        if where == "query":
             ws = await gateway.client.ws_connect(f"/v1/ingest/twilio?token={token}")
             await ws.send_str(twilio_start(call_id))
         else:

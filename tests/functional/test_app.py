@@ -38,18 +38,21 @@ async def test_readyz_is_ready_with_embedded_defaults(aiohttp_client, settings: 
         assert path.stat().st_mode & 0o777 == 0o600, path.name
 
 
-async def test_readyz_is_503_naming_the_store_when_it_is_unusable(
+async def test_readyz_is_degraded_naming_the_store_when_it_is_unusable(
     aiohttp_client, tmp_path: Path
 ) -> None:
+    # Calls are still taken (the spool holds their audio), so not a 503: a load balancer
+    # keeps sending calls; the body says what is wrong.
     not_a_directory = tmp_path / "objects-file"
     not_a_directory.write_bytes(b"")
     settings = Settings(data_dir=tmp_path / "var", store={"url": not_a_directory.as_uri()})
     client: TestClient = await aiohttp_client(build_app(settings))
     response = await client.get("/readyz")
-    assert response.status == 503
+    assert response.status == 200
     body = await response.json()
-    assert body["error"] == "not_ready"
-    assert body["message"].startswith("store is not reachable")
+    assert body["status"] == "degraded"
+    assert body["store"].startswith("not reachable")
+    assert (body["spool_bytes"], body["spool_pending_bytes"]) == (0, 0)
 
 
 async def test_metrics_exports_the_vault_counters(aiohttp_client, settings: Settings) -> None:

@@ -36,7 +36,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from crypto.errors import KeyUnavailable
-from storage.catalog import AuditCheck, Catalog, ObjectKeyRow
+from storage.catalog import AuditCheck, Catalog, NumberCalls, ObjectKeyRow
 from storage.catalog.database import MIGRATIONS_DIR
 from storage.catalog.schema import metadata
 from storage.errors import CatalogUnavailable, Conflict, Gone, NotFound
@@ -157,7 +157,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0009"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0010"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 
@@ -1315,3 +1315,73 @@ async def test_open_creates_the_data_dir_for_sqlite(tmp_path: Path) -> None:
     finally:
         await catalog.close()
     assert (tmp_path / "var" / "deep" / "catalog.sqlite3").is_file()
+
+
+async def test_a_numbers_calls_and_recordings_page_oldest_first_up_to_the_count(
+    catalog: Catalog,
+) -> None:
+    """The export's reads: keyset pages in call order ((started_at, id), a tie broken by the
+    id), bounded by the last call the count saw, so a call that starts after it is not in a
+    read that began before it; another number's or tenant's calls are never in it."""
+    number = "+40711111111"
+    for tenant in ("acme", "beta"):
+        await add_tenant(catalog, tenant)
+        await catalog.instructions.add(tenant, {"recording": {"enabled": True}}, "adm", T0)
+
+    async def announce(tenant: str, call_id: str, at: float, *, caller: str = number,
+                       refused: bool = False) -> None:  # fmt: skip
+        await catalog.calls.announce(
+            id=call_id,
+            tenant_id=tenant,
+            from_number=caller,
+            to_number="+40722222222",
+            direction="inbound",
+            consent="granted",
+            transport="twilio",
+            codec="pcmu",
+            sample_rate=8000,
+            instructions_version=None if refused else 1,
+            decision={"store_recording": not refused, "ai": []},
+            refusal_code="recording_not_instructed" if refused else None,
+            started_at=T0 + timedelta(seconds=at),
+            recording_id=None if refused else f"rec-{call_id}",
+        )
+
+    for call_id, at in (("c3", 3), ("c1b", 1), ("c1a", 1), ("c0", 0), ("c2", 2)):
+        await announce("acme", call_id, at)
+    await announce("acme", "refused", 1.5, refused=True)
+    await announce("acme", "other", 1.2, caller="+40733333333")
+    await announce("beta", "theirs", 1.1)
+    order = ["c0", "c1a", "c1b", "refused", "c2", "c3"]
+
+    scope = await catalog.calls.count_of_number("acme", number)
+    assert (scope.calls, scope.recordings) == (6, 5)
+    assert scope.last == (T0 + timedelta(seconds=3), "c3")
+    await announce("acme", "late", 4)  # a call that starts after the count
+
+    async def paged_calls(limit: int) -> list[str]:
+        seen: list[str] = []
+        after = None
+        while page := await catalog.calls.of_number(
+            "acme", number, after=after, through=scope.last, limit=limit
+        ):
+            seen += [call.id for call in page]
+            after = (page[-1].started_at, page[-1].id)
+        return seen
+
+    async def paged_recordings(through: Any) -> list[str]:
+        seen: list[str] = []
+        after = None
+        while page := await catalog.recordings.of_number(
+            "acme", number, after=after, through=through, limit=2
+        ):
+            seen += [call.id for _, call in page]
+            recording, call = page[-1]
+            after = (call.started_at, call.id, recording.id)
+        return seen
+
+    assert await paged_calls(2) == await paged_calls(100) == order
+    assert await paged_recordings(scope.last) == ["c0", "c1a", "c1b", "c2", "c3"]
+    assert (await paged_recordings(None))[-1] == "late"
+    assert [c.id for c in await catalog.calls.of_number("acme", number)] == [*order, "late"]
+    assert await catalog.calls.count_of_number("acme", "+40700000000") == NumberCalls(0, 0, None)

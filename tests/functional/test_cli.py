@@ -18,7 +18,7 @@ import pytest
 
 from gateway.services import open_services
 from gateway.settings import Settings
-from tests.gateway import free_port, wait_until_ready
+from tests.gateway import alive, free_port, wait_until_ready, worker_children
 from tests.leaks import WATCH
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -208,9 +208,13 @@ def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]
     return process, base
 
 
-def stop_serve(process: subprocess.Popen[str]) -> str:
+def stop_serve(process: subprocess.Popen[str], *, workers: int = 1) -> str:
+    """SIGTERM ``serve``: it exits 0 and its ``workers`` AI worker children with it."""
+    children = worker_children(process.pid)
+    assert len(children) == workers
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
+    assert not [pid for pid in children if alive(pid)]
     assert process.stdout is not None
     output = process.stdout.read()
     process.stdout.close()

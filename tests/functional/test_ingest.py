@@ -24,6 +24,7 @@ from tests.gateway import (
     DownStore,
     FakeClock,
     Gateway,
+    GatewayServer,
     TenantTokens,
     audiosocket_frame,
     audiosocket_id,
@@ -304,7 +305,7 @@ async def test_a_message_over_64_kib_closes_1009(gateway: Gateway) -> None:
     assert code == 1009
 
 
-@pytest.mark.parametrize("where", ["header", "query", "start"])
+@pytest.mark.parametrize("where", ["query", "start"])
 async def test_wrong_tokens_are_refused_1008(gateway: Gateway, where: str) -> None:
     acme = await gateway.tenant("acme", NO_CONSENT)
     other = await gateway.tenant("other", NO_CONSENT)
@@ -314,10 +315,7 @@ async def test_wrong_tokens_are_refused_1008(gateway: Gateway, where: str) -> No
         (other.pbx, "unknown_call"),
         (acme.admin, "forbidden"),
     ):
-        if where == "header":
-            ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(token))
-            await ws.send_str(twilio_start(call_id))
-        elif where == "query":
+        if where == "query":
             ws = await gateway.client.ws_connect(f"/v1/ingest/twilio?token={token}")
             await ws.send_str(twilio_start(call_id))
         else:
@@ -325,6 +323,69 @@ async def test_wrong_tokens_are_refused_1008(gateway: Gateway, where: str) -> No
             await ws.send_str(twilio_start(call_id, token=token))
         assert await closed(ws) == (1008, code), (where, token[:6])
     assert await objects_of(gateway, "acme") == []
+
+
+async def test_a_wrong_token_in_the_header_is_refused_before_the_upgrade(
+    gateway: Gateway,
+) -> None:
+    """A token in the upgrade's Authorization header is checked before the upgrade: a bad
+    one gets an HTTP 401 (another role's a 403) as JSON and no WebSocket; another tenant's
+    pbx token passes the upgrade and meets the call's 1008 at start."""
+    acme = await gateway.tenant("acme", NO_CONSENT)
+    other = await gateway.tenant("other", NO_CONSENT)
+    call_id = (await gateway.announce(acme))["call_id"]
+    for path in ("/v1/ingest/twilio", "/v1/ingest/fork"):
+        for token, status, code in (
+            ("cv_not-a-token", 401, "unauthorized"),
+            (acme.admin, 403, "forbidden"),
+        ):
+            response = await gateway.client.get(
+                path,
+                headers={**bearer(token), "Connection": "Upgrade", "Upgrade": "websocket",
+                         "Sec-WebSocket-Version": "13",
+                         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+            )  # fmt: skip
+            assert response.status == status, (path, token[:6])
+            assert (await response.json())["error"] == code
+            assert "Upgrade" not in response.headers
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(other.pbx))
+    await ws.send_str(twilio_start(call_id))
+    assert await closed(ws) == (1008, "unknown_call")
+    assert await objects_of(gateway, "acme") == []
+
+
+async def test_audiosocket_connections_are_capped_per_peer(
+    aiohttp_client: Callable, gateway_settings: Settings
+) -> None:
+    """Over CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS_PER_PEER a connection gets an 0xff
+    `too_many_connections` frame and is closed; the admitted ones are unaffected, and a place
+    frees when one closes."""
+    settings = gateway_settings.model_copy(
+        update={
+            "audiosocket": gateway_settings.audiosocket.model_copy(
+                update={"max_connections_per_peer": 2}
+            )
+        }
+    )
+    gateway = await start_gateway(await aiohttp_client(GatewayServer(build_app(settings))))
+    port = settings.audiosocket.port
+    admitted = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await asyncio.wait_for(reader.read(), timeout=10) == audiosocket_frame(
+        0xFF, b"too_many_connections"
+    )
+    writer.close()
+    for _, open_writer in admitted:
+        assert not open_writer.is_closing()
+    admitted[0][1].close()
+    await until(lambda: gateway.app[METRICS].connections.labels("audiosocket")._value.get() == 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(audiosocket_frame(0x01, uuid.uuid4().bytes))  # admitted: answered in turn
+    assert await asyncio.wait_for(reader.read(), timeout=10) == audiosocket_frame(
+        0xFF, b"unknown_call"
+    )
+    writer.close()
+    admitted[1][1].close()
 
 
 # --- pause, resume, reconnect ---------------------------------------------------------------
@@ -824,11 +885,18 @@ async def test_a_timestamp_jumping_far_ahead_is_refused(gateway: Gateway) -> Non
 
 
 async def test_a_stream_that_never_starts_is_closed(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, gateway_settings: Settings
+    aiohttp_client: Callable, gateway_settings: Settings
 ) -> None:
-    from gateway.ingest import endpoints
-
-    monkeypatch.setattr(endpoints, "START_TIMEOUT_S", 0.3)
+    """A WebSocket that never sends its start, and an AudioSocket connection that never
+    sends its 0x01 frame, are closed after CALLVAULT_INGEST__HANDSHAKE_TIMEOUT."""
+    settings = gateway_settings.model_copy(
+        update={
+            "ingest": gateway_settings.ingest.model_copy(
+                update={"handshake_timeout": timedelta(seconds=0.3)}
+            )
+        }
+    )
+    gateway = await start_gateway(await aiohttp_client(GatewayServer(build_app(settings))))
     ws = await gateway.client.ws_connect("/v1/ingest/twilio")
     await ws.send_str(twilio_connected())  # chatty, but never a start
     assert await closed(ws) == (1008, "start_timeout")

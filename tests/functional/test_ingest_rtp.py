@@ -655,22 +655,37 @@ async def test_media_timeout_finalizes_the_call_and_frees_its_ports(
     assert_samples((await export(gateway, acme, call))[:, 0], audio_pcm, "inbound")
 
 
-async def test_a_call_that_never_sends_ends_after_the_start_timeout(
+async def test_a_call_that_never_sends_frees_its_ports_after_the_rtp_timeout(
     clocked_gateway: Gateway, clock: FakeClock
 ) -> None:
-    """An announced RTP call that never gets a packet is ended by the registry's tick after
-    ``ingest.start_timeout`` (5 min), and its ports go back."""
+    """An announced RTP call that never gets a packet holds its ports for ``rtp.timeout``
+    (30 s) after its announcement, not for ``ingest.start_timeout`` (5 min): then it is
+    ended (``start_timeout``: its stream never started) and its four ports go back to the
+    pool, bindable again. A stranger's datagrams (which do not authenticate) do not keep it."""
     gateway = clocked_gateway
     acme = await gateway.tenant("acme", ON)
+    free = gateway.app[RTP].free_ports
     call = await announce_rtp(gateway, acme)
-    await gateway.app[RTP].tick(clock.advance(60))  # no packet yet is no media timeout
+    ports = [call.port(t) + n for t in ("inbound", "outbound") for n in (0, 1)]
+    await gateway.app[RTP].tick(clock.advance(10))
+    stranger = RtpSender(0, SrtpKey.generate())
+    assert await deliver(gateway, call.port("inbound"), [stranger.packet(b"\xff" * FRAME)]) == (
+        only(auth_failed=1)
+    )
+    await gateway.app[RTP].tick(clock.advance(19))
     assert metric_value(await scrape(gateway), PORTS_IN_USE) == 4
-    await gateway.app[CALLS].tick(clock.advance(5 * 60))
+    assert gateway.app[RTP].free_ports == free - 2
+    await gateway.app[RTP].tick(clock.advance(1))
     assert metric_value(await scrape(gateway), PORTS_IN_USE) == 0
+    assert gateway.app[RTP].free_ports == free
+    assert not any(udp_port_taken(port) for port in ports), ports
     response = await gateway.client.get(
         f"/v1/tenants/acme/calls/{call.call_id}", headers=bearer(acme.pbx)
     )
     assert (await response.json())["ended_at"] is not None
+    response = await gateway.client.get("/v1/tenants/acme/audit", headers=bearer(acme.admin))
+    ended = [e for e in (await response.json())["items"] if e["action"] == "call.ended"]
+    assert [e["detail"]["reason"] for e in ended] == ["start_timeout"]
 
 
 async def test_port_exhaustion_refuses_503_until_a_call_ends(

@@ -78,6 +78,27 @@ async def test_after_a_crash_the_flushed_audio_is_recovered(parts: Parts) -> Non
     assert await restarted.recover_spooled(now=T0) == []  # done once
 
 
+async def test_the_spool_counts_what_it_holds_without_walking_it(parts: Parts) -> None:
+    vault = spooled_vault(parts)
+    spool = vault.spool
+    assert spool is not None and spool.held_bytes == 0
+    upload = await live_upload(vault)
+    key = upload.record.store_key
+    on_disk = spool.path(key).stat().st_size
+    assert spool.held_bytes == on_disk  # counted as written (the unflushed tail is not sealed)
+    assert spool.pending() == [] and spool.pending_bytes == 0  # live: not waiting
+    upload._upload._handle.close()  # type: ignore[attr-defined] # the process dies
+    restarted = spooled_vault(parts)  # measures what the crash left, once
+    assert restarted.spool is not None
+    assert restarted.spool.held_bytes == restarted.spool.pending_bytes == on_disk
+    assert restarted.spool.pending() == [key]
+    bounded = Spool(parts.data_dir / "spool", parts.store, max_bytes=on_disk)
+    assert bounded.full
+    await bounded.close()
+    await restarted.recover_spooled(now=T0)
+    assert restarted.spool.held_bytes == 0 and restarted.spool.pending() == []
+
+
 async def test_an_outage_at_commit_keeps_the_whole_object_for_later(parts: Parts) -> None:
     vault = spooled_vault(parts, DownStore(parts.store))
     upload = await live_upload(vault)

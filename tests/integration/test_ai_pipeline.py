@@ -1,6 +1,6 @@
 """The AI pipeline end to end with the real model, through real processes and sockets.
 
-``callvault serve`` runs as a subprocess with its in-process AI worker and a packaged model;
+``callvault serve`` runs as a subprocess with its AI worker child and a packaged model;
 the shipped sample calls (eSpeak NG, 8 kHz µ-law, two speakers, known text) are pushed over
 Twilio Media Streams on a real socket; the transcript and the analysis are fetched over
 HTTP and compared with the calls' scripts: word error rate per track (reported, bounded),

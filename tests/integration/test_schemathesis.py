@@ -22,6 +22,15 @@ checks that its token still works, so a run that locked itself out cannot pass b
 only 401s. Only the operator reaches other tenants, and there it can only read and mint
 tokens; so the runs do not depend on their order.
 
+No 5xx, no unhandled exception, no hang: a 5xx fails ``not_a_server_error`` (an unexpected
+exception in a handler is a 500 from the error middleware); a request unanswered within
+``REQUEST_TIMEOUT_S`` is a schemathesis network error, which fails the run, and a run past
+``RUN_TIMEOUT_S`` fails the test; and serve's log, from the run's first request to its
+last, must hold no line at level error or critical, no line carrying a traceback, and no
+bare Python traceback, so that an exception the client never saw as a 5xx (an export
+stopped after its 200, a background task that failed, a traceback logged while the answer
+was a 4xx) fails the test too.
+
 Bounded and reproducible: a fixed seed, one worker, at most ``MAX_EXAMPLES`` generated cases
 per operation in the fuzzing phase (the coverage phase's cases are a fixed set), no stateful
 phase, schemathesis's crash cache off and hypothesis's files in the test's temporary dir.
@@ -37,6 +46,7 @@ import asyncio
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -196,6 +206,25 @@ def st_command(base: str, config_path: Path, token: str) -> list[str]:
     ]
 
 
+def log_problems(text: str) -> list[str]:
+    """The lines of serve's log (JSON lines) that report something failing unexpectedly:
+    level error or critical, or an ``error`` field (logged with a traceback, at any
+    level); and any line outside JSON that starts a Python traceback."""
+    problems = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if "Traceback (most recent call last)" in line:
+                problems.append(line)
+            continue
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("level") in ("error", "critical") or "error" in entry:
+            problems.append(line)
+    return problems
+
+
 def still_authenticates(base: str, run: Fuzzed) -> int:
     """The status of a request with the run's token: anything but 401 means the token
     survived the run (a pbx or processor token gets 403 here, which is fine)."""
@@ -219,24 +248,80 @@ def test_the_served_document_holds_for_every_request_schemathesis_makes(
     command = st_command(target.server.base, config_path, run.token)
     # Hypothesis keeps its caches (unicode tables) in its storage directory: the test's.
     env = {**os.environ, "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / ".hypothesis")}
-    result = subprocess.run(  # noqa: S603 - our own interpreter and an installed module
-        [sys.executable, "-m", "schemathesis.cli", *command],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
-    report = result.stdout + result.stderr
     by_hand = shlex.join(["st", *command]).replace(
         shlex.quote(f"Authorization: Bearer {run.token}"), '"Authorization: Bearer $TOKEN"'
     )
+    log_path = target.server.process.log_path
+    log_start = log_path.stat().st_size
+    try:
+        result = subprocess.run(  # noqa: S603 - our own interpreter and an installed module
+            [sys.executable, "-m", "schemathesis.cli", *command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        partial = e.stdout if isinstance(e.stdout, str) else (e.stdout or b"").decode()
+        pytest.fail(
+            f"schemathesis with the {role} token ran past {RUN_TIMEOUT_S} s (a hang?):\n"
+            f"{partial[-4000:]}\nBy hand: {by_hand}"
+        )
+    report = result.stdout + result.stderr
+    with log_path.open("rb") as log:
+        log.seek(log_start)
+        logged = log.read().decode(errors="replace")
+    problems = log_problems(logged)
     assert result.returncode == 0, (
         f"schemathesis with the {role} token (seed {SEED}) found failures:\n{report}\n"
         f"Rerun: pytest tests/integration/test_schemathesis.py -k {role}\n"
         f"By hand, with TOKEN the {role} token: {by_hand}\nwhere {config_path} holds:\n"
         f"{config_path.read_text()}"
     )
+    assert not problems, (
+        f"serve logged failures during the {role} run (seed {SEED}), though no 5xx may "
+        "have shown them:\n" + "\n".join(problems[:20])
+    )
     # A run that revoked its own token would have seen only 401s from then on.
     assert still_authenticates(target.server.base, run) != 401, report
+
+
+def test_a_malformed_header_is_refused_without_an_error_or_the_token_in_the_log(
+    target: Target,
+) -> None:
+    """A request aiohttp cannot parse (a control character after the token in its
+    ``Authorization`` header) gets a 400, and serve logs a warning naming the peer, not an
+    error whose traceback quotes the header, token and all (``gateway.logs``)."""
+    log_path = target.server.process.log_path
+    log_start = log_path.stat().st_size
+    with socket.create_connection(("127.0.0.1", target.server.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /v1/tenants HTTP/1.1\r\nHost: callvault\r\n"
+            + f"Authorization: Bearer {target.server.operator}".encode()
+            + b"\x01\r\n\r\n"
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400") or answer.startswith(b"HTTP/1.0 400"), answer
+    with log_path.open("rb") as log:
+        log.seek(log_start)
+        logged = log.read().decode(errors="replace")
+    assert "malformed HTTP request" in logged
+    assert target.server.operator not in logged
+    assert log_problems(logged) == []
+
+
+def test_log_problems_are_errors_tracebacks_and_bare_tracebacks() -> None:
+    """What the scan of serve's log counts as a failure, and what it leaves alone."""
+    lines = [
+        '{"level": "info", "logger": "callvault.access", "message": "GET /v1/x 404"}',
+        '{"level": "warning", "logger": "gateway.api", "message": "refused"}',
+        '{"level": "error", "logger": "gateway.api.recordings", "message": "export stopped"}',
+        '{"level": "critical", "logger": "gateway", "message": "down"}',
+        '{"level": "warning", "logger": "aiohttp.server", "message": "x", "error": "Tb..."}',
+        "Traceback (most recent call last):",
+        '  File "gateway/app.py", line 1, in <module>',
+        "not json, and no traceback",
+    ]
+    assert log_problems("\n".join(lines)) == [lines[2], lines[3], lines[4], lines[5]]

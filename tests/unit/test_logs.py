@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from gateway.logs import JsonFormatter
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+from gateway.logs import JsonFormatter, MalformedRequestFilter, configure_logging
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -42,3 +44,53 @@ def test_an_exception_goes_into_the_error_field_of_the_same_line() -> None:
     parsed = json.loads(line)
     assert "RuntimeError: boom" in parsed["error"]
     assert "Traceback" in parsed["error"]
+
+
+def test_a_malformed_request_is_a_warning_without_the_header_it_quotes() -> None:
+    """aiohttp logs a request it cannot parse at error level, its traceback quoting the bad
+    header line: a token in it would reach the log. The filter keeps the peer and the kind
+    of error only, at warning level; other errors of aiohttp's logger pass unchanged."""
+    token = "cv_" + "T" * 43
+    for error in (
+        BadHttpMessage(f"Invalid header value char:\n\n  b'Authorization: Bearer {token}\\x01'"),
+        LineTooLong(f"Authorization: Bearer {token}", "8190"),
+    ):
+        entry = logging.makeLogRecord(
+            {
+                "name": "aiohttp.server",
+                "levelno": logging.ERROR,
+                "levelname": "ERROR",
+                "msg": "Error handling request from %s",
+                "args": ("192.0.2.1",),
+                "exc_info": (type(error), error, None),
+            }
+        )
+        assert MalformedRequestFilter().filter(entry)
+        line = JsonFormatter().format(entry)
+        parsed = json.loads(line)
+        assert parsed["level"] == "warning" and "error" not in parsed
+        assert parsed["message"].startswith("malformed HTTP request from 192.0.2.1 refused (400")
+        assert token not in line
+    failure = RuntimeError("a bug")
+    other = logging.makeLogRecord(
+        {"name": "aiohttp.server", "levelno": logging.ERROR, "levelname": "ERROR", "msg": "x"}
+    )
+    other.exc_info = (RuntimeError, failure, None)
+    assert MalformedRequestFilter().filter(other)
+    assert other.levelname == "ERROR" and other.exc_info is not None
+
+
+def test_serve_logging_filters_aiohttp_server_once() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    server = logging.getLogger("aiohttp.server")
+    before = server.filters[:]
+    try:
+        configure_logging(json_lines=True)
+        configure_logging(json_lines=True)
+        assert len([f for f in server.filters if isinstance(f, MalformedRequestFilter)]) == 1
+    finally:
+        root.handlers[:], root.level = handlers, level
+        for f in server.filters[:]:
+            if f not in before:
+                server.removeFilter(f)

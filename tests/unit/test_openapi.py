@@ -34,7 +34,7 @@ from gateway.app import build_app
 from gateway.calls import CallAnnouncement
 from gateway.checkpoints import checkpoint_view
 from gateway.policy import RefusalCode
-from gateway.settings import Settings
+from gateway.settings import LimitsSettings, Settings
 from storage.catalog.records import (
     ROLES,
     Call,
@@ -412,7 +412,14 @@ def _call(refusal: str | None = None) -> Call:
 
 
 def test_views_fit_their_schemas(doc: dict[str, Any]) -> None:
-    tenant = Tenant(id="acme", name="Acme SRL", region="eu", created_at=NOW, deleted_at=None)
+    tenant = Tenant(
+        id="acme",
+        name="Acme SRL",
+        region="eu",
+        created_at=NOW,
+        deleted_at=None,
+        limits={"live_calls": 5},
+    )
     token = Token(
         id="tok_1",
         tenant_id=None,
@@ -459,7 +466,7 @@ def test_views_fit_their_schemas(doc: dict[str, Any]) -> None:
         tenant_id="acme", seq=7, hash="ab" * 32, at=NOW, key_id="ed25519-0", signature="c2ln"
     )
     cases: list[tuple[str, dict[str, Any]]] = [
-        ("Tenant", tenant_view(tenant)),
+        ("Tenant", tenant_view(tenant, LimitsSettings().defaults())),
         ("Token", token_view(token)),
         ("MintedToken", {**token_view(token), "token": "cv_secret"}),
         ("Instructions", instructions_view(None)),

@@ -22,6 +22,7 @@ from gateway.ingest.rtp import (
     DROP_REASONS,
     MAX_BACKSTEP_S,
     MAX_MISORDER,
+    MAX_SRTP_PACKET,
     MIN_SEQUENTIAL,
     PayloadTypes,
     RtpError,
@@ -521,12 +522,13 @@ def test_sequence_wraps_at_65535(key: SrtpKey | None) -> None:
 
 def test_long_stream_wraps_sequence_twice() -> None:
     """Seventy thousand-odd packets later the sequence has wrapped twice and every packet
-    is still placed exactly (the extended sequence and timestamp keep counting)."""
+    is still placed exactly (the extended sequence and timestamp keep counting). They
+    arrive in real time: a sender ahead of the call's clock is re-anchored."""
     rx = Rx()
     sender = RtpSender(0, seq=65_000, timestamp=2**32 - 80_000)
     total = 2 * 65_536 + 10
     for i in range(total):
-        rx.feed(sender.packet(payload(i, size=4), samples=FRAME))
+        rx.feed(sender.packet(payload(i, size=4), samples=FRAME), now=T0 + i * FRAME / 8000)
     offsets = [e.offset for e in rx.events if isinstance(e, Audio)]
     assert offsets == [i * FRAME for i in range(total)]
     rx.assert_counted_once()
@@ -1230,6 +1232,34 @@ def test_reanchor_never_goes_before_the_track_end() -> None:
     rx.feed(sender.packet(payload(0, size=16_000)), T0)  # 2 s of audio at once
     sender.timestamp -= 20_000  # back 2.5 s
     assert audio_of(rx.feed(sender.packet(payload(1)), T0 + 0.5)) == [(16_000, 1)]
+
+
+def test_timestamps_cannot_ratchet_the_track_ahead_of_the_clock(key: SrtpKey | None) -> None:
+    """Packets 20 ms apart whose timestamps each jump MAX_AHEAD_S (5 s): the first jump lands
+    exactly (it is within 5 s of the call's clock), the later ones are re-anchored at the
+    track's end. Found by fuzzing (tests/fuzz/rtp.py): the bound was measured from the
+    track's end as well as the clock, so each packet could land 5 s past the last one and
+    four packets in 60 ms made a 15-second track."""
+    rx = Rx(key=key)
+    sender = RtpSender(0, key=key)
+    for i in range(4):
+        rx.feed(sender.packet(payload(i), samples=40_000), T0 + i * 0.02)
+    assert rx.audio() == [(0, 0), (40_000, 1), (40_160, 2), (40_320, 3)]
+    rx.assert_counted_once()
+
+
+def test_an_srtp_datagram_over_1500_bytes_is_malformed() -> None:
+    """pylibsrtp unprotects at most 1500 bytes and raises ValueError for more: such a
+    datagram is counted ``malformed`` and the receiver raises nothing (found by fuzzing,
+    tests/fuzz/srtp.py; the glue logged a traceback for each such datagram). 1500 bytes
+    still reach libsrtp, which refuses the forgery."""
+    key = SrtpKey.generate()
+    rx = Rx(key=key)
+    rx.feed(RtpSender(0, key=key).packet(payload(0)))
+    assert rx.feed(b"\x80\x00" + bytes(MAX_SRTP_PACKET - 1)) == []
+    assert rx.feed(b"\x80\x00" + bytes(MAX_SRTP_PACKET - 2)) == []
+    assert rx.counts == {"audio": 1, "malformed": 1, "auth_failed": 1}
+    rx.assert_counted_once()
 
 
 @pytest.mark.parametrize(("codec", "rate"), [("pcmu", 8_000), ("opus", 48_000)])

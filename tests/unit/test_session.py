@@ -1,14 +1,19 @@
-"""TrackWriter: how frames become records on a track's timeline (no I/O: a fake upload)."""
+"""TrackWriter: how frames become records on a track's timeline (no I/O: a fake upload); and
+CallSession.place: where frames land, and that none lands past the call's maximum duration."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from gateway.session import MAX_RUN_BYTES, TrackWriter
+from gateway.errors import MaxDurationReached
+from gateway.ingest.events import Audio, Track
+from gateway.metrics import GatewayMetrics
+from gateway.session import MAX_JUMP_S, MAX_RUN_BYTES, CallSession, SessionLimits, TrackWriter
+from storage.catalog import Call, Recording
 from storage.errors import StorageUnavailable
 from storage.media.tracks import RecordParser, TrackRecord
 
@@ -159,3 +164,167 @@ async def test_a_long_run_is_cut_into_records_far_below_the_record_limit() -> No
     found = records(upload)
     assert [len(r.payload) for r in found] == [MAX_RUN_BYTES] * 3
     assert [r.offset for r in found] == [0, MAX_RUN_BYTES, 2 * MAX_RUN_BYTES]
+
+
+# --- CallSession.place: the call's maximum duration ----------------------------------------
+
+LIMIT_S = 2
+RATE = 8000
+
+
+def session(codec: str = "pcmu", *, max_duration_s: float = LIMIT_S) -> CallSession:
+    """A live session of a call (no I/O: ``place`` never touches the vault)."""
+    call = Call(
+        tenant_id="acme",
+        id="call-1",
+        from_number="+40711111111",
+        to_number="+40722222222",
+        direction="inbound",
+        consent="granted",
+        transport="twilio",
+        codec=codec,
+        sample_rate=RATE,
+        instructions_version=1,
+        decision={"store_recording": True, "ai": []},
+        refusal_code=None,
+        started_at=NOW,
+        ended_at=None,
+    )
+    recording = Recording(
+        id="rec-1",
+        tenant_id="acme",
+        call_id="call-1",
+        status="recording",
+        instructions_version=1,
+        created_at=NOW,
+        ended_at=None,
+        audio_purged=False,
+        failure_reason=None,
+        deleted_at=None,
+        delete_reason=None,
+    )
+    live = CallSession(
+        call=call,
+        recording=recording,
+        vault=None,  # type: ignore[arg-type]
+        limits=SessionLimits(max_duration=timedelta(seconds=max_duration_s)),
+        metrics=GatewayMetrics(None),
+    )
+    live.attach(NOW)
+    return live
+
+
+def stamped(timestamp_ms: int, track: Track = "inbound", size: int = 160) -> Audio:
+    return Audio(track, b"\xff" * size, timestamp_ms, None)
+
+
+def continued(track: Track = "inbound", size: int = 160) -> Audio:
+    return Audio(track, b"\xff" * size, None, None)
+
+
+def test_timestamp_jumps_cannot_stretch_a_track_past_the_limit() -> None:
+    """Each jump is under MAX_JUMP_S, so none is refused as a bad timestamp; the frame that
+    would land past the limit is, naming its timestamp, track and the limit, and nothing of
+    it is placed."""
+    live = session(max_duration_s=3 * MAX_JUMP_S)
+    for step in range(3):
+        live.place(stamped(step * MAX_JUMP_S * 1000), NOW)
+    assert live.tracks["inbound"].position == (2 * MAX_JUMP_S) * RATE + 160
+    with pytest.raises(MaxDurationReached) as refused:
+        live.place(stamped(3 * MAX_JUMP_S * 1000), NOW)
+    error = refused.value
+    assert (error.code, error.close_code) == ("max_duration", 1007)
+    assert "media.timestamp 1800000" in error.message
+    assert "inbound" in error.message
+    assert f"maximum duration of {3 * MAX_JUMP_S} s" in error.message
+    assert "CALLVAULT_CALLS__MAX_DURATION" in error.message
+    assert live.tracks["inbound"].position == (2 * MAX_JUMP_S) * RATE + 160
+    assert live.timeline_end() <= 3 * MAX_JUMP_S * RATE
+    assert live.closing == "max_duration"
+
+
+def test_the_issues_thousand_jumping_frames_stop_at_the_default_four_hours() -> None:
+    """The attack as filed: 160-byte frames whose timestamps jump 600 s each (a thousand of
+    them once made a 166-hour track). With the default limit (PT4H) the 25th frame, which
+    would end past 4 h, is refused; the track never reaches the limit, let alone 166 h."""
+    live = session(max_duration_s=SessionLimits().max_duration.total_seconds())
+    placed = 0
+    with pytest.raises(MaxDurationReached):
+        for frame in range(1000):
+            live.place(stamped(frame * MAX_JUMP_S * 1000), NOW)
+            placed += 1
+    assert placed == 4 * 3600 // MAX_JUMP_S  # 24 frames: 0 s ... 13800 s
+    assert live.timeline_end() == (placed - 1) * MAX_JUMP_S * RATE + 160 <= 4 * 3600 * RATE
+
+
+def test_the_frame_ending_exactly_at_the_limit_is_kept_and_the_next_refused() -> None:
+    live = session()
+    frames = LIMIT_S * RATE // 160
+    for _ in range(frames):
+        live.place(continued(), NOW)
+    assert live.tracks["inbound"].position == LIMIT_S * RATE  # the last one ends at the limit
+    assert live.tracks["inbound"].buffered == LIMIT_S * RATE
+    with pytest.raises(MaxDurationReached, match="would lie at 2.000-2.020 s"):
+        live.place(continued(), NOW)
+    assert live.tracks["inbound"].buffered == LIMIT_S * RATE  # nothing of it was taken
+    # The other track is bounded by the same call-wide limit, and the call is ending: any
+    # later frame meets max_duration too, so its PBX learns why.
+    with pytest.raises(MaxDurationReached):
+        live.place(continued("outbound"), NOW)
+    assert "outbound" not in live.tracks or not live.tracks["outbound"].buffered
+
+
+def test_a_frame_straddling_the_limit_is_refused_whole() -> None:
+    """A frame that would end past the limit is refused whole (a codec packet cannot be
+    cut): the track ends before the limit, never after it."""
+    live = session()
+    live.place(stamped(0), NOW)
+    with pytest.raises(MaxDurationReached, match=r"at 1.990-2.010 s"):
+        live.place(stamped(LIMIT_S * 1000 - 10), NOW)
+    assert live.timeline_end() == 160
+
+
+def test_a_timestamp_placing_the_first_frame_past_the_limit_is_refused() -> None:
+    live = session()
+    with pytest.raises(MaxDurationReached, match=r"media.timestamp 2000 places the inbound"):
+        live.place(stamped(LIMIT_S * 1000), NOW)
+    assert live.timeline_end() == 0
+
+
+def test_paused_frames_cannot_pass_the_limit_either() -> None:
+    """Discarded while paused, they still advance the timeline; past the limit they are
+    refused like any other."""
+    live = session()
+    live.paused = True
+    for _ in range(LIMIT_S * RATE // 160):
+        live.place(continued(), NOW)
+    with pytest.raises(MaxDurationReached):
+        live.place(continued(), NOW)
+    assert live.timeline_end() == LIMIT_S * RATE
+
+
+def test_an_rtp_offset_past_the_limit_is_refused() -> None:
+    live = session()
+    live.place(Audio("inbound", b"\xff" * 160, None, 1, offset=LIMIT_S * RATE - 160), NOW)
+    with pytest.raises(MaxDurationReached):
+        live.place(Audio("inbound", b"\xff" * 160, None, 2, offset=LIMIT_S * RATE - 80), NOW)
+    assert live.timeline_end() == LIMIT_S * RATE
+
+
+def test_faster_than_real_time_is_allowed_up_to_the_limit() -> None:
+    """The bound is on the timeline, not on the pace: the whole limit may arrive at one
+    instant (a replay)."""
+    live = session()
+    for _ in range(LIMIT_S * RATE // 160):
+        live.place(continued(), NOW)
+    assert live.expiry(NOW) is None
+    assert live.timeline_end() == LIMIT_S * RATE
+
+
+def test_the_wall_clock_since_the_first_stream_ends_the_call_at_the_limit() -> None:
+    live = session()
+    live.place(continued(), NOW)
+    assert live.expiry(NOW + timedelta(seconds=LIMIT_S) - timedelta(microseconds=1)) is None
+    assert live.expiry(NOW + timedelta(seconds=LIMIT_S)) == "max_duration"
+    live.detach(NOW + timedelta(seconds=1))  # waiting for a reconnect does not stop it
+    assert live.expiry(NOW + timedelta(seconds=LIMIT_S)) == "max_duration"

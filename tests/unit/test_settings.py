@@ -44,6 +44,17 @@ def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     assert settings.catalog_url == "postgresql+asyncpg://127.0.0.1:5432/callvault"
 
 
+def test_the_maximum_call_duration_is_four_hours_unless_set_and_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().calls.max_duration == timedelta(hours=4)
+    monkeypatch.setenv("CALLVAULT_CALLS__MAX_DURATION", "PT30M")
+    assert Settings().calls.max_duration == timedelta(minutes=30)
+    monkeypatch.setenv("CALLVAULT_CALLS__MAX_DURATION", "PT0S")
+    with pytest.raises(ValueError, match="max_duration"):
+        Settings()
+
+
 def test_defaults_are_the_embedded_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     settings = Settings()

@@ -1,0 +1,87 @@
+"""Every fuzz target, in CI: its seeds and past crash inputs replayed, then atheris for a
+bounded time.
+
+The replay runs in this process (``fuzz_one`` needs no atheris): each checked-in seed and
+each input under ``tests/fuzz/regressions/<target>/`` (inputs that once crashed a parser or
+a harness) must keep the contract. The fuzzing runs each target in its own process
+(atheris owns its process) for ``CI_SECONDS``, two at a time; a crash, a hang (an input
+over ``tests.fuzz.run.INPUT_TIMEOUT_S``) or an input over ``RSS_LIMIT_MB`` fails the test
+with the input and the traceback. Longer runs: ``make fuzz``.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.run import SEEDS, Outcome, fuzz
+from tests.fuzz.targets import TARGETS
+
+pytestmark = pytest.mark.timeout(120)
+
+CI_SECONDS = 4
+"""Seconds of fuzzing per target in CI (plus about two of start-up): the eight targets take
+about half a minute on two cores."""
+JOBS = 2
+REGRESSIONS = Path(__file__).parent / "regressions"
+
+
+def inputs(target: str) -> list[Path]:
+    return sorted(
+        path
+        for folder in (SEEDS / target, REGRESSIONS / target)
+        if folder.is_dir()
+        for path in folder.iterdir()
+    )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_seeds_and_past_crashes_keep_the_contract(target: str) -> None:
+    harness = importlib.import_module(f"tests.fuzz.{target}")
+    found = inputs(target)
+    assert len(found) >= 3, f"{target} has too few seeds ({len(found)})"
+    for path in found:
+        try:
+            harness.fuzz_one(path.read_bytes())
+        except Exception as e:
+            raise AssertionError(
+                f"{path.relative_to(SEEDS.parent)} breaks the contract: {e!r}"
+            ) from e
+
+
+@pytest.fixture(scope="module")
+def fuzzed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Outcome]]]:
+    """The selected targets' runs, started at once (two at a time) so that they overlap."""
+    selected = [
+        str(item.callspec.params["target"])
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.originalname == "test_fuzzing_finds_no_crash"
+    ]
+    out = tmp_path_factory.mktemp("fuzz")
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        yield {t: pool.submit(fuzz, t, seconds=CI_SECONDS, out=out) for t in selected}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_fuzzing_finds_no_crash(target: str, fuzzed: dict[str, Future[Outcome]]) -> None:
+    outcome = fuzzed[target].result()
+    log = Path(outcome.log).read_text(errors="replace")
+    if outcome.ok:
+        return
+    shown = ""
+    if outcome.crash is not None:
+        data = Path(outcome.crash).read_bytes()
+        shown = f"the input (base64, {len(data)} bytes): {base64.b64encode(data[:4096]).decode()}\n"
+    raise AssertionError(
+        f"fuzzing {target} ({TARGETS[target]}) failed after {outcome.executions} runs, "
+        f"exit {outcome.returncode}:\n{shown}"
+        f"reproduce: python -m tests.fuzz {target} {outcome.crash}\n"
+        f"...{log[-6000:]}"
+    )

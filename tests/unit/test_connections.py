@@ -1,0 +1,47 @@
+"""The node's connection accounting and the request-head watch (sans-I/O)."""
+
+from __future__ import annotations
+
+from gateway.connections import ConnectionCount, HeadWatch, busy_response, peer_address
+
+
+def test_caps_count_overall_and_per_peer() -> None:
+    count = ConnectionCount(max_connections=3, max_per_peer=2)
+    assert count.admit("10.0.0.1") is None
+    assert count.admit("10.0.0.1") is None
+    assert count.admit("10.0.0.1") == "max_connections_per_peer"
+    assert count.admit("10.0.0.2") is None
+    assert count.admit("10.0.0.3") == "max_connections"
+    count.release("10.0.0.1")
+    assert count.admit("10.0.0.3") is None
+    for peer in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        count.release(peer)
+    assert (count.total, dict(count.per_peer)) == (0, {})
+
+
+def test_peer_addresses_are_counted_as_one_form() -> None:
+    assert peer_address(("::ffff:10.0.0.1", 5060, 0, 0)) == "10.0.0.1"
+    assert peer_address(("127.0.0.1", 1)) == "127.0.0.1"
+    assert peer_address(("::1", 1, 0, 0)) == "::1"
+    assert peer_address(None) == ""
+
+
+def test_the_head_is_complete_at_the_empty_line_however_it_is_split() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"
+    for split in range(1, len(head)):
+        watch = HeadWatch()
+        first, second = watch.feed(head[:split]), watch.feed(head[split:])
+        assert second, split
+        assert first == (b"\r\n\r\n" in head[:split])
+    watch = HeadWatch()
+    for byte in b"GET / HTTP/1.1\nHost: a\n":
+        assert not watch.feed(bytes([byte]))
+    assert watch.feed(b"\n")
+
+
+def test_a_refused_connection_gets_a_503_it_can_read() -> None:
+    response = busy_response("max_connections_per_peer")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert b'"error": "too_many_connections"' in body
