@@ -246,12 +246,18 @@ class PacedCall:
                 await self._close("drop")
         if self._down and self.transport == "rtp":
             return
-        await self._up.wait()
-        assert self._endpoint is not None  # noqa: S101
-        async with session.post(
-            f"{self._endpoint.base}/v1/calls/{self.call_id}/end", headers=bearer(self.tenant.pbx)
-        ) as response:
-            assert response.status == 200, await response.text()
+        deadline = time.monotonic() + 60
+        while True:  # a 503 (the catalog is down) is retried, as a PBX does
+            await self._up.wait()
+            assert self._endpoint is not None  # noqa: S101
+            async with session.post(
+                f"{self._endpoint.base}/v1/calls/{self.call_id}/end",
+                headers=bearer(self.tenant.pbx),
+            ) as response:
+                if response.status == 200:
+                    break
+                assert response.status == 503 and time.monotonic() < deadline, await response.text()
+            await asyncio.sleep(0.5)
         if self.parts and self.parts[-1].ended_by == "open":
             self.parts[-1].ended_by = "stop"
 
