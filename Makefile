@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench fuzz clean
+.PHONY: run test lint typecheck pytest bench soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rtp.py
 	$(BIN)/python bench/transcribe.py
+
+# Paced calls of every transport against a serve for SOAK_MINUTES, with kill -9 + restart
+# every SOAK_KILL_EVERY seconds and a PostgreSQL catalog restarted every
+# SOAK_CATALOG_EVERY seconds; reports what was lost and serve's RSS over time. Not in CI.
+SOAK_MINUTES       ?= 10
+SOAK_KILL_EVERY    ?= 60
+SOAK_CATALOG_EVERY ?= 0
+SOAK_ARGS          ?=
+soak: $(VENV)/.installed-dev
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --kill-every $(SOAK_KILL_EVERY) \
+		$(if $(filter-out 0,$(SOAK_CATALOG_EVERY)),--postgres --catalog-restart-every $(SOAK_CATALOG_EVERY)) \
+		$(SOAK_ARGS)
 
 # Every fuzz target for FUZZ_SECONDS each (CI runs them 4 s each in tests/fuzz/test_fuzz.py).
 # The corpus grows in FUZZ_DIR/corpus and is reused by the next run; crashing inputs land in

@@ -42,7 +42,7 @@ from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
 from ai.transcript import TRACKS
 from crypto.errors import CallvaultError
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
-from storage.errors import Conflict, NotFound
+from storage.errors import CatalogUnavailable, Conflict, NotFound
 from storage.instructions import parse_stored_instructions
 from storage.media.codecs import codec
 from storage.media.tracks import AUDIO_KIND, track_records
@@ -151,7 +151,10 @@ class AnalysisWorker:
                 worked = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the worker must outlive any one failure (catalog down, ...)
+            except CatalogUnavailable as e:  # expected while it is down: no traceback a poll
+                log.warning("AI worker %s: taking a job failed: %s", self.owner, e.code)
+                worked = False
+            except Exception:  # the worker must outlive any one failure
                 log.exception("AI worker %s: taking a job failed", self.owner)
                 worked = False
             if not worked:

@@ -58,6 +58,11 @@ MAX_JUMP_S = 600
 """The longest gap a stream timestamp may open in a track; a larger jump is refused (a
 hostile or broken PBX could otherwise stretch a call to years of exported silence)."""
 
+MAX_HELD_FLUSHES = 4
+"""A stream whose flushes fail goes on until its call holds this many flushes' worth of
+audio (``flush_bytes`` each: 16 s of a two-track G.711 call at the default), as RTP's does
+(``gateway.ingest.rtp_server.MAX_BUFFERED_FLUSHES``)."""
+
 MAX_RUN_BYTES = 1024 * 1024
 """A run of contiguous audio is closed into a record at this size, so that a record stays
 far below ``storage.media.tracks.MAX_RECORD_PAYLOAD`` however long a flush is held up."""
@@ -347,10 +352,19 @@ class CallSession:
     async def receive(self, audio: Audio, now: datetime) -> None:
         """Place one frame on its track's timeline (or discard it while paused), and flush
         when the track holds enough or the interval has passed; a connection's handler
-        waits for that flush (so a slow disk slows its reading, not memory)."""
+        waits for that flush (so a slow disk slows its reading, not memory).
+
+        A flush that fails (the catalog is down when a track's first flush registers its
+        object) leaves the audio it did not seal buffered, and the stream goes on: the
+        next frame tries again. Only once the call holds ``MAX_HELD_FLUSHES`` flushes' worth
+        is the error raised, closing the stream, so that memory stays bounded."""
         async with self._lock:
             if self.place(audio, now):
-                await self._flush(now)
+                try:
+                    await self._flush(now)
+                except CallvaultError:
+                    if self.buffered() >= MAX_HELD_FLUSHES * self._limits.flush_bytes:
+                        raise
 
     def place(self, audio: Audio, now: datetime) -> bool:
         """Place one frame without waiting: ``True`` when a flush is due. For transports

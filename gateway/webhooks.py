@@ -65,7 +65,7 @@ from crypto.keys import KeyProvider
 from gateway.egress import AddressRefused, CheckingResolver, check_host, not_a_name, url_refusal
 from gateway.settings import WebhookSettings
 from storage.catalog import Catalog, Job, NewJob, iso
-from storage.errors import Conflict
+from storage.errors import CatalogUnavailable, Conflict
 from storage.instructions import SealedSecret
 from storage.retention import DeletedEvents, Notify, deleted_event_id
 from storage.webhooksecret import open_secret
@@ -360,6 +360,9 @@ class WebhookSender:
         while True:
             try:
                 delivered = await self.deliver_once()
+            except CatalogUnavailable as e:  # expected while it is down: no traceback a second
+                log.warning("webhook sender: %s", e.code)
+                delivered = False
             except Exception:
                 log.exception("webhook sender: unexpected error")
                 delivered = False

@@ -185,8 +185,10 @@ class Spool:
 
     async def publish(self, key: str, *, length: int | None = None, tail: bytes = b"") -> int:
         """Upload the spooled object (its first ``length`` bytes, then ``tail``) to the
-        store under ``key`` and remove the spool file; return the stored size. On a store
-        failure the file stays, so publishing can be tried again."""
+        store under ``key``; return the stored size. The file stays: the caller discards
+        it once the catalog has marked the object committed, so that a catalog that fails
+        in between leaves the object to recovery (which publishes it again) rather than
+        stored but never committed, with nothing left to recover it from."""
         source = await self.run(_open_for_reading, self.path(key))
         try:
             upload = await self._from_store(self._store.open_upload(key))
@@ -209,7 +211,6 @@ class Spool:
         finally:
             await self.run(source.close)
         self.store_down = False
-        await self.discard(key)
         return stored
 
     async def _from_store(self, step: Awaitable[_T]) -> _T:
@@ -274,10 +275,10 @@ class SpooledUpload:
         await self._spool.run(_sync, self._file())
 
     async def commit(self) -> int:
-        """Close the spool file and publish it. The key stays "open" until the store has it,
-        so a recovery pass never publishes it at the same time; if the store fails, or is
-        known to be down (``Spool.store_down``: then it is not tried), the complete file is
-        left for recovery."""
+        """Close the spool file and publish it. The key stays "open" until ``done`` (or
+        ``abandon``), so a recovery pass never publishes it at the same time; if the store
+        fails, or is known to be down (``Spool.store_down``: then it is not tried), the
+        complete file is left for recovery."""
         handle = self._file()
         self._handle = None
         try:
@@ -290,6 +291,14 @@ class SpooledUpload:
         except BaseException:
             self._spool._closed(self._key)
             raise
+
+    async def done(self) -> None:
+        """The catalog has marked the object committed: the spool file goes. Should that
+        fail, the file is left over, and recovery discards it (its object is committed)."""
+        try:
+            await self._spool.discard(self._key)
+        except StorageUnavailable:
+            self._spool._closed(self._key)
 
     async def abandon(self) -> None:
         """Stop writing after a failed write: close the file and leave it for recovery,

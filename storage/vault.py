@@ -156,6 +156,9 @@ class SealingUpload:
         self.record = await self._vault.catalog.objects.mark_committed(
             self.record.id, size=size, now=now
         )
+        done = getattr(self._upload, "done", None)
+        if done is not None:  # a spooled upload's file goes only now (``Spool.publish``)
+            await done()
         self._vault.metrics.objects_committed.inc()
         return self.record
 
@@ -460,6 +463,7 @@ class MediaVault:
             tail = bytes(writer.close())
         size = await spool.publish(key, length=reader.verified_bytes, tail=tail)
         record = await self.catalog.objects.mark_committed(object_id, size=size, now=now)
+        await spool.discard(key)  # only now: a catalog that failed leaves it for the next pass
         self.metrics.objects_committed.inc()
         log.info("recovered spooled object %s (%d bytes)", key, size)
         return record

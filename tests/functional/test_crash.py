@@ -15,8 +15,11 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
+from tests.ai import sample_call
 from tests.functional.test_cli import start_serve, stop_serve
+from tests.functional.test_ingest_rtp import free_udp_range
 from tests.gateway import (
     ULAW,
     Gateway,
@@ -28,6 +31,18 @@ from tests.gateway import (
     twilio_stop,
 )
 from tests.leaks import WATCH
+from tests.paced import (
+    RECONNECTS,
+    PacedCall,
+    Tenant,
+    Transport,
+    channel,
+    check_objects,
+    export,
+    gateway_process,
+    taken,
+    track_loss,
+)
 
 OPERATOR = "a-long-operator-token-for-the-crash-tests-0123456789"
 FLUSH_BYTES = 1024
@@ -223,3 +238,138 @@ async def test_after_a_crash_every_call_in_progress_is_ended_after_the_grace(
     assert meta["status"] == "recorded"
     assert meta["ended_at"] is not None
     assert len(pcm) == 0
+
+
+# --- kill -9 in the middle of paced calls of every transport -------------------------------
+
+PACED_FLUSH_S = 0.5
+IN_FLIGHT_S = 0.04
+"""What a killed gateway may lose of a track beyond its flush interval: the frame that
+crossed it, and one more for rounding."""
+PACED_SECONDS = 8.0
+KILL_AFTER_S = 1.5
+MIX: tuple[tuple[Transport, bool], ...] = (
+    *(("twilio", False),) * 3,
+    *(("fork", False),) * 3,
+    *(("audiosocket", False),) * 2,
+    ("rtp", True),  # SRTP
+    ("rtp", False),  # plain RTP
+)
+RECORD_ANY_RTP = {**NO_CONSENT, "transport": {"allow_unencrypted_rtp": True}}
+TRANSCRIBE = {**NO_CONSENT, "ai": {"transcript": True}}
+
+
+@pytest.mark.integration  # a real serve killed and restarted; the packaged tiny.en model
+async def test_kill_9_in_the_middle_of_paced_calls_of_every_transport(tmp_path: Path) -> None:
+    """Ten calls (Twilio, fork, AudioSocket, SRTP and plain RTP) stream in real time; the
+    gateway is SIGKILLed 1.5 s in (once it has taken every frame sent so far: what it
+    acknowledged) and restarted on its data dir. Every track keeps what was sent before
+    the kill but at most the flush interval (+ ``IN_FLIGHT_S``), the WebSocket
+    calls carry on after their reconnect, every object opens and verifies, nothing is left
+    'writing', and an AI job queued before the kill is done after it."""
+    rtp = free_udp_range(16)
+    data_dir = tmp_path / "var"
+    settings = {
+        "CALLVAULT_OPERATOR_TOKEN": WATCH.remember_value("token", OPERATOR),
+        "CALLVAULT_INGEST__FLUSH_INTERVAL": f"PT{PACED_FLUSH_S}S",
+        "CALLVAULT_INGEST__RECONNECT_GRACE": "PT3S",
+        "CALLVAULT_RTP__PORT_MIN": str(rtp),
+        "CALLVAULT_RTP__PORT_MAX": str(rtp + 15),
+        "CALLVAULT_AI__MODEL": "tiny.en",
+        "CALLVAULT_AI__POLL_INTERVAL": "PT0.2S",
+        "CALLVAULT_RETENTION__SWEEP_INTERVAL": "PT0S",
+    }
+    speech = sample_call("support")
+    async with aiohttp.ClientSession() as http:
+        with contextlib.ExitStack() as stack:
+            # No AI worker before the kill: the job is sure to be queued when it comes.
+            first, endpoint = stack.enter_context(
+                gateway_process(tmp_path, "first", data_dir, **settings, CALLVAULT_AI__WORKERS="0")
+            )
+            gateway = Gateway(
+                client=aiohttp.ClientSession(base_url=endpoint.base),  # type: ignore[arg-type]
+                operator=OPERATOR,
+            )
+            async with gateway.client:
+                acme = await gateway.tenant("acme", RECORD_ANY_RTP)
+                brain = await gateway.tenant("brain", TRANSCRIBE)
+                analysed = await gateway.announce(brain)
+                ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(brain.pbx))
+                await ws.send_str(twilio_start(analysed["call_id"]))
+                for message in twilio_call(speech.inbound[:32000], speech.outbound[:32000]):
+                    await ws.send_str(message)
+                await ws.send_str(twilio_stop())
+                assert (await ws.receive(timeout=20)).type is aiohttp.WSMsgType.CLOSE
+            tenant = Tenant(acme.id, acme.admin, acme.pbx)
+            calls = [
+                PacedCall(transport, tenant, PACED_SECONDS, seed, srtp=srtp)
+                for seed, (transport, srtp) in enumerate(MIX)
+            ]
+            for call in calls:
+                await call.announce(http, endpoint)
+            runs = [asyncio.create_task(call.run(http)) for call in calls]
+            await asyncio.sleep(KILL_AFTER_S)  # into the calls: the fault's moment
+            for call in calls:
+                call.cut()
+            # Killed once it has taken what was sent (frames still in a socket were never
+            # acknowledged, and a loaded machine can hold them there a while).
+            await taken(http, endpoint.base, calls)
+            kill(first.process)  # type: ignore[arg-type]
+            # Started off the event loop: the PBX's calls go on (sending nothing) meanwhile.
+            second, endpoint = await asyncio.to_thread(
+                stack.enter_context,
+                gateway_process(
+                    tmp_path, "second", data_dir, **settings, CALLVAULT_AI__WORKERS="1"
+                ),
+            )
+            for call in calls:
+                call.back(endpoint)
+            await asyncio.gather(*runs)
+            exports = {
+                call.recording_id: await export(
+                    http, endpoint.base, acme.admin, call.recording_id, wait_s=30
+                )
+                for call in calls
+            }
+            view = await analyzed(http, endpoint.base, brain.admin, analysed["recording_id"])
+            second.process.send_signal(signal.SIGTERM)
+            assert second.process.wait(timeout=20) == 0, second.log()
+    assert view["status"] == "analyzed", view
+
+    tolerance = int((PACED_FLUSH_S + IN_FLIGHT_S) * 8000)
+    worst = 0
+    for call in calls:
+        pcm, meta = exports[call.recording_id]
+        assert meta["status"] == "recorded", meta
+        assert call.parts[0].ended_by == "cut" and call.parts[0].count > 0, call.parts
+        if call.transport in RECONNECTS:
+            # Reconnected after the restart and carried on to the stop.
+            assert [p.ended_by for p in call.parts] == ["cut", "stop"], call.parts
+            assert call.parts[1].count > 0, call.parts
+        else:
+            assert len(call.parts) == 1, call.parts
+        for track, sent in ((t, call.sent(t)) for t in call.pcm):
+            lost = track_loss(pcm[:, channel(track)], sent)
+            assert lost[0] <= tolerance, (call.transport, track, lost)
+            assert lost[1:] == [0] * (len(sent) - 1), (call.transport, track, lost)
+            worst = max(worst, lost[0])
+    print(f"\nkill -9: at most {worst / 8:.0f} ms lost per track (flush interval 500 ms)")
+    states = await check_objects(data_dir, ["acme", "brain"])
+    assert "writing" not in states, states
+    assert states.get("committed", 0) >= 10 * 2, states
+    assert not list((data_dir / "spool").rglob("*.sealed"))
+
+
+async def analyzed(
+    http: aiohttp.ClientSession, base: str, admin: str, recording_id: str
+) -> dict[str, Any]:
+    """The recording's view once its AI job is no longer pending (or after 90 s)."""
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        async with http.get(f"{base}/v1/recordings/{recording_id}", headers=bearer(admin)) as r:
+            view = dict(await r.json())
+        if view["status"] not in ("recording", "processing"):
+            return view
+        if asyncio.get_running_loop().time() > deadline:
+            return view
+        await asyncio.sleep(0.2)  # polling another process's progress

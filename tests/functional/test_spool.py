@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 import pytest
 
 import storage.spool as spool_module
-from storage.errors import StorageError, StorageUnavailable
+from storage.errors import CatalogUnavailable, StorageError, StorageUnavailable
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
@@ -251,3 +251,31 @@ def test_measuring_skips_a_file_removed_meanwhile(
     gone = tmp_path / "acme" / "objects" / "gone.sealed"
     monkeypatch.setattr(spool_module, "_files", lambda root, skip=None: iter([gone, kept]))
     assert list(spool_module._measure(tmp_path)) == [("acme/objects/kept", 10)]
+
+
+async def test_a_catalog_outage_at_commit_leaves_the_object_to_recovery(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store took the object but the catalog could not mark it committed: the spool
+    file stays (were it removed, the object would stay 'writing' with nothing left to
+    recover it from, and its recording's export would answer 503 for good)."""
+    vault = spooled_vault(parts)
+    upload = await live_upload(vault)
+    key = upload.record.store_key
+    assert vault.spool is not None
+    mark_committed = parts.catalog.objects.mark_committed
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise CatalogUnavailable("the catalog is down")
+
+    monkeypatch.setattr(parts.catalog.objects, "mark_committed", down)
+    with pytest.raises(CatalogUnavailable):
+        await upload.commit(now=T0)
+    await upload.abandon(now=T0)  # what a call's track does with a failed commit
+    assert vault.spool.path(key).exists()
+    assert vault.spool.keys() == [key]
+    monkeypatch.setattr(parts.catalog.objects, "mark_committed", mark_committed)
+    [recovered] = await vault.recover_spooled(now=T0)
+    assert (recovered.id, recovered.state) == (upload.object_id, "committed")
+    assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
+    assert vault.spool.keys() == []
