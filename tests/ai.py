@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,9 @@ class ScriptedSpeech:
 
         audio = np.concatenate([self._partial, samples])
         whole = len(audio) - len(audio) % self.FRAME
-        for i in range(0, whole, self.FRAME):
-            self._step(float(np.abs(audio[i : i + self.FRAME]).max()) > 0.05)
+        loud = np.abs(audio[:whole]).reshape(-1, self.FRAME).max(axis=1, initial=0.0) > 0.05
+        for is_loud in loud.tolist():
+            self._step(is_loud)
         self._partial = audio[whole:].copy()
         audio.fill(0.0)
 
@@ -157,6 +159,8 @@ class ScriptedTranscriber:
         return [("en", 1.0)]
 
     def transcribe(self, voiced: Any, chunks: Any, language: str) -> tuple[Any, ...]:
+        import numpy as np
+
         from ai.transcribe import Utterance
 
         self.calls += 1
@@ -166,19 +170,49 @@ class ScriptedTranscriber:
         utterances = []
         at = 0
         for start, end in chunks:
+            # Its frames on the track's grid (from sample 0), wherever the chunk starts.
             detector = ScriptedSpeech()
+            grid = start - start % ScriptedSpeech.FRAME
+            detector.feed(np.zeros(start - grid, dtype=np.float32))
             detector.feed(voiced[at : at + end - start])
             at += end - start
             for i in detector.finish():
                 count = max(1, int(i.duration * 2))
                 utterances.append(
                     Utterance(
-                        round(start / 16000 + i.start, 3),
-                        round(start / 16000 + i.end, 3),
+                        round(grid / 16000 + i.start, 3),
+                        round(grid / 16000 + i.end, 3),
                         " ".join(f"word{n}" for n in range(count)),
                     )
                 )
         return tuple(utterances)
+
+
+def ulaw_source(track: str, ulaw: bytes, *, record_bytes: int = 16000) -> Any:
+    """A ``TrackSource`` of 8 kHz µ-law ``ulaw`` (the whole timeline) held in memory, in
+    records of ``record_bytes`` as the 2 s flushes make them."""
+    from ai.audio import TrackSource
+    from storage.media.codecs import codec
+    from storage.media.tracks import TrackRecord
+
+    async def records() -> Any:
+        async def each() -> Any:
+            for offset in range(0, len(ulaw), record_bytes):
+                yield TrackRecord(offset, ulaw[offset : offset + record_bytes])
+
+        return each()
+
+    return TrackSource(track=track, codec=codec("pcmu"), rate=8000, frames=len(ulaw),
+                       records=records)  # fmt: skip
+
+
+def whisper(model: str = "tiny.en") -> Any:
+    """The real transcriber on the packaged ``model``, as a worker loads it (CPU, int8)."""
+    from ai.models import resolve_model
+    from ai.transcribe import WhisperOptions, WhisperTranscriber
+
+    resolved = resolve_model(model, cache_dir=Path(tempfile.gettempdir()) / "callvault-models")
+    return WhisperTranscriber(resolved, WhisperOptions(device="cpu", compute_type="int8"))
 
 
 # --- the AI worker in the functional tier -------------------------------------------------
