@@ -1,4 +1,4 @@
-"""From a call's decoded tracks to its transcript and analysis.
+"""From a call's sealed tracks to its transcript and analysis, in windows.
 
 The steps, per call: find each track's speech (Silero VAD), settle the call's language
 (the instructions' language, or for ``auto`` the language both tracks' speech most likely
@@ -6,6 +6,22 @@ is, weighted by how long each track talks: one track of a short "yes" must not p
 call's language), transcribe each track, then compute the instructed features. Inbound is
 the caller and outbound the agent, so every segment is attributed by its track: no
 diarization.
+
+Why windows: a track decoded whole at 16 kHz costs 230 MB an hour, and the whole-track run
+(the VAD's framing, Whisper's features) several times that; a call's timeline is as long as
+its timestamps say, so a node running the worker could be made to run out of memory by
+one call (issue 15). So nothing here holds a long track: it is read as a stream of blocks
+(``ai.audio``) twice. The first pass feeds the VAD, which carries its state from block to
+block and finds exactly the speech of a whole-track run (``ai.vad``). From that speech
+Whisper's chunks and the windows are planned (``ai.windows``: at most ``WINDOW`` samples of
+speech each, cut only in pauses); the second pass collects each window's speech as its
+blocks go by and transcribes it, then forgets it; timestamps are on the call's timeline.
+The language, when it is to be detected, is heard on the first 30 s of a track's speech,
+which is all faster-whisper's detection looks at. A track no longer than one window (every
+sample call) is read once, held, and is one window: its results are the whole-track run's.
+Longer ones differ from a whole-track run only in Whisper's text near window boundaries
+(each window is a separate Whisper run); the speech, so the talk/listen figures but words
+per minute, are identical (``tests/integration/test_ai_windows.py``).
 
 All model work runs in the analyzer's one inference thread (CTranslate2 and ONNX Runtime
 block, and one thread per worker process was measured fastest); the model is built there
@@ -40,10 +56,12 @@ WINDOW = VAD_BATCH
 """Samples at 16 kHz (320 s) of one window: a track at most this long is decoded once and
 held whole; a longer one is read twice (speech first, then Whisper's windows) and Whisper
 hears at most this much speech at a time. 320 s is one batch of the VAD (faster-whisper's
-``encoder_batch_size`` of 10,000 frames), so the VAD's working set is the same as a
-whole-track run's; the sample calls (33-42 s) are one window each, so their results are the
-whole-track run's by construction. Memory per window: ~20 MB of audio, the VAD's batch
-(~23 MB) and Whisper's features of it (~150 MB of FFT at the peak, for 320 s of speech)."""
+``encoder_batch_size`` of 10,000 frames), so the VAD is fed the batches the library
+would make of the whole track, one at a time; the sample calls (9-33 s) are one window
+each, so their results are the whole-track run's by construction. Memory per window: ~20 MB
+of audio, the VAD's batch (~23 MB framed) and Whisper's features of its speech (~100 MB of
+FFT at the peak, for 320 s of speech). ``bench/transcribe.py --long`` measures the whole
+worker."""
 
 ANALYSIS_FEATURES: tuple[str, ...] = ("summary", "sentiment", "talk_listen", "topics")
 """The features whose results go into the analysis document (the transcript has its own)."""
@@ -179,7 +197,7 @@ class Analyzer:
     ) -> tuple[Interval, ...]:
         """The first pass over a track: its speech. A track of one window is decoded into
         an array that the next steps cut from (``reads.held``) instead of reading it again."""
-        detector = model.speech_detector()
+        detector = await self._run(model.speech_detector)  # may load Silero: off the loop
         into = None
         if track.length <= self._window:
             into = reads.hold(track.track, track.length)

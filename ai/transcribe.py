@@ -5,9 +5,10 @@ is the real one. It runs faster-whisper's own steps in faster-whisper's own orde
 difference: the speech intervals that its built-in Silero VAD finds are kept, because the
 talk/listen metrics are computed from them. ``WhisperModel.transcribe(vad_filter=True)``
 finds them and throws them away; running the VAD a second time for the metrics would cost
-every call a second pass. So this module calls the same functions the library calls
-(``get_speech_timestamps``, ``collect_chunks``, ``restore_speech_timestamps``) around
-``transcribe(vad_filter=False)`` on the speech alone, which is what the library does inside.
+every call a second pass. So this module does what the library does inside, step by step:
+``get_speech_timestamps`` (``ai.vad``: the same calls of the same model, fed the track in
+pieces), ``collect_chunks`` (``ai.windows``: a window of chunks at a time) and
+``restore_speech_timestamps`` around ``transcribe(vad_filter=False)`` on the speech alone.
 
 Blocking (CTranslate2, ONNX Runtime): the worker runs it in its one inference thread. The
 model loads once, when the transcriber is built, and lives as long as the worker.

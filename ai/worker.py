@@ -1,7 +1,8 @@
 """The AI worker: takes ``analyze`` jobs from the catalog's queue and sees each one through.
 
-For one finished call that had an AI feature instructed: open each track's sealed audio in
-memory, decode and resample it (``ai.audio``), transcribe and analyse it (``ai.pipeline``),
+For one finished call that had an AI feature instructed: read each track's sealed audio as a
+stream (``ai.audio``: decrypted, decoded and resampled block by block, never a whole long
+track in memory), transcribe and analyse it in windows (``ai.pipeline``),
 seal the transcript and the analysis with the tenant's keys as their own objects (data
 class ``transcripts``, so their own retention window), then purge: the in-memory copies of
 the audio are overwritten, and for a call whose instructions allowed AI but not recording

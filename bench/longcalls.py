@@ -270,7 +270,7 @@ def run(lengths: list[int], modes: list[str], model: str, every_s: int) -> dict[
 
 def print_report(report: dict[str, Any]) -> None:
     head = ["track length", "mode", "peak RSS (MiB)", "RSS after model load (MiB)"]
-    head += ["job growth (MiB)", "job s", "segments"]
+    head += ["job growth (MiB)", "job s", "words"]
     rows = []
     for r in report["runs"]:
         length = r["length_s"]
@@ -279,7 +279,7 @@ def print_report(report: dict[str, Any]) -> None:
         loaded = r["loaded_rss_kib"] / 1024
         rows.append(
             [label, r["mode"], f"{peak:.0f}", f"{loaded:.0f}", f"{peak - loaded:.0f}",
-             r["job_s"], r["segments"]]
+             r["job_s"], r["words"]]
         )  # fmt: skip
     print()
     print_table(head, rows)
