@@ -89,9 +89,11 @@ async def test_a_sample_call_in_small_windows_gives_the_whole_track_results() ->
 
 async def peak_bytes(seconds: int, window: int) -> int:
     """tracemalloc's peak (numpy's buffers included) over one analysis of a sparse call of
-    ``seconds``: two words every minute on each track."""
-    words = [(at + 1.0, at + 2.2) for at in range(0, seconds, 60)]
-    words += [(at + 4.0, at + 4.6) for at in range(0, seconds, 60)]
+    ``seconds``: two words, five times, evenly spread, on each track (the same speech
+    whatever the length, so that only the length differs)."""
+    every = seconds // 5
+    words = [(at + 1.0, at + 2.2) for at in range(0, seconds, every)]
+    words += [(at + 4.0, at + 4.6) for at in range(0, seconds, every)]
     tracks = {track: bursts(seconds, sorted(words)) for track in TRACKS}
     tracemalloc.start()
     try:
@@ -99,18 +101,20 @@ async def peak_bytes(seconds: int, window: int) -> int:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(analysis.transcript.segments) == 2 * 2 * len(range(0, seconds, 60))
+    assert len(analysis.transcript.segments) == 2 * 2 * 5
     return peak
 
 
 async def test_memory_does_not_grow_with_the_length_of_the_call() -> None:
-    # Windows of 10 s of speech: five minutes and an hour both fill several.
+    # Windows of 10 s of speech: both calls fill their windows alike.
     window = 10 * 16000
     short = await peak_bytes(300, window)
     hour = await peak_bytes(3600, window)
     # An hour costs what five minutes cost (the test's µ-law tracks are made before tracing
-    # starts, as the vault's objects live outside the worker).
-    assert hour < 1.25 * short
+    # starts, as the vault's objects live outside the worker), within 50 %: when the garbage
+    # collector runs moves the peak by some hundred KB (1.05-1.27x measured); anything that
+    # grew with the length would be 12x.
+    assert hour < 1.5 * short
     hour_of_audio = 3600 * 16000 * 4  # one track at 16 kHz, float32: 230 MB
     assert hour < hour_of_audio / 20
     # The measure sees whole tracks: held whole (one window), five minutes cost more than
