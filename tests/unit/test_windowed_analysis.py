@@ -9,6 +9,7 @@ import tracemalloc
 from typing import Any
 
 import numpy as np
+import pytest
 
 from ai.pipeline import WINDOW, Analyzer
 from ai.transcript import TRACKS
@@ -120,3 +121,44 @@ async def test_memory_does_not_grow_with_the_length_of_the_call() -> None:
     # The measure sees whole tracks: held whole (one window), five minutes cost more than
     # both tracks' audio.
     assert await peak_bytes(300, 10**9) > 2 * 300 * 16000 * 4
+
+
+class Multilingual(ScriptedTranscriber):
+    """The double as a multilingual model: it records what the language is heard on."""
+
+    multilingual = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[np.ndarray] = []
+
+    def detect_language(self, voiced: Any) -> list[tuple[str, float]]:
+        self.heard.append(voiced.copy())
+        return [("ro", 0.9), ("en", 0.1)]
+
+
+@pytest.mark.parametrize("window", [10**9, 10 * 16000], ids=["held", "streamed"])
+async def test_the_language_is_heard_on_the_first_30_s_of_each_tracks_speech(window: int) -> None:
+    # Words of 2 s every 3 s for two minutes: 80 s of speech, more than the 30 s heard.
+    words = [(at + 0.5, at + 2.5) for at in range(0, 120, 3)]
+    audio = bursts(120, words)
+    model = Multilingual()
+    analyzer = Analyzer(lambda: model, window=window)
+    try:
+        analysis = await analyzer.analyse(
+            [ulaw_source("inbound", audio), ulaw_source("outbound", bursts(120, []))],
+            features=(), language="auto", categories={}, duration_s=120.0,
+        )  # fmt: skip
+    finally:
+        await analyzer.close()
+    assert analysis.transcript.language == "ro"
+    (heard,) = model.heard  # the silent track has no speech to hear
+    # What faster-whisper's detect_language looks at when given all of the track's speech:
+    # its chunks back to back, cut at 30 s.
+    from ai.audio import resample
+    from ai.transcribe import whisper_chunks
+
+    track = resample(codec("pcmu").decode(audio), RATE)
+    chunks = whisper_chunks(analysis.transcript.speech["inbound"], len(track))
+    voiced = np.concatenate([track[c["start"] : c["end"]] for c in chunks])
+    assert np.array_equal(heard, voiced[: 30 * 16000])
