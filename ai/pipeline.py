@@ -215,20 +215,25 @@ class Analyzer:
         window long), or from a new pass over the track that stops after the last window.
         The caller wipes each window's speech; a window left half-filled is wiped here."""
         collector = VoicedCollector(windows)
+        ready: list[tuple[Window, npt.NDArray[np.float32]]] = []
         try:
             held = reads.held.get(track.track)
             if held is not None:
-                for ready in collector.feed(held):
-                    yield ready
+                ready = collector.feed(held)
+                while ready:
+                    yield ready.pop(0)
                 return
             async with contextlib.aclosing(track.blocks()) as blocks:
                 async for block in blocks:
                     reads.wiped += block.nbytes
-                    for ready in collector.feed(block):
-                        yield ready
+                    ready = collector.feed(block)
+                    while ready:
+                        yield ready.pop(0)
                     if collector.done:
                         break
-        finally:
+        finally:  # also the windows not handed out when the caller stopped or failed
+            for _, voiced in ready:
+                voiced.fill(0.0)
             collector.wipe()
 
     async def _language(

@@ -162,3 +162,34 @@ async def test_the_language_is_heard_on_the_first_30_s_of_each_tracks_speech(win
     chunks = whisper_chunks(analysis.transcript.speech["inbound"], len(track))
     voiced = np.concatenate([track[c["start"] : c["end"]] for c in chunks])
     assert np.array_equal(heard, voiced[: 30 * 16000])
+
+
+async def test_a_failure_part_way_overwrites_every_window_of_speech(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The model fails on the second window: the window it heard, the one that failed, and
+    # the one collected with them (from the same block) but not yet handed to it are all
+    # overwritten.
+    import ai.windows
+
+    collected: list[np.ndarray] = []
+    feed = ai.windows.VoicedCollector.feed
+
+    def keep(self: Any, block: Any) -> Any:
+        ready = feed(self, block)
+        collected.extend(voiced for _, voiced in ready)
+        return ready
+
+    monkeypatch.setattr(ai.windows.VoicedCollector, "feed", keep)
+    words = [(at + 0.5, at + 1.5) for at in range(0, 60, 3)]
+
+    class FailsThird(ScriptedTranscriber):
+        def transcribe(self, voiced: Any, chunks: Any, language: str) -> tuple[Any, ...]:
+            if len(self.windows) == 1:
+                raise RuntimeError("scripted failure")
+            return super().transcribe(voiced, chunks, language)
+
+    with pytest.raises(RuntimeError, match="scripted failure"):
+        await analyse({"inbound": bursts(60, words)}, 2 * 16000, FailsThird())
+    assert len(collected) == 3  # a 10 s block: three words of their own windows
+    assert not any(voiced.any() for voiced in collected)
