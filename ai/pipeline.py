@@ -1,4 +1,4 @@
-"""From a call's decoded tracks to its transcript and analysis.
+"""From a call's sealed tracks to its transcript and analysis, in windows.
 
 The steps, per call: find each track's speech (Silero VAD), settle the call's language
 (the instructions' language, or for ``auto`` the language both tracks' speech most likely
@@ -6,6 +6,22 @@ is, weighted by how long each track talks: one track of a short "yes" must not p
 call's language), transcribe each track, then compute the instructed features. Inbound is
 the caller and outbound the agent, so every segment is attributed by its track: no
 diarization.
+
+Why windows: a track decoded whole at 16 kHz costs 230 MB an hour, and the whole-track run
+(the VAD's framing, Whisper's features) several times that; a call's timeline is as long as
+its timestamps say, so a node running the worker could be made to run out of memory by
+one call (issue 15). So nothing here holds a long track: it is read as a stream of blocks
+(``ai.audio``) twice. The first pass feeds the VAD, which carries its state from block to
+block and finds exactly the speech of a whole-track run (``ai.vad``). From that speech
+Whisper's chunks and the windows are planned (``ai.windows``: at most ``WINDOW`` samples of
+speech each, cut only in pauses); the second pass collects each window's speech as its
+blocks go by and transcribes it, then forgets it; timestamps are on the call's timeline.
+The language, when it is to be detected, is heard on the first 30 s of a track's speech,
+which is all faster-whisper's detection looks at. A track no longer than one window (every
+sample call) is read once, held, and is one window: its results are the whole-track run's.
+Longer ones differ from a whole-track run only in Whisper's text near window boundaries
+(each window is a separate Whisper run); the speech, so the talk/listen figures but words
+per minute, are identical (``tests/integration/test_ai_windows.py``).
 
 All model work runs in the analyzer's one inference thread (CTranslate2 and ONNX Runtime
 block, and one thread per worker process was measured fastest); the model is built there
@@ -15,20 +31,37 @@ on first use and lives as long as the analyzer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ai.audio import TrackAudio
+import numpy as np
+import numpy.typing as npt
+
+from ai.audio import TrackSource
 from ai.sentiment import sentiment
 from ai.summary import ExtractiveSummarizer, Summarizer
 from ai.talk import talk_listen
 from ai.topics import topics
-from ai.transcribe import Transcriber
+from ai.transcribe import Transcriber, Utterance
 from ai.transcript import Interval, Segment, Transcript
+from ai.vad import VAD_BATCH
+from ai.windows import VoicedCollector, Window, language_window, plan_windows
 
 T = TypeVar("T")
+
+WINDOW = VAD_BATCH
+"""Samples at 16 kHz (320 s) of one window: a track at most this long is decoded once and
+held whole; a longer one is read twice (speech first, then Whisper's windows) and Whisper
+hears at most this much speech at a time. 320 s is one batch of the VAD (faster-whisper's
+``encoder_batch_size`` of 10,000 frames), so the VAD is fed the batches the library
+would make of the whole track, one at a time; the sample calls (9-33 s) are one window
+each, so their results are the whole-track run's by construction. Memory per window: ~20 MB
+of audio, the VAD's batch (~23 MB framed) and Whisper's features of its speech (~100 MB of
+FFT at the peak, for 320 s of speech). ``bench/transcribe.py --long`` measures the whole
+worker."""
 
 ANALYSIS_FEATURES: tuple[str, ...] = ("summary", "sentiment", "talk_listen", "topics")
 """The features whose results go into the analysis document (the transcript has its own)."""
@@ -41,6 +74,8 @@ class Analysis:
 
     transcript: Transcript
     document: dict[str, Any]
+    working_copy_bytes: int = 0
+    """Bytes of decoded audio overwritten (``_Reads``)."""
 
 
 def call_language(votes: Mapping[str, tuple[float, list[tuple[str, float]]]]) -> str:
@@ -63,8 +98,10 @@ class Analyzer:
         load: Callable[[], Transcriber],
         *,
         summarizer: Summarizer | None = None,
+        window: int = WINDOW,
     ) -> None:
         self._load = load
+        self._window = window
         self._transcriber: Transcriber | None = None
         self._summarizer = summarizer or ExtractiveSummarizer()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callvault-ai")
@@ -88,36 +125,6 @@ class Analyzer:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
 
-    def _speech_and_language(
-        self, tracks: Sequence[TrackAudio], language: str
-    ) -> tuple[dict[str, tuple[Interval, ...]], str]:
-        model = self._model()
-        speech = {track.track: model.detect_speech(track.samples) for track in tracks}
-        if language == "auto" and model.multilingual:
-            votes = {
-                track.track: (
-                    sum(i.duration for i in speech[track.track]),
-                    model.detect_language(track.samples, speech[track.track]),
-                )
-                for track in tracks
-            }
-            language = call_language(votes)
-        elif language == "auto" or not model.multilingual:
-            language = "en"
-        return speech, language
-
-    def _transcribe(
-        self, tracks: Sequence[TrackAudio], speech: dict[str, tuple[Interval, ...]], language: str
-    ) -> list[Segment]:
-        model = self._model()
-        segments = [
-            Segment(track.track, utterance.start, utterance.end, utterance.text)
-            for track in tracks
-            for utterance in model.transcribe(track.samples, speech[track.track], language)
-        ]
-        segments.sort(key=lambda s: (s.start, s.track))
-        return segments
-
     def _features(
         self,
         transcript: Transcript,
@@ -137,7 +144,7 @@ class Analyzer:
 
     async def analyse(
         self,
-        tracks: Sequence[TrackAudio],
+        tracks: Sequence[TrackSource],
         *,
         features: Sequence[str],
         language: str,
@@ -145,11 +152,37 @@ class Analyzer:
         duration_s: float,
     ) -> Analysis:
         """Transcribe ``tracks`` and compute ``features`` (the instructed ones)."""
-        speech, language = await self._run(self._speech_and_language, tracks, language)
-        segments = await self._run(self._transcribe, tracks, speech, language)
+        model = await self._run(self._model)
+        speech: dict[str, tuple[Interval, ...]] = {}
+        plans: dict[str, list[Window]] = {}
+        reads = _Reads()
+        try:
+            for track in tracks:
+                speech[track.track] = await self._detect(model, track, reads)
+                plans[track.track] = plan_windows(speech[track.track], track.length, self._window)
+            if language == "auto" and model.multilingual:
+                votes = {
+                    track.track: (
+                        sum(i.duration for i in speech[track.track]),
+                        await self._language(model, track, plans[track.track], reads),
+                    )
+                    for track in tracks
+                }
+                language = call_language(votes)
+            elif language == "auto" or not model.multilingual:
+                language = "en"
+            segments: list[Segment] = []
+            for track in tracks:
+                utterances = await self._transcribe(
+                    model, track, plans[track.track], reads, language
+                )
+                segments += [Segment(track.track, u.start, u.end, u.text) for u in utterances]
+        finally:  # also when a track fails part-way (a corrupt segment, a store error)
+            await asyncio.to_thread(reads.wipe_held)  # off the loop: ~25 ms an hour
+        segments.sort(key=lambda s: (s.start, s.track))
         transcript = Transcript(
             language=language,
-            model=self._model().model_name,
+            model=model.model_name,
             duration_s=duration_s,
             segments=tuple(segments),
             speech=speech,
@@ -157,4 +190,103 @@ class Analyzer:
         # Pure Python, up to ~0.1 s for an hour of call: in the inference thread too, so
         # that the event loop (ingest, in ``serve``) never waits for it.
         document = await self._run(self._features, transcript, features, categories)
-        return Analysis(transcript=transcript, document=document)
+        return Analysis(transcript=transcript, document=document, working_copy_bytes=reads.wiped)
+
+    async def _detect(
+        self, model: Transcriber, track: TrackSource, reads: _Reads
+    ) -> tuple[Interval, ...]:
+        """The first pass over a track: its speech. A track of one window is decoded into
+        an array that the next steps cut from (``reads.held``) instead of reading it again."""
+        detector = await self._run(model.speech_detector)  # may load Silero: off the loop
+        into = None
+        if track.length <= self._window:
+            into = reads.hold(track.track, track.length)
+        async with contextlib.aclosing(track.blocks(into=into)) as blocks:
+            async for block in blocks:
+                await self._run(detector.feed, block)
+                if into is None:
+                    reads.wiped += block.nbytes  # overwritten by ``decode_blocks``
+        return await self._run(detector.finish)
+
+    async def _voiced(
+        self, track: TrackSource, windows: list[Window], reads: _Reads
+    ) -> AsyncGenerator[tuple[Window, npt.NDArray[np.float32]], None]:
+        """Each of ``windows`` with its speech, in order: cut from the held track (one
+        window long), or from a new pass over the track that stops after the last window.
+        The caller wipes each window's speech; a window left half-filled is wiped here."""
+        collector = VoicedCollector(windows)
+        ready: list[tuple[Window, npt.NDArray[np.float32]]] = []
+        try:
+            held = reads.held.get(track.track)
+            if held is not None:
+                ready = collector.feed(held)
+                while ready:
+                    yield ready.pop(0)
+                return
+            async with contextlib.aclosing(track.blocks()) as blocks:
+                async for block in blocks:
+                    reads.wiped += block.nbytes
+                    ready = collector.feed(block)
+                    while ready:
+                        yield ready.pop(0)
+                    if collector.done:
+                        break
+        finally:  # also the windows not handed out when the caller stopped or failed
+            for _, voiced in ready:
+                voiced.fill(0.0)
+            collector.wipe()
+
+    async def _language(
+        self, model: Transcriber, track: TrackSource, windows: list[Window], reads: _Reads
+    ) -> list[tuple[str, float]]:
+        """The track's language probabilities, from its first 30 s of speech."""
+        window = language_window(windows)
+        if window is None:
+            return []
+        async with contextlib.aclosing(self._voiced(track, [window], reads)) as pieces:
+            async for _, voiced in pieces:
+                try:
+                    return await self._run(model.detect_language, voiced)
+                finally:
+                    voiced.fill(0.0)
+        return []
+
+    async def _transcribe(
+        self,
+        model: Transcriber,
+        track: TrackSource,
+        windows: list[Window],
+        reads: _Reads,
+        language: str,
+    ) -> list[Utterance]:
+        """The track's utterances, window by window, on the track's timeline."""
+        utterances: list[Utterance] = []
+        if not windows:
+            return utterances
+        async with contextlib.aclosing(self._voiced(track, windows, reads)) as pieces:
+            async for window, voiced in pieces:
+                try:
+                    utterances += await self._run(model.transcribe, voiced, window.chunks, language)
+                finally:
+                    voiced.fill(0.0)
+        return utterances
+
+
+class _Reads:
+    """What one analysis decoded: the tracks it holds whole (those of one window), and
+    the bytes of decoded audio overwritten so far (the purge's ``working_copy_bytes``: the
+    16 kHz float32 audio of every pass over a track, each pass counted once)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, npt.NDArray[np.float32]] = {}
+        self.wiped = 0
+
+    def hold(self, track: str, length: int) -> npt.NDArray[np.float32]:
+        self.held[track] = np.zeros(length, dtype=np.float32)
+        return self.held[track]
+
+    def wipe_held(self) -> None:
+        for samples in self.held.values():
+            samples.fill(0.0)
+            self.wiped += int(samples.nbytes)
+        self.held.clear()

@@ -5,9 +5,10 @@ is the real one. It runs faster-whisper's own steps in faster-whisper's own orde
 difference: the speech intervals that its built-in Silero VAD finds are kept, because the
 talk/listen metrics are computed from them. ``WhisperModel.transcribe(vad_filter=True)``
 finds them and throws them away; running the VAD a second time for the metrics would cost
-every call a second pass. So this module calls the same functions the library calls
-(``get_speech_timestamps``, ``collect_chunks``, ``restore_speech_timestamps``) around
-``transcribe(vad_filter=False)`` on the speech alone, which is what the library does inside.
+every call a second pass. So this module does what the library does inside, step by step:
+``get_speech_timestamps`` (``ai.vad``: the same calls of the same model, fed the track in
+pieces), ``collect_chunks`` (``ai.windows``: a window of chunks at a time) and
+``restore_speech_timestamps`` around ``transcribe(vad_filter=False)`` on the speech alone.
 
 Blocking (CTranslate2, ONNX Runtime): the worker runs it in its one inference thread. The
 model loads once, when the transcriber is built, and lives as long as the worker.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +28,7 @@ import numpy.typing as npt
 from ai.audio import MODEL_RATE
 from ai.models import ResolvedModel
 from ai.transcript import Interval
+from ai.vad import SileroSpeech
 from crypto.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,26 @@ class Utterance:
     text: str
 
 
+class SpeechDetector(Protocol):
+    """Finds speech in one track fed its 16 kHz mono samples in consecutive pieces
+    (blocking); a fresh one per track."""
+
+    def feed(self, samples: npt.NDArray[np.float32]) -> None:
+        """The next samples (copied if kept: the caller wipes them when this returns)."""
+        ...
+
+    def finish(self) -> tuple[Interval, ...]:
+        """Where the track talks, tightly (no padding), in seconds; the track has ended."""
+        ...
+
+
 class Transcriber(Protocol):
-    """Finds speech in one track's 16 kHz mono audio and turns it into text (blocking)."""
+    """Finds speech in one track's 16 kHz mono audio and turns it into text (blocking).
+
+    The audio comes in pieces (``ai.pipeline`` never holds a long track): the VAD is fed
+    the whole track block by block; the language and the text are asked of the track's
+    speech, its chunks (``whisper_chunks``, in samples on the track's timeline) back to
+    back, one window of them at a time (``ai.windows``)."""
 
     @property
     def model_name(self) -> str: ...
@@ -57,20 +78,22 @@ class Transcriber(Protocol):
     @property
     def multilingual(self) -> bool: ...
 
-    def detect_speech(self, audio: npt.NDArray[np.float32]) -> tuple[Interval, ...]:
-        """Where the track talks, tightly (no padding), in seconds."""
+    def speech_detector(self) -> SpeechDetector:
+        """A VAD for one track."""
         ...
 
-    def detect_language(
-        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...]
-    ) -> list[tuple[str, float]]:
-        """Language probabilities of the track's speech, most likely first."""
+    def detect_language(self, voiced: npt.NDArray[np.float32]) -> list[tuple[str, float]]:
+        """Language probabilities of the track's first 30 s of speech, most likely first."""
         ...
 
     def transcribe(
-        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...], language: str
+        self,
+        voiced: npt.NDArray[np.float32],
+        chunks: Sequence[tuple[int, int]],
+        language: str,
     ) -> tuple[Utterance, ...]:
-        """The track's utterances, on the track's timeline."""
+        """The utterances of ``voiced`` (``chunks``' audio back to back), on the track's
+        timeline."""
         ...
 
 
@@ -137,56 +160,40 @@ class WhisperTranscriber:
     def multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
 
-    def detect_speech(self, audio: npt.NDArray[np.float32]) -> tuple[Interval, ...]:
-        from faster_whisper.vad import get_speech_timestamps
+    def speech_detector(self) -> SileroSpeech:
+        return SileroSpeech(min_silence_ms=TIGHT_MIN_SILENCE_MS)
 
-        if not len(audio):
-            return ()
-        chunks = get_speech_timestamps(
-            audio, min_silence_duration_ms=TIGHT_MIN_SILENCE_MS, speech_pad_ms=0
-        )
-        return tuple(
-            Interval(chunk["start"] / MODEL_RATE, chunk["end"] / MODEL_RATE) for chunk in chunks
-        )
-
-    def detect_language(
-        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...]
-    ) -> list[tuple[str, float]]:
+    def detect_language(self, voiced: npt.NDArray[np.float32]) -> list[tuple[str, float]]:
         if not self.multilingual:
             return [("en", 1.0)]
-        if not speech:
+        if not len(voiced):
             return []
-        voiced = _voiced(audio, speech)
-        try:
-            _, _, probabilities = self._model.detect_language(audio=voiced)
-        finally:
-            voiced.fill(0.0)
+        _, _, probabilities = self._model.detect_language(audio=voiced)
         return [(language, float(p)) for language, p in probabilities]
 
     def transcribe(
-        self, audio: npt.NDArray[np.float32], speech: tuple[Interval, ...], language: str
+        self,
+        voiced: npt.NDArray[np.float32],
+        chunks: Sequence[tuple[int, int]],
+        language: str,
     ) -> tuple[Utterance, ...]:
         from faster_whisper.transcribe import restore_speech_timestamps
 
-        if not speech:
+        if not chunks:
             return ()
-        chunks = whisper_chunks(speech, len(audio))
-        voiced = _voiced(audio, speech)
-        try:
-            segments, _ = self._model.transcribe(
-                voiced,
-                language=language if self.multilingual else "en",
-                beam_size=self._beam_size,
-                vad_filter=False,
-                word_timestamps=True,
-            )
-            starts = [chunk["start"] / MODEL_RATE for chunk in chunks]
-            utterances: list[Utterance] = []
-            # Segments are decoded as they are iterated: all of them before the wipe.
-            for segment in restore_speech_timestamps(segments, chunks, MODEL_RATE):
-                utterances += _split_at_pauses(segment.words or [], starts)
-        finally:
-            voiced.fill(0.0)
+        segments, _ = self._model.transcribe(
+            voiced,
+            language=language if self.multilingual else "en",
+            beam_size=self._beam_size,
+            vad_filter=False,
+            word_timestamps=True,
+        )
+        spans = [{"start": start, "end": end} for start, end in chunks]
+        starts = [start / MODEL_RATE for start, _ in chunks]
+        utterances: list[Utterance] = []
+        # Segments are decoded as they are iterated: all of them before the caller wipes.
+        for segment in restore_speech_timestamps(segments, spans, MODEL_RATE):
+            utterances += _split_at_pauses(segment.words or [], starts)
         return tuple(utterances)
 
 
@@ -250,11 +257,3 @@ def whisper_chunks(speech: tuple[Interval, ...], length: int) -> list[dict[str, 
         else:
             chunk["end"] = min(length, chunk["end"] + pad)
     return merged
-
-
-def _voiced(
-    audio: npt.NDArray[np.float32], speech: tuple[Interval, ...]
-) -> npt.NDArray[np.float32]:
-    """The audio of the chunks Whisper is given, concatenated (``collect_chunks``)."""
-    chunks = whisper_chunks(speech, len(audio))
-    return np.concatenate([audio[chunk["start"] : chunk["end"]] for chunk in chunks])

@@ -1,7 +1,8 @@
 """The AI worker: takes ``analyze`` jobs from the catalog's queue and sees each one through.
 
-For one finished call that had an AI feature instructed: open each track's sealed audio in
-memory, decode and resample it (``ai.audio``), transcribe and analyse it (``ai.pipeline``),
+For one finished call that had an AI feature instructed: read each track's sealed audio as a
+stream (``ai.audio``: decrypted, decoded and resampled block by block, never a whole long
+track in memory), transcribe and analyse it in windows (``ai.pipeline``),
 seal the transcript and the analysis with the tenant's keys as their own objects (data
 class ``transcripts``, so their own retention window), then purge: the in-memory copies of
 the audio are overwritten, and for a call whose instructions allowed AI but not recording
@@ -30,14 +31,14 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ai.audio import TrackAudio, decode_track
+from ai.audio import TrackSource
 from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
 from ai.transcript import TRACKS
 from crypto.errors import CallvaultError
@@ -45,7 +46,7 @@ from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, Stor
 from storage.errors import CatalogUnavailable, Conflict, NotFound
 from storage.instructions import parse_stored_instructions
 from storage.media.codecs import codec
-from storage.media.tracks import AUDIO_KIND, track_records
+from storage.media.tracks import AUDIO_KIND, TrackRecord, track_records
 from storage.vault import MediaVault
 
 log = logging.getLogger(__name__)
@@ -342,54 +343,48 @@ class AnalysisWorker:
             )
         ).document
         instructions = parse_stored_instructions(document)
-        tracks: list[TrackAudio] = []
-        wiped = 0
-        try:
-            await self._decode(recording, call, objects, into=tracks)
-            analysis = await self._analyzer.analyse(
-                tracks,
-                features=features,
-                language=instructions.ai.language,
-                categories=_categories(document),
-                duration_s=(recording.samples or 0) / call.sample_rate,
-            )
-            self.metrics.audio_seconds.inc(sum(t.duration_s for t in tracks))
-        finally:
-            for track in tracks:  # off the loop: an hour of audio takes ~25 ms to clear
-                wiped += await asyncio.to_thread(track.wipe)
+        tracks = self._sources(recording, call, objects)
+        analysis = await self._analyzer.analyse(
+            tracks,
+            features=features,
+            language=instructions.ai.language,
+            categories=_categories(document),
+            duration_s=(recording.samples or 0) / call.sample_rate,
+        )
+        self.metrics.audio_seconds.inc(sum(t.duration_s for t in tracks))
         await self._fence(job)
         await self._store(recording, features, analysis)
-        return wiped
+        return analysis.working_copy_bytes
 
-    async def _decode(
-        self,
-        recording: Recording,
-        call: Call,
-        objects: list[StoredObject],
-        *,
-        into: list[TrackAudio],
-    ) -> None:
-        """Decode each track into ``into`` (so that the caller wipes what was decoded even
-        when a later track fails)."""
-        frames = recording.samples or 0
+    def _sources(
+        self, recording: Recording, call: Call, objects: list[StoredObject]
+    ) -> list[TrackSource]:
+        """Each track with committed audio, as a source the analysis reads (and may read
+        again): its objects' verified plaintext streams, opened afresh for each read."""
+        sources = []
         for name in TRACKS:
-            parts = [o for o in objects if o.kind == AUDIO_KIND and o.track == name]
-            if not parts or all(o.state != "committed" for o in parts):
-                continue
-            streams = [
-                await self._vault.open_object(recording.tenant_id, o.id)
-                for o in parts
-                if o.state == "committed"
+            parts = [
+                o.id
+                for o in objects
+                if o.kind == AUDIO_KIND and o.track == name and o.state == "committed"
             ]
-            into.append(
-                await decode_track(
-                    name,
-                    track_records(streams),
+            if not parts:
+                continue
+
+            async def records(parts: list[str] = parts) -> AsyncIterator[TrackRecord]:
+                streams = [await self._vault.open_object(recording.tenant_id, p) for p in parts]
+                return track_records(streams)
+
+            sources.append(
+                TrackSource(
+                    track=name,
                     codec=codec(call.codec),
                     rate=call.sample_rate,
-                    frames=frames,
+                    frames=recording.samples or 0,
+                    records=records,
                 )
             )
+        return sources
 
     async def _store(
         self, recording: Recording, features: tuple[str, ...], result: Analysis

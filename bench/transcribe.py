@@ -38,6 +38,11 @@ JSON line.
 
     python bench/transcribe.py [--models tiny.en,base] [--calls support,cancellation,romanian]
                                [--repeats 3] [--device cpu|cuda]
+
+``--long`` measures something else: the worker's peak memory on 5-minute, 1-hour and 4-hour
+calls, windowed against the whole-track path (``bench/longcalls.py``, its options there):
+
+    python bench/transcribe.py --long [--lengths 300,3600,14400] [--every 900]
 """
 
 from __future__ import annotations
@@ -531,11 +536,23 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--long" in argv:
+        # Peak memory on long calls, windowed against the whole-track path: its own program
+        # (child processes, its own options); see bench/longcalls.py.
+        import longcalls
+
+        return longcalls.main([a for a in argv if a != "--long"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=model_names, default=["tiny.en", "base"])
     parser.add_argument("--calls", type=call_names, default=list(CALLS))
     parser.add_argument("--repeats", type=positive, default=3, help="runs of each, per call")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="instead: the worker's peak memory on long calls (bench/longcalls.py)",
+    )
     parser.add_argument(
         "--no-warmup",
         dest="warmup",

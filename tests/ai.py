@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +88,61 @@ def wer(reference: str, hypothesis: str) -> float:
     return previous[-1] / max(1, len(ref))
 
 
+class ScriptedSpeech:
+    """The ``ScriptedTranscriber``'s VAD: speech is where 20 ms frames (from sample 0) are
+    loud, and loud stretches less than 0.3 s apart are one interval ("within a word"). Fed
+    in pieces, it finds what one look at the whole track finds; it holds one frame."""
+
+    FRAME = 320  # 20 ms at 16 kHz
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._partial = np.zeros(0, dtype=np.float32)
+        self._index = 0
+        self._start: int | None = None
+        self._intervals: list[Any] = []
+
+    def feed(self, samples: Any) -> None:
+        import numpy as np
+
+        audio = np.concatenate([self._partial, samples])
+        whole = len(audio) - len(audio) % self.FRAME
+        loud = np.abs(audio[:whole]).reshape(-1, self.FRAME).max(axis=1, initial=0.0) > 0.05
+        for is_loud in loud.tolist():
+            self._step(is_loud)
+        self._partial = audio[whole:].copy()
+        audio.fill(0.0)
+
+    def finish(self) -> tuple[Any, ...]:
+        import numpy as np
+
+        if len(self._partial):
+            self._step(float(np.abs(self._partial).max()) > 0.05)
+        self._step(False)
+        return tuple(self._intervals)
+
+    def _step(self, is_loud: bool) -> None:
+        from ai.transcript import Interval
+
+        index, self._index = self._index, self._index + 1
+        if is_loud and self._start is None:
+            self._start = index
+        elif not is_loud and self._start is not None:
+            start, self._start = self._start, None
+            if self._intervals and start * 0.02 - self._intervals[-1].end < 0.3:  # a word
+                self._intervals[-1] = Interval(self._intervals[-1].start, index * 0.02)
+            else:
+                self._intervals.append(Interval(start * 0.02, index * 0.02))
+
+
 class ScriptedTranscriber:
-    """A ``Transcriber`` test double: speech is where the track's samples are loud, and each
-    stretch of speech is "transcribed" as the words ``word0 word1 ...`` (one per 0.5 s), so
-    the worker's bookkeeping can be tested fast and exactly; ``fail`` makes the first
-    ``fail`` calls of ``transcribe`` raise."""
+    """A ``Transcriber`` test double: speech is where the track's samples are loud
+    (``ScriptedSpeech``), and each loud stretch of what it is given to transcribe is
+    "transcribed" as the words ``word0 word1 ...`` (one per 0.5 s), placed on the track's
+    timeline through the chunks, so the worker's bookkeeping (and where windows cut) can
+    be tested fast and exactly; ``fail`` makes the first ``fail`` calls of ``transcribe``
+    raise. ``windows`` records each call's chunks."""
 
     model_name = "scripted"
     multilingual = False
@@ -99,44 +150,69 @@ class ScriptedTranscriber:
     def __init__(self, *, fail: int = 0) -> None:
         self.fail = fail
         self.calls = 0
+        self.windows: list[tuple[tuple[int, int], ...]] = []
 
-    def detect_speech(self, audio: Any) -> tuple[Any, ...]:
-        import numpy as np
+    def speech_detector(self) -> ScriptedSpeech:
+        return ScriptedSpeech()
 
-        from ai.transcript import Interval
-
-        frame = 320  # 20 ms at 16 kHz
-        loud = [
-            float(np.abs(audio[i : i + frame]).max(initial=0.0)) > 0.05
-            for i in range(0, len(audio), frame)
-        ]
-        intervals, start = [], None
-        for index, is_loud in enumerate([*loud, False]):
-            if is_loud and start is None:
-                start = index
-            elif not is_loud and start is not None:
-                if intervals and start * 0.02 - intervals[-1].end < 0.3:  # within a word
-                    intervals[-1] = Interval(intervals[-1].start, index * 0.02)
-                else:
-                    intervals.append(Interval(start * 0.02, index * 0.02))
-                start = None
-        return tuple(intervals)
-
-    def detect_language(self, audio: Any, speech: Any) -> list[tuple[str, float]]:
+    def detect_language(self, voiced: Any) -> list[tuple[str, float]]:
         return [("en", 1.0)]
 
-    def transcribe(self, audio: Any, speech: Any, language: str) -> tuple[Any, ...]:
+    def transcribe(self, voiced: Any, chunks: Any, language: str) -> tuple[Any, ...]:
+        import numpy as np
+
         from ai.transcribe import Utterance
 
         self.calls += 1
         if self.calls <= self.fail:
             raise RuntimeError("scripted failure")
-        return tuple(
-            Utterance(
-                i.start, i.end, " ".join(f"word{n}" for n in range(max(1, int(i.duration * 2))))
-            )
-            for i in speech
-        )
+        self.windows.append(tuple(chunks))
+        utterances = []
+        at = 0
+        for start, end in chunks:
+            # Its frames on the track's grid (from sample 0), wherever the chunk starts.
+            detector = ScriptedSpeech()
+            grid = start - start % ScriptedSpeech.FRAME
+            detector.feed(np.zeros(start - grid, dtype=np.float32))
+            detector.feed(voiced[at : at + end - start])
+            at += end - start
+            for i in detector.finish():
+                count = max(1, int(i.duration * 2))
+                utterances.append(
+                    Utterance(
+                        round(grid / 16000 + i.start, 3),
+                        round(grid / 16000 + i.end, 3),
+                        " ".join(f"word{n}" for n in range(count)),
+                    )
+                )
+        return tuple(utterances)
+
+
+def ulaw_source(track: str, ulaw: bytes, *, record_bytes: int = 16000) -> Any:
+    """A ``TrackSource`` of 8 kHz µ-law ``ulaw`` (the whole timeline) held in memory, in
+    records of ``record_bytes`` as the 2 s flushes make them."""
+    from ai.audio import TrackSource
+    from storage.media.codecs import codec
+    from storage.media.tracks import TrackRecord
+
+    async def records() -> Any:
+        async def each() -> Any:
+            for offset in range(0, len(ulaw), record_bytes):
+                yield TrackRecord(offset, ulaw[offset : offset + record_bytes])
+
+        return each()
+
+    return TrackSource(track=track, codec=codec("pcmu"), rate=8000, frames=len(ulaw),
+                       records=records)  # fmt: skip
+
+
+def whisper(model: str = "tiny.en") -> Any:
+    """The real transcriber on the packaged ``model``, as a worker loads it (CPU, int8)."""
+    from ai.models import resolve_model
+    from ai.transcribe import WhisperOptions, WhisperTranscriber
+
+    resolved = resolve_model(model, cache_dir=Path(tempfile.gettempdir()) / "callvault-models")
+    return WhisperTranscriber(resolved, WhisperOptions(device="cpu", compute_type="int8"))
 
 
 # --- the AI worker in the functional tier -------------------------------------------------

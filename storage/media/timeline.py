@@ -15,7 +15,7 @@ Records out of order raise ``StorageError``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,7 +170,7 @@ async def mono_pcm(
     codec: Codec,
     frames: int,
     block_frames: int = 8000,
-) -> AsyncIterator[npt.NDArray[np.int16]]:
+) -> AsyncGenerator[npt.NDArray[np.int16], None]:
     """One track's int16 samples for timeline [0, frames), in blocks of at most
     ``block_frames``: ``stereo_pcm``'s rendering (offsets, silence in gaps, the later record
     winning an overlap) for one track, as the AI worker reads it. It owns ``records``."""

@@ -93,8 +93,9 @@ async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
     analyse = Analyzer.analyse
     taken_over = False
 
-    async def stall_then_analyse(self: Analyzer, *args: Any, **kwargs: Any) -> Analysis:
+    async def analyse_then_stall(self: Analyzer, *args: Any, **kwargs: Any) -> Analysis:
         nonlocal taken_over
+        analysis = await analyse(self, *args, **kwargs)  # the audio is read within
         if not taken_over:
             taken_over = True
             # While this worker stalls, its lease runs out and another worker takes over.
@@ -102,9 +103,9 @@ async def test_a_worker_that_lost_its_lease_writes_no_second_set_of_results(
             other = new_worker(gw, gateway_settings, clock, ScriptedTranscriber())
             assert await other.run_once() is True
             await other.close()
-        return await analyse(self, *args, **kwargs)
+        return analysis
 
-    monkeypatch.setattr(Analyzer, "analyse", stall_then_analyse)
+    monkeypatch.setattr(Analyzer, "analyse", analyse_then_stall)
     assert await worker.run_once() is True
     monkeypatch.undo()
     objects = await gw.app[SERVICES].catalog.objects.list("acme", recording_id=recording_id)
@@ -174,23 +175,23 @@ async def test_working_copies_are_wiped_when_a_later_track_is_corrupt(
     sealed[-100] ^= 0x01  # one bit of the last segment: the object no longer verifies
     path.write_bytes(bytes(sealed))
 
-    import ai.worker
+    import ai.audio
 
     decoded: list[Any] = []
-    decode_track = ai.worker.decode_track
+    decode_blocks = ai.audio.decode_blocks
 
     async def keep(*args: Any, **kwargs: Any) -> Any:
-        track = await decode_track(*args, **kwargs)
-        decoded.append(track)
-        return track
+        async for block in decode_blocks(*args, **kwargs):
+            decoded.append((kwargs.get("into") is not None, block))
+            yield block
 
-    monkeypatch.setattr(ai.worker, "decode_track", keep)
+    monkeypatch.setattr(ai.audio, "decode_blocks", keep)
     assert await worker.run_once() is True
     job = await job_of(gw, "acme", recording_id)
     assert job.last_error is not None and "decryption" in job.last_error.lower()
-    assert [t.track for t in decoded] == ["inbound"]
-    assert len(decoded[0].samples) > 0
-    assert not decoded[0].samples.any()  # the inbound working copy was overwritten
+    assert sum(len(block) for _, block in decoded) >= round(32.98 * 16000)  # inbound, whole
+    assert all(into for into, _ in decoded)  # short tracks: decoded into the held copy
+    assert not any(block.any() for _, block in decoded)  # ... which was overwritten
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["before-queueing", "after-queueing"])

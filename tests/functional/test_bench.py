@@ -170,6 +170,26 @@ def test_transcribe_bench_runs_and_reports_every_figure() -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.integration  # the real tiny.en model, in child processes
+def test_transcribe_long_bench_reports_peak_memory_of_both_paths() -> None:
+    # A 70 s call (the sample call at 60 s, cut at 70 s): both contestants run and report.
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "transcribe.py"), "--long",
+         "--lengths", "70"],
+        capture_output=True, text=True, timeout=110, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["bench"], report["model"]) == ("transcribe-long", "tiny.en")
+    assert [(r["length_s"], r["mode"]) for r in report["runs"]] == [
+        (70, "windowed"),
+        (70, "whole-track"),
+    ]
+    for run in report["runs"]:
+        assert run["ru_maxrss_kib"] >= run["loaded_rss_kib"] > 0
+        assert run["words"] > 5  # the 10 s of speech were transcribed
+    assert "| 1 min | windowed |" in result.stdout
+
+
 @pytest.mark.integration
 @pytest.mark.s3
 @pytest.mark.timeout(180)
