@@ -65,8 +65,10 @@ async def _websocket(
     app[WEBSOCKETS].add(ws)
     binding: StreamBinding | None = None
     try:
-        if principal is None:
-            principal = await _url_principal(request)
+        # A token in the URL is refused on a plaintext socket from another machine even
+        # beside a header token: the URL already crossed the network in clear.
+        url_principal = await _url_principal(request)
+        principal = principal or url_principal
         binding = StreamBinding(
             transport=transport,
             registry=app[CALLS],
