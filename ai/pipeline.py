@@ -201,12 +201,15 @@ class Analyzer:
         into = None
         if track.length <= self._window:
             into = reads.hold(track.track, track.length)
-        async with contextlib.aclosing(track.blocks(into=into)) as blocks:
-            async for block in blocks:
-                await self._run(detector.feed, block)
-                if into is None:
-                    reads.wiped += block.nbytes  # overwritten by ``decode_blocks``
-        return await self._run(detector.finish)
+        try:
+            async with contextlib.aclosing(track.blocks(into=into)) as blocks:
+                async for block in blocks:
+                    await self._run(detector.feed, block)
+                    if into is None:
+                        reads.wiped += block.nbytes  # overwritten by ``decode_blocks``
+            return await self._run(detector.finish)
+        finally:  # also when the track fails part-way: the VAD holds up to 320 s of audio
+            await self._run(detector.wipe)
 
     async def _voiced(
         self, track: TrackSource, windows: list[Window], reads: _Reads

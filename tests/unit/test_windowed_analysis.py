@@ -193,3 +193,44 @@ async def test_a_failure_part_way_overwrites_every_window_of_speech(
         await analyse({"inbound": bursts(60, words)}, 2 * 16000, FailsThird())
     assert len(collected) == 3  # a 10 s block: three words of their own windows
     assert not any(voiced.any() for voiced in collected)
+
+
+@pytest.mark.parametrize("window", [10**9, 10 * 16000], ids=["held", "streamed"])
+async def test_a_track_failing_part_way_leaves_no_audio_in_the_vad(window: int) -> None:
+    # The track's records fail after 30 s (a corrupt segment, a store error, a shredded
+    # object): the real Silero VAD had been fed those 30 s (its batch holds up to 320 s),
+    # and they are overwritten, as is the last frame's context.
+    from ai.audio import TrackSource
+    from ai.vad import SileroSpeech
+    from storage.media.tracks import TrackRecord
+
+    audio = bursts(60, [(at + 0.5, at + 1.5) for at in range(0, 60, 3)])
+    detectors: list[SileroSpeech] = []
+
+    class Silero(ScriptedTranscriber):
+        def speech_detector(self) -> Any:
+            detectors.append(SileroSpeech(min_silence_ms=500))
+            return detectors[-1]
+
+    async def records() -> Any:
+        async def each() -> Any:
+            for offset in range(0, 30 * RATE, 16000):
+                yield TrackRecord(offset, audio[offset : offset + 16000])
+            raise OSError("scripted store error")
+
+        return each()
+
+    source = TrackSource(track="inbound", codec=codec("pcmu"), rate=RATE, frames=len(audio),
+                         records=records)  # fmt: skip
+    analyzer = Analyzer(Silero, window=window)
+    try:
+        with pytest.raises(OSError, match="scripted store error"):
+            await analyzer.analyse(
+                [source], features=FEATURES, language="en", categories={}, duration_s=60.0
+            )
+    finally:
+        await analyzer.close()
+    (detector,) = detectors
+    assert detector._length >= 10 * 16000  # it had been fed (whole blocks of) the 30 s
+    assert not detector._batch.any()
+    assert not detector._context.any()
