@@ -11,13 +11,18 @@ Why windows: a track decoded whole at 16 kHz costs 230 MB an hour, and the whole
 (the VAD's framing, Whisper's features) several times that; a call's timeline is as long as
 its timestamps say, so a node running the worker could be made to run out of memory by
 one call (issue 15). So nothing here holds a long track: it is read as a stream of blocks
-(``ai.audio``) twice. The first pass feeds the VAD, which carries its state from block to
+(``ai.audio``) twice, or three times when the language is detected. The first pass feeds
+the VAD, which carries its state from block to
 block and finds exactly the speech of a whole-track run (``ai.vad``). From that speech
 Whisper's chunks and the windows are planned (``ai.windows``: at most ``WINDOW`` samples of
 speech each, cut only in pauses); the second pass collects each window's speech as its
 blocks go by and transcribes it, then forgets it; timestamps are on the call's timeline.
-The language, when it is to be detected, is heard on the first 30 s of a track's speech,
-which is all faster-whisper's detection looks at. A track no longer than one window (every
+The language, when it is to be detected (``auto`` on a multilingual model), is heard on the
+first 30 s of a track's speech, which is all faster-whisper's detection looks at: collected
+by a pass of its own between the two, which stops once it has them (every track's language
+is needed before any track is transcribed, and keeping each track's first window for it
+would hold up to 20 MB a track longer). The second and third passes stop after the last
+block they need. A track no longer than one window (every
 sample call) is read once, held, and is one window: its results are the whole-track run's.
 Longer ones differ from a whole-track run only in Whisper's text near window boundaries
 (each window is a separate Whisper run); the speech, so the talk/listen figures but words
@@ -54,7 +59,8 @@ T = TypeVar("T")
 
 WINDOW = VAD_BATCH
 """Samples at 16 kHz (320 s) of one window: a track at most this long is decoded once and
-held whole; a longer one is read twice (speech first, then Whisper's windows) and Whisper
+held whole; a longer one is read twice (speech first, then Whisper's windows; with the
+language detected, a third time in between, up to its first 30 s of speech) and Whisper
 hears at most this much speech at a time. 320 s is one batch of the VAD (faster-whisper's
 ``encoder_batch_size`` of 10,000 frames), so the VAD is fed the batches the library
 would make of the whole track, one at a time; the sample calls (9-33 s) are one window
@@ -75,7 +81,8 @@ class Analysis:
     transcript: Transcript
     document: dict[str, Any]
     working_copy_bytes: int = 0
-    """Bytes of decoded audio overwritten (``_Reads``)."""
+    """Bytes of decoded audio overwritten (``_Reads``): of every pass, so a long track's
+    are counted up to three times."""
 
 
 def call_language(votes: Mapping[str, tuple[float, list[tuple[str, float]]]]) -> str:
@@ -201,12 +208,15 @@ class Analyzer:
         into = None
         if track.length <= self._window:
             into = reads.hold(track.track, track.length)
-        async with contextlib.aclosing(track.blocks(into=into)) as blocks:
-            async for block in blocks:
-                await self._run(detector.feed, block)
-                if into is None:
-                    reads.wiped += block.nbytes  # overwritten by ``decode_blocks``
-        return await self._run(detector.finish)
+        try:
+            async with contextlib.aclosing(track.blocks(into=into)) as blocks:
+                async for block in blocks:
+                    await self._run(detector.feed, block)
+                    if into is None:
+                        reads.wiped += block.nbytes  # overwritten by ``decode_blocks``
+            return await self._run(detector.finish)
+        finally:  # also when the track fails part-way: the VAD holds up to 320 s of audio
+            await self._run(detector.wipe)
 
     async def _voiced(
         self, track: TrackSource, windows: list[Window], reads: _Reads
@@ -275,7 +285,9 @@ class Analyzer:
 class _Reads:
     """What one analysis decoded: the tracks it holds whole (those of one window), and
     the bytes of decoded audio overwritten so far (the purge's ``working_copy_bytes``: the
-    16 kHz float32 audio of every pass over a track, each pass counted once)."""
+    16 kHz float32 audio of every pass over a track, each pass counted: a held track once,
+    a longer one for its speech, its language if detected, and Whisper's windows, the last
+    two as far as they read)."""
 
     def __init__(self) -> None:
         self.held: dict[str, npt.NDArray[np.float32]] = {}

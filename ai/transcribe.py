@@ -60,7 +60,12 @@ class SpeechDetector(Protocol):
         ...
 
     def finish(self) -> tuple[Interval, ...]:
-        """Where the track talks, tightly (no padding), in seconds; the track has ended."""
+        """Where the track talks, tightly (no padding), in seconds; the track has ended.
+        Overwrites the audio it held."""
+        ...
+
+    def wipe(self) -> None:
+        """Overwrite any audio held: the track's reading failed part-way (idempotent)."""
         ...
 
 

@@ -49,7 +49,8 @@ NEG_THRESHOLD = max(THRESHOLD - 0.15, 0.01)
 class SileroSpeech:
     """Speech intervals of one track, fed its 16 kHz samples in pieces of any size.
 
-    ``feed`` as the track is decoded, ``finish`` once at its end. Blocking (ONNX Runtime).
+    ``feed`` as the track is decoded, ``finish`` once at its end (or ``wipe`` when the
+    track's reading fails). Blocking (ONNX Runtime).
     """
 
     def __init__(self, *, min_silence_ms: int, session: Any = None) -> None:
@@ -92,28 +93,39 @@ class SileroSpeech:
             # Padded as the library pads: to a whole frame, a whole frame more if already whole.
             padded = self._filled + VAD_FRAME - self._filled % VAD_FRAME
             tail = np.zeros(padded, dtype=np.float32)
-            tail[: self._filled] = self._batch[: self._filled]
-            tail[-VAD_CONTEXT:] = 0.0  # the library's quirk (see the module docstring)
-            for start in range(0, padded, VAD_BATCH):
-                self._run(tail[start : start + VAD_BATCH])
-            tail.fill(0.0)
+            try:
+                tail[: self._filled] = self._batch[: self._filled]
+                tail[-VAD_CONTEXT:] = 0.0  # the library's quirk (see the module docstring)
+                for start in range(0, padded, VAD_BATCH):
+                    self._run(tail[start : start + VAD_BATCH])
+            finally:
+                tail.fill(0.0)
             if self._triggered and self._length - self._start > 0:
                 self._intervals.append(self._interval(self._start, self._length))
             return tuple(self._intervals)
         finally:
-            self._batch.fill(0.0)
+            self.wipe()
+
+    def wipe(self) -> None:
+        """Overwrite the audio held (the batch not yet run, the last frame's context): at
+        the track's end, and when its reading fails part-way (``ai.pipeline``)."""
+        self._batch.fill(0.0)
+        self._context.fill(0.0)
+        self._filled = 0
 
     def _run(self, audio: npt.NDArray[np.float32]) -> None:
         frames = audio.reshape(-1, VAD_FRAME)
         inputs = np.empty((len(frames), VAD_CONTEXT + VAD_FRAME), dtype=np.float32)
-        inputs[0, :VAD_CONTEXT] = self._context
-        inputs[1:, :VAD_CONTEXT] = frames[:-1, -VAD_CONTEXT:]
-        inputs[:, VAD_CONTEXT:] = frames
-        self._context = frames[-1, -VAD_CONTEXT:].copy()
-        probabilities, self._h, self._c = self._session.run(
-            None, {"input": inputs, "h": self._h, "c": self._c}
-        )
-        inputs.fill(0.0)
+        try:
+            inputs[0, :VAD_CONTEXT] = self._context
+            inputs[1:, :VAD_CONTEXT] = frames[:-1, -VAD_CONTEXT:]
+            inputs[:, VAD_CONTEXT:] = frames
+            self._context[:] = frames[-1, -VAD_CONTEXT:]
+            probabilities, self._h, self._c = self._session.run(
+                None, {"input": inputs, "h": self._h, "c": self._c}
+            )
+        finally:  # also when the model fails: the frames are the track's audio
+            inputs.fill(0.0)
         for probability in np.asarray(probabilities).reshape(-1).tolist():
             self._step(probability)
 

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web import BaseRequest, StreamResponse
 
 from storage.catalog import iso
@@ -70,11 +70,14 @@ class MalformedRequestFilter(logging.Filter):
     quotes the offending header line, so an ``Authorization`` header with a stray byte put
     its token in the log. A client's malformed request is not a server error: it becomes a
     warning that names the peer and the kind of error only. (Found by scanning serve's log
-    during the schemathesis run, ``tests/integration/test_schemathesis.py``.)"""
+    during the schemathesis run, ``tests/integration/test_schemathesis.py``.) Only the
+    parser's errors (``BadHttpMessage`` and its kinds, all 400s) are rewritten: another
+    ``HttpProcessingError`` reaching aiohttp's handler (one it answers with a 500, say) is
+    the server's and is logged as aiohttp logs it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
+        if isinstance(error, BadHttpMessage):
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
             record.msg = "malformed HTTP request from %s refused (%s %s)"
             record.args = (peer, error.code, type(error).__name__)

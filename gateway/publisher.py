@@ -36,9 +36,10 @@ MAX_RETRY_S = 30.0
 POLL_S = 0.25
 """How often the publisher looks whether the spool holds objects to publish."""
 READY_CHECK_S = 1.0
-"""How long ``/readyz`` waits for the store's answer: a store that does not answer (its
-client's connect and read timeouts and retries can add up to a minute) is "not reachable",
-so the probe still answers in time."""
+"""How long ``/readyz`` waits for the catalog's and for the store's answer: one that does
+not answer (a store client's connect and read timeouts and retries can add up to a minute;
+a PostgreSQL server that accepts connections and never answers, the pool's wait) is "not
+reachable", so the probe still answers in time."""
 
 
 class RetrySchedule:
@@ -148,7 +149,8 @@ class Readiness:
 async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -> Readiness:
     """How ready the node is to take calls.
 
-    * 503 ``not_ready``: the catalog does not answer (no call can be decided or recorded);
+    * 503 ``not_ready``: the catalog does not answer, or not within ``READY_CHECK_S`` (no
+      call can be decided or recorded);
     * 503 ``spool_full``: the spool is at its bound, so new calls are refused;
     * 200 ``degraded``: the store does not answer, or the spool holds objects that wait to
       be published; calls are still taken (the spool holds them);
@@ -159,7 +161,11 @@ async def readiness(catalog: Catalog, store: ObjectStore, spool: Spool | None) -
     against a dead store.
     """
     try:
-        await catalog.check()
+        await asyncio.wait_for(catalog.check(), READY_CHECK_S)
+    except TimeoutError:
+        return Readiness(
+            "not_ready", f"catalog is not reachable: no answer within {READY_CHECK_S:g} s"
+        )
     except CallvaultError as e:
         return Readiness("not_ready", f"catalog is not reachable: {e.message}")
     held = spool.held_bytes if spool is not None else 0

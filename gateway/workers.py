@@ -249,22 +249,51 @@ class ChildMetrics:
     def archive(self, pid: int) -> None:
         """Fold the files of dead child ``pid`` into ``<type>_archive.db`` (its
         ``callvault_ai_*`` counters, histograms and summaries, added up) and remove them
-        (blocking file I/O)."""
+        (blocking file I/O). Each file's values move at once or not at all: a failure part
+        way (a full disk) leaves the archive as it was and the child's file counted where
+        it is, never both."""
         with self._lock:
-            for path in self._path.glob(f"*_{pid}.db"):
+            for path in sorted(self._path.glob(f"*_{pid}.db")):
                 kind = path.name.split("_", 1)[0]
                 if kind in self.ARCHIVED:
-                    archive = MmapedDict(str(self._path / f"{kind}_archive.db"))
-                    try:
-                        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(
-                            str(path)
-                        ):
-                            if orjson.loads(key)[0].startswith(METRICS_PREFIX):
-                                total = archive.read_value(key)[0] + value
-                                archive.write_value(key, total, timestamp)
-                    finally:
-                        archive.close()
-                path.unlink()
+                    self._fold(kind, path)
+                else:
+                    path.unlink()
+
+    def _fold(self, kind: str, path: Path) -> None:
+        """The archive with ``path``'s values added is written beside it (a name a scrape
+        does not read), synced, and swapped in as ``path`` is moved out of the scrape's
+        sight; only then is the moved file removed. (Were serve killed between the two
+        renames, that child's values would be lost, not counted twice.)"""
+        archive = self._path / f"{kind}_archive.db"
+        staged = self._path / f"{kind}_archive.db.new"
+        moved = path.with_name(f"{path.name}.archived")
+        try:
+            staged.unlink(missing_ok=True)  # left by a serve killed here: not a base
+            new = MmapedDict(str(staged))
+            try:
+                if archive.exists():
+                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(
+                        str(archive)
+                    ):
+                        new.write_value(key, value, timestamp)
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(path)):
+                    if orjson.loads(key)[0].startswith(METRICS_PREFIX):
+                        new.write_value(key, new.read_value(key)[0] + value, timestamp)
+            finally:
+                new.close()
+            with staged.open("rb") as written:
+                os.fsync(written.fileno())
+            path.rename(moved)
+            try:
+                os.replace(staged, archive)
+            except OSError:
+                moved.rename(path)
+                raise
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        moved.unlink()
 
 
 def settings_payload(settings: Settings) -> bytes:

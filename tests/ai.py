@@ -120,7 +120,11 @@ class ScriptedSpeech:
         if len(self._partial):
             self._step(float(np.abs(self._partial).max()) > 0.05)
         self._step(False)
+        self.wipe()
         return tuple(self._intervals)
+
+    def wipe(self) -> None:
+        self._partial.fill(0.0)
 
     def _step(self, is_loud: bool) -> None:
         from ai.transcript import Interval

@@ -197,7 +197,7 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "The tenant has 100 live calls, its limit (live_calls = 100); retry when one has ended.",
     ),
     "not_ready": (
-        "The catalog does not answer.",
+        "The catalog does not answer, or not within 1 s.",
         "catalog is not reachable: the catalog database could not be reached.",
     ),
     "spool_full": (

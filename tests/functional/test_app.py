@@ -96,3 +96,23 @@ async def test_readyz_answers_in_time_when_the_store_hangs(
     body = await response.json()
     assert body["status"] == "degraded"
     assert body["store"] == "not reachable: no answer within 0.2 s"
+
+
+async def test_readyz_answers_not_ready_in_time_when_the_catalog_hangs(
+    aiohttp_client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A catalog server that accepts connections and never answers: the probe answers 503
+    # within READY_CHECK_S instead of hanging (and a load balancer's probe timing out).
+    async def hang() -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(publisher, "READY_CHECK_S", 0.2)
+    app = build_app(settings)
+    client: TestClient = await aiohttp_client(app)
+    monkeypatch.setattr(app[SERVICES].catalog, "check", hang)
+    response = await asyncio.wait_for(client.get("/readyz"), 10)
+    assert response.status == 503
+    assert await response.json() == {
+        "error": "not_ready",
+        "message": "catalog is not reachable: no answer within 0.2 s",
+    }

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,11 @@ RSS_LIMIT_MB = 2048
 _STATS = re.compile(r"cov: (\d+) ft: (\d+) corp: (\d+)")
 _EXECUTED = re.compile(r"stat::number_of_executed_units: (\d+)")
 _ARTIFACTS = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
+GRACE_S = 30
+"""Seconds a run may take past its ``seconds`` (start-up, an input running at the end,
+up to ``INPUT_TIMEOUT_S``) before its process group is killed: well under the 120 s
+pytest gives ``tests/fuzz/test_fuzz.py``'s test, so a hung child fails that test with its
+log, not pytest's timeout without it."""
 
 
 @dataclass(frozen=True)
@@ -83,24 +89,33 @@ def command(target: str, seconds: int, out: Path) -> list[str]:
     ]
 
 
-def fuzz(target: str, *, seconds: int, out: Path) -> Outcome:
-    """Fuzz ``target`` for ``seconds`` in a child process (atheris owns its process)."""
+def fuzz(target: str, *, seconds: int, out: Path, timeout_s: float | None = None) -> Outcome:
+    """Fuzz ``target`` for ``seconds`` in a child process (atheris owns its process), in
+    a process group of its own: killed whole if it has not exited ``timeout_s`` (default
+    ``seconds + GRACE_S``) later, and reported as failed with its log."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     log_path = out / "logs" / f"{target}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    limit = seconds + GRACE_S if timeout_s is None else timeout_s
     with log_path.open("w") as log:
-        done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command(target, seconds, out),
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            timeout=seconds + 120,
-            check=False,
+            start_new_session=True,
         )
+        try:
+            returncode = child.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # atheris's own children too
+            child.wait()
+            returncode = -signal.SIGKILL
+            log.write(f"\ntests.fuzz.run: no exit within {limit:g} s, process group killed\n")
     text = log_path.read_text(errors="replace")
     stats = _STATS.findall(text)
     cov, ft, corp = map(int, stats[-1]) if stats else (0, 0, 0)
@@ -111,7 +126,7 @@ def fuzz(target: str, *, seconds: int, out: Path) -> Outcome:
     return Outcome(
         target=target,
         seconds=seconds,
-        returncode=done.returncode,
+        returncode=returncode,
         executions=int(executed[1]) if executed else 0,
         coverage=cov,
         features=ft,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 
 from gateway.logs import JsonFormatter, MalformedRequestFilter, configure_logging
 
@@ -78,6 +78,27 @@ def test_a_malformed_request_is_a_warning_without_the_header_it_quotes() -> None
     other.exc_info = (RuntimeError, failure, None)
     assert MalformedRequestFilter().filter(other)
     assert other.levelname == "ERROR" and other.exc_info is not None
+
+
+def test_a_server_side_http_error_is_not_called_a_malformed_request() -> None:
+    """An ``HttpProcessingError`` that is not the parser's (one aiohttp answers with a
+    500) stays an error with its traceback: it is the server's fault, not the client's."""
+    error = HttpProcessingError(code=500, message="handler state broken")
+    entry = logging.makeLogRecord(
+        {
+            "name": "aiohttp.server",
+            "levelno": logging.ERROR,
+            "levelname": "ERROR",
+            "msg": "Error handling request from %s",
+            "args": ("192.0.2.1",),
+            "exc_info": (type(error), error, None),
+        }
+    )
+    assert MalformedRequestFilter().filter(entry)
+    parsed = json.loads(JsonFormatter().format(entry))
+    assert parsed["level"] == "error"
+    assert parsed["message"] == "Error handling request from 192.0.2.1"
+    assert "handler state broken" in parsed["error"]
 
 
 def test_serve_logging_filters_aiohttp_server_once() -> None:

@@ -67,3 +67,26 @@ def test_a_track_of_nothing_has_no_speech() -> None:
     silence = SileroSpeech(min_silence_ms=TIGHT_MIN_SILENCE_MS)
     silence.feed(np.zeros(3 * MODEL_RATE, dtype=np.float32))
     assert silence.finish() == ()
+
+
+def test_the_frames_handed_to_a_failing_model_are_overwritten() -> None:
+    # The ONNX session fails (out of memory, a cancelled run): the frames built for it (the
+    # track's audio with its context) are overwritten all the same, and ``wipe`` clears
+    # what the detector holds.
+    handed: list[npt.NDArray[np.float32]] = []
+
+    class Failing:
+        def run(self, _: object, feeds: dict[str, npt.NDArray[np.float32]]) -> None:
+            handed.append(feeds["input"])
+            raise RuntimeError("scripted model failure")
+
+    detector = SileroSpeech(min_silence_ms=TIGHT_MIN_SILENCE_MS, session=Failing())
+    audio = track_audio("support", "inbound")
+    detector.feed(audio)
+    assert detector._batch.any()
+    with pytest.raises(RuntimeError, match="scripted model failure"):
+        detector.finish()
+    (inputs,) = handed
+    assert inputs.size and not inputs.any()
+    detector.wipe()
+    assert not detector._batch.any() and not detector._context.any()

@@ -193,3 +193,73 @@ async def test_a_failure_part_way_overwrites_every_window_of_speech(
         await analyse({"inbound": bursts(60, words)}, 2 * 16000, FailsThird())
     assert len(collected) == 3  # a 10 s block: three words of their own windows
     assert not any(voiced.any() for voiced in collected)
+
+
+@pytest.mark.parametrize("window", [10**9, 10 * 16000], ids=["held", "streamed"])
+async def test_a_track_failing_part_way_leaves_no_audio_in_the_vad(window: int) -> None:
+    # The track's records fail after 30 s (a corrupt segment, a store error, a shredded
+    # object): the real Silero VAD had been fed those 30 s (its batch holds up to 320 s),
+    # and they are overwritten, as is the last frame's context.
+    from ai.audio import TrackSource
+    from ai.vad import SileroSpeech
+    from storage.media.tracks import TrackRecord
+
+    audio = bursts(60, [(at + 0.5, at + 1.5) for at in range(0, 60, 3)])
+    detectors: list[SileroSpeech] = []
+
+    class Silero(ScriptedTranscriber):
+        def speech_detector(self) -> Any:
+            detectors.append(SileroSpeech(min_silence_ms=500))
+            return detectors[-1]
+
+    async def records() -> Any:
+        async def each() -> Any:
+            for offset in range(0, 30 * RATE, 16000):
+                yield TrackRecord(offset, audio[offset : offset + 16000])
+            raise OSError("scripted store error")
+
+        return each()
+
+    source = TrackSource(track="inbound", codec=codec("pcmu"), rate=RATE, frames=len(audio),
+                         records=records)  # fmt: skip
+    analyzer = Analyzer(Silero, window=window)
+    try:
+        with pytest.raises(OSError, match="scripted store error"):
+            await analyzer.analyse(
+                [source], features=FEATURES, language="en", categories={}, duration_s=60.0
+            )
+    finally:
+        await analyzer.close()
+    (detector,) = detectors
+    assert detector._length >= 10 * 16000  # it had been fed (whole blocks of) the 30 s
+    assert not detector._batch.any()
+    assert not detector._context.any()
+
+
+async def test_with_auto_language_a_long_track_is_read_a_third_time_up_to_its_language_window() -> (
+    None
+):
+    # A track longer than a window: read for its speech, then for Whisper's windows; with
+    # language auto (a multilingual model) once more in between, as far as the end of its
+    # first 30 s of speech. ``working_copy_bytes`` counts the decoded audio of every read.
+    words = [(at + 0.5, at + 2.5) for at in range(0, 120, 3)]
+    tracks = [("inbound", bursts(120, words)), ("outbound", bursts(120, []))]
+    wiped = {}
+    for language in ("ro", "auto"):
+        analyzer = Analyzer(Multilingual, window=10 * 16000)
+        try:
+            analysis = await analyzer.analyse(
+                [ulaw_source(track, audio) for track, audio in tracks],
+                features=(), language=language, categories={}, duration_s=120.0,
+            )  # fmt: skip
+        finally:
+            await analyzer.close()
+        assert analysis.transcript.language == "ro"
+        wiped[language] = analysis.working_copy_bytes
+    track = 120 * 16000 * 4
+    # Speech pass: both tracks whole; Whisper's pass: the talking track up to its last word.
+    assert 3 * track * 0.95 < wiped["ro"] <= 3 * track
+    # The language pass: 30 s of Whisper's chunks (words and the pauses inside a chunk),
+    # read in whole blocks, then it stops: 40 s here, a third of the track.
+    extra = wiped["auto"] - wiped["ro"]
+    assert 30 * 16000 * 4 <= extra <= 60 * 16000 * 4

@@ -94,3 +94,68 @@ def test_a_settings_error_names_the_field_never_its_secrets(bad: dict[str, objec
     for secret in ("s3-secret", "AKIA-TEST", "bWFzdGVyLWtleS", "an-operator-token"):
         assert secret not in text
     assert next(iter(bad)) in text
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "replace", "unlink"])
+def test_a_failure_part_way_through_archiving_never_counts_a_child_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The disk fills, or a file cannot be replaced or removed, while a dead child's
+    values are archived: the archive is as it was and the child's file is counted where it
+    is (or, once the archive holds it, the child's file is out of the scrape's sight):
+    never both. (Before: the values added so far stayed in the archive beside the child's
+    file, counted twice for good.)"""
+    import gateway.workers
+
+    children = ChildMetrics(tmp_path)
+    keys = [
+        mmap_key("callvault_ai_jobs", "callvault_ai_jobs_total", ["outcome"], [o], "Jobs")
+        for o in ("done", "failed", "retried")
+    ]
+
+    def child(pid: int) -> None:
+        values = MmapedDict(str(tmp_path / f"counter_{pid}.db"))
+        for key in keys:
+            values.write_value(key, 2.0, 0.0)
+        values.close()
+
+    def jobs() -> float:
+        [metric] = [m for m in children.collect() if m.name == "callvault_ai_jobs"]
+        return sum(s.value for s in metric.samples if s.name.endswith("_total"))
+
+    child(1000)
+    children.archive(1000)
+    child(1001)
+    assert jobs() == 12.0
+    if failing == "write":  # the disk fills on the second sum written
+        write = MmapedDict.write_value
+        sums: list[str] = []
+
+        def full(self: MmapedDict, key: str, value: float, timestamp: float) -> None:
+            if value == 4.0:
+                sums.append(key)
+                if len(sums) == 2:
+                    raise OSError(28, "No space left on device")
+            write(self, key, value, timestamp)
+
+        monkeypatch.setattr(MmapedDict, "write_value", full)
+    elif failing == "unlink":  # the child's file, once archived, cannot be removed
+        unlink = Path.unlink
+
+        def fails_on_the_childs(self: Path, missing_ok: bool = False) -> None:
+            if "1001" in self.name:
+                raise OSError(5, "scripted unlink failure")
+            unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", fails_on_the_childs)
+    else:
+
+        def fails(*args: object) -> None:
+            raise OSError(5, f"scripted {failing} failure")
+
+        monkeypatch.setattr(gateway.workers.os, failing, fails)
+    with pytest.raises(OSError):
+        children.archive(1001)
+    monkeypatch.undo()
+    assert jobs() == 12.0
+    assert not list(tmp_path.glob("*.new"))
