@@ -86,14 +86,20 @@ def peer_address(peername: object) -> str:
 
 class HeadWatch:
     """Whether the first request head (request line and headers, up to the empty line) has
-    arrived, from the bytes as they come (sans-I/O; bare LF line ends count too)."""
+    arrived, from the bytes as they come (sans-I/O; bare LF line ends count too). Empty
+    lines before the request line (which aiohttp's parser skips) are not its end: else a
+    client could send ``\r\n\r\n`` first and dribble the rest past the header timeout."""
 
     def __init__(self) -> None:
         self._tail = b""
+        self._started = False
         self.complete = False
 
     def feed(self, data: bytes) -> bool:
         if not self.complete:
+            if not self._started:
+                data = data.lstrip(b"\r\n")
+                self._started = bool(data)
             window = self._tail + data
             self.complete = b"\r\n\r\n" in window or b"\n\n" in window
             self._tail = window[-3:]

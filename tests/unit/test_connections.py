@@ -45,3 +45,15 @@ def test_a_refused_connection_gets_a_503_it_can_read() -> None:
     assert head.startswith(b"HTTP/1.1 503 ")
     assert f"Content-Length: {len(body)}".encode() in head
     assert b'"error": "too_many_connections"' in body
+
+
+def test_empty_lines_before_the_request_line_are_not_the_end_of_the_head() -> None:
+    # aiohttp's parser skips them; a slowloris could send them first to cancel the timer.
+    watch = HeadWatch()
+    assert not watch.feed(b"\r\n\r\n")
+    assert not watch.feed(b"\n\r")
+    assert not watch.feed(b"\nGET / HTTP/1.1\r\nHost: a\r\n")
+    assert watch.feed(b"\r\n")
+    watch = HeadWatch()
+    assert not watch.feed(b"\r\n\r\nGET / HTTP/1.1\r\n")
+    assert watch.feed(b"\r\n")
