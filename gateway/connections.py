@@ -2,8 +2,8 @@
 
 A node serves every tenant, so no client may take it down by opening connections: the HTTP
 listener (API and WebSocket ingest) and the AudioSocket listener each cap their open
-connections overall and per peer IP address (``ConnectionCount``), and a new HTTP connection
-must have sent its whole first request head (request line and headers) within
+connections overall and per peer IP address (IPv6: per /64; ``ConnectionCount``), and a new
+HTTP connection must have sent its whole first request head (request line and headers) within
 ``CALLVAULT_HTTP__HEADER_TIMEOUT``, so a slowloris client that dribbles its headers is
 closed. aiohttp's server has neither: its keep-alive timer does close a connection that
 never finishes a request, but only after the keep-alive timeout (an hour by default), and it
@@ -29,7 +29,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import Any, Literal
 
 from aiohttp import web
@@ -70,8 +70,10 @@ class ConnectionCount:
 
 
 def peer_address(peername: object) -> str:
-    """The IP address of a socket's ``peername`` as the caps count it (an IPv4-mapped IPv6
-    address as IPv4); ``""`` when there is none (a Unix socket)."""
+    """The peer of a socket's ``peername`` as the caps count it: an IPv4 address (an
+    IPv4-mapped IPv6 address as IPv4), an IPv6 address's /64 (one host is usually given a
+    whole /64, so counting each address would let it open a cap's worth per address);
+    ``""`` when there is none (a Unix socket)."""
     if not isinstance(peername, tuple) or not peername:
         return ""
     host = str(peername[0])
@@ -79,8 +81,10 @@ def peer_address(peername: object) -> str:
         address = ip_address(host)
     except ValueError:
         return host
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ip_network(f"{address}/64", strict=False))
     return str(address)
 
 

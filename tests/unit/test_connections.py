@@ -22,7 +22,19 @@ def test_caps_count_overall_and_per_peer() -> None:
 def test_peer_addresses_are_counted_as_one_form() -> None:
     assert peer_address(("::ffff:10.0.0.1", 5060, 0, 0)) == "10.0.0.1"
     assert peer_address(("127.0.0.1", 1)) == "127.0.0.1"
-    assert peer_address(("::1", 1, 0, 0)) == "::1"
+    assert peer_address(("::1", 1, 0, 0)) == "::/64"
+    assert peer_address(("fe80::1%eth0", 1, 0, 2)) == "fe80::/64"
+
+
+def test_ipv6_peers_are_counted_per_64() -> None:
+    # One host is usually given a /64: its addresses share one per-peer count.
+    count = ConnectionCount(max_connections=10, max_per_peer=2)
+    assert count.admit(peer_address(("2001:db8:1:2::1", 1, 0, 0))) is None
+    assert count.admit(peer_address(("2001:db8:1:2:ffff::9", 1, 0, 0))) is None
+    refused = count.admit(peer_address(("2001:db8:1:2:abcd::1", 1, 0, 0)))
+    assert refused == "max_connections_per_peer"
+    assert count.admit(peer_address(("2001:db8:1:3::1", 1, 0, 0))) is None
+    assert dict(count.per_peer) == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
     assert peer_address(None) == ""
 
 
