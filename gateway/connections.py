@@ -150,6 +150,7 @@ class GuardedConnection(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._head = HeadWatch()
+        self._counted = False  # admitted: released at connection_lost, whatever else failed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -161,6 +162,7 @@ class GuardedConnection(asyncio.Protocol):
                 transport.write(busy_response(refused))
             transport.close()
             return
+        self._counted = True
         self._metrics.connections.labels("http").inc()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._header_timeout_s, self._head_late)
@@ -197,9 +199,11 @@ class GuardedConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inner is not None:
+        if self._counted:
+            self._counted = False
             self._count.release(self._peer)
             self._metrics.connections.labels("http").dec()
+        if self._inner is not None:
             inner, self._inner = self._inner, None
             inner.connection_lost(exc)
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from gateway.connections import ConnectionCount, HeadWatch, busy_response, peer_address
+import asyncio
+
+import pytest
+
+from gateway.connections import (
+    ConnectionCount,
+    GuardedConnection,
+    HeadWatch,
+    busy_response,
+    peer_address,
+)
+from gateway.metrics import GatewayMetrics
 
 
 def test_caps_count_overall_and_per_peer() -> None:
@@ -69,3 +80,35 @@ def test_empty_lines_before_the_request_line_are_not_the_end_of_the_head() -> No
     watch = HeadWatch()
     assert not watch.feed(b"\r\n\r\nGET / HTTP/1.1\r\n")
     assert watch.feed(b"\r\n")
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("10.0.0.1", 1) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_connection_whose_handler_fails_is_still_released() -> None:
+    def failing() -> asyncio.Protocol:
+        raise RuntimeError("the handler could not be made")
+
+    async def run() -> ConnectionCount:
+        count = ConnectionCount(max_connections=1, max_per_peer=1)
+        connection = GuardedConnection(failing, count, GatewayMetrics(None), 10.0)
+        with pytest.raises(RuntimeError):
+            connection.connection_made(_Transport())
+        assert count.total == 1
+        connection.connection_lost(None)
+        return count
+
+    count = asyncio.run(run())
+    assert (count.total, dict(count.per_peer)) == (0, {})
