@@ -262,18 +262,23 @@ def run_app(
     **handler_args: Any,
 ) -> None:
     """Serve ``app`` on ``http.host:http.port`` through a ``GuardedSite`` until SIGINT or
-    SIGTERM, then shut down gracefully (``web.run_app``'s life cycle, with the guard).
-    ``handler_args`` go to aiohttp's request handlers (the access log)."""
-    asyncio.run(
-        _serve(
-            app,
-            http,
-            metrics,
-            ssl_context=ssl_context,
-            shutdown_timeout=shutdown_timeout,
-            **handler_args,
+    SIGTERM, then shut down gracefully (``web.run_app``'s life cycle, with the guard). A
+    second signal during the shutdown cuts it short, as in ``web.run_app``: what it had
+    not finalized is left to recovery. ``handler_args`` go to aiohttp's request handlers
+    (the access log)."""
+    try:
+        asyncio.run(
+            _serve(
+                app,
+                http,
+                metrics,
+                ssl_context=ssl_context,
+                shutdown_timeout=shutdown_timeout,
+                **handler_args,
+            )
         )
-    )
+    except asyncio.CancelledError:
+        log.warning("a second signal cut the graceful shutdown short")
 
 
 async def _serve(
@@ -287,8 +292,16 @@ async def _serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    serving = asyncio.current_task()
+    assert serving is not None  # noqa: S101 - asyncio.run runs this as a task
+
+    def signalled() -> None:
+        if stop.is_set():
+            serving.cancel()  # the second: stop waiting for the graceful shutdown
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     runner = web.AppRunner(
         app,
         shutdown_timeout=shutdown_timeout,

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +117,47 @@ def test_a_connection_whose_handler_fails_is_still_released() -> None:
 
     count = asyncio.run(run())
     assert (count.total, dict(count.per_peer)) == (0, {})
+
+
+_STUCK_SHUTDOWN = """
+import asyncio, socket, sys
+from aiohttp import web
+from gateway.connections import run_app
+from gateway.metrics import GatewayMetrics
+from gateway.settings import HttpSettings
+
+async def stuck(app):
+    print("shutting down", flush=True)
+    await asyncio.sleep(3600)
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+app = web.Application()
+app.on_shutdown.append(stuck)
+app.on_startup.append(lambda app: asyncio.sleep(0, print("serving", flush=True)))
+run_app(app, HttpSettings(port=port), GatewayMetrics(None), ssl_context=None,
+        shutdown_timeout=3600)
+print("exited", flush=True)
+"""
+
+
+def test_a_second_signal_cuts_a_stuck_graceful_shutdown_short() -> None:
+    # As web.run_app: an operator's second Ctrl+C must not wait out a stuck shutdown.
+    with subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", _STUCK_SHUTDOWN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "serving\n"
+            process.send_signal(signal.SIGINT)
+            assert process.stdout.readline() == "shutting down\n"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0
+            assert process.stdout.read() == "exited\n"
+        finally:
+            process.kill()
