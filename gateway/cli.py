@@ -140,7 +140,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def _serve(settings: Settings) -> None:
     from gateway.app import build_app
-    from gateway.connections import run_app
+    from gateway.connections import raise_file_limit, run_app
     from gateway.services import open_keyring
     from gateway.state import METRICS
     from gateway.tls import ServerTls, check_exposure
@@ -149,6 +149,7 @@ def _serve(settings: Settings) -> None:
     tls = ServerTls(settings.http) if settings.http.tls else None
     warn_about_master_key(settings)  # only for a gateway that will start
     open_keyring(settings)  # refuse a wrong master key before binding any port
+    raise_file_limit(settings)  # the connection caps need far more than the usual 1024
     if settings.ai.workers:
         _check_model(settings)
     secret = asyncio.run(_bootstrap(settings))

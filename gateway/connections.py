@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 import signal
 import ssl
 from collections import Counter
@@ -35,7 +36,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import HttpSettings
+from gateway.settings import HttpSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,54 @@ class GuardedSite(web.BaseSite):
             backlog=self._backlog,
             # The TLS handshake comes before the request head: bounded alike.
             ssl_handshake_timeout=self._header_timeout_s if self._ssl_context else None,
+        )
+
+
+FD_MARGIN = 512
+"""File descriptors ``serve`` needs besides its connections and RTP ports: the catalog's
+pool, spool files, store clients, AI worker pipes, logs."""
+
+
+def file_limit(soft: int, hard: int, needed: int) -> tuple[int, bool]:
+    """The soft ``RLIMIT_NOFILE`` that ``serve`` sets (sans-I/O): the hard limit, since a
+    process may raise its soft limit that far for free (the usual soft limit, 1024, is far
+    below the connection caps, and at ``EMFILE`` asyncio's accept loop stalls every
+    listener), or ``needed`` where the hard limit is unlimited; and whether that is still
+    short of ``needed``."""
+    if hard == resource.RLIM_INFINITY:
+        target = max(soft, needed) if soft != resource.RLIM_INFINITY else soft
+    else:
+        target = max(soft, hard) if soft != resource.RLIM_INFINITY else soft
+    short = target != resource.RLIM_INFINITY and target < needed
+    return target, short
+
+
+def raise_file_limit(settings: Settings) -> None:
+    """Raise this process's soft ``RLIMIT_NOFILE`` as far as it may go, and warn, naming
+    the settings, when the connection caps and RTP ports can still exhaust it."""
+    ports = settings.rtp.port_max - settings.rtp.port_min + 1
+    needed = (
+        settings.http.max_connections + settings.audiosocket.max_connections + ports + FD_MARGIN
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target, short = file_limit(soft, hard, needed)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target, short = soft, soft != resource.RLIM_INFINITY and soft < needed
+    if short:
+        log.warning(
+            "open files are limited to %d (RLIMIT_NOFILE), but CALLVAULT_HTTP__MAX_CONNECTIONS "
+            "(%d), CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS (%d) and the %d RTP ports "
+            "(CALLVAULT_RTP__PORT_MIN..PORT_MAX) need about %d: lower them, or raise the "
+            "hard limit (ulimit -Hn, systemd LimitNOFILE=); out of descriptors, the node "
+            "stops accepting connections",
+            target,
+            settings.http.max_connections,
+            settings.audiosocket.max_connections,
+            ports,
+            needed,
         )
 
 

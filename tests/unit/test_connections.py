@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -16,9 +18,12 @@ from gateway.connections import (
     GuardedConnection,
     HeadWatch,
     busy_response,
+    file_limit,
     peer_address,
+    raise_file_limit,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
 
 
 def test_caps_count_overall_and_per_peer() -> None:
@@ -124,6 +129,7 @@ import asyncio, socket, sys
 from aiohttp import web
 from gateway.connections import run_app
 from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
 from gateway.settings import HttpSettings
 
 async def stuck(app):
@@ -161,3 +167,34 @@ def test_a_second_signal_cuts_a_stuck_graceful_shutdown_short() -> None:
             assert process.stdout.read() == "exited\n"
         finally:
             process.kill()
+
+
+def test_serve_raises_its_file_limit_to_the_hard_one_and_says_when_that_is_short() -> None:
+    unlimited = resource.RLIM_INFINITY
+    assert file_limit(1024, 1048576, 21000) == (1048576, False)
+    assert file_limit(1024, 4096, 21000) == (4096, True)  # the most it may: still short
+    assert file_limit(65536, 65536, 21000) == (65536, False)
+    assert file_limit(1024, unlimited, 21000) == (21000, False)
+    assert file_limit(unlimited, unlimited, 21000) == (unlimited, False)
+
+
+def test_a_short_file_limit_is_a_warning_naming_the_settings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    settings = Settings(
+        http={"max_connections": hard + 1}  # type: ignore[arg-type]
+        if hard != resource.RLIM_INFINITY
+        else {"max_connections": 10},
+    )
+    try:
+        with caplog.at_level(logging.WARNING, "gateway.connections"):
+            raise_file_limit(settings)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (
+            hard if hard != resource.RLIM_INFINITY else max(soft, 10 + 10000 + 1000 + 512),
+            hard,
+        )
+        if hard != resource.RLIM_INFINITY:
+            assert "CALLVAULT_HTTP__MAX_CONNECTIONS" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
