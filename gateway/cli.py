@@ -149,7 +149,6 @@ def _serve(settings: Settings) -> None:
     tls = ServerTls(settings.http) if settings.http.tls else None
     warn_about_master_key(settings)  # only for a gateway that will start
     open_keyring(settings)  # refuse a wrong master key before binding any port
-    raise_file_limit(settings)  # the connection caps need far more than the usual 1024
     if settings.ai.workers:
         _check_model(settings)
     secret = asyncio.run(_bootstrap(settings))
@@ -171,6 +170,7 @@ def _serve(settings: Settings) -> None:
         + (f"; TLS certificate sha256 {tls.fingerprint}, SIGHUP reloads it)" if tls else ")"),
         flush=True,
     )
+    raise_file_limit(settings)  # the connection caps need far more than the usual 1024
     try:
         # aiohttp's run_app, but through the connection caps and header timeout.
         run_app(
