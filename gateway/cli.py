@@ -140,7 +140,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def _serve(settings: Settings) -> None:
     from gateway.app import build_app
-    from gateway.connections import run_app
+    from gateway.connections import raise_file_limit, run_app
     from gateway.services import open_keyring
     from gateway.state import METRICS
     from gateway.tls import ServerTls, check_exposure
@@ -170,6 +170,7 @@ def _serve(settings: Settings) -> None:
         + (f"; TLS certificate sha256 {tls.fingerprint}, SIGHUP reloads it)" if tls else ")"),
         flush=True,
     )
+    raise_file_limit(settings)  # the connection caps need far more than the usual 1024
     try:
         # aiohttp's run_app, but through the connection caps and header timeout.
         run_app(

@@ -2,8 +2,8 @@
 
 A node serves every tenant, so no client may take it down by opening connections: the HTTP
 listener (API and WebSocket ingest) and the AudioSocket listener each cap their open
-connections overall and per peer IP address (``ConnectionCount``), and a new HTTP connection
-must have sent its whole first request head (request line and headers) within
+connections overall and per peer IP address (IPv6: per /64; ``ConnectionCount``), and a new
+HTTP connection must have sent its whole first request head (request line and headers) within
 ``CALLVAULT_HTTP__HEADER_TIMEOUT``, so a slowloris client that dribbles its headers is
 closed. aiohttp's server has neither: its keep-alive timer does close a connection that
 never finishes a request, but only after the keep-alive timeout (an hour by default), and it
@@ -24,18 +24,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 import signal
 import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import Any, Literal
 
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import HttpSettings
+from gateway.settings import HttpSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ class ConnectionCount:
 
 
 def peer_address(peername: object) -> str:
-    """The IP address of a socket's ``peername`` as the caps count it (an IPv4-mapped IPv6
-    address as IPv4); ``""`` when there is none (a Unix socket)."""
+    """The peer of a socket's ``peername`` as the caps count it: an IPv4 address (an
+    IPv4-mapped IPv6 address as IPv4), an IPv6 address's /64 (one host is usually given a
+    whole /64, so counting each address would let it open a cap's worth per address);
+    ``""`` when there is none (a Unix socket)."""
     if not isinstance(peername, tuple) or not peername:
         return ""
     host = str(peername[0])
@@ -79,21 +82,29 @@ def peer_address(peername: object) -> str:
         address = ip_address(host)
     except ValueError:
         return host
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ip_network(f"{address}/64", strict=False))
     return str(address)
 
 
 class HeadWatch:
     """Whether the first request head (request line and headers, up to the empty line) has
-    arrived, from the bytes as they come (sans-I/O; bare LF line ends count too)."""
+    arrived, from the bytes as they come (sans-I/O; bare LF line ends count too). Empty
+    lines before the request line (which aiohttp's parser skips) are not its end: else a
+    client could send ``\r\n\r\n`` first and dribble the rest past the header timeout."""
 
     def __init__(self) -> None:
         self._tail = b""
+        self._started = False
         self.complete = False
 
     def feed(self, data: bytes) -> bool:
         if not self.complete:
+            if not self._started:
+                data = data.lstrip(b"\r\n")
+                self._started = bool(data)
             window = self._tail + data
             self.complete = b"\r\n\r\n" in window or b"\n\n" in window
             self._tail = window[-3:]
@@ -140,6 +151,7 @@ class GuardedConnection(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._head = HeadWatch()
+        self._counted = False  # admitted: released at connection_lost, whatever else failed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -151,6 +163,7 @@ class GuardedConnection(asyncio.Protocol):
                 transport.write(busy_response(refused))
             transport.close()
             return
+        self._counted = True
         self._metrics.connections.labels("http").inc()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._header_timeout_s, self._head_late)
@@ -187,9 +200,11 @@ class GuardedConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inner is not None:
+        if self._counted:
+            self._counted = False
             self._count.release(self._peer)
             self._metrics.connections.labels("http").dec()
+        if self._inner is not None:
             inner, self._inner = self._inner, None
             inner.connection_lost(exc)
 
@@ -238,6 +253,54 @@ class GuardedSite(web.BaseSite):
         )
 
 
+FD_MARGIN = 512
+"""File descriptors ``serve`` needs besides its connections and RTP ports: the catalog's
+pool, spool files, store clients, AI worker pipes, logs."""
+
+
+def file_limit(soft: int, hard: int, needed: int) -> tuple[int, bool]:
+    """The soft ``RLIMIT_NOFILE`` that ``serve`` sets (sans-I/O): the hard limit, since a
+    process may raise its soft limit that far for free (the usual soft limit, 1024, is far
+    below the connection caps, and at ``EMFILE`` asyncio's accept loop stalls every
+    listener), or ``needed`` where the hard limit is unlimited; and whether that is still
+    short of ``needed``."""
+    if hard == resource.RLIM_INFINITY:
+        target = max(soft, needed) if soft != resource.RLIM_INFINITY else soft
+    else:
+        target = max(soft, hard) if soft != resource.RLIM_INFINITY else soft
+    short = target != resource.RLIM_INFINITY and target < needed
+    return target, short
+
+
+def raise_file_limit(settings: Settings) -> None:
+    """Raise this process's soft ``RLIMIT_NOFILE`` as far as it may go, and warn, naming
+    the settings, when the connection caps and RTP ports can still exhaust it."""
+    ports = settings.rtp.port_max - settings.rtp.port_min + 1
+    needed = (
+        settings.http.max_connections + settings.audiosocket.max_connections + ports + FD_MARGIN
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target, short = file_limit(soft, hard, needed)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target, short = soft, soft != resource.RLIM_INFINITY and soft < needed
+    if short:
+        log.warning(
+            "open files are limited to %d (RLIMIT_NOFILE), but CALLVAULT_HTTP__MAX_CONNECTIONS "
+            "(%d), CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS (%d) and the %d RTP ports "
+            "(CALLVAULT_RTP__PORT_MIN..PORT_MAX) need about %d: lower them, or raise the "
+            "hard limit (ulimit -Hn, systemd LimitNOFILE=); out of descriptors, the node "
+            "stops accepting connections",
+            target,
+            settings.http.max_connections,
+            settings.audiosocket.max_connections,
+            ports,
+            needed,
+        )
+
+
 def run_app(
     app: web.Application,
     http: HttpSettings,
@@ -248,18 +311,23 @@ def run_app(
     **handler_args: Any,
 ) -> None:
     """Serve ``app`` on ``http.host:http.port`` through a ``GuardedSite`` until SIGINT or
-    SIGTERM, then shut down gracefully (``web.run_app``'s life cycle, with the guard).
-    ``handler_args`` go to aiohttp's request handlers (the access log)."""
-    asyncio.run(
-        _serve(
-            app,
-            http,
-            metrics,
-            ssl_context=ssl_context,
-            shutdown_timeout=shutdown_timeout,
-            **handler_args,
+    SIGTERM, then shut down gracefully (``web.run_app``'s life cycle, with the guard). A
+    second signal during the shutdown cuts it short, as in ``web.run_app``: what it had
+    not finalized is left to recovery. ``handler_args`` go to aiohttp's request handlers
+    (the access log)."""
+    try:
+        asyncio.run(
+            _serve(
+                app,
+                http,
+                metrics,
+                ssl_context=ssl_context,
+                shutdown_timeout=shutdown_timeout,
+                **handler_args,
+            )
         )
-    )
+    except asyncio.CancelledError:
+        log.warning("a second signal cut the graceful shutdown short")
 
 
 async def _serve(
@@ -273,8 +341,16 @@ async def _serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    serving = asyncio.current_task()
+    assert serving is not None  # noqa: S101 - asyncio.run runs this as a task
+
+    def signalled() -> None:
+        if stop.is_set():
+            serving.cancel()  # the second: stop waiting for the graceful shutdown
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     runner = web.AppRunner(
         app,
         shutdown_timeout=shutdown_timeout,

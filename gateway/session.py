@@ -354,17 +354,15 @@ class CallSession:
         when the track holds enough or the interval has passed; a connection's handler
         waits for that flush (so a slow disk slows its reading, not memory).
 
-        A flush that fails (the catalog is down when a track's first flush registers its
-        object) leaves the audio it did not seal buffered, and the stream goes on: the
-        next frame tries again. Only once the call holds ``MAX_HELD_FLUSHES`` flushes' worth
-        is the error raised, closing the stream, so that memory stays bounded."""
+        A track whose object cannot be opened (the catalog is down when its first flush
+        registers it) keeps its audio buffered, and the stream goes on: the next frame
+        tries again. Only once the call holds ``MAX_HELD_FLUSHES`` flushes' worth is the
+        error raised, closing the stream, so that memory stays bounded. A flush that fails
+        after it took the audio (the spool's write or fsync: disk full, EIO) has lost that
+        audio, so it is raised at once: the stream must not go on losing every flush."""
         async with self._lock:
             if self.place(audio, now):
-                try:
-                    await self._flush(now)
-                except CallvaultError:
-                    if self.buffered() >= MAX_HELD_FLUSHES * self._limits.flush_bytes:
-                        raise
+                await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
 
     def place(self, audio: Audio, now: datetime) -> bool:
         """Place one frame without waiting: ``True`` when a flush is due. For transports
@@ -457,20 +455,30 @@ class CallSession:
     def _flush_due(self, now: datetime) -> bool:
         return self._last_flush is None or now - self._last_flush >= self._limits.flush_interval
 
-    async def _flush(self, now: datetime) -> None:
+    async def _flush(self, now: datetime, *, hold: int = 0) -> None:
         """Flush every track; a track whose flush fails is abandoned (what it made durable
-        stays in the spool) and continues in a new object, the others are flushed anyway."""
+        stays in the spool) and continues in a new object, the others are flushed anyway.
+        A track whose object could not be opened still holds its audio: that is raised only
+        once the call buffers ``hold`` bytes or more (0: always)."""
         self._last_flush = now
         failed: CallvaultError | None = None
+        held: CallvaultError | None = None
         for name, track in self.tracks.items():
             try:
                 await self._open_if_needed(name, track, now)
+            except CallvaultError as e:
+                held = held or e  # nothing taken: the audio waits for the next flush
+                continue
+            try:
                 await track.flush(now)
             except CallvaultError as e:
-                failed = failed or e
-        if failed is not None:
+                failed = failed or e  # taken, and lost but for what the spool made durable
+        if failed is not None or held is not None:
             self._metrics.flush_failures.inc()
+        if failed is not None:
             raise failed
+        if held is not None and self.buffered() >= hold:
+            raise held
 
     async def _open_if_needed(self, name: str, track: TrackWriter, now: datetime) -> None:
         if track.upload is None and track.buffered:

@@ -38,8 +38,8 @@ class HttpSettings(BaseModel):
     """Open connections the API and WebSocket ingest take at once; more are answered 503
     `too_many_connections` and closed. Default `10000`."""
     max_connections_per_peer: int = Field(default=1000, ge=1)
-    """Open connections one IP address may hold at once (behind a proxy: the proxy's);
-    more are answered 503 `too_many_connections` and closed. Default `1000`."""
+    """Open connections one IP address (IPv6: one /64) may hold at once (behind a proxy: the
+    proxy's); more are answered 503 `too_many_connections` and closed. Default `1000`."""
     header_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
     """A new connection whose first request line and headers have not all arrived within
     this is closed (slowloris). Default `PT10S`."""
@@ -97,8 +97,8 @@ class AudioSocketSettings(BaseModel):
     """Open AudioSocket connections taken at once; more get an 0xff `too_many_connections`
     frame and are closed. Default `10000`."""
     max_connections_per_peer: int = Field(default=1000, ge=1)
-    """Open AudioSocket connections one IP address may hold at once; more get an 0xff
-    `too_many_connections` frame and are closed. Default `1000`."""
+    """Open AudioSocket connections one IP address (IPv6: one /64) may hold at once; more get
+    an 0xff `too_many_connections` frame and are closed. Default `1000`."""
 
 
 class IngestSettings(BaseModel):

@@ -282,8 +282,8 @@ async def export_number(request: web.Request) -> web.StreamResponse:
                         lines.write(orjson.dumps(opened.item) + b"\n")
                     batch = await anext(batches, [])
                     reads = [read for opened in batch for read in opened.reads]
-                    if reads:
-                        await catalog.audit.append_many(tenant, reads, now)
+                    if reads:  # read now, not when the export began
+                        await catalog.audit.append_many(tenant, reads, app[CLOCK].now())
                 head: dict[str, Any] = {"id": export.id, "tenant": tenant}
                 head.update(created_at=iso(now), calls=calls, recordings=[])
                 manifest = orjson.dumps(head, option=orjson.OPT_INDENT_2)

@@ -21,6 +21,7 @@ from gateway.api.common import TENANT, body_of, found, iso, principal_of
 from gateway.api.models import OperatorTokenCreate, TenantCreate, TenantUpdate, TokenCreate
 from gateway.auth import MAX_LIFETIME, mint_tenant_token, mint_token, token_expiry
 from gateway.egress import check_webhook_url
+from gateway.errors import BadRequest
 from gateway.state import CALLS, CLOCK, SERVICES, SETTINGS, SWEEPER
 from storage.catalog import AuditEntry, Catalog, Instructions, Tenant, TenantLimits, Token
 from storage.errors import HeldByLegalHold, NotFound
@@ -117,12 +118,15 @@ async def update_tenant(request: web.Request) -> web.Response:
     """Rename the tenant or change its limits (operator): what the body names changes, the
     rest stays; a limit set to null goes back to its default. The new limits hold from the
     next call on, on every node (live calls over a lowered limit go on). Audited as
-    `tenant.updated` with what changed."""
+    `tenant.updated` with what changed. A body that names nothing to change (`{}`,
+    `{"limits": {}}`) is refused 400 `bad_request`, and nothing is audited."""
     body = body_of(request, TenantUpdate)
     services, now = request.app[SERVICES], request.app[CLOCK].now()
     actor = (await principal_of(request)).actor
     tenant = request[TENANT]
     limits = body.limits.overrides() if body.limits is not None else None
+    if body.name is None and not limits:
+        raise BadRequest("The body names nothing to change: give name or limits.")
     detail: dict[str, Any] = {}
     if body.name is not None:
         detail["name"] = body.name

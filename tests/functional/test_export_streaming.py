@@ -33,7 +33,16 @@ from storage.catalog.core import row_values
 from storage.catalog.recordings import new_recording
 from storage.keyrows import key_row
 from storage.media.tracks import encode_record
-from tests.gateway import T0, ULAW, Gateway, TenantTokens, bearer, read_wav, tone
+from tests.gateway import (
+    T0,
+    ULAW,
+    FakeClock,
+    Gateway,
+    TenantTokens,
+    bearer,
+    read_wav,
+    tone,
+)
 
 MANY = 500
 FEW = 5
@@ -241,3 +250,29 @@ async def test_an_export_of_500_calls_streams_with_memory_that_does_not_grow_wit
     # (c) The first bytes were out before the handler had opened more than the first
     # recording's objects (it opens them before the status line).
     assert large.opened_at_first_chunk <= 2, large.opened_at_first_chunk
+
+
+async def test_each_batch_of_reads_is_audited_when_it_is_read(
+    gw: Gateway, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first recording is a batch of its own; the clock turns a minute at every object
+    # opened, so the second batch's reads happen minutes after the export began.
+    tenant = await gw.tenant("acme", SETTINGS)
+    seeded = await seed_calls(gw, tenant, FEW_NUMBER, 3)
+    vault = gw.app[SERVICES].vault
+    open_stored = vault.open_stored
+
+    async def slow(record: StoredObject, *, verify_all: bool = False) -> Any:
+        clock.advance(60)
+        return await open_stored(record, verify_all=verify_all)
+
+    monkeypatch.setattr(vault, "open_stored", slow)
+    began = clock.now()
+    await export_to_file(gw, tenant, FEW_NUMBER, tmp_path / "export.zip", [0])
+    trail = await gw.app[SERVICES].catalog.audit.list("acme", limit=10_000)
+    (created,) = [e for e in trail if e.action == "export.created"]
+    reads = {e.object: e.at for e in trail if e.detail.get("export") == created.object}
+    assert created.at == began
+    assert reads[seeded[0].recording_id] == began  # audited with the first byte
+    assert reads[seeded[1].recording_id] >= began + timedelta(minutes=4)
+    assert reads[seeded[2].recording_id] == reads[seeded[1].recording_id]  # one batch

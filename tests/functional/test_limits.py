@@ -262,6 +262,22 @@ async def test_invalid_limits_are_400_naming_the_field(
     assert (await response.json())["message"].startswith("region:")
 
 
+@pytest.mark.parametrize("body", [{}, {"limits": {}}, {"name": None}])
+async def test_a_patch_that_names_nothing_is_400_and_audits_nothing(
+    gateway: Gateway, body: dict[str, Any]
+) -> None:
+    await gateway.tenant("acme")
+    catalog = gateway.app[SERVICES].catalog
+    before = await catalog.audit.list("acme", limit=10_000)
+    response = await gateway.client.patch(
+        "/v1/tenants/acme", json=body, headers=bearer(gateway.operator)
+    )
+    answer = await response.json()
+    assert (response.status, answer["error"]) == (400, "bad_request"), answer
+    assert "nothing to change" in answer["message"]
+    assert await catalog.audit.list("acme", limit=10_000) == before
+
+
 async def test_an_unannounced_stream_over_a_limit_is_closed_1013(gateway: Gateway) -> None:
     acme = await create_tenant(gateway, "acme")
     for n in range(3):

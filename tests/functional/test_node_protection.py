@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import selectors
 import socket
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
 from tests.gateway import (
     ULAW,
@@ -58,6 +60,20 @@ high-water mark (not its 11.5 MB WAV: unbounded buffering of the four would be ~
 1,000 admitted connections with a 64 KiB read buffer each ~64 MB), and the good calls flush
 every 2 s. Python does not hand freed memory back at once, so the bound leaves room for
 allocator slack rather than asserting a tight figure."""
+
+
+@pytest.fixture(autouse=True)
+def enough_file_descriptors() -> Iterator[None]:
+    """The test holds ``IDLE`` + some sockets at once: more than the usual soft limit of
+    1024 open files, so it is raised (serve raises its own at start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def rss(pid: int) -> int:

@@ -7,6 +7,8 @@ the store, and the publisher publishes it on its own schedule once the store is 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from gateway.app import build_app
 from gateway.publisher import RetrySchedule
 from gateway.settings import Settings
 from gateway.state import SERVICES
+from storage import spool as spool_module
 from storage.errors import StorageUnavailable
 from tests.functional.test_ingest import NO_CONSENT, closed, recording_wav, until
 from tests.gateway import (
@@ -184,3 +187,31 @@ def test_the_publisher_retries_after_the_first_wait_doubling_up_to_the_cap() -> 
     assert schedule.due(202.0)
     with pytest.raises(ValueError, match="positive"):
         RetrySchedule(0)
+
+
+async def test_a_spool_that_fails_its_fsync_closes_the_stream(
+    aiohttp_client: Callable, gateway_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that fails after it took the audio (the disk fails) has lost that audio: the
+    stream is closed with the error, not kept on losing every flush in silence (as a catalog
+    outage, which leaves the audio buffered, would be)."""
+    settings = with_ingest(gateway_settings, flush_bytes=1024)
+    gateway = await start_gateway(await aiohttp_client(GatewayServer(build_app(settings))))
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    call = await gateway.announce(tenant)
+
+    def failing_disk(handle: Any) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(spool_module, "_sync", failing_disk)
+    ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
+    await ws.send_str(twilio_connected())
+    await ws.send_str(twilio_start(call["call_id"], tracks=("inbound",)))
+    for message in list(twilio_call(ULAW.encode(tone(1.0, 440, seed=7))))[:25]:
+        if ws.closed:
+            break
+        await ws.send_str(message)
+    code, reason = await closed(ws)
+    assert (code, reason) == (1011, "storage_unavailable")
+    metrics = await (await gateway.client.get("/metrics")).text()
+    assert metric_value(metrics, "callvault_flush_failures_total") >= 1

@@ -12,9 +12,16 @@ import pytest
 from gateway.errors import MaxDurationReached
 from gateway.ingest.events import Audio, Track
 from gateway.metrics import GatewayMetrics
-from gateway.session import MAX_JUMP_S, MAX_RUN_BYTES, CallSession, SessionLimits, TrackWriter
+from gateway.session import (
+    MAX_HELD_FLUSHES,
+    MAX_JUMP_S,
+    MAX_RUN_BYTES,
+    CallSession,
+    SessionLimits,
+    TrackWriter,
+)
 from storage.catalog import Call, Recording
-from storage.errors import StorageUnavailable
+from storage.errors import CatalogUnavailable, StorageUnavailable
 from storage.media.tracks import RecordParser, TrackRecord
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -328,3 +335,58 @@ def test_the_wall_clock_since_the_first_stream_ends_the_call_at_the_limit() -> N
     assert live.expiry(NOW + timedelta(seconds=LIMIT_S)) == "max_duration"
     live.detach(NOW + timedelta(seconds=1))  # waiting for a reconnect does not stop it
     assert live.expiry(NOW + timedelta(seconds=LIMIT_S)) == "max_duration"
+
+
+# --- CallSession.receive: which flush failures a stream survives ----------------------------
+
+
+class DiskFullUpload(SlowFailingUpload):
+    """The spool's write fails at once (disk full): the audio it was given is lost."""
+
+    async def write(self, data: bytes) -> None:
+        raise StorageUnavailable("No space left on device")
+
+
+class Vault:
+    """A vault whose objects open on ``upload`` or fail with ``refuse``."""
+
+    def __init__(self, upload: FakeUpload | None = None, refuse: Exception | None = None):
+        self.upload, self.refuse, self.opened = upload, refuse, 0
+
+    async def create_object(self, **_: Any) -> FakeUpload:
+        self.opened += 1
+        if self.refuse is not None:
+            raise self.refuse
+        assert self.upload is not None
+        return self.upload
+
+
+def flushing_session(vault: Vault) -> CallSession:
+    live = session(max_duration_s=60)
+    live._vault = vault  # type: ignore[assignment]
+    live._limits = SessionLimits(flush_interval=timedelta(0), flush_bytes=320)
+    return live
+
+
+async def test_a_spool_write_that_fails_closes_the_stream_at_once() -> None:
+    # The flush took the audio before its write failed: going on would lose every flush.
+    upload = DiskFullUpload()
+    live = flushing_session(Vault(upload))
+    with pytest.raises(StorageUnavailable):
+        await live.receive(continued(), NOW)
+    assert upload.abandoned and live.buffered() == 0
+
+
+async def test_a_catalog_outage_holds_the_audio_until_the_bound() -> None:
+    vault = Vault(refuse=CatalogUnavailable("the catalog is down"))
+    live = flushing_session(vault)
+    held = MAX_HELD_FLUSHES * 320 // 160
+    for _ in range(held - 1):
+        await live.receive(continued(), NOW)  # nothing taken: the stream goes on
+    assert live.buffered() == (held - 1) * 160
+    with pytest.raises(CatalogUnavailable):
+        await live.receive(continued(), NOW)
+    assert vault.opened == held
+    vault.refuse, vault.upload = None, FakeUpload()
+    await live.flush_if_due(NOW, force=True)
+    assert records(vault.upload) == [TrackRecord(0, b"\xff" * held * 160)]
