@@ -93,9 +93,10 @@ class AudioSocketSettings(BaseModel):
         IPv6Network("::1/128"),
     )
     """Peer networks AudioSocket accepts (it has no auth of its own). Default loopback only."""
-    max_connections: int = Field(default=10000, ge=1)
-    """Open AudioSocket connections taken at once; more get an 0xff `too_many_connections`
-    frame and are closed. Default `10000`."""
+    max_connections: int = Field(default=2000, ge=1)
+    """Open AudioSocket connections taken at once (each is one call of an Asterisk on the
+    allowed networks); more get an 0xff `too_many_connections` frame and are closed.
+    Default `2000`."""
     max_connections_per_peer: int = Field(default=1000, ge=1)
     """Open AudioSocket connections one IP address (IPv6: one /64) may hold at once; more get
     an 0xff `too_many_connections` frame and are closed. Default `1000`."""
