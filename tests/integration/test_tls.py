@@ -155,7 +155,7 @@ async def test_the_demo_runs_over_https_with_its_cafile(
     wrong = await asyncio.to_thread(
         run_cli,
         tmp_path / "unused",
-        "demo", "--url", server.base, "--token", server.operator,
+        "demo", "--url", server.base, f"--token={server.operator}",  # it may begin with -
         "--out", str(tmp_path / "no.wav"), "--cafile", str(pki.other_ca_file),
     )  # fmt: skip
     assert wrong.returncode == 1, wrong.stderr
