@@ -50,8 +50,7 @@ class GatewayMetrics:
         self.rtp_datagrams = Counter(
             "callvault_rtp_datagrams",
             "RTP/SRTP datagrams received, by outcome: audio, telephone_event and "
-            "comfort_noise were delivered; every other outcome is a reason for a drop "
-            "(ahead: audio more than 5 s ahead of the call's clock).",
+            "comfort_noise were delivered; every other outcome is a reason for a drop.",
             ["outcome"],
             registry=registry,
         )

@@ -393,8 +393,7 @@ class RtpOffer(BaseModel):
     """rtp calls only: where each track's RTP goes and its SRTP key (null for plain RTP).
     The call ends on `POST /v1/calls/{call_id}/end`, after `rtp.timeout` without packets
     (also when none ever came: its ports go back), or at `calls.max_duration` (audio past it
-    is dropped and counted as `max_duration` in `callvault_rtp_datagrams_total`; so is audio
-    more than 5 s ahead of the call's clock, as `ahead`: a sender faster than real time)."""
+    is dropped and counted as `max_duration` in `callvault_rtp_datagrams_total`)."""
 
     model_config = _DOCS
 

@@ -40,9 +40,7 @@ track already holds), and from then on its RTP timestamps (extended past 2**32) 
 payload exactly, so lost packets and silence suppression come back as silence. A timestamp
 that jumps back, or ahead of the call's clock by more than ``MAX_AHEAD_S``, re-anchors the
 source instead, so offsets never run ahead of wall-clock time (a track that starts or
-resumes late, however late, lands where the call's clock is); a packet that would still
-land more than ``MAX_AHEAD_S`` ahead (the track's end already is: a sender faster than
-real time) is dropped as ``ahead``.
+resumes late, however late, lands where the call's clock is).
 """
 
 from __future__ import annotations
@@ -104,12 +102,9 @@ RELATCH_AFTER_S = 1.0
 address may take over (SRTP only)."""
 MAX_AHEAD_S = 5.0
 """A timestamp placing audio more than this far ahead of the call's clock (wall-clock time
-since its first packet) re-anchors the source, at the track's end; if the track's end is
-itself this far ahead, the packet is dropped (``ahead``): a sender cannot stretch the
-timeline faster than time passes. (Measured from the clock alone, not from the track's end
-if later: that let each packet jump this far past the one before, 5 s a packet; and
-re-anchoring unconditionally let a sender pacing 20 ms packets every 10 ms grow the track
-at twice the clock's pace.)"""
+since its first packet) re-anchors the source, at the track's end: a sender cannot stretch
+the timeline faster than time passes. (Measured from the clock alone, not from the track's
+end if later: that let each packet jump this far past the one before, 5 s a packet.)"""
 MAX_BACKSTEP_S = 0.1
 """A timestamp more than this far behind the track's end re-anchors the source."""
 
@@ -125,7 +120,6 @@ DROP_REASONS = (
     "duplicate",
     "late",
     "out_of_sequence",
-    "ahead",
 )
 """Why a datagram is not delivered; the ``reason`` label of the drop counter."""
 DELIVERED = ("audio", "telephone_event", "comfort_noise")
@@ -401,9 +395,6 @@ class RtpTrackReceiver:
                     self.last_packet_at = self._source_at = now
                     position = self._position(timestamp, now)
                     self._advance()
-                    if position is None:
-                        self._count("ahead")
-                        return []
                     self._end = position + samples
                     return [Audio(self.track, payload, None, sequence, position)]
         try:
@@ -582,11 +573,8 @@ class RtpTrackReceiver:
                 events.append(Dtmf(digit=_DTMF[payload[0]], track=self.track))
             return
         samples = self._samples(packet.payload)
-        position = self._position(packet.timestamp, now)
-        if position is None:
-            self._count("ahead")
-            return
         self._audio_type = packet.payload_type
+        position = self._position(packet.timestamp, now)
         events.append(
             Audio(
                 track=self.track,
@@ -598,9 +586,8 @@ class RtpTrackReceiver:
         )
         self._end = position + samples
 
-    def _position(self, timestamp: int, now: float) -> int | None:
-        """The timeline sample where a packet with RTP ``timestamp`` starts; ``None``
-        (dropped) when even re-anchored it would be more than ``MAX_AHEAD_S`` ahead."""
+    def _position(self, timestamp: int, now: float) -> int:
+        """The timeline sample where a packet with RTP ``timestamp`` starts."""
         if self._anchored:
             step = (timestamp - self._ts_last) % _TS_MOD
             if step >= _TS_MOD // 2:
@@ -614,14 +601,9 @@ class RtpTrackReceiver:
             highest = self._timeline.elapsed(now) + self._max_ahead
             if lowest <= position <= highest:
                 return position
-        # A new source, or its clock jumped: it starts where the call's clock says, unless
-        # the track already runs that far ahead (a sender faster than real time): dropped,
-        # and the next packet tries again, until the clock has caught up with the track.
-        anchor = self._timeline.anchor(now, self._end)
-        if anchor > self._timeline.elapsed(now) + self._max_ahead:
-            return None
+        # A new source, or its clock jumped: it starts where the call's clock says.
         self._anchored = True
-        self._anchor = anchor
+        self._anchor = self._timeline.anchor(now, self._end)
         self._ts_last = timestamp
         self._ts_ext = self._ts_base = timestamp
         return self._anchor

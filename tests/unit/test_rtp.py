@@ -682,18 +682,17 @@ def test_srtp_replays() -> None:
     and one far behind it: ``replay``, delivered once."""
     key = SrtpKey.generate()
     rx = Rx(key=key)
-    # 4.8 s of packets at once: within MAX_AHEAD_S of the call's clock.
-    datagrams = packets(RtpSender(0, key=key), range(240))
+    datagrams = packets(RtpSender(0, key=key), range(300))
     rx.feed(datagrams[0])
     rx.feed(datagrams[0])
     rx.feed(datagrams[2])
     rx.feed(datagrams[2])
     rx.feed(datagrams[1])
-    for datagram in datagrams[3:240]:
+    for datagram in datagrams[3:300]:
         rx.feed(datagram)
     rx.feed(datagrams[10])  # far behind libsrtp's 128-packet window
-    assert rx.audio() == [(FRAME * i, i) for i in range(240)]
-    assert rx.counts == {"audio": 240, "replay": 3}
+    assert rx.audio() == [(FRAME * i, i) for i in range(300)]
+    assert rx.counts == {"audio": 300, "replay": 3}
     rx.assert_counted_once()
 
 
@@ -1247,44 +1246,6 @@ def test_timestamps_cannot_ratchet_the_track_ahead_of_the_clock(key: SrtpKey | N
         rx.feed(sender.packet(payload(i), samples=40_000), T0 + i * 0.02)
     assert rx.audio() == [(0, 0), (40_000, 1), (40_160, 2), (40_320, 3)]
     rx.assert_counted_once()
-
-
-def test_a_sender_faster_than_real_time_cannot_grow_the_track_faster_than_the_clock(
-    key: SrtpKey | None,
-) -> None:
-    """20 ms packets every 10 ms (twice real time), timestamps in sequence, for 30 s: the
-    track runs up to MAX_AHEAD_S (5 s) ahead of the call's clock and no further; from then
-    on about every other packet is dropped and counted ``ahead`` (before the fix, each was
-    re-anchored at the track's end and accepted: the track grew at 2x the clock, 60 s)."""
-    rx = Rx(key=key)
-    sender = RtpSender(0, key=key)
-    for i in range(3000):
-        now = T0 + i * 0.01
-        rx.feed(sender.packet(payload(i)), now)
-        offset, _ = rx.audio()[-1]
-        clock = round((now - T0) * 8000)
-        assert offset + FRAME <= clock + 5 * 8000 + FRAME, (i, offset, clock)  # a packet's slack
-    rx.assert_counted_once()
-    end = rx.audio()[-1][0] + FRAME
-    assert 34.9 * 8000 <= end <= 35.02 * 8000  # 30 s of clock + 5 s ahead
-    assert rx.counts["ahead"] == 3000 - rx.counts["audio"] > 1000
-    # Contiguous: what was kept has no holes (each accepted packet follows the track's end).
-    assert [offset for offset, _ in rx.audio()] == list(range(0, end, FRAME))
-
-
-def test_a_sender_whose_clock_runs_slightly_fast_keeps_recording() -> None:
-    """A sender whose clock runs 1 % fast for 10 minutes of packets (6 s more audio than
-    time): it is held to 5 s ahead of the call's clock, dropping only the excess (one
-    packet in a hundred once there), and what it sends is otherwise all kept, in order."""
-    rx = Rx()
-    sender = RtpSender(0)
-    for i in range(30_000):
-        rx.feed(sender.packet(payload(i)), T0 + i * 0.0198)
-    rx.assert_counted_once()
-    offsets = [offset for offset, _ in rx.audio()]
-    assert offsets == list(range(0, len(offsets) * FRAME, FRAME))
-    assert 0 < rx.counts["ahead"] <= 100
-    assert offsets[-1] <= round(29_999 * 0.0198 * 8000) + 5 * 8000
 
 
 def test_an_srtp_datagram_over_1500_bytes_is_malformed() -> None:
