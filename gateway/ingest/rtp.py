@@ -39,8 +39,10 @@ packet is delivered (wall-clock time since the call's first packet, never before
 track already holds), and from then on its RTP timestamps (extended past 2**32) place each
 payload exactly, so lost packets and silence suppression come back as silence. A timestamp
 that jumps back, or ahead of the call's clock by more than ``MAX_AHEAD_S``, re-anchors the
-source instead, so offsets never run ahead of wall-clock time (a track that starts or
-resumes late, however late, lands where the call's clock is).
+source instead, at the later of the call's clock and the track's end (a track that starts
+or resumes late, however late, lands where the call's clock is). A sender that sends faster
+than real time therefore keeps its audio, placed back to back at the track's end: its
+track can run ahead of the clock, up to ``CALLVAULT_CALLS__MAX_DURATION``.
 """
 
 from __future__ import annotations
@@ -102,9 +104,11 @@ RELATCH_AFTER_S = 1.0
 address may take over (SRTP only)."""
 MAX_AHEAD_S = 5.0
 """A timestamp placing audio more than this far ahead of the call's clock (wall-clock time
-since its first packet) re-anchors the source, at the track's end: a sender cannot stretch
-the timeline faster than time passes. (Measured from the clock alone, not from the track's
-end if later: that let each packet jump this far past the one before, 5 s a packet.)"""
+since its first packet) re-anchors the source, at the later of the clock and the track's
+end: a timestamp cannot jump the track ahead. (Measured from the clock alone, not from the
+track's end if later: that let each packet jump this far past the one before, 5 s a
+packet.) A sender faster than real time is still placed back to back, up to
+``CALLVAULT_CALLS__MAX_DURATION``; the throughput benchmark (bench/rtp.py) floods so."""
 MAX_BACKSTEP_S = 0.1
 """A timestamp more than this far behind the track's end re-anchors the source."""
 
