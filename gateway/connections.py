@@ -30,13 +30,13 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_network
 from typing import Any, Literal
 
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import HttpSettings, Settings
+from gateway.settings import HttpSettings, Settings, ip_of
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,10 @@ def peer_address(peername: object) -> str:
     if not isinstance(peername, tuple) or not peername:
         return ""
     host = str(peername[0])
-    try:
-        address = ip_address(host)
-    except ValueError:
+    address = ip_of(host)
+    if address is None:
         return host
     if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ip_network(f"{address}/64", strict=False))
     return str(address)
 

@@ -9,7 +9,7 @@ the environment themselves. The variable names are part of the external contract
 from __future__ import annotations
 
 from datetime import timedelta
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -74,13 +74,20 @@ def is_loopback(host: str) -> bool:
     to can change."""
     if host.strip().rstrip(".").lower() == "localhost":
         return True
+    address = ip_of(host)
+    return address is not None and address.is_loopback
+
+
+def ip_of(host: str) -> IPv4Address | IPv6Address | None:
+    """``host`` as an IP address (brackets and spaces stripped; an IPv4-mapped IPv6 address
+    as the IPv4 address it maps), or ``None`` when it is not one (a name)."""
     try:
         address = ip_address(host.strip().strip("[]"))
     except ValueError:
-        return False
+        return None
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
 
 
 class AudioSocketSettings(BaseModel):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from ipaddress import ip_address
 from typing import TypeVar
 
 from aiohttp import WSMsgType, web
@@ -27,7 +26,7 @@ from gateway.ingest.events import MAX_MESSAGE
 from gateway.ingest.fork import ForkParser
 from gateway.ingest.stream import StreamBinding
 from gateway.ingest.twilio import TwilioParser
-from gateway.settings import AudioSocketSettings
+from gateway.settings import AudioSocketSettings, ip_of
 from gateway.state import CALLS, CLOCK, METRICS, SERVICES, SETTINGS
 from gateway.tls import peer_is_loopback, token_in_url_allowed
 
@@ -293,13 +292,7 @@ class AudioSocketServer:
         """The peer's IP address (an IPv4-mapped IPv6 one as IPv4), if an allowed network
         holds it; ``StreamRefused`` otherwise. A call is held to its first peer's address."""
         peer = writer.get_extra_info("peername")
-        host = peer[0] if isinstance(peer, tuple) else None
-        try:
-            address = ip_address(host) if host else None
-        except ValueError:
-            address = None
-        if address is not None and address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = ip_of(str(peer[0])) if isinstance(peer, tuple) and peer else None
         if address is None or not any(address in net for net in self._settings.allow_networks):
             raise StreamRefused(
                 "AudioSocket connections are accepted only from allowed networks.",
