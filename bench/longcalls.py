@@ -39,7 +39,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,6 +50,9 @@ from gateway.settings import AiSettings, Settings  # noqa: E402
 from storage.instructions import AI_FEATURES  # noqa: E402
 from storage.media.tracks import AUDIO_KIND, encode_record  # noqa: E402
 from tests.ai import sample_call  # noqa: E402
+
+if TYPE_CHECKING:
+    from storage.catalog import Catalog
 
 RATE = 8000
 RECORD_BYTES = 2 * RATE
@@ -80,6 +83,40 @@ def call_bytes(length_s: int, every_s: int) -> dict[str, bytearray]:
     return tracks
 
 
+async def new_recording(
+    catalog: Catalog,
+    tenant: str,
+    version: int,
+    call_id: str,
+    *,
+    store_recording: bool,
+    now: datetime,
+) -> str:
+    """An accepted inbound PCMU call with AI on every feature, and its recording; the
+    recording's id (the benchmarks' calls: this one's and ``bench/transcribe.py``'s)."""
+    recording_id = "rec_" + secrets.token_hex(12)
+    await catalog.calls.create(
+        id=call_id,
+        tenant_id=tenant,
+        from_number="+40211111111",
+        to_number="+40722222222",
+        direction="inbound",
+        consent="granted",
+        transport="twilio",
+        codec="pcmu",
+        sample_rate=RATE,
+        instructions_version=version,
+        decision={"store_recording": store_recording, "ai": list(AI_FEATURES)},
+        refusal_code=None,
+        started_at=now,
+    )
+    await catalog.recordings.create(
+        id=recording_id, tenant_id=tenant, call_id=call_id, instructions_version=version,
+        now=now,
+    )  # fmt: skip
+    return recording_id
+
+
 async def seal(root: Path, model: str, length_s: int, every_s: int) -> str:
     """A finished, recorded call of ``length_s`` with its analyze job queued; its id."""
     from gateway.services import open_services
@@ -98,26 +135,9 @@ async def seal(root: Path, model: str, length_s: int, every_s: int) -> str:
         assert latest is not None
         version = latest.version
         call_id = f"long-{secrets.token_hex(6)}"
-        recording_id = "rec_" + secrets.token_hex(12)
-        await catalog.calls.create(
-            id=call_id,
-            tenant_id=TENANT,
-            from_number="+40211111111",
-            to_number="+40722222222",
-            direction="inbound",
-            consent="granted",
-            transport="twilio",
-            codec="pcmu",
-            sample_rate=RATE,
-            instructions_version=version,
-            decision={"store_recording": True, "ai": list(AI_FEATURES)},
-            refusal_code=None,
-            started_at=now,
+        recording_id = await new_recording(
+            catalog, TENANT, version, call_id, store_recording=True, now=now
         )
-        await catalog.recordings.create(
-            id=recording_id, tenant_id=TENANT, call_id=call_id, instructions_version=version,
-            now=now,
-        )  # fmt: skip
         for track, data in call_bytes(length_s, every_s).items():
             upload = await vault.create_object(
                 tenant=TENANT, kind=AUDIO_KIND, data_class="recordings", now=now,

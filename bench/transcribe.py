@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import orjson  # noqa: E402
 from arguments import positive  # noqa: E402
+from longcalls import new_recording  # noqa: E402
 from report import print_table  # noqa: E402
 
 from ai.audio import resample  # noqa: E402
@@ -217,29 +218,9 @@ class Pipeline:
         catalog, vault = self.services.catalog, self.services.vault
         self.runs += 1
         call_id = f"{call.name}-{self.runs}"
-        recording_id = "rec_" + secrets.token_hex(12)
         now = datetime.now(UTC)
-        await catalog.calls.create(
-            id=call_id,
-            tenant_id=tenant,
-            from_number="+40211111111",
-            to_number="+40722222222",
-            direction="inbound",
-            consent="granted",
-            transport="twilio",
-            codec="pcmu",
-            sample_rate=RATE,
-            instructions_version=version,
-            decision={"store_recording": False, "ai": list(AI_FEATURES)},
-            refusal_code=None,
-            started_at=now,
-        )
-        await catalog.recordings.create(
-            id=recording_id,
-            tenant_id=tenant,
-            call_id=call_id,
-            instructions_version=version,
-            now=now,
+        recording_id = await new_recording(
+            catalog, tenant, version, call_id, store_recording=False, now=now
         )
         for track in TRACKS:
             upload = await vault.create_object(
