@@ -249,6 +249,45 @@ class LimitsSettings(BaseModel):
         return TenantLimits(**self.model_dump())
 
 
+class KeysSettings(BaseModel):
+    """Where the tenants' key-encryption keys (KEKs) are kept."""
+
+    provider: Literal["local", "catalog", "vault"] = "local"
+    """`local`: a keyring file in the data dir (one node); `catalog`: the keyring in the
+    catalog database, wrapped by the master key (every node shares it); `vault`: an
+    OpenBao/Vault transit key per tenant wraps the DEKs (the audit and webhook keys stay in
+    the catalog keyring). Default `local`."""
+    vault_addr: str | None = None
+    """OpenBao/Vault address for `provider=vault`, e.g. `https://vault:8200`. Default: none."""
+    vault_token: SecretStr | None = None
+    """Token of a policy that may create, rotate, encrypt with, decrypt with and delete the
+    transit keys named `<vault_key_prefix><tenant>`. Default: none."""
+    vault_mount: str = "transit"
+    """Mount path of the transit secrets engine. Default `transit`."""
+    vault_key_prefix: str = "callvault-"
+    """Prefix of the transit key names (one key per tenant). Default `callvault-`."""
+    vault_timeout: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    """Timeout of one request to OpenBao/Vault. Default `PT5S`."""
+
+
+class NodeSettings(BaseModel):
+    """This process's place in a fleet of gateways sharing one catalog."""
+
+    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    """The node's id in the catalog's node registry. Default: made at first start and kept
+    in the data dir (`node.id`), so a restarted node is the same node."""
+    public_host: str | None = None
+    """Host name or address announcements hand the PBX for this node's ingest listeners
+    (WebSocket, AudioSocket, RTP), so a load balancer may send announcements to any node.
+    Default: the listeners' own addresses."""
+    heartbeat_interval: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
+    """How often `serve` writes its heartbeat to the catalog. Default `PT5S`."""
+    dead_after: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+    """A node whose heartbeat is older than this is declared dead by the others: its live
+    calls are ended with what was published, its jobs waiting on its spool are failed with
+    the reason. Default `PT30S`."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLVAULT_",
@@ -282,6 +321,8 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     audit: AuditSettings = AuditSettings()
     limits: LimitsSettings = LimitsSettings()
+    keys: KeysSettings = KeysSettings()
+    node: NodeSettings = NodeSettings()
 
     @property
     def model_cache_dir(self) -> Path:

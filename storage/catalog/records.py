@@ -29,6 +29,8 @@ RECORDING_STATUSES: tuple[RecordingStatus, ...] = (
 )
 DATA_CLASSES: tuple[DataClass, ...] = ("recordings", "transcripts")
 OBJECT_STATES: tuple[ObjectState, ...] = ("writing", "committed", "deleted")
+NodeState = Literal["up", "stopped", "dead"]
+NODE_STATES: tuple[NodeState, ...] = ("up", "stopped", "dead")
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Dialect
 from storage.catalog.records import (
     DATA_CLASSES,
     JOB_STATUSES,
+    NODE_STATES,
     OBJECT_STATES,
     RECORDING_STATUSES,
     ROLES,
@@ -155,6 +156,8 @@ calls = sa.Table(
     sa.Column("audiosocket_peer", sa.String(64), nullable=True),
     sa.Column("audiosocket_attached_by", sa.String(128), nullable=True),
     sa.Column("audiosocket_attached_until", UTCDateTime(), nullable=True),
+    # The node (``nodes.id``) that took the call; NULL for calls from before the registry.
+    sa.Column("node_id", sa.String(128), nullable=True),
     sa.ForeignKeyConstraint(
         ["tenant_id", "instructions_version"],
         ["instructions.tenant_id", "instructions.version"],
@@ -164,6 +167,7 @@ calls = sa.Table(
     sa.Index(None, "tenant_id", "to_number"),
     sa.Index(None, "tenant_id", "started_at"),
     sa.Index(None, "tenant_id", "ended_at"),  # the retention sweep counts from the call's end
+    sa.Index(None, "node_id", "ended_at"),  # a dead node's live calls
 )
 
 recordings = sa.Table(
@@ -207,6 +211,8 @@ objects = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("committed_at", UTCDateTime(), nullable=True),
     sa.Column("deleted_at", UTCDateTime(), nullable=True),
+    # The node whose spool holds the object while it is ``writing`` (published from there).
+    sa.Column("node_id", sa.String(128), nullable=True),
     sa.CheckConstraint(_one_of("data_class", DATA_CLASSES), name="data_class"),
     sa.CheckConstraint(_one_of("state", OBJECT_STATES), name="state"),
     sa.Index(None, "tenant_id", "state", "created_at"),
@@ -292,4 +298,38 @@ audit_checkpoints = sa.Table(
     sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.String(128), nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    # The node registry: every ``serve`` of the fleet, its ingest addresses and heartbeat.
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("addresses", sa.JSON(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Column("dead_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint(_one_of("state", NODE_STATES), name="state"),
+)
+
+keyring = sa.Table(
+    "keyring",
+    metadata,
+    # The fleet's keyring (CALLVAULT_KEYS__PROVIDER=catalog): one row, the same document
+    # as the local keyring file (every value wrapped by the master key), with a version
+    # that every write increments so that a node sees at once that it changed.
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("document", sa.LargeBinary(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    # Named leases one process of the fleet holds at a time (a tenant's retention sweep).
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("until", UTCDateTime(), nullable=False),
 )

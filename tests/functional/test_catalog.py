@@ -44,6 +44,9 @@ from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TABLES = {
+    "keyring",
+    "leases",
+    "nodes",
     "legal_holds",
     "tenants",
     "tokens",
@@ -157,7 +160,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0010"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0011"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 
