@@ -278,11 +278,13 @@ def test_the_stop_timeouts_cover_what_serve_and_worker_do_on_sigterm() -> None:
 @pytest.mark.parametrize("path", UNITS, ids=lambda path: path.name)
 def test_restarts_and_oom_follow_the_process_model(path: Path) -> None:
     """A refused start (exit 2, a setting at fault) is not retried in a loop; anything else
-    is. A worker killed by the OOM killer takes only itself down: systemd's default
+    is, without end. A worker killed by the OOM killer takes only itself down: systemd's default
     OOMPolicy=stop would stop the whole unit, serve and its ingest included."""
     unit = read_unit(path)
     assert value(unit, "Restart") == "on-failure"
     assert value(unit, "RestartPreventExitStatus") == "2"
+    # A catalog down at start is exit 1, every few seconds: systemd must not give up on it.
+    assert value(unit, "StartLimitIntervalSec", "Unit") == "0"
     assert value(unit, "OOMPolicy") == "continue"
 
 
