@@ -40,6 +40,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
+from gateway.revalidation import Revalidation
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import AuditEntry, Call, Catalog, Recording, TenantLimits
 from storage.errors import LimitReached, NotFound
@@ -221,6 +222,7 @@ class CallRegistry:
         self._sessions: dict[tuple[str, str], CallSession] = {}
         self._transports: list[CallTransport] = []
         self.attachments = Attachments(catalog)
+        self.revalidation = Revalidation(catalog)
 
     def add_transport(self, transport: CallTransport) -> None:
         """Tell ``transport`` when each call ends."""
@@ -437,6 +439,15 @@ class CallRegistry:
         for session in [s for s in self.live() if s.tenant == tenant]:
             await self._finish(session, now, "tenant_deleted")
 
+    async def _discard(self, session: CallSession, now: datetime) -> None:
+        """End a call whose tenant another node deleted, keeping nothing more of it."""
+        for transport in self._transports:
+            transport.closing(session, now)
+        await session.discard(now, "tenant_deleted")
+        self._forget(session)
+        for transport in self._transports:
+            transport.ended(session)
+
     async def _finish(self, session: CallSession, now: datetime, reason: EndReason) -> None:
         for transport in self._transports:
             transport.closing(session, now)
@@ -471,12 +482,20 @@ class CallRegistry:
         return until
 
     async def tick(self, now: datetime) -> None:
-        """Flush quiet streams, renew AudioSocket leases and end calls that expired; one
-        failing call never stops the others."""
+        """Flush quiet streams, renew AudioSocket leases, end calls that expired or whose
+        tenant another node deleted (``gateway.revalidation``); one failing call never
+        stops the others."""
         try:
             await self.attachments.renew(self.live(), now)
         except CallvaultError as e:  # renew logs its own catalog failures; this is a guard
             log.warning("AudioSocket leases could not be renewed: %s", e.code)
+        try:
+            stale = await self.revalidation.check(self.live(), now)
+        except CallvaultError as e:  # the next round checks again
+            log.warning("live calls could not be checked against the catalog: %s", e.code)
+        else:
+            for session in stale.deleted:
+                await self._discard(session, now)
         for session in self.live():
             try:
                 reason = await self.attachments.expiry(session, now)

@@ -167,6 +167,12 @@ class TrackWriter:
         if commit:
             self.upload = None
 
+    async def discard(self, now: datetime) -> None:
+        """Keep nothing more of this track: the audio still buffered is dropped and the
+        upload abandoned (its tenant is deleted)."""
+        self._take()
+        await self.abandon(now)
+
     async def abandon(self, now: datetime) -> None:
         """Drop a failed upload; what it made durable stays in the spool for recovery, and
         the track's audio still buffered goes to a new object, opened by the next flush."""
@@ -219,6 +225,12 @@ class CallSession:
         self.lease_until: datetime | None = None
         """AudioSocket: when the lease of ``holder`` ends unless renewed, as of its last
         successful claim or renewal; past it, its audio is refused (``lease_lapsed``)."""
+        self.token_id: str | None = None
+        """WebSocket: the id of the token that authenticated the stream attached now, which
+        the node checks against revocations (``gateway.revalidation``)."""
+        self.token_revoked = False
+        """That token was found revoked or expired: the stream's audio is refused, and the
+        call waits for a reconnect with an active token, as after a drop."""
         self._base = 0
         self._last_flush: datetime | None = None
 
@@ -270,8 +282,10 @@ class CallSession:
         peer: str | None = None,
         holder: str | None = None,
         lease_until: datetime | None = None,
+        token_id: str | None = None,
     ) -> None:
         """A stream starts carrying this call, unless ``refusal`` says why not.
+        ``token_id``: the token that authenticated it (WebSocket transports).
 
         ``peer``, ``holder`` and ``lease_until`` are given by a transport whose stream
         proves nothing but a secret id (AudioSocket), once the catalog granted ``holder``
@@ -285,6 +299,7 @@ class CallSession:
             self.peer = peer
         self.holder = holder
         self.lease_until = lease_until
+        self.token_id, self.token_revoked = token_id, False
         if self.first_attached_at is None:
             self.first_attached_at = now
             self._base = 0
@@ -314,6 +329,7 @@ class CallSession:
             self.attached = False
             self.holder = None
             self.lease_until = None
+            self.token_id, self.token_revoked = None, False
             self.detached_at = now
 
     def lease_lapsed(self, now: datetime) -> bool:
@@ -580,6 +596,28 @@ class CallSession:
                 extra={**self._log_fields(), "reason": self.closing, "samples": samples},
             )
             return self.recording
+
+    async def discard(self, now: datetime, reason: EndReason) -> None:
+        """End the call keeping nothing more of it, when its tenant was deleted through
+        another node (whose deletion destroyed the tenant's keys and swept its rows, this
+        call's too): its buffered audio is dropped and its uploads abandoned (the spool's
+        recovery pass discards what they wrote, its key being gone). Idempotent."""
+        async with self._lock:
+            if self.ended:
+                return
+            self.closing = self.closing or reason
+            self.attached = False
+            self.holder = None
+            self.lease_until = None
+            for track in self.tracks.values():
+                await track.discard(now)
+            self.ended = True
+            log.info(
+                "call %s ended (%s): its tenant was deleted; nothing more of it is kept",
+                self.call_id,
+                self.closing,
+                extra={**self._log_fields(), "reason": self.closing},
+            )
 
     def _log_fields(self) -> dict[str, str]:
         return {"tenant": self.tenant, "call_id": self.call_id, "recording_id": self.recording.id}

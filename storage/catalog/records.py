@@ -189,6 +189,16 @@ class AudioSocketLease:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A named lease of the fleet (``catalog.leases``): ``owner`` holds ``name`` until
+    ``until`` unless it renews it; from then on anyone may take it over."""
+
+    name: str
+    owner: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Recording:
     id: str
     tenant_id: str
