@@ -110,6 +110,7 @@ def build_app(
 
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
         ingest = settings.ingest
+        node_id = node_id_of(settings)
         calls = CallRegistry(
             catalog=app[SERVICES].catalog,
             vault=app[SERVICES].vault,
@@ -122,7 +123,7 @@ def build_app(
             ),
             metrics=app[METRICS],
             tenant_limits=settings.limits.defaults(),
-            node_id=node_id_of(settings),
+            node_id=node_id,
         )
         app[CALLS] = calls
         rtp = app[RTP] = RtpIngest(
@@ -135,7 +136,7 @@ def build_app(
         )
         spool = app[SERVICES].vault.spool
         node = app[NODE] = NodeKeeper(
-            node_id=node_id_of(settings),
+            node_id=node_id,
             addresses=NodeAddresses.of(settings),
             settings=settings.node,
             catalog=app[SERVICES].catalog,
@@ -144,13 +145,13 @@ def build_app(
             spool=spool,
         )
         # Registered first (gateway.nodes), then what a crash left in the spool, before
-        # serving; then every other call still marked in progress: on a catalog no other
-        # node shares, all of them, else the ones this node took. Then the jobs failed
-        # while it was away are reopened.
+        # serving; then every other call of this node still marked in progress (on a
+        # catalog no other node shares, also those from before the registry). Then the jobs
+        # failed while it was away are reopened.
         await node.join(app[CLOCK].now())
         await calls.recover(app[CLOCK].now())
-        shared = app[SERVICES].catalog.backend != "sqlite"
-        await calls.take_up_orphans(app[CLOCK].now(), node_id=node.id if shared else None)
+        sqlite = app[SERVICES].catalog.backend == "sqlite"
+        await calls.take_up_orphans(app[CLOCK].now(), unowned=sqlite)
         await node.reopen(app[CLOCK].now())
         ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
         beats = run_node(node, app[CLOCK].now, settings.node.heartbeat_interval.total_seconds())

@@ -555,15 +555,16 @@ class CallRegistry:
             await self._take_up(tenant, recording_id, now)
         return len(recovered)
 
-    async def take_up_orphans(self, now: datetime, *, node_id: str | None = None) -> int:
-        """Take up every recording still in progress that no process holds: after a crash
-        on a single-node catalog, also the calls that had no audio in the spool (announced
-        and silent, or published by an earlier restart), so that each ends with its grace
-        instead of staying 'recording' forever. Every one only for a catalog no other node
-        shares: on a shared one, another node may be recording them, so there ``node_id``
-        (this node) limits it to the calls this node took."""
+    async def take_up_orphans(self, now: datetime, *, unowned: bool = False) -> int:
+        """Take up every recording still in progress that no process holds of the calls
+        this node took: after a crash, also the calls that had no audio in the spool
+        (announced and silent, or published by an earlier restart), so that each ends with
+        its grace instead of staying 'recording' forever. ``unowned``: also those of calls
+        from before the node registry (they name no node), for a catalog no other node
+        shares. Without a node id (no registry), every one. Calls of other nodes are theirs
+        to take up, or, when they die, the registry's to end (``gateway.nodes``)."""
         taken = 0
-        for recording in await self._catalog.recordings.live(node_id=node_id):
+        for recording in await self._catalog.recordings.live(node_id=self.node_id, unowned=unowned):
             if await self._take_up(recording.tenant_id, recording.id, now):
                 taken += 1
         return taken

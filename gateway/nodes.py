@@ -187,7 +187,10 @@ class NodeKeeper:
         self._spool = spool
         self._reopen_due = True
         """Jobs failed on this node's account may wait to be reopened: at start, after it
-        learnt it was declared dead, and while its spool holds objects to publish."""
+        learnt it was declared dead or that its heartbeat had been older than
+        ``dead_after`` (workers fail its jobs then), and while its spool holds objects to
+        publish."""
+        self._beat_at: datetime | None = None
         metrics.node.info({"id": node_id})
 
     # --- joining and leaving ------------------------------------------------------------------
@@ -198,6 +201,7 @@ class NodeKeeper:
         (``storage.catalog.nodes``)."""
         node = await self._catalog.nodes.register(self.id, self.addresses.document(), now)
         self._reopen_due = True
+        self._beat_at = now
         log.info("node %s registered", node.id, extra={"node": node.id})
 
     async def stop(self, now: datetime) -> None:
@@ -216,6 +220,9 @@ class NodeKeeper:
         """Write the heartbeat; if this node was declared dead meanwhile, register again
         and finish what it holds of the calls that were ended in its absence."""
         if await self._catalog.nodes.heartbeat(self.id, now):
+            if self._beat_at is not None and now - self._beat_at > self._settings.dead_after:
+                self._reopen_due = True  # workers may have failed jobs meanwhile
+            self._beat_at = now
             return
         log.warning(
             "node %s was declared dead while it ran (cut off from the catalog or stalled "
@@ -226,10 +233,20 @@ class NodeKeeper:
         )
         await self.join(now)
         for session in self._calls.live():
-            call = await self._catalog.calls.get(session.tenant, session.call_id)
-            if call.ended_at is not None:
-                # The recording was finalized elsewhere; this commits (publishes) its audio.
-                await self._calls.end(session.tenant, session.call_id, now=now, reason="node_dead")
+            try:
+                call = await self._catalog.calls.get(session.tenant, session.call_id)
+                if call.ended_at is not None:
+                    # Finalized elsewhere: this commits (publishes) what it holds of it.
+                    await self._calls.end(
+                        session.tenant, session.call_id, now=now, reason="node_dead"
+                    )
+            except CallvaultError as e:  # the ticker finishes it later; the others go on
+                log.warning(
+                    "call %s ended in this node's absence could not be finalized here: %s",
+                    session.call_id,
+                    e.code,
+                    extra={"tenant": session.tenant, "call_id": session.call_id},
+                )
 
     # --- the watch -----------------------------------------------------------------------------
 

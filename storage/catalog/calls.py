@@ -176,8 +176,10 @@ class Calls:
         decision: dict[str, Any],
         refusal_code: str | None,
         started_at: datetime,
+        node_id: str | None = None,
     ) -> Call:
-        """Store the call record of an announced call (accepted or refused)."""
+        """Store the call record of an announced call (accepted or refused), taken by node
+        ``node_id``."""
         return await self._core.insert(
             sa.insert(calls).values(
                 **_call_values(
@@ -196,6 +198,7 @@ class Calls:
                     started_at=started_at,
                 ),
                 ended_at=None,
+                node_id=node_id,
             ),
             Call,
             subject=f"Call {id!r}",

@@ -148,9 +148,10 @@ class Recordings:
         )
         return found[0] if found else None
 
-    async def live(self, *, node_id: str | None = None) -> list[Recording]:
+    async def live(self, *, node_id: str | None = None, unowned: bool = False) -> list[Recording]:
         """Every recording still in progress (status ``recording``) of a live tenant; with
-        ``node_id``, only those of calls that node took."""
+        ``node_id``, only those of calls that node took (and, ``unowned``, of calls from
+        before the node registry, which name no node)."""
         joined = recordings.join(tenants, recordings.c.tenant_id == tenants.c.id)
         where = [recordings.c.status == "recording", tenants.c.deleted_at.is_(None)]
         if node_id is not None:
@@ -161,7 +162,8 @@ class Recordings:
                     calls.c.id == recordings.c.call_id,
                 ),
             )
-            where.append(calls.c.node_id == node_id)
+            mine = calls.c.node_id == node_id
+            where.append(sa.or_(mine, calls.c.node_id.is_(None)) if unowned else mine)
         return await self._core.all(
             sa.select(*recordings.c)
             .select_from(joined)
