@@ -124,6 +124,85 @@ async def test_two_concurrent_declarers_declare_each_dead_node_exactly_once(
         assert len(by_one) + len(by_two) == len(ids)
 
 
+async def test_what_is_done_on_a_dead_nodes_account_waits_for_it_to_be_dead(
+    catalogs: tuple[Catalog, Catalog],
+) -> None:
+    """Ending a dead node's call and failing its waiting job both check, under the node
+    row's lock, that it is still away: a node that registered again meanwhile keeps them."""
+    catalog, _ = catalogs
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
+    document = {"recording": {"enabled": True}, "ai": {"transcript": True}}
+    await catalog.instructions.add("acme", document, "adm", T0)
+    await catalog.nodes.register("gw1", {}, T0)
+    call, recording = await catalog.calls.announce(
+        id="call-1",
+        tenant_id="acme",
+        from_number="+40211111111",
+        to_number="+40722222222",
+        direction="inbound",
+        consent="granted",
+        transport="twilio",
+        codec="pcmu",
+        sample_rate=8000,
+        instructions_version=1,
+        decision={"store_recording": True, "ai": ["transcript"]},
+        refusal_code=None,
+        started_at=T0,
+        recording_id="rec-1",
+        node_id="gw1",
+    )
+    assert recording is not None and call.node_id == "gw1"
+    later = T0 + timedelta(minutes=1)
+    assert await catalog.nodes.live_calls_of_dead() == []  # gw1 is up
+
+    # While gw1 is up, nothing is finished on its account...
+    kept = await catalog.recordings.finish(
+        "acme", "rec-1", samples=0, now=later, job_id="job-1", while_node_dead="gw1"
+    )
+    assert kept.status == "recording"
+    assert await catalog.jobs.list("acme") == []
+    # ...once it is dead, it is.
+    await catalog.nodes.declare_dead(later, DEAD_AFTER, by="gw2")
+    assert [c.id for c in await catalog.nodes.live_calls_of_dead()] == ["call-1"]
+    done = await catalog.recordings.finish(
+        "acme", "rec-1", samples=0, now=later, job_id="job-1", while_node_dead="gw1"
+    )
+    assert done.status == "processing"
+    assert await catalog.nodes.live_calls_of_dead() == []
+    (job,) = await catalog.jobs.list("acme")
+
+    # Its job waits on gw1's spool; gw1 comes back before it is failed: it stays queued.
+    await catalog.objects.add(
+        object_id="obj-1",
+        tenant_id="acme",
+        kind="audio",
+        data_class="recordings",
+        store_key="acme/objects/obj-1",
+        now=T0,
+        recording_id="rec-1",
+        track="inbound",
+        node_id="gw1",
+    )
+    assert [(j.id, n) for j, n in await catalog.nodes.jobs_of_dead()] == [("job-1", "gw1")]
+    await catalog.nodes.register("gw1", {}, later)
+    assert await catalog.nodes.jobs_of_dead() == []
+    assert await catalog.nodes.fail_waiting(job, "gw1", later, dead_after=DEAD_AFTER) is None
+    assert (await catalog.jobs.list("acme"))[0].status == "queued"
+    # Silent again past dead_after: failed, uncounted; reopened exactly once.
+    silent = later + DEAD_AFTER + timedelta(seconds=1)
+    failed = await catalog.nodes.fail_waiting(job, "gw1", silent, dead_after=DEAD_AFTER)
+    assert failed is not None and (failed.status, failed.attempts) == ("failed", 0)
+    assert await catalog.nodes.failed_while_away("gw1") == []  # its audio is not published
+    await catalog.objects.mark_committed("obj-1", size=10, now=silent)
+    (waiting,) = await catalog.nodes.failed_while_away("gw1")
+    assert await catalog.nodes.failed_while_away("gw2") == []
+    reopened = await catalog.nodes.reopen(waiting, samples=800, now=silent)
+    assert reopened is not None and reopened.status == "queued"
+    assert await catalog.nodes.reopen(waiting, samples=800, now=silent) is None
+    recording = await catalog.recordings.get("acme", "rec-1")
+    assert (recording.status, recording.samples) == ("processing", 800)
+
+
 # --- the announcement answers the node that takes the call ---------------------------------
 
 
