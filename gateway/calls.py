@@ -211,9 +211,12 @@ class CallRegistry:
         limits: SessionLimits,
         metrics: GatewayMetrics,
         tenant_limits: TenantLimits | None = None,
+        node_id: str | None = None,
     ) -> None:
         """``tenant_limits``: every tenant's default limits (the operator may override them
-        per tenant); ``None`` checks none."""
+        per tenant); ``None`` checks none. ``node_id``: this node's id in the registry,
+        noted on the calls it takes (``gateway.nodes``)."""
+        self.node_id = node_id
         self._catalog = catalog
         self._vault = vault
         self._limits = limits
@@ -301,6 +304,7 @@ class CallRegistry:
                 audit=event,
                 audiosocket_id_hash=audiosocket_id_hash(audiosocket_id) if audiosocket_id else None,
                 limits=self._tenant_limits,
+                node_id=self.node_id,
             )
         except LimitReached as e:
             self._metrics.refusals.labels(e.code).inc()
@@ -381,11 +385,14 @@ class CallRegistry:
     async def _restore(self, call: Call, recording: Recording, now: datetime) -> CallSession:
         """A session for a live call this process does not hold, its tracks ending where
         its committed audio ends (read back, a record at a time)."""
-        ends = await self._track_ends(call, recording)
+        ends = await self.track_ends(call, recording)
         # Another task may have restored it while this one was reading.
         held = self._sessions.get((call.tenant_id, call.id))
         if held is not None:
             return held
+        if self.node_id is not None and call.node_id != self.node_id:
+            # This node carries the call now: if it dies, the call is among its calls.
+            await self._catalog.calls.take_over(call.tenant_id, call.id, self.node_id)
         session = self._new_session(call, recording)
         session.restore(ends, now)
         self._register(session)
@@ -396,7 +403,7 @@ class CallRegistry:
         )
         return session
 
-    async def _track_ends(self, call: Call, recording: Recording) -> dict[str, int]:
+    async def track_ends(self, call: Call, recording: Recording) -> dict[str, int]:
         """Where each track of the call's committed audio ends (read back, a record at a
         time)."""
         ends: dict[str, int] = {}
@@ -434,6 +441,23 @@ class CallRegistry:
             return await self._catalog.calls.get(tenant, call_id)
         await self._finish(session, now, reason)
         return await self._catalog.calls.get(tenant, call_id)
+
+    async def end_for_dead_node(self, call: Call, now: datetime) -> bool:
+        """End a live call that a node declared dead took (``node_dead``), with the audio
+        that node published: its recording is finalized and its job queued as at any end.
+        Nothing is done for a call this process carries (it took it up), nor if the node
+        came back meanwhile (then it takes its calls up itself). ``True`` if it ended."""
+        if (call.tenant_id, call.id) in self._sessions or call.node_id is None:
+            return False
+        recording = await self._catalog.recordings.of_call(call.tenant_id, call.id)
+        if recording is None or recording.status != "recording":
+            return False
+        session = self._new_session(call, recording)
+        session.restore(await self.track_ends(call, recording), now)
+        finished = await session.finish(
+            self._catalog, now, "node_dead", while_node_dead=call.node_id
+        )
+        return finished.status != "recording"
 
     async def end_tenant(self, tenant: str, *, now: datetime) -> None:
         for session in [s for s in self.live() if s.tenant == tenant]:
@@ -475,7 +499,7 @@ class CallRegistry:
         if held is not None and held.first_attached_at is None:
             before = await self._catalog.calls.audiosocket_lease(tenant, call_id)
             if before.peer is not None:  # a connection elsewhere carried it
-                ends = await self._track_ends(held.call, held.recording)
+                ends = await self.track_ends(held.call, held.recording)
         until = await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
         if held is not None and ends is not None and held.first_attached_at is None:
             held.restore(ends, now)
@@ -550,14 +574,16 @@ class CallRegistry:
             await self._take_up(tenant, recording_id, now)
         return len(recovered)
 
-    async def take_up_orphans(self, now: datetime) -> int:
-        """Take up every recording still in progress that no process holds: after a crash
-        on a single-node catalog, also the calls that had no audio in the spool (announced
-        and silent, or published by an earlier restart), so that each ends with its grace
-        instead of staying 'recording' forever. Only for a catalog no other node shares: on
-        a shared one, another node may be recording them."""
+    async def take_up_orphans(self, now: datetime, *, unowned: bool = False) -> int:
+        """Take up every recording still in progress that no process holds of the calls
+        this node took: after a crash, also the calls that had no audio in the spool
+        (announced and silent, or published by an earlier restart), so that each ends with
+        its grace instead of staying 'recording' forever. ``unowned``: also those of calls
+        from before the node registry (they name no node), for a catalog no other node
+        shares. Without a node id (no registry), every one. Calls of other nodes are theirs
+        to take up, or, when they die, the registry's to end (``gateway.nodes``)."""
         taken = 0
-        for recording in await self._catalog.recordings.live():
+        for recording in await self._catalog.recordings.live(node_id=self.node_id, unowned=unowned):
             if await self._take_up(recording.tenant_id, recording.id, now):
                 taken += 1
         return taken

@@ -79,7 +79,13 @@ EndReason = Literal[
     "shutdown",
     "tenant_deleted",
     "erased",
+    "node_dead",
 ]
+"""Why a call ended (``call.ended``'s ``reason``): the PBX's ``stop`` or hangup, the API's
+end, a reconnect or first stream that did not come in time, RTP media that stopped, the
+maximum duration, RTP ports that could not be bound, a shutdown, the tenant's deletion, an
+erasure, or the death of the node that took it (``node_dead``: ended by another node with
+the audio it had published)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,9 +561,18 @@ class CallSession:
         if self.ended:
             raise Conflict(f"Call {self.call_id!r} has ended.")
 
-    async def finish(self, catalog: Catalog, now: datetime, reason: EndReason) -> Recording:
+    async def finish(
+        self,
+        catalog: Catalog,
+        now: datetime,
+        reason: EndReason,
+        *,
+        while_node_dead: str | None = None,
+    ) -> Recording:
         """Seal and commit every track, then finalize the recording (and queue its AI job
-        when AI was instructed) in one catalog transaction. Idempotent."""
+        when AI was instructed) in one catalog transaction. Idempotent. ``while_node_dead``:
+        another node ends a call of that dead node (``CallRegistry.end_for_dead_node``); if
+        the node came back meanwhile, nothing is finalized and the session stays live."""
         async with self._lock:
             if self.ended:
                 return self.recording
@@ -582,8 +597,16 @@ class CallSession:
             )
             # The recording's end, its AI job and the call.ended event commit together.
             self.recording = await catalog.recordings.finish(
-                self.tenant, self.recording.id, samples=samples, now=now, job_id=job_id, audit=ended
+                self.tenant,
+                self.recording.id,
+                samples=samples,
+                now=now,
+                job_id=job_id,
+                audit=ended,
+                while_node_dead=while_node_dead,
             )
+            if self.recording.status == "recording":  # its node is back (while_node_dead)
+                return self.recording
             self.ended = True
             if job_id is not None and self.recording.status == "processing":
                 self._metrics.jobs_queued.inc()
