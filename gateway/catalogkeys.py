@@ -7,6 +7,11 @@ key, so the master key must be the same on every node. It is therefore taken onl
 made per data dir, and a node that made its own would make, or fail to open, a keyring
 that no other node opens. Without the setting the process refuses to start.
 
+The catalog must be PostgreSQL. A SQLite catalog is one node's file, so there is no fleet
+to share it with; and a keyring row in it could not be written while a catalog write is
+open (SQLite has one write lock, and the catalog makes a tenant's audit key inside the
+transaction of the tenant's first audit event), so a process would wait on itself.
+
 A node that has run with the local keyring holds its keys in ``keyring.json``; the catalog
 keyring does not hold them until ``keys to-catalog`` copies that document into the row
 (the same document: every value stays wrapped by the same master key). Until then a start
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import make_url
 
 from crypto import keyfile
 from crypto.errors import ConfigError, KeyUnavailable
@@ -51,10 +57,24 @@ def fleet_master_key(settings: Settings) -> bytes:
     return decode_master_key(settings.master_key.get_secret_value())
 
 
+def require_shared_catalog(settings: Settings) -> None:
+    """Refuse a SQLite catalog for the catalog keyring, naming the settings."""
+    if make_url(settings.catalog_url).get_backend_name() != "postgresql":
+        raise ConfigError(
+            PROVIDER_SETTING,
+            "is catalog, which needs the catalog that every node shares, on PostgreSQL "
+            "(CALLVAULT_DATABASE_URL=postgresql://host/db); this one is SQLite, one node's "
+            "file, whose single write lock cannot take the keyring's writes inside the "
+            "catalog's own. With one node, use the local keyring (provider local)",
+        )
+
+
 def open_catalog_keyring(settings: Settings) -> LocalKeyring:
     """The keyring in the catalog, made there on the fleet's first start; a wrong master
-    key is refused naming ``CALLVAULT_MASTER_KEY``. Refused as well while the data dir
-    holds a local keyring that was never copied into the catalog (``keys to-catalog``)."""
+    key is refused naming ``CALLVAULT_MASTER_KEY``. Refused as well on a SQLite catalog,
+    and while the data dir holds a local keyring that was never copied into the catalog
+    (``keys to-catalog``)."""
+    require_shared_catalog(settings)
     master_key = fleet_master_key(settings)
     backing = CatalogBacking.open(settings.catalog_url, settings.data_dir)
     local = settings.data_dir / KEYRING_FILE
@@ -93,6 +113,7 @@ def copy_to_catalog(settings: Settings) -> CopyReport:
     holds a keyring with other keys (another node's, or one made since): nothing is merged.
     A catalog that holds the same document already is left as it is, so running it again
     is harmless. The copy is then opened from the catalog and every value checked again."""
+    require_shared_catalog(settings)
     master_key = fleet_master_key(settings)
     path = settings.data_dir / KEYRING_FILE
     local = FileBacking(path)

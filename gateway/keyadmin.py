@@ -222,6 +222,15 @@ def _rotate_master_env(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.services import open_keyring
 
     keyring = open_keyring(settings)  # CALLVAULT_MASTER_KEY must open one side
+    try:
+        return _rotate_master_on(keyring, args)
+    finally:
+        keyring.close()
+
+
+def _rotate_master_on(keyring: LocalKeyring, args: argparse.Namespace) -> int:
+    """The two-step rotation on the keyring ``CALLVAULT_MASTER_KEY`` opens (a file in the
+    data dir, or the catalog's row)."""
     new = _new_key(args)
     old = (
         read_key_file(args.old_key_file, source=f"--old-key-file {args.old_key_file}")
