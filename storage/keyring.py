@@ -23,6 +23,9 @@ Why synchronous: ``LocalKeyring`` does its document work in threads already
 (``asyncio.to_thread``), and the catalog's engine is async, bound to one event loop; so the
 row is read and written through a small synchronous engine of its own (psycopg, or the
 standard library's sqlite3) on the same database (``sync_database_url``).
+
+The provider itself runs on PostgreSQL only (``gateway.catalogkeys`` says why); the
+backing works on SQLite too, which the tests of the keyring's behaviour use.
 """
 
 from __future__ import annotations
