@@ -3,8 +3,10 @@
 ``serve``, ``worker`` and the CLI's maintenance commands all open the same services the
 same way, so that a setting means one thing everywhere: the catalog (migrated to the
 current schema, its webhook secrets sealed, its audit log keyed by the keyring's audit keys
-and any legacy chain re-keyed), the object store, the keyring (refusing a wrong master key)
-and the media vault that ties them together.
+and any legacy chain re-keyed), the object store, the keyring (refusing a wrong master key),
+the key provider that wraps the DEKs (the keyring itself, or OpenBao/Vault transit with
+``CALLVAULT_KEYS__PROVIDER=vault``, refused at start when it is unreachable or its token
+cannot do the work) and the media vault that ties them together.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from crypto.errors import ConfigError
 from crypto.keyfile import NEW
 from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
 from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
+from crypto.vaultkeys import VaultConfig, VaultTransitKeys
 from gateway.clock import Clock
-from gateway.settings import Settings
+from gateway.settings import KeysSettings, Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
 from storage.retention import RetentionSweeper
@@ -76,6 +79,34 @@ def open_keyring(settings: Settings) -> LocalKeyring:
     if keyring.rotation_side == NEW:
         _finish_file_rotation(settings.data_dir)
     return keyring
+
+
+async def open_key_provider(settings: Settings, keyring: LocalKeyring) -> KeyProvider:
+    """What wraps the DEKs: ``keyring`` itself (``local``), or OpenBao/Vault transit
+    (``vault``), checked reachable with a token that may do what it must (else a
+    ``ConfigError`` naming the setting). ``close_key_provider`` closes it."""
+    if settings.keys.provider == "vault":
+        return await VaultTransitKeys.open(vault_config(settings.keys))
+    # TODO(fleet, slice A): `catalog` is the keyring kept in the catalog; until it lands,
+    # it is the local keyring here.
+    return keyring
+
+
+def close_key_provider(keys: KeyProvider) -> None:
+    """Close what ``open_key_provider`` opened (the local keyring holds nothing open)."""
+    if isinstance(keys, VaultTransitKeys):
+        keys.close()
+
+
+def vault_config(keys: KeysSettings) -> VaultConfig:
+    """The transit provider's settings, ``CALLVAULT_KEYS__VAULT_*``."""
+    return VaultConfig(
+        addr=keys.vault_addr or "",
+        token=keys.vault_token.get_secret_value() if keys.vault_token else "",
+        mount=keys.vault_mount,
+        key_prefix=keys.vault_key_prefix,
+        timeout_s=keys.vault_timeout.total_seconds(),
+    )
 
 
 def _finish_file_rotation(data_dir: Path) -> None:
@@ -129,8 +160,29 @@ async def open_services(
     which records and publishes it); other processes (AI worker children, CLI commands)
     neither measure nor touch it while ``serve`` runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keys = open_keyring(settings)
-    audit_keys = AuditKeyring(keys)
+    # The keyring keeps the audit keys and the checkpoint signing key (its sections) with
+    # every provider; with `vault` only the DEKs are wrapped elsewhere.
+    # TODO(fleet, slice A): with `vault` too, the sections belong in the catalog keyring
+    # (every node must share the audit keys): open that one here instead of the local file.
+    keyring = open_keyring(settings)
+    audit_keys = AuditKeyring(keyring)
+    keys = await open_key_provider(settings, keyring)
+    try:
+        async with _services(settings, keys, audit_keys, registry, clock, spooled) as services:
+            yield services
+    finally:
+        close_key_provider(keys)
+
+
+@asynccontextmanager
+async def _services(
+    settings: Settings,
+    keys: KeyProvider,
+    audit_keys: AuditKeyring,
+    registry: CollectorRegistry | None,
+    clock: Clock | None,
+    spooled: bool,
+) -> AsyncIterator[Services]:
     catalog = await Catalog.open(settings.catalog_url, audit_keys=audit_keys)
     try:
         await catalog.migrate()
