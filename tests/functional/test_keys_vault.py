@@ -381,12 +381,14 @@ async def test_an_object_sealed_by_one_node_is_read_by_another_through_vault(
 
 def vault_env(data_dir: Path, bao: BaoServer, prefix: str, **extra: str) -> dict[str, str]:
     return clean_env(
-        CALLVAULT_DATA_DIR=str(data_dir),
-        CALLVAULT_KEYS__PROVIDER="vault",
-        CALLVAULT_KEYS__VAULT_ADDR=bao.addr,
-        CALLVAULT_KEYS__VAULT_TOKEN=bao.token,
-        CALLVAULT_KEYS__VAULT_KEY_PREFIX=prefix,
-        **extra,
+        **{
+            "CALLVAULT_DATA_DIR": str(data_dir),
+            "CALLVAULT_KEYS__PROVIDER": "vault",
+            "CALLVAULT_KEYS__VAULT_ADDR": bao.addr,
+            "CALLVAULT_KEYS__VAULT_TOKEN": bao.token,
+            "CALLVAULT_KEYS__VAULT_KEY_PREFIX": prefix,
+            **extra,
+        }
     )
 
 
@@ -421,6 +423,18 @@ async def test_keys_rotate_works_and_keys_retire_is_refused_clearly_with_vault(
     result = callvault("keys", "rotate", "--tenant", "acme", env=env)
     assert result.returncode == 2
     assert "CALLVAULT_KEYS__VAULT_TOKEN: is not accepted" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_to_start_when_vault_does_not_answer(
+    tmp_path: Path, bao: BaoServer, prefix: str
+) -> None:
+    address = f"http://127.0.0.1:{closed_port()}"
+    env = vault_env(tmp_path, bao, prefix, CALLVAULT_KEYS__VAULT_ADDR=address)
+    result = callvault("serve", env=env)
+    assert result.returncode == 2
+    assert f"CALLVAULT_KEYS__VAULT_ADDR: OpenBao/Vault at {address}" in result.stderr
+    assert "did not answer" in result.stderr
     assert "Traceback" not in result.stderr
 
 
