@@ -218,11 +218,17 @@ class VaultTransitKeys:
             # Gone since this process last used it: destroyed (the tombstone says so), or
             # deleted behind callvault's back (made again, as at first use).
             version = self._ensure_key(tenant)
-            ciphertext, used = self._encrypt(tenant, object_id, dek, version, pin=False)
+            try:
+                ciphertext, used = self._encrypt(tenant, object_id, dek, version, pin=False)
+            except _KeyMissing:
+                _vanished(name, tenant)
         if used != version:
             # Another node rotated: the AAD named an older version than transit used, so
             # this wrap would never open. Encrypt again under the version transit has now.
-            ciphertext, used = self._encrypt(tenant, object_id, dek, used, pin=True)
+            try:
+                ciphertext, used = self._encrypt(tenant, object_id, dek, used, pin=True)
+            except _KeyMissing:
+                _vanished(name, tenant)
         self._versions[tenant] = used
         return WrappedKey(name, used, ciphertext.encode("ascii"))
 
@@ -525,6 +531,13 @@ def _checked(tenant: str) -> str:
 
 def _destroyed(tenant: str) -> NoReturn:
     raise KeyUnavailable(f"the keys of tenant {tenant!r} were destroyed; nothing new can be sealed")
+
+
+def _vanished(name: str, tenant: str) -> NoReturn:
+    raise KeyUnavailable(
+        f"transit key {name} of tenant {tenant!r} was deleted while a DEK was wrapped under "
+        "it (its keys are being destroyed)"
+    )
 
 
 def _version_of(ciphertext: str, name: str) -> int:
