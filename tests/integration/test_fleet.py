@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -42,6 +43,8 @@ from tests.fleet import Fleet, FleetCatalog, SharedParts, finish, fleet_on, poll
 from tests.gateway import bearer
 from tests.integration.test_ai_pipeline import TINY_WER_BOUND, push_call, track_text
 from tests.paced import RECONNECTS, PacedCall, Tenant, Transport, channel, export, taken, track_loss
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.s3]
 
@@ -147,9 +150,8 @@ async def test_two_gateways_and_two_workers_work_as_one(
                 analysed = await push_call(
                     on_a, TENANT, tokens["pbx"], speech.inbound, speech.outbound
                 )
-            worker_kill = asyncio.create_task(kill_worker_mid_job(fleet, catalog, analysed))
-
-            # Twenty paced calls, ten on each gateway; gateway b dies 2 s in.
+            # Twenty paced calls, ten on each gateway, through gateway b's death; the
+            # worker holding the speech call's job is killed meanwhile.
             calls = {
                 name: [
                     PacedCall(transport, tenant, PACED_SECONDS, seed=10 * i + n, srtp=srtp)
@@ -157,26 +159,14 @@ async def test_two_gateways_and_two_workers_work_as_one(
                 ]
                 for i, name in enumerate(fleet.gateways)
             }
-            for name, group in calls.items():
-                for call in group:
-                    await call.announce(http, fleet.gateways[name].endpoint)
             everyone = [call for group in calls.values() for call in group]
-            runs = [asyncio.create_task(call.run(http)) for call in everyone]
-            await asyncio.sleep(KILL_AFTER_S)  # into the calls: the fault's moment
-            for call in calls["b"]:
-                call.cut()
-            await taken(http, b.base, calls["b"])  # what b acknowledged
-            fleet.kill_gateway("b")
-            # Restarted off the event loop: the calls on a go on meanwhile.
-            endpoint = await asyncio.to_thread(fleet.restart_gateway, "b")
-            for call in calls["b"]:
-                call.back(endpoint)
-            await asyncio.gather(*runs)
-            killed_owner = await worker_kill
+            async with tasks_of(kill_worker_mid_job(fleet, catalog, analysed)) as (worker_kill,):
+                await calls_through_a_gateway_kill(http, fleet, calls, "b")
+                killed_owner = await worker_kill
 
-            recorded_on = {call.recording_id: name for name, group in calls.items()
-                           for call in group}  # fmt: skip
-            recorded_on[analysed] = "a"
+            recorded_on = {analysed: "a"}
+            recorded_on.update((call.recording_id, name) for name, group in calls.items()
+                               for call in group)  # fmt: skip
             await poll(
                 lambda: all_analysed(catalog, set(recorded_on)),
                 "analysis of every recording",
@@ -187,27 +177,65 @@ async def test_two_gateways_and_two_workers_work_as_one(
 
             await check_recorded_once(catalog, recorded_on)
             await check_analysed_once(catalog, recorded_on, analysed, killed_owner)
+            # Read through the gateway that did not record it, all at once: both gateways
+            # append their reads' audit events to the tenant's one chain meanwhile.
             other = {"a": b.base, "b": a.base}
-            for name, group in calls.items():
-                for call in group:
-                    await check_audio(http, other[name], tokens["admin"], call, killed=name == "b")
-            for recording_id, name in recorded_on.items():
-                transcript = await read_transcript(
-                    http, other[name], tokens["processor"], recording_id
-                )
-                if recording_id == analysed:
-                    heard = track_text(transcript, "inbound")
-                    assert wer(speech.text["inbound"], heard) <= TINY_WER_BOUND, heard
+            admin, processor = tokens["admin"], tokens["processor"]
+            transcripts = await asyncio.gather(
+                *(check_audio(http, other[name], admin, call, killed=name == "b")
+                  for name, group in calls.items() for call in group),
+                *(read_transcript(http, other[name], processor, recording_id)
+                  for recording_id, name in recorded_on.items()),
+            )  # fmt: skip
+            by_recording = dict(zip(recorded_on, transcripts[len(everyone) :], strict=True))
+            heard = track_text(by_recording[analysed], "inbound")
+            assert wer(speech.text["inbound"], heard) <= TINY_WER_BOUND, heard
 
             await check_revocation_across_nodes(http, a.base, b.base, tokens["admin"])
-            await check_sweeps_from_both_nodes(
+            swept = await check_sweeps_from_both_nodes(
                 http, fleet, catalog, seaweedfs, s3_bucket, tokens["admin"]
             )
-            await check_one_audit_chain(http, fleet, catalog, tokens["admin"])
+            events = await check_one_audit_chain(http, fleet, catalog, tokens["admin"])
     print(
         f"\nfleet ({parts.custody['CALLVAULT_KEYS__PROVIDER']}): started in {started_s:.1f} s, "
-        f"calls analysed at {calls_s:.1f} s, done in {time.monotonic() - began:.1f} s"
+        f"calls analysed at {calls_s:.1f} s, done in {time.monotonic() - began:.1f} s; "
+        f"objects deleted by the sweeps on a and b: {swept['a']} + {swept['b']}; "
+        f"{events} audit events in one chain"
     )
+
+
+@contextlib.asynccontextmanager
+async def tasks_of(*coroutines: Coroutine[Any, Any, T]) -> AsyncIterator[list[asyncio.Task[T]]]:
+    """The coroutines as tasks for the ``with`` block; any still running at its end (the
+    block failed) is cancelled and awaited, so that nothing outlives the test."""
+    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def calls_through_a_gateway_kill(
+    http: aiohttp.ClientSession, fleet: Fleet, calls: dict[str, list[PacedCall]], victim: str
+) -> None:
+    """Announce each gateway's calls on it and run them all in real time; ``KILL_AFTER_S``
+    in, SIGKILL gateway ``victim`` once it has taken what its calls sent (what it
+    acknowledged), and restart it on its data dir while the other gateway's calls go on."""
+    for name, group in calls.items():
+        for call in group:
+            await call.announce(http, fleet.gateways[name].endpoint)
+    async with tasks_of(*(call.run(http) for group in calls.values() for call in group)) as runs:
+        await asyncio.sleep(KILL_AFTER_S)  # into the calls: the fault's moment
+        for call in calls[victim]:
+            call.cut()
+        await taken(http, fleet.gateways[victim].base, calls[victim])
+        fleet.kill_gateway(victim)
+        endpoint = await asyncio.to_thread(fleet.restart_gateway, victim)  # off the loop
+        for call in calls[victim]:
+            call.back(endpoint)
+        await asyncio.gather(*runs)
 
 
 # --- the tenant ---------------------------------------------------------------------------
@@ -379,7 +407,7 @@ async def check_sweeps_from_both_nodes(
     seaweedfs: S3Server,
     bucket: str,
     admin: str,
-) -> None:
+) -> dict[str, int]:
     """Windows shortened (through gateway ``b``) so that every object has expired, then a
     ``callvault retention sweep`` as each gateway, both at once: together they delete each
     object once (one ``data.deleted`` receipt names it), and its bytes leave the bucket."""
@@ -404,6 +432,7 @@ async def check_sweeps_from_both_nodes(
     left = [o for o in await catalog.objects(TENANT) if o.state != "deleted"]
     assert left == [], left
     assert not stored_keys(seaweedfs, bucket) & {o.store_key for o in expiring}
+    return {node: int(report["objects_deleted"]) for node, report in reports.items()}
 
 
 def stored_keys(seaweedfs: S3Server, bucket: str) -> set[str]:
@@ -420,7 +449,7 @@ def stored_keys(seaweedfs: S3Server, bucket: str) -> set[str]:
 
 async def check_one_audit_chain(
     http: aiohttp.ClientSession, fleet: Fleet, catalog: FleetCatalog, admin: str
-) -> None:
+) -> int:
     """One chain for the tenant, written by every process of the fleet: its sequence runs
     1..n with no gap (no fork: one event per number), and it verifies through both
     gateways' API and ``callvault audit verify`` as each gateway."""
@@ -437,3 +466,4 @@ async def check_one_audit_chain(
     for node, process in verifies.items():
         code, out, err = await asyncio.to_thread(finish, process, f"audit verify on {node}")
         assert code == 0 and "audit log intact" in out, (node, out, err)
+    return len(events)
