@@ -57,7 +57,9 @@ CLI_TIMEOUT_S = 120.0
 GATEWAY_SETTINGS = {
     "CALLVAULT_AI__WORKERS": "0",  # ingest only: the workers are processes of their own
     "CALLVAULT_INGEST__FLUSH_INTERVAL": "PT0.5S",
-    "CALLVAULT_INGEST__RECONNECT_GRACE": "PT3S",
+    # A killed gateway's calls wait this long for their PBX after its restart: its start on
+    # a loaded runner takes seconds, and an RTP call (whose PBX cannot reconnect) ends then.
+    "CALLVAULT_INGEST__RECONNECT_GRACE": "PT8S",
     "CALLVAULT_RETENTION__SWEEP_INTERVAL": "PT0S",  # the test runs the sweeps itself
     "CALLVAULT_NODE__HEARTBEAT_INTERVAL": "PT1S",
 }
