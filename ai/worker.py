@@ -19,6 +19,11 @@ after the purge, so nobody sees an analyzed AI-only call whose audio still exist
 A failing attempt is retried with exponential backoff; after the last one the recording is
 ``failed`` with the reason (and the audio of an AI-only call is purged all the same:
 nothing was instructed to keep it).
+
+A job whose audio is still in a gateway's spool waits (``AudioNotPublished``, no attempt
+counted) while that node is up; if the node is away (declared dead, stopped, or silent
+past ``CALLVAULT_NODE__DEAD_AFTER``) the job fails at once with a reason naming the node,
+and nothing is purged: the node publishes that audio and reopens the job when it is back.
 """
 
 from __future__ import annotations
@@ -78,7 +83,13 @@ class Notify(Protocol):
 
 
 class AudioNotPublished(CallvaultError):
-    """Part of the call's audio is still in a node's spool: the job waits, it is no failure."""
+    """Part of the call's audio is still in a node's spool: the job waits, it is no failure
+    (unless that node is away: then it fails at once, to be reopened when the node is
+    back). ``nodes``: the nodes whose spools hold it, as the catalog knows them."""
+
+    def __init__(self, message: str, *, nodes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.nodes = nodes
 
 
 class LeaseLost(Conflict):
@@ -90,7 +101,7 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.jobs = Counter(
             "callvault_ai_jobs",
-            "AI jobs by outcome (analyzed, retry, failed, deferred, skipped).",
+            "AI jobs by outcome (analyzed, retry, failed, deferred, node_away, skipped).",
             ["outcome"],
             registry=registry,
         )
@@ -126,7 +137,10 @@ class AnalysisWorker:
         retry_backoff: timedelta = timedelta(seconds=30),
         notify: Notify | None = None,
         metrics: WorkerMetrics | None = None,
+        node_dead_after: timedelta = timedelta(seconds=30),
     ) -> None:
+        """``node_dead_after``: a node whose heartbeat is older than this is away, and a
+        job whose audio waits in its spool fails at once (``CALLVAULT_NODE__DEAD_AFTER``)."""
         self._catalog = catalog
         self._vault = vault
         self._analyzer = analyzer
@@ -137,6 +151,7 @@ class AnalysisWorker:
         self._backoff = retry_backoff
         self._notify = notify
         self.metrics = metrics or WorkerMetrics(None)
+        self._node_dead_after = node_dead_after
 
     async def load(self) -> str:
         """Load the model now rather than at the first job; its name."""
@@ -219,6 +234,8 @@ class AnalysisWorker:
             raise
         except AudioNotPublished as e:
             now = self._now()
+            if await self._fail_if_node_away(job, e.nodes, now):
+                return
             if now - job.created_at > PUBLISH_GIVE_UP:
                 await self._give_up(job, e.message)
                 return
@@ -271,6 +288,31 @@ class AnalysisWorker:
             extra={"tenant": job.tenant_id, "job": job.id, "outcome": outcome},
         )
 
+    async def _fail_if_node_away(self, job: Job, nodes: tuple[str, ...], now: datetime) -> bool:
+        """The audio waits in the spool of a node that is away (declared dead, stopped, or
+        silent past ``node_dead_after``): fail the job at once, naming the node, without
+        counting the attempt and without purging anything, since that node publishes the
+        audio when it is back and reopens the job then (``storage.catalog.nodes``). ``True``
+        if it was failed so."""
+        for node_id in nodes:
+            try:
+                failed = await self._catalog.nodes.fail_waiting(
+                    job, node_id, now, dead_after=self._node_dead_after, owner=self.owner
+                )
+            except Conflict:
+                raise LeaseLost(f"job {job.id} is no longer leased to {self.owner}") from None
+            if failed is not None:
+                log.warning(
+                    "AI job %s (recording %s) failed at once: %s",
+                    job.id,
+                    job.recording_id,
+                    failed.last_error,
+                    extra={"tenant": job.tenant_id, "job": job.id},
+                )
+                self.metrics.jobs.labels("node_away").inc()
+                return True
+        return False
+
     async def _give_up(self, job: Job, reason: str) -> None:
         """The last attempt failed: the recording is ``failed`` with the reason (and purged),
         then the job. If recording it fails (the catalog is down), the job stays leased, its
@@ -302,9 +344,11 @@ class AnalysisWorker:
         if recording.status != "processing":  # analyzed (done), deleted, or never for AI
             return "skipped"
         objects = await self._catalog.objects.list(job.tenant_id, recording_id=recording.id)
-        if any(o.kind == AUDIO_KIND and o.state == "writing" for o in objects):
+        waiting = [o for o in objects if o.kind == AUDIO_KIND and o.state == "writing"]
+        if waiting:
             raise AudioNotPublished(
-                f"the audio of recording {recording.id} is still being published from a spool"
+                f"the audio of recording {recording.id} is still being published from a spool",
+                nodes=tuple(sorted({o.node_id for o in waiting if o.node_id is not None})),
             )
         features = tuple(call.decision.get("ai", ()))
         results = [o for o in objects if o.kind in RESULT_KINDS and o.state != "deleted"]

@@ -2,7 +2,8 @@
 
 Shared services live in typed app keys (``gateway.state``) and start and stop in
 ``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
-opened before the first request; the call registry's ticker flushes quiet streams and ends
+opened before the first request; the node registers in the fleet's registry and keeps its
+heartbeat (``gateway.nodes``); the call registry's ticker flushes quiet streams and ends
 abandoned calls (and RTP calls whose media stopped); the publisher publishes the spooled
 audio that the object store refused once it is back (``gateway.publisher``); the retention
 sweep and the audit checkpoints run on their intervals; the AudioSocket listener runs beside
@@ -32,6 +33,7 @@ from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import error_middleware
+from gateway.nodes import NodeAddresses, NodeKeeper, node_id_of, run_node
 from gateway.publisher import readiness, run_publisher
 from gateway.services import build_sender, build_sweeper, open_services
 from gateway.session import SessionLimits
@@ -42,6 +44,7 @@ from gateway.state import (
     CHECKPOINTER,
     CLOCK,
     METRICS,
+    NODE,
     REGISTRY,
     RTP,
     SERVICES,
@@ -107,6 +110,7 @@ def build_app(
 
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
         ingest = settings.ingest
+        node_id = node_id_of(settings)
         calls = CallRegistry(
             catalog=app[SERVICES].catalog,
             vault=app[SERVICES].vault,
@@ -119,6 +123,7 @@ def build_app(
             ),
             metrics=app[METRICS],
             tenant_limits=settings.limits.defaults(),
+            node_id=node_id,
         )
         app[CALLS] = calls
         rtp = app[RTP] = RtpIngest(
@@ -127,15 +132,30 @@ def build_app(
             metrics=app[METRICS],
             clock=app[CLOCK],
             flush_bytes=ingest.flush_bytes,
+            public_host=settings.node.public_host,
         )
-        # What a crash left in the spool, before serving; on a catalog no other node
-        # shares, also every other call still marked in progress.
-        await calls.recover(app[CLOCK].now())
-        if app[SERVICES].catalog.backend == "sqlite":
-            await calls.take_up_orphans(app[CLOCK].now())
-        ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
-        tasks = [ticker]
         spool = app[SERVICES].vault.spool
+        node = app[NODE] = NodeKeeper(
+            node_id=node_id,
+            addresses=NodeAddresses.of(settings),
+            settings=settings.node,
+            catalog=app[SERVICES].catalog,
+            calls=calls,
+            metrics=app[METRICS],
+            spool=spool,
+        )
+        # Registered first (gateway.nodes), then what a crash left in the spool, before
+        # serving; then every other call of this node still marked in progress (on a
+        # catalog no other node shares, also those from before the registry). Then the jobs
+        # failed while it was away are reopened.
+        await node.join(app[CLOCK].now())
+        await calls.recover(app[CLOCK].now())
+        sqlite = app[SERVICES].catalog.backend == "sqlite"
+        await calls.take_up_orphans(app[CLOCK].now(), unowned=sqlite)
+        await node.reopen(app[CLOCK].now())
+        ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
+        beats = run_node(node, app[CLOCK].now, settings.node.heartbeat_interval.total_seconds())
+        tasks = [ticker, asyncio.create_task(beats, name="callvault-node")]
         if spool is not None:
             app[METRICS].spool_bytes.set_function(lambda: spool.held_bytes)
             app[METRICS].spool_pending_bytes.set_function(lambda: spool.pending_bytes)
@@ -151,6 +171,7 @@ def build_app(
                 await task
         await calls.close(app[CLOCK].now())
         await rtp.close()
+        await node.stop(app[CLOCK].now())
 
     async def audiosocket_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.audiosocket.port:

@@ -40,6 +40,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.policy import CallFacts, Decision, Refusal, decide
+from gateway.revalidation import Revalidation
 from gateway.session import AUDIO_KIND, CallSession, EndReason, SessionLimits
 from storage.catalog import AuditEntry, Call, Catalog, Recording, TenantLimits
 from storage.errors import LimitReached, NotFound
@@ -210,9 +211,12 @@ class CallRegistry:
         limits: SessionLimits,
         metrics: GatewayMetrics,
         tenant_limits: TenantLimits | None = None,
+        node_id: str | None = None,
     ) -> None:
         """``tenant_limits``: every tenant's default limits (the operator may override them
-        per tenant); ``None`` checks none."""
+        per tenant); ``None`` checks none. ``node_id``: this node's id in the registry,
+        noted on the calls it takes (``gateway.nodes``)."""
+        self.node_id = node_id
         self._catalog = catalog
         self._vault = vault
         self._limits = limits
@@ -221,6 +225,7 @@ class CallRegistry:
         self._sessions: dict[tuple[str, str], CallSession] = {}
         self._transports: list[CallTransport] = []
         self.attachments = Attachments(catalog)
+        self.revalidation = Revalidation(catalog)
 
     def add_transport(self, transport: CallTransport) -> None:
         """Tell ``transport`` when each call ends."""
@@ -299,6 +304,7 @@ class CallRegistry:
                 audit=event,
                 audiosocket_id_hash=audiosocket_id_hash(audiosocket_id) if audiosocket_id else None,
                 limits=self._tenant_limits,
+                node_id=self.node_id,
             )
         except LimitReached as e:
             self._metrics.refusals.labels(e.code).inc()
@@ -379,11 +385,14 @@ class CallRegistry:
     async def _restore(self, call: Call, recording: Recording, now: datetime) -> CallSession:
         """A session for a live call this process does not hold, its tracks ending where
         its committed audio ends (read back, a record at a time)."""
-        ends = await self._track_ends(call, recording)
+        ends = await self.track_ends(call, recording)
         # Another task may have restored it while this one was reading.
         held = self._sessions.get((call.tenant_id, call.id))
         if held is not None:
             return held
+        if self.node_id is not None and call.node_id != self.node_id:
+            # This node carries the call now: if it dies, the call is among its calls.
+            await self._catalog.calls.take_over(call.tenant_id, call.id, self.node_id)
         session = self._new_session(call, recording)
         session.restore(ends, now)
         self._register(session)
@@ -394,7 +403,7 @@ class CallRegistry:
         )
         return session
 
-    async def _track_ends(self, call: Call, recording: Recording) -> dict[str, int]:
+    async def track_ends(self, call: Call, recording: Recording) -> dict[str, int]:
         """Where each track of the call's committed audio ends (read back, a record at a
         time)."""
         ends: dict[str, int] = {}
@@ -433,9 +442,35 @@ class CallRegistry:
         await self._finish(session, now, reason)
         return await self._catalog.calls.get(tenant, call_id)
 
+    async def end_for_dead_node(self, call: Call, now: datetime) -> bool:
+        """End a live call that a node declared dead took (``node_dead``), with the audio
+        that node published: its recording is finalized and its job queued as at any end.
+        Nothing is done for a call this process carries (it took it up), nor if the node
+        came back meanwhile (then it takes its calls up itself). ``True`` if it ended."""
+        if (call.tenant_id, call.id) in self._sessions or call.node_id is None:
+            return False
+        recording = await self._catalog.recordings.of_call(call.tenant_id, call.id)
+        if recording is None or recording.status != "recording":
+            return False
+        session = self._new_session(call, recording)
+        session.restore(await self.track_ends(call, recording), now)
+        finished = await session.finish(
+            self._catalog, now, "node_dead", while_node_dead=call.node_id
+        )
+        return finished.status != "recording"
+
     async def end_tenant(self, tenant: str, *, now: datetime) -> None:
         for session in [s for s in self.live() if s.tenant == tenant]:
             await self._finish(session, now, "tenant_deleted")
+
+    async def _discard(self, session: CallSession, now: datetime) -> None:
+        """End a call whose tenant another node deleted, keeping nothing more of it."""
+        for transport in self._transports:
+            transport.closing(session, now)
+        await session.discard(now, "tenant_deleted")
+        self._forget(session)
+        for transport in self._transports:
+            transport.ended(session)
 
     async def _finish(self, session: CallSession, now: datetime, reason: EndReason) -> None:
         for transport in self._transports:
@@ -464,19 +499,27 @@ class CallRegistry:
         if held is not None and held.first_attached_at is None:
             before = await self._catalog.calls.audiosocket_lease(tenant, call_id)
             if before.peer is not None:  # a connection elsewhere carried it
-                ends = await self._track_ends(held.call, held.recording)
+                ends = await self.track_ends(held.call, held.recording)
         until = await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
         if held is not None and ends is not None and held.first_attached_at is None:
             held.restore(ends, now)
         return until
 
     async def tick(self, now: datetime) -> None:
-        """Flush quiet streams, renew AudioSocket leases and end calls that expired; one
-        failing call never stops the others."""
+        """Flush quiet streams, renew AudioSocket leases, end calls that expired or whose
+        tenant another node deleted (``gateway.revalidation``); one failing call never
+        stops the others."""
         try:
             await self.attachments.renew(self.live(), now)
         except CallvaultError as e:  # renew logs its own catalog failures; this is a guard
             log.warning("AudioSocket leases could not be renewed: %s", e.code)
+        try:
+            stale = await self.revalidation.check(self.live(), now)
+        except CallvaultError as e:  # the next round checks again
+            log.warning("live calls could not be checked against the catalog: %s", e.code)
+        else:
+            for session in stale.deleted:
+                await self._discard(session, now)
         for session in self.live():
             try:
                 reason = await self.attachments.expiry(session, now)
@@ -531,14 +574,16 @@ class CallRegistry:
             await self._take_up(tenant, recording_id, now)
         return len(recovered)
 
-    async def take_up_orphans(self, now: datetime) -> int:
-        """Take up every recording still in progress that no process holds: after a crash
-        on a single-node catalog, also the calls that had no audio in the spool (announced
-        and silent, or published by an earlier restart), so that each ends with its grace
-        instead of staying 'recording' forever. Only for a catalog no other node shares: on
-        a shared one, another node may be recording them."""
+    async def take_up_orphans(self, now: datetime, *, unowned: bool = False) -> int:
+        """Take up every recording still in progress that no process holds of the calls
+        this node took: after a crash, also the calls that had no audio in the spool
+        (announced and silent, or published by an earlier restart), so that each ends with
+        its grace instead of staying 'recording' forever. ``unowned``: also those of calls
+        from before the node registry (they name no node), for a catalog no other node
+        shares. Without a node id (no registry), every one. Calls of other nodes are theirs
+        to take up, or, when they die, the registry's to end (``gateway.nodes``)."""
         taken = 0
-        for recording in await self._catalog.recordings.live():
+        for recording in await self._catalog.recordings.live(node_id=self.node_id, unowned=unowned):
             if await self._take_up(recording.tenant_id, recording.id, now):
                 taken += 1
         return taken

@@ -1,13 +1,13 @@
 """What the gateway exports at ``/metrics`` beyond the vault's own counters.
 
-Labels are bounded vocabularies only (transports, error codes): never a tenant, call id,
-number or token, so that the metrics endpoint reveals nothing about calls and cannot grow
-without limit.
+Labels are bounded vocabularies only (transports, error codes, node states; this node's own
+id in ``callvault_node_info``): never a tenant, call id, number or token, so that the
+metrics endpoint reveals nothing about calls and cannot grow without limit.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
 
 class GatewayMetrics:
@@ -101,5 +101,22 @@ class GatewayMetrics:
             "Connections refused or closed to protect the node, by listener and reason "
             "(max_connections, max_connections_per_peer, header_timeout).",
             ["listener", "reason"],
+            registry=registry,
+        )
+        self.node = Info(
+            "callvault_node",
+            "This gateway's id in the fleet's node registry (CALLVAULT_NODE__ID).",
+            registry=registry,
+        )
+        self.nodes = Gauge(
+            "callvault_nodes",
+            "Nodes of the fleet's registry by state (up, stopped, dead), as this node last "
+            "read it (every CALLVAULT_NODE__HEARTBEAT_INTERVAL).",
+            ["state"],
+            registry=registry,
+        )
+        self.nodes_declared_dead = Counter(
+            "callvault_nodes_declared_dead",
+            "Nodes this node declared dead (no heartbeat for CALLVAULT_NODE__DEAD_AFTER).",
             registry=registry,
         )

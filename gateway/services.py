@@ -33,6 +33,7 @@ from crypto.keyfile import NEW
 from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
 from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
 from gateway.clock import Clock
+from gateway.nodes import node_id_of
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
@@ -146,7 +147,12 @@ async def open_services(
         await seal_clear_secrets(catalog, keys, now=now)
         store = open_configured_store(settings)
         spool = (
-            Spool(settings.data_dir / "spool", store, max_bytes=spool_bound(settings))
+            Spool(
+                settings.data_dir / "spool",
+                store,
+                max_bytes=spool_bound(settings),
+                node_id=node_id_of(settings),
+            )
             if spooled
             else None
         )
@@ -210,6 +216,7 @@ def build_worker(
             queue_event, services.catalog, max_attempts=settings.webhooks.max_attempts
         ),
         metrics=metrics,
+        node_dead_after=settings.node.dead_after,
     )
 
 

@@ -79,7 +79,13 @@ EndReason = Literal[
     "shutdown",
     "tenant_deleted",
     "erased",
+    "node_dead",
 ]
+"""Why a call ended (``call.ended``'s ``reason``): the PBX's ``stop`` or hangup, the API's
+end, a reconnect or first stream that did not come in time, RTP media that stopped, the
+maximum duration, RTP ports that could not be bound, a shutdown, the tenant's deletion, an
+erasure, or the death of the node that took it (``node_dead``: ended by another node with
+the audio it had published)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,12 @@ class TrackWriter:
         if commit:
             self.upload = None
 
+    async def discard(self, now: datetime) -> None:
+        """Keep nothing more of this track: the audio still buffered is dropped and the
+        upload abandoned (its tenant is deleted)."""
+        self._take()
+        await self.abandon(now)
+
     async def abandon(self, now: datetime) -> None:
         """Drop a failed upload; what it made durable stays in the spool for recovery, and
         the track's audio still buffered goes to a new object, opened by the next flush."""
@@ -219,6 +231,12 @@ class CallSession:
         self.lease_until: datetime | None = None
         """AudioSocket: when the lease of ``holder`` ends unless renewed, as of its last
         successful claim or renewal; past it, its audio is refused (``lease_lapsed``)."""
+        self.token_id: str | None = None
+        """WebSocket: the id of the token that authenticated the stream attached now, which
+        the node checks against revocations (``gateway.revalidation``)."""
+        self.token_revoked = False
+        """That token was found revoked or expired: the stream's audio is refused, and the
+        call waits for a reconnect with an active token, as after a drop."""
         self._base = 0
         self._last_flush: datetime | None = None
 
@@ -270,8 +288,10 @@ class CallSession:
         peer: str | None = None,
         holder: str | None = None,
         lease_until: datetime | None = None,
+        token_id: str | None = None,
     ) -> None:
         """A stream starts carrying this call, unless ``refusal`` says why not.
+        ``token_id``: the token that authenticated it (WebSocket transports).
 
         ``peer``, ``holder`` and ``lease_until`` are given by a transport whose stream
         proves nothing but a secret id (AudioSocket), once the catalog granted ``holder``
@@ -285,6 +305,7 @@ class CallSession:
             self.peer = peer
         self.holder = holder
         self.lease_until = lease_until
+        self.token_id, self.token_revoked = token_id, False
         if self.first_attached_at is None:
             self.first_attached_at = now
             self._base = 0
@@ -314,6 +335,7 @@ class CallSession:
             self.attached = False
             self.holder = None
             self.lease_until = None
+            self.token_id, self.token_revoked = None, False
             self.detached_at = now
 
     def lease_lapsed(self, now: datetime) -> bool:
@@ -539,9 +561,18 @@ class CallSession:
         if self.ended:
             raise Conflict(f"Call {self.call_id!r} has ended.")
 
-    async def finish(self, catalog: Catalog, now: datetime, reason: EndReason) -> Recording:
+    async def finish(
+        self,
+        catalog: Catalog,
+        now: datetime,
+        reason: EndReason,
+        *,
+        while_node_dead: str | None = None,
+    ) -> Recording:
         """Seal and commit every track, then finalize the recording (and queue its AI job
-        when AI was instructed) in one catalog transaction. Idempotent."""
+        when AI was instructed) in one catalog transaction. Idempotent. ``while_node_dead``:
+        another node ends a call of that dead node (``CallRegistry.end_for_dead_node``); if
+        the node came back meanwhile, nothing is finalized and the session stays live."""
         async with self._lock:
             if self.ended:
                 return self.recording
@@ -566,8 +597,16 @@ class CallSession:
             )
             # The recording's end, its AI job and the call.ended event commit together.
             self.recording = await catalog.recordings.finish(
-                self.tenant, self.recording.id, samples=samples, now=now, job_id=job_id, audit=ended
+                self.tenant,
+                self.recording.id,
+                samples=samples,
+                now=now,
+                job_id=job_id,
+                audit=ended,
+                while_node_dead=while_node_dead,
             )
+            if self.recording.status == "recording":  # its node is back (while_node_dead)
+                return self.recording
             self.ended = True
             if job_id is not None and self.recording.status == "processing":
                 self._metrics.jobs_queued.inc()
@@ -580,6 +619,28 @@ class CallSession:
                 extra={**self._log_fields(), "reason": self.closing, "samples": samples},
             )
             return self.recording
+
+    async def discard(self, now: datetime, reason: EndReason) -> None:
+        """End the call keeping nothing more of it, when its tenant was deleted through
+        another node (whose deletion destroyed the tenant's keys and swept its rows, this
+        call's too): its buffered audio is dropped and its uploads abandoned (the spool's
+        recovery pass discards what they wrote, its key being gone). Idempotent."""
+        async with self._lock:
+            if self.ended:
+                return
+            self.closing = self.closing or reason
+            self.attached = False
+            self.holder = None
+            self.lease_until = None
+            for track in self.tracks.values():
+                await track.discard(now)
+            self.ended = True
+            log.info(
+                "call %s ended (%s): its tenant was deleted; nothing more of it is kept",
+                self.call_id,
+                self.closing,
+                extra={**self._log_fields(), "reason": self.closing},
+            )
 
     def _log_fields(self) -> dict[str, str]:
         return {"tenant": self.tenant, "call_id": self.call_id, "recording_id": self.recording.id}

@@ -278,14 +278,18 @@ class NodeSettings(BaseModel):
     in the data dir (`node.id`), so a restarted node is the same node."""
     public_host: str | None = None
     """Host name or address announcements hand the PBX for this node's ingest listeners
-    (WebSocket, AudioSocket, RTP), so a load balancer may send announcements to any node.
-    Default: the listeners' own addresses."""
+    (the full WebSocket URL `ingest.websocket_url` on `http.port`, the AudioSocket address,
+    the RTP host unless `rtp.advertise_host`), so a load balancer may send announcements to
+    any node. Default: the listeners' own addresses (no `websocket_url`)."""
     heartbeat_interval: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
-    """How often `serve` writes its heartbeat to the catalog. Default `PT5S`."""
+    """How often `serve` writes its heartbeat to the catalog and looks for dead nodes.
+    Default `PT5S`."""
     dead_after: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
-    """A node whose heartbeat is older than this is declared dead by the others: its live
-    calls are ended with what was published, its jobs waiting on its spool are failed with
-    the reason. Default `PT30S`."""
+    """A node whose heartbeat is older than this is declared dead by the others (within
+    this plus one heartbeat interval): its live calls are ended with what was published,
+    its jobs waiting on its spool are failed at once with the reason (by workers too),
+    nothing purged; back with the same id, it publishes its spool and reopens them.
+    Default `PT30S`."""
 
 
 class Settings(BaseSettings):

@@ -16,6 +16,7 @@ from gateway.checkpoints import Checkpointer
 from gateway.clock import Clock
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
+from gateway.nodes import NodeKeeper
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.workers import WorkerSupervisor
@@ -33,3 +34,5 @@ AI_METRICS = web.AppKey("ai_metrics", WorkerMetrics)
 WORKERS = web.AppKey("workers", WorkerSupervisor)
 SWEEPER = web.AppKey("sweeper", RetentionSweeper)
 CHECKPOINTER = web.AppKey("checkpointer", Checkpointer)
+NODE = web.AppKey("node", NodeKeeper)
+"""This gateway in the fleet's node registry: its id, addresses, heartbeat and watch."""

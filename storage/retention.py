@@ -25,6 +25,16 @@ A crash between any two steps leaves the rows where the same queries select them
 the next sweep finishes the work and writes each receipt, and queues each event, exactly
 once.
 
+One sweeper per tenant at a time, across the fleet: every node's ``serve`` sweeps, and so
+may ``callvault retention sweep``, so ``sweep`` takes the catalog lease
+``retention:<tenant>`` before it sweeps a tenant, renews it while the tenant's sweep runs
+and releases it after; a tenant whose lease another process holds is skipped (the report's
+``skipped_tenants``, metric ``callvault_retention_skipped``). The lease spares the fleet
+doubled work, not correctness: each step above is a conditional transition (a key row
+deleted once, an object or recording moved to ``deleted`` once, its receipt written by the
+transaction that moved it), so two sweepers that do meet (a holder that stalled past its
+lease, the immediate sweep of a deleted tenant) still delete and audit each object once.
+
 Beside ingest: no catalog transaction is held across store I/O; bulk writes commit 250 rows
 at a time, and on SQLite wait their turn behind ingest's writes rather than starving them;
 two batches overlap (one's S3 deletion, another's catalog steps). What remains is CPU work
@@ -44,7 +54,7 @@ from collections import Counter as Counter_
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -63,6 +73,7 @@ from storage.catalog import (
     Tenant,
 )
 from storage.instructions import Duration, RetentionRule, parse_duration
+from storage.leaseholder import HeldLease, lease_owner
 from storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +86,12 @@ IN_FLIGHT = 2
 """Batches whose deletion overlaps (store I/O of one, catalog I/O of another)."""
 MAX_IDS_IN_RECEIPT = 40
 """Object ids listed in one ``data.deleted`` receipt (the count is always complete)."""
+LEASE_TTL = timedelta(minutes=5)
+"""How long a tenant's retention lease runs unless renewed; its holder renews it every third
+of that while it sweeps. A node that dies mid-sweep holds the tenant back this long at most
+(sweeps come every minute by default: nothing is late by more than a few of them)."""
+LEASE_PREFIX = "retention:"
+"""The name of a tenant's retention lease is this prefix and the tenant's id."""
 
 DeleteReason = Literal["retention", "erasure", "tenant"]
 
@@ -172,6 +189,8 @@ class SweepReport:
     held: int = 0
     """Objects, recordings and call records that were due but kept for a legal hold."""
     failed_tenants: list[str] = field(default_factory=list)
+    skipped_tenants: list[str] = field(default_factory=list)
+    """Tenants another process was sweeping (it held their retention lease)."""
 
     def add(self, other: SweepReport) -> None:
         self.objects_deleted += other.objects_deleted
@@ -180,6 +199,7 @@ class SweepReport:
         self.call_records_deleted += other.call_records_deleted
         self.held += other.held
         self.failed_tenants.extend(other.failed_tenants)
+        self.skipped_tenants.extend(other.skipped_tenants)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +209,7 @@ class SweepReport:
             "call_records_deleted": self.call_records_deleted,
             "held": self.held,
             "failed_tenants": list(self.failed_tenants),
+            "skipped_tenants": list(self.skipped_tenants),
         }
 
 
@@ -211,6 +232,12 @@ class RetentionMetrics:
             "callvault_retention_deleted_bytes",
             "Bytes of sealed objects deleted, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "callvault_retention_skipped",
+            "Tenants a sweep skipped because another process held their retention lease "
+            "(it was sweeping them), or took it over during the sweep.",
             registry=registry,
         )
         self.seconds = Histogram(
@@ -257,23 +284,34 @@ class RetentionSweeper:
         notify: Notify | None = None,
         batch_size: int = BATCH,
         registry: CollectorRegistry | None = None,
+        owner: str | None = None,
+        lease_ttl: timedelta = LEASE_TTL,
+        elapsed: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``owner``: this sweeper's name in the tenants' retention leases (default: host,
+        process and a random part); ``elapsed``: the monotonic clock that renewals count
+        by (see ``storage.leaseholder``)."""
         if not 1 <= batch_size <= BATCH:
             raise ValueError(f"batch_size must be 1..{BATCH}")
         self._catalog = catalog
         self._store = store
         self._notify = notify
         self._batch = batch_size
+        self.owner = owner or lease_owner("retention")
+        self._lease_ttl = lease_ttl
+        self._elapsed = elapsed
         self.metrics = RetentionMetrics(registry)
 
     async def sweep(self, now: datetime) -> SweepReport:
-        """One pass over every tenant (deleted ones too, whose leftovers go). A tenant whose
-        sweep fails is logged and named in the report; the others are still swept."""
+        """One pass over every tenant (deleted ones too, whose leftovers go), each under its
+        retention lease: a tenant another process is sweeping is skipped and named in the
+        report. A tenant whose sweep fails is logged and named in the report; the others
+        are still swept."""
         started = time.perf_counter()
         report = SweepReport()
         for tenant in await self._catalog.tenants.list(include_deleted=True):
             try:
-                report.add(await self.sweep_tenant(tenant, now))
+                report.add(await self._sweep_leased(tenant, now))
             except CallvaultError as e:
                 log.warning(
                     "retention sweep of tenant %s failed: %s: %s",
@@ -287,17 +325,52 @@ class RetentionSweeper:
         self.metrics.seconds.observe(time.perf_counter() - started)
         return report
 
-    async def sweep_tenant(self, tenant: Tenant, now: datetime) -> SweepReport:
+    async def _sweep_leased(self, tenant: Tenant, now: datetime) -> SweepReport:
+        """``sweep_tenant`` under the tenant's retention lease; skipped (named in the
+        report's ``skipped_tenants``) while another process holds it. One that another
+        process took over (this sweep stalled past the lease) stops at its next page, its
+        batches in flight finished, and is named there too, with what it did until then."""
+        lease = await HeldLease.claim(
+            self._catalog,
+            LEASE_PREFIX + tenant.id,
+            self.owner,
+            now=now,
+            ttl=self._lease_ttl,
+            elapsed=self._elapsed,
+        )
+        if lease is None:
+            self.metrics.skipped.inc()
+            return SweepReport(skipped_tenants=[tenant.id])
+        try:
+            report = await self.sweep_tenant(tenant, now, lease=lease)
+        finally:
+            await lease.release()
+        if lease.lost:
+            log.warning(
+                "retention sweep of tenant %s stopped part-way: another process took its "
+                "lease over (this one stalled past it) and carries on",
+                tenant.id,
+                extra={"tenant": tenant.id},
+            )
+            self.metrics.skipped.inc()
+            report.skipped_tenants.append(tenant.id)
+        return report
+
+    async def sweep_tenant(
+        self, tenant: Tenant, now: datetime, *, lease: HeldLease | None = None
+    ) -> SweepReport:
         """Delete the tenant's due objects, then complete its recordings that have nothing
-        left, then delete its expired call records."""
+        left, then delete its expired call records. ``lease``: the tenant's retention lease,
+        renewed between batches (``sweep`` passes it; a tenant's deletion sweeps at once,
+        without one, which its conditional steps make safe beside another sweeper)."""
         if tenant.deleted_at is not None:
             await self._catalog.retention.settle_deleted_tenant(tenant.id, now)
-            report = await self._sweep(tenant.id, None, Holds(()), now, reason="tenant")
+            report = await self._sweep(tenant.id, None, Holds(()), now, "tenant", lease)
             await self._catalog.retention.forget_deleted_tenant(tenant.id)
             return report
         windows = await current_windows(self._catalog, tenant.id)
         holds = Holds(await self._catalog.holds.list(tenant.id, active_only=True))
-        return await self._sweep(tenant.id, windows, holds, now, reason="retention")
+        return await self._sweep(tenant.id, windows, holds, now, "retention", lease)
 
     async def _sweep(
         self,
@@ -305,8 +378,8 @@ class RetentionSweeper:
         windows: Windows | None,
         holds: Holds,
         now: datetime,
-        *,
         reason: DeleteReason,
+        lease: HeldLease | None,
     ) -> SweepReport:
         report = SweepReport()
         cutoffs: dict[DataClass, datetime] | None = None
@@ -324,6 +397,8 @@ class RetentionSweeper:
             while page := await self._catalog.retention.due_objects(
                 tenant, cutoffs=cutoffs, after=after, limit=self._batch
             ):
+                if lease is not None and not await lease.keep():
+                    break  # another process took the tenant over: it carries on
                 after = page[-1].id
                 due: list[tuple[DueObject, str]] = []
                 for stored in page:
@@ -348,8 +423,12 @@ class RetentionSweeper:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        report.add(await self._complete_recordings(tenant, windows, holds, now, reason=reason))
-        report.add(await self._delete_call_records(tenant, windows, holds, now, reason=reason))
+        report.add(
+            await self._complete_recordings(tenant, windows, holds, now, reason=reason, lease=lease)
+        )
+        report.add(
+            await self._delete_call_records(tenant, windows, holds, now, reason=reason, lease=lease)
+        )
         return report
 
     @staticmethod
@@ -493,6 +572,7 @@ class RetentionSweeper:
         *,
         reason: DeleteReason,
         recording_ids: Sequence[str] | None = None,
+        lease: HeldLease | None = None,
     ) -> SweepReport:
         """Step 4: recordings (of ``recording_ids``) with nothing left that are due become
         ``deleted``."""
@@ -504,6 +584,8 @@ class RetentionSweeper:
         while page := await self._catalog.retention.due_recordings(
             tenant, cutoff=cutoff, after=after, limit=self._batch, recording_ids=recording_ids
         ):
+            if lease is not None and not await lease.keep():
+                break
             after = page[-1].id
             reasons: dict[str, str] = {}
             for recording in page:
@@ -587,6 +669,7 @@ class RetentionSweeper:
         *,
         reason: DeleteReason,
         call_ids: Sequence[str] | None = None,
+        lease: HeldLease | None = None,
     ) -> SweepReport:
         """Call records (of ``call_ids``), with their recordings' tombstones, whose window
         ended."""
@@ -596,6 +679,8 @@ class RetentionSweeper:
         while page := await self._catalog.retention.due_calls(
             tenant, cutoff=cutoff, after=after, limit=self._batch, call_ids=call_ids
         ):
+            if lease is not None and not await lease.keep():
+                break
             after = page[-1].id
             due: dict[str, DueCall] = {}
             for call in page:

@@ -63,9 +63,13 @@ class Spool:
         *,
         max_bytes: int | None = None,
         max_workers: int = 4,
+        node_id: str | None = None,
     ) -> None:
-        """``max_bytes``: the bound at which ``full`` turns true (``None``: never)."""
+        """``max_bytes``: the bound at which ``full`` turns true (``None``: never).
+        ``node_id``: the node whose spool this is (the registry's id; the catalog notes it
+        on each object spooled here, so that the fleet knows where its bytes wait)."""
         self.root = root
+        self.node_id = node_id
         self._store = store
         self.max_bytes = max_bytes
         self._open: set[str] = set()

@@ -209,6 +209,7 @@ class MediaVault:
 
         ``spooled``: the sealed bytes go to the local spool, durable at every ``flush``, and
         reach the store at ``commit`` (live audio; see ``storage.spool``)."""
+        spool = self.spool if spooled else None
         for _ in range(_REGISTER_TRIES):
             object_id = secrets.token_hex(16)
             dek = generate_dek()
@@ -224,6 +225,7 @@ class MediaVault:
                 store_key=store_key,
                 key=key_row(object_id, tenant, wrapped, now),
                 now=now,
+                node_id=spool.node_id if spool is not None else None,
             )
             if await self._wrap_still_opens(tenant, object_id, wrapped, now=now):
                 break
@@ -239,8 +241,8 @@ class MediaVault:
             kek_version=wrapped.kek_version,
             segment_size=self.segment_size,
         )
-        if spooled and self.spool is not None:
-            upload: ObjectUpload = await self.spool.open_upload(store_key)
+        if spool is not None:
+            upload: ObjectUpload = await spool.open_upload(store_key)
         else:
             upload = await self.store.open_upload(store_key)
         return SealingUpload(self, record, writer, upload)

@@ -17,7 +17,7 @@ from gateway.calls import CallAnnouncement, RtpPayloadTypes
 from gateway.errors import PolicyRefused, StreamRefused
 from gateway.ingest.rtp import PayloadTypes
 from gateway.ingest.rtp_server import RtpOffer
-from gateway.state import CALLS, CLOCK, RTP, SETTINGS
+from gateway.state import CALLS, CLOCK, NODE, RTP
 from storage.catalog import Call, Catalog
 from storage.errors import Conflict
 
@@ -45,7 +45,8 @@ def call_view(call: Call) -> dict[str, Any]:
 
 async def announce(request: web.Request) -> web.Response:
     """Run the tenant's instructions on the call before any audio exists. Accepted: 201 with
-    the decision and where to send audio. Refused: 403 with the refusal code, and nothing is
+    the decision and where to send audio: this node's listeners (``gateway.nodes``), since
+    the node that answers takes the call. Refused: 403 with the refusal code, and nothing is
     stored but the call record (CDR) of the refusal and an audit event."""
     principal, tenant = await principal_of(request), request[TENANT]
     announcement = body_of(request, CallAnnouncement)
@@ -53,12 +54,16 @@ async def announce(request: web.Request) -> web.Response:
     announced = await app[CALLS].announce(
         tenant, announcement, actor=principal.actor, now=app[CLOCK].now()
     )
-    settings = app[SETTINGS]
-    ingest: dict[str, Any] = {"websocket": WEBSOCKET_PATHS.get(announced.call.transport)}
-    if announced.audiosocket_id is not None and settings.audiosocket.port:
+    node = app[NODE]
+    path = WEBSOCKET_PATHS.get(announced.call.transport)
+    ingest: dict[str, Any] = {"websocket": path}
+    url = node.addresses.websocket_url(path) if path is not None else None
+    if url is not None:
+        ingest["websocket_url"] = url
+    if announced.audiosocket_id is not None and node.addresses.audiosocket is not None:
         # The one answer that shows the id: the catalog keeps only its hash.
         ingest["audiosocket"] = {
-            "address": f"{settings.audiosocket.host}:{settings.audiosocket.port}",
+            "address": node.addresses.audiosocket,
             "id": announced.audiosocket_id,
         }
     if announced.call.transport == "rtp":
@@ -70,6 +75,7 @@ async def announce(request: web.Request) -> web.Response:
             "instructions_version": announced.decision.instructions_version,
             "decision": announced.decision.document(),
             "ingest": ingest,
+            "node": node.id,
         },
         status=201,
     )

@@ -398,6 +398,8 @@ class RtpOffer(BaseModel):
     model_config = _DOCS
 
     host: str = Field(examples=["127.0.0.1"])
+    """The node's RTP host: `CALLVAULT_RTP__ADVERTISE_HOST`, else `CALLVAULT_NODE__PUBLIC_HOST`,
+    else `CALLVAULT_RTP__HOST`."""
     inbound: int
     """UDP port of the inbound track's RTP."""
     outbound: int
@@ -418,7 +420,8 @@ class AudioSocketOffer(BaseModel):
     model_config = _DOCS
 
     address: str = Field(examples=["127.0.0.1:9092"])
-    """`host:port` of the AudioSocket listener."""
+    """`host:port` of the AudioSocket listener of the node that answered (its public host
+    when `CALLVAULT_NODE__PUBLIC_HOST` is set)."""
     id: str = Field(
         examples=["5f0c6f7e-3b1a-4d2c-9e8f-7a6b5c4d3e2f"],
         json_schema_extra={"format": "uuid"},
@@ -433,6 +436,12 @@ class Ingest(BaseModel):
 
     websocket: Literal["/v1/ingest/twilio", "/v1/ingest/fork"] | None
     """The WebSocket path for twilio and fork calls."""
+    websocket_url: str | Absent = Field(
+        default=None, examples=["wss://gw2.example.net:8443/v1/ingest/twilio"]
+    )
+    """twilio and fork calls, when the node has a public host
+    (`CALLVAULT_NODE__PUBLIC_HOST`): the full URL of that path on the node that answered,
+    which takes the call (`ws://`, or `wss://` with TLS; the node's port)."""
     audiosocket: AudioSocketOffer | Absent = None
     """audiosocket calls; absent for other calls and when the AudioSocket listener is off."""
     rtp: RtpOffer | Absent = None
@@ -449,6 +458,9 @@ class Announced(BaseModel):
     """The version that allowed the call."""
     decision: Decision
     ingest: Ingest
+    node: str = Field(examples=["gw2-5f0c6f7e"])
+    """The id of the node that answered and takes the call (`CALLVAULT_NODE__ID`): `ingest`
+    names its listeners, so a load balancer may send announcements to any node."""
 
 
 class Call(BaseModel):

@@ -13,6 +13,7 @@ from gateway.attachments import LEASE_TTL
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
+from gateway.revalidation import REVALIDATE
 from gateway.settings import AudioSocketSettings, CallsSettings
 
 ATTACHMENT_CODES = {
@@ -83,7 +84,10 @@ and no WebSocket opens); `?token=<token>` in the URL, over TLS only (`wss://`, o
 terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this machine, else close 1008
 `token_in_url_needs_tls`; or, for PBXs that cannot set either, inside the first message
 (`token` above). Nothing is accepted before authentication; a token in the URL or the first
-message that is invalid closes with 1008. A connection that has not started its stream
+message that is invalid closes with 1008. A token revoked or expired while its stream runs
+(through any node) closes it with 1008 `unauthorized` within
+{int(REVALIDATE.total_seconds())} s; the call waits for a reconnect with an active token, as
+after a drop. A connection that has not started its stream
 within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT` (10 s) closes with 1008 `start_timeout`.
 
 **Messages** are at most {MAX_MESSAGE} bytes ({MAX_MESSAGE // 1024} KiB).

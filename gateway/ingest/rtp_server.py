@@ -292,8 +292,12 @@ class RtpIngest(CallTransport):
         metrics: GatewayMetrics,
         clock: Clock,
         flush_bytes: int,
+        public_host: str | None = None,
     ) -> None:
+        """``public_host``: ``CALLVAULT_NODE__PUBLIC_HOST``, the host offers name when
+        ``CALLVAULT_RTP__ADVERTISE_HOST`` does not."""
         self._settings = settings
+        self._host = settings.advertise_host or public_host or settings.host
         self._registry = registry
         self._metrics = metrics
         self._clock = clock
@@ -357,8 +361,7 @@ class RtpIngest(CallTransport):
             raise
         self._calls[(session.tenant, session.call_id)] = call
         self._metrics.rtp_ports.set(self._ports_in_use())
-        host = self._settings.advertise_host or self._settings.host
-        return RtpOffer(host=host, ports=dict(call.ports), keys=keys)
+        return RtpOffer(host=self._host, ports=dict(call.ports), keys=keys)
 
     async def _bind_pair(self, call: _RtpCall, track: Track) -> None:
         """Bind the first pair from the pool that binds (another program may hold one) as

@@ -72,6 +72,12 @@ class StreamBinding:
                     # First: an ended call says so (and why, if it reached its limit),
                     # whoever held it.
                     raise session.ended_refusal()
+                if session.token_revoked and self._holder is None:
+                    # The token this stream authenticated with was revoked or expired, on
+                    # any node (``gateway.revalidation``): not a frame more from it.
+                    raise StreamRefused(
+                        "The stream's token was revoked or has expired.", code="unauthorized"
+                    )
                 if self._holder is not None and (
                     session.holder != self._holder or session.lease_lapsed(now)
                 ):
@@ -103,6 +109,7 @@ class StreamBinding:
         return False
 
     async def _start(self, event: StreamStart, now: datetime) -> CallSession:
+        token_id: str | None = None
         try:
             if self.transport == "audiosocket":
                 # Its UUID frame carries the id as the token: a secret, never a call id.
@@ -115,6 +122,7 @@ class StreamBinding:
                 principal = await self._authenticate(event, now)
                 assert principal.tenant is not None  # noqa: S101 - pbx tokens have a tenant
                 tenant, actor = principal.tenant, principal.actor
+                token_id = principal.token_id
             if self._peer is not None and self._holder is not None:
                 # The catalog first: it refuses what another node or an earlier process
                 # attached, before this process takes the call up.
@@ -140,7 +148,13 @@ class StreamBinding:
                 f"{event.sample_rate} Hz.",
                 code="codec_mismatch",
             )
-        session.attach(now, peer=self._peer, holder=self._holder, lease_until=self._lease_until)
+        session.attach(
+            now,
+            peer=self._peer,
+            holder=self._holder,
+            lease_until=self._lease_until,
+            token_id=token_id,
+        )
         log.info(
             "call %s: %s stream started",
             call_id,

@@ -2,10 +2,10 @@
 
 Tenants, tokens (hashes only), instruction versions, call records, recordings, object
 metadata, THE key table (each object's wrapped DEK, so one row delete shreds one object),
-legal holds, the job queue and the keyed audit log with its signed checkpoints, one module
-per aggregate (``Catalog`` hands them out as attributes: ``catalog.jobs.claim(...)``). SQLite in the
-data dir by default, PostgreSQL when several nodes share it; the schema comes only from the
-Alembic migrations in ``storage/migrations``.
+legal holds, the job queue, the keyed audit log with its signed checkpoints and the node
+registry, one module per aggregate (``Catalog`` hands them out as attributes:
+``catalog.jobs.claim(...)``). SQLite in the data dir by default, PostgreSQL when several
+nodes share it; the schema comes only from the Alembic migrations in ``storage/migrations``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from storage.catalog.auditchain import GENESIS_HASH, canonical_json, event_hash
 from storage.catalog.database import Catalog
 from storage.catalog.instructions import CurrentInstructions
+from storage.catalog.nodes import NODE_DEAD
 from storage.catalog.objects import Rewrap
 from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
@@ -31,8 +32,10 @@ from storage.catalog.records import (
     Instructions,
     Job,
     JobStatus,
+    Lease,
     LegalHold,
     NewJob,
+    Node,
     NumberCalls,
     ObjectKeyRow,
     ObjectState,
@@ -50,6 +53,7 @@ from storage.catalog.urls import async_database_url, mask_database_url
 
 __all__ = [
     "AUDIT_REASONS",
+    "NODE_DEAD",
     "GENESIS_HASH",
     "RECORDING_TRANSITIONS",
     "AudioSocketLease",
@@ -68,8 +72,10 @@ __all__ = [
     "Instructions",
     "Job",
     "JobStatus",
+    "Lease",
     "LegalHold",
     "NewJob",
+    "Node",
     "NumberCalls",
     "ObjectKeyRow",
     "ObjectState",

@@ -61,6 +61,7 @@ class Calls:
         audit: AuditEntry | None = None,
         audiosocket_id_hash: str | None = None,
         limits: TenantLimits | None = None,
+        node_id: str | None = None,
     ) -> tuple[Call, Recording | None]:
         """Store the call record and, for an accepted call (``recording_id`` given), its
         recording (status ``recording``), with the decision's ``audit`` event, in one
@@ -73,7 +74,7 @@ class Calls:
         (``limit_exceeded``, with a ``call.refused`` event naming the limit) instead, and
         ``LimitReached`` is raised once that is committed. A call record that a limit refused
         is replaced by a later announcement of the same call id (a PBX's retry); the audit
-        log keeps the refusal."""
+        log keeps the refusal. ``node_id``: the node that takes the call (the registry's)."""
         if recording_id is not None and (refusal_code is not None or instructions_version is None):
             raise ValueError("only an accepted call under stored instructions has a recording")
         if audiosocket_id_hash is not None and recording_id is None:
@@ -131,6 +132,7 @@ class Calls:
                         ),
                         ended_at=started_at if refusal_code is not None else None,
                         audiosocket_id_hash=audiosocket_id_hash,
+                        node_id=node_id,
                     )
                     .returning(*calls.c)
                 )
@@ -174,8 +176,10 @@ class Calls:
         decision: dict[str, Any],
         refusal_code: str | None,
         started_at: datetime,
+        node_id: str | None = None,
     ) -> Call:
-        """Store the call record of an announced call (accepted or refused)."""
+        """Store the call record of an announced call (accepted or refused), taken by node
+        ``node_id``."""
         return await self._core.insert(
             sa.insert(calls).values(
                 **_call_values(
@@ -194,6 +198,7 @@ class Calls:
                     started_at=started_at,
                 ),
                 ended_at=None,
+                node_id=node_id,
             ),
             Call,
             subject=f"Call {id!r}",
@@ -387,6 +392,25 @@ class Calls:
         return await self._update(
             tenant_id, call_id, ended_at=sa.func.coalesce(calls.c.ended_at, at(now))
         )
+
+    async def take_over(self, tenant_id: str, call_id: str, node_id: str) -> bool:
+        """Note that node ``node_id`` carries the live call now (it took it up after a
+        restart, or a reconnect reached it): if that node dies, its calls are the ones
+        ended. ``False`` if the call has ended."""
+        async with self._core.transaction(write=True) as conn:
+            row = (
+                await conn.execute(
+                    sa.update(calls)
+                    .where(
+                        calls.c.tenant_id == tenant_id,
+                        calls.c.id == call_id,
+                        calls.c.ended_at.is_(None),
+                    )
+                    .values(node_id=node_id)
+                    .returning(calls.c.id)
+                )
+            ).one_or_none()
+        return row is not None
 
     async def set_paused(self, tenant_id: str, call_id: str, paused: bool) -> Call:
         """Remember that the PBX paused (or resumed) the call."""

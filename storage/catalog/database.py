@@ -2,10 +2,11 @@
 
 The queries live in one module per aggregate (``tenants``, ``tokens``, ``instructions``,
 ``calls``, ``recordings``, ``objects``, ``keys``, ``holds``, ``retention``, ``jobs``,
-``audit``, ``checkpoints``), each a class over the shared ``CatalogCore`` (the pool, its
-transactions, the translation of driver errors and the audit log's keys). This facade opens
-and closes the core, migrates and checks the schema, and hands out the aggregates:
-``catalog.tenants.create(...)``, ``catalog.jobs.claim(...)``, ``catalog.audit.append(...)``.
+``audit``, ``checkpoints``, ``leases``, ``nodes``), each a class over the shared
+``CatalogCore`` (the pool, its transactions, the translation of driver errors and the audit
+log's keys). This facade opens and closes the core, migrates and checks the schema, and
+hands out the aggregates: ``catalog.tenants.create(...)``, ``catalog.jobs.claim(...)``,
+``catalog.audit.append(...)``.
 
 Each public method is its own short transaction and returns frozen records
 (``storage.catalog.records``), never rows or ORM objects. Time is always passed in (``now``),
@@ -25,6 +26,8 @@ from storage.catalog.core import MIGRATIONS_DIR, CatalogCore
 from storage.catalog.holds import Holds
 from storage.catalog.instructions import CatalogInstructions
 from storage.catalog.jobs import Jobs
+from storage.catalog.leases import Leases
+from storage.catalog.nodes import Nodes
 from storage.catalog.objects import Keys, Objects
 from storage.catalog.recordings import Recordings
 from storage.catalog.retention import Retention
@@ -36,7 +39,8 @@ __all__ = ["MIGRATIONS_DIR", "Catalog"]
 
 class Catalog:
     """The catalog database: tenants, tokens, instructions, calls, recordings, objects,
-    the key table, legal holds, retention, jobs, the audit log and its checkpoints."""
+    the key table, legal holds, retention, jobs, the audit log and its checkpoints, the
+    fleet's named leases and the node registry."""
 
     def __init__(self, core: CatalogCore) -> None:
         self.core = core
@@ -52,6 +56,8 @@ class Catalog:
         self.jobs = Jobs(core)
         self.audit = Audit(core)
         self.checkpoints = Checkpoints(core)
+        self.leases = Leases(core)
+        self.nodes = Nodes(core)
 
     @classmethod
     async def open(

@@ -42,10 +42,12 @@ class Objects:
         recording_id: str | None = None,
         track: str | None = None,
         key: ObjectKeyRow | None = None,
+        node_id: str | None = None,
     ) -> StoredObject:
         """Register an object whose upload is starting (state ``writing``), together with
         its key row when ``key`` is given, in one transaction: the store never holds bytes
-        that the catalog does not know, nor an object without its key."""
+        that the catalog does not know, nor an object without its key. ``node_id``: the
+        node whose spool holds its bytes until it is published."""
         if data_class not in DATA_CLASSES:
             raise ValueError(f"unknown data class {data_class!r}")
         if key is not None and (key.object_id, key.tenant_id) != (object_id, tenant_id):
@@ -74,6 +76,7 @@ class Objects:
                         created_at=now,
                         committed_at=None,
                         deleted_at=None,
+                        node_id=node_id,
                     )
                     .returning(*objects.c)
                 )

@@ -27,6 +27,7 @@ from storage.catalog.core import (
     record_prefixed,
 )
 from storage.catalog.jobs import insert_jobs, new_job
+from storage.catalog.nodes import lock_node
 from storage.catalog.records import (
     RECORDING_STATUSES,
     AuditEntry,
@@ -147,12 +148,26 @@ class Recordings:
         )
         return found[0] if found else None
 
-    async def live(self) -> list[Recording]:
-        """Every recording still in progress (status ``recording``) of a live tenant."""
+    async def live(self, *, node_id: str | None = None, unowned: bool = False) -> list[Recording]:
+        """Every recording still in progress (status ``recording``) of a live tenant; with
+        ``node_id``, only those of calls that node took (and, ``unowned``, of calls from
+        before the node registry, which name no node)."""
+        joined = recordings.join(tenants, recordings.c.tenant_id == tenants.c.id)
+        where = [recordings.c.status == "recording", tenants.c.deleted_at.is_(None)]
+        if node_id is not None:
+            joined = joined.join(
+                calls,
+                sa.and_(
+                    calls.c.tenant_id == recordings.c.tenant_id,
+                    calls.c.id == recordings.c.call_id,
+                ),
+            )
+            mine = calls.c.node_id == node_id
+            where.append(sa.or_(mine, calls.c.node_id.is_(None)) if unowned else mine)
         return await self._core.all(
             sa.select(*recordings.c)
-            .select_from(recordings.join(tenants, recordings.c.tenant_id == tenants.c.id))
-            .where(recordings.c.status == "recording", tenants.c.deleted_at.is_(None))
+            .select_from(joined)
+            .where(*where)
             .order_by(recordings.c.created_at),
             Recording,
         )
@@ -254,12 +269,15 @@ class Recordings:
         job_id: str | None = None,
         job_kind: str = "analyze",
         audit: AuditEntry | None = None,
+        while_node_dead: str | None = None,
     ) -> Recording:
         """Finalize a live recording in one transaction: its timeline length, its end, the
         end of its call, its ``audit`` event and, when ``job_id`` is given, its AI job
         (status ``processing``; else ``recorded``). Finishing it again is a no-op that
         returns it unchanged, so a shutdown racing a hangup cannot queue a second job nor
-        log a second end."""
+        log a second end. ``while_node_dead``: another node ends a call of that node, which
+        was declared dead; a no-op (the recording returned still ``recording``) if that node
+        is no longer dead, since it came back and takes its calls up itself."""
         status: RecordingStatus = "processing" if job_id is not None else "recorded"
         subject = f"Recording {recording_id!r}"
         async with self._core.transaction(write=True, subject=subject) as conn:
@@ -271,6 +289,10 @@ class Recordings:
             current = await require_recording(conn, tenant_id, recording_id)
             if current.status != "recording":
                 return record(Recording, current)
+            if while_node_dead is not None:
+                node = await lock_node(conn, while_node_dead)
+                if node is None or node.state != "dead":
+                    return record(Recording, current)
             row = (
                 await conn.execute(
                     sa.update(recordings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, overload
 
 Role = Literal["operator", "admin", "pbx", "processor"]
@@ -141,6 +141,9 @@ class Call:
     ended_at: datetime | None
     paused: bool = False
     """The PBX paused it; its audio is discarded until it resumes."""
+    node_id: str | None = None
+    """The node (``nodes.id``) that took the call, or the last one that took it up; ``None``
+    for calls from before the node registry."""
 
 
 CallKey = tuple[datetime, str]
@@ -161,6 +164,27 @@ class NumberCalls:
     calls: int
     recordings: int
     last: CallKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One ``serve`` of the fleet in the catalog's node registry."""
+
+    id: str
+    addresses: dict[str, Any]
+    """Where its ingest listeners are (what its announcements hand the PBX)."""
+    state: NodeState
+    """``up`` (heartbeating), ``stopped`` (shut down cleanly) or ``dead`` (declared so by
+    another node when its heartbeat stopped)."""
+    started_at: datetime
+    heartbeat_at: datetime
+    dead_at: datetime | None
+
+    def silent(self, now: datetime, dead_after: timedelta) -> bool:
+        """Not up at ``now``: stopped, declared dead, or its last heartbeat is older than
+        ``dead_after`` (nobody has declared it yet). Its spool is out of reach until it
+        comes back."""
+        return self.state != "up" or now - self.heartbeat_at > dead_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +210,16 @@ class AudioSocketLease:
             and self.attached_until is not None
             and now < self.attached_until
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A named lease of the fleet (``catalog.leases``): ``owner`` holds ``name`` until
+    ``until`` unless it renews it; from then on anyone may take it over."""
+
+    name: str
+    owner: str
+    until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +255,9 @@ class StoredObject:
     created_at: datetime
     committed_at: datetime | None
     deleted_at: datetime | None
+    node_id: str | None = None
+    """The node whose spool held the object's bytes while it was ``writing`` (published
+    from there); ``None`` for an object written straight to the store."""
 
 
 @dataclass(frozen=True, slots=True)

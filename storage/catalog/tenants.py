@@ -6,6 +6,7 @@ why it outlives the tenant's deletion: the log of what was done to its data stay
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -109,6 +110,20 @@ class Tenants:
             f"Tenant {tenant_id!r} not found.",
             write=True,
         )
+
+    async def deleted_among(self, tenant_ids: Collection[str]) -> set[str]:
+        """Which of ``tenant_ids`` are deleted (or unknown): one query, for a node that
+        checks its live calls against deletions made through another node."""
+        wanted = set(tenant_ids)
+        if not wanted:
+            return set()
+        async with self._core.transaction() as conn:
+            live = await conn.execute(
+                sa.select(tenants.c.id).where(
+                    tenants.c.id.in_(sorted(wanted)), tenants.c.deleted_at.is_(None)
+                )
+            )
+            return wanted - set(live.scalars())
 
     async def list(self, *, include_deleted: bool = False) -> list[Tenant]:
         """All tenants, ordered by id; deleted ones only when asked."""

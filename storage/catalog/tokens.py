@@ -14,7 +14,7 @@ in between the question "has the tenant ever had an admin?" and the insert that 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -136,6 +136,25 @@ class Tokens:
             Token,
         )
         return found[0] if found else None
+
+    async def inactive_among(self, token_ids: Collection[str], *, now: datetime) -> set[str]:
+        """Which of ``token_ids`` are no longer active at ``now`` (revoked, expired, their
+        tenant deleted, or unknown): one query, for a node that checks the tokens of its
+        live ingest streams against revocations made through another node."""
+        wanted = set(token_ids)
+        if not wanted:
+            return set()
+        async with self._core.transaction() as conn:
+            active = await conn.execute(
+                sa.select(tokens.c.id)
+                .select_from(tokens.outerjoin(tenants, tokens.c.tenant_id == tenants.c.id))
+                .where(
+                    tokens.c.id.in_(sorted(wanted)),
+                    _active(now),
+                    sa.or_(tokens.c.tenant_id.is_(None), tenants.c.deleted_at.is_(None)),
+                )
+            )
+            return wanted - set(active.scalars())
 
     async def by_hash(self, token_hash: str) -> Token | None:
         """The token with this hash whatever its state (revoked and expired ones too)."""

@@ -998,6 +998,7 @@ async def test_the_retention_sweep_command_deletes_what_expired_and_prints_its_r
         "call_records_deleted": 1,
         "held": 0,
         "failed_tenants": [],
+        "skipped_tenants": [],
     }
     await assert_erased(gw, stored, rows=False)
     assert (await recording(gw, tenant, call.recording_id))[0] == 404

@@ -1,0 +1,358 @@
+"""This gateway as one node of a fleet: its id, its addresses, its heartbeat, and what it
+does about nodes that stop.
+
+Several ``serve`` processes share one catalog and one object store; a load balancer may
+send an announcement to any of them. The node that answers takes the call: the answer hands
+the PBX *its* addresses (``NodeAddresses``: ``CALLVAULT_NODE__PUBLIC_HOST`` with its own
+WebSocket, AudioSocket and RTP ports), the call row keeps its id, and the audio waits in its
+spool until the call ends. So each node registers in the catalog's registry
+(``storage.catalog.nodes``) and writes a heartbeat every ``CALLVAULT_NODE__HEARTBEAT_INTERVAL``;
+on the same interval it looks for nodes whose heartbeat is older than
+``CALLVAULT_NODE__DEAD_AFTER``, declares them dead (one conditional UPDATE: one node wins
+each declaration), and settles what they left, on every node, idempotently:
+
+* their live calls are ended (``node_dead``) with the audio they published, so that each
+  call's normal job is queued and the call stops counting against the tenant's limits;
+* the jobs whose audio waits in their spools are failed at once, naming the node (not after
+  ``ai.worker.PUBLISH_GIVE_UP``), with nothing purged.
+
+A node that comes back (the same id: ``node.id`` in its data dir) registers again, publishes
+its spool, takes up its own calls, and reopens exactly the jobs failed on its account
+(``reopen``), once all of their audio it held is published. A node that finds at a
+heartbeat that it was declared dead while it ran (cut off from the catalog, or stalled)
+does the same, after finishing its sessions of the calls that were ended meanwhile.
+
+The heartbeat and the watch run on tasks of their own, off the ingest path; a catalog that
+fails them is logged and tried again at the next interval, never stopping ingest. Time
+comes from the clock passed in; the nodes' clocks must agree to well within ``dead_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from crypto.errors import CallvaultError, ConfigError
+from gateway.calls import CallRegistry
+from gateway.metrics import GatewayMetrics
+from gateway.settings import NodeSettings, Settings, ip_of
+from storage.catalog import Catalog
+from storage.catalog.records import NODE_STATES
+from storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+NODE_ID_FILE = "node.id"
+NODE_ID_SETTING = "CALLVAULT_NODE__ID"
+_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+# --- the node's id and addresses ------------------------------------------------------------
+
+
+def node_id_of(settings: Settings) -> str:
+    """The node's id: ``CALLVAULT_NODE__ID``, else the one kept in ``<data dir>/node.id``,
+    made at the first start (the host name and a random suffix) and created atomically,
+    so that a restarted node is the same node and two processes starting at once on one
+    data dir agree. A ``node.id`` file that holds no valid id is a ``ConfigError``."""
+    if settings.node.id is not None:
+        return settings.node.id
+    path = settings.data_dir / NODE_ID_FILE
+    if not path.exists():
+        _create_once(path, _new_node_id())
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(NODE_ID_SETTING, f"{path} cannot be read: {e}.") from None
+    if not _NODE_ID.match(value):
+        raise ConfigError(
+            NODE_ID_SETTING,
+            f"{path} does not hold a node id (1-128 of A-Z a-z 0-9 . _ -); set "
+            f"{NODE_ID_SETTING} or remove the file.",
+        )
+    return value
+
+
+def _new_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-.")[:64]
+    return f"{host or 'node'}-{secrets.token_hex(4)}"
+
+
+def _create_once(path: Path, value: str) -> None:
+    """Write ``value`` to ``path`` unless it exists, atomically: a whole file or none (a
+    temporary file, synced, then hard-linked into place, which fails if another process
+    linked its own first)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        with temporary.open("x", encoding="ascii") as file:
+            file.write(value + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: its id wins
+    except OSError as e:
+        raise ConfigError(NODE_ID_SETTING, f"{path} cannot be created: {e.strerror or e}.") from e
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    address = ip_of(host)
+    if address is not None and address.version == 6 and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddresses:
+    """Where this node's ingest listeners are, as announcements hand them to the PBX."""
+
+    http: str
+    """``host:port`` of the API and WebSocket ingest."""
+    websocket: str | None
+    """``ws://host:port`` or ``wss://host:port`` (with TLS, its own or a proxy's), when
+    ``CALLVAULT_NODE__PUBLIC_HOST`` names the host; ``None`` otherwise (the PBX knows it)."""
+    audiosocket: str | None
+    """``host:port`` of the AudioSocket listener; ``None`` when it is off."""
+    rtp_host: str
+    """The host of the RTP/SRTP ports (``CALLVAULT_RTP__ADVERTISE_HOST`` first)."""
+    rtp_ports: tuple[int, int]
+
+    @classmethod
+    def of(cls, settings: Settings) -> NodeAddresses:
+        public = settings.node.public_host
+        http = settings.http
+        scheme = "wss" if http.tls or http.tls_offloaded else "ws"
+        audiosocket = settings.audiosocket
+        return cls(
+            http=_host_port(public or http.host, http.port),
+            websocket=f"{scheme}://{_host_port(public, http.port)}" if public else None,
+            audiosocket=_host_port(public or audiosocket.host, audiosocket.port)
+            if audiosocket.port
+            else None,
+            rtp_host=settings.rtp.advertise_host or public or settings.rtp.host,
+            rtp_ports=(settings.rtp.port_min, settings.rtp.port_max),
+        )
+
+    def websocket_url(self, path: str) -> str | None:
+        """The full URL of the WebSocket ``path`` on this node, when its host is known."""
+        return None if self.websocket is None else self.websocket + path
+
+    def document(self) -> dict[str, Any]:
+        """The registry's ``addresses`` of this node (no secret: where it listens)."""
+        return {
+            "http": self.http,
+            "websocket": self.websocket,
+            "audiosocket": self.audiosocket,
+            "rtp": {"host": self.rtp_host, "ports": list(self.rtp_ports)},
+        }
+
+
+# --- the node in the registry ---------------------------------------------------------------
+
+
+class NodeKeeper:
+    """This node's registration, heartbeat and watch over the other nodes."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        addresses: NodeAddresses,
+        settings: NodeSettings,
+        catalog: Catalog,
+        calls: CallRegistry,
+        metrics: GatewayMetrics,
+        spool: Spool | None,
+    ) -> None:
+        self.id = node_id
+        self.addresses = addresses
+        self._settings = settings
+        self._catalog = catalog
+        self._calls = calls
+        self._metrics = metrics
+        self._spool = spool
+        self._reopen_due = True
+        """Jobs failed on this node's account may wait to be reopened: at start, after it
+        learnt it was declared dead or that its heartbeat had been older than
+        ``dead_after`` (workers fail its jobs then), and while its spool holds objects to
+        publish."""
+        self._beat_at: datetime | None = None
+        metrics.node.info({"id": node_id})
+
+    # --- joining and leaving ------------------------------------------------------------------
+
+    async def join(self, now: datetime) -> None:
+        """Register (again), before the node publishes its spool and takes calls. Once
+        this committed, no job is failed on this node's account any more
+        (``storage.catalog.nodes``)."""
+        node = await self._catalog.nodes.register(self.id, self.addresses.document(), now)
+        self._reopen_due = True
+        self._beat_at = now
+        log.info("node %s registered", node.id, extra={"node": node.id})
+
+    async def stop(self, now: datetime) -> None:
+        """A clean shutdown, after the live calls were finalized: the node is ``stopped``
+        (nobody declares it dead). A catalog that fails it is logged: the node is then
+        declared dead after ``dead_after``, which costs nothing more, its calls being
+        finalized already."""
+        try:
+            await self._catalog.nodes.stop(self.id, now)
+        except CallvaultError as e:
+            log.warning("node %s could not be marked stopped: %s", self.id, e.code)
+
+    # --- the heartbeat -------------------------------------------------------------------------
+
+    async def heartbeat(self, now: datetime) -> None:
+        """Write the heartbeat; if this node was declared dead meanwhile, register again
+        and finish what it holds of the calls that were ended in its absence."""
+        if await self._catalog.nodes.heartbeat(self.id, now):
+            if self._beat_at is not None and now - self._beat_at > self._settings.dead_after:
+                self._reopen_due = True  # workers may have failed jobs meanwhile
+            self._beat_at = now
+            return
+        log.warning(
+            "node %s was declared dead while it ran (cut off from the catalog or stalled "
+            "for longer than CALLVAULT_NODE__DEAD_AFTER): it registers again, and its calls "
+            "that were ended meanwhile are finalized here",
+            self.id,
+            extra={"node": self.id},
+        )
+        await self.join(now)
+        for session in self._calls.live():
+            try:
+                call = await self._catalog.calls.get(session.tenant, session.call_id)
+                if call.ended_at is not None:
+                    # Finalized elsewhere: this commits (publishes) what it holds of it.
+                    await self._calls.end(
+                        session.tenant, session.call_id, now=now, reason="node_dead"
+                    )
+            except CallvaultError as e:  # the ticker finishes it later; the others go on
+                log.warning(
+                    "call %s ended in this node's absence could not be finalized here: %s",
+                    session.call_id,
+                    e.code,
+                    extra={"tenant": session.tenant, "call_id": session.call_id},
+                )
+
+    # --- the watch -----------------------------------------------------------------------------
+
+    async def watch(self, now: datetime) -> None:
+        """One look at the fleet: reopen the jobs failed on this node's account when its
+        spool is published; declare dead the nodes whose heartbeat stopped; settle what
+        every dead node left (its live calls, its jobs waiting on its spool); count the
+        nodes by state."""
+        pending = self._spool is not None and self._spool.has_pending
+        if self._reopen_due and not pending:
+            await self.reopen(now)
+            self._reopen_due = False
+        elif pending:
+            self._reopen_due = True
+        dead_after = self._settings.dead_after
+        for node in await self._catalog.nodes.declare_dead(now, dead_after, by=self.id):
+            self._metrics.nodes_declared_dead.inc()
+            log.warning(
+                "node %s declared dead: no heartbeat since %s (CALLVAULT_NODE__DEAD_AFTER %s)",
+                node.id,
+                node.heartbeat_at.isoformat(),
+                dead_after,
+                extra={"node": node.id},
+            )
+        await self.settle(now)
+        counts = dict.fromkeys(NODE_STATES, 0)
+        for node in await self._catalog.nodes.list():
+            counts[node.state] += 1
+        for state, count in counts.items():
+            self._metrics.nodes.labels(state).set(count)
+
+    async def settle(self, now: datetime) -> None:
+        """End the live calls of dead nodes with what they published (their jobs are
+        queued), then fail at once the jobs whose audio waits in a dead node's spool. Any
+        node may do it, and doing it twice changes nothing."""
+        for call in await self._catalog.nodes.live_calls_of_dead():
+            try:
+                await self._calls.end_for_dead_node(call, now)
+            except CallvaultError as e:
+                log.warning(
+                    "call %s of dead node %s could not be ended: %s",
+                    call.id,
+                    call.node_id,
+                    e.code,
+                    extra={"tenant": call.tenant_id, "call_id": call.id, "code": e.code},
+                )
+        for job, node_id in await self._catalog.nodes.jobs_of_dead():
+            failed = await self._catalog.nodes.fail_waiting(
+                job, node_id, now, dead_after=self._settings.dead_after
+            )
+            if failed is not None:
+                log.warning(
+                    "AI job %s (recording %s) failed at once: its audio waits in the spool "
+                    "of dead node %s",
+                    job.id,
+                    job.recording_id,
+                    node_id,
+                    extra={"tenant": job.tenant_id, "job": job.id, "node": node_id},
+                )
+
+    async def reopen(self, now: datetime) -> int:
+        """Reopen the jobs failed because their audio waited in this node's spool, now that
+        it is published: each recording's timeline is measured again from its published
+        audio (the call may have been ended elsewhere with less), then the job is queued
+        and the recording ``processing`` again, once (``Nodes.reopen``). How many."""
+        reopened = 0
+        for job in await self._catalog.nodes.failed_while_away(self.id):
+            assert job.recording_id is not None  # noqa: S101 - analyze jobs have one
+            try:
+                recording, call = await self._catalog.recordings.get_entry(
+                    job.tenant_id, job.recording_id
+                )
+                ends = await self._calls.track_ends(call, recording)
+                done = await self._catalog.nodes.reopen(
+                    job, samples=max(ends.values(), default=0), now=now
+                )
+            except CallvaultError as e:
+                log.warning("AI job %s could not be reopened: %s", job.id, e.code)
+                continue
+            if done is not None:
+                reopened += 1
+                log.info(
+                    "AI job %s (recording %s) reopened: node %s is back and published its audio",
+                    job.id,
+                    job.recording_id,
+                    self.id,
+                    extra={"tenant": job.tenant_id, "job": job.id},
+                )
+        return reopened
+
+
+async def run_node(keeper: NodeKeeper, now: Callable[[], datetime], interval: float) -> None:
+    """The heartbeat and the watch, each every ``interval`` seconds on a task of its own
+    (settling many calls of a dead node must not hold back this node's heartbeat), until
+    cancelled; a failure is logged and the next interval tries again."""
+
+    async def every(step: Callable[[datetime], Any], name: str) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await step(now())
+            except CallvaultError as e:  # the catalog is down: expected, no traceback
+                log.warning("node %s: %s failed: %s", keeper.id, name, e.code)
+            except Exception:  # the node's tasks must outlive any one failure
+                log.exception("node %s: %s failed", keeper.id, name)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(every(keeper.heartbeat, "heartbeat"), name="callvault-heartbeat")
+        group.create_task(every(keeper.watch, "watch"), name="callvault-node-watch")
