@@ -324,6 +324,12 @@ class ObjectRow:
     store_key: str
 
 
+@dataclass(frozen=True)
+class CallRow:
+    node_id: str | None
+    recordings: list[str]
+
+
 class FleetCatalog:
     """Read-only queries on the fleet's PostgreSQL database (asyncpg, one connection per
     query: the test polls it from its own event loop)."""
@@ -360,20 +366,25 @@ class FleetCatalog:
         )
         return [ObjectRow(**dict(row)) for row in rows]
 
-    async def recordings_by_call(self, tenant: str) -> dict[str, list[str]]:
-        """Each of the tenant's calls and its recordings' ids."""
+    async def recordings_by_call(self, tenant: str) -> dict[str, CallRow]:
+        """Each of the tenant's calls: the node that took it and its recordings' ids."""
         rows = await self._fetch(
-            "SELECT c.id AS call_id, r.id AS recording_id FROM calls c "
+            "SELECT c.id AS call_id, c.node_id, r.id AS recording_id FROM calls c "
             "LEFT JOIN recordings r ON r.tenant_id = c.tenant_id AND r.call_id = c.id "
             "WHERE c.tenant_id = $1",
             tenant,
         )
-        found: dict[str, list[str]] = {}
+        found: dict[str, CallRow] = {}
         for row in rows:
-            recordings = found.setdefault(row["call_id"], [])
+            call = found.setdefault(row["call_id"], CallRow(row["node_id"], []))
             if row["recording_id"] is not None:
-                recordings.append(row["recording_id"])
+                call.recordings.append(row["recording_id"])
         return found
+
+    async def nodes(self) -> dict[str, str]:
+        """The node registry: each node's state (``up``, ``stopped``, ``dead``)."""
+        rows = await self._fetch("SELECT id, state FROM nodes")
+        return {row["id"]: row["state"] for row in rows}
 
     async def audit(self, tenant: str, action: str | None = None) -> list[dict[str, Any]]:
         """The tenant's audit events in order (``detail`` parsed)."""

@@ -40,7 +40,7 @@ import pytest
 
 from tests.ai import sample_call, wer
 from tests.conftest import S3Server
-from tests.fleet import Fleet, FleetCatalog, SharedParts, finish, fleet_on, poll
+from tests.fleet import Fleet, FleetCatalog, Gateway, SharedParts, finish, fleet_on, poll
 from tests.gateway import bearer, metric_value
 from tests.integration.test_ai_pipeline import TINY_WER_BOUND, push_call, track_text
 from tests.paced import RECONNECTS, PacedCall, Tenant, Transport, channel, export, taken, track_loss
@@ -177,7 +177,7 @@ async def test_two_gateways_and_two_workers_work_as_one(
             )
             calls_s = time.monotonic() - began
 
-            await check_recorded_once(catalog, recorded_on)
+            await check_recorded_once(catalog, fleet, recorded_on)
             await check_analysed_once(catalog, recorded_on, analysed, killed_owner)
             # Read through the gateway that did not record it, all at once: both gateways
             # append their reads' audit events to the tenant's one chain meanwhile.
@@ -219,6 +219,25 @@ async def tasks_of(*coroutines: Coroutine[Any, Any, T]) -> AsyncIterator[list[as
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def check_answered_by(gateway: Gateway, call: PacedCall) -> None:
+    """The announcement answers the node that took it and that node's own listeners (so a
+    load balancer may send announcements to any node)."""
+    announced, ingest = call.announced, call.announced["ingest"]
+    where = (gateway.name, call.transport, announced)
+    assert announced["node"] == gateway.node_id, where
+    if call.transport in ("twilio", "fork"):
+        assert ingest["websocket_url"] == f"ws://127.0.0.1:{gateway.http_port}" + (
+            f"/v1/ingest/{call.transport}"
+        ), where
+    elif call.transport == "audiosocket":
+        assert ingest["audiosocket"]["address"] == f"127.0.0.1:{gateway.audiosocket_port}", where
+    else:
+        low, high = gateway.rtp_ports
+        rtp = ingest["rtp"]
+        assert rtp["host"] == "127.0.0.1", where
+        assert all(low <= rtp[track] <= high for track in ("inbound", "outbound")), where
+
+
 async def calls_through_a_gateway_kill(
     http: aiohttp.ClientSession, fleet: Fleet, calls: dict[str, list[PacedCall]], victim: str
 ) -> None:
@@ -228,6 +247,7 @@ async def calls_through_a_gateway_kill(
     for name, group in calls.items():
         for call in group:
             await call.announce(http, fleet.gateways[name].endpoint)
+            check_answered_by(fleet.gateways[name], call)
     async with tasks_of(*(call.run(http) for group in calls.values() for call in group)) as runs:
         await asyncio.sleep(KILL_AFTER_S)  # into the calls: the fault's moment
         for call in calls[victim]:
@@ -330,13 +350,24 @@ async def all_analysed(catalog: FleetCatalog, recordings: set[str]) -> bool:
 # --- what the checks look at -----------------------------------------------------------------
 
 
-async def check_recorded_once(catalog: FleetCatalog, recorded_on: dict[str, str]) -> None:
-    """Every call announced has one recording, and those are the test's recordings."""
+async def check_recorded_once(
+    catalog: FleetCatalog, fleet: Fleet, recorded_on: dict[str, str]
+) -> None:
+    """Every call announced has one recording, and those are the test's recordings; each
+    call is the node's that took it, and both nodes are up in the registry."""
     by_call = await catalog.recordings_by_call(TENANT)
     assert len(by_call) == len(recorded_on), f"{len(by_call)} calls: {by_call}"
-    counts = {call: len(recordings) for call, recordings in by_call.items()}
+    counts = {call: len(row.recordings) for call, row in by_call.items()}
     assert set(counts.values()) == {1}, f"a call without or with several recordings: {counts}"
-    assert {r for (r,) in by_call.values()} == set(recorded_on)
+    node_of = {row.recordings[0]: row.node_id for row in by_call.values()}
+    assert set(node_of) == set(recorded_on)
+    wrong = {
+        recording_id: (node_of[recording_id], name)
+        for recording_id, name in recorded_on.items()
+        if node_of[recording_id] != fleet.gateways[name].node_id
+    }
+    assert wrong == {}, f"calls noted on another node than the one that took them: {wrong}"
+    assert await catalog.nodes() == {g.node_id: "up" for g in fleet.gateways.values()}
     unfinished = [o for o in await catalog.objects(TENANT) if o.state != "committed"]
     assert unfinished == [], f"objects left unfinished: {unfinished}"
 
@@ -422,7 +453,7 @@ async def check_sweeps_from_both_nodes(
     seaweedfs: S3Server,
     bucket: str,
     admin: str,
-) -> dict[str, int]:
+) -> dict[str, str]:
     """Windows shortened (through gateway ``b``) so that every object has expired, then a
     ``callvault retention sweep`` as each gateway, both at once: together they delete each
     object once (one ``data.deleted`` receipt names it), and its bytes leave the bucket."""
@@ -447,7 +478,11 @@ async def check_sweeps_from_both_nodes(
     left = [o for o in await catalog.objects(TENANT) if o.state != "deleted"]
     assert left == [], left
     assert not stored_keys(seaweedfs, bucket) & {o.store_key for o in expiring}
-    return {node: int(report["objects_deleted"]) for node, report in reports.items()}
+    return {
+        node: f"{report['objects_deleted']}" + (" (skipped: the other held the tenant's lease)"
+                                                if report.get("skipped_tenants") else "")
+        for node, report in reports.items()
+    }  # fmt: skip
 
 
 def stored_keys(seaweedfs: S3Server, bucket: str) -> set[str]:
