@@ -24,6 +24,7 @@ adds or changes carries its own side only, until a holder of both keys fills in 
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -224,6 +225,23 @@ def keep_side(
             f"needs the {other} key too"
         )
     return out, len(found)
+
+
+def open_all(doc: Mapping[str, Any], key: bytes, sections: Sections, plain: Iterable[str]) -> int:
+    """Check that every value of a one-key document opens under ``key``: ``KeyUnavailable``
+    names the first that does not. Returns how many values it holds."""
+    found = contexts(doc, sections, plain)
+    for path, context in found:
+        slot = _get(doc, path)
+        if isinstance(slot, dict):
+            raise ValueError("a master-key rotation is in progress")
+        try:
+            _unwrap(key, slot, context)
+        except (DecryptionFailed, binascii.Error, ValueError):
+            raise KeyUnavailable(
+                f"keyring value {'/'.join(path)} does not open under the master key"
+            ) from None
+    return len(found)
 
 
 def write_file(path: Path, data: bytes) -> None:

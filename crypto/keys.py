@@ -1,18 +1,23 @@
 """Envelope keys: per-tenant key-encryption keys (KEKs) that wrap one DEK per object.
 
 Callers see only the ``KeyProvider`` protocol, so a KMS or Vault-transit provider can
-replace the local keyring without touching them. The local keyring keeps each tenant's KEK
-versions in one JSON file in the data dir, every KEK wrapped by the master key, and is
-shared safely by several processes on one host (``serve``, ``worker``, ``keys rotate``):
-writes take an exclusive file lock and replace the file atomically, and a process reloads
-the file whenever another one replaced it.
+replace the local keyring without touching them. The local keyring ("local": its KEKs are
+unwrapped here, by the master key, not in a KMS) keeps each tenant's KEK versions in one
+JSON document, every KEK wrapped by the master key. Where the document lives is its
+*backing* (``crypto.keyringbacking``): ``keyring.json`` in the data dir, shared by the
+processes of one host (``serve``, ``worker``, ``keys rotate``), or one row of the catalog
+database, shared by every node of a fleet (``storage.keyring``). Writes take the backing's
+exclusive lock, read the document as it is then, change it and write it back; every
+operation first asks the backing whether the document changed since it was loaded and
+reloads it if so, so a KEK destroyed or rotated by another process or node is seen at the
+next operation.
 
 The master key itself can be rotated while processes run (``begin_master_rotation``,
 ``finish_master_rotation``; ``crypto.keyfile`` explains the two phases that keep it
 crash-safe), and KEK versions that no stored wrap references any more can be retired
 (``retire_unused``).
 
-Other crypto modules keep sections of their own in the same file (``crypto.auditkeys``: the
+Other crypto modules keep sections of their own in the same document (``crypto.auditkeys``: the
 audit keys and the checkpoint signing key), read and changed through ``section`` and
 ``update_sections``; each is registered below (``WRAPPED_SECTIONS``, ``PLAIN_SECTIONS``) so
 that a master-key rotation re-wraps its values with the rest.
@@ -27,11 +32,11 @@ import asyncio
 import base64
 import binascii
 import copy
-import fcntl
 import logging
-import os
 import secrets
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -41,6 +46,7 @@ import orjson
 from crypto import keyfile
 from crypto.errors import ConfigError, DecryptionFailed, KeyUnavailable
 from crypto.keyfile import NEW, OLD, Side, SlotPath, SlotWalker
+from crypto.keyringbacking import FileBacking, FileLock, Identity, KeyringBacking
 from crypto.objectformat import DEK_SIZE, unwrap_key, wrap_key
 
 log = logging.getLogger(__name__)
@@ -49,8 +55,11 @@ MASTER_KEY_SETTING = "CALLVAULT_MASTER_KEY"
 MASTER_KEY_FILE = "master.key"
 KEYRING_FILE = "keyring.json"
 _KEYRING_FORMAT = 1
+_UNKNOWN = object()
+"""The identity of a document a keyring must reload before it trusts what it holds (a
+write under the lock failed part-way, so its view may hold what was never stored)."""
 _OWN_FIELDS = frozenset({"format", "check", "tenants", "destroyed"})
-"""The top-level fields of the keyring file this class reads; every other top-level field is
+"""The top-level fields of the keyring document this class reads; every other top-level field is
 a *section* another crypto module keeps here (``crypto.auditkeys``): registered in
 ``WRAPPED_SECTIONS`` or ``PLAIN_SECTIONS``, and kept as it is."""
 T = TypeVar("T")
@@ -178,11 +187,12 @@ class RetiresKekVersions(Protocol):
 
 
 class LocalKeyring:
-    """A ``KeyProvider`` backed by a JSON keyring file wrapped by the master key."""
+    """A ``KeyProvider`` on a JSON keyring document wrapped by the master key, kept by a
+    ``KeyringBacking`` (a file in the data dir, or the catalog)."""
 
     def __init__(
         self,
-        path: Path,
+        backing: KeyringBacking,
         master_key: bytes,
         *,
         source: str = MASTER_KEY_SETTING,
@@ -193,8 +203,10 @@ class LocalKeyring:
         with the one in hand because it was rotated meanwhile."""
         if len(master_key) != DEK_SIZE:
             raise ValueError("the master key is 32 bytes")
-        self._path = path
-        self._lock_path = path.with_name(path.name + ".lock")
+        self._backing = backing
+        self._state = threading.RLock()
+        """Serializes this process's threads that load or change the view below (the
+        backing's lock serializes processes and nodes)."""
         self._master = master_key
         self._source = source
         self._reload_master = reload_master
@@ -204,12 +216,13 @@ class LocalKeyring:
         id stays taken, so nothing new can be sealed for it by a worker that was busy)."""
         self._check = ""
         self._doc: dict[str, Any] = {}
-        """The file as last read, with both sides of a master-key rotation in progress."""
+        """The document as last read, with both sides of a master-key rotation in progress."""
         self._side: Side | None = None
         """The side of a rotation in progress that this process's master key opens."""
         self._kek_cache: dict[tuple[str, int], bytes] = {}
         self._sections: dict[str, Any] = {}
-        self._seen: tuple[int, int, int] | None = None  # (inode, mtime, size) last loaded
+        self._seen: Identity | None = None
+        """The backing's identity of the document last loaded or written."""
 
     @classmethod
     def open(
@@ -220,15 +233,46 @@ class LocalKeyring:
         source: str = MASTER_KEY_SETTING,
         reload_master: Callable[[], bytes] | None = None,
     ) -> LocalKeyring:
-        """Open (or create) the keyring in ``data_dir``; refuse a master key that does not
-        open it, naming the setting, so a wrong key stops the process at start."""
+        """Open (or create) the keyring file in ``data_dir``; refuse a master key that does
+        not open it, naming the setting, so a wrong key stops the process at start."""
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keyring = cls(
-            data_dir / KEYRING_FILE, master_key, source=source, reload_master=reload_master
+        return cls.open_backing(
+            FileBacking(data_dir / KEYRING_FILE),
+            master_key,
+            source=source,
+            reload_master=reload_master,
         )
-        with keyring._locked():
-            keyring._load(create=True)
+
+    @classmethod
+    def open_backing(
+        cls,
+        backing: KeyringBacking,
+        master_key: bytes,
+        *,
+        source: str = MASTER_KEY_SETTING,
+        reload_master: Callable[[], bytes] | None = None,
+        create: bool = True,
+    ) -> LocalKeyring:
+        """Open the keyring ``backing`` keeps (made there, with the master key's check
+        value, if it holds none and ``create``); refuse a master key that does not open it,
+        naming ``source``. The backing is closed if the keyring does not open."""
+        keyring = cls(backing, master_key, source=source, reload_master=reload_master)
+        try:
+            with keyring._locked():
+                keyring._load(create=create)
+        except BaseException:
+            backing.close()
+            raise
         return keyring
+
+    @property
+    def location(self) -> str:
+        """Where the document is kept, as errors and logs name it (no secret)."""
+        return self._backing.name
+
+    def close(self) -> None:
+        """Release the backing's connections (a catalog backing's pool)."""
+        self._backing.close()
 
     # -- KeyProvider ----------------------------------------------------------------------
 
@@ -339,10 +383,10 @@ class LocalKeyring:
         return self._side
 
     def begin_master_rotation(self, new_key: bytes, *, new_source: str = "new master key") -> int:
-        """Phase one: every value of the file wrapped under both the current and the new
-        master key, so that either opens it (processes running with the old key go on).
+        """Phase one: every value of the document wrapped under both the current and the
+        new master key, so that either opens it (processes running with the old key go on).
         Run again, it completes a rotation in progress to the same key. Returns how many
-        values the file holds."""
+        values the document holds."""
         if len(new_key) != DEK_SIZE:
             raise ValueError("the master key is 32 bytes")
         with self._locked():
@@ -381,8 +425,8 @@ class LocalKeyring:
         This keyring's key opens one side; ``other_key`` opens the other (needed when this
         key is not the kept one, and to re-wrap values that gained one side only since
         phase one). Every kept wrap is checked to open first, so a wrong key leaves the
-        file as it was. Afterwards this keyring holds the kept key. Returns how many values
-        the file holds."""
+        document as it was. Afterwards this keyring holds the kept key. Returns how many
+        values the document holds."""
         with self._locked():
             self._load()
             if self._side is None:
@@ -419,20 +463,20 @@ class LocalKeyring:
         return unwrap_key(self._master, wrapped, context=context)
 
     def section(self, name: str) -> Any:
-        """The top-level field ``name`` of the keyring file as last written (reloaded if
-        another process changed the file), or None. During a master-key rotation, the side
+        """The top-level field ``name`` of the keyring document as last written (reloaded
+        if another process or node changed it), or None. During a master-key rotation, the side
         this keyring's key opens."""
         if name in _OWN_FIELDS:
             raise ValueError(f"{name!r} is the keyring's own field")
-        if _identity(self._path) != self._seen:
-            self._reload()
+        self._refresh_now()
         return copy.deepcopy(self._sections.get(name))
 
     def update_sections(self, change: Callable[[dict[str, Any]], T]) -> T:
-        """Change sections under the file lock, on the file as it is now: ``change`` gets a
-        copy of every section (``{name: value}``), changes it in place and returns a result,
-        which is returned; the file is written if anything changed. A section must be
-        registered (``WRAPPED_SECTIONS``, ``PLAIN_SECTIONS``), else ``ValueError``."""
+        """Change sections under the backing's lock, on the document as it is now:
+        ``change`` gets a copy of every section (``{name: value}``), changes it in place and
+        returns a result, which is returned; the document is written if anything changed.
+        A section must be registered (``WRAPPED_SECTIONS``, ``PLAIN_SECTIONS``), else
+        ``ValueError``."""
         with self._locked():
             self._load()
             sections = copy.deepcopy(self._sections)
@@ -445,7 +489,7 @@ class LocalKeyring:
                 self._save()
             return result
 
-    # -- file handling (blocking; called in threads) ---------------------------------------
+    # -- the document (blocking; called in threads) ----------------------------------------
 
     def current(self, tenant: str) -> KekRef | None:
         keys = self._tenants.get(tenant)
@@ -487,13 +531,24 @@ class LocalKeyring:
             self._load()
 
     async def _refresh(self) -> None:
-        """Reload the file if another process (``keys rotate``, a tenant deletion) changed
-        it, so new DEKs are wrapped under the newest KEK and destroyed KEKs stop working."""
-        if _identity(self._path) != self._seen:
-            await asyncio.to_thread(self._reload)
+        """Reload the document if another process or node (``keys rotate``, a tenant
+        deletion) changed it, so new DEKs are wrapped under the newest KEK and destroyed
+        KEKs stop working. A file's identity is one ``stat``, asked here on the event loop
+        as before; a database's is a query, asked in a thread."""
+        if self._backing.cheap_identity and self._backing.identity() == self._seen:
+            return
+        await asyncio.to_thread(self._refresh_now)
+
+    def _refresh_now(self) -> None:
+        """``_refresh``, blocking (in a thread, or a caller that is one)."""
+        if self._backing.identity() != self._seen:
+            self._reload()
 
     def _reload(self) -> None:
-        with self._locked():
+        """Load the document as it is now. The backing's read is one consistent snapshot
+        (an atomic file replace, one row), so no cross-process lock is taken: reloading
+        after every change never queues behind the writers of other nodes."""
+        with self._state:
             self._load()
 
     def _new_kek(self, tenant: str, kek_id: str, version: int) -> bytes:
@@ -519,19 +574,33 @@ class LocalKeyring:
             self._kek_cache[(tenant, version)] = cached
         return cached
 
-    def _locked(self) -> _FileLock:
-        return _FileLock(self._lock_path)
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The backing's lock, for one read-modify-write of the document. If anything fails
+        inside, the view this keyring holds may be one that was never stored (a KEK made in
+        memory whose write did not commit): it is reloaded before its next use."""
+        with self._state:
+            try:
+                with self._backing.locked():
+                    yield
+            except BaseException:
+                self._seen = _UNKNOWN
+                raise
 
     def _load(self, *, create: bool = False) -> None:
-        if not self._path.exists():
+        loaded = self._backing.read()
+        if loaded is None:
             if not create:
-                raise ConfigError(f"keyring {self._path}", "has disappeared")
+                raise ConfigError(self._backing.name, "has disappeared")
             self._tenants, self._destroyed, self._doc, self._side = {}, set(), {}, None
             self._sections = {}
             self._check = keyfile.new_check(self._master)
             self._save()
+            loaded = self._backing.read()
+            if loaded is None:
+                raise ConfigError(self._backing.name, "has disappeared")
         try:
-            doc = orjson.loads(self._path.read_bytes())
+            doc = orjson.loads(loaded.document)
             if doc.get("format") != _KEYRING_FORMAT:
                 raise ValueError(f"unknown keyring format {doc.get('format')!r}")
             missing = {"check", "tenants"} - set(doc)
@@ -539,7 +608,7 @@ class LocalKeyring:
                 raise ValueError(f"no {' or '.join(sorted(missing))}")
             keyfile.slots(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
+            raise ConfigError(self._backing.name, f"is unreadable ({e})") from None
         side = self._open_side(doc)
         try:
             view = keyfile.select(doc, side, WRAPPED_SECTIONS, PLAIN_SECTIONS)
@@ -555,15 +624,15 @@ class LocalKeyring:
             # The other modules' sections as this key's side sees them: one wrap a value.
             sections = {name: value for name, value in view.items() if name not in _OWN_FIELDS}
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
-            raise ConfigError(f"keyring {self._path}", f"is unreadable ({e})") from None
+            raise ConfigError(self._backing.name, f"is unreadable ({e})") from None
         self._doc = doc
         self._side = side
         self._check = view["check"]
         self._tenants = tenants
         self._destroyed = destroyed
         self._sections = sections
-        self._seen = _identity(self._path)
-        # Forget unwrapped KEKs whose versions are gone from the file (destroyed tenants,
+        self._seen = loaded.identity
+        # Forget unwrapped KEKs whose versions are gone from the document (destroyed tenants,
         # retired versions).
         self._kek_cache = {
             (name, version): kek
@@ -572,7 +641,7 @@ class LocalKeyring:
         }
 
     def _open_side(self, doc: dict[str, Any]) -> Side | None:
-        """The side of the file this keyring's master key opens. When it opens none and the
+        """The side of the document this keyring's master key opens. When it opens none and the
         key came from a file, the file is read again: ``keys rotate-master`` may have
         replaced it, and this process then goes on with the new key without a restart."""
         try:
@@ -589,15 +658,15 @@ class LocalKeyring:
                 else:
                     self._master = key
                     log.warning(
-                        "keyring %s: the master key was rotated; this process now holds the "
+                        "%s: the master key was rotated; this process now holds the "
                         "new one (read again from %s)",
-                        self._path,
+                        self._backing.name,
                         self._source,
                     )
                     return side
         raise ConfigError(
             self._source,
-            f"does not open the keyring {self._path}: this is not the master key that wraps "
+            f"does not open the {self._backing.name}: this is not the master key that wraps "
             "it (a wrong key, or the old key of a rotation by `callvault keys rotate-master` "
             "since committed); give the current one, and restart processes that hold the old",
         )
@@ -624,48 +693,12 @@ class LocalKeyring:
         self._write(keyfile.merge(doc, self._doc, self._side, WRAPPED_SECTIONS, PLAIN_SECTIONS))
 
     def _write(self, doc: dict[str, Any]) -> None:
-        keyfile.write_file(self._path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        self._seen = self._backing.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         self._doc = doc
-        self._seen = _identity(self._path)
 
 
-def admin_lock(data_dir: Path, *, wait: bool = True) -> _FileLock:
+def admin_lock(data_dir: Path, *, wait: bool = True) -> FileLock:
     """Serializes the ``callvault keys`` commands on this host (a rotation and a
     retirement of the same tenant must not interleave). ``wait=False``: the ``with``
     target says whether the lock was free and is now held (else it is not waited for)."""
-    return _FileLock(data_dir / (KEYRING_FILE + ".admin.lock"), wait=wait)
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is replaced: inode, mtime and size (None if absent)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-class _FileLock:
-    """An exclusive advisory lock across processes on one host (fcntl.flock)."""
-
-    def __init__(self, path: Path, *, wait: bool = True) -> None:
-        self._path = path
-        self._wait = wait
-        self._fd = -1
-        self._held = False
-
-    def __enter__(self) -> bool:
-        """Whether the lock is held (always, when waiting for it)."""
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return False
-        self._held = True
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._held = False
-        os.close(self._fd)
+    return FileLock(data_dir / (KEYRING_FILE + ".admin.lock"), wait=wait)

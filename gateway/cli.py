@@ -148,7 +148,7 @@ def _serve(settings: Settings) -> None:
     check_exposure(settings.http)  # no plaintext beyond loopback unless TLS is offloaded
     tls = ServerTls(settings.http) if settings.http.tls else None
     warn_about_master_key(settings)  # only for a gateway that will start
-    open_keyring(settings)  # refuse a wrong master key before binding any port
+    open_keyring(settings).close()  # refuse a wrong master key before binding any port
     if settings.ai.workers:
         _check_model(settings)
     secret = asyncio.run(_bootstrap(settings))

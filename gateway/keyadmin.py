@@ -16,7 +16,11 @@ key commands from interleaving. What each one promises:
   it is two: phase one takes the new key, the operator moves it into the secret store
   and restarts the processes, ``--commit`` drops the old wraps. The master key belongs to
   no tenant, so its rotation is recorded as a log line (logger ``callvault.keys``), not in
-  a tenant's audit chain.
+  a tenant's audit chain. With ``CALLVAULT_KEYS__PROVIDER=catalog`` the keyring is the
+  catalog's row and the key comes from ``CALLVAULT_MASTER_KEY``: the two-step rotation,
+  with every node restarted in between;
+* ``keys to-catalog``: the data dir's local keyring copied into the catalog, as it is, for
+  a node that moves to ``CALLVAULT_KEYS__PROVIDER=catalog`` (``gateway.catalogkeys``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import orjson
 
 from crypto import keyfile
-from crypto.errors import ConfigError, KeyUnavailable
+from crypto.errors import CallvaultError, ConfigError, KeyUnavailable
 from crypto.keyfile import NEW, OLD, Side
 from crypto.keys import KEYRING_FILE, MASTER_KEY_FILE, LocalKeyring, admin_lock
 from crypto.masterkey import (
@@ -42,6 +46,12 @@ from crypto.masterkey import (
     generate_master_key,
     read_key_file,
     write_key_file,
+)
+from gateway.catalogkeys import (
+    PROVIDER_SETTING,
+    copy_to_catalog,
+    fleet_master_key,
+    open_catalog_keyring,
 )
 from gateway.settings import Settings
 
@@ -99,6 +109,15 @@ def add_key_commands(commands: Any) -> None:
         help="the old key (mode 0600), when CALLVAULT_MASTER_KEY is already the new one and "
         "processes with the old key added keys since phase one",
     )
+    actions.add_parser(
+        "to-catalog",
+        help="copy this data dir's local keyring into the catalog, for "
+        "CALLVAULT_KEYS__PROVIDER=catalog (needs CALLVAULT_MASTER_KEY)",
+        description="Copies keyring.json, as it is, into the catalog's keyring row (every "
+        "value stays wrapped by CALLVAULT_MASTER_KEY) and checks that every value opens "
+        "from there. Refused if the catalog already holds other keys or a master-key "
+        "rotation is in progress; a second run with the same keyring changes nothing.",
+    )
     finish = master.add_mutually_exclusive_group()
     finish.add_argument(
         "--commit", action="store_true", help="drop the old key's wraps: the new key only"
@@ -115,6 +134,10 @@ def run_key_command(settings: Settings, args: argparse.Namespace) -> int:
             return asyncio.run(_rotate(settings, args.tenant))
         if args.keys_command == "retire":
             return asyncio.run(_retire(settings, args.tenant))
+        if args.keys_command == "to-catalog":
+            return _to_catalog(settings)
+        if settings.keys.provider == "catalog":
+            fleet_master_key(settings)  # the catalog keyring's key is never the data dir's file
         if settings.master_key is None:
             return _rotate_master_file(settings, args)
         return _rotate_master_env(settings, args)
@@ -181,7 +204,11 @@ def _rotate_master_file(settings: Settings, args: argparse.Namespace) -> int:
     if report.resumed and report.values == 0:
         print("callvault: the interrupted master-key rotation was already committed; cleaned up")
         return 0
-    _record_rotation(settings, "committed; the master key file holds the new key", report.values)
+    _record_rotation(
+        f"keyring {settings.data_dir / KEYRING_FILE}",
+        "committed; the master key file holds the new key",
+        report.values,
+    )
     print(
         f"master key rotated{' (an interrupted rotation, finished)' if report.resumed else ''}: "
         f"the keyring's {report.values} value(s) are wrapped under a new key, now in {path}; "
@@ -195,6 +222,15 @@ def _rotate_master_env(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.services import open_keyring
 
     keyring = open_keyring(settings)  # CALLVAULT_MASTER_KEY must open one side
+    try:
+        return _rotate_master_on(keyring, args)
+    finally:
+        keyring.close()
+
+
+def _rotate_master_on(keyring: LocalKeyring, args: argparse.Namespace) -> int:
+    """The two-step rotation on the keyring ``CALLVAULT_MASTER_KEY`` opens (a file in the
+    data dir, or the catalog's row)."""
     new = _new_key(args)
     old = (
         read_key_file(args.old_key_file, source=f"--old-key-file {args.old_key_file}")
@@ -203,7 +239,7 @@ def _rotate_master_env(settings: Settings, args: argparse.Namespace) -> int:
     )
     if args.abort:
         count = _finish(keyring, OLD, new if keyring.rotation_side == OLD else old)
-        _record_rotation(settings, "abandoned; the old key stays", count)
+        _record_rotation(keyring.location, "abandoned; the old key stays", count)
         print(f"master-key rotation abandoned: the keyring's {count} value(s) open with the "
               "old key only")  # fmt: skip
         return 0
@@ -223,7 +259,7 @@ def _rotate_master_env(settings: Settings, args: argparse.Namespace) -> int:
         count = 0
     if args.commit:
         count = _finish(keyring, NEW, new if keyring.rotation_side == OLD else old)
-        _record_rotation(settings, "committed; CALLVAULT_MASTER_KEY is the new key", count)
+        _record_rotation(keyring.location, "committed; CALLVAULT_MASTER_KEY is the new key", count)
         print(
             f"master-key rotation committed: the keyring's {count} value(s) open with the new "
             "key only. A process still running with the old key fails at its next use of the "
@@ -279,11 +315,30 @@ def _new_source(args: argparse.Namespace) -> str:
     return f"--new-key-file {given}" if args.new_key_file else f"--generate-new-key {given}"
 
 
-def _record_rotation(settings: Settings, outcome: str, values: int) -> None:
+def _to_catalog(settings: Settings) -> int:
+    report = copy_to_catalog(settings)
+    done = "copied into" if report.copied else "was already in"
+    print(
+        f"the local keyring {settings.data_dir / KEYRING_FILE} {done} the {report.location}; "
+        f"its {report.values} value(s) open there with CALLVAULT_MASTER_KEY.\n"
+        "Next:\n"
+        f"  1. set {PROVIDER_SETTING}=catalog, the same CALLVAULT_DATABASE_URL and the same "
+        "CALLVAULT_MASTER_KEY (from your secret store) on every node, and restart every "
+        "`callvault serve` and `callvault worker` (this node's should be stopped while the "
+        "keyring is copied: a process still on the local keyring makes keys the catalog "
+        "never sees);\n"
+        f"  2. then delete {settings.data_dir / KEYRING_FILE} (and keep it out of backups): "
+        "it still holds every KEK it held now, so a tenant deleted from now on is not "
+        "crypto-shredded in that copy."
+    )
+    return 0
+
+
+def _record_rotation(location: str, outcome: str, values: int) -> None:
     """The master key belongs to no tenant: its rotation is a log line, not an audit event."""
     log.info(
-        "master-key rotation of keyring %s %s (%d value(s))",
-        settings.data_dir / KEYRING_FILE,
+        "master-key rotation of %s %s (%d value(s))",
+        location,
         outcome,
         values,
         extra={"event": "keys.master_rotated", "values": values},
@@ -327,17 +382,45 @@ def warn_about_master_key(settings: Settings) -> None:
             host,
             extra={"event": "keys.master_key_in_data_dir"},
         )
-    if _rotation_unfinished(settings.data_dir):
+    catalog = settings.keys.provider == "catalog"
+    where, unfinished = (
+        _catalog_rotation_unfinished(settings)
+        if catalog
+        else (settings.data_dir / KEYRING_FILE, _rotation_unfinished(settings.data_dir))
+    )
+    if unfinished:
         how = "`callvault keys rotate-master`" + (
             " --commit" if settings.master_key is not None else ""
         )
         log.warning(
             "a master-key rotation of %s is unfinished: the keyring opens with the old and "
             "the new key until it is; finish it with %s",
-            settings.data_dir / KEYRING_FILE,
+            where,
             how,
             extra={"event": "keys.master_rotation_unfinished"},
         )
+    if catalog and (settings.data_dir / KEYRING_FILE).exists():
+        log.warning(
+            "the local keyring %s is left in the data dir, though the keys are in the catalog "
+            "(CALLVAULT_KEYS__PROVIDER=catalog): it still holds every KEK it held when it "
+            "was copied there, so a tenant deleted since is not crypto-shredded in it, nor in "
+            "backups of the data dir. Delete it once every node runs on the catalog keyring.",
+            settings.data_dir / KEYRING_FILE,
+            extra={"event": "keys.local_keyring_left"},
+        )
+
+
+def _catalog_rotation_unfinished(settings: Settings) -> tuple[str, bool]:
+    """Where the catalog keyring is, and whether a master-key rotation of it is in
+    progress; not in progress when it does not open (the start refuses right after)."""
+    try:
+        keyring = open_catalog_keyring(settings)
+    except CallvaultError:
+        return "the catalog keyring", False
+    try:
+        return keyring.location, keyring.rotation_side is not None
+    finally:
+        keyring.close()
 
 
 def _rotation_unfinished(data_dir: Path) -> bool:

@@ -32,6 +32,7 @@ from crypto.errors import ConfigError
 from crypto.keyfile import NEW
 from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
 from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
+from gateway.catalogkeys import open_catalog_keyring
 from gateway.clock import Clock
 from gateway.nodes import node_id_of
 from gateway.settings import Settings
@@ -57,12 +58,16 @@ class Services:
 
 
 def open_keyring(settings: Settings) -> LocalKeyring:
-    """The local keyring, or a ``ConfigError`` naming the setting that is wrong.
+    """The keyring ``CALLVAULT_KEYS__PROVIDER`` names, or a ``ConfigError`` naming the
+    setting that is wrong: ``catalog``, the fleet's keyring in the catalog
+    (``gateway.catalogkeys``); ``local``, the keyring file in the data dir.
 
     A master key kept in the data dir's file is read again from it when the keyring stops
     opening with the one in hand (``callvault keys rotate-master`` replaced both), so that
     running processes go on; one from ``CALLVAULT_MASTER_KEY`` takes a restart. A rotation
     of the file's key that stopped after the new key reached the file is finished here."""
+    if settings.keys.provider == "catalog":
+        return open_catalog_keyring(settings)
     secret = settings.master_key.get_secret_value() if settings.master_key else None
     master_key = load_master_key(secret, settings.data_dir)
     if secret is not None:
@@ -131,6 +136,22 @@ async def open_services(
     neither measure nor touch it while ``serve`` runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = open_keyring(settings)
+    try:
+        async with _services_on(settings, keys, registry, clock, spooled) as services:
+            yield services
+    finally:
+        keys.close()
+
+
+@asynccontextmanager
+async def _services_on(
+    settings: Settings,
+    keys: LocalKeyring,
+    registry: CollectorRegistry | None,
+    clock: Clock | None,
+    spooled: bool,
+) -> AsyncIterator[Services]:
+    """``open_services`` on the keyring it opened (and closes)."""
     audit_keys = AuditKeyring(keys)
     catalog = await Catalog.open(settings.catalog_url, audit_keys=audit_keys)
     try:

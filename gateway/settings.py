@@ -254,7 +254,8 @@ class KeysSettings(BaseModel):
 
     provider: Literal["local", "catalog", "vault"] = "local"
     """`local`: a keyring file in the data dir (one node); `catalog`: the keyring in the
-    catalog database, wrapped by the master key (every node shares it); `vault`: an
+    catalog database, wrapped by the master key (every node shares it; needs PostgreSQL and
+    `CALLVAULT_MASTER_KEY`, the same on every node); `vault`: an
     OpenBao/Vault transit key per tenant wraps the DEKs (the audit and webhook keys stay in
     the catalog keyring). Default `local`."""
     vault_addr: str | None = None
@@ -310,7 +311,8 @@ class Settings(BaseSettings):
     previous value's token at start, and a revoked or expired value refuses to start.
     Default: generated at first start and printed once."""
     master_key: SecretStr | None = None
-    """Base64 of the 32-byte key that wraps the keyring. Default: a 0600 file in the data dir."""
+    """Base64 of the 32-byte key that wraps the keyring. Default: a 0600 file in the data dir
+    (required with `CALLVAULT_KEYS__PROVIDER=catalog`: the same key on every node)."""
     database_url: str | None = None
     """Catalog database, e.g. `postgresql://127.0.0.1:5432/db`. Default: SQLite in the data dir."""
     http: HttpSettings = HttpSettings()

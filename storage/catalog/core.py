@@ -132,7 +132,7 @@ async def lock_tenant(conn: AsyncConnection, tenant_id: str, *, live: bool) -> A
 # --- SQLite ---------------------------------------------------------------------------------
 
 
-def _create_owner_only(path: Path) -> None:
+def create_owner_only(path: Path) -> None:
     """Create a new SQLite file with mode 0600 before SQLite does (it would use the umask):
     SQLite gives the -wal and -shm files the database file's mode, and the catalog holds
     wrapped keys and phone numbers. A path that exists, or cannot be made, is left to
@@ -156,13 +156,15 @@ def _enable_wal(cursor: Any, timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
+def configure_sqlite(engine: sa.Engine, busy_timeout_s: float) -> None:
     """WAL (readers do not block the writer), enforced foreign keys, waiting instead of
     failing on a busy database, zeroing deleted content (a shredded DEK does not linger in
-    free pages), and SQLAlchemy in charge of BEGIN so that writes can BEGIN IMMEDIATE."""
+    free pages), and SQLAlchemy in charge of BEGIN so that writes (connections with the
+    execution option ``callvault_write``) can BEGIN IMMEDIATE. ``engine``: a synchronous
+    engine, or an async engine's ``sync_engine``."""
     busy_ms = int(busy_timeout_s * 1000)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -174,7 +176,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         write = connection.get_execution_options().get("callvault_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -202,9 +204,9 @@ def _create_engine(
                 f"The catalog's directory for {mask_database_url(url)} cannot be "
                 f"created: {exc.strerror or exc}."
             ) from exc
-        _create_owner_only(Path(database))
+        create_owner_only(Path(database))
     engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
-    _configure_sqlite(engine, busy_timeout_s)
+    configure_sqlite(engine.sync_engine, busy_timeout_s)
     return engine
 
 
@@ -221,7 +223,7 @@ class CatalogCore:
     def __init__(self, engine: AsyncEngine, url: str, *, audit_keys: AuditKeyProvider) -> None:
         self.engine = engine
         self.audit_keys = audit_keys
-        # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see _configure_sqlite).
+        # Same pool; on SQLite its transactions BEGIN IMMEDIATE (see configure_sqlite).
         self._writer = engine.execution_options(callvault_write=True)
         # For reads that must see one snapshot across statements (audit verification);
         # SQLite read transactions are snapshots already.
@@ -294,14 +296,7 @@ class CatalogCore:
 
     def unavailable(self, exc: BaseException) -> CatalogUnavailable:
         """The ``CatalogUnavailable`` of a driver or pool failure (URL masked)."""
-        orig = getattr(exc, "orig", None) or exc
-        lines = str(orig).strip().splitlines()
-        detail = lines[0][:200] if lines else ""
-        name = type(orig).__name__
-        return CatalogUnavailable(
-            f"The catalog database at {self.masked_url} failed or could not be reached "
-            f"({name}{': ' + detail if detail else ''})."
-        )
+        return catalog_unavailable(exc, self.masked_url)
 
     async def one(
         self,
@@ -389,12 +384,7 @@ class CatalogCore:
         """
         try:
             async with self.transaction(write=True, subject="the catalog schema") as conn:
-                if self.backend == "postgresql":
-                    await conn.execute(
-                        sa.text("SELECT pg_advisory_xact_lock(:key)"),
-                        {"key": _MIGRATION_LOCK_KEY},
-                    )
-                await conn.run_sync(_upgrade)
+                await conn.run_sync(upgrade_schema)
         except CommandError as exc:
             raise CatalogUnavailable(
                 f"The catalog database at {self.masked_url} cannot be migrated: {exc}."
@@ -443,6 +433,19 @@ async def _truncate_wal(driver: Any) -> tuple[int, int, int]:
     return busy, frames, copied
 
 
+def catalog_unavailable(exc: BaseException, masked_url: str) -> CatalogUnavailable:
+    """The ``CatalogUnavailable`` of a driver or pool failure, naming the database by its
+    masked URL and the driver's error by its first line."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    detail = lines[0][:200] if lines else ""
+    name = type(orig).__name__
+    return CatalogUnavailable(
+        f"The catalog database at {masked_url} failed or could not be reached "
+        f"({name}{': ' + detail if detail else ''})."
+    )
+
+
 def _integrity_error(exc: IntegrityError, subject: str) -> CallvaultError:
     text = str(exc.orig).lower()
     if "foreign key" in text:
@@ -452,7 +455,14 @@ def _integrity_error(exc: IntegrityError, subject: str) -> CallvaultError:
     return Conflict(f"{subject} conflicts with a rule of the catalog.")
 
 
-def _upgrade(connection: Connection) -> None:
+def upgrade_schema(connection: Connection) -> None:
+    """Alembic ``upgrade head`` in the connection's write transaction (on SQLite, one that
+    began IMMEDIATE). On PostgreSQL the migrators of all nodes queue on one advisory lock
+    first; on SQLite the write lock queues them. The later ones find nothing to do."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+        )
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     config.attributes["connection"] = connection

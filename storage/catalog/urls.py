@@ -1,15 +1,18 @@
-"""Turning the ``CALLVAULT_DATABASE_URL`` setting into the async URL the catalog opens.
+"""Turning the ``CALLVAULT_DATABASE_URL`` setting into the URLs the catalog opens.
 
 Operators write the URLs they know (``postgresql://host/db``, ``sqlite:///path``); the
 catalog runs on SQLAlchemy's asyncio drivers (asyncpg, aiosqlite), so the scheme is mapped
 here, once, and anything the catalog cannot run on is refused at start with the setting named.
+The keyring kept in the catalog (``storage.keyring``) works in threads and opens the same
+database through synchronous drivers (psycopg, the standard library's sqlite3):
+``sync_database_url`` derives its URL from the async one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from crypto.errors import ConfigError
@@ -75,3 +78,20 @@ def async_database_url(url: str | None, data_dir: Path) -> str:
     elif not parsed.database:
         raise ConfigError(SETTING, f"{masked!r} names no database; add /<database>.")
     return converted
+
+
+_SYNC_DRIVERS = {"postgresql+asyncpg": "postgresql+psycopg", "sqlite+aiosqlite": "sqlite+pysqlite"}
+
+
+def sync_database_url(url: str | None, data_dir: Path) -> URL:
+    """The synchronous sibling of ``async_database_url`` (same database, same checks):
+    psycopg for PostgreSQL, sqlite3 for SQLite. asyncpg's ``ssl`` query parameter is
+    libpq's ``sslmode`` (they take the same values), so a URL asking for TLS keeps it."""
+    parsed = make_url(async_database_url(url, data_dir))
+    parsed = parsed.set(drivername=_SYNC_DRIVERS[parsed.drivername])
+    query = dict(parsed.query)
+    if parsed.drivername == "postgresql+psycopg" and "ssl" in query:
+        ssl = query.pop("ssl")
+        query.setdefault("sslmode", ssl)
+        parsed = parsed.set(query=query)
+    return parsed

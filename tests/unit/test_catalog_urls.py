@@ -1,4 +1,5 @@
-"""``async_database_url``: from the setting operators write to the URL the catalog opens."""
+"""``async_database_url``: from the setting operators write to the URL the catalog opens (and
+``sync_database_url``, its synchronous sibling for the keyring kept in the catalog)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from crypto.errors import ConfigError
 from storage.catalog import async_database_url, mask_database_url
+from storage.catalog.urls import sync_database_url
 
 
 def test_unset_means_sqlite_in_the_data_dir(tmp_path: Path) -> None:
@@ -71,3 +73,31 @@ def test_masking_hides_only_the_password() -> None:
         == "postgresql+asyncpg://cv:***@h:5432/cv"
     )
     assert mask_database_url("sqlite+aiosqlite:////var/c.db") == "sqlite+aiosqlite:////var/c.db"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:p%40ss@h:5432/cv", "postgresql+psycopg://u:p%40ss@h:5432/cv"),
+        ("postgresql+asyncpg://h/cv", "postgresql+psycopg://h/cv"),
+        # asyncpg's ssl= is libpq's sslmode= (same values): TLS to the database is kept.
+        ("postgres://h/cv?ssl=require", "postgresql+psycopg://h/cv?sslmode=require"),
+        (
+            "postgres://h/cv?ssl=require&sslmode=verify-full",
+            "postgresql+psycopg://h/cv?sslmode=verify-full",
+        ),
+        ("sqlite:////abs/catalog.db", "sqlite+pysqlite:////abs/catalog.db"),
+        ("sqlite+aiosqlite:////abs/catalog.db", "sqlite+pysqlite:////abs/catalog.db"),
+    ],
+)
+def test_the_keyrings_synchronous_url_is_the_same_database(given: str, expected: str) -> None:
+    url = sync_database_url(given, Path("/unused"))
+    assert url.render_as_string(hide_password=False) == expected
+
+
+def test_the_synchronous_url_refuses_what_the_catalog_refuses(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not supported") as refused:
+        sync_database_url("mysql://u:topsecret@h/cv", tmp_path)
+    assert refused.value.setting == "CALLVAULT_DATABASE_URL"
+    assert "topsecret" not in str(refused.value)
+    assert sync_database_url(None, tmp_path).database == f"{tmp_path.resolve()}/catalog.sqlite3"

@@ -1,0 +1,237 @@
+"""The keyring kept in the catalog: one row that every node of a fleet shares.
+
+With ``CALLVAULT_KEYS__PROVIDER=catalog`` the keyring document (the same document as the
+local ``keyring.json``: the tenants' KEK versions, the destroyed tenants' tombstones, the
+audit keys, every value wrapped by the master key) is the ``document`` of the one row of
+the catalog's ``keyring`` table, and ``version`` counts its writes. Every node opens it with
+the same master key, so an object one node sealed opens on every other, and an audit chain
+is keyed by one key whichever node appends to it.
+
+``CatalogBacking`` is the ``crypto.keyringbacking.KeyringBacking`` of that row:
+
+* the lock is a write transaction holding the row: ``SELECT ... FOR UPDATE`` on
+  PostgreSQL, ``BEGIN IMMEDIATE`` (the database's write lock) on SQLite. On a first start
+  there is no row to lock yet: an empty row is inserted (``ON CONFLICT DO NOTHING``) and
+  locked, so that two nodes starting at once queue on the same row instead of both making
+  a keyring; the transaction is rolled back unless something was written, so the empty row
+  never outlives it;
+* every write increments ``version``; the identity is ``version``, one primary-key
+  lookup, so a node sees at its next operation that another one changed the keyring (a
+  destroyed KEK stops opening there at once: nothing is cached past a change).
+
+Why synchronous: ``LocalKeyring`` does its document work in threads already
+(``asyncio.to_thread``), and the catalog's engine is async, bound to one event loop; so the
+row is read and written through a small synchronous engine of its own (psycopg, or the
+standard library's sqlite3) on the same database (``sync_database_url``).
+
+The provider itself runs on PostgreSQL only (``gateway.catalogkeys`` says why); the
+backing works on SQLite too, which the tests of the keyring's behaviour use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from crypto.keyringbacking import Identity, Loaded
+from storage.catalog.core import (
+    catalog_unavailable,
+    configure_sqlite,
+    create_owner_only,
+    upgrade_schema,
+)
+from storage.catalog.schema import keyring
+from storage.catalog.urls import mask_database_url, sync_database_url
+from storage.errors import CatalogUnavailable
+
+ROW_ID = "main"
+"""The id of the one row (the table has room for more, should a keyring ever be split)."""
+X = TypeVar("X")
+POOL_SIZE = 2
+"""Connections one process keeps to the keyring's row: one for a write, one for the
+version checks that go on meanwhile."""
+
+
+class CatalogBacking:
+    """The keyring document as the one row of the catalog's ``keyring`` table."""
+
+    cheap_identity = False
+
+    def __init__(self, engine: sa.Engine, *, now: Callable[[], datetime]) -> None:
+        """``engine``: a synchronous engine on the catalog database (``open`` makes it);
+        ``now`` dates each write (``updated_at``)."""
+        self._engine = engine
+        # On SQLite the lock's transaction begins IMMEDIATE (``configure_sqlite``).
+        self._writer = engine.execution_options(callvault_write=True)
+        self._now = now
+        plain = engine.url.set(drivername=engine.url.get_backend_name())
+        self._masked = plain.render_as_string(hide_password=True)
+        self.name = f"catalog keyring (table keyring of {self._masked})"
+        self._held = threading.local()
+        """The connection whose transaction holds the lock, in the thread that holds it."""
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None,
+        data_dir: Path,
+        *,
+        now: Callable[[], datetime] | None = None,
+        connect_timeout_s: float = 10.0,
+        busy_timeout_s: float = 10.0,
+    ) -> CatalogBacking:
+        """The keyring row of the catalog ``url`` (``CALLVAULT_DATABASE_URL``; ``None``:
+        SQLite in ``data_dir``). The catalog's schema is brought to the newest migration
+        first, as ``open_services`` would: the ``keyring`` table comes with it, and a node
+        refuses a wrong master key before anything else starts."""
+        backing = cls(
+            _create_engine(
+                sync_database_url(url, data_dir),
+                connect_timeout_s=connect_timeout_s,
+                busy_timeout_s=busy_timeout_s,
+            ),
+            now=now or (lambda: datetime.now(UTC)),
+        )
+        try:
+            backing.migrate()
+        except BaseException:
+            backing.close()
+            raise
+        return backing
+
+    def migrate(self) -> None:
+        """Bring the catalog's schema to the newest migration (a no-op when it is)."""
+        try:
+            with self._writer.begin() as conn:
+                upgrade_schema(conn)
+        except CommandError as exc:
+            raise CatalogUnavailable(
+                f"The catalog database at {self._masked} cannot be migrated: {exc}."
+            ) from exc
+        except (DBAPIError, DisconnectionError, PoolTimeoutError, OSError) as exc:
+            raise catalog_unavailable(exc, self._masked) from exc
+
+    # -- KeyringBacking ----------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        if getattr(self._held, "conn", None) is not None:
+            raise RuntimeError("the catalog keyring's lock is not re-entrant")
+        try:
+            with self._writer.connect() as conn:
+                transaction = conn.begin()
+                self._held.conn, self._held.written = conn, False
+                try:
+                    if not self._lock_row(conn):
+                        self._insert_empty_row(conn)
+                        self._lock_row(conn)
+                    yield
+                    if self._held.written:
+                        transaction.commit()
+                    else:
+                        transaction.rollback()
+                finally:
+                    self._held.conn = None
+        except (DBAPIError, DisconnectionError, PoolTimeoutError, OSError) as exc:
+            raise catalog_unavailable(exc, self._masked) from exc
+
+    def read(self) -> Loaded | None:
+        query = sa.select(keyring.c.version, keyring.c.document).where(keyring.c.id == ROW_ID)
+        row = self._run(lambda conn: conn.execute(query).one_or_none())
+        if row is None or not row.document:
+            return None  # no keyring yet (an empty row exists only inside a first write)
+        return Loaded(bytes(row.document), row.version)
+
+    def write(self, document: bytes) -> Identity:
+        conn: Connection | None = getattr(self._held, "conn", None)
+        if conn is None:
+            raise RuntimeError("the catalog keyring is written only under its lock")
+        try:
+            version: int = conn.execute(
+                sa.update(keyring)
+                .where(keyring.c.id == ROW_ID)
+                .values(version=keyring.c.version + 1, document=document, updated_at=self._now())
+                .returning(keyring.c.version)
+            ).scalar_one()
+        except (DBAPIError, DisconnectionError, OSError) as exc:
+            raise catalog_unavailable(exc, self._masked) from exc
+        self._held.written = True
+        return version
+
+    def identity(self) -> Identity | None:
+        query = sa.select(keyring.c.version).where(keyring.c.id == ROW_ID)
+        version: int | None = self._run(lambda conn: conn.execute(query).scalar_one_or_none())
+        return version
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- the row -----------------------------------------------------------------------------
+
+    def _run(self, query: Callable[[Connection], X]) -> X:
+        """``query`` on the connection holding the lock when this thread holds it, else in
+        a short read transaction of its own."""
+        held: Connection | None = getattr(self._held, "conn", None)
+        try:
+            if held is not None:
+                return query(held)
+            with self._engine.connect() as conn:
+                return query(conn)
+        except (DBAPIError, DisconnectionError, PoolTimeoutError, OSError) as exc:
+            raise catalog_unavailable(exc, self._masked) from exc
+
+    @staticmethod
+    def _lock_row(conn: Connection) -> bool:
+        """Lock the row for the transaction (PostgreSQL; SQLite's write lock is held since
+        BEGIN IMMEDIATE); whether it exists."""
+        found = conn.execute(
+            sa.select(keyring.c.version).where(keyring.c.id == ROW_ID).with_for_update()
+        ).one_or_none()
+        return found is not None
+
+    def _insert_empty_row(self, conn: Connection) -> None:
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(
+            insert(keyring)
+            .values(id=ROW_ID, version=0, document=b"", updated_at=self._now())
+            .on_conflict_do_nothing(index_elements=[keyring.c.id])
+        )
+
+
+def _create_engine(url: URL, *, connect_timeout_s: float, busy_timeout_s: float) -> sa.Engine:
+    """A small synchronous engine on the catalog database; on SQLite configured as the
+    catalog's own (WAL, busy timeout, BEGIN IMMEDIATE for writes), its file made 0600."""
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(
+            url,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_SIZE,
+            pool_pre_ping=True,
+            pool_timeout=connect_timeout_s,
+            connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
+        )
+    database = url.database or ""
+    if not database.startswith("file:"):
+        try:
+            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CatalogUnavailable(
+                f"The catalog's directory for {mask_database_url(str(url))} cannot be "
+                f"created: {exc.strerror or exc}."
+            ) from exc
+        create_owner_only(Path(database))
+    engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
+    configure_sqlite(engine, busy_timeout_s)
+    return engine
