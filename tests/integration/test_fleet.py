@@ -24,11 +24,8 @@ SIGKILLed mid-job; gateway ``b`` is SIGKILLed mid-call and restarted on its data
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
-import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -83,27 +80,7 @@ EXPORT_WAIT_S = 30.0
 RESULT_KINDS = [("analysis", "committed"), ("transcript", "committed")]
 
 
-STAND_IN = os.environ.get("FLEET_STAND_IN") == "1"
-
-
-async def stand_in_keyring(http: aiohttp.ClientSession, fleet: Fleet) -> None:
-    """STAND-IN until slice A (the keyring in the catalog) lands: gateway a's local
-    keyring, complete for the tenant (its KEK, its audit key, the signing key), copied
-    into every other process's data dir before they start."""
-    from crypto.keys import LocalKeyring
-
-    master = base64.b64decode(fleet.parts.master_key)
-    keyring = LocalKeyring.open(fleet.gateways["a"].data_dir, master)
-    await keyring.wrap(TENANT, "stand-in", secrets.token_bytes(32))  # makes the KEK
-    async with http.get(f"{fleet.gateways['a'].base}/v1/audit/public-key") as r:
-        assert r.status == 200
-    copy = (fleet.gateways["a"].data_dir / "keyring.json").read_bytes()
-    for data_dir in (fleet.gateways["b"].data_dir, *(w.data_dir for w in fleet.workers.values())):
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (data_dir / "keyring.json").write_bytes(copy)
-
-
-@pytest.fixture(params=["local" if STAND_IN else "catalog"])
+@pytest.fixture(params=["catalog"])
 def parts(
     request: pytest.FixtureRequest,
     database_url_postgresql: str,
@@ -135,14 +112,8 @@ async def test_two_gateways_and_two_workers_work_as_one(
     with fleet_on(tmp_path, parts) as fleet:
         a, b = fleet.gateways["a"], fleet.gateways["b"]
         async with aiohttp.ClientSession() as http:
-            if STAND_IN:  # STAND-IN until slice A lands: one local keyring, copied
-                fleet.start("a")
-                tokens = await make_tenant(http, a.base, parts.operator)
-                await stand_in_keyring(http, fleet)
-                fleet.start("b", "w1", "w2")
-            else:
-                fleet.start()
-                tokens = await make_tenant(http, a.base, parts.operator)
+            fleet.start()
+            tokens = await make_tenant(http, a.base, parts.operator)
             started_s = time.monotonic() - began
             tenant = Tenant(TENANT, tokens["admin"], tokens["pbx"])
 
@@ -198,6 +169,8 @@ async def test_two_gateways_and_two_workers_work_as_one(
                 http, fleet, catalog, seaweedfs, s3_bucket, tokens["admin"]
             )
             events = await check_one_audit_chain(http, fleet, catalog, tokens["admin"])
+        local_keys = await asyncio.to_thread(keys_in_data_dirs, tmp_path)
+        assert local_keys == [], f"keys kept by one node, not by the fleet: {local_keys}"
     print(
         f"\nfleet ({parts.custody['CALLVAULT_KEYS__PROVIDER']}): started in {started_s:.1f} s, "
         f"calls analysed at {calls_s:.1f} s, done in {time.monotonic() - began:.1f} s; "
@@ -273,6 +246,15 @@ async def sealed_settled(http: aiohttp.ClientSession, base: str) -> None:
             last, since = sealed, time.monotonic()
         assert time.monotonic() < deadline, f"{base} still sealing after 30 s"
         await asyncio.sleep(0.1)  # polling another process's progress
+
+
+def keys_in_data_dirs(root: Path) -> list[str]:
+    """A keyring or master-key file in any process's data dir (none: the fleet's keys)."""
+    return sorted(
+        str(path.relative_to(root))
+        for name in ("keyring.json", "master.key")
+        for path in root.glob(f"*/{name}")
+    )
 
 
 # --- the tenant ---------------------------------------------------------------------------
