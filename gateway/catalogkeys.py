@@ -49,7 +49,8 @@ def fleet_master_key(settings: Settings) -> bytes:
     if settings.master_key is None:
         raise ConfigError(
             MASTER_KEY_SETTING,
-            f"must be set when {PROVIDER_SETTING}=catalog: every node opens the one keyring "
+            f"must be set when {PROVIDER_SETTING}={settings.keys.provider}: every node opens "
+            "the one keyring "
             "in the catalog, so every node needs the same master key, from a secret store "
             "(a master.key file is made per data dir; if this node has one, put its content "
             "in the secret store and set CALLVAULT_MASTER_KEY from there)",
@@ -82,7 +83,8 @@ def open_catalog_keyring(settings: Settings) -> LocalKeyring:
         if backing.read() is None and local.exists():
             raise ConfigError(
                 PROVIDER_SETTING,
-                f"is catalog, but the catalog holds no keyring yet and this node's keys are in "
+                f"is {settings.keys.provider}, but the catalog holds no keyring yet and this "
+                "node's keys are in "
                 f"its local keyring {local}: copy them there first with `callvault keys "
                 "to-catalog` (a new, empty keyring in the catalog would open none of the "
                 "objects this node sealed)",

@@ -9,7 +9,8 @@ key commands from interleaving. What each one promises:
   (``MediaVault.rotate_tenant_keys``), audited ``keys.rotated``;
 * ``keys retire [--tenant T]``: the KEK versions that are not current and that no DEK
   references removed from the keyring (``MediaVault.retire_unused_keks``), audited
-  ``keys.retired``;
+  ``keys.retired``; refused with ``CALLVAULT_KEYS__PROVIDER=vault``, whose versions are
+  retired in OpenBao/Vault (``crypto.vaultkeys``);
 * ``keys rotate-master``: the keyring re-wrapped under a new master key, crash-safe (the
   old key opens it until the new one is committed). With the key in the data dir's file
   it is one command (``crypto.masterkey.KeyFileRotation``); with ``CALLVAULT_MASTER_KEY``
@@ -158,6 +159,17 @@ async def _rotate(settings: Settings, tenant: str) -> int:
 
 async def _retire(settings: Settings, tenant: str | None) -> int:
     from gateway.services import open_services
+
+    if settings.keys.provider == "vault":
+        # crypto.vaultkeys says why: transit forgets only the versions below a threshold,
+        # and for good (trim), which the retirement's put-back cannot be built on.
+        raise ConfigError(
+            "CALLVAULT_KEYS__PROVIDER",
+            "is vault: the KEK versions are transit key versions, retired in OpenBao/Vault "
+            "itself once `callvault keys rotate` re-wrapped every DEK: set the key's "
+            "min_decryption_version and min_encryption_version to its latest version, then "
+            "trim it (README, section 'Key custody with OpenBao/Vault')",
+        )
 
     async with open_services(settings) as services:
         if tenant is None:

@@ -3,8 +3,10 @@
 ``serve``, ``worker`` and the CLI's maintenance commands all open the same services the
 same way, so that a setting means one thing everywhere: the catalog (migrated to the
 current schema, its webhook secrets sealed, its audit log keyed by the keyring's audit keys
-and any legacy chain re-keyed), the object store, the keyring (refusing a wrong master key)
-and the media vault that ties them together.
+and any legacy chain re-keyed), the object store, the keyring (refusing a wrong master key),
+the key provider that wraps the DEKs (the keyring itself, or OpenBao/Vault transit with
+``CALLVAULT_KEYS__PROVIDER=vault``, refused at start when it is unreachable or its token
+cannot do the work) and the media vault that ties them together.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import make_url
 
 from ai.models import resolve_model
 from ai.pipeline import Analyzer
@@ -32,10 +35,11 @@ from crypto.errors import ConfigError
 from crypto.keyfile import NEW
 from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
 from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
+from crypto.vaultkeys import VaultConfig, VaultTransitKeys
 from gateway.catalogkeys import open_catalog_keyring
 from gateway.clock import Clock
 from gateway.nodes import node_id_of
-from gateway.settings import Settings
+from gateway.settings import KeysSettings, Settings
 from gateway.webhooks import WebhookSender, deletion_notifier, queue_event
 from storage.catalog import Catalog
 from storage.retention import RetentionSweeper
@@ -59,14 +63,16 @@ class Services:
 
 def open_keyring(settings: Settings) -> LocalKeyring:
     """The keyring ``CALLVAULT_KEYS__PROVIDER`` names, or a ``ConfigError`` naming the
-    setting that is wrong: ``catalog``, the fleet's keyring in the catalog
-    (``gateway.catalogkeys``); ``local``, the keyring file in the data dir.
+    setting that is wrong: the fleet's keyring in the catalog (``gateway.catalogkeys``) for
+    ``catalog``, and for ``vault`` on a PostgreSQL catalog (there it keeps only the audit
+    keys and the signing key, which every node of the fleet must share); else the keyring
+    file in the data dir (``local``, and ``vault`` on one node's SQLite catalog).
 
     A master key kept in the data dir's file is read again from it when the keyring stops
     opening with the one in hand (``callvault keys rotate-master`` replaced both), so that
     running processes go on; one from ``CALLVAULT_MASTER_KEY`` takes a restart. A rotation
     of the file's key that stopped after the new key reached the file is finished here."""
-    if settings.keys.provider == "catalog":
+    if keyring_in_catalog(settings):
         return open_catalog_keyring(settings)
     secret = settings.master_key.get_secret_value() if settings.master_key else None
     master_key = load_master_key(secret, settings.data_dir)
@@ -82,6 +88,41 @@ def open_keyring(settings: Settings) -> LocalKeyring:
     if keyring.rotation_side == NEW:
         _finish_file_rotation(settings.data_dir)
     return keyring
+
+
+def keyring_in_catalog(settings: Settings) -> bool:
+    """Whether this process's keyring is the catalog's: with ``catalog``, and with ``vault``
+    on a PostgreSQL catalog (a fleet, whose nodes must share the audit keys)."""
+    provider = settings.keys.provider
+    if provider == "vault":
+        return make_url(settings.catalog_url).get_backend_name() == "postgresql"
+    return provider == "catalog"
+
+
+async def open_key_provider(settings: Settings, keyring: LocalKeyring) -> KeyProvider:
+    """What wraps the DEKs: ``keyring`` itself (``local``), or OpenBao/Vault transit
+    (``vault``), checked reachable with a token that may do what it must (else a
+    ``ConfigError`` naming the setting). ``close_key_provider`` closes it."""
+    if settings.keys.provider == "vault":
+        return await VaultTransitKeys.open(vault_config(settings.keys))
+    return keyring  # local, or the catalog's (``open_keyring``)
+
+
+def close_key_provider(keys: KeyProvider) -> None:
+    """Close what ``open_key_provider`` opened (the local keyring holds nothing open)."""
+    if isinstance(keys, VaultTransitKeys):
+        keys.close()
+
+
+def vault_config(keys: KeysSettings) -> VaultConfig:
+    """The transit provider's settings, ``CALLVAULT_KEYS__VAULT_*``."""
+    return VaultConfig(
+        addr=keys.vault_addr or "",
+        token=keys.vault_token.get_secret_value() if keys.vault_token else "",
+        mount=keys.vault_mount,
+        key_prefix=keys.vault_key_prefix,
+        timeout_s=keys.vault_timeout.total_seconds(),
+    )
 
 
 def _finish_file_rotation(data_dir: Path) -> None:
@@ -135,24 +176,31 @@ async def open_services(
     which records and publishes it); other processes (AI worker children, CLI commands)
     neither measure nor touch it while ``serve`` runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keys = open_keyring(settings)
+    # The keyring keeps the audit keys and the checkpoint signing key (its sections) with
+    # every provider; with `vault` only the DEKs are wrapped elsewhere.
+    keyring = open_keyring(settings)
     try:
-        async with _services_on(settings, keys, registry, clock, spooled) as services:
-            yield services
+        audit_keys = AuditKeyring(keyring)
+        keys = await open_key_provider(settings, keyring)
+        try:
+            async with _services(settings, keys, audit_keys, registry, clock, spooled) as services:
+                yield services
+        finally:
+            close_key_provider(keys)
     finally:
-        keys.close()
+        keyring.close()
 
 
 @asynccontextmanager
-async def _services_on(
+async def _services(
     settings: Settings,
-    keys: LocalKeyring,
+    keys: KeyProvider,
+    audit_keys: AuditKeyring,
     registry: CollectorRegistry | None,
     clock: Clock | None,
     spooled: bool,
 ) -> AsyncIterator[Services]:
-    """``open_services`` on the keyring it opened (and closes)."""
-    audit_keys = AuditKeyring(keys)
+    """``open_services`` on the keyring and key provider it opened (and closes)."""
     catalog = await Catalog.open(settings.catalog_url, audit_keys=audit_keys)
     try:
         await catalog.migrate()

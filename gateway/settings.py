@@ -255,18 +255,22 @@ class KeysSettings(BaseModel):
     provider: Literal["local", "catalog", "vault"] = "local"
     """`local`: a keyring file in the data dir (one node); `catalog`: the keyring in the
     catalog database, wrapped by the master key (every node shares it; needs PostgreSQL and
-    `CALLVAULT_MASTER_KEY`, the same on every node); `vault`: an
-    OpenBao/Vault transit key per tenant wraps the DEKs (the audit and webhook keys stay in
-    the catalog keyring). Default `local`."""
+    `CALLVAULT_MASTER_KEY`, the same on every node); `vault`: an OpenBao/Vault transit key
+    per tenant wraps the DEKs (the audit keys and the audit signing key stay in the keyring
+    wrapped by the master key: the catalog keyring on PostgreSQL, the local one on SQLite).
+    Default `local`."""
     vault_addr: str | None = None
     """OpenBao/Vault address for `provider=vault`, e.g. `https://vault:8200`. Default: none."""
     vault_token: SecretStr | None = None
-    """Token of a policy that may create, rotate, encrypt with, decrypt with and delete the
-    transit keys named `<vault_key_prefix><tenant>`. Default: none."""
+    """Token of the policy in README's "Key custody with OpenBao/Vault": it may make, read,
+    rotate and delete the transit keys `<vault_key_prefix>*` and encrypt and decrypt with
+    them, but not make keys by encrypting (a root token is refused). Default: none."""
     vault_mount: str = "transit"
     """Mount path of the transit secrets engine. Default `transit`."""
     vault_key_prefix: str = "callvault-"
-    """Prefix of the transit key names (one key per tenant). Default `callvault-`."""
+    """Prefix of the transit key names: `<prefix><tenant>.kek` per tenant, and
+    `<prefix><tenant>.destroyed` once its keys are destroyed; keep it once keys exist.
+    Default `callvault-`."""
     vault_timeout: timedelta = Field(default=timedelta(seconds=5), gt=timedelta(0))
     """Timeout of one request to OpenBao/Vault. Default `PT5S`."""
 

