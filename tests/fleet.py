@@ -381,6 +381,13 @@ class FleetCatalog:
                 call.recordings.append(row["recording_id"])
         return found
 
+    async def kek_ids(self, tenant: str) -> set[str]:
+        """The KEKs that wrap the DEKs of the tenant's objects (the key table's rows)."""
+        rows = await self._fetch(
+            "SELECT DISTINCT kek_id FROM object_keys WHERE tenant_id = $1", tenant
+        )
+        return {row["kek_id"] for row in rows}
+
     async def nodes(self) -> dict[str, str]:
         """The node registry: each node's state (``up``, ``stopped``, ``dead``)."""
         rows = await self._fetch("SELECT id, state FROM nodes")

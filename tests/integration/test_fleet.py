@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -41,6 +42,7 @@ from tests.fleet import Fleet, FleetCatalog, Gateway, SharedParts, finish, fleet
 from tests.gateway import bearer, metric_value
 from tests.integration.test_ai_pipeline import TINY_WER_BOUND, push_call, track_text
 from tests.paced import RECONNECTS, PacedCall, Tenant, Transport, channel, export, taken, track_loss
+from tests.vaultserver import BaoServer
 
 T = TypeVar("T")
 
@@ -80,16 +82,24 @@ EXPORT_WAIT_S = 30.0
 RESULT_KINDS = [("analysis", "committed"), ("transcript", "committed")]
 
 
-@pytest.fixture(params=["catalog"])
+@pytest.fixture(params=["catalog", "vault"])
 def parts(
     request: pytest.FixtureRequest,
     database_url_postgresql: str,
     seaweedfs: S3Server,
     s3_bucket: str,
 ) -> Iterator[SharedParts]:
-    """The shared parts, with the tenants' keys kept in the catalog (wrapped by the master
-    key every process is given)."""
+    """The shared parts, with the tenants' keys kept by the fleet: in the catalog (wrapped
+    by the master key every process is given), or in OpenBao transit (``bao server -dev``,
+    a key prefix of this test's own; the audit keys stay in the catalog keyring)."""
     custody = {"CALLVAULT_KEYS__PROVIDER": request.param}
+    if request.param == "vault":
+        bao: BaoServer = request.getfixturevalue("bao")
+        custody.update(
+            CALLVAULT_KEYS__VAULT_ADDR=bao.addr,
+            CALLVAULT_KEYS__VAULT_TOKEN=bao.token,
+            CALLVAULT_KEYS__VAULT_KEY_PREFIX=f"cvfleet{secrets.token_hex(4)}-",
+        )
     yield SharedParts(
         database_url=database_url_postgresql,
         store={
@@ -149,6 +159,7 @@ async def test_two_gateways_and_two_workers_work_as_one(
             calls_s = time.monotonic() - began
 
             await check_recorded_once(catalog, fleet, recorded_on)
+            await check_one_kek(catalog, parts)
             await check_analysed_once(catalog, recorded_on, analysed, killed_owner)
             # Read through the gateway that did not record it, all at once: both gateways
             # append their reads' audit events to the tenant's one chain meanwhile.
@@ -352,6 +363,17 @@ async def check_recorded_once(
     assert await catalog.nodes() == {g.node_id: "up" for g in fleet.gateways.values()}
     unfinished = [o for o in await catalog.objects(TENANT) if o.state != "committed"]
     assert unfinished == [], f"objects left unfinished: {unfinished}"
+
+
+async def check_one_kek(catalog: FleetCatalog, parts: SharedParts) -> None:
+    """Every object the four processes sealed has its DEK wrapped by the tenant's one KEK:
+    with ``vault``, the tenant's transit key (``<prefix><tenant>.kek``)."""
+    keks = await catalog.kek_ids(TENANT)
+    prefix = parts.custody.get("CALLVAULT_KEYS__VAULT_KEY_PREFIX")
+    if prefix is not None:
+        assert keks == {f"{prefix}{TENANT}.kek"}, keks
+    else:
+        assert len(keks) == 1, f"the tenant's objects are wrapped by several KEKs: {keks}"
 
 
 async def check_analysed_once(
