@@ -122,7 +122,7 @@ async def test_two_gateways_and_two_workers_work_as_one(
     with fleet_on(tmp_path, parts) as fleet:
         a, b = fleet.gateways["a"], fleet.gateways["b"]
         async with aiohttp.ClientSession() as http:
-            fleet.start()
+            await asyncio.to_thread(fleet.start)
             tokens = await make_tenant(http, a.base, parts.operator)
             started_s = time.monotonic() - began
             tenant = Tenant(TENANT, tokens["admin"], tokens["pbx"])
@@ -207,7 +207,16 @@ def check_answered_by(gateway: Gateway, call: PacedCall) -> None:
     """The announcement answers the node that took it and that node's own listeners (so a
     load balancer may send announcements to any node)."""
     announced, ingest = call.announced, call.announced["ingest"]
-    where = (gateway.name, call.transport, announced)
+    rtp = ingest.get("rtp") or {}
+    # What the failure shows: never the AudioSocket id or the SRTP keys of the answer.
+    where = (
+        gateway.name,
+        call.transport,
+        announced["node"],
+        ingest.get("websocket_url"),
+        (ingest.get("audiosocket") or {}).get("address"),
+        {track: rtp.get(track) for track in ("host", "inbound", "outbound")},
+    )
     assert announced["node"] == gateway.node_id, where
     if call.transport in ("twilio", "fork"):
         assert ingest["websocket_url"] == f"ws://127.0.0.1:{gateway.http_port}" + (
@@ -217,7 +226,6 @@ def check_answered_by(gateway: Gateway, call: PacedCall) -> None:
         assert ingest["audiosocket"]["address"] == f"127.0.0.1:{gateway.audiosocket_port}", where
     else:
         low, high = gateway.rtp_ports
-        rtp = ingest["rtp"]
         assert rtp["host"] == "127.0.0.1", where
         assert all(low <= rtp[track] <= high for track in ("inbound", "outbound")), where
 
