@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from crypto.vaultkeys import policy
 from gateway.cli import _parser
 from gateway.connections import FD_MARGIN
+from gateway.nodes import NodeAddresses
 from gateway.settings import Settings
 from gateway.workers import KILL_WAIT_S, STOP_GRACE_S
 from tests.unit.test_settings import variable_names
@@ -327,3 +329,29 @@ def test_the_admin_script_runs_callvault_as_the_units_do() -> None:
     assert value(unit, "LoadCredential").split(":", 1)[1] in text
     executable = re.search(r"exec (/\S+/callvault) ", value(unit, "ExecStart"))
     assert executable is not None and f"{executable.group(1)} --data-dir=" in text
+
+
+def test_the_guide_gives_the_vault_policy_that_the_provider_checks() -> None:
+    """The policy docs/deploy.md hands the operator is the one ``crypto.vaultkeys`` checks
+    at start: a token of another one (``create`` on ``encrypt/``, a missing capability)
+    would stop every node of a fleet built from the guide."""
+    assert policy() in GUIDE.read_text()
+
+
+def test_the_gateway_example_announces_a_wss_url_that_its_nginx_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind nginx, the announcement's ``ingest.websocket_url`` names the node's public host
+    and callvault's own port: the example makes it ``wss://``, and the guide and the nginx
+    configuration have nginx listen with TLS on that port of the node's address."""
+    for file in (DEPLOY / "callvault.env.example", DEPLOY / "gateway.env.example"):
+        for name, val in read_env_file(file).items():
+            monkeypatch.setenv(name, val)
+    settings = Settings()
+    url = NodeAddresses.of(settings).websocket_url("/v1/ingest/fork")
+    port = settings.http.port
+    assert url == f"wss://{settings.node.public_host}:{port}/v1/ingest/fork"
+    listen = f"listen {settings.rtp.host}:{port} ssl;"
+    assert listen in GUIDE.read_text()
+    assert listen in (ROOT / "docs" / "deploy" / "nginx.conf").read_text()
+    assert NodeAddresses.of(settings).rtp_host == settings.rtp.advertise_host == settings.rtp.host
