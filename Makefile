@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rtp.py
 	$(BIN)/python bench/transcribe.py
+	$(BIN)/python bench/keys.py
 
 # Paced calls of every transport against a serve for SOAK_MINUTES, with kill -9 + restart
 # every SOAK_KILL_EVERY seconds and a PostgreSQL catalog restarted every

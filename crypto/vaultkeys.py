@@ -20,7 +20,9 @@ could go stale: a destroyed key fails on every node at its next request.
 * **Rotation** is transit's ``rotate``: old versions keep decrypting, new wraps use the new
   one. ``keys rotate`` then re-wraps every DEK row (``MediaVault.rotate_tenant_keys``).
 * **Destruction** crypto-shreds: the key is made deletable and deleted, every version with
-  it, so every DEK it wrapped, in the catalog or in any backup of it, opens nowhere.
+  it, so every DEK it wrapped, in the catalog or in any backup of it, opens nowhere the
+  live OpenBao/Vault answers (a snapshot of OpenBao/Vault taken before still holds the key
+  until that snapshot is gone: docs/security.md, "Crypto-shredding and backups").
 * **The tombstone** of a destroyed tenant is a second transit key, ``<prefix><tenant>.destroyed``,
   made *before* the tenant's key is deleted and never deleted by callvault. It is kept in
   transit rather than in a KV engine or the catalog because it must be where the keys are:

@@ -144,7 +144,8 @@ class RtpSettings(BaseModel):
     host: str = "127.0.0.1"
     """Address the RTP/SRTP ports bind. Default `127.0.0.1`."""
     advertise_host: str | None = None
-    """Address announcements hand the PBX, when `host` is a wildcard. Default: `host`."""
+    """Address announcements hand the PBX for RTP, when `host` is a wildcard or PBXs need an
+    address where `node.public_host` is a name. Default: `node.public_host`, else `host`."""
     port_min: int = Field(default=40000, ge=1024, le=65535)
     """Lowest UDP port handed out for RTP/SRTP tracks (even: RTP, odd: RTCP). Default `40000`."""
     port_max: int = Field(default=40999, ge=1024, le=65535)
@@ -264,7 +265,9 @@ class KeysSettings(BaseModel):
     vault_token: SecretStr | None = None
     """Token of the policy in README's "Key custody with OpenBao/Vault": it may make, read,
     rotate and delete the transit keys `<vault_key_prefix>*` and encrypt and decrypt with
-    them, but not make keys by encrypting (a root token is refused). Default: none."""
+    them, but not make keys by encrypting (a root token is refused). Read once at start and
+    never renewed by callvault (a periodic token renewed from outside, or one that outlives
+    the restart cycle: docs/deploy.md). Default: none."""
     vault_mount: str = "transit"
     """Mount path of the transit secrets engine. Default `transit`."""
     vault_key_prefix: str = "callvault-"
@@ -316,7 +319,8 @@ class Settings(BaseSettings):
     Default: generated at first start and printed once."""
     master_key: SecretStr | None = None
     """Base64 of the 32-byte key that wraps the keyring. Default: a 0600 file in the data dir
-    (required with `CALLVAULT_KEYS__PROVIDER=catalog`: the same key on every node)."""
+    (required with `CALLVAULT_KEYS__PROVIDER=catalog`, and with `vault` on a PostgreSQL
+    catalog: the same key on every node, from a secret store; no file is made or read then)."""
     database_url: str | None = None
     """Catalog database, e.g. `postgresql://127.0.0.1:5432/db`. Default: SQLite in the data dir."""
     http: HttpSettings = HttpSettings()
