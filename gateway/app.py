@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ai.worker import WorkerMetrics
 from gateway.api import add_routes
+from gateway.attachments import default_node
 from gateway.calls import CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
 from gateway.clock import Clock
@@ -119,6 +120,7 @@ def build_app(
             ),
             metrics=app[METRICS],
             tenant_limits=settings.limits.defaults(),
+            node_id=settings.node.id or default_node(settings.data_dir),
         )
         app[CALLS] = calls
         rtp = app[RTP] = RtpIngest(
@@ -128,8 +130,10 @@ def build_app(
             clock=app[CLOCK],
             flush_bytes=ingest.flush_bytes,
         )
-        # What a crash left in the spool, before serving; on a catalog no other node
-        # shares, also every other call still marked in progress.
+        # The stream leases a crash of this node left, what it left in the spool, before
+        # serving; on a catalog no other node shares, also every other call still marked
+        # in progress.
+        await calls.attachments.release_earlier(app[CLOCK].now())
         await calls.recover(app[CLOCK].now())
         if app[SERVICES].catalog.backend == "sqlite":
             await calls.take_up_orphans(app[CLOCK].now())

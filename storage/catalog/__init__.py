@@ -17,7 +17,6 @@ from storage.catalog.objects import Rewrap
 from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
     AUDIT_REASONS,
-    AudioSocketLease,
     AuditCheck,
     AuditEntry,
     AuditEvent,
@@ -42,6 +41,7 @@ from storage.catalog.records import (
     RecordingStatus,
     Role,
     StoredObject,
+    StreamLease,
     Tenant,
     TenantLimits,
     Token,
@@ -53,7 +53,6 @@ __all__ = [
     "AUDIT_REASONS",
     "GENESIS_HASH",
     "RECORDING_TRANSITIONS",
-    "AudioSocketLease",
     "AuditCheck",
     "AuditEntry",
     "AuditEvent",
@@ -81,6 +80,7 @@ __all__ = [
     "Rewrap",
     "Role",
     "StoredObject",
+    "StreamLease",
     "Tenant",
     "TenantLimits",
     "Token",
