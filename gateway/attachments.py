@@ -114,6 +114,7 @@ class Attachments:
         """At start: release the leases that earlier processes of this node held (it was
         killed or crashed while they streamed), so that the PBXs' reconnects are taken at
         once; how many. Two processes must never run as one node at once."""
+        self._renewed_at = now  # the first renewal round is one interval after the start
         released = await self._catalog.calls.release_streams_of(
             self._node, keep=self._prefix, now=now
         )
