@@ -144,11 +144,13 @@ def build_app(
             metrics=app[METRICS],
             spool=spool,
         )
-        # Registered first (gateway.nodes), then what a crash left in the spool, before
-        # serving; then every other call of this node still marked in progress (on a
-        # catalog no other node shares, also those from before the registry). Then the jobs
-        # failed while it was away are reopened.
+        # Registered first (gateway.nodes), then the stream leases a crash of this node
+        # left are released and what it left in the spool recovered, before serving; then
+        # every other call of this node still marked in progress (on a catalog no other
+        # node shares, also those from before the registry). Then the jobs failed while it
+        # was away are reopened.
         await node.join(app[CLOCK].now())
+        await calls.attachments.release_earlier(app[CLOCK].now())
         await calls.recover(app[CLOCK].now())
         sqlite = app[SERVICES].catalog.backend == "sqlite"
         await calls.take_up_orphans(app[CLOCK].now(), unowned=sqlite)

@@ -1,37 +1,46 @@
-"""AudioSocket attachments, kept in the catalog so that every node and every restart obeys them.
+"""Stream attachments, kept in the catalog so that every node and every restart obeys them.
 
-An AudioSocket stream proves nothing but its call's secret id, so a call is held to the
-address of its first connection and carried by one connection at a time (API.md). One
-process's memory cannot keep those rules: another node sharing the catalog, or this node
-after a crash, would know nothing of the first connection. So the call's row keeps them
-(``storage.catalog.calls``), and each step is one conditional UPDATE there:
+A streamed call (Twilio Media Streams, mod_audio_fork, AudioSocket) is carried by one
+stream at a time: a second stream of a call that is streaming is refused (WebSocket close
+1008 ``call_in_progress``, AudioSocket 0xff ``already_attached``), and a reconnect after a
+drop carries the same call on. Behind a load balancer the two streams may reach two nodes,
+and one process's memory cannot keep that rule (nor can a node restarted after a crash), so
+the call's row keeps it (``storage.catalog.calls``), and each step is one conditional
+UPDATE there:
 
-* a connection **claims** the call: the first claim keeps its peer's address for good, a
-  claim from any other address is refused (``peer_mismatch``), and a claim while another
-  connection's lease runs is refused (``already_attached``);
-* its node **renews** the leases of the connections it carries every ``LEASE_RENEWAL``,
-  all of them in one statement (no catalog write per frame);
-* the connection **releases** the call when it closes, if it still holds it. Until that
-  release reached the catalog (it is in flight, or it failed and is retried at each
-  renewal), a claim by the same node names the gone connection (``replaces``) and takes
-  its lease over: the PBX's own reconnect is never refused because of its old connection.
+* a stream **claims** the call; a claim while another stream's lease runs is refused. An
+  AudioSocket stream proves nothing but the call's secret id, so its call is also held to
+  the address of its first connection for good: a claim from any other address is refused
+  (``peer_mismatch``; AudioSocket only: a WebSocket stream proves its pbx token);
+* its node **renews** the leases of the streams it carries every ``LEASE_RENEWAL``, all of
+  them in one statement (no catalog write per frame);
+* the stream **releases** the call when it closes, if it still holds it, after its audio
+  was flushed to the spool (so the AI job of a call that ends on another node waits for it
+  to be published). Until that release reached the catalog (it is in flight, or it failed
+  and is retried at each renewal), a claim by the same node names the gone stream
+  (``replaces``) and takes its lease over: the PBX's own reconnect is never refused because
+  of its old connection.
 
 A node that crashes or stalls stops renewing: its leases run out after ``LEASE_TTL`` and the
-call may be claimed again, from the first peer's address only. Each connection keeps the end
-of its lease as of its last successful claim or renewal, and takes no frame at or past it
-(nor after a renewal showed the lease lost): a node cut off from the catalog stops, and
-publishes what it recorded, when its lease ends, so two connections never write one
-recording at once (as long as the nodes' clocks agree to well within ``LEASE_TTL``).
+call may be claimed again (AudioSocket: from the first peer's address only). Each stream
+keeps the end of its lease as of its last successful claim or renewal, and takes no frame
+at or past it (nor after a renewal showed the lease lost): a node cut off from the catalog
+stops, and publishes what it recorded, when its lease ends, so two streams never write one
+recording at once (as long as the nodes' clocks agree to well within ``LEASE_TTL``). A node
+that another node's stream took a call from publishes what it recorded of it at its next
+renewal. A node restarted after a crash releases the leases its earlier process held
+(holders are named ``<node>:<process>:<stream>``), so its PBXs reconnect at once; another
+node cannot tell a dead holder from a live one, so it waits for the lease to run out.
 
 Why these durations: renewing every 5 s costs one small write per node per 5 s; a 15 s lease
 survives two missed renewals (a slow catalog, a pause of the process), and runs out well
-within the default reconnect grace (30 s), so a PBX that reconnects after its node crashed
-gets its call back before the restored call gives up waiting. A restarted node cannot tell a
-dead holder from a live one on another node, so it too waits for the lease to run out.
+within the default reconnect grace (30 s), so a PBX that reconnects to another node after
+its node crashed gets its call back before the call gives up waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -42,12 +51,12 @@ from datetime import datetime, timedelta
 from crypto.errors import CallvaultError
 from gateway.errors import StreamRefused
 from gateway.session import CallSession, EndReason
-from storage.catalog import AudioSocketLease, Catalog
+from storage.catalog import Catalog, StreamLease
 
 log = logging.getLogger(__name__)
 
 LEASE_RENEWAL = timedelta(seconds=5)
-"""How often a node renews the leases of the AudioSocket connections it carries."""
+"""How often a node renews the leases of the streams it carries."""
 LEASE_TTL = timedelta(seconds=15)
 """How long a lease runs unless renewed: three renewals."""
 
@@ -58,35 +67,65 @@ _REFUSALS = {
 }
 
 
-class Attachments:
-    """The AudioSocket leases of one node."""
+def streamed(session: CallSession) -> bool:
+    """A call carried by streams that claim it (Twilio, fork, AudioSocket); an RTP call's
+    media is bound to the ports of the node that announced it instead."""
+    return session.call.transport != "rtp"
 
-    def __init__(self, catalog: Catalog) -> None:
+
+class Attachments:
+    """The stream leases of one node."""
+
+    def __init__(self, catalog: Catalog, *, node: str | None = None) -> None:
+        """``node``: this node's id, which its restarts keep and no other node running at
+        the same time has (``gateway.nodes.node_id_of``); default: the host
+        name (a test's registry without an app)."""
         self._catalog = catalog
-        self._node = f"{socket.gethostname()[:64]}:{os.getpid()}"
+        self._node = node or socket.gethostname()[:64]
+        self._prefix = f"{self._node}:{os.getpid()}.{secrets.token_hex(4)}:"
+        """Names this run of the node (a restart makes a new one): its streams' holders
+        begin with it, and at start the node releases the leases of its earlier runs."""
         self._renewed_at: datetime | None = None
         self._releasing: dict[tuple[str, str], tuple[str, datetime]] = {}
-        """The holders of this node's connections that are gone but whose release has not
+        """The holders of this node's streams that are gone but whose release has not
         reached the catalog yet (in flight, or failed: retried every ``LEASE_RENEWAL``), by
         (tenant, call id), with when they went."""
+        self._flushing: set[str] = set()
+        """Those of them whose audio is being flushed: not released before it is durable."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def new_holder(self) -> str:
-        """A name for one connection, unique across nodes and restarts; the catalog shows
-        which node carries a call (not a secret: it opens nothing)."""
-        return f"{self._node}:{secrets.token_hex(8)}"
+        """A name for one stream, unique across nodes and restarts: ``<node>:<process>:``
+        and a random part. The catalog shows which node carries a call (not a secret: it
+        opens nothing)."""
+        return f"{self._prefix}{secrets.token_hex(8)}"
+
+    async def release_earlier(self, now: datetime) -> int:
+        """At start: release the leases that earlier processes of this node held (it was
+        killed or crashed while they streamed), so that the PBXs' reconnects are taken at
+        once; how many. Two processes must never run as one node at once."""
+        self._renewed_at = now  # the first renewal round is one interval after the start
+        released = await self._catalog.calls.release_streams_of(
+            self._node, keep=self._prefix, now=now
+        )
+        if released:
+            log.info("released %d stream lease(s) of an earlier process of this node", released)
+        return released
 
     async def claim(
-        self, tenant: str, call_id: str, *, peer: str, holder: str, now: datetime
+        self, tenant: str, call_id: str, *, peer: str | None, holder: str, now: datetime
     ) -> datetime:
-        """Attach connection ``holder`` from ``peer`` to the call in the catalog and return
-        when its lease ends, or raise the ``StreamRefused`` that says why not. The lease of
-        a connection of this node that is gone and not yet released (the PBX reconnects
-        while the release is in flight, or after it failed) is taken over: the PBX is not
-        kept waiting on its own old connection."""
+        """Attach stream ``holder`` to the call in the catalog and return when its lease
+        ends, or raise the ``StreamRefused`` that says why not. ``peer``: an AudioSocket
+        connection's address (``None`` for the WebSocket transports, whose refusal of a
+        second stream is ``call_in_progress``). The lease of a stream of this node that is
+        gone and not yet released (the PBX reconnects while the release is in flight, or
+        after it failed) is taken over: the PBX is not kept waiting on its own old
+        connection."""
         key = (tenant, call_id)
         gone = self._releasing.get(key)
         until = now + LEASE_TTL
-        outcome = await self._catalog.calls.claim_audiosocket(
+        outcome = await self._catalog.calls.claim_stream(
             tenant,
             call_id,
             peer=peer,
@@ -95,25 +134,63 @@ class Attachments:
             until=until,
             replaces=gone[0] if gone else None,
         )
+        if outcome == "already_attached" and peer is None:
+            raise StreamRefused(
+                f"Call {call_id!r} is already streaming on another connection.",
+                code="call_in_progress",
+            )
         if outcome != "attached":
             raise StreamRefused(f"Call {call_id!r} {_REFUSALS[outcome]}.", code=outcome)
         if gone is not None and self._releasing.get(key) == gone:
             del self._releasing[key]  # taken over: nothing left to release
         return until
 
-    async def release(self, tenant: str, call_id: str, holder: str, now: datetime) -> None:
-        """Detach ``holder`` in the catalog if it still holds the call. Never raises: a
-        release that fails is retried at each renewal (until it succeeds, the lease is
-        taken over by this node's next claim of the call, or runs out)."""
+    def release(
+        self, session: CallSession | None, tenant: str, call_id: str, holder: str, now: datetime
+    ) -> asyncio.Task[None]:
+        """Detach ``holder`` in the catalog if it still holds the call, once the audio its
+        ``session`` holds in memory is flushed to the spool (and so registered in the
+        catalog: an AI job of the call, if it ends on another node, waits for it to be
+        published). It runs as a task of its own, which the connection's handler awaits:
+        a handler cancelled as its socket closes does not cut it short (``settle`` awaits
+        the last ones at shutdown). Never fails: a release that fails is retried at each
+        renewal (until it succeeds, the lease is taken over by this node's next claim of
+        the call, or runs out)."""
+        # Marked before anything else: this node's next claim of the call takes it over.
         self._releasing[(tenant, call_id)] = (holder, now)
+        task = asyncio.create_task(self._flush_and_release(session, tenant, call_id, holder, now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def settle(self) -> None:
+        """Wait for the releases under way (at shutdown, before the calls are finalized)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _flush_and_release(
+        self, session: CallSession | None, tenant: str, call_id: str, holder: str, now: datetime
+    ) -> None:
+        if session is not None and not session.ended:
+            self._flushing.add(holder)
+            try:
+                await session.flush_if_due(now, force=True)
+            except CallvaultError as e:  # what it made durable stays in the spool
+                log.warning(
+                    "call %s: its audio could not be flushed when its stream went: %s",
+                    call_id,
+                    e.code,
+                    extra={"tenant": tenant, "call_id": call_id, "code": e.code},
+                )
+            finally:
+                self._flushing.discard(holder)
         await self._release(tenant, call_id, holder, now)
 
     async def _release(self, tenant: str, call_id: str, holder: str, now: datetime) -> None:
         try:
-            await self._catalog.calls.release_audiosocket(tenant, call_id, holder, now)
+            await self._catalog.calls.release_stream(tenant, call_id, holder, now)
         except CallvaultError as e:
             log.warning(
-                "call %s: its AudioSocket lease could not be released (retried): %s",
+                "call %s: its stream lease could not be released (retried): %s",
                 call_id,
                 e.code,
                 extra={"tenant": tenant, "call_id": call_id, "code": e.code},
@@ -123,19 +200,22 @@ class Attachments:
             del self._releasing[(tenant, call_id)]
 
     async def renew(self, sessions: Iterable[CallSession], now: datetime) -> None:
-        """Every ``LEASE_RENEWAL`` (else nothing): retry the releases that failed, and renew
-        the lease of every connection attached here. Then, every time, a connection whose
-        lease was lost (this node stalled past it and another connection took the call) or
-        ran out (its renewals failed: this node may be cut off from the catalog while
-        another carries the call) is detached: its audio is no longer taken (its
+        """Every ``LEASE_RENEWAL`` (else nothing): retry the releases that failed, renew the
+        lease of every stream attached here, and publish what this node recorded of a call
+        it waits on while another node's stream carries it (or ended it). Then, every time,
+        a stream whose lease was lost (this node stalled past it and another stream took the
+        call) or ran out (its renewals failed: this node may be cut off from the catalog
+        while another carries the call) is detached: its audio is no longer taken (its
         ``StreamBinding`` refuses it) and what it recorded is published."""
         sessions = list(sessions)
         lost: list[tuple[CallSession, str]] = []
         if self._renewed_at is None or now - self._renewed_at >= LEASE_RENEWAL:
             self._renewed_at = now
             for (tenant, call_id), (holder, went) in list(self._releasing.items()):
-                await self._release(tenant, call_id, holder, went)
+                if holder not in self._flushing:
+                    await self._release(tenant, call_id, holder, went)
             lost = await self._renew(sessions, now)
+            await self._publish_moved(sessions, now)
         for session in sessions:
             if session.holder is not None and session.lease_lapsed(now):
                 lost.append((session, session.holder))
@@ -143,28 +223,51 @@ class Attachments:
             if session.holder != holder:
                 continue  # it detached meanwhile
             log.warning(
-                "call %s: its AudioSocket lease was lost or ran out; its connection is refused",
+                "call %s: its stream lease was lost or ran out; its stream is refused",
                 session.call_id,
                 extra={"tenant": session.tenant, "call_id": session.call_id},
             )
             session.detach(now, holder=holder)
             await session.publish(now)
 
+    async def _publish_moved(self, sessions: list[CallSession], now: datetime) -> None:
+        """The calls this node waits on with audio it has not published: if a stream on
+        another node carries one now, or it ended there, that audio is published now (not
+        when this node's reconnect grace runs out), so the recording is whole."""
+        for session in sessions:
+            if (
+                not streamed(session)
+                or session.attached
+                or session.ended
+                or session.closing
+                or not session.unpublished()
+            ):
+                continue
+            try:
+                await self.elsewhere(session, now)
+            except CallvaultError as e:  # the next renewal looks again
+                log.warning(
+                    "call %s: its stream lease could not be read: %s",
+                    session.call_id,
+                    e.code,
+                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
+                )
+
     async def _renew(
         self, sessions: list[CallSession], now: datetime
     ) -> list[tuple[CallSession, str]]:
-        """Renew the leases of the connections attached here; those that were lost."""
+        """Renew the leases of the streams attached here; those that were lost."""
         held = [(session, session.holder) for session in sessions if session.holder]
         if not held:
             return []
         until = now + LEASE_TTL
         try:
-            renewed = await self._catalog.calls.renew_audiosocket(
+            renewed = await self._catalog.calls.renew_streams(
                 [(session.tenant, session.call_id, holder) for session, holder in held],
                 until=until,
             )
         except CallvaultError as e:
-            log.warning("AudioSocket leases could not be renewed: %s", e.code)
+            log.warning("stream leases could not be renewed: %s", e.code)
             return []  # they run out where they are
         lost = []
         for session, holder in held:
@@ -177,31 +280,44 @@ class Attachments:
         return lost
 
     async def expiry(self, session: CallSession, now: datetime) -> EndReason | None:
-        """``session.expiry``, but an AudioSocket call that a connection on another node
-        carried more recently than this process saw (or carries now) waits for its grace
-        from then: a node never ends a call that another node records. Nor at its maximum
-        duration on the wall clock: the node that carries it ends it then."""
+        """``session.expiry``, but a streamed call that a stream on another node carried
+        more recently than this process saw (or carries now) waits for its grace from then:
+        a node never ends a call that another node records. Nor at its maximum duration on
+        the wall clock: the node that carries it ends it then."""
         reason = session.expiry(now)
-        if session.call.transport != "audiosocket" or session.attached:
+        if not streamed(session) or session.attached:
             return reason
         if reason in ("reconnect_timeout", "start_timeout"):
             await self.elsewhere(session, now)
             reason = session.expiry(now)
         elif reason == "max_duration" and session.closing is None:
             lease = await self.elsewhere(session, now)
-            if not lease.ended and lease.held_by_other(None, now):
+            if self.held_elsewhere(lease, now):
                 return None
         return reason
 
-    async def elsewhere(self, session: CallSession, now: datetime) -> AudioSocketLease:
-        """The lease of a call that no connection of this process carries. If a connection
-        elsewhere carries it now, what was recorded here is published at once (not when the
-        call ends there), and the reconnect grace counts from the last time it was seen
-        carried anywhere."""
-        lease = await self._catalog.calls.audiosocket_lease(session.tenant, session.call_id)
-        if lease.ended or lease.attached_until is None:
+    def held_elsewhere(self, lease: StreamLease, now: datetime) -> bool:
+        """A stream of another process (another node) carries the live call at ``now``. One
+        of this process's own streams that is gone but whose release has not reached the
+        catalog yet is not one: no other node may have the call while its lease stands."""
+        return (
+            not lease.ended
+            and lease.held_by_other(None, now)
+            and not (lease.attached_by or "").startswith(self._prefix)
+        )
+
+    async def elsewhere(self, session: CallSession, now: datetime) -> StreamLease:
+        """The lease of a call that no stream of this process carries. If a stream
+        elsewhere carries it now, or the call ended there, what was recorded here is
+        published at once (not when the call ends here), and the reconnect grace counts
+        from the last time it was seen carried anywhere."""
+        lease = await self._catalog.calls.stream_lease(session.tenant, session.call_id)
+        if lease.ended:
+            await session.publish(now)
             return lease
-        if lease.held_by_other(None, now):
+        if lease.attached_until is None or (lease.attached_by or "").startswith(self._prefix):
+            return lease  # never carried; or by a stream of this process, its release pending
+        if self.held_elsewhere(lease, now):
             await session.publish(now)
         session.seen_attached(lease.attached_until)
         return lease

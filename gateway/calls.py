@@ -8,11 +8,11 @@ stored either way. A refusal stores nothing but that record and an audit event, 
 here until the call ends.
 
 ``tick`` is driven by the app's ticker task with the time passed in: it flushes sessions
-whose stream went quiet, renews the AudioSocket leases of the connections this node carries
-(``gateway.attachments``), and ends calls whose stream dropped and did not come back (an
-AudioSocket call only once no connection anywhere carries it) or that reached their maximum
-duration (``calls.max_duration``: on the wall clock since their first stream, or an RTP
-frame past it on their timeline).
+whose stream went quiet, renews the leases of the streams this node carries
+(``gateway.attachments``: one stream per call across the fleet), and ends calls whose stream
+dropped and did not come back (a streamed call only once no stream anywhere carries it) or
+that reached their maximum duration (``calls.max_duration``: on the wall clock since their
+first stream, or an RTP frame past it on their timeline).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crypto.errors import CallvaultError
-from gateway.attachments import Attachments
+from gateway.attachments import Attachments, streamed
 from gateway.errors import (
     BadRequest,
     IngestError,
@@ -215,7 +215,8 @@ class CallRegistry:
     ) -> None:
         """``tenant_limits``: every tenant's default limits (the operator may override them
         per tenant); ``None`` checks none. ``node_id``: this node's id in the registry,
-        noted on the calls it takes (``gateway.nodes``)."""
+        noted on the calls it takes (``gateway.nodes``) and naming the streams it carries in
+        the catalog (``gateway.attachments``)."""
         self.node_id = node_id
         self._catalog = catalog
         self._vault = vault
@@ -224,7 +225,7 @@ class CallRegistry:
         self._tenant_limits = tenant_limits
         self._sessions: dict[tuple[str, str], CallSession] = {}
         self._transports: list[CallTransport] = []
-        self.attachments = Attachments(catalog)
+        self.attachments = Attachments(catalog, node=node_id)
         self.revalidation = Revalidation(catalog)
 
     def add_transport(self, transport: CallTransport) -> None:
@@ -481,13 +482,13 @@ class CallRegistry:
         for transport in self._transports:
             transport.ended(session)
 
-    async def claim_audiosocket(
-        self, tenant: str, call_id: str, *, peer: str, holder: str, now: datetime
+    async def claim_stream(
+        self, tenant: str, call_id: str, *, peer: str | None, holder: str, now: datetime
     ) -> datetime:
-        """Attach AudioSocket connection ``holder`` from ``peer`` to the call in the catalog
-        (``Attachments.claim``) and return when its lease ends, or raise the
-        ``StreamRefused`` that says why not; what this process already knows refuses
-        without asking the catalog."""
+        """Attach stream ``holder`` (from ``peer``, AudioSocket's connection address) to the
+        call in the catalog (``Attachments.claim``) and return when its lease ends, or raise
+        the ``StreamRefused`` that says why not; what this process already knows refuses
+        without asking the catalog. ``NotFound`` for a call the catalog does not have."""
         held = self._sessions.get((tenant, call_id))
         refused = held.refusal(peer=peer) if held is not None else None
         if refused is not None:
@@ -497,8 +498,8 @@ class CallRegistry:
         # as when a call is taken up (``_restore``), not afresh here.
         ends: dict[str, int] | None = None
         if held is not None and held.first_attached_at is None:
-            before = await self._catalog.calls.audiosocket_lease(tenant, call_id)
-            if before.peer is not None:  # a connection elsewhere carried it
+            before = await self._catalog.calls.stream_lease(tenant, call_id)
+            if before.attached_until is not None:  # a stream elsewhere carried it
                 ends = await self.track_ends(held.call, held.recording)
         until = await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
         if held is not None and ends is not None and held.first_attached_at is None:
@@ -506,13 +507,13 @@ class CallRegistry:
         return until
 
     async def tick(self, now: datetime) -> None:
-        """Flush quiet streams, renew AudioSocket leases, end calls that expired or whose
-        tenant another node deleted (``gateway.revalidation``); one failing call never
-        stops the others."""
+        """Flush quiet streams, renew stream leases, end calls that expired or whose tenant
+        another node deleted (``gateway.revalidation``); one failing call never stops the
+        others."""
         try:
             await self.attachments.renew(self.live(), now)
         except CallvaultError as e:  # renew logs its own catalog failures; this is a guard
-            log.warning("AudioSocket leases could not be renewed: %s", e.code)
+            log.warning("stream leases could not be renewed: %s", e.code)
         try:
             stale = await self.revalidation.check(self.live(), now)
         except CallvaultError as e:  # the next round checks again
@@ -539,14 +540,15 @@ class CallRegistry:
 
     async def close(self, now: datetime) -> None:
         """Graceful shutdown: every live call is finalized with what arrived (a PBX that
-        reconnects after the restart finds its call ended), but for an AudioSocket call
-        that a connection on another node carries now: that node records it on, and what
-        this one recorded of it is published."""
+        reconnects after the restart finds its call ended), but for a streamed call that a
+        stream on another node carries now: that node records it on, and what this one
+        recorded of it is published."""
+        await self.attachments.settle()
         for session in self.live():
             try:
-                if session.call.transport == "audiosocket" and not session.attached:
+                if streamed(session) and not session.attached:
                     lease = await self.attachments.elsewhere(session, now)
-                    if not lease.ended and lease.held_by_other(None, now):
+                    if self.attachments.held_elsewhere(lease, now):
                         self._forget(session)
                         continue
                 await self._finish(session, now, "shutdown")

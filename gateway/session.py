@@ -226,11 +226,11 @@ class CallSession:
         """AudioSocket: the address of the call's first connection, as this process learnt
         it from the catalog, which keeps it (``gateway.attachments``); a fast path only."""
         self.holder: str | None = None
-        """AudioSocket: the name of the connection attached now, the holder of the call's
-        lease in the catalog; ``None`` while none is (or its lease was lost)."""
+        """The name of the stream attached now, the holder of the call's lease in the
+        catalog; ``None`` while none is (or its lease was lost)."""
         self.lease_until: datetime | None = None
-        """AudioSocket: when the lease of ``holder`` ends unless renewed, as of its last
-        successful claim or renewal; past it, its audio is refused (``lease_lapsed``)."""
+        """When the lease of ``holder`` ends unless renewed, as of its last successful
+        claim or renewal; past it, its audio is refused (``lease_lapsed``)."""
         self.token_id: str | None = None
         """WebSocket: the id of the token that authenticated the stream attached now, which
         the node checks against revocations (``gateway.revalidation``)."""
@@ -258,14 +258,19 @@ class CallSession:
     def buffered(self) -> int:
         return sum(track.buffered for track in self.tracks.values())
 
+    def unpublished(self) -> bool:
+        """Audio of this call is held here (buffered, or in an object not yet committed)."""
+        return any(track.upload is not None or track.buffered for track in self.tracks.values())
+
     # --- connections ----------------------------------------------------------------------
 
     def refusal(self, *, peer: str | None = None) -> StreamRefused | None:
-        """Why a stream may not start carrying this call now, as far as this process knows:
-        it ended, or another stream carries it (one at a time: a second ``start`` is
-        refused; after a drop, the same call id continues), or (``peer`` given, AudioSocket)
-        it comes from another address than the call's first connection. Its refusals have
-        AudioSocket's codes there (API.md)."""
+        """Why a stream may not start carrying this call now, as far as this process knows
+        (the catalog's lease decides for the fleet: ``gateway.attachments``): it ended, or
+        another stream carries it (one at a time: a second ``start`` is refused; after a
+        drop, the same call id continues), or (``peer`` given, AudioSocket) it comes from
+        another address than the call's first connection. Its refusals have AudioSocket's
+        codes there (API.md)."""
         if self.ended or self.closing:
             return StreamRefused(f"Call {self.call_id!r} has ended.", code="call_ended")
         if self.attached:
@@ -293,11 +298,11 @@ class CallSession:
         """A stream starts carrying this call, unless ``refusal`` says why not.
         ``token_id``: the token that authenticated it (WebSocket transports).
 
-        ``peer``, ``holder`` and ``lease_until`` are given by a transport whose stream
-        proves nothing but a secret id (AudioSocket), once the catalog granted ``holder``
-        the call's lease until ``lease_until`` (``gateway.attachments``): the catalog keeps
-        the first connection's address and which connection carries the call for every
-        node and across restarts; this process keeps a copy."""
+        ``holder`` and ``lease_until`` are given once the catalog granted the stream
+        ``holder`` the call's lease until ``lease_until`` (``gateway.attachments``), and
+        ``peer`` by a transport whose stream proves nothing but a secret id (AudioSocket):
+        the catalog keeps which stream carries the call, and AudioSocket's first connection
+        address, for every node and across restarts; this process keeps a copy."""
         refused = self.refusal(peer=peer)
         if refused is not None:
             raise refused
@@ -329,8 +334,8 @@ class CallSession:
 
     def detach(self, now: datetime, *, holder: str | None = None) -> None:
         """The stream dropped without a stop: the call waits ``reconnect_grace``. With
-        ``holder`` (AudioSocket), only if that connection is the one attached: one that lost
-        its lease detaches nobody."""
+        ``holder``, only if that stream is the one attached: one that lost its lease (or
+        that a reconnect took over) detaches nobody."""
         if self.attached and (holder is None or holder == self.holder):
             self.attached = False
             self.holder = None
@@ -339,8 +344,8 @@ class CallSession:
             self.detached_at = now
 
     def lease_lapsed(self, now: datetime) -> bool:
-        """AudioSocket: the attached connection's lease ran out at ``now`` (its renewals
-        failed): another connection may carry the call now, so this one may not."""
+        """The attached stream's lease ran out at ``now`` (its renewals failed): another
+        stream may carry the call now, so this one may not."""
         return self.lease_until is not None and now >= self.lease_until
 
     def seen_attached(self, when: datetime) -> None:

@@ -21,8 +21,9 @@ ATTACHMENT_CODES = {
     "is refused (`already_attached`), on every node sharing the catalog; nothing it sends is "
     "stored. A connection whose node crashed keeps the call until its lease runs out "
     f"({int(LEASE_TTL.total_seconds())} s); the PBX's own reconnect to the node that carried "
-    "the call is accepted at once. A connection whose lease ran out (its node could not "
-    "renew it) or was lost meets it too: none of its later frames is stored.",
+    "the call, also once that node restarted, is accepted at once. A connection whose lease "
+    "ran out (its node could not renew it) or was lost meets it too: none of its later "
+    "frames is stored.",
     "peer_mismatch": "A reconnect after a drop, on any node and after a restart, is accepted "
     "only from the first connection's IP address (`peer_mismatch` otherwise).",
 }
@@ -60,7 +61,8 @@ CLOSE_CODES = {
     "1008": "Policy refusal or bad token (reason = the error code): `unauthorized`, "
     "`forbidden` (not a pbx token), `token_in_url_needs_tls` ("
     + _when("token_in_url_needs_tls")
-    + "), `unknown_call`, `call_ended`, `codec_mismatch`, "
+    + "), `unknown_call`, `call_ended`, `call_in_progress` (another stream carries the call: "
+    "see one stream per call), `codec_mismatch`, "
     "`transport_mismatch` (the call was announced for another transport), "
     "`stream_not_started` (audio before start), `invalid_call`, or a policy refusal: "
     + ", ".join(f"`{c}`" for c in REFUSAL_CODES)
@@ -91,6 +93,18 @@ after a drop. A connection that has not started its stream
 within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT` (10 s) closes with 1008 `start_timeout`.
 
 **Messages** are at most {MAX_MESSAGE} bytes ({MAX_MESSAGE // 1024} KiB).
+
+**One stream per call**: while a stream carries a call, a second stream of the same call is
+refused with 1008 `call_in_progress`, on every node sharing the catalog (the call's lease is
+kept there: a load balancer may send the two streams to two nodes), and nothing it sends is
+stored. A reconnect after a drop carries the same recording on, on any node: at once when the
+dropped stream's node released the call (it does as the connection closes, after putting the
+audio it holds in its spool), or once that node's lease ran out
+({int(LEASE_TTL.total_seconds())} s, when it crashed or cannot reach the catalog; the node
+itself, restarted, takes the reconnect at once), within the reconnect grace
+(`CALLVAULT_INGEST__RECONNECT_GRACE`); the outage is kept as silence. A stream whose node lost
+the call's lease (it could not renew it in time and another stream took the call) is closed
+with 1008 `call_in_progress` at its next message; none of its later audio is stored.
 
 **Unannounced calls**: a stream may describe a call that was never announced with `from`,
 `to`, `direction` and `consent` in its first message; the tenant's instructions are checked

@@ -113,7 +113,9 @@ async def _websocket(
     finally:
         app[WEBSOCKETS].discard(ws)
         if binding is not None:
-            binding.drop(clock.now())
+            now = clock.now()
+            binding.drop(now)
+            await binding.release(now)
     return ws
 
 
@@ -285,8 +287,9 @@ class AudioSocketServer:
             pass
         finally:
             if binding is not None:
-                binding.drop(clock.now())
-                await binding.release(clock.now())
+                now = clock.now()
+                binding.drop(now)
+                await binding.release(now)
 
     def _allowed_peer(self, writer: asyncio.StreamWriter) -> str:
         """The peer's IP address (an IPv4-mapped IPv6 one as IPv4), if an allowed network

@@ -3,16 +3,18 @@
 The transports differ only in framing (their sans-I/O parsers) and in how a stream proves
 who it is: a pbx token on the WebSocket upgrade or inside Twilio's ``start``, or, for
 AudioSocket, the secret id the gateway minted when the call was announced (its stream is
-also held to the address it first came from, and claims the call in the catalog before it
-touches the session: ``gateway.attachments``). From ``StreamStart`` on they are the same: the
+also held to the address it first came from). From ``StreamStart`` on they are the same: the
 call must be known and accepted (or, for an unannounced call, the policy accepts it now),
-and only then does audio reach the call's session. Anything else ends the stream with an
+the stream claims it in the catalog before it touches the session, so that one stream at a
+time carries a call across every node sharing the catalog (``gateway.attachments``), and
+only then does audio reach the call's session. Anything else ends the stream with an
 ``IngestError`` whose code the transport sends back (close reason or 0xff frame); a frame
 past the call's maximum duration (``max_duration``) also ends the call, which is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -52,12 +54,12 @@ class StreamBinding:
         self._metrics = metrics
         self._principal = principal
         self._peer = peer
-        self._holder = registry.attachments.new_holder() if peer is not None else None
-        """AudioSocket: this connection's name in the catalog's lease of its call."""
+        self._holder = registry.attachments.new_holder()
+        """This connection's name in the catalog's lease of its call."""
         self._claimed: tuple[str, str] | None = None
-        """AudioSocket: the (tenant, call id) this connection claimed, to release at the end."""
+        """The (tenant, call id) this connection claimed, to release at the end."""
         self._lease_until: datetime | None = None
-        """AudioSocket: when the lease of its claim ends unless renewed."""
+        """When the lease of its claim ends unless renewed."""
         self._frames = metrics.frames_in.labels(transport)
         self.session: CallSession | None = None
         self.stopped = False
@@ -72,20 +74,18 @@ class StreamBinding:
                     # First: an ended call says so (and why, if it reached its limit),
                     # whoever held it.
                     raise session.ended_refusal()
-                if session.token_revoked and self._holder is None:
+                if session.token_revoked and self._peer is None:
                     # The token this stream authenticated with was revoked or expired, on
                     # any node (``gateway.revalidation``): not a frame more from it.
                     raise StreamRefused(
                         "The stream's token was revoked or has expired.", code="unauthorized"
                     )
-                if self._holder is not None and (
-                    session.holder != self._holder or session.lease_lapsed(now)
-                ):
+                if session.holder != self._holder or session.lease_lapsed(now):
                     # Its lease was lost, or ran out (its renewals failed): another
                     # connection may carry the call now, so not a frame more from this one.
                     raise StreamRefused(
                         f"Call {session.call_id!r} is carried by another connection.",
-                        code="already_attached",
+                        code="call_in_progress" if self._peer is None else "already_attached",
                     )
                 try:
                     await session.receive(event, now)
@@ -123,14 +123,9 @@ class StreamBinding:
                 assert principal.tenant is not None  # noqa: S101 - pbx tokens have a tenant
                 tenant, actor = principal.tenant, principal.actor
                 token_id = principal.token_id
-            if self._peer is not None and self._holder is not None:
-                # The catalog first: it refuses what another node or an earlier process
-                # attached, before this process takes the call up.
-                self._lease_until = await self._registry.claim_audiosocket(
-                    tenant, call_id, peer=self._peer, holder=self._holder, now=now
-                )
-                self._claimed = (tenant, call_id)
-            session = await self._session(tenant, call_id, event, actor, now)
+            # The catalog first: it refuses what another node or an earlier process
+            # attached, before this process takes the call up.
+            session = await self._claim(tenant, call_id, event, actor, now)
         except StreamRefused:
             raise
         except (NotFound, PolicyRefused) as e:
@@ -162,6 +157,34 @@ class StreamBinding:
             extra={"tenant": session.tenant, "call_id": call_id, "transport": self.transport},
         )
         return session
+
+    async def _claim(
+        self, tenant: str, call_id: str, event: StreamStart, actor: str, now: datetime
+    ) -> CallSession:
+        """Claim the call for this stream in the catalog, then its session. A WebSocket
+        stream may describe a call that was not announced: it is announced first."""
+        try:
+            self._lease_until = await self._registry.claim_stream(
+                tenant, call_id, peer=self._peer, holder=self._holder, now=now
+            )
+        except NotFound:
+            if self._peer is not None:
+                raise
+            announced = await self._session(tenant, call_id, event, actor, now)
+            self._lease_until = await self._registry.claim_stream(
+                tenant, call_id, peer=None, holder=self._holder, now=now
+            )
+            self._claimed = (tenant, call_id)
+            return announced
+        except StreamRefused as e:
+            if e.code != "call_ended":
+                raise
+            # Ended, or refused when announced: the session says which, as it always has
+            # (a refused call's stream meets the refusal's code).
+            await self._registry.session(tenant, call_id, now)
+            raise
+        self._claimed = (tenant, call_id)
+        return await self._session(tenant, call_id, event, actor, now)
 
     async def _authenticate(self, event: StreamStart, now: datetime) -> Principal:
         principal = self._principal
@@ -228,12 +251,16 @@ class StreamBinding:
             )
 
     async def release(self, now: datetime) -> None:
-        """AudioSocket: the connection is gone; its claim on the call (if it still holds it)
-        is released in the catalog, so that the PBX may reconnect, on any node, at once."""
-        if self._claimed is not None and self._holder is not None:
+        """The connection is gone; its claim on the call (if it still holds it) is released
+        in the catalog once its audio is in the spool, so that the PBX may reconnect, on
+        any node, at once."""
+        if self._claimed is not None:
             tenant, call_id = self._claimed
             self._claimed = None
-            await self._registry.attachments.release(tenant, call_id, self._holder, now)
+            released = self._registry.attachments.release(
+                self.session, tenant, call_id, self._holder, now
+            )
+            await asyncio.shield(released)
 
     def drop(self, now: datetime) -> None:
         """The connection is gone. Without a stop, the call waits for a reconnect."""

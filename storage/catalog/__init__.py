@@ -18,7 +18,6 @@ from storage.catalog.objects import Rewrap
 from storage.catalog.recordings import RECORDING_TRANSITIONS
 from storage.catalog.records import (
     AUDIT_REASONS,
-    AudioSocketLease,
     AuditCheck,
     AuditEntry,
     AuditEvent,
@@ -44,6 +43,7 @@ from storage.catalog.records import (
     RecordingStatus,
     Role,
     StoredObject,
+    StreamLease,
     Tenant,
     TenantLimits,
     Token,
@@ -56,7 +56,6 @@ __all__ = [
     "NODE_DEAD",
     "GENESIS_HASH",
     "RECORDING_TRANSITIONS",
-    "AudioSocketLease",
     "AuditCheck",
     "AuditEntry",
     "AuditEvent",
@@ -85,6 +84,7 @@ __all__ = [
     "Rewrap",
     "Role",
     "StoredObject",
+    "StreamLease",
     "Tenant",
     "TenantLimits",
     "Token",

@@ -20,19 +20,20 @@ from storage.catalog.core import IN_BATCH, CatalogCore, at, lock_tenant, record
 from storage.catalog.limits import LIMIT_REFUSAL, reached_limit
 from storage.catalog.recordings import calls_of_number, new_recording
 from storage.catalog.records import (
-    AudioSocketLease,
     AuditEntry,
     Call,
     CallKey,
     NumberCalls,
     Recording,
+    StreamLease,
     TenantLimits,
 )
 from storage.catalog.schema import calls, recordings, tenants
 from storage.errors import LimitReached, NotFound
 
 Claim = Literal["attached", "already_attached", "peer_mismatch", "call_ended"]
-"""What ``Calls.claim_audiosocket`` did: attached, or why not (AudioSocket's error codes)."""
+"""What ``Calls.claim_stream`` did: attached, or why not (AudioSocket's error codes; the
+gateway says ``call_in_progress`` for ``already_attached`` on the WebSocket transports)."""
 
 
 class Calls:
@@ -224,57 +225,51 @@ class Calls:
         )
         return found[0] if found else None
 
-    # --- AudioSocket attachment -------------------------------------------------------------
-    # AudioSocket proves nothing but the call's secret id, so a call is held to its first
-    # connection's address and carried by one connection at a time (API.md). The truth is
-    # the calls row, shared by every node and kept across restarts: a claim, the holder's
-    # renewals and its release are each one conditional UPDATE, never a read-then-write.
+    # --- stream attachment ------------------------------------------------------------------
+    # A streamed call (Twilio, fork, AudioSocket) is carried by one stream at a time, on
+    # whichever node it reaches: the truth is the calls row, shared by every node and kept
+    # across restarts. A claim, the holder's renewals and its release are each one
+    # conditional UPDATE, never a read-then-write. AudioSocket proves nothing but the
+    # call's secret id, so its call is also held to its first connection's address (API.md).
 
-    async def claim_audiosocket(
+    async def claim_stream(
         self,
         tenant_id: str,
         call_id: str,
         *,
-        peer: str,
         holder: str,
         now: datetime,
         until: datetime,
+        peer: str | None = None,
         replaces: str | None = None,
     ) -> Claim:
-        """Attach connection ``holder`` from address ``peer`` to the live call, its lease
-        running to ``until``, in one conditional UPDATE: the call's first claim keeps
-        ``peer`` for good; a claim from another address is ``peer_mismatch``; one made while
-        another holder's lease runs at ``now`` is ``already_attached`` (which wins: it says
-        nothing about the address). A lease that ran out (its node crashed or stalled) is
-        taken over, and so is one still held by ``replaces``: a connection of the claiming
-        node that is gone but whose release has not reached the catalog yet (only while it
-        still holds the call). ``NotFound`` for an unknown call or a deleted tenant."""
+        """Attach stream ``holder`` to the live call, its lease running to ``until``, in one
+        conditional UPDATE; one made while another holder's lease runs at ``now`` is
+        ``already_attached``. A lease that ran out (its node crashed or stalled) is taken
+        over, and so is one still held by ``replaces``: a stream of the claiming node that
+        is gone but whose release has not reached the catalog yet (only while it still
+        holds the call). ``peer`` (AudioSocket only): the connection's address; the call's
+        first claim keeps it for good, and a claim from another address is
+        ``peer_mismatch`` (``already_attached`` wins: it says nothing about the address).
+        ``NotFound`` for an unknown call or a deleted tenant."""
         free = sa.or_(
-            calls.c.audiosocket_attached_by.is_(None),
-            calls.c.audiosocket_attached_by == holder,
-            calls.c.audiosocket_attached_until <= now,
-            *([calls.c.audiosocket_attached_by == replaces] if replaces is not None else []),
+            calls.c.attached_by.is_(None),
+            calls.c.attached_by == holder,
+            calls.c.attached_until <= now,
+            *([calls.c.attached_by == replaces] if replaces is not None else []),
         )
+        values: dict[str, Any] = {"attached_by": holder, "attached_until": until}
+        where = [calls.c.tenant_id == tenant_id, calls.c.id == call_id, calls.c.ended_at.is_(None)]
+        if peer is not None:
+            where.append(
+                sa.or_(calls.c.audiosocket_peer.is_(None), calls.c.audiosocket_peer == peer)
+            )
+            values["audiosocket_peer"] = sa.func.coalesce(calls.c.audiosocket_peer, peer)
         async with self._core.transaction(write=True, subject=f"Call {call_id!r}") as conn:
             await lock_tenant(conn, tenant_id, live=True)
             claimed = (
                 await conn.execute(
-                    sa.update(calls)
-                    .where(
-                        calls.c.tenant_id == tenant_id,
-                        calls.c.id == call_id,
-                        calls.c.ended_at.is_(None),
-                        sa.or_(
-                            calls.c.audiosocket_peer.is_(None), calls.c.audiosocket_peer == peer
-                        ),
-                        free,
-                    )
-                    .values(
-                        audiosocket_peer=sa.func.coalesce(calls.c.audiosocket_peer, peer),
-                        audiosocket_attached_by=holder,
-                        audiosocket_attached_until=until,
-                    )
-                    .returning(calls.c.id)
+                    sa.update(calls).where(*where, free).values(**values).returning(calls.c.id)
                 )
             ).one_or_none()
             if claimed is not None:
@@ -284,18 +279,18 @@ class Calls:
         if lease.ended:
             return "call_ended"
         held = lease.held_by_other(holder, now) and lease.attached_by != replaces
-        if lease.peer is not None and lease.peer != peer and not held:
+        if peer is not None and lease.peer is not None and lease.peer != peer and not held:
             return "peer_mismatch"
         return "already_attached"
 
-    async def renew_audiosocket(
+    async def renew_streams(
         self, held: Sequence[tuple[str, str, str]], *, until: datetime
     ) -> set[tuple[str, str]]:
         """Extend to ``until`` the leases of the ``(tenant, call id, holder)`` given, where
         that holder still holds its live call; returns the ``(tenant, call id)`` renewed.
-        One that is missing was lost: another connection took it over after it ran out,
-        or the call ended elsewhere. A lease that ran out but that nobody took is renewed
-        (no other connection carried the call meanwhile)."""
+        One that is missing was lost: another stream took it over after it ran out, or the
+        call ended elsewhere. A lease that ran out but that nobody took is renewed (no other
+        stream carried the call meanwhile)."""
         renewed: set[tuple[str, str]] = set()
         for start in range(0, len(held), IN_BATCH):
             chunk = list(held[start : start + IN_BATCH])
@@ -303,23 +298,21 @@ class Calls:
                 rows = await conn.execute(
                     sa.update(calls)
                     .where(
-                        sa.tuple_(
-                            calls.c.tenant_id, calls.c.id, calls.c.audiosocket_attached_by
-                        ).in_(chunk),
+                        sa.tuple_(calls.c.tenant_id, calls.c.id, calls.c.attached_by).in_(chunk),
                         calls.c.ended_at.is_(None),
                     )
-                    .values(audiosocket_attached_until=until)
+                    .values(attached_until=until)
                     .returning(calls.c.tenant_id, calls.c.id)
                 )
                 renewed.update((row.tenant_id, row.id) for row in rows)
         return renewed
 
-    async def release_audiosocket(
+    async def release_stream(
         self, tenant_id: str, call_id: str, holder: str, now: datetime
     ) -> bool:
         """Detach ``holder`` from the call if it still holds it (a holder that lost its
         lease releases nothing), noting ``now`` as when the call was last carried; ``True``
-        if it held it. The first peer's address stays."""
+        if it held it. AudioSocket's first peer address stays."""
         async with self._core.transaction(write=True) as conn:
             released = (
                 await conn.execute(
@@ -327,16 +320,35 @@ class Calls:
                     .where(
                         calls.c.tenant_id == tenant_id,
                         calls.c.id == call_id,
-                        calls.c.audiosocket_attached_by == holder,
+                        calls.c.attached_by == holder,
                     )
-                    .values(audiosocket_attached_by=None, audiosocket_attached_until=now)
+                    .values(attached_by=None, attached_until=now)
                     .returning(calls.c.id)
                 )
             ).one_or_none()
         return released is not None
 
-    async def audiosocket_lease(self, tenant_id: str, call_id: str) -> AudioSocketLease:
-        """Who carries the call now; ``NotFound`` for an unknown call."""
+    async def release_streams_of(self, node: str, *, keep: str, now: datetime) -> int:
+        """Release every lease of a live call held by a stream named ``<node>:...`` but not
+        ``<keep>...``: the streams of an earlier process of this node (it crashed), which no
+        process carries any more, so that the restarted node takes its PBXs' reconnects at
+        once instead of after those leases ran out. Returns how many were released. Run
+        once at start, so a scan of the live calls is acceptable."""
+        async with self._core.transaction(write=True) as conn:
+            rows = await conn.execute(
+                sa.update(calls)
+                .where(
+                    calls.c.ended_at.is_(None),
+                    calls.c.attached_by.startswith(f"{node}:", autoescape=True),
+                    sa.not_(calls.c.attached_by.startswith(keep, autoescape=True)),
+                )
+                .values(attached_by=None, attached_until=now)
+                .returning(calls.c.id)
+            )
+            return len(rows.all())
+
+    async def stream_lease(self, tenant_id: str, call_id: str) -> StreamLease:
+        """Which stream carries the call now; ``NotFound`` for an unknown call."""
         async with self._core.transaction() as conn:
             return await _lease(conn, tenant_id, call_id)
 
@@ -428,23 +440,23 @@ class Calls:
         )
 
 
-async def _lease(conn: AsyncConnection, tenant_id: str, call_id: str) -> AudioSocketLease:
+async def _lease(conn: AsyncConnection, tenant_id: str, call_id: str) -> StreamLease:
     row = (
         await conn.execute(
             sa.select(
                 calls.c.audiosocket_peer,
-                calls.c.audiosocket_attached_by,
-                calls.c.audiosocket_attached_until,
+                calls.c.attached_by,
+                calls.c.attached_until,
                 calls.c.ended_at,
             ).where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
         )
     ).one_or_none()
     if row is None:
         raise NotFound(f"Call {call_id!r} not found.")
-    return AudioSocketLease(
+    return StreamLease(
         peer=row.audiosocket_peer,
-        attached_by=row.audiosocket_attached_by,
-        attached_until=row.audiosocket_attached_until,
+        attached_by=row.attached_by,
+        attached_until=row.attached_until,
         ended=row.ended_at is not None,
     )
 

@@ -188,14 +188,15 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioSocketLease:
-    """Who carries an audiosocket call, as the catalog knows it (``catalog.calls``)."""
+class StreamLease:
+    """Which stream carries a streamed call (Twilio, fork, AudioSocket), as the catalog
+    knows it (``catalog.calls``)."""
 
     peer: str | None
-    """The IP address of the call's first connection; a connection from any other is
-    refused. ``None`` until the first connection."""
+    """AudioSocket: the IP address of the call's first connection; a connection from any
+    other is refused. ``None`` until the first connection, and for other transports."""
     attached_by: str | None
-    """The connection that carries the call, or ``None``."""
+    """The stream (its connection) that carries the call, or ``None``."""
     attached_until: datetime | None
     """With ``attached_by``: when its lease ends unless renewed; without: when the last
     connection detached (``None`` if none ever attached)."""

@@ -150,12 +150,13 @@ calls = sa.Table(
     # SHA-256 (hex) of the secret id an audiosocket call's announcement answered with, which
     # its PBX names it by; the id itself is never stored. NULL for other and refused calls.
     sa.Column("audiosocket_id_hash", sa.String(64), nullable=True),
-    # AudioSocket attachment (storage.catalog.calls, claim_audiosocket): the first
-    # connection's IP address, the connection that carries the call and its lease's end
-    # (after a detach: when it detached). NULL for other transports.
+    # AudioSocket only: the IP address of the call's first connection, kept for good
+    # (storage.catalog.calls, claim_stream). NULL for other transports.
     sa.Column("audiosocket_peer", sa.String(64), nullable=True),
-    sa.Column("audiosocket_attached_by", sa.String(128), nullable=True),
-    sa.Column("audiosocket_attached_until", UTCDateTime(), nullable=True),
+    # The stream (Twilio, fork or AudioSocket connection) that carries the call and its
+    # lease's end (after a release: when it was released; claim_stream). NULL for RTP.
+    sa.Column("attached_by", sa.String(128), nullable=True),
+    sa.Column("attached_until", UTCDateTime(), nullable=True),
     # The node (``nodes.id``) that took the call; NULL for calls from before the registry.
     sa.Column("node_id", sa.String(128), nullable=True),
     sa.ForeignKeyConstraint(

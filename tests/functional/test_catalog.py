@@ -813,13 +813,13 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
     lease = timedelta(seconds=15)
 
     async def claim(peer: str, holder: str, now: datetime) -> str:
-        return await calls.claim_audiosocket(
+        return await calls.claim_stream(
             "acme", "CA1", peer=peer, holder=holder, now=now, until=now + lease
         )
 
-    assert (await calls.audiosocket_lease("acme", "CA1")).peer is None
+    assert (await calls.stream_lease("acme", "CA1")).peer is None
     assert await claim("10.0.0.1", "node-a:1", T0) == "attached"
-    held = await calls.audiosocket_lease("acme", "CA1")
+    held = await calls.stream_lease("acme", "CA1")
     assert (held.peer, held.attached_by, held.attached_until) == (
         "10.0.0.1",
         "node-a:1",
@@ -829,7 +829,7 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
     assert await claim("10.0.0.1", "node-b:1", T0 + timedelta(seconds=14)) == "already_attached"
     assert await claim("10.0.0.2", "node-b:2", T0 + timedelta(seconds=14)) == "already_attached"
     # Renewed by its holder only; a holder that names another call renews nothing.
-    renewed = await calls.renew_audiosocket(
+    renewed = await calls.renew_streams(
         [("acme", "CA1", "node-a:1"), ("acme", "CA1", "node-b:1"), ("acme", "CA2", "x")],
         until=T0 + timedelta(seconds=29),
     )
@@ -841,21 +841,21 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
     assert await claim("10.0.0.2", "node-b:2", after) == "peer_mismatch"
     assert await claim("10.0.0.1", "node-b:1", after) == "attached"
     # The old holder wakes up: it renews and releases nothing.
-    assert await calls.renew_audiosocket([("acme", "CA1", "node-a:1")], until=after) == set()
-    assert not await calls.release_audiosocket("acme", "CA1", "node-a:1", after)
-    assert (await calls.audiosocket_lease("acme", "CA1")).attached_by == "node-b:1"
+    assert await calls.renew_streams([("acme", "CA1", "node-a:1")], until=after) == set()
+    assert not await calls.release_stream("acme", "CA1", "node-a:1", after)
+    assert (await calls.stream_lease("acme", "CA1")).attached_by == "node-b:1"
     # Released by its holder: free again, for the first address only.
-    assert await calls.release_audiosocket("acme", "CA1", "node-b:1", after)
-    released = await calls.audiosocket_lease("acme", "CA1")
+    assert await calls.release_stream("acme", "CA1", "node-b:1", after)
+    released = await calls.stream_lease("acme", "CA1")
     assert (released.attached_by, released.attached_until) == (None, after)
     assert await claim("10.0.0.2", "node-c:1", after) == "peer_mismatch"
     assert await claim("10.0.0.1", "node-c:1", after) == "attached"
     # An ended call is no one's: no claim, no renewal.
     await calls.end("acme", "CA1", after)
-    assert await calls.renew_audiosocket([("acme", "CA1", "node-c:1")], until=after) == set()
+    assert await calls.renew_streams([("acme", "CA1", "node-c:1")], until=after) == set()
     assert await claim("10.0.0.1", "node-c:2", after + lease) == "call_ended"
     with pytest.raises(NotFound):
-        await calls.claim_audiosocket(
+        await calls.claim_stream(
             "acme", "nope", peer="10.0.0.1", holder="h", now=after, until=after + lease
         )
 
@@ -881,7 +881,7 @@ async def test_a_claim_takes_over_only_the_gone_holder_it_names_and_only_from_th
     now = T0 + timedelta(seconds=1)
 
     async def claim(peer: str, holder: str, replaces: str | None) -> str:
-        return await calls.claim_audiosocket(
+        return await calls.claim_stream(
             "acme", "CA1", peer=peer, holder=holder, now=now, until=now + lease,
             replaces=replaces,
         )  # fmt: skip
@@ -890,12 +890,90 @@ async def test_a_claim_takes_over_only_the_gone_holder_it_names_and_only_from_th
     assert await claim("10.0.0.1", "node-a:2", "node-a:9") == "already_attached"
     assert await claim("10.0.0.2", "node-a:2", "node-a:1") == "peer_mismatch"
     assert await claim("10.0.0.1", "node-a:2", "node-a:1") == "attached"
-    taken = await calls.audiosocket_lease("acme", "CA1")
+    taken = await calls.stream_lease("acme", "CA1")
     assert (taken.attached_by, taken.attached_until) == ("node-a:2", now + lease)
     # The old holder's late release and a second claim naming it change nothing.
-    assert not await calls.release_audiosocket("acme", "CA1", "node-a:1", now)
+    assert not await calls.release_stream("acme", "CA1", "node-a:1", now)
     assert await claim("10.0.0.1", "node-a:3", "node-a:1") == "already_attached"
-    assert (await calls.audiosocket_lease("acme", "CA1")).attached_by == "node-a:2"
+    assert (await calls.stream_lease("acme", "CA1")).attached_by == "node-a:2"
+
+
+async def test_a_websocket_stream_holds_its_call_by_lease_alone(catalog: Catalog) -> None:
+    """Twilio and fork streams claim their call like AudioSocket's connections, one at a
+    time, but prove their token, not an address: no peer is kept, and once the lease is
+    released or ran out any stream of the tenant's may take the call (the PBX's
+    reconnect, on any node)."""
+    await add_tenant(catalog, "acme")
+    await catalog.instructions.add("acme", {"recording": {"enabled": True}}, "adm", T0)
+    await catalog.calls.announce(
+        id="CA1", tenant_id="acme", from_number="+40211111111", to_number="+40722222222",
+        direction="inbound", consent="granted", transport="twilio", codec="pcmu",
+        sample_rate=8000, instructions_version=1, decision={"store_recording": True, "ai": []},
+        refusal_code=None, started_at=T0, recording_id="rec-1",
+    )  # fmt: skip
+    calls = catalog.calls
+    lease = timedelta(seconds=15)
+
+    async def claim(holder: str, now: datetime) -> str:
+        return await calls.claim_stream("acme", "CA1", holder=holder, now=now, until=now + lease)
+
+    assert await claim("node-a:1:s1", T0) == "attached"
+    held = await calls.stream_lease("acme", "CA1")
+    assert (held.peer, held.attached_by, held.attached_until) == (None, "node-a:1:s1", T0 + lease)
+    assert await claim("node-b:1:s1", T0 + timedelta(seconds=14)) == "already_attached"
+    assert await calls.release_stream("acme", "CA1", "node-a:1:s1", T0 + timedelta(seconds=2))
+    assert await claim("node-b:1:s1", T0 + timedelta(seconds=2)) == "attached"
+    assert await claim("node-a:1:s2", T0 + timedelta(seconds=3)) == "already_attached"
+    # Node B stops renewing: once its lease ran out, the next stream takes the call.
+    assert await claim("node-a:1:s2", T0 + timedelta(seconds=17)) == "attached"
+    assert (await calls.stream_lease("acme", "CA1")).peer is None
+
+
+async def test_a_restarted_node_releases_the_leases_of_its_earlier_runs_only(
+    catalog: Catalog,
+) -> None:
+    """At start a node releases the leases its earlier runs held (named ``<node>:<run>:``),
+    so its PBXs reconnect at once; its own run's, another node's (whose name it begins
+    like) and an ended call's lease stay as they are."""
+    await add_tenant(catalog, "acme")
+    await catalog.instructions.add("acme", {"recording": {"enabled": True}}, "adm", T0)
+    holders = {
+        "CA1": "node_a:41.x:s1",  # an earlier run of node_a
+        "CA2": "node_a:41.x:s2",  # the same, its call ended
+        "CA3": "node_a:42.y:s1",  # this run
+        "CA4": "nodeXa:41.x:s1",  # another node ('_' is no wildcard)
+        "CA5": "node_a2:41.x:s1",  # another node, whose name begins like it
+    }
+    lease = T0 + timedelta(seconds=15)
+    for call_id, holder in holders.items():
+        await catalog.calls.announce(
+            id=call_id, tenant_id="acme", from_number="+40211111111", to_number="+4072222",
+            direction="inbound", consent="granted", transport="fork", codec="l16",
+            sample_rate=8000, instructions_version=1,
+            decision={"store_recording": True, "ai": []}, refusal_code=None, started_at=T0,
+            recording_id=f"rec-{call_id}",
+        )  # fmt: skip
+        claimed = await catalog.calls.claim_stream(
+            "acme", call_id, holder=holder, now=T0, until=lease
+        )
+        assert claimed == "attached"
+    await catalog.calls.end("acme", "CA2", T0)
+    now = T0 + timedelta(seconds=1)
+
+    assert await catalog.calls.release_streams_of("node_a", keep="node_a:42.y:", now=now) == 1
+    leases = {c: await catalog.calls.stream_lease("acme", c) for c in holders}
+    assert (leases["CA1"].attached_by, leases["CA1"].attached_until) == (None, now)
+    for call_id in ("CA2", "CA3", "CA4", "CA5"):
+        assert (leases[call_id].attached_by, leases[call_id].attached_until) == (
+            holders[call_id],
+            lease,
+        )
+    assert (
+        await catalog.calls.claim_stream(
+            "acme", "CA1", holder="node_a:42.y:s9", now=now, until=lease
+        )
+        == "attached"
+    )
 
 
 def _call_fields(call: Any) -> dict[str, Any]:

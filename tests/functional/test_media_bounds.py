@@ -407,7 +407,7 @@ async def test_a_node_waiting_for_a_reconnect_leaves_the_limit_to_the_node_carry
 
     async def carried_by_nobody() -> None:
         """Wait until A's release of the dropped connection reached the catalog."""
-        lease = catalog.calls.audiosocket_lease
+        lease = catalog.calls.stream_lease
         async with asyncio.timeout(10):
             while (await lease("acme", call["call_id"])).attached_by:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)

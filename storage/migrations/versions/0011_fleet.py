@@ -12,6 +12,10 @@ Create Date: 2026-12-06
   it wrapped by the master key, as in the local keyring file), with a version that every
   write increments.
 - ``leases``: named leases held by one process at a time (a tenant's retention sweep).
+- ``calls.audiosocket_attached_by`` / ``audiosocket_attached_until`` become ``attached_by`` /
+  ``attached_until``: the lease of the stream that carries a call is kept for every streamed
+  transport (Twilio and fork as well as AudioSocket), so that two streams of one call on
+  two nodes never both record it. ``audiosocket_peer`` stays AudioSocket's own.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def upgrade() -> None:
     with op.batch_alter_table("calls") as batch:
         batch.add_column(sa.Column("node_id", sa.String(128), nullable=True))
         batch.create_index("ix_calls_node_id_ended_at", ["node_id", "ended_at"])
+        batch.alter_column("audiosocket_attached_by", new_column_name="attached_by")
+        batch.alter_column("audiosocket_attached_until", new_column_name="attached_until")
     with op.batch_alter_table("objects") as batch:
         batch.add_column(sa.Column("node_id", sa.String(128), nullable=True))
 
@@ -63,6 +69,8 @@ def downgrade() -> None:
     with op.batch_alter_table("objects") as batch:
         batch.drop_column("node_id")
     with op.batch_alter_table("calls") as batch:
+        batch.alter_column("attached_until", new_column_name="audiosocket_attached_until")
+        batch.alter_column("attached_by", new_column_name="audiosocket_attached_by")
         batch.drop_index("ix_calls_node_id_ended_at")
         batch.drop_column("node_id")
     op.drop_table("leases")

@@ -1,0 +1,334 @@
+"""One stream per call across the fleet, for the WebSocket transports (Twilio Media Streams
+and mod_audio_fork): two gateways (two ``build_app``, each its own catalog connection pool
+and node id) on one catalog, a SQLite file and PostgreSQL, as a load balancer would spread
+the streams of one call over them.
+
+* A second stream of a call that streams on node A is refused by node B as by A itself
+  (close 1008 ``call_in_progress``), also past the lease's first term while A renews it, and
+  B takes nothing of it: the first stream records to its end, nothing lost.
+* After the first stream dropped, the PBX's reconnect to B is taken at once (A released the
+  lease, after flushing its part to the spool), or, when A stopped renewing (stalled, or cut
+  off from the catalog), once A's lease ran out; A then refuses its old stream's frames. The
+  recording holds both parts once, the outage as silence.
+
+The nodes share their data dir as well as the catalog (the keyring: key custody across
+nodes is another part of issue 16), but each has its own node id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMsgType
+
+from gateway.app import build_app
+from gateway.attachments import LEASE_RENEWAL, LEASE_TTL
+from gateway.settings import Settings
+from gateway.state import CALLS, METRICS, SERVICES
+from storage.catalog import StreamLease
+from tests.gateway import (
+    ULAW,
+    FakeClock,
+    Gateway,
+    GatewayServer,
+    TenantTokens,
+    bearer,
+    read_wav,
+    start_gateway,
+    tone,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
+)
+
+NO_CONSENT = {"recording": {"enabled": True}, "consent": {"required": False}}
+RATE = 8000
+FRAME_S = 0.02
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How a PBX streams one track of a call over one WebSocket transport."""
+
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"/v1/ingest/{self.name}"
+
+    def start(self, call_id: str) -> str:
+        if self.name == "twilio":
+            return twilio_start(call_id, tracks=("inbound",))
+        return json.dumps({"call_id": call_id, "sampleRate": RATE})
+
+    def audio(self, samples: np.ndarray, start_ms: int = 0) -> list[str | bytes]:
+        """20 ms messages of ``samples``; Twilio's timestamps count from ``start_ms`` (ms
+        since its stream started), fork's frames carry none."""
+        step = int(RATE * FRAME_S)
+        chunks = [samples[i : i + step] for i in range(0, len(samples), step)]
+        if self.name == "twilio":
+            return [
+                twilio_media("inbound", start_ms + 20 * n, ULAW.encode(chunk), sequence=n + 2)
+                for n, chunk in enumerate(chunks)
+            ]
+        return [chunk.astype("<i2").tobytes() for chunk in chunks]
+
+    def stop(self) -> str:
+        return twilio_stop() if self.name == "twilio" else json.dumps({"event": "stop"})
+
+    def stored(self, samples: np.ndarray) -> np.ndarray:
+        """What the recording holds of ``samples``: G.711 for Twilio, as sent for fork."""
+        return ULAW.decode(ULAW.encode(samples)) if self.name == "twilio" else samples
+
+
+@pytest.fixture(params=["twilio", "fork"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    return Transport(request.param)
+
+
+def node_settings(tmp_path: Path, database_url: str, node: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        audiosocket={"port": 0},
+        ai={"workers": 0},
+        retention={"sweep_interval": "PT0S"},
+        node={"id": node},
+    )
+
+
+async def two_nodes(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock_a: FakeClock,
+    clock_b: FakeClock,
+) -> tuple[Gateway, Gateway]:
+    """Nodes A and B on one catalog, both started before any call; B knows A's operator."""
+    a = await start_gateway(
+        await aiohttp_client(
+            GatewayServer(build_app(node_settings(tmp_path, database_url, "a"), clock=clock_a))
+        )
+    )
+    b_app = build_app(node_settings(tmp_path, database_url, "b"), clock=clock_b)
+    return a, Gateway(client=await aiohttp_client(GatewayServer(b_app)), operator=a.operator)
+
+
+async def open_stream(
+    node: Gateway, transport: Transport, tenant: TenantTokens, call_id: str
+) -> ClientWebSocketResponse:
+    ws = await node.client.ws_connect(transport.path, headers=bearer(tenant.pbx))
+    await ws.send_str(transport.start(call_id))
+    return ws
+
+
+async def send(ws: ClientWebSocketResponse, messages: list[str | bytes]) -> None:
+    for message in messages:
+        if isinstance(message, str):
+            await ws.send_str(message)
+        else:
+            await ws.send_bytes(message)
+
+
+async def refused_audio(ws: ClientWebSocketResponse, messages: list[str | bytes]) -> None:
+    """Send audio behind a start the node refuses: it may close before the last message."""
+    with contextlib.suppress(ConnectionResetError):
+        await send(ws, messages)
+
+
+async def closed(ws: ClientWebSocketResponse) -> tuple[int | None, str]:
+    """Read until the server closes; the close code and reason."""
+    while True:
+        message = await ws.receive(timeout=10)
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            return ws.close_code, message.extra or ""
+        assert message.type is not WSMsgType.ERROR, message
+
+
+def frames_in(node: Gateway, transport: Transport) -> float:
+    return float(node.app[METRICS].frames_in.labels(transport.name)._value.get())
+
+
+def frame_count(samples: np.ndarray) -> int:
+    return -(-len(samples) // int(RATE * FRAME_S))
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait (polling, 10 s at most) until a node reached a state."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - the state lives in another task
+            await asyncio.sleep(0.01)
+
+
+async def lease(node: Gateway, tenant: str, call_id: str) -> StreamLease:
+    return await node.app[SERVICES].catalog.calls.stream_lease(tenant, call_id)
+
+
+async def lease_until(node: Gateway, tenant: str, call_id: str, check: Callable[..., bool]) -> None:
+    """Wait (polling the catalog, 10 s at most) until the call's lease passes ``check``."""
+    async with asyncio.timeout(10):
+        while not check(await lease(node, tenant, call_id)):  # noqa: ASYNC110 - a catalog row
+            await asyncio.sleep(0.01)
+
+
+async def object_states(node: Gateway, tenant: str, recording_id: str) -> list[str]:
+    objects = await node.app[SERVICES].catalog.objects.list(tenant, recording_id=recording_id)
+    return sorted(o.state for o in objects)
+
+
+async def inbound(node: Gateway, tenant: TenantTokens, recording_id: str) -> np.ndarray:
+    response = await node.client.get(
+        f"/v1/recordings/{recording_id}/audio", headers=bearer(tenant.admin)
+    )
+    assert response.status == 200, await response.text()
+    _channels, rate, pcm = read_wav(await response.read())
+    assert rate == RATE
+    assert not pcm[:, 1].any()
+    return np.ascontiguousarray(pcm[:, 0])
+
+
+async def test_a_second_stream_on_the_other_node_is_refused_and_the_first_records_to_the_end(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    transport: Transport,
+) -> None:
+    """The load balancer sent the announcement to B and the call's stream to A; a second
+    stream of the call reaches B. B refuses it as A would (``call_in_progress``), also after
+    A's lease had to be renewed to last, and stores nothing of it; A's stream records on
+    to its stop with nothing lost."""
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock, clock)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await b.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after = tone(1.0, 440, seed=41), tone(0.6, 660, seed=42)
+    intruder = tone(0.4, 880, seed=43)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    second = await open_stream(b, transport, tenant, call_id)
+    await refused_audio(second, transport.audio(intruder))
+    assert await closed(second) == (1008, "call_in_progress")
+    # A renews its lease every 5 s: past the lease's first 15 s B still refuses.
+    for _ in range(4):
+        clock.advance(LEASE_RENEWAL.total_seconds())
+        end = clock.now() + LEASE_TTL
+        await lease_until(a, "acme", call_id, lambda held, end=end: held.attached_until == end)
+    third = await open_stream(b, transport, tenant, call_id)
+    await refused_audio(third, transport.audio(intruder))
+    assert await closed(third) == (1008, "call_in_progress")
+    assert frames_in(b, transport) == 0
+    (on_b,) = b.app[CALLS].live()  # B announced the call: it waits for a stream there
+    assert not on_b.attached and not on_b.tracks
+
+    await send(first, transport.audio(after, start_ms=1000) + [transport.stop()])
+    assert await closed(first) == (1000, "stop")
+    assert frames_in(a, transport) == frame_count(before) + frame_count(after)
+    assert await object_states(b, "acme", recording_id) == ["committed"]
+    pcm = await inbound(b, tenant, recording_id)
+    assert np.array_equal(pcm, np.concatenate([transport.stored(before), transport.stored(after)]))
+
+
+async def test_a_reconnect_on_the_other_node_after_a_drop_continues_the_recording(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    transport: Transport,
+) -> None:
+    """The first stream, on A, drops without a stop: A flushes its part to its spool and
+    releases the lease, so the PBX's reconnect to B is taken at once, and B's stream is
+    refused nothing. The call ends on B; A publishes its part at its next renewal (the
+    call's AI job waits for it meanwhile: its object is ``writing``). The recording holds
+    both parts once, the 3 s outage as silence."""
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock, clock)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after = tone(1.0, 440, seed=44), tone(0.6, 660, seed=45)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    await first.close()  # dropped: no stop
+    await lease_until(a, "acme", call_id, lambda held: held.attached_by is None)
+    # Released only once its audio was durable and registered, not yet published.
+    assert await object_states(a, "acme", recording_id) == ["writing"]
+
+    clock.advance(3)
+    again = await open_stream(b, transport, tenant, call_id)
+    await send(again, transport.audio(after) + [transport.stop()])
+    assert await closed(again) == (1000, "stop")
+    assert frames_in(b, transport) == frame_count(after)
+    catalog = b.app[SERVICES].catalog
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recorded"
+
+    clock.advance(LEASE_RENEWAL.total_seconds())
+    await a.app[CALLS].tick(clock.now())  # or A's own ticker, at the same time
+    async with asyncio.timeout(10):  # published: both objects committed
+        while await object_states(a, "acme", recording_id) != ["committed"] * 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    pcm = await inbound(a, tenant, recording_id)
+    gap_end = 3 * RATE
+    assert len(pcm) == gap_end + len(after)
+    assert np.array_equal(pcm[: len(before)], transport.stored(before))
+    assert not pcm[len(before) : gap_end].any()
+    assert np.array_equal(pcm[gap_end:], transport.stored(after))
+
+
+async def test_a_node_that_stopped_renewing_loses_the_call_to_the_reconnect_on_the_other(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    transport: Transport,
+) -> None:
+    """Node A stops renewing (its clock stands still: a stalled node, or one cut off from
+    the catalog, as a crashed one looks to the others) while its stream seems open. B
+    refuses the PBX's reconnect while A's lease runs and takes it once the lease ran out;
+    when A wakes, it finds its lease lost, publishes its part and refuses its old stream's
+    next frame, so the call never has two writers. The recording is A's part, the outage
+    as silence, then B's part."""
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock_a, clock_b)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after, late = tone(1.0, 440, seed=46), tone(0.6, 660, seed=47), tone(0.2, 880)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    refused = await open_stream(b, transport, tenant, call_id)
+    assert await closed(refused) == (1008, "call_in_progress")
+
+    clock_b.advance(LEASE_TTL.total_seconds() + 1)  # A's lease ran out, as B sees it
+    again = await open_stream(b, transport, tenant, call_id)
+    await send(again, transport.audio(after))
+    await until(lambda: frames_in(b, transport) == frame_count(after))
+    clock_a.advance(LEASE_TTL.total_seconds() + 5)
+    await a.app[CALLS].tick(clock_a.now())  # A renews: lost
+    (held,) = a.app[CALLS].live()
+    await until(lambda: not held.attached and not held.unpublished())
+    await send(first, transport.audio(late, start_ms=1000))
+    assert await closed(first) == (1008, "call_in_progress")
+    assert frames_in(a, transport) == frame_count(before)
+
+    await send(again, [transport.stop()])
+    assert await closed(again) == (1000, "stop")
+    assert await object_states(b, "acme", recording_id) == ["committed", "committed"]
+    pcm = await inbound(b, tenant, recording_id)
+    gap_end = int(LEASE_TTL.total_seconds() + 1) * RATE
+    assert len(pcm) == gap_end + len(after)
+    assert np.array_equal(pcm[: len(before)], transport.stored(before))
+    assert not pcm[len(before) : gap_end].any()
+    assert np.array_equal(pcm[gap_end:], transport.stored(after))
