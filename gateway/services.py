@@ -11,6 +11,7 @@ cannot do the work) and the media vault that ties them together.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -177,8 +178,10 @@ async def open_services(
     neither measure nor touch it while ``serve`` runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The keyring keeps the audit keys and the checkpoint signing key (its sections) with
-    # every provider; with `vault` only the DEKs are wrapped elsewhere.
-    keyring = open_keyring(settings)
+    # every provider; with `vault` only the DEKs are wrapped elsewhere. Opening it blocks
+    # (the catalog keyring's engine, its migration under an advisory lock, the row's lock;
+    # a file lock): in a thread, so the loop of a process that runs more goes on.
+    keyring = await asyncio.to_thread(open_keyring, settings)
     try:
         audit_keys = AuditKeyring(keyring)
         keys = await open_key_provider(settings, keyring)

@@ -693,3 +693,36 @@ async def test_a_holder_stalled_inside_the_keyring_lock_is_ended_by_the_server(
         leave.set()
         await asyncio.to_thread(holder.join, 10)
         stalled.close()
+
+
+@postgres_only
+async def test_opening_the_services_waits_for_the_keyring_off_the_event_loop(
+    database_url_postgresql: str, tmp_path: Path, master: bytes
+) -> None:
+    url = database_url_postgresql
+    settings = catalog_settings(tmp_path / "var", url, master)
+    open_keyring(settings).close()  # the row exists
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    opened_services = open_services(settings)
+    ticker = asyncio.ensure_future(tick())
+    try:
+        with row_held(url, tmp_path):  # the keyring's lock is busy: opening waits for it
+            opening = asyncio.ensure_future(opened_services.__aenter__())
+            await asyncio.sleep(1.5)
+            assert not opening.done()
+        async with asyncio.timeout(20):
+            services = await opening
+        assert services.keys is not None
+        await opened_services.__aexit__(None, None, None)
+    finally:
+        ticker.cancel()
+    assert max(gaps) < 0.5, max(gaps)  # the loop went on while the keyring waited
