@@ -103,14 +103,15 @@ def dek_context(tenant: str, object_id: str, kek_id: str, kek_version: int) -> b
     return f"callvault/dek/v1|{tenant}|{object_id}|{kek_id}|{kek_version}".encode()
 
 
-def _kek_context(tenant: str, kek_id: str, version: int) -> bytes:
+def kek_context(tenant: str, kek_id: str, version: int) -> bytes:
+    """The context a tenant's KEK version is wrapped under by the master key."""
     return f"callvault/kek/v1|{tenant}|{kek_id}|{version}".encode()
 
 
 def _tenant_keks(section: dict[str, Any]) -> list[tuple[SlotPath, bytes]]:
     """``tenants``: ``{tenant: {"kek_id", "current", "versions": {version: wrap}}}``."""
     return [
-        ((tenant, "versions", version), _kek_context(tenant, entry["kek_id"], int(version)))
+        ((tenant, "versions", version), kek_context(tenant, entry["kek_id"], int(version)))
         for tenant, entry in section.items()
         for version in entry["versions"]
     ]
@@ -552,7 +553,7 @@ class LocalKeyring:
         return wrap_key(
             self._master,
             secrets.token_bytes(DEK_SIZE),
-            context=_kek_context(tenant, kek_id, version),
+            context=kek_context(tenant, kek_id, version),
         )
 
     def _with(
@@ -568,7 +569,7 @@ class LocalKeyring:
         if cached is None:
             try:
                 cached = unwrap_key(
-                    self._master, wrap, context=_kek_context(tenant, keys.kek_id, version)
+                    self._master, wrap, context=kek_context(tenant, keys.kek_id, version)
                 )
             except DecryptionFailed:
                 raise KeyUnavailable(

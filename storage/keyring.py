@@ -62,7 +62,7 @@ from storage.catalog.core import (
     create_owner_only,
     upgrade_schema,
 )
-from storage.catalog.schema import keyring
+from storage.catalog.schema import audit_checkpoints, keyring
 from storage.catalog.urls import mask_database_url, sync_database_url
 from storage.errors import CatalogUnavailable
 
@@ -205,6 +205,19 @@ class CatalogBacking:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    # -- what the catalog says of the keyring's keys -------------------------------------------
+
+    def checkpoint_tenants(self, key_id: str) -> list[str]:
+        """The tenants with audit checkpoints signed under the signing key ``key_id`` (a
+        node's own, before its keyring moved into the catalog: ``crypto.keymerge``)."""
+        query = (
+            sa.select(audit_checkpoints.c.tenant_id)
+            .where(audit_checkpoints.c.key_id == key_id)
+            .distinct()
+            .order_by(audit_checkpoints.c.tenant_id)
+        )
+        return self._run(lambda conn: list(conn.execute(query).scalars()))
 
     # -- the row -----------------------------------------------------------------------------
 

@@ -472,7 +472,8 @@ async def test_a_sqlite_catalog_is_refused_for_the_catalog_keyring(
         patch.delenv("CALLVAULT_DATABASE_URL", raising=False)
         code, _, err = await callvault(capsys, "keys", "to-catalog")
     assert code == 2
-    assert err.startswith("callvault: CALLVAULT_KEYS__PROVIDER: is catalog, which needs")
+    # Run while the node is still on the local keyring: the setting to change is the URL.
+    assert err.startswith("callvault: CALLVAULT_DATABASE_URL: must name a PostgreSQL catalog")
     assert not (data_dir / "catalog.sqlite3").exists()  # nothing was made
     assert not (tmp_path / "catalog.sqlite3").exists()
 
@@ -589,13 +590,15 @@ async def test_to_catalog_refuses_other_keys_a_rotation_a_wrong_key_and_no_keyri
     assert "in the middle of a master-key rotation" in err
     local.finish_master_rotation(OLD)
 
-    # Another node's keyring reached the catalog first: nothing is merged or overwritten.
+    # Another node made its own KEK for the same tenant in the catalog keyring first: the
+    # two cannot be merged (one KEK id a tenant there), and nothing is overwritten.
     other = node(database_url, tmp_path, master, opened)
-    await other.wrap("globex", "obj-2", generate_dek())
+    await other.wrap("acme", "obj-2", generate_dek())
     before = row(database_url, tmp_path)
     code, _, err = await callvault(capsys, "keys", "to-catalog")
     assert code == 2
-    assert "already holds a keyring with other keys" in err
+    assert "cannot be merged with; nothing was copied" in err
+    assert "tenant 'acme' has KEK" in err
     assert row(database_url, tmp_path) == before
 
 
