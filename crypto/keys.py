@@ -103,14 +103,15 @@ def dek_context(tenant: str, object_id: str, kek_id: str, kek_version: int) -> b
     return f"callvault/dek/v1|{tenant}|{object_id}|{kek_id}|{kek_version}".encode()
 
 
-def _kek_context(tenant: str, kek_id: str, version: int) -> bytes:
+def kek_context(tenant: str, kek_id: str, version: int) -> bytes:
+    """The context a tenant's KEK version is wrapped under by the master key."""
     return f"callvault/kek/v1|{tenant}|{kek_id}|{version}".encode()
 
 
 def _tenant_keks(section: dict[str, Any]) -> list[tuple[SlotPath, bytes]]:
     """``tenants``: ``{tenant: {"kek_id", "current", "versions": {version: wrap}}}``."""
     return [
-        ((tenant, "versions", version), _kek_context(tenant, entry["kek_id"], int(version)))
+        ((tenant, "versions", version), kek_context(tenant, entry["kek_id"], int(version)))
         for tenant, entry in section.items()
         for version in entry["versions"]
     ]
@@ -219,10 +220,17 @@ class LocalKeyring:
         """The document as last read, with both sides of a master-key rotation in progress."""
         self._side: Side | None = None
         """The side of a rotation in progress that this process's master key opens."""
-        self._kek_cache: dict[tuple[str, int], bytes] = {}
+        self._kek_cache: dict[tuple[str, int, bytes], bytes] = {}
+        """Unwrapped KEKs by tenant, version and wrap: a version made again elsewhere (with
+        another wrap) is never answered by a KEK cached for the first."""
         self._sections: dict[str, Any] = {}
         self._seen: Identity | None = None
         """The backing's identity of the document last loaded or written."""
+        self._staged: tuple[dict[str, Any], Identity, bytes] | None = None
+        """A document written under the backing's lock, its identity and the master key
+        that opens it: published as the view only once the lock's transaction committed
+        (``_locked``), so that no other coroutine or thread of this process uses a key, or
+        reads a section, that never reached the backing."""
 
     @classmethod
     def open(
@@ -359,10 +367,8 @@ class LocalKeyring:
                 if version != keys.current and (keys.kek_id, version) not in referenced
             }
             if gone:
-                for version in gone:
-                    del keys.versions[version]
-                    self._kek_cache.pop((tenant, version), None)
-                self._save()
+                kept = {v: wrap for v, wrap in keys.versions.items() if v not in gone}
+                self._save(tenants=self._with(tenant, keys.kek_id, keys.current, kept))
             return keys.kek_id, gone
 
     def _reinstate(self, tenant: str, kek_id: str, versions: dict[int, bytes]) -> None:
@@ -371,8 +377,8 @@ class LocalKeyring:
             keys = self._tenants.get(tenant)
             if keys is None or keys.kek_id != kek_id:
                 return  # destroyed meanwhile: nothing to put back
-            keys.versions.update(versions)
-            self._save()
+            restored = {**keys.versions, **versions}
+            self._save(tenants=self._with(tenant, kek_id, keys.current, restored))
 
     # -- master-key rotation (blocking; the CLI runs these) ----------------------------------
 
@@ -410,7 +416,6 @@ class LocalKeyring:
                     "finish that one (--commit) or abandon it (--abort) first",
                 ) from None
             self._write(doc)
-            self._load()
             return len(keyfile.slots(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS))
 
     def finish_master_rotation(
@@ -446,9 +451,7 @@ class LocalKeyring:
             if keep not in keys:
                 raise ConfigError(other_source, f"is needed: it is the {keep} key, the one kept")
             doc, count = keyfile.keep_side(self._doc, keep, keys, WRAPPED_SECTIONS, PLAIN_SECTIONS)
-            self._master = keys[keep]
-            self._write(doc)
-            self._load()
+            self._write(doc, master=keys[keep])  # this keyring holds the kept key once committed
             return count
 
     # -- sections of other crypto modules (blocking; call them in threads) ----------------
@@ -485,8 +488,7 @@ class LocalKeyring:
                 raise ValueError("a section may not replace the keyring's own fields")
             keyfile.slots(sections, WRAPPED_SECTIONS, PLAIN_SECTIONS)
             if sections != self._sections:
-                self._sections = sections
-                self._save()
+                self._save(sections=sections)
             return result
 
     # -- the document (blocking; called in threads) ----------------------------------------
@@ -502,13 +504,12 @@ class LocalKeyring:
                 raise KeyUnavailable(
                     f"the keys of tenant {tenant!r} were destroyed; nothing new can be sealed"
                 )
-            if tenant not in self._tenants:
+            keys = self._tenants.get(tenant)
+            if keys is None:
                 kek_id = f"kek-{secrets.token_hex(8)}"
-                self._tenants[tenant] = _TenantKeys(
-                    kek_id, 1, {1: self._new_kek(tenant, kek_id, 1)}
-                )
-                self._save()
-            return self._tenants[tenant]
+                keys = _TenantKeys(kek_id, 1, {1: self._new_kek(tenant, kek_id, 1)})
+                self._save(tenants={**self._tenants, tenant: keys})
+            return keys
 
     def _rotate(self, tenant: str) -> KekRef:
         with self._locked():
@@ -517,18 +518,15 @@ class LocalKeyring:
             if keys is None:
                 raise KeyUnavailable(f"no keys exist for tenant {tenant!r}")
             version = max(keys.versions) + 1
-            keys.versions[version] = self._new_kek(tenant, keys.kek_id, version)
-            keys.current = version
-            self._save()
+            versions = {**keys.versions, version: self._new_kek(tenant, keys.kek_id, version)}
+            self._save(tenants=self._with(tenant, keys.kek_id, version, versions))
             return KekRef(keys.kek_id, version)
 
     def _destroy(self, tenant: str) -> None:
         with self._locked():
             self._load()
-            self._tenants.pop(tenant, None)
-            self._destroyed.add(tenant)
-            self._save()
-            self._load()
+            tenants = {name: keys for name, keys in self._tenants.items() if name != tenant}
+            self._save(tenants=tenants, destroyed=self._destroyed | {tenant})
 
     async def _refresh(self) -> None:
         """Reload the document if another process or node (``keys rotate``, a tenant
@@ -555,50 +553,73 @@ class LocalKeyring:
         return wrap_key(
             self._master,
             secrets.token_bytes(DEK_SIZE),
-            context=_kek_context(tenant, kek_id, version),
+            context=kek_context(tenant, kek_id, version),
         )
 
+    def _with(
+        self, tenant: str, kek_id: str, current: int, versions: dict[int, bytes]
+    ) -> dict[str, _TenantKeys]:
+        """The tenants of the view with ``tenant``'s keys replaced: a new mapping, so the
+        view that other threads read stays as it is until the write commits."""
+        return {**self._tenants, tenant: _TenantKeys(kek_id, current, versions)}
+
     def _kek(self, tenant: str, keys: _TenantKeys, version: int) -> bytes:
-        cached = self._kek_cache.get((tenant, version))
+        wrap = keys.versions[version]
+        cached = self._kek_cache.get((tenant, version, wrap))
         if cached is None:
             try:
                 cached = unwrap_key(
-                    self._master,
-                    keys.versions[version],
-                    context=_kek_context(tenant, keys.kek_id, version),
+                    self._master, wrap, context=kek_context(tenant, keys.kek_id, version)
                 )
             except DecryptionFailed:
                 raise KeyUnavailable(
                     f"KEK version {version} of tenant {tenant!r} does not open under the master key"
                 ) from None
-            self._kek_cache[(tenant, version)] = cached
+            self._kek_cache[(tenant, version, wrap)] = cached
         return cached
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """The backing's lock, for one read-modify-write of the document. If anything fails
-        inside, the view this keyring holds may be one that was never stored (a KEK made in
-        memory whose write did not commit): it is reloaded before its next use."""
+        """The backing's lock, for one read-modify-write of the document. What is written
+        inside (``_write``) becomes this keyring's view only once the backing committed it:
+        until then every wrap, unwrap and section read of the process's other coroutines
+        and threads uses the view as stored. If anything fails inside, nothing written is
+        published, and the document is reloaded before the next use (another node may
+        have written meanwhile)."""
         with self._state:
+            self._staged = None
             try:
                 with self._backing.locked():
                     yield
             except BaseException:
+                self._staged = None
                 self._seen = _UNKNOWN
                 raise
+            staged = self._take_staged()
+            if staged is not None:
+                self._publish(*staged)
+
+    def _take_staged(self) -> tuple[dict[str, Any], Identity, bytes] | None:
+        """What ``_write`` staged in this lock (committed now), taken."""
+        staged, self._staged = self._staged, None
+        return staged
 
     def _load(self, *, create: bool = False) -> None:
+        """Make the document as stored now this keyring's view; with ``create`` (under the
+        lock), write a new, empty one when there is none (the view once committed)."""
         loaded = self._backing.read()
         if loaded is None:
             if not create:
                 raise ConfigError(self._backing.name, "has disappeared")
-            self._tenants, self._destroyed, self._doc, self._side = {}, set(), {}, None
-            self._sections = {}
-            self._check = keyfile.new_check(self._master)
-            self._save()
-            loaded = self._backing.read()
-            if loaded is None:
-                raise ConfigError(self._backing.name, "has disappeared")
+            self._write(
+                {
+                    "format": _KEYRING_FORMAT,
+                    "check": keyfile.new_check(self._master),
+                    "tenants": {},
+                    "destroyed": [],
+                }
+            )
+            return
         try:
             doc = orjson.loads(loaded.document)
             if doc.get("format") != _KEYRING_FORMAT:
@@ -609,6 +630,13 @@ class LocalKeyring:
             keyfile.slots(doc, WRAPPED_SECTIONS, PLAIN_SECTIONS)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(self._backing.name, f"is unreadable ({e})") from None
+        self._publish(doc, loaded.identity, None)
+
+    def _publish(self, doc: dict[str, Any], identity: Identity, master: bytes | None) -> None:
+        """Make ``doc`` (stored, with ``identity``) this keyring's view; ``master``: the
+        key that opens it, when a committed rotation replaced the one held."""
+        if master is not None:
+            self._master = master
         side = self._open_side(doc)
         try:
             view = keyfile.select(doc, side, WRAPPED_SECTIONS, PLAIN_SECTIONS)
@@ -631,13 +659,13 @@ class LocalKeyring:
         self._tenants = tenants
         self._destroyed = destroyed
         self._sections = sections
-        self._seen = loaded.identity
+        self._seen = identity
         # Forget unwrapped KEKs whose versions are gone from the document (destroyed tenants,
         # retired versions).
         self._kek_cache = {
-            (name, version): kek
-            for (name, version), kek in self._kek_cache.items()
-            if name in tenants and version in tenants[name].versions
+            (name, version, wrap): kek
+            for (name, version, wrap), kek in self._kek_cache.items()
+            if name in tenants and tenants[name].versions.get(version) == wrap
         }
 
     def _open_side(self, doc: dict[str, Any]) -> Side | None:
@@ -671,9 +699,20 @@ class LocalKeyring:
             "since committed); give the current one, and restart processes that hold the old",
         )
 
-    def _save(self) -> None:
+    def _save(
+        self,
+        *,
+        tenants: dict[str, _TenantKeys] | None = None,
+        destroyed: set[str] | None = None,
+        sections: dict[str, Any] | None = None,
+    ) -> None:
+        """Write the view with ``tenants``, ``destroyed`` and ``sections`` replaced (each
+        a new value: the view itself changes only once the write committed)."""
+        tenants = self._tenants if tenants is None else tenants
+        destroyed = self._destroyed if destroyed is None else destroyed
+        sections = self._sections if sections is None else sections
         doc = {
-            **self._sections,
+            **sections,
             "format": _KEYRING_FORMAT,
             "check": self._check,
             "tenants": {
@@ -684,17 +723,19 @@ class LocalKeyring:
                         str(v): base64.b64encode(w).decode() for v, w in keys.versions.items()
                     },
                 }
-                for name, keys in self._tenants.items()
+                for name, keys in tenants.items()
             },
-            "destroyed": sorted(self._destroyed),
+            "destroyed": sorted(destroyed),
         }
         # During a master-key rotation, values this process did not change keep the wrap
         # of the other key too (``crypto.keyfile.merge``).
         self._write(keyfile.merge(doc, self._doc, self._side, WRAPPED_SECTIONS, PLAIN_SECTIONS))
 
-    def _write(self, doc: dict[str, Any]) -> None:
-        self._seen = self._backing.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        self._doc = doc
+    def _write(self, doc: dict[str, Any], *, master: bytes | None = None) -> None:
+        """Write ``doc`` (under the lock); it is published when the lock's transaction
+        commits (``_locked``). ``master``: the key that opens it, if not the one held."""
+        identity = self._backing.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        self._staged = (doc, identity, master or self._master)
 
 
 def admin_lock(data_dir: Path, *, wait: bool = True) -> FileLock:

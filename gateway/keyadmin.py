@@ -17,11 +17,12 @@ key commands from interleaving. What each one promises:
   it is two: phase one takes the new key, the operator moves it into the secret store
   and restarts the processes, ``--commit`` drops the old wraps. The master key belongs to
   no tenant, so its rotation is recorded as a log line (logger ``callvault.keys``), not in
-  a tenant's audit chain. With ``CALLVAULT_KEYS__PROVIDER=catalog`` the keyring is the
-  catalog's row and the key comes from ``CALLVAULT_MASTER_KEY``: the two-step rotation,
-  with every node restarted in between;
-* ``keys to-catalog``: the data dir's local keyring copied into the catalog, as it is, for
-  a node that moves to ``CALLVAULT_KEYS__PROVIDER=catalog`` (``gateway.catalogkeys``).
+  a tenant's audit chain. With the keyring in the catalog (``CALLVAULT_KEYS__PROVIDER=
+  catalog``, and ``vault`` on a PostgreSQL catalog: ``keyring_in_catalog``) the keyring is
+  the catalog's row and the key comes from ``CALLVAULT_MASTER_KEY`` only, never the data
+  dir's file: the two-step rotation, with every node restarted in between;
+* ``keys to-catalog``: the data dir's local keyring merged into the catalog keyring, for a
+  node that moves to it (``gateway.catalogkeys``, ``crypto.keymerge``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ from crypto.masterkey import (
 )
 from gateway.catalogkeys import (
     PROVIDER_SETTING,
+    CopyReport,
     copy_to_catalog,
     fleet_master_key,
-    open_catalog_keyring,
+    keyring_in_catalog,
+    local_keyring_left,
+    require_shared_catalog,
 )
 from gateway.settings import Settings
+from storage.keyring import CatalogBacking
 
 log = logging.getLogger("callvault.keys")
 
@@ -112,12 +117,14 @@ def add_key_commands(commands: Any) -> None:
     )
     actions.add_parser(
         "to-catalog",
-        help="copy this data dir's local keyring into the catalog, for "
-        "CALLVAULT_KEYS__PROVIDER=catalog (needs CALLVAULT_MASTER_KEY)",
-        description="Copies keyring.json, as it is, into the catalog's keyring row (every "
-        "value stays wrapped by CALLVAULT_MASTER_KEY) and checks that every value opens "
-        "from there. Refused if the catalog already holds other keys or a master-key "
-        "rotation is in progress; a second run with the same keyring changes nothing.",
+        help="merge this data dir's local keyring into the catalog keyring, for "
+        "CALLVAULT_KEYS__PROVIDER=catalog (or vault on PostgreSQL; needs CALLVAULT_MASTER_KEY)",
+        description="Merges keyring.json into the catalog's keyring row (every value stays "
+        "wrapped by CALLVAULT_MASTER_KEY; into an empty row it goes as it is; with "
+        "provider vault, its audit keys and signing key only) and checks that every value "
+        "opens from there. Refused, changing nothing, when a key cannot be merged (a tenant "
+        "with another KEK or audit key in the catalog keyring: it names them) or a "
+        "master-key rotation is in progress; a second run changes nothing.",
     )
     finish = master.add_mutually_exclusive_group()
     finish.add_argument(
@@ -137,7 +144,7 @@ def run_key_command(settings: Settings, args: argparse.Namespace) -> int:
             return asyncio.run(_retire(settings, args.tenant))
         if args.keys_command == "to-catalog":
             return _to_catalog(settings)
-        if settings.keys.provider == "catalog":
+        if keyring_in_catalog(settings):
             fleet_master_key(settings)  # the catalog keyring's key is never the data dir's file
         if settings.master_key is None:
             return _rotate_master_file(settings, args)
@@ -329,21 +336,55 @@ def _new_source(args: argparse.Namespace) -> str:
 
 def _to_catalog(settings: Settings) -> int:
     report = copy_to_catalog(settings)
-    done = "copied into" if report.copied else "was already in"
+    local = settings.data_dir / KEYRING_FILE
+    if not report.copied:
+        done = "was already in"
+    elif report.merged:
+        done = f"was merged into ({len(report.added)} key(s) added)"
+    else:
+        done = "was copied into"
     print(
-        f"the local keyring {settings.data_dir / KEYRING_FILE} {done} the {report.location}; "
-        f"its {report.values} value(s) open there with CALLVAULT_MASTER_KEY.\n"
-        "Next:\n"
-        f"  1. set {PROVIDER_SETTING}=catalog, the same CALLVAULT_DATABASE_URL and the same "
-        "CALLVAULT_MASTER_KEY (from your secret store) on every node, and restart every "
-        "`callvault serve` and `callvault worker` (this node's should be stopped while the "
-        "keyring is copied: a process still on the local keyring makes keys the catalog "
-        "never sees);\n"
-        f"  2. then delete {settings.data_dir / KEYRING_FILE} (and keep it out of backups): "
-        "it still holds every KEK it held now, so a tenant deleted from now on is not "
-        "crypto-shredded in that copy."
+        f"the local keyring {local} {done} the {report.location}; its {report.values} "
+        "value(s) open there with CALLVAULT_MASTER_KEY, and it holds every key of the file "
+        "that the provider needs."
     )
+    for added in report.added:
+        print(f"  added: {added}")
+    print(_to_catalog_next(settings, report, local))
     return 0
+
+
+def _to_catalog_next(settings: Settings, report: CopyReport, local: Path) -> str:
+    """What the operator does after ``keys to-catalog``, per provider."""
+    stop = (
+        "this node's should be stopped while the keyring is merged: a process still on the "
+        "local keyring makes keys the catalog never sees"
+    )
+    if settings.keys.provider == "vault":
+        first = (
+            f"  1. keep {PROVIDER_SETTING}=vault and set the same CALLVAULT_DATABASE_URL "
+            "(PostgreSQL) and the same CALLVAULT_MASTER_KEY (from your secret store) on "
+            "every node, and restart every `callvault serve` and `callvault worker` (" + stop + ");"
+        )
+        if report.kek_tenants_left:
+            return (
+                "Next:\n" + first + f"\n  2. {local} also holds the KEKs of "
+                f"{report.kek_tenants_left} tenant(s) of the local provider, which vault "
+                "never uses and which were not copied: it is their only copy. Delete it (and "
+                "keep it out of backups) once nothing sealed under them is needed: until "
+                "then a tenant deleted is not crypto-shredded in that file."
+            )
+    else:
+        first = (
+            f"  1. set {PROVIDER_SETTING}=catalog, the same CALLVAULT_DATABASE_URL and the "
+            "same CALLVAULT_MASTER_KEY (from your secret store) on every node, and restart "
+            "every `callvault serve` and `callvault worker` (" + stop + ");"
+        )
+    return (
+        "Next:\n" + first + f"\n  2. then delete {local} (and keep it out of backups): "
+        "the catalog keyring holds every key of it now, and the file still holds every KEK "
+        "it held, so a tenant deleted from now on is not crypto-shredded in that copy."
+    )
 
 
 def _record_rotation(location: str, outcome: str, values: int) -> None:
@@ -394,7 +435,7 @@ def warn_about_master_key(settings: Settings) -> None:
             host,
             extra={"event": "keys.master_key_in_data_dir"},
         )
-    catalog = settings.keys.provider == "catalog"
+    catalog = keyring_in_catalog(settings)
     where, unfinished = (
         _catalog_rotation_unfinished(settings)
         if catalog
@@ -411,28 +452,79 @@ def warn_about_master_key(settings: Settings) -> None:
             how,
             extra={"event": "keys.master_rotation_unfinished"},
         )
-    if catalog and (settings.data_dir / KEYRING_FILE).exists():
+    if catalog:
+        _warn_about_local_keyring(settings)
+
+
+def _warn_about_local_keyring(settings: Settings) -> None:
+    """A ``keyring.json`` left beside the catalog keyring: "delete it" only once the
+    catalog keyring is checked to hold every key of it; else what to do first."""
+    left = local_keyring_left(settings)
+    if left is None:
+        return
+    path = settings.data_dir / KEYRING_FILE
+    provider = settings.keys.provider
+    if left.merge is None or not left.merge.complete:
+        why = (
+            f"it could not be compared with the catalog keyring ({left.reason})"
+            if left.merge is None
+            else "it holds keys the catalog keyring does not "
+            f"({len(left.merge.missing) + len(left.merge.conflicts)})"
+        )
         log.warning(
-            "the local keyring %s is left in the data dir, though the keys are in the catalog "
-            "(CALLVAULT_KEYS__PROVIDER=catalog): it still holds every KEK it held when it "
-            "was copied there, so a tenant deleted since is not crypto-shredded in it, nor in "
-            "backups of the data dir. Delete it once every node runs on the catalog keyring.",
-            settings.data_dir / KEYRING_FILE,
+            "the local keyring %s is in the data dir, though the keys are in the catalog "
+            "(CALLVAULT_KEYS__PROVIDER=%s), and %s: do not delete it, it may be their only "
+            "copy. Run `callvault keys to-catalog` on this node: it merges them into the "
+            "catalog keyring, or says why it cannot.",
+            path,
+            provider,
+            why,
+            extra={"event": "keys.local_keyring_not_in_catalog"},
+        )
+        return
+    if provider == "vault" and left.kek_tenants:
+        log.warning(
+            "the local keyring %s is left in the data dir; the catalog keyring holds its "
+            "audit keys and signing key, but it also holds the KEKs of %d tenant(s) of the "
+            "local provider, which vault never uses (their only copy): delete it once "
+            "nothing sealed under them is needed; until then a tenant deleted is not "
+            "crypto-shredded in it, nor in backups of the data dir.",
+            path,
+            left.kek_tenants,
             extra={"event": "keys.local_keyring_left"},
         )
+        return
+    log.warning(
+        "the local keyring %s is left in the data dir, though the keys are in the catalog "
+        "(CALLVAULT_KEYS__PROVIDER=%s), which holds every key of it (checked now): it "
+        "still holds every KEK it held, so a tenant deleted since is not crypto-shredded in "
+        "it, nor in backups of the data dir. Delete it.",
+        path,
+        provider,
+        extra={"event": "keys.local_keyring_left"},
+    )
 
 
 def _catalog_rotation_unfinished(settings: Settings) -> tuple[str, bool]:
-    """Where the catalog keyring is, and whether a master-key rotation of it is in
-    progress; not in progress when it does not open (the start refuses right after)."""
+    """Where the catalog keyring is, and whether its row is in a master-key rotation (read
+    as it is, with no key: whether the start opens it is the start's business); not in
+    progress when it cannot be read (the start refuses right after)."""
     try:
-        keyring = open_catalog_keyring(settings)
+        require_shared_catalog(settings)
+        backing = CatalogBacking.open(settings.catalog_url, settings.data_dir)
     except CallvaultError:
         return "the catalog keyring", False
     try:
-        return keyring.location, keyring.rotation_side is not None
+        loaded = backing.read()
+    except CallvaultError:
+        return backing.name, False
     finally:
-        keyring.close()
+        backing.close()
+    try:
+        doc = orjson.loads(loaded.document) if loaded is not None else None
+    except orjson.JSONDecodeError:
+        return backing.name, False
+    return backing.name, isinstance(doc, dict) and keyfile.in_rotation(doc)
 
 
 def _rotation_unfinished(data_dir: Path) -> bool:

@@ -11,6 +11,7 @@ cannot do the work) and the media vault that ties them together.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -24,7 +25,6 @@ from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy.engine import make_url
 
 from ai.models import resolve_model
 from ai.pipeline import Analyzer
@@ -36,7 +36,7 @@ from crypto.keyfile import NEW
 from crypto.keys import MASTER_KEY_FILE, KeyProvider, LocalKeyring, admin_lock
 from crypto.masterkey import KeyFileRotation, load_master_key, master_key_source, read_key_file
 from crypto.vaultkeys import VaultConfig, VaultTransitKeys
-from gateway.catalogkeys import open_catalog_keyring
+from gateway.catalogkeys import keyring_in_catalog, open_catalog_keyring
 from gateway.clock import Clock
 from gateway.nodes import node_id_of
 from gateway.settings import KeysSettings, Settings
@@ -88,15 +88,6 @@ def open_keyring(settings: Settings) -> LocalKeyring:
     if keyring.rotation_side == NEW:
         _finish_file_rotation(settings.data_dir)
     return keyring
-
-
-def keyring_in_catalog(settings: Settings) -> bool:
-    """Whether this process's keyring is the catalog's: with ``catalog``, and with ``vault``
-    on a PostgreSQL catalog (a fleet, whose nodes must share the audit keys)."""
-    provider = settings.keys.provider
-    if provider == "vault":
-        return make_url(settings.catalog_url).get_backend_name() == "postgresql"
-    return provider == "catalog"
 
 
 async def open_key_provider(settings: Settings, keyring: LocalKeyring) -> KeyProvider:
@@ -177,8 +168,10 @@ async def open_services(
     neither measure nor touch it while ``serve`` runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The keyring keeps the audit keys and the checkpoint signing key (its sections) with
-    # every provider; with `vault` only the DEKs are wrapped elsewhere.
-    keyring = open_keyring(settings)
+    # every provider; with `vault` only the DEKs are wrapped elsewhere. Opening it blocks
+    # (the catalog keyring's engine, its migration under an advisory lock, the row's lock;
+    # a file lock): in a thread, so the loop of a process that runs more goes on.
+    keyring = await asyncio.to_thread(open_keyring, settings)
     try:
         audit_keys = AuditKeyring(keyring)
         keys = await open_key_provider(settings, keyring)

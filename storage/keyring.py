@@ -17,7 +17,15 @@ is keyed by one key whichever node appends to it.
   never outlives it;
 * every write increments ``version``; the identity is ``version``, one primary-key
   lookup, so a node sees at its next operation that another one changed the keyring (a
-  destroyed KEK stops opening there at once: nothing is cached past a change).
+  destroyed KEK stops opening there at once: nothing is cached past a change);
+* the lock is bounded (PostgreSQL): a writer waits for the row at most the backing's
+  busy timeout (``SET LOCAL lock_timeout``, and ``statement_timeout`` for its statements),
+  then fails ``CatalogUnavailable`` with nothing changed; and a holder whose transaction
+  sits idle that long (a process frozen, or cut off, with the row locked) is ended by the
+  server (``idle_in_transaction_session_timeout`` on every session of the backing), so one
+  stalled node holds up the keyring writes of the fleet (a new tenant's KEK, its first
+  audit event) for a bounded time, never for good. ``CatalogUnavailable``, not
+  ``KeyUnavailable``: callers read the latter as "destroyed", the former as "try again".
 
 Why synchronous: ``LocalKeyring`` does its document work in threads already
 (``asyncio.to_thread``), and the catalog's engine is async, bound to one event loop; so the
@@ -42,8 +50,10 @@ from alembic.util import CommandError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from crypto.keyringbacking import Identity, Loaded
 from storage.catalog.core import (
@@ -52,7 +62,7 @@ from storage.catalog.core import (
     create_owner_only,
     upgrade_schema,
 )
-from storage.catalog.schema import keyring
+from storage.catalog.schema import audit_checkpoints, keyring
 from storage.catalog.urls import mask_database_url, sync_database_url
 from storage.errors import CatalogUnavailable
 
@@ -62,6 +72,9 @@ X = TypeVar("X")
 POOL_SIZE = 2
 """Connections one process keeps to the keyring's row: one for a write, one for the
 version checks that go on meanwhile."""
+_TIMED_OUT = frozenset({"55P03", "57014"})
+"""The SQLSTATEs of a lock wait or statement cut off by its timeout (lock_not_available,
+query_canceled)."""
 
 
 class CatalogBacking:
@@ -69,10 +82,14 @@ class CatalogBacking:
 
     cheap_identity = False
 
-    def __init__(self, engine: sa.Engine, *, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, engine: sa.Engine, *, now: Callable[[], datetime], lock_timeout_s: float = 10.0
+    ) -> None:
         """``engine``: a synchronous engine on the catalog database (``open`` makes it);
-        ``now`` dates each write (``updated_at``)."""
+        ``now`` dates each write (``updated_at``); ``lock_timeout_s`` bounds a wait for the
+        row's lock (PostgreSQL; ``open`` sets it to the busy timeout)."""
         self._engine = engine
+        self._lock_timeout_ms = max(1, round(lock_timeout_s * 1000))
         # On SQLite the lock's transaction begins IMMEDIATE (``configure_sqlite``).
         self._writer = engine.execution_options(callvault_write=True)
         self._now = now
@@ -95,7 +112,8 @@ class CatalogBacking:
         """The keyring row of the catalog ``url`` (``CALLVAULT_DATABASE_URL``; ``None``:
         SQLite in ``data_dir``). The catalog's schema is brought to the newest migration
         first, as ``open_services`` would: the ``keyring`` table comes with it, and a node
-        refuses a wrong master key before anything else starts."""
+        refuses a wrong master key before anything else starts. ``busy_timeout_s`` bounds
+        a wait for the row's lock, and how long a holder's transaction may sit idle."""
         backing = cls(
             _create_engine(
                 sync_database_url(url, data_dir),
@@ -103,6 +121,7 @@ class CatalogBacking:
                 busy_timeout_s=busy_timeout_s,
             ),
             now=now or (lambda: datetime.now(UTC)),
+            lock_timeout_s=busy_timeout_s,
         )
         try:
             backing.migrate()
@@ -134,6 +153,7 @@ class CatalogBacking:
                 transaction = conn.begin()
                 self._held.conn, self._held.written = conn, False
                 try:
+                    self._bound(conn)
                     if not self._lock_row(conn):
                         self._insert_empty_row(conn)
                         self._lock_row(conn)
@@ -144,7 +164,15 @@ class CatalogBacking:
                         transaction.rollback()
                 finally:
                     self._held.conn = None
-        except (DBAPIError, DisconnectionError, PoolTimeoutError, OSError) as exc:
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) in _TIMED_OUT:
+                raise CatalogUnavailable(
+                    f"The catalog keyring's row at {self._masked} stayed locked by another "
+                    f"process for more than {self._lock_timeout_ms / 1000:g} s (lock_timeout); "
+                    "nothing was changed: try again."
+                ) from exc
+            raise catalog_unavailable(exc, self._masked) from exc
+        except (DisconnectionError, PoolTimeoutError, OSError) as exc:
             raise catalog_unavailable(exc, self._masked) from exc
 
     def read(self) -> Loaded | None:
@@ -178,6 +206,19 @@ class CatalogBacking:
     def close(self) -> None:
         self._engine.dispose()
 
+    # -- what the catalog says of the keyring's keys -------------------------------------------
+
+    def checkpoint_tenants(self, key_id: str) -> list[str]:
+        """The tenants with audit checkpoints signed under the signing key ``key_id`` (a
+        node's own, before its keyring moved into the catalog: ``crypto.keymerge``)."""
+        query = (
+            sa.select(audit_checkpoints.c.tenant_id)
+            .where(audit_checkpoints.c.key_id == key_id)
+            .distinct()
+            .order_by(audit_checkpoints.c.tenant_id)
+        )
+        return self._run(lambda conn: list(conn.execute(query).scalars()))
+
     # -- the row -----------------------------------------------------------------------------
 
     def _run(self, query: Callable[[Connection], X]) -> X:
@@ -191,6 +232,14 @@ class CatalogBacking:
                 return query(conn)
         except (DBAPIError, DisconnectionError, PoolTimeoutError, OSError) as exc:
             raise catalog_unavailable(exc, self._masked) from exc
+
+    def _bound(self, conn: Connection) -> None:
+        """Bound this transaction's wait for the row and its statements (PostgreSQL; on
+        SQLite the busy timeout bounds the write lock already)."""
+        if conn.dialect.name == "postgresql":
+            ms = self._lock_timeout_ms
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
 
     @staticmethod
     def _lock_row(conn: Connection) -> bool:
@@ -214,7 +263,7 @@ def _create_engine(url: URL, *, connect_timeout_s: float, busy_timeout_s: float)
     """A small synchronous engine on the catalog database; on SQLite configured as the
     catalog's own (WAL, busy timeout, BEGIN IMMEDIATE for writes), its file made 0600."""
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(
+        engine = sa.create_engine(
             url,
             pool_size=POOL_SIZE,
             max_overflow=POOL_SIZE,
@@ -222,6 +271,18 @@ def _create_engine(url: URL, *, connect_timeout_s: float, busy_timeout_s: float)
             pool_timeout=connect_timeout_s,
             connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
         )
+        idle_ms = max(1, round(busy_timeout_s * 1000))
+
+        @sa.event.listens_for(engine, "connect")
+        def _bound_idle(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+            # A session idle inside a transaction this long (its process frozen or cut off
+            # while it holds the row) is ended by the server, and its lock released.
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+            cursor.close()
+            dbapi_conn.commit()
+
+        return engine
     database = url.database or ""
     if not database.startswith("file:"):
         try:

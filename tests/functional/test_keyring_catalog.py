@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from gateway.services import open_keyring, open_services
 from gateway.settings import Settings
 from storage.catalog.schema import keyring as keyring_table
 from storage.catalog.urls import sync_database_url
+from storage.errors import CatalogUnavailable
 from storage.keyring import CatalogBacking
 from tests.leaks import WATCH
 
@@ -467,7 +472,8 @@ async def test_a_sqlite_catalog_is_refused_for_the_catalog_keyring(
         patch.delenv("CALLVAULT_DATABASE_URL", raising=False)
         code, _, err = await callvault(capsys, "keys", "to-catalog")
     assert code == 2
-    assert err.startswith("callvault: CALLVAULT_KEYS__PROVIDER: is catalog, which needs")
+    # Run while the node is still on the local keyring: the setting to change is the URL.
+    assert err.startswith("callvault: CALLVAULT_DATABASE_URL: must name a PostgreSQL catalog")
     assert not (data_dir / "catalog.sqlite3").exists()  # nothing was made
     assert not (tmp_path / "catalog.sqlite3").exists()
 
@@ -584,13 +590,15 @@ async def test_to_catalog_refuses_other_keys_a_rotation_a_wrong_key_and_no_keyri
     assert "in the middle of a master-key rotation" in err
     local.finish_master_rotation(OLD)
 
-    # Another node's keyring reached the catalog first: nothing is merged or overwritten.
+    # Another node made its own KEK for the same tenant in the catalog keyring first: the
+    # two cannot be merged (one KEK id a tenant there), and nothing is overwritten.
     other = node(database_url, tmp_path, master, opened)
-    await other.wrap("globex", "obj-2", generate_dek())
+    await other.wrap("acme", "obj-2", generate_dek())
     before = row(database_url, tmp_path)
     code, _, err = await callvault(capsys, "keys", "to-catalog")
     assert code == 2
-    assert "already holds a keyring with other keys" in err
+    assert "cannot be merged with; nothing was copied" in err
+    assert "tenant 'acme' has KEK" in err
     assert row(database_url, tmp_path) == before
 
 
@@ -617,3 +625,107 @@ def test_a_local_keyring_left_beside_the_catalog_keyring_is_warned_about(
         "keys.master_rotation_unfinished")]  # fmt: skip
     assert len(unfinished) == 1
     assert "catalog keyring" in unfinished[0].getMessage()
+
+
+# --- bounds: a stalled holder of the row, and a start off the event loop ----------------------
+
+
+@contextmanager
+def row_held(url: str, tmp_path: Path) -> Iterator[None]:
+    """The keyring row locked by another session (a node stalled while it holds the lock)
+    for as long as the body runs."""
+    engine = sa.create_engine(sync_database_url(url, tmp_path))
+    try:
+        with engine.connect() as conn, conn.begin() as transaction:
+            conn.execute(sa.select(keyring_table.c.version).with_for_update())
+            yield
+            transaction.rollback()
+    finally:
+        engine.dispose()
+
+
+@postgres_only
+async def test_a_write_waits_a_bounded_time_behind_a_stalled_holder_of_the_row(
+    database_url_postgresql: str, tmp_path: Path, master: bytes, opened: list[LocalKeyring]
+) -> None:
+    url = database_url_postgresql
+    keyring = LocalKeyring.open_backing(
+        CatalogBacking.open(url, tmp_path, busy_timeout_s=1), master
+    )
+    opened.append(keyring)
+    dek = generate_dek()
+    with row_held(url, tmp_path):
+        started = time.monotonic()
+        with pytest.raises(CatalogUnavailable, match="locked by another") as refused:
+            await asyncio.wait_for(keyring.wrap("acme", "obj-1", dek), 15)
+        assert time.monotonic() - started < 5
+        assert "lock_timeout" in refused.value.message
+        assert keyring.current("acme") is None  # nothing was made
+    wrapped = await keyring.wrap("acme", "obj-1", dek)  # the holder gone: it goes through
+    assert await node(url, tmp_path, master, opened).unwrap("acme", "obj-1", wrapped) == dek
+
+
+@postgres_only
+async def test_a_holder_stalled_inside_the_keyring_lock_is_ended_by_the_server(
+    database_url_postgresql: str, tmp_path: Path, master: bytes, opened: list[LocalKeyring]
+) -> None:
+    url = database_url_postgresql
+    stalled = CatalogBacking.open(url, tmp_path, busy_timeout_s=1)
+    LocalKeyring.open_backing(stalled, master)  # the row exists
+    waiting = LocalKeyring.open_backing(
+        CatalogBacking.open(url, tmp_path, busy_timeout_s=8), master
+    )
+    opened.append(waiting)
+    inside, leave = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        with contextlib.suppress(CatalogUnavailable), stalled.locked():
+            inside.set()
+            leave.wait(10)  # a process frozen with the row locked, its transaction idle
+
+    holder = threading.Thread(target=stall)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(inside.wait, 5)
+        started = time.monotonic()
+        await waiting.wrap("acme", "obj-1", generate_dek())
+        # The server ended the idle transaction after its bound (1 s), well before the
+        # holder woke up (10 s).
+        assert time.monotonic() - started < 6
+    finally:
+        leave.set()
+        await asyncio.to_thread(holder.join, 10)
+        stalled.close()
+
+
+@postgres_only
+async def test_opening_the_services_waits_for_the_keyring_off_the_event_loop(
+    database_url_postgresql: str, tmp_path: Path, master: bytes
+) -> None:
+    url = database_url_postgresql
+    settings = catalog_settings(tmp_path / "var", url, master)
+    open_keyring(settings).close()  # the row exists
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    opened_services = open_services(settings)
+    ticker = asyncio.ensure_future(tick())
+    try:
+        with row_held(url, tmp_path):  # the keyring's lock is busy: opening waits for it
+            opening = asyncio.ensure_future(opened_services.__aenter__())
+            await asyncio.sleep(1.5)
+            assert not opening.done()
+        async with asyncio.timeout(20):
+            services = await opening
+        assert services.keys is not None
+        await opened_services.__aexit__(None, None, None)
+    finally:
+        ticker.cancel()
+    assert max(gaps) < 0.5, max(gaps)  # the loop went on while the keyring waited

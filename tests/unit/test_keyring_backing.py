@@ -8,16 +8,18 @@ catalog on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from crypto.errors import ConfigError
+from crypto.auditkeys import AuditKeyring
+from crypto.errors import ConfigError, KeyUnavailable
 from crypto.keyringbacking import FileBacking, Identity, Loaded
-from crypto.keys import LocalKeyring
+from crypto.keys import KekRef, LocalKeyring, WrappedKey
 from crypto.objectformat import generate_dek
 
 MASTER = bytes(range(32))
@@ -125,3 +127,112 @@ def test_the_file_backings_identity_is_the_file_it_read(tmp_path: Path) -> None:
     with backing.locked():
         second = backing.write(b"{}")  # the same bytes, replaced: another identity
     assert second != first and backing.identity() == second
+
+
+# --- a write in flight: what the other users of the same keyring see meanwhile --------------
+
+
+class HeldWrite(MemoryBacking):
+    """A ``MemoryBacking`` whose next write waits until ``release`` (a write's round trip to
+    the database, during which the other coroutines and threads of the node go on)."""
+
+    def __init__(self, shared: Shared) -> None:
+        super().__init__(shared)
+        self.holding = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, document: bytes) -> Identity:
+        if self.holding:
+            self.holding = False
+            self.entered.set()
+            assert self.release.wait(5)
+        return super().write(document)
+
+
+async def in_flight(backing: HeldWrite, change: Callable[[], object]) -> asyncio.Future[object]:
+    """``change`` started in a thread, returned once its write is held."""
+    backing.holding = True
+    started = asyncio.ensure_future(asyncio.to_thread(change))
+    assert await asyncio.to_thread(backing.entered.wait, 5)
+    return started
+
+
+async def test_a_rotation_in_flight_is_not_used_before_it_committed() -> None:
+    shared = Shared()
+    backing = HeldWrite(shared)
+    a = LocalKeyring.open_backing(backing, MASTER)
+    await a.wrap("acme", "obj-0", generate_dek())
+    shared.fail_next_commit = True
+    rotation = await in_flight(backing, lambda: a._rotate("acme"))
+    dek = generate_dek()
+    try:
+        # Another coroutine of the node seals meanwhile: under the stored version.
+        wrapped = await a.wrap("acme", "obj-1", dek)
+        assert wrapped.kek_version == 1
+        assert a.current("acme") == KekRef(wrapped.kek_id, 1)
+    finally:
+        backing.release.set()
+    with pytest.raises(CommitFailed):
+        await rotation
+    other = LocalKeyring.open_backing(MemoryBacking(shared), MASTER)
+    assert await other.unwrap("acme", "obj-1", wrapped) == dek
+
+
+async def test_a_new_tenants_kek_in_flight_is_not_used_before_it_committed() -> None:
+    shared = Shared()
+    backing = HeldWrite(shared)
+    a = LocalKeyring.open_backing(backing, MASTER)
+    shared.fail_next_commit = True
+    making = await in_flight(backing, lambda: a._ensure_tenant("acme"))
+    try:
+        assert a.current("acme") is None
+        with pytest.raises(KeyUnavailable, match="no keys exist"):
+            await a.unwrap("acme", "obj-1", WrappedKey("kek-x", 1, b"x"))
+    finally:
+        backing.release.set()
+    with pytest.raises(CommitFailed):
+        await making
+    assert a.current("acme") is None
+
+
+async def test_a_retirement_in_flight_removes_nothing_before_it_committed() -> None:
+    shared = Shared()
+    backing = HeldWrite(shared)
+    a = LocalKeyring.open_backing(backing, MASTER)
+    dek = generate_dek()
+    old = await a.wrap("acme", "obj-1", dek)
+    await a.rotate("acme")
+    shared.fail_next_commit = True
+    retiring = await in_flight(backing, lambda: a._remove_versions("acme", set()))
+    try:  # version 1 is still stored: it opens (a reader would take it for retired)
+        assert await a.unwrap("acme", "obj-1", old) == dek
+    finally:
+        backing.release.set()
+    with pytest.raises(CommitFailed):
+        await retiring
+    assert await a.unwrap("acme", "obj-1", old) == dek
+
+
+async def test_a_section_change_in_flight_is_not_read_before_it_committed() -> None:
+    shared = Shared()
+    backing = HeldWrite(shared)
+    a = LocalKeyring.open_backing(backing, MASTER)
+    audit_a = AuditKeyring(a)
+    shared.fail_next_commit = True
+    making = await in_flight(
+        backing, lambda: asyncio.run(audit_a.create_audit_key("acme", pending=False))
+    )
+    try:
+        assert a.section("audit_keys") is None
+        # Nor does the audit keyring cache the key that is being made.
+        assert await audit_a.audit_key("acme") is None
+    finally:
+        backing.release.set()
+    with pytest.raises(CommitFailed):
+        await making
+    # Another node makes the tenant's key: the one this node uses from now on.
+    b = AuditKeyring(LocalKeyring.open_backing(MemoryBacking(shared), MASTER))
+    made = await b.create_audit_key("acme", pending=False)
+    found = await audit_a.audit_key("acme")
+    assert found is not None and found.key == made.key
