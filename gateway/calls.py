@@ -391,8 +391,11 @@ class CallRegistry:
         if held is not None:
             return held
         if self.node_id is not None and call.node_id != self.node_id:
-            # This node carries the call now: if it dies, the call is among its calls.
-            await self._catalog.calls.take_over(call.tenant_id, call.id, self.node_id)
+            # This node carries the call now: if it dies, the call is among its calls. A
+            # call ended meanwhile (a node settling its dead node ended it, perhaps this
+            # node's own watch) is refused as any ended call, never held live here.
+            if not await self._catalog.calls.take_over(call.tenant_id, call.id, self.node_id):
+                raise StreamRefused(f"Call {call.id!r} has ended.", code="call_ended")
         session = self._new_session(call, recording)
         session.restore(ends, now)
         self._register(session)
@@ -537,11 +540,14 @@ class CallRegistry:
                     extra={"tenant": session.tenant, "call_id": session.call_id, "code": code},
                 )
 
-    async def close(self, now: datetime) -> None:
+    async def close(self, now: datetime) -> int:
         """Graceful shutdown: every live call is finalized with what arrived (a PBX that
         reconnects after the restart finds its call ended), but for an AudioSocket call
         that a connection on another node carries now: that node records it on, and what
-        this one recorded of it is published."""
+        this one recorded of it is published. How many calls could not be finalized (the
+        catalog or the store failed): the node is then not marked stopped, so that the
+        fleet ends them as a dead node's (``gateway.nodes``)."""
+        unfinished = 0
         for session in self.live():
             try:
                 if session.call.transport == "audiosocket" and not session.attached:
@@ -551,12 +557,14 @@ class CallRegistry:
                         continue
                 await self._finish(session, now, "shutdown")
             except CallvaultError as e:
+                unfinished += 1
                 log.error(
                     "call %s could not be finalized at shutdown: %s",
                     session.call_id,
                     e.code,
                     extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
                 )
+        return unfinished
 
     async def recover(self, now: datetime) -> int:
         """Publish what crashed or failed uploads left in the spool, and take up the calls
