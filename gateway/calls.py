@@ -522,7 +522,10 @@ class CallRegistry:
             log.warning("live calls could not be checked against the catalog: %s", e.code)
         else:
             for session in stale.deleted:
-                await self._discard(session, now)
+                try:
+                    await self._discard(session, now)
+                except Exception as e:  # one call's failure must not stop the others
+                    _log_tick_failure(session, "discarding it", e)
         for session in self.live():
             try:
                 reason = await self.attachments.expiry(session, now)
@@ -531,14 +534,7 @@ class CallRegistry:
                 else:
                     await session.flush_if_due(now)
             except Exception as e:  # one call's failure must not stop the others
-                code = e.code if isinstance(e, CallvaultError) else type(e).__name__
-                log.warning(
-                    "call %s: background flush or end failed: %s",
-                    session.call_id,
-                    code,
-                    exc_info=not isinstance(e, CallvaultError),
-                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": code},
-                )
+                _log_tick_failure(session, "background flush or end", e)
 
     async def close(self, now: datetime) -> int:
         """Graceful shutdown: every live call is finalized with what arrived (a PBX that
@@ -617,6 +613,20 @@ class CallRegistry:
         if call is None:
             raise StreamRefused("The AudioSocket id names no announced call.", code="unknown_call")
         return call.tenant_id, call.id
+
+
+def _log_tick_failure(session: CallSession, what: str, error: Exception) -> None:
+    """A ticker round's failure on one call: logged (a traceback only for what is not one
+    of callvault's errors), the round goes on with the others."""
+    code = error.code if isinstance(error, CallvaultError) else type(error).__name__
+    log.warning(
+        "call %s: %s failed: %s",
+        session.call_id,
+        what,
+        code,
+        exc_info=not isinstance(error, CallvaultError),
+        extra={"tenant": session.tenant, "call_id": session.call_id, "code": code},
+    )
 
 
 def refusal_of(error: CallvaultError) -> IngestError:
