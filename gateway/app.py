@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ai.worker import WorkerMetrics
 from gateway.api import add_routes
-from gateway.calls import CallRegistry
+from gateway.calls import TICK_S, CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
 from gateway.clock import Clock
 from gateway.ingest import endpoints
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 AUDIOSOCKET = web.AppKey("audiosocket", endpoints.AudioSocketServer)
-TICK_S = 0.25
-"""How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
 
 
 async def healthz(request: web.Request) -> web.Response:

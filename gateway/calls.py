@@ -69,6 +69,10 @@ TRANSPORT_RATES: dict[str, tuple[int, ...]] = {
 RTP_CODEC_RATES = {"pcmu": 8000, "pcma": 8000, "opus": 48000}
 """RTP's clock rate for each codec it carries (RFC 3551; RFC 7587: Opus is always 48 kHz)."""
 
+TICK_S = 0.25
+"""How often the app's ticker runs ``CallRegistry.tick`` (wall-clock seconds): quiet streams
+flushed, expired calls ended, live calls revalidated (``gateway.revalidation``)."""
+
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 NUMBER = Annotated[str, Field(min_length=1, max_length=64)]
 DYNAMIC_PT = Annotated[int, Field(ge=96, le=127)]
