@@ -26,14 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from ai.worker import WorkerMetrics
 from gateway.api import add_routes
-from gateway.calls import CallRegistry
+from gateway.calls import TICK_S, CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
 from gateway.clock import Clock
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import error_middleware
-from gateway.nodes import NodeAddresses, NodeKeeper, node_id_of, run_node
+from gateway.nodes import NodeAddresses, NodeKeeper, node_id_of, run_heartbeat, run_watch
 from gateway.publisher import readiness, run_publisher
 from gateway.services import build_sender, build_sweeper, open_services
 from gateway.session import SessionLimits
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 AUDIOSOCKET = web.AppKey("audiosocket", endpoints.AudioSocketServer)
-TICK_S = 0.25
-"""How often the ticker looks for quiet streams and expired calls (wall-clock seconds)."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -144,20 +142,29 @@ def build_app(
             metrics=app[METRICS],
             spool=spool,
         )
-        # Registered first (gateway.nodes), then the stream leases a crash of this node
+        # Registered first (gateway.nodes), its heartbeat running from then on (a slow
+        # start must not get it declared dead); then the stream leases a crash of this node
         # left are released and what it left in the spool recovered, before serving; then
         # every other call of this node still marked in progress (on a catalog no other
         # node shares, also those from before the registry). Then the jobs failed while it
-        # was away are reopened.
+        # was away are reopened, and only then does its watch start.
+        interval = settings.node.heartbeat_interval.total_seconds()
         await node.join(app[CLOCK].now())
-        await calls.attachments.release_earlier(app[CLOCK].now())
-        await calls.recover(app[CLOCK].now())
-        sqlite = app[SERVICES].catalog.backend == "sqlite"
-        await calls.take_up_orphans(app[CLOCK].now(), unowned=sqlite)
-        await node.reopen(app[CLOCK].now())
+        heartbeat = asyncio.create_task(
+            run_heartbeat(node, app[CLOCK].now, interval), name="callvault-heartbeat"
+        )
+        try:
+            await calls.attachments.release_earlier(app[CLOCK].now())
+            await calls.recover(app[CLOCK].now())
+            sqlite = app[SERVICES].catalog.backend == "sqlite"
+            await calls.take_up_orphans(app[CLOCK].now(), unowned=sqlite)
+            await node.reopen(app[CLOCK].now())
+        except BaseException:
+            await _cancel([heartbeat])
+            raise
         ticker = asyncio.create_task(_tick(calls, rtp, app[CLOCK]), name="callvault-ticker")
-        beats = run_node(node, app[CLOCK].now, settings.node.heartbeat_interval.total_seconds())
-        tasks = [ticker, asyncio.create_task(beats, name="callvault-node")]
+        watch = run_watch(node, app[CLOCK].now, interval)
+        tasks = [ticker, asyncio.create_task(watch, name="callvault-node-watch")]
         if spool is not None:
             app[METRICS].spool_bytes.set_function(lambda: spool.held_bytes)
             app[METRICS].spool_pending_bytes.set_function(lambda: spool.pending_bytes)
@@ -166,14 +173,12 @@ def build_app(
             publisher = run_publisher(calls, spool, app[CLOCK].now, ingest.publish_retry)
             tasks.append(asyncio.create_task(publisher, name="callvault-publisher"))
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await calls.close(app[CLOCK].now())
+        await _cancel(tasks)
+        # The heartbeat goes on while the calls are finalized, however long that takes.
+        unfinished = await calls.close(app[CLOCK].now())
         await rtp.close()
-        await node.stop(app[CLOCK].now())
+        await _cancel([heartbeat])
+        await node.stop(app[CLOCK].now(), unfinished=unfinished)
 
     async def audiosocket_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.audiosocket.port:
@@ -252,6 +257,15 @@ def build_app(
     app.router.add_get("/v1/ingest/fork", endpoints.fork)
     add_routes(app)
     return app
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _sweep(sweeper: RetentionSweeper, clock: Clock, interval: float) -> None:

@@ -69,6 +69,10 @@ TRANSPORT_RATES: dict[str, tuple[int, ...]] = {
 RTP_CODEC_RATES = {"pcmu": 8000, "pcma": 8000, "opus": 48000}
 """RTP's clock rate for each codec it carries (RFC 3551; RFC 7587: Opus is always 48 kHz)."""
 
+TICK_S = 0.25
+"""How often the app's ticker runs ``CallRegistry.tick`` (wall-clock seconds): quiet streams
+flushed, expired calls ended, live calls revalidated (``gateway.revalidation``)."""
+
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 NUMBER = Annotated[str, Field(min_length=1, max_length=64)]
 DYNAMIC_PT = Annotated[int, Field(ge=96, le=127)]
@@ -392,8 +396,11 @@ class CallRegistry:
         if held is not None:
             return held
         if self.node_id is not None and call.node_id != self.node_id:
-            # This node carries the call now: if it dies, the call is among its calls.
-            await self._catalog.calls.take_over(call.tenant_id, call.id, self.node_id)
+            # This node carries the call now: if it dies, the call is among its calls. A
+            # call ended meanwhile (a node settling its dead node ended it, perhaps this
+            # node's own watch) is refused as any ended call, never held live here.
+            if not await self._catalog.calls.take_over(call.tenant_id, call.id, self.node_id):
+                raise StreamRefused(f"Call {call.id!r} has ended.", code="call_ended")
         session = self._new_session(call, recording)
         session.restore(ends, now)
         self._register(session)
@@ -520,7 +527,10 @@ class CallRegistry:
             log.warning("live calls could not be checked against the catalog: %s", e.code)
         else:
             for session in stale.deleted:
-                await self._discard(session, now)
+                try:
+                    await self._discard(session, now)
+                except Exception as e:  # one call's failure must not stop the others
+                    _log_tick_failure(session, "discarding it", e)
         for session in self.live():
             try:
                 reason = await self.attachments.expiry(session, now)
@@ -529,21 +539,17 @@ class CallRegistry:
                 else:
                     await session.flush_if_due(now)
             except Exception as e:  # one call's failure must not stop the others
-                code = e.code if isinstance(e, CallvaultError) else type(e).__name__
-                log.warning(
-                    "call %s: background flush or end failed: %s",
-                    session.call_id,
-                    code,
-                    exc_info=not isinstance(e, CallvaultError),
-                    extra={"tenant": session.tenant, "call_id": session.call_id, "code": code},
-                )
+                _log_tick_failure(session, "background flush or end", e)
 
-    async def close(self, now: datetime) -> None:
+    async def close(self, now: datetime) -> int:
         """Graceful shutdown: every live call is finalized with what arrived (a PBX that
         reconnects after the restart finds its call ended), but for a streamed call that a
         stream on another node carries now: that node records it on, and what this one
-        recorded of it is published."""
+        recorded of it is published. How many calls could not be finalized (the catalog or
+        the store failed): the node is then not marked stopped, so that the fleet ends them
+        as a dead node's (``gateway.nodes``)."""
         await self.attachments.settle()
+        unfinished = 0
         for session in self.live():
             try:
                 if streamed(session) and not session.attached:
@@ -553,12 +559,14 @@ class CallRegistry:
                         continue
                 await self._finish(session, now, "shutdown")
             except CallvaultError as e:
+                unfinished += 1
                 log.error(
                     "call %s could not be finalized at shutdown: %s",
                     session.call_id,
                     e.code,
                     extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
                 )
+        return unfinished
 
     async def recover(self, now: datetime) -> int:
         """Publish what crashed or failed uploads left in the spool, and take up the calls
@@ -611,6 +619,20 @@ class CallRegistry:
         if call is None:
             raise StreamRefused("The AudioSocket id names no announced call.", code="unknown_call")
         return call.tenant_id, call.id
+
+
+def _log_tick_failure(session: CallSession, what: str, error: Exception) -> None:
+    """A ticker round's failure on one call: logged (a traceback only for what is not one
+    of callvault's errors), the round goes on with the others."""
+    code = error.code if isinstance(error, CallvaultError) else type(error).__name__
+    log.warning(
+        "call %s: %s failed: %s",
+        session.call_id,
+        what,
+        code,
+        exc_info=not isinstance(error, CallvaultError),
+        extra={"tenant": session.tenant, "call_id": session.call_id, "code": code},
+    )
 
 
 def refusal_of(error: CallvaultError) -> IngestError:

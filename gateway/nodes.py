@@ -23,8 +23,12 @@ heartbeat that it was declared dead while it ran (cut off from the catalog, or s
 does the same, after finishing its sessions of the calls that were ended meanwhile.
 
 The heartbeat and the watch run on tasks of their own, off the ingest path; a catalog that
-fails them is logged and tried again at the next interval, never stopping ingest. Time
-comes from the clock passed in; the nodes' clocks must agree to well within ``dead_after``.
+fails them is logged and tried again at the next interval, never stopping ingest. The
+heartbeat starts as soon as the node registered, so that a slow start (a large spool to
+publish) does not get it declared dead; the watch once its start-up reopening is done. A
+node that stops with calls it could not finalize is not marked ``stopped``: it is declared
+dead after ``dead_after`` and those calls are ended as a dead node's. Time comes from the
+clock passed in; the nodes' clocks must agree to well within ``dead_after``.
 """
 
 from __future__ import annotations
@@ -41,17 +45,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from crypto.errors import CallvaultError, ConfigError
+from crypto.errors import CallvaultError, ConfigError, DecryptionFailed
 from gateway.calls import CallRegistry
 from gateway.metrics import GatewayMetrics
 from gateway.settings import NodeSettings, Settings, ip_of
 from storage.catalog import Catalog
-from storage.catalog.records import NODE_STATES
+from storage.catalog.records import NODE_STATES, Call, Job
+from storage.errors import ObjectNotFound, UnsupportedMedia
 from storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
 NODE_ID_FILE = "node.id"
+REOPEN_PAGE = 100
+"""How many jobs failed on this node's account one catalog query of ``reopen`` lists."""
+SETTLE_PAGE = 100
+"""How many calls, or jobs, of dead nodes one catalog query of ``settle`` lists."""
+UNREADABLE = (DecryptionFailed, ObjectNotFound, UnsupportedMedia)
+"""What reading a recording's published audio back may raise that no retry changes."""
 NODE_ID_SETTING = "CALLVAULT_NODE__ID"
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -204,11 +215,27 @@ class NodeKeeper:
         self._beat_at = now
         log.info("node %s registered", node.id, extra={"node": node.id})
 
-    async def stop(self, now: datetime) -> None:
+    async def stop(self, now: datetime, *, unfinished: int = 0) -> None:
         """A clean shutdown, after the live calls were finalized: the node is ``stopped``
         (nobody declares it dead). A catalog that fails it is logged: the node is then
         declared dead after ``dead_after``, which costs nothing more, its calls being
-        finalized already."""
+        finalized already.
+
+        ``unfinished``: how many live calls could not be finalized (the catalog or the store
+        failed them). Then the node is left ``up``, its heartbeat stopped, so that another
+        node declares it dead after ``dead_after`` and ends those calls with what was
+        published, failing the jobs whose audio waits in this node's spool until it is back
+        (a ``stopped`` node's calls would never be ended by anyone)."""
+        if unfinished:
+            log.warning(
+                "node %s stops with %d call(s) not finalized: it is not marked stopped, so "
+                "that another node declares it dead after CALLVAULT_NODE__DEAD_AFTER and "
+                "ends them",
+                self.id,
+                unfinished,
+                extra={"node": self.id},
+            )
+            return
         try:
             await self._catalog.nodes.stop(self.id, now)
         except CallvaultError as e:
@@ -257,8 +284,7 @@ class NodeKeeper:
         nodes by state."""
         pending = self._spool is not None and self._spool.has_pending
         if self._reopen_due and not pending:
-            await self.reopen(now)
-            self._reopen_due = False
+            await self.reopen(now)  # it keeps _reopen_due while it finds jobs
         elif pending:
             self._reopen_due = True
         dead_after = self._settings.dead_after
@@ -280,79 +306,159 @@ class NodeKeeper:
 
     async def settle(self, now: datetime) -> None:
         """End the live calls of dead nodes with what they published (their jobs are
-        queued), then fail at once the jobs whose audio waits in a dead node's spool. Any
-        node may do it, and doing it twice changes nothing."""
-        for call in await self._catalog.nodes.live_calls_of_dead():
-            try:
-                await self._calls.end_for_dead_node(call, now)
-            except CallvaultError as e:
-                log.warning(
-                    "call %s of dead node %s could not be ended: %s",
-                    call.id,
-                    call.node_id,
-                    e.code,
-                    extra={"tenant": call.tenant_id, "call_id": call.id, "code": e.code},
-                )
-        for job, node_id in await self._catalog.nodes.jobs_of_dead():
-            failed = await self._catalog.nodes.fail_waiting(
-                job, node_id, now, dead_after=self._settings.dead_after
+        queued), then fail at once the jobs whose audio waits in a dead node's spool: all of
+        them, a page of ``SETTLE_PAGE`` at a time (what cannot be ended now is passed over
+        and met again at the next look). Any node may do it, and doing it twice changes
+        nothing."""
+        after: tuple[datetime, str] | None = None
+        while True:
+            calls = await self._catalog.nodes.live_calls_of_dead(after=after, limit=SETTLE_PAGE)
+            for call in calls:
+                await self._end_call_of_dead(call, now)
+            if len(calls) < SETTLE_PAGE:
+                break
+            after = (calls[-1].started_at, calls[-1].id)
+        after = None
+        while True:
+            waiting = await self._catalog.nodes.jobs_of_dead(after=after, limit=SETTLE_PAGE)
+            for job, node_id in waiting:
+                await self._fail_waiting(job, node_id, now)
+            if len(waiting) < SETTLE_PAGE:
+                break
+            last = waiting[-1][0]
+            after = (last.run_after, last.id)
+
+    async def _end_call_of_dead(self, call: Call, now: datetime) -> None:
+        try:
+            await self._calls.end_for_dead_node(call, now)
+        except CallvaultError as e:
+            log.warning(
+                "call %s of dead node %s could not be ended: %s",
+                call.id,
+                call.node_id,
+                e.code,
+                extra={"tenant": call.tenant_id, "call_id": call.id, "code": e.code},
             )
-            if failed is not None:
-                log.warning(
-                    "AI job %s (recording %s) failed at once: its audio waits in the spool "
-                    "of dead node %s",
-                    job.id,
-                    job.recording_id,
-                    node_id,
-                    extra={"tenant": job.tenant_id, "job": job.id, "node": node_id},
-                )
+
+    async def _fail_waiting(self, job: Job, node_id: str, now: datetime) -> None:
+        failed = await self._catalog.nodes.fail_waiting(
+            job, node_id, now, dead_after=self._settings.dead_after
+        )
+        if failed is not None:
+            log.warning(
+                "AI job %s (recording %s) failed at once: its audio waits in the spool "
+                "of dead node %s",
+                job.id,
+                job.recording_id,
+                node_id,
+                extra={"tenant": job.tenant_id, "job": job.id, "node": node_id},
+            )
 
     async def reopen(self, now: datetime) -> int:
         """Reopen the jobs failed because their audio waited in this node's spool, now that
-        it is published: each recording's timeline is measured again from its published
-        audio (the call may have been ended elsewhere with less), then the job is queued
-        and the recording ``processing`` again, once (``Nodes.reopen``). How many."""
-        reopened = 0
-        for job in await self._catalog.nodes.failed_while_away(self.id):
-            assert job.recording_id is not None  # noqa: S101 - analyze jobs have one
-            try:
-                recording, call = await self._catalog.recordings.get_entry(
-                    job.tenant_id, job.recording_id
+        it is published, every one of them, a page of ``REOPEN_PAGE`` at a time: each
+        recording's timeline is measured again from its published audio (the call may have
+        been ended elsewhere with less), then the job is queued and the recording
+        ``processing`` again, once (``Nodes.reopen``). How many.
+
+        A job whose audio cannot be read back now (the store, the catalog or the key
+        provider is down) is left for the next look: ``_reopen_due`` stays set while a pass
+        finds any job, and the first pass that finds none clears it. Audio that can never be
+        read (``UNREADABLE``) does not keep its job here for ever: it is reopened with the
+        timeline the recording has, and a worker fails it as any unreadable audio (its
+        attempts, its reason, the purge of AI-only audio)."""
+        self._reopen_due = False  # a heartbeat that sets it during the pass is kept
+        found = reopened = 0
+        passed = False
+        after: tuple[datetime, str] | None = None
+        try:
+            while True:
+                page = await self._catalog.nodes.failed_while_away(
+                    self.id, after=after, limit=REOPEN_PAGE
                 )
-                ends = await self._calls.track_ends(call, recording)
-                done = await self._catalog.nodes.reopen(
-                    job, samples=max(ends.values(), default=0), now=now
-                )
-            except CallvaultError as e:
-                log.warning("AI job %s could not be reopened: %s", job.id, e.code)
-                continue
-            if done is not None:
-                reopened += 1
-                log.info(
-                    "AI job %s (recording %s) reopened: node %s is back and published its audio",
-                    job.id,
-                    job.recording_id,
-                    self.id,
-                    extra={"tenant": job.tenant_id, "job": job.id},
-                )
+                found += len(page)
+                for job in page:
+                    if await self._reopen_one(job, now):
+                        reopened += 1
+                if len(page) < REOPEN_PAGE:
+                    break
+                after = (page[-1].created_at, page[-1].id)
+            passed = True
+        finally:
+            if found or not passed:
+                self._reopen_due = True
         return reopened
 
-
-async def run_node(keeper: NodeKeeper, now: Callable[[], datetime], interval: float) -> None:
-    """The heartbeat and the watch, each every ``interval`` seconds on a task of its own
-    (settling many calls of a dead node must not hold back this node's heartbeat), until
-    cancelled; a failure is logged and the next interval tries again."""
-
-    async def every(step: Callable[[datetime], Any], name: str) -> None:
-        while True:
-            await asyncio.sleep(interval)
+    async def _reopen_one(self, job: Job, now: datetime) -> bool:
+        """Reopen one job (``reopen``); ``False`` if it was not (refused, or left for the
+        next look)."""
+        assert job.recording_id is not None  # noqa: S101 - analyze jobs have one
+        fields = {"tenant": job.tenant_id, "job": job.id}
+        try:
+            recording, call = await self._catalog.recordings.get_entry(
+                job.tenant_id, job.recording_id
+            )
             try:
-                await step(now())
-            except CallvaultError as e:  # the catalog is down: expected, no traceback
-                log.warning("node %s: %s failed: %s", keeper.id, name, e.code)
-            except Exception:  # the node's tasks must outlive any one failure
-                log.exception("node %s: %s failed", keeper.id, name)
+                samples = max((await self._calls.track_ends(call, recording)).values(), default=0)
+            except UNREADABLE as e:
+                log.warning(
+                    "AI job %s (recording %s): its published audio cannot be read (%s); "
+                    "reopened all the same, for a worker to fail it",
+                    job.id,
+                    job.recording_id,
+                    e.code,
+                    extra=fields,
+                )
+                samples = 0
+            done = await self._catalog.nodes.reopen(job, samples=samples, now=now)
+        except CallvaultError as e:
+            log.warning(
+                "AI job %s could not be reopened yet (the next look tries again): %s",
+                job.id,
+                e.code,
+                extra=fields,
+            )
+            return False
+        if done is None:
+            return False
+        log.info(
+            "AI job %s (recording %s) reopened: node %s is back and published its audio",
+            job.id,
+            job.recording_id,
+            self.id,
+            extra=fields,
+        )
+        return True
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(every(keeper.heartbeat, "heartbeat"), name="callvault-heartbeat")
-        group.create_task(every(keeper.watch, "watch"), name="callvault-node-watch")
+
+async def run_heartbeat(keeper: NodeKeeper, now: Callable[[], datetime], interval: float) -> None:
+    """The heartbeat, every ``interval`` seconds, until cancelled. It starts right after
+    ``join``, before the node publishes its spool and takes its calls up: a restart that
+    spends longer than ``dead_after`` on that must not get the node declared dead."""
+    await _every(keeper, keeper.heartbeat, "heartbeat", now, interval)
+
+
+async def run_watch(keeper: NodeKeeper, now: Callable[[], datetime], interval: float) -> None:
+    """The watch, every ``interval`` seconds, until cancelled, on a task of its own
+    (settling many calls of a dead node must not hold back this node's heartbeat). It
+    starts once the node's start-up ``reopen`` is done."""
+    await _every(keeper, keeper.watch, "watch", now, interval)
+
+
+async def _every(
+    keeper: NodeKeeper,
+    step: Callable[[datetime], Any],
+    name: str,
+    now: Callable[[], datetime],
+    interval: float,
+) -> None:
+    """``step`` every ``interval`` seconds; a failure is logged and the next interval
+    tries again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step(now())
+        except CallvaultError as e:  # the catalog is down: expected, no traceback
+            log.warning("node %s: %s failed: %s", keeper.id, name, e.code)
+        except Exception:  # the node's tasks must outlive any one failure
+            log.exception("node %s: %s failed", keeper.id, name)

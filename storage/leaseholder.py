@@ -6,9 +6,12 @@ never runs out while the holder lives, and release it after, so that the next pr
 not wait for it to run out. A holder that dies (or stalls past its lease) stops renewing,
 and another process takes the lease over once it ran out.
 
-Time: the work is given its ``now`` (a sweep's time, a fake clock's in tests), and the lease
-is claimed at that ``now``; renewals count on from it by the time that really passed
-(``elapsed``, a monotonic clock), so a lease never moves backwards, whatever ``now`` is.
+Time: the lease is claimed at the ``now`` it is given (passed in: a fake clock's in tests);
+renewals count on from it by the time that really passed (``elapsed``, a monotonic clock),
+so a lease never moves backwards, whatever ``now`` is. Work that claims one lease after
+another from one ``now`` (a retention pass over every tenant) claims each at that ``now``
+moved on by the same monotonic clock, so that a lease claimed late in a long pass does not
+start out already run out.
 """
 
 from __future__ import annotations

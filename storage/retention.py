@@ -308,10 +308,15 @@ class RetentionSweeper:
         report. A tenant whose sweep fails is logged and named in the report; the others
         are still swept."""
         started = time.perf_counter()
+        began = self._elapsed()
         report = SweepReport()
         for tenant in await self._catalog.tenants.list(include_deleted=True):
+            # Each tenant's lease is claimed at the pass's ``now`` moved on by the time the
+            # pass has taken so far: claimed at ``now`` itself, a tenant swept an hour into a
+            # long pass would get a lease that ran out before it was claimed.
+            claim_at = now + timedelta(seconds=self._elapsed() - began)
             try:
-                report.add(await self._sweep_leased(tenant, now))
+                report.add(await self._sweep_leased(tenant, now, claim_at))
             except CallvaultError as e:
                 log.warning(
                     "retention sweep of tenant %s failed: %s: %s",
@@ -325,16 +330,17 @@ class RetentionSweeper:
         self.metrics.seconds.observe(time.perf_counter() - started)
         return report
 
-    async def _sweep_leased(self, tenant: Tenant, now: datetime) -> SweepReport:
-        """``sweep_tenant`` under the tenant's retention lease; skipped (named in the
-        report's ``skipped_tenants``) while another process holds it. One that another
-        process took over (this sweep stalled past the lease) stops at its next page, its
-        batches in flight finished, and is named there too, with what it did until then."""
+    async def _sweep_leased(self, tenant: Tenant, now: datetime, claim_at: datetime) -> SweepReport:
+        """``sweep_tenant`` at ``now`` under the tenant's retention lease, claimed at
+        ``claim_at``; skipped (named in the report's ``skipped_tenants``) while another
+        process holds it. One that another process took over (this sweep stalled past the
+        lease) stops at its next page, its batches in flight finished, and is named there
+        too, with what it did until then."""
         lease = await HeldLease.claim(
             self._catalog,
             LEASE_PREFIX + tenant.id,
             self.owner,
-            now=now,
+            now=claim_at,
             ttl=self._lease_ttl,
             elapsed=self._elapsed,
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.api.codes import ERROR_CODES
 from gateway.attachments import LEASE_TTL
+from gateway.calls import TICK_S
 from gateway.ingest import audiosocket
 from gateway.ingest.events import DTMF_DIGITS, MAX_MESSAGE
 from gateway.policy import REFUSAL_CODES
@@ -87,8 +88,9 @@ terminates TLS: `CALLVAULT_HTTP__TLS_OFFLOADED`) or from this machine, else clos
 `token_in_url_needs_tls`; or, for PBXs that cannot set either, inside the first message
 (`token` above). Nothing is accepted before authentication; a token in the URL or the first
 message that is invalid closes with 1008. A token revoked or expired while its stream runs
-(through any node) closes it with 1008 `unauthorized` within
-{int(REVALIDATE.total_seconds())} s; the call waits for a reconnect with an active token, as
+(through any node) is found within {int(REVALIDATE.total_seconds())} s plus one ticker round
+({TICK_S} s), and the stream's next frame or `stop` closes it with 1008 `unauthorized` (a
+stream so cut cannot end the call); the call waits for a reconnect with an active token, as
 after a drop. A connection that has not started its stream
 within `CALLVAULT_INGEST__HANDSHAKE_TIMEOUT` (10 s) closes with 1008 `start_timeout`.
 

@@ -74,12 +74,7 @@ class StreamBinding:
                     # First: an ended call says so (and why, if it reached its limit),
                     # whoever held it.
                     raise session.ended_refusal()
-                if session.token_revoked and self._peer is None:
-                    # The token this stream authenticated with was revoked or expired, on
-                    # any node (``gateway.revalidation``): not a frame more from it.
-                    raise StreamRefused(
-                        "The stream's token was revoked or has expired.", code="unauthorized"
-                    )
+                self._refuse_if_revoked(session)
                 if session.holder != self._holder or session.lease_lapsed(now):
                     # Its lease was lost, or ran out (its renewals failed): another
                     # connection may carry the call now, so not a frame more from this one.
@@ -96,6 +91,9 @@ class StreamBinding:
             elif isinstance(event, StreamStart):
                 self.session = await self._start(event, now)
             elif isinstance(event, StreamStop):
+                if self.session is not None:
+                    # A revoked token may not end the call any more than send it audio.
+                    self._refuse_if_revoked(self.session)
                 if event.reason == "client_error":
                     self.drop(now)  # the PBX's side failed: wait for it to come back
                 else:
@@ -107,6 +105,15 @@ class StreamBinding:
             elif isinstance(event, Mark):
                 pass
         return False
+
+    def _refuse_if_revoked(self, session: CallSession) -> None:
+        """The token this stream authenticated with was revoked or expired, on any node
+        (``gateway.revalidation``): not a frame more from it, nor its stop; the call waits
+        for a reconnect with an active token, as after a drop."""
+        if session.token_revoked and self._peer is None:  # AudioSocket holds no token
+            raise StreamRefused(
+                "The stream's token was revoked or has expired.", code="unauthorized"
+            )
 
     async def _start(self, event: StreamStart, now: datetime) -> CallSession:
         token_id: str | None = None

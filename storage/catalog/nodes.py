@@ -2,13 +2,16 @@
 node leaves behind when it stops without saying so.
 
 A node registers itself at start (its id, its ingest addresses), writes a heartbeat every
-``CALLVAULT_NODE__HEARTBEAT_INTERVAL`` and marks itself ``stopped`` on a clean shutdown.
+``CALLVAULT_NODE__HEARTBEAT_INTERVAL`` and marks itself ``stopped`` on a clean shutdown
+(only once every live call of it was finalized: one that stops with calls it could not end
+stays ``up``, silent, so that it is declared dead and they are ended).
 One whose heartbeat is older than ``CALLVAULT_NODE__DEAD_AFTER`` is declared ``dead`` by
 another, in one conditional UPDATE, so that of several nodes looking at once exactly one
 wins each declaration.
 
 What a dead node leaves: its live calls (``calls.node_id``), ended elsewhere with what it
-published (``Recordings.finish`` with ``while_node_dead``), and the AI jobs whose audio waits
+published (``Recordings.finish`` with ``while_node_dead``: not a call another node took
+over meanwhile, ``Calls.take_over``), and the AI jobs whose audio waits
 in its spool (audio objects still ``writing`` with its ``objects.node_id``): those are failed
 at once with a reason that starts with ``NODE_DEAD`` and names the node (``fail_waiting``),
 never purged, since the node publishes that audio when it comes back. Back, it publishes its
@@ -29,9 +32,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.catalog.core import AnyRow, CatalogCore, lock_tenant, record
+from storage.catalog.core import AnyRow, CatalogCore, after_key, lock_tenant, record
 from storage.catalog.records import Call, Job, Node, iso
-from storage.catalog.schema import calls, jobs, nodes, objects, recordings
+from storage.catalog.schema import calls, jobs, nodes, objects, recordings, tenants
 from storage.errors import Conflict
 
 NODE_DEAD = "node_dead"
@@ -161,48 +164,66 @@ class Nodes:
 
     # --- what a dead node left ----------------------------------------------------------------
 
-    async def live_calls_of_dead(self, *, limit: int = 100) -> list[Call]:
+    async def live_calls_of_dead(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = 100
+    ) -> list[Call]:
         """Live accepted calls (no end yet) taken by a node that is declared dead, oldest
-        first: to be ended with what their node published."""
+        first: to be ended with what their node published. A page of ``limit`` after the
+        keyset cursor ``after`` (the last page's last call's ``(started_at, id)``), so that
+        one look walks them all, whichever of them it cannot end."""
+        where = [
+            nodes.c.state == "dead",
+            calls.c.ended_at.is_(None),
+            calls.c.refusal_code.is_(None),
+        ]
+        if after is not None:
+            where.append(after_key([calls.c.started_at, calls.c.id], after))
         return await self._core.all(
             sa.select(*calls.c)
             .select_from(calls.join(nodes, nodes.c.id == calls.c.node_id))
-            .where(
-                nodes.c.state == "dead",
-                calls.c.ended_at.is_(None),
-                calls.c.refusal_code.is_(None),
-            )
+            .where(*where)
             .order_by(calls.c.started_at, calls.c.id)
             .limit(limit),
             Call,
         )
 
-    async def jobs_of_dead(self, *, limit: int = 100) -> list[tuple[Job, str]]:
+    async def jobs_of_dead(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = 100
+    ) -> list[tuple[Job, str]]:
         """Queued AI jobs whose recording has audio still ``writing`` in the spool of a node
-        declared dead, with that node's id: to be failed at once (``fail_waiting``)."""
-        stmt = (
-            sa.select(*jobs.c, objects.c.node_id.label("waits_on"))
-            .select_from(
-                jobs.join(objects, objects.c.recording_id == jobs.c.recording_id).join(
-                    nodes, nodes.c.id == objects.c.node_id
-                )
-            )
+        declared dead, with that node's id: to be failed at once (``fail_waiting``). A page
+        of ``limit`` after the keyset cursor ``after`` (the last page's last job's
+        ``(run_after, id)``)."""
+        waiting = (
+            sa.select(objects.c.node_id)
+            .select_from(objects.join(nodes, nodes.c.id == objects.c.node_id))
             .where(
-                jobs.c.kind == ANALYZE_JOB,
-                jobs.c.status == "queued",
+                objects.c.recording_id == jobs.c.recording_id,
                 objects.c.kind == AUDIO_KIND,
                 objects.c.state == "writing",
                 nodes.c.state == "dead",
             )
+            .order_by(objects.c.node_id)
+            .limit(1)
+            .correlate(jobs)
+            .scalar_subquery()
+        )
+        where = [
+            jobs.c.kind == ANALYZE_JOB,
+            jobs.c.status == "queued",
+            waiting.is_not(None),
+        ]
+        if after is not None:
+            where.append(after_key([jobs.c.run_after, jobs.c.id], after))
+        stmt = (
+            sa.select(*jobs.c, waiting.label("waits_on"))
+            .where(*where)
             .order_by(jobs.c.run_after, jobs.c.id)
             .limit(limit)
         )
         async with self._core.transaction() as conn:
             rows = (await conn.execute(stmt)).all()
-        found: dict[str, tuple[Job, str]] = {}
-        for row in rows:
-            found.setdefault(row.id, (record(Job, row), row.waits_on))
-        return list(found.values())
+        return [(record(Job, row), row.waits_on) for row in rows]
 
     async def fail_waiting(
         self,
@@ -260,24 +281,40 @@ class Nodes:
                 )
         return record(Job, row)
 
-    async def failed_while_away(self, node_id: str, *, limit: int = 100) -> list[Job]:
+    async def failed_while_away(
+        self, node_id: str, *, after: tuple[datetime, str] | None = None, limit: int = 100
+    ) -> list[Job]:
         """The AI jobs failed because their audio waited in this node's spool, whose audio
         is all published now (none of it ``writing`` in this node's spool): the jobs to
-        ``reopen`` once the node is back and has published its spool."""
+        ``reopen`` once the node is back and has published its spool, a page of ``limit``
+        in creation order after the keyset cursor ``after`` (the last page's last job's
+        ``(created_at, id)``), so that a pass walks them all, whichever of them it cannot
+        reopen. Jobs that ``reopen`` would refuse for good are left out: their recording is
+        no longer ``failed`` (erased meanwhile, or moved on) or their tenant is deleted."""
         mine = sa.and_(
             objects.c.recording_id == jobs.c.recording_id,
             objects.c.kind == AUDIO_KIND,
             objects.c.node_id == node_id,
         )
+        where = [
+            jobs.c.kind == ANALYZE_JOB,
+            jobs.c.status == "failed",
+            jobs.c.last_error.startswith(NODE_DEAD + ":", autoescape=True),
+            recordings.c.status == "failed",
+            tenants.c.deleted_at.is_(None),
+            sa.exists().where(mine),
+            ~sa.exists().where(mine, objects.c.state == "writing"),
+        ]
+        if after is not None:
+            where.append(after_key([jobs.c.created_at, jobs.c.id], after))
         stmt = (
-            sa.select(jobs)
-            .where(
-                jobs.c.kind == ANALYZE_JOB,
-                jobs.c.status == "failed",
-                jobs.c.last_error.startswith(NODE_DEAD + ":", autoescape=True),
-                sa.exists().where(mine),
-                ~sa.exists().where(mine, objects.c.state == "writing"),
+            sa.select(*jobs.c)
+            .select_from(
+                jobs.join(recordings, recordings.c.id == jobs.c.recording_id).join(
+                    tenants, tenants.c.id == jobs.c.tenant_id
+                )
             )
+            .where(*where)
             .order_by(jobs.c.created_at, jobs.c.id)
             .limit(limit)
         )

@@ -276,8 +276,10 @@ class Recordings:
         (status ``processing``; else ``recorded``). Finishing it again is a no-op that
         returns it unchanged, so a shutdown racing a hangup cannot queue a second job nor
         log a second end. ``while_node_dead``: another node ends a call of that node, which
-        was declared dead; a no-op (the recording returned still ``recording``) if that node
-        is no longer dead, since it came back and takes its calls up itself."""
+        was declared dead; a no-op (the recording returned still ``recording``) if the call
+        is no longer that node's (another node took it over: ``Calls.take_over``) or that
+        node is no longer dead (it came back and takes its calls up itself), both checked
+        under the call's and the node's row locks."""
         status: RecordingStatus = "processing" if job_id is not None else "recorded"
         subject = f"Recording {recording_id!r}"
         async with self._core.transaction(write=True, subject=subject) as conn:
@@ -290,6 +292,18 @@ class Recordings:
             if current.status != "recording":
                 return record(Recording, current)
             if while_node_dead is not None:
+                # The call row locked, then its node: a node that took the call over meanwhile
+                # (``Calls.take_over``: a reconnect reached it) carries it, whatever the
+                # settling node listed; a node that came back takes its calls up itself.
+                carrier = (
+                    await conn.execute(
+                        sa.select(calls.c.node_id)
+                        .where(calls.c.tenant_id == tenant_id, calls.c.id == current.call_id)
+                        .with_for_update()
+                    )
+                ).scalar_one_or_none()
+                if carrier != while_node_dead:
+                    return record(Recording, current)
                 node = await lock_node(conn, while_node_dead)
                 if node is None or node.state != "dead":
                     return record(Recording, current)

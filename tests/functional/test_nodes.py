@@ -27,7 +27,7 @@ from gateway.nodes import NODE_ID_FILE, NodeAddresses, NodeKeeper, node_id_of
 from gateway.services import build_worker, open_services
 from gateway.session import SessionLimits
 from gateway.settings import Settings
-from gateway.state import AI_METRICS, NODE, SERVICES
+from gateway.state import AI_METRICS, METRICS, NODE, SERVICES
 from storage.catalog import NODE_DEAD, Catalog
 from tests.ai import AI_ONLY, ScriptedTranscriber, new_worker, sample_call
 from tests.functional.test_cli import start_serve
@@ -388,14 +388,20 @@ async def test_a_job_waiting_on_a_silent_nodes_spool_fails_at_once_and_reopens_o
 async def stream_until_spooled(
     gw: Gateway, pbx: str, call_id: str, audio: bytes
 ) -> aiohttp.ClientWebSocketResponse:
-    """Stream ``audio`` on both tracks without a stop; return the open WebSocket once part
-    of it is sealed into the node's spool (an audio object ``writing``)."""
+    """Stream ``audio`` on both tracks without a stop; return the open WebSocket once the
+    node has taken every frame (sending is not processing) and part of it is sealed into
+    the node's spool (an audio object ``writing``)."""
+    frames_in = gw.app[METRICS].frames_in.labels("twilio")
+    taken = frames_in._value.get()
     ws = await gw.client.ws_connect("/v1/ingest/twilio", headers=bearer(pbx))
     await ws.send_str(twilio_start(call_id))
     for message in twilio_call(audio, audio):
         await ws.send_str(message)
+        taken += 1
     catalog = gw.app[SERVICES].catalog
     async with asyncio.timeout(20):
+        while frames_in._value.get() < taken:  # noqa: ASYNC110 - the state is another task's
+            await asyncio.sleep(0.01)
         while True:
             writing = await catalog.objects.list("acme", state="writing")
             if len([o for o in writing if o.kind == "audio"]) == 2:

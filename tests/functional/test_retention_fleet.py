@@ -298,6 +298,42 @@ async def test_a_long_sweep_renews_its_lease(
     await assert_deleted_once(b, "acme", seeded)
 
 
+async def test_a_tenant_swept_late_in_a_long_pass_gets_a_lease_that_runs(
+    nodes: tuple[Parts, Parts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass over two tenants, the first of which takes three leases' length to sweep:
+    the second tenant's lease is claimed at the pass's ``now`` moved on by that time, so it
+    runs a whole lease from when it was claimed, and another node is refused it then."""
+    a, b = nodes
+    acme = await seed(a, "acme", 2)
+    globex = await seed(a, "globex", 2)
+    elapsed = FakeElapsed()
+    sweeper = a.new_sweeper(lease_ttl=TTL, elapsed=elapsed)
+    name = LEASE_PREFIX + "globex"
+    seen: list[tuple[Lease | None, Lease | None]] = []
+    real = a.store.delete_many
+
+    async def slow_delete(keys: Sequence[str]) -> None:
+        if all(key.startswith("acme/") for key in keys):
+            elapsed.seconds += 3 * TTL.total_seconds()  # acme's sweep is long
+        elif not seen:
+            # Sweeping globex: the wall clock is the pass's now and the time it took.
+            at = NOW + timedelta(seconds=elapsed.seconds) + SECOND
+            held = await b.catalog.leases.get(name)
+            seen.append((held, await b.catalog.leases.claim(name, "node-b", now=at, ttl=TTL)))
+        await real(keys)
+
+    monkeypatch.setattr(a.store, "delete_many", slow_delete)
+    report = await sweeper.sweep(NOW)
+    ((held, taken),) = seen
+    assert held is not None and held.owner == sweeper.owner
+    assert held.until > NOW + timedelta(seconds=elapsed.seconds)  # not run out at claim
+    assert taken is None  # another node is refused while globex is swept
+    assert (report.skipped_tenants, report.failed_tenants) == ([], [])
+    await assert_deleted_once(b, "acme", acme)
+    await assert_deleted_once(b, "globex", globex)
+
+
 async def test_a_run_out_lease_is_taken_over_and_its_old_holder_stops(
     nodes: tuple[Parts, Parts], monkeypatch: pytest.MonkeyPatch
 ) -> None:
