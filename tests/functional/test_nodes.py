@@ -461,8 +461,14 @@ async def test_a_dead_nodes_live_call_ends_and_its_job_reopens_when_the_node_is_
     assert repr(a_id) in job.last_error
     recording = await catalog.recordings.get("acme", recording_id)
     assert (recording.status, recording.samples) == ("failed", 0)
-    writing = await catalog.objects.list("acme", recording_id=recording_id, state="writing")
-    assert len(writing) == 2  # nothing purged
+    # Nothing purged: both tracks' audio is still there, in A's spool or (A's own ticker
+    # saw its stream's lease run out on the clock that jumped, and the call end) published
+    # from it since.
+    audio_objects = await catalog.objects.list("acme", recording_id=recording_id)
+    assert sorted((o.kind, o.state != "deleted") for o in audio_objects) == [
+        ("audio", True),
+        ("audio", True),
+    ]
     # The call no longer counts against live_calls: B takes a new one.
     again = await b.announce(tenant)
     assert again["node"] == b_id
