@@ -15,11 +15,11 @@ UPDATE there:
 * its node **renews** the leases of the streams it carries every ``LEASE_RENEWAL``, all of
   them in one statement (no catalog write per frame);
 * the stream **releases** the call when it closes, if it still holds it, after its audio
-  was flushed to the spool (so the AI job of a call that ends on another node waits for it
-  to be published). Until that release reached the catalog (it is in flight, or it failed
-  and is retried at each renewal), a claim by the same node names the gone stream
-  (``replaces``) and takes its lease over: the PBX's own reconnect is never refused because
-  of its old connection.
+  was published (its objects committed: each stint on a node has objects of its own, so
+  a call that moves away and back is stored in order). Until that release reached the
+  catalog (it is in flight, or it failed and is retried at each renewal), a claim by the
+  same node names the gone stream (``replaces``) and takes its lease over: the PBX's own
+  reconnect is never refused because of its old connection.
 
 A node that crashes or stalls stops renewing: its leases run out after ``LEASE_TTL`` and the
 call may be claimed again (AudioSocket: from the first peer's address only). Each stream
@@ -114,14 +114,15 @@ class Attachments:
 
     async def claim(
         self, tenant: str, call_id: str, *, peer: str | None, holder: str, now: datetime
-    ) -> datetime:
+    ) -> tuple[datetime, datetime | None]:
         """Attach stream ``holder`` to the call in the catalog and return when its lease
-        ends, or raise the ``StreamRefused`` that says why not. ``peer``: an AudioSocket
-        connection's address (``None`` for the WebSocket transports, whose refusal of a
-        second stream is ``call_in_progress``). The lease of a stream of this node that is
-        gone and not yet released (the PBX reconnects while the release is in flight, or
-        after it failed) is taken over: the PBX is not kept waiting on its own old
-        connection."""
+        ends and when the call first streamed (on any node: the origin of its timeline,
+        ``CallSession.attach``), or raise the ``StreamRefused`` that says why not.
+        ``peer``: an AudioSocket connection's address (``None`` for the WebSocket
+        transports, whose refusal of a second stream is ``call_in_progress``). The lease
+        of a stream of this node that is gone and not yet released (the PBX reconnects
+        while the release is in flight, or after it failed) is taken over: the PBX is not
+        kept waiting on its own old connection."""
         key = (tenant, call_id)
         gone = self._releasing.get(key)
         until = now + LEASE_TTL
@@ -143,15 +144,16 @@ class Attachments:
             raise StreamRefused(f"Call {call_id!r} {_REFUSALS[outcome]}.", code=outcome)
         if gone is not None and self._releasing.get(key) == gone:
             del self._releasing[key]  # taken over: nothing left to release
-        return until
+        lease = await self._catalog.calls.stream_lease(tenant, call_id)
+        return until, lease.first_streamed_at
 
     def release(
         self, session: CallSession | None, tenant: str, call_id: str, holder: str, now: datetime
     ) -> asyncio.Task[None]:
         """Detach ``holder`` in the catalog if it still holds the call, once the audio its
-        ``session`` holds in memory is flushed to the spool (and so registered in the
-        catalog: an AI job of the call, if it ends on another node, waits for it to be
-        published). It runs as a task of its own, which the connection's handler awaits:
+        ``session`` holds is published (a track that cannot be is left in the spool for
+        the recovery pass: an AI job of the call, if it ends on another node, waits for
+        it). It runs as a task of its own, which the connection's handler awaits:
         a handler cancelled as its socket closes does not cut it short (``settle`` awaits
         the last ones at shutdown). Never fails: a release that fails is retried at each
         renewal (until it succeeds, the lease is taken over by this node's next claim of
@@ -171,16 +173,13 @@ class Attachments:
         self, session: CallSession | None, tenant: str, call_id: str, holder: str, now: datetime
     ) -> None:
         if session is not None and not session.ended:
+            # Published, not only flushed: each stint of a call on a node has objects of
+            # its own, so a call that comes back here after another node carried it never
+            # appends to an object created before that node's (objects are read in the
+            # order they were created).
             self._flushing.add(holder)
             try:
-                await session.flush_if_due(now, force=True)
-            except CallvaultError as e:  # what it made durable stays in the spool
-                log.warning(
-                    "call %s: its audio could not be flushed when its stream went: %s",
-                    call_id,
-                    e.code,
-                    extra={"tenant": tenant, "call_id": call_id, "code": e.code},
-                )
+                await session.publish(now)
             finally:
                 self._flushing.discard(holder)
         await self._release(tenant, call_id, holder, now)
@@ -273,8 +272,15 @@ class Attachments:
         for session, holder in held:
             if session.holder != holder:
                 continue  # it detached meanwhile
-            if (session.tenant, session.call_id) in renewed:
+            key = (session.tenant, session.call_id)
+            if key in renewed.renewed:
                 session.lease_until = until
+                # A pause or resume sent through another node takes effect here now.
+                session.paused = renewed.renewed[key]
+            elif key in renewed.ended:
+                # Ended on another node: its stream hears ``call_ended`` at its next frame
+                # or stop, and the ticker publishes what this node recorded.
+                session.closing = session.closing or "ended_elsewhere"
             else:
                 lost.append((session, holder))
         return lost

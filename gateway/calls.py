@@ -491,9 +491,10 @@ class CallRegistry:
 
     async def claim_stream(
         self, tenant: str, call_id: str, *, peer: str | None, holder: str, now: datetime
-    ) -> datetime:
+    ) -> tuple[datetime, datetime | None]:
         """Attach stream ``holder`` (from ``peer``, AudioSocket's connection address) to the
-        call in the catalog (``Attachments.claim``) and return when its lease ends, or raise
+        call in the catalog (``Attachments.claim``) and return when its lease ends and the
+        origin of the call's timeline (when it first streamed, on any node), or raise
         the ``StreamRefused`` that says why not; what this process already knows refuses
         without asking the catalog. ``NotFound`` for a call the catalog does not have."""
         held = self._sessions.get((tenant, call_id))
@@ -508,10 +509,10 @@ class CallRegistry:
             before = await self._catalog.calls.stream_lease(tenant, call_id)
             if before.attached_until is not None:  # a stream elsewhere carried it
                 ends = await self.track_ends(held.call, held.recording)
-        until = await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
+        claimed = await self.attachments.claim(tenant, call_id, peer=peer, holder=holder, now=now)
         if held is not None and ends is not None and held.first_attached_at is None:
             held.restore(ends, now)
-        return until
+        return claimed
 
     async def tick(self, now: datetime) -> None:
         """Flush quiet streams, renew stream leases, end calls that expired or whose tenant

@@ -15,7 +15,8 @@ Where a frame lands on the timeline:
 * while the call is paused, frames are *discarded* but still advance the track, so the
   pause is kept as silence of the right length;
 * a reconnecting stream starts at ``base`` = the later of the timeline's end and the
-  wall-clock time since the first stream started, so the outage is kept as silence too;
+  wall-clock time since the first stream started (on any node: the catalog keeps when), so
+  the outage is kept as silence too, and each node's part lands where it was heard;
 * nothing lands past ``max_duration`` (``CALLVAULT_CALLS__MAX_DURATION``): a frame that
   would end past it is refused (``MaxDurationReached``), whatever its timestamps say, and
   the call is ended with what it has, its recording kept; a call whose wall-clock time since
@@ -80,12 +81,14 @@ EndReason = Literal[
     "tenant_deleted",
     "erased",
     "node_dead",
+    "ended_elsewhere",
 ]
 """Why a call ended (``call.ended``'s ``reason``): the PBX's ``stop`` or hangup, the API's
 end, a reconnect or first stream that did not come in time, RTP media that stopped, the
 maximum duration, RTP ports that could not be bound, a shutdown, the tenant's deletion, an
 erasure, or the death of the node that took it (``node_dead``: ended by another node with
-the audio it had published)."""
+the audio it had published); ``ended_elsewhere``: a node carrying the call's stream found
+at a lease renewal that another node ended it (that node's reason is the call's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,8 @@ class CallSession:
         call waits for a reconnect with an active token, as after a drop."""
         self._base = 0
         self._last_flush: datetime | None = None
+        self._opened_at: datetime | None = None
+        """When the last object this session opened is dated (``_open_upload``)."""
 
     @property
     def tenant(self) -> str:
@@ -294,9 +299,14 @@ class CallSession:
         holder: str | None = None,
         lease_until: datetime | None = None,
         token_id: str | None = None,
+        origin: datetime | None = None,
     ) -> None:
         """A stream starts carrying this call, unless ``refusal`` says why not.
-        ``token_id``: the token that authenticated it (WebSocket transports).
+        ``token_id``: the token that authenticated it (WebSocket transports). ``origin``:
+        when the call first streamed, on whichever node (the catalog keeps it: a streamed
+        call's first claim): its timeline counts from then on every node, so the parts
+        recorded by each node of a call that moves between them line up; default: this
+        process's first attach.
 
         ``holder`` and ``lease_until`` are given once the catalog granted the stream
         ``holder`` the call's lease until ``lease_until`` (``gateway.attachments``), and
@@ -311,14 +321,12 @@ class CallSession:
         self.holder = holder
         self.lease_until = lease_until
         self.token_id, self.token_revoked = token_id, False
-        if self.first_attached_at is None:
-            self.first_attached_at = now
-            self._base = 0
-        else:
-            elapsed = int((now - self.first_attached_at).total_seconds() * self._rate)
-            self._base = max(self.timeline_end(), elapsed)
-            for track in self.tracks.values():
-                track.skip(self._base)
+        start = origin or self.first_attached_at or now
+        self.first_attached_at = start
+        elapsed = max(0, int((now - start).total_seconds() * self._rate))
+        self._base = max(self.timeline_end(), elapsed)
+        for track in self.tracks.values():
+            track.skip(self._base)
         self.attached = True
         self.detached_at = None
         self._last_flush = self._last_flush or now
@@ -326,10 +334,11 @@ class CallSession:
     def restore(self, track_ends: dict[str, int], now: datetime) -> None:
         """Take up a call this process does not hold (after a restart): its tracks end where
         its stored audio ends, its pause is the one the catalog kept, and it waits for a
-        reconnect as if its stream had just dropped."""
+        reconnect as if its stream had just dropped. Its timeline counts from when it first
+        streamed (on any node), or, if it never did, from its announcement."""
         for name, end in track_ends.items():
             self.tracks[name] = TrackWriter(packets=self._codec.packetized, position=end)
-        self.first_attached_at = self.call.started_at
+        self.first_attached_at = self.call.first_streamed_at or self.call.started_at
         self.detached_at = now
 
     def detach(self, now: datetime, *, holder: str | None = None) -> None:
@@ -469,6 +478,12 @@ class CallSession:
         return track.position
 
     async def _open_upload(self, track: str, now: datetime) -> SealingUpload:
+        # A recording's objects are read in the order they were created: each object this
+        # session opens is dated after the ones it opened before, even on a clock that did
+        # not move (a stint published at its drop, then the next one, in one instant).
+        if self._opened_at is not None and now <= self._opened_at:
+            now = self._opened_at + timedelta(microseconds=1)
+        self._opened_at = now
         return await self._vault.create_object(
             tenant=self.tenant,
             kind=AUDIO_KIND,

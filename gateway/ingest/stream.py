@@ -60,6 +60,8 @@ class StreamBinding:
         """The (tenant, call id) this connection claimed, to release at the end."""
         self._lease_until: datetime | None = None
         """When the lease of its claim ends unless renewed."""
+        self._origin: datetime | None = None
+        """When the call first streamed, on any node: its timeline's origin."""
         self._frames = metrics.frames_in.labels(transport)
         self.session: CallSession | None = None
         self.stopped = False
@@ -156,6 +158,7 @@ class StreamBinding:
             holder=self._holder,
             lease_until=self._lease_until,
             token_id=token_id,
+            origin=self._origin,
         )
         log.info(
             "call %s: %s stream started",
@@ -171,14 +174,14 @@ class StreamBinding:
         """Claim the call for this stream in the catalog, then its session. A WebSocket
         stream may describe a call that was not announced: it is announced first."""
         try:
-            self._lease_until = await self._registry.claim_stream(
+            self._lease_until, self._origin = await self._registry.claim_stream(
                 tenant, call_id, peer=self._peer, holder=self._holder, now=now
             )
         except NotFound:
             if self._peer is not None:
                 raise
             announced = await self._session(tenant, call_id, event, actor, now)
-            self._lease_until = await self._registry.claim_stream(
+            self._lease_until, self._origin = await self._registry.claim_stream(
                 tenant, call_id, peer=None, holder=self._holder, now=now
             )
             self._claimed = (tenant, call_id)

@@ -26,6 +26,7 @@ from storage.catalog.records import (
     NumberCalls,
     Recording,
     StreamLease,
+    StreamRenewal,
     TenantLimits,
 )
 from storage.catalog.schema import calls, recordings, tenants
@@ -251,14 +252,21 @@ class Calls:
         holds the call). ``peer`` (AudioSocket only): the connection's address; the call's
         first claim keeps it for good, and a claim from another address is
         ``peer_mismatch`` (``already_attached`` wins: it says nothing about the address).
-        ``NotFound`` for an unknown call or a deleted tenant."""
+        The call's first claim also notes ``now`` as when it first streamed
+        (``StreamLease.first_streamed_at``). ``NotFound`` for an unknown call or a deleted
+        tenant."""
         free = sa.or_(
             calls.c.attached_by.is_(None),
             calls.c.attached_by == holder,
             calls.c.attached_until <= now,
             *([calls.c.attached_by == replaces] if replaces is not None else []),
         )
-        values: dict[str, Any] = {"attached_by": holder, "attached_until": until}
+        values: dict[str, Any] = {
+            "attached_by": holder,
+            "attached_until": until,
+            # The first claim fixes the origin of the call's timeline for every node.
+            "first_streamed_at": sa.func.coalesce(calls.c.first_streamed_at, at(now)),
+        }
         where = [calls.c.tenant_id == tenant_id, calls.c.id == call_id, calls.c.ended_at.is_(None)]
         if peer is not None:
             where.append(
@@ -285,13 +293,15 @@ class Calls:
 
     async def renew_streams(
         self, held: Sequence[tuple[str, str, str]], *, until: datetime
-    ) -> set[tuple[str, str]]:
+    ) -> StreamRenewal:
         """Extend to ``until`` the leases of the ``(tenant, call id, holder)`` given, where
-        that holder still holds its live call; returns the ``(tenant, call id)`` renewed.
-        One that is missing was lost: another stream took it over after it ran out, or the
-        call ended elsewhere. A lease that ran out but that nobody took is renewed (no other
-        stream carried the call meanwhile)."""
-        renewed: set[tuple[str, str]] = set()
+        that holder still holds its live call; returns those renewed, each with whether the
+        call is paused now (a pause sent through another node reaches the carrying node at
+        its next renewal), and those that ended. One that is neither was lost: another
+        stream took it over after it ran out. A lease that ran out but that nobody took is
+        renewed (no other stream carried the call meanwhile)."""
+        renewed: dict[tuple[str, str], bool] = {}
+        ended: set[tuple[str, str]] = set()
         for start in range(0, len(held), IN_BATCH):
             chunk = list(held[start : start + IN_BATCH])
             async with self._core.transaction(write=True) as conn:
@@ -302,10 +312,19 @@ class Calls:
                         calls.c.ended_at.is_(None),
                     )
                     .values(attached_until=until)
-                    .returning(calls.c.tenant_id, calls.c.id)
+                    .returning(calls.c.tenant_id, calls.c.id, calls.c.paused)
                 )
-                renewed.update((row.tenant_id, row.id) for row in rows)
-        return renewed
+                renewed.update({(row.tenant_id, row.id): row.paused for row in rows})
+                missed = [(t, c) for t, c, _ in chunk if (t, c) not in renewed]
+                if missed:
+                    rows = await conn.execute(
+                        sa.select(calls.c.tenant_id, calls.c.id).where(
+                            sa.tuple_(calls.c.tenant_id, calls.c.id).in_(missed),
+                            calls.c.ended_at.is_not(None),
+                        )
+                    )
+                    ended.update((row.tenant_id, row.id) for row in rows)
+        return StreamRenewal(renewed=renewed, ended=ended)
 
     async def release_stream(
         self, tenant_id: str, call_id: str, holder: str, now: datetime
@@ -448,6 +467,7 @@ async def _lease(conn: AsyncConnection, tenant_id: str, call_id: str) -> StreamL
                 calls.c.attached_by,
                 calls.c.attached_until,
                 calls.c.ended_at,
+                calls.c.first_streamed_at,
             ).where(calls.c.tenant_id == tenant_id, calls.c.id == call_id)
         )
     ).one_or_none()
@@ -458,6 +478,7 @@ async def _lease(conn: AsyncConnection, tenant_id: str, call_id: str) -> StreamL
         attached_by=row.attached_by,
         attached_until=row.attached_until,
         ended=row.ended_at is not None,
+        first_streamed_at=row.first_streamed_at,
     )
 
 

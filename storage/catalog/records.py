@@ -144,6 +144,9 @@ class Call:
     node_id: str | None = None
     """The node (``nodes.id``) that took the call, or the last one that took it up; ``None``
     for calls from before the node registry."""
+    first_streamed_at: datetime | None = None
+    """When a stream first carried the call (its first claim): the origin of its timeline
+    on every node; ``None`` until then, and for RTP calls."""
 
 
 CallKey = tuple[datetime, str]
@@ -202,6 +205,8 @@ class StreamLease:
     connection detached (``None`` if none ever attached)."""
     ended: bool
     """The call has ended."""
+    first_streamed_at: datetime | None = None
+    """When a stream first claimed the call: its timeline's origin (``Call``)."""
 
     def held_by_other(self, holder: str | None, now: datetime) -> bool:
         """Another connection than ``holder`` carries the call and its lease runs at ``now``."""
@@ -211,6 +216,17 @@ class StreamLease:
             and self.attached_until is not None
             and now < self.attached_until
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRenewal:
+    """What one renewal of a node's stream leases found (``Calls.renew_streams``)."""
+
+    renewed: dict[tuple[str, str], bool]
+    """The ``(tenant, call id)`` renewed, each with whether the call is paused now (a pause
+    sent through another node reaches the carrying node this way)."""
+    ended: set[tuple[str, str]]
+    """Those not renewed because the call has ended (on any node)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,9 @@ calls = sa.Table(
     # lease's end (after a release: when it was released; claim_stream). NULL for RTP.
     sa.Column("attached_by", sa.String(128), nullable=True),
     sa.Column("attached_until", UTCDateTime(), nullable=True),
+    # When a stream first carried the call (its first claim): the origin of its timeline on
+    # every node that carries it (gateway.session). NULL until then, and for RTP.
+    sa.Column("first_streamed_at", UTCDateTime(), nullable=True),
     # The node (``nodes.id``) that took the call; NULL for calls from before the registry.
     sa.Column("node_id", sa.String(128), nullable=True),
     sa.ForeignKeyConstraint(

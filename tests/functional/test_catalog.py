@@ -833,7 +833,7 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
         [("acme", "CA1", "node-a:1"), ("acme", "CA1", "node-b:1"), ("acme", "CA2", "x")],
         until=T0 + timedelta(seconds=29),
     )
-    assert renewed == {("acme", "CA1")}
+    assert renewed.renewed == {("acme", "CA1"): False} and not renewed.ended
     assert await claim("10.0.0.1", "node-b:1", T0 + timedelta(seconds=20)) == "already_attached"
     # The holder stops renewing (it crashed): once its lease ran out, another address is
     # still refused, and the first one takes the call over.
@@ -841,7 +841,8 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
     assert await claim("10.0.0.2", "node-b:2", after) == "peer_mismatch"
     assert await claim("10.0.0.1", "node-b:1", after) == "attached"
     # The old holder wakes up: it renews and releases nothing.
-    assert await calls.renew_streams([("acme", "CA1", "node-a:1")], until=after) == set()
+    lost = await calls.renew_streams([("acme", "CA1", "node-a:1")], until=after)
+    assert not lost.renewed and not lost.ended
     assert not await calls.release_stream("acme", "CA1", "node-a:1", after)
     assert (await calls.stream_lease("acme", "CA1")).attached_by == "node-b:1"
     # Released by its holder: free again, for the first address only.
@@ -852,7 +853,8 @@ async def test_an_audiosocket_call_is_held_to_its_first_peer_and_one_lease(
     assert await claim("10.0.0.1", "node-c:1", after) == "attached"
     # An ended call is no one's: no claim, no renewal.
     await calls.end("acme", "CA1", after)
-    assert await calls.renew_streams([("acme", "CA1", "node-c:1")], until=after) == set()
+    gone = await calls.renew_streams([("acme", "CA1", "node-c:1")], until=after)
+    assert not gone.renewed and gone.ended == {("acme", "CA1")}
     assert await claim("10.0.0.1", "node-c:2", after + lease) == "call_ended"
     with pytest.raises(NotFound):
         await calls.claim_stream(
@@ -978,7 +980,7 @@ async def test_a_restarted_node_releases_the_leases_of_its_earlier_runs_only(
 
 def _call_fields(call: Any) -> dict[str, Any]:
     fields = {k: getattr(call, k) for k in call.__dataclass_fields__}
-    del fields["ended_at"], fields["paused"]
+    del fields["ended_at"], fields["paused"], fields["first_streamed_at"]
     return fields
 
 

@@ -462,7 +462,8 @@ async def test_a_dropped_stream_reconnects_to_the_same_recording(
     assert not pcm[8000:24000, 0].any()
     assert np.array_equal(pcm[24000:, 0], ULAW.decode(second))
     objects = await objects_of(gateway, "acme")
-    assert [o.track for o in objects] == ["inbound"]  # one object: the same recording
+    # Each stint its own object (published as its stream dropped), one recording.
+    assert [o.track for o in objects] == ["inbound", "inbound"]
 
 
 async def test_a_dropped_stream_is_finalized_after_the_grace(

@@ -16,6 +16,8 @@ Create Date: 2026-12-06
   ``attached_until``: the lease of the stream that carries a call is kept for every streamed
   transport (Twilio and fork as well as AudioSocket), so that two streams of one call on
   two nodes never both record it. ``audiosocket_peer`` stays AudioSocket's own.
+- ``calls.first_streamed_at``: when a stream first claimed the call, the origin of its
+  timeline on whichever node carries it (a call that moves between nodes keeps one).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def upgrade() -> None:
         batch.create_index("ix_calls_node_id_ended_at", ["node_id", "ended_at"])
         batch.alter_column("audiosocket_attached_by", new_column_name="attached_by")
         batch.alter_column("audiosocket_attached_until", new_column_name="attached_until")
+        batch.add_column(sa.Column("first_streamed_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("objects") as batch:
         batch.add_column(sa.Column("node_id", sa.String(128), nullable=True))
 
@@ -69,6 +72,7 @@ def downgrade() -> None:
     with op.batch_alter_table("objects") as batch:
         batch.drop_column("node_id")
     with op.batch_alter_table("calls") as batch:
+        batch.drop_column("first_streamed_at")
         batch.alter_column("attached_until", new_column_name="audiosocket_attached_until")
         batch.alter_column("attached_by", new_column_name="audiosocket_attached_by")
         batch.drop_index("ix_calls_node_id_ended_at")
