@@ -64,7 +64,10 @@ SETTLE_PAGE = 100
 UNREADABLE = (DecryptionFailed, ObjectNotFound, UnsupportedMedia)
 """What reading a recording's published audio back may raise that no retry changes."""
 NODE_ID_SETTING = "CALLVAULT_NODE__ID"
-_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MAX_NODE_ID = 80
+"""The longest node id: a stream lease's holder is the node id and 34 more characters
+(``gateway.attachments``), and ``calls.attached_by`` holds 128."""
+_NODE_ID = re.compile(rf"^[A-Za-z0-9._-]{{1,{MAX_NODE_ID}}}$")
 
 
 # --- the node's id and addresses ------------------------------------------------------------
@@ -87,7 +90,7 @@ def node_id_of(settings: Settings) -> str:
     if not _NODE_ID.match(value):
         raise ConfigError(
             NODE_ID_SETTING,
-            f"{path} does not hold a node id (1-128 of A-Z a-z 0-9 . _ -); set "
+            f"{path} does not hold a node id (1-{MAX_NODE_ID} of A-Z a-z 0-9 . _ -); set "
             f"{NODE_ID_SETTING} or remove the file.",
         )
     return value

@@ -281,9 +281,10 @@ class KeysSettings(BaseModel):
 class NodeSettings(BaseModel):
     """This process's place in a fleet of gateways sharing one catalog."""
 
-    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
-    """The node's id in the catalog's node registry. Default: made at first start and kept
-    in the data dir (`node.id`), so a restarted node is the same node."""
+    id: str | None = Field(default=None, min_length=1, max_length=80, pattern=r"^[A-Za-z0-9._-]+$")
+    """The node's id in the catalog's node registry (1-80 characters: it names the stream
+    leases the node holds, 34 characters more, in a 128-character column). Default: made at
+    first start and kept in the data dir (`node.id`), so a restarted node is the same node."""
     public_host: str | None = None
     """Host name or address announcements hand the PBX for this node's ingest listeners
     (the full WebSocket URL `ingest.websocket_url` on `http.port`, the AudioSocket address,
