@@ -77,13 +77,7 @@ class StreamBinding:
                     # whoever held it.
                     raise session.ended_refusal()
                 self._refuse_if_revoked(session)
-                if session.holder != self._holder or session.lease_lapsed(now):
-                    # Its lease was lost, or ran out (its renewals failed): another
-                    # connection may carry the call now, so not a frame more from this one.
-                    raise StreamRefused(
-                        f"Call {session.call_id!r} is carried by another connection.",
-                        code="call_in_progress" if self._peer is None else "already_attached",
-                    )
+                self._refuse_if_lease_lost(session, now)
                 try:
                     await session.receive(event, now)
                 except MaxDurationReached:
@@ -93,9 +87,13 @@ class StreamBinding:
             elif isinstance(event, StreamStart):
                 self.session = await self._start(event, now)
             elif isinstance(event, StreamStop):
-                if self.session is not None:
-                    # A revoked token may not end the call any more than send it audio.
-                    self._refuse_if_revoked(self.session)
+                current = self.session
+                if current is not None and not (current.ended or current.closing):
+                    # A revoked token, or a stream whose lease was lost (another node may
+                    # carry the call now), may not end the call any more than send it
+                    # audio. A stop for a call that has ended is the no-op it always was.
+                    self._refuse_if_revoked(current)
+                    self._refuse_if_lease_lost(current, now)
                 if event.reason == "client_error":
                     self.drop(now)  # the PBX's side failed: wait for it to come back
                 else:
@@ -115,6 +113,16 @@ class StreamBinding:
         if session.token_revoked and self._peer is None:  # AudioSocket holds no token
             raise StreamRefused(
                 "The stream's token was revoked or has expired.", code="unauthorized"
+            )
+
+    def _refuse_if_lease_lost(self, session: CallSession, now: datetime) -> None:
+        """This stream's lease was lost, or ran out (its renewals failed): another
+        connection, perhaps on another node, may carry the call now, so not a frame more
+        from this one, nor its stop; the call is left as it is."""
+        if session.holder != self._holder or session.lease_lapsed(now):
+            raise StreamRefused(
+                f"Call {session.call_id!r} is carried by another connection.",
+                code="call_in_progress" if self._peer is None else "already_attached",
             )
 
     async def _start(self, event: StreamStart, now: datetime) -> CallSession:
