@@ -371,11 +371,15 @@ class CallRegistry:
         self._sessions.pop((session.tenant, session.call_id), None)
         self._metrics.active_calls.set(len(self._sessions))
 
-    async def session(self, tenant: str, call_id: str, now: datetime) -> CallSession:
+    async def session(
+        self, tenant: str, call_id: str, now: datetime, *, carry: bool = False
+    ) -> CallSession:
         """The live session of the tenant's call, restored from the catalog if this process
         does not hold it (it restarted). ``NotFound`` for an unknown call;
         ``PolicyRefused`` with the refusal code for a refused one; ``StreamRefused``
-        ``call_ended`` for one that has ended."""
+        ``call_ended`` for one that has ended. ``carry``: the caller's stream has just
+        claimed the call's lease, so a call restored here is taken over by this node
+        (``_restore``); an API request or a look never takes a call over."""
         held = self._sessions.get((tenant, call_id))
         if held is not None:
             return held
@@ -385,17 +389,28 @@ class CallRegistry:
         recording = await self._catalog.recordings.of_call(tenant, call_id)
         if call.ended_at is not None or recording is None or recording.status != "recording":
             raise StreamRefused(f"Call {call_id!r} has ended.", code="call_ended")
-        return await self._restore(call, recording, now)
+        return await self._restore(call, recording, now, take_over=carry)
 
-    async def _restore(self, call: Call, recording: Recording, now: datetime) -> CallSession:
+    async def _restore(
+        self, call: Call, recording: Recording, now: datetime, *, take_over: bool
+    ) -> CallSession:
         """A session for a live call this process does not hold, its tracks ending where
-        its committed audio ends (read back, a record at a time)."""
+        its committed audio ends (read back, a record at a time). ``take_over``: this
+        process carries the call now (its stream holds the lease), so the call's row names
+        this node. Otherwise (a spool recovery, an API request, a stream refused before its
+        claim) it names the node it named: the node that carries the call, which another
+        node settling it if it dies must find; a call that names no node (from before the
+        registry) is taken over all the same."""
         ends = await self.track_ends(call, recording)
         # Another task may have restored it while this one was reading.
         held = self._sessions.get((call.tenant_id, call.id))
         if held is not None:
             return held
-        if self.node_id is not None and call.node_id != self.node_id:
+        if (
+            self.node_id is not None
+            and call.node_id != self.node_id
+            and (take_over or call.node_id is None)
+        ):
             # This node carries the call now: if it dies, the call is among its calls. A
             # call ended meanwhile (a node settling its dead node ended it, perhaps this
             # node's own watch) is refused as any ended call, never held live here.
@@ -605,7 +620,7 @@ class CallRegistry:
             if recording.status != "recording" or (tenant, recording.call_id) in self._sessions:
                 return False
             call = await self._catalog.calls.get(tenant, recording.call_id)
-            await self._restore(call, recording, now)
+            await self._restore(call, recording, now, take_over=False)
         except CallvaultError as e:
             log.error("recording %s could not be taken up: %s", recording_id, e.code)
             return False

@@ -26,7 +26,7 @@ from gateway.errors import MaxDurationReached, PolicyRefused, StreamRefused, Una
 from gateway.ingest.events import Audio, Dtmf, Event, Mark, StreamStart, StreamStop
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, EndReason
-from storage.catalog import Catalog
+from storage.catalog import Call, Catalog
 from storage.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,7 @@ class StreamBinding:
                     # whoever held it.
                     raise session.ended_refusal()
                 self._refuse_if_revoked(session)
-                if session.holder != self._holder or session.lease_lapsed(now):
-                    # Its lease was lost, or ran out (its renewals failed): another
-                    # connection may carry the call now, so not a frame more from this one.
-                    raise StreamRefused(
-                        f"Call {session.call_id!r} is carried by another connection.",
-                        code="call_in_progress" if self._peer is None else "already_attached",
-                    )
+                self._refuse_if_lease_lost(session, now)
                 try:
                     await session.receive(event, now)
                 except MaxDurationReached:
@@ -93,9 +87,13 @@ class StreamBinding:
             elif isinstance(event, StreamStart):
                 self.session = await self._start(event, now)
             elif isinstance(event, StreamStop):
-                if self.session is not None:
-                    # A revoked token may not end the call any more than send it audio.
-                    self._refuse_if_revoked(self.session)
+                current = self.session
+                if current is not None and not (current.ended or current.closing):
+                    # A revoked token, or a stream whose lease was lost (another node may
+                    # carry the call now), may not end the call any more than send it
+                    # audio. A stop for a call that has ended is the no-op it always was.
+                    self._refuse_if_revoked(current)
+                    self._refuse_if_lease_lost(current, now)
                 if event.reason == "client_error":
                     self.drop(now)  # the PBX's side failed: wait for it to come back
                 else:
@@ -115,6 +113,16 @@ class StreamBinding:
         if session.token_revoked and self._peer is None:  # AudioSocket holds no token
             raise StreamRefused(
                 "The stream's token was revoked or has expired.", code="unauthorized"
+            )
+
+    def _refuse_if_lease_lost(self, session: CallSession, now: datetime) -> None:
+        """This stream's lease was lost, or ran out (its renewals failed): another
+        connection, perhaps on another node, may carry the call now, so not a frame more
+        from this one, nor its stop; the call is left as it is."""
+        if session.holder != self._holder or session.lease_lapsed(now):
+            raise StreamRefused(
+                f"Call {session.call_id!r} is carried by another connection.",
+                code="call_in_progress" if self._peer is None else "already_attached",
             )
 
     async def _start(self, event: StreamStart, now: datetime) -> CallSession:
@@ -139,19 +147,7 @@ class StreamBinding:
             raise
         except (NotFound, PolicyRefused) as e:
             raise refusal_of(e) from None
-        if session.call.transport != self.transport:
-            raise StreamRefused(
-                f"Call {call_id!r} was announced for {session.call.transport}, not "
-                f"{self.transport}.",
-                code="transport_mismatch",
-            )
-        if (session.call.codec, session.call.sample_rate) != (event.codec, event.sample_rate):
-            raise StreamRefused(
-                f"Call {call_id!r} was announced as {session.call.codec} "
-                f"{session.call.sample_rate} Hz; this stream carries {event.codec} "
-                f"{event.sample_rate} Hz.",
-                code="codec_mismatch",
-            )
+        self._refuse_if_mismatched(session.call, event)
         session.attach(
             now,
             peer=self._peer,
@@ -172,7 +168,16 @@ class StreamBinding:
         self, tenant: str, call_id: str, event: StreamStart, actor: str, now: datetime
     ) -> CallSession:
         """Claim the call for this stream in the catalog, then its session. A WebSocket
-        stream may describe a call that was not announced: it is announced first."""
+        stream may describe a call that was not announced: it is announced first. A stream
+        of another transport or codec than the call's is refused before it claims anything
+        (the call's lease, its row's node)."""
+        try:
+            call = await self._catalog.calls.get(tenant, call_id)
+        except NotFound:
+            pass  # announced below, if the stream describes it
+        else:
+            if call.refusal_code is None and call.ended_at is None:
+                self._refuse_if_mismatched(call, event)
         try:
             self._lease_until, self._origin = await self._registry.claim_stream(
                 tenant, call_id, peer=self._peer, holder=self._holder, now=now
@@ -194,7 +199,20 @@ class StreamBinding:
             await self._registry.session(tenant, call_id, now)
             raise
         self._claimed = (tenant, call_id)
-        return await self._session(tenant, call_id, event, actor, now)
+        return await self._session(tenant, call_id, event, actor, now, carry=True)
+
+    def _refuse_if_mismatched(self, call: Call, event: StreamStart) -> None:
+        if call.transport != self.transport:
+            raise StreamRefused(
+                f"Call {call.id!r} was announced for {call.transport}, not {self.transport}.",
+                code="transport_mismatch",
+            )
+        if (call.codec, call.sample_rate) != (event.codec, event.sample_rate):
+            raise StreamRefused(
+                f"Call {call.id!r} was announced as {call.codec} {call.sample_rate} Hz; this "
+                f"stream carries {event.codec} {event.sample_rate} Hz.",
+                code="codec_mismatch",
+            )
 
     async def _authenticate(self, event: StreamStart, now: datetime) -> Principal:
         principal = self._principal
@@ -208,10 +226,18 @@ class StreamBinding:
         return principal
 
     async def _session(
-        self, tenant: str, call_id: str, event: StreamStart, actor: str, now: datetime
+        self,
+        tenant: str,
+        call_id: str,
+        event: StreamStart,
+        actor: str,
+        now: datetime,
+        *,
+        carry: bool = False,
     ) -> CallSession:
+        """``carry``: this stream holds the call's lease (``CallRegistry.session``)."""
         try:
-            return await self._registry.session(tenant, call_id, now)
+            return await self._registry.session(tenant, call_id, now, carry=carry)
         except NotFound:
             if not {"from", "to"} <= event.parameters.keys():
                 raise StreamRefused(

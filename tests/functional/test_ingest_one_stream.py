@@ -446,3 +446,80 @@ async def test_a_pause_sent_through_another_node_reaches_the_carrying_node_at_it
     assert np.array_equal(pcm[:RATE], transport.stored(before))
     assert not pcm[RATE : 2 * RATE].any()  # discarded, kept as silence
     assert np.array_equal(pcm[2 * RATE :], transport.stored(after))
+
+
+async def test_a_stream_that_lost_its_lease_cannot_end_the_call_the_other_node_carries(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    transport: Transport,
+) -> None:
+    """Node A stalled past its lease and B's stream carries the call now; A's old stream,
+    still open, sends its stop. A refuses it as it refuses that stream's audio (1008
+    ``call_in_progress``), the call is not ended, and B records on to its own stop."""
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock_a, clock_b)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after, more = tone(1.0, 440, seed=71), tone(0.6, 660, seed=72), tone(0.4, 880)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    clock_b.advance(LEASE_TTL.total_seconds() + 1)  # A's lease ran out, as B sees it
+    again = await open_stream(b, transport, tenant, call_id)
+    await send(again, transport.audio(after))
+    await until(lambda: frames_in(b, transport) == frame_count(after))
+    clock_a.advance(LEASE_TTL.total_seconds() + 5)  # A wakes: its lease lapsed
+
+    await send(first, [transport.stop()])
+    assert await closed(first) == (1008, "call_in_progress")
+    catalog = b.app[SERVICES].catalog
+    assert (await catalog.calls.get("acme", call_id)).ended_at is None
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recording"
+    assert (await lease(b, "acme", call_id)).attached_by == b.app[CALLS].live()[0].holder
+
+    await send(again, transport.audio(more, start_ms=600) + [transport.stop()])
+    assert await closed(again) == (1000, "stop")
+    assert frames_in(b, transport) == frame_count(after) + frame_count(more)
+    pcm = await inbound(b, tenant, recording_id)
+    gap_end = int(LEASE_TTL.total_seconds() + 1) * RATE
+    assert np.array_equal(pcm[: len(before)], transport.stored(before))
+    assert np.array_equal(
+        pcm[gap_end:], np.concatenate([transport.stored(after), transport.stored(more)])
+    )
+
+
+async def test_a_call_ended_on_one_node_refuses_the_other_nodes_stream_after_its_renewal(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    transport: Transport,
+) -> None:
+    """The call streams on B and is ended through A (``POST .../end``). B learns it at its
+    next lease renewal (every 5 s): its stream's next frame is then refused ``call_ended``
+    and not stored (never placed in the session), and B finishes its side of the call."""
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock, clock)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, late = tone(1.0, 440, seed=73), tone(0.4, 660, seed=74)
+
+    stream = await open_stream(b, transport, tenant, call_id)
+    await send(stream, transport.audio(before))
+    await until(lambda: frames_in(b, transport) == frame_count(before))
+    (carried,) = b.app[CALLS].live()
+    response = await a.client.post(f"/v1/calls/{call_id}/end", headers=bearer(tenant.pbx))
+    assert response.status == 200, await response.text()
+    clock.advance(LEASE_RENEWAL.total_seconds())
+    await b.app[CALLS].tick(clock.now())
+    assert carried.closing == "ended_elsewhere" or carried.ended
+
+    await refused_audio(stream, transport.audio(late, start_ms=1000))
+    assert await closed(stream) == (1008, "call_ended")
+    assert frames_in(b, transport) == frame_count(before)
+    await until(lambda: not b.app[CALLS].live())
+    assert (await b.app[SERVICES].catalog.calls.get("acme", call_id)).ended_at is not None
+    assert "committed" in await object_states(b, "acme", recording_id)

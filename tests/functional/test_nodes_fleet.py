@@ -213,7 +213,7 @@ async def test_a_call_taken_over_is_not_ended_for_its_dead_node(services: Servic
     recording = await catalog.recordings.of_call("acme", "taken")
     assert recording is not None
     b = registry(services, "B")
-    await b._restore(taken, recording, later)
+    await b._restore(taken, recording, later, take_over=True)
     assert [s.call_id for s in b.live()] == ["taken"]
     c = registry(services, "C")
     assert await c.end_for_dead_node(stale["taken"], later) is False
@@ -232,11 +232,40 @@ async def test_a_call_taken_over_is_not_ended_for_its_dead_node(services: Servic
     assert recording is not None
     assert await c.end_for_dead_node(stale["ended"], later) is True
     with pytest.raises(StreamRefused) as refused:
-        await b._restore(ended, recording, later)
+        await b._restore(ended, recording, later, take_over=True)
     assert refused.value.code == "call_ended"
     assert [s.call_id for s in b.live()] == []
     call = await catalog.calls.get("acme", "ended")
     assert call.node_id == "A" and call.ended_at == later
+
+
+async def test_only_a_node_whose_stream_claimed_the_call_takes_it_over(
+    services: Services,
+) -> None:
+    """Node B carries a call. Node A takes it up without carrying it: its spool recovery
+    finds audio of the call (A carried it before), or an API request through A (a pause)
+    needs its session. The call's row still names B, so that if B dies the call is ended
+    for B, and never for A while B records it. Only a stream of A that claimed the call's
+    lease makes A its node."""
+    catalog = services.catalog
+    for node_id in ("A", "B"):
+        await catalog.nodes.register(node_id, {}, T0)
+    await announce(catalog, "carried", "B")
+    a = registry(services, "A")
+
+    assert await a._take_up("acme", "rec-carried", T0) is True  # what recover() does
+    assert (await catalog.calls.get("acme", "carried")).node_id == "B"
+    a = registry(services, "A")
+    await a.set_paused("acme", "carried", True, T0)
+    assert (await catalog.calls.get("acme", "carried")).node_id == "B"
+
+    a = registry(services, "A")
+    holder = a.attachments.new_holder()
+    lease = await catalog.calls.stream_lease("acme", "carried")
+    assert lease.attached_by is None  # B's stream dropped; A's claim is taken
+    await a.claim_stream("acme", "carried", peer=None, holder=holder, now=T0)
+    await a.session("acme", "carried", T0, carry=True)
+    assert (await catalog.calls.get("acme", "carried")).node_id == "A"
 
 
 # --- a slow restart keeps its heartbeat ----------------------------------------------------
