@@ -17,6 +17,7 @@ first stream, or an RTP frame past it on their timeline).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -231,6 +232,7 @@ class CallRegistry:
         self._transports: list[CallTransport] = []
         self.attachments = Attachments(catalog, node=node_id)
         self.revalidation = Revalidation(catalog)
+        self._ticking = asyncio.Lock()
 
     def add_transport(self, transport: CallTransport) -> None:
         """Tell ``transport`` when each call ends."""
@@ -532,7 +534,12 @@ class CallRegistry:
     async def tick(self, now: datetime) -> None:
         """Flush quiet streams, renew stream leases, end calls that expired or whose tenant
         another node deleted (``gateway.revalidation``); one failing call never stops the
-        others."""
+        others. One round at a time: a round asked for while another runs (the ticker's,
+        an operator's or a test's) waits for it, so it never acts on half of its work."""
+        async with self._ticking:
+            await self._tick(now)
+
+    async def _tick(self, now: datetime) -> None:
         try:
             await self.attachments.renew(self.live(), now)
         except CallvaultError as e:  # renew logs its own catalog failures; this is a guard

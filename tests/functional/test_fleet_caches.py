@@ -139,11 +139,19 @@ async def mint(node: Gateway, tenant: TenantTokens, role: str) -> dict[str, Any]
 
 
 async def open_stream(node: Gateway, token: str, call_id: str) -> ClientWebSocketResponse:
-    """A Twilio stream of the call, started, with one frame of each track sent."""
+    """A Twilio stream of the call, started, with one frame of each track sent; returned
+    once the node attached it (sending is not processing: a tick before that would see no
+    stream of the call)."""
     ws = await node.client.ws_connect("/v1/ingest/twilio", headers=bearer(token))
     await ws.send_str(twilio_connected())
     await ws.send_str(twilio_start(call_id))
     await send_frame(ws, 0)
+    async with asyncio.timeout(10):
+        while not any(  # noqa: ASYNC110 - the state is the server task's
+            s.call_id == call_id and s.attached and s.token_id is not None
+            for s in node.app[CALLS].live()
+        ):
+            await asyncio.sleep(0.01)
     return ws
 
 
