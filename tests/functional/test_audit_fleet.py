@@ -135,6 +135,11 @@ async def test_two_processes_append_to_one_chain_without_gap_or_fork(
         )
         assert check.checkpoint is not None
         checkpoints = await catalog.checkpoints.list(tenant)
-        assert len({c.seq for c in checkpoints}) == len(checkpoints) >= 2
+        # One checkpoint per head signed, never two: each writer tries one every 50 of its
+        # events, and a try at a head another already signed makes none. So acme (four
+        # tries by each writer, at four heads each) has at least four; globex (one try by
+        # each) has one, or two when the writers' tries fell at different heads.
+        least = 4 if tenant == "acme" else 1
+        assert len({c.seq for c in checkpoints}) == len(checkpoints) >= least
     # The two processes really wrote at the same time.
     assert switches(await chain_of(catalog, "acme")) >= 2
