@@ -534,21 +534,26 @@ class CallSession:
             if not self.ended and not self.closing and self.buffered() and due:
                 await self._flush(now)
 
-    async def publish(self, now: datetime) -> None:
+    async def publish(self, now: datetime) -> bool:
         """Publish what this process recorded of the call without ending it (another
         connection, on another node, carries it now): each track's object is committed, and
         audio that arrives later here would go to new ones. An object opened here for audio
         still buffered is dated from the last flush, when that audio began to arrive: a
         recording's objects are read in the order they were created, and this audio comes
-        before anything the other node recorded since."""
+        before anything the other node recorded since. ``False`` if a track failed (what
+        it still buffers is tried again by the next publish)."""
         async with self._lock:
-            await self._commit_tracks(self._last_flush or now, now, logging.WARNING, "published")
+            return await self._commit_tracks(
+                self._last_flush or now, now, logging.WARNING, "published"
+            )
 
-    async def _commit_tracks(self, opened: datetime, now: datetime, level: int, done: str) -> None:
+    async def _commit_tracks(self, opened: datetime, now: datetime, level: int, done: str) -> bool:
         """Seal and commit every track (an object opened now for buffered audio is dated
-        ``opened``). A track that fails is left in the spool (its object stays 'writing'):
-        the next recovery pass publishes it, and the export answers 503 until then. It is
-        logged at ``level`` as not ``done``."""
+        ``opened``); whether every one was. A track that fails is left in the spool (its
+        object stays 'writing'): the next recovery pass publishes it, and the export answers
+        503 until then; a track whose object could not be opened keeps its audio buffered.
+        It is logged at ``level`` as not ``done``."""
+        whole = True
         for name, track in self.tracks.items():
             try:
                 await self._open_if_needed(name, track, opened)
@@ -564,6 +569,8 @@ class CallSession:
                     e.code,
                     extra={**self._log_fields(), "track": name, "code": e.code},
                 )
+                whole = False
+        return whole
 
     # --- control --------------------------------------------------------------------------
 
