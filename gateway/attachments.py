@@ -100,6 +100,11 @@ class Attachments:
         and the publish retried, every ``LEASE_RENEWAL``; released once it succeeded."""
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def prefix(self) -> str:
+        """What the holders of this process's streams begin with."""
+        return self._prefix
+
     def new_holder(self) -> str:
         """A name for one stream, unique across nodes and restarts: ``<node>:<process>:``
         and a random part. The catalog shows which node carries a call (not a secret: it

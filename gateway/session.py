@@ -595,15 +595,19 @@ class CallSession:
         reason: EndReason,
         *,
         while_node_dead: str | None = None,
+        unless_carried_elsewhere: str | None = None,
     ) -> Recording:
         """Seal and commit every track, then finalize the recording (and queue its AI job
         when AI was instructed) in one catalog transaction. Idempotent. ``while_node_dead``:
         another node ends a call of that dead node (``CallRegistry.end_for_dead_node``); if
-        the node came back meanwhile, nothing is finalized and the session stays live."""
+        the node came back meanwhile, nothing is finalized and the session stays live.
+        ``unless_carried_elsewhere``: this process's stream holder prefix; if a stream of
+        another process carries the call when the catalog finalizes it, nothing is
+        finalized (the tracks are published all the same) and the session is not ended."""
         async with self._lock:
             if self.ended:
                 return self.recording
-            self.closing = self.closing or reason
+            closing, self.closing = self.closing, self.closing or reason
             self.attached = False
             self.holder = None
             self.lease_until = None
@@ -631,8 +635,11 @@ class CallSession:
                 job_id=job_id,
                 audit=ended,
                 while_node_dead=while_node_dead,
+                unless_carried_elsewhere=unless_carried_elsewhere,
             )
-            if self.recording.status == "recording":  # its node is back (while_node_dead)
+            if self.recording.status == "recording":  # its node is back, or it moved
+                # Not ending: a round that still holds the session must not end it for this.
+                self.closing = closing
                 return self.recording
             self.ended = True
             if job_id is not None and self.recording.status == "processing":

@@ -596,3 +596,60 @@ async def test_a_call_ended_on_one_node_refuses_the_other_nodes_stream_after_its
     await until(lambda: not b.app[CALLS].live())
     assert (await b.app[SERVICES].catalog.calls.get("acme", call_id)).ended_at is not None
     assert "committed" in await object_states(b, "acme", recording_id)
+
+
+async def test_a_claim_landing_while_a_node_shuts_down_keeps_the_call_live_on_the_other(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shuts down gracefully while it waits on a call whose stream dropped from it: it
+    looks at the call's lease (free), and the PBX's reconnect claims the call on B before A
+    finalizes it. A's finish, checked again under the call's row lock, sees B's stream: A
+    publishes its part and forgets the call without ending it, and B records on to its
+    stop. The recording holds both parts."""
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock, clock)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after = tone(1.0, 440, seed=48), tone(0.6, 660, seed=49)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    await first.close()  # dropped: no stop
+    await lease_until(a, "acme", call_id, lambda held: held.attached_by is None)
+    clock.advance(2)
+
+    attachments = a.app[CALLS].attachments
+    looked, streams = attachments.elsewhere, []
+
+    async def claimed_meanwhile(session: Any, now: datetime) -> StreamLease:
+        free = await looked(session, now)  # what A saw: nobody carries the call
+        streams.append(await open_stream(b, transport, tenant, call_id))
+        await lease_until(
+            b, "acme", call_id, lambda held: (held.attached_by or "").startswith("b:")
+        )
+        return free
+
+    monkeypatch.setattr(attachments, "elsewhere", claimed_meanwhile)
+    assert await a.app[CALLS].close(clock.now()) == 0
+    assert len(streams) == 1 and not a.app[CALLS].live()
+    catalog = b.app[SERVICES].catalog
+    assert (await catalog.calls.get("acme", call_id)).ended_at is None
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recording"
+    await until(lambda: any(session.attached for session in b.app[CALLS].live()))
+    (carried,) = b.app[CALLS].live()
+    assert (await lease(b, "acme", call_id)).attached_by == carried.holder
+
+    (again,) = streams
+    await send(again, transport.audio(after) + [transport.stop()])
+    assert await closed(again) == (1000, "stop")
+    assert frames_in(b, transport) == frame_count(after)
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recorded"
+    pcm = await inbound(b, tenant, recording_id)
+    assert np.array_equal(pcm[: len(before)], transport.stored(before))
+    assert np.array_equal(pcm[-len(after) :], transport.stored(after))
