@@ -16,10 +16,13 @@ UPDATE there:
   them in one statement (no catalog write per frame);
 * the stream **releases** the call when it closes, if it still holds it, after its audio
   was published (its objects committed: each stint on a node has objects of its own, so
-  a call that moves away and back is stored in order). Until that release reached the
-  catalog (it is in flight, or it failed and is retried at each renewal), a claim by the
-  same node names the gone stream (``replaces``) and takes its lease over: the PBX's own
-  reconnect is never refused because of its old connection.
+  a call that moves away and back is stored in order). A publish that fails (the spool,
+  the store or the catalog) keeps the lease, renewed with the others: the call cannot
+  move to another node, nor end there and run its AI job without this node's part, until
+  a renewal's retry published it; then the lease is released. Until that release reached
+  the catalog (it is in flight, or it failed and is retried at each renewal), a claim by
+  the same node names the gone stream (``replaces``) and takes its lease over: the PBX's
+  own reconnect is never refused because of its old connection.
 
 A node that crashes or stalls stops renewing: its leases run out after ``LEASE_TTL`` and the
 call may be claimed again (AudioSocket: from the first peer's address only). Each stream
@@ -92,7 +95,15 @@ class Attachments:
         (tenant, call id), with when they went."""
         self._flushing: set[str] = set()
         """Those of them whose audio is being flushed: not released before it is durable."""
+        self._unflushed: dict[tuple[str, str], tuple[CallSession, str, datetime]] = {}
+        """Those of them whose publish failed, with their session: their leases are renewed,
+        and the publish retried, every ``LEASE_RENEWAL``; released once it succeeded."""
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def prefix(self) -> str:
+        """What the holders of this process's streams begin with."""
+        return self._prefix
 
     def new_holder(self) -> str:
         """A name for one stream, unique across nodes and restarts: ``<node>:<process>:``
@@ -144,6 +155,8 @@ class Attachments:
             raise StreamRefused(f"Call {call_id!r} {_REFUSALS[outcome]}.", code=outcome)
         if gone is not None and self._releasing.get(key) == gone:
             del self._releasing[key]  # taken over: nothing left to release
+            # Nor to publish: the session records on here, what it still buffers with it.
+            self._unflushed.pop(key, None)
         lease = await self._catalog.calls.stream_lease(tenant, call_id)
         return until, lease.first_streamed_at
 
@@ -155,9 +168,10 @@ class Attachments:
         the recovery pass: an AI job of the call, if it ends on another node, waits for
         it). It runs as a task of its own, which the connection's handler awaits:
         a handler cancelled as its socket closes does not cut it short (``settle`` awaits
-        the last ones at shutdown). Never fails: a release that fails is retried at each
-        renewal (until it succeeds, the lease is taken over by this node's next claim of
-        the call, or runs out)."""
+        the last ones at shutdown). Never fails: a publish that fails keeps the lease
+        (renewed) and is retried at each renewal, and so is a release that fails (until it
+        succeeds, the lease is taken over by this node's next claim of the call, or runs
+        out; or, for a publish, the call ends here)."""
         # Marked before anything else: this node's next claim of the call takes it over.
         self._releasing[(tenant, call_id)] = (holder, now)
         task = asyncio.create_task(self._flush_and_release(session, tenant, call_id, holder, now))
@@ -179,10 +193,39 @@ class Attachments:
             # order they were created).
             self._flushing.add(holder)
             try:
-                await session.publish(now)
+                published = await self._publish(session, now)
             finally:
                 self._flushing.discard(holder)
+            if not published and self._releasing.get((tenant, call_id)) == (holder, now):
+                # Kept: no other node may take the call (nor end it) without this part.
+                self._unflushed[(tenant, call_id)] = (session, holder, now)
+                return
         await self._release(tenant, call_id, holder, now)
+
+    async def _publish(self, session: CallSession, now: datetime) -> bool:
+        """Publish what ``session`` recorded; whether all of it was (failures logged)."""
+        try:
+            return await session.publish(now)
+        except CallvaultError as e:
+            log.warning(
+                "call %s: its audio could not be published (retried): %s",
+                session.call_id,
+                e.code,
+                extra={"tenant": session.tenant, "call_id": session.call_id, "code": e.code},
+            )
+            return False
+
+    async def _retry(self, now: datetime) -> None:
+        """Retry the publishes and then the releases that failed (every renewal)."""
+        for key, (session, holder, went) in list(self._unflushed.items()):
+            if self._releasing.get(key) != (holder, went):
+                del self._unflushed[key]  # taken over by a claim of this node meanwhile
+            elif session.ended or await self._publish(session, now):
+                # Ended here: its finish committed (or left to the recovery pass) the rest.
+                del self._unflushed[key]
+        for (tenant, call_id), (holder, went) in list(self._releasing.items()):
+            if holder not in self._flushing and (tenant, call_id) not in self._unflushed:
+                await self._release(tenant, call_id, holder, went)
 
     async def _release(self, tenant: str, call_id: str, holder: str, now: datetime) -> None:
         try:
@@ -210,9 +253,7 @@ class Attachments:
         lost: list[tuple[CallSession, str]] = []
         if self._renewed_at is None or now - self._renewed_at >= LEASE_RENEWAL:
             self._renewed_at = now
-            for (tenant, call_id), (holder, went) in list(self._releasing.items()):
-                if holder not in self._flushing:
-                    await self._release(tenant, call_id, holder, went)
+            await self._retry(now)
             lost = await self._renew(sessions, now)
             await self._publish_moved(sessions, now)
         for session in sessions:
@@ -255,14 +296,19 @@ class Attachments:
     async def _renew(
         self, sessions: list[CallSession], now: datetime
     ) -> list[tuple[CallSession, str]]:
-        """Renew the leases of the streams attached here; those that were lost."""
+        """Renew the leases of the streams attached here, and of those gone whose audio
+        is not published yet (``_unflushed``); the attached ones that were lost."""
         held = [(session, session.holder) for session in sessions if session.holder]
-        if not held:
+        kept = [
+            (tenant, call_id, holder)
+            for (tenant, call_id), (_, holder, _) in self._unflushed.items()
+        ]
+        if not held and not kept:
             return []
         until = now + LEASE_TTL
         try:
             renewed = await self._catalog.calls.renew_streams(
-                [(session.tenant, session.call_id, holder) for session, holder in held],
+                [(session.tenant, session.call_id, holder) for session, holder in held] + kept,
                 until=until,
             )
         except CallvaultError as e:

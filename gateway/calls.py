@@ -497,11 +497,23 @@ class CallRegistry:
         for transport in self._transports:
             transport.ended(session)
 
-    async def _finish(self, session: CallSession, now: datetime, reason: EndReason) -> None:
+    async def _finish(
+        self, session: CallSession, now: datetime, reason: EndReason, *, unless_moved: bool = False
+    ) -> None:
+        """``unless_moved``: a streamed call that a stream of another process carries when
+        the catalog finalizes it is not ended (what this process holds of it is published,
+        and it is forgotten here): a claim that landed after this process last looked."""
         for transport in self._transports:
             transport.closing(session, now)
         # Forgotten only once finalized: a finish that failed is retried by the ticker.
-        await session.finish(self._catalog, now, reason)
+        await session.finish(
+            self._catalog,
+            now,
+            reason,
+            unless_carried_elsewhere=self.attachments.prefix
+            if unless_moved and streamed(session)
+            else None,
+        )
         self._forget(session)
         for transport in self._transports:
             transport.ended(session)
@@ -558,7 +570,10 @@ class CallRegistry:
             try:
                 reason = await self.attachments.expiry(session, now)
                 if reason is not None:
-                    await self._finish(session, now, reason)
+                    # Checked again where it is finalized, as at shutdown (a claim elsewhere
+                    # may land after ``expiry`` looked; or the round read the closing reason
+                    # of a shutdown's finish that found the call moved).
+                    await self._finish(session, now, reason, unless_moved=True)
                 else:
                     await session.flush_if_due(now)
             except Exception as e:  # one call's failure must not stop the others
@@ -567,10 +582,11 @@ class CallRegistry:
     async def close(self, now: datetime) -> int:
         """Graceful shutdown: every live call is finalized with what arrived (a PBX that
         reconnects after the restart finds its call ended), but for a streamed call that a
-        stream on another node carries now: that node records it on, and what this one
-        recorded of it is published. How many calls could not be finalized (the catalog or
-        the store failed): the node is then not marked stopped, so that the fleet ends them
-        as a dead node's (``gateway.nodes``)."""
+        stream on another node carries now (also one whose claim lands while this node
+        finalizes it: checked in the finishing transaction): that node records it on, and
+        what this one recorded of it is published. How many calls could not be finalized
+        (the catalog or the store failed): the node is then not marked stopped, so that the
+        fleet ends them as a dead node's (``gateway.nodes``)."""
         await self.attachments.settle()
         unfinished = 0
         for session in self.live():
@@ -580,7 +596,9 @@ class CallRegistry:
                     if self.attachments.held_elsewhere(lease, now):
                         self._forget(session)
                         continue
-                await self._finish(session, now, "shutdown")
+                # Checked again where it is finalized: a claim on another node may land
+                # between that look and the finish.
+                await self._finish(session, now, "shutdown", unless_moved=True)
             except CallvaultError as e:
                 unfinished += 1
                 log.error(

@@ -534,21 +534,26 @@ class CallSession:
             if not self.ended and not self.closing and self.buffered() and due:
                 await self._flush(now)
 
-    async def publish(self, now: datetime) -> None:
+    async def publish(self, now: datetime) -> bool:
         """Publish what this process recorded of the call without ending it (another
         connection, on another node, carries it now): each track's object is committed, and
         audio that arrives later here would go to new ones. An object opened here for audio
         still buffered is dated from the last flush, when that audio began to arrive: a
         recording's objects are read in the order they were created, and this audio comes
-        before anything the other node recorded since."""
+        before anything the other node recorded since. ``False`` if a track failed (what
+        it still buffers is tried again by the next publish)."""
         async with self._lock:
-            await self._commit_tracks(self._last_flush or now, now, logging.WARNING, "published")
+            return await self._commit_tracks(
+                self._last_flush or now, now, logging.WARNING, "published"
+            )
 
-    async def _commit_tracks(self, opened: datetime, now: datetime, level: int, done: str) -> None:
+    async def _commit_tracks(self, opened: datetime, now: datetime, level: int, done: str) -> bool:
         """Seal and commit every track (an object opened now for buffered audio is dated
-        ``opened``). A track that fails is left in the spool (its object stays 'writing'):
-        the next recovery pass publishes it, and the export answers 503 until then. It is
-        logged at ``level`` as not ``done``."""
+        ``opened``); whether every one was. A track that fails is left in the spool (its
+        object stays 'writing'): the next recovery pass publishes it, and the export answers
+        503 until then; a track whose object could not be opened keeps its audio buffered.
+        It is logged at ``level`` as not ``done``."""
+        whole = True
         for name, track in self.tracks.items():
             try:
                 await self._open_if_needed(name, track, opened)
@@ -564,6 +569,8 @@ class CallSession:
                     e.code,
                     extra={**self._log_fields(), "track": name, "code": e.code},
                 )
+                whole = False
+        return whole
 
     # --- control --------------------------------------------------------------------------
 
@@ -588,15 +595,19 @@ class CallSession:
         reason: EndReason,
         *,
         while_node_dead: str | None = None,
+        unless_carried_elsewhere: str | None = None,
     ) -> Recording:
         """Seal and commit every track, then finalize the recording (and queue its AI job
         when AI was instructed) in one catalog transaction. Idempotent. ``while_node_dead``:
         another node ends a call of that dead node (``CallRegistry.end_for_dead_node``); if
-        the node came back meanwhile, nothing is finalized and the session stays live."""
+        the node came back meanwhile, nothing is finalized and the session stays live.
+        ``unless_carried_elsewhere``: this process's stream holder prefix; if a stream of
+        another process carries the call when the catalog finalizes it, nothing is
+        finalized (the tracks are published all the same) and the session is not ended."""
         async with self._lock:
             if self.ended:
                 return self.recording
-            self.closing = self.closing or reason
+            closing, self.closing = self.closing, self.closing or reason
             self.attached = False
             self.holder = None
             self.lease_until = None
@@ -624,8 +635,11 @@ class CallSession:
                 job_id=job_id,
                 audit=ended,
                 while_node_dead=while_node_dead,
+                unless_carried_elsewhere=unless_carried_elsewhere,
             )
-            if self.recording.status == "recording":  # its node is back (while_node_dead)
+            if self.recording.status == "recording":  # its node is back, or it moved
+                # Not ending: a round that still holds the session must not end it for this.
+                self.closing = closing
                 return self.recording
             self.ended = True
             if job_id is not None and self.recording.status == "processing":

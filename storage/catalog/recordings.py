@@ -36,6 +36,7 @@ from storage.catalog.records import (
     Recording,
     RecordingKey,
     RecordingStatus,
+    StreamLease,
 )
 from storage.catalog.schema import calls, recordings, tenants
 from storage.errors import Conflict, NotFound
@@ -270,6 +271,7 @@ class Recordings:
         job_kind: str = "analyze",
         audit: AuditEntry | None = None,
         while_node_dead: str | None = None,
+        unless_carried_elsewhere: str | None = None,
     ) -> Recording:
         """Finalize a live recording in one transaction: its timeline length, its end, the
         end of its call, its ``audit`` event and, when ``job_id`` is given, its AI job
@@ -279,7 +281,11 @@ class Recordings:
         was declared dead; a no-op (the recording returned still ``recording``) if the call
         is no longer that node's (another node took it over: ``Calls.take_over``) or that
         node is no longer dead (it came back and takes its calls up itself), both checked
-        under the call's and the node's row locks."""
+        under the call's and the node's row locks. ``unless_carried_elsewhere``: the prefix
+        of the stream holders of the finishing process (``gateway.attachments``); a no-op
+        (likewise) if a stream of any other holder carries the call at ``now``, checked
+        under the call's row lock: a claim that landed after the caller last looked is
+        not ended under it (a node's graceful shutdown)."""
         status: RecordingStatus = "processing" if job_id is not None else "recorded"
         subject = f"Recording {recording_id!r}"
         async with self._core.transaction(write=True, subject=subject) as conn:
@@ -306,6 +312,24 @@ class Recordings:
                     return record(Recording, current)
                 node = await lock_node(conn, while_node_dead)
                 if node is None or node.state != "dead":
+                    return record(Recording, current)
+            if unless_carried_elsewhere is not None:
+                row = (
+                    await conn.execute(
+                        sa.select(calls.c.attached_by, calls.c.attached_until)
+                        .where(calls.c.tenant_id == tenant_id, calls.c.id == current.call_id)
+                        .with_for_update()
+                    )
+                ).one()
+                lease = StreamLease(
+                    peer=None,
+                    attached_by=row.attached_by,
+                    attached_until=row.attached_until,
+                    ended=False,
+                )
+                if lease.held_by_other(None, now) and not (row.attached_by or "").startswith(
+                    unless_carried_elsewhere
+                ):
                     return record(Recording, current)
             row = (
                 await conn.execute(

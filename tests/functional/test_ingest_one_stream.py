@@ -22,6 +22,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from gateway.app import build_app
 from gateway.attachments import LEASE_RENEWAL, LEASE_TTL
+from gateway.errors import SpoolFull
 from gateway.settings import Settings
 from gateway.state import CALLS, METRICS, SERVICES
 from storage.catalog import StreamLease
@@ -284,6 +286,77 @@ async def test_a_reconnect_on_the_other_node_after_a_drop_continues_the_recordin
     assert np.array_equal(pcm[gap_end:], transport.stored(after))
 
 
+async def test_a_dropped_stream_whose_publish_failed_keeps_the_lease_until_a_renewal_published(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first stream, on A, drops, and publishing its part fails (the store, the spool
+    or the catalog). A keeps the lease, renewed past its first term: the PBX's reconnect to
+    B is refused, so the call can neither move nor end there without A's part. A's next
+    renewal publishes the part and then releases the lease; the reconnect to B is taken,
+    and the recording holds both parts once."""
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock, clock)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after = tone(1.0, 440, seed=46), tone(0.6, 660, seed=47)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    (session,) = a.app[CALLS].live()
+    holder = session.holder
+    assert holder is not None
+    publish, failures, broken = session.publish, [], [True]
+
+    async def failing(now: datetime) -> bool:
+        if broken:
+            failures.append(now)
+            raise SpoolFull("The spool is full.")
+        return await publish(now)
+
+    monkeypatch.setattr(session, "publish", failing)
+    await first.close()  # dropped: no stop
+    await until(lambda: bool(failures))
+    await a.app[CALLS].attachments.settle()
+    assert (await lease(a, "acme", call_id)).attached_by == holder  # kept
+    assert "committed" not in await object_states(a, "acme", recording_id)
+
+    # While publishing fails, A's renewals retry it and keep the lease past its first
+    # term: B refuses the reconnect.
+    for _ in range(2):
+        clock.advance(LEASE_RENEWAL.total_seconds())
+        await a.app[CALLS].tick(clock.now())
+    assert len(failures) >= 3  # at the drop, then at each renewal
+    clock.advance(LEASE_TTL.total_seconds() - 2 * LEASE_RENEWAL.total_seconds() + 1)
+    held = await lease(b, "acme", call_id)
+    assert held.attached_by == holder and held.held_by_other(None, clock.now())
+    refused = await open_stream(b, transport, tenant, call_id)
+    await refused_audio(refused, transport.audio(after))
+    assert await closed(refused) == (1008, "call_in_progress")
+    assert "committed" not in await object_states(a, "acme", recording_id)
+
+    broken.clear()  # the store is back: A's next renewal publishes, then releases
+    clock.advance(LEASE_RENEWAL.total_seconds())
+    await a.app[CALLS].tick(clock.now())
+    await lease_until(a, "acme", call_id, lambda held: held.attached_by is None)
+    assert await object_states(a, "acme", recording_id) == ["committed"]
+
+    again = await open_stream(b, transport, tenant, call_id)
+    await send(again, transport.audio(after) + [transport.stop()])
+    assert await closed(again) == (1000, "stop")
+    catalog = b.app[SERVICES].catalog
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recorded"
+    assert await object_states(a, "acme", recording_id) == ["committed"] * 2
+    pcm = await inbound(a, tenant, recording_id)
+    assert np.array_equal(pcm[: len(before)], transport.stored(before))
+    assert np.array_equal(pcm[-len(after) :], transport.stored(after))
+
+
 async def test_a_node_that_stopped_renewing_loses_the_call_to_the_reconnect_on_the_other(
     aiohttp_client: Callable[..., Any],
     tmp_path: Path,
@@ -523,3 +596,60 @@ async def test_a_call_ended_on_one_node_refuses_the_other_nodes_stream_after_its
     await until(lambda: not b.app[CALLS].live())
     assert (await b.app[SERVICES].catalog.calls.get("acme", call_id)).ended_at is not None
     assert "committed" in await object_states(b, "acme", recording_id)
+
+
+async def test_a_claim_landing_while_a_node_shuts_down_keeps_the_call_live_on_the_other(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    database_url: str,
+    clock: FakeClock,
+    transport: Transport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shuts down gracefully while it waits on a call whose stream dropped from it: it
+    looks at the call's lease (free), and the PBX's reconnect claims the call on B before A
+    finalizes it. A's finish, checked again under the call's row lock, sees B's stream: A
+    publishes its part and forgets the call without ending it, and B records on to its
+    stop. The recording holds both parts."""
+    a, b = await two_nodes(aiohttp_client, tmp_path, database_url, clock, clock)
+    tenant = await a.tenant("acme", NO_CONSENT)
+    announced = await a.announce(tenant, transport=transport.name)
+    call_id, recording_id = announced["call_id"], announced["recording_id"]
+    before, after = tone(1.0, 440, seed=48), tone(0.6, 660, seed=49)
+
+    first = await open_stream(a, transport, tenant, call_id)
+    await send(first, transport.audio(before))
+    await until(lambda: frames_in(a, transport) == frame_count(before))
+    await first.close()  # dropped: no stop
+    await lease_until(a, "acme", call_id, lambda held: held.attached_by is None)
+    clock.advance(2)
+
+    attachments = a.app[CALLS].attachments
+    looked, streams = attachments.elsewhere, []
+
+    async def claimed_meanwhile(session: Any, now: datetime) -> StreamLease:
+        free = await looked(session, now)  # what A saw: nobody carries the call
+        streams.append(await open_stream(b, transport, tenant, call_id))
+        await lease_until(
+            b, "acme", call_id, lambda held: (held.attached_by or "").startswith("b:")
+        )
+        return free
+
+    monkeypatch.setattr(attachments, "elsewhere", claimed_meanwhile)
+    assert await a.app[CALLS].close(clock.now()) == 0
+    assert len(streams) == 1 and not a.app[CALLS].live()
+    catalog = b.app[SERVICES].catalog
+    assert (await catalog.calls.get("acme", call_id)).ended_at is None
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recording"
+    await until(lambda: any(session.attached for session in b.app[CALLS].live()))
+    (carried,) = b.app[CALLS].live()
+    assert (await lease(b, "acme", call_id)).attached_by == carried.holder
+
+    (again,) = streams
+    await send(again, transport.audio(after) + [transport.stop()])
+    assert await closed(again) == (1000, "stop")
+    assert frames_in(b, transport) == frame_count(after)
+    assert (await catalog.recordings.get("acme", recording_id)).status == "recorded"
+    pcm = await inbound(b, tenant, recording_id)
+    assert np.array_equal(pcm[: len(before)], transport.stored(before))
+    assert np.array_equal(pcm[-len(after) :], transport.stored(after))
