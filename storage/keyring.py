@@ -59,11 +59,11 @@ from crypto.keyringbacking import Identity, Loaded
 from storage.catalog.core import (
     catalog_unavailable,
     configure_sqlite,
-    create_owner_only,
+    prepare_sqlite_file,
     upgrade_schema,
 )
 from storage.catalog.schema import audit_checkpoints, keyring
-from storage.catalog.urls import mask_database_url, sync_database_url
+from storage.catalog.urls import sync_database_url
 from storage.errors import CatalogUnavailable
 
 ROW_ID = "main"
@@ -283,16 +283,7 @@ def _create_engine(url: URL, *, connect_timeout_s: float, busy_timeout_s: float)
             dbapi_conn.commit()
 
         return engine
-    database = url.database or ""
-    if not database.startswith("file:"):
-        try:
-            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CatalogUnavailable(
-                f"The catalog's directory for {mask_database_url(str(url))} cannot be "
-                f"created: {exc.strerror or exc}."
-            ) from exc
-        create_owner_only(Path(database))
+    prepare_sqlite_file(url)
     engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
     configure_sqlite(engine, busy_timeout_s)
     return engine

@@ -33,7 +33,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -182,6 +182,23 @@ def configure_sqlite(engine: sa.Engine, busy_timeout_s: float) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def prepare_sqlite_file(url: URL) -> None:
+    """Make the directory of a SQLite catalog's file (0700) and the file itself (0600),
+    unless ``url`` names a ``file:`` URI; ``CatalogUnavailable`` if the directory cannot be
+    made."""
+    database = url.database or ""
+    if database.startswith("file:"):
+        return
+    try:
+        Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatalogUnavailable(
+            f"The catalog's directory for {mask_database_url(str(url))} cannot be "
+            f"created: {exc.strerror or exc}."
+        ) from exc
+    create_owner_only(Path(database))
+
+
 def _create_engine(
     url: str, *, pool_size: int, connect_timeout_s: float, busy_timeout_s: float
 ) -> AsyncEngine:
@@ -195,16 +212,7 @@ def _create_engine(
             pool_timeout=connect_timeout_s,
             connect_args={"timeout": connect_timeout_s},
         )
-    database = parsed.database or ""
-    if not database.startswith("file:"):
-        try:
-            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CatalogUnavailable(
-                f"The catalog's directory for {mask_database_url(url)} cannot be "
-                f"created: {exc.strerror or exc}."
-            ) from exc
-        create_owner_only(Path(database))
+    prepare_sqlite_file(parsed)
     engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
     configure_sqlite(engine.sync_engine, busy_timeout_s)
     return engine
