@@ -127,7 +127,7 @@ class AudioSocket(asyncio.Protocol):
 class Bare:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.rtp: dict[str, list[asyncio.BaseTransport]] = {}
+        self.rtp: dict[str, list[asyncio.DatagramTransport]] = {}
         self.ports = iter(range(args.rtp_ports[0], args.rtp_ports[1] + 1, 2)) if (
             args.rtp_ports
         ) else None  # fmt: skip
