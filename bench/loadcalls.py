@@ -24,9 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import numpy as np
 
-from bench.loadframes import FRAME, L16Frames, UlawFrames
+from bench.loadframes import (
+    FORK_INDEX,
+    FRAME,
+    L16_INDEX,
+    ULAW_INDEX,
+    ULAW_INDEX_B64,
+    fork_rest,
+    l16_rest,
+    ulaw_rest,
+)
 from gateway.ingest.rtp import SrtpKey
 
 FRAME_S = 0.02
@@ -207,11 +215,12 @@ class Call:
             await loop.create_connection(lambda: stream, as_host, int(as_port))
             self.stream = stream
             stream.write(b"\x01\x00\x10" + uuid.UUID(offer["id"]).bytes)
-            frames = L16Frames(self.number, 0)
-            head = b"\x10\x01\x40"
+            index = L16_INDEX.upto(self.frames)
+            rest = l16_rest(self.number, 0)
+            write = stream.write
 
-            def send_audiosocket(index: int) -> None:
-                stream.write(head + frames.frame(index))
+            def send_audiosocket(k: int) -> None:
+                write(b"\x10\x01\x40" + index[k] + rest)
 
             self.send = send_audiosocket
         else:
@@ -233,49 +242,37 @@ class Call:
             "streamSid": STREAM_SID,
         }
         stream.write(ws_frame(0x1, json.dumps(start).encode()))
-        frames = [UlawFrames(self.number, track) for track in (0, 1)]
-        # base64 of marker + the tail's first 2 bytes (9 bytes: whole groups), then the rest.
-        tails = [(f.tail[:2], base64.b64encode(f.tail[2:])) for f in frames]
+        index = ULAW_INDEX_B64.upto(self.frames)
+        # A payload is its frame index's base64 group, then the rest's (the same each frame).
+        rests = [base64.b64encode(ulaw_rest(self.number, track)) for track in (0, 1)]
         templates = [
             b'{"event":"media","sequenceNumber":"%d","media":{"track":"' + name
-            + b'","chunk":"%d","timestamp":"%d","payload":"%s%s"},"streamSid":"'
+            + b'","chunk":"%d","timestamp":"%d","payload":"%s' + rest + b'"},"streamSid":"'
             + STREAM_SID.encode() + b'"}'
-            for name in (b"inbound", b"outbound")
+            for name, rest in zip((b"inbound", b"outbound"), rests, strict=True)
         ]  # fmt: skip
-        b64 = base64.b64encode
+        inbound, outbound = templates
         pack = struct.Struct("!BBH4x").pack
+        write = stream.write
 
-        def send_twilio(index: int) -> None:
-            for track in (0, 1):
-                head, tail = tails[track]
-                frame = frames[track]
-                seq = 2 * index + track + 2
-                body = templates[track] % (
-                    seq,
-                    index + 1,
-                    index * 20,
-                    b64(frame.frame(index)[:7] + head),
-                    tail,
-                )
-                stream.write(pack(0x81, 0xFE, len(body)) + body)
+        def send_twilio(k: int) -> None:
+            body = inbound % (2 * k + 2, k + 1, k * 20, index[k])
+            write(pack(0x81, 0xFE, len(body)) + body)
+            body = outbound % (2 * k + 3, k + 1, k * 20, index[k])
+            write(pack(0x81, 0xFE, len(body)) + body)
 
         self.send = send_twilio
 
     def _fork(self, stream: Stream) -> None:
         meta = {"call_id": self.announced["call_id"], "sampleRate": 8000, "mixType": "stereo"}
         stream.write(ws_frame(0x1, json.dumps(meta).encode()))
-        frames = [L16Frames(self.number, track) for track in (0, 1)]
-        stereo = np.empty((FRAME - 5, 2), "<i2")
-        stereo[:, 0] = np.frombuffer(frames[0].tail, "<i2")
-        stereo[:, 1] = np.frombuffer(frames[1].tail, "<i2")
-        tail = stereo.tobytes()
+        index = FORK_INDEX.upto(self.frames)
+        rest = fork_rest(self.number)
         head = struct.pack("!BBH4x", 0x82, 0xFE, 4 * FRAME)
-        pack = struct.Struct("<10h").pack
-        n = self.number & 0x7FFF
+        write = stream.write
 
-        def send_fork(index: int) -> None:
-            low, high = index & 0x7FFF, (index >> 15) + 1
-            stream.write(head + pack(0x2A5A, 0x2A5A, n, n, 1, 2, low, low, high, high) + tail)
+        def send_fork(k: int) -> None:
+            write(head + index[k] + rest)
 
         self.send = send_fork
 
@@ -294,17 +291,18 @@ class Call:
                 protects.append(SrtpKey.from_sdes(crypto[name]).session(outbound=True).protect)
             else:
                 protects.append(None)
-        frames = [UlawFrames(self.number, track) for track in (0, 1)]
+        index = ULAW_INDEX.upto(self.frames)
+        rests = [ulaw_rest(self.number, track) for track in (0, 1)]
         ssrcs = [secrets.randbits(32) for _ in (0, 1)]
         pack = struct.Struct("!BBHII").pack
+        tracks = list(zip(ssrcs, rests, protects, sends, strict=True))
 
-        def send_rtp(index: int) -> None:
-            for track in (0, 1):
-                packet = pack(0x80, 0, index & 0xFFFF, index * FRAME & 0xFFFFFFFF, ssrcs[track])
-                packet += frames[track].frame(index)
-                protect = protects[track]
+        def send_rtp(k: int) -> None:
+            seq, stamp = k & 0xFFFF, k * FRAME & 0xFFFFFFFF
+            for ssrc, rest, protect, send in tracks:
+                packet = pack(0x80, 0, seq, stamp, ssrc) + index[k] + rest
                 try:
-                    sends[track](protect(packet) if protect is not None else packet)
+                    send(protect(packet) if protect is not None else packet)
                 except OSError as e:  # a full socket buffer: that datagram is lost here
                     self.failure = self.failure or f"rtp send: {e}"
 
