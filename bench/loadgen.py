@@ -120,6 +120,14 @@ class Result:
     loadgen_cpu_s: float = 0.0
     loadgen_cpu_us_per_frame: float = 0.0
     """CPU µs per frame sent over the steady window."""
+    send_lag_ms_p99_steady: float = 0.0
+    send_lag_ms_max_steady: float = 0.0
+    """The same over the steady window only (all N calls live, none ending)."""
+    loadgen_cpu_share: float = 0.0
+    """The loadgen's CPU seconds per wall second over the steady window."""
+    others_on_core_share: float | None = None
+    """When pinned to one core: what other processes used of it over the steady window
+    (a shared machine's noise; ``None`` when not pinned)."""
     wall_s: float = 0.0
     steady_from: float | None = None
     steady_until: float | None = None
@@ -141,11 +149,13 @@ class Run:
         self.result = Result(options.transport, options.calls, options.seconds, bare=options.bare)
         self.slots: list[list[Call]] = [[] for _ in range(SLOTS)]
         self.lags: list[float] = []
+        self.lag_at: list[float] = []
         self.live = 0
         self.started = 0
         self.frames_sent = 0
-        self.steady: list[tuple[float, float, int]] = []
-        """(unix time, process time, frames sent) at the steady window's ends."""
+        self.steady: list[tuple[float, float, int, float, float | None]] = []
+        """(unix time, process time, frames sent, loop time, this core's busy seconds) at
+        the steady window's ends."""
         self.ended_any = False
         self.ended: list[Call] = []
         self.checks: set[asyncio.Task[None]] = set()
@@ -209,6 +219,7 @@ class Run:
             now = loop.time()
             if self.live:
                 lags.append(now - due)
+                self.lag_at.append(now)
             else:  # nothing to send: no backlog to catch up on
                 due = max(due, now)
             for call in list(self.slots[slot]):
@@ -280,7 +291,10 @@ class Run:
 
     def mark(self) -> None:
         live = sum(c.sent * c.tracks for s in self.slots for c in s)
-        self.steady.append((time.time(), time.process_time(), self.frames_sent + live))
+        now = asyncio.get_running_loop().time()
+        self.steady.append(
+            (time.time(), time.process_time(), self.frames_sent + live, now, core_busy())
+        )
 
     async def check(self, http: aiohttp.ClientSession, call: Call) -> None:
         if call.failure is not None or not call.announced:
@@ -398,11 +412,20 @@ class Run:
             r.send_lag_ms_p99 = round(float(np.percentile(lags, 99)), 3)
             r.send_lag_ms_max = round(float(lags.max()), 3)
         if len(self.steady) >= 2:
-            (t0, c0, f0), (t1, c1, f1) = self.steady[0], self.steady[1]
+            (t0, c0, f0, l0, b0), (t1, c1, f1, l1, b1) = self.steady[0], self.steady[1]
             if t1 > t0:
                 r.steady_from, r.steady_until = round(t0, 3), round(t1, 3)
                 if f1 > f0:
                     r.loadgen_cpu_us_per_frame = round((c1 - c0) / (f1 - f0) * 1e6, 3)
+                r.loadgen_cpu_share = round((c1 - c0) / (t1 - t0), 3)
+                if b0 is not None and b1 is not None:
+                    others = (b1 - b0) - (c1 - c0)
+                    r.others_on_core_share = round(max(0.0, others) / (t1 - t0), 3)
+                at = np.array(self.lag_at)
+                steady = np.array(self.lags)[(at >= l0) & (at <= l1)] * 1000
+                if len(steady):
+                    r.send_lag_ms_p99_steady = round(float(np.percentile(steady, 99)), 3)
+                    r.send_lag_ms_max_steady = round(float(steady.max()), 3)
         return r
 
 
@@ -412,6 +435,23 @@ async def run(options: Options) -> Result:
         raise SetupError(f"unknown transport {options.transport!r}")
     raise_fd_limit()
     return await Run(options).run()
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def core_busy() -> float | None:
+    """Busy seconds (all processes) of the one core this process is pinned to, if it is."""
+    cores = os.sched_getaffinity(0)
+    if len(cores) != 1:
+        return None
+    name = f"cpu{next(iter(cores))}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        field, *ticks = line.split()
+        if field == name:
+            values = [int(t) for t in ticks]
+            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
+    return None
 
 
 def raise_fd_limit() -> None:
@@ -479,6 +519,10 @@ def print_result(r: Result) -> None:
         ("frames sent / checked / lost", f"{r.frames_sent} / {r.frames_checked} / {r.frames_lost}"),
         ("calls failed", r.calls_failed),
         ("send lag p99 / max", f"{r.send_lag_ms_p99:.2f} / {r.send_lag_ms_max:.2f} ms"),
+        ("steady: send lag p99 / max", f"{r.send_lag_ms_p99_steady:.2f} / "
+         f"{r.send_lag_ms_max_steady:.2f} ms"),
+        ("steady: loadgen CPU share, others on its core", f"{r.loadgen_cpu_share:.2f}, "
+         f"{r.others_on_core_share}"),
         ("loadgen CPU", f"{r.loadgen_cpu_s:.2f} s, {r.loadgen_cpu_us_per_frame:.1f} µs/frame"),
         ("wall", f"{r.wall_s:.1f} s"), ("loop", r.loop),
     ]  # fmt: skip
