@@ -132,6 +132,8 @@ class Result:
     steady_from: float | None = None
     steady_until: float | None = None
     calls_started: int = 0
+    announce_s: float | None = None
+    """How long announcing the first N calls took (their streams start after)."""
     by_transport: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per transport: calls, calls_failed, frames_sent, frames_checked (export checks only)."""
     bare: bool = False
@@ -157,6 +159,9 @@ class Run:
         """(unix time, process time, frames sent, loop time, this core's busy seconds) at
         the steady window's ends."""
         self.ended_any = False
+        self.announced = 0
+        self.all_announced = asyncio.Event()
+        self.begin = self.ramp_from = 0.0
         self.ended: list[Call] = []
         self.checks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -231,11 +236,12 @@ class Run:
         self, lane: int, http: aiohttp.ClientSession, gate: asyncio.Semaphore, deadline: float
     ) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(self.o.ramp * lane / self.o.calls)
         number = lane
+        first = True
         while True:
             call = Call(number, self.transport_of(number), int(self.o.seconds * 50))
-            await self.one(call, http, gate)
+            await self.one(call, http, gate, lane if first else None)
+            first = False
             self.ended.append(call)
             if self.o.minutes:
                 task = asyncio.create_task(self.check(http, call))
@@ -245,7 +251,12 @@ class Run:
             if not self.o.minutes or loop.time() >= deadline:
                 return
 
-    async def one(self, call: Call, http: aiohttp.ClientSession, gate: asyncio.Semaphore) -> None:
+    async def one(
+        self, call: Call, http: aiohttp.ClientSession, gate: asyncio.Semaphore, lane: int | None
+    ) -> None:
+        """Announce the call, stream it, end it. The first N calls (``lane`` given) are all
+        announced first, then start spread over the ramp, so that the API's pace does not
+        stretch the ramp; a soak's later calls start as soon as they are announced."""
         loop = asyncio.get_running_loop()
         self.result.calls_started += 1
         try:
@@ -261,7 +272,23 @@ class Run:
                 call.announced = await self.request(
                     http, "POST", f"/v1/tenants/{self.tenant}/calls", self.pbx, body, 201
                 )
-                await call.connect(self.host, self.port, None if self.o.bare else self.pbx)
+        except (OSError, SetupError, TimeoutError, aiohttp.ClientError, KeyError) as e:
+            call.failure = f"announce: {type(e).__name__}: {str(e)[:120]}"
+        finally:
+            if lane is not None:
+                self.announced += 1
+                if self.announced == self.o.calls:
+                    self.ramp_from = loop.time()
+                    self.result.announce_s = round(self.ramp_from - self.begin, 3)
+                    self.all_announced.set()
+        if call.failure:
+            return
+        try:
+            if lane is not None:
+                await self.all_announced.wait()
+                start_at = self.ramp_from + self.o.ramp * lane / self.o.calls
+                await asyncio.sleep(start_at - loop.time())
+            await call.connect(self.host, self.port, None if self.o.bare else self.pbx)
         except (OSError, SetupError, TimeoutError, aiohttp.ClientError, KeyError) as e:
             call.failure = f"start: {type(e).__name__}: {str(e)[:120]}"
             call.close()
@@ -351,6 +378,7 @@ class Run:
             await self.setup(http)
             before = await self.bare_frames(http) if o.bare else 0
             ticker = asyncio.create_task(self.ticker())
+            self.begin = loop.time()
             gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
             deadline = loop.time() + o.minutes * 60
             await asyncio.gather(*(self.lane(i, http, gate, deadline) for i in range(o.calls)))
