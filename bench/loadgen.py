@@ -243,7 +243,7 @@ class Run:
             await self.one(call, http, gate, lane if first else None)
             first = False
             self.ended.append(call)
-            if self.o.minutes:
+            if self.o.minutes and not self.o.bare:
                 task = asyncio.create_task(self.check(http, call))
                 self.checks.add(task)
                 task.add_done_callback(self.checks.discard)

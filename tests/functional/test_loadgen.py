@@ -123,3 +123,17 @@ def test_a_usage_error_exits_2(bare: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--setup-token" in result.stderr
+
+
+def test_a_soak_starts_a_new_call_as_one_ends(bare: str) -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, str(BENCH / "loadgen.py"), "--base", bare, "--transport", "mixed",
+         "--calls", "2", "--seconds", "0.5", "--minutes", "0.03", "--bare", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stdout
+    assert report["calls_started"] >= 4  # two lanes, 1.8 s of 0.5 s calls
+    assert sum(row["calls"] for row in report["by_transport"].values()) == report["calls_started"]
+    assert report["frames_checked"] == report["frames_sent"] > 0
+    assert report["frames_lost"] == 0
