@@ -120,6 +120,8 @@ class Result:
     loadgen_cpu_s: float = 0.0
     loadgen_cpu_us_per_frame: float = 0.0
     """CPU µs per frame sent over the steady window."""
+    loadgen_sys_us_per_frame: float = 0.0
+    """The part of it spent in the kernel (sends; loopback's receive path runs there too)."""
     send_lag_ms_p99_steady: float = 0.0
     send_lag_ms_max_steady: float = 0.0
     """The same over the steady window only (all N calls live, none ending)."""
@@ -155,9 +157,9 @@ class Run:
         self.live = 0
         self.started = 0
         self.frames_sent = 0
-        self.steady: list[tuple[float, float, int, float, float | None]] = []
-        """(unix time, process time, frames sent, loop time, this core's busy seconds) at
-        the steady window's ends."""
+        self.steady: list[tuple[float, float, int, float, float | None, float]] = []
+        """(unix time, system CPU, frames sent, loop time, this core's busy seconds, process
+        time) at the steady window's ends."""
         self.ended_any = False
         self.announced = 0
         self.all_announced = asyncio.Event()
@@ -320,7 +322,14 @@ class Run:
         live = sum(c.sent * c.tracks for s in self.slots for c in s)
         now = asyncio.get_running_loop().time()
         self.steady.append(
-            (time.time(), time.process_time(), self.frames_sent + live, now, core_busy())
+            (
+                time.time(),
+                os.times().system,
+                self.frames_sent + live,
+                now,
+                core_busy(),
+                time.process_time(),
+            )
         )
 
     async def check(self, http: aiohttp.ClientSession, call: Call) -> None:
@@ -440,11 +449,12 @@ class Run:
             r.send_lag_ms_p99 = round(float(np.percentile(lags, 99)), 3)
             r.send_lag_ms_max = round(float(lags.max()), 3)
         if len(self.steady) >= 2:
-            (t0, c0, f0, l0, b0), (t1, c1, f1, l1, b1) = self.steady[0], self.steady[1]
+            (t0, s0, f0, l0, b0, c0), (t1, s1, f1, l1, b1, c1) = self.steady[:2]
             if t1 > t0:
                 r.steady_from, r.steady_until = round(t0, 3), round(t1, 3)
                 if f1 > f0:
                     r.loadgen_cpu_us_per_frame = round((c1 - c0) / (f1 - f0) * 1e6, 3)
+                    r.loadgen_sys_us_per_frame = round((s1 - s0) / (f1 - f0) * 1e6, 3)
                 r.loadgen_cpu_share = round((c1 - c0) / (t1 - t0), 3)
                 if b0 is not None and b1 is not None:
                     others = (b1 - b0) - (c1 - c0)
