@@ -11,35 +11,45 @@ checked afterwards sample by sample.
 Run it pinned to the core the contestant does not use: ``taskset -c 1 python bench/loadgen.py
 ...`` with ``taskset -c 0 callvault serve`` (or ``taskset -c 0 python bench/bare.py``).
 
-What it does, per call: ``POST /v1/tenants/{t}/calls`` (with ``--setup-token`` it first
-creates a tenant of its own with recording on, consent not required, unencrypted RTP allowed
-and every limit at 1,000,000), then streams one 20 ms frame per track per tick over the
-call's transport: Twilio Media Streams (``connected``, ``start``, two ``media`` messages a
-tick, each its own write, ``stop``), mod_audio_fork (metadata, one 640-byte stereo L16
-binary frame a tick, ``stop``), AudioSocket (the id frame, one 320-byte slin frame a tick,
-hang-up) or RTP/SRTP (a connected UDP socket per track, PCMU, pylibsrtp ``protect``, then
-``POST /v1/calls/{id}/end``). Starts are spread over ``--ramp``; every call's ticks fall in
-one of ``SLOTS`` sub-slots of the 20 ms, so the load is spread evenly. One ticker drives all
-calls; a tick that runs late sends every frame due (nothing is skipped), and its lateness
-is the ``send_lag``. WebSockets run on raw asyncio transports: the HTTP upgrade is written
-by hand and client frames use an all-zero masking key (valid RFC 6455: the payload goes
-out unchanged); pings are answered, the close code recorded.
+What it does: with ``--setup-token`` it first creates a tenant of its own (recording on,
+consent not required, unencrypted RTP allowed, every limit at 1,000,000); otherwise it uses
+``--tenant`` with its pbx token and a token that may read recordings. It announces the
+first N calls (``POST /v1/tenants/{t}/calls``, ``ANNOUNCE_CONCURRENCY`` at a time), then
+starts their streams spread evenly over ``--ramp`` (so the API's pace does not stretch the
+ramp; ``announce_s`` says how long announcing took: an RTP call that sends nothing for
+``rtp.timeout``, 30 s, after its announcement is ended). Each call streams one 20 ms frame
+per track per tick (``bench/loadcalls.py``): Twilio Media Streams (``connected``,
+``start``, two ``media`` messages a tick, each its own write, ``stop``, then the server's
+1000 close), mod_audio_fork (metadata, one 640-byte stereo L16 binary frame a tick,
+``stop``), AudioSocket (the id frame, one 320-byte slin frame a tick, hang-up) or RTP/SRTP
+(a connected UDP socket per track, PCMU, pylibsrtp ``protect``, then ``POST
+/v1/calls/{id}/end``). ``mixed`` cycles twilio, fork, audiosocket, srtp over the calls.
 
-The check (``bench/loadframes.py``): every frame carries a marker (call, track, index)
+One ticker drives all calls: call i ticks in sub-slot i % ``SLOTS`` of the 20 ms, so the
+load is spread evenly; a tick that runs late sends every frame due (nothing is skipped, so
+a stalled load generator bursts), and its lateness is the ``send_lag``. A step whose
+``send_lag_ms_p99_steady`` is above 20 ms measured the load generator, not the server.
+``others_on_core_share`` says how much of the load generator's core other processes took
+over the steady window (on a shared machine, the usual reason it lagged).
+
+The check (``bench/loadframes.py``): every frame carries a marker (index, call, track)
 over a per-(call, track) base block, so after the calls end each recording's export
 (``GET /v1/recordings/{id}/audio``, fetched ``VERIFY_CONCURRENCY`` at a time) is compared
 with the regenerated frames: a frame counts as stored only if it lies sample-exact at its
-place, the rest of the track silent. With ``--bare`` the check is bare.py's own count of
-frames taken (``GET /bare/stats``, the delta over the run).
+place, the rest of the track silent (a missing, duplicated, misplaced or altered frame
+fails). With ``--bare`` the check is bare.py's own count of frames taken (``GET
+/bare/stats``, the delta over the run, once it has caught up or stalled for 1 s).
 
 ``--minutes M`` (soak): each of the N lanes starts a new call as its last one ends until M
 minutes have passed; calls are checked as they end.
 
-Output: a table, and with ``--json`` one JSON line (interface.md): frames sent, checked,
-lost, calls failed with the first reasons, send lag p99/max (ms), the loadgen's CPU seconds,
-its CPU µs per frame over the steady window, and the window itself (``steady_from``, when
-all N calls were live; ``steady_until``, when the first began to end; unix times). Exit 0
-when nothing was lost, 1 when something was, 2 on a usage or setup error.
+Output: a table, and with ``--json`` one JSON line (interface.md's fields and more): frames
+sent, checked, lost; calls failed with the first reasons; send lag p99/max (ms) over the
+run and over the steady window; the load generator's CPU seconds, its CPU (and kernel) µs
+per frame and CPU share over the steady window; the window itself (``steady_from``, when
+all N calls were live; ``steady_until``, when the first began to end; unix times); counts
+per transport. Exit 0 when nothing was lost, 1 when something was (or a call failed), 2 on
+a usage or setup error. ``async def run(Options) -> Result`` does the same from Python.
 """
 
 from __future__ import annotations
@@ -472,7 +482,10 @@ async def run(options: Options) -> Result:
     if options.transport not in (*TRANSPORTS, "mixed"):
         raise SetupError(f"unknown transport {options.transport!r}")
     raise_fd_limit()
-    return await Run(options).run()
+    result = await Run(options).run()
+    loop = type(asyncio.get_running_loop()).__module__
+    result.loop = "uvloop" if loop.startswith("uvloop") else "asyncio"
+    return result
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -538,13 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return 2 if e.code else 0
     try:
-        name, factory = loop_factory(options.loop)
+        _, factory = loop_factory(options.loop)
         with asyncio.Runner(loop_factory=factory) as runner:
             result = runner.run(run(options))
     except SetupError as e:
         print(f"loadgen: {e}", file=sys.stderr)
         return 2
-    result.loop = name
     print_result(result)
     if options.json:
         print(json.dumps(asdict(result)))
