@@ -235,7 +235,12 @@ def check_track(exported: Pcm, encoding: str, call: int, track: int, frames: int
     matched = int(same.sum())
     failure = None
     if matched < frames:
-        failure = f"frame {int(np.flatnonzero(~same)[0])} is not at its place"
+        bad = np.flatnonzero(~same)
+        silent = int((~got.reshape(frames, FRAME)[bad].any(axis=1)).sum())
+        failure = (
+            f"{len(bad)} frames not at their place, {int(bad[0])}..{int(bad[-1])} "
+            f"({silent} of them silent there)"
+        )
     if exported[start + frames * FRAME :].any():
         failure = failure or "audio after the last frame"
         matched = min(matched, frames - 1)
