@@ -554,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         _, factory = loop_factory(options.loop)
         with asyncio.Runner(loop_factory=factory) as runner:
             result = runner.run(run(options))
-    except SetupError as e:
-        print(f"loadgen: {e}", file=sys.stderr)
+    except (SetupError, aiohttp.ClientError, OSError) as e:  # setup, or the server gone
+        print(f"loadgen: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print_result(result)
     if options.json:

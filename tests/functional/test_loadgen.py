@@ -115,7 +115,7 @@ def test_every_transport_against_the_bare_receivers_loses_nothing(bare: str) -> 
     assert stats(bare)["frames"] == 0
 
 
-def test_a_usage_error_exits_2(bare: str) -> None:
+def test_a_usage_or_setup_error_exits_2(bare: str) -> None:
     result = subprocess.run(  # noqa: S603
         [sys.executable, str(BENCH / "loadgen.py"), "--base", bare, "--transport", "mixed",
          "--calls", "1", "--seconds", "1"],
@@ -123,6 +123,13 @@ def test_a_usage_error_exits_2(bare: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--setup-token" in result.stderr
+    gone = subprocess.run(  # noqa: S603
+        [sys.executable, str(BENCH / "loadgen.py"), "--base", f"http://127.0.0.1:{free_port()}",
+         "--transport", "fork", "--calls", "1", "--seconds", "1", "--bare"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert gone.returncode == 2
+    assert "Cannot connect" in gone.stderr
 
 
 def test_a_soak_starts_a_new_call_as_one_ends(bare: str) -> None:
