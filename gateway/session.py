@@ -179,10 +179,9 @@ class TrackWriter:
             self._records += encode_record(self._run_offset, self._run)
             self._run = bytearray()
 
-    def _take(self) -> bytes:
+    def _take(self) -> bytearray:
         self._close_run()
-        data = bytes(self._records)
-        self._records = bytearray()
+        data, self._records = self._records, bytearray()  # handed over, not copied
         self.since = None
         return data
 
@@ -211,6 +210,13 @@ class TrackWriter:
                 await self.upload.flush()
         except CallvaultError:
             await self.abandon(now)
+            raise
+        except BaseException:
+            if commit:
+                # Cancelled mid-commit (its handler's task, under load): the object may be
+                # closed already, so it is never committed twice; what it wrote is in the
+                # spool, which the commit closed for recovery to publish.
+                self.upload = None
             raise
         if commit:
             self.upload = None
@@ -598,6 +604,8 @@ class CallSession:
     async def flush_if_due(self, now: datetime, *, force: bool = False) -> None:
         """The ticker's flush, for streams that went quiet between frames; with ``force``,
         the flush ``place`` asked for."""
+        if not force and not self._flush_due(now):
+            return  # the ticker asks every live call four times a second: no lock for a no
         async with self._lock:
             due = force or self._flush_due(now)
             if not self.ended and not self.closing and self.buffered() and due:

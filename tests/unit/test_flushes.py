@@ -240,3 +240,42 @@ async def test_the_first_flush_comes_at_the_calls_phase() -> None:
     flushes = await stream([live], frames=100)
     first, _ = flushes["CA-one"][0]
     assert timedelta(0) <= first - (NOW + phase) < FRAME
+
+
+class ClosingThenCancelled(FakeUpload):
+    """A commit that closes the object, then is cancelled waiting for the catalog."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+
+    async def commit(self, *, now: datetime) -> Any:
+        self.commits += 1
+        if self.commits > 1:
+            raise ValueError("the object is already closed")
+        raise asyncio.CancelledError
+
+
+async def test_a_commit_cancelled_midway_is_never_tried_again() -> None:
+    """Seen under load (100 calls started at once): a stream's handler cancelled while its
+    call's commit waited for the catalog, then its release published the call, committing
+    the closed object again (ValueError). The cancelled commit drops the upload instead."""
+    upload = ClosingThenCancelled()
+    track = TrackWriter(packets=False, position=0)
+    track.upload = upload  # type: ignore[assignment]
+    track.append(0, b"a" * 160, 160)
+    with pytest.raises(asyncio.CancelledError):
+        await track.commit(NOW)
+    assert track.upload is None
+    await track.commit(NOW)  # the release's publish: nothing left to commit
+    assert upload.commits == 1
+
+
+async def test_the_ticker_flushes_a_quiet_call_only_once_its_flush_is_due() -> None:
+    live = live_call("CA-quiet")
+    due = NOW + INTERVAL * flush_phase("CA-quiet")
+    live.place(continued(), NOW)
+    await live.flush_if_due(due - timedelta(milliseconds=1))
+    assert live.buffered() == 160
+    await live.flush_if_due(due)
+    assert live.buffered() == 0
