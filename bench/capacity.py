@@ -1,0 +1,590 @@
+"""Live stereo calls per core with nothing lost: callvault against a bare receiver.
+
+The number operators size fleets by (issue 17): the most concurrent calls one core takes at
+live pace with zero loss, per transport, next to the bare receiver (``bench/bare.py``) of the
+same run on the same event loop kind.
+
+Processes and cores (the machine has 2): the contestant, ``callvault serve`` (all its
+threads) or ``bench/bare.py``, runs under ``taskset -c`` on the first core; the load generator
+(``bench/loadgen.py``) and this program run on the second. Each step starts a fresh contestant
+(callvault: embedded defaults in a fresh temporary data dir: SQLite catalog, file store,
+spool, local keyring; tenant and connection limits raised so that limits are not what fails;
+no AI worker processes), runs N calls of ``--seconds`` whose starts are spread over
+``--ramp`` seconds, and stops it. While the calls run, this program samples the contestant
+every ``sample_s``: its CPU (utime + stime of all its threads, ``/proc/PID/stat``), its RSS
+(``VmRSS``) and its metrics (callvault: ``/metrics``; bare: ``/bare/stats``). The steady
+window is the part when all N calls were live (the load generator's ``steady_from`` and
+``steady_until``); everything per step is taken over it, between the first and the last
+sample inside it.
+
+A step **passes** when the load generator found nothing lost (every frame sent stored at
+its place: callvault's export, the bare receiver's own count) and no call failed, the loop
+lag p99 is under 50 ms and (callvault) the ingest-to-durable p99 under the flush interval
+plus 500 ms, both from histogram bucket deltas over the window (the bare receiver's lag p99
+is its own, since a reset at the first sample with every call sending). A step whose load
+generator ran late (its send lag p99 over 20 ms) is **loadgen-bound**: reported, not a verdict
+on the contestant, and the search goes no higher.
+
+Search per contestant (``Search``): from ``--start`` calls, x ``--growth`` until a step does not
+pass, then bisected until the first non-passing N is within ``--precision`` of the best
+passing one, which is then run once more to confirm it (where that fails, the next best is
+bisected and confirmed). The two contestants step in alternation, the order flipping.
+
+Per step: N, verdict and why, the contestant's core share (CPU s per wall s), calls per core
+(N / share), CPU µs per frame (a frame: 20 ms of one track, so 2 per stereo call per tick and
+1 for AudioSocket's mono; counted from the calls live, the same for both contestants), loop
+lag p50/p99, ingest-to-durable p50/p99, RSS idle (before the calls) and steady (at the
+window's end), and RSS per live call = (steady - idle) / N. ``--memory-calls`` runs that many
+calls of ``--memory-transport`` once on callvault, whatever the verdict, for its RSS per call.
+
+Prints a markdown table per transport and a summary, one JSON line, and writes a PNG
+(``--plot``): calls against core share and loop lag p99 per transport, both contestants.
+
+    python bench/capacity.py [--transports twilio,fork,audiosocket,srtp] [--loop uvloop|asyncio]
+        [--start 100] [--seconds 20] [--ramp 2] [--memory-calls 1000] [--plot PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.capacity_report import CONTESTANTS, plot, print_report, print_step  # noqa: E402
+from bench.capacity_rules import (  # noqa: E402
+    DURABLE_LIMIT_S,
+    LAG_LIMIT_S,
+    SEND_LAG_LIMIT_MS,
+    Search,
+    bucket_delta,
+    counter_total,
+    judge,
+    ms,
+    parse_histograms,
+    quantile,
+)
+
+TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp")
+TRACKS = {"twilio": 2, "fork": 2, "audiosocket": 1, "srtp": 2}
+"""Tracks a call of each transport carries (AudioSocket is mono: the inbound track)."""
+FRAMES_PER_S = 50
+"""Per track at live pace: one 20 ms frame."""
+LAG_METRIC = "callvault_event_loop_lag_seconds"
+DURABLE_METRIC = "callvault_ingest_durable_seconds"
+FRAMES_METRIC = "callvault_frames_in_total"
+RTP_PORTS = (12000, 19999)
+"""Both contestants' RTP/SRTP port range: 2000 calls' worth (4 ports a call), below Linux's
+ephemeral range and apart from bench/rtp.py's (20000-31999), which may run beside this."""
+READY_TIMEOUT_S = 60.0
+HUGE = "100000"
+"""callvault's tenant and connection limits in these runs: none of them is what fails."""
+
+
+# --- the contestant's process --------------------------------------------------------------
+
+
+def cores() -> tuple[int, int]:
+    """The contestant's core and the load generator's (the same on a 1-core machine)."""
+    available = sorted(os.sched_getaffinity(0))
+    return available[0], available[1] if len(available) > 1 else available[0]
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of every thread of ``pid`` so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 10.0, method: str = "GET") -> bytes:
+    request = urllib.request.Request(url, method=method)  # noqa: S310 - our own loopback
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        return bytes(response.read())
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """This environment without ``CALLVAULT_`` settings, this tree first on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLVAULT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Contestant:
+    """A started contestant: its process (pid = the interpreter's: taskset execs it)."""
+
+    kind: str
+    process: subprocess.Popen[bytes]
+    base: str
+    token: str | None
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def start_contestant(kind: str, loop: str, data_dir: Path, core: int) -> Contestant:
+    """``callvault serve`` or ``bench/bare.py`` on ``core``, ready."""
+    port = free_port()
+    log_path = data_dir / f"{kind}.log"
+    pin = ["taskset", "-c", str(core)]
+    token: str | None = None
+    if kind == "callvault":
+        token = secrets.token_urlsafe(36)
+        command = [*pin, sys.executable, "-m", "gateway.cli", "serve"]
+        env = python_env(
+            CALLVAULT_DATA_DIR=str(data_dir / "data"),
+            CALLVAULT_OPERATOR_TOKEN=token,
+            CALLVAULT_HTTP__PORT=str(port),
+            CALLVAULT_HTTP__LOOP=loop,
+            CALLVAULT_HTTP__MAX_CONNECTIONS=HUGE,
+            CALLVAULT_HTTP__MAX_CONNECTIONS_PER_PEER=HUGE,
+            CALLVAULT_AUDIOSOCKET__PORT=str(free_port()),
+            CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS=HUGE,
+            CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS_PER_PEER=HUGE,
+            CALLVAULT_RTP__PORT_MIN=str(RTP_PORTS[0]),
+            CALLVAULT_RTP__PORT_MAX=str(RTP_PORTS[1]),
+            CALLVAULT_LIMITS__LIVE_CALLS=HUGE,
+            CALLVAULT_LIMITS__RTP_CALLS=HUGE,
+            CALLVAULT_LIMITS__ANNOUNCES_PER_MINUTE=HUGE,
+            # Transcription is not the media path; its worker would share the core.
+            CALLVAULT_AI__WORKERS="0",
+        )
+        ready = f"http://127.0.0.1:{port}/readyz"
+    else:
+        command = [*pin, sys.executable, str(ROOT / "bench" / "bare.py"), "--port", str(port)]
+        command += ["--loop", loop, "--rtp-ports", f"{RTP_PORTS[0]}-{RTP_PORTS[1]}"]
+        command += ["--audiosocket-port", str(free_port())]
+        env = python_env()
+        ready = f"http://127.0.0.1:{port}/bare/stats"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and programs
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    contestant = Contestant(kind, process, f"http://127.0.0.1:{port}", token, log_path)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            http_get(ready, timeout=1)
+            return contestant
+        except OSError:  # refused while starting, or a 503 until ready
+            if process.poll() is not None or time.monotonic() > deadline:
+                contestant.stop()
+                raise RuntimeError(f"{kind} did not start:\n{contestant.log_tail()}") from None
+            time.sleep(0.1)  # polling another process's readiness
+
+
+# --- one step ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The contestant at one moment (``t``: unix time)."""
+
+    t: float
+    cpu_s: float
+    rss_kib: int
+    metrics: str = ""
+    """callvault's ``/metrics`` text (parsed afterwards, for the two window edges only)."""
+    stats: Mapping[str, Any] = field(default_factory=dict)
+    """The bare receiver's ``/bare/stats``."""
+
+
+def take_sample(contestant: Contestant) -> Sample:
+    if contestant.kind == "callvault":
+        text = http_get(f"{contestant.base}/metrics").decode()
+        return Sample(time.time(), cpu_seconds(contestant.pid), rss_kib(contestant.pid), text)
+    stats = json.loads(http_get(f"{contestant.base}/bare/stats"))
+    return Sample(time.time(), cpu_seconds(contestant.pid), rss_kib(contestant.pid), stats=stats)
+
+
+def loadgen_command(
+    contestant: Contestant,
+    transport: str,
+    calls: int,
+    seconds: float,
+    ramp: float,
+    core: int,
+    loop: str,
+) -> list[str]:
+    command = ["taskset", "-c", str(core), sys.executable, str(ROOT / "bench" / "loadgen.py")]
+    command += ["--base", contestant.base, "--transport", transport, "--calls", str(calls)]
+    command += ["--seconds", str(seconds), "--ramp", str(ramp), "--loop", loop, "--json"]
+    if contestant.kind == "bare":
+        command.append("--bare")
+    else:
+        assert contestant.token is not None  # noqa: S101 - callvault always has one
+        command += ["--setup-token", contestant.token]
+    return command
+
+
+def last_json_line(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    loop: str = "uvloop"
+    seconds: float = 20.0
+    ramp: float = 2.0
+    loadgen_loop: str = "uvloop"
+    cores: tuple[int, int] = (0, 1)
+
+    @property
+    def sample_s(self) -> float:
+        """How often the contestant is sampled: about ten times in a call."""
+        return min(max(self.seconds / 10, 0.25), 1.0)
+
+
+def run_step(options: StepOptions, kind: str, transport: str, calls: int) -> dict[str, Any]:
+    """``calls`` calls of ``transport`` against a fresh contestant ``kind``: its record."""
+    with tempfile.TemporaryDirectory(prefix=f"callvault-capacity-{kind}-") as tmp:
+        contestant = start_contestant(kind, options.loop, Path(tmp), options.cores[0])
+        try:
+            return _measure(options, contestant, transport, calls, Path(tmp))
+        finally:
+            contestant.stop()
+
+
+def _measure(
+    options: StepOptions, contestant: Contestant, transport: str, calls: int, tmp: Path
+) -> dict[str, Any]:
+    time.sleep(0.5)  # let the fresh process settle before its idle RSS is taken
+    idle = take_sample(contestant)
+    out_path, err_path = tmp / "loadgen.out", tmp / "loadgen.err"
+    command = loadgen_command(
+        contestant,
+        transport,
+        calls,
+        options.seconds,
+        options.ramp,
+        options.cores[1],
+        options.loadgen_loop,
+    )
+    samples: list[Sample] = []
+    reset_at: float | None = None
+    nominal = calls * TRACKS[transport] * FRAMES_PER_S
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        loadgen = subprocess.Popen(command, cwd=ROOT, env=python_env(), stdout=out, stderr=err)  # noqa: S603
+        next_at = time.monotonic()
+        while loadgen.poll() is None:
+            next_at += options.sample_s
+            try:
+                sample = take_sample(contestant)
+            except (OSError, ValueError):  # a scrape that timed out under load: skip it
+                sample = None
+            if sample is not None:
+                samples.append(sample)
+                if contestant.kind == "bare" and reset_at is None and len(samples) >= 2:
+                    # The bare receiver's lag p99 runs since its last reset: reset it once
+                    # every call is sending (its frame rate at the nominal one).
+                    a, b = samples[-2], samples[-1]
+                    rate = (b.stats.get("frames", 0) - a.stats.get("frames", 0)) / (b.t - a.t)
+                    if rate >= 0.95 * nominal:
+                        http_get(f"{contestant.base}/bare/stats/reset", method="POST")
+                        reset_at = time.time()
+            time.sleep(max(next_at - time.monotonic(), 0.0))
+    report = last_json_line(out_path.read_text(errors="replace"))
+    if report is None:
+        tail = err_path.read_text(errors="replace")[-1500:]
+        report = {"error": f"loadgen exit {loadgen.returncode} without a JSON line: {tail}"}
+    return record_step(
+        contestant.kind, transport, calls, report, idle, samples, reset_at, loadgen.returncode
+    )
+
+
+def window(samples: Sequence[Sample], start: float, end: float) -> tuple[Sample, Sample] | None:
+    """The first and last samples inside ``[start, end]`` (None: fewer than two)."""
+    inside = [s for s in samples if start <= s.t <= end]
+    return (inside[0], inside[-1]) if len(inside) >= 2 else None
+
+
+def record_step(
+    kind: str,
+    transport: str,
+    calls: int,
+    report: Mapping[str, Any],
+    idle: Sample,
+    samples: Sequence[Sample],
+    reset_at: float | None,
+    returncode: int | None,
+) -> dict[str, Any]:
+    """A step's record from what was sampled and the load generator's report."""
+    callvault = kind == "callvault"
+    record: dict[str, Any] = {
+        "contestant": kind,
+        "transport": transport,
+        "calls": calls,
+        "loadgen_exit": returncode,
+        "frames_sent": report.get("frames_sent"),
+        "frames_lost": report.get("frames_lost"),
+        "calls_failed": report.get("calls_failed"),
+        "failures": list(report.get("failures") or [])[:3],
+        "send_lag_ms_p99": report.get("send_lag_ms_p99"),
+        "rss_idle_kib": idle.rss_kib,
+    }
+    steady = None
+    if "steady_from" in report and "steady_until" in report:
+        steady = window(samples, float(report["steady_from"]), float(report["steady_until"]))
+    lag = durable = None
+    if steady is not None:
+        first, last = steady
+        wall = last.t - first.t
+        cpu = last.cpu_s - first.cpu_s
+        share = cpu / wall
+        frames = calls * TRACKS[transport] * FRAMES_PER_S * wall
+        record.update(
+            window_s=round(wall, 2),
+            core_share=round(share, 3),
+            calls_per_core=round(calls / share) if share > 0 else None,
+            us_per_frame=round(cpu / frames * 1e6, 2),
+            rss_steady_kib=last.rss_kib,
+            rss_per_call_kib=round((last.rss_kib - idle.rss_kib) / calls, 1),
+        )
+        if callvault:
+            edges = [parse_histograms(s.metrics, (LAG_METRIC, DURABLE_METRIC)) for s in steady]
+            lag = bucket_delta(edges[0].get(LAG_METRIC, ()), edges[1].get(LAG_METRIC, ()))
+            durable = bucket_delta(
+                edges[0].get(DURABLE_METRIC, ()), edges[1].get(DURABLE_METRIC, ())
+            )
+            counted = counter_total(last.metrics, FRAMES_METRIC)
+            counted -= counter_total(first.metrics, FRAMES_METRIC)
+            record["frames_counted"] = round(counted)
+        else:
+            record["frames_counted"] = last.stats.get("frames", 0) - first.stats.get("frames", 0)
+    lag_p99 = durable_p99 = None
+    if callvault:
+        lag_p99, durable_p99 = quantile(lag or (), 0.99), quantile(durable or (), 0.99)
+        record["lag_ms_p50"] = ms(quantile(lag or (), 0.5))
+        record["durable_ms_p50"] = ms(quantile(durable or (), 0.5))
+        record["durable_ms_p99"] = ms(durable_p99)
+    elif steady is not None and reset_at is not None and steady[1].t > reset_at:
+        value = steady[1].stats.get("loop_lag_ms_p99")
+        lag_p99 = None if value is None else value / 1e3
+        record["lag_ms_p50"] = steady[1].stats.get("loop_lag_ms_p50")
+    record["lag_ms_p99"] = ms(lag_p99)
+    verdict, why = judge(report, lag_p99, durable_p99, callvault=callvault)
+    if steady is None:
+        verdict, why = ("fail" if verdict == "pass" else verdict), [*why, "no steady window"]
+    record["verdict"], record["why"] = verdict, why
+    return record
+
+
+# --- the run -------------------------------------------------------------------------------
+
+Step = Callable[[str, str, int], dict[str, Any]]
+"""``(contestant, transport, calls) -> record``: ``run_step`` with its options bound."""
+
+
+def search_transport(
+    step: Step,
+    transport: str,
+    contestants: Sequence[str],
+    start: int,
+    growth: float,
+    precision: float,
+    most: int,
+    max_steps: int,
+) -> dict[str, Any]:
+    """Each contestant's search over ``transport``, a step of each in turn (order flipping)."""
+    searches = {c: Search(start, growth, precision, most) for c in contestants}
+    records: dict[str, list[dict[str, Any]]] = {c: [] for c in contestants}
+    turn = 0
+    while True:
+        order = list(contestants) if turn % 2 == 0 else list(contestants)[::-1]
+        ran = False
+        for contestant in order:
+            search = searches[contestant]
+            calls = search.next()
+            if calls is None or len(search.history) >= max_steps:
+                continue
+            record = step(contestant, transport, calls)
+            search.record(calls, record["verdict"])
+            records[contestant].append(record)
+            print_step(record)
+            ran = True
+        turn += 1
+        if not ran:
+            break
+    out: dict[str, Any] = {"transport": transport}
+    for contestant, search in searches.items():
+        result = search.result()
+        at_best = [
+            r
+            for r in records[contestant]
+            if r["calls"] == result["max_calls"] and r["verdict"] == "pass"
+        ]
+        for key in ("core_share", "calls_per_core", "us_per_frame", "rss_per_call_kib"):
+            values = [r[key] for r in at_best if r.get(key) is not None]
+            result[key] = round(statistics.median(values), 3) if values else None
+        result["steps"] = records[contestant]
+        out[contestant] = result
+    cv, bare = out.get("callvault", {}), out.get("bare", {})
+    if cv.get("calls_per_core") and bare.get("calls_per_core"):
+        out["ratio"] = round(cv["calls_per_core"] / bare["calls_per_core"], 3)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    contestant_core, loadgen_core = cores()
+    os.sched_setaffinity(0, {loadgen_core})
+    options = StepOptions(
+        args.loop, args.seconds, args.ramp, args.loadgen_loop, (contestant_core, loadgen_core)
+    )
+
+    def step(kind: str, transport: str, calls: int) -> dict[str, Any]:
+        return run_step(options, kind, transport, calls)
+
+    report: dict[str, Any] = {
+        "bench": "capacity",
+        "loop": args.loop,
+        "seconds": args.seconds,
+        "ramp": args.ramp,
+        "start": args.start,
+        "growth": args.growth,
+        "precision": args.precision,
+        "cores": [contestant_core, loadgen_core],
+        "transports": [
+            search_transport(
+                step,
+                t,
+                args.contestants,
+                args.start,
+                args.growth,
+                args.precision,
+                args.most,
+                args.max_steps,
+            )
+            for t in args.transports
+        ],
+    }
+    if args.memory_calls:
+        memory_options = StepOptions(
+            args.loop,
+            args.memory_seconds,
+            args.memory_ramp,
+            args.loadgen_loop,
+            (contestant_core, loadgen_core),
+        )
+        record = run_step(memory_options, "callvault", args.memory_transport, args.memory_calls)
+        print_step(record)
+        report["memory"] = {**record, "seconds": args.memory_seconds}
+    return report
+
+
+def names(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        chosen = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [c for c in chosen if c not in choices]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return chosen
+
+    return parse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transports", type=names(TRANSPORTS), default=list(TRANSPORTS))
+    parser.add_argument("--contestants", type=names(CONTESTANTS), default=list(CONTESTANTS))
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="both contestants' event loop",
+    )
+    parser.add_argument("--loadgen-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--start", type=int, default=100, help="calls of the first step")
+    parser.add_argument("--growth", type=float, default=1.5, help="factor between steps")
+    parser.add_argument("--precision", type=float, default=0.05, help="bisect to this fraction")
+    parser.add_argument("--most", type=int, default=1900, help="the search stops here")
+    parser.add_argument("--max-steps", type=int, default=12, help="steps per search at most")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
+    parser.add_argument("--ramp", type=float, default=2.0, help="calls' starts spread over")
+    parser.add_argument("--memory-calls", type=int, default=1000, help="0: no memory step")
+    parser.add_argument("--memory-transport", choices=TRANSPORTS, default="srtp")
+    parser.add_argument("--memory-seconds", type=float, default=10.0)
+    parser.add_argument("--memory-ramp", type=float, default=3.0)
+    parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "capacity.png")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 6 s calls, 10 %% precision, 4 steps a search, 200 memory calls",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.ramp, args.precision, args.max_steps = 6.0, 1.0, 0.1, 4
+        args.memory_calls, args.memory_seconds, args.memory_ramp = 200, 5.0, 1.0
+    started = time.perf_counter()
+    report = run(args)
+    report["wall_s"] = round(time.perf_counter() - started)
+    print(
+        f"# contestant pinned to core {report['cores'][0]}, loadgen and this program to core "
+        f"{report['cores'][1]}; {args.loop} loop; calls of {args.seconds} s, starts over "
+        f"{args.ramp} s; pass: zero loss, loop lag p99 < {LAG_LIMIT_S * 1e3:.0f} ms, "
+        f"ingest-to-durable p99 < {DURABLE_LIMIT_S * 1e3:.0f} ms (callvault), loadgen send "
+        f"lag p99 <= {SEND_LAG_LIMIT_MS:.0f} ms; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; {report['wall_s']} s"
+    )
+    print_report(report)
+    plot(report["transports"], args.plot, f"callvault vs bare, {args.loop}, {args.seconds} s calls")
+    report["plot"] = str(args.plot)
+    print(json.dumps(report, default=str))
+
+
+if __name__ == "__main__":
+    main()
