@@ -29,7 +29,9 @@ to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_b
 waits with it and stops reading its socket, so TCP pushes back on the PBX instead of memory
 growing here. The object reaches the object store when the call ends.
 
-Time is passed in (``now``); nothing here sleeps or reads a clock.
+Time is passed in (``now``); nothing here sleeps, and the one clock read is the monotonic
+clock a session is given, twice per flush of a track (never per frame), for
+``callvault_ingest_durable_seconds``.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
+
+from prometheus_client import Histogram
 
 from crypto.errors import CallvaultError
 from gateway.errors import IngestError, MalformedMessage, MaxDurationReached, StreamRefused
@@ -103,10 +109,25 @@ class SessionLimits:
 class TrackWriter:
     """One track of one call: the run of audio not yet sealed, and its sealing upload (opened
     by the first flush that has audio to seal, so a track heard only while paused stores
-    nothing)."""
+    nothing).
 
-    def __init__(self, *, packets: bool, position: int) -> None:
+    ``clock`` (monotonic seconds) is read when the buffer goes from empty to holding audio
+    and when a flush's fsync returns, never per frame: each flush observes how long its
+    oldest frame waited to be durable (``callvault_ingest_durable_seconds``)."""
+
+    def __init__(
+        self,
+        *,
+        packets: bool,
+        position: int,
+        clock: Callable[[], float] = time.monotonic,
+        durable: Histogram | None = None,
+    ) -> None:
         self.upload: SealingUpload | None = None
+        self._clock = clock
+        self._durable = durable
+        self.since: float | None = None
+        """When the oldest frame still buffered arrived (``clock``); ``None`` while empty."""
         self._packets = packets
         """Each payload is a packet (Opus) and gets a record of its own."""
         self.position = position
@@ -128,6 +149,8 @@ class TrackWriter:
             self._close_run()
         if not self._run:
             self._run_offset = offset
+            if not self._records:  # empty until now: this is the oldest frame buffered
+                self.since = self._clock()
         self._run += payload
         self.position = offset + samples
 
@@ -146,6 +169,7 @@ class TrackWriter:
         self._close_run()
         data = bytes(self._records)
         self._records = bytearray()
+        self.since = None
         return data
 
     async def flush(self, now: datetime) -> None:
@@ -162,6 +186,7 @@ class TrackWriter:
             return
         # Taken before the first await: audio placed while the write is in flight (RTP
         # places without waiting for flushes) stays buffered for the next one.
+        since = self.since
         data = self._take()
         try:
             if data:
@@ -175,6 +200,9 @@ class TrackWriter:
             raise
         if commit:
             self.upload = None
+        elif data and since is not None and self._durable is not None:
+            # A commit (the call's end, a publish) is not counted: it waits on the store too.
+            self._durable.observe(self._clock() - since)
 
     async def discard(self, now: datetime) -> None:
         """Keep nothing more of this track: the audio still buffered is dropped and the
@@ -204,12 +232,16 @@ class CallSession:
         vault: MediaVault,
         limits: SessionLimits,
         metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: monotonic seconds, read once per flush of a track (not per frame) for
+        ``callvault_ingest_durable_seconds``."""
         self.call = call
         self.recording = recording
         self._vault = vault
         self._limits = limits
         self._metrics = metrics
+        self._clock = clock
         self._codec = media_codec(call.codec)
         self._rate = call.sample_rate
         self._max_samples = limits.max_duration * self._rate // timedelta(seconds=1)
@@ -337,7 +369,7 @@ class CallSession:
         reconnect as if its stream had just dropped. Its timeline counts from when it first
         streamed (on any node), or, if it never did, from its announcement."""
         for name, end in track_ends.items():
-            self.tracks[name] = TrackWriter(packets=self._codec.packetized, position=end)
+            self.tracks[name] = self._new_track(end)
         self.first_attached_at = self.call.first_streamed_at or self.call.started_at
         self.detached_at = now
 
@@ -419,7 +451,7 @@ class CallSession:
             raise self.ended_refusal()
         track = self.tracks.get(audio.track)
         if track is None:
-            track = TrackWriter(packets=self._codec.packetized, position=self._base)
+            track = self._new_track(self._base)
             self.tracks[audio.track] = track
         offset = self._offset(track, audio)
         if offset + samples > self._max_samples:
@@ -492,6 +524,14 @@ class CallSession:
             recording_id=self.recording.id,
             track=track,
             spooled=True,
+        )
+
+    def _new_track(self, position: int) -> TrackWriter:
+        return TrackWriter(
+            packets=self._codec.packetized,
+            position=position,
+            clock=self._clock,
+            durable=self._metrics.ingest_durable,
         )
 
     def _flush_due(self, now: datetime) -> bool:
