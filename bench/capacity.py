@@ -20,10 +20,10 @@ sample inside it.
 A step **passes** when the load generator found nothing lost (every frame sent stored at
 its place: callvault's export, the bare receiver's own count) and no call failed, the loop
 lag p99 is under 50 ms and (callvault) the ingest-to-durable p99 under the flush interval
-plus 500 ms, both from histogram bucket deltas over the window (the bare receiver's lag p99
-is its own, since a reset at the first sample with every call sending). A step whose load
-generator ran late (its send lag p99 over 20 ms) is **loadgen-bound**: reported, not a verdict
-on the contestant, and the search goes no higher.
+plus 500 ms, both from histogram bucket deltas over the window (the bare receiver's lag
+percentiles are its own, over the probe samples it took between the window's two samples).
+A step whose load generator ran late (its send lag p99 over 20 ms) is **loadgen-bound**:
+reported, not a verdict on the contestant, and the search goes no higher.
 
 Search per contestant (``Search``): from ``--start`` calls, x ``--growth`` until a step does not
 pass, then bisected until the first non-passing N is within ``--precision`` of the best
@@ -316,39 +316,50 @@ def _measure(
         options.loadgen_loop,
     )
     samples: list[Sample] = []
-    reset_at: float | None = None
-    nominal = calls * TRACKS[transport] * FRAMES_PER_S
     with out_path.open("wb") as out, err_path.open("wb") as err:
         loadgen = subprocess.Popen(command, cwd=ROOT, env=python_env(), stdout=out, stderr=err)  # noqa: S603
         next_at = time.monotonic()
         while loadgen.poll() is None:
             next_at += options.sample_s
             try:
-                sample = take_sample(contestant)
+                samples.append(take_sample(contestant))
             except (OSError, ValueError):  # a scrape that timed out under load: skip it
-                sample = None
-            if sample is not None:
-                samples.append(sample)
-                if contestant.kind == "bare" and reset_at is None and len(samples) >= 2:
-                    # The bare receiver's lag p99 runs since its last reset: reset it once
-                    # every call is sending (its frame rate at the nominal one).
-                    a, b = samples[-2], samples[-1]
-                    rate = (b.stats.get("frames", 0) - a.stats.get("frames", 0)) / (b.t - a.t)
-                    if rate >= 0.95 * nominal:
-                        http_get(f"{contestant.base}/bare/stats/reset", method="POST")
-                        reset_at = time.time()
+                pass
             time.sleep(max(next_at - time.monotonic(), 0.0))
     report = last_json_line(out_path.read_text(errors="replace"))
     if report is None:
         tail = err_path.read_text(errors="replace")[-1500:]
         report = {"error": f"loadgen exit {loadgen.returncode} without a JSON line: {tail}"}
+    steady = steady_window(samples, report)
+    lags = None
+    if contestant.kind == "bare" and steady is not None:
+        lags = bare_window_lag(contestant, *steady)
     return record_step(
-        contestant.kind, transport, calls, report, idle, samples, reset_at, loadgen.returncode
+        contestant.kind, transport, calls, report, idle, steady, lags, loadgen.returncode
     )
 
 
-def window(samples: Sequence[Sample], start: float, end: float) -> tuple[Sample, Sample] | None:
-    """The first and last samples inside ``[start, end]`` (None: fewer than two)."""
+def bare_window_lag(contestant: Contestant, first: Sample, last: Sample) -> Mapping[str, Any]:
+    """The bare receiver's loop lag over the probe samples it took between two of ours
+    (``/bare/stats?lag_from=&lag_to=``; a receiver without that answers its lag since its
+    start, with no ``loop_lag_window`` in it)."""
+    lag_from = int(first.stats.get("loop_lag_samples", 0))
+    lag_to = int(last.stats.get("loop_lag_samples", 0))
+    query = f"lag_from={lag_from}&lag_to={lag_to}"
+    try:
+        return dict(json.loads(http_get(f"{contestant.base}/bare/stats?{query}")))
+    except (OSError, ValueError):
+        return {}
+
+
+def steady_window(
+    samples: Sequence[Sample], report: Mapping[str, Any]
+) -> tuple[Sample, Sample] | None:
+    """The first and last samples inside the load generator's steady window (None: it
+    reported none, or fewer than two samples fell inside it)."""
+    if report.get("steady_from") is None or report.get("steady_until") is None:
+        return None
+    start, end = float(report["steady_from"]), float(report["steady_until"])
     inside = [s for s in samples if start <= s.t <= end]
     return (inside[0], inside[-1]) if len(inside) >= 2 else None
 
@@ -359,11 +370,12 @@ def record_step(
     calls: int,
     report: Mapping[str, Any],
     idle: Sample,
-    samples: Sequence[Sample],
-    reset_at: float | None,
+    steady: tuple[Sample, Sample] | None,
+    bare_lags: Mapping[str, Any] | None,
     returncode: int | None,
 ) -> dict[str, Any]:
-    """A step's record from what was sampled and the load generator's report."""
+    """A step's record from the load generator's report, the contestant's sample at idle
+    and the two at the ends of the steady window, and (bare) its lag over the window."""
     callvault = kind == "callvault"
     record: dict[str, Any] = {
         "contestant": kind,
@@ -377,9 +389,6 @@ def record_step(
         "send_lag_ms_p99": report.get("send_lag_ms_p99"),
         "rss_idle_kib": idle.rss_kib,
     }
-    steady = None
-    if "steady_from" in report and "steady_until" in report:
-        steady = window(samples, float(report["steady_from"]), float(report["steady_until"]))
     lag = durable = None
     if steady is not None:
         first, last = steady
@@ -412,10 +421,17 @@ def record_step(
         record["lag_ms_p50"] = ms(quantile(lag or (), 0.5))
         record["durable_ms_p50"] = ms(quantile(durable or (), 0.5))
         record["durable_ms_p99"] = ms(durable_p99)
-    elif steady is not None and reset_at is not None and steady[1].t > reset_at:
-        value = steady[1].stats.get("loop_lag_ms_p99")
-        lag_p99 = None if value is None else value / 1e3
-        record["lag_ms_p50"] = steady[1].stats.get("loop_lag_ms_p50")
+    elif bare_lags:
+        # Its own percentiles over the probe samples it took in the window; where bare.py
+        # cannot slice them, over every sample since its start (announcements and ramp too).
+        window = bare_lags.get("loop_lag_window")
+        if window:
+            p50, p99 = window.get("p50_ms"), window.get("p99_ms")
+        else:
+            p50, p99 = None, bare_lags.get("loop_lag_ms_p99")
+        lag_p99 = None if p99 is None else p99 / 1e3
+        record["lag_ms_p50"] = p50
+        record["lag_scope"] = "window" if window else "since start"
     record["lag_ms_p99"] = ms(lag_p99)
     verdict, why = judge(report, lag_p99, durable_p99, callvault=callvault)
     if steady is None:
