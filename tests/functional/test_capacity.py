@@ -41,6 +41,8 @@ def test_a_step_of_each_contestant_measures_every_figure_and_the_plot_is_written
     # The gateway flushed inside the window: its ingest-to-durable histogram moved.
     assert callvault["durable_ms_p99"] is not None and callvault["durable_ms_p50"] is not None
     assert callvault["lag_ms_p50"] is not None
+    # The bare receiver's lag is its own over the same window, not since its start.
+    assert records["bare"]["lag_scope"] == "window"
 
     path = tmp_path / "capacity.png"
     rows = [{"transport": "twilio", **{k: {"steps": [r]} for k, r in records.items()}}]

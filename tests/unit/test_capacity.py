@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from bench.bare import Stats
+from bench.capacity import Sample, record_step
 from bench.capacity_rules import (
     CONFIRM_TRIES,
     Search,
@@ -193,4 +195,79 @@ def test_the_search_stops_at_its_most() -> None:
         "confirmed": True,
         "loadgen_bound": False,
         "steps": 4,
+    }
+
+
+def scrape(lag: tuple[float, float, float], durable: tuple[float, float], frames: float) -> str:
+    """A /metrics text: lag observations <= 10 ms, <= 50 ms, in all; flushes <= 2.5 s, in
+    all; frames in."""
+    return f"""\
+# TYPE callvault_event_loop_lag_seconds histogram
+callvault_event_loop_lag_seconds_bucket{{le="0.01"}} {lag[0]}
+callvault_event_loop_lag_seconds_bucket{{le="0.05"}} {lag[1]}
+callvault_event_loop_lag_seconds_bucket{{le="+Inf"}} {lag[2]}
+# TYPE callvault_ingest_durable_seconds histogram
+callvault_ingest_durable_seconds_bucket{{le="2.5"}} {durable[0]}
+callvault_ingest_durable_seconds_bucket{{le="+Inf"}} {durable[1]}
+# TYPE callvault_frames_in_total counter
+callvault_frames_in_total{{transport="twilio"}} {frames}
+"""
+
+
+REPORT = {"frames_sent": 4000, "frames_lost": 0, "calls_failed": 0, "send_lag_ms_p99": 2.0}
+
+
+def test_a_callvault_step_is_measured_over_its_steady_window_only() -> None:
+    idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100_000, metrics=scrape((0, 0, 0), (0, 0), 0))
+    # Before the window the loop lagged badly; inside it, 100 probes, 99 under 10 ms.
+    first = Sample(t=10.0, cpu_s=3.0, rss_kib=150_000, metrics=scrape((0, 0, 50), (0, 0), 9e3))
+    last = Sample(
+        t=20.0, cpu_s=8.0, rss_kib=160_000, metrics=scrape((99, 100, 150), (40, 40), 29e3)
+    )
+    record = record_step("callvault", "twilio", 100, REPORT, idle, (first, last), None, 0)
+    assert record["verdict"] == "pass" and record["why"] == []
+    assert record["window_s"] == 10.0 and record["core_share"] == 0.5
+    assert record["calls_per_core"] == 200
+    # 5 CPU s over 100 stereo calls x 2 tracks x 50 frames/s x 10 s = 100,000 frames.
+    assert record["us_per_frame"] == 50.0
+    assert record["frames_counted"] == 20_000
+    assert record["lag_ms_p99"] == 10.0 and record["durable_ms_p99"] is not None
+    assert record["rss_idle_kib"] == 100_000 and record["rss_steady_kib"] == 160_000
+    assert record["rss_per_call_kib"] == 600.0
+
+
+def test_a_step_with_no_steady_window_fails_and_says_so() -> None:
+    idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100)
+    record = record_step("bare", "audiosocket", 3, {**REPORT, "steady_from": None}, idle,
+                         None, None, 1)  # fmt: skip
+    assert record["verdict"] == "fail"
+    assert "no steady window" in record["why"]
+    assert "core_share" not in record and "rss_per_call_kib" not in record
+
+
+def test_the_bare_receivers_lag_is_its_own_over_the_window_else_since_its_start() -> None:
+    idle = Sample(t=0.0, cpu_s=0.0, rss_kib=100)
+    first = Sample(t=1.0, cpu_s=0.0, rss_kib=100, stats={"frames": 0})
+    last = Sample(t=3.0, cpu_s=1.0, rss_kib=200, stats={"frames": 100})
+    sliced = {"loop_lag_ms_p99": 80.0, "loop_lag_window": {"p50_ms": 0.5, "p99_ms": 4.0}}
+    record = record_step("bare", "audiosocket", 1, REPORT, idle, (first, last), sliced, 0)
+    assert (record["lag_ms_p50"], record["lag_ms_p99"]) == (0.5, 4.0)
+    assert record["lag_scope"] == "window" and record["verdict"] == "pass"
+    assert record["frames_counted"] == 100 and record["us_per_frame"] == 10_000.0
+    record = record_step("bare", "audiosocket", 1, REPORT, idle, (first, last),
+                         {"loop_lag_ms_p99": 80.0}, 0)  # fmt: skip
+    assert record["lag_scope"] == "since start" and record["lag_ms_p99"] == 80.0
+    assert record["verdict"] == "fail"
+
+
+def test_bare_py_slices_its_lag_samples_by_count() -> None:
+    stats = Stats()
+    stats.lags = [0.001] * 50 + [0.2] * 50 + [0.003] * 100
+    window = stats.document(100, 200)["loop_lag_window"]
+    assert window == {"samples": 100, "p50_ms": 3.0, "p99_ms": 3.0}
+    assert stats.document()["loop_lag_samples"] == 200 and "loop_lag_window" not in stats.document()
+    assert stats.document(500, 600)["loop_lag_window"] == {
+        "samples": 0,
+        "p50_ms": None,
+        "p99_ms": None,
     }
