@@ -92,6 +92,25 @@ RTP_PORTS = (12000, 19999)
 """Both contestants' RTP/SRTP port range: 2000 calls' worth (4 ports a call), below Linux's
 ephemeral range and apart from bench/rtp.py's (20000-31999), which may run beside this."""
 READY_TIMEOUT_S = 60.0
+DEFAULTS = {
+    "seconds": 20.0,
+    "ramp": 2.0,
+    "precision": 0.05,
+    "max_steps": 10,
+    "memory_calls": 1000,
+    "memory_seconds": 20.0,
+    "memory_ramp": 5.0,
+}
+"""The run's defaults, and ``--quick``'s (options given on the command line win)."""
+QUICK = {
+    "seconds": 6.0,
+    "ramp": 1.0,
+    "precision": 0.1,
+    "max_steps": 4,
+    "memory_calls": 200,
+    "memory_seconds": 8.0,
+    "memory_ramp": 2.0,
+}
 HUGE = "100000"
 """callvault's tenant and connection limits in these runs: none of them is what fails."""
 
@@ -113,6 +132,16 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+
+
+def core_busy_seconds(core: int) -> float:
+    """CPU time ``core`` has spent busy (not idle, not waiting for I/O), all processes."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name == f"cpu{core}":
+            values = [int(tick) for tick in ticks]
+            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
 def rss_kib(pid: int) -> int:
@@ -148,6 +177,7 @@ class Contestant:
     """A started contestant: its process (pid = the interpreter's: taskset execs it)."""
 
     kind: str
+    core: int
     process: subprocess.Popen[bytes]
     base: str
     token: str | None
@@ -208,7 +238,7 @@ def start_contestant(kind: str, loop: str, data_dir: Path, core: int) -> Contest
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and programs
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    contestant = Contestant(kind, process, f"http://127.0.0.1:{port}", token, log_path)
+    contestant = Contestant(kind, core, process, f"http://127.0.0.1:{port}", token, log_path)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         try:
@@ -235,14 +265,19 @@ class Sample:
     """callvault's ``/metrics`` text (parsed afterwards, for the two window edges only)."""
     stats: Mapping[str, Any] = field(default_factory=dict)
     """The bare receiver's ``/bare/stats``."""
+    core_busy_s: float = 0.0
+    """The contestant's core's busy time so far, every process's (``/proc/stat``)."""
 
 
 def take_sample(contestant: Contestant) -> Sample:
+    text, stats = "", {}
     if contestant.kind == "callvault":
         text = http_get(f"{contestant.base}/metrics").decode()
-        return Sample(time.time(), cpu_seconds(contestant.pid), rss_kib(contestant.pid), text)
-    stats = json.loads(http_get(f"{contestant.base}/bare/stats"))
-    return Sample(time.time(), cpu_seconds(contestant.pid), rss_kib(contestant.pid), stats=stats)
+    else:
+        stats = json.loads(http_get(f"{contestant.base}/bare/stats"))
+    pid = contestant.pid
+    busy = core_busy_seconds(contestant.core)
+    return Sample(time.time(), cpu_seconds(pid), rss_kib(pid), text, stats, busy)
 
 
 def loadgen_command(
@@ -334,8 +369,9 @@ def _measure(
     lags = None
     if contestant.kind == "bare" and steady is not None:
         lags = bare_window_lag(contestant, *steady)
+    peak = max((s.rss_kib for s in samples), default=None)
     return record_step(
-        contestant.kind, transport, calls, report, idle, steady, lags, loadgen.returncode
+        contestant.kind, transport, calls, report, idle, steady, lags, loadgen.returncode, peak
     )
 
 
@@ -373,6 +409,7 @@ def record_step(
     steady: tuple[Sample, Sample] | None,
     bare_lags: Mapping[str, Any] | None,
     returncode: int | None,
+    rss_peak_kib: int | None = None,
 ) -> dict[str, Any]:
     """A step's record from the load generator's report, the contestant's sample at idle
     and the two at the ends of the steady window, and (bare) its lag over the window."""
@@ -388,6 +425,7 @@ def record_step(
         "failures": list(report.get("failures") or [])[:3],
         "send_lag_ms_p99": report.get("send_lag_ms_p99"),
         "rss_idle_kib": idle.rss_kib,
+        "rss_peak_kib": rss_peak_kib,
     }
     lag = durable = None
     if steady is not None:
@@ -395,14 +433,17 @@ def record_step(
         wall = last.t - first.t
         cpu = last.cpu_s - first.cpu_s
         share = cpu / wall
+        other = max((last.core_busy_s - first.core_busy_s) / wall - share, 0.0)
         frames = calls * TRACKS[transport] * FRAMES_PER_S * wall
         record.update(
             window_s=round(wall, 2),
             core_share=round(share, 3),
+            other_on_core=round(other, 3),
             calls_per_core=round(calls / share) if share > 0 else None,
             us_per_frame=round(cpu / frames * 1e6, 2),
             rss_steady_kib=last.rss_kib,
             rss_per_call_kib=round((last.rss_kib - idle.rss_kib) / calls, 1),
+            rss_scope="steady",
         )
         if callvault:
             edges = [parse_histograms(s.metrics, (LAG_METRIC, DURABLE_METRIC)) for s in steady]
@@ -437,6 +478,10 @@ def record_step(
     if steady is None:
         verdict, why = ("fail" if verdict == "pass" else verdict), [*why, "no steady window"]
     record["verdict"], record["why"] = verdict, why
+    if steady is None and rss_peak_kib is not None:
+        # Memory is measured whatever the verdict: at the highest RSS seen, then.
+        record["rss_per_call_kib"] = round((rss_peak_kib - idle.rss_kib) / calls, 1)
+        record["rss_scope"] = "peak (no steady window)"
     return record
 
 
@@ -566,15 +611,15 @@ def main() -> None:
     parser.add_argument("--loadgen-loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--start", type=int, default=100, help="calls of the first step")
     parser.add_argument("--growth", type=float, default=1.5, help="factor between steps")
-    parser.add_argument("--precision", type=float, default=0.05, help="bisect to this fraction")
+    parser.add_argument("--precision", type=float, help="bisect to this fraction (0.05)")
     parser.add_argument("--most", type=int, default=1900, help="the search stops here")
-    parser.add_argument("--max-steps", type=int, default=12, help="steps per search at most")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
-    parser.add_argument("--ramp", type=float, default=2.0, help="calls' starts spread over")
-    parser.add_argument("--memory-calls", type=int, default=1000, help="0: no memory step")
+    parser.add_argument("--max-steps", type=int, help="steps per search at most (10)")
+    parser.add_argument("--seconds", type=float, help="length of each call (20)")
+    parser.add_argument("--ramp", type=float, help="calls' starts spread over (2)")
+    parser.add_argument("--memory-calls", type=int, help="calls of the memory step (1000; 0: none)")
     parser.add_argument("--memory-transport", choices=TRANSPORTS, default="srtp")
-    parser.add_argument("--memory-seconds", type=float, default=10.0)
-    parser.add_argument("--memory-ramp", type=float, default=3.0)
+    parser.add_argument("--memory-seconds", type=float, help="(20)")
+    parser.add_argument("--memory-ramp", type=float, help="(5)")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "capacity.png")
     parser.add_argument(
         "--quick",
@@ -582,9 +627,9 @@ def main() -> None:
         help="a smoke run: 6 s calls, 10 %% precision, 4 steps a search, 200 memory calls",
     )
     args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.ramp, args.precision, args.max_steps = 6.0, 1.0, 0.1, 4
-        args.memory_calls, args.memory_seconds, args.memory_ramp = 200, 5.0, 1.0
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     started = time.perf_counter()
     report = run(args)
     report["wall_s"] = round(time.perf_counter() - started)

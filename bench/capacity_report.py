@@ -19,6 +19,7 @@ STEP_HEAD = [
     "calls",
     "verdict",
     "core share",
+    "other on core",
     "calls/core",
     "µs/frame",
     "lag p50 ms",
@@ -42,6 +43,7 @@ def step_cells(r: Mapping[str, Any]) -> list[object]:
         r["calls"],
         r["verdict"],
         r.get("core_share"),
+        r.get("other_on_core"),
         r.get("calls_per_core"),
         r.get("us_per_frame"),
         r.get("lag_ms_p50"),
@@ -60,7 +62,7 @@ def print_step(record: Mapping[str, Any]) -> None:
     cells = step_cells(record)
     print(
         f"# {record['transport']} {record['contestant']} {record['calls']} calls: "
-        f"{record['verdict']}, share {cells[3]}, lag p99 {cells[7]} ms, "
+        f"{record['verdict']}, share {cells[3]}, lag p99 {cells[8]} ms, "
         f"{'; '.join(record['why'])}",
         file=sys.stderr,
         flush=True,
@@ -99,8 +101,9 @@ def print_report(report: Mapping[str, Any]) -> None:
         print(
             f"\nMemory: {m['calls']} {m['transport']} calls on callvault, {m['seconds']} s "
             f"(verdict {m['verdict']}): RSS idle {m['rss_idle_kib']} KiB, steady "
-            f"{m.get('rss_steady_kib')} KiB, **{m.get('rss_per_call_kib')} KiB per live "
-            f"call** (goal <= {RSS_GOAL_KIB})"
+            f"{m.get('rss_steady_kib')} KiB, peak {m.get('rss_peak_kib')} KiB: "
+            f"**{m.get('rss_per_call_kib')} KiB per live call** ({m.get('rss_scope')}; goal "
+            f"<= {RSS_GOAL_KIB})"
         )
 
 

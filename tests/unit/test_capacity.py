@@ -220,13 +220,13 @@ REPORT = {"frames_sent": 4000, "frames_lost": 0, "calls_failed": 0, "send_lag_ms
 def test_a_callvault_step_is_measured_over_its_steady_window_only() -> None:
     idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100_000, metrics=scrape((0, 0, 0), (0, 0), 0))
     # Before the window the loop lagged badly; inside it, 100 probes, 99 under 10 ms.
-    first = Sample(t=10.0, cpu_s=3.0, rss_kib=150_000, metrics=scrape((0, 0, 50), (0, 0), 9e3))
-    last = Sample(
-        t=20.0, cpu_s=8.0, rss_kib=160_000, metrics=scrape((99, 100, 150), (40, 40), 29e3)
-    )
+    first = Sample(10.0, 3.0, 150_000, scrape((0, 0, 50), (0, 0), 9e3), core_busy_s=100.0)
+    last = Sample(20.0, 8.0, 160_000, scrape((99, 100, 150), (40, 40), 29e3), core_busy_s=107.0)
     record = record_step("callvault", "twilio", 100, REPORT, idle, (first, last), None, 0)
     assert record["verdict"] == "pass" and record["why"] == []
     assert record["window_s"] == 10.0 and record["core_share"] == 0.5
+    # The core was busy 0.7 of the time: 0.2 of it was not the contestant's.
+    assert record["other_on_core"] == 0.2
     assert record["calls_per_core"] == 200
     # 5 CPU s over 100 stereo calls x 2 tracks x 50 frames/s x 10 s = 100,000 frames.
     assert record["us_per_frame"] == 50.0
@@ -239,10 +239,12 @@ def test_a_callvault_step_is_measured_over_its_steady_window_only() -> None:
 def test_a_step_with_no_steady_window_fails_and_says_so() -> None:
     idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100)
     record = record_step("bare", "audiosocket", 3, {**REPORT, "steady_from": None}, idle,
-                         None, None, 1)  # fmt: skip
+                         None, None, 1, rss_peak_kib=400)  # fmt: skip
     assert record["verdict"] == "fail"
     assert "no steady window" in record["why"]
-    assert "core_share" not in record and "rss_per_call_kib" not in record
+    # Memory is still measured: at the peak RSS seen.
+    assert record["rss_per_call_kib"] == 100.0 and record["rss_scope"].startswith("peak")
+    assert "core_share" not in record and "us_per_frame" not in record
 
 
 def test_the_bare_receivers_lag_is_its_own_over_the_window_else_since_its_start() -> None:
