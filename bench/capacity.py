@@ -34,8 +34,13 @@ Per step: N, verdict and why, the contestant's core share (CPU s per wall s), ca
 (N / share), CPU µs per frame (a frame: 20 ms of one track, so 2 per stereo call per tick and
 1 for AudioSocket's mono; counted from the calls live, the same for both contestants), loop
 lag p50/p99, ingest-to-durable p50/p99, RSS idle (before the calls) and steady (at the
-window's end), and RSS per live call = (steady - idle) / N. ``--memory-calls`` runs that many
-calls of ``--memory-transport`` once on callvault, whatever the verdict, for its RSS per call.
+window's end), and RSS per live call = (steady - idle) / N; and "other on core": the busy
+time of the contestant's core (``/proc/stat``) not the contestant's, per wall second, which
+says how much the shared machine disturbed the step (ideally near 0). callvault's share
+includes answering this program's scrapes of ``/metrics`` (as it answers Prometheus's).
+``--memory-calls`` runs that many calls of ``--memory-transport`` once on callvault, whatever
+the verdict, for its RSS per live call (at the highest RSS seen when the step had no steady
+window).
 
 Prints a markdown table per transport and a summary, one JSON line, and writes a PNG
 (``--plot``): calls against core share and loop lag p99 per transport, both contestants.
@@ -328,7 +333,12 @@ class StepOptions:
 def run_step(options: StepOptions, kind: str, transport: str, calls: int) -> dict[str, Any]:
     """``calls`` calls of ``transport`` against a fresh contestant ``kind``: its record."""
     with tempfile.TemporaryDirectory(prefix=f"callvault-capacity-{kind}-") as tmp:
-        contestant = start_contestant(kind, options.loop, Path(tmp), options.cores[0])
+        try:
+            contestant = start_contestant(kind, options.loop, Path(tmp), options.cores[0])
+        except RuntimeError as e:  # not a verdict on its capacity, but no pass either
+            why = [str(e).splitlines()[0], *str(e).splitlines()[-3:]]
+            return {"contestant": kind, "transport": transport, "calls": calls,
+                    "verdict": "error", "why": why}  # fmt: skip
         try:
             return _measure(options, contestant, transport, calls, Path(tmp))
         finally:
