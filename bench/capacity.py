@@ -652,7 +652,11 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}; {report['wall_s']} s"
     )
     print_report(report)
-    plot(report["transports"], args.plot, f"callvault vs bare, {args.loop}, {args.seconds} s calls")
+    title = (
+        f"callvault vs bare receiver, {args.loop}, one core, {args.seconds:g} s calls "
+        "(o pass, x fail, ^ loadgen-bound)"
+    )
+    plot(report["transports"], args.plot, title)
     report["plot"] = str(args.plot)
     print(json.dumps(report, default=str))
 

@@ -12,6 +12,10 @@ from bench.report import print_table
 
 CONTESTANTS = ("callvault", "bare")
 RSS_GOAL_KIB = 256
+MARKERS = (("o", ("pass",)), ("x", ("fail", "error")), ("^", ("loadgen-bound",)))
+"""The plot's marker per verdict: passed, did not pass, the load generator lagged."""
+LAG_FLOOR_MS = 0.1
+"""The plot's lowest loop lag (a log axis)."""
 
 
 STEP_HEAD = [
@@ -120,8 +124,9 @@ def flagged(result: Mapping[str, Any]) -> str | None:
 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
-    """Per transport: calls against core share (top) and loop lag p99 (bottom), each
-    contestant a line; steps that did not pass are crosses."""
+    """Per transport: calls against core share (top) and loop lag p99 (bottom, the 50 ms
+    limit dotted), each contestant a line; a step is a dot where it passed, a cross where
+    it did not, a triangle where the load generator lagged (``MARKERS``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +141,13 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
         for contestant in CONTESTANTS:
             steps = sorted(row.get(contestant, {}).get("steps", []), key=lambda s: s["calls"])
             for ax, key in ((top, "core_share"), (bottom, "lag_ms_p99")):
-                points = [(s["calls"], s[key], s["verdict"]) for s in steps if number(s.get(key))]
+                points = [
+                    # Lag on a log axis: 0 ms drawn at its floor.
+                    (s["calls"], max(s[key], LAG_FLOOR_MS) if key == "lag_ms_p99" else s[key],
+                     s["verdict"])
+                    for s in steps
+                    if number(s.get(key))
+                ]  # fmt: skip
                 if not points:
                     continue
                 ax.plot(
@@ -147,8 +158,8 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
                     label=contestant,
                     alpha=0.6,
                 )
-                for marker, passed in (("o", True), ("x", False)):
-                    chosen = [p for p in points if (p[2] == "pass") == passed]
+                for marker, verdicts in MARKERS:
+                    chosen = [p for p in points if (p[2] in verdicts)]
                     ax.scatter(
                         [p[0] for p in chosen],
                         [p[1] for p in chosen],
@@ -159,8 +170,12 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
         top.set_ylabel("core share (CPU s / s)")
         bottom.set_ylabel("loop lag p99 (ms)")
         bottom.axhline(LAG_LIMIT_S * 1e3, color="grey", linestyle=":", linewidth=1)
+        bottom.set_yscale("log")  # 2 ms and 300 ms on one axis, and the limit between
+        bottom.set_ylim(LAG_FLOOR_MS, max(bottom.get_ylim()[1], 2 * LAG_LIMIT_S * 1e3))
+        top.set_ylim(bottom=0)
         bottom.set_xlabel("concurrent calls")
-        top.legend(fontsize="small")
+        if top.get_legend_handles_labels()[0]:
+            top.legend(fontsize="small")
     figure.suptitle(title, fontsize="medium")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

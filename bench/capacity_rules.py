@@ -177,7 +177,10 @@ class Search:
             "max_calls": best,
             "first_fail_calls": self.lowest_fail,
             "confirmed": self.confirmed.get(best, False),
-            "loadgen_bound": any(v == "loadgen-bound" for _, v in self.history),
+            # Whether the load generator, not the contestant, set the upper bracket.
+            "loadgen_bound": any(
+                n == self.lowest_fail and v == "loadgen-bound" for n, v in self.history
+            ),
             "steps": len(self.history),
         }
 

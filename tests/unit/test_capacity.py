@@ -185,6 +185,15 @@ def test_a_loadgen_bound_step_caps_the_search_and_is_reported() -> None:
     assert result["confirmed"] is True
 
 
+def test_a_loadgen_bound_step_above_a_failing_one_does_not_flag_the_result() -> None:
+    search = Search(start=100, growth=1.5, precision=0.05)
+    search.record(100, "pass")
+    search.record(150, "loadgen-bound")
+    search.record(125, "fail")  # the contestant's own limit lies below the loadgen's
+    assert search.result()["loadgen_bound"] is False
+    assert search.result()["first_fail_calls"] == 125
+
+
 def test_the_search_stops_at_its_most() -> None:
     search = Search(start=100, growth=2.0, most=300)
     asked = drive(search, capacity=10_000)
