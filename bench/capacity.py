@@ -301,7 +301,7 @@ def loadgen_command(
         command.append("--bare")
     else:
         assert contestant.token is not None  # noqa: S101 - callvault always has one
-        command += ["--setup-token", contestant.token]
+        command.append(f"--setup-token={contestant.token}")  # a token may begin with "-"
     return command
 
 

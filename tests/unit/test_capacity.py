@@ -4,11 +4,13 @@ step, and the search for the most calls that pass (driven by fake steps)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from bench import loadgen
 from bench.bare import Stats
-from bench.capacity import Sample, record_step
+from bench.capacity import Contestant, Sample, loadgen_command, record_step
 from bench.capacity_rules import (
     CONFIRM_TRIES,
     Search,
@@ -282,3 +284,23 @@ def test_bare_py_slices_its_lag_samples_by_count() -> None:
         "p50_ms": None,
         "p99_ms": None,
     }
+
+
+def test_the_loadgen_command_parses_whatever_the_token_begins_with() -> None:
+    callvault = Contestant(
+        "callvault", 0, None, "http://127.0.0.1:1", "-starts-like-a-flag", Path()
+    )  # type: ignore[arg-type]
+    command = loadgen_command(callvault, "srtp", 7, 3.0, 0.5, 1, "uvloop")
+    assert command[:3] == ["taskset", "-c", "1"]
+    options = loadgen.parse(command[5:])  # after taskset -c 1 python bench/loadgen.py
+    assert options.setup_token == "-starts-like-a-flag"
+    assert (options.transport, options.calls, options.seconds, options.ramp) == (
+        "srtp",
+        7,
+        3.0,
+        0.5,
+    )
+    assert options.json and not options.bare and options.loop == "uvloop"
+    bare = Contestant("bare", 0, None, "http://127.0.0.1:2", None, Path())  # type: ignore[arg-type]
+    options = loadgen.parse(loadgen_command(bare, "fork", 2, 1.0, 0.0, 1, "asyncio")[5:])
+    assert options.bare and options.setup_token is None and options.base == "http://127.0.0.1:2"
