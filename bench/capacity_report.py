@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,6 +75,19 @@ def print_step(record: Mapping[str, Any]) -> None:
 
 
 def print_report(report: Mapping[str, Any]) -> None:
+    others = [
+        s["other_on_core"]
+        for row in report["transports"]
+        for c in CONTESTANTS
+        for s in row.get(c, {}).get("steps", [])
+        if s.get("other_on_core") is not None
+    ]
+    if others:
+        print(
+            f"\nOther processes' share of the contestant's core, median over the steps: "
+            f"{statistics.median(others):.2f} (max {max(others):.2f}); where it is not near 0, "
+            "the shared machine, not only the contestant, set the figures below."
+        )
     for row in report["transports"]:
         print(f"\n{row['transport']}: steps (each a fresh contestant)")
         steps = [s for c in CONTESTANTS if c in row for s in row[c]["steps"]]
