@@ -78,11 +78,11 @@ from bench.capacity_rules import (  # noqa: E402
     SEND_LAG_LIMIT_MS,
     Search,
     bucket_delta,
-    counter_total,
     judge,
     ms,
     parse_histograms,
     quantile,
+    sample_total,
 )
 
 TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp")
@@ -93,6 +93,7 @@ FRAMES_PER_S = 50
 LAG_METRIC = "callvault_event_loop_lag_seconds"
 DURABLE_METRIC = "callvault_ingest_durable_seconds"
 FRAMES_METRIC = "callvault_frames_in_total"
+ACTIVE_METRIC = "callvault_active_calls"
 RTP_PORTS = (12000, 19999)
 """Both contestants' RTP/SRTP port range: 2000 calls' worth (4 ports a call), below Linux's
 ephemeral range and apart from bench/rtp.py's (20000-31999), which may run beside this."""
@@ -374,12 +375,13 @@ def _measure(
     report = last_json_line(out_path.read_text(errors="replace"))
     if report is None:
         tail = err_path.read_text(errors="replace")[-1500:]
+        tail = " ".join(tail.split())[-300:]
         report = {"error": f"loadgen exit {loadgen.returncode} without a JSON line: {tail}"}
     steady = steady_window(samples, report)
     lags = None
     if contestant.kind == "bare" and steady is not None:
         lags = bare_window_lag(contestant, *steady)
-    peak = max((s.rss_kib for s in samples), default=None)
+    peak = max(samples, key=lambda s: s.rss_kib, default=None)
     return record_step(
         contestant.kind, transport, calls, report, idle, steady, lags, loadgen.returncode, peak
     )
@@ -419,7 +421,7 @@ def record_step(
     steady: tuple[Sample, Sample] | None,
     bare_lags: Mapping[str, Any] | None,
     returncode: int | None,
-    rss_peak_kib: int | None = None,
+    peak: Sample | None = None,
 ) -> dict[str, Any]:
     """A step's record from the load generator's report, the contestant's sample at idle
     and the two at the ends of the steady window, and (bare) its lag over the window."""
@@ -435,7 +437,7 @@ def record_step(
         "failures": list(report.get("failures") or [])[:3],
         "send_lag_ms_p99": report.get("send_lag_ms_p99"),
         "rss_idle_kib": idle.rss_kib,
-        "rss_peak_kib": rss_peak_kib,
+        "rss_peak_kib": None if peak is None else peak.rss_kib,
     }
     lag = durable = None
     if steady is not None:
@@ -461,8 +463,8 @@ def record_step(
             durable = bucket_delta(
                 edges[0].get(DURABLE_METRIC, ()), edges[1].get(DURABLE_METRIC, ())
             )
-            counted = counter_total(last.metrics, FRAMES_METRIC)
-            counted -= counter_total(first.metrics, FRAMES_METRIC)
+            counted = sample_total(last.metrics, FRAMES_METRIC)
+            counted -= sample_total(first.metrics, FRAMES_METRIC)
             record["frames_counted"] = round(counted)
         else:
             record["frames_counted"] = last.stats.get("frames", 0) - first.stats.get("frames", 0)
@@ -488,9 +490,12 @@ def record_step(
     if steady is None:
         verdict, why = ("fail" if verdict == "pass" else verdict), [*why, "no steady window"]
     record["verdict"], record["why"] = verdict, why
-    if steady is None and rss_peak_kib is not None:
-        # Memory is measured whatever the verdict: at the highest RSS seen, then.
-        record["rss_per_call_kib"] = round((rss_peak_kib - idle.rss_kib) / calls, 1)
+    if steady is None and peak is not None:
+        # Memory is measured whatever the verdict: at the highest RSS seen, then, per call
+        # live at that moment (callvault's gauge; the bare receiver has none: all N).
+        live = sample_total(peak.metrics, ACTIVE_METRIC) if peak.metrics else 0
+        record["live_calls_at_peak"] = round(live) or None
+        record["rss_per_call_kib"] = round((peak.rss_kib - idle.rss_kib) / (live or calls), 1)
         record["rss_scope"] = "peak (no steady window)"
     return record
 

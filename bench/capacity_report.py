@@ -59,7 +59,7 @@ def step_cells(r: Mapping[str, Any]) -> list[object]:
         mib(r.get("rss_steady_kib")),
         r.get("rss_per_call_kib"),
         r.get("send_lag_ms_p99"),
-        "; ".join(r["why"]) or None,
+        " ".join("; ".join(r["why"]).split()) or None,  # one line, whatever a reason held
     ]
 
 
@@ -120,9 +120,14 @@ def print_report(report: Mapping[str, Any]) -> None:
             f"\nMemory: {m['calls']} {m['transport']} calls on callvault, {m['seconds']} s "
             f"(verdict {m['verdict']}): RSS idle {m['rss_idle_kib']} KiB, steady "
             f"{m.get('rss_steady_kib')} KiB, peak {m.get('rss_peak_kib')} KiB: "
-            f"**{m.get('rss_per_call_kib')} KiB per live call** ({m.get('rss_scope')}; goal "
-            f"<= {RSS_GOAL_KIB})"
+            f"**{m.get('rss_per_call_kib')} KiB per live call** ({m.get('rss_scope')}"
+            f"{live_at_peak(m)}; goal <= {RSS_GOAL_KIB}); {m.get('frames_lost')} frames lost"
         )
+
+
+def live_at_peak(record: Mapping[str, Any]) -> str:
+    live = record.get("live_calls_at_peak")
+    return "" if live is None else f", {live} calls live at the peak"
 
 
 def flagged(result: Mapping[str, Any]) -> str | None:

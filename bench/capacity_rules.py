@@ -42,8 +42,8 @@ def parse_histograms(text: str, names: Iterable[str]) -> dict[str, Buckets]:
     return {name: tuple(sorted(counts.items())) for name, counts in found.items()}
 
 
-def counter_total(text: str, name: str) -> float:
-    """The sum of counter sample ``name`` (e.g. ``..._total``) over its labels."""
+def sample_total(text: str, name: str) -> float:
+    """The sum of the samples ``name`` (a counter's ``..._total``, a gauge) over their labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
     return sum(

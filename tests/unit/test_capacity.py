@@ -15,11 +15,11 @@ from bench.capacity_rules import (
     CONFIRM_TRIES,
     Search,
     bucket_delta,
-    counter_total,
     judge,
     ms,
     parse_histograms,
     quantile,
+    sample_total,
 )
 
 SCRAPE = """\
@@ -55,7 +55,7 @@ def test_histograms_are_parsed_and_summed_over_their_other_labels() -> None:
     found = parse_histograms(SCRAPE, (LAG, DURABLE))
     assert found[LAG] == ((0.01, 90.0), (0.05, 99.0), (0.1, 100.0), (math.inf, 100.0))
     assert found[DURABLE] == ((1.0, 3.0), (2.5, 8.0), (math.inf, 9.0))
-    assert counter_total(SCRAPE, "callvault_frames_in_total") == 42.0
+    assert sample_total(SCRAPE, "callvault_frames_in_total") == 42.0
 
 
 def test_a_quantile_interpolates_inside_its_bucket_as_prometheus_does() -> None:
@@ -249,13 +249,27 @@ def test_a_callvault_step_is_measured_over_its_steady_window_only() -> None:
 
 def test_a_step_with_no_steady_window_fails_and_says_so() -> None:
     idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100)
-    record = record_step("bare", "audiosocket", 3, {**REPORT, "steady_from": None}, idle,
-                         None, None, 1, rss_peak_kib=400)  # fmt: skip
+    record = record_step(
+        "bare", "audiosocket", 3, {**REPORT, "steady_from": None}, idle, None, None, 1,
+        peak=Sample(t=5.0, cpu_s=2.0, rss_kib=400),
+    )  # fmt: skip
     assert record["verdict"] == "fail"
     assert "no steady window" in record["why"]
-    # Memory is still measured: at the peak RSS seen.
-    assert record["rss_per_call_kib"] == 100.0 and record["rss_scope"].startswith("peak")
     assert "core_share" not in record and "us_per_frame" not in record
+    # Memory is still measured: at the peak RSS seen, per call (no gauge: all of them).
+    assert record["rss_per_call_kib"] == 100.0 and record["rss_scope"].startswith("peak")
+    assert record["rss_peak_kib"] == 400 and record["live_calls_at_peak"] is None
+
+
+def test_without_a_steady_window_callvaults_rss_is_per_call_live_at_its_peak() -> None:
+    idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100_000)
+    gauge = "# TYPE callvault_active_calls gauge\ncallvault_active_calls 800.0\n"
+    peak = Sample(t=9.0, cpu_s=5.0, rss_kib=180_000, metrics=gauge)
+    record = record_step("callvault", "srtp", 1000, {**REPORT, "send_lag_ms_p99": 900.0},
+                         idle, None, None, 0, peak=peak)  # fmt: skip
+    assert record["verdict"] == "loadgen-bound"
+    assert record["live_calls_at_peak"] == 800
+    assert record["rss_per_call_kib"] == 100.0  # 80,000 KiB over the 800 live, not the 1000
 
 
 def test_the_bare_receivers_lag_is_its_own_over_the_window_else_since_its_start() -> None:
