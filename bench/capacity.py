@@ -382,9 +382,11 @@ def _measure(
     if contestant.kind == "bare" and steady is not None:
         lags = bare_window_lag(contestant, *steady)
     peak = max(samples, key=lambda s: s.rss_kib, default=None)
+    most_live = max((round(sample_total(s.metrics, ACTIVE_METRIC)) for s in samples), default=0)
     return record_step(
-        contestant.kind, transport, calls, report, idle, steady, lags, loadgen.returncode, peak
-    )
+        contestant.kind, transport, calls, report, idle, steady, lags, loadgen.returncode,
+        peak, most_live or None,
+    )  # fmt: skip
 
 
 def bare_window_lag(contestant: Contestant, first: Sample, last: Sample) -> Mapping[str, Any]:
@@ -422,6 +424,7 @@ def record_step(
     bare_lags: Mapping[str, Any] | None,
     returncode: int | None,
     peak: Sample | None = None,
+    most_live: int | None = None,
 ) -> dict[str, Any]:
     """A step's record from the load generator's report, the contestant's sample at idle
     and the two at the ends of the steady window, and (bare) its lag over the window."""
@@ -491,11 +494,11 @@ def record_step(
         verdict, why = ("fail" if verdict == "pass" else verdict), [*why, "no steady window"]
     record["verdict"], record["why"] = verdict, why
     if steady is None and peak is not None:
-        # Memory is measured whatever the verdict: at the highest RSS seen, then, per call
-        # live at that moment (callvault's gauge; the bare receiver has none: all N).
-        live = sample_total(peak.metrics, ACTIVE_METRIC) if peak.metrics else 0
-        record["live_calls_at_peak"] = round(live) or None
-        record["rss_per_call_kib"] = round((peak.rss_kib - idle.rss_kib) / (live or calls), 1)
+        # Memory is measured whatever the verdict: the highest RSS seen, per call of the
+        # most that were live at once (callvault's gauge, sampled; the bare receiver has
+        # none: all N). The RSS a Python process reached seldom falls back.
+        record["most_calls_live"] = most_live
+        record["rss_per_call_kib"] = round((peak.rss_kib - idle.rss_kib) / (most_live or calls), 1)
         record["rss_scope"] = "peak (no steady window)"
     return record
 

@@ -126,8 +126,8 @@ def print_report(report: Mapping[str, Any]) -> None:
 
 
 def live_at_peak(record: Mapping[str, Any]) -> str:
-    live = record.get("live_calls_at_peak")
-    return "" if live is None else f", {live} calls live at the peak"
+    live = record.get("most_calls_live")
+    return "" if live is None else f", at most {live} calls live at once"
 
 
 def flagged(result: Mapping[str, Any]) -> str | None:

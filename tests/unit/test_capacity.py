@@ -258,17 +258,16 @@ def test_a_step_with_no_steady_window_fails_and_says_so() -> None:
     assert "core_share" not in record and "us_per_frame" not in record
     # Memory is still measured: at the peak RSS seen, per call (no gauge: all of them).
     assert record["rss_per_call_kib"] == 100.0 and record["rss_scope"].startswith("peak")
-    assert record["rss_peak_kib"] == 400 and record["live_calls_at_peak"] is None
+    assert record["rss_peak_kib"] == 400 and record["most_calls_live"] is None
 
 
-def test_without_a_steady_window_callvaults_rss_is_per_call_live_at_its_peak() -> None:
+def test_without_a_steady_window_rss_is_per_call_of_the_most_live_at_once() -> None:
     idle = Sample(t=0.0, cpu_s=1.0, rss_kib=100_000)
-    gauge = "# TYPE callvault_active_calls gauge\ncallvault_active_calls 800.0\n"
-    peak = Sample(t=9.0, cpu_s=5.0, rss_kib=180_000, metrics=gauge)
+    peak = Sample(t=9.0, cpu_s=5.0, rss_kib=180_000)
     record = record_step("callvault", "srtp", 1000, {**REPORT, "send_lag_ms_p99": 900.0},
-                         idle, None, None, 0, peak=peak)  # fmt: skip
+                         idle, None, None, 0, peak=peak, most_live=800)  # fmt: skip
     assert record["verdict"] == "loadgen-bound"
-    assert record["live_calls_at_peak"] == 800
+    assert record["most_calls_live"] == 800
     assert record["rss_per_call_kib"] == 100.0  # 80,000 KiB over the 800 live, not the 1000
 
 
