@@ -41,9 +41,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +140,10 @@ class AudioSocket(asyncio.Protocol):
 class Bare:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.rtp: dict[str, list[asyncio.BaseTransport]] = {}
-        self.ports = iter(range(args.rtp_ports[0], args.rtp_ports[1] + 1, 2)) if (
-            args.rtp_ports
-        ) else None  # fmt: skip
+        self.rtp: dict[str, list[asyncio.DatagramTransport]] = {}
+        low, high = args.rtp_ports or (0, -1)
+        self.free_ports = collections.deque(range(low + low % 2, high + 1, 2))
+        """``--rtp-ports``' even ports not in use, the least recently released first."""
 
     async def announce(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -168,17 +170,12 @@ class Bare:
         return web.json_response(document, status=201)
 
     async def open_rtp(self, call_id: str, srtp: bool) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
         ports: dict[str, int] = {}
         keys: dict[str, SrtpKey] = {}
         transports = []
         for track in ("inbound", "outbound"):
             key = SrtpKey.generate() if srtp else None
-            port = next(self.ports) if self.ports is not None else 0
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda key=key: RtpTrack(key),  # type: ignore[misc]
-                local_addr=("127.0.0.1", port),
-            )
+            transport = await self.bind(lambda key=key: RtpTrack(key))  # type: ignore[misc]
             transports.append(transport)
             ports[track] = transport.get_extra_info("sockname")[1]
             if key is not None:
@@ -192,10 +189,29 @@ class Bare:
             "crypto": {track: key.sdes() for track, key in keys.items()} if srtp else None,
         }
 
+    async def bind(self, protocol: Callable[[], RtpTrack]) -> asyncio.DatagramTransport:
+        """A UDP endpoint on a free port of ``--rtp-ports`` (any port without it)."""
+        loop = asyncio.get_running_loop()
+        if not self.args.rtp_ports:
+            transport, _ = await loop.create_datagram_endpoint(protocol, ("127.0.0.1", 0))
+            return transport
+        for _ in range(len(self.free_ports)):
+            port = self.free_ports.popleft()
+            try:
+                transport, _ = await loop.create_datagram_endpoint(protocol, ("127.0.0.1", port))
+            except OSError:  # taken by another process: try it again later
+                self.free_ports.append(port)
+                continue
+            return transport
+        raise web.HTTPServiceUnavailable(text="no free RTP port in --rtp-ports")
+
     async def end(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
         for transport in self.rtp.pop(call_id, []):
+            port = transport.get_extra_info("sockname")[1]
             transport.close()
+            if self.args.rtp_ports:
+                self.free_ports.append(port)
         return web.json_response({"call_id": call_id, "ended": True})
 
     async def twilio(self, request: web.Request) -> web.WebSocketResponse:

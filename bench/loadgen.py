@@ -11,53 +11,59 @@ checked afterwards sample by sample.
 Run it pinned to the core the contestant does not use: ``taskset -c 1 python bench/loadgen.py
 ...`` with ``taskset -c 0 callvault serve`` (or ``taskset -c 0 python bench/bare.py``).
 
-What it does, per call: ``POST /v1/tenants/{t}/calls`` (with ``--setup-token`` it first
-creates a tenant of its own with recording on, consent not required, unencrypted RTP allowed
-and every limit at 1,000,000), then streams one 20 ms frame per track per tick over the
-call's transport: Twilio Media Streams (``connected``, ``start``, two ``media`` messages a
-tick, each its own write, ``stop``), mod_audio_fork (metadata, one 640-byte stereo L16
-binary frame a tick, ``stop``), AudioSocket (the id frame, one 320-byte slin frame a tick,
-hang-up) or RTP/SRTP (a connected UDP socket per track, PCMU, pylibsrtp ``protect``, then
-``POST /v1/calls/{id}/end``). Starts are spread over ``--ramp``; every call's ticks fall in
-one of ``SLOTS`` sub-slots of the 20 ms, so the load is spread evenly. One ticker drives all
-calls; a tick that runs late sends every frame due (nothing is skipped), and its lateness
-is the ``send_lag``. WebSockets run on raw asyncio transports: the HTTP upgrade is written
-by hand and client frames use an all-zero masking key (valid RFC 6455: the payload goes
-out unchanged); pings are answered, the close code recorded.
+What it does: with ``--setup-token`` it first creates a tenant of its own (recording on,
+consent not required, unencrypted RTP allowed, every limit at 1,000,000); otherwise it uses
+``--tenant`` with its pbx token and a token that may read recordings. It announces the
+first N calls (``POST /v1/tenants/{t}/calls``, ``ANNOUNCE_CONCURRENCY`` at a time), then
+starts their streams spread evenly over ``--ramp`` (so the API's pace does not stretch the
+ramp; ``announce_s`` says how long announcing took: an RTP call that sends nothing for
+``rtp.timeout``, 30 s, after its announcement is ended). Each call streams one 20 ms frame
+per track per tick (``bench/loadcalls.py``): Twilio Media Streams (``connected``,
+``start``, two ``media`` messages a tick, each its own write, ``stop``, then the server's
+1000 close), mod_audio_fork (metadata, one 640-byte stereo L16 binary frame a tick,
+``stop``), AudioSocket (the id frame, one 320-byte slin frame a tick, hang-up) or RTP/SRTP
+(a connected UDP socket per track, PCMU, pylibsrtp ``protect``, then ``POST
+/v1/calls/{id}/end``). ``mixed`` cycles twilio, fork, audiosocket, srtp over the calls.
 
-The check (``bench/loadframes.py``): every frame carries a marker (call, track, index)
+One ticker drives all calls: call i ticks in sub-slot i % ``SLOTS`` of the 20 ms, so the
+load is spread evenly; a tick that runs late sends every frame due (nothing is skipped, so
+a stalled load generator bursts), and its lateness is the ``send_lag``. A step whose
+``send_lag_ms_p99_steady`` is above 20 ms measured the load generator, not the server.
+``others_on_core_share`` says how much of the load generator's core other processes took
+over the steady window (on a shared machine, the usual reason it lagged).
+
+The check (``bench/loadframes.py``): every frame carries a marker (index, call, track)
 over a per-(call, track) base block, so after the calls end each recording's export
 (``GET /v1/recordings/{id}/audio``, fetched ``VERIFY_CONCURRENCY`` at a time) is compared
 with the regenerated frames: a frame counts as stored only if it lies sample-exact at its
-place, the rest of the track silent. With ``--bare`` the check is bare.py's own count of
-frames taken (``GET /bare/stats``, the delta over the run).
+place, the rest of the track silent (a missing, duplicated, misplaced or altered frame
+fails). With ``--bare`` the check is bare.py's own count of frames taken (``GET
+/bare/stats``, the delta over the run, once it has caught up or stalled for 1 s).
 
 ``--minutes M`` (soak): each of the N lanes starts a new call as its last one ends until M
 minutes have passed; calls are checked as they end.
 
-Output: a table, and with ``--json`` one JSON line (interface.md): frames sent, checked,
-lost, calls failed with the first reasons, send lag p99/max (ms), the loadgen's CPU seconds,
-its CPU µs per frame over the steady window, and the window itself (``steady_from``, when
-all N calls were live; ``steady_until``, when the first began to end; unix times). Exit 0
-when nothing was lost, 1 when something was, 2 on a usage or setup error.
+Output: a table, and with ``--json`` one JSON line (interface.md's fields and more): frames
+sent, checked, lost; calls failed with the first reasons; send lag p99/max (ms) over the
+run and over the steady window; the load generator's CPU seconds, its CPU (and kernel) µs
+per frame and CPU share over the steady window; the window itself (``steady_from``, when
+all N calls were live; ``steady_until``, when the first began to end; unix times); counts
+per transport. Exit 0 when nothing was lost, 1 when something was (or a call failed), 2 on
+a usage or setup error. ``async def run(Options) -> Result`` does the same from Python.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import io
 import json
 import os
 import resource
 import secrets
-import socket
-import struct
 import sys
 import time
-import uuid
 import wave
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,19 +76,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.loadframes import FRAME, L16Frames, UlawFrames, check_track  # noqa: E402
-from gateway.ingest.rtp import SrtpKey  # noqa: E402
+from bench.loadcalls import FRAME_S, Call, bearer  # noqa: E402
+from bench.loadframes import check_track  # noqa: E402
 
 TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp", "rtp")
 MIXED = ("twilio", "fork", "audiosocket", "srtp")
-FRAME_S = 0.02
 SLOTS = 10
 """Sub-slots of the 20 ms tick: call i ticks in slot i % SLOTS."""
 VERIFY_CONCURRENCY = 8
 ANNOUNCE_CONCURRENCY = 32
-END_TIMEOUT_S = 30.0
 EXPORT_WAIT_S = 120.0
-STREAM_SID = "MZ00000000000000000000000000000000"
 LIMIT = 1_000_000
 INSTRUCTIONS = {
     "recording": {"enabled": True},
@@ -127,339 +130,26 @@ class Result:
     loadgen_cpu_s: float = 0.0
     loadgen_cpu_us_per_frame: float = 0.0
     """CPU µs per frame sent over the steady window."""
+    loadgen_sys_us_per_frame: float = 0.0
+    """The part of it spent in the kernel (sends; loopback's receive path runs there too)."""
+    send_lag_ms_p99_steady: float = 0.0
+    send_lag_ms_max_steady: float = 0.0
+    """The same over the steady window only (all N calls live, none ending)."""
+    loadgen_cpu_share: float = 0.0
+    """The loadgen's CPU seconds per wall second over the steady window."""
+    others_on_core_share: float | None = None
+    """When pinned to one core: what other processes used of it over the steady window
+    (a shared machine's noise; ``None`` when not pinned)."""
     wall_s: float = 0.0
     steady_from: float | None = None
     steady_until: float | None = None
     calls_started: int = 0
+    announce_s: float | None = None
+    """How long announcing the first N calls took (their streams start after)."""
+    by_transport: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per transport: calls, calls_failed, frames_sent, frames_checked (export checks only)."""
     bare: bool = False
     loop: str = ""
-
-
-# --- WebSocket client on a raw transport ----------------------------------------------------
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame, FIN set, masked with the all-zero key (the payload is unchanged)."""
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB4x", 0x80 | opcode, 0x80 | n) + payload
-    if n < 65536:
-        return struct.pack("!BBH4x", 0x80 | opcode, 0xFE, n) + payload
-    return struct.pack("!BBQ4x", 0x80 | opcode, 0xFF, n) + payload
-
-
-class Stream(asyncio.Protocol):
-    """A TCP connection: a WebSocket client after its upgrade, or AudioSocket."""
-
-    def __init__(self, upgrade: bytes | None) -> None:
-        self.upgrade = upgrade
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.ready = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self.close_code: int | None = None
-        self.close_reason = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self.upgrade is None:
-            self.ready.set_result(None)
-        else:
-            self.transport.write(self.upgrade)  # type: ignore[union-attr]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.ready.done():
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buffer[:end])
-            del self.buffer[: end + 4]
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.ready.set_exception(ConnectionError(head.split(b"\r\n")[0].decode()))
-                return
-            self.ready.set_result(None)
-        if self.upgrade is None:
-            self._audiosocket()
-        else:
-            self._frames()
-
-    def _frames(self) -> None:
-        buf = self.buffer
-        while len(buf) >= 2:
-            opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
-            at = 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, at = struct.unpack_from("!H", buf, 2)[0], 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, at = struct.unpack_from("!Q", buf, 2)[0], 10
-            if len(buf) < at + n:
-                return
-            payload = bytes(buf[at : at + n])
-            del buf[: at + n]
-            if opcode == 0x9:
-                self.write(ws_frame(0xA, payload))
-            elif opcode == 0x8:
-                if len(payload) >= 2:
-                    self.close_code = struct.unpack("!H", payload[:2])[0]
-                    self.close_reason = payload[2:].decode(errors="replace")
-                self.write(ws_frame(0x8, payload[:2]))
-                self._closed()
-
-    def _audiosocket(self) -> None:
-        buf = self.buffer
-        while len(buf) >= 3:
-            n = int.from_bytes(buf[1:3], "big")
-            if len(buf) < 3 + n:
-                return
-            if buf[0] == 0xFF:
-                self.close_reason = bytes(buf[3 : 3 + n]).decode(errors="replace")
-            del buf[: 3 + n]
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def _closed(self) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(exc or ConnectionError("closed during the upgrade"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    @property
-    def broken(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
-
-
-def upgrade_request(host: str, port: int, path: str, token: str | None) -> bytes:
-    key = base64.b64encode(secrets.token_bytes(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-# --- calls ----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Call:
-    number: int
-    transport: str
-    frames: int
-    announced: dict[str, Any] = field(default_factory=dict)
-    sent: int = 0
-    """Ticks sent (each carries one frame per track)."""
-    t0: float | None = None
-    stream: Stream | None = None
-    socks: list[socket.socket] = field(default_factory=list)
-    failure: str | None = None
-    send: Callable[[int], None] | None = None
-    done: asyncio.Future[None] | None = None
-    lost: int = 0
-    """Frames the check found missing or misplaced."""
-
-    @property
-    def tracks(self) -> int:
-        return 1 if self.transport == "audiosocket" else 2
-
-    @property
-    def encoding(self) -> str:
-        return "ulaw" if self.transport in ("twilio", "srtp", "rtp") else "l16"
-
-    # --- connecting: each transport's sender, built once -----------------------------------
-
-    async def connect(self, host: str, port: int, token: str | None) -> None:
-        loop = asyncio.get_running_loop()
-        kind = self.transport
-        if kind in ("twilio", "fork"):
-            path = self.announced["ingest"].get("websocket") or f"/v1/ingest/{kind}"
-            stream = Stream(upgrade_request(host, port, path, token))
-            await loop.create_connection(lambda: stream, host, port)
-            self.stream = stream
-            await asyncio.wait_for(stream.ready, 30)
-            if kind == "twilio":
-                self._twilio(stream)
-            else:
-                self._fork(stream)
-        elif kind == "audiosocket":
-            offer = self.announced["ingest"]["audiosocket"]
-            as_host, as_port = offer["address"].rsplit(":", 1)
-            stream = Stream(None)
-            await loop.create_connection(lambda: stream, as_host, int(as_port))
-            self.stream = stream
-            stream.write(b"\x01\x00\x10" + uuid.UUID(offer["id"]).bytes)
-            frames = L16Frames(self.number, 0)
-            head = b"\x10\x01\x40"
-
-            def send_audiosocket(index: int) -> None:
-                stream.write(head + frames.frame(index))
-
-            self.send = send_audiosocket
-        else:
-            self._rtp(self.announced["ingest"]["rtp"])
-
-    def _twilio(self, stream: Stream) -> None:
-        stream.write(ws_frame(0x1, b'{"event":"connected","protocol":"Call","version":"1.0.0"}'))
-        start = {
-            "event": "start",
-            "sequenceNumber": "1",
-            "start": {
-                "accountSid": "AC" + "0" * 32,
-                "streamSid": STREAM_SID,
-                "callSid": "CA" + secrets.token_hex(16),
-                "tracks": ["inbound", "outbound"],
-                "customParameters": {"call_id": self.announced["call_id"]},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-            "streamSid": STREAM_SID,
-        }
-        stream.write(ws_frame(0x1, json.dumps(start).encode()))
-        frames = [UlawFrames(self.number, track) for track in (0, 1)]
-        # base64 of marker + the tail's first 2 bytes (9 bytes: whole groups), then the rest.
-        tails = [(f.tail[:2], base64.b64encode(f.tail[2:])) for f in frames]
-        templates = [
-            b'{"event":"media","sequenceNumber":"%d","media":{"track":"' + name
-            + b'","chunk":"%d","timestamp":"%d","payload":"%s%s"},"streamSid":"'
-            + STREAM_SID.encode() + b'"}'
-            for name in (b"inbound", b"outbound")
-        ]  # fmt: skip
-        b64 = base64.b64encode
-        pack = struct.Struct("!BBH4x").pack
-
-        def send_twilio(index: int) -> None:
-            for track in (0, 1):
-                head, tail = tails[track]
-                frame = frames[track]
-                seq = 2 * index + track + 2
-                body = templates[track] % (
-                    seq,
-                    index + 1,
-                    index * 20,
-                    b64(frame.frame(index)[:7] + head),
-                    tail,
-                )
-                stream.write(pack(0x81, 0xFE, len(body)) + body)
-
-        self.send = send_twilio
-
-    def _fork(self, stream: Stream) -> None:
-        meta = {"call_id": self.announced["call_id"], "sampleRate": 8000, "mixType": "stereo"}
-        stream.write(ws_frame(0x1, json.dumps(meta).encode()))
-        frames = [L16Frames(self.number, track) for track in (0, 1)]
-        stereo = np.empty((FRAME - 5, 2), "<i2")
-        stereo[:, 0] = np.frombuffer(frames[0].tail, "<i2")
-        stereo[:, 1] = np.frombuffer(frames[1].tail, "<i2")
-        tail = stereo.tobytes()
-        head = struct.pack("!BBH4x", 0x82, 0xFE, 4 * FRAME)
-        pack = struct.Struct("<10h").pack
-        n = self.number & 0x7FFF
-
-        def send_fork(index: int) -> None:
-            low, high = index & 0x7FFF, (index >> 15) + 1
-            stream.write(head + pack(0x2A5A, 0x2A5A, n, n, 1, 2, low, low, high, high) + tail)
-
-        self.send = send_fork
-
-    def _rtp(self, offer: dict[str, Any]) -> None:
-        host = offer.get("host") or "127.0.0.1"
-        sends: list[Callable[[bytes], int]] = []
-        protects: list[Callable[[bytes], bytes] | None] = []
-        for name in ("inbound", "outbound"):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sock.connect((host, int(offer[name])))
-            self.socks.append(sock)
-            sends.append(sock.send)
-            crypto = offer.get("crypto")
-            if self.transport == "srtp" and crypto:
-                protects.append(SrtpKey.from_sdes(crypto[name]).session(outbound=True).protect)
-            else:
-                protects.append(None)
-        frames = [UlawFrames(self.number, track) for track in (0, 1)]
-        ssrcs = [secrets.randbits(32) for _ in (0, 1)]
-        pack = struct.Struct("!BBHII").pack
-
-        def send_rtp(index: int) -> None:
-            for track in (0, 1):
-                packet = pack(0x80, 0, index & 0xFFFF, index * FRAME & 0xFFFFFFFF, ssrcs[track])
-                packet += frames[track].frame(index)
-                protect = protects[track]
-                try:
-                    sends[track](protect(packet) if protect is not None else packet)
-                except OSError as e:  # a full socket buffer: that datagram is lost here
-                    self.failure = self.failure or f"rtp send: {e}"
-
-        self.send = send_rtp
-
-    def tick(self, due: float) -> None:
-        """Send every frame due at ``due`` (one per track per 20 ms since ``t0``)."""
-        if self.t0 is None:
-            self.t0 = due
-        upto = min(int((due - self.t0) / FRAME_S + 1e-6) + 1, self.frames)
-        send = self.send
-        assert send is not None
-        if self.stream is not None and self.stream.broken:
-            closed = f"closed by the server ({self.stream.close_code} {self.stream.close_reason})"
-            self.failure = self.failure or closed
-            upto = self.sent
-        while self.sent < upto:
-            send(self.sent)
-            self.sent += 1
-        if (upto == self.frames or self.failure) and self.done and not self.done.done():
-            self.done.set_result(None)
-
-    async def end(self, http: aiohttp.ClientSession, base: str, token: str | None) -> None:
-        stream = self.stream
-        if self.transport in ("twilio", "fork") and stream is not None:
-            stop = (
-                b'{"event":"stop","sequenceNumber":"%d","stop":{}}' % (2 * self.sent + 2)
-                if self.transport == "twilio"
-                else b'{"event":"stop"}'
-            )
-            stream.write(ws_frame(0x1, stop))
-            await asyncio.wait_for(asyncio.shield(stream.closed), END_TIMEOUT_S)
-            if stream.close_code != 1000 and not self.failure:
-                self.failure = f"closed {stream.close_code} {stream.close_reason}"
-        elif self.transport == "audiosocket" and stream is not None:
-            stream.write(b"\x00\x00\x00")
-            await asyncio.wait_for(asyncio.shield(stream.closed), END_TIMEOUT_S)
-            if stream.close_reason and not self.failure:
-                self.failure = f"audiosocket error frame: {stream.close_reason}"
-        else:
-            url = f"{base}/v1/calls/{self.announced['call_id']}/end"
-            async with http.post(url, headers=bearer(token)) as response:
-                if response.status != 200:
-                    self.failure = self.failure or f"end: {response.status}"
-        self.close()
-
-    def close(self) -> None:
-        if self.stream is not None and self.stream.transport is not None:
-            self.stream.transport.close()
-        for sock in self.socks:
-            sock.close()
-        self.socks.clear()
-
-
-def bearer(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -473,12 +163,17 @@ class Run:
         self.result = Result(options.transport, options.calls, options.seconds, bare=options.bare)
         self.slots: list[list[Call]] = [[] for _ in range(SLOTS)]
         self.lags: list[float] = []
+        self.lag_at: list[float] = []
         self.live = 0
         self.started = 0
         self.frames_sent = 0
-        self.steady: list[tuple[float, float, int]] = []
-        """(unix time, process time, frames sent) at the steady window's ends."""
+        self.steady: list[tuple[float, float, int, float, float | None, float]] = []
+        """(unix time, system CPU, frames sent, loop time, this core's busy seconds, process
+        time) at the steady window's ends."""
         self.ended_any = False
+        self.announced = 0
+        self.all_announced = asyncio.Event()
+        self.begin = self.ramp_from = 0.0
         self.ended: list[Call] = []
         self.checks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -541,6 +236,7 @@ class Run:
             now = loop.time()
             if self.live:
                 lags.append(now - due)
+                self.lag_at.append(now)
             else:  # nothing to send: no backlog to catch up on
                 due = max(due, now)
             for call in list(self.slots[slot]):
@@ -552,13 +248,14 @@ class Run:
         self, lane: int, http: aiohttp.ClientSession, gate: asyncio.Semaphore, deadline: float
     ) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(self.o.ramp * lane / self.o.calls)
         number = lane
+        first = True
         while True:
             call = Call(number, self.transport_of(number), int(self.o.seconds * 50))
-            await self.one(call, http, gate)
+            await self.one(call, http, gate, lane if first else None)
+            first = False
             self.ended.append(call)
-            if self.o.minutes:
+            if self.o.minutes and not self.o.bare:
                 task = asyncio.create_task(self.check(http, call))
                 self.checks.add(task)
                 task.add_done_callback(self.checks.discard)
@@ -566,7 +263,12 @@ class Run:
             if not self.o.minutes or loop.time() >= deadline:
                 return
 
-    async def one(self, call: Call, http: aiohttp.ClientSession, gate: asyncio.Semaphore) -> None:
+    async def one(
+        self, call: Call, http: aiohttp.ClientSession, gate: asyncio.Semaphore, lane: int | None
+    ) -> None:
+        """Announce the call, stream it, end it. The first N calls (``lane`` given) are all
+        announced first, then start spread over the ramp, so that the API's pace does not
+        stretch the ramp; a soak's later calls start as soon as they are announced."""
         loop = asyncio.get_running_loop()
         self.result.calls_started += 1
         try:
@@ -582,7 +284,23 @@ class Run:
                 call.announced = await self.request(
                     http, "POST", f"/v1/tenants/{self.tenant}/calls", self.pbx, body, 201
                 )
-                await call.connect(self.host, self.port, None if self.o.bare else self.pbx)
+        except (OSError, SetupError, TimeoutError, aiohttp.ClientError, KeyError) as e:
+            call.failure = f"announce: {type(e).__name__}: {str(e)[:120]}"
+        finally:
+            if lane is not None:
+                self.announced += 1
+                if self.announced == self.o.calls:
+                    self.ramp_from = loop.time()
+                    self.result.announce_s = round(self.ramp_from - self.begin, 3)
+                    self.all_announced.set()
+        if call.failure:
+            return
+        try:
+            if lane is not None:
+                await self.all_announced.wait()
+                start_at = self.ramp_from + self.o.ramp * lane / self.o.calls
+                await asyncio.sleep(start_at - loop.time())
+            await call.connect(self.host, self.port, None if self.o.bare else self.pbx)
         except (OSError, SetupError, TimeoutError, aiohttp.ClientError, KeyError) as e:
             call.failure = f"start: {type(e).__name__}: {str(e)[:120]}"
             call.close()
@@ -612,7 +330,17 @@ class Run:
 
     def mark(self) -> None:
         live = sum(c.sent * c.tracks for s in self.slots for c in s)
-        self.steady.append((time.time(), time.process_time(), self.frames_sent + live))
+        now = asyncio.get_running_loop().time()
+        self.steady.append(
+            (
+                time.time(),
+                os.times().system,
+                self.frames_sent + live,
+                now,
+                core_busy(),
+                time.process_time(),
+            )
+        )
 
     async def check(self, http: aiohttp.ClientSession, call: Call) -> None:
         if call.failure is not None or not call.announced:
@@ -626,6 +354,7 @@ class Run:
         for track in range(call.tracks):
             found = check_track(pcm[:, track], call.encoding, call.number, track, call.sent)
             self.result.frames_checked += found.matched
+            call.checked += found.matched
             lost += found.lost
             if found.failure and not call.failure:
                 call.failure = f"{call.transport} track {track}: {found.failure}"
@@ -668,6 +397,7 @@ class Run:
             await self.setup(http)
             before = await self.bare_frames(http) if o.bare else 0
             ticker = asyncio.create_task(self.ticker())
+            self.begin = loop.time()
             gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
             deadline = loop.time() + o.minutes * 60
             await asyncio.gather(*(self.lane(i, http, gate, deadline) for i in range(o.calls)))
@@ -706,6 +436,14 @@ class Run:
         r.wall_s = round(time.monotonic() - wall, 3)
         r.loadgen_cpu_s = round(time.process_time() - cpu, 3)
         failures = [c for c in self.ended if c.failure is not None]
+        for c in self.ended:
+            row = r.by_transport.setdefault(
+                c.transport, {"calls": 0, "calls_failed": 0, "frames_sent": 0, "frames_checked": 0}
+            )
+            row["calls"] += 1
+            row["calls_failed"] += c.failure is not None or c.lost > 0
+            row["frames_sent"] += c.sent * c.tracks
+            row["frames_checked"] += c.checked
         r.failures = [f"call {c.number}: {c.failure}" for c in failures[:5]]
         if self.o.bare:
             r.frames_lost = max(0, r.frames_sent - r.frames_checked)
@@ -721,11 +459,21 @@ class Run:
             r.send_lag_ms_p99 = round(float(np.percentile(lags, 99)), 3)
             r.send_lag_ms_max = round(float(lags.max()), 3)
         if len(self.steady) >= 2:
-            (t0, c0, f0), (t1, c1, f1) = self.steady[0], self.steady[1]
+            (t0, s0, f0, l0, b0, c0), (t1, s1, f1, l1, b1, c1) = self.steady[:2]
             if t1 > t0:
                 r.steady_from, r.steady_until = round(t0, 3), round(t1, 3)
                 if f1 > f0:
                     r.loadgen_cpu_us_per_frame = round((c1 - c0) / (f1 - f0) * 1e6, 3)
+                    r.loadgen_sys_us_per_frame = round((s1 - s0) / (f1 - f0) * 1e6, 3)
+                r.loadgen_cpu_share = round((c1 - c0) / (t1 - t0), 3)
+                if b0 is not None and b1 is not None:
+                    others = (b1 - b0) - (c1 - c0)
+                    r.others_on_core_share = round(max(0.0, others) / (t1 - t0), 3)
+                at = np.array(self.lag_at)
+                steady = np.array(self.lags)[(at >= l0) & (at <= l1)] * 1000
+                if len(steady):
+                    r.send_lag_ms_p99_steady = round(float(np.percentile(steady, 99)), 3)
+                    r.send_lag_ms_max_steady = round(float(steady.max()), 3)
         return r
 
 
@@ -734,7 +482,27 @@ async def run(options: Options) -> Result:
     if options.transport not in (*TRANSPORTS, "mixed"):
         raise SetupError(f"unknown transport {options.transport!r}")
     raise_fd_limit()
-    return await Run(options).run()
+    result = await Run(options).run()
+    loop = type(asyncio.get_running_loop()).__module__
+    result.loop = "uvloop" if loop.startswith("uvloop") else "asyncio"
+    return result
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def core_busy() -> float | None:
+    """Busy seconds (all processes) of the one core this process is pinned to, if it is."""
+    cores = os.sched_getaffinity(0)
+    if len(cores) != 1:
+        return None
+    name = f"cpu{next(iter(cores))}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        field, *ticks = line.split()
+        if field == name:
+            values = [int(t) for t in ticks]
+            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
+    return None
 
 
 def raise_fd_limit() -> None:
@@ -783,13 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return 2 if e.code else 0
     try:
-        name, factory = loop_factory(options.loop)
+        _, factory = loop_factory(options.loop)
         with asyncio.Runner(loop_factory=factory) as runner:
             result = runner.run(run(options))
-    except SetupError as e:
-        print(f"loadgen: {e}", file=sys.stderr)
+    except (SetupError, aiohttp.ClientError, OSError) as e:  # setup, or the server gone
+        print(f"loadgen: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    result.loop = name
     print_result(result)
     if options.json:
         print(json.dumps(asdict(result)))
@@ -802,6 +569,10 @@ def print_result(r: Result) -> None:
         ("frames sent / checked / lost", f"{r.frames_sent} / {r.frames_checked} / {r.frames_lost}"),
         ("calls failed", r.calls_failed),
         ("send lag p99 / max", f"{r.send_lag_ms_p99:.2f} / {r.send_lag_ms_max:.2f} ms"),
+        ("steady: send lag p99 / max", f"{r.send_lag_ms_p99_steady:.2f} / "
+         f"{r.send_lag_ms_max_steady:.2f} ms"),
+        ("steady: loadgen CPU share, others on its core", f"{r.loadgen_cpu_share:.2f}, "
+         f"{r.others_on_core_share}"),
         ("loadgen CPU", f"{r.loadgen_cpu_s:.2f} s, {r.loadgen_cpu_us_per_frame:.1f} µs/frame"),
         ("wall", f"{r.wall_s:.1f} s"), ("loop", r.loop),
     ]  # fmt: skip
