@@ -257,13 +257,13 @@ def build_app(
         app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
     app.cleanup_ctx.extend(
         [
-            loop_lag_ctx,
             services_ctx,
             calls_ctx,
             audiosocket_ctx,
             ai_ctx,
             retention_ctx,
             checkpoints_ctx,
+            loop_lag_ctx,
         ]
     )
     app.on_shutdown.append(endpoints.close_websockets)

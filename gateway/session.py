@@ -29,6 +29,13 @@ to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_b
 waits with it and stops reading its socket, so TCP pushes back on the PBX instead of memory
 growing here. The object reaches the object store when the call ends.
 
+Timed flushes fall on a grid of the call's own: every ``flush_interval`` from its first
+stream, shifted by a phase derived from its call id (``flush_phase``), so that calls started
+together (a burst, a node's restart) spread their seals and fsyncs over the interval instead
+of flushing at once, and a stall of the loop does not gather them for good. A flush is due
+at the first point of the grid after the previous one, so never more than ``flush_interval``
+after the oldest frame it holds arrived.
+
 Time is passed in (``now``); nothing here sleeps, and the one clock read is the monotonic
 clock a session is given, twice per flush of a track (never per frame), for
 ``callvault_ingest_durable_seconds``.
@@ -40,6 +47,7 @@ import asyncio
 import logging
 import secrets
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,6 +103,12 @@ maximum duration, RTP ports that could not be bound, a shutdown, the tenant's de
 erasure, or the death of the node that took it (``node_dead``: ended by another node with
 the audio it had published); ``ended_elsewhere``: a node carrying the call's stream found
 at a lease renewal that another node ended it (that node's reason is the call's)."""
+
+
+def flush_phase(call_id: str) -> float:
+    """Where in each flush interval a call's timed flushes fall, as a fraction in [0, 1):
+    from its id, so the same on every node and spread evenly over calls."""
+    return zlib.crc32(call_id.encode()) / 2**32
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +179,9 @@ class TrackWriter:
             self._records += encode_record(self._run_offset, self._run)
             self._run = bytearray()
 
-    def _take(self) -> bytes:
+    def _take(self) -> bytearray:
         self._close_run()
-        data = bytes(self._records)
-        self._records = bytearray()
+        data, self._records = self._records, bytearray()  # handed over, not copied
         self.since = None
         return data
 
@@ -197,6 +210,13 @@ class TrackWriter:
                 await self.upload.flush()
         except CallvaultError:
             await self.abandon(now)
+            raise
+        except BaseException:
+            if commit:
+                # Cancelled mid-commit (its handler's task, under load): the object may be
+                # closed already, so it is never committed twice; what it wrote is in the
+                # spool, which the commit closed for recovery to publish.
+                self.upload = None
             raise
         if commit:
             self.upload = None
@@ -274,6 +294,9 @@ class CallSession:
         call waits for a reconnect with an active token, as after a drop."""
         self._base = 0
         self._last_flush: datetime | None = None
+        self._flush_at: datetime | None = None
+        """When the next timed flush is due (``_flush_due``); ``None`` until the first attach."""
+        self._phase = flush_phase(call.id)
         self._opened_at: datetime | None = None
         """When the last object this session opened is dated (``_open_upload``)."""
 
@@ -362,6 +385,8 @@ class CallSession:
         self.attached = True
         self.detached_at = None
         self._last_flush = self._last_flush or now
+        if self._flush_at is None:
+            self._flush_at = self._next_flush_point(now)
 
     def restore(self, track_ends: dict[str, int], now: datetime) -> None:
         """Take up a call this process does not hold (after a restart): its tracks end where
@@ -535,7 +560,16 @@ class CallSession:
         )
 
     def _flush_due(self, now: datetime) -> bool:
-        return self._last_flush is None or now - self._last_flush >= self._limits.flush_interval
+        return self._flush_at is None or now >= self._flush_at
+
+    def _next_flush_point(self, now: datetime) -> datetime:
+        """The first point of this call's flush grid after ``now``: every ``flush_interval``
+        from its first stream, shifted by its phase; at most ``flush_interval`` away."""
+        interval = self._limits.flush_interval
+        if interval <= timedelta(0):
+            return now
+        anchor = (self.first_attached_at or now) + interval * self._phase
+        return anchor + ((now - anchor) // interval + 1) * interval
 
     async def _flush(self, now: datetime, *, hold: int = 0) -> None:
         """Flush every track; a track whose flush fails is abandoned (what it made durable
@@ -543,6 +577,7 @@ class CallSession:
         A track whose object could not be opened still holds its audio: that is raised only
         once the call buffers ``hold`` bytes or more (0: always)."""
         self._last_flush = now
+        self._flush_at = self._next_flush_point(now)
         failed: CallvaultError | None = None
         held: CallvaultError | None = None
         for name, track in self.tracks.items():
@@ -569,6 +604,8 @@ class CallSession:
     async def flush_if_due(self, now: datetime, *, force: bool = False) -> None:
         """The ticker's flush, for streams that went quiet between frames; with ``force``,
         the flush ``place`` asked for."""
+        if not force and not self._flush_due(now):
+            return  # the ticker asks every live call four times a second: no lock for a no
         async with self._lock:
             due = force or self._flush_due(now)
             if not self.ended and not self.closing and self.buffered() and due:
