@@ -439,6 +439,8 @@ def record_step(
         "calls_failed": report.get("calls_failed"),
         "failures": list(report.get("failures") or [])[:3],
         "send_lag_ms_p99": report.get("send_lag_ms_p99"),
+        "send_lag_ms_p99_steady": report.get("send_lag_ms_p99_steady"),
+        "loadgen_others_on_core": report.get("others_on_core_share"),
         "rss_idle_kib": idle.rss_kib,
         "rss_peak_kib": None if peak is None else peak.rss_kib,
     }

@@ -34,7 +34,7 @@ STEP_HEAD = [
     "RSS idle MiB",
     "RSS steady MiB",
     "RSS/call KiB",
-    "send lag p99 ms",
+    "loadgen lag p99 ms",
     "why",
 ]
 
@@ -58,7 +58,7 @@ def step_cells(r: Mapping[str, Any]) -> list[object]:
         mib(r.get("rss_idle_kib")),
         mib(r.get("rss_steady_kib")),
         r.get("rss_per_call_kib"),
-        r.get("send_lag_ms_p99"),
+        r.get("send_lag_ms_p99_steady") or r.get("send_lag_ms_p99"),
         " ".join("; ".join(r["why"]).split()) or None,  # one line, whatever a reason held
     ]
 

@@ -89,7 +89,8 @@ def judge(
     callvault: bool,
 ) -> tuple[str, list[str]]:
     """A step's verdict (``pass``, ``fail`` or ``loadgen-bound``) and the reasons for it."""
-    send_lag = loadgen.get("send_lag_ms_p99")
+    # Over the steady window, where the contestant is judged, when the loadgen reports it.
+    send_lag = loadgen.get("send_lag_ms_p99_steady") or loadgen.get("send_lag_ms_p99")
     if send_lag is not None and send_lag > SEND_LAG_LIMIT_MS:
         return "loadgen-bound", [
             f"loadgen send lag p99 {send_lag:.0f} ms > {SEND_LAG_LIMIT_MS:.0f}"

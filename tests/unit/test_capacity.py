@@ -110,6 +110,12 @@ def test_a_step_whose_loadgen_lagged_is_no_verdict_on_the_server() -> None:
                          callvault=True)  # fmt: skip
     assert verdict == "loadgen-bound"
     assert why == ["loadgen send lag p99 25 ms > 20"]
+    # Its lag over the steady window, where it is reported, is what counts.
+    steady = {**GOOD, "send_lag_ms_p99": 90.0, "send_lag_ms_p99_steady": 4.0}
+    assert judge(steady, 0.01, 1.0, callvault=True) == ("pass", [])
+    assert judge({**steady, "send_lag_ms_p99_steady": 21.0}, 0.01, 1.0, callvault=True)[0] == (
+        "loadgen-bound"
+    )
 
 
 def drive(search: Search, capacity: int) -> list[int]:
