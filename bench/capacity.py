@@ -227,6 +227,9 @@ def start_contestant(kind: str, loop: str, data_dir: Path, core: int) -> Contest
             CALLVAULT_AUDIOSOCKET__MAX_CONNECTIONS_PER_PEER=HUGE,
             CALLVAULT_RTP__PORT_MIN=str(RTP_PORTS[0]),
             CALLVAULT_RTP__PORT_MAX=str(RTP_PORTS[1]),
+            # The loadgen announces every call before the streams start: at 1000 calls that
+            # can take longer than the 30 s an RTP call may wait for its first packet.
+            CALLVAULT_RTP__TIMEOUT="PT10M",
             CALLVAULT_LIMITS__LIVE_CALLS=HUGE,
             CALLVAULT_LIMITS__RTP_CALLS=HUGE,
             CALLVAULT_LIMITS__ANNOUNCES_PER_MINUTE=HUGE,
