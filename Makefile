@@ -37,7 +37,12 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
+# capacity.py: the most live calls per core with nothing lost, callvault against the bare
+# receiver per transport, and bench/capacity.png; CAPACITY_ARGS shortens it (10 s calls, 10 %
+# precision, 7 steps a search: 20 min once on a busy 2-core machine; `--quick` for a smoke).
+CAPACITY_ARGS ?= --seconds 10 --precision 0.1 --max-steps 7
 bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/capacity.py $(CAPACITY_ARGS)
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rtp.py

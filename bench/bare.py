@@ -22,7 +22,9 @@ One aiohttp app, no auth, policy, catalog or storage:
 * RTP/SRTP: a ``DatagramProtocol`` per track, pylibsrtp ``unprotect``, payload taken.
 * ``POST /v1/calls/{id}/end`` closes a call's RTP ports (200, like callvault's).
 * ``GET /bare/stats``: ``{"frames", "bytes", "loop_lag_ms_p99", "loop_lag_samples",
-  "refused"}``; ``POST /bare/stats/reset`` zeroes them.
+  "refused"}``; ``POST /bare/stats/reset`` zeroes them. ``?lag_from=A&lag_to=B`` adds
+  ``loop_lag_window`` (``{"samples", "p50_ms", "p99_ms"}``) over the lag samples A..B-1
+  (counts of ``loop_lag_samples`` read earlier), for a window a run chose afterwards.
 
 "Taken" means the payload is in hand as bytes, counted and dropped. Frames are counted as
 ``callvault_frames_in_total`` counts them: one per track per 20 ms, so a Twilio media
@@ -69,16 +71,25 @@ class Stats:
         self.refused = 0
         self.lags: list[float] = []
 
-    def document(self) -> dict[str, Any]:
+    def document(self, lag_from: int | None = None, lag_to: int | None = None) -> dict[str, Any]:
         lags = self.lags
         p99 = float(np.percentile(np.array(lags) * 1000, 99)) if lags else 0.0
-        return {
+        out: dict[str, Any] = {
             "frames": self.frames,
             "bytes": self.bytes,
             "refused": self.refused,
             "loop_lag_ms_p99": round(p99, 3),
             "loop_lag_samples": len(lags),
         }
+        if lag_from is not None and lag_to is not None:
+            window = np.array(lags[lag_from:lag_to]) * 1000
+            p50, p99 = np.percentile(window, (50, 99)) if window.size else (None, None)
+            out["loop_lag_window"] = {
+                "samples": int(window.size),
+                "p50_ms": None if p50 is None else round(float(p50), 3),
+                "p99_ms": None if p99 is None else round(float(p99), 3),
+            }
+        return out
 
 
 STATS = Stats()
@@ -238,7 +249,12 @@ class Bare:
         return ws
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(STATS.document())
+        query = request.query
+        try:
+            lag_from, lag_to = int(query["lag_from"]), int(query["lag_to"])
+        except (KeyError, ValueError):
+            return web.json_response(STATS.document())
+        return web.json_response(STATS.document(lag_from, lag_to))
 
     async def reset(self, request: web.Request) -> web.Response:
         STATS.reset()
