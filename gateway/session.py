@@ -211,6 +211,7 @@ class CallSession:
         self._limits = limits
         self._metrics = metrics
         self._codec = media_codec(call.codec)
+        self._width = self._codec.bytes_per_sample
         self._rate = call.sample_rate
         self._max_samples = limits.max_duration * self._rate // timedelta(seconds=1)
         """``max_duration`` in samples: no frame may end past it on the timeline."""
@@ -396,8 +397,17 @@ class CallSession:
         error raised, closing the stream, so that memory stays bounded. A flush that fails
         after it took the audio (the spool's write or fsync: disk full, EIO) has lost that
         audio, so it is raised at once: the stream must not go on losing every flush."""
-        async with self._lock:
-            if self.place(audio, now):
+        lock = self._lock
+        if lock.locked() or lock._waiters:
+            # Held (a flush, publish or finish runs) or promised to a waiter: in turn.
+            async with lock:
+                if self.place(audio, now):
+                    await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
+            return
+        # Free and nobody waiting: taking it would not yield, so placing first and taking
+        # it only for a flush is the same order of events, without its cost per frame.
+        if self.place(audio, now):
+            async with lock:
                 await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
 
     def place(self, audio: Audio, now: datetime) -> bool:
@@ -405,9 +415,9 @@ class CallSession:
         that cannot wait (RTP's datagrams arrive whether or not a flush is running); they
         run ``flush`` themselves and bound what they let buffer."""
         payload = audio.payload
-        width = self._codec.bytes_per_sample
+        width = self._width
         if width and not len(payload) % width:
-            samples = len(payload) // width  # inline: this runs for every RTP datagram
+            samples = len(payload) // width  # inline: this runs for every frame
         else:
             try:
                 samples = self._codec.frames(payload)
@@ -421,7 +431,10 @@ class CallSession:
         if track is None:
             track = TrackWriter(packets=self._codec.packetized, position=self._base)
             self.tracks[audio.track] = track
-        offset = self._offset(track, audio)
+        if audio.offset is None and audio.timestamp_ms is None:
+            offset = track.position  # inline: fork and AudioSocket frames continue the track
+        else:
+            offset = self._offset(track, audio)
         if offset + samples > self._max_samples:
             # Paused or not: the timeline itself is bounded. The call ends here; the
             # ticker finishes it if the transport does not first.
