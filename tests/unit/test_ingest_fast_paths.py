@@ -1,8 +1,9 @@
-"""The per-frame fast paths of the WebSocket transports give what the checked paths give.
+"""The per-frame fast paths of the ingest transports give what the checked paths give.
 
 Twilio's media messages are taken in one pass when they have their usual shape, fork's
-stereo frames are split through an array, and ``CallSession.receive`` places a frame without
-taking the session's lock when nothing holds or awaits it. Each is compared here with the
+stereo frames are split through an array, AudioSocket's frames are taken in one pass per
+read, and ``CallSession.receive`` places a frame without taking the session's lock when
+nothing holds or awaits it. Each is compared here with the
 path it shortcuts, on the same input: the same events, the same refusals (code and
 message), the same records stored on each track.
 """
@@ -14,6 +15,7 @@ import base64
 import binascii
 import json
 import random
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -22,7 +24,18 @@ from typing import Any
 import pytest
 
 from gateway.errors import IngestError, MalformedMessage, StreamRefused
-from gateway.ingest.events import Audio, Track
+from gateway.ingest.audiosocket import (
+    KIND_AUDIO,
+    KIND_DTMF,
+    KIND_ERROR,
+    AudioSocketParser,
+    audio_frame,
+    dtmf_frame,
+    encode_frame,
+    hangup_frame,
+    uuid_frame,
+)
+from gateway.ingest.events import Audio, Event, Track
 from gateway.ingest.fork import ForkParser
 from gateway.ingest.twilio import TwilioParser
 from gateway.session import MAX_HELD_FLUSHES, CallSession, SessionLimits
@@ -295,3 +308,70 @@ async def test_frames_placed_without_the_lock_are_stored_as_under_it(codec: str)
     assert set(found) == {"free", "held", "awaited"}  # every path was taken
     assert sorted(stored) == ["inbound", "outbound"]
     assert all(len(records) > 20 for records in stored.values())  # flushes cut records
+
+
+# --- AudioSocket: frames taken in one pass per read ----------------------------------------
+
+
+class ByFrameParser(AudioSocketParser):
+    """The parser as it was: each frame checked by ``_check_header``, copied out of the
+    buffer, deleted from its front and made an event by ``_event``."""
+
+    def _feed(self, data: bytes) -> list[Event]:
+        buffer = self._buffer
+        buffer += data
+        events: list[Event] = []
+        while buffer:
+            if self._state == "stopped":
+                raise MalformedMessage(
+                    f"data arrived after the stream ended (frame {self._frames + 1})",
+                    code="stream_stopped",
+                )
+            if len(buffer) < 3:
+                break
+            kind, length = buffer[0], int.from_bytes(buffer[1:3], "big")
+            self._check_header(kind, length)
+            if len(buffer) < 3 + length:
+                break
+            payload = bytes(buffer[3 : 3 + length])
+            del buffer[: 3 + length]
+            self._frames += 1
+            events.append(self._event(kind, payload))
+        return events
+
+
+def audiosocket_streams() -> list[bytes]:
+    """Streams of good frames, and of good frames with one bad frame or stray byte in them."""
+    rng = random.Random(11)
+    good = [audio_frame(rng.randbytes(320)) for _ in range(6)]
+    head = uuid_frame(str(uuid.UUID(int=7)))
+    extras = [
+        dtmf_frame("5"),
+        encode_frame(KIND_DTMF, b"x"),
+        encode_frame(KIND_AUDIO, b"odd"),
+        encode_frame(0x42, b""),
+        head,
+        hangup_frame(),
+        encode_frame(KIND_ERROR, b"\x01"),
+        b"\x10",
+    ]
+    streams = [head + b"".join(good), b"".join(good), head + b"".join(good) + hangup_frame()]
+    for extra in extras:
+        for at in (0, 2, 6):
+            streams.append(head + b"".join(good[:at]) + extra + b"".join(good[at:]))
+    return streams
+
+
+@pytest.mark.parametrize("stream", audiosocket_streams(), ids=lambda s: f"{len(s)}b")
+def test_audiosocket_frames_taken_per_read_as_frame_by_frame(stream: bytes) -> None:
+    """However TCP splits the stream, both parsers give the same events, the same refusal
+    (code and message) and leave the same bytes pending."""
+    rng = random.Random(len(stream))
+    for _ in range(40):
+        cuts = sorted(rng.sample(range(1, len(stream)), k=min(len(stream) - 1, rng.randrange(6))))
+        pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        fast, before = AudioSocketParser(), ByFrameParser()
+        for piece in pieces:
+            got, want = outcome(fast.feed, piece), outcome(before.feed, piece)
+            assert got == want
+            assert fast.pending() == before.pending()
