@@ -23,7 +23,8 @@ Where a frame lands on the timeline:
   its first stream reaches it is ended too (``expiry``). The bound is on the timeline, not
   on the pace: a stream may send faster than real time (a replay) up to it.
 
-Memory is bounded: audio is appended under the session's lock and flushed (sealed, written
+Memory is bounded: audio is appended in the session's turn (its lock; a frame that finds it
+free and unawaited skips taking it, the same order of events) and flushed (sealed, written
 to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_bytes`` or
 ``flush_interval`` has passed; while a flush waits on a slow disk, the connection's handler
 waits with it and stops reading its socket, so TCP pushes back on the PBX instead of memory
