@@ -23,7 +23,8 @@ Where a frame lands on the timeline:
   its first stream reaches it is ended too (``expiry``). The bound is on the timeline, not
   on the pace: a stream may send faster than real time (a replay) up to it.
 
-Memory is bounded: audio is appended under the session's lock and flushed (sealed, written
+Memory is bounded: audio is appended in the session's turn (its lock; a frame that finds it
+free and unawaited skips taking it, the same order of events) and flushed (sealed, written
 to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_bytes`` or
 ``flush_interval`` has passed; while a flush waits on a slow disk, the connection's handler
 waits with it and stops reading its socket, so TCP pushes back on the PBX instead of memory
@@ -263,6 +264,7 @@ class CallSession:
         self._metrics = metrics
         self._clock = clock
         self._codec = media_codec(call.codec)
+        self._width = self._codec.bytes_per_sample
         self._rate = call.sample_rate
         self._max_samples = limits.max_duration * self._rate // timedelta(seconds=1)
         """``max_duration`` in samples: no frame may end past it on the timeline."""
@@ -453,8 +455,17 @@ class CallSession:
         error raised, closing the stream, so that memory stays bounded. A flush that fails
         after it took the audio (the spool's write or fsync: disk full, EIO) has lost that
         audio, so it is raised at once: the stream must not go on losing every flush."""
-        async with self._lock:
-            if self.place(audio, now):
+        lock = self._lock
+        if lock.locked() or lock._waiters:
+            # Held (a flush, publish or finish runs) or promised to a waiter: in turn.
+            async with lock:
+                if self.place(audio, now):
+                    await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
+            return
+        # Free and nobody waiting: taking it would not yield, so placing first and taking
+        # it only for a flush is the same order of events, without its cost per frame.
+        if self.place(audio, now):
+            async with lock:
                 await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
 
     def place(self, audio: Audio, now: datetime) -> bool:
@@ -462,9 +473,9 @@ class CallSession:
         that cannot wait (RTP's datagrams arrive whether or not a flush is running); they
         run ``flush`` themselves and bound what they let buffer."""
         payload = audio.payload
-        width = self._codec.bytes_per_sample
+        width = self._width
         if width and not len(payload) % width:
-            samples = len(payload) // width  # inline: this runs for every RTP datagram
+            samples = len(payload) // width  # inline: this runs for every frame
         else:
             try:
                 samples = self._codec.frames(payload)
@@ -478,7 +489,10 @@ class CallSession:
         if track is None:
             track = self._new_track(self._base)
             self.tracks[audio.track] = track
-        offset = self._offset(track, audio)
+        if audio.offset is None and audio.timestamp_ms is None:
+            offset = track.position  # inline: fork and AudioSocket frames continue the track
+        else:
+            offset = self._offset(track, audio)
         if offset + samples > self._max_samples:
             # Paused or not: the timeline itself is bounded. The call ends here; the
             # ticker finishes it if the transport does not first.

@@ -73,23 +73,32 @@ class AudioSocketParser:
         buffer = self._buffer
         buffer += data
         events: list[Event] = []
-        while buffer:
-            if self._state == "stopped":
-                raise MalformedMessage(
-                    f"data arrived after the stream ended (frame {self._frames + 1})",
-                    code="stream_stopped",
-                )
-            if len(buffer) < _HEADER:
-                break
-            kind, length = buffer[0], int.from_bytes(buffer[1:_HEADER], "big")
-            self._check_header(kind, length)
-            if len(buffer) < _HEADER + length:
-                break
-            payload = bytes(buffer[_HEADER : _HEADER + length])
-            # Deleting from the front of a bytearray is cheap (CPython moves its start).
-            del buffer[: _HEADER + length]
-            self._frames += 1
-            events.append(self._event(kind, payload))
+        end, at = len(buffer), 0  # ``at``: where the next frame starts
+        try:
+            while at < end:
+                if self._state == "stopped":
+                    raise MalformedMessage(
+                        f"data arrived after the stream ended (frame {self._frames + 1})",
+                        code="stream_stopped",
+                    )
+                if end - at < _HEADER:
+                    break
+                kind, length = buffer[at], buffer[at + 1] << 8 | buffer[at + 2]
+                if kind != KIND_AUDIO or length & 1 or self._state != "started":
+                    self._check_header(kind, length)  # an audio frame of a started stream passes
+                stop = at + _HEADER + length
+                if stop > end:
+                    break
+                payload = bytes(buffer[at + _HEADER : stop])
+                at = stop
+                self._frames += 1
+                if kind == KIND_AUDIO:
+                    events.append(Audio("inbound", payload, None, None))
+                else:
+                    events.append(self._event(kind, payload))
+        finally:
+            # The frames taken go, once per read (cheap: CPython moves the start).
+            del buffer[:at]
         return events
 
     def _check_header(self, kind: int, length: int) -> None:

@@ -77,15 +77,20 @@ async def _websocket(
         )
         parser = new_parser()
         started_by = _deadline(app)
+        receive, handle, read_clock = ws.receive, binding.handle, clock.now
         while True:
-            message = await _before(started_by, binding, ws.receive())
-            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                break
-            if message.type is WSMsgType.TEXT:
+            if binding.session is None:
+                message = await _before(started_by, binding, receive())
+            else:
+                message = await receive()  # started: no deadline, no wrapper per message
+            kind = message.type
+            if kind is WSMsgType.TEXT:
                 events = parser.receive_text(message.data)
-            elif message.type is WSMsgType.BINARY:
+            elif kind is WSMsgType.BINARY:
                 events = parser.receive_bytes(message.data)
-            elif message.type is WSMsgType.ERROR:
+            elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+            elif kind is WSMsgType.ERROR:
                 # aiohttp has already closed with the protocol's code (1009 too big, 1007
                 # invalid UTF-8); count it under our code.
                 too_big = ws.close_code == MessageTooBig.close_code
@@ -93,7 +98,7 @@ async def _websocket(
                 break
             else:
                 continue
-            if await binding.handle(events, clock.now()):
+            if await handle(events, read_clock()):
                 await ws.close(code=1000, message=b"stop")
                 break
     except IngestError as e:
@@ -271,8 +276,15 @@ class AudioSocketServer:
             )
             parser = AudioSocketParser()
             started_by = _deadline(app)
-            while data := await _before(started_by, binding, reader.read(MAX_MESSAGE)):
-                if await binding.handle(parser.feed(data), clock.now()):
+            read, feed, handle = reader.read, parser.feed, binding.handle
+            while True:
+                if binding.session is None:
+                    data = await _before(started_by, binding, read(MAX_MESSAGE))
+                else:
+                    data = await read(MAX_MESSAGE)  # started: no deadline, no wrapper
+                if not data:
+                    break
+                if await handle(feed(data), clock.now()):
                     return
         except IngestError as e:
             # Codes only: the peer's first frame is a secret id, which no line may carry.

@@ -20,6 +20,8 @@ Decisions the protocol leaves open:
 
 from __future__ import annotations
 
+from array import array
+
 from gateway.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import (
     DTMF_DIGITS,
@@ -92,14 +94,18 @@ class ForkParser(WebSocketParser):
                 code="bad_frame_length",
             )
         if self._channels == 1:
-            return [Audio(track="inbound", payload=bytes(data), timestamp_ms=None, sequence=None)]
-        # View the frame as 16-bit units and take every other one: the bytes of each sample
-        # move unchanged (still little-endian), whatever the machine's byte order.
-        samples = memoryview(data).cast("B").cast("H")
-        inbound, outbound = samples[0::2].tobytes(), samples[1::2].tobytes()
+            return [Audio("inbound", bytes(data), None, None)]
+        # Read the frame as 16-bit units and take every other one: the bytes of each sample
+        # move unchanged (still little-endian), whatever the machine's byte order. An array
+        # copies the frame once and slices in C (twice as fast as a cast memoryview's).
+        if data.__class__ is bytes:
+            samples = array("H", data)
+        else:  # a memoryview would be read item by item: any other buffer by its bytes
+            samples = array("H")
+            samples.frombytes(data)
         return [
-            Audio(track="inbound", payload=inbound, timestamp_ms=None, sequence=None),
-            Audio(track="outbound", payload=outbound, timestamp_ms=None, sequence=None),
+            Audio("inbound", samples[0::2].tobytes(), None, None),
+            Audio("outbound", samples[1::2].tobytes(), None, None),
         ]
 
     def _metadata(self, msg: JsonObject, frame: int) -> StreamStart:

@@ -23,7 +23,7 @@ from crypto.errors import CallvaultError
 from gateway.auth import Principal, authenticate
 from gateway.calls import CallRegistry, parse_announcement, refusal_of
 from gateway.errors import MaxDurationReached, PolicyRefused, StreamRefused, Unauthorized
-from gateway.ingest.events import Audio, Dtmf, Event, Mark, StreamStart, StreamStop
+from gateway.ingest.events import Audio, Dtmf, Event, StreamStart, StreamStop
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, EndReason
 from storage.catalog import Call, Catalog
@@ -68,43 +68,59 @@ class StreamBinding:
 
     async def handle(self, events: Sequence[Event], now: datetime) -> bool:
         """Apply the events; ``True`` once the stream has ended the call (stop, hangup)."""
-        for event in events:
-            if isinstance(event, Audio):
-                assert self.session is not None  # noqa: S101 - parsers refuse audio before start
+        taken = 0  # audio frames taken, counted once per call (a fork frame is two)
+        try:
+            for event in events:
+                if event.__class__ is not Audio:
+                    if await self._control(event, now):
+                        return True
+                    continue
                 session = self.session
+                assert session is not None  # noqa: S101 - parsers refuse audio before start
+                # Each check inline, its method called only to refuse: this runs per frame.
                 if session.ended or session.closing:
                     # First: an ended call says so (and why, if it reached its limit),
                     # whoever held it.
                     raise session.ended_refusal()
-                self._refuse_if_revoked(session)
-                self._refuse_if_lease_lost(session, now)
+                if session.token_revoked:
+                    self._refuse_if_revoked(session)
+                lease_until = session.lease_until
+                if session.holder != self._holder or (
+                    lease_until is not None and now >= lease_until
+                ):
+                    self._refuse_if_lease_lost(session, now)
                 try:
                     await session.receive(event, now)
                 except MaxDurationReached:
                     await self._end_at_limit(session, now)
                     raise
-                self._frames.inc()
-            elif isinstance(event, StreamStart):
-                self.session = await self._start(event, now)
-            elif isinstance(event, StreamStop):
-                current = self.session
-                if current is not None and not (current.ended or current.closing):
-                    # A revoked token, or a stream whose lease was lost (another node may
-                    # carry the call now), may not end the call any more than send it
-                    # audio. A stop for a call that has ended is the no-op it always was.
-                    self._refuse_if_revoked(current)
-                    self._refuse_if_lease_lost(current, now)
-                if event.reason == "client_error":
-                    self.drop(now)  # the PBX's side failed: wait for it to come back
-                else:
-                    await self._stop(event, now)
-                return True
-            elif isinstance(event, Dtmf):
-                self._metrics.dtmf_events.labels(self.transport).inc()  # never the digit:
-                # a DTMF digit may be a card number (PCI DSS), so none is stored or logged
-            elif isinstance(event, Mark):
-                pass
+                taken += 1
+        finally:
+            if taken:
+                self._frames.inc(taken)
         return False
+
+    async def _control(self, event: Event, now: datetime) -> bool:
+        """Apply an event other than audio; ``True`` once it ended the call."""
+        if isinstance(event, StreamStart):
+            self.session = await self._start(event, now)
+        elif isinstance(event, StreamStop):
+            current = self.session
+            if current is not None and not (current.ended or current.closing):
+                # A revoked token, or a stream whose lease was lost (another node may
+                # carry the call now), may not end the call any more than send it
+                # audio. A stop for a call that has ended is the no-op it always was.
+                self._refuse_if_revoked(current)
+                self._refuse_if_lease_lost(current, now)
+            if event.reason == "client_error":
+                self.drop(now)  # the PBX's side failed: wait for it to come back
+            else:
+                await self._stop(event, now)
+            return True
+        elif isinstance(event, Dtmf):
+            self._metrics.dtmf_events.labels(self.transport).inc()  # never the digit:
+            # a DTMF digit may be a card number (PCI DSS), so none is stored or logged
+        return False  # a Mark: nothing to do
 
     def _refuse_if_revoked(self, session: CallSession) -> None:
         """The token this stream authenticated with was revoked or expired, on any node
