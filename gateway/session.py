@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -434,6 +435,69 @@ class CallSession:
         if payload:
             track.append(offset, payload, samples)
         return track.buffered >= self._limits.flush_bytes or self._flush_due(now)
+
+    def place_run(
+        self,
+        track: str,
+        payloads: Sequence[bytes],
+        offsets: Sequence[int],
+        now: datetime,
+        *,
+        start: int = 0,
+        bound: int | None = None,
+        stop_when_due: bool = True,
+    ) -> tuple[int, bool]:
+        """Place ``payloads[start:]`` on ``track``, each at its exact timeline offset
+        (RTP's ``Audio.offset``), as ``place`` would one by one, for as long as each is a
+        plain placement: ``(end, due)``, ``payloads[start:end]`` placed. It stops after the
+        payload that made a flush due (``due``; only with ``stop_when_due``), and before
+        one that needs more than a placement: the call is not attached, has ended or is
+        closing, the track is new, the payload is not the codec's or would pass
+        ``max_duration``, or (``bound`` given) the call buffers ``bound`` bytes or more.
+        The caller hands that one to ``place``, which decides it as ever, and goes on.
+        Paused audio advances the track as ``place`` does (discarded, counted at once)."""
+        end, due = start, False
+        writer = self.tracks.get(track)
+        if self.ended or self.closing or not self.attached or writer is None:
+            return end, due
+        width = self._codec.bytes_per_sample
+        frames = self._codec.frames
+        flush_bytes = self._limits.flush_bytes
+        time_due = self._flush_due(now)
+        others = self.buffered() - writer.buffered if bound is not None else 0
+        limit = self._max_samples
+        paused = self.paused
+        discarded = 0
+        count = len(payloads)
+        while end < count:
+            payload = payloads[end]
+            if width and not len(payload) % width:
+                samples = len(payload) // width
+            else:
+                try:
+                    samples = frames(payload)
+                except StorageError:
+                    break
+            if bound is not None and others + writer.buffered >= bound:
+                break
+            offset = offsets[end]
+            if offset < writer.position:
+                offset = writer.position
+            if offset + samples > limit:
+                break
+            end += 1
+            if paused:
+                writer.skip(offset + samples)
+                discarded += len(payload)
+                continue
+            if payload:
+                writer.append(offset, payload, samples)
+            if stop_when_due and (time_due or writer.buffered >= flush_bytes):
+                due = True
+                break
+        if discarded:
+            self._metrics.audio_discarded.inc(discarded)
+        return end, due
 
     def ended_refusal(self) -> IngestError:
         """What a frame of this ended (or ending) call meets: ``max_duration`` when that is
