@@ -11,23 +11,27 @@ paths are fed directly, on a fake clock; flushes are played by the test."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import Clock
+from gateway.ingest import rtp_server
 from gateway.ingest.rtp import PayloadTypes, RtpTrackReceiver, SrtpKey, Timeline
-from gateway.ingest.rtp_server import OUTCOMES, TRACKS, _RtpCall
+from gateway.ingest.rtp_server import OUTCOMES, TRACKS, _Reader, _RtpCall
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, SessionLimits
 from storage.catalog import Call, Recording
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, TrackRecord
-from tests.rtp import RtpSender
+from tests.rtp import RtpSender, UdpSender
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 PEER = ("192.0.2.10", 40_000)
@@ -327,3 +331,66 @@ async def test_a_clean_stream_is_one_run_per_batch_and_one_record() -> None:
     assert state["tracks"]["inbound"] == ([TrackRecord(0, b"".join(payloads))], 150 * 160)
     assert state["counts"] == Counter()  # nothing refused ("audio" is published from delivered)
     assert state["delivered"] == 150
+
+
+# --- the socket reader, on both event loops ------------------------------------------------
+
+
+def loop_factories() -> list[Any]:
+    import uvloop
+
+    return [asyncio.SelectorEventLoop, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("factory", loop_factories(), ids=["asyncio", "uvloop"])
+def test_reader_drains_the_socket_in_batches_on_both_loops(
+    factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Datagrams that wait on the socket come out together, in order and whole (a 2000-byte
+    one too), at most ``MAX_BATCH`` a wake-up; after ``close`` the port is free again."""
+    monkeypatch.setattr(rtp_server, "MAX_BATCH", 16)
+
+    async def main() -> None:
+        batches: list[list[tuple[bytes, tuple[str, int]]]] = []
+        reader = _Reader(batches.append)
+        await reader.bind("127.0.0.1", 0)
+        assert reader._socket is not None
+        port = reader._socket.getsockname()[1]
+        sender = UdpSender()
+        sent = [n.to_bytes(2, "big") * 80 for n in range(100)] + [b"\x80" * 2000]
+        for datagram in sent:
+            sender.send(datagram, port)
+        for _ in range(200):
+            if sum(len(b) for b in batches) == len(sent):
+                break
+            await asyncio.sleep(0.01)
+        assert [data for batch in batches for data, _ in batch] == sent
+        assert {addr for batch in batches for _, addr in batch} == {sender.address}
+        assert max(len(b) for b in batches) > 1
+        assert max(len(b) for b in batches) == 16
+        reader.close()
+        reader.close()  # twice: nothing more
+        again = _Reader(batches.append)
+        await again.bind("127.0.0.1", port)  # the port is free
+        again.close()
+        sender.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def test_reader_bind_raises_what_binding_raises() -> None:
+    """A port another socket holds: ``OSError`` with ``EADDRINUSE``, as
+    ``create_datagram_endpoint`` raises it (``RtpIngest`` then tries the next pair)."""
+
+    async def main() -> None:
+        held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        held.bind(("127.0.0.1", 0))
+        reader = _Reader(lambda batch: None)
+        with pytest.raises(OSError) as raised:
+            await reader.bind("127.0.0.1", held.getsockname()[1])
+        assert raised.value.errno == errno.EADDRINUSE
+        assert reader._socket is None
+        held.close()
+
+    asyncio.run(main())
