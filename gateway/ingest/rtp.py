@@ -135,6 +135,7 @@ _DTMF = "0123456789*#ABCD"
 _HEADER = struct.Struct("!BBHII")
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
+_TS_HALF = 1 << 31
 _WINDOW_BITS = 64
 _WINDOW_MASK = (1 << _WINDOW_BITS) - 1
 
@@ -306,6 +307,42 @@ class _Candidate:
     packets: list[_Held]
 
 
+def unprotector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """``session.unprotect`` for datagrams of at most ``MAX_SRTP_PACKET`` bytes, without
+    the per-call work of pylibsrtp's Python wrapper (a new ``int *``, type and length
+    checks, three calls): the same libsrtp call on the session's own buffer, the same
+    result and the same ``pylibsrtp.Error``. Where pylibsrtp's internals are not those of
+    the pinned 1.0.0, it is ``session.unprotect`` itself."""
+    try:
+        ffi = getattr(pylibsrtp, "ffi")  # noqa: B009 - the binding pylibsrtp imports
+        lib = getattr(pylibsrtp, "lib")  # noqa: B009
+        # The session's own pointer, which frees the libsrtp session when it is collected:
+        # held (and read per call) so that the session lives as long as this function.
+        handle = getattr(session, "_srtp")  # noqa: B009 - private: checked here
+        handle[0]
+        cdata = getattr(session, "_cdata")  # noqa: B009
+        buffer = getattr(session, "_buffer")  # noqa: B009
+        unprotect_c = lib.srtp_unprotect
+        ok = lib.srtp_err_status_ok
+        errors = list(getattr(pylibsrtp, "ERRORS"))  # noqa: B009
+        if len(cdata) < MAX_SRTP_PACKET:
+            return session.unprotect
+    except (AttributeError, TypeError, IndexError):
+        return session.unprotect
+    length = ffi.new("int *")
+
+    def unprotect(data: bytes) -> bytes:
+        size = len(data)
+        length[0] = size
+        buffer[0:size] = data
+        status = unprotect_c(handle[0], cdata, length)
+        if status != ok:
+            raise pylibsrtp.Error(errors[status])
+        return bytes(buffer[0 : length[0]])
+
+    return unprotect
+
+
 class RtpTrackReceiver:
     """One track's UDP port: datagrams in, ``Audio``/``Dtmf`` events out, drops counted.
 
@@ -335,6 +372,8 @@ class RtpTrackReceiver:
         self._audio_type = -1
         """The payload type of the audio last delivered (the fast path's)."""
         self._srtp = key.session() if key is not None else None
+        self._unprotect = unprotector(self._srtp) if self._srtp is not None else None
+        """``receive_batch``'s unprotect (of datagrams it checked are short enough)."""
         self._timeline = timeline
         self._count = count
         self._depth = reorder_depth
@@ -408,8 +447,11 @@ class RtpTrackReceiver:
         payload type, nothing held) costs no event and no parse."""
         out: list[Event | AudioRun] = []
         run: AudioRun | None = None
-        srtp = self._srtp
+        unprotect = self._unprotect
         header = _HEADER.size
+        highest: int | None = None
+        """The latest sample a timestamp may place audio at (the same for the whole batch:
+        ``now`` is)."""
         for data, addr in datagrams:
             if (
                 addr != self.source
@@ -419,9 +461,9 @@ class RtpTrackReceiver:
             ):
                 events = self.receive_datagram(data, addr, now)  # every check, in order
             else:
-                if srtp is not None:
+                if unprotect is not None:
                     try:
-                        data = srtp.unprotect(data)
+                        data = unprotect(data)
                     except pylibsrtp.Error as e:
                         self._srtp_refused(e)
                         continue
@@ -434,10 +476,26 @@ class RtpTrackReceiver:
                         and second & 0x7F == self._audio_type
                     ):
                         payload = data[header:]
-                        samples = self._samples(payload)
+                        samples = (
+                            len(payload) if self._bytes_per_sample == 1 else self._samples(payload)
+                        )
                         if samples:
                             self.last_packet_at = self._source_at = now
-                            position = self._position(timestamp, now)
+                            # _position's common case, inlined: the timestamp's place is
+                            # within the bounds, so it stands (else _position re-anchors,
+                            # from the same state: nothing is changed before it runs).
+                            step = (timestamp - self._ts_last) % _TS_MOD
+                            if step >= _TS_HALF:
+                                step -= _TS_MOD
+                            position = self._anchor + self._ts_ext + step - self._ts_base
+                            if highest is None:
+                                highest = self._timeline.elapsed(now) + self._max_ahead
+                            lowest = self._end - self._max_backstep
+                            if (lowest if lowest > 0 else 0) <= position <= highest:
+                                self._ts_ext += step
+                                self._ts_last = timestamp
+                            else:
+                                position = self._position(timestamp, now)
                             self._next += 1
                             self._window = (self._window << 1 | 1) & _WINDOW_MASK
                             self._end = position + samples

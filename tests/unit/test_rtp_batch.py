@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pylibsrtp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import Clock
 from gateway.ingest import rtp_server
-from gateway.ingest.rtp import PayloadTypes, RtpTrackReceiver, SrtpKey, Timeline
+from gateway.ingest.rtp import PayloadTypes, RtpTrackReceiver, SrtpKey, Timeline, unprotector
 from gateway.ingest.rtp_server import OUTCOMES, TRACKS, _Reader, _RtpCall
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, SessionLimits
@@ -394,3 +395,34 @@ def test_reader_bind_raises_what_binding_raises() -> None:
         held.close()
 
     asyncio.run(main())
+
+
+def test_unprotector_matches_pylibsrtp_unprotect() -> None:
+    """The allocation-free unprotect returns what ``Session.unprotect`` returns and raises
+    the same ``pylibsrtp.Error`` (message included: it tells replay from auth_failed) for
+    replays, forgeries and packets of another key; without pylibsrtp 1.0.0's internals it
+    is ``Session.unprotect`` itself."""
+    key = SrtpKey.generate()
+    sender = RtpSender(0, key=key)
+    datagrams = [sender.packet(bytes([n]) * 160) for n in range(20)]
+    other = RtpSender(0, key=SrtpKey.generate()).packet(b"\x01" * 160)
+    forged = datagrams[5][:-1] + bytes([datagrams[5][-1] ^ 1])
+    feed = [*datagrams[:10], datagrams[3], forged, other, *datagrams[10:], datagrams[0]]
+    reference, fast = key.session(), unprotector(key.session())
+    assert fast is not None
+    for datagram in feed:
+        outcomes = []
+        for unprotect in (reference.unprotect, fast):
+            try:
+                outcomes.append(("ok", unprotect(datagram)))
+            except pylibsrtp.Error as e:
+                outcomes.append(("error", str(e)))
+        assert outcomes[0] == outcomes[1]
+        assert isinstance(outcomes[1][1], str) or type(outcomes[1][1]) is bytes
+
+    class Other:
+        def unprotect(self, data: bytes) -> bytes:
+            return data
+
+    plain = Other()
+    assert unprotector(plain).__self__ is plain  # type: ignore[arg-type, attr-defined]
