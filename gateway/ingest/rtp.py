@@ -449,9 +449,9 @@ class RtpTrackReceiver:
         run: AudioRun | None = None
         unprotect = self._unprotect
         header = _HEADER.size
-        highest: int | None = None
-        """The latest sample a timestamp may place audio at (the same for the whole batch:
-        ``now`` is)."""
+        clock: int | None = None
+        """The call's clock in samples (``Timeline.elapsed``), the same for the whole batch:
+        ``now`` is."""
         for data, addr in datagrams:
             if (
                 addr != self.source
@@ -488,14 +488,19 @@ class RtpTrackReceiver:
                             if step >= _TS_HALF:
                                 step -= _TS_MOD
                             position = self._anchor + self._ts_ext + step - self._ts_base
-                            if highest is None:
-                                highest = self._timeline.elapsed(now) + self._max_ahead
+                            if clock is None:
+                                clock = self._timeline.elapsed(now)
                             lowest = self._end - self._max_backstep
-                            if (lowest if lowest > 0 else 0) <= position <= highest:
+                            if (lowest if lowest > 0 else 0) <= position <= clock + self._max_ahead:
                                 self._ts_ext += step
                                 self._ts_last = timestamp
                             else:
-                                position = self._position(timestamp, now)
+                                # _position's re-anchor, inlined (Timeline.anchor: the later
+                                # of the clock and the track's end), the common case of a
+                                # sender faster than real time.
+                                position = self._end if self._end > clock else clock
+                                self._anchor = position
+                                self._ts_last = self._ts_ext = self._ts_base = timestamp
                             self._next += 1
                             self._window = (self._window << 1 | 1) & _WINDOW_MASK
                             self._end = position + samples
