@@ -89,6 +89,19 @@ def live_session(codec: str, *, flush_bytes: int, max_duration_s: float) -> Call
     )
 
 
+class KeepingUpload:
+    """A sealing upload that keeps the plaintext it is given."""
+
+    def __init__(self) -> None:
+        self.plaintext = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.plaintext += data
+
+    async def flush(self) -> None:
+        pass
+
+
 class Side:
     """One RTP call's glue with its own session, receivers, clock and counts."""
 
@@ -117,7 +130,7 @@ class Side:
                 timeline=timeline,
                 count=self.call.count,
             )
-        self.stored: dict[str, list[bytes]] = {track: [] for track in TRACKS}
+        self.uploads: dict[str, KeepingUpload] = {}
 
     def _counter(self, outcome: str) -> Any:
         def inc(amount: int = 1) -> None:
@@ -125,9 +138,10 @@ class Side:
 
         return inc
 
-    def flush(self, *, fails: bool) -> None:
-        """What a flush task does to the buffers, played now: the audio is taken (stored),
-        or (``fails``) the flush failed and the next waits ``FLUSH_RETRY_S``."""
+    async def flush(self, *, fails: bool) -> None:
+        """What the flush task the glue started does, run now instead (the test plays the
+        loop): the session's own flush into uploads that keep what they are given, or
+        (``fails``) a flush that failed, after which the next waits ``FLUSH_RETRY_S``."""
         task = self.call._flush
         if task is None:
             return
@@ -137,14 +151,16 @@ class Side:
             self.call._retry_at = asyncio.get_running_loop().time() + 3600
             return
         self.call._retry_at = None
-        self.session._last_flush = self.clock.at
         for name, writer in self.session.tracks.items():
-            self.stored[name].append(writer._take())
+            if writer.upload is None:
+                writer.upload = self.uploads.setdefault(name, KeepingUpload())  # type: ignore[assignment]
+        await self.session._flush(self.clock.at)
 
     def state(self) -> dict[str, Any]:
         tracks = {}
         for name, writer in self.session.tracks.items():
-            data = b"".join(self.stored[name]) + writer._take()
+            kept = self.uploads.get(name)
+            data = bytes(kept.plaintext if kept is not None else b"") + bytes(writer._take())
             parser = RecordParser()
             found: list[TrackRecord] = parser.feed(data)
             parser.finish()
@@ -281,7 +297,7 @@ async def play(side: Side, batches: list[Batch], *, batched: bool) -> dict[str, 
             side.call._timer.cancel()
             side.call._timer = None
         if batch.then in ("flush", "flush_fails"):
-            side.flush(fails=batch.then == "flush_fails")
+            await side.flush(fails=batch.then == "flush_fails")
         elif batch.then == "pause":
             side.session.paused = True
         elif batch.then == "resume":
