@@ -1,7 +1,8 @@
 """The aiohttp application of ``callvault serve``.
 
 Shared services live in typed app keys (``gateway.state``) and start and stop in
-``cleanup_ctx``, so the app owns their lifecycle: the catalog is migrated and the keyring
+``cleanup_ctx``, so the app owns their lifecycle: the event loop's lag is sampled for the
+app's life (``gateway.loops``); the catalog is migrated and the keyring
 opened before the first request; the node registers in the fleet's registry and keeps its
 heartbeat (``gateway.nodes``); the call registry's ticker flushes quiet streams and ends
 abandoned calls (and RTP calls whose media stopped); the publisher publishes the spooled
@@ -31,6 +32,7 @@ from gateway.checkpoints import Checkpointer, run_checkpoints
 from gateway.clock import Clock
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
+from gateway.loops import probe_lag
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import error_middleware
 from gateway.nodes import NodeAddresses, NodeKeeper, node_id_of, run_heartbeat, run_watch
@@ -180,6 +182,14 @@ def build_app(
         await _cancel([heartbeat])
         await node.stop(app[CLOCK].now(), unfinished=unfinished)
 
+    async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+        # How late the loop runs what is ready (gateway.loops), for the life of the app.
+        loop = asyncio.get_running_loop()
+        probe = probe_lag(app[METRICS].event_loop_lag.observe, time=loop.time)
+        task = asyncio.create_task(probe, name="callvault-loop-lag")
+        yield
+        await _cancel([task])
+
     async def audiosocket_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.audiosocket.port:
             yield
@@ -246,7 +256,15 @@ def build_app(
         # theirs), or ones a test runs in this process on its clock (tests/ai.py).
         app[AI_METRICS] = WorkerMetrics(app[REGISTRY])
     app.cleanup_ctx.extend(
-        [services_ctx, calls_ctx, audiosocket_ctx, ai_ctx, retention_ctx, checkpoints_ctx]
+        [
+            services_ctx,
+            calls_ctx,
+            audiosocket_ctx,
+            ai_ctx,
+            retention_ctx,
+            checkpoints_ctx,
+            loop_lag_ctx,
+        ]
     )
     app.on_shutdown.append(endpoints.close_websockets)
     app.router.add_get("/healthz", healthz)

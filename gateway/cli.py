@@ -139,6 +139,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(settings: Settings) -> None:
+    from gateway import loops
     from gateway.app import build_app
     from gateway.connections import raise_file_limit, run_app
     from gateway.services import open_keyring
@@ -151,7 +152,7 @@ def _serve(settings: Settings) -> None:
     open_keyring(settings).close()  # refuse a wrong master key before binding any port
     if settings.ai.workers:
         _check_model(settings)
-    secret = asyncio.run(_bootstrap(settings))
+    secret = loops.run(_bootstrap(settings), loops.loop_kind(settings.http.loop))
     if secret is not None:
         print(
             "callvault: first start: this is the operator token. It is shown once and "

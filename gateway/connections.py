@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from gateway import loops
 from gateway.metrics import GatewayMetrics
 from gateway.settings import HttpSettings, Settings, ip_of
 
@@ -308,12 +309,12 @@ def run_app(
     **handler_args: Any,
 ) -> None:
     """Serve ``app`` on ``http.host:http.port`` through a ``GuardedSite`` until SIGINT or
-    SIGTERM, then shut down gracefully (``web.run_app``'s life cycle, with the guard). A
-    second signal during the shutdown cuts it short, as in ``web.run_app``: what it had
-    not finalized is left to recovery. ``handler_args`` go to aiohttp's request handlers
-    (the access log)."""
+    SIGTERM, then shut down gracefully (``web.run_app``'s life cycle, with the guard), on
+    the event loop ``http.loop`` names (``gateway.loops``). A second signal during the
+    shutdown cuts it short, as in ``web.run_app``: what it had not finalized is left to
+    recovery. ``handler_args`` go to aiohttp's request handlers (the access log)."""
     try:
-        asyncio.run(
+        loops.run(
             _serve(
                 app,
                 http,
@@ -321,7 +322,8 @@ def run_app(
                 ssl_context=ssl_context,
                 shutdown_timeout=shutdown_timeout,
                 **handler_args,
-            )
+            ),
+            loops.loop_kind(http.loop),
         )
     except asyncio.CancelledError:
         log.warning("a second signal cut the graceful shutdown short")
@@ -337,6 +339,8 @@ async def _serve(
     **handler_args: Any,
 ) -> None:
     loop = asyncio.get_running_loop()
+    kind = loops.running_kind()
+    log.info("event loop: %s", kind, extra={"loop": kind})
     stop = asyncio.Event()
     serving = asyncio.current_task()
     assert serving is not None  # noqa: S101 - asyncio.run runs this as a task

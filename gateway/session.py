@@ -29,7 +29,16 @@ to the spool and fsynced; ``storage.spool``) inline when a track holds ``flush_b
 waits with it and stops reading its socket, so TCP pushes back on the PBX instead of memory
 growing here. The object reaches the object store when the call ends.
 
-Time is passed in (``now``); nothing here sleeps or reads a clock.
+Timed flushes fall on a grid of the call's own: every ``flush_interval`` from its first
+stream, shifted by a phase derived from its call id (``flush_phase``), so that calls started
+together (a burst, a node's restart) spread their seals and fsyncs over the interval instead
+of flushing at once, and a stall of the loop does not gather them for good. A flush is due
+at the first point of the grid after the previous one, so never more than ``flush_interval``
+after the oldest frame it holds arrived.
+
+Time is passed in (``now``); nothing here sleeps, and the one clock read is the monotonic
+clock a session is given, twice per flush of a track (never per frame), for
+``callvault_ingest_durable_seconds``.
 """
 
 from __future__ import annotations
@@ -37,10 +46,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+import time
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
+
+from prometheus_client import Histogram
 
 from crypto.errors import CallvaultError
 from gateway.errors import IngestError, MalformedMessage, MaxDurationReached, StreamRefused
@@ -92,6 +105,12 @@ the audio it had published); ``ended_elsewhere``: a node carrying the call's str
 at a lease renewal that another node ended it (that node's reason is the call's)."""
 
 
+def flush_phase(call_id: str) -> float:
+    """Where in each flush interval a call's timed flushes fall, as a fraction in [0, 1):
+    from its id, so the same on every node and spread evenly over calls."""
+    return zlib.crc32(call_id.encode()) / 2**32
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     flush_interval: timedelta = timedelta(seconds=2)
@@ -104,10 +123,25 @@ class SessionLimits:
 class TrackWriter:
     """One track of one call: the run of audio not yet sealed, and its sealing upload (opened
     by the first flush that has audio to seal, so a track heard only while paused stores
-    nothing)."""
+    nothing).
 
-    def __init__(self, *, packets: bool, position: int) -> None:
+    ``clock`` (monotonic seconds) is read when the buffer goes from empty to holding audio
+    and when a flush's fsync returns, never per frame: each flush observes how long its
+    oldest frame waited to be durable (``callvault_ingest_durable_seconds``)."""
+
+    def __init__(
+        self,
+        *,
+        packets: bool,
+        position: int,
+        clock: Callable[[], float] = time.monotonic,
+        durable: Histogram | None = None,
+    ) -> None:
         self.upload: SealingUpload | None = None
+        self._clock = clock
+        self._durable = durable
+        self.since: float | None = None
+        """When the oldest frame still buffered arrived (``clock``); ``None`` while empty."""
         self._packets = packets
         """Each payload is a packet (Opus) and gets a record of its own."""
         self.position = position
@@ -129,6 +163,8 @@ class TrackWriter:
             self._close_run()
         if not self._run:
             self._run_offset = offset
+            if not self._records:  # empty until now: this is the oldest frame buffered
+                self.since = self._clock()
         self._run += payload
         self.position = offset + samples
 
@@ -143,10 +179,10 @@ class TrackWriter:
             self._records += encode_record(self._run_offset, self._run)
             self._run = bytearray()
 
-    def _take(self) -> bytes:
+    def _take(self) -> bytearray:
         self._close_run()
-        data = bytes(self._records)
-        self._records = bytearray()
+        data, self._records = self._records, bytearray()  # handed over, not copied
+        self.since = None
         return data
 
     async def flush(self, now: datetime) -> None:
@@ -163,6 +199,7 @@ class TrackWriter:
             return
         # Taken before the first await: audio placed while the write is in flight (RTP
         # places without waiting for flushes) stays buffered for the next one.
+        since = self.since
         data = self._take()
         try:
             if data:
@@ -174,8 +211,18 @@ class TrackWriter:
         except CallvaultError:
             await self.abandon(now)
             raise
+        except BaseException:
+            if commit:
+                # Cancelled mid-commit (its handler's task, under load): the object may be
+                # closed already, so it is never committed twice; what it wrote is in the
+                # spool, which the commit closed for recovery to publish.
+                self.upload = None
+            raise
         if commit:
             self.upload = None
+        elif data and since is not None and self._durable is not None:
+            # A commit (the call's end, a publish) is not counted: it waits on the store too.
+            self._durable.observe(self._clock() - since)
 
     async def discard(self, now: datetime) -> None:
         """Keep nothing more of this track: the audio still buffered is dropped and the
@@ -205,12 +252,16 @@ class CallSession:
         vault: MediaVault,
         limits: SessionLimits,
         metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: monotonic seconds, read once per flush of a track (not per frame) for
+        ``callvault_ingest_durable_seconds``."""
         self.call = call
         self.recording = recording
         self._vault = vault
         self._limits = limits
         self._metrics = metrics
+        self._clock = clock
         self._codec = media_codec(call.codec)
         self._rate = call.sample_rate
         self._max_samples = limits.max_duration * self._rate // timedelta(seconds=1)
@@ -243,6 +294,9 @@ class CallSession:
         call waits for a reconnect with an active token, as after a drop."""
         self._base = 0
         self._last_flush: datetime | None = None
+        self._flush_at: datetime | None = None
+        """When the next timed flush is due (``_flush_due``); ``None`` until the first attach."""
+        self._phase = flush_phase(call.id)
         self._opened_at: datetime | None = None
         """When the last object this session opened is dated (``_open_upload``)."""
 
@@ -331,6 +385,8 @@ class CallSession:
         self.attached = True
         self.detached_at = None
         self._last_flush = self._last_flush or now
+        if self._flush_at is None:
+            self._flush_at = self._next_flush_point(now)
 
     def restore(self, track_ends: dict[str, int], now: datetime) -> None:
         """Take up a call this process does not hold (after a restart): its tracks end where
@@ -338,7 +394,7 @@ class CallSession:
         reconnect as if its stream had just dropped. Its timeline counts from when it first
         streamed (on any node), or, if it never did, from its announcement."""
         for name, end in track_ends.items():
-            self.tracks[name] = TrackWriter(packets=self._codec.packetized, position=end)
+            self.tracks[name] = self._new_track(end)
         self.first_attached_at = self.call.first_streamed_at or self.call.started_at
         self.detached_at = now
 
@@ -420,7 +476,7 @@ class CallSession:
             raise self.ended_refusal()
         track = self.tracks.get(audio.track)
         if track is None:
-            track = TrackWriter(packets=self._codec.packetized, position=self._base)
+            track = self._new_track(self._base)
             self.tracks[audio.track] = track
         offset = self._offset(track, audio)
         if offset + samples > self._max_samples:
@@ -447,29 +503,18 @@ class CallSession:
         bound: int | None = None,
         stop_when_due: bool = True,
     ) -> tuple[int, bool]:
-        """Place ``payloads[start:]`` on ``track``, each at its exact timeline offset
-        (RTP's ``Audio.offset``), as ``place`` would one by one, for as long as each is a
-        plain placement: ``(end, due)``, ``payloads[start:end]`` placed. It stops after the
-        payload that made a flush due (``due``; only with ``stop_when_due``), and before
-        one that needs more than a placement: the call is not attached, has ended or is
-        closing, the track is new, the payload is not the codec's or would pass
-        ``max_duration``, or (``bound`` given) the call buffers ``bound`` bytes or more.
-        The caller hands that one to ``place``, which decides it as ever, and goes on.
-        Paused audio advances the track as ``place`` does (discarded, counted at once)."""
-        end, due = start, False
+        """``place`` for RTP's runs: ``payloads[start:]`` at their exact ``offsets``, placed
+        as ``place`` would one by one while each is plain; ``(end, due)``: placed up to
+        ``end``, the last making a flush due (``due``, with ``stop_when_due``). It stops
+        before one that needs ``place``'s decision (not attached, ended, closing, paused, a
+        new track, a bad payload, past ``max_duration``, or ``bound`` bytes buffered)."""
         writer = self.tracks.get(track)
-        if self.ended or self.closing or not self.attached or writer is None:
-            return end, due
-        width = self._codec.bytes_per_sample
-        frames = self._codec.frames
-        flush_bytes = self._limits.flush_bytes
+        if self.ended or self.closing or self.paused or not self.attached or writer is None:
+            return start, False
+        width, frames = self._codec.bytes_per_sample, self._codec.frames
         time_due = self._flush_due(now)
         others = self.buffered() - writer.buffered if bound is not None else 0
-        limit = self._max_samples
-        paused = self.paused
-        discarded = 0
-        count = len(payloads)
-        while end < count:
+        for end in range(start, len(payloads)):
             payload = payloads[end]
             if width and not len(payload) % width:
                 samples = len(payload) // width
@@ -477,27 +522,17 @@ class CallSession:
                 try:
                     samples = frames(payload)
                 except StorageError:
-                    break
-            if bound is not None and others + writer.buffered >= bound:
-                break
-            offset = offsets[end]
-            if offset < writer.position:
-                offset = writer.position
-            if offset + samples > limit:
-                break
-            end += 1
-            if paused:
-                writer.skip(offset + samples)
-                discarded += len(payload)
-                continue
+                    return end, False
+            offset = max(offsets[end], writer.position)
+            if offset + samples > self._max_samples or (
+                bound is not None and others + writer.buffered >= bound
+            ):
+                return end, False
             if payload:
                 writer.append(offset, payload, samples)
-            if stop_when_due and (time_due or writer.buffered >= flush_bytes):
-                due = True
-                break
-        if discarded:
-            self._metrics.audio_discarded.inc(discarded)
-        return end, due
+            if stop_when_due and (time_due or writer.buffered >= self._limits.flush_bytes):
+                return end + 1, True
+        return len(payloads), False
 
     def ended_refusal(self) -> IngestError:
         """What a frame of this ended (or ending) call meets: ``max_duration`` when that is
@@ -558,8 +593,25 @@ class CallSession:
             spooled=True,
         )
 
+    def _new_track(self, position: int) -> TrackWriter:
+        return TrackWriter(
+            packets=self._codec.packetized,
+            position=position,
+            clock=self._clock,
+            durable=self._metrics.ingest_durable,
+        )
+
     def _flush_due(self, now: datetime) -> bool:
-        return self._last_flush is None or now - self._last_flush >= self._limits.flush_interval
+        return self._flush_at is None or now >= self._flush_at
+
+    def _next_flush_point(self, now: datetime) -> datetime:
+        """The first point of this call's flush grid after ``now``: every ``flush_interval``
+        from its first stream, shifted by its phase; at most ``flush_interval`` away."""
+        interval = self._limits.flush_interval
+        if interval <= timedelta(0):
+            return now
+        anchor = (self.first_attached_at or now) + interval * self._phase
+        return anchor + ((now - anchor) // interval + 1) * interval
 
     async def _flush(self, now: datetime, *, hold: int = 0) -> None:
         """Flush every track; a track whose flush fails is abandoned (what it made durable
@@ -567,6 +619,7 @@ class CallSession:
         A track whose object could not be opened still holds its audio: that is raised only
         once the call buffers ``hold`` bytes or more (0: always)."""
         self._last_flush = now
+        self._flush_at = self._next_flush_point(now)
         failed: CallvaultError | None = None
         held: CallvaultError | None = None
         for name, track in self.tracks.items():
@@ -593,6 +646,8 @@ class CallSession:
     async def flush_if_due(self, now: datetime, *, force: bool = False) -> None:
         """The ticker's flush, for streams that went quiet between frames; with ``force``,
         the flush ``place`` asked for."""
+        if not force and not self._flush_due(now):
+            return  # the ticker asks every live call four times a second: no lock for a no
         async with self._lock:
             due = force or self._flush_due(now)
             if not self.ended and not self.closing and self.buffered() and due:

@@ -46,6 +46,9 @@ class HttpSettings(BaseModel):
     keepalive_timeout: timedelta = Field(default=timedelta(seconds=75), gt=timedelta(0))
     """An idle kept-alive connection, or one whose next request is not all there, is closed
     after this. Default `PT75S`."""
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The event loop `serve` runs on: `uvloop`, `asyncio` (the standard library's), or
+    `auto` (uvloop when it can be imported, else asyncio). Default `auto`."""
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> HttpSettings:

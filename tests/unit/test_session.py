@@ -365,6 +365,7 @@ def flushing_session(vault: Vault) -> CallSession:
     live = session(max_duration_s=60)
     live._vault = vault  # type: ignore[assignment]
     live._limits = SessionLimits(flush_interval=timedelta(0), flush_bytes=320)
+    live._flush_at = None  # the attach planned its first flush on the default interval
     return live
 
 

@@ -79,3 +79,15 @@ def test_an_inverted_rtp_range_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CALLVAULT_RTP__PORT_MAX", "40000")
     with pytest.raises(ValueError, match="must hold an even port and the next"):
         Settings()
+
+
+def test_the_event_loop_is_auto_unless_named_and_only_a_known_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().http.loop == "auto"
+    for name in ("uvloop", "asyncio", "auto"):
+        monkeypatch.setenv("CALLVAULT_HTTP__LOOP", name)
+        assert Settings().http.loop == name
+    monkeypatch.setenv("CALLVAULT_HTTP__LOOP", "trio")
+    with pytest.raises(ValueError, match="loop"):
+        Settings()
