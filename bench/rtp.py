@@ -116,6 +116,7 @@ from gateway.settings import (  # noqa: E402
     CryptoSettings,
     HttpSettings,
     IngestSettings,
+    LimitsSettings,
     RtpSettings,
     Settings,
     StoreSettings,
@@ -456,6 +457,11 @@ async def _callvault(conn: Connection, data_dir: Path) -> None:
         rtp=RtpSettings(port_min=RTP_PORTS[0], port_max=RTP_PORTS[1], timeout=timedelta(hours=2)),
         store=StoreSettings(),
         crypto=CryptoSettings(),
+        # The tenant limits (issue 16's defaults: 50 RTP calls, 600 announcements a
+        # minute) would refuse the bench's calls: it announces thousands, all live at once.
+        limits=LimitsSettings(
+            live_calls=10 * MAX_CALLS, rtp_calls=10 * MAX_CALLS, announces_per_minute=10 * MAX_CALLS
+        ),
     )
     app = build_app(settings)
     runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=ACCESS)

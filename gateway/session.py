@@ -49,7 +49,7 @@ import logging
 import secrets
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -505,6 +505,48 @@ class CallSession:
         if payload:
             track.append(offset, payload, samples)
         return track.buffered >= self._limits.flush_bytes or self._flush_due(now)
+
+    def place_run(
+        self,
+        track: str,
+        payloads: Sequence[bytes],
+        offsets: Sequence[int],
+        now: datetime,
+        *,
+        start: int = 0,
+        bound: int | None = None,
+        stop_when_due: bool = True,
+    ) -> tuple[int, bool]:
+        """``place`` for RTP's runs: ``payloads[start:]`` at their exact ``offsets``, placed
+        as ``place`` would one by one while each is plain; ``(end, due)``: placed up to
+        ``end``, the last making a flush due (``due``, with ``stop_when_due``). It stops
+        before one that needs ``place``'s decision (not attached, ended, closing, paused, a
+        new track, a bad payload, past ``max_duration``, or ``bound`` bytes buffered)."""
+        writer = self.tracks.get(track)
+        if self.ended or self.closing or self.paused or not self.attached or writer is None:
+            return start, False
+        width, frames = self._codec.bytes_per_sample, self._codec.frames
+        time_due = self._flush_due(now)
+        others = self.buffered() - writer.buffered if bound is not None else 0
+        for end in range(start, len(payloads)):
+            payload = payloads[end]
+            if width and not len(payload) % width:
+                samples = len(payload) // width
+            else:
+                try:
+                    samples = frames(payload)
+                except StorageError:
+                    return end, False
+            offset = max(offsets[end], writer.position)
+            if offset + samples > self._max_samples or (
+                bound is not None and others + writer.buffered >= bound
+            ):
+                return end, False
+            if payload:
+                writer.append(offset, payload, samples)
+            if stop_when_due and (time_due or writer.buffered >= self._limits.flush_bytes):
+                return end + 1, True
+        return len(payloads), False
 
     def ended_refusal(self) -> IngestError:
         """What a frame of this ended (or ending) call meets: ``max_duration`` when that is

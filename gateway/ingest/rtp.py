@@ -51,7 +51,7 @@ import base64
 import binascii
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,6 +63,7 @@ from storage.media.codecs import Codec
 
 __all__ = [
     "DROP_REASONS",
+    "AudioRun",
     "MIN_SEQUENTIAL",
     "PayloadTypes",
     "RtpError",
@@ -134,7 +135,9 @@ _DTMF = "0123456789*#ABCD"
 _HEADER = struct.Struct("!BBHII")
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
+_TS_HALF = 1 << 31
 _WINDOW_BITS = 64
+_WINDOW_MASK = (1 << _WINDOW_BITS) - 1
 
 
 class RtpError(ValueError):
@@ -278,6 +281,18 @@ class Timeline:
         return max(not_before, self.elapsed(now))
 
 
+@dataclass(slots=True)
+class AudioRun:
+    """Audio payloads of one track in the order a batch of datagrams released them, each
+    with its place on the timeline: what ``receive_batch`` yields instead of an ``Audio``
+    event per packet (the caller places the run at once: ``CallSession.place_run``)."""
+
+    track: Track
+    payloads: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    """``offsets[i]``: the timeline sample where ``payloads[i]`` starts."""
+
+
 class _Held(NamedTuple):
     packet: RtpPacket
     kind: str
@@ -290,6 +305,42 @@ class _Candidate:
 
     ssrc: int
     packets: list[_Held]
+
+
+def unprotector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """``session.unprotect`` for datagrams of at most ``MAX_SRTP_PACKET`` bytes, without
+    the per-call work of pylibsrtp's Python wrapper (a new ``int *``, type and length
+    checks, three calls): the same libsrtp call on the session's own buffer, the same
+    result and the same ``pylibsrtp.Error``. Where pylibsrtp's internals are not those of
+    the pinned 1.0.0, it is ``session.unprotect`` itself."""
+    try:
+        ffi = getattr(pylibsrtp, "ffi")  # noqa: B009 - the binding pylibsrtp imports
+        lib = getattr(pylibsrtp, "lib")  # noqa: B009
+        # The session's own pointer, which frees the libsrtp session when it is collected:
+        # held (and read per call) so that the session lives as long as this function.
+        handle = getattr(session, "_srtp")  # noqa: B009 - private: checked here
+        handle[0]
+        cdata = getattr(session, "_cdata")  # noqa: B009
+        buffer = getattr(session, "_buffer")  # noqa: B009
+        unprotect_c = lib.srtp_unprotect
+        ok = lib.srtp_err_status_ok
+        errors = list(getattr(pylibsrtp, "ERRORS"))  # noqa: B009
+        if len(cdata) < MAX_SRTP_PACKET:
+            return session.unprotect
+    except (AttributeError, TypeError, IndexError):
+        return session.unprotect
+    length = ffi.new("int *")
+
+    def unprotect(data: bytes) -> bytes:
+        size = len(data)
+        length[0] = size
+        buffer[0:size] = data
+        status = unprotect_c(handle[0], cdata, length)
+        if status != ok:
+            raise pylibsrtp.Error(errors[status])
+        return bytes(buffer[0 : length[0]])
+
+    return unprotect
 
 
 class RtpTrackReceiver:
@@ -321,6 +372,8 @@ class RtpTrackReceiver:
         self._audio_type = -1
         """The payload type of the audio last delivered (the fast path's)."""
         self._srtp = key.session() if key is not None else None
+        self._unprotect = unprotector(self._srtp) if self._srtp is not None else None
+        """``receive_batch``'s unprotect (of datagrams it checked are short enough)."""
         self._timeline = timeline
         self._count = count
         self._depth = reorder_depth
@@ -379,8 +432,102 @@ class RtpTrackReceiver:
             try:
                 data = self._srtp.unprotect(data)
             except pylibsrtp.Error as e:
-                self._count("replay" if "replay" in str(e) or "old" in str(e) else "auth_failed")
+                self._srtp_refused(e)
                 return []
+        return self._receive_clear(data, addr, now)
+
+    def receive_batch(
+        self, datagrams: Sequence[tuple[bytes, tuple[str, int]]], now: float
+    ) -> list[Event | AudioRun]:
+        """Take the datagrams one socket read in one go (``(datagram, source)`` pairs, in
+        arrival order, all at ``now``): exactly what ``receive_datagram`` would do fed them
+        one by one, but the audio comes out as ``AudioRun``s (consecutive payloads in one
+        run; a ``Dtmf`` event between them starts a new one) and the common packet (from
+        the latched source, authenticated, the next in sequence of the current SSRC and
+        payload type, nothing held) costs no event and no parse."""
+        out: list[Event | AudioRun] = []
+        run: AudioRun | None = None
+        unprotect = self._unprotect
+        header = _HEADER.size
+        clock: int | None = None
+        """The call's clock in samples (``Timeline.elapsed``), the same for the whole batch:
+        ``now`` is."""
+        for data, addr in datagrams:
+            if (
+                addr != self.source
+                or not header <= len(data) <= MAX_SRTP_PACKET
+                or data[0] >> 6 != 2
+                or 192 <= data[1] <= 223
+            ):
+                events = self.receive_datagram(data, addr, now)  # every check, in order
+            else:
+                if unprotect is not None:
+                    try:
+                        data = unprotect(data)
+                    except pylibsrtp.Error as e:
+                        self._srtp_refused(e)
+                        continue
+                if data[0] == 0x80 and self._anchored and not self._held:
+                    # receive_datagram's fast path, inlined (the same steps, in order).
+                    _, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+                    if (
+                        ssrc == self._ssrc
+                        and sequence == self._next % _SEQ_MOD
+                        and second & 0x7F == self._audio_type
+                    ):
+                        payload = data[header:]
+                        samples = (
+                            len(payload) if self._bytes_per_sample == 1 else self._samples(payload)
+                        )
+                        if samples:
+                            self.last_packet_at = self._source_at = now
+                            # _position's common case, inlined: the timestamp's place is
+                            # within the bounds, so it stands (else _position re-anchors,
+                            # from the same state: nothing is changed before it runs).
+                            step = (timestamp - self._ts_last) % _TS_MOD
+                            if step >= _TS_HALF:
+                                step -= _TS_MOD
+                            position = self._anchor + self._ts_ext + step - self._ts_base
+                            if clock is None:
+                                clock = self._timeline.elapsed(now)
+                            lowest = self._end - self._max_backstep
+                            if (lowest if lowest > 0 else 0) <= position <= clock + self._max_ahead:
+                                self._ts_ext += step
+                                self._ts_last = timestamp
+                            else:
+                                # _position's re-anchor, inlined (Timeline.anchor: the later
+                                # of the clock and the track's end), the common case of a
+                                # sender faster than real time.
+                                position = self._end if self._end > clock else clock
+                                self._anchor = position
+                                self._ts_last = self._ts_ext = self._ts_base = timestamp
+                            self._next += 1
+                            self._window = (self._window << 1 | 1) & _WINDOW_MASK
+                            self._end = position + samples
+                            if run is None:
+                                run = AudioRun(self.track)
+                                out.append(run)
+                            run.payloads.append(payload)
+                            run.offsets.append(position)
+                            continue
+                events = self._receive_clear(data, addr, now)
+            for event in events:
+                if isinstance(event, Audio):
+                    if run is None:
+                        run = AudioRun(self.track)
+                        out.append(run)
+                    run.payloads.append(event.payload)
+                    run.offsets.append(event.offset or 0)  # never None: set by _deliver
+                else:
+                    run = None
+                    out.append(event)
+        return out
+
+    def _srtp_refused(self, e: pylibsrtp.Error) -> None:
+        self._count("replay" if "replay" in str(e) or "old" in str(e) else "auth_failed")
+
+    def _receive_clear(self, data: bytes, addr: tuple[str, int], now: float) -> list[Event]:
+        """A datagram that passed the source and SRTP checks (``data``: the RTP packet)."""
         if data[0] == 0x80 and self._anchored and not self._held:
             # The common case, taken without building anything: a plain header (no CSRC,
             # extension or padding) from the current source and payload type, the very
@@ -551,7 +698,7 @@ class RtpTrackReceiver:
 
     def _advance(self) -> None:
         self._next += 1
-        self._window = (self._window << 1 | 1) & ((1 << _WINDOW_BITS) - 1)
+        self._window = (self._window << 1 | 1) & _WINDOW_MASK
 
     def _skip_to(self, ext: int) -> None:
         gap = ext - self._next

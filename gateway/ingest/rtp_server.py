@@ -10,9 +10,12 @@ never sent one, ``rtp.timeout`` after its announcement: ``start_timeout``, so an
 announcement cannot hold ports for the longer ``ingest.start_timeout``), when it reaches
 ``calls.max_duration``, at shutdown or when the tenant is deleted.
 
-The datagram protocol only moves bytes: each datagram goes to the track's sans-I/O
-``RtpTrackReceiver`` with the time, and the events it releases are placed on the call's
-session at once (``CallSession.place``, no task per packet); a flush that falls due runs as
+Each RTP socket is read without a transport: a wake-up of the event loop drains it (up to
+``MAX_BATCH`` datagrams, until the socket would block) and hands the batch, with one reading
+of the clock, to the track's sans-I/O ``RtpTrackReceiver`` (``receive_batch``); the audio
+it releases comes out as runs of payloads, each placed on the call's session at once
+(``CallSession.place_run``: no event, task or counter per packet), exactly where placing
+them one by one (``CallSession.place``) would have put them; a flush that falls due runs as
 one task per call. UDP cannot push back on a slow disk, so a call whose buffered audio
 reaches ``MAX_BUFFERED_FLUSHES`` flushes' worth drops further audio, counted
 (``overload``), instead of growing without bound. Audio that would lie past the call's
@@ -26,8 +29,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import socket
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,6 +43,7 @@ from gateway.ingest.events import Audio, Dtmf, Event, Track
 from gateway.ingest.rtp import (
     DELIVERED,
     DROP_REASONS,
+    AudioRun,
     PayloadTypes,
     RtpTrackReceiver,
     SrtpKey,
@@ -56,6 +61,12 @@ MAX_BUFFERED_FLUSHES = 4
 """A call may hold this many flushes' worth of audio while its flush is slow or failing."""
 FLUSH_RETRY_S = 1.0
 """After a failed flush, the next one the datagrams ask for is started no sooner than this."""
+MAX_BATCH = 256
+"""Datagrams read from one socket per wake-up at most, so that one flooded port cannot hold
+the loop from the others."""
+RECV_BYTES = 65536
+"""The read buffer: any UDP datagram fits whole (a longer SRTP one is refused as
+``malformed`` all the same, and plain RTP is never cut)."""
 OUTCOMES = (*DROP_REASONS, *DELIVERED, "closed", "overload", "max_duration")
 """Every label of ``callvault_rtp_datagrams``: the receiver's, and the glue's own drops
 (``closed``: the call is ending; ``overload``: its flush cannot keep up; ``max_duration``:
@@ -125,6 +136,69 @@ class _Port(asyncio.DatagramProtocol):
             self.transport.close()
 
 
+Datagram = tuple[bytes, tuple[str, int]]
+
+
+class _Reader:
+    """One RTP socket, without a transport: each wake-up of the loop reads every datagram
+    waiting (``MAX_BATCH`` at most) and hands them to ``receive`` in one call. (asyncio's
+    datagram transport reads one datagram per wake-up and calls its protocol per datagram.)
+    Works on any loop that has ``add_reader`` (asyncio's selector loops, uvloop)."""
+
+    def __init__(self, receive: Callable[[list[Datagram]], None]) -> None:
+        self._receive = receive
+        self._socket: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def bind(self, host: str, port: int) -> None:
+        """Bind ``host:port`` (the first address of ``host`` that binds, as
+        ``create_datagram_endpoint`` does) and start reading; ``OSError`` as binding
+        raises it."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        error: OSError | None = None
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.bind(address)
+                loop.add_reader(sock.fileno(), self._readable)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self._socket, self._loop = sock, loop
+            return
+        raise error or OSError(errno.EADDRNOTAVAIL, f"{host} has no address")
+
+    def _readable(self) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        recvfrom = sock.recvfrom
+        batch: list[Datagram] = []
+        try:
+            for _ in range(MAX_BATCH):
+                batch.append(recvfrom(RECV_BYTES))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:  # ICMP errors for datagrams the gateway never sends
+            log.debug("RTP socket error: %s", type(e).__name__)
+        if batch:
+            self._receive(batch)
+
+    def close(self) -> None:
+        sock, self._socket = self._socket, None
+        if sock is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+
 class _RtpCall:
     """The sockets, receivers and flush task of one live RTP call."""
 
@@ -142,7 +216,7 @@ class _RtpCall:
         """When its ports were bound: a call that never sends is ended ``rtp.timeout``
         after it."""
         self.ports: dict[Track, int] = {}
-        self.sockets: list[_Port] = []
+        self.sockets: list[_Port | _Reader] = []
         self.receivers: dict[Track, RtpTrackReceiver] = {}
         self._clock = clock
         self._outcomes = outcomes
@@ -163,7 +237,75 @@ class _RtpCall:
 
     # --- datagrams in ---------------------------------------------------------------------
 
+    def count_many(self, outcome: str, datagrams: int) -> None:
+        self._outcomes[outcome](datagrams)
+
+    def receive_batch(self, track: Track, datagrams: Sequence[Datagram]) -> None:
+        """The datagrams one read of ``track``'s socket found: one clock reading, one call
+        of the receiver, one placement per run of audio. (A bug costs the batch, never the
+        port.)"""
+        if self.closed:
+            self.count_many("closed", len(datagrams))
+            return
+        now = self._clock.now()
+        at = now.timestamp()
+        receiver = self.receivers[track]  # made before the port was bound
+        try:
+            items = receiver.receive_batch(datagrams, at)
+            for item in items:
+                if isinstance(item, AudioRun):
+                    self.place_run(item, now)
+                else:
+                    self.place([item], now)
+            if receiver.deadline is not None and self._timer is None:
+                self._arm_timer(receiver.deadline - at)
+        except Exception:
+            log.exception(
+                "call %s: RTP datagrams could not be handled",
+                self.session.call_id,
+                extra={"tenant": self.session.tenant, "call_id": self.session.call_id},
+            )
+
+    def place_run(self, run: AudioRun, now: datetime) -> None:
+        """Place a run of audio as ``place`` would each of its packets: the plain ones in
+        stretches (``CallSession.place_run``), each that needs a decision through ``place``."""
+        session = self.session
+        payloads, offsets = run.payloads, run.offsets
+        count = len(payloads)
+        index = 0
+        while index < count:
+            if session.ended or session.closing:
+                outcome = "max_duration" if session.closing == "max_duration" else "closed"
+                self.count_many(outcome, count - index)
+                return
+            held_up = self._flush is not None or self._retry_at is not None
+            if held_up and session.buffered() >= self._max_buffered:
+                self.count_many("overload", count - index)  # buffers cannot shrink here
+                return
+            may_flush = self._flush is None and (
+                self._retry_at is None or asyncio.get_running_loop().time() >= self._retry_at
+            )
+            end, due = session.place_run(
+                run.track,
+                payloads,
+                offsets,
+                now,
+                start=index,
+                bound=self._max_buffered if held_up else None,
+                stop_when_due=may_flush,
+            )
+            self.delivered += end - index
+            index = end
+            if due:
+                self._flush = asyncio.get_running_loop().create_task(self._flush_now())
+            elif index < count:
+                # One that needs a decision (a new track, not attached, past the limit...).
+                self.place([Audio(run.track, payloads[index], None, None, offsets[index])], now)
+                index += 1
+
     def receive(self, track: Track, data: bytes, addr: tuple[str, int]) -> None:
+        """One datagram (the per-packet path: ``receive_batch`` is what the sockets use;
+        this one is the reference it must match)."""
         if self.closed:
             self.count("closed")
             return
@@ -277,8 +419,8 @@ class _RtpCall:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for socket in self.sockets:
-            socket.close()
+        for sock in self.sockets:
+            sock.close()
 
 
 class RtpIngest(CallTransport):
@@ -373,23 +515,23 @@ class RtpIngest(CallTransport):
             if port is None:
                 break
             call.ports[track] = port
-            bound: list[_Port] = []
+            bound: list[_Port | _Reader] = []
             try:
-                for number, receive in (
-                    (port, lambda data, addr: call.receive(track, data, addr)),
-                    (port + 1, lambda data, addr: call.count("rtcp")),
-                ):
-                    socket = _Port(receive)
-                    call.sockets.append(socket)
-                    bound.append(socket)
-                    await loop.create_datagram_endpoint(
-                        lambda socket=socket: socket,  # type: ignore[misc]
-                        local_addr=(self._settings.host, number),
-                    )
+                reader = _Reader(lambda batch: call.receive_batch(track, batch))
+                call.sockets.append(reader)
+                bound.append(reader)
+                await reader.bind(self._settings.host, port)
+                rtcp = _Port(lambda data, addr: call.count("rtcp"))
+                call.sockets.append(rtcp)
+                bound.append(rtcp)
+                await loop.create_datagram_endpoint(
+                    lambda rtcp=rtcp: rtcp,  # type: ignore[misc]
+                    local_addr=(self._settings.host, port + 1),
+                )
             except OSError as e:
-                for socket in bound:
-                    socket.close()
-                    call.sockets.remove(socket)
+                for sock in bound:
+                    sock.close()
+                    call.sockets.remove(sock)
                 del call.ports[track]
                 self._pool.give_back(port)
                 if e.errno in (errno.EADDRINUSE, errno.EACCES):
