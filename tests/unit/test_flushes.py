@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
-from gateway.session import CallSession, SessionLimits, TrackWriter, flush_phase
+from gateway.session import CallSession, SessionLimits, flush_phase
+from gateway.trackwriter import TrackWriter
 from storage.errors import StorageUnavailable
 from tests.unit.test_session import NOW, FakeUpload, continued, session
 

@@ -12,14 +12,8 @@ import pytest
 from gateway.errors import MaxDurationReached
 from gateway.ingest.events import Audio, Track
 from gateway.metrics import GatewayMetrics
-from gateway.session import (
-    MAX_HELD_FLUSHES,
-    MAX_JUMP_S,
-    MAX_RUN_BYTES,
-    CallSession,
-    SessionLimits,
-    TrackWriter,
-)
+from gateway.session import MAX_HELD_FLUSHES, MAX_JUMP_S, CallSession, SessionLimits
+from gateway.trackwriter import MAX_RUN_BYTES, TrackWriter
 from storage.catalog import Call, Recording
 from storage.errors import CatalogUnavailable, StorageUnavailable
 from storage.media.tracks import RecordParser, TrackRecord
