@@ -587,7 +587,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 step,
                 t,
                 args.contestants,
-                args.start,
+                args.start[t],
                 args.growth,
                 args.precision,
                 args.most,
@@ -632,7 +632,13 @@ def main() -> None:
         help="both contestants' event loop",
     )
     parser.add_argument("--loadgen-loop", choices=("uvloop", "asyncio"), default="uvloop")
-    parser.add_argument("--start", type=int, default=100, help="calls of the first step")
+    parser.add_argument(
+        "--start",
+        type=starts,
+        default=starts(""),
+        help="calls of the first step: N for every transport, or transport=N,... "
+        f"(the rest as by default: {', '.join(f'{t}={n}' for t, n in START.items())})",
+    )
     parser.add_argument("--growth", type=float, default=1.5, help="factor between steps")
     parser.add_argument("--precision", type=float, help="bisect to this fraction (0.05)")
     parser.add_argument("--most", type=int, default=1900, help="the search stops here")
@@ -672,6 +678,24 @@ def main() -> None:
     plot(report["transports"], args.plot, title)
     report["plot"] = str(args.plot)
     print(json.dumps(report, default=str))
+
+
+START = {"twilio": 120, "fork": 150, "audiosocket": 200, "srtp": 300}
+"""Where each transport's search starts by default: near what a core took in earlier runs
+(bench/README.md), so a search spends its steps near the answer."""
+
+
+def starts(text: str) -> dict[str, int]:
+    """``--start``: ``N`` (every transport) or ``twilio=N,srtp=M`` (the rest by default)."""
+    if text.strip().isdigit():
+        return dict.fromkeys(TRANSPORTS, int(text))
+    found = dict(START)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in TRANSPORTS or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"--start: {item!r} is not transport=N")
+        found[name] = int(value)
+    return found
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ step, and the search for the most calls that pass (driven by fake steps)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import pytest
 
 from bench import loadgen
 from bench.bare import Stats
-from bench.capacity import Contestant, Sample, loadgen_command, record_step
+from bench.capacity import (
+    START,
+    TRANSPORTS,
+    Contestant,
+    Sample,
+    loadgen_command,
+    record_step,
+    starts,
+)
 from bench.capacity_rules import (
     CONFIRM_TRIES,
     Search,
@@ -323,3 +332,12 @@ def test_the_loadgen_command_parses_whatever_the_token_begins_with() -> None:
     bare = Contestant("bare", 0, None, "http://127.0.0.1:2", None, Path())  # type: ignore[arg-type]
     options = loadgen.parse(loadgen_command(bare, "fork", 2, 1.0, 0.0, 1, "asyncio")[5:])
     assert options.bare and options.setup_token is None and options.base == "http://127.0.0.1:2"
+
+
+def test_start_is_one_number_for_every_transport_or_some_by_name() -> None:
+    assert starts("80") == dict.fromkeys(TRANSPORTS, 80)
+    assert starts("srtp=500, twilio=90") == {**START, "srtp": 500, "twilio": 90}
+    assert starts("") == START
+    for bad in ("sip=5", "srtp=", "srtp=0", "srtp=-3", "twilio=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="transport=N"):
+            starts(bad)
