@@ -16,6 +16,7 @@ from bench.capacity import (
     TRANSPORTS,
     Contestant,
     Sample,
+    StepOptions,
     loadgen_command,
     record_step,
     starts,
@@ -341,3 +342,10 @@ def test_start_is_one_number_for_every_transport_or_some_by_name() -> None:
     for bad in ("sip=5", "srtp=", "srtp=0", "srtp=-3", "twilio=x"):
         with pytest.raises(argparse.ArgumentTypeError, match="transport=N"):
             starts(bad)
+
+
+def test_a_step_ramps_at_the_start_rate_and_keeps_its_steady_window_length() -> None:
+    spread = StepOptions(seconds=12.0, ramp=2.0, start_rate=25.0).spread
+    assert spread(10) == (2.0, 14.0)  # few calls: the ramp's floor
+    assert spread(500) == (20.0, 32.0)  # 25 starts a second; 12 s with all 500 live
+    assert StepOptions(seconds=12.0, ramp=2.0).spread(500) == (2.0, 12.0)  # rate 0: as given
