@@ -97,7 +97,7 @@ def print_report(report: Mapping[str, Any]) -> None:
         "that passed, per core of the contestant's CPU there"
     )
     head = ["transport", "cv max calls", "cv calls/core", "bare max calls", "bare calls/core"]
-    head += ["ratio", "µs/frame cv, bare", "RSS/call KiB cv"]
+    head += ["cv/bare max calls", "cv/bare calls/core", "µs/frame cv, bare", "RSS/call KiB cv"]
     rows = []
     for row in report["transports"]:
         cv, bare = row.get("callvault", {}), row.get("bare", {})
@@ -109,6 +109,7 @@ def print_report(report: Mapping[str, Any]) -> None:
                 flagged(bare),
                 bare.get("calls_per_core"),
                 None if row.get("ratio") is None else f"**{row['ratio']}x**",
+                None if row.get("ratio_per_core") is None else f"{row['ratio_per_core']}x",
                 f"{cv.get('us_per_frame')}, {bare.get('us_per_frame')}",
                 cv.get("rss_per_call_kib"),
             ]
