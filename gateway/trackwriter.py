@@ -7,6 +7,7 @@ touches (``append``) and every flush (``flush``/``commit``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -119,9 +120,13 @@ class TrackWriter:
         except BaseException:
             if commit:
                 # Cancelled mid-commit (its handler's task, under load): the object may be
-                # closed already, so it is never committed twice; what it wrote is in the
-                # spool, which the commit closed for recovery to publish.
-                self.upload = None
+                # closed already, so it is never committed twice. It goes to recovery as a
+                # failed one does: its spool file closed and released for the publisher to
+                # publish (or, committed meanwhile, to discard), in a task of its own that
+                # the cancellation cannot stop.
+                upload, self.upload = self.upload, None
+                if upload is not None:
+                    _hand_over(upload, now)
             raise
         if commit:
             self.upload = None
@@ -144,3 +149,22 @@ class TrackWriter:
                 await upload.abandon(now=now)
             except CallvaultError as e:
                 log.warning("a failed upload could not be closed cleanly: %s", e.code)
+
+
+_HANDOVERS: set[asyncio.Task[None]] = set()
+"""Uploads of cancelled commits being handed to recovery (held so they are not collected)."""
+
+
+def _hand_over(upload: SealingUpload, now: datetime) -> None:
+    async def abandon() -> None:
+        try:
+            await upload.abandon(now=now)
+        except CallvaultError as e:
+            log.warning("a cancelled commit's upload could not be closed cleanly: %s", e.code)
+
+    try:
+        task = asyncio.get_running_loop().create_task(abandon())
+    except RuntimeError:  # no loop any more (the process is ending): recovery at next start
+        return
+    _HANDOVERS.add(task)
+    task.add_done_callback(_HANDOVERS.discard)

@@ -11,7 +11,9 @@ from typing import Any, BinaryIO
 import pytest
 
 import storage.spool as spool_module
+from gateway.trackwriter import TrackWriter
 from storage.errors import CatalogUnavailable, StorageError, StorageUnavailable
+from storage.media.tracks import RecordParser
 from storage.spool import Spool
 from storage.vault import MediaVault, SealingUpload
 from tests.functional.test_vault import AUDIO, T0, Parts, everything_at_rest, parts
@@ -279,3 +281,47 @@ async def test_a_catalog_outage_at_commit_leaves_the_object_to_recovery(
     assert (recovered.id, recovered.state) == (upload.object_id, "committed")
     assert await vault.read_object("acme", upload.object_id) == FLUSHED + UNFLUSHED
     assert vault.spool.keys() == []
+
+
+@pytest.mark.parametrize("where", ["mark_committed", "write"])
+async def test_a_commit_cancelled_midway_leaves_the_object_to_recovery(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A track's commit cancelled (its handler's task, under load) while it waited for the
+    catalog or wrote its last audio: the track hands the upload to recovery, which publishes
+    what was flushed. Before the fix the spool key stayed 'open' until a restart, so the
+    object stayed 'writing' (export 503) and its bytes counted against the spool (a review
+    finding, at both places)."""
+    vault = spooled_vault(parts)
+    spool = vault.spool
+    assert spool is not None
+    upload = await vault.create_object(
+        tenant="acme", kind="audio", data_class="recordings", track="inbound", now=T0, spooled=True
+    )
+    track = TrackWriter(packets=False, position=0)
+    track.upload = upload
+    track.append(0, FLUSHED, len(FLUSHED))
+    await track.flush(T0)
+    track.append(len(FLUSHED), UNFLUSHED, len(UNFLUSHED))
+
+    async def cancelled(*args: Any, **kwargs: Any) -> Any:
+        raise asyncio.CancelledError
+
+    if where == "mark_committed":
+        monkeypatch.setattr(parts.catalog.objects, "mark_committed", cancelled)
+    else:
+        monkeypatch.setattr(upload._upload, "write", cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await track.commit(T0)
+    assert track.upload is None
+    monkeypatch.undo()
+    for _ in range(100):  # the hand-over runs in a task of its own
+        if not spool.is_open(upload.record.store_key):
+            break
+        await asyncio.sleep(0.01)
+    [recovered] = await vault.recover_spooled(now=T0)
+    assert (recovered.id, recovered.state) == (upload.object_id, "committed")
+    parser = RecordParser()
+    [kept, *_] = parser.feed(await vault.read_object("acme", upload.object_id))
+    assert (kept.offset, kept.payload) == (0, FLUSHED)  # what was flushed is kept
+    assert spool.keys() == []

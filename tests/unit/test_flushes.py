@@ -249,12 +249,16 @@ class ClosingThenCancelled(FakeUpload):
     def __init__(self) -> None:
         super().__init__()
         self.commits = 0
+        self.abandoned = 0
 
     async def commit(self, *, now: datetime) -> Any:
         self.commits += 1
         if self.commits > 1:
             raise ValueError("the object is already closed")
         raise asyncio.CancelledError
+
+    async def abandon(self, *, now: datetime) -> None:
+        self.abandoned += 1
 
 
 async def test_a_commit_cancelled_midway_is_never_tried_again() -> None:
@@ -270,6 +274,9 @@ async def test_a_commit_cancelled_midway_is_never_tried_again() -> None:
     assert track.upload is None
     await track.commit(NOW)  # the release's publish: nothing left to commit
     assert upload.commits == 1
+    # ... and handed to recovery, in a task of its own the cancellation did not stop.
+    await asyncio.sleep(0)
+    assert upload.abandoned == 1
 
 
 async def test_the_ticker_flushes_a_quiet_call_only_once_its_flush_is_due() -> None:
