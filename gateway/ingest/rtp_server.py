@@ -20,7 +20,9 @@ one task per call. UDP cannot push back on a slow disk, so a call whose buffered
 reaches ``MAX_BUFFERED_FLUSHES`` flushes' worth drops further audio, counted
 (``overload``), instead of growing without bound. Audio that would lie past the call's
 maximum duration is dropped, counted (``max_duration``), and the registry's ticker ends the
-call (the session is closing). Nothing a peer sends raises out of ``datagram_received``.
+call (the session is closing). Nothing a peer sends raises out of a socket's reader; a bug
+in the batch path costs the rest of its batch (up to ``MAX_BATCH`` datagrams, logged, not
+counted), never the port.
 """
 
 from __future__ import annotations
@@ -155,10 +157,19 @@ class _Reader:
         ``create_datagram_endpoint`` does) and start reading; ``OSError`` as binding
         raises it."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        try:  # a numeric address (the default) needs no resolver thread
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST
+            )
+        except socket.gaierror:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         error: OSError | None = None
         for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as e:  # this family is not supported here: the next address
+                error = e
+                continue
             try:
                 sock.setblocking(False)
                 sock.bind(address)
