@@ -17,6 +17,8 @@ import importlib.util
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
+from crypto.errors import ConfigError
+
 T = TypeVar("T")
 
 LoopChoice = Literal["auto", "uvloop", "asyncio"]
@@ -34,6 +36,12 @@ def loop_kind(choice: LoopChoice) -> LoopKind:
     """The loop ``choice`` names (``auto``: uvloop when it can be imported, else asyncio)."""
     if choice == "auto":
         return "uvloop" if uvloop_available() else "asyncio"
+    if choice == "uvloop" and not uvloop_available():
+        raise ConfigError(
+            "CALLVAULT_HTTP__LOOP",
+            "is uvloop, which cannot be imported here; install it (it is a dependency of "
+            "callvault) or choose asyncio or auto.",
+        )
     return choice
 
 

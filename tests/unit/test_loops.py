@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from crypto.errors import ConfigError
 from gateway import loops
 
 
@@ -13,7 +14,6 @@ def test_auto_is_uvloop_when_importable(monkeypatch: pytest.MonkeyPatch) -> None
     assert loops.loop_kind("auto") == "uvloop"  # pinned and installed
     monkeypatch.setattr(loops, "uvloop_available", lambda: False)
     assert loops.loop_kind("auto") == "asyncio"
-    assert loops.loop_kind("uvloop") == "uvloop"
     assert loops.loop_kind("asyncio") == "asyncio"
 
 
@@ -56,3 +56,13 @@ async def test_an_early_wake_up_counts_as_no_lag() -> None:
     with pytest.raises(asyncio.CancelledError):
         await loops.probe_lag(observed.append, time=lambda: now[0], sleep=sleep)
     assert observed == [0.0]
+
+
+def test_uvloop_asked_for_where_it_cannot_be_imported_is_a_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loops, "uvloop_available", lambda: False)
+    with pytest.raises(ConfigError, match="CALLVAULT_HTTP__LOOP") as refused:
+        loops.loop_kind("uvloop")
+    assert "cannot be imported" in str(refused.value)
+    assert loops.loop_kind("asyncio") == "asyncio"
