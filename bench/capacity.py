@@ -86,6 +86,7 @@ from bench.capacity_rules import (  # noqa: E402
     quantile,
     sample_total,
 )
+from bench.procstat import core_busy_seconds, cpu_seconds  # noqa: E402
 
 TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp")
 TRACKS = {"twilio": 2, "fork": 2, "audiosocket": 1, "srtp": 2}
@@ -139,26 +140,6 @@ def cores() -> tuple[int, int]:
     """The contestant's core and the load generator's (the same on a 1-core machine)."""
     available = sorted(os.sched_getaffinity(0))
     return available[0], available[1] if len(available) > 1 else available[0]
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of every thread of ``pid`` so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
-
-
-def core_busy_seconds(core: int) -> float:
-    """CPU time ``core`` has spent busy (not idle, not waiting for I/O), all processes."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *ticks = line.split()
-        if name == f"cpu{core}":
-            values = [int(tick) for tick in ticks]
-            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
-    raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
 def rss_kib(pid: int) -> int:

@@ -78,6 +78,7 @@ import numpy as np  # noqa: E402
 
 from bench.loadcalls import FRAME_S, Call, bearer  # noqa: E402
 from bench.loadframes import check_track  # noqa: E402
+from bench.procstat import core_busy_seconds  # noqa: E402
 
 TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp", "rtp")
 MIXED = ("twilio", "fork", "audiosocket", "srtp")
@@ -488,21 +489,15 @@ async def run(options: Options) -> Result:
     return result
 
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def core_busy() -> float | None:
     """Busy seconds (all processes) of the one core this process is pinned to, if it is."""
     cores = os.sched_getaffinity(0)
     if len(cores) != 1:
         return None
-    name = f"cpu{next(iter(cores))}"
-    for line in Path("/proc/stat").read_text().splitlines():
-        field, *ticks = line.split()
-        if field == name:
-            values = [int(t) for t in ticks]
-            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
-    return None
+    try:
+        return core_busy_seconds(next(iter(cores)))
+    except RuntimeError:
+        return None
 
 
 def raise_fd_limit() -> None:

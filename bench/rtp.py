@@ -107,6 +107,7 @@ from arguments import positive, positive_list  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from report import print_table  # noqa: E402
 
+from bench.procstat import core_busy_seconds, cpu_seconds  # noqa: E402
 from gateway.app import build_app  # noqa: E402
 from gateway.auth import ensure_operator_token  # noqa: E402
 from gateway.ingest.rtp import KEY_LENGTH, SrtpKey  # noqa: E402
@@ -191,26 +192,6 @@ def raise_fd_limit() -> None:
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 16
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of every thread of ``pid`` so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
-
-
-def core_busy_seconds(core: int) -> float:
-    """CPU time ``core`` has spent busy (not idle, not waiting for I/O), all processes."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *ticks = line.split()
-        if name == f"cpu{core}":
-            values = [int(t) for t in ticks]
-            return (sum(values[:8]) - values[3] - values[4]) / TICKS  # less idle, iowait
-    raise RuntimeError(f"no cpu{core} in /proc/stat")
 
 
 def kernel_udp_drops() -> int:
