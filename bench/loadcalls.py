@@ -37,6 +37,11 @@ from bench.loadframes import (
 )
 from gateway.ingest.rtp import SrtpKey
 
+
+class SetupError(Exception):
+    """Usage or setup failed (the load generator exits 2), or a call could not start."""
+
+
 FRAME_S = 0.02
 END_TIMEOUT_S = 30.0
 """How long a call's end (the server's close, or the hang-up API) may take."""
@@ -287,7 +292,9 @@ class Call:
             self.socks.append(sock)
             sends.append(sock.send)
             crypto = offer.get("crypto")
-            if self.transport == "srtp" and crypto:
+            if self.transport == "srtp":
+                if not crypto:  # never plain RTP under the name of SRTP
+                    raise SetupError("an srtp call's offer has no crypto keys")
                 protects.append(SrtpKey.from_sdes(crypto[name]).session(outbound=True).protect)
             else:
                 protects.append(None)

@@ -206,6 +206,9 @@ class TrackCheck:
     frames: int
     matched: int
     failure: str | None = None
+    start: int | None = None
+    """The sample where the track's frame 0 lies (its frames are checked relative to it;
+    where it lies is for the caller to judge: ``aligned``)."""
 
     @property
     def lost(self) -> int:
@@ -244,4 +247,21 @@ def check_track(exported: Pcm, encoding: str, call: int, track: int, frames: int
     if exported[start + frames * FRAME :].any():
         failure = failure or "audio after the last frame"
         matched = min(matched, frames - 1)
-    return TrackCheck(frames, matched, failure)
+    return TrackCheck(frames, matched, failure, start)
+
+
+def aligned(transport: str, checks: list[TrackCheck]) -> str | None:
+    """Where each track's frame 0 lies, judged: a WebSocket or AudioSocket call's first
+    stream starts its timeline at 0, so every track's frame 0 must lie at sample 0; an RTP
+    track starts where the call's clock says its first packet arrived, and a call's two
+    tracks, sent in the same tick, within one frame of each other. ``None``: in line."""
+    starts = [c.start for c in checks if c.start is not None]
+    if not starts:
+        return None
+    if transport in ("srtp", "rtp"):
+        if max(starts) - min(starts) > FRAME:
+            return f"tracks out of line: frame 0 at samples {starts}"
+        return None
+    if any(start != 0 for start in starts):
+        return f"frame 0 not at the call's start: at samples {starts}"
+    return None

@@ -76,8 +76,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.loadcalls import FRAME_S, Call, bearer  # noqa: E402
-from bench.loadframes import check_track  # noqa: E402
+from bench.loadcalls import FRAME_S, Call, SetupError, bearer  # noqa: E402
+from bench.loadframes import aligned, check_track  # noqa: E402
 from bench.procstat import core_busy_seconds  # noqa: E402
 
 TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp", "rtp")
@@ -93,10 +93,6 @@ INSTRUCTIONS = {
     "consent": {"required": False},
     "transport": {"allow_unencrypted_rtp": True},
 }
-
-
-class SetupError(Exception):
-    """Usage or setup failed (exit 2)."""
 
 
 @dataclass
@@ -177,6 +173,7 @@ class Run:
         self.begin = self.ramp_from = 0.0
         self.ended: list[Call] = []
         self.checks: set[asyncio.Task[None]] = set()
+        self.verify = asyncio.Semaphore(VERIFY_CONCURRENCY)
         self.stopping = False
         self.tenant = options.tenant
         self.pbx = options.pbx_token
@@ -257,7 +254,7 @@ class Run:
             first = False
             self.ended.append(call)
             if self.o.minutes and not self.o.bare:
-                task = asyncio.create_task(self.check(http, call))
+                task = asyncio.create_task(self.bounded_check(http, call))
                 self.checks.add(task)
                 task.add_done_callback(self.checks.discard)
             number += self.o.calls
@@ -343,6 +340,12 @@ class Run:
             )
         )
 
+    async def bounded_check(self, http: aiohttp.ClientSession, call: Call) -> None:
+        """``check``, ``VERIFY_CONCURRENCY`` at a time (a soak's checks too: as many calls
+        ending at once must not flood the server with export polls)."""
+        async with self.verify:
+            await self.check(http, call)
+
     async def check(self, http: aiohttp.ClientSession, call: Call) -> None:
         if call.failure is not None or not call.announced:
             return
@@ -351,15 +354,19 @@ class Run:
         except (OSError, TimeoutError, aiohttp.ClientError, SetupError, wave.Error) as e:
             call.failure = f"export: {type(e).__name__}: {str(e)[:120]}"
             return
-        lost = 0
-        for track in range(call.tracks):
-            found = check_track(pcm[:, track], call.encoding, call.number, track, call.sent)
+        checks = [
+            check_track(pcm[:, track], call.encoding, call.number, track, call.sent)
+            for track in range(call.tracks)
+        ]
+        misplaced = aligned(call.transport, checks)
+        for track, found in enumerate(checks):
+            if misplaced is not None:  # each frame in line with its track, not with the call
+                found.matched, found.failure = 0, found.failure or misplaced
             self.result.frames_checked += found.matched
             call.checked += found.matched
-            lost += found.lost
+            call.lost += found.lost
             if found.failure and not call.failure:
                 call.failure = f"{call.transport} track {track}: {found.failure}"
-        call.lost = lost
 
     async def export(self, http: aiohttp.ClientSession, recording: str) -> Any:
         deadline = time.monotonic() + EXPORT_WAIT_S
@@ -409,13 +416,7 @@ class Run:
             if o.bare:
                 r.frames_checked = await self.bare_taken(http, before)
             elif not o.minutes:
-                verify = asyncio.Semaphore(VERIFY_CONCURRENCY)
-
-                async def bounded(call: Call) -> None:
-                    async with verify:
-                        await self.check(http, call)
-
-                await asyncio.gather(*(bounded(call) for call in self.ended))
+                await asyncio.gather(*(self.bounded_check(http, c) for c in self.ended))
             await asyncio.gather(*self.checks)
         return self.finish(wall, cpu)
 

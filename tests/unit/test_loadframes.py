@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.loadframes import FRAME, L16Frames, UlawFrames, check_track, expected, ulaw_table
+from bench.loadframes import (
+    FRAME,
+    L16Frames,
+    UlawFrames,
+    aligned,
+    check_track,
+    expected,
+    ulaw_table,
+)
 from storage.media.codecs import codec
 
 FRAMES = 300
@@ -85,3 +93,28 @@ def test_a_silent_track_loses_everything_and_a_silent_one_that_sent_nothing_pass
     silent = np.zeros(FRAMES * FRAME, np.int16)
     assert check_track(silent, "l16", CALL, TRACK, FRAMES).lost == FRAMES
     assert check_track(silent, "l16", CALL, TRACK, 0).failure is None
+
+
+def test_tracks_out_of_line_with_the_call_fail_though_each_is_exact() -> None:
+    """Each track checked on its own is exact relative to its own frame 0; whether that
+    frame 0 lies where the call puts it is ``aligned``'s: a review found that an outbound
+    channel 20 ms behind the inbound one, or a whole call 1 s late, passed."""
+    frames, lead = 200, 8000
+    inbound = np.concatenate([expected("ulaw", 7, 0, frames), np.zeros(2 * FRAME, np.int16)])
+    late = np.concatenate(
+        [np.zeros(FRAME, np.int16), expected("ulaw", 7, 1, frames), np.zeros(FRAME, np.int16)]
+    )
+    in_line = [
+        check_track(inbound, "ulaw", 7, 0, frames),
+        check_track(inbound, "ulaw", 7, 0, frames),
+    ]
+    assert aligned("twilio", in_line) is None
+    shifted = [check_track(inbound, "ulaw", 7, 0, frames), check_track(late, "ulaw", 7, 1, frames)]
+    assert all(c.failure is None and c.lost == 0 for c in shifted)  # each exact on its own
+    assert aligned("twilio", shifted) is not None and aligned("fork", shifted) is not None
+    assert aligned("srtp", shifted) is None  # RTP tracks anchor apart: within a frame is fine
+    whole_call_late = np.concatenate([np.zeros(lead, np.int16), inbound])
+    found = check_track(whole_call_late, "ulaw", 7, 0, frames)
+    assert found.start == lead and aligned("audiosocket", [found]) is not None
+    far = np.concatenate([np.zeros(2 * FRAME + 1, np.int16), inbound])
+    assert aligned("rtp", [in_line[0], check_track(far, "ulaw", 7, 0, frames)]) is not None
