@@ -38,9 +38,10 @@ pytest: $(VENV)/.installed-dev
 test: lint typecheck pytest
 
 # capacity.py: the most live calls per core with nothing lost, callvault against the bare
-# receiver per transport, and bench/capacity.png; CAPACITY_ARGS shortens it (10 s calls, 10 %
-# precision, 7 steps a search: 20 min once on a busy 2-core machine; `--quick` for a smoke).
-CAPACITY_ARGS ?= --seconds 10 --precision 0.1 --max-steps 7
+# receiver per transport, and bench/capacity.png; CAPACITY_ARGS shortens it (10 s with all
+# calls live, 15 % precision, 5 steps a search: ~35 min on this 2-core machine kind, where
+# bench/README.md's runs of 4 and 3 steps took 17 + 12 min; `--quick` for a smoke).
+CAPACITY_ARGS ?= --seconds 10 --precision 0.15 --max-steps 5
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/capacity.py $(CAPACITY_ARGS)
 	$(BIN)/python bench/crypto.py
