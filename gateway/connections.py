@@ -157,8 +157,11 @@ class GuardedConnection(asyncio.Protocol):
         refused = self._count.admit(self._peer)
         if refused is not None:
             self._metrics.connections_dropped.labels("http", refused).inc()
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(busy_response(refused))
+            # Duck-typed: uvloop's stream transports are not asyncio.WriteTransport
+            # subclasses (an isinstance check sent them no answer, only the close).
+            write = getattr(transport, "write", None)
+            if write is not None:
+                write(busy_response(refused))
             transport.close()
             return
         self._counted = True
