@@ -55,6 +55,8 @@ import numpy as np  # noqa: E402
 import pylibsrtp  # noqa: E402
 from aiohttp import WSMsgType, web  # noqa: E402
 
+from crypto.errors import ConfigError  # noqa: E402
+from gateway import loops  # noqa: E402
 from gateway.ingest.rtp import SrtpKey  # noqa: E402
 
 PROBE_S = 0.05
@@ -310,17 +312,11 @@ def main() -> None:
     p.add_argument("--rtp-ports", type=port_range, default=None)
     p.add_argument("--audiosocket-port", type=int, default=0)
     args = p.parse_args()
-    factory = asyncio.new_event_loop
-    if args.loop != "asyncio":
-        try:
-            import uvloop
-
-            factory = uvloop.new_event_loop
-        except ImportError:
-            if args.loop == "uvloop":
-                p.error("uvloop is not installed")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(args))
+    try:
+        kind = loops.loop_kind(args.loop)  # the choice serve makes of CALLVAULT_HTTP__LOOP
+    except ConfigError:
+        p.error("uvloop is not installed")
+    loops.run(serve(args), kind)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ import secrets
 import sys
 import time
 import wave
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +78,8 @@ import numpy as np  # noqa: E402
 from bench.loadcalls import FRAME_S, Call, SetupError, bearer  # noqa: E402
 from bench.loadframes import aligned, check_track  # noqa: E402
 from bench.procstat import core_busy_seconds  # noqa: E402
+from crypto.errors import ConfigError  # noqa: E402
+from gateway import loops  # noqa: E402
 
 TRANSPORTS = ("twilio", "fork", "audiosocket", "srtp", "rtp")
 MIXED = ("twilio", "fork", "audiosocket", "srtp")
@@ -485,8 +486,7 @@ async def run(options: Options) -> Result:
         raise SetupError(f"unknown transport {options.transport!r}")
     raise_fd_limit()
     result = await Run(options).run()
-    loop = type(asyncio.get_running_loop()).__module__
-    result.loop = "uvloop" if loop.startswith("uvloop") else "asyncio"
+    result.loop = loops.running_kind()
     return result
 
 
@@ -506,18 +506,6 @@ def raise_fd_limit() -> None:
     hard = 1 << 16 if hard == resource.RLIM_INFINITY else hard
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def loop_factory(kind: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
-    if kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise SetupError("--loop uvloop: uvloop is not installed") from None
-        else:
-            return "uvloop", uvloop.new_event_loop
-    return "asyncio", asyncio.new_event_loop
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -547,10 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return 2 if e.code else 0
     try:
-        _, factory = loop_factory(options.loop)
-        with asyncio.Runner(loop_factory=factory) as runner:
-            result = runner.run(run(options))
-    except (SetupError, aiohttp.ClientError, OSError) as e:  # setup, or the server gone
+        result = loops.run(run(options), loops.loop_kind(options.loop))
+    except (SetupError, ConfigError, aiohttp.ClientError, OSError) as e:  # setup, server gone
         print(f"loadgen: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print_result(result)
