@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
 from crypto.errors import ConfigError
+from gateway.settings import LoopChoice
 
 T = TypeVar("T")
 
-LoopChoice = Literal["auto", "uvloop", "asyncio"]
 LoopKind = Literal["uvloop", "asyncio"]
 
 LAG_PROBE_S = 0.05

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from storage.catalog import TenantLimits
 
 
+LoopChoice = Literal["auto", "uvloop", "asyncio"]
+"""``CALLVAULT_HTTP__LOOP``'s values (``gateway.loops`` acts on them)."""
+
+
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     """Address the API and WebSocket ingest listen on (not loopback: needs TLS or
@@ -46,7 +50,7 @@ class HttpSettings(BaseModel):
     keepalive_timeout: timedelta = Field(default=timedelta(seconds=75), gt=timedelta(0))
     """An idle kept-alive connection, or one whose next request is not all there, is closed
     after this. Default `PT75S`."""
-    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    loop: LoopChoice = "auto"
     """The event loop `serve` runs on: `uvloop`, `asyncio` (the standard library's), or
     `auto` (uvloop when it can be imported, else asyncio). Default `auto`."""
 
