@@ -29,11 +29,11 @@ from gateway.ingest import rtp_server
 from gateway.ingest.rtp import PayloadTypes, RtpTrackReceiver, SrtpKey, Timeline, unprotector
 from gateway.ingest.rtp_server import OUTCOMES, TRACKS, _Reader, _RtpCall
 from gateway.metrics import GatewayMetrics
-from gateway.session import CallSession, SessionLimits
-from storage.catalog import Call, Recording
+from gateway.session import CallSession
 from storage.media.codecs import codec as media_codec
 from storage.media.tracks import RecordParser, TrackRecord
 from tests.rtp import RtpSender, UdpSender
+from tests.unit.test_session import session
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 PEER = ("192.0.2.10", 40_000)
@@ -49,44 +49,14 @@ class FakeClock(Clock):
 
 
 def live_session(codec: str, *, flush_bytes: int, max_duration_s: float) -> CallSession:
-    rate = 48_000 if codec == "opus" else 8_000
-    call = Call(
-        tenant_id="acme",
-        id="call-1",
-        from_number="+40711111111",
-        to_number="+40722222222",
-        direction="inbound",
-        consent="granted",
+    """An RTP call's session, not yet attached (the glue attaches it at its first packet)."""
+    return session(
+        codec,
+        max_duration_s=max_duration_s,
         transport="rtp",
-        codec=codec,
-        sample_rate=rate,
-        instructions_version=1,
-        decision={"store_recording": True, "ai": []},
-        refusal_code=None,
-        started_at=NOW,
-        ended_at=None,
-    )
-    recording = Recording(
-        id="rec-1",
-        tenant_id="acme",
-        call_id="call-1",
-        status="recording",
-        instructions_version=1,
-        created_at=NOW,
-        ended_at=None,
-        audio_purged=False,
-        failure_reason=None,
-        deleted_at=None,
-        delete_reason=None,
-    )
-    return CallSession(
-        call=call,
-        recording=recording,
-        vault=None,  # type: ignore[arg-type]
-        limits=SessionLimits(
-            flush_bytes=flush_bytes, max_duration=timedelta(seconds=max_duration_s)
-        ),
-        metrics=GatewayMetrics(None),
+        flush_bytes=flush_bytes,
+        at=NOW,
+        attach=False,
     )
 
 

@@ -173,8 +173,17 @@ LIMIT_S = 2
 RATE = 8000
 
 
-def session(codec: str = "pcmu", *, max_duration_s: float = LIMIT_S) -> CallSession:
-    """A live session of a call (no I/O: ``place`` never touches the vault)."""
+def session(
+    codec: str = "pcmu",
+    *,
+    max_duration_s: float = LIMIT_S,
+    transport: str = "twilio",
+    flush_bytes: int = SessionLimits().flush_bytes,
+    at: datetime = NOW,
+    attach: bool = True,
+) -> CallSession:
+    """A live session of a call (no I/O: ``place`` never touches the vault), started and
+    (with ``attach``) attached at ``at``."""
     call = Call(
         tenant_id="acme",
         id="call-1",
@@ -182,13 +191,13 @@ def session(codec: str = "pcmu", *, max_duration_s: float = LIMIT_S) -> CallSess
         to_number="+40722222222",
         direction="inbound",
         consent="granted",
-        transport="twilio",
+        transport=transport,
         codec=codec,
-        sample_rate=RATE,
+        sample_rate=48_000 if codec == "opus" else RATE,
         instructions_version=1,
         decision={"store_recording": True, "ai": []},
         refusal_code=None,
-        started_at=NOW,
+        started_at=at,
         ended_at=None,
     )
     recording = Recording(
@@ -197,7 +206,7 @@ def session(codec: str = "pcmu", *, max_duration_s: float = LIMIT_S) -> CallSess
         call_id="call-1",
         status="recording",
         instructions_version=1,
-        created_at=NOW,
+        created_at=at,
         ended_at=None,
         audio_purged=False,
         failure_reason=None,
@@ -208,10 +217,13 @@ def session(codec: str = "pcmu", *, max_duration_s: float = LIMIT_S) -> CallSess
         call=call,
         recording=recording,
         vault=None,  # type: ignore[arg-type]
-        limits=SessionLimits(max_duration=timedelta(seconds=max_duration_s)),
+        limits=SessionLimits(
+            flush_bytes=flush_bytes, max_duration=timedelta(seconds=max_duration_s)
+        ),
         metrics=GatewayMetrics(None),
     )
-    live.attach(NOW)
+    if attach:
+        live.attach(at)
     return live
 
 
