@@ -399,7 +399,7 @@ class CallSession:
         writer = self.tracks.get(track)
         if self.ended or self.closing or self.paused or not self.attached or writer is None:
             return start, False
-        width, frames = self._codec.bytes_per_sample, self._codec.frames
+        width, frames = self._width, self._codec.frames
         time_due = self._flush_due(now)
         others = self.buffered() - writer.buffered if bound is not None else 0
         for end in range(start, len(payloads)):

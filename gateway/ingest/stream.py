@@ -77,18 +77,12 @@ class StreamBinding:
                     continue
                 session = self.session
                 assert session is not None  # noqa: S101 - parsers refuse audio before start
-                # Each check inline, its method called only to refuse: this runs per frame.
                 if session.ended or session.closing:
                     # First: an ended call says so (and why, if it reached its limit),
                     # whoever held it.
                     raise session.ended_refusal()
-                if session.token_revoked:
-                    self._refuse_if_revoked(session)
-                lease_until = session.lease_until
-                if session.holder != self._holder or (
-                    lease_until is not None and now >= lease_until
-                ):
-                    self._refuse_if_lease_lost(session, now)
+                self._refuse_if_revoked(session)
+                self._refuse_if_lease_lost(session, now)
                 try:
                     await session.receive(event, now)
                 except MaxDurationReached:
