@@ -372,3 +372,17 @@ def test_the_ratio_is_of_calls_that_passed_and_calls_per_core_is_kept_apart() ->
     cv, bare = out["callvault"], out["bare"]
     assert out["ratio"] == round(cv["max_calls"] / bare["max_calls"], 3) < 0.8
     assert out["ratio_per_core"] >= 1.0  # the projection, shown apart
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--calls", "0", "--seconds", "10"], ["--calls", "5", "--seconds", "0.01"],
+     ["--calls", "5", "--seconds", "10", "--ramp", "-1"],
+     ["--calls", "5", "--seconds", "10", "--minutes", "-2"]],
+)  # fmt: skip
+def test_the_load_generator_refuses_counts_out_of_bounds_with_exit_2(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--base", "http://127.0.0.1:9", "--transport", "srtp", *bad]
+    assert loadgen.main(argv) == 2
+    assert "--calls >= 1, --seconds >= 0.02" in capsys.readouterr().err
