@@ -41,7 +41,10 @@ says how much the shared machine disturbed the step (ideally near 0). callvault'
 includes answering this program's scrapes of ``/metrics`` (as it answers Prometheus's).
 ``--memory-calls`` runs that many calls of ``--memory-transport`` once on callvault, whatever
 the verdict, for its RSS per live call (at the highest RSS seen when the step had no steady
-window).
+window). Over SRTP its datagrams carry ``--memory-ptime`` ms of audio (100 by default): each
+call buffers, seals and stores the same audio through the same objects as at 20 ms, with a
+fifth of the datagrams, so that one core can keep 1,000 calls live while they are measured
+(at 20 ms it cannot: bench/README.md).
 
 Prints a markdown table per transport and a summary, one JSON line, and writes a PNG
 (``--plot``): calls against core share and loop lag p99 per transport, both contestants.
@@ -198,8 +201,11 @@ class Contestant:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def start_contestant(kind: str, loop: str, data_dir: Path, core: int) -> Contestant:
-    """``callvault serve`` or ``bench/bare.py`` on ``core``, ready."""
+def start_contestant(
+    kind: str, loop: str, data_dir: Path, core: int, settings: Mapping[str, str] | None = None
+) -> Contestant:
+    """``callvault serve`` or ``bench/bare.py`` on ``core``, ready. ``settings``: more
+    ``CALLVAULT_`` variables for ``serve`` (``--setting``), over this module's."""
     port = free_port()
     log_path = data_dir / f"{kind}.log"
     pin = ["taskset", "-c", str(core)]
@@ -228,6 +234,7 @@ def start_contestant(kind: str, loop: str, data_dir: Path, core: int) -> Contest
             # Transcription is not the media path; its worker would share the core.
             CALLVAULT_AI__WORKERS="0",
         )
+        env.update(settings or {})
         ready = f"http://127.0.0.1:{port}/readyz"
     else:
         command = [*pin, sys.executable, str(ROOT / "bench" / "bare.py"), "--port", str(port)]
@@ -289,10 +296,13 @@ def loadgen_command(
     ramp: float,
     core: int,
     loop: str,
+    ptime: int = 20,
 ) -> list[str]:
     command = ["taskset", "-c", str(core), sys.executable, str(ROOT / "bench" / "loadgen.py")]
     command += ["--base", contestant.base, "--transport", transport, "--calls", str(calls)]
     command += ["--seconds", str(seconds), "--ramp", str(ramp), "--loop", loop, "--json"]
+    if ptime != 20:
+        command += ["--ptime", str(ptime)]
     if contestant.kind == "bare":
         command.append("--bare")
     else:
@@ -323,6 +333,10 @@ class StepOptions:
     """Calls started per second at most (0: all N within ``ramp``): a step of N calls ramps
     over ``max(ramp, N / start_rate)`` and each call lasts that ramp longer, so the window
     when all N are live stays ``seconds`` long however large N grows."""
+    settings: Mapping[str, str] = field(default_factory=dict)
+    """``CALLVAULT_`` variables for ``callvault serve`` (``--setting``)."""
+    ptime: int = 20
+    """Milliseconds of audio per RTP/SRTP datagram (the loadgen's ``--ptime``)."""
 
     def spread(self, calls: int) -> tuple[float, float]:
         """The ramp and the call length of a step of ``calls`` calls."""
@@ -341,7 +355,9 @@ def run_step(options: StepOptions, kind: str, transport: str, calls: int) -> dic
     """``calls`` calls of ``transport`` against a fresh contestant ``kind``: its record."""
     with tempfile.TemporaryDirectory(prefix=f"callvault-capacity-{kind}-") as tmp:
         try:
-            contestant = start_contestant(kind, options.loop, Path(tmp), options.cores[0])
+            contestant = start_contestant(
+                kind, options.loop, Path(tmp), options.cores[0], options.settings
+            )
         except RuntimeError as e:  # not a verdict on its capacity, but no pass either
             why = [str(e).splitlines()[0], *str(e).splitlines()[-3:]]
             return {"contestant": kind, "transport": transport, "calls": calls,
@@ -367,6 +383,7 @@ def _measure(
         ramp,
         options.cores[1],
         options.loadgen_loop,
+        options.ptime,
     )
     samples: list[Sample] = []
     with out_path.open("wb") as out, err_path.open("wb") as err:
@@ -582,6 +599,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.loadgen_loop,
         (contestant_core, loadgen_core),
         start_rate=args.start_rate,
+        settings=args.setting,
     )
 
     def step(kind: str, transport: str, calls: int) -> dict[str, Any]:
@@ -593,6 +611,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "ramp": args.ramp,
         "start_rate": args.start_rate,
+        "settings": args.setting,
         "start": args.start,
         "growth": args.growth,
         "precision": args.precision,
@@ -619,11 +638,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.loadgen_loop,
             (contestant_core, loadgen_core),
             start_rate=args.start_rate,
+            settings=args.setting,
+            ptime=args.memory_ptime if args.memory_transport == "srtp" else 20,
         )
         record = run_step(memory_options, "callvault", args.memory_transport, args.memory_calls)
         print_step(record)
-        report["memory"] = {**record, "seconds": args.memory_seconds}
+        report["memory"] = {
+            **record,
+            "seconds": args.memory_seconds,
+            "ptime_ms": memory_options.ptime,
+        }
     return report
+
+
+def setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``--setting``: ``(CALLVAULT_NAME, VALUE)``."""
+    name, sep, value = text.partition("=")
+    name = name.strip().upper().removeprefix("CALLVAULT_")
+    if not sep or not name or not all(c.isalnum() or c == "_" for c in name):
+        raise argparse.ArgumentTypeError("NAME=VALUE, e.g. RTP__READ_INTERVAL=PT0S")
+    return "CALLVAULT_" + name, value
 
 
 def names(choices: Sequence[str]) -> Callable[[str], list[str]]:
@@ -673,6 +707,23 @@ def main() -> None:
     parser.add_argument("--memory-transport", choices=TRANSPORTS, default="srtp")
     parser.add_argument("--memory-seconds", type=float, help="(20)")
     parser.add_argument("--memory-ramp", type=float, help="(5)")
+    parser.add_argument(
+        "--memory-ptime",
+        type=int,
+        default=100,
+        help="ms of audio per SRTP datagram in the memory step (100): the same audio, "
+        "buffers and objects per call as at 20 ms, in a fifth of the datagrams, so that "
+        "one core keeps 1,000 calls live",
+    )
+    parser.add_argument(
+        "--setting",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a callvault setting for serve, repeatable: RTP__READ_INTERVAL=PT0S for "
+        "CALLVAULT_RTP__READ_INTERVAL",
+    )
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "capacity.png")
     parser.add_argument(
         "--quick",
@@ -680,6 +731,7 @@ def main() -> None:
         help="a smoke run: 6 s calls, 10 %% precision, 4 steps a search, 200 memory calls",
     )
     args = parser.parse_args()
+    args.setting = dict(args.setting)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -694,6 +746,7 @@ def main() -> None:
         f"ingest-to-durable p99 < {DURABLE_LIMIT_S * 1e3:.0f} ms (callvault), loadgen send "
         f"lag p99 <= {SEND_LAG_LIMIT_MS:.0f} ms; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}; {report['wall_s']} s"
+        + "".join(f"; {name}={value}" for name, value in args.setting.items())
     )
     print_report(report)
     title = (

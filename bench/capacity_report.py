@@ -118,7 +118,8 @@ def print_report(report: Mapping[str, Any]) -> None:
     if "memory" in report:
         m = report["memory"]
         print(
-            f"\nMemory: {m['calls']} {m['transport']} calls on callvault, {m['seconds']} s "
+            f"\nMemory: {m['calls']} {m['transport']} calls on callvault, {m['seconds']} s, "
+            f"{m.get('ptime_ms', 20)} ms a datagram "
             f"(verdict {m['verdict']}): RSS idle {m['rss_idle_kib']} KiB, steady "
             f"{m.get('rss_steady_kib')} KiB, peak {m.get('rss_peak_kib')} KiB: "
             f"**{m.get('rss_per_call_kib')} KiB per live call** ({m.get('rss_scope')}"

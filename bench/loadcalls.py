@@ -185,6 +185,9 @@ class Call:
     failure: str | None = None
     send: Callable[[int], None] | None = None
     done: asyncio.Future[None] | None = None
+    per_datagram: int = 1
+    """20 ms frames per RTP datagram (``--ptime`` / 20): a datagram goes out when its last
+    frame is due."""
     lost: int = 0
     """Frames the check found missing or misplaced."""
     checked: int = 0
@@ -304,7 +307,22 @@ class Call:
         pack = struct.Struct("!BBHII").pack
         tracks = list(zip(ssrcs, rests, protects, sends, strict=True))
 
+        per, frames = self.per_datagram, self.frames
+
         def send_rtp(k: int) -> None:
+            if per > 1:  # frames first..k in one datagram, sent when k is due
+                if (k + 1) % per and k + 1 < frames:
+                    return
+                first = k - k % per
+                seq, stamp = (k // per) & 0xFFFF, first * FRAME & 0xFFFFFFFF
+                for ssrc, rest, protect, send in tracks:
+                    payload = b"".join(index[j] + rest for j in range(first, k + 1))
+                    packet = pack(0x80, 0, seq, stamp, ssrc) + payload
+                    try:
+                        send(protect(packet) if protect is not None else packet)
+                    except OSError as e:
+                        self.failure = self.failure or f"rtp send: {e}"
+                return
             seq, stamp = k & 0xFFFF, k * FRAME & 0xFFFFFFFF
             for ssrc, rest, protect, send in tracks:
                 packet = pack(0x80, 0, seq, stamp, ssrc) + index[k] + rest

@@ -110,6 +110,8 @@ class Options:
     reader_token: str | None = None
     bare: bool = False
     loop: str = "auto"
+    ptime: int = 20
+    """Milliseconds of audio per RTP/SRTP datagram (20 ms frames packed together)."""
     json: bool = False
 
 
@@ -251,6 +253,7 @@ class Run:
         first = True
         while True:
             call = Call(number, self.transport_of(number), int(self.o.seconds * 50))
+            call.per_datagram = self.o.ptime // 20
             await self.one(call, http, gate, lane if first else None)
             first = False
             self.ended.append(call)
@@ -523,7 +526,15 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--bare", action="store_true")
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--ptime",
+        type=int,
+        default=20,
+        help="ms of audio per RTP/SRTP datagram: 20 (default) to 200, a multiple of 20",
+    )
     args = p.parse_args(argv)
+    if not 20 <= args.ptime <= 200 or args.ptime % 20:
+        p.error("--ptime: 20 to 200 ms, a multiple of 20")
     if args.calls < 1 or args.seconds < 0.02 or args.ramp < 0 or args.minutes < 0:
         p.error("--calls >= 1, --seconds >= 0.02, --ramp and --minutes >= 0")
     return Options(**vars(args))

@@ -161,6 +161,13 @@ class RtpSettings(BaseModel):
     """A call whose RTP stops arriving for this long is ended, and one that never sends a
     packet this long after its announcement (its ports go back to the pool). Default `PT30S`."""
 
+    read_interval: timedelta = Field(
+        default=timedelta(milliseconds=100), ge=timedelta(0), le=timedelta(milliseconds=200)
+    )
+    """How long the RTP sockets' datagrams may wait to be read together (one wake-up of the
+    event loop reads every ready socket, at most once per interval; Linux). `PT0S`: each
+    socket is read as soon as it turns readable. Default `PT0.1S` (100 ms)."""
+
     @model_validator(mode="after")
     def _range_is_ordered(self) -> RtpSettings:
         if self.port_min + (self.port_min % 2) + 1 > self.port_max:

@@ -10,10 +10,10 @@ never sent one, ``rtp.timeout`` after its announcement: ``start_timeout``, so an
 announcement cannot hold ports for the longer ``ingest.start_timeout``), when it reaches
 ``calls.max_duration``, at shutdown or when the tenant is deleted.
 
-Each RTP socket is read without a transport: a wake-up of the event loop drains it (up to
-``MAX_BATCH`` datagrams, until the socket would block) and hands the batch, with one reading
-of the clock, to the track's sans-I/O ``RtpTrackReceiver`` (``receive_batch``); the audio
-it releases comes out as runs of payloads, each placed on the call's session at once
+Each RTP socket is drained in one read (up to ``MAX_BATCH`` datagrams, until it would
+block; ``rtp_sockets`` says how and when) and the batch goes, with one reading of the clock,
+to the track's sans-I/O ``RtpTrackReceiver`` (``receive_batch``); the audio it releases
+comes out as runs of payloads, each placed on the call's session at once
 (``CallSession.place_run``: no event, task or counter per packet), exactly where placing
 them one by one (``CallSession.place``) would have put them; a flush that falls due runs as
 one task per call. UDP cannot push back on a slow disk, so a call whose buffered audio
@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from gateway.ingest.rtp import (
     SrtpKey,
     Timeline,
 )
+from gateway.ingest.rtp_sockets import Datagram, Poller, Port, Reader
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession, EndReason
 from gateway.settings import RtpSettings
@@ -63,12 +63,6 @@ MAX_BUFFERED_FLUSHES = 4
 """A call may hold this many flushes' worth of audio while its flush is slow or failing."""
 FLUSH_RETRY_S = 1.0
 """After a failed flush, the next one the datagrams ask for is started no sooner than this."""
-MAX_BATCH = 256
-"""Datagrams read from one socket per wake-up at most, so that one flooded port cannot hold
-the loop from the others."""
-RECV_BYTES = 65536
-"""The read buffer: any UDP datagram fits whole (a longer SRTP one is refused as
-``malformed`` all the same, and plain RTP is never cut)."""
 OUTCOMES = (*DROP_REASONS, *DELIVERED, "closed", "overload", "max_duration")
 """Every label of ``callvault_rtp_datagrams``: the receiver's, and the glue's own drops
 (``closed``: the call is ending; ``overload``: its flush cannot keep up; ``max_duration``:
@@ -114,102 +108,6 @@ class PortPool:
         self._free.append(port)
 
 
-class _Port(asyncio.DatagramProtocol):
-    """One UDP socket: hands every datagram to ``receive``."""
-
-    def __init__(self, receive: Callable[[bytes, tuple[str, int]], None]) -> None:
-        self._receive = receive
-        self.transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A BaseTransport: on 3.11 the selector loop's datagram transport is not declared
-        # a DatagramTransport, and only close() is needed.
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._receive(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for datagrams the gateway never sends: nothing to do.
-        log.debug("RTP socket error: %s", type(exc).__name__)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-Datagram = tuple[bytes, tuple[str, int]]
-
-
-class _Reader:
-    """One RTP socket, without a transport: each wake-up of the loop reads every datagram
-    waiting (``MAX_BATCH`` at most) and hands them to ``receive`` in one call. (asyncio's
-    datagram transport reads one datagram per wake-up and calls its protocol per datagram.)
-    Works on any loop that has ``add_reader`` (asyncio's selector loops, uvloop)."""
-
-    def __init__(self, receive: Callable[[list[Datagram]], None]) -> None:
-        self._receive = receive
-        self._socket: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def bind(self, host: str, port: int) -> None:
-        """Bind ``host:port`` (the first address of ``host`` that binds, as
-        ``create_datagram_endpoint`` does) and start reading; ``OSError`` as binding
-        raises it."""
-        loop = asyncio.get_running_loop()
-        try:  # a numeric address (the default) needs no resolver thread
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST
-            )
-        except socket.gaierror:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        error: OSError | None = None
-        for family, kind, proto, _, address in infos:
-            try:
-                sock = socket.socket(family, kind, proto)
-            except OSError as e:  # this family is not supported here: the next address
-                error = e
-                continue
-            try:
-                sock.setblocking(False)
-                sock.bind(address)
-                loop.add_reader(sock.fileno(), self._readable)
-            except OSError as e:
-                sock.close()
-                error = e
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            self._socket, self._loop = sock, loop
-            return
-        raise error or OSError(errno.EADDRNOTAVAIL, f"{host} has no address")
-
-    def _readable(self) -> None:
-        sock = self._socket
-        if sock is None:
-            return
-        recvfrom = sock.recvfrom
-        batch: list[Datagram] = []
-        try:
-            for _ in range(MAX_BATCH):
-                batch.append(recvfrom(RECV_BYTES))
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as e:  # ICMP errors for datagrams the gateway never sends
-            log.debug("RTP socket error: %s", type(e).__name__)
-        if batch:
-            self._receive(batch)
-
-    def close(self) -> None:
-        sock, self._socket = self._socket, None
-        if sock is None:
-            return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(sock.fileno())
-        sock.close()
-
-
 class _RtpCall:
     """The sockets, receivers and flush task of one live RTP call."""
 
@@ -227,7 +125,7 @@ class _RtpCall:
         """When its ports were bound: a call that never sends is ended ``rtp.timeout``
         after it."""
         self.ports: dict[Track, int] = {}
-        self.sockets: list[_Port | _Reader] = []
+        self.sockets: list[Port | Reader] = []
         self.receivers: dict[Track, RtpTrackReceiver] = {}
         self._clock = clock
         self._outcomes = outcomes
@@ -395,9 +293,14 @@ class _RtpCall:
         self._timer = loop.call_later(max(delay, 0.0), self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
+        """A gap's reorder delay is over: what the sockets hold is read first (the poller
+        may not have read it yet: ``rtp.read_interval``), so that a gap is given up only
+        when no datagram that had arrived by then fills it."""
         if self.closed:
+            self._timer = None
             return
+        self.read_sockets()  # with the timer still set: the batch path arms no other
+        self._timer = None
         now = self._clock.now()
         deadlines = []
         for receiver in self.receivers.values():
@@ -409,8 +312,17 @@ class _RtpCall:
         if deadlines:
             self._arm_timer(min(deadlines) - now.timestamp())
 
+    def read_sockets(self) -> None:
+        """Read the call's RTP sockets now, not when the poller next would."""
+        for sock in self.sockets:
+            if isinstance(sock, Reader):
+                sock.read()
+
     def drain(self, now: datetime) -> None:
-        """Hand the session what the reorder buffers still hold (the call is ending)."""
+        """Hand the session what its sockets and reorder buffers still hold (the call is
+        ending: datagrams that arrived before the end are the call's, whether or not the
+        poller has read them yet)."""
+        self.read_sockets()
         for receiver in self.receivers.values():
             events = receiver.drain(now.timestamp())
             if events:
@@ -463,7 +375,15 @@ class RtpIngest(CallTransport):
         }
         self._delivered = metrics.rtp_datagrams.labels("audio")
         self._frames = metrics.frames_in.labels("rtp")
+        self._reads: Poller | None = None
+        """The RTP sockets' poller (made with the first call; none without an interval)."""
         registry.add_transport(self)
+
+    def _poller(self) -> Poller | None:
+        interval = self._settings.read_interval.total_seconds()
+        if self._reads is None and interval > 0 and Poller.available():
+            self._reads = Poller(interval)
+        return self._reads
 
     def publish_counts(self) -> None:
         """Add the audio datagrams taken since the last call to the metrics (``/metrics``
@@ -526,13 +446,13 @@ class RtpIngest(CallTransport):
             if port is None:
                 break
             call.ports[track] = port
-            bound: list[_Port | _Reader] = []
+            bound: list[Port | Reader] = []
             try:
-                reader = _Reader(lambda batch: call.receive_batch(track, batch))
+                reader = Reader(lambda batch: call.receive_batch(track, batch), self._poller())
                 call.sockets.append(reader)
                 bound.append(reader)
                 await reader.bind(self._settings.host, port)
-                rtcp = _Port(lambda data, addr: call.count("rtcp"))
+                rtcp = Port(lambda data, addr: call.count("rtcp"))
                 call.sockets.append(rtcp)
                 bound.append(rtcp)
                 await loop.create_datagram_endpoint(
@@ -607,3 +527,6 @@ class RtpIngest(CallTransport):
             self._release(call)
             await call.settle()
         self._calls.clear()
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None

@@ -19,7 +19,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_app
+from gateway.ingest import rtp_sockets
 from gateway.ingest.rtp import PayloadTypes, SrtpKey
 from gateway.ingest.rtp_server import MAX_BUFFERED_FLUSHES, OUTCOMES
 from gateway.session import CallSession
@@ -377,6 +378,40 @@ async def test_a_gap_is_given_up_after_the_reorder_delay_on_the_wall_clock(
     assert_samples(
         (await export(gateway, acme, call))[:, 0], with_silence(audio_pcm, {5}), "inbound"
     )
+
+
+async def test_a_packet_that_arrives_within_the_reorder_delay_fills_its_gap_between_reads(
+    gateway: Gateway,
+) -> None:
+    """``rtp.read_interval`` (here 200 ms, the most) may be longer than the reorder delay
+    (60 ms): a packet that arrives 10 ms after the one past its gap was read, but waits
+    for the poller's next read, must still fill the gap, as it would with each datagram
+    read on arrival. (The reorder timer reads the call's sockets before it gives a gap
+    up.)"""
+    rtp = gateway.app[RTP]
+    rtp._settings = rtp._settings.model_copy(update={"read_interval": timedelta(seconds=0.2)})
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    audio, audio_pcm = g711(0.16, 440)
+    packets = call.sender("inbound").stream(audio)
+    receiver = rtp._calls[(acme.id, call.call_id)].receivers["inbound"]
+    udp = UdpSender()
+    try:
+        await send(udp, to(call.port("inbound"), packets[:5] + packets[6:7]))
+        for _ in range(5000):  # until 6 was read, and waits behind the gap of 5
+            if receiver._held:
+                break
+            await asyncio.sleep(0.001)
+        assert receiver._held
+        await asyncio.sleep(0.01)
+        udp.send(packets[5], call.port("inbound"))
+        await send(udp, to(call.port("inbound"), packets[7:]))
+        counts = await counted(gateway, len(packets))
+    finally:
+        udp.close()
+    assert counts == only(audio=len(packets))
+    await call_action(gateway, acme, call, "end")
+    assert_samples((await export(gateway, acme, call))[:, 0], audio_pcm, "inbound")
 
 
 async def test_a_new_ssrc_takes_over_after_two_packets_in_sequence(
@@ -1118,6 +1153,32 @@ async def test_a_lost_10_ms_packet_keeps_the_rest_in_place(clocked_gateway: Gate
     expected = pcm.copy()
     expected[400:480] = 0
     assert_samples((await export(gateway, acme, call))[:, 0], expected, "inbound")
+
+
+async def test_datagrams_unread_when_the_call_ends_are_the_calls(
+    clocked_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A datagram that reached the port before ``/end`` is recorded even when the sockets'
+    poller has not read it yet (``rtp.read_interval``): ending a call reads its sockets
+    first. Here the poller never reads, so only that read can take the rest."""
+    monkeypatch.setattr(rtp_sockets.Poller, "_woken", lambda self: self._unwatch())
+    gateway = clocked_gateway
+    assert gateway.app[RTP]._poller() is not None  # the default interval: a poller reads
+    acme = await gateway.tenant("acme", ON)
+    call = await announce_rtp(gateway, acme)
+    audio, pcm = g711(0.4, 440)
+    udp = UdpSender()
+    try:
+        await send(udp, to(call.port("inbound"), call.sender("inbound").stream(audio)))
+        await asyncio.sleep(0.05)
+        # The loop read the socket's first datagram(s) (``Reader._first``); the poller,
+        # which would read the rest, never does.
+        assert 1 <= outcomes(await scrape(gateway))["audio"] < 20
+        await call_action(gateway, acme, call, "end")
+    finally:
+        udp.close()
+    assert outcomes(await scrape(gateway)) == only(audio=20)
+    assert_samples((await export(gateway, acme, call))[:, 0], pcm, "inbound")
 
 
 async def test_a_track_that_starts_11_minutes_in_lands_at_11_minutes(

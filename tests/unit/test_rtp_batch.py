@@ -25,9 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import Clock
-from gateway.ingest import rtp_server
+from gateway.ingest import rtp_sockets
 from gateway.ingest.rtp import PayloadTypes, RtpTrackReceiver, SrtpKey, Timeline, unprotector
-from gateway.ingest.rtp_server import OUTCOMES, TRACKS, _Reader, _RtpCall
+from gateway.ingest.rtp_server import OUTCOMES, TRACKS, _RtpCall
+from gateway.ingest.rtp_sockets import Reader
 from gateway.metrics import GatewayMetrics
 from gateway.session import CallSession
 from storage.media.codecs import codec as media_codec
@@ -336,11 +337,11 @@ def test_reader_drains_the_socket_in_batches_on_both_loops(
 ) -> None:
     """Datagrams that wait on the socket come out together, in order and whole (a 2000-byte
     one too), at most ``MAX_BATCH`` a wake-up; after ``close`` the port is free again."""
-    monkeypatch.setattr(rtp_server, "MAX_BATCH", 16)
+    monkeypatch.setattr(rtp_sockets, "MAX_BATCH", 16)
 
     async def main() -> None:
         batches: list[list[tuple[bytes, tuple[str, int]]]] = []
-        reader = _Reader(batches.append)
+        reader = Reader(batches.append)
         await reader.bind("127.0.0.1", 0)
         assert reader._socket is not None
         port = reader._socket.getsockname()[1]
@@ -358,7 +359,7 @@ def test_reader_drains_the_socket_in_batches_on_both_loops(
         assert max(len(b) for b in batches) == 16
         reader.close()
         reader.close()  # twice: nothing more
-        again = _Reader(batches.append)
+        again = Reader(batches.append)
         await again.bind("127.0.0.1", port)  # the port is free
         again.close()
         sender.close()
@@ -374,7 +375,7 @@ def test_reader_bind_raises_what_binding_raises() -> None:
     async def main() -> None:
         held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         held.bind(("127.0.0.1", 0))
-        reader = _Reader(lambda batch: None)
+        reader = Reader(lambda batch: None)
         with pytest.raises(OSError) as raised:
             await reader.bind("127.0.0.1", held.getsockname()[1])
         assert raised.value.errno == errno.EADDRINUSE
