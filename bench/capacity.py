@@ -495,6 +495,8 @@ def record_step(
             )
             counted = sample_total(last.metrics, FRAMES_METRIC)
             counted -= sample_total(first.metrics, FRAMES_METRIC)
+            # callvault_frames_in_total counts RTP datagrams: at --ptime 100 a fifth of
+            # the 20 ms frames (us_per_frame counts frames, from the calls live).
             record["frames_counted"] = round(counted)
         else:
             record["frames_counted"] = last.stats.get("frames", 0) - first.stats.get("frames", 0)
@@ -731,6 +733,8 @@ def main() -> None:
         help="a smoke run: 6 s calls, 10 %% precision, 4 steps a search, 200 memory calls",
     )
     args = parser.parse_args()
+    if not 20 <= args.memory_ptime <= 200 or args.memory_ptime % 20:
+        parser.error("--memory-ptime: 20 to 200 ms, a multiple of 20 (the loadgen's --ptime)")
     args.setting = dict(args.setting)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:

@@ -6,7 +6,7 @@
  * (or max_count pairs) would have returned: the same bytes (a longer datagram truncated to
  * max_bytes) and the same address tuples ((host, port) for IPv4, (host, port, flowinfo,
  * scope_id) for IPv6, the host formatted by inet_ntop as CPython's socket module
- * does). The pure-Python reader in rtp_server.py is the reference; tests
+ * does). The pure-Python reader in rtp_sockets.py is the reference; tests
  * compare the two.
  *
  * What it saves: a Python call and a method lookup per datagram, the BlockingIOError that
@@ -17,7 +17,9 @@
  *
  * An error other than "would block" (an ICMP error queued on the socket) ends the read:
  * the datagrams read before it are returned, and it is raised (OSError) only when there
- * are none, as the reference does. The GIL is held throughout: every call is non-blocking.
+ * are none, as the reference does (where recvmmsg stopped short on an error, the kernel
+ * returns it on the next read, which then reads once more). The GIL is held throughout:
+ * every call is non-blocking.
  */
 #define PY_SSIZE_T_CLEAN
 #ifndef _GNU_SOURCE
@@ -78,11 +80,13 @@ static PyObject *make_address(const struct sockaddr *addr) {
 }
 
 /* The cached tuple when addr is the cached address, else a new one (and the cache is
- * updated). A new reference, or NULL with an exception set. */
+ * updated). A new reference, or NULL with an exception set. Making a tuple may run the
+ * garbage collector, and with it any finalizer: the cache's items are held, not borrowed,
+ * and written back with PyList_SetItem, which releases whatever the list holds then. */
 static PyObject *address(PyObject *cache, const struct sockaddr *addr, socklen_t length) {
     PyObject *raw = PyList_GET_ITEM(cache, 0);
     PyObject *known = PyList_GET_ITEM(cache, 1);
-    if (known != Py_None && PyBytes_GET_SIZE(raw) == (Py_ssize_t)length &&
+    if (known != Py_None && PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) == (Py_ssize_t)length &&
         memcmp(PyBytes_AS_STRING(raw), addr, length) == 0) {
         Py_INCREF(known);
         return known;
@@ -96,24 +100,25 @@ static PyObject *address(PyObject *cache, const struct sockaddr *addr, socklen_t
         Py_DECREF(tuple);
         return NULL;
     }
-    PyList_SET_ITEM(cache, 0, fresh); /* steals; the old item is released below */
-    Py_DECREF(raw);
+    if (PyList_SetItem(cache, 0, fresh) < 0) { /* steals fresh, even when it fails */
+        Py_DECREF(tuple);
+        return NULL;
+    }
     Py_INCREF(tuple);
-    PyList_SET_ITEM(cache, 1, tuple);
-    Py_DECREF(known);
+    if (PyList_SetItem(cache, 1, tuple) < 0) { /* steals the new reference */
+        Py_DECREF(tuple);
+        return NULL;
+    }
     return tuple;
 }
 
-/* Append (data, address) to out; 0, or -1 with an exception set. */
-static int append(PyObject *out, PyObject *cache, const unsigned char *data, size_t size,
-                  const struct sockaddr *addr, socklen_t length) {
+/* Append (data, address) to out, data already a bytes object (taken: its reference is
+ * consumed); 0, or -1 with an exception set. */
+static int append(PyObject *out, PyObject *cache, PyObject *bytes, const struct sockaddr *addr,
+                  socklen_t length) {
     PyObject *source = address(cache, addr, length);
     if (source == NULL) {
-        return -1;
-    }
-    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)size);
-    if (bytes == NULL) {
-        Py_DECREF(source);
+        Py_DECREF(bytes);
         return -1;
     }
     PyObject *pair = PyTuple_Pack(2, bytes, source);
@@ -127,11 +132,14 @@ static int append(PyObject *out, PyObject *cache, const unsigned char *data, siz
     return status;
 }
 
+static int would_block(int error) {
+    return error == EAGAIN || error == EWOULDBLOCK || error == EINTR;
+}
+
 /* The read ended on errno: what it read, or (nothing read, and not "would block") the
  * error; out is consumed. */
 static PyObject *finish(PyObject *out, int error) {
-    if (PyList_GET_SIZE(out) == 0 && error != EAGAIN && error != EWOULDBLOCK &&
-        error != EINTR) {
+    if (PyList_GET_SIZE(out) == 0 && !would_block(error)) {
         Py_DECREF(out);
         errno = error;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -180,16 +188,41 @@ static PyObject *read_datagrams(PyObject *module, PyObject *args) {
             messages[i].msg_hdr.msg_namelen = sizeof sources[i];
         }
         int got = recvmmsg(fd, messages, count, MSG_DONTWAIT, NULL);
+        if (got < 0 && PyList_GET_SIZE(out) == 0 && !would_block(errno)) {
+            /* An error the kernel kept from an earlier read that stopped short (ICMP, on a
+             * connected socket): the reference's read would have swallowed it after its
+             * datagrams. Read again; raised only if nothing comes. */
+            int error = errno;
+            got = recvmmsg(fd, messages, count, MSG_DONTWAIT, NULL);
+            if (got < 0) {
+                return finish(out, would_block(errno) ? error : errno);
+            }
+        }
         if (got < 0) {
             return finish(out, errno);
         }
+        /* Every payload copied out of the shared buffers before anything that may run the
+         * garbage collector (bytes objects are not tracked; tuples are), so that a
+         * finalizer that reads again cannot overwrite what this read has not taken. */
+        PyObject *payloads[BATCH];
         for (int i = 0; i < got; i++) {
-            size_t size = messages[i].msg_len;
-            if (size > (size_t)max_bytes) { /* truncated: the kernel reports the full length */
-                size = (size_t)max_bytes;
+            size_t size = messages[i].msg_len; /* what was copied: at most max_bytes */
+            payloads[i] = PyBytes_FromStringAndSize((const char *)vectors[i].iov_base,
+                                                    (Py_ssize_t)size);
+            if (payloads[i] == NULL) {
+                for (int j = 0; j < i; j++) {
+                    Py_DECREF(payloads[j]);
+                }
+                Py_DECREF(out);
+                return NULL;
             }
-            if (append(out, cache, vectors[i].iov_base, size,
-                       (struct sockaddr *)&sources[i], messages[i].msg_hdr.msg_namelen) < 0) {
+        }
+        for (int i = 0; i < got; i++) {
+            if (append(out, cache, payloads[i], (struct sockaddr *)&sources[i],
+                       messages[i].msg_hdr.msg_namelen) < 0) {
+                for (int j = i + 1; j < got; j++) {
+                    Py_DECREF(payloads[j]);
+                }
                 Py_DECREF(out);
                 return NULL;
             }
@@ -208,7 +241,8 @@ static PyObject *read_datagrams(PyObject *module, PyObject *args) {
         if (size < 0) {
             return finish(out, errno);
         }
-        if (append(out, cache, buffers, (size_t)size, (struct sockaddr *)&source, length) < 0) {
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)buffers, (Py_ssize_t)size);
+        if (payload == NULL || append(out, cache, payload, (struct sockaddr *)&source, length) < 0) {
             Py_DECREF(out);
             return NULL;
         }

@@ -406,6 +406,11 @@ class RtpTrackReceiver:
         self._max_backstep = round(MAX_BACKSTEP_S * timeline.rate)
 
     @property
+    def anchored(self) -> bool:
+        """Its current source's audio has a place on the call's timeline."""
+        return self._anchored
+
+    @property
     def deadline(self) -> float | None:
         """When ``poll`` should next run (a gap is being waited for), if ever."""
         if not self._held:

@@ -299,8 +299,10 @@ class _RtpCall:
         if self.closed:
             self._timer = None
             return
-        self.read_sockets()  # with the timer still set: the batch path arms no other
-        self._timer = None
+        try:
+            self.read_sockets()  # with the timer still set: the batch path arms no other
+        finally:
+            self._timer = None
         now = self._clock.now()
         deadlines = []
         for receiver in self.receivers.values():
@@ -316,7 +318,14 @@ class _RtpCall:
         """Read the call's RTP sockets now, not when the poller next would."""
         for sock in self.sockets:
             if isinstance(sock, Reader):
-                sock.read()
+                try:
+                    sock.read()
+                except Exception:  # a bug must cost this read, never the call's timer or end
+                    log.exception(
+                        "call %s: RTP datagrams could not be read",
+                        self.session.call_id,
+                        extra={"tenant": self.session.tenant, "call_id": self.session.call_id},
+                    )
 
     def drain(self, now: datetime) -> None:
         """Hand the session what its sockets and reorder buffers still hold (the call is
@@ -448,7 +457,11 @@ class RtpIngest(CallTransport):
             call.ports[track] = port
             bound: list[Port | Reader] = []
             try:
-                reader = Reader(lambda batch: call.receive_batch(track, batch), self._poller())
+                reader = Reader(
+                    lambda batch: call.receive_batch(track, batch),
+                    self._poller(),
+                    anchored=lambda: call.receivers[track].anchored,
+                )
                 call.sockets.append(reader)
                 bound.append(reader)
                 await reader.bind(self._settings.host, port)

@@ -18,14 +18,18 @@ holds the loop long.
 What the wait costs: a datagram is read up to the interval after it arrived, and the
 receiver takes the read's time as its arrival. Audio is placed by its RTP timestamps, so
 that changes nothing while a source keeps sending; but a track is anchored on the call's
-clock when its source starts, so each socket's first datagram is read as soon as it comes,
-by the loop (``Reader._first``), before the poller takes the socket over: both tracks of a
-call line up as they did without the poller. A source that takes over later (a new SSRC,
-SRTP's move to a new address) is anchored when its datagrams are read: up to the interval
-later than they came. A call's reorder timer reads its sockets before it gives a gap up,
-and its end reads them before it drains (rtp_server.py), so a datagram that had arrived by
-then is never late or lost for having waited. With ``rtp.read_interval`` at zero, or
-without epoll, each socket is read by the loop as soon as it turns readable.
+clock when its source starts, so a socket is read by the loop, as datagrams come, until
+its track has anchored (``Reader._first``; a datagram that anchors nothing, such as one
+that fails SRTP's check, leaves it there), and only then by the poller: both tracks of a
+call line up as they did without the poller. What is anchored later, from datagrams the
+poller read, is placed up to the interval later than they came: a source that takes over
+mid-call (a new SSRC, SRTP's move to a new address) and a re-anchor after a timestamp jump.
+A call's reorder timer reads its sockets before it gives a gap up, and its end reads them
+before it drains (rtp_server.py), so a datagram that had arrived by then is never late or
+lost for having waited. A read that takes ``MAX_BATCH`` datagrams puts its socket back in
+the round, so that a busy socket is not capped at ``MAX_BATCH`` an interval. With
+``rtp.read_interval`` at zero, or without epoll, each socket is read by the loop as soon as
+it turns readable.
 
 The read itself is ``gateway.ingest._datagrams.read`` (C: ``recvmmsg``, no exception at
 the end, the address formatted only when it changes) where that extension was built at
@@ -127,11 +131,15 @@ class Reader:
         receive: Callable[[list[Datagram]], None],
         poller: Poller | None = None,
         *,
+        anchored: Callable[[], bool] | None = None,
         compiled: bool = True,
     ) -> None:
-        """``compiled=False``: always the pure-Python read (tests compare the two)."""
+        """``anchored``: whether the track has anchored (the poller takes the socket over
+        only then; without it, after the first read). ``compiled=False``: always the
+        pure-Python read (tests compare the two)."""
         self._receive = receive
         self._poller = poller
+        self._anchored = anchored
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cache: list[Any] = [b"", None]
@@ -176,21 +184,26 @@ class Reader:
         raise error or OSError(errno.EADDRNOTAVAIL, f"{host} has no address")
 
     def _first(self) -> None:
-        """The first datagram: read now, and the socket goes to the poller from then on."""
+        """Until its track has anchored: read as datagrams come; then the socket goes to
+        the poller (a datagram that anchors nothing, such as one that fails SRTP's check,
+        an RTCP or a STUN packet, leaves it here)."""
+        self.read()
         sock, poller = self._socket, self._poller
-        if sock is None or poller is None:
+        if sock is None or poller is None or poller.closed:
+            return
+        if self._anchored is not None and not self._anchored():
             return
         assert self._loop is not None  # noqa: S101 - set with the socket
-        self._loop.remove_reader(sock.fileno())
         poller.add(sock.fileno(), self.read)
+        self._loop.remove_reader(sock.fileno())
         self._polled = True
-        self.read()
 
-    def read(self) -> None:
-        """Read what waits on the socket and hand it over (nothing when nothing waits)."""
+    def read(self) -> int:
+        """Read what waits on the socket and hand it over (nothing when nothing waits):
+        how many datagrams were read."""
         sock = self._socket
         if sock is None:
-            return
+            return 0
         try:
             if self._c_read is not None:
                 batch = self._c_read(sock.fileno(), MAX_BATCH, RECV_BYTES, self._cache)
@@ -198,9 +211,10 @@ class Reader:
                 batch = read_datagrams(sock, MAX_BATCH, RECV_BYTES, self._cache)
         except OSError as e:  # ICMP errors for datagrams the gateway never sends
             log.debug("RTP socket error: %s", type(e).__name__)
-            return
+            return 0
         if batch:
             self._receive(batch)
+        return len(batch)
 
     def close(self) -> None:
         sock, self._socket = self._socket, None
@@ -220,7 +234,8 @@ class Poller:
     def __init__(self, interval: float) -> None:
         self._interval = interval
         self._epoll = select.epoll()
-        self._reads: dict[int, Callable[[], None]] = {}
+        self._reads: dict[int, Callable[[], int]] = {}
+        self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = False
         """The loop watches the epoll descriptor (it is not waiting on a timer)."""
@@ -232,14 +247,14 @@ class Poller:
         self._round: list[int] = []
         """The sockets of the current round not read yet (last first)."""
         self.reads = 0
-        """How many times it has read (its wake-ups that found something ready)."""
+        """Its reads: each slice of a round counts one."""
 
     @staticmethod
     def available() -> bool:
         return hasattr(select, "epoll")
 
-    def add(self, fd: int, read: Callable[[], None]) -> None:
-        """Read ``fd`` (``read`` reads it) from now on."""
+    def add(self, fd: int, read: Callable[[], int]) -> None:
+        """Read ``fd`` from now on (``read`` reads it and says how many datagrams it got)."""
         self._epoll.register(fd, select.EPOLLIN)
         self._reads[fd] = read
         if self._loop is None:
@@ -286,10 +301,12 @@ class Poller:
             self._round.reverse()  # taken from the end, in the order epoll gave them
         self.reads += 1
         for _ in range(min(SLICE, len(self._round))):
-            read = self._reads.get(self._round.pop())
+            fd = self._round.pop()
+            read = self._reads.get(fd)
             if read is not None:
                 try:
-                    read()
+                    if read() >= MAX_BATCH:  # more may wait: read again before the round ends
+                        self._round.insert(0, fd)
                 except Exception:  # a bug must cost one socket's read, never the others
                     log.exception("an RTP socket's datagrams could not be handled")
         if self._round:
@@ -298,6 +315,7 @@ class Poller:
             self._watch()
 
     def close(self) -> None:
+        self.closed = True
         self._unwatch()
         if self._timer is not None:
             self._timer.cancel()

@@ -344,3 +344,78 @@ def test_a_round_is_read_in_slices_with_the_loop_running_between(
             poller.close()
 
     runner.run(main())
+
+
+def test_a_socket_stays_with_the_loop_until_its_track_has_anchored(
+    runner: asyncio.Runner,
+) -> None:
+    """A first datagram that anchors nothing (one that fails SRTP's check, an RTCP or a
+    STUN packet) leaves the socket with the loop, read as datagrams come; the read after
+    which the track has anchored hands it to the poller."""
+
+    async def main() -> None:
+        poller = Poller(0.2)
+        anchored = [False]
+        got: list[list[Datagram]] = []
+        reader = Reader(got.append, poller, anchored=lambda: anchored[0])
+        await reader.bind("127.0.0.1", 0)
+        assert reader._socket is not None
+        address = reader._socket.getsockname()
+        (peer,) = senders(1)
+        try:
+            peer.sendto(b"anchors nothing", address)
+            await until(lambda: len(got) == 1)
+            peer.sendto(b"nor this", address)
+            await until(lambda: len(got) == 2)
+            assert poller.reads == 0 and not reader._polled
+            anchored[0] = True
+            peer.sendto(b"anchors", address)
+            await until(lambda: len(got) == 3)
+            assert poller.reads == 0 and reader._polled
+            peer.sendto(b"the poller's", address)
+            await until(lambda: len(got) == 4)
+            assert poller.reads == 1
+        finally:
+            peer.close()
+            reader.close()
+            poller.close()
+
+    runner.run(main())
+
+
+def test_a_read_that_fills_its_batch_goes_back_into_the_round(
+    runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket with more waiting than ``MAX_BATCH`` is read again in the same round (not
+    an interval later), until it is empty."""
+    monkeypatch.setattr(rtp_sockets, "MAX_BATCH", 4)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        poller = Poller(5.0)  # the next round would be 5 s away
+        got: list[tuple[float, int]] = []
+
+        def received(batch: list[Datagram]) -> None:
+            got.append((loop.time(), len(batch)))
+
+        reader = Reader(received, poller)
+        await reader.bind("127.0.0.1", 0)
+        assert reader._socket is not None
+        address = reader._socket.getsockname()
+        (peer,) = senders(1)
+        try:
+            peer.sendto(b"first", address)
+            await until(lambda: len(got) == 1)
+            started = loop.time()
+            for n in range(10):
+                peer.sendto(bytes([n]), address)
+            await until(lambda: sum(n for _, n in got) == 11)
+            assert [n for _, n in got] == [1, 4, 4, 2]
+            assert poller.reads == 3
+            assert got[-1][0] - started < 1.0  # the same round
+        finally:
+            peer.close()
+            reader.close()
+            poller.close()
+
+    runner.run(main())
