@@ -11,7 +11,7 @@ most once per interval (straight away when the last round is an interval ago or 
 the first datagram after a quiet spell waits for nothing). At 20 ms packets a read then
 takes about five datagrams instead of one, and a node with hundreds of calls wakes ten
 times a second instead of once per datagram: the per-read work (the call, the clock, the
-placement) is shared by five (bench/README.md, "Read interval"). A round is read
+placement) is shared by five (bench/README.md, "Read rounds and the C reader"). A round is read
 ``SLICE`` sockets at a time, with the loop's other work between slices, so that it never
 holds the loop long.
 
