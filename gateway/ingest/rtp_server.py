@@ -183,17 +183,15 @@ class _RtpCall:
         count = len(payloads)
         index = 0
         while index < count:
-            if session.ended or session.closing:
-                outcome = "max_duration" if session.closing == "max_duration" else "closed"
-                self.count_many(outcome, count - index)
+            ending = self._ending()
+            if ending is not None:
+                self.count_many(ending, count - index)
                 return
-            held_up = self._flush is not None or self._retry_at is not None
+            held_up = self._held_up()
             if held_up and session.buffered() >= self._max_buffered:
                 self.count_many("overload", count - index)  # buffers cannot shrink here
                 return
-            may_flush = self._flush is None and (
-                self._retry_at is None or asyncio.get_running_loop().time() >= self._retry_at
-            )
+            may_flush = self._may_flush()
             end, due = session.place_run(
                 run.track,
                 payloads,
@@ -240,14 +238,12 @@ class _RtpCall:
                 self._dtmf.inc()  # never the digit (PCI DSS): counted, not stored
                 continue
             assert isinstance(event, Audio)  # noqa: S101 - the receiver yields nothing else
-            if session.ended or session.closing:
+            ending = self._ending()
+            if ending is not None:
                 # Every packet past the limit is counted as such, not only the first.
-                self.count("max_duration" if session.closing == "max_duration" else "closed")
+                self.count(ending)
                 continue
-            # Only a flush in flight, or one that failed, lets the buffers grow past one
-            # flush's worth.
-            held_up = self._flush is not None or self._retry_at is not None
-            if held_up and session.buffered() >= self._max_buffered:
+            if self._held_up() and session.buffered() >= self._max_buffered:
                 self.count("overload")
                 continue
             try:
@@ -263,10 +259,28 @@ class _RtpCall:
                 self.count("bad_payload")  # ended or closing was checked just above
                 continue
             self.delivered += 1
-            if due and self._flush is None:
-                loop = asyncio.get_running_loop()
-                if self._retry_at is None or loop.time() >= self._retry_at:
-                    self._flush = loop.create_task(self._flush_now())
+            if due and self._may_flush():
+                self._flush = asyncio.get_running_loop().create_task(self._flush_now())
+
+    def _ending(self) -> str | None:
+        """The outcome of audio that comes while the call ends (``max_duration`` when that
+        is why), or ``None`` while it records."""
+        session = self.session
+        if not (session.ended or session.closing):
+            return None
+        return "max_duration" if session.closing == "max_duration" else "closed"
+
+    def _held_up(self) -> bool:
+        """A flush is in flight, or the last one failed: only then may the buffers grow past
+        one flush's worth (up to ``max_buffered``)."""
+        return self._flush is not None or self._retry_at is not None
+
+    def _may_flush(self) -> bool:
+        """A flush may start now: none in flight, and none failed less than
+        ``FLUSH_RETRY_S`` ago."""
+        return self._flush is None and (
+            self._retry_at is None or asyncio.get_running_loop().time() >= self._retry_at
+        )
 
     async def _flush_now(self) -> None:
         try:
