@@ -310,22 +310,19 @@ class Call:
         per, frames = self.per_datagram, self.frames
 
         def send_rtp(k: int) -> None:
+            first = k
             if per > 1:  # frames first..k in one datagram, sent when k is due
                 if (k + 1) % per and k + 1 < frames:
                     return
                 first = k - k % per
-                seq, stamp = (k // per) & 0xFFFF, first * FRAME & 0xFFFFFFFF
-                for ssrc, rest, protect, send in tracks:
-                    payload = b"".join(index[j] + rest for j in range(first, k + 1))
-                    packet = pack(0x80, 0, seq, stamp, ssrc) + payload
-                    try:
-                        send(protect(packet) if protect is not None else packet)
-                    except OSError as e:
-                        self.failure = self.failure or f"rtp send: {e}"
-                return
-            seq, stamp = k & 0xFFFF, k * FRAME & 0xFFFFFFFF
+            seq, stamp = (k // per) & 0xFFFF, first * FRAME & 0xFFFFFFFF
             for ssrc, rest, protect, send in tracks:
-                packet = pack(0x80, 0, seq, stamp, ssrc) + index[k] + rest
+                payload = (
+                    index[k] + rest
+                    if per == 1
+                    else b"".join(index[j] + rest for j in range(first, k + 1))
+                )
+                packet = pack(0x80, 0, seq, stamp, ssrc) + payload
                 try:
                     send(protect(packet) if protect is not None else packet)
                 except OSError as e:  # a full socket buffer: that datagram is lost here
