@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from bench.capacity import (
     loadgen_command,
     record_step,
     search_transport,
+    setting,
     starts,
 )
 from bench.capacity_rules import (
@@ -386,3 +389,47 @@ def test_the_load_generator_refuses_counts_out_of_bounds_with_exit_2(
     argv = ["--base", "http://127.0.0.1:9", "--transport", "srtp", *bad]
     assert loadgen.main(argv) == 2
     assert "--calls >= 1, --seconds >= 0.02" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ptime", ["0", "10", "30", "220"])
+def test_the_load_generator_refuses_a_ptime_out_of_bounds_with_exit_2(
+    ptime: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--base", "http://127.0.0.1:9", "--transport", "srtp", "--calls", "1"]
+    assert loadgen.main([*argv, "--seconds", "1", "--ptime", ptime]) == 2
+    assert "--ptime: 20 to 200 ms, a multiple of 20" in capsys.readouterr().err
+
+
+def test_the_loadgen_command_asks_for_packed_datagrams_only_when_told() -> None:
+    callvault = Contestant("callvault", 0, None, "http://127.0.0.1:1", "t", Path())  # type: ignore[arg-type]
+    plain = loadgen_command(callvault, "srtp", 7, 3.0, 0.5, 1, "uvloop")
+    assert "--ptime" not in plain and loadgen.parse(plain[5:]).ptime == 20
+    packed = loadgen_command(callvault, "srtp", 7, 3.0, 0.5, 1, "uvloop", 100)
+    assert loadgen.parse(packed[5:]).ptime == 100
+
+
+def test_a_setting_is_a_callvault_variable_and_anything_else_is_refused() -> None:
+    assert setting("RTP__READ_INTERVAL=PT0S") == ("CALLVAULT_RTP__READ_INTERVAL", "PT0S")
+    assert setting("callvault_rtp__read_interval=PT0.04S") == (
+        "CALLVAULT_RTP__READ_INTERVAL",
+        "PT0.04S",
+    )
+    assert setting("HTTP__LOOP=") == ("CALLVAULT_HTTP__LOOP", "")
+    for bad in ["RTP__READ_INTERVAL", "=PT0S", "RTP-READ=1", "A B=1", "CALLVAULT_=1"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+            setting(bad)
+
+
+CAPACITY = Path(loadgen.__file__).resolve().parent / "capacity.py"
+
+
+@pytest.mark.parametrize("ptime", ["0", "50", "400"])
+def test_capacity_refuses_a_memory_ptime_out_of_bounds_before_it_starts_anything(
+    ptime: str,
+) -> None:
+    result = subprocess.run(  # noqa: S603 - our interpreter and script
+        [sys.executable, str(CAPACITY), "--memory-ptime", ptime],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--memory-ptime: 20 to 200 ms, a multiple of 20" in result.stderr

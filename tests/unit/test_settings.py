@@ -91,3 +91,21 @@ def test_the_event_loop_is_auto_unless_named_and_only_a_known_one(
     monkeypatch.setenv("CALLVAULT_HTTP__LOOP", "trio")
     with pytest.raises(ValueError, match="loop"):
         Settings()
+
+
+@pytest.mark.parametrize("interval", ["-PT0.01S", "PT0.201S", "PT1S"])
+def test_the_rtp_read_interval_is_bounded(interval: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rtp.read_interval``: 0 to 200 ms (a longer wait would hold datagrams past what
+    the reorder timer and the socket buffers are sized for); outside, a refusal that
+    names the field."""
+    monkeypatch.setenv("CALLVAULT_RTP__READ_INTERVAL", interval)
+    with pytest.raises(ValueError, match="read_interval"):
+        Settings()
+
+
+def test_the_rtp_read_interval_defaults_to_100_ms_and_zero_is_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().rtp.read_interval == timedelta(milliseconds=100)
+    monkeypatch.setenv("CALLVAULT_RTP__READ_INTERVAL", "PT0S")
+    assert Settings().rtp.read_interval == timedelta(0)
