@@ -69,7 +69,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -633,14 +633,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
     }
     if args.memory_calls:
-        memory_options = StepOptions(
-            args.loop,
-            args.memory_seconds,
-            args.memory_ramp,
-            args.loadgen_loop,
-            (contestant_core, loadgen_core),
-            start_rate=args.start_rate,
-            settings=args.setting,
+        memory_options = replace(
+            options,
+            seconds=args.memory_seconds,
+            ramp=args.memory_ramp,
             ptime=args.memory_ptime if args.memory_transport == "srtp" else 20,
         )
         record = run_step(memory_options, "callvault", args.memory_transport, args.memory_calls)

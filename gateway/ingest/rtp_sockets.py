@@ -124,7 +124,7 @@ class Reader:
     """One RTP socket: each read takes every datagram waiting (``MAX_BATCH`` at most) and
     hands them to ``receive`` in one call. Read on its own wake-ups of the loop
     (``add_reader``: asyncio's selector loops, uvloop), or, when a ``poller`` is given, by
-    the poller once its first datagram was read."""
+    the poller once its track has anchored (``_first``)."""
 
     def __init__(
         self,
@@ -146,7 +146,7 @@ class Reader:
         """The C reader's last source address (raw, and as a tuple)."""
         self._c_read = C_READ if compiled else None
         self._polled = False
-        """Its poller reads it (after its first datagram); until then the loop does."""
+        """Its poller reads it (since its track anchored); until then the loop does."""
 
     async def bind(self, host: str, port: int) -> None:
         """Bind ``host:port`` (the first address of ``host`` that binds, as
@@ -169,8 +169,8 @@ class Reader:
             try:
                 sock.setblocking(False)
                 sock.bind(address)
-                # With a poller, the socket's first datagram is still read when it comes
-                # (``_first``): it anchors the track on the call's clock.
+                # With a poller, datagrams are still read as they come until the track has
+                # anchored on the call's clock (``_first``).
                 loop.add_reader(sock.fileno(), self.read if self._poller is None else self._first)
             except OSError as e:
                 sock.close()
