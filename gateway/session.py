@@ -329,18 +329,29 @@ class CallSession:
         error raised, closing the stream, so that memory stays bounded. A flush that fails
         after it took the audio (the spool's write or fsync: disk full, EIO) has lost that
         audio, so it is raised at once: the stream must not go on losing every flush."""
-        lock = self._lock
-        if lock.locked() or lock._waiters:
+        if not self.placing_now:
             # Held (a flush, publish or finish runs) or promised to a waiter: in turn.
-            async with lock:
+            async with self._lock:
                 if self.place(audio, now):
                     await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
             return
-        # Free and nobody waiting: taking it would not yield, so placing first and taking
-        # it only for a flush is the same order of events, without its cost per frame.
         if self.place(audio, now):
-            async with lock:
-                await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
+            await self.flush_placed(now)
+
+    @property
+    def placing_now(self) -> bool:
+        """Whether ``place`` may run now instead of in turn under the lock: it is free and
+        nobody waits for it, so taking it would not yield, and placing first and taking it
+        only for a flush (``flush_placed``) is the same order of events, without the cost
+        of taking it for every frame."""
+        lock = self._lock
+        return not (lock.locked() or lock._waiters)
+
+    async def flush_placed(self, now: datetime) -> None:
+        """The flush that ``place`` found due, for frames placed while ``placing_now``
+        (before anything awaited since)."""
+        async with self._lock:
+            await self._flush(now, hold=MAX_HELD_FLUSHES * self._limits.flush_bytes)
 
     def place(self, audio: Audio, now: datetime) -> bool:
         """Place one frame without waiting: ``True`` when a flush is due. For transports

@@ -66,9 +66,10 @@ class StreamStart:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 0.4 µs more, once per frame
 class Audio:
-    """A chunk of one track's audio, in the codec StreamStart named, untouched."""
+    """A chunk of one track's audio, in the codec StreamStart named, untouched. Not changed
+    after it is made (not frozen only for the cost of making one)."""
 
     track: Track
     payload: bytes
@@ -168,6 +169,11 @@ class WebSocketParser:
     def __init__(self) -> None:
         self._state: Literal["new", "started", "stopped"] = "new"
         self._frame = 0  # messages received, 1-based in error messages
+
+    @property
+    def messages(self) -> int:
+        """The messages this parser was fed."""
+        return self._frame
 
     def _next_frame(self) -> int:
         self._frame += 1

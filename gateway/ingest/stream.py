@@ -69,9 +69,14 @@ class StreamBinding:
     async def handle(self, events: Sequence[Event], now: datetime) -> bool:
         """Apply the events; ``True`` once the stream has ended the call (stop, hangup)."""
         taken = 0  # audio frames taken, counted once per call (a fork frame is two)
+        due: CallSession | None = None  # placed, and a flush is due: once, after the run
         try:
             for event in events:
                 if event.__class__ is not Audio:
+                    if due is not None:  # the audio before it is flushed first, as it came
+                        flushing: CallSession = due
+                        due = None
+                        await flushing.flush_placed(now)
                     if await self._control(event, now):
                         return True
                     continue
@@ -84,11 +89,19 @@ class StreamBinding:
                 self._refuse_if_revoked(session)
                 self._refuse_if_lease_lost(session, now)
                 try:
-                    await session.receive(event, now)
+                    if session.placing_now:
+                        # A fork frame's two tracks, an AudioSocket read's frames: placed
+                        # one by one, flushed once (CallSession.receive, run by run).
+                        if session.place(event, now):
+                            due = session
+                    else:
+                        await session.receive(event, now)
                 except MaxDurationReached:
                     await self._end_at_limit(session, now)
                     raise
                 taken += 1
+            if due is not None:
+                await due.flush_placed(now)
         finally:
             if taken:
                 self._frames.inc(taken)

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import build_app
+from gateway.ingest import endpoints
 from gateway.settings import Settings
 from gateway.state import CALLS, METRICS, SERVICES
 from tests.gateway import (
@@ -495,6 +496,68 @@ async def test_a_dropped_stream_is_finalized_after_the_grace(
     ws = await gateway.client.ws_connect("/v1/ingest/twilio", headers=bearer(tenant.pbx))
     await ws.send_str(twilio_start(announced["call_id"]))
     assert await closed(ws) == (1008, "call_ended")
+
+
+async def test_a_quiet_stream_is_pinged_and_kept_while_it_answers(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoints, "PING_AFTER_S", 0.2)
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant)
+    first = ULAW.encode(tone(0.5, 440, seed=7))
+    second = ULAW.encode(tone(0.5, 550, seed=8))
+    ws = await gateway.client.ws_connect(
+        "/v1/ingest/twilio", headers=bearer(tenant.pbx), autoping=False
+    )
+    await ws.send_str(twilio_start(announced["call_id"]))
+    for message in twilio_call(first):
+        await ws.send_str(message)
+    # Silent for eight intervals, answering each ping by hand: the stream stays attached.
+    pings = 0
+    loop = asyncio.get_running_loop()
+    quiet_until = loop.time() + 1.6
+    while (left := quiet_until - loop.time()) > 0:
+        try:
+            message = await ws.receive(timeout=left)
+        except TimeoutError:
+            break
+        assert message.type is WSMsgType.PING, message
+        pings += 1
+        await ws.pong(message.data)
+    assert pings >= 2
+    assert gateway.app[CALLS].live()[0].attached
+    for message in twilio_call(second):
+        await ws.send_str(message)
+    await ws.send_str(twilio_stop())
+    assert await closed(ws) == (1000, "stop")
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert np.array_equal(pcm[:4000, 0], ULAW.decode(first))
+    assert np.array_equal(pcm[-4000:, 0], ULAW.decode(second))
+
+
+async def test_a_quiet_stream_that_answers_no_ping_is_cut_and_its_call_waits(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoints, "PING_AFTER_S", 0.2)
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant)
+    ws = await gateway.client.ws_connect(
+        "/v1/ingest/twilio", headers=bearer(tenant.pbx), autoping=False
+    )
+    await ws.send_str(twilio_start(announced["call_id"]))
+    for message in twilio_call(ULAW.encode(tone(0.5, 440, seed=9))):
+        await ws.send_str(message)
+    await frames_processed(gateway, 25)
+    # The client reads nothing now, so it never answers the ping: a vanished PBX.
+    await dropped(gateway)
+    live = gateway.app[CALLS].live()
+    assert [call.call_id for call in live] == [announced["call_id"]]  # waiting, not ended
+    assert live[0].detached_at is not None
+    # The PBX's side sees its connection gone.
+    message = await ws.receive(timeout=5)
+    while message.type is WSMsgType.PING:  # the ping came before the cut
+        message = await ws.receive(timeout=5)
+    assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR)
 
 
 async def test_a_second_stream_for_a_streaming_call_is_refused(gateway: Gateway) -> None:
