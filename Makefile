@@ -9,7 +9,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py gateway/ingest/_datagrams.c
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py gateway/ingest/_datagrams.c gateway/ingest/_twilio.c
 	$(BIN)/pip install --quiet -e .
 	touch $@
 

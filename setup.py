@@ -1,8 +1,10 @@
-"""The one compiled part: gateway.ingest._datagrams, the RTP sockets' batch reader.
+"""The compiled parts: gateway.ingest._datagrams, the RTP sockets' batch reader, and
+gateway.ingest._twilio, the Twilio media message's fields.
 
-Everything else is declared in pyproject.toml. The extension is optional: where it cannot
-be built (no C compiler), the install goes on and the RTP ingest uses its pure-Python
-reader, which gives the same datagrams (tests/unit/test_datagrams.py compares them).
+Everything else is declared in pyproject.toml. The extensions are optional: where they
+cannot be built (no C compiler), the install goes on and ingest uses its pure-Python paths,
+which give the same results (tests/unit/test_datagrams.py and
+tests/unit/test_ingest_fast_paths.py compare them).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +16,12 @@ setup(
             sources=["gateway/ingest/_datagrams.c"],
             extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
             optional=True,
-        )
+        ),
+        Extension(
+            "gateway.ingest._twilio",
+            sources=["gateway/ingest/_twilio.c"],
+            extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
+            optional=True,
+        ),
     ]
 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from gateway.errors import MalformedMessage, StreamRefused
 from gateway.ingest.events import (
@@ -36,12 +37,24 @@ from gateway.ingest.events import (
     StreamStop,
     Track,
     WebSocketParser,
+    check_text_size,
+    decode_json_object,
     first_string,
     get_call_facts,
     get_object,
     get_string,
     get_unsigned,
 )
+
+try:
+    from gateway.ingest._twilio import media as _c_media  # type: ignore[import-not-found]
+except ImportError:  # not built (no C compiler at install): the general path reads all
+    _c_media = None
+
+C_MEDIA: Callable[[str], tuple[Track, str, int, int] | None] | None = _c_media
+"""``gateway/ingest/_twilio.c``: a media message's fields without building its JSON, for the
+common shape only (``None`` for anything else, which is then parsed the general way); the
+tests compare both paths message by message (tests/unit/test_ingest_fast_paths.py)."""
 
 _BOTH_TRACKS: tuple[Track, ...] = ("inbound", "outbound")
 # start.tracks and media.track say "inbound"/"outbound", and only that is accepted there;
@@ -64,6 +77,15 @@ class TwilioParser(WebSocketParser):
 
     def receive_text(self, text: str) -> list[Event]:
         """Parse one text message; raises an IngestError subclass if it is not acceptable."""
+        if self._state == "started" and C_MEDIA is not None:
+            fields = C_MEDIA(text)  # the message of every 20 ms, read in C: see _twilio.c
+            if fields is not None:
+                frame = self._next_frame()
+                check_text_size(text, frame)
+                audio = self._common_media(*fields)
+                if audio is not None:
+                    return [audio]
+                return [self._checked_media(decode_json_object(text, frame), frame)]
         msg, frame = self._next_json(text)
         if self._state == "started" and msg.get("event") == "media":
             # The message of every 20 ms: the checks below would all pass to get here.
@@ -169,6 +191,18 @@ class TwilioParser(WebSocketParser):
                     else:
                         return Audio(track, payload, int(stamp), int(number))
         return self._checked_media(msg, frame)
+
+    def _common_media(self, track: Track, encoded: str, stamp: int, number: int) -> Audio | None:
+        """The audio of a media message that ``C_MEDIA`` read (its track a track name, its
+        numbers checked), if its track was announced and its payload is valid base64, as
+        :meth:`_media` decides; ``None`` otherwise, for :meth:`_checked_media` to refuse."""
+        if track not in self._tracks:
+            return None
+        try:
+            payload = binascii.a2b_base64(encoded, strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
+        return Audio(track, payload, stamp, number)
 
     def _checked_media(self, msg: JsonObject, frame: int) -> Audio:
         media = _require_object(msg, "media", "media", frame)

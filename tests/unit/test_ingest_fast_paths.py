@@ -1,6 +1,8 @@
 """The per-frame fast paths of the ingest transports give what the checked paths give.
 
-Twilio's media messages are taken in one pass when they have their usual shape, fork's
+Twilio's media messages are taken in one pass when they have their usual shape (and read
+in C by ``gateway/ingest/_twilio.c`` where it was built: compared with the general path on
+hand-picked JSON edges and 20,000 seeded mutations of the common message), fork's
 stereo frames are split through an array, AudioSocket's frames are taken in one pass per
 read, and ``CallSession.receive`` places a frame without taking the session's lock when
 nothing holds or awaits it. Each is compared here with the
@@ -14,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import random
 import uuid
 from collections import Counter
@@ -21,9 +24,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.errors import IngestError, MalformedMessage, StreamRefused
+from gateway.ingest import twilio
 from gateway.ingest.audiosocket import (
     KIND_AUDIO,
     KIND_DTMF,
@@ -375,3 +380,163 @@ def test_audiosocket_frames_taken_per_read_as_frame_by_frame(stream: bytes) -> N
             got, want = outcome(fast.feed, piece), outcome(before.feed, piece)
             assert got == want
             assert fast.pending() == before.pending()
+
+
+# --- the Twilio media message read in C (gateway/ingest/_twilio.c) ---------------------------
+
+needs_c_media = pytest.mark.skipif(twilio.C_MEDIA is None, reason="_twilio.c was not built")
+
+
+def test_the_c_media_reader_is_built_where_the_parts_are_required() -> None:
+    """CI (``CALLVAULT_TEST_REQUIRE_PARTS=1``) has gcc and the Python headers: a silent
+    fallback there would leave the compiled path untested."""
+    if os.environ.get("CALLVAULT_TEST_REQUIRE_PARTS") != "1":
+        pytest.skip("only where every part is required (CI)")
+    assert twilio.C_MEDIA is not None
+
+
+CANONICAL = json.dumps(media(), separators=(",", ":"))
+
+
+def shapes() -> list[str]:
+    """Texts around the common shape: every variant above written several ways, and the
+    edges of JSON a hand-written reader could get wrong."""
+    texts = []
+    for msg in VARIANTS:
+        texts.append(json.dumps(msg))
+        texts.append(json.dumps(msg, separators=(",", ":")))
+        texts.append(json.dumps(msg, indent="\t", sort_keys=True))
+        texts.append(json.dumps(msg, ensure_ascii=False))
+        texts.append(json.dumps(dict(reversed(list(msg.items())))))
+    inner = '"track":"inbound","timestamp":"20","payload":"' + PAYLOAD + '"'
+    texts += [
+        CANONICAL,
+        " \r\n\t" + CANONICAL + " \r\n\t",
+        CANONICAL + "x",
+        CANONICAL + "}",
+        CANONICAL[:-1],
+        CANONICAL.replace(":", " : ").replace(",", " , "),
+        CANONICAL.replace('"media"', '"medi\\u0061"', 1),  # an escaped key: "media"
+        CANONICAL.replace('"inbound"', '"in\\u0062ound"'),
+        CANONICAL.replace(PAYLOAD, PAYLOAD[:8] + "\\/" + PAYLOAD[10:]),
+        CANONICAL.replace('"MZ1"', '"MZ\\"1"'),
+        CANONICAL.replace('"MZ1"', '"MZ\\u0000"'),
+        CANONICAL.replace('"MZ1"', '"MZ\x01"'),
+        CANONICAL.replace('"MZ1"', '"MZ\x7f"'),
+        CANONICAL.replace('"MZ1"', '"MZ\u2028é"'),
+        CANONICAL.replace('"MZ1"', "1"),
+        CANONICAL.replace('"MZ1"', "-0.5e3"),
+        CANONICAL.replace('"MZ1"', "01"),
+        CANONICAL.replace('"MZ1"', "NaN"),
+        CANONICAL.replace('"MZ1"', "null"),
+        CANONICAL.replace('"MZ1"', "[1, {}]"),
+        CANONICAL.replace('"MZ1"', '{"a": "b"}'),
+        CANONICAL.replace('"chunk":"2"', '"chunk":2'),
+        CANONICAL.replace('"chunk":"2"', '"chunk":{"x":"y"}'),
+        CANONICAL.replace('"chunk":"2"', '"track":"outbound"'),
+        CANONICAL.replace('"chunk":"2"', '"payload":"AAAA"'),
+        CANONICAL.replace('"chunk":"2"', '"chunk":"2",'),
+        CANONICAL.replace('"streamSid":"MZ1"', '"event":"media"'),
+        CANONICAL.replace('"streamSid":"MZ1"', '"event":"mark"'),
+        CANONICAL.replace('"streamSid":"MZ1"', '"sequenceNumber":"4"'),
+        CANONICAL.replace('"streamSid":"MZ1"', '"media":{' + inner + "}"),
+        CANONICAL.replace('"streamSid":"MZ1"', '"streamSid":"MZ1","streamSid":"MZ2"'),
+        CANONICAL.replace('"streamSid":"MZ1"', '"Event":"mark"'),
+        CANONICAL.replace('{"track"', '{ }, "x": {"track"'),
+        '{"event":"media","sequenceNumber":"3","media":{}}',
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + "}}",
+        '{"sequenceNumber":"3","media":{' + inner + '},"event":"media"}',
+        '{"event":"media","media":{' + inner + "}}",
+        '{"event":"media","sequenceNumber":"3"}',
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + "},}",
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + ",}}",
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + "}",
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + "}}}",
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + "} {}}",
+        '{"event":"media""sequenceNumber":"3","media":{' + inner + "}}",
+        '{"event":"media",,"sequenceNumber":"3","media":{' + inner + "}}",
+        '{"event":"media","sequenceNumber":"3","media":[{' + inner + "}]}",
+        '{"event":"media","sequenceNumber":"3","media":{' + inner + "}}\x00",
+        '\ufeff{"event":"media","sequenceNumber":"3","media":{' + inner + "}}",
+        '{"event":"media","sequenceNumber":"3","media":{' + inner.replace('"', "'") + "}}",
+        "{'event':'media'}",
+        "[]",
+        "{}",
+        "",
+        "\ud800",
+        CANONICAL.replace('"MZ1"', '"\ud800"'),
+    ]
+    return texts
+
+
+def mutations(count: int) -> list[str]:
+    """The common message with a few characters JSON cares about inserted, removed or
+    replaced at random places (seeded)."""
+    rng = random.Random(29)
+    alphabet = '{}[]":, \t\n\\u0aé1-.e'
+    texts = []
+    for _ in range(count):
+        text = CANONICAL
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(text) + 1)
+            what = rng.choice(alphabet)
+            op = rng.randrange(3)
+            if op == 0:
+                text = text[:at] + what + text[at:]
+            elif op == 1:
+                text = text[:at] + text[at + 1 :]
+            else:
+                text = text[:at] + what + text[at + 1 :]
+        texts.append(text)
+    return texts
+
+
+def general_outcome(monkeypatch: pytest.MonkeyPatch, text: str, tracks: list[str] | None) -> Any:
+    with monkeypatch.context() as patched:
+        patched.setattr(twilio, "C_MEDIA", None)
+        parser = started_twilio(tracks)
+        return outcome(parser.receive_text, text), parser.messages
+
+
+@needs_c_media
+@pytest.mark.parametrize("tracks", [None, ["outbound"]])
+def test_twilio_messages_read_in_c_are_what_the_general_path_makes_of_them(
+    monkeypatch: pytest.MonkeyPatch, tracks: list[str] | None
+) -> None:
+    """Every text, taken by the C reader or not: the same events or the same refusal (class,
+    code, message), the same count of messages, as the general path."""
+    texts = shapes() + mutations(20000)
+    taken = 0
+    for text in texts:
+        parser = started_twilio(tracks)
+        got = outcome(parser.receive_text, text), parser.messages
+        assert got == general_outcome(monkeypatch, text, tracks), text
+        taken += twilio.C_MEDIA(text) is not None  # type: ignore[misc]
+    assert taken > 100  # the C path was taken, not only fallen back from
+
+
+@needs_c_media
+def test_the_c_reader_gives_what_orjson_reads_or_nothing() -> None:
+    """Where it answers, a JSON object that orjson reads to the same fields; the common
+    message written in any key order and whitespace is answered."""
+    read = twilio.C_MEDIA
+    assert read is not None
+    for text in shapes() + mutations(20000):
+        fields = read(text)
+        if fields is None:
+            continue
+        msg = orjson.loads(text)
+        media_ = msg["media"]
+        assert msg["event"] == "media"
+        assert fields == (
+            media_["track"],
+            media_["payload"],
+            int(media_["timestamp"]),
+            int(msg["sequenceNumber"]),
+        ), text
+    common = media()
+    assert read(json.dumps(common)) == ("inbound", PAYLOAD, 20, 3)
+    assert read(json.dumps(common, indent=2, sort_keys=True)) == ("inbound", PAYLOAD, 20, 3)
+    assert read(json.dumps(dict(reversed(list(common.items()))))) == ("inbound", PAYLOAD, 20, 3)
+    with pytest.raises(TypeError):
+        read(CANONICAL.encode())
