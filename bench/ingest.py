@@ -229,9 +229,9 @@ TALLY = web.AppKey("bench_tally", Tally)
 
 
 def _bare_socket() -> web.WebSocketResponse:
-    # Made exactly like callvault's ingest sockets (gateway.ingest.endpoints), so the two
-    # differ only in what they do with a message.
-    return web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True, heartbeat=30.0)
+    # Made like callvault's ingest sockets (gateway.ingest.endpoints: no aiohttp heartbeat),
+    # so the two differ only in what they do with a message. No pings come in a run.
+    return web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
 
 
 async def bare_twilio(request: web.Request) -> web.WebSocketResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -38,11 +39,12 @@ WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
 
 CLOSE_ERROR = 1011
 PING_AFTER_S = 30.0
-"""An ingest WebSocket that sent nothing for this long is pinged (checked every
-``PING_AFTER_S``: after 30 to 60 s of silence), and cut if it sends nothing, not even the
-pong, within half of it: a PBX that vanished without closing its connection frees its call
-for a reconnect (the call waits its reconnect grace) and its proxy's read timeout is never
-met by a live one."""
+"""An ingest WebSocket from which nothing was read for this long (no message, ping or pong)
+is pinged (checked every ``PING_AFTER_S``: after 30 to 60 s of silence), and cut if nothing
+more is read within half of it: a PBX that vanished without closing its connection frees its
+call for a reconnect (the call waits its reconnect grace) and its proxy's read timeout is
+never met by a live one. A stream whose handler is busy with its messages (a flush held up by
+a slow disk) is not pinged: the silence is ours."""
 ERROR_LINGER_S = 2.0
 """How long a refused AudioSocket peer may keep sending before we close anyway."""
 
@@ -67,13 +69,18 @@ async def _websocket(
     principal = await _header_principal(request)
     # No aiohttp heartbeat: it schedules a callback for every read of the socket (5 % of
     # the loop at 200 Twilio calls); QuietWatch looks once per PING_AFTER_S. Pings are
-    # answered here (autoping off) so that the watch hears the pongs.
+    # answered here (autoping off) so that the watch hears them and the pongs.
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=False)
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     binding: StreamBinding | None = None
     parser = new_parser()
-    watch = QuietWatch(ws, request.transport, lambda: parser.messages)
+    watch = QuietWatch(
+        ws,
+        request.transport,
+        lambda: parser.messages,
+        cut=metrics.ingest_errors.labels("ping_timeout").inc,
+    )
     try:
         # A token in the URL is refused on a plaintext socket from another machine even
         # beside a header token: the URL already crossed the network in clear.
@@ -106,16 +113,24 @@ async def _websocket(
                 too_big = ws.close_code == MessageTooBig.close_code
                 metrics.ingest_errors.labels("message_too_big" if too_big else "bad_frame").inc()
                 break
-            elif kind is WSMsgType.PING:
+            elif kind is WSMsgType.PING:  # the peer's own: heard, and answered
+                watch.heard += 1
                 await ws.pong(message.data)
                 continue
-            else:  # a PONG (the watch's ping answered)
-                watch.pongs += 1
+            elif kind is WSMsgType.PONG:  # the watch's ping answered
+                watch.heard += 1
                 continue
-            if await handle(events, read_clock()):
+            else:
+                continue
+            watch.busy = True
+            stopped = await handle(events, read_clock())
+            watch.busy = False
+            if stopped:
+                watch.stop()
                 await ws.close(code=1000, message=b"stop")
                 break
     except IngestError as e:
+        watch.stop()  # not cut in the middle of its close
         metrics.ingest_errors.labels(e.code).inc()
         log.info(
             "%s stream closed: %s (%s)",
@@ -126,6 +141,7 @@ async def _websocket(
         )
         await ws.close(code=e.close_code, message=e.code.encode())
     except CallvaultError as e:
+        watch.stop()
         metrics.ingest_errors.labels(e.code).inc()
         log.warning("%s stream failed: %s", transport, e.code)
         await ws.close(code=CLOSE_ERROR, message=e.code.encode())
@@ -141,31 +157,41 @@ async def _websocket(
 
 class QuietWatch:
     """Pings an ingest WebSocket that went quiet, and cuts it if it stays quiet (see
-    ``PING_AFTER_S``). It compares a count every interval (``heard``: the messages the
-    parser was fed, and the pongs): nothing is done per message."""
+    ``PING_AFTER_S``). It compares counts every interval (``messages``: what the parser was
+    fed; ``heard``: pings and pongs), so nothing is done per message but marking the handler
+    ``busy`` while it handles one."""
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport | None,
-        heard: Callable[[], int],
+        messages: Callable[[], int],
+        *,
+        cut: Callable[[], None],
     ) -> None:
-        self.pongs = 0
+        self.heard = 0
+        self.busy = False
         self._ws = ws
         self._transport = transport
-        self._heard = heard
+        self._messages = messages
+        self._cut = cut
         self._seen = 0
         self._pinged = False
         self._loop = asyncio.get_running_loop()
-        self._timer = self._loop.call_later(PING_AFTER_S, self._check)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(PING_AFTER_S, self._check)
         self._pinging: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
-        self._timer.cancel()
+        """No more checks (the stream ends); a ping on its way is dropped."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pinging is not None:
+            self._pinging.cancel()
 
     def _check(self) -> None:
-        heard = self._heard() + self.pongs
-        if heard != self._seen:
+        heard = self._messages() + self.heard
+        if heard != self._seen or self.busy:
             self._seen, self._pinged = heard, False
             self._timer = self._loop.call_later(PING_AFTER_S, self._check)
         elif not self._pinged:
@@ -175,7 +201,9 @@ class QuietWatch:
         elif self._transport is not None:
             # Silent through the ping: as if its TCP connection had died, which it has,
             # or will. The handler's receive ends, and the call waits for a reconnect.
+            self._timer = None
             log.info("an ingest WebSocket answered no ping in %g s: cut", PING_AFTER_S / 2)
+            self._cut()
             self._transport.abort()
 
     async def _ping(self) -> None:
@@ -198,8 +226,12 @@ async def _before(
         return await receive
     remaining = deadline[0] - asyncio.get_running_loop().time()
     try:
-        return await asyncio.wait_for(receive, timeout=max(remaining, 0.001))
+        if remaining <= 0:  # a peer chatting (pings, Twilio's connected) past it: no more
+            raise TimeoutError
+        return await asyncio.wait_for(receive, timeout=remaining)
     except TimeoutError:
+        if inspect.iscoroutine(receive):
+            receive.close()  # never awaited: not left to warn
         raise StreamRefused(
             f"The stream did not start within {deadline[1]:g} s.", code="start_timeout"
         ) from None

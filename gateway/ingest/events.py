@@ -66,7 +66,7 @@ class StreamStart:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
 
 
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs 0.4 µs more, once per frame
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: its __init__ costs 0.4 µs more a frame
 class Audio:
     """A chunk of one track's audio, in the codec StreamStart named, untouched. Not changed
     after it is made (not frozen only for the cost of making one)."""

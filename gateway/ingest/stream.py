@@ -69,7 +69,10 @@ class StreamBinding:
     async def handle(self, events: Sequence[Event], now: datetime) -> bool:
         """Apply the events; ``True`` once the stream has ended the call (stop, hangup)."""
         taken = 0  # audio frames taken, counted once per call (a fork frame is two)
-        due: CallSession | None = None  # placed, and a flush is due: once, after the run
+        # Placed, and a flush is due: once, after the run (or before a control event). A
+        # frame refused after it leaves that flush to the call's end or the stream's
+        # release, which flush and publish what is buffered; and counts what was placed.
+        due: CallSession | None = None
         try:
             for event in events:
                 if event.__class__ is not Audio:

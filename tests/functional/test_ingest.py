@@ -4,6 +4,7 @@ resume, reconnects, flushing, bounded memory and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import build_app
 from gateway.ingest import endpoints
+from gateway.ingest.stream import StreamBinding
 from gateway.settings import Settings
 from gateway.state import CALLS, METRICS, SERVICES
 from tests.gateway import (
@@ -550,6 +552,7 @@ async def test_a_quiet_stream_that_answers_no_ping_is_cut_and_its_call_waits(
     await frames_processed(gateway, 25)
     # The client reads nothing now, so it never answers the ping: a vanished PBX.
     await dropped(gateway)
+    assert gateway.app[METRICS].ingest_errors.labels("ping_timeout")._value.get() == 1
     live = gateway.app[CALLS].live()
     assert [call.call_id for call in live] == [announced["call_id"]]  # waiting, not ended
     assert live[0].detached_at is not None
@@ -558,6 +561,79 @@ async def test_a_quiet_stream_that_answers_no_ping_is_cut_and_its_call_waits(
     while message.type is WSMsgType.PING:  # the ping came before the cut
         message = await ws.receive(timeout=5)
     assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR)
+
+
+async def test_a_stream_whose_handler_is_held_up_is_not_cut_for_its_silence(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the handler is busy with a message (a flush held up by a slow disk), nothing is
+    read from the socket: that silence is ours, and the PBX is neither pinged nor cut."""
+    monkeypatch.setattr(endpoints, "PING_AFTER_S", 0.2)
+    handle = StreamBinding.handle
+    held = asyncio.Event()
+
+    async def slow_handle(self: StreamBinding, events: Any, now: datetime) -> bool:
+        if held.is_set():
+            held.clear()
+            await asyncio.sleep(1.0)  # five intervals
+        return await handle(self, events, now)
+
+    monkeypatch.setattr(StreamBinding, "handle", slow_handle)
+    tenant = await gateway.tenant("acme", NO_CONSENT)
+    announced = await gateway.announce(tenant)
+    audio = ULAW.encode(tone(0.5, 440, seed=10))
+    ws = await gateway.client.ws_connect(
+        "/v1/ingest/twilio", headers=bearer(tenant.pbx), autoping=False
+    )
+    await ws.send_str(twilio_start(announced["call_id"]))
+    messages = twilio_call(audio)
+    held.set()
+    for message in messages:
+        await ws.send_str(message)
+    await ws.send_str(twilio_stop())
+    # The client answers nothing (it reads only the close): had the watch taken the held-up
+    # handler's silence for the peer's, it would have cut the stream before its stop.
+    assert await closed(ws) == (1000, "stop")
+    pcm = await recording_wav(gateway, tenant, announced["recording_id"])
+    assert np.array_equal(pcm[:, 0], ULAW.decode(audio))
+
+
+async def test_pings_before_the_start_do_not_hold_a_connection_past_the_deadline(
+    aiohttp_client: Callable, gateway_settings: Settings
+) -> None:
+    """Each ping is a message the handler reads (and answers) before the stream starts; a
+    peer that pings without pause is still closed at CALLVAULT_INGEST__HANDSHAKE_TIMEOUT."""
+    settings = gateway_settings.model_copy(
+        update={
+            "ingest": gateway_settings.ingest.model_copy(
+                update={"handshake_timeout": timedelta(seconds=0.3)}
+            )
+        }
+    )
+    gateway = await start_gateway(await aiohttp_client(GatewayServer(build_app(settings))))
+    for route in ("/v1/ingest/fork", "/v1/ingest/twilio"):
+        ws = await gateway.client.ws_connect(route, autoping=False)
+
+        async def chatter(ws: Any = ws) -> None:
+            while not ws.closed:
+                await ws.ping()
+                await asyncio.sleep(0)
+
+        pinging = asyncio.create_task(chatter())
+        try:
+            code, reason = 0, ""
+            async with asyncio.timeout(10):
+                while True:
+                    message = await ws.receive()
+                    if message.type is WSMsgType.PONG:
+                        continue
+                    code, reason = ws.close_code or 0, message.extra or ""
+                    break
+            assert (code, reason) == (1008, "start_timeout"), route
+        finally:
+            pinging.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await pinging
 
 
 async def test_a_second_stream_for_a_streaming_call_is_refused(gateway: Gateway) -> None:
