@@ -3,12 +3,16 @@
 Contract: only ``MalformedMessage``, ``MessageTooBig`` and ``StreamRefused`` escape, each
 with a stable code and a short message; a refused message leaves the parser as it was
 (the module's promise); the events come in order (one start, then audio, DTMF and marks on
-the tracks the start announced, then at most one stop) and carry values in their bounds.
+the tracks the start announced, then at most one stop) and carry values in their bounds;
+and where the C reader of the media message answers, its fields are orjson's.
 """
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.errors import MalformedMessage, MessageTooBig, StreamRefused
+from gateway.ingest import twilio
 from gateway.ingest.events import (
     CALL_FACTS,
     DTMF_DIGITS,
@@ -65,10 +69,28 @@ class StreamChecker:
             self.stopped = True
 
 
+def check_c_media(text: str) -> None:
+    """Where the C reader of the media message (``gateway/ingest/_twilio.c``) answers, orjson
+    reads the same fields from the text: the C path never accepts what the general one
+    would read otherwise."""
+    if twilio.C_MEDIA is None:
+        return
+    fields = twilio.C_MEDIA(text)
+    if fields is None:
+        return
+    msg = orjson.loads(text)
+    media = msg["media"]
+    assert msg["event"] == "media"
+    expected = (media["track"], media["payload"], media["timestamp"], msg["sequenceNumber"])
+    assert fields == (*expected[:2], int(expected[2]), int(expected[3])), "C read otherwise"
+
+
 def fuzz_one(data: bytes) -> None:
     parser = TwilioParser()
     checker = StreamChecker("pcmu")
     for binary, body in messages(data):
+        if not binary:
+            check_c_media(text_of(body))
         # The parser's own state, read only to hold it to "an error leaves the parser as
         # it was".
         before = (parser._state, parser._tracks)
