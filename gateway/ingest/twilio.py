@@ -176,29 +176,27 @@ class TwilioParser(WebSocketParser):
             track = _TRACK_NAMES.get(name) if name.__class__ is str else None
             if (
                 track is not None
-                and track in self._tracks
                 and encoded.__class__ is str
                 and stamp.__class__ is str
                 and number.__class__ is str
+                and _is_digits(stamp)
+                and _is_digits(number)
             ):
-                if _is_digits(stamp) and _is_digits(number):
-                    try:
-                        # strict_mode is what base64.b64decode(validate=True) runs, minus its
-                        # wrapper; a non-ASCII str raises ValueError there too.
-                        payload = binascii.a2b_base64(encoded, strict_mode=True)
-                    except (binascii.Error, ValueError):
-                        pass  # refused below
-                    else:
-                        return Audio(track, payload, int(stamp), int(number))
+                audio = self._common_media(track, encoded, int(stamp), int(number))
+                if audio is not None:
+                    return audio
         return self._checked_media(msg, frame)
 
     def _common_media(self, track: Track, encoded: str, stamp: int, number: int) -> Audio | None:
-        """The audio of a media message that ``C_MEDIA`` read (its track a track name, its
-        numbers checked), if its track was announced and its payload is valid base64, as
-        :meth:`_media` decides; ``None`` otherwise, for :meth:`_checked_media` to refuse."""
+        """The audio of a media message of the common shape (read by :meth:`_media` or
+        ``C_MEDIA``: its track a track name, its numbers checked), if its track was
+        announced and its payload is valid base64; ``None`` otherwise, for
+        :meth:`_checked_media` to refuse."""
         if track not in self._tracks:
             return None
         try:
+            # strict_mode is what base64.b64decode(validate=True) runs, minus its wrapper;
+            # a non-ASCII str raises ValueError there too.
             payload = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, ValueError):
             return None
