@@ -500,18 +500,27 @@ async def test_a_dropped_stream_is_finalized_after_the_grace(
     assert await closed(ws) == (1008, "call_ended")
 
 
-async def test_a_quiet_stream_is_pinged_and_kept_while_it_answers(
+async def started_without_autoping(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[TenantTokens, dict[str, Any], Any]:
+    """A Twilio stream started, whose pings the test answers or not (autoping off), with the
+    gateway's quiet watch looking every 0.2 s."""
     monkeypatch.setattr(endpoints, "PING_AFTER_S", 0.2)
     tenant = await gateway.tenant("acme", NO_CONSENT)
     announced = await gateway.announce(tenant)
-    first = ULAW.encode(tone(0.5, 440, seed=7))
-    second = ULAW.encode(tone(0.5, 550, seed=8))
     ws = await gateway.client.ws_connect(
         "/v1/ingest/twilio", headers=bearer(tenant.pbx), autoping=False
     )
     await ws.send_str(twilio_start(announced["call_id"]))
+    return tenant, announced, ws
+
+
+async def test_a_quiet_stream_is_pinged_and_kept_while_it_answers(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, announced, ws = await started_without_autoping(gateway, monkeypatch)
+    first = ULAW.encode(tone(0.5, 440, seed=7))
+    second = ULAW.encode(tone(0.5, 550, seed=8))
     for message in twilio_call(first):
         await ws.send_str(message)
     # Silent for eight intervals, answering each ping by hand: the stream stays attached.
@@ -540,13 +549,7 @@ async def test_a_quiet_stream_is_pinged_and_kept_while_it_answers(
 async def test_a_quiet_stream_that_answers_no_ping_is_cut_and_its_call_waits(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(endpoints, "PING_AFTER_S", 0.2)
-    tenant = await gateway.tenant("acme", NO_CONSENT)
-    announced = await gateway.announce(tenant)
-    ws = await gateway.client.ws_connect(
-        "/v1/ingest/twilio", headers=bearer(tenant.pbx), autoping=False
-    )
-    await ws.send_str(twilio_start(announced["call_id"]))
+    _, announced, ws = await started_without_autoping(gateway, monkeypatch)
     for message in twilio_call(ULAW.encode(tone(0.5, 440, seed=9))):
         await ws.send_str(message)
     await frames_processed(gateway, 25)
@@ -568,7 +571,6 @@ async def test_a_stream_whose_handler_is_held_up_is_not_cut_for_its_silence(
 ) -> None:
     """While the handler is busy with a message (a flush held up by a slow disk), nothing is
     read from the socket: that silence is ours, and the PBX is neither pinged nor cut."""
-    monkeypatch.setattr(endpoints, "PING_AFTER_S", 0.2)
     handle = StreamBinding.handle
     held = asyncio.Event()
 
@@ -579,13 +581,8 @@ async def test_a_stream_whose_handler_is_held_up_is_not_cut_for_its_silence(
         return await handle(self, events, now)
 
     monkeypatch.setattr(StreamBinding, "handle", slow_handle)
-    tenant = await gateway.tenant("acme", NO_CONSENT)
-    announced = await gateway.announce(tenant)
+    tenant, announced, ws = await started_without_autoping(gateway, monkeypatch)
     audio = ULAW.encode(tone(0.5, 440, seed=10))
-    ws = await gateway.client.ws_connect(
-        "/v1/ingest/twilio", headers=bearer(tenant.pbx), autoping=False
-    )
-    await ws.send_str(twilio_start(announced["call_id"]))
     messages = twilio_call(audio)
     held.set()
     for message in messages:
