@@ -10,12 +10,13 @@ per interval after a read, in slices that let the loop run between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -217,6 +218,30 @@ def loop_factories() -> list[Any]:
     return [asyncio.SelectorEventLoop, uvloop.new_event_loop]
 
 
+@contextlib.asynccontextmanager
+async def poller_with(
+    interval: float, receivers: Sequence[Callable[[list[Datagram]], None]], **options: Any
+) -> AsyncIterator[tuple[Poller, list[Reader], list[tuple[str, int]], socket.socket]]:
+    """A poller, a reader bound on loopback for each receiver (``options`` for each), their
+    addresses, and a sender; all closed afterwards."""
+    poller = Poller(interval)
+    readers: list[Reader] = []
+    (peer,) = senders(1)
+    try:
+        for receive in receivers:
+            reader = Reader(receive, poller, **options)
+            readers.append(reader)
+            await reader.bind("127.0.0.1", 0)
+        addresses = [r._socket.getsockname() for r in readers if r._socket is not None]
+        assert len(addresses) == len(readers)
+        yield poller, readers, addresses, peer
+    finally:
+        peer.close()
+        for reader in readers:
+            reader.close()
+        poller.close()
+
+
 @pytest.fixture(params=loop_factories(), ids=["asyncio", "uvloop"])
 def runner(request: pytest.FixtureRequest) -> Any:
     with asyncio.Runner(loop_factory=request.param) as runner:
@@ -238,35 +263,32 @@ def test_the_poller_reads_every_socket_and_waits_an_interval_between_reads(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(interval)
         got: dict[int, list[tuple[float, list[Datagram]]]] = {n: [] for n in range(3)}
-        readers: list[Reader] = []
-        for n in range(3):
-            reader = Reader(
-                functools.partial(lambda n, batch: got[n].append((loop.time(), batch)), n),
-                poller,
-                compiled=compiled,
-            )
-            await reader.bind("127.0.0.1", 0)
-            readers.append(reader)
-        ports = [r._socket.getsockname()[1] for r in readers if r._socket is not None]
-        (peer,) = senders(1)
-        try:
-            for n, port in enumerate(ports):  # each socket's first: read by the loop
+        receivers = [
+            functools.partial(lambda n, batch: got[n].append((loop.time(), batch)), n)
+            for n in range(3)
+        ]
+        async with poller_with(interval, receivers, compiled=compiled) as (
+            poller,
+            readers,
+            addresses,
+            peer,
+        ):
+            for n, address in enumerate(addresses):  # each socket's first: read by the loop
                 sent_at = loop.time()
-                peer.sendto(b"first", ("127.0.0.1", port))
+                peer.sendto(b"first", address)
                 await until(lambda n=n: bool(got[n]))  # type: ignore[misc]
                 assert got[n][0][0] - sent_at < interval / 2
             assert poller.reads == 0
             sent_at = loop.time()
-            peer.sendto(b"second", ("127.0.0.1", ports[0]))
+            peer.sendto(b"second", addresses[0])
             await until(lambda: len(got[0]) == 2)
             first_at = got[0][1][0]
             assert first_at - sent_at < interval / 2  # a quiet spell: not held
             assert poller.reads == 1
-            for n, port in enumerate(ports):
+            for n, address in enumerate(addresses):
                 for k in range(3):
-                    peer.sendto(bytes([n, k]), ("127.0.0.1", port))
+                    peer.sendto(bytes([n, k]), address)
             await until(lambda: sum(len(v) for v in got.values()) == 7)
             await asyncio.sleep(0.05)  # nothing more comes
             assert poller.reads == 2
@@ -276,15 +298,10 @@ def test_the_poller_reads_every_socket_and_waits_an_interval_between_reads(
                 assert batch == [(bytes([n, k]), peer.getsockname()) for k in range(3)]
             readers[1].close()
             readers[1].close()  # twice: nothing more
-            peer.sendto(b"late", ("127.0.0.1", ports[0]))
-            peer.sendto(b"gone", ("127.0.0.1", ports[1]))
+            peer.sendto(b"late", addresses[0])
+            peer.sendto(b"gone", addresses[1])
             await until(lambda: len(got[0]) == 4)
             assert len(got[1]) == 2
-        finally:
-            peer.close()
-            for reader in readers:
-                reader.close()
-            poller.close()
 
     runner.run(main())
 
@@ -299,11 +316,8 @@ def test_a_round_is_read_in_slices_with_the_loop_running_between(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(0.2)
         events: list[str] = []
         first: list[int] = []
-        readers: list[Reader] = []
-        (peer,) = senders(1)
         primed = [False] * 5
 
         def received(n: int, batch: list[Datagram]) -> None:
@@ -314,34 +328,22 @@ def test_a_round_is_read_in_slices_with_the_loop_running_between(
             if len(events) == 1:
                 loop.call_soon(events.append, "other work")
                 first.append(n)
-                sock = readers[n]._socket
-                assert sock is not None
-                peer.sendto(b"during the round", sock.getsockname())
+                peer.sendto(b"during the round", addresses[n])
 
-        for n in range(5):
-            reader = Reader(functools.partial(received, n), poller)
-            await reader.bind("127.0.0.1", 0)
-            readers.append(reader)
-        try:
-            for reader in readers:
-                assert reader._socket is not None
-                peer.sendto(b"first", reader._socket.getsockname())
+        receivers = [functools.partial(received, n) for n in range(5)]
+        async with poller_with(0.2, receivers) as (poller, _, addresses, peer):
+            for address in addresses:
+                peer.sendto(b"first", address)
             await until(lambda: all(primed))
             assert poller.reads == 0
-            for reader in readers:
-                assert reader._socket is not None
-                peer.sendto(b"x", reader._socket.getsockname())
+            for address in addresses:
+                peer.sendto(b"x", address)
             await until(lambda: len([e for e in events if e.startswith("read")]) >= 6)
             reads = [e for e in events if e.startswith("read")]
             assert sorted(reads[:5]) == [f"read {n}: 1" for n in range(5)]
             assert reads[5] == f"read {first[0]}: 1"  # the next round's
             assert events.index("other work") < events.index(reads[4])
             assert poller.reads == 3 + 1
-        finally:
-            peer.close()
-            for reader in readers:
-                reader.close()
-            poller.close()
 
     runner.run(main())
 
@@ -359,15 +361,14 @@ def test_a_socket_stays_with_the_loop_until_its_track_has_anchored(
     which the track has anchored hands it to the poller."""
 
     async def main() -> None:
-        poller = Poller(0.2)
         anchored = [False]
         got: list[list[Datagram]] = []
-        reader = Reader(got.append, poller, anchored=lambda: anchored[0])
-        await reader.bind("127.0.0.1", 0)
-        assert reader._socket is not None
-        address = reader._socket.getsockname()
-        (peer,) = senders(1)
-        try:
+        async with poller_with(0.2, [got.append], anchored=lambda: anchored[0]) as (
+            poller,
+            (reader,),
+            (address,),
+            peer,
+        ):
             peer.sendto(b"anchors nothing", address)
             await until(lambda: len(got) == 1)
             peer.sendto(b"nor this", address)
@@ -380,10 +381,6 @@ def test_a_socket_stays_with_the_loop_until_its_track_has_anchored(
             peer.sendto(b"the poller's", address)
             await until(lambda: len(got) == 4)
             assert poller.reads == 1
-        finally:
-            peer.close()
-            reader.close()
-            poller.close()
 
     runner.run(main())
 
@@ -397,18 +394,13 @@ def test_a_read_that_fills_its_batch_goes_back_into_the_round(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(5.0)  # the next round would be 5 s away
         got: list[tuple[float, int]] = []
 
         def received(batch: list[Datagram]) -> None:
             got.append((loop.time(), len(batch)))
 
-        reader = Reader(received, poller)
-        await reader.bind("127.0.0.1", 0)
-        assert reader._socket is not None
-        address = reader._socket.getsockname()
-        (peer,) = senders(1)
-        try:
+        # The next round would be 5 s away.
+        async with poller_with(5.0, [received]) as (poller, _, (address,), peer):
             peer.sendto(b"first", address)
             await until(lambda: len(got) == 1)
             started = loop.time()
@@ -418,9 +410,5 @@ def test_a_read_that_fills_its_batch_goes_back_into_the_round(
             assert [n for _, n in got] == [1, 4, 4, 2]
             assert poller.reads == 3
             assert got[-1][0] - started < 1.0  # the same round
-        finally:
-            peer.close()
-            reader.close()
-            poller.close()
 
     runner.run(main())
