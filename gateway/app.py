@@ -29,6 +29,7 @@ from ai.worker import WorkerMetrics
 from gateway.api import add_routes
 from gateway.calls import TICK_S, CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
+from gateway.console import add_console
 from gateway.clock import Clock
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
@@ -274,6 +275,8 @@ def build_app(
     app.router.add_get("/v1/ingest/twilio", endpoints.twilio)
     app.router.add_get("/v1/ingest/fork", endpoints.fork)
     add_routes(app)
+    if settings.console.enabled:
+        add_console(app)
     return app
 
 

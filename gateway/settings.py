@@ -244,6 +244,21 @@ class AuditSettings(BaseModel):
     duration; `PT0S`: never, for `callvault audit checkpoint` from cron). Default `PT5M`."""
 
 
+class ConsoleSettings(BaseModel):
+    """The browser console at `/console/` (`gateway.console`)."""
+
+    enabled: bool = True
+    """Serve the console (`false`: `/console/` answers 404; the API is unchanged). Default
+    `true`."""
+    session_lifetime: timedelta = Field(
+        default=timedelta(hours=8), gt=timedelta(0), le=timedelta(days=7)
+    )
+    """How long a console sign-in lasts at most, however it is used (ISO-8601 duration, up
+    to `P7D`). Default `PT8H`."""
+    session_idle: timedelta = Field(default=timedelta(minutes=30), gt=timedelta(0))
+    """A console session unused this long ends (ISO-8601 duration). Default `PT30M`."""
+
+
 class LimitsSettings(BaseModel):
     """The default limits of every tenant; the operator overrides them per tenant
     (`limits` on `POST /v1/tenants` and `PATCH /v1/tenants/{tenant}`)."""
@@ -350,6 +365,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     audit: AuditSettings = AuditSettings()
     limits: LimitsSettings = LimitsSettings()
+    console: ConsoleSettings = ConsoleSettings()
     keys: KeysSettings = KeysSettings()
     node: NodeSettings = NodeSettings()
 

@@ -2,11 +2,11 @@
 
 The queries live in one module per aggregate (``tenants``, ``tokens``, ``instructions``,
 ``calls``, ``recordings``, ``objects``, ``keys``, ``holds``, ``retention``, ``jobs``,
-``audit``, ``checkpoints``, ``leases``, ``nodes``), each a class over the shared
-``CatalogCore`` (the pool, its transactions, the translation of driver errors and the audit
-log's keys). This facade opens and closes the core, migrates and checks the schema, and
-hands out the aggregates: ``catalog.tenants.create(...)``, ``catalog.jobs.claim(...)``,
-``catalog.audit.append(...)``.
+``audit``, ``checkpoints``, ``leases``, ``nodes``, ``console_sessions``), each a class over
+the shared ``CatalogCore`` (the pool, its transactions, the translation of driver errors and
+the audit log's keys). This facade opens and closes the core, migrates and checks the
+schema, and hands out the aggregates: ``catalog.tenants.create(...)``,
+``catalog.jobs.claim(...)``, ``catalog.audit.append(...)``.
 
 Each public method is its own short transaction and returns frozen records
 (``storage.catalog.records``), never rows or ORM objects. Time is always passed in (``now``),
@@ -22,6 +22,7 @@ from crypto.auditkeys import AuditKeyProvider
 from storage.catalog.audit import Audit
 from storage.catalog.calls import Calls
 from storage.catalog.checkpoints import Checkpoints
+from storage.catalog.consolesessions import ConsoleSessions
 from storage.catalog.core import MIGRATIONS_DIR, CatalogCore
 from storage.catalog.holds import Holds
 from storage.catalog.instructions import CatalogInstructions
@@ -40,7 +41,7 @@ __all__ = ["MIGRATIONS_DIR", "Catalog"]
 class Catalog:
     """The catalog database: tenants, tokens, instructions, calls, recordings, objects,
     the key table, legal holds, retention, jobs, the audit log and its checkpoints, the
-    fleet's named leases and the node registry."""
+    fleet's named leases, the node registry and the browser console's sessions."""
 
     def __init__(self, core: CatalogCore) -> None:
         self.core = core
@@ -58,6 +59,7 @@ class Catalog:
         self.checkpoints = Checkpoints(core)
         self.leases = Leases(core)
         self.nodes = Nodes(core)
+        self.console_sessions = ConsoleSessions(core)
 
     @classmethod
     async def open(

@@ -337,3 +337,16 @@ leases = sa.Table(
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("until", UTCDateTime(), nullable=False),
 )
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    # A browser console session (gateway.console.sessions): the SHA-256 of the cookie's
+    # random id (never the id itself), the token it was signed in with (checked on every
+    # request, so a revocation ends the session at once on every node), and its times.
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("token_id", ID, sa.ForeignKey("tokens.id"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("seen_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)

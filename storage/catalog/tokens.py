@@ -43,6 +43,15 @@ def _active(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
+def active_token(now: datetime) -> sa.ColumnElement[bool]:
+    """A token that may be used at ``now``: active, and its tenant (if any) not deleted.
+    For a query that joins ``tokens`` to ``tenants`` (an outer join: operator tokens have
+    no tenant)."""
+    return sa.and_(
+        _active(now), sa.or_(tokens.c.tenant_id.is_(None), tenants.c.deleted_at.is_(None))
+    )
+
+
 async def _has_had_admin(conn: AsyncConnection, tenant_id: str) -> bool:
     """Whether the tenant has, or ever had, an admin token: revoked and expired ones count,
     so revoking a tenant's admins does not make the next operator-minted admin its "first"."""
@@ -130,8 +139,7 @@ class Tokens:
             .select_from(tokens.outerjoin(tenants, tokens.c.tenant_id == tenants.c.id))
             .where(
                 tokens.c.token_hash == token_hash,
-                _active(now),
-                sa.or_(tokens.c.tenant_id.is_(None), tenants.c.deleted_at.is_(None)),
+                active_token(now),
             ),
             Token,
         )
@@ -150,8 +158,7 @@ class Tokens:
                 .select_from(tokens.outerjoin(tenants, tokens.c.tenant_id == tenants.c.id))
                 .where(
                     tokens.c.id.in_(sorted(wanted)),
-                    _active(now),
-                    sa.or_(tokens.c.tenant_id.is_(None), tenants.c.deleted_at.is_(None)),
+                    active_token(now),
                 )
             )
             return wanted - set(active.scalars())

@@ -160,7 +160,7 @@ async def test_migrate_builds_the_schema_from_empty_and_again_is_a_no_op(
     await add_tenant(empty_catalog)
 
     await empty_catalog.migrate()
-    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0011"
+    assert await scalar(raw, "SELECT version_num FROM alembic_version") == "0012"
     assert await scalar(raw, "SELECT count(*) FROM alembic_version") == 1
     assert (await empty_catalog.tenants.get("acme")).name == "Acme"
 

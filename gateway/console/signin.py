@@ -1,0 +1,95 @@
+"""Signing in and out of the console, and its home page."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from crypto.errors import CallvaultError
+from gateway.console import PREFIX, page, render, secure, see_other
+from gateway.console.sessions import (
+    ConsoleSession,
+    check_signin_csrf,
+    csrf_token,
+    current_session,
+    set_signin_cookie,
+    sign_in,
+    sign_out,
+    signin_secret,
+)
+from gateway.errors import Unauthorized
+
+HOMES = {
+    "operator": f"{PREFIX}/tenants",
+    "admin": f"{PREFIX}/recordings",
+    "processor": f"{PREFIX}/recordings",
+}
+
+
+def _next_path(value: object) -> str | None:
+    """A ``next`` to go to after sign-in: only a console path of this site (never
+    ``//elsewhere`` nor an absolute URL: no open redirect)."""
+    if (
+        isinstance(value, str)
+        and value.startswith(PREFIX + "/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and len(value) < 2000
+    ):
+        return value
+    return None
+
+
+async def signin_form(request: web.Request) -> web.StreamResponse:
+    try:
+        await current_session(request)
+    except Unauthorized:
+        pass
+    else:
+        raise see_other(_next_path(request.query.get("next")) or f"{PREFIX}/")
+    return _signin_page(request, request.query.get("next"), error=None, status=200)
+
+
+def _signin_page(
+    request: web.Request, next_path: object, *, error: str | None, status: int
+) -> web.StreamResponse:
+    secret = signin_secret(request)
+    context = {"next": _next_path(next_path) or "", "error": error, "csrf": csrf_token(secret)}
+    response = render(request, "signin.html", context, status=status)
+    set_signin_cookie(response, secret)
+    return secure(response)
+
+
+async def signin_submit(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    next_path = form.get("next")
+    try:
+        check_signin_csrf(request, dict(form))
+    except CallvaultError as e:
+        return _signin_page(request, next_path, error=e.message, status=403)
+    token = form.get("token")
+    response = web.Response(status=303)
+    try:
+        principal = await sign_in(request, token if isinstance(token, str) else "", response)
+    except CallvaultError as e:
+        status = 403 if e.code == "forbidden" else 401
+        return _signin_page(request, next_path, error=e.message, status=status)
+    target = _next_path(next_path) or HOMES.get(principal.role, f"{PREFIX}/")
+    response.headers["Location"] = target
+    return secure(response)
+
+
+async def _signout(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
+    response = see_other(f"{PREFIX}/sign-in")
+    await sign_out(request, response)
+    raise response
+
+
+async def _home(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
+    raise see_other(HOMES.get(session.principal.role, f"{PREFIX}/sign-in"))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(f"{PREFIX}/sign-in", signin_form)
+    app.router.add_post(f"{PREFIX}/sign-in", signin_submit)
+    app.router.add_post(f"{PREFIX}/sign-out", page(_signout))
+    app.router.add_get(f"{PREFIX}/", page(_home))
