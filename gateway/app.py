@@ -29,8 +29,8 @@ from ai.worker import WorkerMetrics
 from gateway.api import add_routes
 from gateway.calls import TICK_S, CallRegistry
 from gateway.checkpoints import Checkpointer, run_checkpoints
-from gateway.console import add_console
 from gateway.clock import Clock
+from gateway.console import add_console
 from gateway.ingest import endpoints
 from gateway.ingest.rtp_server import RtpIngest
 from gateway.loops import probe_lag

@@ -69,6 +69,13 @@ class TooLarge(GatewayError):
     status = 413
 
 
+class RangeNotSatisfiable(GatewayError):
+    """A ``Range`` header that asks for bytes past the end of the body (RFC 9110 15.5.17)."""
+
+    code = "range_not_satisfiable"
+    status = 416
+
+
 class PolicyRefused(GatewayError):
     """The tenant's instructions do not allow this call; ``code`` is the refusal code
     (``recording_not_instructed``, ``consent_missing``, ``number_excluded``)."""

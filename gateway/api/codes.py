@@ -167,6 +167,10 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "nothing was deleted. Retry shortly.",
         "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is still being recorded; end the call first.",
     ),
+    "range_not_satisfiable": (
+        "The `Range` header asks for bytes past the end of the WAV.",
+        "The body has 960044 bytes; the range starts at 2000000.",
+    ),
     "too_large": (
         "The recording is too long for one WAV file (RIFF sizes are 32-bit).",
         "Recording 'rec_4f1c2a9b8e7d6c5b4a392817' is too long for one WAV file.",

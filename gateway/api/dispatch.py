@@ -29,6 +29,16 @@ from gateway.errors import BadRequest
 from storage.errors import NotFound
 
 NO_BODY: Any = object()
+UNREAD = web.RequestKey("dispatch_unread", web.Request)
+"""A copy of the request made before its body was read (``keep_unread``): aiohttp clones
+no request whose body was read, and ``dispatch`` clones."""
+
+
+def keep_unread(request: web.Request) -> None:
+    """Keep a copy of ``request`` for ``dispatch``; call it before reading the body (a
+    console form)."""
+    if UNREAD not in request:
+        request[UNREAD] = request.clone()
 
 
 async def dispatch(
@@ -51,7 +61,7 @@ async def dispatch(
     # Built, not parsed: a "?" or "#" in a segment taken from a console URL is part of
     # that segment (percent-encoded here, decoded again by the router), never a query.
     url = URL.build(path=path, query=dict(query or {}))
-    inner = request.clone(method=method, rel_url=url)
+    inner = request.get(UNREAD, request).clone(method=method, rel_url=url)
     match = await request.app.router.resolve(inner)
     if match.http_exception is not None:
         raise NotFound(f"No API route answers {method} {path}.")

@@ -25,7 +25,7 @@ from ai.pipeline import ANALYSIS_FEATURES
 from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
 from crypto.errors import CallvaultError, KeyUnavailable
 from gateway.api.common import TENANT, found, iso, principal_of, query_int, query_time
-from gateway.errors import BadRequest, Forbidden, TooLarge
+from gateway.errors import BadRequest, Forbidden, RangeNotSatisfiable, TooLarge
 from gateway.services import Services
 from gateway.state import CLOCK, SERVICES
 from storage.catalog import Call, Catalog, DataClass, Recording, StoredObject
@@ -179,8 +179,9 @@ async def get_recording(request: web.Request) -> web.Response:
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
     """A WAV of 16-bit PCM, stereo (inbound left, outbound right) at the call's sample rate,
-    decrypted on the fly; paused stretches are silence. Every read is audited (`audio.read`)
-    before the first byte is sent. If a sealed object fails to verify mid-stream the
+    decrypted on the fly; paused stretches are silence. A `Range: bytes=...` request (one
+    range) is answered 206 with those bytes, so players can seek. Every read is audited
+    (`audio.read`) before the first byte is sent. If a sealed object fails to verify mid-stream the
     connection is closed early: the body is shorter than Content-Length and nothing
     unverified was sent."""
     principal, tenant = await principal_of(request), request[TENANT]
@@ -188,6 +189,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     services = app[SERVICES]
     recording, call = found(request)
     wav = await open_wav(services, recording, call)
+    wanted = byte_range(request.headers.get("Range"), wav.size)  # a 416 reads nothing
     await services.catalog.audit.append(
         tenant,
         actor=principal.actor,
@@ -197,16 +199,25 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         now=app[CLOCK].now(),
     )
     response = web.StreamResponse(
+        status=200 if wanted is None else 206,
         headers={
             "Content-Type": "audio/wav",
             "Content-Disposition": f'attachment; filename="{recording.id}.wav"',
             "Cache-Control": "no-store",
-        }
+            "Accept-Ranges": "bytes",
+        },
     )
-    response.content_length = wav.size
+    body = wav.body
+    if wanted is None:
+        response.content_length = wav.size
+    else:
+        first, last = wanted
+        response.headers["Content-Range"] = f"bytes {first}-{last}/{wav.size}"
+        response.content_length = last - first + 1
+        body = byte_slice(wav.body, first, last)
     await response.prepare(request)
     try:
-        async for block in wav.body:
+        async for block in body:
             await response.write(block)
     except CallvaultError as e:
         # The status line is sent: the only honest signal left is a short body, which the
@@ -217,6 +228,51 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         return response
     await response.write_eof()
     return response
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The first and last byte a ``Range`` header asks of a ``size``-byte body (RFC 9110
+    14.2), so a browser's player can seek; ``None`` for the whole body: no header, or one
+    this server ignores as the RFC allows (another unit, several ranges, a malformed one).
+    ``RangeNotSatisfiable`` (416) for a range that starts past the end."""
+    if header is None or not header.startswith("bytes=") or "," in header:
+        return None
+    first_text, dash, last_text = header[len("bytes=") :].strip().partition("-")
+    if not dash or not (first_text.isdigit() or last_text.isdigit()):
+        return None
+    if len(first_text) > 20 or len(last_text) > 20:
+        return None
+    if not first_text:  # "bytes=-N": the last N bytes
+        suffix = int(last_text)
+        if suffix == 0:
+            raise RangeNotSatisfiable(f"The body has {size} bytes; bytes=-0 asks for none.")
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text.isdigit() else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise RangeNotSatisfiable(f"The body has {size} bytes; the range starts at {first}.")
+    return first, min(last, size - 1)
+
+
+async def byte_slice(
+    body: AsyncGenerator[bytes, None], first: int, last: int
+) -> AsyncGenerator[bytes, None]:
+    """Bytes ``first`` to ``last`` (inclusive) of ``body``. The body is produced from its
+    start (each sealed block must be opened and verified in order); what comes before
+    ``first`` is dropped, and reading stops after ``last``."""
+    offset = 0
+    try:
+        async for block in body:
+            end = offset + len(block)
+            if end > first:
+                yield block[max(0, first - offset) : last + 1 - offset]
+            offset = end
+            if offset > last:
+                return
+    finally:
+        await body.aclose()
 
 
 @dataclass(frozen=True)

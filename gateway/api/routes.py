@@ -312,6 +312,7 @@ ROUTES: tuple[Route, ...] = (
               409: ("conflict",),
               410: ("recording_deleted", "audio_purged", "audio_deleted"),
               413: ("too_large",),
+              416: ("range_not_satisfiable",),
           }),
     Route("GET", f"{_RECORDING}/transcript", recordings.get_transcript, ADMIN_PROCESSOR,
           "getTranscript", "Get a recording's transcript", "recordings", models.Transcript,

@@ -27,6 +27,7 @@ from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 
 from crypto.errors import CallvaultError
+from gateway.api.dispatch import keep_unread
 from gateway.console.charts import clock, speaker
 from gateway.console.sessions import (
     CSRF_FIELD,
@@ -53,7 +54,7 @@ HEADERS = {
 }
 
 Page = Callable[[web.Request, ConsoleSession], Awaitable[web.StreamResponse]]
-FORM = web.RequestKey("console_form", MultiDictProxy)  # type: ignore[type-arg]
+FORM = web.RequestKey("console_form", MultiDictProxy)
 
 
 def form_of(request: web.Request) -> MultiDictProxy[str]:
@@ -103,9 +104,10 @@ def page(handler: Page) -> Handler:
         try:
             session = await current_session(request)
             if request.method == "POST":
+                keep_unread(request)
                 form = await request.post()
                 check_csrf(request, dict(form))
-                request[FORM] = form  # type: ignore[assignment]
+                request[FORM] = form
             response = await handler(request, session)
         except Unauthorized:
             if request.method != "GET":

@@ -75,9 +75,7 @@ async def delete_tenant(request: web.Request, session: ConsoleSession) -> web.St
             context["error"], status = "Type the tenant's id to confirm.", 400
         else:
             try:
-                context["receipt"] = await dispatch_json(
-                    request, session.principal, "DELETE", path
-                )
+                context["receipt"] = await dispatch_json(request, session.principal, "DELETE", path)
             except CallvaultError as e:
                 context["error"], status = e.message, http_status(e)
     return render(request, "delete_tenant.html", context, status=status, session=session)

@@ -88,7 +88,9 @@ async def save_instructions(request: web.Request, session: ConsoleSession) -> we
     form = {key: value for key, value in form_of(request).items() if isinstance(value, str)}
     path = f"/v1/tenants/{tenant}/instructions"
     try:
-        stored = await dispatch_json(request, session.principal, "PUT", path, body=document_of(form))
+        stored = await dispatch_json(
+            request, session.principal, "PUT", path, body=document_of(form)
+        )
     except InvalidInstructions as e:
         current = await dispatch_json(request, session.principal, "GET", path)
         values = {**form_values(current), **form}
@@ -135,9 +137,7 @@ def _day(text: str, *, end: bool) -> str:
 
 async def recordings(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
     tenant = tenant_of(session)
-    filters = {
-        name: request.query.get(name, "").strip() for name in ("number", "since", "until")
-    }
+    filters = {name: request.query.get(name, "").strip() for name in ("number", "since", "until")}
     query = {name: value for name, value in filters.items() if value}
     for name in ("since", "until"):
         if name in query:
@@ -145,7 +145,8 @@ async def recordings(request: web.Request, session: ConsoleSession) -> web.Strea
     if cursor := request.query.get("cursor"):
         query["cursor"] = cursor
     query["limit"] = PAGE_SIZE
-    error, listing = None, {"items": [], "next_cursor": None}
+    error: str | None = None
+    listing: dict[str, Any] = {"items": [], "next_cursor": None}
     try:
         listing = await dispatch_json(
             request, session.principal, "GET", f"/v1/tenants/{tenant}/recordings", query=query
@@ -219,7 +220,9 @@ async def erase_recording(request: web.Request, session: ConsoleSession) -> web.
 async def holds(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
     tenant = tenant_of(session)
     path = f"/v1/tenants/{tenant}/legal-holds"
-    error, status, values = None, 200, {"number": "", "call_ids": "", "reason": ""}
+    # A recording's page links here with its call filled in (?call_id=).
+    prefill = request.query.get("call_id", "")[:200]
+    error, status, values = None, 200, {"number": "", "call_ids": prefill, "reason": ""}
     if request.method == "POST":
         form = form_of(request)
         values = {name: str(form.get(name, "")).strip() for name in values}

@@ -21,23 +21,12 @@ import aiohttp
 import pytest
 
 from tests.ai import SampleCall, sample_call, wer, words
-from tests.gateway import (
-    Process,
-    Server,
-    bearer,
-    callvault,
-    callvault_env,
-    serve,
-    twilio_call,
-    twilio_connected,
-    twilio_start,
-    twilio_stop,
-)
+from tests.gateway import bearer, callvault, callvault_env, serve
+from tests.served import fetch, push_call, tenant, wait_for_status
 
 pytestmark = pytest.mark.integration
 
 READY_TIMEOUT_S = 60.0
-ANALYSIS_TIMEOUT_S = 90.0
 ALL_AI = {"transcript": True, "summary": True, "sentiment": True, "talk_listen": True,
           "topics": True}  # fmt: skip
 CATEGORIES = {"cancellation": ["cancel", "terminate"], "billing": ["refund", "invoice"],
@@ -46,64 +35,6 @@ TINY_WER_BOUND = 0.6
 """tiny.en on eSpeak NG telephone speech: 15-47 % measured (DESIGN.md); a bound that a
 broken pipeline (wrong track, wrong rate, no audio) cannot meet: those give 90-100 %."""
 BASE_RO_RECALL_BOUND = 0.2
-
-
-async def tenant(
-    session: aiohttp.ClientSession, server: Server, name: str, instructions: dict[str, Any]
-) -> dict[str, str]:
-    operator = bearer(server.operator)
-    async with session.post("/v1/tenants", json={"id": name, "name": name}, headers=operator) as r:
-        assert r.status == 201, await r.text()
-    tokens: dict[str, str] = {}
-    for role in ("admin", "pbx", "processor"):
-        # The operator mints the first admin; the admin the others (break-glass otherwise).
-        by = bearer(tokens["admin"]) if tokens else operator
-        async with session.post(f"/v1/tenants/{name}/tokens", json={"role": role}, headers=by) as r:
-            assert r.status == 201, await r.text()
-            tokens[role] = (await r.json())["token"]
-    async with session.put(
-        f"/v1/tenants/{name}/instructions", json=instructions, headers=bearer(tokens["admin"])
-    ) as r:
-        assert r.status == 200, await r.text()
-    return tokens
-
-
-async def push_call(
-    session: aiohttp.ClientSession, tenant_id: str, pbx: str, inbound: bytes, outbound: bytes
-) -> str:
-    """Announce a call and stream it over Twilio Media Streams; its recording id."""
-    body = {"from": "+40711111111", "to": "+40722222222", "consent": "granted",
-            "transport": "twilio"}  # fmt: skip
-    async with session.post(f"/v1/tenants/{tenant_id}/calls", json=body, headers=bearer(pbx)) as r:
-        assert r.status == 201, await r.text()
-        announced = await r.json()
-    async with session.ws_connect("/v1/ingest/twilio", headers=bearer(pbx)) as ws:
-        await ws.send_str(twilio_connected())
-        await ws.send_str(twilio_start(announced["call_id"]))
-        for message in twilio_call(inbound, outbound):
-            await ws.send_str(message)
-        await ws.send_str(twilio_stop())
-        msg = await ws.receive()
-        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1000)
-    return str(announced["recording_id"])
-
-
-async def wait_for_status(
-    session: aiohttp.ClientSession, recording_id: str, token: str, process: Process
-) -> dict[str, Any]:
-    deadline = time.monotonic() + ANALYSIS_TIMEOUT_S
-    while True:
-        async with session.get(f"/v1/recordings/{recording_id}", headers=bearer(token)) as r:
-            view = await r.json()
-        if view["status"] in ("analyzed", "failed"):
-            return dict(view)
-        assert time.monotonic() < deadline, f"still {view['status']}:\n{process.log()}"
-        await asyncio.sleep(0.2)  # polling another process's progress
-
-
-async def fetch(session: aiohttp.ClientSession, path: str, token: str) -> tuple[int, Any]:
-    async with session.get(path, headers=bearer(token)) as r:
-        return r.status, await r.json()
 
 
 def track_text(transcript: dict[str, Any], track: str) -> str:
