@@ -43,11 +43,18 @@ class Browser:
         response = await self.client.get(
             path, headers=self._headers(), allow_redirects=False, **kwargs
         )
+        return response, await self._read(response)
+
+    async def _read(self, response: ClientResponse) -> str:
+        """The page's text (a WAV's is empty), keeping its cookies and its CSRF token."""
         self._keep(response)
+        if response.content_type != "text/html":
+            await response.read()
+            return ""
         text = await response.text()
         if found := CSRF.search(text):
             self.csrf = found.group(1)
-        return response, text
+        return text
 
     async def post(
         self, path: str, data: dict[str, Any], *, csrf: bool = True
@@ -59,11 +66,7 @@ class Browser:
         response = await self.client.post(
             path, data=form, headers=self._headers(), allow_redirects=False
         )
-        self._keep(response)
-        text = await response.text()
-        if found := CSRF.search(text):
-            self.csrf = found.group(1)
-        return response, text
+        return response, await self._read(response)
 
     async def sign_in(self, token: str) -> ClientResponse:
         await self.get("/console/sign-in")

@@ -248,11 +248,11 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable(f"The body has {size} bytes; bytes=-0 asks for none.")
         return max(0, size - suffix), size - 1
     first = int(first_text)
+    if first >= size:
+        raise RangeNotSatisfiable(f"The body has {size} bytes; the range starts at {first}.")
     last = int(last_text) if last_text.isdigit() else size - 1
     if last < first:
         return None
-    if first >= size:
-        raise RangeNotSatisfiable(f"The body has {size} bytes; the range starts at {first}.")
     return first, min(last, size - 1)
 
 

@@ -1,0 +1,277 @@
+"""The console's sessions, CSRF tokens and pages, in process (``aiohttp_client``).
+
+The browser tier (``tests/browser``) drives the pages in chromium; this tier checks each
+rule of ``gateway.console.sessions`` on its own, on a clock the test turns: what the cookie
+is and what the catalog keeps of it, that a POST without the form's CSRF token changes
+nothing, that a revoked token, a deleted tenant, sign-out, idleness and the lifetime each
+end a session, that the console refuses what the API refuses the same token, and the
+headers every console answer carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from http.cookies import SimpleCookie
+
+import pytest
+import sqlalchemy as sa
+from yarl import URL
+
+from gateway.state import SERVICES
+from storage.catalog.schema import console_sessions
+from tests.console import Browser
+from tests.gateway import RECORD, ULAW, FakeClock, Gateway, bearer, stream_twilio, tone
+
+LIFETIME = timedelta(hours=8)
+IDLE = timedelta(minutes=30)
+
+
+async def session_rows(gw: Gateway) -> list[sa.Row]:
+    catalog = gw.app[SERVICES].catalog
+    async with catalog.core.transaction() as conn:
+        return list((await conn.execute(sa.select(console_sessions))).all())
+
+
+async def signed_in(gw: Gateway, token: str) -> Browser:
+    browser = Browser(gw.client)
+    await browser.sign_in(token)
+    return browser
+
+
+def morsel(browser: Browser, name: str) -> SimpleCookie:
+    return next(c for c in reversed(browser.set_cookies) if name in c)
+
+
+async def test_the_cookie_is_random_http_only_secure_strict_and_stored_hashed(
+    clocked_gateway: Gateway,
+) -> None:
+    gw = clocked_gateway
+    acme = await gw.tenant("acme")
+    browser = await signed_in(gw, acme.admin)
+    cookie = morsel(browser, "callvault_console")["callvault_console"]
+    assert cookie["httponly"] and cookie["secure"]
+    assert (cookie["samesite"], cookie["path"]) == ("Strict", "/console/")
+    assert int(cookie["max-age"]) == int(LIFETIME.total_seconds())
+    assert len(cookie.value) >= 43  # 256 bits, base64
+    (row,) = await session_rows(gw)
+    assert row.id_hash == hashlib.sha256(cookie.value.encode()).hexdigest()
+    assert cookie.value not in str(tuple(row)) and acme.admin not in str(tuple(row))
+    # A second sign-in is a second session with another cookie.
+    other = await signed_in(gw, acme.admin)
+    assert other.cookies["callvault_console"] != cookie.value
+    assert len(await session_rows(gw)) == 2
+
+
+async def test_sign_in_refuses_bad_tokens_pbx_tokens_and_a_missing_csrf_token(
+    gateway: Gateway,
+) -> None:
+    acme = await gateway.tenant("acme")
+    browser = Browser(gateway.client)
+    await browser.get("/console/sign-in")
+    response, text = await browser.post("/console/sign-in", {"token": "cv_" + "x" * 43})
+    assert response.status == 401 and "unknown, revoked or expired" in text
+    response, text = await browser.post("/console/sign-in", {"token": acme.pbx})
+    assert response.status == 403 and "pbx token" in text
+    response, _ = await browser.post("/console/sign-in", {"token": "x" * 10_000})
+    assert response.status == 401
+    response, _ = await browser.post("/console/sign-in", {"token": acme.admin}, csrf=False)
+    assert response.status == 403
+    assert "callvault_console" not in browser.cookies
+    assert await session_rows(gateway) == []
+    # The sign-in form's token is bound to this browser's pre-session cookie.
+    stranger = Browser(gateway.client)
+    await stranger.get("/console/sign-in")
+    browser.csrf = stranger.csrf
+    response, _ = await browser.post("/console/sign-in", {"token": acme.admin})
+    assert response.status == 403
+
+
+async def test_pages_need_a_session_and_sign_in_returns_to_the_page_asked_for(
+    gateway: Gateway,
+) -> None:
+    acme = await gateway.tenant("acme")
+    browser = Browser(gateway.client)
+    response, _ = await browser.get("/console/audit?since=3")
+    assert response.status == 303
+    location = URL(response.headers["Location"])
+    assert (location.path, location.query["next"]) == ("/console/sign-in", "/console/audit?since=3")
+    await browser.get("/console/sign-in?next=%2Fconsole%2Faudit%3Fsince%3D3")
+    response, _ = await browser.post(
+        "/console/sign-in", {"token": acme.admin, "next": "/console/audit?since=3"}
+    )
+    assert response.headers["Location"] == "/console/audit?since=3"
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/console/", "https://evil.example/", "/v1/tenants", "/console\\x"]
+)
+async def test_sign_in_never_redirects_off_the_console(gateway: Gateway, target: str) -> None:
+    acme = await gateway.tenant("acme")
+    browser = Browser(gateway.client)
+    await browser.get("/console/sign-in")
+    response, _ = await browser.post("/console/sign-in", {"token": acme.admin, "next": target})
+    assert response.headers["Location"] == "/console/recordings"
+
+
+async def test_a_post_without_the_sessions_csrf_token_changes_nothing(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme", RECORD)
+    browser = await signed_in(gateway, acme.admin)
+    await browser.get("/console/instructions")
+    form = {"recording.enabled": "on", "retention.recordings": "P1D"}
+    response, _ = await browser.post("/console/instructions", form, csrf=False)
+    assert response.status == 403
+    other = await signed_in(gateway, acme.admin)  # a valid token, of another session
+    await other.get("/console/instructions")
+    browser.csrf = other.csrf
+    response, _ = await browser.post("/console/instructions", form)
+    assert response.status == 403
+    browser.csrf = other.csrf  # the 403 page gave the browser its own token back
+    response, _ = await browser.post("/console/holds", {"number": "+40711111111", "reason": "x"})
+    assert response.status == 403
+    instructions = await gateway.client.get(
+        f"/v1/tenants/{acme.id}/instructions", headers=bearer(acme.admin)
+    )
+    assert (await instructions.json())["version"] == 1  # RECORD's, nothing after it
+    holds = await gateway.client.get(
+        f"/v1/tenants/{acme.id}/legal-holds", headers=bearer(acme.admin)
+    )
+    assert (await holds.json())["items"] == []
+
+
+async def test_revoking_the_token_or_deleting_the_tenant_ends_its_sessions(
+    gateway: Gateway,
+) -> None:
+    acme = await gateway.tenant("acme")
+    beta = await gateway.tenant("beta")
+    admin = await signed_in(gateway, acme.admin)
+    processor = await signed_in(gateway, acme.processor)
+    beta_admin = await signed_in(gateway, beta.admin)
+    tokens = await gateway.client.get("/v1/tenants/acme/tokens", headers=bearer(acme.admin))
+    processor_id = next(t["id"] for t in (await tokens.json())["items"] if t["role"] == "processor")
+    revoked = await gateway.client.delete(
+        f"/v1/tenants/acme/tokens/{processor_id}", headers=bearer(acme.admin)
+    )
+    assert revoked.status == 200
+    response, _ = await processor.get("/console/recordings")
+    assert response.status == 303 and response.headers["Location"].startswith("/console/sign-in")
+    response, _ = await admin.get("/console/recordings")
+    assert response.status == 200
+    deleted = await gateway.client.delete("/v1/tenants/beta", headers=bearer(gateway.operator))
+    assert deleted.status == 200
+    response, _ = await beta_admin.get("/console/recordings")
+    assert response.status == 303
+
+
+async def test_sessions_end_when_idle_and_at_their_lifetime(
+    clocked_gateway: Gateway, clock: FakeClock
+) -> None:
+    gw = clocked_gateway
+    acme = await gw.tenant("acme")
+    browser = await signed_in(gw, acme.admin)
+    step = IDLE - timedelta(minutes=5)  # used every 25 min: never idle, yet 8 h end it
+    used = 0
+    while (await browser.get("/console/recordings"))[0].status == 200 and used < 100:
+        used += 1
+        clock.advance(step.total_seconds())
+    assert used * step >= LIFETIME > (used - 1) * step  # alive at 7 h 55, gone at 8 h 20
+    idle = await signed_in(gw, acme.admin)
+    clock.advance(IDLE.total_seconds() - 1)
+    assert (await idle.get("/console/recordings"))[0].status == 200
+    clock.advance(IDLE.total_seconds())
+    assert (await idle.get("/console/recordings"))[0].status == 303
+
+
+async def test_sign_out_ends_the_session_on_every_node(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme")
+    browser = await signed_in(gateway, acme.admin)
+    kept = dict(browser.cookies)  # what a copied cookie (or another tab) still holds
+    await browser.get("/console/recordings")
+    response, _ = await browser.post("/console/sign-out", {})
+    assert response.status == 303 and "callvault_console" not in browser.cookies
+    assert await session_rows(gateway) == []
+    replay = Browser(gateway.client, cookies=kept)
+    response, _ = await replay.get("/console/recordings")
+    assert response.status == 303
+
+
+async def test_the_console_refuses_what_the_api_refuses_the_same_token(
+    gateway: Gateway,
+) -> None:
+    acme = await gateway.tenant("acme", RECORD)
+    beta = await gateway.tenant("beta", RECORD)
+    announced = await gateway.announce(acme)
+    await stream_twilio(gateway, acme, announced["call_id"], ULAW.encode(tone(1.0, 440)))
+    recording = f"/console/recordings/{announced['recording_id']}"
+    processor = await signed_in(gateway, acme.processor)
+    response, text = await processor.get(recording)
+    assert response.status == 200 and "<audio" not in text
+    assert (await processor.get(f"{recording}/audio"))[0].status == 403
+    assert (await processor.get("/console/instructions"))[0].status == 403
+    assert (await processor.get("/console/tenants"))[0].status == 403
+    admin = await signed_in(gateway, acme.admin)
+    response, text = await admin.get(recording)
+    assert response.status == 200 and 'id="player"' in text
+    audio, _ = await admin.get(f"{recording}/audio")
+    assert (audio.status, audio.content_type) == (200, "audio/wav")
+    other = await signed_in(gateway, beta.admin)
+    for path in (
+        recording,
+        f"{recording}/audio",
+        f"{recording}/erase",
+        "/console/tenants/acme/tokens",
+    ):
+        response, text = await other.get(path)
+        assert response.status == 404, path
+        assert "Not found" in text and "+40711111111" not in text
+    # A path segment can only name a resource: no climbing out of the route, no query.
+    for path in ("/console/recordings/..%2F..%2Ftenants%2Facme", "/console/recordings/x%3Fa=1"):
+        assert (await admin.get(path))[0].status == 404, path
+
+
+async def test_every_console_answer_carries_the_consoles_headers(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme")
+    browser = Browser(gateway.client)
+    answers = [(await browser.get("/console/sign-in"))[0]]
+    await browser.sign_in(acme.admin)
+    for path in (
+        "/console/recordings",
+        "/console/recordings/rec_nope",
+        "/console/static/console.css",
+    ):
+        answers.append((await browser.get(path))[0])
+    for response in answers:
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Cache-Control"] == "no-store"
+    assert answers[2].status == 404
+
+
+async def test_the_audio_export_answers_byte_ranges(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme", RECORD)
+    announced = await gateway.announce(acme)
+    await stream_twilio(gateway, acme, announced["call_id"], ULAW.encode(tone(1.0, 440)))
+    path = f"/v1/recordings/{announced['recording_id']}/audio"
+    whole = await gateway.client.get(path, headers=bearer(acme.admin))
+    body = await whole.read()
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    for header, first, last in (
+        ("bytes=0-43", 0, 43),
+        ("bytes=100-", 100, len(body) - 1),
+        ("bytes=-10", len(body) - 10, len(body) - 1),
+        ("bytes=1000-999999999", 1000, len(body) - 1),
+    ):
+        part = await gateway.client.get(path, headers={**bearer(acme.admin), "Range": header})
+        assert part.status == 206, header
+        assert part.headers["Content-Range"] == f"bytes {first}-{last}/{len(body)}"
+        assert await part.read() == body[first : last + 1]
+    refused = await gateway.client.get(
+        path, headers={**bearer(acme.admin), "Range": f"bytes={len(body)}-"}
+    )
+    assert (refused.status, (await refused.json())["error"]) == (416, "range_not_satisfiable")
+    ignored = await gateway.client.get(
+        path, headers={**bearer(acme.admin), "Range": "bytes=0-1,5-9"}
+    )
+    assert (ignored.status, await ignored.read()) == (200, body)
