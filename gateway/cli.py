@@ -165,12 +165,19 @@ def _serve(settings: Settings) -> None:
     if tls is not None:
         tls.reload_on_sighup(app)
     scheme = "https" if tls is not None else "http"
+    base = f"{scheme}://{_url_host(settings.http.host)}:{settings.http.port}"
     print(
-        f"callvault serving on {scheme}://{_url_host(settings.http.host)}:{settings.http.port} "
+        f"callvault serving on {base} "
         f"(data dir {settings.data_dir.resolve()}"
         + (f"; TLS certificate sha256 {tls.fingerprint}, SIGHUP reloads it)" if tls else ")"),
         flush=True,
     )
+    if settings.console.enabled:
+        print(
+            f"callvault console: {base}/console/ (sign in with an admin, processor or "
+            "operator token)",
+            flush=True,
+        )
     raise_file_limit(settings)  # the connection caps need far more than the usual 1024
     try:
         # aiohttp's run_app, but through the connection caps and header timeout.

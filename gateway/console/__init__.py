@@ -39,8 +39,6 @@ from gateway.errors import Unauthorized, http_status
 
 STATIC = Path(__file__).resolve().parent / "static"
 PREFIX = "/console"
-MAX_FORM_BYTES = 256 * 1024
-"""A console form's body at most (the instructions' numbers and categories fit easily)."""
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

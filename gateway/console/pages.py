@@ -179,6 +179,21 @@ async def recording(request: web.Request, session: ConsoleSession) -> web.Stream
     admin = session.principal.role == "admin"
     playable = admin and found["status"] != "deleted" and not found.get("audio_purged")
     analysis = analysis or {}
+    holds: list[dict[str, Any]] = []
+    if admin:  # the holds that keep this recording (a processor may not list holds)
+        listing = await dispatch_json(
+            request,
+            session.principal,
+            "GET",
+            f"/v1/tenants/{found['tenant']}/legal-holds",
+            query={"active": "true"},
+        )
+        parties = {found.get("from"), found.get("to")}
+        holds = [
+            hold
+            for hold in listing["items"]
+            if hold.get("number") in parties or found["call_id"] in (hold.get("call_ids") or ())
+        ]
     context = {
         "rec": found,
         "transcript": transcript,
@@ -189,6 +204,7 @@ async def recording(request: web.Request, session: ConsoleSession) -> web.Stream
         "bars": talk_bars(analysis.get("talk_listen")),
         "playable": playable,
         "admin": admin,
+        "holds": holds,
     }
     return render(request, "recording.html", context, session=session)
 

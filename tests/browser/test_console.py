@@ -95,6 +95,7 @@ def test_an_admin_works_a_call_through_the_console(tmp_path: Path, browser: Brow
 
         sign_in(page, base, tokens["admin"])
         shots.take(page, "sign-in-done")
+        assert f"callvault console: {base}/console/" in server.process.log()  # make run shows it
         expect(page).to_have_url(f"{base}/console/recordings")
         cookie = next(c for c in context.cookies() if c["name"] == "callvault_console")
         assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (True, True, "Strict")
@@ -151,7 +152,8 @@ def test_an_admin_works_a_call_through_the_console(tmp_path: Path, browser: Brow
         target = lines.nth(lines.count() - 1)
         start = float(target.get_attribute("data-start") or "nan")
         assert start > 1.0
-        target.click()
+        target.focus()  # by keyboard: the line's time is a button
+        page.keyboard.press("Enter")
         expect(page.locator(".transcript li.current")).to_have_count(1)
         position = player.evaluate("p => p.currentTime")
         assert position == pytest.approx(start, abs=1.0)
@@ -167,6 +169,7 @@ def test_an_admin_works_a_call_through_the_console(tmp_path: Path, browser: Brow
         shots.take(page, "holds")
         page.goto(f"{base}/console/recordings/{recording_id}")
         expect(page.locator("#legal-hold")).to_contain_text("held")
+        expect(page.locator("#holds-here")).to_contain_text("litigation 2026/17")
         page.get_by_role("link", name="Erase this recording…").click()
         shots.take(page, "erase-confirm")
         page.get_by_role("button", name="Erase this recording").click()
@@ -227,6 +230,18 @@ def test_others_see_only_what_their_tokens_allow(tmp_path: Path, browser: Browse
         )
         page.goto(f"{base}/console/instructions")
         expect(page.locator("h1")).to_have_text("Not allowed")
+        context.close()
+
+        # The read-only pages read without JavaScript; the first Tab reaches the skip link.
+        context = browser.new_context(base_url=base, java_script_enabled=False)
+        page = context.new_page()
+        sign_in(page, base, acme["admin"])
+        page.goto(recording)
+        expect(page.locator("#status")).to_have_text("recorded")
+        expect(page.locator("#player")).to_have_count(1)
+        page.keyboard.press("Tab")
+        expect(page.locator(":focus")).to_have_text("Skip to content")
+        shots.take(page, "admin-recording-without-javascript")
         context.close()
 
         # An admin of another tenant: the recording is 404, as in the API.

@@ -11,6 +11,7 @@ headers every console answer carries.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import timedelta
 from http.cookies import SimpleCookie
 
@@ -275,3 +276,43 @@ async def test_the_audio_export_answers_byte_ranges(gateway: Gateway) -> None:
         path, headers={**bearer(acme.admin), "Range": "bytes=0-1,5-9"}
     )
     assert (ignored.status, await ignored.read()) == (200, body)
+
+
+CONTROL = re.compile(r"<(input|select|textarea)\b([^>]*)>", re.S)
+LABEL_FOR = re.compile(r'<label for="([^"]+)"')
+
+
+async def test_every_control_of_every_page_has_a_label(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme", RECORD)
+    announced = await gateway.announce(acme)
+    await stream_twilio(gateway, acme, announced["call_id"], ULAW.encode(tone(1.0, 440)))
+    pages = {
+        "admin": [
+            "/console/recordings", f"/console/recordings/{announced['recording_id']}",
+            f"/console/recordings/{announced['recording_id']}/erase", "/console/instructions",
+            "/console/holds", "/console/erasure?number=%2B40711111111", "/console/audit",
+            "/console/tenants/acme/tokens",
+        ],
+        "operator": [
+            "/console/tenants", "/console/tenants/acme", "/console/tenants/acme/delete",
+            "/console/operator/tokens", "/console/tenants/acme/tokens",
+        ],
+    }  # fmt: skip
+    signin = Browser(gateway.client)
+    checked = [(await signin.get("/console/sign-in"))[1]]
+    for role, paths in pages.items():
+        browser = await signed_in(gateway, acme.admin if role == "admin" else gateway.operator)
+        for path in paths:
+            response, text = await browser.get(path)
+            assert response.status == 200, path
+            checked.append(text)
+    controls = 0
+    for text in checked:
+        labelled = set(LABEL_FOR.findall(text))
+        for _, attributes in CONTROL.findall(text):
+            if 'type="hidden"' in attributes:
+                continue
+            controls += 1
+            control_id = re.search(r'id="([^"]+)"', attributes)
+            assert control_id is not None and control_id.group(1) in labelled, attributes
+    assert controls >= 35  # the pages were read, and their forms with them
