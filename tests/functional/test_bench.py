@@ -257,3 +257,17 @@ def test_keys_bench_measures_every_provider(pg_database: str) -> None:
     assert [row["provider"] for row in report["rows"]] == ["local", "catalog", "vault"]
     for row in report["rows"]:
         assert min(row["wrap_us"], row["unwrap_us"], row["wrap_per_s"], row["unwrap_per_s"]) > 0
+
+
+def test_console_bench_runs_and_reports_every_page() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "console.py"), "--calls", "2",
+         "--requests", "1", "--rounds", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "console"
+    assert [row["page"] for row in report["rows"]] == ["list", "recording", "audit", "audio"]
+    for row in report["rows"]:
+        assert row["api_ms"] > 0 and row["console_ms"] > 0 and row["console_bytes"] > 0
+    assert "| recording |" in result.stdout

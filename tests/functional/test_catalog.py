@@ -44,6 +44,7 @@ from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 TABLES = {
+    "console_sessions",
     "keyring",
     "leases",
     "nodes",
