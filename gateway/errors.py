@@ -75,6 +75,11 @@ class RangeNotSatisfiable(GatewayError):
     code = "range_not_satisfiable"
     status = 416
 
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+        """The body's length, for the answer's ``Content-Range: bytes */<size>``."""
+
 
 class PolicyRefused(GatewayError):
     """The tenant's instructions do not allow this call; ``code`` is the refusal code

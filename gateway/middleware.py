@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from crypto.errors import CallvaultError
-from gateway.errors import LimitExceeded, http_status
+from gateway.errors import LimitExceeded, RangeNotSatisfiable, http_status
 from storage.errors import HeldByLegalHold, InvalidInstructions, LimitReached
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(status, e.code, e.message, **extra)
         if isinstance(e, LimitExceeded | LimitReached) and e.retry_after_s is not None:
             response.headers["Retry-After"] = str(e.retry_after_s)
+        if isinstance(e, RangeNotSatisfiable):
+            response.headers["Content-Range"] = f"bytes */{e.size}"
         return response
     except web.HTTPException as e:
         if e.status < 400:

@@ -199,17 +199,34 @@ def route_operation(route: Route) -> Schema:
     words = inspect.cleandoc(text).replace("``", "`")
     operation = _operation(route.operation_id, route.summary, route.tag, roles, words)
     responses = {str(route.status): _answer(route)}
+    if route.ranges:
+        partial = {**_answer(route), "description": "Partial Content: the range asked for."}
+        partial["headers"] = {
+            "Content-Range": {
+                "schema": {"type": "string"},
+                "description": "`bytes first-last/size`.",
+            }
+        }
+        responses["206"] = partial
     for status, codes in route.error_codes().items():
         responses[str(status)] = _errors(status, codes)
     operation["responses"] = responses
     if not route.roles:
         operation["security"] = []  # public
-    if route.query:
-        operation["parameters"] = [
-            {"name": q.name, "in": "query", "required": q.required, "schema": q.schema,
-             "description": q.description}
-            for q in route.query
-        ]  # fmt: skip
+    parameters = [
+        {"name": q.name, "in": "query", "required": q.required, "schema": q.schema,
+         "description": q.description}
+        for q in route.query
+    ]  # fmt: skip
+    if route.ranges:
+        parameters.append({
+            "name": "Range", "in": "header", "required": False,
+            "schema": {"type": "string", "pattern": "^bytes=[0-9]*-[0-9]*$"},
+            "description": "One byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-512`): "
+            "answered 206 with those bytes; 416 when it starts past the end; any other "
+            "form is ignored and the whole body is sent (RFC 9110 14.2)."})  # fmt: skip
+    if parameters:
+        operation["parameters"] = parameters
     if route.body is not None:
         schema = {"$ref": f"#/components/schemas/{route.body.model.__name__}"}
         operation["requestBody"] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -230,27 +231,29 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
     return response
 
 
+_RANGE = re.compile(r"bytes=[ \t]*(?P<first>[0-9]{0,19})-(?P<last>[0-9]{0,19})[ \t]*", re.ASCII)
+"""One byte range (RFC 9110 14.1.2): ASCII digits only, at most 19 of them (what an int64
+holds); anything else is ignored, as the RFC allows."""
+
+
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The first and last byte a ``Range`` header asks of a ``size``-byte body (RFC 9110
     14.2), so a browser's player can seek; ``None`` for the whole body: no header, or one
     this server ignores as the RFC allows (another unit, several ranges, a malformed one).
     ``RangeNotSatisfiable`` (416) for a range that starts past the end."""
-    if header is None or not header.startswith("bytes=") or "," in header:
+    found = _RANGE.fullmatch(header) if header is not None else None
+    if found is None or not (found["first"] or found["last"]):
         return None
-    first_text, dash, last_text = header[len("bytes=") :].strip().partition("-")
-    if not dash or not (first_text.isdigit() or last_text.isdigit()):
-        return None
-    if len(first_text) > 20 or len(last_text) > 20:
-        return None
+    first_text, last_text = found["first"], found["last"]
     if not first_text:  # "bytes=-N": the last N bytes
         suffix = int(last_text)
         if suffix == 0:
-            raise RangeNotSatisfiable(f"The body has {size} bytes; bytes=-0 asks for none.")
+            raise RangeNotSatisfiable(f"The body has {size} bytes; bytes=-0 asks for none.", size)
         return max(0, size - suffix), size - 1
     first = int(first_text)
     if first >= size:
-        raise RangeNotSatisfiable(f"The body has {size} bytes; the range starts at {first}.")
-    last = int(last_text) if last_text.isdigit() else size - 1
+        raise RangeNotSatisfiable(f"The body has {size} bytes; the range starts at {first}.", size)
+    last = int(last_text) if last_text else size - 1
     if last < first:
         return None
     return first, min(last, size - 1)

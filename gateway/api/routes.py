@@ -107,6 +107,8 @@ class Route:
     body's code, and 413 for a body over aiohttp's ``client_max_size``)."""
     description: str | None = None
     """For the document, when the handler's docstring is not the right words."""
+    ranges: bool = False
+    """The binary answer takes a ``Range: bytes=first-last`` header (206, or 416)."""
 
     def error_codes(self) -> dict[int, tuple[str, ...]]:
         """Every status this route can answer with an error, and the codes of each."""
@@ -313,7 +315,7 @@ ROUTES: tuple[Route, ...] = (
               410: ("recording_deleted", "audio_purged", "audio_deleted"),
               413: ("too_large",),
               416: ("range_not_satisfiable",),
-          }),
+          }, ranges=True),
     Route("GET", f"{_RECORDING}/transcript", recordings.get_transcript, ADMIN_PROCESSOR,
           "getTranscript", "Get a recording's transcript", "recordings", models.Transcript,
           find=recordings.find_recording,

@@ -7,15 +7,20 @@ the session's principal, so the console can do exactly what the user's token cou
 through the API (same roles, same 404 for another tenant's resource, same validation, same
 audit events), and nothing else.
 
-``page`` wraps every handler: it finds the session (none: to the sign-in page), checks a
-POST's CSRF token before the handler runs, turns the API's errors into an error page with
-the API's status, and sets the headers every console answer carries (a strict
-Content-Security-Policy, no caching of pages that show transcripts, no framing).
+``page`` wraps every handler: it refuses a path segment that is not an id's (so that a
+value put into an API path cannot reach another route: aiohttp decodes ``%2F`` in a
+segment to ``/``), finds the session (none: to the sign-in page), checks a POST's CSRF token
+before the handler runs, and turns the API's errors into an error page with the API's
+status. Every answer to a console request, including aiohttp's own errors and the WAV and
+ZIP that the API's handlers stream for a page, carries the console's headers (a strict
+Content-Security-Policy, no caching of pages that show transcripts, no framing), set as it
+is prepared (``on_response_prepare``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,11 +36,13 @@ from gateway.api.dispatch import keep_unread
 from gateway.console.charts import clock, speaker
 from gateway.console.sessions import (
     CSRF_FIELD,
+    SESSION,
     ConsoleSession,
     check_csrf,
     current_session,
 )
 from gateway.errors import Unauthorized, http_status
+from storage.errors import NotFound
 
 STATIC = Path(__file__).resolve().parent / "static"
 PREFIX = "/console"
@@ -51,6 +58,10 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 
+SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", re.ASCII)
+"""What a console URL's path value (a tenant, recording, hold or token id) may be: an id's
+characters, never ``/``, ``?``, ``#``, ``%`` or a leading ``.``."""
+
 Page = Callable[[web.Request, ConsoleSession], Awaitable[web.StreamResponse]]
 FORM = web.RequestKey("console_form", MultiDictProxy)
 
@@ -58,13 +69,6 @@ FORM = web.RequestKey("console_form", MultiDictProxy)
 def form_of(request: web.Request) -> MultiDictProxy[str]:
     """The POSTed form, read and CSRF-checked by ``page``."""
     return request[FORM]
-
-
-def secure(response: web.StreamResponse) -> web.StreamResponse:
-    if not response.prepared:
-        for name, value in HEADERS.items():
-            response.headers.setdefault(name, value)
-    return response
 
 
 def render(
@@ -100,6 +104,8 @@ def page(handler: Page) -> Handler:
     async def serve(request: web.Request) -> web.StreamResponse:
         session: ConsoleSession | None = None
         try:
+            if not all(SEGMENT.fullmatch(value) for value in request.match_info.values()):
+                raise NotFound("No such page.")
             session = await current_session(request)
             if request.method == "POST":
                 keep_unread(request)
@@ -114,23 +120,19 @@ def page(handler: Page) -> Handler:
             raise see_other(f"{PREFIX}/sign-in?next={target}") from None
         except CallvaultError as e:
             response = error_page(request, e, session)
-        return secure(response)
+        return response
 
     return serve
 
 
-@web.middleware
-async def console_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The console's headers on every answer under ``/console/`` (redirects, static
-    files, and aiohttp's own 404 and 405 included)."""
-    if not request.path.startswith(PREFIX + "/") and request.path != PREFIX:
-        return await handler(request)
-    try:
-        return secure(await handler(request))
-    except web.HTTPException as e:
+async def console_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The console's headers on every answer to a console request, as it is prepared:
+    pages, redirects, static files, aiohttp's own 404 and 405 (which the error middleware
+    answers), and what an API handler streams for a page (its request carries the page's
+    session)."""
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/") or SESSION in request:
         for name, value in HEADERS.items():
-            e.headers.setdefault(name, value)
-        raise
+            response.headers.setdefault(name, value)
 
 
 def add_console(app: web.Application) -> None:
@@ -145,12 +147,22 @@ def add_console(app: web.Application) -> None:
     )
     env.filters["clock"] = clock
     env.filters["speaker"] = speaker
-    app.middlewares.append(console_headers)
-    app.router.add_get(PREFIX, _to_console)
+    app.on_response_prepare.append(console_headers)
+    app.router.add_get(PREFIX, _to_console, allow_head=False)
     app.router.add_static(f"{PREFIX}/static/", STATIC, name="console-static")
     signin.add_routes(app)
     pages.add_routes(app)
     operator.add_routes(app)
+
+
+def add_pages(app: web.Application, routes: Iterable[tuple[str, str, Page]]) -> None:
+    """Mount ``(method, path, handler)`` pages behind ``page``. A GET page answers no HEAD:
+    the WAV or ZIP an API handler streams for it would follow the headers, and be audited."""
+    for method, path, handler in routes:
+        if method == "GET":
+            app.router.add_get(PREFIX + path, page(handler), allow_head=False)
+        else:
+            app.router.add_route(method, PREFIX + path, page(handler))
 
 
 async def _to_console(request: web.Request) -> web.StreamResponse:

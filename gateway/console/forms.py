@@ -45,7 +45,7 @@ def form_values(document: Mapping[str, Any]) -> dict[str, Any]:
     values["ai.language"] = _get(document, "ai.language") or "auto"
     categories = _get(document, "ai.categories") or {}
     values["ai.categories"] = "\n".join(
-        f"{name}: {', '.join(phrases)}" for name, phrases in categories.items()
+        f"{name}: {phrase}" for name, phrases in categories.items() for phrase in phrases
     )
     values["exclude_numbers"] = "\n".join(document.get("exclude_numbers") or [])
     values["webhook.url"] = _get(document, "webhook.url") or ""
@@ -58,14 +58,15 @@ def _lines(text: str) -> list[str]:
 
 
 def _categories(text: str) -> Any:
-    """``name: phrase, phrase`` per line as the document's mapping; a line without a
+    """``name: phrase`` per line (a category's phrases on lines of their own, so a phrase
+    may hold commas and colons; a name cannot) as the document's mapping; a line without a
     colon is handed on as it is, for the API to name ``ai.categories`` in its answer."""
-    categories: dict[str, Any] = {}
+    categories: dict[str, list[str]] = {}
     for line in _lines(text):
-        name, colon, phrases = line.partition(":")
+        name, colon, phrase = line.partition(":")
         if not colon:
             return line
-        categories[name.strip()] = [p.strip() for p in phrases.split(",") if p.strip()]
+        categories.setdefault(name.strip(), []).append(phrase.strip())
     return categories
 
 

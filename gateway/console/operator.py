@@ -8,17 +8,19 @@ again (it is in no URL and no redirect).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
 
 from crypto.errors import CallvaultError
 from gateway.api.dispatch import dispatch_json
-from gateway.console import PREFIX, form_of, page, render, see_other
+from gateway.console import PREFIX, add_pages, form_of, render, see_other
 from gateway.console.sessions import ConsoleSession
 from gateway.errors import http_status
 
 LIMITS = ("live_calls", "rtp_calls", "announces_per_minute")
+NUMBER = re.compile(r"[0-9]{1,9}", re.ASCII)
 ROLES = ("admin", "processor", "pbx")
 
 
@@ -29,7 +31,7 @@ def _limits(form: Any) -> dict[str, Any] | None:
     for name in LIMITS:
         text = str(form.get(f"limits.{name}", "")).strip()
         if text:
-            limits[name] = int(text) if text.isdigit() else text
+            limits[name] = int(text) if NUMBER.fullmatch(text) else text
     return limits or None
 
 
@@ -127,15 +129,19 @@ async def revoke_token(request: web.Request, session: ConsoleSession) -> web.Str
 
 
 def add_routes(app: web.Application) -> None:
-    get, post = app.router.add_get, app.router.add_post
-    get(f"{PREFIX}/tenants", page(tenants))
-    post(f"{PREFIX}/tenants", page(tenants))
-    get(f"{PREFIX}/tenants/{{tenant}}", page(tenant))
-    get(f"{PREFIX}/tenants/{{tenant}}/delete", page(delete_tenant))
-    post(f"{PREFIX}/tenants/{{tenant}}/delete", page(delete_tenant))
-    get(f"{PREFIX}/tenants/{{tenant}}/tokens", page(tokens))
-    post(f"{PREFIX}/tenants/{{tenant}}/tokens", page(tokens))
-    post(f"{PREFIX}/tenants/{{tenant}}/tokens/{{token_id}}/revoke", page(revoke_token))
-    get(f"{PREFIX}/operator/tokens", page(tokens))
-    post(f"{PREFIX}/operator/tokens", page(tokens))
-    post(f"{PREFIX}/operator/tokens/{{token_id}}/revoke", page(revoke_token))
+    add_pages(
+        app,
+        [
+            ("GET", "/tenants", tenants),
+            ("POST", "/tenants", tenants),
+            ("GET", "/tenants/{tenant}", tenant),
+            ("GET", "/tenants/{tenant}/delete", delete_tenant),
+            ("POST", "/tenants/{tenant}/delete", delete_tenant),
+            ("GET", "/tenants/{tenant}/tokens", tokens),
+            ("POST", "/tenants/{tenant}/tokens", tokens),
+            ("POST", "/tenants/{tenant}/tokens/{token_id}/revoke", revoke_token),
+            ("GET", "/operator/tokens", tokens),
+            ("POST", "/operator/tokens", tokens),
+            ("POST", "/operator/tokens/{token_id}/revoke", revoke_token),
+        ],
+    )

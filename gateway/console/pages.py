@@ -3,18 +3,27 @@ and the audit log. Each asks the API (``gateway.api.dispatch``) as the session's
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from crypto.errors import CallvaultError
 from gateway.api.dispatch import dispatch, dispatch_json
-from gateway.console import PREFIX, form_of, page, render, see_other
+from gateway.console import PREFIX, add_pages, form_of, render, see_other
 from gateway.console.charts import sentiment_timeline, talk_bars
-from gateway.console.forms import BOOLEANS, RETENTION, diff, document_of, field_of, form_values
+from gateway.console.forms import (
+    BOOLEANS,
+    REDACTED,
+    RETENTION,
+    diff,
+    document_of,
+    field_of,
+    form_values,
+)
 from gateway.console.sessions import ConsoleSession
 from gateway.errors import BadRequest, Forbidden, http_status
+from gateway.state import CLOCK
 from storage.errors import InvalidInstructions
 
 PAGE_SIZE = "25"
@@ -24,21 +33,32 @@ AUDIT_SCAN_PAGES = 10
 AUDIT_ACTIONS = (
     "instructions.updated",
     "call.refused",
+    "call.ended",
     "recording.created",
     "audio.read",
     "transcript.read",
     "analysis.read",
     "ai.purged",
     "recording.deleted",
+    "data.deleted",
+    "call_record.deleted",
     "hold.placed",
     "hold.released",
     "erasure.requested",
     "export.created",
     "keys.rotated",
+    "keys.retired",
+    "keys.destroyed",
     "token.created",
     "token.revoked",
     "token.break_glass",
+    "tenant.created",
+    "tenant.updated",
+    "tenant.deleted",
+    "audit.rekeyed",
 )
+"""Every action the gateway writes to a tenant's log (``tests/unit/test_console_pure.py``
+finds each one in the code)."""
 
 
 def tenant_of(session: ConsoleSession) -> str:
@@ -66,6 +86,7 @@ async def _instructions_page(
     errors: dict[str, str],
     *,
     status: int = 200,
+    conflict: str | None = None,
 ) -> web.Response:
     tenant = tenant_of(session)
     history = await dispatch_json(
@@ -79,6 +100,7 @@ async def _instructions_page(
         "retention": RETENTION,
         "history": list(reversed(history["items"])),
         "saved": request.query.get("saved"),
+        "conflict": conflict,
     }
     return render(request, "instructions.html", context, status=status, session=session)
 
@@ -87,17 +109,36 @@ async def save_instructions(request: web.Request, session: ConsoleSession) -> we
     tenant = tenant_of(session)
     form = {key: value for key, value in form_of(request).items() if isinstance(value, str)}
     path = f"/v1/tenants/{tenant}/instructions"
+    current = await dispatch_json(request, session.principal, "GET", path)
+
+    def kept() -> dict[str, Any]:
+        """The posted form as it was typed, for the page that refuses it; a webhook secret
+        typed in clear is not sent back into the page."""
+        values = {**form_values(current), **form}
+        for name, _ in BOOLEANS:
+            values[name] = name in form
+        if form.get("webhook.secret") != REDACTED:
+            values["webhook.secret"] = ""
+        return values
+
+    if form.get("base_version") != str(current["version"]):
+        # Another admin stored a version since this form was drawn: saving it would undo
+        # theirs without anyone seeing it.
+        conflict = (
+            f"version {current['version']} was stored since you opened this form (by "
+            f"{current.get('created_by')}); your changes are below, on top of the version you "
+            "opened: check them against the history and save again."
+        )
+        return await _instructions_page(
+            request, session, current, kept(), {}, status=409, conflict=conflict
+        )
     try:
         stored = await dispatch_json(
             request, session.principal, "PUT", path, body=document_of(form)
         )
     except InvalidInstructions as e:
-        current = await dispatch_json(request, session.principal, "GET", path)
-        values = {**form_values(current), **form}
-        for name, _ in BOOLEANS:
-            values[name] = name in form
         errors = {field_of(e.field): e.message}
-        return await _instructions_page(request, session, current, values, errors, status=422)
+        return await _instructions_page(request, session, current, kept(), errors, status=422)
     raise see_other(f"{PREFIX}/instructions?saved={stored['version']}#saved")
 
 
@@ -177,23 +218,12 @@ async def recording(request: web.Request, session: ConsoleSession) -> web.Stream
     transcript, transcript_note = await _result(request, session, f"{base}/transcript")
     analysis, analysis_note = await _result(request, session, f"{base}/analysis")
     admin = session.principal.role == "admin"
-    playable = admin and found["status"] != "deleted" and not found.get("audio_purged")
     analysis = analysis or {}
-    holds: list[dict[str, Any]] = []
-    if admin:  # the holds that keep this recording (a processor may not list holds)
-        listing = await dispatch_json(
-            request,
-            session.principal,
-            "GET",
-            f"/v1/tenants/{found['tenant']}/legal-holds",
-            query={"active": "true"},
-        )
-        parties = {found.get("from"), found.get("to")}
-        holds = [
-            hold
-            for hold in listing["items"]
-            if hold.get("number") in parties or found["call_id"] in (hold.get("call_ids") or ())
-        ]
+    holds = []
+    if admin:  # the holds that keep this recording (a processor may not read holds)
+        for hold_id in found.get("legal_holds") or ():
+            path = f"/v1/tenants/{found['tenant']}/legal-holds/{hold_id}"
+            holds.append(await dispatch_json(request, session.principal, "GET", path))
     context = {
         "rec": found,
         "transcript": transcript,
@@ -202,11 +232,23 @@ async def recording(request: web.Request, session: ConsoleSession) -> web.Stream
         "analysis_note": analysis_note,
         "timeline": sentiment_timeline(analysis.get("sentiment")),
         "bars": talk_bars(analysis.get("talk_listen")),
-        "playable": playable,
+        "playable": admin and audio_kept(found, request.app[CLOCK].now()),
         "admin": admin,
         "holds": holds,
     }
     return render(request, "recording.html", context, session=session)
+
+
+def audio_kept(found: dict[str, Any], now: datetime) -> bool:
+    """Whether the recording's audio can be exported (the API answers 403, 409 or 410
+    otherwise): recorded (not AI only), ended, neither purged nor deleted nor past its
+    retention."""
+    if found["status"] in ("recording", "deleted") or found.get("audio_purged"):
+        return False
+    if not (found.get("decision") or {}).get("store_recording"):
+        return False
+    expires = (found.get("expires") or {}).get("recordings")
+    return expires is None or datetime.fromisoformat(expires.replace("Z", "+00:00")) > now
 
 
 async def audio(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
@@ -322,7 +364,10 @@ async def audit(request: web.Request, session: ConsoleSession) -> web.StreamResp
         since = max(0, int(request.query.get("since", "0")))
     except ValueError:
         raise BadRequest("since must be a sequence number.") from None
-    check = await dispatch_json(request, session.principal, "GET", f"{base}/verify")
+    # The whole chain is recomputed by a verification: once, on the log's first page.
+    check = None
+    if since == 0:
+        check = await dispatch_json(request, session.principal, "GET", f"{base}/verify")
     events: list[dict[str, Any]] = []
     after, more = since, False
     for _ in range(AUDIT_SCAN_PAGES):
@@ -352,19 +397,23 @@ async def audit(request: web.Request, session: ConsoleSession) -> web.StreamResp
 
 
 def add_routes(app: web.Application) -> None:
-    get, post = app.router.add_get, app.router.add_post
-    get(f"{PREFIX}/instructions", page(instructions))
-    post(f"{PREFIX}/instructions", page(save_instructions))
-    get(f"{PREFIX}/instructions/diff", page(instructions_diff))
-    get(f"{PREFIX}/recordings", page(recordings))
-    get(f"{PREFIX}/recordings/{{recording_id}}", page(recording))
-    get(f"{PREFIX}/recordings/{{recording_id}}/audio", page(audio))
-    get(f"{PREFIX}/recordings/{{recording_id}}/erase", page(erase_recording))
-    post(f"{PREFIX}/recordings/{{recording_id}}/erase", page(erase_recording))
-    get(f"{PREFIX}/holds", page(holds))
-    post(f"{PREFIX}/holds", page(holds))
-    post(f"{PREFIX}/holds/{{hold_id}}/release", page(release_hold))
-    get(f"{PREFIX}/erasure", page(erasure))
-    post(f"{PREFIX}/erasure", page(erasure))
-    get(f"{PREFIX}/export", page(export))
-    get(f"{PREFIX}/audit", page(audit))
+    add_pages(
+        app,
+        [
+            ("GET", "/instructions", instructions),
+            ("POST", "/instructions", save_instructions),
+            ("GET", "/instructions/diff", instructions_diff),
+            ("GET", "/recordings", recordings),
+            ("GET", "/recordings/{recording_id}", recording),
+            ("GET", "/recordings/{recording_id}/audio", audio),
+            ("GET", "/recordings/{recording_id}/erase", erase_recording),
+            ("POST", "/recordings/{recording_id}/erase", erase_recording),
+            ("GET", "/holds", holds),
+            ("POST", "/holds", holds),
+            ("POST", "/holds/{hold_id}/release", release_hold),
+            ("GET", "/erasure", erasure),
+            ("POST", "/erasure", erasure),
+            ("GET", "/export", export),
+            ("GET", "/audit", audit),
+        ],
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from crypto.errors import CallvaultError
-from gateway.console import PREFIX, page, render, secure, see_other
+from gateway.console import PREFIX, page, render, see_other
 from gateway.console.sessions import (
     ConsoleSession,
     check_signin_csrf,
@@ -18,6 +20,8 @@ from gateway.console.sessions import (
 )
 from gateway.errors import Unauthorized
 
+NEXT = re.compile(r"/console/[!-~]{0,2000}", re.ASCII)
+"""A sign-in's ``next``: a console path of printable ASCII (no space, no control character)."""
 HOMES = {
     "operator": f"{PREFIX}/tenants",
     "admin": f"{PREFIX}/recordings",
@@ -26,17 +30,15 @@ HOMES = {
 
 
 def _next_path(value: object) -> str | None:
-    """A ``next`` to go to after sign-in: only a console path of this site (never
-    ``//elsewhere`` nor an absolute URL: no open redirect)."""
-    if (
-        isinstance(value, str)
-        and value.startswith(PREFIX + "/")
-        and not value.startswith("//")
-        and "\\" not in value
-        and len(value) < 2000
-    ):
-        return value
-    return None
+    """A ``next`` to go to after sign-in: only a console path of this site, of printable
+    ASCII, with no ``.`` or ``..`` segment (never ``//elsewhere``, an absolute URL, a path
+    that climbs out of the console, nor a line break for the ``Location`` header)."""
+    if not isinstance(value, str) or not NEXT.fullmatch(value):
+        return None
+    path = value.partition("?")[0]
+    if any(part in (".", "..") for part in path.split("/")):
+        return None
+    return value
 
 
 async def signin_form(request: web.Request) -> web.StreamResponse:
@@ -56,7 +58,7 @@ def _signin_page(
     context = {"next": _next_path(next_path) or "", "error": error, "csrf": csrf_token(secret)}
     response = render(request, "signin.html", context, status=status)
     set_signin_cookie(response, secret)
-    return secure(response)
+    return response
 
 
 async def signin_submit(request: web.Request) -> web.StreamResponse:
@@ -75,7 +77,7 @@ async def signin_submit(request: web.Request) -> web.StreamResponse:
         return _signin_page(request, next_path, error=e.message, status=status)
     target = _next_path(next_path) or HOMES.get(principal.role, f"{PREFIX}/")
     response.headers["Location"] = target
-    return secure(response)
+    return response
 
 
 async def _signout(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
@@ -89,7 +91,7 @@ async def _home(request: web.Request, session: ConsoleSession) -> web.StreamResp
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/sign-in", signin_form)
+    app.router.add_get(f"{PREFIX}/sign-in", signin_form, allow_head=False)
     app.router.add_post(f"{PREFIX}/sign-in", signin_submit)
     app.router.add_post(f"{PREFIX}/sign-out", page(_signout))
-    app.router.add_get(f"{PREFIX}/", page(_home))
+    app.router.add_get(f"{PREFIX}/", page(_home), allow_head=False)
