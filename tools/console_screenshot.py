@@ -38,6 +38,9 @@ INSTRUCTIONS = {
     "ai": {**AI, "language": "en", "categories": {"support": ["internet", "router", "help"]}},
 }
 WAIT_S = 180.0
+LOADED = "p => p.duration > 0 || new Promise(done => p.addEventListener('loadedmetadata', done))"
+"""Waits until the player knows the audio's length (run in Playwright's own world: the
+console's CSP forbids a page to evaluate strings, which ``wait_for_function`` does)."""
 
 
 def ready(base: str) -> bool:
@@ -103,7 +106,10 @@ def shoot(base: str, admin: str, recording_id: str, out: Path) -> None:
         page.get_by_label("Token").fill(admin)
         page.get_by_role("button", name="Sign in").click()
         page.goto(f"{base}/console/recordings/{recording_id}")
-        page.wait_for_function("document.getElementById('player').duration > 0")
+        # The page loads no audio until played; load its metadata so the player shows the
+        # call's length, as it does once played.
+        page.locator("#player").evaluate("p => { p.preload = 'metadata'; p.load(); }")
+        page.locator("#player").evaluate(LOADED)
         raw = out.with_suffix(".raw.png")
         page.screenshot(path=raw, full_page=True)
         browser.close()

@@ -3,13 +3,21 @@ charts' geometry, and the byte ranges of the WAV export."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
 from gateway.api.recordings import byte_range
+from gateway.console import SEGMENT
 from gateway.console.charts import clock, sentiment_timeline, talk_bars
 from gateway.console.forms import diff, document_of, field_of, form_values
+from gateway.console.pages import AUDIT_ACTIONS, audio_kept
 from gateway.errors import RangeNotSatisfiable
 from storage.instructions import parse_instructions
+
+ACTION = re.compile(r'action="([a-z_]+\.[a-z_]+)"|AuditEntry\([^,]+, "([a-z_]+\.[a-z_]+)"')
 
 DOCUMENT = {
     "version": 3,
@@ -33,6 +41,13 @@ def posted(values: dict[str, object]) -> dict[str, str]:
         elif value is not False:
             form[name] = str(value)
     return form
+
+
+def test_phrases_with_commas_and_colons_survive_the_form() -> None:
+    categories = {"sales": ["yes, please", "price: low"], "churn": ["cancel"]}
+    document = {**DOCUMENT, "ai": {**DOCUMENT["ai"], "categories": categories}}  # type: ignore[dict-item]
+    back = document_of(posted(form_values(document)))
+    assert back["ai"]["categories"] == categories
 
 
 def test_a_document_survives_the_form_round_trip() -> None:
@@ -101,7 +116,8 @@ def test_talk_bars_are_as_long_as_each_speakers_share() -> None:
     [(None, None), ("bytes=0-99", (0, 99)), ("bytes=900-", (900, 999)), ("bytes=-100", (900, 999)),
      ("bytes=-5000", (0, 999)), ("bytes=10-5000", (10, 999)), ("bytes=0-1,4-5", None),
      ("items=0-5", None), ("bytes=5-1", None), ("bytes=a-b", None), ("bytes=", None),
-     ("bytes=1" + "0" * 30 + "-", None)],
+     ("bytes=1" + "0" * 30 + "-", None), ("bytes=a-5", None), ("bytes=\u00b2-5", None),
+     ("bytes=0-\u00b2", None), ("bytes=5-a", None), ("bytes=\u0665-9", None)],
 )  # fmt: skip
 def test_byte_ranges(header: str | None, expected: tuple[int, int] | None) -> None:
     assert byte_range(header, 1000) == expected
@@ -111,3 +127,46 @@ def test_byte_ranges(header: str | None, expected: tuple[int, int] | None) -> No
 def test_a_range_past_the_end_is_refused(header: str) -> None:
     with pytest.raises(RangeNotSatisfiable):
         byte_range(header, 1000)
+
+
+def test_the_audit_filter_offers_every_action_the_gateway_writes() -> None:
+    root = Path(__file__).resolve().parents[2]
+    written = set()
+    for package in ("gateway", "storage", "ai", "crypto"):
+        for source in (root / package).rglob("*.py"):
+            text = source.read_text()
+            written |= {a or b for a, b in ACTION.findall(text)}
+            if 'f"{kind}.read"' in text:  # the API's result reads: its two result kinds
+                written |= {"transcript.read", "analysis.read"}
+    assert written  # the pattern still finds the actions where the code writes them
+    assert written <= set(AUDIT_ACTIONS), written - set(AUDIT_ACTIONS)
+    assert set(AUDIT_ACTIONS) <= written, set(AUDIT_ACTIONS) - written
+
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+RECORDED = {"status": "recorded", "audio_purged": False, "decision": {"store_recording": True},
+            "expires": {"recordings": "2026-12-31T00:00:00Z"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "kept"),
+    [({}, True), ({"status": "analyzed"}, True), ({"status": "recording"}, False),
+     ({"status": "deleted"}, False), ({"audio_purged": True}, False),
+     ({"decision": {"store_recording": False}}, False),
+     ({"expires": {"recordings": "2026-11-30T00:00:00Z"}}, False),
+     ({"expires": {"recordings": None}}, True)],
+)  # fmt: skip
+def test_the_player_shows_only_for_audio_the_api_would_export(
+    change: dict[str, object], kept: bool
+) -> None:
+    assert audio_kept({**RECORDED, **change}, NOW) is kept
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [("rec_9bb25e153881122c0e917080", True), ("acme", True), ("hold_1a", True),
+     ("tok_env_ab12", True), ("..", False), (".", False), ("a/b", False), ("a?b", False),
+     ("a#b", False), ("a%2Fb", False), ("", False), ("x" * 129, False), ("ação", False)],
+)  # fmt: skip
+def test_a_console_path_value_must_look_like_an_id(value: str, allowed: bool) -> None:
+    assert (SEGMENT.fullmatch(value) is not None) is allowed
