@@ -168,8 +168,11 @@ def guard(route: Route) -> Handler:
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
-        if route.method == "GET":  # answers HEAD too, as aiohttp's GET routes do
-            app.router.add_get(route.path, guard(route))
+        if route.method == "GET":
+            # A JSON answer takes HEAD too, as aiohttp's GET routes do; a binary one (the WAV,
+            # the ZIP) does not (405): its read would be audited with nothing sent.
+            binary = isinstance(route.answer, str)
+            app.router.add_get(route.path, guard(route), allow_head=not binary)
         else:
             app.router.add_route(route.method, route.path, guard(route))
 

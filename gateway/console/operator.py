@@ -15,8 +15,8 @@ from aiohttp import web
 
 from crypto.errors import CallvaultError
 from gateway.api.dispatch import dispatch_json
-from gateway.console import PREFIX, add_pages, form_of, render, see_other
 from gateway.console.sessions import ConsoleSession
+from gateway.console.site import PREFIX, add_pages, form_of, render, see_other
 from gateway.errors import http_status
 
 LIMITS = ("live_calls", "rtp_calls", "announces_per_minute")

@@ -3,14 +3,13 @@ and the audit log. Each asks the API (``gateway.api.dispatch``) as the session's
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from crypto.errors import CallvaultError
 from gateway.api.dispatch import dispatch, dispatch_json
-from gateway.console import PREFIX, add_pages, form_of, render, see_other
 from gateway.console.charts import sentiment_timeline, talk_bars
 from gateway.console.forms import (
     BOOLEANS,
@@ -22,8 +21,8 @@ from gateway.console.forms import (
     form_values,
 )
 from gateway.console.sessions import ConsoleSession
+from gateway.console.site import PREFIX, add_pages, form_of, render, see_other
 from gateway.errors import BadRequest, Forbidden, http_status
-from gateway.state import CLOCK
 from storage.errors import InvalidInstructions
 
 PAGE_SIZE = "25"
@@ -232,23 +231,24 @@ async def recording(request: web.Request, session: ConsoleSession) -> web.Stream
         "analysis_note": analysis_note,
         "timeline": sentiment_timeline(analysis.get("sentiment")),
         "bars": talk_bars(analysis.get("talk_listen")),
-        "playable": admin and audio_kept(found, request.app[CLOCK].now()),
+        "playable": admin and audio_kept(found),
+        "stored": audio_kept(found),
         "admin": admin,
         "holds": holds,
     }
     return render(request, "recording.html", context, session=session)
 
 
-def audio_kept(found: dict[str, Any], now: datetime) -> bool:
+def audio_kept(found: dict[str, Any]) -> bool:
     """Whether the recording's audio can be exported (the API answers 403, 409 or 410
-    otherwise): recorded (not AI only), ended, neither purged nor deleted nor past its
-    retention."""
+    otherwise): recorded (not AI only), ended, neither purged nor deleted, and some track's
+    audio still stored (``tracks`` lists those; audio past its window but under a legal hold,
+    or not yet swept, is still there and still served)."""
     if found["status"] in ("recording", "deleted") or found.get("audio_purged"):
         return False
     if not (found.get("decision") or {}).get("store_recording"):
         return False
-    expires = (found.get("expires") or {}).get("recordings")
-    return expires is None or datetime.fromisoformat(expires.replace("Z", "+00:00")) > now
+    return bool(found.get("tracks"))
 
 
 async def audio(request: web.Request, session: ConsoleSession) -> web.StreamResponse:

@@ -7,7 +7,6 @@ import re
 from aiohttp import web
 
 from crypto.errors import CallvaultError
-from gateway.console import PREFIX, page, render, see_other
 from gateway.console.sessions import (
     ConsoleSession,
     check_signin_csrf,
@@ -18,10 +17,12 @@ from gateway.console.sessions import (
     sign_out,
     signin_secret,
 )
+from gateway.console.site import PREFIX, page, render, see_other
 from gateway.errors import Unauthorized
 
-NEXT = re.compile(r"/console/[!-~]{0,2000}", re.ASCII)
-"""A sign-in's ``next``: a console path of printable ASCII (no space, no control character)."""
+NEXT = re.compile(r"/console/[A-Za-z0-9/_.:?=&%+-]{0,2000}", re.ASCII)
+"""A sign-in's ``next``: a console path of URL characters (no space, no control character,
+no backslash, which browsers read as ``/``)."""
 HOMES = {
     "operator": f"{PREFIX}/tenants",
     "admin": f"{PREFIX}/recordings",
@@ -35,7 +36,7 @@ def _next_path(value: object) -> str | None:
     that climbs out of the console, nor a line break for the ``Location`` header)."""
     if not isinstance(value, str) or not NEXT.fullmatch(value):
         return None
-    path = value.partition("?")[0]
+    path = value.partition("?")[0].lower().replace("%2e", ".")  # browsers read %2e as "."
     if any(part in (".", "..") for part in path.split("/")):
         return None
     return value

@@ -14,15 +14,28 @@ import hashlib
 import re
 from datetime import timedelta
 from http.cookies import SimpleCookie
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from yarl import URL
 
+from gateway.app import build_app
+from gateway.settings import ConsoleSettings, Settings
 from gateway.state import SERVICES
 from storage.catalog.schema import console_sessions
 from tests.console import Browser
-from tests.gateway import RECORD, ULAW, FakeClock, Gateway, bearer, stream_twilio, tone
+from tests.gateway import (
+    RECORD,
+    ULAW,
+    FakeClock,
+    Gateway,
+    GatewayServer,
+    bearer,
+    start_gateway,
+    stream_twilio,
+    tone,
+)
 
 LIFETIME = timedelta(hours=8)
 IDLE = timedelta(minutes=30)
@@ -107,7 +120,8 @@ async def test_pages_need_a_session_and_sign_in_returns_to_the_page_asked_for(
 @pytest.mark.parametrize(
     "target",
     ["//evil.example/console/", "https://evil.example/", "/v1/tenants", "/console\\x",
-     "/console/../v1/tenants", "/console/x\r\nSet-Cookie: a=b", "/console/ x"],
+     "/console/../v1/tenants", "/console/x\r\nSet-Cookie: a=b", "/console/ x",
+     "/console/%2e%2e/v1/tenants", "/console/.%2E/x", "/console/..\\v1/tenants"],
 )  # fmt: skip
 async def test_sign_in_never_redirects_off_the_console(gateway: Gateway, target: str) -> None:
     acme = await gateway.tenant("acme")
@@ -231,15 +245,20 @@ async def test_the_console_refuses_what_the_api_refuses_the_same_token(
     # another API route in the page's path (".." the client resolves; SEGMENT refuses it
     # too: tests/unit). Nothing is read, nothing is audited.
     rec = announced["recording_id"]
+    catalog = gateway.app[SERVICES].catalog
+
+    async def audio_reads() -> int:
+        events = await catalog.audit.list("acme", limit=1000)
+        return sum(e.action == "audio.read" for e in events)
+
+    before = await audio_reads()
     for path in (
-        f"/console/recordings/{rec}%2Ftranscript",
+        f"/console/recordings/{rec}%2Faudio",  # would stream the WAV, as the recording page
         f"/console/recordings/{rec}%3Fa",
         "/console/tenants/acme%2Flegal-holds/delete",
     ):
         assert (await admin.get(path))[0].status == 404, path
-    catalog = gateway.app[SERVICES].catalog
-    reads = [e.action for e in await catalog.audit.list("acme", limit=1000)]
-    assert "transcript.read" not in reads  # the %2F did not reach the transcript route
+    assert await audio_reads() == before  # the %2F did not reach the audio route
 
 
 async def test_every_console_answer_carries_the_consoles_headers(gateway: Gateway) -> None:
@@ -296,6 +315,15 @@ async def test_the_audio_export_answers_byte_ranges(gateway: Gateway) -> None:
     )
     assert (refused.status, (await refused.json())["error"]) == (416, "range_not_satisfiable")
     assert refused.headers["Content-Range"] == f"bytes */{len(body)}"
+    # Through the console (its player), the same refusal names the size too.
+    browser = await signed_in(gateway, acme.admin)
+    console = f"/console/recordings/{announced['recording_id']}/audio"
+    response = await gateway.client.get(
+        console, headers={**browser._headers(), "Range": f"bytes={len(body)}-"}
+    )
+    assert (response.status, response.headers["Content-Range"]) == (416, f"bytes */{len(body)}")
+    # The WAV answers no HEAD: its read would be audited with nothing sent.
+    assert (await gateway.client.head(path, headers=bearer(acme.admin))).status == 405
     ignored = await gateway.client.get(
         path, headers={**bearer(acme.admin), "Range": "bytes=0-1,5-9"}
     )
@@ -371,3 +399,20 @@ async def test_a_refused_form_does_not_send_a_typed_webhook_secret_back(gateway:
     response, text = await browser.post("/console/instructions", form)
     assert response.status == 422 and "retention.recordings" in text
     assert secret not in text and "ninety days" in text
+
+
+async def test_a_session_in_use_never_idles_out_however_short_the_idle_time(
+    aiohttp_client: Any, gateway_settings: Settings, clock: FakeClock
+) -> None:
+    settings = gateway_settings.model_copy(
+        update={"console": ConsoleSettings(session_idle=timedelta(seconds=60))}
+    )
+    client = await aiohttp_client(GatewayServer(build_app(settings, clock=clock)))
+    gw = await start_gateway(client)
+    acme = await gw.tenant("acme")
+    browser = await signed_in(gw, acme.admin)
+    for _ in range(10):  # used every 40 s: each use must start the 60 s again
+        clock.advance(40)
+        assert (await browser.get("/console/recordings"))[0].status == 200
+    clock.advance(60)
+    assert (await browser.get("/console/recordings"))[0].status == 303
