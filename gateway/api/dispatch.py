@@ -59,7 +59,9 @@ async def dispatch(
         # the route the console meant (``/v1/recordings/../tenants/...``).
         raise NotFound("No such resource.")
     # Built, not parsed: a "?" or "#" in a segment taken from a console URL is part of
-    # that segment (percent-encoded here, decoded again by the router), never a query.
+    # that segment (percent-encoded here, decoded again by the router), never a query. A
+    # "/" is not encoded: values with one are the caller's to refuse (the console's
+    # SEGMENT), since the router decodes "%2F" in a console URL's value to "/".
     url = URL.build(path=path, query=dict(query or {}))
     inner = request.get(UNREAD, request).clone(method=method, rel_url=url)
     match = await request.app.router.resolve(inner)

@@ -94,7 +94,7 @@ def error_page(
 
 
 def see_other(location: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(location=location, headers=HEADERS)
+    return web.HTTPSeeOther(location=location)  # the console headers: console_headers
 
 
 def page(handler: Page) -> Handler:
