@@ -28,11 +28,14 @@ def chromium_path() -> str | None:
 
 
 def artifacts_dir(name: str) -> Path:
-    """Where a test's screenshots go: ``$CALLVAULT_TEST_ARTIFACTS/<name>``, by default
-    ``test-artifacts/<name>`` in the checkout (ignored by git)."""
+    """Where a test's screenshots go, emptied of an earlier run's:
+    ``$CALLVAULT_TEST_ARTIFACTS/<name>``, by default ``test-artifacts/<name>`` in the
+    checkout (ignored by git)."""
     base = Path(os.environ.get(ARTIFACTS_ENV) or ROOT / "test-artifacts")
     folder = base / name
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # a set is one run's: no stale pages beside it
+        old.unlink()
     return folder
 
 
