@@ -43,15 +43,20 @@ async def tenant(
     return tokens
 
 
-async def push_call(
-    session: aiohttp.ClientSession, tenant_id: str, pbx: str, inbound: bytes, outbound: bytes
-) -> str:
-    """Announce a call and stream it over Twilio Media Streams; its recording id."""
+async def announce(session: aiohttp.ClientSession, tenant_id: str, pbx: str) -> dict[str, Any]:
+    """Announce a Twilio call (consent granted); the announcement, asserting 201."""
     body = {"from": "+40711111111", "to": "+40722222222", "consent": "granted",
             "transport": "twilio"}  # fmt: skip
     async with session.post(f"/v1/tenants/{tenant_id}/calls", json=body, headers=bearer(pbx)) as r:
         assert r.status == 201, await r.text()
-        announced = await r.json()
+        return dict(await r.json())
+
+
+async def push_call(
+    session: aiohttp.ClientSession, tenant_id: str, pbx: str, inbound: bytes, outbound: bytes
+) -> str:
+    """Announce a call and stream it over Twilio Media Streams; its recording id."""
+    announced = await announce(session, tenant_id, pbx)
     async with session.ws_connect("/v1/ingest/twilio", headers=bearer(pbx)) as ws:
         await ws.send_str(twilio_connected())
         await ws.send_str(twilio_start(announced["call_id"]))

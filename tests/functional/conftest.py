@@ -10,8 +10,10 @@ import pytest
 from ai.worker import AnalysisWorker
 from gateway.app import build_app
 from gateway.settings import Settings
+from storage.catalog import Catalog
 from tests.ai import AI_BACKOFF_S, AI_LEASE_S, ScriptedTranscriber, new_worker
 from tests.gateway import FakeClock, Gateway, GatewayServer, free_port, start_gateway
+from tests.keyring import audit_keyring
 
 
 @pytest.fixture
@@ -71,3 +73,15 @@ async def worker(
     worker = new_worker(gw, gateway_settings, clock, transcriber)
     yield worker
     await worker.close()
+
+
+@pytest.fixture
+async def catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
+    """A migrated catalog on each backend (``database_url``), its audit log keyed by a
+    keyring in ``tmp_path``; modules that need another kind of catalog define their own."""
+    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
+    try:
+        await catalog.migrate()
+        yield catalog
+    finally:
+        await catalog.close()

@@ -10,9 +10,8 @@ and then fails, as a database failing mid-transaction would; nothing of the writ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,20 +21,9 @@ from crypto.auditkeys import AuditKeyProvider
 from storage.catalog import AuditEntry, AuditEvent, Catalog
 from storage.catalog import audit as audit_module
 from storage.errors import CatalogUnavailable, NotFound
-from tests.keyring import audit_keyring
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 EVENT = AuditEntry(actor="op", action="tenant.created", object="acme", detail={})
-
-
-@pytest.fixture
-async def catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
-    try:
-        await catalog.migrate()
-        yield catalog
-    finally:
-        await catalog.close()
 
 
 @pytest.fixture

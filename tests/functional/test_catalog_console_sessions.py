@@ -4,27 +4,12 @@ a session is found only while it has not ended and its token may be used."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
-
-import pytest
 
 from storage.catalog import Catalog
 from tests.functional.test_catalog import T0, add_tenant
-from tests.keyring import audit_keyring
 
 LIFETIME, IDLE = timedelta(hours=8), timedelta(minutes=30)
-
-
-@pytest.fixture
-async def catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
-    try:
-        await catalog.migrate()
-        yield catalog
-    finally:
-        await catalog.close()
 
 
 def digest(name: str) -> str:

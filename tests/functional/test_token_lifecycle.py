@@ -14,7 +14,7 @@ database), each with its own connection pool, as two gateway processes would hav
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -331,14 +331,10 @@ async def test_once_every_operator_token_is_revoked_or_expired_the_next_start_mi
 
 
 @pytest.fixture
-async def catalog(database_url: str, tmp_path: Path) -> AsyncIterator[Catalog]:
-    catalog = await Catalog.open(database_url, audit_keys=audit_keyring(tmp_path / "keys"))
-    try:
-        await catalog.migrate()
-        await catalog.tenants.create("acme", "Acme", "eu", T0)
-        yield catalog
-    finally:
-        await catalog.close()
+async def catalog(catalog: Catalog) -> Catalog:
+    """The tier's migrated catalog, with tenant acme."""
+    await catalog.tenants.create("acme", "Acme", "eu", T0)
+    return catalog
 
 
 async def test_two_nodes_minting_a_first_admin_at_once_mint_one(

@@ -48,8 +48,8 @@ from tests.gateway import (
     wait_until_ready,
     worker_children,
 )
-from tests.integration.test_ai_pipeline import push_call, tenant, wait_for_status
 from tests.leaks import WATCH
+from tests.served import announce, push_call, tenant, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -106,11 +106,7 @@ async def paced_call(
     """A Twilio call at real time (20 ms a frame, both tracks) that sends ``audio`` over and
     over until ``stop`` is set (a loaded machine cannot make it end before the test is
     done with it); its recording id and what it sent."""
-    body = {"from": "+40711111111", "to": "+40722222222", "consent": "granted",
-            "transport": "twilio"}  # fmt: skip
-    async with session.post(f"/v1/tenants/{tenant_id}/calls", json=body, headers=bearer(pbx)) as r:
-        assert r.status == 201, await r.text()
-        announced = await r.json()
+    announced = await announce(session, tenant_id, pbx)
     async with session.ws_connect("/v1/ingest/twilio", headers=bearer(pbx)) as ws:
         await ws.send_str(twilio_connected())
         await ws.send_str(twilio_start(announced["call_id"]))

@@ -40,8 +40,9 @@ from tests.ai import sample_call, wer
 from tests.conftest import S3Server
 from tests.fleet import Fleet, FleetCatalog, Gateway, SharedParts, finish, fleet_on, poll
 from tests.gateway import bearer, metric_value
-from tests.integration.test_ai_pipeline import TINY_WER_BOUND, push_call, track_text
+from tests.integration.test_ai_pipeline import TINY_WER_BOUND, track_text
 from tests.paced import RECONNECTS, PacedCall, Tenant, Transport, channel, export, taken, track_loss
+from tests.served import push_call
 from tests.vaultserver import BaoServer
 
 T = TypeVar("T")
