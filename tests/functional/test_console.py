@@ -416,3 +416,31 @@ async def test_a_session_in_use_never_idles_out_however_short_the_idle_time(
         assert (await browser.get("/console/recordings"))[0].status == 200
     clock.advance(60)
     assert (await browser.get("/console/recordings"))[0].status == 303
+
+
+async def test_an_admin_mints_and_revokes_a_token_and_releases_a_hold(gateway: Gateway) -> None:
+    acme = await gateway.tenant("acme", RECORD)
+    browser = await signed_in(gateway, acme.admin)
+    await browser.get("/console/tenants/acme/tokens")
+    response, text = await browser.post("/console/tenants/acme/tokens", {"role": "processor"})
+    assert response.status == 201 and "shown only this once" in text
+    token_id = re.search(r"Token <code>(tok_[0-9a-f]+)</code> \(processor\) minted", text)
+    assert token_id is not None
+    revoke = f"/console/tenants/acme/tokens/{token_id.group(1)}/revoke"
+    assert f'action="{revoke}"' in text  # the row's button
+    response, _ = await browser.post(revoke, {})
+    assert response.status == 303
+    tokens = await gateway.client.get("/v1/tenants/acme/tokens", headers=bearer(acme.admin))
+    (row,) = [t for t in (await tokens.json())["items"] if t["id"] == token_id.group(1)]
+    assert row["revoked_at"] is not None
+    await browser.get("/console/holds")
+    form = {"number": "+40711111111", "call_ids": "", "reason": "audit 2026"}
+    response, _ = await browser.post("/console/holds", form)
+    assert response.status == 303
+    _, text = await browser.get("/console/holds")
+    hold_id = re.search(r'action="/console/holds/(hold_[0-9a-f]+)/release"', text)
+    assert hold_id is not None
+    response, _ = await browser.post(f"/console/holds/{hold_id.group(1)}/release", {})
+    assert response.status == 303
+    _, text = await browser.get("/console/holds")
+    assert "released" in text and 'action="/console/holds/' not in text
