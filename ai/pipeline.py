@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ai.audio import TrackSource
+from ai.redaction.redact import Redactor, Span, redact_transcript
 from ai.sentiment import sentiment
 from ai.summary import ExtractiveSummarizer, Summarizer
 from ai.talk import talk_listen
@@ -54,6 +55,8 @@ from ai.transcribe import Transcriber, Utterance
 from ai.transcript import Interval, Segment, Transcript
 from ai.vad import VAD_BATCH
 from ai.windows import VoicedCollector, Window, language_window, plan_windows
+from storage.categoryrules import CategoryDefinition
+from storage.redactionrules import RedactionRule
 
 T = TypeVar("T")
 
@@ -83,6 +86,26 @@ class Analysis:
     working_copy_bytes: int = 0
     """Bytes of decoded audio overwritten (``_Reads``): of every pass, so a long track's
     are counted up to three times."""
+    redacted: tuple[Span, ...] = ()
+    """What the instructed redaction found (the transcript is already redacted when the
+    instructions said so; the audio is the worker's to redact)."""
+    original: Transcript | None = None
+    """The unredacted transcript, only when the instructions keep it."""
+
+
+def redaction_view(redaction: RedactionRule, spans: Sequence[Span]) -> dict[str, Any]:
+    """What the analysis says of the redaction: what was redacted where, never the value."""
+    return {
+        "transcript": redaction.transcript,
+        "audio": redaction.audio,
+        "entities": [span.view() for span in spans],
+    }
+
+
+def _english_persons() -> Callable[[str], list[tuple[int, int]]]:
+    from ai.redaction.ner import EnglishPersons
+
+    return EnglishPersons().find
 
 
 def call_language(votes: Mapping[str, tuple[float, list[tuple[str, float]]]]) -> str:
@@ -106,8 +129,12 @@ class Analyzer:
         *,
         summarizer: Summarizer | None = None,
         window: int = WINDOW,
+        redactor: Redactor | None = None,
     ) -> None:
+        """``redactor``: finds what ``ai.redaction`` instructs (by default with the
+        packaged English named-entity model, loaded on first need)."""
         self._load = load
+        self._redactor = redactor or Redactor(_english_persons)
         self._window = window
         self._transcriber: Transcriber | None = None
         self._summarizer = summarizer or ExtractiveSummarizer()
@@ -136,7 +163,7 @@ class Analyzer:
         self,
         transcript: Transcript,
         features: Sequence[str],
-        categories: Mapping[str, Sequence[str]],
+        categories: Mapping[str, CategoryDefinition],
     ) -> dict[str, Any]:
         document: dict[str, Any] = {}
         if "summary" in features:
@@ -146,7 +173,7 @@ class Analyzer:
         if "talk_listen" in features:
             document["talk_listen"] = talk_listen(transcript)
         if "topics" in features:
-            document["topics"] = topics(transcript.segments, categories, transcript.language)
+            document["topics"] = topics(transcript, categories)
         return document
 
     async def analyse(
@@ -155,10 +182,12 @@ class Analyzer:
         *,
         features: Sequence[str],
         language: str,
-        categories: Mapping[str, Sequence[str]],
+        categories: Mapping[str, CategoryDefinition],
         duration_s: float,
+        redaction: RedactionRule | None = None,
     ) -> Analysis:
-        """Transcribe ``tracks`` and compute ``features`` (the instructed ones)."""
+        """Transcribe ``tracks`` and compute ``features`` (the instructed ones), on the
+        transcript redacted as ``redaction`` instructs."""
         model = await self._run(self._model)
         speech: dict[str, tuple[Interval, ...]] = {}
         plans: dict[str, list[Window]] = {}
@@ -183,7 +212,9 @@ class Analyzer:
                 utterances = await self._transcribe(
                     model, track, plans[track.track], reads, language
                 )
-                segments += [Segment(track.track, u.start, u.end, u.text) for u in utterances]
+                segments += [
+                    Segment(track.track, u.start, u.end, u.text, u.words) for u in utterances
+                ]
         finally:  # also when a track fails part-way (a corrupt segment, a store error)
             await asyncio.to_thread(reads.wipe_held)  # off the loop: ~25 ms an hour
         segments.sort(key=lambda s: (s.start, s.track))
@@ -194,10 +225,26 @@ class Analyzer:
             segments=tuple(segments),
             speech=speech,
         )
+        spans: tuple[Span, ...] = ()
+        original: Transcript | None = None
+        if redaction is not None and redaction.enabled:
+            found = await self._run(self._redactor.find, transcript, redaction.kinds())
+            spans = tuple(found)
+            if redaction.transcript:
+                original = transcript if redaction.keep_original else None
+                transcript = redact_transcript(transcript, spans)
         # Pure Python, up to ~0.1 s for an hour of call: in the inference thread too, so
         # that the event loop (ingest, in ``serve``) never waits for it.
         document = await self._run(self._features, transcript, features, categories)
-        return Analysis(transcript=transcript, document=document, working_copy_bytes=reads.wiped)
+        if redaction is not None and redaction.enabled:
+            document["redaction"] = redaction_view(redaction, spans)
+        return Analysis(
+            transcript=transcript,
+            document=document,
+            working_copy_bytes=reads.wiped,
+            redacted=spans,
+            original=original,
+        )
 
     async def _detect(
         self, model: Transcriber, track: TrackSource, reads: _Reads

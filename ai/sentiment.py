@@ -5,7 +5,8 @@ a gateway that must run on a CPU and whose tenants ask "why is this call negativ
 known failure in customer service is politeness: "Thank you so much, you have been very
 helpful, but I would like to cancel my subscription" is all pleasant words around a churn
 request. Intent cues fix that (see below), and ``cues=False`` turns them off so the gain can
-be measured (``tests/unit/test_sentiment.py`` does, on ``tests/data/sentiment_labelled.json``).
+be measured (``tests/unit/test_sentiment.py`` does, on ``tests/data/sentiment_labelled.json``,
+and on ``tests/data/sentiment_cues_labelled.json`` for negated cues and the agent's words).
 
 How a segment is scored (all matching on folded text, see ``ai.text``):
 
@@ -15,9 +16,9 @@ How a segment is scored (all matching on folded text, see ``ai.text``):
    stem keeps 3 letters.
 2. Intensifiers in the two words before a lexicon word scale it ("very", "foarte": x1.3;
    "extremely", "extrem": x1.5; "slightly", "puțin": x0.7).
-3. A negator in the three words before it ("not", "never", "no", any "-n't", "nu",
-   "niciodată", ...) flips and dampens it: x-0.74 (VADER's constant), so "not good" is
-   mildly negative and "no problem" mildly positive.
+3. A negator in the three words before it ("not", "never", "no", any "-n't", "nu", its
+   elided "n-" as in "n-a mers", "niciodată", ...) flips and dampens it: x-0.74 (VADER's
+   constant), so "not good" is mildly negative and "no problem" mildly positive.
    Windows (2 and 3) stop at clause punctuation and at "but": in "No, that's great" the
    "no" does not reach "great".
 4. "but"/"however"/"dar"/"însă"/"totuși": words before the last one weigh x0.5, words after
@@ -29,9 +30,35 @@ How a segment is scored (all matching on folded text, see ``ai.text``):
    it, and as negative as the words make it when they are worse. Cue phrases match like
    tenant categories do (``ai.text.PhraseMatcher``: word boundaries, diacritics-insensitive,
    the last word's inflections, so "cancel" also fires on "cancelled" and "cancellation").
-   Cues fire on either track: an agent saying "I have cancelled it" is also a churn call.
-   They do not look at negation, so "why can't I cancel" fires (rightly, a complaint) and
-   "I don't want to cancel" fires too (wrongly); the labelled set measures the net effect.
+   With cues on, a lexicon word that is itself a cue ("complaint", "plângere",
+   "reclamație") carries no valence: the cue scores it where it fires, and where rules 7
+   and 8 stop it ("it's not a complaint", the agent's "your complaint reference is ...") the
+   lexicon would otherwise make the words negative anyway.
+7. A cue the speaker negates does not fire: "I don't want to cancel", "I'm not going to
+   close my account", "I never asked for a refund", "nu vreau să anulez", "n-am de gând să
+   reziliez". The negator ("not", "never", "no", any "-n't", "nu", Romanian's elided "n-",
+   "nicio", ...) must reach the cue as in rule 3 (within ``NEGATION_WINDOW`` words, in the
+   same clause, not across "but"), with two differences. Only words of wanting, intending,
+   asking or calling and their auxiliaries (``CUE_INTENT_WORDS``: "want", "going", "asked",
+   "intention", "vreau", "doresc", "gând", "am", "e", ...) may stand between, and articles,
+   possessives and clitics (``CUE_FUNCTION_WORDS``: "a", "my", "to", "să", "de", "mi", ...)
+   do not count towards the window. Any other word means the negation is about something
+   else: negated ability or permission is a complaint ("why can't I cancel", "I'm not able
+   to cancel", "they won't let me cancel", "nu pot să anulez", "nu mă lasă să reziliez"), and
+   so is a negated outcome ("I still haven't received my refund"). The negator itself must
+   not be one of ability either ("can't", "cannot", "couldn't", "can not"), nor someone
+   else's failure ("nobody", "nimeni", or "you"/"they" as the subject: "you never refunded
+   me"), nor in a "why"/"de ce" question ("why didn't you cancel it?"): those fire. The rule
+   reads the words *before* a cue only, so "I don't think I want to cancel" fires, and a
+   disclaimer ("I don't want to cancel, but if ...") is retracted like a plain refusal;
+   the lexicon then scores the rest.
+8. Cues fire on the caller's words only (any ``track`` but ``AGENT_TRACK``; a speaker not
+   known counts as the caller). The agent names the caller's request while serving it ("I
+   can help you cancel that", "your refund has been approved", "am înregistrat
+   reclamația"): that is service, not churn, and a churn call already shows in the caller's
+   own segments. Firing on the agent too counted such a call twice and made a call in which
+   the agent offers or confirms a cancellation or refund read as churn on the agent's track
+   and overall; now the agent's segments are scored by the lexicon alone (rule 6's).
 
 Labels: ``positive`` when the score is at least ``THRESHOLD`` (0.05), ``negative`` when it
 is at most -0.05, ``neutral`` in between (VADER's thresholds).
@@ -48,6 +75,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 from ai.text import PUNCTUATION, PhraseMatcher, fold, tokens
@@ -159,10 +187,12 @@ NEGATORS: frozenset[str] = frozenset(
     for word in """
     not no never none nothing nobody neither nor without cannot cant dont doesnt didnt isnt
     wasnt arent werent wont wouldnt couldnt shouldnt havent hasnt hadnt
-    nu niciodată nici nicio niciun nimic nimeni fără
+    nu n niciodată nici nicio niciun nimic nimeni fără
     """.split()
 )
-"""Words that negate the next ``NEGATION_WINDOW`` words; any token ending in ``n't`` too."""
+"""Words that negate the next ``NEGATION_WINDOW`` words; any token ending in ``n't`` too.
+``n`` is Romanian's elided ``nu`` ("n-am", "n-o", "n-a"): hyphens split words, so it stands
+alone."""
 
 BOOSTERS: dict[str, float] = {
     fold(word): float(value)
@@ -246,17 +276,68 @@ is the stem of "reclamație"/"reclamații" under the inflection rule."""
 
 _CUE_MATCHER = PhraseMatcher.build(CUES)
 
+AGENT_TRACK = "outbound"
+"""The agent's track (``ai.transcript``): its words fire no cues (rule 8)."""
+
+
+def _folded_set(text: str) -> frozenset[str]:
+    return frozenset(fold(word) for word in text.split())
+
+
+CUE_INTENT_WORDS: frozenset[str] = _folded_set("""
+    want wants wanted wanna wish would like going gonna plan planning planned intend intending
+    intention mean meant need needed ask asking asked request requesting requested call calling
+    called try trying looking be been have has had
+    vreau vrea vrem voiam doresc dorim doream aș am avem vom voi gând intenționez intenție
+    plănuiesc trebuie nevoie cer cerut sun sunat încerc e este era fost
+""")
+"""Words of wanting, intending, asking or calling, with the auxiliaries and copulas around
+them, through which a negator still reaches a cue (rule 7): "don't *want* to cancel",
+"never *asked* for a refund", "n-*am* de *gând* să reziliez", "nu *e* o reclamație"."""
+
+CUE_FUNCTION_WORDS: frozenset[str] = _folded_set("""
+    a an the my our your this that any some to for of about just really even actually
+    o un una unui unei niște să de la pe despre mi îmi mă vă mai doar chiar deloc
+""")
+"""Articles, possessives, particles and clitics: they neither stop a cue's negation nor count
+towards its window ("never asked for *a* refund" is two words from "never")."""
+
+ABILITY_NEGATORS: frozenset[str] = _folded_set("can't cannot cant couldn't couldnt")
+"""Negators of ability ("why can't I cancel"): the cue still fires, as a complaint. ``not``
+after ``can``/``could`` counts too; "nu pot", "won't let me" and "not able to" need no entry,
+since "pot", "let" and "able" are not ``CUE_INTENT_WORDS`` and so stop the negation."""
+
+OTHER_PARTY: frozenset[str] = _folded_set("""
+    you you're you've you'd you'll they they're they've they'd they'll nobody nimeni
+""")
+"""Subjects (or negators) that make a negation someone else's failure, a complaint: "you
+never refunded me", "nobody answered my complaint", "nu mi-a răspuns nimeni la reclamație"."""
+
+SPEAKER: frozenset[str] = _folded_set("i i'm i've i'd i'll we we're we've we'd we'll")
+"""Subjects that make a negation the speaker's own ("I don't want to cancel")."""
+
 _ENGLISH_ENDINGS = ("ing", "es", "ed", "ly", "s", "d")
 
 
-def _lexicon_for(language: str) -> Mapping[str, float]:
-    code = language.lower()[:2]
-    if code == "en":
-        return EN_LEXICON
-    if code == "ro":
-        # Romanian only: English entries would misread Romanian words ("care" is "which").
-        return RO_LEXICON
-    return {**RO_LEXICON, **EN_LEXICON}
+def _without_cue_words(lexicon: Mapping[str, float]) -> dict[str, float]:
+    """``lexicon`` less the words that are cues themselves ("complaint", "reclamație"): with
+    cues on they are scored by rules 6-8, which know negation and the speaker."""
+    return {word: value for word, value in lexicon.items() if not _CUE_MATCHER.find_folded(word)}
+
+
+# Romanian only for "ro": English entries would misread Romanian words ("care" is "which").
+# Both for any other language.
+_LEXICONS: dict[str, Mapping[str, float]] = {
+    "en": EN_LEXICON,
+    "ro": RO_LEXICON,
+    "": {**RO_LEXICON, **EN_LEXICON},
+}
+_CUE_LEXICONS = {code: _without_cue_words(lexicon) for code, lexicon in _LEXICONS.items()}
+
+
+def _lexicon_for(language: str, *, cues: bool = False) -> Mapping[str, float]:
+    lexicons = _CUE_LEXICONS if cues else _LEXICONS
+    return lexicons.get(language.lower()[:2], lexicons[""])
 
 
 def _valence(word: str, lexicon: Mapping[str, float]) -> float:
@@ -320,15 +401,63 @@ def label(score: float) -> str:
 
 
 def find_cues(text: str) -> list[str]:
-    """The intent cues of ``CUES`` found in ``text``, each once, in order of appearance."""
-    return list(dict.fromkeys(_CUE_MATCHER.find(text)))
+    """The intent cues of ``CUES`` that fire in ``text``, each once, in order of appearance:
+    those found there and not retracted by a negation (rule 7)."""
+    folded = fold(text)
+    fired = (
+        cue for cue, start in _CUE_MATCHER.find_folded_at(folded) if not _retracted(folded[:start])
+    )
+    return list(dict.fromkeys(fired))
 
 
-def score_text(text: str, language: str, *, cues: bool = True) -> tuple[float, list[str]]:
+def _retracted(before: str) -> bool:
+    """Whether the (folded) text ``before`` a cue negates it as the speaker's own intent
+    (rule 7): a negator reached through intent and function words only, within
+    ``NEGATION_WINDOW`` counted words and the cue's clause, that is not a complaint."""
+    toks = tokens(before)
+    reach = 0
+    for index in range(len(toks) - 1, -1, -1):
+        word = toks[index]
+        if _is_boundary(word):
+            return False
+        if _is_negator(word):
+            return not _complains(toks[:index], word)
+        if word in CUE_FUNCTION_WORDS:
+            continue
+        reach += 1
+        if reach >= NEGATION_WINDOW or word not in CUE_INTENT_WORDS:
+            return False  # the negation, if any, is about another verb ("can", "received")
+    return False
+
+
+def _complains(before: Sequence[str], negator: str) -> bool:
+    """Whether a negation that reaches a cue is a complaint rather than a retraction: a
+    negated ability, someone else's failure, or a "why" question (rule 7)."""
+    clause: list[str] = []
+    for word in reversed(before):
+        if _is_boundary(word):
+            break
+        clause.append(word)  # nearest first
+    if negator in ABILITY_NEGATORS or negator in OTHER_PARTY:
+        return True
+    if negator == "not" and clause and clause[0] in ("can", "could"):
+        return True
+    for word in clause[:2]:  # the subject: "you never", "they did not", "I don't"
+        if word in OTHER_PARTY:
+            return True
+        if word in SPEAKER:
+            break
+    # "why didn't you cancel it", "de ce nu": a rhetorical question, whatever it negates.
+    return "why" in clause or ("ce", "de") in pairwise(clause)
+
+
+def score_text(
+    text: str, language: str, *, cues: bool = True, track: str | None = None
+) -> tuple[float, list[str]]:
     """One utterance's score in [-1, 1] and the cues that fired in it (none when ``cues``
-    is off)."""
-    score = normalise(lexicon_sum(text, _lexicon_for(language)))
-    fired = find_cues(text) if cues else []
+    is off or ``track`` is the agent's, rule 8; ``None``, a speaker not known, fires them)."""
+    score = normalise(lexicon_sum(text, _lexicon_for(language, cues=cues)))
+    fired = find_cues(text) if cues and track != AGENT_TRACK else []
     if fired:
         score = min(score, -CUE_SCORE)
     return score, fired
@@ -346,7 +475,7 @@ def sentiment(segments: Sequence[Segment], language: str, *, cues: bool = True) 
     scored: list[tuple[Segment, float]] = []
     fired_cues: list[dict[str, Any]] = []
     for segment in segments:
-        score, fired = score_text(segment.text, language, cues=cues)
+        score, fired = score_text(segment.text, language, cues=cues, track=segment.track)
         scored.append((segment, score))
         fired_cues.extend(
             {"track": segment.track, "start": round(segment.start, 2), "cue": cue} for cue in fired

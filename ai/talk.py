@@ -69,10 +69,7 @@ def talk_listen(transcript: Transcript) -> dict[str, Any]:
     overlap = _total(_intersect(spans[first], spans[second]))
     union = all_talk - overlap
 
-    interruptions = {
-        first: _interruptions(spans[first], spans[second]),
-        second: _interruptions(spans[second], spans[first]),
-    }
+    interruptions = {track: len(made) for track, made in interruptions_made(transcript).items()}
     word_counts = _word_counts(transcript.segments)
     tracks: dict[str, dict[str, Any]] = {}
     for track, other in ((first, second), (second, first)):
@@ -92,6 +89,35 @@ def talk_listen(transcript: Transcript) -> dict[str, Any]:
         "interruptions": interruptions[first] + interruptions[second],
         "interruptions_by_track": interruptions,
     }
+
+
+def interruptions_made(transcript: Transcript) -> dict[str, list[Span]]:
+    """Each track's interruptions of the other (see the module docstring), as the
+    interrupting speech intervals in time order; ``talk_listen`` counts them."""
+    duration = max(0.0, transcript.duration_s)
+    first, second = TRACKS
+    spans = {track: _normalise(transcript.speech.get(track, ()), duration) for track in TRACKS}
+    return {
+        first: _interruptions(spans[first], spans[second]),
+        second: _interruptions(spans[second], spans[first]),
+    }
+
+
+def silences(transcript: Transcript) -> list[Span]:
+    """The stretches of ``[0, duration_s]`` in which neither track talks, in time order
+    (``silence_s`` is their total)."""
+    duration = max(0.0, transcript.duration_s)
+    # Normalising both tracks' intervals together joins them into the time anyone talks.
+    talking = _normalise(
+        [i for track in TRACKS for i in transcript.speech.get(track, ())], duration
+    )
+    gaps: list[Span] = []
+    quiet_from = 0.0
+    for start, end in [*talking, (duration, duration)]:
+        if start > quiet_from:
+            gaps.append((quiet_from, start))
+        quiet_from = end
+    return gaps
 
 
 def _normalise(intervals: Iterable[Interval], duration: float) -> list[Span]:
@@ -171,17 +197,17 @@ def _covered(spans: Sequence[Span], starts: Sequence[float], piece: Span) -> boo
     return index >= 0 and spans[index][1] >= piece[1]
 
 
-def _interruptions(interrupter: Sequence[Span], speaker: Sequence[Span]) -> int:
-    """How many of ``interrupter``'s intervals interrupt ``speaker`` (module docstring)."""
+def _interruptions(interrupter: Sequence[Span], speaker: Sequence[Span]) -> list[Span]:
+    """The intervals of ``interrupter`` that interrupt ``speaker`` (module docstring)."""
     speaker_starts = [start for start, _ in speaker]
-    count = 0
+    found: list[Span] = []
     for start, end in interrupter:
         if end - start < INTERRUPTION_MIN_S:
             continue
         index = bisect_left(speaker_starts, start) - 1  # the last span that began before
         if index >= 0 and speaker[index][1] - start >= INTERRUPTED_MIN_S - 1e-9:
-            count += 1
-    return count
+            found.append((start, end))
+    return found
 
 
 def _word_counts(segments: Iterable[Segment]) -> dict[str, int]:

@@ -201,10 +201,15 @@ class PhraseMatcher:
     def find_folded(self, folded: str) -> list[str]:
         """``find`` for text that is already folded (``fold``): to fold a segment once for
         many matchers."""
+        return [phrase for phrase, _ in self.find_folded_at(folded)]
+
+    def find_folded_at(self, folded: str) -> list[tuple[str, int]]:
+        """``find_folded`` with each occurrence's start offset in ``folded``: for a caller
+        that reads the words before a phrase (sentiment's negated cues)."""
         if self._pattern is None:
             return []
-        found: list[str] = []
+        found: list[tuple[str, int]] = []
         for match in self._pattern.finditer(folded):
             if match.lastindex is not None:  # always set: every alternative is a group
-                found.append(self.phrases[self._group_phrase[match.lastindex - 1]])
+                found.append((self.phrases[self._group_phrase[match.lastindex - 1]], match.start()))
         return found

@@ -20,7 +20,10 @@ Key phrases:
 * The top ``MAX_KEY_PHRASES`` (10) distinct phrases by score, then count, then the phrase
   text (so ties are broken the same way every time).
 
-Categories: a category's phrases are found with ``ai.text.PhraseMatcher``: on word
+Categories are the tenant's rules, checked by ``ai.categories``, which also gives each match's
+evidence. ``match_categories`` here is the keyword matcher categories were before they had
+rules, kept as the baseline ``bench/categories.py`` measures them against; a list of phrases
+means the same to both. Its phrases are found with ``ai.text.PhraseMatcher``: on word
 boundaries, case- and diacritics-insensitively (``ș``/``ş``/``s``, ``ț``/``ţ``/``t``,
 ``ă``/``â``/``a``, ``î``/``i``); a phrase whose last word has at least 4 letters also matches
 any word that word begins, which covers simple inflections (``cancel``: ``cancels``,
@@ -39,8 +42,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ai.categories import match_categories as match_category_rules
 from ai.text import PhraseMatcher, fold, is_number, stopwords, surface_words
-from ai.transcript import TRACKS, Segment
+from ai.transcript import TRACKS, Segment, Transcript
+from storage.categoryrules import CategoryRules
 
 MAX_PHRASE_WORDS = 3
 MAX_KEY_PHRASES = 10
@@ -49,12 +54,13 @@ _CLAUSE_SPLIT_RE = re.compile(r"[.,;:!?\u2026()\[\]\"\u201c\u201d\u201e]+")
 
 
 def topics(
-    segments: Sequence[Segment], categories: Mapping[str, Sequence[str]], language: str
+    transcript: Transcript, categories: Mapping[str, Sequence[str] | CategoryRules]
 ) -> dict[str, Any]:
     """The topics document of a call (see the module docstring)."""
+    language = transcript.language
     return {
-        "key_phrases": key_phrases((segment.text for segment in segments), language),
-        "categories": match_categories(segments, categories),
+        "key_phrases": key_phrases((segment.text for segment in transcript.segments), language),
+        "categories": match_category_rules(transcript, categories, language),
     }
 
 
@@ -108,7 +114,8 @@ def key_phrases(texts: Iterable[str], language: str) -> list[dict[str, Any]]:
 def match_categories(
     segments: Sequence[Segment], categories: Mapping[str, Sequence[str]]
 ) -> list[dict[str, Any]]:
-    """The tenant categories found in ``segments`` (see the module docstring)."""
+    """The keyword categories found in ``segments``, without evidence (see the module
+    docstring)."""
     folded = [fold(segment.text) for segment in segments]
     found: list[dict[str, Any]] = []
     for name, phrases in categories.items():

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from ai.audio import MODEL_RATE
 from ai.models import ResolvedModel
-from ai.transcript import Interval
+from ai.transcript import Interval, Word
 from ai.vad import SileroSpeech
 from crypto.errors import ConfigError
 
@@ -49,6 +49,7 @@ class Utterance:
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
 
 
 class SpeechDetector(Protocol):
@@ -226,7 +227,8 @@ def _split_at_pauses(words: list[Any], chunk_starts: list[float]) -> list[Uttera
 
 def _utterance(words: list[Any]) -> Utterance:
     text = "".join(w.word for w in words).strip()
-    return Utterance(round(float(words[0].start), 3), round(float(words[-1].end), 3), text)
+    timed = tuple(Word(round(float(w.start), 3), round(float(w.end), 3), w.word) for w in words)
+    return Utterance(timed[0].start, timed[-1].end, text, timed)
 
 
 def whisper_chunks(speech: tuple[Interval, ...], length: int) -> list[dict[str, int]]:

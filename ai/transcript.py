@@ -29,13 +29,24 @@ class Interval:
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    """One word as Whisper wrote it (with its leading space), on the call's timeline."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
-    """One transcribed utterance of one track."""
+    """One transcribed utterance of one track, and its words where Whisper timed them
+    (redaction maps what it finds to the timeline through them; never stored)."""
 
     track: str
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
 
     def view(self) -> dict[str, Any]:
         return {

@@ -392,8 +392,9 @@ class AnalysisWorker:
             tracks,
             features=features,
             language=instructions.ai.language,
-            categories=_categories(document),
+            categories=instructions.ai.categories,
             duration_s=(recording.samples or 0) / call.sample_rate,
+            redaction=instructions.ai.redaction,
         )
         self.metrics.audio_seconds.inc(sum(t.duration_s for t in tracks))
         await self._fence(job)
@@ -435,8 +436,11 @@ class AnalysisWorker:
     ) -> None:
         now = self._now()
         if "transcript" in features:
+            transcript = result.transcript.view()
+            if "redaction" in result.document:
+                transcript["redaction"] = result.document["redaction"]
             await self._vault.put_object(
-                orjson.dumps(result.transcript.view()),
+                orjson.dumps(transcript),
                 tenant=recording.tenant_id,
                 kind=TRANSCRIPT_KIND,
                 data_class="transcripts",
@@ -540,11 +544,6 @@ def expected_results(features: tuple[str, ...]) -> list[tuple[str, str]]:
     if "transcript" in features:
         kinds.append((TRANSCRIPT_KIND, "committed"))
     return kinds
-
-
-def _categories(document: dict[str, Any]) -> dict[str, list[str]]:
-    categories = document.get("ai", {}).get("categories", {})
-    return {str(name): [str(p) for p in phrases] for name, phrases in categories.items()}
 
 
 def _reason(error: BaseException) -> str:

@@ -46,7 +46,6 @@ from storage.instructions import (
     CODE_CHECKED,
     DURATION,
     DURATION_PATTERN,
-    PHRASE,
 )
 
 __all__ = ["DURATION_PATTERN", "ERROR_CODES", "REFUSAL_CODES", "build_document", "main", "render"]
@@ -103,7 +102,6 @@ def component_schemas() -> dict[str, Schema]:
         schemas[component]["properties"][name] = {**schema, **kept}
     categories = schemas["AiRule"]["properties"]["categories"]
     categories["propertyNames"] = CATEGORY_NAME
-    categories["additionalProperties"]["items"].update(PHRASE)
     _drop_null_defaults(schemas)
     return dict(sorted(schemas.items()))
 

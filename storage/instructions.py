@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -47,7 +46,10 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from storage.categoryrules import MAX_CATEGORY_PHRASES, MAX_PHRASE_CHARS, CategoryDefinition
+from storage.categoryrules import has_control as _has_control
 from storage.errors import InvalidInstructions
+from storage.redactionrules import RedactionRule
 from storage.validation import first_problem
 
 __all__ = [
@@ -85,12 +87,6 @@ MAX_EXCLUDE_NUMBERS = 10_000
 
 MAX_CATEGORIES = 50
 """Most topic categories `ai.categories` may hold."""
-
-MAX_CATEGORY_PHRASES = 50
-"""Most phrases one category may list (counted before duplicates are removed)."""
-
-MAX_PHRASE_CHARS = 100
-"""Longest phrase, in characters after stripping surrounding whitespace."""
 
 MAX_WEBHOOK_URL_CHARS = 2000
 """Longest webhook URL (a common limit of proxies and browsers)."""
@@ -295,32 +291,12 @@ def _check_retention(text: str) -> str:
 _CATEGORY_NAME_RE = re.compile(r"[a-z0-9_]{1,40}")
 
 
-def _has_control(text: str) -> bool:
-    # "Cc" is C0, DEL and C1: newlines and escapes that would corrupt logs or headers.
-    return any(unicodedata.category(char) == "Cc" for char in text)
-
-
 def _check_category_name(name: str) -> str:
     if _CATEGORY_NAME_RE.fullmatch(name) is None:
         raise ValueError(
             f"{_quote(name)} is not a category name: 1 to 40 of lowercase a-z, 0-9 and _"
         )
     return name
-
-
-def _check_phrase(phrase: str) -> str:
-    # Kept as written apart from the surrounding whitespace: the matcher (ai.text) decides
-    # case and diacritics, so normalising here would only hide what the tenant typed.
-    stripped = phrase.strip()
-    if not 1 <= len(stripped) <= MAX_PHRASE_CHARS:
-        raise ValueError(f"a phrase must be 1 to {MAX_PHRASE_CHARS} characters (not blank)")
-    if _has_control(stripped):
-        raise ValueError("a phrase cannot contain control characters")
-    return stripped
-
-
-def _dedupe_phrases(phrases: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(phrases))
 
 
 def webhook_host_problem(host: str) -> str | None:
@@ -388,12 +364,6 @@ def _check_webhook_secret(secret: str) -> str:
 
 _RetentionText = Annotated[str, AfterValidator(_check_retention)]
 _CategoryName = Annotated[str, AfterValidator(_check_category_name)]
-# strict=False only for the container, as for exclude_numbers: JSON arrays arrive as lists.
-_Phrases = Annotated[
-    tuple[Annotated[str, Strict(), AfterValidator(_check_phrase)], ...],
-    Field(strict=False, min_length=1, max_length=MAX_CATEGORY_PHRASES),
-    AfterValidator(_dedupe_phrases),
-]
 # Items stay strict strings even though the tuple itself is lax (see exclude_numbers).
 _PhoneNumber = Annotated[str, Strict(), AfterValidator(normalize_number)]
 
@@ -433,12 +403,32 @@ class AiRule(BaseModel):
     """Key phrases and matched categories."""
     language: Annotated[str, AfterValidator(_check_language)] = "auto"
     """`auto` or a two-letter ISO 639-1 code for transcription."""
+    redaction: RedactionRule = RedactionRule()
+    """Personal data (card numbers, IBANs, phone numbers, e-mail addresses, CNPs, names,
+    postal addresses) removed from the transcript and the stored audio. Needs an AI feature:
+    what is redacted is found in the transcription."""
+
+    @field_validator("redaction")
+    @classmethod
+    def _redaction_needs_ai(cls, redaction: RedactionRule, info: ValidationInfo) -> RedactionRule:
+        # info.data holds the feature flags (declared above): what is redacted is found in
+        # the transcription, which runs only for an instructed feature.
+        if redaction.enabled and not any(info.data.get(f) for f in AI_FEATURES):
+            raise ValueError(
+                "needs an AI feature (transcript, summary, sentiment, talk_listen or topics): "
+                "what is redacted is found in the call's transcription"
+            )
+        return redaction
+
     # A dict, not a tuple of pairs, so the document is the JSON object tenants write. It is
     # the one mutable value in the document; nothing writes to it after validation.
-    categories: dict[_CategoryName, _Phrases] = Field(default={}, max_length=MAX_CATEGORIES)
-    """The tenant's topic categories: a name (1 to 40 of `a-z`, `0-9`, `_`) mapped to 1 to 50
-    phrases; a call whose transcript contains a phrase is in the category (reported by
-    `topics`). Duplicate phrases in a category are removed."""
+    categories: dict[_CategoryName, CategoryDefinition] = Field(
+        default={}, max_length=MAX_CATEGORIES
+    )
+    """The tenant's topic categories (reported by `topics`): a name (1 to 40 of `a-z`, `0-9`,
+    `_`) mapped to 1 to 50 phrases (a call whose transcript contains one is in the category;
+    duplicates are removed), or to `{"rules": [...]}`, 1 to 20 rules (`phrase`, `non_talk`,
+    `interruptions`, `sentiment`) that must all match."""
 
 
 class RetentionRule(BaseModel):
@@ -621,7 +611,6 @@ DURATION: dict[str, Any] = {
     "examples": ["P90D", "PT30S", "P3Y"],
 }
 CATEGORY_NAME: dict[str, Any] = {"pattern": f"^{_CATEGORY_NAME_RE.pattern}$"}
-PHRASE: dict[str, Any] = {"minLength": 1, "maxLength": MAX_PHRASE_CHARS}
 _SHORTEST, _LONGEST = WEBHOOK_SECRET_CHARS
 _SECRET = f"^[^\\x00-\\x1f\\x7f-\\x9f]{{{_SHORTEST},{_LONGEST}}}$"
 CODE_CHECKED: dict[tuple[str, str], dict[str, Any]] = {

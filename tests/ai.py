@@ -11,6 +11,7 @@ import json
 import re
 import tempfile
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,12 +147,15 @@ class ScriptedTranscriber:
     "transcribed" as the words ``word0 word1 ...`` (one per 0.5 s), placed on the track's
     timeline through the chunks, so the worker's bookkeeping (and where windows cut) can
     be tested fast and exactly; ``fail`` makes the first ``fail`` calls of ``transcribe``
-    raise. ``windows`` records each call's chunks."""
+    raise. ``windows`` records each call's chunks. ``script``: texts the stretches are
+    "transcribed" as instead, in order (tracks in the order the pipeline reads them,
+    inbound first), until they run out."""
 
     model_name = "scripted"
     multilingual = False
 
-    def __init__(self, *, fail: int = 0) -> None:
+    def __init__(self, *, fail: int = 0, script: Sequence[str] = ()) -> None:
+        self.script = list(script)
         self.fail = fail
         self.calls = 0
         self.windows: list[tuple[tuple[int, int], ...]] = []
@@ -182,11 +186,12 @@ class ScriptedTranscriber:
             at += end - start
             for i in detector.finish():
                 count = max(1, int(i.duration * 2))
+                text = " ".join(f"word{n}" for n in range(count))
+                if self.script:
+                    text = self.script.pop(0)
                 utterances.append(
                     Utterance(
-                        round(grid / 16000 + i.start, 3),
-                        round(grid / 16000 + i.end, 3),
-                        " ".join(f"word{n}" for n in range(count)),
+                        round(grid / 16000 + i.start, 3), round(grid / 16000 + i.end, 3), text
                     )
                 )
         return tuple(utterances)

@@ -568,6 +568,32 @@ class Segment(BaseModel):
     text: str
 
 
+class RedactedSpan(BaseModel):
+    """Where personal data was redacted: its type and time, never its value."""
+
+    type: str = Field(examples=["card_number"])
+    """`card_number`, `iban`, `phone_number`, `email`, `ro_cnp`, `person_name` or
+    `postal_address`."""
+    track: Track
+    start: float = Field(ge=0)
+    """Seconds from call start (of the words that said it, unpadded)."""
+    end: float = Field(ge=0)
+
+
+class Redaction(BaseModel):
+    """What the instructions' `ai.redaction` removed (present only when instructed)."""
+
+    model_config = _DOCS
+
+    transcript: bool
+    """Whether the transcript (and the analysis computed from it) holds tags such as
+    `[CARD_NUMBER]` in place of what was found."""
+    audio: bool
+    """Whether the stored audio was redacted too."""
+    entities: list[RedactedSpan]
+    """In time order."""
+
+
 class Transcript(BaseModel):
     model_config = _DOCS
 
@@ -578,6 +604,7 @@ class Transcript(BaseModel):
     duration_s: float | Absent = None
     segments: list[Segment]
     """In time order."""
+    redaction: Redaction | Absent = None
 
 
 class Score(BaseModel):
@@ -648,6 +675,9 @@ class CategoryMatch(BaseModel):
     phrases: list[str] | Absent = None
     tracks: dict[str, Any] | Absent = None
     first_at: float | Absent = None
+    evidence: list[dict[str, Any]] | Absent = None
+    """Per rule of the category, what matched: the rule's index and type, the track, the
+    time (`start`, `end`) and the segment's `text`, or the measured `value`."""
 
 
 class Topics(BaseModel):
@@ -672,6 +702,7 @@ class Analysis(BaseModel):
     sentiment: Sentiment | Absent = None
     talk_listen: TalkListen | Absent = None
     topics: Topics | Absent = None
+    redaction: Redaction | Absent = None
 
 
 # --- audit ---------------------------------------------------------------------------------

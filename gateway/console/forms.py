@@ -10,6 +10,7 @@ box is ``false``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,12 @@ BOOLEANS = (
     ("transport.allow_unencrypted_rtp", "Accept plain (unencrypted) RTP"),
 )
 """Every checkbox of the form: its dotted field and its label."""
+REDACTION_BOOLEANS = (
+    ("ai.redaction.transcript", "Redact personal data from the transcript and analysis"),
+    ("ai.redaction.audio", "Redact it from the stored audio as well"),
+    ("ai.redaction.keep_original", "Keep the unredacted transcript too (admins only)"),
+)
+"""The redaction section's checkboxes."""
 RETENTION = (
     ("retention.recordings", "Recordings (audio)"),
     ("retention.transcripts", "Transcripts and analysis"),
@@ -45,8 +52,18 @@ def form_values(document: Mapping[str, Any]) -> dict[str, Any]:
     values["ai.language"] = _get(document, "ai.language") or "auto"
     categories = _get(document, "ai.categories") or {}
     values["ai.categories"] = "\n".join(
-        f"{name}: {phrase}" for name, phrases in categories.items() for phrase in phrases
+        f"{name}: {phrase}"
+        for name, phrases in categories.items()
+        if isinstance(phrases, list)
+        for phrase in phrases
     )
+    rules = {name: rule for name, rule in categories.items() if isinstance(rule, Mapping)}
+    values["ai.category_rules"] = json.dumps(rules, indent=1, ensure_ascii=False) if rules else ""
+    for name, _ in REDACTION_BOOLEANS:
+        values[name] = bool(_get(document, name))
+    values["ai.redaction.entities"] = ", ".join(_get(document, "ai.redaction.entities") or ["all"])
+    values["ai.redaction.fill"] = _get(document, "ai.redaction.fill") or "silence"
+    values["ai.redaction.padding_ms"] = str(_get(document, "ai.redaction.padding_ms") or 250)
     values["exclude_numbers"] = "\n".join(document.get("exclude_numbers") or [])
     values["webhook.url"] = _get(document, "webhook.url") or ""
     values["webhook.secret"] = REDACTED if _get(document, "webhook.secret") else ""
@@ -70,6 +87,31 @@ def _categories(text: str) -> Any:
     return categories
 
 
+def _category_rules(text: str, categories: Any) -> Any:
+    """The rule categories (a JSON object of them) added to the phrase categories; text
+    that is not such an object is handed on as it is, for the API to refuse."""
+    if not text.strip():
+        return categories
+    try:
+        rules = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(rules, dict) or not isinstance(categories, dict):
+        return text if not isinstance(rules, dict) else categories
+    return {**categories, **rules}
+
+
+def _number(text: str) -> Any:
+    """A whole number of 1 to 9 digits as an int; anything else as the text, for the API to
+    refuse (naming the field)."""
+    stripped = text.strip()
+    return (
+        int(stripped)
+        if stripped.isascii() and stripped.isdigit() and len(stripped) < 10
+        else stripped
+    )
+
+
 def document_of(form: Mapping[str, str]) -> dict[str, Any]:
     """The instructions document of a posted form (every section; PUT replaces it whole)."""
     document: dict[str, Any] = {}
@@ -86,7 +128,14 @@ def document_of(form: Mapping[str, str]) -> dict[str, Any]:
     for name, _ in RETENTION:
         put(name, form.get(name, "").strip())
     put("ai.language", form.get("ai.language", "auto").strip() or "auto")
-    put("ai.categories", _categories(form.get("ai.categories", "")))
+    categories = _categories(form.get("ai.categories", ""))
+    put("ai.categories", _category_rules(form.get("ai.category_rules", ""), categories))
+    for name, _ in REDACTION_BOOLEANS:
+        put(name, name in form)
+    entities = [e.strip() for e in form.get("ai.redaction.entities", "all").split(",")]
+    put("ai.redaction.entities", [e for e in entities if e])
+    put("ai.redaction.fill", form.get("ai.redaction.fill", "silence").strip())
+    put("ai.redaction.padding_ms", _number(form.get("ai.redaction.padding_ms", "250")))
     document["exclude_numbers"] = _lines(form.get("exclude_numbers", ""))
     url = form.get("webhook.url", "").strip()
     put("webhook.url", url or None)
@@ -98,7 +147,9 @@ def document_of(form: Mapping[str, str]) -> dict[str, Any]:
 def field_of(error_field: str) -> str:
     """The form field that shows an API error about ``error_field`` (``exclude_numbers.2``
     and ``ai.categories.sales`` are shown at their list's field)."""
-    for prefix in ("exclude_numbers", "ai.categories"):
+    if error_field.startswith("ai.categories.") and ".rules" in error_field:
+        return "ai.category_rules"  # inside a rule category: ai.categories.name.rules.0...
+    for prefix in ("exclude_numbers", "ai.categories", "ai.redaction.entities"):
         if error_field == prefix or error_field.startswith(prefix + "."):
             return prefix
     return error_field

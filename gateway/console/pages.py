@@ -14,6 +14,7 @@ from gateway.console.charts import sentiment_timeline, talk_bars
 from gateway.console.forms import (
     BOOLEANS,
     REDACTED,
+    REDACTION_BOOLEANS,
     RETENTION,
     diff,
     document_of,
@@ -96,6 +97,7 @@ async def _instructions_page(
         "values": values,
         "errors": errors,
         "booleans": BOOLEANS,
+        "redaction_booleans": REDACTION_BOOLEANS,
         "retention": RETENTION,
         "history": list(reversed(history["items"])),
         "saved": request.query.get("saved"),

@@ -107,6 +107,34 @@ class Objects:
                     raise Conflict(f"Object {object_id!r} is {row.state}; it cannot be committed.")
         return record(StoredObject, row)
 
+    async def relabel(
+        self, object_id: str, *, tenant_id: str, kind: str, from_kind: str
+    ) -> StoredObject:
+        """Change a committed object's kind from ``from_kind`` to ``kind`` (a redacted
+        audio track becomes the recording's audio once the original is shredded);
+        repeating it is a no-op. ``NotFound`` if unknown or another tenant's."""
+        async with self._core.transaction(write=True) as conn:
+            await conn.execute(
+                sa.update(objects)
+                .where(
+                    objects.c.id == object_id,
+                    objects.c.tenant_id == tenant_id,
+                    objects.c.kind == from_kind,
+                    objects.c.state == "committed",
+                )
+                .values(kind=kind)
+            )
+            row = (
+                await conn.execute(
+                    sa.select(objects).where(
+                        objects.c.id == object_id, objects.c.tenant_id == tenant_id
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"Object {object_id!r} not found.")
+        return record(StoredObject, row)
+
     async def mark_deleted(self, object_id: str, now: datetime) -> StoredObject:
         """Record that the object was deleted from the store; repeating it keeps the first
         time."""

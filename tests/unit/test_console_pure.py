@@ -23,7 +23,12 @@ DOCUMENT = {
     "recording": {"enabled": True},
     "consent": {"required": False},
     "ai": {"transcript": True, "summary": False, "sentiment": True, "talk_listen": False,
-           "topics": True, "language": "ro", "categories": {"billing": ["refund", "invoice"]}},
+           "topics": True, "language": "ro",
+           "redaction": {"transcript": True, "audio": True, "entities": ["card_number", "email"],
+                         "fill": "tone", "padding_ms": 300, "keep_original": False},
+           "categories": {"billing": ["refund", "invoice"],
+                          "early_anger": {"rules": [{"type": "sentiment", "track": "inbound",
+                                                     "window": {"first_s": 60}, "below": -0.3}]}}},
     "retention": {"recordings": "P30D", "transcripts": "P1Y", "call_records": "P3Y"},
     "transport": {"allow_unencrypted_rtp": False},
     "webhook": {"url": "https://hooks.example.com/cv", "secret": "<redacted>"},
@@ -59,6 +64,10 @@ def test_a_document_survives_the_form_round_trip() -> None:
 def test_the_form_leaves_what_it_cannot_read_to_the_apis_validation() -> None:
     document = document_of({"ai.categories": "no colon here", "retention.recordings": " x "})
     assert document["ai"]["categories"] == "no colon here"  # the API names ai.categories
+    rules = document_of({"ai.categories": "a: b", "ai.category_rules": "{not json"})
+    assert rules["ai"]["categories"] == "{not json"
+    padding = document_of({"ai.redaction.padding_ms": "12 ms"})
+    assert padding["ai"]["redaction"]["padding_ms"] == "12 ms"  # named by the API's 422
     assert document["retention"]["recordings"] == "x"
     assert document["recording"]["enabled"] is False  # an unticked box is not posted
     assert document["webhook"] == {"url": None, "secret": None}
@@ -67,6 +76,9 @@ def test_the_form_leaves_what_it_cannot_read_to_the_apis_validation() -> None:
 @pytest.mark.parametrize(
     ("error", "field"),
     [("exclude_numbers.2", "exclude_numbers"), ("ai.categories.sales", "ai.categories"),
+     ("ai.categories.sales.1", "ai.categories"),
+     ("ai.categories.angry.rules.0.below", "ai.category_rules"),
+     ("ai.redaction.entities.1", "ai.redaction.entities"),
      ("retention.recordings", "retention.recordings"), ("ai.language", "ai.language")],
 )  # fmt: skip
 def test_errors_in_a_list_are_shown_at_the_lists_field(error: str, field: str) -> None:

@@ -9,11 +9,15 @@ from hypothesis import strategies as st
 
 from ai.text import PhraseMatcher, fold, split_sentences, stopwords
 from ai.topics import candidate_phrases, key_phrases, match_categories, topics
-from ai.transcript import Segment
+from ai.transcript import Segment, Transcript
 
 
 def seg(track: str, start: float, text: str) -> Segment:
     return Segment(track, start, start + 2, text)
+
+
+def transcript_of(segments: list[Segment], language: str) -> Transcript:
+    return Transcript(language, "test", max(s.end for s in segments), tuple(segments))
 
 
 def test_fold_removes_diacritics_of_both_romanian_comma_and_cedilla_forms() -> None:
@@ -163,8 +167,10 @@ def test_categories_document() -> None:
             "first_at": 5.5,
         },
     ]
-    full = topics(segments, categories, "en")
-    assert full["categories"] == doc
+    full = topics(transcript_of(segments, "en"), categories)
+    # The rules engine gives the keyword matcher's fields, and each match's evidence.
+    assert [{k: v for k, v in c.items() if k != "evidence"} for c in full["categories"]] == doc
+    assert [c["evidence"][0]["start"] for c in full["categories"]] == [0.0, 5.5, 5.5]
     assert {p["phrase"] for p in full["key_phrases"]} >= {"invoice", "extra line"}
 
 
@@ -202,6 +208,6 @@ def test_an_hour_of_segments_is_fast() -> None:
         "billing": ["invoice", "charged twice", "refund"],
         "technical": ["router", "internet", "connection", "light"],
     }
-    doc = topics(segments, categories, "en")
+    doc = topics(transcript_of(segments, "en"), categories)
     assert doc["categories"][0]["name"] == "technical"
     assert doc["categories"][0]["count"] == 400 * 4 + 400

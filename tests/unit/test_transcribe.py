@@ -19,7 +19,7 @@ from ai.transcribe import (
     _split_at_pauses,
     whisper_chunks,
 )
-from ai.transcript import Interval
+from ai.transcript import Interval, Word
 from storage.media.codecs import codec
 from tests.ai import CALLS, sample_call
 
@@ -67,9 +67,10 @@ def word(start: float, end: float, text: str) -> SimpleNamespace:
 
 def test_a_segment_is_cut_where_its_words_cross_into_the_next_chunk() -> None:
     words = [word(1.0, 1.4, " Hello"), word(1.4, 1.9, " there."), word(6.1, 6.5, " Yes")]
+    # Each piece keeps its words with their times (redaction maps finds through them).
     assert _split_at_pauses(words, [0.6, 5.8]) == [
-        Utterance(1.0, 1.9, "Hello there."),
-        Utterance(6.1, 6.5, "Yes"),
+        Utterance(1.0, 1.9, "Hello there.", (Word(1.0, 1.4, " Hello"), Word(1.4, 1.9, " there."))),
+        Utterance(6.1, 6.5, "Yes", (Word(6.1, 6.5, " Yes"),)),
     ]
     assert _split_at_pauses([], [0.0]) == []
 
