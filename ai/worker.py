@@ -44,14 +44,16 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ai.audio import TrackSource
+from ai.audioredaction import AudioRedaction, TimedSpan
 from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
 from ai.transcript import TRACKS
 from crypto.errors import CallvaultError
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
 from storage.errors import CatalogUnavailable, Conflict, NotFound
-from storage.instructions import parse_stored_instructions
+from storage.instructions import InstructionsDoc, parse_stored_instructions
 from storage.media.codecs import codec
 from storage.media.tracks import AUDIO_KIND, TrackRecord, track_records
+from storage.redactionrules import RedactionRule
 from storage.vault import MediaVault
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ log = logging.getLogger(__name__)
 ANALYZE_JOB = "analyze"
 TRANSCRIPT_KIND = "transcript"
 ANALYSIS_KIND = "analysis"
-RESULT_KINDS = (TRANSCRIPT_KIND, ANALYSIS_KIND)
+ORIGINAL_TRANSCRIPT_KIND = "transcript.original"
+"""The unredacted transcript, kept only when ``ai.redaction.keep_original`` says so."""
+RESULT_KINDS = (TRANSCRIPT_KIND, ANALYSIS_KIND, ORIGINAL_TRANSCRIPT_KIND)
 ACTOR = "ai-worker"
 PUBLISH_WAIT = timedelta(seconds=30)
 """How long a job waits when part of its audio is still in a spool (its commit failed)."""
@@ -152,6 +156,7 @@ class AnalysisWorker:
         self._notify = notify
         self.metrics = metrics or WorkerMetrics(None)
         self._node_dead_after = node_dead_after
+        self._audio = AudioRedaction(catalog=catalog, vault=vault, actor=ACTOR)
 
     async def load(self) -> str:
         """Load the model now rather than at the first job; its name."""
@@ -351,17 +356,45 @@ class AnalysisWorker:
                 nodes=tuple(sorted({o.node_id for o in waiting if o.node_id is not None})),
             )
         features = tuple(call.decision.get("ai", ()))
+        instructions = parse_stored_instructions(
+            (
+                await self._catalog.instructions.get(
+                    recording.tenant_id, recording.instructions_version
+                )
+            ).document
+        )
         results = [o for o in objects if o.kind in RESULT_KINDS and o.state != "deleted"]
         wiped = 0
-        if sorted((o.kind, o.state) for o in results) != expected_results(features):
+        spans: list[TimedSpan] | None = None
+        redaction = instructions.ai.redaction
+        expected = expected_results(features, keep_original=_keeps_original(redaction))
+        if sorted((o.kind, o.state) for o in results) != expected:
             # Anything a killed attempt left half-done is shredded; the new results replace
             # it, never duplicate it. (A complete set is kept: that attempt died after
             # storing, maybe while purging the audio it needed, so it is not redone.)
             for leftover in results:
                 await self._vault.shred_object(job.tenant_id, leftover.id, now=self._now())
-            wiped = await self._analyse(job, recording, call, features, objects)
+            analysis = await self._analyse(job, recording, call, features, objects, instructions)
+            wiped = analysis.working_copy_bytes
+            spans = [TimedSpan(s.entity, s.track, s.start, s.end) for s in analysis.redacted]
+        if redaction.audio and call.decision.get("store_recording"):
+            if spans is None:  # a killed attempt stored the results: its spans are in them
+                spans = await self._stored_spans(recording, results)
+            if spans:
+                await self._fence(job)
+                await self._audio.redact(recording, call, spans, redaction, now=self._now())
         await self._finish(job, recording, call, "analyzed", wiped=wiped)
         return "analyzed"
+
+    async def _stored_spans(
+        self, recording: Recording, results: list[StoredObject]
+    ) -> list[TimedSpan]:
+        """The redacted spans a stored transcript or analysis lists."""
+        for stored in results:
+            document = orjson.loads(await self._vault.read_object(recording.tenant_id, stored.id))
+            if "redaction" in document:
+                return [TimedSpan.from_view(e) for e in document["redaction"]["entities"]]
+        return []
 
     async def _fence(self, job: Job) -> None:
         """Renew the lease before a step that writes, or stop with ``LeaseLost``: a worker
@@ -378,15 +411,10 @@ class AnalysisWorker:
         call: Call,
         features: tuple[str, ...],
         objects: list[StoredObject],
-    ) -> int:
-        """Decode, transcribe, analyse and seal the results; the working copies' bytes,
-        overwritten before this returns (also when it fails)."""
-        document = (
-            await self._catalog.instructions.get(
-                recording.tenant_id, recording.instructions_version
-            )
-        ).document
-        instructions = parse_stored_instructions(document)
+        instructions: InstructionsDoc,
+    ) -> Analysis:
+        """Decode, transcribe, analyse and seal the results (the working copies of the
+        audio are overwritten before this returns, also when it fails)."""
         tracks = self._sources(recording, call, objects)
         analysis = await self._analyzer.analyse(
             tracks,
@@ -399,7 +427,7 @@ class AnalysisWorker:
         self.metrics.audio_seconds.inc(sum(t.duration_s for t in tracks))
         await self._fence(job)
         await self._store(recording, features, analysis)
-        return analysis.working_copy_bytes
+        return analysis
 
     def _sources(
         self, recording: Recording, call: Call, objects: list[StoredObject]
@@ -447,6 +475,15 @@ class AnalysisWorker:
                 now=now,
                 recording_id=recording.id,
             )
+            if result.original is not None:
+                await self._vault.put_object(
+                    orjson.dumps(result.original.view()),
+                    tenant=recording.tenant_id,
+                    kind=ORIGINAL_TRANSCRIPT_KIND,
+                    data_class="transcripts",
+                    now=now,
+                    recording_id=recording.id,
+                )
         if any(feature in features for feature in ANALYSIS_FEATURES):
             document = {
                 "language": result.transcript.language,
@@ -536,14 +573,24 @@ class AnalysisWorker:
         )
 
 
-def expected_results(features: tuple[str, ...]) -> list[tuple[str, str]]:
-    """The committed result objects a finished analysis of ``features`` leaves, sorted."""
+def expected_results(
+    features: tuple[str, ...], *, keep_original: bool = False
+) -> list[tuple[str, str]]:
+    """The committed result objects a finished analysis of ``features`` leaves, sorted
+    (``keep_original``: the unredacted transcript is kept beside the redacted one)."""
     kinds = []
     if any(feature in features for feature in ANALYSIS_FEATURES):
         kinds.append((ANALYSIS_KIND, "committed"))
     if "transcript" in features:
         kinds.append((TRANSCRIPT_KIND, "committed"))
-    return kinds
+        if keep_original:
+            kinds.append((ORIGINAL_TRANSCRIPT_KIND, "committed"))
+    return sorted(kinds)
+
+
+def _keeps_original(redaction: RedactionRule) -> bool:
+    """Whether the instructions keep an unredacted transcript beside the redacted one."""
+    return redaction.transcript and redaction.keep_original
 
 
 def _reason(error: BaseException) -> str:

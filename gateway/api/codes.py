@@ -110,6 +110,12 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "The audio was purged after analysis (an AI-only call).",
         "The audio of 'rec_4f1c2a9b8e7d6c5b4a392817' was purged after analysis.",
     ),
+    "original_not_kept": (
+        "No unredacted transcript was kept: the call's instructions did not say "
+        "ai.redaction.transcript with keep_original.",
+        "No unredacted transcript of 'rec_4f1c2a9b8e7d6c5b4a392817' was kept (its "
+        "instructions did not say ai.redaction.transcript with keep_original).",
+    ),
     "not_instructed": (
         "The instructions that accepted the call did not ask for this (a transcript, or "
         "any analysis feature).",

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from ai.pipeline import ANALYSIS_FEATURES
-from ai.worker import ANALYSIS_KIND, TRANSCRIPT_KIND
+from ai.worker import ANALYSIS_KIND, ORIGINAL_TRANSCRIPT_KIND, TRANSCRIPT_KIND
 from crypto.errors import CallvaultError, KeyUnavailable
 from gateway.api.common import TENANT, found, iso, principal_of, query_int, query_time
 from gateway.errors import BadRequest, Forbidden, RangeNotSatisfiable, TooLarge
@@ -377,13 +377,19 @@ async def _result(request: web.Request, kind: str, features: tuple[str, ...]) ->
             f"The analysis of recording {recording.id!r} failed: {recording.failure_reason}",
             code="analysis_failed",
         )
-    stored = [
-        o
-        for o in await catalog.objects.list(tenant, recording_id=recording.id, state="committed")
-        if o.kind == kind
+    of_kind = [
+        o for o in await catalog.objects.list(tenant, recording_id=recording.id) if o.kind == kind
     ]
+    stored = [o for o in of_kind if o.state == "committed"]
+    if not of_kind and kind == ORIGINAL_TRANSCRIPT_KIND:
+        raise NotFound(
+            f"No unredacted transcript of {recording.id!r} was kept (its instructions did not "
+            "say ai.redaction.transcript with keep_original).",
+            code="original_not_kept",
+        )
     if not stored:
-        raise Gone(f"The {kind} of {recording.id!r} was deleted.", code=f"{kind}_deleted")
+        code = "transcript_deleted" if kind == ORIGINAL_TRANSCRIPT_KIND else f"{kind}_deleted"
+        raise Gone(f"The {kind} of {recording.id!r} was deleted.", code=code)
     body = await services.vault.read_object(tenant, stored[-1].id)
     await catalog.audit.append(
         tenant,
@@ -402,6 +408,13 @@ async def get_transcript(request: web.Request) -> web.Response:
     """The transcript per track (inbound = caller, outbound = agent), decrypted from its
     sealed object; every read is audited (`transcript.read`)."""
     return await _result(request, TRANSCRIPT_KIND, ("transcript",))
+
+
+async def get_original_transcript(request: web.Request) -> web.Response:
+    """The unredacted transcript, kept beside the redacted one only when the call's
+    instructions said `ai.redaction.keep_original`; for admins only, and every read is
+    audited (`transcript.original.read`)."""
+    return await _result(request, ORIGINAL_TRANSCRIPT_KIND, ("transcript",))
 
 
 async def get_analysis(request: web.Request) -> web.Response:

@@ -88,6 +88,11 @@ class TrackMasker:
         self._encoder: _OpusFill | None = None
         self.masked = 0
 
+    @property
+    def packetized(self) -> bool:
+        """Whether ``mask`` encodes (Opus: blocking, for a thread)."""
+        return self._codec.packetized
+
     def mask(self, record: TrackRecord) -> list[TrackRecord]:
         """The records to store instead of ``record`` (itself, when it is untouched)."""
         length = self._codec.frames(record.payload)

@@ -147,8 +147,8 @@ def test_the_audit_filter_offers_every_action_the_gateway_writes() -> None:
         for source in (root / package).rglob("*.py"):
             text = source.read_text()
             written |= {a or b for a, b in ACTION.findall(text)}
-            if 'f"{kind}.read"' in text:  # the API's result reads: its two result kinds
-                written |= {"transcript.read", "analysis.read"}
+            if 'f"{kind}.read"' in text:  # the API's result reads: its three result kinds
+                written |= {"transcript.read", "analysis.read", "transcript.original.read"}
     assert written  # the pattern still finds the actions where the code writes them
     assert written <= set(AUDIT_ACTIONS), written - set(AUDIT_ACTIONS)
     assert set(AUDIT_ACTIONS) <= written, set(AUDIT_ACTIONS) - written
