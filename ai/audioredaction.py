@@ -1,4 +1,4 @@
-"""Redacting a recording's stored audio: each track rewritten, the original crypto-shredded.
+"""Redacting a recording's stored audio: each track rewritten, the originals crypto-shredded.
 
 When a tenant's instructions say ``ai.redaction.audio``, what the analysis found
 (``ai.redaction``: its spans, with the seconds their words took) is taken out of the sealed
@@ -10,19 +10,22 @@ crypto-shredded (DEK first, then the bytes). ``audio.redacted`` in the tenant's 
 says what was redacted where (types and times, never values) and which objects went.
 
 The swap is written so that an attempt killed anywhere is finished by the next one (the
-worker retries the job): the new object is sealed under the kind ``audio.redacting``,
-which nothing reads as the recording's audio; once it is committed the originals are
-shredded, and only then is it relabelled ``audio``. A retry that finds originals still
-there shreds any half-made new object and starts over; one that finds only the
-``audio.redacting`` object relabels it. Redacting twice is harmless: the same spans are
-overwritten with the same fill.
+worker retries the job), one track at a time: the new object is sealed under the kind
+``audio.redacting``, which nothing reads as the recording's audio; once it is committed
+(after every original was read into it) the originals are shredded, the swap is audited,
+and the copy is relabelled ``audio``. A retry that finds a committed copy takes it as the
+track and finishes shredding the originals (one left with its DEK gone but its row not
+yet marked is shredded again, which is idempotent); one that finds only a half-written
+copy shreds it and starts over from the originals. Redacting a track twice (a retry after
+the relabel) is harmless: the same spans are overwritten with the same fill, and the
+second swap is audited too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,70 +72,68 @@ class AudioRedaction:
         rule: RedactionRule,
         *,
         now: datetime,
+        fence: Callable[[], Awaitable[None]],
     ) -> None:
-        """Redact ``spans`` from the recording's audio as ``rule`` says; audited."""
+        """Redact ``spans`` from the recording's audio as ``rule`` says; each track's swap
+        audited. ``fence`` is awaited before every step that destroys anything: it raises
+        when this worker no longer holds the job."""
         tenant = recording.tenant_id
         objects = await self._catalog.objects.list(tenant, recording_id=recording.id)
         rate = call.sample_rate
         pad = rule.padding_ms / 1000
         padded = [TimedSpan(s.entity, s.track, max(0.0, s.start - pad), s.end + pad) for s in spans]
-        created: list[str] = []
-        shredded: list[str] = []
-        masked = 0
         for track in TRACKS:
-            intervals = [
-                (math.floor(s.start * rate), math.ceil(s.end * rate))
-                for s in padded
-                if s.track == track
-            ]
-            originals = _of(objects, AUDIO_KIND, track, committed=True)
-            pending = _of(objects, REDACTING_KIND, track, committed=False)
-            if not intervals or not (originals or pending):
+            on_track = [s for s in padded if s.track == track]
+            originals = [o for o in objects if o.kind == AUDIO_KIND and o.track == track]
+            copies = [o for o in objects if o.kind == REDACTING_KIND and o.track == track]
+            committed = [o for o in copies if o.state == "committed"]
+            if not on_track or not (committed or any(o.state == "committed" for o in originals)):
                 continue
-            if originals:
-                for leftover in pending:  # a killed attempt's half-made copy
+            masked = 0
+            await fence()
+            for leftover in copies:  # a killed attempt's half-made copy
+                if leftover.state == "writing":
                     await self._vault.shred_object(tenant, leftover.id, now=now)
-                mask = Mask.build(intervals, rule.fill, rate)
-                replacement, count = await self._rewrite(
-                    recording, call, track, originals, mask, now
-                )
-                masked += count
-                for original in originals:
-                    await self._vault.shred_object(tenant, original.id, now=now)
-                    shredded.append(original.id)
-            else:  # the originals are gone: the copy a killed attempt committed is the audio
-                committed = [o for o in pending if o.state == "committed"]
-                for leftover in pending:
-                    if leftover.state != "committed":
-                        await self._vault.shred_object(tenant, leftover.id, now=now)
-                if not committed:
-                    continue
+            if committed:
+                # A killed attempt committed its copy from every original (it reads them
+                # all before committing): that copy is the track now, whatever of the
+                # originals it managed to shred.
                 replacement = committed[-1]
+            else:
+                intervals = [
+                    (math.floor(s.start * rate), math.ceil(s.end * rate)) for s in on_track
+                ]
+                mask = Mask.build(intervals, rule.fill, rate)
+                live = [o for o in originals if o.state == "committed"]
+                replacement, masked = await self._rewrite(recording, call, track, live, mask, now)
+            await fence()
+            for original in originals:
+                if original.state != "deleted":  # one left half-shredded is finished too
+                    await self._vault.shred_object(tenant, original.id, now=now)
+            # Audited before the relabel: a retry after it relabels and audits again (twice
+            # at worst, never not at all); after the relabel the track is done.
+            await self._catalog.audit.append(
+                tenant,
+                actor=self._actor,
+                action="audio.redacted",
+                object=recording.id,
+                detail={
+                    "track": track,
+                    "spans": [
+                        {"type": s.entity, "start": round(s.start, 2), "end": round(s.end, 2)}
+                        for s in on_track
+                    ],
+                    "fill": rule.fill,
+                    "padding_ms": rule.padding_ms,
+                    "samples_masked": masked,
+                    "object_created": replacement.id,
+                    "objects_shredded": [o.id for o in originals],
+                },
+                now=now,
+            )
             await self._catalog.objects.relabel(
                 replacement.id, tenant_id=tenant, kind=AUDIO_KIND, from_kind=REDACTING_KIND
             )
-            created.append(replacement.id)
-        if not created:
-            return
-        await self._catalog.audit.append(
-            tenant,
-            actor=self._actor,
-            action="audio.redacted",
-            object=recording.id,
-            detail={
-                "spans": [
-                    {"type": s.entity, "track": s.track, "start": round(s.start, 2),
-                     "end": round(s.end, 2)}
-                    for s in padded
-                ],
-                "fill": rule.fill,
-                "padding_ms": rule.padding_ms,
-                "samples_masked": masked,
-                "objects_created": created,
-                "objects_shredded": shredded,
-            },
-            now=now,
-        )  # fmt: skip
 
     async def _rewrite(
         self,
@@ -159,8 +160,9 @@ class AudioRedaction:
             streams = [await self._vault.open_object(tenant, o.id) for o in originals]
             async for record in track_records(streams):
                 # Opus fill is encoded by libopus: off the loop; G.711 and L16 are a few
-                # numpy operations on a 2 s record, cheaper than a thread hop.
-                if masker.packetized:
+                # numpy operations on a 2 s record, cheaper than a thread hop (so is a
+                # record no span touches).
+                if masker.packetized and masker.touches(record):
                     masked = await asyncio.to_thread(masker.mask, record)
                 else:
                     masked = masker.mask(record)
@@ -171,17 +173,3 @@ class AudioRedaction:
             await upload.abort(now=now)
             raise
         return stored, masker.masked
-
-
-def _of(
-    objects: Sequence[StoredObject], kind: str, track: str, *, committed: bool
-) -> list[StoredObject]:
-    """The recording's objects of ``kind`` on ``track``: committed ones, or (``committed``
-    false) any not yet deleted."""
-    return [
-        o
-        for o in objects
-        if o.kind == kind
-        and o.track == track
-        and (o.state == "committed" if committed else o.state != "deleted")
-    ]

@@ -29,8 +29,20 @@ PUNCTUATION = frozenset(".,;:!?\u2026")
 """The punctuation tokens ``tokens`` keeps: clause boundaries for sentiment's windows."""
 
 
+TAG = re.compile(r"\[[A-Z][A-Z_]*\]")
+"""A redaction tag (``[CARD_NUMBER]``, ``ai.redaction``): no word, so no feature counts it,
+weighs it or matches a tenant's phrase ("card", "name") in it."""
+
+
+def untagged(text: str) -> str:
+    """``text`` with its redaction tags blanked out."""
+    return TAG.sub(" ", text) if "[" in text else text
+
+
 def fold(text: str) -> str:
-    """``text`` case-folded with diacritics removed: the form all matching happens on."""
+    """``text`` case-folded with diacritics removed, redaction tags dropped: the form all
+    matching happens on."""
+    text = untagged(text)
     if text.isascii():
         return text.casefold()  # the common case, and ten times faster
     decomposed = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES).casefold())
@@ -51,7 +63,7 @@ def words(text: str) -> list[str]:
 def surface_words(text: str) -> list[tuple[str, str]]:
     """``(surface, folded)`` for each word of ``text``: the lower-cased word as written
     (diacritics kept, for display) and its folded form (for counting)."""
-    lowered = unicodedata.normalize("NFC", text.translate(_APOSTROPHES)).lower()
+    lowered = unicodedata.normalize("NFC", untagged(text).translate(_APOSTROPHES)).lower()
     return [(word, fold(word)) for word in _WORD_RE.findall(lowered)]
 
 

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ai.categories import match_categories as match_category_rules
-from ai.text import PhraseMatcher, fold, is_number, stopwords, surface_words
+from ai.text import PhraseMatcher, fold, is_number, stopwords, surface_words, untagged
 from ai.transcript import TRACKS, Segment, Transcript
 from storage.categoryrules import CategoryRules
 
@@ -67,7 +67,7 @@ def topics(
 def candidate_phrases(text: str, stop: frozenset[str]) -> list[list[tuple[str, str]]]:
     """RAKE's candidates in ``text``: lists of ``(surface, folded)`` words."""
     candidates: list[list[tuple[str, str]]] = []
-    for clause in _CLAUSE_SPLIT_RE.split(text):
+    for clause in _CLAUSE_SPLIT_RE.split(untagged(text)):  # a tag's [] would split a clause
         run: list[tuple[str, str]] = []
         for surface, folded in [*surface_words(clause), ("", "")]:
             if folded and folded not in stop:

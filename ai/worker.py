@@ -382,7 +382,14 @@ class AnalysisWorker:
                 spans = await self._stored_spans(recording, results)
             if spans:
                 await self._fence(job)
-                await self._audio.redact(recording, call, spans, redaction, now=self._now())
+                await self._audio.redact(
+                    recording,
+                    call,
+                    spans,
+                    redaction,
+                    now=self._now(),
+                    fence=lambda: self._fence(job),
+                )
         await self._finish(job, recording, call, "analyzed", wiped=wiped)
         return "analyzed"
 

@@ -15,6 +15,9 @@ two forms:
 * ``written``: as Whisper writes what it heard when it hears it well: digits in their
   groups (``4532 0151 1283 0366``, ``0722-123-456``), ``ana.pop@yahoo.ro``.
 
+``value`` is the value itself (digits, the address, the name): ``bench/redaction.py`` looks
+for it in what Whisper hears of the redacted audio.
+
 Names and streets come from lists of this program's own, which overlap with the detector's
 gazetteer (``ai.redaction.gazetteer``) only as much as real names do: about half the names
 here are not in it, so the name recall measured is not the gazetteer's own. About one in
@@ -377,7 +380,7 @@ def make(seed: int = SEED) -> list[dict[str, Any]]:
     for language in ("en", "ro"):
         for entity, count in counts.items():
             for _ in range(count):
-                template, spoken, written, _value, kind = _item(maker, language, entity)
+                template, spoken, written, value, kind = _item(maker, language, entity)
                 spoken_text, spoken_span = _fill(template, spoken)
                 written_text, written_span = _fill(template, written)
                 items.append({
@@ -389,6 +392,7 @@ def make(seed: int = SEED) -> list[dict[str, Any]]:
                         "spoken": [_label(kind, spoken_span)],
                         "written": [_label(kind, written_span)],
                     },
+                    "value": value,
                 })  # fmt: skip
         for sentence in DISTRACTORS[language]:
             items.append({

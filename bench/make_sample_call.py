@@ -68,10 +68,13 @@ class Turn:
     audio: npt.NDArray[np.int16]
 
 
-def synthesize(espeak: str, voice: str, text: str) -> tuple[int, npt.NDArray[np.float64]]:
-    """eSpeak NG's mono 16-bit WAV of ``text`` as (rate, samples in [-1, 1])."""
+def synthesize(
+    espeak: str, voice: str, text: str, *, speed: int = SPEED_WPM
+) -> tuple[int, npt.NDArray[np.float64]]:
+    """eSpeak NG's mono 16-bit WAV of ``text`` (at ``speed`` words a minute) as (rate,
+    samples in [-1, 1])."""
     result = subprocess.run(  # noqa: S603 - fixed arguments; the text is ours
-        [espeak, "-v", voice, "-s", str(SPEED_WPM), "--stdout", text],
+        [espeak, "-v", voice, "-s", str(speed), "--stdout", text],
         check=True,
         capture_output=True,
     )

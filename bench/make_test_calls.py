@@ -173,10 +173,10 @@ class PlacedTurn:
         return self.start + len(self.audio)
 
 
-def speak(espeak: str, voice: str, text: str) -> npt.NDArray[np.int16]:
+def speak(espeak: str, voice: str, text: str, *, speed: int = SPEED_WPM) -> npt.NDArray[np.int16]:
     """One turn at ``RATE``: synthesized, trimmed, resampled, scaled to ``PEAK``, and cut to a
     whole millisecond so that its end is an exact 3-decimal time."""
-    rate, speech = synthesize(espeak, voice, text)
+    rate, speech = synthesize(espeak, voice, text, speed=speed)
     samples = resample(trim(speech), rate, RATE)
     samples = samples[: len(samples) // MS * MS]
     scaled = samples / np.abs(samples).max() * PEAK * 32767

@@ -51,6 +51,9 @@ class Decision:
     """Instructed AI features, in `AI_FEATURES` order."""
     instructions_version: int | None
     """The version that allowed the call; ``None`` when the tenant never PUT instructions."""
+    redact_audio: bool = False
+    """The recording's audio is to be redacted after analysis (``ai.redaction.audio``): until
+    it is, it is not served."""
 
     @property
     def ai_only(self) -> bool:
@@ -59,7 +62,10 @@ class Decision:
 
     def document(self) -> dict[str, Any]:
         """The announcement's ``decision`` object."""
-        return {"store_recording": self.store_recording, "ai": list(self.ai)}
+        document: dict[str, Any] = {"store_recording": self.store_recording, "ai": list(self.ai)}
+        if self.redact_audio:
+            document["redact_audio"] = True
+        return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,7 @@ def decide(
         store_recording=instructions.recording.enabled,
         ai=features,
         instructions_version=version,
+        redact_audio=instructions.recording.enabled and instructions.ai.redaction.audio,
     )
 
 

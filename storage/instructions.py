@@ -418,6 +418,8 @@ class AiRule(BaseModel):
                 "needs an AI feature (transcript, summary, sentiment, talk_listen or topics): "
                 "what is redacted is found in the call's transcription"
             )
+        if redaction.keep_original and not info.data.get("transcript"):
+            raise ValueError("keep_original needs ai.transcript: no transcript, no original")
         return redaction
 
     # A dict, not a tuple of pairs, so the document is the JSON object tenants write. It is
@@ -573,9 +575,16 @@ def parse_instructions(data: object) -> InstructionsDoc:
         raise InvalidInstructions("(body)", "the instructions must be a JSON object")
     fields = {key: value for key, value in data.items() if key not in _SERVER_KEYS}
     try:
-        return InstructionsDoc.model_validate(fields)
+        document = InstructionsDoc.model_validate(fields)
     except ValidationError as exc:
         raise InvalidInstructions(*first_problem(exc)) from None
+    if document.ai.redaction.audio and not document.recording.enabled:
+        raise InvalidInstructions(
+            "ai.redaction.audio",
+            "needs recording.enabled: only a stored recording has audio to redact (an AI-only "
+            "call's audio is purged after analysis)",
+        )
+    return document
 
 
 def parse_stored_instructions(document: dict[str, Any]) -> InstructionsDoc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "ENTITY_TYPES",
@@ -77,14 +77,21 @@ class RedactionRule(BaseModel):
     padding_ms: Annotated[int, Field(ge=PADDING_MS[0], le=PADDING_MS[1])] = 250
     """Milliseconds redacted before and after each span in the audio (200 to 2000)."""
     keep_original: bool = False
-    """Keep the unredacted transcript as well (readable by admins only). With false (the
-    default) the unredacted transcript is never stored, and the unredacted audio is
-    crypto-shredded once the redacted audio is committed."""
+    """Keep the unredacted transcript as well (readable by admins only); needs `transcript`.
+    With false (the default) the unredacted transcript is never stored. The unredacted audio
+    is never kept: it is crypto-shredded once the redacted audio is committed."""
 
     @field_validator("entities")
     @classmethod
     def _dedupe(cls, entities: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(entities))
+
+    @field_validator("keep_original")
+    @classmethod
+    def _original_of_a_redacted_transcript(cls, keep: bool, info: ValidationInfo) -> bool:
+        if keep and not info.data.get("transcript"):
+            raise ValueError("needs transcript: true (only a redacted transcript has an original)")
+        return keep
 
     @property
     def enabled(self) -> bool:

@@ -16,12 +16,16 @@ check digit is right, and so on:
   numbers would be valid ones.
 * ``iban``: a country code and up to 32 letters and digits that ``stdnum.iban`` accepts.
 * ``email``: a local part, ``@`` (or "at", "arond", "a rond"), and a domain of two or more
-  labels joined by ``.`` (or "dot", "punct") ending in a known top-level domain.
+  labels joined by ``.`` (or "dot", "punct"). After a written ``@`` any top-level domain
+  of 2 to 24 letters counts; after a spoken "at" only a known one ("look at this dot com"
+  is no address). A written ``.``, ``-`` or ``_`` joins only inside one word
+  (``ana.pop``), never across a sentence's end ("at home. It").
 
 Candidates are aligned with the groups the speaker made: a card number is looked for in
 whole groups of a digit run ("4532 0151 1283 0366"), not at every offset of it, which keeps a
 random Luhn hit inside a longer run of unrelated digits from counting. Where candidates
-overlap, the longest wins, then the order above.
+overlap, all of them are redacted, as one span of the longest one's type (then the order
+above): which of two overlapping valid readings is the real one cannot be known.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ _DOT_WORDS = frozenset({".", "dot", "punct", "punkt"})
 _JOIN_WORDS = frozenset({"_", "underscore", "-", "dash", "hyphen", "liniuta", "cratima", "minus"})
 _JOIN_PAIRS = frozenset({("liniuta", "jos")})
 """Romanian "liniuță jos" (underscore), said in two words."""
-MAX_LOCAL_PARTS = 4
+MAX_LOCAL_PARTS = 6
 """Most pieces (joined by dots, dashes, underscores) an e-mail's local part is read in."""
 
 
@@ -73,8 +77,12 @@ def find_numbers(units: Sequence[Unit], kinds: frozenset[str]) -> list[Found]:
         candidates.sort(key=lambda c: (-(c[1] - c[0]), _PRIORITY[c[2]], c[0]))
         taken: list[tuple[int, int]] = []
         for start, end, entity in candidates:
-            if any(start < e and s < end for s, e in taken):
-                continue
+            if any(s <= start and end <= e for s, e in taken):
+                continue  # inside a longer find
+            # One that overlaps a longer find is kept too (``merge`` joins them): which of
+            # two overlapping valid readings is the real one cannot be known, and a
+            # Luhn-valid window across a phone number and a card must not leave the ends
+            # of both in clear.
             taken.append((start, end))
             first, last = run.span(start, end)
             if entity == "phone_number" and run.plus is not None and start == 0:
@@ -84,12 +92,15 @@ def find_numbers(units: Sequence[Unit], kinds: frozenset[str]) -> list[Found]:
 
 
 def _candidates(run: DigitRun, kinds: frozenset[str]) -> Iterable[tuple[int, int, str]]:
-    starts = [start for start, _, _ in run.groups]
+    """Every validated reading of whole groups of ``run``: at most 19 digits each, so a
+    long run costs linear time, not quadratic."""
     ends = [end for _, end, _ in run.groups]
-    for start in starts:
-        for end in ends:
+    for first, (start, _, _) in enumerate(run.groups):
+        for end in ends[first:]:
             length = end - start
-            if length < 7 or length > 19:
+            if length > 19:
+                break
+            if length < 7:
                 continue
             digits = run.digits[start:end]
             if "ro_cnp" in kinds and length == 13 and stdnum_cnp.is_valid(digits):
@@ -176,7 +187,7 @@ def find_emails(units: Sequence[Unit]) -> list[Found]:
         if at_end is None:
             continue
         local = _local_start(units, i)
-        domain = _domain_end(units, at_end + 1)
+        domain = _domain_end(units, at_end + 1, written=units[i].text == "@")
         if local is not None and domain is not None:
             found.append(Found("email", units[local].first, units[domain].last))
     return _dedupe(found)
@@ -193,10 +204,13 @@ def _at_sign(units: Sequence[Unit], i: int) -> int | None:
 
 def _joiner_before(units: Sequence[Unit], j: int, *, dots_only: bool = False) -> int:
     """How many units (0, 1 or 2) form a joiner of e-mail parts ending at ``j``: a dot,
-    or (``dots_only`` false) a dash or underscore, said or written."""
+    or (``dots_only`` false) a dash or underscore, said or written (a written one only
+    between two pieces of the same word)."""
     if j < 0:
         return 0
     text = units[j].text
+    if units[j].kind == "sym" and not _inside_word(units, j):
+        return 0
     if text in _DOT_WORDS:
         return 1
     if dots_only:
@@ -206,6 +220,12 @@ def _joiner_before(units: Sequence[Unit], j: int, *, dots_only: bool = False) ->
     if j >= 1 and (units[j - 1].text, text) in _JOIN_PAIRS:
         return 2
     return 0
+
+
+def _inside_word(units: Sequence[Unit], j: int) -> bool:
+    """Whether the symbol at ``j`` has pieces of its own word on both sides."""
+    word = units[j].first
+    return 0 < j < len(units) - 1 and units[j - 1].last == word == units[j + 1].first
 
 
 def _part(unit: Unit) -> bool:
@@ -232,9 +252,10 @@ def _local_start(units: Sequence[Unit], at: int) -> int | None:
     return j
 
 
-def _domain_end(units: Sequence[Unit], j: int) -> int | None:
+def _domain_end(units: Sequence[Unit], j: int, *, written: bool) -> int | None:
     """The last unit of a domain that starts at ``j``: labels joined by dots (and dashes
-    inside a label), the last one a known top-level domain."""
+    inside a label), the last one a top-level domain (any, after a ``written`` ``@``; a
+    known one after a spoken "at")."""
     if j >= len(units) or not _part(units[j]):
         return None
     end: int | None = None
@@ -251,9 +272,16 @@ def _domain_end(units: Sequence[Unit], j: int) -> int | None:
         dot = _joiner_before(units, k + joiner - 1, dots_only=True) == 1
         j = k + joiner
         labels += 1
-        if dot and units[j].text in TOP_LEVEL_DOMAINS:
+        if dot and _top_level(units[j], any_known=written):
             end = j
     return end
+
+
+def _top_level(unit: Unit, *, any_known: bool) -> bool:
+    text = unit.text
+    if text in TOP_LEVEL_DOMAINS:
+        return True
+    return any_known and unit.kind == "word" and text.isascii() and 2 <= len(text) <= 24
 
 
 def _dedupe(found: list[Found]) -> list[Found]:

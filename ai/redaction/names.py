@@ -14,8 +14,9 @@ which no packaged model exists, from cues and lists (``ai.redaction.gazetteer``)
 * anywhere: a capitalised listed given name, with the capitalised surname or second given
   name after it; a capitalised word with a Romanian surname ending (``-escu``, ``-eanu``).
 
-A hyphen joins two capitalised words into one name ("Ellis-Carter", "Pop-Ciobanu"), and a
-comma may stand between a cue and the name ("Thanks, Mihai").
+A hyphen joins two capitalised words into one name ("Ellis-Carter", "Pop-Ciobanu"), a
+comma may stand between a cue and the name ("Thanks, Mihai"), and the letters that spell a
+name right after it are part of it ("Elena, E L E N A").
 """
 
 from __future__ import annotations
@@ -146,7 +147,28 @@ def find_names(
     if persons is not None and text:
         for start, end in persons(text):
             found.append(Found("person_name", _word_at(offsets, start), _word_at(offsets, end - 1)))
-    return found
+    last_unit = {unit.last: i for i, unit in enumerate(units)}  # of each word: its last unit
+    return [_with_spelling(units, last_unit.get(name.last), name) for name in found]
+
+
+def _with_spelling(units: Sequence[Unit], k: int | None, name: Found) -> Found:
+    """``name`` (whose last unit is ``k``) and the letters that spell it right after it
+    ("Elena, E L E N A", "D-A-V-I-D"): two single letters or more, a comma before them
+    allowed."""
+    if k is None:
+        return name
+    j = k + 1
+    if j < len(units) and units[j].text == ",":
+        j += 1
+    letters, last = 0, name.last
+    while j < len(units) and (
+        (units[j].kind == "word" and len(units[j].text) == 1) or units[j].text == "-"
+    ):
+        if units[j].kind == "word":
+            letters += 1
+            last = units[j].last
+        j += 1
+    return Found(name.entity, name.first, last) if letters >= 2 else name
 
 
 def _word_at(offsets: Sequence[int], char: int) -> int:

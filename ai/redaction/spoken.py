@@ -76,9 +76,11 @@ _HUNDREDS = frozenset({"hundred", "suta", "sute"})
 _THOUSANDS = frozenset({"thousand", "mie", "mii"})
 _REPEATS = {"double": 2, "triple": 3}
 _JOINERS = frozenset({"and", "si", "-"})
+_MULTIPLIERS = _HUNDREDS | _THOUSANDS
 _CONTEXT_DIGITS = {"oh": 0, "o": 1, "un": 1}
-"""Words that are numbers only among numbers: English "oh" (zero) next to another number,
-Romanian "o"/"un" (one) right before ``sută``/``mie`` (``o sută``: a hundred)."""
+"""Words that are numbers only among numbers: English "oh" (zero) next to another number
+(and a capital "O", as Whisper writes it), Romanian "o"/"un" (one) right before
+``sută``/``mie`` (``o sută``: a hundred)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,13 @@ def _number_word(units: Sequence[Unit], i: int) -> bool:
         return i + 1 < len(units) and (units[i + 1].text in _DIGITS or units[i + 1].text == "oh")
     if text == "oh":
         return _neighbour_is_number(units, i)
-    if text in ("o", "un"):
-        return i + 1 < len(units) and units[i + 1].text in (_HUNDREDS | _THOUSANDS)
+    if text in ("o", "un") and i + 1 < len(units) and units[i + 1].text in _MULTIPLIERS:
+        return True  # "o sută", "un milion"
+    if unit.surface == "O":
+        # Whisper's capital "O seven" / "O7911": zero among numbers, unless letters are
+        # being spelled ("R O four nine": Romania's IBAN).
+        spelled = i > 0 and units[i - 1].kind == "word" and len(units[i - 1].text) == 1
+        return not spelled and _neighbour_is_number(units, i)
     return False
 
 
@@ -130,7 +137,9 @@ def _neighbour_is_number(units: Sequence[Unit], i: int) -> bool:
     oh oh", "double oh five")."""
     for step in (-1, 1):
         j = i + step
-        while 0 <= j < len(units) and units[j].text in ("oh", *_REPEATS):
+        while 0 <= j < len(units) and (
+            units[j].text in ("oh", *_REPEATS) or units[j].surface == "O"
+        ):
             j += step
         if 0 <= j < len(units):
             other = units[j]
@@ -183,21 +192,36 @@ def _numbers(run: Sequence[Unit]) -> list[Unit]:
             groups.append(Unit("digits", str(current.value), current.first, current.last))
             current = None
 
-    for unit in run:
-        text = unit.text
-        if text in _JOINERS:
+    items = [unit for unit in run if unit.text not in _JOINERS]
+    skip = -1
+    for i, unit in enumerate(items):
+        if i == skip:
             continue
+        text = unit.text
         if text in _REPEATS:
             flush()
             repeat = (_REPEATS[text], unit.first)
             continue
         digit = _DIGITS.get(text, _CONTEXT_DIGITS.get(text))
+        if text == "o" and (i + 1 >= len(items) or items[i + 1].text not in _MULTIPLIERS):
+            digit = 0  # Whisper's capital "O" among numbers ("O seven"), not "o sută"
         if digit is not None and repeat is not None:
             times, first = repeat
             groups.append(Unit("digits", str(digit) * times, first, unit.last))
             repeat = None
             continue
-        if digit is not None:
+        if digit is not None and current is not None and current.state == "thousands":
+            following = items[i + 1] if i + 1 < len(items) else None
+            if following is not None and following.text in _HUNDREDS:
+                current.value += digit * 100  # "two thousand five hundred ..."
+                current.last = following.last
+                current.state = "tens"
+                skip = i + 1
+            else:
+                current.value += digit
+                current.last = unit.last
+                flush()
+        elif digit is not None:
             if current is not None and current.state in ("unit", "tens"):
                 current.value += digit
                 current.last = unit.last
@@ -206,7 +230,7 @@ def _numbers(run: Sequence[Unit]) -> list[Unit]:
                 flush()
                 current = _Number(digit, unit.first, unit.last, "digit")
         elif text in _TEENS:
-            if current is not None and current.state == "tens":
+            if current is not None and current.state in ("tens", "thousands"):
                 current.value += _TEENS[text]
                 current.last = unit.last
                 flush()
@@ -214,7 +238,7 @@ def _numbers(run: Sequence[Unit]) -> list[Unit]:
                 flush()
                 groups.append(Unit("digits", str(_TEENS[text]), unit.first, unit.last))
         elif text in _TENS:
-            if current is not None and current.state == "tens":
+            if current is not None and current.state in ("tens", "thousands"):
                 current.value += _TENS[text]
                 current.last = unit.last
                 current.state = "unit"
@@ -234,7 +258,7 @@ def _numbers(run: Sequence[Unit]) -> list[Unit]:
                 current = _Number(1, unit.first, unit.last, "tens")
             current.value *= 1000
             current.last = unit.last
-            current.state = "tens"
+            current.state = "thousands"
     flush()
     return groups
 

@@ -110,6 +110,11 @@ ERROR_CODES: dict[str, tuple[str, str]] = {
         "The audio was purged after analysis (an AI-only call).",
         "The audio of 'rec_4f1c2a9b8e7d6c5b4a392817' was purged after analysis.",
     ),
+    "audio_not_redacted": (
+        "The instructions redact this recording's audio and the analysis has not done it yet "
+        "(or failed): until it has, the audio is not served.",
+        "The audio of 'rec_4f1c2a9b8e7d6c5b4a392817' is not redacted yet.",
+    ),
     "original_not_kept": (
         "No unredacted transcript was kept: the call's instructions did not say "
         "ai.redaction.transcript with keep_original.",

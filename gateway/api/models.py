@@ -373,6 +373,10 @@ class Decision(BaseModel):
     store_recording: bool
     ai: list[AiFeature]
     """The AI features that run on the call."""
+    redact_audio: bool | Absent = None
+    """Present (true) when the instructions redact the recording's audio
+    (`ai.redaction.audio`): until the analysis has, the audio is not served (409
+    `audio_not_redacted`)."""
 
 
 class RtpCrypto(BaseModel):

@@ -309,6 +309,14 @@ async def open_wav(
         )
     if recording.status == "recording" or recording.samples is None:
         raise Conflict(f"Recording {recording.id!r} is still in progress.")
+    if call.decision.get("redact_audio") and recording.status in ("processing", "failed"):
+        # The instructions said the audio is redacted: until the analysis has done it, the
+        # audio holds what was to be taken out, so nobody hears it.
+        raise Conflict(
+            f"The audio of {recording.id!r} is not redacted yet"
+            + (" (its analysis failed)." if recording.status == "failed" else "."),
+            code="audio_not_redacted",
+        )
     if objects is None:
         objects = await catalog.objects.list(tenant, recording_id=recording.id)
     audio = [o for o in objects if o.kind == AUDIO_KIND]

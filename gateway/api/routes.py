@@ -314,7 +314,7 @@ ROUTES: tuple[Route, ...] = (
           find=recordings.find_recording,
           errors={
               403: ("ai_only",),
-              409: ("conflict",),
+              409: ("conflict", "audio_not_redacted"),
               410: ("recording_deleted", "audio_purged", "audio_deleted"),
               413: ("too_large",),
               416: ("range_not_satisfiable",),

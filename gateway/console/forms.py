@@ -98,6 +98,8 @@ def _category_rules(text: str, categories: Any) -> Any:
         return text
     if not isinstance(rules, dict) or not isinstance(categories, dict):
         return text if not isinstance(rules, dict) else categories
+    if set(rules) & set(categories):
+        return text  # one name in both fields: refused (ai.categories), never one dropped
     return {**categories, **rules}
 
 

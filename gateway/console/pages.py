@@ -118,7 +118,7 @@ async def save_instructions(request: web.Request, session: ConsoleSession) -> we
         """The posted form as it was typed, for the page that refuses it; a webhook secret
         typed in clear is not sent back into the page."""
         values = {**form_values(current), **form}
-        for name, _ in BOOLEANS:
+        for name, _ in (*BOOLEANS, *REDACTION_BOOLEANS):
             values[name] = name in form
         if form.get("webhook.secret") != REDACTED:
             values["webhook.secret"] = ""
@@ -245,11 +245,17 @@ async def recording(request: web.Request, session: ConsoleSession) -> web.Stream
 
 def audio_kept(found: dict[str, Any]) -> bool:
     """Whether the recording's audio can be exported (the API answers 403, 409 or 410
-    otherwise): recorded (not AI only), ended, neither purged nor deleted, and some track's
+    otherwise): recorded (not AI only), ended, redacted if the instructions say so, neither
+    purged nor deleted, and some track's
     audio still stored (``tracks`` lists those; audio past its window but under a legal hold,
     or not yet swept, is still there and still served)."""
     if found["status"] in ("recording", "deleted") or found.get("audio_purged"):
         return False
+    if (found.get("decision") or {}).get("redact_audio") and found["status"] in (
+        "processing",
+        "failed",
+    ):
+        return False  # not redacted yet: the API answers 409
     if not (found.get("decision") or {}).get("store_recording"):
         return False
     return bool(found.get("tracks"))

@@ -93,6 +93,11 @@ class TrackMasker:
         """Whether ``mask`` encodes (Opus: blocking, for a thread)."""
         return self._codec.packetized
 
+    def touches(self, record: TrackRecord) -> bool:
+        """Whether ``mask`` would change ``record``."""
+        end = record.offset + self._codec.frames(record.payload)
+        return bool(self._mask.overlapping(record.offset, end))
+
     def mask(self, record: TrackRecord) -> list[TrackRecord]:
         """The records to store instead of ``record`` (itself, when it is untouched)."""
         length = self._codec.frames(record.payload)

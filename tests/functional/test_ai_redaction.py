@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import wave
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,9 @@ from crypto.errors import KeyUnavailable
 from gateway.settings import Settings
 from gateway.state import SERVICES
 from storage.catalog import StoredObject
+from storage.media.codecs import codec
 from tests.ai import (
+    AI_BACKOFF_S,
     AI_LEASE_S,
     ALL_AI,
     RECORDED,
@@ -136,14 +139,16 @@ async def test_the_audio_is_redacted_and_the_original_shredded(
     tenant = await gw.tenant("acme", redacting(audio=True, fill=fill, padding_ms=300))
     recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
     originals = await audio_objects(gw, recording_id)
-    status, before = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
-    assert status == 200
+    # Until the analysis has redacted it, the audio is served to nobody.
+    status, refused = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
+    assert (status, refused["error"]) == (409, "audio_not_redacted")
+    _, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
+    assert view["status"] == "processing"
     assert await worker.run_once() is True
 
-    (event,) = await audit_details(gw, "acme", "audio.redacted")
-    assert [(s["type"], s["track"]) for s in event["spans"]] == [
-        ("card_number", "inbound"), ("email", "inbound"), ("person_name", "inbound"),
-    ]  # fmt: skip
+    (event,) = await audit_details(gw, "acme", "audio.redacted")  # one: inbound said it all
+    assert event["track"] == "inbound"
+    assert [s["type"] for s in event["spans"]] == ["card_number", "email", "person_name"]
     transcript, _ = await results(gw, tenant.admin, recording_id)
     for span, said in zip(event["spans"], transcript["redaction"]["entities"], strict=True):
         # Padded by 300 ms either side of the words (clamped at the call's start).
@@ -153,8 +158,11 @@ async def test_the_audio_is_redacted_and_the_original_shredded(
 
     status, after = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
     assert status == 200
-    rate, left_before, right_before = channels(before)
-    _, left_after, right_after = channels(after)
+    rate, left_after, right_after = channels(after)
+    # What was streamed in (the WAV of the unredacted tracks is their µ-law decoded).
+    call = sample_call("support")
+    left_before = codec("pcmu").decode(call.inbound).astype(np.int32)
+    right_before = codec("pcmu").decode(call.outbound).astype(np.int32)
     assert len(left_after) == len(left_before)  # the timeline did not move
     masked = np.zeros(len(left_before), dtype=bool)
     for span in event["spans"]:
@@ -187,7 +195,7 @@ async def test_the_audio_is_redacted_and_the_original_shredded(
         assert (await catalog.objects.get(stored.id, "acme")).state == "deleted"
     now = await audio_objects(gw, recording_id)
     assert {(o.kind, o.track) for o in now} == {("audio", "inbound"), ("audio", "outbound")}
-    assert [o.id for o in now if o.track == "inbound"] == event["objects_created"]
+    assert [o.id for o in now if o.track == "inbound"] == [event["object_created"]]
     status, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
     assert (view["status"], view["audio_purged"]) == ("analyzed", False)
 
@@ -202,7 +210,7 @@ async def test_without_audio_redaction_the_audio_stays(gw: Gateway, worker: Anal
     assert await audit_details(gw, "acme", "audio.redacted") == []
 
 
-@pytest.mark.parametrize("dies_at", ["relabel", "shred"])
+@pytest.mark.parametrize("dies_at", ["relabel", "shred", "mid_shred"])
 async def test_a_swap_killed_midway_is_finished_by_the_retry(
     gw: Gateway,
     gateway_settings: Settings,
@@ -214,6 +222,7 @@ async def test_a_swap_killed_midway_is_finished_by_the_retry(
     tenant = await gw.tenant("acme", redacting(audio=True))
     recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
     catalog = gw.app[SERVICES].catalog
+    before = await audio_objects(gw, recording_id)
     dying = new_worker(gw, gateway_settings, clock, ScriptedTranscriber(script=SAID))
     if dies_at == "relabel":  # the originals are shredded, the copy is not the audio yet
 
@@ -221,13 +230,16 @@ async def test_a_swap_killed_midway_is_finished_by_the_retry(
             raise Killed
 
         monkeypatch.setattr(catalog.objects, "relabel", relabel)
-    else:  # the copy is committed, the originals not yet shredded
+    else:  # the copy is committed, the originals not yet shredded (or one half-shredded:
+        # its DEK destroyed, its row not yet marked deleted)
         vault = gw.app[SERVICES].vault
         shred = vault.shred_object
 
         async def shred_then_die(tenant: str, object_id: str, *, now: Any) -> None:
             stored = await catalog.objects.get(object_id, tenant)
             if stored.kind == "audio":
+                if dies_at == "mid_shred":
+                    await catalog.keys.delete(object_id)
                 raise Killed
             await shred(tenant, object_id, now=now)
 
@@ -235,12 +247,21 @@ async def test_a_swap_killed_midway_is_finished_by_the_retry(
     with pytest.raises(Killed):
         await dying.run_once()
     monkeypatch.undo()
-    assert await audit_details(gw, "acme", "audio.redacted") == []
+    # Audited once the originals are shredded, before the relabel: a death after it is
+    # audited again by the retry (twice at worst, never not at all).
+    killed = await audit_details(gw, "acme", "audio.redacted")
+    assert len(killed) == (1 if dies_at == "relabel" else 0)
     clock.advance(AI_LEASE_S + 1)
     assert await worker.run_once() is True  # takes the job up: the results are complete
 
-    (event,) = await audit_details(gw, "acme", "audio.redacted")
+    events = await audit_details(gw, "acme", "audio.redacted")
+    assert len(events) == len(killed) + 1
+    event = events[-1]
     assert [s["type"] for s in event["spans"]] == ["card_number", "email", "person_name"]
+    originals = [o for o in before if o.track == "inbound"]
+    assert sorted(event["objects_shredded"]) == sorted(o.id for o in originals)
+    for original in originals:
+        assert (await catalog.objects.get(original.id, "acme")).state == "deleted"
     now = await audio_objects(gw, recording_id)
     assert {(o.kind, o.track) for o in now} == {("audio", "inbound"), ("audio", "outbound")}
     status, after = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
@@ -275,3 +296,26 @@ async def test_the_original_transcript_is_kept_only_when_instructed(
     assert (status, body["error"]) == (404, "original_not_kept")
     objects = await gw.app[SERVICES].catalog.objects.list("other", recording_id=recording_id)
     assert "transcript.original" not in {o.kind for o in objects}
+
+
+async def test_audio_whose_redaction_failed_is_served_to_nobody(
+    gw: Gateway, worker: AnalysisWorker, transcriber: ScriptedTranscriber, clock: FakeClock
+) -> None:
+    transcriber.fail = 99
+    tenant = await gw.tenant("acme", redacting(audio=True))
+    recording_id = (await push(gw, tenant, sample_call("support")))["recording_id"]
+    for attempt in range(3):
+        assert await worker.run_once() is True
+        clock.advance(AI_BACKOFF_S * 2**attempt)
+    _, view = await get(gw, f"/v1/recordings/{recording_id}", tenant.admin)
+    assert (view["status"], view["audio_purged"]) == ("failed", False)
+    status, body = await get(gw, f"/v1/recordings/{recording_id}/audio", tenant.admin)
+    assert (status, body["error"]) == (409, "audio_not_redacted")
+    assert "its analysis failed" in body["message"]
+    status, archive = await get(gw, "/v1/tenants/acme/export?number=%2B40711111111", tenant.admin)
+    assert status == 200
+    with zipfile.ZipFile(io.BytesIO(archive)) as exported:
+        names = exported.namelist()
+        (item,) = json.loads(exported.read("manifest.json"))["recordings"]
+    assert not [name for name in names if name.endswith(".wav")]
+    assert item["audio"] == "audio_not_redacted"

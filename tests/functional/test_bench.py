@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,34 @@ def test_console_bench_runs_and_reports_every_page() -> None:
     for row in report["rows"]:
         assert row["api_ms"] > 0 and row["console_ms"] > 0 and row["console_bytes"] > 0
     assert "| recording |" in result.stdout
+
+
+@pytest.mark.integration  # eSpeak NG and the real tiny.en model, in a child process
+def test_redaction_bench_runs_every_part() -> None:
+    require_part(shutil.which("espeak-ng") is not None, "eSpeak NG is not installed (apt)")
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "redaction.py"),
+         "--parts", "detection,audio,throughput", "--limit", "3", "--model", "tiny.en",
+         "--repeats", "1", "--calls", "support"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "redaction"
+    held_out = report["detection"]["sets"]["held-out/ro"]
+    assert held_out["card_number"]["labels"] > 0 and 0 <= held_out["card_number"]["recall"] <= 1
+    assert report["audio"]["utterances"] == 3
+    assert report["audio"]["heard_after"] <= report["audio"]["values"]
+    throughput = report["throughput"]
+    assert throughput["calls"] == ["support"] and throughput["ratio"] > 0
+    assert "| card_number |" in result.stdout
+
+
+def test_categories_bench_runs_and_agrees_with_the_labels() -> None:
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-W", "error", str(BENCH / "categories.py"), "--repeats", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "categories"
+    assert (report["calls"], report["agreement"]) == (50, 1.0)
+    assert report["ms_per_call_median"] > 0

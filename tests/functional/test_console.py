@@ -401,6 +401,37 @@ async def test_a_refused_form_does_not_send_a_typed_webhook_secret_back(gateway:
     assert secret not in text and "ninety days" in text
 
 
+async def test_redaction_settings_survive_the_form_and_a_refusal(gateway: Gateway) -> None:
+    stored = {**RECORD, "ai": {"transcript": True, "redaction": {
+        "transcript": True, "audio": True, "entities": ["card_number", "iban"], "fill": "tone",
+        "padding_ms": 400, "keep_original": True}}}  # fmt: skip
+    acme = await gateway.tenant("acme", stored)
+    browser = await signed_in(gateway, acme.admin)
+    _, page = await browser.get("/console/instructions")
+    assert 'value="card_number, iban"' in page and 'value="400"' in page
+    form = {"base_version": "1", "recording.enabled": "on", "ai.transcript": "on",
+            "ai.redaction.transcript": "on", "ai.redaction.audio": "on",
+            "ai.redaction.entities": "card_number, iban", "ai.redaction.fill": "tone",
+            "ai.redaction.padding_ms": "5000", "retention.recordings": "P90D",
+            "retention.transcripts": "P365D", "retention.call_records": "P3Y"}  # fmt: skip
+    # keep_original unticked, padding out of range: refused, and the box stays unticked.
+    response, text = await browser.post("/console/instructions", form)
+    assert response.status == 422 and "ai.redaction.padding_ms" in text
+    (box,) = re.findall(r'<input[^>]*id="ai\.redaction\.keep_original"[^>]*>', text)
+    assert "checked" not in box
+    (audio,) = re.findall(r'<input[^>]*id="ai\.redaction\.audio"[^>]*>', text)
+    assert "checked" in audio
+    response, _ = await browser.post(
+        "/console/instructions", {**form, "ai.redaction.padding_ms": "300"}
+    )
+    assert response.status == 303
+    current = await gateway.client.get("/v1/tenants/acme/instructions", headers=bearer(acme.admin))
+    assert (await current.json())["ai"]["redaction"] == {
+        "transcript": True, "audio": True, "entities": ["card_number", "iban"], "fill": "tone",
+        "padding_ms": 300, "keep_original": False,
+    }  # fmt: skip
+
+
 async def test_a_session_in_use_never_idles_out_however_short_the_idle_time(
     aiohttp_client: Any, gateway_settings: Settings, clock: FakeClock
 ) -> None:

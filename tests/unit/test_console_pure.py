@@ -66,6 +66,8 @@ def test_the_form_leaves_what_it_cannot_read_to_the_apis_validation() -> None:
     assert document["ai"]["categories"] == "no colon here"  # the API names ai.categories
     rules = document_of({"ai.categories": "a: b", "ai.category_rules": "{not json"})
     assert rules["ai"]["categories"] == "{not json"
+    twice = document_of({"ai.categories": "a: b", "ai.category_rules": '{"a": {"rules": []}}'})
+    assert twice["ai"]["categories"] == '{"a": {"rules": []}}'  # neither silently dropped
     padding = document_of({"ai.redaction.padding_ms": "12 ms"})
     assert padding["ai"]["redaction"]["padding_ms"] == "12 ms"  # named by the API's 422
     assert document["retention"]["recordings"] == "x"
@@ -162,6 +164,12 @@ RECORDED = {"status": "recorded", "audio_purged": False, "decision": {"store_rec
     ("change", "kept"),
     [({}, True), ({"status": "analyzed"}, True), ({"status": "recording"}, False),
      ({"status": "deleted"}, False), ({"audio_purged": True}, False),
+     # Audio the instructions redact: not before the analysis has (nor if it failed).
+     ({"status": "processing", "decision": {"store_recording": True, "redact_audio": True}},
+      False),
+     ({"status": "failed", "decision": {"store_recording": True, "redact_audio": True}}, False),
+     ({"status": "analyzed", "decision": {"store_recording": True, "redact_audio": True}}, True),
+     ({"status": "processing"}, True),
      ({"decision": {"store_recording": False}}, False), ({"tracks": []}, False),
      # Past its window but held (or not swept yet): still stored, still served.
      ({"legal_hold": True, "expires": {"recordings": "2020-01-01T00:00:00Z"}}, True)],

@@ -4,6 +4,7 @@ redacted transcript, the instructions, and the packaged model's pin."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from ai.redaction.detect import Found, find_emails, find_ibans, find_numbers
 from ai.redaction.names import find_names
 from ai.redaction.redact import Redactor, merge, redact_transcript, segment_words
 from ai.redaction.spoken import digit_runs, lex, normalise
+from ai.text import PhraseMatcher, words
+from ai.topics import key_phrases
 from ai.transcript import Segment, Transcript, Word
 from crypto.errors import ConfigError
 from storage.errors import InvalidInstructions
@@ -58,6 +61,13 @@ def kinds(found: list[Found]) -> list[str]:
         ("paișpe, unșpe", ["1411"]),  # colloquial teens
         ("șapte, ăă, opt, um, nouă", ["789"]),  # fillers inside a run
         ("4532-0151 1283", ["453201511283"]),
+        ("four thousand five hundred thirty two", ["4532"]),
+        ("patru mii cinci sute treizeci și doi", ["4532"]),
+        ("two thousand five hundred", ["2500"]),
+        ("O seven nine one one", ["07911"]),  # Whisper's capital O among numbers
+        ("O7911 123456", ["07911123456"]),
+        ("G B six O", ["60"]),
+        ("two oh oh oh, double oh five", ["2000005"]),
     ],
 )
 def test_spoken_numbers_become_digit_runs(text: str, digits: list[str]) -> None:
@@ -67,8 +77,11 @@ def test_spoken_numbers_become_digit_runs(text: str, digits: list[str]) -> None:
 def test_words_that_are_numbers_only_among_numbers() -> None:
     assert runs("double check it") == []
     assert runs("oh well") == []  # "oh" alone is an interjection
+    assert runs("Oh, I see") == []
     assert runs("o casă") == []  # Romanian "o" is "a" unless a hundred follows
+    assert runs("O sută douăzeci") == ["120"]
     assert runs("oh seven") == ["07"]
+    assert runs("R O four nine") == ["49"]  # a spelled "O" is a letter
 
 
 def test_a_run_stops_at_words_and_keeps_its_groups() -> None:
@@ -94,6 +107,23 @@ def test_a_card_is_looked_for_in_whole_groups() -> None:
     # The card plus a trailing expiry group: the card is found in its own groups.
     (found,) = find_numbers(units("4532 0151 1283 0366 12 26"), ALL)
     assert (found.entity, found.first, found.last) == ("card_number", 0, 3)
+
+
+def test_overlapping_readings_are_all_redacted() -> None:
+    # A Luhn-valid window across the end of a phone number and the start of a card must not
+    # leave the ends of either in clear: every valid reading is kept, and merge joins them.
+    text = "0722 561 347, 4698 1984 6346 4843"
+    spans = merge(find_numbers(units(text), ALL))
+    assert [(f.first, f.last) for f in spans] == [(0, 6)]
+    assert [f.entity for f in find_numbers(units(text), ALL)].count("phone_number") == 1
+
+
+def test_a_long_run_of_digits_costs_linear_time() -> None:
+    # Candidates are at most 19 digits long: 3,000 groups are not 9 million windows.
+    many = " ".join(f"{n % 1000:03d}" for n in range(3000))
+    started = time.perf_counter()
+    find_numbers(units(many), ALL)
+    assert time.perf_counter() - started < 10  # quadratic took minutes; linear well under 1 s
 
 
 def test_cnp_wins_over_a_card_of_the_same_digits() -> None:
@@ -147,6 +177,11 @@ def test_ibans_written_and_spelled() -> None:
         "ion punct popescu arond yahoo punct ro",
         "ion punct popescu a rond yahoo punct ro",
         "ana underscore pop at firma dot co dot uk",
+        "write to ana.pop@firma.ie please",  # after a written @, any top-level domain
+        "accounts@harwood-logistics.co.uk",
+        "mihai liniuță jos dobre arond gmail punct com",
+        "siobhan underscore kelly eighty four at hotmail dot co dot uk",
+        "ana dot maria dot ionescu dot popa at yahoo dot com",
     ],
 )
 def test_emails(text: str) -> None:
@@ -154,7 +189,16 @@ def test_emails(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["look at the bill", "meet me at the station dot", "at gmail", "the site dot com"]
+    "text",
+    [
+        "look at the bill",
+        "meet me at the station dot",
+        "at gmail",
+        "the site dot com",
+        "I was at home. It was fine",  # "home. It": a sentence's end is no dot
+        "look at this. Be careful",
+        "meet at school. Me too",
+    ],
 )
 def test_at_and_dot_are_no_email_on_their_own(text: str) -> None:
     assert find_emails(units(text)) == []
@@ -174,6 +218,11 @@ def test_names_after_cues_and_from_the_lists() -> None:
     assert names("this is Maria from accounts") == ["Maria"]
     assert names("Thanks, Mihai, have a nice day.") == ["Mihai,"]
     assert names("Ok, Răzvan Munteanu here") == ["Răzvan Munteanu"]
+
+
+def test_the_letters_that_spell_a_name_are_part_of_it() -> None:
+    assert names("my name is Elena, E L E N A, thanks") == ["Elena, E L E N A,"]
+    assert names("it is David, D-A-V-I-D.") == ["David, D-A-V-I-D."]
 
 
 def test_no_name_without_a_cue_or_a_listed_name() -> None:
@@ -290,6 +339,7 @@ def test_redaction_is_off_by_default_and_all_entities_when_on() -> None:
         ({"fill": "beep"}, "ai.redaction.fill"),
         ({"transcript": "yes"}, "ai.redaction.transcript"),
         ({"values": True}, "ai.redaction.values"),
+        ({"audio": True, "keep_original": True}, "ai.redaction.keep_original"),
     ],
 )
 def test_invalid_redaction_names_its_field(redaction: dict[str, object], field: str) -> None:
@@ -297,8 +347,22 @@ def test_invalid_redaction_names_its_field(redaction: dict[str, object], field: 
     if field != "ai.redaction":
         ai["transcript"] = True
     with pytest.raises(InvalidInstructions) as caught:
-        parse_instructions({"ai": ai})
+        parse_instructions({"recording": {"enabled": True}, "ai": ai})
     assert caught.value.field == field
+
+
+def test_settings_that_would_do_nothing_are_refused() -> None:
+    # An original is kept only of a transcript; audio is redacted only where it is kept.
+    keep = {"transcript": True, "keep_original": True}
+    with pytest.raises(InvalidInstructions) as caught:
+        parse_instructions({"ai": {"summary": True, "redaction": keep}})
+    assert caught.value.field == "ai.redaction" and "ai.transcript" in caught.value.message
+    with pytest.raises(InvalidInstructions) as caught:
+        parse_instructions({"ai": {"transcript": True, "redaction": {"audio": True}}})
+    assert caught.value.field == "ai.redaction.audio"
+    assert "recording.enabled" in caught.value.message
+    ok = {"recording": {"enabled": True}, "ai": {"transcript": True, "redaction": {"audio": True}}}
+    assert parse_instructions(ok).ai.redaction.audio
 
 
 # --- the packaged named-entity model -------------------------------------------------------
@@ -327,3 +391,11 @@ def test_the_english_model_finds_a_person() -> None:
     # What Whisper could not have written as a name is not taken for one.
     assert ner._name_like("Sarah Connor") and ner._name_like("de Souza")
     assert not ner._name_like("word0") and not ner._name_like("uh")
+
+
+def test_tags_are_no_words_to_the_features() -> None:
+    # A tenant's phrase "card" or "name" never matches a tag, and no key phrase is one.
+    text = "my [CARD_NUMBER] and my [PERSON_NAME], please"
+    assert words(text) == ["my", "and", "my", "please"]
+    assert PhraseMatcher.build(["card", "name", "number"]).find(text) == []
+    assert [p["phrase"] for p in key_phrases([text, text], "en")] == []
