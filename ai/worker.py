@@ -16,6 +16,12 @@ a complete set of results left by a killed attempt is kept and only the purge is
 a partial set is shredded and the analysis redone. The recording becomes ``analyzed`` last,
 after the purge, so nobody sees an analyzed AI-only call whose audio still exists.
 
+With ``ai.redaction`` instructed, the transcript is redacted before the features run
+(``ai.pipeline``), and with ``ai.redaction.audio`` the recording's audio is rewritten
+without the spans and the originals shredded (``ai.audioredaction``) before the recording
+becomes ``analyzed``; an attempt that finds the results stored by a killed one takes the
+spans from them and finishes the swap.
+
 A failing attempt is retried with exponential backoff; after the last one the recording is
 ``failed`` with the reason (and the audio of an AI-only call is purged all the same:
 nothing was instructed to keep it).

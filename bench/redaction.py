@@ -25,8 +25,8 @@ Three parts, each a table (and one JSON line at the end):
   each call's time is the median of its repeats.
 
     python bench/redaction.py [--parts detection,audio,throughput] [--limit 238]
-                              [--model base] [--repeats 3] [--calls support,cancellation,romanian]
-                              [--verbose]
+                              [--model base] [--languages en,ro] [--repeats 3]
+                              [--calls support,cancellation,romanian] [--verbose]
 """
 
 from __future__ import annotations
@@ -175,7 +175,9 @@ def heard(value: str, entity: str, text: str) -> bool:
     return any(fold(p) in said for p in (street if entity == "postal_address" else pieces))
 
 
-async def audio(model: str, limit: int, *, verbose: bool = False) -> dict[str, Any]:
+async def audio(
+    model: str, limit: int, *, languages: Sequence[str] = ("en", "ro"), verbose: bool = False
+) -> dict[str, Any]:
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         raise SystemExit("the audio part needs eSpeak NG (apt-get install espeak-ng)")
@@ -187,7 +189,7 @@ async def audio(model: str, limit: int, *, verbose: bool = False) -> dict[str, A
     leaks = {"values": 0, "heard_before": 0, "heard_after": 0}
     misses: list[str] = []
     examples: list[str] = []
-    items = load_utterances()[:limit]
+    items = [item for item in load_utterances() if item["language"] in languages][:limit]
     audio_s = 0.0
     started = time.perf_counter()
     try:
@@ -260,6 +262,7 @@ async def audio(model: str, limit: int, *, verbose: bool = False) -> dict[str, A
     return {
         "model": model,
         "utterances": len(items),
+        "languages": sorted({item["language"] for item in items}),
         "recall": {f"{lang}/{e}": round(t.recall, 3) for (lang, e), t in tallies.items()},
         "precision": {f"{lang}/{e}": round(t.precision, 3) for (lang, e), t in tallies.items()},
         **leaks,
@@ -364,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parts", default="detection", help=f"comma-separated of {PARTS}")
     parser.add_argument("--limit", type=positive, default=1000, help="utterances (audio part)")
     parser.add_argument("--model", default="base")
+    parser.add_argument("--languages", default="en,ro", help="utterances' languages (audio)")
     parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--calls", default=",".join(CALLS), help="sample calls (throughput)")
     parser.add_argument("--verbose", action="store_true", help="print what the audio part missed")
@@ -376,7 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "detection" in parts:
         report["detection"] = detection(Redactor(lambda: EnglishPersons().find))
     if "audio" in parts:
-        report["audio"] = asyncio.run(audio(args.model, args.limit, verbose=args.verbose))
+        languages = [language for language in args.languages.split(",") if language]
+        report["audio"] = asyncio.run(
+            audio(args.model, args.limit, languages=languages, verbose=args.verbose)
+        )
     if "throughput" in parts:
         calls = [name for name in args.calls.split(",") if name]
         report["throughput"] = asyncio.run(throughput(args.model, args.repeats, calls))

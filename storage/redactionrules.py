@@ -10,7 +10,7 @@ before anything is sealed; the unredacted transcript and audio are then not kept
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -20,19 +20,6 @@ __all__ = [
     "RedactionRule",
     "entity_tag",
 ]
-
-ENTITY_TYPES: tuple[str, ...] = (
-    "card_number",
-    "iban",
-    "phone_number",
-    "email",
-    "ro_cnp",
-    "person_name",
-    "postal_address",
-)
-"""What redaction can find: payment card numbers (Luhn-valid, 13 to 19 digits), IBANs
-(checksum-valid), phone numbers (valid for their country), e-mail addresses, Romanian
-personal numeric codes (CNP, checksum-valid), person names, postal addresses."""
 
 PADDING_MS: tuple[int, int] = (200, 2000)
 """Fewest and most milliseconds of audio redacted either side of a span's words: word
@@ -50,6 +37,11 @@ Entity = Literal[
     "person_name",
     "postal_address",
 ]
+
+ENTITY_TYPES: tuple[str, ...] = tuple(e for e in get_args(Entity) if e != "all")
+"""What redaction can find: payment card numbers (Luhn-valid, 13 to 19 digits), IBANs
+(checksum-valid), phone numbers (valid for their country), e-mail addresses, Romanian
+personal numeric codes (CNP, checksum-valid), person names, postal addresses."""
 
 
 def entity_tag(entity: str) -> str:

@@ -7,7 +7,8 @@
   ``comuna``, ``județul`` and its name, ``cod poștal`` and its six digits). Taken only when
   a number follows the street's name, so "am sunat de pe stradă" is no address.
 * English: a house number, up to four words and a street word (``Street``, ``Road``,
-  ``Avenue``, ...), then in the same sentence a town after a comma and a postcode; before
+  ``Avenue``, ...), then in the same sentence a town (after a comma, or right after the
+  street word) and a postcode; before
   the number, a flat or unit ("Flat 3, 27 Carrington Road") and a building's name
   ("Marlowe House, 61 ...") when one is given.
 * A postcode after its cue ("postcode", "zip code", "cod poștal") on its own.
@@ -164,7 +165,9 @@ def _english_address_end(units: Sequence[Unit], number: int) -> int | None:
         return None
     end = j
     j += 1
-    # Then, in the same sentence: a flat, a town (after a comma), a postcode.
+    # Then, in the same sentence: a flat, a town (after a comma, or right after the street:
+    # Whisper drops commas, "112 Mill Close London"), a postcode.
+    street = end
     while j < len(units) and units[j].text != ".":
         unit = units[j]
         if unit.text == "," or unit.text in _EN_PARTS:
@@ -174,7 +177,9 @@ def _english_address_end(units: Sequence[Unit], number: int) -> int | None:
             end = j
         elif (postcode := _postcode_end(units, j)) is not None:
             end = j = postcode
-        elif units[j - 1].text == "," and (place := _place_end(units, j)) is not None:
+        elif (units[j - 1].text == "," or j - 1 == street) and (
+            place := _place_end(units, j)
+        ) is not None:
             end = j = place
         else:
             break

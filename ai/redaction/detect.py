@@ -223,9 +223,14 @@ def _joiner_before(units: Sequence[Unit], j: int, *, dots_only: bool = False) ->
 
 
 def _inside_word(units: Sequence[Unit], j: int) -> bool:
-    """Whether the symbol at ``j`` has pieces of its own word on both sides."""
-    word = units[j].first
-    return 0 < j < len(units) - 1 and units[j - 1].last == word == units[j + 1].first
+    """Whether the symbol at ``j`` stands inside one written word: no space on either side
+    (its neighbours are pieces of its word, or of words written onto it)."""
+    if not 0 < j < len(units) - 1:
+        return False
+    symbol, left, right = units[j], units[j - 1], units[j + 1]
+    return (left.last == symbol.first or symbol.glued) and (
+        right.first == symbol.last or right.glued
+    )
 
 
 def _part(unit: Unit) -> bool:

@@ -112,7 +112,8 @@ class Redactor:
         self, words: Sequence[Word], kinds: frozenset[str], language: str
     ) -> list[Found]:
         surfaces = [word.text.strip() for word in words]
-        units = normalise(lex(surfaces))
+        glued = [i > 0 and not word.text[:1].isspace() for i, word in enumerate(words)]
+        units = normalise(lex(surfaces, glued))
         found = find_numbers(units, kinds)
         if "iban" in kinds:
             found += find_ibans(units)

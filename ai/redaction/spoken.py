@@ -93,19 +93,25 @@ class Unit:
     first: int
     last: int
     surface: str = ""
+    glued: bool = False
+    """The first piece of a word written onto the one before, without a space: Whisper
+    times "mail.co.uk" as " mail.", "co.", "uk"."""
 
 
-def lex(words: Sequence[str]) -> list[Unit]:
-    """The pieces of each word as written: digit strings, words, symbols."""
+def lex(words: Sequence[str], glued: Sequence[bool] = ()) -> list[Unit]:
+    """The pieces of each word as written: digit strings, words, symbols. ``glued[i]``:
+    word ``i`` was written onto the word before it, without a space."""
     units: list[Unit] = []
     for index, word in enumerate(words):
-        for piece in _PIECE_RE.findall(word):
+        joined = index < len(glued) and glued[index]
+        for position, piece in enumerate(_PIECE_RE.findall(word)):
+            onto = joined and position == 0
             if piece[0].isdigit():
-                units.append(Unit("digits", piece, index, index, piece))
+                units.append(Unit("digits", piece, index, index, piece, onto))
             elif piece[0].isalpha():
-                units.append(Unit("word", fold(piece), index, index, piece))
+                units.append(Unit("word", fold(piece), index, index, piece, onto))
             else:
-                units.append(Unit("sym", piece, index, index, piece))
+                units.append(Unit("sym", piece, index, index, piece, onto))
     return units
 
 

@@ -247,6 +247,8 @@ def addresses(text: str) -> list[str]:
 def test_addresses() -> None:
     assert addresses("I live at 42 Baker Street, London. Thanks") == ["42 Baker Street, London."]
     assert addresses("it's forty two Baker Street") == ["forty two Baker Street"]
+    assert addresses("My address is 112 mil close London") == ["112 mil close London"]
+    assert addresses("It's 157 Church Road. London is far") == ["157 Church Road."]
     assert addresses("Locuiesc pe strada Florilor numărul cinci, bloc A2, sector trei.") == [
         "strada Florilor numărul cinci, bloc A2, sector trei."
     ]
@@ -399,3 +401,18 @@ def test_tags_are_no_words_to_the_features() -> None:
     assert words(text) == ["my", "and", "my", "please"]
     assert PhraseMatcher.build(["card", "name", "number"]).find(text) == []
     assert [p["phrase"] for p in key_phrases([text, text], "en")] == []
+
+
+def test_a_domain_whisper_timed_as_several_words_is_one_address() -> None:
+    # faster-whisper appends punctuation to the word before, so "mail.co.uk" comes as
+    # " mail.", "co.", "uk": no space before "co." and "uk", which is what joins them.
+    said = [(0.0, 0.4, " My"), (0.4, 0.8, " email"), (0.8, 1.0, " is"),
+            (1.0, 1.5, " Thomas"), (1.5, 1.7, " at"), (1.7, 2.0, " mail."), (2.0, 2.2, "co."),
+            (2.2, 2.5, "uk")]  # fmt: skip
+    segment = timed("inbound", said)
+    spans = Redactor().find(Transcript("en", "m", 3.0, (segment,)), frozenset({"email"}))
+    assert [(s.entity, s.start, s.end) for s in spans] == [("email", 1.0, 2.5)]
+    home = [(0.0, 0.3, " I"), (0.3, 0.6, " was"), (0.6, 0.8, " at"), (0.8, 1.2, " home."),
+            (1.3, 1.5, " It"), (1.5, 1.8, " was")]  # fmt: skip
+    transcript = Transcript("en", "m", 2.0, (timed("inbound", home),))
+    assert Redactor().find(transcript, frozenset({"email"})) == []
