@@ -272,7 +272,9 @@ async def audio(
 # --- throughput -----------------------------------------------------------------------------
 
 
-async def throughput(model: str, repeats: int, calls: Sequence[str]) -> dict[str, Any]:
+async def throughput(
+    model: str, repeats: int, calls: Sequence[str], *, warmup: bool = True
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="callvault-bench-redaction-"))
     settings = Settings(
         data_dir=root,
@@ -334,7 +336,7 @@ async def throughput(model: str, repeats: int, calls: Sequence[str]) -> dict[str
                     raise RuntimeError(f"{name} ({mode}): {recording.status}")
                 return elapsed
 
-            for mode in times:  # one untimed run each: the spaCy model loads on first use
+            for mode in times if warmup else ():  # untimed: spaCy's model loads on first use
                 await run(mode, calls[0])
             for repeat in range(repeats):
                 for name in calls:
@@ -370,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--languages", default="en,ro", help="utterances' languages (audio)")
     parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--calls", default=",".join(CALLS), help="sample calls (throughput)")
+    parser.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="time the first runs too"
+    )
     parser.add_argument("--verbose", action="store_true", help="print what the audio part missed")
     args = parser.parse_args(argv)
     parts = [part for part in args.parts.split(",") if part]
@@ -386,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "throughput" in parts:
         calls = [name for name in args.calls.split(",") if name]
-        report["throughput"] = asyncio.run(throughput(args.model, args.repeats, calls))
+        report["throughput"] = asyncio.run(
+            throughput(args.model, args.repeats, calls, warmup=args.warmup)
+        )
     print(json.dumps(report))
     return 0
 

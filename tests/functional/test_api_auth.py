@@ -41,7 +41,15 @@ from tests.gateway import (
 RECORDING_ON = {"recording": {"enabled": True}, "consent": {"required": False}}
 # The resources' tenant also has a transcript and an analysis feature, so that its finished
 # recording has both to serve.
-WITH_AI = {**RECORDING_ON, "ai": {"transcript": True, "sentiment": True}}
+# The transcript redacted, its original kept: every result route has something to serve.
+WITH_AI = {
+    **RECORDING_ON,
+    "ai": {
+        "transcript": True,
+        "sentiment": True,
+        "redaction": {"transcript": True, "keep_original": True},
+    },
+}
 ROLES = ("operator", "admin", "pbx", "processor")
 TENANT_ROLES = ("admin", "pbx", "processor")
 CALLER = "+40711111111"
@@ -319,6 +327,7 @@ ROLE_TABLE = [
     endpoint("GET", "/v1/recordings/{recording}", "admin processor"),
     endpoint("GET", "/v1/recordings/{recording}/audio", "admin"),
     endpoint("GET", "/v1/recordings/{recording}/transcript", "admin processor"),
+    endpoint("GET", "/v1/recordings/{recording}/transcript/original", "admin"),
     endpoint("GET", "/v1/recordings/{recording}/analysis", "admin processor"),
     endpoint("DELETE", "/v1/recordings/{recording}", "admin"),
     endpoint(
@@ -511,6 +520,7 @@ IDS_OF_B = [
     Foreign("GET", "/v1/recordings/{recording}", ("admin", "processor")),
     Foreign("GET", "/v1/recordings/{recording}/audio", ("admin",)),
     Foreign("GET", "/v1/recordings/{recording}/transcript", ("admin", "processor")),
+    Foreign("GET", "/v1/recordings/{recording}/transcript/original", ("admin",)),
     Foreign("GET", "/v1/recordings/{recording}/analysis", ("admin", "processor")),
     Foreign("DELETE", "/v1/recordings/{recording}", ("admin",)),
     Foreign("GET", "/v1/tenants/{own}/legal-holds/{hold}", ("admin",)),
