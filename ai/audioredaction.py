@@ -26,10 +26,10 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
+from ai.redaction.redact import Span
 from ai.transcript import TRACKS
 from storage.catalog import Call, Catalog, Recording, StoredObject
 from storage.media.codecs import codec
@@ -40,20 +40,6 @@ from storage.vault import MediaVault
 
 REDACTING_KIND = "audio.redacting"
 """The kind of a redacted track while the swap is under way (never served as audio)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimedSpan:
-    """A redacted stretch of one track, in seconds, as the analysis lists it."""
-
-    entity: str
-    track: str
-    start: float
-    end: float
-
-    @classmethod
-    def from_view(cls, view: dict[str, Any]) -> TimedSpan:
-        return cls(str(view["type"]), str(view["track"]), float(view["start"]), float(view["end"]))
 
 
 class AudioRedaction:
@@ -68,7 +54,7 @@ class AudioRedaction:
         self,
         recording: Recording,
         call: Call,
-        spans: Sequence[TimedSpan],
+        spans: Sequence[Span],
         rule: RedactionRule,
         *,
         now: datetime,
@@ -81,7 +67,9 @@ class AudioRedaction:
         objects = await self._catalog.objects.list(tenant, recording_id=recording.id)
         rate = call.sample_rate
         pad = rule.padding_ms / 1000
-        padded = [TimedSpan(s.entity, s.track, max(0.0, s.start - pad), s.end + pad) for s in spans]
+        padded = [
+            replace(s, start=max(0.0, s.start - pad), end=s.end + pad, words=()) for s in spans
+        ]
         for track in TRACKS:
             on_track = [s for s in padded if s.track == track]
             originals = [o for o in objects if o.kind == AUDIO_KIND and o.track == track]

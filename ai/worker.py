@@ -50,8 +50,9 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ai.audio import TrackSource
-from ai.audioredaction import AudioRedaction, TimedSpan
+from ai.audioredaction import AudioRedaction
 from ai.pipeline import ANALYSIS_FEATURES, Analysis, Analyzer
+from ai.redaction.redact import Span
 from ai.transcript import TRACKS
 from crypto.errors import CallvaultError
 from storage.catalog import Call, Catalog, Job, Recording, RecordingStatus, StoredObject
@@ -371,7 +372,7 @@ class AnalysisWorker:
         )
         results = [o for o in objects if o.kind in RESULT_KINDS and o.state != "deleted"]
         wiped = 0
-        spans: list[TimedSpan] | None = None
+        spans: list[Span] | None = None
         redaction = instructions.ai.redaction
         expected = expected_results(features, keep_original=_keeps_original(redaction))
         if sorted((o.kind, o.state) for o in results) != expected:
@@ -382,12 +383,11 @@ class AnalysisWorker:
                 await self._vault.shred_object(job.tenant_id, leftover.id, now=self._now())
             analysis = await self._analyse(job, recording, call, features, objects, instructions)
             wiped = analysis.working_copy_bytes
-            spans = [TimedSpan(s.entity, s.track, s.start, s.end) for s in analysis.redacted]
+            spans = list(analysis.redacted)
         if redaction.audio and call.decision.get("store_recording"):
             if spans is None:  # a killed attempt stored the results: its spans are in them
                 spans = await self._stored_spans(recording, results)
-            if spans:
-                await self._fence(job)
+            if spans:  # the swap fences the lease itself, before each step that destroys
                 await self._audio.redact(
                     recording,
                     call,
@@ -399,14 +399,12 @@ class AnalysisWorker:
         await self._finish(job, recording, call, "analyzed", wiped=wiped)
         return "analyzed"
 
-    async def _stored_spans(
-        self, recording: Recording, results: list[StoredObject]
-    ) -> list[TimedSpan]:
+    async def _stored_spans(self, recording: Recording, results: list[StoredObject]) -> list[Span]:
         """The redacted spans a stored transcript or analysis lists."""
         for stored in results:
             document = orjson.loads(await self._vault.read_object(recording.tenant_id, stored.id))
             if "redaction" in document:
-                return [TimedSpan.from_view(e) for e in document["redaction"]["entities"]]
+                return [Span.from_view(e) for e in document["redaction"]["entities"]]
         return []
 
     async def _fence(self, job: Job) -> None:

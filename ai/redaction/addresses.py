@@ -19,13 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ai.redaction.detect import Found
-from ai.redaction.spoken import Unit
-from ai.text import STOPWORDS_EN, STOPWORDS_RO, fold
+from ai.redaction.spoken import FUNCTION_WORDS, Unit, cue_ends
+from ai.text import fold
 
 MAX_STREET_NAME_WORDS = 4
 MAX_PLACE_WORDS = 3
 
-_FUNCTION_WORDS = STOPWORDS_EN | STOPWORDS_RO
 _RO_STREETS = frozenset(
     fold(w)
     for w in "strada str bulevardul bulevard bd bdul calea aleea șoseaua sos piața intrarea "
@@ -54,10 +53,6 @@ _POSTCODE_CUES: tuple[tuple[str, ...], ...] = (
 )
 
 
-def _capitalised(unit: Unit) -> bool:
-    return unit.kind == "word" and unit.surface[:1].isupper()
-
-
 def find_addresses(units: Sequence[Unit]) -> list[Found]:
     """Postal addresses, Romanian and English, and postcodes after their cue."""
     found: list[Found] = []
@@ -71,16 +66,13 @@ def find_addresses(units: Sequence[Unit]) -> list[Found]:
             if end is not None:
                 start = _english_address_start(units, i)
                 found.append(Found("postal_address", units[start].first, units[end].last))
-    for i in range(len(units)):
-        for cue in _POSTCODE_CUES:
-            if tuple(u.text for u in units[i : i + len(cue)]) != cue:
-                continue
-            j = i + len(cue)
-            while j < len(units) and units[j].text in (":", "is", "este", "e"):
-                j += 1
-            last = _postcode_end(units, j)
-            if last is not None:
-                found.append(Found("postal_address", units[j].first, units[last].last))
+    for end in cue_ends(units, _POSTCODE_CUES):
+        j = end + 1
+        while j < len(units) and units[j].text in (":", "is", "este", "e"):
+            j += 1
+        last = _postcode_end(units, j)
+        if last is not None:
+            found.append(Found("postal_address", units[j].first, units[last].last))
     return found
 
 
@@ -93,7 +85,7 @@ def _place_end(units: Sequence[Unit], j: int) -> int | None:
         unit = units[j]
         if end is not None and _postcode_end(units, j) is not None:
             break  # "Leeds LS1 4AB": the postcode is the caller's to take
-        if _capitalised(unit) and unit.text not in _FUNCTION_WORDS:
+        if unit.capitalised and unit.text not in FUNCTION_WORDS:
             end = j
             words += 1
         elif not (unit.text == "-" and end is not None):
@@ -112,7 +104,7 @@ def _romanian_address_end(units: Sequence[Unit], street: int) -> int | None:
         and units[j].kind == "word"
         and units[j].text not in _RO_PARTS
         and name_words < MAX_STREET_NAME_WORDS
-        and (units[j].text not in _FUNCTION_WORDS or _capitalised(units[j]))
+        and (units[j].text not in FUNCTION_WORDS or units[j].capitalised)
     ):
         j += 1
         name_words += 1
@@ -157,7 +149,7 @@ def _english_address_end(units: Sequence[Unit], number: int) -> int | None:
         and units[j].text not in _EN_STREETS
         and name_words < MAX_STREET_NAME_WORDS
     ):
-        if units[j].text in _FUNCTION_WORDS and not _capitalised(units[j]):
+        if units[j].text in FUNCTION_WORDS and not units[j].capitalised:
             return None
         j += 1
         name_words += 1
@@ -195,9 +187,9 @@ def _english_address_start(units: Sequence[Unit], number: int) -> int:
     if j >= 0 and units[j].text == ",":
         j -= 1
     # A building: capitalised words ending in a building word.
-    if j >= 0 and units[j].text in _BUILDINGS and _capitalised(units[j]):
+    if j >= 0 and units[j].text in _BUILDINGS and units[j].capitalised:
         k = j
-        while k - 1 >= 0 and _capitalised(units[k - 1]) and number - k < 4:
+        while k - 1 >= 0 and units[k - 1].capitalised and number - k < 4:
             k -= 1
         start = k
         j = k - 1

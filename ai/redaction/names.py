@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 
 from ai.redaction.detect import Found
 from ai.redaction.gazetteer import GIVEN, GIVEN_AMBIGUOUS, SURNAME_ENDINGS, SURNAMES
-from ai.redaction.spoken import Unit
-from ai.text import STOPWORDS_EN, STOPWORDS_RO, fold
+from ai.redaction.spoken import FUNCTION_WORDS, Unit, cue_ends
+from ai.text import fold
 
 PersonFinder = Callable[[str], list[tuple[int, int]]]
 """Character spans of the persons a named-entity model finds in a text (blocking)."""
@@ -50,7 +50,6 @@ _WEAK_CUES = _cues(
     "thank you;my wife;my husband;bună ziua;bună seara;salut;vorbiți cu;vorbesc cu;"
     "soția mea;soțul meu;pe soția mea;pe soțul meu"
 )
-_FUNCTION_WORDS = STOPWORDS_EN | STOPWORDS_RO
 _NOT_NAMES = frozenset(
     fold(w)
     for w in "monday tuesday wednesday thursday friday saturday sunday january february "
@@ -61,25 +60,8 @@ _NOT_NAMES = frozenset(
 _LISTED = GIVEN | GIVEN_AMBIGUOUS | SURNAMES
 
 
-def _capitalised(unit: Unit) -> bool:
-    return unit.kind == "word" and unit.surface[:1].isupper()
-
-
 def _surname_like(unit: Unit) -> bool:
     return unit.text in SURNAMES or unit.text.endswith(SURNAME_ENDINGS)
-
-
-def _cue_ends(units: Sequence[Unit], cues: tuple[tuple[str, ...], ...]) -> list[int]:
-    """Indexes of the last unit of every cue found in ``units``."""
-    ends: list[int] = []
-    for i in range(len(units)):
-        for cue in cues:
-            if i + 1 >= len(cue) and all(
-                units[i - len(cue) + 1 + k].text == word for k, word in enumerate(cue)
-            ):
-                ends.append(i)
-                break
-    return ends
 
 
 def _name_word(unit: Unit) -> bool:
@@ -88,7 +70,7 @@ def _name_word(unit: Unit) -> bool:
     if unit.kind != "word" or unit.text in _NOT_NAMES:
         return False
     listed = unit.text in _LISTED or _surname_like(unit)
-    return listed or (_capitalised(unit) and unit.text not in _FUNCTION_WORDS)
+    return listed or (unit.capitalised and unit.text not in FUNCTION_WORDS)
 
 
 def _name_after(units: Sequence[Unit], cue_end: int, *, strong: bool) -> Found | None:
@@ -104,11 +86,11 @@ def _name_after(units: Sequence[Unit], cue_end: int, *, strong: bool) -> Found |
             strong
             and unit.kind == "word"
             and len(taken) < 2
-            and unit.text not in _FUNCTION_WORDS
+            and unit.text not in FUNCTION_WORDS
             and unit.text not in _NOT_NAMES
         ):
             taken.append(unit)
-        elif unit.text == "-" and taken and j + 1 < len(units) and _capitalised(units[j + 1]):
+        elif unit.text == "-" and taken and j + 1 < len(units) and units[j + 1].capitalised:
             pass  # "Ellis-Carter": the next word is the same name's
         else:
             break
@@ -125,20 +107,20 @@ def find_names(
     (the track's words joined by spaces; word ``i`` starts at ``offsets[i]``)."""
     found: list[Found] = []
     for cues, strong in ((_STRONG_CUES, True), (_WEAK_CUES, False)):
-        for end in _cue_ends(units, cues):
+        for end in cue_ends(units, cues):
             if (name := _name_after(units, end, strong=strong)) is not None:
                 found.append(name)
     i = 0
     while i < len(units):
         unit = units[i]
-        if not (_capitalised(unit) and (unit.text in GIVEN or _surname_like(unit))):
+        if not (unit.capitalised and (unit.text in GIVEN or _surname_like(unit))):
             i += 1
             continue
         j = i + 1
         while j < len(units) and j - i < MAX_NAME_WORDS:
-            if _capitalised(units[j]) and (units[j].text in GIVEN or _surname_like(units[j])):
+            if units[j].capitalised and (units[j].text in GIVEN or _surname_like(units[j])):
                 j += 1
-            elif units[j].text == "-" and j + 1 < len(units) and _capitalised(units[j + 1]):
+            elif units[j].text == "-" and j + 1 < len(units) and units[j + 1].capitalised:
                 j += 2
             else:
                 break

@@ -37,8 +37,15 @@ class Span:
     track: str
     start: float
     end: float
-    words: tuple[tuple[int, int], ...]
-    """``(segment index, word index)`` of each word in it, in the transcript's segments."""
+    words: tuple[tuple[int, int], ...] = ()
+    """``(segment index, word index)`` of each word in it, in the transcript's segments
+    (none for a span read back from a stored analysis: ``from_view``)."""
+
+    @classmethod
+    def from_view(cls, view: dict[str, Any]) -> Span:
+        """A span as ``view`` lists it (the audio redaction of a retried job needs only
+        its type, track and time)."""
+        return cls(str(view["type"]), str(view["track"]), float(view["start"]), float(view["end"]))
 
     def view(self) -> dict[str, Any]:
         """As the analysis lists it: type, track and time, never the value."""

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ai.text import fold
+from ai.text import STOPWORDS_EN, STOPWORDS_RO, fold
 
 UnitKind = Literal["digits", "word", "sym"]
 
@@ -83,6 +83,10 @@ _CONTEXT_DIGITS = {"oh": 0, "o": 1, "un": 1}
 ``sută``/``mie`` (``o sută``: a hundred)."""
 
 
+FUNCTION_WORDS = STOPWORDS_EN | STOPWORDS_RO
+"""Words that are no part of a name, a street or a place (both languages' stopwords)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     """A digit group, a word (folded, with its surface form) or a symbol, and the words
@@ -96,6 +100,11 @@ class Unit:
     glued: bool = False
     """The first piece of a word written onto the one before, without a space: Whisper
     times "mail.co.uk" as " mail.", "co.", "uk"."""
+
+    @property
+    def capitalised(self) -> bool:
+        """A word written with a capital (Whisper capitalises names and places)."""
+        return self.kind == "word" and self.surface[:1].isupper()
 
 
 def lex(words: Sequence[str], glued: Sequence[bool] = ()) -> list[Unit]:
@@ -311,3 +320,16 @@ def digit_runs(units: Sequence[Unit]) -> list[DigitRun]:
         runs.append(DigitRun(digits, tuple(groups), plus))
         i = j
     return runs
+
+
+def cue_ends(units: Sequence[Unit], cues: Sequence[tuple[str, ...]]) -> list[int]:
+    """Indexes of the last unit of every cue (a sequence of folded words) in ``units``."""
+    ends: list[int] = []
+    for i in range(len(units)):
+        for cue in cues:
+            if i + 1 >= len(cue) and all(
+                units[i - len(cue) + 1 + k].text == word for k, word in enumerate(cue)
+            ):
+                ends.append(i)
+                break
+    return ends
