@@ -23,32 +23,9 @@ from gateway.state import SERVICES
 from storage.instructions import SealedSecret
 from storage.webhooksecret import open_secret
 from tests.gateway import Gateway, GatewayServer, TenantTokens, bearer, start_gateway
+from tests.unit.test_instructions import DEFAULT_DOCUMENT
 
-DEFAULTS: dict[str, Any] = {
-    "recording": {"enabled": False},
-    "consent": {"required": True},
-    "ai": {
-        "transcript": False,
-        "summary": False,
-        "sentiment": False,
-        "talk_listen": False,
-        "topics": False,
-        "language": "auto",
-        "redaction": {
-            "transcript": False,
-            "audio": False,
-            "entities": ["all"],
-            "fill": "silence",
-            "padding_ms": 250,
-            "keep_original": False,
-        },
-        "categories": {},
-    },
-    "retention": {"recordings": "P90D", "transcripts": "P365D", "call_records": "P3Y"},
-    "transport": {"allow_unencrypted_rtp": False},
-    "webhook": {"url": None, "secret": None},
-    "exclude_numbers": [],
-}
+DEFAULTS = DEFAULT_DOCUMENT  # the API serves the documented defaults
 SECRET = "whsec_s3cr3t-Value-0123456789"
 HOOK = "https://hooks.example.com/callvault"
 
