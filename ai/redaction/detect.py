@@ -190,7 +190,7 @@ def find_emails(units: Sequence[Unit]) -> list[Found]:
         domain = _domain_end(units, at_end + 1, written=units[i].text == "@")
         if local is not None and domain is not None:
             found.append(Found("email", units[local].first, units[domain].last))
-    return _dedupe(found)
+    return merge(found)
 
 
 def _at_sign(units: Sequence[Unit], i: int) -> int | None:
@@ -289,10 +289,14 @@ def _top_level(unit: Unit, *, any_known: bool) -> bool:
     return any_known and unit.kind == "word" and text.isascii() and 2 <= len(text) <= 24
 
 
-def _dedupe(found: list[Found]) -> list[Found]:
-    kept: list[Found] = []
+def merge(found: Sequence[Found]) -> list[Found]:
+    """Overlapping finds as one, of the type of the one covering more words."""
+    merged: list[Found] = []
     for item in sorted(found, key=lambda f: (f.first, -f.last)):
-        if kept and item.first <= kept[-1].last:
-            continue
-        kept.append(item)
-    return kept
+        if merged and item.first <= merged[-1].last:
+            last = merged[-1]
+            longer = last if last.last - last.first >= item.last - item.first else item
+            merged[-1] = Found(longer.entity, last.first, max(last.last, item.last))
+        else:
+            merged.append(item)
+    return merged

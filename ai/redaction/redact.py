@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ai.redaction.addresses import find_addresses
-from ai.redaction.detect import Found, find_emails, find_ibans, find_numbers
+from ai.redaction.detect import Found, find_emails, find_ibans, find_numbers, merge
 from ai.redaction.names import PersonFinder, find_names
 from ai.redaction.spoken import lex, normalise
 from ai.transcript import TRACKS, Segment, Transcript, Word
@@ -137,19 +137,6 @@ class Redactor:
         if "postal_address" in kinds:
             found += find_addresses(units)
         return merge(found)
-
-
-def merge(found: Sequence[Found]) -> list[Found]:
-    """Overlapping finds as one, of the type of the one covering more words."""
-    merged: list[Found] = []
-    for item in sorted(found, key=lambda f: (f.first, -f.last)):
-        if merged and item.first <= merged[-1].last:
-            last = merged[-1]
-            longer = last if last.last - last.first >= item.last - item.first else item
-            merged[-1] = Found(longer.entity, last.first, max(last.last, item.last))
-        else:
-            merged.append(item)
-    return merged
 
 
 def redact_transcript(transcript: Transcript, spans: Sequence[Span]) -> Transcript:

@@ -11,9 +11,9 @@ import pytest
 
 from ai.redaction import ner
 from ai.redaction.addresses import find_addresses
-from ai.redaction.detect import Found, find_emails, find_ibans, find_numbers
+from ai.redaction.detect import Found, find_emails, find_ibans, find_numbers, merge
 from ai.redaction.names import find_names
-from ai.redaction.redact import Redactor, merge, redact_transcript, segment_words
+from ai.redaction.redact import Redactor, redact_transcript, segment_words
 from ai.redaction.spoken import digit_runs, lex, normalise
 from ai.text import PhraseMatcher, words
 from ai.topics import key_phrases
